@@ -1,0 +1,267 @@
+//! One function per route; each authenticates, authorizes, and calls one `Ca` method.
+
+use super::extract::{Authed, Body, ClientIp};
+use crate::error::CaError;
+use crate::keys::KeyPurpose;
+use crate::service::Ca;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use portcullis_policies::Permission;
+use portcullis_proto::*;
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::sync::Arc;
+
+type Ca_ = State<Arc<Ca>>;
+type Res<T> = Result<Json<T>, CaError>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    username: String,
+    password: SecretString,
+}
+
+pub async fn login(
+    State(ca): Ca_,
+    ClientIp(ip): ClientIp,
+    Body(body): Body<LoginBody>,
+) -> Res<LoginResponse> {
+    if body.username.is_empty() || body.username.len() > 256 {
+        return Err(CaError::InvalidCredentials);
+    }
+    Ok(Json(
+        ca.login_password(&body.username, &body.password, &ip)
+            .await?,
+    ))
+}
+
+pub async fn logout(State(ca): Ca_, Authed(caller): Authed) -> Result<(), CaError> {
+    ca.logout(&caller).await
+}
+
+pub async fn whoami(State(ca): Ca_, Authed(caller): Authed) -> Res<WhoAmI> {
+    Ok(Json(ca.whoami(&caller)))
+}
+
+pub async fn issue_user_cert(
+    State(ca): Ca_,
+    Authed(caller): Authed,
+    ClientIp(ip): ClientIp,
+    Body(request): Body<UserCertRequest>,
+) -> Res<UserCertResponse> {
+    Ok(Json(ca.issue_user_cert(&caller, &request, &ip).await?))
+}
+
+/// Public: CA public keys are what nodes must trust, nothing secret.
+pub async fn trusted_keys(
+    State(ca): Ca_,
+    Path(purpose): Path<String>,
+) -> Result<impl IntoResponse, CaError> {
+    let purpose: KeyPurpose = purpose.parse()?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        ca.trusted_keys(purpose),
+    ))
+}
+
+/// Public: sshd on every node fetches it; it names only serials and key hashes.
+pub async fn krl(State(ca): Ca_) -> Result<impl IntoResponse, CaError> {
+    let bytes = ca.krl().await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        bytes.as_ref().clone(),
+    ))
+}
+
+pub async fn node_principals(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Path(name): Path<String>,
+) -> Res<NodePrincipals> {
+    let grant = ca.authorize(&c, Permission::NodesManage)?;
+    Ok(Json(ca.node_principals(&grant, &name).await?))
+}
+
+pub async fn list_users(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<UserInfo>> {
+    let grant = ca.authorize(&c, Permission::UsersManage)?;
+    Ok(Json(ca.users(&grant).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddUserBody {
+    username: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    password: Option<SecretString>,
+}
+
+pub async fn add_user(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Body(b): Body<AddUserBody>,
+) -> Res<UserInfo> {
+    let grant = ca.authorize(&c, Permission::UsersManage)?;
+    ca.add_user(&grant, &b.username, &b.groups, b.password.as_ref())
+        .await?;
+    Ok(Json(UserInfo {
+        username: b.username,
+        groups: b.groups,
+        disabled: false,
+    }))
+}
+
+pub async fn disable_user(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Path(name): Path<String>,
+) -> Result<(), CaError> {
+    let grant = ca.authorize(&c, Permission::UsersManage)?;
+    ca.set_user_disabled(&grant, &name, true).await
+}
+
+pub async fn enable_user(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Path(name): Path<String>,
+) -> Result<(), CaError> {
+    let grant = ca.authorize(&c, Permission::UsersManage)?;
+    ca.set_user_disabled(&grant, &name, false).await
+}
+
+pub async fn set_groups(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Path(name): Path<String>,
+    Body(b): Body<SetGroupsRequest>,
+) -> Result<(), CaError> {
+    let grant = ca.authorize(&c, Permission::UsersManage)?;
+    ca.set_user_groups(&grant, &name, &b.groups).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordBody {
+    password: SecretString,
+}
+
+pub async fn set_password(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Path(name): Path<String>,
+    Body(b): Body<PasswordBody>,
+) -> Result<(), CaError> {
+    let grant = ca.authorize(&c, Permission::UsersManage)?;
+    ca.set_user_password(&grant, &name, &b.password).await
+}
+
+pub async fn revoke(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Body(b): Body<RevokeRequest>,
+) -> Res<RevokeResponse> {
+    let grant = ca.authorize(&c, Permission::CertsRevoke)?;
+    Ok(Json(ca.revoke(&grant, &b).await?))
+}
+
+#[derive(Deserialize)]
+pub struct CertsQuery {
+    user: Option<String>,
+}
+
+pub async fn list_certs(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Query(q): Query<CertsQuery>,
+) -> Res<Vec<IssuedCert>> {
+    let grant = ca.authorize(&c, Permission::CertsRevoke)?;
+    Ok(Json(ca.certificates(&grant, q.user.as_deref()).await?))
+}
+
+pub async fn list_ca_keys(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<CaKeyInfo>> {
+    ca.authorize(&c, Permission::CaManage)?;
+    Ok(Json(ca.ca_keys()))
+}
+
+pub async fn rotate_ca_key(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Path(purpose): Path<String>,
+) -> Res<CaKeyInfo> {
+    let grant = ca.authorize(&c, Permission::CaManage)?;
+    Ok(Json(ca.rotate_ca_key(&grant, purpose.parse()?).await?))
+}
+
+pub async fn activate_ca_key(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Path(purpose): Path<String>,
+) -> Result<(), CaError> {
+    let grant = ca.authorize(&c, Permission::CaManage)?;
+    ca.activate_ca_key(&grant, purpose.parse()?).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetireBody {
+    fingerprint: String,
+}
+
+pub async fn retire_ca_key(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Body(b): Body<RetireBody>,
+) -> Result<(), CaError> {
+    let grant = ca.authorize(&c, Permission::CaManage)?;
+    ca.retire_ca_key(&grant, &b.fingerprint).await
+}
+
+pub async fn list_nodes(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<NodeRecord>> {
+    let grant = ca.authorize(&c, Permission::NodesManage)?;
+    Ok(Json(ca.nodes(&grant).await?))
+}
+
+pub async fn upsert_node(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Body(node): Body<NodeRecord>,
+) -> Res<NodeRecord> {
+    let grant = ca.authorize(&c, Permission::NodesManage)?;
+    ca.upsert_node(&grant, &node).await?;
+    Ok(Json(node))
+}
+
+pub async fn reload_policy(State(ca): Ca_, Authed(c): Authed) -> Res<PolicyReloadResponse> {
+    let grant = ca.authorize(&c, Permission::PolicyManage)?;
+    Ok(Json(ca.reload_policy(&grant).await?))
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "default_limit")]
+    limit: u32,
+}
+
+fn default_limit() -> u32 {
+    100
+}
+
+pub async fn audit_records(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Query(q): Query<AuditQuery>,
+) -> Res<Vec<AuditRecord>> {
+    let grant = ca.authorize(&c, Permission::AuditRead)?;
+    Ok(Json(ca.audit_records(&grant, q.after, q.limit).await?))
+}
+
+pub async fn audit_verify(State(ca): Ca_, Authed(c): Authed) -> Res<AuditVerifyResponse> {
+    let grant = ca.authorize(&c, Permission::AuditRead)?;
+    Ok(Json(ca.audit_verify(&grant).await?))
+}

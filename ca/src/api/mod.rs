@@ -1,0 +1,97 @@
+//! The HTTPS API: routing, request limits, and the mapping from [`CaError`] to what a
+//! client may see. Handlers live in `handlers` and are one call into [`Ca`] each.
+
+mod extract;
+mod handlers;
+
+use crate::error::CaError;
+use crate::service::Ca;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use portcullis_proto::ApiError;
+use std::sync::Arc;
+
+/// JSON bodies are small; a public key line is at most 16 KiB.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub fn router(ca: Arc<Ca>) -> Router {
+    Router::new()
+        .route("/v1/health", get(|| async { "ok" }))
+        .route("/v1/auth/login", post(handlers::login))
+        .route("/v1/auth/logout", post(handlers::logout))
+        .route("/v1/auth/whoami", get(handlers::whoami))
+        .route("/v1/certs/user", post(handlers::issue_user_cert))
+        .route("/v1/ca/{purpose}/keys", get(handlers::trusted_keys))
+        .route("/v1/krl", get(handlers::krl))
+        .route(
+            "/v1/nodes/{name}/principals",
+            get(handlers::node_principals),
+        )
+        .route(
+            "/v1/admin/users",
+            get(handlers::list_users).post(handlers::add_user),
+        )
+        .route(
+            "/v1/admin/users/{name}/disable",
+            post(handlers::disable_user),
+        )
+        .route("/v1/admin/users/{name}/enable", post(handlers::enable_user))
+        .route("/v1/admin/users/{name}/groups", put(handlers::set_groups))
+        .route(
+            "/v1/admin/users/{name}/password",
+            put(handlers::set_password),
+        )
+        .route("/v1/admin/revoke", post(handlers::revoke))
+        .route("/v1/admin/certs", get(handlers::list_certs))
+        .route("/v1/admin/ca/keys", get(handlers::list_ca_keys))
+        .route(
+            "/v1/admin/ca/{purpose}/rotate",
+            post(handlers::rotate_ca_key),
+        )
+        .route(
+            "/v1/admin/ca/{purpose}/activate",
+            post(handlers::activate_ca_key),
+        )
+        .route("/v1/admin/ca/retire", post(handlers::retire_ca_key))
+        .route(
+            "/v1/admin/nodes",
+            get(handlers::list_nodes).post(handlers::upsert_node),
+        )
+        .route("/v1/admin/policy/reload", post(handlers::reload_policy))
+        .route("/v1/admin/audit", get(handlers::audit_records))
+        .route("/v1/admin/audit/verify", get(handlers::audit_verify))
+        .fallback(|| async { CaError::NotFound("route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(ca)
+}
+
+impl IntoResponse for CaError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            CaError::Unauthenticated | CaError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            CaError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            CaError::Denied(_) => StatusCode::FORBIDDEN,
+            CaError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            CaError::NotFound(_) => StatusCode::NOT_FOUND,
+            CaError::Conflict(_) => StatusCode::CONFLICT,
+            CaError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            CaError::Config(_) | CaError::Internal(_) | CaError::Store(_) => {
+                tracing::error!(error = %self, "request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let body = ApiError {
+            error: self.code().to_owned(),
+            message: self.public_message(),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let CaError::RateLimited { retry_after } = self
+            && let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        response
+    }
+}

@@ -1,0 +1,58 @@
+//! The crate's one error type, and what a peer may see of it.
+
+use crate::store::StoreError;
+use portcullis_policies::Deny;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    #[error("too many attempts; retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    #[error("{0}")]
+    Denied(Deny),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("identity directory unavailable")]
+    Unavailable,
+    #[error("configuration error: {0}")]
+    Config(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl CaError {
+    /// Stable code for API bodies and audit records.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CaError::Unauthenticated => "unauthenticated",
+            CaError::InvalidCredentials => "invalid_credentials",
+            CaError::RateLimited { .. } => "rate_limited",
+            CaError::Denied(_) => "denied",
+            CaError::BadRequest(_) => "bad_request",
+            CaError::NotFound(_) => "not_found",
+            CaError::Conflict(_) => "conflict",
+            CaError::Unavailable => "unavailable",
+            CaError::Config(_) => "config",
+            CaError::Internal(_) | CaError::Store(_) => "internal",
+        }
+    }
+
+    /// What the peer is told. Internal details stay in the operator log.
+    pub fn public_message(&self) -> String {
+        match self {
+            CaError::Internal(_) | CaError::Store(_) | CaError::Config(_) => {
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Reads a policy directory (every `*.toml`, in name order) into a validated `Policy`.
+//! The only file I/O on policy; `policies` itself stays pure.
+
+use crate::error::CaError;
+use portcullis_policies::{Policy, PolicySource};
+use std::path::Path;
+
+/// Loads and validates; on failure the message lists every error as `file:line:col: …`.
+pub fn load_policy_dir(dir: &Path) -> Result<Policy, CaError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        CaError::Config(format!(
+            "cannot read policy directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| CaError::Config(format!("policy directory: {e}")))?
+            .path();
+        if path.extension().is_some_and(|ext| ext == "toml") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(CaError::Config(format!(
+            "no *.toml policy files in {}",
+            dir.display()
+        )));
+    }
+    let mut texts = Vec::with_capacity(files.len());
+    for path in &files {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CaError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        texts.push((name, text));
+    }
+    let sources: Vec<PolicySource<'_>> = texts
+        .iter()
+        .map(|(name, text)| PolicySource { name, text })
+        .collect();
+    Policy::from_sources(&sources)
+        .map_err(|errors| CaError::Config(format!("invalid policy:\n{errors}")))
+}
+
+/// The policy the all-in-one server writes on first start: members of the group
+/// `portcullis-admins` administer Portcullis and may log in as root on every device.
+pub const DEFAULT_POLICY: &str = r#"# Portcullis policy. Every *.toml file in this directory is loaded; keep them in Git.
+# Reload after editing: `portcullis admin policy reload`.
+
+[[role]]
+name = "portcullis-admin"
+permissions = ["certs.revoke", "users.manage", "ca.manage", "audit.read", "policy.manage", "nodes.manage", "sessions.kill"]
+
+[[role]]
+name = "node-admin"
+logins = ["root"]
+# `name:%` deliberately matches every device; a bare `in:devices` is refused.
+targets = 'in:devices name:%'
+permissions = ["certs.issue", "devices.console.open"]
+max_cert_ttl = "8h"
+extensions = ["permit-pty", "permit-agent-forwarding"]
+
+[[binding]]
+group = "portcullis-admins"
+roles = ["portcullis-admin", "node-admin"]
+"#;

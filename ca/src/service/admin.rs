@@ -1,0 +1,415 @@
+//! Administrative operations. Each takes the policy's `Grant` for its permission as
+//! proof that the caller was authorized; the grant's holder is the audited actor.
+
+use super::Ca;
+use crate::audit::{self, AuditEvent};
+use crate::error::CaError;
+use crate::identity::hash_password;
+use crate::keys::{self, KeyPurpose, state};
+use crate::policy_files::load_policy_dir;
+use crate::store;
+use portcullis_policies::Grant;
+use portcullis_proto::{
+    AuditRecord, AuditVerifyResponse, CaKeyInfo, NodeRecord, PolicyReloadResponse, UserInfo,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+/// Login names as OpenSSH and the policy accept them; anything else is refused up front.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'))
+}
+
+fn check_name(kind: &str, name: &str) -> Result<(), CaError> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(CaError::BadRequest(format!(
+            "{kind} names use letters, digits, '_', '-', '.', '@' (at most 64)"
+        )))
+    }
+}
+
+const MIN_PASSWORD_LEN: usize = 12;
+
+impl Ca {
+    pub async fn users(&self, _grant: &Grant) -> Result<Vec<UserInfo>, CaError> {
+        Ok(self
+            .store
+            .users()
+            .await?
+            .into_iter()
+            .map(|u| UserInfo {
+                username: u.username,
+                groups: u.groups,
+                disabled: u.disabled,
+            })
+            .collect())
+    }
+
+    pub async fn add_user(
+        &self,
+        grant: &Grant,
+        username: &str,
+        groups: &[String],
+        password: Option<&SecretString>,
+    ) -> Result<(), CaError> {
+        check_name("user", username)?;
+        for g in groups {
+            check_name("group", g)?;
+        }
+        let hash = match password {
+            Some(pw) => Some(self.hash(pw).await?),
+            None => None,
+        };
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        if !store::insert_user(tx.conn(), username, hash.as_deref(), groups, now).await? {
+            return Err(CaError::Conflict(
+                "a user with that name already exists".into(),
+            ));
+        }
+        self.audit_user(&mut tx, grant, username, "added").await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn hash(&self, password: &SecretString) -> Result<String, CaError> {
+        if password.expose_secret().chars().count() < MIN_PASSWORD_LEN {
+            return Err(CaError::BadRequest(format!(
+                "passwords need at least {MIN_PASSWORD_LEN} characters"
+            )));
+        }
+        let pw = password.clone();
+        Ok(
+            tokio::task::spawn_blocking(move || hash_password(pw.expose_secret()))
+                .await
+                .map_err(|_| CaError::Internal("hashing task".into()))??,
+        )
+    }
+
+    async fn audit_user(
+        &self,
+        tx: &mut store::WriteTx<'_>,
+        grant: &Grant,
+        username: &str,
+        change: &'static str,
+    ) -> Result<(), CaError> {
+        audit::record(
+            tx.conn(),
+            self.now(),
+            &AuditEvent::UserChanged {
+                actor: grant.username().to_owned(),
+                username: username.to_owned(),
+                change,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Disabling also ends the user's API sessions and revokes their live certificates.
+    pub async fn set_user_disabled(
+        &self,
+        grant: &Grant,
+        username: &str,
+        disabled: bool,
+    ) -> Result<(), CaError> {
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        if !store::set_user_disabled(tx.conn(), username, disabled, now).await? {
+            return Err(CaError::NotFound("user"));
+        }
+        if disabled {
+            store::revoke_user_sessions(tx.conn(), username, now).await?;
+            let n =
+                store::revoke_certs(tx.conn(), &store::RevokeTarget::User(username), now).await?;
+            if n > 0 {
+                let krl_version = store::bump_krl_version(tx.conn()).await?;
+                audit::record(
+                    tx.conn(),
+                    now,
+                    &AuditEvent::Revoked {
+                        actor: grant.username().to_owned(),
+                        target: format!("user:{username}"),
+                        certificates: n,
+                        key: false,
+                        krl_version,
+                    },
+                )
+                .await?;
+            }
+        }
+        self.audit_user(
+            &mut tx,
+            grant,
+            username,
+            if disabled { "disabled" } else { "enabled" },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn set_user_groups(
+        &self,
+        grant: &Grant,
+        username: &str,
+        groups: &[String],
+    ) -> Result<(), CaError> {
+        for g in groups {
+            check_name("group", g)?;
+        }
+        let mut tx = self.store.begin().await?;
+        if !store::set_user_groups(tx.conn(), username, groups, self.now()).await? {
+            return Err(CaError::NotFound("user"));
+        }
+        self.audit_user(&mut tx, grant, username, "groups_set")
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn set_user_password(
+        &self,
+        grant: &Grant,
+        username: &str,
+        password: &SecretString,
+    ) -> Result<(), CaError> {
+        let hash = self.hash(password).await?;
+        let mut tx = self.store.begin().await?;
+        if !store::set_user_password(tx.conn(), username, &hash, self.now()).await? {
+            return Err(CaError::NotFound("user"));
+        }
+        self.audit_user(&mut tx, grant, username, "password_set")
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub fn ca_keys(&self) -> Vec<CaKeyInfo> {
+        self.keyring()
+            .rows()
+            .iter()
+            .map(|r| CaKeyInfo {
+                purpose: r.purpose.clone(),
+                state: r.state.clone(),
+                algorithm: r.algorithm.clone(),
+                fingerprint: r.fingerprint.clone(),
+                public_key: r.public_key.clone(),
+                created_at: r.created_at,
+            })
+            .collect()
+    }
+
+    /// Step 1 of a rotation: a new key is generated and published (trusted) but does not
+    /// sign until `activate_ca_key`, so nodes can learn it first.
+    pub async fn rotate_ca_key(
+        &self,
+        grant: &Grant,
+        purpose: KeyPurpose,
+    ) -> Result<CaKeyInfo, CaError> {
+        if self
+            .keyring()
+            .rows()
+            .iter()
+            .any(|r| r.purpose == purpose.as_str() && r.state == state::PENDING)
+        {
+            return Err(CaError::Conflict(
+                "a pending key exists already; activate or retire it first".into(),
+            ));
+        }
+        let now = self.now();
+        let row = keys::generate(
+            purpose,
+            self.key_algorithm,
+            &self.passphrase,
+            state::PENDING,
+            now,
+        )
+        .await?;
+        let mut tx = self.store.begin().await?;
+        store::insert_ca_key(tx.conn(), &row).await?;
+        audit::record(
+            tx.conn(),
+            now,
+            &AuditEvent::CaKeyGenerated {
+                actor: grant.username().to_owned(),
+                purpose: row.purpose.clone(),
+                algorithm: row.algorithm.clone(),
+                fingerprint: row.fingerprint.clone(),
+                state: row.state.clone(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        self.reload_keys().await?;
+        Ok(CaKeyInfo {
+            purpose: row.purpose,
+            state: row.state,
+            algorithm: row.algorithm,
+            fingerprint: row.fingerprint,
+            public_key: row.public_key,
+            created_at: row.created_at,
+        })
+    }
+
+    /// Step 2: the pending key signs from now on; the old active key stays trusted.
+    pub async fn activate_ca_key(&self, grant: &Grant, purpose: KeyPurpose) -> Result<(), CaError> {
+        let keyring = self.keyring();
+        let pending: Vec<_> = keyring
+            .rows()
+            .iter()
+            .filter(|r| r.purpose == purpose.as_str() && r.state == state::PENDING)
+            .collect();
+        let [new] = pending.as_slice() else {
+            return Err(CaError::Conflict(
+                "no pending key to activate; run rotate first".into(),
+            ));
+        };
+        let previous: Vec<String> = keyring
+            .rows()
+            .iter()
+            .filter(|r| r.purpose == purpose.as_str() && r.state == state::ACTIVE)
+            .map(|r| r.fingerprint.clone())
+            .collect();
+        let mut tx = self.store.begin().await?;
+        store::move_ca_keys(tx.conn(), purpose.as_str(), state::ACTIVE, state::PREVIOUS).await?;
+        store::set_ca_key_state(tx.conn(), &new.fingerprint, state::PENDING, state::ACTIVE).await?;
+        audit::record(
+            tx.conn(),
+            self.now(),
+            &AuditEvent::CaKeyRotated {
+                actor: grant.username().to_owned(),
+                purpose: purpose.as_str().to_owned(),
+                activated: new.fingerprint.clone(),
+                previous,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        self.reload_keys().await
+    }
+
+    /// Step 3: stop trusting an old (or abandoned pending) key. The active key cannot be retired.
+    pub async fn retire_ca_key(&self, grant: &Grant, fingerprint: &str) -> Result<(), CaError> {
+        let keyring = self.keyring();
+        let row = keyring
+            .rows()
+            .iter()
+            .find(|r| r.fingerprint == fingerprint)
+            .ok_or(CaError::NotFound("CA key"))?;
+        if row.state != state::PREVIOUS && row.state != state::PENDING {
+            return Err(CaError::Conflict(format!(
+                "a key in state {} cannot be retired",
+                row.state
+            )));
+        }
+        let mut tx = self.store.begin().await?;
+        store::set_ca_key_state(tx.conn(), fingerprint, &row.state, state::RETIRED).await?;
+        audit::record(
+            tx.conn(),
+            self.now(),
+            &AuditEvent::CaKeyRetired {
+                actor: grant.username().to_owned(),
+                purpose: row.purpose.clone(),
+                fingerprint: fingerprint.to_owned(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        self.reload_keys().await
+    }
+
+    pub async fn upsert_node(&self, grant: &Grant, node: &NodeRecord) -> Result<bool, CaError> {
+        check_name("node", &node.name)?;
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        let new = store::upsert_node(tx.conn(), node, now).await?;
+        audit::record(
+            tx.conn(),
+            now,
+            &AuditEvent::NodeRegistered {
+                actor: grant.username().to_owned(),
+                name: node.name.clone(),
+                new,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    pub async fn nodes(&self, _grant: &Grant) -> Result<Vec<NodeRecord>, CaError> {
+        Ok(self.store.nodes().await?)
+    }
+
+    /// Re-reads the policy directory. An invalid policy is refused whole (and audited);
+    /// the running policy stays in force.
+    pub async fn reload_policy(&self, grant: &Grant) -> Result<PolicyReloadResponse, CaError> {
+        let policy = match load_policy_dir(&self.policy_dir) {
+            Ok(policy) => policy,
+            Err(e) => {
+                let errors = e.to_string().lines().count().saturating_sub(1).max(1);
+                let mut tx = self.store.begin().await?;
+                audit::record(
+                    tx.conn(),
+                    self.now(),
+                    &AuditEvent::PolicyRejected {
+                        actor: grant.username().to_owned(),
+                        errors,
+                    },
+                )
+                .await?;
+                tx.commit().await?;
+                return Err(match e {
+                    CaError::Config(msg) => CaError::BadRequest(msg),
+                    other => other,
+                });
+            }
+        };
+        let before = self.policy().digest();
+        let digest = policy.digest();
+        let changes = self.install_policy(policy, grant.username()).await?;
+        Ok(PolicyReloadResponse {
+            changed: before != digest,
+            digest,
+            added: changes.added,
+            removed: changes.removed,
+            modified: changes.changed,
+        })
+    }
+
+    pub async fn audit_verify(&self, _grant: &Grant) -> Result<AuditVerifyResponse, CaError> {
+        let check = self.store.verify_audit_chain().await?;
+        Ok(AuditVerifyResponse {
+            ok: check.first_bad_seq.is_none(),
+            records: check.records,
+            first_bad_seq: check.first_bad_seq,
+            problem: check.problem,
+        })
+    }
+
+    pub async fn audit_records(
+        &self,
+        _grant: &Grant,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, CaError> {
+        Ok(self
+            .store
+            .audit_records(after, limit.clamp(1, 1000))
+            .await?
+            .into_iter()
+            .map(|r| AuditRecord {
+                seq: r.seq,
+                at: r.at,
+                event: r.event,
+                payload: serde_json::from_str(&r.payload).unwrap_or(serde_json::Value::Null),
+            })
+            .collect())
+    }
+}

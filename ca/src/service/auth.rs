@@ -1,0 +1,183 @@
+//! Logging in and recognising callers: passwords become short-lived API sessions whose
+//! bearer token is stored only as a SHA-256 hash.
+
+use super::Ca;
+use crate::audit::{self, AuditEvent, sanitize};
+use crate::error::CaError;
+use crate::identity::{AuthFailure, IdentitySource};
+use crate::store::{self, SessionRow};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use portcullis_policies::{Grant, Identity, Permission};
+use portcullis_proto::{LoginResponse, WhoAmI};
+use portcullis_sshcert::random_bytes;
+use secrecy::SecretString;
+use sha2::{Digest, Sha256};
+
+/// An authenticated API caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity: Identity,
+    pub expires_at: u64,
+    token_hash: String,
+}
+
+/// 256 random bits, URL-safe, with a prefix that makes leaked tokens easy to grep for.
+pub(crate) fn random_token(prefix: &str) -> String {
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
+}
+
+pub(crate) fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl Ca {
+    pub async fn login_password(
+        &self,
+        username: &str,
+        password: &SecretString,
+        client_ip: &str,
+    ) -> Result<LoginResponse, CaError> {
+        let now = self.now();
+        let user_key = format!("user:{username}");
+        let ip_key = format!("ip:{client_ip}");
+        let limited = self
+            .ip_attempts
+            .blocked(&ip_key, now)
+            .or_else(|| self.user_failures.blocked(&user_key, now));
+        self.ip_attempts.hit(&ip_key, now);
+        if let Some(retry_after) = limited {
+            self.audit_login_failure(username, client_ip, "rate_limited")
+                .await?;
+            return Err(CaError::RateLimited { retry_after });
+        }
+        let identity = match self.local.authenticate(username, password).await {
+            Ok(identity) => identity,
+            Err(failure) => {
+                if failure != AuthFailure::Unavailable {
+                    self.user_failures.hit(&user_key, now);
+                }
+                self.audit_login_failure(username, client_ip, failure.code())
+                    .await?;
+                return Err(match failure {
+                    AuthFailure::Unavailable => CaError::Unavailable,
+                    _ => CaError::InvalidCredentials,
+                });
+            }
+        };
+        self.user_failures.reset(&user_key);
+        let token = random_token("pcs_");
+        let session = SessionRow {
+            username: identity.username.clone(),
+            source: identity.source.clone(),
+            groups: identity.groups.iter().cloned().collect(),
+            expires_at: now.saturating_add(self.session_ttl),
+        };
+        let mut tx = self.store.begin().await?;
+        store::insert_session(tx.conn(), &token_hash(&token), &session, now).await?;
+        audit::record(
+            tx.conn(),
+            now,
+            &AuditEvent::LoginSucceeded {
+                username: identity.username.clone(),
+                source: identity.source.clone(),
+                client_ip: client_ip.to_owned(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(LoginResponse {
+            token,
+            username: identity.username,
+            expires_at: session.expires_at,
+        })
+    }
+
+    async fn audit_login_failure(
+        &self,
+        username: &str,
+        client_ip: &str,
+        reason: &'static str,
+    ) -> Result<(), CaError> {
+        let mut tx = self.store.begin().await?;
+        audit::record(
+            tx.conn(),
+            self.now(),
+            &AuditEvent::LoginFailed {
+                username: sanitize(username),
+                source: self.local.name().to_owned(),
+                client_ip: client_ip.to_owned(),
+                reason,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Resolves a bearer token. Local users are re-read on every call, so disabling a
+    /// user or changing their groups takes effect at their next request.
+    pub async fn caller(&self, token: &str) -> Result<Caller, CaError> {
+        let hash = token_hash(token);
+        let (session, user) = self
+            .store
+            .session(&hash, self.now())
+            .await?
+            .ok_or(CaError::Unauthenticated)?;
+        let groups = if session.source == "local" {
+            match user {
+                Some(u) if !u.disabled => u.groups,
+                _ => return Err(CaError::Unauthenticated),
+            }
+        } else {
+            session.groups
+        };
+        Ok(Caller {
+            identity: Identity {
+                username: session.username,
+                groups: groups.into_iter().collect(),
+                source: session.source,
+            },
+            expires_at: session.expires_at,
+            token_hash: hash,
+        })
+    }
+
+    pub async fn logout(&self, caller: &Caller) -> Result<(), CaError> {
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        store::revoke_session(tx.conn(), &caller.token_hash, now).await?;
+        audit::record(
+            tx.conn(),
+            now,
+            &AuditEvent::Logout {
+                username: caller.identity.username.clone(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub fn whoami(&self, caller: &Caller) -> WhoAmI {
+        let policy = self.policy();
+        WhoAmI {
+            username: caller.identity.username.clone(),
+            source: caller.identity.source.clone(),
+            groups: caller.identity.groups.iter().cloned().collect(),
+            roles: policy
+                .roles_of(&caller.identity)
+                .iter()
+                .map(|r| r.name().to_owned())
+                .collect(),
+            session_expires_at: caller.expires_at,
+        }
+    }
+
+    /// The proof an administrative operation needs.
+    pub fn authorize(&self, caller: &Caller, permission: Permission) -> Result<Grant, CaError> {
+        self.policy()
+            .authorize(&caller.identity, permission)
+            .map_err(CaError::Denied)
+    }
+}

@@ -1,0 +1,332 @@
+//! Issuing user certificates, revoking them, and publishing the KRL.
+
+use super::{Ca, Caller};
+use crate::audit::{self, AuditEvent};
+use crate::error::CaError;
+use crate::keys::KeyPurpose;
+use crate::signer::{new_serial, sign_user_cert};
+use crate::store::{self, CertRow, RevokeTarget};
+use portcullis_policies::{CertRequest, Device, Grant};
+use portcullis_proto::{
+    IssuedCert, NodePrincipals, NodeRecord, RevokeRequest, RevokeResponse, UserCertRequest,
+    UserCertResponse,
+};
+use portcullis_sshcert::{KrlBuilder, fingerprint, parse_user_public_key};
+use ssh_key::PublicKey;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(super) struct CachedKrl {
+    version: u64,
+    built_at: u64,
+    bytes: Arc<Vec<u8>>,
+}
+
+/// A cached KRL is rebuilt at least this often, so expired entries drop out and the
+/// generation date stays fresh even without new revocations.
+const KRL_MAX_AGE: u64 = 300;
+
+impl Ca {
+    pub async fn issue_user_cert(
+        &self,
+        caller: &Caller,
+        request: &UserCertRequest,
+        client_ip: &str,
+    ) -> Result<UserCertResponse, CaError> {
+        let who = &caller.identity;
+        let public_key = match parse_user_public_key(&request.public_key) {
+            Ok(key) => key,
+            Err(e) => {
+                self.audit_cert_denied(&who.username, "invalid_public_key", None, client_ip)
+                    .await?;
+                return Err(CaError::BadRequest(e.to_string()));
+            }
+        };
+        let key_fingerprint = fingerprint(public_key.key_data());
+        if self.store.is_key_revoked(&key_fingerprint).await? {
+            self.audit_cert_denied(
+                &who.username,
+                "key_revoked",
+                Some(&key_fingerprint),
+                client_ip,
+            )
+            .await?;
+            return Err(CaError::BadRequest(
+                "this public key has been revoked; generate a new key".into(),
+            ));
+        }
+        let requested = request
+            .ttl_seconds
+            .map(Duration::from_secs)
+            .unwrap_or(self.max_cert_ttl);
+        let cert_request = CertRequest {
+            ttl: Some(requested.min(self.max_cert_ttl)),
+            roles: request.roles.clone(),
+        };
+        let permit = match self.policy().issue_user_cert(who, &cert_request) {
+            Ok(permit) => permit,
+            Err(deny) => {
+                self.audit_cert_denied(
+                    &who.username,
+                    deny.reason.code(),
+                    Some(&key_fingerprint),
+                    client_ip,
+                )
+                .await?;
+                return Err(CaError::Denied(deny));
+            }
+        };
+        let signer = self
+            .keyring()
+            .signer(KeyPurpose::User)
+            .ok_or_else(|| CaError::Internal("no active user CA key".into()))?;
+        let now = self.now();
+        let signed = sign_user_cert(
+            &permit,
+            &who.source,
+            &public_key,
+            &signer,
+            now,
+            self.clock_skew,
+            new_serial(),
+        )?;
+        let principals: Vec<String> = permit.principals().iter().cloned().collect();
+        let row = CertRow {
+            serial: signed.serial,
+            ca_fingerprint: signer.fingerprint.clone(),
+            key_fingerprint: signed.key_fingerprint.clone(),
+            username: who.username.clone(),
+            key_id: signed.key_id.clone(),
+            principals: principals.clone(),
+            valid_after: signed.valid_after,
+            valid_before: signed.valid_before,
+            issued_at: now,
+            revoked_at: None,
+        };
+        let mut tx = self.store.begin().await?;
+        store::insert_cert(tx.conn(), &row).await?;
+        audit::record(
+            tx.conn(),
+            now,
+            &AuditEvent::CertIssued {
+                username: who.username.clone(),
+                serial: signed.serial.to_string(),
+                key_id: signed.key_id.clone(),
+                principals: principals.clone(),
+                roles: permit.roles().to_vec(),
+                valid_after: signed.valid_after,
+                valid_before: signed.valid_before,
+                key_fingerprint: signed.key_fingerprint,
+                ca_fingerprint: signer.fingerprint.clone(),
+                client_ip: client_ip.to_owned(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(UserCertResponse {
+            certificate: signed
+                .certificate
+                .to_openssh()
+                .map_err(|_| CaError::Internal("certificate encoding".into()))?,
+            serial: signed.serial.to_string(),
+            key_id: signed.key_id,
+            principals,
+            valid_after: signed.valid_after,
+            valid_before: signed.valid_before,
+        })
+    }
+
+    async fn audit_cert_denied(
+        &self,
+        username: &str,
+        reason: &'static str,
+        key_fingerprint: Option<&str>,
+        client_ip: &str,
+    ) -> Result<(), CaError> {
+        let mut tx = self.store.begin().await?;
+        audit::record(
+            tx.conn(),
+            self.now(),
+            &AuditEvent::CertDenied {
+                username: username.to_owned(),
+                reason,
+                key_fingerprint: key_fingerprint.map(str::to_owned),
+                client_ip: client_ip.to_owned(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Revokes by serial, by key (its certificates and the key itself), or by user (all
+    /// of their unexpired certificates and API sessions).
+    pub async fn revoke(
+        &self,
+        grant: &Grant,
+        request: &RevokeRequest,
+    ) -> Result<RevokeResponse, CaError> {
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        let (target_desc, certificates, key_revoked) =
+            match (&request.serial, &request.public_key, &request.username) {
+                (Some(serial), None, None) => {
+                    let serial: u64 = serial.trim().parse().map_err(|_| {
+                        CaError::BadRequest("serial must be a decimal number".into())
+                    })?;
+                    let n =
+                        store::revoke_certs(tx.conn(), &RevokeTarget::Serial(serial), now).await?;
+                    if n == 0 {
+                        return Err(CaError::NotFound(
+                            "unrevoked, unexpired certificate with that serial",
+                        ));
+                    }
+                    (format!("serial:{serial}"), n, false)
+                }
+                (None, Some(line), None) => {
+                    let key = PublicKey::from_openssh(line.trim()).map_err(|_| {
+                        CaError::BadRequest("public_key is not an OpenSSH public key".into())
+                    })?;
+                    let fp = fingerprint(key.key_data());
+                    let canonical = PublicKey::new(key.key_data().clone(), "")
+                        .to_openssh()
+                        .map_err(|_| CaError::BadRequest("public_key cannot be encoded".into()))?;
+                    let n = store::revoke_certs(tx.conn(), &RevokeTarget::KeyFingerprint(&fp), now)
+                        .await?;
+                    let new = store::insert_revoked_key(tx.conn(), &fp, &canonical, now).await?;
+                    (format!("key:{fp}"), n, new)
+                }
+                (None, None, Some(username)) => {
+                    let n =
+                        store::revoke_certs(tx.conn(), &RevokeTarget::User(username), now).await?;
+                    store::revoke_user_sessions(tx.conn(), username, now).await?;
+                    (format!("user:{}", audit::sanitize(username)), n, false)
+                }
+                _ => {
+                    return Err(CaError::BadRequest(
+                        "give exactly one of serial, public_key, username".into(),
+                    ));
+                }
+            };
+        let krl_version = store::bump_krl_version(tx.conn()).await?;
+        audit::record(
+            tx.conn(),
+            now,
+            &AuditEvent::Revoked {
+                actor: grant.username().to_owned(),
+                target: target_desc,
+                certificates,
+                key: key_revoked,
+                krl_version,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(RevokeResponse {
+            certificates_revoked: certificates,
+            key_revoked,
+            krl_version,
+        })
+    }
+
+    /// The current KRL in OpenSSH's binary format.
+    pub async fn krl(&self) -> Result<Arc<Vec<u8>>, CaError> {
+        let now = self.now();
+        let version = self.store.krl_version().await?;
+        {
+            let cache = self.krl_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = cache
+                .as_ref()
+                .filter(|c| c.version == version && now < c.built_at + KRL_MAX_AGE)
+            {
+                return Ok(Arc::clone(&c.bytes));
+            }
+        }
+        let keyring = self.keyring();
+        let mut krl = KrlBuilder::new(version, now, "portcullis");
+        for (serial, ca_fp) in self.store.revoked_unexpired(now).await? {
+            let ca_key = keyring
+                .rows()
+                .iter()
+                .find(|r| r.fingerprint == ca_fp)
+                .and_then(|r| PublicKey::from_openssh(&r.public_key).ok());
+            if let Some(ca_key) = ca_key {
+                krl.revoke_serial(ca_key.key_data(), serial);
+            }
+        }
+        for line in self.store.revoked_keys().await? {
+            if let Ok(key) = PublicKey::from_openssh(&line) {
+                krl.revoke_key_sha256(key.key_data());
+            }
+        }
+        let bytes = Arc::new(krl.encode());
+        *self.krl_cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(CachedKrl {
+            version,
+            built_at: now,
+            bytes: Arc::clone(&bytes),
+        });
+        Ok(bytes)
+    }
+
+    pub async fn certificates(
+        &self,
+        _grant: &Grant,
+        username: Option<&str>,
+    ) -> Result<Vec<IssuedCert>, CaError> {
+        Ok(self
+            .store
+            .certificates(username)
+            .await?
+            .into_iter()
+            .map(|c| IssuedCert {
+                serial: c.serial.to_string(),
+                username: c.username,
+                key_id: c.key_id,
+                principals: c.principals,
+                valid_after: c.valid_after,
+                valid_before: c.valid_before,
+                key_fingerprint: c.key_fingerprint,
+                revoked: c.revoked_at.is_some(),
+            })
+            .collect())
+    }
+
+    /// What a node's `AuthorizedPrincipalsFile` for each login must list.
+    pub async fn node_principals(
+        &self,
+        _grant: &Grant,
+        name: &str,
+    ) -> Result<NodePrincipals, CaError> {
+        let node = self
+            .store
+            .node(name)
+            .await?
+            .ok_or(CaError::NotFound("node"))?;
+        let principals = self
+            .policy()
+            .node_principals(&device_of(&node))
+            .into_iter()
+            .map(|(login, set)| (login, set.into_iter().collect()))
+            .collect();
+        Ok(NodePrincipals {
+            node: node.name,
+            principals,
+        })
+    }
+}
+
+/// The policy engine's view of an inventory record.
+pub fn device_of(node: &NodeRecord) -> Device {
+    Device {
+        name: node.name.clone(),
+        addresses: node.addresses.clone(),
+        kind: node.kind.clone(),
+        vendor: node.vendor.clone(),
+        source: Some("portcullis".to_owned()),
+        agent: node.agent.clone(),
+        gateway: None,
+        partition: node.partition.clone(),
+        tags: node.tags.clone(),
+        metadata: node.metadata.clone(),
+    }
+}

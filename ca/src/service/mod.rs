@@ -1,0 +1,258 @@
+//! The CA as a service: one [`Ca`] value owns the store, keys, policy and clock, and
+//! every API handler is a thin call into one of its methods.
+
+mod admin;
+mod auth;
+mod certs;
+
+pub use auth::Caller;
+
+/// 256 random bits as URL-safe text: generated passwords and passphrases.
+pub fn random_secret() -> String {
+    auth::random_token("")
+}
+
+use crate::audit::{self, AuditEvent, SYSTEM_ACTOR};
+use crate::clock::Clock;
+use crate::error::CaError;
+use crate::identity::{LocalUsers, hash_password};
+use crate::keys::{self, KeyAlgorithm, KeyPurpose, Keyring};
+use crate::policy_files::load_policy_dir;
+use crate::ratelimit::RateLimiter;
+use crate::store::{self, Store};
+use portcullis_policies::{Policy, PolicySummary, diff};
+use secrecy::SecretString;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// Everything the CA needs to start, already validated.
+pub struct CaConfig {
+    pub database_url: String,
+    pub policy_dir: PathBuf,
+    pub passphrase: SecretString,
+    pub key_algorithm: KeyAlgorithm,
+    /// How far `valid_after` is back-dated.
+    pub clock_skew: Duration,
+    /// Hard cap on any certificate's lifetime, whatever the policy says.
+    pub max_cert_ttl: Duration,
+    /// Lifetime of an API session (bearer token).
+    pub session_ttl: Duration,
+    pub login_failures_per_user: u32,
+    pub login_attempts_per_ip: u32,
+}
+
+impl CaConfig {
+    pub fn new(database_url: String, policy_dir: PathBuf, passphrase: SecretString) -> Self {
+        CaConfig {
+            database_url,
+            policy_dir,
+            passphrase,
+            key_algorithm: KeyAlgorithm::Ed25519,
+            clock_skew: Duration::from_secs(60),
+            max_cert_ttl: Duration::from_secs(8 * 3600),
+            session_ttl: Duration::from_secs(12 * 3600),
+            login_failures_per_user: 10,
+            login_attempts_per_ip: 30,
+        }
+    }
+}
+
+pub struct Ca {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    passphrase: SecretString,
+    key_algorithm: KeyAlgorithm,
+    keys: RwLock<Arc<Keyring>>,
+    policy: RwLock<Arc<Policy>>,
+    policy_dir: PathBuf,
+    local: LocalUsers,
+    clock_skew: u64,
+    max_cert_ttl: Duration,
+    session_ttl: u64,
+    user_failures: RateLimiter,
+    ip_attempts: RateLimiter,
+    krl_cache: Mutex<Option<certs::CachedKrl>>,
+}
+
+impl Ca {
+    /// Opens the database, creates any missing CA key, loads the policy, and records
+    /// what it did in the audit log.
+    pub async fn open(config: CaConfig, clock: Arc<dyn Clock>) -> Result<Ca, CaError> {
+        let policy = load_policy_dir(&config.policy_dir)?;
+        let store = Store::open(&config.database_url).await?;
+        let now = clock.now();
+        let mut keyring = Keyring::load(&store, &config.passphrase).await?;
+        for purpose in KeyPurpose::ALL {
+            if keyring.has_active(purpose) {
+                continue;
+            }
+            let row = keys::generate(
+                purpose,
+                config.key_algorithm,
+                &config.passphrase,
+                keys::state::ACTIVE,
+                now,
+            )
+            .await?;
+            let mut tx = store.begin().await?;
+            store::insert_ca_key(tx.conn(), &row).await?;
+            audit::record(
+                tx.conn(),
+                now,
+                &AuditEvent::CaKeyGenerated {
+                    actor: SYSTEM_ACTOR.to_owned(),
+                    purpose: row.purpose.clone(),
+                    algorithm: row.algorithm.clone(),
+                    fingerprint: row.fingerprint.clone(),
+                    state: row.state.clone(),
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            tracing::info!(purpose = %purpose, fingerprint = %row.fingerprint, "generated CA key");
+            keyring = Keyring::load(&store, &config.passphrase).await?;
+        }
+        let ca = Ca {
+            local: LocalUsers::new(store.clone()),
+            store,
+            clock,
+            passphrase: config.passphrase,
+            key_algorithm: config.key_algorithm,
+            keys: RwLock::new(Arc::new(keyring)),
+            policy: RwLock::new(Arc::new(Policy::empty())),
+            policy_dir: config.policy_dir,
+            clock_skew: config.clock_skew.as_secs(),
+            max_cert_ttl: config.max_cert_ttl,
+            session_ttl: config.session_ttl.as_secs(),
+            user_failures: RateLimiter::new(config.login_failures_per_user, 60),
+            ip_attempts: RateLimiter::new(config.login_attempts_per_ip, 60),
+            krl_cache: Mutex::new(None),
+        };
+        ca.install_policy(policy, SYSTEM_ACTOR).await?;
+        Ok(ca)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .map(|p| Arc::clone(&p))
+            .unwrap_or_else(|e| Arc::clone(&e.into_inner()))
+    }
+
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keys
+            .read()
+            .map(|k| Arc::clone(&k))
+            .unwrap_or_else(|e| Arc::clone(&e.into_inner()))
+    }
+
+    async fn reload_keys(&self) -> Result<(), CaError> {
+        let keyring = Keyring::load(&self.store, &self.passphrase).await?;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keyring);
+        Ok(())
+    }
+
+    /// Public keys of `purpose` that verifiers must trust, one OpenSSH line each.
+    pub fn trusted_keys(&self, purpose: KeyPurpose) -> String {
+        let keyring = self.keyring();
+        keyring
+            .trusted(purpose)
+            .iter()
+            .map(|k| format!("{k}\n"))
+            .collect()
+    }
+
+    /// Swaps in a validated policy and audits what changed relative to the last one.
+    async fn install_policy(
+        &self,
+        policy: Policy,
+        actor: &str,
+    ) -> Result<portcullis_policies::PolicyDiff, CaError> {
+        let now = self.now();
+        let summary = policy.summary();
+        let digest = policy.digest();
+        let previous = self.store.policy_state().await?;
+        let old_summary: Option<(String, PolicySummary)> =
+            previous.and_then(|(d, json)| serde_json::from_str(&json).ok().map(|s| (d, s)));
+        let summary_json = serde_json::to_string(&summary)
+            .map_err(|_| CaError::Internal("policy summary".into()))?;
+        let changes = match &old_summary {
+            Some((_, old)) => diff(old, &summary),
+            None => diff(&PolicySummary::default(), &summary),
+        };
+        let mut tx = self.store.begin().await?;
+        audit::record(
+            tx.conn(),
+            now,
+            &AuditEvent::PolicyLoaded {
+                actor: actor.to_owned(),
+                digest: digest.clone(),
+            },
+        )
+        .await?;
+        if let Some((old_digest, _)) = &old_summary
+            && *old_digest != digest {
+                audit::record(
+                    tx.conn(),
+                    now,
+                    &AuditEvent::PolicyChanged {
+                        actor: actor.to_owned(),
+                        digest_before: old_digest.clone(),
+                        digest_after: digest.clone(),
+                        added: changes.added.clone(),
+                        removed: changes.removed.clone(),
+                        changed: changes.changed.clone(),
+                    },
+                )
+                .await?;
+            }
+        store::save_policy_state(tx.conn(), &digest, &summary_json, now).await?;
+        tx.commit().await?;
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        tracing::info!(%digest, "policy loaded");
+        Ok(changes)
+    }
+
+    /// Creates the first administrator when there are no users at all; returns the
+    /// generated one-time password, which is shown once and stored only as a hash.
+    pub async fn bootstrap_admin(
+        &self,
+        username: &str,
+        group: &str,
+    ) -> Result<Option<SecretString>, CaError> {
+        if self.store.user_count().await? > 0 {
+            return Ok(None);
+        }
+        let password = auth::random_token("");
+        let hash = {
+            let pw = password.clone();
+            tokio::task::spawn_blocking(move || hash_password(&pw))
+                .await
+                .map_err(|_| CaError::Internal("hashing task".into()))??
+        };
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        store::insert_user(tx.conn(), username, Some(&hash), &[group.to_owned()], now).await?;
+        audit::record(
+            tx.conn(),
+            now,
+            &AuditEvent::UserChanged {
+                actor: SYSTEM_ACTOR.to_owned(),
+                username: username.to_owned(),
+                change: "bootstrap_admin_created",
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(SecretString::from(password)))
+    }
+}

@@ -1,0 +1,191 @@
+//! Issued certificates, revoked keys and the KRL version counter.
+
+use super::{Result, Store, json_list, parse_list, serial_from_db, serial_to_db, ts, ts_from};
+use sqlx::{AnyConnection, Row};
+
+#[derive(Debug, Clone)]
+pub struct CertRow {
+    pub serial: u64,
+    pub ca_fingerprint: String,
+    pub key_fingerprint: String,
+    pub username: String,
+    pub key_id: String,
+    pub principals: Vec<String>,
+    pub valid_after: u64,
+    pub valid_before: u64,
+    pub issued_at: u64,
+    pub revoked_at: Option<u64>,
+}
+
+macro_rules! cert_columns {
+    () => {
+        "serial, ca_fingerprint, key_fingerprint, username, key_id, principals_json, \
+         valid_after, valid_before, issued_at, revoked_at"
+    };
+}
+
+fn cert_from(row: &sqlx::any::AnyRow) -> Result<CertRow> {
+    Ok(CertRow {
+        serial: serial_from_db(row.try_get("serial")?),
+        ca_fingerprint: row.try_get("ca_fingerprint")?,
+        key_fingerprint: row.try_get("key_fingerprint")?,
+        username: row.try_get("username")?,
+        key_id: row.try_get("key_id")?,
+        principals: parse_list(&row.try_get::<String, _>("principals_json")?)?,
+        valid_after: ts_from(row.try_get("valid_after")?),
+        valid_before: ts_from(row.try_get("valid_before")?),
+        issued_at: ts_from(row.try_get("issued_at")?),
+        revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(ts_from),
+    })
+}
+
+impl Store {
+    pub async fn certificates(&self, username: Option<&str>) -> Result<Vec<CertRow>> {
+        let rows = match username {
+            Some(u) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    cert_columns!(),
+                    " FROM certificates WHERE username = $1 ORDER BY issued_at DESC, serial"
+                ))
+                .bind(u)
+                .fetch_all(self.pool())
+                .await?
+            }
+            None => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    cert_columns!(),
+                    " FROM certificates ORDER BY issued_at DESC, serial"
+                ))
+                .fetch_all(self.pool())
+                .await?
+            }
+        };
+        rows.iter().map(cert_from).collect()
+    }
+
+    /// Revoked certificates that have not expired yet: what the KRL must list.
+    pub async fn revoked_unexpired(&self, now: u64) -> Result<Vec<(u64, String)>> {
+        let rows = sqlx::query(
+            "SELECT serial, ca_fingerprint FROM certificates \
+             WHERE revoked_at IS NOT NULL AND valid_before > $1 ORDER BY serial",
+        )
+        .bind(ts(now))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    serial_from_db(r.try_get("serial")?),
+                    r.try_get("ca_fingerprint")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Public keys revoked outright, as OpenSSH public key lines.
+    pub async fn revoked_keys(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT public_key FROM revoked_keys ORDER BY fingerprint")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("public_key")?)).collect()
+    }
+
+    pub async fn is_key_revoked(&self, fingerprint: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("SELECT 1 AS one FROM revoked_keys WHERE fingerprint = $1")
+                .bind(fingerprint)
+                .fetch_optional(self.pool())
+                .await?
+                .is_some(),
+        )
+    }
+
+    pub async fn krl_version(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT version FROM krl_state WHERE id = 1")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(ts_from(row.try_get("version")?))
+    }
+}
+
+pub async fn insert_cert(conn: &mut AnyConnection, c: &CertRow) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO certificates (serial, ca_fingerprint, key_fingerprint, username, key_id, \
+         principals_json, valid_after, valid_before, issued_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(serial_to_db(c.serial))
+    .bind(&c.ca_fingerprint)
+    .bind(&c.key_fingerprint)
+    .bind(&c.username)
+    .bind(&c.key_id)
+    .bind(json_list(&c.principals))
+    .bind(ts(c.valid_after))
+    .bind(ts(c.valid_before))
+    .bind(ts(c.issued_at))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// What a revocation selects. Already-expired certificates need no KRL entry.
+pub enum RevokeTarget<'a> {
+    Serial(u64),
+    KeyFingerprint(&'a str),
+    User(&'a str),
+}
+
+pub async fn revoke_certs(
+    conn: &mut AnyConnection,
+    target: &RevokeTarget<'_>,
+    now: u64,
+) -> Result<u64> {
+    // Static statements only: sqlx refuses SQL assembled at run time, and rightly so.
+    let query = match target {
+        RevokeTarget::Serial(s) => sqlx::query(
+            "UPDATE certificates SET revoked_at = $1 WHERE serial = $2 AND revoked_at IS NULL AND valid_before > $1",
+        )
+        .bind(ts(now))
+        .bind(serial_to_db(*s)),
+        RevokeTarget::KeyFingerprint(f) => sqlx::query(
+            "UPDATE certificates SET revoked_at = $1 \
+             WHERE key_fingerprint = $2 AND revoked_at IS NULL AND valid_before > $1",
+        )
+        .bind(ts(now))
+        .bind(*f),
+        RevokeTarget::User(u) => sqlx::query(
+            "UPDATE certificates SET revoked_at = $1 WHERE username = $2 AND revoked_at IS NULL AND valid_before > $1",
+        )
+        .bind(ts(now))
+        .bind(*u),
+    };
+    Ok(query.execute(&mut *conn).await?.rows_affected())
+}
+
+pub async fn insert_revoked_key(
+    conn: &mut AnyConnection,
+    fingerprint: &str,
+    public_key: &str,
+    now: u64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO revoked_keys (fingerprint, public_key, revoked_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (fingerprint) DO NOTHING",
+    )
+    .bind(fingerprint)
+    .bind(public_key)
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn bump_krl_version(conn: &mut AnyConnection) -> Result<u64> {
+    let row =
+        sqlx::query("UPDATE krl_state SET version = version + 1 WHERE id = 1 RETURNING version")
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(ts_from(row.try_get("version")?))
+}

@@ -1,0 +1,82 @@
+//! Node inventory and the last loaded policy's summary.
+
+use super::{Result, Store, StoreError, ts};
+use portcullis_proto::NodeRecord;
+use sqlx::{AnyConnection, Row};
+
+impl Store {
+    pub async fn node(&self, name: &str) -> Result<Option<NodeRecord>> {
+        let row = sqlx::query("SELECT record_json FROM nodes WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(|r| {
+            serde_json::from_str(&r.try_get::<String, _>("record_json")?)
+                .map_err(|_| StoreError::Corrupt("node record"))
+        })
+        .transpose()
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        let rows = sqlx::query("SELECT record_json FROM nodes ORDER BY name")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                serde_json::from_str(&r.try_get::<String, _>("record_json")?)
+                    .map_err(|_| StoreError::Corrupt("node record"))
+            })
+            .collect()
+    }
+
+    /// `(digest, summary JSON)` of the policy loaded last, if any.
+    pub async fn policy_state(&self) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT digest, summary_json FROM policy_state WHERE id = 1")
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(|r| Ok((r.try_get("digest")?, r.try_get("summary_json")?)))
+            .transpose()
+    }
+}
+
+/// Inserts or replaces a node; returns true when it was new.
+pub async fn upsert_node(conn: &mut AnyConnection, node: &NodeRecord, now: u64) -> Result<bool> {
+    let json = serde_json::to_string(node).map_err(|_| StoreError::Corrupt("node record"))?;
+    let updated = sqlx::query("UPDATE nodes SET record_json = $1, updated_at = $2 WHERE name = $3")
+        .bind(&json)
+        .bind(ts(now))
+        .bind(&node.name)
+        .execute(&mut *conn)
+        .await?;
+    if updated.rows_affected() == 1 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO nodes (name, record_json, registered_at, updated_at) VALUES ($1, $2, $3, $3)",
+    )
+    .bind(&node.name)
+    .bind(&json)
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
+pub async fn save_policy_state(
+    conn: &mut AnyConnection,
+    digest: &str,
+    summary_json: &str,
+    now: u64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO policy_state (id, digest, summary_json, loaded_at) VALUES (1, $1, $2, $3) \
+         ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, summary_json = excluded.summary_json, \
+         loaded_at = excluded.loaded_at",
+    )
+    .bind(digest)
+    .bind(summary_json)
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! Local users and API sessions.
+
+use super::{Result, Store, json_list, parse_list, ts, ts_from};
+use sqlx::{AnyConnection, Row};
+
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    pub username: String,
+    /// argon2id PHC string; `None` for a user that cannot log in with a password.
+    pub password_hash: Option<String>,
+    pub groups: Vec<String>,
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    pub username: String,
+    pub source: String,
+    pub groups: Vec<String>,
+    pub expires_at: u64,
+}
+
+fn user_from(row: &sqlx::any::AnyRow) -> Result<UserRow> {
+    Ok(UserRow {
+        username: row.try_get("username")?,
+        password_hash: row.try_get("password_hash")?,
+        groups: parse_list(&row.try_get::<String, _>("groups_json")?)?,
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
+    })
+}
+
+impl Store {
+    pub async fn user(&self, username: &str) -> Result<Option<UserRow>> {
+        let row = sqlx::query(
+            "SELECT username, password_hash, groups_json, disabled FROM users WHERE username = $1",
+        )
+        .bind(username)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    pub async fn users(&self) -> Result<Vec<UserRow>> {
+        let rows = sqlx::query(
+            "SELECT username, password_hash, groups_json, disabled FROM users ORDER BY username",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(user_from).collect()
+    }
+
+    pub async fn user_count(&self) -> Result<i64> {
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM users")
+            .fetch_one(self.pool())
+            .await?
+            .try_get("n")?)
+    }
+
+    /// Looks a session up by token hash, joined with the local user row (if any) so one
+    /// query answers "is this caller still allowed" at every request.
+    pub async fn session(
+        &self,
+        token_hash: &str,
+        now: u64,
+    ) -> Result<Option<(SessionRow, Option<UserRow>)>> {
+        let row = sqlx::query(
+            "SELECT s.username AS username, s.source AS source, s.groups_json AS groups_json, \
+                    s.expires_at AS expires_at, u.password_hash AS password_hash, \
+                    u.groups_json AS user_groups, u.disabled AS disabled, u.username AS user_name \
+             FROM sessions s LEFT JOIN users u ON u.username = s.username \
+             WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2",
+        )
+        .bind(token_hash)
+        .bind(ts(now))
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let session = SessionRow {
+            username: row.try_get("username")?,
+            source: row.try_get("source")?,
+            groups: parse_list(&row.try_get::<String, _>("groups_json")?)?,
+            expires_at: ts_from(row.try_get("expires_at")?),
+        };
+        let user = match row.try_get::<Option<String>, _>("user_name")? {
+            Some(username) => Some(UserRow {
+                username,
+                password_hash: row.try_get("password_hash")?,
+                groups: parse_list(&row.try_get::<String, _>("user_groups")?)?,
+                disabled: row.try_get::<i64, _>("disabled")? != 0,
+            }),
+            None => None,
+        };
+        Ok(Some((session, user)))
+    }
+}
+
+pub async fn insert_user(
+    conn: &mut AnyConnection,
+    username: &str,
+    password_hash: Option<&str>,
+    groups: &[String],
+    now: u64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO users (username, password_hash, groups_json, disabled, created_at, updated_at) \
+         VALUES ($1, $2, $3, 0, $4, $4) ON CONFLICT (username) DO NOTHING",
+    )
+    .bind(username)
+    .bind(password_hash)
+    .bind(json_list(groups))
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn set_user_groups(
+    conn: &mut AnyConnection,
+    username: &str,
+    groups: &[String],
+    now: u64,
+) -> Result<bool> {
+    let done =
+        sqlx::query("UPDATE users SET groups_json = $1, updated_at = $2 WHERE username = $3")
+            .bind(json_list(groups))
+            .bind(ts(now))
+            .bind(username)
+            .execute(&mut *conn)
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn set_user_disabled(
+    conn: &mut AnyConnection,
+    username: &str,
+    disabled: bool,
+    now: u64,
+) -> Result<bool> {
+    let done = sqlx::query("UPDATE users SET disabled = $1, updated_at = $2 WHERE username = $3")
+        .bind(i64::from(disabled))
+        .bind(ts(now))
+        .bind(username)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn set_user_password(
+    conn: &mut AnyConnection,
+    username: &str,
+    hash: &str,
+    now: u64,
+) -> Result<bool> {
+    let done =
+        sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE username = $3")
+            .bind(hash)
+            .bind(ts(now))
+            .bind(username)
+            .execute(&mut *conn)
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn insert_session(
+    conn: &mut AnyConnection,
+    token_hash: &str,
+    session: &SessionRow,
+    now: u64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO sessions (token_hash, username, source, groups_json, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(token_hash)
+    .bind(&session.username)
+    .bind(&session.source)
+    .bind(json_list(&session.groups))
+    .bind(ts(now))
+    .bind(ts(session.expires_at))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn revoke_session(conn: &mut AnyConnection, token_hash: &str, now: u64) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE sessions SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL",
+    )
+    .bind(ts(now))
+    .bind(token_hash)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn revoke_user_sessions(
+    conn: &mut AnyConnection,
+    username: &str,
+    now: u64,
+) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE sessions SET revoked_at = $1 WHERE username = $2 AND revoked_at IS NULL",
+    )
+    .bind(ts(now))
+    .bind(username)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,210 @@
+//! Decisions are values. [`Grant`] and [`CertPermit`] have private fields and no public
+//! constructor (and are not `Deserialize`), so code that signs a certificate or performs
+//! a privileged action by taking one cannot be reached without asking the policy first.
+//! A [`Deny`] carries a reason enum with a stable audit code.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use crate::permission::Permission;
+
+/// Who is asking, as established by authentication.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    /// User name; `user = …` bindings and deny statements match it exactly.
+    pub username: String,
+    /// Groups from the directory; `group = …` bindings and deny statements match them.
+    pub groups: BTreeSet<String>,
+    /// Where the identity came from ("local", "ldap", "oidc"); carried for audit only.
+    pub source: String,
+}
+
+/// What a user asks for when requesting a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CertRequest {
+    /// Desired lifetime; capped by the roles. `None` = the maximum allowed.
+    pub ttl: Option<Duration>,
+    /// Roles to use. `None` = every held role except those that set `force-command`.
+    pub roles: Option<Vec<String>>,
+}
+
+/// Proof that `username` holds `permission` right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    username: String,
+    permission: Permission,
+}
+
+impl Grant {
+    pub(crate) fn new(username: &str, permission: Permission) -> Grant {
+        Grant {
+            username: username.to_owned(),
+            permission,
+        }
+    }
+    /// The identity the grant is for.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+    /// The permission granted.
+    pub fn permission(&self) -> Permission {
+        self.permission
+    }
+}
+
+/// A principal set that is non-empty by construction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Principals(BTreeSet<String>);
+
+impl Principals {
+    fn new(set: BTreeSet<String>) -> Option<Principals> {
+        (!set.is_empty()).then_some(Principals(set))
+    }
+}
+
+/// Proof that a user certificate with exactly these contents may be signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPermit {
+    username: String,
+    principals: Principals,
+    ttl: Duration,
+    extensions: BTreeSet<String>,
+    critical_options: BTreeMap<String, String>,
+    roles: Vec<String>,
+}
+
+/// The parts of a permit, before the non-empty check.
+pub(crate) struct PermitParts {
+    pub username: String,
+    pub principals: BTreeSet<String>,
+    pub ttl: Duration,
+    pub extensions: BTreeSet<String>,
+    pub critical_options: BTreeMap<String, String>,
+    pub roles: Vec<String>,
+}
+
+impl CertPermit {
+    /// `None` if there are no principals or the ttl is zero: such a permit cannot exist.
+    pub(crate) fn new(p: PermitParts) -> Option<CertPermit> {
+        if p.ttl.is_zero() {
+            return None;
+        }
+        Some(CertPermit {
+            username: p.username,
+            principals: Principals::new(p.principals)?,
+            ttl: p.ttl,
+            extensions: p.extensions,
+            critical_options: p.critical_options,
+            roles: p.roles,
+        })
+    }
+    /// The identity the certificate is for (use it in the key id).
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+    /// Scoped principals; never empty.
+    pub fn principals(&self) -> &BTreeSet<String> {
+        &self.principals.0
+    }
+    /// Certificate lifetime; never zero.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+    /// OpenSSH extensions to include.
+    pub fn extensions(&self) -> &BTreeSet<String> {
+        &self.extensions
+    }
+    /// OpenSSH critical options to include.
+    pub fn critical_options(&self) -> &BTreeMap<String, String> {
+        &self.critical_options
+    }
+    /// Names of the roles that contributed principals, sorted.
+    pub fn roles(&self) -> &[String] {
+        &self.roles
+    }
+}
+
+/// A refusal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Deny {
+    /// Why.
+    pub reason: DenyReason,
+}
+
+impl From<DenyReason> for Deny {
+    fn from(reason: DenyReason) -> Deny {
+        Deny { reason }
+    }
+}
+
+/// Why a decision was negative. `Debug` has the detail for logs, [`DenyReason::code`] the
+/// stable audit code, `Display` a message safe to show the requester.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenyReason {
+    /// No binding gives the identity any role.
+    NoRoles,
+    /// No held role grants the permission.
+    MissingPermission(Permission),
+    /// The roles considered yield no login.
+    NoLogins,
+    /// A deny statement (named) removed what was asked for.
+    DeniedByStatement(String),
+    /// A requested role does not exist.
+    UnknownRole(String),
+    /// A requested role exists but is not held.
+    RoleNotHeld(String),
+    /// The roles considered set different critical options.
+    ConflictingCriticalOptions,
+    /// The requested certificate lifetime is zero.
+    InvalidTtl,
+    /// No rule exists for the purpose.
+    NoMatchingRule,
+    /// Rules exist for the purpose but none targets the device.
+    TargetMismatch,
+    /// Rules target the device but none has it in scope.
+    OutOfScope,
+}
+
+impl DenyReason {
+    /// Stable snake_case code for audit events.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DenyReason::NoRoles => "no_roles",
+            DenyReason::MissingPermission(_) => "missing_permission",
+            DenyReason::NoLogins => "no_logins",
+            DenyReason::DeniedByStatement(_) => "denied_by_statement",
+            DenyReason::UnknownRole(_) => "unknown_role",
+            DenyReason::RoleNotHeld(_) => "role_not_held",
+            DenyReason::ConflictingCriticalOptions => "conflicting_critical_options",
+            DenyReason::InvalidTtl => "invalid_ttl",
+            DenyReason::NoMatchingRule => "no_matching_rule",
+            DenyReason::TargetMismatch => "target_mismatch",
+            DenyReason::OutOfScope => "out_of_scope",
+        }
+    }
+}
+
+impl fmt::Display for DenyReason {
+    // Deliberately omits policy-internal names (deny statements) and echoes nothing the
+    // requester supplied; the detail is in `Debug` for the log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenyReason::NoRoles => f.write_str("no roles are assigned to you"),
+            DenyReason::MissingPermission(p) => write!(f, "permission {p} is not granted"),
+            DenyReason::NoLogins => f.write_str("no logins are available to you"),
+            DenyReason::DeniedByStatement(_) => f.write_str("denied by policy"),
+            DenyReason::UnknownRole(_) | DenyReason::RoleNotHeld(_) => {
+                f.write_str("a requested role is not available to you")
+            }
+            DenyReason::ConflictingCriticalOptions => {
+                f.write_str("the selected roles set conflicting certificate restrictions; request roles explicitly")
+            }
+            DenyReason::InvalidTtl => f.write_str("the requested certificate lifetime is invalid"),
+            DenyReason::NoMatchingRule => f.write_str("no rule allows this"),
+            DenyReason::TargetMismatch => f.write_str("no rule covers this device"),
+            DenyReason::OutOfScope => f.write_str("the device is outside every matching rule's scope"),
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The decision functions. Guarantees:
+//!
+//! - Roles come only from bindings; deny statements only remove (a login, a permission,
+//!   or everything with `"*"`), so adding a deny statement can never widen a decision.
+//! - A certificate's lifetime and critical options are fixed from the candidate roles
+//!   *before* deny statements are applied, so a deny cannot lengthen a certificate or drop
+//!   a restriction.
+//! - Roles that set `force-command` are used only when explicitly requested, so a normal
+//!   shell certificate never inherits a discovery command.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::decision::{CertPermit, CertRequest, Deny, DenyReason, Grant, Identity, PermitParts};
+use crate::device::Device;
+use crate::model::{DenyStatement, Purpose, Role, Rule, Subject};
+use crate::permission::Permission;
+use crate::policy::Policy;
+use crate::principal::scoped_principal;
+
+fn subject_matches(s: &Subject, who: &Identity) -> bool {
+    match s {
+        Subject::User(u) => *u == who.username,
+        Subject::Group(g) => who.groups.contains(g),
+    }
+}
+
+fn deny_applies(d: &DenyStatement, who: &Identity) -> bool {
+    d.users.contains(&who.username) || !d.groups.is_disjoint(&who.groups)
+}
+
+impl Policy {
+    /// Roles bound to the user or any of their groups, by name order, without repeats.
+    pub fn roles_of(&self, who: &Identity) -> Vec<&Role> {
+        let names: BTreeSet<&String> = self
+            .bindings
+            .iter()
+            .filter(|(s, _)| subject_matches(s, who))
+            .flat_map(|(_, roles)| roles)
+            .collect();
+        names
+            .into_iter()
+            .filter_map(|n| self.roles.get(n))
+            .collect()
+    }
+
+    /// Deny statements that apply to the identity, by name order.
+    pub fn denies_of(&self, who: &Identity) -> Vec<&DenyStatement> {
+        self.denies
+            .values()
+            .filter(|d| deny_applies(d, who))
+            .collect()
+    }
+
+    /// Whether `who` holds `perm` via some role and no deny statement removes it.
+    pub fn authorize(&self, who: &Identity, perm: Permission) -> Result<Grant, Deny> {
+        let roles = self.roles_of(who);
+        if roles.is_empty() {
+            return Err(DenyReason::NoRoles.into());
+        }
+        if !roles.iter().any(|r| r.has_permission(perm)) {
+            return Err(DenyReason::MissingPermission(perm).into());
+        }
+        if let Some(d) = self
+            .denies_of(who)
+            .into_iter()
+            .find(|d| d.removes_permission(perm))
+        {
+            return Err(DenyReason::DeniedByStatement(d.name.clone()).into());
+        }
+        Ok(Grant::new(&who.username, perm))
+    }
+
+    /// Roles a certificate request draws on, before deny statements.
+    fn candidate_roles<'p>(
+        &'p self,
+        held: &[&'p Role],
+        req: &CertRequest,
+    ) -> Result<Vec<&'p Role>, Deny> {
+        let Some(names) = &req.roles else {
+            return Ok(held
+                .iter()
+                .copied()
+                .filter(|r| r.has_permission(Permission::CertsIssue) && !r.logins.is_empty())
+                .filter(|r| !r.has_force_command())
+                .collect());
+        };
+        let mut out: BTreeMap<&str, &Role> = BTreeMap::new();
+        for name in names {
+            let Some(role) = self.roles.get(name) else {
+                return Err(DenyReason::UnknownRole(name.clone()).into());
+            };
+            if !held.iter().any(|h| h.name == role.name) {
+                return Err(DenyReason::RoleNotHeld(name.clone()).into());
+            }
+            if !role.has_permission(Permission::CertsIssue) {
+                return Err(DenyReason::MissingPermission(Permission::CertsIssue).into());
+            }
+            if role.logins.is_empty() {
+                return Err(DenyReason::NoLogins.into());
+            }
+            out.insert(&role.name, role);
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// Decides the contents of a user certificate.
+    pub fn issue_user_cert(&self, who: &Identity, req: &CertRequest) -> Result<CertPermit, Deny> {
+        if req.ttl.is_some_and(|t| t.is_zero()) {
+            return Err(DenyReason::InvalidTtl.into());
+        }
+        let held = self.roles_of(who);
+        if held.is_empty() {
+            return Err(DenyReason::NoRoles.into());
+        }
+        let candidates = self.candidate_roles(&held, req)?;
+        if candidates.is_empty() {
+            let may_issue = held
+                .iter()
+                .any(|r| r.has_permission(Permission::CertsIssue));
+            return Err(if may_issue {
+                DenyReason::NoLogins
+            } else {
+                DenyReason::MissingPermission(Permission::CertsIssue)
+            }
+            .into());
+        }
+
+        // Lifetime and restrictions come from every candidate, before denies.
+        let role_cap = candidates
+            .iter()
+            .map(|r| r.max_cert_ttl)
+            .min()
+            .unwrap_or(Duration::ZERO);
+        let ttl = req.ttl.map_or(role_cap, |t| t.min(role_cap));
+        let mut options: Option<&BTreeMap<String, String>> = None;
+        for r in candidates.iter().filter(|r| !r.critical_options.is_empty()) {
+            match options {
+                Some(o) if *o != r.critical_options => {
+                    return Err(DenyReason::ConflictingCriticalOptions.into());
+                }
+                _ => options = Some(&r.critical_options),
+            }
+        }
+
+        let denies = self.denies_of(who);
+        if let Some(d) = denies
+            .iter()
+            .find(|d| d.removes_permission(Permission::CertsIssue))
+        {
+            return Err(DenyReason::DeniedByStatement(d.name.clone()).into());
+        }
+        let mut principals = BTreeSet::new();
+        let mut extensions = BTreeSet::new();
+        let mut roles = Vec::new();
+        let mut first_denier: Option<&str> = None;
+        for r in &candidates {
+            let mut contributes = false;
+            for login in &r.logins {
+                match denies.iter().find(|d| d.removes_login(login)) {
+                    Some(d) => {
+                        first_denier.get_or_insert(&d.name);
+                    }
+                    None => {
+                        principals.insert(scoped_principal(&r.name, login));
+                        contributes = true;
+                    }
+                }
+            }
+            if contributes {
+                extensions.extend(r.extensions.iter().cloned());
+                roles.push(r.name.clone());
+            }
+        }
+        let empty_reason = || -> Deny {
+            first_denier
+                .map_or(DenyReason::NoLogins, |d| {
+                    DenyReason::DeniedByStatement(d.to_owned())
+                })
+                .into()
+        };
+        CertPermit::new(PermitParts {
+            username: who.username.clone(),
+            principals,
+            ttl,
+            extensions,
+            critical_options: options.cloned().unwrap_or_default(),
+            roles,
+        })
+        .ok_or_else(empty_reason)
+    }
+
+    /// What a node's `AuthorizedPrincipalsFile`s should list: per login, the scoped
+    /// principals of every certificate-issuing role whose targets match the device. Deny
+    /// statements are per identity and so are enforced at issuance, not here.
+    pub fn node_principals(&self, device: &Device) -> BTreeMap<String, BTreeSet<String>> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for r in self.roles.values() {
+            let covers = r.targets.as_ref().is_some_and(|q| q.matches(device));
+            if !covers || !r.has_permission(Permission::CertsIssue) {
+                continue;
+            }
+            for login in &r.logins {
+                out.entry(login.clone())
+                    .or_default()
+                    .insert(scoped_principal(&r.name, login));
+            }
+        }
+        out
+    }
+
+    /// The first rule (by name) for `purpose` whose targets match the device and whose
+    /// scope includes its partition, agent and gateway.
+    pub fn match_rule(&self, purpose: Purpose, device: &Device) -> Result<&Rule, Deny> {
+        let mut purpose_seen = false;
+        let mut target_seen = false;
+        for r in self.rules.values().filter(|r| r.purpose == purpose) {
+            purpose_seen = true;
+            if !r.targets.matches(device) {
+                continue;
+            }
+            target_seen = true;
+            let (p, a, g) = (
+                device.partition.as_deref(),
+                device.agent.as_deref(),
+                device.gateway.as_deref(),
+            );
+            if r.scope.includes(p, a, g) {
+                return Ok(r);
+            }
+        }
+        Err(match (purpose_seen, target_seen) {
+            (_, true) => DenyReason::OutOfScope,
+            (true, false) => DenyReason::TargetMismatch,
+            (false, false) => DenyReason::NoMatchingRule,
+        }
+        .into())
+    }
+}

@@ -1,0 +1,33 @@
+//! Portcullis policy model and decision engine.
+//!
+//! This crate turns policy files (TOML, handed in as text) into a validated, immutable
+//! [`Policy`], and answers every access question of the control plane with a value: an
+//! unforgeable [`Grant`] / [`CertPermit`] or a [`Deny`] with a stable reason code. Target
+//! queries are a strict SRQL subset ([`TargetQuery`]); principals on certificates and
+//! nodes use the per-role scheme described in [`principal`].
+//!
+//! It must never perform I/O (no filesystem, network, environment, clock or randomness):
+//! callers read files and pass text in, so the whole engine is deterministic and tested
+//! with plain unit tests. It must never panic on input, and a typo in a policy must be a
+//! load error, never a silently wider grant.
+
+mod decision;
+mod device;
+mod engine;
+mod load;
+mod model;
+mod permission;
+mod policy;
+pub mod principal;
+pub mod srql;
+mod summary;
+
+pub use decision::{CertPermit, CertRequest, Deny, DenyReason, Grant, Identity};
+pub use device::Device;
+pub use load::{LoadError, LoadErrors};
+pub use model::{DenyStatement, HostKeyPolicy, Purpose, Role, Rule, Scope, SessionLimits, Subject};
+pub use permission::{Permission, UnknownPermission};
+pub use policy::{Policy, PolicySource};
+pub use principal::scoped_principal;
+pub use srql::{QueryError, TargetQuery};
+pub use summary::{PolicyDiff, PolicySummary, diff};

@@ -1,0 +1,207 @@
+//! Turns raw serde items into validated model types, reporting every problem found in an
+//! item (not just the first) against the span of the offending field.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::fields::{
+    EXTENSIONS, critical_options, duration, is_login, item_name, session, subjects, targets,
+};
+use super::raw::{RawDeny, RawRole, RawRule};
+use super::{Errors, File};
+use crate::model::{DenyStatement, Role, Rule, Scope};
+use crate::permission::Permission;
+
+const DEFAULT_TTL: Duration = Duration::from_secs(8 * 3600);
+const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_TIMEOUT_MS: u64 = 120_000;
+
+pub(super) fn role(f: &File<'_>, errs: &mut Errors, raw: RawRole) -> Option<Role> {
+    let before = errs.count();
+    let name = item_name(f, errs, &raw.name, "role");
+    for l in raw.logins.iter().filter(|l| !is_login(l.get_ref())) {
+        errs.at(
+            f,
+            l.span().start,
+            format!(
+                "invalid login {:?} (expected ^[a-z_][a-z0-9_.-]{{0,31}}$)",
+                l.get_ref()
+            ),
+        );
+    }
+    let logins: BTreeSet<String> = raw.logins.iter().map(|l| l.get_ref().clone()).collect();
+    let targets = match (&raw.targets, logins.is_empty()) {
+        (Some(t), false) => targets(f, errs, t),
+        (None, false) => {
+            errs.at(
+                f,
+                raw.name.span().start,
+                format!("role `{name}` has logins but no `targets`"),
+            );
+            None
+        }
+        (Some(t), true) => {
+            errs.at(
+                f,
+                t.span().start,
+                "`targets` has no effect on a role without `logins`",
+            );
+            None
+        }
+        (None, true) => None,
+    };
+    let mut permissions = BTreeSet::new();
+    for p in &raw.permissions {
+        match p.get_ref().parse::<Permission>() {
+            Ok(p) => {
+                permissions.insert(p);
+            }
+            Err(e) => errs.at(f, p.span().start, e.to_string()),
+        }
+    }
+    let mut max_cert_ttl = DEFAULT_TTL;
+    if let Some(s) = &raw.max_cert_ttl
+        && let Some(d) = duration(f, errs, s, "max_cert_ttl")
+    {
+        if d > MAX_TTL {
+            errs.at(f, s.span().start, "`max_cert_ttl` must be at most 7 days");
+        }
+        max_cert_ttl = d;
+    }
+    for e in raw
+        .extensions
+        .iter()
+        .filter(|e| !EXTENSIONS.contains(&e.get_ref().as_str()))
+    {
+        errs.at(
+            f,
+            e.span().start,
+            format!(
+                "unknown extension {:?}; allowed: {}",
+                e.get_ref(),
+                EXTENSIONS.join(", ")
+            ),
+        );
+    }
+    let extensions = raw.extensions.iter().map(|e| e.get_ref().clone()).collect();
+    let critical_options = raw
+        .critical_options
+        .map(|c| critical_options(f, errs, c))
+        .unwrap_or_default();
+    let session = raw.session.map(|s| session(f, errs, s)).unwrap_or_default();
+    (errs.count() == before).then_some(Role {
+        name,
+        logins,
+        targets,
+        permissions,
+        max_cert_ttl,
+        extensions,
+        critical_options,
+        session,
+    })
+}
+
+pub(super) fn deny(f: &File<'_>, errs: &mut Errors, raw: RawDeny) -> Option<DenyStatement> {
+    let before = errs.count();
+    let name = item_name(f, errs, &raw.name, "deny");
+    let users = subjects(f, errs, &raw.users, "user");
+    let groups = subjects(f, errs, &raw.groups, "group");
+    if users.is_empty() && groups.is_empty() {
+        errs.at(
+            f,
+            raw.name.span().start,
+            format!("deny `{name}` names no users or groups"),
+        );
+    }
+    for l in raw
+        .logins
+        .iter()
+        .filter(|l| l.get_ref() != "*" && !is_login(l.get_ref()))
+    {
+        errs.at(
+            f,
+            l.span().start,
+            format!(
+                "invalid login {:?} (use \"*\" for every login)",
+                l.get_ref()
+            ),
+        );
+    }
+    for p in raw.permissions.iter().filter(|p| p.get_ref() != "*") {
+        if let Err(e) = p.get_ref().parse::<Permission>() {
+            errs.at(f, p.span().start, e.to_string());
+        }
+    }
+    if raw.logins.is_empty() && raw.permissions.is_empty() {
+        errs.at(
+            f,
+            raw.name.span().start,
+            format!("deny `{name}` removes no logins or permissions"),
+        );
+    }
+    (errs.count() == before).then(|| DenyStatement {
+        name,
+        users,
+        groups,
+        logins: raw.logins.into_iter().map(Spanned::into_inner).collect(),
+        permissions: raw
+            .permissions
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
+    })
+}
+
+pub(super) fn rule(f: &File<'_>, errs: &mut Errors, raw: RawRule) -> Option<Rule> {
+    let before = errs.count();
+    let name = item_name(f, errs, &raw.name, "rule");
+    let targets = targets(f, errs, &raw.targets);
+    let scope_span = raw.scope.span();
+    let rs = raw.scope.into_inner();
+    let scope = Scope {
+        partitions: subjects(f, errs, &rs.partitions, "partition"),
+        agents: subjects(f, errs, &rs.agents, "agent"),
+        gateways: subjects(f, errs, &rs.gateways, "gateway"),
+    };
+    if scope.partitions.is_empty() && scope.agents.is_empty() && scope.gateways.is_empty() {
+        errs.at(f, scope_span.start, "`scope` is empty; an empty scope never means \"any scope\" — list partitions, agents or gateways");
+    }
+    let mut timeout = Duration::from_millis(10_000);
+    if let Some(t) = raw.timeout_ms {
+        let ms = *t.get_ref();
+        if !(1..=MAX_TIMEOUT_MS).contains(&ms) {
+            errs.at(
+                f,
+                t.span().start,
+                format!("`timeout_ms` must be between 1 and {MAX_TIMEOUT_MS}"),
+            );
+        }
+        timeout = Duration::from_millis(ms);
+    }
+    let mut allowed_ports = BTreeSet::from([22]);
+    if let Some(ports) = raw.allowed_ports {
+        if ports.get_ref().is_empty() {
+            errs.at(f, ports.span().start, "`allowed_ports` must not be empty");
+        }
+        for p in ports.get_ref().iter().filter(|p| *p.get_ref() == 0) {
+            errs.at(f, p.span().start, "port 0 is not a valid port");
+        }
+        allowed_ports = ports
+            .into_inner()
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect();
+    }
+    let targets = targets?;
+    (errs.count() == before).then_some(Rule {
+        name,
+        purpose: raw.purpose,
+        targets,
+        scope,
+        host_key_policy: raw.host_key_policy,
+        timeout,
+        allowed_ports,
+    })
+}

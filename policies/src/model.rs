@@ -1,0 +1,292 @@
+//! Validated policy items. They are built only by the loader, so holding one means every
+//! field passed validation; accessors are read-only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::permission::Permission;
+use crate::srql::TargetQuery;
+
+/// A named bundle of logins (on the devices its targets select) and permissions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    pub(crate) name: String,
+    pub(crate) logins: BTreeSet<String>,
+    pub(crate) targets: Option<TargetQuery>,
+    pub(crate) permissions: BTreeSet<Permission>,
+    pub(crate) max_cert_ttl: Duration,
+    pub(crate) extensions: BTreeSet<String>,
+    pub(crate) critical_options: BTreeMap<String, String>,
+    pub(crate) session: SessionLimits,
+}
+
+impl Role {
+    /// Unique role name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Logins this role may use on the devices its targets select (may be empty).
+    pub fn logins(&self) -> &BTreeSet<String> {
+        &self.logins
+    }
+    /// Devices the logins apply to; `Some` exactly when logins are non-empty.
+    pub fn targets(&self) -> Option<&TargetQuery> {
+        self.targets.as_ref()
+    }
+    /// Control-plane permissions.
+    pub fn permissions(&self) -> &BTreeSet<Permission> {
+        &self.permissions
+    }
+    /// Whether the role grants `p`.
+    pub fn has_permission(&self, p: Permission) -> bool {
+        self.permissions.contains(&p)
+    }
+    /// Upper bound for certificates this role contributes to (0 < ttl <= 7 days).
+    pub fn max_cert_ttl(&self) -> Duration {
+        self.max_cert_ttl
+    }
+    /// OpenSSH certificate extensions, e.g. `permit-pty`.
+    pub fn extensions(&self) -> &BTreeSet<String> {
+        &self.extensions
+    }
+    /// OpenSSH critical options (`force-command`, `source-address`, `verify-required`).
+    pub fn critical_options(&self) -> &BTreeMap<String, String> {
+        &self.critical_options
+    }
+    /// Whether the role sets a `force-command` (such roles are used only when requested).
+    pub fn has_force_command(&self) -> bool {
+        self.critical_options.contains_key("force-command")
+    }
+    /// Session controls for sessions opened under this role.
+    pub fn session(&self) -> &SessionLimits {
+        &self.session
+    }
+}
+
+/// Session controls; caps of `None` mean unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Close a session after this much inactivity.
+    pub idle: Duration,
+    /// Close a session after this long regardless of activity.
+    pub absolute: Duration,
+    /// Concurrent sessions per user.
+    pub max_per_user: Option<u32>,
+    /// Concurrent sessions per device.
+    pub max_per_device: Option<u32>,
+    /// Concurrent sessions per agent.
+    pub max_per_agent: Option<u32>,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            idle: Duration::from_secs(900),
+            absolute: Duration::from_secs(3600),
+            max_per_user: None,
+            max_per_device: None,
+            max_per_agent: None,
+        }
+    }
+}
+
+/// Whom a binding (or deny statement) names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Subject {
+    /// A group from LDAP, OIDC or the local store.
+    Group(String),
+    /// A single user name.
+    User(String),
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Group(g) => write!(f, "group:{g}"),
+            Subject::User(u) => write!(f, "user:{u}"),
+        }
+    }
+}
+
+/// A statement that removes logins and/or permissions from matching identities. It can
+/// never add anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenyStatement {
+    pub(crate) name: String,
+    pub(crate) users: BTreeSet<String>,
+    pub(crate) groups: BTreeSet<String>,
+    /// `"*"` removes every login.
+    pub(crate) logins: BTreeSet<String>,
+    /// `"*"` removes every permission.
+    pub(crate) permissions: BTreeSet<String>,
+}
+
+impl DenyStatement {
+    /// Unique name (used as the audit detail).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Users it applies to.
+    pub fn users(&self) -> &BTreeSet<String> {
+        &self.users
+    }
+    /// Groups it applies to.
+    pub fn groups(&self) -> &BTreeSet<String> {
+        &self.groups
+    }
+    /// Logins removed (`"*"` = all).
+    pub fn logins(&self) -> &BTreeSet<String> {
+        &self.logins
+    }
+    /// Permissions removed, as strings (`"*"` = all).
+    pub fn permissions(&self) -> &BTreeSet<String> {
+        &self.permissions
+    }
+    /// Whether this statement removes `login`.
+    pub fn removes_login(&self, login: &str) -> bool {
+        self.logins.contains("*") || self.logins.contains(login)
+    }
+    /// Whether this statement removes `p`.
+    pub fn removes_permission(&self, p: Permission) -> bool {
+        self.permissions.contains("*") || self.permissions.contains(p.as_str())
+    }
+}
+
+/// What a rule lets the control plane do on a set of devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// Interactive SSH through the bastion.
+    SshLogin,
+    /// Browser console.
+    ConsoleAccess,
+    /// Hardware discovery over SSH.
+    InventoryEnrichment,
+}
+
+impl Purpose {
+    /// The string form used in policy files and audit events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::SshLogin => "ssh_login",
+            Purpose::ConsoleAccess => "console_access",
+            Purpose::InventoryEnrichment => "inventory_enrichment",
+        }
+    }
+}
+
+impl fmt::Display for Purpose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the control plane checks a device's host key.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum HostKeyPolicy {
+    /// Only pinned / certified host keys.
+    #[default]
+    KnownHosts,
+    /// Pin the first key seen.
+    TrustOnFirstUse,
+    /// No verification at all; named so nobody enables it by accident.
+    DangerSkipVerify,
+}
+
+impl HostKeyPolicy {
+    /// The string form used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostKeyPolicy::KnownHosts => "known_hosts",
+            HostKeyPolicy::TrustOnFirstUse => "trust_on_first_use",
+            HostKeyPolicy::DangerSkipVerify => "danger_skip_verify",
+        }
+    }
+}
+
+/// Where a rule applies. A non-empty dimension must contain the device's value; an empty
+/// one does not constrain. At least one dimension is non-empty: an empty scope never
+/// means "any scope".
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Scope {
+    pub(crate) partitions: BTreeSet<String>,
+    pub(crate) agents: BTreeSet<String>,
+    pub(crate) gateways: BTreeSet<String>,
+}
+
+impl Scope {
+    /// Allowed partitions.
+    pub fn partitions(&self) -> &BTreeSet<String> {
+        &self.partitions
+    }
+    /// Allowed agents.
+    pub fn agents(&self) -> &BTreeSet<String> {
+        &self.agents
+    }
+    /// Allowed gateways.
+    pub fn gateways(&self) -> &BTreeSet<String> {
+        &self.gateways
+    }
+    /// Whether a device with these attributes is inside the scope. A missing attribute is
+    /// outside any dimension that constrains it.
+    pub fn includes(
+        &self,
+        partition: Option<&str>,
+        agent: Option<&str>,
+        gateway: Option<&str>,
+    ) -> bool {
+        fn dim(set: &BTreeSet<String>, v: Option<&str>) -> bool {
+            set.is_empty() || v.is_some_and(|v| set.contains(v))
+        }
+        dim(&self.partitions, partition) && dim(&self.agents, agent) && dim(&self.gateways, gateway)
+    }
+}
+
+/// How a purpose reaches a set of devices (ServiceRadar credential rules).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub(crate) name: String,
+    pub(crate) purpose: Purpose,
+    pub(crate) targets: TargetQuery,
+    pub(crate) scope: Scope,
+    pub(crate) host_key_policy: HostKeyPolicy,
+    pub(crate) timeout: Duration,
+    pub(crate) allowed_ports: BTreeSet<u16>,
+}
+
+impl Rule {
+    /// Unique rule name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// What the rule is for.
+    pub fn purpose(&self) -> Purpose {
+        self.purpose
+    }
+    /// Devices the rule covers.
+    pub fn targets(&self) -> &TargetQuery {
+        &self.targets
+    }
+    /// Agents / gateways / partitions the rule covers.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+    /// Host key checking for connections made under this rule.
+    pub fn host_key_policy(&self) -> HostKeyPolicy {
+        self.host_key_policy
+    }
+    /// Connect timeout (1 ms ..= 120 s).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+    /// Ports the rule may connect to (non-empty, no 0).
+    pub fn allowed_ports(&self) -> &BTreeSet<u16> {
+        &self.allowed_ports
+    }
+}

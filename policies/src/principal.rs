@@ -1,0 +1,52 @@
+//! Scoped principals: how a certificate's principals and a node's
+//! `AuthorizedPrincipalsFile` meet.
+//!
+//! A user certificate does not carry the login (`root`) as a principal. It carries one
+//! opaque token per (role, login) the user may use: `pc_<12 hex of sha256("portcullis-role-v1\0" + role)>_<login>`.
+//! A node's `AuthorizedPrincipalsFile` for login `root` lists the tokens of exactly those
+//! roles whose target query matches that node. So:
+//!
+//! - **Certificates stay small** at thousands of nodes: their size grows with the roles a
+//!   user holds, not with the fleet (per-node tokens, like ServiceRadar's `srp_v1_…`, are
+//!   tighter but would put thousands of principals in one certificate).
+//! - **A node accepts only roles that cover it**: a certificate for `pc_…_root` of a role
+//!   targeting `tags.env:prod` is useless on a staging node, with stock sshd doing the check.
+//! - **Policy changes reach nodes through the enrollment refresh** of their principals
+//!   files; changing a role's targets changes which nodes list its token.
+//! - **Immediate revocation is the KRL's job**; principals files bound what a valid
+//!   certificate can do, the KRL kills certificates that must stop working now.
+//!
+//! The role name is hashed (rather than written out) so node files and certificates do not
+//! disclose the policy's vocabulary, and the prefix keeps tokens from ever colliding with
+//! real login names by accident. The `v1` domain separator allows a future
+//! scheme change without ambiguity.
+
+use sha2::{Digest, Sha256};
+
+/// The principal that lets holders of `role` log in as `login` on nodes the role targets.
+pub fn scoped_principal(role: &str, login: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"portcullis-role-v1\0");
+    h.update(role.as_bytes());
+    let hex = hex::encode(h.finalize());
+    format!("pc_{}_{login}", hex.get(..12).unwrap_or(&hex))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scoped_principal;
+
+    #[test]
+    fn shape_and_stability() {
+        let p = scoped_principal("pve-admin", "root");
+        assert!(p.starts_with("pc_") && p.ends_with("_root"));
+        assert_eq!(p.len(), 3 + 12 + 1 + 4);
+        assert_eq!(p, scoped_principal("pve-admin", "root"));
+        assert_ne!(p, scoped_principal("pve-admin2", "root"));
+        assert_ne!(p, scoped_principal("pve-admin", "admin"));
+        // Pinned so an accidental scheme change (which would lock everyone out of every
+        // node until refresh) fails a test. Computed independently with:
+        // printf 'portcullis-role-v1\0pve-admin' | sha256sum | cut -c1-12
+        assert_eq!(p, "pc_d678dd085269_root");
+    }
+}

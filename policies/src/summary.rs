@@ -1,0 +1,225 @@
+//! Content digests of a policy, for audit ("which policy decided this?") and for telling
+//! operators what a reload changed.
+//!
+//! Each item is hashed over a canonical encoding of its *validated* form (length-prefixed
+//! fields in a fixed order, sets sorted, durations in nanoseconds, queries in canonical
+//! text), so reformatting a file, reordering keys or moving an item to another file does
+//! not change its digest, while any semantic change does.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::{DenyStatement, Role, Rule};
+use crate::policy::Policy;
+
+/// Per item kind, item name → sha256 hex of its canonical form. Bindings are named
+/// `group:<g>` / `user:<u>` (repeated bindings of one subject are merged).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySummary {
+    /// `[[role]]` items.
+    #[serde(default)]
+    pub role: BTreeMap<String, String>,
+    /// `[[binding]]` items, merged per subject.
+    #[serde(default)]
+    pub binding: BTreeMap<String, String>,
+    /// `[[deny]]` items.
+    #[serde(default)]
+    pub deny: BTreeMap<String, String>,
+    /// `[[rule]]` items.
+    #[serde(default)]
+    pub rule: BTreeMap<String, String>,
+}
+
+impl PolicySummary {
+    /// `(kind, items)` in a fixed order.
+    pub fn kinds(&self) -> [(&'static str, &BTreeMap<String, String>); 4] {
+        [
+            ("role", &self.role),
+            ("binding", &self.binding),
+            ("deny", &self.deny),
+            ("rule", &self.rule),
+        ]
+    }
+
+    /// sha256 hex over the whole summary.
+    pub fn digest(&self) -> String {
+        let mut c = Canon::new("portcullis-policy-summary-v1");
+        for (kind, items) in self.kinds() {
+            c.str("kind", kind);
+            for (name, hash) in items {
+                c.str("name", name);
+                c.str("hash", hash);
+            }
+        }
+        c.finish()
+    }
+}
+
+/// What changed between two summaries; entries look like `role:pve-admin`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDiff {
+    /// Items only in the new policy.
+    pub added: Vec<String>,
+    /// Items only in the old policy.
+    pub removed: Vec<String>,
+    /// Items in both with different content.
+    pub changed: Vec<String>,
+}
+
+impl PolicyDiff {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// Compares two summaries item by item.
+pub fn diff(old: &PolicySummary, new: &PolicySummary) -> PolicyDiff {
+    let mut out = PolicyDiff::default();
+    for ((kind, old), (_, new)) in old.kinds().into_iter().zip(new.kinds()) {
+        for (name, hash) in old {
+            match new.get(name) {
+                None => out.removed.push(format!("{kind}:{name}")),
+                Some(h) if h != hash => out.changed.push(format!("{kind}:{name}")),
+                Some(_) => {}
+            }
+        }
+        for name in new.keys().filter(|n| !old.contains_key(*n)) {
+            out.added.push(format!("{kind}:{name}"));
+        }
+    }
+    out
+}
+
+/// Length-prefixed field encoder feeding a hash: unambiguous whatever the field contents.
+struct Canon(Sha256);
+
+impl Canon {
+    fn new(domain: &str) -> Canon {
+        let mut c = Canon(Sha256::new());
+        c.str("domain", domain);
+        c
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.update((b.len() as u64).to_be_bytes());
+        self.0.update(b);
+    }
+    fn str(&mut self, key: &str, v: &str) {
+        self.bytes(key.as_bytes());
+        self.bytes(v.as_bytes());
+    }
+    fn num(&mut self, key: &str, v: u128) {
+        self.str(key, &v.to_string());
+    }
+    fn opt_num(&mut self, key: &str, v: Option<u32>) {
+        self.str(key, &v.map_or_else(|| "none".to_owned(), |v| v.to_string()));
+    }
+    fn set<'a>(&mut self, key: &str, items: impl IntoIterator<Item = &'a str>) {
+        let items: Vec<&str> = items.into_iter().collect();
+        self.num(key, items.len() as u128);
+        for i in items {
+            self.bytes(i.as_bytes());
+        }
+    }
+    fn finish(self) -> String {
+        hex::encode(self.0.finalize())
+    }
+}
+
+fn role_hash(r: &Role) -> String {
+    let mut c = Canon::new("role-v1");
+    c.str("name", &r.name);
+    c.set("logins", r.logins.iter().map(String::as_str));
+    c.str(
+        "targets",
+        &r.targets
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+    );
+    c.set("permissions", r.permissions.iter().map(|p| p.as_str()));
+    c.num("max_cert_ttl_ns", r.max_cert_ttl.as_nanos());
+    c.set("extensions", r.extensions.iter().map(String::as_str));
+    c.num("critical_options", r.critical_options.len() as u128);
+    for (k, v) in &r.critical_options {
+        c.str(k, v);
+    }
+    c.num("idle_ns", r.session.idle.as_nanos());
+    c.num("absolute_ns", r.session.absolute.as_nanos());
+    c.opt_num("max_per_user", r.session.max_per_user);
+    c.opt_num("max_per_device", r.session.max_per_device);
+    c.opt_num("max_per_agent", r.session.max_per_agent);
+    c.finish()
+}
+
+fn binding_hash(subject: &str, roles: &BTreeSet<String>) -> String {
+    let mut c = Canon::new("binding-v1");
+    c.str("subject", subject);
+    c.set("roles", roles.iter().map(String::as_str));
+    c.finish()
+}
+
+fn deny_hash(d: &DenyStatement) -> String {
+    let mut c = Canon::new("deny-v1");
+    c.str("name", &d.name);
+    c.set("users", d.users.iter().map(String::as_str));
+    c.set("groups", d.groups.iter().map(String::as_str));
+    c.set("logins", d.logins.iter().map(String::as_str));
+    c.set("permissions", d.permissions.iter().map(String::as_str));
+    c.finish()
+}
+
+fn rule_hash(r: &Rule) -> String {
+    let mut c = Canon::new("rule-v1");
+    c.str("name", &r.name);
+    c.str("purpose", r.purpose.as_str());
+    c.str("targets", &r.targets.to_string());
+    c.set("partitions", r.scope.partitions.iter().map(String::as_str));
+    c.set("agents", r.scope.agents.iter().map(String::as_str));
+    c.set("gateways", r.scope.gateways.iter().map(String::as_str));
+    c.str("host_key_policy", r.host_key_policy.as_str());
+    c.num("timeout_ns", r.timeout.as_nanos());
+    let ports: Vec<String> = r.allowed_ports.iter().map(u16::to_string).collect();
+    c.set("allowed_ports", ports.iter().map(String::as_str));
+    c.finish()
+}
+
+impl Policy {
+    /// Per-item digests.
+    pub fn summary(&self) -> PolicySummary {
+        PolicySummary {
+            role: self
+                .roles
+                .iter()
+                .map(|(n, r)| (n.clone(), role_hash(r)))
+                .collect(),
+            binding: self
+                .bindings
+                .iter()
+                .map(|(s, roles)| {
+                    let name = s.to_string();
+                    let hash = binding_hash(&name, roles);
+                    (name, hash)
+                })
+                .collect(),
+            deny: self
+                .denies
+                .iter()
+                .map(|(n, d)| (n.clone(), deny_hash(d)))
+                .collect(),
+            rule: self
+                .rules
+                .iter()
+                .map(|(n, r)| (n.clone(), rule_hash(r)))
+                .collect(),
+        }
+    }
+
+    /// sha256 hex identifying the whole policy's content.
+    pub fn digest(&self) -> String {
+        self.summary().digest()
+    }
+}

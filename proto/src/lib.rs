@@ -1,0 +1,175 @@
+//! Wire types of the Portcullis CA's HTTPS API.
+//!
+//! Both the server (`ca`) and the CLI (`portcullis`) speak these types, so a field renamed
+//! here is renamed for both. Nothing here is a secret container: passwords are *not*
+//! modelled as serializable fields (the CLI builds that one body by hand and the server
+//! reads it straight into a redacting type).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Every error body the API returns. `error` is a stable code; `message` is safe to show.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub token: String,
+    pub username: String,
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub username: String,
+    pub source: String,
+    pub groups: Vec<String>,
+    pub roles: Vec<String>,
+    pub session_expires_at: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserCertRequest {
+    /// One OpenSSH public key line. The private key never leaves the user's machine.
+    pub public_key: String,
+    /// Requested lifetime; policy caps it.
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    /// Roles to use; `None` means every role the user holds except forced-command roles.
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserCertResponse {
+    /// The certificate in OpenSSH `-cert.pub` format.
+    pub certificate: String,
+    /// Decimal string: serials are 64-bit and JSON numbers are not.
+    pub serial: String,
+    pub key_id: String,
+    pub principals: Vec<String>,
+    pub valid_after: u64,
+    pub valid_before: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub username: String,
+    pub groups: Vec<String>,
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserAddRequest {
+    pub username: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetGroupsRequest {
+    pub groups: Vec<String>,
+}
+
+/// What to revoke; exactly one field is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// An OpenSSH public key line: every certificate for it, and the key itself, are revoked.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeResponse {
+    pub certificates_revoked: u64,
+    pub key_revoked: bool,
+    pub krl_version: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssuedCert {
+    pub serial: String,
+    pub username: String,
+    pub key_id: String,
+    pub principals: Vec<String>,
+    pub valid_after: u64,
+    pub valid_before: u64,
+    pub key_fingerprint: String,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaKeyInfo {
+    pub purpose: String,
+    pub state: String,
+    pub algorithm: String,
+    pub fingerprint: String,
+    pub public_key: String,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditVerifyResponse {
+    pub ok: bool,
+    pub records: u64,
+    /// The first sequence number at which the chain breaks, when it does.
+    pub first_bad_seq: Option<u64>,
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub at: u64,
+    pub event: String,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyReloadResponse {
+    pub digest: String,
+    pub changed: bool,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub modified: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRecord {
+    pub name: String,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub vendor: Option<String>,
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub partition: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A node's `AuthorizedPrincipalsFile` contents, per login.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodePrincipals {
+    pub node: String,
+    pub principals: BTreeMap<String, Vec<String>>,
+}
+
+pub mod pin;

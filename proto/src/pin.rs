@@ -1,0 +1,59 @@
+//! TLS public-key pins: `SHA256:<base64>` of a certificate's SubjectPublicKeyInfo.
+//!
+//! Pinning the public key rather than the whole certificate means a renewed bootstrap
+//! certificate with the same key keeps working, and the same value is what
+//! `curl --pinnedpubkey sha256//<base64>` checks, so the enrollment one-liner and the
+//! CLI share one fingerprint.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use sha2::{Digest, Sha256};
+
+/// `SHA256:<base64 without padding>` of DER-encoded SubjectPublicKeyInfo.
+pub fn pin_of_spki(spki_der: &[u8]) -> String {
+    format!(
+        "SHA256:{}",
+        STANDARD_NO_PAD.encode(Sha256::digest(spki_der))
+    )
+}
+
+/// The pin of an X.509 certificate's public key, or `None` if it does not parse.
+pub fn pin_of_certificate(cert_der: &[u8]) -> Option<String> {
+    let der = rustls_pki_types::CertificateDer::from(cert_der);
+    let cert = webpki::EndEntityCert::try_from(&der).ok()?;
+    Some(pin_of_spki(cert.subject_public_key_info().as_ref()))
+}
+
+/// Accepts `SHA256:<b64>`, `sha256//<b64>` (curl's form) and padded base64; returns the
+/// canonical `SHA256:` form.
+pub fn normalize_pin(pin: &str) -> Option<String> {
+    let b64 = pin
+        .trim()
+        .strip_prefix("SHA256:")
+        .or_else(|| pin.trim().strip_prefix("sha256//"))?;
+    let bytes = STANDARD_NO_PAD.decode(b64.trim_end_matches('=')).ok()?;
+    (bytes.len() == 32).then(|| format!("SHA256:{}", STANDARD_NO_PAD.encode(bytes)))
+}
+
+/// curl's `--pinnedpubkey` argument for the same key.
+pub fn curl_pin(pin: &str) -> Option<String> {
+    let canonical = normalize_pin(pin)?;
+    let b64 = canonical.strip_prefix("SHA256:")?;
+    let padded = format!("{b64}{}", "=".repeat((4 - b64.len() % 4) % 4));
+    Some(format!("sha256//{padded}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_both_forms() {
+        let pin = pin_of_spki(b"example");
+        let curl = curl_pin(&pin).unwrap_or_default();
+        assert!(curl.starts_with("sha256//") && curl.ends_with('='));
+        assert_eq!(normalize_pin(&curl).as_deref(), Some(pin.as_str()));
+        assert_eq!(normalize_pin("SHA256:short"), None);
+        assert_eq!(normalize_pin("md5:abc"), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! Test harness: starts real binaries and peers.
