@@ -1,0 +1,285 @@
+//! `portcullis admin …`: thin calls to the CA's admin API with the saved session.
+
+use crate::api::Api;
+use crate::args::{AdminCommand, AuditCommand, CaCommand, NodeCommand, PolicyCommand, UserCommand};
+use crate::login::read_password;
+use crate::state::Paths;
+use anyhow::{anyhow, bail};
+use portcullis_proto::*;
+use secrecy::ExposeSecret;
+use serde_json::json;
+use std::collections::BTreeMap;
+
+fn api() -> anyhow::Result<Api> {
+    let session = Paths::new()?
+        .load_session()
+        .ok_or_else(|| anyhow!("not logged in: run `portcullis login` first"))?;
+    Ok(Api::new(&session.ca_url, session.ca_fingerprint.as_deref())?.with_token(&session.token))
+}
+
+/// Path segments come from the command line; keep them to safe characters.
+fn seg(s: &str) -> anyhow::Result<&str> {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'))
+    {
+        Ok(s)
+    } else {
+        bail!("invalid name {s:?}")
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
+    let api = api()?;
+    match cmd {
+        AdminCommand::User(cmd) => user(&api, cmd).await,
+        AdminCommand::Revoke(args) => {
+            let body = match (args.serial, args.key, args.user) {
+                (Some(serial), _, _) => RevokeRequest {
+                    serial: Some(serial),
+                    ..Default::default()
+                },
+                (_, Some(path), _) => RevokeRequest {
+                    public_key: Some(
+                        std::fs::read_to_string(&path)
+                            .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?,
+                    ),
+                    ..Default::default()
+                },
+                (_, _, Some(user)) => RevokeRequest {
+                    username: Some(user),
+                    ..Default::default()
+                },
+                _ => bail!("give --serial, --key or --user"),
+            };
+            let r: RevokeResponse = api.post("/v1/admin/revoke", &body).await?;
+            println!(
+                "Revoked {} certificate(s){}; KRL version {}.",
+                r.certificates_revoked,
+                if r.key_revoked { " and the key" } else { "" },
+                r.krl_version
+            );
+            Ok(())
+        }
+        AdminCommand::Certs { user } => {
+            let path = match user {
+                Some(u) => format!("/v1/admin/certs?user={}", seg(&u)?),
+                None => "/v1/admin/certs".to_owned(),
+            };
+            print_json(&api.get::<Vec<IssuedCert>>(&path).await?)
+        }
+        AdminCommand::Ca(cmd) => match cmd {
+            CaCommand::List => {
+                for k in api.get::<Vec<CaKeyInfo>>("/v1/admin/ca/keys").await? {
+                    println!(
+                        "{:<9} {:<9} {} {}",
+                        k.purpose, k.state, k.fingerprint, k.algorithm
+                    );
+                }
+                Ok(())
+            }
+            CaCommand::Rotate { purpose } => {
+                let k: CaKeyInfo = api
+                    .post(
+                        &format!("/v1/admin/ca/{}/rotate", seg(&purpose)?),
+                        &json!({}),
+                    )
+                    .await?;
+                println!(
+                    "Published new {} CA key {} (pending).",
+                    k.purpose, k.fingerprint
+                );
+                println!(
+                    "Let nodes refresh their trusted keys, then run `portcullis admin ca activate {}`.",
+                    k.purpose
+                );
+                Ok(())
+            }
+            CaCommand::Activate { purpose } => {
+                api.post_unit(
+                    &format!("/v1/admin/ca/{}/activate", seg(&purpose)?),
+                    &json!({}),
+                )
+                .await?;
+                println!(
+                    "The pending {purpose} CA key now signs; the previous key stays trusted until retired."
+                );
+                Ok(())
+            }
+            CaCommand::Retire { fingerprint } => {
+                api.post_unit(
+                    "/v1/admin/ca/retire",
+                    &json!({ "fingerprint": fingerprint }),
+                )
+                .await?;
+                println!("Retired {fingerprint}.");
+                Ok(())
+            }
+        },
+        AdminCommand::Audit(AuditCommand::Verify) => {
+            let r: AuditVerifyResponse = api.get("/v1/admin/audit/verify").await?;
+            if r.ok {
+                println!(
+                    "Audit log intact: {} records, hash chain verified.",
+                    r.records
+                );
+                Ok(())
+            } else {
+                bail!(
+                    "audit log TAMPERED at record {}: {}",
+                    r.first_bad_seq.map(|s| s.to_string()).unwrap_or_default(),
+                    r.problem.unwrap_or_default()
+                )
+            }
+        }
+        AdminCommand::Audit(AuditCommand::List { after, limit }) => {
+            for r in api
+                .get::<Vec<AuditRecord>>(&format!("/v1/admin/audit?after={after}&limit={limit}"))
+                .await?
+            {
+                println!("{} {} {}", r.seq, r.at, r.payload);
+            }
+            Ok(())
+        }
+        AdminCommand::Policy(PolicyCommand::Reload) => {
+            let r: PolicyReloadResponse = api.post("/v1/admin/policy/reload", &json!({})).await?;
+            if r.changed {
+                println!(
+                    "Policy reloaded ({}): added {:?}, removed {:?}, changed {:?}",
+                    r.digest, r.added, r.removed, r.modified
+                );
+            } else {
+                println!("Policy unchanged ({}).", r.digest);
+            }
+            Ok(())
+        }
+        AdminCommand::Node(cmd) => node(&api, cmd).await,
+    }
+}
+
+async fn user(api: &Api, cmd: UserCommand) -> anyhow::Result<()> {
+    match cmd {
+        UserCommand::Add {
+            name,
+            groups,
+            password_stdin,
+            no_password,
+        } => {
+            let password = if no_password {
+                None
+            } else {
+                Some(read_password(
+                    &format!("New password for {name}: "),
+                    password_stdin,
+                )?)
+            };
+            let body = json!({
+                "username": name,
+                "groups": groups,
+                "password": password.as_ref().map(|p| p.expose_secret()),
+            });
+            let _: UserInfo = api.post("/v1/admin/users", &body).await?;
+            println!("Added user {name} (groups: {}).", groups.join(", "));
+        }
+        UserCommand::Disable { name } => {
+            api.post_unit(
+                &format!("/v1/admin/users/{}/disable", seg(&name)?),
+                &json!({}),
+            )
+            .await?;
+            println!("Disabled {name}; their sessions ended and live certificates were revoked.");
+        }
+        UserCommand::Enable { name } => {
+            api.post_unit(
+                &format!("/v1/admin/users/{}/enable", seg(&name)?),
+                &json!({}),
+            )
+            .await?;
+            println!("Enabled {name}.");
+        }
+        UserCommand::SetGroups { name, groups } => {
+            let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
+            api.put_unit(
+                &format!("/v1/admin/users/{}/groups", seg(&name)?),
+                &SetGroupsRequest {
+                    groups: groups.clone(),
+                },
+            )
+            .await?;
+            println!("{name} is now in: {}", groups.join(", "));
+        }
+        UserCommand::SetPassword {
+            name,
+            password_stdin,
+        } => {
+            let password = read_password(&format!("New password for {name}: "), password_stdin)?;
+            api.put_unit(
+                &format!("/v1/admin/users/{}/password", seg(&name)?),
+                &json!({ "password": password.expose_secret() }),
+            )
+            .await?;
+            println!("Password set for {name}.");
+        }
+        UserCommand::List => {
+            for u in api.get::<Vec<UserInfo>>("/v1/admin/users").await? {
+                println!(
+                    "{:<20} {:<9} {}",
+                    u.username,
+                    if u.disabled { "disabled" } else { "active" },
+                    u.groups.join(",")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn node(api: &Api, cmd: NodeCommand) -> anyhow::Result<()> {
+    match cmd {
+        NodeCommand::Add {
+            name,
+            addresses,
+            tags,
+            agent,
+            partition,
+        } => {
+            let mut tag_map = BTreeMap::new();
+            for t in tags {
+                let (k, v) = t
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--tag must be key=value"))?;
+                tag_map.insert(k.to_owned(), v.to_owned());
+            }
+            let record = NodeRecord {
+                name: name.clone(),
+                addresses,
+                tags: tag_map,
+                agent,
+                partition,
+                ..Default::default()
+            };
+            let _: NodeRecord = api.post("/v1/admin/nodes", &record).await?;
+            println!("Node {name} saved.");
+        }
+        NodeCommand::List => print_json(&api.get::<Vec<NodeRecord>>("/v1/admin/nodes").await?)?,
+        NodeCommand::Principals { name, login } => {
+            let p: NodePrincipals = api
+                .get(&format!("/v1/nodes/{}/principals", seg(&name)?))
+                .await?;
+            match login {
+                Some(login) => {
+                    for principal in p.principals.get(&login).into_iter().flatten() {
+                        println!("{principal}");
+                    }
+                }
+                None => print_json(&p)?,
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! HTTPS client for the CA API: TLS pinned to the CA's public key when a fingerprint is
+//! known, otherwise verified against the system's trusted roots.
+
+use anyhow::{Context, anyhow, bail};
+use portcullis_proto::ApiError;
+use portcullis_proto::pin::pinned_client_config;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+fn system_roots_config() -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl Api {
+    pub fn new(base: &str, pin: Option<&str>) -> anyhow::Result<Api> {
+        let base = base.trim_end_matches('/').to_owned();
+        if !base.starts_with("https://") {
+            bail!("the CA URL must start with https://");
+        }
+        let tls = match pin {
+            Some(pin) => pinned_client_config(pin).ok_or_else(|| {
+                anyhow!("--ca-fingerprint must look like SHA256:<base64> (as the server prints it)")
+            })?,
+            None => system_roots_config()?,
+        };
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .context("cannot build the HTTPS client")?;
+        Ok(Api {
+            base,
+            http,
+            token: None,
+        })
+    }
+
+    pub fn with_token(mut self, token: &str) -> Api {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let resp = req.send().await.map_err(|e| {
+            // reqwest's chain says whether TLS (e.g. a pin mismatch) or the network failed.
+            let mut msg = format!("cannot reach the CA at {}", self.base);
+            let mut source: Option<&dyn std::error::Error> = Some(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            anyhow!(msg)
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        match resp.json::<ApiError>().await {
+            Ok(err) => bail!("{} ({})", err.message, err.error),
+            Err(_) => bail!("the CA answered {status}"),
+        }
+    }
+
+    pub async fn get<R: DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
+        Ok(self
+            .send(self.request(reqwest::Method::GET, path))
+            .await?
+            .json()
+            .await?)
+    }
+
+    pub async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<R> {
+        Ok(self
+            .send(self.request(reqwest::Method::POST, path).json(body))
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// For endpoints that answer with an empty body.
+    pub async fn post_unit<B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<()> {
+        self.send(self.request(reqwest::Method::POST, path).json(body))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn put_unit<B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<()> {
+        self.send(self.request(reqwest::Method::PUT, path).json(body))
+            .await?;
+        Ok(())
+    }
+}

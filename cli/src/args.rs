@@ -1,0 +1,190 @@
+//! Command-line grammar.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Log in to a Portcullis CA and use short-lived SSH certificates"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Authenticate, get a certificate for a local key, and load it into ssh-agent.
+    Login(LoginArgs),
+    /// Show the current certificate and session.
+    Status,
+    /// End the session, remove the certificate and key from disk and from ssh-agent.
+    Logout,
+    /// Print an ssh_config block that uses the certificate.
+    SshConfig(SshConfigArgs),
+    /// Administration (needs the matching permission in policy).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    /// CA URL, e.g. https://ca.example.com:8443 (remembered after the first login).
+    #[arg(long)]
+    pub ca: Option<String>,
+    /// Pin of the CA's TLS public key as printed by the server (SHA256:… or sha256//…).
+    #[arg(long)]
+    pub ca_fingerprint: Option<String>,
+    /// Username (default: the previous one, else $USER).
+    #[arg(long, short)]
+    pub user: Option<String>,
+    /// Read the password from the first line of standard input (for scripts).
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Requested certificate lifetime, e.g. 1h (policy caps it).
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Use only these roles (repeatable); needed for forced-command roles.
+    #[arg(long = "role")]
+    pub roles: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct SshConfigArgs {
+    /// Host patterns the block applies to.
+    #[arg(long, default_value = "*")]
+    pub hosts: String,
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Local users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Revoke certificates by serial, key, or user; the KRL is updated at once.
+    Revoke(RevokeArgs),
+    /// Certificates issued (optionally for one user).
+    Certs {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// CA keys and their rotation.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// The policy directory.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The node inventory.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Add a local user (password prompted, or --password-stdin, or --no-password).
+    Add {
+        name: String,
+        /// Comma-separated groups.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long, conflicts_with = "password_stdin")]
+        no_password: bool,
+    },
+    /// Disable a user: ends their sessions and revokes their live certificates.
+    Disable {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
+    /// Replace a user's groups (comma-separated; empty for none).
+    SetGroups {
+        name: String,
+        #[arg(value_delimiter = ',')]
+        groups: Vec<String>,
+    },
+    SetPassword {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    List,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct RevokeArgs {
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// File with an OpenSSH public key: the key and every certificate for it.
+    #[arg(long)]
+    pub key: Option<std::path::PathBuf>,
+    #[arg(long)]
+    pub user: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum CaCommand {
+    List,
+    /// Publish a new key for PURPOSE (user, host, internal) without signing with it yet.
+    Rotate {
+        purpose: String,
+    },
+    /// Start signing with the published key; the old one stays trusted.
+    Activate {
+        purpose: String,
+    },
+    /// Stop trusting an old key.
+    Retire {
+        fingerprint: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; exits non-zero if a record was edited or deleted.
+    Verify,
+    List {
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Re-read the policy directory; an invalid policy is refused and the old one kept.
+    Reload,
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Add or update a node.
+    Add {
+        name: String,
+        #[arg(long = "address")]
+        addresses: Vec<String>,
+        /// key=value, repeatable.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        partition: Option<String>,
+    },
+    List,
+    /// A node's AuthorizedPrincipalsFile contents.
+    Principals {
+        name: String,
+        /// Print only the file for this login.
+        #[arg(long)]
+        login: Option<String>,
+    },
+}

@@ -1,0 +1,313 @@
+//! `login`, `status`, `logout`, `ssh-config`: the user's side of the certificate flow.
+
+use crate::api::Api;
+use crate::args::{LoginArgs, SshConfigArgs};
+use crate::state::{Paths, Session, write_atomic};
+use anyhow::{Context, anyhow, bail};
+use portcullis_proto::pin::normalize_pin;
+use portcullis_proto::{LoginResponse, UserCertRequest, UserCertResponse};
+use secrecy::{ExposeSecret, SecretString};
+use ssh_key::Certificate;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn when(ts: u64) -> String {
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp(i64::try_from(ts).unwrap_or(i64::MAX))
+    else {
+        return ts.to_string();
+    };
+    let fmt =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    t.format(&fmt).unwrap_or_else(|_| ts.to_string())
+}
+
+fn span(secs: u64) -> String {
+    match secs {
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+pub fn read_password(prompt: &str, from_stdin: bool) -> anyhow::Result<SecretString> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from stdin")?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    } else {
+        rpassword::prompt_password(prompt)
+            .context("cannot read the password (use --password-stdin without a terminal)")?
+    };
+    if password.is_empty() {
+        bail!("empty password");
+    }
+    Ok(SecretString::from(password))
+}
+
+pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
+    let paths = Paths::new()?;
+    let previous = paths.load_session();
+    let ca_url = args
+        .ca
+        .clone()
+        .or_else(|| previous.as_ref().map(|s| s.ca_url.clone()))
+        .ok_or_else(|| anyhow!("no CA known yet: pass --ca https://HOST:PORT"))?;
+    let pin = match &args.ca_fingerprint {
+        Some(fp) => Some(
+            normalize_pin(fp)
+                .ok_or_else(|| anyhow!("--ca-fingerprint must look like SHA256:<base64>"))?,
+        ),
+        // A remembered pin only applies to the CA it was given for.
+        None => previous
+            .as_ref()
+            .filter(|s| s.ca_url == ca_url)
+            .and_then(|s| s.ca_fingerprint.clone()),
+    };
+    let username = args
+        .user
+        .clone()
+        .or_else(|| previous.as_ref().map(|s| s.username.clone()))
+        .or_else(|| std::env::var("USER").ok())
+        .ok_or_else(|| anyhow!("pass --user NAME"))?;
+    let ttl_seconds = args
+        .ttl
+        .as_deref()
+        .map(|t| {
+            humantime_secs(t).ok_or_else(|| anyhow!("--ttl must be a duration like 1h or 30m"))
+        })
+        .transpose()?;
+
+    let api = Api::new(&ca_url, pin.as_deref())?;
+    let password = read_password(
+        &format!("Password for {username} at {ca_url}: "),
+        args.password_stdin,
+    )?;
+    let body = serde_json::json!({ "username": username, "password": password.expose_secret() });
+    let session: LoginResponse = api.post("/v1/auth/login", &body).await?;
+    drop(body);
+    let api = api.with_token(&session.token);
+
+    paths.ensure_dir()?;
+    let (key, created) = paths.load_or_create_key()?;
+    let public_key = key
+        .public_key()
+        .to_openssh()
+        .map_err(|_| anyhow!("cannot encode the public key"))?;
+    let request = UserCertRequest {
+        public_key,
+        ttl_seconds,
+        roles: (!args.roles.is_empty()).then(|| args.roles.clone()),
+    };
+    let cert: UserCertResponse = api.post("/v1/certs/user", &request).await?;
+    write_atomic(
+        &paths.cert,
+        format!("{}\n", cert.certificate).as_bytes(),
+        0o644,
+    )?;
+    paths.save_session(&Session {
+        ca_url: ca_url.clone(),
+        ca_fingerprint: pin,
+        username: session.username.clone(),
+        token: session.token,
+        expires_at: session.expires_at,
+    })?;
+
+    let lifetime = cert.valid_before.saturating_sub(now());
+    println!("Logged in to {ca_url} as {}.", session.username);
+    println!(
+        "{} key {}",
+        if created { "Created" } else { "Reused" },
+        paths.key.display()
+    );
+    println!(
+        "Certificate {} (serial {}, key id {})",
+        paths.cert.display(),
+        cert.serial,
+        cert.key_id
+    );
+    println!("  principals: {}", cert.principals.join(", "));
+    println!(
+        "  valid until {} (for {})",
+        when(cert.valid_before),
+        span(lifetime)
+    );
+    match add_to_agent(&paths.key, lifetime) {
+        AgentOutcome::Added => println!(
+            "Added to ssh-agent for {} (it forgets the key when the certificate expires).",
+            span(lifetime)
+        ),
+        AgentOutcome::NoAgent => println!(
+            "No ssh-agent running (SSH_AUTH_SOCK unset): use `ssh -i {}`.",
+            paths.key.display()
+        ),
+        AgentOutcome::Failed(why) => println!(
+            "Could not add to ssh-agent ({why}): use `ssh -i {}`.",
+            paths.key.display()
+        ),
+    }
+    Ok(())
+}
+
+fn humantime_secs(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    n.checked_mul(mult).filter(|v| *v > 0)
+}
+
+enum AgentOutcome {
+    Added,
+    NoAgent,
+    Failed(String),
+}
+
+/// `ssh-add -t` picks up `<key>-cert.pub` beside the key and forgets both at expiry.
+fn add_to_agent(key: &std::path::Path, lifetime: u64) -> AgentOutcome {
+    if std::env::var_os("SSH_AUTH_SOCK").is_none() {
+        return AgentOutcome::NoAgent;
+    }
+    match Command::new("ssh-add")
+        .arg("-t")
+        .arg(lifetime.max(1).to_string())
+        .arg(key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+    {
+        Ok(out) if out.status.success() => AgentOutcome::Added,
+        Ok(out) => AgentOutcome::Failed(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        Err(e) => AgentOutcome::Failed(e.to_string()),
+    }
+}
+
+pub async fn status() -> anyhow::Result<()> {
+    let paths = Paths::new()?;
+    let Some(session) = paths.load_session() else {
+        println!("Not logged in.");
+        return Ok(());
+    };
+    println!("CA: {}", session.ca_url);
+    let t = now();
+    if session.expires_at > t {
+        println!(
+            "Session: {} (expires {})",
+            session.username,
+            when(session.expires_at)
+        );
+    } else {
+        println!(
+            "Session: {} (expired {}; run `portcullis login`)",
+            session.username,
+            when(session.expires_at)
+        );
+    }
+    match std::fs::read_to_string(&paths.cert)
+        .ok()
+        .and_then(|c| Certificate::from_openssh(c.trim()).ok())
+    {
+        Some(cert) => {
+            println!("Certificate: {}", paths.cert.display());
+            println!("  key id: {}  serial: {}", cert.key_id(), cert.serial());
+            println!("  principals: {}", cert.valid_principals().join(", "));
+            let before = cert.valid_before();
+            if before > t {
+                println!("  valid until {} ({} left)", when(before), span(before - t));
+            } else {
+                println!("  EXPIRED at {}; run `portcullis login`", when(before));
+            }
+        }
+        None => println!("Certificate: none"),
+    }
+    Ok(())
+}
+
+pub async fn logout() -> anyhow::Result<()> {
+    let paths = Paths::new()?;
+    if let Some(session) = paths.load_session() {
+        let api = Api::new(&session.ca_url, session.ca_fingerprint.as_deref())?
+            .with_token(&session.token);
+        if let Err(e) = api
+            .post_unit("/v1/auth/logout", &serde_json::json!({}))
+            .await
+        {
+            eprintln!(
+                "warning: the CA did not confirm the logout ({e}); local credentials are removed anyway"
+            );
+        }
+    }
+    if std::env::var_os("SSH_AUTH_SOCK").is_some() && paths.key.exists() {
+        let _ = Command::new("ssh-add")
+            .arg("-d")
+            .arg(&paths.key)
+            .stdin(Stdio::null())
+            .output();
+    }
+    let removed = paths.remove_all();
+    if removed.is_empty() {
+        println!("Nothing to remove; not logged in.");
+    } else {
+        println!(
+            "Logged out; removed {} file(s) from {}.",
+            removed.len(),
+            paths.dir.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn ssh_config(args: SshConfigArgs) -> anyhow::Result<()> {
+    let paths = Paths::new()?;
+    let session = paths.load_session();
+    println!(
+        "# Portcullis{}",
+        session
+            .map(|s| format!(": certificate from {} for {}", s.ca_url, s.username))
+            .unwrap_or_default()
+    );
+    println!("Host {}", args.hosts);
+    println!("    IdentityFile {}", paths.key.display());
+    println!("    CertificateFile {}", paths.cert.display());
+    println!("    IdentitiesOnly yes");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(humantime_secs("90"), Some(90));
+        assert_eq!(humantime_secs("30m"), Some(1800));
+        assert_eq!(humantime_secs("2h"), Some(7200));
+        assert_eq!(humantime_secs("0h"), None);
+        assert_eq!(humantime_secs("1x"), None);
+        assert_eq!(humantime_secs("h"), None);
+    }
+
+    #[test]
+    fn spans() {
+        assert_eq!(span(8 * 3600), "8h00m");
+        assert_eq!(span(125), "2m");
+        assert_eq!(span(5), "5s");
+    }
+}

@@ -1,0 +1,114 @@
+//! What the CLI keeps between runs, all under `~/.ssh/portcullis/`: the key pair, the
+//! certificate (where `ssh -i` and ssh-agent find it as `<key>-cert.pub`), and the
+//! API session. Secrets are written 0600, atomically.
+
+use anyhow::{Context, anyhow};
+use serde::{Deserialize, Serialize};
+use ssh_key::getrandom::SysRng;
+use ssh_key::rand_core::UnwrapErr;
+use ssh_key::{Algorithm, LineEnding, PrivateKey};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Serialize, Deserialize)]
+pub struct Session {
+    pub ca_url: String,
+    pub ca_fingerprint: Option<String>,
+    pub username: String,
+    pub token: String,
+    pub expires_at: u64,
+}
+
+pub struct Paths {
+    pub dir: PathBuf,
+    pub key: PathBuf,
+    pub public: PathBuf,
+    pub cert: PathBuf,
+    pub session: PathBuf,
+}
+
+impl Paths {
+    pub fn new() -> anyhow::Result<Paths> {
+        let home = std::env::home_dir().ok_or_else(|| anyhow!("cannot find the home directory"))?;
+        let dir = home.join(".ssh").join("portcullis");
+        Ok(Paths {
+            key: dir.join("id_ed25519"),
+            public: dir.join("id_ed25519.pub"),
+            cert: dir.join("id_ed25519-cert.pub"),
+            session: dir.join("session.json"),
+            dir,
+        })
+    }
+
+    pub fn ensure_dir(&self) -> anyhow::Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))
+    }
+
+    pub fn load_session(&self) -> Option<Session> {
+        let text = std::fs::read_to_string(&self.session).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn save_session(&self, session: &Session) -> anyhow::Result<()> {
+        write_atomic(
+            &self.session,
+            serde_json::to_string_pretty(session)?.as_bytes(),
+            0o600,
+        )
+    }
+
+    /// The existing key pair, or a new Ed25519 one. The private key never leaves this machine.
+    pub fn load_or_create_key(&self) -> anyhow::Result<(PrivateKey, bool)> {
+        let existing = std::fs::read_to_string(&self.key)
+            .ok()
+            .and_then(|t| PrivateKey::from_openssh(&t).ok());
+        if let Some(key) = existing.filter(|k| !k.is_encrypted()) {
+            return Ok((key, false));
+        }
+        let mut key = PrivateKey::random(&mut UnwrapErr(SysRng), Algorithm::Ed25519)
+            .map_err(|_| anyhow!("cannot generate a key"))?;
+        key.set_comment("portcullis");
+        let pem = key
+            .to_openssh(LineEnding::LF)
+            .map_err(|_| anyhow!("cannot encode the key"))?;
+        write_atomic(&self.key, pem.as_bytes(), 0o600)?;
+        let public = key
+            .public_key()
+            .to_openssh()
+            .map_err(|_| anyhow!("cannot encode the key"))?;
+        write_atomic(&self.public, format!("{public}\n").as_bytes(), 0o644)?;
+        Ok((key, true))
+    }
+
+    /// Removes our files; returns the ones that existed.
+    pub fn remove_all(&self) -> Vec<PathBuf> {
+        [&self.cert, &self.key, &self.public, &self.session]
+            .into_iter()
+            .filter(|p| std::fs::remove_file(p).is_ok())
+            .cloned()
+            .collect()
+    }
+}
+
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| anyhow!("bad path {}", path.display()))?;
+    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
