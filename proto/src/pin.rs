@@ -65,7 +65,10 @@ mod tests {
 pub fn pinned_client_config(pin: &str) -> Option<rustls::ClientConfig> {
     let pin = normalize_pin(pin)?;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = PinnedVerifier { pin, provider: std::sync::Arc::clone(&provider) };
+    let verifier = PinnedVerifier {
+        pin,
+        provider: std::sync::Arc::clone(&provider),
+    };
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .ok()?
@@ -92,9 +95,15 @@ impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         match pin_of_certificate(end_entity) {
             // Pins are public values; a plain comparison leaks nothing worth a timing attack.
-            Some(pin) if pin == self.pin => Ok(rustls::client::danger::ServerCertVerified::assertion()),
-            Some(_) => Err(rustls::Error::General("server public key does not match the pinned fingerprint".into())),
-            None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)),
+            Some(pin) if pin == self.pin => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            Some(_) => Err(rustls::Error::General(
+                "server public key does not match the pinned fingerprint".into(),
+            )),
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::BadEncoding,
+            )),
         }
     }
 
@@ -104,7 +113,12 @@ impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
         cert: &rustls_pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -113,10 +127,17 @@ impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
         cert: &rustls_pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

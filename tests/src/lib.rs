@@ -1,1 +1,27 @@
-//! Test harness: starts real binaries and peers.
+//! Test harness: starts the real binaries (`portcullisd`) and real peers (PostgreSQL,
+//! `ssh-keygen`) for the integration and end-to-end tests in `tests/tests/`.
+//!
+//! Everything here runs only inside tests. It never touches a system service: every
+//! server gets its own temporary directory and a port chosen by the OS.
+
+// This is test code: a failed expectation here must fail the test loudly, so unwrap,
+// expect, panic and indexing are the right tools (the workspace denies them for code a
+// peer can reach, which this is not).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+pub mod bins;
+pub mod inprocess;
+pub mod postgres;
+pub mod server;
+pub mod ssh;
+pub mod sshd;
+
+pub use bins::bin;
+pub use inprocess::{TEST_PASSPHRASE, ca_in_process, sqlite_url};
+pub use postgres::Postgres;
+pub use server::{Server, ServerOpts};

@@ -89,9 +89,10 @@ impl IntoResponse for CaError {
         };
         let mut response = (status, axum::Json(body)).into_response();
         if let CaError::RateLimited { retry_after } = self
-            && let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+            && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
         response
     }
 }

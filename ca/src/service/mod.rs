@@ -200,21 +200,22 @@ impl Ca {
         )
         .await?;
         if let Some((old_digest, _)) = &old_summary
-            && *old_digest != digest {
-                audit::record(
-                    tx.conn(),
-                    now,
-                    &AuditEvent::PolicyChanged {
-                        actor: actor.to_owned(),
-                        digest_before: old_digest.clone(),
-                        digest_after: digest.clone(),
-                        added: changes.added.clone(),
-                        removed: changes.removed.clone(),
-                        changed: changes.changed.clone(),
-                    },
-                )
-                .await?;
-            }
+            && *old_digest != digest
+        {
+            audit::record(
+                tx.conn(),
+                now,
+                &AuditEvent::PolicyChanged {
+                    actor: actor.to_owned(),
+                    digest_before: old_digest.clone(),
+                    digest_after: digest.clone(),
+                    added: changes.added.clone(),
+                    removed: changes.removed.clone(),
+                    changed: changes.changed.clone(),
+                },
+            )
+            .await?;
+        }
         store::save_policy_state(tx.conn(), &digest, &summary_json, now).await?;
         tx.commit().await?;
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);

@@ -1,0 +1,187 @@
+//! A throwaway PostgreSQL server per test: its own data directory, socket directory
+//! and TCP port on 127.0.0.1, trust authentication, stopped and deleted on drop.
+//!
+//! PostgreSQL's server binaries refuse to run as root, so as root they run as the
+//! `postgres` user (created by Debian's `postgresql` package) in a directory it owns.
+//! Missing binaries are an error, never a skip: a storage test that quietly did not run
+//! would hide a broken CI.
+
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tempfile::TempDir;
+
+pub struct Postgres {
+    port: u16,
+    database: String,
+    bin_dir: PathBuf,
+    data_dir: PathBuf,
+    as_postgres: bool,
+    dir: TempDir,
+}
+
+impl Postgres {
+    /// Creates a cluster, starts it on a free port and creates database `portcullis`.
+    pub fn start() -> anyhow::Result<Postgres> {
+        let bin_dir = find_bin_dir()?;
+        let as_postgres = is_root()?;
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-pg-")
+            .tempdir()
+            .context("temporary directory")?;
+        if as_postgres {
+            run(Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.path()))?;
+        }
+        let data_dir = dir.path().join("data");
+        let mut pg = Postgres {
+            port: 0,
+            database: "portcullis".to_owned(),
+            bin_dir,
+            data_dir,
+            as_postgres,
+            dir,
+        };
+        pg.server_cmd("initdb", |c| {
+            c.arg("-D").arg(&pg.data_dir).args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ]);
+        })?;
+        // The port is picked by binding :0 and released before PostgreSQL binds it, so
+        // a parallel test can win the race; try a few ports before giving up.
+        let mut last_error = None;
+        for _ in 0..5 {
+            pg.port = free_port()?;
+            let options = format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+                pg.port,
+                pg.dir.path().display()
+            );
+            let log = pg.dir.path().join("postgres.log");
+            match pg.server_cmd("pg_ctl", |c| {
+                c.arg("-D")
+                    .arg(&pg.data_dir)
+                    .arg("-l")
+                    .arg(&log)
+                    .args(["-o", &options, "-w", "-t", "60", "start"]);
+            }) {
+                Ok(_) => {
+                    last_error = None;
+                    break;
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        if let Some(e) = last_error {
+            let log =
+                std::fs::read_to_string(pg.dir.path().join("postgres.log")).unwrap_or_default();
+            return Err(e.context(format!("PostgreSQL did not start; its log:\n{log}")));
+        }
+        // createdb is a client: it runs as any user, over TCP with trust auth.
+        run(Command::new(pg.bin_dir.join("createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .arg(&pg.database))?;
+        Ok(pg)
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/portcullis`
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{}",
+            self.port, self.database
+        )
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Runs a server-side binary, as `postgres` when we are root.
+    fn server_cmd(&self, name: &str, args: impl FnOnce(&mut Command)) -> anyhow::Result<Output> {
+        let program = self.bin_dir.join(name);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        // A cwd the postgres user can enter avoids "could not change directory" noise.
+        cmd.current_dir(self.dir.path());
+        args(&mut cmd);
+        run(&mut cmd)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.server_cmd("pg_ctl", |c| {
+            c.arg("-D")
+                .arg(&self.data_dir)
+                .args(["-m", "immediate", "-w", "stop"]);
+        });
+    }
+}
+
+fn find_bin_dir() -> anyhow::Result<PathBuf> {
+    let preferred = Path::new("/usr/lib/postgresql/15/bin");
+    if preferred.join("initdb").is_file() {
+        return Ok(preferred.to_owned());
+    }
+    // Another major version is fine too; take the newest.
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|bin| bin.join("initdb").is_file())
+        .collect();
+    found.sort();
+    match found.pop() {
+        Some(dir) => Ok(dir),
+        None => bail!(
+            "PostgreSQL server binaries not found (no /usr/lib/postgresql/*/bin/initdb). \
+             Install the `postgresql` package; ./scripts/test.sh does. This test FAILS \
+             instead of skipping so that a broken CI image is noticed."
+        ),
+    }
+}
+
+fn is_root() -> anyhow::Result<bool> {
+    let out = run(Command::new("id").arg("-u"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<Output> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,96 @@
+//! Keys generated at test time (never committed) and the real `ssh-keygen`.
+
+use ssh_key::getrandom::SysRng;
+use ssh_key::rand_core::UnwrapErr;
+use ssh_key::{Algorithm, LineEnding, PrivateKey};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
+
+/// A fresh ed25519 key pair, generated in code.
+pub fn ed25519_key() -> PrivateKey {
+    PrivateKey::random(&mut UnwrapErr(SysRng), Algorithm::Ed25519).expect("key generation")
+}
+
+/// The OpenSSH public key line of `key`.
+pub fn public_line(key: &PrivateKey) -> String {
+    key.public_key().to_openssh().expect("encode public key")
+}
+
+/// Writes `key` to `dir/name` (mode 0600, unencrypted) and its public half to
+/// `dir/name.pub`, as `ssh -i` expects; returns the private key's path.
+pub fn write_key_pair(dir: &Path, name: &str, key: &PrivateKey) -> PathBuf {
+    let path = dir.join(name);
+    key.write_openssh_file(&path, LineEnding::LF)
+        .expect("write private key");
+    std::fs::write(dir.join(format!("{name}.pub")), public_line(key) + "\n")
+        .expect("write public key");
+    path
+}
+
+/// Runs `ssh-keygen` with `args`; the caller judges the exit status.
+pub fn ssh_keygen(args: &[&str]) -> Output {
+    Command::new(SSH_KEYGEN)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {SSH_KEYGEN} (install openssh-client): {e}"))
+}
+
+/// Runs `ssh-keygen` and panics with its output unless it exits 0; returns stdout.
+pub fn ssh_keygen_ok(args: &[&str]) -> String {
+    let out = ssh_keygen(args);
+    assert!(
+        out.status.success(),
+        "ssh-keygen {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Has `ssh-keygen` generate `dir/name` of `key_type` (and `bits`); returns the public
+/// key line. For key types the CA must refuse (DSA, small RSA), which ssh-key will not make.
+pub fn ssh_keygen_public_line(dir: &Path, name: &str, key_type: &str, bits: Option<u32>) -> String {
+    let path = dir.join(name);
+    let path = path.to_str().expect("UTF-8 temp path");
+    let bits = bits.map(|b| b.to_string());
+    let mut args = vec!["-q", "-t", key_type, "-N", "", "-C", "test-key", "-f", path];
+    if let Some(bits) = &bits {
+        args.extend(["-b", bits.as_str()]);
+    }
+    ssh_keygen_ok(&args);
+    std::fs::read_to_string(format!("{path}.pub"))
+        .expect("read generated public key")
+        .trim()
+        .to_owned()
+}
+
+/// Whether `ssh-keygen -Q -f KRL FILE` says the key or certificate in `file` is revoked.
+/// Panics if ssh-keygen could not read either file (so a broken KRL never looks like
+/// "not revoked").
+pub fn krl_revokes(krl: &Path, file: &Path) -> bool {
+    let out = ssh_keygen(&["-Q", "-f", path_str(krl), path_str(file)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stdout.contains("REVOKED") {
+        assert!(
+            !out.status.success(),
+            "ssh-keygen -Q said REVOKED but exited 0"
+        );
+        return true;
+    }
+    assert!(
+        out.status.success() && stdout.contains(": ok"),
+        "ssh-keygen -Q -f {} {} failed ({}): {stdout}{stderr}",
+        krl.display(),
+        file.display(),
+        out.status
+    );
+    false
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}

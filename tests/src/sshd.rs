@@ -1,0 +1,170 @@
+//! A throwaway OpenSSH `sshd` trusting a Portcullis CA: own config, keys, principals
+//! files and KRL in a temporary directory, on a free loopback port; killed on drop.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+pub struct Sshd {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Child,
+}
+
+/// What the node trusts: the CA keys, and per login the principals its
+/// `AuthorizedPrincipalsFile` lists (exactly what enrollment will write).
+#[derive(Default)]
+pub struct NodeTrust {
+    pub trusted_user_ca_keys: String,
+    pub principals: BTreeMap<String, Vec<String>>,
+    pub krl: Option<Vec<u8>>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Sshd {
+    pub fn start(trust: &NodeTrust) -> Sshd {
+        assert!(
+            Path::new(SSHD).exists(),
+            "{SSHD} missing: run ./scripts/test.sh, which installs openssh-server"
+        );
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let host_key = d.join("host_ed25519");
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&host_key)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::write(d.join("ca.pub"), &trust.trusted_user_ca_keys).unwrap();
+        std::fs::create_dir(d.join("principals")).unwrap();
+        for (login, list) in &trust.principals {
+            std::fs::write(
+                d.join("principals").join(login),
+                list.iter().map(|p| format!("{p}\n")).collect::<String>(),
+            )
+            .unwrap();
+        }
+        let krl_line = match &trust.krl {
+            Some(krl) => {
+                std::fs::write(d.join("krl"), krl).unwrap();
+                format!("RevokedKeys {}\n", d.join("krl").display())
+            }
+            None => String::new(),
+        };
+        let port = free_port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile none\nStrictModes no\nUsePAM no\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+             AuthorizedKeysFile none\nTrustedUserCAKeys {d}/ca.pub\nAuthorizedPrincipalsFile {d}/principals/%u\n\
+             {krl_line}LogLevel VERBOSE\n",
+            hk = host_key.display(),
+            d = d.display(),
+        );
+        std::fs::write(d.join("sshd_config"), config).unwrap();
+        let check = Command::new(SSHD)
+            .arg("-t")
+            .arg("-f")
+            .arg(d.join("sshd_config"))
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "sshd -t: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let log = std::fs::File::create(d.join("sshd.log")).unwrap();
+        let child = Command::new(SSHD)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(d.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not start; log: {}",
+                d.join("sshd.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Sshd { dir, port, child }
+    }
+
+    /// Replaces the KRL atomically; sshd reads `RevokedKeys` at every authentication.
+    pub fn set_krl(&self, krl: &[u8]) {
+        let tmp = self.dir.path().join("krl.new");
+        let mut f = std::fs::File::create(&tmp).unwrap();
+        f.write_all(krl).unwrap();
+        f.sync_all().unwrap();
+        std::fs::rename(tmp, self.dir.path().join("krl")).unwrap();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    /// Runs `ssh LOGIN@node echo portcullis-ok` with exactly this key and certificate.
+    pub fn ssh(&self, login: &str, key: &Path, cert: &Path) -> Output {
+        Command::new("ssh")
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
+            .args([
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "ConnectTimeout=10",
+            ])
+            .args(["-o", "LogLevel=ERROR", "-o", "IdentityAgent=none"])
+            .arg("-o")
+            .arg(format!("CertificateFile={}", cert.display()))
+            .arg("-i")
+            .arg(key)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg(format!("{login}@127.0.0.1"))
+            .arg("echo portcullis-ok")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// True when the login worked and ran the command.
+    pub fn accepts(&self, login: &str, key: &Path, cert: &Path) -> bool {
+        let out = self.ssh(login, key, cert);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "portcullis-ok"
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,359 @@
+//! End to end with the real OpenSSH: `portcullis login` against a running
+//! `portcullisd`, then `ssh` into throwaway `sshd`s that trust the CA exactly as an
+//! enrolled node does (TrustedUserCAKeys, AuthorizedPrincipalsFile from the API,
+//! RevokedKeys). Every refusal has a positive control on the same sshd, so a refusal
+//! caused by broken plumbing cannot pass for a working check.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use portcullis_ca::keys::KeyPurpose;
+use portcullis_ca::{Ca, CaConfig, Clock, ManualClock, SystemClock};
+use portcullis_proto::{NodePrincipals, NodeRecord, UserCertRequest};
+use portcullis_tests::ssh::{ed25519_key, public_line, write_key_pair};
+use portcullis_tests::sshd::{NodeTrust, Sshd};
+use portcullis_tests::{Server, ServerOpts, bin};
+use secrecy::SecretString;
+use ssh_key::certificate::{Builder, CertType};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+const TEAM_POLICY: &str = r#"
+[[role]]
+name = "prod-root"
+logins = ["root"]
+targets = 'in:devices tags.env:prod'
+permissions = ["certs.issue"]
+max_cert_ttl = "1h"
+extensions = ["permit-pty"]
+
+[[role]]
+name = "dev-root"
+logins = ["root"]
+targets = 'in:devices tags.env:dev'
+permissions = ["certs.issue"]
+
+[[binding]]
+group = "ops"
+roles = ["prod-root"]
+
+[[binding]]
+group = "devs"
+roles = ["dev-root"]
+"#;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn node(name: &str, env: &str) -> NodeRecord {
+    NodeRecord {
+        name: name.into(),
+        addresses: vec!["127.0.0.1".into()],
+        tags: [("env".to_owned(), env.to_owned())].into(),
+        ..Default::default()
+    }
+}
+
+/// A node's sshd, trusting exactly what the CA says this node should trust.
+async fn node_sshd(server: &Server, admin: &str, name: &str, krl: Option<Vec<u8>>) -> Sshd {
+    let (status, body) = server
+        .get_json(Some(admin), &format!("/v1/nodes/{name}/principals"))
+        .await;
+    assert!(status.is_success(), "principals for {name}: {body}");
+    let principals: NodePrincipals = serde_json::from_value(body).unwrap();
+    Sshd::start(&NodeTrust {
+        trusted_user_ca_keys: server.user_ca_keys.clone(),
+        principals: principals.principals,
+        krl,
+    })
+}
+
+/// Runs the real CLI as a user whose home is `home`.
+fn portcullis(home: &Path, args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = Command::new(bin("portcullis"))
+        .args(args)
+        .env("HOME", home)
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn cli_login(server: &Server, home: &Path, user: &str, password: &str) -> (PathBuf, PathBuf) {
+    let out = portcullis(
+        home,
+        &[
+            "login",
+            "--ca",
+            &server.url,
+            "--ca-fingerprint",
+            &server.pin,
+            "--user",
+            user,
+            "--password-stdin",
+        ],
+        &format!("{password}\n"),
+    );
+    assert!(
+        out.status.success(),
+        "login as {user} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = home.join(".ssh/portcullis");
+    (dir.join("id_ed25519"), dir.join("id_ed25519-cert.pub"))
+}
+
+async fn team_server() -> (Server, String) {
+    let server = Server::start_with(ServerOpts::default()).await;
+    let (status, body) = server.write_policy("team.toml", TEAM_POLICY).await;
+    assert!(status.is_success(), "policy: {body}");
+    let admin = server.admin_token().await;
+    server.add_node(&admin, &node("pve-prod", "prod")).await;
+    server.add_node(&admin, &node("pve-dev", "dev")).await;
+    server.add_user(&admin, "alice", &["ops"], PASSWORD).await;
+    server.add_user(&admin, "bob", &["devs"], PASSWORD).await;
+    (server, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_certificate_logs_in_where_policy_allows_and_nowhere_else() {
+    let (server, admin) = team_server().await;
+    let empty_krl = server.get_bytes(None, "/v1/krl").await.1;
+    let prod = node_sshd(&server, &admin, "pve-prod", Some(empty_krl)).await;
+    let dev = node_sshd(&server, &admin, "pve-dev", None).await;
+
+    let alice_home = tempfile::tempdir().unwrap();
+    let (alice_key, alice_cert) = cli_login(&server, alice_home.path(), "alice", PASSWORD);
+    let bob_home = tempfile::tempdir().unwrap();
+    let (bob_key, bob_cert) = cli_login(&server, bob_home.path(), "bob", PASSWORD);
+
+    // The CLI's files are what OpenSSH expects, and the key never left the machine.
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&alice_key).unwrap().permissions(),
+    );
+    assert_eq!(key_mode & 0o077, 0, "private key must be owner-only");
+    let listing = Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(&alice_cert)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("alice@local"));
+
+    assert!(
+        prod.accepts("root", &alice_key, &alice_cert),
+        "alice on prod: {}",
+        prod.log()
+    );
+    assert!(
+        dev.accepts("root", &bob_key, &bob_cert),
+        "bob on dev: {}",
+        dev.log()
+    );
+
+    // Scoped principals: same CA, same login, but the node's principals file for root
+    // lists only the roles whose targets cover it.
+    assert!(
+        !dev.accepts("root", &alice_key, &alice_cert),
+        "alice must not reach the dev node"
+    );
+    assert!(
+        !prod.accepts("root", &bob_key, &bob_cert),
+        "bob must not reach the prod node"
+    );
+    // Wrong principal: a login no role grants her.
+    assert!(!prod.accepts("nobody", &alice_key, &alice_cert));
+
+    // `portcullis status` reports the certificate.
+    let status = portcullis(alice_home.path(), &["status"], "");
+    assert!(String::from_utf8_lossy(&status.stdout).contains("principals: pc_"));
+
+    // Revocation through the admin CLI, enforced by sshd through the published KRL.
+    let admin_home = tempfile::tempdir().unwrap();
+    cli_login(&server, admin_home.path(), "admin", &server.admin_password);
+    let serial = listing_serial(&alice_cert);
+    let out = portcullis(
+        admin_home.path(),
+        &["admin", "revoke", "--serial", &serial],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "revoke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let krl = server.get_bytes(None, "/v1/krl").await.1;
+    let krl_path = alice_home.path().join("krl");
+    std::fs::write(&krl_path, &krl).unwrap();
+    let q = Command::new("ssh-keygen")
+        .arg("-Q")
+        .arg("-f")
+        .arg(&krl_path)
+        .arg(&alice_cert)
+        .output()
+        .unwrap();
+    assert!(
+        !q.status.success(),
+        "ssh-keygen -Q must report the certificate revoked"
+    );
+    prod.set_krl(&krl);
+    assert!(
+        !prod.accepts("root", &alice_key, &alice_cert),
+        "revoked certificate must be refused"
+    );
+    assert!(
+        prod.log().contains("revoked"),
+        "sshd should say why: {}",
+        prod.log()
+    );
+
+    // After logging in again she has a new serial and gets in again; logout removes it all.
+    let (alice_key, alice_cert) = cli_login(&server, alice_home.path(), "alice", PASSWORD);
+    assert!(prod.accepts("root", &alice_key, &alice_cert));
+    let out = portcullis(alice_home.path(), &["logout"], "");
+    assert!(out.status.success());
+    assert!(!alice_key.exists() && !alice_cert.exists());
+}
+
+fn listing_serial(cert: &Path) -> String {
+    let text = std::fs::read_to_string(cert).unwrap();
+    ssh_key::Certificate::from_openssh(text.trim())
+        .unwrap()
+        .serial()
+        .to_string()
+}
+
+/// The running server's own CA, opened in-process on the same database so the test can
+/// choose the clock (and reach the user CA key for forging host-type certificates).
+async fn same_ca(server: &Server, clock: Arc<dyn Clock>) -> Ca {
+    let passphrase = std::fs::read_to_string(server.data_dir.join("ca-passphrase")).unwrap();
+    let config = CaConfig::new(
+        format!(
+            "sqlite://{}",
+            server.data_dir.join("portcullis.db").display()
+        ),
+        server.policy_dir(),
+        SecretString::from(passphrase.trim().to_owned()),
+    );
+    Ca::open(config, clock).await.unwrap()
+}
+
+async fn issue_at(ca: &Ca, clock: &ManualClock, at: u64, public_key: &str) -> String {
+    clock.set(at);
+    let login = ca
+        .login_password("alice", &SecretString::from(PASSWORD), "127.0.0.1")
+        .await
+        .unwrap();
+    let caller = ca.caller(&login.token).await.unwrap();
+    let request = UserCertRequest {
+        public_key: public_key.to_owned(),
+        ttl_seconds: Some(3600),
+        roles: None,
+    };
+    ca.issue_user_cert(&caller, &request, "127.0.0.1")
+        .await
+        .unwrap()
+        .certificate
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_outside_their_validity_window_are_refused() {
+    let (server, admin) = team_server().await;
+    let prod = node_sshd(&server, &admin, "pve-prod", None).await;
+    let now = SystemClock.now();
+    let clock = ManualClock::new(now);
+    let ca = same_ca(&server, Arc::new(clock.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = ed25519_key();
+    let key_path = write_key_pair(dir.path(), "id", &key);
+    let cert_path = dir.path().join("id-cert.pub");
+
+    let current = issue_at(&ca, &clock, now, &public_line(&key)).await;
+    std::fs::write(&cert_path, current).unwrap();
+    assert!(
+        prod.accepts("root", &key_path, &cert_path),
+        "control: {}",
+        prod.log()
+    );
+
+    let expired = issue_at(&ca, &clock, now - 10 * 3600, &public_line(&key)).await;
+    std::fs::write(&cert_path, expired).unwrap();
+    assert!(
+        !prod.accepts("root", &key_path, &cert_path),
+        "expired certificate must be refused"
+    );
+
+    let future = issue_at(&ca, &clock, now + 3600, &public_line(&key)).await;
+    std::fs::write(&cert_path, future).unwrap();
+    assert!(
+        !prod.accepts("root", &key_path, &cert_path),
+        "not-yet-valid certificate must be refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_ca_and_host_type_certificates_are_refused() {
+    let (server, admin) = team_server().await;
+    let prod = node_sshd(&server, &admin, "pve-prod", None).await;
+    let ca = same_ca(&server, Arc::new(SystemClock)).await;
+    let principal = portcullis_policies::scoped_principal("prod-root", "root");
+    let user_ca = ca.keyring().signer(KeyPurpose::User).unwrap();
+    let foreign_ca = ed25519_key();
+    let dir = tempfile::tempdir().unwrap();
+    let key = ed25519_key();
+    let key_path = write_key_pair(dir.path(), "id", &key);
+    let cert_path = dir.path().join("id-cert.pub");
+    let now = SystemClock.now();
+
+    let sign = |signer: &ssh_key::PrivateKey, cert_type: CertType| {
+        let mut b = Builder::new_with_random_nonce(
+            &mut ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng),
+            key.public_key().key_data().clone(),
+            now - 60,
+            now + 600,
+        )
+        .unwrap();
+        b.serial(42)
+            .unwrap()
+            .key_id("forged")
+            .unwrap()
+            .cert_type(cert_type)
+            .unwrap();
+        b.valid_principal(principal.clone()).unwrap();
+        b.sign(signer).unwrap().to_openssh().unwrap()
+    };
+
+    std::fs::write(&cert_path, sign(&user_ca.key, CertType::User)).unwrap();
+    assert!(
+        prod.accepts("root", &key_path, &cert_path),
+        "control: {}",
+        prod.log()
+    );
+
+    std::fs::write(&cert_path, sign(&foreign_ca, CertType::User)).unwrap();
+    assert!(
+        !prod.accepts("root", &key_path, &cert_path),
+        "certificate from another CA must be refused"
+    );
+
+    std::fs::write(&cert_path, sign(&user_ca.key, CertType::Host)).unwrap();
+    assert!(
+        !prod.accepts("root", &key_path, &cert_path),
+        "host certificate must not work as a user certificate"
+    );
+}
