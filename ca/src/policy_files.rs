@@ -69,3 +69,33 @@ extensions = ["permit-pty", "permit-agent-forwarding"]
 group = "portcullis-admins"
 roles = ["portcullis-admin", "node-admin"]
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_policies_load() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/policy");
+        let policy = load_policy_dir(&example).unwrap();
+        assert!(policy.role("hw-discovery").is_some());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("default.toml"), DEFAULT_POLICY).unwrap();
+        assert!(load_policy_dir(dir.path()).unwrap().role("node-admin").is_some());
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.toml"), "[[role]]\nname = \"x\"\nlogins = [\"root\"]\ntargets = 'in:devices'\n").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let err = load_policy_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("a.toml:4:"), "{err}");
+    }
+
+    #[test]
+    fn empty_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_policy_dir(dir.path()).is_err());
+    }
+}

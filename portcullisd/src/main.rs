@@ -99,6 +99,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
         );
     }
 
+    spawn_reload_on_sighup(Arc::clone(&ca));
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -111,4 +112,21 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     server::serve(listener, tls.config, api::router(Arc::clone(&ca)), shutdown).await;
     ca.store().close().await;
     Ok(())
+}
+
+/// `systemctl reload` sends SIGHUP: re-read the policy directory. A broken policy is
+/// refused (and audited) and the running one stays in force.
+fn spawn_reload_on_sighup(ca: Arc<Ca>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; policy reload only through the API");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match ca.reload_policy_on_signal().await {
+                Ok(r) => tracing::info!(digest = %r.digest, changed = r.changed, "policy reloaded on SIGHUP"),
+                Err(e) => tracing::error!(error = %e, "policy reload refused; the previous policy stays in force"),
+            }
+        }
+    });
 }

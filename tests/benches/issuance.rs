@@ -1,1 +1,454 @@
-fn main() {}
+//! Certificate issuance through the HTTPS API, with persistence and audit on SQLite,
+//! compared in the same run with stock OpenSSH (`ssh-keygen -s`, one process per
+//! certificate, no persistence — a naive shell CA).
+//!
+//! Run (the harness starts the `portcullisd` built next to this bench executable):
+//!
+//! ```text
+//! cargo build --release --bins && cargo bench -p portcullis-tests --bench issuance
+//! ```
+//!
+//! Environment: `PORTCULLIS_BENCH_CERTS` (measured certificates, default 8000),
+//! `PORTCULLIS_BENCH_CONCURRENCY` (default 16), `PORTCULLIS_BENCH_KEYGEN_CERTS`
+//! (ssh-keygen baseline, default 200).
+//!
+//! This is a benchmark: it prints and never judges time. It does fail (non-zero exit)
+//! when any request is not a 200 or when the database does not hold every certificate
+//! it was told to issue, because then the numbers would not mean what they say.
+//!
+//! The client and the server share the machine, so on a small box the client's own TLS
+//! and HTTP work is part of what is measured; the CPU each side used is printed.
+
+// Bench code: a failed expectation must stop the run loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use portcullis_proto::{AuditVerifyResponse, IssuedCert};
+use portcullis_tests::Server;
+use portcullis_tests::ssh::{SSH_KEYGEN, ed25519_key, public_line, write_key_pair};
+use reqwest::StatusCode;
+use reqwest::header::CONTENT_TYPE;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const DEFAULT_CERTS: usize = 8000;
+const DEFAULT_CONCURRENCY: usize = 16;
+const DEFAULT_KEYGEN_CERTS: usize = 200;
+const WARMUP_CERTS: usize = 200;
+/// The default policy lets the bootstrap admin log in as root.
+const PRINCIPAL: &str = "root";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a positive integer")),
+        Err(_) => default,
+    }
+}
+
+fn main() -> ExitCode {
+    let certs = env_usize("PORTCULLIS_BENCH_CERTS", DEFAULT_CERTS).max(1);
+    let concurrency = env_usize("PORTCULLIS_BENCH_CONCURRENCY", DEFAULT_CONCURRENCY).max(1);
+    let keygen_certs = env_usize("PORTCULLIS_BENCH_KEYGEN_CERTS", DEFAULT_KEYGEN_CERTS).max(2);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "issuance benchmark: {certs} certificates, concurrency {concurrency}, {cores} CPU core(s)"
+    );
+
+    // The baseline runs first, alone, so the idle server does not share its CPU.
+    let keygen = keygen_baseline(keygen_certs);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let portcullis = match runtime.block_on(portcullis_run(certs, concurrency)) {
+        Ok(rate) => rate,
+        Err(why) => {
+            eprintln!("FAILED: {why}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    println!();
+    println!("== comparison ==");
+    println!(
+        "portcullis (HTTPS + SQLite + audit, c={concurrency}) / ssh-keygen sequential: {:.1}x",
+        portcullis / keygen.sequential
+    );
+    println!(
+        "portcullis (HTTPS + SQLite + audit, c={concurrency}) / ssh-keygen 2 parallel:  {:.1}x",
+        portcullis / keygen.parallel
+    );
+    ExitCode::SUCCESS
+}
+
+// ---------------------------------------------------------------------------------------
+// Portcullis through its API
+
+/// Runs the measured load; returns certificates per second, or why the run is invalid.
+async fn portcullis_run(certs: usize, concurrency: usize) -> Result<f64, String> {
+    let server = Server::start().await;
+    let token = server.admin_token().await;
+    let server_pid = find_server_pid(&server.data_dir);
+
+    // One client for every worker: a pool of keep-alive HTTP/1.1 connections, each with
+    // its TLS handshake done once.
+    let tls = portcullis_proto::pin::pinned_client_config(&server.pin).expect("malformed pin");
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .http1_only()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("reqwest client");
+
+    // One key per worker: the CA signs whatever key it is given, and fresh keys per
+    // request would only measure the client's key generation.
+    let bodies: Vec<Arc<Vec<u8>>> = (0..concurrency)
+        .map(|_| {
+            let line = public_line(&ed25519_key());
+            Arc::new(serde_json::to_vec(&serde_json::json!({ "public_key": line })).unwrap())
+        })
+        .collect();
+    let url = Arc::new(server.endpoint("/v1/certs/user"));
+    let token = Arc::new(token);
+
+    let warm = load(&client, &url, &token, &bodies, WARMUP_CERTS).await;
+    warm.check("warm-up")?;
+
+    let certs_before = count_certs(&server, &token).await;
+    let issued_before = server.audit_events("cert_issued").await.len();
+    let server_cpu_before = server_pid.map(cpu_seconds);
+    let client_cpu_before = cpu_seconds_self();
+
+    let run = load(&client, &url, &token, &bodies, certs).await;
+
+    let server_cpu = server_pid.map(|pid| cpu_seconds(pid) - server_cpu_before.unwrap_or(0.0));
+    let client_cpu = cpu_seconds_self() - client_cpu_before;
+    run.check("measured run")?;
+
+    let rate = certs as f64 / run.elapsed.as_secs_f64();
+    let mut lat = run.latencies;
+    lat.sort_unstable();
+    println!();
+    println!("== portcullis: POST /v1/certs/user over HTTPS, SQLite, audit ==");
+    println!("HTTP version:        {:?}", run.version.unwrap_or_default());
+    println!("warm-up:             {WARMUP_CERTS} certificates");
+    println!(
+        "measured:            {certs} certificates in {:.3} s",
+        run.elapsed.as_secs_f64()
+    );
+    println!("throughput:          {rate:.0} certificates/s");
+    println!(
+        "latency:             p50 {}  p90 {}  p99 {}  max {}",
+        ms(percentile(&lat, 0.50)),
+        ms(percentile(&lat, 0.90)),
+        ms(percentile(&lat, 0.99)),
+        ms(lat.last().copied().unwrap_or_default()),
+    );
+    match server_cpu {
+        Some(s) => println!(
+            "CPU during run:      server {s:.2} s ({:.0} µs/cert), bench client {client_cpu:.2} s ({:.0} µs/cert), wall {:.2} s",
+            s * 1e6 / certs as f64,
+            client_cpu * 1e6 / certs as f64,
+            run.elapsed.as_secs_f64()
+        ),
+        None => println!(
+            "CPU during run:      bench client {client_cpu:.2} s (server process not found in /proc)"
+        ),
+    }
+
+    // The numbers only count if every certificate was persisted with its audit record.
+    let certs_after = count_certs(&server, &token).await;
+    let issued_after = server.audit_events("cert_issued").await.len();
+    println!(
+        "persisted:           certificates {certs_before} -> {certs_after} (+{}), cert_issued audit records +{}",
+        certs_after - certs_before,
+        issued_after - issued_before
+    );
+    if certs_after - certs_before != certs || issued_after - issued_before != certs {
+        return Err(format!(
+            "the database does not hold the {certs} certificates issued \
+             (certificates +{}, audit records +{})",
+            certs_after - certs_before,
+            issued_after - issued_before
+        ));
+    }
+    let (status, body) = server
+        .get_json(Some(&token), "/v1/admin/audit/verify")
+        .await;
+    if status != StatusCode::OK {
+        return Err(format!("GET /v1/admin/audit/verify: {status}: {body}"));
+    }
+    let verify: AuditVerifyResponse = serde_json::from_value(body).unwrap();
+    println!(
+        "audit chain:         ok={} over {} records",
+        verify.ok, verify.records
+    );
+    if !verify.ok {
+        return Err(format!(
+            "audit chain broken at {:?}: {:?}",
+            verify.first_bad_seq, verify.problem
+        ));
+    }
+    Ok(rate)
+}
+
+struct LoadResult {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    /// Requests that were not a 200 (or did not complete), with the first few reasons.
+    failures: usize,
+    reasons: Vec<String>,
+    version: Option<reqwest::Version>,
+}
+
+impl LoadResult {
+    fn check(&self, phase: &str) -> Result<(), String> {
+        if self.failures == 0 {
+            return Ok(());
+        }
+        Err(format!(
+            "{phase}: {} request(s) failed; first: {}",
+            self.failures,
+            self.reasons.join(" | ")
+        ))
+    }
+}
+
+/// `total` requests from one task per body, each task taking the next request as soon
+/// as its previous one is answered (closed loop).
+async fn load(
+    client: &reqwest::Client,
+    url: &Arc<String>,
+    token: &Arc<String>,
+    bodies: &[Arc<Vec<u8>>],
+    total: usize,
+) -> LoadResult {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = bodies
+        .iter()
+        .map(|body| {
+            let (client, url, token, body, next) = (
+                client.clone(),
+                Arc::clone(url),
+                Arc::clone(token),
+                Arc::clone(body),
+                Arc::clone(&next),
+            );
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(total / 8 + 1);
+                let mut failures = 0;
+                let mut reasons = Vec::new();
+                let mut version = None;
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    let t0 = Instant::now();
+                    let outcome = issue_once(&client, &url, &token, &body).await;
+                    latencies.push(t0.elapsed());
+                    match outcome {
+                        Ok(v) => version = Some(v),
+                        Err(why) => {
+                            failures += 1;
+                            if reasons.len() < 3 {
+                                reasons.push(why);
+                            }
+                        }
+                    }
+                }
+                (latencies, failures, reasons, version)
+            })
+        })
+        .collect();
+    let mut result = LoadResult {
+        elapsed: Duration::ZERO,
+        latencies: Vec::with_capacity(total),
+        failures: 0,
+        reasons: Vec::new(),
+        version: None,
+    };
+    for worker in workers {
+        let (latencies, failures, reasons, version) = worker.await.expect("worker panicked");
+        result.latencies.extend(latencies);
+        result.failures += failures;
+        result
+            .reasons
+            .extend(reasons.into_iter().take(3 - result.reasons.len().min(3)));
+        result.version = result.version.or(version);
+    }
+    result.elapsed = start.elapsed();
+    result
+}
+
+/// One issuance; the body is read in full so the latency covers the whole answer.
+async fn issue_once(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &[u8],
+) -> Result<reqwest::Version, String> {
+    let resp = client
+        .post(url)
+        .bearer_auth(token)
+        .header(CONTENT_TYPE, "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .map_err(|e| format!("transport: {e}"))?;
+    let status = resp.status();
+    let version = resp.version();
+    let text = resp.text().await.map_err(|e| format!("body: {e}"))?;
+    if status != StatusCode::OK {
+        return Err(format!("{status}: {text}"));
+    }
+    if !text.contains("-cert-v01@openssh.com ") {
+        return Err(format!("200 without a certificate: {text}"));
+    }
+    Ok(version)
+}
+
+async fn count_certs(server: &Server, token: &str) -> usize {
+    let (status, body) = server.get_json(Some(token), "/v1/admin/certs").await;
+    assert_eq!(status, StatusCode::OK, "GET /v1/admin/certs: {body}");
+    let certs: Vec<IssuedCert> = serde_json::from_value(body).unwrap();
+    certs.len()
+}
+
+// ---------------------------------------------------------------------------------------
+// Baseline: stock OpenSSH
+
+struct KeygenRates {
+    sequential: f64,
+    parallel: f64,
+}
+
+/// `ssh-keygen -s CA -I id -n root -V +1h key.pub`, one process per certificate.
+fn keygen_baseline(n: usize) -> KeygenRates {
+    let dir = tempfile::Builder::new()
+        .prefix("portcullis-bench-keygen-")
+        .tempdir()
+        .expect("temporary directory");
+    let ca = write_key_pair(dir.path(), "ca", &ed25519_key());
+    // One user key per parallel worker: ssh-keygen writes `<key>-cert.pub` beside it.
+    let keys: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            write_key_pair(dir.path(), &format!("user{i}"), &ed25519_key());
+            dir.path().join(format!("user{i}.pub"))
+        })
+        .collect();
+    keygen_sign(&ca, &keys[0], 0); // warm the page cache
+
+    let t0 = Instant::now();
+    for i in 0..n {
+        keygen_sign(&ca, &keys[0], i);
+    }
+    let sequential = t0.elapsed();
+
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for (w, key) in keys.iter().enumerate() {
+            let ca = &ca;
+            s.spawn(move || {
+                for i in (w..n).step_by(2) {
+                    keygen_sign(ca, key, i);
+                }
+            });
+        }
+    });
+    let parallel = t0.elapsed();
+
+    let rates = KeygenRates {
+        sequential: n as f64 / sequential.as_secs_f64(),
+        parallel: n as f64 / parallel.as_secs_f64(),
+    };
+    println!();
+    println!("== baseline: {SSH_KEYGEN} -s (one process per certificate, no persistence) ==");
+    println!(
+        "sequential:          {n} certificates in {:.3} s = {:.0} certificates/s ({} per cert)",
+        sequential.as_secs_f64(),
+        rates.sequential,
+        ms(sequential / n as u32)
+    );
+    println!(
+        "2 parallel:          {n} certificates in {:.3} s = {:.0} certificates/s",
+        parallel.as_secs_f64(),
+        rates.parallel
+    );
+    rates
+}
+
+fn keygen_sign(ca: &Path, key: &Path, serial: usize) {
+    let status = Command::new(SSH_KEYGEN)
+        .arg("-q")
+        .arg("-s")
+        .arg(ca)
+        .args(["-I", &format!("bench-{serial}"), "-n", PRINCIPAL, "-V", "+1h"])
+        .args(["-z", &serial.to_string()])
+        .arg(key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {SSH_KEYGEN} (install openssh-client): {e}"));
+    assert!(status.success(), "ssh-keygen -s failed: {status}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Measurement helpers
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// The `portcullisd` serving `data_dir`: the harness keeps its child private, and its
+/// command line names the (unique, temporary) data directory.
+fn find_server_pid(data_dir: &Path) -> Option<u32> {
+    let needle = data_dir.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == needle)
+            .then_some(pid)
+    })
+}
+
+/// User + system CPU time of a process, from `/proc/<pid>/stat` (USER_HZ = 100 on Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    stat_cpu(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_seconds_self() -> f64 {
+    stat_cpu("/proc/self/stat")
+}
+
+fn stat_cpu(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    // The command name (field 2) may hold spaces; fields after its ')' are fixed.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After ')': state is index 0, so utime (field 14) is 11 and stime (15) is 12.
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}

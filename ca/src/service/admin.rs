@@ -350,6 +350,15 @@ impl Ca {
     /// Re-reads the policy directory. An invalid policy is refused whole (and audited);
     /// the running policy stays in force.
     pub async fn reload_policy(&self, grant: &Grant) -> Result<PolicyReloadResponse, CaError> {
+        self.reload_policy_as(grant.username()).await
+    }
+
+    /// A reload asked for by the local operator (SIGHUP), who holds no API grant.
+    pub async fn reload_policy_on_signal(&self) -> Result<PolicyReloadResponse, CaError> {
+        self.reload_policy_as("operator:SIGHUP").await
+    }
+
+    async fn reload_policy_as(&self, actor: &str) -> Result<PolicyReloadResponse, CaError> {
         let policy = match load_policy_dir(&self.policy_dir) {
             Ok(policy) => policy,
             Err(e) => {
@@ -359,7 +368,7 @@ impl Ca {
                     tx.conn(),
                     self.now(),
                     &AuditEvent::PolicyRejected {
-                        actor: grant.username().to_owned(),
+                        actor: actor.to_owned(),
                         errors,
                     },
                 )
@@ -373,7 +382,7 @@ impl Ca {
         };
         let before = self.policy().digest();
         let digest = policy.digest();
-        let changes = self.install_policy(policy, grant.username()).await?;
+        let changes = self.install_policy(policy, actor).await?;
         Ok(PolicyReloadResponse {
             changed: before != digest,
             digest,
