@@ -26,7 +26,9 @@ const ALICE_PASSWORD: &str = "alice-correct-horse-battery";
 const WRONG_PASSWORD: &str = "WRONG-pw-marker-7c1f9e2a";
 
 fn message(body: &Value) -> &str {
-    body["message"].as_str().unwrap_or_else(|| panic!("no message in {body}"))
+    body["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {body}"))
 }
 
 /// Asserts a sanitized error body: a stable code, a message, and nothing else.
@@ -34,7 +36,11 @@ fn assert_api_error(status: StatusCode, body: &Value, want_status: StatusCode, c
     assert_eq!(status, want_status, "body: {body}");
     assert_eq!(body["error"], code, "body: {body}");
     assert!(!message(body).is_empty());
-    assert_eq!(body.as_object().unwrap().len(), 2, "only error and message: {body}");
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        2,
+        "only error and message: {body}"
+    );
 }
 
 fn reasons(records: &[AuditRecord]) -> Vec<String> {
@@ -70,7 +76,11 @@ async fn post_raw(
 async fn assert_alive(server: &Server) {
     let (status, text) = server.get_text(None, "/v1/health").await;
     assert_eq!((status, text.as_str()), (StatusCode::OK, "ok"));
-    assert!(!server.log().contains("panicked"), "server log: {}", server.log());
+    assert!(
+        !server.log().contains("panicked"),
+        "server log: {}",
+        server.log()
+    );
 }
 
 #[tokio::test]
@@ -210,11 +220,18 @@ async fn bad_public_keys_are_refused_clearly_and_audited() {
             message(&body).contains(expected),
             "{what}: expected {expected:?} in {body}"
         );
-        assert!(!body.to_string().contains(MARKER), "{what}: input echoed: {body}");
+        assert!(
+            !body.to_string().contains(MARKER),
+            "{what}: input echoed: {body}"
+        );
     }
 
     let denied = server.audit_events("cert_denied").await;
-    assert_eq!(denied.len(), cases.len(), "one cert_denied per refusal: {denied:?}");
+    assert_eq!(
+        denied.len(),
+        cases.len(),
+        "one cert_denied per refusal: {denied:?}"
+    );
     for record in &denied {
         assert_eq!(record.payload["reason"], "invalid_public_key", "{record:?}");
         assert_eq!(record.payload["username"], "admin");
@@ -241,16 +258,28 @@ async fn unknown_user_and_wrong_password_look_the_same_and_are_audited() {
         "invalid_credentials",
     );
     assert_eq!(status_wrong, status_unknown);
-    assert_eq!(body_wrong, body_unknown, "no user enumeration through messages");
+    assert_eq!(
+        body_wrong, body_unknown,
+        "no user enumeration through messages"
+    );
 
     let (status, body) = server.try_login("alice", "").await;
-    assert_api_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_credentials");
+    assert_api_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    );
     server.login("alice", ALICE_PASSWORD).await;
 
     let failed = server.audit_events("login_failed").await;
     let mut got = reasons(&failed);
     got.sort();
-    assert_eq!(got, ["bad_password", "empty_password", "unknown_user"], "{failed:?}");
+    assert_eq!(
+        got,
+        ["bad_password", "empty_password", "unknown_user"],
+        "{failed:?}"
+    );
     let by_user = |name: &str| {
         failed
             .iter()
@@ -259,12 +288,26 @@ async fn unknown_user_and_wrong_password_look_the_same_and_are_audited() {
     };
     assert_eq!((by_user("nobody"), by_user("alice")), (1, 2));
 
-    let (status, raw_audit) = server.get_text(Some(&admin), "/v1/admin/audit?limit=1000").await;
+    let (status, raw_audit) = server
+        .get_text(Some(&admin), "/v1/admin/audit?limit=1000")
+        .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(raw_audit.contains("login_failed"), "the audit text was read");
-    assert!(!raw_audit.contains(WRONG_PASSWORD), "a password reached the audit log");
-    assert!(!raw_audit.contains(ALICE_PASSWORD), "a password reached the audit log");
-    assert!(!server.log().contains(WRONG_PASSWORD), "a password reached the server log");
+    assert!(
+        raw_audit.contains("login_failed"),
+        "the audit text was read"
+    );
+    assert!(
+        !raw_audit.contains(WRONG_PASSWORD),
+        "a password reached the audit log"
+    );
+    assert!(
+        !raw_audit.contains(ALICE_PASSWORD),
+        "a password reached the audit log"
+    );
+    assert!(
+        !server.log().contains(WRONG_PASSWORD),
+        "a password reached the server log"
+    );
 }
 
 #[tokio::test]
@@ -296,7 +339,10 @@ async fn repeated_login_failures_are_rate_limited_per_user() {
             .unwrap()
             .parse()
             .unwrap();
-        assert!((1..=60).contains(&retry_after), "Retry-After: {retry_after}");
+        assert!(
+            (1..=60).contains(&retry_after),
+            "Retry-After: {retry_after}"
+        );
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"], "rate_limited");
     }
@@ -304,7 +350,10 @@ async fn repeated_login_failures_are_rate_limited_per_user() {
     server.login("admin", &server.admin_password).await;
     let failed = server.audit_events("login_failed").await;
     assert_eq!(
-        reasons(&failed).iter().filter(|r| *r == "rate_limited").count(),
+        reasons(&failed)
+            .iter()
+            .filter(|r| *r == "rate_limited")
+            .count(),
         2,
         "{failed:?}"
     );
@@ -336,7 +385,9 @@ async fn requests_need_a_valid_bearer_token() {
     assert_api_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
 
     // A logged-out token is dead.
-    let (status, _) = server.post_json(Some(&admin), "/v1/auth/logout", &json!({})).await;
+    let (status, _) = server
+        .post_json(Some(&admin), "/v1/auth/logout", &json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK);
     let (status, body) = server.get_json(Some(&admin), "/v1/auth/whoami").await;
     assert_api_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
@@ -369,7 +420,10 @@ async fn non_admins_get_403_on_admin_routes() {
         assert_eq!(status, StatusCode::OK, "admin on {path}: {body}");
     }
     let posts = [
-        ("/v1/admin/users", json!({"username": "mallory", "groups": ["portcullis-admins"]})),
+        (
+            "/v1/admin/users",
+            json!({"username": "mallory", "groups": ["portcullis-admins"]}),
+        ),
         ("/v1/admin/revoke", json!({"username": "admin"})),
         ("/v1/admin/policy/reload", json!({})),
         ("/v1/admin/ca/user/rotate", json!({})),
@@ -395,11 +449,18 @@ async fn non_admins_get_403_on_admin_routes() {
     assert_eq!(me["groups"], json!(["staff"]));
     let (_, keys) = server.get_json(Some(&admin), "/v1/admin/ca/keys").await;
     assert!(
-        keys.as_array().unwrap().iter().all(|k| k["state"] != "pending"),
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["state"] != "pending"),
         "{keys}"
     );
     let (status, _) = server.get_json(Some(&admin), "/v1/auth/whoami").await;
-    assert_eq!(status, StatusCode::OK, "the admin was not revoked or disabled");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the admin was not revoked or disabled"
+    );
 }
 
 #[tokio::test]
@@ -460,8 +521,14 @@ async fn krl_endpoint_serves_a_krl_that_ssh_keygen_reads() {
     let out = ssh_keygen(&["-Q", "-l", "-f", path_str(&krl)]);
     assert!(out.status.success());
     let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(listing.contains(serial), "serial {serial} not listed:\n{listing}");
-    assert!(krl_revokes(&krl, &cert), "ssh-keygen -Q finds the revoked certificate");
+    assert!(
+        listing.contains(serial),
+        "serial {serial} not listed:\n{listing}"
+    );
+    assert!(
+        krl_revokes(&krl, &cert),
+        "ssh-keygen -Q finds the revoked certificate"
+    );
 }
 
 const BROKEN_DEFAULT: &str = r#"# line 1
@@ -496,7 +563,11 @@ async fn a_broken_policy_is_refused_and_the_old_one_stays_in_force() {
     let (status, issued) = server
         .issue_cert(&admin, &public_line(&ed25519_key()))
         .await;
-    assert_eq!(status, StatusCode::OK, "old policy still grants certs: {issued}");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "old policy still grants certs: {issued}"
+    );
     let (status, _) = server.get_json(Some(&admin), "/v1/admin/users").await;
     assert_eq!(status, StatusCode::OK, "old policy still grants admin");
     let rejected = server.audit_events("policy_rejected").await;

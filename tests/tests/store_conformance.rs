@@ -129,8 +129,14 @@ async fn run_conformance(url: &str, backend: Backend) {
     std::fs::create_dir(&policy_dir).unwrap();
     std::fs::write(policy_dir.join("policy.toml"), POLICY).unwrap();
     let clock = ManualClock::new(now());
-    let ca = ca_in_process(url, &policy_dir, clock.clone()).await.unwrap();
-    assert_eq!(ca.store().backend(), backend, "the CA is not using {backend:?}");
+    let ca = ca_in_process(url, &policy_dir, clock.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        ca.store().backend(),
+        backend,
+        "the CA is not using {backend:?}"
+    );
 
     // --- users and sessions ------------------------------------------------------
     let admin_password = ca
@@ -148,12 +154,22 @@ async fn run_conformance(url: &str, backend: Backend) {
     let revoke_grant = ca.authorize(&admin, Permission::CertsRevoke).unwrap();
     let ca_grant = ca.authorize(&admin, Permission::CaManage).unwrap();
     let audit_grant = ca.authorize(&admin, Permission::AuditRead).unwrap();
-    ca.add_user(&users_grant, "alice", &["devs".into()], Some(&secret(ALICE_PASSWORD)))
-        .await
-        .unwrap();
-    ca.add_user(&users_grant, "bob", &["devs".into()], Some(&secret(BOB_PASSWORD)))
-        .await
-        .unwrap();
+    ca.add_user(
+        &users_grant,
+        "alice",
+        &["devs".into()],
+        Some(&secret(ALICE_PASSWORD)),
+    )
+    .await
+    .unwrap();
+    ca.add_user(
+        &users_grant,
+        "bob",
+        &["devs".into()],
+        Some(&secret(BOB_PASSWORD)),
+    )
+    .await
+    .unwrap();
     assert!(matches!(
         ca.add_user(&users_grant, "alice", &[], Some(&secret(ALICE_PASSWORD)))
             .await,
@@ -184,10 +200,17 @@ async fn run_conformance(url: &str, backend: Backend) {
     let (_, cert_b) = issue(&ca, &alice, &key_b).await;
     let (_, cert_c) = issue(&ca, &alice, &key_c).await;
     let (_, cert_bob) = issue(&ca, &bob, &ed25519_key()).await;
-    assert!(!resp_a.principals.is_empty(), "a deployer cert has principals");
+    assert!(
+        !resp_a.principals.is_empty(),
+        "a deployer cert has principals"
+    );
     assert_eq!(signer_of(&cert_a), original_ca);
     let listed = ca.certificates(&revoke_grant, Some("alice")).await.unwrap();
-    assert_eq!(listed.len(), 3, "the store lists alice's three certificates");
+    assert_eq!(
+        listed.len(),
+        3,
+        "the store lists alice's three certificates"
+    );
     assert!(listed.iter().all(|c| !c.revoked));
 
     let files = tempfile::tempdir().unwrap();
@@ -213,7 +236,10 @@ async fn run_conformance(url: &str, backend: Backend) {
         .unwrap();
     assert_eq!(by_serial.certificates_revoked, 1);
     let krl = write_krl(&ca, files.path()).await;
-    assert!(krl_revokes(&krl, &path_a), "the revoked serial is in the KRL");
+    assert!(
+        krl_revokes(&krl, &path_a),
+        "the revoked serial is in the KRL"
+    );
     assert!(!krl_revokes(&krl, &path_b), "other certificates are not");
     assert!(!krl_revokes(&krl, &path_bob));
 
@@ -263,7 +289,10 @@ async fn run_conformance(url: &str, backend: Backend) {
         )
         .await
         .unwrap();
-    assert_eq!(by_user.certificates_revoked, 1, "only cert C was still live");
+    assert_eq!(
+        by_user.certificates_revoked, 1,
+        "only cert C was still live"
+    );
     let krl = write_krl(&ca, files.path()).await;
     assert!(krl_revokes(&krl, &path_c));
     assert!(!krl_revokes(&krl, &path_bob), "bob is untouched");
@@ -286,14 +315,23 @@ async fn run_conformance(url: &str, backend: Backend) {
         .unwrap()
         .token;
     ca.caller(&bob_token).await.expect("bob's session works");
-    ca.set_user_disabled(&users_grant, "bob", true).await.unwrap();
+    ca.set_user_disabled(&users_grant, "bob", true)
+        .await
+        .unwrap();
     assert!(
         matches!(ca.caller(&bob_token).await, Err(CaError::Unauthenticated)),
         "a disabled user's session is refused"
     );
-    assert!(ca.login_password("bob", &secret(BOB_PASSWORD), IP).await.is_err());
+    assert!(
+        ca.login_password("bob", &secret(BOB_PASSWORD), IP)
+            .await
+            .is_err()
+    );
     let krl = write_krl(&ca, files.path()).await;
-    assert!(krl_revokes(&krl, &path_bob), "disabling revokes live certificates");
+    assert!(
+        krl_revokes(&krl, &path_bob),
+        "disabling revokes live certificates"
+    );
     let _ = bob;
 
     let verify = ca.audit_verify(&audit_grant).await.unwrap();
@@ -303,18 +341,36 @@ async fn run_conformance(url: &str, backend: Backend) {
     let pending = ca.rotate_ca_key(&ca_grant, KeyPurpose::User).await.unwrap();
     assert_eq!(pending.state, "pending");
     let trusted = ca.trusted_keys(KeyPurpose::User);
-    assert_eq!(trusted.lines().count(), 2, "pending key is published: {trusted}");
+    assert_eq!(
+        trusted.lines().count(),
+        2,
+        "pending key is published: {trusted}"
+    );
     // Revoking a user ends sessions but does not disable them: alice logs in again.
     let alice = login(&ca, "alice", ALICE_PASSWORD).await;
     let (_, still_old) = issue(&ca, &alice, &ed25519_key()).await;
-    assert_eq!(signer_of(&still_old), original_ca, "pending keys do not sign");
+    assert_eq!(
+        signer_of(&still_old),
+        original_ca,
+        "pending keys do not sign"
+    );
 
-    ca.activate_ca_key(&ca_grant, KeyPurpose::User).await.unwrap();
+    ca.activate_ca_key(&ca_grant, KeyPurpose::User)
+        .await
+        .unwrap();
     assert_eq!(active_user_ca(&ca), pending.fingerprint);
     let (_, new_cert) = issue(&ca, &alice, &ed25519_key()).await;
-    assert_eq!(signer_of(&new_cert), pending.fingerprint, "the new key signs");
+    assert_eq!(
+        signer_of(&new_cert),
+        pending.fingerprint,
+        "the new key signs"
+    );
     let trusted = ca.trusted_keys(KeyPurpose::User);
-    assert_eq!(trusted.lines().count(), 2, "old and new keys are trusted: {trusted}");
+    assert_eq!(
+        trusted.lines().count(),
+        2,
+        "old and new keys are trusted: {trusted}"
+    );
     assert!(trusted.contains(pending.public_key.trim()));
     let old_public = ca
         .ca_keys()
@@ -324,17 +380,25 @@ async fn run_conformance(url: &str, backend: Backend) {
     assert_eq!(old_public.state, "previous");
     assert!(trusted.contains(old_public.public_key.trim()));
     assert!(
-        ca.retire_ca_key(&ca_grant, &pending.fingerprint).await.is_err(),
+        ca.retire_ca_key(&ca_grant, &pending.fingerprint)
+            .await
+            .is_err(),
         "the active key cannot be retired"
     );
     ca.retire_ca_key(&ca_grant, &original_ca).await.unwrap();
     let trusted = ca.trusted_keys(KeyPurpose::User);
-    assert_eq!(trusted.lines().count(), 1, "retired key is dropped: {trusted}");
+    assert_eq!(
+        trusted.lines().count(),
+        1,
+        "retired key is dropped: {trusted}"
+    );
     assert!(!trusted.contains(old_public.public_key.trim()));
 
     // The store round-trips through a reopen (keys decrypt, chain intact).
     drop(ca);
-    let ca = ca_in_process(url, &policy_dir, clock.clone()).await.unwrap();
+    let ca = ca_in_process(url, &policy_dir, clock.clone())
+        .await
+        .unwrap();
     assert_eq!(active_user_ca(&ca), pending.fingerprint);
     let admin = login(
         &ca,
@@ -346,8 +410,14 @@ async fn run_conformance(url: &str, backend: Backend) {
 
     // --- audit tampering -------------------------------------------------------------
     let verify = ca.audit_verify(&audit_grant).await.unwrap();
-    assert!(verify.ok, "audit chain verifies after all of the above: {verify:?}");
-    assert!(verify.records > 20, "the operations above were audited: {verify:?}");
+    assert!(
+        verify.ok,
+        "audit chain verifies after all of the above: {verify:?}"
+    );
+    assert!(
+        verify.records > 20,
+        "the operations above were audited: {verify:?}"
+    );
     let records = ca.audit_records(&audit_grant, 0, 1000).await.unwrap();
     let events: Vec<&str> = records.iter().map(|r| r.event.as_str()).collect();
     for expected in [
@@ -388,14 +458,22 @@ async fn run_conformance(url: &str, backend: Backend) {
     let saved = take_row(&ca, middle).await;
     let verify = ca.audit_verify(&audit_grant).await.unwrap();
     assert!(!verify.ok);
-    assert_eq!(verify.first_bad_seq, Some(middle), "deleted middle row: {verify:?}");
+    assert_eq!(
+        verify.first_bad_seq,
+        Some(middle),
+        "deleted middle row: {verify:?}"
+    );
     put_row(&ca, &saved).await;
     assert!(ca.audit_verify(&audit_grant).await.unwrap().ok, "restored");
 
     let _ = take_row(&ca, newest).await;
     let verify = ca.audit_verify(&audit_grant).await.unwrap();
     assert!(!verify.ok, "deleting the newest record is detected");
-    assert_eq!(verify.first_bad_seq, Some(newest), "deleted newest row: {verify:?}");
+    assert_eq!(
+        verify.first_bad_seq,
+        Some(newest),
+        "deleted newest row: {verify:?}"
+    );
 }
 
 async fn set_payload(ca: &Ca, seq: u64, payload: &str) {
