@@ -81,13 +81,22 @@ mod tests {
         assert!(policy.role("hw-discovery").is_some());
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("default.toml"), DEFAULT_POLICY).unwrap();
-        assert!(load_policy_dir(dir.path()).unwrap().role("node-admin").is_some());
+        assert!(
+            load_policy_dir(dir.path())
+                .unwrap()
+                .role("node-admin")
+                .is_some()
+        );
     }
 
     #[test]
     fn errors_name_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.toml"), "[[role]]\nname = \"x\"\nlogins = [\"root\"]\ntargets = 'in:devices'\n").unwrap();
+        std::fs::write(
+            dir.path().join("a.toml"),
+            "[[role]]\nname = \"x\"\nlogins = [\"root\"]\ntargets = 'in:devices'\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
         let err = load_policy_dir(dir.path()).unwrap_err().to_string();
         assert!(err.contains("a.toml:4:"), "{err}");

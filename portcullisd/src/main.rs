@@ -124,8 +124,12 @@ fn spawn_reload_on_sighup(ca: Arc<Ca>) {
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             match ca.reload_policy_on_signal().await {
-                Ok(r) => tracing::info!(digest = %r.digest, changed = r.changed, "policy reloaded on SIGHUP"),
-                Err(e) => tracing::error!(error = %e, "policy reload refused; the previous policy stays in force"),
+                Ok(r) => {
+                    tracing::info!(digest = %r.digest, changed = r.changed, "policy reloaded on SIGHUP")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "policy reload refused; the previous policy stays in force")
+                }
             }
         }
     });

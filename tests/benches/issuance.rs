@@ -392,7 +392,14 @@ fn keygen_sign(ca: &Path, key: &Path, serial: usize) {
         .arg("-q")
         .arg("-s")
         .arg(ca)
-        .args(["-I", &format!("bench-{serial}"), "-n", PRINCIPAL, "-V", "+1h"])
+        .args([
+            "-I",
+            &format!("bench-{serial}"),
+            "-n",
+            PRINCIPAL,
+            "-V",
+            "+1h",
+        ])
         .args(["-z", &serial.to_string()])
         .arg(key)
         .stdin(Stdio::null())
@@ -422,14 +429,17 @@ fn ms(d: Duration) -> String {
 /// command line names the (unique, temporary) data directory.
 fn find_server_pid(data_dir: &Path) -> Option<u32> {
     let needle = data_dir.as_os_str().as_encoded_bytes();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        cmdline
-            .split(|b| *b == 0)
-            .any(|arg| arg == needle)
-            .then_some(pid)
-    })
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == needle)
+                .then_some(pid)
+        })
 }
 
 /// User + system CPU time of a process, from `/proc/<pid>/stat` (USER_HZ = 100 on Linux).
@@ -449,6 +459,11 @@ fn stat_cpu(path: &str) -> f64 {
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
     // After ')': state is index 0, so utime (field 14) is 11 and stime (15) is 12.
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }

@@ -124,35 +124,47 @@ impl Sshd {
 
     /// Runs `ssh LOGIN@node echo portcullis-ok` with exactly this key and certificate.
     pub fn ssh(&self, login: &str, key: &Path, cert: &Path) -> Output {
-        Command::new("ssh")
-            .args([
-                "-F",
-                "/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-            ])
-            .args([
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "ConnectTimeout=10",
-            ])
-            .args(["-o", "LogLevel=ERROR", "-o", "IdentityAgent=none"])
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"])
             .arg("-o")
             .arg(format!("CertificateFile={}", cert.display()))
             .arg("-i")
-            .arg(key)
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg(format!("{login}@127.0.0.1"))
-            .arg("echo portcullis-ok")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .arg(key);
+        self.run_ssh(cmd, login)
+    }
+
+    /// Runs the same command with whatever the ssh-agent at `socket` holds.
+    pub fn ssh_with_agent(&self, login: &str, socket: &Path) -> Output {
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-o")
+            .arg(format!("IdentityAgent={}", socket.display()));
+        self.run_ssh(cmd, login)
+    }
+
+    fn run_ssh(&self, mut cmd: Command, login: &str) -> Output {
+        cmd.args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+        ])
+        .args([
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg("-p")
+        .arg(self.port.to_string())
+        .arg(format!("{login}@127.0.0.1"))
+        .arg("echo portcullis-ok")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
     }
 
     /// True when the login worked and ran the command.

@@ -357,3 +357,90 @@ async fn foreign_ca_and_host_type_certificates_are_refused() {
         "host certificate must not work as a user certificate"
     );
 }
+
+/// A real ssh-agent: after `portcullis login` it holds the key and certificate (for the
+/// certificate's lifetime), and plain `ssh` through the agent gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_loads_the_certificate_into_ssh_agent() {
+    let (server, admin) = team_server().await;
+    let prod = node_sshd(&server, &admin, "pve-prod", None).await;
+    let home = tempfile::tempdir().unwrap();
+    let socket = home.path().join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ssh-agent did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = Command::new(bin("portcullis"))
+        .args([
+            "login",
+            "--ca",
+            &server.url,
+            "--ca-fingerprint",
+            &server.pin,
+            "--user",
+            "alice",
+            "--password-stdin",
+        ])
+        .env("HOME", home.path())
+        .env("SSH_AUTH_SOCK", &socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{PASSWORD}\n").as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("Added to ssh-agent"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = Command::new("ssh-add")
+        .arg("-l")
+        .env("SSH_AUTH_SOCK", &socket)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("ED25519-CERT"),
+        "agent holds the certificate"
+    );
+    let via_agent = prod.ssh_with_agent("root", &socket);
+    assert!(via_agent.status.success(), "ssh via agent: {}", prod.log());
+
+    // Logout takes the key out of the agent as well.
+    let out = portcullis_with_agent(home.path(), &socket, &["logout"]);
+    assert!(out.status.success());
+    assert!(
+        !prod.ssh_with_agent("root", &socket).status.success(),
+        "logged out: agent must not log in"
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+fn portcullis_with_agent(home: &Path, socket: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin("portcullis"))
+        .args(args)
+        .env("HOME", home)
+        .env("SSH_AUTH_SOCK", socket)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: `./scripts/test.sh` from anywhere in the repository.
+#
+# Installs what the tests need when it is missing (OpenSSH server and client, PostgreSQL,
+# cargo-nextest), then runs formatting, lints, a build of the binaries the integration
+# tests start, and every test. Tests that need a real peer fail (never skip) when the
+# peer is missing, so a broken environment cannot pass quietly.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+missing_packages() {
+    [[ -x /usr/sbin/sshd ]] || return 0
+    command -v ssh-keygen >/dev/null 2>&1 || return 0
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || return 0
+    return 1
+}
+
+if missing_packages; then
+    step "installing OpenSSH and PostgreSQL"
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "error: sshd, ssh-keygen or PostgreSQL is missing and this is not root;" >&2
+        echo "install openssh-server openssh-client postgresql and run again" >&2
+        exit 1
+    fi
+    apt-get update
+    # The postgresql package starts a system cluster; the tests ignore it and run their own.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server openssh-client postgresql
+fi
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+    step "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
+
+# sshd refuses to start without its privilege-separation directory.
+if [[ $(id -u) -eq 0 ]]; then
+    mkdir -p /run/sshd
+fi
+
+step "cargo fmt --all --check"
+cargo fmt --all --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+# Integration tests run the real binaries; nextest does not build other packages' bins.
+step "cargo build --bins"
+cargo build --bins
+
+step "cargo nextest run --workspace --no-fail-fast"
+cargo nextest run --workspace --no-fail-fast
