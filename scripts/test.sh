@@ -9,7 +9,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> [%ss] %s\n' "$SECONDS" "$*"; }
 
 missing_packages() {
     [[ -x /usr/sbin/sshd ]] || return 0
@@ -52,3 +52,5 @@ cargo build --bins
 
 step "cargo nextest run --workspace --no-fail-fast"
 cargo nextest run --workspace --no-fail-fast
+
+printf '\n==> all checks passed in %ss\n' "$SECONDS"

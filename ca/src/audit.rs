@@ -125,11 +125,7 @@ impl AuditEvent {
 }
 
 /// The one way an audit event is written.
-pub async fn record(
-    conn: &mut AnyConnection,
-    at: u64,
-    event: &AuditEvent,
-) -> Result<u64, StoreError> {
+pub async fn record(conn: &mut AnyConnection, at: u64, event: &AuditEvent) -> Result<u64, StoreError> {
     let payload = serde_json::to_string(event).map_err(|_| StoreError::Corrupt("audit event"))?;
     store::append_audit(conn, at, event.name(), &payload).await
 }
@@ -151,12 +147,9 @@ mod tests {
 
     #[test]
     fn event_name_matches_serde_tag() {
-        let e = AuditEvent::Logout {
-            username: "a".into(),
-        };
+        let e = AuditEvent::Logout { username: "a".into() };
         let v: serde_json::Value =
-            serde_json::from_str(&serde_json::to_string(&e).unwrap_or_default())
-                .unwrap_or_default();
+            serde_json::from_str(&serde_json::to_string(&e).unwrap_or_default()).unwrap_or_default();
         assert_eq!(v["event"], e.name());
     }
 }

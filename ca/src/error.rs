@@ -49,9 +49,7 @@ impl CaError {
     /// What the peer is told. Internal details stay in the operator log.
     pub fn public_message(&self) -> String {
         match self {
-            CaError::Internal(_) | CaError::Store(_) | CaError::Config(_) => {
-                "internal error".to_owned()
-            }
+            CaError::Internal(_) | CaError::Store(_) | CaError::Config(_) => "internal error".to_owned(),
             other => other.to_string(),
         }
     }

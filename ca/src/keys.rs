@@ -96,11 +96,7 @@ impl Keyring {
     pub async fn load(store: &Store, passphrase: &SecretString) -> Result<Keyring, CaError> {
         let rows = store.ca_keys().await?;
         let pass = passphrase.clone();
-        let active: Vec<CaKeyRow> = rows
-            .iter()
-            .filter(|r| r.state == state::ACTIVE)
-            .cloned()
-            .collect();
+        let active: Vec<CaKeyRow> = rows.iter().filter(|r| r.state == state::ACTIVE).cloned().collect();
         let signers = tokio::task::spawn_blocking(move || -> Result<_, CaError> {
             let mut signers = BTreeMap::new();
             for row in active {
@@ -109,27 +105,14 @@ impl Keyring {
                     .map_err(|_| CaError::Config("a stored CA key is unreadable".into()))?;
                 let key = encrypted
                     .decrypt(pass.expose_secret().as_bytes())
-                    .map_err(|_| {
-                        CaError::Config(
-                            "the CA passphrase does not decrypt the stored CA keys".into(),
-                        )
-                    })?;
-                signers.insert(
-                    purpose,
-                    Arc::new(Signer {
-                        key,
-                        fingerprint: row.fingerprint.clone(),
-                    }),
-                );
+                    .map_err(|_| CaError::Config("the CA passphrase does not decrypt the stored CA keys".into()))?;
+                signers.insert(purpose, Arc::new(Signer { key, fingerprint: row.fingerprint.clone() }));
             }
             Ok(signers)
         })
         .await
         .map_err(|_| CaError::Internal("key loading task failed".into()))??;
-        Ok(Keyring {
-            signers,
-            rows: rows.into_iter().map(strip_private).collect(),
-        })
+        Ok(Keyring { signers, rows: rows.into_iter().map(strip_private).collect() })
     }
 
     pub fn signer(&self, purpose: KeyPurpose) -> Option<Arc<Signer>> {
@@ -173,9 +156,7 @@ pub async fn generate(
         let mut rng = UnwrapErr(SysRng);
         let alg = match algorithm {
             KeyAlgorithm::Ed25519 => Algorithm::Ed25519,
-            KeyAlgorithm::EcdsaP256 => Algorithm::Ecdsa {
-                curve: EcdsaCurve::NistP256,
-            },
+            KeyAlgorithm::EcdsaP256 => Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 },
         };
         let mut key = PrivateKey::random(&mut rng, alg.clone())
             .map_err(|_| CaError::Internal("CA key generation failed".into()))?;
@@ -193,9 +174,7 @@ pub async fn generate(
             purpose: purpose.as_str().to_owned(),
             state: key_state,
             algorithm: alg.as_str().to_owned(),
-            public_key: public
-                .to_openssh()
-                .map_err(|_| CaError::Internal("CA key encoding failed".into()))?,
+            public_key: public.to_openssh().map_err(|_| CaError::Internal("CA key encoding failed".into()))?,
             encrypted_key,
             created_at: now,
         })

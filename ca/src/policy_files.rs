@@ -7,44 +7,28 @@ use std::path::Path;
 
 /// Loads and validates; on failure the message lists every error as `file:line:col: …`.
 pub fn load_policy_dir(dir: &Path) -> Result<Policy, CaError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        CaError::Config(format!(
-            "cannot read policy directory {}: {e}",
-            dir.display()
-        ))
-    })?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| CaError::Config(format!("cannot read policy directory {}: {e}", dir.display())))?;
     let mut files = Vec::new();
     for entry in entries {
-        let path = entry
-            .map_err(|e| CaError::Config(format!("policy directory: {e}")))?
-            .path();
+        let path = entry.map_err(|e| CaError::Config(format!("policy directory: {e}")))?.path();
         if path.extension().is_some_and(|ext| ext == "toml") && path.is_file() {
             files.push(path);
         }
     }
     files.sort();
     if files.is_empty() {
-        return Err(CaError::Config(format!(
-            "no *.toml policy files in {}",
-            dir.display()
-        )));
+        return Err(CaError::Config(format!("no *.toml policy files in {}", dir.display())));
     }
     let mut texts = Vec::with_capacity(files.len());
     for path in &files {
         let text = std::fs::read_to_string(path)
             .map_err(|e| CaError::Config(format!("cannot read {}: {e}", path.display())))?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         texts.push((name, text));
     }
-    let sources: Vec<PolicySource<'_>> = texts
-        .iter()
-        .map(|(name, text)| PolicySource { name, text })
-        .collect();
-    Policy::from_sources(&sources)
-        .map_err(|errors| CaError::Config(format!("invalid policy:\n{errors}")))
+    let sources: Vec<PolicySource<'_>> = texts.iter().map(|(name, text)| PolicySource { name, text }).collect();
+    Policy::from_sources(&sources).map_err(|errors| CaError::Config(format!("invalid policy:\n{errors}")))
 }
 
 /// The policy the all-in-one server writes on first start: members of the group
@@ -81,12 +65,7 @@ mod tests {
         assert!(policy.role("hw-discovery").is_some());
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("default.toml"), DEFAULT_POLICY).unwrap();
-        assert!(
-            load_policy_dir(dir.path())
-                .unwrap()
-                .role("node-admin")
-                .is_some()
-        );
+        assert!(load_policy_dir(dir.path()).unwrap().role("node-admin").is_some());
     }
 
     #[test]

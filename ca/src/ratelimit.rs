@@ -16,20 +16,14 @@ const SWEEP_AT: usize = 10_000;
 
 impl RateLimiter {
     pub fn new(max: u32, window_secs: u64) -> Self {
-        RateLimiter {
-            window: window_secs.max(1),
-            max,
-            buckets: Mutex::new(HashMap::new()),
-        }
+        RateLimiter { window: window_secs.max(1), max, buckets: Mutex::new(HashMap::new()) }
     }
 
     /// Seconds to wait if `key` is over its limit now.
     pub fn blocked(&self, key: &str, now: u64) -> Option<u64> {
         let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         match buckets.get(key) {
-            Some(&(start, count)) if now < start + self.window && count >= self.max => {
-                Some(start + self.window - now)
-            }
+            Some(&(start, count)) if now < start + self.window && count >= self.max => Some(start + self.window - now),
             _ => None,
         }
     }
@@ -49,10 +43,7 @@ impl RateLimiter {
     }
 
     pub fn reset(&self, key: &str) {
-        self.buckets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        self.buckets.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
 }
 

@@ -15,12 +15,7 @@ use tower::ServiceExt;
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<ServerConfig>,
-    app: Router,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Router, shutdown: impl Future<Output = ()>) {
     let acceptor = TlsAcceptor::from(tls);
     tokio::pin!(shutdown);
     loop {
@@ -47,15 +42,11 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
-            let service = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    app.clone().oneshot(req)
-                },
-            );
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                app.clone().oneshot(req)
+            });
+            if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await
             {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }

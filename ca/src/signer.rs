@@ -47,13 +47,7 @@ pub fn sign_user_cert(
     let key_id = format!("{}@{}", permit.username(), source);
     let nonce = random_bytes::<32>();
     let fail = |_| CaError::Internal("certificate signing failed".into());
-    let mut builder = Builder::new(
-        nonce,
-        public_key.key_data().clone(),
-        valid_after,
-        valid_before,
-    )
-    .map_err(fail)?;
+    let mut builder = Builder::new(nonce, public_key.key_data().clone(), valid_after, valid_before).map_err(fail)?;
     builder.serial(serial).map_err(fail)?;
     builder.key_id(key_id.clone()).map_err(fail)?;
     builder.cert_type(CertType::User).map_err(fail)?;
@@ -64,9 +58,7 @@ pub fn sign_user_cert(
         builder.extension(extension.clone(), "").map_err(fail)?;
     }
     for (name, value) in permit.critical_options() {
-        builder
-            .critical_option(name.clone(), value.clone())
-            .map_err(fail)?;
+        builder.critical_option(name.clone(), value.clone()).map_err(fail)?;
     }
     let certificate = builder.sign(&signer.key).map_err(fail)?;
     Ok(SignedCert {

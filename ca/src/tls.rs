@@ -36,17 +36,11 @@ pub fn operator_tls(cert: &Path, key: &Path) -> Result<TlsMaterial, CaError> {
         .map_err(|e| CaError::Config(format!("cannot read {}: {e}", cert.display())))?
         .collect::<Result<_, _>>()
         .map_err(|e| CaError::Config(format!("bad PEM in {}: {e}", cert.display())))?;
-    let leaf = chain
-        .first()
-        .ok_or_else(|| CaError::Config(format!("no certificate in {}", cert.display())))?;
-    let pin = pin_of_certificate(leaf)
-        .ok_or_else(|| CaError::Config("TLS certificate does not parse".into()))?;
+    let leaf = chain.first().ok_or_else(|| CaError::Config(format!("no certificate in {}", cert.display())))?;
+    let pin = pin_of_certificate(leaf).ok_or_else(|| CaError::Config("TLS certificate does not parse".into()))?;
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| CaError::Config(format!("cannot read {}: {e}", key.display())))?;
-    Ok(TlsMaterial {
-        config: server_config(chain, key)?,
-        pin,
-    })
+    Ok(TlsMaterial { config: server_config(chain, key)?, pin })
 }
 
 /// Loads the bootstrap certificate from `dir`, generating it on first use.
@@ -54,17 +48,12 @@ pub fn bootstrap_tls(dir: &Path, names: &[String]) -> Result<TlsMaterial, CaErro
     let cert_path = dir.join("bootstrap-cert.pem");
     let key_path = dir.join("bootstrap-key.pem");
     if !cert_path.exists() || !key_path.exists() {
-        let key =
-            rcgen::KeyPair::generate().map_err(|e| CaError::Internal(format!("TLS key: {e}")))?;
-        let mut params = rcgen::CertificateParams::new(names.to_vec())
-            .map_err(|e| CaError::Config(format!("TLS names: {e}")))?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "Portcullis CA bootstrap");
+        let key = rcgen::KeyPair::generate().map_err(|e| CaError::Internal(format!("TLS key: {e}")))?;
+        let mut params =
+            rcgen::CertificateParams::new(names.to_vec()).map_err(|e| CaError::Config(format!("TLS names: {e}")))?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, "Portcullis CA bootstrap");
         params.not_after = rcgen::date_time_ymd(2099, 1, 1);
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| CaError::Internal(format!("TLS certificate: {e}")))?;
+        let cert = params.self_signed(&key).map_err(|e| CaError::Internal(format!("TLS certificate: {e}")))?;
         crate::fsutil::write_private(&key_path, key.serialize_pem().as_bytes())?;
         crate::fsutil::write_atomic(&cert_path, cert.pem().as_bytes(), 0o644)?;
     }

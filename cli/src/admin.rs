@@ -11,18 +11,13 @@ use serde_json::json;
 use std::collections::BTreeMap;
 
 fn api() -> anyhow::Result<Api> {
-    let session = Paths::new()?
-        .load_session()
-        .ok_or_else(|| anyhow!("not logged in: run `portcullis login` first"))?;
+    let session = Paths::new()?.load_session().ok_or_else(|| anyhow!("not logged in: run `portcullis login` first"))?;
     Ok(Api::new(&session.ca_url, session.ca_fingerprint.as_deref())?.with_token(&session.token))
 }
 
 /// Path segments come from the command line; keep them to safe characters.
 fn seg(s: &str) -> anyhow::Result<&str> {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'))
-    {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@')) {
         Ok(s)
     } else {
         bail!("invalid name {s:?}")
@@ -40,21 +35,14 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::User(cmd) => user(&api, cmd).await,
         AdminCommand::Revoke(args) => {
             let body = match (args.serial, args.key, args.user) {
-                (Some(serial), _, _) => RevokeRequest {
-                    serial: Some(serial),
-                    ..Default::default()
-                },
+                (Some(serial), _, _) => RevokeRequest { serial: Some(serial), ..Default::default() },
                 (_, Some(path), _) => RevokeRequest {
                     public_key: Some(
-                        std::fs::read_to_string(&path)
-                            .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?,
+                        std::fs::read_to_string(&path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?,
                     ),
                     ..Default::default()
                 },
-                (_, _, Some(user)) => RevokeRequest {
-                    username: Some(user),
-                    ..Default::default()
-                },
+                (_, _, Some(user)) => RevokeRequest { username: Some(user), ..Default::default() },
                 _ => bail!("give --serial, --key or --user"),
             };
             let r: RevokeResponse = api.post("/v1/admin/revoke", &body).await?;
@@ -76,24 +64,13 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Ca(cmd) => match cmd {
             CaCommand::List => {
                 for k in api.get::<Vec<CaKeyInfo>>("/v1/admin/ca/keys").await? {
-                    println!(
-                        "{:<9} {:<9} {} {}",
-                        k.purpose, k.state, k.fingerprint, k.algorithm
-                    );
+                    println!("{:<9} {:<9} {} {}", k.purpose, k.state, k.fingerprint, k.algorithm);
                 }
                 Ok(())
             }
             CaCommand::Rotate { purpose } => {
-                let k: CaKeyInfo = api
-                    .post(
-                        &format!("/v1/admin/ca/{}/rotate", seg(&purpose)?),
-                        &json!({}),
-                    )
-                    .await?;
-                println!(
-                    "Published new {} CA key {} (pending).",
-                    k.purpose, k.fingerprint
-                );
+                let k: CaKeyInfo = api.post(&format!("/v1/admin/ca/{}/rotate", seg(&purpose)?), &json!({})).await?;
+                println!("Published new {} CA key {} (pending).", k.purpose, k.fingerprint);
                 println!(
                     "Let nodes refresh their trusted keys, then run `portcullis admin ca activate {}`.",
                     k.purpose
@@ -101,22 +78,12 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             CaCommand::Activate { purpose } => {
-                api.post_unit(
-                    &format!("/v1/admin/ca/{}/activate", seg(&purpose)?),
-                    &json!({}),
-                )
-                .await?;
-                println!(
-                    "The pending {purpose} CA key now signs; the previous key stays trusted until retired."
-                );
+                api.post_unit(&format!("/v1/admin/ca/{}/activate", seg(&purpose)?), &json!({})).await?;
+                println!("The pending {purpose} CA key now signs; the previous key stays trusted until retired.");
                 Ok(())
             }
             CaCommand::Retire { fingerprint } => {
-                api.post_unit(
-                    "/v1/admin/ca/retire",
-                    &json!({ "fingerprint": fingerprint }),
-                )
-                .await?;
+                api.post_unit("/v1/admin/ca/retire", &json!({ "fingerprint": fingerprint })).await?;
                 println!("Retired {fingerprint}.");
                 Ok(())
             }
@@ -124,10 +91,7 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Audit(AuditCommand::Verify) => {
             let r: AuditVerifyResponse = api.get("/v1/admin/audit/verify").await?;
             if r.ok {
-                println!(
-                    "Audit log intact: {} records, hash chain verified.",
-                    r.records
-                );
+                println!("Audit log intact: {} records, hash chain verified.", r.records);
                 Ok(())
             } else {
                 bail!(
@@ -138,10 +102,7 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
             }
         }
         AdminCommand::Audit(AuditCommand::List { after, limit }) => {
-            for r in api
-                .get::<Vec<AuditRecord>>(&format!("/v1/admin/audit?after={after}&limit={limit}"))
-                .await?
-            {
+            for r in api.get::<Vec<AuditRecord>>(&format!("/v1/admin/audit?after={after}&limit={limit}")).await? {
                 println!("{} {} {}", r.seq, r.at, r.payload);
             }
             Ok(())
@@ -164,19 +125,11 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
 
 async fn user(api: &Api, cmd: UserCommand) -> anyhow::Result<()> {
     match cmd {
-        UserCommand::Add {
-            name,
-            groups,
-            password_stdin,
-            no_password,
-        } => {
+        UserCommand::Add { name, groups, password_stdin, no_password } => {
             let password = if no_password {
                 None
             } else {
-                Some(read_password(
-                    &format!("New password for {name}: "),
-                    password_stdin,
-                )?)
+                Some(read_password(&format!("New password for {name}: "), password_stdin)?)
             };
             let body = json!({
                 "username": name,
@@ -187,36 +140,23 @@ async fn user(api: &Api, cmd: UserCommand) -> anyhow::Result<()> {
             println!("Added user {name} (groups: {}).", groups.join(", "));
         }
         UserCommand::Disable { name } => {
-            api.post_unit(
-                &format!("/v1/admin/users/{}/disable", seg(&name)?),
-                &json!({}),
-            )
-            .await?;
+            api.post_unit(&format!("/v1/admin/users/{}/disable", seg(&name)?), &json!({})).await?;
             println!("Disabled {name}; their sessions ended and live certificates were revoked.");
         }
         UserCommand::Enable { name } => {
-            api.post_unit(
-                &format!("/v1/admin/users/{}/enable", seg(&name)?),
-                &json!({}),
-            )
-            .await?;
+            api.post_unit(&format!("/v1/admin/users/{}/enable", seg(&name)?), &json!({})).await?;
             println!("Enabled {name}.");
         }
         UserCommand::SetGroups { name, groups } => {
             let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
             api.put_unit(
                 &format!("/v1/admin/users/{}/groups", seg(&name)?),
-                &SetGroupsRequest {
-                    groups: groups.clone(),
-                },
+                &SetGroupsRequest { groups: groups.clone() },
             )
             .await?;
             println!("{name} is now in: {}", groups.join(", "));
         }
-        UserCommand::SetPassword {
-            name,
-            password_stdin,
-        } => {
+        UserCommand::SetPassword { name, password_stdin } => {
             let password = read_password(&format!("New password for {name}: "), password_stdin)?;
             api.put_unit(
                 &format!("/v1/admin/users/{}/password", seg(&name)?),
@@ -241,36 +181,20 @@ async fn user(api: &Api, cmd: UserCommand) -> anyhow::Result<()> {
 
 async fn node(api: &Api, cmd: NodeCommand) -> anyhow::Result<()> {
     match cmd {
-        NodeCommand::Add {
-            name,
-            addresses,
-            tags,
-            agent,
-            partition,
-        } => {
+        NodeCommand::Add { name, addresses, tags, agent, partition } => {
             let mut tag_map = BTreeMap::new();
             for t in tags {
-                let (k, v) = t
-                    .split_once('=')
-                    .ok_or_else(|| anyhow!("--tag must be key=value"))?;
+                let (k, v) = t.split_once('=').ok_or_else(|| anyhow!("--tag must be key=value"))?;
                 tag_map.insert(k.to_owned(), v.to_owned());
             }
-            let record = NodeRecord {
-                name: name.clone(),
-                addresses,
-                tags: tag_map,
-                agent,
-                partition,
-                ..Default::default()
-            };
+            let record =
+                NodeRecord { name: name.clone(), addresses, tags: tag_map, agent, partition, ..Default::default() };
             let _: NodeRecord = api.post("/v1/admin/nodes", &record).await?;
             println!("Node {name} saved.");
         }
         NodeCommand::List => print_json(&api.get::<Vec<NodeRecord>>("/v1/admin/nodes").await?)?,
         NodeCommand::Principals { name, login } => {
-            let p: NodePrincipals = api
-                .get(&format!("/v1/nodes/{}/principals", seg(&name)?))
-                .await?;
+            let p: NodePrincipals = api.get(&format!("/v1/nodes/{}/principals", seg(&name)?)).await?;
             match login {
                 Some(login) => {
                     for principal in p.principals.get(&login).into_iter().flatten() {

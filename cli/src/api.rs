@@ -34,9 +34,8 @@ impl Api {
             bail!("the CA URL must start with https://");
         }
         let tls = match pin {
-            Some(pin) => pinned_client_config(pin).ok_or_else(|| {
-                anyhow!("--ca-fingerprint must look like SHA256:<base64> (as the server prints it)")
-            })?,
+            Some(pin) => pinned_client_config(pin)
+                .ok_or_else(|| anyhow!("--ca-fingerprint must look like SHA256:<base64> (as the server prints it)"))?,
             None => system_roots_config()?,
         };
         let http = reqwest::Client::builder()
@@ -45,11 +44,7 @@ impl Api {
             .timeout(Duration::from_secs(60))
             .build()
             .context("cannot build the HTTPS client")?;
-        Ok(Api {
-            base,
-            http,
-            token: None,
-        })
+        Ok(Api { base, http, token: None })
     }
 
     pub fn with_token(mut self, token: &str) -> Api {
@@ -87,35 +82,21 @@ impl Api {
     }
 
     pub async fn get<R: DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
-        Ok(self
-            .send(self.request(reqwest::Method::GET, path))
-            .await?
-            .json()
-            .await?)
+        Ok(self.send(self.request(reqwest::Method::GET, path)).await?.json().await?)
     }
 
-    pub async fn post<B: Serialize, R: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> anyhow::Result<R> {
-        Ok(self
-            .send(self.request(reqwest::Method::POST, path).json(body))
-            .await?
-            .json()
-            .await?)
+    pub async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<R> {
+        Ok(self.send(self.request(reqwest::Method::POST, path).json(body)).await?.json().await?)
     }
 
     /// For endpoints that answer with an empty body.
     pub async fn post_unit<B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<()> {
-        self.send(self.request(reqwest::Method::POST, path).json(body))
-            .await?;
+        self.send(self.request(reqwest::Method::POST, path).json(body)).await?;
         Ok(())
     }
 
     pub async fn put_unit<B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<()> {
-        self.send(self.request(reqwest::Method::PUT, path).json(body))
-            .await?;
+        self.send(self.request(reqwest::Method::PUT, path).json(body)).await?;
         Ok(())
     }
 }

@@ -3,11 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "portcullis",
-    version,
-    about = "Log in to a Portcullis CA and use short-lived SSH certificates"
-)]
+#[command(name = "portcullis", version, about = "Log in to a Portcullis CA and use short-lived SSH certificates")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -13,19 +13,14 @@ use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn when(ts: u64) -> String {
-    let Ok(t) = time::OffsetDateTime::from_unix_timestamp(i64::try_from(ts).unwrap_or(i64::MAX))
-    else {
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp(i64::try_from(ts).unwrap_or(i64::MAX)) else {
         return ts.to_string();
     };
-    let fmt =
-        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
     t.format(&fmt).unwrap_or_else(|_| ts.to_string())
 }
 
@@ -40,10 +35,7 @@ fn span(secs: u64) -> String {
 pub fn read_password(prompt: &str, from_stdin: bool) -> anyhow::Result<SecretString> {
     let password = if from_stdin {
         let mut line = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .context("cannot read the password from stdin")?;
+        std::io::stdin().lock().read_line(&mut line).context("cannot read the password from stdin")?;
         line.trim_end_matches(['\n', '\r']).to_owned()
     } else {
         rpassword::prompt_password(prompt)
@@ -64,15 +56,9 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         .or_else(|| previous.as_ref().map(|s| s.ca_url.clone()))
         .ok_or_else(|| anyhow!("no CA known yet: pass --ca https://HOST:PORT"))?;
     let pin = match &args.ca_fingerprint {
-        Some(fp) => Some(
-            normalize_pin(fp)
-                .ok_or_else(|| anyhow!("--ca-fingerprint must look like SHA256:<base64>"))?,
-        ),
+        Some(fp) => Some(normalize_pin(fp).ok_or_else(|| anyhow!("--ca-fingerprint must look like SHA256:<base64>"))?),
         // A remembered pin only applies to the CA it was given for.
-        None => previous
-            .as_ref()
-            .filter(|s| s.ca_url == ca_url)
-            .and_then(|s| s.ca_fingerprint.clone()),
+        None => previous.as_ref().filter(|s| s.ca_url == ca_url).and_then(|s| s.ca_fingerprint.clone()),
     };
     let username = args
         .user
@@ -83,16 +69,11 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let ttl_seconds = args
         .ttl
         .as_deref()
-        .map(|t| {
-            humantime_secs(t).ok_or_else(|| anyhow!("--ttl must be a duration like 1h or 30m"))
-        })
+        .map(|t| humantime_secs(t).ok_or_else(|| anyhow!("--ttl must be a duration like 1h or 30m")))
         .transpose()?;
 
     let api = Api::new(&ca_url, pin.as_deref())?;
-    let password = read_password(
-        &format!("Password for {username} at {ca_url}: "),
-        args.password_stdin,
-    )?;
+    let password = read_password(&format!("Password for {username} at {ca_url}: "), args.password_stdin)?;
     let body = serde_json::json!({ "username": username, "password": password.expose_secret() });
     let session: LoginResponse = api.post("/v1/auth/login", &body).await?;
     drop(body);
@@ -100,21 +81,11 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
 
     paths.ensure_dir()?;
     let (key, created) = paths.load_or_create_key()?;
-    let public_key = key
-        .public_key()
-        .to_openssh()
-        .map_err(|_| anyhow!("cannot encode the public key"))?;
-    let request = UserCertRequest {
-        public_key,
-        ttl_seconds,
-        roles: (!args.roles.is_empty()).then(|| args.roles.clone()),
-    };
+    let public_key = key.public_key().to_openssh().map_err(|_| anyhow!("cannot encode the public key"))?;
+    let request =
+        UserCertRequest { public_key, ttl_seconds, roles: (!args.roles.is_empty()).then(|| args.roles.clone()) };
     let cert: UserCertResponse = api.post("/v1/certs/user", &request).await?;
-    write_atomic(
-        &paths.cert,
-        format!("{}\n", cert.certificate).as_bytes(),
-        0o644,
-    )?;
+    write_atomic(&paths.cert, format!("{}\n", cert.certificate).as_bytes(), 0o644)?;
     paths.save_session(&Session {
         ca_url: ca_url.clone(),
         ca_fingerprint: pin,
@@ -125,36 +96,20 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
 
     let lifetime = cert.valid_before.saturating_sub(now());
     println!("Logged in to {ca_url} as {}.", session.username);
-    println!(
-        "{} key {}",
-        if created { "Created" } else { "Reused" },
-        paths.key.display()
-    );
-    println!(
-        "Certificate {} (serial {}, key id {})",
-        paths.cert.display(),
-        cert.serial,
-        cert.key_id
-    );
+    println!("{} key {}", if created { "Created" } else { "Reused" }, paths.key.display());
+    println!("Certificate {} (serial {}, key id {})", paths.cert.display(), cert.serial, cert.key_id);
     println!("  principals: {}", cert.principals.join(", "));
-    println!(
-        "  valid until {} (for {})",
-        when(cert.valid_before),
-        span(lifetime)
-    );
+    println!("  valid until {} (for {})", when(cert.valid_before), span(lifetime));
     match add_to_agent(&paths.key, lifetime) {
-        AgentOutcome::Added => println!(
-            "Added to ssh-agent for {} (it forgets the key when the certificate expires).",
-            span(lifetime)
-        ),
-        AgentOutcome::NoAgent => println!(
-            "No ssh-agent running (SSH_AUTH_SOCK unset): use `ssh -i {}`.",
-            paths.key.display()
-        ),
-        AgentOutcome::Failed(why) => println!(
-            "Could not add to ssh-agent ({why}): use `ssh -i {}`.",
-            paths.key.display()
-        ),
+        AgentOutcome::Added => {
+            println!("Added to ssh-agent for {} (it forgets the key when the certificate expires).", span(lifetime))
+        }
+        AgentOutcome::NoAgent => {
+            println!("No ssh-agent running (SSH_AUTH_SOCK unset): use `ssh -i {}`.", paths.key.display())
+        }
+        AgentOutcome::Failed(why) => {
+            println!("Could not add to ssh-agent ({why}): use `ssh -i {}`.", paths.key.display())
+        }
     }
     Ok(())
 }
@@ -208,22 +163,11 @@ pub async fn status() -> anyhow::Result<()> {
     println!("CA: {}", session.ca_url);
     let t = now();
     if session.expires_at > t {
-        println!(
-            "Session: {} (expires {})",
-            session.username,
-            when(session.expires_at)
-        );
+        println!("Session: {} (expires {})", session.username, when(session.expires_at));
     } else {
-        println!(
-            "Session: {} (expired {}; run `portcullis login`)",
-            session.username,
-            when(session.expires_at)
-        );
+        println!("Session: {} (expired {}; run `portcullis login`)", session.username, when(session.expires_at));
     }
-    match std::fs::read_to_string(&paths.cert)
-        .ok()
-        .and_then(|c| Certificate::from_openssh(c.trim()).ok())
-    {
+    match std::fs::read_to_string(&paths.cert).ok().and_then(|c| Certificate::from_openssh(c.trim()).ok()) {
         Some(cert) => {
             println!("Certificate: {}", paths.cert.display());
             println!("  key id: {}  serial: {}", cert.key_id(), cert.serial());
@@ -243,33 +187,19 @@ pub async fn status() -> anyhow::Result<()> {
 pub async fn logout() -> anyhow::Result<()> {
     let paths = Paths::new()?;
     if let Some(session) = paths.load_session() {
-        let api = Api::new(&session.ca_url, session.ca_fingerprint.as_deref())?
-            .with_token(&session.token);
-        if let Err(e) = api
-            .post_unit("/v1/auth/logout", &serde_json::json!({}))
-            .await
-        {
-            eprintln!(
-                "warning: the CA did not confirm the logout ({e}); local credentials are removed anyway"
-            );
+        let api = Api::new(&session.ca_url, session.ca_fingerprint.as_deref())?.with_token(&session.token);
+        if let Err(e) = api.post_unit("/v1/auth/logout", &serde_json::json!({})).await {
+            eprintln!("warning: the CA did not confirm the logout ({e}); local credentials are removed anyway");
         }
     }
     if std::env::var_os("SSH_AUTH_SOCK").is_some() && paths.key.exists() {
-        let _ = Command::new("ssh-add")
-            .arg("-d")
-            .arg(&paths.key)
-            .stdin(Stdio::null())
-            .output();
+        let _ = Command::new("ssh-add").arg("-d").arg(&paths.key).stdin(Stdio::null()).output();
     }
     let removed = paths.remove_all();
     if removed.is_empty() {
         println!("Nothing to remove; not logged in.");
     } else {
-        println!(
-            "Logged out; removed {} file(s) from {}.",
-            removed.len(),
-            paths.dir.display()
-        );
+        println!("Logged out; removed {} file(s) from {}.", removed.len(), paths.dir.display());
     }
     Ok(())
 }
@@ -279,9 +209,7 @@ pub fn ssh_config(args: SshConfigArgs) -> anyhow::Result<()> {
     let session = paths.load_session();
     println!(
         "# Portcullis{}",
-        session
-            .map(|s| format!(": certificate from {} for {}", s.ca_url, s.username))
-            .unwrap_or_default()
+        session.map(|s| format!(": certificate from {} for {}", s.ca_url, s.username)).unwrap_or_default()
     );
     println!("Host {}", args.hosts);
     println!("    IdentityFile {}", paths.key.display());

@@ -55,32 +55,21 @@ impl Paths {
     }
 
     pub fn save_session(&self, session: &Session) -> anyhow::Result<()> {
-        write_atomic(
-            &self.session,
-            serde_json::to_string_pretty(session)?.as_bytes(),
-            0o600,
-        )
+        write_atomic(&self.session, serde_json::to_string_pretty(session)?.as_bytes(), 0o600)
     }
 
     /// The existing key pair, or a new Ed25519 one. The private key never leaves this machine.
     pub fn load_or_create_key(&self) -> anyhow::Result<(PrivateKey, bool)> {
-        let existing = std::fs::read_to_string(&self.key)
-            .ok()
-            .and_then(|t| PrivateKey::from_openssh(&t).ok());
+        let existing = std::fs::read_to_string(&self.key).ok().and_then(|t| PrivateKey::from_openssh(&t).ok());
         if let Some(key) = existing.filter(|k| !k.is_encrypted()) {
             return Ok((key, false));
         }
         let mut key = PrivateKey::random(&mut UnwrapErr(SysRng), Algorithm::Ed25519)
             .map_err(|_| anyhow!("cannot generate a key"))?;
         key.set_comment("portcullis");
-        let pem = key
-            .to_openssh(LineEnding::LF)
-            .map_err(|_| anyhow!("cannot encode the key"))?;
+        let pem = key.to_openssh(LineEnding::LF).map_err(|_| anyhow!("cannot encode the key"))?;
         write_atomic(&self.key, pem.as_bytes(), 0o600)?;
-        let public = key
-            .public_key()
-            .to_openssh()
-            .map_err(|_| anyhow!("cannot encode the key"))?;
+        let public = key.public_key().to_openssh().map_err(|_| anyhow!("cannot encode the key"))?;
         write_atomic(&self.public, format!("{public}\n").as_bytes(), 0o644)?;
         Ok((key, true))
     }
@@ -96,9 +85,7 @@ impl Paths {
 }
 
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| anyhow!("bad path {}", path.display()))?;
+    let dir = path.parent().ok_or_else(|| anyhow!("bad path {}", path.display()))?;
     let tmp = dir.join(format!(".tmp-{}", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)

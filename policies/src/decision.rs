@@ -38,10 +38,7 @@ pub struct Grant {
 
 impl Grant {
     pub(crate) fn new(username: &str, permission: Permission) -> Grant {
-        Grant {
-            username: username.to_owned(),
-            permission,
-        }
+        Grant { username: username.to_owned(), permission }
     }
     /// The identity the grant is for.
     pub fn username(&self) -> &str {

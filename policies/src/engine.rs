@@ -32,24 +32,14 @@ fn deny_applies(d: &DenyStatement, who: &Identity) -> bool {
 impl Policy {
     /// Roles bound to the user or any of their groups, by name order, without repeats.
     pub fn roles_of(&self, who: &Identity) -> Vec<&Role> {
-        let names: BTreeSet<&String> = self
-            .bindings
-            .iter()
-            .filter(|(s, _)| subject_matches(s, who))
-            .flat_map(|(_, roles)| roles)
-            .collect();
-        names
-            .into_iter()
-            .filter_map(|n| self.roles.get(n))
-            .collect()
+        let names: BTreeSet<&String> =
+            self.bindings.iter().filter(|(s, _)| subject_matches(s, who)).flat_map(|(_, roles)| roles).collect();
+        names.into_iter().filter_map(|n| self.roles.get(n)).collect()
     }
 
     /// Deny statements that apply to the identity, by name order.
     pub fn denies_of(&self, who: &Identity) -> Vec<&DenyStatement> {
-        self.denies
-            .values()
-            .filter(|d| deny_applies(d, who))
-            .collect()
+        self.denies.values().filter(|d| deny_applies(d, who)).collect()
     }
 
     /// Whether `who` holds `perm` via some role and no deny statement removes it.
@@ -61,22 +51,14 @@ impl Policy {
         if !roles.iter().any(|r| r.has_permission(perm)) {
             return Err(DenyReason::MissingPermission(perm).into());
         }
-        if let Some(d) = self
-            .denies_of(who)
-            .into_iter()
-            .find(|d| d.removes_permission(perm))
-        {
+        if let Some(d) = self.denies_of(who).into_iter().find(|d| d.removes_permission(perm)) {
             return Err(DenyReason::DeniedByStatement(d.name.clone()).into());
         }
         Ok(Grant::new(&who.username, perm))
     }
 
     /// Roles a certificate request draws on, before deny statements.
-    fn candidate_roles<'p>(
-        &'p self,
-        held: &[&'p Role],
-        req: &CertRequest,
-    ) -> Result<Vec<&'p Role>, Deny> {
+    fn candidate_roles<'p>(&'p self, held: &[&'p Role], req: &CertRequest) -> Result<Vec<&'p Role>, Deny> {
         let Some(names) = &req.roles else {
             return Ok(held
                 .iter()
@@ -115,9 +97,7 @@ impl Policy {
         }
         let candidates = self.candidate_roles(&held, req)?;
         if candidates.is_empty() {
-            let may_issue = held
-                .iter()
-                .any(|r| r.has_permission(Permission::CertsIssue));
+            let may_issue = held.iter().any(|r| r.has_permission(Permission::CertsIssue));
             return Err(if may_issue {
                 DenyReason::NoLogins
             } else {
@@ -127,11 +107,7 @@ impl Policy {
         }
 
         // Lifetime and restrictions come from every candidate, before denies.
-        let role_cap = candidates
-            .iter()
-            .map(|r| r.max_cert_ttl)
-            .min()
-            .unwrap_or(Duration::ZERO);
+        let role_cap = candidates.iter().map(|r| r.max_cert_ttl).min().unwrap_or(Duration::ZERO);
         let ttl = req.ttl.map_or(role_cap, |t| t.min(role_cap));
         let mut options: Option<&BTreeMap<String, String>> = None;
         for r in candidates.iter().filter(|r| !r.critical_options.is_empty()) {
@@ -144,10 +120,7 @@ impl Policy {
         }
 
         let denies = self.denies_of(who);
-        if let Some(d) = denies
-            .iter()
-            .find(|d| d.removes_permission(Permission::CertsIssue))
-        {
+        if let Some(d) = denies.iter().find(|d| d.removes_permission(Permission::CertsIssue)) {
             return Err(DenyReason::DeniedByStatement(d.name.clone()).into());
         }
         let mut principals = BTreeSet::new();
@@ -173,11 +146,7 @@ impl Policy {
             }
         }
         let empty_reason = || -> Deny {
-            first_denier
-                .map_or(DenyReason::NoLogins, |d| {
-                    DenyReason::DeniedByStatement(d.to_owned())
-                })
-                .into()
+            first_denier.map_or(DenyReason::NoLogins, |d| DenyReason::DeniedByStatement(d.to_owned())).into()
         };
         CertPermit::new(PermitParts {
             username: who.username.clone(),
@@ -201,9 +170,7 @@ impl Policy {
                 continue;
             }
             for login in &r.logins {
-                out.entry(login.clone())
-                    .or_default()
-                    .insert(scoped_principal(&r.name, login));
+                out.entry(login.clone()).or_default().insert(scoped_principal(&r.name, login));
             }
         }
         out
@@ -220,11 +187,7 @@ impl Policy {
                 continue;
             }
             target_seen = true;
-            let (p, a, g) = (
-                device.partition.as_deref(),
-                device.agent.as_deref(),
-                device.gateway.as_deref(),
-            );
+            let (p, a, g) = (device.partition.as_deref(), device.agent.as_deref(), device.gateway.as_deref());
             if r.scope.includes(p, a, g) {
                 return Ok(r);
             }

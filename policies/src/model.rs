@@ -185,9 +185,7 @@ impl fmt::Display for Purpose {
 }
 
 /// How the control plane checks a device's host key.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HostKeyPolicy {
     /// Only pinned / certified host keys.
@@ -235,12 +233,7 @@ impl Scope {
     }
     /// Whether a device with these attributes is inside the scope. A missing attribute is
     /// outside any dimension that constrains it.
-    pub fn includes(
-        &self,
-        partition: Option<&str>,
-        agent: Option<&str>,
-        gateway: Option<&str>,
-    ) -> bool {
+    pub fn includes(&self, partition: Option<&str>, agent: Option<&str>, gateway: Option<&str>) -> bool {
         fn dim(set: &BTreeSet<String>, v: Option<&str>) -> bool {
             set.is_empty() || v.is_some_and(|v| set.contains(v))
         }

@@ -36,12 +36,7 @@ pub struct PolicySummary {
 impl PolicySummary {
     /// `(kind, items)` in a fixed order.
     pub fn kinds(&self) -> [(&'static str, &BTreeMap<String, String>); 4] {
-        [
-            ("role", &self.role),
-            ("binding", &self.binding),
-            ("deny", &self.deny),
-            ("rule", &self.rule),
-        ]
+        [("role", &self.role), ("binding", &self.binding), ("deny", &self.deny), ("rule", &self.rule)]
     }
 
     /// sha256 hex over the whole summary.
@@ -133,13 +128,7 @@ fn role_hash(r: &Role) -> String {
     let mut c = Canon::new("role-v1");
     c.str("name", &r.name);
     c.set("logins", r.logins.iter().map(String::as_str));
-    c.str(
-        "targets",
-        &r.targets
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-    );
+    c.str("targets", &r.targets.as_ref().map(ToString::to_string).unwrap_or_default());
     c.set("permissions", r.permissions.iter().map(|p| p.as_str()));
     c.num("max_cert_ttl_ns", r.max_cert_ttl.as_nanos());
     c.set("extensions", r.extensions.iter().map(String::as_str));
@@ -191,11 +180,7 @@ impl Policy {
     /// Per-item digests.
     pub fn summary(&self) -> PolicySummary {
         PolicySummary {
-            role: self
-                .roles
-                .iter()
-                .map(|(n, r)| (n.clone(), role_hash(r)))
-                .collect(),
+            role: self.roles.iter().map(|(n, r)| (n.clone(), role_hash(r))).collect(),
             binding: self
                 .bindings
                 .iter()
@@ -205,16 +190,8 @@ impl Policy {
                     (name, hash)
                 })
                 .collect(),
-            deny: self
-                .denies
-                .iter()
-                .map(|(n, d)| (n.clone(), deny_hash(d)))
-                .collect(),
-            rule: self
-                .rules
-                .iter()
-                .map(|(n, r)| (n.clone(), rule_hash(r)))
-                .collect(),
+            deny: self.denies.iter().map(|(n, d)| (n.clone(), deny_hash(d))).collect(),
+            rule: self.rules.iter().map(|(n, r)| (n.clone(), rule_hash(r))).collect(),
         }
     }
 

@@ -1,9 +1,4 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! Decisions: bindings, permissions, denies and certificate contents.
 
 mod common;
@@ -15,56 +10,29 @@ use portcullis_policies::{CertRequest, DenyReason, Identity, Permission, Policy}
 #[test]
 fn group_and_user_bindings() {
     let pol = policy(BASE);
-    let names = |i: &Identity| {
-        pol.roles_of(i)
-            .iter()
-            .map(|r| r.name().to_string())
-            .collect::<Vec<_>>()
-    };
+    let names = |i: &Identity| pol.roles_of(i).iter().map(|r| r.name().to_string()).collect::<Vec<_>>();
     assert_eq!(names(&who("x", &["admins"])), ["admin", "discovery"]);
     assert_eq!(names(&who("olga", &[])), ["auditor", "ops"]);
-    assert_eq!(
-        names(&who("olga", &["admins"])),
-        ["admin", "auditor", "discovery", "ops"]
-    );
+    assert_eq!(names(&who("olga", &["admins"])), ["admin", "auditor", "discovery", "ops"]);
     assert!(names(&who("Olga", &["Admins"])).is_empty());
 
-    assert!(
-        pol.authorize(&who("x", &["admins"]), Permission::SessionsKill)
-            .is_ok()
-    );
-    let g = pol
-        .authorize(&who("olga", &[]), Permission::AuditRead)
-        .unwrap();
-    assert_eq!(
-        (g.username(), g.permission()),
-        ("olga", Permission::AuditRead)
-    );
+    assert!(pol.authorize(&who("x", &["admins"]), Permission::SessionsKill).is_ok());
+    let g = pol.authorize(&who("olga", &[]), Permission::AuditRead).unwrap();
+    assert_eq!((g.username(), g.permission()), ("olga", Permission::AuditRead));
     assert_eq!(
         reason(pol.authorize(&who("olga", &[]), Permission::CaManage)),
         DenyReason::MissingPermission(Permission::CaManage)
     );
-    assert_eq!(
-        reason(pol.authorize(&who("nobody", &[]), Permission::AuditRead)),
-        DenyReason::NoRoles
-    );
-    assert_eq!(
-        reason(Policy::empty().authorize(&who("olga", &[]), Permission::AuditRead)),
-        DenyReason::NoRoles
-    );
+    assert_eq!(reason(pol.authorize(&who("nobody", &[]), Permission::AuditRead)), DenyReason::NoRoles);
+    assert_eq!(reason(Policy::empty().authorize(&who("olga", &[]), Permission::AuditRead)), DenyReason::NoRoles);
 }
 
 #[test]
 fn default_cert_excludes_force_command_roles() {
     let pol = policy(BASE);
-    let permit = pol
-        .issue_user_cert(&who("alice", &["admins"]), &CertRequest::default())
-        .unwrap();
+    let permit = pol.issue_user_cert(&who("alice", &["admins"]), &CertRequest::default()).unwrap();
     assert_eq!(permit.username(), "alice");
-    assert_eq!(
-        permit.principals(),
-        &set(&[p("admin", "admin"), p("admin", "root")])
-    );
+    assert_eq!(permit.principals(), &set(&[p("admin", "admin"), p("admin", "root")]));
     assert_eq!(permit.ttl(), Duration::from_secs(8 * 3600));
     assert!(permit.critical_options().is_empty());
     assert_eq!(permit.roles(), ["admin"]);
@@ -74,35 +42,19 @@ fn default_cert_excludes_force_command_roles() {
 #[test]
 fn explicit_force_command_role() {
     let pol = policy(BASE);
-    let req = CertRequest {
-        ttl: None,
-        roles: Some(vec!["discovery".into()]),
-    };
-    let permit = pol
-        .issue_user_cert(&who("alice", &["admins"]), &req)
-        .unwrap();
+    let req = CertRequest { ttl: None, roles: Some(vec!["discovery".into()]) };
+    let permit = pol.issue_user_cert(&who("alice", &["admins"]), &req).unwrap();
     assert_eq!(permit.principals(), &set(&[p("discovery", "discovery")]));
-    assert_eq!(
-        permit.critical_options()["force-command"],
-        "/usr/sbin/dmidecode"
-    );
+    assert_eq!(permit.critical_options()["force-command"], "/usr/sbin/dmidecode");
     assert_eq!(permit.ttl(), Duration::from_secs(300));
     assert!(permit.extensions().is_empty());
 
     // Mixing: the force-command applies to the whole certificate (more restrictive), and
     // the shortest TTL wins.
-    let req = CertRequest {
-        ttl: None,
-        roles: Some(vec!["admin".into(), "discovery".into(), "admin".into()]),
-    };
-    let permit = pol
-        .issue_user_cert(&who("alice", &["admins"]), &req)
-        .unwrap();
+    let req = CertRequest { ttl: None, roles: Some(vec!["admin".into(), "discovery".into(), "admin".into()]) };
+    let permit = pol.issue_user_cert(&who("alice", &["admins"]), &req).unwrap();
     assert_eq!(permit.principals().len(), 3);
-    assert_eq!(
-        permit.critical_options()["force-command"],
-        "/usr/sbin/dmidecode"
-    );
+    assert_eq!(permit.critical_options()["force-command"], "/usr/sbin/dmidecode");
     assert_eq!(permit.ttl(), Duration::from_secs(300));
     assert_eq!(permit.roles(), ["admin", "discovery"]);
 }
@@ -111,18 +63,9 @@ fn explicit_force_command_role() {
 fn requested_roles_must_exist_be_held_and_issue() {
     let pol = policy(BASE);
     let alice = who("alice", &["admins"]);
-    let req = |r: &str| CertRequest {
-        ttl: None,
-        roles: Some(vec![r.into()]),
-    };
-    assert_eq!(
-        reason(pol.issue_user_cert(&alice, &req("nope"))),
-        DenyReason::UnknownRole("nope".into())
-    );
-    assert_eq!(
-        reason(pol.issue_user_cert(&alice, &req("ops"))),
-        DenyReason::RoleNotHeld("ops".into())
-    );
+    let req = |r: &str| CertRequest { ttl: None, roles: Some(vec![r.into()]) };
+    assert_eq!(reason(pol.issue_user_cert(&alice, &req("nope"))), DenyReason::UnknownRole("nope".into()));
+    assert_eq!(reason(pol.issue_user_cert(&alice, &req("ops"))), DenyReason::RoleNotHeld("ops".into()));
     let olga = who("olga", &["readers"]);
     assert_eq!(
         reason(pol.issue_user_cert(&olga, &req("auditor"))),
@@ -132,22 +75,13 @@ fn requested_roles_must_exist_be_held_and_issue() {
         reason(pol.issue_user_cert(&olga, &req("nocert"))),
         DenyReason::MissingPermission(Permission::CertsIssue)
     );
-    let none = CertRequest {
-        ttl: None,
-        roles: Some(vec![]),
-    };
-    assert_eq!(
-        reason(pol.issue_user_cert(&olga, &none)),
-        DenyReason::NoLogins
-    );
+    let none = CertRequest { ttl: None, roles: Some(vec![]) };
+    assert_eq!(reason(pol.issue_user_cert(&olga, &none)), DenyReason::NoLogins);
     assert_eq!(
         reason(pol.issue_user_cert(&who("r", &["readers"]), &CertRequest::default())),
         DenyReason::MissingPermission(Permission::CertsIssue)
     );
-    assert_eq!(
-        reason(pol.issue_user_cert(&who("nobody", &[]), &CertRequest::default())),
-        DenyReason::NoRoles
-    );
+    assert_eq!(reason(pol.issue_user_cert(&who("nobody", &[]), &CertRequest::default())), DenyReason::NoRoles);
 }
 
 #[test]
@@ -156,38 +90,14 @@ fn ttl_is_the_minimum() {
     let both = who("olga", &["admins"]);
     let permit = pol.issue_user_cert(&both, &CertRequest::default()).unwrap();
     assert_eq!(permit.ttl(), Duration::from_secs(2 * 3600));
-    let short = CertRequest {
-        ttl: Some(Duration::from_secs(60)),
-        roles: None,
-    };
-    assert_eq!(
-        pol.issue_user_cert(&both, &short).unwrap().ttl(),
-        Duration::from_secs(60)
-    );
-    let long = CertRequest {
-        ttl: Some(Duration::from_secs(30 * 86400)),
-        roles: None,
-    };
-    assert_eq!(
-        pol.issue_user_cert(&both, &long).unwrap().ttl(),
-        Duration::from_secs(2 * 3600)
-    );
-    let zero = CertRequest {
-        ttl: Some(Duration::ZERO),
-        roles: None,
-    };
-    assert_eq!(
-        reason(pol.issue_user_cert(&both, &zero)),
-        DenyReason::InvalidTtl
-    );
+    let short = CertRequest { ttl: Some(Duration::from_secs(60)), roles: None };
+    assert_eq!(pol.issue_user_cert(&both, &short).unwrap().ttl(), Duration::from_secs(60));
+    let long = CertRequest { ttl: Some(Duration::from_secs(30 * 86400)), roles: None };
+    assert_eq!(pol.issue_user_cert(&both, &long).unwrap().ttl(), Duration::from_secs(2 * 3600));
+    let zero = CertRequest { ttl: Some(Duration::ZERO), roles: None };
+    assert_eq!(reason(pol.issue_user_cert(&both, &zero)), DenyReason::InvalidTtl);
     // Extensions are the union of contributing roles.
-    assert_eq!(
-        pol.issue_user_cert(&both, &CertRequest::default())
-            .unwrap()
-            .extensions()
-            .len(),
-        2
-    );
+    assert_eq!(pol.issue_user_cert(&both, &CertRequest::default()).unwrap().extensions().len(), 2);
 }
 
 #[test]
@@ -219,12 +129,7 @@ logins = ["*"]
     assert_eq!(permit.principals(), &set(&[p("admin", "admin")]));
     // The TTL is computed before denies: removing roles by deny can't lengthen it.
     let both = who("carl", &["admins", "contractors"]);
-    assert_eq!(
-        pol.issue_user_cert(&both, &CertRequest::default())
-            .unwrap()
-            .ttl(),
-        Duration::from_secs(8 * 3600)
-    );
+    assert_eq!(pol.issue_user_cert(&both, &CertRequest::default()).unwrap().ttl(), Duration::from_secs(8 * 3600));
 
     let olga = who("olga", &["admins"]);
     assert_eq!(
@@ -254,9 +159,7 @@ logins = ["*"]
     assert!(pol.authorize(&e, Permission::SessionsKill).is_ok());
 
     // Deny of certs.issue removes issuance entirely.
-    let pol = policy(&format!(
-        "{BASE}[[deny]]\nname = 'n'\ngroups = ['admins']\npermissions = ['certs.issue']\n"
-    ));
+    let pol = policy(&format!("{BASE}[[deny]]\nname = 'n'\ngroups = ['admins']\npermissions = ['certs.issue']\n"));
     assert_eq!(
         reason(pol.issue_user_cert(&who("a", &["admins"]), &CertRequest::default())),
         DenyReason::DeniedByStatement("n".into())
@@ -292,21 +195,12 @@ roles = ["a", "b", "c"]
 "#;
     let pol = policy(text);
     let g = who("u", &["g"]);
-    assert_eq!(
-        reason(pol.issue_user_cert(&g, &CertRequest::default())),
-        DenyReason::ConflictingCriticalOptions
-    );
-    let ac = CertRequest {
-        ttl: None,
-        roles: Some(vec!["a".into(), "c".into()]),
-    };
+    assert_eq!(reason(pol.issue_user_cert(&g, &CertRequest::default())), DenyReason::ConflictingCriticalOptions);
+    let ac = CertRequest { ttl: None, roles: Some(vec!["a".into(), "c".into()]) };
     let permit = pol.issue_user_cert(&g, &ac).unwrap();
     assert_eq!(permit.critical_options()["source-address"], "10.0.0.0/8");
     assert_eq!(permit.principals().len(), 2);
-    assert_eq!(
-        DenyReason::ConflictingCriticalOptions.code(),
-        "conflicting_critical_options"
-    );
+    assert_eq!(DenyReason::ConflictingCriticalOptions.code(), "conflicting_critical_options");
 }
 
 #[test]
@@ -315,15 +209,8 @@ fn empty_principals_are_impossible() {
     let pol = policy(BASE);
     for groups in [&[][..], &["admins"], &["readers"], &["admins", "readers"]] {
         for user in ["olga", "x"] {
-            for roles in [
-                None,
-                Some(vec![]),
-                Some(vec!["discovery".to_string()]),
-                Some(vec!["auditor".to_string()]),
-            ] {
-                if let Ok(permit) =
-                    pol.issue_user_cert(&who(user, groups), &CertRequest { ttl: None, roles })
-                {
+            for roles in [None, Some(vec![]), Some(vec!["discovery".to_string()]), Some(vec!["auditor".to_string()])] {
+                if let Ok(permit) = pol.issue_user_cert(&who(user, groups), &CertRequest { ttl: None, roles }) {
                     assert!(!permit.principals().is_empty());
                     assert!(!permit.ttl().is_zero());
                 }

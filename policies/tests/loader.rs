@@ -1,9 +1,4 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! Policy loading: a full example with defaults, and errors with file:line:col.
 
 mod common;
@@ -61,26 +56,14 @@ fn full_example_loads_with_values_and_defaults() {
     let p = load(&[("full.toml", FULL)]).unwrap();
     let r = p.role("pve-admin").unwrap();
     assert_eq!(r.logins().iter().collect::<Vec<_>>(), ["root"]);
-    assert_eq!(
-        r.targets().unwrap().to_string(),
-        "in:devices tags.cluster:prod"
-    );
+    assert_eq!(r.targets().unwrap().to_string(), "in:devices tags.cluster:prod");
     assert!(r.has_permission(Permission::SessionsKill));
     assert_eq!(r.max_cert_ttl(), Duration::from_secs(4 * 3600));
-    assert_eq!(
-        r.critical_options()["source-address"],
-        "10.0.0.0/8,192.168.1.5"
-    );
+    assert_eq!(r.critical_options()["source-address"], "10.0.0.0/8,192.168.1.5");
     assert_eq!(r.critical_options()["verify-required"], "");
     let s = r.session();
-    assert_eq!(
-        (s.idle, s.absolute),
-        (Duration::from_secs(900), Duration::from_secs(3600))
-    );
-    assert_eq!(
-        (s.max_per_user, s.max_per_device, s.max_per_agent),
-        (Some(5), Some(10), Some(50))
-    );
+    assert_eq!((s.idle, s.absolute), (Duration::from_secs(900), Duration::from_secs(3600)));
+    assert_eq!((s.max_per_user, s.max_per_device, s.max_per_agent), (Some(5), Some(10), Some(50)));
 
     let a = p.role("auditor").unwrap();
     assert!(a.logins().is_empty() && a.targets().is_none());
@@ -95,10 +78,7 @@ fn full_example_loads_with_values_and_defaults() {
     assert_eq!(rule.purpose(), Purpose::ConsoleAccess);
     assert_eq!(rule.host_key_policy(), HostKeyPolicy::DangerSkipVerify);
     assert_eq!(rule.timeout(), Duration::from_millis(5000));
-    assert_eq!(
-        rule.allowed_ports().iter().copied().collect::<Vec<_>>(),
-        [22, 8006]
-    );
+    assert_eq!(rule.allowed_ports().iter().copied().collect::<Vec<_>>(), [22, 8006]);
     let d = p.rule("discovery").unwrap();
     assert_eq!(d.host_key_policy(), HostKeyPolicy::KnownHosts);
     assert_eq!(d.timeout(), Duration::from_millis(10_000));
@@ -110,10 +90,7 @@ fn full_example_loads_with_values_and_defaults() {
 #[test]
 fn empty_sources_and_empty_files_grant_nothing() {
     assert_eq!(load(&[]).unwrap(), Policy::empty());
-    assert_eq!(
-        load(&[("a.toml", ""), ("b.toml", "# nothing\n")]).unwrap(),
-        Policy::empty()
-    );
+    assert_eq!(load(&[("a.toml", ""), ("b.toml", "# nothing\n")]).unwrap(), Policy::empty());
 }
 
 #[test]
@@ -124,12 +101,7 @@ fn bad_srql_points_into_the_query() {
         23,
         "unknown key `hostname`",
     );
-    one_error(
-        "[[role]]\nname = 'r'\nlogins = ['root']\ntargets = \"in:devices\"\n",
-        4,
-        22,
-        "positive filter",
-    );
+    one_error("[[role]]\nname = 'r'\nlogins = ['root']\ntargets = \"in:devices\"\n", 4, 22, "positive filter");
     one_error(
         "[[role]]\nname = 'r'\nlogins = ['root']\ntargets = '''\nin:devices name:(a,)'''\n",
         5,
@@ -137,67 +109,35 @@ fn bad_srql_points_into_the_query() {
         "empty list element",
     );
     // With escapes the column falls back to the start of the string.
-    one_error(
-        "[[role]]\nname = 'r'\nlogins = ['root']\ntargets = \"in:devices x:\\\"a\\\"\"\n",
-        4,
-        11,
-        "unknown key",
-    );
+    one_error("[[role]]\nname = 'r'\nlogins = ['root']\ntargets = \"in:devices x:\\\"a\\\"\"\n", 4, 11, "unknown key");
 }
 
 #[test]
 fn unknown_fields_are_errors() {
-    one_error(
-        "[[role]]\nname = 'r'\nlogin = ['root']\n",
-        3,
-        1,
-        "unknown field `login`",
-    );
-    one_error(
-        "[[role]]\nname = 'r'\nsession = { idel = '1m' }\n",
-        3,
-        13,
-        "unknown field `idel`",
-    );
+    one_error("[[role]]\nname = 'r'\nlogin = ['root']\n", 3, 1, "unknown field `login`");
+    one_error("[[role]]\nname = 'r'\nsession = { idel = '1m' }\n", 3, 13, "unknown field `idel`");
     one_error(
         "[[role]]\nname = 'r'\ncritical_options = { force_command = 'x' }\n",
         3,
         22,
         "unknown field `force_command`",
     );
-    one_error(
-        "[[binding]]\ngroup = 'g'\nroles = ['r']\nrole = 'x'\n",
-        4,
-        1,
-        "unknown field `role`",
-    );
+    one_error("[[binding]]\ngroup = 'g'\nroles = ['r']\nrole = 'x'\n", 4, 1, "unknown field `role`");
     one_error(
         "[[rule]]\nname='x'\npurpose='ssh_login'\ntargets='in:devices name:a'\nscope={agents=['a'], agent=['b']}\n",
         5,
         22,
         "unknown field `agent`",
     );
-    one_error(
-        "[roles]\nname = 'r'\n",
-        1,
-        2,
-        "unknown top-level key `roles`",
-    );
+    one_error("[roles]\nname = 'r'\n", 1, 2, "unknown top-level key `roles`");
     one_error("[role]\nname = 'r'\n", 1, 2, "array of tables");
 }
 
 #[test]
 fn duplicate_role_across_files_names_both_places() {
-    let errs = load(&[
-        ("a.toml", "[[role]]\nname = 'r'\n"),
-        ("b.toml", "\n\n[[role]]\nname = 'r'\n"),
-    ])
-    .unwrap_err();
+    let errs = load(&[("a.toml", "[[role]]\nname = 'r'\n"), ("b.toml", "\n\n[[role]]\nname = 'r'\n")]).unwrap_err();
     assert_eq!(errs.len(), 1);
-    assert_eq!(
-        errs[0].to_string(),
-        "b.toml:4:8: duplicate role `r` (first defined at a.toml:2:8)"
-    );
+    assert_eq!(errs[0].to_string(), "b.toml:4:8: duplicate role `r` (first defined at a.toml:2:8)");
 }
 
 #[test]
@@ -208,23 +148,11 @@ fn all_errors_are_collected_across_items_and_files() {
     let errs = load(&[("a.toml", a), ("b.toml", b), ("c.toml", c)]).unwrap_err();
     let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
     assert_eq!(text.len(), 5, "{text:#?}");
-    assert!(
-        text[0].starts_with("a.toml:3:16: unknown permission"),
-        "{text:#?}"
-    );
-    assert!(
-        text[1].starts_with("a.toml:4:16: invalid duration"),
-        "{text:#?}"
-    );
-    assert!(
-        text[2].starts_with("a.toml:8:1: unknown field `login`"),
-        "{text:#?}"
-    );
+    assert!(text[0].starts_with("a.toml:3:16: unknown permission"), "{text:#?}");
+    assert!(text[1].starts_with("a.toml:4:16: invalid duration"), "{text:#?}");
+    assert!(text[2].starts_with("a.toml:8:1: unknown field `login`"), "{text:#?}");
     assert!(text[3].starts_with("b.toml:5:"), "{text:#?}");
-    assert!(
-        text[4].starts_with("c.toml:3:10: unknown role `missing`"),
-        "{text:#?}"
-    );
+    assert!(text[4].starts_with("c.toml:3:10: unknown role `missing`"), "{text:#?}");
     // The Display of the whole set lists every error, one per line.
     let all = portcullis_policies::LoadErrors(errs).to_string();
     assert_eq!(all.lines().count(), 5);

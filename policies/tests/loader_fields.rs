@@ -1,9 +1,4 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! Policy loading: field-level validation of roles, bindings, denies and rules.
 
 mod common;
@@ -23,26 +18,13 @@ fn unknown_permission_and_extension() {
         29,
         "unknown extension",
     );
-    one_error(
-        "[[deny]]\nname = 'd'\nusers = ['u']\npermissions = ['*', 'root']\n",
-        4,
-        21,
-        "unknown permission `root`",
-    );
+    one_error("[[deny]]\nname = 'd'\nusers = ['u']\npermissions = ['*', 'root']\n", 4, 21, "unknown permission `root`");
 }
 
 #[test]
 fn unknown_role_in_binding_even_across_files() {
-    one_error(
-        "[[binding]]\ngroup = 'g'\nroles = ['nope']\n",
-        3,
-        10,
-        "unknown role `nope`",
-    );
-    let ok = load(&[
-        ("b.toml", "[[binding]]\ngroup = 'g'\nroles = ['r']\n"),
-        ("a.toml", "[[role]]\nname = 'r'\n"),
-    ]);
+    one_error("[[binding]]\ngroup = 'g'\nroles = ['nope']\n", 3, 10, "unknown role `nope`");
+    let ok = load(&[("b.toml", "[[binding]]\ngroup = 'g'\nroles = ['r']\n"), ("a.toml", "[[role]]\nname = 'r'\n")]);
     assert!(ok.is_ok(), "{ok:?}");
 }
 
@@ -56,43 +38,13 @@ fn empty_scope_is_an_error() {
 
 #[test]
 fn durations() {
-    one_error(
-        "[[role]]\nname = 'r'\nmax_cert_ttl = '8 hourz'\n",
-        3,
-        16,
-        "invalid duration",
-    );
-    one_error(
-        "[[role]]\nname = 'r'\nmax_cert_ttl = '0s'\n",
-        3,
-        16,
-        "greater than zero",
-    );
-    one_error(
-        "[[role]]\nname = 'r'\nmax_cert_ttl = '8d'\n",
-        3,
-        16,
-        "at most 7 days",
-    );
+    one_error("[[role]]\nname = 'r'\nmax_cert_ttl = '8 hourz'\n", 3, 16, "invalid duration");
+    one_error("[[role]]\nname = 'r'\nmax_cert_ttl = '0s'\n", 3, 16, "greater than zero");
+    one_error("[[role]]\nname = 'r'\nmax_cert_ttl = '8d'\n", 3, 16, "at most 7 days");
     assert!(load(&[("p", "[[role]]\nname = 'r'\nmax_cert_ttl = '7d'\n")]).is_ok());
-    one_error(
-        "[[role]]\nname = 'r'\nsession = { idle = 'soon' }\n",
-        3,
-        20,
-        "invalid duration",
-    );
-    one_error(
-        "[[role]]\nname = 'r'\nsession = { max_per_user = 0 }\n",
-        3,
-        28,
-        "at least 1",
-    );
-    one_error(
-        "[[role]]\nname = 'r'\nsession = { max_per_user = -1 }\n",
-        3,
-        28,
-        "",
-    );
+    one_error("[[role]]\nname = 'r'\nsession = { idle = 'soon' }\n", 3, 20, "invalid duration");
+    one_error("[[role]]\nname = 'r'\nsession = { max_per_user = 0 }\n", 3, 28, "at least 1");
+    one_error("[[role]]\nname = 'r'\nsession = { max_per_user = -1 }\n", 3, 28, "");
 }
 
 #[test]
@@ -115,46 +67,16 @@ fn critical_options() {
         39,
         "not an IP address",
     );
-    one_error(
-        "[[role]]\nname = 'r'\ncritical_options = { force-command = '' }\n",
-        3,
-        38,
-        "force-command",
-    );
-    one_error(
-        "[[role]]\nname = 'r'\ncritical_options = { force-command = \"a\\nb\" }\n",
-        3,
-        38,
-        "newline",
-    );
-    one_error(
-        "[[role]]\nname = 'r'\ncritical_options = { verify-required = 'yes' }\n",
-        3,
-        40,
-        "verify-required",
-    );
+    one_error("[[role]]\nname = 'r'\ncritical_options = { force-command = '' }\n", 3, 38, "force-command");
+    one_error("[[role]]\nname = 'r'\ncritical_options = { force-command = \"a\\nb\" }\n", 3, 38, "newline");
+    one_error("[[role]]\nname = 'r'\ncritical_options = { verify-required = 'yes' }\n", 3, 40, "verify-required");
 }
 
 #[test]
 fn role_shape() {
-    one_error(
-        "[[role]]\nname = 'r'\nlogins = ['root']\n",
-        2,
-        8,
-        "no `targets`",
-    );
-    one_error(
-        "[[role]]\nname = 'r'\ntargets = 'in:devices name:a'\n",
-        3,
-        11,
-        "no effect",
-    );
-    one_error(
-        "[[role]]\nname = 'r'\nlogins = ['Root']\ntargets = 'in:devices name:a'\n",
-        3,
-        11,
-        "invalid login",
-    );
+    one_error("[[role]]\nname = 'r'\nlogins = ['root']\n", 2, 8, "no `targets`");
+    one_error("[[role]]\nname = 'r'\ntargets = 'in:devices name:a'\n", 3, 11, "no effect");
+    one_error("[[role]]\nname = 'r'\nlogins = ['Root']\ntargets = 'in:devices name:a'\n", 3, 11, "invalid login");
     one_error("[[role]]\nname = 'a role'\n", 2, 8, "invalid role name");
 }
 
@@ -166,88 +88,27 @@ fn binding_and_deny_shape() {
         1,
         "exactly one of `group` or `user`",
     );
-    one_error(
-        "[[binding]]\nroles = ['r']\n[[role]]\nname = 'r'\n",
-        1,
-        1,
-        "exactly one",
-    );
-    one_error(
-        "[[binding]]\ngroup = 'g'\nroles = []\n",
-        3,
-        9,
-        "must not be empty",
-    );
-    one_error(
-        "[[deny]]\nname = 'd'\nlogins = ['root']\n",
-        2,
-        8,
-        "no users or groups",
-    );
-    one_error(
-        "[[deny]]\nname = 'd'\nusers = ['u']\n",
-        2,
-        8,
-        "removes no logins or permissions",
-    );
-    one_error(
-        "[[deny]]\nname = 'd'\nusers = ['u']\nlogins = ['ROOT']\n",
-        4,
-        11,
-        "invalid login",
-    );
+    one_error("[[binding]]\nroles = ['r']\n[[role]]\nname = 'r'\n", 1, 1, "exactly one");
+    one_error("[[binding]]\ngroup = 'g'\nroles = []\n", 3, 9, "must not be empty");
+    one_error("[[deny]]\nname = 'd'\nlogins = ['root']\n", 2, 8, "no users or groups");
+    one_error("[[deny]]\nname = 'd'\nusers = ['u']\n", 2, 8, "removes no logins or permissions");
+    one_error("[[deny]]\nname = 'd'\nusers = ['u']\nlogins = ['ROOT']\n", 4, 11, "invalid login");
 }
 
 #[test]
 fn rule_fields() {
     let base = "[[rule]]\nname = 'x'\ntargets = 'in:devices name:a'\nscope = { agents = ['a'] }\n";
-    one_error(
-        &format!("{base}purpose = 'shell'\n"),
-        5,
-        11,
-        "unknown variant `shell`",
-    );
-    one_error(
-        &format!("{base}purpose = 'ssh_login'\nhost_key_policy = 'skip'\n"),
-        6,
-        19,
-        "unknown variant",
-    );
-    one_error(
-        &format!("{base}purpose = 'ssh_login'\ntimeout_ms = 0\n"),
-        6,
-        14,
-        "timeout_ms",
-    );
-    one_error(
-        &format!("{base}purpose = 'ssh_login'\ntimeout_ms = 120001\n"),
-        6,
-        14,
-        "timeout_ms",
-    );
-    one_error(
-        &format!("{base}purpose = 'ssh_login'\nallowed_ports = []\n"),
-        6,
-        17,
-        "must not be empty",
-    );
-    one_error(
-        &format!("{base}purpose = 'ssh_login'\nallowed_ports = [22, 0]\n"),
-        6,
-        22,
-        "port 0",
-    );
-    one_error(
-        &format!("{base}purpose = 'ssh_login'\nallowed_ports = [70000]\n"),
-        6,
-        18,
-        "",
-    );
+    one_error(&format!("{base}purpose = 'shell'\n"), 5, 11, "unknown variant `shell`");
+    one_error(&format!("{base}purpose = 'ssh_login'\nhost_key_policy = 'skip'\n"), 6, 19, "unknown variant");
+    one_error(&format!("{base}purpose = 'ssh_login'\ntimeout_ms = 0\n"), 6, 14, "timeout_ms");
+    one_error(&format!("{base}purpose = 'ssh_login'\ntimeout_ms = 120001\n"), 6, 14, "timeout_ms");
+    one_error(&format!("{base}purpose = 'ssh_login'\nallowed_ports = []\n"), 6, 17, "must not be empty");
+    one_error(&format!("{base}purpose = 'ssh_login'\nallowed_ports = [22, 0]\n"), 6, 22, "port 0");
+    one_error(&format!("{base}purpose = 'ssh_login'\nallowed_ports = [70000]\n"), 6, 18, "");
 }
 
 #[test]
 fn binding_to_an_invalid_role_reports_only_the_role() {
-    let text =
-        "[[role]]\nname = 'r'\npermissions = ['bogus']\n[[binding]]\ngroup = 'g'\nroles = ['r']\n";
+    let text = "[[role]]\nname = 'r'\npermissions = ['bogus']\n[[binding]]\ngroup = 'g'\nroles = ['r']\n";
     one_error(text, 3, 16, "unknown permission");
 }

@@ -1,9 +1,4 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! Property: adding a deny statement never grants more.
 
 use std::time::Duration;
@@ -22,13 +17,7 @@ const OPTS: &[&str] = &[
     "critical_options = { source-address = '10.0.0.0/8' }\n",
 ];
 const TTLS: &[&str] = &["1h", "2h", "8h"];
-const SUBJECTS: &[&str] = &[
-    "group = 'g0'",
-    "group = 'g1'",
-    "group = 'g2'",
-    "user = 'u0'",
-    "user = 'u1'",
-];
+const SUBJECTS: &[&str] = &["group = 'g0'", "group = 'g1'", "group = 'g2'", "user = 'u0'", "user = 'u1'"];
 const USERS: &[&str] = &["u0", "u1"];
 const GROUPS: &[&str] = &["g0", "g1", "g2"];
 
@@ -38,14 +27,7 @@ fn list(items: &[&str]) -> String {
 }
 
 /// (logins, permissions, ttl index, extensions, options index, binding subjects)
-type GenRole = (
-    Vec<&'static str>,
-    Vec<&'static str>,
-    usize,
-    Vec<&'static str>,
-    usize,
-    Vec<&'static str>,
-);
+type GenRole = (Vec<&'static str>, Vec<&'static str>, usize, Vec<&'static str>, usize, Vec<&'static str>);
 
 fn role() -> impl Strategy<Value = GenRole> {
     (
@@ -62,20 +44,11 @@ fn policy_text() -> impl Strategy<Value = String> {
     prop::collection::vec(role(), 1..4).prop_map(|roles| {
         let mut s = String::new();
         for (i, (logins, perms, ttl, exts, opts, subjects)) in roles.into_iter().enumerate() {
-            s += &format!(
-                "[[role]]\nname = 'r{i}'\nlogins = {}\npermissions = {}\n",
-                list(&logins),
-                list(&perms)
-            );
+            s += &format!("[[role]]\nname = 'r{i}'\nlogins = {}\npermissions = {}\n", list(&logins), list(&perms));
             if !logins.is_empty() {
                 s += "targets = 'in:devices name:%'\n";
             }
-            s += &format!(
-                "max_cert_ttl = '{}'\nextensions = {}\n{}",
-                TTLS[ttl],
-                list(&exts),
-                OPTS[opts]
-            );
+            s += &format!("max_cert_ttl = '{}'\nextensions = {}\n{}", TTLS[ttl], list(&exts), OPTS[opts]);
             for subj in subjects {
                 s += &format!("[[binding]]\n{subj}\nroles = ['r{i}']\n");
             }
@@ -118,24 +91,14 @@ fn identity() -> impl Strategy<Value = Identity> {
 
 fn request() -> impl Strategy<Value = CertRequest> {
     (
-        prop::option::of(prop::sample::select(vec![
-            Duration::from_secs(1800),
-            Duration::from_secs(36_000),
-        ])),
+        prop::option::of(prop::sample::select(vec![Duration::from_secs(1800), Duration::from_secs(36_000)])),
         prop::option::of(subsequence(&["r0", "r1", "r2", "zz"][..], 0..=2)),
     )
-        .prop_map(|(ttl, roles)| CertRequest {
-            ttl,
-            roles: roles.map(|r| r.into_iter().map(String::from).collect()),
-        })
+        .prop_map(|(ttl, roles)| CertRequest { ttl, roles: roles.map(|r| r.into_iter().map(String::from).collect()) })
 }
 
 fn load(text: &str) -> Policy {
-    Policy::from_sources(&[PolicySource {
-        name: "gen.toml",
-        text,
-    }])
-    .unwrap_or_else(|e| panic!("{e}\n{text}"))
+    Policy::from_sources(&[PolicySource { name: "gen.toml", text }]).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
 proptest! {
@@ -179,9 +142,7 @@ proptest! {
 
 #[test]
 fn summary_roundtrips_through_serde() {
-    let pol = load(
-        "[[role]]\nname = 'r'\npermissions = ['audit.read']\n[[binding]]\nuser = 'u'\nroles = ['r']\n",
-    );
+    let pol = load("[[role]]\nname = 'r'\npermissions = ['audit.read']\n[[binding]]\nuser = 'u'\nroles = ['r']\n");
     let s = pol.summary();
     let text = toml::to_string(&s).unwrap();
     let back: PolicySummary = toml::from_str(&text).unwrap();

@@ -1,9 +1,4 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! Node principals, rule matching, reason codes and policy digests.
 
 mod common;
@@ -11,9 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{BASE, p, policy, reason, set, who};
-use portcullis_policies::{
-    CertRequest, DenyReason, Device, Permission, Policy, PolicySource, Purpose, diff,
-};
+use portcullis_policies::{CertRequest, DenyReason, Device, Permission, Policy, PolicySource, Purpose, diff};
 #[test]
 fn node_principals_only_for_matching_devices() {
     let pol = policy(BASE);
@@ -24,38 +17,20 @@ fn node_principals_only_for_matching_devices() {
         ..Device::default()
     };
     let np = pol.node_principals(&prod);
-    assert_eq!(
-        np.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["admin", "discovery", "ops", "root"]
-    );
+    assert_eq!(np.keys().map(String::as_str).collect::<Vec<_>>(), ["admin", "discovery", "ops", "root"]);
     assert_eq!(np["root"], set(&[p("admin", "root")]));
     assert_eq!(np["discovery"], set(&[p("discovery", "discovery")]));
 
-    let stage = Device {
-        name: "s1".into(),
-        tags: [("env".to_string(), "stage".to_string())].into(),
-        ..Device::default()
-    };
+    let stage =
+        Device { name: "s1".into(), tags: [("env".to_string(), "stage".to_string())].into(), ..Device::default() };
     let np = pol.node_principals(&stage);
     assert_eq!(np.keys().map(String::as_str).collect::<Vec<_>>(), ["ops"]);
     // `nocert` targets every device but cannot issue certificates, so it never appears.
-    assert!(
-        pol.node_principals(&Device {
-            name: "x".into(),
-            ..Device::default()
-        })
-        .is_empty()
-    );
+    assert!(pol.node_principals(&Device { name: "x".into(), ..Device::default() }).is_empty());
 
     // A certificate from one role is accepted exactly where the node lists its principal.
-    let permit = pol
-        .issue_user_cert(&who("olga", &[]), &CertRequest::default())
-        .unwrap();
-    let on_stage: BTreeSet<_> = pol
-        .node_principals(&stage)
-        .into_values()
-        .flatten()
-        .collect();
+    let permit = pol.issue_user_cert(&who("olga", &[]), &CertRequest::default()).unwrap();
+    let on_stage: BTreeSet<_> = pol.node_principals(&stage).into_values().flatten().collect();
     assert!(permit.principals().is_subset(&on_stage));
 }
 
@@ -89,28 +64,13 @@ scope = { partitions = ["default"] }
         tags: [("env".to_string(), "prod".to_string())].into(),
         ..Device::default()
     };
-    assert_eq!(
-        pol.match_rule(Purpose::ConsoleAccess, &d).unwrap().name(),
-        "a-consoles"
-    );
+    assert_eq!(pol.match_rule(Purpose::ConsoleAccess, &d).unwrap().name(), "a-consoles");
     d.gateway = None;
-    assert_eq!(
-        pol.match_rule(Purpose::ConsoleAccess, &d).unwrap().name(),
-        "b-consoles"
-    );
+    assert_eq!(pol.match_rule(Purpose::ConsoleAccess, &d).unwrap().name(), "b-consoles");
     d.agent = Some("agent-2".into());
-    assert_eq!(
-        reason(pol.match_rule(Purpose::ConsoleAccess, &d)),
-        DenyReason::OutOfScope
-    );
-    assert_eq!(
-        reason(pol.match_rule(Purpose::SshLogin, &d)),
-        DenyReason::TargetMismatch
-    );
-    assert_eq!(
-        reason(pol.match_rule(Purpose::InventoryEnrichment, &d)),
-        DenyReason::NoMatchingRule
-    );
+    assert_eq!(reason(pol.match_rule(Purpose::ConsoleAccess, &d)), DenyReason::OutOfScope);
+    assert_eq!(reason(pol.match_rule(Purpose::SshLogin, &d)), DenyReason::TargetMismatch);
+    assert_eq!(reason(pol.match_rule(Purpose::InventoryEnrichment, &d)), DenyReason::NoMatchingRule);
 }
 
 #[test]
@@ -133,10 +93,7 @@ fn deny_reasons_have_stable_codes_and_sanitized_messages() {
     for r in &all {
         assert!(r.code().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
         let msg = r.to_string();
-        assert!(
-            !msg.contains("secret-deny-name") && !msg.contains("<script>"),
-            "{msg}"
-        );
+        assert!(!msg.contains("secret-deny-name") && !msg.contains("<script>"), "{msg}");
     }
 }
 
@@ -144,31 +101,21 @@ fn deny_reasons_have_stable_codes_and_sanitized_messages() {
 fn summary_digest_and_diff() {
     let a = policy(BASE);
     // Reformatting and reordering do not change digests.
-    let reordered = BASE.replace("max_cert_ttl = \"8h\"\n", "").replace(
-        "name = \"admin\"\n",
-        "name = \"admin\"\nmax_cert_ttl = \"480m\"\n",
-    );
-    let b = Policy::from_sources(&[PolicySource {
-        name: "x",
-        text: &reordered,
-    }])
-    .unwrap();
+    let reordered = BASE
+        .replace("max_cert_ttl = \"8h\"\n", "")
+        .replace("name = \"admin\"\n", "name = \"admin\"\nmax_cert_ttl = \"480m\"\n");
+    let b = Policy::from_sources(&[PolicySource { name: "x", text: &reordered }]).unwrap();
     assert_eq!(a.digest(), b.digest());
     assert_eq!(
-        a.summary()
-            .binding
-            .keys()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+        a.summary().binding.keys().map(String::as_str).collect::<Vec<_>>(),
         ["group:admins", "group:readers", "user:olga"]
     );
 
-    let changed = BASE.replace("max_cert_ttl = \"2h\"", "max_cert_ttl = \"3h\"").replace("[[binding]]\ngroup = \"readers\"\nroles = [\"nocert\"]\n", "[[rule]]\nname = 'r'\npurpose = 'ssh_login'\ntargets = 'in:devices name:a'\nscope = { agents = ['a'] }\n");
-    let c = Policy::from_sources(&[PolicySource {
-        name: "x",
-        text: &changed,
-    }])
-    .unwrap();
+    let changed = BASE.replace("max_cert_ttl = \"2h\"", "max_cert_ttl = \"3h\"").replace(
+        "[[binding]]\ngroup = \"readers\"\nroles = [\"nocert\"]\n",
+        "[[rule]]\nname = 'r'\npurpose = 'ssh_login'\ntargets = 'in:devices name:a'\nscope = { agents = ['a'] }\n",
+    );
+    let c = Policy::from_sources(&[PolicySource { name: "x", text: &changed }]).unwrap();
     assert_ne!(a.digest(), c.digest());
     let d = diff(&a.summary(), &c.summary());
     assert_eq!(d.added, ["rule:r"]);

@@ -1,9 +1,4 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! Target query syntax, rejections and semantics.
 
 use std::collections::BTreeMap;
@@ -32,10 +27,7 @@ fn dev() -> Device {
         agent: Some("agent-fra-1".into()),
         gateway: Some("gw-1".into()),
         partition: Some("default".into()),
-        tags: BTreeMap::from([
-            ("cluster".into(), "prod".into()),
-            ("env".into(), "prod eu".into()),
-        ]),
+        tags: BTreeMap::from([("cluster".into(), "prod".into()), ("env".into(), "prod eu".into())]),
         metadata: BTreeMap::from([("rack".into(), "r12".into())]),
     }
 }
@@ -85,32 +77,13 @@ fn filter_structure() {
     assert_eq!(
         query.filters(),
         &[
-            Filter {
-                negated: true,
-                key: Key::Name,
-                values: vec!["a\"b".into(), "c".into()],
-                list: true
-            },
-            Filter {
-                negated: false,
-                key: Key::Tag("x.y".into()),
-                values: vec!["z".into()],
-                list: false
-            },
+            Filter { negated: true, key: Key::Name, values: vec!["a\"b".into(), "c".into()], list: true },
+            Filter { negated: false, key: Key::Tag("x.y".into()), values: vec!["z".into()], list: false },
         ]
     );
-    assert_eq!(
-        query.to_string(),
-        r#"in:devices !name:("a\"b",c) tags.x.y:z"#
-    );
-    assert_eq!(
-        q(r#"in:devices name:"a\\b""#).filters()[0].values,
-        vec!["a\\b".to_string()]
-    );
-    assert_eq!(
-        q(r#"in:devices name:"plain""#).to_string(),
-        "in:devices name:plain"
-    );
+    assert_eq!(query.to_string(), r#"in:devices !name:("a\"b",c) tags.x.y:z"#);
+    assert_eq!(q(r#"in:devices name:"a\\b""#).filters()[0].values, vec!["a\\b".to_string()]);
+    assert_eq!(q(r#"in:devices name:"plain""#).to_string(), "in:devices name:plain");
 }
 
 #[test]
@@ -144,11 +117,7 @@ fn rejections() {
         ("in:devices name:\"a\\nb\"", 18, "unsupported escape"),
         ("in:devices name:\"a\"b", 19, "after value"),
         ("in:devices name:(a)b", 19, "after value"),
-        (
-            "in:devices name:a\"b",
-            17,
-            "not allowed in an unquoted value",
-        ),
+        ("in:devices name:a\"b", 17, "not allowed in an unquoted value"),
         ("in:devices name:a,b", 17, "not allowed"),
         ("in:devices name:a(b", 17, "not allowed"),
         ("in:devices name:a)", 17, "not allowed"),
@@ -170,31 +139,12 @@ fn rejections() {
 
 #[test]
 fn missing_attributes_and_negation() {
-    let bare = Device {
-        name: "n1".into(),
-        ..Device::default()
-    };
-    for key in [
-        "ip",
-        "type",
-        "vendor",
-        "source",
-        "agent",
-        "gateway",
-        "partition",
-        "tags.k",
-        "metadata.k",
-    ] {
+    let bare = Device { name: "n1".into(), ..Device::default() };
+    for key in ["ip", "type", "vendor", "source", "agent", "gateway", "partition", "tags.k", "metadata.k"] {
         let pos = q(&format!("in:devices {key}:%"));
         let neg = q(&format!("in:devices name:n1 !{key}:%"));
-        assert!(
-            !pos.matches(&bare),
-            "{key}: positive filter on a missing attribute must be false"
-        );
-        assert!(
-            neg.matches(&bare),
-            "{key}: negated filter on a missing attribute must be true"
-        );
+        assert!(!pos.matches(&bare), "{key}: positive filter on a missing attribute must be false");
+        assert!(neg.matches(&bare), "{key}: negated filter on a missing attribute must be true");
     }
     // ip: negation means "no address matches".
     let d = dev();
@@ -207,10 +157,7 @@ fn missing_attributes_and_negation() {
 
 #[test]
 fn wildcards() {
-    let d = Device {
-        name: "pve-01".into(),
-        ..Device::default()
-    };
+    let d = Device { name: "pve-01".into(), ..Device::default() };
     for (p, hit) in [
         ("%", true),
         ("pve%", true),

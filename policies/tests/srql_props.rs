@@ -1,9 +1,4 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! Target query properties: no panics, canonical Display round-trips, and matching
 //! agrees with an independent reference evaluation.
 
@@ -34,21 +29,12 @@ fn key() -> impl Strategy<Value = Key> {
 }
 
 fn filter() -> impl Strategy<Value = Filter> {
-    (
-        any::<bool>(),
-        key(),
-        prop::collection::vec(any_value(), 1..4),
-        any::<bool>(),
-    )
-        .prop_map(|(negated, key, values, list)| {
+    (any::<bool>(), key(), prop::collection::vec(any_value(), 1..4), any::<bool>()).prop_map(
+        |(negated, key, values, list)| {
             let list = list || values.len() > 1;
-            Filter {
-                negated,
-                key,
-                values,
-                list,
-            }
-        })
+            Filter { negated, key, values, list }
+        },
+    )
 }
 
 fn query_text() -> impl Strategy<Value = String> {
@@ -76,26 +62,18 @@ fn device() -> impl Strategy<Value = Device> {
         prop::collection::btree_map("[ab]{1,2}", "[ab]{0,3}", 0..3),
         prop::collection::btree_map("[ab]{1,2}", "[ab]{0,3}", 0..3),
     )
-        .prop_map(
-            |(
-                name,
-                addresses,
-                (kind, vendor, source, agent, gateway, partition),
-                tags,
-                metadata,
-            )| Device {
-                name: name.replace('%', ""),
-                addresses,
-                kind,
-                vendor,
-                source,
-                agent,
-                gateway,
-                partition,
-                tags,
-                metadata,
-            },
-        )
+        .prop_map(|(name, addresses, (kind, vendor, source, agent, gateway, partition), tags, metadata)| Device {
+            name: name.replace('%', ""),
+            addresses,
+            kind,
+            vendor,
+            source,
+            agent,
+            gateway,
+            partition,
+            tags,
+            metadata,
+        })
 }
 
 /// Reference matcher: `%` via a regex-free dynamic programme over chars.
@@ -149,30 +127,15 @@ fn matching_key() -> impl Strategy<Value = Key> {
 }
 
 fn matching_filter() -> impl Strategy<Value = Filter> {
-    (
-        any::<bool>(),
-        matching_key(),
-        prop::collection::vec("[ab%]{1,3}", 1..3),
-    )
-        .prop_map(|(negated, key, values)| Filter {
-            negated,
-            key,
-            list: values.len() > 1,
-            values,
-        })
+    (any::<bool>(), matching_key(), prop::collection::vec("[ab%]{1,3}", 1..3))
+        .prop_map(|(negated, key, values)| Filter { negated, key, list: values.len() > 1, values })
 }
 
 fn matching_query() -> impl Strategy<Value = String> {
-    (
-        matching_filter(),
-        prop::collection::vec(matching_filter(), 0..3),
-    )
-        .prop_map(|(mut first, rest)| {
-            first.negated = false;
-            std::iter::once(first)
-                .chain(rest)
-                .fold("in:devices".to_string(), |s, f| format!("{s} {f}"))
-        })
+    (matching_filter(), prop::collection::vec(matching_filter(), 0..3)).prop_map(|(mut first, rest)| {
+        first.negated = false;
+        std::iter::once(first).chain(rest).fold("in:devices".to_string(), |s, f| format!("{s} {f}"))
+    })
 }
 
 proptest! {

@@ -54,25 +54,18 @@ mod humantime_serde_opt {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
     }
 }
 
 impl ServerConfig {
     pub fn from_file(path: &Path) -> anyhow::Result<ServerConfig> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        toml::from_str(&text)
-            .with_context(|| format!("invalid configuration in {}", path.display()))
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))
     }
 
     /// Defaults for a one-command start: everything under `data_dir`, created when missing.
-    pub fn all_in_one(
-        data_dir: &Path,
-        listen: &str,
-        extra_names: Vec<String>,
-    ) -> anyhow::Result<ServerConfig> {
+    pub fn all_in_one(data_dir: &Path, listen: &str, extra_names: Vec<String>) -> anyhow::Result<ServerConfig> {
         create_private_dir(data_dir)?;
         let data_dir = data_dir.canonicalize()?;
         let passphrase_file = data_dir.join("ca-passphrase");
@@ -87,15 +80,8 @@ impl ServerConfig {
         let policy_dir = data_dir.join("policy");
         if !policy_dir.exists() {
             std::fs::create_dir_all(&policy_dir)?;
-            fsutil::write_atomic(
-                &policy_dir.join("default.toml"),
-                policy_files::DEFAULT_POLICY.as_bytes(),
-                0o644,
-            )?;
-            println!(
-                "Wrote the starting policy to {}",
-                policy_dir.join("default.toml").display()
-            );
+            fsutil::write_atomic(&policy_dir.join("default.toml"), policy_files::DEFAULT_POLICY.as_bytes(), 0o644)?;
+            println!("Wrote the starting policy to {}", policy_dir.join("default.toml").display());
         }
         let mut tls_names = default_tls_names();
         tls_names.extend(extra_names);
@@ -103,8 +89,7 @@ impl ServerConfig {
             listen: listen.to_owned(),
             database_url: None,
             policy_dir,
-            passphrase_file: (std::env::var_os(PASSPHRASE_ENV).is_none())
-                .then_some(passphrase_file),
+            passphrase_file: (std::env::var_os(PASSPHRASE_ENV).is_none()).then_some(passphrase_file),
             key_algorithm: None,
             clock_skew: None,
             max_cert_ttl: None,
@@ -118,9 +103,8 @@ impl ServerConfig {
 
     pub fn into_ca_config(self) -> anyhow::Result<CaConfig> {
         let passphrase = read_passphrase(self.passphrase_file.as_deref())?;
-        let database_url = self.database_url.unwrap_or_else(|| {
-            format!("sqlite://{}", self.data_dir.join("portcullis.db").display())
-        });
+        let database_url =
+            self.database_url.unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("portcullis.db").display()));
         let mut config = CaConfig::new(database_url, self.policy_dir, passphrase);
         if let Some(alg) = self.key_algorithm {
             config.key_algorithm = alg.parse().map_err(anyhow::Error::msg)?;
@@ -147,9 +131,7 @@ fn read_passphrase(file: Option<&Path>) -> anyhow::Result<SecretString> {
                 .to_owned(),
         ),
         None => SecretString::from(std::env::var(PASSPHRASE_ENV).with_context(|| {
-            format!(
-                "no CA passphrase: set passphrase_file in the configuration or {PASSPHRASE_ENV}"
-            )
+            format!("no CA passphrase: set passphrase_file in the configuration or {PASSPHRASE_ENV}")
         })?),
     };
     if passphrase.expose_secret().len() < 16 {

@@ -44,25 +44,17 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let (config, all_in_one) = match cli.command {
-            Command::AllInOne {
-                data_dir,
-                listen,
-                tls_names,
-            } => (
-                ServerConfig::all_in_one(&data_dir, &listen, tls_names)?,
-                true,
-            ),
+            Command::AllInOne { data_dir, listen, tls_names } => {
+                (ServerConfig::all_in_one(&data_dir, &listen, tls_names)?, true)
+            }
             Command::Ca { config } => (ServerConfig::from_file(&config)?, false),
         };
         run(config, all_in_one).await
@@ -93,16 +85,12 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     );
     if all_in_one {
         config::announce_bootstrap_admin(&ca, &data_dir).await?;
-        println!(
-            "Log in: portcullis login --ca {url} --ca-fingerprint {} --user admin",
-            tls.pin
-        );
+        println!("Log in: portcullis login --ca {url} --ca-fingerprint {} --user admin", tls.pin);
     }
 
     spawn_reload_on_sighup(Arc::clone(&ca));
     let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}

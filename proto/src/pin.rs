@@ -11,10 +11,7 @@ use sha2::{Digest, Sha256};
 
 /// `SHA256:<base64 without padding>` of DER-encoded SubjectPublicKeyInfo.
 pub fn pin_of_spki(spki_der: &[u8]) -> String {
-    format!(
-        "SHA256:{}",
-        STANDARD_NO_PAD.encode(Sha256::digest(spki_der))
-    )
+    format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(spki_der)))
 }
 
 /// The pin of an X.509 certificate's public key, or `None` if it does not parse.
@@ -27,10 +24,7 @@ pub fn pin_of_certificate(cert_der: &[u8]) -> Option<String> {
 /// Accepts `SHA256:<b64>`, `sha256//<b64>` (curl's form) and padded base64; returns the
 /// canonical `SHA256:` form.
 pub fn normalize_pin(pin: &str) -> Option<String> {
-    let b64 = pin
-        .trim()
-        .strip_prefix("SHA256:")
-        .or_else(|| pin.trim().strip_prefix("sha256//"))?;
+    let b64 = pin.trim().strip_prefix("SHA256:").or_else(|| pin.trim().strip_prefix("sha256//"))?;
     let bytes = STANDARD_NO_PAD.decode(b64.trim_end_matches('=')).ok()?;
     (bytes.len() == 32).then(|| format!("SHA256:{}", STANDARD_NO_PAD.encode(bytes)))
 }
@@ -65,10 +59,7 @@ mod tests {
 pub fn pinned_client_config(pin: &str) -> Option<rustls::ClientConfig> {
     let pin = normalize_pin(pin)?;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = PinnedVerifier {
-        pin,
-        provider: std::sync::Arc::clone(&provider),
-    };
+    let verifier = PinnedVerifier { pin, provider: std::sync::Arc::clone(&provider) };
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .ok()?
@@ -95,15 +86,9 @@ impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         match pin_of_certificate(end_entity) {
             // Pins are public values; a plain comparison leaks nothing worth a timing attack.
-            Some(pin) if pin == self.pin => {
-                Ok(rustls::client::danger::ServerCertVerified::assertion())
-            }
-            Some(_) => Err(rustls::Error::General(
-                "server public key does not match the pinned fingerprint".into(),
-            )),
-            None => Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::BadEncoding,
-            )),
+            Some(pin) if pin == self.pin => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            Some(_) => Err(rustls::Error::General("server public key does not match the pinned fingerprint".into())),
+            None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)),
         }
     }
 
@@ -113,12 +98,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
         cert: &rustls_pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -127,17 +107,10 @@ impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
         cert: &rustls_pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }

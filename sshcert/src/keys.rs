@@ -125,8 +125,7 @@ pub fn parse_user_public_key(openssh_line: &str) -> Result<PublicKey, KeyError> 
 
     // Re-assembled without the comment, and with OpenSSH's tab separators
     // (which ssh-key does not accept) normalised to a single space.
-    let mut key = PublicKey::from_openssh(&format!("{algorithm} {base64}"))
-        .map_err(|_| KeyError::Malformed)?;
+    let mut key = PublicKey::from_openssh(&format!("{algorithm} {base64}")).map_err(|_| KeyError::Malformed)?;
     check_key_data(key.key_data())?;
     // ssh-key has already verified the text name matches the blob's own
     // algorithm; this re-check guards against that ever changing upstream.
@@ -147,9 +146,7 @@ fn check_algorithm_name(name: &str) -> Result<(), KeyError> {
         return Ok(());
     }
     let known = REFUSED_ALGORITHMS.iter().find(|refused| **refused == name);
-    Err(KeyError::UnsupportedAlgorithm(
-        known.copied().unwrap_or(UNRECOGNISED).to_owned(),
-    ))
+    Err(KeyError::UnsupportedAlgorithm(known.copied().unwrap_or(UNRECOGNISED).to_owned()))
 }
 
 /// The authoritative check, on the decoded key rather than its label.
@@ -188,10 +185,7 @@ fn modulus_bits(positive_be: Option<&[u8]>) -> Option<u32> {
     let first = bytes.iter().position(|b| *b != 0)?;
     let significant = bytes.get(first..)?;
     let leading = significant.first()?.leading_zeros();
-    u32::try_from(significant.len())
-        .ok()?
-        .checked_mul(8)?
-        .checked_sub(leading)
+    u32::try_from(significant.len()).ok()?.checked_mul(8)?.checked_sub(leading)
 }
 
 /// SHA-256 fingerprint in OpenSSH's notation, `SHA256:<unpadded base64>`,
@@ -214,12 +208,7 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 // Tests may panic: a failed unwrap is a failed test.
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,20 +230,11 @@ mod tests {
     #[test]
     fn algorithm_names_are_sorted_into_the_right_errors() {
         assert_eq!(check_algorithm_name("ssh-ed25519"), Ok(()));
-        assert_eq!(
-            check_algorithm_name("ssh-ed25519-cert-v01@openssh.com"),
-            Err(KeyError::Certificate)
-        );
-        assert_eq!(
-            check_algorithm_name("ecdsa-sha2-nistp521"),
-            Err(unsupported("ecdsa-sha2-nistp521"))
-        );
+        assert_eq!(check_algorithm_name("ssh-ed25519-cert-v01@openssh.com"), Err(KeyError::Certificate));
+        assert_eq!(check_algorithm_name("ecdsa-sha2-nistp521"), Err(unsupported("ecdsa-sha2-nistp521")));
         assert_eq!(check_algorithm_name("ssh-dss"), Err(unsupported("ssh-dss")));
         // The peer's text is never echoed back.
-        assert_eq!(
-            check_algorithm_name("<script>"),
-            Err(unsupported(UNRECOGNISED))
-        );
+        assert_eq!(check_algorithm_name("<script>"), Err(unsupported(UNRECOGNISED)));
     }
 
     #[test]

@@ -47,12 +47,7 @@ impl KrlBuilder {
     /// the clock, so output stays reproducible). NUL bytes are removed from the
     /// comment because OpenSSH refuses to load a KRL whose comment has one.
     pub fn new(krl_version: u64, generated_date_unix: u64, comment: &str) -> Self {
-        Self {
-            krl_version,
-            generated_date: generated_date_unix,
-            comment: comment.replace('\0', ""),
-            ..Self::default()
-        }
+        Self { krl_version, generated_date: generated_date_unix, comment: comment.replace('\0', ""), ..Self::default() }
     }
 
     /// Revoke the certificate with `serial` issued by `ca`.
@@ -183,12 +178,7 @@ fn put_string(out: &mut Vec<u8>, data: &[u8]) {
 }
 
 // Tests may panic: a failed unwrap is a failed test.
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,12 +3,7 @@
 //! `fingerprint` against `ssh-keygen -lf`.
 
 // Tests may panic: a failed unwrap is a failed test.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
@@ -22,10 +17,7 @@ use ssh_key::{LineEnding, PublicKey};
 /// The `SHA256:...` field of `ssh-keygen -lf FILE`.
 fn keygen_fingerprint(file: &Path) -> String {
     let out = ssh_keygen_ok(&["-l", "-E", "sha256", "-f", path_str(file)]);
-    out.split_whitespace()
-        .nth(1)
-        .expect("fingerprint field")
-        .to_owned()
+    out.split_whitespace().nth(1).expect("fingerprint field").to_owned()
 }
 
 fn unsupported(name: &str) -> KeyError {
@@ -52,11 +44,7 @@ fn accepts_allowed_ssh_keygen_keys_and_matches_their_fingerprints() {
         let key = parse_user_public_key(&line).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(key.comment().is_empty(), "{name}: comment must be dropped");
         assert!(!key.to_openssh().unwrap().contains("test@comment"));
-        assert_eq!(
-            fingerprint(key.key_data()),
-            keygen_fingerprint(&path.with_extension("pub")),
-            "{name}"
-        );
+        assert_eq!(fingerprint(key.key_data()), keygen_fingerprint(&path.with_extension("pub")), "{name}");
     }
 }
 
@@ -67,15 +55,8 @@ fn fingerprints_of_keys_generated_in_code_match_ssh_keygen() {
     }
     let dir = tempfile::tempdir().unwrap();
     for (i, key) in [ed25519_key(), p256_key()].iter().enumerate() {
-        let file = write(
-            dir.path(),
-            &format!("k{i}.pub"),
-            key.public_key().to_openssh().unwrap(),
-        );
-        assert_eq!(
-            fingerprint(key.public_key().key_data()),
-            keygen_fingerprint(&file)
-        );
+        let file = write(dir.path(), &format!("k{i}.pub"), key.public_key().to_openssh().unwrap());
+        assert_eq!(fingerprint(key.public_key().key_data()), keygen_fingerprint(&file));
     }
 }
 
@@ -85,19 +66,12 @@ fn sk_keys() -> Vec<PublicKey> {
     let ed = ed25519_key();
     let ed_point = *ed.public_key().key_data().ed25519().unwrap();
     let p256 = p256_key();
-    let Some(EcdsaPublicKey::NistP256(point)) = p256.public_key().key_data().ecdsa().cloned()
-    else {
+    let Some(EcdsaPublicKey::NistP256(point)) = p256.public_key().key_data().ecdsa().cloned() else {
         panic!("p256 key without a P-256 point");
     };
     vec![
-        PublicKey::new(
-            KeyData::SkEd25519(SkEd25519::new(ed_point, "ssh:")),
-            "me@token",
-        ),
-        PublicKey::new(
-            KeyData::SkEcdsaSha2NistP256(SkEcdsaSha2NistP256::new(point, "ssh:portcullis")),
-            "me@token",
-        ),
+        PublicKey::new(KeyData::SkEd25519(SkEd25519::new(ed_point, "ssh:")), "me@token"),
+        PublicKey::new(KeyData::SkEcdsaSha2NistP256(SkEcdsaSha2NistP256::new(point, "ssh:portcullis")), "me@token"),
     ]
 }
 
@@ -128,10 +102,7 @@ fn certificate_fingerprint_is_that_of_the_certified_key() {
     let file = write_cert(dir.path(), "u-cert.pub", &cert);
     let as_key_data = KeyData::from(cert);
     assert_eq!(fingerprint(&as_key_data), keygen_fingerprint(&file));
-    assert_eq!(
-        fingerprint(&as_key_data),
-        fingerprint(user.public_key().key_data())
-    );
+    assert_eq!(fingerprint(&as_key_data), fingerprint(user.public_key().key_data()));
 }
 
 #[test]
@@ -158,10 +129,7 @@ fn rejects_weak_and_unlisted_algorithms_from_ssh_keygen() {
     }
     let dir = tempfile::tempdir().unwrap();
     let rsa2048 = read_pub(&keygen_file(dir.path(), "rsa2048", "rsa", Some(2048)));
-    assert_eq!(
-        parse_user_public_key(&rsa2048),
-        Err(KeyError::RsaTooSmall { bits: 2048 })
-    );
+    assert_eq!(parse_user_public_key(&rsa2048), Err(KeyError::RsaTooSmall { bits: 2048 }));
     let msg = parse_user_public_key(&rsa2048).unwrap_err().to_string();
     assert!(msg.contains("2048") && msg.contains("3072"), "{msg}");
 
@@ -174,10 +142,7 @@ fn rejects_weak_and_unlisted_algorithms_from_ssh_keygen() {
     let dsa = dir.path().join("dsa");
     let made = run_ssh_keygen(&["-q", "-t", "dsa", "-N", "", "-f", path_str(&dsa)]);
     if made.status.success() {
-        assert_eq!(
-            parse_user_public_key(&read_pub(&dsa)),
-            Err(unsupported("ssh-dss"))
-        );
+        assert_eq!(parse_user_public_key(&read_pub(&dsa)), Err(unsupported("ssh-dss")));
     } else {
         eprintln!("NOTE: this ssh-keygen cannot make DSA keys; covered by the in-code DSA case");
     }
@@ -201,18 +166,12 @@ fn rejects_certificates() {
     let (ca, user) = (ed25519_key(), ed25519_key());
     let cert = user_cert(&ca, &user, 1, "alice");
     let cert_line = cert.to_openssh().unwrap();
-    assert_eq!(
-        parse_user_public_key(&cert_line),
-        Err(KeyError::Certificate)
-    );
+    assert_eq!(parse_user_public_key(&cert_line), Err(KeyError::Certificate));
 
     // A certificate blob under a plain key's name must not slip through either.
     let (_, rest) = cert_line.split_once(' ').unwrap();
     let disguised = format!("ssh-ed25519 {rest}");
-    assert!(matches!(
-        parse_user_public_key(&disguised),
-        Err(KeyError::Certificate | KeyError::Malformed)
-    ));
+    assert!(matches!(parse_user_public_key(&disguised), Err(KeyError::Certificate | KeyError::Malformed)));
 }
 
 #[test]
@@ -236,21 +195,12 @@ fn rejects_bad_shapes() {
         (String::new(), KeyError::Empty),
         ("   \n\t ".to_owned(), KeyError::Empty),
         ("a".repeat(20 * 1024), KeyError::TooLarge),
-        (
-            format!("{good}{}", " ".repeat(MAX_PUBLIC_KEY_LEN)),
-            KeyError::TooLarge,
-        ),
+        (format!("{good}{}", " ".repeat(MAX_PUBLIC_KEY_LEN)), KeyError::TooLarge),
         (format!("{good}\n{good}"), KeyError::MultipleLines),
         (format!("{good}\r\n{good}"), KeyError::MultipleLines),
         (format!("{alg} !!!not-base64!!!"), KeyError::Malformed),
-        (
-            format!("{alg} AAAAC3NzaC1lZDI1NTE5AAAAIA"),
-            KeyError::Malformed,
-        ),
-        (
-            format!("{alg} {}", &b64[..b64.len() - 8]),
-            KeyError::Malformed,
-        ),
+        (format!("{alg} AAAAC3NzaC1lZDI1NTE5AAAAIA"), KeyError::Malformed),
+        (format!("{alg} {}", &b64[..b64.len() - 8]), KeyError::Malformed),
         (alg.to_owned(), KeyError::Malformed),
         (format!("{alg} {b64}\0"), KeyError::Malformed),
         (format!("{alg}\u{7f} {b64}"), KeyError::Malformed),
@@ -258,23 +208,13 @@ fn rejects_bad_shapes() {
         (format!("ecdsa-sha2-nistp256 {b64}"), KeyError::Malformed),
         (format!("{alg} {p256_b64}"), KeyError::Malformed),
         (format!("ssh-frob {b64}"), unsupported("unrecognised")),
-        (
-            format!("restrict,command=\"/bin/sh\" {good}"),
-            unsupported("unrecognised"),
-        ),
+        (format!("restrict,command=\"/bin/sh\" {good}"), unsupported("unrecognised")),
         (format!("rsa-sha2-512 {b64}"), unsupported("unrecognised")),
-        (
-            "ssh-ed25519-cert-v01@openssh.com AAAA".to_owned(),
-            KeyError::Certificate,
-        ),
+        ("ssh-ed25519-cert-v01@openssh.com AAAA".to_owned(), KeyError::Certificate),
     ];
     for (input, expected) in cases {
         let shown: String = input.chars().take(60).collect();
-        assert_eq!(
-            parse_user_public_key(&input),
-            Err(expected),
-            "input {shown:?}"
-        );
+        assert_eq!(parse_user_public_key(&input), Err(expected), "input {shown:?}");
     }
 }
 
@@ -282,10 +222,8 @@ fn rejects_bad_shapes() {
 /// or accepted, never panic.
 #[test]
 fn never_panics_on_mangled_input() {
-    let mut lines: Vec<String> = vec![
-        ed25519_key().public_key().to_openssh().unwrap(),
-        p256_key().public_key().to_openssh().unwrap(),
-    ];
+    let mut lines: Vec<String> =
+        vec![ed25519_key().public_key().to_openssh().unwrap(), p256_key().public_key().to_openssh().unwrap()];
     lines.extend(sk_keys().iter().map(|k| k.to_openssh().unwrap()));
     let noise = portcullis_sshcert::random_bytes::<64>();
     for line in &lines {

@@ -2,12 +2,7 @@
 //! byte-for-byte with what `ssh-keygen -k` writes for the same revocations.
 
 // Tests may panic: a failed unwrap is a failed test.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
@@ -38,11 +33,7 @@ fn listing(krl: &Path) -> String {
 
 fn sha256_hex(key: &PrivateKey) -> String {
     let digest = key.public_key().fingerprint(ssh_key::HashAlg::Sha256);
-    digest
-        .as_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    digest.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct Fixture {
@@ -51,32 +42,19 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
+        Self { dir: tempfile::tempdir().expect("tempdir") }
     }
 
     fn krl(&self, builder: &KrlBuilder) -> std::path::PathBuf {
         write(self.dir.path(), "revoked.krl", builder.encode())
     }
 
-    fn cert(
-        &self,
-        name: &str,
-        ca: &PrivateKey,
-        user: &PrivateKey,
-        serial: u64,
-        id: &str,
-    ) -> std::path::PathBuf {
+    fn cert(&self, name: &str, ca: &PrivateKey, user: &PrivateKey, serial: u64, id: &str) -> std::path::PathBuf {
         write_cert(self.dir.path(), name, &user_cert(ca, user, serial, id))
     }
 
     fn plain(&self, name: &str, key: &PrivateKey) -> std::path::PathBuf {
-        write(
-            self.dir.path(),
-            name,
-            key.public_key().to_openssh().unwrap() + "\n",
-        )
+        write(self.dir.path(), name, key.public_key().to_openssh().unwrap() + "\n")
     }
 }
 
@@ -88,10 +66,7 @@ fn empty_krl_loads_and_revokes_nothing() {
     let fx = Fixture::new();
     let (ca, user) = (ed25519_key(), ed25519_key());
     let krl = fx.krl(&KrlBuilder::new(1, 1_700_000_000, "empty"));
-    assert!(!is_revoked(
-        &krl,
-        &fx.cert("c.pub", &ca, &user, 42, "alice")
-    ));
+    assert!(!is_revoked(&krl, &fx.cert("c.pub", &ca, &user, 42, "alice")));
     assert!(!is_revoked(&krl, &fx.plain("u.pub", &user)));
     assert!(listing(&krl).contains("# KRL version 1"));
 }
@@ -110,35 +85,17 @@ fn revoked_serial_is_revoked_and_neighbours_are_not() {
         builder.revoke_serial(ca.public_key().key_data(), u64::MAX - 1);
         let krl = fx.krl(&builder);
 
-        assert!(is_revoked(
-            &krl,
-            &fx.cert("a.pub", &ca, &user, 1000, "alice")
-        ));
-        assert!(is_revoked(
-            &krl,
-            &fx.cert("b.pub", &ca, &user, u64::MAX - 1, "x")
-        ));
-        assert!(!is_revoked(
-            &krl,
-            &fx.cert("c.pub", &ca, &user, 1001, "alice")
-        ));
-        assert!(!is_revoked(
-            &krl,
-            &fx.cert("d.pub", &ca, &user, 999, "alice")
-        ));
-        assert!(!is_revoked(
-            &krl,
-            &fx.cert("e.pub", &ca, &user, u64::MAX, "x")
-        ));
+        assert!(is_revoked(&krl, &fx.cert("a.pub", &ca, &user, 1000, "alice")));
+        assert!(is_revoked(&krl, &fx.cert("b.pub", &ca, &user, u64::MAX - 1, "x")));
+        assert!(!is_revoked(&krl, &fx.cert("c.pub", &ca, &user, 1001, "alice")));
+        assert!(!is_revoked(&krl, &fx.cert("d.pub", &ca, &user, 999, "alice")));
+        assert!(!is_revoked(&krl, &fx.cert("e.pub", &ca, &user, u64::MAX, "x")));
         // The plain key is not revoked, only that certificate.
         assert!(!is_revoked(&krl, &fx.plain("u.pub", &user)));
 
         let list = listing(&krl);
         assert!(list.contains("serial: 1000"), "{list}");
-        assert!(
-            list.contains(&fingerprint(ca.public_key().key_data())),
-            "{list}"
-        );
+        assert!(list.contains(&fingerprint(ca.public_key().key_data())), "{list}");
     }
 }
 
@@ -154,14 +111,8 @@ fn same_serial_from_another_ca_is_not_revoked() {
     builder.revoke_key_id(ca.public_key().key_data(), "alice");
     let krl = fx.krl(&builder);
     assert!(is_revoked(&krl, &fx.cert("a.pub", &ca, &user, 7, "bob")));
-    assert!(!is_revoked(
-        &krl,
-        &fx.cert("b.pub", &other_ca, &user, 7, "bob")
-    ));
-    assert!(!is_revoked(
-        &krl,
-        &fx.cert("c.pub", &other_ca, &user, 8, "alice")
-    ));
+    assert!(!is_revoked(&krl, &fx.cert("b.pub", &other_ca, &user, 7, "bob")));
+    assert!(!is_revoked(&krl, &fx.cert("c.pub", &other_ca, &user, 8, "alice")));
 }
 
 #[test]
@@ -175,18 +126,9 @@ fn revoked_key_id_is_revoked_whatever_the_serial() {
     builder.revoke_key_id(ca.public_key().key_data(), "alice@laptop");
     builder.revoke_key_id(ca.public_key().key_data(), "zed");
     let krl = fx.krl(&builder);
-    assert!(is_revoked(
-        &krl,
-        &fx.cert("a.pub", &ca, &user, 1, "alice@laptop")
-    ));
-    assert!(is_revoked(
-        &krl,
-        &fx.cert("b.pub", &ca, &user, 0, "alice@laptop")
-    ));
-    assert!(!is_revoked(
-        &krl,
-        &fx.cert("c.pub", &ca, &user, 1, "alice@laptop2")
-    ));
+    assert!(is_revoked(&krl, &fx.cert("a.pub", &ca, &user, 1, "alice@laptop")));
+    assert!(is_revoked(&krl, &fx.cert("b.pub", &ca, &user, 0, "alice@laptop")));
+    assert!(!is_revoked(&krl, &fx.cert("c.pub", &ca, &user, 1, "alice@laptop2")));
     assert!(!is_revoked(&krl, &fx.cert("d.pub", &ca, &user, 1, "bob")));
     assert!(listing(&krl).contains("id: alice@laptop"));
 }
@@ -205,14 +147,8 @@ fn revoke_certificate_uses_key_id_for_serial_zero() {
     builder.revoke_certificate(&numbered);
     let krl = fx.krl(&builder);
     assert!(is_revoked(&krl, &write_cert(fx.dir.path(), "z.pub", &zero)));
-    assert!(is_revoked(
-        &krl,
-        &write_cert(fx.dir.path(), "n.pub", &numbered)
-    ));
-    assert!(!is_revoked(
-        &krl,
-        &fx.cert("o.pub", &ca, &user, 78, "other")
-    ));
+    assert!(is_revoked(&krl, &write_cert(fx.dir.path(), "n.pub", &numbered)));
+    assert!(!is_revoked(&krl, &fx.cert("o.pub", &ca, &user, 78, "other")));
 }
 
 #[test]
@@ -224,15 +160,7 @@ fn plain_keys_revoked_by_sha256_with_their_certificates() {
     let ca = ed25519_key();
     let mut builder = KrlBuilder::new(6, 1_700_000_000, "");
     // Enough keys that the byte order of the hashes matters.
-    let revoked: Vec<PrivateKey> = (0..8)
-        .map(|i| {
-            if i % 2 == 0 {
-                ed25519_key()
-            } else {
-                p256_key()
-            }
-        })
-        .collect();
+    let revoked: Vec<PrivateKey> = (0..8).map(|i| if i % 2 == 0 { ed25519_key() } else { p256_key() }).collect();
     for key in &revoked {
         builder.revoke_key_sha256(key.public_key().key_data());
     }
@@ -242,19 +170,13 @@ fn plain_keys_revoked_by_sha256_with_their_certificates() {
     let list = listing(&krl);
     for (i, key) in revoked.iter().enumerate() {
         assert!(is_revoked(&krl, &fx.plain(&format!("k{i}.pub"), key)));
-        assert!(is_revoked(
-            &krl,
-            &fx.cert(&format!("k{i}-cert.pub"), &ca, key, 9, "x")
-        ));
+        assert!(is_revoked(&krl, &fx.cert(&format!("k{i}-cert.pub"), &ca, key, 9, "x")));
         // ssh-keygen lists SHA256-section entries in hex, not base64.
         let hash_line = format!("hash: SHA256:{}", sha256_hex(key));
         assert!(list.contains(&hash_line), "{hash_line} missing from {list}");
     }
     assert!(!is_revoked(&krl, &fx.plain("kept.pub", &kept)));
-    assert!(!is_revoked(
-        &krl,
-        &fx.cert("kept-cert.pub", &ca, &kept, 9, "x")
-    ));
+    assert!(!is_revoked(&krl, &fx.cert("kept-cert.pub", &ca, &kept, 9, "x")));
 }
 
 #[test]
@@ -277,16 +199,10 @@ fn several_cas_in_one_krl() {
     assert!(!is_revoked(&krl, &fx.cert("2-5.pub", &ca2, &user, 5, "a")));
     // ca3 itself is revoked, so everything it signed is too (ssh-keygen -Q
     // checks the signing key as well).
-    assert!(is_revoked(
-        &krl,
-        &fx.cert("3-1.pub", &ca3, &user, 1, "dave")
-    ));
+    assert!(is_revoked(&krl, &fx.cert("3-1.pub", &ca3, &user, 1, "dave")));
     let list = listing(&krl);
     for ca in [&ca1, &ca2, &ca3] {
-        assert!(
-            list.contains(&fingerprint(ca.public_key().key_data())),
-            "{list}"
-        );
+        assert!(list.contains(&fingerprint(ca.public_key().key_data())), "{list}");
     }
 }
 
@@ -297,9 +213,8 @@ fn many_random_serials_load_and_match() {
     }
     let fx = Fixture::new();
     let (ca, user) = (ed25519_key(), ed25519_key());
-    let serials: Vec<u64> = (0..500)
-        .map(|_| u64::from_be_bytes(portcullis_sshcert::random_bytes::<8>()).max(1))
-        .collect();
+    let serials: Vec<u64> =
+        (0..500).map(|_| u64::from_be_bytes(portcullis_sshcert::random_bytes::<8>()).max(1)).collect();
     let mut builder = KrlBuilder::new(8, 1_700_000_000, "");
     for serial in &serials {
         builder.revoke_serial(ca.public_key().key_data(), *serial);
@@ -329,16 +244,7 @@ fn bytes_match_ssh_keygen_k() {
     }
     let spec = write(d, "spec", spec);
     let theirs = d.join("theirs.krl");
-    ssh_keygen_ok(&[
-        "-k",
-        "-z",
-        "9",
-        "-f",
-        path_str(&theirs),
-        "-s",
-        path_str(&ca_pub),
-        path_str(&spec),
-    ]);
+    ssh_keygen_ok(&["-k", "-z", "9", "-f", path_str(&theirs), "-s", path_str(&ca_pub), path_str(&spec)]);
     let theirs = std::fs::read(&theirs).unwrap();
 
     let mut builder = KrlBuilder::new(9, 0, "");

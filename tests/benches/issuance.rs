@@ -20,12 +20,7 @@
 //! and HTTP work is part of what is measured; the CPU each side used is printed.
 
 // Bench code: a failed expectation must stop the run loudly.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_proto::{AuditVerifyResponse, IssuedCert};
 use portcullis_tests::Server;
@@ -47,10 +42,7 @@ const PRINCIPAL: &str = "root";
 
 fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a positive integer")),
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a positive integer")),
         Err(_) => default,
     }
 }
@@ -60,17 +52,12 @@ fn main() -> ExitCode {
     let concurrency = env_usize("PORTCULLIS_BENCH_CONCURRENCY", DEFAULT_CONCURRENCY).max(1);
     let keygen_certs = env_usize("PORTCULLIS_BENCH_KEYGEN_CERTS", DEFAULT_KEYGEN_CERTS).max(2);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "issuance benchmark: {certs} certificates, concurrency {concurrency}, {cores} CPU core(s)"
-    );
+    println!("issuance benchmark: {certs} certificates, concurrency {concurrency}, {cores} CPU core(s)");
 
     // The baseline runs first, alone, so the idle server does not share its CPU.
     let keygen = keygen_baseline(keygen_certs);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let portcullis = match runtime.block_on(portcullis_run(certs, concurrency)) {
         Ok(rate) => rate,
         Err(why) => {
@@ -144,10 +131,7 @@ async fn portcullis_run(certs: usize, concurrency: usize) -> Result<f64, String>
     println!("== portcullis: POST /v1/certs/user over HTTPS, SQLite, audit ==");
     println!("HTTP version:        {:?}", run.version.unwrap_or_default());
     println!("warm-up:             {WARMUP_CERTS} certificates");
-    println!(
-        "measured:            {certs} certificates in {:.3} s",
-        run.elapsed.as_secs_f64()
-    );
+    println!("measured:            {certs} certificates in {:.3} s", run.elapsed.as_secs_f64());
     println!("throughput:          {rate:.0} certificates/s");
     println!(
         "latency:             p50 {}  p90 {}  p99 {}  max {}",
@@ -163,9 +147,7 @@ async fn portcullis_run(certs: usize, concurrency: usize) -> Result<f64, String>
             client_cpu * 1e6 / certs as f64,
             run.elapsed.as_secs_f64()
         ),
-        None => println!(
-            "CPU during run:      bench client {client_cpu:.2} s (server process not found in /proc)"
-        ),
+        None => println!("CPU during run:      bench client {client_cpu:.2} s (server process not found in /proc)"),
     }
 
     // The numbers only count if every certificate was persisted with its audit record.
@@ -184,22 +166,14 @@ async fn portcullis_run(certs: usize, concurrency: usize) -> Result<f64, String>
             issued_after - issued_before
         ));
     }
-    let (status, body) = server
-        .get_json(Some(&token), "/v1/admin/audit/verify")
-        .await;
+    let (status, body) = server.get_json(Some(&token), "/v1/admin/audit/verify").await;
     if status != StatusCode::OK {
         return Err(format!("GET /v1/admin/audit/verify: {status}: {body}"));
     }
     let verify: AuditVerifyResponse = serde_json::from_value(body).unwrap();
-    println!(
-        "audit chain:         ok={} over {} records",
-        verify.ok, verify.records
-    );
+    println!("audit chain:         ok={} over {} records", verify.ok, verify.records);
     if !verify.ok {
-        return Err(format!(
-            "audit chain broken at {:?}: {:?}",
-            verify.first_bad_seq, verify.problem
-        ));
+        return Err(format!("audit chain broken at {:?}: {:?}", verify.first_bad_seq, verify.problem));
     }
     Ok(rate)
 }
@@ -218,11 +192,7 @@ impl LoadResult {
         if self.failures == 0 {
             return Ok(());
         }
-        Err(format!(
-            "{phase}: {} request(s) failed; first: {}",
-            self.failures,
-            self.reasons.join(" | ")
-        ))
+        Err(format!("{phase}: {} request(s) failed; first: {}", self.failures, self.reasons.join(" | ")))
     }
 }
 
@@ -240,13 +210,8 @@ async fn load(
     let workers: Vec<_> = bodies
         .iter()
         .map(|body| {
-            let (client, url, token, body, next) = (
-                client.clone(),
-                Arc::clone(url),
-                Arc::clone(token),
-                Arc::clone(body),
-                Arc::clone(&next),
-            );
+            let (client, url, token, body, next) =
+                (client.clone(), Arc::clone(url), Arc::clone(token), Arc::clone(body), Arc::clone(&next));
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(total / 8 + 1);
                 let mut failures = 0;
@@ -281,9 +246,7 @@ async fn load(
         let (latencies, failures, reasons, version) = worker.await.expect("worker panicked");
         result.latencies.extend(latencies);
         result.failures += failures;
-        result
-            .reasons
-            .extend(reasons.into_iter().take(3 - result.reasons.len().min(3)));
+        result.reasons.extend(reasons.into_iter().take(3 - result.reasons.len().min(3)));
         result.version = result.version.or(version);
     }
     result.elapsed = start.elapsed();
@@ -291,12 +254,7 @@ async fn load(
 }
 
 /// One issuance; the body is read in full so the latency covers the whole answer.
-async fn issue_once(
-    client: &reqwest::Client,
-    url: &str,
-    token: &str,
-    body: &[u8],
-) -> Result<reqwest::Version, String> {
+async fn issue_once(client: &reqwest::Client, url: &str, token: &str, body: &[u8]) -> Result<reqwest::Version, String> {
     let resp = client
         .post(url)
         .bearer_auth(token)
@@ -334,10 +292,7 @@ struct KeygenRates {
 
 /// `ssh-keygen -s CA -I id -n root -V +1h key.pub`, one process per certificate.
 fn keygen_baseline(n: usize) -> KeygenRates {
-    let dir = tempfile::Builder::new()
-        .prefix("portcullis-bench-keygen-")
-        .tempdir()
-        .expect("temporary directory");
+    let dir = tempfile::Builder::new().prefix("portcullis-bench-keygen-").tempdir().expect("temporary directory");
     let ca = write_key_pair(dir.path(), "ca", &ed25519_key());
     // One user key per parallel worker: ssh-keygen writes `<key>-cert.pub` beside it.
     let keys: Vec<PathBuf> = (0..2)
@@ -367,10 +322,8 @@ fn keygen_baseline(n: usize) -> KeygenRates {
     });
     let parallel = t0.elapsed();
 
-    let rates = KeygenRates {
-        sequential: n as f64 / sequential.as_secs_f64(),
-        parallel: n as f64 / parallel.as_secs_f64(),
-    };
+    let rates =
+        KeygenRates { sequential: n as f64 / sequential.as_secs_f64(), parallel: n as f64 / parallel.as_secs_f64() };
     println!();
     println!("== baseline: {SSH_KEYGEN} -s (one process per certificate, no persistence) ==");
     println!(
@@ -392,14 +345,7 @@ fn keygen_sign(ca: &Path, key: &Path, serial: usize) {
         .arg("-q")
         .arg("-s")
         .arg(ca)
-        .args([
-            "-I",
-            &format!("bench-{serial}"),
-            "-n",
-            PRINCIPAL,
-            "-V",
-            "+1h",
-        ])
+        .args(["-I", &format!("bench-{serial}"), "-n", PRINCIPAL, "-V", "+1h"])
         .args(["-z", &serial.to_string()])
         .arg(key)
         .stdin(Stdio::null())
@@ -429,17 +375,11 @@ fn ms(d: Duration) -> String {
 /// command line names the (unique, temporary) data directory.
 fn find_server_pid(data_dir: &Path) -> Option<u32> {
     let needle = data_dir.as_os_str().as_encoded_bytes();
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            cmdline
-                .split(|b| *b == 0)
-                .any(|arg| arg == needle)
-                .then_some(pid)
-        })
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        cmdline.split(|b| *b == 0).any(|arg| arg == needle).then_some(pid)
+    })
 }
 
 /// User + system CPU time of a process, from `/proc/<pid>/stat` (USER_HZ = 100 on Linux).
@@ -459,11 +399,6 @@ fn stat_cpu(path: &str) -> f64 {
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
     // After ')': state is index 0, so utime (field 14) is 11 and stime (15) is 12.
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
 }

@@ -9,15 +9,9 @@ use std::path::PathBuf;
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("cannot find the test executable");
     // …/target/debug/deps/<test-binary> → …/target/debug
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable has no grandparent directory");
+    let profile_dir =
+        exe.parent().and_then(|deps| deps.parent()).expect("test executable has no grandparent directory");
     let path = profile_dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --bins` first (./scripts/test.sh does)",
-        path.display()
-    );
+    assert!(path.is_file(), "{} is missing: run `cargo build --bins` first (./scripts/test.sh does)", path.display());
     path
 }

@@ -11,16 +11,8 @@ use std::sync::Arc;
 pub const TEST_PASSPHRASE: &str = "portcullis-test-passphrase-not-secret";
 
 /// Opens a CA on `db_url` with the policy files in `policy_dir`, telling time by `clock`.
-pub async fn ca_in_process(
-    db_url: &str,
-    policy_dir: &Path,
-    clock: impl Clock,
-) -> anyhow::Result<Ca> {
-    let config = CaConfig::new(
-        db_url.to_owned(),
-        policy_dir.to_owned(),
-        SecretString::from(TEST_PASSPHRASE),
-    );
+pub async fn ca_in_process(db_url: &str, policy_dir: &Path, clock: impl Clock) -> anyhow::Result<Ca> {
+    let config = CaConfig::new(db_url.to_owned(), policy_dir.to_owned(), SecretString::from(TEST_PASSPHRASE));
     Ok(Ca::open(config, Arc::new(clock)).await?)
 }
 

@@ -7,12 +7,7 @@
 // This is test code: a failed expectation here must fail the test loudly, so unwrap,
 // expect, panic and indexing are the right tools (the workspace denies them for code a
 // peer can reach, which this is not).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 pub mod bins;
 pub mod inprocess;

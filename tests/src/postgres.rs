@@ -25,34 +25,14 @@ impl Postgres {
     pub fn start() -> anyhow::Result<Postgres> {
         let bin_dir = find_bin_dir()?;
         let as_postgres = is_root()?;
-        let dir = tempfile::Builder::new()
-            .prefix("portcullis-pg-")
-            .tempdir()
-            .context("temporary directory")?;
+        let dir = tempfile::Builder::new().prefix("portcullis-pg-").tempdir().context("temporary directory")?;
         if as_postgres {
-            run(Command::new("chown")
-                .args(["postgres:postgres"])
-                .arg(dir.path()))?;
+            run(Command::new("chown").args(["postgres:postgres"]).arg(dir.path()))?;
         }
         let data_dir = dir.path().join("data");
-        let mut pg = Postgres {
-            port: 0,
-            database: "portcullis".to_owned(),
-            bin_dir,
-            data_dir,
-            as_postgres,
-            dir,
-        };
+        let mut pg = Postgres { port: 0, database: "portcullis".to_owned(), bin_dir, data_dir, as_postgres, dir };
         pg.server_cmd("initdb", |c| {
-            c.arg("-D").arg(&pg.data_dir).args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ]);
+            c.arg("-D").arg(&pg.data_dir).args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
         })?;
         // The port is picked by binding :0 and released before PostgreSQL binds it, so
         // a parallel test can win the race; try a few ports before giving up.
@@ -66,11 +46,7 @@ impl Postgres {
             );
             let log = pg.dir.path().join("postgres.log");
             match pg.server_cmd("pg_ctl", |c| {
-                c.arg("-D")
-                    .arg(&pg.data_dir)
-                    .arg("-l")
-                    .arg(&log)
-                    .args(["-o", &options, "-w", "-t", "60", "start"]);
+                c.arg("-D").arg(&pg.data_dir).arg("-l").arg(&log).args(["-o", &options, "-w", "-t", "60", "start"]);
             }) {
                 Ok(_) => {
                     last_error = None;
@@ -80,30 +56,19 @@ impl Postgres {
             }
         }
         if let Some(e) = last_error {
-            let log =
-                std::fs::read_to_string(pg.dir.path().join("postgres.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(pg.dir.path().join("postgres.log")).unwrap_or_default();
             return Err(e.context(format!("PostgreSQL did not start; its log:\n{log}")));
         }
         // createdb is a client: it runs as any user, over TCP with trust auth.
         run(Command::new(pg.bin_dir.join("createdb"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg.port.to_string(),
-                "-U",
-                "postgres",
-            ])
+            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres"])
             .arg(&pg.database))?;
         Ok(pg)
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/portcullis`
     pub fn url(&self) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:{}/{}",
-            self.port, self.database
-        )
+        format!("postgres://postgres@127.0.0.1:{}/{}", self.port, self.database)
     }
 
     pub fn port(&self) -> u16 {
@@ -130,9 +95,7 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         let _ = self.server_cmd("pg_ctl", |c| {
-            c.arg("-D")
-                .arg(&self.data_dir)
-                .args(["-m", "immediate", "-w", "stop"]);
+            c.arg("-D").arg(&self.data_dir).args(["-m", "immediate", "-w", "stop"]);
         });
     }
 }
@@ -172,9 +135,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<Output> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}):\n{}{}",

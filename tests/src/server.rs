@@ -52,10 +52,7 @@ impl Server {
     }
 
     pub async fn start_with(opts: ServerOpts) -> Server {
-        let dir = tempfile::Builder::new()
-            .prefix("portcullisd-test-")
-            .tempdir()
-            .expect("temporary directory");
+        let dir = tempfile::Builder::new().prefix("portcullisd-test-").tempdir().expect("temporary directory");
         let data_dir = dir.path().join("data");
         if !opts.policy.is_empty() {
             let policy_dir = data_dir.join("policy");
@@ -169,27 +166,15 @@ impl Server {
         if let Some(body) = body {
             req = req.json(body);
         }
-        req.send()
-            .await
-            .unwrap_or_else(|e| panic!("request to {path} failed: {e:?}"))
+        req.send().await.unwrap_or_else(|e| panic!("request to {path} failed: {e:?}"))
     }
 
-    pub async fn post_json(
-        &self,
-        token: Option<&str>,
-        path: &str,
-        body: &Value,
-    ) -> (StatusCode, Value) {
+    pub async fn post_json(&self, token: Option<&str>, path: &str, body: &Value) -> (StatusCode, Value) {
         let resp = self.request(Method::POST, token, path, Some(body)).await;
         status_and_json(resp).await
     }
 
-    pub async fn put_json(
-        &self,
-        token: Option<&str>,
-        path: &str,
-        body: &Value,
-    ) -> (StatusCode, Value) {
+    pub async fn put_json(&self, token: Option<&str>, path: &str, body: &Value) -> (StatusCode, Value) {
         let resp = self.request(Method::PUT, token, path, Some(body)).await;
         status_and_json(resp).await
     }
@@ -213,12 +198,7 @@ impl Server {
 
     /// Logs in with a password; the response as the API sent it.
     pub async fn try_login(&self, user: &str, password: &str) -> (StatusCode, Value) {
-        self.post_json(
-            None,
-            "/v1/auth/login",
-            &json!({ "username": user, "password": password }),
-        )
-        .await
+        self.post_json(None, "/v1/auth/login", &json!({ "username": user, "password": password })).await
     }
 
     /// Logs in and returns the bearer token; panics unless the login succeeds.
@@ -258,35 +238,19 @@ impl Server {
     pub async fn write_policy(&self, name: &str, toml: &str) -> (StatusCode, Value) {
         std::fs::write(self.policy_dir().join(name), toml).unwrap();
         let token = self.admin_token().await;
-        self.post_json(Some(&token), "/v1/admin/policy/reload", &json!({}))
-            .await
+        self.post_json(Some(&token), "/v1/admin/policy/reload", &json!({})).await
     }
 
     /// Registers (or updates) a node in the inventory; panics unless it succeeds.
     pub async fn add_node(&self, admin_token: &str, node: &NodeRecord) {
-        let (status, body) = self
-            .post_json(
-                Some(admin_token),
-                "/v1/admin/nodes",
-                &serde_json::to_value(node).unwrap(),
-            )
-            .await;
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "adding node {} failed: {body}",
-            node.name
-        );
+        let (status, body) =
+            self.post_json(Some(admin_token), "/v1/admin/nodes", &serde_json::to_value(node).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "adding node {} failed: {body}", node.name);
     }
 
     /// Requests a user certificate for an OpenSSH public key line.
     pub async fn issue_cert(&self, token: &str, public_key: &str) -> (StatusCode, Value) {
-        self.post_json(
-            Some(token),
-            "/v1/certs/user",
-            &json!({ "public_key": public_key }),
-        )
-        .await
+        self.post_json(Some(token), "/v1/certs/user", &json!({ "public_key": public_key })).await
     }
 
     /// The whole audit log, oldest first, read as the administrator.
@@ -295,12 +259,8 @@ impl Server {
         let mut all: Vec<AuditRecord> = Vec::new();
         loop {
             let after = all.last().map_or(0, |r| r.seq);
-            let (status, body) = self
-                .get_json(
-                    Some(&token),
-                    &format!("/v1/admin/audit?after={after}&limit=1000"),
-                )
-                .await;
+            let (status, body) =
+                self.get_json(Some(&token), &format!("/v1/admin/audit?after={after}&limit=1000")).await;
             assert_eq!(status, StatusCode::OK, "reading the audit log: {body}");
             let page: Vec<AuditRecord> = serde_json::from_value(body).unwrap();
             if page.is_empty() {
@@ -312,11 +272,7 @@ impl Server {
 
     /// Audit records of one event type.
     pub async fn audit_events(&self, event: &str) -> Vec<AuditRecord> {
-        self.audit()
-            .await
-            .into_iter()
-            .filter(|r| r.event == event)
-            .collect()
+        self.audit().await.into_iter().filter(|r| r.event == event).collect()
     }
 
     /// Stops the server with SIGTERM (then SIGKILL after a grace period).
@@ -345,11 +301,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() {
-            eprintln!(
-                "--- portcullisd stdout ---\n{}\n--- portcullisd stderr ---\n{}",
-                self.stdout(),
-                self.log()
-            );
+            eprintln!("--- portcullisd stdout ---\n{}\n--- portcullisd stderr ---\n{}", self.stdout(), self.log());
         }
     }
 }
@@ -357,11 +309,7 @@ impl Drop for Server {
 /// A reqwest client that accepts only the server whose TLS public key matches `pin`.
 pub fn client_with_pin(pin: &str) -> reqwest::Client {
     let tls = portcullis_proto::pin::pinned_client_config(pin).expect("malformed pin");
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().use_preconfigured_tls(tls).timeout(Duration::from_secs(60)).build().unwrap()
 }
 
 async fn status_and_json(resp: reqwest::Response) -> (StatusCode, Value) {
@@ -370,8 +318,7 @@ async fn status_and_json(resp: reqwest::Response) -> (StatusCode, Value) {
     let value = if text.is_empty() {
         Value::Null
     } else {
-        serde_json::from_str(&text)
-            .unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text:?}"))
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text:?}"))
     };
     (status, value)
 }

@@ -22,10 +22,8 @@ pub fn public_line(key: &PrivateKey) -> String {
 /// `dir/name.pub`, as `ssh -i` expects; returns the private key's path.
 pub fn write_key_pair(dir: &Path, name: &str, key: &PrivateKey) -> PathBuf {
     let path = dir.join(name);
-    key.write_openssh_file(&path, LineEnding::LF)
-        .expect("write private key");
-    std::fs::write(dir.join(format!("{name}.pub")), public_line(key) + "\n")
-        .expect("write public key");
+    key.write_openssh_file(&path, LineEnding::LF).expect("write private key");
+    std::fs::write(dir.join(format!("{name}.pub")), public_line(key) + "\n").expect("write public key");
     path
 }
 
@@ -61,10 +59,7 @@ pub fn ssh_keygen_public_line(dir: &Path, name: &str, key_type: &str, bits: Opti
         args.extend(["-b", bits.as_str()]);
     }
     ssh_keygen_ok(&args);
-    std::fs::read_to_string(format!("{path}.pub"))
-        .expect("read generated public key")
-        .trim()
-        .to_owned()
+    std::fs::read_to_string(format!("{path}.pub")).expect("read generated public key").trim().to_owned()
 }
 
 /// Whether `ssh-keygen -Q -f KRL FILE` says the key or certificate in `file` is revoked.
@@ -75,10 +70,7 @@ pub fn krl_revokes(krl: &Path, file: &Path) -> bool {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stdout.contains("REVOKED") {
-        assert!(
-            !out.status.success(),
-            "ssh-keygen -Q said REVOKED but exited 0"
-        );
+        assert!(!out.status.success(), "ssh-keygen -Q said REVOKED but exited 0");
         return true;
     }
     assert!(

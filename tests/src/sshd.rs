@@ -26,37 +26,24 @@ pub struct NodeTrust {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Sshd {
     pub fn start(trust: &NodeTrust) -> Sshd {
-        assert!(
-            Path::new(SSHD).exists(),
-            "{SSHD} missing: run ./scripts/test.sh, which installs openssh-server"
-        );
+        assert!(Path::new(SSHD).exists(), "{SSHD} missing: run ./scripts/test.sh, which installs openssh-server");
         std::fs::create_dir_all("/run/sshd").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let host_key = d.join("host_ed25519");
-        let status = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&host_key)
-            .status()
-            .unwrap();
+        let status =
+            Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&host_key).status().unwrap();
         assert!(status.success());
         std::fs::write(d.join("ca.pub"), &trust.trusted_user_ca_keys).unwrap();
         std::fs::create_dir(d.join("principals")).unwrap();
         for (login, list) in &trust.principals {
-            std::fs::write(
-                d.join("principals").join(login),
-                list.iter().map(|p| format!("{p}\n")).collect::<String>(),
-            )
-            .unwrap();
+            std::fs::write(d.join("principals").join(login), list.iter().map(|p| format!("{p}\n")).collect::<String>())
+                .unwrap();
         }
         let krl_line = match &trust.krl {
             Some(krl) => {
@@ -75,17 +62,8 @@ impl Sshd {
             d = d.display(),
         );
         std::fs::write(d.join("sshd_config"), config).unwrap();
-        let check = Command::new(SSHD)
-            .arg("-t")
-            .arg("-f")
-            .arg(d.join("sshd_config"))
-            .output()
-            .unwrap();
-        assert!(
-            check.status.success(),
-            "sshd -t: {}",
-            String::from_utf8_lossy(&check.stderr)
-        );
+        let check = Command::new(SSHD).arg("-t").arg("-f").arg(d.join("sshd_config")).output().unwrap();
+        assert!(check.status.success(), "sshd -t: {}", String::from_utf8_lossy(&check.stderr));
         let log = std::fs::File::create(d.join("sshd.log")).unwrap();
         let child = Command::new(SSHD)
             .arg("-D")
@@ -99,11 +77,7 @@ impl Sshd {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "sshd did not start; log: {}",
-                d.join("sshd.log").display()
-            );
+            assert!(Instant::now() < deadline, "sshd did not start; log: {}", d.join("sshd.log").display());
             std::thread::sleep(Duration::from_millis(50));
         }
         Sshd { dir, port, child }
@@ -136,35 +110,20 @@ impl Sshd {
     /// Runs the same command with whatever the ssh-agent at `socket` holds.
     pub fn ssh_with_agent(&self, login: &str, socket: &Path) -> Output {
         let mut cmd = Command::new("ssh");
-        cmd.arg("-o")
-            .arg(format!("IdentityAgent={}", socket.display()));
+        cmd.arg("-o").arg(format!("IdentityAgent={}", socket.display()));
         self.run_ssh(cmd, login)
     }
 
     fn run_ssh(&self, mut cmd: Command, login: &str) -> Output {
-        cmd.args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-        ])
-        .args([
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "ConnectTimeout=10",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .arg("-p")
-        .arg(self.port.to_string())
-        .arg(format!("{login}@127.0.0.1"))
-        .arg("echo portcullis-ok")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+        cmd.args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg(format!("{login}@127.0.0.1"))
+            .arg("echo portcullis-ok")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
     }
 
     /// True when the login worked and ran the command.

@@ -4,19 +4,12 @@
 
 // Test code: a failed expectation must fail the test, so unwrap/expect/panic/indexing
 // are the right tools here.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_proto::AuditRecord;
 use portcullis_tests::Server;
 use portcullis_tests::server::{client_with_pin, write_file};
-use portcullis_tests::ssh::{
-    ed25519_key, krl_revokes, path_str, public_line, ssh_keygen, ssh_keygen_public_line,
-};
+use portcullis_tests::ssh::{ed25519_key, krl_revokes, path_str, public_line, ssh_keygen, ssh_keygen_public_line};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use serde_json::{Value, json};
@@ -26,9 +19,7 @@ const ALICE_PASSWORD: &str = "alice-correct-horse-battery";
 const WRONG_PASSWORD: &str = "WRONG-pw-marker-7c1f9e2a";
 
 fn message(body: &Value) -> &str {
-    body["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no message in {body}"))
+    body["message"].as_str().unwrap_or_else(|| panic!("no message in {body}"))
 }
 
 /// Asserts a sanitized error body: a stable code, a message, and nothing else.
@@ -36,18 +27,11 @@ fn assert_api_error(status: StatusCode, body: &Value, want_status: StatusCode, c
     assert_eq!(status, want_status, "body: {body}");
     assert_eq!(body["error"], code, "body: {body}");
     assert!(!message(body).is_empty());
-    assert_eq!(
-        body.as_object().unwrap().len(),
-        2,
-        "only error and message: {body}"
-    );
+    assert_eq!(body.as_object().unwrap().len(), 2, "only error and message: {body}");
 }
 
 fn reasons(records: &[AuditRecord]) -> Vec<String> {
-    records
-        .iter()
-        .map(|r| r.payload["reason"].as_str().unwrap_or("").to_owned())
-        .collect()
+    records.iter().map(|r| r.payload["reason"].as_str().unwrap_or("").to_owned()).collect()
 }
 
 /// Posts raw bytes as JSON (or with another content type), bypassing serde.
@@ -68,19 +52,15 @@ async fn post_raw(
     let resp = req.send().await.unwrap();
     let status = resp.status();
     let text = resp.text().await.unwrap();
-    let value = serde_json::from_str(&text)
-        .unwrap_or_else(|_| panic!("status {status}: error body is not JSON: {text:?}"));
+    let value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("status {status}: error body is not JSON: {text:?}"));
     (status, value)
 }
 
 async fn assert_alive(server: &Server) {
     let (status, text) = server.get_text(None, "/v1/health").await;
     assert_eq!((status, text.as_str()), (StatusCode::OK, "ok"));
-    assert!(
-        !server.log().contains("panicked"),
-        "server log: {}",
-        server.log()
-    );
+    assert!(!server.log().contains("panicked"), "server log: {}", server.log());
 }
 
 #[tokio::test]
@@ -91,26 +71,12 @@ async fn malformed_bodies_get_sanitized_400s() {
     let json = Some("application/json");
 
     // Truncated JSON.
-    let (status, body) = post_raw(
-        &server,
-        None,
-        "/v1/auth/login",
-        json,
-        format!(r#"{{"username": "{MARKER}"#),
-    )
-    .await;
+    let (status, body) = post_raw(&server, None, "/v1/auth/login", json, format!(r#"{{"username": "{MARKER}"#)).await;
     assert_api_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
     assert!(!body.to_string().contains(MARKER), "input echoed: {body}");
 
     // Wrong type.
-    let (status, body) = post_raw(
-        &server,
-        None,
-        "/v1/auth/login",
-        json,
-        r#"{"username": 5, "password": "x"}"#,
-    )
-    .await;
+    let (status, body) = post_raw(&server, None, "/v1/auth/login", json, r#"{"username": 5, "password": "x"}"#).await;
     assert_api_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
 
     // Unknown fields are refused, not ignored: a client cannot ask for principals.
@@ -133,14 +99,9 @@ async fn malformed_bodies_get_sanitized_400s() {
     assert_api_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
 
     // No JSON content type.
-    let (status, body) = post_raw(
-        &server,
-        None,
-        "/v1/auth/login",
-        Some("text/plain"),
-        r#"{"username": "admin", "password": "x"}"#,
-    )
-    .await;
+    let (status, body) =
+        post_raw(&server, None, "/v1/auth/login", Some("text/plain"), r#"{"username": "admin", "password": "x"}"#)
+            .await;
     assert_api_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
     assert!(message(&body).contains("Content-Type"), "{body}");
 
@@ -179,9 +140,7 @@ async fn bad_public_keys_are_refused_clearly_and_audited() {
     let keys = tempfile::tempdir().unwrap();
 
     // A real certificate, to submit where a key belongs.
-    let (status, issued) = server
-        .issue_cert(&admin, &public_line(&ed25519_key()))
-        .await;
+    let (status, issued) = server.issue_cert(&admin, &public_line(&ed25519_key())).await;
     assert_eq!(status, StatusCode::OK, "{issued}");
     let certificate = issued["certificate"].as_str().unwrap().to_owned();
 
@@ -190,21 +149,9 @@ async fn bad_public_keys_are_refused_clearly_and_audited() {
         ("empty", String::new(), "empty"),
         ("garbage", format!("{MARKER} garbage"), "allow-list"),
         ("one word", MARKER.to_owned(), "not a well-formed"),
-        (
-            "bad base64",
-            format!("ssh-ed25519 !!{MARKER}!! comment"),
-            "not a well-formed",
-        ),
-        (
-            "DSA",
-            ssh_keygen_public_line(keys.path(), "dsa", "dsa", None),
-            "ssh-dss",
-        ),
-        (
-            "RSA-2048",
-            ssh_keygen_public_line(keys.path(), "rsa", "rsa", Some(2048)),
-            "2048 bits; at least 3072",
-        ),
+        ("bad base64", format!("ssh-ed25519 !!{MARKER}!! comment"), "not a well-formed"),
+        ("DSA", ssh_keygen_public_line(keys.path(), "dsa", "dsa", None), "ssh-dss"),
+        ("RSA-2048", ssh_keygen_public_line(keys.path(), "rsa", "rsa", Some(2048)), "2048 bits; at least 3072"),
         ("certificate", certificate, "this is a certificate"),
         (
             "private key",
@@ -216,22 +163,12 @@ async fn bad_public_keys_are_refused_clearly_and_audited() {
     for (what, key, expected) in &cases {
         let (status, body) = server.issue_cert(&admin, key).await;
         assert_api_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
-        assert!(
-            message(&body).contains(expected),
-            "{what}: expected {expected:?} in {body}"
-        );
-        assert!(
-            !body.to_string().contains(MARKER),
-            "{what}: input echoed: {body}"
-        );
+        assert!(message(&body).contains(expected), "{what}: expected {expected:?} in {body}");
+        assert!(!body.to_string().contains(MARKER), "{what}: input echoed: {body}");
     }
 
     let denied = server.audit_events("cert_denied").await;
-    assert_eq!(
-        denied.len(),
-        cases.len(),
-        "one cert_denied per refusal: {denied:?}"
-    );
+    assert_eq!(denied.len(), cases.len(), "one cert_denied per refusal: {denied:?}");
     for record in &denied {
         assert_eq!(record.payload["reason"], "invalid_public_key", "{record:?}");
         assert_eq!(record.payload["username"], "admin");
@@ -245,78 +182,38 @@ async fn bad_public_keys_are_refused_clearly_and_audited() {
 async fn unknown_user_and_wrong_password_look_the_same_and_are_audited() {
     let server = Server::start().await;
     let admin = server.admin_token().await;
-    server
-        .add_user(&admin, "alice", &["staff"], ALICE_PASSWORD)
-        .await;
+    server.add_user(&admin, "alice", &["staff"], ALICE_PASSWORD).await;
 
     let (status_unknown, body_unknown) = server.try_login("nobody", WRONG_PASSWORD).await;
     let (status_wrong, body_wrong) = server.try_login("alice", WRONG_PASSWORD).await;
-    assert_api_error(
-        status_unknown,
-        &body_unknown,
-        StatusCode::UNAUTHORIZED,
-        "invalid_credentials",
-    );
+    assert_api_error(status_unknown, &body_unknown, StatusCode::UNAUTHORIZED, "invalid_credentials");
     assert_eq!(status_wrong, status_unknown);
-    assert_eq!(
-        body_wrong, body_unknown,
-        "no user enumeration through messages"
-    );
+    assert_eq!(body_wrong, body_unknown, "no user enumeration through messages");
 
     let (status, body) = server.try_login("alice", "").await;
-    assert_api_error(
-        status,
-        &body,
-        StatusCode::UNAUTHORIZED,
-        "invalid_credentials",
-    );
+    assert_api_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_credentials");
     server.login("alice", ALICE_PASSWORD).await;
 
     let failed = server.audit_events("login_failed").await;
     let mut got = reasons(&failed);
     got.sort();
-    assert_eq!(
-        got,
-        ["bad_password", "empty_password", "unknown_user"],
-        "{failed:?}"
-    );
-    let by_user = |name: &str| {
-        failed
-            .iter()
-            .filter(|r| r.payload["username"] == name)
-            .count()
-    };
+    assert_eq!(got, ["bad_password", "empty_password", "unknown_user"], "{failed:?}");
+    let by_user = |name: &str| failed.iter().filter(|r| r.payload["username"] == name).count();
     assert_eq!((by_user("nobody"), by_user("alice")), (1, 2));
 
-    let (status, raw_audit) = server
-        .get_text(Some(&admin), "/v1/admin/audit?limit=1000")
-        .await;
+    let (status, raw_audit) = server.get_text(Some(&admin), "/v1/admin/audit?limit=1000").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        raw_audit.contains("login_failed"),
-        "the audit text was read"
-    );
-    assert!(
-        !raw_audit.contains(WRONG_PASSWORD),
-        "a password reached the audit log"
-    );
-    assert!(
-        !raw_audit.contains(ALICE_PASSWORD),
-        "a password reached the audit log"
-    );
-    assert!(
-        !server.log().contains(WRONG_PASSWORD),
-        "a password reached the server log"
-    );
+    assert!(raw_audit.contains("login_failed"), "the audit text was read");
+    assert!(!raw_audit.contains(WRONG_PASSWORD), "a password reached the audit log");
+    assert!(!raw_audit.contains(ALICE_PASSWORD), "a password reached the audit log");
+    assert!(!server.log().contains(WRONG_PASSWORD), "a password reached the server log");
 }
 
 #[tokio::test]
 async fn repeated_login_failures_are_rate_limited_per_user() {
     let server = Server::start().await;
     let admin = server.admin_token().await;
-    server
-        .add_user(&admin, "alice", &["staff"], ALICE_PASSWORD)
-        .await;
+    server.add_user(&admin, "alice", &["staff"], ALICE_PASSWORD).await;
     for i in 1..=10 {
         let (status, body) = server.try_login("alice", WRONG_PASSWORD).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "failure {i}: {body}");
@@ -331,32 +228,16 @@ async fn repeated_login_failures_are_rate_limited_per_user() {
             )
             .await;
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
-        let retry_after: u64 = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .expect("429 carries Retry-After")
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(
-            (1..=60).contains(&retry_after),
-            "Retry-After: {retry_after}"
-        );
+        let retry_after: u64 =
+            resp.headers().get(RETRY_AFTER).expect("429 carries Retry-After").to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry_after), "Retry-After: {retry_after}");
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"], "rate_limited");
     }
     // The limit is per user: the administrator can still log in from the same address.
     server.login("admin", &server.admin_password).await;
     let failed = server.audit_events("login_failed").await;
-    assert_eq!(
-        reasons(&failed)
-            .iter()
-            .filter(|r| *r == "rate_limited")
-            .count(),
-        2,
-        "{failed:?}"
-    );
+    assert_eq!(reasons(&failed).iter().filter(|r| *r == "rate_limited").count(), 2, "{failed:?}");
 }
 
 #[tokio::test]
@@ -379,15 +260,11 @@ async fn requests_need_a_valid_bearer_token() {
         let (status, body) = server.get_json(Some(&admin), path).await;
         assert_eq!(status, StatusCode::OK, "{path} with the real token: {body}");
     }
-    let (status, body) = server
-        .issue_cert("garbage", &public_line(&ed25519_key()))
-        .await;
+    let (status, body) = server.issue_cert("garbage", &public_line(&ed25519_key())).await;
     assert_api_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
 
     // A logged-out token is dead.
-    let (status, _) = server
-        .post_json(Some(&admin), "/v1/auth/logout", &json!({}))
-        .await;
+    let (status, _) = server.post_json(Some(&admin), "/v1/auth/logout", &json!({})).await;
     assert_eq!(status, StatusCode::OK);
     let (status, body) = server.get_json(Some(&admin), "/v1/auth/whoami").await;
     assert_api_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
@@ -397,9 +274,7 @@ async fn requests_need_a_valid_bearer_token() {
 async fn non_admins_get_403_on_admin_routes() {
     let server = Server::start().await;
     let admin = server.admin_token().await;
-    server
-        .add_user(&admin, "alice", &["staff"], ALICE_PASSWORD)
-        .await;
+    server.add_user(&admin, "alice", &["staff"], ALICE_PASSWORD).await;
     let alice = server.login("alice", ALICE_PASSWORD).await;
     let (status, me) = server.get_json(Some(&alice), "/v1/auth/whoami").await;
     assert_eq!(status, StatusCode::OK);
@@ -420,10 +295,7 @@ async fn non_admins_get_403_on_admin_routes() {
         assert_eq!(status, StatusCode::OK, "admin on {path}: {body}");
     }
     let posts = [
-        (
-            "/v1/admin/users",
-            json!({"username": "mallory", "groups": ["portcullis-admins"]}),
-        ),
+        ("/v1/admin/users", json!({"username": "mallory", "groups": ["portcullis-admins"]})),
         ("/v1/admin/revoke", json!({"username": "admin"})),
         ("/v1/admin/policy/reload", json!({})),
         ("/v1/admin/ca/user/rotate", json!({})),
@@ -433,13 +305,8 @@ async fn non_admins_get_403_on_admin_routes() {
         let (status, resp) = server.post_json(Some(&alice), path, body).await;
         assert_api_error(status, &resp, StatusCode::FORBIDDEN, "denied");
     }
-    let (status, body) = server
-        .put_json(
-            Some(&alice),
-            "/v1/admin/users/alice/groups",
-            &json!({"groups": ["portcullis-admins"]}),
-        )
-        .await;
+    let (status, body) =
+        server.put_json(Some(&alice), "/v1/admin/users/alice/groups", &json!({"groups": ["portcullis-admins"]})).await;
     assert_api_error(status, &body, StatusCode::FORBIDDEN, "denied");
 
     // None of it happened.
@@ -448,19 +315,9 @@ async fn non_admins_get_403_on_admin_routes() {
     let (_, me) = server.get_json(Some(&alice), "/v1/auth/whoami").await;
     assert_eq!(me["groups"], json!(["staff"]));
     let (_, keys) = server.get_json(Some(&admin), "/v1/admin/ca/keys").await;
-    assert!(
-        keys.as_array()
-            .unwrap()
-            .iter()
-            .all(|k| k["state"] != "pending"),
-        "{keys}"
-    );
+    assert!(keys.as_array().unwrap().iter().all(|k| k["state"] != "pending"), "{keys}");
     let (status, _) = server.get_json(Some(&admin), "/v1/auth/whoami").await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "the admin was not revoked or disabled"
-    );
+    assert_eq!(status, StatusCode::OK, "the admin was not revoked or disabled");
 }
 
 #[tokio::test]
@@ -468,18 +325,11 @@ async fn a_client_with_the_wrong_pin_refuses_to_connect() {
     let server = Server::start().await;
     let wrong = portcullis_proto::pin::pin_of_spki(b"some other public key");
     assert_ne!(wrong, server.pin);
-    let result = client_with_pin(&wrong)
-        .get(server.endpoint("/v1/health"))
-        .send()
-        .await;
+    let result = client_with_pin(&wrong).get(server.endpoint("/v1/health")).send().await;
     let err = result.expect_err("a mismatched pin must fail the TLS handshake");
     assert!(err.is_connect() || err.is_request(), "{err:?}");
     // The same request with the right pin works, so the failure above was the pin.
-    let ok = client_with_pin(&server.pin)
-        .get(server.endpoint("/v1/health"))
-        .send()
-        .await
-        .unwrap();
+    let ok = client_with_pin(&server.pin).get(server.endpoint("/v1/health")).send().await.unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
 }
 
@@ -493,26 +343,14 @@ async fn krl_endpoint_serves_a_krl_that_ssh_keygen_reads() {
     assert_eq!(status, StatusCode::OK);
     let empty_krl = write_file(dir.path(), "empty.krl", &empty);
     let out = ssh_keygen(&["-Q", "-l", "-f", path_str(&empty_krl)]);
-    assert!(
-        out.status.success(),
-        "ssh-keygen -Q -l rejects the KRL: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "ssh-keygen -Q -l rejects the KRL: {}", String::from_utf8_lossy(&out.stderr));
 
-    let (status, issued) = server
-        .issue_cert(&admin, &public_line(&ed25519_key()))
-        .await;
+    let (status, issued) = server.issue_cert(&admin, &public_line(&ed25519_key())).await;
     assert_eq!(status, StatusCode::OK, "{issued}");
-    let cert = write_file(
-        dir.path(),
-        "id-cert.pub",
-        format!("{}\n", issued["certificate"].as_str().unwrap()),
-    );
+    let cert = write_file(dir.path(), "id-cert.pub", format!("{}\n", issued["certificate"].as_str().unwrap()));
     assert!(!krl_revokes(&empty_krl, &cert));
     let serial = issued["serial"].as_str().unwrap();
-    let (status, body) = server
-        .post_json(Some(&admin), "/v1/admin/revoke", &json!({"serial": serial}))
-        .await;
+    let (status, body) = server.post_json(Some(&admin), "/v1/admin/revoke", &json!({"serial": serial})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["certificates_revoked"], 1);
 
@@ -521,14 +359,8 @@ async fn krl_endpoint_serves_a_krl_that_ssh_keygen_reads() {
     let out = ssh_keygen(&["-Q", "-l", "-f", path_str(&krl)]);
     assert!(out.status.success());
     let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        listing.contains(serial),
-        "serial {serial} not listed:\n{listing}"
-    );
-    assert!(
-        krl_revokes(&krl, &cert),
-        "ssh-keygen -Q finds the revoked certificate"
-    );
+    assert!(listing.contains(serial), "serial {serial} not listed:\n{listing}");
+    assert!(krl_revokes(&krl, &cert), "ssh-keygen -Q finds the revoked certificate");
 }
 
 const BROKEN_DEFAULT: &str = r#"# line 1
@@ -556,18 +388,9 @@ async fn a_broken_policy_is_refused_and_the_old_one_stays_in_force() {
     // the admin would lose both certificate and admin rights.
     let (status, body) = server.write_policy("default.toml", BROKEN_DEFAULT).await;
     assert_api_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
-    assert!(
-        message(&body).contains("default.toml:4"),
-        "the error names file:line: {body}"
-    );
-    let (status, issued) = server
-        .issue_cert(&admin, &public_line(&ed25519_key()))
-        .await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "old policy still grants certs: {issued}"
-    );
+    assert!(message(&body).contains("default.toml:4"), "the error names file:line: {body}");
+    let (status, issued) = server.issue_cert(&admin, &public_line(&ed25519_key())).await;
+    assert_eq!(status, StatusCode::OK, "old policy still grants certs: {issued}");
     let (status, _) = server.get_json(Some(&admin), "/v1/admin/users").await;
     assert_eq!(status, StatusCode::OK, "old policy still grants admin");
     let rejected = server.audit_events("policy_rejected").await;
@@ -576,39 +399,22 @@ async fn a_broken_policy_is_refused_and_the_old_one_stays_in_force() {
     assert!(server.audit_events("policy_changed").await.is_empty());
 
     // Fix it and add a file: the change is applied and its diff audited.
-    std::fs::write(
-        server.policy_dir().join("default.toml"),
-        portcullis_ca::policy_files::DEFAULT_POLICY,
-    )
-    .unwrap();
+    std::fs::write(server.policy_dir().join("default.toml"), portcullis_ca::policy_files::DEFAULT_POLICY).unwrap();
     let (status, body) = server.write_policy("extra.toml", EXTRA_POLICY).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["changed"], true);
-    let added: Vec<&str> = body["added"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let added: Vec<&str> = body["added"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(added.contains(&"role:auditor"), "{body}");
     assert!(added.contains(&"binding:group:auditors"), "{body}");
     let changed = server.audit_events("policy_changed").await;
     assert_eq!(changed.len(), 1, "{changed:?}");
     let payload = &changed[0].payload;
     assert_eq!(payload["actor"], "admin");
-    assert!(
-        payload["added"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("role:auditor")),
-        "{payload}"
-    );
+    assert!(payload["added"].as_array().unwrap().contains(&json!("role:auditor")), "{payload}");
     assert_ne!(payload["digest_before"], payload["digest_after"]);
 
     // The new role works: an auditor can read the audit log and nothing else.
-    server
-        .add_user(&admin, "audrey", &["auditors"], ALICE_PASSWORD)
-        .await;
+    server.add_user(&admin, "audrey", &["auditors"], ALICE_PASSWORD).await;
     let audrey = server.login("audrey", ALICE_PASSWORD).await;
     let (status, _) = server.get_json(Some(&audrey), "/v1/admin/audit").await;
     assert_eq!(status, StatusCode::OK);

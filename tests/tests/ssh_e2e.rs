@@ -4,12 +4,7 @@
 //! RevokedKeys). Every refusal has a positive control on the same sshd, so a refusal
 //! caused by broken plumbing cannot pass for a working check.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_ca::keys::KeyPurpose;
 use portcullis_ca::{Ca, CaConfig, Clock, ManualClock, SystemClock};
@@ -61,9 +56,7 @@ fn node(name: &str, env: &str) -> NodeRecord {
 
 /// A node's sshd, trusting exactly what the CA says this node should trust.
 async fn node_sshd(server: &Server, admin: &str, name: &str, krl: Option<Vec<u8>>) -> Sshd {
-    let (status, body) = server
-        .get_json(Some(admin), &format!("/v1/nodes/{name}/principals"))
-        .await;
+    let (status, body) = server.get_json(Some(admin), &format!("/v1/nodes/{name}/principals")).await;
     assert!(status.is_success(), "principals for {name}: {body}");
     let principals: NodePrincipals = serde_json::from_value(body).unwrap();
     Sshd::start(&NodeTrust {
@@ -84,28 +77,14 @@ fn portcullis(home: &Path, args: &[&str], stdin: &str) -> std::process::Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     child.wait_with_output().unwrap()
 }
 
 fn cli_login(server: &Server, home: &Path, user: &str, password: &str) -> (PathBuf, PathBuf) {
     let out = portcullis(
         home,
-        &[
-            "login",
-            "--ca",
-            &server.url,
-            "--ca-fingerprint",
-            &server.pin,
-            "--user",
-            user,
-            "--password-stdin",
-        ],
+        &["login", "--ca", &server.url, "--ca-fingerprint", &server.pin, "--user", user, "--password-stdin"],
         &format!("{password}\n"),
     );
     assert!(
@@ -143,39 +122,18 @@ async fn cli_certificate_logs_in_where_policy_allows_and_nowhere_else() {
     let (bob_key, bob_cert) = cli_login(&server, bob_home.path(), "bob", PASSWORD);
 
     // The CLI's files are what OpenSSH expects, and the key never left the machine.
-    let key_mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&alice_key).unwrap().permissions(),
-    );
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&alice_key).unwrap().permissions());
     assert_eq!(key_mode & 0o077, 0, "private key must be owner-only");
-    let listing = Command::new("ssh-keygen")
-        .arg("-L")
-        .arg("-f")
-        .arg(&alice_cert)
-        .output()
-        .unwrap();
+    let listing = Command::new("ssh-keygen").arg("-L").arg("-f").arg(&alice_cert).output().unwrap();
     assert!(String::from_utf8_lossy(&listing.stdout).contains("alice@local"));
 
-    assert!(
-        prod.accepts("root", &alice_key, &alice_cert),
-        "alice on prod: {}",
-        prod.log()
-    );
-    assert!(
-        dev.accepts("root", &bob_key, &bob_cert),
-        "bob on dev: {}",
-        dev.log()
-    );
+    assert!(prod.accepts("root", &alice_key, &alice_cert), "alice on prod: {}", prod.log());
+    assert!(dev.accepts("root", &bob_key, &bob_cert), "bob on dev: {}", dev.log());
 
     // Scoped principals: same CA, same login, but the node's principals file for root
     // lists only the roles whose targets cover it.
-    assert!(
-        !dev.accepts("root", &alice_key, &alice_cert),
-        "alice must not reach the dev node"
-    );
-    assert!(
-        !prod.accepts("root", &bob_key, &bob_cert),
-        "bob must not reach the prod node"
-    );
+    assert!(!dev.accepts("root", &alice_key, &alice_cert), "alice must not reach the dev node");
+    assert!(!prod.accepts("root", &bob_key, &bob_cert), "bob must not reach the prod node");
     // Wrong principal: a login no role grants her.
     assert!(!prod.accepts("nobody", &alice_key, &alice_cert));
 
@@ -187,40 +145,16 @@ async fn cli_certificate_logs_in_where_policy_allows_and_nowhere_else() {
     let admin_home = tempfile::tempdir().unwrap();
     cli_login(&server, admin_home.path(), "admin", &server.admin_password);
     let serial = listing_serial(&alice_cert);
-    let out = portcullis(
-        admin_home.path(),
-        &["admin", "revoke", "--serial", &serial],
-        "",
-    );
-    assert!(
-        out.status.success(),
-        "revoke: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = portcullis(admin_home.path(), &["admin", "revoke", "--serial", &serial], "");
+    assert!(out.status.success(), "revoke: {}", String::from_utf8_lossy(&out.stderr));
     let krl = server.get_bytes(None, "/v1/krl").await.1;
     let krl_path = alice_home.path().join("krl");
     std::fs::write(&krl_path, &krl).unwrap();
-    let q = Command::new("ssh-keygen")
-        .arg("-Q")
-        .arg("-f")
-        .arg(&krl_path)
-        .arg(&alice_cert)
-        .output()
-        .unwrap();
-    assert!(
-        !q.status.success(),
-        "ssh-keygen -Q must report the certificate revoked"
-    );
+    let q = Command::new("ssh-keygen").arg("-Q").arg("-f").arg(&krl_path).arg(&alice_cert).output().unwrap();
+    assert!(!q.status.success(), "ssh-keygen -Q must report the certificate revoked");
     prod.set_krl(&krl);
-    assert!(
-        !prod.accepts("root", &alice_key, &alice_cert),
-        "revoked certificate must be refused"
-    );
-    assert!(
-        prod.log().contains("revoked"),
-        "sshd should say why: {}",
-        prod.log()
-    );
+    assert!(!prod.accepts("root", &alice_key, &alice_cert), "revoked certificate must be refused");
+    assert!(prod.log().contains("revoked"), "sshd should say why: {}", prod.log());
 
     // After logging in again she has a new serial and gets in again; logout removes it all.
     let (alice_key, alice_cert) = cli_login(&server, alice_home.path(), "alice", PASSWORD);
@@ -232,10 +166,7 @@ async fn cli_certificate_logs_in_where_policy_allows_and_nowhere_else() {
 
 fn listing_serial(cert: &Path) -> String {
     let text = std::fs::read_to_string(cert).unwrap();
-    ssh_key::Certificate::from_openssh(text.trim())
-        .unwrap()
-        .serial()
-        .to_string()
+    ssh_key::Certificate::from_openssh(text.trim()).unwrap().serial().to_string()
 }
 
 /// The running server's own CA, opened in-process on the same database so the test can
@@ -243,10 +174,7 @@ fn listing_serial(cert: &Path) -> String {
 async fn same_ca(server: &Server, clock: Arc<dyn Clock>) -> Ca {
     let passphrase = std::fs::read_to_string(server.data_dir.join("ca-passphrase")).unwrap();
     let config = CaConfig::new(
-        format!(
-            "sqlite://{}",
-            server.data_dir.join("portcullis.db").display()
-        ),
+        format!("sqlite://{}", server.data_dir.join("portcullis.db").display()),
         server.policy_dir(),
         SecretString::from(passphrase.trim().to_owned()),
     );
@@ -255,20 +183,10 @@ async fn same_ca(server: &Server, clock: Arc<dyn Clock>) -> Ca {
 
 async fn issue_at(ca: &Ca, clock: &ManualClock, at: u64, public_key: &str) -> String {
     clock.set(at);
-    let login = ca
-        .login_password("alice", &SecretString::from(PASSWORD), "127.0.0.1")
-        .await
-        .unwrap();
+    let login = ca.login_password("alice", &SecretString::from(PASSWORD), "127.0.0.1").await.unwrap();
     let caller = ca.caller(&login.token).await.unwrap();
-    let request = UserCertRequest {
-        public_key: public_key.to_owned(),
-        ttl_seconds: Some(3600),
-        roles: None,
-    };
-    ca.issue_user_cert(&caller, &request, "127.0.0.1")
-        .await
-        .unwrap()
-        .certificate
+    let request = UserCertRequest { public_key: public_key.to_owned(), ttl_seconds: Some(3600), roles: None };
+    ca.issue_user_cert(&caller, &request, "127.0.0.1").await.unwrap().certificate
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,25 +203,15 @@ async fn certificates_outside_their_validity_window_are_refused() {
 
     let current = issue_at(&ca, &clock, now, &public_line(&key)).await;
     std::fs::write(&cert_path, current).unwrap();
-    assert!(
-        prod.accepts("root", &key_path, &cert_path),
-        "control: {}",
-        prod.log()
-    );
+    assert!(prod.accepts("root", &key_path, &cert_path), "control: {}", prod.log());
 
     let expired = issue_at(&ca, &clock, now - 10 * 3600, &public_line(&key)).await;
     std::fs::write(&cert_path, expired).unwrap();
-    assert!(
-        !prod.accepts("root", &key_path, &cert_path),
-        "expired certificate must be refused"
-    );
+    assert!(!prod.accepts("root", &key_path, &cert_path), "expired certificate must be refused");
 
     let future = issue_at(&ca, &clock, now + 3600, &public_line(&key)).await;
     std::fs::write(&cert_path, future).unwrap();
-    assert!(
-        !prod.accepts("root", &key_path, &cert_path),
-        "not-yet-valid certificate must be refused"
-    );
+    assert!(!prod.accepts("root", &key_path, &cert_path), "not-yet-valid certificate must be refused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,34 +236,19 @@ async fn foreign_ca_and_host_type_certificates_are_refused() {
             now + 600,
         )
         .unwrap();
-        b.serial(42)
-            .unwrap()
-            .key_id("forged")
-            .unwrap()
-            .cert_type(cert_type)
-            .unwrap();
+        b.serial(42).unwrap().key_id("forged").unwrap().cert_type(cert_type).unwrap();
         b.valid_principal(principal.clone()).unwrap();
         b.sign(signer).unwrap().to_openssh().unwrap()
     };
 
     std::fs::write(&cert_path, sign(&user_ca.key, CertType::User)).unwrap();
-    assert!(
-        prod.accepts("root", &key_path, &cert_path),
-        "control: {}",
-        prod.log()
-    );
+    assert!(prod.accepts("root", &key_path, &cert_path), "control: {}", prod.log());
 
     std::fs::write(&cert_path, sign(&foreign_ca, CertType::User)).unwrap();
-    assert!(
-        !prod.accepts("root", &key_path, &cert_path),
-        "certificate from another CA must be refused"
-    );
+    assert!(!prod.accepts("root", &key_path, &cert_path), "certificate from another CA must be refused");
 
     std::fs::write(&cert_path, sign(&user_ca.key, CertType::Host)).unwrap();
-    assert!(
-        !prod.accepts("root", &key_path, &cert_path),
-        "host certificate must not work as a user certificate"
-    );
+    assert!(!prod.accepts("root", &key_path, &cert_path), "host certificate must not work as a user certificate");
 }
 
 /// A real ssh-agent: after `portcullis login` it holds the key and certificate (for the
@@ -366,32 +259,14 @@ async fn login_loads_the_certificate_into_ssh_agent() {
     let prod = node_sshd(&server, &admin, "pve-prod", None).await;
     let home = tempfile::tempdir().unwrap();
     let socket = home.path().join("agent.sock");
-    let mut agent = Command::new("ssh-agent")
-        .arg("-D")
-        .arg("-a")
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut agent = Command::new("ssh-agent").arg("-D").arg("-a").arg(&socket).stdout(Stdio::null()).spawn().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !socket.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "ssh-agent did not start"
-        );
+        assert!(std::time::Instant::now() < deadline, "ssh-agent did not start");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let out = Command::new(bin("portcullis"))
-        .args([
-            "login",
-            "--ca",
-            &server.url,
-            "--ca-fingerprint",
-            &server.pin,
-            "--user",
-            "alice",
-            "--password-stdin",
-        ])
+        .args(["login", "--ca", &server.url, "--ca-fingerprint", &server.pin, "--user", "alice", "--password-stdin"])
         .env("HOME", home.path())
         .env("SSH_AUTH_SOCK", &socket)
         .stdin(Stdio::piped())
@@ -399,10 +274,7 @@ async fn login_loads_the_certificate_into_ssh_agent() {
         .stderr(Stdio::piped())
         .spawn()
         .and_then(|mut c| {
-            c.stdin
-                .take()
-                .unwrap()
-                .write_all(format!("{PASSWORD}\n").as_bytes())?;
+            c.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes())?;
             c.wait_with_output()
         })
         .unwrap();
@@ -412,25 +284,15 @@ async fn login_loads_the_certificate_into_ssh_agent() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let listed = Command::new("ssh-add")
-        .arg("-l")
-        .env("SSH_AUTH_SOCK", &socket)
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&listed.stdout).contains("ED25519-CERT"),
-        "agent holds the certificate"
-    );
+    let listed = Command::new("ssh-add").arg("-l").env("SSH_AUTH_SOCK", &socket).output().unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("ED25519-CERT"), "agent holds the certificate");
     let via_agent = prod.ssh_with_agent("root", &socket);
     assert!(via_agent.status.success(), "ssh via agent: {}", prod.log());
 
     // Logout takes the key out of the agent as well.
     let out = portcullis_with_agent(home.path(), &socket, &["logout"]);
     assert!(out.status.success());
-    assert!(
-        !prod.ssh_with_agent("root", &socket).status.success(),
-        "logged out: agent must not log in"
-    );
+    assert!(!prod.ssh_with_agent("root", &socket).status.success(), "logged out: agent must not log in");
     let _ = agent.kill();
     let _ = agent.wait();
 }

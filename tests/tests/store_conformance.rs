@@ -4,12 +4,7 @@
 
 // Test code: a failed expectation must fail the test, so unwrap/expect/panic/indexing
 // are the right tools here.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_ca::keys::KeyPurpose;
 use portcullis_ca::store::Backend;
@@ -68,25 +63,16 @@ fn secret(s: &str) -> SecretString {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 async fn login(ca: &Ca, user: &str, password: &str) -> Caller {
-    let resp = ca
-        .login_password(user, &secret(password), IP)
-        .await
-        .unwrap_or_else(|e| panic!("login as {user}: {e}"));
+    let resp = ca.login_password(user, &secret(password), IP).await.unwrap_or_else(|e| panic!("login as {user}: {e}"));
     ca.caller(&resp.token).await.unwrap()
 }
 
 async fn issue(ca: &Ca, caller: &Caller, key: &PrivateKey) -> (UserCertResponse, Certificate) {
-    let request = UserCertRequest {
-        public_key: public_line(key),
-        ..UserCertRequest::default()
-    };
+    let request = UserCertRequest { public_key: public_line(key), ..UserCertRequest::default() };
     let resp = ca
         .issue_user_cert(caller, &request, IP)
         .await
@@ -110,11 +96,7 @@ async fn write_krl(ca: &Ca, dir: &Path) -> PathBuf {
 }
 
 fn active_user_ca(ca: &Ca) -> String {
-    let active: Vec<_> = ca
-        .ca_keys()
-        .into_iter()
-        .filter(|k| k.purpose == "user" && k.state == "active")
-        .collect();
+    let active: Vec<_> = ca.ca_keys().into_iter().filter(|k| k.purpose == "user" && k.state == "active").collect();
     assert_eq!(active.len(), 1, "exactly one active user CA key");
     active[0].fingerprint.clone()
 }
@@ -129,69 +111,31 @@ async fn run_conformance(url: &str, backend: Backend) {
     std::fs::create_dir(&policy_dir).unwrap();
     std::fs::write(policy_dir.join("policy.toml"), POLICY).unwrap();
     let clock = ManualClock::new(now());
-    let ca = ca_in_process(url, &policy_dir, clock.clone())
-        .await
-        .unwrap();
-    assert_eq!(
-        ca.store().backend(),
-        backend,
-        "the CA is not using {backend:?}"
-    );
+    let ca = ca_in_process(url, &policy_dir, clock.clone()).await.unwrap();
+    assert_eq!(ca.store().backend(), backend, "the CA is not using {backend:?}");
 
     // --- users and sessions ------------------------------------------------------
-    let admin_password = ca
-        .bootstrap_admin("admin", "admins")
-        .await
-        .unwrap()
-        .expect("first start creates the admin");
-    let admin = login(
-        &ca,
-        "admin",
-        secrecy::ExposeSecret::expose_secret(&admin_password),
-    )
-    .await;
+    let admin_password = ca.bootstrap_admin("admin", "admins").await.unwrap().expect("first start creates the admin");
+    let admin = login(&ca, "admin", secrecy::ExposeSecret::expose_secret(&admin_password)).await;
     let users_grant = ca.authorize(&admin, Permission::UsersManage).unwrap();
     let revoke_grant = ca.authorize(&admin, Permission::CertsRevoke).unwrap();
     let ca_grant = ca.authorize(&admin, Permission::CaManage).unwrap();
     let audit_grant = ca.authorize(&admin, Permission::AuditRead).unwrap();
-    ca.add_user(
-        &users_grant,
-        "alice",
-        &["devs".into()],
-        Some(&secret(ALICE_PASSWORD)),
-    )
-    .await
-    .unwrap();
-    ca.add_user(
-        &users_grant,
-        "bob",
-        &["devs".into()],
-        Some(&secret(BOB_PASSWORD)),
-    )
-    .await
-    .unwrap();
+    ca.add_user(&users_grant, "alice", &["devs".into()], Some(&secret(ALICE_PASSWORD))).await.unwrap();
+    ca.add_user(&users_grant, "bob", &["devs".into()], Some(&secret(BOB_PASSWORD))).await.unwrap();
     assert!(matches!(
-        ca.add_user(&users_grant, "alice", &[], Some(&secret(ALICE_PASSWORD)))
-            .await,
+        ca.add_user(&users_grant, "alice", &[], Some(&secret(ALICE_PASSWORD))).await,
         Err(CaError::Conflict(_))
     ));
     assert!(matches!(
-        ca.login_password("alice", &secret("not-alices-password"), IP)
-            .await,
+        ca.login_password("alice", &secret("not-alices-password"), IP).await,
         Err(CaError::InvalidCredentials)
     ));
-    let alice_token = ca
-        .login_password("alice", &secret(ALICE_PASSWORD), IP)
-        .await
-        .unwrap()
-        .token;
+    let alice_token = ca.login_password("alice", &secret(ALICE_PASSWORD), IP).await.unwrap().token;
     let alice = ca.caller(&alice_token).await.unwrap();
     let bob = login(&ca, "bob", BOB_PASSWORD).await;
     assert_eq!(ca.whoami(&alice).roles, vec!["deployer".to_owned()]);
-    assert!(
-        ca.authorize(&alice, Permission::CertsRevoke).is_err(),
-        "a deployer must not get admin grants"
-    );
+    assert!(ca.authorize(&alice, Permission::CertsRevoke).is_err(), "a deployer must not get admin grants");
 
     // --- issuance ----------------------------------------------------------------
     let original_ca = active_user_ca(&ca);
@@ -200,17 +144,10 @@ async fn run_conformance(url: &str, backend: Backend) {
     let (_, cert_b) = issue(&ca, &alice, &key_b).await;
     let (_, cert_c) = issue(&ca, &alice, &key_c).await;
     let (_, cert_bob) = issue(&ca, &bob, &ed25519_key()).await;
-    assert!(
-        !resp_a.principals.is_empty(),
-        "a deployer cert has principals"
-    );
+    assert!(!resp_a.principals.is_empty(), "a deployer cert has principals");
     assert_eq!(signer_of(&cert_a), original_ca);
     let listed = ca.certificates(&revoke_grant, Some("alice")).await.unwrap();
-    assert_eq!(
-        listed.len(),
-        3,
-        "the store lists alice's three certificates"
-    );
+    assert_eq!(listed.len(), 3, "the store lists alice's three certificates");
     assert!(listed.iter().all(|c| !c.revoked));
 
     let files = tempfile::tempdir().unwrap();
@@ -225,33 +162,18 @@ async fn run_conformance(url: &str, backend: Backend) {
 
     // --- revocation by serial ------------------------------------------------------
     let by_serial = ca
-        .revoke(
-            &revoke_grant,
-            &RevokeRequest {
-                serial: Some(resp_a.serial.clone()),
-                ..RevokeRequest::default()
-            },
-        )
+        .revoke(&revoke_grant, &RevokeRequest { serial: Some(resp_a.serial.clone()), ..RevokeRequest::default() })
         .await
         .unwrap();
     assert_eq!(by_serial.certificates_revoked, 1);
     let krl = write_krl(&ca, files.path()).await;
-    assert!(
-        krl_revokes(&krl, &path_a),
-        "the revoked serial is in the KRL"
-    );
+    assert!(krl_revokes(&krl, &path_a), "the revoked serial is in the KRL");
     assert!(!krl_revokes(&krl, &path_b), "other certificates are not");
     assert!(!krl_revokes(&krl, &path_bob));
 
     // --- revocation by key: its certificates and the key itself ---------------------
     let by_key = ca
-        .revoke(
-            &revoke_grant,
-            &RevokeRequest {
-                public_key: Some(public_line(&key_b)),
-                ..RevokeRequest::default()
-            },
-        )
+        .revoke(&revoke_grant, &RevokeRequest { public_key: Some(public_line(&key_b)), ..RevokeRequest::default() })
         .await
         .unwrap();
     assert_eq!(by_key.certificates_revoked, 1);
@@ -264,35 +186,16 @@ async fn run_conformance(url: &str, backend: Backend) {
     assert!(krl_revokes(&krl, &pub_b), "the key itself is in the KRL");
     assert!(!krl_revokes(&krl, &path_c));
     let again = ca
-        .issue_user_cert(
-            &alice,
-            &UserCertRequest {
-                public_key: public_line(&key_b),
-                ..UserCertRequest::default()
-            },
-            IP,
-        )
+        .issue_user_cert(&alice, &UserCertRequest { public_key: public_line(&key_b), ..UserCertRequest::default() }, IP)
         .await;
-    assert!(
-        matches!(again, Err(CaError::BadRequest(_))),
-        "a revoked key is not certified again: {again:?}"
-    );
+    assert!(matches!(again, Err(CaError::BadRequest(_))), "a revoked key is not certified again: {again:?}");
 
     // --- revocation by user: certificates and API sessions -------------------------
     let by_user = ca
-        .revoke(
-            &revoke_grant,
-            &RevokeRequest {
-                username: Some("alice".into()),
-                ..RevokeRequest::default()
-            },
-        )
+        .revoke(&revoke_grant, &RevokeRequest { username: Some("alice".into()), ..RevokeRequest::default() })
         .await
         .unwrap();
-    assert_eq!(
-        by_user.certificates_revoked, 1,
-        "only cert C was still live"
-    );
+    assert_eq!(by_user.certificates_revoked, 1, "only cert C was still live");
     let krl = write_krl(&ca, files.path()).await;
     assert!(krl_revokes(&krl, &path_c));
     assert!(!krl_revokes(&krl, &path_bob), "bob is untouched");
@@ -300,38 +203,19 @@ async fn run_conformance(url: &str, backend: Backend) {
         matches!(ca.caller(&alice_token).await, Err(CaError::Unauthenticated)),
         "revoking a user ends their API sessions"
     );
-    assert!(
-        ca.certificates(&revoke_grant, Some("alice"))
-            .await
-            .unwrap()
-            .iter()
-            .all(|c| c.revoked)
-    );
+    assert!(ca.certificates(&revoke_grant, Some("alice")).await.unwrap().iter().all(|c| c.revoked));
 
     // --- disabling a user ends their sessions ---------------------------------------
-    let bob_token = ca
-        .login_password("bob", &secret(BOB_PASSWORD), IP)
-        .await
-        .unwrap()
-        .token;
+    let bob_token = ca.login_password("bob", &secret(BOB_PASSWORD), IP).await.unwrap().token;
     ca.caller(&bob_token).await.expect("bob's session works");
-    ca.set_user_disabled(&users_grant, "bob", true)
-        .await
-        .unwrap();
+    ca.set_user_disabled(&users_grant, "bob", true).await.unwrap();
     assert!(
         matches!(ca.caller(&bob_token).await, Err(CaError::Unauthenticated)),
         "a disabled user's session is refused"
     );
-    assert!(
-        ca.login_password("bob", &secret(BOB_PASSWORD), IP)
-            .await
-            .is_err()
-    );
+    assert!(ca.login_password("bob", &secret(BOB_PASSWORD), IP).await.is_err());
     let krl = write_krl(&ca, files.path()).await;
-    assert!(
-        krl_revokes(&krl, &path_bob),
-        "disabling revokes live certificates"
-    );
+    assert!(krl_revokes(&krl, &path_bob), "disabling revokes live certificates");
     let _ = bob;
 
     let verify = ca.audit_verify(&audit_grant).await.unwrap();
@@ -341,83 +225,39 @@ async fn run_conformance(url: &str, backend: Backend) {
     let pending = ca.rotate_ca_key(&ca_grant, KeyPurpose::User).await.unwrap();
     assert_eq!(pending.state, "pending");
     let trusted = ca.trusted_keys(KeyPurpose::User);
-    assert_eq!(
-        trusted.lines().count(),
-        2,
-        "pending key is published: {trusted}"
-    );
+    assert_eq!(trusted.lines().count(), 2, "pending key is published: {trusted}");
     // Revoking a user ends sessions but does not disable them: alice logs in again.
     let alice = login(&ca, "alice", ALICE_PASSWORD).await;
     let (_, still_old) = issue(&ca, &alice, &ed25519_key()).await;
-    assert_eq!(
-        signer_of(&still_old),
-        original_ca,
-        "pending keys do not sign"
-    );
+    assert_eq!(signer_of(&still_old), original_ca, "pending keys do not sign");
 
-    ca.activate_ca_key(&ca_grant, KeyPurpose::User)
-        .await
-        .unwrap();
+    ca.activate_ca_key(&ca_grant, KeyPurpose::User).await.unwrap();
     assert_eq!(active_user_ca(&ca), pending.fingerprint);
     let (_, new_cert) = issue(&ca, &alice, &ed25519_key()).await;
-    assert_eq!(
-        signer_of(&new_cert),
-        pending.fingerprint,
-        "the new key signs"
-    );
+    assert_eq!(signer_of(&new_cert), pending.fingerprint, "the new key signs");
     let trusted = ca.trusted_keys(KeyPurpose::User);
-    assert_eq!(
-        trusted.lines().count(),
-        2,
-        "old and new keys are trusted: {trusted}"
-    );
+    assert_eq!(trusted.lines().count(), 2, "old and new keys are trusted: {trusted}");
     assert!(trusted.contains(pending.public_key.trim()));
-    let old_public = ca
-        .ca_keys()
-        .into_iter()
-        .find(|k| k.fingerprint == original_ca)
-        .unwrap();
+    let old_public = ca.ca_keys().into_iter().find(|k| k.fingerprint == original_ca).unwrap();
     assert_eq!(old_public.state, "previous");
     assert!(trusted.contains(old_public.public_key.trim()));
-    assert!(
-        ca.retire_ca_key(&ca_grant, &pending.fingerprint)
-            .await
-            .is_err(),
-        "the active key cannot be retired"
-    );
+    assert!(ca.retire_ca_key(&ca_grant, &pending.fingerprint).await.is_err(), "the active key cannot be retired");
     ca.retire_ca_key(&ca_grant, &original_ca).await.unwrap();
     let trusted = ca.trusted_keys(KeyPurpose::User);
-    assert_eq!(
-        trusted.lines().count(),
-        1,
-        "retired key is dropped: {trusted}"
-    );
+    assert_eq!(trusted.lines().count(), 1, "retired key is dropped: {trusted}");
     assert!(!trusted.contains(old_public.public_key.trim()));
 
     // The store round-trips through a reopen (keys decrypt, chain intact).
     drop(ca);
-    let ca = ca_in_process(url, &policy_dir, clock.clone())
-        .await
-        .unwrap();
+    let ca = ca_in_process(url, &policy_dir, clock.clone()).await.unwrap();
     assert_eq!(active_user_ca(&ca), pending.fingerprint);
-    let admin = login(
-        &ca,
-        "admin",
-        secrecy::ExposeSecret::expose_secret(&admin_password),
-    )
-    .await;
+    let admin = login(&ca, "admin", secrecy::ExposeSecret::expose_secret(&admin_password)).await;
     let audit_grant = ca.authorize(&admin, Permission::AuditRead).unwrap();
 
     // --- audit tampering -------------------------------------------------------------
     let verify = ca.audit_verify(&audit_grant).await.unwrap();
-    assert!(
-        verify.ok,
-        "audit chain verifies after all of the above: {verify:?}"
-    );
-    assert!(
-        verify.records > 20,
-        "the operations above were audited: {verify:?}"
-    );
+    assert!(verify.ok, "audit chain verifies after all of the above: {verify:?}");
+    assert!(verify.records > 20, "the operations above were audited: {verify:?}");
     let records = ca.audit_records(&audit_grant, 0, 1000).await.unwrap();
     let events: Vec<&str> = records.iter().map(|r| r.event.as_str()).collect();
     for expected in [
@@ -458,22 +298,14 @@ async fn run_conformance(url: &str, backend: Backend) {
     let saved = take_row(&ca, middle).await;
     let verify = ca.audit_verify(&audit_grant).await.unwrap();
     assert!(!verify.ok);
-    assert_eq!(
-        verify.first_bad_seq,
-        Some(middle),
-        "deleted middle row: {verify:?}"
-    );
+    assert_eq!(verify.first_bad_seq, Some(middle), "deleted middle row: {verify:?}");
     put_row(&ca, &saved).await;
     assert!(ca.audit_verify(&audit_grant).await.unwrap().ok, "restored");
 
     let _ = take_row(&ca, newest).await;
     let verify = ca.audit_verify(&audit_grant).await.unwrap();
     assert!(!verify.ok, "deleting the newest record is detected");
-    assert_eq!(
-        verify.first_bad_seq,
-        Some(newest),
-        "deleted newest row: {verify:?}"
-    );
+    assert_eq!(verify.first_bad_seq, Some(newest), "deleted newest row: {verify:?}");
 }
 
 async fn set_payload(ca: &Ca, seq: u64, payload: &str) {
@@ -491,13 +323,11 @@ type RawRow = (i64, i64, String, String, String, String);
 
 async fn take_row(ca: &Ca, seq: u64) -> RawRow {
     let seq = i64::try_from(seq).unwrap();
-    let row = sqlx::query(
-        "SELECT seq, at, event, payload, prev_hash, hash FROM audit_log WHERE seq = $1",
-    )
-    .bind(seq)
-    .fetch_one(ca.store().pool())
-    .await
-    .unwrap();
+    let row = sqlx::query("SELECT seq, at, event, payload, prev_hash, hash FROM audit_log WHERE seq = $1")
+        .bind(seq)
+        .fetch_one(ca.store().pool())
+        .await
+        .unwrap();
     let saved = (
         row.try_get("seq").unwrap(),
         row.try_get("at").unwrap(),
@@ -506,26 +336,20 @@ async fn take_row(ca: &Ca, seq: u64) -> RawRow {
         row.try_get("prev_hash").unwrap(),
         row.try_get("hash").unwrap(),
     );
-    let done = sqlx::query("DELETE FROM audit_log WHERE seq = $1")
-        .bind(seq)
-        .execute(ca.store().pool())
-        .await
-        .unwrap();
+    let done = sqlx::query("DELETE FROM audit_log WHERE seq = $1").bind(seq).execute(ca.store().pool()).await.unwrap();
     assert_eq!(done.rows_affected(), 1);
     saved
 }
 
 async fn put_row(ca: &Ca, row: &RawRow) {
-    sqlx::query(
-        "INSERT INTO audit_log (seq, at, event, payload, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(row.0)
-    .bind(row.1)
-    .bind(row.2.clone())
-    .bind(row.3.clone())
-    .bind(row.4.clone())
-    .bind(row.5.clone())
-    .execute(ca.store().pool())
-    .await
-    .unwrap();
+    sqlx::query("INSERT INTO audit_log (seq, at, event, payload, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(row.0)
+        .bind(row.1)
+        .bind(row.2.clone())
+        .bind(row.3.clone())
+        .bind(row.4.clone())
+        .bind(row.5.clone())
+        .execute(ca.store().pool())
+        .await
+        .unwrap();
 }

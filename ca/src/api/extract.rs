@@ -20,16 +20,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, CaError> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Body(v)),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(CaError::BadRequest(
-                "expected Content-Type: application/json".into(),
-            )),
-            Err(JsonRejection::BytesRejection(_)) => Err(CaError::BadRequest(format!(
-                "request body too large (limit {} bytes)",
-                super::MAX_BODY_BYTES
-            ))),
-            Err(_) => Err(CaError::BadRequest(
-                "request body is not valid JSON for this endpoint".into(),
-            )),
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                Err(CaError::BadRequest("expected Content-Type: application/json".into()))
+            }
+            Err(JsonRejection::BytesRejection(_)) => {
+                Err(CaError::BadRequest(format!("request body too large (limit {} bytes)", super::MAX_BODY_BYTES)))
+            }
+            Err(_) => Err(CaError::BadRequest("request body is not valid JSON for this endpoint".into())),
         }
     }
 }

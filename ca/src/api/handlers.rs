@@ -24,18 +24,11 @@ pub struct LoginBody {
     password: SecretString,
 }
 
-pub async fn login(
-    State(ca): Ca_,
-    ClientIp(ip): ClientIp,
-    Body(body): Body<LoginBody>,
-) -> Res<LoginResponse> {
+pub async fn login(State(ca): Ca_, ClientIp(ip): ClientIp, Body(body): Body<LoginBody>) -> Res<LoginResponse> {
     if body.username.is_empty() || body.username.len() > 256 {
         return Err(CaError::InvalidCredentials);
     }
-    Ok(Json(
-        ca.login_password(&body.username, &body.password, &ip)
-            .await?,
-    ))
+    Ok(Json(ca.login_password(&body.username, &body.password, &ip).await?))
 }
 
 pub async fn logout(State(ca): Ca_, Authed(caller): Authed) -> Result<(), CaError> {
@@ -56,31 +49,18 @@ pub async fn issue_user_cert(
 }
 
 /// Public: CA public keys are what nodes must trust, nothing secret.
-pub async fn trusted_keys(
-    State(ca): Ca_,
-    Path(purpose): Path<String>,
-) -> Result<impl IntoResponse, CaError> {
+pub async fn trusted_keys(State(ca): Ca_, Path(purpose): Path<String>) -> Result<impl IntoResponse, CaError> {
     let purpose: KeyPurpose = purpose.parse()?;
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        ca.trusted_keys(purpose),
-    ))
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], ca.trusted_keys(purpose)))
 }
 
 /// Public: sshd on every node fetches it; it names only serials and key hashes.
 pub async fn krl(State(ca): Ca_) -> Result<impl IntoResponse, CaError> {
     let bytes = ca.krl().await?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        bytes.as_ref().clone(),
-    ))
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes.as_ref().clone()))
 }
 
-pub async fn node_principals(
-    State(ca): Ca_,
-    Authed(c): Authed,
-    Path(name): Path<String>,
-) -> Res<NodePrincipals> {
+pub async fn node_principals(State(ca): Ca_, Authed(c): Authed, Path(name): Path<String>) -> Res<NodePrincipals> {
     let grant = ca.authorize(&c, Permission::NodesManage)?;
     Ok(Json(ca.node_principals(&grant, &name).await?))
 }
@@ -100,35 +80,18 @@ pub struct AddUserBody {
     password: Option<SecretString>,
 }
 
-pub async fn add_user(
-    State(ca): Ca_,
-    Authed(c): Authed,
-    Body(b): Body<AddUserBody>,
-) -> Res<UserInfo> {
+pub async fn add_user(State(ca): Ca_, Authed(c): Authed, Body(b): Body<AddUserBody>) -> Res<UserInfo> {
     let grant = ca.authorize(&c, Permission::UsersManage)?;
-    ca.add_user(&grant, &b.username, &b.groups, b.password.as_ref())
-        .await?;
-    Ok(Json(UserInfo {
-        username: b.username,
-        groups: b.groups,
-        disabled: false,
-    }))
+    ca.add_user(&grant, &b.username, &b.groups, b.password.as_ref()).await?;
+    Ok(Json(UserInfo { username: b.username, groups: b.groups, disabled: false }))
 }
 
-pub async fn disable_user(
-    State(ca): Ca_,
-    Authed(c): Authed,
-    Path(name): Path<String>,
-) -> Result<(), CaError> {
+pub async fn disable_user(State(ca): Ca_, Authed(c): Authed, Path(name): Path<String>) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::UsersManage)?;
     ca.set_user_disabled(&grant, &name, true).await
 }
 
-pub async fn enable_user(
-    State(ca): Ca_,
-    Authed(c): Authed,
-    Path(name): Path<String>,
-) -> Result<(), CaError> {
+pub async fn enable_user(State(ca): Ca_, Authed(c): Authed, Path(name): Path<String>) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::UsersManage)?;
     ca.set_user_disabled(&grant, &name, false).await
 }
@@ -159,11 +122,7 @@ pub async fn set_password(
     ca.set_user_password(&grant, &name, &b.password).await
 }
 
-pub async fn revoke(
-    State(ca): Ca_,
-    Authed(c): Authed,
-    Body(b): Body<RevokeRequest>,
-) -> Res<RevokeResponse> {
+pub async fn revoke(State(ca): Ca_, Authed(c): Authed, Body(b): Body<RevokeRequest>) -> Res<RevokeResponse> {
     let grant = ca.authorize(&c, Permission::CertsRevoke)?;
     Ok(Json(ca.revoke(&grant, &b).await?))
 }
@@ -173,11 +132,7 @@ pub struct CertsQuery {
     user: Option<String>,
 }
 
-pub async fn list_certs(
-    State(ca): Ca_,
-    Authed(c): Authed,
-    Query(q): Query<CertsQuery>,
-) -> Res<Vec<IssuedCert>> {
+pub async fn list_certs(State(ca): Ca_, Authed(c): Authed, Query(q): Query<CertsQuery>) -> Res<Vec<IssuedCert>> {
     let grant = ca.authorize(&c, Permission::CertsRevoke)?;
     Ok(Json(ca.certificates(&grant, q.user.as_deref()).await?))
 }
@@ -187,20 +142,12 @@ pub async fn list_ca_keys(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<CaKeyInf
     Ok(Json(ca.ca_keys()))
 }
 
-pub async fn rotate_ca_key(
-    State(ca): Ca_,
-    Authed(c): Authed,
-    Path(purpose): Path<String>,
-) -> Res<CaKeyInfo> {
+pub async fn rotate_ca_key(State(ca): Ca_, Authed(c): Authed, Path(purpose): Path<String>) -> Res<CaKeyInfo> {
     let grant = ca.authorize(&c, Permission::CaManage)?;
     Ok(Json(ca.rotate_ca_key(&grant, purpose.parse()?).await?))
 }
 
-pub async fn activate_ca_key(
-    State(ca): Ca_,
-    Authed(c): Authed,
-    Path(purpose): Path<String>,
-) -> Result<(), CaError> {
+pub async fn activate_ca_key(State(ca): Ca_, Authed(c): Authed, Path(purpose): Path<String>) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::CaManage)?;
     ca.activate_ca_key(&grant, purpose.parse()?).await
 }
@@ -211,11 +158,7 @@ pub struct RetireBody {
     fingerprint: String,
 }
 
-pub async fn retire_ca_key(
-    State(ca): Ca_,
-    Authed(c): Authed,
-    Body(b): Body<RetireBody>,
-) -> Result<(), CaError> {
+pub async fn retire_ca_key(State(ca): Ca_, Authed(c): Authed, Body(b): Body<RetireBody>) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::CaManage)?;
     ca.retire_ca_key(&grant, &b.fingerprint).await
 }
@@ -225,11 +168,7 @@ pub async fn list_nodes(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<NodeRecord
     Ok(Json(ca.nodes(&grant).await?))
 }
 
-pub async fn upsert_node(
-    State(ca): Ca_,
-    Authed(c): Authed,
-    Body(node): Body<NodeRecord>,
-) -> Res<NodeRecord> {
+pub async fn upsert_node(State(ca): Ca_, Authed(c): Authed, Body(node): Body<NodeRecord>) -> Res<NodeRecord> {
     let grant = ca.authorize(&c, Permission::NodesManage)?;
     ca.upsert_node(&grant, &node).await?;
     Ok(Json(node))
@@ -252,11 +191,7 @@ fn default_limit() -> u32 {
     100
 }
 
-pub async fn audit_records(
-    State(ca): Ca_,
-    Authed(c): Authed,
-    Query(q): Query<AuditQuery>,
-) -> Res<Vec<AuditRecord>> {
+pub async fn audit_records(State(ca): Ca_, Authed(c): Authed, Query(q): Query<AuditQuery>) -> Res<Vec<AuditRecord>> {
     let grant = ca.authorize(&c, Permission::AuditRead)?;
     Ok(Json(ca.audit_records(&grant, q.after, q.limit).await?))
 }

@@ -26,40 +26,19 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/certs/user", post(handlers::issue_user_cert))
         .route("/v1/ca/{purpose}/keys", get(handlers::trusted_keys))
         .route("/v1/krl", get(handlers::krl))
-        .route(
-            "/v1/nodes/{name}/principals",
-            get(handlers::node_principals),
-        )
-        .route(
-            "/v1/admin/users",
-            get(handlers::list_users).post(handlers::add_user),
-        )
-        .route(
-            "/v1/admin/users/{name}/disable",
-            post(handlers::disable_user),
-        )
+        .route("/v1/nodes/{name}/principals", get(handlers::node_principals))
+        .route("/v1/admin/users", get(handlers::list_users).post(handlers::add_user))
+        .route("/v1/admin/users/{name}/disable", post(handlers::disable_user))
         .route("/v1/admin/users/{name}/enable", post(handlers::enable_user))
         .route("/v1/admin/users/{name}/groups", put(handlers::set_groups))
-        .route(
-            "/v1/admin/users/{name}/password",
-            put(handlers::set_password),
-        )
+        .route("/v1/admin/users/{name}/password", put(handlers::set_password))
         .route("/v1/admin/revoke", post(handlers::revoke))
         .route("/v1/admin/certs", get(handlers::list_certs))
         .route("/v1/admin/ca/keys", get(handlers::list_ca_keys))
-        .route(
-            "/v1/admin/ca/{purpose}/rotate",
-            post(handlers::rotate_ca_key),
-        )
-        .route(
-            "/v1/admin/ca/{purpose}/activate",
-            post(handlers::activate_ca_key),
-        )
+        .route("/v1/admin/ca/{purpose}/rotate", post(handlers::rotate_ca_key))
+        .route("/v1/admin/ca/{purpose}/activate", post(handlers::activate_ca_key))
         .route("/v1/admin/ca/retire", post(handlers::retire_ca_key))
-        .route(
-            "/v1/admin/nodes",
-            get(handlers::list_nodes).post(handlers::upsert_node),
-        )
+        .route("/v1/admin/nodes", get(handlers::list_nodes).post(handlers::upsert_node))
         .route("/v1/admin/policy/reload", post(handlers::reload_policy))
         .route("/v1/admin/audit", get(handlers::audit_records))
         .route("/v1/admin/audit/verify", get(handlers::audit_verify))
@@ -83,10 +62,7 @@ impl IntoResponse for CaError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        let body = ApiError {
-            error: self.code().to_owned(),
-            message: self.public_message(),
-        };
+        let body = ApiError { error: self.code().to_owned(), message: self.public_message() };
         let mut response = (status, axum::Json(body)).into_response();
         if let CaError::RateLimited { retry_after } = self
             && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())

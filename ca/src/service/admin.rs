@@ -9,27 +9,21 @@ use crate::keys::{self, KeyPurpose, state};
 use crate::policy_files::load_policy_dir;
 use crate::store;
 use portcullis_policies::Grant;
-use portcullis_proto::{
-    AuditRecord, AuditVerifyResponse, CaKeyInfo, NodeRecord, PolicyReloadResponse, UserInfo,
-};
+use portcullis_proto::{AuditRecord, AuditVerifyResponse, CaKeyInfo, NodeRecord, PolicyReloadResponse, UserInfo};
 use secrecy::{ExposeSecret, SecretString};
 
 /// Login names as OpenSSH and the policy accept them; anything else is refused up front.
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'))
 }
 
 fn check_name(kind: &str, name: &str) -> Result<(), CaError> {
     if valid_name(name) {
         Ok(())
     } else {
-        Err(CaError::BadRequest(format!(
-            "{kind} names use letters, digits, '_', '-', '.', '@' (at most 64)"
-        )))
+        Err(CaError::BadRequest(format!("{kind} names use letters, digits, '_', '-', '.', '@' (at most 64)")))
     }
 }
 
@@ -42,11 +36,7 @@ impl Ca {
             .users()
             .await?
             .into_iter()
-            .map(|u| UserInfo {
-                username: u.username,
-                groups: u.groups,
-                disabled: u.disabled,
-            })
+            .map(|u| UserInfo { username: u.username, groups: u.groups, disabled: u.disabled })
             .collect())
     }
 
@@ -68,9 +58,7 @@ impl Ca {
         let now = self.now();
         let mut tx = self.store.begin().await?;
         if !store::insert_user(tx.conn(), username, hash.as_deref(), groups, now).await? {
-            return Err(CaError::Conflict(
-                "a user with that name already exists".into(),
-            ));
+            return Err(CaError::Conflict("a user with that name already exists".into()));
         }
         self.audit_user(&mut tx, grant, username, "added").await?;
         tx.commit().await?;
@@ -79,16 +67,12 @@ impl Ca {
 
     async fn hash(&self, password: &SecretString) -> Result<String, CaError> {
         if password.expose_secret().chars().count() < MIN_PASSWORD_LEN {
-            return Err(CaError::BadRequest(format!(
-                "passwords need at least {MIN_PASSWORD_LEN} characters"
-            )));
+            return Err(CaError::BadRequest(format!("passwords need at least {MIN_PASSWORD_LEN} characters")));
         }
         let pw = password.clone();
-        Ok(
-            tokio::task::spawn_blocking(move || hash_password(pw.expose_secret()))
-                .await
-                .map_err(|_| CaError::Internal("hashing task".into()))??,
-        )
+        Ok(tokio::task::spawn_blocking(move || hash_password(pw.expose_secret()))
+            .await
+            .map_err(|_| CaError::Internal("hashing task".into()))??)
     }
 
     async fn audit_user(
@@ -101,23 +85,14 @@ impl Ca {
         audit::record(
             tx.conn(),
             self.now(),
-            &AuditEvent::UserChanged {
-                actor: grant.username().to_owned(),
-                username: username.to_owned(),
-                change,
-            },
+            &AuditEvent::UserChanged { actor: grant.username().to_owned(), username: username.to_owned(), change },
         )
         .await?;
         Ok(())
     }
 
     /// Disabling also ends the user's API sessions and revokes their live certificates.
-    pub async fn set_user_disabled(
-        &self,
-        grant: &Grant,
-        username: &str,
-        disabled: bool,
-    ) -> Result<(), CaError> {
+    pub async fn set_user_disabled(&self, grant: &Grant, username: &str, disabled: bool) -> Result<(), CaError> {
         let now = self.now();
         let mut tx = self.store.begin().await?;
         if !store::set_user_disabled(tx.conn(), username, disabled, now).await? {
@@ -125,8 +100,7 @@ impl Ca {
         }
         if disabled {
             store::revoke_user_sessions(tx.conn(), username, now).await?;
-            let n =
-                store::revoke_certs(tx.conn(), &store::RevokeTarget::User(username), now).await?;
+            let n = store::revoke_certs(tx.conn(), &store::RevokeTarget::User(username), now).await?;
             if n > 0 {
                 let krl_version = store::bump_krl_version(tx.conn()).await?;
                 audit::record(
@@ -143,23 +117,12 @@ impl Ca {
                 .await?;
             }
         }
-        self.audit_user(
-            &mut tx,
-            grant,
-            username,
-            if disabled { "disabled" } else { "enabled" },
-        )
-        .await?;
+        self.audit_user(&mut tx, grant, username, if disabled { "disabled" } else { "enabled" }).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    pub async fn set_user_groups(
-        &self,
-        grant: &Grant,
-        username: &str,
-        groups: &[String],
-    ) -> Result<(), CaError> {
+    pub async fn set_user_groups(&self, grant: &Grant, username: &str, groups: &[String]) -> Result<(), CaError> {
         for g in groups {
             check_name("group", g)?;
         }
@@ -167,8 +130,7 @@ impl Ca {
         if !store::set_user_groups(tx.conn(), username, groups, self.now()).await? {
             return Err(CaError::NotFound("user"));
         }
-        self.audit_user(&mut tx, grant, username, "groups_set")
-            .await?;
+        self.audit_user(&mut tx, grant, username, "groups_set").await?;
         tx.commit().await?;
         Ok(())
     }
@@ -184,8 +146,7 @@ impl Ca {
         if !store::set_user_password(tx.conn(), username, &hash, self.now()).await? {
             return Err(CaError::NotFound("user"));
         }
-        self.audit_user(&mut tx, grant, username, "password_set")
-            .await?;
+        self.audit_user(&mut tx, grant, username, "password_set").await?;
         tx.commit().await?;
         Ok(())
     }
@@ -207,30 +168,12 @@ impl Ca {
 
     /// Step 1 of a rotation: a new key is generated and published (trusted) but does not
     /// sign until `activate_ca_key`, so nodes can learn it first.
-    pub async fn rotate_ca_key(
-        &self,
-        grant: &Grant,
-        purpose: KeyPurpose,
-    ) -> Result<CaKeyInfo, CaError> {
-        if self
-            .keyring()
-            .rows()
-            .iter()
-            .any(|r| r.purpose == purpose.as_str() && r.state == state::PENDING)
-        {
-            return Err(CaError::Conflict(
-                "a pending key exists already; activate or retire it first".into(),
-            ));
+    pub async fn rotate_ca_key(&self, grant: &Grant, purpose: KeyPurpose) -> Result<CaKeyInfo, CaError> {
+        if self.keyring().rows().iter().any(|r| r.purpose == purpose.as_str() && r.state == state::PENDING) {
+            return Err(CaError::Conflict("a pending key exists already; activate or retire it first".into()));
         }
         let now = self.now();
-        let row = keys::generate(
-            purpose,
-            self.key_algorithm,
-            &self.passphrase,
-            state::PENDING,
-            now,
-        )
-        .await?;
+        let row = keys::generate(purpose, self.key_algorithm, &self.passphrase, state::PENDING, now).await?;
         let mut tx = self.store.begin().await?;
         store::insert_ca_key(tx.conn(), &row).await?;
         audit::record(
@@ -260,15 +203,10 @@ impl Ca {
     /// Step 2: the pending key signs from now on; the old active key stays trusted.
     pub async fn activate_ca_key(&self, grant: &Grant, purpose: KeyPurpose) -> Result<(), CaError> {
         let keyring = self.keyring();
-        let pending: Vec<_> = keyring
-            .rows()
-            .iter()
-            .filter(|r| r.purpose == purpose.as_str() && r.state == state::PENDING)
-            .collect();
+        let pending: Vec<_> =
+            keyring.rows().iter().filter(|r| r.purpose == purpose.as_str() && r.state == state::PENDING).collect();
         let [new] = pending.as_slice() else {
-            return Err(CaError::Conflict(
-                "no pending key to activate; run rotate first".into(),
-            ));
+            return Err(CaError::Conflict("no pending key to activate; run rotate first".into()));
         };
         let previous: Vec<String> = keyring
             .rows()
@@ -297,16 +235,9 @@ impl Ca {
     /// Step 3: stop trusting an old (or abandoned pending) key. The active key cannot be retired.
     pub async fn retire_ca_key(&self, grant: &Grant, fingerprint: &str) -> Result<(), CaError> {
         let keyring = self.keyring();
-        let row = keyring
-            .rows()
-            .iter()
-            .find(|r| r.fingerprint == fingerprint)
-            .ok_or(CaError::NotFound("CA key"))?;
+        let row = keyring.rows().iter().find(|r| r.fingerprint == fingerprint).ok_or(CaError::NotFound("CA key"))?;
         if row.state != state::PREVIOUS && row.state != state::PENDING {
-            return Err(CaError::Conflict(format!(
-                "a key in state {} cannot be retired",
-                row.state
-            )));
+            return Err(CaError::Conflict(format!("a key in state {} cannot be retired", row.state)));
         }
         let mut tx = self.store.begin().await?;
         store::set_ca_key_state(tx.conn(), fingerprint, &row.state, state::RETIRED).await?;
@@ -332,11 +263,7 @@ impl Ca {
         audit::record(
             tx.conn(),
             now,
-            &AuditEvent::NodeRegistered {
-                actor: grant.username().to_owned(),
-                name: node.name.clone(),
-                new,
-            },
+            &AuditEvent::NodeRegistered { actor: grant.username().to_owned(), name: node.name.clone(), new },
         )
         .await?;
         tx.commit().await?;
@@ -364,15 +291,8 @@ impl Ca {
             Err(e) => {
                 let errors = e.to_string().lines().count().saturating_sub(1).max(1);
                 let mut tx = self.store.begin().await?;
-                audit::record(
-                    tx.conn(),
-                    self.now(),
-                    &AuditEvent::PolicyRejected {
-                        actor: actor.to_owned(),
-                        errors,
-                    },
-                )
-                .await?;
+                audit::record(tx.conn(), self.now(), &AuditEvent::PolicyRejected { actor: actor.to_owned(), errors })
+                    .await?;
                 tx.commit().await?;
                 return Err(match e {
                     CaError::Config(msg) => CaError::BadRequest(msg),
@@ -402,12 +322,7 @@ impl Ca {
         })
     }
 
-    pub async fn audit_records(
-        &self,
-        _grant: &Grant,
-        after: u64,
-        limit: u32,
-    ) -> Result<Vec<AuditRecord>, CaError> {
+    pub async fn audit_records(&self, _grant: &Grant, after: u64, limit: u32) -> Result<Vec<AuditRecord>, CaError> {
         Ok(self
             .store
             .audit_records(after, limit.clamp(1, 1000))

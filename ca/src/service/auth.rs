@@ -4,7 +4,7 @@
 use super::Ca;
 use crate::audit::{self, AuditEvent, sanitize};
 use crate::error::CaError;
-use crate::identity::{AuthFailure, IdentitySource};
+use crate::identity::AuthFailure;
 use crate::store::{self, SessionRow};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -41,24 +41,19 @@ impl Ca {
         let now = self.now();
         let user_key = format!("user:{username}");
         let ip_key = format!("ip:{client_ip}");
-        let limited = self
-            .ip_attempts
-            .blocked(&ip_key, now)
-            .or_else(|| self.user_failures.blocked(&user_key, now));
+        let limited = self.ip_attempts.blocked(&ip_key, now).or_else(|| self.user_failures.blocked(&user_key, now));
         self.ip_attempts.hit(&ip_key, now);
         if let Some(retry_after) = limited {
-            self.audit_login_failure(username, client_ip, "rate_limited")
-                .await?;
+            self.audit_login_failure(username, "any", client_ip, "rate_limited").await?;
             return Err(CaError::RateLimited { retry_after });
         }
-        let identity = match self.local.authenticate(username, password).await {
+        let identity = match self.authenticate_password(username, password).await {
             Ok(identity) => identity,
-            Err(failure) => {
+            Err((source, failure)) => {
                 if failure != AuthFailure::Unavailable {
                     self.user_failures.hit(&user_key, now);
                 }
-                self.audit_login_failure(username, client_ip, failure.code())
-                    .await?;
+                self.audit_login_failure(username, source, client_ip, failure.code()).await?;
                 return Err(match failure {
                     AuthFailure::Unavailable => CaError::Unavailable,
                     _ => CaError::InvalidCredentials,
@@ -86,16 +81,31 @@ impl Ca {
         )
         .await?;
         tx.commit().await?;
-        Ok(LoginResponse {
-            token,
-            username: identity.username,
-            expires_at: session.expires_at,
-        })
+        Ok(LoginResponse { token, username: identity.username, expires_at: session.expires_at })
+    }
+
+    /// Asks the sources in order; a source that does not know the user passes it on, any
+    /// other answer (including "directory unavailable") is final.
+    async fn authenticate_password(
+        &self,
+        username: &str,
+        password: &SecretString,
+    ) -> Result<Identity, (&'static str, AuthFailure)> {
+        let mut last = ("local", AuthFailure::UnknownUser);
+        for source in &self.sources {
+            match source.authenticate(username, password).await {
+                Ok(identity) => return Ok(identity),
+                Err(AuthFailure::UnknownUser) => last = (source.name(), AuthFailure::UnknownUser),
+                Err(other) => return Err((source.name(), other)),
+            }
+        }
+        Err(last)
     }
 
     async fn audit_login_failure(
         &self,
         username: &str,
+        source: &str,
         client_ip: &str,
         reason: &'static str,
     ) -> Result<(), CaError> {
@@ -105,7 +115,7 @@ impl Ca {
             self.now(),
             &AuditEvent::LoginFailed {
                 username: sanitize(username),
-                source: self.local.name().to_owned(),
+                source: source.to_owned(),
                 client_ip: client_ip.to_owned(),
                 reason,
             },
@@ -119,18 +129,21 @@ impl Ca {
     /// user or changing their groups takes effect at their next request.
     pub async fn caller(&self, token: &str) -> Result<Caller, CaError> {
         let hash = token_hash(token);
-        let (session, user) = self
-            .store
-            .session(&hash, self.now())
-            .await?
-            .ok_or(CaError::Unauthenticated)?;
+        let (session, user) = self.store.session(&hash, self.now()).await?.ok_or(CaError::Unauthenticated)?;
         let groups = if session.source == "local" {
+            // Fast path: the user row came with the session lookup.
             match user {
                 Some(u) if !u.disabled => u.groups,
                 _ => return Err(CaError::Unauthenticated),
             }
         } else {
-            session.groups
+            let source = self.sources.iter().find(|s| s.name() == session.source).ok_or(CaError::Unauthenticated)?;
+            match source.refresh(&session.username).await {
+                Ok(Some(identity)) => identity.groups.into_iter().collect(),
+                Ok(None) | Err(AuthFailure::Disabled) => return Err(CaError::Unauthenticated),
+                Err(AuthFailure::Unavailable) => return Err(CaError::Unavailable),
+                Err(_) => return Err(CaError::Unauthenticated),
+            }
         };
         Ok(Caller {
             identity: Identity {
@@ -147,14 +160,7 @@ impl Ca {
         let now = self.now();
         let mut tx = self.store.begin().await?;
         store::revoke_session(tx.conn(), &caller.token_hash, now).await?;
-        audit::record(
-            tx.conn(),
-            now,
-            &AuditEvent::Logout {
-                username: caller.identity.username.clone(),
-            },
-        )
-        .await?;
+        audit::record(tx.conn(), now, &AuditEvent::Logout { username: caller.identity.username.clone() }).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -165,19 +171,13 @@ impl Ca {
             username: caller.identity.username.clone(),
             source: caller.identity.source.clone(),
             groups: caller.identity.groups.iter().cloned().collect(),
-            roles: policy
-                .roles_of(&caller.identity)
-                .iter()
-                .map(|r| r.name().to_owned())
-                .collect(),
+            roles: policy.roles_of(&caller.identity).iter().map(|r| r.name().to_owned()).collect(),
             session_expires_at: caller.expires_at,
         }
     }
 
     /// The proof an administrative operation needs.
     pub fn authorize(&self, caller: &Caller, permission: Permission) -> Result<Grant, CaError> {
-        self.policy()
-            .authorize(&caller.identity, permission)
-            .map_err(CaError::Denied)
+        self.policy().authorize(&caller.identity, permission).map_err(CaError::Denied)
     }
 }

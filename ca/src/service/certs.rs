@@ -8,8 +8,7 @@ use crate::signer::{new_serial, sign_user_cert};
 use crate::store::{self, CertRow, RevokeTarget};
 use portcullis_policies::{CertRequest, Device, Grant};
 use portcullis_proto::{
-    IssuedCert, NodePrincipals, NodeRecord, RevokeRequest, RevokeResponse, UserCertRequest,
-    UserCertResponse,
+    IssuedCert, NodePrincipals, NodeRecord, RevokeRequest, RevokeResponse, UserCertRequest, UserCertResponse,
 };
 use portcullis_sshcert::{KrlBuilder, fingerprint, parse_user_public_key};
 use ssh_key::PublicKey;
@@ -37,59 +36,28 @@ impl Ca {
         let public_key = match parse_user_public_key(&request.public_key) {
             Ok(key) => key,
             Err(e) => {
-                self.audit_cert_denied(&who.username, "invalid_public_key", None, client_ip)
-                    .await?;
+                self.audit_cert_denied(&who.username, "invalid_public_key", None, client_ip).await?;
                 return Err(CaError::BadRequest(e.to_string()));
             }
         };
         let key_fingerprint = fingerprint(public_key.key_data());
         if self.store.is_key_revoked(&key_fingerprint).await? {
-            self.audit_cert_denied(
-                &who.username,
-                "key_revoked",
-                Some(&key_fingerprint),
-                client_ip,
-            )
-            .await?;
-            return Err(CaError::BadRequest(
-                "this public key has been revoked; generate a new key".into(),
-            ));
+            self.audit_cert_denied(&who.username, "key_revoked", Some(&key_fingerprint), client_ip).await?;
+            return Err(CaError::BadRequest("this public key has been revoked; generate a new key".into()));
         }
-        let requested = request
-            .ttl_seconds
-            .map(Duration::from_secs)
-            .unwrap_or(self.max_cert_ttl);
-        let cert_request = CertRequest {
-            ttl: Some(requested.min(self.max_cert_ttl)),
-            roles: request.roles.clone(),
-        };
+        let requested = request.ttl_seconds.map(Duration::from_secs).unwrap_or(self.max_cert_ttl);
+        let cert_request = CertRequest { ttl: Some(requested.min(self.max_cert_ttl)), roles: request.roles.clone() };
         let permit = match self.policy().issue_user_cert(who, &cert_request) {
             Ok(permit) => permit,
             Err(deny) => {
-                self.audit_cert_denied(
-                    &who.username,
-                    deny.reason.code(),
-                    Some(&key_fingerprint),
-                    client_ip,
-                )
-                .await?;
+                self.audit_cert_denied(&who.username, deny.reason.code(), Some(&key_fingerprint), client_ip).await?;
                 return Err(CaError::Denied(deny));
             }
         };
-        let signer = self
-            .keyring()
-            .signer(KeyPurpose::User)
-            .ok_or_else(|| CaError::Internal("no active user CA key".into()))?;
+        let signer =
+            self.keyring().signer(KeyPurpose::User).ok_or_else(|| CaError::Internal("no active user CA key".into()))?;
         let now = self.now();
-        let signed = sign_user_cert(
-            &permit,
-            &who.source,
-            &public_key,
-            &signer,
-            now,
-            self.clock_skew,
-            new_serial(),
-        )?;
+        let signed = sign_user_cert(&permit, &who.source, &public_key, &signer, now, self.clock_skew, new_serial())?;
         let principals: Vec<String> = permit.principals().iter().cloned().collect();
         let row = CertRow {
             serial: signed.serial,
@@ -161,53 +129,39 @@ impl Ca {
 
     /// Revokes by serial, by key (its certificates and the key itself), or by user (all
     /// of their unexpired certificates and API sessions).
-    pub async fn revoke(
-        &self,
-        grant: &Grant,
-        request: &RevokeRequest,
-    ) -> Result<RevokeResponse, CaError> {
+    pub async fn revoke(&self, grant: &Grant, request: &RevokeRequest) -> Result<RevokeResponse, CaError> {
         let now = self.now();
         let mut tx = self.store.begin().await?;
-        let (target_desc, certificates, key_revoked) =
-            match (&request.serial, &request.public_key, &request.username) {
-                (Some(serial), None, None) => {
-                    let serial: u64 = serial.trim().parse().map_err(|_| {
-                        CaError::BadRequest("serial must be a decimal number".into())
-                    })?;
-                    let n =
-                        store::revoke_certs(tx.conn(), &RevokeTarget::Serial(serial), now).await?;
-                    if n == 0 {
-                        return Err(CaError::NotFound(
-                            "unrevoked, unexpired certificate with that serial",
-                        ));
-                    }
-                    (format!("serial:{serial}"), n, false)
+        let (target_desc, certificates, key_revoked) = match (&request.serial, &request.public_key, &request.username) {
+            (Some(serial), None, None) => {
+                let serial: u64 =
+                    serial.trim().parse().map_err(|_| CaError::BadRequest("serial must be a decimal number".into()))?;
+                let n = store::revoke_certs(tx.conn(), &RevokeTarget::Serial(serial), now).await?;
+                if n == 0 {
+                    return Err(CaError::NotFound("unrevoked, unexpired certificate with that serial"));
                 }
-                (None, Some(line), None) => {
-                    let key = PublicKey::from_openssh(line.trim()).map_err(|_| {
-                        CaError::BadRequest("public_key is not an OpenSSH public key".into())
-                    })?;
-                    let fp = fingerprint(key.key_data());
-                    let canonical = PublicKey::new(key.key_data().clone(), "")
-                        .to_openssh()
-                        .map_err(|_| CaError::BadRequest("public_key cannot be encoded".into()))?;
-                    let n = store::revoke_certs(tx.conn(), &RevokeTarget::KeyFingerprint(&fp), now)
-                        .await?;
-                    let new = store::insert_revoked_key(tx.conn(), &fp, &canonical, now).await?;
-                    (format!("key:{fp}"), n, new)
-                }
-                (None, None, Some(username)) => {
-                    let n =
-                        store::revoke_certs(tx.conn(), &RevokeTarget::User(username), now).await?;
-                    store::revoke_user_sessions(tx.conn(), username, now).await?;
-                    (format!("user:{}", audit::sanitize(username)), n, false)
-                }
-                _ => {
-                    return Err(CaError::BadRequest(
-                        "give exactly one of serial, public_key, username".into(),
-                    ));
-                }
-            };
+                (format!("serial:{serial}"), n, false)
+            }
+            (None, Some(line), None) => {
+                let key = PublicKey::from_openssh(line.trim())
+                    .map_err(|_| CaError::BadRequest("public_key is not an OpenSSH public key".into()))?;
+                let fp = fingerprint(key.key_data());
+                let canonical = PublicKey::new(key.key_data().clone(), "")
+                    .to_openssh()
+                    .map_err(|_| CaError::BadRequest("public_key cannot be encoded".into()))?;
+                let n = store::revoke_certs(tx.conn(), &RevokeTarget::KeyFingerprint(&fp), now).await?;
+                let new = store::insert_revoked_key(tx.conn(), &fp, &canonical, now).await?;
+                (format!("key:{fp}"), n, new)
+            }
+            (None, None, Some(username)) => {
+                let n = store::revoke_certs(tx.conn(), &RevokeTarget::User(username), now).await?;
+                store::revoke_user_sessions(tx.conn(), username, now).await?;
+                (format!("user:{}", audit::sanitize(username)), n, false)
+            }
+            _ => {
+                return Err(CaError::BadRequest("give exactly one of serial, public_key, username".into()));
+            }
+        };
         let krl_version = store::bump_krl_version(tx.conn()).await?;
         audit::record(
             tx.conn(),
@@ -222,11 +176,7 @@ impl Ca {
         )
         .await?;
         tx.commit().await?;
-        Ok(RevokeResponse {
-            certificates_revoked: certificates,
-            key_revoked,
-            krl_version,
-        })
+        Ok(RevokeResponse { certificates_revoked: certificates, key_revoked, krl_version })
     }
 
     /// The current KRL in OpenSSH's binary format.
@@ -235,10 +185,7 @@ impl Ca {
         let version = self.store.krl_version().await?;
         {
             let cache = self.krl_cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(c) = cache
-                .as_ref()
-                .filter(|c| c.version == version && now < c.built_at + KRL_MAX_AGE)
-            {
+            if let Some(c) = cache.as_ref().filter(|c| c.version == version && now < c.built_at + KRL_MAX_AGE) {
                 return Ok(Arc::clone(&c.bytes));
             }
         }
@@ -260,19 +207,12 @@ impl Ca {
             }
         }
         let bytes = Arc::new(krl.encode());
-        *self.krl_cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(CachedKrl {
-            version,
-            built_at: now,
-            bytes: Arc::clone(&bytes),
-        });
+        *self.krl_cache.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(CachedKrl { version, built_at: now, bytes: Arc::clone(&bytes) });
         Ok(bytes)
     }
 
-    pub async fn certificates(
-        &self,
-        _grant: &Grant,
-        username: Option<&str>,
-    ) -> Result<Vec<IssuedCert>, CaError> {
+    pub async fn certificates(&self, _grant: &Grant, username: Option<&str>) -> Result<Vec<IssuedCert>, CaError> {
         Ok(self
             .store
             .certificates(username)
@@ -292,26 +232,15 @@ impl Ca {
     }
 
     /// What a node's `AuthorizedPrincipalsFile` for each login must list.
-    pub async fn node_principals(
-        &self,
-        _grant: &Grant,
-        name: &str,
-    ) -> Result<NodePrincipals, CaError> {
-        let node = self
-            .store
-            .node(name)
-            .await?
-            .ok_or(CaError::NotFound("node"))?;
+    pub async fn node_principals(&self, _grant: &Grant, name: &str) -> Result<NodePrincipals, CaError> {
+        let node = self.store.node(name).await?.ok_or(CaError::NotFound("node"))?;
         let principals = self
             .policy()
             .node_principals(&device_of(&node))
             .into_iter()
             .map(|(login, set)| (login, set.into_iter().collect()))
             .collect();
-        Ok(NodePrincipals {
-            node: node.name,
-            principals,
-        })
+        Ok(NodePrincipals { node: node.name, principals })
     }
 }
 

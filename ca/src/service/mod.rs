@@ -15,7 +15,7 @@ pub fn random_secret() -> String {
 use crate::audit::{self, AuditEvent, SYSTEM_ACTOR};
 use crate::clock::Clock;
 use crate::error::CaError;
-use crate::identity::{LocalUsers, hash_password};
+use crate::identity::{IdentitySource, LocalUsers, hash_password};
 use crate::keys::{self, KeyAlgorithm, KeyPurpose, Keyring};
 use crate::policy_files::load_policy_dir;
 use crate::ratelimit::RateLimiter;
@@ -40,6 +40,8 @@ pub struct CaConfig {
     pub session_ttl: Duration,
     pub login_failures_per_user: u32,
     pub login_attempts_per_ip: u32,
+    /// Password sources asked after the local users (e.g. LDAP), in order.
+    pub extra_sources: Vec<Arc<dyn IdentitySource>>,
 }
 
 impl CaConfig {
@@ -54,6 +56,7 @@ impl CaConfig {
             session_ttl: Duration::from_secs(12 * 3600),
             login_failures_per_user: 10,
             login_attempts_per_ip: 30,
+            extra_sources: Vec::new(),
         }
     }
 }
@@ -66,7 +69,8 @@ pub struct Ca {
     keys: RwLock<Arc<Keyring>>,
     policy: RwLock<Arc<Policy>>,
     policy_dir: PathBuf,
-    local: LocalUsers,
+    /// Asked in order at password login; the first that knows the user decides.
+    sources: Vec<Arc<dyn IdentitySource>>,
     clock_skew: u64,
     max_cert_ttl: Duration,
     session_ttl: u64,
@@ -87,14 +91,8 @@ impl Ca {
             if keyring.has_active(purpose) {
                 continue;
             }
-            let row = keys::generate(
-                purpose,
-                config.key_algorithm,
-                &config.passphrase,
-                keys::state::ACTIVE,
-                now,
-            )
-            .await?;
+            let row =
+                keys::generate(purpose, config.key_algorithm, &config.passphrase, keys::state::ACTIVE, now).await?;
             let mut tx = store.begin().await?;
             store::insert_ca_key(tx.conn(), &row).await?;
             audit::record(
@@ -114,7 +112,9 @@ impl Ca {
             keyring = Keyring::load(&store, &config.passphrase).await?;
         }
         let ca = Ca {
-            local: LocalUsers::new(store.clone()),
+            sources: std::iter::once(Arc::new(LocalUsers::new(store.clone())) as Arc<dyn IdentitySource>)
+                .chain(config.extra_sources)
+                .collect(),
             store,
             clock,
             passphrase: config.passphrase,
@@ -142,17 +142,11 @@ impl Ca {
     }
 
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy
-            .read()
-            .map(|p| Arc::clone(&p))
-            .unwrap_or_else(|e| Arc::clone(&e.into_inner()))
+        self.policy.read().map(|p| Arc::clone(&p)).unwrap_or_else(|e| Arc::clone(&e.into_inner()))
     }
 
     pub fn keyring(&self) -> Arc<Keyring> {
-        self.keys
-            .read()
-            .map(|k| Arc::clone(&k))
-            .unwrap_or_else(|e| Arc::clone(&e.into_inner()))
+        self.keys.read().map(|k| Arc::clone(&k)).unwrap_or_else(|e| Arc::clone(&e.into_inner()))
     }
 
     async fn reload_keys(&self) -> Result<(), CaError> {
@@ -164,41 +158,25 @@ impl Ca {
     /// Public keys of `purpose` that verifiers must trust, one OpenSSH line each.
     pub fn trusted_keys(&self, purpose: KeyPurpose) -> String {
         let keyring = self.keyring();
-        keyring
-            .trusted(purpose)
-            .iter()
-            .map(|k| format!("{k}\n"))
-            .collect()
+        keyring.trusted(purpose).iter().map(|k| format!("{k}\n")).collect()
     }
 
     /// Swaps in a validated policy and audits what changed relative to the last one.
-    async fn install_policy(
-        &self,
-        policy: Policy,
-        actor: &str,
-    ) -> Result<portcullis_policies::PolicyDiff, CaError> {
+    async fn install_policy(&self, policy: Policy, actor: &str) -> Result<portcullis_policies::PolicyDiff, CaError> {
         let now = self.now();
         let summary = policy.summary();
         let digest = policy.digest();
         let previous = self.store.policy_state().await?;
         let old_summary: Option<(String, PolicySummary)> =
             previous.and_then(|(d, json)| serde_json::from_str(&json).ok().map(|s| (d, s)));
-        let summary_json = serde_json::to_string(&summary)
-            .map_err(|_| CaError::Internal("policy summary".into()))?;
+        let summary_json = serde_json::to_string(&summary).map_err(|_| CaError::Internal("policy summary".into()))?;
         let changes = match &old_summary {
             Some((_, old)) => diff(old, &summary),
             None => diff(&PolicySummary::default(), &summary),
         };
         let mut tx = self.store.begin().await?;
-        audit::record(
-            tx.conn(),
-            now,
-            &AuditEvent::PolicyLoaded {
-                actor: actor.to_owned(),
-                digest: digest.clone(),
-            },
-        )
-        .await?;
+        audit::record(tx.conn(), now, &AuditEvent::PolicyLoaded { actor: actor.to_owned(), digest: digest.clone() })
+            .await?;
         if let Some((old_digest, _)) = &old_summary
             && *old_digest != digest
         {
@@ -225,11 +203,7 @@ impl Ca {
 
     /// Creates the first administrator when there are no users at all; returns the
     /// generated one-time password, which is shown once and stored only as a hash.
-    pub async fn bootstrap_admin(
-        &self,
-        username: &str,
-        group: &str,
-    ) -> Result<Option<SecretString>, CaError> {
+    pub async fn bootstrap_admin(&self, username: &str, group: &str) -> Result<Option<SecretString>, CaError> {
         if self.store.user_count().await? > 0 {
             return Ok(None);
         }

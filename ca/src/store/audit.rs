@@ -28,12 +28,7 @@ pub struct ChainCheck {
 
 pub fn chain_hash(prev_hash: &str, seq: u64, at: u64, event: &str, payload: &str) -> String {
     let mut h = Sha256::new();
-    for part in [
-        prev_hash.as_bytes(),
-        seq.to_string().as_bytes(),
-        at.to_string().as_bytes(),
-        event.as_bytes(),
-    ] {
+    for part in [prev_hash.as_bytes(), seq.to_string().as_bytes(), at.to_string().as_bytes(), event.as_bytes()] {
         h.update(part);
         h.update(b"\n");
     }
@@ -51,33 +46,26 @@ pub async fn append(conn: &mut AnyConnection, at: u64, event: &str, payload: &st
     let seq = ts_from(head.try_get("seq")?);
     let prev: String = head.try_get("hash")?;
     let hash = chain_hash(&prev, seq, at, event, payload);
-    sqlx::query(
-        "INSERT INTO audit_log (seq, at, event, payload, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(ts(seq))
-    .bind(ts(at))
-    .bind(event)
-    .bind(payload)
-    .bind(&prev)
-    .bind(&hash)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+    sqlx::query("INSERT INTO audit_log (seq, at, event, payload, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(ts(seq))
+        .bind(ts(at))
+        .bind(event)
+        .bind(payload)
+        .bind(&prev)
         .bind(&hash)
         .execute(&mut *conn)
         .await?;
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1").bind(&hash).execute(&mut *conn).await?;
     Ok(seq)
 }
 
 impl Store {
     pub async fn audit_records(&self, after: u64, limit: u32) -> Result<Vec<AuditRow>> {
-        let rows = sqlx::query(
-            "SELECT seq, at, event, payload FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(ts(after))
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?;
+        let rows = sqlx::query("SELECT seq, at, event, payload FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(ts(after))
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(AuditRow {
@@ -135,22 +123,12 @@ impl Store {
                 break;
             }
         }
-        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_one(self.pool())
-            .await?;
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(self.pool()).await?;
         let head_seq = ts_from(head.try_get("seq")?);
         let head_hash: String = head.try_get("hash")?;
         if head_seq != records || head_hash != expected_prev {
-            return Ok(bad(
-                records + 1,
-                records,
-                "newest records missing (head disagrees)",
-            ));
+            return Ok(bad(records + 1, records, "newest records missing (head disagrees)"));
         }
-        Ok(ChainCheck {
-            records,
-            first_bad_seq: None,
-            problem: None,
-        })
+        Ok(ChainCheck { records, first_bad_seq: None, problem: None })
     }
 }

@@ -53,13 +53,9 @@ impl Store {
                 .await?
             }
             None => {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    cert_columns!(),
-                    " FROM certificates ORDER BY issued_at DESC, serial"
-                ))
-                .fetch_all(self.pool())
-                .await?
+                sqlx::query(concat!("SELECT ", cert_columns!(), " FROM certificates ORDER BY issued_at DESC, serial"))
+                    .fetch_all(self.pool())
+                    .await?
             }
         };
         rows.iter().map(cert_from).collect()
@@ -74,38 +70,26 @@ impl Store {
         .bind(ts(now))
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    serial_from_db(r.try_get("serial")?),
-                    r.try_get("ca_fingerprint")?,
-                ))
-            })
-            .collect()
+        rows.iter().map(|r| Ok((serial_from_db(r.try_get("serial")?), r.try_get("ca_fingerprint")?))).collect()
     }
 
     /// Public keys revoked outright, as OpenSSH public key lines.
     pub async fn revoked_keys(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT public_key FROM revoked_keys ORDER BY fingerprint")
-            .fetch_all(self.pool())
-            .await?;
+        let rows =
+            sqlx::query("SELECT public_key FROM revoked_keys ORDER BY fingerprint").fetch_all(self.pool()).await?;
         rows.iter().map(|r| Ok(r.try_get("public_key")?)).collect()
     }
 
     pub async fn is_key_revoked(&self, fingerprint: &str) -> Result<bool> {
-        Ok(
-            sqlx::query("SELECT 1 AS one FROM revoked_keys WHERE fingerprint = $1")
-                .bind(fingerprint)
-                .fetch_optional(self.pool())
-                .await?
-                .is_some(),
-        )
+        Ok(sqlx::query("SELECT 1 AS one FROM revoked_keys WHERE fingerprint = $1")
+            .bind(fingerprint)
+            .fetch_optional(self.pool())
+            .await?
+            .is_some())
     }
 
     pub async fn krl_version(&self) -> Result<u64> {
-        let row = sqlx::query("SELECT version FROM krl_state WHERE id = 1")
-            .fetch_one(self.pool())
-            .await?;
+        let row = sqlx::query("SELECT version FROM krl_state WHERE id = 1").fetch_one(self.pool()).await?;
         Ok(ts_from(row.try_get("version")?))
     }
 }
@@ -137,11 +121,7 @@ pub enum RevokeTarget<'a> {
     User(&'a str),
 }
 
-pub async fn revoke_certs(
-    conn: &mut AnyConnection,
-    target: &RevokeTarget<'_>,
-    now: u64,
-) -> Result<u64> {
+pub async fn revoke_certs(conn: &mut AnyConnection, target: &RevokeTarget<'_>, now: u64) -> Result<u64> {
     // Static statements only: sqlx refuses SQL assembled at run time, and rightly so.
     let query = match target {
         RevokeTarget::Serial(s) => sqlx::query(
@@ -183,9 +163,8 @@ pub async fn insert_revoked_key(
 }
 
 pub async fn bump_krl_version(conn: &mut AnyConnection) -> Result<u64> {
-    let row =
-        sqlx::query("UPDATE krl_state SET version = version + 1 WHERE id = 1 RETURNING version")
-            .fetch_one(&mut *conn)
-            .await?;
+    let row = sqlx::query("UPDATE krl_state SET version = version + 1 WHERE id = 1 RETURNING version")
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(ts_from(row.try_get("version")?))
 }

@@ -56,12 +56,7 @@ pub async fn insert_ca_key(conn: &mut AnyConnection, key: &CaKeyRow) -> Result<(
 }
 
 /// Moves every key of `purpose` in state `from` to state `to`; returns how many moved.
-pub async fn move_ca_keys(
-    conn: &mut AnyConnection,
-    purpose: &str,
-    from: &str,
-    to: &str,
-) -> Result<u64> {
+pub async fn move_ca_keys(conn: &mut AnyConnection, purpose: &str, from: &str, to: &str) -> Result<u64> {
     let done = sqlx::query("UPDATE ca_keys SET state = $1 WHERE purpose = $2 AND state = $3")
         .bind(to)
         .bind(purpose)
@@ -71,12 +66,7 @@ pub async fn move_ca_keys(
     Ok(done.rows_affected())
 }
 
-pub async fn set_ca_key_state(
-    conn: &mut AnyConnection,
-    fingerprint: &str,
-    from: &str,
-    to: &str,
-) -> Result<bool> {
+pub async fn set_ca_key_state(conn: &mut AnyConnection, fingerprint: &str, from: &str, to: &str) -> Result<bool> {
     let done = sqlx::query("UPDATE ca_keys SET state = $1 WHERE fingerprint = $2 AND state = $3")
         .bind(to)
         .bind(fingerprint)

@@ -6,10 +6,8 @@ use sqlx::{AnyConnection, Row};
 
 impl Store {
     pub async fn node(&self, name: &str) -> Result<Option<NodeRecord>> {
-        let row = sqlx::query("SELECT record_json FROM nodes WHERE name = $1")
-            .bind(name)
-            .fetch_optional(self.pool())
-            .await?;
+        let row =
+            sqlx::query("SELECT record_json FROM nodes WHERE name = $1").bind(name).fetch_optional(self.pool()).await?;
         row.map(|r| {
             serde_json::from_str(&r.try_get::<String, _>("record_json")?)
                 .map_err(|_| StoreError::Corrupt("node record"))
@@ -18,9 +16,7 @@ impl Store {
     }
 
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
-        let rows = sqlx::query("SELECT record_json FROM nodes ORDER BY name")
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query("SELECT record_json FROM nodes ORDER BY name").fetch_all(self.pool()).await?;
         rows.iter()
             .map(|r| {
                 serde_json::from_str(&r.try_get::<String, _>("record_json")?)
@@ -34,8 +30,7 @@ impl Store {
         let row = sqlx::query("SELECT digest, summary_json FROM policy_state WHERE id = 1")
             .fetch_optional(self.pool())
             .await?;
-        row.map(|r| Ok((r.try_get("digest")?, r.try_get("summary_json")?)))
-            .transpose()
+        row.map(|r| Ok((r.try_get("digest")?, r.try_get("summary_json")?))).transpose()
     }
 }
 
@@ -51,23 +46,16 @@ pub async fn upsert_node(conn: &mut AnyConnection, node: &NodeRecord, now: u64) 
     if updated.rows_affected() == 1 {
         return Ok(false);
     }
-    sqlx::query(
-        "INSERT INTO nodes (name, record_json, registered_at, updated_at) VALUES ($1, $2, $3, $3)",
-    )
-    .bind(&node.name)
-    .bind(&json)
-    .bind(ts(now))
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("INSERT INTO nodes (name, record_json, registered_at, updated_at) VALUES ($1, $2, $3, $3)")
+        .bind(&node.name)
+        .bind(&json)
+        .bind(ts(now))
+        .execute(&mut *conn)
+        .await?;
     Ok(true)
 }
 
-pub async fn save_policy_state(
-    conn: &mut AnyConnection,
-    digest: &str,
-    summary_json: &str,
-    now: u64,
-) -> Result<()> {
+pub async fn save_policy_state(conn: &mut AnyConnection, digest: &str, summary_json: &str, now: u64) -> Result<()> {
     sqlx::query(
         "INSERT INTO policy_state (id, digest, summary_json, loaded_at) VALUES (1, $1, $2, $3) \
          ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, summary_json = excluded.summary_json, \

@@ -24,8 +24,8 @@ pub use certs::{bump_krl_version, insert_cert, insert_revoked_key, revoke_certs}
 pub use keys::{insert_ca_key, move_ca_keys, set_ca_key_state};
 pub use misc::{save_policy_state, upsert_node};
 pub use users::{
-    insert_session, insert_user, revoke_session, revoke_user_sessions, set_user_disabled,
-    set_user_groups, set_user_password,
+    insert_session, insert_user, revoke_session, revoke_user_sessions, set_user_disabled, set_user_groups,
+    set_user_password,
 };
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -124,11 +124,7 @@ impl Store {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Store {
-            pool,
-            backend,
-            write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
-        })
+        Ok(Store { pool, backend, write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))) })
     }
 
     pub fn backend(&self) -> Backend {

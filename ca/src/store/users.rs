@@ -31,38 +31,27 @@ fn user_from(row: &sqlx::any::AnyRow) -> Result<UserRow> {
 
 impl Store {
     pub async fn user(&self, username: &str) -> Result<Option<UserRow>> {
-        let row = sqlx::query(
-            "SELECT username, password_hash, groups_json, disabled FROM users WHERE username = $1",
-        )
-        .bind(username)
-        .fetch_optional(self.pool())
-        .await?;
+        let row = sqlx::query("SELECT username, password_hash, groups_json, disabled FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(self.pool())
+            .await?;
         row.as_ref().map(user_from).transpose()
     }
 
     pub async fn users(&self) -> Result<Vec<UserRow>> {
-        let rows = sqlx::query(
-            "SELECT username, password_hash, groups_json, disabled FROM users ORDER BY username",
-        )
-        .fetch_all(self.pool())
-        .await?;
+        let rows = sqlx::query("SELECT username, password_hash, groups_json, disabled FROM users ORDER BY username")
+            .fetch_all(self.pool())
+            .await?;
         rows.iter().map(user_from).collect()
     }
 
     pub async fn user_count(&self) -> Result<i64> {
-        Ok(sqlx::query("SELECT COUNT(*) AS n FROM users")
-            .fetch_one(self.pool())
-            .await?
-            .try_get("n")?)
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM users").fetch_one(self.pool()).await?.try_get("n")?)
     }
 
     /// Looks a session up by token hash, joined with the local user row (if any) so one
     /// query answers "is this caller still allowed" at every request.
-    pub async fn session(
-        &self,
-        token_hash: &str,
-        now: u64,
-    ) -> Result<Option<(SessionRow, Option<UserRow>)>> {
+    pub async fn session(&self, token_hash: &str, now: u64) -> Result<Option<(SessionRow, Option<UserRow>)>> {
         let row = sqlx::query(
             "SELECT s.username AS username, s.source AS source, s.groups_json AS groups_json, \
                     s.expires_at AS expires_at, u.password_hash AS password_hash, \
@@ -114,28 +103,17 @@ pub async fn insert_user(
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn set_user_groups(
-    conn: &mut AnyConnection,
-    username: &str,
-    groups: &[String],
-    now: u64,
-) -> Result<bool> {
-    let done =
-        sqlx::query("UPDATE users SET groups_json = $1, updated_at = $2 WHERE username = $3")
-            .bind(json_list(groups))
-            .bind(ts(now))
-            .bind(username)
-            .execute(&mut *conn)
-            .await?;
+pub async fn set_user_groups(conn: &mut AnyConnection, username: &str, groups: &[String], now: u64) -> Result<bool> {
+    let done = sqlx::query("UPDATE users SET groups_json = $1, updated_at = $2 WHERE username = $3")
+        .bind(json_list(groups))
+        .bind(ts(now))
+        .bind(username)
+        .execute(&mut *conn)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn set_user_disabled(
-    conn: &mut AnyConnection,
-    username: &str,
-    disabled: bool,
-    now: u64,
-) -> Result<bool> {
+pub async fn set_user_disabled(conn: &mut AnyConnection, username: &str, disabled: bool, now: u64) -> Result<bool> {
     let done = sqlx::query("UPDATE users SET disabled = $1, updated_at = $2 WHERE username = $3")
         .bind(i64::from(disabled))
         .bind(ts(now))
@@ -145,28 +123,17 @@ pub async fn set_user_disabled(
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn set_user_password(
-    conn: &mut AnyConnection,
-    username: &str,
-    hash: &str,
-    now: u64,
-) -> Result<bool> {
-    let done =
-        sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE username = $3")
-            .bind(hash)
-            .bind(ts(now))
-            .bind(username)
-            .execute(&mut *conn)
-            .await?;
+pub async fn set_user_password(conn: &mut AnyConnection, username: &str, hash: &str, now: u64) -> Result<bool> {
+    let done = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE username = $3")
+        .bind(hash)
+        .bind(ts(now))
+        .bind(username)
+        .execute(&mut *conn)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn insert_session(
-    conn: &mut AnyConnection,
-    token_hash: &str,
-    session: &SessionRow,
-    now: u64,
-) -> Result<()> {
+pub async fn insert_session(conn: &mut AnyConnection, token_hash: &str, session: &SessionRow, now: u64) -> Result<()> {
     sqlx::query(
         "INSERT INTO sessions (token_hash, username, source, groups_json, created_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -183,27 +150,19 @@ pub async fn insert_session(
 }
 
 pub async fn revoke_session(conn: &mut AnyConnection, token_hash: &str, now: u64) -> Result<bool> {
-    let done = sqlx::query(
-        "UPDATE sessions SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL",
-    )
-    .bind(ts(now))
-    .bind(token_hash)
-    .execute(&mut *conn)
-    .await?;
+    let done = sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL")
+        .bind(ts(now))
+        .bind(token_hash)
+        .execute(&mut *conn)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn revoke_user_sessions(
-    conn: &mut AnyConnection,
-    username: &str,
-    now: u64,
-) -> Result<u64> {
-    let done = sqlx::query(
-        "UPDATE sessions SET revoked_at = $1 WHERE username = $2 AND revoked_at IS NULL",
-    )
-    .bind(ts(now))
-    .bind(username)
-    .execute(&mut *conn)
-    .await?;
+pub async fn revoke_user_sessions(conn: &mut AnyConnection, username: &str, now: u64) -> Result<u64> {
+    let done = sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE username = $2 AND revoked_at IS NULL")
+        .bind(ts(now))
+        .bind(username)
+        .execute(&mut *conn)
+        .await?;
     Ok(done.rows_affected())
 }

@@ -28,21 +28,16 @@ pub(super) const EXTENSIONS: &[&str] = &[
 
 /// `[A-Za-z0-9_.-]+` — names of roles, deny statements and rules.
 pub(super) fn is_item_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// `^[a-z_][a-z0-9_.-]{0,31}$` — what useradd accepts by default, minus `$`.
 pub(super) fn is_login(s: &str) -> bool {
     let mut chars = s.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_');
     first_ok
         && s.len() <= 32
-        && chars
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
 }
 
 /// Users and groups come from external directories, so any printable text is accepted;
@@ -59,30 +54,14 @@ impl Errors {
 
 pub(super) fn item_name(f: &File<'_>, errs: &mut Errors, s: &S, what: &str) -> String {
     if !is_item_name(s.get_ref()) {
-        errs.at(
-            f,
-            s.span().start,
-            format!(
-                "invalid {what} name {:?} (allowed: A-Z a-z 0-9 _ . -)",
-                s.get_ref()
-            ),
-        );
+        errs.at(f, s.span().start, format!("invalid {what} name {:?} (allowed: A-Z a-z 0-9 _ . -)", s.get_ref()));
     }
     s.get_ref().clone()
 }
 
-pub(super) fn subjects(
-    f: &File<'_>,
-    errs: &mut Errors,
-    list: &[S],
-    what: &str,
-) -> BTreeSet<String> {
+pub(super) fn subjects(f: &File<'_>, errs: &mut Errors, list: &[S], what: &str) -> BTreeSet<String> {
     for s in list.iter().filter(|s| !is_subject(s.get_ref())) {
-        errs.at(
-            f,
-            s.span().start,
-            format!("invalid {what} name {:?}", s.get_ref()),
-        );
+        errs.at(f, s.span().start, format!("invalid {what} name {:?}", s.get_ref()));
     }
     list.iter().map(|s| s.get_ref().clone()).collect()
 }
@@ -90,20 +69,12 @@ pub(super) fn subjects(
 pub(super) fn duration(f: &File<'_>, errs: &mut Errors, s: &S, field: &str) -> Option<Duration> {
     match humantime::parse_duration(s.get_ref()) {
         Ok(d) if d.is_zero() => {
-            errs.at(
-                f,
-                s.span().start,
-                format!("`{field}` must be greater than zero"),
-            );
+            errs.at(f, s.span().start, format!("`{field}` must be greater than zero"));
             None
         }
         Ok(d) => Some(d),
         Err(e) => {
-            errs.at(
-                f,
-                s.span().start,
-                format!("invalid duration {:?} for `{field}`: {e}", s.get_ref()),
-            );
+            errs.at(f, s.span().start, format!("invalid duration {:?} for `{field}`: {e}", s.get_ref()));
             None
         }
     }
@@ -124,17 +95,9 @@ fn content_offset(text: &str, span: Range<usize>, inner: usize) -> usize {
     if open == 3 {
         // TOML drops a newline directly after a multi-line string's opening delimiter.
         let after = raw.get(3..).unwrap_or("");
-        start += if after.starts_with("\r\n") {
-            2
-        } else {
-            usize::from(after.starts_with('\n'))
-        };
+        start += if after.starts_with("\r\n") { 2 } else { usize::from(after.starts_with('\n')) };
     }
-    if literal || !raw.contains('\\') {
-        start + inner
-    } else {
-        span.start
-    }
+    if literal || !raw.contains('\\') { start + inner } else { span.start }
 }
 
 pub(super) fn targets(f: &File<'_>, errs: &mut Errors, s: &S) -> Option<TargetQuery> {
@@ -153,9 +116,7 @@ fn source_address_entry(entry: &str) -> Result<(), String> {
         Some((a, p)) => (a, Some(p)),
         None => (entry, None),
     };
-    let addr: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("`{entry}` is not an IP address or CIDR"))?;
+    let addr: IpAddr = addr.parse().map_err(|_| format!("`{entry}` is not an IP address or CIDR"))?;
     let Some(prefix) = prefix else { return Ok(()) };
     let bits: u32 = if addr.is_ipv4() { 32 } else { 128 };
     let len: u32 = prefix
@@ -167,34 +128,20 @@ fn source_address_entry(entry: &str) -> Result<(), String> {
         IpAddr::V4(a) => u128::from(u32::from(a)),
         IpAddr::V6(a) => u128::from(a),
     };
-    let host_mask = if len >= bits {
-        0
-    } else {
-        (1u128 << (bits - len)) - 1
-    };
+    let host_mask = if len >= bits { 0 } else { (1u128 << (bits - len)) - 1 };
     // sshd refuses such entries, which would make the certificate unusable; say so now.
     if value & host_mask != 0 {
-        return Err(format!(
-            "`{entry}` has host bits set beyond the /{len} prefix"
-        ));
+        return Err(format!("`{entry}` has host bits set beyond the /{len} prefix"));
     }
     Ok(())
 }
 
-pub(super) fn critical_options(
-    f: &File<'_>,
-    errs: &mut Errors,
-    raw: RawCriticalOptions,
-) -> BTreeMap<String, String> {
+pub(super) fn critical_options(f: &File<'_>, errs: &mut Errors, raw: RawCriticalOptions) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if let Some(fc) = raw.force_command {
         let v = fc.get_ref();
         if v.trim().is_empty() || v.contains(['\0', '\n', '\r']) {
-            errs.at(
-                f,
-                fc.span().start,
-                "`force-command` must be non-empty and contain no NUL or newline",
-            );
+            errs.at(f, fc.span().start, "`force-command` must be non-empty and contain no NUL or newline");
         }
         out.insert("force-command".to_owned(), fc.into_inner());
     }
@@ -209,11 +156,7 @@ pub(super) fn critical_options(
     }
     if let Some(vr) = raw.verify_required {
         if !vr.get_ref().is_empty() {
-            errs.at(
-                f,
-                vr.span().start,
-                "`verify-required` takes no value (use \"\")",
-            );
+            errs.at(f, vr.span().start, "`verify-required` takes no value (use \"\")");
         }
         out.insert("verify-required".to_owned(), vr.into_inner());
     }
@@ -225,21 +168,13 @@ pub(super) fn session(f: &File<'_>, errs: &mut Errors, raw: RawSession) -> Sessi
     if let Some(d) = raw.idle.as_ref().and_then(|s| duration(f, errs, s, "idle")) {
         out.idle = d;
     }
-    if let Some(d) = raw
-        .absolute
-        .as_ref()
-        .and_then(|s| duration(f, errs, s, "absolute"))
-    {
+    if let Some(d) = raw.absolute.as_ref().and_then(|s| duration(f, errs, s, "absolute")) {
         out.absolute = d;
     }
     let mut cap = |v: Option<Spanned<u32>>, field: &str| {
         let v = v?;
         if *v.get_ref() == 0 {
-            errs.at(
-                f,
-                v.span().start,
-                format!("`{field}` must be at least 1 (omit it for no limit)"),
-            );
+            errs.at(f, v.span().start, format!("`{field}` must be at least 1 (omit it for no limit)"));
         }
         Some(v.into_inner())
     };
@@ -255,40 +190,17 @@ mod tests {
 
     #[test]
     fn logins() {
-        for ok in [
-            "root",
-            "_x",
-            "a",
-            "pve-admin",
-            "a.b_c-d9",
-            "abcdefghijklmnopqrstuvwxyz012345",
-        ] {
+        for ok in ["root", "_x", "a", "pve-admin", "a.b_c-d9", "abcdefghijklmnopqrstuvwxyz012345"] {
             assert!(is_login(ok), "{ok}");
         }
-        for bad in [
-            "",
-            "Root",
-            "9a",
-            "-a",
-            "a b",
-            "a$",
-            "abcdefghijklmnopqrstuvwxyz0123456",
-            "é",
-        ] {
+        for bad in ["", "Root", "9a", "-a", "a b", "a$", "abcdefghijklmnopqrstuvwxyz0123456", "é"] {
             assert!(!is_login(bad), "{bad}");
         }
     }
 
     #[test]
     fn source_addresses() {
-        for ok in [
-            "10.0.0.0/8",
-            "192.168.1.5",
-            "::1",
-            "2001:db8::/32",
-            "0.0.0.0/0",
-            "10.1.2.3/32",
-        ] {
+        for ok in ["10.0.0.0/8", "192.168.1.5", "::1", "2001:db8::/32", "0.0.0.0/0", "10.1.2.3/32"] {
             assert_eq!(source_address_entry(ok), Ok(()), "{ok}");
         }
         for bad in [

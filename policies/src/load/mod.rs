@@ -39,12 +39,7 @@ impl Errors {
         self.0.push((
             f.idx,
             offset,
-            LoadError {
-                file: f.name.to_owned(),
-                line: pos.line,
-                column: pos.column,
-                message: message.into(),
-            },
+            LoadError { file: f.name.to_owned(), line: pos.line, column: pos.column, message: message.into() },
         ));
     }
 }
@@ -75,10 +70,7 @@ impl Loader {
         let key = (kind, name.get_ref().clone());
         let here = location(f, name.span().start);
         if let Some(first) = self.first_seen.get(&key) {
-            let msg = format!(
-                "duplicate {kind} `{}` (first defined at {first})",
-                name.get_ref()
-            );
+            let msg = format!("duplicate {kind} `{}` (first defined at {first})", name.get_ref());
             self.errs.at(f, name.span().start, msg);
             return false;
         }
@@ -86,11 +78,7 @@ impl Loader {
         true
     }
 
-    fn item<'i, T: Deserialize<'i>>(
-        &mut self,
-        f: &File<'_>,
-        item: &Spanned<DeValue<'i>>,
-    ) -> Option<T> {
+    fn item<'i, T: Deserialize<'i>>(&mut self, f: &File<'_>, item: &Spanned<DeValue<'i>>) -> Option<T> {
         match T::deserialize(ValueDeserializer::from(item.clone())) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -107,11 +95,7 @@ impl Loader {
             // A file that is not valid TOML is reported as such; checking the recovered
             // remainder would mostly produce confusing follow-on errors.
             for e in parse_errors {
-                self.errs.at(
-                    f,
-                    e.span().map_or(0, |s| s.start),
-                    e.message().trim().to_owned(),
-                );
+                self.errs.at(f, e.span().map_or(0, |s| s.start), e.message().trim().to_owned());
             }
             return;
         }
@@ -135,9 +119,7 @@ impl Loader {
                     "deny" => self.deny(f, item),
                     "rule" => self.rule(f, item),
                     _ => {
-                        let msg = format!(
-                            "unknown top-level key `{kind}`; expected role, binding, deny or rule"
-                        );
+                        let msg = format!("unknown top-level key `{kind}`; expected role, binding, deny or rule");
                         self.errs.at(f, key.span().start, msg);
                         break;
                     }
@@ -190,26 +172,17 @@ impl Loader {
             (Some(g), None) => (g, Subject::Group as fn(String) -> Subject),
             (None, Some(u)) => (u, Subject::User as fn(String) -> Subject),
             _ => {
-                self.errs.at(
-                    f,
-                    item.span().start,
-                    "a binding needs exactly one of `group` or `user`",
-                );
+                self.errs.at(f, item.span().start, "a binding needs exactly one of `group` or `user`");
                 return;
             }
         };
         let (name, make) = subject;
         if name.get_ref().is_empty() || name.get_ref().chars().any(char::is_control) {
-            self.errs.at(
-                f,
-                name.span().start,
-                format!("invalid name {:?}", name.get_ref()),
-            );
+            self.errs.at(f, name.span().start, format!("invalid name {:?}", name.get_ref()));
             return;
         }
         if raw.roles.get_ref().is_empty() {
-            self.errs
-                .at(f, raw.roles.span().start, "`roles` must not be empty");
+            self.errs.at(f, raw.roles.span().start, "`roles` must not be empty");
             return;
         }
         self.bindings.push(PendingBinding {
@@ -229,29 +202,17 @@ impl Loader {
                 } else if self.first_seen.contains_key(&("role", r.get_ref().clone())) {
                     // The role exists but failed validation; that error is already reported.
                 } else if let Some(f) = files.get(b.file) {
-                    self.errs
-                        .at(f, r.span().start, format!("unknown role `{}`", r.get_ref()));
+                    self.errs.at(f, r.span().start, format!("unknown role `{}`", r.get_ref()));
                 }
             }
-            self.policy
-                .bindings
-                .entry(b.subject)
-                .or_default()
-                .extend(roles);
+            self.policy.bindings.entry(b.subject).or_default().extend(roles);
         }
     }
 }
 
 pub(crate) fn load(sources: &[PolicySource<'_>]) -> Result<Policy, LoadErrors> {
-    let files: Vec<File<'_>> = sources
-        .iter()
-        .enumerate()
-        .map(|(idx, s)| File {
-            idx,
-            name: s.name,
-            text: s.text,
-        })
-        .collect();
+    let files: Vec<File<'_>> =
+        sources.iter().enumerate().map(|(idx, s)| File { idx, name: s.name, text: s.text }).collect();
     let mut loader = Loader::default();
     for f in &files {
         loader.file(f);

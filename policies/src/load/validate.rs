@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::fields::{
-    EXTENSIONS, critical_options, duration, is_login, item_name, session, subjects, targets,
-};
+use super::fields::{EXTENSIONS, critical_options, duration, is_login, item_name, session, subjects, targets};
 use super::raw::{RawDeny, RawRole, RawRule};
 use super::{Errors, File};
 use crate::model::{DenyStatement, Role, Rule, Scope};
@@ -22,32 +20,17 @@ pub(super) fn role(f: &File<'_>, errs: &mut Errors, raw: RawRole) -> Option<Role
     let before = errs.count();
     let name = item_name(f, errs, &raw.name, "role");
     for l in raw.logins.iter().filter(|l| !is_login(l.get_ref())) {
-        errs.at(
-            f,
-            l.span().start,
-            format!(
-                "invalid login {:?} (expected ^[a-z_][a-z0-9_.-]{{0,31}}$)",
-                l.get_ref()
-            ),
-        );
+        errs.at(f, l.span().start, format!("invalid login {:?} (expected ^[a-z_][a-z0-9_.-]{{0,31}}$)", l.get_ref()));
     }
     let logins: BTreeSet<String> = raw.logins.iter().map(|l| l.get_ref().clone()).collect();
     let targets = match (&raw.targets, logins.is_empty()) {
         (Some(t), false) => targets(f, errs, t),
         (None, false) => {
-            errs.at(
-                f,
-                raw.name.span().start,
-                format!("role `{name}` has logins but no `targets`"),
-            );
+            errs.at(f, raw.name.span().start, format!("role `{name}` has logins but no `targets`"));
             None
         }
         (Some(t), true) => {
-            errs.at(
-                f,
-                t.span().start,
-                "`targets` has no effect on a role without `logins`",
-            );
+            errs.at(f, t.span().start, "`targets` has no effect on a role without `logins`");
             None
         }
         (None, true) => None,
@@ -70,26 +53,11 @@ pub(super) fn role(f: &File<'_>, errs: &mut Errors, raw: RawRole) -> Option<Role
         }
         max_cert_ttl = d;
     }
-    for e in raw
-        .extensions
-        .iter()
-        .filter(|e| !EXTENSIONS.contains(&e.get_ref().as_str()))
-    {
-        errs.at(
-            f,
-            e.span().start,
-            format!(
-                "unknown extension {:?}; allowed: {}",
-                e.get_ref(),
-                EXTENSIONS.join(", ")
-            ),
-        );
+    for e in raw.extensions.iter().filter(|e| !EXTENSIONS.contains(&e.get_ref().as_str())) {
+        errs.at(f, e.span().start, format!("unknown extension {:?}; allowed: {}", e.get_ref(), EXTENSIONS.join(", ")));
     }
     let extensions = raw.extensions.iter().map(|e| e.get_ref().clone()).collect();
-    let critical_options = raw
-        .critical_options
-        .map(|c| critical_options(f, errs, c))
-        .unwrap_or_default();
+    let critical_options = raw.critical_options.map(|c| critical_options(f, errs, c)).unwrap_or_default();
     let session = raw.session.map(|s| session(f, errs, s)).unwrap_or_default();
     (errs.count() == before).then_some(Role {
         name,
@@ -109,25 +77,10 @@ pub(super) fn deny(f: &File<'_>, errs: &mut Errors, raw: RawDeny) -> Option<Deny
     let users = subjects(f, errs, &raw.users, "user");
     let groups = subjects(f, errs, &raw.groups, "group");
     if users.is_empty() && groups.is_empty() {
-        errs.at(
-            f,
-            raw.name.span().start,
-            format!("deny `{name}` names no users or groups"),
-        );
+        errs.at(f, raw.name.span().start, format!("deny `{name}` names no users or groups"));
     }
-    for l in raw
-        .logins
-        .iter()
-        .filter(|l| l.get_ref() != "*" && !is_login(l.get_ref()))
-    {
-        errs.at(
-            f,
-            l.span().start,
-            format!(
-                "invalid login {:?} (use \"*\" for every login)",
-                l.get_ref()
-            ),
-        );
+    for l in raw.logins.iter().filter(|l| l.get_ref() != "*" && !is_login(l.get_ref())) {
+        errs.at(f, l.span().start, format!("invalid login {:?} (use \"*\" for every login)", l.get_ref()));
     }
     for p in raw.permissions.iter().filter(|p| p.get_ref() != "*") {
         if let Err(e) = p.get_ref().parse::<Permission>() {
@@ -135,22 +88,14 @@ pub(super) fn deny(f: &File<'_>, errs: &mut Errors, raw: RawDeny) -> Option<Deny
         }
     }
     if raw.logins.is_empty() && raw.permissions.is_empty() {
-        errs.at(
-            f,
-            raw.name.span().start,
-            format!("deny `{name}` removes no logins or permissions"),
-        );
+        errs.at(f, raw.name.span().start, format!("deny `{name}` removes no logins or permissions"));
     }
     (errs.count() == before).then(|| DenyStatement {
         name,
         users,
         groups,
         logins: raw.logins.into_iter().map(Spanned::into_inner).collect(),
-        permissions: raw
-            .permissions
-            .into_iter()
-            .map(Spanned::into_inner)
-            .collect(),
+        permissions: raw.permissions.into_iter().map(Spanned::into_inner).collect(),
     })
 }
 
@@ -166,17 +111,17 @@ pub(super) fn rule(f: &File<'_>, errs: &mut Errors, raw: RawRule) -> Option<Rule
         gateways: subjects(f, errs, &rs.gateways, "gateway"),
     };
     if scope.partitions.is_empty() && scope.agents.is_empty() && scope.gateways.is_empty() {
-        errs.at(f, scope_span.start, "`scope` is empty; an empty scope never means \"any scope\" — list partitions, agents or gateways");
+        errs.at(
+            f,
+            scope_span.start,
+            "`scope` is empty; an empty scope never means \"any scope\" — list partitions, agents or gateways",
+        );
     }
     let mut timeout = Duration::from_millis(10_000);
     if let Some(t) = raw.timeout_ms {
         let ms = *t.get_ref();
         if !(1..=MAX_TIMEOUT_MS).contains(&ms) {
-            errs.at(
-                f,
-                t.span().start,
-                format!("`timeout_ms` must be between 1 and {MAX_TIMEOUT_MS}"),
-            );
+            errs.at(f, t.span().start, format!("`timeout_ms` must be between 1 and {MAX_TIMEOUT_MS}"));
         }
         timeout = Duration::from_millis(ms);
     }
@@ -188,11 +133,7 @@ pub(super) fn rule(f: &File<'_>, errs: &mut Errors, raw: RawRule) -> Option<Rule
         for p in ports.get_ref().iter().filter(|p| *p.get_ref() == 0) {
             errs.at(f, p.span().start, "port 0 is not a valid port");
         }
-        allowed_ports = ports
-            .into_inner()
-            .into_iter()
-            .map(Spanned::into_inner)
-            .collect();
+        allowed_ports = ports.into_inner().into_iter().map(Spanned::into_inner).collect();
     }
     let targets = targets?;
     (errs.count() == before).then_some(Rule {

@@ -6,8 +6,7 @@ use super::{Filter, Key, QueryError, TargetQuery};
 /// Characters that end or structure a value and therefore cannot appear in a bare one.
 const STRUCTURAL: &[char] = &['"', '(', ')', ','];
 
-const KEYS: &str =
-    "name, ip, type, vendor, source, agent, gateway, partition, tags.<k>, metadata.<k>";
+const KEYS: &str = "name, ip, type, vendor, source, agent, gateway, partition, tags.<k>, metadata.<k>";
 
 /// Whether `v` can be written without quotes (and so `Display` may print it bare).
 pub(super) fn is_bare(v: &str) -> bool {
@@ -30,10 +29,7 @@ struct Parser<'a> {
 type Res<T> = Result<T, QueryError>;
 
 fn err<T>(offset: usize, message: impl Into<String>) -> Res<T> {
-    Err(QueryError {
-        offset,
-        message: message.into(),
-    })
+    Err(QueryError { offset, message: message.into() })
 }
 
 impl<'a> Parser<'a> {
@@ -105,10 +101,7 @@ impl<'a> Parser<'a> {
         match self.peek() {
             Some(':') => {}
             Some(c) if !c.is_whitespace() => {
-                return err(
-                    self.pos,
-                    format!("invalid character `{}` in key", c.escape_debug()),
-                );
+                return err(self.pos, format!("invalid character `{}` in key", c.escape_debug()));
             }
             _ => return err(start, "expected `key:value`"),
         }
@@ -129,10 +122,7 @@ impl<'a> Parser<'a> {
                 (Some(k), _) if !k.is_empty() => Key::Tag(k.to_owned()),
                 (_, Some(k)) if !k.is_empty() => Key::Metadata(k.to_owned()),
                 _ => {
-                    return err(
-                        key_at,
-                        format!("unknown key `{other}`; expected one of {KEYS}"),
-                    );
+                    return err(key_at, format!("unknown key `{other}`; expected one of {KEYS}"));
                 }
             },
         };
@@ -142,18 +132,10 @@ impl<'a> Parser<'a> {
             None => {}
             Some(c) if c.is_whitespace() => {}
             Some(c) => {
-                return err(
-                    self.pos,
-                    format!("unexpected `{}` after value", c.escape_debug()),
-                );
+                return err(self.pos, format!("unexpected `{}` after value", c.escape_debug()));
             }
         }
-        Ok(Filter {
-            negated,
-            key,
-            values,
-            list,
-        })
+        Ok(Filter { negated, key, values, list })
     }
 
     fn value(&mut self) -> Res<(Vec<String>, bool)> {
@@ -188,16 +170,10 @@ impl<'a> Parser<'a> {
                 Some(')') => return Ok(values),
                 None => return err(open, "unterminated list"),
                 Some(c) if c.is_whitespace() => {
-                    return err(
-                        self.pos - c.len_utf8(),
-                        "whitespace is not allowed inside a list",
-                    );
+                    return err(self.pos - c.len_utf8(), "whitespace is not allowed inside a list");
                 }
                 Some(c) => {
-                    return err(
-                        self.pos - c.len_utf8(),
-                        format!("unexpected `{}` in list", c.escape_debug()),
-                    );
+                    return err(self.pos - c.len_utf8(), format!("unexpected `{}` in list", c.escape_debug()));
                 }
             }
         }
@@ -208,10 +184,7 @@ impl<'a> Parser<'a> {
         let start = self.pos;
         let v = self.take_while(|c| !c.is_whitespace() && !stops.contains(&c));
         if let Some((i, c)) = v.char_indices().find(|&(_, c)| !bare_char(c)) {
-            return err(
-                start + i,
-                format!("`{}` is not allowed in an unquoted value", c.escape_debug()),
-            );
+            return err(start + i, format!("`{}` is not allowed in an unquoted value", c.escape_debug()));
         }
         Ok(v.to_owned())
     }

@@ -1,23 +1,12 @@
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! Helpers and fixtures shared by the integration tests.
 
 use std::collections::BTreeSet;
 
-use portcullis_policies::{
-    Deny, DenyReason, Identity, LoadError, Policy, PolicySource, scoped_principal,
-};
+use portcullis_policies::{Deny, DenyReason, Identity, LoadError, Policy, PolicySource, scoped_principal};
 
 pub fn load(files: &[(&str, &str)]) -> Result<Policy, Vec<LoadError>> {
-    let sources: Vec<PolicySource<'_>> = files
-        .iter()
-        .map(|(name, text)| PolicySource { name, text })
-        .collect();
+    let sources: Vec<PolicySource<'_>> = files.iter().map(|(name, text)| PolicySource { name, text }).collect();
     Policy::from_sources(&sources).map_err(|e| e.0)
 }
 
@@ -33,27 +22,15 @@ pub fn one_error(text: &str, line: usize, col: usize, needle: &str) {
     let errs = errors(text);
     assert_eq!(errs.len(), 1, "{errs:#?}");
     let prefix = format!("p.toml:{line}:{col}: ");
-    assert!(
-        errs[0].starts_with(&prefix) && errs[0].contains(needle),
-        "got {:?}, want {prefix}…{needle}…",
-        errs[0]
-    );
+    assert!(errs[0].starts_with(&prefix) && errs[0].contains(needle), "got {:?}, want {prefix}…{needle}…", errs[0]);
 }
 
 pub fn policy(text: &str) -> Policy {
-    Policy::from_sources(&[PolicySource {
-        name: "p.toml",
-        text,
-    }])
-    .unwrap_or_else(|e| panic!("{e}"))
+    Policy::from_sources(&[PolicySource { name: "p.toml", text }]).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn who(user: &str, groups: &[&str]) -> Identity {
-    Identity {
-        username: user.into(),
-        groups: groups.iter().map(|g| g.to_string()).collect(),
-        source: "ldap".into(),
-    }
+    Identity { username: user.into(), groups: groups.iter().map(|g| g.to_string()).collect(), source: "ldap".into() }
 }
 
 pub fn reason<T: std::fmt::Debug>(r: Result<T, Deny>) -> DenyReason {

@@ -32,10 +32,7 @@ pub fn ssh_keygen() -> Option<&'static Path> {
 }
 
 pub fn run_ssh_keygen(args: &[&str]) -> Output {
-    Command::new(SSH_KEYGEN)
-        .args(args)
-        .output()
-        .expect("failed to start ssh-keygen")
+    Command::new(SSH_KEYGEN).args(args).output().expect("failed to start ssh-keygen")
 }
 
 /// Runs `ssh-keygen` and fails the test with its stderr unless it exits 0.
@@ -55,17 +52,7 @@ pub fn keygen_file(dir: &Path, name: &str, key_type: &str, bits: Option<u32>) ->
     let path = dir.join(name);
     let path_str = path.to_str().expect("non-UTF-8 temp path");
     let bits = bits.map(|b| b.to_string());
-    let mut args = vec![
-        "-q",
-        "-t",
-        key_type,
-        "-N",
-        "",
-        "-C",
-        "test@comment",
-        "-f",
-        path_str,
-    ];
+    let mut args = vec!["-q", "-t", key_type, "-N", "", "-C", "test@comment", "-f", path_str];
     if let Some(bits) = &bits {
         args.extend(["-b", bits.as_str()]);
     }
@@ -86,21 +73,15 @@ pub fn ed25519_key() -> PrivateKey {
 }
 
 pub fn p256_key() -> PrivateKey {
-    random_key(Algorithm::Ecdsa {
-        curve: EcdsaCurve::NistP256,
-    })
+    random_key(Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 })
 }
 
 /// A user certificate for `user`, signed by `ca`, valid from the epoch to the
 /// end of time so that clock skew cannot make a test flaky.
 pub fn user_cert(ca: &PrivateKey, user: &PrivateKey, serial: u64, key_id: &str) -> Certificate {
-    let mut builder = Builder::new_with_random_nonce(
-        &mut UnwrapErr(SysRng),
-        user.public_key().key_data().clone(),
-        0,
-        u64::MAX,
-    )
-    .expect("builder");
+    let mut builder =
+        Builder::new_with_random_nonce(&mut UnwrapErr(SysRng), user.public_key().key_data().clone(), 0, u64::MAX)
+            .expect("builder");
     builder.serial(serial).expect("serial");
     builder.key_id(key_id).expect("key id");
     builder.cert_type(CertType::User).expect("cert type");

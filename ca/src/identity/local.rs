@@ -1,0 +1,92 @@
+//! Users kept in the CA's own database, with argon2id password hashes.
+
+use super::{AuthFailure, BoxFuture, IdentitySource};
+use crate::store::{Store, StoreError};
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use portcullis_policies::Identity;
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::OnceLock;
+
+#[derive(Clone)]
+pub struct LocalUsers {
+    store: Store,
+}
+
+impl LocalUsers {
+    pub fn new(store: Store) -> Self {
+        LocalUsers { store }
+    }
+}
+
+/// A hash of a random password, verified against when the user does not exist so that
+/// "no such user" costs the same time as "wrong password".
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| hash_password("portcullis-timing-equaliser").unwrap_or_default())
+}
+
+pub fn hash_password(password: &str) -> Result<String, StoreError> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|_| StoreError::Corrupt("password hashing failed"))
+}
+
+fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        .unwrap_or(false)
+}
+
+impl IdentitySource for LocalUsers {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn authenticate<'a>(
+        &'a self,
+        username: &'a str,
+        password: &'a SecretString,
+    ) -> BoxFuture<'a, Result<Identity, AuthFailure>> {
+        Box::pin(async move {
+            if password.expose_secret().is_empty() {
+                return Err(AuthFailure::EmptyPassword);
+            }
+            let user = self.store.user(username).await.map_err(|_| AuthFailure::Unavailable)?;
+            let hash = user.as_ref().and_then(|u| u.password_hash.clone()).unwrap_or_else(|| dummy_hash().to_owned());
+            let pass = password.clone();
+            // argon2 is CPU-bound by design: keep it off the async workers.
+            let ok = tokio::task::spawn_blocking(move || verify_password(&hash, pass.expose_secret()))
+                .await
+                .unwrap_or(false);
+            let user = user.ok_or(AuthFailure::UnknownUser)?;
+            if !ok || user.password_hash.is_none() {
+                return Err(AuthFailure::BadPassword);
+            }
+            if user.disabled {
+                return Err(AuthFailure::Disabled);
+            }
+            Ok(Identity {
+                username: user.username,
+                groups: user.groups.into_iter().collect(),
+                source: "local".to_owned(),
+            })
+        })
+    }
+
+    fn refresh<'a>(&'a self, username: &'a str) -> BoxFuture<'a, Result<Option<Identity>, AuthFailure>> {
+        Box::pin(async move {
+            match self.store.user(username).await.map_err(|_| AuthFailure::Unavailable)? {
+                None => Ok(None),
+                Some(user) if user.disabled => Err(AuthFailure::Disabled),
+                Some(user) => Ok(Some(Identity {
+                    username: user.username,
+                    groups: user.groups.into_iter().collect(),
+                    source: "local".to_owned(),
+                })),
+            }
+        })
+    }
+}
