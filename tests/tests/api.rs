@@ -197,7 +197,7 @@ async fn unknown_user_and_wrong_password_look_the_same_and_are_audited() {
     let failed = server.audit_events("login_failed").await;
     let mut got = reasons(&failed);
     got.sort();
-    assert_eq!(got, ["bad_password", "empty_password", "unknown_user"], "{failed:?}");
+    assert_eq!(got, ["bad_credentials", "empty_password", "unknown_user"], "{failed:?}");
     let by_user = |name: &str| failed.iter().filter(|r| r.payload["username"] == name).count();
     assert_eq!((by_user("nobody"), by_user("alice")), (1, 2));
 

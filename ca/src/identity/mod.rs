@@ -30,7 +30,7 @@ impl AuthFailure {
         match self {
             AuthFailure::EmptyPassword => "empty_password",
             AuthFailure::UnknownUser => "unknown_user",
-            AuthFailure::BadPassword => "bad_password",
+            AuthFailure::BadPassword => "bad_credentials",
             AuthFailure::Disabled => "user_disabled",
             AuthFailure::Unavailable => "directory_unavailable",
         }
