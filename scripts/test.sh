@@ -15,19 +15,22 @@ missing_packages() {
     [[ -x /usr/sbin/sshd ]] || return 0
     command -v ssh-keygen >/dev/null 2>&1 || return 0
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || return 0
+    [[ -x /usr/sbin/slapd && -x /usr/bin/ldapadd ]] || return 0
     return 1
 }
 
 if missing_packages; then
-    step "installing OpenSSH and PostgreSQL"
+    step "installing OpenSSH, PostgreSQL and OpenLDAP"
     if [[ $(id -u) -ne 0 ]]; then
-        echo "error: sshd, ssh-keygen or PostgreSQL is missing and this is not root;" >&2
-        echo "install openssh-server openssh-client postgresql and run again" >&2
+        echo "error: sshd, ssh-keygen, PostgreSQL or slapd is missing and this is not root;" >&2
+        echo "install openssh-server openssh-client postgresql slapd ldap-utils and run again" >&2
         exit 1
     fi
     apt-get update
     # The postgresql package starts a system cluster; the tests ignore it and run their own.
     DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server openssh-client postgresql
+    # slapd starts a system instance on 389 too; the LDAP tests run private ones on free ports.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y slapd ldap-utils
 fi
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then

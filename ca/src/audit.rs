@@ -100,6 +100,40 @@ pub enum AuditEvent {
         name: String,
         new: bool,
     },
+    EnrollTokenCreated {
+        actor: String,
+        id: String,
+        uses: u32,
+        expires_at: u64,
+        tags: std::collections::BTreeMap<String, String>,
+    },
+    NodeEnrolled {
+        name: String,
+        token_id: String,
+        new: bool,
+        host_key_fingerprints: Vec<String>,
+        host_cert_serials: Vec<String>,
+        verification_serial: String,
+        client_ip: String,
+    },
+    EnrollRefused {
+        reason: &'static str,
+        client_ip: String,
+    },
+    NodeRefreshed {
+        name: String,
+        host_cert_serials: Vec<String>,
+        client_ip: String,
+    },
+    NodeDeregistered {
+        name: String,
+        client_ip: String,
+    },
+    NodeProofRefused {
+        node: String,
+        reason: &'static str,
+        client_ip: String,
+    },
 }
 
 impl AuditEvent {
@@ -120,6 +154,12 @@ impl AuditEvent {
             AuditEvent::PolicyRejected { .. } => "policy_rejected",
             AuditEvent::UserChanged { .. } => "user_changed",
             AuditEvent::NodeRegistered { .. } => "node_registered",
+            AuditEvent::EnrollTokenCreated { .. } => "enroll_token_created",
+            AuditEvent::NodeEnrolled { .. } => "node_enrolled",
+            AuditEvent::EnrollRefused { .. } => "enroll_refused",
+            AuditEvent::NodeRefreshed { .. } => "node_refreshed",
+            AuditEvent::NodeDeregistered { .. } => "node_deregistered",
+            AuditEvent::NodeProofRefused { .. } => "node_proof_refused",
         }
     }
 }
@@ -128,6 +168,18 @@ impl AuditEvent {
 pub async fn record(conn: &mut AnyConnection, at: u64, event: &AuditEvent) -> Result<u64, StoreError> {
     let payload = serde_json::to_string(event).map_err(|_| StoreError::Corrupt("audit event"))?;
     store::append_audit(conn, at, event.name(), &payload).await
+}
+
+/// Writes several events in order, in one move of the chain's head (the issuance
+/// writer's batches).
+pub async fn record_many(conn: &mut AnyConnection, events: &[(u64, &AuditEvent)]) -> Result<u64, StoreError> {
+    let payloads = events
+        .iter()
+        .map(|(at, e)| serde_json::to_string(e).map(|p| (*at, e.name(), p)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| StoreError::Corrupt("audit event"))?;
+    let records: Vec<(u64, &str, &str)> = payloads.iter().map(|(at, name, p)| (*at, *name, p.as_str())).collect();
+    store::append_audit_many(conn, &records).await
 }
 
 /// Peer-supplied text going into an audit record: printable, at most 64 characters.

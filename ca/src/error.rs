@@ -21,6 +21,9 @@ pub enum CaError {
     Conflict(String),
     #[error("identity directory unavailable")]
     Unavailable,
+    /// Single sign-on did not produce a session; the text is ours, never the IdP's.
+    #[error("sign-in failed: {0}")]
+    SignInFailed(String),
     #[error("configuration error: {0}")]
     Config(String),
     #[error("internal error: {0}")]
@@ -41,6 +44,7 @@ impl CaError {
             CaError::NotFound(_) => "not_found",
             CaError::Conflict(_) => "conflict",
             CaError::Unavailable => "unavailable",
+            CaError::SignInFailed(_) => "sign_in_failed",
             CaError::Config(_) => "config",
             CaError::Internal(_) | CaError::Store(_) => "internal",
         }

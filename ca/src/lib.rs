@@ -9,6 +9,7 @@
 pub mod api;
 pub mod audit;
 pub mod clock;
+pub mod enroll_script;
 pub mod error;
 pub mod fsutil;
 pub mod identity;

@@ -1,7 +1,7 @@
 //! `portcullis admin …`: thin calls to the CA's admin API with the saved session.
 
 use crate::api::Api;
-use crate::args::{AdminCommand, AuditCommand, CaCommand, NodeCommand, PolicyCommand, UserCommand};
+use crate::args::{AdminCommand, AuditCommand, CaCommand, EnrollTokenCommand, NodeCommand, PolicyCommand, UserCommand};
 use crate::login::read_password;
 use crate::state::Paths;
 use anyhow::{anyhow, bail};
@@ -120,6 +120,7 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::Node(cmd) => node(&api, cmd).await,
+        AdminCommand::EnrollToken(cmd) => enroll_token(&api, cmd).await,
     }
 }
 
@@ -182,13 +183,14 @@ async fn user(api: &Api, cmd: UserCommand) -> anyhow::Result<()> {
 async fn node(api: &Api, cmd: NodeCommand) -> anyhow::Result<()> {
     match cmd {
         NodeCommand::Add { name, addresses, tags, agent, partition } => {
-            let mut tag_map = BTreeMap::new();
-            for t in tags {
-                let (k, v) = t.split_once('=').ok_or_else(|| anyhow!("--tag must be key=value"))?;
-                tag_map.insert(k.to_owned(), v.to_owned());
-            }
-            let record =
-                NodeRecord { name: name.clone(), addresses, tags: tag_map, agent, partition, ..Default::default() };
+            let record = NodeRecord {
+                name: name.clone(),
+                addresses,
+                tags: key_values(&tags)?,
+                agent,
+                partition,
+                ..Default::default()
+            };
             let _: NodeRecord = api.post("/v1/admin/nodes", &record).await?;
             println!("Node {name} saved.");
         }
@@ -202,6 +204,41 @@ async fn node(api: &Api, cmd: NodeCommand) -> anyhow::Result<()> {
                     }
                 }
                 None => print_json(&p)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn key_values(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').ok_or_else(|| anyhow!("tags are key=value"))?;
+            Ok((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+async fn enroll_token(api: &Api, cmd: EnrollTokenCommand) -> anyhow::Result<()> {
+    use portcullis_proto::enroll::{EnrollTokenInfo, EnrollTokenRequest, EnrollTokenResponse};
+    match cmd {
+        EnrollTokenCommand::Create { ttl, uses, tags, agent, partition } => {
+            let ttl_seconds =
+                crate::login::duration_secs(&ttl).ok_or_else(|| anyhow!("--ttl must look like 1h or 30m"))?;
+            let request = EnrollTokenRequest { ttl_seconds, uses, tags: key_values(&tags)?, partition, agent };
+            let t: EnrollTokenResponse = api.post("/v1/admin/enroll-tokens", &request).await?;
+            // The token goes to stdout alone so scripts can capture it; the rest to stderr.
+            eprintln!("Enrollment token {} ({} use(s), expires at unix time {}):", t.id, t.uses, t.expires_at);
+            println!("{}", t.token);
+        }
+        EnrollTokenCommand::List => {
+            for t in api.get::<Vec<EnrollTokenInfo>>("/v1/admin/enroll-tokens").await? {
+                println!(
+                    "{} uses_left={} expires={} by={} tags={:?}",
+                    t.id, t.uses_left, t.expires_at, t.created_by, t.tags
+                );
             }
         }
     }

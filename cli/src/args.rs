@@ -77,6 +77,31 @@ pub enum AdminCommand {
     /// The node inventory.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Enrollment tokens for `portcullis-enroll`.
+    #[command(subcommand)]
+    EnrollToken(EnrollTokenCommand),
+}
+
+#[derive(Subcommand)]
+pub enum EnrollTokenCommand {
+    /// Create a token (shown once; the CA keeps only its hash).
+    Create {
+        /// Lifetime, e.g. 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many nodes may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Tags given to nodes enrolled with it: key=value, comma-separated or repeated.
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+        /// The agent that serves these nodes.
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        partition: Option<String>,
+    },
+    List,
 }
 
 #[derive(Subcommand)]

@@ -69,7 +69,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let ttl_seconds = args
         .ttl
         .as_deref()
-        .map(|t| humantime_secs(t).ok_or_else(|| anyhow!("--ttl must be a duration like 1h or 30m")))
+        .map(|t| duration_secs(t).ok_or_else(|| anyhow!("--ttl must be a duration like 1h or 30m")))
         .transpose()?;
 
     let api = Api::new(&ca_url, pin.as_deref())?;
@@ -114,7 +114,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn humantime_secs(s: &str) -> Option<u64> {
+pub fn duration_secs(s: &str) -> Option<u64> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().ok()?;
@@ -224,12 +224,12 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(humantime_secs("90"), Some(90));
-        assert_eq!(humantime_secs("30m"), Some(1800));
-        assert_eq!(humantime_secs("2h"), Some(7200));
-        assert_eq!(humantime_secs("0h"), None);
-        assert_eq!(humantime_secs("1x"), None);
-        assert_eq!(humantime_secs("h"), None);
+        assert_eq!(duration_secs("90"), Some(90));
+        assert_eq!(duration_secs("30m"), Some(1800));
+        assert_eq!(duration_secs("2h"), Some(7200));
+        assert_eq!(duration_secs("0h"), None);
+        assert_eq!(duration_secs("1x"), None);
+        assert_eq!(duration_secs("h"), None);
     }
 
     #[test]

@@ -37,6 +37,103 @@ pub struct ServerConfig {
     /// Names for the bootstrap certificate (when no operator certificate is given).
     #[serde(default = "default_tls_names")]
     pub tls_names: Vec<String>,
+    /// The `portcullis-enroll` binary served to nodes (default: beside `portcullisd`).
+    #[serde(default)]
+    pub enroll_binary: Option<PathBuf>,
+    /// Users and groups from a directory, asked after the local users.
+    #[serde(default)]
+    pub ldap: Option<portcullis_ca::identity::LdapToml>,
+    /// OpenID Connect single sign-on (browser and CLI device flow).
+    #[serde(default)]
+    pub oidc: Option<OidcToml>,
+}
+
+/// The `[oidc]` table as written; checked by `portcullis_ca::identity::oidc::Oidc::new`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcToml {
+    /// Exactly as the IdP names itself (`https://…`; `http://` only for loopback).
+    pub issuer: String,
+    pub client_id: String,
+    /// File holding the client secret (first line).
+    pub client_secret_file: PathBuf,
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    #[serde(default)]
+    pub username_claim: Option<String>,
+    #[serde(default)]
+    pub email_claim: Option<String>,
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    /// `https://<this CA>/v1/auth/oidc/callback`, registered at the IdP; without it only
+    /// the device flow is offered.
+    #[serde(default)]
+    pub redirect_url: Option<String>,
+    /// PEM bundle for the IdP's TLS certificate, in addition to the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub allowed_algs: Option<Vec<String>>,
+}
+
+impl OidcToml {
+    fn into_config(self) -> anyhow::Result<portcullis_ca::identity::oidc::OidcConfig> {
+        let secret = std::fs::read_to_string(&self.client_secret_file)
+            .with_context(|| format!("cannot read the OIDC client secret {}", self.client_secret_file.display()))?;
+        let secret = secret.lines().next().unwrap_or("").to_owned();
+        if secret.is_empty() {
+            bail!("the OIDC client secret file {} is empty", self.client_secret_file.display());
+        }
+        let mut config =
+            portcullis_ca::identity::oidc::OidcConfig::new(self.issuer, self.client_id, SecretString::from(secret));
+        if let Some(v) = self.scopes {
+            config.scopes = v;
+        }
+        if let Some(v) = self.username_claim {
+            config.username_claim = v;
+        }
+        if let Some(v) = self.email_claim {
+            config.email_claim = v;
+        }
+        if let Some(v) = self.groups_claim {
+            config.groups_claim = v;
+        }
+        if let Some(v) = self.allowed_algs {
+            config.allowed_algs = v;
+        }
+        config.redirect_url = self.redirect_url;
+        config.ca_file = self.ca_file;
+        Ok(config)
+    }
+}
+
+/// `portcullisd all-in-one --oidc-config FILE`: the `[oidc]` table alone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OidcFile {
+    oidc: OidcToml,
+}
+
+pub fn read_oidc_file(path: &Path) -> anyhow::Result<OidcToml> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file: OidcFile =
+        toml::from_str(&text).with_context(|| format!("invalid OIDC configuration in {}", path.display()))?;
+    Ok(file.oidc)
+}
+
+/// `portcullisd all-in-one --ldap-config FILE`: a TOML file holding just an `[ldap]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LdapFile {
+    ldap: portcullis_ca::identity::LdapToml,
+}
+
+/// Reads the `[ldap]` table of `path`.
+pub fn read_ldap_file(path: &Path) -> anyhow::Result<portcullis_ca::identity::LdapToml> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file: LdapFile =
+        toml::from_str(&text).with_context(|| format!("invalid LDAP configuration in {}", path.display()))?;
+    Ok(file.ldap)
 }
 
 fn default_listen() -> String {
@@ -97,6 +194,9 @@ impl ServerConfig {
             tls_cert: None,
             tls_key: None,
             tls_names,
+            enroll_binary: None,
+            ldap: None,
+            oidc: None,
             data_dir,
         })
     }
@@ -117,6 +217,13 @@ impl ServerConfig {
         }
         if let Some(v) = self.session_ttl {
             config.session_ttl = v;
+        }
+        if let Some(oidc) = self.oidc {
+            config.oidc = Some(oidc.into_config()?);
+        }
+        if let Some(ldap) = self.ldap {
+            let ldap = ldap.validate().context("invalid [ldap] configuration")?;
+            config.extra_sources.push(std::sync::Arc::new(portcullis_ca::identity::LdapSource::new(ldap)));
         }
         Ok(config)
     }

@@ -33,6 +33,12 @@ enum Command {
         /// Extra DNS names or IPs for the bootstrap TLS certificate.
         #[arg(long = "tls-name")]
         tls_names: Vec<String>,
+        /// A TOML file with an `[ldap]` table: users unknown locally are looked up there.
+        #[arg(long)]
+        ldap_config: Option<PathBuf>,
+        /// A TOML file with an `[oidc]` table: single sign-on through an OpenID Connect provider.
+        #[arg(long)]
+        oidc_config: Option<PathBuf>,
     },
     /// The certificate authority (control plane) from a configuration file.
     Ca {
@@ -52,8 +58,15 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let (config, all_in_one) = match cli.command {
-            Command::AllInOne { data_dir, listen, tls_names } => {
-                (ServerConfig::all_in_one(&data_dir, &listen, tls_names)?, true)
+            Command::AllInOne { data_dir, listen, tls_names, ldap_config, oidc_config } => {
+                let mut config = ServerConfig::all_in_one(&data_dir, &listen, tls_names)?;
+                if let Some(path) = ldap_config {
+                    config.ldap = Some(config::read_ldap_file(&path)?);
+                }
+                if let Some(path) = oidc_config {
+                    config.oidc = Some(config::read_oidc_file(&path)?);
+                }
+                (config, true)
             }
             Command::Ca { config } => (ServerConfig::from_file(&config)?, false),
         };
@@ -71,7 +84,11 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let data_dir = config.data_dir.clone();
-    let ca = Arc::new(Ca::open(config.into_ca_config()?, Arc::new(SystemClock)).await?);
+    let enroll_binary = config.enroll_binary.clone().or_else(default_enroll_binary);
+    let mut ca_config = config.into_ca_config()?;
+    ca_config.tls_pin = tls.pin.clone();
+    ca_config.enroll_binary = enroll_binary;
+    let ca = Arc::new(Ca::open(ca_config, Arc::new(SystemClock)).await?);
 
     let url = format!("https://{addr}");
     println!("Portcullis CA listening on {url}");
@@ -121,4 +138,10 @@ fn spawn_reload_on_sighup(ca: Arc<Ca>) {
             }
         }
     });
+}
+
+/// Installed side by side (a package, or `cargo build`), the enrollment tool sits next
+/// to the server binary.
+fn default_enroll_binary() -> Option<PathBuf> {
+    Some(std::env::current_exe().ok()?.parent()?.join("portcullis-enroll"))
 }

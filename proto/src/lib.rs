@@ -163,6 +163,13 @@ pub struct NodeRecord {
     pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// OpenSSH public key lines of the node's host keys (set by enrollment).
+    #[serde(default)]
+    pub host_keys: Vec<String>,
+    #[serde(default)]
+    pub os: Option<String>,
+    #[serde(default)]
+    pub sshd_version: Option<String>,
 }
 
 /// A node's `AuthorizedPrincipalsFile` contents, per login.
@@ -172,4 +179,6 @@ pub struct NodePrincipals {
     pub principals: BTreeMap<String, Vec<String>>,
 }
 
+pub mod enroll;
+pub mod oidc;
 pub mod pin;

@@ -84,6 +84,7 @@ fn main() -> ExitCode {
 
 /// Runs the measured load; returns certificates per second, or why the run is invalid.
 async fn portcullis_run(certs: usize, concurrency: usize) -> Result<f64, String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let server = Server::start().await;
     let token = server.admin_token().await;
     let server_pid = find_server_pid(&server.data_dir);
@@ -117,11 +118,15 @@ async fn portcullis_run(certs: usize, concurrency: usize) -> Result<f64, String>
     let issued_before = server.audit_events("cert_issued").await.len();
     let server_cpu_before = server_pid.map(cpu_seconds);
     let client_cpu_before = cpu_seconds_self();
+    let machine_before = machine_cpu_seconds();
+    let switches_before = server_pid.map(context_switches);
 
     let run = load(&client, &url, &token, &bodies, certs).await;
 
     let server_cpu = server_pid.map(|pid| cpu_seconds(pid) - server_cpu_before.unwrap_or(0.0));
     let client_cpu = cpu_seconds_self() - client_cpu_before;
+    let machine_busy = machine_cpu_seconds() - machine_before;
+    let switches = server_pid.map(|pid| context_switches(pid) - switches_before.unwrap_or(0));
     run.check("measured run")?;
 
     let rate = certs as f64 / run.elapsed.as_secs_f64();
@@ -149,6 +154,20 @@ async fn portcullis_run(certs: usize, concurrency: usize) -> Result<f64, String>
         ),
         None => println!("CPU during run:      bench client {client_cpu:.2} s (server process not found in /proc)"),
     }
+
+    if let Some(n) = switches {
+        println!("server ctx switches: {n} ({:.1} per cert)", n as f64 / certs as f64);
+    }
+
+    // Other processes on the machine (a compiler, say) take CPU from both sides.
+    let wall = run.elapsed.as_secs_f64();
+    let others = (machine_busy - server_cpu.unwrap_or(0.0) - client_cpu).max(0.0);
+    println!(
+        "machine during run:  {:.2} of {cores} cores busy; other processes {:.2} cores; load average {}",
+        machine_busy / wall,
+        others / wall,
+        load_average()
+    );
 
     // The numbers only count if every certificate was persisted with its audit record.
     let certs_after = count_certs(&server, &token).await;
@@ -401,4 +420,42 @@ fn stat_cpu(path: &str) -> f64 {
     // After ')': state is index 0, so utime (field 14) is 11 and stime (15) is 12.
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Busy (non-idle) CPU time of the whole machine, summed over cores, from `/proc/stat`.
+fn machine_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().next() else {
+        return 0.0;
+    };
+    // cpu user nice system idle iowait irq softirq steal …
+    let ticks: Vec<f64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0.0)).collect();
+    let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|i| ticks.get(*i)).sum();
+    busy / 100.0
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Voluntary and involuntary context switches of all of a process's threads so far.
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }

@@ -10,9 +10,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 pub mod bins;
+pub mod idp;
 pub mod inprocess;
 pub mod postgres;
 pub mod server;
+pub mod slapd;
 pub mod ssh;
 pub mod sshd;
 

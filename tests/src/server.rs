@@ -27,6 +27,9 @@ pub struct ServerOpts {
     pub env: Vec<(String, String)>,
     /// Extra arguments after `all-in-one`.
     pub args: Vec<String>,
+    /// `--listen` address instead of `127.0.0.1:0` (when the URL must be known before the
+    /// start, e.g. an OIDC redirect URL registered at the IdP).
+    pub listen: Option<String>,
 }
 
 pub struct Server {
@@ -67,7 +70,7 @@ impl Server {
             .arg("all-in-one")
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", opts.listen.as_deref().unwrap_or("127.0.0.1:0")])
             .args(&opts.args)
             .env("RUST_LOG", "warn")
             .envs(opts.env.iter().map(|(k, v)| (k, v)))

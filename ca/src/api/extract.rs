@@ -31,23 +31,47 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     }
 }
 
-/// The caller named by `Authorization: Bearer <token>`.
+/// The caller named by `Authorization: Bearer <token>`, or else by the
+/// `portcullis_session` cookie of a browser sign-in (the same server-side session).
 pub struct Authed(pub Caller);
 
 impl FromRequestParts<Arc<Ca>> for Authed {
     type Rejection = CaError;
 
     async fn from_request_parts(parts: &mut Parts, ca: &Arc<Ca>) -> Result<Self, CaError> {
-        let token = parts
+        let bearer = parts
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
+            .map(str::to_owned);
+        let token = bearer
+            .or_else(|| cookie(&parts.headers, super::oidc::SESSION_COOKIE))
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .ok_or(CaError::Unauthenticated)?;
-        Ok(Authed(ca.caller(token).await?))
+        Ok(Authed(ca.caller(&token).await?))
     }
+}
+
+/// The value of cookie `name` from the request's `Cookie` headers; `None` when absent or
+/// present more than once (an attacker on a sibling domain could add a second one).
+pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    let mut found = None;
+    for header in headers.get_all(axum::http::header::COOKIE) {
+        let Ok(text) = header.to_str() else { continue };
+        for pair in text.split(';') {
+            if let Some((k, v)) = pair.trim().split_once('=')
+                && k == name
+            {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(v.to_owned());
+            }
+        }
+    }
+    found
 }
 
 /// The TCP peer's address, as text for audit records.

@@ -31,8 +31,11 @@ pub async fn login(State(ca): Ca_, ClientIp(ip): ClientIp, Body(body): Body<Logi
     Ok(Json(ca.login_password(&body.username, &body.password, &ip).await?))
 }
 
-pub async fn logout(State(ca): Ca_, Authed(caller): Authed) -> Result<(), CaError> {
-    ca.logout(&caller).await
+/// Revokes the session, whether it came as a bearer token or as the browser's cookie,
+/// and tells a browser to drop the cookie.
+pub async fn logout(State(ca): Ca_, Authed(caller): Authed) -> Result<impl IntoResponse, CaError> {
+    ca.logout(&caller).await?;
+    Ok([super::oidc::clear_session_cookie()])
 }
 
 pub async fn whoami(State(ca): Ca_, Authed(caller): Authed) -> Res<WhoAmI> {

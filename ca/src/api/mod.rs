@@ -1,8 +1,10 @@
 //! The HTTPS API: routing, request limits, and the mapping from [`CaError`] to what a
 //! client may see. Handlers live in `handlers` and are one call into [`Ca`] each.
 
+mod enroll;
 mod extract;
 mod handlers;
+mod oidc;
 
 use crate::error::CaError;
 use crate::service::Ca;
@@ -23,6 +25,11 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/auth/login", post(handlers::login))
         .route("/v1/auth/logout", post(handlers::logout))
         .route("/v1/auth/whoami", get(handlers::whoami))
+        .route("/v1/auth/methods", get(oidc::methods))
+        .route("/v1/auth/oidc/device", post(oidc::device_start))
+        .route("/v1/auth/oidc/device/poll", post(oidc::device_poll))
+        .route("/v1/auth/oidc/login", get(oidc::browser_login))
+        .route("/v1/auth/oidc/callback", get(oidc::browser_callback))
         .route("/v1/certs/user", post(handlers::issue_user_cert))
         .route("/v1/ca/{purpose}/keys", get(handlers::trusted_keys))
         .route("/v1/krl", get(handlers::krl))
@@ -42,6 +49,12 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/admin/policy/reload", post(handlers::reload_policy))
         .route("/v1/admin/audit", get(handlers::audit_records))
         .route("/v1/admin/audit/verify", get(handlers::audit_verify))
+        .route("/v1/admin/enroll-tokens", get(enroll::list_tokens).post(enroll::create_token))
+        .route("/v1/enroll", post(enroll::enroll))
+        .route("/v1/nodes/refresh", post(enroll::refresh))
+        .route("/v1/nodes/deregister", post(enroll::deregister))
+        .route("/enroll.sh", get(enroll::script))
+        .route("/v1/download/portcullis-enroll", get(enroll::binary))
         .fallback(|| async { CaError::NotFound("route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ca)
@@ -50,7 +63,9 @@ pub fn router(ca: Arc<Ca>) -> Router {
 impl IntoResponse for CaError {
     fn into_response(self) -> Response {
         let status = match &self {
-            CaError::Unauthenticated | CaError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            CaError::Unauthenticated | CaError::InvalidCredentials | CaError::SignInFailed(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             CaError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             CaError::Denied(_) => StatusCode::FORBIDDEN,
             CaError::BadRequest(_) => StatusCode::BAD_REQUEST,

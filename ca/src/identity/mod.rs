@@ -4,8 +4,11 @@
 //! answers with a username and groups, or an [`AuthFailure`] whose reason code goes to
 //! the audit trail while the peer only ever hears "invalid username or password".
 
+mod ldap;
 mod local;
+pub mod oidc;
 
+pub use ldap::{GroupKind, GroupMode, LdapConfig, LdapSource, LdapToml};
 pub use local::{LocalUsers, hash_password};
 
 use portcullis_policies::Identity;

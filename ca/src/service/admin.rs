@@ -102,7 +102,7 @@ impl Ca {
             store::revoke_user_sessions(tx.conn(), username, now).await?;
             let n = store::revoke_certs(tx.conn(), &store::RevokeTarget::User(username), now).await?;
             if n > 0 {
-                let krl_version = store::bump_krl_version(tx.conn()).await?;
+                let krl_version = store::bump_krl_version(tx.conn(), now).await?;
                 audit::record(
                     tx.conn(),
                     now,

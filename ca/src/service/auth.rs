@@ -136,6 +136,10 @@ impl Ca {
                 Some(u) if !u.disabled => u.groups,
                 _ => return Err(CaError::Unauthenticated),
             }
+        } else if session.source == crate::identity::oidc::SOURCE {
+            // OIDC is not a directory we can ask again: the groups the IdP vouched for at
+            // sign-in hold for the session's lifetime (bounded by the session TTL).
+            session.groups
         } else {
             let source = self.sources.iter().find(|s| s.name() == session.source).ok_or(CaError::Unauthenticated)?;
             match source.refresh(&session.username).await {

@@ -71,26 +71,19 @@ impl Ca {
             issued_at: now,
             revoked_at: None,
         };
-        let mut tx = self.store.begin().await?;
-        store::insert_cert(tx.conn(), &row).await?;
-        audit::record(
-            tx.conn(),
-            now,
-            &AuditEvent::CertIssued {
-                username: who.username.clone(),
-                serial: signed.serial.to_string(),
-                key_id: signed.key_id.clone(),
-                principals: principals.clone(),
-                roles: permit.roles().to_vec(),
-                valid_after: signed.valid_after,
-                valid_before: signed.valid_before,
-                key_fingerprint: signed.key_fingerprint,
-                ca_fingerprint: signer.fingerprint.clone(),
-                client_ip: client_ip.to_owned(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        let event = AuditEvent::CertIssued {
+            username: who.username.clone(),
+            serial: signed.serial.to_string(),
+            key_id: signed.key_id.clone(),
+            principals: principals.clone(),
+            roles: permit.roles().to_vec(),
+            valid_after: signed.valid_after,
+            valid_before: signed.valid_before,
+            key_fingerprint: signed.key_fingerprint,
+            ca_fingerprint: signer.fingerprint.clone(),
+            client_ip: client_ip.to_owned(),
+        };
+        self.writer.write(row, event).await?;
         Ok(UserCertResponse {
             certificate: signed
                 .certificate
@@ -162,7 +155,7 @@ impl Ca {
                 return Err(CaError::BadRequest("give exactly one of serial, public_key, username".into()));
             }
         };
-        let krl_version = store::bump_krl_version(tx.conn()).await?;
+        let krl_version = store::bump_krl_version(tx.conn(), now).await?;
         audit::record(
             tx.conn(),
             now,
@@ -182,7 +175,7 @@ impl Ca {
     /// The current KRL in OpenSSH's binary format.
     pub async fn krl(&self) -> Result<Arc<Vec<u8>>, CaError> {
         let now = self.now();
-        let version = self.store.krl_version().await?;
+        let (version, changed_at) = self.store.krl_version().await?;
         {
             let cache = self.krl_cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(c) = cache.as_ref().filter(|c| c.version == version && now < c.built_at + KRL_MAX_AGE) {
@@ -190,7 +183,9 @@ impl Ca {
             }
         }
         let keyring = self.keyring();
-        let mut krl = KrlBuilder::new(version, now, "portcullis");
+        // The generation date is when the revocation set last changed, so an unchanged set
+        // encodes to the same bytes and nodes that refresh rewrite nothing.
+        let mut krl = KrlBuilder::new(version, changed_at, "portcullis");
         for (serial, ca_fp) in self.store.revoked_unexpired(now).await? {
             let ca_key = keyring
                 .rows()

@@ -4,6 +4,9 @@
 mod admin;
 mod auth;
 mod certs;
+mod enroll;
+pub mod oidc;
+mod writer;
 
 pub use auth::Caller;
 
@@ -40,8 +43,14 @@ pub struct CaConfig {
     pub session_ttl: Duration,
     pub login_failures_per_user: u32,
     pub login_attempts_per_ip: u32,
+    /// `SHA256:<base64>` of the API's TLS public key, baked into `enroll.sh`.
+    pub tls_pin: String,
+    /// The `portcullis-enroll` binary served to nodes (default: beside `portcullisd`).
+    pub enroll_binary: Option<PathBuf>,
     /// Password sources asked after the local users (e.g. LDAP), in order.
     pub extra_sources: Vec<Arc<dyn IdentitySource>>,
+    /// OpenID Connect single sign-on (browser and device flow), when configured.
+    pub oidc: Option<crate::identity::oidc::OidcConfig>,
 }
 
 impl CaConfig {
@@ -56,7 +65,10 @@ impl CaConfig {
             session_ttl: Duration::from_secs(12 * 3600),
             login_failures_per_user: 10,
             login_attempts_per_ip: 30,
+            tls_pin: String::new(),
+            enroll_binary: None,
             extra_sources: Vec::new(),
+            oidc: None,
         }
     }
 }
@@ -77,6 +89,17 @@ pub struct Ca {
     user_failures: RateLimiter,
     ip_attempts: RateLimiter,
     krl_cache: Mutex<Option<certs::CachedKrl>>,
+    oidc: Option<crate::identity::oidc::Oidc>,
+    writer: writer::IssuanceWriter,
+    tls_pin: String,
+    enroll_binary: Option<PathBuf>,
+    enroll_binary_cache: tokio::sync::Mutex<Option<Arc<EnrollBinary>>>,
+}
+
+/// The enrollment tool as served to nodes, with its checksum.
+pub struct EnrollBinary {
+    pub bytes: Arc<Vec<u8>>,
+    pub sha256: String,
 }
 
 impl Ca {
@@ -111,7 +134,10 @@ impl Ca {
             tracing::info!(purpose = %purpose, fingerprint = %row.fingerprint, "generated CA key");
             keyring = Keyring::load(&store, &config.passphrase).await?;
         }
+        let oidc = config.oidc.map(crate::identity::oidc::Oidc::new).transpose()?;
+        let writer = writer::IssuanceWriter::spawn(store.clone());
         let ca = Ca {
+            oidc,
             sources: std::iter::once(Arc::new(LocalUsers::new(store.clone())) as Arc<dyn IdentitySource>)
                 .chain(config.extra_sources)
                 .collect(),
@@ -128,6 +154,10 @@ impl Ca {
             user_failures: RateLimiter::new(config.login_failures_per_user, 60),
             ip_attempts: RateLimiter::new(config.login_attempts_per_ip, 60),
             krl_cache: Mutex::new(None),
+            writer,
+            tls_pin: config.tls_pin,
+            enroll_binary: config.enroll_binary,
+            enroll_binary_cache: tokio::sync::Mutex::new(None),
         };
         ca.install_policy(policy, SYSTEM_ACTOR).await?;
         Ok(ca)
@@ -153,6 +183,28 @@ impl Ca {
         let keyring = Keyring::load(&self.store, &self.passphrase).await?;
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keyring);
         Ok(())
+    }
+
+    pub fn tls_pin(&self) -> &str {
+        &self.tls_pin
+    }
+
+    /// Reads (once) the enrollment binary the CA hands to nodes.
+    pub async fn enroll_binary(&self) -> Result<Arc<EnrollBinary>, CaError> {
+        let mut cache = self.enroll_binary_cache.lock().await;
+        if let Some(binary) = cache.as_ref() {
+            return Ok(Arc::clone(binary));
+        }
+        let path = self.enroll_binary.clone().ok_or(CaError::NotFound("enrollment binary on this CA"))?;
+        let bytes = tokio::fs::read(&path).await.map_err(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the enrollment binary");
+            CaError::NotFound("enrollment binary on this CA")
+        })?;
+        use sha2::Digest;
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        let binary = Arc::new(EnrollBinary { bytes: Arc::new(bytes), sha256 });
+        *cache = Some(Arc::clone(&binary));
+        Ok(binary)
     }
 
     /// Public keys of `purpose` that verifiers must trust, one OpenSSH line each.

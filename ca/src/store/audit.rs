@@ -4,7 +4,7 @@
 //! head row stores the newest `(seq, hash)`. Editing a record breaks its hash, deleting
 //! one breaks the next record's `prev_hash` (or, for the newest, disagrees with the head).
 
-use super::{Result, Store, ts, ts_from};
+use super::{Result, Store, StoreError, ts, ts_from};
 use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
 
@@ -38,25 +38,38 @@ pub fn chain_hash(prev_hash: &str, seq: u64, at: u64, event: &str, payload: &str
 
 /// Appends one record inside the caller's transaction; returns its sequence number.
 pub async fn append(conn: &mut AnyConnection, at: u64, event: &str, payload: &str) -> Result<u64> {
+    append_many(conn, &[(at, event, payload)]).await
+}
+
+/// Appends records in order inside the caller's transaction, moving the head once;
+/// returns the last sequence number.
+pub async fn append_many(conn: &mut AnyConnection, records: &[(u64, &str, &str)]) -> Result<u64> {
+    let n = i64::try_from(records.len()).map_err(|_| StoreError::Corrupt("audit batch"))?;
     // The UPDATE takes the head's row lock (PostgreSQL) / the write lock (SQLite) first,
     // so concurrent appenders queue here instead of forking the chain.
-    let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+    let head = sqlx::query("UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash")
+        .bind(n)
         .fetch_one(&mut *conn)
         .await?;
-    let seq = ts_from(head.try_get("seq")?);
-    let prev: String = head.try_get("hash")?;
-    let hash = chain_hash(&prev, seq, at, event, payload);
-    sqlx::query("INSERT INTO audit_log (seq, at, event, payload, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(ts(seq))
-        .bind(ts(at))
-        .bind(event)
-        .bind(payload)
-        .bind(&prev)
-        .bind(&hash)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1").bind(&hash).execute(&mut *conn).await?;
-    Ok(seq)
+    let last = ts_from(head.try_get("seq")?);
+    let mut prev: String = head.try_get("hash")?;
+    let mut seq = last.saturating_sub(records.len() as u64);
+    for (at, event, payload) in records {
+        seq += 1;
+        let hash = chain_hash(&prev, seq, *at, event, payload);
+        sqlx::query("INSERT INTO audit_log (seq, at, event, payload, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(ts(seq))
+            .bind(ts(*at))
+            .bind(*event)
+            .bind(*payload)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&mut *conn)
+            .await?;
+        prev = hash;
+    }
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1").bind(&prev).execute(&mut *conn).await?;
+    Ok(last)
 }
 
 impl Store {

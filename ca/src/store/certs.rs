@@ -88,9 +88,10 @@ impl Store {
             .is_some())
     }
 
-    pub async fn krl_version(&self) -> Result<u64> {
-        let row = sqlx::query("SELECT version FROM krl_state WHERE id = 1").fetch_one(self.pool()).await?;
-        Ok(ts_from(row.try_get("version")?))
+    /// `(version, time of the last change)` of the revocation set.
+    pub async fn krl_version(&self) -> Result<(u64, u64)> {
+        let row = sqlx::query("SELECT version, updated_at FROM krl_state WHERE id = 1").fetch_one(self.pool()).await?;
+        Ok((ts_from(row.try_get("version")?), ts_from(row.try_get("updated_at")?)))
     }
 }
 
@@ -162,8 +163,9 @@ pub async fn insert_revoked_key(
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn bump_krl_version(conn: &mut AnyConnection) -> Result<u64> {
-    let row = sqlx::query("UPDATE krl_state SET version = version + 1 WHERE id = 1 RETURNING version")
+pub async fn bump_krl_version(conn: &mut AnyConnection, now: u64) -> Result<u64> {
+    let row = sqlx::query("UPDATE krl_state SET version = version + 1, updated_at = $1 WHERE id = 1 RETURNING version")
+        .bind(ts(now))
         .fetch_one(&mut *conn)
         .await?;
     Ok(ts_from(row.try_get("version")?))

@@ -8,6 +8,7 @@
 
 mod audit;
 mod certs;
+mod enroll;
 mod keys;
 mod misc;
 mod users;
@@ -16,10 +17,14 @@ pub use audit::GENESIS_HASH;
 pub use audit::{AuditRow, ChainCheck};
 pub use certs::CertRow;
 pub use certs::RevokeTarget;
+pub use enroll::{
+    EnrollTokenRow, HostCertRow, consume_enroll_token, delete_host_certs, delete_node, insert_enroll_token,
+    save_host_cert,
+};
 pub use keys::CaKeyRow;
 pub use users::{SessionRow, UserRow};
 
-pub use audit::append as append_audit;
+pub use audit::{append as append_audit, append_many as append_audit_many};
 pub use certs::{bump_krl_version, insert_cert, insert_revoked_key, revoke_certs};
 pub use keys::{insert_ca_key, move_ca_keys, set_ca_key_state};
 pub use misc::{save_policy_state, upsert_node};
@@ -107,6 +112,9 @@ impl Store {
                 Backend::Postgres => 16,
             })
             .acquire_timeout(Duration::from_secs(10))
+            // A local SQLite connection cannot go stale; pinging it before every
+            // checkout only costs a round trip to sqlx's worker thread.
+            .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

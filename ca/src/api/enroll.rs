@@ -1,0 +1,83 @@
+//! Enrollment routes: admin token management, the node's enroll / refresh / deregister
+//! calls, and the bootstrap script with the enrollment binary.
+
+use super::extract::{Authed, Body, ClientIp};
+use crate::error::CaError;
+use crate::service::Ca;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::IntoResponse;
+use portcullis_policies::Permission;
+use portcullis_proto::enroll::*;
+use std::sync::Arc;
+
+type Ca_ = State<Arc<Ca>>;
+
+pub async fn create_token(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Body(b): Body<EnrollTokenRequest>,
+) -> Result<Json<EnrollTokenResponse>, CaError> {
+    let grant = ca.authorize(&c, Permission::NodesManage)?;
+    Ok(Json(ca.create_enroll_token(&grant, &b).await?))
+}
+
+pub async fn list_tokens(State(ca): Ca_, Authed(c): Authed) -> Result<Json<Vec<EnrollTokenInfo>>, CaError> {
+    let grant = ca.authorize(&c, Permission::NodesManage)?;
+    Ok(Json(ca.enroll_tokens(&grant).await?))
+}
+
+/// The enrollment token is a bearer credential of its own kind (`pce_…`), not a session.
+pub async fn enroll(
+    State(ca): Ca_,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Body(b): Body<EnrollRequest>,
+) -> Result<Json<EnrollResponse>, CaError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| t.starts_with("pce_") && t.len() <= 128)
+        .ok_or(CaError::Unauthenticated)?;
+    Ok(Json(ca.enroll(token, &b, &ip).await?))
+}
+
+pub async fn refresh(
+    State(ca): Ca_,
+    ClientIp(ip): ClientIp,
+    Body(p): Body<NodeProof>,
+) -> Result<Json<NodeBundle>, CaError> {
+    Ok(Json(ca.node_refresh(&p, &ip).await?))
+}
+
+pub async fn deregister(State(ca): Ca_, ClientIp(ip): ClientIp, Body(p): Body<NodeProof>) -> Result<(), CaError> {
+    ca.node_deregister(&p, &ip).await
+}
+
+/// `curl -fsS --pinnedpubkey … https://CA/enroll.sh | sh -s -- --token T --ca-fingerprint F`
+pub async fn script(State(ca): Ca_, headers: HeaderMap) -> Result<impl IntoResponse, CaError> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| {
+            !h.is_empty() && h.len() <= 255 && h.chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+        })
+        .ok_or_else(|| CaError::BadRequest("missing or invalid Host header".into()))?;
+    let binary = ca.enroll_binary().await?;
+    let script = crate::enroll_script::render(&format!("https://{host}"), ca.tls_pin(), &binary.sha256);
+    Ok(([(header::CONTENT_TYPE, "text/x-shellscript; charset=utf-8")], script))
+}
+
+pub async fn binary(State(ca): Ca_) -> Result<impl IntoResponse, CaError> {
+    let binary = ca.enroll_binary().await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::ETAG, format!("\"{}\"", binary.sha256)),
+        ],
+        binary.bytes.as_ref().clone(),
+    ))
+}

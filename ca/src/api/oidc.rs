@@ -1,0 +1,174 @@
+//! Single sign-on routes. The callback's query is parsed by hand so that a missing,
+//! repeated or oversized parameter gets its own clear answer.
+
+use super::extract::{Body, ClientIp, cookie};
+use crate::error::CaError;
+use crate::service::Ca;
+use crate::service::oidc::Callback;
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use portcullis_proto::oidc::{AuthMethods, DevicePoll, DevicePollRequest, DeviceStart};
+use std::sync::Arc;
+
+/// The API session cookie: the same server-side session as a bearer token.
+pub const SESSION_COOKIE: &str = "portcullis_session";
+/// Binds a browser sign-in to the browser that started it (login CSRF defence).
+/// SameSite=Lax, not Strict: it must come along on the IdP's cross-site redirect back.
+const BINDING_COOKIE: &str = "portcullis_oidc_binding";
+const CALLBACK_PATH: &str = "/v1/auth/oidc/callback";
+const MAX_QUERY_BYTES: usize = 8 * 1024;
+const MAX_PARAM_BYTES: usize = 4 * 1024;
+
+type Ca_ = State<Arc<Ca>>;
+
+pub async fn methods(State(ca): Ca_) -> Json<AuthMethods> {
+    Json(ca.auth_methods())
+}
+
+pub async fn device_start(State(ca): Ca_, ClientIp(ip): ClientIp) -> Result<Json<DeviceStart>, CaError> {
+    Ok(Json(ca.oidc_device_start(&ip).await?))
+}
+
+pub async fn device_poll(
+    State(ca): Ca_,
+    ClientIp(ip): ClientIp,
+    Body(body): Body<DevicePollRequest>,
+) -> Result<Json<DevicePoll>, CaError> {
+    if body.handle.is_empty() || body.handle.len() > 256 {
+        return Err(CaError::BadRequest("malformed device sign-in handle".into()));
+    }
+    Ok(Json(ca.oidc_device_poll(&body.handle, &ip).await?))
+}
+
+fn header_value(s: String) -> Result<HeaderValue, CaError> {
+    HeaderValue::try_from(s).map_err(|_| CaError::Internal("header value".into()))
+}
+
+pub async fn browser_login(State(ca): Ca_, ClientIp(ip): ClientIp) -> Result<Response, CaError> {
+    let login = ca.oidc_browser_start(&ip).await?;
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::LOCATION, header_value(login.redirect_to)?);
+    headers.insert(
+        header::SET_COOKIE,
+        header_value(format!(
+            "{BINDING_COOKIE}={}; Path={CALLBACK_PATH}; Max-Age=600; Secure; HttpOnly; SameSite=Lax",
+            login.binding
+        ))?,
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Splits the callback query into its parameters, refusing repeats and oversize values.
+pub fn parse_callback(query: Option<&str>) -> Result<Callback, CaError> {
+    let query = query.unwrap_or("");
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(CaError::BadRequest("callback query too long".into()));
+    }
+    let (mut code, mut state, mut error, mut iss) = (None, None, None, None);
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        let slot = match name.as_ref() {
+            "code" => &mut code,
+            "state" => &mut state,
+            "error" => &mut error,
+            "iss" => &mut iss,
+            // error_description, error_uri, session_state…: not ours to show or keep.
+            _ => continue,
+        };
+        if value.len() > MAX_PARAM_BYTES {
+            return Err(CaError::BadRequest(format!("callback parameter `{name}` is too long")));
+        }
+        if slot.is_some() {
+            return Err(CaError::BadRequest(format!("callback parameter `{name}` appears more than once")));
+        }
+        *slot = Some(value.into_owned());
+    }
+    if let Some(error) = error {
+        let error: String = error.chars().filter(|c| c.is_ascii_lowercase() || *c == '_').take(64).collect();
+        return Ok(Callback::Error { error, state });
+    }
+    match (code.filter(|c| !c.is_empty()), state.filter(|s| !s.is_empty())) {
+        (Some(code), Some(state)) => Ok(Callback::Code { code, state, iss }),
+        (None, _) => Err(CaError::BadRequest("callback parameter `code` is missing".into())),
+        (_, None) => Err(CaError::BadRequest("callback parameter `state` is missing".into())),
+    }
+}
+
+pub async fn browser_callback(
+    State(ca): Ca_,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, CaError> {
+    let callback = parse_callback(query.as_deref())?;
+    let binding = cookie(&headers, BINDING_COOKIE);
+    let session = ca.oidc_browser_callback(callback, binding.as_deref(), &ip).await?;
+    let max_age = session.expires_at.saturating_sub(ca.now());
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        // The username passed our alphabet check: nothing here needs escaping.
+        format!(
+            "<!doctype html><title>Portcullis</title><p>Signed in as {}. You can close this window.</p>\n",
+            session.username
+        ),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    headers.append(
+        header::SET_COOKIE,
+        header_value(format!(
+            "{SESSION_COOKIE}={}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict",
+            session.token
+        ))?,
+    );
+    headers.append(
+        header::SET_COOKIE,
+        header_value(format!("{BINDING_COOKIE}=; Path={CALLBACK_PATH}; Max-Age=0; Secure; HttpOnly; SameSite=Lax"))?,
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Clears the session cookie in the browser (the server-side record is revoked by logout).
+pub fn clear_session_cookie() -> (header::HeaderName, HeaderValue) {
+    (
+        header::SET_COOKIE,
+        HeaderValue::from_static("portcullis_session=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callback_parameters() {
+        assert!(matches!(parse_callback(Some("code=a&state=b")), Ok(Callback::Code { .. })));
+        assert!(matches!(parse_callback(Some("code=a&state=b&iss=x&session_state=y")), Ok(Callback::Code { .. })));
+        let msg = |q: Option<&str>| match parse_callback(q) {
+            Err(e) => e.to_string(),
+            Ok(_) => "accepted".into(),
+        };
+        assert_eq!(msg(None), "callback parameter `code` is missing");
+        assert_eq!(msg(Some("state=b")), "callback parameter `code` is missing");
+        assert_eq!(msg(Some("code=a")), "callback parameter `state` is missing");
+        assert_eq!(msg(Some("code=a&state=")), "callback parameter `state` is missing");
+        assert_eq!(msg(Some("code=a&state=b&state=c")), "callback parameter `state` appears more than once");
+        assert_eq!(msg(Some("code=a&code=a&state=b")), "callback parameter `code` appears more than once");
+        let long = format!("code={}&state=b", "x".repeat(MAX_PARAM_BYTES + 1));
+        assert_eq!(msg(Some(&long)), "callback parameter `code` is too long");
+        let huge = format!("code=a&state=b&pad={}", "x".repeat(MAX_QUERY_BYTES));
+        assert_eq!(msg(Some(&huge)), "callback query too long");
+        match parse_callback(Some("error=access_denied%3Cscript%3E&error_description=%3Cb%3E&state=s")) {
+            Ok(Callback::Error { error, state }) => {
+                assert_eq!(error, "access_deniedscript");
+                assert_eq!(state.as_deref(), Some("s"));
+            }
+            _ => panic!("an IdP error must be recognised"),
+        }
+    }
+}

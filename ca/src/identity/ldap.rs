@@ -1,0 +1,216 @@
+//! Users and groups from an LDAP directory (OpenLDAP, Active Directory, …).
+//!
+//! Guarantees:
+//! - **Search, then bind.** The service account finds exactly one entry for the username
+//!   (zero or several: "unknown user"); the password is checked by a simple bind as that
+//!   entry's DN on a connection of its own. The service account never checks passwords.
+//! - **An empty password never reaches the directory**: a simple bind with an empty
+//!   password is an anonymous bind, which "succeeds".
+//! - **The username cannot change the filter**: it is escaped per RFC 4515 before it is
+//!   put into `user_filter`; names with control characters (NUL included) or over 256
+//!   bytes are refused as unknown without asking the directory; and the entry's
+//!   `username_attribute` must equal the typed name exactly, so `ALICE` or `al*ce` never
+//!   becomes `alice`.
+//! - **Locked accounts** (`disabled_filter`) are refused before any password bind.
+//! - **No fallback**: when the directory cannot be asked (down, timeout, service account
+//!   refused), the answer is [`AuthFailure::Unavailable`], which lets nobody in.
+//! - `refresh` re-reads the user and groups with the service account, so an API session
+//!   loses a group (and the principals it gave) at its next request.
+
+mod config;
+mod conn;
+mod groups;
+
+pub use config::{GroupKind, GroupMode, LdapConfig, LdapToml};
+
+use super::{AuthFailure, BoxFuture, IdentitySource};
+use conn::{BindOutcome, DirError, Pool};
+use ldap3::{Scope, SearchEntry, ldap_escape};
+use portcullis_policies::Identity;
+use secrecy::{ExposeSecret, SecretString};
+
+/// Longer names are refused without a search (RFC 4515 escaping can triple the length).
+const MAX_USERNAME_BYTES: usize = 256;
+
+pub struct LdapSource {
+    config: LdapConfig,
+    pool: Pool,
+}
+
+/// The one entry a username resolved to.
+struct UserEntry {
+    dn: String,
+    username: String,
+    member_of: Vec<String>,
+}
+
+/// Values of an attribute, whatever case the server used for its name.
+fn attrs<'e>(entry: &'e SearchEntry, name: &str) -> impl Iterator<Item = &'e str> {
+    entry
+        .attrs
+        .iter()
+        .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+        .flat_map(|(_, v)| v.iter().map(String::as_str))
+}
+
+/// The first value of an attribute, if printable.
+fn attr<'e>(entry: &'e SearchEntry, name: &str) -> Option<&'e str> {
+    attrs(entry, name).find(|v| !v.is_empty() && !v.chars().any(char::is_control))
+}
+
+/// Names the directory is never asked about.
+fn plausible_username(username: &str) -> bool {
+    !username.is_empty() && username.len() <= MAX_USERNAME_BYTES && !username.chars().any(char::is_control)
+}
+
+fn unavailable(what: &'static str, e: DirError) -> AuthFailure {
+    tracing::warn!(error = %e, "LDAP {what} failed; refusing (directory unavailable)");
+    AuthFailure::Unavailable
+}
+
+impl LdapSource {
+    /// No connection is made here: a directory that is down at start-up refuses logins
+    /// until it is back, it does not stop the CA.
+    pub fn new(config: LdapConfig) -> LdapSource {
+        let pool = Pool::new(&config);
+        LdapSource { config, pool }
+    }
+
+    /// Finds the user's entry and whether it is locked. `Ok(None)`: no such user (or
+    /// several entries, which is a directory mistake nobody may profit from).
+    async fn find_user(&self, username: &str) -> Result<Option<(UserEntry, bool)>, AuthFailure> {
+        if !plausible_username(username) {
+            return Ok(None);
+        }
+        let filter = self.config.user_filter.replace("{username}", &ldap_escape(username));
+        let mut wanted = vec![self.config.username_attribute.as_str()];
+        if let config::GroupLookup::MemberOf { attribute } = &self.config.groups {
+            wanted.push(attribute.as_str());
+        }
+        let mut conn = self.pool.service().await.map_err(|e| unavailable("service connection", e))?;
+        // A size limit of 2 is enough to tell "one" from "several".
+        let mut entries = conn
+            .search(&self.config.user_base, Scope::Subtree, &filter, &wanted, 2)
+            .await
+            .map_err(|e| unavailable("user search", e))?;
+        if entries.len() > 1 {
+            tracing::warn!(?username, "several directory entries match this username; refusing");
+            return Ok(None);
+        }
+        let Some(entry) = entries.pop() else { return Ok(None) };
+        if entry.dn.is_empty() || !attrs(&entry, &self.config.username_attribute).any(|v| v == username) {
+            return Ok(None);
+        }
+        let disabled = match &self.config.disabled_filter {
+            None => false,
+            Some(filter) => !conn
+                .search(&entry.dn, Scope::Base, filter, &["1.1"], 1)
+                .await
+                .map_err(|e| unavailable("disabled check", e))?
+                .is_empty(),
+        };
+        let member_of = match &self.config.groups {
+            config::GroupLookup::MemberOf { attribute } => attrs(&entry, attribute).map(str::to_owned).collect(),
+            config::GroupLookup::Search { .. } => Vec::new(),
+        };
+        Ok(Some((UserEntry { dn: entry.dn, username: username.to_owned(), member_of }, disabled)))
+    }
+
+    async fn identity(&self, user: UserEntry) -> Result<Identity, AuthFailure> {
+        let mut conn = self.pool.service().await.map_err(|e| unavailable("service connection", e))?;
+        let member = groups::Member { dn: &user.dn, username: &user.username, member_of: user.member_of };
+        let groups = groups::resolve(
+            &mut conn,
+            &self.config.groups,
+            &self.config.group_name_attribute,
+            self.config.nested_depth,
+            member,
+        )
+        .await
+        .map_err(|e| unavailable("group lookup", e))?;
+        Ok(Identity { username: user.username, groups, source: "ldap".to_owned() })
+    }
+}
+
+impl IdentitySource for LdapSource {
+    fn name(&self) -> &'static str {
+        "ldap"
+    }
+
+    fn authenticate<'a>(
+        &'a self,
+        username: &'a str,
+        password: &'a SecretString,
+    ) -> BoxFuture<'a, Result<Identity, AuthFailure>> {
+        Box::pin(async move {
+            if password.expose_secret().is_empty() {
+                return Err(AuthFailure::EmptyPassword);
+            }
+            let (user, disabled) = self.find_user(username).await?.ok_or(AuthFailure::UnknownUser)?;
+            if disabled {
+                return Err(AuthFailure::Disabled);
+            }
+            match self.pool.user_bind(&user.dn, password).await {
+                Ok(BindOutcome::Accepted) => {}
+                Ok(BindOutcome::Refused(rc)) => {
+                    tracing::debug!(rc, "LDAP password bind refused");
+                    return Err(AuthFailure::BadPassword);
+                }
+                Err(e) => return Err(unavailable("password bind", e)),
+            }
+            self.identity(user).await
+        })
+    }
+
+    fn refresh<'a>(&'a self, username: &'a str) -> BoxFuture<'a, Result<Option<Identity>, AuthFailure>> {
+        Box::pin(async move {
+            match self.find_user(username).await? {
+                None => Ok(None),
+                Some((_, true)) => Err(AuthFailure::Disabled),
+                Some((user, false)) => self.identity(user).await.map(Some),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn implausible_usernames_are_not_asked_about() {
+        assert!(plausible_username("alice"));
+        assert!(plausible_username("*)(uid=*"), "escaped, not refused: the directory finds nothing");
+        assert!(!plausible_username(""));
+        assert!(!plausible_username("alice\0"));
+        assert!(!plausible_username("alice\n"));
+        assert!(!plausible_username("alice\u{7f}"));
+        assert!(!plausible_username(&"a".repeat(257)));
+        assert!(plausible_username(&"a".repeat(256)));
+    }
+
+    #[tokio::test]
+    async fn empty_password_and_bad_names_never_reach_the_directory() {
+        // Port 9 on loopback: nothing listens, so any attempt to ask would be `Unavailable`.
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "x").unwrap();
+        let config: LdapToml = toml::from_str(&format!(
+            "url = \"ldap://127.0.0.1:9\"\ndanger_cleartext_passwords = true\nbind_dn = \"cn=svc,dc=example,dc=org\"\n\
+             bind_password_file = \"{}\"\nuser_base = \"dc=example,dc=org\"\nconnect_timeout = \"2s\"\n",
+            pw.display()
+        ))
+        .unwrap();
+        let source = LdapSource::new(config.validate().unwrap());
+        let pass = SecretString::from("secret");
+        assert_eq!(
+            source.authenticate("alice", &SecretString::from("")).await.unwrap_err(),
+            AuthFailure::EmptyPassword
+        );
+        assert_eq!(source.authenticate("al\0ice", &pass).await.unwrap_err(), AuthFailure::UnknownUser);
+        assert_eq!(source.authenticate(&"a".repeat(300), &pass).await.unwrap_err(), AuthFailure::UnknownUser);
+        assert!(source.refresh("bob\r").await.unwrap().is_none());
+        // And the directory really is unreachable, so the answers above did not come from it.
+        assert_eq!(source.authenticate("alice", &pass).await.unwrap_err(), AuthFailure::Unavailable);
+    }
+}

@@ -1,0 +1,385 @@
+//! Node enrollment: one-time tokens, the trust bundle a node installs, and node-proof
+//! authenticated refresh and removal.
+
+use super::Ca;
+use super::auth::{random_token, token_hash};
+use crate::audit::{self, AuditEvent};
+use crate::error::CaError;
+use crate::keys::KeyPurpose;
+use crate::signer::{HOST_CERT_TTL, sign_host_cert, sign_verification_cert};
+use crate::store::{self, CertRow, EnrollTokenRow, HostCertRow};
+use base64::Engine;
+use portcullis_policies::Grant;
+use portcullis_proto::NodeRecord;
+use portcullis_proto::enroll::*;
+use portcullis_sshcert::{fingerprint, parse_user_public_key, random_bytes};
+use ssh_key::{PublicKey, SshSig};
+
+/// A node proof older or newer than this is refused.
+const PROOF_WINDOW: u64 = 300;
+/// A host certificate with less life than this left is renewed at the next refresh.
+const HOST_CERT_RENEW_BEFORE: u64 = 7 * 24 * 3600;
+const MAX_HOST_KEYS: usize = 8;
+
+impl Ca {
+    pub async fn create_enroll_token(
+        &self,
+        grant: &Grant,
+        request: &EnrollTokenRequest,
+    ) -> Result<EnrollTokenResponse, CaError> {
+        if request.uses == 0 || request.uses > 10_000 {
+            return Err(CaError::BadRequest("uses must be between 1 and 10000".into()));
+        }
+        if request.ttl_seconds == 0 || request.ttl_seconds > 30 * 24 * 3600 {
+            return Err(CaError::BadRequest("ttl must be between 1 s and 30 days".into()));
+        }
+        let now = self.now();
+        let token = random_token("pce_");
+        let row = EnrollTokenRow {
+            id: hex::encode(random_bytes::<8>()),
+            created_by: grant.username().to_owned(),
+            expires_at: now.saturating_add(request.ttl_seconds),
+            uses_left: request.uses,
+            tags: request.tags.clone(),
+            partition: request.partition.clone(),
+            agent: request.agent.clone(),
+        };
+        let mut tx = self.store.begin().await?;
+        store::insert_enroll_token(tx.conn(), &token_hash(&token), &row, now).await?;
+        audit::record(
+            tx.conn(),
+            now,
+            &AuditEvent::EnrollTokenCreated {
+                actor: grant.username().to_owned(),
+                id: row.id.clone(),
+                uses: row.uses_left,
+                expires_at: row.expires_at,
+                tags: row.tags.clone(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(EnrollTokenResponse { token, id: row.id, expires_at: row.expires_at, uses: row.uses_left })
+    }
+
+    pub async fn enroll_tokens(&self, _grant: &Grant) -> Result<Vec<EnrollTokenInfo>, CaError> {
+        Ok(self
+            .store
+            .enroll_tokens()
+            .await?
+            .into_iter()
+            .map(|t| EnrollTokenInfo {
+                id: t.id,
+                created_by: t.created_by,
+                expires_at: t.expires_at,
+                uses_left: t.uses_left,
+                tags: t.tags,
+                partition: t.partition,
+                agent: t.agent,
+            })
+            .collect())
+    }
+
+    /// Registers a node with a one-time token and returns what it must install.
+    pub async fn enroll(
+        &self,
+        token: &str,
+        request: &EnrollRequest,
+        client_ip: &str,
+    ) -> Result<EnrollResponse, CaError> {
+        let facts = &request.facts;
+        let host_keys = match validate_facts(facts) {
+            Ok(keys) => keys,
+            Err(e) => {
+                self.audit_enroll_refused("invalid_facts", client_ip).await?;
+                return Err(e);
+            }
+        };
+        let verification_key = parse_user_public_key(&request.verification_public_key)
+            .map_err(|e| CaError::BadRequest(format!("verification key: {e}")))?;
+        let existing = self.store.node(&facts.name).await?;
+        if let Some(node) = &existing {
+            // Re-enrolling the same machine is fine; taking over another machine's name is not.
+            let known: Vec<String> = node
+                .host_keys
+                .iter()
+                .filter_map(|k| PublicKey::from_openssh(k).ok())
+                .map(|k| fingerprint(k.key_data()))
+                .collect();
+            if !known.is_empty() && !host_keys.iter().any(|k| known.contains(&fingerprint(k.key_data()))) {
+                self.audit_enroll_refused("name_taken", client_ip).await?;
+                return Err(CaError::Conflict("a node with this name is enrolled with other host keys".into()));
+            }
+        }
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        let Some(grant) = store::consume_enroll_token(tx.conn(), &token_hash(token), now).await? else {
+            drop(tx);
+            self.audit_enroll_refused("token_invalid", client_ip).await?;
+            return Err(CaError::Unauthenticated);
+        };
+        let mut node = existing.unwrap_or_default();
+        node.name = facts.name.clone();
+        node.addresses = facts.addresses.clone();
+        node.host_keys = host_keys.iter().filter_map(|k| k.to_openssh().ok()).collect();
+        node.os = facts.os.clone();
+        node.sshd_version = facts.sshd_version.clone();
+        node.tags.extend(grant.tags.clone());
+        if let Some(cluster) = &facts.pve_cluster {
+            node.tags.insert("pve_cluster".into(), cluster.clone());
+        }
+        if let Some(pve_node) = &facts.pve_node {
+            node.tags.insert("pve_node".into(), pve_node.clone());
+        }
+        if grant.partition.is_some() {
+            node.partition = grant.partition.clone();
+        }
+        if grant.agent.is_some() {
+            node.agent = grant.agent.clone();
+        }
+        let new = store::upsert_node(tx.conn(), &node, now).await?;
+        let (bundle, serials) = self.bundle(tx.conn(), &node, &host_keys, now).await?;
+
+        let signer =
+            self.keyring().signer(KeyPurpose::User).ok_or_else(|| CaError::Internal("no user CA key".into()))?;
+        let principal = format!("pcv_{}", hex::encode(random_bytes::<8>()));
+        let verification = sign_verification_cert(&verification_key, &node.name, &principal, &signer, now)?;
+        store::insert_cert(
+            tx.conn(),
+            &CertRow {
+                serial: verification.serial,
+                ca_fingerprint: signer.fingerprint.clone(),
+                key_fingerprint: verification.key_fingerprint.clone(),
+                username: format!("node:{}", node.name),
+                key_id: verification.key_id.clone(),
+                principals: vec![principal.clone()],
+                valid_after: verification.valid_after,
+                valid_before: verification.valid_before,
+                issued_at: now,
+                revoked_at: None,
+            },
+        )
+        .await?;
+        audit::record(
+            tx.conn(),
+            now,
+            &AuditEvent::NodeEnrolled {
+                name: node.name.clone(),
+                token_id: grant.id,
+                new,
+                host_key_fingerprints: host_keys.iter().map(|k| fingerprint(k.key_data())).collect(),
+                host_cert_serials: serials,
+                verification_serial: verification.serial.to_string(),
+                client_ip: client_ip.to_owned(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(EnrollResponse {
+            bundle,
+            verification_certificate: verification
+                .certificate
+                .to_openssh()
+                .map_err(|_| CaError::Internal("certificate encoding".into()))?,
+            verification_principal: principal,
+            verification_login: "root".to_owned(),
+        })
+    }
+
+    async fn audit_enroll_refused(&self, reason: &'static str, client_ip: &str) -> Result<(), CaError> {
+        let mut tx = self.store.begin().await?;
+        audit::record(tx.conn(), self.now(), &AuditEvent::EnrollRefused { reason, client_ip: client_ip.to_owned() })
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The trust bundle for `node`; host certificates are reused while they have plenty
+    /// of life left and their signer is still the active host CA key.
+    async fn bundle(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        node: &NodeRecord,
+        host_keys: &[PublicKey],
+        now: u64,
+    ) -> Result<(NodeBundle, Vec<String>), CaError> {
+        let host_signer =
+            self.keyring().signer(KeyPurpose::Host).ok_or_else(|| CaError::Internal("no host CA key".into()))?;
+        let mut principals: Vec<String> = vec![node.name.clone()];
+        principals.extend(node.addresses.iter().cloned());
+        let mut certificates = Vec::with_capacity(host_keys.len());
+        let mut serials = Vec::new();
+        for key in host_keys {
+            let fp = fingerprint(key.key_data());
+            let current = self.store.host_cert(&node.name, &fp).await?.filter(|c| {
+                c.ca_fingerprint == host_signer.fingerprint
+                    && c.valid_before > now.saturating_add(HOST_CERT_RENEW_BEFORE)
+            });
+            if let Some(current) = current {
+                certificates.push(current.certificate);
+                continue;
+            }
+            let signed = sign_host_cert(key, &node.name, &principals, &host_signer, now, self.clock_skew)?;
+            let text = signed.certificate.to_openssh().map_err(|_| CaError::Internal("certificate encoding".into()))?;
+            store::insert_cert(
+                conn,
+                &CertRow {
+                    serial: signed.serial,
+                    ca_fingerprint: host_signer.fingerprint.clone(),
+                    key_fingerprint: fp.clone(),
+                    username: format!("node:{}", node.name),
+                    key_id: signed.key_id.clone(),
+                    principals: principals.clone(),
+                    valid_after: signed.valid_after,
+                    valid_before: signed.valid_before,
+                    issued_at: now,
+                    revoked_at: None,
+                },
+            )
+            .await?;
+            let row = HostCertRow {
+                ca_fingerprint: host_signer.fingerprint.clone(),
+                certificate: text.clone(),
+                valid_before: now.saturating_add(HOST_CERT_TTL),
+            };
+            store::save_host_cert(conn, &node.name, &fp, signed.serial, &row).await?;
+            serials.push(signed.serial.to_string());
+            certificates.push(text);
+        }
+        let krl = self.krl().await?;
+        let bundle = NodeBundle {
+            node: node.name.clone(),
+            trusted_user_ca_keys: self.trusted_keys(KeyPurpose::User),
+            principals: self
+                .policy()
+                .node_principals(&super::certs::device_of(node))
+                .into_iter()
+                .map(|(login, set)| (login, set.into_iter().collect()))
+                .collect(),
+            krl_base64: base64::engine::general_purpose::STANDARD.encode(krl.as_slice()),
+            host_certificates: certificates,
+            trusted_host_ca_keys: self.trusted_keys(KeyPurpose::Host),
+        };
+        Ok((bundle, serials))
+    }
+
+    /// Checks a node's proof of holding one of its registered host keys.
+    async fn verify_node_proof(&self, proof: &NodeProof, action: &str, client_ip: &str) -> Result<NodeRecord, CaError> {
+        let reason = match self.check_node_proof(proof, action).await? {
+            Ok(node) => return Ok(node),
+            Err(reason) => reason,
+        };
+        let mut tx = self.store.begin().await?;
+        audit::record(
+            tx.conn(),
+            self.now(),
+            &AuditEvent::NodeProofRefused {
+                node: audit::sanitize(&proof.node),
+                reason,
+                client_ip: client_ip.to_owned(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Err(CaError::Unauthenticated)
+    }
+
+    async fn check_node_proof(
+        &self,
+        proof: &NodeProof,
+        action: &str,
+    ) -> Result<Result<NodeRecord, &'static str>, CaError> {
+        let Some(node) = self.store.node(&proof.node).await? else { return Ok(Err("unknown_node")) };
+        let Ok(key) = PublicKey::from_openssh(proof.host_public_key.trim()) else { return Ok(Err("bad_key")) };
+        let fp = fingerprint(key.key_data());
+        let registered = node
+            .host_keys
+            .iter()
+            .filter_map(|k| PublicKey::from_openssh(k).ok())
+            .any(|k| fingerprint(k.key_data()) == fp);
+        if !registered {
+            return Ok(Err("unregistered_host_key"));
+        }
+        if self.now().abs_diff(proof.timestamp) > PROOF_WINDOW {
+            return Ok(Err("stale_proof"));
+        }
+        let Ok(signature) = SshSig::from_pem(proof.signature.trim()) else { return Ok(Err("bad_signature")) };
+        let message = NodeProof::message(&proof.node, action, proof.timestamp);
+        if key.verify(NodeProof::NAMESPACE, message.as_bytes(), &signature).is_err() {
+            return Ok(Err("bad_signature"));
+        }
+        Ok(Ok(node))
+    }
+
+    /// What an enrolled node fetches on its refresh timer.
+    pub async fn node_refresh(&self, proof: &NodeProof, client_ip: &str) -> Result<NodeBundle, CaError> {
+        let node = self.verify_node_proof(proof, "refresh", client_ip).await?;
+        let host_keys: Vec<PublicKey> = node.host_keys.iter().filter_map(|k| PublicKey::from_openssh(k).ok()).collect();
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        let (bundle, serials) = self.bundle(tx.conn(), &node, &host_keys, now).await?;
+        if !serials.is_empty() {
+            audit::record(
+                tx.conn(),
+                now,
+                &AuditEvent::NodeRefreshed {
+                    name: node.name.clone(),
+                    host_cert_serials: serials,
+                    client_ip: client_ip.to_owned(),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(bundle)
+    }
+
+    /// The node leaves: it is removed from the inventory and its host certificates revoked.
+    pub async fn node_deregister(&self, proof: &NodeProof, client_ip: &str) -> Result<(), CaError> {
+        let node = self.verify_node_proof(proof, "deregister", client_ip).await?;
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        store::delete_node(tx.conn(), &node.name).await?;
+        store::delete_host_certs(tx.conn(), &node.name).await?;
+        let owner = format!("node:{}", node.name);
+        if store::revoke_certs(tx.conn(), &store::RevokeTarget::User(&owner), now).await? > 0 {
+            store::bump_krl_version(tx.conn(), now).await?;
+        }
+        audit::record(
+            tx.conn(),
+            now,
+            &AuditEvent::NodeDeregistered { name: node.name.clone(), client_ip: client_ip.to_owned() },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Node facts come from the network: names and addresses are checked, host keys parsed.
+fn validate_facts(facts: &NodeFacts) -> Result<Vec<PublicKey>, CaError> {
+    let name_ok = |s: &str| {
+        !s.is_empty() && s.len() <= 253 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    };
+    if !name_ok(&facts.name) {
+        return Err(CaError::BadRequest("node name: letters, digits, '-', '.', '_' (at most 253)".into()));
+    }
+    if facts.addresses.len() > 32
+        || !facts.addresses.iter().all(|a| a.parse::<std::net::IpAddr>().is_ok() || name_ok(a))
+    {
+        return Err(CaError::BadRequest("addresses must be IP addresses or host names (at most 32)".into()));
+    }
+    for text in [&facts.os, &facts.sshd_version, &facts.pve_cluster, &facts.pve_node].into_iter().flatten() {
+        if text.len() > 200 || text.chars().any(char::is_control) {
+            return Err(CaError::BadRequest("node facts must be short printable text".into()));
+        }
+    }
+    if facts.host_keys.is_empty() || facts.host_keys.len() > MAX_HOST_KEYS {
+        return Err(CaError::BadRequest(format!("send between 1 and {MAX_HOST_KEYS} host keys")));
+    }
+    facts
+        .host_keys
+        .iter()
+        .map(|k| parse_user_public_key(k).map_err(|e| CaError::BadRequest(format!("host key: {e}"))))
+        .collect()
+}

@@ -1,0 +1,310 @@
+//! Single sign-on through OpenID Connect: the device flow the CA runs for the CLI, and
+//! the browser's authorization code flow (PKCE, `state`, `nonce`, a browser-binding
+//! cookie). Both end in the same API session as a password login, with source `oidc`
+//! and the groups the IdP vouched for.
+
+use super::Ca;
+use super::auth::{random_token, token_hash};
+use crate::audit::{self, AuditEvent, sanitize};
+use crate::error::CaError;
+use crate::identity::oidc::{self, Oidc, OidcIdentity, PendingDevice, PendingLogin, TokenError, TokenInvalid};
+use crate::store::{self, SessionRow};
+use openidconnect::{Nonce, PkceCodeChallenge};
+use portcullis_proto::LoginResponse;
+use portcullis_proto::oidc::{AuthMethods, DevicePoll, DeviceStart, OidcMethods};
+use secrecy::{ExposeSecret, SecretString};
+
+/// A browser sign-in must come back from the IdP within this many seconds.
+const LOGIN_TTL: u64 = 600;
+/// The device flow's default poll interval (RFC 8628 §3.2).
+const DEFAULT_INTERVAL: u64 = 5;
+
+/// Where to send the browser, and the cookie that binds the sign-in to it.
+pub struct BrowserLogin {
+    pub redirect_to: String,
+    pub binding: String,
+}
+
+/// The IdP's redirect back to us, parameters already checked for presence and size.
+pub enum Callback {
+    Code { code: String, state: String, iss: Option<String> },
+    Error { error: String, state: Option<String> },
+}
+
+impl Ca {
+    fn oidc(&self) -> Result<&Oidc, CaError> {
+        self.oidc.as_ref().ok_or(CaError::NotFound("OIDC sign-in"))
+    }
+
+    pub fn auth_methods(&self) -> AuthMethods {
+        AuthMethods {
+            password: true,
+            oidc: self.oidc.as_ref().map(|o| OidcMethods {
+                issuer: o.issuer().to_owned(),
+                device: true,
+                browser: o.browser_enabled(),
+            }),
+        }
+    }
+
+    /// Per-address rate limit shared with password logins.
+    async fn oidc_rate_limit(&self, client_ip: &str) -> Result<(), CaError> {
+        let now = self.now();
+        let ip_key = format!("ip:{client_ip}");
+        let limited = self.ip_attempts.blocked(&ip_key, now);
+        self.ip_attempts.hit(&ip_key, now);
+        if let Some(retry_after) = limited {
+            self.audit_oidc_failure("-", client_ip, "rate_limited").await?;
+            return Err(CaError::RateLimited { retry_after });
+        }
+        Ok(())
+    }
+
+    async fn audit_oidc_failure(&self, username: &str, client_ip: &str, reason: &'static str) -> Result<(), CaError> {
+        let mut tx = self.store.begin().await?;
+        audit::record(
+            tx.conn(),
+            self.now(),
+            &AuditEvent::LoginFailed {
+                username: sanitize(username),
+                source: oidc::SOURCE.to_owned(),
+                client_ip: client_ip.to_owned(),
+                reason,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An IdP failure: audited with its reason, answered without the IdP's words.
+    async fn idp_failure(&self, client_ip: &str, error: TokenError) -> CaError {
+        if let Err(e) = self.audit_oidc_failure("-", client_ip, error.reason()).await {
+            return e;
+        }
+        match error {
+            TokenError::Unreachable | TokenError::BadResponse => CaError::Unavailable,
+            TokenError::OAuth(code) => CaError::SignInFailed(format!("the identity provider answered `{code}`")),
+        }
+    }
+
+    async fn token_failure(&self, client_ip: &str, why: TokenInvalid) -> CaError {
+        tracing::warn!(reason = why.reason(), "OIDC ID token refused");
+        if let Err(e) = self.audit_oidc_failure("-", client_ip, why.reason()).await {
+            return e;
+        }
+        CaError::SignInFailed("the identity provider's token was refused".into())
+    }
+
+    /// The same session row and audit record as a password login.
+    async fn open_oidc_session(&self, who: OidcIdentity, client_ip: &str) -> Result<LoginResponse, CaError> {
+        let now = self.now();
+        let token = random_token("pcs_");
+        let session = SessionRow {
+            username: who.username.clone(),
+            source: oidc::SOURCE.to_owned(),
+            groups: who.groups,
+            expires_at: now.saturating_add(self.session_ttl),
+        };
+        let mut tx = self.store.begin().await?;
+        store::insert_session(tx.conn(), &token_hash(&token), &session, now).await?;
+        audit::record(
+            tx.conn(),
+            now,
+            &AuditEvent::LoginSucceeded {
+                username: who.username.clone(),
+                source: oidc::SOURCE.to_owned(),
+                client_ip: client_ip.to_owned(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(username = %who.username, email = who.email.as_deref().unwrap_or("-"), "OIDC sign-in");
+        Ok(LoginResponse { token, username: who.username, expires_at: session.expires_at })
+    }
+
+    /// Starts the device authorization grant at the IdP. The device code stays here; the
+    /// CLI gets a handle of our own.
+    pub async fn oidc_device_start(&self, client_ip: &str) -> Result<DeviceStart, CaError> {
+        let oidc = self.oidc()?;
+        self.oidc_rate_limit(client_ip).await?;
+        let now = self.now();
+        let provider = match oidc.provider(now).await {
+            Ok(p) => p,
+            Err(e) => return Err(self.idp_failure(client_ip, e).await),
+        };
+        if provider.device_authorization_endpoint.is_none() {
+            return Err(CaError::SignInFailed("the identity provider does not offer the device flow".into()));
+        }
+        let auth = match oidc.device_authorize(&provider).await {
+            Ok(a) => a,
+            Err(e) => return Err(self.idp_failure(client_ip, e).await),
+        };
+        let interval = auth.interval.unwrap_or(DEFAULT_INTERVAL).clamp(1, 60);
+        let expires_in = auth.expires_in.clamp(1, 3600);
+        let handle = random_token("pcd_");
+        let pending = PendingDevice { device_code: auth.device_code, expires_at: now + expires_in, interval };
+        if !oidc.pending.insert_device(token_hash(&handle), pending, now) {
+            return Err(CaError::Unavailable);
+        }
+        Ok(DeviceStart {
+            handle,
+            verification_uri: auth.verification_uri,
+            verification_uri_complete: auth.verification_uri_complete,
+            user_code: auth.user_code,
+            interval,
+            expires_in,
+        })
+    }
+
+    /// Polls the IdP's token endpoint once for a device sign-in.
+    pub async fn oidc_device_poll(&self, handle: &str, client_ip: &str) -> Result<DevicePoll, CaError> {
+        let oidc = self.oidc()?;
+        let now = self.now();
+        let key = token_hash(handle);
+        let device_code = match oidc.pending.device_code(&key, now) {
+            Ok(code) => code,
+            Err(true) => {
+                self.audit_oidc_failure("-", client_ip, "expired_token").await?;
+                return Ok(DevicePoll::ExpiredToken);
+            }
+            Err(false) => return Err(CaError::NotFound("device sign-in (unknown or finished)")),
+        };
+        let provider = match oidc.provider(now).await {
+            Ok(p) => p,
+            Err(e) => return Err(self.idp_failure(client_ip, e).await),
+        };
+        let form = [
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("device_code", device_code.expose_secret()),
+            ("client_id", oidc.client_id()),
+        ];
+        let id_token = match oidc.token(&provider, &form).await {
+            Ok(t) => t,
+            Err(TokenError::OAuth(code)) if code == "authorization_pending" => {
+                let interval = oidc.pending.with_device(&key, now, |d| d.interval).unwrap_or(DEFAULT_INTERVAL);
+                return Ok(DevicePoll::Pending { interval });
+            }
+            Err(TokenError::OAuth(code)) if code == "slow_down" => {
+                // RFC 8628 §3.5: add five seconds to the interval for this and later polls.
+                let interval = oidc
+                    .pending
+                    .with_device(&key, now, |d| {
+                        d.interval = (d.interval + 5).min(60);
+                        d.interval
+                    })
+                    .unwrap_or(DEFAULT_INTERVAL);
+                return Ok(DevicePoll::SlowDown { interval });
+            }
+            Err(TokenError::OAuth(code)) if code == "access_denied" || code == "expired_token" => {
+                oidc.pending.remove_device(&key);
+                let reason = if code == "access_denied" { "access_denied" } else { "expired_token" };
+                self.audit_oidc_failure("-", client_ip, reason).await?;
+                return Ok(if code == "access_denied" { DevicePoll::AccessDenied } else { DevicePoll::ExpiredToken });
+            }
+            Err(e @ TokenError::OAuth(_)) => {
+                oidc.pending.remove_device(&key);
+                return Err(self.idp_failure(client_ip, e).await);
+            }
+            Err(e) => return Err(self.idp_failure(client_ip, e).await),
+        };
+        oidc.pending.remove_device(&key);
+        let who = match oidc.verify_id_token(&provider, &id_token, None, now).await {
+            Ok(who) => who,
+            Err(why) => return Err(self.token_failure(client_ip, why).await),
+        };
+        Ok(DevicePoll::Success(self.open_oidc_session(who, client_ip).await?))
+    }
+
+    /// Starts a browser sign-in: remembers `state` → (nonce, PKCE verifier, binding) and
+    /// answers with the IdP URL to redirect to.
+    pub async fn oidc_browser_start(&self, client_ip: &str) -> Result<BrowserLogin, CaError> {
+        let oidc = self.oidc()?;
+        let redirect_url = oidc.redirect_url().ok_or(CaError::NotFound("OIDC browser sign-in"))?.clone();
+        self.oidc_rate_limit(client_ip).await?;
+        let now = self.now();
+        let provider = match oidc.provider(now).await {
+            Ok(p) => p,
+            Err(e) => return Err(self.idp_failure(client_ip, e).await),
+        };
+        let state = random_token("");
+        let nonce = random_token("");
+        let binding = random_token("");
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let mut url = provider.authorization_endpoint.clone();
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", oidc.client_id())
+            .append_pair("redirect_uri", redirect_url.as_str())
+            .append_pair("scope", &oidc.scope())
+            .append_pair("state", &state)
+            .append_pair("nonce", &nonce)
+            .append_pair("code_challenge", challenge.as_str())
+            .append_pair("code_challenge_method", "S256");
+        let pending = PendingLogin {
+            nonce: SecretString::from(nonce),
+            pkce_verifier: SecretString::from(verifier.secret().clone()),
+            binding_hash: token_hash(&binding),
+            expires_at: now + LOGIN_TTL,
+        };
+        if !oidc.pending.insert_login(token_hash(&state), pending, now) {
+            return Err(CaError::Unavailable);
+        }
+        Ok(BrowserLogin { redirect_to: url.to_string(), binding })
+    }
+
+    /// The IdP sent the browser back. `binding`: the cookie set at the start.
+    pub async fn oidc_browser_callback(
+        &self,
+        callback: Callback,
+        binding: Option<&str>,
+        client_ip: &str,
+    ) -> Result<LoginResponse, CaError> {
+        let oidc = self.oidc()?;
+        let redirect_url = oidc.redirect_url().ok_or(CaError::NotFound("OIDC browser sign-in"))?.clone();
+        let now = self.now();
+        let (code, state, iss) = match callback {
+            Callback::Error { error, state } => {
+                // The sign-in is over either way: forget its state.
+                if let Some(state) = state {
+                    oidc.pending.take_login(&token_hash(&state), now);
+                }
+                return Err(self.idp_failure(client_ip, TokenError::OAuth(error)).await);
+            }
+            Callback::Code { code, state, iss } => (code, state, iss),
+        };
+        let Some(pending) = oidc.pending.take_login(&token_hash(&state), now) else {
+            self.audit_oidc_failure("-", client_ip, "state_invalid").await?;
+            return Err(CaError::SignInFailed("unknown, expired or already used sign-in; start again".into()));
+        };
+        if binding.map(token_hash).as_deref() != Some(pending.binding_hash.as_str()) {
+            self.audit_oidc_failure("-", client_ip, "state_unbound").await?;
+            return Err(CaError::SignInFailed("this sign-in was started in another browser; start again".into()));
+        }
+        // RFC 9207: an `iss` in the response must be our issuer (mix-up defence).
+        if iss.as_deref().is_some_and(|i| i != oidc.issuer()) {
+            return Err(self.token_failure(client_ip, TokenInvalid::Issuer).await);
+        }
+        let provider = match oidc.provider(now).await {
+            Ok(p) => p,
+            Err(e) => return Err(self.idp_failure(client_ip, e).await),
+        };
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect_url.as_str()),
+            ("code_verifier", pending.pkce_verifier.expose_secret()),
+            ("client_id", oidc.client_id()),
+        ];
+        let id_token = match oidc.token(&provider, &form).await {
+            Ok(t) => t,
+            Err(e) => return Err(self.idp_failure(client_ip, e).await),
+        };
+        let nonce = Nonce::new(pending.nonce.expose_secret().to_owned());
+        let who = match oidc.verify_id_token(&provider, &id_token, Some(&nonce), now).await {
+            Ok(who) => who,
+            Err(why) => return Err(self.token_failure(client_ip, why).await),
+        };
+        self.open_oidc_session(who, client_ip).await
+    }
+}

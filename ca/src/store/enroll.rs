@@ -1,0 +1,145 @@
+//! Enrollment tokens.
+
+use super::{Result, Store, StoreError, ts, ts_from};
+use sqlx::{AnyConnection, Row};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone)]
+pub struct EnrollTokenRow {
+    pub id: String,
+    pub created_by: String,
+    pub expires_at: u64,
+    pub uses_left: u32,
+    pub tags: BTreeMap<String, String>,
+    pub partition: Option<String>,
+    pub agent: Option<String>,
+}
+
+fn token_from(row: &sqlx::any::AnyRow) -> Result<EnrollTokenRow> {
+    Ok(EnrollTokenRow {
+        id: row.try_get("id")?,
+        created_by: row.try_get("created_by")?,
+        expires_at: ts_from(row.try_get("expires_at")?),
+        uses_left: u32::try_from(row.try_get::<i64, _>("uses_left")?).unwrap_or(0),
+        tags: serde_json::from_str(&row.try_get::<String, _>("tags_json")?)
+            .map_err(|_| StoreError::Corrupt("token tags"))?,
+        partition: row.try_get("partition")?,
+        agent: row.try_get("agent")?,
+    })
+}
+
+impl Store {
+    pub async fn enroll_tokens(&self) -> Result<Vec<EnrollTokenRow>> {
+        let rows = sqlx::query(
+            "SELECT id, created_by, expires_at, uses_left, tags_json, partition, agent FROM enroll_tokens \
+             ORDER BY created_at, id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(token_from).collect()
+    }
+}
+
+pub async fn insert_enroll_token(
+    conn: &mut AnyConnection,
+    token_hash: &str,
+    row: &EnrollTokenRow,
+    now: u64,
+) -> Result<()> {
+    let tags = serde_json::to_string(&row.tags).map_err(|_| StoreError::Corrupt("token tags"))?;
+    sqlx::query(
+        "INSERT INTO enroll_tokens (id, token_hash, created_by, created_at, expires_at, uses_left, tags_json, \
+         partition, agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&row.id)
+    .bind(token_hash)
+    .bind(&row.created_by)
+    .bind(ts(now))
+    .bind(ts(row.expires_at))
+    .bind(i64::from(row.uses_left))
+    .bind(tags)
+    .bind(&row.partition)
+    .bind(&row.agent)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Takes one use of a live token; `None` when it is unknown, expired or used up.
+pub async fn consume_enroll_token(
+    conn: &mut AnyConnection,
+    token_hash: &str,
+    now: u64,
+) -> Result<Option<EnrollTokenRow>> {
+    let row = sqlx::query(
+        "UPDATE enroll_tokens SET uses_left = uses_left - 1 \
+         WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2 \
+         RETURNING id, created_by, expires_at, uses_left, tags_json, partition, agent",
+    )
+    .bind(token_hash)
+    .bind(ts(now))
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(token_from).transpose()
+}
+
+pub async fn delete_node(conn: &mut AnyConnection, name: &str) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM nodes WHERE name = $1").bind(name).execute(&mut *conn).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+#[derive(Debug, Clone)]
+pub struct HostCertRow {
+    pub ca_fingerprint: String,
+    pub certificate: String,
+    pub valid_before: u64,
+}
+
+impl Store {
+    pub async fn host_cert(&self, node: &str, key_fingerprint: &str) -> Result<Option<HostCertRow>> {
+        let row = sqlx::query(
+            "SELECT ca_fingerprint, certificate, valid_before FROM host_certs WHERE node = $1 AND key_fingerprint = $2",
+        )
+        .bind(node)
+        .bind(key_fingerprint)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| {
+            Ok(HostCertRow {
+                ca_fingerprint: r.try_get("ca_fingerprint")?,
+                certificate: r.try_get("certificate")?,
+                valid_before: ts_from(r.try_get("valid_before")?),
+            })
+        })
+        .transpose()
+    }
+}
+
+pub async fn save_host_cert(
+    conn: &mut AnyConnection,
+    node: &str,
+    key_fingerprint: &str,
+    serial: u64,
+    row: &HostCertRow,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO host_certs (node, key_fingerprint, ca_fingerprint, serial, certificate, valid_before) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (node, key_fingerprint) DO UPDATE SET \
+         ca_fingerprint = excluded.ca_fingerprint, serial = excluded.serial, certificate = excluded.certificate, \
+         valid_before = excluded.valid_before",
+    )
+    .bind(node)
+    .bind(key_fingerprint)
+    .bind(&row.ca_fingerprint)
+    .bind(super::serial_to_db(serial))
+    .bind(&row.certificate)
+    .bind(ts(row.valid_before))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete_host_certs(conn: &mut AnyConnection, node: &str) -> Result<()> {
+    sqlx::query("DELETE FROM host_certs WHERE node = $1").bind(node).execute(&mut *conn).await?;
+    Ok(())
+}

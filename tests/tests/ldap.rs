@@ -1,0 +1,351 @@
+//! LDAP identity against a real OpenLDAP `slapd`: search-then-bind through a real
+//! `portcullisd`, nested groups to policy roles to certificate principals, every refusal
+//! audited with its reason code, filter injection, group removal in a live session,
+//! the directory going down; and the group lookup modes through the source itself.
+
+// Test code: a failed expectation must fail the test, so unwrap/expect/panic/indexing
+// are the right tools here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use portcullis_ca::identity::{AuthFailure, IdentitySource, LdapSource, LdapToml};
+use portcullis_proto::{AuditRecord, UserCertResponse, WhoAmI};
+use portcullis_tests::slapd::{SUFFIX, Slapd};
+use portcullis_tests::ssh::{ed25519_key, public_line};
+use portcullis_tests::{Server, ServerOpts};
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+const ALICE_PW: &str = "alice-ldap-password-1";
+const BOB_PW: &str = "bob-ldap-password-2";
+const CAROL_PW: &str = "carol-ldap-password-3";
+const SVC_PW: &str = "service-account-password-4";
+const ALICE_DN: &str = "uid=alice,ou=people,dc=example,dc=org";
+const CAROL_DN: &str = "uid=carol,ou=people,dc=example,dc=org";
+/// groupOfNames needs a member; this one keeps `ops` valid when alice leaves it.
+const PLACEHOLDER: &str = "cn=placeholder,dc=example,dc=org";
+
+/// alice ∈ ops ⊂ admins, alice ∈ staff, bob ∈ staff; carol is locked (ppolicy's
+/// pwdAccountLockedTime); the service account may read everything but passwords.
+fn directory() -> Slapd {
+    let slapd = Slapd::start();
+    slapd.ldapadd(&format!(
+        "dn: ou=people,{SUFFIX}\nobjectClass: organizationalUnit\nou: people\n\n\
+         dn: ou=groups,{SUFFIX}\nobjectClass: organizationalUnit\nou: groups\n\n\
+         dn: ou=services,{SUFFIX}\nobjectClass: organizationalUnit\nou: services\n\n\
+         dn: cn=portcullis,ou=services,{SUFFIX}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n\
+         cn: portcullis\nuserPassword: {SVC_PW}\n\n\
+         dn: {ALICE_DN}\nobjectClass: inetOrgPerson\nobjectClass: posixAccount\nuid: alice\ncn: Alice\nsn: A\n\
+         uidNumber: 1001\ngidNumber: 1001\nhomeDirectory: /home/alice\nuserPassword: {ALICE_PW}\n\n\
+         dn: uid=bob,ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\nuid: bob\ncn: Bob\nsn: B\nuserPassword: {BOB_PW}\n\n\
+         dn: {CAROL_DN}\nobjectClass: inetOrgPerson\nuid: carol\ncn: Carol\nsn: C\nuserPassword: {CAROL_PW}\n\
+         pwdAccountLockedTime: 000001010000Z\n\n\
+         dn: cn=ops,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: ops\nmember: {ALICE_DN}\nmember: {PLACEHOLDER}\n\n\
+         dn: cn=admins,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: admins\nmember: cn=ops,ou=groups,{SUFFIX}\n\n\
+         dn: cn=staff,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: staff\nmember: {ALICE_DN}\n\
+         member: uid=bob,ou=people,{SUFFIX}\n\n\
+         dn: cn=unix,ou=groups,{SUFFIX}\nobjectClass: posixGroup\ncn: unix\ngidNumber: 5000\nmemberUid: alice\n"
+    ));
+    slapd
+}
+
+/// The `[ldap]` table for this directory; `extra` lines are appended.
+fn ldap_table(slapd: &Slapd, extra: &str) -> String {
+    let pw = slapd.write_file("svc-password", &format!("{SVC_PW}\n"));
+    format!(
+        "url = \"{}\"\ndanger_cleartext_passwords = true\nbind_dn = \"cn=portcullis,ou=services,{SUFFIX}\"\n\
+         bind_password_file = \"{}\"\nuser_base = \"ou=people,{SUFFIX}\"\n\
+         disabled_filter = \"(pwdAccountLockedTime=*)\"\nconnect_timeout = \"2s\"\noperation_timeout = \"3s\"\n{extra}",
+        slapd.url,
+        pw.display()
+    )
+}
+
+fn source(slapd: &Slapd, extra: &str) -> LdapSource {
+    let table: LdapToml = toml::from_str(&ldap_table(slapd, extra)).unwrap();
+    LdapSource::new(table.validate().unwrap())
+}
+
+/// `admins` (reached only through the nested `ops`) may be root, `staff` may be `staff`.
+const POLICY: &str = r#"
+[[role]]
+name = "portcullis-admin"
+permissions = ["certs.revoke", "users.manage", "ca.manage", "audit.read", "policy.manage", "nodes.manage", "sessions.kill"]
+
+[[role]]
+name = "node-root"
+logins = ["root"]
+targets = 'in:devices name:%'
+permissions = ["certs.issue"]
+
+[[role]]
+name = "staff-shell"
+logins = ["staff"]
+targets = 'in:devices name:%'
+permissions = ["certs.issue"]
+
+[[binding]]
+group = "portcullis-admins"
+roles = ["portcullis-admin"]
+
+[[binding]]
+group = "admins"
+roles = ["node-root"]
+
+[[binding]]
+group = "staff"
+roles = ["staff-shell"]
+"#;
+
+async fn ca_with_ldap(slapd: &Slapd) -> Server {
+    let file = slapd.write_file("ldap.toml", &format!("[ldap]\n{}", ldap_table(slapd, "")));
+    Server::start_with(ServerOpts {
+        policy: vec![("policy.toml".into(), POLICY.into())],
+        args: vec!["--ldap-config".into(), file.display().to_string()],
+        ..ServerOpts::default()
+    })
+    .await
+}
+
+async fn whoami(server: &Server, token: &str) -> WhoAmI {
+    let (status, body) = server.get_json(Some(token), "/v1/auth/whoami").await;
+    assert_eq!(status, StatusCode::OK, "whoami: {body}");
+    serde_json::from_value(body).unwrap()
+}
+
+async fn principals(server: &Server, token: &str) -> BTreeSet<String> {
+    let (status, body) = server.issue_cert(token, &public_line(&ed25519_key())).await;
+    assert_eq!(status, StatusCode::OK, "certificate: {body}");
+    let cert: UserCertResponse = serde_json::from_value(body).unwrap();
+    cert.principals.into_iter().collect()
+}
+
+/// Login failures recorded after the first `skip` ones.
+async fn failures(server: &Server) -> Vec<AuditRecord> {
+    server.audit_events("login_failed").await
+}
+
+fn reason(record: &AuditRecord) -> (&str, &str, &str) {
+    (
+        record.payload["username"].as_str().unwrap_or(""),
+        record.payload["source"].as_str().unwrap_or(""),
+        record.payload["reason"].as_str().unwrap_or(""),
+    )
+}
+
+/// A refused login: 401 with the one generic message, whatever the reason.
+fn assert_refused(status: StatusCode, body: &Value) {
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "body: {body}");
+    assert_eq!(body["error"], "invalid_credentials", "body: {body}");
+}
+
+#[tokio::test]
+async fn nested_groups_grant_roles_and_group_removal_shrinks_the_next_certificate() {
+    let slapd = directory();
+    let server = ca_with_ldap(&slapd).await;
+    let token = server.login("alice", ALICE_PW).await;
+
+    let me = whoami(&server, &token).await;
+    assert_eq!(me.source, "ldap");
+    let groups: BTreeSet<&str> = me.groups.iter().map(String::as_str).collect();
+    assert_eq!(groups, BTreeSet::from(["admins", "ops", "staff"]), "admins only through ops");
+    let before = principals(&server, &token).await;
+    assert_eq!(before.len(), 2, "root (via nested admins) and staff: {before:?}");
+    assert!(before.iter().any(|p| p.ends_with("_root")) && before.iter().any(|p| p.ends_with("_staff")));
+
+    // alice leaves ops (and with it admins); her session is the same.
+    slapd.ldapmodify(&format!(
+        "dn: cn=ops,ou=groups,{SUFFIX}\nchangetype: modify\ndelete: member\nmember: {ALICE_DN}\n"
+    ));
+    let after = principals(&server, &token).await;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(after.iter().all(|p| p.ends_with("_staff")) && after.is_subset(&before));
+    assert_eq!(whoami(&server, &token).await.groups, vec!["staff".to_owned()]);
+
+    let ok = server.audit_events("login_succeeded").await;
+    assert!(ok.iter().any(|r| r.payload["username"] == "alice" && r.payload["source"] == "ldap"), "{ok:?}");
+}
+
+#[tokio::test]
+async fn refusals_are_audited_and_locked_or_empty_never_bind() {
+    let slapd = directory();
+    let server = ca_with_ldap(&slapd).await;
+
+    let (status, body) = server.try_login("alice", "not-alices-password").await;
+    assert_refused(status, &body);
+    let (status, body) = server.try_login("nobody", "whatever-password").await;
+    assert_refused(status, &body);
+
+    // Locked: the right password, refused before any bind as carol.
+    let mark = slapd.log_mark();
+    let (status, body) = server.try_login("carol", CAROL_PW).await;
+    assert_refused(status, &body);
+    let log = slapd.log_since(mark);
+    assert!(log.contains("SRCH"), "carol was looked up: {log}");
+    assert!(!log.contains(&format!("BIND dn=\"{CAROL_DN}\"")), "a locked account was bound: {log}");
+
+    // Empty password: refused before the directory hears of it (an empty simple bind is
+    // an anonymous bind that "succeeds").
+    let mark = slapd.log_mark();
+    let (status, body) = server.try_login("alice", "").await;
+    assert_refused(status, &body);
+    let log = slapd.log_since(mark);
+    assert!(!log.contains("BIND"), "a bind happened for an empty password: {log}");
+
+    let got: Vec<(String, String, String)> = failures(&server)
+        .await
+        .iter()
+        .map(reason)
+        .map(|(u, s, r)| (u.to_owned(), s.to_owned(), r.to_owned()))
+        .collect();
+    let want: Vec<(String, String, String)> = [
+        ("alice", "ldap", "bad_credentials"),
+        ("nobody", "ldap", "unknown_user"),
+        ("carol", "ldap", "user_disabled"),
+        ("alice", "local", "empty_password"),
+    ]
+    .iter()
+    .map(|(u, s, r)| ((*u).to_owned(), (*s).to_owned(), (*r).to_owned()))
+    .collect();
+    assert_eq!(got, want);
+    // Bob, for contrast, gets in: the refusals above are about the input, not the setup.
+    server.login("bob", BOB_PW).await;
+}
+
+#[tokio::test]
+async fn filter_metacharacters_and_nul_find_nobody() {
+    let slapd = directory();
+    let server = ca_with_ldap(&slapd).await;
+
+    // Unescaped, each of these would select alice alone, and her password would let
+    // the attacker in under a name of their choosing.
+    for name in ["alice)(|(uid=*", "ali*", "alice)(uid=alice"] {
+        let (status, body) = server.try_login(name, ALICE_PW).await;
+        assert_refused(status, &body);
+    }
+    // Unescaped, this one matches everyone.
+    let mark = slapd.log_mark();
+    let (status, body) = server.try_login("*)(uid=*", ALICE_PW).await;
+    assert_refused(status, &body);
+    let log = slapd.log_since(mark);
+    assert!(log.contains(r"(uid=\2A\29\28uid=\2A)"), "the filter went out escaped: {log}");
+
+    // NUL and other control characters: refused without asking the directory.
+    let mark = slapd.log_mark();
+    for name in ["alice\0", "ali\nce", &"a".repeat(300)] {
+        let (status, body) = server.try_login(name, ALICE_PW).await;
+        assert_refused(status, &body);
+    }
+    let log = slapd.log_since(mark);
+    assert!(!log.contains("SRCH"), "the directory was searched for an impossible name: {log}");
+
+    let reasons: Vec<String> = failures(&server).await.iter().map(|r| reason(r).2.to_owned()).collect::<Vec<_>>();
+    // The over-long name is refused by the API before any source (and not audited).
+    assert_eq!(reasons.len(), 6);
+    assert!(reasons.iter().all(|r| r == "unknown_user"), "{reasons:?}");
+    // The directory still works for the real name.
+    server.login("alice", ALICE_PW).await;
+}
+
+#[tokio::test]
+async fn directory_down_is_503_and_audited_while_local_users_log_in() {
+    let mut slapd = directory();
+    let server = ca_with_ldap(&slapd).await;
+    let alice = server.login("alice", ALICE_PW).await;
+
+    slapd.kill();
+    let (status, body) = server.try_login("alice", ALICE_PW).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["message"], "identity directory unavailable");
+    // An existing LDAP session is not waved through on stale groups either.
+    let (status, body) = server.issue_cert(&alice, &public_line(&ed25519_key())).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // Local users are not affected.
+    server.login("admin", &server.admin_password).await;
+
+    let fails = failures(&server).await;
+    assert_eq!(fails.iter().map(reason).collect::<Vec<_>>(), vec![("alice", "ldap", "directory_unavailable")]);
+
+    // Back up: pooled connections to the dead server are not reused.
+    slapd.restart();
+    assert_eq!(principals(&server, &alice).await.len(), 2);
+    server.login("alice", ALICE_PW).await;
+}
+
+#[tokio::test]
+async fn group_search_modes_nesting_depth_and_cycles() {
+    let slapd = directory();
+    let pass = SecretString::from(ALICE_PW);
+    let names = |id: portcullis_policies::Identity| id.groups.into_iter().collect::<Vec<_>>();
+
+    // memberOf, nesting off: direct groups only.
+    let direct = source(&slapd, "nested_depth = 0\n");
+    assert_eq!(names(direct.authenticate("alice", &pass).await.unwrap()), ["ops", "staff"]);
+
+    // groupOfNames search, nested.
+    let search = source(&slapd, &format!("group_mode = \"search\"\ngroup_base = \"ou=groups,{SUFFIX}\"\n"));
+    assert_eq!(names(search.authenticate("alice", &pass).await.unwrap()), ["admins", "ops", "staff"]);
+
+    // posixGroup: memberUid holds the login name.
+    let posix = source(
+        &slapd,
+        &format!("group_mode = \"search\"\ngroup_base = \"ou=groups,{SUFFIX}\"\ngroup_kind = \"posixGroup\"\n"),
+    );
+    assert_eq!(names(posix.authenticate("alice", &pass).await.unwrap()), ["unix"]);
+
+    // A cycle (admins ∋ ops ∋ admins) ends, in both modes.
+    slapd.ldapmodify(&format!(
+        "dn: cn=ops,ou=groups,{SUFFIX}\nchangetype: modify\nadd: member\nmember: cn=admins,ou=groups,{SUFFIX}\n"
+    ));
+    let nested = source(&slapd, "");
+    assert_eq!(names(nested.authenticate("alice", &pass).await.unwrap()), ["admins", "ops", "staff"]);
+    assert_eq!(names(search.refresh("alice").await.unwrap().unwrap()), ["admins", "ops", "staff"]);
+
+    // refresh: locked and vanished users.
+    assert_eq!(nested.refresh("carol").await.unwrap_err(), AuthFailure::Disabled);
+    assert!(nested.refresh("nobody").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_directory_that_never_answers_times_out_as_unavailable() {
+    // Accepts TCP connections and says nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _hold = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, SVC_PW).unwrap();
+    let table: LdapToml = toml::from_str(&format!(
+        "url = \"ldap://127.0.0.1:{port}\"\ndanger_cleartext_passwords = true\nbind_dn = \"cn=x,{SUFFIX}\"\n\
+         bind_password_file = \"{}\"\nuser_base = \"{SUFFIX}\"\noperation_timeout = \"1s\"\n",
+        pw.display()
+    ))
+    .unwrap();
+    let source = LdapSource::new(table.validate().unwrap());
+    let started = Instant::now();
+    let got = source.authenticate("alice", &SecretString::from(ALICE_PW)).await;
+    assert_eq!(got.unwrap_err(), AuthFailure::Unavailable);
+    assert!(started.elapsed() < Duration::from_secs(30), "the timeout did not end the wait");
+}
+
+#[tokio::test]
+async fn empty_password_is_refused_by_the_ldap_source_before_any_bind() {
+    let slapd = directory();
+    let ldap = source(&slapd, "");
+    let mark = slapd.log_mark();
+    let got = ldap.authenticate("alice", &SecretString::from("")).await;
+    assert_eq!(got.unwrap_err(), AuthFailure::EmptyPassword);
+    let log = slapd.log_since(mark);
+    assert!(!log.contains("BIND"), "the directory saw a bind for an empty password: {log}");
+    // The same source does bind for a real password.
+    let mark = slapd.log_mark();
+    assert_eq!(ldap.authenticate("alice", &SecretString::from(ALICE_PW)).await.unwrap().username, "alice");
+    assert!(slapd.log_since(mark).contains(&format!("BIND dn=\"{ALICE_DN}\"")));
+}

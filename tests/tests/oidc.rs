@@ -1,0 +1,303 @@
+//! OpenID Connect single sign-on against a real provider (`oidc-provider` under node),
+//! through a real `portcullisd`: the device flow as the CLI runs it, the browser's code
+//! flow with its cookie, replayed `state`, refusal at the IdP, an expired device code,
+//! and malformed callbacks. ID-token forgeries are unit-tested in `ca` (identity::oidc).
+
+// Test code: a failed expectation must fail the test, so unwrap/expect/panic/indexing
+// are the right tools here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use portcullis_policies::scoped_principal;
+use portcullis_proto::oidc::{AuthMethods, DevicePoll, DeviceStart};
+use portcullis_proto::{LoginResponse, UserCertResponse, WhoAmI};
+use portcullis_tests::idp::{Browser, Idp, form_of, free_port, sign_in_at_idp};
+use portcullis_tests::server::client_with_pin;
+use portcullis_tests::ssh::{ed25519_key, public_line};
+use portcullis_tests::{Server, ServerOpts};
+use reqwest::StatusCode;
+use serde_json::json;
+use std::time::Duration;
+
+/// IdP group `developers` may log in as `dev` anywhere.
+const POLICY: &str = r#"
+[[role]]
+name = "dev-shell"
+logins = ["dev"]
+targets = 'in:devices name:%'
+permissions = ["certs.issue"]
+
+[[binding]]
+group = "developers"
+roles = ["dev-shell"]
+
+[[role]]
+name = "portcullis-admin"
+permissions = ["certs.revoke", "users.manage", "ca.manage", "audit.read", "policy.manage", "nodes.manage", "sessions.kill"]
+
+[[binding]]
+group = "portcullis-admins"
+roles = ["portcullis-admin"]
+"#;
+
+struct Setup {
+    idp: Idp,
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(device_code_ttl: Option<u64>) -> Setup {
+    let port = free_port();
+    let ca_url = format!("https://127.0.0.1:{port}");
+    let callback = format!("{ca_url}/v1/auth/oidc/callback");
+    let idp = Idp::start(&callback, device_code_ttl);
+    let dir = tempfile::tempdir().unwrap();
+    let config = idp.oidc_config_file(dir.path(), &callback);
+    let server = Server::start_with(ServerOpts {
+        policy: vec![("policy.toml".into(), POLICY.into())],
+        args: vec!["--oidc-config".into(), config.display().to_string()],
+        listen: Some(format!("127.0.0.1:{port}")),
+        ..ServerOpts::default()
+    })
+    .await;
+    assert_eq!(server.url, ca_url);
+    Setup { idp, server, _dir: dir }
+}
+
+fn ca_browser(server: &Server) -> Browser {
+    let tls = portcullis_proto::pin::pinned_client_config(&server.pin).unwrap();
+    Browser::new(
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    )
+}
+
+async fn device_start(server: &Server) -> DeviceStart {
+    let (status, body) = server.post_json(None, "/v1/auth/oidc/device", &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "device start: {body}");
+    serde_json::from_value(body).unwrap()
+}
+
+async fn device_poll(server: &Server, handle: &str) -> (StatusCode, serde_json::Value) {
+    server.post_json(None, "/v1/auth/oidc/device/poll", &json!({ "handle": handle })).await
+}
+
+/// The user's side of the device flow: open the complete URL, confirm the code, then
+/// sign in (or abort) at the IdP.
+async fn approve_device(idp: &Idp, start: &DeviceStart, user: &str, password: &str, abort: bool) {
+    let mut browser = Browser::new(Browser::idp_client());
+    let complete = start.verification_uri_complete.clone().expect("verification_uri_complete");
+    assert!(complete.starts_with(&idp.issuer), "{complete}");
+    assert!(start.verification_uri.starts_with(&idp.issuer));
+    // The page auto-posts the user code; then the IdP asks to confirm it.
+    let page = browser.get(&complete).await;
+    let (action, inputs) = form_of(&page);
+    let inputs: Vec<(&str, &str)> = inputs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let confirm = browser.post_form(&action, &inputs).await;
+    assert_eq!(confirm.status, StatusCode::OK, "confirm page: {}", confirm.body);
+    let (action, inputs) = form_of(&confirm);
+    let mut form: Vec<(&str, &str)> =
+        inputs.iter().filter(|(k, _)| k != "confirm").map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    form.push(if abort { ("abort", "yes") } else { ("confirm", "yes") });
+    let page = browser.post_form(&action, &form).await;
+    if abort {
+        return;
+    }
+    let done = sign_in_at_idp(&mut browser, idp, page, user, password).await;
+    assert_eq!(done.status, StatusCode::OK, "device flow end page: {}", done.body);
+}
+
+/// Polls like the CLI: honours `interval` and `slow_down` (with a test-sized cap).
+async fn poll_until_done(server: &Server, handle: &str) -> DevicePoll {
+    for _ in 0..60 {
+        let (status, body) = device_poll(server, handle).await;
+        assert_eq!(status, StatusCode::OK, "poll: {body}");
+        let poll: DevicePoll = serde_json::from_value(body).unwrap();
+        match poll {
+            DevicePoll::Pending { interval } | DevicePoll::SlowDown { interval } => {
+                tokio::time::sleep(Duration::from_secs(interval.min(6))).await;
+            }
+            done => return done,
+        }
+    }
+    panic!("the device flow never finished");
+}
+
+#[tokio::test]
+async fn methods_name_oidc() {
+    let s = setup(None).await;
+    let (status, body) = s.server.get_json(None, "/v1/auth/methods").await;
+    assert_eq!(status, StatusCode::OK);
+    let methods: AuthMethods = serde_json::from_value(body).unwrap();
+    assert!(methods.password);
+    let oidc = methods.oidc.expect("OIDC offered");
+    assert_eq!(oidc.issuer, s.idp.issuer);
+    assert!(oidc.device && oidc.browser);
+}
+
+#[tokio::test]
+async fn device_flow_gives_a_session_and_a_certificate_from_idp_groups() {
+    let s = setup(None).await;
+    let start = device_start(&s.server).await;
+    assert!(start.handle.starts_with("pcd_"));
+    assert!(!start.user_code.is_empty() && start.interval >= 1 && start.expires_in > 0);
+    // The device code itself never reaches the client.
+    let serialized = serde_json::to_string(&start).unwrap();
+    assert!(!serialized.contains("device_code"), "{serialized}");
+
+    // Before the user acts: pending.
+    let (status, body) = device_poll(&s.server, &start.handle).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(matches!(serde_json::from_value(body).unwrap(), DevicePoll::Pending { .. }));
+
+    approve_device(&s.idp, &start, "alice", "alice-password", false).await;
+    let login: LoginResponse = match poll_until_done(&s.server, &start.handle).await {
+        DevicePoll::Success(login) => login,
+        other => panic!("expected success, got {other:?}"),
+    };
+    assert_eq!(login.username, "alice");
+    // The handle is single use.
+    let (status, _) = device_poll(&s.server, &start.handle).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, body) = s.server.get_json(Some(&login.token), "/v1/auth/whoami").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let who: WhoAmI = serde_json::from_value(body).unwrap();
+    assert_eq!((who.username.as_str(), who.source.as_str()), ("alice", "oidc"));
+    assert_eq!(who.groups, vec!["developers"]);
+    assert_eq!(who.roles, vec!["dev-shell"]);
+
+    let (status, body) = s.server.issue_cert(&login.token, &public_line(&ed25519_key())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let cert: UserCertResponse = serde_json::from_value(body).unwrap();
+    assert_eq!(cert.principals, vec![scoped_principal("dev-shell", "dev")]);
+
+    let ok = s.server.audit_events("login_succeeded").await;
+    assert!(ok.iter().any(|r| r.payload["username"] == "alice" && r.payload["source"] == "oidc"), "{ok:?}");
+}
+
+#[tokio::test]
+async fn device_flow_denied_and_expired_are_answered_clearly() {
+    let s = setup(Some(3)).await;
+    // Denied by the user at the IdP.
+    let start = device_start(&s.server).await;
+    approve_device(&s.idp, &start, "alice", "alice-password", true).await;
+    assert!(matches!(poll_until_done(&s.server, &start.handle).await, DevicePoll::AccessDenied));
+    // Nobody acts before the 3 s device code expires.
+    let start = device_start(&s.server).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(matches!(poll_until_done(&s.server, &start.handle).await, DevicePoll::ExpiredToken));
+    let failed = s.server.audit_events("login_failed").await;
+    let reasons: Vec<_> = failed.iter().map(|r| r.payload["reason"].as_str().unwrap().to_owned()).collect();
+    assert!(reasons.contains(&"access_denied".to_owned()), "{reasons:?}");
+    assert!(reasons.contains(&"expired_token".to_owned()), "{reasons:?}");
+    // An unknown handle is no session.
+    let (status, _) = device_poll(&s.server, "pcd_not-a-handle").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn code_flow_sets_a_strict_cookie_that_authenticates_and_state_cannot_be_replayed() {
+    let s = setup(None).await;
+    let mut ca = ca_browser(&s.server);
+    let start = ca.get(&s.server.endpoint("/v1/auth/oidc/login")).await;
+    assert_eq!(start.status, StatusCode::SEE_OTHER);
+    let to_idp = start.location.clone().unwrap();
+    assert!(to_idp.starts_with(&s.idp.issuer), "{to_idp}");
+    for needed in ["code_challenge_method=S256", "code_challenge=", "state=", "nonce=", "response_type=code"] {
+        assert!(to_idp.contains(needed), "{needed} missing from {to_idp}");
+    }
+
+    let mut idp_browser = Browser::new(Browser::idp_client());
+    let page = idp_browser.get(&to_idp).await;
+    let back = sign_in_at_idp(&mut idp_browser, &s.idp, page, "bob", "bob-password").await;
+    let callback = back.location.expect("the IdP redirects back to the CA");
+    assert!(callback.starts_with(&s.server.endpoint("/v1/auth/oidc/callback")), "{callback}");
+
+    let done = ca.get(&callback).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    let cookie = done.set_cookies.iter().find(|c| c.starts_with("portcullis_session=")).expect("session cookie");
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.split("; ").any(|a| a == attr), "{attr} missing: {cookie}");
+    }
+    let token = cookie.split(';').next().unwrap().trim_start_matches("portcullis_session=").to_owned();
+
+    // The cookie alone authenticates.
+    let http = client_with_pin(&s.server.pin);
+    let whoami = |cookie: String| {
+        let http = http.clone();
+        let url = s.server.endpoint("/v1/auth/whoami");
+        async move { http.get(url).header("cookie", cookie).send().await.unwrap() }
+    };
+    let resp = whoami(format!("portcullis_session={token}")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let who: WhoAmI = resp.json().await.unwrap();
+    assert_eq!((who.username.as_str(), who.source.as_str()), ("bob", "oidc"));
+    assert_eq!(who.groups, vec!["developers", "ops"]);
+
+    // Replaying the same callback (same state and code) is refused.
+    let replay = ca.get(&callback).await;
+    assert_eq!(replay.status, StatusCode::UNAUTHORIZED, "{}", replay.body);
+    assert!(replay.body.contains("already used"), "{}", replay.body);
+    let failed = s.server.audit_events("login_failed").await;
+    assert!(failed.iter().any(|r| r.payload["reason"] == "state_invalid"), "{failed:?}");
+
+    // Logout with the cookie revokes the cookie's session and clears the cookie.
+    let resp = http
+        .post(s.server.endpoint("/v1/auth/logout"))
+        .header("cookie", format!("portcullis_session={token}"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cleared = resp.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
+    assert!(cleared.starts_with("portcullis_session=;") && cleared.contains("Max-Age=0"), "{cleared}");
+    assert_eq!(whoami(format!("portcullis_session={token}")).await.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn callbacks_from_another_browser_or_malformed_are_refused() {
+    let s = setup(None).await;
+    // A sign-in started in one browser, finished in another (login CSRF): refused.
+    let mut victim = ca_browser(&s.server);
+    let start = victim.get(&s.server.endpoint("/v1/auth/oidc/login")).await;
+    let mut idp_browser = Browser::new(Browser::idp_client());
+    let page = idp_browser.get(&start.location.unwrap()).await;
+    let back = sign_in_at_idp(&mut idp_browser, &s.idp, page, "alice", "alice-password").await;
+    let mut other = ca_browser(&s.server);
+    let refused = other.get(&back.location.unwrap()).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
+    assert!(refused.body.contains("another browser"), "{}", refused.body);
+
+    // Wrong password at the IdP: the IdP itself refuses (its fixture check works).
+    let mut ca = ca_browser(&s.server);
+    let start = ca.get(&s.server.endpoint("/v1/auth/oidc/login")).await;
+    let mut idp_browser = Browser::new(Browser::idp_client());
+    let first = idp_browser.get(&start.location.unwrap()).await;
+    let page = idp_browser.follow(first, &s.idp.issuer).await;
+    let (action, _) = form_of(&page);
+    let wrong = idp_browser.post_form(&action, &[("prompt", "login"), ("login", "alice"), ("password", "nope")]).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+
+    let cb = |q: &str| s.server.endpoint(&format!("/v1/auth/oidc/callback{q}"));
+    for (query, status, needle) in [
+        ("", StatusCode::BAD_REQUEST, "`code` is missing"),
+        ("?code=a", StatusCode::BAD_REQUEST, "`state` is missing"),
+        ("?code=a&state=b&state=c", StatusCode::BAD_REQUEST, "more than once"),
+        ("?code=a&state=unknown", StatusCode::UNAUTHORIZED, "start again"),
+        ("?error=access_denied&error_description=%3Cscript%3E&state=x", StatusCode::UNAUTHORIZED, "access_denied"),
+    ] {
+        let page = ca.get(&cb(query)).await;
+        assert_eq!(page.status, status, "{query}: {}", page.body);
+        assert!(page.body.contains(needle), "{query}: {}", page.body);
+        assert!(!page.body.contains("<script>"), "{query}: {}", page.body);
+    }
+    let long = format!("?code={}&state=b", "x".repeat(5000));
+    let page = ca.get(&cb(&long)).await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(page.body.contains("too long"), "{}", page.body);
+}
