@@ -33,6 +33,21 @@ if missing_packages; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y slapd ldap-utils
 fi
 
+# The OIDC tests run a real OpenID Connect provider (oidc-provider) under Node.js.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    step "installing Node.js"
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "error: node/npm is missing and this is not root; install nodejs and npm and run again" >&2
+        exit 1
+    fi
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm
+fi
+if [[ ! -d tests/idp/node_modules/oidc-provider ]]; then
+    step "npm ci --prefix tests/idp"
+    npm ci --prefix tests/idp --no-audit --no-fund
+fi
+
 if ! command -v cargo-nextest >/dev/null 2>&1; then
     step "installing cargo-nextest"
     cargo install --locked cargo-nextest

@@ -54,10 +54,12 @@ mod tests {
 
     #[test]
     fn script_embeds_pin_and_checksum() {
-        let s = render("https://ca:8443", "SHA256:abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", "00ff");
+        let pin = portcullis_proto::pin::pin_of_spki(b"example key");
+        let s = render("https://ca:8443", &pin, "00ff");
         assert!(s.starts_with("#!/bin/sh"));
         assert!(s.contains("BINARY_SHA256='00ff'"));
-        assert!(s.contains("PIN='SHA256:abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG'"));
-        assert!(s.contains("CURL_PIN='sha256//"));
+        assert!(s.contains(&format!("PIN='{pin}'")));
+        let curl = portcullis_proto::pin::curl_pin(&pin).unwrap_or_default();
+        assert!(s.contains(&format!("CURL_PIN='{curl}'")));
     }
 }

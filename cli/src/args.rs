@@ -38,6 +38,13 @@ pub struct LoginArgs {
     /// Read the password from the first line of standard input (for scripts).
     #[arg(long)]
     pub password_stdin: bool,
+    /// Sign in with a password even when the CA offers single sign-on.
+    #[arg(long, conflicts_with = "oidc")]
+    pub password: bool,
+    /// Sign in through the CA's OpenID Connect provider (device flow: a URL and a code to
+    /// open in any browser, so it works on a headless machine).
+    #[arg(long, conflicts_with_all = ["password_stdin", "user"])]
+    pub oidc: bool,
     /// Requested certificate lifetime, e.g. 1h (policy caps it).
     #[arg(long)]
     pub ttl: Option<String>,

@@ -4,6 +4,7 @@ use crate::api::Api;
 use crate::args::{LoginArgs, SshConfigArgs};
 use crate::state::{Paths, Session, write_atomic};
 use anyhow::{Context, anyhow, bail};
+use portcullis_proto::oidc::AuthMethods;
 use portcullis_proto::pin::normalize_pin;
 use portcullis_proto::{LoginResponse, UserCertRequest, UserCertResponse};
 use secrecy::{ExposeSecret, SecretString};
@@ -60,12 +61,6 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         // A remembered pin only applies to the CA it was given for.
         None => previous.as_ref().filter(|s| s.ca_url == ca_url).and_then(|s| s.ca_fingerprint.clone()),
     };
-    let username = args
-        .user
-        .clone()
-        .or_else(|| previous.as_ref().map(|s| s.username.clone()))
-        .or_else(|| std::env::var("USER").ok())
-        .ok_or_else(|| anyhow!("pass --user NAME"))?;
     let ttl_seconds = args
         .ttl
         .as_deref()
@@ -73,10 +68,26 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         .transpose()?;
 
     let api = Api::new(&ca_url, pin.as_deref())?;
-    let password = read_password(&format!("Password for {username} at {ca_url}: "), args.password_stdin)?;
-    let body = serde_json::json!({ "username": username, "password": password.expose_secret() });
-    let session: LoginResponse = api.post("/v1/auth/login", &body).await?;
-    drop(body);
+    let password_requested = args.password || args.password_stdin || args.user.is_some();
+    let use_oidc = args.oidc
+        || (!password_requested
+            // A CA too old to answer `/v1/auth/methods` offers passwords only.
+            && api.get::<AuthMethods>("/v1/auth/methods").await.ok().is_some_and(|m| m.oidc.is_some()));
+    let session: LoginResponse = if use_oidc {
+        crate::sso::device_login(&api).await?
+    } else {
+        let username = args
+            .user
+            .clone()
+            .or_else(|| previous.as_ref().map(|s| s.username.clone()))
+            .or_else(|| std::env::var("USER").ok())
+            .ok_or_else(|| anyhow!("pass --user NAME"))?;
+        let password = read_password(&format!("Password for {username} at {ca_url}: "), args.password_stdin)?;
+        let body = serde_json::json!({ "username": username, "password": password.expose_secret() });
+        let session: LoginResponse = api.post("/v1/auth/login", &body).await?;
+        drop(body);
+        session
+    };
     let api = api.with_token(&session.token);
 
     paths.ensure_dir()?;

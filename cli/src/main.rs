@@ -5,6 +5,7 @@ mod admin;
 mod api;
 mod args;
 mod login;
+mod sso;
 mod state;
 
 use clap::Parser;

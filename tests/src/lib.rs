@@ -10,6 +10,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 pub mod bins;
+pub mod enroll_ca;
+pub mod enroll_node;
 pub mod idp;
 pub mod inprocess;
 pub mod postgres;

@@ -122,7 +122,7 @@ async fn principals(server: &Server, token: &str) -> BTreeSet<String> {
     cert.principals.into_iter().collect()
 }
 
-/// Login failures recorded after the first `skip` ones.
+/// Every `login_failed` audit record, oldest first.
 async fn failures(server: &Server) -> Vec<AuditRecord> {
     server.audit_events("login_failed").await
 }

@@ -126,6 +126,53 @@ async fn poll_until_done(server: &Server, handle: &str) -> DevicePoll {
     panic!("the device flow never finished");
 }
 
+/// The real CLI, headless (stdout a pipe, no terminal): `portcullis login` sees OIDC in
+/// `/v1/auth/methods`, prints the URL and code, and polls until the user approves.
+#[tokio::test]
+async fn cli_login_uses_the_device_flow_headless() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let s = setup(None).await;
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(portcullis_tests::bin("portcullis"))
+        .args(["login", "--ca", &s.server.url, "--ca-fingerprint", &s.server.pin])
+        .env("HOME", home.path())
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    let complete = loop {
+        let line = lines.next().expect("the CLI ended before printing the sign-in URL").unwrap();
+        printed.push(line.clone());
+        if let Some(rest) = line.strip_prefix("(or open ") {
+            break rest.split_whitespace().next().unwrap().trim_end_matches(',').to_owned();
+        }
+    };
+    assert!(printed.iter().any(|l| l.starts_with("To sign in, open ")), "{printed:?}");
+    assert!(printed.iter().any(|l| l.starts_with("and enter the code: ")), "{printed:?}");
+    let start = DeviceStart {
+        handle: String::new(),
+        verification_uri: s.idp.issuer.clone(),
+        verification_uri_complete: Some(complete),
+        user_code: String::new(),
+        interval: 5,
+        expires_in: 600,
+    };
+    approve_device(&s.idp, &start, "alice", "alice-password", false).await;
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "CLI failed: {rest:?}\n{stderr}");
+    assert!(rest.iter().any(|l| l.starts_with("Logged in to") && l.ends_with("as alice.")), "{rest:?}");
+    let principal = scoped_principal("dev-shell", "dev");
+    assert!(rest.iter().any(|l| l.contains(&principal)), "{rest:?}");
+}
+
 #[tokio::test]
 async fn methods_name_oidc() {
     let s = setup(None).await;

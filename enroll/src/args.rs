@@ -1,0 +1,65 @@
+//! Command-line arguments.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Make this node trust the Portcullis SSH CA — safely, idempotently, reversibly.
+///
+/// Exit codes: 0 done or no changes; 1 failed before any change; 2 usage; 3 refused by
+/// preflight (nothing changed); 4 failed and rolled back; 5 the CA refused or was
+/// unreachable (nothing changed); 6 rollback incomplete (needs a person).
+#[derive(Debug, Parser)]
+#[command(name = "portcullis-enroll", version)]
+pub struct Cli {
+    /// Apply everything under this directory instead of `/` (tests, image builds).
+    #[arg(long, global = true, default_value = "/")]
+    pub root: PathBuf,
+    /// Show what would change; change nothing.
+    #[arg(long, global = true)]
+    pub check: bool,
+    /// Print one JSON result on stdout instead of progress lines.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The sshd binary used for `sshd -t` and `sshd -T`.
+    #[arg(long, global = true, default_value = "/usr/sbin/sshd")]
+    pub sshd: PathBuf,
+    /// Shell command that reloads sshd (default: `systemctl reload <service>`).
+    #[arg(long, global = true)]
+    pub reload_cmd: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enroll this node with a one-time enrollment token.
+    Enroll(EnrollCli),
+    /// Fetch the current CA keys, principals and KRL as this node and apply changes.
+    Refresh,
+    /// Restore the files as they were before enrollment and deregister the node.
+    Remove,
+    /// Show the enrollment state.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct EnrollCli {
+    /// The CA's URL, https://host:port
+    #[arg(long)]
+    pub ca: String,
+    /// The enrollment token (`pce_…`); or set PORTCULLIS_ENROLL_TOKEN.
+    #[arg(long, env = "PORTCULLIS_ENROLL_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// The CA's TLS public-key pin, `SHA256:…` (or curl's `sha256//…`).
+    #[arg(long)]
+    pub ca_fingerprint: String,
+    /// The node's name (default: the short hostname).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The port the node's sshd listens on, for the verification login (default: from `sshd -T`).
+    #[arg(long)]
+    pub sshd_port: Option<u16>,
+    /// An address the node is reachable at (repeatable).
+    #[arg(long = "address")]
+    pub addresses: Vec<String>,
+}

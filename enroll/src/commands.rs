@@ -1,0 +1,475 @@
+//! The four commands. Each one is: recover an interrupted run, check, then change inside
+//! a [`Txn`] that rolls back on any error — so the node ends either as it was or fully
+//! enrolled, and the original way in (authorized keys) is never touched.
+
+use crate::client::Api;
+use crate::error::{Error, Result};
+use crate::plan::{self, CheckedBundle, Desired};
+use crate::preflight::{self, Facts};
+use crate::proof::node_proof;
+use crate::report::Report;
+use crate::root::Root;
+use crate::secret::Token;
+use crate::sshd::{self, SshdCtl};
+use crate::state::State;
+use crate::txn::{self, Txn};
+use crate::{failpoint, fsx};
+use portcullis_proto::enroll::{EnrollRequest, EnrollResponse, NodeFacts};
+use portcullis_proto::pin::normalize_pin;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+pub struct Global {
+    pub root: Root,
+    pub check: bool,
+    pub sshd: SshdCtl,
+}
+
+pub struct EnrollArgs {
+    pub ca: String,
+    pub token: Token,
+    pub ca_fingerprint: String,
+    pub name: Option<String>,
+    pub sshd_port: Option<u16>,
+    pub addresses: Vec<String>,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn recover(g: &Global, r: &mut Report) -> Result<()> {
+    if txn::recover(&g.root, &g.sshd)? {
+        r.step("recover", "an interrupted earlier run was found and rolled back to the original files");
+    }
+    Ok(())
+}
+
+fn hostname(root: &Root) -> Option<String> {
+    let text = std::fs::read_to_string(root.path("/etc/hostname")).ok().or_else(|| {
+        let out = std::process::Command::new("hostname").output().ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    })?;
+    text.trim().split('.').next().map(str::to_owned).filter(|s| !s.is_empty())
+}
+
+fn pin_of(fingerprint: &str) -> Result<String> {
+    normalize_pin(fingerprint)
+        .ok_or_else(|| Error::Usage("--ca-fingerprint must look like SHA256:<base64> (as the CA prints it)".into()))
+}
+
+pub async fn enroll(g: &Global, a: EnrollArgs, r: &mut Report) -> Result<String> {
+    recover(g, r)?;
+    let pin = pin_of(&a.ca_fingerprint)?;
+    let api = Api::new(&a.ca, &pin)?;
+    let facts = preflight::run(&g.root, &g.sshd, a.sshd_port)?;
+    r.step(
+        "preflight",
+        format!(
+            "{}; {}; Proxmox VE: {}; service {}; {} host key(s); sshd port {}",
+            facts.os.as_deref().unwrap_or("unknown OS"),
+            facts.openssh.as_deref().unwrap_or("unknown OpenSSH"),
+            if facts.pve { facts.pve_version.as_deref().unwrap_or("yes") } else { "no" },
+            facts.service,
+            facts.host_keys.len(),
+            facts.port
+        ),
+    );
+    r.set("facts", &facts);
+    if let Some(state) = State::load(&g.root)? {
+        if state.ca_url != a.ca.trim_end_matches('/') || state.ca_fingerprint != pin {
+            return Err(Error::Refused(format!(
+                "already enrolled with {} ({}); run `portcullis-enroll remove` first",
+                state.ca_url, state.ca_fingerprint
+            )));
+        }
+        r.step("enroll", format!("already enrolled as {}: comparing with the CA (the token is not used)", state.node));
+        return refresh_with(g, state, &api, r).await;
+    }
+    let name = match a.name.clone().or_else(|| hostname(&g.root)) {
+        Some(n) => n,
+        None => return Err(Error::Usage("cannot tell the node's name; pass --name".into())),
+    };
+    if g.check {
+        r.step("check", format!("would register {name} and write the trust files and {}", g.root.drop_in().display()));
+        return Ok(format!("check: {name} is not enrolled; enrolling would change the node"));
+    }
+
+    let key = ssh_key::PrivateKey::random(
+        &mut ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng),
+        ssh_key::Algorithm::Ed25519,
+    )
+    .map_err(|e| Error::Failed(format!("cannot generate the verification key: {e}")))?;
+    let verification_public_key =
+        key.public_key().to_openssh().map_err(|e| Error::Failed(format!("cannot encode a key: {e}")))?;
+    let req = EnrollRequest {
+        facts: NodeFacts {
+            name: name.clone(),
+            addresses: a.addresses.clone(),
+            host_keys: facts.host_keys.iter().map(|k| k.public.clone()).collect(),
+            os: facts.os.clone(),
+            sshd_version: facts.openssh.clone(),
+            pve_cluster: facts.pve_cluster.clone(),
+            pve_node: facts.pve.then(|| name.clone()),
+        },
+        verification_public_key,
+    };
+    let resp = api.enroll(&a.token, &req).await?;
+    r.step("register", format!("the CA registered node {}", resp.bundle.node));
+    r.set("node", &resp.bundle.node);
+    let bundle = plan::check_bundle(&resp.bundle, facts.host_keys.len())?;
+
+    let mut txn = Txn::begin(&g.root)?;
+    match activate(g, &facts, &pin, &a.ca, &resp, &bundle, &key, &mut txn, r) {
+        Ok(()) => {
+            r.writes = txn.writes();
+            txn.commit()?;
+            r.step("commit", "enrolled; the original logins were never touched");
+            Ok(format!("enrolled {} with {}", resp.bundle.node, api_base(&a.ca)))
+        }
+        Err(Error::FailPoint(p)) => Err(Error::FailPoint(p)),
+        Err(e) => {
+            r.writes = txn.writes();
+            let err = txn.rollback(&g.sshd, e);
+            r.reloads += 1;
+            r.step("rollback", err.to_string());
+            Err(err)
+        }
+    }
+}
+
+fn api_base(url: &str) -> String {
+    url.trim_end_matches('/').to_owned()
+}
+
+fn write_all(txn: &mut Txn, root: &Root, files: &[Desired], r: &mut Report) -> Result<()> {
+    for d in files {
+        if let Some(parent) = d.path.parent()
+            && parent.starts_with(root.stage())
+        {
+            txn.ensure_dir(parent)?;
+        }
+        txn.write(&d.path, &d.bytes, d.mode)?;
+        r.changes.push(format!("write {}", d.path.display()));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn activate(
+    g: &Global,
+    facts: &Facts,
+    pin: &str,
+    ca: &str,
+    resp: &EnrollResponse,
+    bundle: &CheckedBundle,
+    key: &ssh_key::PrivateKey,
+    txn: &mut Txn,
+    r: &mut Report,
+) -> Result<()> {
+    let root = &g.root;
+    let now = now();
+    let host_key_paths: Vec<PathBuf> = facts.host_keys.iter().map(|k| k.path.clone()).collect();
+    let login = resp.verification_login.as_str();
+    let staged =
+        plan::desired(root, bundle, &host_key_paths, Some((login, resp.verification_principal.as_str())), now)?;
+    let (drop_in, files): (Vec<Desired>, Vec<Desired>) =
+        plan::diff(root, staged, &[])?.writes.into_iter().partition(|d| d.path == root.drop_in());
+
+    write_all(txn, root, &files, r)?;
+    r.step("stage", format!("{} file(s) under {}", files.len(), root.stage().display()));
+    failpoint::after("stage")?;
+
+    txn.mark_sshd_touched()?;
+    write_all(txn, root, &drop_in, r)?;
+    r.step("activate", format!("{}", root.drop_in().display()));
+    failpoint::after("activate")?;
+
+    g.sshd.test()?;
+    r.step("sshd -t", "configuration valid");
+    failpoint::after("test")?;
+
+    g.sshd.reload()?;
+    r.reloads += 1;
+    r.step("reload", "sshd reloaded (not restarted)");
+    failpoint::after("reload")?;
+
+    let cert_paths: Vec<PathBuf> =
+        host_key_paths.iter().take(bundle.host_certificates.len()).map(|k| plan::host_cert_path(root, k)).collect();
+    verify_effective(g, &cert_paths)?;
+    r.step("verify", "sshd -T shows the CA, principals, KRL and host certificate settings");
+    let dir = tempfile::tempdir().map_err(|e| Error::Failed(format!("cannot create a temporary directory: {e}")))?;
+    let (key_path, cert_path, known_hosts) = verification_files(dir.path(), facts, bundle, key, resp)?;
+    sshd::verify_login(facts.port, login, &key_path, &cert_path, &known_hosts)?;
+    r.step("verify", format!("a live login as {login} with a verification certificate succeeded"));
+    failpoint::after("verify")?;
+
+    // Unstage the verification principal; the final files are what the CA sent.
+    let final_files = plan::desired(root, bundle, &host_key_paths, None, now)?;
+    let unstage = plan::diff(root, final_files, &[])?.writes;
+    write_all(txn, root, &unstage, r)?;
+    let journal = txn.journal().clone();
+    let mut state = State {
+        version: 1,
+        ca_url: api_base(ca),
+        ca_fingerprint: pin.to_owned(),
+        node: resp.bundle.node.clone(),
+        host_keys: host_key_paths.clone(),
+        proof_key: preflight::proof_key(&facts.host_keys)
+            .ok_or_else(|| Error::Failed("no host key to sign node proofs".into()))?,
+        sshd_port: facts.port,
+        originals: Vec::new(),
+        created_dirs: Vec::new(),
+    };
+    state.absorb(&without_own_files(root, &journal.originals), &journal.created_dirs);
+    txn.write(&root.state_file(), &state.to_bytes()?, 0o600)?;
+    failpoint::after("commit")?;
+    Ok(())
+}
+
+fn without_own_files(root: &Root, originals: &[txn::Original]) -> Vec<txn::Original> {
+    originals.iter().filter(|o| o.path != root.state_file() && o.path != root.journal()).cloned().collect()
+}
+
+fn verify_effective(g: &Global, cert_paths: &[PathBuf]) -> Result<()> {
+    let root = &g.root;
+    let eff = g.sshd.effective()?;
+    let first = |k: &str| eff.get(k).and_then(|v| v.first()).cloned().unwrap_or_default();
+    let want = [
+        ("trustedusercakeys", root.user_ca().display().to_string()),
+        ("authorizedprincipalsfile", format!("{}/%u", root.principals_dir().display())),
+        ("revokedkeys", root.krl().display().to_string()),
+    ];
+    for (k, v) in want {
+        if first(k) != v {
+            return Err(Error::Failed(format!("after reload sshd -T shows {k} {:?}, not {v}", first(k))));
+        }
+    }
+    let certs = eff.get("hostcertificate").cloned().unwrap_or_default();
+    for c in cert_paths {
+        if !certs.iter().any(|v| Path::new(v) == c) {
+            return Err(Error::Failed(format!("after reload sshd -T does not list HostCertificate {}", c.display())));
+        }
+    }
+    Ok(())
+}
+
+fn verification_files(
+    dir: &Path,
+    facts: &Facts,
+    bundle: &CheckedBundle,
+    key: &ssh_key::PrivateKey,
+    resp: &EnrollResponse,
+) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let write = |name: &str, bytes: &[u8]| -> Result<PathBuf> {
+        let p = dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(|e| Error::io("cannot create", &p, e))?;
+        f.write_all(bytes).map_err(|e| Error::io("cannot write", &p, e))?;
+        Ok(p)
+    };
+    let pem = key
+        .to_openssh(ssh_key::LineEnding::LF)
+        .map_err(|e| Error::Failed(format!("cannot encode the verification key: {e}")))?;
+    let key_path = write("id_verify", pem.as_bytes())?;
+    let cert_path = write("id_verify-cert.pub", format!("{}\n", resp.verification_certificate.trim()).as_bytes())?;
+    let host = if facts.port == 22 { "127.0.0.1".to_owned() } else { format!("[127.0.0.1]:{}", facts.port) };
+    let mut kh = String::new();
+    for k in &facts.host_keys {
+        kh.push_str(&format!("{host} {}\n", k.public));
+    }
+    for ca in bundle.trusted_host_ca_keys.lines().filter(|l| !l.trim().is_empty()) {
+        kh.push_str(&format!("@cert-authority {host} {}\n", ca.trim()));
+    }
+    let known_hosts = write("known_hosts", kh.as_bytes())?;
+    Ok((key_path, cert_path, known_hosts))
+}
+
+pub async fn refresh(g: &Global, r: &mut Report) -> Result<String> {
+    recover(g, r)?;
+    let state = State::load(&g.root)?.ok_or_else(|| Error::Failed("this node is not enrolled".into()))?;
+    let api = Api::new(&state.ca_url, &state.ca_fingerprint)?;
+    refresh_with(g, state, &api, r).await
+}
+
+/// Fetches the bundle as the node and applies only what differs. On any failure to
+/// fetch or check the bundle nothing is touched — the old KRL stays in force.
+async fn refresh_with(g: &Global, state: State, api: &Api, r: &mut Report) -> Result<String> {
+    let root = &g.root;
+    let now = now();
+    let proof = node_proof(&state.node, "refresh", &state.proof_key, now)?;
+    let bundle = match api.refresh(&proof).await.and_then(|b| plan::check_bundle(&b, state.host_keys.len())) {
+        Ok(b) => b,
+        Err(e) => {
+            r.step("fetch", format!("{e}; the current files (and KRL) stay in place"));
+            return Err(e);
+        }
+    };
+    r.step("fetch", format!("bundle for {} fetched with the node's proof", state.node));
+    r.set("node", &state.node);
+    let managed: Vec<PathBuf> = state.originals.iter().map(|o| o.path.clone()).collect();
+    // The KRL first: revocations take effect before anything else changes.
+    let mut desired = plan::desired(root, &bundle, &state.host_keys, None, now)?;
+    desired.sort_by_key(|d| d.path != root.krl());
+    let plan = plan::diff(root, desired, &managed)?;
+    if plan.is_empty() {
+        r.step("compare", "no changes");
+        return Ok("no changes".into());
+    }
+    let described = plan.describe();
+    if g.check {
+        for c in &described {
+            r.step("check", format!("would {c}"));
+        }
+        r.changes = described;
+        return Ok(format!("check: {} change(s) pending", r.changes.len()));
+    }
+    let mut txn = Txn::begin(root)?;
+    let result = (|| -> Result<()> {
+        if plan.touches_sshd {
+            txn.mark_sshd_touched()?;
+        }
+        write_all(&mut txn, root, &plan.writes, r)?;
+        for p in &plan.removes {
+            txn.remove(p)?;
+            r.changes.push(format!("remove {}", p.display()));
+        }
+        r.step("stage", format!("{} change(s) written atomically", described.len()));
+        failpoint::after("stage")?;
+        if plan.touches_sshd {
+            g.sshd.test()?;
+            g.sshd.reload()?;
+            r.reloads += 1;
+            r.step("reload", "sshd validated and reloaded (host certificate or drop-in changed)");
+        }
+        let journal = txn.journal().clone();
+        let mut new_state = state.clone();
+        new_state.absorb(&without_own_files(root, &journal.originals), &journal.created_dirs);
+        if new_state != state {
+            txn.write(&root.state_file(), &new_state.to_bytes()?, 0o600)?;
+        }
+        failpoint::after("commit")?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            r.writes = txn.writes();
+            txn.commit()?;
+            Ok(format!("refreshed: {} change(s)", described.len()))
+        }
+        Err(Error::FailPoint(p)) => Err(Error::FailPoint(p)),
+        Err(e) => {
+            r.writes = txn.writes();
+            let err = txn.rollback(&g.sshd, e);
+            r.step("rollback", err.to_string());
+            Err(err)
+        }
+    }
+}
+
+pub async fn remove(g: &Global, r: &mut Report) -> Result<String> {
+    recover(g, r)?;
+    let root = &g.root;
+    let Some(state) = State::load(root)? else {
+        r.step("remove", "not enrolled; nothing to remove");
+        return Ok("no changes".into());
+    };
+    if g.check {
+        for o in &state.originals {
+            let what = if o.content.is_some() { "restore" } else { "remove" };
+            r.step("check", format!("would {what} {}", o.path.display()));
+        }
+        return Ok("check: removal would restore the original files".into());
+    }
+    let mut txn = Txn::begin(root)?;
+    let result = (|| -> Result<()> {
+        txn.mark_sshd_touched()?;
+        for o in state.originals.iter().rev() {
+            match &o.content {
+                None => txn.remove(&o.path)?,
+                Some(_) => txn.write(&o.path, &decode(o)?, o.mode.unwrap_or(0o644))?,
+            }
+            r.changes.push(format!("restore {}", o.path.display()));
+        }
+        txn.remove(&root.state_file())?;
+        r.step("restore", format!("{} file(s) restored to their state before enrollment", state.originals.len()));
+        failpoint::after("restore")?;
+        g.sshd.test()?;
+        g.sshd.reload()?;
+        r.reloads += 1;
+        r.step("reload", "sshd reloaded");
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            r.writes = txn.writes();
+            txn.commit()?;
+        }
+        Err(Error::FailPoint(p)) => return Err(Error::FailPoint(p)),
+        Err(e) => {
+            let err = txn.rollback(&g.sshd, e);
+            r.step("rollback", err.to_string());
+            return Err(err);
+        }
+    }
+    for d in state.created_dirs.iter().rev() {
+        let _ = std::fs::remove_dir(d);
+    }
+    let proof = node_proof(&state.node, "deregister", &state.proof_key, now())?;
+    let api = Api::new(&state.ca_url, &state.ca_fingerprint)?;
+    match api.deregister(&proof).await {
+        Ok(()) => {
+            r.step("deregister", format!("the CA deregistered {}", state.node));
+            Ok(format!("removed; {} deregistered", state.node))
+        }
+        Err(e) => {
+            r.step("deregister", format!("failed: {e}"));
+            Err(Error::Ca(format!("the node's files were restored, but deregistration failed: {e}")))
+        }
+    }
+}
+
+fn decode(o: &txn::Original) -> Result<Vec<u8>> {
+    use base64::Engine;
+    let b64 = o.content.as_deref().unwrap_or_default();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| Error::Failed(format!("the saved copy of {} is corrupt", o.path.display())))
+}
+
+pub fn status(g: &Global, r: &mut Report) -> Result<String> {
+    let root = &g.root;
+    if fsx::read_opt(&root.journal())?.is_some() {
+        r.step("journal", "an interrupted run is pending rollback (any command completes it)");
+    }
+    let Some(state) = State::load(root)? else {
+        r.set("enrolled", false);
+        return Ok("not enrolled".into());
+    };
+    r.set("enrolled", true);
+    r.set("node", &state.node);
+    r.set("ca", &state.ca_url);
+    let mut files = BTreeMap::new();
+    for o in &state.originals {
+        let present = o.path.exists();
+        files.insert(o.path.display().to_string(), present);
+        r.step("file", format!("{} {}", if present { "present" } else { "MISSING" }, o.path.display()));
+    }
+    r.set("files", &files);
+    let active = g.sshd.effective().ok().and_then(|e| e.get("trustedusercakeys").and_then(|v| v.first()).cloned());
+    let active = active.as_deref() == Some(root.user_ca().display().to_string().as_str());
+    r.set("active", active);
+    Ok(format!(
+        "enrolled as {} with {} ({}); sshd {}",
+        state.node,
+        state.ca_url,
+        state.ca_fingerprint,
+        if active { "uses it" } else { "does NOT use it" }
+    ))
+}

@@ -1,0 +1,70 @@
+//! The one error type of the enrollment tool, and the exit code each kind maps to.
+//!
+//! Exit codes are a contract with scripts and Ansible (documented in the README):
+//!
+//! | code | meaning |
+//! | --- | --- |
+//! | 0 | done, or nothing to change |
+//! | 1 | failed before changing anything (I/O, unexpected answers) |
+//! | 2 | usage error |
+//! | 3 | refused by preflight: the node's configuration cannot be changed safely; nothing changed |
+//! | 4 | a change failed and was rolled back to the original files |
+//! | 5 | the CA refused (token expired/used up, unknown node) or could not be reached; nothing changed |
+//! | 6 | a change failed **and the rollback did not complete**: needs a person |
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("{what}: {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Failed(String),
+    #[error("the CA: {0}")]
+    Ca(String),
+    #[error("{cause}; rolled back to the original files")]
+    RolledBack { cause: String },
+    #[error("{cause}; ROLLBACK INCOMPLETE: {rollback}")]
+    RollbackFailed { cause: String, rollback: String },
+    /// A simulated crash (`PORTCULLIS_ENROLL_FAILPOINT=<step>`): the process exits at once.
+    #[error("fail point {0} reached")]
+    FailPoint(String),
+}
+
+impl Error {
+    pub fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io { what, path: path.into(), source }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => 2,
+            Error::Refused(_) => 3,
+            Error::Io { .. } | Error::Failed(_) => 1,
+            Error::RolledBack { .. } => 4,
+            Error::Ca(_) => 5,
+            Error::RollbackFailed { .. } => 6,
+            Error::FailPoint(_) => 99,
+        }
+    }
+
+    /// A stable code for `--json`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Usage(_) => "usage",
+            Error::Refused(_) => "refused",
+            Error::Io { .. } => "io",
+            Error::Failed(_) => "failed",
+            Error::Ca(_) => "ca",
+            Error::RolledBack { .. } => "rolled_back",
+            Error::RollbackFailed { .. } => "rollback_failed",
+            Error::FailPoint(_) => "fail_point",
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

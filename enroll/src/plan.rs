@@ -1,0 +1,220 @@
+//! From a CA bundle to the exact bytes of every file we manage, and the difference from
+//! what is on disk. Pure apart from reading the current files.
+
+use crate::error::{Error, Result};
+use crate::fsx;
+use crate::root::Root;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use portcullis_proto::enroll::NodeBundle;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// OpenSSH KRL files start with this magic (PROTOCOL.krl).
+const KRL_MAGIC: &[u8] = b"SSHKRL\n\0";
+
+/// A bundle checked before anything is written: a KRL that would make sshd refuse every
+/// key, or host certificates that do not match the keys, never reach the disk.
+#[derive(Debug, Clone)]
+pub struct CheckedBundle {
+    pub trusted_user_ca_keys: String,
+    pub principals: BTreeMap<String, Vec<String>>,
+    pub krl: Vec<u8>,
+    pub host_certificates: Vec<String>,
+    pub trusted_host_ca_keys: String,
+}
+
+fn safe_login(login: &str) -> bool {
+    !login.is_empty()
+        && login.len() <= 64
+        && !login.starts_with(['.', '-'])
+        && login.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn one_line(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['\n', '\r'])
+}
+
+pub fn check_bundle(bundle: &NodeBundle, host_keys: usize) -> Result<CheckedBundle> {
+    let krl = STANDARD.decode(bundle.krl_base64.trim()).map_err(|_| Error::Ca("the KRL is not valid base64".into()))?;
+    if !krl.starts_with(KRL_MAGIC) {
+        return Err(Error::Ca("the KRL is not an OpenSSH KRL".into()));
+    }
+    if bundle.trusted_user_ca_keys.lines().filter(|l| !l.trim().is_empty()).count() == 0 {
+        return Err(Error::Ca("the bundle has no trusted user CA key".into()));
+    }
+    for key in bundle.trusted_user_ca_keys.lines().filter(|l| !l.trim().is_empty()) {
+        ssh_key::PublicKey::from_openssh(key).map_err(|_| Error::Ca("a trusted user CA key does not parse".into()))?;
+    }
+    for (login, list) in &bundle.principals {
+        if !safe_login(login) {
+            return Err(Error::Ca(format!("the bundle names an unusable login {login:?}")));
+        }
+        if !list.iter().all(|p| one_line(p) && !p.contains(char::is_whitespace)) {
+            return Err(Error::Ca(format!("a principal for {login} is malformed")));
+        }
+    }
+    if !bundle.host_certificates.is_empty() && bundle.host_certificates.len() != host_keys {
+        return Err(Error::Ca("the bundle's host certificates do not match the host keys".into()));
+    }
+    for cert in &bundle.host_certificates {
+        ssh_key::Certificate::from_openssh(cert.trim())
+            .map_err(|_| Error::Ca("a host certificate does not parse".into()))?;
+    }
+    Ok(CheckedBundle {
+        trusted_user_ca_keys: bundle.trusted_user_ca_keys.clone(),
+        principals: bundle.principals.clone(),
+        krl,
+        host_certificates: bundle.host_certificates.clone(),
+        trusted_host_ca_keys: bundle.trusted_host_ca_keys.clone(),
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Files to write (only those whose bytes differ from the disk).
+    pub writes: Vec<Desired>,
+    /// Managed files that should no longer exist.
+    pub removes: Vec<PathBuf>,
+    /// The drop-in or a host certificate changes: sshd must be validated and reloaded.
+    pub touches_sshd: bool,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.removes.is_empty()
+    }
+
+    pub fn describe(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.writes.iter().map(|d| format!("write {}", d.path.display())).collect();
+        v.extend(self.removes.iter().map(|p| format!("remove {}", p.display())));
+        v
+    }
+}
+
+pub fn principals_text(list: &[String]) -> Vec<u8> {
+    list.iter().map(|p| format!("{p}\n")).collect::<String>().into_bytes()
+}
+
+pub fn host_cert_path(root: &Root, host_key: &Path) -> PathBuf {
+    let name = host_key.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "host_key".into());
+    root.stage().join(format!("{name}-cert.pub"))
+}
+
+pub fn drop_in_text(root: &Root, host_certs: &[PathBuf]) -> Vec<u8> {
+    let mut s = String::from(
+        "# Written by portcullis-enroll: the node trusts the Portcullis CA.\n\
+         # `portcullis-enroll remove` restores the previous state. Do not edit.\n",
+    );
+    s.push_str(&format!("TrustedUserCAKeys {}\n", root.user_ca().display()));
+    s.push_str(&format!("AuthorizedPrincipalsFile {}/%u\n", root.principals_dir().display()));
+    s.push_str(&format!("RevokedKeys {}\n", root.krl().display()));
+    for cert in host_certs {
+        s.push_str(&format!("HostCertificate {}\n", cert.display()));
+    }
+    s.into_bytes()
+}
+
+/// Keeps the current host certificate while it is for the same key and has more than
+/// half of the new one's lifetime left: the CA signs a fresh one on every request, and
+/// replacing it each time would reload sshd on every refresh.
+fn keep_host_cert(current: &[u8], new: &str, now: u64) -> bool {
+    let (Ok(cur_text), Ok(new_cert)) = (std::str::from_utf8(current), ssh_key::Certificate::from_openssh(new.trim()))
+    else {
+        return false;
+    };
+    let Ok(cur) = ssh_key::Certificate::from_openssh(cur_text.trim()) else { return false };
+    let lifetime = new_cert.valid_before().saturating_sub(new_cert.valid_after());
+    cur.public_key() == new_cert.public_key()
+        && cur.signature_key() == new_cert.signature_key()
+        && cur.valid_after() <= now
+        && cur.valid_before() > now.saturating_add(lifetime / 2)
+}
+
+/// Everything we manage, with its desired bytes.
+/// `extra_principal` = (login, principal) staged only during verification.
+pub fn desired(
+    root: &Root,
+    bundle: &CheckedBundle,
+    host_keys: &[PathBuf],
+    extra_principal: Option<(&str, &str)>,
+    now: u64,
+) -> Result<Vec<Desired>> {
+    let mut out = vec![
+        Desired { path: root.user_ca(), bytes: bundle.trusted_user_ca_keys.clone().into_bytes(), mode: 0o644 },
+        Desired { path: root.krl(), bytes: bundle.krl.clone(), mode: 0o644 },
+    ];
+    let mut principals = bundle.principals.clone();
+    if let Some((login, principal)) = extra_principal {
+        if !safe_login(login) || !one_line(principal) {
+            return Err(Error::Ca("the verification login or principal is malformed".into()));
+        }
+        principals.entry(login.to_owned()).or_default().push(principal.to_owned());
+    }
+    for (login, list) in &principals {
+        out.push(Desired { path: root.principals_dir().join(login), bytes: principals_text(list), mode: 0o644 });
+    }
+    let mut cert_paths = Vec::new();
+    for (key, cert) in host_keys.iter().zip(&bundle.host_certificates) {
+        let path = host_cert_path(root, key);
+        let current = fsx::read_opt(&path)?;
+        let bytes = match current {
+            Some(cur) if keep_host_cert(&cur, cert, now) => cur,
+            _ => format!("{}\n", cert.trim()).into_bytes(),
+        };
+        out.push(Desired { path: path.clone(), bytes, mode: 0o644 });
+        cert_paths.push(path);
+    }
+    out.push(Desired { path: root.drop_in(), bytes: drop_in_text(root, &cert_paths), mode: 0o644 });
+    Ok(out)
+}
+
+/// Compares with the disk. `managed` are files written earlier (from the state), so
+/// ones no longer desired (a login that lost all roles) are removed.
+pub fn diff(root: &Root, desired: Vec<Desired>, managed: &[PathBuf]) -> Result<Plan> {
+    let mut plan = Plan::default();
+    let sshd_file = |p: &Path| p == root.drop_in() || p.to_string_lossy().ends_with("-cert.pub");
+    for d in &desired {
+        if fsx::read_opt(&d.path)?.as_deref() != Some(d.bytes.as_slice()) || fsx::mode_of(&d.path) != Some(d.mode) {
+            plan.touches_sshd |= sshd_file(&d.path);
+            plan.writes.push(d.clone());
+        }
+    }
+    for p in managed {
+        if p != &root.state_file() && !desired.iter().any(|d| &d.path == p) && p.exists() {
+            plan.touches_sshd |= sshd_file(p);
+            plan.removes.push(p.clone());
+        }
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_names_cannot_escape_the_principals_directory() {
+        assert!(safe_login("root"));
+        assert!(!safe_login("../etc/passwd"));
+        assert!(!safe_login(".."));
+        assert!(!safe_login("a/b"));
+        assert!(!safe_login(""));
+    }
+
+    #[test]
+    fn drop_in_sets_only_our_four_keywords() {
+        let root = Root::new("/r");
+        let text = String::from_utf8(drop_in_text(&root, &[PathBuf::from("/r/c")])).unwrap_or_default();
+        let keywords: Vec<&str> =
+            text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(' ').next()).collect();
+        assert_eq!(keywords, ["TrustedUserCAKeys", "AuthorizedPrincipalsFile", "RevokedKeys", "HostCertificate"]);
+    }
+}

@@ -1,0 +1,156 @@
+//! Preflight: learn the node and refuse — before any change — whatever cannot be done
+//! safely. Everything here only reads.
+
+use crate::error::{Error, Result};
+use crate::root::Root;
+use crate::sshd::{SshdCtl, openssh_version};
+use crate::sshd_config::{self, OUR_KEYWORDS};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostKey {
+    /// The private key file (`HostKey` in sshd's configuration).
+    pub path: PathBuf,
+    /// Its OpenSSH public key line.
+    pub public: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Facts {
+    pub os: Option<String>,
+    pub openssh: Option<String>,
+    pub pve: bool,
+    pub pve_version: Option<String>,
+    pub pve_cluster: Option<String>,
+    pub service: String,
+    pub host_keys: Vec<HostKey>,
+    pub port: u16,
+}
+
+fn os_pretty_name(root: &Root) -> Option<String> {
+    let text = std::fs::read_to_string(root.path("/etc/os-release")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")).map(|v| v.trim_matches('"').to_owned())
+}
+
+fn pve_version(root: &Root) -> Option<String> {
+    if !root.is_system() {
+        return None;
+    }
+    let out = std::process::Command::new("pveversion").stdin(std::process::Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn pve_cluster(root: &Root) -> Option<String> {
+    let text = std::fs::read_to_string(root.path("/etc/pve/corosync.conf")).ok()?;
+    text.lines().find_map(|l| l.trim().strip_prefix("cluster_name:")).map(|v| v.trim().to_owned())
+}
+
+/// Debian and PVE call the unit `ssh.service`; others `sshd.service`.
+pub fn service_name(root: &Root) -> String {
+    for dir in ["/lib/systemd/system", "/usr/lib/systemd/system", "/etc/systemd/system"] {
+        if root.path(dir).join("ssh.service").exists() {
+            return "ssh".into();
+        }
+        if root.path(dir).join("sshd.service").exists() {
+            return "sshd".into();
+        }
+    }
+    "ssh".into()
+}
+
+fn public_line(private: &Path) -> Result<String> {
+    let pub_path = PathBuf::from(format!("{}.pub", private.display()));
+    if let Ok(text) = std::fs::read_to_string(&pub_path)
+        && let Ok(key) = ssh_key::PublicKey::from_openssh(text.trim())
+    {
+        return key.to_openssh().map_err(|e| Error::Failed(format!("{}: {e}", pub_path.display())));
+    }
+    let key = ssh_key::PrivateKey::read_openssh_file(private)
+        .map_err(|e| Error::Refused(format!("cannot read the host key {}: {e}", private.display())))?;
+    key.public_key().to_openssh().map_err(|e| Error::Failed(format!("{}: {e}", private.display())))
+}
+
+/// Runs every check; `Err(Refused)` means the node is left exactly as it was.
+pub fn run(root: &Root, sshd: &SshdCtl, port_override: Option<u16>) -> Result<Facts> {
+    if !root.sshd_config().is_file() {
+        return Err(Error::Refused(format!(
+            "{} does not exist: is OpenSSH server installed?",
+            root.sshd_config().display()
+        )));
+    }
+    let scan = sshd_config::scan(root)?;
+    if !scan.includes_drop_ins {
+        return Err(Error::Refused(format!(
+            "{} does not include {}/*.conf (the Debian default); add that Include line first",
+            root.sshd_config().display(),
+            root.drop_in_dir().display()
+        )));
+    }
+    let ours = |kw: &str, value: &str| match kw {
+        "trustedusercakeys" => Path::new(value) == root.user_ca(),
+        "authorizedprincipalsfile" => value == format!("{}/%u", root.principals_dir().display()),
+        "revokedkeys" => Path::new(value) == root.krl(),
+        "hostcertificate" => Path::new(value).starts_with(root.stage()),
+        _ => false,
+    };
+    let conflicts = sshd_config::conflicts(&scan, &ours);
+    if let Some(first) = conflicts.first() {
+        let list: Vec<String> = conflicts
+            .iter()
+            .map(|d| {
+                let place = if d.in_match { " inside a Match block" } else { "" };
+                format!("{}:{}: {} {}{place}", d.file.display(), d.line, d.keyword, d.value)
+            })
+            .collect();
+        return Err(Error::Refused(format!(
+            "sshd would ignore or override our {} (first value wins, and these are read first): {}",
+            first.keyword,
+            list.join("; ")
+        )));
+    }
+    sshd.test().map_err(|e| Error::Refused(format!("the current configuration is already invalid: {e}")))?;
+    let effective = sshd.effective().map_err(|e| Error::Refused(e.to_string()))?;
+    for kw in OUR_KEYWORDS.iter().filter(|k| **k != "hostcertificate") {
+        if let Some(v) = effective.get(*kw).and_then(|v| v.first())
+            && v != "none"
+            && !ours(kw, v)
+        {
+            return Err(Error::Refused(format!("sshd -T already shows {kw} {v}; refusing to override it")));
+        }
+    }
+    let host_keys = effective
+        .get("hostkey")
+        .map(|v| v.iter().map(PathBuf::from).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.exists())
+        .map(|path| Ok(HostKey { public: public_line(&path)?, path }))
+        .collect::<Result<Vec<_>>>()?;
+    if host_keys.is_empty() {
+        return Err(Error::Refused("sshd has no readable host key".into()));
+    }
+    let port = match port_override {
+        Some(p) => p,
+        None => effective
+            .get("port")
+            .and_then(|v| v.first())
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| Error::Refused("cannot tell which port sshd listens on; pass --sshd-port".into()))?,
+    };
+    Ok(Facts {
+        os: os_pretty_name(root),
+        openssh: openssh_version(),
+        pve: root.path("/etc/pve").is_dir(),
+        pve_version: pve_version(root),
+        pve_cluster: pve_cluster(root),
+        service: service_name(root),
+        host_keys,
+        port,
+    })
+}
+
+/// The key that signs node proofs: Ed25519 when there is one.
+pub fn proof_key(keys: &[HostKey]) -> Option<PathBuf> {
+    keys.iter().find(|k| k.public.starts_with("ssh-ed25519 ")).or_else(|| keys.first()).map(|k| k.path.clone())
+}

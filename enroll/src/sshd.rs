@@ -1,0 +1,114 @@
+//! Talking to the node's OpenSSH: validate (`sshd -t`), read the effective configuration
+//! (`sshd -T`), reload (never restart: a restart drops the listening socket and, with a
+//! bad config, would not come back), and a live login.
+
+use crate::error::{Error, Result};
+use crate::root::Root;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+pub struct SshdCtl {
+    pub root: Root,
+    pub sshd: PathBuf,
+    /// `sh -c` command that reloads the daemon; default `systemctl reload <service>`.
+    pub reload_cmd: Option<String>,
+    pub service: String,
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<std::process::Output> {
+    cmd.stdin(Stdio::null()).output().map_err(|e| Error::Failed(format!("cannot run {what}: {e}")))
+}
+
+impl SshdCtl {
+    fn config(&self) -> PathBuf {
+        self.root.sshd_config()
+    }
+
+    /// `sshd -t`: Ok, or the daemon's own complaint.
+    pub fn test(&self) -> Result<()> {
+        let out = run(Command::new(&self.sshd).arg("-t").arg("-f").arg(self.config()), "sshd -t")?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Error::Failed(format!(
+                "sshd -t rejects the configuration: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+
+    /// `sshd -T`: keyword (lowercase) → values in order.
+    pub fn effective(&self) -> Result<BTreeMap<String, Vec<String>>> {
+        let out = run(Command::new(&self.sshd).arg("-T").arg("-f").arg(self.config()), "sshd -T")?;
+        if !out.status.success() {
+            return Err(Error::Failed(format!("sshd -T failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        }
+        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let mut parts = line.splitn(2, ' ');
+            if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+                map.entry(k.to_ascii_lowercase()).or_default().push(v.to_owned());
+            }
+        }
+        Ok(map)
+    }
+
+    pub fn reload(&self) -> Result<()> {
+        let out = match &self.reload_cmd {
+            Some(cmd) => run(Command::new("/bin/sh").arg("-c").arg(cmd), "the reload command")?,
+            None => run(Command::new("systemctl").args(["reload", &self.service]), "systemctl reload")?,
+        };
+        if !out.status.success() {
+            return Err(Error::Failed(format!(
+                "reloading sshd failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        // sshd re-executes itself on SIGHUP; give it a moment before anyone connects.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(())
+    }
+}
+
+/// `OpenSSH_9.2p1 Debian-2+deb12u3, …` → `OpenSSH_9.2p1 Debian-2+deb12u3`.
+pub fn openssh_version() -> Option<String> {
+    let out = Command::new("ssh").arg("-V").stdin(Stdio::null()).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.split(',').next().map(|s| s.trim().to_owned()).filter(|s| s.starts_with("OpenSSH"))
+}
+
+/// A login as `login@127.0.0.1:port` with exactly this key and certificate, checking the
+/// server against `known_hosts`; runs `true` (the certificate forces a command anyway).
+/// Retried briefly: right after a reload the daemon may still be re-executing.
+pub fn verify_login(port: u16, login: &str, key: &Path, cert: &Path, known_hosts: &Path) -> Result<()> {
+    let mut last = String::new();
+    for attempt in 0..5 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        let out = run(
+            Command::new("ssh")
+                .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+                .args(["-o", "IdentityAgent=none", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"])
+                .args(["-o", "LogLevel=ERROR", "-o", "PasswordAuthentication=no"])
+                .arg("-o")
+                .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+                .arg("-o")
+                .arg(format!("CertificateFile={}", cert.display()))
+                .arg("-i")
+                .arg(key)
+                .arg("-p")
+                .arg(port.to_string())
+                .arg(format!("{login}@127.0.0.1"))
+                .arg("true"),
+            "ssh",
+        )?;
+        if out.status.success() {
+            return Ok(());
+        }
+        last = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    }
+    Err(Error::Failed(format!("the verification login as {login}@127.0.0.1:{port} failed: {last}")))
+}

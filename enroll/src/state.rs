@@ -1,0 +1,57 @@
+//! `<stage>/state.json`: what enrollment wrote and what was there before, so refresh
+//! knows the CA and node, and `remove` can put every file back.
+
+use crate::error::{Error, Result};
+use crate::fsx;
+use crate::root::Root;
+use crate::txn::Original;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    pub ca_url: String,
+    pub ca_fingerprint: String,
+    pub node: String,
+    /// Host private key paths, in the order the CA certified them.
+    pub host_keys: Vec<PathBuf>,
+    /// The host key that signs node proofs.
+    pub proof_key: PathBuf,
+    pub sshd_port: u16,
+    /// Every file the tool manages, as it was before the tool first wrote it.
+    pub originals: Vec<Original>,
+    /// Directories enrollment created (removed again by `remove` when empty).
+    pub created_dirs: Vec<PathBuf>,
+}
+
+impl State {
+    pub fn load(root: &Root) -> Result<Option<State>> {
+        let path = root.state_file();
+        let Some(bytes) = fsx::read_opt(&path)? else { return Ok(None) };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Failed(format!("{} is unreadable: {e}", path.display())))
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut v = serde_json::to_vec_pretty(self).map_err(|e| Error::Failed(format!("cannot encode state: {e}")))?;
+        v.push(b'\n');
+        Ok(v)
+    }
+
+    /// Adds originals the state does not know yet (the first capture of a path wins:
+    /// later captures are of our own files).
+    pub fn absorb(&mut self, originals: &[Original], created_dirs: &[PathBuf]) {
+        for o in originals {
+            if !self.originals.iter().any(|k| k.path == o.path) {
+                self.originals.push(o.clone());
+            }
+        }
+        for d in created_dirs {
+            if !self.created_dirs.contains(d) {
+                self.created_dirs.push(d.clone());
+            }
+        }
+    }
+}

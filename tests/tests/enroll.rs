@@ -1,0 +1,363 @@
+//! `portcullis-enroll` end to end: a real sshd started from a `--root` node's own config,
+//! a pinned HTTPS CA (the stand-in in `tests/src/enroll_ca.rs`), real `ssh` logins. Every
+//! failure case proves zero lockout (the ordinary authorized-key login still works) and a
+//! byte-identical node afterwards.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use portcullis_sshcert::KrlBuilder;
+use portcullis_tests::enroll_ca::{EXPIRED_TOKEN, FakeCa, GOOD_TOKEN, now, user_cert, write_key};
+use portcullis_tests::enroll_node::{NODE, Node, snapshot};
+use serde_json::Value;
+use ssh_key::{Algorithm, PrivateKey};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Instant;
+
+fn run(mut cmd: Command) -> (i32, Value, Output) {
+    let out = cmd.arg("--json").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("not one JSON result: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), json, out)
+}
+
+fn enroll_cmd(node: &Node, ca: &FakeCa, token: &str) -> Command {
+    let mut cmd = node.enroll_cmd();
+    cmd.args(["enroll", "--ca", &ca.url, "--token", token, "--ca-fingerprint", &ca.pin]);
+    cmd
+}
+
+fn enroll(node: &Node, ca: &FakeCa) -> (i32, Value, Output) {
+    run(enroll_cmd(node, ca, GOOD_TOKEN))
+}
+
+/// A user key and a CA certificate for it with the node's root principal.
+fn user_with_cert(dir: &Path, ca: &FakeCa, principals: &[&str]) -> (PathBuf, PathBuf, PrivateKey) {
+    let key =
+        PrivateKey::random(&mut ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng), Algorithm::Ed25519).unwrap();
+    let key_path = dir.join("id_cert_user");
+    write_key(&key_path, &key);
+    let cert = user_cert(&ca.user_ca(), key.public_key(), principals);
+    let cert_path = dir.join("id_cert_user-cert.pub");
+    std::fs::write(&cert_path, format!("{cert}\n")).unwrap();
+    (key_path, cert_path, key)
+}
+
+/// The common assertion of every failure case.
+fn assert_untouched(node: &Node, before: &std::collections::BTreeMap<String, String>, what: &str) {
+    let after = node.snapshot();
+    if &after != before {
+        let changed: Vec<_> = before.keys().chain(after.keys()).filter(|k| before.get(*k) != after.get(*k)).collect();
+        panic!("{what}: the node changed: {changed:?}");
+    }
+    assert!(node.ordinary_login_works(), "{what}: the ordinary key login no longer works");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_refresh_remove_on_a_pve_shaped_node() {
+    let ca = FakeCa::start().await;
+    let node = Node::start(true);
+    assert!(node.ordinary_login_works(), "fixture: the ordinary login must work before enrollment");
+    let before = node.snapshot();
+    let pve_before = snapshot(&node.path("/etc/pve"));
+    let (key, cert, user_key) = user_with_cert(node.dir.path(), &ca, &["pc_admins_root"]);
+    assert!(!node.cert_login_works("root", &key, &cert), "a CA certificate must not work before enrollment");
+
+    let (code, json, out) = enroll(&node, &ca);
+    assert_eq!(code, 0, "enroll failed: {json}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json["node"], NODE);
+    assert_eq!(json["reloads"], 1);
+    assert!(node.cert_login_works("root", &key, &cert), "a CA certificate for root must work after enrollment");
+    assert!(node.ordinary_login_works(), "the ordinary login must survive enrollment");
+    let principals = std::fs::read_to_string(node.path("/etc/ssh/portcullis/principals/root")).unwrap();
+    assert_eq!(principals, "pc_admins_root\n", "the verification principal must be unstaged");
+    assert!(!node.path("/etc/ssh/portcullis/journal.json").exists());
+    assert_eq!(snapshot(&node.path("/etc/pve")), pve_before, "/etc/pve must stay byte-identical");
+    assert_eq!(
+        std::fs::read_link(node.path("/root/.ssh/authorized_keys")).unwrap(),
+        node.path("/etc/pve/priv/authorized_keys")
+    );
+    let dropin = std::fs::read_to_string(node.path("/etc/ssh/sshd_config.d/60-portcullis.conf")).unwrap();
+    assert_eq!(dropin.matches("HostCertificate").count(), 2, "one host certificate per host key: {dropin}");
+    // The node now presents a host certificate the host CA vouches for.
+    let kh = node.dir.path().join("known_hosts_ca");
+    let host_ca = ca.state.lock().unwrap().host_ca.public_key().to_openssh().unwrap();
+    std::fs::write(&kh, format!("@cert-authority [127.0.0.1]:{} {host_ca}\n", node.port)).unwrap();
+    let host_cert_login = Command::new("ssh")
+        .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", kh.display()))
+        .arg("-i")
+        .arg(&node.user_key)
+        .args(["-p", &node.port.to_string(), "root@127.0.0.1", "true"])
+        .output()
+        .unwrap();
+    assert!(host_cert_login.status.success(), "host certificate: {}", String::from_utf8_lossy(&host_cert_login.stderr));
+
+    // Idempotent: nothing changed → zero writes, zero reloads, no token use.
+    let enrolled = node.snapshot();
+    let uses = ca.state.lock().unwrap().uses_left;
+    let started = Instant::now();
+    let (code, json, _) = enroll(&node, &ca);
+    let rerun = started.elapsed();
+    assert_eq!(code, 0, "{json}");
+    assert_eq!((json["writes"].as_u64(), json["reloads"].as_u64()), (Some(0), Some(0)), "{json}");
+    assert_eq!(json["summary"], "no changes");
+    assert_eq!(node.snapshot(), enrolled);
+    assert_eq!(ca.state.lock().unwrap().uses_left, uses, "a re-run must not spend a token use");
+    eprintln!("idempotent re-run of enroll took {rerun:?}");
+    let (code, json, _) = run({
+        let mut c = node.enroll_cmd();
+        c.arg("refresh");
+        c
+    });
+    assert_eq!((code, json["writes"].as_u64()), (0, Some(0)), "{json}");
+
+    // --check shows a pending change without making it.
+    ca.state.lock().unwrap().principals.insert("backup".into(), vec!["pc_backup".into()]);
+    let (code, json, _) = run({
+        let mut c = node.enroll_cmd();
+        c.args(["--check", "refresh"]);
+        c
+    });
+    assert_eq!(code, 0, "{json}");
+    assert!(json["changes"].to_string().contains("principals/backup"), "{json}");
+    assert_eq!(node.snapshot(), enrolled, "--check must not change anything");
+
+    // Refresh applies principals without a reload (sshd reads them per login).
+    let (code, json, _) = run({
+        let mut c = node.enroll_cmd();
+        c.arg("refresh");
+        c
+    });
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["reloads"], 0, "{json}");
+    assert_eq!(std::fs::read_to_string(node.path("/etc/ssh/portcullis/principals/backup")).unwrap(), "pc_backup\n");
+
+    // A revocation reaches the node through refresh.
+    let mut krl = KrlBuilder::new(2, now(), "");
+    krl.revoke_key_sha256(user_key.public_key().key_data());
+    ca.state.lock().unwrap().krl = krl.encode();
+    let (code, json, _) = run({
+        let mut c = node.enroll_cmd();
+        c.arg("refresh");
+        c
+    });
+    assert_eq!(code, 0, "{json}");
+    assert!(!node.cert_login_works("root", &key, &cert), "a revoked key must be refused after refresh");
+
+    // The CA is unreachable for refresh: exit 5, the KRL (and everything) stays.
+    let revoked = node.snapshot();
+    ca.state.lock().unwrap().fail_refresh = true;
+    let (code, json, _) = run({
+        let mut c = node.enroll_cmd();
+        c.arg("refresh");
+        c
+    });
+    assert_eq!(code, 5, "{json}");
+    assert_untouched(&node, &revoked, "refresh with the CA failing");
+    assert!(!node.cert_login_works("root", &key, &cert), "the old KRL must stay in force");
+    ca.state.lock().unwrap().fail_refresh = false;
+
+    // Status.
+    let (code, json, _) = run({
+        let mut c = node.enroll_cmd();
+        c.arg("status");
+        c
+    });
+    assert_eq!((code, &json["enrolled"], &json["active"]), (0, &Value::Bool(true), &Value::Bool(true)), "{json}");
+
+    // Remove: byte-identical to before enrollment, and deregistered.
+    let (code, json, out) = run({
+        let mut c = node.enroll_cmd();
+        c.arg("remove");
+        c
+    });
+    assert_eq!(code, 0, "remove: {json}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_untouched(&node, &before, "after remove");
+    assert_eq!(ca.state.lock().unwrap().deregistered, vec![NODE.to_owned()]);
+    let (_, cert2_path, _) = user_with_cert(node.dir.path(), &ca, &["pc_admins_root"]);
+    assert!(!node.cert_login_works("root", &node.dir.path().join("id_cert_user"), &cert2_path));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_before_any_change() {
+    let ca = FakeCa::start().await;
+
+    // An earlier drop-in already sets TrustedUserCAKeys: sshd would ignore ours.
+    let node = Node::start_with(false, |root| {
+        std::fs::write(root.join("etc/ssh/sshd_config.d/50-other.conf"), "TrustedUserCAKeys /etc/ssh/other_ca.pub\n")
+            .unwrap();
+    });
+    let before = node.snapshot();
+    let (code, json, _) = enroll(&node, &ca);
+    assert_eq!(code, 3, "{json}");
+    assert!(json["error"]["message"].as_str().unwrap().contains("50-other.conf:1"), "{json}");
+    assert_untouched(&node, &before, "conflicting earlier drop-in");
+    assert_eq!(ca.state.lock().unwrap().uses_left, 100, "preflight refuses before the token is used");
+
+    // The main config does not include sshd_config.d.
+    let node = Node::start_with(false, |root| {
+        let p = root.join("etc/ssh/sshd_config");
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, text.lines().filter(|l| !l.starts_with("Include")).collect::<Vec<_>>().join("\n")).unwrap();
+    });
+    let before = node.snapshot();
+    let (code, json, _) = enroll(&node, &ca);
+    assert_eq!(code, 3, "{json}");
+    assert_untouched(&node, &before, "no Include");
+
+    // Token expired, used up, wrong CA fingerprint: refused before any change.
+    let node = Node::start(true);
+    let before = node.snapshot();
+    let (code, json, _) = run(enroll_cmd(&node, &ca, EXPIRED_TOKEN));
+    assert_eq!(code, 5, "{json}");
+    assert!(json["error"]["message"].as_str().unwrap().contains("expired"), "{json}");
+    assert_untouched(&node, &before, "expired token");
+
+    ca.state.lock().unwrap().uses_left = 0;
+    let (code, json, _) = enroll(&node, &ca);
+    assert_eq!(code, 5, "{json}");
+    assert_untouched(&node, &before, "used-up token");
+    ca.state.lock().unwrap().uses_left = 100;
+
+    let other_pin = portcullis_proto::pin::pin_of_spki(b"not the CA's key");
+    let mut cmd = node.enroll_cmd();
+    cmd.args(["enroll", "--ca", &ca.url, "--token", GOOD_TOKEN, "--ca-fingerprint", &other_pin]);
+    let (code, json, _) = run(cmd);
+    assert_eq!(code, 5, "{json}");
+    assert!(json["error"]["message"].as_str().unwrap().contains("fingerprint"), "{json}");
+    assert_untouched(&node, &before, "wrong CA fingerprint");
+    assert_eq!(ca.state.lock().unwrap().uses_left, 100, "a wrong pin never reaches the CA");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_during_the_change_roll_back() {
+    let ca = FakeCa::start().await;
+    let node = Node::start(true);
+    let before = node.snapshot();
+
+    // The verification login fails (certificate from a key the node does not trust).
+    ca.state.lock().unwrap().bad_verification_cert = true;
+    let (code, json, _) = enroll(&node, &ca);
+    assert_eq!(code, 4, "{json}");
+    assert!(json["error"]["message"].as_str().unwrap().contains("verification login"), "{json}");
+    assert_untouched(&node, &before, "verification login fails");
+    ca.state.lock().unwrap().bad_verification_cert = false;
+
+    // `sshd -t` rejects the new configuration (an sshd that refuses once our drop-in exists).
+    let wrapper = node.dir.path().join("sshd-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = -t ] && [ -e '{}' ]; then echo 'bad configuration option' >&2; exit 255; fi\nexec /usr/sbin/sshd \"$@\"\n",
+            node.path("/etc/ssh/sshd_config.d/60-portcullis.conf").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut cmd = enroll_cmd(&node, &ca, GOOD_TOKEN);
+    cmd.arg("--sshd").arg(&wrapper);
+    let (code, json, _) = run(cmd);
+    assert_eq!(code, 4, "{json}");
+    assert!(json["error"]["message"].as_str().unwrap().contains("sshd -t"), "{json}");
+    assert_untouched(&node, &before, "sshd -t fails");
+
+    // Write failures (a full disk or read-only target) at different files.
+    for file in ["revoked.krl", "60-portcullis.conf", "state.json"] {
+        let mut cmd = enroll_cmd(&node, &ca, GOOD_TOKEN);
+        cmd.env("PORTCULLIS_ENROLL_FAILPOINT", format!("write:{file}"));
+        let (code, json, _) = run(cmd);
+        assert_eq!(code, 4, "write failure at {file}: {json}");
+        assert_untouched(&node, &before, &format!("write failure at {file}"));
+    }
+
+    // An error right after each step: rolled back in-process.
+    for step in ["stage", "activate", "test", "reload", "verify", "commit"] {
+        let mut cmd = enroll_cmd(&node, &ca, GOOD_TOKEN);
+        cmd.env("PORTCULLIS_ENROLL_FAILPOINT", format!("{step}:error"));
+        let (code, json, _) = run(cmd);
+        assert_eq!(code, 4, "error after {step}: {json}");
+        assert_untouched(&node, &before, &format!("error after {step}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_steps_never_locks_out_and_the_next_run_recovers() {
+    let ca = FakeCa::start().await;
+    let node = Node::start(true);
+    let before = node.snapshot();
+    for step in ["stage", "activate", "test", "reload", "verify", "commit"] {
+        let mut cmd = enroll_cmd(&node, &ca, GOOD_TOKEN);
+        cmd.env("PORTCULLIS_ENROLL_FAILPOINT", step);
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(99), "kill after {step}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(node.ordinary_login_works(), "killed after {step}: the ordinary key login must still work");
+        assert!(node.path("/etc/ssh/portcullis/journal.json").exists(), "killed after {step}: the journal stays");
+        // Any later command finishes the rollback first; `remove` then has nothing to do.
+        let (code, json, _) = run({
+            let mut c = node.enroll_cmd();
+            c.arg("remove");
+            c
+        });
+        assert_eq!(code, 0, "recovery after {step}: {json}");
+        assert_untouched(&node, &before, &format!("recovered after a kill after {step}"));
+    }
+    // And a clean run then enrolls.
+    let (code, json, _) = enroll(&node, &ca);
+    assert_eq!(code, 0, "{json}");
+    assert!(node.ordinary_login_works());
+}
+
+/// The same flow against the real CA (`portcullisd all-in-one`): token from the admin
+/// API, `POST /v1/enroll` with the verification certificate, node-proof refresh and
+/// deregistration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolls_with_the_real_ca() {
+    let server = portcullis_tests::Server::start().await;
+    let admin = server.admin_token().await;
+    let (status, body) = server
+        .post_json(Some(&admin), "/v1/admin/enroll-tokens", &serde_json::json!({ "ttl_seconds": 3600, "uses": 1 }))
+        .await;
+    assert!(status.is_success(), "creating an enrollment token: {body}");
+    let token = body["token"].as_str().unwrap().to_owned();
+    let node = Node::start(true);
+    let before = node.snapshot();
+
+    let mut cmd = node.enroll_cmd();
+    cmd.args(["enroll", "--ca", &server.url, "--token", &token, "--ca-fingerprint", &server.pin]);
+    let (code, json, out) = run(cmd);
+    assert_eq!(code, 0, "enroll: {json}\n{}\n{}", String::from_utf8_lossy(&out.stderr), server.log());
+    assert!(node.ordinary_login_works());
+    assert_eq!(
+        std::fs::read_to_string(node.path("/etc/ssh/portcullis/user_ca.pub")).unwrap().trim(),
+        server.user_ca_keys.trim()
+    );
+
+    // Re-run: no token use (it had one), no writes, no reload.
+    let mut cmd = node.enroll_cmd();
+    cmd.args(["enroll", "--ca", &server.url, "--token", &token, "--ca-fingerprint", &server.pin]);
+    let (code, json, _) = run(cmd);
+    assert_eq!((code, json["writes"].as_u64(), json["reloads"].as_u64()), (0, Some(0), Some(0)), "{json}");
+
+    // A used-up token is refused with nothing changed.
+    let other = Node::start(false);
+    let other_before = other.snapshot();
+    let mut cmd = other.enroll_cmd();
+    cmd.args(["enroll", "--ca", &server.url, "--token", &token, "--ca-fingerprint", &server.pin, "--name", "other"]);
+    let (code, json, _) = run(cmd);
+    assert_eq!(code, 5, "{json}");
+    assert_untouched(&other, &other_before, "used-up token (real CA)");
+
+    let mut cmd = node.enroll_cmd();
+    cmd.arg("refresh");
+    let (code, json, _) = run(cmd);
+    assert_eq!(code, 0, "refresh: {json}\n{}", server.log());
+
+    let mut cmd = node.enroll_cmd();
+    cmd.arg("remove");
+    let (code, json, _) = run(cmd);
+    assert_eq!(code, 0, "remove: {json}\n{}", server.log());
+    assert_untouched(&node, &before, "after remove (real CA)");
+}
