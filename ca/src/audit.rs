@@ -31,6 +31,12 @@ pub enum AuditEvent {
     Logout {
         username: String,
     },
+    /// An existing API session refused because the directory no longer vouches for its user.
+    SessionRefused {
+        username: String,
+        source: String,
+        reason: &'static str,
+    },
     CertIssued {
         username: String,
         serial: String,
@@ -143,6 +149,7 @@ impl AuditEvent {
             AuditEvent::LoginSucceeded { .. } => "login_succeeded",
             AuditEvent::LoginFailed { .. } => "login_failed",
             AuditEvent::Logout { .. } => "logout",
+            AuditEvent::SessionRefused { .. } => "session_refused",
             AuditEvent::CertIssued { .. } => "cert_issued",
             AuditEvent::CertDenied { .. } => "cert_denied",
             AuditEvent::Revoked { .. } => "revoked",

@@ -16,7 +16,7 @@ CA_URL='{ca_url}'
 PIN='{pin_unpadded}'
 CURL_PIN='{curl_pin}'
 BINARY_SHA256='{binary_sha256}'
-INSTALL_TO=/usr/local/sbin/portcullis-enroll
+INSTALL_TO="${{PORTCULLIS_ENROLL_INSTALL_TO:-/usr/local/sbin/portcullis-enroll}}"
 
 fingerprint=''
 previous=''
@@ -43,10 +43,24 @@ if ! echo "$BINARY_SHA256  $tmp/portcullis-enroll" | sha256sum -c --status -; th
     exit 3
 fi
 install -m 0755 "$tmp/portcullis-enroll" "$INSTALL_TO"
-exec "$INSTALL_TO" enroll --ca "$CA_URL" "$@"
-"#
+"$INSTALL_TO" enroll --ca "$CA_URL" "$@"
+# Enrolled: keep the CA keys, principals and KRL fresh.
+if [ -z "${{PORTCULLIS_ENROLL_NO_TIMER:-}}" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    cat > /etc/systemd/system/portcullis-enroll-refresh.service <<'UNIT'
+{service}UNIT
+    cat > /etc/systemd/system/portcullis-enroll-refresh.timer <<'UNIT'
+{timer}UNIT
+    systemctl daemon-reload
+    systemctl enable --now portcullis-enroll-refresh.timer
+fi
+"#,
+        service = REFRESH_SERVICE,
+        timer = REFRESH_TIMER,
     )
 }
+
+const REFRESH_SERVICE: &str = include_str!("../../deploy/portcullis-enroll-refresh.service");
+const REFRESH_TIMER: &str = include_str!("../../deploy/portcullis-enroll-refresh.timer");
 
 #[cfg(test)]
 mod tests {

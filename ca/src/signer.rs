@@ -1,8 +1,10 @@
-//! Turns a policy [`CertPermit`] and a user's public key into an OpenSSH certificate.
+//! Builds and signs OpenSSH certificates.
 //!
-//! Everything that matters — principals, lifetime, extensions, critical options — comes
-//! from the permit; the request contributes only the public key. A permit cannot be
-//! built outside `policies`, so an unchecked certificate does not compile.
+//! User certificates come only from a policy [`CertPermit`]: principals, lifetime,
+//! extensions and critical options are the permit's; the request contributes only the
+//! public key. A permit cannot be built outside `policies`, so an unchecked user
+//! certificate does not compile. Host certificates and the enrollment verification
+//! certificate have their own narrow constructors below.
 
 use crate::error::CaError;
 use crate::keys::Signer;
@@ -31,6 +33,51 @@ pub fn new_serial() -> u64 {
     }
 }
 
+/// Everything a certificate says, decided by one of the constructors below.
+struct Contents<'a, P, E, O> {
+    key: &'a PublicKey,
+    cert_type: CertType,
+    key_id: String,
+    serial: u64,
+    valid_after: u64,
+    valid_before: u64,
+    principals: P,
+    extensions: E,
+    critical_options: O,
+}
+
+fn sign<'a, P, E, O>(contents: Contents<'a, P, E, O>, signer: &Signer) -> Result<SignedCert, CaError>
+where
+    P: IntoIterator<Item = &'a String>,
+    E: IntoIterator<Item = &'a String>,
+    O: IntoIterator<Item = (&'a str, &'a str)>,
+{
+    let fail = |_| CaError::Internal("certificate signing failed".into());
+    let c = contents;
+    let mut builder =
+        Builder::new(random_bytes::<32>(), c.key.key_data().clone(), c.valid_after, c.valid_before).map_err(fail)?;
+    builder.serial(c.serial).map_err(fail)?;
+    builder.key_id(c.key_id.clone()).map_err(fail)?;
+    builder.cert_type(c.cert_type).map_err(fail)?;
+    for principal in c.principals {
+        builder.valid_principal(principal.clone()).map_err(fail)?;
+    }
+    for extension in c.extensions {
+        builder.extension(extension.clone(), "").map_err(fail)?;
+    }
+    for (name, value) in c.critical_options {
+        builder.critical_option(name, value).map_err(fail)?;
+    }
+    Ok(SignedCert {
+        certificate: builder.sign(&signer.key).map_err(fail)?,
+        serial: c.serial,
+        key_id: c.key_id,
+        valid_after: c.valid_after,
+        valid_before: c.valid_before,
+        key_fingerprint: fingerprint(c.key.key_data()),
+    })
+}
+
 /// `skew` back-dates `valid_after` so a node whose clock runs a little behind accepts
 /// the certificate at once.
 pub fn sign_user_cert(
@@ -42,36 +89,21 @@ pub fn sign_user_cert(
     skew: u64,
     serial: u64,
 ) -> Result<SignedCert, CaError> {
-    let valid_after = now.saturating_sub(skew);
-    let valid_before = now.saturating_add(permit.ttl().as_secs());
-    let key_id = format!("{}@{}", permit.username(), source);
-    let nonce = random_bytes::<32>();
-    let fail = |_| CaError::Internal("certificate signing failed".into());
-    let mut builder = Builder::new(nonce, public_key.key_data().clone(), valid_after, valid_before).map_err(fail)?;
-    builder.serial(serial).map_err(fail)?;
-    builder.key_id(key_id.clone()).map_err(fail)?;
-    builder.cert_type(CertType::User).map_err(fail)?;
-    for principal in permit.principals() {
-        builder.valid_principal(principal.clone()).map_err(fail)?;
-    }
-    for extension in permit.extensions() {
-        builder.extension(extension.clone(), "").map_err(fail)?;
-    }
-    for (name, value) in permit.critical_options() {
-        builder.critical_option(name.clone(), value.clone()).map_err(fail)?;
-    }
-    let certificate = builder.sign(&signer.key).map_err(fail)?;
-    Ok(SignedCert {
-        certificate,
+    let contents = Contents {
+        key: public_key,
+        cert_type: CertType::User,
+        key_id: format!("{}@{}", permit.username(), source),
         serial,
-        key_id,
-        valid_after,
-        valid_before,
-        key_fingerprint: fingerprint(public_key.key_data()),
-    })
+        valid_after: now.saturating_sub(skew),
+        valid_before: now.saturating_add(permit.ttl().as_secs()),
+        principals: permit.principals(),
+        extensions: permit.extensions(),
+        critical_options: permit.critical_options().iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    };
+    sign(contents, signer)
 }
 
-/// How long a node's host certificate lasts; the refresh timer renews it daily.
+/// How long a node's host certificate lasts; the refresh timer renews it well before.
 pub const HOST_CERT_TTL: u64 = 30 * 24 * 3600;
 
 /// A host certificate for an enrolled node's existing host key. Principals are the names
@@ -84,28 +116,18 @@ pub fn sign_host_cert(
     now: u64,
     skew: u64,
 ) -> Result<SignedCert, CaError> {
-    let fail = |_| CaError::Internal("host certificate signing failed".into());
-    let valid_after = now.saturating_sub(skew);
-    let valid_before = now.saturating_add(HOST_CERT_TTL);
-    let serial = new_serial();
-    let key_id = format!("node:{node}");
-    let mut builder =
-        Builder::new(random_bytes::<32>(), host_key.key_data().clone(), valid_after, valid_before).map_err(fail)?;
-    builder.serial(serial).map_err(fail)?;
-    builder.key_id(key_id.clone()).map_err(fail)?;
-    builder.cert_type(CertType::Host).map_err(fail)?;
-    for principal in principals {
-        builder.valid_principal(principal.clone()).map_err(fail)?;
-    }
-    let certificate = builder.sign(&signer.key).map_err(fail)?;
-    Ok(SignedCert {
-        certificate,
-        serial,
-        key_id,
-        valid_after,
-        valid_before,
-        key_fingerprint: fingerprint(host_key.key_data()),
-    })
+    let contents = Contents {
+        key: host_key,
+        cert_type: CertType::Host,
+        key_id: format!("node:{node}"),
+        serial: new_serial(),
+        valid_after: now.saturating_sub(skew),
+        valid_before: now.saturating_add(HOST_CERT_TTL),
+        principals,
+        extensions: [],
+        critical_options: [],
+    };
+    sign(contents, signer)
 }
 
 /// Lifetime of an enrollment verification certificate.
@@ -123,26 +145,17 @@ pub fn sign_verification_cert(
     signer: &Signer,
     now: u64,
 ) -> Result<SignedCert, CaError> {
-    let fail = |_| CaError::Internal("verification certificate signing failed".into());
-    let serial = new_serial();
-    let key_id = format!("enroll-verification:{node}");
-    let valid_after = now.saturating_sub(60);
-    let valid_before = now.saturating_add(VERIFICATION_TTL);
-    let mut builder =
-        Builder::new(random_bytes::<32>(), public_key.key_data().clone(), valid_after, valid_before).map_err(fail)?;
-    builder.serial(serial).map_err(fail)?;
-    builder.key_id(key_id.clone()).map_err(fail)?;
-    builder.cert_type(CertType::User).map_err(fail)?;
-    builder.valid_principal(principal.to_owned()).map_err(fail)?;
-    builder.critical_option("force-command", "true").map_err(fail)?;
-    builder.critical_option("source-address", "127.0.0.0/8,::1").map_err(fail)?;
-    let certificate = builder.sign(&signer.key).map_err(fail)?;
-    Ok(SignedCert {
-        certificate,
-        serial,
-        key_id,
-        valid_after,
-        valid_before,
-        key_fingerprint: fingerprint(public_key.key_data()),
-    })
+    let principals = [principal.to_owned()];
+    let contents = Contents {
+        key: public_key,
+        cert_type: CertType::User,
+        key_id: format!("enroll-verification:{node}"),
+        serial: new_serial(),
+        valid_after: now.saturating_sub(60),
+        valid_before: now.saturating_add(VERIFICATION_TTL),
+        principals: &principals,
+        extensions: [],
+        critical_options: [("force-command", "true"), ("source-address", "127.0.0.0/8,::1")],
+    };
+    sign(contents, signer)
 }

@@ -1,6 +1,7 @@
 //! A private OpenLDAP `slapd` per test: its own cn=config (built with `slapadd -n0`), an
 //! mdb database for `dc=example,dc=org` in a temporary directory, the memberof, refint
-//! and ppolicy overlays, on a free port of 127.0.0.1; killed on drop.
+//! and ppolicy overlays, on a free port of 127.0.0.1; killed on drop. With [`SlapdTls`]
+//! it also serves StartTLS on that port and `ldaps://` on a second one.
 //!
 //! It logs at `stats` level to a file, so a test can prove what the CA did (or did not)
 //! ask the directory: [`Slapd::log_since`].
@@ -21,11 +22,20 @@ pub const SUFFIX: &str = "dc=example,dc=org";
 pub const ROOT_DN: &str = "cn=admin,dc=example,dc=org";
 pub const ROOT_PW: &str = "root-secret-not-for-production";
 
-/// TLS material for the `ldaps://` listener and StartTLS.
+/// TLS material for the `ldaps://` listener and StartTLS (PEM).
 #[derive(Debug, Clone)]
 pub struct SlapdTls {
     pub cert_pem: String,
     pub key_pem: String,
+    /// The CA that signed `cert_pem` (`olcTLSCACertificateFile`).
+    pub ca_pem: String,
+}
+
+/// Where [`config_ldif`] finds the TLS files it names.
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
 }
 
 pub struct Slapd {
@@ -52,12 +62,15 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-fn config_ldif(dir: &Path, tls: Option<(&Path, &Path)>) -> String {
+fn config_ldif(dir: &Path, tls: Option<&TlsFiles>) -> String {
     let d = dir.display();
     let tls_attrs = match tls {
-        Some((cert, key)) => {
-            format!("olcTLSCertificateFile: {}\nolcTLSCertificateKeyFile: {}\n", cert.display(), key.display())
-        }
+        Some(f) => format!(
+            "olcTLSCertificateFile: {}\nolcTLSCertificateKeyFile: {}\nolcTLSCACertificateFile: {}\n",
+            f.cert.display(),
+            f.key.display(),
+            f.ca.display()
+        ),
         None => String::new(),
     };
     format!(
@@ -100,15 +113,18 @@ impl Slapd {
         std::fs::create_dir(&confdir).unwrap();
         std::fs::create_dir(dir.path().join("db")).unwrap();
         let tls_files = tls.as_ref().map(|t| {
-            let cert = dir.path().join("cert.pem");
-            let key = dir.path().join("key.pem");
-            std::fs::write(&cert, &t.cert_pem).unwrap();
-            std::fs::write(&key, &t.key_pem).unwrap();
-            (cert, key)
+            let files = TlsFiles {
+                cert: dir.path().join("cert.pem"),
+                key: dir.path().join("key.pem"),
+                ca: dir.path().join("ca.pem"),
+            };
+            std::fs::write(&files.cert, &t.cert_pem).unwrap();
+            std::fs::write(&files.key, &t.key_pem).unwrap();
+            std::fs::write(&files.ca, &t.ca_pem).unwrap();
+            files
         });
         let ldif = dir.path().join("config.ldif");
-        std::fs::write(&ldif, config_ldif(dir.path(), tls_files.as_ref().map(|(c, k)| (c.as_path(), k.as_path()))))
-            .unwrap();
+        std::fs::write(&ldif, config_ldif(dir.path(), tls_files.as_ref())).unwrap();
         let out = Command::new(SLAPADD).arg("-n0").arg("-F").arg(&confdir).arg("-l").arg(&ldif).output().unwrap();
         assert!(
             out.status.success(),
@@ -117,7 +133,8 @@ impl Slapd {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let tls_port = tls.is_some().then(free_port);
+        // Two probes in a row can get the same port back; slapd would then fail to bind.
+        let tls_port = tls.is_some().then(|| std::iter::repeat_with(free_port).find(|p| *p != port).unwrap());
         let mut slapd = Slapd {
             url: format!("ldap://127.0.0.1:{port}"),
             ldaps_url: tls_port.map(|p| format!("ldaps://127.0.0.1:{p}")),

@@ -262,6 +262,9 @@ async fn directory_down_is_503_and_audited_while_local_users_log_in() {
     // An existing LDAP session is not waved through on stale groups either.
     let (status, body) = server.issue_cert(&alice, &public_line(&ed25519_key())).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let refused = server.audit_events("session_refused").await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].payload["reason"], "directory_unavailable");
     // Local users are not affected.
     server.login("admin", &server.admin_password).await;
 

@@ -102,19 +102,8 @@ impl Ca {
             store::revoke_user_sessions(tx.conn(), username, now).await?;
             let n = store::revoke_certs(tx.conn(), &store::RevokeTarget::User(username), now).await?;
             if n > 0 {
-                let krl_version = store::bump_krl_version(tx.conn(), now).await?;
-                audit::record(
-                    tx.conn(),
-                    now,
-                    &AuditEvent::Revoked {
-                        actor: grant.username().to_owned(),
-                        target: format!("user:{username}"),
-                        certificates: n,
-                        key: false,
-                        krl_version,
-                    },
-                )
-                .await?;
+                let target = format!("user:{}", crate::audit::sanitize(username));
+                super::certs::record_revocation(tx.conn(), now, grant.username(), target, n, false).await?;
             }
         }
         self.audit_user(&mut tx, grant, username, if disabled { "disabled" } else { "enabled" }).await?;
@@ -152,18 +141,7 @@ impl Ca {
     }
 
     pub fn ca_keys(&self) -> Vec<CaKeyInfo> {
-        self.keyring()
-            .rows()
-            .iter()
-            .map(|r| CaKeyInfo {
-                purpose: r.purpose.clone(),
-                state: r.state.clone(),
-                algorithm: r.algorithm.clone(),
-                fingerprint: r.fingerprint.clone(),
-                public_key: r.public_key.clone(),
-                created_at: r.created_at,
-            })
-            .collect()
+        self.keyring().rows().iter().map(super::key_info).collect()
     }
 
     /// Step 1 of a rotation: a new key is generated and published (trusted) but does not
@@ -174,30 +152,9 @@ impl Ca {
         }
         let now = self.now();
         let row = keys::generate(purpose, self.key_algorithm, &self.passphrase, state::PENDING, now).await?;
-        let mut tx = self.store.begin().await?;
-        store::insert_ca_key(tx.conn(), &row).await?;
-        audit::record(
-            tx.conn(),
-            now,
-            &AuditEvent::CaKeyGenerated {
-                actor: grant.username().to_owned(),
-                purpose: row.purpose.clone(),
-                algorithm: row.algorithm.clone(),
-                fingerprint: row.fingerprint.clone(),
-                state: row.state.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        super::save_generated_key(&self.store, &row, grant.username(), now).await?;
         self.reload_keys().await?;
-        Ok(CaKeyInfo {
-            purpose: row.purpose,
-            state: row.state,
-            algorithm: row.algorithm,
-            fingerprint: row.fingerprint,
-            public_key: row.public_key,
-            created_at: row.created_at,
-        })
+        Ok(super::key_info(&row))
     }
 
     /// Step 2: the pending key signs from now on; the old active key stays trusted.
@@ -290,10 +247,7 @@ impl Ca {
             Ok(policy) => policy,
             Err(e) => {
                 let errors = e.to_string().lines().count().saturating_sub(1).max(1);
-                let mut tx = self.store.begin().await?;
-                audit::record(tx.conn(), self.now(), &AuditEvent::PolicyRejected { actor: actor.to_owned(), errors })
-                    .await?;
-                tx.commit().await?;
+                self.audit_alone(AuditEvent::PolicyRejected { actor: actor.to_owned(), errors }).await?;
                 return Err(match e {
                     CaError::Config(msg) => CaError::BadRequest(msg),
                     other => other,

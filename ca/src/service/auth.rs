@@ -61,27 +61,35 @@ impl Ca {
             }
         };
         self.user_failures.reset(&user_key);
+        let groups = identity.groups.iter().cloned().collect();
+        self.open_session(identity.username, identity.source, groups, client_ip).await
+    }
+
+    /// Creates an API session (what every sign-in method ends with) and audits it.
+    pub(super) async fn open_session(
+        &self,
+        username: String,
+        source: String,
+        groups: Vec<String>,
+        client_ip: &str,
+    ) -> Result<LoginResponse, CaError> {
+        let now = self.now();
         let token = random_token("pcs_");
-        let session = SessionRow {
-            username: identity.username.clone(),
-            source: identity.source.clone(),
-            groups: identity.groups.iter().cloned().collect(),
-            expires_at: now.saturating_add(self.session_ttl),
-        };
+        let session = SessionRow { username, source, groups, expires_at: now.saturating_add(self.session_ttl) };
         let mut tx = self.store.begin().await?;
         store::insert_session(tx.conn(), &token_hash(&token), &session, now).await?;
         audit::record(
             tx.conn(),
             now,
             &AuditEvent::LoginSucceeded {
-                username: identity.username.clone(),
-                source: identity.source.clone(),
+                username: session.username.clone(),
+                source: session.source.clone(),
                 client_ip: client_ip.to_owned(),
             },
         )
         .await?;
         tx.commit().await?;
-        Ok(LoginResponse { token, username: identity.username, expires_at: session.expires_at })
+        Ok(LoginResponse { token, username: session.username, expires_at: session.expires_at })
     }
 
     /// Asks the sources in order; a source that does not know the user passes it on, any
@@ -109,19 +117,13 @@ impl Ca {
         client_ip: &str,
         reason: &'static str,
     ) -> Result<(), CaError> {
-        let mut tx = self.store.begin().await?;
-        audit::record(
-            tx.conn(),
-            self.now(),
-            &AuditEvent::LoginFailed {
-                username: sanitize(username),
-                source: source.to_owned(),
-                client_ip: client_ip.to_owned(),
-                reason,
-            },
-        )
+        self.audit_alone(AuditEvent::LoginFailed {
+            username: sanitize(username),
+            source: source.to_owned(),
+            client_ip: client_ip.to_owned(),
+            reason,
+        })
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -142,11 +144,26 @@ impl Ca {
             session.groups
         } else {
             let source = self.sources.iter().find(|s| s.name() == session.source).ok_or(CaError::Unauthenticated)?;
-            match source.refresh(&session.username).await {
-                Ok(Some(identity)) => identity.groups.into_iter().collect(),
-                Ok(None) | Err(AuthFailure::Disabled) => return Err(CaError::Unauthenticated),
-                Err(AuthFailure::Unavailable) => return Err(CaError::Unavailable),
-                Err(_) => return Err(CaError::Unauthenticated),
+            let refused = match source.refresh(&session.username).await {
+                Ok(Some(identity)) => Ok(identity.groups.into_iter().collect()),
+                Ok(None) => Err(("unknown_user", CaError::Unauthenticated)),
+                Err(AuthFailure::Disabled) => Err(("user_disabled", CaError::Unauthenticated)),
+                Err(AuthFailure::Unavailable) => Err(("directory_unavailable", CaError::Unavailable)),
+                Err(other) => Err((other.code(), CaError::Unauthenticated)),
+            };
+            match refused {
+                Ok(groups) => groups,
+                Err((reason, error)) => {
+                    // A session whose user was locked or removed in the directory since
+                    // sign-in: refused, and worth an audit record.
+                    let event = AuditEvent::SessionRefused {
+                        username: session.username.clone(),
+                        source: session.source.clone(),
+                        reason,
+                    };
+                    self.audit_alone(event).await?;
+                    return Err(error);
+                }
             }
         };
         Ok(Caller {

@@ -21,6 +21,22 @@ pub(super) struct CachedKrl {
     bytes: Arc<Vec<u8>>,
 }
 
+/// Every revocation ends here, inside the transaction that revoked: the KRL version moves
+/// (so caches and nodes pick the change up) and the revocation is audited.
+pub(super) async fn record_revocation(
+    conn: &mut sqlx::AnyConnection,
+    now: u64,
+    actor: &str,
+    target: String,
+    certificates: u64,
+    key: bool,
+) -> Result<u64, CaError> {
+    let krl_version = store::bump_krl_version(conn, now).await?;
+    let event = AuditEvent::Revoked { actor: actor.to_owned(), target, certificates, key, krl_version };
+    audit::record(conn, now, &event).await?;
+    Ok(krl_version)
+}
+
 /// A cached KRL is rebuilt at least this often, so expired entries drop out and the
 /// generation date stays fresh even without new revocations.
 const KRL_MAX_AGE: u64 = 300;
@@ -36,7 +52,7 @@ impl Ca {
         let public_key = match parse_user_public_key(&request.public_key) {
             Ok(key) => key,
             Err(e) => {
-                self.audit_cert_denied(&who.username, "invalid_public_key", None, client_ip).await?;
+                self.audit_cert_denied(&who.username, e.reason_code(), None, client_ip).await?;
                 return Err(CaError::BadRequest(e.to_string()));
             }
         };
@@ -104,19 +120,13 @@ impl Ca {
         key_fingerprint: Option<&str>,
         client_ip: &str,
     ) -> Result<(), CaError> {
-        let mut tx = self.store.begin().await?;
-        audit::record(
-            tx.conn(),
-            self.now(),
-            &AuditEvent::CertDenied {
-                username: username.to_owned(),
-                reason,
-                key_fingerprint: key_fingerprint.map(str::to_owned),
-                client_ip: client_ip.to_owned(),
-            },
-        )
+        self.audit_alone(AuditEvent::CertDenied {
+            username: username.to_owned(),
+            reason,
+            key_fingerprint: key_fingerprint.map(str::to_owned),
+            client_ip: client_ip.to_owned(),
+        })
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -155,19 +165,8 @@ impl Ca {
                 return Err(CaError::BadRequest("give exactly one of serial, public_key, username".into()));
             }
         };
-        let krl_version = store::bump_krl_version(tx.conn(), now).await?;
-        audit::record(
-            tx.conn(),
-            now,
-            &AuditEvent::Revoked {
-                actor: grant.username().to_owned(),
-                target: target_desc,
-                certificates,
-                key: key_revoked,
-                krl_version,
-            },
-        )
-        .await?;
+        let krl_version =
+            record_revocation(tx.conn(), now, grant.username(), target_desc, certificates, key_revoked).await?;
         tx.commit().await?;
         Ok(RevokeResponse { certificates_revoked: certificates, key_revoked, krl_version })
     }

@@ -187,10 +187,7 @@ impl Ca {
     }
 
     async fn audit_enroll_refused(&self, reason: &'static str, client_ip: &str) -> Result<(), CaError> {
-        let mut tx = self.store.begin().await?;
-        audit::record(tx.conn(), self.now(), &AuditEvent::EnrollRefused { reason, client_ip: client_ip.to_owned() })
-            .await?;
-        tx.commit().await?;
+        self.audit_alone(AuditEvent::EnrollRefused { reason, client_ip: client_ip.to_owned() }).await?;
         Ok(())
     }
 
@@ -269,18 +266,12 @@ impl Ca {
             Ok(node) => return Ok(node),
             Err(reason) => reason,
         };
-        let mut tx = self.store.begin().await?;
-        audit::record(
-            tx.conn(),
-            self.now(),
-            &AuditEvent::NodeProofRefused {
-                node: audit::sanitize(&proof.node),
-                reason,
-                client_ip: client_ip.to_owned(),
-            },
-        )
+        self.audit_alone(AuditEvent::NodeProofRefused {
+            node: audit::sanitize(&proof.node),
+            reason,
+            client_ip: client_ip.to_owned(),
+        })
         .await?;
-        tx.commit().await?;
         Err(CaError::Unauthenticated)
     }
 
@@ -342,8 +333,9 @@ impl Ca {
         store::delete_node(tx.conn(), &node.name).await?;
         store::delete_host_certs(tx.conn(), &node.name).await?;
         let owner = format!("node:{}", node.name);
-        if store::revoke_certs(tx.conn(), &store::RevokeTarget::User(&owner), now).await? > 0 {
-            store::bump_krl_version(tx.conn(), now).await?;
+        let n = store::revoke_certs(tx.conn(), &store::RevokeTarget::User(&owner), now).await?;
+        if n > 0 {
+            super::certs::record_revocation(tx.conn(), now, &owner, format!("node:{}", node.name), n, false).await?;
         }
         audit::record(
             tx.conn(),

@@ -22,7 +22,7 @@ use crate::identity::{IdentitySource, LocalUsers, hash_password};
 use crate::keys::{self, KeyAlgorithm, KeyPurpose, Keyring};
 use crate::policy_files::load_policy_dir;
 use crate::ratelimit::RateLimiter;
-use crate::store::{self, Store};
+use crate::store::{self, CaKeyRow, Store};
 use portcullis_policies::{Policy, PolicySummary, diff};
 use secrecy::SecretString;
 use std::path::PathBuf;
@@ -102,6 +102,34 @@ pub struct EnrollBinary {
     pub sha256: String,
 }
 
+/// Stores a newly generated CA key together with its audit record.
+async fn save_generated_key(store: &Store, row: &CaKeyRow, actor: &str, now: u64) -> Result<(), CaError> {
+    let mut tx = store.begin().await?;
+    store::insert_ca_key(tx.conn(), row).await?;
+    let event = AuditEvent::CaKeyGenerated {
+        actor: actor.to_owned(),
+        purpose: row.purpose.clone(),
+        algorithm: row.algorithm.clone(),
+        fingerprint: row.fingerprint.clone(),
+        state: row.state.clone(),
+    };
+    audit::record(tx.conn(), now, &event).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// What the admin API shows of a CA key (never the encrypted private part).
+fn key_info(row: &CaKeyRow) -> portcullis_proto::CaKeyInfo {
+    portcullis_proto::CaKeyInfo {
+        purpose: row.purpose.clone(),
+        state: row.state.clone(),
+        algorithm: row.algorithm.clone(),
+        fingerprint: row.fingerprint.clone(),
+        public_key: row.public_key.clone(),
+        created_at: row.created_at,
+    }
+}
+
 impl Ca {
     /// Opens the database, creates any missing CA key, loads the policy, and records
     /// what it did in the audit log.
@@ -116,21 +144,7 @@ impl Ca {
             }
             let row =
                 keys::generate(purpose, config.key_algorithm, &config.passphrase, keys::state::ACTIVE, now).await?;
-            let mut tx = store.begin().await?;
-            store::insert_ca_key(tx.conn(), &row).await?;
-            audit::record(
-                tx.conn(),
-                now,
-                &AuditEvent::CaKeyGenerated {
-                    actor: SYSTEM_ACTOR.to_owned(),
-                    purpose: row.purpose.clone(),
-                    algorithm: row.algorithm.clone(),
-                    fingerprint: row.fingerprint.clone(),
-                    state: row.state.clone(),
-                },
-            )
-            .await?;
-            tx.commit().await?;
+            save_generated_key(&store, &row, SYSTEM_ACTOR, now).await?;
             tracing::info!(purpose = %purpose, fingerprint = %row.fingerprint, "generated CA key");
             keyring = Keyring::load(&store, &config.passphrase).await?;
         }
@@ -251,6 +265,15 @@ impl Ca {
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
         tracing::info!(%digest, "policy loaded");
         Ok(changes)
+    }
+
+    /// Records an event that stands alone (a refusal, a failure): nothing else changes
+    /// with it, so it gets a transaction of its own.
+    pub(crate) async fn audit_alone(&self, event: AuditEvent) -> Result<(), CaError> {
+        let mut tx = self.store.begin().await?;
+        audit::record(tx.conn(), self.now(), &event).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Creates the first administrator when there are no users at all; returns the

@@ -5,10 +5,9 @@
 
 use super::Ca;
 use super::auth::{random_token, token_hash};
-use crate::audit::{self, AuditEvent, sanitize};
+use crate::audit::{AuditEvent, sanitize};
 use crate::error::CaError;
 use crate::identity::oidc::{self, Oidc, OidcIdentity, PendingDevice, PendingLogin, TokenError, TokenInvalid};
-use crate::store::{self, SessionRow};
 use openidconnect::{Nonce, PkceCodeChallenge};
 use portcullis_proto::LoginResponse;
 use portcullis_proto::oidc::{AuthMethods, DevicePoll, DeviceStart, OidcMethods};
@@ -61,19 +60,13 @@ impl Ca {
     }
 
     async fn audit_oidc_failure(&self, username: &str, client_ip: &str, reason: &'static str) -> Result<(), CaError> {
-        let mut tx = self.store.begin().await?;
-        audit::record(
-            tx.conn(),
-            self.now(),
-            &AuditEvent::LoginFailed {
-                username: sanitize(username),
-                source: oidc::SOURCE.to_owned(),
-                client_ip: client_ip.to_owned(),
-                reason,
-            },
-        )
+        self.audit_alone(AuditEvent::LoginFailed {
+            username: sanitize(username),
+            source: oidc::SOURCE.to_owned(),
+            client_ip: client_ip.to_owned(),
+            reason,
+        })
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -98,29 +91,8 @@ impl Ca {
 
     /// The same session row and audit record as a password login.
     async fn open_oidc_session(&self, who: OidcIdentity, client_ip: &str) -> Result<LoginResponse, CaError> {
-        let now = self.now();
-        let token = random_token("pcs_");
-        let session = SessionRow {
-            username: who.username.clone(),
-            source: oidc::SOURCE.to_owned(),
-            groups: who.groups,
-            expires_at: now.saturating_add(self.session_ttl),
-        };
-        let mut tx = self.store.begin().await?;
-        store::insert_session(tx.conn(), &token_hash(&token), &session, now).await?;
-        audit::record(
-            tx.conn(),
-            now,
-            &AuditEvent::LoginSucceeded {
-                username: who.username.clone(),
-                source: oidc::SOURCE.to_owned(),
-                client_ip: client_ip.to_owned(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
         tracing::info!(username = %who.username, email = who.email.as_deref().unwrap_or("-"), "OIDC sign-in");
-        Ok(LoginResponse { token, username: who.username, expires_at: session.expires_at })
+        self.open_session(who.username, oidc::SOURCE.to_owned(), who.groups, client_ip).await
     }
 
     /// Starts the device authorization grant at the IdP. The device code stays here; the
