@@ -59,7 +59,8 @@ pub struct EnrollCli {
     /// The port the node's sshd listens on, for the verification login (default: from `sshd -T`).
     #[arg(long)]
     pub sshd_port: Option<u16>,
-    /// An address the node is reachable at (repeatable).
+    /// An address the node is reachable at (repeatable). Default: the node's global IP
+    /// addresses (`ip -j addr`) and its FQDN (`hostname -f`) when it differs from the name.
     #[arg(long = "address")]
     pub addresses: Vec<String>,
 }

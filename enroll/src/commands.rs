@@ -2,6 +2,7 @@
 //! a [`Txn`] that rolls back on any error — so the node ends either as it was or fully
 //! enrolled, and the original way in (authorized keys) is never touched.
 
+use crate::addresses;
 use crate::client::Api;
 use crate::error::{Error, Result};
 use crate::plan::{self, CheckedBundle, Desired};
@@ -92,6 +93,7 @@ pub async fn enroll(g: &Global, a: EnrollArgs, r: &mut Report) -> Result<String>
         Some(n) => n,
         None => return Err(Error::Usage("cannot tell the node's name; pass --name".into())),
     };
+    let addresses = node_addresses(&g.root, &name, &a.addresses, r);
     if g.check {
         r.step("check", format!("would register {name} and write the trust files and {}", g.root.drop_in().display()));
         return Ok(format!("check: {name} is not enrolled; enrolling would change the node"));
@@ -107,7 +109,7 @@ pub async fn enroll(g: &Global, a: EnrollArgs, r: &mut Report) -> Result<String>
     let req = EnrollRequest {
         facts: NodeFacts {
             name: name.clone(),
-            addresses: a.addresses.clone(),
+            addresses,
             host_keys: facts.host_keys.iter().map(|k| k.public.clone()).collect(),
             os: facts.os.clone(),
             sshd_version: facts.openssh.clone(),
@@ -138,6 +140,27 @@ pub async fn enroll(g: &Global, a: EnrollArgs, r: &mut Report) -> Result<String>
             Err(err)
         }
     }
+}
+
+/// `--address` as given, or else what the node can tell about itself; detection
+/// problems are reported, never fatal (the CA then knows the node by name only).
+fn node_addresses(root: &Root, name: &str, given: &[String], r: &mut Report) -> Vec<String> {
+    if !given.is_empty() {
+        r.step("addresses", format!("as given: {}", given.join(", ")));
+        r.set("addresses", given);
+        return given.to_vec();
+    }
+    let detected = addresses::detect(root, name);
+    for problem in &detected.problems {
+        r.step("addresses", format!("detection: {problem}"));
+    }
+    if detected.addresses.is_empty() {
+        r.step("addresses", "none detected; registering none (pass --address to set them)");
+    } else {
+        r.step("addresses", format!("detected: {}", detected.addresses.join(", ")));
+    }
+    r.set("addresses", &detected.addresses);
+    detected.addresses
 }
 
 fn api_base(url: &str) -> String {
@@ -244,13 +267,13 @@ fn verify_effective(g: &Global, cert_paths: &[PathBuf]) -> Result<()> {
     ];
     for (k, v) in want {
         if first(k) != v {
-            return Err(Error::Failed(format!("after reload sshd -T shows {k} {:?}, not {v}", first(k))));
+            return Err(Error::Failed(format!("sshd -T shows {k} {:?}, not {v}", first(k))));
         }
     }
     let certs = eff.get("hostcertificate").cloned().unwrap_or_default();
     for c in cert_paths {
         if !certs.iter().any(|v| Path::new(v) == c) {
-            return Err(Error::Failed(format!("after reload sshd -T does not list HostCertificate {}", c.display())));
+            return Err(Error::Failed(format!("sshd -T does not list HostCertificate {}", c.display())));
         }
     }
     Ok(())
@@ -343,7 +366,21 @@ async fn refresh_with(g: &Global, state: State, api: &Api, r: &mut Report) -> Re
         r.step("stage", format!("{} change(s) written atomically", described.len()));
         failpoint::after("stage")?;
         if plan.touches_sshd {
+            // As in enroll, nothing reaches the running daemon unchecked: `sshd -t` and
+            // `sshd -T` read the files just written, so a failure here rolls back before
+            // the reload. (The KRL was written first and is restored, never removed.)
             g.sshd.test()?;
+            r.step("sshd -t", "configuration valid");
+            failpoint::after("test")?;
+            let cert_paths: Vec<PathBuf> = state
+                .host_keys
+                .iter()
+                .take(bundle.host_certificates.len())
+                .map(|k| plan::host_cert_path(root, k))
+                .collect();
+            verify_effective(g, &cert_paths)?;
+            r.step("verify", "sshd -T shows the CA, principals, KRL and host certificate settings");
+            failpoint::after("verify")?;
             g.sshd.reload()?;
             r.reloads += 1;
             r.step("reload", "sshd validated and reloaded (host certificate or drop-in changed)");
@@ -367,6 +404,9 @@ async fn refresh_with(g: &Global, state: State, api: &Api, r: &mut Report) -> Re
         Err(e) => {
             r.writes = txn.writes();
             let err = txn.rollback(&g.sshd, e);
+            if plan.touches_sshd {
+                r.reloads += 1;
+            }
             r.step("rollback", err.to_string());
             Err(err)
         }

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use portcullis_proto::ApiError;
-use portcullis_proto::enroll::{EnrollRequest, EnrollResponse, NodeBundle, NodeProof};
+use portcullis_proto::enroll::{EnrollRequest, EnrollResponse, NodeBundle, NodeFacts, NodeProof};
 use portcullis_sshcert::KrlBuilder;
 use serde_json::{Value, json};
 use ssh_key::certificate::{Builder, CertType};
@@ -38,6 +38,8 @@ pub struct FakeCaState {
     pub bad_verification_cert: bool,
     pub krl: Vec<u8>,
     pub deregistered: Vec<String>,
+    /// The facts each node sent with its enrollment, as received.
+    pub facts: BTreeMap<String, NodeFacts>,
 }
 
 pub struct FakeCa {
@@ -144,6 +146,7 @@ async fn enroll(
     };
     let cert = sign_user(&signer, &key, &principal);
     st.nodes.insert(req.facts.name.clone(), req.facts.host_keys.clone());
+    st.facts.insert(req.facts.name.clone(), req.facts.clone());
     let resp = EnrollResponse {
         bundle: bundle(&st, &req.facts.name, &req.facts.host_keys),
         verification_certificate: cert,
@@ -208,6 +211,7 @@ impl FakeCa {
             bad_verification_cert: false,
             krl: empty_krl(),
             deregistered: Vec::new(),
+            facts: BTreeMap::new(),
         }));
         let app = Router::new()
             .route("/v1/enroll", post(enroll))

@@ -361,3 +361,209 @@ async fn enrolls_with_the_real_ca() {
     assert_eq!(code, 0, "remove: {json}\n{}", server.log());
     assert_untouched(&node, &before, "after remove (real CA)");
 }
+
+/// The operator's one-liner: `curl --pinnedpubkey … /enroll.sh | sh -s -- …`. The CA
+/// serves the script and the binary; the script refuses a fingerprint that is not the
+/// CA's, checks the binary's SHA-256, and runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enroll_sh_one_liner_enrolls_a_node() {
+    let server = portcullis_tests::Server::start().await;
+    let admin = server.admin_token().await;
+    let (status, body) = server
+        .post_json(Some(&admin), "/v1/admin/enroll-tokens", &serde_json::json!({ "ttl_seconds": 600, "uses": 1 }))
+        .await;
+    assert!(status.is_success(), "{body}");
+    let token = body["token"].as_str().unwrap().to_owned();
+    let curl_pin = portcullis_proto::pin::curl_pin(&server.pin).unwrap();
+    let fetched = Command::new("curl")
+        .args(["-fsS", "--pinnedpubkey", &curl_pin, "-k"])
+        .arg(format!("{}/enroll.sh", server.url))
+        .output()
+        .unwrap();
+    assert!(fetched.status.success(), "curl: {}", String::from_utf8_lossy(&fetched.stderr));
+    let script = String::from_utf8(fetched.stdout).unwrap();
+    let binary = std::fs::read(portcullis_tests::bin("portcullis-enroll")).unwrap();
+    use sha2::Digest;
+    assert!(script.contains(&hex::encode(sha2::Sha256::digest(&binary))), "script pins the served binary's hash");
+
+    let node = Node::start(false);
+    let before = node.snapshot();
+    let install = node.dir.path().join("bin/portcullis-enroll");
+    std::fs::create_dir_all(install.parent().unwrap()).unwrap();
+    let run_script = |fingerprint: &str| {
+        let mut child = Command::new("sh")
+            .args(["-s", "--", "--token", &token, "--ca-fingerprint", fingerprint, "--json"])
+            .arg("--root")
+            .arg(&node.root)
+            .arg("--reload-cmd")
+            .arg(node.reload_cmd())
+            .env("PORTCULLIS_ENROLL_INSTALL_TO", &install)
+            .env("PORTCULLIS_ENROLL_NO_TIMER", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+
+    // Another CA's fingerprint: refused by the script itself, nothing downloaded or changed.
+    let wrong = portcullis_proto::pin::pin_of_spki(b"some other CA");
+    let out = run_script(&wrong);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!install.exists());
+    assert_untouched(&node, &before, "wrong fingerprint in enroll.sh");
+
+    // The curl form of the right pin works as well as the SHA256: form.
+    let out = run_script(&curl_pin);
+    assert!(
+        out.status.success(),
+        "enroll.sh: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(install.exists(), "the binary is installed for the refresh timer");
+    assert!(node.ordinary_login_works());
+
+    // A certificate from this CA now opens the node.
+    let dir = tempfile::tempdir().unwrap();
+    let key = portcullis_tests::ssh::ed25519_key();
+    let key_path = portcullis_tests::ssh::write_key_pair(dir.path(), "id", &key);
+    let (status, cert) = server.issue_cert(&admin, &portcullis_tests::ssh::public_line(&key)).await;
+    assert!(status.is_success(), "{cert}");
+    let cert_path = dir.path().join("id-cert.pub");
+    std::fs::write(&cert_path, cert["certificate"].as_str().unwrap()).unwrap();
+    assert!(node.cert_login_works("root", &key_path, &cert_path), "{}", node.log());
+}
+
+/// Without `--address` the node reports its global addresses from `ip -j addr` and its
+/// FQDN from `hostname -f` — here injected through `PORTCULLIS_ENROLL_IP_CMD` /
+/// `PORTCULLIS_ENROLL_HOSTNAME_CMD`, since a `--root` node is not this machine. Detection
+/// that fails never fails enrollment, and `--address` wins over detection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_reports_detected_addresses_and_never_fails_on_detection() {
+    let ca = FakeCa::start().await;
+    let sent = |ca: &FakeCa| ca.state.lock().unwrap().facts[NODE].addresses.clone();
+
+    let node = Node::start(true);
+    let ip_json = node.dir.path().join("ip-j-addr.json");
+    std::fs::write(
+        &ip_json,
+        r#"[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP"],"addr_info":[
+              {"family":"inet","local":"127.0.0.1","prefixlen":8,"scope":"host"},
+              {"family":"inet6","local":"::1","prefixlen":128,"scope":"host"}]},
+            {"ifindex":2,"ifname":"vmbr0","flags":["BROADCAST","UP"],"addr_info":[
+              {"family":"inet","local":"192.0.2.10","prefixlen":24,"scope":"global"},
+              {"family":"inet","local":"169.254.7.7","prefixlen":16,"scope":"link"},
+              {"family":"inet6","local":"2001:db8::10","prefixlen":64,"scope":"global"},
+              {"family":"inet6","local":"2001:db8::beef","prefixlen":64,"scope":"global","temporary":true},
+              {"family":"inet6","local":"fe80::10","prefixlen":64,"scope":"link"}]}]"#,
+    )
+    .unwrap();
+    let mut cmd = enroll_cmd(&node, &ca, GOOD_TOKEN);
+    cmd.env("PORTCULLIS_ENROLL_IP_CMD", format!("cat '{}'", ip_json.display()))
+        .env("PORTCULLIS_ENROLL_HOSTNAME_CMD", format!("echo {NODE}.example.com"));
+    let (code, json, out) = run(cmd);
+    assert_eq!(code, 0, "{json}\n{}", String::from_utf8_lossy(&out.stderr));
+    let want = [format!("{NODE}.example.com"), "192.0.2.10".into(), "2001:db8::10".into()];
+    assert_eq!(sent(&ca), want, "what the CA received");
+    assert_eq!(json["addresses"], serde_json::json!(want), "{json}");
+
+    // Detection fails (garbage from `ip`, `hostname -f` fails): enrolled anyway, with no
+    // addresses, and the progress output says so.
+    let node = Node::start(false);
+    let mut cmd = enroll_cmd(&node, &ca, GOOD_TOKEN);
+    cmd.env("PORTCULLIS_ENROLL_IP_CMD", "echo '1: lo: <LOOPBACK,UP> mtu 65536'")
+        .env("PORTCULLIS_ENROLL_HOSTNAME_CMD", "echo 'hostname: Name or service not known' >&2; exit 1");
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "detection failure must not fail enrollment: {stderr}");
+    assert!(sent(&ca).is_empty(), "{:?}", sent(&ca));
+    assert!(stderr.contains("[addresses] detection: `hostname -f` failed"), "{stderr}");
+    assert!(stderr.contains("[addresses] detection: `ip -j addr` printed something else"), "{stderr}");
+    assert!(stderr.contains("[addresses] none detected; registering none"), "{stderr}");
+    assert!(node.ordinary_login_works());
+    assert!(node.path("/etc/ssh/portcullis/state.json").exists(), "enrolled");
+
+    // `--address` is taken as given; detection does not run.
+    let node = Node::start(false);
+    let mut cmd = enroll_cmd(&node, &ca, GOOD_TOKEN);
+    cmd.args(["--address", "198.51.100.1"])
+        .env("PORTCULLIS_ENROLL_IP_CMD", format!("cat '{}'", ip_json.display()))
+        .env("PORTCULLIS_ENROLL_HOSTNAME_CMD", "echo should-not-be-used.example.com");
+    let (code, json, _) = run(cmd);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(sent(&ca), ["198.51.100.1"]);
+}
+
+/// A refresh that changes the drop-in or a host certificate checks, before the reload,
+/// that `sshd -t` passes and `sshd -T` shows our values; otherwise everything it wrote —
+/// the new KRL included, restored and never missing — goes back, and sshd keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_that_touches_sshd_is_validated_and_rolled_back() {
+    let ca = FakeCa::start().await;
+    let node = Node::start(true);
+    let (code, json, _) = enroll(&node, &ca);
+    assert_eq!(code, 0, "{json}");
+    let (key, cert, user_key) = user_with_cert(node.dir.path(), &ca, &["pc_admins_root"]);
+    assert!(node.cert_login_works("root", &key, &cert));
+
+    // Someone edited the drop-in: the next refresh rewrites it, which needs a reload.
+    let drop_in = node.path("/etc/ssh/sshd_config.d/60-portcullis.conf");
+    let mut text = std::fs::read_to_string(&drop_in).unwrap();
+    text.push_str("# edited by hand\n");
+    std::fs::write(&drop_in, text).unwrap();
+    // The same refresh brings a revocation, so the KRL changes (and is written first).
+    let mut krl = KrlBuilder::new(3, now(), "");
+    krl.revoke_key_sha256(user_key.public_key().key_data());
+    ca.state.lock().unwrap().krl = krl.encode();
+    let before = node.snapshot();
+
+    let wrapper = |name: &str, script: String| {
+        let path = node.dir.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{script}exec /usr/sbin/sshd \"$@\"\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        path
+    };
+    let refresh_with_sshd = |sshd: &Path| {
+        let mut c = node.enroll_cmd();
+        c.arg("--sshd").arg(sshd).arg("refresh");
+        run(c)
+    };
+    // `sshd -t` rejects the refreshed configuration (the hand-edited one still passes,
+    // so the rollback can reload).
+    let rejects = wrapper(
+        "sshd-rejects",
+        format!(
+            "if [ \"$1\" = -t ] && ! grep -q 'edited by hand' '{}'; then echo 'bad configuration' >&2; exit 255; fi\n",
+            drop_in.display()
+        ),
+    );
+    let (code, json, _) = refresh_with_sshd(&rejects);
+    assert_eq!(code, 4, "{json}");
+    assert!(json["error"]["message"].as_str().unwrap().contains("sshd -t"), "{json}");
+    let steps = json["steps"].as_array().unwrap();
+    assert!(!steps.iter().any(|s| s["step"] == "reload"), "the rejected configuration is never loaded: {json}");
+    assert_untouched(&node, &before, "refresh rejected by sshd -t");
+    assert!(node.cert_login_works("root", &key, &cert), "the old KRL is back in force, not a missing one");
+
+    // `sshd -T` does not show our RevokedKeys (something overrides it).
+    let hides = wrapper(
+        "sshd-hides-krl",
+        "if [ \"$1\" = -T ]; then /usr/sbin/sshd \"$@\" | grep -v '^revokedkeys '; exit 0; fi\n".into(),
+    );
+    let (code, json, _) = refresh_with_sshd(&hides);
+    assert_eq!(code, 4, "{json}");
+    assert!(json["error"]["message"].as_str().unwrap().contains("sshd -T shows revokedkeys"), "{json}");
+    assert_untouched(&node, &before, "refresh whose sshd -T lacks our values");
+
+    // With a sound sshd the same refresh goes through: one reload, the revocation applies.
+    let (code, json, _) = refresh_with_sshd(Path::new("/usr/sbin/sshd"));
+    assert_eq!((code, json["reloads"].as_u64()), (0, Some(1)), "{json}");
+    let steps = json["steps"].to_string();
+    assert!(steps.contains("sshd -t") && steps.contains("sshd -T shows"), "{json}");
+    assert!(!std::fs::read_to_string(&drop_in).unwrap().contains("edited by hand"));
+    assert!(!node.cert_login_works("root", &key, &cert), "the revocation applies");
+    assert!(node.ordinary_login_works());
+}

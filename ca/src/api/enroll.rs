@@ -6,7 +6,7 @@ use crate::error::CaError;
 use crate::service::Ca;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Uri, header};
 use axum::response::IntoResponse;
 use portcullis_policies::Permission;
 use portcullis_proto::enroll::*;
@@ -58,10 +58,12 @@ pub async fn deregister(State(ca): Ca_, ClientIp(ip): ClientIp, Body(p): Body<No
 }
 
 /// `curl -fsS --pinnedpubkey … https://CA/enroll.sh | sh -s -- --token T --ca-fingerprint F`
-pub async fn script(State(ca): Ca_, headers: HeaderMap) -> Result<impl IntoResponse, CaError> {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
+pub async fn script(State(ca): Ca_, uri: Uri, headers: HeaderMap) -> Result<impl IntoResponse, CaError> {
+    // HTTP/1.1 names the host in `Host`, HTTP/2 in the `:authority` the URI carries.
+    let host = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))
         .filter(|h| {
             !h.is_empty() && h.len() <= 255 && h.chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
         })
