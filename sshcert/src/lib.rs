@@ -6,13 +6,21 @@
 //!   randomness used for serials and tokens ([`random_bytes`]).
 //! - [`krl`]: an encoder for OpenSSH Key Revocation Lists ([`KrlBuilder`]),
 //!   the file `sshd`'s `RevokedKeys` reads.
+//! - [`krl_parse`]: the matching decoder ([`Krl::parse`]) and the revocation
+//!   check OpenSSH applies ([`Krl::is_revoked`]).
+//! - [`check`]: everything a server must check on a user certificate beyond
+//!   its own signature ([`check_user_certificate`]), for the bastion.
 //!
 //! This crate must never panic on peer-supplied input, never echo a peer's key
 //! text (or its comment) into an error, and never touch files or the network:
 //! callers decide where keys come from and where a KRL is written.
 
+pub mod check;
 pub mod keys;
 pub mod krl;
+pub mod krl_parse;
 
+pub use check::{AcceptedCert, CheckContext, Rejection, check_user_certificate};
 pub use keys::{KeyError, MAX_PUBLIC_KEY_LEN, fingerprint, parse_user_public_key, random_bytes};
 pub use krl::KrlBuilder;
+pub use krl_parse::{Krl, KrlError, MAX_KRL_LEN};
