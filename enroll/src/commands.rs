@@ -1,6 +1,8 @@
 //! The four commands. Each one is: recover an interrupted run, check, then change inside
 //! a [`Txn`] that rolls back on any error — so the node ends either as it was or fully
-//! enrolled, and the original way in (authorized keys) is never touched.
+//! enrolled, and the original way in (authorized keys) is never touched. `refresh`
+//! (in [`crate::refresh`]) commits in two such transactions: trust files, then the
+//! sshd change.
 
 use crate::addresses;
 use crate::client::Api;
@@ -8,6 +10,8 @@ use crate::error::{Error, Result};
 use crate::plan::{self, CheckedBundle, Desired};
 use crate::preflight::{self, Facts};
 use crate::proof::node_proof;
+pub use crate::refresh::refresh;
+use crate::refresh::refresh_with;
 use crate::report::Report;
 use crate::root::Root;
 use crate::secret::Token;
@@ -37,11 +41,11 @@ pub struct EnrollArgs {
     pub addresses: Vec<String>,
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn recover(g: &Global, r: &mut Report) -> Result<()> {
+pub(crate) fn recover(g: &Global, r: &mut Report) -> Result<()> {
     if txn::recover(&g.root, &g.sshd)? {
         r.step("recover", "an interrupted earlier run was found and rolled back to the original files");
     }
@@ -167,7 +171,7 @@ fn api_base(url: &str) -> String {
     url.trim_end_matches('/').to_owned()
 }
 
-fn write_all(txn: &mut Txn, root: &Root, files: &[Desired], r: &mut Report) -> Result<()> {
+pub(crate) fn write_all(txn: &mut Txn, root: &Root, files: &[Desired], r: &mut Report) -> Result<()> {
     for d in files {
         if let Some(parent) = d.path.parent()
             && parent.starts_with(root.stage())
@@ -252,11 +256,11 @@ fn activate(
     Ok(())
 }
 
-fn without_own_files(root: &Root, originals: &[txn::Original]) -> Vec<txn::Original> {
+pub(crate) fn without_own_files(root: &Root, originals: &[txn::Original]) -> Vec<txn::Original> {
     originals.iter().filter(|o| o.path != root.state_file() && o.path != root.journal()).cloned().collect()
 }
 
-fn verify_effective(g: &Global, cert_paths: &[PathBuf]) -> Result<()> {
+pub(crate) fn verify_effective(g: &Global, cert_paths: &[PathBuf]) -> Result<()> {
     let root = &g.root;
     let eff = g.sshd.effective()?;
     let first = |k: &str| eff.get(k).and_then(|v| v.first()).cloned().unwrap_or_default();
@@ -312,105 +316,6 @@ fn verification_files(
     }
     let known_hosts = write("known_hosts", kh.as_bytes())?;
     Ok((key_path, cert_path, known_hosts))
-}
-
-pub async fn refresh(g: &Global, r: &mut Report) -> Result<String> {
-    recover(g, r)?;
-    let state = State::load(&g.root)?.ok_or_else(|| Error::Failed("this node is not enrolled".into()))?;
-    let api = Api::new(&state.ca_url, &state.ca_fingerprint)?;
-    refresh_with(g, state, &api, r).await
-}
-
-/// Fetches the bundle as the node and applies only what differs. On any failure to
-/// fetch or check the bundle nothing is touched — the old KRL stays in force.
-async fn refresh_with(g: &Global, state: State, api: &Api, r: &mut Report) -> Result<String> {
-    let root = &g.root;
-    let now = now();
-    let proof = node_proof(&state.node, "refresh", &state.proof_key, now)?;
-    let bundle = match api.refresh(&proof).await.and_then(|b| plan::check_bundle(&b, state.host_keys.len())) {
-        Ok(b) => b,
-        Err(e) => {
-            r.step("fetch", format!("{e}; the current files (and KRL) stay in place"));
-            return Err(e);
-        }
-    };
-    r.step("fetch", format!("bundle for {} fetched with the node's proof", state.node));
-    r.set("node", &state.node);
-    let managed: Vec<PathBuf> = state.originals.iter().map(|o| o.path.clone()).collect();
-    // The KRL first: revocations take effect before anything else changes.
-    let mut desired = plan::desired(root, &bundle, &state.host_keys, None, now)?;
-    desired.sort_by_key(|d| d.path != root.krl());
-    let plan = plan::diff(root, desired, &managed)?;
-    if plan.is_empty() {
-        r.step("compare", "no changes");
-        return Ok("no changes".into());
-    }
-    let described = plan.describe();
-    if g.check {
-        for c in &described {
-            r.step("check", format!("would {c}"));
-        }
-        r.changes = described;
-        return Ok(format!("check: {} change(s) pending", r.changes.len()));
-    }
-    let mut txn = Txn::begin(root)?;
-    let result = (|| -> Result<()> {
-        if plan.touches_sshd {
-            txn.mark_sshd_touched()?;
-        }
-        write_all(&mut txn, root, &plan.writes, r)?;
-        for p in &plan.removes {
-            txn.remove(p)?;
-            r.changes.push(format!("remove {}", p.display()));
-        }
-        r.step("stage", format!("{} change(s) written atomically", described.len()));
-        failpoint::after("stage")?;
-        if plan.touches_sshd {
-            // As in enroll, nothing reaches the running daemon unchecked: `sshd -t` and
-            // `sshd -T` read the files just written, so a failure here rolls back before
-            // the reload. (The KRL was written first and is restored, never removed.)
-            g.sshd.test()?;
-            r.step("sshd -t", "configuration valid");
-            failpoint::after("test")?;
-            let cert_paths: Vec<PathBuf> = state
-                .host_keys
-                .iter()
-                .take(bundle.host_certificates.len())
-                .map(|k| plan::host_cert_path(root, k))
-                .collect();
-            verify_effective(g, &cert_paths)?;
-            r.step("verify", "sshd -T shows the CA, principals, KRL and host certificate settings");
-            failpoint::after("verify")?;
-            g.sshd.reload()?;
-            r.reloads += 1;
-            r.step("reload", "sshd validated and reloaded (host certificate or drop-in changed)");
-        }
-        let journal = txn.journal().clone();
-        let mut new_state = state.clone();
-        new_state.absorb(&without_own_files(root, &journal.originals), &journal.created_dirs);
-        if new_state != state {
-            txn.write(&root.state_file(), &new_state.to_bytes()?, 0o600)?;
-        }
-        failpoint::after("commit")?;
-        Ok(())
-    })();
-    match result {
-        Ok(()) => {
-            r.writes = txn.writes();
-            txn.commit()?;
-            Ok(format!("refreshed: {} change(s)", described.len()))
-        }
-        Err(Error::FailPoint(p)) => Err(Error::FailPoint(p)),
-        Err(e) => {
-            r.writes = txn.writes();
-            let err = txn.rollback(&g.sshd, e);
-            if plan.touches_sshd {
-                r.reloads += 1;
-            }
-            r.step("rollback", err.to_string());
-            Err(err)
-        }
-    }
 }
 
 pub async fn remove(g: &Global, r: &mut Report) -> Result<String> {

@@ -8,7 +8,7 @@
 //! | 1 | failed before changing anything (I/O, unexpected answers) |
 //! | 2 | usage error |
 //! | 3 | refused by preflight: the node's configuration cannot be changed safely; nothing changed |
-//! | 4 | a change failed and was rolled back to the original files |
+//! | 4 | a change failed and was rolled back to the original files (for a refresh: the sshd change was; new revocations, CA keys and principals stay applied) |
 //! | 5 | the CA refused (token expired/used up, unknown node) or could not be reached; nothing changed |
 //! | 6 | a change failed **and the rollback did not complete**: needs a person |
 
@@ -28,6 +28,13 @@ pub enum Error {
     Ca(String),
     #[error("{cause}; rolled back to the original files")]
     RolledBack { cause: String },
+    /// Refresh: the trust files (KRL, trusted CA keys, principals) were committed, then
+    /// the sshd change (drop-in, host certificates) failed its checks and was undone.
+    #[error(
+        "{cause}; the sshd change (drop-in, host certificates) was rolled back to the previous files, \
+         while the new revocations, trusted CA keys and principals were applied and stay in force"
+    )]
+    SshdChangeRolledBack { cause: String },
     #[error("{cause}; ROLLBACK INCOMPLETE: {rollback}")]
     RollbackFailed { cause: String, rollback: String },
     /// A simulated crash (`PORTCULLIS_ENROLL_FAILPOINT=<step>`): the process exits at once.
@@ -45,7 +52,7 @@ impl Error {
             Error::Usage(_) => 2,
             Error::Refused(_) => 3,
             Error::Io { .. } | Error::Failed(_) => 1,
-            Error::RolledBack { .. } => 4,
+            Error::RolledBack { .. } | Error::SshdChangeRolledBack { .. } => 4,
             Error::Ca(_) => 5,
             Error::RollbackFailed { .. } => 6,
             Error::FailPoint(_) => 99,
@@ -61,6 +68,7 @@ impl Error {
             Error::Failed(_) => "failed",
             Error::Ca(_) => "ca",
             Error::RolledBack { .. } => "rolled_back",
+            Error::SshdChangeRolledBack { .. } => "sshd_change_rolled_back",
             Error::RollbackFailed { .. } => "rollback_failed",
             Error::FailPoint(_) => "fail_point",
         }

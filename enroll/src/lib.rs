@@ -18,6 +18,7 @@ pub mod fsx;
 pub mod plan;
 pub mod preflight;
 pub mod proof;
+pub mod refresh;
 pub mod report;
 pub mod root;
 pub mod secret;

@@ -97,6 +97,32 @@ impl Plan {
         v.extend(self.removes.iter().map(|p| format!("remove {}", p.display())));
         v
     }
+
+    /// Splits a refresh into the trust files sshd reads at every login (KRL, trusted CA
+    /// keys, principals: they act without a reload) and the sshd change (drop-in, host
+    /// certificates: they act only after a reload, so they must be checked first). The
+    /// order within each part is kept, so the KRL stays the first write.
+    pub fn split(self, root: &Root) -> (Plan, Plan) {
+        let (sshd_writes, trust_writes): (Vec<Desired>, Vec<Desired>) =
+            self.writes.into_iter().partition(|d| is_sshd_file(root, &d.path));
+        let (sshd_removes, trust_removes): (Vec<PathBuf>, Vec<PathBuf>) =
+            self.removes.into_iter().partition(|p| is_sshd_file(root, p));
+        let trust = Plan { writes: trust_writes, removes: trust_removes, touches_sshd: false };
+        let sshd = Plan {
+            touches_sshd: !(sshd_writes.is_empty() && sshd_removes.is_empty()),
+            writes: sshd_writes,
+            removes: sshd_removes,
+        };
+        (trust, sshd)
+    }
+}
+
+/// A file sshd reads only at start or reload: the drop-in and the host certificates
+/// (`<stage>/<host key name>-cert.pub`; principals files live one level down, so a login
+/// named like a certificate cannot be mistaken for one).
+pub fn is_sshd_file(root: &Root, path: &Path) -> bool {
+    path == root.drop_in()
+        || (path.parent() == Some(root.stage().as_path()) && path.to_string_lossy().ends_with("-cert.pub"))
 }
 
 pub fn principals_text(list: &[String]) -> Vec<u8> {
@@ -180,7 +206,7 @@ pub fn desired(
 /// ones no longer desired (a login that lost all roles) are removed.
 pub fn diff(root: &Root, desired: Vec<Desired>, managed: &[PathBuf]) -> Result<Plan> {
     let mut plan = Plan::default();
-    let sshd_file = |p: &Path| p == root.drop_in() || p.to_string_lossy().ends_with("-cert.pub");
+    let sshd_file = |p: &Path| is_sshd_file(root, p);
     for d in &desired {
         if fsx::read_opt(&d.path)?.as_deref() != Some(d.bytes.as_slice()) || fsx::mode_of(&d.path) != Some(d.mode) {
             plan.touches_sshd |= sshd_file(&d.path);
@@ -207,6 +233,34 @@ mod tests {
         assert!(!safe_login(".."));
         assert!(!safe_login("a/b"));
         assert!(!safe_login(""));
+    }
+
+    #[test]
+    fn refresh_splits_trust_files_from_the_sshd_change() {
+        let root = Root::new("/r");
+        let file = |path: PathBuf| Desired { path, bytes: Vec::new(), mode: 0o644 };
+        let cert = root.stage().join("ssh_host_ed25519_key-cert.pub");
+        let plan = Plan {
+            writes: vec![
+                file(root.krl()),
+                file(root.user_ca()),
+                file(root.principals_dir().join("root")),
+                file(cert.clone()),
+                file(root.drop_in()),
+            ],
+            removes: vec![root.principals_dir().join("x-cert.pub"), root.stage().join("old-cert.pub")],
+            touches_sshd: true,
+        };
+        let (trust, sshd) = plan.split(&root);
+        let paths = |p: &Plan| p.writes.iter().map(|d| d.path.clone()).collect::<Vec<_>>();
+        assert_eq!(paths(&trust), [root.krl(), root.user_ca(), root.principals_dir().join("root")]);
+        assert_eq!(trust.removes, [root.principals_dir().join("x-cert.pub")]);
+        assert!(!trust.touches_sshd);
+        assert_eq!(paths(&sshd), [cert, root.drop_in()]);
+        assert_eq!(sshd.removes, [root.stage().join("old-cert.pub")]);
+        assert!(sshd.touches_sshd);
+        let (trust, sshd) = Plan { writes: vec![file(root.krl())], ..Plan::default() }.split(&root);
+        assert_eq!((trust.writes.len(), sshd.is_empty(), sshd.touches_sshd), (1, true, false));
     }
 
     #[test]

@@ -8,8 +8,9 @@
 use portcullis_sshcert::KrlBuilder;
 use portcullis_tests::enroll_ca::{EXPIRED_TOKEN, FakeCa, GOOD_TOKEN, now, user_cert, write_key};
 use portcullis_tests::enroll_node::{NODE, Node, snapshot};
-use serde_json::Value;
+use serde_json::{Value, json};
 use ssh_key::{Algorithm, PrivateKey};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
@@ -45,7 +46,7 @@ fn user_with_cert(dir: &Path, ca: &FakeCa, principals: &[&str]) -> (PathBuf, Pat
 }
 
 /// The common assertion of every failure case.
-fn assert_untouched(node: &Node, before: &std::collections::BTreeMap<String, String>, what: &str) {
+fn assert_untouched(node: &Node, before: &BTreeMap<String, String>, what: &str) {
     let after = node.snapshot();
     if &after != before {
         let changed: Vec<_> = before.keys().chain(after.keys()).filter(|k| before.get(*k) != after.get(*k)).collect();
@@ -497,9 +498,37 @@ async fn enroll_reports_detected_addresses_and_never_fails_on_detection() {
     assert_eq!(sent(&ca), ["198.51.100.1"]);
 }
 
-/// A refresh that changes the drop-in or a host certificate checks, before the reload,
-/// that `sshd -t` passes and `sshd -T` shows our values; otherwise everything it wrote —
-/// the new KRL included, restored and never missing — goes back, and sshd keeps working.
+/// A host certificate for the node's ed25519 key, signed by the CA's host key but with
+/// little of its lifetime left, so the next refresh replaces it (and must reload sshd).
+fn near_expiry_host_cert(node: &Node, ca: &FakeCa) -> String {
+    use ssh_key::certificate::{Builder, CertType};
+    let line = std::fs::read_to_string(node.path("/etc/ssh/ssh_host_ed25519_key.pub")).unwrap();
+    let key = ssh_key::PublicKey::from_openssh(line.trim()).unwrap();
+    let n = now();
+    let mut b = Builder::new([5u8; 32], key.key_data().clone(), n - 3600, n + 600).unwrap();
+    b.serial(4).unwrap();
+    b.key_id(format!("host:{NODE}")).unwrap();
+    b.cert_type(CertType::Host).unwrap();
+    b.valid_principal(NODE).unwrap();
+    format!("{}\n", b.sign(&ca.state.lock().unwrap().host_ca).unwrap().to_openssh().unwrap())
+}
+
+/// The paths (relative to the node's root) whose entries differ between two snapshots.
+fn changed(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    keys.into_iter().filter(|k| before.get(*k) != after.get(*k)).cloned().collect()
+}
+
+fn has_step(json: &Value, step: &str) -> bool {
+    json["steps"].as_array().unwrap().iter().any(|s| s["step"] == step)
+}
+
+/// A refresh commits the trust files sshd reads at every login (KRL first, CA keys,
+/// principals) on their own, then checks the reload-requiring change (drop-in, host
+/// certificates) with `sshd -t` and `sshd -T` before the reload. A failing check rolls
+/// back only that change: the new revocation is in force regardless, the drop-in and
+/// host certificates are byte-identical to before, and the ordinary login works. Crashes
+/// between and inside the two phases leave a consistent node that the next run completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_that_touches_sshd_is_validated_and_rolled_back() {
     let ca = FakeCa::start().await;
@@ -509,16 +538,25 @@ async fn refresh_that_touches_sshd_is_validated_and_rolled_back() {
     let (key, cert, user_key) = user_with_cert(node.dir.path(), &ca, &["pc_admins_root"]);
     assert!(node.cert_login_works("root", &key, &cert));
 
-    // Someone edited the drop-in: the next refresh rewrites it, which needs a reload.
+    // Someone edited the drop-in, and a host certificate is close to expiry: the next
+    // refresh rewrites both, which needs a reload.
     let drop_in = node.path("/etc/ssh/sshd_config.d/60-portcullis.conf");
+    let host_cert = node.path("/etc/ssh/portcullis/ssh_host_ed25519_key-cert.pub");
+    let krl_path = node.path("/etc/ssh/portcullis/revoked.krl");
+    let backup = node.path("/etc/ssh/portcullis/principals/backup");
     let mut text = std::fs::read_to_string(&drop_in).unwrap();
     text.push_str("# edited by hand\n");
     std::fs::write(&drop_in, text).unwrap();
-    // The same refresh brings a revocation, so the KRL changes (and is written first).
+    std::fs::write(&host_cert, near_expiry_host_cert(&node, &ca)).unwrap();
+    // The same refresh brings a revocation and a new login's principals.
     let mut krl = KrlBuilder::new(3, now(), "");
     krl.revoke_key_sha256(user_key.public_key().key_data());
-    ca.state.lock().unwrap().krl = krl.encode();
+    let new_krl = krl.encode();
+    ca.state.lock().unwrap().krl = new_krl.clone();
+    ca.state.lock().unwrap().principals.insert("backup".into(), vec!["pc_backup".into()]);
     let before = node.snapshot();
+    let drop_in_before = std::fs::read(&drop_in).unwrap();
+    let host_cert_before = std::fs::read(&host_cert).unwrap();
 
     let wrapper = |name: &str, script: String| {
         let path = node.dir.path().join(name);
@@ -526,13 +564,19 @@ async fn refresh_that_touches_sshd_is_validated_and_rolled_back() {
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         path
     };
-    let refresh_with_sshd = |sshd: &Path| {
+    let refresh_cmd = |sshd: &Path| {
         let mut c = node.enroll_cmd();
         c.arg("--sshd").arg(sshd).arg("refresh");
-        run(c)
+        c
+    };
+    let refresh_with_sshd = |sshd: &Path| run(refresh_cmd(sshd));
+    // A kill right after `step` (exit 99, no cleanup, no JSON result).
+    let refresh_killed_after = |step: &str| {
+        let out = refresh_cmd(Path::new("/usr/sbin/sshd")).env("PORTCULLIS_ENROLL_FAILPOINT", step).output().unwrap();
+        assert_eq!(out.status.code(), Some(99), "kill after {step}: {}", String::from_utf8_lossy(&out.stderr));
     };
     // `sshd -t` rejects the refreshed configuration (the hand-edited one still passes,
-    // so the rollback can reload).
+    // so the rollback can reload) — a persistent problem unrelated to revocations.
     let rejects = wrapper(
         "sshd-rejects",
         format!(
@@ -541,29 +585,75 @@ async fn refresh_that_touches_sshd_is_validated_and_rolled_back() {
         ),
     );
     let (code, json, _) = refresh_with_sshd(&rejects);
-    assert_eq!(code, 4, "{json}");
-    assert!(json["error"]["message"].as_str().unwrap().contains("sshd -t"), "{json}");
-    let steps = json["steps"].as_array().unwrap();
-    assert!(!steps.iter().any(|s| s["step"] == "reload"), "the rejected configuration is never loaded: {json}");
-    assert_untouched(&node, &before, "refresh rejected by sshd -t");
-    assert!(node.cert_login_works("root", &key, &cert), "the old KRL is back in force, not a missing one");
+    assert_eq!(code, 4, "the failure is still reported: {json}");
+    assert_eq!(json["error"]["code"], "sshd_change_rolled_back", "{json}");
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("sshd -t") && message.contains("revocations"), "{json}");
+    assert_eq!((&json["trust_files"], &json["sshd_change"]), (&json!("applied"), &json!("rolled_back")), "{json}");
+    assert!(has_step(&json, "apply") && has_step(&json, "activate"), "{json}");
+    assert!(!has_step(&json, "reload"), "the rejected configuration is never loaded: {json}");
+    let after = node.snapshot();
+    assert_eq!(
+        changed(&before, &after),
+        ["etc/ssh/portcullis/principals/backup", "etc/ssh/portcullis/revoked.krl", "etc/ssh/portcullis/state.json"],
+        "only the trust files (and the state recording the new one) changed"
+    );
+    assert_eq!(std::fs::read(&krl_path).unwrap(), new_krl, "the new KRL is committed");
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), "pc_backup\n", "the new principals are committed");
+    assert_eq!(std::fs::read(&drop_in).unwrap(), drop_in_before, "the drop-in is byte-identical");
+    assert_eq!(std::fs::read(&host_cert).unwrap(), host_cert_before, "the host certificate is byte-identical");
+    assert!(!node.path("/etc/ssh/portcullis/journal.json").exists());
+    assert!(!node.cert_login_works("root", &key, &cert), "the new revocation is in force despite the sshd failure");
+    let other = node.dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let (key2, cert2, _) = user_with_cert(&other, &ca, &["pc_admins_root"]);
+    assert!(node.cert_login_works("root", &key2, &cert2), "an unrevoked certificate still logs in");
+    assert!(node.ordinary_login_works());
 
-    // `sshd -T` does not show our RevokedKeys (something overrides it).
+    // `sshd -T` does not show our RevokedKeys (something overrides it). The trust files
+    // are current now, so only the sshd change is tried, and it goes back.
     let hides = wrapper(
         "sshd-hides-krl",
         "if [ \"$1\" = -T ]; then /usr/sbin/sshd \"$@\" | grep -v '^revokedkeys '; exit 0; fi\n".into(),
     );
     let (code, json, _) = refresh_with_sshd(&hides);
     assert_eq!(code, 4, "{json}");
+    assert_eq!(json["error"]["code"], "rolled_back", "{json}");
     assert!(json["error"]["message"].as_str().unwrap().contains("sshd -T shows revokedkeys"), "{json}");
-    assert_untouched(&node, &before, "refresh whose sshd -T lacks our values");
+    assert_eq!((&json["trust_files"], &json["sshd_change"]), (&json!("unchanged"), &json!("rolled_back")), "{json}");
+    assert_untouched(&node, &after, "refresh whose sshd -T lacks our values");
 
-    // With a sound sshd the same refresh goes through: one reload, the revocation applies.
+    // Killed between the phases: no journal, the new principals committed, the sshd
+    // files as they were.
+    ca.state.lock().unwrap().principals.insert("backup".into(), vec!["pc_backup2".into()]);
+    refresh_killed_after("apply");
+    assert!(!node.path("/etc/ssh/portcullis/journal.json").exists(), "phase 1 committed");
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), "pc_backup2\n");
+    assert_eq!(std::fs::read(&drop_in).unwrap(), drop_in_before);
+    assert_eq!(std::fs::read(&host_cert).unwrap(), host_cert_before);
+    assert!(node.ordinary_login_works());
+    let between = node.snapshot();
+
+    // Killed inside phase 2 (checked, not yet reloaded): the journal holds only the sshd
+    // files, so the next run restores those and keeps the trust files.
+    refresh_killed_after("test");
+    assert!(node.path("/etc/ssh/portcullis/journal.json").exists());
+    assert!(node.ordinary_login_works());
+    let (code, json, _) = refresh_with_sshd(&hides);
+    assert_eq!(code, 4, "{json}");
+    assert!(has_step(&json, "recover"), "{json}");
+    assert_untouched(&node, &between, "recovered from a kill inside the sshd phase");
+    assert!(!node.cert_login_works("root", &key, &cert), "the revocation stays in force");
+
+    // With a sound sshd the same refresh goes through: one reload, both files replaced.
     let (code, json, _) = refresh_with_sshd(Path::new("/usr/sbin/sshd"));
     assert_eq!((code, json["reloads"].as_u64()), (0, Some(1)), "{json}");
+    assert_eq!((&json["trust_files"], &json["sshd_change"]), (&json!("unchanged"), &json!("applied")), "{json}");
     let steps = json["steps"].to_string();
     assert!(steps.contains("sshd -t") && steps.contains("sshd -T shows"), "{json}");
     assert!(!std::fs::read_to_string(&drop_in).unwrap().contains("edited by hand"));
+    assert_ne!(std::fs::read(&host_cert).unwrap(), host_cert_before, "the near-expiry host certificate is replaced");
     assert!(!node.cert_login_works("root", &key, &cert), "the revocation applies");
+    assert!(node.cert_login_works("root", &key2, &cert2));
     assert!(node.ordinary_login_works());
 }
