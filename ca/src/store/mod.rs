@@ -107,8 +107,11 @@ impl Store {
         };
         let options = AnyConnectOptions::from_str(&url)?;
         let pool = AnyPoolOptions::new()
+            // SQLite: one connection is the issuance writer's; the others serve the
+            // per-request reads (session, revoked key). With 4 the reads queued behind each
+            // other (p99 12 ms at 16 concurrent issuances); 8 measured 9–11 ms.
             .max_connections(match backend {
-                Backend::Sqlite => 4,
+                Backend::Sqlite => 8,
                 Backend::Postgres => 16,
             })
             .acquire_timeout(Duration::from_secs(10))
