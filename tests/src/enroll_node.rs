@@ -198,3 +198,13 @@ impl Drop for Node {
         }
     }
 }
+
+/// The common assertion of every failure case.
+pub fn assert_untouched(node: &Node, before: &BTreeMap<String, String>, what: &str) {
+    let after = node.snapshot();
+    if &after != before {
+        let changed: Vec<_> = before.keys().chain(after.keys()).filter(|k| before.get(*k) != after.get(*k)).collect();
+        panic!("{what}: the node changed: {changed:?}");
+    }
+    assert!(node.ordinary_login_works(), "{what}: the ordinary key login no longer works");
+}
