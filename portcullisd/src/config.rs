@@ -264,17 +264,24 @@ fn portcullis_proto_token() -> String {
 }
 
 /// On the very first start, creates `admin` and shows its one-time password.
-pub async fn announce_bootstrap_admin(ca: &Ca, data_dir: &Path) -> anyhow::Result<()> {
+pub async fn announce_bootstrap_admin(ca: &Ca, data_dir: &Path, show_password: bool) -> anyhow::Result<()> {
     let Some(password) = ca.bootstrap_admin("admin", "portcullis-admins").await? else {
         return Ok(());
     };
     let file = data_dir.join("initial-admin-password");
     fsutil::write_private(&file, password.expose_secret().as_bytes())?;
-    // Printed once, to the terminal of whoever started the server; never to the log.
-    println!(
-        "First administrator: admin, one-time password: {} (also in {}, mode 0600; change it with `portcullis admin user set-password admin`)",
-        password.expose_secret(),
-        file.display()
-    );
+    if show_password {
+        // Printed once, to the terminal of whoever started the server; never to the log.
+        println!(
+            "First administrator: admin, one-time password: {} (also in {}, mode 0600; change it with `portcullis admin user set-password admin`)",
+            password.expose_secret(),
+            file.display()
+        );
+    } else {
+        println!(
+            "First administrator: admin; the one-time password is in {} (mode 0600). Change it with `portcullis admin user set-password admin`.",
+            file.display()
+        );
+    }
     Ok(())
 }

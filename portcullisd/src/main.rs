@@ -100,8 +100,11 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
         "User CA public key(s), for sshd's TrustedUserCAKeys:\n{}",
         ca.trusted_keys(portcullis_ca::keys::KeyPurpose::User)
     );
+    // With no user at all there would be no way in: create `admin`. The all-in-one shows
+    // the password on the operator's terminal; the `ca` service (whose stdout is a journal)
+    // only says which 0600 file holds it.
+    config::announce_bootstrap_admin(&ca, &data_dir, all_in_one).await?;
     if all_in_one {
-        config::announce_bootstrap_admin(&ca, &data_dir).await?;
         println!("Log in: portcullis login --ca {url} --ca-fingerprint {} --user admin", tls.pin);
     }
 

@@ -1,0 +1,81 @@
+//! `portcullisd ca --config FILE`, the service mode: configuration from a file, the CA
+//! passphrase from the environment, and a first administrator whose one-time password is
+//! written to a 0600 file but never printed (the service's stdout is a journal).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use portcullis_tests::bin;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_mode_keeps_the_first_password_off_stdout_and_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let policy = dir.path().join("policy");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&policy).unwrap();
+    std::fs::write(policy.join("default.toml"), portcullis_ca::policy_files::DEFAULT_POLICY).unwrap();
+    let config = dir.path().join("portcullisd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\nmax_cert_ttl = \"2h\"\n",
+            data.display(),
+            policy.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new(bin("portcullisd"))
+        .args(["ca", "--config"])
+        .arg(&config)
+        .env("PORTCULLIS_CA_PASSPHRASE", "a passphrase from the environment")
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !printed.iter().any(|l: &String| l.starts_with("First administrator")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        printed.push(rx.recv_timeout(left).expect("portcullisd ca did not start"));
+    }
+    let url = printed.iter().find_map(|l| l.strip_prefix("Portcullis CA listening on ")).unwrap().to_owned();
+    let pin = printed.iter().find_map(|l| l.strip_prefix("TLS public-key pin: ")).unwrap().to_owned();
+
+    let password_file = data.join("initial-admin-password");
+    let password = std::fs::read_to_string(&password_file).unwrap();
+    assert_eq!(std::fs::metadata(&password_file).unwrap().permissions().mode() & 0o077, 0);
+    let stdout = printed.join("\n");
+    assert!(!stdout.contains(password.trim()), "password printed: {stdout}");
+    assert!(stdout.contains(&password_file.display().to_string()), "{stdout}");
+
+    // The password works, and even at debug level it never reaches the log.
+    let client = portcullis_tests::server::client_with_pin(&pin);
+    let response = client
+        .post(format!("{url}/v1/auth/login"))
+        .json(&serde_json::json!({ "username": "admin", "password": password.trim() }))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap_or_default());
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(!log.contains(password.trim()), "password in the log");
+    assert!(!log.contains("a passphrase from the environment"), "passphrase in the log");
+}
