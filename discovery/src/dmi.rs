@@ -131,7 +131,9 @@ fn uuid(command: Command, line: usize, value: &str) -> Result<Option<String>, Pa
         return Ok(None);
     };
     let well_formed = value.len() == 36
-        && value.char_indices().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() });
+        && value
+            .char_indices()
+            .all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() });
     if !well_formed {
         return Err(ParseError::InvalidValue { command, line, field: "UUID" });
     }
@@ -150,10 +152,16 @@ mod tests {
     #[test]
     fn uuid_forms() {
         let c = Command::DmiSystem;
-        assert_eq!(uuid(c, 1, "4C4C4544-0058-5910-8033-B7C04F313233"), Ok(Some("4c4c4544-0058-5910-8033-b7c04f313233".into())));
+        assert_eq!(
+            uuid(c, 1, "4C4C4544-0058-5910-8033-B7C04F313233"),
+            Ok(Some("4c4c4544-0058-5910-8033-b7c04f313233".into()))
+        );
         assert_eq!(uuid(c, 1, "00000000-0000-0000-0000-000000000000"), Ok(None));
         assert_eq!(uuid(c, 1, "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"), Ok(None));
-        assert_eq!(uuid(c, 1, "03000200-0400-0500-0006-000700080009"), Ok(Some("03000200-0400-0500-0006-000700080009".into())));
+        assert_eq!(
+            uuid(c, 1, "03000200-0400-0500-0006-000700080009"),
+            Ok(Some("03000200-0400-0500-0006-000700080009".into()))
+        );
         assert_eq!(uuid(c, 1, "Not Settable"), Ok(None));
         assert_eq!(uuid(c, 2, "4C4C4544_0058"), Err(ParseError::InvalidValue { command: c, line: 2, field: "UUID" }));
         assert!(uuid(c, 2, "4C4C4544-0058-5910-8033-B7C04F31323Z").is_err());

@@ -72,6 +72,8 @@ impl HardwareFacts {
     }
 
     /// Every known field as `path → value`, in a stable order; absent fields are left out.
+    /// Paths are `system.KEY`, `chassis.KEY` and `nic.NAME.KEY`; NAME may itself contain dots
+    /// (`vmbr0.100`) but KEY never does, so the last segment is always the key.
     pub fn fields(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         let mut put = |path: String, value: Option<String>| {
@@ -92,9 +94,12 @@ impl HardwareFacts {
             put(format!("system.{key}"), value.clone());
         }
         let c = &self.chassis;
-        for (key, value) in
-            [("manufacturer", &c.manufacturer), ("type", &c.chassis_type), ("serial", &c.serial), ("asset_tag", &c.asset_tag)]
-        {
+        for (key, value) in [
+            ("manufacturer", &c.manufacturer),
+            ("type", &c.chassis_type),
+            ("serial", &c.serial),
+            ("asset_tag", &c.asset_tag),
+        ] {
             put(format!("chassis.{key}"), value.clone());
         }
         for (name, nic) in &self.nics {

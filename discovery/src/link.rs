@@ -126,6 +126,7 @@ fn parse_line(line: usize, raw: &str) -> Result<Option<Link>, ParseError> {
     let (mut mtu, mut state, mut master, mut mac, mut permaddr) = (None, None, None, None, None);
     let mut altnames = BTreeSet::new();
     let mut loopback = name == "lo";
+    let mut non_ether = false;
     // `ip -o` folds continuation lines into one with a backslash.
     let folded = rest.replace('\\', " ");
     let mut tokens = folded.split_whitespace();
@@ -150,6 +151,11 @@ fn parse_line(line: usize, raw: &str) -> Result<Option<Link>, ParseError> {
                 set_once(&mut mac, v, C, line, "link/ether")?;
             }
             "link/loopback" => loopback = true,
+            link_type if link_type.starts_with("link/") => non_ether = true,
+            // Only an Ethernet link's permanent address is a MAC; tunnels print IPs here.
+            "permaddr" if non_ether => {
+                value("permaddr")?;
+            }
             "permaddr" => {
                 let v = mac_address(value("permaddr")?).ok_or_else(|| invalid(line, "permaddr"))?;
                 set_once(&mut permaddr, v, C, line, "permaddr")?;

@@ -143,7 +143,9 @@ mod tests {
 
     #[test]
     fn placeholders_are_recognised() {
-        for p in ["Not Specified", "to be filled by o.e.m.", "Default string", "0123456789", "00000000", "FFFF", " ", ""] {
+        for p in
+            ["Not Specified", "to be filled by o.e.m.", "Default string", "0123456789", "00000000", "FFFF", " ", ""]
+        {
             assert!(is_placeholder(p), "{p:?}");
         }
         for v in ["Dell Inc.", "7XYZ123", "0", "F", "CZ2D1F0ABC"] {
