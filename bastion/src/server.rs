@@ -1,0 +1,190 @@
+//! The listener: russh configuration, accept loop, per-connection authentication deadline.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use russh::keys::PrivateKey;
+use russh::server::Config;
+use russh::{MethodKind, MethodSet, Preferred, SshId, cipher, kex, mac};
+use ssh_key::{Algorithm, EcdsaCurve, HashAlg};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use crate::clock::Clock;
+use crate::error::BastionError;
+use crate::events::{BastionEvent, EventSink, RefusalReason};
+use crate::handler::Connection;
+use crate::trust::TrustSource;
+
+/// Shown to an authenticated client for every channel or request it makes.
+pub const NOT_IMPLEMENTED_MESSAGE: &str = "terminated and jump modes are not implemented yet";
+
+#[derive(Debug, Clone)]
+pub struct BastionConfig {
+    /// Must be Ed25519.
+    pub host_key: PrivateKey,
+    /// From TCP accept to successful authentication.
+    pub auth_timeout: Duration,
+    /// Refused authentication requests before the connection is closed.
+    pub max_auth_attempts: usize,
+    /// Tolerated clock difference at both ends of a certificate's validity window.
+    pub max_clock_skew_secs: u64,
+    /// Every rejection takes this long, so timing tells a prober nothing.
+    pub auth_rejection_time: Duration,
+}
+
+impl BastionConfig {
+    pub fn new(host_key: PrivateKey) -> Self {
+        Self {
+            host_key,
+            auth_timeout: Duration::from_secs(30),
+            max_auth_attempts: 6,
+            max_clock_skew_secs: 30,
+            auth_rejection_time: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Only modern algorithms (what `ssh-audit` wants): hybrid post-quantum and X25519 key
+/// exchange, AEAD ciphers, encrypt-then-MAC. The extension markers keep `ext-info` and
+/// strict key exchange (the Terrapin fix) on. sntrup761x25519-sha512 is not offered by
+/// russh 0.65.
+fn preferred() -> Preferred {
+    Preferred {
+        kex: Cow::Borrowed(&[
+            kex::MLKEM768X25519_SHA256,
+            kex::CURVE25519,
+            kex::CURVE25519_PRE_RFC_8731,
+            kex::EXTENSION_SUPPORT_AS_CLIENT,
+            kex::EXTENSION_SUPPORT_AS_SERVER,
+            kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
+            kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+        ]),
+        // The host key is Ed25519 only (the one key we hold); the others are user
+        // signature algorithms. No ssh-rsa (SHA-1) and no P-521 (the CA does not
+        // certify it).
+        key: Cow::Owned(vec![
+            Algorithm::Ed25519,
+            Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 },
+            Algorithm::Ecdsa { curve: EcdsaCurve::NistP384 },
+            Algorithm::Rsa { hash: Some(HashAlg::Sha512) },
+            Algorithm::Rsa { hash: Some(HashAlg::Sha256) },
+        ]),
+        host_key_certificates: Cow::Borrowed(&[]),
+        cipher: Cow::Borrowed(&[cipher::CHACHA20_POLY1305, cipher::AES_256_GCM, cipher::AES_128_GCM]),
+        mac: Cow::Borrowed(&[mac::HMAC_SHA512_ETM, mac::HMAC_SHA256_ETM]),
+        compression: Cow::Borrowed(&[russh::compression::NONE]),
+    }
+}
+
+/// What every connection shares.
+pub(crate) struct Shared {
+    pub trust: Arc<TrustSource>,
+    pub clock: Arc<dyn Clock>,
+    pub events: EventSink,
+    pub max_clock_skew_secs: u64,
+}
+
+pub struct Bastion {
+    russh: Arc<Config>,
+    shared: Arc<Shared>,
+    auth_timeout: Duration,
+    host_key: PrivateKey,
+}
+
+impl Bastion {
+    pub fn new(
+        config: BastionConfig,
+        trust: Arc<TrustSource>,
+        clock: Arc<dyn Clock>,
+        events: EventSink,
+    ) -> Result<Self, BastionError> {
+        if config.host_key.algorithm() != Algorithm::Ed25519 {
+            return Err(BastionError::HostKeyAlgorithm(config.host_key.algorithm().to_string()));
+        }
+        let russh = Config {
+            server_id: SshId::Standard(Cow::Borrowed("SSH-2.0-Portcullis")),
+            methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+            auth_rejection_time: config.auth_rejection_time,
+            // OpenSSH clients start with a "none" probe; answering it at once costs nothing.
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            keys: vec![config.host_key.clone()],
+            max_auth_attempts: config.max_auth_attempts,
+            preferred: preferred(),
+            inactivity_timeout: Some(Duration::from_secs(600)),
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_max: 3,
+            nodelay: true,
+            ..Config::default()
+        };
+        let shared = Arc::new(Shared { trust, clock, events, max_clock_skew_secs: config.max_clock_skew_secs });
+        Ok(Self { russh: Arc::new(russh), shared, auth_timeout: config.auth_timeout, host_key: config.host_key })
+    }
+
+    pub fn host_public_key(&self) -> &ssh_key::PublicKey {
+        self.host_key.public_key()
+    }
+
+    /// Accepts connections until the listener fails; each runs in its own task.
+    pub async fn serve(self, listener: TcpListener) -> Result<(), BastionError> {
+        let next_id = AtomicU64::new(1);
+        loop {
+            let (stream, peer) = listener.accept().await.map_err(BastionError::Accept)?;
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            let span = tracing::info_span!("ssh_connection", conn = id, %peer);
+            let russh = Arc::clone(&self.russh);
+            let shared = Arc::clone(&self.shared);
+            let auth_timeout = self.auth_timeout;
+            tokio::spawn(
+                async move {
+                    let _ = stream.set_nodelay(true);
+                    if let Err(e) = run_connection(russh, shared, stream, peer, auth_timeout).await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+async fn run_connection(
+    russh: Arc<Config>,
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    auth_timeout: Duration,
+) -> Result<(), BastionError> {
+    let deadline = tokio::time::Instant::now() + auth_timeout;
+    let (authed_tx, authed_rx) = oneshot::channel();
+    let events = shared.events.clone();
+    let handler = Connection::new(peer, shared, authed_tx);
+    let session_error = |detail: String| BastionError::Session { peer, detail };
+    let session = match tokio::time::timeout_at(deadline, russh::server::run_stream(russh, stream, handler)).await {
+        Ok(Ok(session)) => session,
+        Ok(Err(e)) => return Err(session_error(e.to_string())),
+        Err(_) => {
+            events.record(BastionEvent::AuthRefused { peer, user: String::new(), reason: RefusalReason::AuthTimeout });
+            return Ok(());
+        }
+    };
+    let handle = session.handle();
+    tokio::pin!(session);
+    tokio::select! {
+        result = &mut session => return result.map_err(|e| session_error(e.to_string())),
+        // Authenticated (or the handler is gone because the session ended): from here
+        // on russh's inactivity timeout and keepalives govern the connection.
+        _ = authed_rx => {}
+        () = tokio::time::sleep_until(deadline) => {
+            events.record(BastionEvent::AuthRefused { peer, user: String::new(), reason: RefusalReason::AuthTimeout });
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, "authentication timed out".into(), String::new())
+                .await;
+        }
+    }
+    session.await.map_err(|e| session_error(e.to_string()))
+}

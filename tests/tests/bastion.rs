@@ -1,0 +1,204 @@
+//! The bastion's SSH front door against a real CA and the real OpenSSH client: a valid
+//! certificate gets past authentication (and then meets the "not implemented yet"
+//! channel refusal); everything else is refused *at authentication*, each asserted by
+//! the bastion's structured event, with the valid certificate as the positive control
+//! on the same listener.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use portcullis_bastion::{
+    Bastion, BastionConfig, BastionEvent, EventSink, NOT_IMPLEMENTED_MESSAGE, RefusalReason, SystemClock, TrustConfig,
+    TrustSource,
+};
+use portcullis_ca::{Ca, CaConfig, Clock, ManualClock};
+use portcullis_proto::{NodeRecord, UserCertRequest};
+use portcullis_sshcert::Rejection;
+use portcullis_tests::Server;
+use portcullis_tests::ssh::{ed25519_key, public_line, write_key_pair};
+use secrecy::SecretString;
+use serde_json::json;
+use ssh_key::certificate::{Builder, CertType};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+const POLICY: &str = r#"
+[[role]]
+name = "prod-root"
+logins = ["root"]
+targets = 'in:devices tags.env:prod'
+permissions = ["certs.issue"]
+max_cert_ttl = "1h"
+
+[[binding]]
+group = "ops"
+roles = ["prod-root"]
+"#;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+struct Attempt {
+    stderr: String,
+    events: Vec<BastionEvent>,
+}
+
+impl Attempt {
+    fn accepted(&self) -> bool {
+        self.events.iter().any(|e| matches!(e, BastionEvent::AuthAccepted { .. }))
+    }
+
+    fn refused_for(&self, want: &RefusalReason) -> bool {
+        self.events.iter().any(|e| matches!(e, BastionEvent::AuthRefused { reason, .. } if reason == want))
+    }
+}
+
+/// Real `ssh` with only the given key (and certificate, if any), no agent, no config.
+async fn ssh(
+    port: u16,
+    user: &str,
+    key: &Path,
+    cert: Option<&Path>,
+    rx: &mut broadcast::Receiver<BastionEvent>,
+) -> Attempt {
+    let mut cmd = tokio::process::Command::new("/usr/bin/ssh");
+    cmd.args(["-F", "/dev/null", "-p", &port.to_string()])
+        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"])
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+        .args(["-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20", "-o", "LogLevel=INFO"])
+        .arg("-i")
+        .arg(key)
+        .env_remove("SSH_AUTH_SOCK");
+    if let Some(cert) = cert {
+        cmd.arg("-o").arg(format!("CertificateFile={}", cert.display()));
+    }
+    let out = cmd.arg(format!("{user}@127.0.0.1")).arg("true").output().await.unwrap();
+    assert!(!out.status.success(), "nothing can succeed yet: channels are refused");
+    // Events are recorded before the answer goes out, so after ssh exits they are here.
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    Attempt { stderr: String::from_utf8_lossy(&out.stderr).into_owned(), events }
+}
+
+/// The running server's own CA, in-process on the same database, with a chosen clock.
+async fn same_ca(server: &Server, clock: Arc<dyn Clock>) -> Ca {
+    let passphrase = std::fs::read_to_string(server.data_dir.join("ca-passphrase")).unwrap();
+    let config = CaConfig::new(
+        format!("sqlite://{}", server.data_dir.join("portcullis.db").display()),
+        server.policy_dir(),
+        SecretString::from(passphrase.trim().to_owned()),
+    );
+    Ca::open(config, clock).await.unwrap()
+}
+
+fn write_cert(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
+    let server = Server::start().await;
+    let (status, body) = server.write_policy("team.toml", POLICY).await;
+    assert!(status.is_success(), "policy: {body}");
+    let admin = server.admin_token().await;
+    let node = NodeRecord {
+        name: "pve-prod".into(),
+        addresses: vec!["127.0.0.1".into()],
+        tags: [("env".to_owned(), "prod".to_owned())].into(),
+        ..Default::default()
+    };
+    server.add_node(&admin, &node).await;
+    server.add_user(&admin, "alice", &["ops"], PASSWORD).await;
+
+    // The bastion, trusting exactly what the CA publishes.
+    let clock: Arc<dyn portcullis_bastion::Clock> = Arc::new(SystemClock);
+    let trust = Arc::new(TrustSource::new(TrustConfig::new(&server.url, &server.pin), Arc::clone(&clock)).unwrap());
+    assert!(trust.current().is_none());
+    trust.refresh().await.unwrap();
+    let events = EventSink::new();
+    let mut rx = events.subscribe();
+    let bastion = Bastion::new(BastionConfig::new(ed25519_key()), Arc::clone(&trust), clock, events).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(bastion.serve(listener));
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = ed25519_key();
+    let key_path = write_key_pair(dir.path(), "id", &key);
+    let token = server.login("alice", PASSWORD).await;
+    let (status, body) = server.issue_cert(&token, &public_line(&key)).await;
+    assert!(status.is_success(), "issue: {body}");
+    let good_cert = write_cert(dir.path(), "good-cert.pub", body["certificate"].as_str().unwrap());
+    let serial = body["serial"].as_str().unwrap().to_owned();
+
+    // Positive control: past authentication, then the honest channel refusal.
+    let a = ssh(port, "root", &key_path, Some(&good_cert), &mut rx).await;
+    assert!(a.accepted(), "valid certificate must authenticate: {:?} / {}", a.events, a.stderr);
+    assert!(a.stderr.contains(NOT_IMPLEMENTED_MESSAGE), "channel refusal must say why: {}", a.stderr);
+    assert!(a.events.iter().any(|e| matches!(e, BastionEvent::ChannelRefused { kind: "session", .. })));
+    let a = ssh(port, "root%pve-prod", &key_path, Some(&good_cert), &mut rx).await;
+    assert!(
+        a.events.iter().any(|e| matches!(e, BastionEvent::AuthAccepted { login, device: Some(d), .. } if login == "root" && d == "pve-prod")),
+        "LOGIN%DEVICE: {:?}",
+        a.events
+    );
+
+    // Wrong principal: no role gives alice `nobody`.
+    let a = ssh(port, "nobody", &key_path, Some(&good_cert), &mut rx).await;
+    assert!(
+        !a.accepted() && a.refused_for(&RefusalReason::Certificate(Rejection::PrincipalMismatch)),
+        "{:?}",
+        a.events
+    );
+    assert!(a.stderr.contains("Permission denied"), "{}", a.stderr);
+
+    // Plain key, no certificate (in its own directory: ssh would pick up `id-cert.pub`).
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain_key = write_key_pair(plain_dir.path(), "plain", &ed25519_key());
+    let a = ssh(port, "root", &plain_key, None, &mut rx).await;
+    assert!(!a.accepted() && a.refused_for(&RefusalReason::PlainPublicKey), "{:?}", a.events);
+
+    // Another CA, otherwise a perfect certificate.
+    let now = portcullis_ca::SystemClock.now();
+    let principal = portcullis_policies::scoped_principal("prod-root", "root");
+    let mut b = Builder::new_with_random_nonce(
+        &mut ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng),
+        key.public_key().key_data().clone(),
+        now - 60,
+        now + 600,
+    )
+    .unwrap();
+    b.serial(42).unwrap().key_id("forged").unwrap().cert_type(CertType::User).unwrap();
+    b.valid_principal(principal).unwrap();
+    let forged = b.sign(&ed25519_key()).unwrap().to_openssh().unwrap();
+    let forged_cert = write_cert(dir.path(), "forged-cert.pub", &forged);
+    let a = ssh(port, "root", &key_path, Some(&forged_cert), &mut rx).await;
+    assert!(!a.accepted() && a.refused_for(&RefusalReason::Certificate(Rejection::UntrustedCa)), "{:?}", a.events);
+
+    // Expired: signed by the real CA key, ten hours ago.
+    let manual = ManualClock::new(now - 10 * 3600);
+    let ca = same_ca(&server, Arc::new(manual.clone())).await;
+    let login = ca.login_password("alice", &SecretString::from(PASSWORD), "127.0.0.1").await.unwrap();
+    let caller = ca.caller(&login.token).await.unwrap();
+    let request = UserCertRequest { public_key: public_line(&key), ttl_seconds: Some(3600), roles: None };
+    let expired = ca.issue_user_cert(&caller, &request, "127.0.0.1").await.unwrap().certificate;
+    let expired_cert = write_cert(dir.path(), "expired-cert.pub", &expired);
+    let a = ssh(port, "root", &key_path, Some(&expired_cert), &mut rx).await;
+    // russh itself refuses a certificate outside its validity window before asking the
+    // handler (by the system clock), so the refusal shows as "no acceptance" plus the
+    // client's own "Permission denied"; the plain-key fallback ssh then tries is
+    // refused by us with its own event.
+    assert!(!a.accepted(), "expired certificate must be refused: {:?}", a.events);
+    assert!(a.stderr.contains("Permission denied"), "{}", a.stderr);
+    assert!(a.refused_for(&RefusalReason::PlainPublicKey), "{:?}", a.events);
+
+    // Revoked through the admin API: refused once the bastion has refreshed its trust.
+    let (status, body) = server.post_json(Some(&admin), "/v1/admin/revoke", &json!({ "serial": serial })).await;
+    assert!(status.is_success(), "revoke: {body}");
+    trust.refresh().await.unwrap();
+    let a = ssh(port, "root", &key_path, Some(&good_cert), &mut rx).await;
+    assert!(!a.accepted() && a.refused_for(&RefusalReason::Certificate(Rejection::Revoked)), "{:?}", a.events);
+}
