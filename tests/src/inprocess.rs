@@ -20,3 +20,15 @@ pub async fn ca_in_process(db_url: &str, policy_dir: &Path, clock: impl Clock) -
 pub fn sqlite_url(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("portcullis.db").display())
 }
+
+/// A running server's own CA, opened in-process on the same database (with the server's
+/// passphrase), so a test can choose the clock or reach the CA keys.
+pub async fn same_ca(server: &crate::Server, clock: Arc<dyn Clock>) -> Ca {
+    let passphrase = std::fs::read_to_string(server.data_dir.join("ca-passphrase")).unwrap();
+    let config = CaConfig::new(
+        sqlite_url(&server.data_dir),
+        server.policy_dir(),
+        SecretString::from(passphrase.trim().to_owned()),
+    );
+    Ca::open(config, clock).await.unwrap()
+}

@@ -10,15 +10,16 @@ use portcullis_bastion::{
     Bastion, BastionConfig, BastionEvent, EventSink, NOT_IMPLEMENTED_MESSAGE, RefusalReason, SystemClock, TrustConfig,
     TrustSource,
 };
-use portcullis_ca::{Ca, CaConfig, Clock, ManualClock};
+use portcullis_ca::{Clock, ManualClock};
 use portcullis_proto::{NodeRecord, UserCertRequest};
 use portcullis_sshcert::Rejection;
-use portcullis_tests::Server;
+use portcullis_tests::server::write_file;
 use portcullis_tests::ssh::{ed25519_key, public_line, write_key_pair};
+use portcullis_tests::{Server, same_ca};
 use secrecy::SecretString;
 use serde_json::json;
 use ssh_key::certificate::{Builder, CertType};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -81,23 +82,6 @@ async fn ssh(
     Attempt { stderr: String::from_utf8_lossy(&out.stderr).into_owned(), events }
 }
 
-/// The running server's own CA, in-process on the same database, with a chosen clock.
-async fn same_ca(server: &Server, clock: Arc<dyn Clock>) -> Ca {
-    let passphrase = std::fs::read_to_string(server.data_dir.join("ca-passphrase")).unwrap();
-    let config = CaConfig::new(
-        format!("sqlite://{}", server.data_dir.join("portcullis.db").display()),
-        server.policy_dir(),
-        SecretString::from(passphrase.trim().to_owned()),
-    );
-    Ca::open(config, clock).await.unwrap()
-}
-
-fn write_cert(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
     let server = Server::start().await;
@@ -131,7 +115,7 @@ async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
     let token = server.login("alice", PASSWORD).await;
     let (status, body) = server.issue_cert(&token, &public_line(&key)).await;
     assert!(status.is_success(), "issue: {body}");
-    let good_cert = write_cert(dir.path(), "good-cert.pub", body["certificate"].as_str().unwrap());
+    let good_cert = write_file(dir.path(), "good-cert.pub", body["certificate"].as_str().unwrap());
     let serial = body["serial"].as_str().unwrap().to_owned();
 
     // Positive control: past authentication, then the honest channel refusal.
@@ -174,7 +158,7 @@ async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
     b.serial(42).unwrap().key_id("forged").unwrap().cert_type(CertType::User).unwrap();
     b.valid_principal(principal).unwrap();
     let forged = b.sign(&ed25519_key()).unwrap().to_openssh().unwrap();
-    let forged_cert = write_cert(dir.path(), "forged-cert.pub", &forged);
+    let forged_cert = write_file(dir.path(), "forged-cert.pub", &forged);
     let a = ssh(port, "root", &key_path, Some(&forged_cert), &mut rx).await;
     assert!(!a.accepted() && a.refused_for(&RefusalReason::Certificate(Rejection::UntrustedCa)), "{:?}", a.events);
 
@@ -185,7 +169,7 @@ async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
     let caller = ca.caller(&login.token).await.unwrap();
     let request = UserCertRequest { public_key: public_line(&key), ttl_seconds: Some(3600), roles: None };
     let expired = ca.issue_user_cert(&caller, &request, "127.0.0.1").await.unwrap().certificate;
-    let expired_cert = write_cert(dir.path(), "expired-cert.pub", &expired);
+    let expired_cert = write_file(dir.path(), "expired-cert.pub", &expired);
     let a = ssh(port, "root", &key_path, Some(&expired_cert), &mut rx).await;
     // russh itself refuses a certificate outside its validity window before asking the
     // handler (by the system clock), so the refusal shows as "no acceptance" plus the

@@ -7,11 +7,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_ca::keys::KeyPurpose;
-use portcullis_ca::{Ca, CaConfig, Clock, ManualClock, SystemClock};
+use portcullis_ca::{Ca, Clock, ManualClock, SystemClock};
 use portcullis_proto::{NodePrincipals, NodeRecord, UserCertRequest};
 use portcullis_tests::ssh::{ed25519_key, public_line, write_key_pair};
 use portcullis_tests::sshd::{NodeTrust, Sshd};
-use portcullis_tests::{Server, ServerOpts, bin};
+use portcullis_tests::{Server, ServerOpts, bin, same_ca};
 use secrecy::SecretString;
 use ssh_key::certificate::{Builder, CertType};
 use std::io::Write;
@@ -167,18 +167,6 @@ async fn cli_certificate_logs_in_where_policy_allows_and_nowhere_else() {
 fn listing_serial(cert: &Path) -> String {
     let text = std::fs::read_to_string(cert).unwrap();
     ssh_key::Certificate::from_openssh(text.trim()).unwrap().serial().to_string()
-}
-
-/// The running server's own CA, opened in-process on the same database so the test can
-/// choose the clock (and reach the user CA key for forging host-type certificates).
-async fn same_ca(server: &Server, clock: Arc<dyn Clock>) -> Ca {
-    let passphrase = std::fs::read_to_string(server.data_dir.join("ca-passphrase")).unwrap();
-    let config = CaConfig::new(
-        format!("sqlite://{}", server.data_dir.join("portcullis.db").display()),
-        server.policy_dir(),
-        SecretString::from(passphrase.trim().to_owned()),
-    );
-    Ca::open(config, clock).await.unwrap()
 }
 
 async fn issue_at(ca: &Ca, clock: &ManualClock, at: u64, public_key: &str) -> String {
