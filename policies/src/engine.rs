@@ -16,7 +16,7 @@ use crate::device::Device;
 use crate::model::{DenyStatement, Purpose, Role, Rule, Subject};
 use crate::permission::Permission;
 use crate::policy::Policy;
-use crate::principal::scoped_principal;
+use crate::principal::{node_principal, scoped_principal};
 
 fn subject_matches(s: &Subject, who: &Identity) -> bool {
     match s {
@@ -160,8 +160,10 @@ impl Policy {
     }
 
     /// What a node's `AuthorizedPrincipalsFile`s should list: per login, the scoped
-    /// principals of every certificate-issuing role whose targets match the device. Deny
-    /// statements are per identity and so are enforced at issuance, not here.
+    /// principals of every certificate-issuing role whose targets match the device, plus
+    /// the device's own [`node_principal`] for that login (what the bastion's per-session
+    /// certificates carry). Deny statements are per identity and so are enforced at
+    /// issuance (and at session admission), not here.
     pub fn node_principals(&self, device: &Device) -> BTreeMap<String, BTreeSet<String>> {
         let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for r in self.roles.values() {
@@ -170,7 +172,9 @@ impl Policy {
                 continue;
             }
             for login in &r.logins {
-                out.entry(login.clone()).or_default().insert(scoped_principal(&r.name, login));
+                let listed = out.entry(login.clone()).or_default();
+                listed.insert(scoped_principal(&r.name, login));
+                listed.insert(node_principal(&device.name, login));
             }
         }
         out

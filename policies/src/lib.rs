@@ -28,6 +28,6 @@ pub use load::{LoadError, LoadErrors};
 pub use model::{DenyStatement, HostKeyPolicy, Purpose, Role, Rule, Scope, SessionLimits, Subject};
 pub use permission::{Permission, UnknownPermission};
 pub use policy::{Policy, PolicySource};
-pub use principal::scoped_principal;
+pub use principal::{node_principal, scoped_principal};
 pub use srql::{QueryError, TargetQuery};
 pub use summary::{PolicyDiff, PolicySummary, diff};

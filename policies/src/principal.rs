@@ -16,6 +16,11 @@
 //! - **Immediate revocation is the KRL's job**; principals files bound what a valid
 //!   certificate can do, the KRL kills certificates that must stop working now.
 //!
+//! **Node principals** (`pn_…`, [`node_principal`]) are the other kind: one per (device,
+//! login), listed only in that device's file. The CA puts exactly one of them in a
+//! bastion's per-session certificate, so a certificate minted for one session on one node
+//! is worthless anywhere else; they are never issued to users.
+//!
 //! The role name is hashed (rather than written out) so node files and certificates do not
 //! disclose the policy's vocabulary, and the prefix keeps tokens from ever colliding with
 //! real login names by accident. The `v1` domain separator allows a future
@@ -32,9 +37,21 @@ pub fn scoped_principal(role: &str, login: &str) -> String {
     format!("pc_{}_{login}", hex.get(..12).unwrap_or(&hex))
 }
 
+/// The principal of a per-session certificate (bastion terminated mode, browser
+/// console): `pn_<12 hex of sha256("portcullis-node-v1\0" + device)>_<login>`. Only the
+/// node `device` lists it (for `login`), so a session certificate opens that one node and
+/// nothing else, even within its minute of life.
+pub fn node_principal(device: &str, login: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"portcullis-node-v1\0");
+    h.update(device.as_bytes());
+    let hex = hex::encode(h.finalize());
+    format!("pn_{}_{login}", hex.get(..12).unwrap_or(&hex))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::scoped_principal;
+    use super::{node_principal, scoped_principal};
 
     #[test]
     fn shape_and_stability() {
@@ -48,5 +65,19 @@ mod tests {
         // node until refresh) fails a test. Computed independently with:
         // printf 'portcullis-role-v1\0pve-admin' | sha256sum | cut -c1-12
         assert_eq!(p, "pc_d678dd085269_root");
+    }
+
+    #[test]
+    fn node_principal_shape_and_stability() {
+        let p = node_principal("pve01", "root");
+        assert!(p.starts_with("pn_") && p.ends_with("_root"));
+        assert_eq!(p.len(), 3 + 12 + 1 + 4);
+        assert_ne!(p, node_principal("pve02", "root"));
+        assert_ne!(p, node_principal("pve01", "admin"));
+        // Never equal to a role principal of the same text.
+        assert_ne!(&p[3..], &scoped_principal("pve01", "root")[3..]);
+        // Pinned, computed independently with:
+        // printf 'portcullis-node-v1\0pve01' | sha256sum | cut -c1-12
+        assert_eq!(p, "pn_3cd8d3700837_root");
     }
 }

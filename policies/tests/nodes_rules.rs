@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{BASE, p, policy, reason, set, who};
+use portcullis_policies::principal::node_principal;
 use portcullis_policies::{CertRequest, DenyReason, Device, Permission, Policy, PolicySource, Purpose, diff};
 #[test]
 fn node_principals_only_for_matching_devices() {
@@ -18,13 +19,17 @@ fn node_principals_only_for_matching_devices() {
     };
     let np = pol.node_principals(&prod);
     assert_eq!(np.keys().map(String::as_str).collect::<Vec<_>>(), ["admin", "discovery", "ops", "root"]);
-    assert_eq!(np["root"], set(&[p("admin", "root")]));
-    assert_eq!(np["discovery"], set(&[p("discovery", "discovery")]));
+    // Each login lists the roles' scoped principals and this node's own principal (for
+    // the bastion's per-session certificates), which no other node lists.
+    assert_eq!(np["root"], set(&[p("admin", "root"), node_principal("pve01", "root")]));
+    assert_eq!(np["discovery"], set(&[p("discovery", "discovery"), node_principal("pve01", "discovery")]));
 
     let stage =
         Device { name: "s1".into(), tags: [("env".to_string(), "stage".to_string())].into(), ..Device::default() };
     let np = pol.node_principals(&stage);
     assert_eq!(np.keys().map(String::as_str).collect::<Vec<_>>(), ["ops"]);
+    assert!(np["ops"].contains(&node_principal("s1", "ops")));
+    assert!(!np["ops"].contains(&node_principal("pve01", "ops")));
     // `nocert` targets every device but cannot issue certificates, so it never appears.
     assert!(pol.node_principals(&Device { name: "x".into(), ..Device::default() }).is_empty());
 
