@@ -1,15 +1,19 @@
 //! One structured event per authentication decision and per refused channel.
 //!
-//! The CA's audit API has no bastion endpoint yet, so events go to the operator log
-//! (`tracing`, target `portcullis_bastion::event`) and to in-process subscribers (tests,
-//! later the audit forwarder). Each variant's fields are the future audit record's
-//! schema; none of them can hold key material, and the peer-supplied user name is
+//! Events go to the operator log (`tracing`, target `portcullis_bastion::event`), to
+//! in-process subscribers (tests), and to the CA's audit trail (`POST /v1/bastion/events`).
+//! None of the fields can hold key material, and the peer-supplied user name is
 //! sanitized and truncated before it is stored.
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
+use portcullis_proto::bastion::BastionAuditEvent;
 use portcullis_sshcert::Rejection;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::control::ControlPlane;
 
 /// Longest user name kept in an event (peers choose it).
 const MAX_USER_CHARS: usize = 64;
@@ -63,11 +67,36 @@ pub enum BastionEvent {
         user: String,
         reason: RefusalReason,
     },
-    /// An authenticated client asked for a channel or request the bastion does not serve yet.
+    /// An authenticated client asked for a channel the bastion does not serve.
     ChannelRefused {
         peer: SocketAddr,
         user: String,
         kind: &'static str,
+    },
+    /// An edge agent's certificate was refused at the agent listener.
+    AgentRefused {
+        peer: SocketAddr,
+        agent: String,
+        reason: RefusalReason,
+    },
+    AgentConnected {
+        agent: String,
+        remote: SocketAddr,
+    },
+    AgentDisconnected {
+        agent: String,
+    },
+    /// The onward connection of a session is up.
+    BrokerConnected {
+        session_id: String,
+        agent: String,
+        setup_ms: u64,
+    },
+    /// The onward connection failed (`reason`: a stable code).
+    BrokerFailed {
+        session_id: String,
+        agent: String,
+        reason: String,
     },
 }
 
@@ -78,7 +107,44 @@ impl BastionEvent {
             Self::AuthAccepted { .. } => "bastion_auth_accepted",
             Self::AuthRefused { .. } => "bastion_auth_refused",
             Self::ChannelRefused { .. } => "bastion_channel_refused",
+            Self::AgentRefused { .. } => "bastion_agent_refused",
+            Self::AgentConnected { .. } => "agent_connected",
+            Self::AgentDisconnected { .. } => "agent_disconnected",
+            Self::BrokerConnected { .. } => "broker_connected",
+            Self::BrokerFailed { .. } => "broker_failed",
         }
+    }
+
+    /// The CA audit record for this event, when it has one. Accepted authentications
+    /// are audited by the CA as `session_opened` (with the decision), so not here.
+    fn audit(&self) -> Option<BastionAuditEvent> {
+        Some(match self {
+            Self::AuthRefused { peer, user, reason } => BastionAuditEvent::AuthRefused {
+                client_ip: peer.ip().to_string(),
+                user: user.clone(),
+                reason: reason.code().to_owned(),
+            },
+            Self::AgentRefused { peer, agent, reason } => BastionAuditEvent::AuthRefused {
+                client_ip: peer.ip().to_string(),
+                user: format!("agent:{agent}"),
+                reason: reason.code().to_owned(),
+            },
+            Self::AgentConnected { agent, remote } => {
+                BastionAuditEvent::AgentConnected { agent: agent.clone(), remote: remote.to_string() }
+            }
+            Self::AgentDisconnected { agent } => BastionAuditEvent::AgentDisconnected { agent: agent.clone() },
+            Self::BrokerConnected { session_id, agent, setup_ms } => BastionAuditEvent::BrokerConnected {
+                session_id: session_id.clone(),
+                agent: agent.clone(),
+                setup_ms: *setup_ms,
+            },
+            Self::BrokerFailed { session_id, agent, reason } => BastionAuditEvent::BrokerFailed {
+                session_id: session_id.clone(),
+                agent: agent.clone(),
+                reason: reason.clone(),
+            },
+            Self::AuthAccepted { .. } | Self::ChannelRefused { .. } => return None,
+        })
     }
 }
 
@@ -87,10 +153,17 @@ pub(crate) fn sanitize_user(user: &str) -> String {
     user.chars().take(MAX_USER_CHARS).map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
-/// Where events are written: the one function every decision goes through.
+/// Events waiting to be sent to the CA; beyond this many the newest are dropped (and
+/// the operator log still has them).
+const FORWARD_QUEUE: usize = 10_000;
+
+/// Where events are written: the one function every decision goes through. Each event
+/// goes to the operator log, to in-process subscribers, and (when attached) to the
+/// CA's audit trail through [`EventSink::forward_to`].
 #[derive(Debug, Clone)]
 pub struct EventSink {
     tx: broadcast::Sender<BastionEvent>,
+    forward: Option<mpsc::Sender<BastionAuditEvent>>,
 }
 
 impl Default for EventSink {
@@ -102,7 +175,7 @@ impl Default for EventSink {
 impl EventSink {
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(1024);
-        Self { tx }
+        Self { tx, forward: None }
     }
 
     /// Events recorded from now on (a slow subscriber loses the oldest ones).
@@ -110,41 +183,34 @@ impl EventSink {
         self.tx.subscribe()
     }
 
+    /// Sends every auditable event to the CA in batches (from a background task).
+    pub fn forward_to(&mut self, control: Arc<ControlPlane>) -> tokio::task::JoinHandle<()> {
+        let (tx, mut rx) = mpsc::channel(FORWARD_QUEUE);
+        self.forward = Some(tx);
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while rx.recv_many(&mut batch, 500).await > 0 {
+                if let Err(e) = control.events(std::mem::take(&mut batch)).await {
+                    tracing::warn!(error = %e, "could not send bastion events to the CA audit trail");
+                }
+            }
+        })
+    }
+
     pub fn record(&self, event: BastionEvent) {
+        // Every field is either ours or sanitized (user names) and none holds key material.
         match &event {
-            BastionEvent::AuthAccepted {
-                peer,
-                user,
-                login,
-                device,
-                key_id,
-                serial,
-                matched_principal,
-                ca_fingerprint,
-            } => {
-                tracing::info!(
-                    target: "portcullis_bastion::event",
-                    event = event.name(), %peer, user, login, device = device.as_deref().unwrap_or(""),
-                    key_id, serial, matched_principal, ca_fingerprint,
-                    "accepted certificate"
-                );
+            BastionEvent::AuthRefused { .. } | BastionEvent::AgentRefused { .. } | BastionEvent::BrokerFailed { .. } => {
+                tracing::warn!(target: "portcullis_bastion::event", event = event.name(), detail = ?event)
             }
-            BastionEvent::AuthRefused { peer, user, reason } => {
-                tracing::warn!(
-                    target: "portcullis_bastion::event",
-                    event = event.name(), %peer, user, reason = reason.code(),
-                    "refused authentication"
-                );
-            }
-            BastionEvent::ChannelRefused { peer, user, kind } => {
-                tracing::info!(
-                    target: "portcullis_bastion::event",
-                    event = event.name(), %peer, user, kind,
-                    "refused channel: not implemented yet"
-                );
-            }
+            _ => tracing::info!(target: "portcullis_bastion::event", event = event.name(), detail = ?event),
         }
-        // No subscriber is normal (production today): the log line above is the record.
+        if let (Some(forward), Some(audit)) = (&self.forward, event.audit())
+            && forward.try_send(audit).is_err()
+        {
+            tracing::warn!("bastion audit queue full; event kept only in this log");
+        }
+        // No subscriber is normal: the log line above is the record.
         let _ = self.tx.send(event);
     }
 }

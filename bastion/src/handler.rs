@@ -1,5 +1,6 @@
-//! One russh handler per connection: the authentication decision and, after it, the
-//! refusal of everything not implemented yet.
+//! One russh handler per user connection: the authentication decision, then one
+//! spawned task per session channel (terminated mode for `LOGIN%DEVICE` shells, exec
+//! and sftp; jump mode for `direct-tcpip`). Everything else is refused.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,10 +13,15 @@ use tokio::sync::oneshot;
 
 use crate::events::{BastionEvent, RefusalReason, sanitize_user};
 use crate::login::{RequestedLogin, acceptable_principals};
-use crate::server::{NOT_IMPLEMENTED_MESSAGE, Shared};
+use crate::jump::{ADMINISTRATIVELY_PROHIBITED, JumpRequest};
+use crate::server::Shared;
+use crate::terminated::TerminatedRequest;
+use portcullis_proto::bastion::SessionMode;
 
-/// SSH_OPEN_ADMINISTRATIVELY_PROHIBITED (RFC 4254 §5.1), with our own text.
-const ADMINISTRATIVELY_PROHIBITED: u32 = 1;
+/// Shown when a session channel arrives for a user name without a device.
+const NEEDS_DEVICE: &str = "name the device: ssh LOGIN%DEVICE@bastion (or ssh -J for jump mode)";
+/// Shown for forwarding kinds the bastion never serves.
+const NOT_SERVED: &str = "not served by this bastion";
 
 pub(crate) struct Connection {
     peer: SocketAddr,
@@ -23,11 +29,13 @@ pub(crate) struct Connection {
     authed: Option<oneshot::Sender<()>>,
     /// The sanitized user name, once authenticated.
     user: String,
+    /// What was authenticated: the login request and the certificate's serial.
+    accepted: Option<(RequestedLogin, u64)>,
 }
 
 impl Connection {
     pub(crate) fn new(peer: SocketAddr, shared: Arc<Shared>, authed: oneshot::Sender<()>) -> Self {
-        Self { peer, shared, authed: Some(authed), user: String::new() }
+        Self { peer, shared, authed: Some(authed), user: String::new(), accepted: None }
     }
 
     fn refuse(&self, user: &str, reason: RefusalReason) -> Auth {
@@ -64,20 +72,16 @@ impl Connection {
                     matched_principal: accepted.matched_principal().to_owned(),
                     ca_fingerprint: accepted.ca_fingerprint().to_owned(),
                 });
+                self.accepted = Some((requested, accepted.serial()));
                 Auth::Accept
             }
             Err(rejection) => self.refuse(user, RefusalReason::Certificate(rejection)),
         }
     }
 
-    async fn refuse_channel(&self, kind: &'static str, reply: russh::server::ChannelOpenHandle) {
+    async fn refuse_channel(&self, kind: &'static str, reply: russh::server::ChannelOpenHandle, why: &str) {
         self.shared.events.record(BastionEvent::ChannelRefused { peer: self.peer, user: self.user.clone(), kind });
-        reply
-            .reject(ChannelOpenFailure::Other {
-                code: ADMINISTRATIVELY_PROHIBITED,
-                reason: NOT_IMPLEMENTED_MESSAGE.to_owned(),
-            })
-            .await;
+        reply.reject(ChannelOpenFailure::Other { code: ADMINISTRATIVELY_PROHIBITED, reason: why.to_owned() }).await;
     }
 }
 
@@ -118,25 +122,47 @@ impl Handler for Connection {
 
     async fn channel_open_session(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         reply: russh::server::ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.refuse_channel("session", reply).await;
+        let Some((requested, serial)) = &self.accepted else {
+            self.refuse_channel("session", reply, NOT_SERVED).await;
+            return Ok(());
+        };
+        let Some(device) = requested.device() else {
+            self.refuse_channel("session", reply, NEEDS_DEVICE).await;
+            return Ok(());
+        };
+        let request = TerminatedRequest {
+            peer: self.peer,
+            cert_serial: *serial,
+            login: requested.login().to_owned(),
+            device: device.to_owned(),
+            mode: SessionMode::Terminated,
+        };
+        // The session runs in its own task so this connection keeps serving its others.
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(crate::terminated::run(shared, request, channel, reply, session.handle()));
         Ok(())
     }
 
     async fn channel_open_direct_tcpip(
         &mut self,
-        _channel: Channel<Msg>,
-        _host_to_connect: &str,
-        _port_to_connect: u32,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
         _originator_address: &str,
         _originator_port: u32,
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.refuse_channel("direct-tcpip", reply).await;
+        let (Some((_, serial)), Ok(port)) = (&self.accepted, u16::try_from(port_to_connect)) else {
+            self.refuse_channel("direct-tcpip", reply, NOT_SERVED).await;
+            return Ok(());
+        };
+        let request = JumpRequest { peer: self.peer, cert_serial: *serial, host: host_to_connect.to_owned(), port };
+        tokio::spawn(crate::jump::run(Arc::clone(&self.shared), request, channel, reply));
         Ok(())
     }
 
@@ -147,7 +173,7 @@ impl Handler for Connection {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.refuse_channel("direct-streamlocal", reply).await;
+        self.refuse_channel("direct-streamlocal", reply, NOT_SERVED).await;
         Ok(())
     }
 
@@ -159,7 +185,7 @@ impl Handler for Connection {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.refuse_channel("x11", reply).await;
+        self.refuse_channel("x11", reply, NOT_SERVED).await;
         Ok(())
     }
 
@@ -173,7 +199,7 @@ impl Handler for Connection {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.refuse_channel("forwarded-tcpip", reply).await;
+        self.refuse_channel("forwarded-tcpip", reply, NOT_SERVED).await;
         Ok(())
     }
 

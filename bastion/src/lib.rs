@@ -1,28 +1,40 @@
-//! The bastion's SSH front door.
+//! The bastion (data plane) and the edge agent.
 //!
-//! What exists: an SSH listener (russh) that authenticates **only** OpenSSH user
-//! certificates signed by the CA's trusted user-CA keys, checked by
-//! [`portcullis_sshcert::check_user_certificate`] against the CA's current KRL; trust
-//! material fetched from the CA's public endpoints over pinned TLS and refreshed in the
-//! background; one typed event per authentication decision.
+//! - The **front door** (`server`, `handler`): an SSH listener (russh) that authenticates
+//!   **only** OpenSSH user certificates signed by the CA's trusted user-CA keys, checked
+//!   by [`portcullis_sshcert::check_user_certificate`] against the CA's current KRL.
+//! - **Sessions** (`broker`, `terminated`, `jump`, `sessions`): every session is decided
+//!   by the CA (`control`), which also holds the concurrency leases; the bastion relays
+//!   through the device's edge agent and enforces idle, absolute and expiry limits and
+//!   the CA's close orders.
+//! - **Agents** (`agent_hub` on the bastion, `edge` in the agent): agents dial out and
+//!   authenticate with internal certificates; the bastion opens channels to them.
 //!
 //! What it must never do: accept a plain public key, a password or keyboard-interactive
 //! login; accept anything before trust material has been loaded (fail closed); log key
-//! material. After authentication every channel and global request is refused: the
-//! terminated and jump modes (issue 6) are not implemented yet, and this crate does not
-//! pretend they are.
+//! material or terminal contents; interpret the bytes it relays.
 
+mod agent_hub;
+mod broker;
 mod clock;
+mod control;
+pub mod edge;
 mod error;
 mod events;
 mod handler;
+mod jump;
 mod login;
 mod server;
+mod sessions;
+mod terminated;
 mod trust;
 
+pub use agent_hub::BrokerError;
 pub use clock::{Clock, SystemClock};
+pub use control::{ControlConfig, ControlError, ControlPlane};
 pub use error::BastionError;
 pub use events::{BastionEvent, EventSink, RefusalReason};
 pub use login::{RequestedLogin, acceptable_principals};
-pub use server::{Bastion, BastionConfig, NOT_IMPLEMENTED_MESSAGE};
+pub use server::{Bastion, BastionConfig};
+pub use sessions::{Limits, LiveSession};
 pub use trust::{TrustConfig, TrustError, TrustSnapshot, TrustSource};

@@ -1,12 +1,12 @@
 //! The SSH user name a client asks for, and which certificate principals admit it.
 //!
-//! Terminated mode will use `LOGIN%DEVICE` (e.g. `root%pve01`); a plain `LOGIN` is
-//! accepted too. Until the policy decision for the bastion exists (purpose `ssh_login`,
-//! scope of the serving agent), the principal check is: the certificate must carry a
+//! Terminated mode uses `LOGIN%DEVICE` (e.g. `root%pve01`): the certificate must carry a
 //! **scoped principal for that login** — `pc_<12 hex>_<login>`, the form the CA issues
-//! for every role granting the login (see ARCHITECTURE.md, "Scoped principals"). Plain
-//! login names are never issued by the CA and are not accepted here either. Which role,
-//! and whether it covers the device, is the policy's job and comes later.
+//! for every role granting the login (see ARCHITECTURE.md, "Scoped principals").
+//! Jump mode (`ssh -J alice@bastion …`) uses a plain name, which is only a label: the
+//! inner SSH authenticates end to end, so any scoped principal admits the connection.
+//! Plain login names are never issued by the CA and are never accepted. Which role, and
+//! whether it covers the device, is decided by the CA for each session.
 
 /// `LOGIN` or `LOGIN%DEVICE`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub struct RequestedLogin {
 const MAX_NAME: usize = 64;
 const SEPARATOR: char = '%';
 
-fn well_formed(name: &str) -> bool {
+pub(crate) fn well_formed(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME
         && !name.starts_with('-')
@@ -47,17 +47,23 @@ impl RequestedLogin {
     }
 }
 
-/// Whether `principal` is a scoped principal `pc_<12 lowercase hex>_<login>`.
-fn is_scoped_principal_for(principal: &str, login: &str) -> bool {
-    let Some(rest) = principal.strip_prefix("pc_") else { return false };
-    let Some((hash, tail)) = rest.split_at_checked(12) else { return false };
-    hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) && tail.strip_prefix('_') == Some(login)
+/// The login of a scoped principal `pc_<12 lowercase hex>_<login>`.
+fn scoped_login(principal: &str) -> Option<&str> {
+    let rest = principal.strip_prefix("pc_")?;
+    let (hash, tail) = rest.split_at_checked(12)?;
+    let login = tail.strip_prefix('_')?;
+    (hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) && well_formed(login)).then_some(login)
 }
 
-/// The certificate principals that would admit `login`: its scoped principals for that
-/// login. Passed to `check_user_certificate` as the acceptable set.
-pub fn acceptable_principals<'a>(login: &RequestedLogin, cert_principals: &'a [String]) -> Vec<&'a str> {
-    cert_principals.iter().map(String::as_str).filter(|p| is_scoped_principal_for(p, login.login())).collect()
+/// The certificate principals that admit the request: scoped principals for the login
+/// (terminated mode), or any scoped principal (jump mode, no device named). Passed to
+/// `check_user_certificate` as the acceptable set.
+pub fn acceptable_principals<'a>(request: &RequestedLogin, cert_principals: &'a [String]) -> Vec<&'a str> {
+    cert_principals
+        .iter()
+        .map(String::as_str)
+        .filter(|p| scoped_login(p).is_some_and(|login| request.device().is_none() || login == request.login()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -91,7 +97,13 @@ mod tests {
         .map(String::from)
         .collect();
         assert_eq!(acceptable_principals(&root, &principals), vec!["pc_0123456789ab_root"]);
-        let admin = RequestedLogin::parse("admin").unwrap();
+        let admin = RequestedLogin::parse("admin%pve01").unwrap();
         assert_eq!(acceptable_principals(&admin, &principals), vec!["pc_0123456789ab_admin"]);
+        // Jump mode: the name is a label; every scoped principal admits, nothing else.
+        let jump = RequestedLogin::parse("alice").unwrap();
+        assert_eq!(
+            acceptable_principals(&jump, &principals),
+            vec!["pc_0123456789ab_root", "pc_0123456789ab_rooty", "pc_0123456789ab_admin"]
+        );
     }
 }

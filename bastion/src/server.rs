@@ -14,14 +14,16 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
+use portcullis_proto::bastion::{CloseReason, HeartbeatRequest, LEASE_TTL_SECS};
+
+use crate::agent_hub::{AgentConnection, AgentHub};
 use crate::clock::Clock;
+use crate::control::ControlPlane;
 use crate::error::BastionError;
 use crate::events::{BastionEvent, EventSink, RefusalReason};
 use crate::handler::Connection;
+use crate::sessions::Registry;
 use crate::trust::TrustSource;
-
-/// Shown to an authenticated client for every channel or request it makes.
-pub const NOT_IMPLEMENTED_MESSAGE: &str = "terminated and jump modes are not implemented yet";
 
 #[derive(Debug, Clone)]
 pub struct BastionConfig {
@@ -35,6 +37,10 @@ pub struct BastionConfig {
     pub max_clock_skew_secs: u64,
     /// Every rejection takes this long, so timing tells a prober nothing.
     pub auth_rejection_time: Duration,
+    /// Close a session when the user's certificate expires.
+    pub close_on_cert_expiry: bool,
+    /// How often live sessions are reported to the CA (and close orders collected).
+    pub heartbeat_every: Duration,
 }
 
 impl BastionConfig {
@@ -45,6 +51,8 @@ impl BastionConfig {
             max_auth_attempts: 6,
             max_clock_skew_secs: 30,
             auth_rejection_time: Duration::from_millis(200),
+            close_on_cert_expiry: true,
+            heartbeat_every: Duration::from_millis(500),
         }
     }
 }
@@ -53,7 +61,7 @@ impl BastionConfig {
 /// exchange, AEAD ciphers, encrypt-then-MAC. The extension markers keep `ext-info` and
 /// strict key exchange (the Terrapin fix) on. sntrup761x25519-sha512 is not offered by
 /// russh 0.65.
-fn preferred() -> Preferred {
+pub(crate) fn preferred() -> Preferred {
     Preferred {
         kex: Cow::Borrowed(&[
             kex::MLKEM768X25519_SHA256,
@@ -87,12 +95,18 @@ pub(crate) struct Shared {
     pub clock: Arc<dyn Clock>,
     pub events: EventSink,
     pub max_clock_skew_secs: u64,
+    pub control: Arc<ControlPlane>,
+    pub agents: Arc<AgentHub>,
+    pub sessions: Arc<Registry>,
+    pub close_on_cert_expiry: bool,
 }
 
 pub struct Bastion {
-    russh: Arc<Config>,
+    users: Arc<Config>,
+    agents: Arc<Config>,
     shared: Arc<Shared>,
     auth_timeout: Duration,
+    heartbeat_every: Duration,
     host_key: PrivateKey,
 }
 
@@ -100,13 +114,14 @@ impl Bastion {
     pub fn new(
         config: BastionConfig,
         trust: Arc<TrustSource>,
+        control: Arc<ControlPlane>,
         clock: Arc<dyn Clock>,
         events: EventSink,
     ) -> Result<Self, BastionError> {
         if config.host_key.algorithm() != Algorithm::Ed25519 {
             return Err(BastionError::HostKeyAlgorithm(config.host_key.algorithm().to_string()));
         }
-        let russh = Config {
+        let base = || Config {
             server_id: SshId::Standard(Cow::Borrowed("SSH-2.0-Portcullis")),
             methods: MethodSet::from(&[MethodKind::PublicKey][..]),
             auth_rejection_time: config.auth_rejection_time,
@@ -115,54 +130,150 @@ impl Bastion {
             keys: vec![config.host_key.clone()],
             max_auth_attempts: config.max_auth_attempts,
             preferred: preferred(),
-            inactivity_timeout: Some(Duration::from_secs(600)),
+            // Session limits are the watchdog's job; this only reaps dead TCP peers.
+            inactivity_timeout: None,
             keepalive_interval: Some(Duration::from_secs(30)),
             keepalive_max: 3,
             nodelay: true,
             ..Config::default()
         };
-        let shared = Arc::new(Shared { trust, clock, events, max_clock_skew_secs: config.max_clock_skew_secs });
-        Ok(Self { russh: Arc::new(russh), shared, auth_timeout: config.auth_timeout, host_key: config.host_key })
+        // Agents: a dead agent must be noticed within seconds (its sessions are closed
+        // with `agent_disconnect`), so keepalives are frequent. Larger windows and
+        // packets: one agent connection carries many sessions' bulk data.
+        let users = base();
+        let agents = Config {
+            keepalive_interval: Some(Duration::from_secs(3)),
+            keepalive_max: 2,
+            window_size: 8 * 1024 * 1024,
+            channel_buffer_size: 256,
+            ..base()
+        };
+        let sessions = Arc::new(Registry::default());
+        let hub = Arc::new(AgentHub::new(Arc::clone(&sessions), events.clone()));
+        let shared = Arc::new(Shared {
+            trust,
+            clock,
+            events,
+            max_clock_skew_secs: config.max_clock_skew_secs,
+            control,
+            agents: hub,
+            sessions,
+            close_on_cert_expiry: config.close_on_cert_expiry,
+        });
+        Ok(Self {
+            users: Arc::new(users),
+            agents: Arc::new(agents),
+            shared,
+            auth_timeout: config.auth_timeout,
+            heartbeat_every: config.heartbeat_every,
+            host_key: config.host_key,
+        })
     }
 
     pub fn host_public_key(&self) -> &ssh_key::PublicKey {
         self.host_key.public_key()
     }
 
-    /// Accepts connections until the listener fails; each runs in its own task.
-    pub async fn serve(self, listener: TcpListener) -> Result<(), BastionError> {
-        let next_id = AtomicU64::new(1);
-        loop {
-            let (stream, peer) = listener.accept().await.map_err(BastionError::Accept)?;
-            let id = next_id.fetch_add(1, Ordering::Relaxed);
-            let span = tracing::info_span!("ssh_connection", conn = id, %peer);
-            let russh = Arc::clone(&self.russh);
-            let shared = Arc::clone(&self.shared);
-            let auth_timeout = self.auth_timeout;
-            tokio::spawn(
-                async move {
-                    let _ = stream.set_nodelay(true);
-                    if let Err(e) = run_connection(russh, shared, stream, peer, auth_timeout).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+    /// The agents connected now.
+    pub fn connected_agents(&self) -> Vec<String> {
+        self.shared.agents.names()
+    }
+
+    /// Sessions live on this bastion now.
+    pub fn live_sessions(&self) -> usize {
+        self.shared.sessions.len()
+    }
+
+    /// Users' SSH connections: accepts until the listener fails; each runs in its own task.
+    pub async fn serve(&self, listener: TcpListener) -> Result<(), BastionError> {
+        accept_loop(listener, &self.users, &self.shared, self.auth_timeout, "ssh_connection", Connection::new).await
+    }
+
+    /// Edge agents' connections.
+    pub async fn serve_agents(&self, listener: TcpListener) -> Result<(), BastionError> {
+        accept_loop(listener, &self.agents, &self.shared, self.auth_timeout, "agent_connection", AgentConnection::new)
+            .await
+    }
+
+    /// Reports live sessions and connected agents to the CA every `heartbeat_every` and
+    /// carries out its close orders. While the CA cannot be reached for longer than a
+    /// lease lives, the CA has reclaimed this bastion's leases: every session is closed
+    /// (`lease_lost`) so caps stay true.
+    pub fn spawn_heartbeat(&self) -> tokio::task::JoinHandle<()> {
+        let shared = Arc::clone(&self.shared);
+        let every = self.heartbeat_every;
+        tokio::spawn(async move {
+            let lease = Duration::from_secs(LEASE_TTL_SECS);
+            let mut last_ok = tokio::time::Instant::now();
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let request = HeartbeatRequest { sessions: shared.sessions.snapshot(), agents: shared.agents.names() };
+                match shared.control.heartbeat(&request).await {
+                    Ok(answer) => {
+                        last_ok = tokio::time::Instant::now();
+                        for order in answer.close {
+                            if let Some(s) = shared.sessions.get(&order.session_id) {
+                                s.order_close(order.reason);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "heartbeat failed");
+                        if last_ok.elapsed() + every * 2 >= lease {
+                            shared.sessions.close_where(CloseReason::LeaseLost, |_| true);
+                        }
                     }
                 }
-                .instrument(span),
-            );
-        }
+            }
+        })
     }
 }
 
-async fn run_connection(
+async fn accept_loop<H, F>(
+    listener: TcpListener,
+    russh: &Arc<Config>,
+    shared: &Arc<Shared>,
+    auth_timeout: Duration,
+    span_name: &'static str,
+    make: F,
+) -> Result<(), BastionError>
+where
+    H: russh::server::Handler<Error = russh::Error> + Send + 'static,
+    F: Fn(SocketAddr, Arc<Shared>, oneshot::Sender<()>) -> H,
+{
+    let next_id = AtomicU64::new(1);
+    loop {
+        let (stream, peer) = listener.accept().await.map_err(BastionError::Accept)?;
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("connection", kind = span_name, conn = id, %peer);
+        let (authed_tx, authed_rx) = oneshot::channel();
+        let handler = make(peer, Arc::clone(shared), authed_tx);
+        let russh = Arc::clone(russh);
+        let events = shared.events.clone();
+        tokio::spawn(
+            async move {
+                let _ = stream.set_nodelay(true);
+                if let Err(e) = run_connection(russh, handler, authed_rx, events, stream, peer, auth_timeout).await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn run_connection<H: russh::server::Handler<Error = russh::Error> + Send + 'static>(
     russh: Arc<Config>,
-    shared: Arc<Shared>,
+    handler: H,
+    authed_rx: oneshot::Receiver<()>,
+    events: EventSink,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     auth_timeout: Duration,
 ) -> Result<(), BastionError> {
     let deadline = tokio::time::Instant::now() + auth_timeout;
-    let (authed_tx, authed_rx) = oneshot::channel();
-    let events = shared.events.clone();
-    let handler = Connection::new(peer, shared, authed_tx);
     let session_error = |detail: String| BastionError::Session { peer, detail };
     let session = match tokio::time::timeout_at(deadline, russh::server::run_stream(russh, stream, handler)).await {
         Ok(Ok(session)) => session,
@@ -177,7 +288,7 @@ async fn run_connection(
     tokio::select! {
         result = &mut session => return result.map_err(|e| session_error(e.to_string())),
         // Authenticated (or the handler is gone because the session ended): from here
-        // on russh's inactivity timeout and keepalives govern the connection.
+        // on keepalives and the session watchdogs govern the connection.
         _ = authed_rx => {}
         () = tokio::time::sleep_until(deadline) => {
             events.record(BastionEvent::AuthRefused { peer, user: String::new(), reason: RefusalReason::AuthTimeout });

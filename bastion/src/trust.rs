@@ -1,7 +1,8 @@
-//! Trust material from the CA: the user-CA public keys and the KRL.
+//! Trust material from the CA: the user-CA and internal-CA public keys and the KRL.
 //!
-//! Fetched from the CA's public endpoints (`GET /v1/ca/user/keys`, `GET /v1/krl`) over
-//! TLS pinned to the CA's key, and swapped in only when **both** downloaded and parsed:
+//! Fetched from the CA's public endpoints (`GET /v1/ca/user/keys`,
+//! `GET /v1/ca/internal/keys`, `GET /v1/krl`) over
+//! TLS pinned to the CA's key, and swapped in only when **all three** downloaded and parsed:
 //! a failed refresh keeps the last good copy. Before the first good copy, and once the
 //! last good copy is older than [`TrustConfig::max_staleness`], there is no trust at all
 //! and every certificate is refused (fail closed) — a bastion cut off from its CA must
@@ -65,6 +66,8 @@ pub enum TrustError {
 #[derive(Debug)]
 pub struct TrustSnapshot {
     pub user_ca_keys: Vec<KeyData>,
+    /// Signs the certificates of edge agents (and other services).
+    pub internal_ca_keys: Vec<KeyData>,
     pub krl: Krl,
     /// When this copy was fetched (seconds since the epoch, by the injected clock).
     pub fetched_at: u64,
@@ -85,13 +88,7 @@ impl std::fmt::Debug for TrustSource {
 
 impl TrustSource {
     pub fn new(config: TrustConfig, clock: Arc<dyn Clock>) -> Result<Self, BastionError> {
-        let tls = portcullis_proto::pin::pinned_client_config(&config.ca_pin).ok_or(BastionError::BadPin)?;
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .timeout(config.request_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| BastionError::HttpClient(e.to_string()))?;
+        let client = crate::control::pinned_http_client(&config.ca_pin, config.request_timeout)?;
         Ok(Self { config, client, clock, current: RwLock::new(None) })
     }
 
@@ -105,11 +102,14 @@ impl TrustSource {
 
     /// Fetches both documents; replaces the current copy only if both are good.
     pub async fn refresh(&self) -> Result<(), TrustError> {
-        let keys_text = self.get("/v1/ca/user/keys").await?;
+        let user_keys = self.get("/v1/ca/user/keys").await?;
+        let internal_keys = self.get("/v1/ca/internal/keys").await?;
         let krl_bytes = self.get("/v1/krl").await?;
-        let user_ca_keys = parse_keys(&String::from_utf8_lossy(&keys_text))?;
+        let user_ca_keys = parse_keys(&String::from_utf8_lossy(&user_keys))?;
+        let internal_ca_keys = parse_keys(&String::from_utf8_lossy(&internal_keys))?;
         let krl = Krl::parse(&krl_bytes).map_err(|e| TrustError::BadKrl(e.to_string()))?;
-        let snapshot = Arc::new(TrustSnapshot { user_ca_keys, krl, fetched_at: self.clock.now_unix() });
+        let snapshot =
+            Arc::new(TrustSnapshot { user_ca_keys, internal_ca_keys, krl, fetched_at: self.clock.now_unix() });
         *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(snapshot);
         Ok(())
     }
@@ -199,11 +199,11 @@ mod tests {
         .unwrap();
         assert!(source.current().is_none(), "never loaded: fail closed");
         let krl = Krl::parse(&portcullis_sshcert::KrlBuilder::new(1, 1, "").encode()).unwrap();
-        let fresh = Arc::new(TrustSnapshot { user_ca_keys: parse_keys(KEY).unwrap(), krl, fetched_at: 10_000 - 3600 });
+        let fresh = Arc::new(TrustSnapshot { user_ca_keys: parse_keys(KEY).unwrap(), internal_ca_keys: Vec::new(), krl, fetched_at: 10_000 - 3600 });
         *source.current.write().unwrap() = Some(Arc::clone(&fresh));
         assert!(source.current().is_some());
         let krl = Krl::parse(&portcullis_sshcert::KrlBuilder::new(1, 1, "").encode()).unwrap();
-        let stale = Arc::new(TrustSnapshot { user_ca_keys: parse_keys(KEY).unwrap(), krl, fetched_at: 10_000 - 3601 });
+        let stale = Arc::new(TrustSnapshot { user_ca_keys: parse_keys(KEY).unwrap(), internal_ca_keys: Vec::new(), krl, fetched_at: 10_000 - 3601 });
         *source.current.write().unwrap() = Some(stale);
         assert!(source.current().is_none(), "older than max_staleness: fail closed");
     }

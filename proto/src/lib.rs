@@ -179,6 +179,31 @@ pub struct NodePrincipals {
     pub principals: BTreeMap<String, Vec<String>>,
 }
 
+/// One live bastion session (`GET /v1/admin/sessions`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub session_id: String,
+    pub bastion: String,
+    pub user: String,
+    pub device: String,
+    pub agent: String,
+    pub login: Option<String>,
+    /// `terminated`, `jump` or `console`.
+    pub mode: String,
+    pub rule: String,
+    pub role: String,
+    pub client_ip: String,
+    pub opened_at: u64,
+    /// Last heartbeat of its bastion for it.
+    pub heartbeat_at: u64,
+    pub absolute_deadline: u64,
+    /// An administrator asked for it to close; its bastion does so at its next heartbeat.
+    pub kill_requested: bool,
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+}
+
+pub mod bastion;
 pub mod enroll;
 pub mod oidc;
 pub mod pin;

@@ -260,7 +260,8 @@ fn source_address_allows(list: &str, client: IpAddr) -> Result<bool, Rejection> 
     Ok(allowed)
 }
 
-fn parse_cidr(entry: &str) -> Option<(IpAddr, u8)> {
+/// `ADDR` or `ADDR/PREFIX` (IPv4 or IPv6), strictly as OpenSSH writes them.
+pub fn parse_cidr(entry: &str) -> Option<(IpAddr, u8)> {
     if entry.is_empty() || !entry.bytes().all(|b| b.is_ascii_hexdigit() || b":./".contains(&b)) {
         return None;
     }
@@ -278,7 +279,8 @@ fn parse_cidr(entry: &str) -> Option<(IpAddr, u8)> {
     (prefix <= max).then_some((addr, prefix))
 }
 
-fn cidr_contains(block: IpAddr, prefix: u8, client: IpAddr) -> bool {
+/// Whether `addr` is inside `block/prefix` (never across address families).
+pub fn cidr_contains(block: IpAddr, prefix: u8, client: IpAddr) -> bool {
     match (block, client) {
         (IpAddr::V4(block), IpAddr::V4(client)) => {
             let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);

@@ -20,7 +20,7 @@ pub mod keys;
 pub mod krl;
 pub mod krl_parse;
 
-pub use check::{AcceptedCert, CheckContext, Rejection, check_user_certificate};
+pub use check::{AcceptedCert, CheckContext, Rejection, check_user_certificate, cidr_contains, parse_cidr};
 pub use keys::{KeyError, MAX_PUBLIC_KEY_LEN, fingerprint, parse_user_public_key, random_bytes};
 pub use krl::KrlBuilder;
 pub use krl_parse::{Krl, KrlError, MAX_KRL_LEN};

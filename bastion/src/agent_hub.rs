@@ -1,0 +1,212 @@
+//! The bastion's side of edge agents.
+//!
+//! Agents dial **out** to the bastion's agent listener and authenticate as SSH clients
+//! with an internal certificate (principal `agent:NAME`, checked like any certificate:
+//! trusted internal CA, validity, KRL). From then on the roles reverse: for each onward
+//! connection the bastion opens a `forwarded-tcpip` channel *to* the agent naming the
+//! destination, and the agent decides — by its own allow-list — whether to connect.
+//! The agent only relays bytes of an SSH connection encrypted end to end between the
+//! bastion (or, in jump mode, the user) and the node.
+//!
+//! An agent that connects again replaces its previous link; when a link goes away,
+//! every session through that agent is closed with `agent_disconnect`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use portcullis_proto::bastion::{CloseReason, ServiceKind, service_principal};
+use portcullis_sshcert::{CheckContext, check_user_certificate};
+use russh::server::{Auth, Handler, Msg, Session};
+use russh::{Channel, ChannelOpenFailure};
+use ssh_key::Certificate;
+use tokio::sync::oneshot;
+
+use crate::events::{BastionEvent, EventSink, RefusalReason, sanitize_user};
+use crate::server::Shared;
+use crate::sessions::Registry;
+
+/// Why the bastion could not get a connection to the device through its agent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    #[error("the edge agent for this device is not connected")]
+    AgentUnavailable,
+    #[error("the edge agent refused the destination")]
+    AgentRefused,
+    #[error("the device is unreachable from its edge agent")]
+    TargetUnreachable,
+}
+
+impl BrokerError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            BrokerError::AgentUnavailable => "agent_unavailable",
+            BrokerError::AgentRefused => "agent_refused",
+            BrokerError::TargetUnreachable => "target_unreachable",
+        }
+    }
+}
+
+struct Link {
+    conn: u64,
+    handle: russh::server::Handle,
+}
+
+pub struct AgentHub {
+    links: Mutex<HashMap<String, Link>>,
+    next_conn: AtomicU64,
+    sessions: Arc<Registry>,
+    events: EventSink,
+}
+
+impl std::fmt::Debug for AgentHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentHub").field("agents", &self.names()).finish_non_exhaustive()
+    }
+}
+
+impl AgentHub {
+    pub fn new(sessions: Arc<Registry>, events: EventSink) -> Self {
+        Self { links: Mutex::new(HashMap::new()), next_conn: AtomicU64::new(1), sessions, events }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Link>> {
+        self.links.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Names of the agents connected now.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.lock().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// A channel to `host:port` through `agent`; the agent connects (or refuses).
+    pub async fn open(&self, agent: &str, host: &str, port: u16, originator: SocketAddr) -> Result<Channel<Msg>, BrokerError> {
+        let handle = self.lock().get(agent).map(|l| l.handle.clone()).ok_or(BrokerError::AgentUnavailable)?;
+        let opened = handle
+            .channel_open_forwarded_tcpip(host, u32::from(port), originator.ip().to_string(), u32::from(originator.port()))
+            .await;
+        match opened {
+            Ok(channel) => Ok(channel),
+            Err(russh::Error::ChannelOpenFailure(ChannelOpenFailure::AdministrativelyProhibited)) => {
+                Err(BrokerError::AgentRefused)
+            }
+            Err(russh::Error::ChannelOpenFailure(_)) => Err(BrokerError::TargetUnreachable),
+            Err(_) => Err(BrokerError::AgentUnavailable),
+        }
+    }
+
+    fn connected(&self, agent: &str, peer: SocketAddr, handle: russh::server::Handle) -> u64 {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let previous = self.lock().insert(agent.to_owned(), Link { conn, handle });
+        if let Some(old) = previous {
+            // The agent reconnected (its old TCP connection may not know yet): the old
+            // link's sessions are gone with it.
+            self.sessions.close_where(CloseReason::AgentDisconnect, |s| s.agent == agent);
+            tokio::spawn(async move {
+                let _ = old
+                    .handle
+                    .disconnect(russh::Disconnect::ByApplication, "replaced by a newer connection".into(), String::new())
+                    .await;
+            });
+        }
+        self.events.record(BastionEvent::AgentConnected { agent: agent.to_owned(), remote: peer });
+        conn
+    }
+
+    fn disconnected(&self, agent: &str, conn: u64) {
+        let mut links = self.lock();
+        if links.get(agent).is_some_and(|l| l.conn == conn) {
+            links.remove(agent);
+            drop(links);
+            self.sessions.close_where(CloseReason::AgentDisconnect, |s| s.agent == agent);
+            self.events.record(BastionEvent::AgentDisconnected { agent: agent.to_owned() });
+        }
+    }
+}
+
+/// One agent's SSH connection to the agent listener.
+pub(crate) struct AgentConnection {
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    authed: Option<oneshot::Sender<()>>,
+    /// The agent's name once its certificate was accepted.
+    agent: Option<String>,
+    /// Set once registered with the hub.
+    conn: Option<u64>,
+}
+
+impl AgentConnection {
+    pub(crate) fn new(peer: SocketAddr, shared: Arc<Shared>, authed: oneshot::Sender<()>) -> Self {
+        Self { peer, shared, authed: Some(authed), agent: None, conn: None }
+    }
+
+    fn refuse(&self, user: &str, reason: RefusalReason) -> Auth {
+        self.shared.events.record(BastionEvent::AgentRefused { peer: self.peer, agent: sanitize_user(user), reason });
+        Auth::reject()
+    }
+}
+
+impl Drop for AgentConnection {
+    fn drop(&mut self) {
+        if let (Some(agent), Some(conn)) = (&self.agent, self.conn) {
+            self.shared.agents.disconnected(agent, conn);
+        }
+    }
+}
+
+impl Handler for AgentConnection {
+    type Error = russh::Error;
+
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        Ok(self.refuse(user, RefusalReason::MethodNotAllowed))
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        _key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.refuse(user, RefusalReason::PlainPublicKey))
+    }
+
+    async fn auth_openssh_certificate(&mut self, user: &str, certificate: &Certificate) -> Result<Auth, Self::Error> {
+        if !crate::login::well_formed(user) {
+            return Ok(self.refuse(user, RefusalReason::BadUserName));
+        }
+        let Some(trust) = self.shared.trust.current() else {
+            return Ok(self.refuse(user, RefusalReason::TrustUnavailable));
+        };
+        let principal = service_principal(ServiceKind::Agent, user);
+        let ctx = CheckContext {
+            trusted_cas: &trust.internal_ca_keys,
+            now_unix: self.shared.clock.now_unix(),
+            max_clock_skew_secs: self.shared.max_clock_skew_secs,
+            acceptable_principals: &[principal.as_str()],
+            client_ip: self.peer.ip(),
+            krl: Some(&trust.krl),
+        };
+        match check_user_certificate(certificate, &ctx) {
+            Ok(_) => {
+                self.agent = Some(user.to_owned());
+                Ok(Auth::Accept)
+            }
+            Err(rejection) => Ok(self.refuse(user, RefusalReason::Certificate(rejection))),
+        }
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(agent) = &self.agent {
+            self.conn = Some(self.shared.agents.connected(agent, self.peer, session.handle()));
+        }
+        if let Some(tx) = self.authed.take() {
+            let _ = tx.send(());
+        }
+        Ok(())
+    }
+
+    // An agent never opens channels towards the bastion: russh's defaults refuse them
+    // (dropping the open handle answers "administratively prohibited").
+}

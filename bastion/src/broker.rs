@@ -1,0 +1,128 @@
+//! What every mode does around its relay: ask the CA for the session, register it, get
+//! a channel to the device through its agent, and at the end release the lease with
+//! the reason, bytes and duration.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use portcullis_proto::bastion::{
+    CloseReason, SessionCloseRequest, SessionGrant, SessionOpenRequest, deny_reason,
+};
+use russh::Channel;
+use russh::server::Msg;
+
+use crate::events::BastionEvent;
+use crate::server::Shared;
+use crate::sessions::{Limits, LiveSession};
+
+/// A session the CA admitted and this bastion registered.
+pub(crate) struct Admitted {
+    pub grant: SessionGrant,
+    pub live: Arc<LiveSession>,
+    pub limits: Limits,
+}
+
+/// Why a session did not start; `message` is safe to show to the user.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    pub message: String,
+}
+
+pub(crate) fn new_session_id() -> String {
+    hex::encode(portcullis_sshcert::random_bytes::<16>())
+}
+
+impl Shared {
+    /// Asks the CA; on a grant the session is registered (so heartbeats carry it).
+    pub(crate) async fn admit(&self, request: SessionOpenRequest) -> Result<Admitted, Refusal> {
+        let device = request.device.clone();
+        let mode = request.mode;
+        let grant = match self.control.open_session(&request).await {
+            Ok(grant) => grant,
+            Err(e) => {
+                let message = match e.deny_reason() {
+                    Some(deny_reason::CAP_REACHED) => "too many concurrent sessions".to_owned(),
+                    Some(deny_reason::UNKNOWN_DEVICE) => format!("unknown device {device:?}"),
+                    Some(_) => format!("access to {device:?} denied"),
+                    None => "the control plane is unavailable; try again".to_owned(),
+                };
+                tracing::info!(session = %request.session_id, %device, mode = mode.as_str(), error = %e, "session refused");
+                return Err(Refusal { message });
+            }
+        };
+        let live = Arc::new(LiveSession::new(
+            grant.session_id.clone(),
+            grant.username.clone(),
+            grant.device.clone(),
+            grant.agent.clone(),
+            mode,
+        ));
+        let now = self.clock.now_unix();
+        let limits = Limits {
+            idle: Duration::from_secs(grant.idle_timeout_secs.max(1)),
+            absolute: Duration::from_secs(grant.absolute_timeout_secs.max(1)),
+            cert_expires_in: self
+                .close_on_cert_expiry
+                .then(|| Duration::from_secs(grant.cert_valid_before.saturating_sub(now))),
+        };
+        self.sessions.insert(Arc::clone(&live));
+        Ok(Admitted { grant, live, limits })
+    }
+
+    /// A channel to the granted target through the granted agent; failures are audited
+    /// and the session released.
+    pub(crate) async fn reach(&self, admitted: &Admitted, peer: SocketAddr) -> Result<Channel<Msg>, Refusal> {
+        let g = &admitted.grant;
+        let started = Instant::now();
+        let timeout = Duration::from_millis(g.connect_timeout_ms.clamp(100, 60_000));
+        let opened = tokio::time::timeout(timeout, self.agents.open(&g.agent, &g.target_host, g.target_port, peer))
+            .await
+            .unwrap_or(Err(crate::agent_hub::BrokerError::TargetUnreachable));
+        match opened {
+            Ok(channel) => {
+                self.events.record(BastionEvent::BrokerConnected {
+                    session_id: g.session_id.clone(),
+                    agent: g.agent.clone(),
+                    setup_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                });
+                Ok(channel)
+            }
+            Err(e) => {
+                self.broker_failed(admitted, e.code()).await;
+                Err(Refusal { message: e.to_string() })
+            }
+        }
+    }
+
+    pub(crate) async fn broker_failed(&self, admitted: &Admitted, reason: &str) {
+        let g = &admitted.grant;
+        self.events.record(BastionEvent::BrokerFailed {
+            session_id: g.session_id.clone(),
+            agent: g.agent.clone(),
+            reason: reason.to_owned(),
+        });
+        let close_reason =
+            if reason == "agent_unavailable" { CloseReason::AgentDisconnect } else { CloseReason::TargetDisconnect };
+        self.finish(&admitted.live, close_reason).await;
+    }
+
+    /// Releases the lease at the CA (which audits the close) and forgets the session.
+    pub(crate) async fn finish(&self, live: &LiveSession, reason: CloseReason) {
+        self.sessions.remove(&live.id);
+        let request = SessionCloseRequest {
+            session_id: live.id.clone(),
+            reason,
+            bytes_from_client: live.bytes_from_client.load(Ordering::Relaxed),
+            bytes_to_client: live.bytes_to_client.load(Ordering::Relaxed),
+            duration_ms: u64::try_from(live.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        tracing::info!(session = %live.id, user = %live.username, device = %live.device, reason = reason.as_str(),
+            bytes_in = request.bytes_from_client, bytes_out = request.bytes_to_client, "session closed");
+        // The lease also expires on its own if this call is lost.
+        if let Err(e) = self.control.close_session(&request).await {
+            tracing::warn!(session = %live.id, error = %e, "could not release the session lease; it expires on its own");
+        }
+    }
+}

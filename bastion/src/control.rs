@@ -1,0 +1,176 @@
+//! The data plane's client of the CA: session decisions, heartbeats, audit events,
+//! service certificates (see `portcullis_proto::bastion` for the contract).
+//!
+//! Every call goes over TLS pinned to the CA's key and carries the service's `pcs_…`
+//! bearer credential, which lives only in this struct (never in a log line or an error:
+//! errors carry the path and the CA's sanitized message).
+
+use std::time::Duration;
+
+use portcullis_proto::ApiError;
+use portcullis_proto::bastion::*;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::BastionError;
+
+/// Largest JSON answer accepted from the CA.
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
+/// A reqwest client that trusts exactly the CA key named by `pin`.
+pub(crate) fn pinned_http_client(pin: &str, timeout: Duration) -> Result<reqwest::Client, BastionError> {
+    let tls = portcullis_proto::pin::pinned_client_config(pin).ok_or(BastionError::BadPin)?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| BastionError::HttpClient(e.to_string()))
+}
+
+/// Why a call to the CA failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControlError {
+    /// The CA answered with a refusal: `code` is the API error code, `message` is safe to
+    /// show (for `session_denied`, `"<reason>: <text>"`).
+    #[error("{path}: {code}: {message}")]
+    Refused { path: &'static str, status: u16, code: String, message: String },
+    /// The CA could not be reached or answered garbage.
+    #[error("{path}: {detail}")]
+    Unreachable { path: &'static str, detail: String },
+}
+
+impl ControlError {
+    /// The deny reason of a refused session open (`not_authorized`, `cap_reached`, …).
+    pub fn deny_reason(&self) -> Option<&str> {
+        match self {
+            ControlError::Refused { code, message, .. } if code == "session_denied" => {
+                Some(message.split_once(':').map_or(message.as_str(), |(reason, _)| reason.trim()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Where the CA is and how this service proves who it is.
+#[derive(Clone)]
+pub struct ControlConfig {
+    pub ca_url: String,
+    pub ca_pin: String,
+    pub api_token: SecretString,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ControlConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlConfig").field("ca_url", &self.ca_url).finish_non_exhaustive()
+    }
+}
+
+pub struct ControlPlane {
+    base: String,
+    token: SecretString,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane").field("ca_url", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl ControlPlane {
+    pub fn new(config: ControlConfig) -> Result<Self, BastionError> {
+        let client = pinned_http_client(&config.ca_pin, config.timeout)?;
+        Ok(Self { base: config.ca_url.trim_end_matches('/').to_owned(), token: config.api_token, client })
+    }
+
+    pub async fn open_session(&self, request: &SessionOpenRequest) -> Result<SessionGrant, ControlError> {
+        self.post("/v1/bastion/sessions/open", request).await
+    }
+
+    pub async fn heartbeat(&self, request: &HeartbeatRequest) -> Result<HeartbeatResponse, ControlError> {
+        self.post("/v1/bastion/heartbeat", request).await
+    }
+
+    pub async fn close_session(&self, request: &SessionCloseRequest) -> Result<(), ControlError> {
+        self.post_no_answer("/v1/bastion/sessions/close", request).await
+    }
+
+    pub async fn events(&self, events: Vec<BastionAuditEvent>) -> Result<(), ControlError> {
+        self.post_no_answer("/v1/bastion/events", &BastionEventsRequest { events }).await
+    }
+
+    pub async fn renew_certificate(&self) -> Result<ServiceCertificateResponse, ControlError> {
+        self.post("/v1/services/certificate", &serde_json::json!({})).await
+    }
+
+    pub async fn bastions(&self) -> Result<Vec<BastionDirectoryEntry>, ControlError> {
+        self.get("/v1/services/bastions").await
+    }
+
+    pub async fn agent_targets(&self) -> Result<Vec<AgentTarget>, ControlError> {
+        self.get("/v1/services/agent/targets").await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &'static str, body: &B) -> Result<T, ControlError> {
+        let request = self.client.post(self.url(path)).json(body);
+        let bytes = self.send(path, request).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ControlError::Unreachable { path, detail: format!("unreadable answer: {e}") })
+    }
+
+    async fn post_no_answer<B: Serialize>(&self, path: &'static str, body: &B) -> Result<(), ControlError> {
+        self.send(path, self.client.post(self.url(path)).json(body)).await.map(drop)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &'static str) -> Result<T, ControlError> {
+        let bytes = self.send(path, self.client.get(self.url(path))).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ControlError::Unreachable { path, detail: format!("unreadable answer: {e}") })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, path: &'static str, request: reqwest::RequestBuilder) -> Result<Vec<u8>, ControlError> {
+        let unreachable = |e: reqwest::Error| ControlError::Unreachable { path, detail: e.without_url().to_string() };
+        let mut resp = request.bearer_auth(self.token.expose_secret()).send().await.map_err(unreachable)?;
+        let status = resp.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
+            if body.len() + chunk.len() > MAX_ANSWER {
+                return Err(ControlError::Unreachable { path, detail: "answer too large".into() });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if status.is_success() {
+            return Ok(body);
+        }
+        let (code, message) = match serde_json::from_slice::<ApiError>(&body) {
+            Ok(e) => (e.error, e.message),
+            Err(_) => ("http_error".to_owned(), format!("HTTP {}", status.as_u16())),
+        };
+        Err(ControlError::Refused { path, status: status.as_u16(), code, message })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deny_reason_is_the_code_before_the_colon() {
+        let e = ControlError::Refused {
+            path: "/x",
+            status: 403,
+            code: "session_denied".into(),
+            message: "cap_reached: too many sessions for alice".into(),
+        };
+        assert_eq!(e.deny_reason(), Some("cap_reached"));
+        let other = ControlError::Refused { path: "/x", status: 401, code: "unauthenticated".into(), message: "".into() };
+        assert_eq!(other.deny_reason(), None);
+    }
+}

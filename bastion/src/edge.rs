@@ -1,0 +1,308 @@
+//! The edge agent: runs inside a remote network, dials **out** to every bastion, and
+//! connects onward only to destinations its own allow-list permits, whatever a bastion
+//! asks. It relays the bytes of SSH connections that are encrypted end to end between
+//! the bastion (or the user) and the node: it never holds a user key, password or
+//! certificate private key — only its own identity key.
+//!
+//! Per bastion: connect, check the bastion's host key against the one the CA
+//! registered, authenticate with the agent's internal certificate, serve the bastion's
+//! `forwarded-tcpip` channels; on any loss reconnect with jittered exponential backoff.
+//! Keepalives every few seconds notice a dead bastion.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rand::RngExt;
+use russh::client::{self, ChannelOpenHandle, Msg, Session};
+use russh::keys::{PrivateKey, PublicKeyOrCertificate};
+use russh::{Channel, ChannelOpenFailure};
+use ssh_key::{Certificate, PublicKey};
+use tokio::net::TcpStream;
+
+use crate::control::ControlPlane;
+
+/// Where the agent may connect. Exact `(host, port)` pairs (the default: each assigned
+/// device's addresses, port 22, from the CA) and CIDR blocks with a port (operator
+/// configuration). A host name is allowed only by an exact entry; it is never resolved
+/// to test it against a block.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList {
+    exact: Vec<(String, u16)>,
+    blocks: Vec<(IpAddr, u8, u16)>,
+}
+
+impl AllowList {
+    /// Parses `ADDR[/PREFIX]:PORT` entries (IPv6 in brackets: `[2001:db8::/32]:22`).
+    pub fn parse(entries: &[String]) -> Result<Self, String> {
+        let mut list = Self::default();
+        for entry in entries {
+            let (net, port) = entry.rsplit_once(':').ok_or_else(|| format!("{entry:?}: expected ADDR[/PREFIX]:PORT"))?;
+            let port: u16 = port.parse().map_err(|_| format!("{entry:?}: bad port"))?;
+            let net = net.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(net);
+            let (block, prefix) =
+                portcullis_sshcert::parse_cidr(net).ok_or_else(|| format!("{entry:?}: not an address or CIDR block"))?;
+            list.blocks.push((block, prefix, port));
+        }
+        Ok(list)
+    }
+
+    pub fn exact(pairs: impl IntoIterator<Item = (String, u16)>) -> Self {
+        Self { exact: pairs.into_iter().collect(), blocks: Vec::new() }
+    }
+
+    pub fn permits(&self, host: &str, port: u16) -> bool {
+        if self.exact.iter().any(|(h, p)| *p == port && h.eq_ignore_ascii_case(host)) {
+            return true;
+        }
+        let Ok(ip) = host.parse::<IpAddr>() else { return false };
+        self.blocks.iter().any(|&(block, prefix, p)| p == port && portcullis_sshcert::cidr_contains(block, prefix, ip))
+    }
+}
+
+/// One bastion to keep a connection to.
+#[derive(Debug, Clone)]
+pub struct BastionEndpoint {
+    /// `host:port` of the bastion's agent listener.
+    pub address: String,
+    /// The host key the bastion must present.
+    pub host_key: PublicKey,
+}
+
+pub struct AgentConfig {
+    pub name: String,
+    pub key: Arc<PrivateKey>,
+    pub control: Arc<ControlPlane>,
+    /// Bastions to dial; empty: every bastion in the CA's directory.
+    pub bastions: Vec<BastionEndpoint>,
+    /// Operator allow-list; `None`: the devices the CA assigns to this agent (port 22).
+    pub allow: Option<AllowList>,
+    pub connect_timeout: Duration,
+}
+
+/// What the agent's tasks share.
+struct State {
+    name: String,
+    key: Arc<PrivateKey>,
+    control: Arc<ControlPlane>,
+    certificate: RwLock<Option<Certificate>>,
+    allow: RwLock<AllowList>,
+    fixed_allow: bool,
+    connect_timeout: Duration,
+}
+
+impl State {
+    fn certificate(&self) -> Option<Certificate> {
+        self.certificate.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn allow(&self) -> AllowList {
+        self.allow.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Runs the agent until the process ends.
+pub async fn run(config: AgentConfig) {
+    let state = Arc::new(State {
+        name: config.name,
+        key: config.key,
+        control: config.control,
+        certificate: RwLock::new(None),
+        allow: RwLock::new(config.allow.clone().unwrap_or_default()),
+        fixed_allow: config.allow.is_some(),
+        connect_timeout: config.connect_timeout,
+    });
+    // Certificate and allow-list first (retrying), so the first dial can succeed.
+    while refresh(&state).await.is_err() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    tokio::spawn({
+        let state = Arc::clone(&state);
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                let _ = refresh(&state).await;
+            }
+        }
+    });
+    let mut bastions = config.bastions;
+    while bastions.is_empty() {
+        match directory(&state.control).await {
+            Ok(found) if !found.is_empty() => bastions = found,
+            Ok(_) => tracing::warn!("the CA lists no bastion yet"),
+            Err(e) => tracing::warn!(error = %e, "cannot read the bastion directory"),
+        }
+        if bastions.is_empty() {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }
+    let mut tasks = Vec::new();
+    for bastion in bastions {
+        tasks.push(tokio::spawn(stay_connected(Arc::clone(&state), bastion)));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Renews the internal certificate when due and refreshes the CA-assigned allow-list.
+async fn refresh(state: &State) -> Result<(), String> {
+    let now = crate::clock::Clock::now_unix(&crate::clock::SystemClock);
+    let due = state.certificate().is_none_or(|c| {
+        let (after, before) = (c.valid_after(), c.valid_before());
+        now >= after + (before.saturating_sub(after)) / 2
+    });
+    if due {
+        let renewed = state.control.renew_certificate().await.map_err(|e| e.to_string())?;
+        let cert = Certificate::from_openssh(renewed.certificate.trim()).map_err(|e| e.to_string())?;
+        *state.certificate.write().unwrap_or_else(|p| p.into_inner()) = Some(cert);
+    }
+    if !state.fixed_allow {
+        let targets = state.control.agent_targets().await.map_err(|e| e.to_string())?;
+        let pairs = targets.into_iter().flat_map(|t| t.addresses.into_iter().map(move |a| (a, t.port)));
+        *state.allow.write().unwrap_or_else(|p| p.into_inner()) = AllowList::exact(pairs);
+    }
+    Ok(())
+}
+
+async fn directory(control: &ControlPlane) -> Result<Vec<BastionEndpoint>, String> {
+    let entries = control.bastions().await.map_err(|e| e.to_string())?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|e| {
+            let host_key = PublicKey::from_openssh(e.host_key.trim()).ok()?;
+            Some(BastionEndpoint { address: e.agent_endpoint, host_key })
+        })
+        .collect())
+}
+
+/// Keeps one bastion connection up for ever: connect, serve, back off, repeat.
+async fn stay_connected(state: Arc<State>, bastion: BastionEndpoint) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let started = tokio::time::Instant::now();
+        match serve_once(&state, &bastion).await {
+            Ok(()) => tracing::warn!(bastion = %bastion.address, "bastion connection closed"),
+            Err(e) => tracing::warn!(bastion = %bastion.address, error = %e, "bastion connection failed"),
+        }
+        // A connection that lived a while resets the backoff.
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(250);
+        }
+        let jitter = rand::rng().random_range(0.5..1.5);
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn serve_once(state: &Arc<State>, bastion: &BastionEndpoint) -> Result<(), String> {
+    let cert = state.certificate().ok_or("no certificate yet")?;
+    let config = Arc::new(client::Config {
+        preferred: crate::server::preferred(),
+        keepalive_interval: Some(Duration::from_secs(3)),
+        keepalive_max: 2,
+        window_size: 8 * 1024 * 1024,
+        channel_buffer_size: 256,
+        nodelay: true,
+        ..client::Config::default()
+    });
+    let handler = AgentSide { state: Arc::clone(state), bastion_key: bastion.host_key.clone() };
+    let stream = tokio::time::timeout(state.connect_timeout, TcpStream::connect(&bastion.address))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let mut session = client::connect_stream(config, stream, handler).await.map_err(|e| e.to_string())?;
+    let auth = session
+        .authenticate_openssh_cert(state.name.clone(), Arc::clone(&state.key), cert)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !auth.success() {
+        return Err("the bastion refused this agent's certificate".into());
+    }
+    tracing::info!(bastion = %bastion.address, "connected to bastion");
+    // Serves channels (in the handler) until the connection ends.
+    session.await.map_err(|e| e.to_string())
+}
+
+/// The agent's end of one bastion connection.
+struct AgentSide {
+    state: Arc<State>,
+    bastion_key: PublicKey,
+}
+
+impl client::Handler for AgentSide {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        Ok(matches!(key, PublicKeyOrCertificate::PublicKey { key, .. } if key.key_data() == self.bastion_key.key_data()))
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let port = u16::try_from(connected_port).ok();
+        let host = connected_address.to_owned();
+        let permitted = port.is_some_and(|p| self.state.allow().permits(&host, p));
+        if !permitted {
+            tracing::warn!(destination = %format!("{host}:{connected_port}"), "refused a destination outside the allow-list");
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        }
+        let timeout = self.state.connect_timeout;
+        // Connect in a task: this connection keeps serving other channels meanwhile.
+        tokio::spawn(async move {
+            let target = match tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port.unwrap_or(22)))).await {
+                Ok(Ok(s)) => s,
+                _ => {
+                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                    return;
+                }
+            };
+            let _ = target.set_nodelay(true);
+            reply.accept().await;
+            relay(channel, target).await;
+        });
+        Ok(())
+    }
+}
+
+/// Copies bytes both ways until both directions are done.
+async fn relay(channel: Channel<Msg>, mut target: TcpStream) {
+    let mut stream = channel.into_stream();
+    let _ = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut target, 64 * 1024, 64 * 1024).await;
+}
+
+/// For tests and the all-in-one: the address a listener is bound to, as an endpoint.
+pub fn endpoint(address: SocketAddr, host_key: PublicKey) -> BastionEndpoint {
+    BastionEndpoint { address: address.to_string(), host_key }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list_is_exact_or_by_block_and_port() {
+        let list = AllowList::parse(&["10.0.0.0/24:22".into(), "[2001:db8::/32]:2222".into()]).unwrap();
+        assert!(list.permits("10.0.0.7", 22));
+        assert!(!list.permits("10.0.0.7", 23), "other port");
+        assert!(!list.permits("10.0.1.7", 22), "outside the block");
+        assert!(list.permits("2001:db8::1", 2222));
+        assert!(!list.permits("localhost", 22), "names are never resolved to test a block");
+        let exact = AllowList::exact([("pve01.lan".to_owned(), 22)]);
+        assert!(exact.permits("PVE01.lan", 22));
+        assert!(!exact.permits("pve01.lan", 80));
+        assert!(!exact.permits("pve02.lan", 22));
+        assert!(!AllowList::default().permits("127.0.0.1", 22), "empty: nothing");
+        for bad in ["10.0.0.0/24", "10.0.0.0/33:22", "host:22", "10.0.0.1:99999"] {
+            assert!(AllowList::parse(&[bad.to_owned()]).is_err(), "{bad}");
+        }
+    }
+}

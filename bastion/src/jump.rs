@@ -1,0 +1,109 @@
+//! Jump mode: `ssh -J user@bastion root@pve01`. The client's `direct-tcpip` channel is
+//! authorized by the CA and spliced to a channel through the device's agent. The bytes
+//! are the user's own SSH connection to the node, encrypted end to end: the bastion
+//! never interprets them (no byte is special), it only counts them and watches the
+//! limits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use portcullis_proto::bastion::{CloseReason, SessionMode, SessionOpenRequest};
+use russh::server::{ChannelOpenHandle, Msg};
+use russh::{Channel, ChannelMsg, ChannelOpenFailure};
+
+use crate::broker::{Admitted, new_session_id};
+use crate::server::Shared;
+
+/// SSH_OPEN_ADMINISTRATIVELY_PROHIBITED (RFC 4254 §5.1), with our own text.
+pub(crate) const ADMINISTRATIVELY_PROHIBITED: u32 = 1;
+/// SSH_OPEN_CONNECT_FAILED.
+const CONNECT_FAILED: u32 = 2;
+
+pub(crate) struct JumpRequest {
+    pub peer: SocketAddr,
+    pub cert_serial: u64,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Runs one jump-mode session to its end (spawned per channel).
+pub(crate) async fn run(shared: Arc<Shared>, req: JumpRequest, client: Channel<Msg>, reply: ChannelOpenHandle) {
+    let request = SessionOpenRequest {
+        session_id: new_session_id(),
+        mode: SessionMode::Jump,
+        cert_serial: req.cert_serial.to_string(),
+        login: None,
+        device: req.host.clone(),
+        port: Some(req.port),
+        client_ip: req.peer.ip().to_string(),
+        session_public_key: None,
+    };
+    let admitted = match shared.admit(request).await {
+        Ok(a) => a,
+        Err(refusal) => {
+            reply.reject(ChannelOpenFailure::Other { code: ADMINISTRATIVELY_PROHIBITED, reason: refusal.message }).await;
+            return;
+        }
+    };
+    let onward = match shared.reach(&admitted, req.peer).await {
+        Ok(c) => c,
+        Err(refusal) => {
+            reply.reject(ChannelOpenFailure::Other { code: CONNECT_FAILED, reason: refusal.message }).await;
+            return;
+        }
+    };
+    reply.accept().await;
+    let reason = splice(&admitted, client, onward).await;
+    shared.finish(&admitted.live, reason).await;
+}
+
+/// Copies both ways until either end closes or a limit/close order ends the session.
+async fn splice(admitted: &Admitted, client: Channel<Msg>, onward: Channel<Msg>) -> CloseReason {
+    let live = &admitted.live;
+    let (mut from_client, to_client) = client.split();
+    let (mut from_node, to_node) = onward.split();
+    let upstream = async {
+        while let Some(msg) = from_client.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    live.client_input(data.len());
+                    if to_node.data_bytes(data).await.is_err() {
+                        return CloseReason::AgentDisconnect;
+                    }
+                }
+                ChannelMsg::Eof => {
+                    let _ = to_node.eof().await;
+                }
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        CloseReason::ClientDisconnect
+    };
+    let downstream = async {
+        while let Some(msg) = from_node.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    live.client_output(data.len());
+                    if to_client.data_bytes(data).await.is_err() {
+                        return CloseReason::ClientDisconnect;
+                    }
+                }
+                ChannelMsg::Eof => {
+                    let _ = to_client.eof().await;
+                }
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        CloseReason::TargetDisconnect
+    };
+    let reason = tokio::select! {
+        r = upstream => r,
+        r = downstream => r,
+        r = live.watchdog(admitted.limits) => r,
+    };
+    let _ = to_node.close().await;
+    let _ = to_client.close().await;
+    reason
+}

@@ -1,0 +1,260 @@
+//! Live sessions on this bastion: the registry the heartbeat reports, the close orders
+//! it receives, and the per-session watchdog that enforces idle, absolute and
+//! certificate-expiry limits.
+//!
+//! A session is one proxied channel (a terminated-mode shell/exec/sftp, a jump-mode
+//! `direct-tcpip`, a browser console). Its lease lives in the CA's database; here it is
+//! a [`LiveSession`] whose `close` cell anybody may set (heartbeat answer, agent loss,
+//! shutdown) and whose watchdog turns the first reason set — or the first limit hit —
+//! into the end of the session.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use portcullis_proto::bastion::{CloseReason, LiveSession as WireSession, SessionMode};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The limits one session runs under (from the CA's grant).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// No input from the user for this long closes the session.
+    pub idle: Duration,
+    /// From session start, whatever the activity.
+    pub absolute: Duration,
+    /// Close when the user's certificate expires (`None`: do not).
+    pub cert_expires_in: Option<Duration>,
+}
+
+pub struct LiveSession {
+    pub id: String,
+    pub username: String,
+    pub device: String,
+    pub agent: String,
+    pub mode: SessionMode,
+    started: Instant,
+    /// Milliseconds after `started` of the last user input.
+    last_input_ms: AtomicU64,
+    pub bytes_from_client: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+    close: watch::Sender<Option<CloseReason>>,
+}
+
+impl std::fmt::Debug for LiveSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSession").field("id", &self.id).field("device", &self.device).finish_non_exhaustive()
+    }
+}
+
+impl LiveSession {
+    pub fn new(id: String, username: String, device: String, agent: String, mode: SessionMode) -> Self {
+        Self {
+            id,
+            username,
+            device,
+            agent,
+            mode,
+            started: Instant::now(),
+            last_input_ms: AtomicU64::new(0),
+            bytes_from_client: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+            close: watch::channel(None).0,
+        }
+    }
+
+    /// The user typed or sent something: the idle clock restarts.
+    pub fn client_input(&self, bytes: usize) {
+        self.bytes_from_client.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// A request from the user that carries no bytes (window change, signal).
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_input_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Output towards the user (does not count as activity).
+    pub fn client_output(&self, bytes: usize) {
+        self.bytes_to_client.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Orders the session closed; the first reason wins.
+    pub fn order_close(&self, reason: CloseReason) {
+        self.close.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn wire(&self) -> WireSession {
+        WireSession {
+            session_id: self.id.clone(),
+            bytes_from_client: self.bytes_from_client.load(Ordering::Relaxed),
+            bytes_to_client: self.bytes_to_client.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Resolves with the reason the session must end: a close order, or a limit. Keeps
+    /// no state of its own, so it can be dropped and re-created at any time.
+    pub async fn watchdog(&self, limits: Limits) -> CloseReason {
+        let mut orders = self.close.subscribe();
+        let absolute = self.started + limits.absolute;
+        let expiry = limits.cert_expires_in.map(|d| self.started + d);
+        loop {
+            if let Some(reason) = *orders.borrow_and_update() {
+                return reason;
+            }
+            let last_input = self.started + Duration::from_millis(self.last_input_ms.load(Ordering::Relaxed));
+            let idle_at = last_input + limits.idle;
+            let now = Instant::now();
+            if now >= absolute {
+                return CloseReason::AbsoluteTimeout;
+            }
+            if expiry.is_some_and(|e| now >= e) {
+                return CloseReason::CertExpired;
+            }
+            if now >= idle_at {
+                return CloseReason::IdleTimeout;
+            }
+            let wake = [Some(absolute), expiry, Some(idle_at)].into_iter().flatten().min().unwrap_or(absolute);
+            tokio::select! {
+                changed = orders.changed() => {
+                    if changed.is_err() {
+                        // The sender lives in `self`: unreachable while we borrow it.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+}
+
+/// Every live session of this bastion, by id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    live: Mutex<HashMap<String, Arc<LiveSession>>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LiveSession>>> {
+        self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn insert(&self, session: Arc<LiveSession>) {
+        self.lock().insert(session.id.clone(), session);
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<LiveSession>> {
+        self.lock().get(id).cloned()
+    }
+
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// What the heartbeat reports.
+    pub fn snapshot(&self) -> Vec<WireSession> {
+        self.lock().values().map(|s| s.wire()).collect()
+    }
+
+    /// Orders every session matching `pred` closed.
+    pub fn close_where(&self, reason: CloseReason, pred: impl Fn(&LiveSession) -> bool) {
+        for s in self.lock().values().filter(|s| pred(s)) {
+            s.order_close(reason);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Arc<LiveSession> {
+        Arc::new(LiveSession::new("s".into(), "alice".into(), "pve01".into(), "local".into(), SessionMode::Jump))
+    }
+
+    const LIMITS: Limits =
+        Limits { idle: Duration::from_secs(900), absolute: Duration::from_secs(3600), cert_expires_in: None };
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_counts_only_user_input() {
+        let s = session();
+        let watch = tokio::spawn({
+            let s = Arc::clone(&s);
+            async move { (s.watchdog(LIMITS).await, Instant::now()) }
+        });
+        // Input at 600 s pushes the idle deadline to 1500 s; output never does.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        s.client_input(1);
+        tokio::time::sleep(Duration::from_secs(800)).await;
+        s.client_output(1_000_000);
+        let start = Instant::now() - Duration::from_secs(1400);
+        let (reason, at) = watch.await.unwrap();
+        assert_eq!(reason, CloseReason::IdleTimeout);
+        assert_eq!((at - start).as_secs(), 1500);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn absolute_timeout_despite_activity() {
+        let s = session();
+        let start = Instant::now();
+        let watch = tokio::spawn({
+            let s = Arc::clone(&s);
+            async move { (s.watchdog(LIMITS).await, start.elapsed()) }
+        });
+        for _ in 0..7 {
+            tokio::time::sleep(Duration::from_secs(599)).await;
+            s.client_input(1);
+        }
+        let (reason, after) = watch.await.unwrap();
+        assert_eq!(reason, CloseReason::AbsoluteTimeout);
+        assert_eq!(after.as_secs(), 3600);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn certificate_expiry_and_orders() {
+        let s = session();
+        let limits = Limits { cert_expires_in: Some(Duration::from_secs(120)), ..LIMITS };
+        assert_eq!(s.watchdog(limits).await, CloseReason::CertExpired);
+
+        let s = session();
+        let watch = tokio::spawn({
+            let s = Arc::clone(&s);
+            async move { s.watchdog(LIMITS).await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        s.order_close(CloseReason::Revoked);
+        s.order_close(CloseReason::AdminTerminated);
+        assert_eq!(watch.await.unwrap(), CloseReason::Revoked, "the first order wins");
+    }
+
+    #[test]
+    fn registry_closes_by_predicate() {
+        let r = Registry::default();
+        let a = session();
+        let b = Arc::new(LiveSession::new("t".into(), "bob".into(), "pve02".into(), "fra".into(), SessionMode::Jump));
+        r.insert(Arc::clone(&a));
+        r.insert(Arc::clone(&b));
+        r.close_where(CloseReason::AgentDisconnect, |s| s.agent == "fra");
+        assert_eq!(*a.close.borrow(), None);
+        assert_eq!(*b.close.borrow(), Some(CloseReason::AgentDisconnect));
+        assert_eq!(r.snapshot().len(), 2);
+    }
+}

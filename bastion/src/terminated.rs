@@ -1,0 +1,353 @@
+//! Terminated mode: `ssh -p 2222 root%pve01@bastion`. The bastion ends the user's SSH
+//! connection and logs in to the node itself, through the node's agent, with a
+//! per-session certificate: an ephemeral key generated here for this session only, a
+//! certificate the CA signs for it (principal valid on this node only, about a minute
+//! of life, key id naming the session), and the node's host key checked against what
+//! enrollment pinned. The private key never leaves this process and dies with the
+//! session.
+//!
+//! Between the two channels the bastion forwards what a shell, exec or sftp session
+//! needs — pty, window changes, allow-listed environment variables, signals, data,
+//! EOF, exit status and signal — and refuses agent and X11 forwarding.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use portcullis_proto::bastion::{CloseReason, HostKeyCheck, SessionMode, SessionOpenRequest};
+use russh::client;
+use russh::keys::{PrivateKey, PublicKeyOrCertificate};
+use russh::server::{ChannelOpenHandle, Msg};
+use russh::{Channel, ChannelMsg, ChannelOpenFailure};
+use ssh_key::public::KeyData;
+use ssh_key::rand_core::UnwrapErr;
+use ssh_key::{Algorithm, Certificate, PublicKey};
+
+use crate::broker::{Admitted, Refusal, new_session_id};
+use crate::jump::ADMINISTRATIVELY_PROHIBITED;
+use crate::server::Shared;
+
+pub(crate) struct TerminatedRequest {
+    pub peer: SocketAddr,
+    pub cert_serial: u64,
+    pub login: String,
+    pub device: String,
+    pub mode: SessionMode,
+}
+
+/// Environment variables passed to the node (names; `LC_*` as a prefix).
+fn env_allowed(name: &str) -> bool {
+    matches!(name, "LANG" | "TERM" | "COLORTERM") || name.starts_with("LC_")
+}
+
+/// Runs one terminated-mode session channel to its end.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    req: TerminatedRequest,
+    client: Channel<Msg>,
+    reply: ChannelOpenHandle,
+    handle: russh::server::Handle,
+) {
+    let key = match PrivateKey::random(&mut UnwrapErr(ssh_key::getrandom::SysRng), Algorithm::Ed25519) {
+        Ok(k) => k,
+        Err(_) => {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return;
+        }
+    };
+    let Ok(public_line) = key.public_key().to_openssh() else {
+        reply.reject(ChannelOpenFailure::ResourceShortage).await;
+        return;
+    };
+    let request = SessionOpenRequest {
+        session_id: new_session_id(),
+        mode: req.mode,
+        cert_serial: req.cert_serial.to_string(),
+        login: Some(req.login.clone()),
+        device: req.device.clone(),
+        port: None,
+        client_ip: req.peer.ip().to_string(),
+        session_public_key: Some(public_line),
+    };
+    let admitted = match shared.admit(request).await {
+        Ok(a) => a,
+        Err(refusal) => return refuse(reply, refusal).await,
+    };
+    let onward = match log_in_onward(&shared, &admitted, req.peer, key).await {
+        Ok(onward) => onward,
+        Err(refusal) => return refuse(reply, refusal).await,
+    };
+    reply.accept().await;
+    let reason = proxy(&admitted, client, onward.channel, &handle).await;
+    drop(onward.session);
+    shared.finish(&admitted.live, reason).await;
+}
+
+async fn refuse(reply: ChannelOpenHandle, refusal: Refusal) {
+    reply.reject(ChannelOpenFailure::Other { code: ADMINISTRATIVELY_PROHIBITED, reason: refusal.message }).await;
+}
+
+struct Onward {
+    /// Keeps the onward SSH connection alive.
+    session: client::Handle<HostKeyChecker>,
+    channel: Channel<client::Msg>,
+}
+
+/// Agent channel → SSH handshake with host-key check → certificate login → session channel.
+async fn log_in_onward(
+    shared: &Shared,
+    admitted: &Admitted,
+    peer: SocketAddr,
+    key: PrivateKey,
+) -> Result<Onward, Refusal> {
+    let g = &admitted.grant;
+    let fail = |_: &str| Refusal { message: format!("cannot log in to {:?}", g.device) };
+    let Some(cert) = g.session_certificate.as_deref().and_then(|c| Certificate::from_openssh(c.trim()).ok()) else {
+        shared.broker_failed(admitted, "credential_resolution_failed").await;
+        return Err(fail("credential_resolution_failed"));
+    };
+    let stream = shared.reach(admitted, peer).await?.into_stream();
+    let checker = HostKeyChecker::new(g.host_key_check, &g.known_host_keys);
+    let config = Arc::new(client::Config {
+        preferred: crate::server::preferred(),
+        nodelay: true,
+        ..client::Config::default()
+    });
+    let timeout = std::time::Duration::from_millis(g.connect_timeout_ms.clamp(100, 60_000));
+    let connected = tokio::time::timeout(timeout, async {
+        let mut session = client::connect_stream(config, stream, checker).await?;
+        let login = g.login.clone().unwrap_or_default();
+        let auth = session.authenticate_openssh_cert(login, Arc::new(key), cert).await?;
+        if !auth.success() {
+            return Err(OnwardError::AuthFailed);
+        }
+        let channel = session.channel_open_session().await?;
+        Ok::<_, OnwardError>(Onward { session, channel })
+    })
+    .await;
+    match connected {
+        Ok(Ok(onward)) => Ok(onward),
+        Ok(Err(e)) => {
+            let code = e.code();
+            tracing::info!(session = %g.session_id, device = %g.device, error = %e, "onward login failed");
+            shared.broker_failed(admitted, code).await;
+            Err(fail(code))
+        }
+        Err(_) => {
+            shared.broker_failed(admitted, "target_unreachable").await;
+            Err(fail("target_unreachable"))
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OnwardError {
+    #[error("host key not recognised")]
+    HostKey,
+    #[error("the node refused the session certificate")]
+    AuthFailed,
+    #[error("SSH: {0}")]
+    Ssh(russh::Error),
+}
+
+impl From<russh::Error> for OnwardError {
+    fn from(e: russh::Error) -> Self {
+        match e {
+            russh::Error::UnknownKey => OnwardError::HostKey,
+            e => OnwardError::Ssh(e),
+        }
+    }
+}
+
+impl OnwardError {
+    fn code(&self) -> &'static str {
+        match self {
+            OnwardError::HostKey => "host_key_mismatch",
+            OnwardError::AuthFailed => "onward_auth_failed",
+            OnwardError::Ssh(_) => "target_unreachable",
+        }
+    }
+}
+
+/// The onward connection's host-key decision, from the rule's `host_key_policy`.
+pub(crate) struct HostKeyChecker {
+    policy: HostKeyCheck,
+    known: Vec<KeyData>,
+}
+
+impl HostKeyChecker {
+    fn new(policy: HostKeyCheck, known_lines: &[String]) -> Self {
+        let known = known_lines.iter().filter_map(|l| PublicKey::from_openssh(l.trim()).ok()).map(|k| k.key_data().clone()).collect();
+        Self { policy, known }
+    }
+
+    fn accepts(&self, key: &KeyData) -> bool {
+        match self.policy {
+            HostKeyCheck::DangerSkipVerify => true,
+            // Trust on first use: with nothing pinned yet the first key is accepted (the
+            // CA pins host keys at enrollment, so this only happens for devices added
+            // by hand); afterwards exactly like known_hosts.
+            HostKeyCheck::TrustOnFirstUse => self.known.is_empty() || self.known.contains(key),
+            HostKeyCheck::KnownHosts => self.known.contains(key),
+        }
+    }
+}
+
+impl client::Handler for HostKeyChecker {
+    type Error = OnwardError;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        // A host certificate is judged by the key it certifies: enrollment pinned the
+        // node's plain host keys.
+        let data = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.key_data(),
+            PublicKeyOrCertificate::Certificate(cert) => cert.public_key(),
+        };
+        if self.accepts(data) { Ok(true) } else { Err(OnwardError::HostKey) }
+    }
+}
+
+/// Forwards requests and data between the user's channel and the node's until one
+/// side closes or the session must end; the reason is shown to the user.
+async fn proxy(
+    admitted: &Admitted,
+    client: Channel<Msg>,
+    onward: Channel<client::Msg>,
+    handle: &russh::server::Handle,
+) -> CloseReason {
+    let live = &admitted.live;
+    let client_id = client.id();
+    let (mut from_client, to_client) = client.split();
+    let (mut from_node, to_node) = onward.split();
+    // Requests forwarded with want_reply, oldest first: the node's answers come back in
+    // order and are relayed to the user's channel.
+    let pending = std::sync::Mutex::new(VecDeque::<()>::new());
+    let expect_reply = || pending.lock().unwrap_or_else(|p| p.into_inner()).push_back(());
+    let take_reply = || pending.lock().unwrap_or_else(|p| p.into_inner()).pop_front().is_some();
+
+    let upstream = async {
+        while let Some(msg) = from_client.wait().await {
+            let sent = match msg {
+                ChannelMsg::Data { data } => {
+                    live.client_input(data.len());
+                    to_node.data_bytes(data).await
+                }
+                ChannelMsg::Eof => to_node.eof().await,
+                ChannelMsg::Close => break,
+                ChannelMsg::RequestPty { term, col_width, row_height, pix_width, pix_height, terminal_modes, .. } => {
+                    live.touch();
+                    expect_reply();
+                    to_node.request_pty(true, &term, col_width, row_height, pix_width, pix_height, &terminal_modes).await
+                }
+                ChannelMsg::RequestShell { .. } => {
+                    expect_reply();
+                    to_node.request_shell(true).await
+                }
+                ChannelMsg::Exec { command, .. } => {
+                    expect_reply();
+                    to_node.exec(true, command).await
+                }
+                ChannelMsg::RequestSubsystem { name, .. } => {
+                    expect_reply();
+                    to_node.request_subsystem(true, name).await
+                }
+                ChannelMsg::SetEnv { variable_name, variable_value, .. } => {
+                    if env_allowed(&variable_name) {
+                        to_node.set_env(false, variable_name, variable_value).await
+                    } else {
+                        Ok(())
+                    }
+                }
+                ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
+                    live.touch();
+                    to_node.window_change(col_width, row_height, pix_width, pix_height).await
+                }
+                ChannelMsg::Signal { signal } => {
+                    live.touch();
+                    to_node.signal(signal).await
+                }
+                ChannelMsg::RequestX11 { .. } => {
+                    // Refused (russh answers agent forwarding itself).
+                    let _ = handle.channel_failure(client_id).await;
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+            if sent.is_err() {
+                return CloseReason::TargetDisconnect;
+            }
+        }
+        CloseReason::ClientDisconnect
+    };
+    let downstream = async {
+        while let Some(msg) = from_node.wait().await {
+            let sent = match msg {
+                ChannelMsg::Data { data } => {
+                    live.client_output(data.len());
+                    to_client.data_bytes(data).await.map_err(drop)
+                }
+                ChannelMsg::ExtendedData { data, ext } => {
+                    live.client_output(data.len());
+                    to_client.extended_data_bytes(ext, data).await.map_err(drop)
+                }
+                ChannelMsg::Eof => to_client.eof().await.map_err(drop),
+                ChannelMsg::ExitStatus { exit_status } => to_client.exit_status(exit_status).await.map_err(drop),
+                ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag } => {
+                    handle.exit_signal_request(client_id, signal_name, core_dumped, error_message, lang_tag).await
+                }
+                ChannelMsg::Success if take_reply() => handle.channel_success(client_id).await,
+                ChannelMsg::Failure if take_reply() => handle.channel_failure(client_id).await,
+                ChannelMsg::Close => break,
+                _ => Ok(()),
+            };
+            if sent.is_err() {
+                return CloseReason::ClientDisconnect;
+            }
+        }
+        CloseReason::TargetDisconnect
+    };
+    let reason = tokio::select! {
+        r = upstream => r,
+        r = downstream => r,
+        r = live.watchdog(admitted.limits) => r,
+    };
+    let _ = to_node.close().await;
+    if !matches!(reason, CloseReason::ClientDisconnect | CloseReason::TargetDisconnect) {
+        let line = format!("\r\nportcullis: {}\r\n", reason.message());
+        let _ = to_client.extended_data_bytes(1, bytes::Bytes::from(line.into_bytes())).await;
+    }
+    let _ = to_client.eof().await;
+    let _ = to_client.close().await;
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKj2cFcsfoHlUC9/IZzyu+BMUPOeq0GRGwMHJcXnWcNk a";
+
+    #[test]
+    fn host_key_policies() {
+        let a = PublicKey::from_openssh(A).unwrap();
+        let other = PrivateKey::random(&mut UnwrapErr(ssh_key::getrandom::SysRng), Algorithm::Ed25519).unwrap();
+        let other = other.public_key().key_data().clone();
+        let known = HostKeyChecker::new(HostKeyCheck::KnownHosts, &[A.to_owned()]);
+        assert!(known.accepts(a.key_data()));
+        assert!(!known.accepts(&other), "an unpinned key is refused");
+        assert!(!HostKeyChecker::new(HostKeyCheck::KnownHosts, &[]).accepts(&other), "nothing pinned: refuse");
+        assert!(HostKeyChecker::new(HostKeyCheck::TrustOnFirstUse, &[]).accepts(&other));
+        assert!(!HostKeyChecker::new(HostKeyCheck::TrustOnFirstUse, &[A.to_owned()]).accepts(&other));
+        assert!(HostKeyChecker::new(HostKeyCheck::DangerSkipVerify, &[A.to_owned()]).accepts(&other));
+    }
+
+    #[test]
+    fn environment_allow_list() {
+        for ok in ["LANG", "LC_ALL", "TERM"] {
+            assert!(env_allowed(ok), "{ok}");
+        }
+        for bad in ["LD_PRELOAD", "PATH", "BASH_ENV", "lang"] {
+            assert!(!env_allowed(bad), "{bad}");
+        }
+    }
+}
