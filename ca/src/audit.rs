@@ -112,6 +112,9 @@ pub enum AuditEvent {
         uses: u32,
         expires_at: u64,
         tags: std::collections::BTreeMap<String, String>,
+        /// `agent` / `bastion` for a service token.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        service: Option<&'static str>,
     },
     NodeEnrolled {
         name: String,
@@ -140,6 +143,116 @@ pub enum AuditEvent {
         reason: &'static str,
         client_ip: String,
     },
+    /// A bastion or agent enrolled (or re-enrolled: new API token). `actor` is
+    /// `token:<id>` or `system` (the all-in-one registering its own services).
+    ServiceEnrolled {
+        actor: String,
+        kind: &'static str,
+        name: String,
+        new: bool,
+        key_fingerprint: String,
+        cert_serial: String,
+        client_ip: String,
+    },
+    ServiceEnrollRefused {
+        kind: &'static str,
+        name: String,
+        reason: &'static str,
+        client_ip: String,
+    },
+    /// An internal certificate renewed by its service.
+    ServiceCertIssued {
+        kind: &'static str,
+        name: String,
+        serial: String,
+        valid_before: u64,
+    },
+    SessionOpened {
+        session_id: String,
+        bastion: String,
+        user: String,
+        device: String,
+        agent: String,
+        rule: String,
+        role: String,
+        mode: &'static str,
+        login: Option<String>,
+        port: u16,
+        client_ip: String,
+        cert_serial: String,
+        /// Terminated/console: the per-session certificate.
+        session_cert_serial: Option<String>,
+    },
+    /// The CA refused to open a session (`reason`: a `deny_reason` code).
+    SessionDenied {
+        session_id: String,
+        bastion: String,
+        user: Option<String>,
+        device: String,
+        mode: &'static str,
+        login: Option<String>,
+        reason: &'static str,
+        client_ip: String,
+    },
+    SessionClosed {
+        session_id: String,
+        bastion: String,
+        user: String,
+        device: String,
+        agent: String,
+        rule: String,
+        role: String,
+        mode: String,
+        login: Option<String>,
+        reason: &'static str,
+        bytes_from_client: u64,
+        bytes_to_client: u64,
+        duration_ms: u64,
+    },
+    SessionKillRequested {
+        actor: String,
+        session_id: String,
+        bastion: String,
+        user: String,
+        device: String,
+    },
+    /// Reported by a bastion: a client certificate refused at its door.
+    BastionAuthRefused {
+        bastion: String,
+        client_ip: String,
+        user: String,
+        reason: String,
+    },
+    /// Reported by a bastion; user/device/mode/login come from the lease when it exists.
+    BrokerConnected {
+        bastion: String,
+        session_id: String,
+        user: Option<String>,
+        device: Option<String>,
+        agent: String,
+        mode: Option<String>,
+        login: Option<String>,
+        setup_ms: u64,
+    },
+    BrokerFailed {
+        bastion: String,
+        session_id: String,
+        user: Option<String>,
+        device: Option<String>,
+        agent: String,
+        mode: Option<String>,
+        login: Option<String>,
+        reason: String,
+    },
+    AgentConnected {
+        bastion: String,
+        agent: String,
+        remote: String,
+    },
+    AgentDisconnected {
+        bastion: String,
+        agent: String,
+    },
 }
 
 impl AuditEvent {
@@ -167,6 +280,18 @@ impl AuditEvent {
             AuditEvent::NodeRefreshed { .. } => "node_refreshed",
             AuditEvent::NodeDeregistered { .. } => "node_deregistered",
             AuditEvent::NodeProofRefused { .. } => "node_proof_refused",
+            AuditEvent::ServiceEnrolled { .. } => "service_enrolled",
+            AuditEvent::ServiceEnrollRefused { .. } => "service_enroll_refused",
+            AuditEvent::ServiceCertIssued { .. } => "service_cert_issued",
+            AuditEvent::SessionOpened { .. } => "session_opened",
+            AuditEvent::SessionDenied { .. } => "session_denied",
+            AuditEvent::SessionClosed { .. } => "session_closed",
+            AuditEvent::SessionKillRequested { .. } => "session_kill_requested",
+            AuditEvent::BastionAuthRefused { .. } => "bastion_auth_refused",
+            AuditEvent::BrokerConnected { .. } => "broker_connected",
+            AuditEvent::BrokerFailed { .. } => "broker_failed",
+            AuditEvent::AgentConnected { .. } => "agent_connected",
+            AuditEvent::AgentDisconnected { .. } => "agent_disconnected",
         }
     }
 }

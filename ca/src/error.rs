@@ -13,6 +13,14 @@ pub enum CaError {
     RateLimited { retry_after: u64 },
     #[error("{0}")]
     Denied(Deny),
+    /// Authenticated, but this kind of caller may not use this endpoint (e.g. an agent's
+    /// credential on a bastion endpoint).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The bastion may not open this session: `reason` is one of
+    /// `portcullis_proto::bastion::deny_reason`, `message` sanitized text for the user.
+    #[error("{reason}: {message}")]
+    SessionDenied { reason: &'static str, message: String },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0} not found")]
@@ -40,6 +48,8 @@ impl CaError {
             CaError::InvalidCredentials => "invalid_credentials",
             CaError::RateLimited { .. } => "rate_limited",
             CaError::Denied(_) => "denied",
+            CaError::Forbidden(_) => "forbidden",
+            CaError::SessionDenied { .. } => "session_denied",
             CaError::BadRequest(_) => "bad_request",
             CaError::NotFound(_) => "not_found",
             CaError::Conflict(_) => "conflict",

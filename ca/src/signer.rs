@@ -4,7 +4,8 @@
 //! extensions and critical options are the permit's; the request contributes only the
 //! public key. A permit cannot be built outside `policies`, so an unchecked user
 //! certificate does not compile. Host certificates and the enrollment verification
-//! certificate have their own narrow constructors below.
+//! certificate have their own narrow constructors below, as do internal (service)
+//! certificates and per-session certificates (from a session decision's permit).
 
 use crate::error::CaError;
 use crate::keys::Signer;
@@ -156,6 +157,59 @@ pub fn sign_verification_cert(
         principals: &principals,
         extensions: [],
         critical_options: [("force-command", "true"), ("source-address", "127.0.0.0/8,::1")],
+    };
+    sign(contents, signer)
+}
+
+/// An internal certificate for an enrolled bastion or agent: what agents present to
+/// bastions (and bastions to agents), checked against the internal CA key only. The
+/// principal names the service (`agent:NAME`), so no user-facing node accepts it and no
+/// service can pass for another.
+pub fn sign_service_cert(
+    public_key: &PublicKey,
+    key_id: &str,
+    principal: &str,
+    signer: &Signer,
+    now: u64,
+    skew: u64,
+) -> Result<SignedCert, CaError> {
+    let principals = [principal.to_owned()];
+    let contents = Contents {
+        key: public_key,
+        cert_type: CertType::User,
+        key_id: key_id.to_owned(),
+        serial: new_serial(),
+        valid_after: now.saturating_sub(skew),
+        valid_before: now.saturating_add(portcullis_proto::bastion::SERVICE_CERT_TTL_SECS),
+        principals: &principals,
+        extensions: [],
+        critical_options: [],
+    };
+    sign(contents, signer)
+}
+
+/// The per-session certificate a bastion logs in onward with (terminated mode, browser
+/// console). Built only from a [`SessionPermit`], which only the session decision makes:
+/// one node principal (this device, this login), a minute of life, the key id naming the
+/// session so the node's auth.log links to the audit trail.
+pub fn sign_session_cert(
+    permit: &crate::service::SessionPermit,
+    public_key: &PublicKey,
+    signer: &Signer,
+    now: u64,
+    skew: u64,
+) -> Result<SignedCert, CaError> {
+    let principals = [permit.principal().to_owned()];
+    let contents = Contents {
+        key: public_key,
+        cert_type: CertType::User,
+        key_id: permit.key_id().to_owned(),
+        serial: new_serial(),
+        valid_after: now.saturating_sub(skew),
+        valid_before: now.saturating_add(portcullis_proto::bastion::SESSION_CERT_TTL_SECS),
+        principals: &principals,
+        extensions: permit.extensions(),
+        critical_options: [],
     };
     sign(contents, signer)
 }

@@ -227,7 +227,7 @@ async fn enroll_token(api: &Api, cmd: EnrollTokenCommand) -> anyhow::Result<()> 
         EnrollTokenCommand::Create { ttl, uses, tags, agent, partition } => {
             let ttl_seconds =
                 crate::login::duration_secs(&ttl).ok_or_else(|| anyhow!("--ttl must look like 1h or 30m"))?;
-            let request = EnrollTokenRequest { ttl_seconds, uses, tags: key_values(&tags)?, partition, agent };
+            let request = EnrollTokenRequest { ttl_seconds, uses, tags: key_values(&tags)?, partition, agent, service: None };
             let t: EnrollTokenResponse = api.post("/v1/admin/enroll-tokens", &request).await?;
             // The token goes to stdout alone so scripts can capture it; the rest to stderr.
             eprintln!("Enrollment token {} ({} use(s), expires at unix time {}):", t.id, t.uses, t.expires_at);

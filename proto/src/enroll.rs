@@ -18,6 +18,10 @@ pub struct EnrollTokenRequest {
     pub partition: Option<String>,
     #[serde(default)]
     pub agent: Option<String>,
+    /// A token for enrolling a bastion or an agent (`POST /v1/services/enroll`) instead of
+    /// a node. A node token cannot enroll a service and vice versa.
+    #[serde(default)]
+    pub service: Option<crate::bastion::ServiceKind>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +42,9 @@ pub struct EnrollTokenInfo {
     pub tags: BTreeMap<String, String>,
     pub partition: Option<String>,
     pub agent: Option<String>,
+    /// Set for service tokens.
+    #[serde(default)]
+    pub service: Option<crate::bastion::ServiceKind>,
 }
 
 /// What the node tells the CA about itself.

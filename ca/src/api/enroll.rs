@@ -35,13 +35,7 @@ pub async fn enroll(
     headers: HeaderMap,
     Body(b): Body<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>, CaError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| t.starts_with("pce_") && t.len() <= 128)
-        .ok_or(CaError::Unauthenticated)?;
+    let token = super::extract::bearer(&headers, "pce_").ok_or(CaError::Unauthenticated)?;
     Ok(Json(ca.enroll(token, &b, &ip).await?))
 }
 

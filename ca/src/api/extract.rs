@@ -2,11 +2,12 @@
 //! rejections (which can echo parts of the request back).
 
 use crate::error::CaError;
-use crate::service::{Ca, Caller};
+use crate::service::{Ca, Caller, ServiceCaller};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use portcullis_proto::bastion::ServiceKind;
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +52,61 @@ impl FromRequestParts<Arc<Ca>> for Authed {
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .ok_or(CaError::Unauthenticated)?;
         Ok(Authed(ca.caller(&token).await?))
+    }
+}
+
+/// The bearer token of `Authorization: Bearer <prefix>…`, bounded in size. Never logged.
+pub fn bearer<'a>(headers: &'a axum::http::HeaderMap, prefix: &str) -> Option<&'a str> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| t.starts_with(prefix) && t.len() <= 128)
+}
+
+/// An enrolled bastion or agent, by its `pcs_…` bearer token: unknown → 401.
+pub struct ServiceAuth(pub ServiceCaller);
+
+impl FromRequestParts<Arc<Ca>> for ServiceAuth {
+    type Rejection = CaError;
+
+    async fn from_request_parts(parts: &mut Parts, ca: &Arc<Ca>) -> Result<Self, CaError> {
+        let token = bearer(&parts.headers, "pcs_").ok_or(CaError::Unauthenticated)?;
+        Ok(ServiceAuth(ca.service_caller(token).await?))
+    }
+}
+
+async fn service_of_kind(parts: &mut Parts, ca: &Arc<Ca>, kind: ServiceKind) -> Result<ServiceCaller, CaError> {
+    let ServiceAuth(caller) = ServiceAuth::from_request_parts(parts, ca).await?;
+    if caller.kind != kind {
+        return Err(CaError::Forbidden(match kind {
+            ServiceKind::Bastion => "this endpoint is for bastions",
+            ServiceKind::Agent => "this endpoint is for agents",
+        }));
+    }
+    Ok(caller)
+}
+
+/// A bastion's credential; another service's → 403.
+pub struct BastionAuth(pub ServiceCaller);
+
+impl FromRequestParts<Arc<Ca>> for BastionAuth {
+    type Rejection = CaError;
+
+    async fn from_request_parts(parts: &mut Parts, ca: &Arc<Ca>) -> Result<Self, CaError> {
+        Ok(BastionAuth(service_of_kind(parts, ca, ServiceKind::Bastion).await?))
+    }
+}
+
+/// An agent's credential; another service's → 403.
+pub struct AgentAuth(pub ServiceCaller);
+
+impl FromRequestParts<Arc<Ca>> for AgentAuth {
+    type Rejection = CaError;
+
+    async fn from_request_parts(parts: &mut Parts, ca: &Arc<Ca>) -> Result<Self, CaError> {
+        Ok(AgentAuth(service_of_kind(parts, ca, ServiceKind::Agent).await?))
     }
 }
 

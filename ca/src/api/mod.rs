@@ -1,6 +1,7 @@
 //! The HTTPS API: routing, request limits, and the mapping from [`CaError`] to what a
 //! client may see. Handlers live in `handlers` and are one call into [`Ca`] each.
 
+mod bastion;
 mod enroll;
 mod extract;
 mod handlers;
@@ -53,6 +54,18 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/nodes/refresh", post(enroll::refresh))
         .route("/v1/nodes/deregister", post(enroll::deregister))
+        .route("/v1/services/enroll", post(bastion::enroll))
+        .route("/v1/services/certificate", post(bastion::certificate))
+        .route("/v1/services/bastions", get(bastion::bastions))
+        .route("/v1/services/agent/targets", get(bastion::agent_targets))
+        .route("/v1/bastion/sessions/open", post(bastion::open))
+        .route("/v1/bastion/heartbeat", post(bastion::heartbeat))
+        .route("/v1/bastion/sessions/close", post(bastion::close))
+        .route("/v1/bastion/events", post(bastion::events))
+        .route("/v1/admin/sessions", get(bastion::list_sessions))
+        .route("/v1/admin/sessions/{id}/kill", post(bastion::kill_session))
+        .route("/v1/admin/agents", get(bastion::list_agents))
+        .route("/v1/admin/bastions", get(bastion::list_bastions))
         .route("/enroll.sh", get(enroll::script))
         .route("/v1/download/portcullis-enroll", get(enroll::binary))
         .fallback(|| async { CaError::NotFound("route") })
@@ -67,7 +80,7 @@ impl IntoResponse for CaError {
                 StatusCode::UNAUTHORIZED
             }
             CaError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            CaError::Denied(_) => StatusCode::FORBIDDEN,
+            CaError::Denied(_) | CaError::Forbidden(_) | CaError::SessionDenied { .. } => StatusCode::FORBIDDEN,
             CaError::BadRequest(_) => StatusCode::BAD_REQUEST,
             CaError::NotFound(_) => StatusCode::NOT_FOUND,
             CaError::Conflict(_) => StatusCode::CONFLICT,

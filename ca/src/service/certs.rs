@@ -86,6 +86,7 @@ impl Ca {
             valid_before: signed.valid_before,
             issued_at: now,
             revoked_at: None,
+            groups: who.groups.iter().cloned().collect(),
         };
         let event = AuditEvent::CertIssued {
             username: who.username.clone(),

@@ -11,6 +11,7 @@ use crate::store::{self, CertRow, EnrollTokenRow, HostCertRow};
 use base64::Engine;
 use portcullis_policies::Grant;
 use portcullis_proto::NodeRecord;
+use portcullis_proto::bastion::ServiceKind;
 use portcullis_proto::enroll::*;
 use portcullis_sshcert::{fingerprint, parse_user_public_key, random_bytes};
 use ssh_key::{PublicKey, SshSig};
@@ -33,6 +34,11 @@ impl Ca {
         if request.ttl_seconds == 0 || request.ttl_seconds > 30 * 24 * 3600 {
             return Err(CaError::BadRequest("ttl must be between 1 s and 30 days".into()));
         }
+        if request.service.is_some()
+            && (!request.tags.is_empty() || request.partition.is_some() || request.agent.is_some())
+        {
+            return Err(CaError::BadRequest("service tokens take no tags, partition or agent".into()));
+        }
         let now = self.now();
         let token = random_token("pce_");
         let row = EnrollTokenRow {
@@ -43,6 +49,7 @@ impl Ca {
             tags: request.tags.clone(),
             partition: request.partition.clone(),
             agent: request.agent.clone(),
+            service_kind: request.service.map(|k| k.as_str().to_owned()),
         };
         let mut tx = self.store.begin().await?;
         store::insert_enroll_token(tx.conn(), &token_hash(&token), &row, now).await?;
@@ -55,6 +62,7 @@ impl Ca {
                 uses: row.uses_left,
                 expires_at: row.expires_at,
                 tags: row.tags.clone(),
+                service: request.service.map(ServiceKind::as_str),
             },
         )
         .await?;
@@ -76,6 +84,11 @@ impl Ca {
                 tags: t.tags,
                 partition: t.partition,
                 agent: t.agent,
+                service: match t.service_kind.as_deref() {
+                    Some("agent") => Some(ServiceKind::Agent),
+                    Some("bastion") => Some(ServiceKind::Bastion),
+                    _ => None,
+                },
             })
             .collect())
     }
@@ -157,6 +170,7 @@ impl Ca {
                 valid_before: verification.valid_before,
                 issued_at: now,
                 revoked_at: None,
+                groups: Vec::new(),
             },
         )
         .await?;
@@ -231,6 +245,7 @@ impl Ca {
                     valid_before: signed.valid_before,
                     issued_at: now,
                     revoked_at: None,
+                    groups: Vec::new(),
                 },
             )
             .await?;

@@ -3,12 +3,17 @@
 
 mod admin;
 mod auth;
+mod bastion_events;
 mod certs;
 mod enroll;
 pub mod oidc;
+mod services;
+mod sessions;
 mod writer;
 
 pub use auth::Caller;
+pub use services::ServiceCaller;
+pub use sessions::SessionPermit;
 
 /// 256 random bits as URL-safe text: generated passwords and passphrases.
 pub fn random_secret() -> String {
@@ -51,6 +56,9 @@ pub struct CaConfig {
     pub extra_sources: Vec<Arc<dyn IdentitySource>>,
     /// OpenID Connect single sign-on (browser and device flow), when configured.
     pub oidc: Option<crate::identity::oidc::OidcConfig>,
+    /// The edge agent that serves devices whose record names none (the all-in-one's
+    /// local agent). `None`: such devices cannot be reached through a bastion.
+    pub default_agent: Option<String>,
 }
 
 impl CaConfig {
@@ -69,6 +77,7 @@ impl CaConfig {
             enroll_binary: None,
             extra_sources: Vec::new(),
             oidc: None,
+            default_agent: None,
         }
     }
 }
@@ -94,6 +103,7 @@ pub struct Ca {
     tls_pin: String,
     enroll_binary: Option<PathBuf>,
     enroll_binary_cache: tokio::sync::Mutex<Option<Arc<EnrollBinary>>>,
+    default_agent: Option<String>,
 }
 
 /// The enrollment tool as served to nodes, with its checksum.
@@ -172,6 +182,7 @@ impl Ca {
             tls_pin: config.tls_pin,
             enroll_binary: config.enroll_binary,
             enroll_binary_cache: tokio::sync::Mutex::new(None),
+            default_agent: config.default_agent,
         };
         ca.install_policy(policy, SYSTEM_ACTOR).await?;
         Ok(ca)

@@ -15,12 +15,14 @@ pub struct CertRow {
     pub valid_before: u64,
     pub issued_at: u64,
     pub revoked_at: Option<u64>,
+    /// The identity's groups at issuance (empty for node and service certificates).
+    pub groups: Vec<String>,
 }
 
 macro_rules! cert_columns {
     () => {
         "serial, ca_fingerprint, key_fingerprint, username, key_id, principals_json, \
-         valid_after, valid_before, issued_at, revoked_at"
+         valid_after, valid_before, issued_at, revoked_at, groups_json"
     };
 }
 
@@ -36,6 +38,7 @@ fn cert_from(row: &sqlx::any::AnyRow) -> Result<CertRow> {
         valid_before: ts_from(row.try_get("valid_before")?),
         issued_at: ts_from(row.try_get("issued_at")?),
         revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(ts_from),
+        groups: parse_list(&row.try_get::<String, _>("groups_json")?)?,
     })
 }
 
@@ -59,6 +62,14 @@ impl Store {
             }
         };
         rows.iter().map(cert_from).collect()
+    }
+
+    pub async fn certificate(&self, serial: u64) -> Result<Option<CertRow>> {
+        let row = sqlx::query(concat!("SELECT ", cert_columns!(), " FROM certificates WHERE serial = $1"))
+            .bind(serial_to_db(serial))
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(cert_from).transpose()
     }
 
     /// Revoked certificates that have not expired yet: what the KRL must list.
@@ -98,8 +109,8 @@ impl Store {
 pub async fn insert_cert(conn: &mut AnyConnection, c: &CertRow) -> Result<()> {
     sqlx::query(
         "INSERT INTO certificates (serial, ca_fingerprint, key_fingerprint, username, key_id, \
-         principals_json, valid_after, valid_before, issued_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         principals_json, valid_after, valid_before, issued_at, groups_json) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(serial_to_db(c.serial))
     .bind(&c.ca_fingerprint)
@@ -110,6 +121,7 @@ pub async fn insert_cert(conn: &mut AnyConnection, c: &CertRow) -> Result<()> {
     .bind(ts(c.valid_after))
     .bind(ts(c.valid_before))
     .bind(ts(c.issued_at))
+    .bind(json_list(&c.groups))
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -13,6 +13,8 @@ pub struct EnrollTokenRow {
     pub tags: BTreeMap<String, String>,
     pub partition: Option<String>,
     pub agent: Option<String>,
+    /// `None`: a node token; `Some("agent" | "bastion")`: a service token of that kind.
+    pub service_kind: Option<String>,
 }
 
 fn token_from(row: &sqlx::any::AnyRow) -> Result<EnrollTokenRow> {
@@ -25,13 +27,14 @@ fn token_from(row: &sqlx::any::AnyRow) -> Result<EnrollTokenRow> {
             .map_err(|_| StoreError::Corrupt("token tags"))?,
         partition: row.try_get("partition")?,
         agent: row.try_get("agent")?,
+        service_kind: row.try_get("service_kind")?,
     })
 }
 
 impl Store {
     pub async fn enroll_tokens(&self) -> Result<Vec<EnrollTokenRow>> {
         let rows = sqlx::query(
-            "SELECT id, created_by, expires_at, uses_left, tags_json, partition, agent FROM enroll_tokens \
+            "SELECT id, created_by, expires_at, uses_left, tags_json, partition, agent, service_kind FROM enroll_tokens \
              ORDER BY created_at, id",
         )
         .fetch_all(self.pool())
@@ -49,7 +52,7 @@ pub async fn insert_enroll_token(
     let tags = serde_json::to_string(&row.tags).map_err(|_| StoreError::Corrupt("token tags"))?;
     sqlx::query(
         "INSERT INTO enroll_tokens (id, token_hash, created_by, created_at, expires_at, uses_left, tags_json, \
-         partition, agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         partition, agent, service_kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&row.id)
     .bind(token_hash)
@@ -60,12 +63,14 @@ pub async fn insert_enroll_token(
     .bind(tags)
     .bind(&row.partition)
     .bind(&row.agent)
+    .bind(&row.service_kind)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// Takes one use of a live token; `None` when it is unknown, expired or used up.
+/// Takes one use of a live *node* token; `None` when it is unknown, expired, used up or
+/// minted for a service.
 pub async fn consume_enroll_token(
     conn: &mut AnyConnection,
     token_hash: &str,
@@ -73,11 +78,32 @@ pub async fn consume_enroll_token(
 ) -> Result<Option<EnrollTokenRow>> {
     let row = sqlx::query(
         "UPDATE enroll_tokens SET uses_left = uses_left - 1 \
-         WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2 \
-         RETURNING id, created_by, expires_at, uses_left, tags_json, partition, agent",
+         WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2 AND service_kind IS NULL \
+         RETURNING id, created_by, expires_at, uses_left, tags_json, partition, agent, service_kind",
     )
     .bind(token_hash)
     .bind(ts(now))
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(token_from).transpose()
+}
+
+/// Takes one use of a live token minted for services of `kind`; `None` when it is
+/// unknown, expired, used up, a node token or for the other kind.
+pub async fn consume_service_token(
+    conn: &mut AnyConnection,
+    token_hash: &str,
+    kind: &str,
+    now: u64,
+) -> Result<Option<EnrollTokenRow>> {
+    let row = sqlx::query(
+        "UPDATE enroll_tokens SET uses_left = uses_left - 1 \
+         WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2 AND service_kind = $3 \
+         RETURNING id, created_by, expires_at, uses_left, tags_json, partition, agent, service_kind",
+    )
+    .bind(token_hash)
+    .bind(ts(now))
+    .bind(kind)
     .fetch_optional(&mut *conn)
     .await?;
     row.as_ref().map(token_from).transpose()

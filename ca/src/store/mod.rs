@@ -10,7 +10,9 @@ mod audit;
 mod certs;
 mod enroll;
 mod keys;
+mod leases;
 mod misc;
+mod services;
 mod users;
 
 pub use audit::GENESIS_HASH;
@@ -18,10 +20,15 @@ pub use audit::{AuditRow, ChainCheck};
 pub use certs::CertRow;
 pub use certs::RevokeTarget;
 pub use enroll::{
-    EnrollTokenRow, HostCertRow, consume_enroll_token, delete_host_certs, delete_node, insert_enroll_token,
-    save_host_cert,
+    EnrollTokenRow, HostCertRow, consume_enroll_token, consume_service_token, delete_host_certs, delete_node,
+    insert_enroll_token, save_host_cert,
 };
 pub use keys::CaKeyRow;
+pub use leases::{
+    LeaseCheck, LeaseRow, close_lease, heartbeat_lease, insert_lease, release_slot, set_kill_reason, sweep_lease,
+    take_slot,
+};
+pub use services::{ServiceRow, record_bastion_heartbeat, touch_service, upsert_service};
 pub use users::{SessionRow, UserRow};
 
 pub use audit::{append as append_audit, append_many as append_audit_many};

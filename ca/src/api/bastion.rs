@@ -1,0 +1,92 @@
+//! Routes of the data plane (bastions, agents) and the administration of their sessions.
+//! Services authenticate with their own bearer credential (`pcs_…`, from enrollment);
+//! an endpoint for the other kind of service answers 403.
+
+use super::extract::{AgentAuth, Authed, BastionAuth, Body, ClientIp, ServiceAuth, bearer};
+use crate::error::CaError;
+use crate::service::Ca;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use portcullis_policies::Permission;
+use portcullis_proto::SessionInfo;
+use portcullis_proto::bastion::*;
+use std::sync::Arc;
+
+type Ca_ = State<Arc<Ca>>;
+type Res<T> = Result<Json<T>, CaError>;
+
+/// The enrollment token (`pce_…`, minted for this kind of service) is the credential.
+pub async fn enroll(
+    State(ca): Ca_,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Body(b): Body<ServiceEnrollRequest>,
+) -> Res<ServiceEnrollResponse> {
+    let token = bearer(&headers, "pce_").ok_or(CaError::Unauthenticated)?;
+    Ok(Json(ca.enroll_service(token, &b, &ip).await?))
+}
+
+pub async fn certificate(State(ca): Ca_, ServiceAuth(s): ServiceAuth) -> Res<ServiceCertificateResponse> {
+    Ok(Json(ca.renew_service_certificate(&s).await?))
+}
+
+pub async fn bastions(State(ca): Ca_, ServiceAuth(_): ServiceAuth) -> Res<Vec<BastionDirectoryEntry>> {
+    Ok(Json(ca.bastion_directory().await?))
+}
+
+pub async fn agent_targets(State(ca): Ca_, AgentAuth(a): AgentAuth) -> Res<Vec<AgentTarget>> {
+    Ok(Json(ca.agent_targets(&a).await?))
+}
+
+pub async fn open(State(ca): Ca_, BastionAuth(b): BastionAuth, Body(r): Body<SessionOpenRequest>) -> Res<SessionGrant> {
+    Ok(Json(ca.open_bastion_session(&b, &r).await?))
+}
+
+pub async fn heartbeat(
+    State(ca): Ca_,
+    BastionAuth(b): BastionAuth,
+    Body(r): Body<HeartbeatRequest>,
+) -> Res<HeartbeatResponse> {
+    Ok(Json(ca.heartbeat(&b, &r).await?))
+}
+
+pub async fn close(
+    State(ca): Ca_,
+    BastionAuth(b): BastionAuth,
+    Body(r): Body<SessionCloseRequest>,
+) -> Result<StatusCode, CaError> {
+    ca.close_session(&b, &r).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn events(
+    State(ca): Ca_,
+    BastionAuth(b): BastionAuth,
+    Body(r): Body<BastionEventsRequest>,
+) -> Result<StatusCode, CaError> {
+    ca.bastion_events(&b, &r).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Readable with `audit.read` or `sessions.kill`.
+pub async fn list_sessions(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<SessionInfo>> {
+    let grant = ca.authorize(&c, Permission::AuditRead).or_else(|_| ca.authorize(&c, Permission::SessionsKill))?;
+    Ok(Json(ca.live_sessions(&grant).await?))
+}
+
+pub async fn kill_session(State(ca): Ca_, Authed(c): Authed, Path(id): Path<String>) -> Result<StatusCode, CaError> {
+    let grant = ca.authorize(&c, Permission::SessionsKill)?;
+    ca.kill_session(&grant, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_agents(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<ServiceInfo>> {
+    let grant = ca.authorize(&c, Permission::NodesManage)?;
+    Ok(Json(ca.service_infos(&grant, ServiceKind::Agent).await?))
+}
+
+pub async fn list_bastions(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<ServiceInfo>> {
+    let grant = ca.authorize(&c, Permission::NodesManage)?;
+    Ok(Json(ca.service_infos(&grant, ServiceKind::Bastion).await?))
+}

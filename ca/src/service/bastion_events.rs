@@ -1,0 +1,129 @@
+//! What only a bastion sees (refused certificates, onward connections, agents coming
+//! and going), turned into typed audit records. The bastion is trusted to report, not to
+//! write free text into the trail: codes are checked, names validated, peer-typed text
+//! sanitized and truncated, the batch bounded.
+
+use super::Ca;
+use super::services::{ServiceCaller, valid_service_name};
+use super::sessions::valid_session_id;
+use crate::audit::{self, AuditEvent, sanitize};
+use crate::error::CaError;
+use crate::store::LeaseRow;
+use portcullis_proto::bastion::{BastionAuditEvent, BastionEventsRequest};
+use std::collections::BTreeMap;
+
+pub const MAX_EVENTS: usize = 1000;
+
+/// `reason` of `broker_failed`, as the contract lists them.
+const BROKER_FAILURES: [&str; 6] = [
+    "target_unreachable",
+    "agent_unavailable",
+    "host_key_mismatch",
+    "onward_auth_failed",
+    "agent_refused",
+    "unsupported_mode",
+];
+
+/// A stable reason code: `[a-z0-9_]{1,64}`.
+fn valid_code(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn bad(what: &str) -> CaError {
+    CaError::BadRequest(format!("invalid bastion event: {what}"))
+}
+
+impl Ca {
+    /// `POST /v1/bastion/events`: all records of a batch commit together, or none.
+    pub async fn bastion_events(&self, bastion: &ServiceCaller, req: &BastionEventsRequest) -> Result<(), CaError> {
+        if req.events.len() > MAX_EVENTS {
+            return Err(bad("too many events in one batch"));
+        }
+        let needs_leases = req
+            .events
+            .iter()
+            .any(|e| matches!(e, BastionAuditEvent::BrokerConnected { .. } | BastionAuditEvent::BrokerFailed { .. }));
+        let leases: BTreeMap<String, LeaseRow> = if needs_leases {
+            self.store.bastion_leases(&bastion.name).await?.into_iter().map(|l| (l.session_id.clone(), l)).collect()
+        } else {
+            BTreeMap::new()
+        };
+        let name = || bastion.name.clone();
+        let mut events = Vec::with_capacity(req.events.len());
+        for event in &req.events {
+            events.push(match event {
+                BastionAuditEvent::AuthRefused { client_ip, user, reason } => {
+                    if client_ip.parse::<std::net::IpAddr>().is_err() {
+                        return Err(bad("client_ip"));
+                    }
+                    if !valid_code(reason) {
+                        return Err(bad("reason"));
+                    }
+                    // `user` is what the client typed: kept, but sanitized and short.
+                    AuditEvent::BastionAuthRefused {
+                        bastion: name(),
+                        client_ip: client_ip.clone(),
+                        user: sanitize(user),
+                        reason: reason.clone(),
+                    }
+                }
+                BastionAuditEvent::BrokerConnected { session_id, agent, setup_ms } => {
+                    if !valid_session_id(session_id) || !valid_service_name(agent) {
+                        return Err(bad("session_id or agent"));
+                    }
+                    let lease = leases.get(session_id);
+                    AuditEvent::BrokerConnected {
+                        bastion: name(),
+                        session_id: session_id.clone(),
+                        user: lease.map(|l| l.username.clone()),
+                        device: lease.map(|l| l.device.clone()),
+                        agent: agent.clone(),
+                        mode: lease.map(|l| l.mode.clone()),
+                        login: lease.and_then(|l| l.login.clone()),
+                        setup_ms: *setup_ms,
+                    }
+                }
+                BastionAuditEvent::BrokerFailed { session_id, agent, reason } => {
+                    if !valid_session_id(session_id) || !valid_service_name(agent) {
+                        return Err(bad("session_id or agent"));
+                    }
+                    if !BROKER_FAILURES.contains(&reason.as_str()) {
+                        return Err(bad("reason"));
+                    }
+                    let lease = leases.get(session_id);
+                    AuditEvent::BrokerFailed {
+                        bastion: name(),
+                        session_id: session_id.clone(),
+                        user: lease.map(|l| l.username.clone()),
+                        device: lease.map(|l| l.device.clone()),
+                        agent: agent.clone(),
+                        mode: lease.map(|l| l.mode.clone()),
+                        login: lease.and_then(|l| l.login.clone()),
+                        reason: reason.clone(),
+                    }
+                }
+                BastionAuditEvent::AgentConnected { agent, remote } => {
+                    if !valid_service_name(agent) {
+                        return Err(bad("agent"));
+                    }
+                    AuditEvent::AgentConnected { bastion: name(), agent: agent.clone(), remote: sanitize(remote) }
+                }
+                BastionAuditEvent::AgentDisconnected { agent } => {
+                    if !valid_service_name(agent) {
+                        return Err(bad("agent"));
+                    }
+                    AuditEvent::AgentDisconnected { bastion: name(), agent: agent.clone() }
+                }
+            });
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let now = self.now();
+        let records: Vec<(u64, &AuditEvent)> = events.iter().map(|e| (now, e)).collect();
+        let mut tx = self.store.begin().await?;
+        audit::record_many(tx.conn(), &records).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

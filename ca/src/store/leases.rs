@@ -1,0 +1,309 @@
+//! Session leases and the per-scope counters behind the concurrency caps.
+//!
+//! A cap is exact because a slot is taken by one conditional `UPDATE … WHERE n < cap`
+//! per scope, inside the transaction that inserts the lease: on PostgreSQL the row lock
+//! makes a concurrent taker wait and re-check the condition after the first commits; on
+//! SQLite writers are serialized anyway. Counting rows instead would let two
+//! transactions both see "4 of 5" before either inserts. Scopes are always taken and
+//! released in the same (sorted) order, so two transactions never wait on each other
+//! in a cycle.
+
+use super::{Result, Store, StoreError, parse_list, serial_from_db, serial_to_db, ts, ts_from};
+use portcullis_proto::NodeRecord;
+use sqlx::{AnyConnection, Row};
+
+#[derive(Debug, Clone)]
+pub struct LeaseRow {
+    pub session_id: String,
+    pub bastion: String,
+    pub username: String,
+    /// The node's name (also when the client asked for one of its addresses).
+    pub device: String,
+    pub agent: String,
+    pub login: Option<String>,
+    pub mode: String,
+    pub port: u16,
+    pub rule: String,
+    pub role: String,
+    pub cert_serial: u64,
+    pub client_ip: String,
+    pub opened_at: u64,
+    pub heartbeat_at: u64,
+    pub absolute_deadline: u64,
+    pub kill_reason: Option<String>,
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+}
+
+impl LeaseRow {
+    /// The counters this lease holds a slot in, in the one order every transaction
+    /// takes and releases them.
+    pub fn scopes(&self) -> [String; 3] {
+        // "agent:" < "device:" < "user:"
+        [format!("agent:{}", self.agent), format!("device:{}", self.device), format!("user:{}", self.username)]
+    }
+}
+
+macro_rules! lease_columns {
+    () => {
+        "session_id, bastion, username, device, agent, login, mode, port, rule, role, cert_serial, client_ip, \
+         opened_at, heartbeat_at, absolute_deadline, kill_reason, bytes_from_client, bytes_to_client"
+    };
+}
+
+fn bytes(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn lease_from(row: &sqlx::any::AnyRow) -> Result<LeaseRow> {
+    Ok(LeaseRow {
+        session_id: row.try_get("session_id")?,
+        bastion: row.try_get("bastion")?,
+        username: row.try_get("username")?,
+        device: row.try_get("device")?,
+        agent: row.try_get("agent")?,
+        login: row.try_get("login")?,
+        mode: row.try_get("mode")?,
+        port: u16::try_from(row.try_get::<i64, _>("port")?).map_err(|_| StoreError::Corrupt("lease port"))?,
+        rule: row.try_get("rule")?,
+        role: row.try_get("role")?,
+        cert_serial: serial_from_db(row.try_get("cert_serial")?),
+        client_ip: row.try_get("client_ip")?,
+        opened_at: ts_from(row.try_get("opened_at")?),
+        heartbeat_at: ts_from(row.try_get("heartbeat_at")?),
+        absolute_deadline: ts_from(row.try_get("absolute_deadline")?),
+        kill_reason: row.try_get("kill_reason")?,
+        bytes_from_client: ts_from(row.try_get("bytes_from_client")?),
+        bytes_to_client: ts_from(row.try_get("bytes_to_client")?),
+    })
+}
+
+/// A lease with what the heartbeat needs to decide whether it may go on: its
+/// certificate's state, its user's state and the device's current record.
+#[derive(Debug, Clone)]
+pub struct LeaseCheck {
+    pub lease: LeaseRow,
+    /// The certificate row is gone or revoked.
+    pub cert_revoked: bool,
+    pub cert_groups: Vec<String>,
+    pub cert_principals: Vec<String>,
+    pub key_revoked: bool,
+    pub user_disabled: bool,
+    pub node: Option<NodeRecord>,
+}
+
+impl Store {
+    pub async fn leases(&self) -> Result<Vec<LeaseRow>> {
+        let rows =
+            sqlx::query(concat!("SELECT ", lease_columns!(), " FROM session_leases ORDER BY opened_at, session_id"))
+                .fetch_all(self.pool())
+                .await?;
+        rows.iter().map(lease_from).collect()
+    }
+
+    pub async fn bastion_leases(&self, bastion: &str) -> Result<Vec<LeaseRow>> {
+        let rows = sqlx::query(concat!("SELECT ", lease_columns!(), " FROM session_leases WHERE bastion = $1"))
+            .bind(bastion)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(lease_from).collect()
+    }
+
+    /// Session ids of leases not heartbeated since `cutoff`.
+    pub async fn stale_leases(&self, cutoff: u64) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT session_id FROM session_leases WHERE heartbeat_at < $1 ORDER BY session_id")
+            .bind(ts(cutoff))
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("session_id")?)).collect()
+    }
+
+    /// Every lease of `bastion` with its certificate, user and device: one query per
+    /// heartbeat, however many sessions.
+    pub async fn lease_checks(&self, bastion: &str) -> Result<Vec<LeaseCheck>> {
+        let rows = sqlx::query(
+            "SELECT l.session_id AS session_id, l.bastion AS bastion, l.username AS username, l.device AS device, \
+                    l.agent AS agent, l.login AS login, l.mode AS mode, l.port AS port, l.rule AS rule, \
+                    l.role AS role, l.cert_serial AS cert_serial, l.client_ip AS client_ip, \
+                    l.opened_at AS opened_at, l.heartbeat_at AS heartbeat_at, \
+                    l.absolute_deadline AS absolute_deadline, l.kill_reason AS kill_reason, \
+                    l.bytes_from_client AS bytes_from_client, l.bytes_to_client AS bytes_to_client, \
+                    c.serial AS c_serial, c.revoked_at AS c_revoked_at, c.groups_json AS c_groups, \
+                    c.principals_json AS c_principals, k.fingerprint AS k_fingerprint, \
+                    u.disabled AS u_disabled, n.record_json AS n_record \
+             FROM session_leases l \
+             LEFT JOIN certificates c ON c.serial = l.cert_serial \
+             LEFT JOIN revoked_keys k ON k.fingerprint = c.key_fingerprint \
+             LEFT JOIN users u ON u.username = l.username \
+             LEFT JOIN nodes n ON n.name = l.device \
+             WHERE l.bastion = $1 ORDER BY l.session_id",
+        )
+        .bind(bastion)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let node = r
+                    .try_get::<Option<String>, _>("n_record")?
+                    .map(|json| serde_json::from_str(&json).map_err(|_| StoreError::Corrupt("node record")))
+                    .transpose()?;
+                let found = r.try_get::<Option<i64>, _>("c_serial")?.is_some();
+                Ok(LeaseCheck {
+                    lease: lease_from(r)?,
+                    cert_revoked: !found || r.try_get::<Option<i64>, _>("c_revoked_at")?.is_some(),
+                    cert_groups: r
+                        .try_get::<Option<String>, _>("c_groups")?
+                        .map(|g| parse_list(&g))
+                        .transpose()?
+                        .unwrap_or_default(),
+                    cert_principals: r
+                        .try_get::<Option<String>, _>("c_principals")?
+                        .map(|p| parse_list(&p))
+                        .transpose()?
+                        .unwrap_or_default(),
+                    key_revoked: r.try_get::<Option<String>, _>("k_fingerprint")?.is_some(),
+                    user_disabled: r.try_get::<Option<i64>, _>("u_disabled")?.is_some_and(|d| d != 0),
+                    node,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Takes one slot in `scope`; `false` (and nothing changed by this statement) when the
+/// scope is at `cap`. `None` = unlimited, still counted.
+pub async fn take_slot(conn: &mut AnyConnection, scope: &str, cap: Option<u32>) -> Result<bool> {
+    sqlx::query("INSERT INTO session_counters (scope, n) VALUES ($1, 0) ON CONFLICT (scope) DO NOTHING")
+        .bind(scope)
+        .execute(&mut *conn)
+        .await?;
+    let done = match cap {
+        Some(cap) => {
+            sqlx::query("UPDATE session_counters SET n = n + 1 WHERE scope = $1 AND n < $2")
+                .bind(scope)
+                .bind(i64::from(cap))
+                .execute(&mut *conn)
+                .await?
+        }
+        None => {
+            sqlx::query("UPDATE session_counters SET n = n + 1 WHERE scope = $1")
+                .bind(scope)
+                .execute(&mut *conn)
+                .await?
+        }
+    };
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn release_slot(conn: &mut AnyConnection, scope: &str) -> Result<()> {
+    sqlx::query("UPDATE session_counters SET n = n - 1 WHERE scope = $1 AND n > 0")
+        .bind(scope)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// `false` when a lease with this session id exists already.
+pub async fn insert_lease(conn: &mut AnyConnection, l: &LeaseRow) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO session_leases (session_id, bastion, username, device, agent, login, mode, port, rule, role, \
+         cert_serial, client_ip, opened_at, heartbeat_at, absolute_deadline, kill_reason, bytes_from_client, \
+         bytes_to_client) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL, 0, 0) \
+         ON CONFLICT (session_id) DO NOTHING",
+    )
+    .bind(&l.session_id)
+    .bind(&l.bastion)
+    .bind(&l.username)
+    .bind(&l.device)
+    .bind(&l.agent)
+    .bind(&l.login)
+    .bind(&l.mode)
+    .bind(i64::from(l.port))
+    .bind(&l.rule)
+    .bind(&l.role)
+    .bind(serial_to_db(l.cert_serial))
+    .bind(&l.client_ip)
+    .bind(ts(l.opened_at))
+    .bind(ts(l.heartbeat_at))
+    .bind(ts(l.absolute_deadline))
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Deletes `bastion`'s lease `session_id` and releases its slots; the deleted lease, or
+/// `None` when there was none.
+pub async fn close_lease(conn: &mut AnyConnection, session_id: &str, bastion: &str) -> Result<Option<LeaseRow>> {
+    let row = sqlx::query(concat!(
+        "DELETE FROM session_leases WHERE session_id = $1 AND bastion = $2 RETURNING ",
+        lease_columns!()
+    ))
+    .bind(session_id)
+    .bind(bastion)
+    .fetch_optional(&mut *conn)
+    .await?;
+    release(conn, row).await
+}
+
+/// Deletes lease `session_id` if it is still not heartbeated since `cutoff` (another
+/// replica may have swept it, or its bastion heartbeated it, in the meantime).
+pub async fn sweep_lease(conn: &mut AnyConnection, session_id: &str, cutoff: u64) -> Result<Option<LeaseRow>> {
+    let row = sqlx::query(concat!(
+        "DELETE FROM session_leases WHERE session_id = $1 AND heartbeat_at < $2 RETURNING ",
+        lease_columns!()
+    ))
+    .bind(session_id)
+    .bind(ts(cutoff))
+    .fetch_optional(&mut *conn)
+    .await?;
+    release(conn, row).await
+}
+
+async fn release(conn: &mut AnyConnection, row: Option<sqlx::any::AnyRow>) -> Result<Option<LeaseRow>> {
+    let Some(row) = row else { return Ok(None) };
+    let lease = lease_from(&row)?;
+    for scope in lease.scopes() {
+        release_slot(conn, &scope).await?;
+    }
+    Ok(Some(lease))
+}
+
+/// A heartbeat for one of `bastion`'s sessions; `false` when it holds no such live lease.
+/// A lease already older than `cutoff` is never revived: it is lost, whichever replica
+/// sweeps it, so the outcome does not depend on which request came first.
+pub async fn heartbeat_lease(
+    conn: &mut AnyConnection,
+    session_id: &str,
+    bastion: &str,
+    now: u64,
+    cutoff: u64,
+    bytes_from_client: u64,
+    bytes_to_client: u64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE session_leases SET heartbeat_at = $1, bytes_from_client = $2, bytes_to_client = $3 \
+         WHERE session_id = $4 AND bastion = $5 AND heartbeat_at >= $6",
+    )
+    .bind(ts(now))
+    .bind(bytes(bytes_from_client))
+    .bind(bytes(bytes_to_client))
+    .bind(session_id)
+    .bind(bastion)
+    .bind(ts(cutoff))
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks a lease to be closed at its bastion's next heartbeat; the lease, or `None`.
+pub async fn set_kill_reason(conn: &mut AnyConnection, session_id: &str, reason: &str) -> Result<Option<LeaseRow>> {
+    let row = sqlx::query(concat!(
+        "UPDATE session_leases SET kill_reason = $1 WHERE session_id = $2 RETURNING ",
+        lease_columns!()
+    ))
+    .bind(reason)
+    .bind(session_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(lease_from).transpose()
+}
