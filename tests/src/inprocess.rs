@@ -32,3 +32,78 @@ pub async fn same_ca(server: &crate::Server, clock: Arc<dyn Clock>) -> Ca {
     );
     Ca::open(config, clock).await.unwrap()
 }
+
+/// An in-process CA served over TLS by the CA's own router and server loop on
+/// `127.0.0.1:0`: the HTTP API exactly as `portcullisd` serves it, but with the test's
+/// clock (lease expiry, certificate lifetimes) and without building or starting the
+/// binary. Several of these on one PostgreSQL database stand for CA replicas.
+pub struct ServedCa {
+    pub ca: Arc<Ca>,
+    /// `https://127.0.0.1:PORT`
+    pub url: String,
+    pub pin: String,
+    client: reqwest::Client,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl ServedCa {
+    pub async fn start(ca: Arc<Ca>) -> ServedCa {
+        let dir = tempfile::Builder::new().prefix("portcullis-served-").tempdir().unwrap();
+        let tls =
+            portcullis_ca::tls::bootstrap_tls(dir.path(), &["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let app = portcullis_ca::api::router(Arc::clone(&ca));
+        tokio::spawn(portcullis_ca::server::serve(listener, tls.config, app, async move {
+            let _ = stop.await;
+        }));
+        ServedCa {
+            ca,
+            client: crate::server::client_with_pin(&tls.pin),
+            url,
+            pin: tls.pin,
+            _shutdown: shutdown,
+            _dir: dir,
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        token: Option<&str>,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("request to {path} failed: {e:?}"));
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text:?}"))
+        };
+        (status, value)
+    }
+
+    pub async fn post_json(
+        &self,
+        token: Option<&str>,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        self.send(reqwest::Method::POST, token, path, Some(body)).await
+    }
+
+    pub async fn get_json(&self, token: Option<&str>, path: &str) -> (reqwest::StatusCode, serde_json::Value) {
+        self.send(reqwest::Method::GET, token, path, None).await
+    }
+}

@@ -21,6 +21,6 @@ pub mod ssh;
 pub mod sshd;
 
 pub use bins::bin;
-pub use inprocess::{TEST_PASSPHRASE, ca_in_process, same_ca, sqlite_url};
+pub use inprocess::{ServedCa, TEST_PASSPHRASE, ca_in_process, same_ca, sqlite_url};
 pub use postgres::Postgres;
 pub use server::{Server, ServerOpts};

@@ -269,11 +269,10 @@ impl Ca {
         user: &mut Option<String>,
     ) -> Result<Result<SessionGrant, Denial>, CaError> {
         let now = self.now();
-        let cert = match self.usable_certificate(serial, now).await? {
+        let cert = match self.usable_certificate(serial, now, user).await? {
             Ok(cert) => cert,
             Err(d) => return Ok(Err(d)),
         };
-        *user = Some(cert.username.clone());
         let Some((node, target_host)) = self.resolve_device(&req.device, req.mode).await? else {
             return Ok(Err(denial(deny::UNKNOWN_DEVICE, "no such device")));
         };
@@ -433,7 +432,12 @@ impl Ca {
     /// The user certificate a session is opened with: one this CA issued to a user (not a
     /// node, service or session certificate), unrevoked, unexpired, key not revoked, user
     /// not disabled.
-    async fn usable_certificate(&self, serial: u64, now: u64) -> Result<Result<CertRow, Denial>, CaError> {
+    async fn usable_certificate(
+        &self,
+        serial: u64,
+        now: u64,
+        user: &mut Option<String>,
+    ) -> Result<Result<CertRow, Denial>, CaError> {
         let invalid = |text| Ok(Err(denial(deny::CREDENTIAL_INVALID, text)));
         let Some(cert) = self.store.certificate(serial).await? else {
             return invalid("the certificate is unknown to the CA");
@@ -442,6 +446,7 @@ impl Ca {
         if !user_ca || cert.username.contains(':') || cert.key_id.starts_with("session:") {
             return invalid("not a user certificate");
         }
+        *user = Some(cert.username.clone());
         if cert.revoked_at.is_some() || self.store.is_key_revoked(&cert.key_fingerprint).await? {
             return invalid("the certificate is revoked");
         }

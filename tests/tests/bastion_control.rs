@@ -1,0 +1,905 @@
+//! The CA's side of the bastion contract (`proto::bastion`), driven over HTTPS the way a
+//! bastion and an agent drive it: service enrollment with tokens of the right kind,
+//! session admission (each refusal with its positive control), caps that stay exact
+//! under 200 parallel opens on SQLite and on PostgreSQL with two CA replicas, leases
+//! reclaimed from a bastion that went quiet, close orders (admin kill, revocation,
+//! policy change), and the audit trail.
+//!
+//! The CA runs in the test's process, served by its own router and TLS server loop
+//! (`ServedCa`), so time is a `ManualClock` (lease expiry without sleeping) and two
+//! replicas can share one PostgreSQL database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use portcullis_ca::{Ca, CaConfig, ManualClock};
+use portcullis_policies::Permission;
+use portcullis_policies::principal::node_principal;
+use portcullis_proto::bastion::*;
+use portcullis_proto::{NodeRecord, UserCertRequest};
+use portcullis_tests::ssh::{ed25519_key, public_line, ssh_keygen_ok};
+use portcullis_tests::{Postgres, ServedCa, TEST_PASSPHRASE, sqlite_url};
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const POLICY_BASE: &str = r#"
+[[role]]
+name = "admin"
+permissions = ["certs.revoke", "users.manage", "audit.read", "policy.manage", "nodes.manage", "sessions.kill"]
+
+[[role]]
+name = "ops"
+logins = ["root", "deploy"]
+targets = 'in:devices tags.env:lab'
+permissions = ["certs.issue", "devices.console.open"]
+max_cert_ttl = "8h"
+extensions = ["permit-pty", "permit-port-forwarding"]
+session = { max_per_user = 5, idle = "10m", absolute = "1h" }
+
+[[rule]]
+name = "lab-ssh"
+purpose = "ssh_login"
+targets = 'in:devices tags.env:lab'
+scope = { agents = ["local", "edge1"] }
+allowed_ports = [22, 2222]
+
+# The fleet: twenty nodes, each behind its own agent (so in the cap test nothing but the
+# user's own counter is shared between concurrent opens).
+[[rule]]
+name = "fleet-ssh"
+purpose = "ssh_login"
+targets = 'in:devices tags.fleet:yes'
+scope = { partitions = ["fleet"] }
+
+[[binding]]
+group = "admins"
+roles = ["admin"]
+
+[[binding]]
+group = "ops"
+roles = ["ops"]
+"#;
+
+/// Removed by the policy-change test.
+const POLICY_CONTRACT: &str = r#"
+[[role]]
+name = "contract"
+logins = ["deploy"]
+targets = 'in:devices tags.env:lab'
+permissions = ["certs.issue"]
+max_cert_ttl = "8h"
+
+[[binding]]
+group = "contractors"
+roles = ["contract"]
+"#;
+
+const FLEET: usize = 20;
+const PASSWORD: &str = "correct-horse-battery-staple";
+const IP: &str = "192.0.2.7";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn session_id() -> String {
+    hex::encode(portcullis_sshcert::random_bytes::<16>())
+}
+
+struct Fx {
+    /// Replicas of one CA (one on SQLite; two on PostgreSQL).
+    replicas: Vec<Arc<ServedCa>>,
+    ca: Arc<Ca>,
+    clock: ManualClock,
+    admin: String,
+    /// Bastion `b1`'s API token.
+    bastion: String,
+    policy_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Fx {
+    fn api(&self) -> &ServedCa {
+        &self.replicas[0]
+    }
+}
+
+async fn open_ca(url: &str, policy_dir: &Path, clock: &ManualClock) -> Arc<Ca> {
+    let mut config = CaConfig::new(url.to_owned(), policy_dir.to_owned(), SecretString::from(TEST_PASSPHRASE));
+    config.default_agent = Some("local".to_owned());
+    Arc::new(Ca::open(config, Arc::new(clock.clone())).await.unwrap())
+}
+
+/// A CA (or `replicas` CAs on one database) with users alice, bob (group ops) and carol
+/// (contractors), nodes pve01 (lab, default agent), pve02 (lab, edge1), lab09 (lab, an
+/// agent outside the rule's scope) and prod01, and a registered bastion `b1`.
+async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_dir = dir.path().join("policy");
+    std::fs::create_dir(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("policy.toml"), format!("{POLICY_BASE}{POLICY_CONTRACT}")).unwrap();
+    let url = db_url.map(str::to_owned).unwrap_or_else(|| sqlite_url(dir.path()));
+    let clock = ManualClock::new(now());
+    let ca = open_ca(&url, &policy_dir, &clock).await;
+    let mut served = vec![Arc::new(ServedCa::start(Arc::clone(&ca)).await)];
+    for _ in 1..replicas {
+        served.push(Arc::new(ServedCa::start(open_ca(&url, &policy_dir, &clock).await).await));
+    }
+
+    let password = ca.bootstrap_admin("admin", "admins").await.unwrap().unwrap();
+    let admin = ca.login_password("admin", &password, IP).await.unwrap().token;
+    let caller = ca.caller(&admin).await.unwrap();
+    let users = ca.authorize(&caller, Permission::UsersManage).unwrap();
+    let pw = SecretString::from(PASSWORD);
+    for (user, group) in [("alice", "ops"), ("bob", "ops"), ("carol", "contractors")] {
+        ca.add_user(&users, user, &[group.to_owned()], Some(&pw)).await.unwrap();
+    }
+    let nodes = ca.authorize(&caller, Permission::NodesManage).unwrap();
+    let host_key = public_line(&ed25519_key());
+    for (name, env, agent, address) in [
+        ("pve01", "lab", None, "10.0.0.5"),
+        ("pve02", "lab", Some("edge1"), "10.1.0.5"),
+        ("lab09", "lab", Some("edge9"), "10.9.0.5"),
+        ("prod01", "prod", None, "10.2.0.5"),
+    ] {
+        let node = NodeRecord {
+            name: name.into(),
+            addresses: vec![address.into()],
+            agent: agent.map(str::to_owned),
+            tags: [("env".to_owned(), env.to_owned())].into(),
+            host_keys: vec![host_key.clone()],
+            ..Default::default()
+        };
+        ca.upsert_node(&nodes, &node).await.unwrap();
+    }
+    for i in 0..FLEET {
+        let node = NodeRecord {
+            name: format!("fleet-{i:02}"),
+            addresses: vec![format!("10.3.0.{i}")],
+            agent: Some(format!("edge-{i:02}")),
+            partition: Some("fleet".to_owned()),
+            tags: [("env".to_owned(), "lab".to_owned()), ("fleet".to_owned(), "yes".to_owned())].into(),
+            host_keys: vec![host_key.clone()],
+            ..Default::default()
+        };
+        ca.upsert_node(&nodes, &node).await.unwrap();
+    }
+    let bastion = ca
+        .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), Some("127.0.0.1:2223"))
+        .await
+        .unwrap()
+        .api_token;
+    Fx { replicas: served, ca, clock, admin, bastion, policy_dir, _dir: dir }
+}
+
+/// Logs `user` in and has a certificate issued for a fresh key; its serial.
+async fn user_cert(ca: &Ca, user: &str) -> String {
+    let login = ca.login_password(user, &SecretString::from(PASSWORD), IP).await.unwrap();
+    let caller = ca.caller(&login.token).await.unwrap();
+    let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..Default::default() };
+    ca.issue_user_cert(&caller, &request, IP).await.unwrap().serial
+}
+
+fn terminated(id: &str, serial: &str, device: &str, login: &str) -> Value {
+    json!({
+        "session_id": id, "mode": "terminated", "cert_serial": serial, "login": login, "device": device,
+        "client_ip": IP, "session_public_key": public_line(&ed25519_key()),
+    })
+}
+
+fn jump(id: &str, serial: &str, device: &str, port: Option<u16>) -> Value {
+    json!({ "session_id": id, "mode": "jump", "cert_serial": serial, "device": device, "port": port, "client_ip": IP })
+}
+
+async fn open(api: &ServedCa, bastion: &str, body: &Value) -> (StatusCode, Value) {
+    api.post_json(Some(bastion), "/v1/bastion/sessions/open", body).await
+}
+
+/// Opens and expects a grant.
+async fn granted(api: &ServedCa, bastion: &str, body: &Value) -> SessionGrant {
+    let (status, v) = open(api, bastion, body).await;
+    assert_eq!(status, StatusCode::OK, "open refused: {v}");
+    serde_json::from_value(v).unwrap()
+}
+
+/// Opens and expects a denial with `reason`.
+async fn denied(api: &ServedCa, bastion: &str, body: &Value, reason: &str) {
+    let (status, v) = open(api, bastion, body).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "expected {reason}: {v}");
+    assert_eq!(v["error"], "session_denied", "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(message.starts_with(&format!("{reason}: ")), "expected {reason}, got {message:?}");
+}
+
+async fn heartbeat(api: &ServedCa, bastion: &str, sessions: &[&str], agents: &[&str]) -> Vec<(String, CloseReason)> {
+    let sessions: Vec<Value> =
+        sessions.iter().map(|id| json!({"session_id": id, "bytes_from_client": 10, "bytes_to_client": 20})).collect();
+    let (status, v) =
+        api.post_json(Some(bastion), "/v1/bastion/heartbeat", &json!({"sessions": sessions, "agents": agents})).await;
+    assert_eq!(status, StatusCode::OK, "heartbeat: {v}");
+    let resp: HeartbeatResponse = serde_json::from_value(v).unwrap();
+    let mut out: Vec<_> = resp.close.into_iter().map(|c| (c.session_id, c.reason)).collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+async fn close(api: &ServedCa, bastion: &str, id: &str, reason: &str) {
+    let body = json!({"session_id": id, "reason": reason, "bytes_from_client": 111, "bytes_to_client": 222,
+                      "duration_ms": 3456});
+    let (status, v) = api.post_json(Some(bastion), "/v1/bastion/sessions/close", &body).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "close: {v}");
+}
+
+async fn audit(ca: &Ca, event: &str) -> Vec<Value> {
+    ca.store()
+        .audit_records(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == event)
+        .map(|r| serde_json::from_str(&r.payload).unwrap())
+        .collect()
+}
+
+async fn counter(ca: &Ca, scope: &str) -> i64 {
+    use sqlx::Row;
+    sqlx::query("SELECT n FROM session_counters WHERE scope = $1")
+        .bind(scope)
+        .fetch_optional(ca.store().pool())
+        .await
+        .unwrap()
+        .map_or(0, |r| r.try_get::<i64, _>("n").unwrap())
+}
+
+/// `ssh-keygen -L` of a certificate: (key id, principals, extensions, signing CA line).
+fn inspect(cert: &str) -> (String, Vec<String>, Vec<String>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c-cert.pub");
+    std::fs::write(&path, format!("{cert}\n")).unwrap();
+    let out = ssh_keygen_ok(&["-L", "-f", path.to_str().unwrap()]);
+    let (mut key_id, mut signer) = (String::new(), String::new());
+    let (mut principals, mut extensions) = (Vec::new(), Vec::new());
+    let mut section = "";
+    for line in out.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Key ID: ") {
+            key_id = v.trim_matches('"').to_owned();
+        } else if let Some(v) = t.strip_prefix("Signing CA: ") {
+            signer = v.to_owned();
+        }
+        if t.ends_with(':') || t.contains(": ") {
+            section = if t.starts_with("Principals:") {
+                "p"
+            } else if t.starts_with("Extensions:") {
+                "e"
+            } else {
+                ""
+            };
+            continue;
+        }
+        match section {
+            "p" => principals.push(t.to_owned()),
+            "e" => extensions.push(t.to_owned()),
+            _ => {}
+        }
+    }
+    (key_id, principals, extensions, signer)
+}
+
+async fn create_token(api: &ServedCa, admin: &str, service: Option<&str>, uses: u32) -> String {
+    let (status, v) = api
+        .post_json(
+            Some(admin),
+            "/v1/admin/enroll-tokens",
+            &json!({"ttl_seconds": 600, "uses": uses, "service": service}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+fn enroll_body(kind: &str, name: &str, key: &str, endpoint: Option<&str>) -> Value {
+    json!({"kind": kind, "name": name, "public_key": key, "agent_endpoint": endpoint})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_enroll_only_with_tokens_of_their_kind() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let agent_key = public_line(&ed25519_key());
+    let node_token = create_token(api, &fx.admin, None, 5).await;
+    let agent_token = create_token(api, &fx.admin, Some("agent"), 1).await;
+    let bastion_token = create_token(api, &fx.admin, Some("bastion"), 5).await;
+
+    // A node token cannot enroll a service; a bastion token cannot enroll an agent.
+    for token in [&node_token, &bastion_token] {
+        let (status, v) =
+            api.post_json(Some(token), "/v1/services/enroll", &enroll_body("agent", "edge1", &agent_key, None)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    }
+    // A service token cannot enroll a node.
+    let node = json!({"facts": {"name": "n1", "host_keys": [public_line(&ed25519_key())]},
+                      "verification_public_key": public_line(&ed25519_key())});
+    let (status, v) = api.post_json(Some(&agent_token), "/v1/enroll", &node).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    // Control: the node token enrolls a node.
+    let (status, v) = api.post_json(Some(&node_token), "/v1/enroll", &node).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+
+    // Control: the agent token enrolls the agent; the answer carries an API credential
+    // and an internal certificate for the agent's key.
+    let (status, v) = api
+        .post_json(Some(&agent_token), "/v1/services/enroll", &enroll_body("agent", "edge1", &agent_key, None))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let enrolled: ServiceEnrollResponse = serde_json::from_value(v).unwrap();
+    assert!(enrolled.api_token.starts_with("pcs_"));
+    let (key_id, principals, extensions, signer) = inspect(&enrolled.certificate);
+    assert_eq!(key_id, "service:agent:edge1");
+    assert_eq!(principals, ["agent:edge1"]);
+    assert!(extensions.is_empty() || extensions == ["(none)"], "{extensions:?}");
+    let internal = fx.ca.trusted_keys(portcullis_ca::keys::KeyPurpose::Internal);
+    assert_eq!(enrolled.internal_ca_keys, internal);
+    let internal_fp =
+        portcullis_sshcert::fingerprint(ssh_key::PublicKey::from_openssh(internal.trim()).unwrap().key_data());
+    assert!(signer.contains(&internal_fp), "signed by {signer}, internal key is {internal_fp}");
+
+    // The one-use token is spent.
+    let (status, _) = api
+        .post_json(Some(&agent_token), "/v1/services/enroll", &enroll_body("agent", "edge1", &agent_key, None))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Re-enrolling the same name: with another key → 409 (token not spent), with the
+    // same key → a new API credential, and the old one stops working.
+    let again = create_token(api, &fx.admin, Some("agent"), 1).await;
+    let other_key = public_line(&ed25519_key());
+    let (status, v) =
+        api.post_json(Some(&again), "/v1/services/enroll", &enroll_body("agent", "edge1", &other_key, None)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    let (status, v) =
+        api.post_json(Some(&again), "/v1/services/enroll", &enroll_body("agent", "edge1", &agent_key, None)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let renewed: ServiceEnrollResponse = serde_json::from_value(v).unwrap();
+    let (status, _) = api.get_json(Some(&enrolled.api_token), "/v1/services/agent/targets").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the old API credential still works");
+    let agent = renewed.api_token;
+
+    // A bastion with its endpoint; the directory lists it for agents.
+    let bastion_key = public_line(&ed25519_key());
+    let (status, v) = api
+        .post_json(
+            Some(&bastion_token),
+            "/v1/services/enroll",
+            &enroll_body("bastion", "b2", &bastion_key, Some("bastion.example:2223")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let b2: ServiceEnrollResponse = serde_json::from_value(v).unwrap();
+    let (status, v) = api.get_json(Some(&agent), "/v1/services/bastions").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let dir: Vec<BastionDirectoryEntry> = serde_json::from_value(v).unwrap();
+    let entry = dir.iter().find(|e| e.name == "b2").expect("b2 in the directory");
+    assert_eq!(entry.agent_endpoint, "bastion.example:2223");
+    assert_eq!(entry.host_key, bastion_key);
+    // Invalid requests are refused before any token is spent.
+    for body in [
+        enroll_body("bastion", "B!", &bastion_key, None),
+        enroll_body("bastion", "b3", &bastion_key, Some("no-port")),
+        enroll_body("agent", "a3", &agent_key, Some("x:22")),
+    ] {
+        let (status, v) = api.post_json(Some(&bastion_token), "/v1/services/enroll", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+    }
+
+    // Credentials of one kind are refused on the other kind's endpoints; unknown → 401.
+    let (status, v) =
+        api.post_json(Some(&agent), "/v1/bastion/heartbeat", &json!({"sessions": [], "agents": []})).await;
+    assert_eq!((status, v["error"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{v}");
+    let (status, _) =
+        api.post_json(Some(&agent), "/v1/bastion/sessions/open", &jump(&session_id(), "1", "pve01", None)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = api.get_json(Some(&b2.api_token), "/v1/services/agent/targets").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) =
+        api.post_json(Some("pcs_unknown"), "/v1/bastion/heartbeat", &json!({"sessions": [], "agents": []})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) =
+        api.post_json(Some(&fx.admin), "/v1/bastion/heartbeat", &json!({"sessions": [], "agents": []})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a user's API session is not a service credential");
+    // Control: the bastion's own credential works there.
+    let (status, v) = api
+        .post_json(Some(&b2.api_token), "/v1/bastion/heartbeat", &json!({"sessions": [], "agents": ["edge1"]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+
+    // Targets: edge1 serves pve02 only; the default agent (`local`) serves the nodes
+    // assigned to no agent.
+    let (status, v) = api.get_json(Some(&agent), "/v1/services/agent/targets").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let targets: Vec<AgentTarget> = serde_json::from_value(v).unwrap();
+    assert_eq!(targets.iter().map(|t| t.device.as_str()).collect::<Vec<_>>(), ["pve02"]);
+    assert_eq!((targets[0].addresses.clone(), targets[0].port), (vec!["10.1.0.5".to_owned()], 22));
+    let local = fx.ca.register_service(ServiceKind::Agent, "local", &public_line(&ed25519_key()), None).await.unwrap();
+    let (_, v) = api.get_json(Some(&local.api_token), "/v1/services/agent/targets").await;
+    let targets: Vec<AgentTarget> = serde_json::from_value(v).unwrap();
+    let mut names: Vec<_> = targets.iter().map(|t| t.device.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["n1", "prod01", "pve01"]);
+
+    // Certificate renewal.
+    let (status, v) = api.post_json(Some(&agent), "/v1/services/certificate", &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let renewal: ServiceCertificateResponse = serde_json::from_value(v).unwrap();
+    assert_eq!(inspect(&renewal.certificate).1, ["agent:edge1"]);
+    assert!(renewal.valid_before > now());
+
+    // Admin view: agents with last contact and the bastions reporting them connected.
+    let (status, v) = api.get_json(Some(&fx.admin), "/v1/admin/agents").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let agents: Vec<ServiceInfo> = serde_json::from_value(v).unwrap();
+    let edge1 = agents.iter().find(|a| a.name == "edge1").unwrap();
+    assert_eq!(edge1.connected_to, ["b2"]);
+    assert!(edge1.last_seen.is_some());
+    let (_, v) = api.get_json(Some(&fx.admin), "/v1/admin/bastions").await;
+    let bastions: Vec<ServiceInfo> = serde_json::from_value(v).unwrap();
+    assert_eq!(bastions.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["b1", "b2"]);
+
+    // Audit: enrollments and refusals, and no credential anywhere in the trail.
+    let enrolled = audit(&fx.ca, "service_enrolled").await;
+    assert!(
+        enrolled.iter().any(|e| e["name"] == "edge1"
+            && e["kind"] == "agent"
+            && e["actor"].as_str().unwrap().starts_with("token:"))
+    );
+    let refused: Vec<String> = audit(&fx.ca, "service_enroll_refused")
+        .await
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap().to_owned())
+        .collect();
+    for reason in ["token_invalid", "name_taken", "invalid_request"] {
+        assert!(refused.iter().any(|r| r == reason), "{reason} not audited: {refused:?}");
+    }
+    assert_no_secrets(&fx.ca).await;
+}
+
+/// No API credential or enrollment token in any audit record.
+async fn assert_no_secrets(ca: &Ca) {
+    for r in ca.store().audit_records(0, 100_000).await.unwrap() {
+        assert!(!r.payload.contains("pcs_") && !r.payload.contains("pce_"), "secret in audit record: {}", r.payload);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_session_gets_a_certificate_for_this_node_only() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let serial = user_cert(&fx.ca, "alice").await;
+    let id = session_id();
+    let grant = granted(api, &fx.bastion, &terminated(&id, &serial, "pve01", "root")).await;
+    assert_eq!(
+        (
+            grant.username.as_str(),
+            grant.device.as_str(),
+            grant.agent.as_str(),
+            grant.rule.as_str(),
+            grant.role.as_str()
+        ),
+        ("alice", "pve01", "local", "lab-ssh", "ops")
+    );
+    assert_eq!((grant.target_host.as_str(), grant.target_port), ("10.0.0.5", 22));
+    assert_eq!(grant.host_key_check, HostKeyCheck::KnownHosts);
+    assert_eq!(grant.known_host_keys.len(), 1);
+    assert!(grant.host_ca_keys.starts_with("ssh-"));
+    assert_eq!((grant.idle_timeout_secs, grant.absolute_timeout_secs), (600, 3600));
+    assert_eq!(grant.connect_timeout_ms, 10_000);
+    assert!(grant.allow_port_forwarding && !grant.allow_agent_forwarding && !grant.allow_x11_forwarding);
+    assert_eq!(grant.login.as_deref(), Some("root"));
+
+    let cert = grant.session_certificate.expect("terminated mode gets a session certificate");
+    let (key_id, principals, mut extensions, signer) = inspect(&cert);
+    assert_eq!(key_id, format!("session:{id}:alice"));
+    assert_eq!(principals, [node_principal("pve01", "root")]);
+    extensions.sort();
+    assert_eq!(extensions, ["permit-port-forwarding", "permit-pty"]);
+    let user_ca = fx.ca.trusted_keys(portcullis_ca::keys::KeyPurpose::User);
+    let user_fp = portcullis_sshcert::fingerprint(ssh_key::PublicKey::from_openssh(user_ca.trim()).unwrap().key_data());
+    assert!(signer.contains(&user_fp));
+    let parsed = ssh_key::Certificate::from_openssh(&cert).unwrap();
+    assert!(parsed.valid_before() - parsed.valid_after() <= SESSION_CERT_TTL_SECS + 60);
+    assert!(parsed.valid_before() <= fx.clock_now() + SESSION_CERT_TTL_SECS);
+
+    // The node lists exactly this principal for root; no other node does.
+    let (_, v) = api.get_json(Some(&fx.admin), "/v1/nodes/pve01/principals").await;
+    assert!(v["principals"]["root"].as_array().unwrap().iter().any(|p| p == &json!(node_principal("pve01", "root"))));
+    let (_, v) = api.get_json(Some(&fx.admin), "/v1/nodes/pve02/principals").await;
+    assert!(!v["principals"]["root"].as_array().unwrap().iter().any(|p| p == &json!(node_principal("pve01", "root"))));
+    // Recorded like any certificate (so it can be listed and revoked).
+    let (_, v) = api.get_json(Some(&fx.admin), "/v1/admin/certs?user=alice").await;
+    assert!(v.as_array().unwrap().iter().any(|c| c["key_id"] == json!(format!("session:{id}:alice"))), "{v}");
+
+    // Jump mode by address, to an allowed port; a port the rule does not allow is refused.
+    let grant = granted(api, &fx.bastion, &jump(&session_id(), &serial, "10.1.0.5", Some(2222))).await;
+    assert_eq!(
+        (grant.device.as_str(), grant.agent.as_str(), grant.target_host.as_str(), grant.target_port),
+        ("pve02", "edge1", "10.1.0.5", 2222)
+    );
+    assert!(grant.session_certificate.is_none() && grant.login.is_none());
+    denied(api, &fx.bastion, &jump(&session_id(), &serial, "pve02", Some(8080)), deny_reason::PORT_NOT_ALLOWED).await;
+
+    // The audit record of the open names everything.
+    let opened = audit(&fx.ca, "session_opened").await;
+    let rec = opened.iter().find(|e| e["session_id"] == json!(id)).unwrap();
+    for (field, want) in [
+        ("user", "alice"),
+        ("device", "pve01"),
+        ("agent", "local"),
+        ("rule", "lab-ssh"),
+        ("role", "ops"),
+        ("mode", "terminated"),
+        ("login", "root"),
+        ("client_ip", IP),
+        ("bastion", "b1"),
+    ] {
+        assert_eq!(rec[field], json!(want), "{field} in {rec}");
+    }
+    assert_eq!(rec["cert_serial"], json!(serial));
+}
+
+impl Fx {
+    fn clock_now(&self) -> u64 {
+        portcullis_ca::Clock::now(&self.clock)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_denial_has_its_reason_and_its_control() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let alice = user_cert(&fx.ca, "alice").await;
+    let bob = user_cert(&fx.ca, "bob").await;
+    let revoked = user_cert(&fx.ca, "alice").await;
+
+    // Controls: each certificate opens a session before anything is taken away.
+    for serial in [&alice, &bob, &revoked] {
+        let id = session_id();
+        granted(api, &fx.bastion, &terminated(&id, serial, "pve01", "root")).await;
+        close(api, &fx.bastion, &id, "client_disconnect").await;
+    }
+
+    denied(api, &fx.bastion, &terminated(&session_id(), "12345", "pve01", "root"), deny_reason::CREDENTIAL_INVALID)
+        .await;
+    let (status, v) = api.post_json(Some(&fx.admin), "/v1/admin/revoke", &json!({"serial": revoked})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    denied(api, &fx.bastion, &terminated(&session_id(), &revoked, "pve01", "root"), deny_reason::CREDENTIAL_INVALID)
+        .await;
+    let (status, _) = api.post_json(Some(&fx.admin), "/v1/admin/users/bob/disable", &json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    denied(api, &fx.bastion, &terminated(&session_id(), &bob, "pve01", "root"), deny_reason::CREDENTIAL_INVALID).await;
+    // A session certificate (or any non-user certificate) is no user credential.
+    let grant = granted(api, &fx.bastion, &terminated(&session_id(), &alice, "pve01", "root")).await;
+    let session_serial = ssh_key::Certificate::from_openssh(&grant.session_certificate.unwrap()).unwrap().serial();
+    denied(
+        api,
+        &fx.bastion,
+        &terminated(&session_id(), &session_serial.to_string(), "pve01", "root"),
+        deny_reason::CREDENTIAL_INVALID,
+    )
+    .await;
+
+    // Login the role does not grant; a device no role of hers targets.
+    denied(api, &fx.bastion, &terminated(&session_id(), &alice, "pve01", "admin"), deny_reason::NOT_AUTHORIZED).await;
+    denied(api, &fx.bastion, &terminated(&session_id(), &alice, "prod01", "root"), deny_reason::NOT_AUTHORIZED).await;
+    // Targeted by her role, but served by an agent outside every rule's scope.
+    denied(api, &fx.bastion, &terminated(&session_id(), &alice, "lab09", "root"), deny_reason::RULE_MISMATCH).await;
+    denied(api, &fx.bastion, &terminated(&session_id(), &alice, "nope", "root"), deny_reason::UNKNOWN_DEVICE).await;
+    // Console needs a console_access rule (there is none).
+    let mut console = terminated(&session_id(), &alice, "pve01", "root");
+    console["mode"] = json!("console");
+    denied(api, &fx.bastion, &console, deny_reason::RULE_MISMATCH).await;
+    // Carol's contract role grants deploy only.
+    let carol = user_cert(&fx.ca, "carol").await;
+    denied(api, &fx.bastion, &terminated(&session_id(), &carol, "pve01", "root"), deny_reason::NOT_AUTHORIZED).await;
+    granted(api, &fx.bastion, &terminated(&session_id(), &carol, "pve01", "deploy")).await;
+
+    // Malformed requests are 400, not denials.
+    for body in [
+        terminated("ABC", &alice, "pve01", "root"),
+        terminated(&session_id(), "x", "pve01", "root"),
+        terminated(&session_id(), &alice, "pve01", "Root!"),
+        terminated(&session_id(), &alice, "pve 01", "root"),
+        json!({"session_id": session_id(), "mode": "terminated", "cert_serial": alice, "login": "root",
+               "device": "pve01", "client_ip": IP}),
+        json!({"session_id": session_id(), "mode": "jump", "cert_serial": alice, "login": "root",
+               "device": "pve01", "client_ip": IP}),
+    ] {
+        let (status, v) = open(api, &fx.bastion, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+    }
+
+    // Each denial is audited with its reason, the user when known, and the device.
+    let denials = audit(&fx.ca, "session_denied").await;
+    let reasons: Vec<&str> = denials.iter().map(|d| d["reason"].as_str().unwrap()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "credential_invalid",
+            "credential_invalid",
+            "credential_invalid",
+            "credential_invalid",
+            "not_authorized",
+            "not_authorized",
+            "rule_mismatch",
+            "unknown_device",
+            "rule_mismatch",
+            "not_authorized"
+        ]
+    );
+    // The user is known once the serial names a user certificate.
+    assert_eq!(denials[0]["user"], Value::Null);
+    assert_eq!(denials[1]["user"], "alice");
+    assert_eq!(denials[2]["user"], "bob");
+    assert_eq!(denials[3]["user"], Value::Null);
+    assert_eq!((denials[6]["user"].as_str(), denials[6]["device"].as_str()), (Some("alice"), Some("lab09")));
+    assert_eq!(denials[6]["bastion"], "b1");
+    assert_no_secrets(&fx.ca).await;
+}
+
+/// 200 opens at once for one user whose role allows 5, spread over twenty devices and
+/// agents (and over the replicas): exactly 5 are granted; closing one admits exactly one
+/// more.
+async fn caps_are_exact(fx: &Fx) {
+    let serial = user_cert(&fx.ca, "alice").await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let api = Arc::clone(&fx.replicas[i % fx.replicas.len()]);
+        let bastion = fx.bastion.clone();
+        let device = format!("fleet-{:02}", i % FLEET);
+        let body = if i % 2 == 0 {
+            terminated(&session_id(), &serial, &device, "root")
+        } else {
+            jump(&session_id(), &serial, &device, None)
+        };
+        tasks.spawn(async move {
+            let (status, v) = open(&api, &bastion, &body).await;
+            (status, v, body["session_id"].as_str().unwrap().to_owned())
+        });
+    }
+    let mut granted_ids = Vec::new();
+    let mut refused = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (status, v, id) = done.unwrap();
+        match status {
+            StatusCode::OK => granted_ids.push(id),
+            StatusCode::FORBIDDEN => {
+                assert!(v["message"].as_str().unwrap().starts_with("cap_reached: "), "{v}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!((granted_ids.len(), refused), (5, 195));
+    assert_eq!(counter(&fx.ca, "user:alice").await, 5);
+    assert_eq!(audit(&fx.ca, "session_opened").await.len(), 5);
+    assert_eq!(audit(&fx.ca, "session_denied").await.len(), 195);
+
+    let api = fx.api();
+    denied(api, &fx.bastion, &terminated(&session_id(), &serial, "pve01", "root"), deny_reason::CAP_REACHED).await;
+    close(fx.replicas.last().unwrap(), &fx.bastion, &granted_ids[0], "client_disconnect").await;
+    assert_eq!(counter(&fx.ca, "user:alice").await, 4);
+    granted(api, &fx.bastion, &terminated(&session_id(), &serial, "pve01", "root")).await;
+    denied(api, &fx.bastion, &terminated(&session_id(), &serial, "pve01", "root"), deny_reason::CAP_REACHED).await;
+    // Another user is not affected by alice's cap.
+    let bob = user_cert(&fx.ca, "bob").await;
+    granted(api, &fx.bastion, &terminated(&session_id(), &bob, "pve01", "root")).await;
+    // Counters match the leases, scope by scope.
+    let live = fx.ca.store().leases().await.unwrap();
+    assert_eq!(live.len(), 6);
+    for lease in &live {
+        for scope in lease.scopes() {
+            let held = live.iter().filter(|l| l.scopes().contains(&scope)).count();
+            assert_eq!(counter(&fx.ca, &scope).await, held as i64, "{scope}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_are_exact_under_200_parallel_opens_on_sqlite() {
+    let fx = fixture(None, 1).await;
+    caps_are_exact(&fx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_are_exact_under_200_parallel_opens_on_postgres_with_two_replicas() {
+    let pg = Postgres::start().expect("throwaway PostgreSQL server");
+    let fx = fixture(Some(&pg.url()), 2).await;
+    assert_eq!(fx.ca.store().backend(), portcullis_ca::store::Backend::Postgres);
+    caps_are_exact(&fx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_bastions_leases_are_reclaimed_after_the_ttl() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let b2 =
+        fx.ca.register_service(ServiceKind::Bastion, "b2", &public_line(&ed25519_key()), None).await.unwrap().api_token;
+    let serial = user_cert(&fx.ca, "alice").await;
+    let t0 = fx.clock_now();
+    // b1 holds alice's five sessions and keeps one of them alive for a while.
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let id = session_id();
+        granted(api, &fx.bastion, &terminated(&id, &serial, "pve01", "root")).await;
+        ids.push(id);
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    // Control: heartbeats keep leases alive well past the TTL.
+    for step in 1..=3 {
+        fx.clock.set(t0 + step * (LEASE_TTL_SECS - 2));
+        assert!(heartbeat(api, &fx.bastion, &refs, &[]).await.is_empty());
+    }
+    let t1 = fx.clock_now();
+    denied(api, &fx.bastion, &terminated(&session_id(), &serial, "pve01", "root"), deny_reason::CAP_REACHED).await;
+
+    // b1 goes quiet. At exactly the TTL the leases still count...
+    fx.clock.set(t1 + LEASE_TTL_SECS);
+    assert!(heartbeat(api, &b2, &[], &[]).await.is_empty());
+    denied(api, &b2, &terminated(&session_id(), &serial, "pve01", "root"), deny_reason::CAP_REACHED).await;
+    // ...one second later any heartbeat reclaims them.
+    fx.clock.set(t1 + LEASE_TTL_SECS + 1);
+    assert!(heartbeat(api, &b2, &[], &[]).await.is_empty());
+    assert_eq!(counter(&fx.ca, "user:alice").await, 0);
+    assert!(fx.ca.store().leases().await.unwrap().is_empty());
+    let lost: Vec<Value> = audit(&fx.ca, "session_closed").await;
+    assert_eq!(lost.len(), 5);
+    assert!(lost.iter().all(|e| e["reason"] == "lease_lost" && e["user"] == "alice" && e["bytes_to_client"] == 20));
+    granted(api, &b2, &terminated(&session_id(), &serial, "pve01", "root")).await;
+    // When b1 comes back, its sessions are gone: it must close them.
+    let orders = heartbeat(api, &fx.bastion, &refs, &[]).await;
+    assert_eq!(orders.len(), 5);
+    assert!(orders.iter().all(|(_, r)| *r == CloseReason::LeaseLost));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_order_closes_for_kill_revocation_and_policy_change() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let (alice, bob, carol) =
+        (user_cert(&fx.ca, "alice").await, user_cert(&fx.ca, "bob").await, user_cert(&fx.ca, "carol").await);
+    let dave = user_cert(&fx.ca, "alice").await;
+    let ids: Vec<String> = (0..4).map(|_| session_id()).collect();
+    granted(api, &fx.bastion, &terminated(&ids[0], &alice, "pve01", "root")).await;
+    granted(api, &fx.bastion, &jump(&ids[1], &bob, "pve02", None)).await;
+    granted(api, &fx.bastion, &terminated(&ids[2], &carol, "pve01", "deploy")).await;
+    granted(api, &fx.bastion, &terminated(&ids[3], &dave, "pve01", "deploy")).await;
+    let all: Vec<&str> = ids.iter().map(String::as_str).collect();
+    // Control: nothing to close.
+    assert!(heartbeat(api, &fx.bastion, &all, &["local"]).await.is_empty());
+
+    // The admin list shows them; alice (no admin permission) may not read it.
+    let (status, v) = api.get_json(Some(&fx.admin), "/v1/admin/sessions").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let live: Vec<portcullis_proto::SessionInfo> = serde_json::from_value(v).unwrap();
+    assert_eq!(live.len(), 4);
+    assert!(live.iter().all(|s| s.bytes_to_client == 20 && !s.kill_requested));
+    let alice_api = fx.ca.login_password("alice", &SecretString::from(PASSWORD), IP).await.unwrap().token;
+    let (status, _) = api.get_json(Some(&alice_api), "/v1/admin/sessions").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = api.post_json(Some(&alice_api), &format!("/v1/admin/sessions/{}/kill", ids[0]), &json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Admin kill.
+    let (status, v) = api.post_json(Some(&fx.admin), &format!("/v1/admin/sessions/{}/kill", ids[0]), &json!({})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    let (status, _) =
+        api.post_json(Some(&fx.admin), &format!("/v1/admin/sessions/{}/kill", session_id()), &json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(heartbeat(api, &fx.bastion, &all, &[]).await, [(ids[0].clone(), CloseReason::AdminTerminated)]);
+    let kill = audit(&fx.ca, "session_kill_requested").await;
+    assert_eq!((kill[0]["actor"].as_str(), kill[0]["session_id"].as_str()), (Some("admin"), Some(ids[0].as_str())));
+
+    // Revoking bob's certificate closes his session.
+    let (status, _) = api.post_json(Some(&fx.admin), "/v1/admin/revoke", &json!({"serial": bob})).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut want = vec![(ids[0].clone(), CloseReason::AdminTerminated), (ids[1].clone(), CloseReason::Revoked)];
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(heartbeat(api, &fx.bastion, &all, &[]).await, want);
+
+    // A policy change that removes carol's role closes her session; alice's second
+    // session (role ops, also for deploy) stays.
+    std::fs::write(fx.policy_dir.join("policy.toml"), POLICY_BASE).unwrap();
+    let (status, v) = api.post_json(Some(&fx.admin), "/v1/admin/policy/reload", &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    want.push((ids[2].clone(), CloseReason::PolicyChanged));
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(heartbeat(api, &fx.bastion, &all, &[]).await, want);
+
+    // The bastion closes them; each close is audited once with bytes and duration.
+    for (id, reason) in &want {
+        close(api, &fx.bastion, id, reason.as_str()).await;
+        close(api, &fx.bastion, id, reason.as_str()).await; // idempotent
+    }
+    assert!(heartbeat(api, &fx.bastion, &[&ids[3]], &[]).await.is_empty());
+    let closed = audit(&fx.ca, "session_closed").await;
+    assert_eq!(closed.len(), 3);
+    let rec = closed.iter().find(|e| e["session_id"] == json!(ids[1])).unwrap();
+    for (field, want) in [
+        ("reason", json!("revoked")),
+        ("user", json!("bob")),
+        ("device", json!("pve02")),
+        ("agent", json!("edge1")),
+        ("mode", json!("jump")),
+        ("rule", json!("lab-ssh")),
+        ("bytes_from_client", json!(111)),
+        ("bytes_to_client", json!(222)),
+        ("duration_ms", json!(3456)),
+    ] {
+        assert_eq!(rec[field], want, "{field} in {rec}");
+    }
+    assert_eq!(counter(&fx.ca, "user:bob").await, 0);
+    assert_eq!(counter(&fx.ca, "user:alice").await, 1);
+    // Another bastion cannot close b1's session.
+    let b2 =
+        fx.ca.register_service(ServiceKind::Bastion, "b2", &public_line(&ed25519_key()), None).await.unwrap().api_token;
+    close(api, &b2, &ids[3], "client_disconnect").await;
+    assert_eq!(fx.ca.store().leases().await.unwrap().len(), 1);
+
+    // Disabling a user closes the sessions of her certificates.
+    let (status, _) = api.post_json(Some(&fx.admin), "/v1/admin/users/alice/disable", &json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(heartbeat(api, &fx.bastion, &[&ids[3]], &[]).await, [(ids[3].clone(), CloseReason::Revoked)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bastion_events_become_typed_audit_records() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let serial = user_cert(&fx.ca, "alice").await;
+    let id = session_id();
+    granted(api, &fx.bastion, &terminated(&id, &serial, "pve01", "root")).await;
+    let events = json!({"events": [
+        {"event": "auth_refused", "client_ip": "198.51.100.9", "user": "mallory\u{1b}[31m", "reason": "expired"},
+        {"event": "broker_connected", "session_id": id, "agent": "local", "setup_ms": 42},
+        {"event": "broker_failed", "session_id": session_id(), "agent": "edge1", "reason": "target_unreachable"},
+        {"event": "agent_connected", "agent": "edge1", "remote": "203.0.113.4:51234"},
+        {"event": "agent_disconnected", "agent": "edge1"},
+    ]});
+    let (status, v) = api.post_json(Some(&fx.bastion), "/v1/bastion/events", &events).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    let refused = audit(&fx.ca, "bastion_auth_refused").await;
+    assert_eq!((refused[0]["user"].as_str(), refused[0]["bastion"].as_str()), (Some("mallory[31m"), Some("b1")));
+    let connected = audit(&fx.ca, "broker_connected").await;
+    for (field, want) in [
+        ("session_id", json!(id)),
+        ("user", json!("alice")),
+        ("device", json!("pve01")),
+        ("agent", json!("local")),
+        ("mode", json!("terminated")),
+        ("login", json!("root")),
+        ("setup_ms", json!(42)),
+    ] {
+        assert_eq!(connected[0][field], want, "{field}");
+    }
+    assert_eq!(audit(&fx.ca, "broker_failed").await[0]["reason"], "target_unreachable");
+    assert_eq!(audit(&fx.ca, "agent_connected").await.len(), 1);
+    assert_eq!(audit(&fx.ca, "agent_disconnected").await.len(), 1);
+
+    // Bad input: an unknown failure code, a bad session id, an oversized batch, an
+    // unknown field. Nothing of a refused batch is recorded.
+    let before = fx.ca.store().audit_records(0, 100_000).await.unwrap().len();
+    let many: Vec<Value> = (0..1001).map(|_| json!({"event": "agent_disconnected", "agent": "e"})).collect();
+    for body in [
+        json!({"events": [{"event": "agent_disconnected", "agent": "ok"},
+                          {"event": "broker_failed", "session_id": id, "agent": "edge1", "reason": "because"}]}),
+        json!({"events": [{"event": "broker_connected", "session_id": "x", "agent": "edge1", "setup_ms": 1}]}),
+        json!({"events": many}),
+        json!({"events": [{"event": "agent_disconnected", "agent": "edge1", "extra": 1}]}),
+    ] {
+        let (status, v) = api.post_json(Some(&fx.bastion), "/v1/bastion/events", &body).await;
+        assert!(status == StatusCode::BAD_REQUEST || status == StatusCode::PAYLOAD_TOO_LARGE, "{status}: {v}");
+    }
+    assert_eq!(fx.ca.store().audit_records(0, 100_000).await.unwrap().len(), before);
+}
