@@ -83,10 +83,21 @@ impl AgentHub {
     }
 
     /// A channel to `host:port` through `agent`; the agent connects (or refuses).
-    pub async fn open(&self, agent: &str, host: &str, port: u16, originator: SocketAddr) -> Result<Channel<Msg>, BrokerError> {
+    pub async fn open(
+        &self,
+        agent: &str,
+        host: &str,
+        port: u16,
+        originator: SocketAddr,
+    ) -> Result<Channel<Msg>, BrokerError> {
         let handle = self.lock().get(agent).map(|l| l.handle.clone()).ok_or(BrokerError::AgentUnavailable)?;
         let opened = handle
-            .channel_open_forwarded_tcpip(host, u32::from(port), originator.ip().to_string(), u32::from(originator.port()))
+            .channel_open_forwarded_tcpip(
+                host,
+                u32::from(port),
+                originator.ip().to_string(),
+                u32::from(originator.port()),
+            )
             .await;
         match opened {
             Ok(channel) => Ok(channel),
@@ -108,7 +119,11 @@ impl AgentHub {
             tokio::spawn(async move {
                 let _ = old
                     .handle
-                    .disconnect(russh::Disconnect::ByApplication, "replaced by a newer connection".into(), String::new())
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "replaced by a newer connection".into(),
+                        String::new(),
+                    )
                     .await;
             });
         }

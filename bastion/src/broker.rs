@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use portcullis_proto::bastion::{
-    CloseReason, SessionCloseRequest, SessionGrant, SessionOpenRequest, deny_reason,
-};
+use portcullis_proto::bastion::{CloseReason, SessionCloseRequest, SessionGrant, SessionOpenRequest, deny_reason};
 use russh::Channel;
 use russh::server::Msg;
 

@@ -86,6 +86,24 @@ impl ControlPlane {
         Ok(Self { base: config.ca_url.trim_end_matches('/').to_owned(), token: config.api_token, client })
     }
 
+    /// One-time enrollment of a bastion or agent with an enrollment token (`pce_…`):
+    /// the answer carries the service's `pcs_…` credential and internal certificate.
+    pub async fn enroll(
+        ca_url: &str,
+        ca_pin: &str,
+        enroll_token: &SecretString,
+        request: &ServiceEnrollRequest,
+    ) -> Result<ServiceEnrollResponse, ControlError> {
+        let once = ControlPlane::new(ControlConfig {
+            ca_url: ca_url.to_owned(),
+            ca_pin: ca_pin.to_owned(),
+            api_token: enroll_token.clone(),
+            timeout: Duration::from_secs(30),
+        })
+        .map_err(|e| ControlError::Unreachable { path: "/v1/services/enroll", detail: e.to_string() })?;
+        once.post("/v1/services/enroll", request).await
+    }
+
     pub async fn open_session(&self, request: &SessionOpenRequest) -> Result<SessionGrant, ControlError> {
         self.post("/v1/bastion/sessions/open", request).await
     }
@@ -170,7 +188,8 @@ mod tests {
             message: "cap_reached: too many sessions for alice".into(),
         };
         assert_eq!(e.deny_reason(), Some("cap_reached"));
-        let other = ControlError::Refused { path: "/x", status: 401, code: "unauthenticated".into(), message: "".into() };
+        let other =
+            ControlError::Refused { path: "/x", status: 401, code: "unauthenticated".into(), message: "".into() };
         assert_eq!(other.deny_reason(), None);
     }
 }

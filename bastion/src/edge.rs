@@ -37,11 +37,12 @@ impl AllowList {
     pub fn parse(entries: &[String]) -> Result<Self, String> {
         let mut list = Self::default();
         for entry in entries {
-            let (net, port) = entry.rsplit_once(':').ok_or_else(|| format!("{entry:?}: expected ADDR[/PREFIX]:PORT"))?;
+            let (net, port) =
+                entry.rsplit_once(':').ok_or_else(|| format!("{entry:?}: expected ADDR[/PREFIX]:PORT"))?;
             let port: u16 = port.parse().map_err(|_| format!("{entry:?}: bad port"))?;
             let net = net.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(net);
-            let (block, prefix) =
-                portcullis_sshcert::parse_cidr(net).ok_or_else(|| format!("{entry:?}: not an address or CIDR block"))?;
+            let (block, prefix) = portcullis_sshcert::parse_cidr(net)
+                .ok_or_else(|| format!("{entry:?}: not an address or CIDR block"))?;
             list.blocks.push((block, prefix, port));
         }
         Ok(list)
@@ -88,6 +89,8 @@ struct State {
     certificate: RwLock<Option<Certificate>>,
     allow: RwLock<AllowList>,
     fixed_allow: bool,
+    /// When the CA-assigned allow-list was last fetched on a miss.
+    last_miss_refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     connect_timeout: Duration,
 }
 
@@ -98,7 +101,30 @@ impl State {
     fn allow(&self) -> AllowList {
         self.allow.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// Whether the allow-list permits `host:port`. A miss on a CA-assigned list re-reads
+    /// it (at most every few seconds), so a device assigned a moment ago is reachable
+    /// without waiting for the periodic refresh; the answer is still the CA's list.
+    async fn permits(&self, host: &str, port: u16) -> bool {
+        if self.allow().permits(host, port) {
+            return true;
+        }
+        if self.fixed_allow {
+            return false;
+        }
+        let mut last = self.last_miss_refresh.lock().await;
+        if last.is_none_or(|t| t.elapsed() >= MISS_REFRESH_EVERY) {
+            *last = Some(tokio::time::Instant::now());
+            if let Err(e) = refresh_targets(self).await {
+                tracing::warn!(error = %e, "cannot refresh the assigned devices");
+            }
+        }
+        self.allow().permits(host, port)
+    }
 }
+
+/// Least time between two allow-list refreshes caused by misses.
+const MISS_REFRESH_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs the agent until the process ends.
 pub async fn run(config: AgentConfig) {
@@ -109,6 +135,7 @@ pub async fn run(config: AgentConfig) {
         certificate: RwLock::new(None),
         allow: RwLock::new(config.allow.clone().unwrap_or_default()),
         fixed_allow: config.allow.is_some(),
+        last_miss_refresh: tokio::sync::Mutex::new(None),
         connect_timeout: config.connect_timeout,
     });
     // Certificate and allow-list first (retrying), so the first dial can succeed.
@@ -157,10 +184,15 @@ async fn refresh(state: &State) -> Result<(), String> {
         *state.certificate.write().unwrap_or_else(|p| p.into_inner()) = Some(cert);
     }
     if !state.fixed_allow {
-        let targets = state.control.agent_targets().await.map_err(|e| e.to_string())?;
-        let pairs = targets.into_iter().flat_map(|t| t.addresses.into_iter().map(move |a| (a, t.port)));
-        *state.allow.write().unwrap_or_else(|p| p.into_inner()) = AllowList::exact(pairs);
+        refresh_targets(state).await?;
     }
+    Ok(())
+}
+
+async fn refresh_targets(state: &State) -> Result<(), String> {
+    let targets = state.control.agent_targets().await.map_err(|e| e.to_string())?;
+    let pairs = targets.into_iter().flat_map(|t| t.addresses.into_iter().map(move |a| (a, t.port)));
+    *state.allow.write().unwrap_or_else(|p| p.into_inner()) = AllowList::exact(pairs);
     Ok(())
 }
 
@@ -234,7 +266,9 @@ impl client::Handler for AgentSide {
     type Error = russh::Error;
 
     async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        Ok(matches!(key, PublicKeyOrCertificate::PublicKey { key, .. } if key.key_data() == self.bastion_key.key_data()))
+        Ok(
+            matches!(key, PublicKeyOrCertificate::PublicKey { key, .. } if key.key_data() == self.bastion_key.key_data()),
+        )
     }
 
     async fn server_channel_open_forwarded_tcpip(
@@ -247,24 +281,26 @@ impl client::Handler for AgentSide {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let port = u16::try_from(connected_port).ok();
         let host = connected_address.to_owned();
-        let permitted = port.is_some_and(|p| self.state.allow().permits(&host, p));
-        if !permitted {
-            tracing::warn!(destination = %format!("{host}:{connected_port}"), "refused a destination outside the allow-list");
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
-            return Ok(());
-        }
-        let timeout = self.state.connect_timeout;
-        // Connect in a task: this connection keeps serving other channels meanwhile.
+        let state = Arc::clone(&self.state);
+        // Decide and connect in a task: this connection keeps serving other channels.
         tokio::spawn(async move {
-            let target = match tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port.unwrap_or(22)))).await {
-                Ok(Ok(s)) => s,
+            let port = match u16::try_from(connected_port) {
+                Ok(port) if state.permits(&host, port).await => port,
                 _ => {
-                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                    tracing::warn!(destination = %format!("{host}:{connected_port}"), "refused a destination outside the allow-list");
+                    reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
                     return;
                 }
             };
+            let target =
+                match tokio::time::timeout(state.connect_timeout, TcpStream::connect((host.as_str(), port))).await {
+                    Ok(Ok(s)) => s,
+                    _ => {
+                        reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                        return;
+                    }
+                };
             let _ = target.set_nodelay(true);
             reply.accept().await;
             relay(channel, target).await;

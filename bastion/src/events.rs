@@ -200,7 +200,9 @@ impl EventSink {
     pub fn record(&self, event: BastionEvent) {
         // Every field is either ours or sanitized (user names) and none holds key material.
         match &event {
-            BastionEvent::AuthRefused { .. } | BastionEvent::AgentRefused { .. } | BastionEvent::BrokerFailed { .. } => {
+            BastionEvent::AuthRefused { .. }
+            | BastionEvent::AgentRefused { .. }
+            | BastionEvent::BrokerFailed { .. } => {
                 tracing::warn!(target: "portcullis_bastion::event", event = event.name(), detail = ?event)
             }
             _ => tracing::info!(target: "portcullis_bastion::event", event = event.name(), detail = ?event),

@@ -12,8 +12,8 @@ use ssh_key::Certificate;
 use tokio::sync::oneshot;
 
 use crate::events::{BastionEvent, RefusalReason, sanitize_user};
-use crate::login::{RequestedLogin, acceptable_principals};
 use crate::jump::{ADMINISTRATIVELY_PROHIBITED, JumpRequest};
+use crate::login::{RequestedLogin, acceptable_principals};
 use crate::server::Shared;
 use crate::terminated::TerminatedRequest;
 use portcullis_proto::bastion::SessionMode;

@@ -41,7 +41,9 @@ pub(crate) async fn run(shared: Arc<Shared>, req: JumpRequest, client: Channel<M
     let admitted = match shared.admit(request).await {
         Ok(a) => a,
         Err(refusal) => {
-            reply.reject(ChannelOpenFailure::Other { code: ADMINISTRATIVELY_PROHIBITED, reason: refusal.message }).await;
+            reply
+                .reject(ChannelOpenFailure::Other { code: ADMINISTRATIVELY_PROHIBITED, reason: refusal.message })
+                .await;
             return;
         }
     };

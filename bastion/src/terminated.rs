@@ -108,11 +108,8 @@ async fn log_in_onward(
     };
     let stream = shared.reach(admitted, peer).await?.into_stream();
     let checker = HostKeyChecker::new(g.host_key_check, &g.known_host_keys);
-    let config = Arc::new(client::Config {
-        preferred: crate::server::preferred(),
-        nodelay: true,
-        ..client::Config::default()
-    });
+    let config =
+        Arc::new(client::Config { preferred: crate::server::preferred(), nodelay: true, ..client::Config::default() });
     let timeout = std::time::Duration::from_millis(g.connect_timeout_ms.clamp(100, 60_000));
     let connected = tokio::time::timeout(timeout, async {
         let mut session = client::connect_stream(config, stream, checker).await?;
@@ -177,7 +174,11 @@ pub(crate) struct HostKeyChecker {
 
 impl HostKeyChecker {
     fn new(policy: HostKeyCheck, known_lines: &[String]) -> Self {
-        let known = known_lines.iter().filter_map(|l| PublicKey::from_openssh(l.trim()).ok()).map(|k| k.key_data().clone()).collect();
+        let known = known_lines
+            .iter()
+            .filter_map(|l| PublicKey::from_openssh(l.trim()).ok())
+            .map(|k| k.key_data().clone())
+            .collect();
         Self { policy, known }
     }
 
@@ -234,10 +235,14 @@ async fn proxy(
                 }
                 ChannelMsg::Eof => to_node.eof().await,
                 ChannelMsg::Close => break,
-                ChannelMsg::RequestPty { term, col_width, row_height, pix_width, pix_height, terminal_modes, .. } => {
+                ChannelMsg::RequestPty {
+                    term, col_width, row_height, pix_width, pix_height, terminal_modes, ..
+                } => {
                     live.touch();
                     expect_reply();
-                    to_node.request_pty(true, &term, col_width, row_height, pix_width, pix_height, &terminal_modes).await
+                    to_node
+                        .request_pty(true, &term, col_width, row_height, pix_width, pix_height, &terminal_modes)
+                        .await
                 }
                 ChannelMsg::RequestShell { .. } => {
                     expect_reply();

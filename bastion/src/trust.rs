@@ -199,11 +199,21 @@ mod tests {
         .unwrap();
         assert!(source.current().is_none(), "never loaded: fail closed");
         let krl = Krl::parse(&portcullis_sshcert::KrlBuilder::new(1, 1, "").encode()).unwrap();
-        let fresh = Arc::new(TrustSnapshot { user_ca_keys: parse_keys(KEY).unwrap(), internal_ca_keys: Vec::new(), krl, fetched_at: 10_000 - 3600 });
+        let fresh = Arc::new(TrustSnapshot {
+            user_ca_keys: parse_keys(KEY).unwrap(),
+            internal_ca_keys: Vec::new(),
+            krl,
+            fetched_at: 10_000 - 3600,
+        });
         *source.current.write().unwrap() = Some(Arc::clone(&fresh));
         assert!(source.current().is_some());
         let krl = Krl::parse(&portcullis_sshcert::KrlBuilder::new(1, 1, "").encode()).unwrap();
-        let stale = Arc::new(TrustSnapshot { user_ca_keys: parse_keys(KEY).unwrap(), internal_ca_keys: Vec::new(), krl, fetched_at: 10_000 - 3601 });
+        let stale = Arc::new(TrustSnapshot {
+            user_ca_keys: parse_keys(KEY).unwrap(),
+            internal_ca_keys: Vec::new(),
+            krl,
+            fetched_at: 10_000 - 3601,
+        });
         *source.current.write().unwrap() = Some(stale);
         assert!(source.current().is_none(), "older than max_staleness: fail closed");
     }

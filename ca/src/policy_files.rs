@@ -52,6 +52,14 @@ extensions = ["permit-pty", "permit-agent-forwarding"]
 [[binding]]
 group = "portcullis-admins"
 roles = ["portcullis-admin", "node-admin"]
+
+# Sessions through the bastion (`ssh -p 2222 root%NODE@host`, `ssh -J`) to devices
+# served by the all-in-one's built-in agent, `local`.
+[[rule]]
+name = "ssh-via-local-agent"
+purpose = "ssh_login"
+targets = 'in:devices name:%'
+scope = { agents = ["local"] }
 "#;
 
 #[cfg(test)]

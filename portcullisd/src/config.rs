@@ -46,6 +46,12 @@ pub struct ServerConfig {
     /// OpenID Connect single sign-on (browser and CLI device flow).
     #[serde(default)]
     pub oidc: Option<OidcToml>,
+    /// The agent that serves devices whose inventory record names none.
+    #[serde(default)]
+    pub default_agent: Option<String>,
+    /// All-in-one only: run a bastion (and a local agent) with this SSH listener.
+    #[serde(skip)]
+    pub ssh_listen: Option<String>,
 }
 
 /// The `[oidc]` table as written; checked by `portcullis_ca::identity::oidc::Oidc::new`.
@@ -197,6 +203,8 @@ impl ServerConfig {
             enroll_binary: None,
             ldap: None,
             oidc: None,
+            default_agent: None,
+            ssh_listen: None,
             data_dir,
         })
     }
@@ -206,6 +214,7 @@ impl ServerConfig {
         let database_url =
             self.database_url.unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("portcullis.db").display()));
         let mut config = CaConfig::new(database_url, self.policy_dir, passphrase);
+        config.default_agent = self.default_agent;
         if let Some(alg) = self.key_algorithm {
             config.key_algorithm = alg.parse().map_err(anyhow::Error::msg)?;
         }

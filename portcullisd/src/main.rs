@@ -1,11 +1,14 @@
 //! `portcullisd`: parses arguments and configuration, then runs the chosen components.
 
 mod config;
+mod dataplane;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use config::ServerConfig;
 use portcullis_ca::{Ca, SystemClock, api, server, tls};
+use portcullis_proto::bastion::ServiceKind;
+use secrecy::SecretString;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -13,7 +16,7 @@ use std::sync::Arc;
 #[command(
     name = "portcullisd",
     version,
-    about = "Portcullis server: SSH certificate authority (and, later, bastion and agent)"
+    about = "Portcullis server: SSH certificate authority, bastion and edge agent"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -39,12 +42,67 @@ enum Command {
         /// A TOML file with an `[oidc]` table: single sign-on through an OpenID Connect provider.
         #[arg(long)]
         oidc_config: Option<PathBuf>,
+        /// Address of the bastion's SSH listener (`ssh -p 2222 root%NODE@HOST`).
+        #[arg(long, default_value = "127.0.0.1:2222", env = "PORTCULLIS_SSH_LISTEN")]
+        ssh_listen: String,
     },
     /// The certificate authority (control plane) from a configuration file.
     Ca {
         #[arg(long, short, default_value = "/etc/portcullis/portcullisd.toml")]
         config: PathBuf,
     },
+    /// The bastion: SSH front door for users, listener for edge agents.
+    Bastion {
+        #[command(flatten)]
+        service: ServiceArgs,
+        /// Users' SSH listener.
+        #[arg(long, default_value = "0.0.0.0:2222")]
+        listen: String,
+        /// Edge agents' listener.
+        #[arg(long, default_value = "0.0.0.0:2223")]
+        agent_listen: String,
+        /// `host:port` agents dial to reach the agent listener (registered with the CA).
+        #[arg(long)]
+        agent_endpoint: String,
+    },
+    /// The edge agent: dials out to the bastions and connects onward inside its network.
+    Agent {
+        #[command(flatten)]
+        service: ServiceArgs,
+        /// `HOST:PORT=PUBLIC_KEY` of a bastion's agent listener (repeatable); default:
+        /// every bastion the CA lists.
+        #[arg(long = "bastion")]
+        bastions: Vec<String>,
+        /// `ADDR[/PREFIX]:PORT` the agent may connect to (repeatable); default: port 22
+        /// of the devices the CA assigns to this agent.
+        #[arg(long = "allow")]
+        allow: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServiceArgs {
+    /// The CA's URL (`https://…`).
+    #[arg(long)]
+    ca: String,
+    /// The CA's TLS public-key pin (`SHA256:…`).
+    #[arg(long)]
+    ca_fingerprint: String,
+    /// This service's name, as the CA registers it.
+    #[arg(long)]
+    name: String,
+    /// Holds the identity key and the CA credential.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// One-time enrollment token (first start only).
+    #[arg(long, env = "PORTCULLIS_ENROLL_TOKEN", hide_env_values = true)]
+    enroll_token: Option<String>,
+}
+
+impl ServiceArgs {
+    fn endpoint(&self) -> dataplane::CaEndpoint {
+        dataplane::CaEndpoint { url: self.ca.clone(), pin: self.ca_fingerprint.clone() }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,7 +116,45 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let (config, all_in_one) = match cli.command {
-            Command::AllInOne { data_dir, listen, tls_names, ldap_config, oidc_config } => {
+            Command::Bastion { service, listen, agent_listen, agent_endpoint } => {
+                let identity = dataplane::enrolled_identity(
+                    &service.endpoint(),
+                    &service.state_dir,
+                    ServiceKind::Bastion,
+                    &service.name,
+                    Some(agent_endpoint),
+                    service.enroll_token.clone().map(SecretString::from),
+                )
+                .await?;
+                let agents = tokio::net::TcpListener::bind(&agent_listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {agent_listen}"))?;
+                let addr = dataplane::start_bastion(&service.endpoint(), identity, &listen, agents).await?;
+                println!("Portcullis bastion {} listening on {addr} (agents on {agent_listen})", service.name);
+                return wait_for_shutdown().await;
+            }
+            Command::Agent { service, bastions, allow } => {
+                let identity = dataplane::enrolled_identity(
+                    &service.endpoint(),
+                    &service.state_dir,
+                    ServiceKind::Agent,
+                    &service.name,
+                    None,
+                    service.enroll_token.clone().map(SecretString::from),
+                )
+                .await?;
+                let bastions =
+                    bastions.iter().map(|b| dataplane::parse_bastion_arg(b)).collect::<Result<Vec<_>, _>>()?;
+                let allow = if allow.is_empty() {
+                    None
+                } else {
+                    Some(portcullis_bastion::edge::AllowList::parse(&allow).map_err(anyhow::Error::msg)?)
+                };
+                dataplane::start_agent(&service.endpoint(), &service.name, identity, bastions, allow)?;
+                println!("Portcullis agent {} running", service.name);
+                return wait_for_shutdown().await;
+            }
+            Command::AllInOne { data_dir, listen, tls_names, ldap_config, oidc_config, ssh_listen } => {
                 let mut config = ServerConfig::all_in_one(&data_dir, &listen, tls_names)?;
                 if let Some(path) = ldap_config {
                     config.ldap = Some(config::read_ldap_file(&path)?);
@@ -66,6 +162,9 @@ fn main() -> anyhow::Result<()> {
                 if let Some(path) = oidc_config {
                     config.oidc = Some(config::read_oidc_file(&path)?);
                 }
+                // Devices enrolled without an agent are reached through the built-in one.
+                config.default_agent = Some(LOCAL.to_owned());
+                config.ssh_listen = Some(ssh_listen);
                 (config, true)
             }
             Command::Ca { config } => (ServerConfig::from_file(&config)?, false),
@@ -84,6 +183,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let data_dir = config.data_dir.clone();
+    let ssh_listen = config.ssh_listen.clone();
     let enroll_binary = config.enroll_binary.clone().or_else(default_enroll_binary);
     let mut ca_config = config.into_ca_config()?;
     ca_config.tls_pin = tls.pin.clone();
@@ -104,21 +204,68 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     // the password on the operator's terminal; the `ca` service (whose stdout is a journal)
     // only says which 0600 file holds it.
     config::announce_bootstrap_admin(&ca, &data_dir, all_in_one).await?;
-    if all_in_one {
-        println!("Log in: portcullis login --ca {url} --ca-fingerprint {} --user admin", tls.pin);
-    }
 
     spawn_reload_on_sighup(Arc::clone(&ca));
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-        tracing::info!("shutting down");
-    };
-    server::serve(listener, tls.config, api::router(Arc::clone(&ca)), shutdown).await;
+    let api = tokio::spawn(server::serve(listener, tls.config, api::router(Arc::clone(&ca)), async {
+        let _ = wait_for_shutdown().await;
+    }));
+    if let Some(ssh_listen) = ssh_listen {
+        let endpoint =
+            dataplane::CaEndpoint { url: format!("https://127.0.0.1:{}", addr.port()), pin: tls.pin.clone() };
+        let ssh_addr = start_local_data_plane(&ca, &data_dir, &endpoint, &ssh_listen).await?;
+        println!("Bastion listening on {ssh_addr}: ssh -p {} root%NODE@{}", ssh_addr.port(), ssh_addr.ip());
+    }
+    if all_in_one {
+        // Last line of the banner (tests wait for it).
+        println!("Log in: portcullis login --ca {url} --ca-fingerprint {} --user admin", tls.pin);
+    }
+    let _ = api.await;
     ca.store().close().await;
+    Ok(())
+}
+
+/// Name of the all-in-one's own bastion and agent.
+const LOCAL: &str = "local";
+
+/// The all-in-one's bastion and agent, registered with the CA in-process (no token)
+/// and talking to it over its own HTTPS API like remote ones would.
+async fn start_local_data_plane(
+    ca: &Ca,
+    data_dir: &std::path::Path,
+    endpoint: &dataplane::CaEndpoint,
+    ssh_listen: &str,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let agents = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let agent_addr = agents.local_addr()?;
+    let bastion_key = dataplane::identity_key(&data_dir.join("bastion"))?;
+    let registered = ca
+        .register_service(
+            ServiceKind::Bastion,
+            LOCAL,
+            &dataplane::public_line(&bastion_key)?,
+            Some(&agent_addr.to_string()),
+        )
+        .await?;
+    let host_key = bastion_key.public_key().clone();
+    let identity = dataplane::Identity { key: bastion_key, api_token: SecretString::from(registered.api_token) };
+    let ssh_addr = dataplane::start_bastion(endpoint, identity, ssh_listen, agents).await?;
+
+    let agent_key = dataplane::identity_key(&data_dir.join("agent"))?;
+    let registered = ca.register_service(ServiceKind::Agent, LOCAL, &dataplane::public_line(&agent_key)?, None).await?;
+    let identity = dataplane::Identity { key: agent_key, api_token: SecretString::from(registered.api_token) };
+    let bastion = portcullis_bastion::edge::endpoint(agent_addr, host_key);
+    dataplane::start_agent(endpoint, LOCAL, identity, vec![bastion], None)?;
+    Ok(ssh_addr)
+}
+
+/// Until SIGINT or SIGTERM.
+async fn wait_for_shutdown() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+    tracing::info!("shutting down");
     Ok(())
 }
 

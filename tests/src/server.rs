@@ -43,6 +43,8 @@ pub struct Server {
     pub user_ca_keys: String,
     /// The server's stderr (its log), for failure messages.
     pub log_path: PathBuf,
+    /// The all-in-one's bastion SSH listener.
+    pub bastion: std::net::SocketAddr,
     stdout: Arc<Mutex<Vec<String>>>,
     admin_token: tokio::sync::Mutex<Option<String>>,
     child: Child,
@@ -71,6 +73,7 @@ impl Server {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--listen", opts.listen.as_deref().unwrap_or("127.0.0.1:0")])
+            .args(["--ssh-listen", "127.0.0.1:0"])
             .args(&opts.args)
             .env("RUST_LOG", "warn")
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
@@ -95,7 +98,7 @@ impl Server {
             }
         });
 
-        let (url, pin) = match wait_for_banner(&rx) {
+        let (url, pin, bastion) = match wait_for_banner(&rx) {
             Ok(found) => found,
             Err(why) => {
                 let _ = child.kill();
@@ -117,6 +120,7 @@ impl Server {
             pin,
             data_dir,
             admin_password,
+            bastion,
             user_ca_keys: String::new(),
             log_path,
             stdout,
@@ -328,9 +332,9 @@ async fn status_and_json(resp: reqwest::Response) -> (StatusCode, Value) {
 
 /// Reads start-up lines until the URL, the pin, and the final `Log in:` hint (printed
 /// after the initial admin password file is written).
-fn wait_for_banner(rx: &Receiver<String>) -> Result<(String, String), String> {
+fn wait_for_banner(rx: &Receiver<String>) -> Result<(String, String, std::net::SocketAddr), String> {
     let deadline = Instant::now() + START_TIMEOUT;
-    let (mut url, mut pin) = (None, None);
+    let (mut url, mut pin, mut bastion) = (None, None, None);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = match rx.recv_timeout(left) {
@@ -344,10 +348,12 @@ fn wait_for_banner(rx: &Receiver<String>) -> Result<(String, String), String> {
             url = Some(rest.trim().to_owned());
         } else if let Some(rest) = line.strip_prefix("TLS public-key pin: ") {
             pin = Some(rest.trim().to_owned());
+        } else if let Some(rest) = line.strip_prefix("Bastion listening on ") {
+            bastion = rest.split(':').take(2).collect::<Vec<_>>().join(":").parse().ok();
         } else if line.starts_with("Log in:") {
-            return match (url, pin) {
-                (Some(url), Some(pin)) => Ok((url, pin)),
-                _ => Err("banner lacks the URL or the pin".into()),
+            return match (url, pin, bastion) {
+                (Some(url), Some(pin), Some(bastion)) => Ok((url, pin, bastion)),
+                _ => Err("banner lacks the URL, the pin or the bastion address".into()),
             };
         }
     }

@@ -13,6 +13,7 @@ pub const SSHD: &str = "/usr/sbin/sshd";
 pub struct Sshd {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    pub ip: String,
     child: Child,
 }
 
@@ -31,6 +32,12 @@ fn free_port() -> u16 {
 
 impl Sshd {
     pub fn start(trust: &NodeTrust) -> Sshd {
+        Sshd::start_at(trust, "127.0.0.1", free_port())
+    }
+
+    /// On `ip:port`, e.g. port 22 of an otherwise unused loopback address (root only),
+    /// the way a real node listens.
+    pub fn start_at(trust: &NodeTrust, ip: &str, port: u16) -> Sshd {
         assert!(Path::new(SSHD).exists(), "{SSHD} missing: run ./scripts/test.sh, which installs openssh-server");
         std::fs::create_dir_all("/run/sshd").unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -52,12 +59,11 @@ impl Sshd {
             }
             None => String::new(),
         };
-        let port = free_port();
         let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile none\nStrictModes no\nUsePAM no\n\
+            "Port {port}\nListenAddress {ip}\nHostKey {hk}\nPidFile none\nStrictModes no\nUsePAM no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
              AuthorizedKeysFile none\nTrustedUserCAKeys {d}/ca.pub\nAuthorizedPrincipalsFile {d}/principals/%u\n\
-             {krl_line}LogLevel VERBOSE\n",
+             {krl_line}Subsystem sftp internal-sftp\nLogLevel VERBOSE\n",
             hk = host_key.display(),
             d = d.display(),
         );
@@ -76,11 +82,11 @@ impl Sshd {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect((ip, port)).is_err() {
             assert!(Instant::now() < deadline, "sshd did not start; log: {}", d.join("sshd.log").display());
             std::thread::sleep(Duration::from_millis(50));
         }
-        Sshd { dir, port, child }
+        Sshd { dir, port, ip: ip.to_owned(), child }
     }
 
     /// Replaces the KRL atomically; sshd reads `RevokedKeys` at every authentication.
@@ -90,6 +96,11 @@ impl Sshd {
         f.write_all(krl).unwrap();
         f.sync_all().unwrap();
         std::fs::rename(tmp, self.dir.path().join("krl")).unwrap();
+    }
+
+    /// The node's host key, as an OpenSSH public key line.
+    pub fn host_public_key(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("host_ed25519.pub")).unwrap().trim().to_owned()
     }
 
     pub fn log(&self) -> String {

@@ -1,0 +1,178 @@
+//! The data plane in `portcullisd`: the bastion and the edge agent, standalone or inside
+//! the all-in-one.
+//!
+//! A service keeps its identity in a state directory: `identity` (its Ed25519 private
+//! key, 0600, generated on first start and never sent anywhere) and `api-token` (the
+//! `pcs_…` credential the CA returned at enrollment, 0600). The first start needs a
+//! one-time enrollment token minted for the service's kind.
+
+use anyhow::{Context, bail};
+use portcullis_bastion::edge::{self, AgentConfig, AllowList, BastionEndpoint};
+use portcullis_bastion::{
+    Bastion, BastionConfig, ControlConfig, ControlPlane, EventSink, SystemClock, TrustConfig, TrustSource,
+};
+use portcullis_ca::fsutil;
+use portcullis_proto::bastion::{ServiceEnrollRequest, ServiceKind};
+use secrecy::{ExposeSecret, SecretString};
+use ssh_key::rand_core::UnwrapErr;
+use ssh_key::{Algorithm, LineEnding, PrivateKey, PublicKey};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where the CA is, pinned.
+#[derive(Debug, Clone)]
+pub struct CaEndpoint {
+    pub url: String,
+    pub pin: String,
+}
+
+/// The service's key and CA credential, from its state directory.
+pub struct Identity {
+    pub key: PrivateKey,
+    pub api_token: SecretString,
+}
+
+/// Loads the identity key, generating it on first start.
+pub fn identity_key(state_dir: &Path) -> anyhow::Result<PrivateKey> {
+    fsutil_dir(state_dir)?;
+    let path = state_dir.join("identity");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let key =
+            PrivateKey::from_openssh(&text).with_context(|| format!("{} is not an OpenSSH key", path.display()))?;
+        if key.algorithm() != Algorithm::Ed25519 {
+            bail!("{} must be an Ed25519 key", path.display());
+        }
+        return Ok(key);
+    }
+    let key = PrivateKey::random(&mut UnwrapErr(ssh_key::getrandom::SysRng), Algorithm::Ed25519)
+        .map_err(|_| anyhow::anyhow!("cannot generate the identity key"))?;
+    let text = key.to_openssh(LineEnding::LF).map_err(|_| anyhow::anyhow!("cannot encode the identity key"))?;
+    fsutil::write_private(&path, text.as_bytes())?;
+    Ok(key)
+}
+
+fn fsutil_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// The identity of a standalone service: enrolls with `enroll_token` the first time.
+pub async fn enrolled_identity(
+    ca: &CaEndpoint,
+    state_dir: &Path,
+    kind: ServiceKind,
+    name: &str,
+    agent_endpoint: Option<String>,
+    enroll_token: Option<SecretString>,
+) -> anyhow::Result<Identity> {
+    let key = identity_key(state_dir)?;
+    let token_path = state_dir.join("api-token");
+    if token_path.exists() {
+        let token = std::fs::read_to_string(&token_path)?.trim().to_owned();
+        return Ok(Identity { key, api_token: SecretString::from(token) });
+    }
+    let Some(enroll_token) = enroll_token else {
+        bail!(
+            "not enrolled yet: pass --enroll-token (from `portcullis admin enroll-token create --service {}`)",
+            kind.as_str()
+        );
+    };
+    let request = ServiceEnrollRequest { kind, name: name.to_owned(), public_key: public_line(&key)?, agent_endpoint };
+    let answer = ControlPlane::enroll(&ca.url, &ca.pin, &enroll_token, &request)
+        .await
+        .with_context(|| format!("enrollment of {} {name} failed", kind.as_str()))?;
+    fsutil::write_private(&token_path, answer.api_token.as_bytes())?;
+    println!("Enrolled {} {name} with the CA.", kind.as_str());
+    Ok(Identity { key, api_token: SecretString::from(answer.api_token) })
+}
+
+pub fn public_line(key: &PrivateKey) -> anyhow::Result<String> {
+    PublicKey::new(key.public_key().key_data().clone(), "")
+        .to_openssh()
+        .map_err(|_| anyhow::anyhow!("cannot encode a public key"))
+}
+
+pub fn control_plane(ca: &CaEndpoint, token: &SecretString) -> anyhow::Result<Arc<ControlPlane>> {
+    Ok(Arc::new(ControlPlane::new(ControlConfig {
+        ca_url: ca.url.clone(),
+        ca_pin: ca.pin.clone(),
+        api_token: SecretString::from(token.expose_secret().to_owned()),
+        timeout: Duration::from_secs(10),
+    })?))
+}
+
+/// Starts the bastion: trust refresh, heartbeat, audit forwarding, both listeners.
+/// Returns once the listeners are bound; the tasks run until the process ends.
+pub async fn start_bastion(
+    ca: &CaEndpoint,
+    identity: Identity,
+    ssh_listen: &str,
+    agent_listener: tokio::net::TcpListener,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let clock: Arc<dyn portcullis_bastion::Clock> = Arc::new(SystemClock);
+    let trust = Arc::new(TrustSource::new(TrustConfig::new(&ca.url, &ca.pin), Arc::clone(&clock))?);
+    if let Err(e) = trust.refresh().await {
+        tracing::warn!(error = %e, "first trust refresh failed; refusing every login until it succeeds");
+    }
+    trust.spawn_refresher();
+    let control = control_plane(ca, &identity.api_token)?;
+    let mut events = EventSink::new();
+    events.forward_to(Arc::clone(&control));
+    let bastion = Arc::new(Bastion::new(BastionConfig::new(identity.key), trust, control, clock, events)?);
+    let listener =
+        tokio::net::TcpListener::bind(ssh_listen).await.with_context(|| format!("cannot listen on {ssh_listen}"))?;
+    let addr = listener.local_addr()?;
+    bastion.spawn_heartbeat();
+    tokio::spawn({
+        let bastion = Arc::clone(&bastion);
+        async move {
+            if let Err(e) = bastion.serve_agents(agent_listener).await {
+                tracing::error!(error = %e, "agent listener failed");
+            }
+        }
+    });
+    tokio::spawn(async move {
+        if let Err(e) = bastion.serve(listener).await {
+            tracing::error!(error = %e, "SSH listener failed");
+        }
+    });
+    Ok(addr)
+}
+
+/// Runs the edge agent (spawned; returns at once).
+pub fn start_agent(
+    ca: &CaEndpoint,
+    name: &str,
+    identity: Identity,
+    bastions: Vec<BastionEndpoint>,
+    allow: Option<AllowList>,
+) -> anyhow::Result<()> {
+    let config = AgentConfig {
+        name: name.to_owned(),
+        key: Arc::new(identity.key),
+        control: control_plane(ca, &identity.api_token)?,
+        bastions,
+        allow,
+        connect_timeout: Duration::from_secs(10),
+    };
+    tokio::spawn(edge::run(config));
+    Ok(())
+}
+
+/// `--bastion HOST:PORT=KEYFILE_OR_KEYLINE` for agents that should not rely on the CA's
+/// directory.
+pub fn parse_bastion_arg(arg: &str) -> anyhow::Result<BastionEndpoint> {
+    let (address, key) = arg.split_once('=').context("expected HOST:PORT=PUBLIC_KEY_FILE")?;
+    let text = std::fs::read_to_string(PathBuf::from(key)).unwrap_or_else(|_| key.to_owned());
+    let host_key = PublicKey::from_openssh(text.trim()).context("the bastion host key does not parse")?;
+    Ok(BastionEndpoint { address: address.to_owned(), host_key })
+}

@@ -1,0 +1,280 @@
+//! The bastion end to end with real OpenSSH on both sides: stock `ssh`, `scp` and
+//! `sftp` through the all-in-one's bastion and its built-in edge agent to a throwaway
+//! `sshd` listening on port 22 of its own loopback address, in terminated mode
+//! (`root%node@bastion`, per-session certificate) and jump mode (`ProxyJump`, the
+//! user's own certificate end to end); limits and close orders end live sessions with
+//! the reason shown to the user and audited.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use portcullis_proto::NodeRecord;
+use portcullis_tests::Server;
+use portcullis_tests::server::write_file;
+use portcullis_tests::ssh::{ed25519_key, public_line, write_key_pair};
+use portcullis_tests::sshd::{NodeTrust, Sshd};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn policy(idle: &str) -> String {
+    format!(
+        r#"
+[[role]]
+name = "prod-root"
+logins = ["root"]
+targets = 'in:devices tags.env:prod'
+permissions = ["certs.issue", "sessions.kill"]
+max_cert_ttl = "1h"
+extensions = ["permit-pty"]
+session = {{ idle = "{idle}", absolute = "1h" }}
+
+[[binding]]
+group = "ops"
+roles = ["prod-root"]
+
+[[rule]]
+name = "prod-ssh"
+purpose = "ssh_login"
+targets = 'in:devices tags.env:prod'
+scope = {{ agents = ["local"] }}
+allowed_ports = [22, 2200]
+"#
+    )
+}
+
+/// An unused loopback address, so the node's sshd can listen on port 22 like a real one.
+fn loopback_ip() -> String {
+    let [a, b, c] = portcullis_sshcert::random_bytes::<3>();
+    format!("127.{}.{}.{}", a.max(1), b, c.clamp(2, 254))
+}
+
+struct World {
+    server: Server,
+    node: Sshd,
+    admin: String,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+/// CA + bastion + agent (the all-in-one), an enrolled-looking node, and alice with a
+/// certificate, written into an ssh config with `bastion` and `node` host blocks.
+async fn world(idle: &str) -> World {
+    let server = Server::start().await;
+    let (status, body) = server.write_policy("prod.toml", &policy(idle)).await;
+    assert!(status.is_success(), "policy: {body}");
+    let admin = server.admin_token().await;
+    let ip = loopback_ip();
+    // The node trusts the CA exactly as enrollment would make it (principals from the CA).
+    let mut record = NodeRecord {
+        name: "pve01".into(),
+        addresses: vec![ip.clone()],
+        tags: [("env".to_owned(), "prod".to_owned())].into(),
+        ..Default::default()
+    };
+    server.add_node(&admin, &record).await;
+    let (status, principals) = server.get_json(Some(&admin), "/v1/nodes/pve01/principals").await;
+    assert!(status.is_success(), "{principals}");
+    let principals = serde_json::from_value(principals["principals"].clone()).unwrap();
+    let node = Sshd::start_at(
+        &NodeTrust { trusted_user_ca_keys: server.user_ca_keys.clone(), principals, krl: None },
+        &ip,
+        22,
+    );
+    record.host_keys = vec![node.host_public_key()];
+    server.add_node(&admin, &record).await;
+
+    server.add_user(&admin, "alice", &["ops"], PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = ed25519_key();
+    let key_path = write_key_pair(dir.path(), "id", &key);
+    let token = server.login("alice", PASSWORD).await;
+    let (status, body) = server.issue_cert(&token, &public_line(&key)).await;
+    assert!(status.is_success(), "issue: {body}");
+    let cert = write_file(dir.path(), "id-cert.pub", body["certificate"].as_str().unwrap());
+    let common = format!(
+        "  IdentityFile {}\n  CertificateFile {}\n  IdentitiesOnly yes\n  IdentityAgent none\n  BatchMode yes\n\
+         \x20 StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  GlobalKnownHostsFile /dev/null\n\
+         \x20 LogLevel ERROR\n  ConnectTimeout 20\n",
+        key_path.display(),
+        cert.display()
+    );
+    let b = server.bastion;
+    let config = write_file(
+        dir.path(),
+        "ssh_config",
+        format!(
+            "Host bastion\n  HostName {}\n  Port {}\n  User root%pve01\n{common}\
+             Host jump\n  HostName {}\n  Port {}\n  User alice\n{common}\
+             Host node\n  HostName {ip}\n  Port 22\n  User root\n  ProxyJump jump\n{common}",
+            b.ip(),
+            b.port(),
+            b.ip(),
+            b.port()
+        ),
+    );
+    World { server, node, admin, dir, config }
+}
+
+impl World {
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        std::process::Command::new(program).arg("-F").arg(&self.config).args(args).output().unwrap()
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_scp_and_sftp_through_the_bastion_in_both_modes() {
+    let w = world("15m").await;
+
+    // Terminated mode: exec with output and exit status.
+    let out = w.run("ssh", &["bastion", "echo terminated-ok; echo to-stderr >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "terminated-ok", "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"), "{}", text(&out));
+    // The node saw a per-session certificate whose key id names the session.
+    assert!(w.node.log().contains("ID session:"), "node log: {}", w.node.log());
+
+    // A file both ways, by scp (sftp protocol) and sftp, 3 MiB of random bytes.
+    let data: Vec<u8> = (0..3 * 1024 * 1024 / 32).flat_map(|_| portcullis_sshcert::random_bytes::<32>()).collect();
+    let local = write_file(w.dir.path(), "payload", &data);
+    let remote = w.node.dir.path().join("uploaded");
+    let out = w.run("scp", &[local.to_str().unwrap(), &format!("bastion:{}", remote.display())]);
+    assert!(out.status.success(), "scp: {}", text(&out));
+    assert_eq!(sha256_file(&remote), sha256_file(&local), "scp upload must be byte-identical");
+    let batch = write_file(
+        w.dir.path(),
+        "batch",
+        format!("get {} {}\n", remote.display(), w.dir.path().join("downloaded").display()),
+    );
+    let out = w.run("sftp", &["-b", batch.to_str().unwrap(), "bastion"]);
+    assert!(out.status.success(), "sftp: {}", text(&out));
+    assert_eq!(sha256_file(&w.dir.path().join("downloaded")), sha256_file(&local));
+
+    // A pty session: the remote side sees a terminal.
+    let out = w.run("ssh", &["-tt", "bastion", "tty >/dev/null && echo has-tty"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("has-tty"), "{}", text(&out));
+
+    // Jump mode: ProxyJump through the bastion, SSH end to end with alice's certificate.
+    let out = w.run("ssh", &["node", "echo jump-ok"]);
+    assert!(out.status.success(), "jump: {}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "jump-ok");
+    let jumped = w.dir.path().join("jumped");
+    let out = w.run("scp", &[&format!("node:{}", remote.display()), jumped.to_str().unwrap()]);
+    assert!(out.status.success(), "scp via jump: {}", text(&out));
+    assert_eq!(sha256_file(&jumped), sha256_file(&local));
+
+    // The agent refuses what its allow-list does not hold, even when policy allows the
+    // port (the rule allows 2200; the agent only port 22 of its devices).
+    let node_ip = &w.node.ip;
+    let out = w.run("ssh", &["-W", &format!("{node_ip}:2200"), "jump"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    // Policy refuses ports outside the rule and devices it does not know.
+    let out = w.run("ssh", &["-W", &format!("{node_ip}:23"), "jump"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let out = w.run("ssh", &["-W", "127.0.0.1:22", "jump"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    // A login no role grants, in terminated mode: the certificate has no principal for
+    // it, so the bastion refuses at authentication.
+    let out = w.run("ssh", &["-l", "admin%pve01", "bastion", "true"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{}", text(&out));
+
+    // Audit: opened, broker connected, closed with bytes; refusals with reasons.
+    let opened = w.server.audit_events("session_opened").await;
+    assert!(opened.len() >= 6, "{opened:?}");
+    let closed = w.server.audit_events("session_closed").await;
+    assert!(!closed.is_empty());
+    let broker = w.server.audit_events("broker_failed").await;
+    assert!(broker.iter().any(|r| r.payload.to_string().contains("agent_refused")), "{broker:?}");
+    let denied = w.server.audit_events("session_denied").await;
+    let denied = serde_json::to_string(&denied.iter().map(|r| &r.payload).collect::<Vec<_>>()).unwrap();
+    for reason in ["port_not_allowed", "unknown_device"] {
+        assert!(denied.contains(reason), "{reason} in {denied}");
+    }
+    let all = serde_json::to_string(&w.server.audit().await.iter().map(|r| &r.payload).collect::<Vec<_>>()).unwrap();
+    assert!(!all.contains("BEGIN OPENSSH") && !all.contains("pcs_"), "no secret in the audit trail");
+    drop(w.admin);
+}
+
+/// Runs `ssh` in the background; returns the child.
+fn spawn_ssh(w: &World, args: &[&str]) -> std::process::Child {
+    std::process::Command::new("ssh")
+        .arg("-F")
+        .arg(&w.config)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_output(child: std::process::Child, within: Duration) -> (Output, Duration) {
+    let started = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx.recv_timeout(within).expect("session did not end in time").unwrap();
+    (out, started.elapsed())
+}
+
+async fn live_session_id(w: &World) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = w.server.get_json(Some(&w.admin), "/v1/admin/sessions").await;
+        assert!(status.is_success(), "{body}");
+        if let Some(id) = body.as_array().and_then(|a| a.first()).and_then(|s| s["session_id"].as_str()) {
+            return id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no live session appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_sessions_end_on_idle_timeout_admin_kill_and_revocation() {
+    let w = world("2s").await;
+
+    // Idle: no input for 2 s closes the session although the node keeps printing.
+    let child = spawn_ssh(&w, &["bastion", "while true; do echo tick; sleep 0.3; done"]);
+    let (out, took) = wait_output(child, Duration::from_secs(30));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("idle timeout"), "{}", text(&out));
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(15), "{took:?}");
+    let closed = w.server.audit_events("session_closed").await;
+    assert!(closed.iter().any(|r| r.payload.to_string().contains("idle_timeout")), "{closed:?}");
+
+    // Admin kill: within about a heartbeat.
+    let (status, body) = w.server.write_policy("prod.toml", &policy("15m")).await;
+    assert!(status.is_success(), "{body}");
+    let child = spawn_ssh(&w, &["bastion", "sleep 60"]);
+    let id = live_session_id(&w).await;
+    let (status, body) = w.server.post_json(Some(&w.admin), &format!("/v1/admin/sessions/{id}/kill"), &json!({})).await;
+    assert!(status.is_success(), "kill: {body}");
+    let (out, took) = wait_output(child, Duration::from_secs(20));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("closed by an administrator"), "{}", text(&out));
+    assert!(took < Duration::from_secs(15), "{took:?}");
+
+    // Revocation of the user's certificate closes the live session.
+    let child = spawn_ssh(&w, &["bastion", "sleep 60"]);
+    let _ = live_session_id(&w).await;
+    let (status, body) = w.server.post_json(Some(&w.admin), "/v1/admin/revoke", &json!({ "username": "alice" })).await;
+    assert!(status.is_success(), "revoke: {body}");
+    let (out, _) = wait_output(child, Duration::from_secs(20));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("credential revoked"), "{}", text(&out));
+}
