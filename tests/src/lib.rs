@@ -9,6 +9,7 @@
 // peer can reach, which this is not).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+pub mod bastion_world;
 pub mod bins;
 pub mod enroll_ca;
 pub mod enroll_node;

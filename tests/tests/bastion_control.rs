@@ -903,3 +903,99 @@ async fn bastion_events_become_typed_audit_records() {
     }
     assert_eq!(fx.ca.store().audit_records(0, 100_000).await.unwrap().len(), before);
 }
+
+/// Runs the real `portcullis` CLI with `home` as its home directory.
+fn cli(home: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(portcullis_tests::bin("portcullis"))
+        .args(args)
+        .env("HOME", home)
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_and_kills_sessions_lists_agents_and_mints_service_tokens() {
+    let fx = fixture(None, 1).await;
+    let api = Arc::clone(&fx.replicas[0]);
+    let caller = fx.ca.caller(&fx.admin).await.unwrap();
+    let users = fx.ca.authorize(&caller, Permission::UsersManage).unwrap();
+    let groups = ["admins".to_owned(), "ops".to_owned()];
+    fx.ca.add_user(&users, "opsadmin", &groups, Some(&SecretString::from(PASSWORD))).await.unwrap();
+    fx.ca.register_service(ServiceKind::Agent, "edge1", &public_line(&ed25519_key()), None).await.unwrap();
+    let serial = user_cert(&fx.ca, "alice").await;
+    let id = session_id();
+    granted(&api, &fx.bastion, &terminated(&id, &serial, "pve01", "root")).await;
+    assert!(heartbeat(&api, &fx.bastion, &[&id], &["edge1"]).await.is_empty());
+
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path().to_owned();
+    let (url, pin) = (api.url.clone(), api.pin.clone());
+    // The CLI is blocking; run it off the runtime that serves the CA.
+    let run = move |args: Vec<String>, stdin: String| {
+        let home = home.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(&home, &args, &stdin)
+        })
+    };
+    let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let (ok, out, err) = run(
+        args(&["login", "--ca", &url, "--ca-fingerprint", &pin, "--user", "opsadmin", "--password-stdin"]),
+        format!("{PASSWORD}\n"),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "login: {out}{err}");
+
+    let (ok, out, err) = run(args(&["admin", "sessions", "list"]), String::new()).await.unwrap();
+    assert!(ok, "{err}");
+    let row = out.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("session not listed:\n{out}"));
+    for word in ["alice", "pve01", "root", "terminated", "local", "b1", IP] {
+        assert!(row.split_whitespace().any(|w| w == word), "{word} missing in {row:?}");
+    }
+
+    let (ok, out, err) = run(args(&["admin", "sessions", "kill", &id]), String::new()).await.unwrap();
+    assert!(ok, "kill: {out}{err}");
+    assert_eq!(heartbeat(&api, &fx.bastion, &[&id], &["edge1"]).await, [(id.clone(), CloseReason::AdminTerminated)]);
+    let (ok, _, err) = run(args(&["admin", "sessions", "kill", "not-a-session"]), String::new()).await.unwrap();
+    assert!(!ok && err.contains("32 hexadecimal"), "{err}");
+
+    let (ok, out, err) = run(args(&["admin", "agents", "list"]), String::new()).await.unwrap();
+    assert!(ok, "{err}");
+    let row = out.lines().find(|l| l.starts_with("edge1 ")).unwrap_or_else(|| panic!("edge1 not listed:\n{out}"));
+    assert!(row.trim_end().ends_with("b1"), "connected to b1: {row:?}");
+    let (ok, out, _) = run(args(&["admin", "bastions", "list"]), String::new()).await.unwrap();
+    assert!(ok && out.lines().any(|l| l.starts_with("b1 ")), "{out}");
+
+    // A service token from the CLI enrolls an agent (and is refused for a node).
+    let (ok, token, err) =
+        run(args(&["admin", "enroll-token", "create", "--service", "agent", "--ttl", "10m"]), String::new())
+            .await
+            .unwrap();
+    assert!(ok, "{err}");
+    let token = token.trim().to_owned();
+    assert!(token.starts_with("pce_"));
+    let body = enroll_body("agent", "edge7", &public_line(&ed25519_key()), None);
+    let (status, v) = api.post_json(Some(&token), "/v1/services/enroll", &body).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (ok, out, _) = run(args(&["admin", "enroll-token", "list"]), String::new()).await.unwrap();
+    assert!(ok && out.lines().any(|l| l.split_whitespace().nth(1) == Some("agent")), "{out}");
+    let (ok, _, _) =
+        run(args(&["admin", "enroll-token", "create", "--service", "agent", "--tags", "a=b"]), String::new())
+            .await
+            .unwrap();
+    assert!(!ok, "service tokens take no tags");
+}

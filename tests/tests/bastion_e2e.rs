@@ -7,132 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use portcullis_proto::NodeRecord;
-use portcullis_tests::Server;
+use portcullis_tests::bastion_world::{World, policy, text};
 use portcullis_tests::server::write_file;
-use portcullis_tests::ssh::{ed25519_key, public_line, write_key_pair};
-use portcullis_tests::sshd::{NodeTrust, Sshd};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
-
-const PASSWORD: &str = "correct horse battery staple";
-
-fn policy(idle: &str) -> String {
-    format!(
-        r#"
-[[role]]
-name = "prod-root"
-logins = ["root"]
-targets = 'in:devices tags.env:prod'
-permissions = ["certs.issue", "sessions.kill"]
-max_cert_ttl = "1h"
-extensions = ["permit-pty"]
-session = {{ idle = "{idle}", absolute = "1h" }}
-
-[[binding]]
-group = "ops"
-roles = ["prod-root"]
-
-[[rule]]
-name = "prod-ssh"
-purpose = "ssh_login"
-targets = 'in:devices tags.env:prod'
-scope = {{ agents = ["local"] }}
-allowed_ports = [22, 2200]
-"#
-    )
-}
-
-/// An unused loopback address, so the node's sshd can listen on port 22 like a real one.
-fn loopback_ip() -> String {
-    let [a, b, c] = portcullis_sshcert::random_bytes::<3>();
-    format!("127.{}.{}.{}", a.max(1), b, c.clamp(2, 254))
-}
-
-struct World {
-    server: Server,
-    node: Sshd,
-    admin: String,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
-
-/// CA + bastion + agent (the all-in-one), an enrolled-looking node, and alice with a
-/// certificate, written into an ssh config with `bastion` and `node` host blocks.
-async fn world(idle: &str) -> World {
-    let server = Server::start().await;
-    let (status, body) = server.write_policy("prod.toml", &policy(idle)).await;
-    assert!(status.is_success(), "policy: {body}");
-    let admin = server.admin_token().await;
-    let ip = loopback_ip();
-    // The node trusts the CA exactly as enrollment would make it (principals from the CA).
-    let mut record = NodeRecord {
-        name: "pve01".into(),
-        addresses: vec![ip.clone()],
-        tags: [("env".to_owned(), "prod".to_owned())].into(),
-        ..Default::default()
-    };
-    server.add_node(&admin, &record).await;
-    let (status, principals) = server.get_json(Some(&admin), "/v1/nodes/pve01/principals").await;
-    assert!(status.is_success(), "{principals}");
-    let principals = serde_json::from_value(principals["principals"].clone()).unwrap();
-    let node = Sshd::start_at(
-        &NodeTrust { trusted_user_ca_keys: server.user_ca_keys.clone(), principals, krl: None },
-        &ip,
-        22,
-    );
-    record.host_keys = vec![node.host_public_key()];
-    server.add_node(&admin, &record).await;
-
-    server.add_user(&admin, "alice", &["ops"], PASSWORD).await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = ed25519_key();
-    let key_path = write_key_pair(dir.path(), "id", &key);
-    let token = server.login("alice", PASSWORD).await;
-    let (status, body) = server.issue_cert(&token, &public_line(&key)).await;
-    assert!(status.is_success(), "issue: {body}");
-    let cert = write_file(dir.path(), "id-cert.pub", body["certificate"].as_str().unwrap());
-    let common = format!(
-        "  IdentityFile {}\n  CertificateFile {}\n  IdentitiesOnly yes\n  IdentityAgent none\n  BatchMode yes\n\
-         \x20 StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  GlobalKnownHostsFile /dev/null\n\
-         \x20 LogLevel ERROR\n  ConnectTimeout 20\n",
-        key_path.display(),
-        cert.display()
-    );
-    let b = server.bastion;
-    let config = write_file(
-        dir.path(),
-        "ssh_config",
-        format!(
-            "Host bastion\n  HostName {}\n  Port {}\n  User root%pve01\n{common}\
-             Host jump\n  HostName {}\n  Port {}\n  User alice\n{common}\
-             Host node\n  HostName {ip}\n  Port 22\n  User root\n  ProxyJump jump\n{common}",
-            b.ip(),
-            b.port(),
-            b.ip(),
-            b.port()
-        ),
-    );
-    World { server, node, admin, dir, config }
-}
-
-impl World {
-    fn run(&self, program: &str, args: &[&str]) -> Output {
-        std::process::Command::new(program).arg("-F").arg(&self.config).args(args).output().unwrap()
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn sha256_file(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
@@ -140,7 +21,7 @@ fn sha256_file(path: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_scp_and_sftp_through_the_bastion_in_both_modes() {
-    let w = world("15m").await;
+    let w = World::start("15m").await;
 
     // Terminated mode: exec with output and exit status.
     let out = w.run("ssh", &["bastion", "echo terminated-ok; echo to-stderr >&2; exit 7"]);
@@ -249,7 +130,7 @@ async fn live_session_id(w: &World) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_sessions_end_on_idle_timeout_admin_kill_and_revocation() {
-    let w = world("2s").await;
+    let w = World::start("2s").await;
 
     // Idle: no input for 2 s closes the session although the node keeps printing.
     let child = spawn_ssh(&w, &["bastion", "while true; do echo tick; sleep 0.3; done"]);
