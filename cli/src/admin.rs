@@ -1,7 +1,10 @@
 //! `portcullis admin …`: thin calls to the CA's admin API with the saved session.
 
 use crate::api::Api;
-use crate::args::{AdminCommand, AuditCommand, CaCommand, EnrollTokenCommand, NodeCommand, PolicyCommand, UserCommand};
+use crate::args::{
+    AdminCommand, AuditCommand, CaCommand, EnrollTokenCommand, NodeCommand, PolicyCommand, ServicesCommand,
+    SessionsCommand, UserCommand,
+};
 use crate::login::read_password;
 use crate::state::Paths;
 use anyhow::{anyhow, bail};
@@ -121,7 +124,95 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::Node(cmd) => node(&api, cmd).await,
         AdminCommand::EnrollToken(cmd) => enroll_token(&api, cmd).await,
+        AdminCommand::Sessions(cmd) => sessions(&api, cmd).await,
+        AdminCommand::Agents(ServicesCommand::List) => services(&api, "/v1/admin/agents").await,
+        AdminCommand::Bastions(ServicesCommand::List) => services(&api, "/v1/admin/bastions").await,
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// "42s", "5m", "3h", "2d": how long ago (or how long) in a table cell.
+fn ago(then: u64) -> String {
+    let secs = unix_now().saturating_sub(then);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n}B"),
+        1024..1_048_576 => format!("{}K", n / 1024),
+        1_048_576..1_073_741_824 => format!("{}M", n / 1_048_576),
+        _ => format!("{}G", n / 1_073_741_824),
+    }
+}
+
+async fn sessions(api: &Api, cmd: SessionsCommand) -> anyhow::Result<()> {
+    use portcullis_proto::SessionInfo;
+    match cmd {
+        SessionsCommand::List => {
+            let list: Vec<SessionInfo> = api.get("/v1/admin/sessions").await?;
+            println!(
+                "{:<32}  {:<12} {:<16} {:<10} {:<10} {:<12} {:<10} {:<15} {:>5} {:>6} {:>6}",
+                "SESSION", "USER", "DEVICE", "LOGIN", "MODE", "AGENT", "BASTION", "CLIENT", "AGE", "IN", "OUT"
+            );
+            for s in &list {
+                println!(
+                    "{:<32}  {:<12} {:<16} {:<10} {:<10} {:<12} {:<10} {:<15} {:>5} {:>6} {:>6}{}",
+                    s.session_id,
+                    s.user,
+                    s.device,
+                    s.login.as_deref().unwrap_or("-"),
+                    s.mode,
+                    s.agent,
+                    s.bastion,
+                    s.client_ip,
+                    ago(s.opened_at),
+                    bytes(s.bytes_from_client),
+                    bytes(s.bytes_to_client),
+                    if s.kill_requested { "  (closing)" } else { "" }
+                );
+            }
+            if list.is_empty() {
+                eprintln!("No live sessions.");
+            }
+        }
+        SessionsCommand::Kill { id } => {
+            if id.len() != 32 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+                bail!("a session id is 32 hexadecimal characters (see `portcullis admin sessions list`)");
+            }
+            api.post_unit(&format!("/v1/admin/sessions/{}/kill", id.to_ascii_lowercase()), &json!({})).await?;
+            println!("Session {id} will be closed by its bastion within a few seconds.");
+        }
+    }
+    Ok(())
+}
+
+async fn services(api: &Api, path: &str) -> anyhow::Result<()> {
+    use portcullis_proto::bastion::ServiceInfo;
+    let list: Vec<ServiceInfo> = api.get(path).await?;
+    println!("{:<24} {:<52} {:>8} {:>9}  CONNECTED TO", "NAME", "KEY", "ENROLLED", "LAST SEEN");
+    for s in &list {
+        println!(
+            "{:<24} {:<52} {:>8} {:>9}  {}",
+            s.name,
+            s.key_fingerprint,
+            ago(s.enrolled_at),
+            s.last_seen.map(|t| format!("{} ago", ago(t))).unwrap_or_else(|| "never".to_owned()),
+            if s.connected_to.is_empty() { "-".to_owned() } else { s.connected_to.join(",") }
+        );
+    }
+    if list.is_empty() {
+        eprintln!("None enrolled.");
+    }
+    Ok(())
 }
 
 async fn user(api: &Api, cmd: UserCommand) -> anyhow::Result<()> {
@@ -224,10 +315,17 @@ fn key_values(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 async fn enroll_token(api: &Api, cmd: EnrollTokenCommand) -> anyhow::Result<()> {
     use portcullis_proto::enroll::{EnrollTokenInfo, EnrollTokenRequest, EnrollTokenResponse};
     match cmd {
-        EnrollTokenCommand::Create { ttl, uses, tags, agent, partition } => {
+        EnrollTokenCommand::Create { ttl, uses, tags, agent, partition, service } => {
+            use portcullis_proto::bastion::ServiceKind;
             let ttl_seconds =
                 crate::login::duration_secs(&ttl).ok_or_else(|| anyhow!("--ttl must look like 1h or 30m"))?;
-            let request = EnrollTokenRequest { ttl_seconds, uses, tags: key_values(&tags)?, partition, agent, service: None };
+            let service = match service.as_deref() {
+                None => None,
+                Some("agent") => Some(ServiceKind::Agent),
+                Some("bastion") => Some(ServiceKind::Bastion),
+                Some(other) => bail!("--service must be agent or bastion, not {other:?}"),
+            };
+            let request = EnrollTokenRequest { ttl_seconds, uses, tags: key_values(&tags)?, partition, agent, service };
             let t: EnrollTokenResponse = api.post("/v1/admin/enroll-tokens", &request).await?;
             // The token goes to stdout alone so scripts can capture it; the rest to stderr.
             eprintln!("Enrollment token {} ({} use(s), expires at unix time {}):", t.id, t.uses, t.expires_at);
@@ -235,8 +333,9 @@ async fn enroll_token(api: &Api, cmd: EnrollTokenCommand) -> anyhow::Result<()> 
         }
         EnrollTokenCommand::List => {
             for t in api.get::<Vec<EnrollTokenInfo>>("/v1/admin/enroll-tokens").await? {
+                let kind = t.service.map_or("node", |k| k.as_str());
                 println!(
-                    "{} uses_left={} expires={} by={} tags={:?}",
+                    "{} {kind} uses_left={} expires={} by={} tags={:?}",
                     t.id, t.uses_left, t.expires_at, t.created_by, t.tags
                 );
             }

@@ -84,9 +84,32 @@ pub enum AdminCommand {
     /// The node inventory.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Enrollment tokens for `portcullis-enroll`.
+    /// Enrollment tokens for `portcullis-enroll` (nodes) or for bastions and agents.
     #[command(subcommand)]
     EnrollToken(EnrollTokenCommand),
+    /// Live sessions through the bastions.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// Enrolled edge agents.
+    #[command(subcommand)]
+    Agents(ServicesCommand),
+    /// Enrolled bastions.
+    #[command(subcommand)]
+    Bastions(ServicesCommand),
+}
+
+#[derive(Subcommand)]
+pub enum SessionsCommand {
+    List,
+    /// Close a live session (its bastion does so within about a second).
+    Kill {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ServicesCommand {
+    List,
 }
 
 #[derive(Subcommand)]
@@ -107,6 +130,9 @@ pub enum EnrollTokenCommand {
         agent: Option<String>,
         #[arg(long)]
         partition: Option<String>,
+        /// A token for enrolling a bastion or an edge agent instead of a node.
+        #[arg(long, value_parser = ["agent", "bastion"], conflicts_with_all = ["tags", "agent", "partition"])]
+        service: Option<String>,
     },
     List,
 }

@@ -1,0 +1,127 @@
+//! Heartbeats: a bastion's leases kept alive, quiet bastions' leases reclaimed, and
+//! the close orders for sessions that may not go on.
+
+use super::admission::{admit, mode_from, policy_device, valid_session_id};
+use super::closed_event;
+use crate::audit;
+use crate::error::CaError;
+use crate::service::Ca;
+use crate::service::services::{ServiceCaller, valid_service_name};
+use crate::store::{self, LeaseCheck};
+use portcullis_policies::{Identity, Policy};
+use portcullis_proto::bastion::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Most sessions one heartbeat may list.
+const MAX_HEARTBEAT_SESSIONS: usize = 20_000;
+const MAX_HEARTBEAT_AGENTS: usize = 1_000;
+
+impl Ca {
+    /// `POST /v1/bastion/heartbeat`: keeps this bastion's leases, reclaims every lease
+    /// whose bastion went quiet, and answers which listed sessions must close.
+    pub async fn heartbeat(
+        &self,
+        bastion: &ServiceCaller,
+        req: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, CaError> {
+        if req.sessions.len() > MAX_HEARTBEAT_SESSIONS || req.agents.len() > MAX_HEARTBEAT_AGENTS {
+            return Err(CaError::BadRequest("heartbeat too large".into()));
+        }
+        if !req.sessions.iter().all(|s| valid_session_id(&s.session_id)) {
+            return Err(CaError::BadRequest("invalid session id in heartbeat".into()));
+        }
+        if !req.agents.iter().all(|a| valid_service_name(a)) {
+            return Err(CaError::BadRequest("invalid agent name in heartbeat".into()));
+        }
+        let now = self.now();
+        let cutoff = now.saturating_sub(LEASE_TTL_SECS);
+        let listed: BTreeMap<&str, &LiveSession> = req.sessions.iter().map(|s| (s.session_id.as_str(), s)).collect();
+        let agents: Vec<String> = req.agents.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+
+        let mut lost = Vec::new();
+        let mut tx = self.store.begin().await?;
+        for (id, s) in &listed {
+            let alive = store::heartbeat_lease(
+                tx.conn(),
+                id,
+                &bastion.name,
+                now,
+                cutoff,
+                s.bytes_from_client,
+                s.bytes_to_client,
+            )
+            .await?;
+            if !alive {
+                lost.push((*id).to_owned());
+            }
+        }
+        store::record_bastion_heartbeat(tx.conn(), &bastion.name, &agents, now).await?;
+        for agent in &agents {
+            store::touch_service(tx.conn(), ServiceKind::Agent.as_str(), agent, now).await?;
+        }
+        tx.commit().await?;
+
+        self.sweep_leases(cutoff).await?;
+
+        let policy = self.policy();
+        let mut close: Vec<CloseOrder> =
+            lost.into_iter().map(|session_id| CloseOrder { session_id, reason: CloseReason::LeaseLost }).collect();
+        for check in self.store.lease_checks(&bastion.name).await? {
+            if !listed.contains_key(check.lease.session_id.as_str()) {
+                continue;
+            }
+            if let Some(reason) = self.must_close(&policy, &check) {
+                close.push(CloseOrder { session_id: check.lease.session_id, reason });
+            }
+        }
+        Ok(HeartbeatResponse { close })
+    }
+
+    /// Why a live session must end now, if it must.
+    fn must_close(&self, policy: &Policy, check: &LeaseCheck) -> Option<CloseReason> {
+        let lease = &check.lease;
+        if lease.kill_reason.is_some() {
+            return Some(CloseReason::AdminTerminated);
+        }
+        if check.cert_revoked || check.key_revoked || check.user_disabled {
+            return Some(CloseReason::Revoked);
+        }
+        let (Some(node), Some(mode)) = (&check.node, mode_from(&lease.mode)) else {
+            return Some(CloseReason::PolicyChanged);
+        };
+        let device = policy_device(node, self.default_agent.as_deref());
+        let who = Identity {
+            username: lease.username.clone(),
+            groups: check.cert_groups.iter().cloned().collect(),
+            ..Default::default()
+        };
+        let principals: BTreeSet<String> = check.cert_principals.iter().cloned().collect();
+        match admit(policy, &who, &principals, &device, mode, lease.login.as_deref(), lease.port) {
+            Ok(_) => None,
+            Err(_) => Some(CloseReason::PolicyChanged),
+        }
+    }
+
+    /// Deletes every lease not heartbeated since `cutoff`, one transaction each (so no
+    /// transaction holds counters of several leases), releasing its slots.
+    async fn sweep_leases(&self, cutoff: u64) -> Result<(), CaError> {
+        for id in self.store.stale_leases(cutoff).await? {
+            let now = self.now();
+            let mut tx = self.store.begin().await?;
+            if let Some(lease) = store::sweep_lease(tx.conn(), &id, cutoff).await? {
+                let duration_ms = now.saturating_sub(lease.opened_at).saturating_mul(1000);
+                let event = closed_event(
+                    &lease,
+                    CloseReason::LeaseLost,
+                    lease.bytes_from_client,
+                    lease.bytes_to_client,
+                    duration_ms,
+                );
+                audit::record(tx.conn(), now, &event).await?;
+                tracing::warn!(session_id = %lease.session_id, bastion = %lease.bastion, "lease lost: reclaimed");
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
