@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Most sessions one heartbeat may list.
 const MAX_HEARTBEAT_SESSIONS: usize = 20_000;
 const MAX_HEARTBEAT_AGENTS: usize = 1_000;
+/// A live lease is rewritten at least this often (well inside `LEASE_TTL_SECS`).
+const REFRESH_AFTER_SECS: u64 = 5;
 
 impl Ca {
     /// `POST /v1/bastion/heartbeat`: keeps this bastion's leases, reclaims every lease
@@ -38,21 +40,31 @@ impl Ca {
         let listed: BTreeMap<&str, &LiveSession> = req.sessions.iter().map(|s| (s.session_id.as_str(), s)).collect();
         let agents: Vec<String> = req.agents.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
 
-        let mut lost = Vec::new();
+        // One read for all of this bastion's leases, with what the close decision needs.
+        let checks: BTreeMap<String, LeaseCheck> = self
+            .store
+            .lease_checks(&bastion.name)
+            .await?
+            .into_iter()
+            .map(|c| (c.lease.session_id.clone(), c))
+            .collect();
+        let mut lost = BTreeSet::new();
         let mut tx = self.store.begin().await?;
         for (id, s) in &listed {
-            let alive = store::heartbeat_lease(
-                tx.conn(),
-                id,
-                &bastion.name,
-                now,
-                cutoff,
-                s.bytes_from_client,
-                s.bytes_to_client,
-            )
-            .await?;
-            if !alive {
-                lost.push((*id).to_owned());
+            let Some(lease) = checks.get(*id).map(|c| &c.lease).filter(|l| l.heartbeat_at >= cutoff) else {
+                lost.insert(*id);
+                continue;
+            };
+            // An idle session costs a read, not a write, per heartbeat: its lease is
+            // rewritten when its counters moved or every few seconds.
+            let due = lease.heartbeat_at.saturating_add(REFRESH_AFTER_SECS) <= now
+                || lease.bytes_from_client != s.bytes_from_client
+                || lease.bytes_to_client != s.bytes_to_client;
+            if due {
+                let (from, to) = (s.bytes_from_client, s.bytes_to_client);
+                if !store::heartbeat_lease(tx.conn(), id, &bastion.name, now, cutoff, from, to).await? {
+                    lost.insert(*id);
+                }
             }
         }
         store::record_bastion_heartbeat(tx.conn(), &bastion.name, &agents, now).await?;
@@ -64,14 +76,15 @@ impl Ca {
         self.sweep_leases(cutoff).await?;
 
         let policy = self.policy();
-        let mut close: Vec<CloseOrder> =
-            lost.into_iter().map(|session_id| CloseOrder { session_id, reason: CloseReason::LeaseLost }).collect();
-        for check in self.store.lease_checks(&bastion.name).await? {
-            if !listed.contains_key(check.lease.session_id.as_str()) {
-                continue;
-            }
-            if let Some(reason) = self.must_close(&policy, &check) {
-                close.push(CloseOrder { session_id: check.lease.session_id, reason });
+        let mut close = Vec::new();
+        for id in listed.keys() {
+            let reason = match checks.get(*id) {
+                _ if lost.contains(id) => Some(CloseReason::LeaseLost),
+                Some(check) => self.must_close(&policy, check),
+                None => Some(CloseReason::LeaseLost),
+            };
+            if let Some(reason) = reason {
+                close.push(CloseOrder { session_id: (*id).to_owned(), reason });
             }
         }
         Ok(HeartbeatResponse { close })
