@@ -722,7 +722,20 @@ async fn caps_are_exact_under_200_parallel_opens_on_postgres_with_two_replicas()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_bastions_leases_are_reclaimed_after_the_ttl() {
-    let fx = fixture(None, 1).await;
+    leases_are_reclaimed(&fixture(None, 1).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_bastions_leases_are_reclaimed_after_the_ttl_on_postgres() {
+    let pg = Postgres::start().expect("throwaway PostgreSQL server");
+    leases_are_reclaimed(&fixture(Some(&pg.url()), 2).await).await;
+}
+
+/// A bastion that stops heartbeating loses its leases after `LEASE_TTL_SECS`, reclaimed
+/// by another bastion's heartbeat (on another replica when there are two).
+async fn leases_are_reclaimed(fx: &Fx) {
+    let api = fx.api();
+    let other = fx.replicas.last().unwrap();
     let api = fx.api();
     let b2 =
         fx.ca.register_service(ServiceKind::Bastion, "b2", &public_line(&ed25519_key()), None).await.unwrap().api_token;
@@ -746,17 +759,17 @@ async fn a_quiet_bastions_leases_are_reclaimed_after_the_ttl() {
 
     // b1 goes quiet. At exactly the TTL the leases still count...
     fx.clock.set(t1 + LEASE_TTL_SECS);
-    assert!(heartbeat(api, &b2, &[], &[]).await.is_empty());
-    denied(api, &b2, &terminated(&session_id(), &serial, "pve01", "root"), deny_reason::CAP_REACHED).await;
+    assert!(heartbeat(other, &b2, &[], &[]).await.is_empty());
+    denied(other, &b2, &terminated(&session_id(), &serial, "pve01", "root"), deny_reason::CAP_REACHED).await;
     // ...one second later any heartbeat reclaims them.
     fx.clock.set(t1 + LEASE_TTL_SECS + 1);
-    assert!(heartbeat(api, &b2, &[], &[]).await.is_empty());
+    assert!(heartbeat(other, &b2, &[], &[]).await.is_empty());
     assert_eq!(counter(&fx.ca, "user:alice").await, 0);
     assert!(fx.ca.store().leases().await.unwrap().is_empty());
     let lost: Vec<Value> = audit(&fx.ca, "session_closed").await;
     assert_eq!(lost.len(), 5);
     assert!(lost.iter().all(|e| e["reason"] == "lease_lost" && e["user"] == "alice" && e["bytes_to_client"] == 20));
-    granted(api, &b2, &terminated(&session_id(), &serial, "pve01", "root")).await;
+    granted(other, &b2, &terminated(&session_id(), &serial, "pve01", "root")).await;
     // When b1 comes back, its sessions are gone: it must close them.
     let orders = heartbeat(api, &fx.bastion, &refs, &[]).await;
     assert_eq!(orders.len(), 5);
@@ -765,7 +778,16 @@ async fn a_quiet_bastions_leases_are_reclaimed_after_the_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_order_closes_for_kill_revocation_and_policy_change() {
-    let fx = fixture(None, 1).await;
+    close_orders(&fixture(None, 1).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_order_closes_for_kill_revocation_and_policy_change_on_postgres() {
+    let pg = Postgres::start().expect("throwaway PostgreSQL server");
+    close_orders(&fixture(Some(&pg.url()), 1).await).await;
+}
+
+async fn close_orders(fx: &Fx) {
     let api = fx.api();
     let (alice, bob, carol) =
         (user_cert(&fx.ca, "alice").await, user_cert(&fx.ca, "bob").await, user_cert(&fx.ca, "carol").await);
