@@ -736,7 +736,6 @@ async fn a_quiet_bastions_leases_are_reclaimed_after_the_ttl_on_postgres() {
 async fn leases_are_reclaimed(fx: &Fx) {
     let api = fx.api();
     let other = fx.replicas.last().unwrap();
-    let api = fx.api();
     let b2 =
         fx.ca.register_service(ServiceKind::Bastion, "b2", &public_line(&ed25519_key()), None).await.unwrap().api_token;
     let serial = user_cert(&fx.ca, "alice").await;
