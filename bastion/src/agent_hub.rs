@@ -21,7 +21,7 @@ use portcullis_sshcert::{CheckContext, check_user_certificate};
 use russh::server::{Auth, Handler, Msg, Session};
 use russh::{Channel, ChannelOpenFailure};
 use ssh_key::Certificate;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::events::{BastionEvent, EventSink, RefusalReason, sanitize_user};
 use crate::server::Shared;
@@ -51,6 +51,21 @@ impl BrokerError {
 struct Link {
     conn: u64,
     handle: russh::server::Handle,
+    /// Becomes `true` when this link is gone (the agent disconnected or was replaced).
+    down: watch::Sender<bool>,
+}
+
+/// Watches one agent link: a relay whose onward channel vanished asks it whether the
+/// agent went away (`agent_disconnect`) or only the target did.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkWatch(watch::Receiver<bool>);
+
+impl LinkWatch {
+    /// Whether the link goes down within `grace` (the connection's end reaches the
+    /// hub a moment after its channels end).
+    pub(crate) async fn went_down(mut self, grace: std::time::Duration) -> bool {
+        tokio::time::timeout(grace, self.0.wait_for(|down| *down)).await.is_ok_and(|r| r.is_ok())
+    }
 }
 
 pub struct AgentHub {
@@ -83,14 +98,18 @@ impl AgentHub {
     }
 
     /// A channel to `host:port` through `agent`; the agent connects (or refuses).
-    pub async fn open(
+    pub(crate) async fn open(
         &self,
         agent: &str,
         host: &str,
         port: u16,
         originator: SocketAddr,
-    ) -> Result<Channel<Msg>, BrokerError> {
-        let handle = self.lock().get(agent).map(|l| l.handle.clone()).ok_or(BrokerError::AgentUnavailable)?;
+    ) -> Result<(Channel<Msg>, LinkWatch), BrokerError> {
+        let (handle, down) = self
+            .lock()
+            .get(agent)
+            .map(|l| (l.handle.clone(), LinkWatch(l.down.subscribe())))
+            .ok_or(BrokerError::AgentUnavailable)?;
         let opened = handle
             .channel_open_forwarded_tcpip(
                 host,
@@ -100,7 +119,7 @@ impl AgentHub {
             )
             .await;
         match opened {
-            Ok(channel) => Ok(channel),
+            Ok(channel) => Ok((channel, down)),
             Err(russh::Error::ChannelOpenFailure(ChannelOpenFailure::AdministrativelyProhibited)) => {
                 Err(BrokerError::AgentRefused)
             }
@@ -111,8 +130,9 @@ impl AgentHub {
 
     fn connected(&self, agent: &str, peer: SocketAddr, handle: russh::server::Handle) -> u64 {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let previous = self.lock().insert(agent.to_owned(), Link { conn, handle });
+        let previous = self.lock().insert(agent.to_owned(), Link { conn, handle, down: watch::channel(false).0 });
         if let Some(old) = previous {
+            old.down.send_replace(true);
             // The agent reconnected (its old TCP connection may not know yet): the old
             // link's sessions are gone with it.
             self.sessions.close_where(CloseReason::AgentDisconnect, |s| s.agent == agent);
@@ -134,7 +154,9 @@ impl AgentHub {
     fn disconnected(&self, agent: &str, conn: u64) {
         let mut links = self.lock();
         if links.get(agent).is_some_and(|l| l.conn == conn) {
-            links.remove(agent);
+            if let Some(link) = links.remove(agent) {
+                link.down.send_replace(true);
+            }
             drop(links);
             self.sessions.close_where(CloseReason::AgentDisconnect, |s| s.agent == agent);
             self.events.record(BastionEvent::AgentDisconnected { agent: agent.to_owned() });

@@ -11,6 +11,7 @@ use portcullis_proto::bastion::{CloseReason, SessionCloseRequest, SessionGrant, 
 use russh::Channel;
 use russh::server::Msg;
 
+use crate::agent_hub::LinkWatch;
 use crate::events::BastionEvent;
 use crate::server::Shared;
 use crate::sessions::{Limits, LiveSession};
@@ -71,7 +72,11 @@ impl Shared {
 
     /// A channel to the granted target through the granted agent; failures are audited
     /// and the session released.
-    pub(crate) async fn reach(&self, admitted: &Admitted, peer: SocketAddr) -> Result<Channel<Msg>, Refusal> {
+    pub(crate) async fn reach(
+        &self,
+        admitted: &Admitted,
+        peer: SocketAddr,
+    ) -> Result<(Channel<Msg>, LinkWatch), Refusal> {
         let g = &admitted.grant;
         let started = Instant::now();
         let timeout = Duration::from_millis(g.connect_timeout_ms.clamp(100, 60_000));
@@ -79,13 +84,13 @@ impl Shared {
             .await
             .unwrap_or(Err(crate::agent_hub::BrokerError::TargetUnreachable));
         match opened {
-            Ok(channel) => {
+            Ok(opened) => {
                 self.events.record(BastionEvent::BrokerConnected {
                     session_id: g.session_id.clone(),
                     agent: g.agent.clone(),
                     setup_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 });
-                Ok(channel)
+                Ok(opened)
             }
             Err(e) => {
                 self.broker_failed(admitted, e.code()).await;
@@ -123,4 +128,13 @@ impl Shared {
             tracing::warn!(session = %live.id, error = %e, "could not release the session lease; it expires on its own");
         }
     }
+}
+
+/// How long a relay whose onward side vanished waits to learn whether the agent left.
+pub(crate) const AGENT_LOSS_GRACE: Duration = Duration::from_secs(2);
+
+/// The reason for an onward side that ended without a close: the agent's link went
+/// down, or only the target connection did.
+pub(crate) async fn vanished(link: LinkWatch) -> CloseReason {
+    if link.went_down(AGENT_LOSS_GRACE).await { CloseReason::AgentDisconnect } else { CloseReason::TargetDisconnect }
 }

@@ -208,7 +208,7 @@ impl EventSink {
             _ => tracing::info!(target: "portcullis_bastion::event", event = event.name(), detail = ?event),
         }
         if let (Some(forward), Some(audit)) = (&self.forward, event.audit())
-            && forward.try_send(audit).is_err()
+            && let Err(mpsc::error::TrySendError::Full(_)) = forward.try_send(audit)
         {
             tracing::warn!("bastion audit queue full; event kept only in this log");
         }

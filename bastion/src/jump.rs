@@ -11,6 +11,7 @@ use portcullis_proto::bastion::{CloseReason, SessionMode, SessionOpenRequest};
 use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure};
 
+use crate::agent_hub::LinkWatch;
 use crate::broker::{Admitted, new_session_id};
 use crate::server::Shared;
 
@@ -47,7 +48,7 @@ pub(crate) async fn run(shared: Arc<Shared>, req: JumpRequest, client: Channel<M
             return;
         }
     };
-    let onward = match shared.reach(&admitted, req.peer).await {
+    let (onward, link) = match shared.reach(&admitted, req.peer).await {
         Ok(c) => c,
         Err(refusal) => {
             reply.reject(ChannelOpenFailure::Other { code: CONNECT_FAILED, reason: refusal.message }).await;
@@ -55,12 +56,12 @@ pub(crate) async fn run(shared: Arc<Shared>, req: JumpRequest, client: Channel<M
         }
     };
     reply.accept().await;
-    let reason = splice(&admitted, client, onward).await;
+    let reason = splice(&admitted, client, onward, link).await;
     shared.finish(&admitted.live, reason).await;
 }
 
 /// Copies both ways until either end closes or a limit/close order ends the session.
-async fn splice(admitted: &Admitted, client: Channel<Msg>, onward: Channel<Msg>) -> CloseReason {
+async fn splice(admitted: &Admitted, client: Channel<Msg>, onward: Channel<Msg>, link: LinkWatch) -> CloseReason {
     let live = &admitted.live;
     let (mut from_client, to_client) = client.split();
     let (mut from_node, to_node) = onward.split();
@@ -94,11 +95,12 @@ async fn splice(admitted: &Admitted, client: Channel<Msg>, onward: Channel<Msg>)
                 ChannelMsg::Eof => {
                     let _ = to_client.eof().await;
                 }
-                ChannelMsg::Close => break,
+                ChannelMsg::Close => return CloseReason::TargetDisconnect,
                 _ => {}
             }
         }
-        CloseReason::TargetDisconnect
+        // Gone without a close: did the agent leave?
+        crate::broker::vanished(link).await
     };
     let reason = tokio::select! {
         r = upstream => r,

@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use portcullis_proto::bastion::{CloseReason, HostKeyCheck, SessionMode, SessionOpenRequest};
 use russh::client;
@@ -23,6 +24,7 @@ use ssh_key::public::KeyData;
 use ssh_key::rand_core::UnwrapErr;
 use ssh_key::{Algorithm, Certificate, PublicKey};
 
+use crate::agent_hub::LinkWatch;
 use crate::broker::{Admitted, Refusal, new_session_id};
 use crate::jump::ADMINISTRATIVELY_PROHIBITED;
 use crate::server::Shared;
@@ -78,7 +80,7 @@ pub(crate) async fn run(
         Err(refusal) => return refuse(reply, refusal).await,
     };
     reply.accept().await;
-    let reason = proxy(&admitted, client, onward.channel, &handle).await;
+    let reason = proxy(&admitted, client, onward.channel, onward.link, &handle).await;
     drop(onward.session);
     shared.finish(&admitted.live, reason).await;
 }
@@ -91,6 +93,7 @@ struct Onward {
     /// Keeps the onward SSH connection alive.
     session: client::Handle<HostKeyChecker>,
     channel: Channel<client::Msg>,
+    link: LinkWatch,
 }
 
 /// Agent channel → SSH handshake with host-key check → certificate login → session channel.
@@ -101,16 +104,17 @@ async fn log_in_onward(
     key: PrivateKey,
 ) -> Result<Onward, Refusal> {
     let g = &admitted.grant;
-    let fail = |_: &str| Refusal { message: format!("cannot log in to {:?}", g.device) };
+    let refusal = || Refusal { message: format!("cannot log in to {:?}", g.device) };
     let Some(cert) = g.session_certificate.as_deref().and_then(|c| Certificate::from_openssh(c.trim()).ok()) else {
         shared.broker_failed(admitted, "credential_resolution_failed").await;
-        return Err(fail("credential_resolution_failed"));
+        return Err(refusal());
     };
-    let stream = shared.reach(admitted, peer).await?.into_stream();
+    let (channel, link) = shared.reach(admitted, peer).await?;
+    let stream = channel.into_stream();
     let checker = HostKeyChecker::new(g.host_key_check, &g.known_host_keys);
     let config =
         Arc::new(client::Config { preferred: crate::server::preferred(), nodelay: true, ..client::Config::default() });
-    let timeout = std::time::Duration::from_millis(g.connect_timeout_ms.clamp(100, 60_000));
+    let timeout = Duration::from_millis(g.connect_timeout_ms.clamp(100, 60_000));
     let connected = tokio::time::timeout(timeout, async {
         let mut session = client::connect_stream(config, stream, checker).await?;
         let login = g.login.clone().unwrap_or_default();
@@ -119,22 +123,21 @@ async fn log_in_onward(
             return Err(OnwardError::AuthFailed);
         }
         let channel = session.channel_open_session().await?;
-        Ok::<_, OnwardError>(Onward { session, channel })
+        Ok::<_, OnwardError>((session, channel))
     })
     .await;
-    match connected {
-        Ok(Ok(onward)) => Ok(onward),
+    let code = match connected {
+        Ok(Ok((session, channel))) => return Ok(Onward { session, channel, link }),
+        // An agent that vanished mid-handshake looks like any failure from here.
+        _ if link.clone().went_down(Duration::from_millis(200)).await => "agent_unavailable",
         Ok(Err(e)) => {
-            let code = e.code();
             tracing::info!(session = %g.session_id, device = %g.device, error = %e, "onward login failed");
-            shared.broker_failed(admitted, code).await;
-            Err(fail(code))
+            e.code()
         }
-        Err(_) => {
-            shared.broker_failed(admitted, "target_unreachable").await;
-            Err(fail("target_unreachable"))
-        }
-    }
+        Err(_) => "target_unreachable",
+    };
+    shared.broker_failed(admitted, code).await;
+    Err(refusal())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +217,7 @@ async fn proxy(
     admitted: &Admitted,
     client: Channel<Msg>,
     onward: Channel<client::Msg>,
+    link: LinkWatch,
     handle: &russh::server::Handle,
 ) -> CloseReason {
     let live = &admitted.live;
@@ -302,14 +306,15 @@ async fn proxy(
                 }
                 ChannelMsg::Success if take_reply() => handle.channel_success(client_id).await,
                 ChannelMsg::Failure if take_reply() => handle.channel_failure(client_id).await,
-                ChannelMsg::Close => break,
+                ChannelMsg::Close => return CloseReason::TargetDisconnect,
                 _ => Ok(()),
             };
             if sent.is_err() {
                 return CloseReason::ClientDisconnect;
             }
         }
-        CloseReason::TargetDisconnect
+        // The onward connection vanished without a close: did the agent leave?
+        crate::broker::vanished(link).await
     };
     let reason = tokio::select! {
         r = upstream => r,

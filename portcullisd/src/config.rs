@@ -49,9 +49,9 @@ pub struct ServerConfig {
     /// The agent that serves devices whose inventory record names none.
     #[serde(default)]
     pub default_agent: Option<String>,
-    /// All-in-one only: run a bastion (and a local agent) with this SSH listener.
+    /// All-in-one only: run a bastion (and a local agent) with these SSH and agent listeners.
     #[serde(skip)]
-    pub ssh_listen: Option<String>,
+    pub ssh_listen: Option<(String, String)>,
 }
 
 /// The `[oidc]` table as written; checked by `portcullis_ca::identity::oidc::Oidc::new`.

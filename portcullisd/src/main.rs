@@ -45,6 +45,10 @@ enum Command {
         /// Address of the bastion's SSH listener (`ssh -p 2222 root%NODE@HOST`).
         #[arg(long, default_value = "127.0.0.1:2222", env = "PORTCULLIS_SSH_LISTEN")]
         ssh_listen: String,
+        /// Address of the bastion's listener for edge agents in other networks (the
+        /// built-in agent uses it too).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        agent_listen: String,
     },
     /// The certificate authority (control plane) from a configuration file.
     Ca {
@@ -154,7 +158,7 @@ fn main() -> anyhow::Result<()> {
                 println!("Portcullis agent {} running", service.name);
                 return wait_for_shutdown().await;
             }
-            Command::AllInOne { data_dir, listen, tls_names, ldap_config, oidc_config, ssh_listen } => {
+            Command::AllInOne { data_dir, listen, tls_names, ldap_config, oidc_config, ssh_listen, agent_listen } => {
                 let mut config = ServerConfig::all_in_one(&data_dir, &listen, tls_names)?;
                 if let Some(path) = ldap_config {
                     config.ldap = Some(config::read_ldap_file(&path)?);
@@ -164,7 +168,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 // Devices enrolled without an agent are reached through the built-in one.
                 config.default_agent = Some(LOCAL.to_owned());
-                config.ssh_listen = Some(ssh_listen);
+                config.ssh_listen = Some((ssh_listen, agent_listen));
                 (config, true)
             }
             Command::Ca { config } => (ServerConfig::from_file(&config)?, false),
@@ -212,7 +216,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     if let Some(ssh_listen) = ssh_listen {
         let endpoint =
             dataplane::CaEndpoint { url: format!("https://127.0.0.1:{}", addr.port()), pin: tls.pin.clone() };
-        let ssh_addr = start_local_data_plane(&ca, &data_dir, &endpoint, &ssh_listen).await?;
+        let ssh_addr = start_local_data_plane(&ca, &data_dir, &endpoint, &ssh_listen.0, &ssh_listen.1).await?;
         println!("Bastion listening on {ssh_addr}: ssh -p {} root%NODE@{}", ssh_addr.port(), ssh_addr.ip());
     }
     if all_in_one {
@@ -234,9 +238,17 @@ async fn start_local_data_plane(
     data_dir: &std::path::Path,
     endpoint: &dataplane::CaEndpoint,
     ssh_listen: &str,
+    agent_listen: &str,
 ) -> anyhow::Result<std::net::SocketAddr> {
-    let agents = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let agent_addr = agents.local_addr()?;
+    let agents = tokio::net::TcpListener::bind(agent_listen)
+        .await
+        .with_context(|| format!("cannot listen on {agent_listen}"))?;
+    let mut agent_addr = agents.local_addr()?;
+    println!("Edge agents connect to {agent_addr}");
+    // The built-in agent dials loopback when the listener is on every address.
+    if agent_addr.ip().is_unspecified() {
+        agent_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
     let bastion_key = dataplane::identity_key(&data_dir.join("bastion"))?;
     let registered = ca
         .register_service(

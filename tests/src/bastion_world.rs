@@ -11,6 +11,7 @@ use crate::sshd::{NodeTrust, Sshd};
 use portcullis_proto::NodeRecord;
 use std::path::PathBuf;
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -43,7 +44,7 @@ allowed_ports = [22, 2200]
 }
 
 /// An unused loopback address, so the node's sshd can listen on port 22 like a real one.
-fn loopback_ip() -> String {
+pub fn loopback_ip() -> String {
     let [a, b, c] = portcullis_sshcert::random_bytes::<3>();
     format!("127.{}.{}.{}", a.max(1), b, c.clamp(2, 254))
 }
@@ -56,6 +57,8 @@ pub struct World {
     pub dir: tempfile::TempDir,
     /// The ssh config file (`ssh -F`).
     pub config: PathBuf,
+    /// The ssh options every host block shares (alice's key and certificate, batch mode).
+    identity: String,
 }
 
 /// CA + bastion + agent (the all-in-one), an enrolled-looking node, and alice with a
@@ -63,29 +66,15 @@ pub struct World {
 impl World {
     /// Starts everything; sessions go idle after `idle`.
     pub async fn start(idle: &str) -> World {
-        let server = Server::start().await;
+        World::start_with(idle, crate::ServerOpts::default()).await
+    }
+
+    pub async fn start_with(idle: &str, opts: crate::ServerOpts) -> World {
+        let server = Server::start_with(opts).await;
         let (status, body) = server.write_policy("prod.toml", &policy(idle)).await;
         assert!(status.is_success(), "policy: {body}");
         let admin = server.admin_token().await;
-        let ip = loopback_ip();
-        // The node trusts the CA exactly as enrollment would make it (principals from the CA).
-        let mut record = NodeRecord {
-            name: "pve01".into(),
-            addresses: vec![ip.clone()],
-            tags: [("env".to_owned(), "prod".to_owned())].into(),
-            ..Default::default()
-        };
-        server.add_node(&admin, &record).await;
-        let (status, principals) = server.get_json(Some(&admin), "/v1/nodes/pve01/principals").await;
-        assert!(status.is_success(), "{principals}");
-        let principals = serde_json::from_value(principals["principals"].clone()).unwrap();
-        let node = Sshd::start_at(
-            &NodeTrust { trusted_user_ca_keys: server.user_ca_keys.clone(), principals, krl: None },
-            &ip,
-            22,
-        );
-        record.host_keys = vec![node.host_public_key()];
-        server.add_node(&admin, &record).await;
+        let node = add_node(&server, &admin, "pve01", &loopback_ip(), None, None).await;
 
         server.add_user(&admin, "alice", &["ops"], PASSWORD).await;
         let dir = tempfile::tempdir().unwrap();
@@ -103,6 +92,7 @@ impl World {
             cert.display()
         );
         let b = server.bastion;
+        let ip = node.ip.clone();
         let config = write_file(
             dir.path(),
             "ssh_config",
@@ -116,7 +106,68 @@ impl World {
                 b.port()
             ),
         );
-        World { server, node, admin, dir, config }
+        World { server, node, admin, dir, config, identity: common }
+    }
+
+    /// Appends a jump-mode host block `alias`: `root@ip` through the bastion.
+    pub fn add_jump_host(&self, alias: &str, ip: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let block =
+            format!("Host {alias}\n  HostName {ip}\n  Port 22\n  User root\n  ProxyJump jump\n{}", self.identity);
+        std::fs::write(&self.config, format!("{text}{block}")).unwrap();
+    }
+
+    /// Appends a terminated-mode host block `alias` for user `LOGIN%DEVICE`.
+    pub fn add_host(&self, alias: &str, user: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let b = self.server.bastion;
+        let block =
+            format!("Host {alias}\n  HostName {}\n  Port {}\n  User {user}\n{}", b.ip(), b.port(), self.identity);
+        std::fs::write(&self.config, format!("{text}{block}")).unwrap();
+    }
+
+    /// Runs `ssh` in the background; returns the child.
+    pub fn spawn_ssh(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new("ssh")
+            .arg("-F")
+            .arg(&self.config)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// `ssh ARGS… 'echo started; COMMAND'` in the background, returned once the remote
+    /// command runs (the session is fully connected).
+    pub fn spawn_started(&self, host: &str, command: &str) -> std::process::Child {
+        use std::io::BufRead;
+        let mut child = self.spawn_ssh(&[host, &format!("echo started; {command}")]);
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        assert_eq!(line.trim(), "started", "the session did not start");
+        child
+    }
+
+    /// The id of a live session, waiting for one to appear.
+    pub async fn live_session_id(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = self.server.get_json(Some(&self.admin), "/v1/admin/sessions").await;
+            assert!(status.is_success(), "{body}");
+            if let Some(id) = body.as_array().and_then(|a| a.first()).and_then(|s| s["session_id"].as_str()) {
+                return id.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no live session appeared");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Runs `program -F config ARGS…` (ssh, scp, sftp) to completion.
@@ -133,4 +184,44 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A node as enrollment leaves it: registered (tags `env:prod`, the given agent), an
+/// `sshd` on `ip:22` (inside `netns` if given) trusting the CA's user keys with the
+/// principals the CA lists for it, and its host key pinned in the inventory.
+pub async fn add_node(
+    server: &Server,
+    admin: &str,
+    name: &str,
+    ip: &str,
+    agent: Option<&str>,
+    netns: Option<&str>,
+) -> Sshd {
+    let mut record = NodeRecord {
+        name: name.into(),
+        addresses: vec![ip.to_owned()],
+        tags: [("env".to_owned(), "prod".to_owned())].into(),
+        agent: agent.map(str::to_owned),
+        ..Default::default()
+    };
+    server.add_node(admin, &record).await;
+    let (status, principals) = server.get_json(Some(admin), &format!("/v1/nodes/{name}/principals")).await;
+    assert!(status.is_success(), "{principals}");
+    let principals = serde_json::from_value(principals["principals"].clone()).unwrap();
+    let trust = NodeTrust { trusted_user_ca_keys: server.user_ca_keys.clone(), principals, krl: None };
+    let node = Sshd::start_in(&trust, ip, 22, netns);
+    record.host_keys = vec![node.host_public_key()];
+    server.add_node(admin, &record).await;
+    node
+}
+
+/// Waits for a backgrounded ssh to end; its output and how long that took.
+pub fn wait_output(child: std::process::Child, within: Duration) -> (Output, Duration) {
+    let started = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx.recv_timeout(within).expect("session did not end in time").unwrap();
+    (out, started.elapsed())
 }

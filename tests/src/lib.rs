@@ -16,6 +16,7 @@ pub mod enroll_node;
 pub mod idp;
 pub mod inprocess;
 pub mod postgres;
+pub mod procfs;
 pub mod server;
 pub mod slapd;
 pub mod ssh;

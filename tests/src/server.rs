@@ -45,6 +45,8 @@ pub struct Server {
     pub log_path: PathBuf,
     /// The all-in-one's bastion SSH listener.
     pub bastion: std::net::SocketAddr,
+    /// The bastion's listener for edge agents.
+    pub agent_listener: std::net::SocketAddr,
     stdout: Arc<Mutex<Vec<String>>>,
     admin_token: tokio::sync::Mutex<Option<String>>,
     child: Child,
@@ -98,7 +100,7 @@ impl Server {
             }
         });
 
-        let (url, pin, bastion) = match wait_for_banner(&rx) {
+        let (url, pin, bastion, agent_listener) = match wait_for_banner(&rx) {
             Ok(found) => found,
             Err(why) => {
                 let _ = child.kill();
@@ -121,6 +123,7 @@ impl Server {
             data_dir,
             admin_password,
             bastion,
+            agent_listener,
             user_ca_keys: String::new(),
             log_path,
             stdout,
@@ -332,9 +335,11 @@ async fn status_and_json(resp: reqwest::Response) -> (StatusCode, Value) {
 
 /// Reads start-up lines until the URL, the pin, and the final `Log in:` hint (printed
 /// after the initial admin password file is written).
-fn wait_for_banner(rx: &Receiver<String>) -> Result<(String, String, std::net::SocketAddr), String> {
+type Banner = (String, String, std::net::SocketAddr, std::net::SocketAddr);
+
+fn wait_for_banner(rx: &Receiver<String>) -> Result<Banner, String> {
     let deadline = Instant::now() + START_TIMEOUT;
-    let (mut url, mut pin, mut bastion) = (None, None, None);
+    let (mut url, mut pin, mut bastion, mut agents) = (None, None, None, None);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = match rx.recv_timeout(left) {
@@ -350,9 +355,11 @@ fn wait_for_banner(rx: &Receiver<String>) -> Result<(String, String, std::net::S
             pin = Some(rest.trim().to_owned());
         } else if let Some(rest) = line.strip_prefix("Bastion listening on ") {
             bastion = rest.split(':').take(2).collect::<Vec<_>>().join(":").parse().ok();
+        } else if let Some(rest) = line.strip_prefix("Edge agents connect to ") {
+            agents = rest.trim().parse().ok();
         } else if line.starts_with("Log in:") {
-            return match (url, pin, bastion) {
-                (Some(url), Some(pin), Some(bastion)) => Ok((url, pin, bastion)),
+            return match (url, pin, bastion, agents) {
+                (Some(url), Some(pin), Some(bastion), Some(agents)) => Ok((url, pin, bastion, agents)),
                 _ => Err("banner lacks the URL, the pin or the bastion address".into()),
             };
         }

@@ -38,6 +38,12 @@ impl Sshd {
     /// On `ip:port`, e.g. port 22 of an otherwise unused loopback address (root only),
     /// the way a real node listens.
     pub fn start_at(trust: &NodeTrust, ip: &str, port: u16) -> Sshd {
+        Sshd::start_in(trust, ip, port, None)
+    }
+
+    /// As [`Sshd::start_at`], inside network namespace `netns` when given (started with
+    /// `ip netns exec`; readiness is read from sshd's own log).
+    pub fn start_in(trust: &NodeTrust, ip: &str, port: u16, netns: Option<&str>) -> Sshd {
         assert!(Path::new(SSHD).exists(), "{SSHD} missing: run ./scripts/test.sh, which installs openssh-server");
         std::fs::create_dir_all("/run/sshd").unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -71,7 +77,15 @@ impl Sshd {
         let check = Command::new(SSHD).arg("-t").arg("-f").arg(d.join("sshd_config")).output().unwrap();
         assert!(check.status.success(), "sshd -t: {}", String::from_utf8_lossy(&check.stderr));
         let log = std::fs::File::create(d.join("sshd.log")).unwrap();
-        let child = Command::new(SSHD)
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, SSHD]);
+                c
+            }
+            None => Command::new(SSHD),
+        };
+        let child = command
             .arg("-D")
             .arg("-e")
             .arg("-f")
@@ -82,7 +96,11 @@ impl Sshd {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect((ip, port)).is_err() {
+        let listening = || match netns {
+            Some(_) => std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default().contains("Server listening"),
+            None => TcpStream::connect((ip, port)).is_ok(),
+        };
+        while !listening() {
             assert!(Instant::now() < deadline, "sshd did not start; log: {}", d.join("sshd.log").display());
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -7,13 +7,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use portcullis_tests::bastion_world::{World, policy, text};
+use portcullis_tests::bastion_world::{World, policy, text, wait_output};
 use portcullis_tests::server::write_file;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn sha256_file(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
@@ -92,48 +91,12 @@ async fn ssh_scp_and_sftp_through_the_bastion_in_both_modes() {
     drop(w.admin);
 }
 
-/// Runs `ssh` in the background; returns the child.
-fn spawn_ssh(w: &World, args: &[&str]) -> std::process::Child {
-    std::process::Command::new("ssh")
-        .arg("-F")
-        .arg(&w.config)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_output(child: std::process::Child, within: Duration) -> (Output, Duration) {
-    let started = Instant::now();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = rx.recv_timeout(within).expect("session did not end in time").unwrap();
-    (out, started.elapsed())
-}
-
-async fn live_session_id(w: &World) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = w.server.get_json(Some(&w.admin), "/v1/admin/sessions").await;
-        assert!(status.is_success(), "{body}");
-        if let Some(id) = body.as_array().and_then(|a| a.first()).and_then(|s| s["session_id"].as_str()) {
-            return id.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no live session appeared");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_sessions_end_on_idle_timeout_admin_kill_and_revocation() {
     let w = World::start("2s").await;
 
     // Idle: no input for 2 s closes the session although the node keeps printing.
-    let child = spawn_ssh(&w, &["bastion", "while true; do echo tick; sleep 0.3; done"]);
+    let child = w.spawn_ssh(&["bastion", "while true; do echo tick; sleep 0.3; done"]);
     let (out, took) = wait_output(child, Duration::from_secs(30));
     assert!(String::from_utf8_lossy(&out.stderr).contains("idle timeout"), "{}", text(&out));
     assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(15), "{took:?}");
@@ -143,8 +106,8 @@ async fn live_sessions_end_on_idle_timeout_admin_kill_and_revocation() {
     // Admin kill: within about a heartbeat.
     let (status, body) = w.server.write_policy("prod.toml", &policy("15m")).await;
     assert!(status.is_success(), "{body}");
-    let child = spawn_ssh(&w, &["bastion", "sleep 60"]);
-    let id = live_session_id(&w).await;
+    let child = w.spawn_started("bastion", "sleep 60");
+    let id = w.live_session_id().await;
     let (status, body) = w.server.post_json(Some(&w.admin), &format!("/v1/admin/sessions/{id}/kill"), &json!({})).await;
     assert!(status.is_success(), "kill: {body}");
     let (out, took) = wait_output(child, Duration::from_secs(20));
@@ -152,8 +115,7 @@ async fn live_sessions_end_on_idle_timeout_admin_kill_and_revocation() {
     assert!(took < Duration::from_secs(15), "{took:?}");
 
     // Revocation of the user's certificate closes the live session.
-    let child = spawn_ssh(&w, &["bastion", "sleep 60"]);
-    let _ = live_session_id(&w).await;
+    let child = w.spawn_started("bastion", "sleep 60");
     let (status, body) = w.server.post_json(Some(&w.admin), "/v1/admin/revoke", &json!({ "username": "alice" })).await;
     assert!(status.is_success(), "revoke: {body}");
     let (out, _) = wait_output(child, Duration::from_secs(20));

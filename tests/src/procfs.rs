@@ -1,0 +1,139 @@
+//! What benchmarks read about processes from Linux's `/proc`: CPU time, resident memory,
+//! and which process is which (the harness keeps its children private, so a server is
+//! found by an argument on its command line and its parent).
+//!
+//! Every reader returns 0 or `None` when the process is gone or the file unreadable: a
+//! benchmark prints what it could measure rather than stopping halfway.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+/// USER_HZ: the unit of `/proc/<pid>/stat` times on Linux.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// The fields after the command name of `/proc/<pid>/stat` (the name may hold spaces;
+/// what follows its last `)` is fixed): index 0 is field 3 (state).
+fn stat_fields(pid: &str) -> Vec<String> {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Vec::new();
+    };
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after.split_whitespace().map(str::to_owned).collect()
+}
+
+fn ticks(fields: &[String], i: usize) -> f64 {
+    fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+}
+
+/// User + system CPU seconds of a process's own threads so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let f = stat_fields(&pid.to_string());
+    (ticks(&f, 11) + ticks(&f, 12)) / TICKS_PER_SECOND
+}
+
+/// User + system CPU seconds of a process's children that have exited and been waited
+/// for (a forking server's finished connections, a shell pipeline's commands).
+pub fn children_cpu_seconds(pid: u32) -> f64 {
+    let f = stat_fields(&pid.to_string());
+    (ticks(&f, 13) + ticks(&f, 14)) / TICKS_PER_SECOND
+}
+
+/// [`children_cpu_seconds`] of the calling process.
+pub fn own_children_cpu_seconds() -> f64 {
+    children_cpu_seconds(std::process::id())
+}
+
+/// Busy (non-idle) CPU seconds of the whole machine, summed over cores.
+pub fn machine_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().next() else {
+        return 0.0;
+    };
+    // cpu user nice system idle iowait irq softirq steal …
+    let t: Vec<f64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0.0)).collect();
+    [0, 1, 2, 5, 6, 7].iter().filter_map(|i| t.get(*i)).sum::<f64>() / TICKS_PER_SECOND
+}
+
+/// A `KiB` figure from a `/proc` key-value file (`VmRSS:  1234 kB`).
+fn kib_field(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|rest| rest.trim_start_matches(':').split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resident set size (`VmRSS`) in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    kib_field(&format!("/proc/{pid}/status"), "VmRSS")
+}
+
+/// Anonymous resident memory (`RssAnon`: heap and stacks, no mapped files) in KiB.
+pub fn rss_anon_kib(pid: u32) -> u64 {
+    kib_field(&format!("/proc/{pid}/status"), "RssAnon")
+}
+
+/// Proportional set size in KiB: shared pages divided among the processes sharing
+/// them, so a sum over processes counts every page once.
+pub fn pss_kib(pid: u32) -> u64 {
+    kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss")
+}
+
+/// Every live process id with its parent's.
+fn parents() -> HashMap<u32, u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let pid = name.to_str()?;
+            let ppid = stat_fields(pid).get(1)?.parse().ok()?;
+            Some((pid.parse().ok()?, ppid))
+        })
+        .collect()
+}
+
+/// All descendants of `pid` (children, their children, …), not `pid` itself.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let parents = parents();
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for (&child, &parent) in &parents {
+            if parent == p {
+                found.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// The child of the calling process that has `arg` as one of its command-line
+/// arguments (a server's unique temporary data directory or config file).
+pub fn child_with_arg(arg: &Path) -> Option<u32> {
+    let me = std::process::id();
+    let needle = arg.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let name = entry.file_name();
+        let pid = name.to_str()?;
+        if stat_fields(pid).get(1)?.parse::<u32>().ok()? != me {
+            return None;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        cmdline.split(|b| *b == 0).any(|a| a == needle).then(|| pid.parse().ok())?
+    })
+}
+
+/// Soft limit on open files of the calling process (`Max open files` in `/proc/self/limits`).
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
+}
