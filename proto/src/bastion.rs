@@ -348,13 +348,30 @@ pub struct BastionEventsRequest {
 #[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BastionAuditEvent {
     /// A client certificate was refused at the bastion (`reason` is a stable code).
-    AuthRefused { client_ip: String, user: String, reason: String },
+    AuthRefused {
+        client_ip: String,
+        user: String,
+        reason: String,
+    },
     /// The onward connection through the agent is up (and, terminated mode, logged in).
-    BrokerConnected { session_id: String, agent: String, setup_ms: u64 },
+    BrokerConnected {
+        session_id: String,
+        agent: String,
+        setup_ms: u64,
+    },
     /// The onward connection failed: `reason` is `target_unreachable`, `agent_unavailable`,
     /// `host_key_mismatch`, `onward_auth_failed`, `agent_refused` or `unsupported_mode`.
-    BrokerFailed { session_id: String, agent: String, reason: String },
+    BrokerFailed {
+        session_id: String,
+        agent: String,
+        reason: String,
+    },
     /// An agent connected to or left this bastion.
-    AgentConnected { agent: String, remote: String },
-    AgentDisconnected { agent: String },
+    AgentConnected {
+        agent: String,
+        remote: String,
+    },
+    AgentDisconnected {
+        agent: String,
+    },
 }
