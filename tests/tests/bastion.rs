@@ -191,6 +191,65 @@ async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
     assert!(a.stderr.contains("Permission denied"), "{}", a.stderr);
     assert!(a.refused_for(&RefusalReason::PlainPublicKey), "{:?}", a.events);
 
+    // Certificates signed by the real user CA key but wrong in one way each, offered for
+    // `root%pve-prod` (terminated mode) so the principal check would otherwise pass.
+    let ca_key = ca.keyring().signer(portcullis_ca::keys::KeyPurpose::User).unwrap().key.clone();
+    let craft_typed = |name: &str, cert_type: CertType, shape: &dyn Fn(&mut Builder)| -> std::path::PathBuf {
+        let mut b = Builder::new_with_random_nonce(
+            &mut ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng),
+            key.public_key().key_data().clone(),
+            now - 60,
+            now + 600,
+        )
+        .unwrap();
+        b.serial(7).unwrap().key_id("crafted").unwrap().cert_type(cert_type).unwrap();
+        shape(&mut b);
+        write_file(dir.path(), &format!("{name}-cert.pub"), b.sign(&ca_key).unwrap().to_openssh().unwrap())
+    };
+    let craft = |name: &str, shape: &dyn Fn(&mut Builder)| craft_typed(name, CertType::User, shape);
+    let principal = portcullis_policies::scoped_principal("prod-root", "root");
+    // Positive control for the crafting itself.
+    let fine = craft("fine", &|b| {
+        b.valid_principal(principal.clone()).unwrap();
+    });
+    let a = ssh(port, "root%pve-prod", &key_path, Some(&fine), &mut rx).await;
+    assert!(a.accepted(), "a well-formed crafted certificate authenticates: {:?}", a.events);
+    // No principals: OpenSSH would read that as "any principal"; we refuse it.
+    let empty = craft("empty", &|b| {
+        b.all_principals_valid().unwrap();
+    });
+    let a = ssh(port, "root%pve-prod", &key_path, Some(&empty), &mut rx).await;
+    assert!(!a.accepted() && a.refused_for(&RefusalReason::Certificate(Rejection::NoPrincipals)), "{:?}", a.events);
+    // A critical option the bastion does not understand.
+    let unknown = craft("unknown-option", &|b| {
+        b.valid_principal(principal.clone()).unwrap();
+        b.critical_option("portcullis-test-unknown@example.org", "").unwrap();
+    });
+    let a = ssh(port, "root%pve-prod", &key_path, Some(&unknown), &mut rx).await;
+    let unknown_refusal = RefusalReason::Certificate(Rejection::UnknownCriticalOption {
+        name: "portcullis-test-unknown@example.org".into(),
+    });
+    assert!(!a.accepted() && a.refused_for(&unknown_refusal), "{:?}", a.events);
+    // source-address that excludes the client.
+    let elsewhere = craft("source-address", &|b| {
+        b.valid_principal(principal.clone()).unwrap();
+        b.critical_option("source-address", "192.0.2.0/24").unwrap();
+    });
+    let a = ssh(port, "root%pve-prod", &key_path, Some(&elsewhere), &mut rx).await;
+    assert!(
+        !a.accepted() && a.refused_for(&RefusalReason::Certificate(Rejection::SourceAddressMismatch)),
+        "{:?}",
+        a.events
+    );
+    // A host certificate offered as a user certificate.
+    let host = craft_typed("host", CertType::Host, &|b| {
+        b.valid_principal(principal.clone()).unwrap();
+    });
+    let a = ssh(port, "root%pve-prod", &key_path, Some(&host), &mut rx).await;
+    // OpenSSH's client (or russh) drops it before our handler sees it, so only the
+    // plain-key fallback arrives; `sshcert`'s unit tests cover our own type check.
+    assert!(!a.accepted(), "a host certificate must never authenticate a user: {:?}", a.events);
+
     // Revoked through the admin API: refused once the bastion has refreshed its trust.
     let (status, body) = server.post_json(Some(&admin), "/v1/admin/revoke", &json!({ "serial": serial })).await;
     assert!(status.is_success(), "revoke: {body}");
