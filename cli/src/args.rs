@@ -55,9 +55,16 @@ pub struct LoginArgs {
 
 #[derive(Args)]
 pub struct SshConfigArgs {
-    /// Host patterns the block applies to.
+    /// Host patterns the block applies to (with `--bastion`: the nodes reached in jump mode).
     #[arg(long, default_value = "*")]
     pub hosts: String,
+    /// `HOST:PORT` of a Portcullis bastion: also print its host block (terminated mode,
+    /// `ssh root%NODE@portcullis`) and make `--hosts` jump through it.
+    #[arg(long)]
+    pub bastion: Option<String>,
+    /// The alias of the bastion's host block.
+    #[arg(long, default_value = "portcullis")]
+    pub alias: String,
 }
 
 #[derive(Subcommand)]

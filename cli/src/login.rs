@@ -218,15 +218,51 @@ pub async fn logout() -> anyhow::Result<()> {
 pub fn ssh_config(args: SshConfigArgs) -> anyhow::Result<()> {
     let paths = Paths::new()?;
     let session = paths.load_session();
-    println!(
-        "# Portcullis{}",
-        session.map(|s| format!(": certificate from {} for {}", s.ca_url, s.username)).unwrap_or_default()
-    );
-    println!("Host {}", args.hosts);
-    println!("    IdentityFile {}", paths.key.display());
-    println!("    CertificateFile {}", paths.cert.display());
-    println!("    IdentitiesOnly yes");
+    let username = session.as_ref().map(|s| s.username.clone());
+    let header = session.map(|s| format!(": certificate from {} for {}", s.ca_url, s.username)).unwrap_or_default();
+    let bastion = match &args.bastion {
+        Some(b) => Some(split_host_port(b).ok_or_else(|| anyhow!("--bastion must be HOST:PORT"))?),
+        None => None,
+    };
+    print!("# Portcullis{header}\n{}", render_ssh_config(&paths, &args, bastion, username.as_deref()));
     Ok(())
+}
+
+fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return None;
+    }
+    Some((host, port.parse().ok()?))
+}
+
+/// The Host blocks: with a bastion, one for the bastion itself (terminated mode:
+/// `ssh LOGIN%NODE@alias`) and one making `hosts` jump through it (jump mode, SSH end to
+/// end with the user's own certificate); without, one block using the certificate.
+fn render_ssh_config(
+    paths: &Paths,
+    args: &SshConfigArgs,
+    bastion: Option<(&str, u16)>,
+    username: Option<&str>,
+) -> String {
+    let identity = format!(
+        "    IdentityFile {}\n    CertificateFile {}\n    IdentitiesOnly yes\n",
+        paths.key.display(),
+        paths.cert.display()
+    );
+    let Some((host, port)) = bastion else {
+        return format!("Host {}\n{identity}", args.hosts);
+    };
+    let user = username.map(|u| format!("    User {u}\n")).unwrap_or_default();
+    format!(
+        "# Terminated mode: ssh root%NODE@{alias} (the bastion logs in with a per-session certificate)\n\
+         Host {alias}\n    HostName {host}\n    Port {port}\n{user}{identity}\
+         # Jump mode: ssh root@NODE (through the bastion, end to end with your certificate)\n\
+         Host {hosts}\n    ProxyJump {alias}\n{identity}",
+        alias = args.alias,
+        hosts = args.hosts,
+    )
 }
 
 #[cfg(test)]
@@ -241,6 +277,23 @@ mod tests {
         assert_eq!(duration_secs("0h"), None);
         assert_eq!(duration_secs("1x"), None);
         assert_eq!(duration_secs("h"), None);
+    }
+
+    #[test]
+    fn ssh_config_blocks() {
+        let paths = Paths::new().unwrap();
+        let args = SshConfigArgs { hosts: "pve*".into(), bastion: None, alias: "portcullis".into() };
+        let plain = render_ssh_config(&paths, &args, None, Some("alice"));
+        assert!(plain.starts_with("Host pve*\n") && !plain.contains("ProxyJump"), "{plain}");
+        let both = render_ssh_config(&paths, &args, split_host_port("bastion.example:2222"), Some("alice"));
+        assert!(
+            both.contains("Host portcullis\n    HostName bastion.example\n    Port 2222\n    User alice\n"),
+            "{both}"
+        );
+        assert!(both.contains("Host pve*\n    ProxyJump portcullis\n"), "{both}");
+        assert_eq!(split_host_port("[2001:db8::1]:22"), Some(("2001:db8::1", 22)));
+        assert_eq!(split_host_port("bastion"), None);
+        assert_eq!(split_host_port("a b:22"), None);
     }
 
     #[test]

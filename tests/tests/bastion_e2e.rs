@@ -121,3 +121,42 @@ async fn live_sessions_end_on_idle_timeout_admin_kill_and_revocation() {
     let (out, _) = wait_output(child, Duration::from_secs(20));
     assert!(String::from_utf8_lossy(&out.stderr).contains("credential revoked"), "{}", text(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_an_ssh_config_that_works_in_both_modes() {
+    let w = World::start("15m").await;
+    let home = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(portcullis_tests::bin("portcullis"))
+            .args(args)
+            .env("HOME", home.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "portcullis {args:?}: {}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let password = format!("{}\n", portcullis_tests::bastion_world::PASSWORD);
+    cli(
+        &["login", "--ca", &w.server.url, "--ca-fingerprint", &w.server.pin, "--user", "alice", "--password-stdin"],
+        &password,
+    );
+    let bastion = w.server.bastion.to_string();
+    let config = cli(&["ssh-config", "--bastion", &bastion, "--hosts", &w.node.ip], "");
+    // This test machine knows no host keys: accept them (a real user pins the bastion's).
+    let config = format!(
+        "{config}Host *\n    BatchMode yes\n    StrictHostKeyChecking no\n    UserKnownHostsFile /dev/null\n    LogLevel ERROR\n"
+    );
+    let path = write_file(w.dir.path(), "cli_ssh_config", &config);
+    let ssh = |args: &[&str]| std::process::Command::new("ssh").arg("-F").arg(&path).args(args).output().unwrap();
+    let out = ssh(&["root%pve01@portcullis", "echo terminated"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "terminated", "{config}\n{}", text(&out));
+    let out = ssh(&[&format!("root@{}", w.node.ip), "echo jumped"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "jumped", "{config}\n{}", text(&out));
+}
