@@ -18,16 +18,21 @@ pub const PASSWORD: &str = "correct horse battery staple";
 /// alice (group ops) may log in as root on `env:prod` devices through agent `local`;
 /// sessions go idle after `idle`.
 pub fn policy(idle: &str) -> String {
+    policy_with(&format!("idle = \"{idle}\", absolute = \"1h\""), "env:prod")
+}
+
+/// The same with the role's `session` table contents and target tag given.
+pub fn policy_with(session: &str, target_tag: &str) -> String {
     format!(
         r#"
 [[role]]
 name = "prod-root"
 logins = ["root"]
-targets = 'in:devices tags.env:prod'
+targets = 'in:devices tags.{target_tag}'
 permissions = ["certs.issue", "sessions.kill"]
 max_cert_ttl = "1h"
 extensions = ["permit-pty"]
-session = {{ idle = "{idle}", absolute = "1h" }}
+session = {{ {session} }}
 
 [[binding]]
 group = "ops"

@@ -7,12 +7,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use portcullis_tests::bastion_world::{World, policy, text, wait_output};
+use portcullis_tests::bastion_world::{World, policy, policy_with, text, wait_output};
 use portcullis_tests::server::write_file;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn sha256_file(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
@@ -92,7 +92,7 @@ async fn ssh_scp_and_sftp_through_the_bastion_in_both_modes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_sessions_end_on_idle_timeout_admin_kill_and_revocation() {
+async fn live_sessions_end_on_idle_timeout_caps_admin_kill_policy_change_revocation_and_expiry() {
     let w = World::start("2s").await;
 
     // Idle: no input for 2 s closes the session although the node keeps printing.
@@ -103,16 +103,53 @@ async fn live_sessions_end_on_idle_timeout_admin_kill_and_revocation() {
     let closed = w.server.audit_events("session_closed").await;
     assert!(closed.iter().any(|r| r.payload.to_string().contains("idle_timeout")), "{closed:?}");
 
-    // Admin kill: within about a heartbeat.
-    let (status, body) = w.server.write_policy("prod.toml", &policy("15m")).await;
+    // One session per user: the second is refused while the first lives.
+    let capped = policy_with(r#"idle = "15m", absolute = "1h", max_per_user = 1"#, "env:prod");
+    let (status, body) = w.server.write_policy("prod.toml", &capped).await;
     assert!(status.is_success(), "{body}");
     let child = w.spawn_started("bastion", "sleep 60");
+    // (At ssh's default log level, as a user sees it.)
+    let out = w.run("ssh", &["-o", "LogLevel=INFO", "bastion", "true"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("too many concurrent sessions"), "{}", text(&out));
+
+    // Admin kill: within about a heartbeat; the slot is free again afterwards.
     let id = w.live_session_id().await;
     let (status, body) = w.server.post_json(Some(&w.admin), &format!("/v1/admin/sessions/{id}/kill"), &json!({})).await;
     assert!(status.is_success(), "kill: {body}");
     let (out, took) = wait_output(child, Duration::from_secs(20));
     assert!(String::from_utf8_lossy(&out.stderr).contains("closed by an administrator"), "{}", text(&out));
     assert!(took < Duration::from_secs(15), "{took:?}");
+    let out = w.run("ssh", &["bastion", "echo slot-free"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "slot-free", "{}", text(&out));
+
+    // A policy change that removes access closes the live session within about a second.
+    let child = w.spawn_started("bastion", "sleep 60");
+    let started = Instant::now();
+    let (status, body) = w.server.write_policy("prod.toml", &policy_with(r#"idle = "15m""#, "env:staging")).await;
+    assert!(status.is_success(), "{body}");
+    let reloaded = started.elapsed();
+    let (out, _) = wait_output(child, Duration::from_secs(20));
+    let took = started.elapsed() - reloaded;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("policy change"), "{}", text(&out));
+    assert!(took < Duration::from_millis(2500), "closed {took:?} after the reload");
+    let (status, body) = w.server.write_policy("prod.toml", &policy("15m")).await;
+    assert!(status.is_success(), "{body}");
+
+    // A short-lived certificate: the session ends when it expires.
+    let token = w.server.login("alice", portcullis_tests::bastion_world::PASSWORD).await;
+    let public = std::fs::read_to_string(w.dir.path().join("id.pub")).unwrap();
+    let (status, body) = w
+        .server
+        .post_json(Some(&token), "/v1/certs/user", &json!({ "public_key": public.trim(), "ttl_seconds": 8 }))
+        .await;
+    assert!(status.is_success(), "{body}");
+    let long_cert = std::fs::read(w.dir.path().join("id-cert.pub")).unwrap();
+    write_file(w.dir.path(), "id-cert.pub", body["certificate"].as_str().unwrap());
+    let child = w.spawn_started("bastion", "sleep 60");
+    let (out, took) = wait_output(child, Duration::from_secs(30));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("certificate expired"), "{}", text(&out));
+    assert!(took < Duration::from_secs(12), "{took:?}");
+    write_file(w.dir.path(), "id-cert.pub", long_cert);
 
     // Revocation of the user's certificate closes the live session.
     let child = w.spawn_started("bastion", "sleep 60");
