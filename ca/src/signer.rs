@@ -189,7 +189,7 @@ pub fn sign_service_cert(
 }
 
 /// The per-session certificate a bastion logs in onward with (terminated mode, browser
-/// console). Built only from a [`SessionPermit`], which only the session decision makes:
+/// console). Built only from a [`SessionPermit`](crate::service::SessionPermit), which only the session decision makes:
 /// one node principal (this device, this login), a minute of life, the key id naming the
 /// session so the node's auth.log links to the audit trail.
 pub fn sign_session_cert(

@@ -13,7 +13,7 @@ pub(super) const FORWARDING_EXTENSIONS: [&str; 3] =
     ["permit-agent-forwarding", "permit-port-forwarding", "permit-X11-forwarding"];
 
 /// Proof that a per-session certificate with exactly these contents may be signed. Only
-/// [`Ca::open_bastion_session`] makes one, after the admission decision.
+/// [`crate::Ca::open_bastion_session`] makes one, after the admission decision.
 pub struct SessionPermit {
     pub(super) principal: String,
     pub(super) key_id: String,
