@@ -189,9 +189,10 @@ pub fn sign_service_cert(
 }
 
 /// The per-session certificate a bastion logs in onward with (terminated mode, browser
-/// console). Built only from a [`SessionPermit`](crate::service::SessionPermit), which only the session decision makes:
-/// one node principal (this device, this login), a minute of life, the key id naming the
-/// session so the node's auth.log links to the audit trail.
+/// console). Built only from a [`SessionPermit`](crate::service::SessionPermit), which
+/// only the session decision makes: one node principal (this device, this login), a
+/// minute of life, the key id naming the session so the node's auth.log links to the
+/// audit trail.
 pub fn sign_session_cert(
     permit: &crate::service::SessionPermit,
     public_key: &PublicKey,
