@@ -204,6 +204,7 @@ pub struct SessionInfo {
 }
 
 pub mod bastion;
+pub mod console;
 pub mod enroll;
 pub mod oidc;
 pub mod pin;
