@@ -179,7 +179,10 @@ pub enum AuditEvent {
         login: Option<String>,
         port: u16,
         client_ip: String,
-        cert_serial: String,
+        /// The user certificate the session was opened with; absent for a console
+        /// session opened with a ticket.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cert_serial: Option<String>,
         /// Terminated/console: the per-session certificate.
         session_cert_serial: Option<String>,
     },
@@ -253,6 +256,51 @@ pub enum AuditEvent {
         bastion: String,
         agent: String,
     },
+    /// A browser asked for a console ticket (device and login as typed, sanitized). No
+    /// console event ever holds the ticket or its hash.
+    ConsoleTicketRequested {
+        user: String,
+        device: String,
+        login: String,
+        mode: &'static str,
+        client_ip: String,
+    },
+    ConsoleTicketGranted {
+        user: String,
+        device: String,
+        login: String,
+        mode: &'static str,
+        agent: String,
+        rule: String,
+        expires_at: u64,
+        client_ip: String,
+    },
+    /// `reason`: `missing_permission`, `unsupported_mode`, `unknown_device`,
+    /// `rule_mismatch`, `out_of_scope`, `no_agent`, `not_authorized`, `rate_limited`.
+    ConsoleTicketDenied {
+        user: String,
+        device: String,
+        login: String,
+        mode: &'static str,
+        reason: &'static str,
+        client_ip: String,
+    },
+    /// A bastion tried to redeem an expired ticket.
+    ConsoleTicketExpired {
+        session_id: String,
+        bastion: String,
+        user: String,
+        device: String,
+        client_ip: String,
+    },
+    /// A bastion tried to redeem a ticket that was redeemed before.
+    ConsoleTicketReused {
+        session_id: String,
+        bastion: String,
+        user: String,
+        device: String,
+        client_ip: String,
+    },
 }
 
 impl AuditEvent {
@@ -292,6 +340,11 @@ impl AuditEvent {
             AuditEvent::BrokerFailed { .. } => "broker_failed",
             AuditEvent::AgentConnected { .. } => "agent_connected",
             AuditEvent::AgentDisconnected { .. } => "agent_disconnected",
+            AuditEvent::ConsoleTicketRequested { .. } => "console_ticket_requested",
+            AuditEvent::ConsoleTicketGranted { .. } => "console_ticket_granted",
+            AuditEvent::ConsoleTicketDenied { .. } => "console_ticket_denied",
+            AuditEvent::ConsoleTicketExpired { .. } => "console_ticket_expired",
+            AuditEvent::ConsoleTicketReused { .. } => "console_ticket_reused",
         }
     }
 }

@@ -21,6 +21,16 @@ pub enum CaError {
     /// `portcullis_proto::bastion::deny_reason`, `message` sanitized text for the user.
     #[error("{reason}: {message}")]
     SessionDenied { reason: &'static str, message: String },
+    /// A state-changing request authenticated by the session cookie came without the
+    /// session's CSRF token (or with another one).
+    #[error("missing or invalid CSRF token")]
+    Csrf,
+    /// No console ticket: `reason` is the audited code, `message` fixed text.
+    #[error("{reason}: {message}")]
+    TicketDenied { reason: &'static str, message: &'static str },
+    /// A console mode (`termproxy`, `vncwebsocket`) this server does not serve.
+    #[error("this console mode is not supported; only ssh is")]
+    UnsupportedConsoleMode,
     #[error("{0}")]
     BadRequest(String),
     #[error("{0} not found")]
@@ -50,6 +60,9 @@ impl CaError {
             CaError::Denied(_) => "denied",
             CaError::Forbidden(_) => "forbidden",
             CaError::SessionDenied { .. } => "session_denied",
+            CaError::Csrf => "csrf",
+            CaError::TicketDenied { .. } => "ticket_denied",
+            CaError::UnsupportedConsoleMode => "unsupported_console_mode",
             CaError::BadRequest(_) => "bad_request",
             CaError::NotFound(_) => "not_found",
             CaError::Conflict(_) => "conflict",

@@ -116,3 +116,36 @@ pub enum ConsoleControl {
     /// Bastion → browser: the session closed; `message` is safe to show.
     Closed { reason: String, message: String },
 }
+
+/// `POST /v1/auth/browser-login` (JSON `{username, password}`, like `/v1/auth/login`):
+/// the session comes as the `portcullis_session` cookie, never in the body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BrowserLoginResponse {
+    pub username: String,
+    /// Send it as [`CSRF_HEADER`] on every state-changing request of this session.
+    pub csrf_token: String,
+    pub expires_at: u64,
+}
+
+/// `GET /v1/auth/csrf` (cookie session): the session's CSRF token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CsrfToken {
+    pub csrf_token: String,
+}
+
+/// One entry of `GET /v1/admin/policy/history`, newest first: a reload that changed
+/// the policy (from its `policy_changed` audit record).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyChangeRecord {
+    /// The audit record's sequence number and time.
+    pub seq: u64,
+    pub at: u64,
+    /// Who reloaded (a username, `system` at start-up, `operator:SIGHUP`).
+    pub actor: String,
+    pub digest_before: String,
+    pub digest_after: String,
+    /// Names of roles, rules, bindings and deny statements, as `kind:name`.
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}

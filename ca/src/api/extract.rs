@@ -2,12 +2,14 @@
 //! rejections (which can echo parts of the request back).
 
 use crate::error::CaError;
-use crate::service::{Ca, Caller, ServiceCaller};
+use crate::service::{Ca, Caller, ServiceCaller, csrf_token_for, csrf_token_matches};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::Method;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use portcullis_proto::bastion::ServiceKind;
+use portcullis_proto::console::CSRF_HEADER;
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +36,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
 
 /// The caller named by `Authorization: Bearer <token>`, or else by the
 /// `portcullis_session` cookie of a browser sign-in (the same server-side session).
+///
+/// A cookie is sent by the browser whoever made the page, so a state-changing request
+/// (anything but GET, HEAD, OPTIONS) authenticated by the cookie must also carry the
+/// session's CSRF token in `X-CSRF-Token` ([`crate::csrf_token_for`]); a page on another
+/// site can neither read it nor set the header without a CORS preflight we never
+/// answer. SameSite=Strict already keeps the cookie off cross-site requests; the token
+/// also covers same-site attackers (a sibling subdomain) and older browsers. Bearer
+/// tokens are never sent implicitly and need no CSRF token.
 pub struct Authed(pub Caller);
 
 impl FromRequestParts<Arc<Ca>> for Authed {
@@ -47,11 +57,25 @@ impl FromRequestParts<Arc<Ca>> for Authed {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .map(str::to_owned);
-        let token = bearer
-            .or_else(|| cookie(&parts.headers, super::oidc::SESSION_COOKIE))
-            .filter(|t| !t.is_empty() && t.len() <= 256)
-            .ok_or(CaError::Unauthenticated)?;
-        Ok(Authed(ca.caller(&token).await?))
+        let (token, via_cookie) = match bearer {
+            Some(t) => (t, false),
+            None => (cookie(&parts.headers, super::oidc::SESSION_COOKIE).ok_or(CaError::Unauthenticated)?, true),
+        };
+        if token.is_empty() || token.len() > 256 {
+            return Err(CaError::Unauthenticated);
+        }
+        let caller = ca.caller(&token).await?;
+        if !via_cookie {
+            return Ok(Authed(caller));
+        }
+        if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            let presented = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+            if !csrf_token_matches(&token, presented) {
+                tracing::info!(user = %caller.identity.username, path = %parts.uri.path(), "CSRF token missing or wrong");
+                return Err(CaError::Csrf);
+            }
+        }
+        Ok(Authed(caller.with_csrf_token(csrf_token_for(&token))))
     }
 }
 

@@ -24,8 +24,21 @@ pub struct LoginBody {
     password: SecretString,
 }
 
+impl LoginBody {
+    /// A username worth asking the identity sources about.
+    pub(super) fn plausible(&self) -> bool {
+        !self.username.is_empty() && self.username.len() <= 256
+    }
+    pub(super) fn username(&self) -> &str {
+        &self.username
+    }
+    pub(super) fn password(&self) -> &SecretString {
+        &self.password
+    }
+}
+
 pub async fn login(State(ca): Ca_, ClientIp(ip): ClientIp, Body(body): Body<LoginBody>) -> Res<LoginResponse> {
-    if body.username.is_empty() || body.username.len() > 256 {
+    if !body.plausible() {
         return Err(CaError::InvalidCredentials);
     }
     Ok(Json(ca.login_password(&body.username, &body.password, &ip).await?))
@@ -182,12 +195,21 @@ pub async fn reload_policy(State(ca): Ca_, Authed(c): Authed) -> Res<PolicyReloa
     Ok(Json(ca.reload_policy(&grant).await?))
 }
 
+/// `GET /v1/admin/audit`: `after`/`limit` as before (oldest first); filters `event`,
+/// `user` (the record's user, username or actor), `device` (device or node), `since`
+/// (unix seconds); `order=desc` pages newest first from `before` (exclusive).
 #[derive(Deserialize)]
 pub struct AuditQuery {
     #[serde(default)]
     after: u64,
     #[serde(default = "default_limit")]
     limit: u32,
+    event: Option<String>,
+    user: Option<String>,
+    device: Option<String>,
+    since: Option<u64>,
+    before: Option<u64>,
+    order: Option<String>,
 }
 
 fn default_limit() -> u32 {
@@ -196,7 +218,22 @@ fn default_limit() -> u32 {
 
 pub async fn audit_records(State(ca): Ca_, Authed(c): Authed, Query(q): Query<AuditQuery>) -> Res<Vec<AuditRecord>> {
     let grant = ca.authorize(&c, Permission::AuditRead)?;
-    Ok(Json(ca.audit_records(&grant, q.after, q.limit).await?))
+    let newest_first = match q.order.as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => return Err(CaError::BadRequest("order is asc or desc".into())),
+    };
+    let filter = crate::service::AuditFilter {
+        after: q.after,
+        before: q.before,
+        newest_first,
+        event: q.event,
+        user: q.user,
+        device: q.device,
+        since: q.since.unwrap_or(0),
+        limit: q.limit,
+    };
+    Ok(Json(ca.audit_search(&grant, &filter).await?))
 }
 
 pub async fn audit_verify(State(ca): Ca_, Authed(c): Authed) -> Res<AuditVerifyResponse> {

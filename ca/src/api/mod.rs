@@ -2,6 +2,7 @@
 //! client may see. Handlers live in `handlers` and are one call into [`Ca`] each.
 
 mod bastion;
+mod console;
 mod enroll;
 mod extract;
 mod handlers;
@@ -26,6 +27,12 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/auth/login", post(handlers::login))
         .route("/v1/auth/logout", post(handlers::logout))
         .route("/v1/auth/whoami", get(handlers::whoami))
+        .route("/v1/auth/browser-login", post(console::browser_login))
+        .route("/v1/auth/csrf", get(console::csrf))
+        .route("/v1/console/devices", get(console::devices))
+        .route("/v1/console/tickets", post(console::ticket))
+        .route("/v1/bastion/console/open", post(console::open))
+        .route("/v1/admin/policy/history", get(console::policy_history))
         .route("/v1/auth/methods", get(oidc::methods))
         .route("/v1/auth/oidc/device", post(oidc::device_start))
         .route("/v1/auth/oidc/device/poll", post(oidc::device_poll))
@@ -81,7 +88,8 @@ impl IntoResponse for CaError {
             }
             CaError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             CaError::Denied(_) | CaError::Forbidden(_) | CaError::SessionDenied { .. } => StatusCode::FORBIDDEN,
-            CaError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            CaError::Csrf | CaError::TicketDenied { .. } => StatusCode::FORBIDDEN,
+            CaError::BadRequest(_) | CaError::UnsupportedConsoleMode => StatusCode::BAD_REQUEST,
             CaError::NotFound(_) => StatusCode::NOT_FOUND,
             CaError::Conflict(_) => StatusCode::CONFLICT,
             CaError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

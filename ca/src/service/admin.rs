@@ -9,6 +9,7 @@ use crate::keys::{self, KeyPurpose, state};
 use crate::policy_files::load_policy_dir;
 use crate::store;
 use portcullis_policies::Grant;
+use portcullis_proto::console::PolicyChangeRecord;
 use portcullis_proto::{AuditRecord, AuditVerifyResponse, CaKeyInfo, NodeRecord, PolicyReloadResponse, UserInfo};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -28,6 +29,22 @@ fn check_name(kind: &str, name: &str) -> Result<(), CaError> {
 }
 
 const MIN_PASSWORD_LEN: usize = 12;
+
+/// Records one audit search reads at most (a filter matching little cannot make a
+/// request walk the whole log).
+const AUDIT_SCAN_LIMIT: usize = 50_000;
+
+/// What `GET /v1/admin/audit` asks for.
+pub struct AuditFilter {
+    pub after: u64,
+    pub before: Option<u64>,
+    pub newest_first: bool,
+    pub event: Option<String>,
+    pub user: Option<String>,
+    pub device: Option<String>,
+    pub since: u64,
+    pub limit: u32,
+}
 
 impl Ca {
     pub async fn users(&self, _grant: &Grant) -> Result<Vec<UserInfo>, CaError> {
@@ -274,6 +291,81 @@ impl Ca {
             first_bad_seq: check.first_bad_seq,
             problem: check.problem,
         })
+    }
+
+    /// Audit records matching `filter`: event and time in the query, user and device by
+    /// the payload's fields, scanning at most `AUDIT_SCAN_LIMIT` records per call.
+    pub async fn audit_search(&self, _grant: &Grant, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CaError> {
+        const PAGE: u32 = 500;
+        let limit = usize::try_from(filter.limit.clamp(1, 1000)).unwrap_or(1000);
+        let event = filter.event.as_deref().unwrap_or("");
+        let mut from = if filter.newest_first { filter.before.unwrap_or(u64::MAX) } else { filter.after };
+        let mut out = Vec::new();
+        let mut scanned = 0usize;
+        while out.len() < limit && scanned < AUDIT_SCAN_LIMIT {
+            let page = self.store.audit_page(from, filter.newest_first, filter.since, event, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            from = last.seq;
+            scanned += page.len();
+            let full = page.len() == PAGE as usize;
+            for row in page {
+                let payload: serde_json::Value = serde_json::from_str(&row.payload).unwrap_or(serde_json::Value::Null);
+                let field_is = |names: &[&str], want: &str| {
+                    names.iter().any(|n| payload.get(*n).and_then(|v| v.as_str()) == Some(want))
+                };
+                if filter.user.as_deref().is_some_and(|u| !field_is(&["user", "username", "actor"], u))
+                    || filter.device.as_deref().is_some_and(|d| !field_is(&["device", "node"], d))
+                {
+                    continue;
+                }
+                out.push(AuditRecord { seq: row.seq, at: row.at, event: row.event, payload });
+                if out.len() == limit {
+                    break;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Policy reloads that changed something, newest first (from `policy_changed`).
+    pub async fn policy_history(&self, grant: &Grant) -> Result<Vec<PolicyChangeRecord>, CaError> {
+        let filter = AuditFilter {
+            after: 0,
+            before: None,
+            newest_first: true,
+            event: Some("policy_changed".to_owned()),
+            user: None,
+            device: None,
+            since: 0,
+            limit: 1000,
+        };
+        let records = self.audit_search(grant, &filter).await?;
+        Ok(records
+            .into_iter()
+            .map(|r| {
+                let text = |k: &str| r.payload.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+                let list = |k: &str| {
+                    r.payload
+                        .get(k)
+                        .and_then(|v| v.as_array())
+                        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+                        .unwrap_or_default()
+                };
+                PolicyChangeRecord {
+                    seq: r.seq,
+                    at: r.at,
+                    actor: text("actor"),
+                    digest_before: text("digest_before"),
+                    digest_after: text("digest_after"),
+                    added: list("added"),
+                    removed: list("removed"),
+                    changed: list("changed"),
+                }
+            })
+            .collect())
     }
 
     pub async fn audit_records(&self, _grant: &Grant, after: u64, limit: u32) -> Result<Vec<AuditRecord>, CaError> {

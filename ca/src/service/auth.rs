@@ -20,6 +20,39 @@ pub struct Caller {
     pub identity: Identity,
     pub expires_at: u64,
     token_hash: String,
+    /// Set when the caller came with the session cookie (a browser): the token its
+    /// state-changing requests must carry.
+    csrf_token: Option<String>,
+}
+
+impl Caller {
+    /// The CSRF token of a cookie-authenticated caller (for server-rendered pages).
+    pub fn csrf_token(&self) -> Option<&str> {
+        self.csrf_token.as_deref()
+    }
+
+    pub(crate) fn with_csrf_token(mut self, token: String) -> Caller {
+        self.csrf_token = Some(token);
+        self
+    }
+}
+
+/// The CSRF token of a browser session: base64url(SHA-256("portcullis-csrf-v1\0" ||
+/// session token)). Derived rather than stored, so every replica computes the same one
+/// without a write; knowing it without the (HttpOnly) cookie is worth nothing, and it
+/// cannot be turned back into the session token.
+pub fn csrf_token_for(session_token: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"portcullis-csrf-v1\0");
+    h.update(session_token.as_bytes());
+    URL_SAFE_NO_PAD.encode(h.finalize())
+}
+
+/// Whether `presented` is the CSRF token of `session_token`, compared in constant time.
+pub fn csrf_token_matches(session_token: &str, presented: &str) -> bool {
+    let expected = csrf_token_for(session_token);
+    let (a, b) = (expected.as_bytes(), presented.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// 256 random bits, URL-safe, with a prefix that makes leaked tokens easy to grep for.
@@ -174,6 +207,7 @@ impl Ca {
             },
             expires_at: session.expires_at,
             token_hash: hash,
+            csrf_token: None,
         })
     }
 
@@ -200,5 +234,21 @@ impl Ca {
     /// The proof an administrative operation needs.
     pub fn authorize(&self, caller: &Caller, permission: Permission) -> Result<Grant, CaError> {
         self.policy().authorize(&caller.identity, permission).map_err(CaError::Denied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csrf_tokens() {
+        let t = csrf_token_for("pcs_a");
+        assert_eq!(t.len(), 43);
+        assert_ne!(t, csrf_token_for("pcs_b"));
+        assert!(csrf_token_matches("pcs_a", &t));
+        assert!(!csrf_token_matches("pcs_b", &t));
+        assert!(!csrf_token_matches("pcs_a", ""));
+        assert!(!csrf_token_matches("pcs_a", &t[..42]));
     }
 }

@@ -11,7 +11,8 @@ mod services;
 mod sessions;
 mod writer;
 
-pub use auth::Caller;
+pub use admin::AuditFilter;
+pub use auth::{Caller, csrf_token_for, csrf_token_matches};
 pub use services::ServiceCaller;
 pub use sessions::SessionPermit;
 
@@ -33,6 +34,10 @@ use secrecy::SecretString;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+
+/// Console tickets one user may ask for per minute (per replica): a person opens a few
+/// consoles a minute; a script spraying tickets is stopped.
+const TICKETS_PER_USER_PER_MINUTE: u32 = 20;
 
 /// Everything the CA needs to start, already validated.
 pub struct CaConfig {
@@ -97,6 +102,8 @@ pub struct Ca {
     session_ttl: u64,
     user_failures: RateLimiter,
     ip_attempts: RateLimiter,
+    /// Console tickets asked per user per minute.
+    ticket_requests: RateLimiter,
     krl_cache: Mutex<Option<certs::CachedKrl>>,
     oidc: Option<crate::identity::oidc::Oidc>,
     writer: writer::IssuanceWriter,
@@ -177,6 +184,7 @@ impl Ca {
             session_ttl: config.session_ttl.as_secs(),
             user_failures: RateLimiter::new(config.login_failures_per_user, 60),
             ip_attempts: RateLimiter::new(config.login_attempts_per_ip, 60),
+            ticket_requests: RateLimiter::new(TICKETS_PER_USER_PER_MINUTE, 60),
             krl_cache: Mutex::new(None),
             writer,
             tls_pin: config.tls_pin,

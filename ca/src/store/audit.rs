@@ -91,6 +91,42 @@ impl Store {
             .collect()
     }
 
+    /// One page of records at or after `since`, of `event` (empty: any): oldest first
+    /// after `from`, or newest first before `from`.
+    pub async fn audit_page(
+        &self,
+        from: u64,
+        newest_first: bool,
+        since: u64,
+        event: &str,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>> {
+        let query = if newest_first {
+            "SELECT seq, at, event, payload FROM audit_log WHERE seq < $1 AND at >= $2 AND ($3 = '' OR event = $3) \
+             ORDER BY seq DESC LIMIT $4"
+        } else {
+            "SELECT seq, at, event, payload FROM audit_log WHERE seq > $1 AND at >= $2 AND ($3 = '' OR event = $3) \
+             ORDER BY seq LIMIT $4"
+        };
+        let rows = sqlx::query(query)
+            .bind(ts(from))
+            .bind(ts(since))
+            .bind(event)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    seq: ts_from(r.try_get("seq")?),
+                    at: ts_from(r.try_get("at")?),
+                    event: r.try_get("event")?,
+                    payload: r.try_get("payload")?,
+                })
+            })
+            .collect()
+    }
+
     /// Walks the whole chain in pages and reports the first break.
     pub async fn verify_audit_chain(&self) -> Result<ChainCheck> {
         const PAGE: i64 = 2000;

@@ -90,6 +90,9 @@ pub struct LeaseCheck {
     pub key_revoked: bool,
     pub user_disabled: bool,
     pub node: Option<NodeRecord>,
+    /// A console session opened with a ticket: the groups the ticket was issued for (its
+    /// identity; the lease names no user certificate).
+    pub ticket_groups: Option<Vec<String>>,
 }
 
 impl Store {
@@ -130,12 +133,13 @@ impl Store {
                     l.bytes_from_client AS bytes_from_client, l.bytes_to_client AS bytes_to_client, \
                     c.serial AS c_serial, c.revoked_at AS c_revoked_at, c.groups_json AS c_groups, \
                     c.principals_json AS c_principals, k.fingerprint AS k_fingerprint, \
-                    u.disabled AS u_disabled, n.record_json AS n_record \
+                    u.disabled AS u_disabled, n.record_json AS n_record, t.groups_json AS t_groups \
              FROM session_leases l \
              LEFT JOIN certificates c ON c.serial = l.cert_serial \
              LEFT JOIN revoked_keys k ON k.fingerprint = c.key_fingerprint \
              LEFT JOIN users u ON u.username = l.username \
              LEFT JOIN nodes n ON n.name = l.device \
+             LEFT JOIN console_tickets t ON t.session_id = l.session_id AND l.mode = 'console' \
              WHERE l.bastion = $1 ORDER BY l.session_id",
         )
         .bind(bastion)
@@ -164,6 +168,7 @@ impl Store {
                     key_revoked: r.try_get::<Option<String>, _>("k_fingerprint")?.is_some(),
                     user_disabled: r.try_get::<Option<i64>, _>("u_disabled")?.is_some_and(|d| d != 0),
                     node,
+                    ticket_groups: r.try_get::<Option<String>, _>("t_groups")?.map(|g| parse_list(&g)).transpose()?,
                 })
             })
             .collect()

@@ -13,6 +13,7 @@ mod keys;
 mod leases;
 mod misc;
 mod services;
+mod tickets;
 mod users;
 
 pub use audit::GENESIS_HASH;
@@ -29,6 +30,7 @@ pub use leases::{
     take_slot,
 };
 pub use services::{ServiceRow, record_bastion_heartbeat, touch_service, upsert_service};
+pub use tickets::{TicketRow, TicketState, consume_ticket, insert_ticket, purge_tickets};
 pub use users::{SessionRow, UserRow};
 
 pub use audit::{append as append_audit, append_many as append_audit_many};

@@ -53,7 +53,7 @@ pub fn valid_session_id(id: &str) -> bool {
 }
 
 /// Login names as policies accept them.
-fn valid_login(s: &str) -> bool {
+pub(super) fn valid_login(s: &str) -> bool {
     let mut chars = s.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && s.len() <= 32
@@ -83,12 +83,46 @@ pub(super) fn mode_from(s: &str) -> Option<SessionMode> {
     }
 }
 
-/// The policy part of admission, shared by open and by every heartbeat (so a policy
-/// change that would refuse the session now closes it). Pure and in memory.
+/// What vouches for the identity a session is decided for.
+pub(super) enum Basis<'a> {
+    /// A user certificate: only roles that issue certificates and whose scoped principal
+    /// for the login is on it count, so a session never exceeds the certificate.
+    Certificate(&'a BTreeSet<String>),
+    /// A browser-console ticket: only roles holding `devices.console.open` count.
+    Ticket,
+}
+
+/// Roles through which `who` may open a browser console on `device`: they hold
+/// `devices.console.open`, target the device, and set no critical options (the
+/// per-session certificate could not carry them, see [`admit`]).
+pub(super) fn console_roles<'p>(policy: &'p Policy, who: &Identity, device: &Device) -> Vec<&'p Role> {
+    policy
+        .roles_of(who)
+        .into_iter()
+        .filter(|r| r.has_permission(Permission::DevicesConsoleOpen))
+        .filter(|r| r.critical_options().is_empty())
+        .filter(|r| r.targets().is_some_and(|q| q.matches(device)))
+        .collect()
+}
+
+/// Logins a console may use on `device`: its console roles' logins minus deny statements.
+pub(super) fn console_logins(policy: &Policy, who: &Identity, device: &Device) -> BTreeSet<String> {
+    let denies = policy.denies_of(who);
+    console_roles(policy, who, device)
+        .into_iter()
+        .flat_map(|r| r.logins().iter())
+        .filter(|l| !denies.iter().any(|d| d.removes_login(l)))
+        .cloned()
+        .collect()
+}
+
+/// The policy part of admission, shared by open (certificate or ticket) and by every
+/// heartbeat (so a policy change that would refuse the session now closes it). Pure
+/// and in memory.
 pub(super) fn admit<'p>(
     policy: &'p Policy,
     who: &Identity,
-    cert_principals: &BTreeSet<String>,
+    basis: Basis<'_>,
     device: &Device,
     mode: SessionMode,
     login: Option<&str>,
@@ -96,31 +130,43 @@ pub(super) fn admit<'p>(
 ) -> Result<Admission<'p>, Denial> {
     let denies = policy.denies_of(who);
     let not_authorized = || denial(deny::NOT_AUTHORIZED, "no role grants this login on this device");
-    if denies.iter().any(|d| d.removes_permission(Permission::CertsIssue)) {
-        return Err(not_authorized());
-    }
     if mode == SessionMode::Console && policy.authorize(who, Permission::DevicesConsoleOpen).is_err() {
         return Err(denial(deny::NOT_AUTHORIZED, "the browser console is not granted to you"));
     }
-    let usable = |role: &Role, login: &str| {
-        role.logins().contains(login)
-            && cert_principals.contains(&scoped_principal(role.name(), login))
-            && !denies.iter().any(|d| d.removes_login(login))
-    };
-    let role = policy
-        .roles_of(who)
-        .into_iter()
-        .filter(|r| r.has_permission(Permission::CertsIssue))
-        .filter(|r| r.targets().is_some_and(|q| q.matches(device)))
-        .find(|r| match (mode, login) {
-            (SessionMode::Jump, _) => r.logins().iter().any(|l| usable(r, l)),
-            // The per-session certificate carries no critical options, so a role that
-            // restricts its certificates (force-command, source-address) can only be used
-            // end to end, in jump mode, where the user's own certificate carries them.
-            (_, Some(login)) => r.critical_options().is_empty() && usable(r, login),
-            (_, None) => false,
-        })
-        .ok_or_else(not_authorized)?;
+    let role = match basis {
+        Basis::Certificate(cert_principals) => {
+            if denies.iter().any(|d| d.removes_permission(Permission::CertsIssue)) {
+                return Err(not_authorized());
+            }
+            let usable = |role: &Role, login: &str| {
+                role.logins().contains(login)
+                    && cert_principals.contains(&scoped_principal(role.name(), login))
+                    && !denies.iter().any(|d| d.removes_login(login))
+            };
+            policy
+                .roles_of(who)
+                .into_iter()
+                .filter(|r| r.has_permission(Permission::CertsIssue))
+                .filter(|r| r.targets().is_some_and(|q| q.matches(device)))
+                .find(|r| match (mode, login) {
+                    (SessionMode::Jump, _) => r.logins().iter().any(|l| usable(r, l)),
+                    // The per-session certificate carries no critical options, so a role
+                    // that restricts its certificates (force-command, source-address) can
+                    // only be used end to end, in jump mode, where the user's own
+                    // certificate carries them.
+                    (_, Some(login)) => r.critical_options().is_empty() && usable(r, login),
+                    (_, None) => false,
+                })
+        }
+        // A ticket opens a console only, for the login it names.
+        Basis::Ticket => match (mode, login) {
+            (SessionMode::Console, Some(login)) if !denies.iter().any(|d| d.removes_login(login)) => {
+                console_roles(policy, who, device).into_iter().find(|r| r.logins().contains(login))
+            }
+            _ => None,
+        },
+    }
+    .ok_or_else(not_authorized)?;
     let rule = policy
         .match_rule(purpose_of(mode), device)
         .map_err(|_| denial(deny::RULE_MISMATCH, "no rule allows this kind of session to this device"))?;

@@ -1,7 +1,7 @@
 //! Heartbeats: a bastion's leases kept alive, quiet bastions' leases reclaimed, and
 //! the close orders for sessions that may not go on.
 
-use super::admission::{admit, mode_from, policy_device, valid_session_id};
+use super::admission::{Basis, admit, mode_from, policy_device, valid_session_id};
 use super::closed_event;
 use crate::audit;
 use crate::error::CaError;
@@ -96,20 +96,25 @@ impl Ca {
         if lease.kill_reason.is_some() {
             return Some(CloseReason::AdminTerminated);
         }
-        if check.cert_revoked || check.key_revoked || check.user_disabled {
+        // A console session opened with a ticket names no user certificate: its
+        // identity is the ticket's, and only the user's own state can revoke it.
+        let ticketed = check.ticket_groups.as_ref().filter(|_| lease.mode == SessionMode::Console.as_str());
+        if check.user_disabled || (ticketed.is_none() && (check.cert_revoked || check.key_revoked)) {
             return Some(CloseReason::Revoked);
         }
         let (Some(node), Some(mode)) = (&check.node, mode_from(&lease.mode)) else {
             return Some(CloseReason::PolicyChanged);
         };
         let device = policy_device(node, self.default_agent.as_deref());
+        let groups = ticketed.unwrap_or(&check.cert_groups);
         let who = Identity {
             username: lease.username.clone(),
-            groups: check.cert_groups.iter().cloned().collect(),
+            groups: groups.iter().cloned().collect(),
             ..Default::default()
         };
         let principals: BTreeSet<String> = check.cert_principals.iter().cloned().collect();
-        match admit(policy, &who, &principals, &device, mode, lease.login.as_deref(), lease.port) {
+        let basis = if ticketed.is_some() { Basis::Ticket } else { Basis::Certificate(&principals) };
+        match admit(policy, &who, basis, &device, mode, lease.login.as_deref(), lease.port) {
             Ok(_) => None,
             Err(_) => Some(CloseReason::PolicyChanged),
         }

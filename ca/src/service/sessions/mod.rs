@@ -13,6 +13,7 @@
 //!   bastion gets the code and a fixed text, never an echo of its input.
 
 mod admission;
+mod console;
 mod heartbeat;
 
 pub use admission::SessionPermit;
@@ -25,7 +26,7 @@ use crate::error::CaError;
 use crate::keys::KeyPurpose;
 use crate::signer::sign_session_cert;
 use crate::store::{self, CertRow, LeaseRow};
-use admission::{Denial, FORWARDING_EXTENSIONS, admit, denial, host_key_check, policy_device, validate_open};
+use admission::{Basis, Denial, FORWARDING_EXTENSIONS, admit, denial, host_key_check, policy_device, validate_open};
 use portcullis_policies::{Identity, node_principal};
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::{deny_reason as deny, *};
@@ -33,6 +34,50 @@ use portcullis_sshcert::parse_user_public_key;
 use ssh_key::Algorithm;
 use std::collections::BTreeSet;
 use tracing::Instrument;
+
+/// The identity a session is decided for, and what vouches for it. Certificate- and
+/// ticket-opened sessions meet here, in [`Ca::admit_session`].
+struct Subject {
+    username: String,
+    groups: Vec<String>,
+    /// When the credential behind the identity expires (the bastion may close then).
+    valid_before: u64,
+    evidence: Evidence,
+}
+
+enum Evidence {
+    /// A user certificate this CA issued, with its principals.
+    Certificate { serial: u64, principals: BTreeSet<String> },
+    /// A redeemed console ticket, bound to the agent and rule it was issued under.
+    Ticket { agent: String, rule: String },
+}
+
+impl Subject {
+    fn identity(&self) -> Identity {
+        Identity {
+            username: self.username.clone(),
+            groups: self.groups.iter().cloned().collect(),
+            ..Default::default()
+        }
+    }
+
+    fn basis(&self) -> Basis<'_> {
+        match &self.evidence {
+            Evidence::Certificate { principals, .. } => Basis::Certificate(principals),
+            Evidence::Ticket { .. } => Basis::Ticket,
+        }
+    }
+}
+
+/// What the bastion asks to open.
+struct OpenSpec<'a> {
+    session_id: &'a str,
+    mode: SessionMode,
+    login: Option<&'a str>,
+    port: u16,
+    session_public_key: Option<&'a str>,
+    client_ip: &'a str,
+}
 
 fn closed_event(lease: &LeaseRow, reason: CloseReason, from: u64, to: u64, duration_ms: u64) -> AuditEvent {
     AuditEvent::SessionClosed {
@@ -104,26 +149,58 @@ impl Ca {
         let Some((node, target_host)) = self.resolve_device(&req.device, req.mode).await? else {
             return Ok(Err(denial(deny::UNKNOWN_DEVICE, "no such device")));
         };
-        let device = policy_device(&node, self.default_agent.as_deref());
+        let subject = Subject {
+            username: cert.username,
+            groups: cert.groups,
+            valid_before: cert.valid_before,
+            evidence: Evidence::Certificate { serial, principals: cert.principals.into_iter().collect() },
+        };
+        let open = OpenSpec {
+            session_id: &req.session_id,
+            mode: req.mode,
+            login: req.login.as_deref(),
+            port,
+            session_public_key: req.session_public_key.as_deref(),
+            client_ip: &req.client_ip,
+        };
+        self.admit_session(bastion, &subject, &node, target_host, &open).await
+    }
+
+    /// Admission proper, whatever vouched for the identity (a user certificate, or a
+    /// console ticket): the policy decision, the per-session certificate, the caps, the
+    /// lease and `session_opened`, in one transaction.
+    async fn admit_session(
+        &self,
+        bastion: &ServiceCaller,
+        subject: &Subject,
+        node: &NodeRecord,
+        target_host: String,
+        open: &OpenSpec<'_>,
+    ) -> Result<Result<SessionGrant, Denial>, CaError> {
+        let now = self.now();
+        let port = open.port;
+        let device = policy_device(node, self.default_agent.as_deref());
         let Some(agent) = device.agent.clone() else {
             return Ok(Err(denial(deny::NO_AGENT, "no edge agent serves this device")));
         };
-        let who = Identity {
-            username: cert.username.clone(),
-            groups: cert.groups.iter().cloned().collect(),
-            ..Default::default()
-        };
-        let principals: BTreeSet<String> = cert.principals.iter().cloned().collect();
+        let who = subject.identity();
         let policy = self.policy();
-        let admission = match admit(&policy, &who, &principals, &device, req.mode, req.login.as_deref(), port) {
+        let admission = match admit(&policy, &who, subject.basis(), &device, open.mode, open.login, port) {
             Ok(a) => a,
             Err(d) => return Ok(Err(d)),
         };
         let (role, rule) = (admission.role, admission.rule);
+        // A ticket is bound to the agent and rule it was issued under: if either moved
+        // since, the user's choice was made on other terms.
+        if let Evidence::Ticket { agent: bound_agent, rule: bound_rule } = &subject.evidence
+            && (*bound_agent != agent || bound_rule != rule.name())
+        {
+            return Ok(Err(denial(deny::RULE_MISMATCH, "the console's route changed; open it again")));
+        }
 
         // Terminated and console: the bastion's onward login, for this node and login only.
         let mut session_cert = None;
-        if let (Some(login), Some(key_line)) = (&req.login, &req.session_public_key) {
+        if let (Some(login), Some(key_line)) = (open.login, open.session_public_key) {
             let failed = || denial(deny::CREDENTIAL_RESOLUTION_FAILED, "the session credential could not be issued");
             let key = match parse_user_public_key(key_line) {
                 Ok(k) if matches!(k.algorithm(), Algorithm::Ed25519 | Algorithm::Ecdsa { .. }) => k,
@@ -135,7 +212,7 @@ impl Ca {
             );
             let permit = SessionPermit {
                 principal: node_principal(&node.name, login),
-                key_id: format!("session:{}:{}", req.session_id, cert.username),
+                key_id: format!("session:{}:{}", open.session_id, subject.username),
                 extensions,
             };
             let Some(signer) = self.keyring().signer(KeyPurpose::User) else {
@@ -157,32 +234,38 @@ impl Ca {
                 serial: signed.serial,
                 ca_fingerprint: signer.fingerprint.clone(),
                 key_fingerprint: signed.key_fingerprint.clone(),
-                username: cert.username.clone(),
+                username: subject.username.clone(),
                 key_id: signed.key_id.clone(),
                 principals: vec![permit.principal.clone()],
                 valid_after: signed.valid_after,
                 valid_before: signed.valid_before,
                 issued_at: now,
                 revoked_at: None,
-                groups: cert.groups.clone(),
+                groups: subject.groups.clone(),
             };
             session_cert = Some((row, text));
         }
 
         let limits = role.session();
+        let cert_serial = match &subject.evidence {
+            Evidence::Certificate { serial, .. } => Some(*serial),
+            Evidence::Ticket { .. } => None,
+        };
         let lease = LeaseRow {
-            session_id: req.session_id.clone(),
+            session_id: open.session_id.to_owned(),
             bastion: bastion.name.clone(),
-            username: cert.username.clone(),
+            username: subject.username.clone(),
             device: node.name.clone(),
             agent: agent.clone(),
-            login: req.login.clone(),
-            mode: req.mode.as_str().to_owned(),
+            login: open.login.map(str::to_owned),
+            mode: open.mode.as_str().to_owned(),
             port,
             rule: rule.name().to_owned(),
             role: role.name().to_owned(),
-            cert_serial: serial,
-            client_ip: req.client_ip.clone(),
+            // A ticket's session has no user certificate; its identity is read back
+            // from the ticket row (see `store::LeaseCheck::ticket_groups`).
+            cert_serial: cert_serial.unwrap_or(0),
+            client_ip: open.client_ip.to_owned(),
             opened_at: now,
             heartbeat_at: now,
             absolute_deadline: now.saturating_add(limits.absolute.as_secs()),
@@ -221,11 +304,11 @@ impl Ca {
                 agent: agent.clone(),
                 rule: lease.rule.clone(),
                 role: lease.role.clone(),
-                mode: req.mode.as_str(),
+                mode: open.mode.as_str(),
                 login: lease.login.clone(),
                 port,
                 client_ip: lease.client_ip.clone(),
-                cert_serial: serial.to_string(),
+                cert_serial: cert_serial.map(|s| s.to_string()),
                 session_cert_serial: session_cert.as_ref().map(|(row, _)| row.serial.to_string()),
             },
         )
@@ -248,7 +331,7 @@ impl Ca {
             connect_timeout_ms: u64::try_from(rule.timeout().as_millis()).unwrap_or(u64::MAX),
             idle_timeout_secs: limits.idle.as_secs(),
             absolute_timeout_secs: limits.absolute.as_secs(),
-            cert_valid_before: cert.valid_before,
+            cert_valid_before: subject.valid_before,
             session_certificate: session_cert.map(|(_, text)| text),
             login: lease.login,
             allow_agent_forwarding: has("permit-agent-forwarding"),

@@ -1,0 +1,89 @@
+//! Routes of the browser console and of the browser's own sign-in: password sign-in
+//! into the session cookie, the session's CSRF token, the device list, tickets, the
+//! bastion's redemption, and the data of the admin pages (policy history).
+
+use super::extract::{Authed, BastionAuth, Body, ClientIp, cookie};
+use super::handlers::LoginBody;
+use super::oidc::SESSION_COOKIE;
+use crate::error::CaError;
+use crate::service::{Ca, csrf_token_for};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use portcullis_policies::Permission;
+use portcullis_proto::bastion::SessionGrant;
+use portcullis_proto::console::*;
+use std::sync::Arc;
+
+type Ca_ = State<Arc<Ca>>;
+type Res<T> = Result<Json<T>, CaError>;
+
+/// `POST /v1/auth/browser-login`: the same checks, rate limits and audit as
+/// `/v1/auth/login`, but the session is set as the `portcullis_session` cookie and the
+/// body carries only the CSRF token. Cross-site forms cannot post here (the body must be
+/// `application/json`, which a cross-site request can only send after a CORS preflight
+/// we never answer), so this is no login-CSRF vector either.
+pub async fn browser_login(
+    State(ca): Ca_,
+    ClientIp(ip): ClientIp,
+    Body(body): Body<LoginBody>,
+) -> Result<Response, CaError> {
+    if !body.plausible() {
+        return Err(CaError::InvalidCredentials);
+    }
+    let session = ca.login_password(body.username(), body.password(), &ip).await?;
+    let max_age = session.expires_at.saturating_sub(ca.now());
+    let cookie = HeaderValue::try_from(format!(
+        "{SESSION_COOKIE}={}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict",
+        session.token
+    ))
+    .map_err(|_| CaError::Internal("cookie header".into()))?;
+    let answer = BrowserLoginResponse {
+        username: session.username,
+        csrf_token: csrf_token_for(&session.token),
+        expires_at: session.expires_at,
+    };
+    let mut response = Json(answer).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `GET /v1/auth/csrf`: the cookie session's CSRF token (bearer callers need none).
+pub async fn csrf(Authed(caller): Authed, headers: axum::http::HeaderMap) -> Result<Response, CaError> {
+    let token = match caller.csrf_token() {
+        Some(t) => t.to_owned(),
+        // Authenticated by a bearer token while also sending a cookie: derive from the cookie.
+        None => cookie(&headers, SESSION_COOKIE).map(|t| csrf_token_for(&t)).ok_or(CaError::Unauthenticated)?,
+    };
+    let mut response = Json(CsrfToken { csrf_token: token }).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+pub async fn devices(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<ConsoleDevice>> {
+    Ok(Json(ca.console_devices(&c).await?))
+}
+
+pub async fn ticket(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    ClientIp(ip): ClientIp,
+    Body(r): Body<TicketRequest>,
+) -> Result<Response, CaError> {
+    let answer = ca.console_ticket(&c, &r, &ip).await?;
+    let mut response = Json(answer).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+pub async fn open(State(ca): Ca_, BastionAuth(b): BastionAuth, Body(r): Body<ConsoleOpenRequest>) -> Res<SessionGrant> {
+    Ok(Json(ca.open_console_session(&b, &r).await?))
+}
+
+/// Readable with `audit.read` or `policy.manage`.
+pub async fn policy_history(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<PolicyChangeRecord>> {
+    let grant = ca.authorize(&c, Permission::AuditRead).or_else(|_| ca.authorize(&c, Permission::PolicyManage))?;
+    Ok(Json(ca.policy_history(&grant).await?))
+}

@@ -1,0 +1,358 @@
+//! The browser console's control plane: the device list, single-use tickets, and their
+//! redemption by a bastion.
+//!
+//! Guarantees:
+//! - A ticket is issued only after, in order: the permission `devices.console.open`, a
+//!   supported mode, a known device, a `console_access` rule whose targets and scope
+//!   hold it, a console role targeting it, and a role granting the login. Each refusal
+//!   is a `console_ticket_denied` record with its reason.
+//! - The CA keeps only the ticket's SHA-256; no audit record or log line holds either.
+//! - Redemption consumes the ticket with one conditional `UPDATE` before anything else
+//!   happens: an unknown, expired or used ticket is refused before any credential is
+//!   resolved (no session certificate, no lease). Then the session is admitted exactly
+//!   like terminated mode, for the ticket's identity ([`Ca::admit_session`]).
+
+use super::admission::{console_logins, console_roles, denial, policy_device, valid_login, valid_session_id};
+use super::{Evidence, OpenSpec, Subject};
+use crate::audit::{self, AuditEvent, sanitize};
+use crate::error::CaError;
+use crate::service::auth::{random_token, token_hash};
+use crate::service::{Ca, Caller, ServiceCaller};
+use crate::store::{self, TicketRow, TicketState};
+use portcullis_policies::{DenyReason, Permission, Purpose};
+use portcullis_proto::bastion::{SessionGrant, SessionMode, deny_reason as deny};
+use portcullis_proto::console::{
+    ConsoleDevice, ConsoleMode, ConsoleOpenRequest, TICKET_TTL_SECS, TicketRequest, TicketResponse,
+    deny_reason as ticket_deny,
+};
+use tracing::Instrument;
+
+/// The bastion's console WebSocket, relative to the page's origin.
+pub const WEBSOCKET_PATH: &str = "/console/ws";
+/// Used and expired tickets are forgotten this long after expiry (unless their session
+/// still lives: its identity is read from the ticket).
+const TICKET_RETENTION_SECS: u64 = 600;
+
+/// Ticket text: `pct_` + 43 characters of URL-safe base64 (32 bytes).
+fn valid_ticket(t: &str) -> bool {
+    t.strip_prefix("pct_")
+        .is_some_and(|b| b.len() == 43 && b.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+}
+
+fn valid_device_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
+/// A ticket refusal: the audited reason, and what the user is told (an unknown device
+/// reads like one out of the user's scope, so the list of devices cannot be probed).
+struct Refusal {
+    audited: &'static str,
+    error: CaError,
+}
+
+fn refuse(audited: &'static str, public: &'static str, message: &'static str) -> Refusal {
+    Refusal { audited, error: CaError::TicketDenied { reason: public, message } }
+}
+
+impl Ca {
+    /// `GET /v1/console/devices`: the devices the caller may open a console to, with the
+    /// logins a console may use there.
+    pub async fn console_devices(&self, caller: &Caller) -> Result<Vec<ConsoleDevice>, CaError> {
+        let policy = self.policy();
+        let who = &caller.identity;
+        if policy.authorize(who, Permission::DevicesConsoleOpen).is_err() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for node in self.store.nodes().await? {
+            let device = policy_device(&node, self.default_agent.as_deref());
+            if device.agent.is_none() || policy.match_rule(Purpose::ConsoleAccess, &device).is_err() {
+                continue;
+            }
+            let logins = console_logins(&policy, who, &device);
+            if logins.is_empty() {
+                continue;
+            }
+            out.push(ConsoleDevice {
+                name: node.name,
+                addresses: node.addresses,
+                agent: device.agent,
+                logins: logins.into_iter().collect(),
+                tags: node.tags,
+            });
+        }
+        Ok(out)
+    }
+
+    /// `POST /v1/console/tickets`.
+    pub async fn console_ticket(
+        &self,
+        caller: &Caller,
+        req: &TicketRequest,
+        client_ip: &str,
+    ) -> Result<TicketResponse, CaError> {
+        if !valid_device_name(&req.device) || !valid_login(&req.login) {
+            return Err(CaError::BadRequest("invalid ticket request: device or login".into()));
+        }
+        let user = caller.identity.username.clone();
+        let span = tracing::info_span!("console_ticket", %user, device = %req.device);
+        let (device, login, mode) = (sanitize(&req.device), sanitize(&req.login), req.mode.as_str());
+        self.audit_alone(AuditEvent::ConsoleTicketRequested {
+            user: user.clone(),
+            device: device.clone(),
+            login: login.clone(),
+            mode,
+            client_ip: client_ip.to_owned(),
+        })
+        .await?;
+        let decided = self.decide_ticket(caller, req).instrument(span.clone()).await?;
+        let row = match decided {
+            Ok(row) => row,
+            Err(refusal) => {
+                span.in_scope(|| tracing::info!(reason = refusal.audited, "console ticket denied"));
+                self.audit_alone(AuditEvent::ConsoleTicketDenied {
+                    user,
+                    device,
+                    login,
+                    mode,
+                    reason: refusal.audited,
+                    client_ip: client_ip.to_owned(),
+                })
+                .await?;
+                return Err(refusal.error);
+            }
+        };
+        let ticket = random_token("pct_");
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        store::purge_tickets(tx.conn(), now.saturating_sub(TICKET_RETENTION_SECS)).await?;
+        store::insert_ticket(tx.conn(), &token_hash(&ticket), &row).await?;
+        audit::record(
+            tx.conn(),
+            now,
+            &AuditEvent::ConsoleTicketGranted {
+                user: row.username.clone(),
+                device: row.device.clone(),
+                login: row.login.clone(),
+                mode,
+                agent: row.agent.clone(),
+                rule: row.rule.clone(),
+                expires_at: row.expires_at,
+                client_ip: client_ip.to_owned(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        span.in_scope(|| tracing::info!(rule = %row.rule, agent = %row.agent, "console ticket granted"));
+        Ok(TicketResponse { ticket, expires_at: row.expires_at, websocket_path: WEBSOCKET_PATH.to_owned() })
+    }
+
+    /// The ticket checks in the documented order; the first failure is the refusal.
+    async fn decide_ticket(&self, caller: &Caller, req: &TicketRequest) -> Result<Result<TicketRow, Refusal>, CaError> {
+        let now = self.now();
+        let who = &caller.identity;
+        let limiter_key = format!("user:{}", who.username);
+        if let Some(retry_after) = self.ticket_requests.blocked(&limiter_key, now) {
+            return Ok(Err(Refusal { audited: "rate_limited", error: CaError::RateLimited { retry_after } }));
+        }
+        self.ticket_requests.hit(&limiter_key, now);
+        let policy = self.policy();
+        if policy.authorize(who, Permission::DevicesConsoleOpen).is_err() {
+            return Ok(Err(refuse(
+                "missing_permission",
+                "missing_permission",
+                "the browser console is not granted to you",
+            )));
+        }
+        if req.mode != ConsoleMode::Ssh {
+            return Ok(Err(Refusal { audited: "unsupported_mode", error: CaError::UnsupportedConsoleMode }));
+        }
+        let unavailable = "this device is not available to you";
+        let Some(node) = self.store.node(&req.device).await? else {
+            return Ok(Err(refuse("unknown_device", "out_of_scope", unavailable)));
+        };
+        let device = policy_device(&node, self.default_agent.as_deref());
+        let rule = match policy.match_rule(Purpose::ConsoleAccess, &device) {
+            Ok(rule) => rule,
+            Err(d) if d.reason == DenyReason::OutOfScope => {
+                return Ok(Err(refuse("out_of_scope", "out_of_scope", unavailable)));
+            }
+            Err(_) => {
+                return Ok(Err(refuse("rule_mismatch", "rule_mismatch", "no rule allows a console to this device")));
+            }
+        };
+        if console_roles(&policy, who, &device).is_empty() {
+            return Ok(Err(refuse("out_of_scope", "out_of_scope", unavailable)));
+        }
+        let Some(agent) = device.agent.clone() else {
+            return Ok(Err(refuse("no_agent", "no_agent", "no edge agent serves this device")));
+        };
+        if !console_logins(&policy, who, &device).contains(&req.login) {
+            return Ok(Err(refuse("not_authorized", "not_authorized", "no role grants this login on this device")));
+        }
+        Ok(Ok(TicketRow {
+            username: who.username.clone(),
+            groups: who.groups.iter().cloned().collect(),
+            device: node.name,
+            login: req.login.clone(),
+            mode: req.mode.as_str().to_owned(),
+            agent,
+            rule: rule.name().to_owned(),
+            credential_expires_at: caller.expires_at,
+            issued_at: now,
+            expires_at: now.saturating_add(TICKET_TTL_SECS),
+        }))
+    }
+
+    /// `POST /v1/bastion/console/open`: redeem a ticket and open its session.
+    pub async fn open_console_session(
+        &self,
+        bastion: &ServiceCaller,
+        req: &ConsoleOpenRequest,
+    ) -> Result<SessionGrant, CaError> {
+        if !valid_session_id(&req.session_id) {
+            return Err(CaError::BadRequest("invalid console request: session_id".into()));
+        }
+        if req.client_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(CaError::BadRequest("invalid console request: client_ip".into()));
+        }
+        if req.session_public_key.is_empty() || req.session_public_key.len() > 16 * 1024 {
+            return Err(CaError::BadRequest("invalid console request: session_public_key".into()));
+        }
+        let span = tracing::info_span!("console_open", session_id = %req.session_id, bastion = %bastion.name);
+        let now = self.now();
+        // First and before anything else: consume the ticket.
+        let consumed = if valid_ticket(&req.ticket) {
+            let mut tx = self.store.begin().await?;
+            let row = store::consume_ticket(tx.conn(), &token_hash(&req.ticket), &req.session_id, now).await?;
+            tx.commit().await?;
+            row
+        } else {
+            None
+        };
+        let Some(ticket) = consumed else {
+            return Err(self.ticket_refused(bastion, req).instrument(span).await?);
+        };
+        let (user, device, login) = (ticket.username.clone(), ticket.device.clone(), ticket.login.clone());
+        let result = self.redeem(bastion, req, ticket).instrument(span.clone()).await?;
+        match result {
+            Ok(grant) => {
+                span.in_scope(|| tracing::info!(%user, %device, "console session opened"));
+                Ok(grant)
+            }
+            Err(d) => {
+                span.in_scope(|| tracing::info!(%user, reason = d.reason, "console session denied"));
+                self.audit_alone(AuditEvent::SessionDenied {
+                    session_id: req.session_id.clone(),
+                    bastion: bastion.name.clone(),
+                    user: Some(user),
+                    device,
+                    mode: SessionMode::Console.as_str(),
+                    login: Some(login),
+                    reason: d.reason,
+                    client_ip: req.client_ip.clone(),
+                })
+                .await?;
+                Err(CaError::SessionDenied { reason: d.reason, message: d.text.to_owned() })
+            }
+        }
+    }
+
+    /// Why a ticket could not be consumed: audited, and the bastion's answer.
+    async fn ticket_refused(&self, bastion: &ServiceCaller, req: &ConsoleOpenRequest) -> Result<CaError, CaError> {
+        let state = if valid_ticket(&req.ticket) {
+            self.store.ticket_state(&token_hash(&req.ticket)).await?
+        } else {
+            TicketState::Unknown
+        };
+        let (session_id, bastion_name, client_ip) =
+            (req.session_id.clone(), bastion.name.clone(), req.client_ip.clone());
+        let (reason, text, event) = match state {
+            TicketState::Unknown => (
+                ticket_deny::TICKET_INVALID,
+                "the console ticket is not valid",
+                AuditEvent::SessionDenied {
+                    session_id,
+                    bastion: bastion_name,
+                    user: None,
+                    device: String::new(),
+                    mode: SessionMode::Console.as_str(),
+                    login: None,
+                    reason: ticket_deny::TICKET_INVALID,
+                    client_ip,
+                },
+            ),
+            TicketState::Expired(t) => (
+                ticket_deny::TICKET_EXPIRED,
+                "the console ticket has expired; open the console again",
+                AuditEvent::ConsoleTicketExpired {
+                    session_id,
+                    bastion: bastion_name,
+                    user: t.username,
+                    device: t.device,
+                    client_ip,
+                },
+            ),
+            TicketState::Used(t) => (
+                ticket_deny::TICKET_REUSED,
+                "the console ticket was used already",
+                AuditEvent::ConsoleTicketReused {
+                    session_id,
+                    bastion: bastion_name,
+                    user: t.username,
+                    device: t.device,
+                    client_ip,
+                },
+            ),
+        };
+        tracing::info!(reason, "console ticket refused");
+        self.audit_alone(event).await?;
+        Ok(CaError::SessionDenied { reason, message: text.to_owned() })
+    }
+
+    /// Admission for a consumed ticket: the ticket's identity, the same decision as
+    /// terminated mode.
+    async fn redeem(
+        &self,
+        bastion: &ServiceCaller,
+        req: &ConsoleOpenRequest,
+        ticket: TicketRow,
+    ) -> Result<Result<SessionGrant, super::admission::Denial>, CaError> {
+        if self.store.user(&ticket.username).await?.is_some_and(|u| u.disabled) {
+            return Ok(Err(denial(deny::CREDENTIAL_INVALID, "the user is disabled")));
+        }
+        let Some(node) = self.store.node(&ticket.device).await? else {
+            return Ok(Err(denial(deny::UNKNOWN_DEVICE, "no such device")));
+        };
+        let target_host = node.addresses.first().cloned().unwrap_or_else(|| node.name.clone());
+        let subject = Subject {
+            username: ticket.username,
+            groups: ticket.groups,
+            valid_before: ticket.credential_expires_at,
+            evidence: Evidence::Ticket { agent: ticket.agent, rule: ticket.rule },
+        };
+        let open = OpenSpec {
+            session_id: &req.session_id,
+            mode: SessionMode::Console,
+            login: Some(&ticket.login),
+            port: 22,
+            session_public_key: Some(&req.session_public_key),
+            client_ip: &req.client_ip,
+        };
+        self.admit_session(bastion, &subject, &node, target_host, &open).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticket_shape() {
+        let t = random_token("pct_");
+        assert!(valid_ticket(&t), "{t}");
+        assert!(!valid_ticket(&t[..t.len() - 1]));
+        assert!(!valid_ticket(&t.replace("pct_", "pcs_")));
+        assert!(!valid_ticket("pct_!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"));
+    }
+}

@@ -1,0 +1,123 @@
+//! Browser console tickets: stored as their SHA-256, consumed by one conditional update.
+
+use super::{Result, Store, json_list, parse_list, ts, ts_from};
+use sqlx::{AnyConnection, Row};
+
+/// A ticket as issued: what it is bound to.
+#[derive(Debug, Clone)]
+pub struct TicketRow {
+    pub username: String,
+    pub groups: Vec<String>,
+    pub device: String,
+    pub login: String,
+    pub mode: String,
+    pub agent: String,
+    pub rule: String,
+    pub credential_expires_at: u64,
+    pub issued_at: u64,
+    pub expires_at: u64,
+}
+
+/// Why a ticket could not be consumed.
+#[derive(Debug, Clone)]
+pub enum TicketState {
+    Unknown,
+    /// Expired unused: its row, for the audit record.
+    Expired(TicketRow),
+    /// Already redeemed.
+    Used(TicketRow),
+}
+
+fn ticket_from(row: &sqlx::any::AnyRow) -> Result<TicketRow> {
+    Ok(TicketRow {
+        username: row.try_get("username")?,
+        groups: parse_list(&row.try_get::<String, _>("groups_json")?)?,
+        device: row.try_get("device")?,
+        login: row.try_get("login")?,
+        mode: row.try_get("mode")?,
+        agent: row.try_get("agent")?,
+        rule: row.try_get("rule")?,
+        credential_expires_at: ts_from(row.try_get("credential_expires_at")?),
+        issued_at: ts_from(row.try_get("issued_at")?),
+        expires_at: ts_from(row.try_get("expires_at")?),
+    })
+}
+
+macro_rules! ticket_columns {
+    () => {
+        "username, groups_json, device, login, mode, agent, rule, credential_expires_at, issued_at, expires_at"
+    };
+}
+
+pub async fn insert_ticket(conn: &mut AnyConnection, ticket_hash: &str, t: &TicketRow) -> Result<()> {
+    sqlx::query(concat!(
+        "INSERT INTO console_tickets (ticket_hash, ",
+        ticket_columns!(),
+        ", used_at, session_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, NULL)"
+    ))
+    .bind(ticket_hash)
+    .bind(&t.username)
+    .bind(json_list(&t.groups))
+    .bind(&t.device)
+    .bind(&t.login)
+    .bind(&t.mode)
+    .bind(&t.agent)
+    .bind(&t.rule)
+    .bind(ts(t.credential_expires_at))
+    .bind(ts(t.issued_at))
+    .bind(ts(t.expires_at))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Consumes the ticket for `session_id` if it is unused and unexpired: one conditional
+/// `UPDATE`, so of two racing redemptions (on any replica) exactly one changes the row.
+pub async fn consume_ticket(
+    conn: &mut AnyConnection,
+    ticket_hash: &str,
+    session_id: &str,
+    now: u64,
+) -> Result<Option<TicketRow>> {
+    let row = sqlx::query(concat!(
+        "UPDATE console_tickets SET used_at = $1, session_id = $2 \
+         WHERE ticket_hash = $3 AND used_at IS NULL AND expires_at > $1 RETURNING ",
+        ticket_columns!()
+    ))
+    .bind(ts(now))
+    .bind(session_id)
+    .bind(ticket_hash)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(ticket_from).transpose()
+}
+
+/// Forgets tickets expired before `before` whose session (if any) is over.
+pub async fn purge_tickets(conn: &mut AnyConnection, before: u64) -> Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM console_tickets WHERE expires_at < $1 AND (session_id IS NULL OR session_id NOT IN \
+         (SELECT session_id FROM session_leases))",
+    )
+    .bind(ts(before))
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+impl Store {
+    /// Why a ticket that could not be consumed was refused.
+    pub async fn ticket_state(&self, ticket_hash: &str) -> Result<TicketState> {
+        let row =
+            sqlx::query(concat!("SELECT used_at, ", ticket_columns!(), " FROM console_tickets WHERE ticket_hash = $1"))
+                .bind(ticket_hash)
+                .fetch_optional(self.pool())
+                .await?;
+        let Some(row) = row else { return Ok(TicketState::Unknown) };
+        let ticket = ticket_from(&row)?;
+        Ok(if row.try_get::<Option<i64>, _>("used_at")?.is_some() {
+            TicketState::Used(ticket)
+        } else {
+            TicketState::Expired(ticket)
+        })
+    }
+}
