@@ -2,7 +2,7 @@
 # The whole test suite, as CI runs it: `./scripts/test.sh` from anywhere in the repository.
 #
 # Installs what the tests need when it is missing (OpenSSH server and client, PostgreSQL,
-# cargo-nextest), then runs formatting, lints, a build of the binaries the integration
+# OpenLDAP, Chromium, Node.js packages, cargo-nextest), then runs formatting, lints, a build of the binaries the integration
 # tests start, and every test. Tests that need a real peer fail (never skip) when the
 # peer is missing, so a broken environment cannot pass quietly.
 set -euo pipefail
@@ -16,14 +16,16 @@ missing_packages() {
     command -v ssh-keygen >/dev/null 2>&1 || return 0
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || return 0
     [[ -x /usr/sbin/slapd && -x /usr/bin/ldapadd ]] || return 0
+    [[ -x /usr/bin/chromium ]] || return 0
+    command -v ip >/dev/null 2>&1 || return 0
     return 1
 }
 
 if missing_packages; then
-    step "installing OpenSSH, PostgreSQL and OpenLDAP"
+    step "installing OpenSSH, PostgreSQL, OpenLDAP, Chromium and iproute2"
     if [[ $(id -u) -ne 0 ]]; then
-        echo "error: sshd, ssh-keygen, PostgreSQL or slapd is missing and this is not root;" >&2
-        echo "install openssh-server openssh-client postgresql slapd ldap-utils and run again" >&2
+        echo "error: sshd, ssh-keygen, PostgreSQL, slapd, chromium or ip is missing and this is not root;" >&2
+        echo "install openssh-server openssh-client postgresql slapd ldap-utils chromium iproute2 and run again" >&2
         exit 1
     fi
     apt-get update
@@ -31,6 +33,9 @@ if missing_packages; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server openssh-client postgresql
     # slapd starts a system instance on 389 too; the LDAP tests run private ones on free ports.
     DEBIAN_FRONTEND=noninteractive apt-get install -y slapd ldap-utils
+    # The browser-console tests drive Debian's headless Chromium (never a downloaded one);
+    # the bastion's network-namespace test needs `ip`.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y chromium iproute2
 fi
 
 # The OIDC tests run a real OpenID Connect provider (oidc-provider) under Node.js.
@@ -46,6 +51,11 @@ fi
 if [[ ! -d tests/idp/node_modules/oidc-provider ]]; then
     step "npm ci --prefix tests/idp"
     npm ci --prefix tests/idp --no-audit --no-fund
+fi
+# playwright-core drives /usr/bin/chromium for the browser-console tests.
+if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
+    step "npm ci --prefix tests/browser"
+    npm ci --prefix tests/browser --no-audit --no-fund
 fi
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then

@@ -7,11 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use portcullis_proto::bastion::{CloseReason, SessionCloseRequest, SessionGrant, SessionOpenRequest, deny_reason};
+use portcullis_proto::bastion::{
+    CloseReason, SessionCloseRequest, SessionGrant, SessionMode, SessionOpenRequest, deny_reason,
+};
+use portcullis_proto::console::{ConsoleOpenRequest, deny_reason as console_deny};
 use russh::Channel;
 use russh::server::Msg;
 
 use crate::agent_hub::LinkWatch;
+use crate::control::ControlError;
 use crate::events::BastionEvent;
 use crate::server::Shared;
 use crate::sessions::{Limits, LiveSession};
@@ -26,6 +30,8 @@ pub(crate) struct Admitted {
 /// Why a session did not start; `message` is safe to show to the user.
 #[derive(Debug, Clone)]
 pub(crate) struct Refusal {
+    /// Stable code (a deny reason, or a broker failure code).
+    pub code: String,
     pub message: String,
 }
 
@@ -36,19 +42,39 @@ pub(crate) fn new_session_id() -> String {
 impl Shared {
     /// Asks the CA; on a grant the session is registered (so heartbeats carry it).
     pub(crate) async fn admit(&self, request: SessionOpenRequest) -> Result<Admitted, Refusal> {
-        let device = request.device.clone();
-        let mode = request.mode;
-        let grant = match self.control.open_session(&request).await {
+        let answer = self.control.open_session(&request).await;
+        self.register(answer, &request.session_id, &request.device, request.mode)
+    }
+
+    /// The browser console's admission: the CA redeems the ticket and decides at once.
+    pub(crate) async fn admit_console(&self, request: ConsoleOpenRequest) -> Result<Admitted, Refusal> {
+        let answer = self.control.open_console(&request).await;
+        self.register(answer, &request.session_id, "", SessionMode::Console)
+    }
+
+    fn register(
+        &self,
+        answer: Result<SessionGrant, ControlError>,
+        session_id: &str,
+        device: &str,
+        mode: SessionMode,
+    ) -> Result<Admitted, Refusal> {
+        let grant = match answer {
             Ok(grant) => grant,
             Err(e) => {
+                let code = e.deny_reason().unwrap_or("control_plane_unavailable").to_owned();
                 let message = match e.deny_reason() {
                     Some(deny_reason::CAP_REACHED) => "too many concurrent sessions".to_owned(),
                     Some(deny_reason::UNKNOWN_DEVICE) => format!("unknown device {device:?}"),
+                    Some(console_deny::TICKET_REUSED) => "this console ticket was already used".to_owned(),
+                    Some(console_deny::TICKET_EXPIRED) => "this console ticket has expired".to_owned(),
+                    Some(console_deny::TICKET_INVALID) => "invalid console ticket".to_owned(),
+                    Some(_) if device.is_empty() => "access denied".to_owned(),
                     Some(_) => format!("access to {device:?} denied"),
                     None => "the control plane is unavailable; try again".to_owned(),
                 };
-                tracing::info!(session = %request.session_id, %device, mode = mode.as_str(), error = %e, "session refused");
-                return Err(Refusal { message });
+                tracing::info!(session = %session_id, %device, mode = mode.as_str(), error = %e, "session refused");
+                return Err(Refusal { code, message });
             }
         };
         let live = Arc::new(LiveSession::new(
@@ -94,7 +120,7 @@ impl Shared {
             }
             Err(e) => {
                 self.broker_failed(admitted, e.code()).await;
-                Err(Refusal { message: e.to_string() })
+                Err(Refusal { code: e.code().to_owned(), message: e.to_string() })
             }
         }
     }

@@ -108,6 +108,13 @@ impl ControlPlane {
         self.post("/v1/bastion/sessions/open", request).await
     }
 
+    pub async fn open_console(
+        &self,
+        request: &portcullis_proto::console::ConsoleOpenRequest,
+    ) -> Result<SessionGrant, ControlError> {
+        self.post("/v1/bastion/console/open", request).await
+    }
+
     pub async fn heartbeat(&self, request: &HeartbeatRequest) -> Result<HeartbeatResponse, ControlError> {
         self.post("/v1/bastion/heartbeat", request).await
     }

@@ -83,6 +83,11 @@ pub enum BastionEvent {
         agent: String,
         remote: SocketAddr,
     },
+    /// A browser console WebSocket from a foreign origin (cross-site hijacking attempt).
+    ConsoleOriginRefused {
+        peer: SocketAddr,
+        origin: String,
+    },
     AgentDisconnected {
         agent: String,
     },
@@ -109,6 +114,7 @@ impl BastionEvent {
             Self::ChannelRefused { .. } => "bastion_channel_refused",
             Self::AgentRefused { .. } => "bastion_agent_refused",
             Self::AgentConnected { .. } => "agent_connected",
+            Self::ConsoleOriginRefused { .. } => "console_origin_refused",
             Self::AgentDisconnected { .. } => "agent_disconnected",
             Self::BrokerConnected { .. } => "broker_connected",
             Self::BrokerFailed { .. } => "broker_failed",
@@ -128,6 +134,11 @@ impl BastionEvent {
                 client_ip: peer.ip().to_string(),
                 user: format!("agent:{agent}"),
                 reason: reason.code().to_owned(),
+            },
+            Self::ConsoleOriginRefused { peer, origin } => BastionAuditEvent::AuthRefused {
+                client_ip: peer.ip().to_string(),
+                user: format!("console origin {origin}"),
+                reason: "console_origin_refused".to_owned(),
             },
             Self::AgentConnected { agent, remote } => {
                 BastionAuditEvent::AgentConnected { agent: agent.clone(), remote: remote.to_string() }
@@ -149,7 +160,7 @@ impl BastionEvent {
 }
 
 /// Keeps a peer-chosen string printable and short before it reaches a log or record.
-pub(crate) fn sanitize_user(user: &str) -> String {
+pub fn sanitize_user(user: &str) -> String {
     user.chars().take(MAX_USER_CHARS).map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 

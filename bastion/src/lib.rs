@@ -17,6 +17,7 @@
 mod agent_hub;
 mod broker;
 mod clock;
+pub mod console;
 mod control;
 pub mod edge;
 mod error;

@@ -174,6 +174,10 @@ impl Bastion {
         self.host_key.public_key()
     }
 
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
     /// The agents connected now.
     pub fn connected_agents(&self) -> Vec<String> {
         self.shared.agents.names()

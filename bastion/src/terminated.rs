@@ -50,14 +50,7 @@ pub(crate) async fn run(
     reply: ChannelOpenHandle,
     handle: russh::server::Handle,
 ) {
-    let key = match PrivateKey::random(&mut UnwrapErr(ssh_key::getrandom::SysRng), Algorithm::Ed25519) {
-        Ok(k) => k,
-        Err(_) => {
-            reply.reject(ChannelOpenFailure::ResourceShortage).await;
-            return;
-        }
-    };
-    let Ok(public_line) = key.public_key().to_openssh() else {
+    let Some((key, public_line)) = session_key() else {
         reply.reject(ChannelOpenFailure::ResourceShortage).await;
         return;
     };
@@ -85,26 +78,33 @@ pub(crate) async fn run(
     shared.finish(&admitted.live, reason).await;
 }
 
+/// An ephemeral Ed25519 key for one session, and its public line for the CA.
+pub(crate) fn session_key() -> Option<(PrivateKey, String)> {
+    let key = PrivateKey::random(&mut UnwrapErr(ssh_key::getrandom::SysRng), Algorithm::Ed25519).ok()?;
+    let line = key.public_key().to_openssh().ok()?;
+    Some((key, line))
+}
+
 async fn refuse(reply: ChannelOpenHandle, refusal: Refusal) {
     reply.reject(ChannelOpenFailure::Other { code: ADMINISTRATIVELY_PROHIBITED, reason: refusal.message }).await;
 }
 
-struct Onward {
+pub(crate) struct Onward {
     /// Keeps the onward SSH connection alive.
-    session: client::Handle<HostKeyChecker>,
-    channel: Channel<client::Msg>,
-    link: LinkWatch,
+    pub session: client::Handle<HostKeyChecker>,
+    pub channel: Channel<client::Msg>,
+    pub link: LinkWatch,
 }
 
 /// Agent channel → SSH handshake with host-key check → certificate login → session channel.
-async fn log_in_onward(
+pub(crate) async fn log_in_onward(
     shared: &Shared,
     admitted: &Admitted,
     peer: SocketAddr,
     key: PrivateKey,
 ) -> Result<Onward, Refusal> {
     let g = &admitted.grant;
-    let refusal = || Refusal { message: format!("cannot log in to {:?}", g.device) };
+    let refusal = || Refusal { code: "onward_login_failed".into(), message: format!("cannot log in to {:?}", g.device) };
     let Some(cert) = g.session_certificate.as_deref().and_then(|c| Certificate::from_openssh(c.trim()).ok()) else {
         shared.broker_failed(admitted, "credential_resolution_failed").await;
         return Err(refusal());

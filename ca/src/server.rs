@@ -46,7 +46,9 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Router, s
                 req.extensions_mut().insert(ConnectInfo(peer));
                 app.clone().oneshot(req)
             });
-            if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
             {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }

@@ -117,7 +117,7 @@ pub async fn start_bastion(
     identity: Identity,
     ssh_listen: &str,
     agent_listener: tokio::net::TcpListener,
-) -> anyhow::Result<std::net::SocketAddr> {
+) -> anyhow::Result<(std::net::SocketAddr, Arc<Bastion>)> {
     let clock: Arc<dyn portcullis_bastion::Clock> = Arc::new(SystemClock);
     let trust = Arc::new(TrustSource::new(TrustConfig::new(&ca.url, &ca.pin), Arc::clone(&clock))?);
     if let Err(e) = trust.refresh().await {
@@ -140,12 +140,15 @@ pub async fn start_bastion(
             }
         }
     });
-    tokio::spawn(async move {
-        if let Err(e) = bastion.serve(listener).await {
-            tracing::error!(error = %e, "SSH listener failed");
+    tokio::spawn({
+        let bastion = Arc::clone(&bastion);
+        async move {
+            if let Err(e) = bastion.serve(listener).await {
+                tracing::error!(error = %e, "SSH listener failed");
+            }
         }
     });
-    Ok(addr)
+    Ok((addr, bastion))
 }
 
 /// Runs the edge agent (spawned; returns at once).

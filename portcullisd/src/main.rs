@@ -133,7 +133,7 @@ fn main() -> anyhow::Result<()> {
                 let agents = tokio::net::TcpListener::bind(&agent_listen)
                     .await
                     .with_context(|| format!("cannot listen on {agent_listen}"))?;
-                let addr = dataplane::start_bastion(&service.endpoint(), identity, &listen, agents).await?;
+                let (addr, _) = dataplane::start_bastion(&service.endpoint(), identity, &listen, agents).await?;
                 println!("Portcullis bastion {} listening on {addr} (agents on {agent_listen})", service.name);
                 return wait_for_shutdown().await;
             }
@@ -210,14 +210,24 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     config::announce_bootstrap_admin(&ca, &data_dir, all_in_one).await?;
 
     spawn_reload_on_sighup(Arc::clone(&ca));
-    let api = tokio::spawn(server::serve(listener, tls.config, api::router(Arc::clone(&ca)), async {
+    // The all-in-one serves the browser console's WebSocket on the same origin as the
+    // web UI; the endpoint answers 503 until its bastion is attached below.
+    let console = portcullis_bastion::console::ConsoleEndpoint::new(Vec::new());
+    let mut router = api::router(Arc::clone(&ca));
+    if ssh_listen.is_some() {
+        router = router.merge(console.router());
+    }
+    let api = tokio::spawn(server::serve(listener, tls.config, router, async {
         let _ = wait_for_shutdown().await;
     }));
     if let Some(ssh_listen) = ssh_listen {
         let endpoint =
             dataplane::CaEndpoint { url: format!("https://127.0.0.1:{}", addr.port()), pin: tls.pin.clone() };
-        let ssh_addr = start_local_data_plane(&ca, &data_dir, &endpoint, &ssh_listen.0, &ssh_listen.1).await?;
+        let (ssh_addr, bastion) =
+            start_local_data_plane(&ca, &data_dir, &endpoint, &ssh_listen.0, &ssh_listen.1).await?;
+        console.attach(&bastion);
         println!("Bastion listening on {ssh_addr}: ssh -p {} root%NODE@{}", ssh_addr.port(), ssh_addr.ip());
+        println!("Web UI (browser console): {url}/ui/");
     }
     if all_in_one {
         // Last line of the banner (tests wait for it).
@@ -239,7 +249,7 @@ async fn start_local_data_plane(
     endpoint: &dataplane::CaEndpoint,
     ssh_listen: &str,
     agent_listen: &str,
-) -> anyhow::Result<std::net::SocketAddr> {
+) -> anyhow::Result<(std::net::SocketAddr, Arc<portcullis_bastion::Bastion>)> {
     let agents = tokio::net::TcpListener::bind(agent_listen)
         .await
         .with_context(|| format!("cannot listen on {agent_listen}"))?;
@@ -260,14 +270,14 @@ async fn start_local_data_plane(
         .await?;
     let host_key = bastion_key.public_key().clone();
     let identity = dataplane::Identity { key: bastion_key, api_token: SecretString::from(registered.api_token) };
-    let ssh_addr = dataplane::start_bastion(endpoint, identity, ssh_listen, agents).await?;
+    let (ssh_addr, bastion) = dataplane::start_bastion(endpoint, identity, ssh_listen, agents).await?;
 
     let agent_key = dataplane::identity_key(&data_dir.join("agent"))?;
     let registered = ca.register_service(ServiceKind::Agent, LOCAL, &dataplane::public_line(&agent_key)?, None).await?;
     let identity = dataplane::Identity { key: agent_key, api_token: SecretString::from(registered.api_token) };
-    let bastion = portcullis_bastion::edge::endpoint(agent_addr, host_key);
-    dataplane::start_agent(endpoint, LOCAL, identity, vec![bastion], None)?;
-    Ok(ssh_addr)
+    let bastion_endpoint = portcullis_bastion::edge::endpoint(agent_addr, host_key);
+    dataplane::start_agent(endpoint, LOCAL, identity, vec![bastion_endpoint], None)?;
+    Ok((ssh_addr, bastion))
 }
 
 /// Until SIGINT or SIGTERM.

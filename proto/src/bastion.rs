@@ -275,6 +275,8 @@ pub struct CloseOrder {
 #[serde(rename_all = "snake_case")]
 pub enum CloseReason {
     ClientDisconnect,
+    /// The browser console's WebSocket went away (tab closed, navigation).
+    BrowserDisconnect,
     TargetDisconnect,
     IdleTimeout,
     AbsoluteTimeout,
@@ -293,6 +295,7 @@ impl CloseReason {
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::ClientDisconnect => "client_disconnect",
+            CloseReason::BrowserDisconnect => "browser_disconnect",
             CloseReason::TargetDisconnect => "target_disconnect",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::AbsoluteTimeout => "absolute_timeout",
@@ -309,7 +312,7 @@ impl CloseReason {
     /// The line shown to the user when the session closes.
     pub fn message(self) -> &'static str {
         match self {
-            CloseReason::ClientDisconnect => "session closed",
+            CloseReason::ClientDisconnect | CloseReason::BrowserDisconnect => "session closed",
             CloseReason::TargetDisconnect => "the device closed the connection",
             CloseReason::IdleTimeout => "session closed: idle timeout",
             CloseReason::AbsoluteTimeout => "session closed: maximum session time reached",

@@ -69,7 +69,7 @@ impl Sshd {
             "Port {port}\nListenAddress {ip}\nHostKey {hk}\nPidFile none\nStrictModes no\nUsePAM no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
              AuthorizedKeysFile none\nTrustedUserCAKeys {d}/ca.pub\nAuthorizedPrincipalsFile {d}/principals/%u\n\
-             {krl_line}Subsystem sftp internal-sftp\nLogLevel VERBOSE\n",
+             {krl_line}Subsystem sftp internal-sftp\nAcceptEnv LANG LC_*\nLogLevel VERBOSE\n",
             hk = host_key.display(),
             d = d.display(),
         );

@@ -7,6 +7,7 @@ mod enroll;
 mod extract;
 mod handlers;
 mod oidc;
+mod ui;
 
 use crate::error::CaError;
 use crate::service::Ca;
@@ -75,6 +76,7 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/admin/bastions", get(bastion::list_bastions))
         .route("/enroll.sh", get(enroll::script))
         .route("/v1/download/portcullis-enroll", get(enroll::binary))
+        .merge(ui::router())
         .fallback(|| async { CaError::NotFound("route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ca)

@@ -1,0 +1,256 @@
+//! The browser console's WebSocket endpoint (`/console/ws`).
+//!
+//! The page's origin must be an allowed one (cross-site WebSocket hijacking: a foreign
+//! page can make the browser open this socket with the user's cookies, so the Origin
+//! header is checked before the upgrade, and the socket carries no authority until a
+//! ticket arrives anyway). The **first frame** is the single-use ticket — never a URL
+//! or query parameter; the CA redeems it and admits the session in one step. The
+//! session then runs like terminated mode: a per-session certificate logs in through
+//! the agent, a pty of the browser's size runs the login shell, binary frames carry
+//! terminal bytes both ways, JSON text frames carry resizes (in) and connected/exit/
+//! closed notices (out). Idle time counts browser input only. Every end sends the
+//! sanitized reason before the socket closes.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use portcullis_proto::bastion::CloseReason;
+use portcullis_proto::console::{ConsoleControl, ConsoleOpenRequest};
+use russh::{ChannelMsg, client};
+
+use crate::Bastion;
+use crate::broker::{Admitted, new_session_id};
+use crate::server::Shared;
+use crate::terminated::{log_in_onward, session_key};
+
+/// The path browsers connect to (the CA's ticket answer names it).
+pub const CONSOLE_WS_PATH: &str = "/console/ws";
+/// The ticket must arrive this soon after the upgrade.
+const TICKET_WAIT: Duration = Duration::from_secs(10);
+/// Longest first frame accepted as a ticket.
+const MAX_TICKET_LEN: usize = 256;
+/// Largest frame accepted from a browser (pastes are split by xterm.js well below this).
+const MAX_FRAME: usize = 64 * 1024;
+const MAX_COLS_ROWS: u32 = 1000;
+
+/// The WebSocket endpoint, routable before the bastion exists (the all-in-one mounts
+/// it on the CA's HTTPS server, then starts the bastion, then attaches it).
+#[derive(Default)]
+pub struct ConsoleEndpoint {
+    shared: OnceLock<Arc<Shared>>,
+    /// Allowed `Origin` values (`https://host[:port]`); empty: the request's own host.
+    origins: Vec<String>,
+}
+
+impl std::fmt::Debug for ConsoleEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleEndpoint").field("origins", &self.origins).finish_non_exhaustive()
+    }
+}
+
+impl ConsoleEndpoint {
+    pub fn new(origins: Vec<String>) -> Arc<Self> {
+        Arc::new(Self { shared: OnceLock::new(), origins })
+    }
+
+    /// Serves consoles through `bastion` from now on.
+    pub fn attach(&self, bastion: &Bastion) {
+        let _ = self.shared.set(bastion.shared());
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new().route(CONSOLE_WS_PATH, get(upgrade)).with_state(Arc::clone(self))
+    }
+
+    /// Same-origin by default: the page that asked for the ticket is served by this
+    /// host. A missing Origin (not a browser) is refused too.
+    fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
+        if !self.origins.is_empty() {
+            return self.origins.iter().any(|o| o == origin);
+        }
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        !host.is_empty() && origin == format!("https://{host}")
+    }
+}
+
+async fn upgrade(
+    State(endpoint): State<Arc<ConsoleEndpoint>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(shared) = endpoint.shared.get().cloned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "console not available yet").into_response();
+    };
+    if !endpoint.origin_allowed(&headers) {
+        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("");
+        shared.events.record(crate::BastionEvent::ConsoleOriginRefused {
+            peer,
+            origin: crate::events::sanitize_user(origin),
+        });
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    ws.max_frame_size(MAX_FRAME).max_message_size(MAX_FRAME).on_upgrade(move |socket| run(shared, socket, peer))
+}
+
+async fn send_control(socket: &mut WebSocket, control: &ConsoleControl) -> bool {
+    match serde_json::to_string(control) {
+        Ok(text) => socket.send(Message::Text(text.into())).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+async fn close_with(socket: &mut WebSocket, reason: &str, message: &str) {
+    let _ = send_control(socket, &ConsoleControl::Closed { reason: reason.to_owned(), message: message.to_owned() })
+        .await;
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+/// The ticket: the first frame, text or binary, printable and short.
+async fn read_ticket(socket: &mut WebSocket) -> Option<String> {
+    let frame = tokio::time::timeout(TICKET_WAIT, socket.recv()).await.ok()??.ok()?;
+    let text = match frame {
+        Message::Text(t) => t.to_string(),
+        Message::Binary(b) => String::from_utf8(b.to_vec()).ok()?,
+        _ => return None,
+    };
+    let text = text.trim().to_owned();
+    (!text.is_empty() && text.len() <= MAX_TICKET_LEN && text.bytes().all(|b| b.is_ascii_graphic())).then_some(text)
+}
+
+async fn run(shared: Arc<Shared>, mut socket: WebSocket, peer: SocketAddr) {
+    let Some(ticket) = read_ticket(&mut socket).await else {
+        return close_with(&mut socket, "ticket_missing", "no console ticket received").await;
+    };
+    let Some((key, public_line)) = session_key() else {
+        return close_with(&mut socket, "internal", "cannot start a session").await;
+    };
+    let request = ConsoleOpenRequest {
+        ticket,
+        session_id: new_session_id(),
+        session_public_key: public_line,
+        client_ip: peer.ip().to_string(),
+    };
+    let admitted = match shared.admit_console(request).await {
+        Ok(a) => a,
+        Err(refusal) => return close_with(&mut socket, &refusal.code, &refusal.message).await,
+    };
+    let onward = match log_in_onward(&shared, &admitted, peer, key).await {
+        Ok(onward) => onward,
+        Err(refusal) => return close_with(&mut socket, &refusal.code, &refusal.message).await,
+    };
+    let reason = relay(&admitted, &mut socket, onward.channel, onward.link).await;
+    drop(onward.session);
+    close_with(&mut socket, reason.as_str(), reason.message()).await;
+    shared.finish(&admitted.live, reason).await;
+}
+
+/// The terminal: a pty the size the browser asks for (first resize, else 80×24), the
+/// login shell, then bytes and control frames both ways until either end or a limit.
+async fn relay(
+    admitted: &Admitted,
+    socket: &mut WebSocket,
+    onward: russh::Channel<client::Msg>,
+    link: crate::agent_hub::LinkWatch,
+) -> CloseReason {
+    let live = &admitted.live;
+    let (mut from_node, to_node) = onward.split();
+    let (cols, rows) = first_size(socket).await.unwrap_or((80, 24));
+    // xterm.js speaks UTF-8; say so (nodes accept LANG by default: `AcceptEnv LANG LC_*`).
+    let _ = to_node.set_env(false, "LANG", "C.UTF-8").await;
+    let started = to_node.request_pty(true, "xterm-256color", cols, rows, 0, 0, &[]).await.is_ok()
+        && to_node.request_shell(true).await.is_ok();
+    if !started {
+        return CloseReason::TargetDisconnect;
+    }
+    let connected = ConsoleControl::Connected { session_id: live.id.clone(), device: live.device.clone() };
+    if !send_control(socket, &connected).await {
+        return CloseReason::BrowserDisconnect;
+    }
+    let watchdog = live.watchdog(admitted.limits);
+    tokio::pin!(watchdog);
+    loop {
+        tokio::select! {
+            reason = &mut watchdog => return reason,
+            frame = socket.recv() => match frame {
+                Some(Ok(Message::Binary(data))) => {
+                    live.client_input(data.len());
+                    if to_node.data_bytes(data).await.is_err() {
+                        return CloseReason::TargetDisconnect;
+                    }
+                }
+                Some(Ok(Message::Text(text))) => {
+                    if let Ok(ConsoleControl::Resize { cols, rows }) = serde_json::from_str(&text) {
+                        live.touch();
+                        let _ = to_node.window_change(cols.clamp(1, MAX_COLS_ROWS), rows.clamp(1, MAX_COLS_ROWS), 0, 0).await;
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return CloseReason::BrowserDisconnect,
+            },
+            msg = from_node.wait() => match msg {
+                Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
+                    live.client_output(data.len());
+                    if socket.send(Message::Binary(data)).await.is_err() {
+                        return CloseReason::BrowserDisconnect;
+                    }
+                }
+                Some(ChannelMsg::ExitStatus { exit_status }) => {
+                    let _ = send_control(socket, &ConsoleControl::Exit { status: exit_status }).await;
+                }
+                Some(ChannelMsg::Close) => return CloseReason::TargetDisconnect,
+                Some(_) => {}
+                None => return crate::broker::vanished(link).await,
+            },
+        }
+    }
+}
+
+/// The browser's first resize, if it sends one right after the ticket.
+async fn first_size(socket: &mut WebSocket) -> Option<(u32, u32)> {
+    let frame = tokio::time::timeout(Duration::from_secs(2), socket.recv()).await.ok()??.ok()?;
+    match frame {
+        Message::Text(text) => match serde_json::from_str(&text).ok()? {
+            ConsoleControl::Resize { cols, rows } => {
+                Some((cols.clamp(1, MAX_COLS_ROWS), rows.clamp(1, MAX_COLS_ROWS)))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn origin_must_be_this_host_or_listed() {
+        let same = ConsoleEndpoint::new(Vec::new());
+        assert!(same.origin_allowed(&headers(Some("https://ca.example:8443"), "ca.example:8443")));
+        assert!(!same.origin_allowed(&headers(Some("https://evil.example"), "ca.example:8443")));
+        assert!(!same.origin_allowed(&headers(Some("http://ca.example:8443"), "ca.example:8443")), "scheme counts");
+        assert!(!same.origin_allowed(&headers(None, "ca.example:8443")), "no Origin: refused");
+        let listed = ConsoleEndpoint::new(vec!["https://portal.example".into()]);
+        assert!(listed.origin_allowed(&headers(Some("https://portal.example"), "bastion.internal")));
+        assert!(!listed.origin_allowed(&headers(Some("https://bastion.internal"), "bastion.internal")));
+    }
+}

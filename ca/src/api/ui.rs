@@ -1,0 +1,90 @@
+//! The web UI: static pages and scripts embedded in the binary (no Node.js at run
+//! time), served with a strict Content-Security-Policy. The pages call the JSON API
+//! with the session cookie; every state-changing call carries the CSRF header.
+//!
+//! CSP: scripts only from this origin (no inline script, no `eval`), connections only
+//! to this origin (which covers the console's `wss:` socket), no framing. Styles allow
+//! `'unsafe-inline'` because xterm.js sizes and themes the terminal with `<style>`
+//! elements it creates at run time; no script can be injected that way.
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; \
+                   img-src 'self' data:; font-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// `(name, content type, bytes)` of every file under `/ui/static/`.
+const STATIC: &[(&str, &str, &[u8])] = &[
+    ("app.css", "text/css; charset=utf-8", include_bytes!("../../web/app.css")),
+    ("common.js", "text/javascript; charset=utf-8", include_bytes!("../../web/common.js")),
+    ("app.js", "text/javascript; charset=utf-8", include_bytes!("../../web/app.js")),
+    ("console.js", "text/javascript; charset=utf-8", include_bytes!("../../web/console.js")),
+    ("admin.js", "text/javascript; charset=utf-8", include_bytes!("../../web/admin.js")),
+    ("xterm.js", "text/javascript; charset=utf-8", include_bytes!("../../web/vendor/xterm/xterm.js")),
+    ("xterm.css", "text/css; charset=utf-8", include_bytes!("../../web/vendor/xterm/xterm.css")),
+    ("addon-fit.js", "text/javascript; charset=utf-8", include_bytes!("../../web/vendor/xterm/addon-fit.js")),
+];
+
+const INDEX: &[u8] = include_bytes!("../../web/index.html");
+const CONSOLE: &[u8] = include_bytes!("../../web/console.html");
+const ADMIN: &[u8] = include_bytes!("../../web/admin.html");
+
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/ui/") }))
+        .route("/ui", get(|| async { Redirect::to("/ui/") }))
+        .route("/ui/", get(|| async { page(INDEX) }))
+        .route("/ui/console", get(|| async { page(CONSOLE) }))
+        .route("/ui/admin", get(|| async { page(ADMIN) }))
+        .route("/ui/static/{name}", get(asset))
+}
+
+/// Headers every UI response carries.
+fn secured(mut response: Response, cache: &'static str) -> Response {
+    let h = response.headers_mut();
+    let set = |h: &mut axum::http::HeaderMap, name: HeaderName, value: &'static str| {
+        h.insert(name, HeaderValue::from_static(value));
+    };
+    set(h, header::CONTENT_SECURITY_POLICY, CSP);
+    set(h, header::X_FRAME_OPTIONS, "DENY");
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::REFERRER_POLICY, "no-referrer");
+    set(h, header::CACHE_CONTROL, cache);
+    set(h, header::STRICT_TRANSPORT_SECURITY, "max-age=31536000");
+    response
+}
+
+fn page(html: &'static [u8]) -> Response {
+    secured(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response(), "no-store")
+}
+
+async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    match STATIC.iter().find(|(n, _, _)| *n == name) {
+        Some((_, content_type, bytes)) => {
+            secured(([(header::CONTENT_TYPE, *content_type)], *bytes).into_response(), "public, max-age=300")
+        }
+        None => secured(StatusCode::NOT_FOUND.into_response(), "no-store"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_page_has_inline_script_or_handlers() {
+        for html in [INDEX, CONSOLE, ADMIN] {
+            let text = String::from_utf8_lossy(html);
+            for line in text.lines().filter(|l| l.contains("<script")) {
+                assert!(line.contains(" src=\"/ui/static/") && line.contains("></script>"), "inline script: {line}");
+            }
+            assert!(!text.contains("javascript:"), "no javascript: URLs");
+            for handler in ["onclick=", "onload=", "onsubmit=", "onerror="] {
+                assert!(!text.contains(handler), "inline handler {handler}");
+            }
+        }
+        assert!(CSP.contains("script-src 'self';") && CSP.contains("frame-ancestors 'none'"));
+    }
+}

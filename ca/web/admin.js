@@ -1,0 +1,68 @@
+// Admin pages: live sessions (with kill), the audit log with filters, policy history.
+"use strict";
+const { api, el, when } = portcullis;
+
+function fail(id, e) { document.getElementById(id).textContent = e.message; }
+
+async function sessions() {
+  try {
+    const list = await api("/v1/admin/sessions");
+    const body = document.getElementById("sessions");
+    body.replaceChildren();
+    for (const s of list) {
+      const tr = el("tr");
+      tr.append(el("td", s.session_id.slice(0, 12)), el("td", s.user), el("td", s.device), el("td", s.login || ""),
+        el("td", s.mode), el("td", s.agent), el("td", when(s.opened_at)));
+      const kill = el("button", "Kill", { type: "button" });
+      kill.addEventListener("click", async () => {
+        try { await api(`/v1/admin/sessions/${encodeURIComponent(s.session_id)}/kill`, { method: "POST", body: {} }); }
+        catch (e) { fail("sessions-error", e); }
+        setTimeout(sessions, 1500);
+      });
+      const td = el("td");
+      td.append(kill);
+      tr.append(td);
+      body.append(tr);
+    }
+  } catch (e) { fail("sessions-error", e); }
+}
+
+async function audit(filter) {
+  try {
+    const q = new URLSearchParams({ limit: "200" });
+    for (const [k, v] of Object.entries(filter || {})) if (v) q.set(k, v);
+    const records = await api(`/v1/admin/audit?${q}`);
+    const body = document.getElementById("audit");
+    body.replaceChildren();
+    for (const r of records) {
+      const tr = el("tr");
+      tr.append(el("td", r.seq), el("td", when(r.at)), el("td", r.event),
+        el("td", JSON.stringify(r.payload), { class: "details" }));
+      body.append(tr);
+    }
+  } catch (e) { fail("audit-error", e); }
+}
+
+async function policy() {
+  try {
+    const changes = await api("/v1/admin/policy/history");
+    const body = document.getElementById("policy");
+    body.replaceChildren();
+    for (const c of changes) {
+      const tr = el("tr");
+      tr.append(el("td", when(c.at)), el("td", c.actor), el("td", (c.digest || "").slice(0, 16)),
+        el("td", JSON.stringify(c.changes ?? c.diff ?? {}), { class: "details" }));
+      body.append(tr);
+    }
+  } catch (e) { fail("policy-error", e); }
+}
+
+document.getElementById("audit-filter").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  audit(Object.fromEntries(new FormData(ev.target)));
+});
+
+sessions();
+audit();
+policy();
+setInterval(sessions, 5000);

@@ -1,0 +1,78 @@
+// Sign-in and the device list. Text from the server is only ever set as textContent.
+"use strict";
+const { api, setCsrf, el } = portcullis;
+
+async function showDevices(me) {
+  document.getElementById("signin").hidden = true;
+  document.getElementById("nav").hidden = false;
+  document.getElementById("whoami").textContent = me.username;
+  document.getElementById("admin-link").hidden = !(me.roles || []).length;
+  const devices = await api("/v1/console/devices");
+  const rows = document.getElementById("device-rows");
+  rows.replaceChildren();
+  for (const d of devices) {
+    const tr = el("tr");
+    tr.append(el("td", d.name), el("td", d.addresses.join(", ")));
+    const select = el("select", null, { "aria-label": `login on ${d.name}` });
+    for (const login of d.logins) select.append(el("option", login, { value: login }));
+    const tdLogin = el("td");
+    tdLogin.append(select);
+    const open = el("button", "Open console", { type: "button", "data-device": d.name });
+    open.addEventListener("click", () => {
+      const q = new URLSearchParams({ device: d.name, login: select.value });
+      location.assign(`/ui/console?${q}`);
+    });
+    const tdOpen = el("td");
+    tdOpen.append(open);
+    tr.append(tdLogin, tdOpen);
+    rows.append(tr);
+  }
+  document.getElementById("devices-empty").hidden = devices.length > 0;
+  document.getElementById("devices").hidden = false;
+}
+
+async function showSignin() {
+  document.getElementById("signin").hidden = false;
+  try {
+    const methods = await api("/v1/auth/methods");
+    document.getElementById("sso").hidden = !methods.oidc;
+  } catch (_) { /* password sign-in stays */ }
+}
+
+async function start() {
+  try {
+    await showDevices(await api("/v1/auth/whoami"));
+  } catch (e) {
+    if (e.status === 401) return showSignin();
+    document.getElementById("login-error").textContent = e.message;
+    return showSignin();
+  }
+}
+
+document.getElementById("login-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const form = new FormData(ev.target);
+  const error = document.getElementById("login-error");
+  error.textContent = "";
+  try {
+    const r = await fetch("/v1/auth/browser-login", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify({ username: form.get("username"), password: form.get("password") }),
+    });
+    const data = await r.json();
+    if (!r.ok) throw new Error(data.message || `HTTP ${r.status}`);
+    setCsrf(data.csrf_token);
+    ev.target.reset();
+    await showDevices(await api("/v1/auth/whoami"));
+  } catch (e) {
+    error.textContent = e.message;
+  }
+});
+
+document.getElementById("logout").addEventListener("click", async () => {
+  try { await api("/v1/auth/logout", { method: "POST", body: {} }); } finally { location.assign("/ui/"); }
+});
+
+start();

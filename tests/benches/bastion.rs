@@ -1,0 +1,745 @@
+//! The bastion's data plane compared, in the same run, with stock OpenSSH: `ssh -J`
+//! through a throwaway local `sshd` acting as the jump host, to the same node.
+//!
+//! Run (the harness starts the `portcullisd` built next to this bench executable):
+//!
+//! ```text
+//! cargo build --release --bins && cargo bench -p portcullis-tests --bench bastion
+//! ```
+//!
+//! Three measurements, each for terminated mode (`root%pve01@bastion`: the bastion logs
+//! in onward with a per-session certificate), jump mode (`ProxyJump` through the bastion,
+//! SSH end to end) and the baseline (`ProxyJump` through stock `sshd`):
+//!
+//! 1. bulk throughput: `head -c N /dev/zero | ssh HOST 'wc -c'` (the count is checked),
+//!    best of 3, connection setup included;
+//! 2. session setup: `ssh HOST true`, p50 and p99 wall time;
+//! 3. idle sessions: N sessions opened by an in-process russh client and left idle
+//!    (jump mode: an authenticated SSH connection to the node inside a `direct-tcpip`
+//!    channel; terminated mode: a session channel, so the onward login is done), the
+//!    growth of `portcullisd`'s RSS divided by N. Each mode gets a freshly started
+//!    all-in-one, so memory freed by earlier phases cannot hide the cost. The
+//!    all-in-one holds the CA and the built-in edge agent too: the agent's share of a
+//!    session is in the figure; the CA's fixed memory is in the "before" figure.
+//!
+//! Environment: `PORTCULLIS_BENCH_BYTES` (bulk bytes, default 1 GiB),
+//! `PORTCULLIS_BENCH_SETUP_RUNS` (default 30, after 3 warm-ups),
+//! `PORTCULLIS_BENCH_SESSIONS` (idle sessions, default 1000; 0 skips the phase).
+//!
+//! Every OpenSSH hop uses `aes128-gcm@openssh.com` (a `Ciphers` line in the generated
+//! ssh config); the connections russh makes inside `portcullisd` (bastion → agent link,
+//! terminated mode's onward login) use the bastion's own preference order.
+//!
+//! This is a benchmark: it prints and never judges time (ratios are printed next to the
+//! issue's targets). It fails when a transfer does not deliver every byte, and exits
+//! non-zero (after printing what it measured) when an idle session cannot be opened,
+//! because then the numbers would not mean what they say.
+
+// Bench code: a failed expectation must stop the run loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use portcullis_tests::bastion_world::World;
+use portcullis_tests::procfs;
+use portcullis_tests::ssh::{ed25519_key, path_str, ssh_keygen_ok, write_key_pair};
+use portcullis_tests::sshd::{NodeTrust, Sshd};
+use russh::client;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const DEFAULT_BYTES: u64 = 1 << 30;
+const BULK_RUNS: usize = 3;
+const DEFAULT_SETUP_RUNS: usize = 30;
+const SETUP_WARMUP: usize = 3;
+const DEFAULT_SESSIONS: usize = 1000;
+/// Sessions being opened at once. The node's `sshd` drops unauthenticated connections
+/// beyond `MaxStartups` (10 by default).
+const OPEN_CONCURRENCY: usize = 8;
+const CIPHER: &str = "aes128-gcm@openssh.com";
+/// Long enough that no session goes idle during the run.
+const IDLE: &str = "1h";
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a non-negative integer")),
+        Err(_) => default,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Terminated,
+    Jump,
+    Baseline,
+}
+
+const ROUTES: [Route; 3] = [Route::Baseline, Route::Terminated, Route::Jump];
+
+impl Route {
+    /// The ssh config host alias.
+    fn host(self) -> &'static str {
+        match self {
+            Route::Terminated => "bastion",
+            Route::Jump => "node",
+            Route::Baseline => "viaplain",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Route::Terminated => "terminated",
+            Route::Jump => "jump",
+            Route::Baseline => "ssh -J sshd",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let bytes = env_u64("PORTCULLIS_BENCH_BYTES", DEFAULT_BYTES).max(1);
+    let setup_runs = usize::try_from(env_u64("PORTCULLIS_BENCH_SETUP_RUNS", DEFAULT_SETUP_RUNS as u64)).unwrap().max(1);
+    let sessions = usize::try_from(env_u64("PORTCULLIS_BENCH_SESSIONS", DEFAULT_SESSIONS as u64)).unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "bastion benchmark: bulk {} MiB, {setup_runs} setups, {sessions} idle sessions, {cores} CPU core(s), {}",
+        bytes as f64 / MIB,
+        openssh_version()
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let bench = runtime.block_on(Bench::start());
+    let bulk = bulk_phase(&bench, bytes);
+    let setup = setup_phase(&bench, setup_runs);
+    drop(bench);
+
+    let idle = if sessions == 0 {
+        Vec::new()
+    } else {
+        match runtime.block_on(idle_phase(sessions)) {
+            Ok(results) => results,
+            Err(why) => {
+                eprintln!("FAILED: {why}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    summary(bytes, &bulk, &setup, &idle, sessions);
+    if idle.iter().any(|r| r.failed > 0) {
+        eprintln!("FAILED: some idle sessions could not be opened (see above)");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+// ---------------------------------------------------------------------------------------
+// The world: all-in-one + node (from the harness), plus a stock sshd as jump host
+
+/// The baseline's jump host: a stock `sshd` trusting its own throwaway CA, and a key
+/// with a certificate from that CA for `root`.
+///
+/// Not the Portcullis CA: its certificates carry only the extensions policy grants
+/// (`permit-pty` here), and OpenSSH refuses `-W` without `permit-port-forwarding`. A
+/// certificate from `ssh-keygen -s` carries OpenSSH's default extensions, so the jump
+/// hop authenticates the same way (an Ed25519 user certificate) and may forward.
+struct PlainJump {
+    sshd: Sshd,
+    /// `<key>` and `<key>-cert.pub`.
+    key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PlainJump {
+    fn start() -> PlainJump {
+        let dir = tempfile::Builder::new().prefix("portcullis-bench-jump-").tempdir().unwrap();
+        let ca = write_key_pair(dir.path(), "ca", &ed25519_key());
+        let key = write_key_pair(dir.path(), "jumper", &ed25519_key());
+        let principal = "bench-jump";
+        ssh_keygen_ok(&[
+            "-q",
+            "-s",
+            path_str(&ca),
+            "-I",
+            "bench-jump",
+            "-n",
+            principal,
+            "-V",
+            "+2h",
+            &format!("{}.pub", path_str(&key)),
+        ]);
+        let trust = NodeTrust {
+            trusted_user_ca_keys: std::fs::read_to_string(dir.path().join("ca.pub")).unwrap(),
+            principals: BTreeMap::from([("root".to_owned(), vec![principal.to_owned()])]),
+            krl: None,
+        };
+        PlainJump { sshd: Sshd::start(&trust), key, _dir: dir }
+    }
+}
+
+struct Bench {
+    /// The all-in-one and the node; kept alive for the run.
+    _world: World,
+    /// The baseline's jump host; kept alive for the run.
+    _jump: PlainJump,
+    config: PathBuf,
+    server_pid: Option<u32>,
+    node_pid: Option<u32>,
+    jump_pid: Option<u32>,
+}
+
+impl Bench {
+    async fn start() -> Bench {
+        let world = World::start(IDLE).await;
+        let jump = PlainJump::start();
+        let dir = world.dir.path();
+        let common = |key: &Path| {
+            format!(
+                "  IdentityFile {key}\n  CertificateFile {key}-cert.pub\n  IdentitiesOnly yes\n  IdentityAgent none\n\
+                 \x20 BatchMode yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n\
+                 \x20 GlobalKnownHostsFile /dev/null\n  LogLevel ERROR\n  ConnectTimeout 20\n",
+                key = key.display()
+            )
+        };
+        let world_config = std::fs::read_to_string(&world.config).unwrap();
+        // ssh takes the first value it finds, so `Host *` at the end sets the cipher of
+        // every hop, the ProxyJump hops included (they read the same file).
+        let config = dir.join("bench_ssh_config");
+        std::fs::write(
+            &config,
+            format!(
+                "{world_config}Host plainjump\n  HostName {jip}\n  Port {jport}\n  User root\n{jcommon}\
+                 Host viaplain\n  HostName {nip}\n  Port {nport}\n  User root\n  ProxyJump plainjump\n{common}\
+                 Host *\n  Ciphers {CIPHER}\n",
+                jip = jump.sshd.ip,
+                jport = jump.sshd.port,
+                jcommon = common(&jump.key),
+                common = common(&dir.join("id")),
+                nip = world.node.ip,
+                nport = world.node.port,
+            ),
+        )
+        .unwrap();
+        let server_pid = procfs::child_with_arg(&world.server.data_dir);
+        let node_pid = procfs::child_with_arg(&world.node.dir.path().join("sshd_config"));
+        let jump_pid = procfs::child_with_arg(&jump.sshd.dir.path().join("sshd_config"));
+        let bench = Bench { _world: world, _jump: jump, config, server_pid, node_pid, jump_pid };
+        for route in ROUTES {
+            let out = bench.ssh(route, "echo ok").output().unwrap();
+            assert!(
+                out.status.success() && out.stdout == b"ok\n",
+                "{} does not work: {}",
+                route.label(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        bench
+    }
+
+    fn ssh(&self, route: Route, command: &str) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-F").arg(&self.config).arg(route.host()).arg(command).stdin(Stdio::null());
+        cmd
+    }
+
+    fn cpu(&self) -> CpuSnapshot {
+        CpuSnapshot {
+            portcullisd: self.server_pid.map_or(0.0, procfs::cpu_seconds),
+            // A forking sshd's connections are its reaped children.
+            node: self.node_pid.map_or(0.0, |p| procfs::cpu_seconds(p) + procfs::children_cpu_seconds(p)),
+            jump: self.jump_pid.map_or(0.0, |p| procfs::cpu_seconds(p) + procfs::children_cpu_seconds(p)),
+            clients: procfs::own_children_cpu_seconds(),
+            machine: procfs::machine_cpu_seconds(),
+        }
+    }
+}
+
+/// CPU seconds so far: portcullisd (CA + bastion + agent), the node's and the jump
+/// host's sshd (finished connections), the ssh clients (and `head`), the machine.
+#[derive(Clone, Copy, Default)]
+struct CpuSnapshot {
+    portcullisd: f64,
+    node: f64,
+    jump: f64,
+    clients: f64,
+    machine: f64,
+}
+
+impl std::ops::Sub for CpuSnapshot {
+    type Output = CpuSnapshot;
+    fn sub(self, o: CpuSnapshot) -> CpuSnapshot {
+        CpuSnapshot {
+            portcullisd: self.portcullisd - o.portcullisd,
+            node: self.node - o.node,
+            jump: self.jump - o.jump,
+            clients: self.clients - o.clients,
+            machine: self.machine - o.machine,
+        }
+    }
+}
+
+impl CpuSnapshot {
+    fn others(&self) -> f64 {
+        (self.machine - self.portcullisd - self.node - self.jump - self.clients).max(0.0)
+    }
+
+    /// `portcullisd 1.23  node 0.45 …`, each divided by `per`.
+    fn line(&self, per: f64, unit: &str) -> String {
+        format!(
+            "portcullisd {:.3}  jump sshd {:.3}  node sshd {:.3}  clients {:.3}  other {:.3}  ({unit})",
+            self.portcullisd / per,
+            self.jump / per,
+            self.node / per,
+            self.clients / per,
+            self.others() / per
+        )
+    }
+}
+
+/// A forking sshd adds a finished connection's CPU to its own children's count only
+/// once it has reaped it, a moment after the client exits.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Bulk throughput
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+struct BulkResult {
+    route: Route,
+    runs: Vec<Duration>,
+    /// CPU of the fastest run.
+    cpu: CpuSnapshot,
+}
+
+impl BulkResult {
+    fn best(&self) -> Duration {
+        self.runs.iter().copied().min().unwrap_or_default()
+    }
+}
+
+fn bulk_phase(bench: &Bench, bytes: u64) -> Vec<BulkResult> {
+    println!();
+    println!("== bulk: head -c {bytes} /dev/zero | ssh HOST 'wc -c' (best of {BULK_RUNS}, routes interleaved) ==");
+    let mut results: Vec<BulkResult> =
+        ROUTES.iter().map(|&route| BulkResult { route, runs: Vec::new(), cpu: CpuSnapshot::default() }).collect();
+    for round in 0..BULK_RUNS {
+        for result in &mut results {
+            settle();
+            let before = bench.cpu();
+            let t0 = Instant::now();
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(r#"head -c "$1" /dev/zero | ssh -F "$2" "$3" 'wc -c'"#)
+                .args(["sh", &bytes.to_string()])
+                .arg(&bench.config)
+                .arg(result.route.host())
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let elapsed = t0.elapsed();
+            settle();
+            let cpu = bench.cpu() - before;
+            let received = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            assert!(
+                out.status.success() && received == bytes.to_string(),
+                "{}: the node received {received:?} of {bytes} bytes: {}",
+                result.route.label(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            println!(
+                "round {round} {:<12} {:>8.1} MiB/s  {:>7.2} s   CPU s/GiB: {}",
+                result.route.label(),
+                bytes as f64 / MIB / elapsed.as_secs_f64(),
+                elapsed.as_secs_f64(),
+                cpu.line(bytes as f64 / (1024.0 * MIB), "s/GiB")
+            );
+            if result.runs.iter().all(|r| elapsed < *r) {
+                result.cpu = cpu;
+            }
+            result.runs.push(elapsed);
+        }
+    }
+    results
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Session setup
+
+struct SetupResult {
+    route: Route,
+    sorted: Vec<Duration>,
+    cpu: CpuSnapshot,
+}
+
+fn setup_phase(bench: &Bench, runs: usize) -> Vec<SetupResult> {
+    println!();
+    println!("== session setup: ssh HOST true ({SETUP_WARMUP} warm-ups, then {runs} runs, routes interleaved) ==");
+    let once = |route: Route| {
+        let t0 = Instant::now();
+        let out = bench.ssh(route, "true").output().unwrap();
+        let elapsed = t0.elapsed();
+        assert!(out.status.success(), "{}: {}", route.label(), String::from_utf8_lossy(&out.stderr));
+        elapsed
+    };
+    for _ in 0..SETUP_WARMUP {
+        for route in ROUTES {
+            once(route);
+        }
+    }
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); ROUTES.len()];
+    let mut cpu = vec![CpuSnapshot::default(); ROUTES.len()];
+    for _ in 0..runs {
+        for (i, route) in ROUTES.into_iter().enumerate() {
+            settle();
+            let before = bench.cpu();
+            samples[i].push(once(route));
+            settle();
+            let d = bench.cpu() - before;
+            cpu[i] = CpuSnapshot {
+                portcullisd: cpu[i].portcullisd + d.portcullisd,
+                node: cpu[i].node + d.node,
+                jump: cpu[i].jump + d.jump,
+                clients: cpu[i].clients + d.clients,
+                machine: cpu[i].machine + d.machine,
+            };
+        }
+    }
+    ROUTES
+        .into_iter()
+        .zip(samples)
+        .zip(cpu)
+        .map(|((route, mut sorted), cpu)| {
+            sorted.sort_unstable();
+            println!(
+                "{:<12} p50 {}  p90 {}  p99 {}  min {}  max {}",
+                route.label(),
+                ms(percentile(&sorted, 0.50)),
+                ms(percentile(&sorted, 0.90)),
+                ms(percentile(&sorted, 0.99)),
+                ms(sorted[0]),
+                ms(sorted[sorted.len() - 1]),
+            );
+            println!("{:<12} CPU ms/session: {}", "", cpu.line(runs as f64 / 1000.0, "ms/session"));
+            SetupResult { route, sorted, cpu }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Idle sessions
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IdleMode {
+    /// Through the bastion: `direct-tcpip` to the node, SSH to the node inside it.
+    Jump,
+    /// `root%pve01` at the bastion, one session channel (the bastion logs in onward).
+    Terminated,
+    /// `direct-tcpip` through the stock jump sshd, SSH to the node inside it.
+    Baseline,
+}
+
+impl IdleMode {
+    fn label(self) -> &'static str {
+        match self {
+            IdleMode::Jump => "jump",
+            IdleMode::Terminated => "terminated",
+            IdleMode::Baseline => "ssh -J sshd",
+        }
+    }
+}
+
+struct IdleResult {
+    mode: IdleMode,
+    opened: usize,
+    failed: usize,
+    before_kib: u64,
+    after_kib: u64,
+    open_time: Duration,
+}
+
+impl IdleResult {
+    fn per_session_kib(&self) -> f64 {
+        (self.after_kib as f64 - self.before_kib as f64) / self.opened.max(1) as f64
+    }
+}
+
+/// Accepts any host key: the bench talks to servers it started itself.
+struct TrustAny;
+
+impl client::Handler for TrustAny {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, _key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// What keeps an idle session open: its SSH connections (and channel).
+enum Held {
+    Tunnelled { _outer: client::Handle<TrustAny>, _inner: client::Handle<TrustAny> },
+    Terminated { _conn: client::Handle<TrustAny>, _channel: russh::Channel<client::Msg> },
+}
+
+#[derive(Clone)]
+struct Credentials {
+    key: Arc<ssh_key::PrivateKey>,
+    cert: ssh_key::Certificate,
+}
+
+fn load_credentials(dir: &Path) -> Credentials {
+    let key = ssh_key::PrivateKey::from_openssh(std::fs::read_to_string(dir.join("id")).unwrap()).unwrap();
+    let cert =
+        ssh_key::Certificate::from_openssh(std::fs::read_to_string(dir.join("id-cert.pub")).unwrap().trim()).unwrap();
+    Credentials { key: Arc::new(key), cert }
+}
+
+async fn login(
+    stream_or_addr: Result<russh::ChannelStream<client::Msg>, std::net::SocketAddr>,
+    user: &str,
+    creds: &Credentials,
+) -> Result<client::Handle<TrustAny>, String> {
+    let config = Arc::new(client::Config { nodelay: true, ..client::Config::default() });
+    let mut handle = match stream_or_addr {
+        Ok(stream) => client::connect_stream(config, stream, TrustAny).await,
+        Err(addr) => client::connect(config, addr, TrustAny).await,
+    }
+    .map_err(|e| format!("connect: {e}"))?;
+    let auth = handle
+        .authenticate_openssh_cert(user, Arc::clone(&creds.key), creds.cert.clone())
+        .await
+        .map_err(|e| format!("authenticate as {user}: {e}"))?;
+    if !auth.success() {
+        return Err(format!("authentication as {user} refused"));
+    }
+    Ok(handle)
+}
+
+/// One session: `outer` authenticates at `front` (bastion or jump host), `inner` at the
+/// node through it.
+async fn open_one(
+    mode: IdleMode,
+    front: std::net::SocketAddr,
+    node_ip: &str,
+    outer: &Credentials,
+    inner: &Credentials,
+) -> Result<Held, String> {
+    match mode {
+        IdleMode::Terminated => {
+            let conn = login(Err(front), "root%pve01", outer).await?;
+            let channel = conn.channel_open_session().await.map_err(|e| format!("session channel: {e}"))?;
+            Ok(Held::Terminated { _conn: conn, _channel: channel })
+        }
+        IdleMode::Jump | IdleMode::Baseline => {
+            let user = if mode == IdleMode::Jump { "alice" } else { "root" };
+            let outer = login(Err(front), user, outer).await?;
+            let channel = outer
+                .channel_open_direct_tcpip(node_ip, 22, "127.0.0.1", 0)
+                .await
+                .map_err(|e| format!("direct-tcpip: {e}"))?;
+            let inner = login(Ok(channel.into_stream()), "root", inner).await?;
+            Ok(Held::Tunnelled { _outer: outer, _inner: inner })
+        }
+    }
+}
+
+async fn open_many(
+    mode: IdleMode,
+    n: usize,
+    front: std::net::SocketAddr,
+    node_ip: &str,
+    outer: &Credentials,
+    inner: &Credentials,
+) -> (Vec<Held>, Vec<String>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(OPEN_CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (permits, node_ip, outer, inner) =
+            (Arc::clone(&permits), node_ip.to_owned(), outer.clone(), inner.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await.unwrap();
+            open_one(mode, front, &node_ip, &outer, &inner).await
+        });
+    }
+    let mut held = Vec::with_capacity(n);
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("session task panicked") {
+            Ok(h) => held.push(h),
+            Err(why) => failures.push(why),
+        }
+    }
+    (held, failures)
+}
+
+/// Opens `n` idle sessions in each mode, each mode against a fresh all-in-one.
+async fn idle_phase(n: usize) -> Result<Vec<IdleResult>, String> {
+    println!();
+    println!(
+        "== idle sessions: {n} per mode, opened {OPEN_CONCURRENCY} at a time; open-files limit {} ==",
+        procfs::open_files_limit().map_or_else(|| "unknown".to_owned(), |l| l.to_string())
+    );
+    let mut results = Vec::new();
+    for mode in [IdleMode::Jump, IdleMode::Terminated, IdleMode::Baseline] {
+        results.push(idle_mode(mode, n).await?);
+    }
+    Ok(results)
+}
+
+async fn idle_mode(mode: IdleMode, n: usize) -> Result<IdleResult, String> {
+    let world = World::start(IDLE).await;
+    let creds = load_credentials(&world.dir.path().join("id"));
+    // The baseline's jump host, as in the other phases; for the bastion modes unused.
+    let jump = (mode == IdleMode::Baseline).then(PlainJump::start);
+    let (pid, front, outer_creds) = match &jump {
+        Some(j) => (
+            procfs::child_with_arg(&j.sshd.dir.path().join("sshd_config")),
+            std::net::SocketAddr::new(j.sshd.ip.parse().unwrap(), j.sshd.port),
+            load_credentials(&j.key),
+        ),
+        None => (procfs::child_with_arg(&world.server.data_dir), world.server.bastion, creds.clone()),
+    };
+    let pid = pid.ok_or("the server process was not found in /proc")?;
+    // What the OpenSSH jump host holds for a session lives in its per-connection
+    // processes: count the listener and all of them, each shared page once (PSS).
+    let memory = |pid: u32| match jump {
+        Some(_) => [pid].into_iter().chain(procfs::descendants(pid)).map(procfs::pss_kib).sum(),
+        None => procfs::rss_kib(pid),
+    };
+    let anon = |pid: u32| match jump {
+        Some(_) => 0,
+        None => procfs::rss_anon_kib(pid),
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before_kib = memory(pid);
+    let anon_before_kib = anon(pid);
+    let t0 = Instant::now();
+    let (held, failures) = open_many(mode, n, front, &world.node.ip, &outer_creds, &creds).await;
+    let open_time = t0.elapsed();
+    if let Some(first) = failures.first() {
+        println!("{:<12} {} of {n} sessions could not be opened; first error: {first}", mode.label(), failures.len());
+    }
+    let opened = held.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_kib = memory(pid);
+    let anon_after_kib = anon(pid);
+    let live = if mode == IdleMode::Baseline {
+        "n/a".to_owned()
+    } else {
+        let (status, body) = world.server.get_json(Some(&world.admin), "/v1/admin/sessions").await;
+        assert!(status.is_success(), "GET /v1/admin/sessions: {body}");
+        body.as_array().map_or(0, Vec::len).to_string()
+    };
+    drop(held);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let closed_kib = memory(pid);
+    let result = IdleResult { mode, opened, failed: failures.len(), before_kib, after_kib, open_time };
+    let what = if jump.is_some() { "jump sshd + its connections, PSS" } else { "portcullisd RSS" };
+    println!(
+        "{:<12} {what}: {} KiB before, {} KiB with {opened} idle sessions (live per the CA: {live}), {} KiB after closing; \
+         {:.1} KiB/session; {opened} opened in {:.1} s",
+        mode.label(),
+        before_kib,
+        after_kib,
+        closed_kib,
+        result.per_session_kib(),
+        open_time.as_secs_f64()
+    );
+    if jump.is_none() {
+        println!(
+            "{:<12} portcullisd RssAnon: {anon_before_kib} → {anon_after_kib} KiB ({:.1} KiB/session)",
+            "",
+            (anon_after_kib as f64 - anon_before_kib as f64) / opened.max(1) as f64
+        );
+    }
+    Ok(result)
+}
+
+// ---------------------------------------------------------------------------------------
+// Summary
+
+fn summary(bytes: u64, bulk: &[BulkResult], setup: &[SetupResult], idle: &[IdleResult], sessions: usize) {
+    println!();
+    println!("== summary: portcullis ÷ stock ssh -J through sshd, same run ==");
+    println!(
+        "{:<34} {:>12} {:>12} {:>12} {:>9} {:>9}   target / floor",
+        "metric", "terminated", "jump", "ssh -J sshd", "term/base", "jump/base"
+    );
+    let get = |route: Route| bulk.iter().find(|r| r.route == route);
+    if let (Some(t), Some(j), Some(b)) = (get(Route::Terminated), get(Route::Jump), get(Route::Baseline)) {
+        let mibs = |r: &BulkResult| bytes as f64 / MIB / r.best().as_secs_f64();
+        row("bulk MiB/s (best of 3)", mibs(t), mibs(j), mibs(b), "≥ 1.0× / ≥ 0.8×");
+    }
+    let sget = |route: Route| setup.iter().find(|r| r.route == route);
+    if let (Some(t), Some(j), Some(b)) = (sget(Route::Terminated), sget(Route::Jump), sget(Route::Baseline)) {
+        for (name, p) in [("setup p50 ms", 0.50), ("setup p99 ms", 0.99)] {
+            let v = |r: &SetupResult| percentile(&r.sorted, p).as_secs_f64() * 1e3;
+            row(name, v(t), v(j), v(b), "≤ 1.1× / ≤ 1.5×");
+        }
+        let c = |r: &SetupResult| r.cpu.portcullisd.max(r.cpu.jump) / r.sorted.len() as f64 * 1e3;
+        println!(
+            "{:<34} {:>12.1} {:>12.1} {:>12.1}   (portcullisd resp. jump sshd)",
+            "setup server CPU ms/session",
+            c(t),
+            c(j),
+            c(b)
+        );
+    }
+    let iget = |mode: IdleMode| idle.iter().find(|r| r.mode == mode);
+    if let (Some(t), Some(j)) = (iget(IdleMode::Terminated), iget(IdleMode::Jump)) {
+        let b = iget(IdleMode::Baseline).map_or(f64::NAN, IdleResult::per_session_kib);
+        row(
+            &format!("idle KiB/session at {sessions}"),
+            t.per_session_kib(),
+            j.per_session_kib(),
+            b,
+            "≤ 256 KiB (absolute)",
+        );
+        for r in [t, j] {
+            let per = r.per_session_kib().max(1.0);
+            println!(
+                "{:<34} {} idle sessions opened in {:.0} s; at {:.0} KiB each, 10,000 ≈ {:.0} MiB over the {:.0} MiB base",
+                format!("  {}", r.mode.label()),
+                r.opened,
+                r.open_time.as_secs_f64(),
+                per,
+                per * 10_000.0 / 1024.0,
+                r.before_kib as f64 / 1024.0
+            );
+        }
+    }
+    println!();
+    println!(
+        "Ciphers: {CIPHER} on every OpenSSH hop; inside portcullisd (agent link, terminated mode's onward login) \
+         russh's preference (chacha20-poly1305 first)."
+    );
+}
+
+fn row(name: &str, t: f64, j: f64, b: f64, target: &str) {
+    println!("{name:<34} {t:>12.1} {j:>12.1} {b:>12.1} {:>8.2}× {:>8.2}×   {target}", t / b, j / b);
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn openssh_version() -> String {
+    Command::new("ssh")
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+        .unwrap_or_else(|_| "ssh not found".into())
+}

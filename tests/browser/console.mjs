@@ -1,0 +1,154 @@
+// Drives Debian's headless Chromium through the Portcullis web UI: sign in, list
+// devices, open a console, type, resize, exit; replay a ticket; close a tab. Prints
+// one JSON object with what it observed; the Rust test asserts on it.
+//
+// Usage: node console.mjs '{"url":…,"username":…,"password":…,"device":…,"login":…,"screenshot":…}'
+import { chromium } from "playwright-core";
+
+const cfg = JSON.parse(process.argv[2]);
+const result = { steps: [] };
+const step = (name) => result.steps.push(name);
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+});
+try {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1000, height: 640 } });
+  const page = await context.newPage();
+  page.on("pageerror", (e) => (result.page_errors ??= []).push(String(e)));
+  // Expected failed loads (the 401 of "who am I" before signing in, no favicon) are
+  // not script errors; anything else logged as an error is.
+  page.on("console", (m) => {
+    if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) (result.console_errors ??= []).push(m.text());
+  });
+  // The pages' CSP forbids eval, which Playwright's waitForFunction uses; poll with
+  // evaluate (run through the DevTools protocol, outside the page's CSP) instead.
+  const until = async (p, fn, arg, timeout = 15000) => {
+    const end = Date.now() + timeout;
+    for (;;) {
+      if (await p.evaluate(fn, arg)) return;
+      if (Date.now() > end) throw new Error(`timed out waiting for ${fn}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+
+  // Sign in with the local password form.
+  const index = await page.goto(`${cfg.url}/ui/`);
+  result.index_csp = index.headers()["content-security-policy"] ?? null;
+  await page.fill("input[name=username]", cfg.username);
+  await page.fill("input[name=password]", cfg.password);
+  await page.click("#login-form button[type=submit]");
+  await page.waitForSelector(`button[data-device="${cfg.device}"]`, { timeout: 15000 });
+  step("signed_in");
+  result.devices = await page.$$eval("button[data-device]", (bs) => bs.map((b) => b.dataset.device));
+  const cookie = (await context.cookies()).find((c) => c.name === "portcullis_session");
+  result.cookie = cookie ? { httpOnly: cookie.httpOnly, secure: cookie.secure, sameSite: cookie.sameSite } : null;
+  result.cookie_visible_to_script = await page.evaluate(() => document.cookie.includes("portcullis_session"));
+
+  // Open the console from the device list.
+  await page.click(`button[data-device="${cfg.device}"]`);
+  await page.waitForURL(/\/ui\/console\?/);
+  result.console_url = page.url();
+  await until(page, () => window.portcullisConsole?.state === "connected", null, 20000);
+  step("connected");
+  const screen = () => page.evaluate(() => {
+    const b = window.portcullisConsole.term.buffer.active;
+    const lines = [];
+    for (let i = 0; i < b.length; i++) lines.push(b.getLine(i)?.translateToString(true) ?? "");
+    return lines.join("\n");
+  });
+  const waitFor = (text, timeout = 15000) => until(page, (t) => {
+    const b = window.portcullisConsole.term.buffer.active;
+    for (let i = 0; i < b.length; i++) if ((b.getLine(i)?.translateToString(true) ?? "").includes(t)) return true;
+    return false;
+  }, text, timeout);
+  await page.click("#terminal");
+
+  // Type a command; its output comes back (arithmetic proves the shell ran it).
+  const marker = `pc${Date.now()}`;
+  await page.keyboard.type(`echo ${marker}-$((6*7))\n`);
+  await waitFor(`${marker}-42`);
+  step("typed");
+  // UTF-8 both ways.
+  await page.keyboard.type("echo grüße-中文\n");
+  await waitFor("grüße-中文\n".trim());
+  step("utf8");
+  // Paste (one input event; the shell gets it as a bracketed paste), then Enter.
+  await page.evaluate(() => window.portcullisConsole.term.paste("echo pasted-$((40+2))"));
+  await page.keyboard.press("Enter");
+  await waitFor("pasted-42");
+  step("pasted");
+
+  // Resize the window: the pty follows.
+  await page.setViewportSize({ width: 640, height: 400 });
+  await page.waitForTimeout(300);
+  const size = await page.evaluate(() => ({ cols: window.portcullisConsole.term.cols, rows: window.portcullisConsole.term.rows }));
+  await page.keyboard.type("stty size\n");
+  await waitFor(`${size.rows} ${size.cols}`);
+  result.resized = size;
+  step("resized");
+  await page.screenshot({ path: cfg.screenshot });
+
+  // Exit status, then the session ends with the reason shown.
+  await page.keyboard.type("exit 3\n");
+  await until(page, () => window.portcullisConsole.state === "closed", null);
+  result.exit = await page.evaluate(() => window.portcullisConsole.exit);
+  result.closed = await page.evaluate(() => window.portcullisConsole.closed);
+  result.final_screen = (await screen()).slice(-400);
+  step("exited");
+
+  // Ticket replay: one ticket, two sockets. The second is refused.
+  result.replay = await page.evaluate(async ({ device, login }) => {
+    const csrf = (await (await fetch("/v1/auth/csrf")).json()).csrf_token;
+    const ask = (mode) => fetch("/v1/console/tickets", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+      body: JSON.stringify({ device, login, mode }),
+    });
+    const t = await (await ask("ssh")).json();
+    const open = () => new Promise((resolve) => {
+      const ws = new WebSocket(`wss://${location.host}${t.websocket_path}`);
+      const seen = [];
+      ws.onopen = () => ws.send(t.ticket);
+      ws.onmessage = (ev) => {
+        if (typeof ev.data !== "string") return;
+        const m = JSON.parse(ev.data);
+        seen.push(m.type);
+        if (m.type === "connected" || m.type === "closed") resolve({ ws, first: m });
+      };
+      ws.onclose = () => resolve({ ws, first: { type: "socket_closed" }, seen });
+    });
+    const first = await open();
+    const second = await open();
+    first.ws.close();
+    const unsupported = await ask("vncwebsocket");
+    const noCsrf = await fetch("/v1/console/tickets", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ device, login, mode: "ssh" }),
+    });
+    return {
+      first: first.first,
+      second: second.first,
+      unsupported_status: unsupported.status,
+      unsupported: await unsupported.json(),
+      no_csrf_status: noCsrf.status,
+      ticket_in_url: location.href.includes(t.ticket),
+    };
+  }, { device: cfg.device, login: cfg.login });
+  step("replayed");
+
+  // Closing the tab closes the session.
+  const tab = await context.newPage();
+  await tab.goto(`${cfg.url}/ui/console?device=${encodeURIComponent(cfg.device)}&login=${encodeURIComponent(cfg.login)}`);
+  await until(tab, () => window.portcullisConsole?.state === "connected", null, 20000);
+  await tab.close();
+  step("tab_closed");
+} catch (e) {
+  result.error = String(e && e.stack ? e.stack : e);
+} finally {
+  await browser.close();
+}
+process.stdout.write(JSON.stringify(result));

@@ -1,0 +1,152 @@
+//! The browser console in a real browser: Debian's headless Chromium, driven by
+//! playwright-core (`tests/browser/console.mjs`), signs in to the all-in-one's web UI,
+//! opens a console to a throwaway `sshd` through the built-in agent, types, pastes,
+//! resizes and exits; replays a ticket; closes a tab. A foreign `Origin` is refused
+//! before the WebSocket upgrade. A screenshot of the terminal is kept in
+//! `target/test-artifacts/console.png`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use portcullis_tests::bastion_world::{PASSWORD, World};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// alice may open consoles as root on `env:prod` devices through the built-in agent.
+const CONSOLE_POLICY: &str = r#"
+[[role]]
+name = "prod-console"
+logins = ["root"]
+targets = 'in:devices tags.env:prod'
+permissions = ["devices.console.open", "certs.issue"]
+session = { idle = "15m", absolute = "1h" }
+
+[[binding]]
+group = "ops"
+roles = ["prod-console"]
+
+[[rule]]
+name = "prod-consoles"
+purpose = "console_access"
+targets = 'in:devices tags.env:prod'
+scope = { agents = ["local"] }
+"#;
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
+}
+
+fn artifacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs the browser script; its JSON report.
+fn drive_browser(config: &Value) -> Value {
+    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} missing: run ./scripts/test.sh, which installs chromium");
+    assert!(
+        browser_dir().join("node_modules/playwright-core").exists(),
+        "playwright-core missing: run ./scripts/test.sh (npm ci --prefix tests/browser)"
+    );
+    let out = std::process::Command::new("node")
+        .arg("console.mjs")
+        .arg(config.to_string())
+        .current_dir(browser_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&stdout).unwrap_or_else(|_| {
+        panic!("browser script: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+/// The HTTP status line of a WebSocket upgrade to `/console/ws` with `origin`.
+async fn upgrade_status(addr: &str, pin: &str, origin: &str) -> String {
+    let tls = portcullis_proto::pin::pinned_client_config(pin).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    let request = format!(
+        "GET /console/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_opens_a_console_through_the_bastion() {
+    let w = World::start("15m").await;
+    let (status, body) = w.server.write_policy("console.toml", CONSOLE_POLICY).await;
+    assert!(status.is_success(), "{body}");
+    let addr = w.server.url.trim_start_matches("https://").to_owned();
+
+    // Cross-site WebSocket hijacking: a foreign page's socket is refused before the upgrade.
+    assert!(upgrade_status(&addr, &w.server.pin, "https://evil.example").await.contains(" 403"));
+    assert!(upgrade_status(&addr, &w.server.pin, &format!("https://{addr}")).await.contains(" 101"));
+
+    let screenshot = artifacts().join("console.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let report = drive_browser(&serde_json::json!({
+        "url": w.server.url,
+        "username": "alice",
+        "password": PASSWORD,
+        "device": "pve01",
+        "login": "root",
+        "screenshot": screenshot,
+    }));
+    let r = |k: &str| report.get(k).cloned().unwrap_or(Value::Null);
+    assert!(r("error").is_null(), "browser: {report:#}\nserver log: {}", w.server.log());
+    for step in ["signed_in", "connected", "typed", "utf8", "pasted", "resized", "exited", "replayed", "tab_closed"] {
+        assert!(report["steps"].as_array().unwrap().iter().any(|s| s == step), "{step}: {report:#}");
+    }
+    assert!(r("page_errors").is_null() && r("console_errors").is_null(), "no script errors: {report:#}");
+    assert_eq!(r("devices"), serde_json::json!(["pve01"]));
+    assert_eq!(r("cookie"), serde_json::json!({ "httpOnly": true, "secure": true, "sameSite": "Strict" }));
+    assert_eq!(r("cookie_visible_to_script"), Value::Bool(false));
+    let csp = r("index_csp");
+    let csp = csp.as_str().unwrap();
+    assert!(csp.contains("script-src 'self';") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!r("console_url").as_str().unwrap().contains("pct_"), "no ticket in any URL");
+    assert_eq!(r("exit"), Value::from(3));
+    assert!(screenshot.exists(), "screenshot kept as an artifact");
+
+    // Replay: the first socket connects, the second is refused as reused; unsupported
+    // modes and missing CSRF are refused too.
+    let replay = r("replay");
+    assert_eq!(replay["first"]["type"], "connected", "{replay:#}");
+    assert_eq!(replay["second"]["type"], "closed", "{replay:#}");
+    assert_eq!(replay["second"]["reason"], "ticket_reused", "{replay:#}");
+    assert_eq!(replay["unsupported_status"], 400, "{replay:#}");
+    assert_eq!(replay["unsupported"]["error"], "unsupported_console_mode", "{replay:#}");
+    assert_eq!(replay["no_csrf_status"], 403, "{replay:#}");
+    assert_eq!(replay["ticket_in_url"], false);
+
+    // Audit: the ticket's life, the sessions with mode console, the closes with reasons.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let closed = w.server.audit_events("session_closed").await;
+        let reasons: Vec<String> = closed.iter().map(|c| c.payload["reason"].as_str().unwrap_or("").to_owned()).collect();
+        if reasons.iter().any(|r| r == "browser_disconnect") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "closing the tab closes the session: {reasons:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for event in ["console_ticket_requested", "console_ticket_granted", "console_ticket_reused", "console_ticket_denied"] {
+        assert!(!w.server.audit_events(event).await.is_empty(), "{event} audited");
+    }
+    let opened = w.server.audit_events("session_opened").await;
+    assert!(opened.iter().any(|o| o.payload["mode"] == "console"), "{opened:?}");
+    let all = serde_json::to_string(&w.server.audit().await.iter().map(|a| &a.payload).collect::<Vec<_>>()).unwrap();
+    assert!(!all.contains("pct_") && !all.contains(PASSWORD), "no ticket or password in the audit trail");
+    assert!(!w.server.log().contains("pct_"), "no ticket in the server log");
+}
