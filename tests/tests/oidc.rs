@@ -292,14 +292,22 @@ async fn code_flow_sets_a_strict_cookie_that_authenticates_and_state_cannot_be_r
     let failed = s.server.audit_events("login_failed").await;
     assert!(failed.iter().any(|r| r.payload["reason"] == "state_invalid"), "{failed:?}");
 
-    // Logout with the cookie revokes the cookie's session and clears the cookie.
-    let resp = http
-        .post(s.server.endpoint("/v1/auth/logout"))
-        .header("cookie", format!("portcullis_session={token}"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    // Logout with the cookie is a state change: without the session's CSRF token it is
+    // refused (and the session lives on); with it, it revokes the cookie's session and
+    // clears the cookie.
+    let logout = |csrf: Option<String>| {
+        let mut req = http
+            .post(s.server.endpoint("/v1/auth/logout"))
+            .header("cookie", format!("portcullis_session={token}"))
+            .json(&json!({}));
+        if let Some(csrf) = csrf {
+            req = req.header(portcullis_proto::console::CSRF_HEADER, csrf);
+        }
+        req.send()
+    };
+    assert_eq!(logout(None).await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(whoami(format!("portcullis_session={token}")).await.status(), StatusCode::OK);
+    let resp = logout(Some(portcullis_ca::csrf_token_for(&token))).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let cleared = resp.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
     assert!(cleared.starts_with("portcullis_session=;") && cleared.contains("Max-Age=0"), "{cleared}");
