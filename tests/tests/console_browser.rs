@@ -46,15 +46,20 @@ fn artifacts() -> PathBuf {
     dir
 }
 
-/// Runs the browser script; its JSON report.
+/// Runs the console browser script; its JSON report.
 fn drive_browser(config: &Value) -> Value {
+    run_script("console.mjs", config)
+}
+
+/// Runs `tests/browser/<script>` with `config`; its JSON report.
+fn run_script(script: &str, config: &Value) -> Value {
     assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} missing: run ./scripts/test.sh, which installs chromium");
     assert!(
         browser_dir().join("node_modules/playwright-core").exists(),
         "playwright-core missing: run ./scripts/test.sh (npm ci --prefix tests/browser)"
     );
     let out = std::process::Command::new("node")
-        .arg("console.mjs")
+        .arg(script)
         .arg(config.to_string())
         .current_dir(browser_dir())
         .output()
@@ -149,4 +154,28 @@ async fn a_browser_opens_a_console_through_the_bastion() {
     let all = serde_json::to_string(&w.server.audit().await.iter().map(|a| &a.payload).collect::<Vec<_>>()).unwrap();
     assert!(!all.contains("pct_") && !all.contains(PASSWORD), "no ticket or password in the audit trail");
     assert!(!w.server.log().contains("pct_"), "no ticket in the server log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_kills_a_live_session_from_the_admin_page() {
+    let w = World::start("15m").await;
+    // alice has a terminated-mode session running.
+    let child = w.spawn_started("bastion", "sleep 60");
+    let report = run_script(
+        "admin.mjs",
+        &serde_json::json!({
+            "url": w.server.url,
+            "username": "admin",
+            "password": w.server.admin_password,
+            "user": "alice",
+        }),
+    );
+    assert!(report.get("error").is_none() && report.get("page_errors").is_none(), "{report:#}");
+    for step in ["signed_in", "session_listed", "killed", "audit_filtered", "policy_history"] {
+        assert!(report["steps"].as_array().unwrap().iter().any(|s| s == step), "{step}: {report:#}");
+    }
+    assert_eq!(report["frame_options"], "DENY");
+    assert_eq!(report["errors_shown"], serde_json::json!([]));
+    let (out, _) = portcullis_tests::bastion_world::wait_output(child, Duration::from_secs(20));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("closed by an administrator"));
 }

@@ -1,0 +1,54 @@
+// The admin page in headless Chromium: sign in as an administrator, see a live session,
+// kill it from the page, filter the audit log, read the policy history. Prints JSON.
+//
+// Usage: node admin.mjs '{"url":…,"username":…,"password":…,"user":…}'
+import { chromium } from "playwright-core";
+
+const cfg = JSON.parse(process.argv[2]);
+const result = { steps: [] };
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+});
+try {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  const page = await context.newPage();
+  page.on("pageerror", (e) => (result.page_errors ??= []).push(String(e)));
+  const until = async (fn, arg, timeout = 15000) => {
+    const end = Date.now() + timeout;
+    while (!(await page.evaluate(fn, arg))) {
+      if (Date.now() > end) throw new Error(`timed out waiting for ${fn}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  await page.goto(`${cfg.url}/ui/`);
+  await page.fill("input[name=username]", cfg.username);
+  await page.fill("input[name=password]", cfg.password);
+  await page.click("#login-form button[type=submit]");
+  await page.waitForSelector("#admin-link:not([hidden])", { timeout: 15000 });
+  result.steps.push("signed_in");
+  const admin = await page.goto(`${cfg.url}/ui/admin`);
+  result.frame_options = admin.headers()["x-frame-options"] ?? null;
+  // The live session of `user` shows up; kill it from the page.
+  await until((u) => [...document.querySelectorAll("#sessions tr")].some((tr) => tr.children[1]?.textContent === u), cfg.user);
+  result.steps.push("session_listed");
+  await page.click("#sessions tr button");
+  await until(() => document.querySelectorAll("#sessions tr").length === 0, null, 20000);
+  result.steps.push("killed");
+  // Audit log with a filter, and the policy history.
+  await page.fill("#audit-filter input[name=event]", "session_kill_requested");
+  await page.click("#audit-filter button[type=submit]");
+  await until(() => [...document.querySelectorAll("#audit tr")].length > 0
+    && [...document.querySelectorAll("#audit tr")].every((tr) => tr.children[2]?.textContent === "session_kill_requested"));
+  result.steps.push("audit_filtered");
+  await until(() => document.querySelectorAll("#policy tr").length > 0);
+  result.policy_rows = await page.evaluate(() => document.querySelectorAll("#policy tr").length);
+  result.steps.push("policy_history");
+  result.errors_shown = await page.evaluate(() => [...document.querySelectorAll(".error")].map((e) => e.textContent).filter(Boolean));
+} catch (e) {
+  result.error = String(e && e.stack ? e.stack : e);
+} finally {
+  await browser.close();
+}
+process.stdout.write(JSON.stringify(result));
