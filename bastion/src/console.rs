@@ -92,10 +92,9 @@ async fn upgrade(
     };
     if !endpoint.origin_allowed(&headers) {
         let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("");
-        shared.events.record(crate::BastionEvent::ConsoleOriginRefused {
-            peer,
-            origin: crate::events::sanitize_user(origin),
-        });
+        shared
+            .events
+            .record(crate::BastionEvent::ConsoleOriginRefused { peer, origin: crate::events::sanitize_user(origin) });
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     ws.max_frame_size(MAX_FRAME).max_message_size(MAX_FRAME).on_upgrade(move |socket| run(shared, socket, peer))
@@ -109,8 +108,8 @@ async fn send_control(socket: &mut WebSocket, control: &ConsoleControl) -> bool 
 }
 
 async fn close_with(socket: &mut WebSocket, reason: &str, message: &str) {
-    let _ = send_control(socket, &ConsoleControl::Closed { reason: reason.to_owned(), message: message.to_owned() })
-        .await;
+    let _ =
+        send_control(socket, &ConsoleControl::Closed { reason: reason.to_owned(), message: message.to_owned() }).await;
     let _ = socket.send(Message::Close(None)).await;
 }
 
@@ -219,9 +218,7 @@ async fn first_size(socket: &mut WebSocket) -> Option<(u32, u32)> {
     let frame = tokio::time::timeout(Duration::from_secs(2), socket.recv()).await.ok()??.ok()?;
     match frame {
         Message::Text(text) => match serde_json::from_str(&text).ok()? {
-            ConsoleControl::Resize { cols, rows } => {
-                Some((cols.clamp(1, MAX_COLS_ROWS), rows.clamp(1, MAX_COLS_ROWS)))
-            }
+            ConsoleControl::Resize { cols, rows } => Some((cols.clamp(1, MAX_COLS_ROWS), rows.clamp(1, MAX_COLS_ROWS))),
             _ => None,
         },
         _ => None,
