@@ -104,7 +104,8 @@ pub(crate) async fn log_in_onward(
     key: PrivateKey,
 ) -> Result<Onward, Refusal> {
     let g = &admitted.grant;
-    let refusal = || Refusal { code: "onward_login_failed".into(), message: format!("cannot log in to {:?}", g.device) };
+    let refusal =
+        || Refusal { code: "onward_login_failed".into(), message: format!("cannot log in to {:?}", g.device) };
     let Some(cert) = g.session_certificate.as_deref().and_then(|c| Certificate::from_openssh(c.trim()).ok()) else {
         shared.broker_failed(admitted, "credential_resolution_failed").await;
         return Err(refusal());

@@ -65,9 +65,8 @@ fn run_script(script: &str, config: &Value) -> Value {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(&stdout).unwrap_or_else(|_| {
-        panic!("browser script: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
-    })
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|_| panic!("browser script: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 /// The HTTP status line of a WebSocket upgrade to `/console/ws` with `origin`.
@@ -139,14 +138,17 @@ async fn a_browser_opens_a_console_through_the_bastion() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let closed = w.server.audit_events("session_closed").await;
-        let reasons: Vec<String> = closed.iter().map(|c| c.payload["reason"].as_str().unwrap_or("").to_owned()).collect();
+        let reasons: Vec<String> =
+            closed.iter().map(|c| c.payload["reason"].as_str().unwrap_or("").to_owned()).collect();
         if reasons.iter().any(|r| r == "browser_disconnect") {
             break;
         }
         assert!(Instant::now() < deadline, "closing the tab closes the session: {reasons:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for event in ["console_ticket_requested", "console_ticket_granted", "console_ticket_reused", "console_ticket_denied"] {
+    for event in
+        ["console_ticket_requested", "console_ticket_granted", "console_ticket_reused", "console_ticket_denied"]
+    {
         assert!(!w.server.audit_events(event).await.is_empty(), "{event} audited");
     }
     let opened = w.server.audit_events("session_opened").await;
