@@ -1,7 +1,8 @@
 //! Hardware discovery for Portcullis: strict parsers for the output of the fixed discovery
 //! commands (`dmidecode -t 1`, `dmidecode -t 3`, `ip -o link`, `ethtool IFACE`,
 //! `ethtool -i IFACE`), the [`HardwareFacts`] they combine into, and [`drift`] between two
-//! runs (empty when nothing changed, so a repeated run makes zero changes).
+//! runs (empty when nothing changed, so a repeated run makes zero changes), and
+//! [`parse_report`], which splits the discovery command's delimited output into them.
 //!
 //! Everything here is pure: output captured elsewhere is handed in as bytes. The crate must
 //! never perform I/O (no network, filesystem, process, clock) and must never panic: the
@@ -14,6 +15,7 @@ mod error;
 mod ethtool;
 mod facts;
 mod link;
+mod report;
 mod text;
 
 pub use dmi::{ChassisInfo, SystemInfo, parse_dmi_chassis, parse_dmi_system};
@@ -21,4 +23,5 @@ pub use error::{Command, ParseError};
 pub use ethtool::{DriverInfo, Duplex, LinkSettings, parse_ethtool, parse_ethtool_driver};
 pub use facts::{Change, HardwareFacts, Nic, drift};
 pub use link::{Link, LinkState, Links, parse_ip_link};
+pub use report::{MAX_REPORT_BYTES, REPORT_END, REPORT_HEADER, ReportError, parse_report};
 pub use text::{MAX_FIELD_BYTES, MAX_INPUT_BYTES, MAX_INTERFACES};
