@@ -60,6 +60,13 @@ name = "ssh-via-local-agent"
 purpose = "ssh_login"
 targets = 'in:devices name:%'
 scope = { agents = ["local"] }
+
+# Browser consoles (web UI at /ui/) to the same devices.
+[[rule]]
+name = "console-via-local-agent"
+purpose = "console_access"
+targets = 'in:devices name:%'
+scope = { agents = ["local"] }
 "#;
 
 #[cfg(test)]
