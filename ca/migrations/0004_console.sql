@@ -3,6 +3,8 @@
 -- redemptions racing on any number of CA replicas cannot both succeed. A used ticket
 -- stays while its session lives: it is where the console session's identity (user and
 -- the groups of the API session that asked for it) is read back at every heartbeat.
+-- The console session also lives no longer than that API session: logging out (or
+-- revoking the user) closes it, like a revoked certificate closes an SSH session.
 CREATE TABLE console_tickets (
     ticket_hash           TEXT PRIMARY KEY,
     username              TEXT NOT NULL,
@@ -15,6 +17,8 @@ CREATE TABLE console_tickets (
     -- When the API session the ticket was asked with expires: the console session's
     -- credential lifetime (the bastion may close the session then).
     credential_expires_at BIGINT NOT NULL,
+    -- sessions.token_hash of the API session the ticket was asked with.
+    api_session_hash      TEXT NOT NULL,
     issued_at             BIGINT NOT NULL,
     expires_at            BIGINT NOT NULL,
     used_at               BIGINT,

@@ -552,6 +552,14 @@ async fn redemption_runs_admission_for_the_tickets_identity() {
     assert_eq!(count(&fx.ca, "certificates").await, certs);
     fx.ca.set_user_disabled(&users, "bob", false).await.unwrap();
 
+    // Signed out between ticket and redemption: refused.
+    let signed_out = bearer(&fx.ca, "alice").await;
+    let t = ticket(&fx, &signed_out, "pve01", "root").await;
+    let (status, _) = fx.api.post_json(Some(&signed_out), "/v1/auth/logout", &json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    redeem_denied(&fx, &t, "credential_invalid").await;
+    assert_eq!(count(&fx.ca, "certificates").await, certs);
+
     // The device moves to another agent after the ticket: the ticket's route is gone.
     let t = ticket(&fx, &alice, "pve02", "root").await;
     let nodes = fx.ca.authorize(&admin, Permission::NodesManage).unwrap();
@@ -626,6 +634,12 @@ async fn heartbeats_reevaluate(fx: &Fx) {
     assert!(history[0]["seq"].as_u64() > history[1]["seq"].as_u64());
     let (status, _) = fx.api.get_json(Some(&alice), "/v1/admin/policy/history").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Signing out of the API session the ticket was asked with ends the console.
+    assert!(heartbeat(fx, &[&a]).await.is_empty());
+    let (status, v) = fx.api.post_json(Some(&alice), "/v1/auth/logout", &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(heartbeat(fx, &[&a]).await, vec![(a.clone(), CloseReason::Revoked)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,11 @@ impl Caller {
         self.csrf_token.as_deref()
     }
 
+    /// The hash of the caller's API session token (what the store keys sessions by).
+    pub(crate) fn token_hash(&self) -> &str {
+        &self.token_hash
+    }
+
     pub(crate) fn with_csrf_token(mut self, token: String) -> Caller {
         self.csrf_token = Some(token);
         self

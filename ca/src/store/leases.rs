@@ -93,6 +93,8 @@ pub struct LeaseCheck {
     /// A console session opened with a ticket: the groups the ticket was issued for (its
     /// identity; the lease names no user certificate).
     pub ticket_groups: Option<Vec<String>>,
+    /// That ticket's API session is revoked, expired or gone.
+    pub api_session_ended: bool,
 }
 
 impl Store {
@@ -123,7 +125,7 @@ impl Store {
 
     /// Every lease of `bastion` with its certificate, user and device: one query per
     /// heartbeat, however many sessions.
-    pub async fn lease_checks(&self, bastion: &str) -> Result<Vec<LeaseCheck>> {
+    pub async fn lease_checks(&self, bastion: &str, now: u64) -> Result<Vec<LeaseCheck>> {
         let rows = sqlx::query(
             "SELECT l.session_id AS session_id, l.bastion AS bastion, l.username AS username, l.device AS device, \
                     l.agent AS agent, l.login AS login, l.mode AS mode, l.port AS port, l.rule AS rule, \
@@ -133,13 +135,15 @@ impl Store {
                     l.bytes_from_client AS bytes_from_client, l.bytes_to_client AS bytes_to_client, \
                     c.serial AS c_serial, c.revoked_at AS c_revoked_at, c.groups_json AS c_groups, \
                     c.principals_json AS c_principals, k.fingerprint AS k_fingerprint, \
-                    u.disabled AS u_disabled, n.record_json AS n_record, t.groups_json AS t_groups \
+                    u.disabled AS u_disabled, n.record_json AS n_record, t.groups_json AS t_groups, \
+                    s.token_hash AS s_hash, s.revoked_at AS s_revoked_at, s.expires_at AS s_expires_at \
              FROM session_leases l \
              LEFT JOIN certificates c ON c.serial = l.cert_serial \
              LEFT JOIN revoked_keys k ON k.fingerprint = c.key_fingerprint \
              LEFT JOIN users u ON u.username = l.username \
              LEFT JOIN nodes n ON n.name = l.device \
              LEFT JOIN console_tickets t ON t.session_id = l.session_id AND l.mode = 'console' \
+             LEFT JOIN sessions s ON s.token_hash = t.api_session_hash \
              WHERE l.bastion = $1 ORDER BY l.session_id",
         )
         .bind(bastion)
@@ -168,6 +172,9 @@ impl Store {
                     key_revoked: r.try_get::<Option<String>, _>("k_fingerprint")?.is_some(),
                     user_disabled: r.try_get::<Option<i64>, _>("u_disabled")?.is_some_and(|d| d != 0),
                     node,
+                    api_session_ended: r.try_get::<Option<String>, _>("s_hash")?.is_none()
+                        || r.try_get::<Option<i64>, _>("s_revoked_at")?.is_some()
+                        || r.try_get::<Option<i64>, _>("s_expires_at")?.is_none_or(|e| e <= ts(now)),
                     ticket_groups: r.try_get::<Option<String>, _>("t_groups")?.map(|g| parse_list(&g)).transpose()?,
                 })
             })

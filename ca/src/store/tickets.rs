@@ -14,6 +14,8 @@ pub struct TicketRow {
     pub agent: String,
     pub rule: String,
     pub credential_expires_at: u64,
+    /// The API session (its token's hash) the ticket was asked with.
+    pub api_session_hash: String,
     pub issued_at: u64,
     pub expires_at: u64,
 }
@@ -38,6 +40,7 @@ fn ticket_from(row: &sqlx::any::AnyRow) -> Result<TicketRow> {
         agent: row.try_get("agent")?,
         rule: row.try_get("rule")?,
         credential_expires_at: ts_from(row.try_get("credential_expires_at")?),
+        api_session_hash: row.try_get("api_session_hash")?,
         issued_at: ts_from(row.try_get("issued_at")?),
         expires_at: ts_from(row.try_get("expires_at")?),
     })
@@ -45,7 +48,8 @@ fn ticket_from(row: &sqlx::any::AnyRow) -> Result<TicketRow> {
 
 macro_rules! ticket_columns {
     () => {
-        "username, groups_json, device, login, mode, agent, rule, credential_expires_at, issued_at, expires_at"
+        "username, groups_json, device, login, mode, agent, rule, credential_expires_at, api_session_hash, issued_at, \
+         expires_at"
     };
 }
 
@@ -53,7 +57,7 @@ pub async fn insert_ticket(conn: &mut AnyConnection, ticket_hash: &str, t: &Tick
     sqlx::query(concat!(
         "INSERT INTO console_tickets (ticket_hash, ",
         ticket_columns!(),
-        ", used_at, session_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, NULL)"
+        ", used_at, session_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL)"
     ))
     .bind(ticket_hash)
     .bind(&t.username)
@@ -64,6 +68,7 @@ pub async fn insert_ticket(conn: &mut AnyConnection, ticket_hash: &str, t: &Tick
     .bind(&t.agent)
     .bind(&t.rule)
     .bind(ts(t.credential_expires_at))
+    .bind(&t.api_session_hash)
     .bind(ts(t.issued_at))
     .bind(ts(t.expires_at))
     .execute(&mut *conn)

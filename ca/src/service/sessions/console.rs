@@ -199,6 +199,7 @@ impl Ca {
             agent,
             rule: rule.name().to_owned(),
             credential_expires_at: caller.expires_at,
+            api_session_hash: caller.token_hash().to_owned(),
             issued_at: now,
             expires_at: now.saturating_add(TICKET_TTL_SECS),
         }))
@@ -320,6 +321,9 @@ impl Ca {
     ) -> Result<Result<SessionGrant, super::admission::Denial>, CaError> {
         if self.store.user(&ticket.username).await?.is_some_and(|u| u.disabled) {
             return Ok(Err(denial(deny::CREDENTIAL_INVALID, "the user is disabled")));
+        }
+        if self.store.session(&ticket.api_session_hash, self.now()).await?.is_none() {
+            return Ok(Err(denial(deny::CREDENTIAL_INVALID, "you have signed out")));
         }
         let Some(node) = self.store.node(&ticket.device).await? else {
             return Ok(Err(denial(deny::UNKNOWN_DEVICE, "no such device")));

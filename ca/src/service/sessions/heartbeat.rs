@@ -43,7 +43,7 @@ impl Ca {
         // One read for all of this bastion's leases, with what the close decision needs.
         let checks: BTreeMap<String, LeaseCheck> = self
             .store
-            .lease_checks(&bastion.name)
+            .lease_checks(&bastion.name, now)
             .await?
             .into_iter()
             .map(|c| (c.lease.session_id.clone(), c))
@@ -97,9 +97,14 @@ impl Ca {
             return Some(CloseReason::AdminTerminated);
         }
         // A console session opened with a ticket names no user certificate: its
-        // identity is the ticket's, and only the user's own state can revoke it.
+        // identity is the ticket's, and it lives as long as the API session (cookie) the
+        // ticket was asked with: logout or revoking the user ends it.
         let ticketed = check.ticket_groups.as_ref().filter(|_| lease.mode == SessionMode::Console.as_str());
-        if check.user_disabled || (ticketed.is_none() && (check.cert_revoked || check.key_revoked)) {
+        let credential_ended = match ticketed {
+            Some(_) => check.api_session_ended,
+            None => check.cert_revoked || check.key_revoked,
+        };
+        if check.user_disabled || credential_ended {
             return Some(CloseReason::Revoked);
         }
         let (Some(node), Some(mode)) = (&check.node, mode_from(&lease.mode)) else {
