@@ -10,9 +10,9 @@
 //! needs — pty, window changes, allow-listed environment variables, signals, data,
 //! EOF, exit status and signal — and refuses agent and X11 forwarding.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use portcullis_proto::bastion::{CloseReason, HostKeyCheck, SessionMode, SessionOpenRequest};
@@ -225,11 +225,11 @@ async fn proxy(
     let client_id = client.id();
     let (mut from_client, to_client) = client.split();
     let (mut from_node, to_node) = onward.split();
-    // Requests forwarded with want_reply, oldest first: the node's answers come back in
-    // order and are relayed to the user's channel.
-    let pending = std::sync::Mutex::new(VecDeque::<()>::new());
-    let expect_reply = || pending.lock().unwrap_or_else(|p| p.into_inner()).push_back(());
-    let take_reply = || pending.lock().unwrap_or_else(|p| p.into_inner()).pop_front().is_some();
+    // How many forwarded requests await the node's answer: answers come back in order
+    // and are relayed to the user's channel (unsolicited ones are dropped).
+    let pending = AtomicUsize::new(0);
+    let expect_reply = || pending.fetch_add(1, Ordering::Relaxed);
+    let take_reply = || pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
 
     let upstream = async {
         while let Some(msg) = from_client.wait().await {
