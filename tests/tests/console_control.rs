@@ -466,9 +466,9 @@ async fn tickets_redeem_once(fx: &Fx) {
     let alice = bearer(&fx.ca, "alice").await;
 
     // Valid → redeemed: a console session with a per-session certificate.
-    let t = ticket(&fx, &alice, "pve01", "root").await;
+    let t = ticket(fx, &alice, "pve01", "root").await;
     let id = session_id();
-    let (status, v) = redeem(&fx, &t, &id).await;
+    let (status, v) = redeem(fx, &t, &id).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let grant: SessionGrant = serde_json::from_value(v).unwrap();
     assert_eq!((grant.username.as_str(), grant.device.as_str(), grant.agent.as_str()), ("alice", "pve01", "local"));
@@ -491,9 +491,9 @@ async fn tickets_redeem_once(fx: &Fx) {
     // Second redemption (another session id): refused before any credential is
     // resolved — no certificate signed, no lease taken.
     let (certs, held) = (count(&fx.ca, "certificates").await, count(&fx.ca, "session_leases").await);
-    redeem_denied(&fx, &t, "ticket_reused").await;
+    redeem_denied(fx, &t, "ticket_reused").await;
     // The same session id again: still reused (not a conflict, nothing new).
-    let (status, v) = redeem(&fx, &t, &id).await;
+    let (status, v) = redeem(fx, &t, &id).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
     assert_eq!((count(&fx.ca, "certificates").await, count(&fx.ca, "session_leases").await), (certs, held));
     let reused = audit(&fx.ca, "console_ticket_reused").await;
@@ -501,38 +501,38 @@ async fn tickets_redeem_once(fx: &Fx) {
     assert_eq!((reused[0]["user"].as_str(), reused[0]["device"].as_str()), (Some("alice"), Some("pve01")));
 
     // Expiry in manual time: valid at 59 s, expired at 60 s and 61 s.
-    let t59 = ticket(&fx, &alice, "pve01", "root").await;
-    let t61 = ticket(&fx, &alice, "pve01", "root").await;
+    let t59 = ticket(fx, &alice, "pve01", "root").await;
+    let t61 = ticket(fx, &alice, "pve01", "root").await;
     let issued = fx.ca.now();
     fx.clock.set(issued + TICKET_TTL_SECS - 1);
-    let (status, v) = redeem(&fx, &t59, &session_id()).await;
+    let (status, v) = redeem(fx, &t59, &session_id()).await;
     assert_eq!(status, StatusCode::OK, "a 59 s old ticket is valid: {v}");
     fx.clock.set(issued + 61);
     let (certs, held) = (count(&fx.ca, "certificates").await, count(&fx.ca, "session_leases").await);
-    redeem_denied(&fx, &t61, "ticket_expired").await;
+    redeem_denied(fx, &t61, "ticket_expired").await;
     assert_eq!((count(&fx.ca, "certificates").await, count(&fx.ca, "session_leases").await), (certs, held));
     let expired = audit(&fx.ca, "console_ticket_expired").await;
     assert_eq!((expired.len(), expired[0]["user"].as_str()), (1, Some("alice")));
     // An expired ticket stays expired (it was never consumed).
-    redeem_denied(&fx, &t61, "ticket_expired").await;
+    redeem_denied(fx, &t61, "ticket_expired").await;
 
     // Unknown and malformed tickets.
     let unknown = format!("pct_{}", "A".repeat(43));
     for bogus in [unknown.as_str(), "pct_short", "not-a-ticket", ""] {
-        redeem_denied(&fx, bogus, "ticket_invalid").await;
+        redeem_denied(fx, bogus, "ticket_invalid").await;
     }
     let denied = audit(&fx.ca, "session_denied").await;
     assert_eq!(denied.iter().filter(|d| d["reason"] == "ticket_invalid").count(), 4);
     assert_eq!((count(&fx.ca, "certificates").await, count(&fx.ca, "session_leases").await), (certs, held));
 
     // Only a bastion redeems: a user's session or no credential cannot.
-    let t = ticket(&fx, &alice, "pve01", "root").await;
+    let t = ticket(fx, &alice, "pve01", "root").await;
     let (status, _) = fx.api.post_json(Some(&alice), "/v1/bastion/console/open", &open_body(&t, &session_id())).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = fx.api.post_json(None, "/v1/bastion/console/open", &open_body(&t, &session_id())).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // …and the ticket is still good for the bastion afterwards.
-    let (status, v) = redeem(&fx, &t, &session_id()).await;
+    let (status, v) = redeem(fx, &t, &session_id()).await;
     assert_eq!(status, StatusCode::OK, "{v}");
 }
 
@@ -597,19 +597,19 @@ async fn heartbeats_reevaluate(fx: &Fx) {
     let alice = bearer(&fx.ca, "alice").await;
     let bob = bearer(&fx.ca, "bob").await;
     let (a, b) = (session_id(), session_id());
-    let (status, v) = redeem(&fx, &ticket(&fx, &alice, "pve01", "root").await, &a).await;
+    let (status, v) = redeem(fx, &ticket(fx, &alice, "pve01", "root").await, &a).await;
     assert_eq!(status, StatusCode::OK, "{v}");
-    let (status, v) = redeem(&fx, &ticket(&fx, &bob, "pve01", "root").await, &b).await;
+    let (status, v) = redeem(fx, &ticket(fx, &bob, "pve01", "root").await, &b).await;
     assert_eq!(status, StatusCode::OK, "{v}");
 
     // A console lease names no certificate, and that is not a revocation.
-    assert!(heartbeat(&fx, &[&a, &b]).await.is_empty());
+    assert!(heartbeat(fx, &[&a, &b]).await.is_empty());
 
     // Disabling a user closes their console session (revoked); the other goes on.
     let admin = fx.ca.caller(&fx.admin).await.unwrap();
     let users = fx.ca.authorize(&admin, Permission::UsersManage).unwrap();
     fx.ca.set_user_disabled(&users, "bob", true).await.unwrap();
-    assert_eq!(heartbeat(&fx, &[&a, &b]).await, vec![(b.clone(), CloseReason::Revoked)]);
+    assert_eq!(heartbeat(fx, &[&a, &b]).await, vec![(b.clone(), CloseReason::Revoked)]);
 
     // The policy stops granting the console: policy_changed.
     let policy = fx.ca.authorize(&admin, Permission::PolicyManage).unwrap();
@@ -617,11 +617,11 @@ async fn heartbeats_reevaluate(fx: &Fx) {
         POLICY.replace(r#"permissions = ["certs.issue", "devices.console.open"]"#, r#"permissions = ["certs.issue"]"#);
     std::fs::write(fx.policy_dir.join("policy.toml"), narrowed).unwrap();
     fx.ca.reload_policy(&policy).await.unwrap();
-    assert_eq!(heartbeat(&fx, &[&a]).await, vec![(a.clone(), CloseReason::PolicyChanged)]);
+    assert_eq!(heartbeat(fx, &[&a]).await, vec![(a.clone(), CloseReason::PolicyChanged)]);
     // Restored: the session may go on again (the decision is re-run, not latched).
     std::fs::write(fx.policy_dir.join("policy.toml"), POLICY).unwrap();
     fx.ca.reload_policy(&policy).await.unwrap();
-    assert!(heartbeat(&fx, &[&a]).await.is_empty());
+    assert!(heartbeat(fx, &[&a]).await.is_empty());
 
     // The policy change history shows both reloads, newest first, with what changed.
     let (status, v) = fx.api.get_json(Some(&fx.admin), "/v1/admin/policy/history").await;
@@ -757,19 +757,16 @@ async fn audit_filters_for_the_admin_pages_on_postgres() {
 async fn audit_filters(fx: &Fx) {
     let alice = bearer(&fx.ca, "alice").await;
     let dave = bearer(&fx.ca, "dave").await;
-    ticket(&fx, &alice, "pve01", "root").await;
+    ticket(fx, &alice, "pve01", "root").await;
     let start = fx.ca.now();
     fx.clock.set(start + 10);
-    ticket(&fx, &alice, "pve02", "root").await;
-    ticket(&fx, &dave, "pve02", "root").await;
+    ticket(fx, &alice, "pve02", "root").await;
+    ticket(fx, &dave, "pve02", "root").await;
 
-    let get = |q: &'static str| {
-        let fx = &fx;
-        async move {
-            let (status, v) = fx.api.get_json(Some(&fx.admin), &format!("/v1/admin/audit?{q}")).await;
-            assert_eq!(status, StatusCode::OK, "{q}: {v}");
-            v.as_array().unwrap().clone()
-        }
+    let get = |q: &'static str| async move {
+        let (status, v) = fx.api.get_json(Some(&fx.admin), &format!("/v1/admin/audit?{q}")).await;
+        assert_eq!(status, StatusCode::OK, "{q}: {v}");
+        v.as_array().unwrap().clone()
     };
     let granted = get("event=console_ticket_granted").await;
     assert_eq!(granted.len(), 3);
