@@ -29,7 +29,7 @@ async function sessions() {
 
 async function audit(filter) {
   try {
-    const q = new URLSearchParams({ limit: "200" });
+    const q = new URLSearchParams({ limit: "200", order: "desc" });
     for (const [k, v] of Object.entries(filter || {})) if (v) q.set(k, v);
     const records = await api(`/v1/admin/audit?${q}`);
     const body = document.getElementById("audit");
@@ -50,8 +50,11 @@ async function policy() {
     body.replaceChildren();
     for (const c of changes) {
       const tr = el("tr");
-      tr.append(el("td", when(c.at)), el("td", c.actor), el("td", (c.digest || "").slice(0, 16)),
-        el("td", JSON.stringify(c.changes ?? c.diff ?? {}), { class: "details" }));
+      const what = [["+", c.added], ["−", c.removed], ["~", c.changed]]
+        .flatMap(([mark, names]) => names.map((n) => `${mark} ${n}`))
+        .join("\n");
+      tr.append(el("td", when(c.at)), el("td", c.actor), el("td", c.digest_after.slice(0, 16)),
+        el("td", what || "(no change)", { class: "details" }));
       body.append(tr);
     }
   } catch (e) { fail("policy-error", e); }

@@ -43,7 +43,9 @@ try {
     && [...document.querySelectorAll("#audit tr")].every((tr) => tr.children[2]?.textContent === "session_kill_requested"));
   result.steps.push("audit_filtered");
   await until(() => document.querySelectorAll("#policy tr").length > 0);
-  result.policy_rows = await page.evaluate(() => document.querySelectorAll("#policy tr").length);
+  result.policy_rows = await page.evaluate(() => [...document.querySelectorAll("#policy tr")].map((tr) => ({
+    actor: tr.children[1]?.textContent, digest: tr.children[2]?.textContent, what: tr.children[3]?.textContent,
+  })));
   result.steps.push("policy_history");
   result.errors_shown = await page.evaluate(() => [...document.querySelectorAll(".error")].map((e) => e.textContent).filter(Boolean));
 } catch (e) {

@@ -177,6 +177,10 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
         assert!(report["steps"].as_array().unwrap().iter().any(|s| s == step), "{step}: {report:#}");
     }
     assert_eq!(report["frame_options"], "DENY");
+    // The policy history names what the test's policy write changed, newest first.
+    let history = report["policy_rows"].as_array().unwrap();
+    assert!(history.iter().all(|r| r["digest"].as_str().is_some_and(|d| d.len() == 16)), "{history:?}");
+    assert!(history.iter().any(|r| r["what"].as_str().unwrap_or("").contains("role:prod-root")), "{history:?}");
     assert_eq!(report["errors_shown"], serde_json::json!([]));
     let (out, _) = portcullis_tests::bastion_world::wait_output(child, Duration::from_secs(20));
     assert!(String::from_utf8_lossy(&out.stderr).contains("closed by an administrator"));
