@@ -139,6 +139,20 @@ impl ControlPlane {
         self.get("/v1/services/agent/targets").await
     }
 
+    pub async fn claim_discovery(
+        &self,
+        request: &portcullis_proto::discovery::DiscoveryClaimRequest,
+    ) -> Result<portcullis_proto::discovery::DiscoveryClaimResponse, ControlError> {
+        self.post("/v1/bastion/discovery/claim", request).await
+    }
+
+    pub async fn report_discovery(
+        &self,
+        request: &portcullis_proto::discovery::DiscoveryReportRequest,
+    ) -> Result<portcullis_proto::discovery::DiscoveryReportResponse, ControlError> {
+        self.post("/v1/bastion/discovery/report", request).await
+    }
+
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &'static str, body: &B) -> Result<T, ControlError> {
         let request = self.client.post(self.url(path)).json(body);
         let bytes = self.send(path, request).await?;

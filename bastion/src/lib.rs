@@ -19,6 +19,7 @@ mod broker;
 mod clock;
 pub mod console;
 mod control;
+mod discovery;
 pub mod edge;
 mod error;
 mod events;

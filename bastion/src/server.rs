@@ -199,6 +199,12 @@ impl Bastion {
             .await
     }
 
+    /// Asks the CA for hardware-discovery work and runs it (`discovery`): nothing but
+    /// the claim request while the CA has discovery off.
+    pub fn spawn_discovery(&self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(crate::discovery::run(Arc::clone(&self.shared)))
+    }
+
     /// Reports live sessions and connected agents to the CA every `heartbeat_every` and
     /// carries out its close orders. While the CA cannot be reached for longer than a
     /// lease lives, the CA has reclaimed this bastion's leases: every session is closed

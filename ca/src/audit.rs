@@ -301,6 +301,30 @@ pub enum AuditEvent {
         device: String,
         client_ip: String,
     },
+    /// A bastion claimed a node for a discovery run; the certificate was signed for it.
+    DiscoveryStarted {
+        run_id: String,
+        device: String,
+        agent: String,
+        bastion: String,
+        rule: String,
+        cert_serial: String,
+    },
+    /// A discovery run produced no usable facts.
+    DiscoveryFailed {
+        run_id: String,
+        device: String,
+        bastion: String,
+        reason: &'static str,
+    },
+    /// A node's hardware facts changed (or were collected for the first time).
+    InventoryDrift {
+        run_id: String,
+        device: String,
+        first: bool,
+        /// The changed field paths (`system.serial`, `nic.eno1.speed_mbps`, …).
+        fields: Vec<String>,
+    },
 }
 
 impl AuditEvent {
@@ -345,6 +369,9 @@ impl AuditEvent {
             AuditEvent::ConsoleTicketDenied { .. } => "console_ticket_denied",
             AuditEvent::ConsoleTicketExpired { .. } => "console_ticket_expired",
             AuditEvent::ConsoleTicketReused { .. } => "console_ticket_reused",
+            AuditEvent::DiscoveryStarted { .. } => "discovery_started",
+            AuditEvent::DiscoveryFailed { .. } => "discovery_failed",
+            AuditEvent::InventoryDrift { .. } => "inventory_drift",
         }
     }
 }

@@ -24,4 +24,4 @@ pub mod tls;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::CaError;
-pub use service::{Ca, CaConfig, Caller, csrf_token_for};
+pub use service::{Ca, CaConfig, Caller, DiscoverySettings, csrf_token_for};

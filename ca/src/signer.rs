@@ -188,6 +188,34 @@ pub fn sign_service_cert(
     sign(contents, signer)
 }
 
+/// A hardware-discovery certificate. Built only from a
+/// [`DiscoveryPermit`](crate::service::DiscoveryPermit), which only the claim decision
+/// makes (a rule with purpose `inventory_enrichment` matched the node): the node principal
+/// of the discovery login on that node only, `force-command` = the fixed discovery command,
+/// no extensions (no pty, no forwarding), a few minutes of life, key id
+/// `discovery:<run id>:<node>`.
+pub fn sign_discovery_cert(
+    permit: &crate::service::DiscoveryPermit,
+    public_key: &PublicKey,
+    signer: &Signer,
+    now: u64,
+    skew: u64,
+) -> Result<SignedCert, CaError> {
+    let principals = [permit.principal().to_owned()];
+    let contents = Contents {
+        key: public_key,
+        cert_type: CertType::User,
+        key_id: permit.key_id().to_owned(),
+        serial: new_serial(),
+        valid_after: now.saturating_sub(skew),
+        valid_before: now.saturating_add(portcullis_proto::discovery::DISCOVERY_CERT_TTL_SECS),
+        principals: &principals,
+        extensions: [],
+        critical_options: [("force-command", portcullis_proto::discovery::DISCOVERY_COMMAND)],
+    };
+    sign(contents, signer)
+}
+
 /// The per-session certificate a bastion logs in onward with (terminated mode, browser
 /// console). Built only from a [`SessionPermit`](crate::service::SessionPermit), which
 /// only the session decision makes: one node principal (this device, this login), a

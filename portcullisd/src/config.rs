@@ -49,9 +49,26 @@ pub struct ServerConfig {
     /// The agent that serves devices whose inventory record names none.
     #[serde(default)]
     pub default_agent: Option<String>,
+    /// Hardware discovery through the bastions (off unless `enabled = true`).
+    #[serde(default)]
+    pub discovery: Option<DiscoveryToml>,
     /// All-in-one only: run a bastion (and a local agent) with these SSH and agent listeners.
     #[serde(skip)]
     pub ssh_listen: Option<(String, String)>,
+}
+
+/// The `[discovery]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryToml {
+    #[serde(default)]
+    pub enabled: bool,
+    /// How often each node is discovered (default 1h, at least 1s).
+    #[serde(default, with = "humantime_serde_opt")]
+    pub interval: Option<std::time::Duration>,
+    /// Runs a bastion performs at once (default 4, 1–64).
+    #[serde(default)]
+    pub concurrency: Option<u32>,
 }
 
 /// The `[oidc]` table as written; checked by `portcullis_ca::identity::oidc::Oidc::new`.
@@ -204,6 +221,7 @@ impl ServerConfig {
             ldap: None,
             oidc: None,
             default_agent: None,
+            discovery: None,
             ssh_listen: None,
             data_dir,
         })
@@ -215,6 +233,15 @@ impl ServerConfig {
             self.database_url.unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("portcullis.db").display()));
         let mut config = CaConfig::new(database_url, self.policy_dir, passphrase);
         config.default_agent = self.default_agent;
+        if let Some(d) = self.discovery {
+            let interval = d.interval.map_or(3600, |i| i.as_secs());
+            let concurrency = d.concurrency.unwrap_or(4);
+            if interval == 0 || !(1..=64).contains(&concurrency) {
+                bail!("[discovery]: interval must be at least 1s and concurrency 1-64");
+            }
+            config.discovery =
+                portcullis_ca::DiscoverySettings { enabled: d.enabled, interval_secs: interval, concurrency };
+        }
         if let Some(alg) = self.key_algorithm {
             config.key_algorithm = alg.parse().map_err(anyhow::Error::msg)?;
         }

@@ -132,6 +132,7 @@ pub async fn start_bastion(
         tokio::net::TcpListener::bind(ssh_listen).await.with_context(|| format!("cannot listen on {ssh_listen}"))?;
     let addr = listener.local_addr()?;
     bastion.spawn_heartbeat();
+    bastion.spawn_discovery();
     tokio::spawn({
         let bastion = Arc::clone(&bastion);
         async move {

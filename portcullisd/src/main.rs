@@ -49,6 +49,13 @@ enum Command {
         /// built-in agent uses it too).
         #[arg(long, default_value = "127.0.0.1:0")]
         agent_listen: String,
+        /// Collect hardware facts from nodes matched by an `inventory_enrichment` rule
+        /// (off by default: without it no discovery connection is ever made).
+        #[arg(long)]
+        discovery: bool,
+        /// Discovery interval in seconds; also how often the bastion asks the CA for work.
+        #[arg(long, default_value_t = 3600)]
+        discovery_interval: u64,
     },
     /// The certificate authority (control plane) from a configuration file.
     Ca {
@@ -158,7 +165,17 @@ fn main() -> anyhow::Result<()> {
                 println!("Portcullis agent {} running", service.name);
                 return wait_for_shutdown().await;
             }
-            Command::AllInOne { data_dir, listen, tls_names, ldap_config, oidc_config, ssh_listen, agent_listen } => {
+            Command::AllInOne {
+                data_dir,
+                listen,
+                tls_names,
+                ldap_config,
+                oidc_config,
+                ssh_listen,
+                agent_listen,
+                discovery,
+                discovery_interval,
+            } => {
                 let mut config = ServerConfig::all_in_one(&data_dir, &listen, tls_names)?;
                 if let Some(path) = ldap_config {
                     config.ldap = Some(config::read_ldap_file(&path)?);
@@ -169,6 +186,11 @@ fn main() -> anyhow::Result<()> {
                 // Devices enrolled without an agent are reached through the built-in one.
                 config.default_agent = Some(LOCAL.to_owned());
                 config.ssh_listen = Some((ssh_listen, agent_listen));
+                config.discovery = Some(config::DiscoveryToml {
+                    enabled: discovery,
+                    interval: Some(std::time::Duration::from_secs(discovery_interval.max(1))),
+                    concurrency: None,
+                });
                 (config, true)
             }
             Command::Ca { config } => (ServerConfig::from_file(&config)?, false),

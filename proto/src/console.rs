@@ -50,6 +50,10 @@ pub struct ConsoleDevice {
     /// Logins a console may use on it (from the roles holding `devices.console.open`).
     pub logins: Vec<String>,
     pub tags: std::collections::BTreeMap<String, String>,
+    /// Hardware facts from discovery (`system.serial`, `nic.eno1.speed_mbps`, …), when
+    /// the node has been discovered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `POST /v1/console/tickets` (cookie session or bearer; cookie requests need the CSRF

@@ -205,6 +205,7 @@ pub struct SessionInfo {
 
 pub mod bastion;
 pub mod console;
+pub mod discovery;
 pub mod enroll;
 pub mod oidc;
 pub mod pin;

@@ -44,6 +44,11 @@ impl Sshd {
     /// As [`Sshd::start_at`], inside network namespace `netns` when given (started with
     /// `ip netns exec`; readiness is read from sshd's own log).
     pub fn start_in(trust: &NodeTrust, ip: &str, port: u16, netns: Option<&str>) -> Sshd {
+        Sshd::start_configured(trust, ip, port, netns, "")
+    }
+
+    /// As [`Sshd::start_in`], with `extra` appended to `sshd_config` (e.g. a `Match` block).
+    pub fn start_configured(trust: &NodeTrust, ip: &str, port: u16, netns: Option<&str>, extra: &str) -> Sshd {
         assert!(Path::new(SSHD).exists(), "{SSHD} missing: run ./scripts/test.sh, which installs openssh-server");
         std::fs::create_dir_all("/run/sshd").unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -69,7 +74,7 @@ impl Sshd {
             "Port {port}\nListenAddress {ip}\nHostKey {hk}\nPidFile none\nStrictModes no\nUsePAM no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
              AuthorizedKeysFile none\nTrustedUserCAKeys {d}/ca.pub\nAuthorizedPrincipalsFile {d}/principals/%u\n\
-             {krl_line}Subsystem sftp internal-sftp\nAcceptEnv LANG LC_*\nLogLevel VERBOSE\n",
+             {krl_line}Subsystem sftp internal-sftp\nAcceptEnv LANG LC_*\nLogLevel VERBOSE\n{extra}",
             hk = host_key.display(),
             d = d.display(),
         );

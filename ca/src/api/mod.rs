@@ -6,6 +6,7 @@ mod console;
 mod enroll;
 mod extract;
 mod handlers;
+mod inventory;
 mod oidc;
 mod ui;
 
@@ -74,6 +75,13 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/admin/sessions/{id}/kill", post(bastion::kill_session))
         .route("/v1/admin/agents", get(bastion::list_agents))
         .route("/v1/admin/bastions", get(bastion::list_bastions))
+        .route("/v1/bastion/discovery/claim", post(inventory::claim))
+        .route(
+            "/v1/bastion/discovery/report",
+            post(inventory::report)
+                .layer(DefaultBodyLimit::max(portcullis_proto::discovery::MAX_DISCOVERY_REPORT_BODY)),
+        )
+        .route("/v1/admin/inventory/{node}", get(inventory::show))
         .route("/enroll.sh", get(enroll::script))
         .route("/v1/download/portcullis-enroll", get(enroll::binary))
         .merge(ui::router())

@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod bastion_events;
 mod certs;
+mod discovery;
 mod enroll;
 pub mod oidc;
 mod services;
@@ -13,6 +14,7 @@ mod writer;
 
 pub use admin::AuditFilter;
 pub use auth::{Caller, csrf_token_for, csrf_token_matches};
+pub use discovery::{DiscoveryPermit, DiscoverySettings, HardwareSummary};
 pub use services::ServiceCaller;
 pub use sessions::SessionPermit;
 
@@ -64,6 +66,8 @@ pub struct CaConfig {
     /// The edge agent that serves devices whose record names none (the all-in-one's
     /// local agent). `None`: such devices cannot be reached through a bastion.
     pub default_agent: Option<String>,
+    /// Hardware discovery (`[discovery]`); off by default.
+    pub discovery: DiscoverySettings,
 }
 
 impl CaConfig {
@@ -83,6 +87,7 @@ impl CaConfig {
             extra_sources: Vec::new(),
             oidc: None,
             default_agent: None,
+            discovery: DiscoverySettings::default(),
         }
     }
 }
@@ -111,6 +116,8 @@ pub struct Ca {
     enroll_binary: Option<PathBuf>,
     enroll_binary_cache: tokio::sync::Mutex<Option<Arc<EnrollBinary>>>,
     default_agent: Option<String>,
+    discovery: DiscoverySettings,
+    discovery_skips: discovery::SkipLog,
 }
 
 /// The enrollment tool as served to nodes, with its checksum.
@@ -191,6 +198,8 @@ impl Ca {
             enroll_binary: config.enroll_binary,
             enroll_binary_cache: tokio::sync::Mutex::new(None),
             default_agent: config.default_agent,
+            discovery: config.discovery,
+            discovery_skips: Default::default(),
         };
         ca.install_policy(policy, SYSTEM_ACTOR).await?;
         Ok(ca)

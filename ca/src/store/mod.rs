@@ -9,6 +9,7 @@
 mod audit;
 mod certs;
 mod enroll;
+mod inventory;
 mod keys;
 mod leases;
 mod misc;
@@ -23,6 +24,10 @@ pub use certs::RevokeTarget;
 pub use enroll::{
     EnrollTokenRow, HostCertRow, consume_enroll_token, consume_service_token, delete_host_certs, delete_node,
     insert_enroll_token, save_host_cert,
+};
+pub use inventory::{
+    DiscoveryRunRow, InventoryHistoryRow, claim_discovery_run, finish_discovery_run, inventory_facts,
+    record_inventory_change,
 };
 pub use keys::CaKeyRow;
 pub use leases::{

@@ -177,7 +177,7 @@ pub(super) fn admit<'p>(
 }
 
 /// The inventory record as policy sees it, with the default agent filled in.
-pub(super) fn policy_device(node: &NodeRecord, default_agent: Option<&str>) -> Device {
+pub(crate) fn policy_device(node: &NodeRecord, default_agent: Option<&str>) -> Device {
     let mut device = device_of(node);
     if device.agent.is_none() {
         device.agent = default_agent.map(str::to_owned);

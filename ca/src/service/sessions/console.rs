@@ -64,6 +64,7 @@ impl Ca {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
+        let mut hardware = self.hardware_facts().await?;
         for node in self.store.nodes().await? {
             let device = policy_device(&node, self.default_agent.as_deref());
             if device.agent.is_none() || policy.match_rule(Purpose::ConsoleAccess, &device).is_err() {
@@ -74,6 +75,7 @@ impl Ca {
                 continue;
             }
             out.push(ConsoleDevice {
+                hardware: hardware.remove(&node.name),
                 name: node.name,
                 addresses: node.addresses,
                 agent: device.agent,

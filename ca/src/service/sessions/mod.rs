@@ -17,6 +17,7 @@ mod console;
 mod heartbeat;
 
 pub use admission::SessionPermit;
+pub(crate) use admission::policy_device as policy_device_of;
 pub(crate) use admission::valid_session_id;
 
 use super::Ca;

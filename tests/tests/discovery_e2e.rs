@@ -1,0 +1,306 @@
+//! Hardware discovery end to end: the all-in-one's bastion claims due nodes from its CA,
+//! logs in through the built-in agent to a throwaway `sshd` with a discovery certificate,
+//! and the CA stores the parsed facts. The node's account `portcullis-discovery` exists
+//! (created here when missing) and sshd forces a fixture script printing a report, so the
+//! test can change the "hardware" between runs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use portcullis_proto::NodeRecord;
+use portcullis_proto::discovery::DISCOVERY_LOGIN;
+use portcullis_tests::bastion_world::loopback_ip;
+use portcullis_tests::sshd::{NodeTrust, Sshd};
+use portcullis_tests::{Server, ServerOpts};
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const POLICY: &str = r#"
+[[role]]
+name = "prod-root"
+logins = ["root"]
+targets = 'in:devices tags.env:prod'
+permissions = ["certs.issue"]
+max_cert_ttl = "1h"
+
+[[binding]]
+group = "ops"
+roles = ["prod-root"]
+
+[[rule]]
+name = "prod-ssh"
+purpose = "ssh_login"
+targets = 'in:devices tags.env:prod'
+scope = { agents = ["local"] }
+
+[[rule]]
+name = "hardware"
+purpose = "inventory_enrichment"
+targets = 'in:devices tags.env:prod'
+scope = { agents = ["local"] }
+"#;
+
+const REPORT: &str = "@@portcullis-discovery v1
+@@section dmidecode-t1
+# dmidecode 3.4
+Getting SMBIOS data from sysfs.
+SMBIOS 3.2.0 present.
+
+Handle 0x0100, DMI type 1, 27 bytes
+System Information
+\tManufacturer: Dell Inc.
+\tProduct Name: PowerEdge R640
+\tVersion: Not Specified
+\tSerial Number: 7XYZ123
+\tUUID: 4C4C4544-0058-5910-8033-B7C04F313233
+\tFamily: PowerEdge
+@@section dmidecode-t3
+Handle 0x0300, DMI type 3, 22 bytes
+Chassis Information
+\tManufacturer: Dell Inc.
+\tType: Rack Mount Chassis
+\tSerial Number: 7XYZ123
+\tAsset Tag: Not Specified
+@@section ip-link
+1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT group default qlen 1000\\    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00
+2: eno1: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc mq master vmbr0 state UP mode DEFAULT group default qlen 1000\\    link/ether 24:6e:96:12:34:56 brd ff:ff:ff:ff:ff:ff
+3: vmbr0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP mode DEFAULT group default qlen 1000\\    link/ether 24:6e:96:12:34:56 brd ff:ff:ff:ff:ff:ff
+@@section ethtool eno1
+Settings for eno1:
+\tSpeed: 10000Mb/s
+\tDuplex: Full
+\tLink detected: yes
+@@section ethtool-i eno1
+driver: ixgbe
+firmware-version: 0x800008a4
+bus-info: 0000:18:00.0
+@@end
+";
+
+/// The discovery account, as `portcullis-enroll --discovery` makes it (a real shell is
+/// needed to run the forced command; the certificate and sshd forbid everything else).
+fn ensure_discovery_user() {
+    let exists = std::process::Command::new("id").arg(DISCOVERY_LOGIN).output().unwrap().status.success();
+    if !exists {
+        let out = std::process::Command::new("useradd")
+            .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/bin/sh", DISCOVERY_LOGIN])
+            .output()
+            .unwrap();
+        let again = std::process::Command::new("id").arg(DISCOVERY_LOGIN).output().unwrap().status.success();
+        assert!(again, "useradd: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // No password, but not "locked" (`!`): sshd without PAM refuses locked accounts for
+    // every method, certificates included.
+    let ok = std::process::Command::new("usermod").args(["-p", "*", DISCOVERY_LOGIN]).status().unwrap().success();
+    assert!(ok, "usermod");
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// A world-readable directory with the report and the script sshd forces.
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let f = Fixture { dir };
+        f.set_report(REPORT);
+        let script = f.dir.path().join("discover.sh");
+        std::fs::write(&script, format!("#!/bin/sh\nexec cat {}\n", f.report_path().display())).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        f
+    }
+
+    fn report_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("report.txt")
+    }
+
+    fn set_report(&self, text: &str) {
+        let tmp = self.dir.path().join("report.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::rename(tmp, self.report_path()).unwrap();
+    }
+
+    fn sshd_match_block(&self) -> String {
+        format!(
+            "Match User {DISCOVERY_LOGIN}\n  ForceCommand {}\n  PermitTTY no\n  AllowTcpForwarding no\n  \
+             X11Forwarding no\n  AllowAgentForwarding no\n",
+            self.dir.path().join("discover.sh").display()
+        )
+    }
+}
+
+/// A node registered with tags `env:prod`, its sshd trusting the CA with the principals
+/// the CA lists (including the discovery login), and `pinned` (or its real host key)
+/// as the pinned host key.
+async fn add_node(server: &Server, admin: &str, name: &str, fixture: &Fixture, pinned: Option<String>) -> Sshd {
+    let ip = loopback_ip();
+    let mut record = NodeRecord {
+        name: name.into(),
+        addresses: vec![ip.clone()],
+        tags: [("env".to_owned(), "prod".to_owned())].into(),
+        ..Default::default()
+    };
+    server.add_node(admin, &record).await;
+    let (status, principals) = server.get_json(Some(admin), &format!("/v1/nodes/{name}/principals")).await;
+    assert!(status.is_success(), "{principals}");
+    let listed = principals["principals"][DISCOVERY_LOGIN].as_array().cloned().unwrap_or_default();
+    assert_eq!(listed.len(), 1, "the discovery login lists exactly its node principal: {principals}");
+    assert!(listed[0].as_str().unwrap().starts_with("pn_"), "{principals}");
+    let principals = serde_json::from_value(principals["principals"].clone()).unwrap();
+    let trust = NodeTrust { trusted_user_ca_keys: server.user_ca_keys.clone(), principals, krl: None };
+    let node = Sshd::start_configured(&trust, &ip, 22, None, &fixture.sshd_match_block());
+    // sshd reads the principals file as the user logging in.
+    for p in [node.dir.path().to_path_buf(), node.dir.path().join("principals")] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let login_file = node.dir.path().join("principals").join(DISCOVERY_LOGIN);
+    std::fs::set_permissions(login_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    record.host_keys = vec![pinned.unwrap_or_else(|| node.host_public_key())];
+    server.add_node(admin, &record).await;
+    node
+}
+
+async fn inventory(server: &Server, admin: &str, node: &str) -> Value {
+    let (status, body) = server.get_json(Some(admin), &format!("/v1/admin/inventory/{node}")).await;
+    assert!(status.is_success(), "{body}");
+    body
+}
+
+/// Polls `check` on pve01's inventory until it holds (or fails after 40 s).
+async fn wait_inventory(
+    server: &Server,
+    admin: &str,
+    sshd: &Sshd,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let node = "pve01";
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let body = inventory(server, admin, node).await;
+        if check(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{what}: {body}\nnode log:\n{}\nserver log:\n{}", sshd.log(), server.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn other_host_key(dir: &Path) -> String {
+    let path = dir.join("other");
+    let ok = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    std::fs::read_to_string(path.with_extension("pub")).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_stores_facts_detects_drift_and_refuses_wrong_host_keys() {
+    ensure_discovery_user();
+    let fixture = Fixture::new();
+    let server = Server::start_with(ServerOpts {
+        args: vec!["--discovery".into(), "--discovery-interval".into(), "1".into()],
+        ..Default::default()
+    })
+    .await;
+    let (status, body) = server.write_policy("prod.toml", POLICY).await;
+    assert!(status.is_success(), "policy: {body}");
+    let admin = server.admin_token().await;
+    let node = add_node(&server, &admin, "pve01", &fixture, None).await;
+    let keys = tempfile::tempdir().unwrap();
+    let imposter = add_node(&server, &admin, "pve02", &fixture, Some(other_host_key(keys.path()))).await;
+
+    // First run: facts stored, one history entry, one `inventory_drift` (first).
+    let first = wait_inventory(&server, &admin, &node, "facts stored", |b| {
+        b["history"].as_array().is_some_and(|h| !h.is_empty())
+    })
+    .await;
+    assert_eq!(first["facts"]["system.serial"], "7XYZ123", "{first}");
+    assert_eq!(first["facts"]["nic.eno1.speed_mbps"], "10000", "{first}");
+    assert_eq!(first["facts"]["nic.eno1.driver"], "ixgbe", "{first}");
+    assert!(first["facts"].get("nic.vmbr0.mac").is_none(), "bridges are not hardware: {first}");
+    // The node saw the discovery certificate's key id.
+    assert!(node.log().contains("ID discovery:"), "node log: {}", node.log());
+
+    // Later runs with the same output: zero changes (no history row, no drift audit).
+    let runs_before = server.audit_events("discovery_started").await.len();
+    wait_inventory(&server, &admin, &node, "an unchanged run", |b| b["last_result"] == "unchanged").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.audit_events("discovery_started").await.iter().filter(|r| r.payload["device"] == "pve01").count()
+        < runs_before + 2
+    {
+        assert!(Instant::now() < deadline, "no further runs");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let same = inventory(&server, &admin, "pve01").await;
+    assert_eq!(same["history"].as_array().unwrap().len(), 1, "unchanged runs add no history: {same}");
+    assert_eq!(same["changed_at"], first["changed_at"], "{same}");
+    let drifts = server.audit_events("inventory_drift").await;
+    assert_eq!(drifts.iter().filter(|r| r.payload["device"] == "pve01").count(), 1, "{drifts:?}");
+
+    // The NIC renegotiated at 1 Gb/s: drift recorded and audited with the field.
+    fixture.set_report(&REPORT.replace("Speed: 10000Mb/s", "Speed: 1000Mb/s"));
+    let changed =
+        wait_inventory(&server, &admin, &node, "drift", |b| b["facts"]["nic.eno1.speed_mbps"] == "1000").await;
+    let history = changed["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{changed}");
+    assert_eq!(history[0]["changes"][0]["field"], "nic.eno1.speed_mbps", "{changed}");
+    assert_eq!(history[0]["changes"][0]["old"], "10000", "{changed}");
+    let drifts = server.audit_events("inventory_drift").await;
+    let last = drifts.iter().rev().find(|r| r.payload["device"] == "pve01").unwrap();
+    assert_eq!(last.payload["fields"], serde_json::json!(["nic.eno1.speed_mbps"]), "{last:?}");
+    assert_eq!(last.payload["first"], false);
+
+    // Garbage output: refused, audited, facts kept.
+    fixture.set_report("hello\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let failed = server.audit_events("discovery_failed").await;
+        if failed.iter().any(|r| r.payload["device"] == "pve01" && r.payload["reason"] == "output_invalid") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "garbage not refused: {failed:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(inventory(&server, &admin, "pve01").await["facts"]["system.serial"], "7XYZ123");
+
+    // pve02's pinned key is not the one its sshd presents: refused before authentication,
+    // audited, nothing stored.
+    let refused = server.audit_events("discovery_failed").await;
+    let mismatch = refused.iter().find(|r| r.payload["device"] == "pve02").expect("pve02 failure audited");
+    assert_eq!(mismatch.payload["reason"], "host_key_mismatch", "{mismatch:?}");
+    let view = inventory(&server, &admin, "pve02").await;
+    assert!(view["facts"].as_object().unwrap().is_empty(), "{view}");
+    assert!(!imposter.log().contains("Accepted"), "no login on the imposter: {}", imposter.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_off_opens_no_connection() {
+    ensure_discovery_user();
+    let fixture = Fixture::new();
+    // The same policy (a matching inventory_enrichment rule), no `--discovery`, 1 s interval.
+    let server =
+        Server::start_with(ServerOpts { args: vec!["--discovery-interval".into(), "1".into()], ..Default::default() })
+            .await;
+    let (status, body) = server.write_policy("prod.toml", POLICY).await;
+    assert!(status.is_success(), "policy: {body}");
+    let admin = server.admin_token().await;
+    let node = add_node(&server, &admin, "pve01", &fixture, None).await;
+    // Five claim intervals. The one connection the node's log may show is the harness's
+    // readiness probe (closed before the SSH banner exchange).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let log = node.log();
+    assert!(log.matches("Connection from").count() <= 1, "discovery is off, yet: {log}");
+    assert!(!log.contains(DISCOVERY_LOGIN) && !log.contains("Accepted"), "discovery is off, yet: {log}");
+    assert!(server.audit_events("discovery_started").await.is_empty());
+    let view = inventory(&server, &admin, "pve01").await;
+    assert!(view["last_run_at"].is_null(), "{view}");
+}
