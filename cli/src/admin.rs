@@ -2,8 +2,8 @@
 
 use crate::api::Api;
 use crate::args::{
-    AdminCommand, AuditCommand, CaCommand, EnrollTokenCommand, NodeCommand, PolicyCommand, ServicesCommand,
-    SessionsCommand, UserCommand,
+    AdminCommand, AuditCommand, CaCommand, EnrollTokenCommand, InventoryCommand, NodeCommand, PolicyCommand,
+    ServicesCommand, SessionsCommand, UserCommand,
 };
 use crate::login::read_password;
 use crate::state::Paths;
@@ -127,7 +127,53 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Sessions(cmd) => sessions(&api, cmd).await,
         AdminCommand::Agents(ServicesCommand::List) => services(&api, "/v1/admin/agents").await,
         AdminCommand::Bastions(ServicesCommand::List) => services(&api, "/v1/admin/bastions").await,
+        AdminCommand::Inventory(InventoryCommand::Show { node, json }) => inventory(&api, &node, json).await,
     }
+}
+
+async fn inventory(api: &Api, node: &str, json: bool) -> anyhow::Result<()> {
+    use portcullis_proto::discovery::InventoryView;
+    let view: InventoryView = api.get(&format!("/v1/admin/inventory/{}", seg(node)?)).await?;
+    if json {
+        return print_json(&view);
+    }
+    match (view.last_run_at, view.last_result.as_deref()) {
+        (Some(at), Some(result)) => println!("{}: last discovery {} ago: {result}", view.device, ago(at)),
+        (Some(at), None) => println!("{}: discovery running (started {} ago)", view.device, ago(at)),
+        _ => println!("{}: never discovered", view.device),
+    }
+    if view.facts.is_empty() {
+        println!("No hardware facts stored.");
+    } else {
+        println!("Facts (unchanged for {}):", ago(view.changed_at));
+        let width = view.facts.keys().map(String::len).max().unwrap_or(0);
+        for (field, value) in &view.facts {
+            println!("  {field:<width$}  {value}");
+        }
+    }
+    if !view.history.is_empty() {
+        println!("History (newest first):");
+    }
+    for entry in &view.history {
+        let fields: Vec<String> = entry
+            .changes
+            .iter()
+            .map(|c| {
+                let field = c["field"].as_str().unwrap_or("?");
+                match (c["change"].as_str(), c["old"].as_str(), c["new"].as_str(), c["value"].as_str()) {
+                    (Some("changed"), Some(old), Some(new), _) => format!("{field}: {old} -> {new}"),
+                    (Some("added"), _, _, Some(v)) => format!("+{field}: {v}"),
+                    (Some("removed"), _, _, Some(v)) => format!("-{field}: {v}"),
+                    _ => field.to_owned(),
+                }
+            })
+            .collect();
+        println!("  {} ago, run {}: {} change(s)", ago(entry.at), entry.run_id, fields.len());
+        for f in fields.iter().take(50) {
+            println!("    {f}");
+        }
+    }
+    Ok(())
 }
 
 fn unix_now() -> u64 {

@@ -103,6 +103,20 @@ pub enum AdminCommand {
     /// Enrolled bastions.
     #[command(subcommand)]
     Bastions(ServicesCommand),
+    /// Hardware facts collected by discovery.
+    #[command(subcommand)]
+    Inventory(InventoryCommand),
+}
+
+#[derive(Subcommand)]
+pub enum InventoryCommand {
+    /// A node's current hardware facts and their history of changes.
+    Show {
+        node: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
