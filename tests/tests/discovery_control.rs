@@ -27,9 +27,22 @@ const POLICY: &str = r#"
 name = "admin"
 permissions = ["audit.read", "nodes.manage", "users.manage"]
 
+[[role]]
+name = "ops"
+logins = ["root"]
+targets = 'in:devices tags.env:lab'
+permissions = ["certs.issue", "devices.console.open"]
+max_cert_ttl = "1h"
+
 [[binding]]
 group = "admins"
-roles = ["admin"]
+roles = ["admin", "ops"]
+
+[[rule]]
+name = "lab-console"
+purpose = "console_access"
+targets = 'in:devices tags.env:lab'
+scope = { agents = ["local", "edge1"] }
 
 [[rule]]
 name = "hardware"
@@ -263,4 +276,13 @@ async fn contract(fx: &Fx) {
     assert_eq!(reasons, [("pve02", "host_key_mismatch"), ("pve01", "output_invalid")]);
     assert_eq!(inventory(fx, "pve01").await["facts"]["system.serial"], "S999999X9");
     assert_eq!(inventory(fx, "pve01").await["last_result"], "output_invalid");
+
+    // The console's device list carries the facts for the web UI; undiscovered nodes
+    // have none.
+    let (status, devices) = fx.api.get_json(Some(&fx.admin), "/v1/console/devices").await;
+    assert_eq!(status, StatusCode::OK, "{devices}");
+    let by_name = |n: &str| devices.as_array().unwrap().iter().find(|d| d["name"] == n).cloned().unwrap();
+    assert_eq!(by_name("pve01")["hardware"]["system.serial"], "S999999X9", "{devices}");
+    assert_eq!(by_name("pve01")["hardware"]["nic.eno1.driver"], "igb", "{devices}");
+    assert!(by_name("pve02").get("hardware").is_none(), "{devices}");
 }

@@ -135,6 +135,11 @@ impl Ca {
                 continue;
             }
             let run_id = hex::encode(portcullis_sshcert::random_bytes::<16>());
+            // Claim first: a node that is not due costs one statement, not a signature.
+            let mut tx = self.store.begin().await?;
+            if !store::claim_discovery_run(tx.conn(), &node.name, &run_id, &bastion.name, now, due_before).await? {
+                continue;
+            }
             let permit = DiscoveryPermit {
                 principal: node_principal(&node.name, DISCOVERY_LOGIN),
                 key_id: format!("discovery:{run_id}:{}", node.name),
@@ -159,10 +164,6 @@ impl Ca {
                 revoked_at: None,
                 groups: Vec::new(),
             };
-            let mut tx = self.store.begin().await?;
-            if !store::claim_discovery_run(tx.conn(), &node.name, &run_id, &bastion.name, now, due_before).await? {
-                continue;
-            }
             store::insert_cert(tx.conn(), &row).await?;
             let event = AuditEvent::DiscoveryStarted {
                 run_id: run_id.clone(),
