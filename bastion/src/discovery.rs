@@ -112,7 +112,8 @@ async fn run_job(shared: &Shared, key: Arc<PrivateKey>, job: &DiscoveryJob) -> D
         Err(_) => failed(DiscoveryFailure::Timeout),
         Ok(outcome) => outcome,
     };
-    let _ = session.disconnect(Disconnect::ByApplication, "", "").await;
+    // The outcome is known; a node slow to take the goodbye does not hold the job.
+    let _ = tokio::time::timeout(Duration::from_secs(2), session.disconnect(Disconnect::ByApplication, "", "")).await;
     outcome
 }
 
