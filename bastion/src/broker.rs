@@ -25,6 +25,44 @@ pub(crate) struct Admitted {
     pub grant: SessionGrant,
     pub live: Arc<LiveSession>,
     pub limits: Limits,
+    guard: FinishGuard,
+}
+
+/// The safety net under [`Shared::finish`]: a session whose task ends without it (a
+/// panic, a forgotten path) is still forgotten here and its lease released at the CA as
+/// `internal_error`, so it never keeps a concurrency slot.
+struct FinishGuard {
+    live: Arc<LiveSession>,
+    sessions: Arc<crate::sessions::Registry>,
+    control: Arc<crate::control::ControlPlane>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for FinishGuard {
+    fn drop(&mut self) {
+        if !self.armed.load(Ordering::Relaxed) {
+            return;
+        }
+        self.sessions.remove(&self.live.id);
+        let request = close_request(&self.live, CloseReason::InternalError);
+        let control = Arc::clone(&self.control);
+        tracing::error!(session = %self.live.id, "session ended without closing; releasing its lease");
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = control.close_session(&request).await;
+            });
+        }
+    }
+}
+
+fn close_request(live: &LiveSession, reason: CloseReason) -> SessionCloseRequest {
+    SessionCloseRequest {
+        session_id: live.id.clone(),
+        reason,
+        bytes_from_client: live.bytes_from_client.load(Ordering::Relaxed),
+        bytes_to_client: live.bytes_to_client.load(Ordering::Relaxed),
+        duration_ms: u64::try_from(live.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }
 }
 
 /// Why a session did not start; `message` is safe to show to the user.
@@ -93,7 +131,13 @@ impl Shared {
                 .then(|| Duration::from_secs(grant.cert_valid_before.saturating_sub(now))),
         };
         self.sessions.insert(Arc::clone(&live));
-        Ok(Admitted { grant, live, limits })
+        let guard = FinishGuard {
+            live: Arc::clone(&live),
+            sessions: Arc::clone(&self.sessions),
+            control: Arc::clone(&self.control),
+            armed: std::sync::atomic::AtomicBool::new(true),
+        };
+        Ok(Admitted { grant, live, limits, guard })
     }
 
     /// A channel to the granted target through the granted agent; failures are audited
@@ -134,19 +178,15 @@ impl Shared {
         });
         let close_reason =
             if reason == "agent_unavailable" { CloseReason::AgentDisconnect } else { CloseReason::TargetDisconnect };
-        self.finish(&admitted.live, close_reason).await;
+        self.finish(admitted, close_reason).await;
     }
 
     /// Releases the lease at the CA (which audits the close) and forgets the session.
-    pub(crate) async fn finish(&self, live: &LiveSession, reason: CloseReason) {
+    pub(crate) async fn finish(&self, admitted: &Admitted, reason: CloseReason) {
+        admitted.guard.armed.store(false, Ordering::Relaxed);
+        let live = &admitted.live;
         self.sessions.remove(&live.id);
-        let request = SessionCloseRequest {
-            session_id: live.id.clone(),
-            reason,
-            bytes_from_client: live.bytes_from_client.load(Ordering::Relaxed),
-            bytes_to_client: live.bytes_to_client.load(Ordering::Relaxed),
-            duration_ms: u64::try_from(live.elapsed().as_millis()).unwrap_or(u64::MAX),
-        };
+        let request = close_request(live, reason);
         tracing::info!(session = %live.id, user = %live.username, device = %live.device, reason = reason.as_str(),
             bytes_in = request.bytes_from_client, bytes_out = request.bytes_to_client, "session closed");
         // The lease also expires on its own if this call is lost.
@@ -163,4 +203,47 @@ pub(crate) const AGENT_LOSS_GRACE: Duration = Duration::from_secs(2);
 /// down, or only the target connection did.
 pub(crate) async fn vanished(link: LinkWatch) -> CloseReason {
     if link.went_down(AGENT_LOSS_GRACE).await { CloseReason::AgentDisconnect } else { CloseReason::TargetDisconnect }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{ControlConfig, ControlPlane};
+    use crate::sessions::Registry;
+    use portcullis_proto::bastion::SessionMode;
+
+    #[tokio::test]
+    async fn a_session_dropped_without_finish_is_released() {
+        let sessions = Arc::new(Registry::default());
+        let control = Arc::new(
+            ControlPlane::new(ControlConfig {
+                ca_url: "https://127.0.0.1:1".into(),
+                ca_pin: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into(),
+                api_token: secrecy::SecretString::from("pcs_test"),
+                timeout: Duration::from_millis(100),
+            })
+            .unwrap(),
+        );
+        let live =
+            Arc::new(LiveSession::new("s1".into(), "alice".into(), "pve01".into(), "a".into(), SessionMode::Jump));
+        sessions.insert(Arc::clone(&live));
+        let guard = |armed| FinishGuard {
+            live: Arc::clone(&live),
+            sessions: Arc::clone(&sessions),
+            control: Arc::clone(&control),
+            armed: std::sync::atomic::AtomicBool::new(armed),
+        };
+        drop(guard(false));
+        assert_eq!(sessions.len(), 1, "a finished session is left to finish()");
+        // E.g. the session task panicked: the guard still frees the slot.
+        let task = tokio::spawn({
+            let g = guard(true);
+            async move {
+                let _g = g;
+                panic!("simulated bug in a session task");
+            }
+        });
+        assert!(task.await.is_err());
+        assert_eq!(sessions.len(), 0, "an abandoned session is forgotten (and its lease closed)");
+    }
 }

@@ -149,7 +149,7 @@ async fn run(shared: Arc<Shared>, mut socket: WebSocket, peer: SocketAddr) {
     let reason = relay(&admitted, &mut socket, onward.channel, onward.link).await;
     drop(onward.session);
     close_with(&mut socket, reason.as_str(), reason.message()).await;
-    shared.finish(&admitted.live, reason).await;
+    shared.finish(&admitted, reason).await;
 }
 
 /// The terminal: a pty the size the browser asks for (first resize, else 80×24), the

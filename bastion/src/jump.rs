@@ -57,7 +57,7 @@ pub(crate) async fn run(shared: Arc<Shared>, req: JumpRequest, client: Channel<M
     };
     reply.accept().await;
     let reason = splice(&admitted, client, onward, link).await;
-    shared.finish(&admitted.live, reason).await;
+    shared.finish(&admitted, reason).await;
 }
 
 /// Copies both ways until either end closes or a limit/close order ends the session.

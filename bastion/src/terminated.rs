@@ -75,7 +75,7 @@ pub(crate) async fn run(
     reply.accept().await;
     let reason = proxy(&admitted, client, onward.channel, onward.link, &handle).await;
     drop(onward.session);
-    shared.finish(&admitted.live, reason).await;
+    shared.finish(&admitted, reason).await;
 }
 
 /// An ephemeral Ed25519 key for one session, and its public line for the CA.

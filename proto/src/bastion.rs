@@ -289,6 +289,8 @@ pub enum CloseReason {
     LeaseLost,
     /// The bastion is shutting down.
     Shutdown,
+    /// The bastion's session task ended unexpectedly (a bug); its lease is released.
+    InternalError,
 }
 
 impl CloseReason {
@@ -306,6 +308,7 @@ impl CloseReason {
             CloseReason::AdminTerminated => "admin_terminated",
             CloseReason::LeaseLost => "lease_lost",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::InternalError => "internal_error",
         }
     }
 
@@ -323,6 +326,7 @@ impl CloseReason {
             CloseReason::AdminTerminated => "session closed by an administrator",
             CloseReason::LeaseLost => "session closed: bastion lost contact with the control plane",
             CloseReason::Shutdown => "session closed: bastion shutting down",
+            CloseReason::InternalError => "session closed: internal error",
         }
     }
 }
