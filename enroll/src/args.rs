@@ -63,4 +63,8 @@ pub struct EnrollCli {
     /// addresses (`ip -j addr`) and its FQDN (`hostname -f`) when it differs from the name.
     #[arg(long = "address")]
     pub addresses: Vec<String>,
+    /// Also set up hardware discovery: the locked-down `portcullis-discovery` account,
+    /// its forced command and a sudoers drop-in permitting only `dmidecode -t 1`/`-t 3`.
+    #[arg(long)]
+    pub discovery: bool,
 }

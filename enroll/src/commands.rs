@@ -39,6 +39,7 @@ pub struct EnrollArgs {
     pub name: Option<String>,
     pub sshd_port: Option<u16>,
     pub addresses: Vec<String>,
+    pub discovery: bool,
 }
 
 pub(crate) fn now() -> u64 {
@@ -90,6 +91,12 @@ pub async fn enroll(g: &Global, a: EnrollArgs, r: &mut Report) -> Result<String>
                 state.ca_url, state.ca_fingerprint
             )));
         }
+        if a.discovery && !state.discovery {
+            return Err(Error::Refused(
+                "already enrolled without --discovery; run `portcullis-enroll remove`, then enroll with --discovery"
+                    .into(),
+            ));
+        }
         r.step("enroll", format!("already enrolled as {}: comparing with the CA (the token is not used)", state.node));
         return refresh_with(g, state, &api, r).await;
     }
@@ -128,7 +135,12 @@ pub async fn enroll(g: &Global, a: EnrollArgs, r: &mut Report) -> Result<String>
     let bundle = plan::check_bundle(&resp.bundle, facts.host_keys.len())?;
 
     let mut txn = Txn::begin(&g.root)?;
-    match activate(g, &facts, &pin, &a.ca, &resp, &bundle, &key, &mut txn, r) {
+    let mut created_user = false;
+    let activated = activate(g, &facts, &pin, &a.ca, &resp, &bundle, &key, a.discovery, &mut created_user, &mut txn, r);
+    if activated.is_err() && created_user {
+        crate::discovery::delete_account(&g.root);
+    }
+    match activated {
         Ok(()) => {
             r.writes = txn.writes();
             txn.commit()?;
@@ -174,7 +186,7 @@ fn api_base(url: &str) -> String {
 pub(crate) fn write_all(txn: &mut Txn, root: &Root, files: &[Desired], r: &mut Report) -> Result<()> {
     for d in files {
         if let Some(parent) = d.path.parent()
-            && parent.starts_with(root.stage())
+            && (parent.starts_with(root.stage()) || !parent.exists())
         {
             txn.ensure_dir(parent)?;
         }
@@ -193,6 +205,8 @@ fn activate(
     resp: &EnrollResponse,
     bundle: &CheckedBundle,
     key: &ssh_key::PrivateKey,
+    discovery: bool,
+    created_user: &mut bool,
     txn: &mut Txn,
     r: &mut Report,
 ) -> Result<()> {
@@ -200,14 +214,25 @@ fn activate(
     let now = now();
     let host_key_paths: Vec<PathBuf> = facts.host_keys.iter().map(|k| k.path.clone()).collect();
     let login = resp.verification_login.as_str();
-    let staged =
-        plan::desired(root, bundle, &host_key_paths, Some((login, resp.verification_principal.as_str())), now)?;
+    let staged = plan::desired(
+        root,
+        bundle,
+        &host_key_paths,
+        Some((login, resp.verification_principal.as_str())),
+        now,
+        discovery,
+    )?;
     let (drop_in, files): (Vec<Desired>, Vec<Desired>) =
         plan::diff(root, staged, &[])?.writes.into_iter().partition(|d| d.path == root.drop_in());
 
     write_all(txn, root, &files, r)?;
     r.step("stage", format!("{} file(s) under {}", files.len(), root.stage().display()));
     failpoint::after("stage")?;
+    if discovery {
+        crate::discovery::check_sudoers(&root.path(plan::SUDOERS_DROP_IN))?;
+        *created_user = crate::discovery::ensure_account(root)?;
+        r.step("discovery", "account, forced command and sudoers drop-in (visudo -cf) in place");
+    }
 
     txn.mark_sshd_touched()?;
     write_all(txn, root, &drop_in, r)?;
@@ -234,7 +259,7 @@ fn activate(
     failpoint::after("verify")?;
 
     // Unstage the verification principal; the final files are what the CA sent.
-    let final_files = plan::desired(root, bundle, &host_key_paths, None, now)?;
+    let final_files = plan::desired(root, bundle, &host_key_paths, None, now, discovery)?;
     let unstage = plan::diff(root, final_files, &[])?.writes;
     write_all(txn, root, &unstage, r)?;
     let journal = txn.journal().clone();
@@ -249,6 +274,8 @@ fn activate(
         sshd_port: facts.port,
         originals: Vec::new(),
         created_dirs: Vec::new(),
+        discovery,
+        created_discovery_user: *created_user,
     };
     state.absorb(&without_own_files(root, &journal.originals), &journal.created_dirs);
     txn.write(&root.state_file(), &state.to_bytes()?, 0o600)?;
@@ -365,6 +392,10 @@ pub async fn remove(g: &Global, r: &mut Report) -> Result<String> {
     }
     for d in state.created_dirs.iter().rev() {
         let _ = std::fs::remove_dir(d);
+    }
+    if state.created_discovery_user {
+        crate::discovery::delete_account(root);
+        r.step("discovery", "the discovery account enrollment created was deleted");
     }
     let proof = node_proof(&state.node, "deregister", &state.proof_key, now())?;
     let api = Api::new(&state.ca_url, &state.ca_fingerprint)?;

@@ -4,7 +4,8 @@
 //! What it must never do: lock anyone out. It never regenerates host keys and never
 //! touches authorized_keys files, `PermitRootLogin`, `AuthorizedKeysFile`,
 //! `Allow*`/`Deny*`, `AuthenticationMethods` or `Match` blocks; it adds one drop-in
-//! (`sshd_config.d/60-portcullis.conf`) and files under `/etc/ssh/portcullis/`, writes
+//! (`sshd_config.d/60-portcullis.conf`) and files under `/etc/ssh/portcullis/` (with
+//! `--discovery` also the discovery command, a sudoers drop-in and one account), writes
 //! them atomically under a journal ([`txn`]), proves a real login works before
 //! committing, and otherwise restores the original bytes.
 
@@ -12,6 +13,7 @@ pub mod addresses;
 pub mod args;
 pub mod client;
 pub mod commands;
+mod discovery;
 pub mod error;
 pub mod failpoint;
 pub mod fsx;

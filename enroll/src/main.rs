@@ -44,6 +44,7 @@ fn main() {
                         name: a.name,
                         sshd_port: a.sshd_port,
                         addresses: a.addresses,
+                        discovery: a.discovery,
                     };
                     commands::enroll(&g, args, &mut report).await
                 }

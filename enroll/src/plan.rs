@@ -164,6 +164,23 @@ fn keep_host_cert(current: &[u8], new: &str, now: u64) -> bool {
         && cur.valid_before() > now.saturating_add(lifetime / 2)
 }
 
+/// The forced command of discovery certificates and the sudoers drop-in that lets it run
+/// `dmidecode -t 1` and `-t 3` (and nothing else) as root.
+pub const DISCOVERY_SCRIPT: &str = include_str!("../../discovery/node/portcullis-discovery.sh");
+pub const DISCOVERY_SUDOERS: &str = include_str!("../../discovery/node/sudoers");
+pub const SUDOERS_DROP_IN: &str = "/etc/sudoers.d/portcullis-discovery";
+
+pub fn discovery_files(root: &Root) -> Vec<Desired> {
+    vec![
+        Desired {
+            path: root.path(portcullis_proto::discovery::DISCOVERY_COMMAND),
+            bytes: DISCOVERY_SCRIPT.as_bytes().to_vec(),
+            mode: 0o755,
+        },
+        Desired { path: root.path(SUDOERS_DROP_IN), bytes: DISCOVERY_SUDOERS.as_bytes().to_vec(), mode: 0o440 },
+    ]
+}
+
 /// Everything we manage, with its desired bytes.
 /// `extra_principal` = (login, principal) staged only during verification.
 pub fn desired(
@@ -172,6 +189,7 @@ pub fn desired(
     host_keys: &[PathBuf],
     extra_principal: Option<(&str, &str)>,
     now: u64,
+    discovery: bool,
 ) -> Result<Vec<Desired>> {
     let mut out = vec![
         Desired { path: root.user_ca(), bytes: bundle.trusted_user_ca_keys.clone().into_bytes(), mode: 0o644 },
@@ -197,6 +215,9 @@ pub fn desired(
         };
         out.push(Desired { path: path.clone(), bytes, mode: 0o644 });
         cert_paths.push(path);
+    }
+    if discovery {
+        out.extend(discovery_files(root));
     }
     out.push(Desired { path: root.drop_in(), bytes: drop_in_text(root, &cert_paths), mode: 0o644 });
     Ok(out)

@@ -58,7 +58,7 @@ pub(crate) async fn refresh_with(g: &Global, state: State, api: &Api, r: &mut Re
     r.set("node", &state.node);
     let managed: Vec<PathBuf> = state.originals.iter().map(|o| o.path.clone()).collect();
     // The KRL first: revocations take effect before anything else changes.
-    let mut desired = plan::desired(root, &bundle, &state.host_keys, None, now)?;
+    let mut desired = plan::desired(root, &bundle, &state.host_keys, None, now, state.discovery)?;
     desired.sort_by_key(|d| d.path != root.krl());
     let plan = plan::diff(root, desired, &managed)?;
     if plan.is_empty() {

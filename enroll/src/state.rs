@@ -23,6 +23,12 @@ pub struct State {
     pub originals: Vec<Original>,
     /// Directories enrollment created (removed again by `remove` when empty).
     pub created_dirs: Vec<PathBuf>,
+    /// `--discovery`: the discovery command and sudoers drop-in are managed files.
+    #[serde(default)]
+    pub discovery: bool,
+    /// Enrollment created the discovery account (so `remove` deletes it again).
+    #[serde(default)]
+    pub created_discovery_user: bool,
 }
 
 impl State {

@@ -572,3 +572,55 @@ async fn refresh_that_touches_sshd_is_validated_and_rolled_back() {
     assert!(node.cert_login_works("root", &key2, &cert2));
     assert!(node.ordinary_login_works());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_with_discovery_installs_the_forced_command_and_sudoers_and_remove_takes_them_away() {
+    use std::os::unix::fs::PermissionsExt;
+    let ca = FakeCa::start().await;
+    let node = Node::start(true);
+    let before = node.snapshot();
+    let mut cmd = enroll_cmd(&node, &ca, GOOD_TOKEN);
+    cmd.arg("--discovery");
+    let (code, json, out) = run(cmd);
+    assert_eq!(code, 0, "enroll --discovery failed: {json}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(has_step(&json, "discovery"), "{json}");
+    let script = node.path("/usr/local/libexec/portcullis-discovery");
+    let sudoers = node.path("/etc/sudoers.d/portcullis-discovery");
+    assert_eq!(std::fs::read_to_string(&script).unwrap(), include_str!("../../discovery/node/portcullis-discovery.sh"));
+    assert_eq!(std::fs::metadata(&script).unwrap().permissions().mode() & 0o7777, 0o755);
+    assert_eq!(std::fs::read_to_string(&sudoers).unwrap(), include_str!("../../discovery/node/sudoers"));
+    assert_eq!(std::fs::metadata(&sudoers).unwrap().permissions().mode() & 0o7777, 0o440);
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(node.path("/etc/ssh/portcullis/state.json")).unwrap()).unwrap();
+    assert_eq!(state["discovery"], true, "{state}");
+    assert!(node.ordinary_login_works());
+
+    // A refresh keeps them (they are managed, not leftovers).
+    let (code, json, _) = run({
+        let mut c = node.enroll_cmd();
+        c.arg("refresh");
+        c
+    });
+    assert_eq!((code, json["writes"].as_u64()), (0, Some(0)), "{json}");
+    assert!(script.exists() && sudoers.exists());
+
+    // A tampered script is put back by the next refresh.
+    std::fs::write(&script, "#!/bin/sh\nexec /bin/sh\n").unwrap();
+    let (code, json, _) = run({
+        let mut c = node.enroll_cmd();
+        c.arg("refresh");
+        c
+    });
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(std::fs::read_to_string(&script).unwrap(), include_str!("../../discovery/node/portcullis-discovery.sh"));
+
+    // remove: every file as it was (the script, the drop-in and the directories gone).
+    let (code, json, _) = run({
+        let mut c = node.enroll_cmd();
+        c.arg("remove");
+        c
+    });
+    assert_eq!(code, 0, "{json}");
+    assert!(!script.exists() && !sudoers.exists());
+    assert_eq!(node.snapshot(), before, "remove restores the node byte for byte");
+}
