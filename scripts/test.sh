@@ -17,15 +17,16 @@ missing_packages() {
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || return 0
     [[ -x /usr/sbin/slapd && -x /usr/bin/ldapadd ]] || return 0
     [[ -x /usr/bin/chromium ]] || return 0
+    [[ -x /usr/sbin/visudo ]] || return 0
     command -v ip >/dev/null 2>&1 || return 0
     return 1
 }
 
 if missing_packages; then
-    step "installing OpenSSH, PostgreSQL, OpenLDAP, Chromium and iproute2"
+    step "installing OpenSSH, PostgreSQL, OpenLDAP, Chromium, iproute2 and sudo"
     if [[ $(id -u) -ne 0 ]]; then
-        echo "error: sshd, ssh-keygen, PostgreSQL, slapd, chromium or ip is missing and this is not root;" >&2
-        echo "install openssh-server openssh-client postgresql slapd ldap-utils chromium iproute2 and run again" >&2
+        echo "error: sshd, ssh-keygen, PostgreSQL, slapd, chromium, ip or visudo is missing and this is not root;" >&2
+        echo "install openssh-server openssh-client postgresql slapd ldap-utils chromium iproute2 sudo and run again" >&2
         exit 1
     fi
     apt-get update
@@ -34,8 +35,9 @@ if missing_packages; then
     # slapd starts a system instance on 389 too; the LDAP tests run private ones on free ports.
     DEBIAN_FRONTEND=noninteractive apt-get install -y slapd ldap-utils
     # The browser-console tests drive Debian's headless Chromium (never a downloaded one);
-    # the bastion's network-namespace test needs `ip`.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y chromium iproute2
+    # the bastion's network-namespace test needs `ip`; hardware-discovery enrollment
+    # validates its sudoers drop-in with sudo's `visudo -cf`.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y chromium iproute2 sudo
 fi
 
 # The OIDC tests run a real OpenID Connect provider (oidc-provider) under Node.js.
