@@ -2,6 +2,26 @@
 "use strict";
 const { api, setCsrf, el } = portcullis;
 
+// Hardware facts from discovery (`system.*`, `chassis.*`, `nic.NAME.*`): a one-line
+// summary, everything else behind a disclosure.
+function hardwareCell(hw) {
+  const td = el("td", null, { class: "hardware" });
+  if (!hw || !Object.keys(hw).length) {
+    td.textContent = "—";
+    return td;
+  }
+  const summary = [hw["system.manufacturer"], hw["system.product"]].filter(Boolean).join(" ");
+  const serial = hw["system.serial"] ? ` · S/N ${hw["system.serial"]}` : "";
+  const nics = new Set(Object.keys(hw).filter((k) => k.startsWith("nic.")).map((k) => k.split(".")[1]));
+  const details = el("details");
+  details.append(el("summary", `${summary || "hardware"}${serial} · ${nics.size} NIC(s)`));
+  const list = el("dl");
+  for (const [k, v] of Object.entries(hw).sort()) list.append(el("dt", k), el("dd", v));
+  details.append(list);
+  td.append(details);
+  return td;
+}
+
 async function showDevices(me) {
   document.getElementById("signin").hidden = true;
   document.getElementById("nav").hidden = false;
@@ -12,7 +32,7 @@ async function showDevices(me) {
   rows.replaceChildren();
   for (const d of devices) {
     const tr = el("tr");
-    tr.append(el("td", d.name), el("td", d.addresses.join(", ")));
+    tr.append(el("td", d.name), el("td", d.addresses.join(", ")), hardwareCell(d.hardware));
     const select = el("select", null, { "aria-label": `login on ${d.name}` });
     for (const login of d.logins) select.append(el("option", login, { value: login }));
     const tdLogin = el("td");
