@@ -115,8 +115,9 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     found
 }
 
-/// The child of the calling process that has `arg` as one of its command-line
-/// arguments (a server's unique temporary data directory or config file).
+/// The child of the calling process whose command line contains `arg` (a server's
+/// unique temporary data directory or config file). Matched as a substring: `sshd`
+/// rewrites its command line into one string (`sshd: /usr/sbin/sshd -D -f … [listener]`).
 pub fn child_with_arg(arg: &Path) -> Option<u32> {
     let me = std::process::id();
     let needle = arg.as_os_str().as_encoded_bytes();
@@ -127,7 +128,8 @@ pub fn child_with_arg(arg: &Path) -> Option<u32> {
             return None;
         }
         let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        cmdline.split(|b| *b == 0).any(|a| a == needle).then(|| pid.parse().ok())?
+        let found = !needle.is_empty() && cmdline.windows(needle.len()).any(|w| w == needle);
+        found.then(|| pid.parse().ok())?
     })
 }
 
