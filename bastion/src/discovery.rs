@@ -93,7 +93,7 @@ async fn run_job(shared: &Shared, key: Arc<PrivateKey>, job: &DiscoveryJob) -> D
         Ok(Ok((channel, _link))) => channel,
     };
     let checker = PinnedHostKeys::new(&job.known_host_keys);
-    let config = Arc::new(client::Config { preferred: crate::server::preferred(), ..client::Config::default() });
+    let config = Arc::new(client::Config { preferred: crate::server::preferred_client(), ..client::Config::default() });
     let login = async {
         let mut session = client::connect_stream(config, channel.into_stream(), checker).await?;
         let auth = session.authenticate_openssh_cert(job.login.clone(), key, cert).await?;
