@@ -39,6 +39,8 @@ const MAX_TICKET_LEN: usize = 256;
 /// Largest frame accepted from a browser (pastes are split by xterm.js well below this).
 const MAX_FRAME: usize = 64 * 1024;
 const MAX_COLS_ROWS: u32 = 1000;
+/// Output coalesced into one frame at most.
+const MAX_OUT_FRAME: usize = 256 * 1024;
 
 /// The WebSocket endpoint, routable before the bastion exists (the all-in-one mounts
 /// it on the CA's HTTPS server, then starts the bastion, then attaches it).
@@ -176,6 +178,8 @@ async fn relay(
     }
     let watchdog = live.watchdog(admitted.limits);
     tokio::pin!(watchdog);
+    // A message read while coalescing output that is not output: handled next round.
+    let mut stash: Option<Option<ChannelMsg>> = None;
     loop {
         tokio::select! {
             reason = &mut watchdog => return reason,
@@ -195,10 +199,25 @@ async fn relay(
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return CloseReason::BrowserDisconnect,
             },
-            msg = from_node.wait() => match msg {
+            msg = async { match stash.take() { Some(m) => m, None => from_node.wait().await } } => match msg {
                 Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
-                    live.client_output(data.len());
-                    if socket.send(Message::Binary(data)).await.is_err() {
+                    // Output already waiting goes out in the same frame: a browser pays per
+                    // frame (an event, a parse call), so fewer, larger frames are faster.
+                    let mut out = bytes::BytesMut::from(data.as_ref());
+                    while out.len() < MAX_OUT_FRAME {
+                        match tokio::time::timeout(Duration::ZERO, from_node.wait()).await {
+                            Ok(Some(ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. })) => {
+                                out.extend_from_slice(&data)
+                            }
+                            Ok(other) => {
+                                stash = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    live.client_output(out.len());
+                    if socket.send(Message::Binary(out.freeze())).await.is_err() {
                         return CloseReason::BrowserDisconnect;
                     }
                 }
