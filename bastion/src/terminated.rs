@@ -113,8 +113,11 @@ pub(crate) async fn log_in_onward(
     let (channel, link) = shared.reach(admitted, peer).await?;
     let stream = channel.into_stream();
     let checker = HostKeyChecker::new(g.host_key_check, &g.known_host_keys);
-    let config =
-        Arc::new(client::Config { preferred: crate::server::preferred_client(), nodelay: true, ..client::Config::default() });
+    let config = Arc::new(client::Config {
+        preferred: crate::server::preferred_client(),
+        nodelay: true,
+        ..client::Config::default()
+    });
     let timeout = Duration::from_millis(g.connect_timeout_ms.clamp(100, 60_000));
     let connected = tokio::time::timeout(timeout, async {
         let mut session = client::connect_stream(config, stream, checker).await?;
