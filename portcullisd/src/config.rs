@@ -283,7 +283,8 @@ fn read_passphrase(file: Option<&Path>) -> anyhow::Result<SecretString> {
     Ok(passphrase)
 }
 
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+/// Creates `dir` (and parents) mode 0700 when missing.
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if !dir.exists() {
         std::fs::DirBuilder::new()

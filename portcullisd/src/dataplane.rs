@@ -35,7 +35,7 @@ pub struct Identity {
 
 /// Loads the identity key, generating it on first start.
 pub fn identity_key(state_dir: &Path) -> anyhow::Result<PrivateKey> {
-    fsutil_dir(state_dir)?;
+    crate::config::create_private_dir(state_dir)?;
     let path = state_dir.join("identity");
     if path.exists() {
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -51,18 +51,6 @@ pub fn identity_key(state_dir: &Path) -> anyhow::Result<PrivateKey> {
     let text = key.to_openssh(LineEnding::LF).map_err(|_| anyhow::anyhow!("cannot encode the identity key"))?;
     fsutil::write_private(&path, text.as_bytes())?;
     Ok(key)
-}
-
-fn fsutil_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    Ok(())
 }
 
 /// The identity of a standalone service: enrolls with `enroll_token` the first time.

@@ -12,26 +12,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use portcullis_tests::bastion_world::{PASSWORD, World};
+use portcullis_tests::bastion_world::{CONSOLE_POLICY, PASSWORD, World};
 use std::path::Path;
-
-const CONSOLE_POLICY: &str = r#"
-[[role]]
-name = "prod-console"
-logins = ["root"]
-targets = 'in:devices tags.env:prod'
-permissions = ["devices.console.open", "certs.issue"]
-
-[[binding]]
-group = "ops"
-roles = ["prod-console"]
-
-[[rule]]
-name = "prod-consoles"
-purpose = "console_access"
-targets = 'in:devices tags.env:prod'
-scope = { agents = ["local"] }
-"#;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

@@ -48,6 +48,26 @@ allowed_ports = [22, 2200]
     )
 }
 
+/// alice may open browser consoles as root on `env:prod` devices through agent `local`.
+pub const CONSOLE_POLICY: &str = r#"
+[[role]]
+name = "prod-console"
+logins = ["root"]
+targets = 'in:devices tags.env:prod'
+permissions = ["devices.console.open", "certs.issue"]
+session = { idle = "15m", absolute = "1h" }
+
+[[binding]]
+group = "ops"
+roles = ["prod-console"]
+
+[[rule]]
+name = "prod-consoles"
+purpose = "console_access"
+targets = 'in:devices tags.env:prod'
+scope = { agents = ["local"] }
+"#;
+
 /// An unused loopback address, so the node's sshd can listen on port 22 like a real one.
 pub fn loopback_ip() -> String {
     let [a, b, c] = portcullis_sshcert::random_bytes::<3>();

@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use portcullis_tests::bastion_world::{PASSWORD, World};
+use portcullis_tests::bastion_world::{CONSOLE_POLICY, PASSWORD, World};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,26 +15,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// alice may open consoles as root on `env:prod` devices through the built-in agent.
-const CONSOLE_POLICY: &str = r#"
-[[role]]
-name = "prod-console"
-logins = ["root"]
-targets = 'in:devices tags.env:prod'
-permissions = ["devices.console.open", "certs.issue"]
-session = { idle = "15m", absolute = "1h" }
-
-[[binding]]
-group = "ops"
-roles = ["prod-console"]
-
-[[rule]]
-name = "prod-consoles"
-purpose = "console_access"
-targets = 'in:devices tags.env:prod'
-scope = { agents = ["local"] }
-"#;
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
