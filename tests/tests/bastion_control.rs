@@ -415,6 +415,14 @@ async fn services_enroll_only_with_tokens_of_their_kind() {
         .post_json(Some(&b2.api_token), "/v1/bastion/heartbeat", &json!({"sessions": [], "agents": ["edge1"]}))
         .await;
     assert_eq!(status, StatusCode::OK, "{v}");
+    // A bastion with thousands of live sessions heartbeats in one request (far past the
+    // API's 64 KiB default body limit, which once cut heartbeats off near 700 sessions);
+    // sessions without a lease are answered `lease_lost`.
+    let many: Vec<String> = (0..5000).map(|_| session_id()).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let orders = heartbeat(api, &b2.api_token, &many, &["edge1"]).await;
+    assert_eq!(orders.len(), 5000);
+    assert!(orders.iter().all(|(_, reason)| *reason == CloseReason::LeaseLost));
 
     // Targets: edge1 serves pve02 only; the default agent (`local`) serves the nodes
     // assigned to no agent.

@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 /// JSON bodies are small; a public key line is at most 16 KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Bastion heartbeats and event batches (authenticated bastions only).
+pub const BASTION_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 pub fn router(ca: Arc<Ca>) -> Router {
     Router::new()
@@ -68,9 +70,11 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/services/bastions", get(bastion::bastions))
         .route("/v1/services/agent/targets", get(bastion::agent_targets))
         .route("/v1/bastion/sessions/open", post(bastion::open))
-        .route("/v1/bastion/heartbeat", post(bastion::heartbeat))
+        // A heartbeat lists every live session of a bastion (up to 20,000, ~100 bytes each)
+        // and an event batch up to 1000 events: both outgrow the default limit.
+        .route("/v1/bastion/heartbeat", post(bastion::heartbeat).layer(DefaultBodyLimit::max(BASTION_BODY_BYTES)))
         .route("/v1/bastion/sessions/close", post(bastion::close))
-        .route("/v1/bastion/events", post(bastion::events))
+        .route("/v1/bastion/events", post(bastion::events).layer(DefaultBodyLimit::max(BASTION_BODY_BYTES)))
         .route("/v1/admin/sessions", get(bastion::list_sessions))
         .route("/v1/admin/sessions/{id}/kill", post(bastion::kill_session))
         .route("/v1/admin/agents", get(bastion::list_agents))
