@@ -739,7 +739,7 @@ fn summary(bytes: u64, bulk: &[BulkResult], setup: &[SetupResult], idle: &[IdleR
     println!();
     println!(
         "Ciphers: {CIPHER} on every OpenSSH hop; inside portcullisd (agent link, terminated mode's onward login) \
-         russh's preference (chacha20-poly1305 first)."
+         the bastion's client preference (aes128-gcm first)."
     );
 }
 
