@@ -9,6 +9,7 @@
 
 use crate::error::CaError;
 use crate::keys::Signer;
+use crate::store::CertRow;
 use portcullis_policies::CertPermit;
 use portcullis_sshcert::{fingerprint, random_bytes};
 use ssh_key::certificate::{Builder, CertType};
@@ -21,6 +22,34 @@ pub struct SignedCert {
     pub valid_after: u64,
     pub valid_before: u64,
     pub key_fingerprint: String,
+}
+
+impl SignedCert {
+    /// The row that records this certificate (listable, revocable): who it was issued
+    /// to, by which CA key, for which principals, and the identity's groups at issuance
+    /// (empty for node, service and other non-user certificates).
+    pub fn row(
+        &self,
+        ca_fingerprint: &str,
+        username: String,
+        principals: Vec<String>,
+        groups: Vec<String>,
+        issued_at: u64,
+    ) -> CertRow {
+        CertRow {
+            serial: self.serial,
+            ca_fingerprint: ca_fingerprint.to_owned(),
+            key_fingerprint: self.key_fingerprint.clone(),
+            username,
+            key_id: self.key_id.clone(),
+            principals,
+            valid_after: self.valid_after,
+            valid_before: self.valid_before,
+            issued_at,
+            revoked_at: None,
+            groups,
+        }
+    }
 }
 
 /// A random non-zero serial: unique without coordination between replicas (the

@@ -5,7 +5,7 @@ use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::keys::KeyPurpose;
 use crate::signer::{new_serial, sign_user_cert};
-use crate::store::{self, CertRow, RevokeTarget};
+use crate::store::{self, RevokeTarget};
 use portcullis_policies::{CertRequest, Device, Grant};
 use portcullis_proto::{
     IssuedCert, NodePrincipals, NodeRecord, RevokeRequest, RevokeResponse, UserCertRequest, UserCertResponse,
@@ -75,19 +75,13 @@ impl Ca {
         let now = self.now();
         let signed = sign_user_cert(&permit, &who.source, &public_key, &signer, now, self.clock_skew, new_serial())?;
         let principals: Vec<String> = permit.principals().iter().cloned().collect();
-        let row = CertRow {
-            serial: signed.serial,
-            ca_fingerprint: signer.fingerprint.clone(),
-            key_fingerprint: signed.key_fingerprint.clone(),
-            username: who.username.clone(),
-            key_id: signed.key_id.clone(),
-            principals: principals.clone(),
-            valid_after: signed.valid_after,
-            valid_before: signed.valid_before,
-            issued_at: now,
-            revoked_at: None,
-            groups: who.groups.iter().cloned().collect(),
-        };
+        let row = signed.row(
+            &signer.fingerprint,
+            who.username.clone(),
+            principals.clone(),
+            who.groups.iter().cloned().collect(),
+            now,
+        );
         let event = AuditEvent::CertIssued {
             username: who.username.clone(),
             serial: signed.serial.to_string(),

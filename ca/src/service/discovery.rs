@@ -20,7 +20,7 @@ use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::keys::KeyPurpose;
 use crate::signer::sign_discovery_cert;
-use crate::store::{self, CertRow};
+use crate::store;
 use portcullis_discovery::{Change, HardwareFacts, drift, parse_report};
 use portcullis_policies::{Grant, Purpose, node_principal};
 use portcullis_proto::NodeRecord;
@@ -151,19 +151,13 @@ impl Ca {
             let signed = sign_discovery_cert(&permit, &key, &signer, now, self.clock_skew)?;
             let certificate =
                 signed.certificate.to_openssh().map_err(|_| CaError::Internal("certificate encoding".into()))?;
-            let row = CertRow {
-                serial: signed.serial,
-                ca_fingerprint: signer.fingerprint.clone(),
-                key_fingerprint: signed.key_fingerprint.clone(),
-                username: format!("discovery:{}", bastion.name),
-                key_id: signed.key_id.clone(),
-                principals: vec![permit.principal.clone()],
-                valid_after: signed.valid_after,
-                valid_before: signed.valid_before,
-                issued_at: now,
-                revoked_at: None,
-                groups: Vec::new(),
-            };
+            let row = signed.row(
+                &signer.fingerprint,
+                format!("discovery:{}", bastion.name),
+                vec![permit.principal.clone()],
+                Vec::new(),
+                now,
+            );
             store::insert_cert(tx.conn(), &row).await?;
             let event = AuditEvent::DiscoveryStarted {
                 run_id: run_id.clone(),

@@ -7,7 +7,7 @@ use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::keys::KeyPurpose;
 use crate::signer::{HOST_CERT_TTL, sign_host_cert, sign_verification_cert};
-use crate::store::{self, CertRow, EnrollTokenRow, HostCertRow};
+use crate::store::{self, EnrollTokenRow, HostCertRow};
 use base64::Engine;
 use portcullis_policies::Grant;
 use portcullis_proto::NodeRecord;
@@ -159,19 +159,13 @@ impl Ca {
         let verification = sign_verification_cert(&verification_key, &node.name, &principal, &signer, now)?;
         store::insert_cert(
             tx.conn(),
-            &CertRow {
-                serial: verification.serial,
-                ca_fingerprint: signer.fingerprint.clone(),
-                key_fingerprint: verification.key_fingerprint.clone(),
-                username: format!("node:{}", node.name),
-                key_id: verification.key_id.clone(),
-                principals: vec![principal.clone()],
-                valid_after: verification.valid_after,
-                valid_before: verification.valid_before,
-                issued_at: now,
-                revoked_at: None,
-                groups: Vec::new(),
-            },
+            &verification.row(
+                &signer.fingerprint,
+                format!("node:{}", node.name),
+                vec![principal.clone()],
+                Vec::new(),
+                now,
+            ),
         )
         .await?;
         audit::record(
@@ -234,19 +228,13 @@ impl Ca {
             let text = signed.certificate.to_openssh().map_err(|_| CaError::Internal("certificate encoding".into()))?;
             store::insert_cert(
                 conn,
-                &CertRow {
-                    serial: signed.serial,
-                    ca_fingerprint: host_signer.fingerprint.clone(),
-                    key_fingerprint: fp.clone(),
-                    username: format!("node:{}", node.name),
-                    key_id: signed.key_id.clone(),
-                    principals: principals.clone(),
-                    valid_after: signed.valid_after,
-                    valid_before: signed.valid_before,
-                    issued_at: now,
-                    revoked_at: None,
-                    groups: Vec::new(),
-                },
+                &signed.row(
+                    &host_signer.fingerprint,
+                    format!("node:{}", node.name),
+                    principals.clone(),
+                    Vec::new(),
+                    now,
+                ),
             )
             .await?;
             let row = HostCertRow {

@@ -8,7 +8,7 @@ use crate::audit::{self, AuditEvent, SYSTEM_ACTOR, sanitize};
 use crate::error::CaError;
 use crate::keys::KeyPurpose;
 use crate::signer::{SignedCert, sign_service_cert};
-use crate::store::{self, CertRow, ServiceRow};
+use crate::store::{self, ServiceRow};
 use portcullis_policies::Grant;
 use portcullis_proto::bastion::*;
 use portcullis_sshcert::{fingerprint, parse_user_public_key};
@@ -224,19 +224,7 @@ impl Ca {
         let signed = sign_service_cert(key, &key_id, &principal, &signer, now, self.clock_skew)?;
         store::insert_cert(
             tx.conn(),
-            &CertRow {
-                serial: signed.serial,
-                ca_fingerprint: signer.fingerprint.clone(),
-                key_fingerprint: signed.key_fingerprint.clone(),
-                username: cert_owner(kind, name),
-                key_id: signed.key_id.clone(),
-                principals: vec![principal],
-                valid_after: signed.valid_after,
-                valid_before: signed.valid_before,
-                issued_at: now,
-                revoked_at: None,
-                groups: Vec::new(),
-            },
+            &signed.row(&signer.fingerprint, cert_owner(kind, name), vec![principal], Vec::new(), now),
         )
         .await?;
         Ok(signed)

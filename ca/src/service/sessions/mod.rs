@@ -231,19 +231,13 @@ impl Ca {
                 Ok(t) => t,
                 Err(_) => return Ok(Err(failed())),
             };
-            let row = CertRow {
-                serial: signed.serial,
-                ca_fingerprint: signer.fingerprint.clone(),
-                key_fingerprint: signed.key_fingerprint.clone(),
-                username: subject.username.clone(),
-                key_id: signed.key_id.clone(),
-                principals: vec![permit.principal.clone()],
-                valid_after: signed.valid_after,
-                valid_before: signed.valid_before,
-                issued_at: now,
-                revoked_at: None,
-                groups: subject.groups.clone(),
-            };
+            let row = signed.row(
+                &signer.fingerprint,
+                subject.username.clone(),
+                vec![permit.principal.clone()],
+                subject.groups.clone(),
+                now,
+            );
             session_cert = Some((row, text));
         }
 
