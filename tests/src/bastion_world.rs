@@ -222,20 +222,37 @@ pub async fn add_node(
     agent: Option<&str>,
     netns: Option<&str>,
 ) -> Sshd {
+    add_node_with(server, admin, NewNode { name, ip, agent, netns, sshd_extra: "", pinned_host_key: None }).await
+}
+
+/// What [`add_node_with`] sets up.
+pub struct NewNode<'a> {
+    pub name: &'a str,
+    pub ip: &'a str,
+    pub agent: Option<&'a str>,
+    pub netns: Option<&'a str>,
+    /// Appended to the node's `sshd_config` (e.g. a `Match` block).
+    pub sshd_extra: &'a str,
+    /// Pinned in the inventory instead of the node's real host key.
+    pub pinned_host_key: Option<String>,
+}
+
+/// [`add_node`] with every option.
+pub async fn add_node_with(server: &Server, admin: &str, n: NewNode<'_>) -> Sshd {
     let mut record = NodeRecord {
-        name: name.into(),
-        addresses: vec![ip.to_owned()],
+        name: n.name.into(),
+        addresses: vec![n.ip.to_owned()],
         tags: [("env".to_owned(), "prod".to_owned())].into(),
-        agent: agent.map(str::to_owned),
+        agent: n.agent.map(str::to_owned),
         ..Default::default()
     };
     server.add_node(admin, &record).await;
-    let (status, principals) = server.get_json(Some(admin), &format!("/v1/nodes/{name}/principals")).await;
+    let (status, principals) = server.get_json(Some(admin), &format!("/v1/nodes/{}/principals", n.name)).await;
     assert!(status.is_success(), "{principals}");
     let principals = serde_json::from_value(principals["principals"].clone()).unwrap();
     let trust = NodeTrust { trusted_user_ca_keys: server.user_ca_keys.clone(), principals, krl: None };
-    let node = Sshd::start_in(&trust, ip, 22, netns);
-    record.host_keys = vec![node.host_public_key()];
+    let node = Sshd::start_configured(&trust, n.ip, 22, n.netns, n.sshd_extra);
+    record.host_keys = vec![n.pinned_host_key.unwrap_or_else(|| node.host_public_key())];
     server.add_node(admin, &record).await;
     node
 }

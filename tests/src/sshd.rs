@@ -59,9 +59,15 @@ impl Sshd {
         assert!(status.success());
         std::fs::write(d.join("ca.pub"), &trust.trusted_user_ca_keys).unwrap();
         std::fs::create_dir(d.join("principals")).unwrap();
+        // sshd reads a principals file as the user logging in, who need not be root
+        // (hardware discovery logs in as its own account).
+        for dir in [d.to_path_buf(), d.join("principals")] {
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
         for (login, list) in &trust.principals {
-            std::fs::write(d.join("principals").join(login), list.iter().map(|p| format!("{p}\n")).collect::<String>())
-                .unwrap();
+            let file = d.join("principals").join(login);
+            std::fs::write(&file, list.iter().map(|p| format!("{p}\n")).collect::<String>()).unwrap();
+            std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
         }
         let krl_line = match &trust.krl {
             Some(krl) => {

@@ -6,10 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use portcullis_proto::NodeRecord;
 use portcullis_proto::discovery::DISCOVERY_LOGIN;
-use portcullis_tests::bastion_world::loopback_ip;
-use portcullis_tests::sshd::{NodeTrust, Sshd};
+use portcullis_tests::bastion_world::{NewNode, add_node_with, loopback_ip};
+use portcullis_tests::sshd::Sshd;
 use portcullis_tests::{Server, ServerOpts};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -134,33 +133,18 @@ impl Fixture {
 }
 
 /// A node registered with tags `env:prod`, its sshd trusting the CA with the principals
-/// the CA lists (including the discovery login), and `pinned` (or its real host key)
-/// as the pinned host key.
+/// the CA lists (including the discovery login, checked here), and `pinned` (or its real
+/// host key) as the pinned host key.
 async fn add_node(server: &Server, admin: &str, name: &str, fixture: &Fixture, pinned: Option<String>) -> Sshd {
     let ip = loopback_ip();
-    let mut record = NodeRecord {
-        name: name.into(),
-        addresses: vec![ip.clone()],
-        tags: [("env".to_owned(), "prod".to_owned())].into(),
-        ..Default::default()
-    };
-    server.add_node(admin, &record).await;
+    let extra = fixture.sshd_match_block();
+    let new = NewNode { name, ip: &ip, agent: None, netns: None, sshd_extra: &extra, pinned_host_key: pinned };
+    let node = add_node_with(server, admin, new).await;
     let (status, principals) = server.get_json(Some(admin), &format!("/v1/nodes/{name}/principals")).await;
     assert!(status.is_success(), "{principals}");
     let listed = principals["principals"][DISCOVERY_LOGIN].as_array().cloned().unwrap_or_default();
     assert_eq!(listed.len(), 1, "the discovery login lists exactly its node principal: {principals}");
     assert!(listed[0].as_str().unwrap().starts_with("pn_"), "{principals}");
-    let principals = serde_json::from_value(principals["principals"].clone()).unwrap();
-    let trust = NodeTrust { trusted_user_ca_keys: server.user_ca_keys.clone(), principals, krl: None };
-    let node = Sshd::start_configured(&trust, &ip, 22, None, &fixture.sshd_match_block());
-    // sshd reads the principals file as the user logging in.
-    for p in [node.dir.path().to_path_buf(), node.dir.path().join("principals")] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let login_file = node.dir.path().join("principals").join(DISCOVERY_LOGIN);
-    std::fs::set_permissions(login_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    record.host_keys = vec![pinned.unwrap_or_else(|| node.host_public_key())];
-    server.add_node(admin, &record).await;
     node
 }
 
