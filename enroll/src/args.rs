@@ -7,7 +7,9 @@ use std::path::PathBuf;
 ///
 /// Exit codes: 0 done or no changes; 1 failed before any change; 2 usage; 3 refused by
 /// preflight (nothing changed); 4 failed and rolled back; 5 the CA refused or was
-/// unreachable (nothing changed); 6 rollback incomplete (needs a person).
+/// unreachable (nothing changed); 6 rollback incomplete (kept journal; the next run
+/// completes it); 7 another run holds the lock (nothing changed); 8 `status`: enrolled
+/// but needs repair.
 #[derive(Debug, Parser)]
 #[command(name = "portcullis-enroll", version)]
 pub struct Cli {
@@ -23,6 +25,9 @@ pub struct Cli {
     /// The sshd binary used for `sshd -t` and `sshd -T`.
     #[arg(long, global = true, default_value = "/usr/sbin/sshd")]
     pub sshd: PathBuf,
+    /// Wait at most this many seconds for another run to finish, then refuse (exit 7).
+    #[arg(long, global = true, default_value_t = 60)]
+    pub lock_wait: u64,
     /// Shell command that reloads sshd (default: `systemctl reload <service>`).
     #[arg(long, global = true)]
     pub reload_cmd: Option<String>,

@@ -7,6 +7,7 @@
 use crate::addresses;
 use crate::client::Api;
 use crate::error::{Error, Result};
+use crate::lock::{self, RunLock};
 use crate::plan::{self, CheckedBundle, Desired};
 use crate::preflight::{self, Facts};
 use crate::proof::node_proof;
@@ -30,6 +31,14 @@ pub struct Global {
     pub root: Root,
     pub check: bool,
     pub sshd: SshdCtl,
+    /// How long to wait for another run's lock before refusing.
+    pub lock_wait: std::time::Duration,
+}
+
+/// The run lock for a command: exclusive when it may write, shared for `--check`.
+pub(crate) fn lock(g: &Global) -> Result<RunLock> {
+    let mode = if g.check { lock::Mode::Shared } else { lock::Mode::Exclusive };
+    lock::hold(&g.root, mode, g.lock_wait)
 }
 
 pub struct EnrollArgs {
@@ -46,12 +55,23 @@ pub(crate) fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-pub(crate) fn recover(g: &Global, r: &mut Report) -> Result<()> {
+/// Finishes an interrupted run's rollback. Under `--check` (which never writes) a pending
+/// journal is only reported, and the check stops there: `Ok(false)`.
+pub(crate) fn recover(g: &Global, r: &mut Report) -> Result<bool> {
+    if g.check {
+        if fsx::read_opt(&g.root.journal())?.is_some() {
+            r.step("check", "an interrupted earlier run is pending rollback; a run without --check completes it first");
+            return Ok(false);
+        }
+        return Ok(true);
+    }
     if txn::recover(&g.root, &g.sshd)? {
         r.step("recover", "an interrupted earlier run was found and rolled back to the original files");
     }
-    Ok(())
+    Ok(true)
 }
+
+pub(crate) const CHECK_PENDING: &str = "check: an interrupted run is pending rollback; nothing else was compared";
 
 fn hostname(root: &Root) -> Option<String> {
     let text = std::fs::read_to_string(root.path("/etc/hostname")).ok().or_else(|| {
@@ -67,7 +87,10 @@ fn pin_of(fingerprint: &str) -> Result<String> {
 }
 
 pub async fn enroll(g: &Global, a: EnrollArgs, r: &mut Report) -> Result<String> {
-    recover(g, r)?;
+    let _lock = lock(g)?;
+    if !recover(g, r)? {
+        return Ok(CHECK_PENDING.into());
+    }
     let pin = pin_of(&a.ca_fingerprint)?;
     let api = Api::new(&a.ca, &pin)?;
     let facts = preflight::run(&g.root, &g.sshd, a.sshd_port)?;
@@ -150,8 +173,8 @@ pub async fn enroll(g: &Global, a: EnrollArgs, r: &mut Report) -> Result<String>
         Err(Error::FailPoint(p)) => Err(Error::FailPoint(p)),
         Err(e) => {
             r.writes = txn.writes();
+            r.reloads += usize::from(txn.rollback_reloads());
             let err = txn.rollback(&g.sshd, e);
-            r.reloads += 1;
             r.step("rollback", err.to_string());
             Err(err)
         }
@@ -243,7 +266,7 @@ fn activate(
     r.step("sshd -t", "configuration valid");
     failpoint::after("test")?;
 
-    g.sshd.reload()?;
+    txn.reload(&g.sshd)?;
     r.reloads += 1;
     r.step("reload", "sshd reloaded (not restarted)");
     failpoint::after("reload")?;
@@ -345,8 +368,17 @@ fn verification_files(
     Ok((key_path, cert_path, known_hosts))
 }
 
+/// Restores every managed file, in the order that keeps the running sshd consistent with
+/// the disk at each instant: first the drop-in (and every file that gets bytes back),
+/// then `sshd -t`, a check that `sshd -T` no longer names our KRL, trusted CA keys or host
+/// certificates, and the reload; only then are the files enrollment created (the KRL
+/// among them) deleted. A crash anywhere leaves the journal, and the next run rolls back
+/// to the enrolled node (which `remove` then removes again).
 pub async fn remove(g: &Global, r: &mut Report) -> Result<String> {
-    recover(g, r)?;
+    let _lock = lock(g)?;
+    if !recover(g, r)? {
+        return Ok(CHECK_PENDING.into());
+    }
     let root = &g.root;
     let Some(state) = State::load(root)? else {
         r.step("remove", "not enrolled; nothing to remove");
@@ -354,7 +386,7 @@ pub async fn remove(g: &Global, r: &mut Report) -> Result<String> {
     };
     if g.check {
         for o in &state.originals {
-            let what = if o.content.is_some() { "restore" } else { "remove" };
+            let what = if o.is_absence() { "remove" } else { "restore" };
             r.step("check", format!("would {what} {}", o.path.display()));
         }
         return Ok("check: removal would restore the original files".into());
@@ -362,20 +394,31 @@ pub async fn remove(g: &Global, r: &mut Report) -> Result<String> {
     let mut txn = Txn::begin(root)?;
     let result = (|| -> Result<()> {
         txn.mark_sshd_touched()?;
-        for o in state.originals.iter().rev() {
-            match &o.content {
-                None => txn.remove(&o.path)?,
-                Some(_) => txn.write(&o.path, &decode(o)?, o.mode.unwrap_or(0o644))?,
-            }
+        let (before, after) = txn::split_for_undo(root, &state.originals);
+        for o in before.iter().rev() {
+            txn.restore(o)?;
             r.changes.push(format!("restore {}", o.path.display()));
         }
-        txn.remove(&root.state_file())?;
-        r.step("restore", format!("{} file(s) restored to their state before enrollment", state.originals.len()));
+        r.step("restore", "the drop-in is gone; the KRL and trust files stay until sshd has reloaded");
         failpoint::after("restore")?;
         g.sshd.test()?;
-        g.sshd.reload()?;
+        txn::check_not_named(&g.sshd, &after)?;
+        txn.reload(&g.sshd)?;
         r.reloads += 1;
-        r.step("reload", "sshd reloaded");
+        r.step("reload", "sshd reloaded without the Portcullis configuration");
+        failpoint::after("reload")?;
+        if !after.is_empty() {
+            // Sessions accepted just before the reload still authenticate under the old
+            // configuration, which names the KRL.
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        for o in after.iter().rev() {
+            txn.restore(o)?;
+            r.changes.push(format!("remove {}", o.path.display()));
+        }
+        txn.remove(&root.state_file())?;
+        r.step("delete", format!("{} file(s) restored to their state before enrollment", state.originals.len()));
+        failpoint::after("delete")?;
         Ok(())
     })();
     match result {
@@ -385,6 +428,8 @@ pub async fn remove(g: &Global, r: &mut Report) -> Result<String> {
         }
         Err(Error::FailPoint(p)) => return Err(Error::FailPoint(p)),
         Err(e) => {
+            r.writes = txn.writes();
+            r.reloads += usize::from(txn.rollback_reloads());
             let err = txn.rollback(&g.sshd, e);
             r.step("rollback", err.to_string());
             return Err(err);
@@ -411,21 +456,30 @@ pub async fn remove(g: &Global, r: &mut Report) -> Result<String> {
     }
 }
 
-fn decode(o: &txn::Original) -> Result<Vec<u8>> {
-    use base64::Engine;
-    let b64 = o.content.as_deref().unwrap_or_default();
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|_| Error::Failed(format!("the saved copy of {} is corrupt", o.path.display())))
-}
-
+/// Reports the enrollment and whether the node is healthy. Exits non-zero (8) when a
+/// lockout-relevant file is missing or invalid — while sshd's `RevokedKeys` names a
+/// missing or unloadable KRL it refuses every public key — or an interrupted run is
+/// pending, and says which command repairs it. Never writes.
 pub fn status(g: &Global, r: &mut Report) -> Result<String> {
     let root = &g.root;
-    if fsx::read_opt(&root.journal())?.is_some() {
+    let lock = lock::acquire(root, lock::Mode::Shared, std::time::Duration::ZERO)?;
+    let mut problems: Vec<String> = Vec::new();
+    if lock.is_none() {
+        r.step("lock", "another portcullis-enroll run is in progress; this is a snapshot of it");
+    } else if fsx::read_opt(&root.journal())?.is_some() {
         r.step("journal", "an interrupted run is pending rollback (any command completes it)");
+        problems.push(
+            "an interrupted run (or an incomplete rollback) is pending: run `portcullis-enroll refresh` \
+             (or `remove`) to complete it"
+                .into(),
+        );
     }
+    r.set("journal_pending", lock.is_some() && !problems.is_empty());
     let Some(state) = State::load(root)? else {
         r.set("enrolled", false);
+        if let Some(p) = problems.first() {
+            return Err(Error::NeedsRepair(format!("not enrolled, but {p}")));
+        }
         return Ok("not enrolled".into());
     };
     r.set("enrolled", true);
@@ -438,14 +492,48 @@ pub fn status(g: &Global, r: &mut Report) -> Result<String> {
         r.step("file", format!("{} {}", if present { "present" } else { "MISSING" }, o.path.display()));
     }
     r.set("files", &files);
+    if lock.is_some() {
+        match fsx::read_opt(&root.krl())? {
+            None => problems.push(format!(
+                "the KRL {} is MISSING: sshd refuses every public-key login while RevokedKeys names it; \
+                 run `portcullis-enroll refresh` to restore it",
+                root.krl().display()
+            )),
+            Some(bytes) => {
+                if let Err(e) = plan::check_krl(&bytes) {
+                    problems.push(format!(
+                        "the KRL {} is invalid ({e}): sshd refuses every public-key login while RevokedKeys \
+                         names it; run `portcullis-enroll refresh` to replace it",
+                        root.krl().display()
+                    ));
+                }
+            }
+        }
+        for (what, path) in [("trusted CA keys", root.user_ca()), ("drop-in", root.drop_in())] {
+            if !path.exists() {
+                problems.push(format!(
+                    "the {what} {} is MISSING; run `portcullis-enroll refresh` to restore it",
+                    path.display()
+                ));
+            }
+        }
+    }
+    r.set("healthy", problems.is_empty());
     let active = g.sshd.effective().ok().and_then(|e| e.get("trustedusercakeys").and_then(|v| v.first()).cloned());
     let active = active.as_deref() == Some(root.user_ca().display().to_string().as_str());
     r.set("active", active);
-    Ok(format!(
+    let summary = format!(
         "enrolled as {} with {} ({}); sshd {}",
         state.node,
         state.ca_url,
         state.ca_fingerprint,
         if active { "uses it" } else { "does NOT use it" }
-    ))
+    );
+    if problems.is_empty() {
+        return Ok(summary);
+    }
+    for p in &problems {
+        r.step("problem", p.clone());
+    }
+    Err(Error::NeedsRepair(format!("{summary}; NEEDS REPAIR: {}", problems.join("; "))))
 }

@@ -10,7 +10,9 @@
 //! | 3 | refused by preflight: the node's configuration cannot be changed safely; nothing changed |
 //! | 4 | a change failed and was rolled back to the original files (for a refresh: the sshd change was; new revocations, CA keys and principals stay applied) |
 //! | 5 | the CA refused (token expired/used up, unknown node) or could not be reached; nothing changed |
-//! | 6 | a change failed **and the rollback did not complete**: needs a person |
+//! | 6 | a change failed **and the rollback did not complete**: the journal is kept and the next run (or the refresh timer) completes it; `status` reports it |
+//! | 7 | another run holds the lock (waited `--lock-wait` seconds); nothing changed |
+//! | 8 | `status`: the node is enrolled but not healthy (a missing or invalid KRL, a pending journal, …); the message names the command that repairs it |
 
 use std::path::PathBuf;
 
@@ -37,6 +39,12 @@ pub enum Error {
     SshdChangeRolledBack { cause: String },
     #[error("{cause}; ROLLBACK INCOMPLETE: {rollback}")]
     RollbackFailed { cause: String, rollback: String },
+    /// Another run holds the lock.
+    #[error("{0}")]
+    Busy(String),
+    /// `status` found the node enrolled but in need of repair.
+    #[error("{0}")]
+    NeedsRepair(String),
     /// A simulated crash (`PORTCULLIS_ENROLL_FAILPOINT=<step>`): the process exits at once.
     #[error("fail point {0} reached")]
     FailPoint(String),
@@ -55,6 +63,8 @@ impl Error {
             Error::RolledBack { .. } | Error::SshdChangeRolledBack { .. } => 4,
             Error::Ca(_) => 5,
             Error::RollbackFailed { .. } => 6,
+            Error::Busy(_) => 7,
+            Error::NeedsRepair(_) => 8,
             Error::FailPoint(_) => 99,
         }
     }
@@ -70,6 +80,8 @@ impl Error {
             Error::RolledBack { .. } => "rolled_back",
             Error::SshdChangeRolledBack { .. } => "sshd_change_rolled_back",
             Error::RollbackFailed { .. } => "rollback_failed",
+            Error::Busy(_) => "busy",
+            Error::NeedsRepair(_) => "needs_repair",
             Error::FailPoint(_) => "fail_point",
         }
     }

@@ -6,6 +6,10 @@
 //! finds the journal and restores the originals.
 //! `PORTCULLIS_ENROLL_FAILPOINT=<step>:error` — the step fails with an ordinary error,
 //! exercising the in-process rollback.
+//! `PORTCULLIS_ENROLL_FAILPOINT=<step>:pause=<ms>` — the process sleeps after `<step>` and
+//! then carries on: a slow step, so a test can race another run or logins against it.
+//! Steps inside a rollback are named `rollback-restore`, `rollback-reload` and
+//! `rollback-delete`.
 //! `PORTCULLIS_ENROLL_FAILPOINT=write:<file name>` — writing that file fails with an
 //! I/O error (a full disk or read-only target).
 
@@ -27,6 +31,13 @@ pub fn after(step: &str) -> Result<()> {
     }
     if fp.strip_suffix(":error") == Some(step) {
         return Err(Error::Failed(format!("fail point {step}")));
+    }
+    if let Some((s, ms)) = fp.split_once(":pause=")
+        && s == step
+    {
+        let ms = ms.parse::<u64>().unwrap_or(0);
+        eprintln!("portcullis-enroll: fail point {step}: pausing {ms} ms");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
     Ok(())
 }

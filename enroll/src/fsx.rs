@@ -55,6 +55,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     result
 }
 
+/// Makes `path` a symlink to `target`, replacing whatever is there in one rename.
+pub fn symlink_atomic(target: &Path, path: &Path) -> Result<()> {
+    crate::failpoint::write_hook(path)?;
+    let dir = parent_of(path)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.portcullis-tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let result = std::os::unix::fs::symlink(target, &tmp)
+        .map_err(|e| Error::io("cannot create symlink", &tmp, e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename into place", path, e)))
+        .and_then(|()| fsync_dir(dir));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Removes a file (absent is fine) and syncs its directory.
 pub fn remove_durable(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
@@ -99,6 +116,8 @@ mod tests {
         assert_eq!(read_opt(&p).unwrap_or_default(), Some(b"two".to_vec()));
         assert_eq!(mode_of(&p), Some(0o644));
         assert_eq!(std::fs::read_dir(dir.path()).map(|d| d.count()).unwrap_or(0), 1, "no temp file left");
+        symlink_atomic(Path::new("elsewhere"), &p).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(std::fs::read_link(&p).ok(), Some(PathBuf::from("elsewhere")));
         let created = create_dirs(&dir.path().join("a/b")).unwrap_or_default();
         assert_eq!(created, vec![dir.path().join("a"), dir.path().join("a/b")]);
     }

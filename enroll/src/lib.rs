@@ -17,6 +17,7 @@ mod discovery;
 pub mod error;
 pub mod failpoint;
 pub mod fsx;
+pub mod lock;
 pub mod plan;
 pub mod preflight;
 pub mod proof;

@@ -24,7 +24,7 @@ fn main() {
         sshd: cli.sshd,
         reload_cmd: cli.reload_cmd,
     };
-    let g = Global { root, check: cli.check, sshd };
+    let g = Global { root, check: cli.check, sshd, lock_wait: std::time::Duration::from_secs(cli.lock_wait) };
     let name = match &cli.command {
         Command::Enroll(_) => "enroll",
         Command::Refresh => "refresh",

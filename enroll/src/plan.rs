@@ -10,9 +10,6 @@ use portcullis_proto::enroll::NodeBundle;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// OpenSSH KRL files start with this magic (PROTOCOL.krl).
-const KRL_MAGIC: &[u8] = b"SSHKRL\n\0";
-
 /// A bundle checked before anything is written: a KRL that would make sshd refuse every
 /// key, or host certificates that do not match the keys, never reach the disk.
 #[derive(Debug, Clone)]
@@ -37,9 +34,10 @@ fn one_line(s: &str) -> bool {
 
 pub fn check_bundle(bundle: &NodeBundle, host_keys: usize) -> Result<CheckedBundle> {
     let krl = STANDARD.decode(bundle.krl_base64.trim()).map_err(|_| Error::Ca("the KRL is not valid base64".into()))?;
-    if !krl.starts_with(KRL_MAGIC) {
-        return Err(Error::Ca("the KRL is not an OpenSSH KRL".into()));
-    }
+    // The whole KRL is parsed, not just its magic: while sshd's `RevokedKeys` names a
+    // file it cannot load, it refuses every public key (`sshd -t` still passes), so a
+    // truncated or corrupt body would lock out every key login on the node.
+    check_krl(&krl).map_err(|e| Error::Ca(format!("the CA sent a KRL that sshd could not load ({e}); refused")))?;
     if bundle.trusted_user_ca_keys.lines().filter(|l| !l.trim().is_empty()).count() == 0 {
         return Err(Error::Ca("the bundle has no trusted user CA key".into()));
     }
@@ -68,6 +66,12 @@ pub fn check_bundle(bundle: &NodeBundle, host_keys: usize) -> Result<CheckedBund
         host_certificates: bundle.host_certificates.clone(),
         trusted_host_ca_keys: bundle.trusted_host_ca_keys.clone(),
     })
+}
+
+/// Ok when sshd would load these bytes as `RevokedKeys` (the same rules as OpenSSH's
+/// `ssh-keygen -Q -f`, cross-checked in `sshcert`'s tests).
+pub fn check_krl(bytes: &[u8]) -> std::result::Result<(), portcullis_sshcert::KrlError> {
+    portcullis_sshcert::Krl::parse(bytes).map(|_| ())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,6 +286,21 @@ mod tests {
         assert!(sshd.touches_sshd);
         let (trust, sshd) = Plan { writes: vec![file(root.krl())], ..Plan::default() }.split(&root);
         assert_eq!((trust.writes.len(), sshd.is_empty(), sshd.touches_sshd), (1, true, false));
+    }
+
+    #[test]
+    fn a_krl_is_checked_whole_not_just_its_magic() {
+        let mut b = portcullis_sshcert::KrlBuilder::new(1, 1_700_000_000, "");
+        let key = ssh_key::PrivateKey::random(
+            &mut ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng),
+            ssh_key::Algorithm::Ed25519,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        b.revoke_key_sha256(key.public_key().key_data());
+        let good = b.encode();
+        assert!(check_krl(&good).is_ok());
+        assert!(check_krl(&good[..good.len() - 1]).is_err(), "truncated body");
+        assert!(check_krl(b"SSHKRL\n\0").is_err(), "magic only");
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! one of these is a consistent node, and the next refresh completes what is missing.
 
 use crate::client::Api;
-use crate::commands::{Global, now, recover, verify_effective, without_own_files, write_all};
+use crate::commands::{CHECK_PENDING, Global, lock, now, recover, verify_effective, without_own_files, write_all};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::plan::{self, CheckedBundle, Plan};
@@ -35,7 +35,10 @@ const TRUST_KEY: &str = "trust_files";
 const SSHD_KEY: &str = "sshd_change";
 
 pub async fn refresh(g: &Global, r: &mut Report) -> Result<String> {
-    recover(g, r)?;
+    let _lock = lock(g)?;
+    if !recover(g, r)? {
+        return Ok(CHECK_PENDING.into());
+    }
     let state = State::load(&g.root)?.ok_or_else(|| Error::Failed("this node is not enrolled".into()))?;
     let api = Api::new(&state.ca_url, &state.ca_fingerprint)?;
     refresh_with(g, state, &api, r).await
@@ -139,9 +142,7 @@ fn in_txn(g: &Global, r: &mut Report, change: impl FnOnce(&mut Txn, &mut Report)
         Ok(()) => txn.commit().map(|_| ()),
         Err(Error::FailPoint(p)) => Err(Error::FailPoint(p)),
         Err(e) => {
-            if txn.journal().sshd_touched {
-                r.reloads += 1;
-            }
+            r.reloads += usize::from(txn.rollback_reloads());
             Err(txn.rollback(&g.sshd, e))
         }
     }
@@ -212,7 +213,7 @@ fn apply_sshd_change(g: &Global, state: &State, bundle: &CheckedBundle, change: 
         verify_effective(g, &cert_paths)?;
         r.step("verify", "sshd -T shows the CA, principals, KRL and host certificate settings");
         failpoint::after("verify")?;
-        g.sshd.reload()?;
+        txn.reload(&g.sshd)?;
         r.reloads += 1;
         r.step("reload", "sshd validated and reloaded (host certificate or drop-in changed)");
         failpoint::after("reload")?;

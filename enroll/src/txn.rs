@@ -1,40 +1,78 @@
 //! A write-ahead journal around every change, so the node always ends in either the old
-//! state or the new one.
+//! state or the new one — and at no instant in between does the *running* sshd name a
+//! file that is missing.
 //!
-//! Before a path is first touched its original bytes and mode (or its absence) are
-//! added to `<stage>/journal.json` and the journal is synced; only then is the path
-//! written. [`Txn::rollback`] restores those originals byte for byte, removes the
-//! directories the change created and reloads sshd if its configuration was touched. If
-//! the process dies instead, the next run finds the journal and does the same
-//! ([`recover`]). [`Txn::commit`] deletes the journal: from then on the change stands.
+//! Before a path is first touched its original bytes and mode (or its absence, or the
+//! symlink it was) are added to `<stage>/journal.json` and the journal is synced; only
+//! then is the path written. [`Txn::rollback`] restores those originals; if the process
+//! dies instead, the next run finds the journal and does the same ([`recover`]).
+//! [`Txn::commit`] deletes the journal: from then on the change stands.
+//!
+//! Undo order matters because sshd refuses **every** public key while its `RevokedKeys`
+//! names a missing or unloadable file (and `sshd -t` does not notice). When the daemon may
+//! have loaded the changed configuration, the undo is in two passes ([`undo`]):
+//!
+//! 1. restore the sshd configuration and every file that gets *bytes* back (the KRL is
+//!    never deleted here);
+//! 2. `sshd -t`, check with `sshd -T` that nothing about to be deleted is still named,
+//!    reload, give connections accepted under the old configuration a moment, then
+//!    delete the files the change created (the KRL among them);
+//!
+//! and only then the journal goes. A crash or a failed reload anywhere in between leaves
+//! the journal, so `status` reports it and the next run finishes the same undo (each
+//! step is idempotent).
 
 use crate::error::{Error, Result};
-use crate::fsx;
 use crate::root::Root;
 use crate::sshd::SshdCtl;
+use crate::{failpoint, fsx};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// After the reload that drops our configuration, before deleting the files it named:
+/// sessions accepted just before the reload still authenticate under the old
+/// configuration and read `RevokedKeys` then.
+const SETTLE: Duration = Duration::from_millis(1000);
 
 /// A file as it was before the tool touched it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Original {
     pub path: PathBuf,
-    /// Base64 of the bytes; `None` when the file did not exist.
+    /// Base64 of the bytes; `None` when the file did not exist (or was a symlink).
     pub content: Option<String>,
     pub mode: Option<u32>,
+    /// The path was a symlink to this target (restored as a symlink, not as the bytes
+    /// it pointed to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<PathBuf>,
 }
 
 impl Original {
     pub fn capture(path: &Path) -> Result<Original> {
+        if let Ok(meta) = std::fs::symlink_metadata(path)
+            && meta.file_type().is_symlink()
+        {
+            let target = std::fs::read_link(path).map_err(|e| Error::io("cannot read link", path, e))?;
+            return Ok(Original { path: path.to_path_buf(), content: None, mode: None, link: Some(target) });
+        }
         let bytes = fsx::read_opt(path)?;
         let mode = bytes.as_ref().and(fsx::mode_of(path));
-        Ok(Original { path: path.to_path_buf(), content: bytes.map(|b| STANDARD.encode(b)), mode })
+        Ok(Original { path: path.to_path_buf(), content: bytes.map(|b| STANDARD.encode(b)), mode, link: None })
+    }
+
+    /// The path did not exist: restoring it deletes it.
+    pub fn is_absence(&self) -> bool {
+        self.content.is_none() && self.link.is_none()
     }
 
     /// Puts the file back exactly as captured.
     pub fn restore(&self) -> Result<()> {
+        if let Some(target) = &self.link {
+            return fsx::symlink_atomic(target, &self.path);
+        }
         match &self.content {
             None => fsx::remove_durable(&self.path),
             Some(b64) => {
@@ -47,6 +85,23 @@ impl Original {
     }
 }
 
+/// A file sshd reads its configuration from (not one the configuration names).
+pub fn is_sshd_config(root: &Root, path: &Path) -> bool {
+    path == root.sshd_config() || path.parent() == Some(root.drop_in_dir().as_path())
+}
+
+/// Splits originals into those restored before the reload and those restored after it:
+/// a file the change created (the KRL, trusted CA keys, principals, host certificates)
+/// may be named by the running daemon's configuration, so it is deleted only once the
+/// daemon has reloaded without it.
+pub fn split_for_undo<'a>(root: &Root, originals: &'a [Original]) -> (Vec<&'a Original>, Vec<&'a Original>) {
+    originals.iter().partition(|o| !o.is_absence() || is_sshd_config(root, &o.path))
+}
+
+fn default_true() -> bool {
+    true
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Journal {
     pub created_dirs: Vec<PathBuf>,
@@ -54,9 +109,16 @@ pub struct Journal {
     /// The sshd configuration (drop-in or host certificates) was touched: a rollback must
     /// reload so the daemon forgets it.
     pub sshd_touched: bool,
+    /// The daemon may have loaded the changed configuration: set (and synced) before each
+    /// reload, cleared when the reload command reports failure (then the daemon did not
+    /// get it — e.g. sshd is not running). A rollback reloads only when this is set.
+    /// Journals written before this field existed read as "may have".
+    #[serde(default = "default_true")]
+    pub sshd_reloaded: bool,
 }
 
 pub struct Txn {
+    root: Root,
     path: PathBuf,
     journal: Journal,
     writes: usize,
@@ -66,8 +128,15 @@ impl Txn {
     /// Creates the stage directory if needed and starts the journal.
     pub fn begin(root: &Root) -> Result<Txn> {
         let created_dirs = fsx::create_dirs(&root.stage())?;
-        let txn = Txn { path: root.journal(), journal: Journal { created_dirs, ..Journal::default() }, writes: 0 };
-        txn.persist()?;
+        let journal = Journal { created_dirs, sshd_touched: false, sshd_reloaded: false, originals: Vec::new() };
+        let txn = Txn { root: root.clone(), path: root.journal(), journal, writes: 0 };
+        if let Err(e) = txn.persist() {
+            // Nothing was changed yet: leave no empty stage directory behind.
+            for dir in txn.journal.created_dirs.iter().rev() {
+                let _ = std::fs::remove_dir(dir);
+            }
+            return Err(e);
+        }
         Ok(txn)
     }
 
@@ -125,6 +194,33 @@ impl Txn {
         Ok(())
     }
 
+    /// Puts back a file as `original` describes it (journaled like a write).
+    pub fn restore(&mut self, original: &Original) -> Result<()> {
+        self.record(&original.path)?;
+        original.restore()?;
+        self.writes += 1;
+        Ok(())
+    }
+
+    /// Reloads sshd, first recording that the daemon may load the changed configuration
+    /// (so a crash during the reload still makes the rollback reload).
+    pub fn reload(&mut self, sshd: &SshdCtl) -> Result<()> {
+        self.journal.sshd_reloaded = true;
+        self.persist()?;
+        if let Err(e) = sshd.reload() {
+            // The reload command failed, so the daemon kept its configuration.
+            self.journal.sshd_reloaded = false;
+            let _ = self.persist();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// A rollback now would reload sshd.
+    pub fn rollback_reloads(&self) -> bool {
+        self.journal.sshd_touched && self.journal.sshd_reloaded
+    }
+
     pub fn writes(&self) -> usize {
         self.writes
     }
@@ -141,32 +237,70 @@ impl Txn {
 
     /// Restores every original; `cause` is what went wrong.
     pub fn rollback(self, sshd: &SshdCtl, cause: Error) -> Error {
-        match undo(&self.path, &self.journal, sshd) {
+        match undo(&self.root, &self.journal, sshd) {
             Ok(()) => Error::RolledBack { cause: cause.to_string() },
-            Err(e) => Error::RollbackFailed { cause: cause.to_string(), rollback: e.to_string() },
+            Err(e) => Error::RollbackFailed { cause: cause.to_string(), rollback: with_journal_kept(e) },
         }
     }
 }
 
-fn undo(journal_path: &Path, journal: &Journal, sshd: &SshdCtl) -> Result<()> {
-    // Every original is attempted even if one fails; the first failure is reported.
+fn with_journal_kept(e: Error) -> String {
+    format!(
+        "{e}; the journal is kept, the KRL stays in place, and the next `portcullis-enroll` run \
+         (or the refresh timer) completes the rollback"
+    )
+}
+
+/// Restores each original (all are attempted; the first failure is returned).
+fn restore_all<'a>(originals: impl Iterator<Item = &'a Original>) -> Result<()> {
     let mut first_err = None;
-    for original in journal.originals.iter().rev() {
+    for original in originals {
         if let Err(e) = original.restore() {
             first_err.get_or_insert(e);
         }
     }
-    if let Some(e) = first_err {
-        return Err(e);
+    first_err.map_or(Ok(()), Err)
+}
+
+/// Fails when the configuration on disk still names a file about to be deleted.
+pub fn check_not_named(sshd: &SshdCtl, deleting: &[&Original]) -> Result<()> {
+    let eff = sshd.effective()?;
+    for key in ["revokedkeys", "trustedusercakeys", "hostcertificate"] {
+        for value in eff.get(key).into_iter().flatten() {
+            if let Some(o) = deleting.iter().find(|o| o.path == Path::new(value)) {
+                return Err(Error::Failed(format!(
+                    "sshd -T still shows {key} {}, which is about to be deleted; it is kept",
+                    o.path.display()
+                )));
+            }
+        }
     }
-    fsx::remove_durable(journal_path)?;
+    Ok(())
+}
+
+fn undo(root: &Root, journal: &Journal, sshd: &SshdCtl) -> Result<()> {
+    if journal.sshd_touched && journal.sshd_reloaded {
+        let (before, after) = split_for_undo(root, &journal.originals);
+        restore_all(before.into_iter().rev())?;
+        failpoint::after("rollback-restore")?;
+        sshd.test()?;
+        check_not_named(sshd, &after)?;
+        sshd.reload()?;
+        failpoint::after("rollback-reload")?;
+        if !after.is_empty() {
+            std::thread::sleep(SETTLE);
+        }
+        restore_all(after.into_iter().rev())?;
+        failpoint::after("rollback-delete")?;
+    } else {
+        // The daemon never loaded the change: its configuration names none of our files.
+        restore_all(journal.originals.iter().rev())?;
+        failpoint::after("rollback-restore")?;
+    }
+    fsx::remove_durable(&root.journal())?;
     for dir in journal.created_dirs.iter().rev() {
         // Only empty directories go: anything else in them is not ours to delete.
         let _ = std::fs::remove_dir(dir);
-    }
-    if journal.sshd_touched {
-        sshd.test()?;
-        sshd.reload()?;
     }
     Ok(())
 }
@@ -177,9 +311,9 @@ pub fn recover(root: &Root, sshd: &SshdCtl) -> Result<bool> {
     let Some(bytes) = fsx::read_opt(&path)? else { return Ok(false) };
     let journal: Journal = serde_json::from_slice(&bytes)
         .map_err(|e| Error::Failed(format!("{} is unreadable ({e}); restore by hand", path.display())))?;
-    undo(&path, &journal, sshd).map_err(|e| Error::RollbackFailed {
+    undo(root, &journal, sshd).map_err(|e| Error::RollbackFailed {
         cause: "an earlier run was interrupted".into(),
-        rollback: e.to_string(),
+        rollback: with_journal_kept(e),
     })?;
     Ok(true)
 }
