@@ -1,6 +1,6 @@
 //! The crate's one error type, and what a peer may see of it.
 
-use crate::store::StoreError;
+use crate::store::{StoreError, Unavailable};
 use portcullis_policies::Deny;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,9 @@ pub enum CaError {
     UnsupportedConsoleMode,
     #[error("{0}")]
     BadRequest(String),
+    /// The request body is over the endpoint's limit.
+    #[error("request body too large")]
+    TooLarge,
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -46,8 +49,37 @@ pub enum CaError {
     Config(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The database cannot take the request now (disk full, locked, unreachable). Nothing
+    /// the request would have changed was acknowledged; the client may retry.
+    #[error("{}", store_unavailable_message(*.0))]
+    StoreUnavailable(Unavailable),
+    /// Too many unauthenticated requests are already being worked on (password hashing,
+    /// directory binds, identity-provider calls); retry after the given seconds.
+    #[error("the CA is busy; retry in {retry_after} s")]
+    Busy { retry_after: u64 },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+fn store_unavailable_message(why: Unavailable) -> &'static str {
+    match why {
+        Unavailable::DiskFull => "the CA cannot store records: disk full",
+        Unavailable::Database => "the CA cannot store records right now; try again",
+    }
+}
+
+impl From<StoreError> for CaError {
+    /// A failure of the database's state becomes a 503 the client may retry; the detail
+    /// goes to the operator log only.
+    fn from(e: StoreError) -> CaError {
+        match e.unavailable() {
+            Some(why) => {
+                tracing::error!(error = %e, "database unavailable");
+                CaError::StoreUnavailable(why)
+            }
+            None => CaError::Store(e),
+        }
+    }
 }
 
 impl CaError {
@@ -64,12 +96,15 @@ impl CaError {
             CaError::TicketDenied { .. } => "ticket_denied",
             CaError::UnsupportedConsoleMode => "unsupported_console_mode",
             CaError::BadRequest(_) => "bad_request",
+            CaError::TooLarge => "too_large",
             CaError::NotFound(_) => "not_found",
             CaError::Conflict(_) => "conflict",
             CaError::Unavailable => "unavailable",
             CaError::SignInFailed(_) => "sign_in_failed",
             CaError::Config(_) => "config",
             CaError::Internal(_) | CaError::Store(_) => "internal",
+            CaError::StoreUnavailable(_) => "store_unavailable",
+            CaError::Busy { .. } => "busy",
         }
     }
 

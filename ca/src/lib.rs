@@ -6,6 +6,7 @@
 //! request, store a private key or password unencrypted/unhashed, or put a secret in a
 //! log line, audit record, URL or error message.
 
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod clock;
@@ -21,6 +22,7 @@ pub mod service;
 pub mod signer;
 pub mod store;
 pub mod tls;
+pub mod validate;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::CaError;

@@ -1,6 +1,14 @@
-//! Fixed-window attempt counters for the login endpoint, keyed by username and by
-//! client address. In memory per replica: a limit that holds per replica still bounds
-//! guessing to (replicas × limit) per window, and needs no database write per attempt.
+//! Attempt counters for the sign-in endpoints. In memory per replica: a limit that holds
+//! per replica still bounds guessing to (replicas × limit) per window, and needs no
+//! database write per attempt.
+//!
+//! [`RateLimiter`] is a plain fixed window (attempts per client address, console tickets
+//! per user). [`LoginThrottle`] slows password guessing without handing an attacker a
+//! lockout of the real user: failures count per (user, source address), with an
+//! exponential back-off after a few free tries, and a per-user ceiling over all sources
+//! that, once reached, blocks only the sources that have failed for that user — a
+//! sign-in from an address that has not failed is never blocked by other addresses'
+//! failures.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -47,9 +55,150 @@ impl RateLimiter {
     }
 }
 
+/// Failures one (user, address) pair gets before its back-off starts: typos are free.
+pub const FREE_FAILURES: u32 = 5;
+/// The longest back-off one pair waits between guesses.
+pub const MAX_BACKOFF_SECS: u64 = 15 * 60;
+
+#[derive(Debug, Clone, Copy)]
+struct PairState {
+    failures: u32,
+    last_failure: u64,
+}
+
+impl PairState {
+    /// When this pair may try again: 1 s after the first failure past the free ones,
+    /// doubling with each further failure up to [`MAX_BACKOFF_SECS`].
+    fn blocked_until(self) -> Option<u64> {
+        let over = self.failures.checked_sub(FREE_FAILURES + 1)?;
+        let backoff = 1u64.checked_shl(over).unwrap_or(u64::MAX).min(MAX_BACKOFF_SECS);
+        Some(self.last_failure.saturating_add(backoff))
+    }
+}
+
+/// Password guessing control for one replica; see the module doc.
+pub struct LoginThrottle {
+    pairs: Mutex<HashMap<(String, String), PairState>>,
+    /// Failures per user over all addresses, in windows of `ceiling_window` seconds.
+    per_user: RateLimiter,
+    ceiling_window: u64,
+}
+
+impl LoginThrottle {
+    /// `ceiling`: failures per user per `window` seconds over all addresses before
+    /// addresses that failed for that user are held off for the rest of the window.
+    pub fn new(ceiling: u32, window: u64) -> Self {
+        LoginThrottle {
+            pairs: Mutex::new(HashMap::new()),
+            per_user: RateLimiter::new(ceiling, window),
+            ceiling_window: window,
+        }
+    }
+
+    /// Seconds `address` must wait before trying `user` again, if any.
+    pub fn blocked(&self, user: &str, address: &str, now: u64) -> Option<u64> {
+        let pairs = self.pairs.lock().unwrap_or_else(|e| e.into_inner());
+        let pair = pairs.get(&(user.to_owned(), address.to_owned())).copied()?;
+        if let Some(until) = pair.blocked_until()
+            && now < until
+        {
+            return Some(until - now);
+        }
+        // The ceiling holds only addresses that failed for this user recently.
+        if now < pair.last_failure.saturating_add(self.ceiling_window) {
+            return self.per_user.blocked(user, now);
+        }
+        None
+    }
+
+    pub fn failed(&self, user: &str, address: &str, now: u64) {
+        self.per_user.hit(user, now);
+        let mut pairs = self.pairs.lock().unwrap_or_else(|e| e.into_inner());
+        if pairs.len() >= SWEEP_AT {
+            let keep = MAX_BACKOFF_SECS.max(self.ceiling_window);
+            pairs.retain(|_, p| now < p.last_failure.saturating_add(keep));
+        }
+        let pair =
+            pairs.entry((user.to_owned(), address.to_owned())).or_insert(PairState { failures: 0, last_failure: now });
+        pair.failures = pair.failures.saturating_add(1);
+        pair.last_failure = now;
+    }
+
+    /// A correct password from `address` clears that pair's failures (not other
+    /// addresses', and not the user's ceiling: an attacker's address stays slowed).
+    pub fn succeeded(&self, user: &str, address: &str) {
+        self.pairs.lock().unwrap_or_else(|e| e.into_inner()).remove(&(user.to_owned(), address.to_owned()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_from_other_addresses_never_block_a_clean_address() {
+        let t = LoginThrottle::new(20, 3600);
+        // An attacker spreads 200 failures over 100 addresses.
+        for i in 0..100 {
+            for _ in 0..2 {
+                t.failed("admin", &format!("198.51.100.{i}"), 1000);
+            }
+        }
+        assert!(t.blocked("admin", "192.0.2.7", 1001).is_none(), "the real user's address is not blocked");
+        // Past the ceiling, every address that failed for admin is held off.
+        assert!(t.blocked("admin", "198.51.100.3", 1001).is_some());
+        assert!(t.blocked("admin", "198.51.100.99", 1001).is_some());
+        // Other users are untouched.
+        assert!(t.blocked("alice", "198.51.100.3", 1001).is_none());
+    }
+
+    #[test]
+    fn one_address_backs_off_exponentially_after_the_free_failures() {
+        let t = LoginThrottle::new(1000, 3600);
+        for _ in 0..FREE_FAILURES {
+            assert!(t.blocked("alice", "a", 100).is_none());
+            t.failed("alice", "a", 100);
+        }
+        assert!(t.blocked("alice", "a", 100).is_none(), "typos are free");
+        t.failed("alice", "a", 100);
+        assert_eq!(t.blocked("alice", "a", 100), Some(1));
+        let mut waits = Vec::new();
+        let mut now = 200;
+        for _ in 0..14 {
+            t.failed("alice", "a", now);
+            let wait = t.blocked("alice", "a", now).unwrap();
+            waits.push(wait);
+            now += wait;
+            assert!(t.blocked("alice", "a", now).is_none(), "the back-off ends");
+        }
+        assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
+        assert_eq!(waits.first(), Some(&2));
+        assert_eq!(waits.last(), Some(&MAX_BACKOFF_SECS), "capped: {waits:?}");
+        t.succeeded("alice", "a");
+        assert!(t.blocked("alice", "a", now).is_none());
+    }
+
+    #[test]
+    fn a_property_no_address_without_failures_is_ever_blocked() {
+        // Deterministic pseudo-random schedules of failures from many addresses.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..50 {
+            let t = LoginThrottle::new(u32::try_from(next() % 50).unwrap_or(1) + 1, 60 + next() % 3600);
+            let mut now = 1_000_000;
+            for _ in 0..(next() % 2000) {
+                now += next() % 5;
+                t.failed("admin", &format!("10.0.{}.{}", next() % 4, next() % 250), now);
+            }
+            assert!(t.blocked("admin", "192.0.2.1", now).is_none());
+            assert!(t.blocked("admin", "10.1.0.1", now + next() % 10_000).is_none());
+        }
+    }
 
     #[test]
     fn blocks_after_max_until_window_ends() {

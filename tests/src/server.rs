@@ -322,7 +322,19 @@ pub fn client_with_pin(pin: &str) -> reqwest::Client {
     reqwest::Client::builder().use_preconfigured_tls(tls).timeout(Duration::from_secs(60)).build().unwrap()
 }
 
-async fn status_and_json(resp: reqwest::Response) -> (StatusCode, Value) {
+/// A pinned client whose connections come from `local` (any 127.0.0.0/8 address reaches
+/// a server on 127.0.0.1): a second "machine" for per-address limits.
+pub fn client_from(pin: &str, local: std::net::IpAddr) -> reqwest::Client {
+    let tls = portcullis_proto::pin::pinned_client_config(pin).expect("malformed pin");
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .local_address(local)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+pub async fn status_and_json(resp: reqwest::Response) -> (StatusCode, Value) {
     let status = resp.status();
     let text = resp.text().await.unwrap();
     let value = if text.is_empty() {

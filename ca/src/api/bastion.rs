@@ -2,11 +2,11 @@
 //! Services authenticate with their own bearer credential (`pcs_…`, from enrollment);
 //! an endpoint for the other kind of service answers 403.
 
-use super::extract::{AgentAuth, Authed, BastionAuth, Body, ClientIp, ServiceAuth, bearer};
+use super::extract::{AgentAuth, Authed, BastionAuth, Body, ClientIp, Name, ServiceAuth, bearer};
 use crate::error::CaError;
 use crate::service::Ca;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use portcullis_policies::Permission;
 use portcullis_proto::SessionInfo;
@@ -75,7 +75,7 @@ pub async fn list_sessions(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<Session
     Ok(Json(ca.live_sessions(&grant).await?))
 }
 
-pub async fn kill_session(State(ca): Ca_, Authed(c): Authed, Path(id): Path<String>) -> Result<StatusCode, CaError> {
+pub async fn kill_session(State(ca): Ca_, Authed(c): Authed, Name(id): Name) -> Result<StatusCode, CaError> {
     let grant = ca.authorize(&c, Permission::SessionsKill)?;
     ca.kill_session(&grant, &id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -29,9 +29,6 @@ pub async fn browser_login(
     ClientIp(ip): ClientIp,
     Body(body): Body<LoginBody>,
 ) -> Result<Response, CaError> {
-    if !body.plausible() {
-        return Err(CaError::InvalidCredentials);
-    }
     let session = ca.login_password(body.username(), body.password(), &ip).await?;
     let max_age = session.expires_at.saturating_sub(ca.now());
     let cookie = HeaderValue::try_from(format!(

@@ -1,35 +1,117 @@
-//! Request extractors that fail with sanitized [`CaError`]s instead of axum's default
-//! rejections (which can echo parts of the request back).
+//! Request extractors that fail with sanitized [`CaError`]s in the JSON error format
+//! instead of axum's plain-text rejections (which can echo parts of the request back).
 
 use crate::error::CaError;
 use crate::service::{Ca, Caller, ServiceCaller, csrf_token_for, csrf_token_matches};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::Method;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use portcullis_proto::bastion::ServiceKind;
 use portcullis_proto::console::CSRF_HEADER;
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A JSON body; any problem becomes one sanitized 400 (or 413 for size).
 pub struct Body<T>(pub T);
 
+/// The body limit of a route, when it is not [`super::MAX_BODY_BYTES`].
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// How much of an oversized body is read and thrown away so the client, still sending,
+/// receives the 413 instead of a connection reset; beyond this the connection is dropped.
+const DRAIN_MAX: usize = 16 * 1024 * 1024;
+/// How long reading a body (and draining an oversized one) may take.
+const BODY_DEADLINE: Duration = Duration::from_secs(30);
+
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = CaError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, CaError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Body(v)),
-            Err(JsonRejection::MissingJsonContentType(_)) => {
-                Err(CaError::BadRequest("expected Content-Type: application/json".into()))
-            }
-            Err(JsonRejection::BytesRejection(_)) => {
-                Err(CaError::BadRequest(format!("request body too large (limit {} bytes)", super::MAX_BODY_BYTES)))
-            }
-            Err(_) => Err(CaError::BadRequest("request body is not valid JSON for this endpoint".into())),
+    async fn from_request(req: Request, _state: &S) -> Result<Self, CaError> {
+        let is_json = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .is_some_and(|v| v == "application/json" || (v.starts_with("application/") && v.ends_with("+json")));
+        let limit = req.extensions().get::<BodyLimit>().map_or(super::MAX_BODY_BYTES, |l| l.0);
+        let bytes = tokio::time::timeout(BODY_DEADLINE, read_limited(req.into_body(), limit))
+            .await
+            .map_err(|_| CaError::BadRequest("request body too slow".into()))??;
+        if !is_json {
+            return Err(CaError::BadRequest("expected Content-Type: application/json".into()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|_| CaError::BadRequest("request body is not valid JSON for this endpoint".into()))
+    }
+}
+
+/// Reads at most `limit` bytes. Past the limit, the rest is read and dropped (up to
+/// [`DRAIN_MAX`]) before answering 413: a client that sends its whole body before
+/// reading gets the answer instead of a reset.
+async fn read_limited(mut body: axum::body::Body, limit: usize) -> Result<Vec<u8>, CaError> {
+    use hyper::body::Body as _;
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    loop {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|_| CaError::BadRequest("request body could not be read".into()))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len());
+        if seen > DRAIN_MAX {
+            return Err(CaError::TooLarge);
+        }
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        }
+    }
+    if seen > limit { Err(CaError::TooLarge) } else { Ok(buf) }
+}
+
+/// Path parameters; a malformed one is a JSON 400.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = CaError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, CaError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(_) => Err(CaError::BadRequest("malformed path parameter".into())),
+        }
+    }
+}
+
+/// One name from the path (a user, a node, a session id), checked by
+/// [`crate::validate::identifier`] before any lookup.
+pub struct Name(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Name {
+    type Rejection = CaError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, CaError> {
+        let Path(name) = Path::<String>::from_request_parts(parts, state).await?;
+        crate::validate::identifier("the name in the path", &name)?;
+        Ok(Name(name))
+    }
+}
+
+/// A query string; a malformed one is a JSON 400.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = CaError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, CaError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(_) => Err(CaError::BadRequest("malformed query string".into())),
         }
     }
 }

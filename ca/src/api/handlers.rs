@@ -1,11 +1,12 @@
 //! One function per route; each authenticates, authorizes, and calls one `Ca` method.
 
 use super::extract::{Authed, Body, ClientIp};
+use super::extract::{Name, Path, Query};
 use crate::error::CaError;
 use crate::keys::KeyPurpose;
 use crate::service::Ca;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use portcullis_policies::Permission;
@@ -25,10 +26,6 @@ pub struct LoginBody {
 }
 
 impl LoginBody {
-    /// A username worth asking the identity sources about.
-    pub(super) fn plausible(&self) -> bool {
-        !self.username.is_empty() && self.username.len() <= 256
-    }
     pub(super) fn username(&self) -> &str {
         &self.username
     }
@@ -38,9 +35,7 @@ impl LoginBody {
 }
 
 pub async fn login(State(ca): Ca_, ClientIp(ip): ClientIp, Body(body): Body<LoginBody>) -> Res<LoginResponse> {
-    if !body.plausible() {
-        return Err(CaError::InvalidCredentials);
-    }
+    // The user name is checked (printable, bounded) before anything is asked or audited.
     Ok(Json(ca.login_password(&body.username, &body.password, &ip).await?))
 }
 
@@ -76,7 +71,7 @@ pub async fn krl(State(ca): Ca_) -> Result<impl IntoResponse, CaError> {
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes.as_ref().clone()))
 }
 
-pub async fn node_principals(State(ca): Ca_, Authed(c): Authed, Path(name): Path<String>) -> Res<NodePrincipals> {
+pub async fn node_principals(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Res<NodePrincipals> {
     let grant = ca.authorize(&c, Permission::NodesManage)?;
     Ok(Json(ca.node_principals(&grant, &name).await?))
 }
@@ -102,12 +97,12 @@ pub async fn add_user(State(ca): Ca_, Authed(c): Authed, Body(b): Body<AddUserBo
     Ok(Json(UserInfo { username: b.username, groups: b.groups, disabled: false }))
 }
 
-pub async fn disable_user(State(ca): Ca_, Authed(c): Authed, Path(name): Path<String>) -> Result<(), CaError> {
+pub async fn disable_user(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::UsersManage)?;
     ca.set_user_disabled(&grant, &name, true).await
 }
 
-pub async fn enable_user(State(ca): Ca_, Authed(c): Authed, Path(name): Path<String>) -> Result<(), CaError> {
+pub async fn enable_user(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::UsersManage)?;
     ca.set_user_disabled(&grant, &name, false).await
 }
@@ -115,7 +110,7 @@ pub async fn enable_user(State(ca): Ca_, Authed(c): Authed, Path(name): Path<Str
 pub async fn set_groups(
     State(ca): Ca_,
     Authed(c): Authed,
-    Path(name): Path<String>,
+    Name(name): Name,
     Body(b): Body<SetGroupsRequest>,
 ) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::UsersManage)?;
@@ -131,7 +126,7 @@ pub struct PasswordBody {
 pub async fn set_password(
     State(ca): Ca_,
     Authed(c): Authed,
-    Path(name): Path<String>,
+    Name(name): Name,
     Body(b): Body<PasswordBody>,
 ) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::UsersManage)?;

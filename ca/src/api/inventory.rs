@@ -1,11 +1,11 @@
 //! Hardware discovery: the bastion's claim and report (bastion bearer), and the
 //! inventory's admin view.
 
-use super::extract::{Authed, BastionAuth, Body};
+use super::extract::{Authed, BastionAuth, Body, Name};
 use crate::error::CaError;
 use crate::service::Ca;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use portcullis_policies::Permission;
 use portcullis_proto::discovery::*;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ pub async fn report(
 }
 
 /// Readable with `nodes.manage` or `audit.read`.
-pub async fn show(State(ca): Ca_, Authed(c): Authed, Path(node): Path<String>) -> Res<InventoryView> {
+pub async fn show(State(ca): Ca_, Authed(c): Authed, Name(node): Name) -> Res<InventoryView> {
     let grant = ca.authorize(&c, Permission::NodesManage).or_else(|_| ca.authorize(&c, Permission::AuditRead))?;
     Ok(Json(ca.inventory_view(&grant, &node).await?))
 }

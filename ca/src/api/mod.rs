@@ -12,11 +12,13 @@ mod ui;
 
 use crate::error::CaError;
 use crate::service::Ca;
+use axum::Extension;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use extract::BodyLimit;
 use portcullis_proto::ApiError;
 use std::sync::Arc;
 
@@ -25,9 +27,13 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Bastion heartbeats and event batches (authenticated bastions only).
 pub const BASTION_BODY_BYTES: usize = 4 * 1024 * 1024;
 
+/// What a client that met a full disk or a lost database is told to wait.
+const STORE_RETRY_AFTER: u64 = 5;
+
 pub fn router(ca: Arc<Ca>) -> Router {
     Router::new()
         .route("/v1/health", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/v1/auth/login", post(handlers::login))
         .route("/v1/auth/logout", post(handlers::logout))
         .route("/v1/auth/whoami", get(handlers::whoami))
@@ -72,9 +78,9 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/bastion/sessions/open", post(bastion::open))
         // A heartbeat lists every live session of a bastion (up to 20,000, ~100 bytes each)
         // and an event batch up to 1000 events: both outgrow the default limit.
-        .route("/v1/bastion/heartbeat", post(bastion::heartbeat).layer(DefaultBodyLimit::max(BASTION_BODY_BYTES)))
+        .route("/v1/bastion/heartbeat", post(bastion::heartbeat).layer(Extension(BodyLimit(BASTION_BODY_BYTES))))
         .route("/v1/bastion/sessions/close", post(bastion::close))
-        .route("/v1/bastion/events", post(bastion::events).layer(DefaultBodyLimit::max(BASTION_BODY_BYTES)))
+        .route("/v1/bastion/events", post(bastion::events).layer(Extension(BodyLimit(BASTION_BODY_BYTES))))
         .route("/v1/admin/sessions", get(bastion::list_sessions))
         .route("/v1/admin/sessions/{id}/kill", post(bastion::kill_session))
         .route("/v1/admin/agents", get(bastion::list_agents))
@@ -82,16 +88,21 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/bastion/discovery/claim", post(inventory::claim))
         .route(
             "/v1/bastion/discovery/report",
-            post(inventory::report)
-                .layer(DefaultBodyLimit::max(portcullis_proto::discovery::MAX_DISCOVERY_REPORT_BODY)),
+            post(inventory::report).layer(Extension(BodyLimit(portcullis_proto::discovery::MAX_DISCOVERY_REPORT_BODY))),
         )
         .route("/v1/admin/inventory/{node}", get(inventory::show))
         .route("/enroll.sh", get(enroll::script))
         .route("/v1/download/portcullis-enroll", get(enroll::binary))
         .merge(ui::router())
         .fallback(|| async { CaError::NotFound("route") })
+        // Bodies are read by `extract::Body`, which applies `MAX_BODY_BYTES` or the
+        // route's `BodyLimit`; axum's own limit stays as a backstop for other extractors.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ca)
+}
+
+async fn metrics(axum::extract::State(ca): axum::extract::State<Arc<Ca>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], ca.metrics_text())
 }
 
 impl IntoResponse for CaError {
@@ -105,8 +116,11 @@ impl IntoResponse for CaError {
             CaError::Csrf | CaError::TicketDenied { .. } => StatusCode::FORBIDDEN,
             CaError::BadRequest(_) | CaError::UnsupportedConsoleMode => StatusCode::BAD_REQUEST,
             CaError::NotFound(_) => StatusCode::NOT_FOUND,
+            CaError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             CaError::Conflict(_) => StatusCode::CONFLICT,
-            CaError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            CaError::Unavailable | CaError::StoreUnavailable(_) | CaError::Busy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             CaError::Config(_) | CaError::Internal(_) | CaError::Store(_) => {
                 tracing::error!(error = %self, "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -114,9 +128,12 @@ impl IntoResponse for CaError {
         };
         let body = ApiError { error: self.code().to_owned(), message: self.public_message() };
         let mut response = (status, axum::Json(body)).into_response();
-        if let CaError::RateLimited { retry_after } = self
-            && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
-        {
+        let retry_after = match self {
+            CaError::RateLimited { retry_after } | CaError::Busy { retry_after } => Some(retry_after),
+            CaError::StoreUnavailable(_) => Some(STORE_RETRY_AFTER),
+            _ => None,
+        };
+        if let Some(v) = retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
             response.headers_mut().insert(header::RETRY_AFTER, v);
         }
         response

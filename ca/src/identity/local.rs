@@ -1,22 +1,26 @@
 //! Users kept in the CA's own database, with argon2id password hashes.
 
 use super::{AuthFailure, BoxFuture, IdentitySource};
+use crate::admission::WorkLimit;
 use crate::store::{Store, StoreError};
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use portcullis_policies::Identity;
 use secrecy::{ExposeSecret, SecretString};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 #[derive(Clone)]
 pub struct LocalUsers {
     store: Store,
+    /// Every password check hashes (unknown users against a dummy hash): this bounds
+    /// how many run at once.
+    hashing: Arc<WorkLimit>,
 }
 
 impl LocalUsers {
-    pub fn new(store: Store) -> Self {
-        LocalUsers { store }
+    pub fn new(store: Store, hashing: Arc<WorkLimit>) -> Self {
+        LocalUsers { store, hashing }
     }
 }
 
@@ -57,6 +61,7 @@ impl IdentitySource for LocalUsers {
             let user = self.store.user(username).await.map_err(|_| AuthFailure::Unavailable)?;
             let hash = user.as_ref().and_then(|u| u.password_hash.clone()).unwrap_or_else(|| dummy_hash().to_owned());
             let pass = password.clone();
+            let _turn = self.hashing.enter().await.map_err(|_| AuthFailure::Busy)?;
             // argon2 is CPU-bound by design: keep it off the async workers.
             let ok = tokio::task::spawn_blocking(move || verify_password(&hash, pass.expose_secret()))
                 .await

@@ -26,6 +26,9 @@ pub enum AuthFailure {
     Disabled,
     /// The directory could not be asked: never a reason to let anyone in.
     Unavailable,
+    /// Too many sign-ins are being checked at once; not the user's fault, not counted
+    /// as a failure.
+    Busy,
 }
 
 impl AuthFailure {
@@ -36,6 +39,7 @@ impl AuthFailure {
             AuthFailure::BadPassword => "bad_credentials",
             AuthFailure::Disabled => "user_disabled",
             AuthFailure::Unavailable => "directory_unavailable",
+            AuthFailure::Busy => "busy",
         }
     }
 }

@@ -230,7 +230,7 @@ impl Ca {
     }
 
     pub async fn upsert_node(&self, grant: &Grant, node: &NodeRecord) -> Result<bool, CaError> {
-        check_name("node", &node.name)?;
+        crate::validate::node_record(node)?;
         let now = self.now();
         let mut tx = self.store.begin().await?;
         let new = store::upsert_node(tx.conn(), node, now).await?;

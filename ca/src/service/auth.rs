@@ -69,6 +69,9 @@ pub(crate) fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// What a sign-in refused as "busy" is told to wait (the hashing queue's deadline).
+const BUSY_RETRY_AFTER: u64 = 3;
+
 impl Ca {
     pub async fn login_password(
         &self,
@@ -76,10 +79,11 @@ impl Ca {
         password: &SecretString,
         client_ip: &str,
     ) -> Result<LoginResponse, CaError> {
+        crate::validate::identifier("user name", username)?;
         let now = self.now();
-        let user_key = format!("user:{username}");
         let ip_key = format!("ip:{client_ip}");
-        let limited = self.ip_attempts.blocked(&ip_key, now).or_else(|| self.user_failures.blocked(&user_key, now));
+        let limited =
+            self.ip_attempts.blocked(&ip_key, now).or_else(|| self.login_throttle.blocked(username, client_ip, now));
         self.ip_attempts.hit(&ip_key, now);
         if let Some(retry_after) = limited {
             self.audit_login_failure(username, "any", client_ip, "rate_limited").await?;
@@ -87,9 +91,10 @@ impl Ca {
         }
         let identity = match self.authenticate_password(username, password).await {
             Ok(identity) => identity,
+            Err((_, AuthFailure::Busy)) => return Err(CaError::Busy { retry_after: BUSY_RETRY_AFTER }),
             Err((source, failure)) => {
                 if failure != AuthFailure::Unavailable {
-                    self.user_failures.hit(&user_key, now);
+                    self.login_throttle.failed(username, client_ip, now);
                 }
                 self.audit_login_failure(username, source, client_ip, failure.code()).await?;
                 return Err(match failure {
@@ -98,7 +103,7 @@ impl Ca {
                 });
             }
         };
-        self.user_failures.reset(&user_key);
+        self.login_throttle.succeeded(username, client_ip);
         let groups = identity.groups.iter().cloned().collect();
         self.open_session(identity.username, identity.source, groups, client_ip).await
     }
@@ -139,6 +144,12 @@ impl Ca {
     ) -> Result<Identity, (&'static str, AuthFailure)> {
         let mut last = ("local", AuthFailure::UnknownUser);
         for source in &self.sources {
+            // Local users are bounded by their hashing limit; other sources wait on a
+            // directory server.
+            let _turn = match source.name() {
+                "local" => None,
+                _ => Some(self.directory_work.enter().await.map_err(|_| (source.name(), AuthFailure::Busy))?),
+            };
             match source.authenticate(username, password).await {
                 Ok(identity) => return Ok(identity),
                 Err(AuthFailure::UnknownUser) => last = (source.name(), AuthFailure::UnknownUser),

@@ -353,15 +353,8 @@ impl Ca {
 
 /// Node facts come from the network: names and addresses are checked, host keys parsed.
 fn validate_facts(facts: &NodeFacts) -> Result<Vec<PublicKey>, CaError> {
-    let name_ok = |s: &str| {
-        !s.is_empty() && s.len() <= 253 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-    };
-    if !name_ok(&facts.name) {
-        return Err(CaError::BadRequest("node name: letters, digits, '-', '.', '_' (at most 253)".into()));
-    }
-    if facts.addresses.len() > 32
-        || !facts.addresses.iter().all(|a| a.parse::<std::net::IpAddr>().is_ok() || name_ok(a))
-    {
+    crate::validate::node_name(&facts.name)?;
+    if facts.addresses.len() > 32 || !facts.addresses.iter().all(|a| crate::validate::address(a)) {
         return Err(CaError::BadRequest("addresses must be IP addresses or host names (at most 32)".into()));
     }
     for text in [&facts.os, &facts.sshd_version, &facts.pve_cluster, &facts.pve_node].into_iter().flatten() {

@@ -23,13 +23,14 @@ pub fn random_secret() -> String {
     auth::random_token("")
 }
 
+use crate::admission::WorkLimit;
 use crate::audit::{self, AuditEvent, SYSTEM_ACTOR};
 use crate::clock::Clock;
 use crate::error::CaError;
 use crate::identity::{IdentitySource, LocalUsers, hash_password};
 use crate::keys::{self, KeyAlgorithm, KeyPurpose, Keyring};
 use crate::policy_files::load_policy_dir;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{LoginThrottle, RateLimiter};
 use crate::store::{self, CaKeyRow, Store};
 use portcullis_policies::{Policy, PolicySummary, diff};
 use secrecy::SecretString;
@@ -53,6 +54,8 @@ pub struct CaConfig {
     pub max_cert_ttl: Duration,
     /// Lifetime of an API session (bearer token).
     pub session_ttl: Duration,
+    /// Failed password sign-ins per user per hour, over all addresses, after which the
+    /// addresses that failed for that user wait out the hour (see [`LoginThrottle`]).
     pub login_failures_per_user: u32,
     pub login_attempts_per_ip: u32,
     /// `SHA256:<base64>` of the API's TLS public key, baked into `enroll.sh`.
@@ -80,7 +83,7 @@ impl CaConfig {
             clock_skew: Duration::from_secs(60),
             max_cert_ttl: Duration::from_secs(8 * 3600),
             session_ttl: Duration::from_secs(12 * 3600),
-            login_failures_per_user: 10,
+            login_failures_per_user: 100,
             login_attempts_per_ip: 30,
             tls_pin: String::new(),
             enroll_binary: None,
@@ -105,8 +108,12 @@ pub struct Ca {
     clock_skew: u64,
     max_cert_ttl: Duration,
     session_ttl: u64,
-    user_failures: RateLimiter,
+    login_throttle: LoginThrottle,
     ip_attempts: RateLimiter,
+    /// Bounds on what anonymous callers can make us do (see [`crate::admission`]).
+    password_work: Arc<WorkLimit>,
+    directory_work: WorkLimit,
+    idp_work: WorkLimit,
     /// Console tickets asked per user per minute.
     ticket_requests: RateLimiter,
     krl_cache: Mutex<Option<certs::CachedKrl>>,
@@ -174,11 +181,14 @@ impl Ca {
         }
         let oidc = config.oidc.map(crate::identity::oidc::Oidc::new).transpose()?;
         let writer = writer::IssuanceWriter::spawn(store.clone());
+        let password_work = Arc::new(WorkLimit::password_hashing());
         let ca = Ca {
             oidc,
-            sources: std::iter::once(Arc::new(LocalUsers::new(store.clone())) as Arc<dyn IdentitySource>)
-                .chain(config.extra_sources)
-                .collect(),
+            sources: std::iter::once(
+                Arc::new(LocalUsers::new(store.clone(), Arc::clone(&password_work))) as Arc<dyn IdentitySource>
+            )
+            .chain(config.extra_sources)
+            .collect(),
             store,
             clock,
             passphrase: config.passphrase,
@@ -189,8 +199,11 @@ impl Ca {
             clock_skew: config.clock_skew.as_secs(),
             max_cert_ttl: config.max_cert_ttl,
             session_ttl: config.session_ttl.as_secs(),
-            user_failures: RateLimiter::new(config.login_failures_per_user, 60),
+            login_throttle: LoginThrottle::new(config.login_failures_per_user, 3600),
             ip_attempts: RateLimiter::new(config.login_attempts_per_ip, 60),
+            password_work,
+            directory_work: WorkLimit::remote("directory"),
+            idp_work: WorkLimit::remote("identity_provider"),
             ticket_requests: RateLimiter::new(TICKETS_PER_USER_PER_MINUTE, 60),
             krl_cache: Mutex::new(None),
             writer,
@@ -207,6 +220,23 @@ impl Ca {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The CA's counters in the Prometheus text format (`GET /metrics`). Counts only:
+    /// no names, addresses or anything a caller sent.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::from(
+            "# HELP portcullis_ca_busy_refusals_total Unauthenticated requests refused because too many of \
+             their kind were being worked on.\n# TYPE portcullis_ca_busy_refusals_total counter\n",
+        );
+        for work in [&*self.password_work, &self.directory_work, &self.idp_work] {
+            out.push_str(&format!(
+                "portcullis_ca_busy_refusals_total{{work=\"{}\"}} {}\n",
+                work.name(),
+                work.refused()
+            ));
+        }
+        out
     }
 
     pub fn now(&self) -> u64 {

@@ -46,6 +46,11 @@ impl Ca {
         }
     }
 
+    /// A turn to call the identity provider (bounded, see [`crate::admission`]).
+    async fn idp_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, CaError> {
+        self.idp_work.enter().await.map_err(|busy| CaError::Busy { retry_after: busy.retry_after })
+    }
+
     /// Per-address rate limit shared with password logins.
     async fn oidc_rate_limit(&self, client_ip: &str) -> Result<(), CaError> {
         let now = self.now();
@@ -100,6 +105,7 @@ impl Ca {
     pub async fn oidc_device_start(&self, client_ip: &str) -> Result<DeviceStart, CaError> {
         let oidc = self.oidc()?;
         self.oidc_rate_limit(client_ip).await?;
+        let _turn = self.idp_turn().await?;
         let now = self.now();
         let provider = match oidc.provider(now).await {
             Ok(p) => p,
@@ -132,6 +138,7 @@ impl Ca {
     /// Polls the IdP's token endpoint once for a device sign-in.
     pub async fn oidc_device_poll(&self, handle: &str, client_ip: &str) -> Result<DevicePoll, CaError> {
         let oidc = self.oidc()?;
+        let _turn = self.idp_turn().await?;
         let now = self.now();
         let key = token_hash(handle);
         let device_code = match oidc.pending.device_code(&key, now) {
@@ -194,6 +201,7 @@ impl Ca {
         let oidc = self.oidc()?;
         let redirect_url = oidc.redirect_url().ok_or(CaError::NotFound("OIDC browser sign-in"))?.clone();
         self.oidc_rate_limit(client_ip).await?;
+        let _turn = self.idp_turn().await?;
         let now = self.now();
         let provider = match oidc.provider(now).await {
             Ok(p) => p,
@@ -233,6 +241,7 @@ impl Ca {
         client_ip: &str,
     ) -> Result<LoginResponse, CaError> {
         let oidc = self.oidc()?;
+        let _turn = self.idp_turn().await?;
         let redirect_url = oidc.redirect_url().ok_or(CaError::NotFound("OIDC browser sign-in"))?.clone();
         let now = self.now();
         let (code, state, iss) = match callback {

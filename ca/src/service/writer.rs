@@ -6,9 +6,16 @@
 //! chain's head once; each caller is answered only after that commit. Under load this
 //! turns ~6 database round trips per certificate into ~2, and on SQLite removes the
 //! hand-off of the write lock between requests. Alone, a request is written at once.
+//!
+//! A batch whose transaction fails — at any statement or at COMMIT — answers every
+//! caller in it with an error and no certificate (a 503 when the database is full or
+//! unreachable): a COMMIT whose outcome is unknown (PostgreSQL connection lost during
+//! COMMIT) is not acknowledged either. Such a certificate may be in the store without
+//! ever reaching its owner, which is harmless; the opposite is what this prevents.
 
 use crate::audit::{self, AuditEvent};
-use crate::store::{self, CertRow, Store};
+use crate::error::CaError;
+use crate::store::{self, CertRow, Store, Unavailable};
 use tokio::sync::{mpsc, oneshot};
 
 const MAX_BATCH: usize = 64;
@@ -17,7 +24,8 @@ const QUEUE: usize = 1024;
 struct Job {
     row: CertRow,
     event: AuditEvent,
-    done: oneshot::Sender<Result<(), String>>,
+    /// `Err(Some(_))`: the database's state; `Err(None)`: anything else.
+    done: oneshot::Sender<Result<(), Option<Unavailable>>>,
 }
 
 #[derive(Clone)]
@@ -33,11 +41,14 @@ impl IssuanceWriter {
     }
 
     /// Stores one issued certificate with its audit record; returns after the commit.
-    pub async fn write(&self, row: CertRow, event: AuditEvent) -> Result<(), crate::CaError> {
+    pub async fn write(&self, row: CertRow, event: AuditEvent) -> Result<(), CaError> {
         let (done, wait) = oneshot::channel();
-        let gone = || crate::CaError::Internal("issuance writer stopped".into());
+        let gone = || CaError::Internal("issuance writer stopped".into());
         self.tx.send(Job { row, event, done }).await.map_err(|_| gone())?;
-        wait.await.map_err(|_| gone())?.map_err(crate::CaError::Internal)
+        wait.await.map_err(|_| gone())?.map_err(|failure| match failure {
+            Some(why) => CaError::StoreUnavailable(why),
+            None => CaError::Internal("storing the issued certificate failed".into()),
+        })
     }
 }
 
@@ -45,11 +56,11 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         let result = write_batch(&store, &jobs).await.map_err(|e| {
-            tracing::error!(error = %e, batch = jobs.len(), "storing issued certificates failed");
-            e.to_string()
+            tracing::error!(error = %e, batch = jobs.len(), "storing issued certificates failed; none acknowledged");
+            e.unavailable()
         });
         for job in jobs.drain(..) {
-            let _ = job.done.send(result.clone());
+            let _ = job.done.send(result);
         }
     }
 }

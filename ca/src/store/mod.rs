@@ -5,6 +5,15 @@
 //! and on SQLite write transactions are serialized in-process, because SQLite allows one
 //! writer and a deferred transaction that upgrades to a write lock can fail with `BUSY`
 //! instead of waiting.
+//!
+//! Acknowledged means committed: [`WriteTx::commit`] returns `Ok` only when the database
+//! said COMMIT succeeded, and a connection that comes back to the pool still inside a
+//! transaction (its COMMIT or ROLLBACK failed, e.g. on a full disk) is closed, never
+//! reused. sqlx counts transaction depth itself and lowers it only when COMMIT/ROLLBACK
+//! succeed; reusing such a connection would turn the next `BEGIN` into a `SAVEPOINT` and
+//! its "commit" into a `RELEASE` that commits nothing while the connection keeps the
+//! write lock. Closing it drops SQLite's lock and PostgreSQL's session, so the store
+//! recovers by itself once the fault (disk space, network) is gone.
 
 mod audit;
 mod certs;
@@ -48,7 +57,7 @@ pub use users::{
 };
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, Executor, Transaction};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Transaction};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +73,56 @@ pub enum StoreError {
     UnsupportedUrl,
     #[error("corrupt row: {0}")]
     Corrupt(&'static str),
+}
+
+/// Why the store cannot take a request right now, as opposed to a bug or a bad row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// SQLITE_FULL, or PostgreSQL's `disk_full` (53100).
+    DiskFull,
+    /// Locked or busy, connection lost, pool exhausted, I/O error, server shutting down.
+    Database,
+}
+
+impl StoreError {
+    /// `Some` when the failure is the database's state (retrying later can succeed), not
+    /// the request's or the code's.
+    pub fn unavailable(&self) -> Option<Unavailable> {
+        let StoreError::Db(e) = self else { return None };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => Some(Unavailable::Database),
+            sqlx::Error::Database(db) => {
+                let code = db.code()?;
+                match backend_of_code(&code) {
+                    Backend::Sqlite => match code.parse::<i32>().ok()? & 0xff {
+                        13 => Some(Unavailable::DiskFull),
+                        // BUSY, LOCKED, READONLY, IOERR, CORRUPT-free failures of the file.
+                        5 | 6 | 8 | 10 | 14 => Some(Unavailable::Database),
+                        _ => None,
+                    },
+                    Backend::Postgres => match code.as_ref() {
+                        "53100" => Some(Unavailable::DiskFull),
+                        c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") => {
+                            Some(Unavailable::Database)
+                        }
+                        _ => None,
+                    },
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+/// SQLite reports numeric result codes of at most four digits, PostgreSQL
+/// five-character SQLSTATEs.
+fn backend_of_code(code: &str) -> Backend {
+    if code.bytes().all(|b| b.is_ascii_digit()) && code.len() != 5 { Backend::Sqlite } else { Backend::Postgres }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -132,6 +191,15 @@ impl Store {
             // A local SQLite connection cannot go stale; pinging it before every
             // checkout only costs a round trip to sqlx's worker thread.
             .test_before_acquire(backend == Backend::Postgres)
+            // See the module doc: a connection left inside a transaction is never reused.
+            // The ping first lets the rollback that dropping the transaction queued run,
+            // so only connections whose ROLLBACK (or COMMIT) failed are closed.
+            .after_release(|conn, _meta| {
+                Box::pin(async move {
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

@@ -1,0 +1,310 @@
+//! The CA under faults: a full disk (SQLite on a small tmpfs) and connections killed
+//! under issuance (PostgreSQL). The property checked is "acknowledged means committed":
+//! every certificate a client received is in the certificate table with its audit
+//! record, revocable by serial and listed in the KRL — and the store recovers by itself
+//! once the fault is gone.
+
+// Test code: a failed expectation must fail the test, so unwrap/expect/panic/indexing
+// are the right tools here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use portcullis_ca::store::{Unavailable, serial_from_db};
+use portcullis_ca::{Ca, CaError, Caller, ManualClock};
+use portcullis_policies::Permission;
+use portcullis_proto::{RevokeRequest, UserCertRequest};
+use portcullis_tests::ssh::{ed25519_key, public_line, ssh_keygen};
+use portcullis_tests::{Postgres, ca_in_process, sqlite_url};
+use secrecy::SecretString;
+use sqlx::Row;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const POLICY: &str = r#"
+[[role]]
+name = "admin"
+permissions = ["certs.revoke", "users.manage", "audit.read"]
+
+[[role]]
+name = "deployer"
+logins = ["deploy"]
+targets = 'in:devices name:%'
+permissions = ["certs.issue"]
+max_cert_ttl = "1h"
+
+[[binding]]
+group = "admins"
+roles = ["admin"]
+
+[[binding]]
+group = "devs"
+roles = ["deployer"]
+"#;
+
+const ALICE_PASSWORD: &str = "alice-password-0123456789";
+const IP: &str = "192.0.2.10";
+/// Concurrent issuers: enough that the writer batches and the pool hands out every
+/// connection while the fault hits.
+const ISSUERS: usize = 16;
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A tmpfs of a fixed size mounted on a temporary directory: a real file system that
+/// fills up (ENOSPC), unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::Builder::new().prefix("portcullis-small-disk-").tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("mount(8) runs");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs for the disk-full test failed (needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a filler file until the file system refuses (ENOSPC).
+    fn fill(&self) -> PathBuf {
+        let path = self.path().join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 4096];
+        loop {
+            if let Err(e) = f.write_all(&chunk) {
+                assert_eq!(e.raw_os_error(), Some(28), "filling stopped on ENOSPC, not on {e}");
+                break;
+            }
+        }
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+async fn setup(url: &str, work: &Path) -> (Arc<Ca>, Caller, Caller) {
+    let policy_dir = work.join("policy");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("policy.toml"), POLICY).unwrap();
+    let ca = ca_in_process(url, &policy_dir, ManualClock::new(now())).await.unwrap();
+    let admin_password = ca.bootstrap_admin("admin", "admins").await.unwrap().unwrap();
+    let admin = login(&ca, "admin", secrecy::ExposeSecret::expose_secret(&admin_password)).await;
+    let users = ca.authorize(&admin, Permission::UsersManage).unwrap();
+    ca.add_user(&users, "alice", &["devs".into()], Some(&SecretString::from(ALICE_PASSWORD.to_owned()))).await.unwrap();
+    let alice = login(&ca, "alice", ALICE_PASSWORD).await;
+    (Arc::new(ca), admin, alice)
+}
+
+async fn login(ca: &Ca, user: &str, password: &str) -> Caller {
+    let token = ca.login_password(user, &SecretString::from(password.to_owned()), IP).await.unwrap().token;
+    ca.caller(&token).await.unwrap()
+}
+
+/// What a run of concurrent issuers received.
+#[derive(Default)]
+struct Outcome {
+    /// serial -> certificate line, for every certificate a caller was handed.
+    received: Vec<(u64, String)>,
+    refused: Vec<String>,
+}
+
+/// `ISSUERS` tasks issue `per_task` certificates each, keeping going through errors.
+async fn issue_concurrently(ca: &Arc<Ca>, alice: &Caller, per_task: usize) -> Outcome {
+    let mut tasks = Vec::new();
+    for _ in 0..ISSUERS {
+        let (ca, alice) = (Arc::clone(ca), alice.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Outcome::default();
+            for _ in 0..per_task {
+                let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..UserCertRequest::default() };
+                match ca.issue_user_cert(&alice, &request, IP).await {
+                    Ok(resp) => out.received.push((resp.serial.parse().unwrap(), resp.certificate)),
+                    Err(e) => out.refused.push(describe(&e)),
+                }
+            }
+            out
+        }));
+    }
+    let mut all = Outcome::default();
+    for task in tasks {
+        let out = task.await.unwrap();
+        all.received.extend(out.received);
+        all.refused.extend(out.refused);
+    }
+    all
+}
+
+fn describe(e: &CaError) -> String {
+    format!("{}: {e}", e.code())
+}
+
+/// Every certificate a caller received is stored, audited, revocable by serial and in
+/// the KRL; the audit chain verifies on every pooled connection.
+async fn assert_acknowledged_means_committed(ca: &Ca, admin: &Caller, received: &[(u64, String)], work: &Path) {
+    let stored: BTreeSet<u64> = sqlx::query("SELECT serial FROM certificates")
+        .fetch_all(ca.store().pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| serial_from_db(r.get("serial")))
+        .collect();
+    let audited: BTreeSet<u64> = sqlx::query("SELECT payload FROM audit_log WHERE event = 'cert_issued'")
+        .fetch_all(ca.store().pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let payload: serde_json::Value = serde_json::from_str(&r.get::<String, _>("payload")).unwrap();
+            payload["serial"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    let lost: Vec<u64> = received.iter().map(|(s, _)| *s).filter(|s| !stored.contains(s)).collect();
+    assert!(lost.is_empty(), "{} of {} received certificates are not stored: {lost:?}", lost.len(), received.len());
+    let unaudited: Vec<u64> = received.iter().map(|(s, _)| *s).filter(|s| !audited.contains(s)).collect();
+    assert!(unaudited.is_empty(), "received certificates without an audit record: {unaudited:?}");
+    assert_eq!(stored, audited, "the certificate table and the audit chain disagree");
+
+    let audit = ca.authorize(admin, Permission::AuditRead).unwrap();
+    for _ in 0..8 {
+        let check = ca.audit_verify(&audit).await.unwrap();
+        assert!(check.ok, "the audit chain verifies on every pooled connection: {check:?}");
+    }
+
+    // Revocable by serial: the newest received certificate (the one closest to the fault).
+    let revoke = ca.authorize(admin, Permission::CertsRevoke).unwrap();
+    let (last_serial, _) = received.last().unwrap();
+    let by_serial = ca
+        .revoke(&revoke, &RevokeRequest { serial: Some(last_serial.to_string()), ..RevokeRequest::default() })
+        .await
+        .unwrap();
+    assert_eq!(by_serial.certificates_revoked, 1, "serial {last_serial} is revocable");
+    // And all of them by user: every received certificate is in the KRL.
+    ca.revoke(&revoke, &RevokeRequest { username: Some("alice".into()), ..RevokeRequest::default() }).await.unwrap();
+    let files = work.join("received");
+    std::fs::create_dir_all(&files).unwrap();
+    let krl = files.join("krl");
+    std::fs::write(&krl, ca.krl().await.unwrap().as_slice()).unwrap();
+    let mut args = vec!["-Q".to_owned(), "-f".to_owned(), krl.display().to_string()];
+    for (serial, line) in received {
+        let path = files.join(format!("{serial}-cert.pub"));
+        std::fs::write(&path, format!("{line}\n")).unwrap();
+        args.push(path.display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ssh_keygen(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let revoked = stdout.lines().filter(|l| l.contains("REVOKED")).count();
+    assert_eq!(revoked, received.len(), "every received certificate is in the KRL:\n{stdout}");
+}
+
+/// Issues until one succeeds: the store must come back by itself once the fault is gone.
+async fn issue_after_recovery(ca: &Ca, alice: &Caller) -> (u64, String) {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..UserCertRequest::default() };
+        match ca.issue_user_cert(alice, &request, IP).await {
+            Ok(resp) => return (resp.serial.parse().unwrap(), resp.certificate),
+            Err(e) => last = describe(&e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the store did not recover after the fault was removed; last error: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_full_disk_never_acknowledges_an_unstored_certificate() {
+    let disk = SmallDisk::mount("24m");
+    let work = tempfile::tempdir().unwrap();
+    let (ca, admin, alice) = setup(&sqlite_url(disk.path()), work.path()).await;
+
+    let mut before = issue_concurrently(&ca, &alice, 4).await;
+    assert!(before.refused.is_empty(), "issuance works before the fault: {:?}", before.refused);
+
+    let filler = disk.fill();
+    let during = issue_concurrently(&ca, &alice, 40).await;
+    assert!(!during.refused.is_empty(), "the full disk refused nothing: the test did not reach the fault");
+    let disk_full = CaError::StoreUnavailable(Unavailable::DiskFull);
+    for refusal in &during.refused {
+        assert!(refusal.starts_with("store_unavailable: "), "a refusal on a full disk says so: {refusal}");
+    }
+    assert!(
+        during.refused.iter().any(|r| *r == describe(&disk_full)),
+        "at least one refusal names the full disk: {:?}",
+        &during.refused[..during.refused.len().min(5)]
+    );
+
+    std::fs::remove_file(filler).unwrap();
+    let after = issue_after_recovery(&ca, &alice).await;
+    let again = issue_concurrently(&ca, &alice, 4).await;
+    assert!(again.refused.is_empty(), "issuance works again once space is back: {:?}", again.refused);
+
+    before.received.extend(during.received);
+    before.received.push(after);
+    before.received.extend(again.received);
+    assert_acknowledged_means_committed(&ca, &admin, &before.received, work.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_killed_under_issuance_lose_no_acknowledged_certificate() {
+    // No skip when PostgreSQL is missing: see `Postgres::start`.
+    let pg = Postgres::start().expect("throwaway PostgreSQL server");
+    let work = tempfile::tempdir().unwrap();
+    let (ca, admin, alice) = setup(&pg.url(), work.path()).await;
+
+    // A second connection terminates every other backend of the CA's database, again and
+    // again, while the issuers run: some die mid-statement, some during COMMIT.
+    let killer_pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&pg.url()).await.unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut kills = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let killed = sqlx::query(
+                    "SELECT count(*) AS n FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+                )
+                .fetch_one(&killer_pool)
+                .await
+                .map(|r| r.get::<i64, _>("n"))
+                .unwrap_or(0);
+                kills += u64::try_from(killed).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            kills
+        })
+    };
+    let mut during = issue_concurrently(&ca, &alice, 30).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let kills = killer.await.unwrap();
+    assert!(kills > 0, "no connection was killed: the test did not reach the fault");
+    assert!(!during.refused.is_empty(), "killed connections refused nothing: the test did not reach the fault");
+    for refusal in &during.refused {
+        assert!(
+            refusal.starts_with("store_unavailable: "),
+            "a refusal under lost connections is a clean 503: {refusal}"
+        );
+    }
+    during.received.push(issue_after_recovery(&ca, &alice).await);
+    assert_acknowledged_means_committed(&ca, &admin, &during.received, work.path()).await;
+}
