@@ -147,6 +147,11 @@ impl Server {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The server process's id (for `/proc` readings).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn policy_dir(&self) -> PathBuf {
         self.data_dir.join("policy")
     }

@@ -74,6 +74,63 @@ async fn failures_from_other_addresses_never_lock_the_real_user_out() {
     assert!(failed.iter().any(|r| r.payload["reason"] == "rate_limited"), "the refusal is audited");
 }
 
+/// Peak resident memory of a process, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_anonymous_logins_is_refused_as_busy_not_hashed_at_once() {
+    let server = Server::start().await;
+    server.admin_token().await;
+    let before = peak_rss_kib(server.pid());
+    // 300 sign-ins at once, each from its own address (so no per-address limit applies),
+    // each costing an argon2id hash (unknown users hash against a dummy).
+    let mut tasks = Vec::new();
+    for i in 0..300u16 {
+        let [hi, lo] = (i + 1).to_be_bytes();
+        let client = client_from(&server.pin, IpAddr::V4(Ipv4Addr::new(127, 1, hi, lo)));
+        let url = server.endpoint("/v1/auth/login");
+        tasks.push(tokio::spawn(async move {
+            let resp = client
+                .post(url)
+                .json(&json!({ "username": format!("nobody{i}"), "password": "wrong-password-0123" }))
+                .send()
+                .await
+                .unwrap();
+            let retry_after = resp.headers().get(RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
+            (resp.status(), retry_after, resp.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut busy = 0u64;
+    for task in tasks {
+        let (status, retry_after, body) = task.await.unwrap();
+        match status {
+            StatusCode::UNAUTHORIZED => assert_eq!(body["error"], "invalid_credentials"),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(body["error"], "busy", "{body}");
+                assert!(retry_after.is_some_and(|v| v.parse::<u64>().unwrap() >= 1), "503 busy carries Retry-After");
+                busy += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(busy > 0, "300 simultaneous hashes were all admitted");
+    let grown_mib = peak_rss_kib(server.pid()).saturating_sub(before) / 1024;
+    // Unbounded, each concurrent argon2id holds ~19 MiB (300 × 19 MiB ≈ 5.6 GiB).
+    assert!(grown_mib < 400, "peak memory grew by {grown_mib} MiB under the flood");
+    let (status, metrics) = server.get_text(None, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        metrics.contains(&format!("portcullis_ca_busy_refusals_total{{work=\"password_hashing\"}} {busy}\n")),
+        "the refusals are counted: {metrics}"
+    );
+    // The real user still signs in once the flood is over.
+    server.login("admin", &server.admin_password).await;
+}
+
 /// A NUL in a user name is refused before any lookup, with the same 400 on both
 /// databases, and nothing is audited under another name.
 async fn nul_user_name_is_a_clean_400(send: impl AsyncFn(&str, Value) -> (StatusCode, Value)) {
