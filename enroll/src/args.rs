@@ -9,7 +9,7 @@ use std::path::PathBuf;
 /// preflight (nothing changed); 4 failed and rolled back; 5 the CA refused or was
 /// unreachable (nothing changed); 6 rollback incomplete (kept journal; the next run
 /// completes it); 7 another run holds the lock (nothing changed); 8 `status`: enrolled
-/// but needs repair.
+/// but needs repair; 9 `remove`: files restored but the CA did not deregister the node.
 #[derive(Debug, Parser)]
 #[command(name = "portcullis-enroll", version)]
 pub struct Cli {

@@ -281,10 +281,17 @@ fn activate(
     r.step("verify", format!("a live login as {login} with a verification certificate succeeded"));
     failpoint::after("verify")?;
 
-    // Unstage the verification principal; the final files are what the CA sent.
+    // Unstage the verification principal; the final files are what the CA sent. A
+    // principals file written only for the verification (policy grants that login
+    // nothing here) goes again, so the next run finds nothing to change.
     let final_files = plan::desired(root, bundle, &host_key_paths, None, now, discovery)?;
-    let unstage = plan::diff(root, final_files, &[])?.writes;
-    write_all(txn, root, &unstage, r)?;
+    let written: Vec<PathBuf> = txn.journal().originals.iter().map(|o| o.path.clone()).collect();
+    let unstage = plan::diff(root, final_files, &written)?;
+    write_all(txn, root, &unstage.writes, r)?;
+    for p in &unstage.removes {
+        txn.remove(p)?;
+        r.changes.push(format!("remove {}", p.display()));
+    }
     let journal = txn.journal().clone();
     let mut state = State {
         version: 1,
@@ -451,7 +458,12 @@ pub async fn remove(g: &Global, r: &mut Report) -> Result<String> {
         }
         Err(e) => {
             r.step("deregister", format!("failed: {e}"));
-            Err(Error::Ca(format!("the node's files were restored, but deregistration failed: {e}")))
+            Err(Error::Deregister(format!(
+                "the node's files were restored (the node no longer trusts the CA), but deregistering {} \
+                 failed: {e}; the CA still lists it and this node can no longer prove itself — \
+                 a CA administrator must remove it there",
+                state.node
+            )))
         }
     }
 }

@@ -12,6 +12,7 @@
 //! | 5 | the CA refused (token expired/used up, unknown node) or could not be reached; nothing changed |
 //! | 6 | a change failed **and the rollback did not complete**: the journal is kept and the next run (or the refresh timer) completes it; `status` reports it |
 //! | 7 | another run holds the lock (waited `--lock-wait` seconds); nothing changed |
+//! | 9 | `remove`: the node's files were restored, but the CA could not deregister it (a CA administrator must remove it there) |
 //! | 8 | `status`: the node is enrolled but not healthy (a missing or invalid KRL, a pending journal, …); the message names the command that repairs it |
 
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ pub enum Error {
     /// `status` found the node enrolled but in need of repair.
     #[error("{0}")]
     NeedsRepair(String),
+    /// `remove` restored the files but the CA did not deregister the node.
+    #[error("{0}")]
+    Deregister(String),
     /// A simulated crash (`PORTCULLIS_ENROLL_FAILPOINT=<step>`): the process exits at once.
     #[error("fail point {0} reached")]
     FailPoint(String),
@@ -65,6 +69,7 @@ impl Error {
             Error::RollbackFailed { .. } => 6,
             Error::Busy(_) => 7,
             Error::NeedsRepair(_) => 8,
+            Error::Deregister(_) => 9,
             Error::FailPoint(_) => 99,
         }
     }
@@ -82,6 +87,7 @@ impl Error {
             Error::RollbackFailed { .. } => "rollback_failed",
             Error::Busy(_) => "busy",
             Error::NeedsRepair(_) => "needs_repair",
+            Error::Deregister(_) => "deregister_failed",
             Error::FailPoint(_) => "fail_point",
         }
     }

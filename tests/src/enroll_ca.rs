@@ -34,6 +34,8 @@ pub struct FakeCaState {
     pub nodes: BTreeMap<String, Vec<String>>,
     /// When set, refresh answers 503.
     pub fail_refresh: bool,
+    /// When set, deregistration answers 503.
+    pub fail_deregister: bool,
     /// When set, the verification certificate is signed by a key nodes do not trust.
     pub bad_verification_cert: bool,
     pub krl: Vec<u8>,
@@ -185,6 +187,9 @@ async fn refresh(State(s): State<Shared>, Json(p): Json<NodeProof>) -> (StatusCo
 
 async fn deregister(State(s): State<Shared>, Json(p): Json<NodeProof>) -> (StatusCode, Json<Value>) {
     let mut st = s.lock().unwrap();
+    if st.fail_deregister {
+        return err(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try later");
+    }
     match check_proof(&st, &p, "deregister") {
         Ok(_) => {
             st.nodes.remove(&p.node);
@@ -208,6 +213,7 @@ impl FakeCa {
             principals,
             nodes: BTreeMap::new(),
             fail_refresh: false,
+            fail_deregister: false,
             bad_verification_cert: false,
             krl: empty_krl(),
             deregistered: Vec::new(),

@@ -483,3 +483,27 @@ async fn check_never_writes_symlinks_come_back_and_no_empty_stage_is_left() {
     assert_ne!(code, 0, "{json}");
     assert_untouched(&node, &before, "journal write failure");
 }
+
+/// Smaller defects: a verification principal for a login the policy grants nothing on
+/// the node does not outlive the commit (a re-run writes nothing); `remove` with the CA
+/// failing to deregister says so with its own exit code (9), not "nothing changed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_leftover_verification_principal_and_a_failed_deregistration_is_its_own_exit() {
+    let ca = FakeCa::start().await;
+    let node = Node::start(true);
+    let before = node.snapshot();
+    ca.state.lock().unwrap().principals = [("backup".to_owned(), vec!["pc_backup".to_owned()])].into();
+    enroll_ok(&node, &ca);
+    assert!(
+        !node.path("/etc/ssh/portcullis/principals/root").exists(),
+        "the verification login's principals file existed only for the verification"
+    );
+    let (code, json, _) = run(enroll_cmd(&node, &ca));
+    assert_eq!((code, json["writes"].as_u64()), (0, Some(0)), "a re-run changes nothing: {json}");
+
+    ca.state.lock().unwrap().fail_deregister = true;
+    let (code, json, _) = run(sub(&node, &["remove"]));
+    assert_eq!(code, 9, "{json}");
+    assert_eq!(json["error"]["code"], "deregister_failed", "{json}");
+    assert_untouched(&node, &before, "remove whose deregistration failed");
+}
