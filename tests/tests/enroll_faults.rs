@@ -390,6 +390,10 @@ async fn concurrent_runs_are_serialised_by_a_lock() {
     remove.arg("--json").env(FAILPOINT, "reload:pause=2000").stdout(Stdio::piped()).stderr(Stdio::piped());
     let remove = remove.spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
+    // `status` meanwhile sees a run in progress, not an interrupted one needing repair.
+    let (code, json, _) = run(sub(&node, &["status"]));
+    assert_eq!(code, 0, "status during a live run: {json}");
+    assert!(json["steps"].to_string().contains("in progress"), "{json}");
     let (code, json, _) = run(sub(&node, &["refresh"]));
     let out = remove.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "remove: {}", String::from_utf8_lossy(&out.stdout));
