@@ -43,6 +43,10 @@ fn durations() {
     one_error("[[role]]\nname = 'r'\nmax_cert_ttl = '8d'\n", 3, 16, "at most 7 days");
     assert!(load(&[("p", "[[role]]\nname = 'r'\nmax_cert_ttl = '7d'\n")]).is_ok());
     one_error("[[role]]\nname = 'r'\nsession = { idle = 'soon' }\n", 3, 20, "invalid duration");
+    // Session limits are bounded: a bastion adds them to clock readings.
+    one_error("[[role]]\nname = 'r'\nsession = { absolute = '18446744073709551615s' }\n", 3, 24, "at most 365 days");
+    one_error("[[role]]\nname = 'r'\nsession = { idle = '366d' }\n", 3, 20, "at most 365 days");
+    assert!(load(&[("p", "[[role]]\nname = 'r'\nsession = { idle = '365d', absolute = '365d' }\n")]).is_ok());
     one_error("[[role]]\nname = 'r'\nsession = { max_per_user = 0 }\n", 3, 28, "at least 1");
     one_error("[[role]]\nname = 'r'\nsession = { max_per_user = -1 }\n", 3, 28, "");
 }

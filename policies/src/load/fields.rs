@@ -163,12 +163,25 @@ pub(super) fn critical_options(f: &File<'_>, errs: &mut Errors, raw: RawCritical
     out
 }
 
+/// Longest idle or absolute session limit. Bastions add these to clock readings; an
+/// unbounded value (`"18446744073709551615s"` parses) would overflow that sum.
+pub(super) const MAX_SESSION_LIMIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 pub(super) fn session(f: &File<'_>, errs: &mut Errors, raw: RawSession) -> SessionLimits {
     let mut out = SessionLimits::default();
-    if let Some(d) = raw.idle.as_ref().and_then(|s| duration(f, errs, s, "idle")) {
+    let mut limit = |s: &Option<S>, field: &str| {
+        let s = s.as_ref()?;
+        let d = duration(f, errs, s, field)?;
+        if d > MAX_SESSION_LIMIT {
+            errs.at(f, s.span().start, format!("`{field}` must be at most 365 days"));
+            return None;
+        }
+        Some(d)
+    };
+    if let Some(d) = limit(&raw.idle, "idle") {
         out.idle = d;
     }
-    if let Some(d) = raw.absolute.as_ref().and_then(|s| duration(f, errs, s, "absolute")) {
+    if let Some(d) = limit(&raw.absolute, "absolute") {
         out.absolute = d;
     }
     let mut cap = |v: Option<Spanned<u32>>, field: &str| {
