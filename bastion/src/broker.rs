@@ -16,7 +16,7 @@ use russh::server::Msg;
 
 use crate::agent_hub::LinkWatch;
 use crate::control::ControlError;
-use crate::events::BastionEvent;
+use crate::events::{BastionEvent, escape_for_log};
 use crate::server::Shared;
 use crate::sessions::{Limits, LiveSession};
 
@@ -111,7 +111,13 @@ impl Shared {
                     Some(_) => format!("access to {device:?} denied"),
                     None => "the control plane is unavailable; try again".to_owned(),
                 };
-                tracing::info!(session = %session_id, %device, mode = mode.as_str(), error = %e, "session refused");
+                tracing::info!(
+                    session = %session_id,
+                    device = %escape_for_log(device),
+                    mode = mode.as_str(),
+                    error = %escape_for_log(&e.to_string()),
+                    "session refused"
+                );
                 return Err(Refusal { code, message });
             }
         };

@@ -21,6 +21,7 @@ use ssh_key::{Certificate, PublicKey};
 use tokio::net::TcpStream;
 
 use crate::control::ControlPlane;
+use crate::events::escape_for_log;
 
 /// Where the agent may connect. Exact `(host, port)` pairs (the default: each assigned
 /// device's addresses, port 22, from the CA) and CIDR blocks with a port (operator
@@ -214,7 +215,9 @@ async fn stay_connected(state: Arc<State>, bastion: BastionEndpoint) {
         let started = tokio::time::Instant::now();
         match serve_once(&state, &bastion).await {
             Ok(()) => tracing::warn!(bastion = %bastion.address, "bastion connection closed"),
-            Err(e) => tracing::warn!(bastion = %bastion.address, error = %e, "bastion connection failed"),
+            Err(e) => {
+                tracing::warn!(bastion = %bastion.address, error = %escape_for_log(&e.to_string()), "bastion connection failed")
+            }
         }
         // A connection that lived a while resets the backoff.
         if started.elapsed() > Duration::from_secs(30) {
@@ -288,7 +291,10 @@ impl client::Handler for AgentSide {
             let port = match u16::try_from(connected_port) {
                 Ok(port) if state.permits(&host, port).await => port,
                 _ => {
-                    tracing::warn!(destination = %format!("{host}:{connected_port}"), "refused a destination outside the allow-list");
+                    tracing::warn!(
+                        destination = %escape_for_log(&format!("{host}:{connected_port}")),
+                        "refused a destination outside the allow-list"
+                    );
                     reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
                     return;
                 }

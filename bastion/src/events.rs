@@ -164,6 +164,30 @@ pub fn sanitize_user(user: &str) -> String {
     user.chars().take(MAX_USER_CHARS).map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
+/// Longest peer-supplied string written to a log line.
+const MAX_LOGGED_CHARS: usize = 256;
+
+/// A peer-chosen string made safe for a log line: control characters (newlines, ANSI
+/// escapes) and invisible direction overrides are escaped the way Rust writes them
+/// (`\n`, `\u{1b}`), backslashes doubled so the escaping is unambiguous, and the whole
+/// truncated. A peer can then neither forge a log line nor repaint a terminal that
+/// views the log.
+pub fn escape_for_log(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_LOGGED_CHARS));
+    for c in text.chars().take(MAX_LOGGED_CHARS) {
+        let invisible = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || c == '\\' || invisible {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    if text.chars().nth(MAX_LOGGED_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// Events waiting to be sent to the CA; beyond this many the newest are dropped (and
 /// the operator log still has them).
 const FORWARD_QUEUE: usize = 10_000;
@@ -236,6 +260,18 @@ mod tests {
     fn user_names_are_sanitized_and_truncated() {
         assert_eq!(sanitize_user("root\n%x\u{1b}"), "root?%x?");
         assert_eq!(sanitize_user(&"a".repeat(500)).len(), MAX_USER_CHARS);
+    }
+
+    #[test]
+    fn peer_strings_cannot_forge_log_lines() {
+        let forged = "pve01\n2026-12-02T00:00:00Z  INFO admin logged in\u{1b}[2J\r\u{202e}";
+        let escaped = escape_for_log(forged);
+        assert!(!escaped.chars().any(|c| c.is_control()), "{escaped}");
+        assert_eq!(escaped, "pve01\\n2026-12-02T00:00:00Z  INFO admin logged in\\u{1b}[2J\\r\\u{202e}");
+        assert_eq!(escape_for_log("a\\nb"), "a\\\\nb", "a literal backslash-n stays distinguishable");
+        assert_eq!(escape_for_log("pve01.example"), "pve01.example");
+        let long = escape_for_log(&"x".repeat(10_000));
+        assert_eq!(long.chars().count(), MAX_LOGGED_CHARS + 1);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use russh::{Channel, ChannelOpenFailure};
 use ssh_key::Certificate;
 use tokio::sync::oneshot;
 
-use crate::events::{BastionEvent, RefusalReason, sanitize_user};
+use crate::events::{BastionEvent, RefusalReason, escape_for_log, sanitize_user};
 use crate::jump::{ADMINISTRATIVELY_PROHIBITED, JumpRequest};
 use crate::login::{RequestedLogin, acceptable_principals};
 use crate::server::Shared;
@@ -22,6 +22,14 @@ use portcullis_proto::bastion::SessionMode;
 const NEEDS_DEVICE: &str = "name the device: ssh LOGIN%DEVICE@bastion (or ssh -J for jump mode)";
 /// Shown for forwarding kinds the bastion never serves.
 const NOT_SERVED: &str = "not served by this bastion";
+/// Shown for a jump target that cannot name a device.
+const ACCESS_DENIED: &str = "access denied";
+
+/// A device name, DNS name or IP address could be this: printable ASCII without spaces,
+/// at most 253 characters (a DNS name's limit).
+fn plausible_host(host: &str) -> bool {
+    (1..=253).contains(&host.len()) && host.bytes().all(|b| b.is_ascii_graphic())
+}
 
 pub(crate) struct Connection {
     peer: SocketAddr,
@@ -161,6 +169,12 @@ impl Handler for Connection {
             self.refuse_channel("direct-tcpip", reply, NOT_SERVED).await;
             return Ok(());
         };
+        // Junk is refused here, without asking the CA (and logged escaped).
+        if !plausible_host(host_to_connect) {
+            tracing::info!(target_host = %escape_for_log(host_to_connect), "jump target is not a host name or address");
+            self.refuse_channel("direct-tcpip", reply, ACCESS_DENIED).await;
+            return Ok(());
+        }
         let request = JumpRequest { peer: self.peer, cert_serial: *serial, host: host_to_connect.to_owned(), port };
         tokio::spawn(crate::jump::run(Arc::clone(&self.shared), request, channel, reply));
         Ok(())
@@ -205,4 +219,20 @@ impl Handler for Connection {
 
     // Global requests (tcpip-forward, streamlocal-forward and their cancels) keep
     // russh's default answer: refused.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jump_targets_must_look_like_hosts() {
+        for ok in ["pve01", "10.0.0.7", "fe80::1%eth0", "node-3.dc1.example.org"] {
+            assert!(plausible_host(ok), "{ok}");
+        }
+        let long = "a".repeat(254);
+        for bad in ["", "pve01\n2026-12-02T00:00:00Z INFO forged", "a b", "\u{1b}[2J", "pvé", long.as_str()] {
+            assert!(!plausible_host(bad), "{bad:?}");
+        }
+    }
 }

@@ -20,7 +20,8 @@ use crate::agent_hub::{AgentConnection, AgentHub};
 use crate::clock::Clock;
 use crate::control::ControlPlane;
 use crate::error::BastionError;
-use crate::events::{BastionEvent, EventSink, RefusalReason};
+use crate::events::{BastionEvent, EventSink, RefusalReason, escape_for_log};
+use crate::grace::Severable;
 use crate::handler::Connection;
 use crate::sessions::Registry;
 use crate::trust::TrustSource;
@@ -133,6 +134,12 @@ impl Bastion {
         if config.host_key.algorithm() != Algorithm::Ed25519 {
             return Err(BastionError::HostKeyAlgorithm(config.host_key.algorithm().to_string()));
         }
+        // Every connection is a file descriptor; the soft limit is often 1024 while the
+        // hard limit (systemd's `LimitNOFILE`) allows far more.
+        match crate::listen::raise_open_files_limit() {
+            Ok(limit) => tracing::debug!(?limit, "open files limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+        }
         let base = || Config {
             server_id: SshId::Standard(Cow::Borrowed("SSH-2.0-Portcullis")),
             methods: MethodSet::from(&[MethodKind::PublicKey][..]),
@@ -200,12 +207,13 @@ impl Bastion {
         self.shared.sessions.len()
     }
 
-    /// Users' SSH connections: accepts until the listener fails; each runs in its own task.
+    /// Users' SSH connections, each in its own task. Never returns: failed accepts
+    /// (out of file descriptors, …) are retried with a back-off.
     pub async fn serve(&self, listener: TcpListener) -> Result<(), BastionError> {
         accept_loop(listener, &self.users, &self.shared, self.auth_timeout, "ssh_connection", Connection::new).await
     }
 
-    /// Edge agents' connections.
+    /// Edge agents' connections, like [`Bastion::serve`].
     pub async fn serve_agents(&self, listener: TcpListener) -> Result<(), BastionError> {
         accept_loop(listener, &self.agents, &self.shared, self.auth_timeout, "agent_connection", AgentConnection::new)
             .await
@@ -253,6 +261,8 @@ impl Bastion {
     }
 }
 
+/// Never returns: accept errors are retried (`listen`), so the `Result` of `serve` is
+/// only ever pending.
 async fn accept_loop<H, F>(
     listener: TcpListener,
     russh: &Arc<Config>,
@@ -266,8 +276,9 @@ where
     F: Fn(SocketAddr, Arc<Shared>, oneshot::Sender<()>) -> H,
 {
     let next_id = AtomicU64::new(1);
+    let mut streak = crate::listen::FailureStreak::default();
     loop {
-        let (stream, peer) = listener.accept().await.map_err(BastionError::Accept)?;
+        let (stream, peer) = crate::listen::accept(&listener, &mut streak, span_name).await;
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("connection", kind = span_name, conn = id, %peer);
         let (authed_tx, authed_rx) = oneshot::channel();
@@ -278,13 +289,16 @@ where
             async move {
                 let _ = stream.set_nodelay(true);
                 if let Err(e) = run_connection(russh, handler, authed_rx, events, stream, peer, auth_timeout).await {
-                    tracing::debug!(error = %e, "connection ended with an error");
+                    tracing::debug!(error = %escape_for_log(&e.to_string()), "connection ended with an error");
                 }
             }
             .instrument(span),
         );
     }
 }
+
+/// How long a client that ran out of login grace time may take to read our goodbye.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 
 async fn run_connection<H: russh::server::Handler<Error = russh::Error> + Send + 'static>(
     russh: Arc<Config>,
@@ -297,11 +311,14 @@ async fn run_connection<H: russh::server::Handler<Error = russh::Error> + Send +
 ) -> Result<(), BastionError> {
     let deadline = tokio::time::Instant::now() + auth_timeout;
     let session_error = |detail: String| BastionError::Session { peer, detail };
+    let timed_out =
+        || events.record(BastionEvent::AuthRefused { peer, user: String::new(), reason: RefusalReason::AuthTimeout });
+    let (stream, severer) = Severable::new(stream);
     let session = match tokio::time::timeout_at(deadline, russh::server::run_stream(russh, stream, handler)).await {
         Ok(Ok(session)) => session,
         Ok(Err(e)) => return Err(session_error(e.to_string())),
         Err(_) => {
-            events.record(BastionEvent::AuthRefused { peer, user: String::new(), reason: RefusalReason::AuthTimeout });
+            timed_out();
             return Ok(());
         }
     };
@@ -313,10 +330,20 @@ async fn run_connection<H: russh::server::Handler<Error = russh::Error> + Send +
         // on keepalives and the session watchdogs govern the connection.
         _ = authed_rx => {}
         () = tokio::time::sleep_until(deadline) => {
-            events.record(BastionEvent::AuthRefused { peer, user: String::new(), reason: RefusalReason::AuthTimeout });
-            let _ = handle
-                .disconnect(russh::Disconnect::ByApplication, "authentication timed out".into(), String::new())
-                .await;
+            timed_out();
+            // Say why if the protocol state allows it, briefly; then cut the socket,
+            // whatever state the session is in (a client stalled before or inside the
+            // key exchange never reads a disconnect message).
+            let goodbye = async {
+                let _ = handle
+                    .disconnect(russh::Disconnect::ByApplication, "authentication timed out".into(), String::new())
+                    .await;
+                (&mut session).await
+            };
+            if let Ok(ended) = tokio::time::timeout(DISCONNECT_GRACE, goodbye).await {
+                return ended.map_err(|e| session_error(e.to_string()));
+            }
+            severer.sever();
         }
     }
     session.await.map_err(|e| session_error(e.to_string()))

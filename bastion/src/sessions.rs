@@ -17,6 +17,9 @@ use portcullis_proto::bastion::{CloseReason, LiveSession as WireSession, Session
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// Any limit longer than this is treated as this (a century: never, in practice).
+const LONGEST_LIMIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// The limits one session runs under (from the CA's grant).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -93,6 +96,12 @@ impl LiveSession {
         });
     }
 
+    /// `started + after`, for any `after`: the policy loader bounds session limits, but a
+    /// CA's grant is still a peer's answer and `Instant + Duration` panics on overflow.
+    fn deadline(&self, after: Duration) -> Instant {
+        self.started.checked_add(after.min(LONGEST_LIMIT)).unwrap_or(self.started)
+    }
+
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
@@ -109,14 +118,14 @@ impl LiveSession {
     /// no state of its own, so it can be dropped and re-created at any time.
     pub async fn watchdog(&self, limits: Limits) -> CloseReason {
         let mut orders = self.close.subscribe();
-        let absolute = self.started + limits.absolute;
-        let expiry = limits.cert_expires_in.map(|d| self.started + d);
+        let absolute = self.deadline(limits.absolute);
+        let expiry = limits.cert_expires_in.map(|d| self.deadline(d));
         loop {
             if let Some(reason) = *orders.borrow_and_update() {
                 return reason;
             }
-            let last_input = self.started + Duration::from_millis(self.last_input_ms.load(Ordering::Relaxed));
-            let idle_at = last_input + limits.idle;
+            let last_input = Duration::from_millis(self.last_input_ms.load(Ordering::Relaxed));
+            let idle_at = self.deadline(last_input.saturating_add(limits.idle));
             let now = Instant::now();
             if now >= absolute {
                 return CloseReason::AbsoluteTimeout;
@@ -243,6 +252,21 @@ mod tests {
         s.order_close(CloseReason::Revoked);
         s.order_close(CloseReason::AdminTerminated);
         assert_eq!(watch.await.unwrap(), CloseReason::Revoked, "the first order wins");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limits_beyond_any_clock_neither_panic_nor_block_orders() {
+        let s = session();
+        let endless = Limits { idle: Duration::MAX, absolute: Duration::MAX, cert_expires_in: Some(Duration::MAX) };
+        let watch = tokio::spawn({
+            let s = Arc::clone(&s);
+            async move { s.watchdog(endless).await }
+        });
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        s.client_input(1);
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        s.order_close(CloseReason::AdminTerminated);
+        assert_eq!(watch.await.unwrap(), CloseReason::AdminTerminated);
     }
 
     #[test]

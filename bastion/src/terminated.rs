@@ -26,6 +26,7 @@ use ssh_key::{Algorithm, Certificate, PublicKey};
 
 use crate::agent_hub::LinkWatch;
 use crate::broker::{Admitted, Refusal, new_session_id};
+use crate::events::escape_for_log;
 use crate::jump::ADMINISTRATIVELY_PROHIBITED;
 use crate::server::Shared;
 
@@ -36,6 +37,9 @@ pub(crate) struct TerminatedRequest {
     pub device: String,
     pub mode: SessionMode,
 }
+
+/// How long the reason line may wait for the client's window after a session ends.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Environment variables passed to the node (names; `LC_*` as a prefix).
 fn env_allowed(name: &str) -> bool {
@@ -135,7 +139,12 @@ pub(crate) async fn log_in_onward(
         // An agent that vanished mid-handshake looks like any failure from here.
         _ if link.clone().went_down(Duration::from_millis(200)).await => "agent_unavailable",
         Ok(Err(e)) => {
-            tracing::info!(session = %g.session_id, device = %g.device, error = %e, "onward login failed");
+            tracing::info!(
+                session = %g.session_id,
+                device = %escape_for_log(&g.device),
+                error = %escape_for_log(&e.to_string()),
+                "onward login failed"
+            );
             e.code()
         }
         Err(_) => "target_unreachable",
@@ -326,11 +335,17 @@ async fn proxy(
         r = live.watchdog(admitted.limits) => r,
     };
     let _ = to_node.close().await;
-    if !matches!(reason, CloseReason::ClientDisconnect | CloseReason::TargetDisconnect) {
-        let line = format!("\r\nportcullis: {}\r\n", reason.message());
-        let _ = to_client.extended_data_bytes(1, bytes::Bytes::from(line.into_bytes())).await;
-    }
-    let _ = to_client.eof().await;
+    // The reason line needs the client's window: a client that never grants any must not
+    // keep the session (and its lease) alive after a close order, so the goodbye has a
+    // deadline and the close goes out regardless.
+    let goodbye = async {
+        if !matches!(reason, CloseReason::ClientDisconnect | CloseReason::TargetDisconnect) {
+            let line = format!("\r\nportcullis: {}\r\n", reason.message());
+            let _ = to_client.extended_data_bytes(1, bytes::Bytes::from(line.into_bytes())).await;
+        }
+        let _ = to_client.eof().await;
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
     let _ = to_client.close().await;
     reason
 }

@@ -1,0 +1,186 @@
+//! The bastion's listeners against careless and hostile clients that never authenticate:
+//! a flood of idle connections past the open-file limit, and a client that sends its
+//! banner and stalls. After each, a real `ssh` still gets in.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use portcullis_bastion::{
+    Bastion, BastionConfig, BastionEvent, ControlConfig, ControlPlane, EventSink, RefusalReason, SystemClock,
+    TrustConfig, TrustSource,
+};
+use portcullis_tests::Server;
+use portcullis_tests::bastion_world::{PASSWORD, World, text};
+use portcullis_tests::procfs::child_with_arg;
+use portcullis_tests::server::write_file;
+use portcullis_tests::ssh::{ed25519_key, public_line, write_key_pair};
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// `Max open files` of a process: (soft, hard), as `/proc` prints them.
+fn open_files_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let mut fields = line.trim_start_matches("Max open files").split_whitespace();
+    (fields.next().unwrap().to_owned(), fields.next().unwrap().to_owned())
+}
+
+fn set_open_files_limits(pid: u32, soft: &str, hard: &str) {
+    let out = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={soft}:{hard}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "prlimit: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Reads the SSH identification line an SSH server sends first.
+async fn banner(addr: SocketAddr) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut line = Vec::new();
+    while !line.ends_with(b"\n") {
+        let mut b = [0u8; 1];
+        if tcp.read(&mut b).await.unwrap() == 0 {
+            break;
+        }
+        line.push(b[0]);
+    }
+    String::from_utf8_lossy(&line).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_keep_accepting_after_running_out_of_file_descriptors() {
+    // The all-in-one inherits a soft limit below its hard limit from us, as from a shell.
+    let me = std::process::id();
+    let (_, hard) = open_files_limits(me);
+    let soft = hard.parse::<u64>().map_or(4096, |h| (h / 2).clamp(1024, 4096)).to_string();
+    set_open_files_limits(me, &soft, &hard);
+    let w = World::start("15m").await;
+    let pid = child_with_arg(&w.server.data_dir).expect("the all-in-one's process");
+    let (soft_now, hard_now) = open_files_limits(pid);
+    assert_eq!(soft_now, hard_now, "the soft open-files limit is raised to the hard one at start");
+
+    // Now a limit a little above what it has open, and more idle connections than fit
+    // (but no more than a listen backlog of 128 holds, so every connect completes).
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let limit = (open + 64).to_string();
+    set_open_files_limits(pid, &limit, &limit);
+    let mut idle = Vec::new();
+    for addr in [w.server.bastion, w.server.agent_listener] {
+        for _ in 0..100 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !w.server.log().contains("Too many open files") {
+        assert!(Instant::now() < deadline, "the flood never exhausted the file descriptors:\n{}", w.server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(w.server.log().contains("still listening"), "{}", w.server.log());
+    drop(idle);
+
+    // Both listeners serve again once the flood is gone.
+    let agents = tokio::time::timeout(Duration::from_secs(30), banner(w.server.agent_listener)).await;
+    assert_eq!(agents.expect("agent listener answers").as_str(), "SSH-2.0-Portcullis");
+    let out = w.run("ssh", &["bastion", "echo still-serving"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still-serving", "{}", text(&out));
+    assert!(!w.server.log().contains("listener failed"), "{}", w.server.log());
+}
+
+const POLICY: &str = r#"
+[[role]]
+name = "prod-root"
+logins = ["root"]
+targets = 'in:devices tags.env:prod'
+permissions = ["certs.issue"]
+max_cert_ttl = "1h"
+
+[[binding]]
+group = "ops"
+roles = ["prod-root"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_after_its_banner_is_closed_at_the_login_grace_time() {
+    let server = Server::start().await;
+    let (status, body) = server.write_policy("team.toml", POLICY).await;
+    assert!(status.is_success(), "policy: {body}");
+    let admin = server.admin_token().await;
+    server.add_user(&admin, "alice", &["ops"], PASSWORD).await;
+
+    // An in-process bastion with a short login grace time (2 s instead of 30).
+    let clock: Arc<dyn portcullis_bastion::Clock> = Arc::new(SystemClock);
+    let trust = Arc::new(TrustSource::new(TrustConfig::new(&server.url, &server.pin), Arc::clone(&clock)).unwrap());
+    trust.refresh().await.unwrap();
+    let events = EventSink::new();
+    let mut rx = events.subscribe();
+    let control = Arc::new(
+        ControlPlane::new(ControlConfig {
+            ca_url: server.url.clone(),
+            ca_pin: server.pin.clone(),
+            api_token: SecretString::from("pcs_unused"),
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap(),
+    );
+    let grace = Duration::from_secs(2);
+    let config = BastionConfig { auth_timeout: grace, ..BastionConfig::new(ed25519_key()) };
+    let bastion = Arc::new(Bastion::new(config, trust, control, clock, events).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { bastion.serve(listener).await });
+
+    // Banner, then nothing: read whatever comes until the bastion closes the socket.
+    let connected = Instant::now();
+    let mut staller = TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut staller, b"SSH-2.0-OpenSSH_9.6 stalls\r\n").await.unwrap();
+    let held = tokio::spawn(async move {
+        let mut sink = Vec::new();
+        let _ = staller.read_to_end(&mut sink).await;
+        connected.elapsed()
+    });
+
+    // Meanwhile a real client logs in (past authentication; no device named, so the
+    // session channel is refused with a reason).
+    let dir = tempfile::tempdir().unwrap();
+    let key = ed25519_key();
+    let key_path = write_key_pair(dir.path(), "id", &key);
+    let token = server.login("alice", PASSWORD).await;
+    let (status, body) = server.issue_cert(&token, &public_line(&key)).await;
+    assert!(status.is_success(), "issue: {body}");
+    let cert = write_file(dir.path(), "id-cert.pub", body["certificate"].as_str().unwrap());
+    let out = tokio::process::Command::new("ssh")
+        .args(["-F", "/dev/null", "-p", &addr.port().to_string()])
+        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"])
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+        .args(["-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20", "-o", "LogLevel=INFO"])
+        .arg("-i")
+        .arg(&key_path)
+        .arg("-o")
+        .arg(format!("CertificateFile={}", cert.display()))
+        .args(["root@127.0.0.1", "true"])
+        .output()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name the device"), "{out:?}");
+
+    // Closed at the grace time, not when keepalives give up (about two minutes).
+    let held = tokio::time::timeout(Duration::from_secs(30), held)
+        .await
+        .expect("a stalled client was held far past the login grace time")
+        .unwrap();
+    assert!(held >= grace, "closed before the grace time: {held:?}");
+    let mut timeouts = 0;
+    let mut accepted = 0;
+    while let Ok(e) = rx.try_recv() {
+        match e {
+            BastionEvent::AuthRefused { reason: RefusalReason::AuthTimeout, .. } => timeouts += 1,
+            BastionEvent::AuthAccepted { .. } => accepted += 1,
+            _ => {}
+        }
+    }
+    assert_eq!((timeouts, accepted), (1, 1), "one timeout (the staller), one login");
+}

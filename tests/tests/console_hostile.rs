@@ -1,0 +1,172 @@
+//! The browser console against a browser that stops reading: its session still obeys
+//! close orders and releases its lease. A hand-made WebSocket client (TLS pinned like
+//! every client of the CA) is the "browser", because a real one cannot be told to stop
+//! reading; the node is a real `sshd` reached through the all-in-one's agent.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use portcullis_tests::bastion_world::{CONSOLE_POLICY, PASSWORD, World};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// A WebSocket client speaking just enough RFC 6455 for the console: masked frames out,
+/// whole unfragmented frames in.
+struct Socket {
+    tls: TlsStream<TcpStream>,
+}
+
+const TEXT: u8 = 1;
+const BINARY: u8 = 2;
+
+impl Socket {
+    async fn open(url: &str, pin: &str, path: &str) -> Socket {
+        let host = url.strip_prefix("https://").unwrap().trim_end_matches('/').to_owned();
+        let tcp = TcpStream::connect(&host).await.unwrap();
+        let config = portcullis_proto::pin::pinned_client_config(pin).unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let ip = host.rsplit_once(':').unwrap().0.to_owned();
+        let name = rustls::pki_types::ServerName::try_from(ip).unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: https://{host}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: cG9ydGN1bGxpcy10ZXN0IQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        // The answer's head, byte by byte so no frame is read with it.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            tls.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "no upgrade: {head}");
+        Socket { tls }
+    }
+
+    async fn send(&mut self, opcode: u8, payload: &[u8]) {
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n < 65536 => {
+                frame.push(0x80 | 126);
+                frame.extend((n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend((n as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x5a, 0x13, 0xc4, 0x7e];
+        frame.extend(mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.tls.write_all(&frame).await.unwrap();
+    }
+
+    async fn recv(&mut self) -> (u8, Vec<u8>) {
+        let mut h = [0u8; 2];
+        self.tls.read_exact(&mut h).await.unwrap();
+        let mut len = u64::from(h[1] & 0x7f);
+        if len == 126 {
+            let mut b = [0u8; 2];
+            self.tls.read_exact(&mut b).await.unwrap();
+            len = u64::from(u16::from_be_bytes(b));
+        } else if len == 127 {
+            let mut b = [0u8; 8];
+            self.tls.read_exact(&mut b).await.unwrap();
+            len = u64::from_be_bytes(b);
+        }
+        assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+        let mut payload = vec![0u8; usize::try_from(len).unwrap()];
+        self.tls.read_exact(&mut payload).await.unwrap();
+        (h[0] & 0x0f, payload)
+    }
+
+    /// Frames until a JSON control frame of type `kind`.
+    async fn control(&mut self, kind: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (op, payload) = tokio::time::timeout(left, self.recv()).await.expect("no control frame in time");
+            if op == TEXT {
+                let v: Value = serde_json::from_slice(&payload).unwrap();
+                if v["type"] == kind {
+                    return v;
+                }
+                assert_ne!(v["type"], "closed", "closed while waiting for {kind}: {v}");
+            }
+        }
+    }
+}
+
+/// The live sessions as the CA lists them.
+async fn sessions(w: &World) -> Vec<Value> {
+    let (status, body) = w.server.get_json(Some(&w.admin), "/v1/admin/sessions").await;
+    assert!(status.is_success(), "{body}");
+    body.as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_stops_reading_cannot_keep_its_session_past_a_kill() {
+    let w = World::start("1h").await;
+    let (status, body) = w.server.write_policy("console.toml", CONSOLE_POLICY).await;
+    assert!(status.is_success(), "{body}");
+    let token = w.server.login("alice", PASSWORD).await;
+    let (status, body) =
+        w.server.post_json(Some(&token), "/v1/console/tickets", &json!({"device": "pve01", "login": "root"})).await;
+    assert!(status.is_success(), "ticket: {body}");
+    let ticket = body["ticket"].as_str().unwrap().to_owned();
+    let path = body["websocket_path"].as_str().unwrap().to_owned();
+
+    let mut browser = Socket::open(&w.server.url, &w.server.pin, &path).await;
+    browser.send(TEXT, ticket.as_bytes()).await;
+    browser.send(TEXT, json!({"type": "resize", "cols": 120, "rows": 40}).to_string().as_bytes()).await;
+    let connected = browser.control("connected").await;
+    let id = connected["session_id"].as_str().unwrap().to_owned();
+
+    // Endless output, and from now on the browser reads nothing: its socket buffers fill
+    // and the bastion's sends to it wait.
+    browser.send(BINARY, b"exec yes portcullis-console-flood\n").await;
+    // Until the bastion stops getting rid of output: the byte count the CA last heard
+    // of stands still across a few heartbeats.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = 0;
+    let mut still = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let live = sessions(&w).await;
+        let s = live.iter().find(|s| s["session_id"] == id.as_str()).expect("the session is live");
+        let out = s["bytes_to_client"].as_u64().unwrap();
+        still = if out == last && out > 0 { still + 1 } else { 0 };
+        last = out;
+        if still >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the output never backed up (at {out} bytes)");
+    }
+
+    // The kill must apply although the relay is stuck on the browser.
+    let (status, body) = w.server.post_json(Some(&w.admin), &format!("/v1/admin/sessions/{id}/kill"), &json!({})).await;
+    assert!(status.is_success(), "kill: {body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sessions(&w).await.iter().any(|s| s["session_id"] == id.as_str()) {
+        assert!(Instant::now() < deadline, "a killed session kept its lease while its browser did not read");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let closed = w.server.audit_events("session_closed").await;
+    let ours = closed.iter().find(|r| r.payload["session_id"] == id.as_str()).expect("session_closed audited");
+    assert_eq!(ours.payload["reason"], "admin_terminated", "{:?}", ours.payload);
+    drop(browser);
+
+    // The console still works for the next browser (slots released, nothing wedged).
+    let (status, body) =
+        w.server.post_json(Some(&token), "/v1/console/tickets", &json!({"device": "pve01", "login": "root"})).await;
+    assert!(status.is_success(), "ticket: {body}");
+    let mut browser = Socket::open(&w.server.url, &w.server.pin, &path).await;
+    browser.send(TEXT, body["ticket"].as_str().unwrap().as_bytes()).await;
+    browser.control("connected").await;
+}
