@@ -42,7 +42,12 @@ fn try_once(dir: &File, mode: Mode) -> std::result::Result<bool, std::io::Error>
 /// Takes the lock, waiting at most `wait`; `None` when another run still holds it then.
 pub fn acquire(root: &Root, mode: Mode, wait: Duration) -> Result<Option<RunLock>> {
     let path = root.path("/etc/ssh");
-    let dir = File::open(&path).map_err(|e| Error::io("cannot open (to lock it)", &path, e))?;
+    let dir = File::open(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Error::Refused(format!("{} does not exist: is OpenSSH server installed?", path.display()))
+        }
+        _ => Error::io("cannot open (to lock it)", &path, e),
+    })?;
     let deadline = Instant::now() + wait;
     loop {
         if try_once(&dir, mode).map_err(|e| Error::io("cannot lock", &path, e))? {
@@ -86,5 +91,7 @@ mod tests {
         let b = hold(&root, Mode::Shared, Duration::ZERO);
         assert!(b.is_ok(), "shared locks coexist");
         drop(a);
+        let missing = Root::new(dir.path().join("nothing"));
+        assert!(matches!(hold(&missing, Mode::Exclusive, Duration::ZERO), Err(Error::Refused(_))));
     }
 }
