@@ -417,7 +417,7 @@ pub async fn remove(g: &Global, r: &mut Report) -> Result<String> {
         if !after.is_empty() {
             // Sessions accepted just before the reload still authenticate under the old
             // configuration, which names the KRL.
-            std::thread::sleep(std::time::Duration::from_secs(1));
+            std::thread::sleep(txn::SETTLE);
         }
         for o in after.iter().rev() {
             txn.restore(o)?;

@@ -35,7 +35,7 @@ use std::time::Duration;
 /// After the reload that drops our configuration, before deleting the files it named:
 /// sessions accepted just before the reload still authenticate under the old
 /// configuration and read `RevokedKeys` then.
-const SETTLE: Duration = Duration::from_millis(1000);
+pub(crate) const SETTLE: Duration = Duration::from_millis(1000);
 
 /// A file as it was before the tool touched it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
