@@ -8,6 +8,8 @@
 //!   the file `sshd`'s `RevokedKeys` reads.
 //! - [`krl_parse`]: the matching decoder ([`Krl::parse`]) and the revocation
 //!   check OpenSSH applies ([`Krl::is_revoked`]).
+//! - [`blob`]: a certificate blob decoded as strictly as OpenSSH does
+//!   ([`parse_certificate_strict`]: nothing may follow the signature).
 //! - [`check`]: everything a server must check on a user certificate beyond
 //!   its own signature ([`check_user_certificate`]), for the bastion.
 //!
@@ -15,11 +17,13 @@
 //! text (or its comment) into an error, and never touch files or the network:
 //! callers decide where keys come from and where a KRL is written.
 
+pub mod blob;
 pub mod check;
 pub mod keys;
 pub mod krl;
 pub mod krl_parse;
 
+pub use blob::{BlobError, MAX_CERTIFICATE_BLOB, parse_certificate_strict};
 pub use check::{AcceptedCert, CheckContext, Rejection, check_user_certificate, cidr_contains, parse_cidr};
 pub use keys::{KeyError, MAX_PUBLIC_KEY_LEN, fingerprint, parse_user_public_key, random_bytes};
 pub use krl::KrlBuilder;
