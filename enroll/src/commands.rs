@@ -415,9 +415,9 @@ pub async fn remove(g: &Global, r: &mut Report) -> Result<String> {
         r.step("reload", "sshd reloaded without the Portcullis configuration");
         failpoint::after("reload")?;
         if !after.is_empty() {
-            // Sessions accepted just before the reload still authenticate under the old
+            // Sessions accepted before the reload still authenticate under the old
             // configuration, which names the KRL.
-            std::thread::sleep(txn::SETTLE);
+            txn::settle();
         }
         for o in after.iter().rev() {
             txn.restore(o)?;

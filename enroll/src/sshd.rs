@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::root::Root;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -69,6 +69,42 @@ impl SshdCtl {
         // sshd re-executes itself on SIGHUP; give it a moment before anyone connects.
         std::thread::sleep(Duration::from_millis(300));
         Ok(())
+    }
+}
+
+/// Pids of sshd sessions that have not authenticated yet: a connection's process before
+/// it sets its title (`sshd … -R`), `sshd: [accepted]`, and the unprivileged `… [net]`
+/// child (which exits at authentication). Each was forked with the configuration the
+/// listener held then, and reads that configuration's `RevokedKeys` when it
+/// authenticates.
+pub fn preauth_sessions() -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+        let Some(first) = args.first() else { continue };
+        let title = String::from_utf8_lossy(first);
+        let rexec = title.ends_with("sshd") && args.iter().any(|a| *a == b"-R");
+        let preauth = title.starts_with("sshd: ") && (title.ends_with("[accepted]") || title.ends_with("[net]"));
+        if rexec || preauth {
+            out.insert(pid);
+        }
+    }
+    out
+}
+
+/// Waits (at most `max`) until none of `sessions` is still before authentication. Returns
+/// how many still were when the wait ran out.
+pub fn wait_authenticated(sessions: &BTreeSet<u32>, max: Duration) -> usize {
+    let deadline = std::time::Instant::now() + max;
+    loop {
+        let left = preauth_sessions().intersection(sessions).count();
+        if left == 0 || std::time::Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

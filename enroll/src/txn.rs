@@ -15,8 +15,9 @@
 //! 1. restore the sshd configuration and every file that gets *bytes* back (the KRL is
 //!    never deleted here);
 //! 2. `sshd -t`, check with `sshd -T` that nothing about to be deleted is still named,
-//!    reload, give connections accepted under the old configuration a moment, then
-//!    delete the files the change created (the KRL among them);
+//!    reload, wait until the sessions accepted under the old configuration have
+//!    authenticated ([`settle`]), then delete the files the change created (the KRL
+//!    among them);
 //!
 //! and only then the journal goes. A crash or a failed reload anywhere in between leaves
 //! the journal, so `status` reports it and the next run finishes the same undo (each
@@ -33,9 +34,24 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// After the reload that drops our configuration, before deleting the files it named:
-/// sessions accepted just before the reload still authenticate under the old
-/// configuration and read `RevokedKeys` then.
-pub(crate) const SETTLE: Duration = Duration::from_millis(1000);
+/// sessions accepted before the reload still authenticate under the old configuration
+/// and read its `RevokedKeys` then, so the deletion waits (this long at most) until
+/// every session that was unauthenticated at the reload has authenticated or gone.
+pub(crate) const SETTLE_MAX: Duration = Duration::from_secs(10);
+
+/// Waits for the sessions forked under the configuration just reloaded away (see
+/// [`SETTLE_MAX`]); a session still unauthenticated after that is refused once.
+pub(crate) fn settle() {
+    let sessions = crate::sshd::preauth_sessions();
+    let left = crate::sshd::wait_authenticated(&sessions, SETTLE_MAX);
+    if left > 0 {
+        eprintln!(
+            "portcullis-enroll: {left} ssh session(s) accepted before the reload are still unauthenticated after \
+             {} s; deleting the old configuration's files anyway",
+            SETTLE_MAX.as_secs()
+        );
+    }
+}
 
 /// A file as it was before the tool touched it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,7 +304,7 @@ fn undo(root: &Root, journal: &Journal, sshd: &SshdCtl) -> Result<()> {
         sshd.reload()?;
         failpoint::after("rollback-reload")?;
         if !after.is_empty() {
-            std::thread::sleep(SETTLE);
+            settle();
         }
         restore_all(after.into_iter().rev())?;
         failpoint::after("rollback-delete")?;
