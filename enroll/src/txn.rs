@@ -333,3 +333,44 @@ pub fn recover(root: &Root, sshd: &SshdCtl) -> Result<bool> {
     })?;
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn original(path: PathBuf, content: Option<&str>, link: Option<&str>) -> Original {
+        Original {
+            path,
+            content: content.map(str::to_owned),
+            mode: content.map(|_| 0o644),
+            link: link.map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn files_the_running_sshd_may_name_are_deleted_only_after_the_reload() {
+        let root = Root::new("/r");
+        let originals = vec![
+            original(root.user_ca(), None, None),
+            original(root.krl(), None, None),
+            original(root.drop_in(), None, None),
+            original(root.principals_dir().join("root"), Some("b2xk"), None),
+            original(root.path("/etc/sudoers.d/portcullis-discovery"), None, Some("/elsewhere")),
+        ];
+        let (before, after) = split_for_undo(&root, &originals);
+        let paths = |v: &[&Original]| v.iter().map(|o| o.path.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            paths(&before),
+            [root.drop_in(), root.principals_dir().join("root"), root.path("/etc/sudoers.d/portcullis-discovery")],
+            "the drop-in goes first; files that get bytes (or a symlink) back are restored with it"
+        );
+        assert_eq!(paths(&after), [root.user_ca(), root.krl()], "created files, the KRL among them, go after");
+    }
+
+    #[test]
+    fn a_journal_from_before_the_reload_flag_is_read_as_may_have_reloaded() {
+        let old = r#"{"created_dirs":[],"originals":[],"sshd_touched":true}"#;
+        let journal: Journal = serde_json::from_str(old).unwrap_or_else(|e| panic!("{e}"));
+        assert!(journal.sshd_reloaded, "an old journal must make the rollback reload");
+    }
+}
