@@ -1,8 +1,8 @@
-//! The four commands. Each one is: recover an interrupted run, check, then change inside
-//! a [`Txn`] that rolls back on any error — so the node ends either as it was or fully
-//! enrolled, and the original way in (authorized keys) is never touched. `refresh`
-//! (in [`crate::refresh`]) commits in two such transactions: trust files, then the
-//! sshd change.
+//! The four commands. Each one is: take the run lock ([`crate::lock`]), recover an
+//! interrupted run, check, then change inside a [`Txn`] that rolls back on any error — so
+//! the node ends either as it was or fully enrolled, and the original way in (authorized
+//! keys) is never touched. `refresh` (in [`crate::refresh`]) commits in two such
+//! transactions: trust files, then the sshd change. `status` and `--check` never write.
 
 use crate::addresses;
 use crate::client::Api;
