@@ -184,3 +184,48 @@ async fn a_client_that_stalls_after_its_banner_is_closed_at_the_login_grace_time
     }
     assert_eq!((timeouts, accepted), (1, 1), "one timeout (the staller), one login");
 }
+
+struct TrustAny;
+
+impl russh::client::Handler for TrustAny {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, _key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jump_target_cannot_forge_log_lines() {
+    let opts = portcullis_tests::ServerOpts { env: vec![("RUST_LOG".into(), "info".into())], ..Default::default() };
+    let w = World::start_with("15m", opts).await;
+    // alice's own key and certificate, through russh: OpenSSH's client would not send
+    // a newline in a `-W` host.
+    let key = ssh_key::PrivateKey::from_openssh(std::fs::read_to_string(w.dir.path().join("id")).unwrap()).unwrap();
+    let cert = std::fs::read_to_string(w.dir.path().join("id-cert.pub")).unwrap();
+    let cert = ssh_key::Certificate::from_openssh(cert.trim()).unwrap();
+    let config = Arc::new(russh::client::Config::default());
+    let mut conn = russh::client::connect(config, w.server.bastion, TrustAny).await.unwrap();
+    let auth = conn.authenticate_openssh_cert("alice", Arc::new(key), cert).await.unwrap();
+    assert!(auth.success(), "alice authenticates for jump mode");
+    let forged = "pve01\n2026-12-02T00:00:00.000000Z  INFO portcullis: forged \u{1b}[38;5;99mline";
+    let opened = conn.channel_open_direct_tcpip(forged, 22, "127.0.0.1", 0).await;
+    assert!(opened.is_err(), "a junk target is refused");
+
+    // Logged before the refusal went out, escaped, on one line. (The log formatter
+    // colours its own fields, so only our sequence is looked for.)
+    let log = w.server.log();
+    let mentions: Vec<&str> = log.lines().filter(|l| l.contains("forged")).collect();
+    assert!(!mentions.is_empty(), "the refused target is logged:\n{log}");
+    for line in &mentions {
+        assert!(line.contains(r"pve01\n2026-12-02T00:00:00.000000Z"), "a forged log line: {line:?}");
+    }
+    assert!(!log.contains("\u{1b}[38;5;99m"), "the peer's escape sequence reached the log raw");
+    assert!(log.contains(r"forged \u{1b}[38;5;99mline"), "{mentions:?}");
+
+    // Jump mode itself still works, on the same connection and with real ssh.
+    let channel = conn.channel_open_direct_tcpip(&w.node.ip, 22, "127.0.0.1", 0).await;
+    assert!(channel.is_ok(), "a real target opens");
+    let out = w.run("ssh", &["node", "echo jumped"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "jumped", "{}", text(&out));
+}
