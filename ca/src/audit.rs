@@ -115,6 +115,25 @@ pub enum AuditEvent {
         /// `agent` / `bastion` for a service token.
         #[serde(skip_serializing_if = "Option::is_none")]
         service: Option<&'static str>,
+        /// The one node name the token may enroll, when bound.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+    },
+    EnrollTokenRevoked {
+        actor: String,
+        id: String,
+    },
+    /// An administrator changed a node record (`fields`: which ones).
+    NodeUpdated {
+        actor: String,
+        name: String,
+        fields: Vec<&'static str>,
+    },
+    /// An administrator removed a node (its host certificates revoked).
+    NodeRemoved {
+        actor: String,
+        name: String,
+        host_certificates_revoked: u64,
     },
     NodeEnrolled {
         name: String,
@@ -347,6 +366,9 @@ impl AuditEvent {
             AuditEvent::UserChanged { .. } => "user_changed",
             AuditEvent::NodeRegistered { .. } => "node_registered",
             AuditEvent::EnrollTokenCreated { .. } => "enroll_token_created",
+            AuditEvent::EnrollTokenRevoked { .. } => "enroll_token_revoked",
+            AuditEvent::NodeUpdated { .. } => "node_updated",
+            AuditEvent::NodeRemoved { .. } => "node_removed",
             AuditEvent::NodeEnrolled { .. } => "node_enrolled",
             AuditEvent::EnrollRefused { .. } => "enroll_refused",
             AuditEvent::NodeRefreshed { .. } => "node_refreshed",

@@ -42,6 +42,10 @@ pub enum CaError {
     Conflict(String),
     #[error("identity directory unavailable")]
     Unavailable,
+    /// The identity provider could not be reached (`unreachable`) or sent something that
+    /// is not a valid answer; the cause is in the operator log.
+    #[error("{}", if *unreachable { "the identity provider cannot be reached" } else { "the identity provider sent an invalid answer" })]
+    IdentityProvider { unreachable: bool },
     /// Single sign-on did not produce a session; the text is ours, never the IdP's.
     #[error("sign-in failed: {0}")]
     SignInFailed(String),
@@ -101,6 +105,8 @@ impl CaError {
             CaError::Conflict(_) => "conflict",
             CaError::Unavailable => "unavailable",
             CaError::SignInFailed(_) => "sign_in_failed",
+            CaError::IdentityProvider { unreachable: true } => "idp_unavailable",
+            CaError::IdentityProvider { unreachable: false } => "idp_invalid_answer",
             CaError::Config(_) => "config",
             CaError::Internal(_) | CaError::Store(_) => "internal",
             CaError::StoreUnavailable(_) => "store_unavailable",

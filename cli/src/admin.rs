@@ -329,7 +329,34 @@ async fn node(api: &Api, cmd: NodeCommand) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let _: NodeRecord = api.post("/v1/admin/nodes", &record).await?;
-            println!("Node {name} saved.");
+            println!("Node {name} added.");
+        }
+        NodeCommand::Update { name, addresses, tags, remove_tags, agent, partition, host_keys } => {
+            let host_keys = if host_keys.is_empty() {
+                None
+            } else {
+                let mut lines = Vec::new();
+                for path in &host_keys {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| anyhow!("cannot read host key {}: {e}", path.display()))?;
+                    lines.push(text.trim().to_owned());
+                }
+                Some(lines)
+            };
+            let update = portcullis_proto::NodeUpdate {
+                addresses: (!addresses.is_empty()).then_some(addresses),
+                set_tags: key_values(&tags)?,
+                remove_tags,
+                agent,
+                partition,
+                host_keys,
+            };
+            let _: NodeRecord = api.put(&format!("/v1/admin/nodes/{}", seg(&name)?), &update).await?;
+            println!("Node {name} updated.");
+        }
+        NodeCommand::Remove { name } => {
+            api.delete(&format!("/v1/admin/nodes/{}", seg(&name)?)).await?;
+            println!("Node {name} removed; its host certificates are revoked.");
         }
         NodeCommand::List => print_json(&api.get::<Vec<NodeRecord>>("/v1/admin/nodes").await?)?,
         NodeCommand::Principals { name, login } => {
@@ -361,7 +388,7 @@ fn key_values(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 async fn enroll_token(api: &Api, cmd: EnrollTokenCommand) -> anyhow::Result<()> {
     use portcullis_proto::enroll::{EnrollTokenInfo, EnrollTokenRequest, EnrollTokenResponse};
     match cmd {
-        EnrollTokenCommand::Create { ttl, uses, tags, agent, partition, service } => {
+        EnrollTokenCommand::Create { ttl, uses, tags, agent, partition, service, node } => {
             use portcullis_proto::bastion::ServiceKind;
             let ttl_seconds =
                 crate::login::duration_secs(&ttl).ok_or_else(|| anyhow!("--ttl must look like 1h or 30m"))?;
@@ -371,7 +398,8 @@ async fn enroll_token(api: &Api, cmd: EnrollTokenCommand) -> anyhow::Result<()> 
                 Some("bastion") => Some(ServiceKind::Bastion),
                 Some(other) => bail!("--service must be agent or bastion, not {other:?}"),
             };
-            let request = EnrollTokenRequest { ttl_seconds, uses, tags: key_values(&tags)?, partition, agent, service };
+            let request =
+                EnrollTokenRequest { ttl_seconds, uses, tags: key_values(&tags)?, partition, agent, service, node };
             let t: EnrollTokenResponse = api.post("/v1/admin/enroll-tokens", &request).await?;
             // The token goes to stdout alone so scripts can capture it; the rest to stderr.
             eprintln!("Enrollment token {} ({} use(s), expires at unix time {}):", t.id, t.uses, t.expires_at);
@@ -380,11 +408,16 @@ async fn enroll_token(api: &Api, cmd: EnrollTokenCommand) -> anyhow::Result<()> 
         EnrollTokenCommand::List => {
             for t in api.get::<Vec<EnrollTokenInfo>>("/v1/admin/enroll-tokens").await? {
                 let kind = t.service.map_or("node", |k| k.as_str());
+                let node = t.node.as_deref().map(|n| format!(" node={n}")).unwrap_or_default();
                 println!(
-                    "{} {kind} uses_left={} expires={} by={} tags={:?}",
+                    "{} {kind} uses_left={} expires={} by={} tags={:?}{node}",
                     t.id, t.uses_left, t.expires_at, t.created_by, t.tags
                 );
             }
+        }
+        EnrollTokenCommand::Revoke { id } => {
+            api.delete(&format!("/v1/admin/enroll-tokens/{}", seg(&id)?)).await?;
+            println!("Enrollment token {id} revoked.");
         }
     }
     Ok(())

@@ -95,8 +95,17 @@ impl Api {
         Ok(())
     }
 
+    pub async fn put<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<R> {
+        Ok(self.send(self.request(reqwest::Method::PUT, path).json(body)).await?.json().await?)
+    }
+
     pub async fn put_unit<B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<()> {
         self.send(self.request(reqwest::Method::PUT, path).json(body)).await?;
+        Ok(())
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.send(self.request(reqwest::Method::DELETE, path)).await?;
         Ok(())
     }
 }

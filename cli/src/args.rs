@@ -152,10 +152,17 @@ pub enum EnrollTokenCommand {
         #[arg(long)]
         partition: Option<String>,
         /// A token for enrolling a bastion or an edge agent instead of a node.
-        #[arg(long, value_parser = ["agent", "bastion"], conflicts_with_all = ["tags", "agent", "partition"])]
+        #[arg(long, value_parser = ["agent", "bastion"], conflicts_with_all = ["tags", "agent", "partition", "node"])]
         service: Option<String>,
+        /// Bind the token to this node name (needed to claim a name added with `node add`).
+        #[arg(long)]
+        node: Option<String>,
     },
     List,
+    /// End a token before its time (its id, from `list`).
+    Revoke {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -241,7 +248,7 @@ pub enum PolicyCommand {
 
 #[derive(Subcommand)]
 pub enum NodeCommand {
-    /// Add or update a node.
+    /// Add a node (refused when the name exists: use `update`).
     Add {
         name: String,
         #[arg(long = "address")]
@@ -253,6 +260,34 @@ pub enum NodeCommand {
         agent: Option<String>,
         #[arg(long)]
         partition: Option<String>,
+    },
+    /// Change only what is given; everything else (pinned host keys included) stays.
+    Update {
+        name: String,
+        /// Replaces the addresses (repeatable).
+        #[arg(long = "address")]
+        addresses: Vec<String>,
+        /// Sets a tag: key=value, repeatable.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Removes a tag by key, repeatable.
+        #[arg(long = "remove-tag")]
+        remove_tags: Vec<String>,
+        /// Empty to clear.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Empty to clear.
+        #[arg(long)]
+        partition: Option<String>,
+        /// Re-key: replace the pinned host keys with these public key files (repeatable);
+        /// the node's host certificates are revoked and reissued at its next refresh.
+        #[arg(long = "host-key")]
+        host_keys: Vec<std::path::PathBuf>,
+    },
+    /// Remove a node: its record, principals and pinned keys; its host certificates are
+    /// revoked.
+    Remove {
+        name: String,
     },
     List,
     /// A node's AuthorizedPrincipalsFile contents.

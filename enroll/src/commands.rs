@@ -20,7 +20,7 @@ use crate::sshd::{self, SshdCtl};
 use crate::state::State;
 use crate::txn::{self, Txn};
 use crate::{failpoint, fsx};
-use portcullis_proto::enroll::{EnrollRequest, EnrollResponse, NodeFacts};
+use portcullis_proto::enroll::{EnrollRequest, EnrollResponse, NodeFacts, NodeProof};
 use portcullis_proto::pin::normalize_pin;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -140,7 +140,7 @@ pub async fn enroll(g: &Global, a: EnrollArgs, r: &mut Report) -> Result<String>
     .map_err(|e| Error::Failed(format!("cannot generate the verification key: {e}")))?;
     let verification_public_key =
         key.public_key().to_openssh().map_err(|e| Error::Failed(format!("cannot encode a key: {e}")))?;
-    let req = EnrollRequest {
+    let mut req = EnrollRequest {
         facts: NodeFacts {
             name: name.clone(),
             addresses,
@@ -151,7 +151,15 @@ pub async fn enroll(g: &Global, a: EnrollArgs, r: &mut Report) -> Result<String>
             pve_node: facts.pve.then(|| name.clone()),
         },
         verification_public_key,
+        proof: None,
     };
+    // The CA re-enrolls a name it already knows only for a holder of one of its pinned
+    // host keys; the node holds them, so it always proves itself (bound to this request
+    // and token).
+    if let Some(host_key) = preflight::proof_key(&facts.host_keys) {
+        let action = NodeProof::enroll_action(&req.facts, a.token.expose_secret());
+        req.proof = Some(node_proof(&name, &action, &host_key, now())?);
+    }
     let resp = api.enroll(&a.token, &req).await?;
     r.step("register", format!("the CA registered node {}", resp.bundle.node));
     r.set("node", &resp.bundle.node);

@@ -12,7 +12,7 @@ use portcullis_bastion::{
     Bastion, BastionConfig, ControlConfig, ControlPlane, EventSink, SystemClock, TrustConfig, TrustSource,
 };
 use portcullis_ca::fsutil;
-use portcullis_proto::bastion::{ServiceEnrollRequest, ServiceKind};
+use portcullis_proto::bastion::{ServiceEnrollRequest, ServiceKind, ServiceProof};
 use secrecy::{ExposeSecret, SecretString};
 use ssh_key::rand_core::UnwrapErr;
 use ssh_key::{Algorithm, LineEnding, PrivateKey, PublicKey};
@@ -74,7 +74,21 @@ pub async fn enrolled_identity(
             kind.as_str()
         );
     };
-    let request = ServiceEnrollRequest { kind, name: name.to_owned(), public_key: public_line(&key)?, agent_endpoint };
+    let mut request = ServiceEnrollRequest {
+        kind,
+        name: name.to_owned(),
+        public_key: public_line(&key)?,
+        agent_endpoint,
+        proof: None,
+    };
+    // Proof of holding the key: the CA requires it to re-enroll a registered name.
+    let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let message = request.proof_message(enroll_token.expose_secret(), timestamp);
+    let signature = key
+        .sign(ServiceProof::NAMESPACE, ssh_key::HashAlg::Sha512, message.as_bytes())
+        .and_then(|s| s.to_pem(LineEnding::LF))
+        .map_err(|_| anyhow::anyhow!("cannot sign the enrollment proof"))?;
+    request.proof = Some(ServiceProof { timestamp, signature });
     let answer = ControlPlane::enroll(&ca.url, &ca.pin, &enroll_token, &request)
         .await
         .with_context(|| format!("enrollment of {} {name} failed", kind.as_str()))?;

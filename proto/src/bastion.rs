@@ -63,6 +63,40 @@ pub struct ServiceEnrollRequest {
     /// Bastions: `host:port` where agents reach the agent listener. Agents: empty.
     #[serde(default)]
     pub agent_endpoint: Option<String>,
+    /// Proof of holding the private half of `public_key`; required to re-enroll a name
+    /// that is already registered (its public key is public: a bastion's is its SSH host
+    /// key). The enrolling process always sends one.
+    #[serde(default)]
+    pub proof: Option<ServiceProof>,
+}
+
+/// An SSHSIG (armored) by the service's key over [`ServiceEnrollRequest::proof_message`],
+/// namespace [`ServiceProof::NAMESPACE`], made within the last few minutes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceProof {
+    pub timestamp: u64,
+    pub signature: String,
+}
+
+impl ServiceProof {
+    pub const NAMESPACE: &'static str = "portcullis-service@portcullis";
+}
+
+impl ServiceEnrollRequest {
+    /// What the proof signs: everything the request claims, the enrollment token (by its
+    /// SHA-256) and the time, so a proof is good for this one request with this one token.
+    pub fn proof_message(&self, token: &str, timestamp: u64) -> String {
+        use sha2::{Digest, Sha256};
+        let token: String = Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        format!(
+            "portcullis-service-enroll-v1\n{}\n{}\n{}\n{}\n{token}\n{timestamp}\n",
+            self.kind.as_str(),
+            self.name,
+            self.public_key.trim(),
+            self.agent_endpoint.as_deref().unwrap_or("")
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -22,6 +22,10 @@ pub struct EnrollTokenRequest {
     /// a node. A node token cannot enroll a service and vice versa.
     #[serde(default)]
     pub service: Option<crate::bastion::ServiceKind>,
+    /// Bind the token to one node name: the only token that can claim a name an
+    /// administrator registered by hand (which has no host keys to prove).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +49,9 @@ pub struct EnrollTokenInfo {
     /// Set for service tokens.
     #[serde(default)]
     pub service: Option<crate::bastion::ServiceKind>,
+    /// Set for tokens bound to one node name.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// What the node tells the CA about itself.
@@ -74,6 +81,12 @@ pub struct EnrollRequest {
     /// certificate for it that only this node's staged principals file accepts, so the
     /// tool can prove a real login works before committing.
     pub verification_public_key: String,
+    /// Required when the name is already enrolled: a [`NodeProof`] by one of the host
+    /// keys the CA has pinned for it, for action [`NodeProof::enroll_action`] — knowing
+    /// a node's public host keys (anyone can `ssh-keyscan` them) is not enough to
+    /// re-enroll it.
+    #[serde(default)]
+    pub proof: Option<NodeProof>,
 }
 
 /// Everything a node needs to trust the CA; also the answer to a refresh.
@@ -121,5 +134,18 @@ impl NodeProof {
     /// The signed text: binds the proof to the node, the action and the time.
     pub fn message(node: &str, action: &str, timestamp: u64) -> String {
         format!("portcullis-node-proof-v1\n{node}\n{action}\n{timestamp}\n")
+    }
+
+    /// The action a re-enrollment proof signs: `enroll ` and a SHA-256 over the
+    /// enrollment token and everything the request claims (name, addresses, host keys,
+    /// facts), so a proof is good for this one request with this one token.
+    pub fn enroll_action(facts: &NodeFacts, token: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"portcullis-enroll-v1\0");
+        h.update(Sha256::digest(token.as_bytes()));
+        h.update(serde_json::to_vec(facts).unwrap_or_default());
+        let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        format!("enroll {digest}")
     }
 }

@@ -145,6 +145,29 @@ pub struct PolicyReloadResponse {
     pub modified: Vec<String>,
 }
 
+/// `PUT /v1/admin/nodes/{name}`: changes only what it names; everything else stays.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeUpdate {
+    /// Replaces the addresses.
+    #[serde(default)]
+    pub addresses: Option<Vec<String>>,
+    /// Sets these tags (others stay).
+    #[serde(default)]
+    pub set_tags: BTreeMap<String, String>,
+    /// Removes these tags.
+    #[serde(default)]
+    pub remove_tags: Vec<String>,
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// An explicit re-key: replaces the pinned host keys (and revokes the node's host
+    /// certificates, reissued for the new keys at its next refresh).
+    #[serde(default)]
+    pub host_keys: Option<Vec<String>>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeRecord {

@@ -239,7 +239,7 @@ pub struct NewNode<'a> {
 
 /// [`add_node`] with every option.
 pub async fn add_node_with(server: &Server, admin: &str, n: NewNode<'_>) -> Sshd {
-    let mut record = NodeRecord {
+    let record = NodeRecord {
         name: n.name.into(),
         addresses: vec![n.ip.to_owned()],
         tags: [("env".to_owned(), "prod".to_owned())].into(),
@@ -252,8 +252,9 @@ pub async fn add_node_with(server: &Server, admin: &str, n: NewNode<'_>) -> Sshd
     let principals = serde_json::from_value(principals["principals"].clone()).unwrap();
     let trust = NodeTrust { trusted_user_ca_keys: server.user_ca_keys.clone(), principals, krl: None };
     let node = Sshd::start_configured(&trust, n.ip, 22, n.netns, n.sshd_extra);
-    record.host_keys = vec![n.pinned_host_key.unwrap_or_else(|| node.host_public_key())];
-    server.add_node(admin, &record).await;
+    let host_keys = vec![n.pinned_host_key.unwrap_or_else(|| node.host_public_key())];
+    let pin = portcullis_proto::NodeUpdate { host_keys: Some(host_keys), ..Default::default() };
+    server.update_node(admin, n.name, &pin).await;
     node
 }
 

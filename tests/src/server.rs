@@ -263,6 +263,14 @@ impl Server {
         assert_eq!(status, StatusCode::OK, "adding node {} failed: {body}", node.name);
     }
 
+    /// Changes what `update` names of an existing node; panics unless it succeeds.
+    pub async fn update_node(&self, admin_token: &str, name: &str, update: &portcullis_proto::NodeUpdate) {
+        let (status, body) = self
+            .put_json(Some(admin_token), &format!("/v1/admin/nodes/{name}"), &serde_json::to_value(update).unwrap())
+            .await;
+        assert_eq!(status, StatusCode::OK, "updating node {name} failed: {body}");
+    }
+
     /// Requests a user certificate for an OpenSSH public key line.
     pub async fn issue_cert(&self, token: &str, public_key: &str) -> (StatusCode, Value) {
         self.post_json(Some(token), "/v1/certs/user", &json!({ "public_key": public_key })).await

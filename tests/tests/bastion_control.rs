@@ -153,7 +153,7 @@ async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
             host_keys: vec![host_key.clone()],
             ..Default::default()
         };
-        ca.upsert_node(&nodes, &node).await.unwrap();
+        ca.add_node(&nodes, &node).await.unwrap();
     }
     for i in 0..FLEET {
         let node = NodeRecord {
@@ -165,7 +165,7 @@ async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
             host_keys: vec![host_key.clone()],
             ..Default::default()
         };
-        ca.upsert_node(&nodes, &node).await.unwrap();
+        ca.add_node(&nodes, &node).await.unwrap();
     }
     let bastion = ca
         .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), Some("127.0.0.1:2223"))
@@ -309,7 +309,8 @@ fn enroll_body(kind: &str, name: &str, key: &str, endpoint: Option<&str>) -> Val
 async fn services_enroll_only_with_tokens_of_their_kind() {
     let fx = fixture(None, 1).await;
     let api = fx.api();
-    let agent_key = public_line(&ed25519_key());
+    let agent_private = ed25519_key();
+    let agent_key = public_line(&agent_private);
     let node_token = create_token(api, &fx.admin, None, 5).await;
     let agent_token = create_token(api, &fx.admin, Some("agent"), 1).await;
     let bastion_token = create_token(api, &fx.admin, Some("bastion"), 5).await;
@@ -353,8 +354,10 @@ async fn services_enroll_only_with_tokens_of_their_kind() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    // Re-enrolling the same name: with another key → 409 (token not spent), with the
-    // same key → a new API credential, and the old one stops working.
+    // Re-enrolling the same name: with another key → 409 (token not spent); with the
+    // same *public* key but no proof of holding the private one (anyone can read a
+    // service's public key) → 409; with a proof bound to another token → 409; with the
+    // key's proof → a new API credential, and the old one stops working.
     let again = create_token(api, &fx.admin, Some("agent"), 1).await;
     let other_key = public_line(&ed25519_key());
     let (status, v) =
@@ -362,6 +365,21 @@ async fn services_enroll_only_with_tokens_of_their_kind() {
     assert_eq!(status, StatusCode::CONFLICT, "{v}");
     let (status, v) =
         api.post_json(Some(&again), "/v1/services/enroll", &enroll_body("agent", "edge1", &agent_key, None)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a public key alone re-enrolled a service: {v}");
+    let proven = |token: &str| {
+        let mut request: portcullis_proto::bastion::ServiceEnrollRequest =
+            serde_json::from_value(enroll_body("agent", "edge1", &agent_key, None)).unwrap();
+        let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let message = request.proof_message(token, timestamp);
+        let namespace = portcullis_proto::bastion::ServiceProof::NAMESPACE;
+        let signature = agent_private.sign(namespace, ssh_key::HashAlg::Sha512, message.as_bytes()).unwrap();
+        let signature = signature.to_pem(ssh_key::LineEnding::LF).unwrap();
+        request.proof = Some(portcullis_proto::bastion::ServiceProof { timestamp, signature });
+        serde_json::to_value(request).unwrap()
+    };
+    let (status, v) = api.post_json(Some(&again), "/v1/services/enroll", &proven(&agent_token)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a proof for another token was accepted: {v}");
+    let (status, v) = api.post_json(Some(&again), "/v1/services/enroll", &proven(&again)).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let renewed: ServiceEnrollResponse = serde_json::from_value(v).unwrap();
     let (status, _) = api.get_json(Some(&enrolled.api_token), "/v1/services/agent/targets").await;

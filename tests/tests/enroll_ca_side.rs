@@ -7,8 +7,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_ca::{Ca, CaError, ManualClock};
+use portcullis_policies::Grant;
 use portcullis_policies::Permission;
 use portcullis_proto::enroll::{EnrollRequest, EnrollTokenRequest, NodeFacts, NodeProof};
+use portcullis_proto::{NodeRecord, NodeUpdate};
 use portcullis_tests::ssh::{ed25519_key, public_line};
 use portcullis_tests::{ca_in_process, sqlite_url};
 use ssh_key::{HashAlg, PrivateKey};
@@ -26,8 +28,8 @@ fn proof(key: &PrivateKey, node: &str, action: &str, signed_node: &str, timestam
     }
 }
 
-/// A CA with the default policy and a fresh enrollment token of `uses` uses.
-async fn ca_with_token(dir: &std::path::Path, uses: u32) -> (Ca, String) {
+/// A CA with the default policy and the administrator's node-management grant.
+async fn ca_and_grant(dir: &std::path::Path) -> (Ca, Grant) {
     let policy = dir.join("policy");
     std::fs::create_dir_all(&policy).unwrap();
     std::fs::write(policy.join("default.toml"), portcullis_ca::policy_files::DEFAULT_POLICY).unwrap();
@@ -36,11 +38,17 @@ async fn ca_with_token(dir: &std::path::Path, uses: u32) -> (Ca, String) {
     let login = ca.login_password("admin", &password, "127.0.0.1").await.unwrap();
     let admin = ca.caller(&login.token).await.unwrap();
     let grant = ca.authorize(&admin, Permission::NodesManage).unwrap();
-    let token = ca
-        .create_enroll_token(&grant, &EnrollTokenRequest { ttl_seconds: 600, uses, ..Default::default() })
-        .await
-        .unwrap()
-        .token;
+    (ca, grant)
+}
+
+async fn token(ca: &Ca, grant: &Grant, request: EnrollTokenRequest) -> String {
+    ca.create_enroll_token(grant, &EnrollTokenRequest { ttl_seconds: 600, ..request }).await.unwrap().token
+}
+
+/// A CA with the default policy and a fresh enrollment token of `uses` uses.
+async fn ca_with_token(dir: &std::path::Path, uses: u32) -> (Ca, String) {
+    let (ca, grant) = ca_and_grant(dir).await;
+    let token = token(&ca, &grant, EnrollTokenRequest { uses, ..Default::default() }).await;
     (ca, token)
 }
 
@@ -48,7 +56,33 @@ fn enroll_request(name: &str, host_key: &PrivateKey) -> EnrollRequest {
     EnrollRequest {
         facts: NodeFacts { name: name.into(), host_keys: vec![public_line(host_key)], ..Default::default() },
         verification_public_key: public_line(&ed25519_key()),
+        proof: None,
     }
+}
+
+/// `request` with a re-enrollment proof made with `key` for `token`.
+fn proven(mut request: EnrollRequest, key: &PrivateKey, token: &str) -> EnrollRequest {
+    let action = NodeProof::enroll_action(&request.facts, token);
+    request.proof = Some(proof(key, &request.facts.name, &action, &request.facts.name, NOW));
+    request
+}
+
+/// Every token's remaining uses, sorted (tokens made in the same second list in any order).
+async fn uses_left(ca: &Ca, grant: &Grant) -> Vec<u32> {
+    let mut uses: Vec<u32> = ca.enroll_tokens(grant).await.unwrap().iter().map(|t| t.uses_left).collect();
+    uses.sort_unstable();
+    uses
+}
+
+async fn enroll_refusals(ca: &Ca) -> Vec<String> {
+    ca.store()
+        .audit_records(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == "enroll_refused")
+        .map(|r| serde_json::from_str::<serde_json::Value>(&r.payload).unwrap()["reason"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 async fn enrolled_ca(dir: &std::path::Path) -> (Ca, PrivateKey) {
@@ -56,8 +90,9 @@ async fn enrolled_ca(dir: &std::path::Path) -> (Ca, PrivateKey) {
     let host_key = ed25519_key();
     let request = enroll_request("pve01", &host_key);
     ca.enroll(&token, &request, "127.0.0.1").await.unwrap();
-    // The token had one use: a second enrollment with it is refused.
-    assert!(matches!(ca.enroll(&token, &request, "127.0.0.1").await, Err(CaError::Unauthenticated)));
+    // The token had one use: a second enrollment with it is refused, even with a proof.
+    let again = proven(request, &host_key, &token);
+    assert!(matches!(ca.enroll(&token, &again, "127.0.0.1").await, Err(CaError::Unauthenticated)));
     (ca, host_key)
 }
 
@@ -152,6 +187,121 @@ async fn a_token_cannot_take_over_a_name_enrolled_with_other_host_keys() {
     let impostor = ed25519_key();
     let result = ca.enroll(&token, &enroll_request("pve01", &impostor), "198.51.100.9").await;
     assert!(matches!(result, Err(CaError::Conflict(_))), "{result:?}");
-    // Control: the same machine (same host key) may enroll again.
-    ca.enroll(&token, &enroll_request("pve01", &genuine), "127.0.0.1").await.unwrap();
+    // Control: the same machine, proving it holds its host key, may enroll again.
+    ca.enroll(&token, &proven(enroll_request("pve01", &genuine), &genuine, &token), "127.0.0.1").await.unwrap();
+}
+
+#[tokio::test]
+async fn re_enrolling_a_known_name_needs_a_proof_by_its_pinned_host_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, grant) = ca_and_grant(dir.path()).await;
+    let prod = [("cluster".to_owned(), "prod".to_owned())].into();
+    let prod_token = token(&ca, &grant, EnrollTokenRequest { uses: 1, tags: prod, ..Default::default() }).await;
+    let genuine = ed25519_key();
+    let mut first = enroll_request("pve01", &genuine);
+    first.facts.addresses = vec!["10.0.0.1".into()];
+    ca.enroll(&prod_token, &first, "10.0.0.1").await.unwrap();
+
+    // The attacker holds a lab token and the node's *public* host key (ssh-keyscan).
+    let lab = [("cluster".to_owned(), "lab".to_owned())].into();
+    let lab_token = token(&ca, &grant, EnrollTokenRequest { uses: 3, tags: lab, ..Default::default() }).await;
+    let mut takeover = enroll_request("pve01", &genuine);
+    takeover.facts.addresses = vec!["203.0.113.66".into()];
+    let attacker = ed25519_key();
+    let mut with_own_key = takeover.clone();
+    with_own_key.facts.host_keys.push(public_line(&attacker));
+    let mut replayed = proven(first.clone(), &genuine, &lab_token);
+    replayed.facts = takeover.facts.clone(); // a proof made for other facts
+    let attempts = [
+        ("no proof", takeover.clone()),
+        ("proof by the attacker's own key", proven(with_own_key, &attacker, &lab_token)),
+        ("proof bound to another request", replayed),
+        ("proof bound to another token", proven(takeover.clone(), &genuine, &prod_token)),
+    ];
+    for (what, request) in &attempts {
+        let result = ca.enroll(&lab_token, request, "203.0.113.66").await;
+        assert!(matches!(result, Err(CaError::Conflict(_))), "{what}: {result:?}");
+    }
+    assert_eq!(enroll_refusals(&ca).await, ["name_taken"; 4]);
+    let node = ca.store().node("pve01").await.unwrap().unwrap();
+    assert_eq!(node.addresses, ["10.0.0.1"], "a refused takeover changed the addresses");
+    assert_eq!(node.tags["cluster"], "prod", "a refused takeover changed the tags");
+    assert_eq!(node.host_keys, [public_line(&genuine)]);
+    assert_eq!(uses_left(&ca, &grant).await, [0, 3], "a refused enrollment spent a token use");
+
+    // Control: the node itself proves it holds the pinned key and may move; the lab
+    // token's tags still never relabel it.
+    let mut moved = enroll_request("pve01", &genuine);
+    moved.facts.addresses = vec!["10.0.0.2".into()];
+    ca.enroll(&lab_token, &proven(moved, &genuine, &lab_token), "10.0.0.2").await.unwrap();
+    let node = ca.store().node("pve01").await.unwrap().unwrap();
+    assert_eq!(node.addresses, ["10.0.0.2"]);
+    assert_eq!(node.tags["cluster"], "prod", "a token's tags overrode an existing node's");
+    assert_eq!(uses_left(&ca, &grant).await, [0, 2]);
+}
+
+#[tokio::test]
+async fn a_hand_added_name_is_claimed_only_by_a_token_bound_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, grant) = ca_and_grant(dir.path()).await;
+    let record =
+        NodeRecord { name: "pve05".into(), tags: [("env".into(), "prod".into())].into(), ..Default::default() };
+    ca.add_node(&grant, &record).await.unwrap();
+    assert!(matches!(ca.add_node(&grant, &record).await, Err(CaError::Conflict(_))), "node add refuses a known name");
+
+    let key = ed25519_key();
+    let unbound = token(&ca, &grant, EnrollTokenRequest { uses: 1, ..Default::default() }).await;
+    let result = ca.enroll(&unbound, &enroll_request("pve05", &key), "203.0.113.66").await;
+    assert!(matches!(result, Err(CaError::Conflict(_))), "{result:?}");
+    let elsewhere =
+        token(&ca, &grant, EnrollTokenRequest { uses: 1, node: Some("pve06".into()), ..Default::default() });
+    let elsewhere = elsewhere.await;
+    let result = ca.enroll(&elsewhere, &enroll_request("pve05", &key), "203.0.113.66").await;
+    assert!(matches!(result, Err(CaError::Unauthenticated)), "{result:?}");
+    assert_eq!(enroll_refusals(&ca).await, ["name_reserved", "token_invalid"]);
+    assert_eq!(uses_left(&ca, &grant).await, [1, 1], "a refused enrollment spent a token use");
+    assert!(ca.store().node("pve05").await.unwrap().unwrap().host_keys.is_empty());
+
+    // Control: the token bound to the name claims it, and the node keeps its tags.
+    let bound = token(&ca, &grant, EnrollTokenRequest { uses: 1, node: Some("pve05".into()), ..Default::default() });
+    ca.enroll(&bound.await, &enroll_request("pve05", &key), "10.0.0.5").await.unwrap();
+    let node = ca.store().node("pve05").await.unwrap().unwrap();
+    assert_eq!(node.host_keys, [public_line(&key)]);
+    assert_eq!(node.tags["env"], "prod");
+}
+
+#[tokio::test]
+async fn node_update_changes_only_what_it_names_and_remove_forgets_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, grant) = ca_and_grant(dir.path()).await;
+    let enroll_token = token(&ca, &grant, EnrollTokenRequest { uses: 1, ..Default::default() }).await;
+    let host_key = ed25519_key();
+    let mut request = enroll_request("pve01", &host_key);
+    request.facts.addresses = vec!["10.0.0.1".into()];
+    ca.enroll(&enroll_token, &request, "10.0.0.1").await.unwrap();
+
+    let update = NodeUpdate { set_tags: [("cluster".into(), "prod".into())].into(), ..Default::default() };
+    let node = ca.update_node(&grant, "pve01", &update).await.unwrap();
+    assert_eq!(node.host_keys, [public_line(&host_key)], "a tag update wiped the pinned host keys");
+    assert_eq!(node.addresses, ["10.0.0.1"]);
+    assert_eq!(node.tags["cluster"], "prod");
+    // The node's refresh still authenticates after the update.
+    ca.node_refresh(&proof(&host_key, "pve01", "refresh", "pve01", NOW), "10.0.0.1").await.unwrap();
+    let missing = ca.update_node(&grant, "pve09", &update).await;
+    assert!(matches!(missing, Err(CaError::NotFound(_))), "{missing:?}");
+
+    ca.remove_node(&grant, "pve01").await.unwrap();
+    assert!(ca.store().node("pve01").await.unwrap().is_none());
+    let refresh = ca.node_refresh(&proof(&host_key, "pve01", "refresh", "pve01", NOW), "10.0.0.1").await;
+    assert!(refresh.is_err(), "a removed node still refreshes");
+    assert!(matches!(ca.remove_node(&grant, "pve01").await, Err(CaError::NotFound(_))));
+
+    // Tokens can be listed and revoked; a revoked token enrolls nothing.
+    let spare = token(&ca, &grant, EnrollTokenRequest { uses: 5, ..Default::default() }).await;
+    let tokens = ca.enroll_tokens(&grant).await.unwrap();
+    let id = tokens.iter().find(|t| t.uses_left == 5).unwrap().id.clone();
+    ca.revoke_enroll_token(&grant, &id).await.unwrap();
+    let result = ca.enroll(&spare, &enroll_request("pve02", &ed25519_key()), "10.0.0.2").await;
+    assert!(matches!(result, Err(CaError::Unauthenticated)), "{result:?}");
+    assert!(matches!(ca.revoke_enroll_token(&grant, "nope").await, Err(CaError::NotFound(_))));
 }

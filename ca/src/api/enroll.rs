@@ -1,7 +1,7 @@
 //! Enrollment routes: admin token management, the node's enroll / refresh / deregister
 //! calls, and the bootstrap script with the enrollment binary.
 
-use super::extract::{Authed, Body, ClientIp};
+use super::extract::{Authed, Body, ClientIp, Name};
 use crate::error::CaError;
 use crate::service::Ca;
 use axum::Json;
@@ -26,6 +26,11 @@ pub async fn create_token(
 pub async fn list_tokens(State(ca): Ca_, Authed(c): Authed) -> Result<Json<Vec<EnrollTokenInfo>>, CaError> {
     let grant = ca.authorize(&c, Permission::NodesManage)?;
     Ok(Json(ca.enroll_tokens(&grant).await?))
+}
+
+pub async fn revoke_token(State(ca): Ca_, Authed(c): Authed, Name(id): Name) -> Result<(), CaError> {
+    let grant = ca.authorize(&c, Permission::NodesManage)?;
+    ca.revoke_enroll_token(&grant, &id).await
 }
 
 /// The enrollment token is a bearer credential of its own kind (`pce_…`), not a session.

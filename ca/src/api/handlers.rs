@@ -179,10 +179,25 @@ pub async fn list_nodes(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<NodeRecord
     Ok(Json(ca.nodes(&grant).await?))
 }
 
-pub async fn upsert_node(State(ca): Ca_, Authed(c): Authed, Body(node): Body<NodeRecord>) -> Res<NodeRecord> {
+pub async fn add_node(State(ca): Ca_, Authed(c): Authed, Body(node): Body<NodeRecord>) -> Res<NodeRecord> {
     let grant = ca.authorize(&c, Permission::NodesManage)?;
-    ca.upsert_node(&grant, &node).await?;
+    ca.add_node(&grant, &node).await?;
     Ok(Json(node))
+}
+
+pub async fn update_node(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Name(name): Name,
+    Body(update): Body<NodeUpdate>,
+) -> Res<NodeRecord> {
+    let grant = ca.authorize(&c, Permission::NodesManage)?;
+    Ok(Json(ca.update_node(&grant, &name, &update).await?))
+}
+
+pub async fn remove_node(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
+    let grant = ca.authorize(&c, Permission::NodesManage)?;
+    ca.remove_node(&grant, &name).await
 }
 
 pub async fn reload_policy(State(ca): Ca_, Authed(c): Authed) -> Res<PolicyReloadResponse> {

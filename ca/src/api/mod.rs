@@ -63,11 +63,13 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/admin/ca/{purpose}/rotate", post(handlers::rotate_ca_key))
         .route("/v1/admin/ca/{purpose}/activate", post(handlers::activate_ca_key))
         .route("/v1/admin/ca/retire", post(handlers::retire_ca_key))
-        .route("/v1/admin/nodes", get(handlers::list_nodes).post(handlers::upsert_node))
+        .route("/v1/admin/nodes", get(handlers::list_nodes).post(handlers::add_node))
+        .route("/v1/admin/nodes/{name}", put(handlers::update_node).delete(handlers::remove_node))
         .route("/v1/admin/policy/reload", post(handlers::reload_policy))
         .route("/v1/admin/audit", get(handlers::audit_records))
         .route("/v1/admin/audit/verify", get(handlers::audit_verify))
         .route("/v1/admin/enroll-tokens", get(enroll::list_tokens).post(enroll::create_token))
+        .route("/v1/admin/enroll-tokens/{id}", axum::routing::delete(enroll::revoke_token))
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/nodes/refresh", post(enroll::refresh))
         .route("/v1/nodes/deregister", post(enroll::deregister))
@@ -116,6 +118,8 @@ impl IntoResponse for CaError {
             CaError::Csrf | CaError::TicketDenied { .. } => StatusCode::FORBIDDEN,
             CaError::BadRequest(_) | CaError::UnsupportedConsoleMode => StatusCode::BAD_REQUEST,
             CaError::NotFound(_) => StatusCode::NOT_FOUND,
+            CaError::IdentityProvider { unreachable: true } => StatusCode::SERVICE_UNAVAILABLE,
+            CaError::IdentityProvider { unreachable: false } => StatusCode::BAD_GATEWAY,
             CaError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             CaError::Conflict(_) => StatusCode::CONFLICT,
             CaError::Unavailable | CaError::StoreUnavailable(_) | CaError::Busy { .. } => {

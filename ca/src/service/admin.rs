@@ -10,7 +10,9 @@ use crate::policy_files::load_policy_dir;
 use crate::store;
 use portcullis_policies::Grant;
 use portcullis_proto::console::PolicyChangeRecord;
-use portcullis_proto::{AuditRecord, AuditVerifyResponse, CaKeyInfo, NodeRecord, PolicyReloadResponse, UserInfo};
+use portcullis_proto::{
+    AuditRecord, AuditVerifyResponse, CaKeyInfo, NodeRecord, NodeUpdate, PolicyReloadResponse, UserInfo,
+};
 use secrecy::{ExposeSecret, SecretString};
 
 /// Login names as OpenSSH and the policy accept them; anything else is refused up front.
@@ -29,6 +31,17 @@ fn check_name(kind: &str, name: &str) -> Result<(), CaError> {
 }
 
 const MIN_PASSWORD_LEN: usize = 12;
+
+/// Host keys an administrator pins: OpenSSH public key lines of accepted key types.
+fn check_host_keys(keys: &[String]) -> Result<(), CaError> {
+    if keys.len() > 8 {
+        return Err(CaError::BadRequest("at most 8 host keys".into()));
+    }
+    for key in keys {
+        portcullis_sshcert::parse_user_public_key(key).map_err(|e| CaError::BadRequest(format!("host key: {e}")))?;
+    }
+    Ok(())
+}
 
 /// Records one audit search reads at most (a filter matching little cannot make a
 /// request walk the whole log).
@@ -229,19 +242,85 @@ impl Ca {
         self.reload_keys().await
     }
 
-    pub async fn upsert_node(&self, grant: &Grant, node: &NodeRecord) -> Result<bool, CaError> {
+    /// Registers a new node; an existing name is refused (use [`Ca::update_node`]).
+    pub async fn add_node(&self, grant: &Grant, node: &NodeRecord) -> Result<(), CaError> {
         crate::validate::node_record(node)?;
+        check_host_keys(&node.host_keys)?;
         let now = self.now();
         let mut tx = self.store.begin().await?;
-        let new = store::upsert_node(tx.conn(), node, now).await?;
+        if !store::insert_node(tx.conn(), node, now).await? {
+            return Err(CaError::Conflict(format!(
+                "node {} exists; change it with `node update` or remove it first",
+                node.name
+            )));
+        }
         audit::record(
             tx.conn(),
             now,
-            &AuditEvent::NodeRegistered { actor: grant.username().to_owned(), name: node.name.clone(), new },
+            &AuditEvent::NodeRegistered { actor: grant.username().to_owned(), name: node.name.clone(), new: true },
         )
         .await?;
         tx.commit().await?;
-        Ok(new)
+        Ok(())
+    }
+
+    /// Changes only what `update` names.
+    pub async fn update_node(&self, grant: &Grant, name: &str, update: &NodeUpdate) -> Result<NodeRecord, CaError> {
+        let mut node = self.store.node(name).await?.ok_or(CaError::NotFound("node"))?;
+        let mut fields = Vec::new();
+        if let Some(addresses) = &update.addresses {
+            node.addresses = addresses.clone();
+            fields.push("addresses");
+        }
+        if !update.set_tags.is_empty() || !update.remove_tags.is_empty() {
+            for key in &update.remove_tags {
+                node.tags.remove(key);
+            }
+            node.tags.extend(update.set_tags.clone());
+            fields.push("tags");
+        }
+        if let Some(agent) = &update.agent {
+            node.agent = Some(agent.clone()).filter(|a| !a.is_empty());
+            fields.push("agent");
+        }
+        if let Some(partition) = &update.partition {
+            node.partition = Some(partition.clone()).filter(|p| !p.is_empty());
+            fields.push("partition");
+        }
+        if let Some(keys) = &update.host_keys {
+            check_host_keys(keys)?;
+            node.host_keys = keys.clone();
+            fields.push("host_keys");
+        }
+        crate::validate::node_record(&node)?;
+        let now = self.now();
+        let actor = grant.username().to_owned();
+        let mut tx = self.store.begin().await?;
+        store::upsert_node(tx.conn(), &node, now).await?;
+        if update.host_keys.is_some() {
+            // Certificates for the old keys must not outlive the re-key.
+            super::enroll::retire_node_certs(tx.conn(), &node.name, &actor, now).await?;
+        }
+        let event = AuditEvent::NodeUpdated { actor, name: node.name.clone(), fields };
+        audit::record(tx.conn(), now, &event).await?;
+        tx.commit().await?;
+        Ok(node)
+    }
+
+    /// Removes a node: its record (and with it the principals the CA lists for it, its
+    /// pinned keys and inventory entry) and its host certificates, revoked.
+    pub async fn remove_node(&self, grant: &Grant, name: &str) -> Result<(), CaError> {
+        let now = self.now();
+        let actor = grant.username().to_owned();
+        let mut tx = self.store.begin().await?;
+        if !store::delete_node(tx.conn(), name).await? {
+            return Err(CaError::NotFound("node"));
+        }
+        let revoked = super::enroll::retire_node_certs(tx.conn(), name, &actor, now).await?;
+        let event = AuditEvent::NodeRemoved { actor, name: name.to_owned(), host_certificates_revoked: revoked };
+        audit::record(tx.conn(), now, &event).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn nodes(&self, _grant: &Grant) -> Result<Vec<NodeRecord>, CaError> {

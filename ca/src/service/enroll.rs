@@ -35,9 +35,15 @@ impl Ca {
             return Err(CaError::BadRequest("ttl must be between 1 s and 30 days".into()));
         }
         if request.service.is_some()
-            && (!request.tags.is_empty() || request.partition.is_some() || request.agent.is_some())
+            && (!request.tags.is_empty()
+                || request.partition.is_some()
+                || request.agent.is_some()
+                || request.node.is_some())
         {
-            return Err(CaError::BadRequest("service tokens take no tags, partition or agent".into()));
+            return Err(CaError::BadRequest("service tokens take no tags, partition, agent or node".into()));
+        }
+        if let Some(node) = &request.node {
+            crate::validate::node_name(node)?;
         }
         let now = self.now();
         let token = random_token("pce_");
@@ -50,6 +56,7 @@ impl Ca {
             partition: request.partition.clone(),
             agent: request.agent.clone(),
             service_kind: request.service.map(|k| k.as_str().to_owned()),
+            node: request.node.clone(),
         };
         let mut tx = self.store.begin().await?;
         store::insert_enroll_token(tx.conn(), &token_hash(&token), &row, now).await?;
@@ -63,6 +70,7 @@ impl Ca {
                 expires_at: row.expires_at,
                 tags: row.tags.clone(),
                 service: request.service.map(ServiceKind::as_str),
+                node: request.node.clone(),
             },
         )
         .await?;
@@ -89,8 +97,22 @@ impl Ca {
                     Some("bastion") => Some(ServiceKind::Bastion),
                     _ => None,
                 },
+                node: t.node,
             })
             .collect())
+    }
+
+    /// Ends a token before its time: it admits no further enrollment.
+    pub async fn revoke_enroll_token(&self, grant: &Grant, id: &str) -> Result<(), CaError> {
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        if !store::revoke_enroll_token(tx.conn(), id).await? {
+            return Err(CaError::NotFound("enrollment token"));
+        }
+        let event = AuditEvent::EnrollTokenRevoked { actor: grant.username().to_owned(), id: id.to_owned() };
+        audit::record(tx.conn(), now, &event).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Registers a node with a one-time token and returns what it must install.
@@ -111,43 +133,66 @@ impl Ca {
         let verification_key = parse_user_public_key(&request.verification_public_key)
             .map_err(|e| CaError::BadRequest(format!("verification key: {e}")))?;
         let existing = self.store.node(&facts.name).await?;
-        if let Some(node) = &existing {
-            // Re-enrolling the same machine is fine; taking over another machine's name is not.
-            let known: Vec<String> = node
-                .host_keys
-                .iter()
-                .filter_map(|k| PublicKey::from_openssh(k).ok())
-                .map(|k| fingerprint(k.key_data()))
-                .collect();
-            if !known.is_empty() && !host_keys.iter().any(|k| known.contains(&fingerprint(k.key_data()))) {
-                self.audit_enroll_refused("name_taken", client_ip).await?;
-                return Err(CaError::Conflict("a node with this name is enrolled with other host keys".into()));
-            }
-        }
         let now = self.now();
         let mut tx = self.store.begin().await?;
-        let Some(grant) = store::consume_enroll_token(tx.conn(), &token_hash(token), now).await? else {
+        let Some(grant) = store::consume_enroll_token(tx.conn(), &token_hash(token), &facts.name, now).await? else {
             drop(tx);
             self.audit_enroll_refused("token_invalid", client_ip).await?;
             return Err(CaError::Unauthenticated);
         };
+        // A name that is enrolled (has pinned host keys) is re-enrolled only by a holder
+        // of one of those private keys: public host keys are public (`ssh-keyscan`).
+        // Checked after the token (only a token holder learns that a name exists);
+        // refusing rolls the token's use back.
+        if let Some(node) = existing.as_ref().filter(|n| !n.host_keys.is_empty()) {
+            let action = NodeProof::enroll_action(facts, token);
+            let proven = match &request.proof {
+                Some(proof) if proof.node == node.name => self.check_node_proof(proof, &action).await?.is_ok(),
+                _ => false,
+            };
+            if !proven {
+                drop(tx);
+                self.audit_enroll_refused("name_taken", client_ip).await?;
+                return Err(CaError::Conflict(
+                    "a node with this name is enrolled; re-enrolling needs a proof by one of its host keys".into(),
+                ));
+            }
+        }
+        // A name an administrator registered by hand has no keys to prove: only a token
+        // bound to that name may claim it. Refusing rolls the token's use back.
+        if existing.as_ref().is_some_and(|n| n.host_keys.is_empty()) && grant.node.as_deref() != Some(&facts.name) {
+            drop(tx);
+            self.audit_enroll_refused("name_reserved", client_ip).await?;
+            return Err(CaError::Conflict(
+                "this node name was registered by an administrator; enroll it with a token bound to the name \
+                 (enroll-token create --node NAME)"
+                    .into(),
+            ));
+        }
+        let is_new = existing.is_none();
         let mut node = existing.unwrap_or_default();
         node.name = facts.name.clone();
         node.addresses = facts.addresses.clone();
         node.host_keys = host_keys.iter().filter_map(|k| k.to_openssh().ok()).collect();
         node.os = facts.os.clone();
         node.sshd_version = facts.sshd_version.clone();
-        node.tags.extend(grant.tags.clone());
+        // A token's tags, partition and agent describe a new node; they never override
+        // what an existing node already has (a lab token must not relabel a prod node).
+        for (key, value) in &grant.tags {
+            if is_new || !node.tags.contains_key(key) {
+                node.tags.insert(key.clone(), value.clone());
+            }
+        }
         if let Some(cluster) = &facts.pve_cluster {
             node.tags.insert("pve_cluster".into(), cluster.clone());
         }
         if let Some(pve_node) = &facts.pve_node {
             node.tags.insert("pve_node".into(), pve_node.clone());
         }
-        if grant.partition.is_some() {
+        if node.partition.is_none() {
             node.partition = grant.partition.clone();
         }
-        if grant.agent.is_some() {
+        if node.agent.is_none() {
             node.agent = grant.agent.clone();
         }
         let new = store::upsert_node(tx.conn(), &node, now).await?;
@@ -334,12 +379,7 @@ impl Ca {
         let now = self.now();
         let mut tx = self.store.begin().await?;
         store::delete_node(tx.conn(), &node.name).await?;
-        store::delete_host_certs(tx.conn(), &node.name).await?;
-        let owner = format!("node:{}", node.name);
-        let n = store::revoke_certs(tx.conn(), &store::RevokeTarget::User(&owner), now).await?;
-        if n > 0 {
-            super::certs::record_revocation(tx.conn(), now, &owner, format!("node:{}", node.name), n, false).await?;
-        }
+        retire_node_certs(tx.conn(), &node.name, &format!("node:{}", node.name), now).await?;
         audit::record(
             tx.conn(),
             now,
@@ -349,6 +389,23 @@ impl Ca {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Forgets a node's host certificates and revokes every certificate issued to the node
+/// (host and verification), inside the caller's transaction; returns how many.
+pub(super) async fn retire_node_certs(
+    conn: &mut sqlx::AnyConnection,
+    name: &str,
+    actor: &str,
+    now: u64,
+) -> Result<u64, CaError> {
+    store::delete_host_certs(conn, name).await?;
+    let owner = format!("node:{name}");
+    let n = store::revoke_certs(conn, &store::RevokeTarget::User(&owner), now).await?;
+    if n > 0 {
+        super::certs::record_revocation(conn, now, actor, owner, n, false).await?;
+    }
+    Ok(n)
 }
 
 /// Node facts come from the network: names and addresses are checked, host keys parsed.

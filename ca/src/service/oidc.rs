@@ -81,7 +81,8 @@ impl Ca {
             return e;
         }
         match error {
-            TokenError::Unreachable | TokenError::BadResponse => CaError::Unavailable,
+            TokenError::Unreachable => CaError::IdentityProvider { unreachable: true },
+            TokenError::BadResponse => CaError::IdentityProvider { unreachable: false },
             TokenError::OAuth(code) => CaError::SignInFailed(format!("the identity provider answered `{code}`")),
         }
     }
@@ -91,7 +92,16 @@ impl Ca {
         if let Err(e) = self.audit_oidc_failure("-", client_ip, why.reason()).await {
             return e;
         }
-        CaError::SignInFailed("the identity provider's token was refused".into())
+        CaError::SignInFailed(match why {
+            TokenInvalid::GroupsClaim => {
+                let claim = self.oidc.as_ref().map_or("groups", |o| o.groups_claim());
+                format!("the identity provider's `{claim}` claim is not a list of group names")
+            }
+            TokenInvalid::IssuedInFuture => {
+                "the identity provider's token is dated in the future (check its clock)".into()
+            }
+            _ => "the identity provider's token was refused".into(),
+        })
     }
 
     /// The same session row and audit record as a password login.

@@ -112,6 +112,20 @@ impl Ca {
             self.audit_alone(refuse("token_invalid")).await?;
             return Err(CaError::Unauthenticated);
         };
+        // A registered name is re-enrolled only by a holder of the private key: the
+        // public key alone (a bastion's is its SSH host key) proves nothing. Checked
+        // after the token, so only a token holder learns that a name exists; the
+        // refusal rolls the token's use back.
+        if self.store.service(kind.as_str(), &request.name).await?.is_some()
+            && !service_proof_valid(request, &key, token, now)
+        {
+            drop(tx);
+            self.audit_alone(refuse("name_taken")).await?;
+            return Err(CaError::Conflict(format!(
+                "a {} with this name is enrolled; re-enrolling needs a proof by its key",
+                kind.as_str()
+            )));
+        }
         let actor = format!("token:{}", grant.id);
         let registered = self
             .register(&mut tx, kind, &request.name, &key, request.agent_endpoint.as_deref(), false, &actor, client_ip)
@@ -125,7 +139,22 @@ impl Ca {
         tx.commit().await?;
         Ok(response)
     }
+}
 
+/// A service proof older or newer than this is refused.
+const PROOF_WINDOW: u64 = 300;
+
+fn service_proof_valid(request: &ServiceEnrollRequest, key: &PublicKey, token: &str, now: u64) -> bool {
+    let Some(proof) = &request.proof else { return false };
+    if now.abs_diff(proof.timestamp) > PROOF_WINDOW {
+        return false;
+    }
+    let Ok(signature) = ssh_key::SshSig::from_pem(proof.signature.trim()) else { return false };
+    let message = request.proof_message(token, proof.timestamp);
+    key.verify(ServiceProof::NAMESPACE, message.as_bytes(), &signature).is_ok()
+}
+
+impl Ca {
     /// Registers a service of the CA's own process (the all-in-one's bastion and local
     /// agent) without a token; actor `system`. The key may change (the process owns both
     /// sides, and a lost key file must not lock it out).

@@ -15,6 +15,8 @@ pub struct EnrollTokenRow {
     pub agent: Option<String>,
     /// `None`: a node token; `Some("agent" | "bastion")`: a service token of that kind.
     pub service_kind: Option<String>,
+    /// The one node name this token may enroll, when bound.
+    pub node: Option<String>,
 }
 
 fn token_from(row: &sqlx::any::AnyRow) -> Result<EnrollTokenRow> {
@@ -28,13 +30,14 @@ fn token_from(row: &sqlx::any::AnyRow) -> Result<EnrollTokenRow> {
         partition: row.try_get("partition")?,
         agent: row.try_get("agent")?,
         service_kind: row.try_get("service_kind")?,
+        node: row.try_get("node")?,
     })
 }
 
 impl Store {
     pub async fn enroll_tokens(&self) -> Result<Vec<EnrollTokenRow>> {
         let rows = sqlx::query(
-            "SELECT id, created_by, expires_at, uses_left, tags_json, partition, agent, service_kind FROM enroll_tokens \
+            "SELECT id, created_by, expires_at, uses_left, tags_json, partition, agent, service_kind, node FROM enroll_tokens \
              ORDER BY created_at, id",
         )
         .fetch_all(self.pool())
@@ -52,7 +55,7 @@ pub async fn insert_enroll_token(
     let tags = serde_json::to_string(&row.tags).map_err(|_| StoreError::Corrupt("token tags"))?;
     sqlx::query(
         "INSERT INTO enroll_tokens (id, token_hash, created_by, created_at, expires_at, uses_left, tags_json, \
-         partition, agent, service_kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         partition, agent, service_kind, node) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&row.id)
     .bind(token_hash)
@@ -64,25 +67,29 @@ pub async fn insert_enroll_token(
     .bind(&row.partition)
     .bind(&row.agent)
     .bind(&row.service_kind)
+    .bind(&row.node)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// Takes one use of a live *node* token; `None` when it is unknown, expired, used up or
-/// minted for a service.
+/// Takes one use of a live *node* token for node `node`; `None` when it is unknown,
+/// expired, used up, minted for a service or bound to another name.
 pub async fn consume_enroll_token(
     conn: &mut AnyConnection,
     token_hash: &str,
+    node: &str,
     now: u64,
 ) -> Result<Option<EnrollTokenRow>> {
     let row = sqlx::query(
         "UPDATE enroll_tokens SET uses_left = uses_left - 1 \
          WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2 AND service_kind IS NULL \
-         RETURNING id, created_by, expires_at, uses_left, tags_json, partition, agent, service_kind",
+         AND (node IS NULL OR node = $3) \
+         RETURNING id, created_by, expires_at, uses_left, tags_json, partition, agent, service_kind, node",
     )
     .bind(token_hash)
     .bind(ts(now))
+    .bind(node)
     .fetch_optional(&mut *conn)
     .await?;
     row.as_ref().map(token_from).transpose()
@@ -99,7 +106,7 @@ pub async fn consume_service_token(
     let row = sqlx::query(
         "UPDATE enroll_tokens SET uses_left = uses_left - 1 \
          WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2 AND service_kind = $3 \
-         RETURNING id, created_by, expires_at, uses_left, tags_json, partition, agent, service_kind",
+         RETURNING id, created_by, expires_at, uses_left, tags_json, partition, agent, service_kind, node",
     )
     .bind(token_hash)
     .bind(ts(now))
@@ -107,6 +114,12 @@ pub async fn consume_service_token(
     .fetch_optional(&mut *conn)
     .await?;
     row.as_ref().map(token_from).transpose()
+}
+
+/// Ends a token (no uses left); `false` when no token has that id.
+pub async fn revoke_enroll_token(conn: &mut AnyConnection, id: &str) -> Result<bool> {
+    let done = sqlx::query("UPDATE enroll_tokens SET uses_left = 0 WHERE id = $1").bind(id).execute(&mut *conn).await?;
+    Ok(done.rows_affected() == 1)
 }
 
 pub async fn delete_node(conn: &mut AnyConnection, name: &str) -> Result<bool> {

@@ -35,6 +35,21 @@ impl Store {
 }
 
 /// Inserts or replaces a node; returns true when it was new.
+/// Registers a new node; `false` (and nothing written) when the name exists.
+pub async fn insert_node(conn: &mut AnyConnection, node: &NodeRecord, now: u64) -> Result<bool> {
+    let json = serde_json::to_string(node).map_err(|_| StoreError::Corrupt("node record"))?;
+    let done = sqlx::query(
+        "INSERT INTO nodes (name, record_json, registered_at, updated_at) VALUES ($1, $2, $3, $3) \
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(&node.name)
+    .bind(&json)
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 pub async fn upsert_node(conn: &mut AnyConnection, node: &NodeRecord, now: u64) -> Result<bool> {
     let json = serde_json::to_string(node).map_err(|_| StoreError::Corrupt("node record"))?;
     let updated = sqlx::query("UPDATE nodes SET record_json = $1, updated_at = $2 WHERE name = $3")

@@ -32,7 +32,7 @@ pub use certs::CertRow;
 pub use certs::RevokeTarget;
 pub use enroll::{
     EnrollTokenRow, HostCertRow, consume_enroll_token, consume_service_token, delete_host_certs, delete_node,
-    insert_enroll_token, save_host_cert,
+    insert_enroll_token, revoke_enroll_token, save_host_cert,
 };
 pub use inventory::{
     DiscoveryRunRow, InventoryHistoryRow, claim_discovery_run, finish_discovery_run, inventory_facts,
@@ -50,7 +50,7 @@ pub use users::{SessionRow, UserRow};
 pub use audit::{append as append_audit, append_many as append_audit_many};
 pub use certs::{bump_krl_version, insert_cert, insert_revoked_key, revoke_certs};
 pub use keys::{insert_ca_key, move_ca_keys, set_ca_key_state};
-pub use misc::{save_policy_state, upsert_node};
+pub use misc::{insert_node, save_policy_state, upsert_node};
 pub use users::{
     insert_session, insert_user, revoke_session, revoke_user_sessions, set_user_disabled, set_user_groups,
     set_user_password,

@@ -131,6 +131,19 @@ async fn limited_body(mut resp: reqwest::Response) -> Result<Vec<u8>, TokenError
     Ok(body)
 }
 
+/// An error with its causes (reqwest's own text omits them: an untrusted certificate
+/// shows only as "error sending request").
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Only the error code: lowercase letters, digits and underscores, at most 64.
 fn sanitize_code(code: &str) -> String {
     code.chars().filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').take(64).collect()
@@ -139,7 +152,7 @@ fn sanitize_code(code: &str) -> String {
 impl Oidc {
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &Url) -> Result<T, TokenError> {
         let resp = self.http.get(url.clone()).send().await.map_err(|e| {
-            tracing::warn!(error = %e, url = %url, "OIDC provider unreachable");
+            tracing::warn!(error = %error_chain(&e), url = %url, "OIDC provider unreachable");
             TokenError::Unreachable
         })?;
         if !resp.status().is_success() {
@@ -203,7 +216,7 @@ impl Oidc {
             .send()
             .await
             .map_err(|e| {
-                tracing::warn!(error = %e, url = %url, "OIDC provider unreachable");
+                tracing::warn!(error = %error_chain(&e), url = %url, "OIDC provider unreachable");
                 TokenError::Unreachable
             })?;
         let status = resp.status();

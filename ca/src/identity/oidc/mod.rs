@@ -87,8 +87,12 @@ pub enum TokenInvalid {
     AuthorizedParty,
     Expired,
     Nonce,
-    /// The username or groups claim is missing or unusable.
+    /// The username claim is missing or unusable.
     Claims,
+    /// The groups claim is there but is not a list of group names.
+    GroupsClaim,
+    /// `iat` lies in the future beyond the allowed clock skew.
+    IssuedInFuture,
 }
 
 impl TokenInvalid {
@@ -104,6 +108,8 @@ impl TokenInvalid {
             TokenInvalid::Expired => "token_invalid:expired",
             TokenInvalid::Nonce => "token_invalid:nonce",
             TokenInvalid::Claims => "token_invalid:claims",
+            TokenInvalid::GroupsClaim => "token_invalid:groups_claim",
+            TokenInvalid::IssuedInFuture => "token_invalid:issued_in_future",
         }
     }
 }
@@ -259,6 +265,11 @@ impl Oidc {
         })
     }
 
+    /// The claim groups are read from (named in sign-in errors).
+    pub fn groups_claim(&self) -> &str {
+        &self.groups_claim
+    }
+
     pub fn issuer(&self) -> &str {
         self.issuer.as_str()
     }
@@ -329,6 +340,7 @@ impl Oidc {
         } else if claims.get("aud").and_then(|a| a.as_array()).is_some_and(|a| a.len() > 1) {
             return Err(TokenInvalid::AuthorizedParty);
         }
+        self.check_issued_at(&claims, now)?;
         self.identity_from(&claims)
     }
 
@@ -365,6 +377,16 @@ impl Oidc {
         })
     }
 
+    /// A token issued in the future (beyond the skew) comes from a broken or hostile
+    /// clock; openidconnect checks `exp` but not `iat`.
+    fn check_issued_at(&self, claims: &serde_json::Value, now: u64) -> Result<(), TokenInvalid> {
+        let iat = claims.get("iat").and_then(serde_json::Value::as_u64).ok_or(TokenInvalid::Malformed)?;
+        if iat > now.saturating_add(self.clock_skew) {
+            return Err(TokenInvalid::IssuedInFuture);
+        }
+        Ok(())
+    }
+
     fn identity_from(&self, claims: &serde_json::Value) -> Result<OidcIdentity, TokenInvalid> {
         let username = claims
             .get(&self.username_claim)
@@ -373,17 +395,19 @@ impl Oidc {
             .ok_or(TokenInvalid::Claims)?
             .to_owned();
         let email = claims.get(&self.email_claim).and_then(|v| v.as_str()).map(crate::audit::sanitize);
+        // Groups decide roles (and `deny`s): anything but a list of names is refused,
+        // never coerced — a string, a number or an object may be an IdP misconfiguration
+        // that would otherwise drop a group silently.
         let groups = match claims.get(&self.groups_claim) {
             None | Some(serde_json::Value::Null) => Vec::new(),
-            Some(serde_json::Value::String(g)) => vec![g.clone()],
             Some(serde_json::Value::Array(items)) if items.len() <= 1024 => items
                 .iter()
-                .map(|g| g.as_str().map(str::to_owned).ok_or(TokenInvalid::Claims))
+                .map(|g| g.as_str().map(str::to_owned).ok_or(TokenInvalid::GroupsClaim))
                 .collect::<Result<Vec<_>, _>>()?,
-            Some(_) => return Err(TokenInvalid::Claims),
+            Some(_) => return Err(TokenInvalid::GroupsClaim),
         };
         if !groups.iter().all(|g| group_ok(g)) {
-            return Err(TokenInvalid::Claims);
+            return Err(TokenInvalid::GroupsClaim);
         }
         Ok(OidcIdentity { username, email, groups })
     }

@@ -169,6 +169,17 @@ async fn expiry_is_checked_with_a_small_skew() {
 }
 
 #[tokio::test]
+async fn a_token_issued_in_the_future_is_refused() {
+    let f = fixture().await;
+    let mut c = claims(&f.idp.issuer);
+    c["iat"] = json!(NOW + 30); // within the 60 s skew
+    assert!(f.verify_claims(&c).await.is_ok());
+    c["iat"] = json!(NOW + 61);
+    c["exp"] = json!(NOW + 600);
+    assert_eq!(f.verify_claims(&c).await.unwrap_err(), TokenInvalid::IssuedInFuture);
+}
+
+#[tokio::test]
 async fn a_bad_signature_is_refused() {
     let f = fixture().await;
     // Same kid, another key: the signature does not verify against the published key.
@@ -227,8 +238,13 @@ async fn unusable_claims_and_oversized_tokens_are_refused() {
     c["preferred_username"] = json!("alice; rm -rf /");
     assert_eq!(f.verify_claims(&c).await.unwrap_err(), TokenInvalid::Claims);
     c["preferred_username"] = json!("alice");
-    c["groups"] = json!([1, 2]);
-    assert_eq!(f.verify_claims(&c).await.unwrap_err(), TokenInvalid::Claims);
+    // Groups must be a list of names: nothing else is coerced into one.
+    for not_a_list in [json!([1, 2]), json!("admins"), json!(5), json!({"a": "b"}), json!(["ok", {"x": 1}])] {
+        c["groups"] = not_a_list.clone();
+        assert_eq!(f.verify_claims(&c).await.unwrap_err(), TokenInvalid::GroupsClaim, "{not_a_list}");
+    }
+    c["groups"] = json!(["admins"]);
+    assert_eq!(f.verify_claims(&c).await.unwrap().groups, vec!["admins"]);
     c["groups"] = json!(null);
     assert_eq!(f.verify_claims(&c).await.unwrap().groups, Vec::<String>::new());
     let huge = "a".repeat(MAX_ID_TOKEN_BYTES + 1);
