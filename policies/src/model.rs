@@ -81,6 +81,34 @@ pub struct SessionLimits {
     pub max_per_agent: Option<u32>,
 }
 
+impl SessionLimits {
+    /// The stricter of two limits, field by field: the shorter timeout, the smaller cap
+    /// (no cap is the loosest). Commutative, associative and never looser than either
+    /// side, so combining the limits of several roles does not depend on their order and
+    /// one more role can only tighten.
+    pub fn stricter(self, other: SessionLimits) -> SessionLimits {
+        fn cap(a: Option<u32>, b: Option<u32>) -> Option<u32> {
+            match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, None) => a,
+                (None, b) => b,
+            }
+        }
+        SessionLimits {
+            idle: self.idle.min(other.idle),
+            absolute: self.absolute.min(other.absolute),
+            max_per_user: cap(self.max_per_user, other.max_per_user),
+            max_per_device: cap(self.max_per_device, other.max_per_device),
+            max_per_agent: cap(self.max_per_agent, other.max_per_agent),
+        }
+    }
+
+    /// The strictest limits of `roles` (`None` when there are none).
+    pub fn strictest<'a>(roles: impl IntoIterator<Item = &'a Role>) -> Option<SessionLimits> {
+        roles.into_iter().map(|r| r.session).reduce(SessionLimits::stricter)
+    }
+}
+
 impl Default for SessionLimits {
     fn default() -> Self {
         SessionLimits {
@@ -281,5 +309,67 @@ impl Rule {
     /// Ports the rule may connect to (non-empty, no 0).
     pub fn allowed_ports(&self) -> &BTreeSet<u16> {
         &self.allowed_ports
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator: property tests without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn limits(&mut self) -> SessionLimits {
+            let mut cap = || match self.next() % 4 {
+                0 => None,
+                n => Some(u32::try_from(n * 3).unwrap_or(1)),
+            };
+            let (u, d, a) = (cap(), cap(), cap());
+            SessionLimits {
+                idle: Duration::from_secs(self.next() % 5000 + 1),
+                absolute: Duration::from_secs(self.next() % 50_000 + 1),
+                max_per_user: u,
+                max_per_device: d,
+                max_per_agent: a,
+            }
+        }
+    }
+
+    fn no_looser(a: &SessionLimits, b: &SessionLimits) -> bool {
+        let cap = |x: Option<u32>, y: Option<u32>| match (x, y) {
+            (Some(x), Some(y)) => x <= y,
+            (_, None) => true,
+            (None, Some(_)) => false,
+        };
+        a.idle <= b.idle
+            && a.absolute <= b.absolute
+            && cap(a.max_per_user, b.max_per_user)
+            && cap(a.max_per_device, b.max_per_device)
+            && cap(a.max_per_agent, b.max_per_agent)
+    }
+
+    #[test]
+    fn property_one_more_role_never_loosens_and_order_never_matters() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for _ in 0..2000 {
+            let n = usize::try_from(rng.next() % 6).unwrap_or(0) + 1;
+            let limits: Vec<SessionLimits> = (0..n).map(|_| rng.limits()).collect();
+            let combined = limits.iter().copied().reduce(SessionLimits::stricter).unwrap();
+            for l in &limits {
+                assert!(no_looser(&combined, l), "the combination is looser than one role: {combined:?} vs {l:?}");
+            }
+            let extra = rng.limits();
+            let more = combined.stricter(extra);
+            assert!(no_looser(&more, &combined), "one more role loosened {combined:?} to {more:?}");
+            let mut reversed = limits.clone();
+            reversed.reverse();
+            assert_eq!(reversed.into_iter().reduce(SessionLimits::stricter).unwrap(), combined);
+        }
     }
 }

@@ -3,7 +3,9 @@
 
 use super::super::certs::device_of;
 use crate::error::CaError;
-use portcullis_policies::{Device, HostKeyPolicy, Identity, Permission, Policy, Purpose, Role, Rule, scoped_principal};
+use portcullis_policies::{
+    Device, HostKeyPolicy, Identity, Permission, Policy, Purpose, Role, Rule, SessionLimits, scoped_principal,
+};
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::{deny_reason as deny, *};
 use std::collections::BTreeSet;
@@ -43,9 +45,17 @@ pub(super) fn denial(reason: &'static str, text: &'static str) -> Denial {
 }
 
 /// What the policy admits a session under.
+/// The port a node's sshd listens on, where a certificate's critical options hold.
+const SSH_PORT: u16 = 22;
+
 pub(super) struct Admission<'p> {
+    /// The role the session runs under (its name on the lease, its forwarding
+    /// extensions on the session certificate): the first qualifying one by name.
     pub(super) role: &'p Role,
     pub(super) rule: &'p Rule,
+    /// The strictest limits of *every* role that qualifies for this session, so adding
+    /// a role (or a binding) can never loosen a session's idle, absolute or cap limits.
+    pub(super) limits: SessionLimits,
 }
 
 pub fn valid_session_id(id: &str) -> bool {
@@ -133,7 +143,7 @@ pub(super) fn admit<'p>(
     if mode == SessionMode::Console && policy.authorize(who, Permission::DevicesConsoleOpen).is_err() {
         return Err(denial(deny::NOT_AUTHORIZED, "the browser console is not granted to you"));
     }
-    let role = match basis {
+    let qualifying: Vec<&Role> = match basis {
         Basis::Certificate(cert_principals) => {
             if denies.iter().any(|d| d.removes_permission(Permission::CertsIssue)) {
                 return Err(not_authorized());
@@ -148,8 +158,13 @@ pub(super) fn admit<'p>(
                 .into_iter()
                 .filter(|r| r.has_permission(Permission::CertsIssue))
                 .filter(|r| r.targets().is_some_and(|q| q.matches(device)))
-                .find(|r| match (mode, login) {
-                    (SessionMode::Jump, _) => r.logins().iter().any(|l| usable(r, l)),
+                .filter(|r| match (mode, login) {
+                    // Jump mode is end to end: the node's sshd enforces the certificate's
+                    // critical options, but only on its SSH port. A role that restricts
+                    // its certificates (force-command) opens no raw TCP anywhere else.
+                    (SessionMode::Jump, _) => {
+                        (port == SSH_PORT || r.critical_options().is_empty()) && r.logins().iter().any(|l| usable(r, l))
+                    }
                     // The per-session certificate carries no critical options, so a role
                     // that restricts its certificates (force-command, source-address) can
                     // only be used end to end, in jump mode, where the user's own
@@ -157,23 +172,25 @@ pub(super) fn admit<'p>(
                     (_, Some(login)) => r.critical_options().is_empty() && usable(r, login),
                     (_, None) => false,
                 })
+                .collect()
         }
         // A ticket opens a console only, for the login it names.
         Basis::Ticket => match (mode, login) {
             (SessionMode::Console, Some(login)) if !denies.iter().any(|d| d.removes_login(login)) => {
-                console_roles(policy, who, device).into_iter().find(|r| r.logins().contains(login))
+                console_roles(policy, who, device).into_iter().filter(|r| r.logins().contains(login)).collect()
             }
-            _ => None,
+            _ => Vec::new(),
         },
-    }
-    .ok_or_else(not_authorized)?;
+    };
+    let role = *qualifying.first().ok_or_else(not_authorized)?;
+    let limits = SessionLimits::strictest(qualifying.iter().copied()).unwrap_or(*role.session());
     let rule = policy
         .match_rule(purpose_of(mode), device)
         .map_err(|_| denial(deny::RULE_MISMATCH, "no rule allows this kind of session to this device"))?;
     if mode == SessionMode::Jump && !rule.allowed_ports().contains(&port) {
         return Err(denial(deny::PORT_NOT_ALLOWED, "this port is not allowed on this device"));
     }
-    Ok(Admission { role, rule })
+    Ok(Admission { role, rule, limits })
 }
 
 /// The inventory record as policy sees it, with the default agent filled in.
@@ -234,6 +251,135 @@ pub(super) fn validate_open(req: &SessionOpenRequest) -> Result<(u64, u16), CaEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_policies::PolicySource;
+    use std::time::Duration;
+
+    /// One generated role: does it target pve01, its idle and absolute seconds, its cap.
+    struct GenRole {
+        grants_pve01: bool,
+        idle: u64,
+        absolute: u64,
+        per_user: Option<u32>,
+    }
+
+    fn policy_of(roles: &[GenRole]) -> Policy {
+        let mut toml = String::new();
+        for (i, r) in roles.iter().enumerate() {
+            let target = if r.grants_pve01 { "pve01" } else { "pve99" };
+            let cap = r.per_user.map(|c| format!(", max_per_user = {c}")).unwrap_or_default();
+            toml.push_str(&format!(
+                "[[role]]\nname = \"r{i:02}\"\nlogins = [\"root\"]\ntargets = 'in:devices name:{target}'\n\
+                 permissions = [\"certs.issue\"]\nsession = {{ idle = \"{}s\", absolute = \"{}s\"{cap} }}\n\n",
+                r.idle, r.absolute
+            ));
+        }
+        let names: Vec<String> = (0..roles.len()).map(|i| format!("\"r{i:02}\"")).collect();
+        toml.push_str(&format!("[[binding]]\ngroup = \"ops\"\nroles = [{}]\n\n", names.join(", ")));
+        toml.push_str(
+            "[[rule]]\nname = \"ssh\"\npurpose = \"ssh_login\"\ntargets = 'in:devices name:%'\n\
+             scope = { agents = [\"local\"] }\n",
+        );
+        Policy::from_sources(&[PolicySource { name: "gen.toml", text: &toml }]).unwrap()
+    }
+
+    fn admitted_limits(roles: &[GenRole]) -> Option<SessionLimits> {
+        let policy = policy_of(roles);
+        let who = Identity { username: "alice".into(), groups: ["ops".to_owned()].into(), source: "local".into() };
+        let node = NodeRecord { name: "pve01".into(), agent: Some("local".into()), ..NodeRecord::default() };
+        let device = device_of(&node);
+        let principals: BTreeSet<String> =
+            (0..roles.len()).map(|i| scoped_principal(&format!("r{i:02}"), "root")).collect();
+        admit(&policy, &who, Basis::Certificate(&principals), &device, SessionMode::Terminated, Some("root"), 22)
+            .ok()
+            .map(|a| a.limits)
+    }
+
+    #[test]
+    fn a_forced_command_role_opens_no_jump_tcp_beside_ssh() {
+        let toml = r#"
+[[role]]
+name = "discovery"
+logins = ["root"]
+targets = 'in:devices name:%'
+permissions = ["certs.issue"]
+critical_options = { "force-command" = "/usr/local/bin/inventory" }
+
+[[role]]
+name = "web"
+logins = ["www"]
+targets = 'in:devices name:%'
+permissions = ["certs.issue"]
+
+[[binding]]
+group = "ops"
+roles = ["discovery"]
+
+[[binding]]
+user = "bob"
+roles = ["web"]
+
+[[rule]]
+name = "jump"
+purpose = "ssh_login"
+targets = 'in:devices name:%'
+scope = { agents = ["local"] }
+allowed_ports = [22, 8006]
+"#;
+        let policy = Policy::from_sources(&[PolicySource { name: "p.toml", text: toml }]).unwrap();
+        let node = NodeRecord { name: "pve01".into(), agent: Some("local".into()), ..NodeRecord::default() };
+        let device = device_of(&node);
+        let jump = |who: &Identity, principals: &BTreeSet<String>, port: u16| {
+            admit(&policy, who, Basis::Certificate(principals), &device, SessionMode::Jump, None, port).is_ok()
+        };
+        let alice = Identity { username: "alice".into(), groups: ["ops".to_owned()].into(), source: "local".into() };
+        let forced: BTreeSet<String> = [scoped_principal("discovery", "root")].into();
+        assert!(jump(&alice, &forced, 22), "sshd enforces the forced command on port 22");
+        assert!(!jump(&alice, &forced, 8006), "a forced-command certificate reached another port");
+        // Control: a role without critical options may use the rule's other port.
+        let bob = Identity { username: "bob".into(), groups: BTreeSet::new(), source: "local".into() };
+        assert!(jump(&bob, &[scoped_principal("web", "www")].into(), 8006));
+    }
+
+    #[test]
+    fn property_limits_are_the_strictest_of_the_granting_roles_whatever_their_names() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..150 {
+            let n = usize::try_from(next() % 5).unwrap_or(0) + 1;
+            let mut roles: Vec<GenRole> = (0..n)
+                .map(|_| GenRole {
+                    grants_pve01: next() % 3 != 0,
+                    idle: next() % 3000 + 60,
+                    absolute: next() % 30_000 + 60,
+                    per_user: (next() % 2 == 0).then(|| u32::try_from(next() % 9 + 1).unwrap_or(1)),
+                })
+                .collect();
+            let before = admitted_limits(&roles);
+            if let Some(limits) = before {
+                let granting = roles.iter().filter(|r| r.grants_pve01);
+                assert_eq!(limits.idle, Duration::from_secs(granting.clone().map(|r| r.idle).min().unwrap()));
+                assert_eq!(limits.absolute, Duration::from_secs(granting.clone().map(|r| r.absolute).min().unwrap()));
+                assert_eq!(limits.max_per_user, granting.filter_map(|r| r.per_user).min());
+            } else {
+                assert!(roles.iter().all(|r| !r.grants_pve01));
+            }
+            // One more role, sorting first by name, with the loosest limits: on a target it
+            // does not grant it changes nothing; on pve01 it loosens nothing.
+            let grants_pve01 = next() % 2 == 0;
+            roles.insert(0, GenRole { grants_pve01, idle: 86_400, absolute: 864_000, per_user: None });
+            let after = admitted_limits(&roles);
+            match (before, after) {
+                (Some(b), Some(a)) => assert_eq!(a, b, "a looser role changed the limits"),
+                (None, after) => assert_eq!(after.is_some(), grants_pve01),
+                (Some(_), None) => panic!("a role removed access"),
+            }
+        }
+    }
 
     #[test]
     fn session_ids_logins_devices() {

@@ -190,7 +190,7 @@ impl Ca {
             Ok(a) => a,
             Err(d) => return Ok(Err(d)),
         };
-        let (role, rule) = (admission.role, admission.rule);
+        let (role, rule, limits) = (admission.role, admission.rule, admission.limits);
         // A ticket is bound to the agent and rule it was issued under: if either moved
         // since, the user's choice was made on other terms.
         if let Evidence::Ticket { agent: bound_agent, rule: bound_rule } = &subject.evidence
@@ -241,7 +241,6 @@ impl Ca {
             session_cert = Some((row, text));
         }
 
-        let limits = role.session();
         let cert_serial = match &subject.evidence {
             Evidence::Certificate { serial, .. } => Some(*serial),
             Evidence::Ticket { .. } => None,
