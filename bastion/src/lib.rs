@@ -30,6 +30,7 @@ mod listen;
 mod login;
 mod server;
 mod sessions;
+mod startups;
 mod terminated;
 mod trust;
 
@@ -42,4 +43,5 @@ pub use listen::raise_open_files_limit;
 pub use login::{RequestedLogin, acceptable_principals};
 pub use server::{Bastion, BastionConfig};
 pub use sessions::{Limits, LiveSession};
+pub use startups::StartupLimits;
 pub use trust::{TrustConfig, TrustError, TrustSnapshot, TrustSource};

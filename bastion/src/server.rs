@@ -24,6 +24,7 @@ use crate::events::{BastionEvent, EventSink, RefusalReason, escape_for_log};
 use crate::grace::Severable;
 use crate::handler::Connection;
 use crate::sessions::Registry;
+use crate::startups::{StartupLimits, Startups};
 use crate::trust::TrustSource;
 
 #[derive(Debug, Clone)]
@@ -42,6 +43,8 @@ pub struct BastionConfig {
     pub close_on_cert_expiry: bool,
     /// How often live sessions are reported to the CA (and close orders collected).
     pub heartbeat_every: Duration,
+    /// Unauthenticated connections per address and in total, per listener.
+    pub startups: StartupLimits,
 }
 
 impl BastionConfig {
@@ -54,6 +57,7 @@ impl BastionConfig {
             auth_rejection_time: Duration::from_millis(200),
             close_on_cert_expiry: true,
             heartbeat_every: Duration::from_millis(500),
+            startups: StartupLimits::default(),
         }
     }
 }
@@ -121,6 +125,7 @@ pub struct Bastion {
     auth_timeout: Duration,
     heartbeat_every: Duration,
     host_key: PrivateKey,
+    startups: StartupLimits,
 }
 
 impl Bastion {
@@ -186,6 +191,7 @@ impl Bastion {
             auth_timeout: config.auth_timeout,
             heartbeat_every: config.heartbeat_every,
             host_key: config.host_key,
+            startups: config.startups,
         })
     }
 
@@ -210,13 +216,16 @@ impl Bastion {
     /// Users' SSH connections, each in its own task. Never returns: failed accepts
     /// (out of file descriptors, …) are retried with a back-off.
     pub async fn serve(&self, listener: TcpListener) -> Result<(), BastionError> {
-        accept_loop(listener, &self.users, &self.shared, self.auth_timeout, "ssh_connection", Connection::new).await
+        let startups = Startups::new(self.startups);
+        accept_loop(listener, &self.users, &self.shared, self.auth_timeout, startups, "ssh_connection", Connection::new)
+            .await
     }
 
     /// Edge agents' connections, like [`Bastion::serve`].
     pub async fn serve_agents(&self, listener: TcpListener) -> Result<(), BastionError> {
-        accept_loop(listener, &self.agents, &self.shared, self.auth_timeout, "agent_connection", AgentConnection::new)
-            .await
+        let startups = Startups::new(self.startups);
+        let make = AgentConnection::new;
+        accept_loop(listener, &self.agents, &self.shared, self.auth_timeout, startups, "agent_connection", make).await
     }
 
     /// Asks the CA for hardware-discovery work and runs it (`discovery`): nothing but
@@ -268,6 +277,7 @@ async fn accept_loop<H, F>(
     russh: &Arc<Config>,
     shared: &Arc<Shared>,
     auth_timeout: Duration,
+    startups: Arc<Startups>,
     span_name: &'static str,
     make: F,
 ) -> Result<(), BastionError>
@@ -279,6 +289,11 @@ where
     let mut streak = crate::listen::FailureStreak::default();
     loop {
         let (stream, peer) = crate::listen::accept(&listener, &mut streak, span_name).await;
+        let Some(slot) = startups.admit(peer.ip(), span_name) else {
+            // Closed before the banner: the cheapest answer there is.
+            drop(stream);
+            continue;
+        };
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("connection", kind = span_name, conn = id, %peer);
         let (authed_tx, authed_rx) = oneshot::channel();
@@ -288,7 +303,8 @@ where
         tokio::spawn(
             async move {
                 let _ = stream.set_nodelay(true);
-                if let Err(e) = run_connection(russh, handler, authed_rx, events, stream, peer, auth_timeout).await {
+                let conn = run_connection(russh, handler, authed_rx, events, (stream, peer), auth_timeout, slot);
+                if let Err(e) = conn.await {
                     tracing::debug!(error = %escape_for_log(&e.to_string()), "connection ended with an error");
                 }
             }
@@ -305,9 +321,9 @@ async fn run_connection<H: russh::server::Handler<Error = russh::Error> + Send +
     handler: H,
     authed_rx: oneshot::Receiver<()>,
     events: EventSink,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
+    (stream, peer): (tokio::net::TcpStream, SocketAddr),
     auth_timeout: Duration,
+    unauthenticated: crate::startups::Slot,
 ) -> Result<(), BastionError> {
     let deadline = tokio::time::Instant::now() + auth_timeout;
     let session_error = |detail: String| BastionError::Session { peer, detail };
@@ -328,7 +344,7 @@ async fn run_connection<H: russh::server::Handler<Error = russh::Error> + Send +
         result = &mut session => return result.map_err(|e| session_error(e.to_string())),
         // Authenticated (or the handler is gone because the session ended): from here
         // on keepalives and the session watchdogs govern the connection.
-        _ = authed_rx => {}
+        _ = authed_rx => drop(unauthenticated),
         () = tokio::time::sleep_until(deadline) => {
             timed_out();
             // Say why if the protocol state allows it, briefly; then cut the socket,

@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_bastion::{
-    Bastion, BastionConfig, BastionEvent, ControlConfig, ControlPlane, EventSink, RefusalReason, SystemClock,
-    TrustConfig, TrustSource,
+    Bastion, BastionConfig, BastionEvent, ControlConfig, ControlPlane, EventSink, RefusalReason, StartupLimits,
+    SystemClock, TrustConfig, TrustSource,
 };
 use portcullis_tests::Server;
 use portcullis_tests::bastion_world::{PASSWORD, World, text};
@@ -70,8 +70,9 @@ async fn listeners_keep_accepting_after_running_out_of_file_descriptors() {
     set_open_files_limits(pid, &limit, &limit);
     let mut idle = Vec::new();
     for addr in [w.server.bastion, w.server.agent_listener] {
-        for _ in 0..100 {
-            idle.push(TcpStream::connect(addr).await.unwrap());
+        // Ten per source address, under the per-source cap on unauthenticated connections.
+        for i in 0..100 {
+            idle.push(connect_from(&format!("127.0.2.{}", i / 10 + 1), addr).await);
         }
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -103,35 +104,86 @@ group = "ops"
 roles = ["prod-root"]
 "#;
 
+/// A CA with alice (group ops), an in-process bastion configured by `config` in front
+/// of it, and alice's key and certificate files for a real `ssh`.
+struct FrontDoor {
+    _server: Server,
+    addr: SocketAddr,
+    events: tokio::sync::broadcast::Receiver<BastionEvent>,
+    key: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FrontDoor {
+    async fn start(config: impl FnOnce(BastionConfig) -> BastionConfig) -> FrontDoor {
+        let server = Server::start().await;
+        let (status, body) = server.write_policy("team.toml", POLICY).await;
+        assert!(status.is_success(), "policy: {body}");
+        let admin = server.admin_token().await;
+        server.add_user(&admin, "alice", &["ops"], PASSWORD).await;
+        let clock: Arc<dyn portcullis_bastion::Clock> = Arc::new(SystemClock);
+        let trust = Arc::new(TrustSource::new(TrustConfig::new(&server.url, &server.pin), Arc::clone(&clock)).unwrap());
+        trust.refresh().await.unwrap();
+        let sink = EventSink::new();
+        let events = sink.subscribe();
+        let control = Arc::new(
+            ControlPlane::new(ControlConfig {
+                ca_url: server.url.clone(),
+                ca_pin: server.pin.clone(),
+                api_token: SecretString::from("pcs_unused"),
+                timeout: Duration::from_secs(5),
+            })
+            .unwrap(),
+        );
+        let config = config(BastionConfig::new(ed25519_key()));
+        let bastion = Arc::new(Bastion::new(config, trust, control, clock, sink).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { bastion.serve(listener).await });
+
+        let dir = tempfile::tempdir().unwrap();
+        let key = ed25519_key();
+        let key_path = write_key_pair(dir.path(), "id", &key);
+        let token = server.login("alice", PASSWORD).await;
+        let (status, body) = server.issue_cert(&token, &public_line(&key)).await;
+        assert!(status.is_success(), "issue: {body}");
+        let cert = write_file(dir.path(), "id-cert.pub", body["certificate"].as_str().unwrap());
+        FrontDoor { _server: server, addr, events, key: key_path, cert, _dir: dir }
+    }
+
+    /// A real `ssh` from `source` (a loopback address), as alice, without a device: it
+    /// authenticates and then meets the "name the device" refusal.
+    async fn ssh_from(&self, source: &str) -> std::process::Output {
+        tokio::process::Command::new("ssh")
+            .args(["-F", "/dev/null", "-p", &self.addr.port().to_string(), "-b", source])
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20", "-o", "LogLevel=INFO"])
+            .arg("-i")
+            .arg(&self.key)
+            .arg("-o")
+            .arg(format!("CertificateFile={}", self.cert.display()))
+            .args(["root@127.0.0.1", "true"])
+            .output()
+            .await
+            .unwrap()
+    }
+}
+
+/// A TCP connection to `addr` from the loopback address `source`.
+async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stalls_after_its_banner_is_closed_at_the_login_grace_time() {
-    let server = Server::start().await;
-    let (status, body) = server.write_policy("team.toml", POLICY).await;
-    assert!(status.is_success(), "policy: {body}");
-    let admin = server.admin_token().await;
-    server.add_user(&admin, "alice", &["ops"], PASSWORD).await;
-
-    // An in-process bastion with a short login grace time (2 s instead of 30).
-    let clock: Arc<dyn portcullis_bastion::Clock> = Arc::new(SystemClock);
-    let trust = Arc::new(TrustSource::new(TrustConfig::new(&server.url, &server.pin), Arc::clone(&clock)).unwrap());
-    trust.refresh().await.unwrap();
-    let events = EventSink::new();
-    let mut rx = events.subscribe();
-    let control = Arc::new(
-        ControlPlane::new(ControlConfig {
-            ca_url: server.url.clone(),
-            ca_pin: server.pin.clone(),
-            api_token: SecretString::from("pcs_unused"),
-            timeout: Duration::from_secs(5),
-        })
-        .unwrap(),
-    );
+    // A short login grace time (2 s instead of 30).
     let grace = Duration::from_secs(2);
-    let config = BastionConfig { auth_timeout: grace, ..BastionConfig::new(ed25519_key()) };
-    let bastion = Arc::new(Bastion::new(config, trust, control, clock, events).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { bastion.serve(listener).await });
+    let mut door = FrontDoor::start(|c| BastionConfig { auth_timeout: grace, ..c }).await;
+    let addr = door.addr;
 
     // Banner, then nothing: read whatever comes until the bastion closes the socket.
     let connected = Instant::now();
@@ -145,26 +197,7 @@ async fn a_client_that_stalls_after_its_banner_is_closed_at_the_login_grace_time
 
     // Meanwhile a real client logs in (past authentication; no device named, so the
     // session channel is refused with a reason).
-    let dir = tempfile::tempdir().unwrap();
-    let key = ed25519_key();
-    let key_path = write_key_pair(dir.path(), "id", &key);
-    let token = server.login("alice", PASSWORD).await;
-    let (status, body) = server.issue_cert(&token, &public_line(&key)).await;
-    assert!(status.is_success(), "issue: {body}");
-    let cert = write_file(dir.path(), "id-cert.pub", body["certificate"].as_str().unwrap());
-    let out = tokio::process::Command::new("ssh")
-        .args(["-F", "/dev/null", "-p", &addr.port().to_string()])
-        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"])
-        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
-        .args(["-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20", "-o", "LogLevel=INFO"])
-        .arg("-i")
-        .arg(&key_path)
-        .arg("-o")
-        .arg(format!("CertificateFile={}", cert.display()))
-        .args(["root@127.0.0.1", "true"])
-        .output()
-        .await
-        .unwrap();
+    let out = door.ssh_from("127.0.0.1").await;
     assert!(String::from_utf8_lossy(&out.stderr).contains("name the device"), "{out:?}");
 
     // Closed at the grace time, not when keepalives give up (about two minutes).
@@ -175,7 +208,7 @@ async fn a_client_that_stalls_after_its_banner_is_closed_at_the_login_grace_time
     assert!(held >= grace, "closed before the grace time: {held:?}");
     let mut timeouts = 0;
     let mut accepted = 0;
-    while let Ok(e) = rx.try_recv() {
+    while let Ok(e) = door.events.try_recv() {
         match e {
             BastionEvent::AuthRefused { reason: RefusalReason::AuthTimeout, .. } => timeouts += 1,
             BastionEvent::AuthAccepted { .. } => accepted += 1,
@@ -228,4 +261,59 @@ async fn a_jump_target_cannot_forge_log_lines() {
     assert!(channel.is_ok(), "a real target opens");
     let out = w.run("ssh", &["node", "echo jumped"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "jumped", "{}", text(&out));
+}
+
+/// Reads the server's identification line, or `None` if it closes first.
+async fn banner_on(tcp: &mut TcpStream) -> Option<String> {
+    let mut line = Vec::new();
+    while !line.ends_with(b"\n") {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut b)).await.expect("no answer").ok()?;
+        if n == 0 {
+            return None;
+        }
+        line.push(b[0]);
+    }
+    Some(String::from_utf8_lossy(&line).trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_are_capped_per_source_and_in_total() {
+    let limits = StartupLimits { per_source: 3, start: 5, rate_percent: 100, full: 5 };
+    let door = FrontDoor::start(|c| BastionConfig { startups: limits, ..c }).await;
+
+    // Three idle connections from one address are served; the fourth is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut tcp = connect_from("127.0.0.7", door.addr).await;
+        assert_eq!(banner_on(&mut tcp).await.as_deref(), Some("SSH-2.0-Portcullis"));
+        held.push(tcp);
+    }
+    let mut over = connect_from("127.0.0.7", door.addr).await;
+    assert_eq!(banner_on(&mut over).await, None, "a fourth unauthenticated connection from one address");
+
+    // Another address still logs in while that one is at its cap.
+    let out = door.ssh_from("127.0.0.8").await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name the device"), "{out:?}");
+
+    // Five unauthenticated in all: a sixth address is refused too.
+    for _ in 0..2 {
+        let mut tcp = connect_from("127.0.0.9", door.addr).await;
+        assert_eq!(banner_on(&mut tcp).await.as_deref(), Some("SSH-2.0-Portcullis"));
+        held.push(tcp);
+    }
+    let mut over = connect_from("127.0.0.10", door.addr).await;
+    assert_eq!(banner_on(&mut over).await, None, "a sixth unauthenticated connection in all");
+
+    // Slots come back when those clients leave.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut tcp = connect_from("127.0.0.7", door.addr).await;
+        if banner_on(&mut tcp).await.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots were never released");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
