@@ -111,6 +111,9 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     println!("Certificate {} (serial {}, key id {})", paths.cert.display(), cert.serial, cert.key_id);
     println!("  principals: {}", cert.principals.join(", "));
     println!("  valid until {} (for {})", when(cert.valid_before), span(lifetime));
+    // Earlier logins' certificates (revoked ones too) must not stay usable from the
+    // agent: only the new one is loaded.
+    forget_in_agent(&paths, Some(key.public_key().key_data()));
     match add_to_agent(&paths.key, lifetime) {
         AgentOutcome::Added => {
             println!("Added to ssh-agent for {} (it forgets the key when the certificate expires).", span(lifetime))
@@ -143,6 +146,45 @@ enum AgentOutcome {
     Added,
     NoAgent,
     Failed(String),
+}
+
+/// Takes every Portcullis identity out of the agent: keys with the comment the CLI gives
+/// its keys, and any key or certificate for `ours` — not just the newest certificate
+/// (`ssh-add -d KEY` removes only the one beside the key file). Identities the user
+/// added themselves stay. Returns how many were removed.
+fn forget_in_agent(paths: &Paths, ours: Option<&ssh_key::public::KeyData>) -> usize {
+    if std::env::var_os("SSH_AUTH_SOCK").is_none() {
+        return 0;
+    }
+    let Ok(listed) = Command::new("ssh-add").arg("-L").stdin(Stdio::null()).stderr(Stdio::null()).output() else {
+        return 0;
+    };
+    let mut removed = 0;
+    for line in String::from_utf8_lossy(&listed.stdout).lines() {
+        let mut fields = line.splitn(3, ' ');
+        let (Some(kind), Some(_blob)) = (fields.next(), fields.next()) else { continue };
+        let comment = fields.next().unwrap_or("").trim();
+        let key_data = if kind.contains("-cert-v01@openssh.com") {
+            Certificate::from_openssh(line).ok().map(|c| c.public_key().clone())
+        } else {
+            ssh_key::PublicKey::from_openssh(line).ok().map(|k| k.key_data().clone())
+        };
+        let is_ours = comment == crate::state::KEY_COMMENT || (ours.is_some() && key_data.as_ref() == ours);
+        if !is_ours {
+            continue;
+        }
+        // `ssh-add -d` takes a file: the listed line itself names the identity.
+        let file = paths.dir.join(".agent-forget.pub");
+        if write_atomic(&file, format!("{line}\n").as_bytes(), 0o600).is_err() {
+            continue;
+        }
+        let done = Command::new("ssh-add").arg("-d").arg(&file).stdin(Stdio::null()).output();
+        let _ = std::fs::remove_file(&file);
+        if done.is_ok_and(|o| o.status.success()) {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// `ssh-add -t` picks up `<key>-cert.pub` beside the key and forgets both at expiry.
@@ -203,8 +245,10 @@ pub async fn logout() -> anyhow::Result<()> {
             eprintln!("warning: the CA did not confirm the logout ({e}); local credentials are removed anyway");
         }
     }
-    if std::env::var_os("SSH_AUTH_SOCK").is_some() && paths.key.exists() {
-        let _ = Command::new("ssh-add").arg("-d").arg(&paths.key).stdin(Stdio::null()).output();
+    let ours = std::fs::read_to_string(&paths.public).ok().and_then(|l| ssh_key::PublicKey::from_openssh(&l).ok());
+    let forgotten = forget_in_agent(&paths, ours.as_ref().map(|k| k.key_data()));
+    if forgotten > 0 {
+        println!("Removed {forgotten} Portcullis key(s) and certificate(s) from ssh-agent.");
     }
     let removed = paths.remove_all();
     if removed.is_empty() {

@@ -20,6 +20,10 @@ pub struct Session {
     pub expires_at: u64,
 }
 
+/// The comment on every key the CLI generates: how it recognizes its own identities in
+/// ssh-agent (see `login::forget_in_agent`).
+pub const KEY_COMMENT: &str = "portcullis";
+
 pub struct Paths {
     pub dir: PathBuf,
     pub key: PathBuf,
@@ -66,7 +70,7 @@ impl Paths {
         }
         let mut key = PrivateKey::random(&mut UnwrapErr(SysRng), Algorithm::Ed25519)
             .map_err(|_| anyhow!("cannot generate a key"))?;
-        key.set_comment("portcullis");
+        key.set_comment(KEY_COMMENT);
         let pem = key.to_openssh(LineEnding::LF).map_err(|_| anyhow!("cannot encode the key"))?;
         write_atomic(&self.key, pem.as_bytes(), 0o600)?;
         let public = key.public_key().to_openssh().map_err(|_| anyhow!("cannot encode the key"))?;

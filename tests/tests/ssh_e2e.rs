@@ -253,33 +253,66 @@ async fn login_loads_the_certificate_into_ssh_agent() {
         assert!(std::time::Instant::now() < deadline, "ssh-agent did not start");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let out = Command::new(bin("portcullis"))
-        .args(["login", "--ca", &server.url, "--ca-fingerprint", &server.pin, "--user", "alice", "--password-stdin"])
-        .env("HOME", home.path())
-        .env("SSH_AUTH_SOCK", &socket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes())?;
-            c.wait_with_output()
-        })
+    // A key of the user's own, loaded before: Portcullis must leave it alone.
+    let own = home.path().join("own_key");
+    let keygen = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "my-own-key", "-f"])
+        .arg(&own)
+        .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("Added to ssh-agent"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(keygen.status.success());
+    assert!(Command::new("ssh-add").arg(&own).env("SSH_AUTH_SOCK", &socket).output().unwrap().status.success());
+    let agent_lines = || {
+        let listed = Command::new("ssh-add").arg("-L").env("SSH_AUTH_SOCK", &socket).output().unwrap();
+        String::from_utf8_lossy(&listed.stdout).lines().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let login = || {
+        let out = Command::new(bin("portcullis"))
+            .args([
+                "login",
+                "--ca",
+                &server.url,
+                "--ca-fingerprint",
+                &server.pin,
+                "--user",
+                "alice",
+                "--password-stdin",
+            ])
+            .env("HOME", home.path())
+            .env("SSH_AUTH_SOCK", &socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("Added to ssh-agent"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    login();
     let listed = Command::new("ssh-add").arg("-l").env("SSH_AUTH_SOCK", &socket).output().unwrap();
     assert!(String::from_utf8_lossy(&listed.stdout).contains("ED25519-CERT"), "agent holds the certificate");
     let via_agent = prod.ssh_with_agent("root", &socket);
     assert!(via_agent.status.success(), "ssh via agent: {}", prod.log());
 
-    // Logout takes the key out of the agent as well.
+    // A second login replaces the first certificate in the agent instead of adding to it.
+    login();
+    let certs = agent_lines().into_iter().filter(|l| l.contains("-cert-v01@openssh.com")).count();
+    assert_eq!(certs, 1, "earlier logins' certificates stay in the agent: {:?}", agent_lines());
+
+    // Logout takes every Portcullis key and certificate out of the agent, and nothing else.
     let out = portcullis_with_agent(home.path(), &socket, &["logout"]);
     assert!(out.status.success());
+    let left = agent_lines();
+    assert!(!left.iter().any(|l| l.contains("-cert-v01@openssh.com") || l.ends_with(" portcullis")), "{left:?}");
+    assert!(left.iter().any(|l| l.ends_with("my-own-key")), "logout removed the user's own key: {left:?}");
     assert!(!prod.ssh_with_agent("root", &socket).status.success(), "logged out: agent must not log in");
     let _ = agent.kill();
     let _ = agent.wait();
