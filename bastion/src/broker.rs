@@ -28,6 +28,10 @@ pub(crate) struct Admitted {
     guard: FinishGuard,
 }
 
+/// Refusals that would tell a user whether a device exists: answered alike.
+const HIDES_EXISTENCE: &[&str] =
+    &[deny_reason::UNKNOWN_DEVICE, deny_reason::NO_AGENT, deny_reason::NOT_AUTHORIZED, deny_reason::RULE_MISMATCH];
+
 /// The safety net under [`Shared::finish`]: a session whose task ends without it (a
 /// panic, a forgotten path) is still forgotten here and its lease released at the CA as
 /// `internal_error`, so it never keeps a concurrency slot.
@@ -100,10 +104,17 @@ impl Shared {
         let grant = match answer {
             Ok(grant) => grant,
             Err(e) => {
-                let code = e.deny_reason().unwrap_or("control_plane_unavailable").to_owned();
+                // The user hears the same for a device that does not exist as for one
+                // they may not use (else refusals enumerate device names); the CA's
+                // audit record keeps the real reason.
+                let code = match e.deny_reason() {
+                    Some(r) if HIDES_EXISTENCE.contains(&r) => "access_denied",
+                    Some(r) => r,
+                    None => "control_plane_unavailable",
+                }
+                .to_owned();
                 let message = match e.deny_reason() {
                     Some(deny_reason::CAP_REACHED) => "too many concurrent sessions".to_owned(),
-                    Some(deny_reason::UNKNOWN_DEVICE) => format!("unknown device {device:?}"),
                     Some(console_deny::TICKET_REUSED) => "this console ticket was already used".to_owned(),
                     Some(console_deny::TICKET_EXPIRED) => "this console ticket has expired".to_owned(),
                     Some(console_deny::TICKET_INVALID) => "invalid console ticket".to_owned(),

@@ -317,3 +317,38 @@ async fn unauthenticated_connections_are_capped_per_source_and_in_total() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_does_not_exist_is_refused_like_one_the_user_may_not_use() {
+    let w = World::start("15m").await;
+    // A device alice's role does not target (env:staging), next to her env:prod pve01.
+    let staging = portcullis_proto::NodeRecord {
+        name: "stage01".into(),
+        addresses: vec!["127.0.3.1".into()],
+        tags: [("env".to_owned(), "staging".to_owned())].into(),
+        ..Default::default()
+    };
+    w.server.add_node(&w.admin, &staging).await;
+    w.add_host("staging", "root%stage01");
+    w.add_host("nowhere", "root%nosuch01");
+
+    // Terminated mode and jump mode, each: the two answers differ only in the name.
+    let answer = |out: &std::process::Output, name: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr).replace(name, "DEVICE");
+        assert!(!out.status.success() && stderr.contains("denied"), "{}", text(out));
+        stderr.lines().filter(|l| l.contains("DEVICE")).map(str::to_owned).collect::<Vec<_>>()
+    };
+    let forbidden = w.run("ssh", &["-o", "LogLevel=INFO", "staging", "true"]);
+    let missing = w.run("ssh", &["-o", "LogLevel=INFO", "nowhere", "true"]);
+    assert_eq!(answer(&forbidden, "stage01"), answer(&missing, "nosuch01"));
+    assert!(!answer(&missing, "nosuch01").is_empty(), "{}", text(&missing));
+    let forbidden = w.run("ssh", &["-o", "LogLevel=INFO", "-W", "stage01:22", "jump"]);
+    let missing = w.run("ssh", &["-o", "LogLevel=INFO", "-W", "nosuch01:22", "jump"]);
+    assert_eq!(answer(&forbidden, "stage01"), answer(&missing, "nosuch01"));
+
+    // The audit trail still tells them apart.
+    let denied = w.server.audit_events("session_denied").await;
+    let denied = serde_json::to_string(&denied.iter().map(|r| &r.payload).collect::<Vec<_>>()).unwrap();
+    assert!(denied.contains("unknown_device"), "{denied}");
+    assert!(denied.contains("not_authorized") || denied.contains("rule_mismatch"), "{denied}");
+}
