@@ -17,6 +17,7 @@ pub const SLAPD: &str = "/usr/sbin/slapd";
 pub const SLAPADD: &str = "/usr/sbin/slapadd";
 pub const LDAPADD: &str = "/usr/bin/ldapadd";
 pub const LDAPMODIFY: &str = "/usr/bin/ldapmodify";
+pub const LDAPPASSWD: &str = "/usr/bin/ldappasswd";
 
 pub const SUFFIX: &str = "dc=example,dc=org";
 pub const ROOT_DN: &str = "cn=admin,dc=example,dc=org";
@@ -29,6 +30,17 @@ pub struct SlapdTls {
     pub key_pem: String,
     /// The CA that signed `cert_pem` (`olcTLSCACertificateFile`).
     pub ca_pem: String,
+}
+
+/// What a test may change in the server's configuration ([`Slapd::start_configured`]).
+#[derive(Debug, Clone, Default)]
+pub struct SlapdConfig {
+    pub tls: Option<SlapdTls>,
+    /// Lines appended to the mdb database's entry, e.g. `olcLimits: …` or `olcSizeLimit: 3`.
+    pub database: String,
+    /// `olcPPolicyDefault`: the DN of the password policy entry that applies to everyone
+    /// (the test adds that entry).
+    pub ppolicy_default: Option<String>,
 }
 
 /// Where [`config_ldif`] finds the TLS files it names.
@@ -49,7 +61,7 @@ pub struct Slapd {
 }
 
 fn require_binaries() {
-    for bin in [SLAPD, SLAPADD, LDAPADD, LDAPMODIFY] {
+    for bin in [SLAPD, SLAPADD, LDAPADD, LDAPMODIFY, LDAPPASSWD] {
         assert!(
             Path::new(bin).is_file(),
             "{bin} is missing: the LDAP tests need OpenLDAP (slapd, ldap-utils); run ./scripts/test.sh, which installs them"
@@ -62,8 +74,16 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-fn config_ldif(dir: &Path, tls: Option<&TlsFiles>) -> String {
+fn config_ldif(dir: &Path, tls: Option<&TlsFiles>, config: &SlapdConfig) -> String {
     let d = dir.display();
+    let mut database = config.database.clone();
+    if !database.is_empty() && !database.ends_with('\n') {
+        database.push('\n');
+    }
+    let ppolicy_default = match &config.ppolicy_default {
+        Some(dn) => format!("olcPPolicyDefault: {dn}\n"),
+        None => String::new(),
+    };
     let tls_attrs = match tls {
         Some(f) => format!(
             "olcTLSCertificateFile: {}\nolcTLSCertificateKeyFile: {}\nolcTLSCACertificateFile: {}\n",
@@ -88,7 +108,7 @@ fn config_ldif(dir: &Path, tls: Option<&TlsFiles>) -> String {
          olcAccess: {{0}}to * by * none\n\n\
          dn: olcDatabase={{1}}mdb,cn=config\nobjectClass: olcDatabaseConfig\nobjectClass: olcMdbConfig\n\
          olcDatabase: {{1}}mdb\nolcDbDirectory: {d}/db\nolcSuffix: {SUFFIX}\nolcRootDN: {ROOT_DN}\nolcRootPW: {ROOT_PW}\n\
-         olcDbMaxSize: 33554432\n\
+         olcDbMaxSize: 33554432\n{database}\
          olcAccess: {{0}}to attrs=userPassword by self =xw by anonymous auth by * none\n\
          olcAccess: {{1}}to * by users read by * none\n\n\
          dn: olcOverlay={{0}}memberof,olcDatabase={{1}}mdb,cn=config\nobjectClass: olcOverlayConfig\n\
@@ -96,7 +116,7 @@ fn config_ldif(dir: &Path, tls: Option<&TlsFiles>) -> String {
          dn: olcOverlay={{1}}refint,olcDatabase={{1}}mdb,cn=config\nobjectClass: olcOverlayConfig\n\
          objectClass: olcRefintConfig\nolcOverlay: {{1}}refint\nolcRefintAttribute: member\n\n\
          dn: olcOverlay={{2}}ppolicy,olcDatabase={{1}}mdb,cn=config\nobjectClass: olcOverlayConfig\n\
-         objectClass: olcPPolicyConfig\nolcOverlay: {{2}}ppolicy\n"
+         objectClass: olcPPolicyConfig\nolcOverlay: {{2}}ppolicy\n{ppolicy_default}"
     )
 }
 
@@ -107,6 +127,11 @@ impl Slapd {
     }
 
     pub fn start_with(tls: Option<SlapdTls>) -> Slapd {
+        Slapd::start_configured(SlapdConfig { tls, ..SlapdConfig::default() })
+    }
+
+    pub fn start_configured(config: SlapdConfig) -> Slapd {
+        let tls = config.tls.clone();
         require_binaries();
         let dir = tempfile::Builder::new().prefix("slapd-test-").tempdir().unwrap();
         let confdir = dir.path().join("slapd.d");
@@ -124,7 +149,7 @@ impl Slapd {
             files
         });
         let ldif = dir.path().join("config.ldif");
-        std::fs::write(&ldif, config_ldif(dir.path(), tls_files.as_ref())).unwrap();
+        std::fs::write(&ldif, config_ldif(dir.path(), tls_files.as_ref(), &config)).unwrap();
         let out = Command::new(SLAPADD).arg("-n0").arg("-F").arg(&confdir).arg("-l").arg(&ldif).output().unwrap();
         assert!(
             out.status.success(),
@@ -217,6 +242,21 @@ impl Slapd {
     /// Applies an LDIF change record as the root DN; panics on failure.
     pub fn ldapmodify(&self, ldif: &str) {
         self.ldap_tool(LDAPMODIFY, ldif);
+    }
+
+    /// The user at `dn` changes their own password (RFC 3062 password modify, bound as
+    /// themselves), as a user told "change your password" would; panics on failure.
+    pub fn change_own_password(&self, dn: &str, old: &str, new: &str) {
+        let out = Command::new(LDAPPASSWD)
+            .args(["-x", "-H", &self.url, "-D", dn, "-w", old, "-a", old, "-s", new])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ldappasswd as {dn} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn log(&self) -> String {

@@ -9,7 +9,7 @@
 
 use portcullis_ca::identity::{AuthFailure, IdentitySource, LdapSource, LdapToml};
 use portcullis_proto::{AuditRecord, UserCertResponse, WhoAmI};
-use portcullis_tests::slapd::{SUFFIX, Slapd};
+use portcullis_tests::slapd::{SUFFIX, Slapd, SlapdConfig};
 use portcullis_tests::ssh::{ed25519_key, public_line};
 use portcullis_tests::{Server, ServerOpts};
 use reqwest::StatusCode;
@@ -30,7 +30,11 @@ const PLACEHOLDER: &str = "cn=placeholder,dc=example,dc=org";
 /// alice ∈ ops ⊂ admins, alice ∈ staff, bob ∈ staff; carol is locked (ppolicy's
 /// pwdAccountLockedTime); the service account may read everything but passwords.
 fn directory() -> Slapd {
-    let slapd = Slapd::start();
+    directory_with(SlapdConfig::default())
+}
+
+fn directory_with(config: SlapdConfig) -> Slapd {
+    let slapd = Slapd::start_configured(config);
     slapd.ldapadd(&format!(
         "dn: ou=people,{SUFFIX}\nobjectClass: organizationalUnit\nou: people\n\n\
          dn: ou=groups,{SUFFIX}\nobjectClass: organizationalUnit\nou: groups\n\n\
@@ -100,7 +104,11 @@ roles = ["staff-shell"]
 "#;
 
 async fn ca_with_ldap(slapd: &Slapd) -> Server {
-    let file = slapd.write_file("ldap.toml", &format!("[ldap]\n{}", ldap_table(slapd, "")));
+    ca_with_ldap_extra(slapd, "").await
+}
+
+async fn ca_with_ldap_extra(slapd: &Slapd, extra: &str) -> Server {
+    let file = slapd.write_file("ldap.toml", &format!("[ldap]\n{}", ldap_table(slapd, extra)));
     Server::start_with(ServerOpts {
         policy: vec![("policy.toml".into(), POLICY.into())],
         args: vec!["--ldap-config".into(), file.display().to_string()],
@@ -353,4 +361,195 @@ async fn empty_password_is_refused_by_the_ldap_source_before_any_bind() {
     let mark = slapd.log_mark();
     assert_eq!(ldap.authenticate("alice", &SecretString::from(ALICE_PW)).await.unwrap().username, "alice");
     assert!(slapd.log_since(mark).contains(&format!("BIND dn=\"{ALICE_DN}\"")));
+}
+
+const DAVE_PW: &str = "dave-ldap-password-5";
+const DAVE_DN: &str = "uid=dave,ou=people,dc=example,dc=org";
+const SVC_DN: &str = "cn=portcullis,ou=services,dc=example,dc=org";
+
+/// dave is a direct member of six groups; the last one (`quarantine`) is the kind a
+/// policy denies on.
+fn add_dave(slapd: &Slapd) -> BTreeSet<String> {
+    let names = ["g1", "g2", "g3", "g4", "g5", "quarantine"];
+    let mut ldif =
+        format!("dn: {DAVE_DN}\nobjectClass: inetOrgPerson\nuid: dave\ncn: Dave\nsn: D\nuserPassword: {DAVE_PW}\n\n");
+    for name in names {
+        ldif.push_str(&format!(
+            "dn: cn={name},ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: {name}\nmember: {DAVE_DN}\n\n"
+        ));
+    }
+    slapd.ldapadd(&ldif);
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
+
+fn search_mode() -> String {
+    format!("group_mode = \"search\"\ngroup_base = \"ou=groups,{SUFFIX}\"\n")
+}
+
+/// The service account may see at most 3 entries per search request; with `paged`, a
+/// paged search may still read everything (RFC 2696), without it the total is capped too.
+fn limited_directory(paged: bool) -> Slapd {
+    let prtotal = if paged { "unlimited" } else { "3" };
+    directory_with(SlapdConfig {
+        database: format!("olcLimits: dn.exact=\"{SVC_DN}\" size.soft=3 size.hard=3 size.prtotal={prtotal}\n"),
+        ..SlapdConfig::default()
+    })
+}
+
+#[tokio::test]
+async fn paged_group_search_reads_past_the_servers_size_limit() {
+    let slapd = limited_directory(true);
+    let all = add_dave(&slapd);
+    let ldap = source(&slapd, &search_mode());
+    // Unpaged, the server stops at 3 groups and `quarantine` falls off the end.
+    let dave = ldap.authenticate("dave", &SecretString::from(DAVE_PW)).await.unwrap();
+    assert_eq!(dave.groups, all, "every group, the one past the size limit included");
+    assert_eq!(ldap.refresh("dave").await.unwrap().unwrap().groups, all);
+    // Nested groups are read the same way.
+    let alice = ldap.authenticate("alice", &SecretString::from(ALICE_PW)).await.unwrap();
+    assert_eq!(alice.groups.into_iter().collect::<Vec<_>>(), ["admins", "ops", "staff"]);
+}
+
+#[tokio::test]
+async fn a_group_list_the_directory_cuts_off_refuses_the_sign_in_and_the_session() {
+    let slapd = limited_directory(false);
+    add_dave(&slapd);
+    let ldap = source(&slapd, &search_mode());
+    assert_eq!(
+        ldap.authenticate("dave", &SecretString::from(DAVE_PW)).await.unwrap_err(),
+        AuthFailure::MembershipIncomplete
+    );
+    assert_eq!(ldap.refresh("dave").await.unwrap_err(), AuthFailure::MembershipIncomplete);
+    // Positive control, same directory and limit: fewer groups than the limit.
+    let alice = ldap.authenticate("alice", &SecretString::from(ALICE_PW)).await.unwrap();
+    assert_eq!(alice.groups.into_iter().collect::<Vec<_>>(), ["admins", "ops", "staff"]);
+
+    // Through portcullisd: refused with its own reason code, and a message that says why
+    // without naming a group or the directory's limit.
+    let server = ca_with_ldap_extra(&slapd, &search_mode()).await;
+    let (status, body) = server.try_login("dave", DAVE_PW).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"], "sign_in_failed", "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("did not list all of your groups"), "{message}");
+    assert!(!message.contains("quarantine") && !message.contains("limit") && !message.contains("dc="), "{message}");
+    let fails = failures(&server).await;
+    assert_eq!(fails.iter().map(reason).collect::<Vec<_>>(), vec![("dave", "ldap", "membership_incomplete")]);
+
+    // A session whose user later joins more groups than the directory will list ends.
+    let bob = server.login("bob", BOB_PW).await;
+    let mut ldif = String::new();
+    for name in ["g1", "g2", "g3", "g4"] {
+        ldif.push_str(&format!(
+            "dn: cn={name},ou=groups,{SUFFIX}\nchangetype: modify\nadd: member\nmember: uid=bob,ou=people,{SUFFIX}\n\n"
+        ));
+    }
+    slapd.ldapmodify(&ldif);
+    let (status, body) = server.get_json(Some(&bob), "/v1/auth/whoami").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let refused = server.audit_events("session_refused").await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].payload["reason"], "membership_incomplete");
+}
+
+#[tokio::test]
+async fn nesting_deeper_than_nested_depth_refuses_in_both_group_modes() {
+    let slapd = directory();
+    // alice ∈ ops ⊂ admins ⊂ superadmins: three levels.
+    slapd.ldapadd(&format!(
+        "dn: cn=superadmins,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: superadmins\n\
+         member: cn=admins,ou=groups,{SUFFIX}\n"
+    ));
+    let pass = SecretString::from(ALICE_PW);
+    for mode in ["", search_mode().as_str()] {
+        let shallow = source(&slapd, &format!("{mode}nested_depth = 1\n"));
+        assert_eq!(
+            shallow.authenticate("alice", &pass).await.unwrap_err(),
+            AuthFailure::MembershipIncomplete,
+            "{mode}"
+        );
+        assert_eq!(shallow.refresh("alice").await.unwrap_err(), AuthFailure::MembershipIncomplete, "{mode}");
+        // bob (staff only, not nested) is not affected by the limit.
+        assert!(shallow.authenticate("bob", &SecretString::from(BOB_PW)).await.is_ok(), "{mode}");
+        // Positive control: deep enough.
+        let deep = source(&slapd, &format!("{mode}nested_depth = 2\n"));
+        let groups = deep.authenticate("alice", &pass).await.unwrap().groups;
+        assert_eq!(groups.into_iter().collect::<Vec<_>>(), ["admins", "ops", "staff", "superadmins"], "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn a_password_the_administrator_reset_must_be_changed_before_sign_in() {
+    let policy = format!("cn=default,ou=policies,{SUFFIX}");
+    let slapd = directory_with(SlapdConfig { ppolicy_default: Some(policy.clone()), ..SlapdConfig::default() });
+    slapd.ldapadd(&format!(
+        "dn: ou=policies,{SUFFIX}\nobjectClass: organizationalUnit\nou: policies\n\n\
+         dn: {policy}\nobjectClass: organizationalRole\nobjectClass: pwdPolicy\ncn: default\n\
+         pwdAttribute: userPassword\npwdMustChange: TRUE\n"
+    ));
+    // The shipped example's [ldap] table has no filter for this: none here either.
+    let server = ca_with_ldap_extra(&slapd, "").await;
+    let session = server.login("alice", ALICE_PW).await;
+
+    // The administrator resets alice's password; ppolicy marks it `pwdReset: TRUE`.
+    const RESET_PW: &str = "temporary-reset-password-6";
+    slapd.ldapmodify(&format!("dn: {ALICE_DN}\nchangetype: modify\nreplace: userPassword\nuserPassword: {RESET_PW}\n"));
+
+    // The session from before the reset ends at its next request.
+    let (status, body) = server.get_json(Some(&session), "/v1/auth/whoami").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let refused = server.audit_events("session_refused").await;
+    assert_eq!(
+        refused.iter().map(|r| r.payload["reason"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["password_change_required"]
+    );
+
+    // Signing in with the reset password: refused, and told to change it.
+    let (status, body) = server.try_login("alice", RESET_PW).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"], "sign_in_failed", "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("must be changed") && message.contains("change it"), "{message}");
+    assert!(!message.contains("dc=") && !message.contains("pwdReset") && !message.contains(RESET_PW), "{message}");
+    // A wrong password learns nothing about the account's state.
+    let (status, body) = server.try_login("alice", "not-alices-password").await;
+    assert_refused(status, &body);
+    let fails = failures(&server).await;
+    assert_eq!(
+        fails.iter().map(reason).collect::<Vec<_>>(),
+        vec![("alice", "ldap", "password_change_required"), ("alice", "ldap", "bad_credentials")]
+    );
+    // Locked accounts are still refused (carol), the same policy does not touch bob.
+    let (status, body) = server.try_login("carol", CAROL_PW).await;
+    assert_refused(status, &body);
+    server.login("bob", BOB_PW).await;
+
+    // Positive control: alice changes the password herself, then signs in with it.
+    const NEW_PW: &str = "alices-own-new-password-7";
+    slapd.change_own_password(ALICE_DN, RESET_PW, NEW_PW);
+    let token = server.login("alice", NEW_PW).await;
+    assert_eq!(whoami(&server, &token).await.username, "alice");
+}
+
+#[tokio::test]
+async fn locked_accounts_are_refused_without_a_disabled_filter() {
+    let slapd = directory();
+    // The shipped example: no `disabled_filter`. carol carries pwdAccountLockedTime.
+    let pw = slapd.write_file("svc-password-2", &format!("{SVC_PW}\n"));
+    let table: LdapToml = toml::from_str(&format!(
+        "url = \"{}\"\ndanger_cleartext_passwords = true\nbind_dn = \"{SVC_DN}\"\nbind_password_file = \"{}\"\n\
+         user_base = \"ou=people,{SUFFIX}\"\n",
+        slapd.url,
+        pw.display()
+    ))
+    .unwrap();
+    let ldap = LdapSource::new(table.validate().unwrap());
+    let mark = slapd.log_mark();
+    assert_eq!(ldap.authenticate("carol", &SecretString::from(CAROL_PW)).await.unwrap_err(), AuthFailure::Disabled);
+    assert!(!slapd.log_since(mark).contains(&format!("BIND dn=\"{CAROL_DN}\"")), "a locked account was bound");
+    assert_eq!(ldap.refresh("carol").await.unwrap_err(), AuthFailure::Disabled);
+    // Unlocked, the same account signs in.
+    slapd.ldapmodify(&format!("dn: {CAROL_DN}\nchangetype: modify\ndelete: pwdAccountLockedTime\n"));
+    assert_eq!(ldap.authenticate("carol", &SecretString::from(CAROL_PW)).await.unwrap().username, "carol");
+    assert!(ldap.refresh("carol").await.unwrap().is_some());
 }

@@ -11,7 +11,15 @@
 //!   bytes are refused as unknown without asking the directory; and the entry's
 //!   `username_attribute` must equal the typed name exactly, so `ALICE` or `al*ce` never
 //!   becomes `alice`.
-//! - **Locked accounts** (`disabled_filter`) are refused before any password bind.
+//! - **Locked accounts** are refused before any password bind: ppolicy's
+//!   `pwdAccountLockedTime`, Active Directory's `userAccountControl` "account disabled"
+//!   bit (read always, so the shipped config is safe without a filter), and whatever the
+//!   optional `disabled_filter` matches.
+//! - **"Must change password"** (ppolicy `pwdReset: TRUE`, AD `pwdLastSet: 0`) is refused
+//!   after the password bind succeeded — [`AuthFailure::PasswordChangeRequired`], whose
+//!   message tells the user to change it — and refused by `refresh` as well.
+//! - **Group lists are complete or nothing**: a cut-off group search or nesting deeper
+//!   than `nested_depth` is [`AuthFailure::MembershipIncomplete`] (see `groups`).
 //! - **No fallback**: when the directory cannot be asked (down, timeout, service account
 //!   refused), the answer is [`AuthFailure::Unavailable`], which lets nobody in.
 //! - `refresh` re-reads the user and groups with the service account, so an API session
@@ -42,6 +50,36 @@ struct UserEntry {
     dn: String,
     username: String,
     member_of: Vec<String>,
+    state: AccountState,
+}
+
+/// What the directory's own account attributes say, whatever the configured filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AccountState {
+    Usable,
+    Locked,
+    MustChangePassword,
+}
+
+/// ppolicy (OpenLDAP): locked since / must change. Operational, so asked for by name.
+const PWD_ACCOUNT_LOCKED_TIME: &str = "pwdAccountLockedTime";
+const PWD_RESET: &str = "pwdReset";
+/// Active Directory: flags (bit 0x2 = ACCOUNTDISABLE) and the last password change (0 =
+/// must change at next logon).
+const USER_ACCOUNT_CONTROL: &str = "userAccountControl";
+const PWD_LAST_SET: &str = "pwdLastSet";
+const UAC_ACCOUNTDISABLE: u64 = 0x2;
+
+fn account_state(entry: &SearchEntry) -> AccountState {
+    let locked = attrs(entry, PWD_ACCOUNT_LOCKED_TIME).next().is_some()
+        || attrs(entry, USER_ACCOUNT_CONTROL)
+            .any(|v| v.trim().parse::<u64>().map_or(true, |flags| flags & UAC_ACCOUNTDISABLE != 0));
+    if locked {
+        return AccountState::Locked;
+    }
+    let must_change = attrs(entry, PWD_RESET).any(|v| v.trim().eq_ignore_ascii_case("TRUE"))
+        || attrs(entry, PWD_LAST_SET).any(|v| v.trim() == "0");
+    if must_change { AccountState::MustChangePassword } else { AccountState::Usable }
 }
 
 /// Values of an attribute, whatever case the server used for its name.
@@ -64,6 +102,10 @@ fn plausible_username(username: &str) -> bool {
 }
 
 fn unavailable(what: &'static str, e: DirError) -> AuthFailure {
+    if let DirError::Incomplete(_) = e {
+        tracing::warn!(error = %e, "LDAP {what}: the directory did not answer completely; refusing");
+        return AuthFailure::MembershipIncomplete;
+    }
     tracing::warn!(error = %e, "LDAP {what} failed; refusing (directory unavailable)");
     AuthFailure::Unavailable
 }
@@ -83,7 +125,13 @@ impl LdapSource {
             return Ok(None);
         }
         let filter = self.config.user_filter.replace("{username}", &ldap_escape(username));
-        let mut wanted = vec![self.config.username_attribute.as_str()];
+        let mut wanted = vec![
+            self.config.username_attribute.as_str(),
+            PWD_ACCOUNT_LOCKED_TIME,
+            PWD_RESET,
+            USER_ACCOUNT_CONTROL,
+            PWD_LAST_SET,
+        ];
         if let config::GroupLookup::MemberOf { attribute } = &self.config.groups {
             wanted.push(attribute.as_str());
         }
@@ -101,19 +149,21 @@ impl LdapSource {
         if entry.dn.is_empty() || !attrs(&entry, &self.config.username_attribute).any(|v| v == username) {
             return Ok(None);
         }
-        let disabled = match &self.config.disabled_filter {
-            None => false,
-            Some(filter) => !conn
-                .search(&entry.dn, Scope::Base, filter, &["1.1"], 1)
-                .await
-                .map_err(|e| unavailable("disabled check", e))?
-                .is_empty(),
-        };
+        let state = account_state(&entry);
+        let disabled = state == AccountState::Locked
+            || match &self.config.disabled_filter {
+                None => false,
+                Some(filter) => !conn
+                    .search(&entry.dn, Scope::Base, filter, &["1.1"], 1)
+                    .await
+                    .map_err(|e| unavailable("disabled check", e))?
+                    .is_empty(),
+            };
         let member_of = match &self.config.groups {
             config::GroupLookup::MemberOf { attribute } => attrs(&entry, attribute).map(str::to_owned).collect(),
             config::GroupLookup::Search { .. } => Vec::new(),
         };
-        Ok(Some((UserEntry { dn: entry.dn, username: username.to_owned(), member_of }, disabled)))
+        Ok(Some((UserEntry { dn: entry.dn, username: username.to_owned(), member_of, state }, disabled)))
     }
 
     async fn identity(&self, user: UserEntry) -> Result<Identity, AuthFailure> {
@@ -158,6 +208,11 @@ impl IdentitySource for LdapSource {
                 }
                 Err(e) => return Err(unavailable("password bind", e)),
             }
+            // Checked after the bind: only someone who knows the password learns it must
+            // be changed.
+            if user.state == AccountState::MustChangePassword {
+                return Err(AuthFailure::PasswordChangeRequired);
+            }
             self.identity(user).await
         })
     }
@@ -167,6 +222,10 @@ impl IdentitySource for LdapSource {
             match self.find_user(username).await? {
                 None => Ok(None),
                 Some((_, true)) => Err(AuthFailure::Disabled),
+                // An administrator reset the password since sign-in: the session ends too.
+                Some((user, false)) if user.state == AccountState::MustChangePassword => {
+                    Err(AuthFailure::PasswordChangeRequired)
+                }
                 Some((user, false)) => self.identity(user).await.map(Some),
             }
         })
@@ -187,6 +246,30 @@ mod tests {
         assert!(!plausible_username("alice\u{7f}"));
         assert!(!plausible_username(&"a".repeat(257)));
         assert!(plausible_username(&"a".repeat(256)));
+    }
+
+    fn entry(attributes: &[(&str, &str)]) -> SearchEntry {
+        let mut attrs = std::collections::HashMap::new();
+        for (k, v) in attributes {
+            attrs.entry((*k).to_owned()).or_insert_with(Vec::new).push((*v).to_owned());
+        }
+        SearchEntry { dn: "uid=a,dc=x".into(), attrs, bin_attrs: Default::default() }
+    }
+
+    #[test]
+    fn account_state_reads_ppolicy_and_active_directory() {
+        use AccountState::*;
+        assert_eq!(account_state(&entry(&[("uid", "a")])), Usable);
+        assert_eq!(account_state(&entry(&[("pwdAccountLockedTime", "000001010000Z")])), Locked);
+        assert_eq!(account_state(&entry(&[("pwdreset", "TRUE")])), MustChangePassword);
+        assert_eq!(account_state(&entry(&[("pwdReset", "FALSE")])), Usable);
+        assert_eq!(account_state(&entry(&[("pwdLastSet", "0")])), MustChangePassword);
+        assert_eq!(account_state(&entry(&[("pwdLastSet", "133497000000000000")])), Usable);
+        assert_eq!(account_state(&entry(&[("userAccountControl", "512")])), Usable);
+        assert_eq!(account_state(&entry(&[("userAccountControl", "514")])), Locked);
+        assert_eq!(account_state(&entry(&[("userAccountControl", "garbage")])), Locked, "unreadable flags fail closed");
+        // Locked wins over must-change: the password is never tried.
+        assert_eq!(account_state(&entry(&[("userAccountControl", "514"), ("pwdLastSet", "0")])), Locked);
     }
 
     #[tokio::test]

@@ -29,6 +29,14 @@ pub enum AuthFailure {
     /// Too many sign-ins are being checked at once; not the user's fault, not counted
     /// as a failure.
     Busy,
+    /// The password is right, but the directory says it must be changed first (OpenLDAP
+    /// ppolicy `pwdReset`, Active Directory `pwdLastSet = 0`). Only ever answered after a
+    /// successful password check, so it tells nobody else anything.
+    PasswordChangeRequired,
+    /// The directory could not list the user's groups completely (a size, time or
+    /// administrative limit, a referral, nesting deeper than allowed): an incomplete
+    /// list must never decide, so nobody is let in on it.
+    MembershipIncomplete,
 }
 
 impl AuthFailure {
@@ -40,6 +48,8 @@ impl AuthFailure {
             AuthFailure::Disabled => "user_disabled",
             AuthFailure::Unavailable => "directory_unavailable",
             AuthFailure::Busy => "busy",
+            AuthFailure::PasswordChangeRequired => "password_change_required",
+            AuthFailure::MembershipIncomplete => "membership_incomplete",
         }
     }
 }

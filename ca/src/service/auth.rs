@@ -93,12 +93,27 @@ impl Ca {
             Ok(identity) => identity,
             Err((_, AuthFailure::Busy)) => return Err(CaError::Busy { retry_after: BUSY_RETRY_AFTER }),
             Err((source, failure)) => {
-                if failure != AuthFailure::Unavailable {
+                // Not a wrong guess: the directory's fault, or the password was right.
+                let guess = !matches!(
+                    failure,
+                    AuthFailure::Unavailable | AuthFailure::MembershipIncomplete | AuthFailure::PasswordChangeRequired
+                );
+                if guess {
                     self.login_throttle.failed(username, client_ip, now);
                 }
                 self.audit_login_failure(username, source, client_ip, failure.code()).await?;
                 return Err(match failure {
                     AuthFailure::Unavailable => CaError::Unavailable,
+                    AuthFailure::PasswordChangeRequired => CaError::SignInFailed(
+                        "your password has expired or was reset and must be changed; change it with your \
+                         directory's password tool, then sign in again"
+                            .into(),
+                    ),
+                    AuthFailure::MembershipIncomplete => CaError::SignInFailed(
+                        "the directory did not list all of your groups, so access cannot be decided; \
+                         ask an administrator"
+                            .into(),
+                    ),
                     _ => CaError::InvalidCredentials,
                 });
             }

@@ -6,8 +6,14 @@
 //! login and every API request (group refresh) does; a connection that failed or timed
 //! out is dropped, never returned. Password checks get a fresh connection each time and
 //! it is closed right after: a connection bound as a user must never serve another query.
+//!
+//! Lists that decide something (a user's groups) are read with [`ServiceConn::search_all`]:
+//! RFC 2696 paged results, and any sign that the answer is not the whole list (a size,
+//! time or administrative limit, a referral or search reference not followed, more
+//! entries than we accept) is [`DirError::Incomplete`], never a shorter list.
 
 use super::config::LdapConfig;
+use ldap3::adapters::PagedResults;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry, SearchOptions};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::{Arc, Mutex};
@@ -25,12 +31,37 @@ pub(super) enum DirError {
     ServiceBind(u32),
     #[error("search failed with result code {rc}: {text}")]
     Search { rc: u32, text: String },
+    /// The directory answered, but not with the whole list: deciding on it would be
+    /// deciding on a guess.
+    #[error("incomplete answer: {0}")]
+    Incomplete(String),
 }
 
 /// LDAP result codes this module looks at (RFC 4511, appendix A).
 const RC_SUCCESS: u32 = 0;
+const RC_TIME_LIMIT_EXCEEDED: u32 = 3;
 const RC_SIZE_LIMIT_EXCEEDED: u32 = 4;
+const RC_REFERRAL: u32 = 10;
+const RC_ADMIN_LIMIT_EXCEEDED: u32 = 11;
 const RC_NO_SUCH_OBJECT: u32 = 32;
+
+/// Entries per page of a paged search (RFC 2696). Servers may send fewer per page.
+const PAGE_SIZE: i32 = 200;
+
+/// What the final result code of a search that must be complete means: `Ok(true)` the
+/// whole answer, `Ok(false)` the base does not exist (an empty answer), or why not.
+fn complete_answer(rc: u32, text: &str) -> Result<bool, DirError> {
+    let why = match rc {
+        RC_SUCCESS => return Ok(true),
+        RC_NO_SUCH_OBJECT => return Ok(false),
+        RC_SIZE_LIMIT_EXCEEDED => "the server's size limit cut the result off (sizeLimitExceeded)",
+        RC_TIME_LIMIT_EXCEEDED => "the server's time limit cut the result off (timeLimitExceeded)",
+        RC_ADMIN_LIMIT_EXCEEDED => "an administrative limit cut the result off (adminLimitExceeded)",
+        RC_REFERRAL => "the server referred the search elsewhere (referral not followed)",
+        rc => return Err(DirError::Search { rc, text: text.to_owned() }),
+    };
+    Err(DirError::Incomplete(why.to_owned()))
+}
 
 /// What a simple bind with a user's password said.
 pub(super) enum BindOutcome {
@@ -186,10 +217,85 @@ impl ServiceConn<'_> {
     }
 }
 
+impl ServiceConn<'_> {
+    /// A search whose answer must be the whole list: paged (RFC 2696) so a server's
+    /// per-request size limit does not cut it off, at most `max_entries` entries, and
+    /// [`DirError::Incomplete`] when the server stopped early, referred us elsewhere or
+    /// returned a search reference (which we do not chase). A base that does not exist is
+    /// an empty answer. Any failure retires the connection (a paged search may be left
+    /// half-read on it).
+    pub(super) async fn search_all(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+        max_entries: usize,
+    ) -> Result<Vec<SearchEntry>, DirError> {
+        let Some(mut ldap) = self.ldap.take() else {
+            return Err(DirError::Timeout(Duration::ZERO));
+        };
+        let attrs: Vec<String> = attrs.iter().map(|a| (*a).to_owned()).collect();
+        let read = async {
+            let mut stream =
+                ldap.streaming_search_with(PagedResults::new(PAGE_SIZE), base, scope, filter, attrs).await?;
+            let mut entries = Vec::new();
+            let mut stopped = None;
+            while let Some(entry) = stream.next().await? {
+                if entry.is_intermediate() {
+                    continue;
+                }
+                if entry.is_ref() {
+                    stopped = Some("the server returned a search reference (referral not followed)".to_owned());
+                    break;
+                }
+                if entries.len() >= max_entries {
+                    stopped = Some(format!("more than {max_entries} entries"));
+                    break;
+                }
+                entries.push(SearchEntry::construct(entry));
+            }
+            if let Some(why) = stopped {
+                return Ok(Err(DirError::Incomplete(why)));
+            }
+            let result = stream.finish().await;
+            Ok::<_, ldap3::LdapError>(
+                complete_answer(result.rc, &result.text).map(|whole| if whole { entries } else { Vec::new() }),
+            )
+        };
+        match tokio::time::timeout(self.pool.operation_timeout, read).await {
+            Ok(Ok(Ok(entries))) => {
+                self.ldap = Some(ldap);
+                Ok(entries)
+            }
+            // The connection is dropped with `ldap`: an abandoned paged search or a
+            // broken socket must not serve the next request.
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(DirError::Timeout(self.pool.operation_timeout)),
+        }
+    }
+}
+
 impl Drop for ServiceConn<'_> {
     fn drop(&mut self) {
         if let Some(ldap) = self.ldap.take() {
             self.pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(ldap);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_whole_answer_is_complete() {
+        assert!(complete_answer(RC_SUCCESS, "").unwrap());
+        assert!(!complete_answer(RC_NO_SUCH_OBJECT, "").unwrap());
+        for rc in [RC_SIZE_LIMIT_EXCEEDED, RC_TIME_LIMIT_EXCEEDED, RC_ADMIN_LIMIT_EXCEEDED, RC_REFERRAL] {
+            assert!(matches!(complete_answer(rc, ""), Err(DirError::Incomplete(_))), "rc {rc}");
+        }
+        assert!(matches!(complete_answer(50, "no"), Err(DirError::Search { rc: 50, .. })));
     }
 }
