@@ -123,6 +123,14 @@ pub enum AuditEvent {
         actor: String,
         id: String,
     },
+    /// The node rolled an enrollment back: a new node was removed (`restored` false) or an
+    /// existing one got its earlier record back; the token's use was given back.
+    NodeEnrollAborted {
+        name: String,
+        token_id: String,
+        restored: bool,
+        client_ip: String,
+    },
     /// An administrator changed a node record (`fields`: which ones).
     NodeUpdated {
         actor: String,
@@ -367,6 +375,7 @@ impl AuditEvent {
             AuditEvent::NodeRegistered { .. } => "node_registered",
             AuditEvent::EnrollTokenCreated { .. } => "enroll_token_created",
             AuditEvent::EnrollTokenRevoked { .. } => "enroll_token_revoked",
+            AuditEvent::NodeEnrollAborted { .. } => "node_enroll_aborted",
             AuditEvent::NodeUpdated { .. } => "node_updated",
             AuditEvent::NodeRemoved { .. } => "node_removed",
             AuditEvent::NodeEnrolled { .. } => "node_enrolled",

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::secret::Token;
 use portcullis_proto::ApiError;
-use portcullis_proto::enroll::{EnrollRequest, EnrollResponse, NodeBundle, NodeProof};
+use portcullis_proto::enroll::{EnrollAbortRequest, EnrollRequest, EnrollResponse, NodeBundle, NodeProof};
 use portcullis_proto::pin::pinned_client_config;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -65,6 +65,15 @@ impl Api {
 
     pub async fn refresh(&self, proof: &NodeProof) -> Result<NodeBundle> {
         self.post("/v1/nodes/refresh", None, proof).await
+    }
+
+    /// The enrollment was rolled back on the node: the CA undoes its registration.
+    pub async fn abort_enrollment(&self, request: &EnrollAbortRequest) -> Result<()> {
+        let _: serde_json::Value = self.post("/v1/enroll/abort", None, request).await.or_else(|e| match e {
+            Error::Ca(m) if m.starts_with("unexpected answer") => Ok(serde_json::Value::Null),
+            e => Err(e),
+        })?;
+        Ok(())
     }
 
     pub async fn deregister(&self, proof: &NodeProof) -> Result<()> {

@@ -20,7 +20,7 @@ use crate::sshd::{self, SshdCtl};
 use crate::state::State;
 use crate::txn::{self, Txn};
 use crate::{failpoint, fsx};
-use portcullis_proto::enroll::{EnrollRequest, EnrollResponse, NodeFacts, NodeProof};
+use portcullis_proto::enroll::{EnrollAbortRequest, EnrollRequest, EnrollResponse, NodeFacts, NodeProof};
 use portcullis_proto::pin::normalize_pin;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -184,8 +184,31 @@ pub async fn enroll(g: &Global, a: EnrollArgs, r: &mut Report) -> Result<String>
             r.reloads += usize::from(txn.rollback_reloads());
             let err = txn.rollback(&g.sshd, e);
             r.step("rollback", err.to_string());
+            // The node is back as it was: the CA undoes the registration too (and gives
+            // the token its use back). Only after a complete rollback — otherwise the
+            // journal's next run finishes it and the node stays registered meanwhile.
+            if matches!(err, Error::RolledBack { .. }) {
+                let undone = abort_at_ca(&api, &name, &resp.verification_principal, &facts).await;
+                r.step("unregister", undone);
+            }
             Err(err)
         }
+    }
+}
+
+/// Tells the CA the enrollment was rolled back; what happened, for the report.
+async fn abort_at_ca(api: &Api, name: &str, verification_principal: &str, facts: &Facts) -> String {
+    let Some(host_key) = preflight::proof_key(&facts.host_keys) else {
+        return "no host key to prove the node with; the CA keeps the registration".into();
+    };
+    let action = NodeProof::abort_action(verification_principal);
+    let request = match node_proof(name, &action, &host_key, now()) {
+        Ok(proof) => EnrollAbortRequest { verification_principal: verification_principal.to_owned(), proof },
+        Err(e) => return format!("cannot prove the node to the CA ({e}); the CA keeps the registration"),
+    };
+    match api.abort_enrollment(&request).await {
+        Ok(()) => "the CA removed the registration and gave the token its use back".into(),
+        Err(e) => format!("the CA did not undo the registration ({e}); `portcullis admin node remove {name}` does"),
     }
 }
 

@@ -116,6 +116,17 @@ pub struct EnrollResponse {
     pub verification_login: String,
 }
 
+/// `POST /v1/enroll/abort`: the node rolled an enrollment back; the CA undoes the
+/// registration (removes a new node, restores an existing one's record) and gives the
+/// token's use back. Authenticated by a [`NodeProof`] for
+/// [`NodeProof::abort_action`] of the attempt's verification principal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollAbortRequest {
+    pub verification_principal: String,
+    pub proof: NodeProof,
+}
+
 /// Proof that the caller holds a registered host key of `node`: an SSHSIG (armored, as
 /// `ssh-keygen -Y sign` writes it) over [`NodeProof::message`], namespace
 /// [`NodeProof::NAMESPACE`], made within the last few minutes.
@@ -134,6 +145,11 @@ impl NodeProof {
     /// The signed text: binds the proof to the node, the action and the time.
     pub fn message(node: &str, action: &str, timestamp: u64) -> String {
         format!("portcullis-node-proof-v1\n{node}\n{action}\n{timestamp}\n")
+    }
+
+    /// The action an enrollment roll-back signs: the attempt's verification principal.
+    pub fn abort_action(verification_principal: &str) -> String {
+        format!("abort-enroll {verification_principal}")
     }
 
     /// The action a re-enrollment proof signs: `enroll ` and a SHA-256 over the

@@ -316,6 +316,20 @@ async fn enrolls_with_the_real_ca() {
     let node = Node::start(true);
     let before = node.snapshot();
 
+    // An enrollment that fails on the node (after the CA registered it) is undone at the
+    // CA as well: no node left registered, and the one-use token has its use back.
+    let mut cmd = node.enroll_cmd();
+    cmd.args(["enroll", "--ca", &server.url, "--token", &token, "--ca-fingerprint", &server.pin]);
+    cmd.env("PORTCULLIS_ENROLL_FAILPOINT", "verify:error");
+    let (code, json, _) = run(cmd);
+    assert_eq!(code, 4, "{json}");
+    assert_untouched(&node, &before, "failed enrollment (real CA)");
+    let (_, nodes) = server.get_json(Some(&admin), "/v1/admin/nodes").await;
+    assert_eq!(nodes.as_array().unwrap().len(), 0, "a rolled-back enrollment left a node registered: {nodes}");
+    let (_, tokens) = server.get_json(Some(&admin), "/v1/admin/enroll-tokens").await;
+    assert_eq!(tokens[0]["uses_left"], 1, "the rolled-back enrollment kept its token use: {tokens}");
+    assert_eq!(server.audit_events("node_enroll_aborted").await.len(), 1);
+
     let mut cmd = node.enroll_cmd();
     cmd.args(["enroll", "--ca", &server.url, "--token", &token, "--ca-fingerprint", &server.pin]);
     let (code, json, out) = run(cmd);

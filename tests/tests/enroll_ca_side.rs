@@ -9,7 +9,7 @@
 use portcullis_ca::{Ca, CaError, ManualClock};
 use portcullis_policies::Grant;
 use portcullis_policies::Permission;
-use portcullis_proto::enroll::{EnrollRequest, EnrollTokenRequest, NodeFacts, NodeProof};
+use portcullis_proto::enroll::{EnrollAbortRequest, EnrollRequest, EnrollTokenRequest, NodeFacts, NodeProof};
 use portcullis_proto::{NodeRecord, NodeUpdate};
 use portcullis_tests::ssh::{ed25519_key, public_line};
 use portcullis_tests::{ca_in_process, sqlite_url};
@@ -304,4 +304,50 @@ async fn node_update_changes_only_what_it_names_and_remove_forgets_the_node() {
     let result = ca.enroll(&spare, &enroll_request("pve02", &ed25519_key()), "10.0.0.2").await;
     assert!(matches!(result, Err(CaError::Unauthenticated)), "{result:?}");
     assert!(matches!(ca.revoke_enroll_token(&grant, "nope").await, Err(CaError::NotFound(_))));
+}
+
+fn abort_request(key: &PrivateKey, node: &str, verification_principal: &str) -> EnrollAbortRequest {
+    let action = NodeProof::abort_action(verification_principal);
+    EnrollAbortRequest {
+        verification_principal: verification_principal.to_owned(),
+        proof: proof(key, node, &action, node, NOW),
+    }
+}
+
+#[tokio::test]
+async fn a_rolled_back_enrollment_is_undone_at_the_ca_and_gives_the_token_use_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, grant) = ca_and_grant(dir.path()).await;
+    let enroll_token = token(&ca, &grant, EnrollTokenRequest { uses: 2, ..Default::default() }).await;
+    let key = ed25519_key();
+    let mut request = enroll_request("pve01", &key);
+    request.facts.addresses = vec!["10.0.0.1".into()];
+    let first = ca.enroll(&enroll_token, &request, "10.0.0.1").await.unwrap();
+    assert_eq!(uses_left(&ca, &grant).await, [1]);
+
+    // Only the node (its host key) can undo it, and only for this attempt.
+    let forged = abort_request(&ed25519_key(), "pve01", &first.verification_principal);
+    assert!(matches!(ca.abort_enrollment(&forged, "203.0.113.66").await, Err(CaError::Unauthenticated)));
+    let other_attempt = abort_request(&key, "pve01", "pcv_0000000000000000");
+    assert!(matches!(ca.abort_enrollment(&other_attempt, "10.0.0.1").await, Err(CaError::NotFound(_))));
+    assert!(ca.store().node("pve01").await.unwrap().is_some(), "a refused abort removed the node");
+
+    // The node rolled back: the new registration is gone and the token use is back.
+    ca.abort_enrollment(&abort_request(&key, "pve01", &first.verification_principal), "10.0.0.1").await.unwrap();
+    assert!(ca.store().node("pve01").await.unwrap().is_none(), "the rolled-back node is still registered");
+    assert_eq!(uses_left(&ca, &grant).await, [2]);
+
+    // A re-enrollment rolled back restores the node's earlier record.
+    ca.enroll(&enroll_token, &request, "10.0.0.1").await.unwrap();
+    let mut moved = enroll_request("pve01", &key);
+    moved.facts.addresses = vec!["10.0.0.9".into()];
+    let again = ca.enroll(&enroll_token, &proven(moved, &key, &enroll_token), "10.0.0.9").await.unwrap();
+    assert_eq!(ca.store().node("pve01").await.unwrap().unwrap().addresses, ["10.0.0.9"]);
+    ca.abort_enrollment(&abort_request(&key, "pve01", &again.verification_principal), "10.0.0.9").await.unwrap();
+    let node = ca.store().node("pve01").await.unwrap().unwrap();
+    assert_eq!(node.addresses, ["10.0.0.1"], "the earlier record was not restored");
+    assert_eq!(uses_left(&ca, &grant).await, [1]);
+    // An attempt is undone once.
+    let twice = ca.abort_enrollment(&abort_request(&key, "pve01", &again.verification_principal), "10.0.0.9").await;
+    assert!(matches!(twice, Err(CaError::NotFound(_))), "{twice:?}");
 }

@@ -33,6 +33,15 @@ pub async fn revoke_token(State(ca): Ca_, Authed(c): Authed, Name(id): Name) -> 
     ca.revoke_enroll_token(&grant, &id).await
 }
 
+/// A node that rolled its enrollment back; authenticated by its host key.
+pub async fn abort(
+    State(ca): Ca_,
+    ClientIp(ip): ClientIp,
+    Body(request): Body<EnrollAbortRequest>,
+) -> Result<(), CaError> {
+    ca.abort_enrollment(&request, &ip).await
+}
+
 /// The enrollment token is a bearer credential of its own kind (`pce_…`), not a session.
 pub async fn enroll(
     State(ca): Ca_,

@@ -71,6 +71,7 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/admin/enroll-tokens", get(enroll::list_tokens).post(enroll::create_token))
         .route("/v1/admin/enroll-tokens/{id}", axum::routing::delete(enroll::revoke_token))
         .route("/v1/enroll", post(enroll::enroll))
+        .route("/v1/enroll/abort", post(enroll::abort))
         .route("/v1/nodes/refresh", post(enroll::refresh))
         .route("/v1/nodes/deregister", post(enroll::deregister))
         .route("/v1/services/enroll", post(bastion::enroll))

@@ -21,6 +21,8 @@ const PROOF_WINDOW: u64 = 300;
 /// A host certificate with less life than this left is renewed at the next refresh.
 const HOST_CERT_RENEW_BEFORE: u64 = 7 * 24 * 3600;
 const MAX_HOST_KEYS: usize = 8;
+/// How long after enrolling a node may still roll the enrollment back at the CA.
+const ENROLL_ABORT_WINDOW: u64 = 30 * 60;
 
 impl Ca {
     pub async fn create_enroll_token(
@@ -170,6 +172,10 @@ impl Ca {
             ));
         }
         let is_new = existing.is_none();
+        let previous_json = match &existing {
+            Some(n) => Some(serde_json::to_string(n).map_err(|_| CaError::Internal("node record".into()))?),
+            None => None,
+        };
         let mut node = existing.unwrap_or_default();
         node.name = facts.name.clone();
         node.addresses = facts.addresses.clone();
@@ -213,6 +219,15 @@ impl Ca {
             ),
         )
         .await?;
+        let attempt = store::EnrollAttemptRow {
+            verification_principal: principal.clone(),
+            node: node.name.clone(),
+            token_id: grant.id.clone(),
+            verification_serial: verification.serial,
+            previous_json,
+            expires_at: now.saturating_add(ENROLL_ABORT_WINDOW),
+        };
+        store::insert_enroll_attempt(tx.conn(), &attempt, now).await?;
         audit::record(
             tx.conn(),
             now,
@@ -237,6 +252,51 @@ impl Ca {
             verification_principal: principal,
             verification_login: "root".to_owned(),
         })
+    }
+
+    /// The node rolled an enrollment back: undo the registration (a new node is removed,
+    /// an existing one gets its earlier record back), revoke the attempt's verification
+    /// certificate and give the token its use back. Authenticated by the node's host key
+    /// (the one this enrollment pinned) over the attempt's verification principal.
+    pub async fn abort_enrollment(&self, request: &EnrollAbortRequest, client_ip: &str) -> Result<(), CaError> {
+        let action = NodeProof::abort_action(&request.verification_principal);
+        let node = self.verify_node_proof(&request.proof, &action, client_ip).await?;
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        let Some(attempt) =
+            store::take_enroll_attempt(tx.conn(), &request.verification_principal, &node.name, now).await?
+        else {
+            return Err(CaError::NotFound("enrollment that can still be rolled back"));
+        };
+        let restored = match &attempt.previous_json {
+            None => {
+                store::delete_node(tx.conn(), &node.name).await?;
+                retire_node_certs(tx.conn(), &node.name, &format!("node:{}", node.name), now).await?;
+                false
+            }
+            Some(json) => {
+                let previous: NodeRecord =
+                    serde_json::from_str(json).map_err(|_| CaError::Internal("stored node record".into()))?;
+                store::upsert_node(tx.conn(), &previous, now).await?;
+                let serial = store::RevokeTarget::Serial(attempt.verification_serial);
+                if store::revoke_certs(tx.conn(), &serial, now).await? > 0 {
+                    let target = format!("serial:{}", attempt.verification_serial);
+                    super::certs::record_revocation(tx.conn(), now, &format!("node:{}", node.name), target, 1, false)
+                        .await?;
+                }
+                true
+            }
+        };
+        store::return_token_use(tx.conn(), &attempt.token_id).await?;
+        let event = AuditEvent::NodeEnrollAborted {
+            name: node.name.clone(),
+            token_id: attempt.token_id,
+            restored,
+            client_ip: client_ip.to_owned(),
+        };
+        audit::record(tx.conn(), now, &event).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn audit_enroll_refused(&self, reason: &'static str, client_ip: &str) -> Result<(), CaError> {

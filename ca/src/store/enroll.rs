@@ -182,3 +182,71 @@ pub async fn delete_host_certs(conn: &mut AnyConnection, node: &str) -> Result<(
     sqlx::query("DELETE FROM host_certs WHERE node = $1").bind(node).execute(&mut *conn).await?;
     Ok(())
 }
+
+/// An enrollment a node may still roll back (see migration 0007).
+#[derive(Debug, Clone)]
+pub struct EnrollAttemptRow {
+    pub verification_principal: String,
+    pub node: String,
+    pub token_id: String,
+    pub verification_serial: u64,
+    /// The node record before the enrollment; `None` when it was new.
+    pub previous_json: Option<String>,
+    pub expires_at: u64,
+}
+
+pub async fn insert_enroll_attempt(conn: &mut AnyConnection, row: &EnrollAttemptRow, now: u64) -> Result<()> {
+    // Expired attempts can no longer be rolled back at the CA: forget them as we go.
+    sqlx::query("DELETE FROM enroll_attempts WHERE expires_at <= $1").bind(ts(now)).execute(&mut *conn).await?;
+    sqlx::query(
+        "INSERT INTO enroll_attempts (verification_principal, node, token_id, verification_serial, previous_json, \
+         expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&row.verification_principal)
+    .bind(&row.node)
+    .bind(&row.token_id)
+    .bind(super::serial_to_db(row.verification_serial))
+    .bind(&row.previous_json)
+    .bind(ts(row.expires_at))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Takes (deletes and returns) a live attempt of `node`; `None` when unknown or expired.
+pub async fn take_enroll_attempt(
+    conn: &mut AnyConnection,
+    verification_principal: &str,
+    node: &str,
+    now: u64,
+) -> Result<Option<EnrollAttemptRow>> {
+    let row = sqlx::query(
+        "DELETE FROM enroll_attempts WHERE verification_principal = $1 AND node = $2 AND expires_at > $3 \
+         RETURNING verification_principal, node, token_id, verification_serial, previous_json, expires_at",
+    )
+    .bind(verification_principal)
+    .bind(node)
+    .bind(ts(now))
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| {
+        Ok(EnrollAttemptRow {
+            verification_principal: r.try_get("verification_principal")?,
+            node: r.try_get("node")?,
+            token_id: r.try_get("token_id")?,
+            verification_serial: super::serial_from_db(r.try_get("verification_serial")?),
+            previous_json: r.try_get("previous_json")?,
+            expires_at: ts_from(r.try_get("expires_at")?),
+        })
+    })
+    .transpose()
+}
+
+/// Gives one use back to a token (an enrollment with it was rolled back).
+pub async fn return_token_use(conn: &mut AnyConnection, token_id: &str) -> Result<()> {
+    sqlx::query("UPDATE enroll_tokens SET uses_left = uses_left + 1 WHERE id = $1")
+        .bind(token_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

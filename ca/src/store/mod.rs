@@ -31,8 +31,9 @@ pub use audit::{AuditRow, ChainCheck};
 pub use certs::CertRow;
 pub use certs::RevokeTarget;
 pub use enroll::{
-    EnrollTokenRow, HostCertRow, consume_enroll_token, consume_service_token, delete_host_certs, delete_node,
-    insert_enroll_token, revoke_enroll_token, save_host_cert,
+    EnrollAttemptRow, EnrollTokenRow, HostCertRow, consume_enroll_token, consume_service_token, delete_host_certs,
+    delete_node, insert_enroll_attempt, insert_enroll_token, return_token_use, revoke_enroll_token, save_host_cert,
+    take_enroll_attempt,
 };
 pub use inventory::{
     DiscoveryRunRow, InventoryHistoryRow, claim_discovery_run, finish_discovery_run, inventory_facts,
