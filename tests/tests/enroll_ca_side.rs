@@ -351,3 +351,42 @@ async fn a_rolled_back_enrollment_is_undone_at_the_ca_and_gives_the_token_use_ba
     let twice = ca.abort_enrollment(&abort_request(&key, "pve01", &again.verification_principal), "10.0.0.9").await;
     assert!(matches!(twice, Err(CaError::NotFound(_))), "{twice:?}");
 }
+
+#[tokio::test]
+async fn the_bundle_installs_the_discovery_principal_the_admin_api_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy");
+    std::fs::create_dir_all(&policy).unwrap();
+    std::fs::write(
+        policy.join("discovery.toml"),
+        "[[rule]]\nname = \"hardware\"\npurpose = \"inventory_enrichment\"\ntargets = 'in:devices tags.env:lab'\n\
+         scope = { agents = [\"edge1\"] }\n",
+    )
+    .unwrap();
+    let (ca, grant) = ca_and_grant(dir.path()).await;
+    let lab = EnrollTokenRequest {
+        uses: 2,
+        tags: [("env".to_owned(), "lab".to_owned())].into(),
+        agent: Some("edge1".into()),
+        ..Default::default()
+    };
+    let lab_token = token(&ca, &grant, lab).await;
+    let resp = ca.enroll(&lab_token, &enroll_request("pve01", &ed25519_key()), "10.0.0.1").await.unwrap();
+    let login = portcullis_proto::discovery::DISCOVERY_LOGIN;
+    let expected = vec![portcullis_policies::node_principal("pve01", login)];
+    assert_eq!(resp.bundle.principals.get(login), Some(&expected), "{:?}", resp.bundle.principals);
+    let listed = ca.node_principals(&grant, "pve01").await.unwrap();
+    assert_eq!(listed.principals, resp.bundle.principals, "the bundle and the admin API disagree");
+    // Control: a node no inventory_enrichment rule covers gets no discovery login.
+    let other = ca.enroll(&lab_token, &enroll_request("pve02", &ed25519_key()), "10.0.0.2").await.unwrap();
+    assert!(other.bundle.principals.contains_key(login), "same rule, same tags: covered too");
+    ca.update_node(
+        &grant,
+        "pve02",
+        &NodeUpdate { set_tags: [("env".into(), "prod".into())].into(), ..Default::default() },
+    )
+    .await
+    .unwrap();
+    let refreshed = ca.node_principals(&grant, "pve02").await.unwrap();
+    assert!(!refreshed.principals.contains_key(login), "{:?}", refreshed.principals);
+}

@@ -223,19 +223,25 @@ impl Ca {
     /// What a node's `AuthorizedPrincipalsFile` for each login must list.
     pub async fn node_principals(&self, _grant: &Grant, name: &str) -> Result<NodePrincipals, CaError> {
         let node = self.store.node(name).await?.ok_or(CaError::NotFound("node"))?;
+        Ok(NodePrincipals { principals: self.principals_of(&node), node: node.name })
+    }
+
+    /// A node's `AuthorizedPrincipalsFile` contents per login: what the admin API shows
+    /// and exactly what enrollment and refresh install.
+    pub(crate) fn principals_of(&self, node: &NodeRecord) -> std::collections::BTreeMap<String, Vec<String>> {
         let mut principals: std::collections::BTreeMap<String, Vec<String>> = self
             .policy()
-            .node_principals(&device_of(&node))
+            .node_principals(&device_of(node))
             .into_iter()
             .map(|(login, set)| (login, set.into_iter().collect()))
             .collect();
         // The discovery account accepts only its own node principal, and only while an
         // `inventory_enrichment` rule covers the node.
-        if self.discovery_allowed(&node).is_some() {
+        if self.discovery_allowed(node).is_some() {
             let login = portcullis_proto::discovery::DISCOVERY_LOGIN;
             principals.insert(login.to_owned(), vec![portcullis_policies::node_principal(&node.name, login)]);
         }
-        Ok(NodePrincipals { node: node.name, principals })
+        principals
     }
 }
 

@@ -355,12 +355,7 @@ impl Ca {
         let bundle = NodeBundle {
             node: node.name.clone(),
             trusted_user_ca_keys: self.trusted_keys(KeyPurpose::User),
-            principals: self
-                .policy()
-                .node_principals(&super::certs::device_of(node))
-                .into_iter()
-                .map(|(login, set)| (login, set.into_iter().collect()))
-                .collect(),
+            principals: self.principals_of(node),
             krl_base64: base64::engine::general_purpose::STANDARD.encode(krl.as_slice()),
             host_certificates: certificates,
             trusted_host_ca_keys: self.trusted_keys(KeyPurpose::Host),
