@@ -28,7 +28,15 @@ pub fn load_policy_dir(dir: &Path) -> Result<Policy, CaError> {
         texts.push((name, text));
     }
     let sources: Vec<PolicySource<'_>> = texts.iter().map(|(name, text)| PolicySource { name, text }).collect();
-    Policy::from_sources(&sources).map_err(|errors| CaError::Config(format!("invalid policy:\n{errors}")))
+    let policy =
+        Policy::from_sources(&sources).map_err(|errors| CaError::Config(format!("invalid policy:\n{errors}")))?;
+    for rule in policy.rules().filter(|r| r.host_key_policy() == portcullis_policies::HostKeyPolicy::DangerSkipVerify) {
+        tracing::warn!(
+            rule = rule.name(),
+            "policy rule skips host key verification (danger_skip_verify / skip_verify)"
+        );
+    }
+    Ok(policy)
 }
 
 /// The policy the all-in-one server writes on first start: members of the group

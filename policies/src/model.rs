@@ -221,7 +221,10 @@ pub enum HostKeyPolicy {
     KnownHosts,
     /// Pin the first key seen.
     TrustOnFirstUse,
-    /// No verification at all; named so nobody enables it by accident.
+    /// No verification at all; named so nobody enables it by accident. `skip_verify` (the
+    /// ServiceRadar console model's name) is accepted as an alias so its configurations
+    /// load; the CA warns whenever a loaded rule uses it.
+    #[serde(alias = "skip_verify")]
     DangerSkipVerify,
 }
 

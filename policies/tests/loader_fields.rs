@@ -4,6 +4,7 @@
 mod common;
 
 use common::{load, one_error};
+use portcullis_policies::{HostKeyPolicy, Policy, PolicySource};
 #[test]
 fn unknown_permission_and_extension() {
     one_error(
@@ -109,6 +110,17 @@ fn rule_fields() {
     one_error(&format!("{base}purpose = 'ssh_login'\nallowed_ports = []\n"), 6, 17, "must not be empty");
     one_error(&format!("{base}purpose = 'ssh_login'\nallowed_ports = [22, 0]\n"), 6, 22, "port 0");
     one_error(&format!("{base}purpose = 'ssh_login'\nallowed_ports = [70000]\n"), 6, 18, "");
+}
+
+#[test]
+fn the_seeds_skip_verify_is_an_alias_of_danger_skip_verify() {
+    let base =
+        "[[rule]]\nname = 'x'\ntargets = 'in:devices name:a'\nscope = { agents = ['a'] }\npurpose = 'ssh_login'\n";
+    for name in ["skip_verify", "danger_skip_verify"] {
+        let text = format!("{base}host_key_policy = '{name}'\n");
+        let policy = Policy::from_sources(&[PolicySource { name: "p.toml", text: &text }]).unwrap();
+        assert_eq!(policy.rule("x").unwrap().host_key_policy(), HostKeyPolicy::DangerSkipVerify, "{name}");
+    }
 }
 
 #[test]
