@@ -553,3 +553,143 @@ async fn locked_accounts_are_refused_without_a_disabled_filter() {
     assert_eq!(ldap.authenticate("carol", &SecretString::from(CAROL_PW)).await.unwrap().username, "carol");
     assert!(ldap.refresh("carol").await.unwrap().is_some());
 }
+
+/// bob's `staff` group may open the lab node's console and an SSH session to it as
+/// `staff`; the local `admins` may manage nodes.
+const SESSION_POLICY: &str = r#"
+[[role]]
+name = "admin"
+permissions = ["nodes.manage"]
+
+[[role]]
+name = "staff-shell"
+logins = ["staff"]
+targets = 'in:devices tags.env:lab'
+permissions = ["certs.issue", "devices.console.open"]
+max_cert_ttl = "8h"
+
+[[rule]]
+name = "lab-ssh"
+purpose = "ssh_login"
+targets = 'in:devices tags.env:lab'
+scope = { agents = ["local"] }
+
+[[rule]]
+name = "lab-console"
+purpose = "console_access"
+targets = 'in:devices tags.env:lab'
+scope = { agents = ["local"] }
+
+[[binding]]
+group = "admins"
+roles = ["admin"]
+
+[[binding]]
+group = "staff"
+roles = ["staff-shell"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_redemption() {
+    use portcullis_ca::{Ca, CaConfig, ManualClock};
+    use portcullis_policies::Permission;
+    use portcullis_proto::bastion::ServiceKind;
+    use portcullis_proto::{NodeRecord, UserCertRequest};
+    use portcullis_tests::{ServedCa, TEST_PASSPHRASE, sqlite_url};
+    use serde_json::json;
+    use std::sync::Arc;
+    const IP: &str = "192.0.2.9";
+
+    let slapd = directory();
+    let dir = tempfile::tempdir().unwrap();
+    let policy_dir = dir.path().join("policy");
+    std::fs::create_dir(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("policy.toml"), SESSION_POLICY).unwrap();
+    let mut config = CaConfig::new(sqlite_url(dir.path()), policy_dir, SecretString::from(TEST_PASSPHRASE));
+    config.default_agent = Some("local".to_owned());
+    config.extra_sources = vec![Arc::new(source(&slapd, ""))];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let ca = Arc::new(Ca::open(config, Arc::new(ManualClock::new(now))).await.unwrap());
+    let api = ServedCa::start(Arc::clone(&ca)).await;
+
+    let password = ca.bootstrap_admin("admin", "admins").await.unwrap().unwrap();
+    let admin = ca.login_password("admin", &password, IP).await.unwrap().token;
+    let nodes = ca.authorize(&ca.caller(&admin).await.unwrap(), Permission::NodesManage).unwrap();
+    let node = NodeRecord {
+        name: "pve01".into(),
+        addresses: vec!["10.0.0.5".into()],
+        tags: [("env".to_owned(), "lab".to_owned())].into(),
+        host_keys: vec![public_line(&ed25519_key())],
+        ..Default::default()
+    };
+    ca.add_node(&nodes, &node).await.unwrap();
+    let bastion = ca
+        .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), Some("127.0.0.1:2223"))
+        .await
+        .unwrap()
+        .api_token;
+
+    // bob signs in from the directory, gets a certificate and two console tickets.
+    let bob = ca.login_password("bob", &SecretString::from(BOB_PW), IP).await.unwrap().token;
+    let caller = ca.caller(&bob).await.unwrap();
+    assert_eq!(caller.identity.source, "ldap");
+    let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..Default::default() };
+    let serial = ca.issue_user_cert(&caller, &request, IP).await.unwrap().serial;
+    let ticket = || async {
+        let (status, v) =
+            api.post_json(Some(&bob), "/v1/console/tickets", &json!({"device": "pve01", "login": "staff"})).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        v["ticket"].as_str().unwrap().to_owned()
+    };
+    let (before, after) = (ticket().await, ticket().await);
+    let session_id = || hex::encode(portcullis_sshcert::random_bytes::<16>());
+    let open = |serial: String| {
+        let body = json!({
+            "session_id": session_id(), "mode": "terminated", "cert_serial": serial, "login": "staff",
+            "device": "pve01", "client_ip": IP, "session_public_key": public_line(&ed25519_key()),
+        });
+        let api = &api;
+        let bastion = &bastion;
+        async move { api.post_json(Some(bastion), "/v1/bastion/sessions/open", &body).await }
+    };
+    let redeem = |ticket: String| {
+        let body = json!({
+            "ticket": ticket, "session_id": session_id(), "session_public_key": public_line(&ed25519_key()), "client_ip": IP,
+        });
+        let api = &api;
+        let bastion = &bastion;
+        async move { api.post_json(Some(bastion), "/v1/bastion/console/open", &body).await }
+    };
+    let assert_denied = |(status, v): (StatusCode, Value)| {
+        assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+        assert_eq!(v["error"], "session_denied", "{v}");
+        assert!(v["message"].as_str().unwrap().starts_with("credential_invalid: "), "{v}");
+    };
+
+    // Positive control: while the account is fine, both open.
+    let (status, v) = open(serial.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, v) = redeem(before).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+
+    // Locked in the directory: the certificate and the ticket issued before stop working.
+    slapd.ldapmodify(&format!(
+        "dn: uid=bob,ou=people,{SUFFIX}\nchangetype: modify\nadd: pwdAccountLockedTime\npwdAccountLockedTime: 000001010000Z\n"
+    ));
+    assert_denied(open(serial.to_string()).await);
+    assert_denied(redeem(after).await);
+    let refused = ca.store().audit_records(0, 100_000).await.unwrap();
+    let reasons: Vec<String> = refused
+        .iter()
+        .filter(|r| r.event == "session_refused")
+        .map(|r| serde_json::from_str::<Value>(&r.payload).unwrap()["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(reasons, ["user_disabled", "user_disabled"]);
+
+    // Unlocked: the certificate works again; removed from the directory: it does not.
+    slapd.ldapmodify(&format!("dn: uid=bob,ou=people,{SUFFIX}\nchangetype: modify\ndelete: pwdAccountLockedTime\n"));
+    let (status, v) = open(serial.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    slapd.ldapmodify(&format!("dn: uid=bob,ou=people,{SUFFIX}\nchangetype: delete\n"));
+    assert_denied(open(serial.to_string()).await);
+}

@@ -242,6 +242,39 @@ impl Ca {
         })
     }
 
+    /// Whether a directory account may still open a bastion session or redeem a console
+    /// ticket: the source is asked again (as [`Ca::caller`] does for API requests), so a
+    /// user locked, removed or told to change their password in the directory since the
+    /// certificate or ticket was issued is refused. `Some(text)`: refused, with the text
+    /// for the denial. Local users are checked by the callers against the store; OIDC
+    /// cannot be asked again (and a source no longer configured is left to the caller).
+    pub(crate) async fn directory_account_refusal(
+        &self,
+        source: &str,
+        username: &str,
+    ) -> Result<Option<&'static str>, CaError> {
+        if source == "local" || source == crate::identity::oidc::SOURCE {
+            return Ok(None);
+        }
+        let Some(directory) = self.sources.iter().find(|s| s.name() == source) else {
+            return Ok(None);
+        };
+        let refusal = match directory.refresh(username).await {
+            Ok(Some(_)) => return Ok(None),
+            Ok(None) => ("unknown_user", "the user no longer exists in the directory"),
+            Err(AuthFailure::Disabled) => ("user_disabled", "the user is disabled"),
+            Err(AuthFailure::PasswordChangeRequired) => {
+                ("password_change_required", "the password must be changed; sign in again after changing it")
+            }
+            Err(AuthFailure::Unavailable) => ("directory_unavailable", "the identity directory cannot be asked"),
+            Err(other) => (other.code(), "the user's directory account cannot be checked"),
+        };
+        let event =
+            AuditEvent::SessionRefused { username: username.to_owned(), source: source.to_owned(), reason: refusal.0 };
+        self.audit_alone(event).await?;
+        Ok(Some(refusal.1))
+    }
+
     pub async fn logout(&self, caller: &Caller) -> Result<(), CaError> {
         let now = self.now();
         let mut tx = self.store.begin().await?;

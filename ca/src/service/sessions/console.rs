@@ -324,8 +324,11 @@ impl Ca {
         if self.store.user(&ticket.username).await?.is_some_and(|u| u.disabled) {
             return Ok(Err(denial(deny::CREDENTIAL_INVALID, "the user is disabled")));
         }
-        if self.store.session(&ticket.api_session_hash, self.now()).await?.is_none() {
+        let Some((session, _)) = self.store.session(&ticket.api_session_hash, self.now()).await? else {
             return Ok(Err(denial(deny::CREDENTIAL_INVALID, "you have signed out")));
+        };
+        if let Some(why) = self.directory_account_refusal(&session.source, &ticket.username).await? {
+            return Ok(Err(denial(deny::CREDENTIAL_INVALID, why)));
         }
         let Some(node) = self.store.node(&ticket.device).await? else {
             return Ok(Err(denial(deny::UNKNOWN_DEVICE, "no such device")));

@@ -361,6 +361,11 @@ impl Ca {
         if self.store.user(&cert.username).await?.is_some_and(|u| u.disabled) {
             return invalid("the user is disabled");
         }
+        // Key ids are `user@source`: a directory user is re-checked in the directory.
+        let source = cert.key_id.rsplit_once('@').map_or("", |(_, source)| source);
+        if let Some(why) = self.directory_account_refusal(source, &cert.username).await? {
+            return invalid(why);
+        }
         Ok(Ok(cert))
     }
 
