@@ -622,6 +622,14 @@ async fn heartbeats_reevaluate(fx: &Fx) {
     fx.ca.reload_policy(&policy).await.unwrap();
     assert!(heartbeat(fx, &[&a]).await.is_empty());
 
+    // Removing the user's group (RBAC revoked) closes the live console at the next
+    // heartbeat, though the ticket recorded the old groups; giving it back lets it go on.
+    let groups = fx.ca.users(&users).await.unwrap().into_iter().find(|u| u.username == "alice").unwrap().groups;
+    fx.ca.set_user_groups(&users, "alice", &["bystanders".to_owned()]).await.unwrap();
+    assert_eq!(heartbeat(fx, &[&a]).await, vec![(a.clone(), CloseReason::PolicyChanged)]);
+    fx.ca.set_user_groups(&users, "alice", &groups).await.unwrap();
+    assert!(heartbeat(fx, &[&a]).await.is_empty());
+
     // The policy change history shows both reloads, newest first, with what changed.
     let (status, v) = fx.api.get_json(Some(&fx.admin), "/v1/admin/policy/history").await;
     assert_eq!(status, StatusCode::OK, "{v}");

@@ -89,6 +89,8 @@ pub struct LeaseCheck {
     pub cert_principals: Vec<String>,
     pub key_revoked: bool,
     pub user_disabled: bool,
+    /// A local user's groups *now* (`None`: no local user of that name).
+    pub user_groups: Option<Vec<String>>,
     pub node: Option<NodeRecord>,
     /// A console session opened with a ticket: the groups the ticket was issued for (its
     /// identity; the lease names no user certificate).
@@ -135,7 +137,7 @@ impl Store {
                     l.bytes_from_client AS bytes_from_client, l.bytes_to_client AS bytes_to_client, \
                     c.serial AS c_serial, c.revoked_at AS c_revoked_at, c.groups_json AS c_groups, \
                     c.principals_json AS c_principals, k.fingerprint AS k_fingerprint, \
-                    u.disabled AS u_disabled, n.record_json AS n_record, t.groups_json AS t_groups, \
+                    u.disabled AS u_disabled, u.groups_json AS u_groups, n.record_json AS n_record, t.groups_json AS t_groups, \
                     s.token_hash AS s_hash, s.revoked_at AS s_revoked_at, s.expires_at AS s_expires_at \
              FROM session_leases l \
              LEFT JOIN certificates c ON c.serial = l.cert_serial \
@@ -171,6 +173,7 @@ impl Store {
                         .unwrap_or_default(),
                     key_revoked: r.try_get::<Option<String>, _>("k_fingerprint")?.is_some(),
                     user_disabled: r.try_get::<Option<i64>, _>("u_disabled")?.is_some_and(|d| d != 0),
+                    user_groups: r.try_get::<Option<String>, _>("u_groups")?.map(|g| parse_list(&g)).transpose()?,
                     node,
                     api_session_ended: r.try_get::<Option<String>, _>("s_hash")?.is_none()
                         || r.try_get::<Option<i64>, _>("s_revoked_at")?.is_some()

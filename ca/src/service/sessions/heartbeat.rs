@@ -111,12 +111,14 @@ impl Ca {
             return Some(CloseReason::PolicyChanged);
         };
         let device = policy_device(node, self.default_agent.as_deref());
-        let groups = ticketed.unwrap_or(&check.cert_groups);
-        let who = Identity {
-            username: lease.username.clone(),
-            groups: groups.iter().cloned().collect(),
-            ..Default::default()
-        };
+        let recorded = ticketed.unwrap_or(&check.cert_groups);
+        // Groups as of sign-in or issuance, minus any a local user has lost since: an
+        // administrator removing a group ends the sessions it granted at the next
+        // heartbeat (the seed: close when RBAC is revoked). Only ever removes groups, so
+        // a directory user who shares a local user's name can lose access, never gain it.
+        let groups = recorded.iter().filter(|g| check.user_groups.as_ref().is_none_or(|now| now.contains(g)));
+        let who =
+            Identity { username: lease.username.clone(), groups: groups.cloned().collect(), ..Default::default() };
         let principals: BTreeSet<String> = check.cert_principals.iter().cloned().collect();
         let basis = if ticketed.is_some() { Basis::Ticket } else { Basis::Certificate(&principals) };
         match admit(policy, &who, basis, &device, mode, lease.login.as_deref(), lease.port) {
