@@ -37,7 +37,9 @@ pub struct LdapToml {
     /// The attribute holding the login name; it must equal what the user typed, byte for byte.
     #[serde(default = "default_username_attribute")]
     pub username_attribute: String,
-    /// Entries matching this filter are locked out, e.g. `(pwdAccountLockedTime=*)`.
+    /// Entries matching this filter are locked out, on top of the built-in checks
+    /// (ppolicy's `pwdAccountLockedTime`, AD's "account disabled" bit), e.g.
+    /// `(employeeType=suspended)`.
     #[serde(default)]
     pub disabled_filter: Option<String>,
     #[serde(default)]
@@ -54,7 +56,9 @@ pub struct LdapToml {
     pub group_name_attribute: String,
     #[serde(default = "default_member_of_attribute")]
     pub member_of_attribute: String,
-    /// How many levels of groups-in-groups are followed (0: direct groups only).
+    /// How many levels of groups-in-groups are followed; nesting deeper than this refuses
+    /// the sign-in (an incomplete list never decides). 0: groups are not nested, direct
+    /// groups only.
     #[serde(default = "default_nested_depth")]
     pub nested_depth: u32,
     /// Active Directory: one search with LDAP_MATCHING_RULE_IN_CHAIN instead of levels.
