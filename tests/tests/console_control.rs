@@ -592,6 +592,30 @@ async fn heartbeats_reevaluate_console_sessions_on_postgres() {
     heartbeats_reevaluate(&fixture_on(Some(&pg.url()), 1).await).await;
 }
 
+/// The bastion enforces the absolute limit; the CA orders the close at the lease's
+/// deadline as well, so a bastion that does not still cannot keep the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_orders_a_close_at_the_absolute_deadline() {
+    let fx = fixture().await;
+    let admin = fx.ca.caller(&fx.admin).await.unwrap();
+    let policy = fx.ca.authorize(&admin, Permission::PolicyManage).unwrap();
+    let short = POLICY.replace(r#"absolute = "1h""#, r#"absolute = "20s""#);
+    std::fs::write(fx.policy_dir.join("policy.toml"), short).unwrap();
+    fx.ca.reload_policy(&policy).await.unwrap();
+    let alice = bearer(&fx.ca, "alice").await;
+    let id = session_id();
+    let (status, v) = redeem(&fx, &ticket(&fx, &alice, "pve01", "root").await, &id).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let opened = fx.ca.now();
+    // Heartbeats keep the lease; before the deadline nothing is ordered.
+    for t in [6, 12, 19] {
+        fx.clock.set(opened + t);
+        assert!(heartbeat(&fx, &[&id]).await.is_empty(), "closed before the deadline (t = {t})");
+    }
+    fx.clock.set(opened + 20);
+    assert_eq!(heartbeat(&fx, &[&id]).await, vec![(id.clone(), CloseReason::AbsoluteTimeout)]);
+}
+
 async fn heartbeats_reevaluate(fx: &Fx) {
     let alice = bearer(&fx.ca, "alice").await;
     let bob = bearer(&fx.ca, "bob").await;

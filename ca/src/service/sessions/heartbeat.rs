@@ -96,6 +96,11 @@ impl Ca {
         if lease.kill_reason.is_some() {
             return Some(CloseReason::AdminTerminated);
         }
+        // The bastion enforces the absolute limit itself; this is the backstop that holds
+        // even if it does not (a bug, a clock jump on its side).
+        if self.now() >= lease.absolute_deadline {
+            return Some(CloseReason::AbsoluteTimeout);
+        }
         // A console session opened with a ticket names no user certificate: its
         // identity is the ticket's, and it lives as long as the API session (cookie) the
         // ticket was asked with: logout or revoking the user ends it.
