@@ -50,6 +50,8 @@ struct UserEntry {
     dn: String,
     username: String,
     member_of: Vec<String>,
+    /// `member_of` holds only a range of the values (see [`ranged`]).
+    member_of_partial: bool,
     state: AccountState,
 }
 
@@ -89,6 +91,17 @@ fn attrs<'e>(entry: &'e SearchEntry, name: &str) -> impl Iterator<Item = &'e str
         .iter()
         .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
         .flat_map(|(_, v)| v.iter().map(String::as_str))
+}
+
+/// Whether the server sent only a range of the attribute's values (Active Directory's
+/// ranged retrieval, `memberOf;range=0-1499`): the rest would need more reads, so a list
+/// built from it is incomplete.
+fn ranged(entry: &SearchEntry, name: &str) -> bool {
+    entry.attrs.keys().any(|k| {
+        k.split_once(';').is_some_and(|(attr, option)| {
+            attr.eq_ignore_ascii_case(name) && option.get(..6).is_some_and(|o| o.eq_ignore_ascii_case("range="))
+        })
+    })
 }
 
 /// The first value of an attribute, if printable.
@@ -159,14 +172,21 @@ impl LdapSource {
                     .map_err(|e| unavailable("disabled check", e))?
                     .is_empty(),
             };
-        let member_of = match &self.config.groups {
-            config::GroupLookup::MemberOf { attribute } => attrs(&entry, attribute).map(str::to_owned).collect(),
-            config::GroupLookup::Search { .. } => Vec::new(),
+        let (member_of, member_of_partial) = match &self.config.groups {
+            config::GroupLookup::MemberOf { attribute } => {
+                (attrs(&entry, attribute).map(str::to_owned).collect(), ranged(&entry, attribute))
+            }
+            config::GroupLookup::Search { .. } => (Vec::new(), false),
         };
-        Ok(Some((UserEntry { dn: entry.dn, username: username.to_owned(), member_of, state }, disabled)))
+        let user = UserEntry { dn: entry.dn, username: username.to_owned(), member_of, member_of_partial, state };
+        Ok(Some((user, disabled)))
     }
 
     async fn identity(&self, user: UserEntry) -> Result<Identity, AuthFailure> {
+        if user.member_of_partial {
+            let e = DirError::Incomplete("the user's memberOf came as a range of its values".to_owned());
+            return Err(unavailable("group lookup", e));
+        }
         let mut conn = self.pool.service().await.map_err(|e| unavailable("service connection", e))?;
         let member = groups::Member { dn: &user.dn, username: &user.username, member_of: user.member_of };
         let groups = groups::resolve(
@@ -270,6 +290,15 @@ mod tests {
         assert_eq!(account_state(&entry(&[("userAccountControl", "garbage")])), Locked, "unreadable flags fail closed");
         // Locked wins over must-change: the password is never tried.
         assert_eq!(account_state(&entry(&[("userAccountControl", "514"), ("pwdLastSet", "0")])), Locked);
+    }
+
+    #[test]
+    fn ranged_values_are_noticed() {
+        assert!(!ranged(&entry(&[("memberOf", "cn=a")]), "memberOf"));
+        assert!(ranged(&entry(&[("memberOf;range=0-1499", "cn=a")]), "memberOf"));
+        assert!(ranged(&entry(&[("MEMBEROF;Range=0-*", "cn=a")]), "memberOf"));
+        assert!(!ranged(&entry(&[("member;range=0-1499", "cn=a")]), "memberOf"));
+        assert!(!ranged(&entry(&[("memberOf;binary", "x")]), "memberOf"));
     }
 
     #[tokio::test]

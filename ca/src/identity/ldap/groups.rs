@@ -130,6 +130,9 @@ async fn by_member_of(
             }
             let entries = conn.search(&dn, Scope::Base, "(objectClass=*)", &[name_attribute, member_of], 1).await?;
             let Some(entry) = entries.into_iter().next() else { continue };
+            if super::ranged(&entry, member_of) {
+                return Err(DirError::Incomplete(format!("{member_of} of a group came as a range of its values")));
+            }
             names.extend(attr(&entry, name_attribute).map(str::to_owned));
             next.extend(super::attrs(&entry, member_of).map(str::to_owned));
         }
