@@ -86,6 +86,19 @@ mod tests {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/policy");
         let policy = load_policy_dir(&example).unwrap();
         assert!(policy.role("hw-discovery").is_some());
+        // As shipped, the example's console rule covers a prod node enrolled the default
+        // way (no partition) behind its agent; not one behind another agent.
+        let mut node = portcullis_proto::NodeRecord {
+            name: "pve01".into(),
+            kind: Some("Hypervisor".into()),
+            agent: Some("agent-fra-1".into()),
+            tags: [("cluster".to_owned(), "prod".to_owned())].into(),
+            ..Default::default()
+        };
+        let console = portcullis_policies::Purpose::ConsoleAccess;
+        assert!(policy.match_rule(console, &crate::service::device_of(&node)).is_ok());
+        node.agent = Some("agent-elsewhere".into());
+        assert!(policy.match_rule(console, &crate::service::device_of(&node)).is_err());
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("default.toml"), DEFAULT_POLICY).unwrap();
         assert!(load_policy_dir(dir.path()).unwrap().role("node-admin").is_some());

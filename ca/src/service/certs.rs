@@ -245,6 +245,9 @@ impl Ca {
     }
 }
 
+/// The partition of a node whose record names none.
+pub const DEFAULT_PARTITION: &str = "default";
+
 /// The policy engine's view of an inventory record.
 pub fn device_of(node: &NodeRecord) -> Device {
     Device {
@@ -255,7 +258,9 @@ pub fn device_of(node: &NodeRecord) -> Device {
         source: Some("portcullis".to_owned()),
         agent: node.agent.clone(),
         gateway: None,
-        partition: node.partition.clone(),
+        // A node enrolled or added without a partition is in the `default` one, so a
+        // rule scoped to `partitions = ["default"]` (the shipped example) covers it.
+        partition: Some(node.partition.clone().unwrap_or_else(|| DEFAULT_PARTITION.to_owned())),
         tags: node.tags.clone(),
         metadata: node.metadata.clone(),
     }

@@ -14,6 +14,7 @@ mod writer;
 
 pub use admin::AuditFilter;
 pub use auth::{Caller, csrf_token_for, csrf_token_matches};
+pub use certs::device_of;
 pub use discovery::{DiscoveryPermit, DiscoverySettings, HardwareSummary};
 pub use services::ServiceCaller;
 pub use sessions::SessionPermit;
