@@ -217,8 +217,13 @@ impl Slapd {
     }
 
     fn ldap_tool(&self, tool: &str, ldif: &str) {
+        self.ldap_tool_with(tool, &[], ldif);
+    }
+
+    fn ldap_tool_with(&self, tool: &str, extra: &[&str], ldif: &str) {
         let mut child = Command::new(tool)
             .args(["-x", "-H", &self.url, "-D", ROOT_DN, "-w", ROOT_PW])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -242,6 +247,12 @@ impl Slapd {
     /// Applies an LDIF change record as the root DN; panics on failure.
     pub fn ldapmodify(&self, ldif: &str) {
         self.ldap_tool(LDAPMODIFY, ldif);
+    }
+
+    /// [`Slapd::ldapmodify`] with the ManageDsaIT control (`-M`), which treats referral
+    /// objects as plain entries (to add or delete one).
+    pub fn ldapmodify_manage_dsait(&self, ldif: &str) {
+        self.ldap_tool_with(LDAPMODIFY, &["-M"], ldif);
     }
 
     /// The user at `dn` changes their own password (RFC 3062 password modify, bound as

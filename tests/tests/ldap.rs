@@ -693,3 +693,23 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
     slapd.ldapmodify(&format!("dn: uid=bob,ou=people,{SUFFIX}\nchangetype: delete\n"));
     assert_denied(open(serial.to_string()).await);
 }
+
+#[tokio::test]
+async fn a_search_reference_in_the_group_search_refuses_until_it_is_gone() {
+    let slapd = directory();
+    // A part of the group tree lives on another server: slapd answers the subtree search
+    // with a continuation reference, which the CA does not chase.
+    let referral = format!("cn=partner,ou=groups,{SUFFIX}");
+    slapd.ldapmodify_manage_dsait(&format!(
+        "dn: {referral}\nchangetype: add\nobjectClass: referral\nobjectClass: extensibleObject\ncn: partner\n\
+         ref: ldap://ldap.partner.example/ou=groups,dc=partner,dc=example\n"
+    ));
+    let ldap = source(&slapd, &search_mode());
+    let pass = SecretString::from(ALICE_PW);
+    assert_eq!(ldap.authenticate("alice", &pass).await.unwrap_err(), AuthFailure::MembershipIncomplete);
+    assert_eq!(ldap.refresh("alice").await.unwrap_err(), AuthFailure::MembershipIncomplete);
+    // Positive control: the same directory without the reference.
+    slapd.ldapmodify_manage_dsait(&format!("dn: {referral}\nchangetype: delete\n"));
+    let groups = ldap.authenticate("alice", &pass).await.unwrap().groups;
+    assert_eq!(groups.into_iter().collect::<Vec<_>>(), ["admins", "ops", "staff"]);
+}
