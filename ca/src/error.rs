@@ -33,6 +33,9 @@ pub enum CaError {
     UnsupportedConsoleMode,
     #[error("{0}")]
     BadRequest(String),
+    /// The path exists, but not for this method.
+    #[error("this method is not allowed here")]
+    MethodNotAllowed,
     /// The request body is over the endpoint's limit.
     #[error("request body too large")]
     TooLarge,
@@ -101,6 +104,7 @@ impl CaError {
             CaError::UnsupportedConsoleMode => "unsupported_console_mode",
             CaError::BadRequest(_) => "bad_request",
             CaError::TooLarge => "too_large",
+            CaError::MethodNotAllowed => "method_not_allowed",
             CaError::NotFound(_) => "not_found",
             CaError::Conflict(_) => "conflict",
             CaError::Unavailable => "unavailable",

@@ -216,6 +216,11 @@ async fn malformed_requests_get_json_errors() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
         assert_eq!(body["error"], "bad_request", "{path}: {body}");
     }
+    // A known path with the wrong method: JSON too.
+    let resp = server.request(reqwest::Method::DELETE, Some(&admin), "/v1/auth/login", None).await;
+    let (status, body) = status_and_json(resp).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    assert_eq!(body["error"], "method_not_allowed");
     // Positive control: a well-formed query works.
     let (status, _) = server.get_json(Some(&admin), "/v1/admin/audit?after=0&limit=5").await;
     assert_eq!(status, StatusCode::OK);

@@ -98,6 +98,7 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/download/portcullis-enroll", get(enroll::binary))
         .merge(ui::router())
         .fallback(|| async { CaError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { CaError::MethodNotAllowed })
         // Bodies are read by `extract::Body`, which applies `MAX_BODY_BYTES` or the
         // route's `BodyLimit`; axum's own limit stays as a backstop for other extractors.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -122,6 +123,7 @@ impl IntoResponse for CaError {
             CaError::IdentityProvider { unreachable: true } => StatusCode::SERVICE_UNAVAILABLE,
             CaError::IdentityProvider { unreachable: false } => StatusCode::BAD_GATEWAY,
             CaError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            CaError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             CaError::Conflict(_) => StatusCode::CONFLICT,
             CaError::Unavailable | CaError::StoreUnavailable(_) | CaError::Busy { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
