@@ -74,15 +74,20 @@ async fn uses_left(ca: &Ca, grant: &Grant) -> Vec<u32> {
     uses
 }
 
-async fn enroll_refusals(ca: &Ca) -> Vec<String> {
+/// The `reason` of every audit record of `event`, oldest first.
+async fn audit_reasons(ca: &Ca, event: &str) -> Vec<String> {
     ca.store()
         .audit_records(0, 1000)
         .await
         .unwrap()
         .into_iter()
-        .filter(|r| r.event == "enroll_refused")
+        .filter(|r| r.event == event)
         .map(|r| serde_json::from_str::<serde_json::Value>(&r.payload).unwrap()["reason"].as_str().unwrap().to_owned())
         .collect()
+}
+
+async fn enroll_refusals(ca: &Ca) -> Vec<String> {
+    audit_reasons(ca, "enroll_refused").await
 }
 
 async fn enrolled_ca(dir: &std::path::Path) -> (Ca, PrivateKey) {
@@ -97,14 +102,7 @@ async fn enrolled_ca(dir: &std::path::Path) -> (Ca, PrivateKey) {
 }
 
 async fn refusal_reasons(ca: &Ca) -> Vec<String> {
-    ca.store()
-        .audit_records(0, 1000)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.event == "node_proof_refused")
-        .map(|r| serde_json::from_str::<serde_json::Value>(&r.payload).unwrap()["reason"].as_str().unwrap().to_owned())
-        .collect()
+    audit_reasons(ca, "node_proof_refused").await
 }
 
 #[tokio::test]

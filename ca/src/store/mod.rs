@@ -193,11 +193,15 @@ impl Store {
             // checkout only costs a round trip to sqlx's worker thread.
             .test_before_acquire(backend == Backend::Postgres)
             // See the module doc: a connection left inside a transaction is never reused.
-            // The ping first lets the rollback that dropping the transaction queued run,
-            // so only connections whose ROLLBACK (or COMMIT) failed are closed.
-            .after_release(|conn, _meta| {
+            // SQLite's worker thread runs the rollback a dropped transaction queued
+            // asynchronously: the ping (a local round trip) lets it finish first, so only
+            // connections whose ROLLBACK (or COMMIT) failed are closed. PostgreSQL's
+            // driver lowers the depth when it queues the rollback: no round trip needed.
+            .after_release(move |conn, _meta| {
                 Box::pin(async move {
-                    conn.ping().await?;
+                    if backend == Backend::Sqlite {
+                        conn.ping().await?;
+                    }
                     Ok(!conn.is_in_transaction())
                 })
             })
