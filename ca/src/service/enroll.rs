@@ -171,7 +171,6 @@ impl Ca {
                     .into(),
             ));
         }
-        let is_new = existing.is_none();
         let previous_json = match &existing {
             Some(n) => Some(serde_json::to_string(n).map_err(|_| CaError::Internal("node record".into()))?),
             None => None,
@@ -185,9 +184,7 @@ impl Ca {
         // A token's tags, partition and agent describe a new node; they never override
         // what an existing node already has (a lab token must not relabel a prod node).
         for (key, value) in &grant.tags {
-            if is_new || !node.tags.contains_key(key) {
-                node.tags.insert(key.clone(), value.clone());
-            }
+            node.tags.entry(key.clone()).or_insert_with(|| value.clone());
         }
         if let Some(cluster) = &facts.pve_cluster {
             node.tags.insert("pve_cluster".into(), cluster.clone());
