@@ -117,7 +117,7 @@ impl Ca {
         self.oidc_rate_limit(client_ip).await?;
         let _turn = self.idp_turn().await?;
         let now = self.now();
-        let provider = match oidc.provider(now).await {
+        let provider = match oidc.provider().await {
             Ok(p) => p,
             Err(e) => return Err(self.idp_failure(client_ip, e).await),
         };
@@ -159,7 +159,7 @@ impl Ca {
             }
             Err(false) => return Err(CaError::NotFound("device sign-in (unknown or finished)")),
         };
-        let provider = match oidc.provider(now).await {
+        let provider = match oidc.provider().await {
             Ok(p) => p,
             Err(e) => return Err(self.idp_failure(client_ip, e).await),
         };
@@ -213,7 +213,7 @@ impl Ca {
         self.oidc_rate_limit(client_ip).await?;
         let _turn = self.idp_turn().await?;
         let now = self.now();
-        let provider = match oidc.provider(now).await {
+        let provider = match oidc.provider().await {
             Ok(p) => p,
             Err(e) => return Err(self.idp_failure(client_ip, e).await),
         };
@@ -276,7 +276,7 @@ impl Ca {
         if iss.as_deref().is_some_and(|i| i != oidc.issuer()) {
             return Err(self.token_failure(client_ip, TokenInvalid::Issuer).await);
         }
-        let provider = match oidc.provider(now).await {
+        let provider = match oidc.provider().await {
             Ok(p) => p,
             Err(e) => return Err(self.idp_failure(client_ip, e).await),
         };

@@ -166,7 +166,7 @@ impl Oidc {
         })
     }
 
-    pub(super) async fn discover(&self, now: u64) -> Result<Provider, TokenError> {
+    pub(super) async fn discover(&self) -> Result<Provider, TokenError> {
         let base = self.issuer.as_str().trim_end_matches('/');
         let url = endpoint(&format!("{base}/.well-known/openid-configuration"))?;
         let d: Discovery = self.get_json(&url).await?;
@@ -182,7 +182,9 @@ impl Oidc {
             token_endpoint: endpoint(&d.token_endpoint)?,
             device_authorization_endpoint: d.device_authorization_endpoint.as_deref().map(endpoint).transpose()?,
             jwks_uri,
-            jwks: Mutex::new((Arc::new(jwks), now)),
+            // The slot counts refetches for unknown key ids only: the discovery fetch does
+            // not use it up, so a key rotated just after it is accepted at once.
+            jwks: Mutex::new((Arc::new(jwks), 0)),
         })
     }
 

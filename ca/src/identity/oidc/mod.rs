@@ -129,6 +129,7 @@ pub(crate) struct Provider {
     pub token_endpoint: Url,
     pub device_authorization_endpoint: Option<Url>,
     pub jwks_uri: Url,
+    /// The signing keys, and when an unknown key id last made us refetch them.
     jwks: Mutex<(Arc<CoreJsonWebKeySet>, u64)>,
 }
 
@@ -291,12 +292,12 @@ impl Oidc {
     }
 
     /// Discovery, once; a failed discovery is retried at the next sign-in.
-    pub(crate) async fn provider(&self, now: u64) -> Result<Arc<Provider>, TokenError> {
+    pub(crate) async fn provider(&self) -> Result<Arc<Provider>, TokenError> {
         let mut cached = self.provider.lock().await;
         if let Some(p) = cached.as_ref() {
             return Ok(Arc::clone(p));
         }
-        let provider = Arc::new(self.discover(now).await?);
+        let provider = Arc::new(self.discover().await?);
         *cached = Some(Arc::clone(&provider));
         Ok(provider)
     }
