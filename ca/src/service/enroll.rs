@@ -16,7 +16,7 @@ use portcullis_proto::enroll::*;
 use portcullis_sshcert::{fingerprint, parse_user_public_key, random_bytes};
 use ssh_key::{PublicKey, SshSig};
 
-/// A node proof older or newer than this is refused.
+/// A proof of possession (node or service) older or newer than this is refused.
 const PROOF_WINDOW: u64 = 300;
 /// A host certificate with less life than this left is renewed at the next refresh.
 const HOST_CERT_RENEW_BEFORE: u64 = 7 * 24 * 3600;
@@ -391,15 +391,9 @@ impl Ca {
         if !registered {
             return Ok(Err("unregistered_host_key"));
         }
-        if self.now().abs_diff(proof.timestamp) > PROOF_WINDOW {
-            return Ok(Err("stale_proof"));
-        }
-        let Ok(signature) = SshSig::from_pem(proof.signature.trim()) else { return Ok(Err("bad_signature")) };
         let message = NodeProof::message(&proof.node, action, proof.timestamp);
-        if key.verify(NodeProof::NAMESPACE, message.as_bytes(), &signature).is_err() {
-            return Ok(Err("bad_signature"));
-        }
-        Ok(Ok(node))
+        Ok(check_signed_proof(&key, NodeProof::NAMESPACE, &message, proof.timestamp, &proof.signature, self.now())
+            .map(|()| node))
     }
 
     /// What an enrolled node fetches on its refresh timer.
@@ -458,6 +452,24 @@ pub(super) async fn retire_node_certs(
         super::certs::record_revocation(conn, now, actor, owner, n, false).await?;
     }
     Ok(n)
+}
+
+/// The one check behind every proof of possession (node refresh, deregistration and
+/// re-enrollment, service re-enrollment): made within [`PROOF_WINDOW`] of `now`, and an
+/// SSHSIG by `key` over `message` in `namespace`. `Err`: the audited reason.
+pub(super) fn check_signed_proof(
+    key: &PublicKey,
+    namespace: &str,
+    message: &str,
+    timestamp: u64,
+    signature: &str,
+    now: u64,
+) -> Result<(), &'static str> {
+    if now.abs_diff(timestamp) > PROOF_WINDOW {
+        return Err("stale_proof");
+    }
+    let signature = SshSig::from_pem(signature.trim()).map_err(|_| "bad_signature")?;
+    key.verify(namespace, message.as_bytes(), &signature).map_err(|_| "bad_signature")
 }
 
 /// Node facts come from the network: names and addresses are checked, host keys parsed.

@@ -141,17 +141,11 @@ impl Ca {
     }
 }
 
-/// A service proof older or newer than this is refused.
-const PROOF_WINDOW: u64 = 300;
-
 fn service_proof_valid(request: &ServiceEnrollRequest, key: &PublicKey, token: &str, now: u64) -> bool {
     let Some(proof) = &request.proof else { return false };
-    if now.abs_diff(proof.timestamp) > PROOF_WINDOW {
-        return false;
-    }
-    let Ok(signature) = ssh_key::SshSig::from_pem(proof.signature.trim()) else { return false };
     let message = request.proof_message(token, proof.timestamp);
-    key.verify(ServiceProof::NAMESPACE, message.as_bytes(), &signature).is_ok()
+    super::enroll::check_signed_proof(key, ServiceProof::NAMESPACE, &message, proof.timestamp, &proof.signature, now)
+        .is_ok()
 }
 
 impl Ca {

@@ -44,10 +44,10 @@ pub(super) fn denial(reason: &'static str, text: &'static str) -> Denial {
     Denial { reason, text }
 }
 
-/// What the policy admits a session under.
 /// The port a node's sshd listens on, where a certificate's critical options hold.
 const SSH_PORT: u16 = 22;
 
+/// What the policy admits a session under.
 pub(super) struct Admission<'p> {
     /// The role the session runs under (its name on the lease, its forwarding
     /// extensions on the session certificate): the first qualifying one by name.
