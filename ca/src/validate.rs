@@ -4,12 +4,15 @@
 
 use crate::error::CaError;
 use portcullis_proto::NodeRecord;
+use ssh_key::PublicKey;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 /// Longest identifier taken from a path or a sign-in form.
 pub const MAX_IDENTIFIER: usize = 256;
 const MAX_ADDRESSES: usize = 32;
+/// Host keys one node may pin.
+pub const MAX_HOST_KEYS: usize = 8;
 const MAX_TAGS: usize = 64;
 const MAX_TAG_KEY: usize = 63;
 const MAX_TEXT: usize = 255;
@@ -63,6 +66,29 @@ pub fn address(s: &str) -> bool {
     }
 }
 
+/// A node's addresses: at most [`MAX_ADDRESSES`], each an [`address`].
+pub fn addresses(list: &[String]) -> Result<(), CaError> {
+    if list.len() > MAX_ADDRESSES || !list.iter().all(|a| address(a)) {
+        return Err(CaError::BadRequest(format!(
+            "addresses: at most {MAX_ADDRESSES} IP addresses or host names, each with an optional port"
+        )));
+    }
+    Ok(())
+}
+
+/// Host keys to pin: at most [`MAX_HOST_KEYS`] OpenSSH public key lines of the types
+/// user keys may have, parsed.
+pub fn host_keys(keys: &[String]) -> Result<Vec<PublicKey>, CaError> {
+    if keys.len() > MAX_HOST_KEYS {
+        return Err(CaError::BadRequest(format!("at most {MAX_HOST_KEYS} host keys")));
+    }
+    keys.iter()
+        .map(|k| {
+            portcullis_sshcert::parse_user_public_key(k).map_err(|e| CaError::BadRequest(format!("host key: {e}")))
+        })
+        .collect()
+}
+
 fn tag_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= MAX_TAG_KEY
@@ -87,11 +113,7 @@ fn map(what: &str, m: &BTreeMap<String, String>) -> Result<(), CaError> {
 /// A node record an administrator sends.
 pub fn node_record(node: &NodeRecord) -> Result<(), CaError> {
     node_name(&node.name)?;
-    if node.addresses.len() > MAX_ADDRESSES || !node.addresses.iter().all(|a| address(a)) {
-        return Err(CaError::BadRequest(format!(
-            "addresses: at most {MAX_ADDRESSES} IP addresses or host names, each with an optional port"
-        )));
-    }
+    addresses(&node.addresses)?;
     for (what, value) in [("agent", &node.agent), ("partition", &node.partition)] {
         if let Some(v) = value
             && !tag_key(v)

@@ -32,17 +32,6 @@ fn check_name(kind: &str, name: &str) -> Result<(), CaError> {
 
 const MIN_PASSWORD_LEN: usize = 12;
 
-/// Host keys an administrator pins: OpenSSH public key lines of accepted key types.
-fn check_host_keys(keys: &[String]) -> Result<(), CaError> {
-    if keys.len() > 8 {
-        return Err(CaError::BadRequest("at most 8 host keys".into()));
-    }
-    for key in keys {
-        portcullis_sshcert::parse_user_public_key(key).map_err(|e| CaError::BadRequest(format!("host key: {e}")))?;
-    }
-    Ok(())
-}
-
 /// Records one audit search reads at most (a filter matching little cannot make a
 /// request walk the whole log).
 const AUDIT_SCAN_LIMIT: usize = 50_000;
@@ -245,7 +234,7 @@ impl Ca {
     /// Registers a new node; an existing name is refused (use [`Ca::update_node`]).
     pub async fn add_node(&self, grant: &Grant, node: &NodeRecord) -> Result<(), CaError> {
         crate::validate::node_record(node)?;
-        check_host_keys(&node.host_keys)?;
+        crate::validate::host_keys(&node.host_keys)?;
         let now = self.now();
         let mut tx = self.store.begin().await?;
         if !store::insert_node(tx.conn(), node, now).await? {
@@ -288,7 +277,7 @@ impl Ca {
             fields.push("partition");
         }
         if let Some(keys) = &update.host_keys {
-            check_host_keys(keys)?;
+            crate::validate::host_keys(keys)?;
             node.host_keys = keys.clone();
             fields.push("host_keys");
         }

@@ -8,6 +8,7 @@ use crate::error::CaError;
 use crate::keys::KeyPurpose;
 use crate::signer::{HOST_CERT_TTL, sign_host_cert, sign_verification_cert};
 use crate::store::{self, EnrollTokenRow, HostCertRow};
+use crate::validate::MAX_HOST_KEYS;
 use base64::Engine;
 use portcullis_policies::Grant;
 use portcullis_proto::NodeRecord;
@@ -20,7 +21,6 @@ use ssh_key::{PublicKey, SshSig};
 const PROOF_WINDOW: u64 = 300;
 /// A host certificate with less life than this left is renewed at the next refresh.
 const HOST_CERT_RENEW_BEFORE: u64 = 7 * 24 * 3600;
-const MAX_HOST_KEYS: usize = 8;
 /// How long after enrolling a node may still roll the enrollment back at the CA.
 const ENROLL_ABORT_WINDOW: u64 = 30 * 60;
 
@@ -475,20 +475,14 @@ pub(super) fn check_signed_proof(
 /// Node facts come from the network: names and addresses are checked, host keys parsed.
 fn validate_facts(facts: &NodeFacts) -> Result<Vec<PublicKey>, CaError> {
     crate::validate::node_name(&facts.name)?;
-    if facts.addresses.len() > 32 || !facts.addresses.iter().all(|a| crate::validate::address(a)) {
-        return Err(CaError::BadRequest("addresses must be IP addresses or host names (at most 32)".into()));
-    }
+    crate::validate::addresses(&facts.addresses)?;
     for text in [&facts.os, &facts.sshd_version, &facts.pve_cluster, &facts.pve_node].into_iter().flatten() {
         if text.len() > 200 || text.chars().any(char::is_control) {
             return Err(CaError::BadRequest("node facts must be short printable text".into()));
         }
     }
-    if facts.host_keys.is_empty() || facts.host_keys.len() > MAX_HOST_KEYS {
+    if facts.host_keys.is_empty() {
         return Err(CaError::BadRequest(format!("send between 1 and {MAX_HOST_KEYS} host keys")));
     }
-    facts
-        .host_keys
-        .iter()
-        .map(|k| parse_user_public_key(k).map_err(|e| CaError::BadRequest(format!("host key: {e}"))))
-        .collect()
+    crate::validate::host_keys(&facts.host_keys)
 }
