@@ -49,10 +49,6 @@ impl RateLimiter {
         }
         entry.1 = entry.1.saturating_add(1);
     }
-
-    pub fn reset(&self, key: &str) {
-        self.buckets.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
-    }
 }
 
 /// Failures one (user, address) pair gets before its back-off starts: typos are free.
@@ -212,15 +208,6 @@ mod tests {
         assert!(rl.blocked("alice", 160).is_none());
         rl.hit("alice", 160);
         assert!(rl.blocked("alice", 161).is_none());
-    }
-
-    #[test]
-    fn reset_clears() {
-        let rl = RateLimiter::new(1, 60);
-        rl.hit("a", 0);
-        assert!(rl.blocked("a", 1).is_some());
-        rl.reset("a");
-        assert!(rl.blocked("a", 1).is_none());
     }
 
     #[test]
