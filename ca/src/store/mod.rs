@@ -102,7 +102,7 @@ impl StoreError {
                 match backend_of_code(&code) {
                     Backend::Sqlite => match code.parse::<i32>().ok()? & 0xff {
                         13 => Some(Unavailable::DiskFull),
-                        // BUSY, LOCKED, READONLY, IOERR, CORRUPT-free failures of the file.
+                        // BUSY, LOCKED, READONLY, IOERR, CANTOPEN: the file, not the request.
                         5 | 6 | 8 | 10 | 14 => Some(Unavailable::Database),
                         _ => None,
                     },
