@@ -109,10 +109,10 @@ where
 }
 
 /// `skew` back-dates `valid_after` so a node whose clock runs a little behind accepts
-/// the certificate at once.
+/// the certificate at once. The key id is the account name (`alice`, `ldap:alice`),
+/// which names the user's source too, so a node's auth.log says who logged in.
 pub fn sign_user_cert(
     permit: &CertPermit,
-    source: &str,
     public_key: &PublicKey,
     signer: &Signer,
     now: u64,
@@ -122,7 +122,7 @@ pub fn sign_user_cert(
     let contents = Contents {
         key: public_key,
         cert_type: CertType::User,
-        key_id: format!("{}@{}", permit.username(), source),
+        key_id: permit.username().to_owned(),
         serial,
         valid_after: now.saturating_sub(skew),
         valid_before: now.saturating_add(permit.ttl().as_secs()),

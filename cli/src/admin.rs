@@ -281,6 +281,10 @@ async fn user(api: &Api, cmd: UserCommand) -> anyhow::Result<()> {
             api.post_unit(&format!("/v1/admin/users/{}/disable", seg(&name)?), &json!({})).await?;
             println!("Disabled {name}; their sessions ended and live certificates were revoked.");
         }
+        UserCommand::Release { account } => {
+            api.post_unit(&format!("/v1/admin/users/{}/release", seg(&account)?), &json!({})).await?;
+            println!("Released {account}; the next account that signs in with it holds it.");
+        }
         UserCommand::Enable { name } => {
             api.post_unit(&format!("/v1/admin/users/{}/enable", seg(&name)?), &json!({})).await?;
             println!("Enabled {name}.");

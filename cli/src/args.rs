@@ -35,6 +35,11 @@ pub struct LoginArgs {
     /// Username (default: the previous one, else $USER).
     #[arg(long, short)]
     pub user: Option<String>,
+    /// Ask only this password source: `ldap` signs in a directory user whose name a
+    /// local user also has (the local user is asked first otherwise); `--user ldap:NAME`
+    /// does the same.
+    #[arg(long, value_parser = ["local", "ldap"], conflicts_with = "oidc")]
+    pub source: Option<String>,
     /// Read the password from the first line of standard input (for scripts).
     #[arg(long)]
     pub password_stdin: bool,
@@ -184,6 +189,12 @@ pub enum UserCommand {
     },
     Enable {
         name: String,
+    },
+    /// Free a directory or identity-provider account name (ldap:NAME, oidc:NAME) for the
+    /// next directory entry or IdP account that signs in with it; ends what the previous
+    /// holder had under it (sessions, live certificates).
+    Release {
+        account: String,
     },
     /// Replace a user's groups (comma-separated; empty for none).
     SetGroups {

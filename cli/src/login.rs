@@ -68,7 +68,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         .transpose()?;
 
     let api = Api::new(&ca_url, pin.as_deref())?;
-    let password_requested = args.password || args.password_stdin || args.user.is_some();
+    let password_requested = args.password || args.password_stdin || args.user.is_some() || args.source.is_some();
     let use_oidc = args.oidc
         || (!password_requested
             // A CA too old to answer `/v1/auth/methods` offers passwords only.
@@ -83,7 +83,11 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
             .or_else(|| std::env::var("USER").ok())
             .ok_or_else(|| anyhow!("pass --user NAME"))?;
         let password = read_password(&format!("Password for {username} at {ca_url}: "), args.password_stdin)?;
-        let body = serde_json::json!({ "username": username, "password": password.expose_secret() });
+        let body = serde_json::json!({
+            "username": username,
+            "password": password.expose_secret(),
+            "source": args.source,
+        });
         let session: LoginResponse = api.post("/v1/auth/login", &body).await?;
         drop(body);
         session

@@ -16,7 +16,7 @@ use crate::device::Device;
 use crate::model::{DenyStatement, Purpose, Role, Rule, Subject};
 use crate::permission::Permission;
 use crate::policy::Policy;
-use crate::principal::{node_principal, scoped_principal};
+use crate::principal::{PrincipalLine, node_principal, scoped_principal};
 
 fn subject_matches(s: &Subject, who: &Identity) -> bool {
     match s {
@@ -165,19 +165,49 @@ impl Policy {
     /// certificates carry). Deny statements are per identity and so are enforced at
     /// issuance (and at session admission), not here.
     pub fn node_principals(&self, device: &Device) -> BTreeMap<String, BTreeSet<String>> {
-        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        self.node_principal_lines(device)
+            .into_iter()
+            .map(|(login, lines)| (login, lines.into_iter().map(|l| l.principal).collect()))
+            .collect()
+    }
+
+    /// [`Policy::node_principals`] as file lines with the options that confine each
+    /// role to what it grants (see [`PrincipalLine`]). The node principal's line allows a
+    /// pty and what any role covering the node grants for that login: the CA decides
+    /// each per-session certificate's extensions for the one role it admitted.
+    pub fn node_principal_lines(&self, device: &Device) -> BTreeMap<String, Vec<PrincipalLine>> {
+        let mut roles_by_login: BTreeMap<&str, Vec<&Role>> = BTreeMap::new();
         for r in self.roles.values() {
             let covers = r.targets.as_ref().is_some_and(|q| q.matches(device));
-            if !covers || !r.has_permission(Permission::CertsIssue) {
-                continue;
-            }
-            for login in &r.logins {
-                let listed = out.entry(login.clone()).or_default();
-                listed.insert(scoped_principal(&r.name, login));
-                listed.insert(node_principal(&device.name, login));
+            if covers && r.has_permission(Permission::CertsIssue) {
+                for login in &r.logins {
+                    roles_by_login.entry(login).or_default().push(r);
+                }
             }
         }
-        out
+        roles_by_login
+            .into_iter()
+            .map(|(login, roles)| {
+                let mut lines: Vec<PrincipalLine> = roles
+                    .iter()
+                    .map(|r| {
+                        PrincipalLine::restricted(
+                            scoped_principal(&r.name, login),
+                            &r.extensions,
+                            r.critical_options.keys(),
+                        )
+                    })
+                    .collect();
+                // A per-session certificate always has a pty; its forwarding comes from
+                // the one role the session was admitted under.
+                let pty = "permit-pty".to_owned();
+                let session = std::iter::once(&pty).chain(roles.iter().flat_map(|r| &r.extensions));
+                lines.push(PrincipalLine::restricted(node_principal(&device.name, login), session, []));
+                // sshd takes the first line naming a principal of the certificate.
+                lines.sort_by(|a, b| b.options.len().cmp(&a.options.len()).then_with(|| a.principal.cmp(&b.principal)));
+                (login.to_owned(), lines)
+            })
+            .collect()
     }
 
     /// The first rule (by name) for `purpose` whose targets match the device and whose

@@ -11,6 +11,7 @@
 //! with plain unit tests. It must never panic on input, and a typo in a policy must be a
 //! load error, never a silently wider grant.
 
+pub mod account;
 mod decision;
 mod device;
 mod engine;
@@ -22,12 +23,13 @@ pub mod principal;
 pub mod srql;
 mod summary;
 
+pub use account::{UserSource, account_name, parse_account, valid_user_name};
 pub use decision::{CertPermit, CertRequest, Deny, DenyReason, Grant, Identity};
 pub use device::Device;
 pub use load::{LoadError, LoadErrors};
 pub use model::{DenyStatement, HostKeyPolicy, Purpose, Role, Rule, Scope, SessionLimits, Subject};
 pub use permission::{Permission, UnknownPermission};
 pub use policy::{Policy, PolicySource};
-pub use principal::{node_principal, scoped_principal};
+pub use principal::{LINE_OPTIONS, PrincipalLine, node_principal, scoped_principal};
 pub use srql::{QueryError, TargetQuery};
 pub use summary::{PolicyDiff, PolicySummary, diff};

@@ -27,6 +27,78 @@
 //! scheme change without ambiguity.
 
 use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+
+/// One line of a node's `AuthorizedPrincipalsFile`: a principal, and the
+/// `authorized_keys` options sshd applies to a certificate accepted through that line.
+///
+/// A certificate carries the union of its roles' extensions, but a role's extensions
+/// must hold only where that role applies. sshd grants a permission only when both the
+/// certificate *and* the principals line allow it, so each role's line starts with
+/// `restrict` and re-allows exactly what that role grants: a certificate holding a lab
+/// role's `permit-port-forwarding` forwards nothing on a prod node, whose file lists only
+/// the prod role's line. sshd uses the first line naming one of the certificate's
+/// principals, so lines are ordered by how much they allow (most first): a user holding
+/// two roles that both cover a node gets, on that node, what one of them grants — never
+/// what a role that does not cover it grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalLine {
+    pub principal: String,
+    /// sshd option keywords, `restrict` first.
+    pub options: Vec<&'static str>,
+}
+
+impl PrincipalLine {
+    /// `restrict` plus what `extensions` (certificate extension names) and
+    /// `critical_options` (names) allow or require, as sshd keywords.
+    pub fn restricted<'a>(
+        principal: String,
+        extensions: impl IntoIterator<Item = &'a String>,
+        critical_options: impl IntoIterator<Item = &'a String>,
+    ) -> PrincipalLine {
+        let allowed: BTreeSet<&'static str> = extensions
+            .into_iter()
+            .filter_map(|e| line_option_of_extension(e))
+            .chain(critical_options.into_iter().filter(|o| *o == "verify-required").map(|_| "verify-required"))
+            .collect();
+        PrincipalLine { principal, options: std::iter::once("restrict").chain(allowed).collect() }
+    }
+
+    /// The line as sshd reads it: `restrict,pty pc_…_root`.
+    pub fn render(&self) -> String {
+        if self.options.is_empty() {
+            self.principal.clone()
+        } else {
+            format!("{} {}", self.options.join(","), self.principal)
+        }
+    }
+}
+
+/// The `authorized_keys` option that lets a certificate extension take effect after
+/// `restrict` (sshd ANDs the two).
+fn line_option_of_extension(extension: &str) -> Option<&'static str> {
+    Some(match extension {
+        "permit-pty" => "pty",
+        "permit-port-forwarding" => "port-forwarding",
+        "permit-agent-forwarding" => "agent-forwarding",
+        "permit-X11-forwarding" => "X11-forwarding",
+        "permit-user-rc" => "user-rc",
+        "no-touch-required" => "no-touch-required",
+        _ => return None,
+    })
+}
+
+/// Every option a principals line may carry: what `portcullis-enroll` accepts from the CA.
+pub const LINE_OPTIONS: &[&str] = &[
+    "restrict",
+    "pty",
+    "port-forwarding",
+    "agent-forwarding",
+    "X11-forwarding",
+    "user-rc",
+    "no-touch-required",
+    "verify-required",
+];
 
 /// The principal that lets holders of `role` log in as `login` on nodes the role targets.
 pub fn scoped_principal(role: &str, login: &str) -> String {
@@ -51,7 +123,29 @@ pub fn node_principal(device: &str, login: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{node_principal, scoped_principal};
+    use super::{LINE_OPTIONS, PrincipalLine, node_principal, scoped_principal};
+
+    #[test]
+    fn lines_restrict_then_allow_what_the_role_grants() {
+        let ext = ["permit-pty".to_owned(), "permit-port-forwarding".to_owned()];
+        let line = PrincipalLine::restricted("pc_x_root".into(), &ext, &["verify-required".to_owned()]);
+        assert_eq!(line.render(), "restrict,port-forwarding,pty,verify-required pc_x_root");
+        assert!(line.options.iter().all(|o| LINE_OPTIONS.contains(o)));
+        let bare = PrincipalLine::restricted("pc_x_root".into(), &[], &["force-command".to_owned()]);
+        assert_eq!(bare.render(), "restrict pc_x_root");
+        let every: Vec<String> = [
+            "permit-pty",
+            "permit-port-forwarding",
+            "permit-agent-forwarding",
+            "permit-X11-forwarding",
+            "permit-user-rc",
+            "no-touch-required",
+        ]
+        .map(str::to_owned)
+        .into();
+        let all = PrincipalLine::restricted("p".into(), &every, &["verify-required".to_owned()]);
+        assert_eq!(all.options.len(), LINE_OPTIONS.len(), "every option is reachable: {:?}", all.options);
+    }
 
     #[test]
     fn shape_and_stability() {

@@ -18,11 +18,16 @@ import http from 'node:http';
 import querystring from 'node:querystring';
 import Provider from 'oidc-provider';
 
-// username -> { password, groups, email }
+// login (also the `sub`) -> { password, groups, email, preferredUsername (default: the login) }
 const USERS = {
   alice: { password: 'alice-password', groups: ['developers'], email: 'alice@example.test' },
   bob: { password: 'bob-password', groups: ['ops', 'developers'], email: 'bob@example.test' },
   carol: { password: 'carol-password', groups: [], email: 'carol@example.test' },
+  // Named like a local user of the CA: must never become that user.
+  'ops-lead': { password: 'ops-lead-password', groups: [], email: 'lead@example.test' },
+  // An IdP account that calls itself alice (a user-editable claim at many IdPs) but is
+  // another subject: must never take alice's account.
+  mallory: { password: 'mallory-password', groups: ['developers'], email: 'mallory@example.test', preferredUsername: 'alice' },
 };
 
 const port = Number(process.env.PORT || 0);
@@ -68,7 +73,7 @@ server.listen(port, '127.0.0.1', () => {
         async claims() {
           return {
             sub: id,
-            preferred_username: id,
+            preferred_username: user.preferredUsername || id,
             name: id,
             email: user.email,
             email_verified: true,

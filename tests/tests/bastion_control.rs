@@ -130,7 +130,7 @@ async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
     }
 
     let password = ca.bootstrap_admin("admin", "admins").await.unwrap().unwrap();
-    let admin = ca.login_password("admin", &password, IP).await.unwrap().token;
+    let admin = ca.login_password("admin", None, &password, IP).await.unwrap().token;
     let caller = ca.caller(&admin).await.unwrap();
     let users = ca.authorize(&caller, Permission::UsersManage).unwrap();
     let pw = SecretString::from(PASSWORD);
@@ -177,7 +177,7 @@ async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
 
 /// Logs `user` in and has a certificate issued for a fresh key; its serial.
 async fn user_cert(ca: &Ca, user: &str) -> String {
-    let login = ca.login_password(user, &SecretString::from(PASSWORD), IP).await.unwrap();
+    let login = ca.login_password(user, None, &SecretString::from(PASSWORD), IP).await.unwrap();
     let caller = ca.caller(&login.token).await.unwrap();
     let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..Default::default() };
     ca.issue_user_cert(&caller, &request, IP).await.unwrap().serial
@@ -832,7 +832,7 @@ async fn close_orders(fx: &Fx) {
     let live: Vec<portcullis_proto::SessionInfo> = serde_json::from_value(v).unwrap();
     assert_eq!(live.len(), 4);
     assert!(live.iter().all(|s| s.bytes_to_client == 20 && !s.kill_requested));
-    let alice_api = fx.ca.login_password("alice", &SecretString::from(PASSWORD), IP).await.unwrap().token;
+    let alice_api = fx.ca.login_password("alice", None, &SecretString::from(PASSWORD), IP).await.unwrap().token;
     let (status, _) = api.get_json(Some(&alice_api), "/v1/admin/sessions").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = api.post_json(Some(&alice_api), &format!("/v1/admin/sessions/{}/kill", ids[0]), &json!({})).await;

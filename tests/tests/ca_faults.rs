@@ -116,7 +116,7 @@ async fn setup(url: &str, work: &Path) -> (Arc<Ca>, Caller, Caller) {
 }
 
 async fn login(ca: &Ca, user: &str, password: &str) -> Caller {
-    let token = ca.login_password(user, &SecretString::from(password.to_owned()), IP).await.unwrap().token;
+    let token = ca.login_password(user, None, &SecretString::from(password.to_owned()), IP).await.unwrap().token;
     ca.caller(&token).await.unwrap()
 }
 

@@ -160,7 +160,7 @@ async fn fixture_on(db_url: Option<&str>, replicas: usize) -> Fx {
     }
 
     let password = ca.bootstrap_admin("admin", "admins").await.unwrap().unwrap();
-    let admin = ca.login_password("admin", &password, IP).await.unwrap().token;
+    let admin = ca.login_password("admin", None, &password, IP).await.unwrap().token;
     let caller = ca.caller(&admin).await.unwrap();
     let users = ca.authorize(&caller, Permission::UsersManage).unwrap();
     let pw = SecretString::from(PASSWORD);
@@ -199,7 +199,7 @@ async fn fixture_on(db_url: Option<&str>, replicas: usize) -> Fx {
 
 /// A bearer API session for `user`.
 async fn bearer(ca: &Ca, user: &str) -> String {
-    ca.login_password(user, &SecretString::from(PASSWORD), IP).await.unwrap().token
+    ca.login_password(user, None, &SecretString::from(PASSWORD), IP).await.unwrap().token
 }
 
 /// A browser session by `POST /v1/auth/browser-login`: (session token from the cookie,

@@ -97,7 +97,7 @@ async fn fixture(db_url: Option<&str>, enabled: bool) -> Fx {
     let ca = open_ca(&url, &policy_dir, &clock, enabled).await;
     let api = ServedCa::start(Arc::clone(&ca)).await;
     let password = ca.bootstrap_admin("admin", "admins").await.unwrap().unwrap();
-    let admin = ca.login_password("admin", &password, "192.0.2.7").await.unwrap().token;
+    let admin = ca.login_password("admin", None, &password, "192.0.2.7").await.unwrap().token;
     let caller = ca.caller(&admin).await.unwrap();
     let nodes = ca.authorize(&caller, Permission::NodesManage).unwrap();
     let pinned = public_line(&ed25519_key());

@@ -35,7 +35,7 @@ async fn ca_and_grant(dir: &std::path::Path) -> (Ca, Grant) {
     std::fs::write(policy.join("default.toml"), portcullis_ca::policy_files::DEFAULT_POLICY).unwrap();
     let ca = ca_in_process(&sqlite_url(dir), &policy, ManualClock::new(NOW)).await.unwrap();
     let password = ca.bootstrap_admin("admin", "portcullis-admins").await.unwrap().unwrap();
-    let login = ca.login_password("admin", &password, "127.0.0.1").await.unwrap();
+    let login = ca.login_password("admin", None, &password, "127.0.0.1").await.unwrap();
     let admin = ca.caller(&login.token).await.unwrap();
     let grant = ca.authorize(&admin, Permission::NodesManage).unwrap();
     (ca, grant)

@@ -156,8 +156,8 @@ async fn ldaps_login_verifies_the_name_or_address_in_the_url() {
         let mark = slapd.log_mark();
         let ldap = source(&slapd, &url, &transport);
         let alice = ldap.authenticate("alice", &SecretString::from(ALICE_PW)).await.unwrap();
-        assert_eq!(alice.username, "alice");
-        assert_eq!(alice.groups, BTreeSet::from(["ops".to_owned()]));
+        assert_eq!(alice.identity.username, "ldap:alice");
+        assert_eq!(alice.identity.groups, BTreeSet::from(["ops".to_owned()]));
         let log = slapd.log_since(mark);
         assert!(!log.contains("oid=1.3.6.1.4.1.1466.20037"), "StartTLS on ldaps://:\n{log}");
         assert_binds_only_inside_tls(&log);
@@ -295,7 +295,10 @@ async fn cleartext_ldap_is_refused_at_start_up_unless_dangerous() {
     // With the switch it validates and works (and the bind really is in the clear).
     let mark = slapd.log_mark();
     let ldap = LdapSource::new(plain("danger_cleartext_passwords = true\n").validate().unwrap());
-    assert_eq!(ldap.authenticate("alice", &SecretString::from(ALICE_PW)).await.unwrap().username, "alice");
+    assert_eq!(
+        ldap.authenticate("alice", &SecretString::from(ALICE_PW)).await.unwrap().identity.username,
+        "ldap:alice"
+    );
     let log = slapd.log_since(mark);
     assert!(log.contains(&format!("BIND dn=\"{ALICE_DN}\"")) && !log.contains("TLS established"), "{log}");
 }

@@ -168,7 +168,7 @@ async fn cli_login_uses_the_device_flow_headless() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "CLI failed: {rest:?}\n{stderr}");
-    assert!(rest.iter().any(|l| l.starts_with("Logged in to") && l.ends_with("as alice.")), "{rest:?}");
+    assert!(rest.iter().any(|l| l.starts_with("Logged in to") && l.ends_with("as oidc:alice.")), "{rest:?}");
     let principal = scoped_principal("dev-shell", "dev");
     assert!(rest.iter().any(|l| l.contains(&principal)), "{rest:?}");
 }
@@ -205,7 +205,7 @@ async fn device_flow_gives_a_session_and_a_certificate_from_idp_groups() {
         DevicePoll::Success(login) => login,
         other => panic!("expected success, got {other:?}"),
     };
-    assert_eq!(login.username, "alice");
+    assert_eq!(login.username, "oidc:alice");
     // The handle is single use.
     let (status, _) = device_poll(&s.server, &start.handle).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -213,7 +213,7 @@ async fn device_flow_gives_a_session_and_a_certificate_from_idp_groups() {
     let (status, body) = s.server.get_json(Some(&login.token), "/v1/auth/whoami").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let who: WhoAmI = serde_json::from_value(body).unwrap();
-    assert_eq!((who.username.as_str(), who.source.as_str()), ("alice", "oidc"));
+    assert_eq!((who.username.as_str(), who.source.as_str()), ("oidc:alice", "oidc"));
     assert_eq!(who.groups, vec!["developers"]);
     assert_eq!(who.roles, vec!["dev-shell"]);
 
@@ -223,7 +223,7 @@ async fn device_flow_gives_a_session_and_a_certificate_from_idp_groups() {
     assert_eq!(cert.principals, vec![scoped_principal("dev-shell", "dev")]);
 
     let ok = s.server.audit_events("login_succeeded").await;
-    assert!(ok.iter().any(|r| r.payload["username"] == "alice" && r.payload["source"] == "oidc"), "{ok:?}");
+    assert!(ok.iter().any(|r| r.payload["username"] == "oidc:alice" && r.payload["source"] == "oidc"), "{ok:?}");
 }
 
 #[tokio::test]
@@ -282,7 +282,7 @@ async fn code_flow_sets_a_strict_cookie_that_authenticates_and_state_cannot_be_r
     let resp = whoami(format!("portcullis_session={token}")).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let who: WhoAmI = resp.json().await.unwrap();
-    assert_eq!((who.username.as_str(), who.source.as_str()), ("bob", "oidc"));
+    assert_eq!((who.username.as_str(), who.source.as_str()), ("oidc:bob", "oidc"));
     assert_eq!(who.groups, vec!["developers", "ops"]);
 
     // Replaying the same callback (same state and code) is refused.
@@ -355,4 +355,101 @@ async fn callbacks_from_another_browser_or_malformed_are_refused() {
     let page = ca.get(&cb(&long)).await;
     assert_eq!(page.status, StatusCode::BAD_REQUEST);
     assert!(page.body.contains("too long"), "{}", page.body);
+}
+
+/// Signs `user` in at the IdP through the browser code flow; the CA's answer to the
+/// callback (a fresh browser on both sides, as another person's would be).
+async fn code_flow_sign_in(s: &Setup, user: &str, password: &str) -> portcullis_tests::idp::Page {
+    let mut ca = ca_browser(&s.server);
+    let start = ca.get(&s.server.endpoint("/v1/auth/oidc/login")).await;
+    let mut idp_browser = Browser::new(Browser::idp_client());
+    let page = idp_browser.get(&start.location.expect("the CA sends the browser to the IdP")).await;
+    let back = sign_in_at_idp(&mut idp_browser, &s.idp, page, user, password).await;
+    ca.get(&back.location.expect("the IdP redirects back to the CA")).await
+}
+
+/// The API session token a successful sign-in set as the cookie.
+fn session_of(page: &portcullis_tests::idp::Page) -> String {
+    let cookie = page.set_cookies.iter().find(|c| c.starts_with("portcullis_session=")).expect("session cookie");
+    cookie.split(';').next().unwrap().trim_start_matches("portcullis_session=").to_owned()
+}
+
+async fn who(server: &Server, token: &str) -> (StatusCode, serde_json::Value) {
+    server.get_json(Some(token), "/v1/auth/whoami").await
+}
+
+/// An IdP account is `oidc:NAME`, held for its (issuer, `sub`): one named like a local
+/// user gets none of that user's bindings and survives that user's disabling; one that
+/// calls itself by another IdP user's name (a different `sub`) is refused — audited,
+/// nothing issued — until an administrator releases the name, which also ends what the
+/// previous holder had under it.
+#[tokio::test]
+async fn idp_accounts_never_inherit_a_local_users_or_another_subjects_name() {
+    let s = setup(None).await;
+    let admin = s.server.admin_token().await;
+    let (status, body) = s
+        .server
+        .write_policy(
+            "names.toml",
+            r#"
+[[role]]
+name = "auditor"
+permissions = ["audit.read"]
+
+[[binding]]
+user = "ops-lead"
+roles = ["auditor"]
+
+[[binding]]
+user = "oidc:bob"
+roles = ["auditor"]
+"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    s.server.add_user(&admin, "ops-lead", &[], "local-ops-lead-password").await;
+
+    // The IdP's `ops-lead` is not the local one: no binding, no audit log.
+    let idp_lead = session_of(&code_flow_sign_in(&s, "ops-lead", "ops-lead-password").await);
+    let (_, body) = who(&s.server, &idp_lead).await;
+    assert_eq!(body["username"], "oidc:ops-lead");
+    assert_eq!(body["roles"], json!([]), "{body}");
+    let (status, _) = s.server.get_json(Some(&idp_lead), "/v1/admin/audit").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Positive controls: the local ops-lead has the role, and so does the IdP's bob,
+    // bound by his account name.
+    let local_lead = s.server.login("ops-lead", "local-ops-lead-password").await;
+    assert_eq!(s.server.get_json(Some(&local_lead), "/v1/admin/audit").await.0, StatusCode::OK);
+    let idp_bob = session_of(&code_flow_sign_in(&s, "bob", "bob-password").await);
+    assert_eq!(s.server.get_json(Some(&idp_bob), "/v1/admin/audit").await.0, StatusCode::OK);
+    // Disabling the local ops-lead ends the local sessions only.
+    let (status, body) = s.server.post_json(Some(&admin), "/v1/admin/users/ops-lead/disable", &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(who(&s.server, &local_lead).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(who(&s.server, &idp_lead).await.0, StatusCode::OK);
+
+    // alice (sub "alice") holds oidc:alice; mallory's token says preferred_username
+    // alice, with sub "mallory": refused, nothing opened.
+    let alice = session_of(&code_flow_sign_in(&s, "alice", "alice-password").await);
+    assert_eq!(who(&s.server, &alice).await.1["username"], "oidc:alice");
+    let refused = code_flow_sign_in(&s, "mallory", "mallory-password").await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
+    assert!(refused.body.contains("admin user release oidc:alice"), "{}", refused.body);
+    assert!(!refused.set_cookies.iter().any(|c| c.starts_with("portcullis_session=") && !c.contains("Max-Age=0")));
+    let failed = s.server.audit_events("login_failed").await;
+    assert!(
+        failed.iter().any(|r| r.payload["username"] == "oidc:alice" && r.payload["reason"] == "account_taken"),
+        "{failed:?}"
+    );
+    assert_eq!(who(&s.server, &alice).await.0, StatusCode::OK, "the holder is untouched");
+
+    // Released on purpose: alice's session ends, and the name goes to the next subject.
+    let (status, body) = s.server.post_json(Some(&admin), "/v1/admin/users/oidc:alice/release", &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(who(&s.server, &alice).await.0, StatusCode::UNAUTHORIZED);
+    let mallory = session_of(&code_flow_sign_in(&s, "mallory", "mallory-password").await);
+    assert_eq!(who(&s.server, &mallory).await.1["username"], "oidc:alice");
+    // Only directory and IdP accounts are held for a subject.
+    let (status, _) = s.server.post_json(Some(&admin), "/v1/admin/users/ops-lead/release", &json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }

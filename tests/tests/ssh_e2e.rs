@@ -125,7 +125,7 @@ async fn cli_certificate_logs_in_where_policy_allows_and_nowhere_else() {
     let key_mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&alice_key).unwrap().permissions());
     assert_eq!(key_mode & 0o077, 0, "private key must be owner-only");
     let listing = Command::new("ssh-keygen").arg("-L").arg("-f").arg(&alice_cert).output().unwrap();
-    assert!(String::from_utf8_lossy(&listing.stdout).contains("alice@local"));
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("Key ID: \"alice\""), "the key id is the account name");
 
     assert!(prod.accepts("root", &alice_key, &alice_cert), "alice on prod: {}", prod.log());
     assert!(dev.accepts("root", &bob_key, &bob_cert), "bob on dev: {}", dev.log());
@@ -171,7 +171,7 @@ fn listing_serial(cert: &Path) -> String {
 
 async fn issue_at(ca: &Ca, clock: &ManualClock, at: u64, public_key: &str) -> String {
     clock.set(at);
-    let login = ca.login_password("alice", &SecretString::from(PASSWORD), "127.0.0.1").await.unwrap();
+    let login = ca.login_password("alice", None, &SecretString::from(PASSWORD), "127.0.0.1").await.unwrap();
     let caller = ca.caller(&login.token).await.unwrap();
     let request = UserCertRequest { public_key: public_key.to_owned(), ttl_seconds: Some(3600), roles: None };
     ca.issue_user_cert(&caller, &request, "127.0.0.1").await.unwrap().certificate

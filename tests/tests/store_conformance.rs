@@ -67,7 +67,8 @@ fn now() -> u64 {
 }
 
 async fn login(ca: &Ca, user: &str, password: &str) -> Caller {
-    let resp = ca.login_password(user, &secret(password), IP).await.unwrap_or_else(|e| panic!("login as {user}: {e}"));
+    let resp =
+        ca.login_password(user, None, &secret(password), IP).await.unwrap_or_else(|e| panic!("login as {user}: {e}"));
     ca.caller(&resp.token).await.unwrap()
 }
 
@@ -128,10 +129,10 @@ async fn run_conformance(url: &str, backend: Backend) {
         Err(CaError::Conflict(_))
     ));
     assert!(matches!(
-        ca.login_password("alice", &secret("not-alices-password"), IP).await,
+        ca.login_password("alice", None, &secret("not-alices-password"), IP).await,
         Err(CaError::InvalidCredentials)
     ));
-    let alice_token = ca.login_password("alice", &secret(ALICE_PASSWORD), IP).await.unwrap().token;
+    let alice_token = ca.login_password("alice", None, &secret(ALICE_PASSWORD), IP).await.unwrap().token;
     let alice = ca.caller(&alice_token).await.unwrap();
     let bob = login(&ca, "bob", BOB_PASSWORD).await;
     assert_eq!(ca.whoami(&alice).roles, vec!["deployer".to_owned()]);
@@ -206,14 +207,14 @@ async fn run_conformance(url: &str, backend: Backend) {
     assert!(ca.certificates(&revoke_grant, Some("alice")).await.unwrap().iter().all(|c| c.revoked));
 
     // --- disabling a user ends their sessions ---------------------------------------
-    let bob_token = ca.login_password("bob", &secret(BOB_PASSWORD), IP).await.unwrap().token;
+    let bob_token = ca.login_password("bob", None, &secret(BOB_PASSWORD), IP).await.unwrap().token;
     ca.caller(&bob_token).await.expect("bob's session works");
     ca.set_user_disabled(&users_grant, "bob", true).await.unwrap();
     assert!(
         matches!(ca.caller(&bob_token).await, Err(CaError::Unauthenticated)),
         "a disabled user's session is refused"
     );
-    assert!(ca.login_password("bob", &secret(BOB_PASSWORD), IP).await.is_err());
+    assert!(ca.login_password("bob", None, &secret(BOB_PASSWORD), IP).await.is_err());
     let krl = write_krl(&ca, files.path()).await;
     assert!(krl_revokes(&krl, &path_bob), "disabling revokes live certificates");
     let _ = bob;

@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use portcullis_policies::Permission;
+use portcullis_policies::{Permission, UserSource};
 use portcullis_proto::*;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -23,6 +23,10 @@ type Res<T> = Result<Json<T>, CaError>;
 pub struct LoginBody {
     username: String,
     password: SecretString,
+    /// Ask only this source (`local`, `ldap`): how a directory user whose bare name a
+    /// local user shadows signs in. `ldap:NAME` as the user name does the same.
+    #[serde(default)]
+    source: Option<String>,
 }
 
 impl LoginBody {
@@ -32,11 +36,22 @@ impl LoginBody {
     pub(super) fn password(&self) -> &SecretString {
         &self.password
     }
+    /// The source asked for, if any; an unknown one is a bad request.
+    pub(super) fn source(&self) -> Result<Option<UserSource>, CaError> {
+        match self.source.as_deref().filter(|s| !s.is_empty() && *s != "any") {
+            None => Ok(None),
+            Some(s) => match UserSource::parse(s) {
+                Some(UserSource::Oidc) => Err(CaError::BadRequest("OIDC users sign in through single sign-on".into())),
+                Some(source) => Ok(Some(source)),
+                None => Err(CaError::BadRequest("`source` must be `local` or `ldap`".into())),
+            },
+        }
+    }
 }
 
 pub async fn login(State(ca): Ca_, ClientIp(ip): ClientIp, Body(body): Body<LoginBody>) -> Res<LoginResponse> {
     // The user name is checked (printable, bounded) before anything is asked or audited.
-    Ok(Json(ca.login_password(&body.username, &body.password, &ip).await?))
+    Ok(Json(ca.login_password(&body.username, body.source()?, &body.password, &ip).await?))
 }
 
 /// Revokes the session, whether it came as a bearer token or as the browser's cookie,
@@ -100,6 +115,11 @@ pub async fn add_user(State(ca): Ca_, Authed(c): Authed, Body(b): Body<AddUserBo
 pub async fn disable_user(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::UsersManage)?;
     ca.set_user_disabled(&grant, &name, true).await
+}
+
+pub async fn release_account(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
+    let grant = ca.authorize(&c, Permission::UsersManage)?;
+    ca.release_account(&grant, &name).await
 }
 
 pub async fn enable_user(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {

@@ -55,6 +55,7 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/admin/users", get(handlers::list_users).post(handlers::add_user))
         .route("/v1/admin/users/{name}/disable", post(handlers::disable_user))
         .route("/v1/admin/users/{name}/enable", post(handlers::enable_user))
+        .route("/v1/admin/users/{name}/release", post(handlers::release_account))
         .route("/v1/admin/users/{name}/groups", put(handlers::set_groups))
         .route("/v1/admin/users/{name}/password", put(handlers::set_password))
         .route("/v1/admin/revoke", post(handlers::revoke))

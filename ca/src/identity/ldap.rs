@@ -31,10 +31,10 @@ mod groups;
 
 pub use config::{GroupKind, GroupMode, LdapConfig, LdapToml};
 
-use super::{AuthFailure, BoxFuture, IdentitySource};
+use super::{AuthFailure, BoxFuture, IdentitySource, Vouched};
 use conn::{BindOutcome, DirError, Pool};
 use ldap3::{Scope, SearchEntry, ldap_escape};
-use portcullis_policies::Identity;
+use portcullis_policies::{Identity, UserSource, account_name};
 use secrecy::{ExposeSecret, SecretString};
 
 /// Longer names are refused without a search (RFC 4515 escaping can triple the length).
@@ -49,6 +49,8 @@ pub struct LdapSource {
 struct UserEntry {
     dn: String,
     username: String,
+    /// The entry's stable identity ([`subject_of`]).
+    subject: String,
     member_of: Vec<String>,
     /// `member_of` holds only a range of the values (see [`ranged`]).
     member_of_partial: bool,
@@ -82,6 +84,25 @@ fn account_state(entry: &SearchEntry) -> AccountState {
     let must_change = attrs(entry, PWD_RESET).any(|v| v.trim().eq_ignore_ascii_case("TRUE"))
         || attrs(entry, PWD_LAST_SET).any(|v| v.trim() == "0");
     if must_change { AccountState::MustChangePassword } else { AccountState::Usable }
+}
+
+/// OpenLDAP's `entryUUID` (operational, so asked for by name) and Active Directory's
+/// `objectGUID` (binary): what stays the same when an entry is renamed and changes when
+/// it is deleted and recreated under the same name.
+const ENTRY_UUID: &str = "entryUUID";
+const OBJECT_GUID: &str = "objectGUID";
+
+/// The stable subject of an entry: its UUID or GUID, else its DN (a directory with
+/// neither still tells a moved entry from the old one).
+fn subject_of(entry: &SearchEntry) -> String {
+    if let Some(uuid) = attr(entry, ENTRY_UUID) {
+        return format!("entryUUID:{}", uuid.to_ascii_lowercase());
+    }
+    let guid = entry.bin_attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(OBJECT_GUID)).and_then(|(_, v)| v.first());
+    match guid {
+        Some(bytes) => format!("objectGUID:{}", hex::encode(bytes)),
+        None => format!("dn:{}", entry.dn.to_ascii_lowercase()),
+    }
 }
 
 /// Values of an attribute, whatever case the server used for its name.
@@ -144,6 +165,8 @@ impl LdapSource {
             PWD_RESET,
             USER_ACCOUNT_CONTROL,
             PWD_LAST_SET,
+            ENTRY_UUID,
+            OBJECT_GUID,
         ];
         if let config::GroupLookup::MemberOf { attribute } = &self.config.groups {
             wanted.push(attribute.as_str());
@@ -178,11 +201,13 @@ impl LdapSource {
             }
             config::GroupLookup::Search { .. } => (Vec::new(), false),
         };
-        let user = UserEntry { dn: entry.dn, username: username.to_owned(), member_of, member_of_partial, state };
+        let subject = subject_of(&entry);
+        let user =
+            UserEntry { dn: entry.dn, username: username.to_owned(), subject, member_of, member_of_partial, state };
         Ok(Some((user, disabled)))
     }
 
-    async fn identity(&self, user: UserEntry) -> Result<Identity, AuthFailure> {
+    async fn identity(&self, user: UserEntry) -> Result<Vouched, AuthFailure> {
         if user.member_of_partial {
             let e = DirError::Incomplete("the user's memberOf came as a range of its values".to_owned());
             return Err(unavailable("group lookup", e));
@@ -198,20 +223,25 @@ impl LdapSource {
         )
         .await
         .map_err(|e| unavailable("group lookup", e))?;
-        Ok(Identity { username: user.username, groups, source: "ldap".to_owned() })
+        let identity = Identity {
+            username: account_name(UserSource::Ldap, &user.username),
+            groups,
+            source: UserSource::Ldap.as_str().to_owned(),
+        };
+        Ok(Vouched { identity, subject: user.subject })
     }
 }
 
 impl IdentitySource for LdapSource {
-    fn name(&self) -> &'static str {
-        "ldap"
+    fn source(&self) -> UserSource {
+        UserSource::Ldap
     }
 
     fn authenticate<'a>(
         &'a self,
         username: &'a str,
         password: &'a SecretString,
-    ) -> BoxFuture<'a, Result<Identity, AuthFailure>> {
+    ) -> BoxFuture<'a, Result<Vouched, AuthFailure>> {
         Box::pin(async move {
             if password.expose_secret().is_empty() {
                 return Err(AuthFailure::EmptyPassword);
@@ -237,7 +267,7 @@ impl IdentitySource for LdapSource {
         })
     }
 
-    fn refresh<'a>(&'a self, username: &'a str) -> BoxFuture<'a, Result<Option<Identity>, AuthFailure>> {
+    fn refresh<'a>(&'a self, username: &'a str) -> BoxFuture<'a, Result<Option<Vouched>, AuthFailure>> {
         Box::pin(async move {
             match self.find_user(username).await? {
                 None => Ok(None),

@@ -1,12 +1,12 @@
 //! Users kept in the CA's own database, with argon2id password hashes.
 
-use super::{AuthFailure, BoxFuture, IdentitySource};
+use super::{AuthFailure, BoxFuture, IdentitySource, Vouched};
 use crate::admission::WorkLimit;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, UserRow};
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use portcullis_policies::Identity;
+use portcullis_policies::{Identity, UserSource};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::{Arc, OnceLock};
 
@@ -44,16 +44,26 @@ fn verify_password(hash: &str, password: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// A local user is their own subject: the name is the identity.
+fn vouched(user: UserRow) -> Vouched {
+    let identity = Identity {
+        username: user.username.clone(),
+        groups: user.groups.into_iter().collect(),
+        source: UserSource::Local.as_str().to_owned(),
+    };
+    Vouched { identity, subject: user.username }
+}
+
 impl IdentitySource for LocalUsers {
-    fn name(&self) -> &'static str {
-        "local"
+    fn source(&self) -> UserSource {
+        UserSource::Local
     }
 
     fn authenticate<'a>(
         &'a self,
         username: &'a str,
         password: &'a SecretString,
-    ) -> BoxFuture<'a, Result<Identity, AuthFailure>> {
+    ) -> BoxFuture<'a, Result<Vouched, AuthFailure>> {
         Box::pin(async move {
             if password.expose_secret().is_empty() {
                 return Err(AuthFailure::EmptyPassword);
@@ -73,24 +83,16 @@ impl IdentitySource for LocalUsers {
             if user.disabled {
                 return Err(AuthFailure::Disabled);
             }
-            Ok(Identity {
-                username: user.username,
-                groups: user.groups.into_iter().collect(),
-                source: "local".to_owned(),
-            })
+            Ok(vouched(user))
         })
     }
 
-    fn refresh<'a>(&'a self, username: &'a str) -> BoxFuture<'a, Result<Option<Identity>, AuthFailure>> {
+    fn refresh<'a>(&'a self, username: &'a str) -> BoxFuture<'a, Result<Option<Vouched>, AuthFailure>> {
         Box::pin(async move {
             match self.store.user(username).await.map_err(|_| AuthFailure::Unavailable)? {
                 None => Ok(None),
                 Some(user) if user.disabled => Err(AuthFailure::Disabled),
-                Some(user) => Ok(Some(Identity {
-                    username: user.username,
-                    groups: user.groups.into_iter().collect(),
-                    source: "local".to_owned(),
-                })),
+                Some(user) => Ok(Some(vouched(user))),
             }
         })
     }

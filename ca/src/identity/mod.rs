@@ -1,8 +1,10 @@
 //! Who is asking: identity sources turn credentials into an [`Identity`].
 //!
-//! Every source (local users now; LDAP and OIDC next) implements [`IdentitySource`] and
-//! answers with a username and groups, or an [`AuthFailure`] whose reason code goes to
-//! the audit trail while the peer only ever hears "invalid username or password".
+//! Every password source (local users, LDAP) implements [`IdentitySource`] and answers
+//! with an account name, groups and a stable subject ([`Vouched`]), or an
+//! [`AuthFailure`] whose reason code goes to the audit trail while the peer only ever
+//! hears "invalid username or password". OIDC signs in through its own flows and ends in
+//! the same place.
 
 mod ldap;
 mod local;
@@ -11,7 +13,7 @@ pub mod oidc;
 pub use ldap::{GroupKind, GroupMode, LdapConfig, LdapSource, LdapToml};
 pub use local::{LocalUsers, hash_password};
 
-use portcullis_policies::Identity;
+use portcullis_policies::{Identity, UserSource};
 use secrecy::SecretString;
 use std::future::Future;
 use std::pin::Pin;
@@ -54,18 +56,31 @@ impl AuthFailure {
     }
 }
 
-pub trait IdentitySource: Send + Sync {
-    /// The source's name as it appears in identities, key ids and audit records.
-    fn name(&self) -> &'static str;
+/// An identity a source vouched for, with the stable subject behind its account name:
+/// the local user's name, an LDAP entry's `entryUUID` (`objectGUID` on Active Directory,
+/// the DN when the directory has neither), an IdP's issuer and `sub`. The CA holds each
+/// directory or IdP account name for one subject (see `Ca::claim_account`), so a
+/// recreated entry or a renamed IdP account never inherits someone else's name.
+#[derive(Debug, Clone)]
+pub struct Vouched {
+    /// `username` is the account name (`alice`, `ldap:alice`; [`portcullis_policies::account`]).
+    pub identity: Identity,
+    pub subject: String,
+}
 
+pub trait IdentitySource: Send + Sync {
+    fn source(&self) -> UserSource;
+
+    /// Checks `name`'s password; `name` is the name part of the account (`alice`, never
+    /// `ldap:alice`) and already in the one user-name alphabet.
     fn authenticate<'a>(
         &'a self,
-        username: &'a str,
+        name: &'a str,
         password: &'a SecretString,
-    ) -> BoxFuture<'a, Result<Identity, AuthFailure>>;
+    ) -> BoxFuture<'a, Result<Vouched, AuthFailure>>;
 
     /// The current groups of a user this source authenticated earlier, so an API session
     /// sees group removals and account locks at its next request. `Ok(None)`: the user
     /// no longer exists; `Err(Disabled)`: locked.
-    fn refresh<'a>(&'a self, username: &'a str) -> BoxFuture<'a, Result<Option<Identity>, AuthFailure>>;
+    fn refresh<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Vouched>, AuthFailure>>;
 }

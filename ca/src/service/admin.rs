@@ -8,7 +8,7 @@ use crate::identity::hash_password;
 use crate::keys::{self, KeyPurpose, state};
 use crate::policy_files::load_policy_dir;
 use crate::store;
-use portcullis_policies::Grant;
+use portcullis_policies::{Grant, UserSource, parse_account, valid_user_name};
 use portcullis_proto::console::PolicyChangeRecord;
 use portcullis_proto::{
     AuditRecord, AuditVerifyResponse, CaKeyInfo, NodeRecord, NodeUpdate, PolicyReloadResponse, UserInfo,
@@ -66,7 +66,13 @@ impl Ca {
         groups: &[String],
         password: Option<&SecretString>,
     ) -> Result<(), CaError> {
-        check_name("user", username)?;
+        if !valid_user_name(username) {
+            return Err(CaError::BadRequest(
+                "local user names use letters, digits, '.', '_', '-' and '@', starting with a letter or digit \
+                 (at most 64)"
+                    .into(),
+            ));
+        }
         for g in groups {
             check_name("group", g)?;
         }
@@ -126,6 +132,36 @@ impl Ca {
             }
         }
         self.audit_user(&mut tx, grant, username, if disabled { "disabled" } else { "enabled" }).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Frees a directory or IdP account name (`ldap:alice`, `oidc:alice`) for the next
+    /// subject that signs in with it — after a directory entry was recreated, or an IdP
+    /// account renamed, on purpose. What the previous holder had under the name ends
+    /// with it: API sessions, and live certificates (into the KRL).
+    pub async fn release_account(&self, grant: &Grant, account: &str) -> Result<(), CaError> {
+        match parse_account(account) {
+            Some((UserSource::Ldap | UserSource::Oidc, _)) => {}
+            _ => {
+                return Err(CaError::BadRequest(
+                    "only directory and identity-provider accounts (ldap:NAME, oidc:NAME) are held for a subject"
+                        .into(),
+                ));
+            }
+        }
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        if !store::release_account(tx.conn(), account).await? {
+            return Err(CaError::NotFound("account held for a subject"));
+        }
+        store::revoke_user_sessions(tx.conn(), account, now).await?;
+        let n = store::revoke_certs(tx.conn(), &store::RevokeTarget::User(account), now).await?;
+        if n > 0 {
+            let target = format!("user:{account}");
+            super::certs::record_revocation(tx.conn(), now, grant.username(), target, n, false).await?;
+        }
+        self.audit_user(&mut tx, grant, account, "released").await?;
         tx.commit().await?;
         Ok(())
     }

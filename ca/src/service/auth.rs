@@ -4,11 +4,11 @@
 use super::Ca;
 use crate::audit::{self, AuditEvent, sanitize};
 use crate::error::CaError;
-use crate::identity::AuthFailure;
-use crate::store::{self, SessionRow};
+use crate::identity::{AuthFailure, Vouched};
+use crate::store::{self, AccountClaim, SessionRow};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use portcullis_policies::{Grant, Identity, Permission};
+use portcullis_policies::{Grant, Identity, Permission, UserSource, parse_account, valid_user_name};
 use portcullis_proto::{LoginResponse, WhoAmI};
 use portcullis_sshcert::random_bytes;
 use secrecy::SecretString;
@@ -69,28 +69,67 @@ pub(crate) fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Why a directory account may no longer act (see [`Ca::recheck_directory`]).
+struct Refusal {
+    /// The audit reason code.
+    reason: &'static str,
+    /// What the denial says.
+    text: &'static str,
+    /// The directory could not be asked (503 rather than 401).
+    unavailable: bool,
+}
+
 /// What a sign-in refused as "busy" is told to wait (the hashing queue's deadline).
 const BUSY_RETRY_AFTER: u64 = 3;
+
+/// What a sign-in name asks for: the name part, and the one source to ask when the
+/// user named it (`ldap:alice`, or `alice` with `source = "ldap"`); a bare name without a
+/// source is asked of the sources in order (local users first).
+fn sign_in_name(typed: &str, source: Option<UserSource>) -> Result<(Option<UserSource>, &str), CaError> {
+    let invalid = || {
+        CaError::BadRequest(
+            "not a valid user name: letters, digits, '.', '_', '-' and '@', starting with a letter or digit \
+             (at most 64), optionally after `ldap:` or `oidc:`"
+                .into(),
+        )
+    };
+    let (named, name) = match typed.split_once(':') {
+        Some(_) => parse_account(typed).map(|(s, n)| (Some(s), n)).ok_or_else(invalid)?,
+        None if valid_user_name(typed) => (None, typed),
+        None => return Err(invalid()),
+    };
+    match (named, source) {
+        (Some(a), Some(b)) if a != b => Err(CaError::BadRequest(format!("`{typed}` is not a {b} user name"))),
+        (Some(_), _) => Ok((named, name)),
+        (None, source) => Ok((source, name)),
+    }
+}
 
 impl Ca {
     pub async fn login_password(
         &self,
-        username: &str,
+        typed: &str,
+        source: Option<UserSource>,
         password: &SecretString,
         client_ip: &str,
     ) -> Result<LoginResponse, CaError> {
-        crate::validate::identifier("user name", username)?;
+        crate::validate::identifier("user name", typed)?;
         let now = self.now();
         let ip_key = format!("ip:{client_ip}");
-        let limited =
-            self.ip_attempts.blocked(&ip_key, now).or_else(|| self.login_throttle.blocked(username, client_ip, now));
+        let limited = self.ip_attempts.blocked(&ip_key, now);
         self.ip_attempts.hit(&ip_key, now);
+        // A name outside the alphabet is refused like one with control characters: it
+        // reaches no source and no audit record (it cannot be anyone's).
+        let (only, name) = sign_in_name(typed, source)?;
+        // One back-off per name, whichever source it is asked of: `alice` and
+        // `ldap:alice` are guesses at the same password when local has no alice.
+        let limited = limited.or_else(|| self.login_throttle.blocked(name, client_ip, now));
         if let Some(retry_after) = limited {
-            self.audit_login_failure(username, "any", client_ip, "rate_limited").await?;
+            self.audit_login_failure(typed, "any", client_ip, "rate_limited").await?;
             return Err(CaError::RateLimited { retry_after });
         }
-        let identity = match self.authenticate_password(username, password).await {
-            Ok(identity) => identity,
+        let vouched = match self.authenticate_password(name, only, password).await {
+            Ok(vouched) => vouched,
             Err((_, AuthFailure::Busy)) => return Err(CaError::Busy { retry_after: BUSY_RETRY_AFTER }),
             Err((source, failure)) => {
                 // Not a wrong guess: the directory's fault, or the password was right.
@@ -99,9 +138,9 @@ impl Ca {
                     AuthFailure::Unavailable | AuthFailure::MembershipIncomplete | AuthFailure::PasswordChangeRequired
                 );
                 if guess {
-                    self.login_throttle.failed(username, client_ip, now);
+                    self.login_throttle.failed(name, client_ip, now);
                 }
-                self.audit_login_failure(username, source, client_ip, failure.code()).await?;
+                self.audit_login_failure(typed, source.as_str(), client_ip, failure.code()).await?;
                 return Err(match failure {
                     AuthFailure::Unavailable => CaError::Unavailable,
                     AuthFailure::PasswordChangeRequired => CaError::SignInFailed(
@@ -118,23 +157,39 @@ impl Ca {
                 });
             }
         };
-        self.login_throttle.succeeded(username, client_ip);
-        let groups = identity.groups.iter().cloned().collect();
-        self.open_session(identity.username, identity.source, groups, client_ip).await
+        self.login_throttle.succeeded(name, client_ip);
+        self.open_session(vouched, client_ip).await
     }
 
-    /// Creates an API session (what every sign-in method ends with) and audits it.
-    pub(super) async fn open_session(
-        &self,
-        username: String,
-        source: String,
-        groups: Vec<String>,
-        client_ip: &str,
-    ) -> Result<LoginResponse, CaError> {
+    /// Creates an API session (what every sign-in method ends with) and audits it. A
+    /// directory or IdP account name is held for the subject that signed in with it
+    /// first; another subject is refused (see [`store::claim_account`]).
+    pub(super) async fn open_session(&self, vouched: Vouched, client_ip: &str) -> Result<LoginResponse, CaError> {
+        let Vouched { identity, subject } = vouched;
         let now = self.now();
         let token = random_token("pcs_");
-        let session = SessionRow { username, source, groups, expires_at: now.saturating_add(self.session_ttl) };
+        let session = SessionRow {
+            username: identity.username,
+            source: identity.source,
+            groups: identity.groups.into_iter().collect(),
+            expires_at: now.saturating_add(self.session_ttl),
+        };
         let mut tx = self.store.begin().await?;
+        if session.source != UserSource::Local.as_str() {
+            let claim = store::claim_account(tx.conn(), &session.username, &session.source, &subject, now).await?;
+            if claim == AccountClaim::Taken {
+                drop(tx);
+                tracing::warn!(account = %session.username, "sign-in refused: the account name belongs to another subject");
+                self.audit_login_failure(&session.username, &session.source, client_ip, "account_taken").await?;
+                return Err(CaError::SignInFailed(format!(
+                    "the account {} belongs to another {} account; an administrator can release it with \
+                     `portcullis admin user release {}`",
+                    session.username,
+                    if session.source == UserSource::Oidc.as_str() { "identity-provider" } else { "directory" },
+                    session.username,
+                )));
+            }
+        }
         store::insert_session(tx.conn(), &token_hash(&token), &session, now).await?;
         audit::record(
             tx.conn(),
@@ -150,25 +205,28 @@ impl Ca {
         Ok(LoginResponse { token, username: session.username, expires_at: session.expires_at })
     }
 
-    /// Asks the sources in order; a source that does not know the user passes it on, any
-    /// other answer (including "directory unavailable") is final.
+    /// Asks the sources in order (or only `only`); a source that does not know the user
+    /// passes it on, any other answer (including "directory unavailable") is final — so a
+    /// local user shadows a directory user of the same bare name, who signs in as
+    /// `ldap:NAME` (or with `--source ldap`).
     async fn authenticate_password(
         &self,
-        username: &str,
+        name: &str,
+        only: Option<UserSource>,
         password: &SecretString,
-    ) -> Result<Identity, (&'static str, AuthFailure)> {
-        let mut last = ("local", AuthFailure::UnknownUser);
-        for source in &self.sources {
+    ) -> Result<Vouched, (UserSource, AuthFailure)> {
+        let mut last = (only.unwrap_or(UserSource::Local), AuthFailure::UnknownUser);
+        for source in self.sources.iter().filter(|s| only.is_none_or(|o| o == s.source())) {
             // Local users are bounded by their hashing limit; other sources wait on a
             // directory server.
-            let _turn = match source.name() {
-                "local" => None,
-                _ => Some(self.directory_work.enter().await.map_err(|_| (source.name(), AuthFailure::Busy))?),
+            let _turn = match source.source() {
+                UserSource::Local => None,
+                other => Some(self.directory_work.enter().await.map_err(|_| (other, AuthFailure::Busy))?),
             };
-            match source.authenticate(username, password).await {
-                Ok(identity) => return Ok(identity),
-                Err(AuthFailure::UnknownUser) => last = (source.name(), AuthFailure::UnknownUser),
-                Err(other) => return Err((source.name(), other)),
+            match source.authenticate(name, password).await {
+                Ok(vouched) => return Ok(vouched),
+                Err(AuthFailure::UnknownUser) => last = (source.source(), AuthFailure::UnknownUser),
+                Err(other) => return Err((source.source(), other)),
             }
         }
         Err(last)
@@ -196,39 +254,29 @@ impl Ca {
     pub async fn caller(&self, token: &str) -> Result<Caller, CaError> {
         let hash = token_hash(token);
         let (session, user) = self.store.session(&hash, self.now()).await?.ok_or(CaError::Unauthenticated)?;
-        let groups = if session.source == "local" {
+        let groups = match UserSource::parse(&session.source) {
             // Fast path: the user row came with the session lookup.
-            match user {
+            Some(UserSource::Local) => match user {
                 Some(u) if !u.disabled => u.groups,
                 _ => return Err(CaError::Unauthenticated),
-            }
-        } else if session.source == crate::identity::oidc::SOURCE {
+            },
             // OIDC is not a directory we can ask again: the groups the IdP vouched for at
             // sign-in hold for the session's lifetime (bounded by the session TTL).
-            session.groups
-        } else {
-            let source = self.sources.iter().find(|s| s.name() == session.source).ok_or(CaError::Unauthenticated)?;
-            let refused = match source.refresh(&session.username).await {
-                Ok(Some(identity)) => Ok(identity.groups.into_iter().collect()),
-                Ok(None) => Err(("unknown_user", CaError::Unauthenticated)),
-                Err(AuthFailure::Disabled) => Err(("user_disabled", CaError::Unauthenticated)),
-                Err(AuthFailure::Unavailable) => Err(("directory_unavailable", CaError::Unavailable)),
-                Err(other) => Err((other.code(), CaError::Unauthenticated)),
-            };
-            match refused {
+            Some(UserSource::Oidc) => session.groups,
+            Some(UserSource::Ldap) | None => match self.recheck_directory(&session.username).await? {
                 Ok(groups) => groups,
-                Err((reason, error)) => {
+                Err(refusal) => {
                     // A session whose user was locked or removed in the directory since
                     // sign-in: refused, and worth an audit record.
                     let event = AuditEvent::SessionRefused {
                         username: session.username.clone(),
                         source: session.source.clone(),
-                        reason,
+                        reason: refusal.reason,
                     };
                     self.audit_alone(event).await?;
-                    return Err(error);
+                    return Err(if refusal.unavailable { CaError::Unavailable } else { CaError::Unauthenticated });
                 }
-            }
+            },
         };
         Ok(Caller {
             identity: Identity {
@@ -242,37 +290,56 @@ impl Ca {
         })
     }
 
+    /// Asks the directory again about an account it vouched for: its current groups, or
+    /// why it may no longer act — locked, removed, told to change its password, or the
+    /// name now belonging to another entry than the one that signed in.
+    async fn recheck_directory(&self, account: &str) -> Result<Result<Vec<String>, Refusal>, CaError> {
+        let refuse = |reason, text| Ok(Err(Refusal { reason, text, unavailable: false }));
+        let Some((kind, name)) = parse_account(account) else {
+            return refuse("unknown_user", "the account is not a directory account");
+        };
+        let Some(directory) = self.sources.iter().find(|s| s.source() == kind) else {
+            return refuse("unknown_source", "the account's directory is no longer configured");
+        };
+        match directory.refresh(name).await {
+            Ok(Some(vouched)) => {
+                if self.store.account_subject(account).await?.as_deref() != Some(vouched.subject.as_str()) {
+                    return refuse("account_taken", "the account now belongs to another directory entry");
+                }
+                Ok(Ok(vouched.identity.groups.into_iter().collect()))
+            }
+            Ok(None) => refuse("unknown_user", "the user no longer exists in the directory"),
+            Err(AuthFailure::Disabled) => refuse("user_disabled", "the user is disabled"),
+            Err(AuthFailure::PasswordChangeRequired) => {
+                refuse("password_change_required", "the password must be changed; sign in again after changing it")
+            }
+            Err(AuthFailure::Unavailable) => Ok(Err(Refusal {
+                reason: "directory_unavailable",
+                text: "the identity directory cannot be asked",
+                unavailable: true,
+            })),
+            Err(other) => refuse(other.code(), "the user's directory account cannot be checked"),
+        }
+    }
+
     /// Whether a directory account may still open a bastion session or redeem a console
     /// ticket: the source is asked again (as [`Ca::caller`] does for API requests), so a
     /// user locked, removed or told to change their password in the directory since the
     /// certificate or ticket was issued is refused. `Some(text)`: refused, with the text
     /// for the denial. Local users are checked by the callers against the store; OIDC
-    /// cannot be asked again (and a source no longer configured is left to the caller).
-    pub(crate) async fn directory_account_refusal(
-        &self,
-        source: &str,
-        username: &str,
-    ) -> Result<Option<&'static str>, CaError> {
-        if source == "local" || source == crate::identity::oidc::SOURCE {
-            return Ok(None);
+    /// cannot be asked again.
+    pub(crate) async fn directory_account_refusal(&self, account: &str) -> Result<Option<&'static str>, CaError> {
+        match parse_account(account) {
+            Some((UserSource::Local | UserSource::Oidc, _)) => return Ok(None),
+            Some((UserSource::Ldap, _)) | None => {}
         }
-        let Some(directory) = self.sources.iter().find(|s| s.name() == source) else {
+        let Err(refusal) = self.recheck_directory(account).await? else {
             return Ok(None);
         };
-        let refusal = match directory.refresh(username).await {
-            Ok(Some(_)) => return Ok(None),
-            Ok(None) => ("unknown_user", "the user no longer exists in the directory"),
-            Err(AuthFailure::Disabled) => ("user_disabled", "the user is disabled"),
-            Err(AuthFailure::PasswordChangeRequired) => {
-                ("password_change_required", "the password must be changed; sign in again after changing it")
-            }
-            Err(AuthFailure::Unavailable) => ("directory_unavailable", "the identity directory cannot be asked"),
-            Err(other) => (other.code(), "the user's directory account cannot be checked"),
-        };
-        let event =
-            AuditEvent::SessionRefused { username: username.to_owned(), source: source.to_owned(), reason: refusal.0 };
+        let source = parse_account(account).map_or("unknown", |(s, _)| s.as_str()).to_owned();
+        let event = AuditEvent::SessionRefused { username: account.to_owned(), source, reason: refusal.reason };
         self.audit_alone(event).await?;
-        Ok(Some(refusal.1))
+        Ok(Some(refusal.text))
     }
 
     pub async fn logout(&self, caller: &Caller) -> Result<(), CaError> {

@@ -73,7 +73,7 @@ impl Ca {
         let signer =
             self.keyring().signer(KeyPurpose::User).ok_or_else(|| CaError::Internal("no active user CA key".into()))?;
         let now = self.now();
-        let signed = sign_user_cert(&permit, &who.source, &public_key, &signer, now, self.clock_skew, new_serial())?;
+        let signed = sign_user_cert(&permit, &public_key, &signer, now, self.clock_skew, new_serial())?;
         let principals: Vec<String> = permit.principals().iter().cloned().collect();
         let row = signed.row(
             &signer.fingerprint,

@@ -7,14 +7,18 @@ use super::Ca;
 use super::auth::{random_token, token_hash};
 use crate::audit::{AuditEvent, sanitize};
 use crate::error::CaError;
-use crate::identity::oidc::{self, Oidc, OidcIdentity, PendingDevice, PendingLogin, TokenError, TokenInvalid};
+use crate::identity::Vouched;
+use crate::identity::oidc::{Oidc, OidcIdentity, PendingDevice, PendingLogin, TokenError, TokenInvalid};
 use openidconnect::{Nonce, PkceCodeChallenge};
+use portcullis_policies::{Identity, UserSource};
 use portcullis_proto::LoginResponse;
 use portcullis_proto::oidc::{AuthMethods, DevicePoll, DeviceStart, OidcMethods};
 use secrecy::{ExposeSecret, SecretString};
 
 /// A browser sign-in must come back from the IdP within this many seconds.
 const LOGIN_TTL: u64 = 600;
+/// The `source` of OIDC identities in sessions and audit records.
+const SOURCE: &str = UserSource::Oidc.as_str();
 /// The device flow's default poll interval (RFC 8628 §3.2).
 const DEFAULT_INTERVAL: u64 = 5;
 
@@ -67,7 +71,7 @@ impl Ca {
     async fn audit_oidc_failure(&self, username: &str, client_ip: &str, reason: &'static str) -> Result<(), CaError> {
         self.audit_alone(AuditEvent::LoginFailed {
             username: sanitize(username),
-            source: oidc::SOURCE.to_owned(),
+            source: SOURCE.to_owned(),
             client_ip: client_ip.to_owned(),
             reason,
         })
@@ -107,7 +111,9 @@ impl Ca {
     /// The same session row and audit record as a password login.
     async fn open_oidc_session(&self, who: OidcIdentity, client_ip: &str) -> Result<LoginResponse, CaError> {
         tracing::info!(username = %who.username, email = who.email.as_deref().unwrap_or("-"), "OIDC sign-in");
-        self.open_session(who.username, oidc::SOURCE.to_owned(), who.groups, client_ip).await
+        let identity =
+            Identity { username: who.username, groups: who.groups.into_iter().collect(), source: SOURCE.to_owned() };
+        self.open_session(Vouched { identity, subject: who.subject }, client_ip).await
     }
 
     /// Starts the device authorization grant at the IdP. The device code stays here; the

@@ -46,7 +46,7 @@ pub use leases::{
 };
 pub use services::{ServiceRow, record_bastion_heartbeat, touch_service, upsert_service};
 pub use tickets::{TicketRow, TicketState, consume_ticket, insert_ticket, purge_tickets};
-pub use users::{SessionRow, UserRow};
+pub use users::{AccountClaim, SessionRow, UserRow, claim_account, release_account};
 
 pub use audit::{append as append_audit, append_many as append_audit_many};
 pub use certs::{bump_krl_version, insert_cert, insert_revoked_key, revoke_certs};

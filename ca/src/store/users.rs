@@ -30,6 +30,15 @@ fn user_from(row: &sqlx::any::AnyRow) -> Result<UserRow> {
 }
 
 impl Store {
+    /// The subject holding an account name, if any (see [`claim_account`]).
+    pub async fn account_subject(&self, account: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT subject FROM accounts WHERE account = $1")
+            .bind(account)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.map(|r| r.try_get("subject")).transpose()?)
+    }
+
     pub async fn user(&self, username: &str) -> Result<Option<UserRow>> {
         let row = sqlx::query("SELECT username, password_hash, groups_json, disabled FROM users WHERE username = $1")
             .bind(username)
@@ -165,4 +174,66 @@ pub async fn revoke_user_sessions(conn: &mut AnyConnection, username: &str, now:
         .execute(&mut *conn)
         .await?;
     Ok(done.rows_affected())
+}
+
+/// What [`claim_account`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountClaim {
+    /// The account is (now) held by this subject.
+    Held,
+    /// Another subject holds the account name.
+    Taken,
+}
+
+/// Holds `account` for `subject` (see migration 0008): the first sign-in claims a name,
+/// the same subject keeps it, another subject is refused. A subject seen under a new
+/// name (renamed at the IdP or in the directory) moves to it and releases the old one.
+pub async fn claim_account(
+    conn: &mut AnyConnection,
+    account: &str,
+    source: &str,
+    subject: &str,
+    now: u64,
+) -> Result<AccountClaim> {
+    let held = sqlx::query("SELECT subject FROM accounts WHERE account = $1")
+        .bind(account)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|row| row.try_get::<String, _>("subject"))
+        .transpose()?;
+    match held {
+        Some(holder) if holder != subject => return Ok(AccountClaim::Taken),
+        Some(_) => {
+            sqlx::query("UPDATE accounts SET last_seen = $1 WHERE account = $2")
+                .bind(ts(now))
+                .bind(account)
+                .execute(&mut *conn)
+                .await?;
+            return Ok(AccountClaim::Held);
+        }
+        None => {}
+    }
+    sqlx::query("DELETE FROM accounts WHERE source = $1 AND subject = $2")
+        .bind(source)
+        .bind(subject)
+        .execute(&mut *conn)
+        .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO accounts (account, source, subject, first_seen, last_seen) VALUES ($1, $2, $3, $4, $4) \
+         ON CONFLICT (account) DO NOTHING",
+    )
+    .bind(account)
+    .bind(source)
+    .bind(subject)
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
+    // Zero rows: another replica claimed the name for someone between the two statements.
+    Ok(if inserted.rows_affected() == 1 { AccountClaim::Held } else { AccountClaim::Taken })
+}
+
+/// Frees an account name for the next subject that signs in with it.
+pub async fn release_account(conn: &mut AnyConnection, account: &str) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM accounts WHERE account = $1").bind(account).execute(&mut *conn).await?;
+    Ok(done.rows_affected() == 1)
 }

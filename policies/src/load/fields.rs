@@ -59,9 +59,26 @@ pub(super) fn item_name(f: &File<'_>, errs: &mut Errors, s: &S, what: &str) -> S
     s.get_ref().clone()
 }
 
+/// User names in bindings and denies are account names (`alice` is the local user,
+/// `ldap:alice` and `oidc:alice` the directory's and the IdP's; see [`crate::account`]).
+pub(super) fn is_account(s: &str) -> bool {
+    crate::account::parse_account(s).is_some()
+}
+
+/// Appended to an error about a user name, so the fix is in the message.
+pub(super) const ACCOUNT_HINT: &str = " (users are `NAME` for a local user, `ldap:NAME` or `oidc:NAME` for a directory \
+     or identity-provider user; NAME: A-Z a-z 0-9 . _ - @, starting with a letter or digit)";
+
 pub(super) fn subjects(f: &File<'_>, errs: &mut Errors, list: &[S], what: &str) -> BTreeSet<String> {
     for s in list.iter().filter(|s| !is_subject(s.get_ref())) {
         errs.at(f, s.span().start, format!("invalid {what} name {:?}", s.get_ref()));
+    }
+    list.iter().map(|s| s.get_ref().clone()).collect()
+}
+
+pub(super) fn accounts(f: &File<'_>, errs: &mut Errors, list: &[S]) -> BTreeSet<String> {
+    for s in list.iter().filter(|s| !is_account(s.get_ref())) {
+        errs.at(f, s.span().start, format!("invalid user name {:?}{ACCOUNT_HINT}", s.get_ref()));
     }
     list.iter().map(|s| s.get_ref().clone()).collect()
 }

@@ -169,27 +169,30 @@ impl Loader {
             return;
         };
         let subject = match (raw.group, raw.user) {
-            (Some(g), None) => (g, Subject::Group as fn(String) -> Subject),
-            (None, Some(u)) => (u, Subject::User as fn(String) -> Subject),
+            (Some(g), None) if fields::is_subject(g.get_ref()) => Subject::Group(g.into_inner()),
+            (None, Some(u)) if fields::is_account(u.get_ref()) => Subject::User(u.into_inner()),
+            (Some(bad), None) => {
+                self.errs.at(f, bad.span().start, format!("invalid group name {:?}", bad.get_ref()));
+                return;
+            }
+            (None, Some(bad)) => {
+                self.errs.at(
+                    f,
+                    bad.span().start,
+                    format!("invalid user name {:?}{}", bad.get_ref(), fields::ACCOUNT_HINT),
+                );
+                return;
+            }
             _ => {
                 self.errs.at(f, item.span().start, "a binding needs exactly one of `group` or `user`");
                 return;
             }
         };
-        let (name, make) = subject;
-        if name.get_ref().is_empty() || name.get_ref().chars().any(char::is_control) {
-            self.errs.at(f, name.span().start, format!("invalid name {:?}", name.get_ref()));
-            return;
-        }
         if raw.roles.get_ref().is_empty() {
             self.errs.at(f, raw.roles.span().start, "`roles` must not be empty");
             return;
         }
-        self.bindings.push(PendingBinding {
-            file: f.idx,
-            subject: make(name.into_inner()),
-            roles: raw.roles.into_inner(),
-        });
+        self.bindings.push(PendingBinding { file: f.idx, subject, roles: raw.roles.into_inner() });
     }
 
     /// Role references can point into any file, so they are checked last.

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::fields::{EXTENSIONS, critical_options, duration, is_login, item_name, session, subjects, targets};
+use super::fields::{
+    EXTENSIONS, accounts, critical_options, duration, is_login, item_name, session, subjects, targets,
+};
 use super::raw::{RawDeny, RawRole, RawRule};
 use super::{Errors, File};
 use crate::model::{DenyStatement, Role, Rule, Scope};
@@ -74,7 +76,7 @@ pub(super) fn role(f: &File<'_>, errs: &mut Errors, raw: RawRole) -> Option<Role
 pub(super) fn deny(f: &File<'_>, errs: &mut Errors, raw: RawDeny) -> Option<DenyStatement> {
     let before = errs.count();
     let name = item_name(f, errs, &raw.name, "deny");
-    let users = subjects(f, errs, &raw.users, "user");
+    let users = accounts(f, errs, &raw.users);
     let groups = subjects(f, errs, &raw.groups, "group");
     if users.is_empty() && groups.is_empty() {
         errs.at(f, raw.name.span().start, format!("deny `{name}` names no users or groups"));

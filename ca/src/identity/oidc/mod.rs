@@ -23,6 +23,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use openidconnect::core::{CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm};
 use openidconnect::{ClaimsVerificationError, ClientId, IssuerUrl, Nonce, NonceVerifier, SignatureVerificationError};
+use portcullis_policies::{UserSource, account_name, valid_user_name};
 use secrecy::SecretString;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -30,8 +31,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use url::Url;
 
-/// The source name of OIDC identities in sessions, key ids and audit records.
-pub const SOURCE: &str = "oidc";
 /// An ID token larger than this is refused before it is parsed.
 pub const MAX_ID_TOKEN_BYTES: usize = 16 * 1024;
 /// The JWKS is re-fetched for an unknown `kid` at most this often.
@@ -117,7 +116,11 @@ impl TokenInvalid {
 /// A person the IdP vouched for, read from a verified ID token.
 #[derive(Debug, Clone)]
 pub struct OidcIdentity {
+    /// The account name, `oidc:<username claim>`.
     pub username: String,
+    /// `<issuer> <sub>`: what the account name is held for (an IdP's `preferred_username`
+    /// is often the user's to change; `sub` is not).
+    pub subject: String,
     pub email: Option<String>,
     pub groups: Vec<String>,
 }
@@ -196,11 +199,9 @@ fn claim_name_ok(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// Usernames become certificate key ids and audit fields: a conservative alphabet.
-fn username_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
+/// `iss` and `sub` are compared, never shown: any printable text of sane length.
+fn claim_value_ok(value: &str) -> bool {
+    !value.is_empty() && value.len() <= 1024 && !value.chars().any(char::is_control)
 }
 
 fn group_ok(name: &str) -> bool {
@@ -389,12 +390,17 @@ impl Oidc {
     }
 
     fn identity_from(&self, claims: &serde_json::Value) -> Result<OidcIdentity, TokenInvalid> {
-        let username = claims
+        let name = claims
             .get(&self.username_claim)
             .and_then(|v| v.as_str())
-            .filter(|u| username_ok(u))
-            .ok_or(TokenInvalid::Claims)?
-            .to_owned();
+            .filter(|u| valid_user_name(u))
+            .ok_or(TokenInvalid::Claims)?;
+        let username = account_name(UserSource::Oidc, name);
+        let text = |claim: &str| claims.get(claim).and_then(|v| v.as_str()).filter(|v| claim_value_ok(v));
+        let (Some(issuer), Some(sub)) = (text("iss"), text("sub")) else {
+            return Err(TokenInvalid::Claims);
+        };
+        let subject = format!("{issuer} {sub}");
         let email = claims.get(&self.email_claim).and_then(|v| v.as_str()).map(crate::audit::sanitize);
         // Groups decide roles (and `deny`s): anything but a list of names is refused,
         // never coerced — a string, a number or an object may be an IdP misconfiguration
@@ -410,7 +416,7 @@ impl Oidc {
         if !groups.iter().all(|g| group_ok(g)) {
             return Err(TokenInvalid::GroupsClaim);
         }
-        Ok(OidcIdentity { username, email, groups })
+        Ok(OidcIdentity { username, subject, email, groups })
     }
 }
 

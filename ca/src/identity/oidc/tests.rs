@@ -123,7 +123,10 @@ impl Fixture {
 async fn a_valid_token_gives_username_email_and_groups() {
     let f = fixture().await;
     let who = f.verify_claims(&claims(&f.idp.issuer)).await.unwrap();
-    assert_eq!(who.username, "alice");
+    // The account name says where it comes from: never the local `alice`.
+    assert_eq!(who.username, "oidc:alice");
+    // Held for the IdP's stable subject, not for the name the user may change.
+    assert_eq!(who.subject, format!("{} u1", f.idp.issuer));
     assert_eq!(who.email.as_deref(), Some("alice@example.test"));
     assert_eq!(who.groups, vec!["developers", "ops"]);
 }
@@ -235,9 +238,15 @@ async fn a_mismatched_or_missing_nonce_is_refused() {
 async fn unusable_claims_and_oversized_tokens_are_refused() {
     let f = fixture().await;
     let mut c = claims(&f.idp.issuer);
-    c["preferred_username"] = json!("alice; rm -rf /");
-    assert_eq!(f.verify_claims(&c).await.unwrap_err(), TokenInvalid::Claims);
+    // One user-name alphabet for every source: refused, not mapped.
+    for unusable in ["alice; rm -rf /", "star*", "paren)(", "back\\slash", "zoë", "oidc:alice", ""] {
+        c["preferred_username"] = json!(unusable);
+        assert_eq!(f.verify_claims(&c).await.unwrap_err(), TokenInvalid::Claims, "{unusable}");
+    }
     c["preferred_username"] = json!("alice");
+    c["sub"] = json!("");
+    assert_eq!(f.verify_claims(&c).await.unwrap_err(), TokenInvalid::Claims, "no subject, no account");
+    c["sub"] = json!("u1");
     // Groups must be a list of names: nothing else is coerced into one.
     for not_a_list in [json!([1, 2]), json!("admins"), json!(5), json!({"a": "b"}), json!(["ok", {"x": 1}])] {
         c["groups"] = not_a_list.clone();
@@ -266,7 +275,7 @@ async fn an_unknown_kid_refreshes_the_jwks_at_once_but_at_most_once_per_minute()
         let (oidc, provider) = (&f.oidc, Arc::clone(&f.provider));
         async move { oidc.verify_id_token(&provider, &token, None, now).await }
     };
-    assert_eq!(verify_at(mint(&k2, "k2", &c), later).await.unwrap().username, "alice");
+    assert_eq!(verify_at(mint(&k2, "k2", &c), later).await.unwrap().username, "oidc:alice");
     assert_eq!(f.idp.jwks_fetches.load(Ordering::SeqCst), 2);
     // Another unknown kid within the minute: refused without another fetch.
     let k3 = ed25519_key("k3");

@@ -324,10 +324,10 @@ impl Ca {
         if self.store.user(&ticket.username).await?.is_some_and(|u| u.disabled) {
             return Ok(Err(denial(deny::CREDENTIAL_INVALID, "the user is disabled")));
         }
-        let Some((session, _)) = self.store.session(&ticket.api_session_hash, self.now()).await? else {
+        if self.store.session(&ticket.api_session_hash, self.now()).await?.is_none() {
             return Ok(Err(denial(deny::CREDENTIAL_INVALID, "you have signed out")));
-        };
-        if let Some(why) = self.directory_account_refusal(&session.source, &ticket.username).await? {
+        }
+        if let Some(why) = self.directory_account_refusal(&ticket.username).await? {
             return Ok(Err(denial(deny::CREDENTIAL_INVALID, why)));
         }
         let Some(node) = self.store.node(&ticket.device).await? else {

@@ -28,7 +28,7 @@ use crate::keys::KeyPurpose;
 use crate::signer::sign_session_cert;
 use crate::store::{self, CertRow, LeaseRow};
 use admission::{Basis, Denial, FORWARDING_EXTENSIONS, admit, denial, host_key_check, policy_device, validate_open};
-use portcullis_policies::{Identity, node_principal};
+use portcullis_policies::{Identity, node_principal, parse_account};
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::{deny_reason as deny, *};
 use portcullis_sshcert::parse_user_public_key;
@@ -348,7 +348,9 @@ impl Ca {
             return invalid("the certificate is unknown to the CA");
         };
         let user_ca = self.keyring().rows().iter().any(|k| k.fingerprint == cert.ca_fingerprint && k.purpose == "user");
-        if !user_ca || cert.username.contains(':') || cert.key_id.starts_with("session:") {
+        // User certificates (and bastion session certificates, refused by key id) are
+        // owned by an account; node, service and discovery certificates are not.
+        if !user_ca || parse_account(&cert.username).is_none() || cert.key_id.starts_with("session:") {
             return invalid("not a user certificate");
         }
         *user = Some(cert.username.clone());
@@ -361,9 +363,8 @@ impl Ca {
         if self.store.user(&cert.username).await?.is_some_and(|u| u.disabled) {
             return invalid("the user is disabled");
         }
-        // Key ids are `user@source`: a directory user is re-checked in the directory.
-        let source = cert.key_id.rsplit_once('@').map_or("", |(_, source)| source);
-        if let Some(why) = self.directory_account_refusal(source, &cert.username).await? {
+        // A directory user is re-checked in the directory.
+        if let Some(why) = self.directory_account_refusal(&cert.username).await? {
             return invalid(why);
         }
         Ok(Ok(cert))
