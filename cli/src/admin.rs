@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 
 fn api() -> anyhow::Result<Api> {
     let session = Paths::new()?.load_session().ok_or_else(|| anyhow!("not logged in: run `portcullis login` first"))?;
-    Ok(Api::new(&session.ca_url, session.ca_fingerprint.as_deref())?.with_token(&session.token))
+    let token = session.token.as_deref().ok_or_else(|| anyhow!("logged out: run `portcullis login`"))?;
+    Ok(Api::new(&session.ca_url, session.ca_fingerprint.as_deref())?.with_token(token))
 }
 
 /// Path segments come from the command line; keep them to safe characters.
@@ -366,9 +367,10 @@ async fn node(api: &Api, cmd: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::Principals { name, login } => {
             let p: NodePrincipals = api.get(&format!("/v1/nodes/{}/principals", seg(&name)?)).await?;
             match login {
+                // The file's lines, options included, exactly as enrollment installs them.
                 Some(login) => {
-                    for principal in p.principals.get(&login).into_iter().flatten() {
-                        println!("{principal}");
+                    for line in p.lines.get(&login).into_iter().flatten() {
+                        println!("{}", line.render());
                     }
                 }
                 None => print_json(&p)?,

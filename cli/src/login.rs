@@ -6,7 +6,7 @@ use crate::state::{Paths, Session, write_atomic};
 use anyhow::{Context, anyhow, bail};
 use portcullis_proto::oidc::AuthMethods;
 use portcullis_proto::pin::normalize_pin;
-use portcullis_proto::{LoginResponse, UserCertRequest, UserCertResponse};
+use portcullis_proto::{LoginResponse, RevokeOwnRequest, RevokeResponse, UserCertRequest, UserCertResponse};
 use secrecy::{ExposeSecret, SecretString};
 use ssh_key::Certificate;
 use std::io::BufRead;
@@ -105,7 +105,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         ca_url: ca_url.clone(),
         ca_fingerprint: pin,
         username: session.username.clone(),
-        token: session.token,
+        token: Some(session.token),
         expires_at: session.expires_at,
     })?;
 
@@ -219,7 +219,9 @@ pub async fn status() -> anyhow::Result<()> {
     };
     println!("CA: {}", session.ca_url);
     let t = now();
-    if session.expires_at > t {
+    if session.token.is_none() {
+        println!("Session: none ({} logged out; run `portcullis login`)", session.username);
+    } else if session.expires_at > t {
         println!("Session: {} (expires {})", session.username, when(session.expires_at));
     } else {
         println!("Session: {} (expired {}; run `portcullis login`)", session.username, when(session.expires_at));
@@ -241,20 +243,39 @@ pub async fn status() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Revokes the certificate this CLI installed (so a copy left elsewhere stops working
+/// once nodes fetch the KRL), ends the API session, takes every Portcullis identity out
+/// of ssh-agent and deletes the key pair and certificate. The CA's URL, pin and the user
+/// name stay for the next `login`.
 pub async fn logout() -> anyhow::Result<()> {
     let paths = Paths::new()?;
-    if let Some(session) = paths.load_session() {
-        let api = Api::new(&session.ca_url, session.ca_fingerprint.as_deref())?.with_token(&session.token);
+    let ours = std::fs::read_to_string(&paths.public).ok().and_then(|l| ssh_key::PublicKey::from_openssh(&l).ok());
+    let installed = std::fs::read_to_string(&paths.cert).ok().and_then(|c| Certificate::from_openssh(c.trim()).ok());
+    if let Some(mut session) = paths.load_session()
+        && let Some(token) = session.token.take()
+    {
+        let api = Api::new(&session.ca_url, session.ca_fingerprint.as_deref())?.with_token(&token);
+        if let Some(cert) = installed.as_ref().filter(|c| c.valid_before() > now()) {
+            let request = RevokeOwnRequest { serial: cert.serial().to_string() };
+            match api.post::<_, RevokeResponse>("/v1/certs/user/revoke", &request).await {
+                Ok(_) => println!(
+                    "Revoked certificate serial {} (nodes refuse it once they fetch the revocation list).",
+                    cert.serial()
+                ),
+                Err(e) => eprintln!("warning: the certificate could not be revoked ({e}); it expires on its own"),
+            }
+        }
         if let Err(e) = api.post_unit("/v1/auth/logout", &serde_json::json!({})).await {
             eprintln!("warning: the CA did not confirm the logout ({e}); local credentials are removed anyway");
         }
+        session.expires_at = 0;
+        paths.save_session(&session)?;
     }
-    let ours = std::fs::read_to_string(&paths.public).ok().and_then(|l| ssh_key::PublicKey::from_openssh(&l).ok());
     let forgotten = forget_in_agent(&paths, ours.as_ref().map(|k| k.key_data()));
     if forgotten > 0 {
         println!("Removed {forgotten} Portcullis key(s) and certificate(s) from ssh-agent.");
     }
-    let removed = paths.remove_all();
+    let removed = paths.remove_credentials();
     if removed.is_empty() {
         println!("Nothing to remove; not logged in.");
     } else {

@@ -11,12 +11,16 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// The CA and the last sign-in. `token` is `None` after `logout`: the CA's URL, pin and
+/// the user name stay for the next `login`.
 #[derive(Serialize, Deserialize)]
 pub struct Session {
     pub ca_url: String,
     pub ca_fingerprint: Option<String>,
     pub username: String,
-    pub token: String,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
     pub expires_at: u64,
 }
 
@@ -78,13 +82,9 @@ impl Paths {
         Ok((key, true))
     }
 
-    /// Removes our files; returns the ones that existed.
-    pub fn remove_all(&self) -> Vec<PathBuf> {
-        [&self.cert, &self.key, &self.public, &self.session]
-            .into_iter()
-            .filter(|p| std::fs::remove_file(p).is_ok())
-            .cloned()
-            .collect()
+    /// Removes the key pair and certificate; returns the ones that existed.
+    pub fn remove_credentials(&self) -> Vec<PathBuf> {
+        [&self.cert, &self.key, &self.public].into_iter().filter(|p| std::fs::remove_file(p).is_ok()).cloned().collect()
     }
 }
 

@@ -6,6 +6,7 @@ use crate::fsx;
 use crate::root::Root;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use portcullis_proto::PrincipalLine;
 use portcullis_proto::enroll::NodeBundle;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct CheckedBundle {
     pub trusted_user_ca_keys: String,
+    /// The principals files' lines per login (`[options ]principal`), checked.
     pub principals: BTreeMap<String, Vec<String>>,
     pub krl: Vec<u8>,
     pub host_certificates: Vec<String>,
@@ -32,6 +34,34 @@ fn one_line(s: &str) -> bool {
     !s.is_empty() && !s.contains(['\n', '\r'])
 }
 
+/// The principals files' lines per login: the CA's `principal_lines` (each role confined
+/// to what it grants), or — from a CA that predates them — the bare principals. Every
+/// line is checked: a login that could escape the principals directory, a principal that
+/// is not one word, or an option outside the short list sshd is given (never `command=`,
+/// `environment=`, …) refuses the whole bundle.
+fn principal_file_lines(bundle: &NodeBundle) -> Result<BTreeMap<String, Vec<String>>> {
+    let logins = bundle.principals.keys().chain(bundle.principal_lines.keys());
+    if let Some(login) = logins.into_iter().find(|l| !safe_login(l)) {
+        return Err(Error::Ca(format!("the bundle names an unusable login {login:?}")));
+    }
+    if !bundle.principal_lines.is_empty() {
+        let mut out = BTreeMap::new();
+        for (login, lines) in &bundle.principal_lines {
+            if !lines.iter().all(PrincipalLine::is_well_formed) {
+                return Err(Error::Ca(format!("a principals line for {login} is malformed or has an unknown option")));
+            }
+            out.insert(login.clone(), lines.iter().map(PrincipalLine::render).collect());
+        }
+        return Ok(out);
+    }
+    for (login, list) in &bundle.principals {
+        if !list.iter().all(|p| one_line(p) && !p.contains(char::is_whitespace)) {
+            return Err(Error::Ca(format!("a principal for {login} is malformed")));
+        }
+    }
+    Ok(bundle.principals.clone())
+}
+
 pub fn check_bundle(bundle: &NodeBundle, host_keys: usize) -> Result<CheckedBundle> {
     let krl = STANDARD.decode(bundle.krl_base64.trim()).map_err(|_| Error::Ca("the KRL is not valid base64".into()))?;
     // The whole KRL is parsed, not just its magic: while sshd's `RevokedKeys` names a
@@ -44,14 +74,7 @@ pub fn check_bundle(bundle: &NodeBundle, host_keys: usize) -> Result<CheckedBund
     for key in bundle.trusted_user_ca_keys.lines().filter(|l| !l.trim().is_empty()) {
         ssh_key::PublicKey::from_openssh(key).map_err(|_| Error::Ca("a trusted user CA key does not parse".into()))?;
     }
-    for (login, list) in &bundle.principals {
-        if !safe_login(login) {
-            return Err(Error::Ca(format!("the bundle names an unusable login {login:?}")));
-        }
-        if !list.iter().all(|p| one_line(p) && !p.contains(char::is_whitespace)) {
-            return Err(Error::Ca(format!("a principal for {login} is malformed")));
-        }
-    }
+    let principals = principal_file_lines(bundle)?;
     if !bundle.host_certificates.is_empty() && bundle.host_certificates.len() != host_keys {
         return Err(Error::Ca("the bundle's host certificates do not match the host keys".into()));
     }
@@ -61,7 +84,7 @@ pub fn check_bundle(bundle: &NodeBundle, host_keys: usize) -> Result<CheckedBund
     }
     Ok(CheckedBundle {
         trusted_user_ca_keys: bundle.trusted_user_ca_keys.clone(),
-        principals: bundle.principals.clone(),
+        principals,
         krl,
         host_certificates: bundle.host_certificates.clone(),
         trusted_host_ca_keys: bundle.trusted_host_ca_keys.clone(),
@@ -258,6 +281,48 @@ mod tests {
         assert!(!safe_login(".."));
         assert!(!safe_login("a/b"));
         assert!(!safe_login(""));
+    }
+
+    fn bundle_with(lines: Vec<(&str, Vec<PrincipalLine>)>, bare: Vec<(&str, Vec<&str>)>) -> NodeBundle {
+        NodeBundle {
+            node: "n".into(),
+            trusted_user_ca_keys: String::new(),
+            principals: bare
+                .into_iter()
+                .map(|(l, p)| (l.to_owned(), p.into_iter().map(str::to_owned).collect()))
+                .collect(),
+            principal_lines: lines.into_iter().map(|(l, p)| (l.to_owned(), p)).collect(),
+            krl_base64: String::new(),
+            host_certificates: Vec::new(),
+            trusted_host_ca_keys: String::new(),
+        }
+    }
+
+    fn line(options: &[&str], principal: &str) -> PrincipalLine {
+        PrincipalLine { options: options.iter().map(|o| (*o).to_owned()).collect(), principal: principal.into() }
+    }
+
+    #[test]
+    fn principals_lines_carry_only_known_options() {
+        let ok =
+            bundle_with(vec![("root", vec![line(&["restrict", "pty"], "pc_a_root"), line(&[], "pn_b_root")])], vec![]);
+        assert_eq!(principal_file_lines(&ok).unwrap()["root"], ["restrict,pty pc_a_root", "pn_b_root"]);
+        // A CA from before principal lines: the bare principals.
+        let old = bundle_with(vec![], vec![("root", vec!["pc_a_root"])]);
+        assert_eq!(principal_file_lines(&old).unwrap()["root"], ["pc_a_root"]);
+        // What a compromised or confused CA might send instead: all refused.
+        for bad in [
+            line(&["command=\"/bin/sh\""], "pc_a_root"),
+            line(&["environment=\"LD_PRELOAD=/x\""], "pc_a_root"),
+            line(&["restrict", "pty,permitopen=\"*:*\""], "pc_a_root"),
+            line(&["restrict"], "pc_a_root\npc_evil"),
+            line(&["restrict"], "two words"),
+            line(&["restrict"], ""),
+        ] {
+            assert!(principal_file_lines(&bundle_with(vec![("root", vec![bad.clone()])], vec![])).is_err(), "{bad:?}");
+        }
+        let escape = bundle_with(vec![("../x", vec![line(&[], "p")])], vec![]);
+        assert!(principal_file_lines(&escape).is_err());
     }
 
     #[test]

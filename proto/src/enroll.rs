@@ -95,8 +95,13 @@ pub struct NodeBundle {
     pub node: String,
     /// `TrustedUserCAKeys` contents: every currently trusted user CA key, one per line.
     pub trusted_user_ca_keys: String,
-    /// `AuthorizedPrincipalsFile` contents per login.
+    /// `AuthorizedPrincipalsFile` principals per login, without options (what tools
+    /// older than `principal_lines` install).
     pub principals: BTreeMap<String, Vec<String>>,
+    /// `AuthorizedPrincipalsFile` lines per login, each with the options that confine a
+    /// role to what it grants; installed instead of `principals` when present.
+    #[serde(default)]
+    pub principal_lines: BTreeMap<String, Vec<crate::PrincipalLine>>,
     /// The KRL, base64 (standard, padded).
     pub krl_base64: String,
     /// One host certificate per submitted host key, in the same order.

@@ -78,6 +78,14 @@ pub struct SetGroupsRequest {
 }
 
 /// What to revoke; exactly one field is set.
+/// `POST /v1/certs/user/revoke`: a user revokes one of their own certificates (what
+/// `portcullis logout` does with the certificate it installed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeOwnRequest {
+    pub serial: String,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
@@ -199,7 +207,51 @@ pub struct NodeRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodePrincipals {
     pub node: String,
+    /// The principals alone, per login.
     pub principals: BTreeMap<String, Vec<String>>,
+    /// The file's lines, per login, with the options that confine each role to what it
+    /// grants (`restrict,pty pc_…_root`): what enrollment installs.
+    #[serde(default)]
+    pub lines: BTreeMap<String, Vec<PrincipalLine>>,
+}
+
+/// One `AuthorizedPrincipalsFile` line: `authorized_keys` options (sshd ANDs them with
+/// the certificate's extensions) and the principal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrincipalLine {
+    pub options: Vec<String>,
+    pub principal: String,
+}
+
+/// The options a principals line may carry; a node refuses any other (an option like
+/// `command=` or `environment=` from a compromised CA must not reach sshd unseen).
+pub const PRINCIPAL_LINE_OPTIONS: &[&str] = &[
+    "restrict",
+    "pty",
+    "port-forwarding",
+    "agent-forwarding",
+    "X11-forwarding",
+    "user-rc",
+    "no-touch-required",
+    "verify-required",
+];
+
+impl PrincipalLine {
+    /// Whether every option is one of [`PRINCIPAL_LINE_OPTIONS`] and the principal is one
+    /// printable word.
+    pub fn is_well_formed(&self) -> bool {
+        let word = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b',' && b != b'"');
+        word(&self.principal) && self.options.iter().all(|o| PRINCIPAL_LINE_OPTIONS.contains(&o.as_str()))
+    }
+
+    /// The line as sshd reads it.
+    pub fn render(&self) -> String {
+        if self.options.is_empty() {
+            self.principal.clone()
+        } else {
+            format!("{} {}", self.options.join(","), self.principal)
+        }
+    }
 }
 
 /// One live bastion session (`GET /v1/admin/sessions`).

@@ -113,6 +113,8 @@ fn bundle(s: &FakeCaState, node: &str, host_keys: &[String]) -> NodeBundle {
         node: node.into(),
         trusted_user_ca_keys: format!("{}\n", s.user_ca.public_key().to_openssh().unwrap()),
         principals: s.principals.clone(),
+        // Lines without options: how a CA from before `principal_lines` answers.
+        principal_lines: Default::default(),
         krl_base64: base64::engine::general_purpose::STANDARD.encode(&s.krl),
         host_certificates: host_keys.iter().map(|k| host_cert(&s.host_ca, k, node)).collect(),
         trusted_host_ca_keys: format!("{}\n", s.host_ca.public_key().to_openssh().unwrap()),

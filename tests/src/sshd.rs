@@ -166,6 +166,26 @@ impl Sshd {
             .unwrap()
     }
 
+    /// `ssh -W target` with this key and certificate: a `direct-tcpip` channel through
+    /// this sshd (port forwarding), its output what `target` sent first.
+    pub fn forward_stdio(&self, login: &str, key: &Path, cert: &Path, target: &str) -> Output {
+        Command::new("ssh")
+            .args(["-F", "/dev/null", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "BatchMode=yes"])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10"])
+            .arg("-o")
+            .arg(format!("CertificateFile={}", cert.display()))
+            .arg("-i")
+            .arg(key)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-W")
+            .arg(target)
+            .arg(format!("{login}@127.0.0.1"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
     /// True when the login worked and ran the command.
     pub fn accepts(&self, login: &str, key: &Path, cert: &Path) -> bool {
         let out = self.ssh(login, key, cert);

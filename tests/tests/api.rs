@@ -439,3 +439,38 @@ async fn a_broken_policy_is_refused_and_the_old_one_stays_in_force() {
     let (status, _) = server.get_json(Some(&audrey), "/v1/admin/users").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+/// A user may revoke their own certificates (what `portcullis logout` does) and nobody
+/// else's: another user's serial is "not found" exactly like an unknown one, and stays
+/// valid.
+#[tokio::test]
+async fn users_revoke_their_own_certificates_and_nobody_elses() {
+    let server = Server::start().await;
+    let admin = server.admin_token().await;
+    server.add_user(&admin, "bob", &["portcullis-admins"], ALICE_PASSWORD).await;
+    let bob = server.login("bob", ALICE_PASSWORD).await;
+    let serial = |body: Value| body["serial"].as_str().unwrap().to_owned();
+    let (status, body) = server.issue_cert(&admin, &public_line(&ed25519_key())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let admins = serial(body);
+    let (status, body) = server.issue_cert(&bob, &public_line(&ed25519_key())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let bobs = serial(body);
+    let revoke = |token: String, serial: String| {
+        let server = &server;
+        async move { server.post_json(Some(&token), "/v1/certs/user/revoke", &json!({ "serial": serial })).await }
+    };
+
+    let (status, body) = revoke(bob.clone(), admins.clone()).await;
+    assert_api_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, unknown) = revoke(bob.clone(), "12345".into()).await;
+    assert_eq!((status, message(&unknown)), (StatusCode::NOT_FOUND, message(&body)), "indistinguishable");
+    let (status, body) = revoke(bob.clone(), bobs.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["certificates_revoked"], 1);
+
+    let (_, certs) = server.get_json(Some(&admin), "/v1/admin/certs").await;
+    let revoked = |s: &str| certs.as_array().unwrap().iter().find(|c| c["serial"] == s).unwrap()["revoked"].clone();
+    assert_eq!(revoked(&admins), json!(false), "someone else's certificate stays valid");
+    assert_eq!(revoked(&bobs), json!(true));
+}

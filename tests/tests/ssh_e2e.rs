@@ -8,8 +8,8 @@
 
 use portcullis_ca::keys::KeyPurpose;
 use portcullis_ca::{Ca, Clock, ManualClock, SystemClock};
-use portcullis_proto::{NodePrincipals, NodeRecord, UserCertRequest};
-use portcullis_tests::ssh::{ed25519_key, public_line, write_key_pair};
+use portcullis_proto::{NodePrincipals, NodeRecord, PrincipalLine, UserCertRequest};
+use portcullis_tests::ssh::{ed25519_key, krl_revokes, public_line, write_key_pair};
 use portcullis_tests::sshd::{NodeTrust, Sshd};
 use portcullis_tests::{Server, ServerOpts, bin, same_ca};
 use secrecy::SecretString;
@@ -61,7 +61,12 @@ async fn node_sshd(server: &Server, admin: &str, name: &str, krl: Option<Vec<u8>
     let principals: NodePrincipals = serde_json::from_value(body).unwrap();
     Sshd::start(&NodeTrust {
         trusted_user_ca_keys: server.user_ca_keys.clone(),
-        principals: principals.principals,
+        // The lines with their options, as enrollment writes them.
+        principals: principals
+            .lines
+            .into_iter()
+            .map(|(login, lines)| (login, lines.iter().map(PrincipalLine::render).collect()))
+            .collect(),
         krl,
     })
 }
@@ -107,6 +112,67 @@ async fn team_server() -> (Server, String) {
     server.add_user(&admin, "alice", &["ops"], PASSWORD).await;
     server.add_user(&admin, "bob", &["devs"], PASSWORD).await;
     (server, admin)
+}
+
+/// The same people may be root on prod and on lab, but only the lab role allows port
+/// forwarding.
+const SPLIT_POLICY: &str = r#"
+[[role]]
+name = "prod-shell"
+logins = ["root"]
+targets = 'in:devices tags.env:prod'
+permissions = ["certs.issue"]
+extensions = ["permit-pty"]
+
+[[role]]
+name = "lab-shell"
+logins = ["root"]
+targets = 'in:devices tags.env:lab'
+permissions = ["certs.issue"]
+extensions = ["permit-pty", "permit-port-forwarding"]
+
+[[binding]]
+group = "ops"
+roles = ["prod-shell", "lab-shell"]
+"#;
+
+/// One certificate carries both roles' principals and the union of their extensions,
+/// yet `permit-port-forwarding` works only on the nodes the lab role covers: each role's
+/// principals line on a node restricts the certificate to what that role grants, and a
+/// prod node lists only the prod role's line. Real sshd, real `ssh -W`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extension_applies_only_on_nodes_of_the_role_that_grants_it() {
+    let server = Server::start_with(ServerOpts::default()).await;
+    let (status, body) = server.write_policy("split.toml", SPLIT_POLICY).await;
+    assert!(status.is_success(), "policy: {body}");
+    let admin = server.admin_token().await;
+    server.add_node(&admin, &node("pve-prod", "prod")).await;
+    server.add_node(&admin, &node("pve-lab", "lab")).await;
+    server.add_user(&admin, "carol", &["ops"], PASSWORD).await;
+    let prod = node_sshd(&server, &admin, "pve-prod", None).await;
+    let lab = node_sshd(&server, &admin, "pve-lab", None).await;
+    let home = tempfile::tempdir().unwrap();
+    let (key, cert) = cli_login(&server, home.path(), "carol", PASSWORD);
+    let listing = String::from_utf8_lossy(&Command::new("ssh-keygen").arg("-Lf").arg(&cert).output().unwrap().stdout)
+        .into_owned();
+    assert!(listing.contains("permit-port-forwarding"), "the certificate carries the union: {listing}");
+
+    // Positive controls: carol logs in on both, and forwards through lab (to lab's own
+    // sshd, whose banner comes back).
+    assert!(prod.accepts("root", &key, &cert), "{}", prod.log());
+    assert!(lab.accepts("root", &key, &cert), "{}", lab.log());
+    let target = format!("127.0.0.1:{}", lab.port);
+    let through_lab = lab.forward_stdio("root", &key, &cert, &target);
+    assert!(
+        String::from_utf8_lossy(&through_lab.stdout).starts_with("SSH-2.0-"),
+        "forwarding through lab: {}",
+        String::from_utf8_lossy(&through_lab.stderr)
+    );
+    // The same certificate forwards nothing through prod.
+    let through_prod = prod.forward_stdio("root", &key, &cert, &target);
+    assert!(!String::from_utf8_lossy(&through_prod.stdout).contains("SSH-2.0-"), "prod forwarded");
+    let said = String::from_utf8_lossy(&through_prod.stderr);
+    assert!(said.contains("administratively prohibited"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,13 +373,32 @@ async fn login_loads_the_certificate_into_ssh_agent() {
     let certs = agent_lines().into_iter().filter(|l| l.contains("-cert-v01@openssh.com")).count();
     assert_eq!(certs, 1, "earlier logins' certificates stay in the agent: {:?}", agent_lines());
 
-    // Logout takes every Portcullis key and certificate out of the agent, and nothing else.
+    // Logout takes every Portcullis key and certificate out of the agent, and nothing
+    // else, and revokes the certificate it had installed (a copy left elsewhere stops
+    // working where the KRL reaches).
+    let cert_file = home.path().join(".ssh/portcullis/id_ed25519-cert.pub");
+    let copy = home.path().join("copied-cert.pub");
+    std::fs::copy(&cert_file, &copy).unwrap();
+    let krl = home.path().join("krl");
+    std::fs::write(&krl, server.get_bytes(None, "/v1/krl").await.1).unwrap();
+    assert!(!krl_revokes(&krl, &copy), "control: not revoked before logout");
     let out = portcullis_with_agent(home.path(), &socket, &["logout"]);
-    assert!(out.status.success());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Revoked certificate serial"), "{out:?}");
+    std::fs::write(&krl, server.get_bytes(None, "/v1/krl").await.1).unwrap();
+    assert!(krl_revokes(&krl, &copy), "logout must revoke the certificate it installed");
     let left = agent_lines();
     assert!(!left.iter().any(|l| l.contains("-cert-v01@openssh.com") || l.ends_with(" portcullis")), "{left:?}");
     assert!(left.iter().any(|l| l.ends_with("my-own-key")), "logout removed the user's own key: {left:?}");
     assert!(!prod.ssh_with_agent("root", &socket).status.success(), "logged out: agent must not log in");
+    // The CA's URL and pin, and the user name, stay: the next login needs only the password.
+    let again = portcullis(home.path(), &["login", "--password-stdin"], &format!("{PASSWORD}\n"));
+    assert!(
+        again.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&again.stdout),
+        String::from_utf8_lossy(&again.stderr)
+    );
     let _ = agent.kill();
     let _ = agent.wait();
 }

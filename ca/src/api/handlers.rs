@@ -65,6 +65,14 @@ pub async fn whoami(State(ca): Ca_, Authed(caller): Authed) -> Res<WhoAmI> {
     Ok(Json(ca.whoami(&caller)))
 }
 
+pub async fn revoke_own_cert(
+    State(ca): Ca_,
+    Authed(caller): Authed,
+    Body(request): Body<RevokeOwnRequest>,
+) -> Res<RevokeResponse> {
+    Ok(Json(ca.revoke_own(&caller, &request).await?))
+}
+
 pub async fn issue_user_cert(
     State(ca): Ca_,
     Authed(caller): Authed,

@@ -49,6 +49,7 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/auth/oidc/login", get(oidc::browser_login))
         .route("/v1/auth/oidc/callback", get(oidc::browser_callback))
         .route("/v1/certs/user", post(handlers::issue_user_cert))
+        .route("/v1/certs/user/revoke", post(handlers::revoke_own_cert))
         .route("/v1/ca/{purpose}/keys", get(handlers::trusted_keys))
         .route("/v1/krl", get(handlers::krl))
         .route("/v1/nodes/{name}/principals", get(handlers::node_principals))

@@ -8,10 +8,12 @@ use crate::signer::{new_serial, sign_user_cert};
 use crate::store::{self, RevokeTarget};
 use portcullis_policies::{CertRequest, Device, Grant};
 use portcullis_proto::{
-    IssuedCert, NodePrincipals, NodeRecord, RevokeRequest, RevokeResponse, UserCertRequest, UserCertResponse,
+    IssuedCert, NodePrincipals, NodeRecord, PrincipalLine, RevokeOwnRequest, RevokeRequest, RevokeResponse,
+    UserCertRequest, UserCertResponse,
 };
 use portcullis_sshcert::{KrlBuilder, fingerprint, parse_user_public_key};
 use ssh_key::PublicKey;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -166,6 +168,29 @@ impl Ca {
         Ok(RevokeResponse { certificates_revoked: certificates, key_revoked, krl_version })
     }
 
+    /// A user revokes one of their own certificates (no permission needed beyond being
+    /// its holder): `portcullis logout`, or a lost laptop. Someone else's serial, or an
+    /// unknown one, is "not found" alike, so serials cannot be probed.
+    pub async fn revoke_own(&self, caller: &Caller, request: &RevokeOwnRequest) -> Result<RevokeResponse, CaError> {
+        let serial: u64 =
+            request.serial.trim().parse().map_err(|_| CaError::BadRequest("serial must be a decimal number".into()))?;
+        let not_found = CaError::NotFound("unrevoked, unexpired certificate of yours with that serial");
+        let owned = self.store.certificate(serial).await?.is_some_and(|c| c.username == caller.identity.username);
+        if !owned {
+            return Err(not_found);
+        }
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        let n = store::revoke_certs(tx.conn(), &RevokeTarget::Serial(serial), now).await?;
+        if n == 0 {
+            return Err(not_found);
+        }
+        let actor = &caller.identity.username;
+        let krl_version = record_revocation(tx.conn(), now, actor, format!("serial:{serial}"), n, false).await?;
+        tx.commit().await?;
+        Ok(RevokeResponse { certificates_revoked: n, key_revoked: false, krl_version })
+    }
+
     /// The current KRL in OpenSSH's binary format.
     pub async fn krl(&self) -> Result<Arc<Vec<u8>>, CaError> {
         let now = self.now();
@@ -223,26 +248,38 @@ impl Ca {
     /// What a node's `AuthorizedPrincipalsFile` for each login must list.
     pub async fn node_principals(&self, _grant: &Grant, name: &str) -> Result<NodePrincipals, CaError> {
         let node = self.store.node(name).await?.ok_or(CaError::NotFound("node"))?;
-        Ok(NodePrincipals { principals: self.principals_of(&node), node: node.name })
+        let lines = self.principal_lines_of(&node);
+        Ok(NodePrincipals { principals: principals_only(&lines), lines, node: node.name })
     }
 
-    /// A node's `AuthorizedPrincipalsFile` contents per login: what the admin API shows
-    /// and exactly what enrollment and refresh install.
-    pub(crate) fn principals_of(&self, node: &NodeRecord) -> std::collections::BTreeMap<String, Vec<String>> {
-        let mut principals: std::collections::BTreeMap<String, Vec<String>> = self
+    /// A node's `AuthorizedPrincipalsFile` lines per login: what the admin API shows and
+    /// exactly what enrollment and refresh install.
+    pub(crate) fn principal_lines_of(&self, node: &NodeRecord) -> BTreeMap<String, Vec<PrincipalLine>> {
+        let wire = |line: portcullis_policies::PrincipalLine| PrincipalLine {
+            options: line.options.iter().map(|o| (*o).to_owned()).collect(),
+            principal: line.principal,
+        };
+        let mut lines: BTreeMap<String, Vec<PrincipalLine>> = self
             .policy()
-            .node_principals(&device_of(node))
+            .node_principal_lines(&device_of(node))
             .into_iter()
-            .map(|(login, set)| (login, set.into_iter().collect()))
+            .map(|(login, lines)| (login, lines.into_iter().map(wire).collect()))
             .collect();
         // The discovery account accepts only its own node principal, and only while an
-        // `inventory_enrichment` rule covers the node.
+        // `inventory_enrichment` rule covers the node; its certificates allow no pty and
+        // no forwarding, and neither does its line.
         if self.discovery_allowed(node).is_some() {
             let login = portcullis_proto::discovery::DISCOVERY_LOGIN;
-            principals.insert(login.to_owned(), vec![portcullis_policies::node_principal(&node.name, login)]);
+            let principal = portcullis_policies::node_principal(&node.name, login);
+            lines.insert(login.to_owned(), vec![PrincipalLine { options: vec!["restrict".to_owned()], principal }]);
         }
-        principals
+        lines
     }
+}
+
+/// The principals of each login's lines, without options.
+pub(crate) fn principals_only(lines: &BTreeMap<String, Vec<PrincipalLine>>) -> BTreeMap<String, Vec<String>> {
+    lines.iter().map(|(login, l)| (login.clone(), l.iter().map(|l| l.principal.clone()).collect())).collect()
 }
 
 /// The partition of a node whose record names none.
@@ -263,5 +300,17 @@ pub fn device_of(node: &NodeRecord) -> Device {
         partition: Some(node.partition.clone().unwrap_or_else(|| DEFAULT_PARTITION.to_owned())),
         tags: node.tags.clone(),
         metadata: node.metadata.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every option the policy engine writes into a principals line is one a node's
+    /// `portcullis-enroll` accepts (it refuses a bundle with any other).
+    #[test]
+    fn policy_line_options_are_accepted_by_nodes() {
+        for option in portcullis_policies::LINE_OPTIONS {
+            assert!(portcullis_proto::PRINCIPAL_LINE_OPTIONS.contains(option), "{option}");
+        }
     }
 }

@@ -349,10 +349,12 @@ impl Ca {
             certificates.push(text);
         }
         let krl = self.krl().await?;
+        let lines = self.principal_lines_of(node);
         let bundle = NodeBundle {
             node: node.name.clone(),
             trusted_user_ca_keys: self.trusted_keys(KeyPurpose::User),
-            principals: self.principals_of(node),
+            principals: super::certs::principals_only(&lines),
+            principal_lines: lines,
             krl_base64: base64::engine::general_purpose::STANDARD.encode(krl.as_slice()),
             host_certificates: certificates,
             trusted_host_ca_keys: self.trusted_keys(KeyPurpose::Host),
