@@ -199,6 +199,15 @@ async fn device_flow_gives_a_session_and_a_certificate_from_idp_groups() {
     let (status, body) = device_poll(&s.server, &start.handle).await;
     assert_eq!(status, StatusCode::OK);
     assert!(matches!(serde_json::from_value(body).unwrap(), DevicePoll::Pending { .. }));
+    // A client that ignores the interval is told to slow down by the CA itself: the
+    // answer stays the same however often it asks (the IdP's own `slow_down` would
+    // raise the interval by five seconds at every poll that reached it).
+    for _ in 0..5 {
+        let (status, body) = device_poll(&s.server, &start.handle).await;
+        assert_eq!(status, StatusCode::OK);
+        let poll: DevicePoll = serde_json::from_value(body).unwrap();
+        assert!(matches!(poll, DevicePoll::SlowDown { interval } if interval == start.interval + 5), "{poll:?}");
+    }
 
     approve_device(&s.idp, &start, "alice", "alice-password", false).await;
     let login: LoginResponse = match poll_until_done(&s.server, &start.handle).await {

@@ -137,7 +137,8 @@ impl Ca {
         let interval = auth.interval.unwrap_or(DEFAULT_INTERVAL).clamp(1, 60);
         let expires_in = auth.expires_in.clamp(1, 3600);
         let handle = random_token("pcd_");
-        let pending = PendingDevice { device_code: auth.device_code, expires_at: now + expires_in, interval };
+        let pending =
+            PendingDevice { device_code: auth.device_code, expires_at: now + expires_in, interval, last_poll: None };
         if !oidc.pending.insert_device(token_hash(&handle), pending, now) {
             return Err(CaError::Unavailable);
         }
@@ -154,7 +155,6 @@ impl Ca {
     /// Polls the IdP's token endpoint once for a device sign-in.
     pub async fn oidc_device_poll(&self, handle: &str, client_ip: &str) -> Result<DevicePoll, CaError> {
         let oidc = self.oidc()?;
-        let _turn = self.idp_turn().await?;
         let now = self.now();
         let key = token_hash(handle);
         let device_code = match oidc.pending.device_code(&key, now) {
@@ -165,6 +165,19 @@ impl Ca {
             }
             Err(false) => return Err(CaError::NotFound("device sign-in (unknown or finished)")),
         };
+        // RFC 8628 §3.5: the client waits `interval` between polls. One that does not is
+        // told to slow down here; only polls that keep the interval reach the IdP.
+        let too_soon = oidc.pending.with_device(&key, now, |d| {
+            let early = d.last_poll.is_some_and(|last| now < last.saturating_add(d.interval));
+            if !early {
+                d.last_poll = Some(now);
+            }
+            early.then_some(d.interval)
+        });
+        if let Some(Some(interval)) = too_soon {
+            return Ok(DevicePoll::SlowDown { interval: interval.saturating_add(5) });
+        }
+        let _turn = self.idp_turn().await?;
         let provider = match oidc.provider().await {
             Ok(p) => p,
             Err(e) => return Err(self.idp_failure(client_ip, e).await),

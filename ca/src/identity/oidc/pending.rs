@@ -16,6 +16,10 @@ pub struct PendingDevice {
     pub device_code: SecretString,
     pub expires_at: u64,
     pub interval: u64,
+    /// When the IdP was last asked for this sign-in: a poll sooner than `interval` after
+    /// it is answered `slow_down` by the CA itself, so a client ignoring the interval
+    /// costs the IdP nothing.
+    pub last_poll: Option<u64>,
 }
 
 #[derive(Debug)]
