@@ -21,6 +21,8 @@ pub mod server;
 pub mod service;
 pub mod signer;
 pub mod store;
+#[cfg(test)]
+mod test_rng;
 pub mod tls;
 pub mod validate;
 

@@ -177,13 +177,7 @@ mod tests {
     #[test]
     fn a_property_no_address_without_failures_is_ever_blocked() {
         // Deterministic pseudo-random schedules of failures from many addresses.
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_rng::xorshift();
         for _ in 0..50 {
             let t = LoginThrottle::new(u32::try_from(next() % 50).unwrap_or(1) + 1, 60 + next() % 3600);
             let mut now = 1_000_000;

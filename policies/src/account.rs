@@ -48,6 +48,10 @@ impl fmt::Display for UserSource {
 /// Longest name part of an account.
 pub const MAX_USER_NAME: usize = 64;
 
+/// [`valid_user_name`] in words, for every message that refuses a name.
+pub const USER_NAME_RULE: &str =
+    "letters, digits, '.', '_', '-' and '@', starting with a letter or digit, at most 64 bytes";
+
 /// The one alphabet of user names, for every source (see the module documentation).
 pub fn valid_user_name(name: &str) -> bool {
     name.len() <= MAX_USER_NAME

@@ -23,7 +23,7 @@ pub mod principal;
 pub mod srql;
 mod summary;
 
-pub use account::{UserSource, account_name, parse_account, valid_user_name};
+pub use account::{USER_NAME_RULE, UserSource, account_name, parse_account, valid_user_name};
 pub use decision::{CertPermit, CertRequest, Deny, DenyReason, Grant, Identity};
 pub use device::Device;
 pub use load::{LoadError, LoadErrors};

@@ -63,15 +63,6 @@ impl PrincipalLine {
             .collect();
         PrincipalLine { principal, options: std::iter::once("restrict").chain(allowed).collect() }
     }
-
-    /// The line as sshd reads it: `restrict,pty pc_…_root`.
-    pub fn render(&self) -> String {
-        if self.options.is_empty() {
-            self.principal.clone()
-        } else {
-            format!("{} {}", self.options.join(","), self.principal)
-        }
-    }
 }
 
 /// The `authorized_keys` option that lets a certificate extension take effect after
@@ -129,10 +120,11 @@ mod tests {
     fn lines_restrict_then_allow_what_the_role_grants() {
         let ext = ["permit-pty".to_owned(), "permit-port-forwarding".to_owned()];
         let line = PrincipalLine::restricted("pc_x_root".into(), &ext, &["verify-required".to_owned()]);
-        assert_eq!(line.render(), "restrict,port-forwarding,pty,verify-required pc_x_root");
+        assert_eq!(line.options, ["restrict", "port-forwarding", "pty", "verify-required"]);
+        assert_eq!(line.principal, "pc_x_root");
         assert!(line.options.iter().all(|o| LINE_OPTIONS.contains(o)));
         let bare = PrincipalLine::restricted("pc_x_root".into(), &[], &["force-command".to_owned()]);
-        assert_eq!(bare.render(), "restrict pc_x_root");
+        assert_eq!((bare.options.as_slice(), bare.principal.as_str()), (["restrict"].as_slice(), "pc_x_root"));
         let every: Vec<String> = [
             "permit-pty",
             "permit-port-forwarding",

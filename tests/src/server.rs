@@ -216,6 +216,11 @@ impl Server {
         self.post_json(None, "/v1/auth/login", &json!({ "username": user, "password": password })).await
     }
 
+    /// `GET /v1/auth/whoami` as the holder of `token`.
+    pub async fn whoami(&self, token: &str) -> (StatusCode, Value) {
+        self.get_json(Some(token), "/v1/auth/whoami").await
+    }
+
     /// Logs in and returns the bearer token; panics unless the login succeeds.
     pub async fn login(&self, user: &str, password: &str) -> String {
         let (status, body) = self.try_login(user, password).await;

@@ -88,10 +88,6 @@ async fn sign_in(server: &Server, body: Value) -> (StatusCode, Value) {
     server.post_json(None, "/v1/auth/login", &body).await
 }
 
-async fn who(server: &Server, token: &str) -> (StatusCode, Value) {
-    server.get_json(Some(token), "/v1/auth/whoami").await
-}
-
 fn token(answer: (StatusCode, Value)) -> String {
     assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
     answer.1["token"].as_str().unwrap().to_owned()
@@ -115,7 +111,7 @@ async fn a_local_user_shadows_the_bare_name_and_the_directory_user_names_its_sou
         json!({ "username": "admin", "password": ADMIN_PW, "source": "ldap" }),
     ] {
         let directory_admin = token(sign_in(&server, body).await);
-        let (_, me) = who(&server, &directory_admin).await;
+        let (_, me) = server.whoami(&directory_admin).await;
         assert_eq!((me["username"].as_str(), me["source"].as_str()), (Some("ldap:admin"), Some("ldap")));
         let (status, _) = server.get_json(Some(&directory_admin), "/v1/admin/audit").await;
         assert_eq!(status, StatusCode::FORBIDDEN, "the directory's admin is not the local one");
@@ -152,12 +148,12 @@ async fn bindings_name_the_source_and_a_recreated_entry_is_another_subject() {
     let (status, body) = server.post_json(Some(&admin), "/v1/admin/revoke", &json!({ "username": "alice" })).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["certificates_revoked"], 0, "{body}");
-    assert_eq!(who(&server, &alice).await.0, StatusCode::OK);
+    assert_eq!(server.whoami(&alice).await.0, StatusCode::OK);
 
     // The entry is deleted and a new one created with the same uid (a new entryUUID).
     slapd.ldapmodify(&format!("dn: {ALICE_DN}\nchangetype: delete\n"));
     slapd.ldapadd(&person(ALICE_DN, "alice", "new-alice-password-2"));
-    let (status, _) = who(&server, &alice).await;
+    let (status, _) = server.whoami(&alice).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "the old entry's session must end");
     let refused = server.audit_events("session_refused").await;
     assert!(refused.iter().any(|r| r.payload["reason"] == "account_taken"), "{refused:?}");
@@ -175,5 +171,5 @@ async fn bindings_name_the_source_and_a_recreated_entry_is_another_subject() {
         "{revoked:?}"
     );
     let new_alice = token(sign_in(&server, json!({ "username": "alice", "password": "new-alice-password-2" })).await);
-    assert_eq!(who(&server, &new_alice).await.1["username"], "ldap:alice");
+    assert_eq!(server.whoami(&new_alice).await.1["username"], "ldap:alice");
 }

@@ -383,10 +383,6 @@ fn session_of(page: &portcullis_tests::idp::Page) -> String {
     cookie.split(';').next().unwrap().trim_start_matches("portcullis_session=").to_owned()
 }
 
-async fn who(server: &Server, token: &str) -> (StatusCode, serde_json::Value) {
-    server.get_json(Some(token), "/v1/auth/whoami").await
-}
-
 /// An IdP account is `oidc:NAME`, held for its (issuer, `sub`): one named like a local
 /// user gets none of that user's bindings and survives that user's disabling; one that
 /// calls itself by another IdP user's name (a different `sub`) is refused — audited,
@@ -420,7 +416,7 @@ roles = ["auditor"]
 
     // The IdP's `ops-lead` is not the local one: no binding, no audit log.
     let idp_lead = session_of(&code_flow_sign_in(&s, "ops-lead", "ops-lead-password").await);
-    let (_, body) = who(&s.server, &idp_lead).await;
+    let (_, body) = s.server.whoami(&idp_lead).await;
     assert_eq!(body["username"], "oidc:ops-lead");
     assert_eq!(body["roles"], json!([]), "{body}");
     let (status, _) = s.server.get_json(Some(&idp_lead), "/v1/admin/audit").await;
@@ -434,13 +430,13 @@ roles = ["auditor"]
     // Disabling the local ops-lead ends the local sessions only.
     let (status, body) = s.server.post_json(Some(&admin), "/v1/admin/users/ops-lead/disable", &json!({})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(who(&s.server, &local_lead).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(who(&s.server, &idp_lead).await.0, StatusCode::OK);
+    assert_eq!(s.server.whoami(&local_lead).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.server.whoami(&idp_lead).await.0, StatusCode::OK);
 
     // alice (sub "alice") holds oidc:alice; mallory's token says preferred_username
     // alice, with sub "mallory": refused, nothing opened.
     let alice = session_of(&code_flow_sign_in(&s, "alice", "alice-password").await);
-    assert_eq!(who(&s.server, &alice).await.1["username"], "oidc:alice");
+    assert_eq!(s.server.whoami(&alice).await.1["username"], "oidc:alice");
     let refused = code_flow_sign_in(&s, "mallory", "mallory-password").await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
     assert!(refused.body.contains("admin user release oidc:alice"), "{}", refused.body);
@@ -450,14 +446,14 @@ roles = ["auditor"]
         failed.iter().any(|r| r.payload["username"] == "oidc:alice" && r.payload["reason"] == "account_taken"),
         "{failed:?}"
     );
-    assert_eq!(who(&s.server, &alice).await.0, StatusCode::OK, "the holder is untouched");
+    assert_eq!(s.server.whoami(&alice).await.0, StatusCode::OK, "the holder is untouched");
 
     // Released on purpose: alice's session ends, and the name goes to the next subject.
     let (status, body) = s.server.post_json(Some(&admin), "/v1/admin/users/oidc:alice/release", &json!({})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(who(&s.server, &alice).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.server.whoami(&alice).await.0, StatusCode::UNAUTHORIZED);
     let mallory = session_of(&code_flow_sign_in(&s, "mallory", "mallory-password").await);
-    assert_eq!(who(&s.server, &mallory).await.1["username"], "oidc:alice");
+    assert_eq!(s.server.whoami(&mallory).await.1["username"], "oidc:alice");
     // Only directory and IdP accounts are held for a subject.
     let (status, _) = s.server.post_json(Some(&admin), "/v1/admin/users/ops-lead/release", &json!({})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

@@ -8,7 +8,7 @@ use crate::identity::hash_password;
 use crate::keys::{self, KeyPurpose, state};
 use crate::policy_files::load_policy_dir;
 use crate::store;
-use portcullis_policies::{Grant, UserSource, parse_account, valid_user_name};
+use portcullis_policies::{Grant, USER_NAME_RULE, UserSource, parse_account, valid_user_name};
 use portcullis_proto::console::PolicyChangeRecord;
 use portcullis_proto::{
     AuditRecord, AuditVerifyResponse, CaKeyInfo, NodeRecord, NodeUpdate, PolicyReloadResponse, UserInfo,
@@ -31,6 +31,23 @@ fn check_name(kind: &str, name: &str) -> Result<(), CaError> {
 }
 
 const MIN_PASSWORD_LEN: usize = 12;
+
+/// Ends everything an account holds (disabled, or its name released): its API sessions,
+/// and its live certificates, which go into the KRL.
+async fn end_sessions_and_certificates(
+    tx: &mut store::WriteTx<'_>,
+    grant: &Grant,
+    account: &str,
+    now: u64,
+) -> Result<(), CaError> {
+    store::revoke_user_sessions(tx.conn(), account, now).await?;
+    let n = store::revoke_certs(tx.conn(), &store::RevokeTarget::User(account), now).await?;
+    if n > 0 {
+        let target = format!("user:{}", crate::audit::sanitize(account));
+        super::certs::record_revocation(tx.conn(), now, grant.username(), target, n, false).await?;
+    }
+    Ok(())
+}
 
 /// Records one audit search reads at most (a filter matching little cannot make a
 /// request walk the whole log).
@@ -67,11 +84,7 @@ impl Ca {
         password: Option<&SecretString>,
     ) -> Result<(), CaError> {
         if !valid_user_name(username) {
-            return Err(CaError::BadRequest(
-                "local user names use letters, digits, '.', '_', '-' and '@', starting with a letter or digit \
-                 (at most 64)"
-                    .into(),
-            ));
+            return Err(CaError::BadRequest(format!("local user names use {USER_NAME_RULE}")));
         }
         for g in groups {
             check_name("group", g)?;
@@ -124,12 +137,7 @@ impl Ca {
             return Err(CaError::NotFound("user"));
         }
         if disabled {
-            store::revoke_user_sessions(tx.conn(), username, now).await?;
-            let n = store::revoke_certs(tx.conn(), &store::RevokeTarget::User(username), now).await?;
-            if n > 0 {
-                let target = format!("user:{}", crate::audit::sanitize(username));
-                super::certs::record_revocation(tx.conn(), now, grant.username(), target, n, false).await?;
-            }
+            end_sessions_and_certificates(&mut tx, grant, username, now).await?;
         }
         self.audit_user(&mut tx, grant, username, if disabled { "disabled" } else { "enabled" }).await?;
         tx.commit().await?;
@@ -155,12 +163,7 @@ impl Ca {
         if !store::release_account(tx.conn(), account).await? {
             return Err(CaError::NotFound("account held for a subject"));
         }
-        store::revoke_user_sessions(tx.conn(), account, now).await?;
-        let n = store::revoke_certs(tx.conn(), &store::RevokeTarget::User(account), now).await?;
-        if n > 0 {
-            let target = format!("user:{account}");
-            super::certs::record_revocation(tx.conn(), now, grant.username(), target, n, false).await?;
-        }
+        end_sessions_and_certificates(&mut tx, grant, account, now).await?;
         self.audit_user(&mut tx, grant, account, "released").await?;
         tx.commit().await?;
         Ok(())

@@ -8,7 +8,7 @@ use crate::identity::{AuthFailure, Vouched};
 use crate::store::{self, AccountClaim, SessionRow};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use portcullis_policies::{Grant, Identity, Permission, UserSource, parse_account, valid_user_name};
+use portcullis_policies::{Grant, Identity, Permission, USER_NAME_RULE, UserSource, parse_account, valid_user_name};
 use portcullis_proto::{LoginResponse, WhoAmI};
 use portcullis_sshcert::random_bytes;
 use secrecy::SecretString;
@@ -87,11 +87,7 @@ const BUSY_RETRY_AFTER: u64 = 3;
 /// source is asked of the sources in order (local users first).
 fn sign_in_name(typed: &str, source: Option<UserSource>) -> Result<(Option<UserSource>, &str), CaError> {
     let invalid = || {
-        CaError::BadRequest(
-            "not a valid user name: letters, digits, '.', '_', '-' and '@', starting with a letter or digit \
-             (at most 64), optionally after `ldap:` or `oidc:`"
-                .into(),
-        )
+        CaError::BadRequest(format!("not a valid user name ({USER_NAME_RULE}), optionally after `ldap:` or `oidc:`"))
     };
     let (named, name) = match typed.split_once(':') {
         Some(_) => parse_account(typed).map(|(s, n)| (Some(s), n)).ok_or_else(invalid)?,
@@ -329,15 +325,19 @@ impl Ca {
     /// for the denial. Local users are checked by the callers against the store; OIDC
     /// cannot be asked again.
     pub(crate) async fn directory_account_refusal(&self, account: &str) -> Result<Option<&'static str>, CaError> {
-        match parse_account(account) {
+        let source = match parse_account(account) {
             Some((UserSource::Local | UserSource::Oidc, _)) => return Ok(None),
-            Some((UserSource::Ldap, _)) | None => {}
-        }
+            Some((source, _)) => source.as_str(),
+            None => "unknown",
+        };
         let Err(refusal) = self.recheck_directory(account).await? else {
             return Ok(None);
         };
-        let source = parse_account(account).map_or("unknown", |(s, _)| s.as_str()).to_owned();
-        let event = AuditEvent::SessionRefused { username: account.to_owned(), source, reason: refusal.reason };
+        let event = AuditEvent::SessionRefused {
+            username: account.to_owned(),
+            source: source.to_owned(),
+            reason: refusal.reason,
+        };
         self.audit_alone(event).await?;
         Ok(Some(refusal.text))
     }

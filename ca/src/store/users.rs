@@ -32,11 +32,7 @@ fn user_from(row: &sqlx::any::AnyRow) -> Result<UserRow> {
 impl Store {
     /// The subject holding an account name, if any (see [`claim_account`]).
     pub async fn account_subject(&self, account: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT subject FROM accounts WHERE account = $1")
-            .bind(account)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.map(|r| r.try_get("subject")).transpose()?)
+        holder(self.pool(), account).await
     }
 
     pub async fn user(&self, username: &str) -> Result<Option<UserRow>> {
@@ -176,6 +172,13 @@ pub async fn revoke_user_sessions(conn: &mut AnyConnection, username: &str, now:
     Ok(done.rows_affected())
 }
 
+/// The subject holding `account`, read in a transaction or from the pool.
+async fn holder<'e>(executor: impl sqlx::Executor<'e, Database = sqlx::Any>, account: &str) -> Result<Option<String>> {
+    let row =
+        sqlx::query("SELECT subject FROM accounts WHERE account = $1").bind(account).fetch_optional(executor).await?;
+    Ok(row.map(|r| r.try_get("subject")).transpose()?)
+}
+
 /// What [`claim_account`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccountClaim {
@@ -195,13 +198,7 @@ pub async fn claim_account(
     subject: &str,
     now: u64,
 ) -> Result<AccountClaim> {
-    let held = sqlx::query("SELECT subject FROM accounts WHERE account = $1")
-        .bind(account)
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|row| row.try_get::<String, _>("subject"))
-        .transpose()?;
-    match held {
+    match holder(&mut *conn, account).await? {
         Some(holder) if holder != subject => return Ok(AccountClaim::Taken),
         Some(_) => {
             sqlx::query("UPDATE accounts SET last_seen = $1 WHERE account = $2")

@@ -65,9 +65,14 @@ pub(super) fn is_account(s: &str) -> bool {
     crate::account::parse_account(s).is_some()
 }
 
-/// Appended to an error about a user name, so the fix is in the message.
-pub(super) const ACCOUNT_HINT: &str = " (users are `NAME` for a local user, `ldap:NAME` or `oidc:NAME` for a directory \
-     or identity-provider user; NAME: A-Z a-z 0-9 . _ - @, starting with a letter or digit)";
+/// The error for a user name that is not an account name, with the fix in it.
+pub(super) fn invalid_account(name: &str) -> String {
+    format!(
+        "invalid user name {name:?} (users are `NAME` for a local user, `ldap:NAME` or `oidc:NAME` for a directory \
+         or identity-provider user; NAME: {})",
+        crate::account::USER_NAME_RULE
+    )
+}
 
 pub(super) fn subjects(f: &File<'_>, errs: &mut Errors, list: &[S], what: &str) -> BTreeSet<String> {
     for s in list.iter().filter(|s| !is_subject(s.get_ref())) {
@@ -78,7 +83,7 @@ pub(super) fn subjects(f: &File<'_>, errs: &mut Errors, list: &[S], what: &str) 
 
 pub(super) fn accounts(f: &File<'_>, errs: &mut Errors, list: &[S]) -> BTreeSet<String> {
     for s in list.iter().filter(|s| !is_account(s.get_ref())) {
-        errs.at(f, s.span().start, format!("invalid user name {:?}{ACCOUNT_HINT}", s.get_ref()));
+        errs.at(f, s.span().start, invalid_account(s.get_ref()));
     }
     list.iter().map(|s| s.get_ref().clone()).collect()
 }

@@ -176,11 +176,7 @@ impl Loader {
                 return;
             }
             (None, Some(bad)) => {
-                self.errs.at(
-                    f,
-                    bad.span().start,
-                    format!("invalid user name {:?}{}", bad.get_ref(), fields::ACCOUNT_HINT),
-                );
+                self.errs.at(f, bad.span().start, fields::invalid_account(bad.get_ref()));
                 return;
             }
             _ => {

@@ -342,21 +342,15 @@ allowed_ports = [22, 8006]
 
     #[test]
     fn property_limits_are_the_strictest_of_the_granting_roles_whatever_their_names() {
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_rng::xorshift();
         for _ in 0..150 {
             let n = usize::try_from(next() % 5).unwrap_or(0) + 1;
             let mut roles: Vec<GenRole> = (0..n)
                 .map(|_| GenRole {
-                    grants_pve01: next() % 3 != 0,
+                    grants_pve01: !next().is_multiple_of(3),
                     idle: next() % 3000 + 60,
                     absolute: next() % 30_000 + 60,
-                    per_user: (next() % 2 == 0).then(|| u32::try_from(next() % 9 + 1).unwrap_or(1)),
+                    per_user: next().is_multiple_of(2).then(|| u32::try_from(next() % 9 + 1).unwrap_or(1)),
                 })
                 .collect();
             let before = admitted_limits(&roles);
@@ -370,7 +364,7 @@ allowed_ports = [22, 8006]
             }
             // One more role, sorting first by name, with the loosest limits: on a target it
             // does not grant it changes nothing; on pve01 it loosens nothing.
-            let grants_pve01 = next() % 2 == 0;
+            let grants_pve01 = next().is_multiple_of(2);
             roles.insert(0, GenRole { grants_pve01, idle: 86_400, absolute: 864_000, per_user: None });
             let after = admitted_limits(&roles);
             match (before, after) {
