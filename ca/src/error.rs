@@ -49,6 +49,10 @@ pub enum CaError {
     /// is not a valid answer; the cause is in the operator log.
     #[error("{}", if *unreachable { "the identity provider cannot be reached" } else { "the identity provider sent an invalid answer" })]
     IdentityProvider { unreachable: bool },
+    /// The password was right but is a one-time password: only a sign-in that also
+    /// chooses a new one opens a session.
+    #[error("this password is for one sign-in only: sign in again choosing a new password")]
+    PasswordChangeRequired,
     /// Single sign-on did not produce a session; the text is ours, never the IdP's.
     #[error("sign-in failed: {0}")]
     SignInFailed(String),
@@ -109,6 +113,7 @@ impl CaError {
             CaError::Conflict(_) => "conflict",
             CaError::Unavailable => "unavailable",
             CaError::SignInFailed(_) => "sign_in_failed",
+            CaError::PasswordChangeRequired => "password_change_required",
             CaError::IdentityProvider { unreachable: true } => "idp_unavailable",
             CaError::IdentityProvider { unreachable: false } => "idp_invalid_answer",
             CaError::Config(_) => "config",

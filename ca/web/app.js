@@ -69,22 +69,42 @@ async function start() {
   }
 }
 
+// A one-time password (the first administrator's, or a reset) opens no session: the
+// CA answers `password_change_required`, and the form asks for a new one and signs in
+// again with both.
 document.getElementById("login-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const form = new FormData(ev.target);
   const error = document.getElementById("login-error");
+  const choose = document.getElementById("new-password");
   error.textContent = "";
+  const body = { username: form.get("username"), password: form.get("password") };
+  if (!choose.disabled) {
+    if (form.get("new_password") !== form.get("new_password_again")) {
+      error.textContent = "The two new passwords differ.";
+      return;
+    }
+    body.new_password = form.get("new_password");
+  }
   try {
     const r = await fetch("/v1/auth/browser-login", {
       method: "POST",
       credentials: "same-origin",
       headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: JSON.stringify({ username: form.get("username"), password: form.get("password") }),
+      body: JSON.stringify(body),
     });
     const data = await r.json();
+    if (data.error === "password_change_required") {
+      choose.hidden = false;
+      choose.disabled = false;
+      choose.querySelector("input").focus();
+      return;
+    }
     if (!r.ok) throw new Error(data.message || `HTTP ${r.status}`);
     setCsrf(data.csrf_token);
     ev.target.reset();
+    choose.hidden = true;
+    choose.disabled = true;
     await showDevices(await api("/v1/auth/whoami"));
   } catch (e) {
     error.textContent = e.message;

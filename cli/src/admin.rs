@@ -299,14 +299,17 @@ async fn user(api: &Api, cmd: UserCommand) -> anyhow::Result<()> {
             .await?;
             println!("{name} is now in: {}", groups.join(", "));
         }
-        UserCommand::SetPassword { name, password_stdin } => {
+        UserCommand::SetPassword { name, password_stdin, one_time } => {
             let password = read_password(&format!("New password for {name}: "), password_stdin)?;
             api.put_unit(
                 &format!("/v1/admin/users/{}/password", seg(&name)?),
-                &json!({ "password": password.expose_secret() }),
+                &json!({ "password": password.expose_secret(), "one_time": one_time }),
             )
             .await?;
-            println!("Password set for {name}.");
+            match one_time {
+                true => println!("One-time password set for {name}: their next sign-in must replace it."),
+                false => println!("Password set for {name}."),
+            }
         }
         UserCommand::List => {
             for u in api.get::<Vec<UserInfo>>("/v1/admin/users").await? {

@@ -9,6 +9,22 @@ use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The CA refused a request and said why: `code` is the stable error code
+/// (`password_change_required`, `rate_limited`, …) a caller may act on.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} ({code})")]
+pub struct Refused {
+    pub code: String,
+    pub message: String,
+}
+
+impl Refused {
+    /// Whether `err` is the CA refusing with `code`.
+    pub fn is(err: &anyhow::Error, code: &str) -> bool {
+        err.downcast_ref::<Refused>().is_some_and(|r| r.code == code)
+    }
+}
+
 pub struct Api {
     base: String,
     http: reqwest::Client,
@@ -76,7 +92,7 @@ impl Api {
         }
         let status = resp.status();
         match resp.json::<ApiError>().await {
-            Ok(err) => bail!("{} ({})", err.message, err.error),
+            Ok(err) => Err(Refused { code: err.error, message: err.message }.into()),
             Err(_) => bail!("the CA answered {status}"),
         }
     }

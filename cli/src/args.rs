@@ -46,6 +46,10 @@ pub struct LoginArgs {
     /// Sign in with a password even when the CA offers single sign-on.
     #[arg(long, conflicts_with = "oidc")]
     pub password: bool,
+    /// Choose a new password at this sign-in (local users; asked for anyway when the
+    /// current one is a one-time password). With --password-stdin it is the next line.
+    #[arg(long, conflicts_with = "oidc")]
+    pub change_password: bool,
     /// Sign in through the CA's OpenID Connect provider (device flow: a URL and a code to
     /// open in any browser, so it works on a headless machine).
     #[arg(long, conflicts_with_all = ["password_stdin", "user"])]
@@ -206,6 +210,10 @@ pub enum UserCommand {
         name: String,
         #[arg(long)]
         password_stdin: bool,
+        /// A reset: the password opens no session until the user replaces it at their
+        /// next sign-in (`portcullis login` asks), and their sessions end now.
+        #[arg(long)]
+        one_time: bool,
     },
     List,
 }

@@ -1,6 +1,6 @@
 //! `login`, `status`, `logout`, `ssh-config`: the user's side of the certificate flow.
 
-use crate::api::Api;
+use crate::api::{Api, Refused};
 use crate::args::{LoginArgs, SshConfigArgs};
 use crate::state::{Paths, Session, write_atomic};
 use anyhow::{Context, anyhow, bail};
@@ -48,6 +48,15 @@ pub fn read_password(prompt: &str, from_stdin: bool) -> anyhow::Result<SecretStr
     Ok(SecretString::from(password))
 }
 
+/// A new password: the next line of stdin, or typed twice at the terminal.
+fn read_new_password(username: &str, from_stdin: bool) -> anyhow::Result<SecretString> {
+    let new = read_password(&format!("New password for {username}: "), from_stdin)?;
+    if !from_stdin && read_password("Repeat the new password: ", false)?.expose_secret() != new.expose_secret() {
+        bail!("the two new passwords differ; nothing was changed");
+    }
+    Ok(new)
+}
+
 pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let paths = Paths::new()?;
     let previous = paths.load_session();
@@ -68,7 +77,8 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         .transpose()?;
 
     let api = Api::new(&ca_url, pin.as_deref())?;
-    let password_requested = args.password || args.password_stdin || args.user.is_some() || args.source.is_some();
+    let password_requested =
+        args.password || args.password_stdin || args.change_password || args.user.is_some() || args.source.is_some();
     let use_oidc = args.oidc
         || (!password_requested
             // A CA too old to answer `/v1/auth/methods` offers passwords only.
@@ -83,14 +93,29 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
             .or_else(|| std::env::var("USER").ok())
             .ok_or_else(|| anyhow!("pass --user NAME"))?;
         let password = read_password(&format!("Password for {username} at {ca_url}: "), args.password_stdin)?;
-        let body = serde_json::json!({
-            "username": username,
-            "password": password.expose_secret(),
-            "source": args.source,
-        });
-        let session: LoginResponse = api.post("/v1/auth/login", &body).await?;
-        drop(body);
-        session
+        let sign_in = |new_password: Option<SecretString>| {
+            let body = serde_json::json!({
+                "username": username,
+                "password": password.expose_secret(),
+                "source": args.source,
+                "new_password": new_password.as_ref().map(|p| p.expose_secret()),
+            });
+            let api = &api;
+            async move { api.post::<_, LoginResponse>("/v1/auth/login", &body).await }
+        };
+        // Asked for a new password, or told the current one was for one sign-in only:
+        // sign in again with the same password and a new one.
+        let first = if args.change_password { None } else { Some(sign_in(None).await) };
+        match first {
+            Some(Ok(session)) => session,
+            Some(Err(e)) if !Refused::is(&e, "password_change_required") => return Err(e),
+            told => {
+                if told.is_some() {
+                    println!("This password is for one sign-in only: choose your own.");
+                }
+                sign_in(Some(read_new_password(&username, args.password_stdin)?)).await?
+            }
+        }
     };
     let api = api.with_token(&session.token);
 

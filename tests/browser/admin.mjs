@@ -1,7 +1,9 @@
 // The admin page in headless Chromium: sign in as an administrator, see a live session,
 // kill it from the page, filter the audit log, read the policy history. Prints JSON.
 //
-// Usage: node admin.mjs '{"url":…,"username":…,"password":…,"user":…}'
+// Usage: node admin.mjs '{"url":…,"username":…,"password":…,"new_password":…,"user":…}'
+// With `new_password`, `password` is a one-time password: the sign-in form must ask for
+// a new one, and the second submit signs in with both.
 import { chromium } from "playwright-core";
 
 const cfg = JSON.parse(process.argv[2]);
@@ -26,6 +28,14 @@ try {
   await page.fill("input[name=username]", cfg.username);
   await page.fill("input[name=password]", cfg.password);
   await page.click("#login-form button[type=submit]");
+  if (cfg.new_password) {
+    await page.waitForSelector("#new-password:not([hidden])", { timeout: 15000 });
+    result.steps.push("asked_for_new_password");
+    result.signed_in_before_change = await page.evaluate(() => !document.getElementById("nav").hidden);
+    await page.fill("input[name=new_password]", cfg.new_password);
+    await page.fill("input[name=new_password_again]", cfg.new_password);
+    await page.click("#login-form button[type=submit]");
+  }
   await page.waitForSelector("#admin-link:not([hidden])", { timeout: 15000 });
   result.steps.push("signed_in");
   const admin = await page.goto(`${cfg.url}/ui/admin`);

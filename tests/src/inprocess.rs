@@ -107,3 +107,15 @@ impl ServedCa {
         self.send(reqwest::Method::GET, token, path, None).await
     }
 }
+
+/// What [`first_admin`] chooses as the first administrator's own password.
+pub const FIRST_ADMIN_PASSWORD: &str = "first-admin-own-password";
+
+/// Creates the first administrator (`admin` in `group`) and signs in as an operator
+/// does the first time: with the one-time password, choosing [`FIRST_ADMIN_PASSWORD`].
+/// The API token.
+pub async fn first_admin(ca: &Ca, group: &str, client_ip: &str) -> String {
+    let one_time = ca.bootstrap_admin("admin", group).await.unwrap().expect("a first start creates the admin");
+    let own = SecretString::from(FIRST_ADMIN_PASSWORD);
+    ca.login_replacing_password("admin", None, &one_time, &own, client_ip).await.unwrap().token
+}

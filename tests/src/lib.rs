@@ -11,6 +11,7 @@
 
 pub mod bastion_world;
 pub mod bins;
+pub mod cli;
 pub mod enroll_ca;
 pub mod enroll_node;
 pub mod idp;
@@ -23,6 +24,6 @@ pub mod ssh;
 pub mod sshd;
 
 pub use bins::bin;
-pub use inprocess::{ServedCa, TEST_PASSPHRASE, ca_in_process, same_ca, sqlite_url};
+pub use inprocess::{FIRST_ADMIN_PASSWORD, ServedCa, TEST_PASSPHRASE, ca_in_process, first_admin, same_ca, sqlite_url};
 pub use postgres::Postgres;
 pub use server::{Server, ServerOpts};

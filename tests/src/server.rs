@@ -38,7 +38,12 @@ pub struct Server {
     /// `SHA256:…` of the server's TLS public key.
     pub pin: String,
     pub data_dir: PathBuf,
-    pub admin_password: String,
+    /// The one-time password the server generated for `admin`: it opens no session.
+    pub initial_admin_password: String,
+    /// `admin`'s own password, chosen at the first sign-in: by the harness at the first
+    /// [`Server::admin_token`], or by a test driving a real client through that sign-in
+    /// (which then chooses [`Server::admin_password_to_choose`]).
+    admin_password: String,
     /// `GET /v1/ca/user/keys` at start-up: what sshd's `TrustedUserCAKeys` holds.
     pub user_ca_keys: String,
     /// The server's stderr (its log), for failure messages.
@@ -113,7 +118,7 @@ impl Server {
                 );
             }
         };
-        let admin_password = std::fs::read_to_string(data_dir.join("initial-admin-password"))
+        let initial_admin_password = std::fs::read_to_string(data_dir.join("initial-admin-password"))
             .expect("initial-admin-password was not written")
             .trim()
             .to_owned();
@@ -121,7 +126,8 @@ impl Server {
             url,
             pin,
             data_dir,
-            admin_password,
+            admin_password: format!("{initial_admin_password}-own"),
+            initial_admin_password,
             bastion,
             agent_listener,
             user_ca_keys: String::new(),
@@ -230,15 +236,44 @@ impl Server {
     }
 
     /// The bootstrap administrator's token (logged in once per server: logins count
-    /// against the per-address rate limit).
+    /// against the per-address rate limit). The first call uses the one-time password
+    /// and chooses [`Server::admin_password`], as an operator does at first sign-in.
     pub async fn admin_token(&self) -> String {
         let mut cached = self.admin_token.lock().await;
         if let Some(token) = cached.as_ref() {
             return token.clone();
         }
-        let token = self.login("admin", &self.admin_password).await;
+        let (status, body) = self
+            .post_json(
+                None,
+                "/v1/auth/login",
+                &json!({
+                    "username": "admin",
+                    "password": self.initial_admin_password,
+                    "new_password": self.admin_password,
+                }),
+            )
+            .await;
+        // A test's client made the first sign-in already: the chosen password signs in.
+        let (status, body) = match status {
+            StatusCode::UNAUTHORIZED => self.try_login("admin", &self.admin_password).await,
+            _ => (status, body),
+        };
+        assert_eq!(status, StatusCode::OK, "the first administrator's sign-in failed: {body}");
+        let token = serde_json::from_value::<LoginResponse>(body).unwrap().token;
         *cached = Some(token.clone());
         token
+    }
+
+    /// `admin`'s own password (chosen at the first sign-in, which this makes happen).
+    pub async fn admin_password(&self) -> String {
+        self.admin_token().await;
+        self.admin_password.clone()
+    }
+
+    /// What a test driving a real client through admin's first sign-in chooses.
+    pub fn admin_password_to_choose(&self) -> &str {
+        &self.admin_password
     }
 
     /// Creates a local user through the admin API; panics unless it succeeds.

@@ -84,7 +84,7 @@ async fn malformed_bodies_get_sanitized_400s() {
         .post_json(
             None,
             "/v1/auth/login",
-            &json!({"username": "admin", "password": server.admin_password, MARKER: true}),
+            &json!({"username": "admin", "password": server.admin_password().await, MARKER: true}),
         )
         .await;
     assert_api_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
@@ -253,7 +253,7 @@ async fn repeated_login_failures_from_one_address_back_off() {
         assert_eq!(body["error"], "rate_limited");
     }
     // The back-off is per user and address: the administrator still logs in from here.
-    server.login("admin", &server.admin_password).await;
+    server.login("admin", &server.admin_password().await).await;
     let failed = server.audit_events("login_failed").await;
     assert!(reasons(&failed).iter().any(|r| r == "rate_limited"), "{failed:?}");
 }

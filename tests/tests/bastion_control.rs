@@ -17,7 +17,7 @@ use portcullis_policies::principal::node_principal;
 use portcullis_proto::bastion::*;
 use portcullis_proto::{NodeRecord, UserCertRequest};
 use portcullis_tests::ssh::{ed25519_key, public_line, ssh_keygen_ok};
-use portcullis_tests::{Postgres, ServedCa, TEST_PASSPHRASE, sqlite_url};
+use portcullis_tests::{Postgres, ServedCa, TEST_PASSPHRASE, first_admin, sqlite_url};
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -129,8 +129,7 @@ async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
         served.push(Arc::new(ServedCa::start(open_ca(&url, &policy_dir, &clock).await).await));
     }
 
-    let password = ca.bootstrap_admin("admin", "admins").await.unwrap().unwrap();
-    let admin = ca.login_password("admin", None, &password, IP).await.unwrap().token;
+    let admin = first_admin(&ca, "admins", IP).await;
     let caller = ca.caller(&admin).await.unwrap();
     let users = ca.authorize(&caller, Permission::UsersManage).unwrap();
     let pw = SecretString::from(PASSWORD);

@@ -13,7 +13,7 @@ use portcullis_ca::{Ca, CaError, Caller, ManualClock};
 use portcullis_policies::Permission;
 use portcullis_proto::{RevokeRequest, UserCertRequest};
 use portcullis_tests::ssh::{ed25519_key, public_line, ssh_keygen};
-use portcullis_tests::{Postgres, ca_in_process, sqlite_url};
+use portcullis_tests::{Postgres, ca_in_process, first_admin, sqlite_url};
 use secrecy::SecretString;
 use sqlx::Row;
 use std::collections::BTreeSet;
@@ -107,8 +107,7 @@ async fn setup(url: &str, work: &Path) -> (Arc<Ca>, Caller, Caller) {
     std::fs::create_dir_all(&policy_dir).unwrap();
     std::fs::write(policy_dir.join("policy.toml"), POLICY).unwrap();
     let ca = ca_in_process(url, &policy_dir, ManualClock::new(now())).await.unwrap();
-    let admin_password = ca.bootstrap_admin("admin", "admins").await.unwrap().unwrap();
-    let admin = login(&ca, "admin", secrecy::ExposeSecret::expose_secret(&admin_password)).await;
+    let admin = ca.caller(&first_admin(&ca, "admins", IP).await).await.unwrap();
     let users = ca.authorize(&admin, Permission::UsersManage).unwrap();
     ca.add_user(&users, "alice", &["devs".into()], Some(&SecretString::from(ALICE_PASSWORD.to_owned()))).await.unwrap();
     let alice = login(&ca, "alice", ALICE_PASSWORD).await;

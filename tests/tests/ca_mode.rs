@@ -64,18 +64,21 @@ async fn service_mode_keeps_the_first_password_off_stdout_and_logs() {
     assert!(!stdout.contains(password.trim()), "password printed: {stdout}");
     assert!(stdout.contains(&password_file.display().to_string()), "{stdout}");
 
-    // The password works, and even at debug level it never reaches the log.
+    // The password works once, to choose admin's own (the file goes then), and even at
+    // debug level neither reaches the log.
+    let own = "admin-own-password";
     let client = portcullis_tests::server::client_with_pin(&pin);
     let response = client
         .post(format!("{url}/v1/auth/login"))
-        .json(&serde_json::json!({ "username": "admin", "password": password.trim() }))
+        .json(&serde_json::json!({ "username": "admin", "password": password.trim(), "new_password": own }))
         .send()
         .await
         .unwrap();
     assert!(response.status().is_success(), "{}", response.text().await.unwrap_or_default());
+    assert!(!password_file.exists(), "the used one-time password file is still there");
     let _ = child.kill();
     let _ = child.wait();
     let log = std::fs::read_to_string(&log).unwrap();
-    assert!(!log.contains(password.trim()), "password in the log");
+    assert!(!log.contains(password.trim()) && !log.contains(own), "password in the log");
     assert!(!log.contains("a passphrase from the environment"), "passphrase in the log");
 }

@@ -143,17 +143,37 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
     let w = World::start("15m").await;
     // alice has a terminated-mode session running.
     let child = w.spawn_started("bastion", "sleep 60");
+    // A second administrator whose password was reset: a one-time password, which the
+    // sign-in form replaces before the admin page opens.
+    let admin = w.server.admin_token().await;
+    w.server.add_user(&admin, "ops", &["portcullis-admins"], "ops-temporary-1").await;
+    let (status, body) = w
+        .server
+        .put_json(
+            Some(&admin),
+            "/v1/admin/users/ops/password",
+            &serde_json::json!({"password": "ops-temporary-2", "one_time": true}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
     let report = run_script(
         "admin.mjs",
         &serde_json::json!({
             "url": w.server.url,
-            "username": "admin",
-            "password": w.server.admin_password,
+            "username": "ops",
+            "password": "ops-temporary-2",
+            "new_password": "ops-own-password",
             "user": "alice",
         }),
     );
     assert!(report.get("error").is_none() && report.get("page_errors").is_none(), "{report:#}");
-    for step in ["signed_in", "session_listed", "killed", "audit_filtered", "policy_history"] {
+    assert_eq!(report["signed_in_before_change"], false, "a one-time password opened a session: {report:#}");
+    let failed = w.server.audit_events("login_failed").await;
+    assert!(failed.iter().any(|r| r.payload["reason"] == "password_change_required"), "{failed:?}");
+    assert_eq!(w.server.try_login("ops", "ops-temporary-2").await.0, reqwest::StatusCode::UNAUTHORIZED);
+    w.server.login("ops", "ops-own-password").await;
+    for step in ["asked_for_new_password", "signed_in", "session_listed", "killed", "audit_filtered", "policy_history"]
+    {
         assert!(report["steps"].as_array().unwrap().iter().any(|s| s == step), "{step}: {report:#}");
     }
     assert_eq!(report["frame_options"], "DENY");

@@ -16,7 +16,7 @@ use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::*;
 use portcullis_proto::console::{CSRF_HEADER, ConsoleDevice, TICKET_TTL_SECS};
 use portcullis_tests::ssh::{ed25519_key, public_line};
-use portcullis_tests::{Postgres, ServedCa, TEST_PASSPHRASE, sqlite_url};
+use portcullis_tests::{Postgres, ServedCa, TEST_PASSPHRASE, first_admin, sqlite_url};
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -159,8 +159,7 @@ async fn fixture_on(db_url: Option<&str>, replicas: usize) -> Fx {
         others.push(ServedCa::start(open_ca(&url, &policy_dir, &clock).await).await);
     }
 
-    let password = ca.bootstrap_admin("admin", "admins").await.unwrap().unwrap();
-    let admin = ca.login_password("admin", None, &password, IP).await.unwrap().token;
+    let admin = first_admin(&ca, "admins", IP).await;
     let caller = ca.caller(&admin).await.unwrap();
     let users = ca.authorize(&caller, Permission::UsersManage).unwrap();
     let pw = SecretString::from(PASSWORD);
@@ -770,7 +769,7 @@ async fn csrf_guards_cookie_sessions_and_not_bearer_ones() {
 async fn browser_login_admin(fx: &Fx) -> (String, String, String, Value) {
     let admin = fx.ca.caller(&fx.admin).await.unwrap();
     let users = fx.ca.authorize(&admin, Permission::UsersManage).unwrap();
-    fx.ca.set_user_password(&users, "admin", &SecretString::from(PASSWORD)).await.unwrap();
+    fx.ca.set_user_password(&users, "admin", &SecretString::from(PASSWORD), false).await.unwrap();
     browser_login(fx, "admin").await
 }
 

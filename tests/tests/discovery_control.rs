@@ -15,7 +15,7 @@ use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::ServiceKind;
 use portcullis_proto::discovery::*;
 use portcullis_tests::ssh::{ed25519_key, public_line, ssh_keygen_ok};
-use portcullis_tests::{Postgres, ServedCa, TEST_PASSPHRASE, sqlite_url};
+use portcullis_tests::{Postgres, ServedCa, TEST_PASSPHRASE, first_admin, sqlite_url};
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -96,8 +96,7 @@ async fn fixture(db_url: Option<&str>, enabled: bool) -> Fx {
     let clock = ManualClock::new(1_800_000_000);
     let ca = open_ca(&url, &policy_dir, &clock, enabled).await;
     let api = ServedCa::start(Arc::clone(&ca)).await;
-    let password = ca.bootstrap_admin("admin", "admins").await.unwrap().unwrap();
-    let admin = ca.login_password("admin", None, &password, "192.0.2.7").await.unwrap().token;
+    let admin = first_admin(&ca, "admins", "192.0.2.7").await;
     let caller = ca.caller(&admin).await.unwrap();
     let nodes = ca.authorize(&caller, Permission::NodesManage).unwrap();
     let pinned = public_line(&ed25519_key());

@@ -246,23 +246,13 @@ async fn discovery_stores_facts_detects_drift_and_refuses_wrong_host_keys() {
     // The CLI shows the facts and the change.
     let home = tempfile::tempdir().unwrap();
     let cli = |args: &[&str], stdin: &str| {
-        use std::io::Write;
-        let mut child = std::process::Command::new(portcullis_tests::bin("portcullis"))
-            .args(args)
-            .env("HOME", home.path())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = portcullis_tests::cli::portcullis(home.path(), args, stdin);
+        let text = portcullis_tests::cli::text(&out);
         assert!(out.status.success(), "portcullis {args:?}: {text}");
         text
     };
     let login = ["login", "--ca", &server.url, "--ca-fingerprint", &server.pin, "--user", "admin", "--password-stdin"];
-    cli(&login, &format!("{}\n", server.admin_password));
+    cli(&login, &format!("{}\n", server.admin_password().await));
     let shown = cli(&["admin", "inventory", "show", "pve01"], "");
     assert!(shown.contains("system.serial") && shown.contains("7XYZ123"), "{shown}");
     assert!(shown.contains("nic.eno1.speed_mbps: 10000 -> 1000"), "{shown}");

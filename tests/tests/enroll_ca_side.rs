@@ -12,7 +12,7 @@ use portcullis_policies::Permission;
 use portcullis_proto::enroll::{EnrollAbortRequest, EnrollRequest, EnrollTokenRequest, NodeFacts, NodeProof};
 use portcullis_proto::{NodeRecord, NodeUpdate};
 use portcullis_tests::ssh::{ed25519_key, public_line};
-use portcullis_tests::{ca_in_process, sqlite_url};
+use portcullis_tests::{ca_in_process, first_admin, sqlite_url};
 use ssh_key::{HashAlg, PrivateKey};
 
 const NOW: u64 = 1_800_000_000;
@@ -34,9 +34,8 @@ async fn ca_and_grant(dir: &std::path::Path) -> (Ca, Grant) {
     std::fs::create_dir_all(&policy).unwrap();
     std::fs::write(policy.join("default.toml"), portcullis_ca::policy_files::DEFAULT_POLICY).unwrap();
     let ca = ca_in_process(&sqlite_url(dir), &policy, ManualClock::new(NOW)).await.unwrap();
-    let password = ca.bootstrap_admin("admin", "portcullis-admins").await.unwrap().unwrap();
-    let login = ca.login_password("admin", None, &password, "127.0.0.1").await.unwrap();
-    let admin = ca.caller(&login.token).await.unwrap();
+    let token = first_admin(&ca, "portcullis-admins", "127.0.0.1").await;
+    let admin = ca.caller(&token).await.unwrap();
     let grant = ca.authorize(&admin, Permission::NodesManage).unwrap();
     (ca, grant)
 }

@@ -274,7 +274,7 @@ async fn directory_down_is_503_and_audited_while_local_users_log_in() {
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0].payload["reason"], "directory_unavailable");
     // Local users are not affected.
-    server.login("admin", &server.admin_password).await;
+    server.login("admin", &server.admin_password().await).await;
 
     let fails = failures(&server).await;
     assert_eq!(fails.iter().map(reason).collect::<Vec<_>>(), vec![("alice", "ldap", "directory_unavailable")]);
@@ -599,7 +599,7 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
     use portcullis_policies::Permission;
     use portcullis_proto::bastion::ServiceKind;
     use portcullis_proto::{NodeRecord, UserCertRequest};
-    use portcullis_tests::{ServedCa, TEST_PASSPHRASE, sqlite_url};
+    use portcullis_tests::{ServedCa, TEST_PASSPHRASE, first_admin, sqlite_url};
     use serde_json::json;
     use std::sync::Arc;
     const IP: &str = "192.0.2.9";
@@ -616,8 +616,7 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
     let ca = Arc::new(Ca::open(config, Arc::new(ManualClock::new(now))).await.unwrap());
     let api = ServedCa::start(Arc::clone(&ca)).await;
 
-    let password = ca.bootstrap_admin("admin", "admins").await.unwrap().unwrap();
-    let admin = ca.login_password("admin", None, &password, IP).await.unwrap().token;
+    let admin = first_admin(&ca, "admins", IP).await;
     let nodes = ca.authorize(&ca.caller(&admin).await.unwrap(), Permission::NodesManage).unwrap();
     let node = NodeRecord {
         name: "pve01".into(),

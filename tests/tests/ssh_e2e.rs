@@ -9,6 +9,7 @@
 use portcullis_ca::keys::KeyPurpose;
 use portcullis_ca::{Ca, Clock, ManualClock, SystemClock};
 use portcullis_proto::{NodePrincipals, NodeRecord, PrincipalLine, UserCertRequest};
+use portcullis_tests::cli::portcullis;
 use portcullis_tests::ssh::{ed25519_key, krl_revokes, public_line, write_key_pair};
 use portcullis_tests::sshd::{NodeTrust, Sshd};
 use portcullis_tests::{Server, ServerOpts, bin, same_ca};
@@ -72,20 +73,6 @@ async fn node_sshd(server: &Server, admin: &str, name: &str, krl: Option<Vec<u8>
 }
 
 /// Runs the real CLI as a user whose home is `home`.
-fn portcullis(home: &Path, args: &[&str], stdin: &str) -> std::process::Output {
-    let mut child = Command::new(bin("portcullis"))
-        .args(args)
-        .env("HOME", home)
-        .env_remove("SSH_AUTH_SOCK")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
-}
-
 fn cli_login(server: &Server, home: &Path, user: &str, password: &str) -> (PathBuf, PathBuf) {
     let out = portcullis(
         home,
@@ -209,7 +196,7 @@ async fn cli_certificate_logs_in_where_policy_allows_and_nowhere_else() {
 
     // Revocation through the admin CLI, enforced by sshd through the published KRL.
     let admin_home = tempfile::tempdir().unwrap();
-    cli_login(&server, admin_home.path(), "admin", &server.admin_password);
+    cli_login(&server, admin_home.path(), "admin", &server.admin_password().await);
     let serial = listing_serial(&alice_cert);
     let out = portcullis(admin_home.path(), &["admin", "revoke", "--serial", &serial], "");
     assert!(out.status.success(), "revoke: {}", String::from_utf8_lossy(&out.stderr));

@@ -116,8 +116,24 @@ async fn run_conformance(url: &str, backend: Backend) {
     assert_eq!(ca.store().backend(), backend, "the CA is not using {backend:?}");
 
     // --- users and sessions ------------------------------------------------------
-    let admin_password = ca.bootstrap_admin("admin", "admins").await.unwrap().expect("first start creates the admin");
-    let admin = login(&ca, "admin", secrecy::ExposeSecret::expose_secret(&admin_password)).await;
+    // The first administrator's password is for one sign-in: alone it opens nothing,
+    // and of two sign-ins racing to replace it exactly one does.
+    let one_time = ca.bootstrap_admin("admin", "admins").await.unwrap().expect("first start creates the admin");
+    let refused = ca.login_password("admin", None, &one_time, IP).await;
+    assert!(matches!(refused, Err(CaError::PasswordChangeRequired)), "{refused:?}");
+    let (choice_one, choice_two) = (secret("admin-choice-one"), secret("admin-choice-two"));
+    let (first, second) = tokio::join!(
+        ca.login_replacing_password("admin", None, &one_time, &choice_one, IP),
+        ca.login_replacing_password("admin", None, &one_time, &choice_two, IP),
+    );
+    let admin_password = match (&first, &second) {
+        (Ok(_), Err(CaError::InvalidCredentials)) => "admin-choice-one",
+        (Err(CaError::InvalidCredentials), Ok(_)) => "admin-choice-two",
+        other => panic!("a one-time password was replaced {other:?}"),
+    };
+    let reused = ca.login_replacing_password("admin", None, &one_time, &secret("admin-choice-three"), IP).await;
+    assert!(matches!(reused, Err(CaError::InvalidCredentials)), "the one-time password still works: {reused:?}");
+    let admin = login(&ca, "admin", admin_password).await;
     let users_grant = ca.authorize(&admin, Permission::UsersManage).unwrap();
     let revoke_grant = ca.authorize(&admin, Permission::CertsRevoke).unwrap();
     let ca_grant = ca.authorize(&admin, Permission::CaManage).unwrap();
@@ -252,7 +268,7 @@ async fn run_conformance(url: &str, backend: Backend) {
     drop(ca);
     let ca = ca_in_process(url, &policy_dir, clock.clone()).await.unwrap();
     assert_eq!(active_user_ca(&ca), pending.fingerprint);
-    let admin = login(&ca, "admin", secrecy::ExposeSecret::expose_secret(&admin_password)).await;
+    let admin = login(&ca, "admin", admin_password).await;
     let audit_grant = ca.authorize(&admin, Permission::AuditRead).unwrap();
 
     // --- audit tampering -------------------------------------------------------------

@@ -29,7 +29,7 @@ pub async fn browser_login(
     ClientIp(ip): ClientIp,
     Body(body): Body<LoginBody>,
 ) -> Result<Response, CaError> {
-    let session = ca.login_password(body.username(), body.source()?, body.password(), &ip).await?;
+    let session = body.sign_in(&ca, &ip).await?;
     let max_age = session.expires_at.saturating_sub(ca.now());
     let cookie = HeaderValue::try_from(format!(
         "{SESSION_COOKIE}={}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict",

@@ -27,17 +27,24 @@ pub struct LoginBody {
     /// local user shadows signs in. `ldap:NAME` as the user name does the same.
     #[serde(default)]
     source: Option<String>,
+    /// Replaces a local user's password at this sign-in (required when the current one
+    /// is a one-time password).
+    #[serde(default)]
+    new_password: Option<SecretString>,
 }
 
 impl LoginBody {
-    pub(super) fn username(&self) -> &str {
-        &self.username
+    /// Signs in, replacing the password when the body names a new one.
+    pub(super) async fn sign_in(&self, ca: &Ca, ip: &str) -> Result<LoginResponse, CaError> {
+        let source = self.source()?;
+        match &self.new_password {
+            None => ca.login_password(&self.username, source, &self.password, ip).await,
+            Some(new) => ca.login_replacing_password(&self.username, source, &self.password, new, ip).await,
+        }
     }
-    pub(super) fn password(&self) -> &SecretString {
-        &self.password
-    }
+
     /// The source asked for, if any; an unknown one is a bad request.
-    pub(super) fn source(&self) -> Result<Option<UserSource>, CaError> {
+    fn source(&self) -> Result<Option<UserSource>, CaError> {
         match self.source.as_deref().filter(|s| !s.is_empty() && *s != "any") {
             None => Ok(None),
             Some(s) => match UserSource::parse(s) {
@@ -51,7 +58,7 @@ impl LoginBody {
 
 pub async fn login(State(ca): Ca_, ClientIp(ip): ClientIp, Body(body): Body<LoginBody>) -> Res<LoginResponse> {
     // The user name is checked (printable, bounded) before anything is asked or audited.
-    Ok(Json(ca.login_password(&body.username, body.source()?, &body.password, &ip).await?))
+    Ok(Json(body.sign_in(&ca, &ip).await?))
 }
 
 /// Revokes the session, whether it came as a bearer token or as the browser's cookie,
@@ -149,6 +156,9 @@ pub async fn set_groups(
 #[serde(deny_unknown_fields)]
 pub struct PasswordBody {
     password: SecretString,
+    /// Opens no session until its user replaces it at their next sign-in.
+    #[serde(default)]
+    one_time: bool,
 }
 
 pub async fn set_password(
@@ -158,7 +168,7 @@ pub async fn set_password(
     Body(b): Body<PasswordBody>,
 ) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::UsersManage)?;
-    ca.set_user_password(&grant, &name, &b.password).await
+    ca.set_user_password(&grant, &name, &b.password, b.one_time).await
 }
 
 pub async fn revoke(State(ca): Ca_, Authed(c): Authed, Body(b): Body<RevokeRequest>) -> Res<RevokeResponse> {

@@ -114,9 +114,10 @@ async fn metrics(axum::extract::State(ca): axum::extract::State<Arc<Ca>>) -> imp
 impl IntoResponse for CaError {
     fn into_response(self) -> Response {
         let status = match &self {
-            CaError::Unauthenticated | CaError::InvalidCredentials | CaError::SignInFailed(_) => {
-                StatusCode::UNAUTHORIZED
-            }
+            CaError::Unauthenticated
+            | CaError::InvalidCredentials
+            | CaError::SignInFailed(_)
+            | CaError::PasswordChangeRequired => StatusCode::UNAUTHORIZED,
             CaError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             CaError::Denied(_) | CaError::Forbidden(_) | CaError::SessionDenied { .. } => StatusCode::FORBIDDEN,
             CaError::Csrf | CaError::TicketDenied { .. } => StatusCode::FORBIDDEN,

@@ -22,6 +22,31 @@ impl LocalUsers {
     pub fn new(store: Store, hashing: Arc<WorkLimit>) -> Self {
         LocalUsers { store, hashing }
     }
+
+    /// Checks a local user's password and that the user may act; the row it answers
+    /// carries the hash that was proved (a password change replaces exactly that one).
+    /// A one-time password passes here: whether it may open a session is the caller's
+    /// question.
+    pub(crate) async fn verify(&self, username: &str, password: &SecretString) -> Result<UserRow, AuthFailure> {
+        if password.expose_secret().is_empty() {
+            return Err(AuthFailure::EmptyPassword);
+        }
+        let user = self.store.user(username).await.map_err(|_| AuthFailure::Unavailable)?;
+        let hash = user.as_ref().and_then(|u| u.password_hash.clone()).unwrap_or_else(|| dummy_hash().to_owned());
+        let pass = password.clone();
+        let _turn = self.hashing.enter().await.map_err(|_| AuthFailure::Busy)?;
+        // argon2 is CPU-bound by design: keep it off the async workers.
+        let ok =
+            tokio::task::spawn_blocking(move || verify_password(&hash, pass.expose_secret())).await.unwrap_or(false);
+        let user = user.ok_or(AuthFailure::UnknownUser)?;
+        if !ok || user.password_hash.is_none() {
+            return Err(AuthFailure::BadPassword);
+        }
+        if user.disabled {
+            return Err(AuthFailure::Disabled);
+        }
+        Ok(user)
+    }
 }
 
 /// A hash of a random password, verified against when the user does not exist so that
@@ -45,7 +70,7 @@ fn verify_password(hash: &str, password: &str) -> bool {
 }
 
 /// A local user is their own subject: the name is the identity.
-fn vouched(user: UserRow) -> Vouched {
+pub(crate) fn vouched(user: UserRow) -> Vouched {
     let identity = Identity {
         username: user.username.clone(),
         groups: user.groups.into_iter().collect(),
@@ -65,23 +90,9 @@ impl IdentitySource for LocalUsers {
         password: &'a SecretString,
     ) -> BoxFuture<'a, Result<Vouched, AuthFailure>> {
         Box::pin(async move {
-            if password.expose_secret().is_empty() {
-                return Err(AuthFailure::EmptyPassword);
-            }
-            let user = self.store.user(username).await.map_err(|_| AuthFailure::Unavailable)?;
-            let hash = user.as_ref().and_then(|u| u.password_hash.clone()).unwrap_or_else(|| dummy_hash().to_owned());
-            let pass = password.clone();
-            let _turn = self.hashing.enter().await.map_err(|_| AuthFailure::Busy)?;
-            // argon2 is CPU-bound by design: keep it off the async workers.
-            let ok = tokio::task::spawn_blocking(move || verify_password(&hash, pass.expose_secret()))
-                .await
-                .unwrap_or(false);
-            let user = user.ok_or(AuthFailure::UnknownUser)?;
-            if !ok || user.password_hash.is_none() {
-                return Err(AuthFailure::BadPassword);
-            }
-            if user.disabled {
-                return Err(AuthFailure::Disabled);
+            let user = self.verify(username, password).await?;
+            if user.must_change_password {
+                return Err(AuthFailure::PasswordChangeRequired);
             }
             Ok(vouched(user))
         })

@@ -11,6 +11,7 @@ mod local;
 pub mod oidc;
 
 pub use ldap::{GroupKind, GroupMode, LdapConfig, LdapSource, LdapToml};
+pub(crate) use local::vouched as local_vouched;
 pub use local::{LocalUsers, hash_password};
 
 use portcullis_policies::{Identity, UserSource};

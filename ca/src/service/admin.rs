@@ -7,7 +7,7 @@ use crate::error::CaError;
 use crate::identity::hash_password;
 use crate::keys::{self, KeyPurpose, state};
 use crate::policy_files::load_policy_dir;
-use crate::store;
+use crate::store::{self, NewPassword};
 use portcullis_policies::{Grant, USER_NAME_RULE, UserSource, parse_account, valid_user_name};
 use portcullis_proto::console::PolicyChangeRecord;
 use portcullis_proto::{
@@ -31,6 +31,20 @@ fn check_name(kind: &str, name: &str) -> Result<(), CaError> {
 }
 
 const MIN_PASSWORD_LEN: usize = 12;
+/// Longer than any passphrase a person types; bounds the hashing input.
+const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// What every password set here must be: long enough to resist guessing within the
+/// sign-in back-off, short enough to hash in bounded time.
+pub(super) fn check_password_rule(password: &SecretString) -> Result<(), CaError> {
+    let password = password.expose_secret();
+    if password.chars().count() < MIN_PASSWORD_LEN || password.len() > MAX_PASSWORD_BYTES {
+        return Err(CaError::BadRequest(format!(
+            "passwords need at least {MIN_PASSWORD_LEN} characters (and at most {MAX_PASSWORD_BYTES} bytes)"
+        )));
+    }
+    Ok(())
+}
 
 /// Ends everything an account holds (disabled, or its name released): its API sessions,
 /// and its live certificates, which go into the KRL.
@@ -95,7 +109,8 @@ impl Ca {
         };
         let now = self.now();
         let mut tx = self.store.begin().await?;
-        if !store::insert_user(tx.conn(), username, hash.as_deref(), groups, now).await? {
+        let password = hash.as_deref().map(|hash| NewPassword { hash, one_time: false });
+        if !store::insert_user(tx.conn(), username, password, groups, now).await? {
             return Err(CaError::Conflict("a user with that name already exists".into()));
         }
         self.audit_user(&mut tx, grant, username, "added").await?;
@@ -103,10 +118,8 @@ impl Ca {
         Ok(())
     }
 
-    async fn hash(&self, password: &SecretString) -> Result<String, CaError> {
-        if password.expose_secret().chars().count() < MIN_PASSWORD_LEN {
-            return Err(CaError::BadRequest(format!("passwords need at least {MIN_PASSWORD_LEN} characters")));
-        }
+    pub(super) async fn hash(&self, password: &SecretString) -> Result<String, CaError> {
+        check_password_rule(password)?;
         let pw = password.clone();
         Ok(tokio::task::spawn_blocking(move || hash_password(pw.expose_secret()))
             .await
@@ -182,18 +195,28 @@ impl Ca {
         Ok(())
     }
 
+    /// Sets a local user's password; a `one_time` one (a reset for someone who forgot
+    /// theirs) opens no session until its user replaces it at their next sign-in.
     pub async fn set_user_password(
         &self,
         grant: &Grant,
         username: &str,
         password: &SecretString,
+        one_time: bool,
     ) -> Result<(), CaError> {
         let hash = self.hash(password).await?;
         let mut tx = self.store.begin().await?;
-        if !store::set_user_password(tx.conn(), username, &hash, self.now()).await? {
+        if !store::set_user_password(tx.conn(), username, NewPassword { hash: &hash, one_time }, self.now()).await? {
             return Err(CaError::NotFound("user"));
         }
-        self.audit_user(&mut tx, grant, username, "password_set").await?;
+        let change = if one_time {
+            // A reset for someone who lost control of their password: their sessions end.
+            store::revoke_user_sessions(tx.conn(), username, self.now()).await?;
+            "one_time_password_set"
+        } else {
+            "password_set"
+        };
+        self.audit_user(&mut tx, grant, username, change).await?;
         tx.commit().await?;
         Ok(())
     }

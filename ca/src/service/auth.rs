@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use portcullis_policies::{Grant, Identity, Permission, USER_NAME_RULE, UserSource, parse_account, valid_user_name};
 use portcullis_proto::{LoginResponse, WhoAmI};
 use portcullis_sshcert::random_bytes;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 /// An authenticated API caller.
@@ -109,6 +109,32 @@ impl Ca {
         password: &SecretString,
         client_ip: &str,
     ) -> Result<LoginResponse, CaError> {
+        self.sign_in_with_password(typed, source, password, None, client_ip).await
+    }
+
+    /// Signs a local user in and replaces their password in one step, the current one
+    /// being the proof: how a one-time password (the first administrator's, or a reset)
+    /// is used, and how any local user changes their own. The user's other API sessions
+    /// end. Directory passwords are changed with the directory's own tools.
+    pub async fn login_replacing_password(
+        &self,
+        typed: &str,
+        source: Option<UserSource>,
+        password: &SecretString,
+        new_password: &SecretString,
+        client_ip: &str,
+    ) -> Result<LoginResponse, CaError> {
+        self.sign_in_with_password(typed, source, password, Some(new_password), client_ip).await
+    }
+
+    async fn sign_in_with_password(
+        &self,
+        typed: &str,
+        source: Option<UserSource>,
+        password: &SecretString,
+        new_password: Option<&SecretString>,
+        client_ip: &str,
+    ) -> Result<LoginResponse, CaError> {
         crate::validate::identifier("user name", typed)?;
         let now = self.now();
         let ip_key = format!("ip:{client_ip}");
@@ -117,6 +143,17 @@ impl Ca {
         // A name outside the alphabet is refused like one with control characters: it
         // reaches no source and no audit record (it cannot be anyone's).
         let (only, name) = sign_in_name(typed, source)?;
+        if let Some(new) = new_password {
+            if only.is_some_and(|s| s != UserSource::Local) {
+                return Err(CaError::BadRequest(
+                    "directory passwords are changed with the directory's own tools, not here".into(),
+                ));
+            }
+            super::admin::check_password_rule(new)?;
+            if new.expose_secret() == password.expose_secret() {
+                return Err(CaError::BadRequest("the new password must differ from the current one".into()));
+            }
+        }
         // One back-off per name, whichever source it is asked of: `alice` and
         // `ldap:alice` are guesses at the same password when local has no alice.
         let limited = limited.or_else(|| self.login_throttle.blocked(name, client_ip, now));
@@ -124,7 +161,11 @@ impl Ca {
             self.audit_login_failure(typed, "any", client_ip, "rate_limited").await?;
             return Err(CaError::RateLimited { retry_after });
         }
-        let vouched = match self.authenticate_password(name, only, password).await {
+        let outcome = match new_password {
+            None => self.authenticate_password(name, only, password).await,
+            Some(new) => self.replace_own_password(name, password, new).await?,
+        };
+        let vouched = match outcome {
             Ok(vouched) => vouched,
             Err((_, AuthFailure::Busy)) => return Err(CaError::Busy { retry_after: BUSY_RETRY_AFTER }),
             Err((source, failure)) => {
@@ -139,6 +180,9 @@ impl Ca {
                 self.audit_login_failure(typed, source.as_str(), client_ip, failure.code()).await?;
                 return Err(match failure {
                     AuthFailure::Unavailable => CaError::Unavailable,
+                    AuthFailure::PasswordChangeRequired if source == UserSource::Local => {
+                        CaError::PasswordChangeRequired
+                    }
                     AuthFailure::PasswordChangeRequired => CaError::SignInFailed(
                         "your password has expired or was reset and must be changed; change it with your \
                          directory's password tool, then sign in again"
@@ -155,6 +199,36 @@ impl Ca {
         };
         self.login_throttle.succeeded(name, client_ip);
         self.open_session(vouched, client_ip).await
+    }
+
+    /// Replaces a local user's password after checking the current one. The update
+    /// names the hash that was proved, so of two sign-ins racing with one one-time
+    /// password only the first changes it; the other finds it no longer current.
+    async fn replace_own_password(
+        &self,
+        name: &str,
+        current: &SecretString,
+        new: &SecretString,
+    ) -> Result<Result<Vouched, (UserSource, AuthFailure)>, CaError> {
+        let local = |failure| Err((UserSource::Local, failure));
+        let user = match self.local.verify(name, current).await {
+            Ok(user) => user,
+            Err(failure) => return Ok(local(failure)),
+        };
+        let Some(old_hash) = user.password_hash.as_deref() else { return Ok(local(AuthFailure::BadPassword)) };
+        let new_hash = self.hash(new).await?;
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        if !store::replace_own_password(tx.conn(), name, old_hash, &new_hash, now).await? {
+            return Ok(local(AuthFailure::BadPassword));
+        }
+        store::revoke_user_sessions(tx.conn(), name, now).await?;
+        let change = if user.must_change_password { "one_time_password_replaced" } else { "password_changed" };
+        let event = AuditEvent::UserChanged { actor: name.to_owned(), username: name.to_owned(), change };
+        audit::record(tx.conn(), now, &event).await?;
+        tx.commit().await?;
+        self.initial_password_replaced(name);
+        Ok(Ok(crate::identity::local_vouched(user)))
     }
 
     /// Creates an API session (what every sign-in method ends with) and audits it. A

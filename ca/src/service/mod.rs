@@ -35,7 +35,7 @@ use crate::ratelimit::{LoginThrottle, RateLimiter};
 use crate::store::{self, CaKeyRow, Store};
 use portcullis_policies::{Policy, PolicySummary, diff};
 use secrecy::SecretString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -106,6 +106,11 @@ pub struct Ca {
     policy_dir: PathBuf,
     /// Asked in order at password login; the first that knows the user decides.
     sources: Vec<Arc<dyn IdentitySource>>,
+    /// The first of `sources`, also asked directly when a user replaces their password.
+    local: LocalUsers,
+    /// Where the first administrator's generated password was written, deleted once
+    /// that user has replaced it (see [`Ca::forget_initial_password_when_replaced`]).
+    initial_password_file: Mutex<Option<(String, PathBuf)>>,
     clock_skew: u64,
     max_cert_ttl: Duration,
     session_ttl: u64,
@@ -183,13 +188,14 @@ impl Ca {
         let oidc = config.oidc.map(crate::identity::oidc::Oidc::new).transpose()?;
         let writer = writer::IssuanceWriter::spawn(store.clone());
         let password_work = Arc::new(WorkLimit::password_hashing());
+        let local = LocalUsers::new(store.clone(), Arc::clone(&password_work));
         let ca = Ca {
             oidc,
-            sources: std::iter::once(
-                Arc::new(LocalUsers::new(store.clone(), Arc::clone(&password_work))) as Arc<dyn IdentitySource>
-            )
-            .chain(config.extra_sources)
-            .collect(),
+            sources: std::iter::once(Arc::new(local.clone()) as Arc<dyn IdentitySource>)
+                .chain(config.extra_sources)
+                .collect(),
+            local,
+            initial_password_file: Mutex::new(None),
             store,
             clock,
             passphrase: config.passphrase,
@@ -336,7 +342,8 @@ impl Ca {
     }
 
     /// Creates the first administrator when there are no users at all; returns the
-    /// generated one-time password, which is shown once and stored only as a hash.
+    /// generated password, stored only as a hash. It is one-time: it opens no session,
+    /// and the first sign-in with it must choose the administrator's own password.
     pub async fn bootstrap_admin(&self, username: &str, group: &str) -> Result<Option<SecretString>, CaError> {
         if self.store.user_count().await? > 0 {
             return Ok(None);
@@ -350,7 +357,8 @@ impl Ca {
         };
         let now = self.now();
         let mut tx = self.store.begin().await?;
-        store::insert_user(tx.conn(), username, Some(&hash), &[group.to_owned()], now).await?;
+        let one_time = store::NewPassword { hash: &hash, one_time: true };
+        store::insert_user(tx.conn(), username, Some(one_time), &[group.to_owned()], now).await?;
         audit::record(
             tx.conn(),
             now,
@@ -363,5 +371,38 @@ impl Ca {
         .await?;
         tx.commit().await?;
         Ok(Some(SecretString::from(password)))
+    }
+
+    /// `file` holds `username`'s one-time password: it is deleted when that password is
+    /// replaced — at once, if it already was (on another replica, or before a restart).
+    /// Answers whether the file is still needed.
+    pub async fn forget_initial_password_when_replaced(&self, username: &str, file: PathBuf) -> Result<bool, CaError> {
+        let pending = self.store.user(username).await?.is_some_and(|u| u.must_change_password);
+        if pending {
+            *self.initial_password_file.lock().unwrap_or_else(|e| e.into_inner()) = Some((username.to_owned(), file));
+        } else {
+            remove_initial_password_file(&file);
+        }
+        Ok(pending)
+    }
+
+    /// Called when `username` has chosen their own password.
+    fn initial_password_replaced(&self, username: &str) {
+        let mut slot = self.initial_password_file.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(|(user, _)| user == username)
+            && let Some((_, file)) = slot.take()
+        {
+            remove_initial_password_file(&file);
+        }
+    }
+}
+
+fn remove_initial_password_file(file: &Path) {
+    match std::fs::remove_file(file) {
+        Ok(()) => {
+            tracing::info!(file = %file.display(), "the one-time administrator password was replaced; its file is deleted")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(file = %file.display(), error = %e, "cannot delete the used one-time password file"),
     }
 }

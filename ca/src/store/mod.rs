@@ -46,15 +46,15 @@ pub use leases::{
 };
 pub use services::{ServiceRow, record_bastion_heartbeat, touch_service, upsert_service};
 pub use tickets::{TicketRow, TicketState, consume_ticket, insert_ticket, purge_tickets};
-pub use users::{AccountClaim, SessionRow, UserRow, claim_account, release_account};
+pub use users::{AccountClaim, NewPassword, SessionRow, UserRow, claim_account, release_account};
 
 pub use audit::{append as append_audit, append_many as append_audit_many};
 pub use certs::{bump_krl_version, insert_cert, insert_revoked_key, revoke_certs};
 pub use keys::{insert_ca_key, move_ca_keys, set_ca_key_state};
 pub use misc::{insert_node, save_policy_state, upsert_node};
 pub use users::{
-    insert_session, insert_user, revoke_session, revoke_user_sessions, set_user_disabled, set_user_groups,
-    set_user_password,
+    insert_session, insert_user, replace_own_password, revoke_session, revoke_user_sessions, set_user_disabled,
+    set_user_groups, set_user_password,
 };
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};

@@ -10,6 +10,8 @@ pub struct UserRow {
     pub password_hash: Option<String>,
     pub groups: Vec<String>,
     pub disabled: bool,
+    /// The password opens no session until it is replaced (a one-time password).
+    pub must_change_password: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -26,6 +28,7 @@ fn user_from(row: &sqlx::any::AnyRow) -> Result<UserRow> {
         password_hash: row.try_get("password_hash")?,
         groups: parse_list(&row.try_get::<String, _>("groups_json")?)?,
         disabled: row.try_get::<i64, _>("disabled")? != 0,
+        must_change_password: row.try_get::<i64, _>("must_change_password")? != 0,
     })
 }
 
@@ -36,7 +39,7 @@ impl Store {
     }
 
     pub async fn user(&self, username: &str) -> Result<Option<UserRow>> {
-        let row = sqlx::query("SELECT username, password_hash, groups_json, disabled FROM users WHERE username = $1")
+        let row = sqlx::query("SELECT username, password_hash, groups_json, disabled, must_change_password FROM users WHERE username = $1")
             .bind(username)
             .fetch_optional(self.pool())
             .await?;
@@ -44,9 +47,11 @@ impl Store {
     }
 
     pub async fn users(&self) -> Result<Vec<UserRow>> {
-        let rows = sqlx::query("SELECT username, password_hash, groups_json, disabled FROM users ORDER BY username")
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query(
+            "SELECT username, password_hash, groups_json, disabled, must_change_password FROM users ORDER BY username",
+        )
+        .fetch_all(self.pool())
+        .await?;
         rows.iter().map(user_from).collect()
     }
 
@@ -60,7 +65,8 @@ impl Store {
         let row = sqlx::query(
             "SELECT s.username AS username, s.source AS source, s.groups_json AS groups_json, \
                     s.expires_at AS expires_at, u.password_hash AS password_hash, \
-                    u.groups_json AS user_groups, u.disabled AS disabled, u.username AS user_name \
+                    u.groups_json AS user_groups, u.disabled AS disabled, u.username AS user_name, \
+                    u.must_change_password AS must_change_password \
              FROM sessions s LEFT JOIN users u ON u.username = s.username \
              WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2",
         )
@@ -81,6 +87,7 @@ impl Store {
                 password_hash: row.try_get("password_hash")?,
                 groups: parse_list(&row.try_get::<String, _>("user_groups")?)?,
                 disabled: row.try_get::<i64, _>("disabled")? != 0,
+                must_change_password: row.try_get::<i64, _>("must_change_password")? != 0,
             }),
             None => None,
         };
@@ -91,17 +98,18 @@ impl Store {
 pub async fn insert_user(
     conn: &mut AnyConnection,
     username: &str,
-    password_hash: Option<&str>,
+    password: Option<NewPassword<'_>>,
     groups: &[String],
     now: u64,
 ) -> Result<bool> {
     let done = sqlx::query(
-        "INSERT INTO users (username, password_hash, groups_json, disabled, created_at, updated_at) \
-         VALUES ($1, $2, $3, 0, $4, $4) ON CONFLICT (username) DO NOTHING",
+        "INSERT INTO users (username, password_hash, groups_json, disabled, must_change_password, created_at, \
+         updated_at) VALUES ($1, $2, $3, 0, $4, $5, $5) ON CONFLICT (username) DO NOTHING",
     )
     .bind(username)
-    .bind(password_hash)
+    .bind(password.map(|p| p.hash))
     .bind(json_list(groups))
+    .bind(i64::from(password.is_some_and(|p| p.one_time)))
     .bind(ts(now))
     .execute(&mut *conn)
     .await?;
@@ -128,13 +136,50 @@ pub async fn set_user_disabled(conn: &mut AnyConnection, username: &str, disable
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn set_user_password(conn: &mut AnyConnection, username: &str, hash: &str, now: u64) -> Result<bool> {
-    let done = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE username = $3")
-        .bind(hash)
-        .bind(ts(now))
-        .bind(username)
-        .execute(&mut *conn)
-        .await?;
+/// A password hash as stored, and whether it opens no session until replaced.
+#[derive(Debug, Clone, Copy)]
+pub struct NewPassword<'a> {
+    pub hash: &'a str,
+    pub one_time: bool,
+}
+
+pub async fn set_user_password(
+    conn: &mut AnyConnection,
+    username: &str,
+    password: NewPassword<'_>,
+    now: u64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE users SET password_hash = $1, must_change_password = $2, updated_at = $3 WHERE username = $4",
+    )
+    .bind(password.hash)
+    .bind(i64::from(password.one_time))
+    .bind(ts(now))
+    .bind(username)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A user replacing their own password: only if it is still the one they proved
+/// (`old_hash`), so two sign-ins racing with the same one-time password change it once.
+pub async fn replace_own_password(
+    conn: &mut AnyConnection,
+    username: &str,
+    old_hash: &str,
+    new_hash: &str,
+    now: u64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE users SET password_hash = $1, must_change_password = 0, updated_at = $2 \
+         WHERE username = $3 AND password_hash = $4",
+    )
+    .bind(new_hash)
+    .bind(ts(now))
+    .bind(username)
+    .bind(old_hash)
+    .execute(&mut *conn)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
