@@ -126,8 +126,16 @@ pub fn node_record(node: &NodeRecord) -> Result<(), CaError> {
             return Err(CaError::BadRequest(format!("type, vendor and os: printable text (at most {MAX_TEXT})")));
         }
     }
+    ssh_port(node.ssh_port)?;
     map("tags", &node.tags)?;
     map("metadata", &node.metadata)
+}
+
+pub fn ssh_port(port: Option<u16>) -> Result<(), CaError> {
+    match port {
+        Some(0) => Err(CaError::BadRequest("ssh_port: 1 to 65535".into())),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -327,19 +327,20 @@ async fn user(api: &Api, cmd: UserCommand) -> anyhow::Result<()> {
 
 async fn node(api: &Api, cmd: NodeCommand) -> anyhow::Result<()> {
     match cmd {
-        NodeCommand::Add { name, addresses, tags, agent, partition } => {
+        NodeCommand::Add { name, addresses, tags, agent, partition, ssh_port } => {
             let record = NodeRecord {
                 name: name.clone(),
                 addresses,
                 tags: key_values(&tags)?,
                 agent,
                 partition,
+                ssh_port,
                 ..Default::default()
             };
             let _: NodeRecord = api.post("/v1/admin/nodes", &record).await?;
             println!("Node {name} added.");
         }
-        NodeCommand::Update { name, addresses, tags, remove_tags, agent, partition, host_keys } => {
+        NodeCommand::Update { name, addresses, tags, remove_tags, agent, partition, host_keys, ssh_port } => {
             let host_keys = if host_keys.is_empty() {
                 None
             } else {
@@ -358,6 +359,7 @@ async fn node(api: &Api, cmd: NodeCommand) -> anyhow::Result<()> {
                 agent,
                 partition,
                 host_keys,
+                ssh_port,
             };
             let _: NodeRecord = api.put(&format!("/v1/admin/nodes/{}", seg(&name)?), &update).await?;
             println!("Node {name} updated.");

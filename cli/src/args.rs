@@ -279,6 +279,9 @@ pub enum NodeCommand {
         agent: Option<String>,
         #[arg(long)]
         partition: Option<String>,
+        /// The port the node's sshd listens on (default 22).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        ssh_port: Option<u16>,
     },
     /// Change only what is given; everything else (pinned host keys included) stays.
     Update {
@@ -302,6 +305,9 @@ pub enum NodeCommand {
         /// the node's host certificates are revoked and reissued at its next refresh.
         #[arg(long = "host-key")]
         host_keys: Vec<std::path::PathBuf>,
+        /// The port the node's sshd listens on.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        ssh_port: Option<u16>,
     },
     /// Remove a node: its record, principals and pinned keys; its host certificates are
     /// revoked.

@@ -54,6 +54,12 @@ impl HardwareFacts {
         Self { system, chassis, nics }
     }
 
+    /// Whether the report had no SMBIOS facts at all: on hardware, a node whose sudoers
+    /// drop-in does not let the discovery account run dmidecode.
+    pub fn lacks_dmi(&self) -> bool {
+        self.system == SystemInfo::default() && self.chassis == ChassisInfo::default()
+    }
+
     /// Attaches `ethtool IFACE` results; the interface must be one `ip -o link` listed.
     pub fn set_link_settings(&mut self, iface: &str, settings: LinkSettings) -> Result<(), ParseError> {
         self.nic_mut(Command::Ethtool, iface)?.settings = Some(settings);

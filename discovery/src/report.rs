@@ -29,7 +29,7 @@ use crate::error::ParseError;
 use crate::ethtool::{parse_ethtool, parse_ethtool_driver};
 use crate::facts::HardwareFacts;
 use crate::link::parse_ip_link;
-use crate::{parse_dmi_chassis, parse_dmi_system};
+use crate::{ChassisInfo, SystemInfo, parse_dmi_chassis, parse_dmi_system};
 
 /// The first line of a discovery report.
 pub const REPORT_HEADER: &str = "@@portcullis-discovery v1";
@@ -169,8 +169,17 @@ pub fn parse_report(input: &[u8]) -> Result<HardwareFacts, ReportError> {
     let body = |wanted: Section, name: &'static str| {
         sections.iter().find(|(s, _)| *s == wanted).map(|(_, b)| b.as_bytes()).ok_or(ReportError::MissingSection(name))
     };
-    let system = parse_dmi_system(body(Section::DmiSystem, "dmidecode-t1")?)?;
-    let chassis = parse_dmi_chassis(body(Section::DmiChassis, "dmidecode-t3")?)?;
+    // `dmidecode` that printed nothing (`sudo -n` not permitted, dmidecode not installed,
+    // no SMBIOS in a container) gives no system facts, like an empty `ethtool`; the NICs
+    // still count (see [`HardwareFacts::lacks_dmi`]). What it did print is parsed strictly.
+    let system = match body(Section::DmiSystem, "dmidecode-t1")? {
+        blank if blank.trim_ascii().is_empty() => SystemInfo::default(),
+        text => parse_dmi_system(text)?,
+    };
+    let chassis = match body(Section::DmiChassis, "dmidecode-t3")? {
+        blank if blank.trim_ascii().is_empty() => ChassisInfo::default(),
+        text => parse_dmi_chassis(text)?,
+    };
     let links = parse_ip_link(body(Section::IpLink, "ip-link")?)?;
     let mut facts = HardwareFacts::new(system, chassis, links);
     let mut physical = BTreeSet::new();

@@ -142,10 +142,22 @@ fn missing_sections_and_markers_are_refused() {
 }
 
 #[test]
-fn empty_dmidecode_is_refused() {
-    // `sudo -n` failed: the section is there but empty.
-    let r = report(&[("dmidecode-t1", ""), ("dmidecode-t3", SUPERMICRO_T3), ("ip-link", PVE_LINKS)]);
-    assert!(matches!(parse_report(r.as_bytes()), Err(ReportError::Parse(ParseError::Empty { .. }))));
+fn empty_dmidecode_gives_no_system_facts_but_keeps_the_nics() {
+    // `sudo -n` failed, or no SMBIOS: the sections are there but empty.
+    let r = report(&[
+        ("dmidecode-t1", ""),
+        ("dmidecode-t3", "\n"),
+        ("ip-link", PVE_LINKS),
+        ("ethtool eno1", ETHTOOL_ENO1),
+        ("ethtool-i eno1", DRIVER_ENO1),
+    ]);
+    let facts = parse_report(r.as_bytes()).unwrap();
+    assert!(facts.lacks_dmi());
+    assert_eq!(facts.nics.keys().collect::<Vec<_>>(), ["eno1"]);
+    assert!(!parse_report(full().as_bytes()).unwrap().lacks_dmi());
+    // What dmidecode did print is still parsed strictly.
+    let r = report(&[("dmidecode-t1", "garbage\n"), ("dmidecode-t3", ""), ("ip-link", PVE_LINKS)]);
+    assert!(matches!(parse_report(r.as_bytes()), Err(ReportError::Parse(_))));
 }
 
 #[test]

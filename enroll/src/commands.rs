@@ -149,6 +149,7 @@ pub async fn enroll(g: &Global, a: EnrollArgs, r: &mut Report) -> Result<String>
             sshd_version: facts.openssh.clone(),
             pve_cluster: facts.pve_cluster.clone(),
             pve_node: facts.pve.then(|| name.clone()),
+            ssh_port: Some(facts.port),
         },
         verification_public_key,
         proof: None,

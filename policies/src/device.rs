@@ -29,4 +29,17 @@ pub struct Device {
     pub tags: BTreeMap<String, String>,
     /// SRQL keys `metadata.<k>`.
     pub metadata: BTreeMap<String, String>,
+    /// The port the device's sshd listens on (`None`: 22). Not an SRQL key: it is the
+    /// port a rule without `allowed_ports` opens in jump mode, and the one where a
+    /// certificate's critical options hold.
+    pub ssh_port: Option<u16>,
+}
+
+/// The SSH port of a device that does not say otherwise.
+pub const DEFAULT_SSH_PORT: u16 = 22;
+
+impl Device {
+    pub fn ssh_port_or_default(&self) -> u16 {
+        self.ssh_port.unwrap_or(DEFAULT_SSH_PORT)
+    }
 }

@@ -25,7 +25,7 @@ mod summary;
 
 pub use account::{USER_NAME_RULE, UserSource, account_name, parse_account, valid_user_name};
 pub use decision::{CertPermit, CertRequest, Deny, DenyReason, Grant, Identity};
-pub use device::Device;
+pub use device::{DEFAULT_SSH_PORT, Device};
 pub use load::{LoadError, LoadErrors};
 pub use model::{DenyStatement, HostKeyPolicy, Purpose, Role, Rule, Scope, SessionLimits, Subject};
 pub use permission::{Permission, UnknownPermission};

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::device::Device;
 use crate::permission::Permission;
 use crate::srql::TargetQuery;
 
@@ -281,7 +282,8 @@ pub struct Rule {
     pub(crate) scope: Scope,
     pub(crate) host_key_policy: HostKeyPolicy,
     pub(crate) timeout: Duration,
-    pub(crate) allowed_ports: BTreeSet<u16>,
+    /// `None`: the device's SSH port only.
+    pub(crate) allowed_ports: Option<BTreeSet<u16>>,
 }
 
 impl Rule {
@@ -309,9 +311,18 @@ impl Rule {
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
-    /// Ports the rule may connect to (non-empty, no 0).
-    pub fn allowed_ports(&self) -> &BTreeSet<u16> {
-        &self.allowed_ports
+    /// The ports the rule names (non-empty, no 0); `None` when it names none, which
+    /// means the device's SSH port.
+    pub fn allowed_ports(&self) -> Option<&BTreeSet<u16>> {
+        self.allowed_ports.as_ref()
+    }
+    /// Whether a session under this rule may open `port` on `device`: a port the rule
+    /// names, or else only the device's own SSH port (which is not always 22).
+    pub fn permits_port(&self, device: &Device, port: u16) -> bool {
+        match &self.allowed_ports {
+            Some(ports) => ports.contains(&port),
+            None => port == device.ssh_port_or_default(),
+        }
     }
 }
 

@@ -171,7 +171,11 @@ fn rule_hash(r: &Rule) -> String {
     c.set("gateways", r.scope.gateways.iter().map(String::as_str));
     c.str("host_key_policy", r.host_key_policy.as_str());
     c.num("timeout_ns", r.timeout.as_nanos());
-    let ports: Vec<String> = r.allowed_ports.iter().map(u16::to_string).collect();
+    // No list means the device's own SSH port, which is not the same as `[22]`.
+    let ports: Vec<String> = match &r.allowed_ports {
+        Some(ports) => ports.iter().map(u16::to_string).collect(),
+        None => vec!["ssh".to_owned()],
+    };
     c.set("allowed_ports", ports.iter().map(String::as_str));
     c.finish()
 }

@@ -78,11 +78,16 @@ fn full_example_loads_with_values_and_defaults() {
     assert_eq!(rule.purpose(), Purpose::ConsoleAccess);
     assert_eq!(rule.host_key_policy(), HostKeyPolicy::DangerSkipVerify);
     assert_eq!(rule.timeout(), Duration::from_millis(5000));
-    assert_eq!(rule.allowed_ports().iter().copied().collect::<Vec<_>>(), [22, 8006]);
+    assert_eq!(rule.allowed_ports().unwrap().iter().copied().collect::<Vec<_>>(), [22, 8006]);
     let d = p.rule("discovery").unwrap();
     assert_eq!(d.host_key_policy(), HostKeyPolicy::KnownHosts);
     assert_eq!(d.timeout(), Duration::from_millis(10_000));
-    assert_eq!(d.allowed_ports().iter().copied().collect::<Vec<_>>(), [22]);
+    // Naming no ports opens the device's own SSH port, wherever its sshd listens.
+    assert_eq!(d.allowed_ports(), None);
+    let on = |ssh_port| portcullis_policies::Device { name: "n".into(), ssh_port, ..Default::default() };
+    assert!(d.permits_port(&on(None), 22) && !d.permits_port(&on(None), 2222));
+    assert!(d.permits_port(&on(Some(2222)), 2222) && !d.permits_port(&on(Some(2222)), 22));
+    assert!(rule.permits_port(&on(Some(2222)), 8006) && !rule.permits_port(&on(Some(2222)), 2222));
     assert!(d.scope().includes(None, Some("agent-fra-1"), None));
     assert!(!d.scope().includes(Some("x"), None, None));
 }

@@ -29,6 +29,7 @@ fn dev() -> Device {
         partition: Some("default".into()),
         tags: BTreeMap::from([("cluster".into(), "prod".into()), ("env".into(), "prod eu".into())]),
         metadata: BTreeMap::from([("rack".into(), "r12".into())]),
+        ssh_port: None,
     }
 }
 

@@ -73,6 +73,7 @@ fn device() -> impl Strategy<Value = Device> {
             partition,
             tags,
             metadata,
+            ssh_port: None,
         })
 }
 

@@ -71,6 +71,9 @@ pub struct NodeFacts {
     pub pve_cluster: Option<String>,
     #[serde(default)]
     pub pve_node: Option<String>,
+    /// The port sshd listens on (`sshd -T`, or `--sshd-port`).
+    #[serde(default)]
+    pub ssh_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -174,6 +174,9 @@ pub struct NodeUpdate {
     /// certificates, reissued for the new keys at its next refresh).
     #[serde(default)]
     pub host_keys: Option<Vec<String>>,
+    /// The port the node's sshd listens on.
+    #[serde(default)]
+    pub ssh_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -201,6 +204,16 @@ pub struct NodeRecord {
     pub os: Option<String>,
     #[serde(default)]
     pub sshd_version: Option<String>,
+    /// The port the node's sshd listens on (set by enrollment from `sshd -T`); `None`
+    /// is 22. Sessions, consoles and discovery dial it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u16>,
+}
+
+impl NodeRecord {
+    pub fn ssh_port_or_default(&self) -> u16 {
+        self.ssh_port.unwrap_or(22)
+    }
 }
 
 /// A node's `AuthorizedPrincipalsFile` contents, per login.

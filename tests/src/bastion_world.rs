@@ -134,11 +134,11 @@ impl World {
         World { server, node, admin, dir, config, identity: common }
     }
 
-    /// Appends a jump-mode host block `alias`: `root@ip` through the bastion.
-    pub fn add_jump_host(&self, alias: &str, ip: &str) {
+    /// Appends a jump-mode host block `alias`: `root@ip:port` through the bastion.
+    pub fn add_jump_host(&self, alias: &str, ip: &str, port: u16) {
         let text = std::fs::read_to_string(&self.config).unwrap();
         let block =
-            format!("Host {alias}\n  HostName {ip}\n  Port 22\n  User root\n  ProxyJump jump\n{}", self.identity);
+            format!("Host {alias}\n  HostName {ip}\n  Port {port}\n  User root\n  ProxyJump jump\n{}", self.identity);
         std::fs::write(&self.config, format!("{text}{block}")).unwrap();
     }
 
@@ -222,7 +222,8 @@ pub async fn add_node(
     agent: Option<&str>,
     netns: Option<&str>,
 ) -> Sshd {
-    add_node_with(server, admin, NewNode { name, ip, agent, netns, sshd_extra: "", pinned_host_key: None }).await
+    let node = NewNode { name, ip, agent, netns, sshd_extra: "", pinned_host_key: None, ssh_port: None };
+    add_node_with(server, admin, node).await
 }
 
 /// What [`add_node_with`] sets up.
@@ -235,6 +236,8 @@ pub struct NewNode<'a> {
     pub sshd_extra: &'a str,
     /// Pinned in the inventory instead of the node's real host key.
     pub pinned_host_key: Option<String>,
+    /// Where its sshd listens and what the inventory says (`None`: 22, unsaid).
+    pub ssh_port: Option<u16>,
 }
 
 /// [`add_node`] with every option.
@@ -244,6 +247,7 @@ pub async fn add_node_with(server: &Server, admin: &str, n: NewNode<'_>) -> Sshd
         addresses: vec![n.ip.to_owned()],
         tags: [("env".to_owned(), "prod".to_owned())].into(),
         agent: n.agent.map(str::to_owned),
+        ssh_port: n.ssh_port,
         ..Default::default()
     };
     server.add_node(admin, &record).await;
@@ -251,7 +255,7 @@ pub async fn add_node_with(server: &Server, admin: &str, n: NewNode<'_>) -> Sshd
     assert!(status.is_success(), "{principals}");
     let principals = serde_json::from_value(principals["principals"].clone()).unwrap();
     let trust = NodeTrust { trusted_user_ca_keys: server.user_ca_keys.clone(), principals, krl: None };
-    let node = Sshd::start_configured(&trust, n.ip, 22, n.netns, n.sshd_extra);
+    let node = Sshd::start_configured(&trust, n.ip, n.ssh_port.unwrap_or(22), n.netns, n.sshd_extra);
     let host_keys = vec![n.pinned_host_key.unwrap_or_else(|| node.host_public_key())];
     let pin = portcullis_proto::NodeUpdate { host_keys: Some(host_keys), ..Default::default() };
     server.update_node(admin, n.name, &pin).await;

@@ -13,6 +13,16 @@ use std::time::{Duration, Instant};
 
 pub const NODE: &str = "pve-test1";
 
+/// Runs a `portcullis-enroll` command with `--json`: its exit code, its one JSON result,
+/// and its output.
+pub fn run(mut cmd: Command) -> (i32, serde_json::Value, Output) {
+    let out = cmd.arg("--json").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("not one JSON result: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), json, out)
+}
+
 pub struct Node {
     pub dir: tempfile::TempDir,
     pub root: PathBuf,

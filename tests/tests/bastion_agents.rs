@@ -261,7 +261,7 @@ async fn a_node_only_the_agent_can_reach_through_a_network_namespace() {
     w.add_host("site", "root%pve-site");
     let out = w.run("ssh", &["site", "echo from-the-site"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "from-the-site", "{}", text(&out));
-    w.add_jump_host("site-direct", &device_ip);
+    w.add_jump_host("site-direct", &device_ip, 22);
     let out = w.run("ssh", &["site-direct", "echo jumped-in"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "jumped-in", "{}", text(&out));
     agent.kill().unwrap();

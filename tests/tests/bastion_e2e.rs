@@ -7,7 +7,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use portcullis_tests::bastion_world::{World, policy, policy_with, text, wait_output};
+use portcullis_tests::bastion_world::{
+    NewNode, World, add_node_with, loopback_ip, policy, policy_with, text, wait_output,
+};
 use portcullis_tests::server::write_file;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -196,4 +198,46 @@ async fn the_cli_prints_an_ssh_config_that_works_in_both_modes() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "terminated", "{config}\n{}", text(&out));
     let out = ssh(&[&format!("root@{}", w.node.ip), "echo jumped"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "jumped", "{config}\n{}", text(&out));
+}
+
+/// A node whose sshd listens on another port than 22: the inventory's `ssh_port` is
+/// where terminated mode dials and the one port jump mode opens by default (a rule
+/// without `allowed_ports` means the node's SSH port, not 22).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_another_ssh_port_is_reached_there_and_only_there() {
+    let w = World::start("15m").await;
+    // The rule names no ports: each node's own SSH port.
+    let without_ports = policy("15m").replace("allowed_ports = [22, 2200]\n", "");
+    assert_ne!(without_ports, policy("15m"));
+    let (status, body) = w.server.write_policy("prod.toml", &without_ports).await;
+    assert!(status.is_success(), "{body}");
+    let ip = loopback_ip();
+    let node = NewNode {
+        name: "pve02",
+        ip: &ip,
+        agent: None,
+        netns: None,
+        sshd_extra: "",
+        pinned_host_key: None,
+        ssh_port: Some(2222),
+    };
+    let pve02 = add_node_with(&w.server, &w.admin, node).await;
+    w.add_host("terminated-2222", "root%pve02");
+    w.add_jump_host("jump-2222", &ip, 2222);
+    w.add_jump_host("jump-22", &ip, 22);
+
+    let out = w.run("ssh", &["terminated-2222", "echo on-2222"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "on-2222", "{}\n{}", text(&out), w.server.log());
+    assert!(pve02.log().contains("ID session:"), "{}", pve02.log());
+    let out = w.run("ssh", &["jump-2222", "echo jumped-2222"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "jumped-2222", "{}", text(&out));
+
+    // Port 22 of the same node is not its SSH port: the CA refuses it, whatever listens.
+    let out = w.run("ssh", &["jump-22", "echo never"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let denied = w.server.audit_events("session_denied").await;
+    assert!(
+        denied.iter().any(|r| r.payload["device"] == ip.as_str() && r.payload["reason"] == "port_not_allowed"),
+        "{denied:?}"
+    );
 }

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use portcullis_proto::discovery::DISCOVERY_LOGIN;
+use portcullis_proto::discovery::{DISCOVERY_COMMAND, DISCOVERY_LOGIN};
 use portcullis_tests::bastion_world::{NewNode, add_node_with, loopback_ip};
 use portcullis_tests::sshd::Sshd;
 use portcullis_tests::{Server, ServerOpts};
@@ -138,7 +138,15 @@ impl Fixture {
 async fn add_node(server: &Server, admin: &str, name: &str, fixture: &Fixture, pinned: Option<String>) -> Sshd {
     let ip = loopback_ip();
     let extra = fixture.sshd_match_block();
-    let new = NewNode { name, ip: &ip, agent: None, netns: None, sshd_extra: &extra, pinned_host_key: pinned };
+    let new = NewNode {
+        name,
+        ip: &ip,
+        agent: None,
+        netns: None,
+        sshd_extra: &extra,
+        pinned_host_key: pinned,
+        ssh_port: None,
+    };
     let node = add_node_with(server, admin, new).await;
     let (status, principals) = server.get_json(Some(admin), &format!("/v1/nodes/{name}/principals")).await;
     assert!(status.is_success(), "{principals}");
@@ -270,6 +278,17 @@ async fn discovery_stores_facts_detects_drift_and_refuses_wrong_host_keys() {
     }
     assert_eq!(inventory(&server, &admin, "pve01").await["facts"]["system.serial"], "7XYZ123");
 
+    // dmidecode printed nothing (the sudoers entry broke): the run succeeds on the NICs,
+    // the DMI facts known stay, nothing drifts, and the CA says what to check.
+    let start = REPORT.find("@@section dmidecode-t1").unwrap();
+    let end = REPORT.find("@@section ip-link").unwrap();
+    let without_dmi = format!("{}@@section dmidecode-t1\n@@section dmidecode-t3\n{}", &REPORT[..start], &REPORT[end..]);
+    fixture.set_report(&without_dmi.replace("Speed: 10000Mb/s", "Speed: 1000Mb/s"));
+    let kept = wait_inventory(&server, &admin, &node, "a run without DMI", |b| b["last_result"] == "unchanged").await;
+    assert_eq!(kept["facts"]["system.serial"], "7XYZ123", "{kept}");
+    assert_eq!(kept["history"].as_array().unwrap().len(), 2, "{kept}");
+    assert!(server.log().contains("no dmidecode facts"), "{}", server.log());
+
     // pve02's pinned key is not the one its sshd presents: refused before authentication,
     // audited, nothing stored.
     let refused = server.audit_events("discovery_failed").await;
@@ -301,4 +320,66 @@ async fn discovery_off_opens_no_connection() {
     assert!(server.audit_events("discovery_started").await.is_empty());
     let view = inventory(&server, &admin, "pve01").await;
     assert!(view["last_run_at"].is_null(), "{view}");
+}
+
+/// The README's way: a node enrolled with the real `portcullis-enroll --discovery`
+/// (under `--root`, with a real sshd on a port of its own) is discovered — the
+/// enrollment installed the discovery principal and the script, and the CA learnt the
+/// node's SSH port from `sshd -T`. Nothing here is written by the harness but the
+/// node's own sshd config and the account (left to the root's owner under `--root`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_enrolled_with_portcullis_enroll_discovery_is_discovered() {
+    use portcullis_tests::enroll_node::{NODE, Node, run};
+    ensure_discovery_user();
+    let server = Server::start_with(ServerOpts {
+        args: vec!["--discovery".into(), "--discovery-interval".into(), "1".into()],
+        ..Default::default()
+    })
+    .await;
+    let (status, body) = server.write_policy("prod.toml", POLICY).await;
+    assert!(status.is_success(), "policy: {body}");
+    let admin = server.admin_token().await;
+    let request = serde_json::json!({ "ttl_seconds": 600, "uses": 1, "tags": { "env": "prod" } });
+    let (status, token) = server.post_json(Some(&admin), "/v1/admin/enroll-tokens", &request).await;
+    assert!(status.is_success(), "{token}");
+    let node = Node::start_with(false, |root| {
+        // On a real node the certificate's forced command is the installed script's path;
+        // below `--root` it lives under the root, so the node's own config points there.
+        let script = root.join(DISCOVERY_COMMAND.trim_start_matches('/'));
+        let config = root.join("etc/ssh/sshd_config");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&format!("Match User {DISCOVERY_LOGIN}\n  ForceCommand {}\n", script.display()));
+        std::fs::write(&config, text).unwrap();
+        // sshd reads the principals file as the logging-in user.
+        std::fs::set_permissions(root.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    });
+
+    let mut cmd = node.enroll_cmd();
+    cmd.args(["enroll", "--ca", &server.url, "--ca-fingerprint", &server.pin, "--discovery"]);
+    cmd.args(["--token", token["token"].as_str().unwrap(), "--address", "127.0.0.1"]);
+    let (code, json, out) = run(cmd);
+    assert_eq!(code, 0, "enroll: {json}\n{}\n{}", String::from_utf8_lossy(&out.stderr), server.log());
+    let principals = std::fs::read_to_string(node.path(&format!("/etc/ssh/portcullis/principals/{DISCOVERY_LOGIN}")))
+        .expect("enrollment installs the discovery principal");
+    let principal = principals.split_whitespace().last().unwrap_or_default();
+    assert!(principal.starts_with("pn_") && principal.ends_with(DISCOVERY_LOGIN), "{principals}");
+    let (_, nodes) = server.get_json(Some(&admin), "/v1/admin/nodes").await;
+    assert_eq!(nodes[0]["ssh_port"], node.port, "the CA recorded the node's sshd port: {nodes}");
+
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let view = loop {
+        let view = inventory(&server, &admin, NODE).await;
+        if view["last_result"].as_str().is_some_and(|r| ["first", "changed", "unchanged"].contains(&r)) {
+            break view;
+        }
+        let failed = server.audit_events("discovery_failed").await;
+        assert!(
+            Instant::now() < deadline,
+            "no successful discovery run: {view}\nfailures: {failed:?}\nnode log:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(node.log().contains(&format!("Accepted publickey for {DISCOVERY_LOGIN}")), "{}", node.log());
+    assert!(server.audit_events("discovery_failed").await.is_empty(), "{view}");
 }

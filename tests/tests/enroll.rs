@@ -7,21 +7,13 @@
 
 use portcullis_sshcert::KrlBuilder;
 use portcullis_tests::enroll_ca::{EXPIRED_TOKEN, FakeCa, GOOD_TOKEN, now, user_cert, write_key};
-use portcullis_tests::enroll_node::{NODE, Node, assert_untouched, snapshot};
+use portcullis_tests::enroll_node::{NODE, Node, assert_untouched, run, snapshot};
 use serde_json::{Value, json};
 use ssh_key::{Algorithm, PrivateKey};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
-
-fn run(mut cmd: Command) -> (i32, Value, Output) {
-    let out = cmd.arg("--json").output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|_| panic!("not one JSON result: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.code().unwrap_or(-1), json, out)
-}
 
 fn enroll_cmd(node: &Node, ca: &FakeCa, token: &str) -> Command {
     let mut cmd = node.enroll_cmd();

@@ -11,24 +11,16 @@
 
 use portcullis_sshcert::KrlBuilder;
 use portcullis_tests::enroll_ca::{FakeCa, GOOD_TOKEN, now, user_cert, write_key};
-use portcullis_tests::enroll_node::{Node, assert_untouched};
+use portcullis_tests::enroll_node::{Node, assert_untouched, run};
 use serde_json::Value;
 use ssh_key::{Algorithm, PrivateKey};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 const FAILPOINT: &str = "PORTCULLIS_ENROLL_FAILPOINT";
-
-fn run(mut cmd: Command) -> (i32, Value, Output) {
-    let out = cmd.arg("--json").output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|_| panic!("not one JSON result: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.code().unwrap_or(-1), json, out)
-}
 
 /// `portcullis-enroll --root … --reload-cmd <reload>` (the node's own tool command uses a
 /// plain SIGHUP; these tests sometimes need a reload that fails).

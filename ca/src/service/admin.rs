@@ -343,6 +343,10 @@ impl Ca {
             node.host_keys = keys.clone();
             fields.push("host_keys");
         }
+        if let Some(port) = update.ssh_port {
+            node.ssh_port = Some(port);
+            fields.push("ssh_port");
+        }
         crate::validate::node_record(&node)?;
         let now = self.now();
         let actor = grant.username().to_owned();

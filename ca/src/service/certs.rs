@@ -300,6 +300,7 @@ pub fn device_of(node: &NodeRecord) -> Device {
         partition: Some(node.partition.clone().unwrap_or_else(|| DEFAULT_PARTITION.to_owned())),
         tags: node.tags.clone(),
         metadata: node.metadata.clone(),
+        ssh_port: node.ssh_port,
     }
 }
 

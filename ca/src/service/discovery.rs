@@ -172,9 +172,9 @@ impl Ca {
             answer.jobs.push(DiscoveryJob {
                 run_id,
                 target_host: node.addresses.first().cloned().unwrap_or_else(|| node.name.clone()),
+                target_port: node.ssh_port_or_default(),
                 device: node.name,
                 agent,
-                target_port: 22,
                 known_host_keys: node.host_keys,
                 login: DISCOVERY_LOGIN.to_owned(),
                 certificate,
@@ -205,7 +205,7 @@ impl Ca {
         };
         let now = self.now();
         let mut tx = self.store.begin().await?;
-        let facts = match parsed {
+        let mut facts = match parsed {
             Ok(facts) => facts,
             Err(reason) => {
                 if !store::finish_discovery_run(tx.conn(), &req.device, &req.run_id, &bastion.name, now, reason).await?
@@ -230,6 +230,19 @@ impl Ca {
             ),
             None => None,
         };
+        if facts.lacks_dmi() {
+            // dmidecode printed nothing (sudo not permitted, no SMBIOS): what was known
+            // stays known, so a broken sudoers entry is a warning, not drift.
+            tracing::warn!(
+                device = %req.device,
+                "discovery got no dmidecode facts: check that the node's sudoers drop-in lets the discovery \
+                 account run dmidecode (portcullis-enroll --discovery installs it)"
+            );
+            if let Some(old) = &old {
+                facts.system = old.system.clone();
+                facts.chassis = old.chassis.clone();
+            }
+        }
         let changes: Vec<Change> = drift(old.as_ref().unwrap_or(&HardwareFacts::default()), &facts);
         let result = match (&old, changes.is_empty()) {
             (Some(_), true) => "unchanged",

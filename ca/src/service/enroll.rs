@@ -181,6 +181,7 @@ impl Ca {
         node.host_keys = host_keys.iter().filter_map(|k| k.to_openssh().ok()).collect();
         node.os = facts.os.clone();
         node.sshd_version = facts.sshd_version.clone();
+        node.ssh_port = facts.ssh_port.or(node.ssh_port);
         // A token's tags, partition and agent describe a new node; they never override
         // what an existing node already has (a lab token must not relabel a prod node).
         for (key, value) in &grant.tags {
@@ -478,6 +479,7 @@ pub(super) fn check_signed_proof(
 fn validate_facts(facts: &NodeFacts) -> Result<Vec<PublicKey>, CaError> {
     crate::validate::node_name(&facts.name)?;
     crate::validate::addresses(&facts.addresses)?;
+    crate::validate::ssh_port(facts.ssh_port)?;
     for text in [&facts.os, &facts.sshd_version, &facts.pve_cluster, &facts.pve_node].into_iter().flatten() {
         if text.len() > 200 || text.chars().any(char::is_control) {
             return Err(CaError::BadRequest("node facts must be short printable text".into()));

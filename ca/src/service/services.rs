@@ -310,7 +310,7 @@ impl Ca {
     }
 
     /// `GET /v1/services/agent/targets`: the devices this agent serves (those assigned to
-    /// it, and, for the configured default agent, those assigned to none), port 22.
+    /// it, and, for the configured default agent, those assigned to none), at their SSH port.
     pub async fn agent_targets(&self, caller: &ServiceCaller) -> Result<Vec<AgentTarget>, CaError> {
         let is_default = self.default_agent.as_deref() == Some(caller.name.as_str());
         let targets = self
@@ -322,7 +322,7 @@ impl Ca {
                 Some(agent) => *agent == caller.name,
                 None => is_default,
             })
-            .map(|n| AgentTarget { device: n.name, addresses: n.addresses, port: 22 })
+            .map(|n| AgentTarget { port: n.ssh_port_or_default(), device: n.name, addresses: n.addresses })
             .collect();
         let mut tx = self.store.begin().await?;
         store::touch_service(tx.conn(), caller.kind.as_str(), &caller.name, self.now()).await?;

@@ -127,7 +127,7 @@ pub(super) fn rule(f: &File<'_>, errs: &mut Errors, raw: RawRule) -> Option<Rule
         }
         timeout = Duration::from_millis(ms);
     }
-    let mut allowed_ports = BTreeSet::from([22]);
+    let mut allowed_ports = None;
     if let Some(ports) = raw.allowed_ports {
         if ports.get_ref().is_empty() {
             errs.at(f, ports.span().start, "`allowed_ports` must not be empty");
@@ -135,7 +135,7 @@ pub(super) fn rule(f: &File<'_>, errs: &mut Errors, raw: RawRule) -> Option<Rule
         for p in ports.get_ref().iter().filter(|p| *p.get_ref() == 0) {
             errs.at(f, p.span().start, "port 0 is not a valid port");
         }
-        allowed_ports = ports.into_inner().into_iter().map(Spanned::into_inner).collect();
+        allowed_ports = Some(ports.into_inner().into_iter().map(Spanned::into_inner).collect());
     }
     let targets = targets?;
     (errs.count() == before).then_some(Rule {

@@ -44,9 +44,6 @@ pub(super) fn denial(reason: &'static str, text: &'static str) -> Denial {
     Denial { reason, text }
 }
 
-/// The port a node's sshd listens on, where a certificate's critical options hold.
-const SSH_PORT: u16 = 22;
-
 /// What the policy admits a session under.
 pub(super) struct Admission<'p> {
     /// The role the session runs under (its name on the lease, its forwarding
@@ -163,7 +160,8 @@ pub(super) fn admit<'p>(
                     // critical options, but only on its SSH port. A role that restricts
                     // its certificates (force-command) opens no raw TCP anywhere else.
                     (SessionMode::Jump, _) => {
-                        (port == SSH_PORT || r.critical_options().is_empty()) && r.logins().iter().any(|l| usable(r, l))
+                        (port == device.ssh_port_or_default() || r.critical_options().is_empty())
+                            && r.logins().iter().any(|l| usable(r, l))
                     }
                     // The per-session certificate carries no critical options, so a role
                     // that restricts its certificates (force-command, source-address) can
@@ -187,7 +185,7 @@ pub(super) fn admit<'p>(
     let rule = policy
         .match_rule(purpose_of(mode), device)
         .map_err(|_| denial(deny::RULE_MISMATCH, "no rule allows this kind of session to this device"))?;
-    if mode == SessionMode::Jump && !rule.allowed_ports().contains(&port) {
+    if mode == SessionMode::Jump && !rule.permits_port(device, port) {
         return Err(denial(deny::PORT_NOT_ALLOWED, "this port is not allowed on this device"));
     }
     Ok(Admission { role, rule, limits })
@@ -210,8 +208,9 @@ pub(super) fn host_key_check(policy: HostKeyPolicy) -> HostKeyCheck {
     }
 }
 
-/// Checks the request's shape; returns the certificate serial and the port.
-pub(super) fn validate_open(req: &SessionOpenRequest) -> Result<(u64, u16), CaError> {
+/// Checks the request's shape; returns the certificate serial and the port jump mode
+/// asked for (`None`: the node's SSH port).
+pub(super) fn validate_open(req: &SessionOpenRequest) -> Result<(u64, Option<u16>), CaError> {
     let bad = |what: &str| Err(CaError::BadRequest(format!("invalid session request: {what}")));
     if !valid_session_id(&req.session_id) {
         return bad("session_id must be 32 lowercase hex characters");
@@ -231,7 +230,7 @@ pub(super) fn validate_open(req: &SessionOpenRequest) -> Result<(u64, u16), CaEr
             if req.port == Some(0) {
                 return bad("port");
             }
-            Ok((serial, req.port.unwrap_or(22)))
+            Ok((serial, req.port))
         }
         SessionMode::Terminated | SessionMode::Console => {
             if !req.login.as_deref().is_some_and(valid_login) {
@@ -240,10 +239,10 @@ pub(super) fn validate_open(req: &SessionOpenRequest) -> Result<(u64, u16), CaEr
             if req.session_public_key.is_none() {
                 return bad("session_public_key is required");
             }
-            if req.port.is_some_and(|p| p != 22) {
+            if req.port.is_some() {
                 return bad("only jump mode chooses a port");
             }
-            Ok((serial, 22))
+            Ok((serial, None))
         }
     }
 }

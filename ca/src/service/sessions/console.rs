@@ -344,7 +344,7 @@ impl Ca {
             session_id: &req.session_id,
             mode: SessionMode::Console,
             login: Some(&ticket.login),
-            port: 22,
+            port: node.ssh_port_or_default(),
             session_public_key: Some(&req.session_public_key),
             client_ip: &req.client_ip,
         };

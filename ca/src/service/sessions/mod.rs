@@ -139,7 +139,7 @@ impl Ca {
         bastion: &ServiceCaller,
         req: &SessionOpenRequest,
         serial: u64,
-        port: u16,
+        port: Option<u16>,
         user: &mut Option<String>,
     ) -> Result<Result<SessionGrant, Denial>, CaError> {
         let now = self.now();
@@ -160,7 +160,8 @@ impl Ca {
             session_id: &req.session_id,
             mode: req.mode,
             login: req.login.as_deref(),
-            port,
+            // Jump mode names the port; every other mode dials the node's SSH port.
+            port: port.unwrap_or_else(|| node.ssh_port_or_default()),
             session_public_key: req.session_public_key.as_deref(),
             client_ip: &req.client_ip,
         };
