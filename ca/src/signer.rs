@@ -168,14 +168,23 @@ pub const VERIFICATION_TTL: u64 = 120;
 /// else: its principal is random and exists only in the principals file the tool stages
 /// for the duration of the check, it runs only `true`, only from loopback, for two
 /// minutes, without pty or forwarding.
+/// The enrollment tool's one verification login runs on the node itself, to the
+/// loopback or (when sshd listens only there) one of the node's own addresses: the
+/// certificate's `source-address` is the loopback plus the IP addresses the node
+/// reported (host names are not addresses and are left out).
 pub fn sign_verification_cert(
     public_key: &PublicKey,
     node: &str,
+    addresses: &[String],
     principal: &str,
     signer: &Signer,
     now: u64,
 ) -> Result<SignedCert, CaError> {
     let principals = [principal.to_owned()];
+    let own = addresses.iter().filter_map(|a| a.parse::<std::net::IpAddr>().ok()).filter(|ip| !ip.is_loopback());
+    let sources: Vec<String> =
+        ["127.0.0.0/8".to_owned(), "::1".to_owned()].into_iter().chain(own.map(|ip| ip.to_string())).collect();
+    let sources = sources.join(",");
     let contents = Contents {
         key: public_key,
         cert_type: CertType::User,
@@ -185,7 +194,7 @@ pub fn sign_verification_cert(
         valid_before: now.saturating_add(VERIFICATION_TTL),
         principals: &principals,
         extensions: [],
-        critical_options: [("force-command", "true"), ("source-address", "127.0.0.0/8,::1")],
+        critical_options: [("force-command", "true"), ("source-address", sources.as_str())],
     };
     sign(contents, signer)
 }

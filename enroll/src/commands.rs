@@ -309,7 +309,7 @@ fn activate(
     r.step("verify", "sshd -T shows the CA, principals, KRL and host certificate settings");
     let dir = tempfile::tempdir().map_err(|e| Error::Failed(format!("cannot create a temporary directory: {e}")))?;
     let (key_path, cert_path, known_hosts) = verification_files(dir.path(), facts, bundle, key, resp)?;
-    sshd::verify_login(facts.port, login, &key_path, &cert_path, &known_hosts)?;
+    sshd::verify_login(facts.verify_address, facts.port, login, &key_path, &cert_path, &known_hosts)?;
     r.step("verify", format!("a live login as {login} with a verification certificate succeeded"));
     failpoint::after("verify")?;
 
@@ -395,7 +395,7 @@ fn verification_files(
         .map_err(|e| Error::Failed(format!("cannot encode the verification key: {e}")))?;
     let key_path = write("id_verify", pem.as_bytes())?;
     let cert_path = write("id_verify-cert.pub", format!("{}\n", resp.verification_certificate.trim()).as_bytes())?;
-    let host = if facts.port == 22 { "127.0.0.1".to_owned() } else { format!("[127.0.0.1]:{}", facts.port) };
+    let host = sshd::known_hosts_name(facts.verify_address, facts.port);
     let mut kh = String::new();
     for k in &facts.host_keys {
         kh.push_str(&format!("{host} {}\n", k.public));

@@ -6,6 +6,7 @@ use crate::root::Root;
 use crate::sshd::{SshdCtl, openssh_version};
 use crate::sshd_config::{self, OUR_KEYWORDS};
 use serde::Serialize;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Serialize)]
@@ -26,6 +27,31 @@ pub struct Facts {
     pub service: String,
     pub host_keys: Vec<HostKey>,
     pub port: u16,
+    /// Where the verification login goes (see [`verify_address`]).
+    pub verify_address: IpAddr,
+}
+
+/// An address sshd listens on at `port` (from `sshd -T`'s `listenaddress` lines): the
+/// loopback when it listens there or on a wildcard, else its first address with that
+/// port — a node whose sshd listens only on its management address is verified there.
+/// OpenSSH binds IPv6 sockets v6-only, so `[::]` means `::1`, not `127.0.0.1`.
+pub fn verify_address(listen: &[String], port: u16) -> IpAddr {
+    let addresses: Vec<IpAddr> = listen
+        .iter()
+        .filter_map(|line| line.split_whitespace().next()?.parse::<SocketAddr>().ok())
+        .filter(|a| a.port() == port)
+        .map(|a| a.ip())
+        .collect();
+    let local = |ip: &IpAddr| match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        IpAddr::V6(v6) if v6.is_unspecified() => Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        ip if ip.is_loopback() => Some(*ip),
+        _ => None,
+    };
+    let v4_first = |ip: &IpAddr| ip.is_ipv6();
+    let mut locals: Vec<IpAddr> = addresses.iter().filter_map(local).collect();
+    locals.sort_by_key(v4_first);
+    locals.first().or(addresses.first()).copied().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
 fn os_pretty_name(root: &Root) -> Option<String> {
@@ -146,6 +172,7 @@ pub fn run(root: &Root, sshd: &SshdCtl, port_override: Option<u16>) -> Result<Fa
         pve_cluster: pve_cluster(root),
         service: service_name(root),
         host_keys,
+        verify_address: verify_address(effective.get("listenaddress").map(Vec::as_slice).unwrap_or_default(), port),
         port,
     })
 }
@@ -153,4 +180,31 @@ pub fn run(root: &Root, sshd: &SshdCtl, port_override: Option<u16>) -> Result<Fa
 /// The key that signs node proofs: Ed25519 when there is one.
 pub fn proof_key(keys: &[HostKey]) -> Option<PathBuf> {
     keys.iter().find(|k| k.public.starts_with("ssh-ed25519 ")).or_else(|| keys.first()).map(|k| k.path.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verify_address;
+    use std::net::IpAddr;
+
+    fn at(listen: &[&str], port: u16) -> IpAddr {
+        verify_address(&listen.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(), port)
+    }
+
+    #[test]
+    fn the_verification_login_goes_where_sshd_listens() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Debian's default: both wildcards; v4 first.
+        assert_eq!(at(&["[::]:22", "0.0.0.0:22"], 22), ip("127.0.0.1"));
+        assert_eq!(at(&["[::]:22"], 22), ip("::1"), "a v6 wildcard is v6-only in OpenSSH");
+        assert_eq!(at(&["127.0.3.9:2222"], 2222), ip("127.0.3.9"));
+        // Only a management address: verified there.
+        assert_eq!(at(&["192.0.2.5:22", "[2001:db8::5]:22"], 22), ip("192.0.2.5"));
+        assert_eq!(at(&["10.0.0.9:22 rdomain mgmt"], 22), ip("10.0.0.9"));
+        // Another port's listener is not where this port answers.
+        assert_eq!(at(&["192.0.2.5:2222", "0.0.0.0:22"], 22), ip("127.0.0.1"));
+        // Nothing usable: the loopback, as before.
+        assert_eq!(at(&[], 22), ip("127.0.0.1"));
+        assert_eq!(at(&["garbage"], 22), ip("127.0.0.1"));
+    }
 }

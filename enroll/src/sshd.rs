@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::root::Root;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -115,10 +116,26 @@ pub fn openssh_version() -> Option<String> {
     text.split(',').next().map(|s| s.trim().to_owned()).filter(|s| s.starts_with("OpenSSH"))
 }
 
-/// A login as `login@127.0.0.1:port` with exactly this key and certificate, checking the
+/// How `known_hosts` names `address:port`.
+pub fn known_hosts_name(address: IpAddr, port: u16) -> String {
+    match port {
+        22 => address.to_string(),
+        _ => format!("[{address}]:{port}"),
+    }
+}
+
+/// A login as `login` at `address:port` (where sshd listens, see
+/// `preflight::verify_address`) with exactly this key and certificate, checking the
 /// server against `known_hosts`; runs `true` (the certificate forces a command anyway).
 /// Retried briefly: right after a reload the daemon may still be re-executing.
-pub fn verify_login(port: u16, login: &str, key: &Path, cert: &Path, known_hosts: &Path) -> Result<()> {
+pub fn verify_login(
+    address: IpAddr,
+    port: u16,
+    login: &str,
+    key: &Path,
+    cert: &Path,
+    known_hosts: &Path,
+) -> Result<()> {
     let mut last = String::new();
     for attempt in 0..5 {
         if attempt > 0 {
@@ -137,7 +154,9 @@ pub fn verify_login(port: u16, login: &str, key: &Path, cert: &Path, known_hosts
                 .arg(key)
                 .arg("-p")
                 .arg(port.to_string())
-                .arg(format!("{login}@127.0.0.1"))
+                .arg("-l")
+                .arg(login)
+                .arg(address.to_string())
                 .arg("true"),
             "ssh",
         )?;
@@ -146,5 +165,5 @@ pub fn verify_login(port: u16, login: &str, key: &Path, cert: &Path, known_hosts
         }
         last = String::from_utf8_lossy(&out.stderr).trim().to_owned();
     }
-    Err(Error::Failed(format!("the verification login as {login}@127.0.0.1:{port} failed: {last}")))
+    Err(Error::Failed(format!("the verification login as {login}@{address} port {port} failed: {last}")))
 }

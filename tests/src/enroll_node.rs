@@ -26,6 +26,8 @@ pub fn run(mut cmd: Command) -> (i32, serde_json::Value, Output) {
 pub struct Node {
     pub dir: tempfile::TempDir,
     pub root: PathBuf,
+    /// Where sshd listens: `ip:port`.
+    pub ip: String,
     pub port: u16,
     /// The ordinary (pre-existing) root key.
     pub user_key: PathBuf,
@@ -52,6 +54,12 @@ impl Node {
 
     /// `tweak` runs on the root before sshd starts (e.g. to add a conflicting drop-in).
     pub fn start_with(pve: bool, tweak: impl FnOnce(&Path)) -> Node {
+        Node::start_on(pve, "127.0.0.1", tweak)
+    }
+
+    /// [`Node::start_with`] with sshd listening only on `ip` (a loopback address other
+    /// than 127.0.0.1 stands in for a management address).
+    pub fn start_on(pve: bool, ip: &str, tweak: impl FnOnce(&Path)) -> Node {
         assert!(Path::new(SSHD).exists(), "{SSHD} missing: run ./scripts/test.sh, which installs openssh-server");
         std::fs::create_dir_all("/run/sshd").unwrap();
         let dir = tempfile::Builder::new().prefix("enroll-node-").tempdir().unwrap();
@@ -80,10 +88,10 @@ impl Node {
         } else {
             write(&r("/root/.ssh/authorized_keys"), user_pub);
         }
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
         let config = format!(
             "# throwaway node config (portcullis tests)\nInclude {root}/etc/ssh/sshd_config.d/*.conf\n\
-             Port {port}\nListenAddress 127.0.0.1\nHostKey {root}/etc/ssh/ssh_host_ed25519_key\n\
+             Port {port}\nListenAddress {ip}\nHostKey {root}/etc/ssh/ssh_host_ed25519_key\n\
              HostKey {root}/etc/ssh/ssh_host_ecdsa_key\nPidFile none\nStrictModes no\nUsePAM no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
              AuthorizedKeysFile {root}/root/.ssh/authorized_keys\nPermitRootLogin prohibit-password\nLogLevel VERBOSE\n",
@@ -102,14 +110,14 @@ impl Node {
             .stderr(log)
             .spawn()
             .unwrap();
-        let node = Node { dir, root, port, user_key, child };
+        let node = Node { dir, root, ip: ip.to_owned(), port, user_key, child };
         node.wait_listening();
         node
     }
 
     fn wait_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while TcpStream::connect((self.ip.as_str(), self.port)).is_err() {
             assert!(Instant::now() < deadline, "sshd is not listening; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -146,7 +154,7 @@ impl Node {
             .args(args)
             .arg("-p")
             .arg(self.port.to_string())
-            .arg(format!("{login}@127.0.0.1"))
+            .arg(format!("{login}@{}", self.ip))
             .arg("echo portcullis-ok")
             .stdin(Stdio::null())
             .output()

@@ -359,6 +359,29 @@ async fn enrolls_with_the_real_ca() {
     assert_untouched(&node, &before, "after remove (real CA)");
 }
 
+/// A node whose sshd listens only on one address that is not 127.0.0.1 (a management
+/// address; here another loopback address, so no interface is needed): the verification
+/// login goes where `sshd -T` says sshd listens, and the CA records that port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_listening_only_on_its_management_address_enrolls() {
+    let server = portcullis_tests::Server::start().await;
+    let admin = server.admin_token().await;
+    let request = json!({ "ttl_seconds": 600, "uses": 1 });
+    let (status, body) = server.post_json(Some(&admin), "/v1/admin/enroll-tokens", &request).await;
+    assert!(status.is_success(), "{body}");
+    let ip = portcullis_tests::bastion_world::loopback_ip();
+    let node = Node::start_on(false, &ip, |_| {});
+    let mut cmd = node.enroll_cmd();
+    cmd.args(["enroll", "--ca", &server.url, "--ca-fingerprint", &server.pin, "--address", &ip]);
+    cmd.args(["--token", body["token"].as_str().unwrap()]);
+    let (code, json, out) = run(cmd);
+    assert_eq!(code, 0, "enroll: {json}\n{}\n{}", String::from_utf8_lossy(&out.stderr), node.log());
+    assert!(node.log().contains(&format!("on {ip} port {}", node.port)), "{}", node.log());
+    assert!(node.ordinary_login_works());
+    let (_, nodes) = server.get_json(Some(&admin), "/v1/admin/nodes").await;
+    assert_eq!((&nodes[0]["addresses"][0], &nodes[0]["ssh_port"]), (&json!(ip), &json!(node.port)), "{nodes}");
+}
+
 /// Without `--address` the node reports its global addresses from `ip -j addr` and its
 /// FQDN from `hostname -f` — here injected through `PORTCULLIS_ENROLL_IP_CMD` /
 /// `PORTCULLIS_ENROLL_HOSTNAME_CMD`, since a `--root` node is not this machine. Detection

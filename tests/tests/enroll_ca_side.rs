@@ -387,3 +387,25 @@ async fn the_bundle_installs_the_discovery_principal_the_admin_api_lists() {
     let refreshed = ca.node_principals(&grant, "pve02").await.unwrap();
     assert!(!refreshed.principals.contains_key(login), "{:?}", refreshed.principals);
 }
+
+/// The verification certificate works from the node's own addresses (a node whose sshd
+/// listens only on its management address is verified there), never from anywhere else;
+/// the node's sshd port is recorded, and port 0 is refused.
+#[tokio::test]
+async fn the_verification_certificate_is_bound_to_the_nodes_own_addresses_and_its_port_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, token) = ca_with_token(dir.path(), 2).await;
+    let mut request = enroll_request("pve01", &ed25519_key());
+    request.facts.addresses = vec!["192.0.2.5".into(), "pve01.example".into(), "2001:db8::5".into()];
+    request.facts.ssh_port = Some(0);
+    let refused = ca.enroll(&token, &request, "192.0.2.5").await;
+    assert!(matches!(refused, Err(CaError::BadRequest(_))), "{refused:?}");
+
+    request.facts.ssh_port = Some(2222);
+    let response = ca.enroll(&token, &request, "192.0.2.5").await.unwrap();
+    let cert = ssh_key::Certificate::from_openssh(response.verification_certificate.trim()).unwrap();
+    let sources = cert.critical_options().get("source-address").cloned().unwrap_or_default();
+    assert_eq!(sources, "127.0.0.0/8,::1,192.0.2.5,2001:db8::5");
+    assert_eq!(cert.critical_options().get("force-command").map(String::as_str), Some("true"));
+    assert_eq!(ca.store().node("pve01").await.unwrap().unwrap().ssh_port, Some(2222));
+}

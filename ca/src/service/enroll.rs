@@ -205,7 +205,8 @@ impl Ca {
         let signer =
             self.keyring().signer(KeyPurpose::User).ok_or_else(|| CaError::Internal("no user CA key".into()))?;
         let principal = format!("pcv_{}", hex::encode(random_bytes::<8>()));
-        let verification = sign_verification_cert(&verification_key, &node.name, &principal, &signer, now)?;
+        let verification =
+            sign_verification_cert(&verification_key, &node.name, &node.addresses, &principal, &signer, now)?;
         store::insert_cert(
             tx.conn(),
             &verification.row(
