@@ -595,7 +595,7 @@ roles = ["staff-shell"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_redemption() {
-    use portcullis_ca::{Ca, CaConfig, ManualClock};
+    use portcullis_ca::{Ca, CaConfig, Clock, ManualClock};
     use portcullis_policies::Permission;
     use portcullis_proto::bastion::ServiceKind;
     use portcullis_proto::{NodeRecord, UserCertRequest};
@@ -613,7 +613,8 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
     config.default_agent = Some("local".to_owned());
     config.extra_sources = vec![Arc::new(source(&slapd, ""))];
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let ca = Arc::new(Ca::open(config, Arc::new(ManualClock::new(now))).await.unwrap());
+    let clock = ManualClock::new(now);
+    let ca = Arc::new(Ca::open(config, Arc::new(clock.clone())).await.unwrap());
     let api = ServedCa::start(Arc::clone(&ca)).await;
 
     let admin = first_admin(&ca, "admins", IP).await;
@@ -646,14 +647,35 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
     };
     let (before, after) = (ticket().await, ticket().await);
     let session_id = || hex::encode(portcullis_sshcert::random_bytes::<16>());
-    let open = |serial: String| {
+    let open_as = |serial: String, id: String| {
         let body = json!({
-            "session_id": session_id(), "mode": "terminated", "cert_serial": serial, "login": "staff",
+            "session_id": id, "mode": "terminated", "cert_serial": serial, "login": "staff",
             "device": "pve01", "client_ip": IP, "session_public_key": public_line(&ed25519_key()),
         });
         let api = &api;
         let bastion = &bastion;
         async move { api.post_json(Some(bastion), "/v1/bastion/sessions/open", &body).await }
+    };
+    let open = |serial: String| open_as(serial, session_id());
+    // The close orders a heartbeat listing `id` gets, after `seconds` more of heartbeats
+    // (10 s apart, well inside the lease TTL).
+    let heartbeat_after = |id: String, seconds: u64| {
+        let (api, bastion, clock) = (&api, &bastion, &clock);
+        async move {
+            let body =
+                json!({"sessions": [{"session_id": id, "bytes_from_client": 0, "bytes_to_client": 0}], "agents": []});
+            let mut passed = 0;
+            loop {
+                let (status, v) = api.post_json(Some(bastion), "/v1/bastion/heartbeat", &body).await;
+                assert_eq!(status, StatusCode::OK, "{v}");
+                if passed >= seconds || !v["close"].as_array().unwrap().is_empty() {
+                    return v["close"].clone();
+                }
+                let step = (seconds - passed).min(10);
+                passed += step;
+                clock.set(clock.now() + step);
+            }
+        }
     };
     let redeem = |ticket: String| {
         let body = json!({
@@ -670,10 +692,12 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
     };
 
     // Positive control: while the account is fine, both open.
-    let (status, v) = open(serial.to_string()).await;
+    let live = session_id();
+    let (status, v) = open_as(serial.to_string(), live.clone()).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let (status, v) = redeem(before).await;
     assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(heartbeat_after(live.clone(), 0).await, json!([]), "the directory vouches for bob");
 
     // Locked in the directory: the certificate and the ticket issued before stop working.
     slapd.ldapmodify(&format!(
@@ -688,11 +712,25 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
         .map(|r| serde_json::from_str::<Value>(&r.payload).unwrap()["reason"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(reasons, ["user_disabled", "user_disabled"]);
+    // The live session ends too, once the directory's answer is due again (a minute).
+    let close = heartbeat_after(live, 70).await;
+    assert_eq!(close[0]["reason"], "revoked", "{close}");
 
-    // Unlocked: the certificate works again; removed from the directory: it does not.
+    // Unlocked: the certificate works again; taken out of `staff` in the directory, the
+    // session it granted ends (RBAC revoked) within a minute.
     slapd.ldapmodify(&format!("dn: uid=bob,ou=people,{SUFFIX}\nchangetype: modify\ndelete: pwdAccountLockedTime\n"));
-    let (status, v) = open(serial.to_string()).await;
+    let live = session_id();
+    let (status, v) = open_as(serial.to_string(), live.clone()).await;
     assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(heartbeat_after(live.clone(), 70).await, json!([]), "nothing changed, nothing closes");
+    let member = format!("uid=bob,ou=people,{SUFFIX}");
+    let staff = format!("dn: cn=staff,ou=groups,{SUFFIX}\nchangetype: modify\n");
+    slapd.ldapmodify(&format!("{staff}delete: member\nmember: {member}\n"));
+    let close = heartbeat_after(live, 70).await;
+    assert_eq!(close[0]["reason"], "policy_changed", "{close}");
+    slapd.ldapmodify(&format!("{staff}add: member\nmember: {member}\n"));
+
+    // Removed from the directory: the certificate opens nothing.
     slapd.ldapmodify(&format!("dn: uid=bob,ou=people,{SUFFIX}\nchangetype: delete\n"));
     assert_denied(open(serial.to_string()).await);
 }

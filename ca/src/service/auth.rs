@@ -70,13 +70,13 @@ pub(crate) fn token_hash(token: &str) -> String {
 }
 
 /// Why a directory account may no longer act (see [`Ca::recheck_directory`]).
-struct Refusal {
+pub(crate) struct Refusal {
     /// The audit reason code.
-    reason: &'static str,
+    pub(crate) reason: &'static str,
     /// What the denial says.
     text: &'static str,
     /// The directory could not be asked (503 rather than 401).
-    unavailable: bool,
+    pub(crate) unavailable: bool,
 }
 
 /// What a sign-in refused as "busy" is told to wait (the hashing queue's deadline).
@@ -362,8 +362,17 @@ impl Ca {
 
     /// Asks the directory again about an account it vouched for: its current groups, or
     /// why it may no longer act — locked, removed, told to change its password, or the
-    /// name now belonging to another entry than the one that signed in.
-    async fn recheck_directory(&self, account: &str) -> Result<Result<Vec<String>, Refusal>, CaError> {
+    /// name now belonging to another entry than the one that signed in. Every definite
+    /// answer is also what live sessions of the account go by (see
+    /// `sessions::directory`), so a fresh "yes" at a session's open is not overruled by
+    /// an older "no".
+    pub(crate) async fn recheck_directory(&self, account: &str) -> Result<Result<Vec<String>, Refusal>, CaError> {
+        let answer = self.ask_directory(account).await?;
+        self.directory_answers.remember(account, self.now(), &answer);
+        Ok(answer)
+    }
+
+    async fn ask_directory(&self, account: &str) -> Result<Result<Vec<String>, Refusal>, CaError> {
         let refuse = |reason, text| Ok(Err(Refusal { reason, text, unavailable: false }));
         let Some((kind, name)) = parse_account(account) else {
             return refuse("unknown_user", "the account is not a directory account");

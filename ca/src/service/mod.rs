@@ -131,6 +131,8 @@ pub struct Ca {
     default_agent: Option<String>,
     discovery: DiscoverySettings,
     discovery_skips: discovery::SkipLog,
+    /// What the directory last said about accounts with live sessions.
+    directory_answers: sessions::DirectoryAnswers,
 }
 
 /// The enrollment tool as served to nodes, with its checksum.
@@ -220,6 +222,7 @@ impl Ca {
             default_agent: config.default_agent,
             discovery: config.discovery,
             discovery_skips: Default::default(),
+            directory_answers: Default::default(),
         };
         ca.install_policy(policy, SYSTEM_ACTOR).await?;
         Ok(ca)

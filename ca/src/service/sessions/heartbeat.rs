@@ -3,12 +3,13 @@
 
 use super::admission::{Basis, admit, mode_from, policy_device, valid_session_id};
 use super::closed_event;
+use super::directory::Standing;
 use crate::audit;
 use crate::error::CaError;
 use crate::service::Ca;
 use crate::service::services::{ServiceCaller, valid_service_name};
 use crate::store::{self, LeaseCheck};
-use portcullis_policies::{Identity, Policy};
+use portcullis_policies::{Identity, Policy, UserSource, parse_account};
 use portcullis_proto::bastion::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -75,12 +76,20 @@ impl Ca {
 
         self.sweep_leases(cutoff).await?;
 
+        let directory_accounts: BTreeSet<&str> = listed
+            .keys()
+            .filter_map(|id| checks.get(*id))
+            .map(|c| c.lease.username.as_str())
+            .filter(|u| matches!(parse_account(u), Some((UserSource::Ldap, _))))
+            .collect();
+        let standings = self.directory_standings(&directory_accounts).await?;
+
         let policy = self.policy();
         let mut close = Vec::new();
         for id in listed.keys() {
             let reason = match checks.get(*id) {
                 _ if lost.contains(id) => Some(CloseReason::LeaseLost),
-                Some(check) => self.must_close(&policy, check),
+                Some(check) => self.must_close(&policy, check, standings.get(&check.lease.username)),
                 None => Some(CloseReason::LeaseLost),
             };
             if let Some(reason) = reason {
@@ -90,8 +99,9 @@ impl Ca {
         Ok(HeartbeatResponse { close })
     }
 
-    /// Why a live session must end now, if it must.
-    fn must_close(&self, policy: &Policy, check: &LeaseCheck) -> Option<CloseReason> {
+    /// Why a live session must end now, if it must; `directory` is what the directory
+    /// last said about a directory user's account.
+    fn must_close(&self, policy: &Policy, check: &LeaseCheck, directory: Option<&Standing>) -> Option<CloseReason> {
         let lease = &check.lease;
         if lease.kill_reason.is_some() {
             return Some(CloseReason::AdminTerminated);
@@ -109,7 +119,7 @@ impl Ca {
             Some(_) => check.api_session_ended,
             None => check.cert_revoked || check.key_revoked,
         };
-        if check.user_disabled || credential_ended {
+        if check.user_disabled || credential_ended || matches!(directory, Some(Standing::Refused)) {
             return Some(CloseReason::Revoked);
         }
         let (Some(node), Some(mode)) = (&check.node, mode_from(&lease.mode)) else {
@@ -117,11 +127,15 @@ impl Ca {
         };
         let device = policy_device(node, self.default_agent.as_deref());
         let recorded = ticketed.unwrap_or(&check.cert_groups);
-        // Groups as of sign-in or issuance, minus any a local user has lost since: an
-        // administrator removing a group ends the sessions it granted at the next
-        // heartbeat (the seed: close when RBAC is revoked). Only ever removes groups, so
-        // a directory user who shares a local user's name can lose access, never gain it.
-        let groups = recorded.iter().filter(|g| check.user_groups.as_ref().is_none_or(|now| now.contains(g)));
+        // Groups as of sign-in or issuance, minus any the user has lost since (a local
+        // user's row, or the directory's last answer): removing a group ends the
+        // sessions it granted (the seed: close when RBAC is revoked). Only ever removes
+        // groups, so a session never gains access it was not opened with.
+        let current = match directory {
+            Some(Standing::Groups(groups)) => Some(groups),
+            _ => check.user_groups.as_ref(),
+        };
+        let groups = recorded.iter().filter(|g| current.is_none_or(|now| now.contains(g)));
         let who =
             Identity { username: lease.username.clone(), groups: groups.cloned().collect(), ..Default::default() };
         let principals: BTreeSet<String> = check.cert_principals.iter().cloned().collect();

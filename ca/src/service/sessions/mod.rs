@@ -14,11 +14,13 @@
 
 mod admission;
 mod console;
+mod directory;
 mod heartbeat;
 
 pub use admission::SessionPermit;
 pub(crate) use admission::policy_device as policy_device_of;
 pub(crate) use admission::valid_session_id;
+pub(crate) use directory::DirectoryAnswers;
 
 use super::Ca;
 use super::services::ServiceCaller;
