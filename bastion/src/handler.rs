@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use portcullis_sshcert::{CheckContext, check_user_certificate};
+use portcullis_sshcert::{CheckContext, certificate_digest, check_user_certificate};
 use russh::server::{Auth, Handler, Msg, Session};
 use russh::{Channel, ChannelOpenFailure};
 use ssh_key::Certificate;
@@ -37,9 +37,34 @@ pub(crate) struct Connection {
     authed: Option<oneshot::Sender<()>>,
     /// The sanitized user name, once authenticated.
     user: String,
-    /// What was authenticated: the login request and the certificate's serial.
-    accepted: Option<(RequestedLogin, u64)>,
+    /// What was authenticated.
+    accepted: Option<Accepted>,
 }
+
+/// The login request and the certificate that proved it.
+struct Accepted {
+    requested: RequestedLogin,
+    certificate: Presented,
+    /// The certificate forces a command or requires user verification (FIDO): options
+    /// only the node's own sshd can enforce, so it serves jump mode only.
+    node_enforced_options: bool,
+}
+
+/// Which certificate a session asks the CA about: its serial and its digest (the CA
+/// refuses a certificate that is not the one it issued under that serial).
+#[derive(Clone)]
+pub(crate) struct Presented {
+    pub serial: u64,
+    pub digest: Option<String>,
+}
+
+/// Critical options the bastion cannot carry onto a per-session certificate.
+/// (`source-address` it checks itself, at authentication.)
+const NODE_ENFORCED_OPTIONS: [&str; 2] = ["force-command", "verify-required"];
+
+/// Shown when a certificate with such an option asks for a terminated-mode session.
+const JUMP_ONLY: &str =
+    "this certificate forces a command or requires verification, which only the node enforces: use jump mode (ssh -J)";
 
 impl Connection {
     pub(crate) fn new(peer: SocketAddr, shared: Arc<Shared>, authed: oneshot::Sender<()>) -> Self {
@@ -80,7 +105,10 @@ impl Connection {
                     matched_principal: accepted.matched_principal().to_owned(),
                     ca_fingerprint: accepted.ca_fingerprint().to_owned(),
                 });
-                self.accepted = Some((requested, accepted.serial()));
+                let node_enforced_options =
+                    NODE_ENFORCED_OPTIONS.iter().any(|o| certificate.critical_options().contains_key(*o));
+                let certificate = Presented { serial: accepted.serial(), digest: certificate_digest(certificate) };
+                self.accepted = Some(Accepted { requested, certificate, node_enforced_options });
                 Auth::Accept
             }
             Err(rejection) => self.refuse(user, RefusalReason::Certificate(rejection)),
@@ -134,17 +162,22 @@ impl Handler for Connection {
         reply: russh::server::ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some((requested, serial)) = &self.accepted else {
+        let Some(accepted) = &self.accepted else {
             self.refuse_channel("session", reply, NOT_SERVED).await;
             return Ok(());
         };
+        let requested = &accepted.requested;
         let Some(device) = requested.device() else {
             self.refuse_channel("session", reply, NEEDS_DEVICE).await;
             return Ok(());
         };
+        if accepted.node_enforced_options {
+            self.refuse_channel("session", reply, JUMP_ONLY).await;
+            return Ok(());
+        }
         let request = TerminatedRequest {
             peer: self.peer,
-            cert_serial: *serial,
+            certificate: accepted.certificate.clone(),
             login: requested.login().to_owned(),
             device: device.to_owned(),
             mode: SessionMode::Terminated,
@@ -165,7 +198,7 @@ impl Handler for Connection {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let (Some((_, serial)), Ok(port)) = (&self.accepted, u16::try_from(port_to_connect)) else {
+        let (Some(accepted), Ok(port)) = (&self.accepted, u16::try_from(port_to_connect)) else {
             self.refuse_channel("direct-tcpip", reply, NOT_SERVED).await;
             return Ok(());
         };
@@ -175,7 +208,12 @@ impl Handler for Connection {
             self.refuse_channel("direct-tcpip", reply, ACCESS_DENIED).await;
             return Ok(());
         }
-        let request = JumpRequest { peer: self.peer, cert_serial: *serial, host: host_to_connect.to_owned(), port };
+        let request = JumpRequest {
+            peer: self.peer,
+            certificate: accepted.certificate.clone(),
+            host: host_to_connect.to_owned(),
+            port,
+        };
         tokio::spawn(crate::jump::run(Arc::clone(&self.shared), request, channel, reply));
         Ok(())
     }

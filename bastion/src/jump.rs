@@ -13,6 +13,7 @@ use russh::{Channel, ChannelMsg, ChannelOpenFailure};
 
 use crate::agent_hub::LinkWatch;
 use crate::broker::{Admitted, new_session_id};
+use crate::handler::Presented;
 use crate::server::Shared;
 
 /// SSH_OPEN_ADMINISTRATIVELY_PROHIBITED (RFC 4254 §5.1), with our own text.
@@ -22,7 +23,7 @@ const CONNECT_FAILED: u32 = 2;
 
 pub(crate) struct JumpRequest {
     pub peer: SocketAddr,
-    pub cert_serial: u64,
+    pub certificate: Presented,
     pub host: String,
     pub port: u16,
 }
@@ -32,7 +33,8 @@ pub(crate) async fn run(shared: Arc<Shared>, req: JumpRequest, client: Channel<M
     let request = SessionOpenRequest {
         session_id: new_session_id(),
         mode: SessionMode::Jump,
-        cert_serial: req.cert_serial.to_string(),
+        cert_serial: req.certificate.serial.to_string(),
+        certificate_digest: req.certificate.digest.clone(),
         login: None,
         device: req.host.clone(),
         port: Some(req.port),

@@ -27,12 +27,13 @@ use ssh_key::{Algorithm, Certificate, PublicKey};
 use crate::agent_hub::LinkWatch;
 use crate::broker::{Admitted, Refusal, new_session_id};
 use crate::events::escape_for_log;
+use crate::handler::Presented;
 use crate::jump::ADMINISTRATIVELY_PROHIBITED;
 use crate::server::Shared;
 
 pub(crate) struct TerminatedRequest {
     pub peer: SocketAddr,
-    pub cert_serial: u64,
+    pub certificate: Presented,
     pub login: String,
     pub device: String,
     pub mode: SessionMode,
@@ -61,7 +62,8 @@ pub(crate) async fn run(
     let request = SessionOpenRequest {
         session_id: new_session_id(),
         mode: req.mode,
-        cert_serial: req.cert_serial.to_string(),
+        cert_serial: req.certificate.serial.to_string(),
+        certificate_digest: req.certificate.digest.clone(),
         login: Some(req.login.clone()),
         device: req.device.clone(),
         port: None,

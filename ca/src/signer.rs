@@ -48,6 +48,7 @@ impl SignedCert {
             issued_at,
             revoked_at: None,
             groups,
+            digest: portcullis_sshcert::certificate_digest(&self.certificate),
         }
     }
 }

@@ -186,6 +186,10 @@ pub struct SessionOpenRequest {
     /// (signature, validity, KRL). Decimal string. The CA looks the certificate up by
     /// serial to learn whose it is; a certificate the CA did not issue is refused.
     pub cert_serial: String,
+    /// `portcullis_sshcert::certificate_digest` of the certificate as presented: the CA
+    /// refuses one that is not the certificate it issued under `cert_serial`.
+    #[serde(default)]
+    pub certificate_digest: Option<String>,
     /// Terminated/console: the login on the device. Jump: `None` (the inner SSH
     /// authenticates end to end; the node's principals files decide the login).
     #[serde(default)]

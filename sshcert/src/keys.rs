@@ -197,6 +197,16 @@ pub fn fingerprint(key: &KeyData) -> String {
     format!("SHA256:{}", STANDARD_NO_PAD.encode(digest.as_bytes()))
 }
 
+/// SHA-256 of a certificate's whole wire encoding (key, serial, principals, validity,
+/// options, signature), `SHA256:<unpadded base64>`: what names *this* certificate,
+/// where [`fingerprint`] names only its key. The CA records it at issuance, and a
+/// certificate presented under a serial must have the digest the CA issued under it.
+pub fn certificate_digest(cert: &ssh_key::Certificate) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let blob = cert.to_bytes().ok()?;
+    Some(format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(blob))))
+}
+
 /// `N` bytes from the operating system's CSPRNG, for serials, nonces and tokens.
 ///
 /// Panics only if the OS cannot supply randomness: no peer can cause that, and

@@ -25,6 +25,6 @@ pub mod krl_parse;
 
 pub use blob::{BlobError, MAX_CERTIFICATE_BLOB, parse_certificate_strict};
 pub use check::{AcceptedCert, CheckContext, Rejection, check_user_certificate, cidr_contains, parse_cidr};
-pub use keys::{KeyError, MAX_PUBLIC_KEY_LEN, fingerprint, parse_user_public_key, random_bytes};
+pub use keys::{KeyError, MAX_PUBLIC_KEY_LEN, certificate_digest, fingerprint, parse_user_public_key, random_bytes};
 pub use krl::KrlBuilder;
 pub use krl_parse::{Krl, KrlError, MAX_KRL_LEN};

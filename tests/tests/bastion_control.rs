@@ -174,23 +174,45 @@ async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
     Fx { replicas: served, ca, clock, admin, bastion, policy_dir, _dir: dir }
 }
 
-/// Logs `user` in and has a certificate issued for a fresh key; its serial.
-async fn user_cert(ca: &Ca, user: &str) -> String {
+/// A certificate as a bastion names it to the CA: its serial and its digest.
+#[derive(Clone)]
+struct Presented {
+    serial: String,
+    digest: Option<String>,
+}
+
+impl Presented {
+    fn of(certificate: &str) -> Presented {
+        let cert = ssh_key::Certificate::from_openssh(certificate.trim()).unwrap();
+        Presented { serial: cert.serial().to_string(), digest: portcullis_sshcert::certificate_digest(&cert) }
+    }
+
+    /// A serial with no certificate behind it (or a malformed one).
+    fn serial_only(serial: &str) -> Presented {
+        Presented { serial: serial.to_owned(), digest: None }
+    }
+}
+
+/// Logs `user` in and has a certificate issued for a fresh key.
+async fn user_cert(ca: &Ca, user: &str) -> Presented {
     let login = ca.login_password(user, None, &SecretString::from(PASSWORD), IP).await.unwrap();
     let caller = ca.caller(&login.token).await.unwrap();
     let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..Default::default() };
-    ca.issue_user_cert(&caller, &request, IP).await.unwrap().serial
+    Presented::of(&ca.issue_user_cert(&caller, &request, IP).await.unwrap().certificate)
 }
 
-fn terminated(id: &str, serial: &str, device: &str, login: &str) -> Value {
+fn terminated(id: &str, cert: &Presented, device: &str, login: &str) -> Value {
     json!({
-        "session_id": id, "mode": "terminated", "cert_serial": serial, "login": login, "device": device,
-        "client_ip": IP, "session_public_key": public_line(&ed25519_key()),
+        "session_id": id, "mode": "terminated", "cert_serial": cert.serial, "certificate_digest": cert.digest,
+        "login": login, "device": device, "client_ip": IP, "session_public_key": public_line(&ed25519_key()),
     })
 }
 
-fn jump(id: &str, serial: &str, device: &str, port: Option<u16>) -> Value {
-    json!({ "session_id": id, "mode": "jump", "cert_serial": serial, "device": device, "port": port, "client_ip": IP })
+fn jump(id: &str, cert: &Presented, device: &str, port: Option<u16>) -> Value {
+    json!({
+        "session_id": id, "mode": "jump", "cert_serial": cert.serial, "certificate_digest": cert.digest,
+        "device": device, "port": port, "client_ip": IP,
+    })
 }
 
 async fn open(api: &ServedCa, bastion: &str, body: &Value) -> (StatusCode, Value) {
@@ -416,8 +438,13 @@ async fn services_enroll_only_with_tokens_of_their_kind() {
     let (status, v) =
         api.post_json(Some(&agent), "/v1/bastion/heartbeat", &json!({"sessions": [], "agents": []})).await;
     assert_eq!((status, v["error"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{v}");
-    let (status, _) =
-        api.post_json(Some(&agent), "/v1/bastion/sessions/open", &jump(&session_id(), "1", "pve01", None)).await;
+    let (status, _) = api
+        .post_json(
+            Some(&agent),
+            "/v1/bastion/sessions/open",
+            &jump(&session_id(), &Presented::serial_only("1"), "pve01", None),
+        )
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = api.get_json(Some(&b2.api_token), "/v1/services/agent/targets").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -571,7 +598,7 @@ async fn terminated_session_gets_a_certificate_for_this_node_only() {
     ] {
         assert_eq!(rec[field], json!(want), "{field} in {rec}");
     }
-    assert_eq!(rec["cert_serial"], json!(serial));
+    assert_eq!(rec["cert_serial"], json!(serial.serial));
 }
 
 impl Fx {
@@ -595,9 +622,10 @@ async fn each_denial_has_its_reason_and_its_control() {
         close(api, &fx.bastion, &id, "client_disconnect").await;
     }
 
-    denied(api, &fx.bastion, &terminated(&session_id(), "12345", "pve01", "root"), deny_reason::CREDENTIAL_INVALID)
+    let unknown = Presented::serial_only("12345");
+    denied(api, &fx.bastion, &terminated(&session_id(), &unknown, "pve01", "root"), deny_reason::CREDENTIAL_INVALID)
         .await;
-    let (status, v) = api.post_json(Some(&fx.admin), "/v1/admin/revoke", &json!({"serial": revoked})).await;
+    let (status, v) = api.post_json(Some(&fx.admin), "/v1/admin/revoke", &json!({"serial": revoked.serial})).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     denied(api, &fx.bastion, &terminated(&session_id(), &revoked, "pve01", "root"), deny_reason::CREDENTIAL_INVALID)
         .await;
@@ -606,14 +634,24 @@ async fn each_denial_has_its_reason_and_its_control() {
     denied(api, &fx.bastion, &terminated(&session_id(), &bob, "pve01", "root"), deny_reason::CREDENTIAL_INVALID).await;
     // A session certificate (or any non-user certificate) is no user credential.
     let grant = granted(api, &fx.bastion, &terminated(&session_id(), &alice, "pve01", "root")).await;
-    let session_serial = ssh_key::Certificate::from_openssh(&grant.session_certificate.unwrap()).unwrap().serial();
+    let session_cert = Presented::of(&grant.session_certificate.unwrap());
     denied(
         api,
         &fx.bastion,
-        &terminated(&session_id(), &session_serial.to_string(), "pve01", "root"),
+        &terminated(&session_id(), &session_cert, "pve01", "root"),
         deny_reason::CREDENTIAL_INVALID,
     )
     .await;
+    // A certificate that is not the one issued under its serial (here: another real
+    // certificate's digest, or none) is refused; the one issued still opens.
+    let another = user_cert(&fx.ca, "alice").await;
+    let forged = Presented { digest: another.digest.clone(), ..alice.clone() };
+    for other in [forged, Presented::serial_only(&alice.serial)] {
+        let (status, v) = open(api, &fx.bastion, &terminated(&session_id(), &other, "pve01", "root")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+        assert!(v["message"].as_str().unwrap().contains("not the one the CA issued"), "{v}");
+    }
+    granted(api, &fx.bastion, &terminated(&session_id(), &alice, "pve01", "root")).await;
 
     // Login the role does not grant; a device no role of hers targets.
     denied(api, &fx.bastion, &terminated(&session_id(), &alice, "pve01", "admin"), deny_reason::NOT_AUTHORIZED).await;
@@ -633,12 +671,12 @@ async fn each_denial_has_its_reason_and_its_control() {
     // Malformed requests are 400, not denials.
     for body in [
         terminated("ABC", &alice, "pve01", "root"),
-        terminated(&session_id(), "x", "pve01", "root"),
+        terminated(&session_id(), &Presented::serial_only("x"), "pve01", "root"),
         terminated(&session_id(), &alice, "pve01", "Root!"),
         terminated(&session_id(), &alice, "pve 01", "root"),
-        json!({"session_id": session_id(), "mode": "terminated", "cert_serial": alice, "login": "root",
+        json!({"session_id": session_id(), "mode": "terminated", "cert_serial": alice.serial, "login": "root",
                "device": "pve01", "client_ip": IP}),
-        json!({"session_id": session_id(), "mode": "jump", "cert_serial": alice, "login": "root",
+        json!({"session_id": session_id(), "mode": "jump", "cert_serial": alice.serial, "login": "root",
                "device": "pve01", "client_ip": IP}),
     ] {
         let (status, v) = open(api, &fx.bastion, &body).await;
@@ -651,6 +689,8 @@ async fn each_denial_has_its_reason_and_its_control() {
     assert_eq!(
         reasons,
         [
+            "credential_invalid",
+            "credential_invalid",
             "credential_invalid",
             "credential_invalid",
             "credential_invalid",
@@ -668,8 +708,10 @@ async fn each_denial_has_its_reason_and_its_control() {
     assert_eq!(denials[1]["user"], "alice");
     assert_eq!(denials[2]["user"], "bob");
     assert_eq!(denials[3]["user"], Value::Null);
-    assert_eq!((denials[6]["user"].as_str(), denials[6]["device"].as_str()), (Some("alice"), Some("lab09")));
-    assert_eq!(denials[6]["bastion"], "b1");
+    // A certificate that is not the one issued under a serial is nobody's.
+    assert_eq!((&denials[4]["user"], &denials[5]["user"]), (&Value::Null, &Value::Null));
+    assert_eq!((denials[8]["user"].as_str(), denials[8]["device"].as_str()), (Some("alice"), Some("lab09")));
+    assert_eq!(denials[8]["bastion"], "b1");
     assert_no_secrets(&fx.ca).await;
 }
 
@@ -848,7 +890,7 @@ async fn close_orders(fx: &Fx) {
     assert_eq!((kill[0]["actor"].as_str(), kill[0]["session_id"].as_str()), (Some("admin"), Some(ids[0].as_str())));
 
     // Revoking bob's certificate closes his session.
-    let (status, _) = api.post_json(Some(&fx.admin), "/v1/admin/revoke", &json!({"serial": bob})).await;
+    let (status, _) = api.post_json(Some(&fx.admin), "/v1/admin/revoke", &json!({"serial": bob.serial})).await;
     assert_eq!(status, StatusCode::OK);
     let mut want = vec![(ids[0].clone(), CloseReason::AdminTerminated), (ids[1].clone(), CloseReason::Revoked)];
     want.sort_by(|a, b| a.0.cmp(&b.0));

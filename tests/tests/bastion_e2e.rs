@@ -241,3 +241,41 @@ async fn a_node_on_another_ssh_port_is_reached_there_and_only_there() {
         "{denied:?}"
     );
 }
+
+/// A certificate that forces a command (here because one of the user's two roles
+/// does) serves jump mode only, where the node's sshd runs that command: terminated
+/// mode cannot carry the option onto its per-session certificate, so it refuses rather
+/// than run a shell the certificate does not allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_with_a_forced_command_is_refused_in_terminated_mode_and_forced_in_jump_mode() {
+    let w = World::start("15m").await;
+    let out = w.run("ssh", &["bastion", "echo shell"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "shell", "control: {}", text(&out));
+
+    let forced = format!(
+        "{}\n[[role]]\nname = \"prod-forced\"\nlogins = [\"root\"]\ntargets = 'in:devices tags.env:prod'\n\
+         permissions = [\"certs.issue\"]\ncritical_options = {{ \"force-command\" = \"echo forced-only\" }}\n\n\
+         [[binding]]\ngroup = \"ops\"\nroles = [\"prod-forced\"]\n",
+        policy("15m")
+    );
+    let (status, body) = w.server.write_policy("prod.toml", &forced).await;
+    assert!(status.is_success(), "{body}");
+    // alice asks for both roles: the certificate carries the forced command and the
+    // principal of the role without one.
+    let token = w.server.login("alice", portcullis_tests::bastion_world::PASSWORD).await;
+    let public = std::fs::read_to_string(w.dir.path().join("id.pub")).unwrap();
+    let request = json!({ "public_key": public.trim(), "roles": ["prod-root", "prod-forced"] });
+    let (status, body) = w.server.post_json(Some(&token), "/v1/certs/user", &request).await;
+    assert!(status.is_success(), "{body}");
+    let cert = write_file(w.dir.path(), "id-cert.pub", body["certificate"].as_str().unwrap());
+    let listing = std::process::Command::new("ssh-keygen").arg("-Lf").arg(&cert).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    assert!(listing.contains("force-command echo forced-only") && listing.contains("_root"), "{listing}");
+
+    // (ssh prints a refused channel's reason at INFO.)
+    let out = w.run("ssh", &["-o", "LogLevel=INFO", "bastion", "echo shell"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use jump mode"), "{}", text(&out));
+    let out = w.run("ssh", &["node", "echo shell"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "forced-only", "{}", text(&out));
+}

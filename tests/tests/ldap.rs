@@ -638,7 +638,10 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
     let caller = ca.caller(&bob).await.unwrap();
     assert_eq!(caller.identity.source, "ldap");
     let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..Default::default() };
-    let serial = ca.issue_user_cert(&caller, &request, IP).await.unwrap().serial;
+    let issued = ca.issue_user_cert(&caller, &request, IP).await.unwrap();
+    let digest =
+        portcullis_sshcert::certificate_digest(&ssh_key::Certificate::from_openssh(&issued.certificate).unwrap());
+    let serial = issued.serial;
     let ticket = || async {
         let (status, v) =
             api.post_json(Some(&bob), "/v1/console/tickets", &json!({"device": "pve01", "login": "staff"})).await;
@@ -649,7 +652,7 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
     let session_id = || hex::encode(portcullis_sshcert::random_bytes::<16>());
     let open_as = |serial: String, id: String| {
         let body = json!({
-            "session_id": id, "mode": "terminated", "cert_serial": serial, "login": "staff",
+            "session_id": id, "mode": "terminated", "cert_serial": serial, "certificate_digest": digest, "login": "staff",
             "device": "pve01", "client_ip": IP, "session_public_key": public_line(&ed25519_key()),
         });
         let api = &api;

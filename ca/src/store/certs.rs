@@ -17,12 +17,15 @@ pub struct CertRow {
     pub revoked_at: Option<u64>,
     /// The identity's groups at issuance (empty for node and service certificates).
     pub groups: Vec<String>,
+    /// `portcullis_sshcert::certificate_digest` of the issued certificate (`None` for
+    /// rows from before it was recorded).
+    pub digest: Option<String>,
 }
 
 macro_rules! cert_columns {
     () => {
         "serial, ca_fingerprint, key_fingerprint, username, key_id, principals_json, \
-         valid_after, valid_before, issued_at, revoked_at, groups_json"
+         valid_after, valid_before, issued_at, revoked_at, groups_json, cert_digest"
     };
 }
 
@@ -39,6 +42,7 @@ fn cert_from(row: &sqlx::any::AnyRow) -> Result<CertRow> {
         issued_at: ts_from(row.try_get("issued_at")?),
         revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(ts_from),
         groups: parse_list(&row.try_get::<String, _>("groups_json")?)?,
+        digest: row.try_get("cert_digest")?,
     })
 }
 
@@ -109,8 +113,8 @@ impl Store {
 pub async fn insert_cert(conn: &mut AnyConnection, c: &CertRow) -> Result<()> {
     sqlx::query(
         "INSERT INTO certificates (serial, ca_fingerprint, key_fingerprint, username, key_id, \
-         principals_json, valid_after, valid_before, issued_at, groups_json) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         principals_json, valid_after, valid_before, issued_at, groups_json, cert_digest) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(serial_to_db(c.serial))
     .bind(&c.ca_fingerprint)
@@ -122,6 +126,7 @@ pub async fn insert_cert(conn: &mut AnyConnection, c: &CertRow) -> Result<()> {
     .bind(ts(c.valid_before))
     .bind(ts(c.issued_at))
     .bind(json_list(&c.groups))
+    .bind(&c.digest)
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -216,6 +216,9 @@ pub(super) fn validate_open(req: &SessionOpenRequest) -> Result<(u64, Option<u16
         return bad("session_id must be 32 lowercase hex characters");
     }
     let Ok(serial) = req.cert_serial.parse::<u64>() else { return bad("cert_serial must be a decimal number") };
+    if req.certificate_digest.as_deref().is_some_and(|d| d.len() > 64 || !d.starts_with("SHA256:")) {
+        return bad("certificate_digest must be SHA256:<base64>");
+    }
     if !valid_device(&req.device) {
         return bad("device");
     }

@@ -145,7 +145,7 @@ impl Ca {
         user: &mut Option<String>,
     ) -> Result<Result<SessionGrant, Denial>, CaError> {
         let now = self.now();
-        let cert = match self.usable_certificate(serial, now, user).await? {
+        let cert = match self.usable_certificate(serial, req.certificate_digest.as_deref(), now, user).await? {
             Ok(cert) => cert,
             Err(d) => return Ok(Err(d)),
         };
@@ -343,6 +343,7 @@ impl Ca {
     async fn usable_certificate(
         &self,
         serial: u64,
+        digest: Option<&str>,
         now: u64,
         user: &mut Option<String>,
     ) -> Result<Result<CertRow, Denial>, CaError> {
@@ -350,6 +351,11 @@ impl Ca {
         let Some(cert) = self.store.certificate(serial).await? else {
             return invalid("the certificate is unknown to the CA");
         };
+        // The very certificate issued under this serial, not another one carrying it
+        // (rows from before digests were recorded are known by serial alone).
+        if cert.digest.as_deref().is_some_and(|issued| digest != Some(issued)) {
+            return invalid("the certificate is not the one the CA issued under its serial");
+        }
         let user_ca = self.keyring().rows().iter().any(|k| k.fingerprint == cert.ca_fingerprint && k.purpose == "user");
         // User certificates (and bastion session certificates, refused by key id) are
         // owned by an account; node, service and discovery certificates are not.
