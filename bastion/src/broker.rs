@@ -132,13 +132,16 @@ impl Shared {
                 return Err(Refusal { code, message });
             }
         };
-        let live = Arc::new(LiveSession::new(
-            grant.session_id.clone(),
-            grant.username.clone(),
-            grant.device.clone(),
-            grant.agent.clone(),
-            mode,
-        ));
+        let live = Arc::new(
+            LiveSession::new(
+                grant.session_id.clone(),
+                grant.username.clone(),
+                grant.device.clone(),
+                grant.agent.clone(),
+                mode,
+            )
+            .counting_output(grant.idle_counts_output),
+        );
         let now = self.clock.now_unix();
         let limits = Limits {
             idle: Duration::from_secs(grant.idle_timeout_secs.max(1)),

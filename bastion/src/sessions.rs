@@ -23,7 +23,8 @@ const LONGEST_LIMIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// The limits one session runs under (from the CA's grant).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// No input from the user for this long closes the session.
+    /// No activity for this long closes the session (input, and output unless the rule
+    /// counts input only: see [`LiveSession::counting_output`]).
     pub idle: Duration,
     /// From session start, whatever the activity.
     pub absolute: Duration,
@@ -38,8 +39,10 @@ pub struct LiveSession {
     pub agent: String,
     pub mode: SessionMode,
     started: Instant,
-    /// Milliseconds after `started` of the last user input.
+    /// Milliseconds after `started` of the last activity.
     last_input_ms: AtomicU64,
+    /// Output towards the user is activity too (the rule's `idle_counts`).
+    output_is_activity: bool,
     pub bytes_from_client: AtomicU64,
     pub bytes_to_client: AtomicU64,
     close: watch::Sender<Option<CloseReason>>,
@@ -61,10 +64,18 @@ impl LiveSession {
             mode,
             started: Instant::now(),
             last_input_ms: AtomicU64::new(0),
+            output_is_activity: false,
             bytes_from_client: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
             close: watch::channel(None).0,
         }
+    }
+
+    /// Whether output towards the user restarts the idle clock (the CA's grant says,
+    /// from the rule's `idle_counts`; the seed: "without terminal input or output").
+    pub fn counting_output(mut self, yes: bool) -> Self {
+        self.output_is_activity = yes;
+        self
     }
 
     /// The user typed or sent something: the idle clock restarts.
@@ -79,9 +90,12 @@ impl LiveSession {
         self.last_input_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
-    /// Output towards the user (does not count as activity).
+    /// Output towards the user: activity too, unless the rule counts input only.
     pub fn client_output(&self, bytes: usize) {
         self.bytes_to_client.fetch_add(bytes as u64, Ordering::Relaxed);
+        if self.output_is_activity {
+            self.touch();
+        }
     }
 
     /// Orders the session closed; the first reason wins.
@@ -202,22 +216,34 @@ mod tests {
     const LIMITS: Limits =
         Limits { idle: Duration::from_secs(900), absolute: Duration::from_secs(3600), cert_expires_in: None };
 
-    #[tokio::test(start_paused = true)]
-    async fn idle_timeout_counts_only_user_input() {
-        let s = session();
+    /// When the session closes as idle: input at 600 s, output at 1400 s.
+    async fn idle_close_after(s: Arc<LiveSession>) -> u64 {
+        let start = Instant::now();
         let watch = tokio::spawn({
             let s = Arc::clone(&s);
             async move { (s.watchdog(LIMITS).await, Instant::now()) }
         });
-        // Input at 600 s pushes the idle deadline to 1500 s; output never does.
         tokio::time::sleep(Duration::from_secs(600)).await;
         s.client_input(1);
         tokio::time::sleep(Duration::from_secs(800)).await;
         s.client_output(1_000_000);
-        let start = Instant::now() - Duration::from_secs(1400);
         let (reason, at) = watch.await.unwrap();
         assert_eq!(reason, CloseReason::IdleTimeout);
-        assert_eq!((at - start).as_secs(), 1500);
+        (at - start).as_secs()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_counts_output_unless_the_rule_counts_input_only() {
+        let counting = |yes| {
+            Arc::new(
+                LiveSession::new("s".into(), "alice".into(), "pve01".into(), "local".into(), SessionMode::Terminated)
+                    .counting_output(yes),
+            )
+        };
+        // Output at 1400 s pushes the deadline to 2300 s...
+        assert_eq!(idle_close_after(counting(true)).await, 2300);
+        // ...unless only input counts: 600 s + 900 s.
+        assert_eq!(idle_close_after(counting(false)).await, 1500);
     }
 
     #[tokio::test(start_paused = true)]

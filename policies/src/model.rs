@@ -240,6 +240,28 @@ impl HostKeyPolicy {
     }
 }
 
+/// What keeps a session alive against its idle limit. The ServiceRadar console model
+/// closes a session "without terminal input or output": output counts by default, so a
+/// long build or a download printing progress is not cut; `input` makes only the
+/// user's own activity count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdleCounts {
+    Input,
+    #[default]
+    InputOrOutput,
+}
+
+impl IdleCounts {
+    /// The string form used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdleCounts::Input => "input",
+            IdleCounts::InputOrOutput => "input_or_output",
+        }
+    }
+}
+
 /// Where a rule applies. A non-empty dimension must contain the device's value; an empty
 /// one does not constrain. At least one dimension is non-empty: an empty scope never
 /// means "any scope".
@@ -284,6 +306,7 @@ pub struct Rule {
     pub(crate) timeout: Duration,
     /// `None`: the device's SSH port only.
     pub(crate) allowed_ports: Option<BTreeSet<u16>>,
+    pub(crate) idle_counts: IdleCounts,
 }
 
 impl Rule {
@@ -315,6 +338,10 @@ impl Rule {
     /// means the device's SSH port.
     pub fn allowed_ports(&self) -> Option<&BTreeSet<u16>> {
         self.allowed_ports.as_ref()
+    }
+    /// What counts as activity for a session's idle limit under this rule.
+    pub fn idle_counts(&self) -> IdleCounts {
+        self.idle_counts
     }
     /// Whether a session under this rule may open `port` on `device`: a port the rule
     /// names, or else only the device's own SSH port (which is not always 22).

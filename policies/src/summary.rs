@@ -177,6 +177,7 @@ fn rule_hash(r: &Rule) -> String {
         None => vec!["ssh".to_owned()],
     };
     c.set("allowed_ports", ports.iter().map(String::as_str));
+    c.str("idle_counts", r.idle_counts.as_str());
     c.finish()
 }
 

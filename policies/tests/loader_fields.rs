@@ -128,3 +128,17 @@ fn binding_to_an_invalid_role_reports_only_the_role() {
     let text = "[[role]]\nname = 'r'\npermissions = ['bogus']\n[[binding]]\ngroup = 'g'\nroles = ['r']\n";
     one_error(text, 3, 16, "unknown permission");
 }
+
+#[test]
+fn idle_counts_defaults_to_input_or_output() {
+    let rule = |extra: &str| {
+        format!(
+            "[[rule]]\nname = 'x'\npurpose = 'ssh_login'\ntargets = 'in:devices name:a'\nscope = {{ agents = ['a'] }}\n{extra}"
+        )
+    };
+    let idle_counts = |extra: &str| load(&[("p.toml", &rule(extra))]).unwrap().rule("x").unwrap().idle_counts();
+    assert_eq!(idle_counts(""), portcullis_policies::IdleCounts::InputOrOutput);
+    assert_eq!(idle_counts("idle_counts = 'input'\n"), portcullis_policies::IdleCounts::Input);
+    assert_eq!(idle_counts("idle_counts = 'input_or_output'\n"), portcullis_policies::IdleCounts::InputOrOutput);
+    one_error(&rule("idle_counts = 'output'\n"), 6, 15, "unknown variant `output`");
+}

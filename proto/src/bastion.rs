@@ -240,6 +240,10 @@ pub struct SessionGrant {
     pub host_ca_keys: String,
     pub connect_timeout_ms: u64,
     pub idle_timeout_secs: u64,
+    /// Output towards the user keeps the session from going idle, as input does (the
+    /// rule's `idle_counts = "input_or_output"`, the default); `false`: input only.
+    #[serde(default = "output_counts_by_default")]
+    pub idle_counts_output: bool,
     pub absolute_timeout_secs: u64,
     /// When the user's certificate expires (the bastion may close the session then).
     pub cert_valid_before: u64,
@@ -255,6 +259,10 @@ pub struct SessionGrant {
     pub allow_agent_forwarding: bool,
     pub allow_port_forwarding: bool,
     pub allow_x11_forwarding: bool,
+}
+
+fn output_counts_by_default() -> bool {
+    true
 }
 
 /// Why the CA refused to open a session: the `error` code of the 403 [`crate::ApiError`]

@@ -97,7 +97,18 @@ async fn ssh_scp_and_sftp_through_the_bastion_in_both_modes() {
 async fn live_sessions_end_on_idle_timeout_caps_admin_kill_policy_change_revocation_and_expiry() {
     let w = World::start("2s").await;
 
-    // Idle: no input for 2 s closes the session although the node keeps printing.
+    // Output keeps a session alive by default (the seed's idle: "without terminal input
+    // or output"): a node printing for 4 s outlives the 2 s idle limit.
+    let out = w.run("ssh", &["bastion", "for i in 1 2 3 4 5 6 7 8; do echo tick; sleep 0.5; done; echo done"]);
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("done\n"), "{}", text(&out));
+
+    // A rule with `idle_counts = "input"`: no input for 2 s closes the session although
+    // the node keeps printing.
+    let input_only =
+        policy("2s").replace("allowed_ports = [22, 2200]\n", "allowed_ports = [22, 2200]\nidle_counts = \"input\"\n");
+    assert_ne!(input_only, policy("2s"));
+    let (status, body) = w.server.write_policy("prod.toml", &input_only).await;
+    assert!(status.is_success(), "{body}");
     let child = w.spawn_ssh(&["bastion", "while true; do echo tick; sleep 0.3; done"]);
     let (out, took) = wait_output(child, Duration::from_secs(30));
     assert!(String::from_utf8_lossy(&out.stderr).contains("idle timeout"), "{}", text(&out));

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{HostKeyPolicy, Purpose};
+use crate::model::{HostKeyPolicy, IdleCounts, Purpose};
 
 type S = Spanned<String>;
 
@@ -79,6 +79,8 @@ pub(super) struct RawRule {
     pub host_key_policy: HostKeyPolicy,
     pub timeout_ms: Option<Spanned<u64>>,
     pub allowed_ports: Option<Spanned<Vec<Spanned<u16>>>>,
+    #[serde(default)]
+    pub idle_counts: IdleCounts,
 }
 
 #[derive(Debug, Deserialize)]

@@ -146,5 +146,6 @@ pub(super) fn rule(f: &File<'_>, errs: &mut Errors, raw: RawRule) -> Option<Rule
         host_key_policy: raw.host_key_policy,
         timeout,
         allowed_ports,
+        idle_counts: raw.idle_counts,
     })
 }

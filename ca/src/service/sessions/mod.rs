@@ -30,7 +30,7 @@ use crate::keys::KeyPurpose;
 use crate::signer::sign_session_cert;
 use crate::store::{self, CertRow, LeaseRow};
 use admission::{Basis, Denial, FORWARDING_EXTENSIONS, admit, denial, host_key_check, policy_device, validate_open};
-use portcullis_policies::{Identity, node_principal, parse_account};
+use portcullis_policies::{Identity, IdleCounts, node_principal, parse_account};
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::{deny_reason as deny, *};
 use portcullis_sshcert::parse_user_public_key;
@@ -327,6 +327,7 @@ impl Ca {
             host_ca_keys: self.trusted_keys(KeyPurpose::Host),
             connect_timeout_ms: u64::try_from(rule.timeout().as_millis()).unwrap_or(u64::MAX),
             idle_timeout_secs: limits.idle.as_secs(),
+            idle_counts_output: rule.idle_counts() == IdleCounts::InputOrOutput,
             absolute_timeout_secs: limits.absolute.as_secs(),
             cert_valid_before: subject.valid_before,
             session_certificate: session_cert.map(|(_, text)| text),
