@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use portcullis_sshcert::{CheckContext, certificate_digest, check_user_certificate};
 use russh::server::{Auth, Handler, Msg, Session};
@@ -24,6 +25,21 @@ const NEEDS_DEVICE: &str = "name the device: ssh LOGIN%DEVICE@bastion (or ssh -J
 const NOT_SERVED: &str = "not served by this bastion";
 /// Shown for a jump target that cannot name a device.
 const ACCESS_DENIED: &str = "access denied";
+/// Session and `direct-tcpip` channels one connection may have open at once (OpenSSH's
+/// `MaxSessions` default): each is a session at the CA, so one connection cannot hold
+/// a user's whole cap or make the bastion open hundreds of onward connections.
+pub(crate) const MAX_CHANNELS_PER_CONNECTION: usize = 10;
+/// Shown when a connection asks for one channel more.
+const TOO_MANY_CHANNELS: &str = "too many channels on this connection (at most 10); open another connection";
+
+/// One of a connection's channel slots, given back when its session task ends.
+struct ChannelSlot(Arc<AtomicUsize>);
+
+impl Drop for ChannelSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// A device name, DNS name or IP address could be this: printable ASCII without spaces,
 /// at most 253 characters (a DNS name's limit).
@@ -39,6 +55,8 @@ pub(crate) struct Connection {
     user: String,
     /// What was authenticated.
     accepted: Option<Accepted>,
+    /// Channels of this connection whose session task still runs.
+    channels: Arc<AtomicUsize>,
 }
 
 /// The login request and the certificate that proved it.
@@ -68,7 +86,14 @@ const JUMP_ONLY: &str =
 
 impl Connection {
     pub(crate) fn new(peer: SocketAddr, shared: Arc<Shared>, authed: oneshot::Sender<()>) -> Self {
-        Self { peer, shared, authed: Some(authed), user: String::new(), accepted: None }
+        Self {
+            peer,
+            shared,
+            authed: Some(authed),
+            user: String::new(),
+            accepted: None,
+            channels: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     fn refuse(&self, user: &str, reason: RefusalReason) -> Auth {
@@ -113,6 +138,14 @@ impl Connection {
             }
             Err(rejection) => self.refuse(user, RefusalReason::Certificate(rejection)),
         }
+    }
+
+    /// A slot for one more channel, or `None` when the connection has all it may have.
+    fn channel_slot(&self) -> Option<ChannelSlot> {
+        let taken = self
+            .channels
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_CHANNELS_PER_CONNECTION).then_some(n + 1));
+        taken.is_ok().then(|| ChannelSlot(Arc::clone(&self.channels)))
     }
 
     async fn refuse_channel(&self, kind: &'static str, reply: russh::server::ChannelOpenHandle, why: &str) {
@@ -175,6 +208,10 @@ impl Handler for Connection {
             self.refuse_channel("session", reply, JUMP_ONLY).await;
             return Ok(());
         }
+        let Some(slot) = self.channel_slot() else {
+            self.refuse_channel("session", reply, TOO_MANY_CHANNELS).await;
+            return Ok(());
+        };
         let request = TerminatedRequest {
             peer: self.peer,
             certificate: accepted.certificate.clone(),
@@ -184,7 +221,11 @@ impl Handler for Connection {
         };
         // The session runs in its own task so this connection keeps serving its others.
         let shared = Arc::clone(&self.shared);
-        tokio::spawn(crate::terminated::run(shared, request, channel, reply, session.handle()));
+        let handle = session.handle();
+        tokio::spawn(async move {
+            let _slot = slot;
+            crate::terminated::run(shared, request, channel, reply, handle).await;
+        });
         Ok(())
     }
 
@@ -208,13 +249,21 @@ impl Handler for Connection {
             self.refuse_channel("direct-tcpip", reply, ACCESS_DENIED).await;
             return Ok(());
         }
+        let Some(slot) = self.channel_slot() else {
+            self.refuse_channel("direct-tcpip", reply, TOO_MANY_CHANNELS).await;
+            return Ok(());
+        };
         let request = JumpRequest {
             peer: self.peer,
             certificate: accepted.certificate.clone(),
             host: host_to_connect.to_owned(),
             port,
         };
-        tokio::spawn(crate::jump::run(Arc::clone(&self.shared), request, channel, reply));
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            let _slot = slot;
+            crate::jump::run(shared, request, channel, reply).await;
+        });
         Ok(())
     }
 

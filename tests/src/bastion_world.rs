@@ -167,8 +167,14 @@ impl World {
     /// `ssh ARGS… 'echo started; COMMAND'` in the background, returned once the remote
     /// command runs (the session is fully connected).
     pub fn spawn_started(&self, host: &str, command: &str) -> std::process::Child {
+        self.spawn_started_with(&[host], command)
+    }
+
+    /// [`World::spawn_started`] with `ssh` options before the host (`args` ends with it).
+    pub fn spawn_started_with(&self, args: &[&str], command: &str) -> std::process::Child {
         use std::io::BufRead;
-        let mut child = self.spawn_ssh(&[host, &format!("echo started; {command}")]);
+        let started = format!("echo started; {command}");
+        let mut child = self.spawn_ssh(&[args, &[started.as_str()]].concat());
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

@@ -352,3 +352,47 @@ async fn a_device_that_does_not_exist_is_refused_like_one_the_user_may_not_use()
     assert!(denied.contains("unknown_device"), "{denied}");
     assert!(denied.contains("not_authorized") || denied.contains("rule_mismatch"), "{denied}");
 }
+
+/// One connection holds at most ten session channels (OpenSSH's `MaxSessions`): an
+/// eleventh, multiplexed over a real `ssh` control master, is refused at the bastion
+/// without reaching the CA; a closed channel gives its slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_holds_at_most_ten_channels() {
+    let w = World::start("15m").await;
+    let control = format!("ControlPath={}", w.dir.path().join("mux").display());
+    let master = w.spawn_ssh(&["-o", "ControlMaster=yes", "-o", &control, "-N", "bastion"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !w.dir.path().join("mux").exists() {
+        assert!(Instant::now() < deadline, "the control master did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Only through the master: ssh falls back to a connection of its own when the master
+    // is refused, which `ProxyCommand=false` stops.
+    let via_master = ["-o", "ControlMaster=no", "-o", control.as_str(), "-o", "ProxyCommand=false", "bastion"];
+    let mut sessions: Vec<_> = (0..10).map(|_| w.spawn_started_with(&via_master, "sleep 60")).collect();
+    let opened = w.server.audit_events("session_opened").await.len();
+
+    let eleventh = |w: &World| w.run("ssh", &[&via_master[..], &["echo eleventh"]].concat());
+    let out = eleventh(&w);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Session open refused by peer"), "{}", text(&out));
+    assert_eq!(w.server.audit_events("session_opened").await.len(), opened, "the refusal reached the CA");
+
+    // One session ends: its slot is free again.
+    let mut first = sessions.remove(0);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = eleventh(&w);
+        if String::from_utf8_lossy(&out.stdout).trim() == "eleventh" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was not given back: {}", text(&out));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for mut s in sessions.into_iter().chain([master]) {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+}
