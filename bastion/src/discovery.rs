@@ -9,8 +9,8 @@
 //! job's certificate (forced command, no pty, valid on that node only), stdout is captured
 //! up to [`MAX_DISCOVERY_OUTPUT_BYTES`] (more is `output_too_large`, not truncated), with
 //! a connect and an exec timeout. The raw output or the failure reason goes back to the
-//! CA, which parses and stores it. Jobs run with bounded concurrency; one failing node
-//! never stops the others.
+//! CA, which parses and stores it. Jobs run with bounded concurrency, scheduled per
+//! node: one failing or hanging node never stops or delays the others.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,16 +31,29 @@ use crate::server::Shared;
 const FIRST_CLAIM: Duration = Duration::from_secs(1);
 const RETRY_CLAIM: Duration = Duration::from_secs(30);
 
-/// Asks the CA for work forever; see the module doc.
+/// Asks the CA for work forever; see the module doc. Jobs are scheduled per node: a
+/// claim does not wait for the previous round to finish, so a node that hangs until its
+/// timeouts delays only itself (the CA does not hand a node out again while its run is
+/// open). At most [`MAX_JOBS_PER_CLAIM`] jobs are in flight, `concurrency` of them
+/// connected at once.
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut wait = FIRST_CLAIM;
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut limit: Option<(u32, Arc<Semaphore>)> = None;
     loop {
         tokio::time::sleep(wait).await;
+        // Finished jobs are reaped (a panicking job ends only its own task).
+        while in_flight.try_join_next().is_some() {}
+        let free = MAX_JOBS_PER_CLAIM.saturating_sub(u32::try_from(in_flight.len()).unwrap_or(u32::MAX));
+        if free == 0 {
+            wait = FIRST_CLAIM;
+            continue;
+        }
         let Some((key, public_key)) = crate::terminated::session_key() else {
             wait = RETRY_CLAIM;
             continue;
         };
-        let request = DiscoveryClaimRequest { agents: shared.agents.names(), public_key, max_jobs: MAX_JOBS_PER_CLAIM };
+        let request = DiscoveryClaimRequest { agents: shared.agents.names(), public_key, max_jobs: free };
         let answer = match shared.control.claim_discovery(&request).await {
             Ok(a) => a,
             Err(e) => {
@@ -53,13 +66,20 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         if !answer.enabled || answer.jobs.is_empty() {
             continue;
         }
+        let concurrency = answer.concurrency.clamp(1, 64);
+        let permits = match &limit {
+            Some((n, permits)) if *n == concurrency => Arc::clone(permits),
+            _ => {
+                let permits = Arc::new(Semaphore::new(usize::try_from(concurrency).unwrap_or(1)));
+                limit = Some((concurrency, Arc::clone(&permits)));
+                permits
+            }
+        };
         let key = Arc::new(key);
-        let limit = Arc::new(Semaphore::new(usize::try_from(answer.concurrency.clamp(1, 64)).unwrap_or(1)));
-        let mut tasks = tokio::task::JoinSet::new();
         for job in answer.jobs {
-            let (shared, key, limit) = (Arc::clone(&shared), Arc::clone(&key), Arc::clone(&limit));
-            tasks.spawn(async move {
-                let Ok(_permit) = limit.acquire_owned().await else { return };
+            let (shared, key, permits) = (Arc::clone(&shared), Arc::clone(&key), Arc::clone(&permits));
+            in_flight.spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else { return };
                 let span = tracing::info_span!("discovery", run_id = %job.run_id, device = %job.device);
                 let outcome = tracing::Instrument::instrument(run_job(&shared, key, &job), span.clone()).await;
                 if let DiscoveryOutcome::Failed { reason } = &outcome {
@@ -71,8 +91,6 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 }
             });
         }
-        // A panicking job ends only its own task.
-        while tasks.join_next().await.is_some() {}
     }
 }
 

@@ -123,6 +123,11 @@ impl Fixture {
         std::fs::rename(tmp, self.report_path()).unwrap();
     }
 
+    /// Replaces what the forced command does.
+    fn set_script(&self, text: &str) {
+        std::fs::write(self.dir.path().join("discover.sh"), text).unwrap();
+    }
+
     fn sshd_match_block(&self) -> String {
         format!(
             "Match User {DISCOVERY_LOGIN}\n  ForceCommand {}\n  PermitTTY no\n  AllowTcpForwarding no\n  \
@@ -297,6 +302,47 @@ async fn discovery_stores_facts_detects_drift_and_refuses_wrong_host_keys() {
     let view = inventory(&server, &admin, "pve02").await;
     assert!(view["facts"].as_object().unwrap().is_empty(), "{view}");
     assert!(!imposter.log().contains("Accepted"), "no login on the imposter: {}", imposter.log());
+}
+
+/// Discovery is scheduled per node: a node whose command hangs (until the 30 s exec
+/// timeout) delays only itself — the other node is discovered every interval meanwhile —
+/// and is not handed out again while its run is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_node_delays_only_itself() {
+    ensure_discovery_user();
+    let (fixture, hanging) = (Fixture::new(), Fixture::new());
+    hanging.set_script("#!/bin/sh\nexec sleep 60\n");
+    let server = Server::start_with(ServerOpts {
+        args: vec!["--discovery".into(), "--discovery-interval".into(), "1".into()],
+        ..Default::default()
+    })
+    .await;
+    let (status, body) = server.write_policy("prod.toml", POLICY).await;
+    assert!(status.is_success(), "policy: {body}");
+    let admin = server.admin_token().await;
+    let stuck = add_node(&server, &admin, "pve02", &hanging, None).await;
+    let node = add_node(&server, &admin, "pve01", &fixture, None).await;
+
+    let runs = |device: &'static str| {
+        let server = &server;
+        async move {
+            let started = server.audit_events("discovery_started").await;
+            started.iter().filter(|r| r.payload["device"] == device).count()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while runs("pve01").await < 4 || !stuck.log().contains(&format!("Accepted publickey for {DISCOVERY_LOGIN}")) {
+        assert!(
+            Instant::now() < deadline,
+            "pve01 waited for the hanging node: {} runs\n{}\n{}",
+            runs("pve01").await,
+            node.log(),
+            stuck.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(runs("pve02").await, 1, "the hanging node was handed out again while its run was open");
+    assert!(inventory(&server, &admin, "pve02").await["last_result"].is_null());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,7 +137,18 @@ impl Ca {
             let run_id = hex::encode(portcullis_sshcert::random_bytes::<16>());
             // Claim first: a node that is not due costs one statement, not a signature.
             let mut tx = self.store.begin().await?;
-            if !store::claim_discovery_run(tx.conn(), &node.name, &run_id, &bastion.name, now, due_before).await? {
+            let abandoned_before = now.saturating_sub(DISCOVERY_CERT_TTL_SECS);
+            if !store::claim_discovery_run(
+                tx.conn(),
+                &node.name,
+                &run_id,
+                &bastion.name,
+                now,
+                due_before,
+                abandoned_before,
+            )
+            .await?
+            {
                 continue;
             }
             let permit = DiscoveryPermit {

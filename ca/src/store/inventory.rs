@@ -31,19 +31,25 @@ pub async fn claim_discovery_run(
     bastion: &str,
     now: u64,
     due_before: u64,
+    abandoned_before: u64,
 ) -> Result<bool> {
+    // Due, and not still running: a run that was never reported counts as running until
+    // `abandoned_before` (its certificate has expired by then), so a node that hangs is
+    // not handed out again and again while it hangs.
     let done = sqlx::query(
         "INSERT INTO discovery_runs (device, run_id, bastion, claimed_at, finished_at, result) \
          VALUES ($1, $2, $3, $4, NULL, NULL) \
          ON CONFLICT (device) DO UPDATE SET run_id = excluded.run_id, bastion = excluded.bastion, \
          claimed_at = excluded.claimed_at, finished_at = NULL, result = NULL \
-         WHERE discovery_runs.claimed_at <= $5",
+         WHERE discovery_runs.claimed_at <= $5 \
+           AND (discovery_runs.finished_at IS NOT NULL OR discovery_runs.claimed_at <= $6)",
     )
     .bind(device)
     .bind(run_id)
     .bind(bastion)
     .bind(ts(now))
     .bind(ts(due_before))
+    .bind(ts(abandoned_before))
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected() == 1)
