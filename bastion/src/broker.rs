@@ -84,14 +84,26 @@ pub(crate) fn new_session_id() -> String {
 impl Shared {
     /// Asks the CA; on a grant the session is registered (so heartbeats carry it).
     pub(crate) async fn admit(&self, request: SessionOpenRequest) -> Result<Admitted, Refusal> {
+        self.refuse_while_draining()?;
         let answer = self.control.open_session(&request).await;
         self.register(answer, &request.session_id, &request.device, request.mode)
     }
 
     /// The browser console's admission: the CA redeems the ticket and decides at once.
     pub(crate) async fn admit_console(&self, request: ConsoleOpenRequest) -> Result<Admitted, Refusal> {
+        self.refuse_while_draining()?;
         let answer = self.control.open_console(&request).await;
         self.register(answer, &request.session_id, "", SessionMode::Console)
+    }
+
+    fn refuse_while_draining(&self) -> Result<(), Refusal> {
+        match self.sessions.draining() {
+            true => Err(Refusal {
+                code: CloseReason::Shutdown.as_str().to_owned(),
+                message: "the bastion is restarting; connect again in a moment".to_owned(),
+            }),
+            false => Ok(()),
+        }
     }
 
     fn register(
@@ -151,6 +163,10 @@ impl Shared {
                 .then(|| Duration::from_secs(grant.cert_valid_before.saturating_sub(now))),
         };
         self.sessions.insert(Arc::clone(&live));
+        // Granted while the drain began: it ends with the others.
+        if self.sessions.draining() {
+            live.order_close(CloseReason::Shutdown);
+        }
         let guard = FinishGuard {
             live: Arc::clone(&live),
             sessions: Arc::clone(&self.sessions),
@@ -205,7 +221,6 @@ impl Shared {
     pub(crate) async fn finish(&self, admitted: &Admitted, reason: CloseReason) {
         admitted.guard.armed.store(false, Ordering::Relaxed);
         let live = &admitted.live;
-        self.sessions.remove(&live.id);
         let request = close_request(live, reason);
         tracing::info!(session = %live.id, user = %live.username, device = %live.device, reason = reason.as_str(),
             bytes_in = request.bytes_from_client, bytes_out = request.bytes_to_client, "session closed");
@@ -213,6 +228,8 @@ impl Shared {
         if let Err(e) = self.control.close_session(&request).await {
             tracing::warn!(session = %live.id, error = %e, "could not release the session lease; it expires on its own");
         }
+        // Gone from the registry only once the CA heard of it: a drain waits for that.
+        self.sessions.remove(&live.id);
     }
 }
 

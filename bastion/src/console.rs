@@ -200,8 +200,17 @@ async fn pump(
     }
     // A message read while coalescing output that is not output: handled next round.
     let mut stash: Option<Option<ChannelMsg>> = None;
+    let mut warnings = live.idle_warnings();
     loop {
         tokio::select! {
+            Ok(()) = warnings.changed() => {
+                let left = *warnings.borrow_and_update();
+                if let Some(seconds) = left
+                    && !send_control(socket, &ConsoleControl::IdleWarning { seconds }).await
+                {
+                    return CloseReason::BrowserDisconnect;
+                }
+            }
             frame = socket.recv() => match frame {
                 Some(Ok(Message::Binary(data))) => {
                     live.client_input(data.len());

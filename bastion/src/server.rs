@@ -129,6 +129,20 @@ pub struct Bastion {
 }
 
 impl Bastion {
+    /// Shutdown: orders every session closed as `shutdown` (the user is told the bastion
+    /// is restarting; the CA gets the real reason and duration) and waits up to `within`
+    /// for them to reach the CA. New sessions are refused meanwhile. Returns how many
+    /// were still open at the deadline (their leases expire on their own).
+    pub async fn drain(&self, within: Duration) -> usize {
+        let sessions = &self.shared.sessions;
+        sessions.drain();
+        let deadline = tokio::time::Instant::now() + within;
+        while sessions.len() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sessions.len()
+    }
+
     pub fn new(
         config: BastionConfig,
         trust: Arc<TrustSource>,

@@ -9,7 +9,7 @@
 //! into the end of the session.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,6 +46,15 @@ pub struct LiveSession {
     pub bytes_from_client: AtomicU64,
     pub bytes_to_client: AtomicU64,
     close: watch::Sender<Option<CloseReason>>,
+    /// Set by the watchdog shortly before an idle close: seconds left (see
+    /// [`idle_warning_lead`]); the relay tells the user.
+    idle_warning: watch::Sender<Option<u64>>,
+}
+
+/// How long before an idle close the user is warned: a minute, or a quarter of a
+/// shorter idle limit.
+pub fn idle_warning_lead(idle: Duration) -> Duration {
+    (idle / 4).min(Duration::from_secs(60))
 }
 
 impl std::fmt::Debug for LiveSession {
@@ -68,7 +77,13 @@ impl LiveSession {
             bytes_from_client: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
             close: watch::channel(None).0,
+            idle_warning: watch::channel(None).0,
         }
+    }
+
+    /// Warnings of an idle close to come (seconds left), as the watchdog raises them.
+    pub fn idle_warnings(&self) -> watch::Receiver<Option<u64>> {
+        self.idle_warning.subscribe()
     }
 
     /// Whether output towards the user restarts the idle clock (the CA's grant says,
@@ -134,6 +149,9 @@ impl LiveSession {
         let mut orders = self.close.subscribe();
         let absolute = self.deadline(limits.absolute);
         let expiry = limits.cert_expires_in.map(|d| self.deadline(d));
+        let lead = idle_warning_lead(limits.idle);
+        // The idle deadline the user was last warned about.
+        let mut warned: Option<Instant> = None;
         loop {
             if let Some(reason) = *orders.borrow_and_update() {
                 return reason;
@@ -150,7 +168,13 @@ impl LiveSession {
             if now >= idle_at {
                 return CloseReason::IdleTimeout;
             }
-            let wake = [Some(absolute), expiry, Some(idle_at)].into_iter().flatten().min().unwrap_or(absolute);
+            let warn_at = idle_at.checked_sub(lead).filter(|_| warned != Some(idle_at) && idle_at < absolute);
+            if warn_at.is_some_and(|at| now >= at) {
+                warned = Some(idle_at);
+                self.idle_warning.send_replace(Some(idle_at.saturating_duration_since(now).as_secs().max(1)));
+            }
+            let warn_at = warn_at.filter(|at| now < *at);
+            let wake = [Some(absolute), expiry, Some(idle_at), warn_at].into_iter().flatten().min().unwrap_or(absolute);
             tokio::select! {
                 changed = orders.changed() => {
                     if changed.is_err() {
@@ -168,6 +192,8 @@ impl LiveSession {
 #[derive(Debug, Default)]
 pub struct Registry {
     live: Mutex<HashMap<String, Arc<LiveSession>>>,
+    /// Shutting down: every session is ordered closed and no new one starts.
+    draining: AtomicBool,
 }
 
 impl Registry {
@@ -195,6 +221,18 @@ impl Registry {
     /// What the heartbeat reports.
     pub fn snapshot(&self) -> Vec<WireSession> {
         self.lock().values().map(|s| s.wire()).collect()
+    }
+
+    /// Starts the drain: every live session is ordered closed as `shutdown` (each tells
+    /// its user why and reports its real duration), and [`Registry::draining`] refuses
+    /// new ones.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.close_where(CloseReason::Shutdown, |_| true);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// Orders every session matching `pred` closed.
@@ -244,6 +282,27 @@ mod tests {
         assert_eq!(idle_close_after(counting(true)).await, 2300);
         // ...unless only input counts: 600 s + 900 s.
         assert_eq!(idle_close_after(counting(false)).await, 1500);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_user_is_warned_before_an_idle_close_and_again_after_activity() {
+        let s = session();
+        let mut warnings = s.idle_warnings();
+        let watch = tokio::spawn({
+            let s = Arc::clone(&s);
+            async move { s.watchdog(LIMITS).await }
+        });
+        // 900 s idle: warned 60 s before, at 840 s.
+        tokio::time::sleep(Duration::from_secs(839)).await;
+        assert!(!warnings.has_changed().unwrap());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(*warnings.borrow_and_update(), Some(60));
+        // Input moves the deadline: a new warning 60 s before the new one.
+        s.client_input(1);
+        tokio::time::sleep(Duration::from_secs(845)).await;
+        assert_eq!(*warnings.borrow_and_update(), Some(60));
+        assert_eq!(watch.await.unwrap(), CloseReason::IdleTimeout);
+        assert_eq!(idle_warning_lead(Duration::from_secs(2)), Duration::from_millis(500));
     }
 
     #[tokio::test(start_paused = true)]

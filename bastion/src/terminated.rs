@@ -331,10 +331,23 @@ async fn proxy(
         // The onward connection vanished without a close: did the agent leave?
         crate::broker::vanished(link).await
     };
+    // Shortly before an idle close, a line on the user's stderr says so (the line itself
+    // is no activity).
+    let warnings = async {
+        let mut warnings = live.idle_warnings();
+        while warnings.changed().await.is_ok() {
+            let Some(left) = *warnings.borrow_and_update() else { continue };
+            let line = format!("\r\nportcullis: no activity: this session closes in {left} s unless you type\r\n");
+            let write = to_client.extended_data_bytes(1, bytes::Bytes::from(line.into_bytes()));
+            let _ = tokio::time::timeout(CLOSE_GRACE, write).await;
+        }
+        std::future::pending::<CloseReason>().await
+    };
     let reason = tokio::select! {
         r = upstream => r,
         r = downstream => r,
         r = live.watchdog(admitted.limits) => r,
+        r = warnings => r,
     };
     let _ = to_node.close().await;
     // The reason line needs the client's window: a client that never grants any must not

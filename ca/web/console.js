@@ -51,6 +51,10 @@ async function start() {
     } else if (msg.type === "exit") {
       state.exit = msg.status;
       status(`exited with status ${msg.status}`);
+    } else if (msg.type === "idle_warning") {
+      // Shown in the status line only: typing (or output) keeps the session.
+      state.idleWarning = msg.seconds;
+      status(`no activity: closes in ${msg.seconds} s unless you type`);
     } else if (msg.type === "closed") {
       state.state = "closed";
       state.closed = { reason: msg.reason, message: msg.message };
@@ -62,7 +66,14 @@ async function start() {
     if (state.state !== "closed") status("disconnected");
     state.state = "closed";
   });
-  term.onData((data) => { if (ws.readyState === WebSocket.OPEN) ws.send(encoder.encode(data)); });
+  term.onData((data) => {
+    if (ws.readyState !== WebSocket.OPEN) return;
+    ws.send(encoder.encode(data));
+    if (state.idleWarning) {
+      state.idleWarning = null;
+      status("connected");
+    }
+  });
   term.onBinary((data) => {
     if (ws.readyState !== WebSocket.OPEN) return;
     const bytes = new Uint8Array(data.length);

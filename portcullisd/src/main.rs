@@ -140,9 +140,11 @@ fn main() -> anyhow::Result<()> {
                 let agents = tokio::net::TcpListener::bind(&agent_listen)
                     .await
                     .with_context(|| format!("cannot listen on {agent_listen}"))?;
-                let (addr, _) = dataplane::start_bastion(&service.endpoint(), identity, &listen, agents).await?;
+                let (addr, bastion) = dataplane::start_bastion(&service.endpoint(), identity, &listen, agents).await?;
                 println!("Portcullis bastion {} listening on {addr} (agents on {agent_listen})", service.name);
-                return wait_for_shutdown().await;
+                wait_for_shutdown().await?;
+                drain(&bastion).await;
+                return Ok(());
             }
             Command::Agent { service, bastions, allow } => {
                 let identity = dataplane::enrolled_identity(
@@ -239,8 +241,16 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     if ssh_listen.is_some() {
         router = router.merge(console.router());
     }
-    let api = tokio::spawn(server::serve(listener, tls.config, router, async {
-        let _ = wait_for_shutdown().await;
+    // On SIGTERM the bastion drains first, while the API still takes its sessions' closes.
+    let draining: Arc<std::sync::OnceLock<Arc<portcullis_bastion::Bastion>>> = Arc::default();
+    let api = tokio::spawn(server::serve(listener, tls.config, router, {
+        let draining = Arc::clone(&draining);
+        async move {
+            let _ = wait_for_shutdown().await;
+            if let Some(bastion) = draining.get() {
+                drain(bastion).await;
+            }
+        }
     }));
     if let Some(ssh_listen) = ssh_listen {
         let endpoint =
@@ -248,6 +258,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
         let (ssh_addr, bastion) =
             start_local_data_plane(&ca, &data_dir, &endpoint, &ssh_listen.0, &ssh_listen.1).await?;
         console.attach(&bastion);
+        let _ = draining.set(Arc::clone(&bastion));
         println!("Bastion listening on {ssh_addr}: ssh -p {} root%NODE@{}", ssh_addr.port(), ssh_addr.ip());
         println!("Web UI (browser console): {url}/ui/");
     }
@@ -300,6 +311,17 @@ async fn start_local_data_plane(
     let bastion_endpoint = portcullis_bastion::edge::endpoint(agent_addr, host_key);
     dataplane::start_agent(endpoint, LOCAL, identity, vec![bastion_endpoint], None)?;
     Ok((ssh_addr, bastion))
+}
+
+/// How long a stopping bastion waits for its sessions to close and reach the CA.
+const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Closes every session as `shutdown` (users are told why), bounded by [`DRAIN_WITHIN`].
+async fn drain(bastion: &portcullis_bastion::Bastion) {
+    let left = bastion.drain(DRAIN_WITHIN).await;
+    if left > 0 {
+        tracing::warn!(left, "sessions still open at the end of the drain; their leases expire on their own");
+    }
 }
 
 /// Until SIGINT or SIGTERM.

@@ -119,6 +119,8 @@ pub enum ConsoleControl {
     Exit { status: u32 },
     /// Bastion → browser: the session closed; `message` is safe to show.
     Closed { reason: String, message: String },
+    /// Bastion → browser: without activity the session closes in `seconds`.
+    IdleWarning { seconds: u64 },
 }
 
 /// `POST /v1/auth/browser-login` (JSON `{username, password}`, like `/v1/auth/login`):

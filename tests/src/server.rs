@@ -158,6 +158,21 @@ impl Server {
         self.child.id()
     }
 
+    /// Sends SIGTERM (as systemd stops a service) and waits for the process to exit.
+    pub fn terminate(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("cannot run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for portcullisd") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "portcullisd did not exit within {within:?} of SIGTERM");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn policy_dir(&self) -> PathBuf {
         self.data_dir.join("policy")
     }

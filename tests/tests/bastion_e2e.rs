@@ -111,7 +111,10 @@ async fn live_sessions_end_on_idle_timeout_caps_admin_kill_policy_change_revocat
     assert!(status.is_success(), "{body}");
     let child = w.spawn_ssh(&["bastion", "while true; do echo tick; sleep 0.3; done"]);
     let (out, took) = wait_output(child, Duration::from_secs(30));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("idle timeout"), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Warned first (a quarter of the idle limit before, at most a minute), then closed.
+    let warned = stderr.find("this session closes in").unwrap_or_else(|| panic!("no idle warning: {}", text(&out)));
+    assert!(stderr[warned..].contains("idle timeout"), "{}", text(&out));
     assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(15), "{took:?}");
     let closed = w.server.audit_events("session_closed").await;
     assert!(closed.iter().any(|r| r.payload.to_string().contains("idle_timeout")), "{closed:?}");
@@ -289,4 +292,28 @@ async fn a_certificate_with_a_forced_command_is_refused_in_terminated_mode_and_f
     assert!(String::from_utf8_lossy(&out.stderr).contains("use jump mode"), "{}", text(&out));
     let out = w.run("ssh", &["node", "echo shell"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "forced-only", "{}", text(&out));
+}
+
+/// SIGTERM drains the bastion: each live session is closed with its user told why, and
+/// the CA records `shutdown` with the session's real duration (not `lease_lost` later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_bastion_tells_its_users_and_the_ca_why() {
+    let mut w = World::start("15m").await;
+    let child = w.spawn_started("bastion", "sleep 60");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = w.server.terminate(Duration::from_secs(30));
+    assert!(status.success(), "portcullisd exited with {status}");
+    let (out, _) = wait_output(child, Duration::from_secs(10));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bastion shutting down"), "{}", text(&out));
+
+    let ca = portcullis_tests::same_ca(&w.server, std::sync::Arc::new(portcullis_ca::SystemClock)).await;
+    let records = ca.store().audit_records(0, 100_000).await.unwrap();
+    let closed: Vec<serde_json::Value> = records
+        .iter()
+        .filter(|r| r.event == "session_closed")
+        .map(|r| serde_json::from_str(&r.payload).unwrap())
+        .collect();
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(closed[0]["reason"], "shutdown", "{closed:?}");
+    assert!(closed[0]["duration_ms"].as_u64().is_some_and(|d| (1500..30_000).contains(&d)), "{closed:?}");
 }

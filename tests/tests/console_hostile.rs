@@ -170,3 +170,26 @@ async fn a_browser_that_stops_reading_cannot_keep_its_session_past_a_kill() {
     browser.send(TEXT, body["ticket"].as_str().unwrap().as_bytes()).await;
     browser.control("connected").await;
 }
+
+/// A quiet console is warned before its idle close (a control frame the page shows),
+/// then closed as idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_console_is_warned_then_closed_as_idle() {
+    let w = World::start("1h").await;
+    let quick = CONSOLE_POLICY.replace(r#"idle = "15m""#, r#"idle = "3s""#);
+    assert_ne!(quick, CONSOLE_POLICY);
+    let (status, body) = w.server.write_policy("console.toml", &quick).await;
+    assert!(status.is_success(), "{body}");
+    let token = w.server.login("alice", PASSWORD).await;
+    let (status, body) =
+        w.server.post_json(Some(&token), "/v1/console/tickets", &json!({"device": "pve01", "login": "root"})).await;
+    assert!(status.is_success(), "ticket: {body}");
+    let mut browser = Socket::open(&w.server.url, &w.server.pin, body["websocket_path"].as_str().unwrap()).await;
+    browser.send(TEXT, body["ticket"].as_str().unwrap().as_bytes()).await;
+    browser.send(TEXT, json!({"type": "resize", "cols": 80, "rows": 24}).to_string().as_bytes()).await;
+    browser.control("connected").await;
+    let warning = browser.control("idle_warning").await;
+    assert_eq!(warning["seconds"], 1, "{warning}");
+    let closed = browser.control("closed").await;
+    assert_eq!(closed["reason"], "idle_timeout", "{closed}");
+}
