@@ -77,6 +77,13 @@ pub(crate) struct Refusal {
     pub message: String,
 }
 
+/// A session that ended before it started: the user hears the audited reason.
+impl From<CloseReason> for Refusal {
+    fn from(reason: CloseReason) -> Self {
+        Refusal { code: reason.as_str().to_owned(), message: reason.message().to_owned() }
+    }
+}
+
 pub(crate) fn new_session_id() -> String {
     hex::encode(portcullis_sshcert::random_bytes::<16>())
 }
@@ -198,23 +205,29 @@ impl Shared {
                 });
                 Ok(opened)
             }
-            Err(e) => {
-                self.broker_failed(admitted, e.code()).await;
-                Err(Refusal { code: e.code().to_owned(), message: e.to_string() })
-            }
+            Err(e) => Err(self.broker_failed(admitted, e.code()).await.into()),
         }
     }
 
-    pub(crate) async fn broker_failed(&self, admitted: &Admitted, reason: &str) {
+    /// A session that could not start: the broker failure is recorded and the lease
+    /// released with the close reason that names the same cause, which is also what the
+    /// user is told (see `From<CloseReason> for Refusal`).
+    pub(crate) async fn broker_failed(&self, admitted: &Admitted, failure: &str) -> CloseReason {
         let g = &admitted.grant;
         self.events.record(BastionEvent::BrokerFailed {
             session_id: g.session_id.clone(),
             agent: g.agent.clone(),
-            reason: reason.to_owned(),
+            reason: failure.to_owned(),
         });
-        let close_reason =
-            if reason == "agent_unavailable" { CloseReason::AgentDisconnect } else { CloseReason::TargetDisconnect };
-        self.finish(admitted, close_reason).await;
+        let reason = match failure {
+            "agent_unavailable" => CloseReason::AgentDisconnect,
+            "target_unreachable" | "agent_refused" => CloseReason::TargetUnreachable,
+            "host_key_mismatch" => CloseReason::HostKeyMismatch,
+            "onward_auth_failed" | "credential_resolution_failed" => CloseReason::OnwardLoginFailed,
+            _ => CloseReason::TargetDisconnect,
+        };
+        self.finish(admitted, reason).await;
+        reason
     }
 
     /// Releases the lease at the CA (which audits the close) and forgets the session.

@@ -110,11 +110,8 @@ pub(crate) async fn log_in_onward(
     key: PrivateKey,
 ) -> Result<Onward, Refusal> {
     let g = &admitted.grant;
-    let refusal =
-        || Refusal { code: "onward_login_failed".into(), message: format!("cannot log in to {:?}", g.device) };
     let Some(cert) = g.session_certificate.as_deref().and_then(|c| Certificate::from_openssh(c.trim()).ok()) else {
-        shared.broker_failed(admitted, "credential_resolution_failed").await;
-        return Err(refusal());
+        return Err(shared.broker_failed(admitted, "credential_resolution_failed").await.into());
     };
     let (channel, link) = shared.reach(admitted, peer).await?;
     let stream = channel.into_stream();
@@ -151,8 +148,7 @@ pub(crate) async fn log_in_onward(
         }
         Err(_) => "target_unreachable",
     };
-    shared.broker_failed(admitted, code).await;
-    Err(refusal())
+    Err(shared.broker_failed(admitted, code).await.into())
 }
 
 #[derive(Debug, thiserror::Error)]

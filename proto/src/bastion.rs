@@ -337,6 +337,13 @@ pub enum CloseReason {
     Shutdown,
     /// The bastion's session task ended unexpectedly (a bug); its lease is released.
     InternalError,
+    /// The session never started: the device could not be reached from its agent (or
+    /// the agent refused the destination).
+    TargetUnreachable,
+    /// The session never started: the device's host key is not the one on record.
+    HostKeyMismatch,
+    /// The session never started: the device refused the bastion's onward login.
+    OnwardLoginFailed,
 }
 
 impl CloseReason {
@@ -355,6 +362,9 @@ impl CloseReason {
             CloseReason::LeaseLost => "lease_lost",
             CloseReason::Shutdown => "shutdown",
             CloseReason::InternalError => "internal_error",
+            CloseReason::TargetUnreachable => "target_unreachable",
+            CloseReason::HostKeyMismatch => "host_key_mismatch",
+            CloseReason::OnwardLoginFailed => "onward_login_failed",
         }
     }
 
@@ -373,6 +383,9 @@ impl CloseReason {
             CloseReason::LeaseLost => "session closed: bastion lost contact with the control plane",
             CloseReason::Shutdown => "session closed: bastion shutting down",
             CloseReason::InternalError => "session closed: internal error",
+            CloseReason::TargetUnreachable => "cannot open the session: the device cannot be reached",
+            CloseReason::HostKeyMismatch => "cannot open the session: the device's host key is not the one on record",
+            CloseReason::OnwardLoginFailed => "cannot open the session: the device refused the login",
         }
     }
 }

@@ -317,3 +317,45 @@ async fn a_stopping_bastion_tells_its_users_and_the_ca_why() {
     assert_eq!(closed[0]["reason"], "shutdown", "{closed:?}");
     assert!(closed[0]["duration_ms"].as_u64().is_some_and(|d| (1500..30_000).contains(&d)), "{closed:?}");
 }
+
+/// A session that cannot start says why, and the audit's close reason names the same
+/// cause: a node whose host key is not the pinned one, and a node nobody answers for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_cannot_start_names_the_same_cause_to_the_user_and_the_audit() {
+    let w = World::start("15m").await;
+    let keys = tempfile::tempdir().unwrap();
+    let other = portcullis_tests::ssh::write_key_pair(keys.path(), "other", &portcullis_tests::ssh::ed25519_key());
+    let pinned = std::fs::read_to_string(other.with_extension("pub")).unwrap().trim().to_owned();
+    let ip = loopback_ip();
+    let node = NewNode {
+        name: "pve02",
+        ip: &ip,
+        agent: None,
+        netns: None,
+        sshd_extra: "",
+        pinned_host_key: Some(pinned),
+        ssh_port: None,
+    };
+    let _imposter = add_node_with(&w.server, &w.admin, node).await;
+    let nobody = portcullis_proto::NodeRecord {
+        name: "pve03".into(),
+        addresses: vec![loopback_ip()],
+        tags: [("env".to_owned(), "prod".to_owned())].into(),
+        host_keys: vec![portcullis_tests::ssh::public_line(&portcullis_tests::ssh::ed25519_key())],
+        ..Default::default()
+    };
+    w.server.add_node(&w.admin, &nobody).await;
+
+    for (node, reason, says) in [
+        ("pve02", "host_key_mismatch", "host key is not the one on record"),
+        ("pve03", "target_unreachable", "the device cannot be reached"),
+    ] {
+        w.add_host(node, &format!("root%{node}"));
+        let out = w.run("ssh", &["-o", "LogLevel=INFO", node, "echo never"]);
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{node}: {}", text(&out));
+        let closed = w.server.audit_events("session_closed").await;
+        let ours = closed.iter().rev().find(|r| r.payload["device"] == node).expect("the close is audited");
+        assert_eq!(ours.payload["reason"], reason, "{node}: {:?}", ours.payload);
+    }
+}
