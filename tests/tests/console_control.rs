@@ -38,6 +38,13 @@ permissions = ["certs.issue", "devices.console.open"]
 max_cert_ttl = "8h"
 session = { max_per_user = 5, idle = "10m", absolute = "1h" }
 
+# Lets ops see prod devices for consoles, which no console rule targets.
+[[role]]
+name = "prod-console"
+logins = ["root"]
+targets = 'in:devices tags.env:prod'
+permissions = ["devices.console.open"]
+
 [[role]]
 name = "viewer"
 logins = ["root"]
@@ -68,7 +75,7 @@ roles = ["admin"]
 
 [[binding]]
 group = "ops"
-roles = ["ops"]
+roles = ["ops", "prod-console"]
 
 [[binding]]
 group = "viewers"
@@ -267,14 +274,18 @@ async fn ticket(fx: &Fx, token: &str, device: &str, login: &str) -> String {
 
 /// Expects a ticket refusal: 403 `ticket_denied` with public reason `public`, and the
 /// newest `console_ticket_denied` record with reason `audited`.
-async fn refused(fx: &Fx, token: &str, body: &Value, public: &str, audited: &str) {
+/// Asks for a ticket that must be refused as `public` (audited as `audited`); the
+/// message the user is shown.
+async fn refused(fx: &Fx, token: &str, body: &Value, public: &str, audited: &str) -> String {
     let (status, v) = ask(fx, token, body).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "expected {audited}: {v}");
     assert_eq!(v["error"], "ticket_denied", "{v}");
-    assert!(v["message"].as_str().unwrap().starts_with(&format!("{public}: ")), "{v}");
+    let message = v["message"].as_str().unwrap().to_owned();
+    assert!(message.starts_with(&format!("{public}: ")), "{v}");
     let last = audit(&fx.ca, "console_ticket_denied").await.pop().unwrap();
     assert_eq!(last["reason"], audited, "{last}");
     assert_eq!(last["device"], body["device"], "{last}");
+    message
 }
 
 fn open_body(ticket: &str, id: &str) -> Value {
@@ -392,13 +403,17 @@ async fn each_ticket_check_refuses_with_its_positive_control() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // Unknown device: told like an out-of-scope one (no probing), audited as unknown.
-    refused(&fx, &alice, &ticket_body("nope01", "root"), "out_of_scope", "unknown_device").await;
-    // No console_access rule targets prod01.
-    refused(&fx, &alice, &ticket_body("prod01", "root"), "rule_mismatch", "rule_mismatch").await;
-    // A rule targets lab09, but its scope does not hold lab09's agent.
-    refused(&fx, &alice, &ticket_body("lab09", "root"), "out_of_scope", "out_of_scope").await;
-    // A rule holds dev01, but no console role of alice's targets it.
-    refused(&fx, &alice, &ticket_body("dev01", "root"), "out_of_scope", "out_of_scope").await;
+    let unknown = refused(&fx, &alice, &ticket_body("nope01", "root"), "out_of_scope", "unknown_device").await;
+    // No console_access rule targets prod01 (a device alice's prod-console role lets her see).
+    let no_rule = refused(&fx, &alice, &ticket_body("prod01", "root"), "rule_mismatch", "rule_mismatch").await;
+    assert!(no_rule.contains("no console_access rule targets it"), "{no_rule}");
+    // A rule targets lab09, but its scope does not hold lab09's agent: the seed's words.
+    let scope = refused(&fx, &alice, &ticket_body("lab09", "root"), "out_of_scope", "out_of_scope").await;
+    assert!(scope.contains("no scoped console rule matched this device"), "{scope}");
+    // A rule holds dev01, but no console role of alice's targets it: exactly what an
+    // unknown device says, so the device list cannot be probed.
+    let hidden = refused(&fx, &alice, &ticket_body("dev01", "root"), "out_of_scope", "out_of_scope").await;
+    assert_eq!(hidden, unknown);
     // Control for all three: pve02 through edge1.
     ticket(&fx, &alice, "pve02", "root").await;
 

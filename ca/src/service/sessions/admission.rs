@@ -182,9 +182,13 @@ pub(super) fn admit<'p>(
     };
     let role = *qualifying.first().ok_or_else(not_authorized)?;
     let limits = SessionLimits::strictest(qualifying.iter().copied()).unwrap_or(*role.session());
-    let rule = policy
-        .match_rule(purpose_of(mode), device)
-        .map_err(|_| denial(deny::RULE_MISMATCH, "no rule allows this kind of session to this device"))?;
+    let rule = policy.match_rule(purpose_of(mode), device).map_err(|_| {
+        denial(
+            deny::RULE_MISMATCH,
+            "no scoped rule matched this device: a rule for this kind of session must target it and hold its \
+                 agent, gateway or partition in its scope",
+        )
+    })?;
     if mode == SessionMode::Jump && !rule.permits_port(device, port) {
         return Err(denial(deny::PORT_NOT_ALLOWED, "this port is not allowed on this device"));
     }

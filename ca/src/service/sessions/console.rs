@@ -174,18 +174,30 @@ impl Ca {
             return Ok(Err(refuse("unknown_device", "out_of_scope", unavailable)));
         };
         let device = policy_device(&node, self.default_agent.as_deref());
-        let rule = match policy.match_rule(Purpose::ConsoleAccess, &device) {
-            Ok(rule) => rule,
-            Err(d) if d.reason == DenyReason::OutOfScope => {
-                return Ok(Err(refuse("out_of_scope", "out_of_scope", unavailable)));
-            }
-            Err(_) => {
-                return Ok(Err(refuse("rule_mismatch", "rule_mismatch", "no rule allows a console to this device")));
-            }
-        };
+        // Only a user a console role lets see the device learns more than "not available":
+        // for anyone else an existing device reads like an unknown one.
         if console_roles(&policy, who, &device).is_empty() {
             return Ok(Err(refuse("out_of_scope", "out_of_scope", unavailable)));
         }
+        let rule = match policy.match_rule(Purpose::ConsoleAccess, &device) {
+            Ok(rule) => rule,
+            // The seed's "No scoped console credential rule matched this device".
+            Err(d) if d.reason == DenyReason::OutOfScope => {
+                return Ok(Err(refuse(
+                    "out_of_scope",
+                    "out_of_scope",
+                    "no scoped console rule matched this device: a console_access rule targets it, but its scope \
+                     does not hold the device's agent, gateway or partition (ask an administrator)",
+                )));
+            }
+            Err(_) => {
+                return Ok(Err(refuse(
+                    "rule_mismatch",
+                    "rule_mismatch",
+                    "no console rule matched this device: no console_access rule targets it (ask an administrator)",
+                )));
+            }
+        };
         let Some(agent) = device.agent.clone() else {
             return Ok(Err(refuse("no_agent", "no_agent", "no edge agent serves this device")));
         };
