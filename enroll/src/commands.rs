@@ -17,7 +17,7 @@ use crate::report::Report;
 use crate::root::Root;
 use crate::secret::Token;
 use crate::sshd::{self, SshdCtl};
-use crate::state::State;
+use crate::state::{PendingDeregistration, State};
 use crate::txn::{self, Txn};
 use crate::{failpoint, fsx};
 use portcullis_proto::enroll::{EnrollAbortRequest, EnrollRequest, EnrollResponse, NodeFacts, NodeProof};
@@ -420,6 +420,13 @@ pub async fn remove(g: &Global, r: &mut Report) -> Result<String> {
     }
     let root = &g.root;
     let Some(state) = State::load(root)? else {
+        if let Some(pending) = PendingDeregistration::load(root)? {
+            if g.check {
+                return Ok(format!("check: would retry deregistering {} at the CA", pending.node));
+            }
+            r.step("remove", "not enrolled; an earlier remove could not deregister the node: retrying");
+            return deregister(root, pending, r).await;
+        }
         r.step("remove", "not enrolled; nothing to remove");
         return Ok("no changes".into());
     };
@@ -481,20 +488,41 @@ pub async fn remove(g: &Global, r: &mut Report) -> Result<String> {
         crate::discovery::delete_account(root);
         r.step("discovery", "the discovery account enrollment created was deleted");
     }
-    let proof = node_proof(&state.node, "deregister", &state.proof_key, now())?;
-    let api = Api::new(&state.ca_url, &state.ca_fingerprint)?;
-    match api.deregister(&proof).await {
+    // An older leftover is superseded by this removal's own deregistration.
+    if let Some(stale) = PendingDeregistration::load(root)? {
+        stale.clear(root)?;
+    }
+    deregister(root, PendingDeregistration::of(&state), r).await
+}
+
+/// Tells the CA the node is gone, proving it with the node's host key. When the CA
+/// cannot be told, the attempt is kept (`Root::pending_deregistration`) and the next
+/// `remove` retries it; once told, the record goes.
+async fn deregister(root: &Root, pending: PendingDeregistration, r: &mut Report) -> Result<String> {
+    let node = pending.node.clone();
+    let told = async {
+        let proof = node_proof(&node, "deregister", &pending.proof_key, now())?;
+        Api::new(&pending.ca_url, &pending.ca_fingerprint)?.deregister(&proof).await
+    };
+    match told.await {
         Ok(()) => {
-            r.step("deregister", format!("the CA deregistered {}", state.node));
-            Ok(format!("removed; {} deregistered", state.node))
+            r.step("deregister", format!("the CA deregistered {node}"));
+            if root.pending_deregistration().exists() {
+                pending.clear(root)?;
+            }
+            Ok(format!("removed; {node} deregistered"))
         }
         Err(e) => {
             r.step("deregister", format!("failed: {e}"));
+            let kept = root.pending_deregistration();
+            if !kept.exists() {
+                pending.save(root)?;
+            }
             Err(Error::Deregister(format!(
-                "the node's files were restored (the node no longer trusts the CA), but deregistering {} \
-                 failed: {e}; the CA still lists it and this node can no longer prove itself — \
-                 a CA administrator must remove it there",
-                state.node
+                "the node's files are restored (it no longer trusts the CA), but deregistering {node} failed: {e}; \
+                 run `portcullis-enroll remove` again to retry (kept in {}), or remove it at the CA with \
+                 `portcullis admin node remove {node}`",
+                kept.display()
             )))
         }
     }
@@ -527,6 +555,13 @@ pub fn status(g: &Global, r: &mut Report) -> Result<String> {
         r.set("enrolled", false);
         if let Some(p) = problems.first() {
             return Err(Error::NeedsRepair(format!("not enrolled, but {p}")));
+        }
+        if let Some(pending) = PendingDeregistration::load(root)? {
+            r.set("pending_deregistration", &pending.node);
+            return Ok(format!(
+                "not enrolled; the CA still lists {}: run `portcullis-enroll remove` to retry deregistering it",
+                pending.node
+            ));
         }
         return Ok("not enrolled".into());
     };

@@ -12,7 +12,7 @@
 //! | 5 | the CA refused (token expired/used up, unknown node) or could not be reached; nothing changed |
 //! | 6 | a change failed **and the rollback did not complete**: the journal is kept and the next run (or the refresh timer) completes it; `status` reports it |
 //! | 7 | another run holds the lock (waited `--lock-wait` seconds); nothing changed |
-//! | 9 | `remove`: the node's files were restored, but the CA could not deregister it (a CA administrator must remove it there) |
+//! | 9 | `remove`: the node's files were restored, but the CA could not deregister it (the next `remove` retries) |
 //! | 8 | `status`: the node is enrolled but not healthy (a missing or invalid KRL, a pending journal, …); the message names the command that repairs it |
 
 use std::path::PathBuf;

@@ -64,6 +64,12 @@ impl Root {
     pub fn journal(&self) -> PathBuf {
         self.stage().join("journal.json")
     }
+
+    /// A deregistration `remove` could not complete, kept outside the stage directory
+    /// (which `remove` deletes) so the next run retries it.
+    pub fn pending_deregistration(&self) -> PathBuf {
+        self.path("/var/lib/portcullis-enroll/deregister.json")
+    }
 }
 
 #[cfg(test)]

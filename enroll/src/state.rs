@@ -61,3 +61,54 @@ impl State {
         }
     }
 }
+
+/// What retrying a failed deregistration needs: the CA, the node's name, and the host
+/// key that proves it is that node (host keys stay on the node after `remove`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingDeregistration {
+    pub ca_url: String,
+    pub ca_fingerprint: String,
+    pub node: String,
+    pub proof_key: PathBuf,
+    /// Directories saving it created (removed again with it, when empty).
+    #[serde(default)]
+    pub created_dirs: Vec<PathBuf>,
+}
+
+impl PendingDeregistration {
+    pub fn of(state: &State) -> Self {
+        PendingDeregistration {
+            ca_url: state.ca_url.clone(),
+            ca_fingerprint: state.ca_fingerprint.clone(),
+            node: state.node.clone(),
+            proof_key: state.proof_key.clone(),
+            created_dirs: Vec::new(),
+        }
+    }
+
+    pub fn load(root: &Root) -> Result<Option<Self>> {
+        let path = root.pending_deregistration();
+        let Some(bytes) = fsx::read_opt(&path)? else { return Ok(None) };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Failed(format!("{} is unreadable: {e}", path.display())))
+    }
+
+    pub fn save(mut self, root: &Root) -> Result<()> {
+        let path = root.pending_deregistration();
+        if let Some(dir) = path.parent() {
+            self.created_dirs = fsx::create_dirs(dir)?;
+        }
+        let bytes = serde_json::to_vec_pretty(&self).map_err(|e| Error::Failed(format!("cannot encode: {e}")))?;
+        fsx::write_atomic(&path, &bytes, 0o600)
+    }
+
+    /// Forgets it, and the directories saving it created.
+    pub fn clear(self, root: &Root) -> Result<()> {
+        fsx::remove_durable(&root.pending_deregistration())?;
+        for d in self.created_dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+        Ok(())
+    }
+}

@@ -11,7 +11,7 @@
 
 use portcullis_sshcert::KrlBuilder;
 use portcullis_tests::enroll_ca::{FakeCa, GOOD_TOKEN, now, user_cert, write_key};
-use portcullis_tests::enroll_node::{Node, assert_untouched, run};
+use portcullis_tests::enroll_node::{NODE, Node, assert_untouched, run};
 use serde_json::Value;
 use ssh_key::{Algorithm, PrivateKey};
 use std::path::{Path, PathBuf};
@@ -501,5 +501,18 @@ async fn no_leftover_verification_principal_and_a_failed_deregistration_is_its_o
     let (code, json, _) = run(sub(&node, &["remove"]));
     assert_eq!(code, 9, "{json}");
     assert_eq!(json["error"]["code"], "deregister_failed", "{json}");
-    assert_untouched(&node, &before, "remove whose deregistration failed");
+    // The files are back; only the record of the deregistration to retry is new.
+    let pending = node.path("/var/lib/portcullis-enroll/deregister.json");
+    assert!(pending.exists(), "{json}");
+    let (code, json, _) = run(sub(&node, &["status"]));
+    assert_eq!((code, json["pending_deregistration"].as_str()), (0, Some(NODE)), "{json}");
+    // Still failing: still kept, same exit.
+    let (code, _, _) = run(sub(&node, &["remove"]));
+    assert_eq!(code, 9);
+    // The CA answers again: the next remove deregisters, and nothing is left at all.
+    ca.state.lock().unwrap().fail_deregister = false;
+    let (code, json, _) = run(sub(&node, &["remove"]));
+    assert_eq!(code, 0, "{json}");
+    assert!(json["steps"].to_string().contains("the CA deregistered"), "{json}");
+    assert_untouched(&node, &before, "remove retried after a failed deregistration");
 }
