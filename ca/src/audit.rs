@@ -91,6 +91,8 @@ pub enum AuditEvent {
         added: Vec<String>,
         removed: Vec<String>,
         changed: Vec<String>,
+        /// Each changed field with its old and new value (policy text, never a secret).
+        fields: Vec<portcullis_policies::FieldChange>,
     },
     PolicyRejected {
         actor: String,

@@ -50,8 +50,10 @@ async function policy() {
     body.replaceChildren();
     for (const c of changes) {
       const tr = el("tr");
+      const fields = (c.fields || []).map((f) => `  ${f.item} ${f.field}: ${f.old ?? "(none)"} → ${f.new ?? "(none)"}`);
       const what = [["+", c.added], ["−", c.removed], ["~", c.changed]]
         .flatMap(([mark, names]) => names.map((n) => `${mark} ${n}`))
+        .concat(fields)
         .join("\n");
       tr.append(el("td", when(c.at)), el("td", c.actor), el("td", c.digest_after.slice(0, 16)),
         el("td", what || "(no change)", { class: "details" }));

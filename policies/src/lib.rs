@@ -32,4 +32,4 @@ pub use permission::{Permission, UnknownPermission};
 pub use policy::{Policy, PolicySource};
 pub use principal::{LINE_OPTIONS, PrincipalLine, node_principal, scoped_principal};
 pub use srql::{QueryError, TargetQuery};
-pub use summary::{PolicyDiff, PolicySummary, diff};
+pub use summary::{FieldChange, ItemSummary, PolicyDiff, PolicySummary, diff};

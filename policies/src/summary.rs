@@ -14,42 +14,74 @@ use sha2::{Digest, Sha256};
 use crate::model::{DenyStatement, Role, Rule};
 use crate::policy::Policy;
 
-/// Per item kind, item name → sha256 hex of its canonical form. Bindings are named
-/// `group:<g>` / `user:<u>` (repeated bindings of one subject are merged).
+/// Per item kind, item name → its digest and fields. Bindings are named `group:<g>` /
+/// `user:<u>` (repeated bindings of one subject are merged).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySummary {
     /// `[[role]]` items.
     #[serde(default)]
-    pub role: BTreeMap<String, String>,
+    pub role: BTreeMap<String, ItemSummary>,
     /// `[[binding]]` items, merged per subject.
     #[serde(default)]
-    pub binding: BTreeMap<String, String>,
+    pub binding: BTreeMap<String, ItemSummary>,
     /// `[[deny]]` items.
     #[serde(default)]
-    pub deny: BTreeMap<String, String>,
+    pub deny: BTreeMap<String, ItemSummary>,
     /// `[[rule]]` items.
     #[serde(default)]
-    pub rule: BTreeMap<String, String>,
+    pub rule: BTreeMap<String, ItemSummary>,
+}
+
+/// One item: the sha256 hex of its canonical form, and the same fields as text, so a
+/// change can say what changed (a rule's target query, scope, ports, timeouts, a
+/// binding's roles), not only which item.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredItem")]
+pub struct ItemSummary {
+    pub digest: String,
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+}
+
+/// Summaries stored before fields were kept hold the digest alone.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredItem {
+    Full {
+        digest: String,
+        #[serde(default)]
+        fields: BTreeMap<String, String>,
+    },
+    Digest(String),
+}
+
+impl From<StoredItem> for ItemSummary {
+    fn from(stored: StoredItem) -> Self {
+        match stored {
+            StoredItem::Full { digest, fields } => ItemSummary { digest, fields },
+            StoredItem::Digest(digest) => ItemSummary { digest, fields: BTreeMap::new() },
+        }
+    }
 }
 
 impl PolicySummary {
     /// `(kind, items)` in a fixed order.
-    pub fn kinds(&self) -> [(&'static str, &BTreeMap<String, String>); 4] {
+    pub fn kinds(&self) -> [(&'static str, &BTreeMap<String, ItemSummary>); 4] {
         [("role", &self.role), ("binding", &self.binding), ("deny", &self.deny), ("rule", &self.rule)]
     }
 
-    /// sha256 hex over the whole summary.
+    /// sha256 hex over the whole summary (the items' digests, not their text).
     pub fn digest(&self) -> String {
         let mut c = Canon::new("portcullis-policy-summary-v1");
         for (kind, items) in self.kinds() {
             c.str("kind", kind);
-            for (name, hash) in items {
+            for (name, item) in items {
                 c.str("name", name);
-                c.str("hash", hash);
+                c.str("hash", &item.digest);
             }
         }
-        c.finish()
+        c.finish().digest
     }
 }
 
@@ -62,6 +94,19 @@ pub struct PolicyDiff {
     pub removed: Vec<String>,
     /// Items in both with different content.
     pub changed: Vec<String>,
+    /// For changed items, each field that differs, with its old and new value (empty for
+    /// an item whose earlier summary predates field tracking).
+    #[serde(default)]
+    pub fields: Vec<FieldChange>,
+}
+
+/// One field of a changed item: `rule:prod-ssh` `targets` from one query to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldChange {
+    pub item: String,
+    pub field: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
 }
 
 impl PolicyDiff {
@@ -71,14 +116,31 @@ impl PolicyDiff {
     }
 }
 
-/// Compares two summaries item by item.
+/// Compares two summaries item by item, and a changed item field by field.
 pub fn diff(old: &PolicySummary, new: &PolicySummary) -> PolicyDiff {
     let mut out = PolicyDiff::default();
     for ((kind, old), (_, new)) in old.kinds().into_iter().zip(new.kinds()) {
-        for (name, hash) in old {
+        for (name, before) in old {
             match new.get(name) {
                 None => out.removed.push(format!("{kind}:{name}")),
-                Some(h) if h != hash => out.changed.push(format!("{kind}:{name}")),
+                Some(after) if after.digest != before.digest => {
+                    let item = format!("{kind}:{name}");
+                    if !before.fields.is_empty() {
+                        let keys: BTreeSet<&String> = before.fields.keys().chain(after.fields.keys()).collect();
+                        for field in keys {
+                            let (old, new) = (before.fields.get(field), after.fields.get(field));
+                            if old != new {
+                                out.fields.push(FieldChange {
+                                    item: item.clone(),
+                                    field: field.clone(),
+                                    old: old.cloned(),
+                                    new: new.cloned(),
+                                });
+                            }
+                        }
+                    }
+                    out.changed.push(item);
+                }
                 Some(_) => {}
             }
         }
@@ -89,13 +151,16 @@ pub fn diff(old: &PolicySummary, new: &PolicySummary) -> PolicyDiff {
     out
 }
 
-/// Length-prefixed field encoder feeding a hash: unambiguous whatever the field contents.
-struct Canon(Sha256);
+/// Length-prefixed field encoder feeding a hash: unambiguous whatever the field
+/// contents. It also keeps each field as text (sets comma-separated), which is what a
+/// change shows; the hash alone decides whether anything changed.
+struct Canon(Sha256, BTreeMap<String, String>);
 
 impl Canon {
     fn new(domain: &str) -> Canon {
-        let mut c = Canon(Sha256::new());
-        c.str("domain", domain);
+        let mut c = Canon(Sha256::new(), BTreeMap::new());
+        c.bytes(b"domain");
+        c.bytes(domain.as_bytes());
         c
     }
     fn bytes(&mut self, b: &[u8]) {
@@ -105,6 +170,7 @@ impl Canon {
     fn str(&mut self, key: &str, v: &str) {
         self.bytes(key.as_bytes());
         self.bytes(v.as_bytes());
+        self.1.insert(key.to_owned(), v.to_owned());
     }
     fn num(&mut self, key: &str, v: u128) {
         self.str(key, &v.to_string());
@@ -115,16 +181,17 @@ impl Canon {
     fn set<'a>(&mut self, key: &str, items: impl IntoIterator<Item = &'a str>) {
         let items: Vec<&str> = items.into_iter().collect();
         self.num(key, items.len() as u128);
-        for i in items {
+        for i in &items {
             self.bytes(i.as_bytes());
         }
+        self.1.insert(key.to_owned(), items.join(", "));
     }
-    fn finish(self) -> String {
-        hex::encode(self.0.finalize())
+    fn finish(self) -> ItemSummary {
+        ItemSummary { digest: hex::encode(self.0.finalize()), fields: self.1 }
     }
 }
 
-fn role_hash(r: &Role) -> String {
+fn role_hash(r: &Role) -> ItemSummary {
     let mut c = Canon::new("role-v1");
     c.str("name", &r.name);
     c.set("logins", r.logins.iter().map(String::as_str));
@@ -144,14 +211,14 @@ fn role_hash(r: &Role) -> String {
     c.finish()
 }
 
-fn binding_hash(subject: &str, roles: &BTreeSet<String>) -> String {
+fn binding_hash(subject: &str, roles: &BTreeSet<String>) -> ItemSummary {
     let mut c = Canon::new("binding-v1");
     c.str("subject", subject);
     c.set("roles", roles.iter().map(String::as_str));
     c.finish()
 }
 
-fn deny_hash(d: &DenyStatement) -> String {
+fn deny_hash(d: &DenyStatement) -> ItemSummary {
     let mut c = Canon::new("deny-v1");
     c.str("name", &d.name);
     c.set("users", d.users.iter().map(String::as_str));
@@ -161,7 +228,7 @@ fn deny_hash(d: &DenyStatement) -> String {
     c.finish()
 }
 
-fn rule_hash(r: &Rule) -> String {
+fn rule_hash(r: &Rule) -> ItemSummary {
     let mut c = Canon::new("rule-v1");
     c.str("name", &r.name);
     c.str("purpose", r.purpose.as_str());

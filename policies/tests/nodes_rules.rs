@@ -126,7 +126,23 @@ fn summary_digest_and_diff() {
     assert_eq!(d.added, ["rule:r"]);
     assert_eq!(d.removed, ["binding:group:readers"]);
     assert_eq!(d.changed, ["role:ops"]);
+    // The change says what it was, with both values.
+    let ttl = portcullis_policies::FieldChange {
+        item: "role:ops".into(),
+        field: "max_cert_ttl_ns".into(),
+        old: Some((2 * 3600 * 1_000_000_000u128).to_string()),
+        new: Some((3 * 3600 * 1_000_000_000u128).to_string()),
+    };
+    assert_eq!(d.fields, [ttl]);
     assert!(diff(&a.summary(), &b.summary()).is_empty());
+    // A summary stored before fields were kept (digests only) still compares.
+    let legacy: portcullis_policies::PolicySummary =
+        serde_json::from_str(r#"{"role": {"ops": "00"}, "binding": {}, "deny": {}, "rule": {}}"#).unwrap();
+    let d = diff(&legacy, &a.summary());
+    assert!(d.changed == ["role:ops"] && d.fields.is_empty(), "{d:?}");
+    // Round trip as stored.
+    let stored = serde_json::to_string(&a.summary()).unwrap();
+    assert_eq!(serde_json::from_str::<portcullis_policies::PolicySummary>(&stored).unwrap(), a.summary());
     assert_ne!(Policy::empty().digest(), a.digest());
     assert_eq!(Policy::empty().digest(), Policy::empty().digest());
 }

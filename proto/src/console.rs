@@ -154,4 +154,16 @@ pub struct PolicyChangeRecord {
     pub added: Vec<String>,
     pub removed: Vec<String>,
     pub changed: Vec<String>,
+    /// What changed in the changed items: each field with its old and new value.
+    #[serde(default)]
+    pub fields: Vec<PolicyFieldChange>,
+}
+
+/// One field of a changed policy item (`rule:prod-ssh`, `targets`, old, new).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyFieldChange {
+    pub item: String,
+    pub field: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
 }

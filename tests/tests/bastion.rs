@@ -241,6 +241,14 @@ async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
         "{:?}",
         a.events
     );
+    // verify-required (FIDO user verification), which only the node's sshd can check:
+    // the bastion authenticates the certificate but opens no terminated-mode session.
+    let uv = craft("verify-required", &|b| {
+        b.valid_principal(principal.clone()).unwrap();
+        b.critical_option("verify-required", "").unwrap();
+    });
+    let a = ssh(port, "root%pve-prod", &key_path, Some(&uv), &mut rx).await;
+    assert!(a.accepted() && a.stderr.contains("use jump mode"), "{}: {:?}", a.stderr, a.events);
     // A host certificate offered as a user certificate.
     let host = craft_typed("host", CertType::Host, &|b| {
         b.valid_principal(principal.clone()).unwrap();

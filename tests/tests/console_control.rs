@@ -675,6 +675,13 @@ async fn heartbeats_reevaluate(fx: &Fx) {
     assert_eq!(history.len(), 2, "{v}");
     assert_eq!(history[0]["actor"], "admin");
     assert_eq!(history[0]["changed"], json!(["role:ops"]));
+    // And what changed in it, with both values.
+    assert_eq!(
+        history[0]["fields"],
+        json!([{"item": "role:ops", "field": "permissions", "old": "certs.issue",
+                "new": "certs.issue, devices.console.open"}]),
+        "{v}"
+    );
     assert_eq!(history[0]["digest_before"], history[1]["digest_after"]);
     assert!(history[0]["seq"].as_u64() > history[1]["seq"].as_u64());
     let (status, _) = fx.api.get_json(Some(&alice), "/v1/admin/policy/history").await;

@@ -497,6 +497,11 @@ impl Ca {
                     added: list("added"),
                     removed: list("removed"),
                     changed: list("changed"),
+                    fields: r
+                        .payload
+                        .get("fields")
+                        .and_then(|v| serde_json::from_value(v.clone()).ok())
+                        .unwrap_or_default(),
                 }
             })
             .collect())

@@ -324,6 +324,7 @@ impl Ca {
                     added: changes.added.clone(),
                     removed: changes.removed.clone(),
                     changed: changes.changed.clone(),
+                    fields: changes.fields.clone(),
                 },
             )
             .await?;
