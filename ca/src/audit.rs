@@ -212,8 +212,14 @@ pub enum AuditEvent {
         /// session opened with a ticket.
         #[serde(skip_serializing_if = "Option::is_none")]
         cert_serial: Option<String>,
-        /// Terminated/console: the per-session certificate.
+        /// Terminated/console: the per-session certificate, and its key's public
+        /// fingerprint (the credential the bastion logs in onward with).
         session_cert_serial: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        session_key_fingerprint: Option<String>,
+        /// The inventory's device type (`type`), when known.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        target_kind: Option<String>,
     },
     /// The CA refused to open a session (`reason`: a `deny_reason` code).
     SessionDenied {
@@ -240,6 +246,13 @@ pub enum AuditEvent {
         bytes_from_client: u64,
         bytes_to_client: u64,
         duration_ms: u64,
+        client_ip: String,
+        /// The user certificate the session was opened with (absent for a ticket's).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cert_serial: Option<String>,
+        /// Unix seconds: the CA's open decision, and this record.
+        started_at: u64,
+        ended_at: u64,
     },
     SessionKillRequested {
         actor: String,

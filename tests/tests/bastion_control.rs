@@ -599,6 +599,10 @@ async fn terminated_session_gets_a_certificate_for_this_node_only() {
         assert_eq!(rec[field], json!(want), "{field} in {rec}");
     }
     assert_eq!(rec["cert_serial"], json!(serial.serial));
+    // The seed's credential fingerprint: the per-session certificate and its key.
+    let session_cert = ssh_key::Certificate::from_openssh(cert.trim()).unwrap();
+    assert_eq!(rec["session_cert_serial"], json!(session_cert.serial().to_string()));
+    assert_eq!(rec["session_key_fingerprint"], json!(portcullis_sshcert::fingerprint(session_cert.public_key())));
 }
 
 impl Fx {
@@ -924,9 +928,14 @@ async fn close_orders(fx: &Fx) {
         ("bytes_from_client", json!(111)),
         ("bytes_to_client", json!(222)),
         ("duration_ms", json!(3456)),
+        ("client_ip", json!(IP)),
+        ("cert_serial", json!(bob.serial)),
     ] {
         assert_eq!(rec[field], want, "{field} in {rec}");
     }
+    // Start and end, not only the duration.
+    let (started, ended) = (rec["started_at"].as_u64().unwrap(), rec["ended_at"].as_u64().unwrap());
+    assert!(started > 0 && started <= ended && ended <= fx.clock_now(), "{rec}");
     assert_eq!(counter(&fx.ca, "user:bob").await, 0);
     assert_eq!(counter(&fx.ca, "user:alice").await, 1);
     // Another bastion cannot close b1's session.

@@ -160,6 +160,7 @@ impl Ca {
                     lease.bytes_from_client,
                     lease.bytes_to_client,
                     duration_ms,
+                    now,
                 );
                 audit::record(tx.conn(), now, &event).await?;
                 tracing::warn!(session_id = %lease.session_id, bastion = %lease.bastion, "lease lost: reclaimed");

@@ -82,7 +82,7 @@ struct OpenSpec<'a> {
     client_ip: &'a str,
 }
 
-fn closed_event(lease: &LeaseRow, reason: CloseReason, from: u64, to: u64, duration_ms: u64) -> AuditEvent {
+fn closed_event(lease: &LeaseRow, reason: CloseReason, from: u64, to: u64, duration_ms: u64, now: u64) -> AuditEvent {
     AuditEvent::SessionClosed {
         session_id: lease.session_id.clone(),
         bastion: lease.bastion.clone(),
@@ -97,6 +97,10 @@ fn closed_event(lease: &LeaseRow, reason: CloseReason, from: u64, to: u64, durat
         bytes_from_client: from,
         bytes_to_client: to,
         duration_ms,
+        client_ip: lease.client_ip.clone(),
+        cert_serial: (lease.cert_serial != 0).then(|| lease.cert_serial.to_string()),
+        started_at: lease.opened_at,
+        ended_at: now,
     }
 }
 
@@ -307,6 +311,8 @@ impl Ca {
                 client_ip: lease.client_ip.clone(),
                 cert_serial: cert_serial.map(|s| s.to_string()),
                 session_cert_serial: session_cert.as_ref().map(|(row, _)| row.serial.to_string()),
+                session_key_fingerprint: session_cert.as_ref().map(|(row, _)| row.key_fingerprint.clone()),
+                target_kind: node.kind.clone(),
             },
         )
         .await?;
@@ -405,7 +411,8 @@ impl Ca {
         let now = self.now();
         let mut tx = self.store.begin().await?;
         if let Some(lease) = store::close_lease(tx.conn(), &req.session_id, &bastion.name).await? {
-            let event = closed_event(&lease, req.reason, req.bytes_from_client, req.bytes_to_client, req.duration_ms);
+            let (from, to) = (req.bytes_from_client, req.bytes_to_client);
+            let event = closed_event(&lease, req.reason, from, to, req.duration_ms, now);
             audit::record(tx.conn(), now, &event).await?;
         }
         tx.commit().await?;
