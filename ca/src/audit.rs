@@ -335,6 +335,14 @@ pub enum AuditEvent {
         device: String,
         client_ip: String,
     },
+    /// A ticket expired without being redeemed (the seed's "ticket expired").
+    ConsoleTicketLapsed {
+        user: String,
+        device: String,
+        login: String,
+        issued_at: u64,
+        expires_at: u64,
+    },
     /// A bastion tried to redeem a ticket that was redeemed before.
     ConsoleTicketReused {
         session_id: String,
@@ -414,6 +422,7 @@ impl AuditEvent {
             AuditEvent::ConsoleTicketGranted { .. } => "console_ticket_granted",
             AuditEvent::ConsoleTicketDenied { .. } => "console_ticket_denied",
             AuditEvent::ConsoleTicketExpired { .. } => "console_ticket_expired",
+            AuditEvent::ConsoleTicketLapsed { .. } => "console_ticket_lapsed",
             AuditEvent::ConsoleTicketReused { .. } => "console_ticket_reused",
             AuditEvent::DiscoveryStarted { .. } => "discovery_started",
             AuditEvent::DiscoveryFailed { .. } => "discovery_failed",

@@ -529,6 +529,17 @@ async fn tickets_redeem_once(fx: &Fx) {
     assert_eq!((expired.len(), expired[0]["user"].as_str()), (1, Some("alice")));
     // An expired ticket stays expired (it was never consumed).
     redeem_denied(fx, &t61, "ticket_expired").await;
+    // Heartbeats audit a ticket that lapsed unused, once (the seed's "ticket expired");
+    // the redeemed ones never lapse.
+    assert!(audit(&fx.ca, "console_ticket_lapsed").await.is_empty());
+    heartbeat(fx, &[]).await;
+    heartbeat(fx, &[]).await;
+    let lapsed = audit(&fx.ca, "console_ticket_lapsed").await;
+    assert_eq!(lapsed.len(), 1, "{lapsed:?}");
+    assert_eq!((lapsed[0]["user"].as_str(), lapsed[0]["device"].as_str()), (Some("alice"), Some("pve01")));
+    assert_eq!(lapsed[0]["expires_at"].as_u64(), Some(issued + TICKET_TTL_SECS));
+    // (Those heartbeats listed no session: the 59 s ticket's lease went as lease_lost.)
+    let (certs, held) = (count(&fx.ca, "certificates").await, count(&fx.ca, "session_leases").await);
 
     // Unknown and malformed tickets.
     let unknown = format!("pct_{}", "A".repeat(43));

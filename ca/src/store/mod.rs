@@ -45,7 +45,9 @@ pub use leases::{
     take_slot,
 };
 pub use services::{ServiceRow, record_bastion_heartbeat, touch_service, upsert_service};
-pub use tickets::{TicketRow, TicketState, consume_ticket, insert_ticket, purge_tickets};
+pub use tickets::{
+    LapsedTicket, TicketRow, TicketState, claim_lapsed_ticket, consume_ticket, insert_ticket, purge_tickets,
+};
 pub use users::{AccountClaim, NewPassword, SessionRow, UserRow, claim_account, release_account};
 
 pub use audit::{append as append_audit, append_many as append_audit_many};

@@ -97,6 +97,30 @@ pub async fn consume_ticket(
     row.as_ref().map(ticket_from).transpose()
 }
 
+/// A ticket that expired unused, not audited yet.
+#[derive(Debug, Clone)]
+pub struct LapsedTicket {
+    pub ticket_hash: String,
+    pub username: String,
+    pub device: String,
+    pub login: String,
+    pub issued_at: u64,
+    pub expires_at: u64,
+}
+
+/// Claims a lapsed ticket for its one audit record: true for exactly one caller, on
+/// any number of replicas.
+pub async fn claim_lapsed_ticket(conn: &mut AnyConnection, ticket_hash: &str) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE console_tickets SET lapse_audited = 1 \
+         WHERE ticket_hash = $1 AND lapse_audited = 0 AND used_at IS NULL",
+    )
+    .bind(ticket_hash)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Forgets tickets expired before `before` whose session (if any) is over.
 pub async fn purge_tickets(conn: &mut AnyConnection, before: u64) -> Result<u64> {
     let done = sqlx::query(
@@ -110,6 +134,31 @@ pub async fn purge_tickets(conn: &mut AnyConnection, before: u64) -> Result<u64>
 }
 
 impl Store {
+    /// Up to `limit` tickets that expired unused and are not audited yet (a read: the
+    /// heartbeat that asks costs no write when there are none).
+    pub async fn lapsed_tickets(&self, now: u64, limit: i64) -> Result<Vec<LapsedTicket>> {
+        let rows = sqlx::query(
+            "SELECT ticket_hash, username, device, login, issued_at, expires_at FROM console_tickets \
+             WHERE used_at IS NULL AND lapse_audited = 0 AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+        )
+        .bind(ts(now))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LapsedTicket {
+                    ticket_hash: row.try_get("ticket_hash")?,
+                    username: row.try_get("username")?,
+                    device: row.try_get("device")?,
+                    login: row.try_get("login")?,
+                    issued_at: ts_from(row.try_get("issued_at")?),
+                    expires_at: ts_from(row.try_get("expires_at")?),
+                })
+            })
+            .collect()
+    }
+
     /// Why a ticket that could not be consumed was refused.
     pub async fn ticket_state(&self, ticket_hash: &str) -> Result<TicketState> {
         let row =

@@ -4,7 +4,7 @@
 use super::admission::{Basis, admit, mode_from, policy_device, valid_session_id};
 use super::closed_event;
 use super::directory::Standing;
-use crate::audit;
+use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::service::Ca;
 use crate::service::services::{ServiceCaller, valid_service_name};
@@ -75,6 +75,7 @@ impl Ca {
         tx.commit().await?;
 
         self.sweep_leases(cutoff).await?;
+        self.audit_lapsed_tickets(now).await?;
 
         let directory_accounts: BTreeSet<&str> = listed
             .keys()
@@ -144,6 +145,30 @@ impl Ca {
             Ok(_) => None,
             Err(_) => Some(CloseReason::PolicyChanged),
         }
+    }
+
+    /// Audits console tickets that expired unused (a few per heartbeat, each once).
+    async fn audit_lapsed_tickets(&self, now: u64) -> Result<(), CaError> {
+        let lapsed = self.store.lapsed_tickets(now, 100).await?;
+        if lapsed.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.store.begin().await?;
+        for t in lapsed {
+            if !store::claim_lapsed_ticket(tx.conn(), &t.ticket_hash).await? {
+                continue;
+            }
+            let event = AuditEvent::ConsoleTicketLapsed {
+                user: t.username,
+                device: t.device,
+                login: t.login,
+                issued_at: t.issued_at,
+                expires_at: t.expires_at,
+            };
+            audit::record(tx.conn(), now, &event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Deletes every lease not heartbeated since `cutoff`, one transaction each (so no
