@@ -277,6 +277,7 @@ pub enum AuditEvent {
         agent: String,
         mode: Option<String>,
         login: Option<String>,
+        client_ip: Option<String>,
         setup_ms: u64,
     },
     BrokerFailed {
@@ -287,6 +288,7 @@ pub enum AuditEvent {
         agent: String,
         mode: Option<String>,
         login: Option<String>,
+        client_ip: Option<String>,
         reason: String,
     },
     AgentConnected {

@@ -976,6 +976,7 @@ async fn bastion_events_become_typed_audit_records() {
         ("agent", json!("local")),
         ("mode", json!("terminated")),
         ("login", json!("root")),
+        ("client_ip", json!(IP)),
         ("setup_ms", json!(42)),
     ] {
         assert_eq!(connected[0][field], want, "{field}");

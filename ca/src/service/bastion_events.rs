@@ -80,6 +80,7 @@ impl Ca {
                         agent: agent.clone(),
                         mode: lease.map(|l| l.mode.clone()),
                         login: lease.and_then(|l| l.login.clone()),
+                        client_ip: lease.map(|l| l.client_ip.clone()),
                         setup_ms: *setup_ms,
                     }
                 }
@@ -99,6 +100,7 @@ impl Ca {
                         agent: agent.clone(),
                         mode: lease.map(|l| l.mode.clone()),
                         login: lease.and_then(|l| l.login.clone()),
+                        client_ip: lease.map(|l| l.client_ip.clone()),
                         reason: reason.clone(),
                     }
                 }
