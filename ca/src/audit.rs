@@ -19,6 +19,8 @@ pub enum AuditEvent {
         username: String,
         source: String,
         client_ip: String,
+        /// The API session opened (see `auth::session_ref`).
+        user_session: String,
     },
     LoginFailed {
         /// As typed by the client, sanitized and truncated (it may be a mistyped password,
@@ -220,6 +222,9 @@ pub enum AuditEvent {
         /// The inventory's device type (`type`), when known.
         #[serde(skip_serializing_if = "Option::is_none")]
         target_kind: Option<String>,
+        /// A console session: the API session its ticket was asked with.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user_session: Option<String>,
     },
     /// The CA refused to open a session (`reason`: a `deny_reason` code).
     SessionDenied {
@@ -308,6 +313,7 @@ pub enum AuditEvent {
         login: String,
         mode: &'static str,
         client_ip: String,
+        user_session: String,
     },
     ConsoleTicketGranted {
         user: String,
@@ -318,6 +324,7 @@ pub enum AuditEvent {
         rule: String,
         expires_at: u64,
         client_ip: String,
+        user_session: String,
     },
     /// `reason`: `missing_permission`, `unsupported_mode`, `unknown_device`,
     /// `rule_mismatch`, `out_of_scope`, `no_agent`, `not_authorized`, `rate_limited`.
@@ -328,6 +335,7 @@ pub enum AuditEvent {
         mode: &'static str,
         reason: &'static str,
         client_ip: String,
+        user_session: String,
     },
     /// A bastion tried to redeem an expired ticket.
     ConsoleTicketExpired {

@@ -120,7 +120,9 @@ async fn a_flood_of_anonymous_logins_is_refused_as_busy_not_hashed_at_once() {
     assert!(busy > 0, "300 simultaneous hashes were all admitted");
     let grown_mib = peak_rss_kib(server.pid()).saturating_sub(before) / 1024;
     // Unbounded, each concurrent argon2id holds ~19 MiB (300 × 19 MiB ≈ 5.6 GiB).
-    assert!(grown_mib < 400, "peak memory grew by {grown_mib} MiB under the flood");
+    // Bounded, the 300 TLS connections themselves cost most of the growth: 300–400 MiB
+    // on a loaded 2-core machine, so the bound leaves room and still sits far below.
+    assert!(grown_mib < 800, "peak memory grew by {grown_mib} MiB under the flood");
     let (status, metrics) = server.get_text(None, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
     assert!(

@@ -499,6 +499,17 @@ async fn tickets_redeem_once(fx: &Fx) {
     assert_eq!((opened["mode"].as_str(), opened["session_id"].as_str()), (Some("console"), Some(id.as_str())));
     assert!(opened.get("cert_serial").is_none(), "a ticket session names no user certificate: {opened}");
     assert!(opened["session_cert_serial"].is_string());
+    // The seed's "user session ID": the sign-in, the ticket and the console session it
+    // opened name the same API session — by a reference that is not the token.
+    let signed_in = audit(&fx.ca, "login_succeeded").await.pop().unwrap();
+    let user_session = signed_in["user_session"].as_str().unwrap().to_owned();
+    assert_eq!(user_session.len(), 16, "{signed_in}");
+    assert!(!alice.contains(&user_session) && fx.ca.store().session(&user_session, 0).await.unwrap().is_none());
+    for event in ["console_ticket_requested", "console_ticket_granted"] {
+        let rec = audit(&fx.ca, event).await.pop().unwrap();
+        assert_eq!(rec["user_session"], user_session.as_str(), "{event}: {rec}");
+    }
+    assert_eq!(opened["user_session"], user_session.as_str(), "{opened}");
     let leases = fx.ca.store().leases().await.unwrap();
     assert_eq!((leases.len(), leases[0].mode.as_str()), (1, "console"));
 

@@ -25,7 +25,20 @@ pub struct Caller {
     csrf_token: Option<String>,
 }
 
+/// A name for an API session that audit records may carry (the seed's "user session
+/// ID"): derived from the token's hash, so it links a sign-in, its console tickets and
+/// their sessions, yet neither is nor leads back to anything that authenticates.
+pub(crate) fn session_ref(token_hash: &str) -> String {
+    let digest = Sha256::digest(format!("portcullis-session-ref\0{token_hash}"));
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
 impl Caller {
+    /// This caller's API session, as audit records name it ([`session_ref`]).
+    pub(crate) fn session_ref(&self) -> String {
+        session_ref(&self.token_hash)
+    }
+
     /// The CSRF token of a cookie-authenticated caller (for server-rendered pages).
     pub fn csrf_token(&self) -> Option<&str> {
         self.csrf_token.as_deref()
@@ -268,6 +281,7 @@ impl Ca {
                 username: session.username.clone(),
                 source: session.source.clone(),
                 client_ip: client_ip.to_owned(),
+                user_session: session_ref(&token_hash(&token)),
             },
         )
         .await?;

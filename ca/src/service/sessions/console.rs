@@ -105,6 +105,7 @@ impl Ca {
             login: login.clone(),
             mode,
             client_ip: client_ip.to_owned(),
+            user_session: caller.session_ref(),
         })
         .await?;
         let decided = self.decide_ticket(caller, req).instrument(span.clone()).await?;
@@ -119,6 +120,7 @@ impl Ca {
                     mode,
                     reason: refusal.audited,
                     client_ip: client_ip.to_owned(),
+                    user_session: caller.session_ref(),
                 })
                 .await?;
                 return Err(refusal.error);
@@ -141,6 +143,7 @@ impl Ca {
                 rule: row.rule.clone(),
                 expires_at: row.expires_at,
                 client_ip: client_ip.to_owned(),
+                user_session: caller.session_ref(),
             },
         )
         .await?;
@@ -350,7 +353,11 @@ impl Ca {
             username: ticket.username,
             groups: ticket.groups,
             valid_before: ticket.credential_expires_at,
-            evidence: Evidence::Ticket { agent: ticket.agent, rule: ticket.rule },
+            evidence: Evidence::Ticket {
+                agent: ticket.agent,
+                rule: ticket.rule,
+                user_session: crate::service::auth::session_ref(&ticket.api_session_hash),
+            },
         };
         let open = OpenSpec {
             session_id: &req.session_id,

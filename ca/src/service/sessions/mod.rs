@@ -51,8 +51,9 @@ struct Subject {
 enum Evidence {
     /// A user certificate this CA issued, with its principals.
     Certificate { serial: u64, principals: BTreeSet<String> },
-    /// A redeemed console ticket, bound to the agent and rule it was issued under.
-    Ticket { agent: String, rule: String },
+    /// A redeemed console ticket, bound to the agent and rule it was issued under, and
+    /// the API session (as audit names it) that asked for it.
+    Ticket { agent: String, rule: String, user_session: String },
 }
 
 impl Subject {
@@ -200,7 +201,7 @@ impl Ca {
         let (role, rule, limits) = (admission.role, admission.rule, admission.limits);
         // A ticket is bound to the agent and rule it was issued under: if either moved
         // since, the user's choice was made on other terms.
-        if let Evidence::Ticket { agent: bound_agent, rule: bound_rule } = &subject.evidence
+        if let Evidence::Ticket { agent: bound_agent, rule: bound_rule, .. } = &subject.evidence
             && (*bound_agent != agent || bound_rule != rule.name())
         {
             return Ok(Err(denial(deny::RULE_MISMATCH, "the console's route changed; open it again")));
@@ -313,6 +314,10 @@ impl Ca {
                 session_cert_serial: session_cert.as_ref().map(|(row, _)| row.serial.to_string()),
                 session_key_fingerprint: session_cert.as_ref().map(|(row, _)| row.key_fingerprint.clone()),
                 target_kind: node.kind.clone(),
+                user_session: match &subject.evidence {
+                    Evidence::Ticket { user_session, .. } => Some(user_session.clone()),
+                    Evidence::Certificate { .. } => None,
+                },
             },
         )
         .await?;
