@@ -8,6 +8,14 @@ use crate::txn::Original;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// A JSON file this tool wrote; `None` when it is absent.
+fn load_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<Option<T>> {
+    let Some(bytes) = fsx::read_opt(path)? else { return Ok(None) };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Failed(format!("{} is unreadable: {e}", path.display())))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,
@@ -33,11 +41,7 @@ pub struct State {
 
 impl State {
     pub fn load(root: &Root) -> Result<Option<State>> {
-        let path = root.state_file();
-        let Some(bytes) = fsx::read_opt(&path)? else { return Ok(None) };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Failed(format!("{} is unreadable: {e}", path.display())))
+        load_json(&root.state_file())
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
@@ -87,11 +91,7 @@ impl PendingDeregistration {
     }
 
     pub fn load(root: &Root) -> Result<Option<Self>> {
-        let path = root.pending_deregistration();
-        let Some(bytes) = fsx::read_opt(&path)? else { return Ok(None) };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Failed(format!("{} is unreadable: {e}", path.display())))
+        load_json(&root.pending_deregistration())
     }
 
     pub fn save(mut self, root: &Root) -> Result<()> {

@@ -228,8 +228,7 @@ pub async fn add_node(
     agent: Option<&str>,
     netns: Option<&str>,
 ) -> Sshd {
-    let node = NewNode { name, ip, agent, netns, sshd_extra: "", pinned_host_key: None, ssh_port: None };
-    add_node_with(server, admin, node).await
+    add_node_with(server, admin, NewNode { agent, netns, ..NewNode::at(name, ip) }).await
 }
 
 /// What [`add_node_with`] sets up.
@@ -244,6 +243,14 @@ pub struct NewNode<'a> {
     pub pinned_host_key: Option<String>,
     /// Where its sshd listens and what the inventory says (`None`: 22, unsaid).
     pub ssh_port: Option<u16>,
+}
+
+impl<'a> NewNode<'a> {
+    /// `name` at `ip`, served by the default agent, its sshd on port 22 with nothing
+    /// extra, its real host key pinned.
+    pub fn at(name: &'a str, ip: &'a str) -> NewNode<'a> {
+        NewNode { name, ip, agent: None, netns: None, sshd_extra: "", pinned_host_key: None, ssh_port: None }
+    }
 }
 
 /// [`add_node`] with every option.

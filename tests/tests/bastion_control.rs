@@ -1004,19 +1004,7 @@ async fn bastion_events_become_typed_audit_records() {
 
 /// Runs the real `portcullis` CLI with `home` as its home directory.
 fn cli(home: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(portcullis_tests::bin("portcullis"))
-        .args(args)
-        .env("HOME", home)
-        .env_remove("SSH_AUTH_SOCK")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = portcullis_tests::cli::portcullis(home, args, stdin);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -226,15 +226,7 @@ async fn a_node_on_another_ssh_port_is_reached_there_and_only_there() {
     let (status, body) = w.server.write_policy("prod.toml", &without_ports).await;
     assert!(status.is_success(), "{body}");
     let ip = loopback_ip();
-    let node = NewNode {
-        name: "pve02",
-        ip: &ip,
-        agent: None,
-        netns: None,
-        sshd_extra: "",
-        pinned_host_key: None,
-        ssh_port: Some(2222),
-    };
+    let node = NewNode { ssh_port: Some(2222), ..NewNode::at("pve02", &ip) };
     let pve02 = add_node_with(&w.server, &w.admin, node).await;
     w.add_host("terminated-2222", "root%pve02");
     w.add_jump_host("jump-2222", &ip, 2222);
@@ -323,19 +315,9 @@ async fn a_stopping_bastion_tells_its_users_and_the_ca_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_cannot_start_names_the_same_cause_to_the_user_and_the_audit() {
     let w = World::start("15m").await;
-    let keys = tempfile::tempdir().unwrap();
-    let other = portcullis_tests::ssh::write_key_pair(keys.path(), "other", &portcullis_tests::ssh::ed25519_key());
-    let pinned = std::fs::read_to_string(other.with_extension("pub")).unwrap().trim().to_owned();
     let ip = loopback_ip();
-    let node = NewNode {
-        name: "pve02",
-        ip: &ip,
-        agent: None,
-        netns: None,
-        sshd_extra: "",
-        pinned_host_key: Some(pinned),
-        ssh_port: None,
-    };
+    let pinned = portcullis_tests::ssh::public_line(&portcullis_tests::ssh::ed25519_key());
+    let node = NewNode { pinned_host_key: Some(pinned), ..NewNode::at("pve02", &ip) };
     let _imposter = add_node_with(&w.server, &w.admin, node).await;
     let nobody = portcullis_proto::NodeRecord {
         name: "pve03".into(),

@@ -137,21 +137,26 @@ impl Fixture {
     }
 }
 
+/// The all-in-one with discovery on every second and [`POLICY`]; an admin token.
+async fn discovery_server() -> (Server, String) {
+    let server = Server::start_with(ServerOpts {
+        args: vec!["--discovery".into(), "--discovery-interval".into(), "1".into()],
+        ..Default::default()
+    })
+    .await;
+    let (status, body) = server.write_policy("prod.toml", POLICY).await;
+    assert!(status.is_success(), "policy: {body}");
+    let admin = server.admin_token().await;
+    (server, admin)
+}
+
 /// A node registered with tags `env:prod`, its sshd trusting the CA with the principals
 /// the CA lists (including the discovery login, checked here), and `pinned` (or its real
 /// host key) as the pinned host key.
 async fn add_node(server: &Server, admin: &str, name: &str, fixture: &Fixture, pinned: Option<String>) -> Sshd {
     let ip = loopback_ip();
     let extra = fixture.sshd_match_block();
-    let new = NewNode {
-        name,
-        ip: &ip,
-        agent: None,
-        netns: None,
-        sshd_extra: &extra,
-        pinned_host_key: pinned,
-        ssh_port: None,
-    };
+    let new = NewNode { sshd_extra: &extra, pinned_host_key: pinned, ..NewNode::at(name, &ip) };
     let node = add_node_with(server, admin, new).await;
     let (status, principals) = server.get_json(Some(admin), &format!("/v1/nodes/{name}/principals")).await;
     assert!(status.is_success(), "{principals}");
@@ -203,14 +208,7 @@ fn other_host_key(dir: &Path) -> String {
 async fn discovery_stores_facts_detects_drift_and_refuses_wrong_host_keys() {
     ensure_discovery_user();
     let fixture = Fixture::new();
-    let server = Server::start_with(ServerOpts {
-        args: vec!["--discovery".into(), "--discovery-interval".into(), "1".into()],
-        ..Default::default()
-    })
-    .await;
-    let (status, body) = server.write_policy("prod.toml", POLICY).await;
-    assert!(status.is_success(), "policy: {body}");
-    let admin = server.admin_token().await;
+    let (server, admin) = discovery_server().await;
     let node = add_node(&server, &admin, "pve01", &fixture, None).await;
     let keys = tempfile::tempdir().unwrap();
     let imposter = add_node(&server, &admin, "pve02", &fixture, Some(other_host_key(keys.path()))).await;
@@ -312,14 +310,7 @@ async fn a_hanging_node_delays_only_itself() {
     ensure_discovery_user();
     let (fixture, hanging) = (Fixture::new(), Fixture::new());
     hanging.set_script("#!/bin/sh\nexec sleep 60\n");
-    let server = Server::start_with(ServerOpts {
-        args: vec!["--discovery".into(), "--discovery-interval".into(), "1".into()],
-        ..Default::default()
-    })
-    .await;
-    let (status, body) = server.write_policy("prod.toml", POLICY).await;
-    assert!(status.is_success(), "policy: {body}");
-    let admin = server.admin_token().await;
+    let (server, admin) = discovery_server().await;
     let stuck = add_node(&server, &admin, "pve02", &hanging, None).await;
     let node = add_node(&server, &admin, "pve01", &fixture, None).await;
 
@@ -377,14 +368,7 @@ async fn discovery_off_opens_no_connection() {
 async fn a_node_enrolled_with_portcullis_enroll_discovery_is_discovered() {
     use portcullis_tests::enroll_node::{NODE, Node, run};
     ensure_discovery_user();
-    let server = Server::start_with(ServerOpts {
-        args: vec!["--discovery".into(), "--discovery-interval".into(), "1".into()],
-        ..Default::default()
-    })
-    .await;
-    let (status, body) = server.write_policy("prod.toml", POLICY).await;
-    assert!(status.is_success(), "policy: {body}");
-    let admin = server.admin_token().await;
+    let (server, admin) = discovery_server().await;
     let request = serde_json::json!({ "ttl_seconds": 600, "uses": 1, "tags": { "env": "prod" } });
     let (status, token) = server.post_json(Some(&admin), "/v1/admin/enroll-tokens", &request).await;
     assert!(status.is_success(), "{token}");
