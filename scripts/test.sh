@@ -2,9 +2,10 @@
 # The whole test suite, as CI runs it: `./scripts/test.sh` from anywhere in the repository.
 #
 # Installs what the tests need when it is missing (OpenSSH server and client, PostgreSQL,
-# OpenLDAP, Chromium, Node.js packages, cargo-nextest), then runs formatting, lints, a build of the binaries the integration
-# tests start, and every test. Tests that need a real peer fail (never skip) when the
-# peer is missing, so a broken environment cannot pass quietly.
+# OpenLDAP, Chromium, Node.js packages, cargo-nextest), then runs formatting, lints, a
+# build of the binaries the integration tests start, every test, and a few seconds of
+# every fuzz target. Tests that need a real peer fail (never skip) when the peer is
+# missing, so a broken environment cannot pass quietly.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -82,5 +83,9 @@ cargo build --bins
 
 step "cargo nextest run --workspace --no-fail-fast"
 cargo nextest run --workspace --no-fail-fast
+
+# Coverage-guided fuzzing smoke: every target a few seconds (longer runs: scripts/fuzz.sh).
+step "scripts/fuzz.sh 5"
+./scripts/fuzz.sh 5
 
 printf '\n==> all checks passed in %ss\n' "$SECONDS"

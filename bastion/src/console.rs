@@ -4,11 +4,12 @@
 //! page can make the browser open this socket with the user's cookies, so the Origin
 //! header is checked before the upgrade, and the socket carries no authority until a
 //! ticket arrives anyway). The **first frame** is the single-use ticket — never a URL
-//! or query parameter; the CA redeems it and admits the session in one step. The
+//! or query parameter; the CA redeems it, for the browser session whose cookie came
+//! with the upgrade only, and admits the session in one step. The
 //! session then runs like terminated mode: a per-session certificate logs in through
 //! the agent, a pty of the browser's size runs the login shell, binary frames carry
 //! terminal bytes both ways, JSON text frames carry resizes (in) and connected/exit/
-//! closed notices (out). Idle time counts browser input only. Every end sends the
+//! closed notices (out). Idle time counts what the rule's `idle_counts` says. Every end sends the
 //! sanitized reason before the socket closes.
 
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use portcullis_proto::bastion::CloseReason;
-use portcullis_proto::console::{ConsoleControl, ConsoleOpenRequest};
+use portcullis_proto::console::{self, ConsoleControl, ConsoleOpenRequest};
 use russh::{ChannelMsg, client};
 
 use crate::Bastion;
@@ -102,7 +103,16 @@ async fn upgrade(
             .record(crate::BastionEvent::ConsoleOriginRefused { peer, origin: crate::events::sanitize_user(origin) });
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
-    ws.max_frame_size(MAX_FRAME).max_message_size(MAX_FRAME).on_upgrade(move |socket| run(shared, socket, peer))
+    // The ticket is redeemed only for the browser session whose cookie came with the
+    // upgrade; only its hash travels on (see `session_binding`).
+    let browser_session = console::cookie(
+        headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()),
+        console::SESSION_COOKIE,
+    )
+    .map(|token| console::session_binding(&token));
+    ws.max_frame_size(MAX_FRAME)
+        .max_message_size(MAX_FRAME)
+        .on_upgrade(move |socket| run(shared, socket, peer, browser_session))
 }
 
 async fn send_control(socket: &mut WebSocket, control: &ConsoleControl) -> bool {
@@ -130,7 +140,7 @@ async fn read_ticket(socket: &mut WebSocket) -> Option<String> {
     (!text.is_empty() && text.len() <= MAX_TICKET_LEN && text.bytes().all(|b| b.is_ascii_graphic())).then_some(text)
 }
 
-async fn run(shared: Arc<Shared>, mut socket: WebSocket, peer: SocketAddr) {
+async fn run(shared: Arc<Shared>, mut socket: WebSocket, peer: SocketAddr, browser_session: Option<String>) {
     let Some(ticket) = read_ticket(&mut socket).await else {
         return close_with(&mut socket, "ticket_missing", "no console ticket received").await;
     };
@@ -142,6 +152,7 @@ async fn run(shared: Arc<Shared>, mut socket: WebSocket, peer: SocketAddr) {
         session_id: new_session_id(),
         session_public_key: public_line,
         client_ip: peer.ip().to_string(),
+        browser_session,
     };
     let admitted = match shared.admit_console(request).await {
         Ok(a) => a,

@@ -361,6 +361,15 @@ pub enum AuditEvent {
         device: String,
         client_ip: String,
     },
+    /// A live ticket arrived on a WebSocket without the session cookie that asked for it
+    /// (a copied or stolen ticket). The ticket stays valid for its owner.
+    ConsoleTicketWrongSession {
+        session_id: String,
+        bastion: String,
+        user: String,
+        device: String,
+        client_ip: String,
+    },
     /// A bastion claimed a node for a discovery run; the certificate was signed for it.
     DiscoveryStarted {
         run_id: String,
@@ -434,6 +443,7 @@ impl AuditEvent {
             AuditEvent::ConsoleTicketExpired { .. } => "console_ticket_expired",
             AuditEvent::ConsoleTicketLapsed { .. } => "console_ticket_lapsed",
             AuditEvent::ConsoleTicketReused { .. } => "console_ticket_reused",
+            AuditEvent::ConsoleTicketWrongSession { .. } => "console_ticket_wrong_session",
             AuditEvent::DiscoveryStarted { .. } => "discovery_started",
             AuditEvent::DiscoveryFailed { .. } => "discovery_failed",
             AuditEvent::InventoryDrift { .. } => "inventory_drift",

@@ -10,7 +10,10 @@
 //! query string, cookie name, log or audit payload); the bastion redeems it with
 //! `POST /v1/bastion/console/open`, which consumes it atomically and admits the session
 //! like terminated mode (per-session certificate, leases, caps). A second redemption is
-//! refused before any credential is resolved (`ticket_reused`).
+//! refused before any credential is resolved (`ticket_reused`). A ticket is bound to
+//! the browser session that asked for it: the WebSocket upgrade must carry that
+//! session's cookie ([`session_binding`]), so a ticket copied to another client is
+//! worth nothing there, even within its 60 s.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +21,9 @@ use crate::bastion::SessionMode;
 
 /// A ticket is valid this long after it was issued.
 pub const TICKET_TTL_SECS: u64 = 60;
+/// The browser session's cookie, set by the CA at sign-in (`HttpOnly`, `Secure`,
+/// `SameSite=Strict`). The console's WebSocket upgrade carries it.
+pub const SESSION_COOKIE: &str = "portcullis_session";
 /// The header carrying the CSRF token on state-changing cookie-authenticated requests.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -94,6 +100,37 @@ pub struct ConsoleOpenRequest {
     pub session_public_key: String,
     /// The browser's address as the bastion saw it.
     pub client_ip: String,
+    /// [`session_binding`] of the session cookie the WebSocket upgrade carried (`None`:
+    /// it carried none). The ticket is redeemed only for the session that asked for it.
+    #[serde(default)]
+    pub browser_session: Option<String>,
+}
+
+/// What binds a ticket to its browser session: the SHA-256 (hex) of the session token,
+/// which is also how the CA stores the session. The bastion forwards this, never the
+/// cookie: the hash signs nobody in.
+pub fn session_binding(session_token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(session_token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The value of cookie `name` in `Cookie` header values; `None` when absent or present
+/// more than once (an attacker on a sibling domain could add a second one).
+pub fn cookie<'a>(header_values: impl IntoIterator<Item = &'a str>, name: &str) -> Option<String> {
+    let mut found = None;
+    for text in header_values {
+        for pair in text.split(';') {
+            if let Some((k, v)) = pair.trim().split_once('=')
+                && k == name
+            {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(v.to_owned());
+            }
+        }
+    }
+    found
 }
 
 /// The console's session mode on the wire (for symmetry with terminated mode).

@@ -1,5 +1,5 @@
 // Drives Debian's headless Chromium through the Portcullis web UI: sign in, list
-// devices, open a console, type, resize, exit; replay a ticket; close a tab. Prints
+// devices, open a console, type, resize, exit; replay a ticket; present a stolen one; close a tab. Prints
 // one JSON object with what it observed; the Rust test asserts on it.
 //
 // Usage: node console.mjs '{"url":…,"username":…,"password":…,"device":…,"login":…,"screenshot":…}'
@@ -139,6 +139,37 @@ try {
     };
   }, { device: cfg.device, login: cfg.login });
   step("replayed");
+
+  // A stolen ticket: asked for by this page, presented from another browser that holds
+  // no session cookie (and then from this page, its owner). Only the owner's works.
+  const stolen = await page.evaluate(async ({ device, login }) => {
+    const csrf = (await (await fetch("/v1/auth/csrf")).json()).csrf_token;
+    const r = await fetch("/v1/console/tickets", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+      body: JSON.stringify({ device, login, mode: "ssh" }),
+    });
+    return r.json();
+  }, { device: cfg.device, login: cfg.login });
+  const present = (p, t) => p.evaluate((t) => new Promise((resolve) => {
+    const ws = new WebSocket(`wss://${location.host}${t.websocket_path}`);
+    ws.onopen = () => ws.send(t.ticket);
+    ws.onmessage = (ev) => {
+      if (typeof ev.data !== "string") return;
+      const m = JSON.parse(ev.data);
+      if (m.type === "connected" || m.type === "closed") {
+        ws.close();
+        resolve(m);
+      }
+    };
+    ws.onclose = () => resolve({ type: "socket_closed" });
+  }), t);
+  const thief = await browser.newContext({ ignoreHTTPSErrors: true });
+  const thiefPage = await thief.newPage();
+  await thiefPage.goto(`${cfg.url}/ui/`);
+  result.stolen = { thief: await present(thiefPage, stolen), owner: await present(page, stolen) };
+  await thief.close();
+  step("stolen_ticket");
 
   // Closing the tab closes the session.
   const tab = await context.newPage();

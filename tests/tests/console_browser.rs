@@ -89,7 +89,18 @@ async fn a_browser_opens_a_console_through_the_bastion() {
     }));
     let r = |k: &str| report.get(k).cloned().unwrap_or(Value::Null);
     assert!(r("error").is_null(), "browser: {report:#}\nserver log: {}", w.server.log());
-    for step in ["signed_in", "connected", "typed", "utf8", "pasted", "resized", "exited", "replayed", "tab_closed"] {
+    for step in [
+        "signed_in",
+        "connected",
+        "typed",
+        "utf8",
+        "pasted",
+        "resized",
+        "exited",
+        "replayed",
+        "stolen_ticket",
+        "tab_closed",
+    ] {
         assert!(report["steps"].as_array().unwrap().iter().any(|s| s == step), "{step}: {report:#}");
     }
     assert!(r("page_errors").is_null() && r("console_errors").is_null(), "no script errors: {report:#}");
@@ -113,6 +124,12 @@ async fn a_browser_opens_a_console_through_the_bastion() {
     assert_eq!(replay["unsupported"]["error"], "unsupported_console_mode", "{replay:#}");
     assert_eq!(replay["no_csrf_status"], 403, "{replay:#}");
     assert_eq!(replay["ticket_in_url"], false);
+    // A ticket presented by another browser (no session cookie) is refused like an
+    // unknown one; its owner's page still opens it.
+    let stolen = r("stolen");
+    assert_eq!(stolen["thief"]["type"], "closed", "{stolen:#}");
+    assert_eq!(stolen["thief"]["reason"], "ticket_invalid", "{stolen:#}");
+    assert_eq!(stolen["owner"]["type"], "connected", "{stolen:#}");
 
     // Audit: the ticket's life, the sessions with mode console, the closes with reasons.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -14,7 +14,7 @@ use portcullis_ca::{Ca, CaConfig, ManualClock};
 use portcullis_policies::Permission;
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::*;
-use portcullis_proto::console::{CSRF_HEADER, ConsoleDevice, TICKET_TTL_SECS};
+use portcullis_proto::console::{CSRF_HEADER, ConsoleDevice, TICKET_TTL_SECS, session_binding};
 use portcullis_tests::ssh::{ed25519_key, public_line};
 use portcullis_tests::{Postgres, ServedCa, TEST_PASSPHRASE, first_admin, sqlite_url};
 use reqwest::StatusCode;
@@ -132,7 +132,16 @@ struct Fx {
     policy_dir: PathBuf,
     /// A client that keeps no cookies: each test sets the Cookie header itself.
     http: reqwest::Client,
+    /// The session token each ticket was asked for with: a redemption presents its
+    /// binding, as the bastion does from the WebSocket's cookie.
+    askers: Mutex<std::collections::HashMap<String, String>>,
     _dir: tempfile::TempDir,
+}
+
+impl Fx {
+    fn asked_by(&self, ticket: &str, session: &str) {
+        self.askers.lock().unwrap().insert(ticket.to_owned(), session.to_owned());
+    }
 }
 
 /// Users: alice, bob (ops), carol (viewers: no console), dave (ops + interns: no
@@ -200,7 +209,7 @@ async fn fixture_on(db_url: Option<&str>, replicas: usize) -> Fx {
         .unwrap()
         .api_token;
     let http = portcullis_tests::server::client_with_pin(&api.pin);
-    Fx { api, replicas: others, ca, clock, admin, bastion, policy_dir, http, _dir: dir }
+    Fx { api, replicas: others, ca, clock, admin, bastion, policy_dir, http, askers: Default::default(), _dir: dir }
 }
 
 /// A bearer API session for `user`.
@@ -269,6 +278,7 @@ async fn ticket(fx: &Fx, token: &str, device: &str, login: &str) -> String {
     assert_eq!(v["websocket_path"], "/console/ws");
     let t = v["ticket"].as_str().unwrap().to_owned();
     assert!(t.starts_with("pct_") && t.len() == 47, "{t}");
+    fx.asked_by(&t, token);
     t
 }
 
@@ -288,12 +298,21 @@ async fn refused(fx: &Fx, token: &str, body: &Value, public: &str, audited: &str
     message
 }
 
-fn open_body(ticket: &str, id: &str) -> Value {
-    json!({"ticket": ticket, "session_id": id, "session_public_key": public_line(&ed25519_key()), "client_ip": IP})
+/// A redemption body, bound to the session that asked for the ticket (none for a
+/// ticket the fixture did not hand out).
+fn open_body(fx: &Fx, ticket: &str, id: &str) -> Value {
+    let binding = fx.askers.lock().unwrap().get(ticket).map(|session| session_binding(session));
+    json!({
+        "ticket": ticket,
+        "session_id": id,
+        "session_public_key": public_line(&ed25519_key()),
+        "client_ip": IP,
+        "browser_session": binding,
+    })
 }
 
 async fn redeem(fx: &Fx, ticket: &str, id: &str) -> (StatusCode, Value) {
-    fx.api.post_json(Some(&fx.bastion), "/v1/bastion/console/open", &open_body(ticket, id)).await
+    fx.api.post_json(Some(&fx.bastion), "/v1/bastion/console/open", &open_body(fx, ticket, id)).await
 }
 
 async fn redeem_denied(fx: &Fx, ticket: &str, reason: &str) {
@@ -563,9 +582,10 @@ async fn tickets_redeem_once(fx: &Fx) {
 
     // Only a bastion redeems: a user's session or no credential cannot.
     let t = ticket(fx, &alice, "pve01", "root").await;
-    let (status, _) = fx.api.post_json(Some(&alice), "/v1/bastion/console/open", &open_body(&t, &session_id())).await;
+    let (status, _) =
+        fx.api.post_json(Some(&alice), "/v1/bastion/console/open", &open_body(fx, &t, &session_id())).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, _) = fx.api.post_json(None, "/v1/bastion/console/open", &open_body(&t, &session_id())).await;
+    let (status, _) = fx.api.post_json(None, "/v1/bastion/console/open", &open_body(fx, &t, &session_id())).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // …and the ticket is still good for the bastion afterwards.
     let (status, v) = redeem(fx, &t, &session_id()).await;
@@ -884,6 +904,7 @@ async fn no_secret_in_audit_records_or_log_lines() {
     .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let used = v["ticket"].as_str().unwrap().to_owned();
+    fx.asked_by(&used, &session);
     let (status, v) = redeem(&fx, &used, &session_id()).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     redeem_denied(&fx, &used, "ticket_reused").await;
@@ -933,6 +954,37 @@ async fn racing_redemptions_admit_exactly_one_on_postgres_with_two_replicas() {
     racing_redemptions(&fixture_on(Some(&pg.url()), 2).await).await;
 }
 
+/// A ticket is worth nothing without the browser session that asked for it: presented
+/// with no session cookie, with another user's, or with another session of the same
+/// user, it is refused like an unknown ticket and audited as
+/// `console_ticket_wrong_session`; its owner can still redeem it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_opens_only_for_the_session_that_asked_for_it() {
+    let fx = fixture().await;
+    let alice = bearer(&fx.ca, "alice").await;
+    let t = ticket(&fx, &alice, "pve01", "root").await;
+    let strangers = [
+        None,
+        Some(session_binding(&bearer(&fx.ca, "bob").await)),
+        Some(session_binding(&bearer(&fx.ca, "alice").await)),
+    ];
+    for binding in &strangers {
+        let mut body = open_body(&fx, &t, &session_id());
+        body["browser_session"] = json!(binding);
+        let (status, v) = fx.api.post_json(Some(&fx.bastion), "/v1/bastion/console/open", &body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{binding:?}: {v}");
+        assert!(v["message"].as_str().unwrap().starts_with("ticket_invalid: "), "{v}");
+    }
+    let wrong = audit(&fx.ca, "console_ticket_wrong_session").await;
+    assert_eq!(wrong.len(), strangers.len(), "{wrong:?}");
+    assert_eq!((wrong[0]["user"].as_str(), wrong[0]["device"].as_str()), (Some("alice"), Some("pve01")));
+    assert_eq!(count(&fx.ca, "session_leases").await, 0);
+
+    let (status, v) = redeem(&fx, &t, &session_id()).await;
+    assert_eq!(status, StatusCode::OK, "the owner's redemption: {v}");
+    redeem_denied(&fx, &t, "ticket_reused").await;
+}
+
 /// 20 bastion requests redeem one ticket at once (spread over the replicas): exactly
 /// one session, one session certificate, one lease; the others are `ticket_reused`.
 async fn racing_redemptions(fx: &Fx) {
@@ -943,7 +995,7 @@ async fn racing_redemptions(fx: &Fx) {
         let apis: Vec<&ServedCa> = std::iter::once(&fx.api).chain(fx.replicas.iter()).collect();
         let attempts = (0..20).map(|i| {
             let api = apis[i % apis.len()];
-            let body = open_body(&t, &session_id());
+            let body = open_body(fx, &t, &session_id());
             let bastion = fx.bastion.clone();
             async move { api.post_json(Some(&bastion), "/v1/bastion/console/open", &body).await }
         });

@@ -216,24 +216,12 @@ impl FromRequestParts<Arc<Ca>> for AgentAuth {
     }
 }
 
-/// The value of cookie `name` from the request's `Cookie` headers; `None` when absent or
-/// present more than once (an attacker on a sibling domain could add a second one).
+/// The value of cookie `name` from the request's `Cookie` headers ([`portcullis_proto::console::cookie`]).
 pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
-    let mut found = None;
-    for header in headers.get_all(axum::http::header::COOKIE) {
-        let Ok(text) = header.to_str() else { continue };
-        for pair in text.split(';') {
-            if let Some((k, v)) = pair.trim().split_once('=')
-                && k == name
-            {
-                if found.is_some() {
-                    return None;
-                }
-                found = Some(v.to_owned());
-            }
-        }
-    }
-    found
+    portcullis_proto::console::cookie(
+        headers.get_all(axum::http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()),
+        name,
+    )
 }
 
 /// The TCP peer's address, as text for audit records.

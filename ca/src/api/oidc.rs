@@ -13,7 +13,7 @@ use portcullis_proto::oidc::{AuthMethods, DevicePoll, DevicePollRequest, DeviceS
 use std::sync::Arc;
 
 /// The API session cookie: the same server-side session as a bearer token.
-pub const SESSION_COOKIE: &str = "portcullis_session";
+pub use portcullis_proto::console::SESSION_COOKIE;
 /// Binds a browser sign-in to the browser that started it (login CSRF defence).
 /// SameSite=Lax, not Strict: it must come along on the IdP's cross-site redirect back.
 const BINDING_COOKIE: &str = "portcullis_oidc_binding";

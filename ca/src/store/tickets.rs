@@ -28,6 +28,8 @@ pub enum TicketState {
     Expired(TicketRow),
     /// Already redeemed.
     Used(TicketRow),
+    /// Live, but asked for by another browser session than the one presenting it.
+    OtherSession(TicketRow),
 }
 
 fn ticket_from(row: &sqlx::any::AnyRow) -> Result<TicketRow> {
@@ -82,16 +84,18 @@ pub async fn consume_ticket(
     conn: &mut AnyConnection,
     ticket_hash: &str,
     session_id: &str,
+    api_session_hash: &str,
     now: u64,
 ) -> Result<Option<TicketRow>> {
     let row = sqlx::query(concat!(
         "UPDATE console_tickets SET used_at = $1, session_id = $2 \
-         WHERE ticket_hash = $3 AND used_at IS NULL AND expires_at > $1 RETURNING ",
+         WHERE ticket_hash = $3 AND api_session_hash = $4 AND used_at IS NULL AND expires_at > $1 RETURNING ",
         ticket_columns!()
     ))
     .bind(ts(now))
     .bind(session_id)
     .bind(ticket_hash)
+    .bind(api_session_hash)
     .fetch_optional(&mut *conn)
     .await?;
     row.as_ref().map(ticket_from).transpose()
@@ -160,7 +164,7 @@ impl Store {
     }
 
     /// Why a ticket that could not be consumed was refused.
-    pub async fn ticket_state(&self, ticket_hash: &str) -> Result<TicketState> {
+    pub async fn ticket_state(&self, ticket_hash: &str, now: u64) -> Result<TicketState> {
         let row =
             sqlx::query(concat!("SELECT used_at, ", ticket_columns!(), " FROM console_tickets WHERE ticket_hash = $1"))
                 .bind(ticket_hash)
@@ -170,6 +174,8 @@ impl Store {
         let ticket = ticket_from(&row)?;
         Ok(if row.try_get::<Option<i64>, _>("used_at")?.is_some() {
             TicketState::Used(ticket)
+        } else if ticket.expires_at > now {
+            TicketState::OtherSession(ticket)
         } else {
             TicketState::Expired(ticket)
         })

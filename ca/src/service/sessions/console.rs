@@ -242,14 +242,16 @@ impl Ca {
         // First and before anything else: consume the ticket.
         let consumed = if valid_ticket(&req.ticket) {
             let mut tx = self.store.begin().await?;
-            let row = store::consume_ticket(tx.conn(), &token_hash(&req.ticket), &req.session_id, now).await?;
+            // Bound to the browser session that asked for it; no cookie binds to nothing.
+            let binding = req.browser_session.as_deref().unwrap_or("");
+            let row = store::consume_ticket(tx.conn(), &token_hash(&req.ticket), &req.session_id, binding, now).await?;
             tx.commit().await?;
             row
         } else {
             None
         };
         let Some(ticket) = consumed else {
-            return Err(self.ticket_refused(bastion, req).instrument(span).await?);
+            return Err(self.ticket_refused(bastion, req, now).instrument(span).await?);
         };
         let (user, device, login) = (ticket.username.clone(), ticket.device.clone(), ticket.login.clone());
         let result = self.redeem(bastion, req, ticket).instrument(span.clone()).await?;
@@ -277,9 +279,14 @@ impl Ca {
     }
 
     /// Why a ticket could not be consumed: audited, and the bastion's answer.
-    async fn ticket_refused(&self, bastion: &ServiceCaller, req: &ConsoleOpenRequest) -> Result<CaError, CaError> {
+    async fn ticket_refused(
+        &self,
+        bastion: &ServiceCaller,
+        req: &ConsoleOpenRequest,
+        now: u64,
+    ) -> Result<CaError, CaError> {
         let state = if valid_ticket(&req.ticket) {
-            self.store.ticket_state(&token_hash(&req.ticket)).await?
+            self.store.ticket_state(&token_hash(&req.ticket), now).await?
         } else {
             TicketState::Unknown
         };
@@ -304,6 +311,19 @@ impl Ca {
                 ticket_deny::TICKET_EXPIRED,
                 "the console ticket has expired; open the console again",
                 AuditEvent::ConsoleTicketExpired {
+                    session_id,
+                    bastion: bastion_name,
+                    user: t.username,
+                    device: t.device,
+                    client_ip,
+                },
+            ),
+            // Public answer as for an unknown ticket: the presenter holds no session of
+            // the owner's, so it learns nothing more.
+            TicketState::OtherSession(t) => (
+                ticket_deny::TICKET_INVALID,
+                "the console ticket is not valid",
+                AuditEvent::ConsoleTicketWrongSession {
                     session_id,
                     bastion: bastion_name,
                     user: t.username,
