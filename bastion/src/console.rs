@@ -142,6 +142,9 @@ async fn read_ticket(socket: &mut WebSocket) -> Option<String> {
 
 async fn run(shared: Arc<Shared>, mut socket: WebSocket, peer: SocketAddr, browser_session: Option<String>) {
     let Some(ticket) = read_ticket(&mut socket).await else {
+        // The seed's "missing credential": counted into the audit summary (an audit row
+        // per ticketless socket would let anyone grow the trail).
+        shared.events.count_refusal(peer.ip(), "ticket_missing");
         return close_with(&mut socket, "ticket_missing", "no console ticket received").await;
     };
     let Some((key, public_line)) = session_key() else {

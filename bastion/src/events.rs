@@ -5,14 +5,16 @@
 //! None of the fields can hold key material, and the peer-supplied user name is
 //! sanitized and truncated before it is stored.
 
-use std::net::SocketAddr;
-
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use portcullis_proto::bastion::BastionAuditEvent;
+use portcullis_proto::refusals::{RefusalTally, Verdict};
 use portcullis_sshcert::Rejection;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::clock::Clock;
 use crate::control::ControlPlane;
 
 /// Longest user name kept in an event (peers choose it).
@@ -121,6 +123,18 @@ impl BastionEvent {
         }
     }
 
+    /// The client's address, for events about one.
+    fn peer(&self) -> Option<IpAddr> {
+        match self {
+            Self::AuthAccepted { peer, .. }
+            | Self::AuthRefused { peer, .. }
+            | Self::ChannelRefused { peer, .. }
+            | Self::AgentRefused { peer, .. }
+            | Self::ConsoleOriginRefused { peer, .. } => Some(peer.ip()),
+            _ => None,
+        }
+    }
+
     /// The CA audit record for this event, when it has one. Accepted authentications
     /// are audited by the CA as `session_opened` (with the decision), so not here.
     fn audit(&self) -> Option<BastionAuditEvent> {
@@ -188,6 +202,13 @@ pub fn escape_for_log(text: &str) -> String {
     out
 }
 
+/// How often counted refusals are summarized when the caller does not say.
+const DEFAULT_SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+fn now_unix() -> u64 {
+    crate::clock::SystemClock.now_unix()
+}
+
 /// Events waiting to be sent to the CA; beyond this many the newest are dropped (and
 /// the operator log still has them).
 const FORWARD_QUEUE: usize = 10_000;
@@ -199,6 +220,9 @@ const FORWARD_QUEUE: usize = 10_000;
 pub struct EventSink {
     tx: broadcast::Sender<BastionEvent>,
     forward: Option<mpsc::Sender<BastionAuditEvent>>,
+    /// Front-door refusals: the first of each (source, reason, user) per window is
+    /// forwarded, the rest counted into the window's summary.
+    refusals: Arc<Mutex<RefusalTally>>,
 }
 
 impl Default for EventSink {
@@ -210,7 +234,7 @@ impl Default for EventSink {
 impl EventSink {
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(1024);
-        Self { tx, forward: None }
+        Self { tx, forward: None, refusals: Arc::new(Mutex::new(RefusalTally::new(DEFAULT_SUMMARY_EVERY.as_secs()))) }
     }
 
     /// Events recorded from now on (a slow subscriber loses the oldest ones).
@@ -218,18 +242,53 @@ impl EventSink {
         self.tx.subscribe()
     }
 
-    /// Sends every auditable event to the CA in batches (from a background task).
-    pub fn forward_to(&mut self, control: Arc<ControlPlane>) -> tokio::task::JoinHandle<()> {
+    /// Sends every auditable event to the CA in batches (from a background task), and
+    /// every `summary_every` the counted refusals of the window that ended.
+    pub fn forward_to(&mut self, control: Arc<ControlPlane>, summary_every: Duration) -> tokio::task::JoinHandle<()> {
         let (tx, mut rx) = mpsc::channel(FORWARD_QUEUE);
         self.forward = Some(tx);
+        self.refusals = Arc::new(Mutex::new(RefusalTally::new(summary_every.as_secs())));
+        let refusals = Arc::clone(&self.refusals);
         tokio::spawn(async move {
             let mut batch = Vec::new();
-            while rx.recv_many(&mut batch, 500).await > 0 {
+            let mut tick = tokio::time::interval(summary_every.clamp(Duration::from_secs(1), Duration::from_secs(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    n = rx.recv_many(&mut batch, 500) => if n == 0 { break },
+                    _ = tick.tick() => {
+                        let due = refusals.lock().ok().and_then(|mut t| t.take_due(now_unix()));
+                        let Some(s) = due else { continue };
+                        batch.push(BastionAuditEvent::RefusalsSummarized {
+                            window_start: s.window_start,
+                            window_end: s.window_end,
+                            counts: s.counts,
+                            overflow: s.overflow,
+                        });
+                    }
+                }
                 if let Err(e) = control.events(std::mem::take(&mut batch)).await {
                     tracing::warn!(error = %e, "could not send bastion events to the CA audit trail");
                 }
             }
         })
+    }
+
+    /// Counts a refusal that never gets an audit record of its own (a full connection
+    /// table, a channel over the cap, a console socket that sent no ticket): the
+    /// window's summary reports how many, from where.
+    pub fn count_refusal(&self, peer: IpAddr, reason: &'static str) {
+        if let Ok(mut tally) = self.refusals.lock() {
+            tally.count_only(now_unix(), &peer.to_string(), reason);
+        }
+    }
+
+    /// Whether a front-door refusal gets its own audit record (the first of its source,
+    /// reason and user in this window) or is only counted.
+    fn first_of_window(&self, peer: IpAddr, reason: &str, user: &str) -> bool {
+        self.refusals
+            .lock()
+            .map_or(true, |mut tally| tally.note(now_unix(), &peer.to_string(), reason, user) == Verdict::Record)
     }
 
     pub fn record(&self, event: BastionEvent) {
@@ -242,7 +301,13 @@ impl EventSink {
             }
             _ => tracing::info!(target: "portcullis_bastion::event", event = event.name(), detail = ?event),
         }
-        if let (Some(forward), Some(audit)) = (&self.forward, event.audit())
+        let audit = event.audit().filter(|audit| match audit {
+            BastionAuditEvent::AuthRefused { user, reason, .. } => {
+                event.peer().is_none_or(|peer| self.first_of_window(peer, reason, user))
+            }
+            _ => true,
+        });
+        if let (Some(forward), Some(audit)) = (&self.forward, audit)
             && let Err(mpsc::error::TrySendError::Full(_)) = forward.try_send(audit)
         {
             tracing::warn!("bastion audit queue full; event kept only in this log");

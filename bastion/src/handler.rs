@@ -150,6 +150,14 @@ impl Connection {
 
     async fn refuse_channel(&self, kind: &'static str, reply: russh::server::ChannelOpenHandle, why: &str) {
         self.shared.events.record(BastionEvent::ChannelRefused { peer: self.peer, user: self.user.clone(), kind });
+        let code = match kind {
+            "session" => "channel_refused_session",
+            "direct-tcpip" => "channel_refused_direct_tcpip",
+            "direct-streamlocal" => "channel_refused_streamlocal",
+            "x11" => "channel_refused_x11",
+            _ => "channel_refused",
+        };
+        self.shared.events.count_refusal(self.peer.ip(), code);
         reply.reject(ChannelOpenFailure::Other { code: ADMINISTRATIVELY_PROHIBITED, reason: why.to_owned() }).await;
     }
 }

@@ -304,8 +304,10 @@ where
     loop {
         let (stream, peer) = crate::listen::accept(&listener, &mut streak, span_name).await;
         let Some(slot) = startups.admit(peer.ip(), span_name) else {
-            // Closed before the banner: the cheapest answer there is.
+            // Closed before the banner: the cheapest answer there is (counted for the
+            // audit summary, no record of its own).
             drop(stream);
+            shared.events.count_refusal(peer.ip(), "connection_limit");
             continue;
         };
         let id = next_id.fetch_add(1, Ordering::Relaxed);

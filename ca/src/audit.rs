@@ -235,6 +235,8 @@ pub enum AuditEvent {
         mode: &'static str,
         login: Option<String>,
         reason: &'static str,
+        /// [`failure_phase`] of `reason`.
+        phase: &'static str,
         client_ip: String,
     },
     SessionClosed {
@@ -295,6 +297,8 @@ pub enum AuditEvent {
         login: Option<String>,
         client_ip: Option<String>,
         reason: String,
+        /// [`failure_phase`] of `reason`.
+        phase: &'static str,
     },
     AgentConnected {
         bastion: String,
@@ -360,6 +364,15 @@ pub enum AuditEvent {
         user: String,
         device: String,
         client_ip: String,
+    },
+    /// Unauthenticated refusals counted in one window rather than recorded one by one
+    /// (see `portcullis_proto::refusals`): `origin` is `ca` or the bastion that counted.
+    RefusalsSummarized {
+        origin: String,
+        window_start: u64,
+        window_end: u64,
+        counts: Vec<portcullis_proto::refusals::RefusalCount>,
+        overflow: u64,
     },
     /// A live ticket arrived on a WebSocket without the session cookie that asked for it
     /// (a copied or stolen ticket). The ticket stays valid for its owner.
@@ -444,10 +457,31 @@ impl AuditEvent {
             AuditEvent::ConsoleTicketLapsed { .. } => "console_ticket_lapsed",
             AuditEvent::ConsoleTicketReused { .. } => "console_ticket_reused",
             AuditEvent::ConsoleTicketWrongSession { .. } => "console_ticket_wrong_session",
+            AuditEvent::RefusalsSummarized { .. } => "refusals_summarized",
             AuditEvent::DiscoveryStarted { .. } => "discovery_started",
             AuditEvent::DiscoveryFailed { .. } => "discovery_failed",
             AuditEvent::InventoryDrift { .. } => "inventory_drift",
         }
+    }
+}
+
+/// The seed's "sanitized failure phase": the step of a session's start at which it was
+/// refused or failed, derived from the reason code (never from peer text).
+pub fn failure_phase(reason: &str) -> &'static str {
+    match reason {
+        "ticket_invalid" | "ticket_expired" | "ticket_reused" => "ticket",
+        "credential_invalid" => "credential",
+        "not_authorized" | "rule_mismatch" | "unknown_device" | "out_of_scope" | "port_not_allowed" | "no_agent" => {
+            "authorization"
+        }
+        "cap_reached" => "session_limits",
+        "credential_resolution_failed" => "credential_resolution",
+        "agent_unavailable" | "agent_refused" => "agent",
+        "target_unreachable" => "target_connect",
+        "host_key_mismatch" => "host_key",
+        "onward_auth_failed" => "onward_login",
+        "unsupported_mode" => "console_mode",
+        _ => "admission",
     }
 }
 

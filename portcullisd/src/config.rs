@@ -52,6 +52,10 @@ pub struct ServerConfig {
     /// Hardware discovery through the bastions (off unless `enabled = true`).
     #[serde(default)]
     pub discovery: Option<DiscoveryToml>,
+    /// How often unauthenticated refusals, beyond the first of each source, reason and
+    /// user, are written as one `refusals_summarized` audit record (default 60 s).
+    #[serde(default, with = "humantime_serde_opt")]
+    pub refusal_summary_every: Option<std::time::Duration>,
     /// All-in-one only: run a bastion (and a local agent) with these SSH and agent listeners.
     #[serde(skip)]
     pub ssh_listen: Option<(String, String)>,
@@ -222,6 +226,7 @@ impl ServerConfig {
             oidc: None,
             default_agent: None,
             discovery: None,
+            refusal_summary_every: None,
             ssh_listen: None,
             data_dir,
         })
@@ -233,6 +238,9 @@ impl ServerConfig {
             self.database_url.unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("portcullis.db").display()));
         let mut config = CaConfig::new(database_url, self.policy_dir, passphrase);
         config.default_agent = self.default_agent;
+        if let Some(every) = self.refusal_summary_every {
+            config.refusal_summary_every = every;
+        }
         if let Some(d) = self.discovery {
             let interval = d.interval.map_or(3600, |i| i.as_secs());
             let concurrency = d.concurrency.unwrap_or(4);

@@ -119,6 +119,7 @@ pub async fn start_bastion(
     identity: Identity,
     ssh_listen: &str,
     agent_listener: tokio::net::TcpListener,
+    refusal_summary_every: std::time::Duration,
 ) -> anyhow::Result<(std::net::SocketAddr, Arc<Bastion>)> {
     let clock: Arc<dyn portcullis_bastion::Clock> = Arc::new(SystemClock);
     let trust = Arc::new(TrustSource::new(TrustConfig::new(&ca.url, &ca.pin), Arc::clone(&clock))?);
@@ -128,7 +129,7 @@ pub async fn start_bastion(
     trust.spawn_refresher();
     let control = control_plane(ca, &identity.api_token)?;
     let mut events = EventSink::new();
-    events.forward_to(Arc::clone(&control));
+    events.forward_to(Arc::clone(&control), refusal_summary_every);
     let bastion = Arc::new(Bastion::new(BastionConfig::new(identity.key), trust, control, clock, events)?);
     let listener =
         tokio::net::TcpListener::bind(ssh_listen).await.with_context(|| format!("cannot listen on {ssh_listen}"))?;

@@ -56,6 +56,10 @@ enum Command {
         /// Discovery interval in seconds; also how often the bastion asks the CA for work.
         #[arg(long, default_value_t = 3600)]
         discovery_interval: u64,
+        /// How often refusals of unauthenticated clients beyond the first of each source,
+        /// reason and user are written as one `refusals_summarized` audit record.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        refusal_summary_every: std::time::Duration,
     },
     /// The certificate authority (control plane) from a configuration file.
     Ca {
@@ -75,6 +79,10 @@ enum Command {
         /// `host:port` agents dial to reach the agent listener (registered with the CA).
         #[arg(long)]
         agent_endpoint: String,
+        /// How often refusals of unauthenticated clients beyond the first of each source,
+        /// reason and user are written as one `refusals_summarized` audit record.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        refusal_summary_every: std::time::Duration,
     },
     /// The edge agent: dials out to the bastions and connects onward inside its network.
     Agent {
@@ -127,7 +135,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let (config, all_in_one) = match cli.command {
-            Command::Bastion { service, listen, agent_listen, agent_endpoint } => {
+            Command::Bastion { service, listen, agent_listen, agent_endpoint, refusal_summary_every } => {
                 let identity = dataplane::enrolled_identity(
                     &service.endpoint(),
                     &service.state_dir,
@@ -140,7 +148,9 @@ fn main() -> anyhow::Result<()> {
                 let agents = tokio::net::TcpListener::bind(&agent_listen)
                     .await
                     .with_context(|| format!("cannot listen on {agent_listen}"))?;
-                let (addr, bastion) = dataplane::start_bastion(&service.endpoint(), identity, &listen, agents).await?;
+                let (addr, bastion) =
+                    dataplane::start_bastion(&service.endpoint(), identity, &listen, agents, refusal_summary_every)
+                        .await?;
                 println!("Portcullis bastion {} listening on {addr} (agents on {agent_listen})", service.name);
                 wait_for_shutdown().await?;
                 drain(&bastion).await;
@@ -177,6 +187,7 @@ fn main() -> anyhow::Result<()> {
                 agent_listen,
                 discovery,
                 discovery_interval,
+                refusal_summary_every,
             } => {
                 let mut config = ServerConfig::all_in_one(&data_dir, &listen, tls_names)?;
                 if let Some(path) = ldap_config {
@@ -188,6 +199,7 @@ fn main() -> anyhow::Result<()> {
                 // Devices enrolled without an agent are reached through the built-in one.
                 config.default_agent = Some(LOCAL.to_owned());
                 config.ssh_listen = Some((ssh_listen, agent_listen));
+                config.refusal_summary_every = Some(refusal_summary_every);
                 config.discovery = Some(config::DiscoveryToml {
                     enabled: discovery,
                     interval: Some(std::time::Duration::from_secs(discovery_interval.max(1))),
@@ -212,6 +224,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let data_dir = config.data_dir.clone();
     let ssh_listen = config.ssh_listen.clone();
+    let refusal_summary_every = config.refusal_summary_every.unwrap_or(std::time::Duration::from_secs(60));
     let enroll_binary = config.enroll_binary.clone().or_else(default_enroll_binary);
     let mut ca_config = config.into_ca_config()?;
     ca_config.tls_pin = tls.pin.clone();
@@ -234,6 +247,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     config::announce_bootstrap_admin(&ca, &data_dir, all_in_one).await?;
 
     spawn_reload_on_sighup(Arc::clone(&ca));
+    spawn_refusal_summaries(Arc::clone(&ca), refusal_summary_every);
     // The all-in-one serves the browser console's WebSocket on the same origin as the
     // web UI; the endpoint answers 503 until its bastion is attached below.
     let console = portcullis_bastion::console::ConsoleEndpoint::new(Vec::new());
@@ -256,7 +270,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
         let endpoint =
             dataplane::CaEndpoint { url: format!("https://127.0.0.1:{}", addr.port()), pin: tls.pin.clone() };
         let (ssh_addr, bastion) =
-            start_local_data_plane(&ca, &data_dir, &endpoint, &ssh_listen.0, &ssh_listen.1).await?;
+            start_local_data_plane(&ca, &data_dir, &endpoint, &ssh_listen, refusal_summary_every).await?;
         console.attach(&bastion);
         let _ = draining.set(Arc::clone(&bastion));
         println!("Bastion listening on {ssh_addr}: ssh -p {} root%NODE@{}", ssh_addr.port(), ssh_addr.ip());
@@ -280,8 +294,8 @@ async fn start_local_data_plane(
     ca: &Ca,
     data_dir: &std::path::Path,
     endpoint: &dataplane::CaEndpoint,
-    ssh_listen: &str,
-    agent_listen: &str,
+    (ssh_listen, agent_listen): &(String, String),
+    refusal_summary_every: std::time::Duration,
 ) -> anyhow::Result<(std::net::SocketAddr, Arc<portcullis_bastion::Bastion>)> {
     let agents = tokio::net::TcpListener::bind(agent_listen)
         .await
@@ -303,7 +317,8 @@ async fn start_local_data_plane(
         .await?;
     let host_key = bastion_key.public_key().clone();
     let identity = dataplane::Identity { key: bastion_key, api_token: SecretString::from(registered.api_token) };
-    let (ssh_addr, bastion) = dataplane::start_bastion(endpoint, identity, ssh_listen, agents).await?;
+    let (ssh_addr, bastion) =
+        dataplane::start_bastion(endpoint, identity, ssh_listen, agents, refusal_summary_every).await?;
 
     let agent_key = dataplane::identity_key(&data_dir.join("agent"))?;
     let registered = ca.register_service(ServiceKind::Agent, LOCAL, &dataplane::public_line(&agent_key)?, None).await?;
@@ -333,6 +348,21 @@ async fn wait_for_shutdown() -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// Writes the CA's counted refusals once their window ends, even when no refusal or
+/// heartbeat comes along to do it.
+fn spawn_refusal_summaries(ca: Arc<Ca>, every: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut tick =
+            tokio::time::interval(every.clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(10)));
+        loop {
+            tick.tick().await;
+            if let Err(e) = ca.flush_refusals().await {
+                tracing::warn!(error = %e, "could not write the refusal summary");
+            }
+        }
+    });
 }
 
 /// `systemctl reload` sends SIGHUP: re-read the policy directory. A broken policy is

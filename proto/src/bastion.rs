@@ -440,4 +440,14 @@ pub enum BastionAuditEvent {
     AgentDisconnected {
         agent: String,
     },
+    /// The front door's refusals counted in one window (see [`crate::refusals`]): the
+    /// first of each (source, reason, user) went as `auth_refused`, the rest are here,
+    /// with the refusals that are only ever counted (connection limits, channel caps,
+    /// console sockets that sent no ticket).
+    RefusalsSummarized {
+        window_start: u64,
+        window_end: u64,
+        counts: Vec<crate::refusals::RefusalCount>,
+        overflow: u64,
+    },
 }

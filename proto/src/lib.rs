@@ -297,3 +297,4 @@ pub mod discovery;
 pub mod enroll;
 pub mod oidc;
 pub mod pin;
+pub mod refusals;

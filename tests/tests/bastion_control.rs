@@ -981,7 +981,11 @@ async fn bastion_events_become_typed_audit_records() {
     ] {
         assert_eq!(connected[0][field], want, "{field}");
     }
-    assert_eq!(audit(&fx.ca, "broker_failed").await[0]["reason"], "target_unreachable");
+    let failed = audit(&fx.ca, "broker_failed").await;
+    assert_eq!(
+        (failed[0]["reason"].as_str(), failed[0]["phase"].as_str()),
+        (Some("target_unreachable"), Some("target_connect"))
+    );
     assert_eq!(audit(&fx.ca, "agent_connected").await.len(), 1);
     assert_eq!(audit(&fx.ca, "agent_disconnected").await.len(), 1);
 

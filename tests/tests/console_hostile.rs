@@ -23,7 +23,9 @@ const TEXT: u8 = 1;
 const BINARY: u8 = 2;
 
 impl Socket {
-    async fn open(url: &str, pin: &str, path: &str) -> Socket {
+    /// A WebSocket upgrade carrying `session` as the browser's session cookie (a ticket
+    /// opens only for the session that asked for it).
+    async fn open(url: &str, pin: &str, path: &str, session: &str) -> Socket {
         let host = url.strip_prefix("https://").unwrap().trim_end_matches('/').to_owned();
         let tcp = TcpStream::connect(&host).await.unwrap();
         let config = portcullis_proto::pin::pinned_client_config(pin).unwrap();
@@ -33,7 +35,7 @@ impl Socket {
         let mut tls = connector.connect(name, tcp).await.unwrap();
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: https://{host}\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: cG9ydGN1bGxpcy10ZXN0IQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Cookie: portcullis_session={session}\r\nConnection: Upgrade\r\nSec-WebSocket-Key: cG9ydGN1bGxpcy10ZXN0IQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
         tls.write_all(request.as_bytes()).await.unwrap();
         // The answer's head, byte by byte so no frame is read with it.
@@ -122,7 +124,7 @@ async fn a_browser_that_stops_reading_cannot_keep_its_session_past_a_kill() {
     let ticket = body["ticket"].as_str().unwrap().to_owned();
     let path = body["websocket_path"].as_str().unwrap().to_owned();
 
-    let mut browser = Socket::open(&w.server.url, &w.server.pin, &path).await;
+    let mut browser = Socket::open(&w.server.url, &w.server.pin, &path, &token).await;
     browser.send(TEXT, ticket.as_bytes()).await;
     browser.send(TEXT, json!({"type": "resize", "cols": 120, "rows": 40}).to_string().as_bytes()).await;
     let connected = browser.control("connected").await;
@@ -166,7 +168,7 @@ async fn a_browser_that_stops_reading_cannot_keep_its_session_past_a_kill() {
     let (status, body) =
         w.server.post_json(Some(&token), "/v1/console/tickets", &json!({"device": "pve01", "login": "root"})).await;
     assert!(status.is_success(), "ticket: {body}");
-    let mut browser = Socket::open(&w.server.url, &w.server.pin, &path).await;
+    let mut browser = Socket::open(&w.server.url, &w.server.pin, &path, &token).await;
     browser.send(TEXT, body["ticket"].as_str().unwrap().as_bytes()).await;
     browser.control("connected").await;
 }
@@ -184,7 +186,8 @@ async fn a_quiet_console_is_warned_then_closed_as_idle() {
     let (status, body) =
         w.server.post_json(Some(&token), "/v1/console/tickets", &json!({"device": "pve01", "login": "root"})).await;
     assert!(status.is_success(), "ticket: {body}");
-    let mut browser = Socket::open(&w.server.url, &w.server.pin, body["websocket_path"].as_str().unwrap()).await;
+    let mut browser =
+        Socket::open(&w.server.url, &w.server.pin, body["websocket_path"].as_str().unwrap(), &token).await;
     browser.send(TEXT, body["ticket"].as_str().unwrap().as_bytes()).await;
     browser.send(TEXT, json!({"type": "resize", "cols": 80, "rows": 24}).to_string().as_bytes()).await;
     browser.control("connected").await;

@@ -683,6 +683,7 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
     let redeem = |ticket: String| {
         let body = json!({
             "ticket": ticket, "session_id": session_id(), "session_public_key": public_line(&ed25519_key()), "client_ip": IP,
+            "browser_session": portcullis_proto::console::session_binding(&bob),
         });
         let api = &api;
         let bastion = &bastion;

@@ -323,14 +323,14 @@ impl Ca {
         client_ip: &str,
         reason: &'static str,
     ) -> Result<(), CaError> {
-        self.audit_alone(AuditEvent::LoginFailed {
-            username: sanitize(username),
+        let username = sanitize(username);
+        let event = AuditEvent::LoginFailed {
+            username: username.clone(),
             source: source.to_owned(),
             client_ip: client_ip.to_owned(),
             reason,
-        })
-        .await?;
-        Ok(())
+        };
+        self.audit_refusal(client_ip, reason, &username, event).await
     }
 
     /// Resolves a bearer token. Local users are re-read on every call, so disabling a

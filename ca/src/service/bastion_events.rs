@@ -10,6 +10,7 @@ use crate::audit::{self, AuditEvent, sanitize};
 use crate::error::CaError;
 use crate::store::LeaseRow;
 use portcullis_proto::bastion::{BastionAuditEvent, BastionEventsRequest};
+use portcullis_proto::refusals::{MAX_KEYS, RefusalCount};
 use std::collections::BTreeMap;
 
 pub const MAX_EVENTS: usize = 1000;
@@ -102,6 +103,7 @@ impl Ca {
                         login: lease.and_then(|l| l.login.clone()),
                         client_ip: lease.map(|l| l.client_ip.clone()),
                         reason: reason.clone(),
+                        phase: audit::failure_phase(reason),
                     }
                 }
                 BastionAuditEvent::AgentConnected { agent, remote } => {
@@ -115,6 +117,26 @@ impl Ca {
                         return Err(bad("agent"));
                     }
                     AuditEvent::AgentDisconnected { bastion: name(), agent: agent.clone() }
+                }
+                BastionAuditEvent::RefusalsSummarized { window_start, window_end, counts: summarized, overflow } => {
+                    if summarized.len() > MAX_KEYS || window_end < window_start {
+                        return Err(bad("refusal summary"));
+                    }
+                    let mut counts = Vec::with_capacity(summarized.len());
+                    for c in summarized {
+                        if c.source.parse::<std::net::IpAddr>().is_err() || !valid_code(&c.reason) || c.users.len() > 4
+                        {
+                            return Err(bad("refusal count"));
+                        }
+                        counts.push(RefusalCount { users: c.users.iter().map(|u| sanitize(u)).collect(), ..c.clone() });
+                    }
+                    AuditEvent::RefusalsSummarized {
+                        origin: name(),
+                        window_start: *window_start,
+                        window_end: *window_end,
+                        counts,
+                        overflow: *overflow,
+                    }
                 }
             });
         }

@@ -299,8 +299,14 @@ impl Ca {
     }
 
     async fn audit_enroll_refused(&self, reason: &'static str, client_ip: &str) -> Result<(), CaError> {
-        self.audit_alone(AuditEvent::EnrollRefused { reason, client_ip: client_ip.to_owned() }).await?;
-        Ok(())
+        let event = AuditEvent::EnrollRefused { reason, client_ip: client_ip.to_owned() };
+        // Before a valid token the caller is anonymous: recorded once per window, then
+        // counted. A token holder's refusals (a take-over attempt) are recorded each.
+        if matches!(reason, "invalid_facts" | "token_invalid") {
+            self.audit_refusal(client_ip, reason, "", event).await
+        } else {
+            self.audit_alone(event).await
+        }
     }
 
     /// The trust bundle for `node`; host certificates are reused while they have plenty

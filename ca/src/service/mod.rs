@@ -34,6 +34,7 @@ use crate::policy_files::load_policy_dir;
 use crate::ratelimit::{LoginThrottle, RateLimiter};
 use crate::store::{self, CaKeyRow, Store};
 use portcullis_policies::{Policy, PolicySummary, diff};
+use portcullis_proto::refusals::{RefusalSummary, RefusalTally, Verdict};
 use secrecy::SecretString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -72,6 +73,8 @@ pub struct CaConfig {
     pub default_agent: Option<String>,
     /// Hardware discovery (`[discovery]`); off by default.
     pub discovery: DiscoverySettings,
+    /// The window of unauthenticated refusals counted into one audit summary.
+    pub refusal_summary_every: Duration,
 }
 
 impl CaConfig {
@@ -92,6 +95,7 @@ impl CaConfig {
             oidc: None,
             default_agent: None,
             discovery: DiscoverySettings::default(),
+            refusal_summary_every: Duration::from_secs(60),
         }
     }
 }
@@ -122,6 +126,8 @@ pub struct Ca {
     idp_work: WorkLimit,
     /// Console tickets asked per user per minute.
     ticket_requests: RateLimiter,
+    /// Unauthenticated refusals: recorded once per key and window, then counted.
+    refusals: Mutex<RefusalTally>,
     krl_cache: Mutex<Option<certs::CachedKrl>>,
     oidc: Option<crate::identity::oidc::Oidc>,
     writer: writer::IssuanceWriter,
@@ -214,6 +220,7 @@ impl Ca {
             directory_work: WorkLimit::remote("directory"),
             idp_work: WorkLimit::remote("identity_provider"),
             ticket_requests: RateLimiter::new(TICKETS_PER_USER_PER_MINUTE, 60),
+            refusals: Mutex::new(RefusalTally::new(config.refusal_summary_every.as_secs())),
             krl_cache: Mutex::new(None),
             writer,
             tls_pin: config.tls_pin,
@@ -343,6 +350,51 @@ impl Ca {
         audit::record(tx.conn(), self.now(), &event).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Audits a refusal of an unauthenticated caller: the first of its (source, reason,
+    /// user) in a window as `event` itself, repeats only counted into the window's
+    /// `refusals_summarized` record (see `portcullis_proto::refusals`).
+    pub(crate) async fn audit_refusal(
+        &self,
+        source: &str,
+        reason: &str,
+        user: &str,
+        event: AuditEvent,
+    ) -> Result<(), CaError> {
+        self.flush_refusals().await?;
+        let key = format!("{}:{reason}", event.name());
+        let verdict = self.refusals.lock().map_err(|_| CaError::Internal("refusal tally".into()))?.note(
+            self.now(),
+            source,
+            &key,
+            user,
+        );
+        match verdict {
+            Verdict::Record => self.audit_alone(event).await,
+            Verdict::Counted => Ok(()),
+        }
+    }
+
+    /// Writes the summary of a refusal window that has ended. Called on every refusal,
+    /// every bastion heartbeat and by the server's timer, so a quiet CA reports too.
+    pub async fn flush_refusals(&self) -> Result<(), CaError> {
+        let due = self.refusals.lock().map_err(|_| CaError::Internal("refusal tally".into()))?.take_due(self.now());
+        match due {
+            Some(summary) => self.audit_summary("ca", summary).await,
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) async fn audit_summary(&self, origin: &str, s: RefusalSummary) -> Result<(), CaError> {
+        self.audit_alone(AuditEvent::RefusalsSummarized {
+            origin: origin.to_owned(),
+            window_start: s.window_start,
+            window_end: s.window_end,
+            counts: s.counts,
+            overflow: s.overflow,
+        })
+        .await
     }
 
     /// Creates the first administrator when there are no users at all; returns the

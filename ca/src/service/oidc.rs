@@ -69,14 +69,14 @@ impl Ca {
     }
 
     async fn audit_oidc_failure(&self, username: &str, client_ip: &str, reason: &'static str) -> Result<(), CaError> {
-        self.audit_alone(AuditEvent::LoginFailed {
-            username: sanitize(username),
+        let username = sanitize(username);
+        let event = AuditEvent::LoginFailed {
+            username: username.clone(),
             source: SOURCE.to_owned(),
             client_ip: client_ip.to_owned(),
             reason,
-        })
-        .await?;
-        Ok(())
+        };
+        self.audit_refusal(client_ip, reason, &username, event).await
     }
 
     /// An IdP failure: audited with its reason, answered without the IdP's words.

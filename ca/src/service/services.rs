@@ -101,7 +101,8 @@ impl Ca {
         let key = match validate(kind, &request.name, &request.public_key, request.agent_endpoint.as_deref()) {
             Ok(key) => key,
             Err(e) => {
-                self.audit_alone(refuse("invalid_request")).await?;
+                self.audit_refusal(client_ip, "invalid_request", &sanitize(&request.name), refuse("invalid_request"))
+                    .await?;
                 return Err(e);
             }
         };
@@ -109,7 +110,7 @@ impl Ca {
         let mut tx = self.store.begin().await?;
         let Some(grant) = store::consume_service_token(tx.conn(), &token_hash(token), kind.as_str(), now).await? else {
             drop(tx);
-            self.audit_alone(refuse("token_invalid")).await?;
+            self.audit_refusal(client_ip, "token_invalid", &sanitize(&request.name), refuse("token_invalid")).await?;
             return Err(CaError::Unauthenticated);
         };
         // A registered name is re-enrolled only by a holder of the private key: the

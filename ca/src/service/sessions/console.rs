@@ -270,6 +270,7 @@ impl Ca {
                     mode: SessionMode::Console.as_str(),
                     login: Some(login),
                     reason: d.reason,
+                    phase: audit::failure_phase(d.reason),
                     client_ip: req.client_ip.clone(),
                 })
                 .await?;
@@ -292,6 +293,7 @@ impl Ca {
         };
         let (session_id, bastion_name, client_ip) =
             (req.session_id.clone(), bastion.name.clone(), req.client_ip.clone());
+        let junk = matches!(state, TicketState::Unknown);
         let (reason, text, event) = match state {
             TicketState::Unknown => (
                 ticket_deny::TICKET_INVALID,
@@ -304,6 +306,7 @@ impl Ca {
                     mode: SessionMode::Console.as_str(),
                     login: None,
                     reason: ticket_deny::TICKET_INVALID,
+                    phase: audit::failure_phase(ticket_deny::TICKET_INVALID),
                     client_ip,
                 },
             ),
@@ -344,7 +347,13 @@ impl Ca {
             ),
         };
         tracing::info!(reason, "console ticket refused");
-        self.audit_alone(event).await?;
+        // Junk costs its sender nothing: recorded once per source and window, then
+        // counted. A real ticket's fate is always recorded (tickets are rate-limited).
+        if junk {
+            self.audit_refusal(&req.client_ip, reason, "", event).await?;
+        } else {
+            self.audit_alone(event).await?;
+        }
         Ok(CaError::SessionDenied { reason, message: text.to_owned() })
     }
 

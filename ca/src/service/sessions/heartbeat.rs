@@ -36,6 +36,9 @@ impl Ca {
         if !req.agents.iter().all(|a| valid_service_name(a)) {
             return Err(CaError::BadRequest("invalid agent name in heartbeat".into()));
         }
+        // Heartbeats are the CA's steady pulse: a finished refusal window is written here
+        // even when nobody is refused any more.
+        self.flush_refusals().await?;
         let now = self.now();
         let cutoff = now.saturating_sub(LEASE_TTL_SECS);
         let listed: BTreeMap<&str, &LiveSession> = req.sessions.iter().map(|s| (s.session_id.as_str(), s)).collect();

@@ -131,6 +131,7 @@ impl Ca {
                     mode: req.mode.as_str(),
                     login: req.login.clone(),
                     reason: d.reason,
+                    phase: audit::failure_phase(d.reason),
                     client_ip: req.client_ip.clone(),
                 })
                 .await?;
