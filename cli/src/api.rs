@@ -101,6 +101,11 @@ impl Api {
         Ok(self.send(self.request(reqwest::Method::GET, path)).await?.json().await?)
     }
 
+    /// For endpoints that answer with text (OpenSSH key lines).
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        Ok(self.send(self.request(reqwest::Method::GET, path)).await?.text().await?)
+    }
+
     pub async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<R> {
         Ok(self.send(self.request(reqwest::Method::POST, path).json(body)).await?.json().await?)
     }

@@ -309,17 +309,71 @@ pub async fn logout() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn ssh_config(args: SshConfigArgs) -> anyhow::Result<()> {
+pub async fn ssh_config(args: SshConfigArgs) -> anyhow::Result<()> {
     let paths = Paths::new()?;
     let session = paths.load_session();
     let username = session.as_ref().map(|s| s.username.clone());
-    let header = session.map(|s| format!(": certificate from {} for {}", s.ca_url, s.username)).unwrap_or_default();
+    let header =
+        session.as_ref().map(|s| format!(": certificate from {} for {}", s.ca_url, s.username)).unwrap_or_default();
     let bastion = match &args.bastion {
         Some(b) => Some(split_host_port(b).ok_or_else(|| anyhow!("--bastion must be HOST:PORT"))?),
         None => None,
     };
-    print!("# Portcullis{header}\n{}", render_ssh_config(&paths, &args, bastion, username.as_deref()));
+    let trust = match session.as_ref().filter(|s| s.token.is_some()) {
+        Some(s) => Some(write_known_hosts(&paths, s, bastion).await?),
+        None => None,
+    };
+    println!("# Portcullis{header}");
+    match &trust {
+        Some(fingerprints) => {
+            for line in fingerprints {
+                println!("# {line}");
+            }
+        }
+        None => println!("# Not logged in: no host keys from the CA (run `portcullis login`, then this again)."),
+    }
+    print!("{}", render_ssh_config(&paths, &args, bastion, username.as_deref(), trust.is_some()));
     Ok(())
+}
+
+/// Writes `known_hosts` beside the certificate from what the CA vouches for, fetched over
+/// the pinned connection: `@cert-authority` lines for the host CA (enrolled nodes present
+/// host certificates) and the bastions' own keys at the address given. Nothing is
+/// trusted on first use. Returns what to show the user: each key's fingerprint.
+async fn write_known_hosts(
+    paths: &Paths,
+    session: &Session,
+    bastion: Option<(&str, u16)>,
+) -> anyhow::Result<Vec<String>> {
+    let token = session.token.as_deref().unwrap_or_default();
+    let api = Api::new(&session.ca_url, session.ca_fingerprint.as_deref())?.with_token(token);
+    let host_cas = api.get_text("/v1/ca/host/keys").await.context("cannot read the host CA keys")?;
+    let bastions = match bastion {
+        Some(_) => api.get_text("/v1/bastions/host-keys").await.context("cannot read the bastions' host keys")?,
+        None => String::new(),
+    };
+    let mut text = format!(
+        "# Written by `portcullis ssh-config` from {}; run it again after a host CA key rotation.\n",
+        session.ca_url
+    );
+    let mut shown = Vec::new();
+    for line in host_cas.lines().filter(|l| !l.trim().is_empty()) {
+        let key = ssh_key::PublicKey::from_openssh(line).context("the CA sent an unreadable host CA key")?;
+        text.push_str(&format!("@cert-authority * {line}\n"));
+        shown.push(format!("host CA {}", key.fingerprint(ssh_key::HashAlg::Sha256)));
+    }
+    if let Some((host, port)) = bastion {
+        let pattern = if port == 22 { host.to_owned() } else { format!("[{host}]:{port}") };
+        for line in bastions.lines().filter(|l| !l.trim().is_empty()) {
+            let key = ssh_key::PublicKey::from_openssh(line).context("the CA sent an unreadable bastion key")?;
+            text.push_str(&format!("{pattern} {line}\n"));
+            shown.push(format!("{} {}", key.comment(), key.fingerprint(ssh_key::HashAlg::Sha256)));
+        }
+    }
+    paths.ensure_dir()?;
+    write_atomic(&paths.known_hosts, text.as_bytes(), 0o644)?;
+    shown.insert(0, format!("host keys the CA vouches for, in {}:", paths.known_hosts.display()));
+    Ok(shown)
 }
 
 fn split_host_port(s: &str) -> Option<(&str, u16)> {
@@ -339,9 +393,16 @@ fn render_ssh_config(
     args: &SshConfigArgs,
     bastion: Option<(&str, u16)>,
     username: Option<&str>,
+    known_hosts: bool,
 ) -> String {
+    // The CA's host keys first; the user's own known_hosts still answers for other hosts.
+    let trust = if known_hosts {
+        format!("    UserKnownHostsFile {} ~/.ssh/known_hosts\n", paths.known_hosts.display())
+    } else {
+        String::new()
+    };
     let identity = format!(
-        "    IdentityFile {}\n    CertificateFile {}\n    IdentitiesOnly yes\n",
+        "    IdentityFile {}\n    CertificateFile {}\n    IdentitiesOnly yes\n{trust}",
         paths.key.display(),
         paths.cert.display()
     );
@@ -377,14 +438,16 @@ mod tests {
     fn ssh_config_blocks() {
         let paths = Paths::new().unwrap();
         let args = SshConfigArgs { hosts: "pve*".into(), bastion: None, alias: "portcullis".into() };
-        let plain = render_ssh_config(&paths, &args, None, Some("alice"));
+        let plain = render_ssh_config(&paths, &args, None, Some("alice"), false);
         assert!(plain.starts_with("Host pve*\n") && !plain.contains("ProxyJump"), "{plain}");
-        let both = render_ssh_config(&paths, &args, split_host_port("bastion.example:2222"), Some("alice"));
+        let both = render_ssh_config(&paths, &args, split_host_port("bastion.example:2222"), Some("alice"), true);
         assert!(
             both.contains("Host portcullis\n    HostName bastion.example\n    Port 2222\n    User alice\n"),
             "{both}"
         );
         assert!(both.contains("Host pve*\n    ProxyJump portcullis\n"), "{both}");
+        assert_eq!(both.matches("    UserKnownHostsFile ").count(), 2, "both blocks use the CA's host keys: {both}");
+        assert!(!plain.contains("UserKnownHostsFile"), "not logged in: no file to name");
         assert_eq!(split_host_port("[2001:db8::1]:22"), Some(("2001:db8::1", 22)));
         assert_eq!(split_host_port("bastion"), None);
         assert_eq!(split_host_port("a b:22"), None);

@@ -24,7 +24,7 @@ fn main() {
             args::Command::Login(a) => login::login(a).await,
             args::Command::Status => login::status().await,
             args::Command::Logout => login::logout().await,
-            args::Command::SshConfig(a) => login::ssh_config(a),
+            args::Command::SshConfig(a) => login::ssh_config(a).await,
             args::Command::Admin(a) => admin::run(a).await,
         }
     });

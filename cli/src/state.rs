@@ -34,6 +34,8 @@ pub struct Paths {
     pub public: PathBuf,
     pub cert: PathBuf,
     pub session: PathBuf,
+    /// Host keys from the CA (`ssh-config`): the host CA and the bastions' keys.
+    pub known_hosts: PathBuf,
 }
 
 impl Paths {
@@ -45,6 +47,7 @@ impl Paths {
             public: dir.join("id_ed25519.pub"),
             cert: dir.join("id_ed25519-cert.pub"),
             session: dir.join("session.json"),
+            known_hosts: dir.join("known_hosts"),
             dir,
         })
     }

@@ -130,6 +130,8 @@ pub async fn start_bastion(
     let control = control_plane(ca, &identity.api_token)?;
     let mut events = EventSink::new();
     events.forward_to(Arc::clone(&control), refusal_summary_every);
+    // Users pin this key (`portcullis ssh-config --bastion` fetches it from the CA).
+    println!("Bastion host key: {}", identity.key.public_key().fingerprint(ssh_key::HashAlg::Sha256));
     let bastion = Arc::new(Bastion::new(BastionConfig::new(identity.key), trust, control, clock, events)?);
     let listener =
         tokio::net::TcpListener::bind(ssh_listen).await.with_context(|| format!("cannot listen on {ssh_listen}"))?;

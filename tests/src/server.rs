@@ -349,6 +349,13 @@ impl Server {
     }
 
     /// Audit records of one event type.
+    /// The bastion host key fingerprint the server printed at start (`SHA256:…`).
+    pub fn bastion_fingerprint(&self) -> String {
+        let lines = self.stdout.lock().unwrap();
+        let line = lines.iter().find_map(|l| l.strip_prefix("Bastion host key: ")).expect("no bastion host key line");
+        line.trim().to_owned()
+    }
+
     pub async fn audit_events(&self, event: &str) -> Vec<AuditRecord> {
         self.audit().await.into_iter().filter(|r| r.event == event).collect()
     }

@@ -11,6 +11,7 @@ use portcullis_tests::bastion_world::{
     NewNode, World, add_node_with, loopback_ip, policy, policy_with, text, wait_output,
 };
 use portcullis_tests::server::write_file;
+use portcullis_tests::ssh::{ed25519_key, public_line};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -202,16 +203,48 @@ async fn the_cli_prints_an_ssh_config_that_works_in_both_modes() {
     );
     let bastion = w.server.bastion.to_string();
     let config = cli(&["ssh-config", "--bastion", &bastion, "--hosts", &w.node.ip], "");
-    // This test machine knows no host keys: accept them (a real user pins the bastion's).
-    let config = format!(
-        "{config}Host *\n    BatchMode yes\n    StrictHostKeyChecking no\n    UserKnownHostsFile /dev/null\n    LogLevel ERROR\n"
-    );
+    // The bastion is pinned from the CA: strict host key checking, no trust on first use.
+    // (This test node was added by the harness, not enrolled, so it has no host
+    // certificate for the `@cert-authority` line to vouch for: its key is accepted here.)
+    let node_block = format!("Host {}\n    StrictHostKeyChecking no\n    UserKnownHostsFile /dev/null\n", w.node.ip);
+    let config =
+        format!("{node_block}{config}Host *\n    BatchMode yes\n    StrictHostKeyChecking yes\n    LogLevel ERROR\n");
     let path = write_file(w.dir.path(), "cli_ssh_config", &config);
-    let ssh = |args: &[&str]| std::process::Command::new("ssh").arg("-F").arg(&path).args(args).output().unwrap();
+    let ssh = |args: &[&str]| {
+        std::process::Command::new("ssh").arg("-F").arg(&path).args(args).env("HOME", home.path()).output().unwrap()
+    };
     let out = ssh(&["root%pve01@portcullis", "echo terminated"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "terminated", "{config}\n{}", text(&out));
     let out = ssh(&[&format!("root@{}", w.node.ip), "echo jumped"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "jumped", "{config}\n{}", text(&out));
+
+    // What the file holds: the CA's host CA keys as `@cert-authority`, and the bastion's
+    // key at the address given, exactly as the CA and the server's banner say.
+    let known_hosts = std::fs::read_to_string(home.path().join(".ssh/portcullis/known_hosts")).unwrap();
+    let host_cas = w.server.get_text(None, "/v1/ca/host/keys").await.1;
+    for line in host_cas.lines() {
+        assert!(known_hosts.contains(&format!("@cert-authority * {line}")), "{known_hosts}");
+    }
+    let pinned = format!("[{}]:{} ssh-ed25519 ", w.server.bastion.ip(), w.server.bastion.port());
+    assert_eq!(known_hosts.matches(&pinned).count(), 1, "{known_hosts}");
+    assert!(config.contains(&w.server.bastion_fingerprint()), "the fingerprint is shown: {config}");
+
+    // Negative control: another key pinned for the bastion address, and the login stops.
+    let imposter = public_line(&ed25519_key());
+    let replaced: String = known_hosts
+        .lines()
+        .map(|l| {
+            if l.starts_with(&pinned) {
+                format!("{} {imposter}\n", pinned.trim_end_matches(" ssh-ed25519 "))
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(home.path().join(".ssh/portcullis/known_hosts"), replaced).unwrap();
+    let out = ssh(&["root%pve01@portcullis", "echo terminated"]);
+    assert!(!out.status.success(), "a wrong pinned key must stop the login: {}", text(&out));
+    assert!(text(&out).contains("Host key verification failed"), "{}", text(&out));
 }
 
 /// A node whose sshd listens on another port than 22: the inventory's `ssh_port` is
@@ -316,14 +349,14 @@ async fn a_stopping_bastion_tells_its_users_and_the_ca_why() {
 async fn a_session_that_cannot_start_names_the_same_cause_to_the_user_and_the_audit() {
     let w = World::start("15m").await;
     let ip = loopback_ip();
-    let pinned = portcullis_tests::ssh::public_line(&portcullis_tests::ssh::ed25519_key());
+    let pinned = public_line(&ed25519_key());
     let node = NewNode { pinned_host_key: Some(pinned), ..NewNode::at("pve02", &ip) };
     let _imposter = add_node_with(&w.server, &w.admin, node).await;
     let nobody = portcullis_proto::NodeRecord {
         name: "pve03".into(),
         addresses: vec![loopback_ip()],
         tags: [("env".to_owned(), "prod".to_owned())].into(),
-        host_keys: vec![portcullis_tests::ssh::public_line(&portcullis_tests::ssh::ed25519_key())],
+        host_keys: vec![public_line(&ed25519_key())],
         ..Default::default()
     };
     w.server.add_node(&w.admin, &nobody).await;

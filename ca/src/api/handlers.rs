@@ -95,6 +95,11 @@ pub async fn trusted_keys(State(ca): Ca_, Path(purpose): Path<String>) -> Result
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], ca.trusted_keys(purpose)))
 }
 
+/// Any signed-in user: the bastions' host keys, for `portcullis ssh-config`.
+pub async fn bastion_host_keys(State(ca): Ca_, Authed(_): Authed) -> Result<impl IntoResponse, CaError> {
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], ca.bastion_host_keys().await?))
+}
+
 /// Public: sshd on every node fetches it; it names only serials and key hashes.
 pub async fn krl(State(ca): Ca_) -> Result<impl IntoResponse, CaError> {
     let bytes = ca.krl().await?;

@@ -52,6 +52,7 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/certs/user/revoke", post(handlers::revoke_own_cert))
         .route("/v1/ca/{purpose}/keys", get(handlers::trusted_keys))
         .route("/v1/krl", get(handlers::krl))
+        .route("/v1/bastions/host-keys", get(handlers::bastion_host_keys))
         .route("/v1/nodes/{name}/principals", get(handlers::node_principals))
         .route("/v1/admin/users", get(handlers::list_users).post(handlers::add_user))
         .route("/v1/admin/users/{name}/disable", post(handlers::disable_user))

@@ -310,6 +310,23 @@ impl Ca {
             .collect())
     }
 
+    /// `GET /v1/bastions/host-keys`: every enrolled bastion's SSH host key (its identity
+    /// key), one `KEY bastion:NAME` line each, revoked keys left out, so users pin
+    /// bastions from the CA instead of trusting them on first use.
+    pub async fn bastion_host_keys(&self) -> Result<String, CaError> {
+        let mut out = String::new();
+        for b in self.store.services(ServiceKind::Bastion.as_str()).await? {
+            if self.store.is_key_revoked(&b.key_fingerprint).await? {
+                continue;
+            }
+            let mut fields = b.public_key.split_whitespace();
+            if let (Some(algorithm), Some(key)) = (fields.next(), fields.next()) {
+                out.push_str(&format!("{algorithm} {key} bastion:{}\n", b.name));
+            }
+        }
+        Ok(out)
+    }
+
     /// `GET /v1/services/agent/targets`: the devices this agent serves (those assigned to
     /// it, and, for the configured default agent, those assigned to none), at their SSH port.
     pub async fn agent_targets(&self, caller: &ServiceCaller) -> Result<Vec<AgentTarget>, CaError> {
