@@ -61,6 +61,21 @@ if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
     npm ci --prefix tests/browser --no-audit --no-fund
 fi
 
+# The bastion's key-exchange test runs ssh-audit (PyPI) against it.
+if [[ ! -x tests/pytools/.venv/bin/ssh-audit ]]; then
+    step "python3 -m venv tests/pytools/.venv (ssh-audit)"
+    if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+        if [[ $(id -u) -ne 0 ]]; then
+            echo "error: python3-venv is missing and this is not root; install it and run again" >&2
+            exit 1
+        fi
+        apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv
+    fi
+    python3 -m venv tests/pytools/.venv
+    tests/pytools/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/pytools/requirements.txt
+fi
+
 if ! command -v cargo-nextest >/dev/null 2>&1; then
     step "installing cargo-nextest"
     cargo install --locked cargo-nextest

@@ -41,7 +41,7 @@ pub use error::BastionError;
 pub use events::{BastionEvent, EventSink, RefusalReason, escape_for_log};
 pub use listen::raise_open_files_limit;
 pub use login::{RequestedLogin, acceptable_principals};
-pub use server::{Bastion, BastionConfig};
+pub use server::{Bastion, BastionConfig, KexProfile};
 pub use sessions::{Limits, LiveSession};
 pub use startups::StartupLimits;
 pub use trust::{TrustConfig, TrustError, TrustSnapshot, TrustSource};

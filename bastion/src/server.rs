@@ -45,6 +45,33 @@ pub struct BastionConfig {
     pub heartbeat_every: Duration,
     /// Unauthenticated connections per address and in total, per listener.
     pub startups: StartupLimits,
+    /// Key exchange offered on both listeners.
+    pub kex_profile: KexProfile,
+}
+
+/// The key exchange methods the bastion offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KexProfile {
+    /// `mlkem768x25519-sha256` first, then X25519 for clients older than OpenSSH 9.9
+    /// (ssh-audit: 0 fail, 2 warn — X25519 alone is not post-quantum).
+    #[default]
+    Compatible,
+    /// The post-quantum hybrid only (ssh-audit: 0 fail, 0 warn). Clients need
+    /// `mlkem768x25519-sha256`: OpenSSH 9.9 or later; older ones are refused at key
+    /// exchange ("no matching key exchange method").
+    Strict,
+}
+
+impl std::str::FromStr for KexProfile {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "compatible" => Ok(Self::Compatible),
+            "strict" => Ok(Self::Strict),
+            other => Err(format!("unknown key exchange profile {other:?} (compatible or strict)")),
+        }
+    }
 }
 
 impl BastionConfig {
@@ -58,37 +85,52 @@ impl BastionConfig {
             close_on_cert_expiry: true,
             heartbeat_every: Duration::from_millis(500),
             startups: StartupLimits::default(),
+            kex_profile: KexProfile::Compatible,
         }
     }
 }
 
-/// Only modern algorithms (what `ssh-audit` wants): hybrid post-quantum and X25519 key
-/// exchange, AEAD ciphers, encrypt-then-MAC. The extension markers keep `ext-info` and
-/// strict key exchange (the Terrapin fix) on. sntrup761x25519-sha512 is not offered by
-/// russh 0.65.
-pub(crate) fn preferred() -> Preferred {
-    preferred_with(&[cipher::CHACHA20_POLY1305, cipher::AES_256_GCM, cipher::AES_128_GCM])
+/// Only modern algorithms (what `ssh-audit` wants): hybrid post-quantum and (unless
+/// `strict`) X25519 key exchange, AEAD ciphers, encrypt-then-MAC. The extension markers
+/// keep `ext-info` and strict key exchange (the Terrapin fix) on.
+/// sntrup761x25519-sha512 is not offered by russh 0.65.
+pub(crate) fn preferred(profile: KexProfile) -> Preferred {
+    let kex = match profile {
+        KexProfile::Compatible => COMPATIBLE_KEX,
+        KexProfile::Strict => STRICT_KEX,
+    };
+    preferred_with(kex, &[cipher::CHACHA20_POLY1305, cipher::AES_256_GCM, cipher::AES_128_GCM])
 }
+
+const COMPATIBLE_KEX: &[kex::Name] = &[
+    kex::MLKEM768X25519_SHA256,
+    kex::CURVE25519,
+    kex::CURVE25519_PRE_RFC_8731,
+    kex::EXTENSION_SUPPORT_AS_CLIENT,
+    kex::EXTENSION_SUPPORT_AS_SERVER,
+    kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
+    kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+];
+
+const STRICT_KEX: &[kex::Name] = &[
+    kex::MLKEM768X25519_SHA256,
+    kex::EXTENSION_SUPPORT_AS_CLIENT,
+    kex::EXTENSION_SUPPORT_AS_SERVER,
+    kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
+    kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+];
 
 /// For the connections the bastion and agent open themselves (onward logins, discovery,
 /// the agent's link), where our order decides: AES-GCM first, which x86-64 and ARMv8
 /// run in hardware (the bastion bench saw the node's sshd spend about a third more CPU
 /// per GiB in terminated mode, consistent with ChaCha20-Poly1305), the same set otherwise.
 pub(crate) fn preferred_client() -> Preferred {
-    preferred_with(&[cipher::AES_128_GCM, cipher::AES_256_GCM, cipher::CHACHA20_POLY1305])
+    preferred_with(COMPATIBLE_KEX, &[cipher::AES_128_GCM, cipher::AES_256_GCM, cipher::CHACHA20_POLY1305])
 }
 
-fn preferred_with(ciphers: &'static [cipher::Name]) -> Preferred {
+fn preferred_with(kex: &'static [kex::Name], ciphers: &'static [cipher::Name]) -> Preferred {
     Preferred {
-        kex: Cow::Borrowed(&[
-            kex::MLKEM768X25519_SHA256,
-            kex::CURVE25519,
-            kex::CURVE25519_PRE_RFC_8731,
-            kex::EXTENSION_SUPPORT_AS_CLIENT,
-            kex::EXTENSION_SUPPORT_AS_SERVER,
-            kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
-            kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
-        ]),
+        kex: Cow::Borrowed(kex),
         // The host key is Ed25519 only (the one key we hold); the others are user
         // signature algorithms. No ssh-rsa (SHA-1) and no P-521 (the CA does not
         // certify it).
@@ -167,7 +209,7 @@ impl Bastion {
             auth_rejection_time_initial: Some(Duration::ZERO),
             keys: vec![config.host_key.clone()],
             max_auth_attempts: config.max_auth_attempts,
-            preferred: preferred(),
+            preferred: preferred(config.kex_profile),
             // Session limits are the watchdog's job; this only reaps dead TCP peers.
             inactivity_timeout: None,
             keepalive_interval: Some(Duration::from_secs(30)),

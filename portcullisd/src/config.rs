@@ -59,6 +59,9 @@ pub struct ServerConfig {
     /// All-in-one only: run a bastion (and a local agent) with these SSH and agent listeners.
     #[serde(skip)]
     pub ssh_listen: Option<(String, String)>,
+    /// All-in-one only: its bastion's front-door settings.
+    #[serde(skip)]
+    pub front_door: crate::dataplane::FrontDoorArgs,
 }
 
 /// The `[discovery]` table.
@@ -228,6 +231,7 @@ impl ServerConfig {
             discovery: None,
             refusal_summary_every: None,
             ssh_listen: None,
+            front_door: Default::default(),
             data_dir,
         })
     }

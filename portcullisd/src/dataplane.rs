@@ -112,6 +112,29 @@ pub fn control_plane(ca: &CaEndpoint, token: &SecretString) -> anyhow::Result<Ar
     })?))
 }
 
+/// Settings of the bastion's SSH front door (all-in-one and standalone bastion).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct FrontDoorArgs {
+    /// How often refusals of unauthenticated clients beyond the first of each source,
+    /// reason and user are written as one `refusals_summarized` audit record.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub refusal_summary_every: std::time::Duration,
+    /// Key exchange offered to SSH clients: `compatible` (mlkem768x25519-sha256 first,
+    /// X25519 for clients before OpenSSH 9.9) or `strict` (the post-quantum hybrid only:
+    /// ssh-audit finds nothing to warn about; older clients cannot connect).
+    #[arg(long, default_value = "compatible")]
+    pub ssh_kex: portcullis_bastion::KexProfile,
+}
+
+impl Default for FrontDoorArgs {
+    fn default() -> Self {
+        Self {
+            refusal_summary_every: std::time::Duration::from_secs(60),
+            ssh_kex: portcullis_bastion::KexProfile::Compatible,
+        }
+    }
+}
+
 /// Starts the bastion: trust refresh, heartbeat, audit forwarding, both listeners.
 /// Returns once the listeners are bound; the tasks run until the process ends.
 pub async fn start_bastion(
@@ -119,7 +142,7 @@ pub async fn start_bastion(
     identity: Identity,
     ssh_listen: &str,
     agent_listener: tokio::net::TcpListener,
-    refusal_summary_every: std::time::Duration,
+    front_door: FrontDoorArgs,
 ) -> anyhow::Result<(std::net::SocketAddr, Arc<Bastion>)> {
     let clock: Arc<dyn portcullis_bastion::Clock> = Arc::new(SystemClock);
     let trust = Arc::new(TrustSource::new(TrustConfig::new(&ca.url, &ca.pin), Arc::clone(&clock))?);
@@ -129,10 +152,11 @@ pub async fn start_bastion(
     trust.spawn_refresher();
     let control = control_plane(ca, &identity.api_token)?;
     let mut events = EventSink::new();
-    events.forward_to(Arc::clone(&control), refusal_summary_every);
+    events.forward_to(Arc::clone(&control), front_door.refusal_summary_every);
     // Users pin this key (`portcullis ssh-config --bastion` fetches it from the CA).
     println!("Bastion host key: {}", identity.key.public_key().fingerprint(ssh_key::HashAlg::Sha256));
-    let bastion = Arc::new(Bastion::new(BastionConfig::new(identity.key), trust, control, clock, events)?);
+    let config = BastionConfig { kex_profile: front_door.ssh_kex, ..BastionConfig::new(identity.key) };
+    let bastion = Arc::new(Bastion::new(config, trust, control, clock, events)?);
     let listener =
         tokio::net::TcpListener::bind(ssh_listen).await.with_context(|| format!("cannot listen on {ssh_listen}"))?;
     let addr = listener.local_addr()?;

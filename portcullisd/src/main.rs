@@ -56,10 +56,8 @@ enum Command {
         /// Discovery interval in seconds; also how often the bastion asks the CA for work.
         #[arg(long, default_value_t = 3600)]
         discovery_interval: u64,
-        /// How often refusals of unauthenticated clients beyond the first of each source,
-        /// reason and user are written as one `refusals_summarized` audit record.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        refusal_summary_every: std::time::Duration,
+        #[command(flatten)]
+        front_door: dataplane::FrontDoorArgs,
     },
     /// The certificate authority (control plane) from a configuration file.
     Ca {
@@ -79,10 +77,8 @@ enum Command {
         /// `host:port` agents dial to reach the agent listener (registered with the CA).
         #[arg(long)]
         agent_endpoint: String,
-        /// How often refusals of unauthenticated clients beyond the first of each source,
-        /// reason and user are written as one `refusals_summarized` audit record.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        refusal_summary_every: std::time::Duration,
+        #[command(flatten)]
+        front_door: dataplane::FrontDoorArgs,
     },
     /// The edge agent: dials out to the bastions and connects onward inside its network.
     Agent {
@@ -135,7 +131,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let (config, all_in_one) = match cli.command {
-            Command::Bastion { service, listen, agent_listen, agent_endpoint, refusal_summary_every } => {
+            Command::Bastion { service, listen, agent_listen, agent_endpoint, front_door } => {
                 let identity = dataplane::enrolled_identity(
                     &service.endpoint(),
                     &service.state_dir,
@@ -149,8 +145,7 @@ fn main() -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("cannot listen on {agent_listen}"))?;
                 let (addr, bastion) =
-                    dataplane::start_bastion(&service.endpoint(), identity, &listen, agents, refusal_summary_every)
-                        .await?;
+                    dataplane::start_bastion(&service.endpoint(), identity, &listen, agents, front_door).await?;
                 println!("Portcullis bastion {} listening on {addr} (agents on {agent_listen})", service.name);
                 wait_for_shutdown().await?;
                 drain(&bastion).await;
@@ -187,7 +182,7 @@ fn main() -> anyhow::Result<()> {
                 agent_listen,
                 discovery,
                 discovery_interval,
-                refusal_summary_every,
+                front_door,
             } => {
                 let mut config = ServerConfig::all_in_one(&data_dir, &listen, tls_names)?;
                 if let Some(path) = ldap_config {
@@ -199,7 +194,8 @@ fn main() -> anyhow::Result<()> {
                 // Devices enrolled without an agent are reached through the built-in one.
                 config.default_agent = Some(LOCAL.to_owned());
                 config.ssh_listen = Some((ssh_listen, agent_listen));
-                config.refusal_summary_every = Some(refusal_summary_every);
+                config.refusal_summary_every = Some(front_door.refusal_summary_every);
+                config.front_door = front_door;
                 config.discovery = Some(config::DiscoveryToml {
                     enabled: discovery,
                     interval: Some(std::time::Duration::from_secs(discovery_interval.max(1))),
@@ -225,6 +221,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let ssh_listen = config.ssh_listen.clone();
     let refusal_summary_every = config.refusal_summary_every.unwrap_or(std::time::Duration::from_secs(60));
+    let front_door = config.front_door;
     let enroll_binary = config.enroll_binary.clone().or_else(default_enroll_binary);
     let mut ca_config = config.into_ca_config()?;
     ca_config.tls_pin = tls.pin.clone();
@@ -269,8 +266,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     if let Some(ssh_listen) = ssh_listen {
         let endpoint =
             dataplane::CaEndpoint { url: format!("https://127.0.0.1:{}", addr.port()), pin: tls.pin.clone() };
-        let (ssh_addr, bastion) =
-            start_local_data_plane(&ca, &data_dir, &endpoint, &ssh_listen, refusal_summary_every).await?;
+        let (ssh_addr, bastion) = start_local_data_plane(&ca, &data_dir, &endpoint, &ssh_listen, front_door).await?;
         console.attach(&bastion);
         let _ = draining.set(Arc::clone(&bastion));
         println!("Bastion listening on {ssh_addr}: ssh -p {} root%NODE@{}", ssh_addr.port(), ssh_addr.ip());
@@ -295,7 +291,7 @@ async fn start_local_data_plane(
     data_dir: &std::path::Path,
     endpoint: &dataplane::CaEndpoint,
     (ssh_listen, agent_listen): &(String, String),
-    refusal_summary_every: std::time::Duration,
+    front_door: dataplane::FrontDoorArgs,
 ) -> anyhow::Result<(std::net::SocketAddr, Arc<portcullis_bastion::Bastion>)> {
     let agents = tokio::net::TcpListener::bind(agent_listen)
         .await
@@ -317,8 +313,7 @@ async fn start_local_data_plane(
         .await?;
     let host_key = bastion_key.public_key().clone();
     let identity = dataplane::Identity { key: bastion_key, api_token: SecretString::from(registered.api_token) };
-    let (ssh_addr, bastion) =
-        dataplane::start_bastion(endpoint, identity, ssh_listen, agents, refusal_summary_every).await?;
+    let (ssh_addr, bastion) = dataplane::start_bastion(endpoint, identity, ssh_listen, agents, front_door).await?;
 
     let agent_key = dataplane::identity_key(&data_dir.join("agent"))?;
     let registered = ca.register_service(ServiceKind::Agent, LOCAL, &dataplane::public_line(&agent_key)?, None).await?;

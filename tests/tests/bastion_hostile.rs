@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_bastion::{
-    Bastion, BastionConfig, BastionEvent, ControlConfig, ControlPlane, EventSink, RefusalReason, StartupLimits,
-    SystemClock, TrustConfig, TrustSource,
+    Bastion, BastionConfig, BastionEvent, ControlConfig, ControlPlane, EventSink, KexProfile, RefusalReason,
+    StartupLimits, SystemClock, TrustConfig, TrustSource,
 };
 use portcullis_tests::Server;
 use portcullis_tests::bastion_world::{PASSWORD, World, text};
@@ -394,5 +394,59 @@ async fn one_connection_holds_at_most_ten_channels() {
     for mut s in sessions.into_iter().chain([master]) {
         let _ = s.kill();
         let _ = s.wait();
+    }
+}
+
+/// ssh-audit's findings on the bastion at `addr`: (algorithm kind, name, level) for
+/// every `warn` or `fail` note, and the key exchange methods offered in order.
+fn ssh_audit(addr: SocketAddr) -> (Vec<String>, Vec<String>) {
+    let tool = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pytools/.venv/bin/ssh-audit");
+    assert!(tool.exists(), "ssh-audit is missing: ./scripts/test.sh installs it into tests/pytools/.venv");
+    let out = std::process::Command::new(&tool)
+        .args(["-j", "-p", &addr.port().to_string(), &addr.ip().to_string()])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("ssh-audit printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    let mut findings = Vec::new();
+    for kind in ["kex", "key", "enc", "mac"] {
+        for alg in report[kind].as_array().unwrap() {
+            for level in ["warn", "fail"] {
+                if alg["notes"].get(level).is_some() {
+                    findings.push(format!("{kind} {} {level}", alg["algorithm"].as_str().unwrap()));
+                }
+            }
+        }
+    }
+    let kex = report["kex"].as_array().unwrap().iter().map(|a| a["algorithm"].as_str().unwrap().to_owned()).collect();
+    (findings, kex)
+}
+
+/// The default profile offers the post-quantum hybrid first and keeps X25519 for older
+/// clients (ssh-audit's only warnings); the strict profile scores 0 fail, 0 warn, and a
+/// stock client without mlkem768x25519 is refused at key exchange while one with it
+/// reaches authentication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_strict_key_exchange_profile_leaves_ssh_audit_nothing_to_warn_about() {
+    let door = FrontDoor::start(|c| c).await;
+    let (findings, kex) = ssh_audit(door.addr);
+    assert_eq!(kex.first().map(String::as_str), Some("mlkem768x25519-sha256"), "{kex:?}");
+    assert!(findings.iter().all(|f| f.starts_with("kex curve25519-sha256") && f.ends_with(" warn")), "{findings:?}");
+    assert!(kex.iter().any(|k| k == "curve25519-sha256"), "older clients keep a way in: {kex:?}");
+
+    let strict = FrontDoor::start(|c| BastionConfig { kex_profile: KexProfile::Strict, ..c }).await;
+    let (findings, kex) = ssh_audit(strict.addr);
+    assert!(findings.is_empty(), "{findings:?}");
+    assert!(!kex.iter().any(|k| k.starts_with("curve25519")), "{kex:?}");
+
+    let client_kex = std::process::Command::new("ssh").args(["-Q", "kex"]).output().unwrap();
+    let client_has_mlkem = String::from_utf8_lossy(&client_kex.stdout).lines().any(|k| k == "mlkem768x25519-sha256");
+    let out = strict.ssh_from("127.0.0.1").await;
+    let said = String::from_utf8_lossy(&out.stderr);
+    if client_has_mlkem {
+        assert!(!said.contains("no matching key exchange"), "{said}");
+        assert!(said.contains("name the device"), "past key exchange and authentication: {said}");
+    } else {
+        assert!(said.contains("no matching key exchange method found"), "{said}");
     }
 }
