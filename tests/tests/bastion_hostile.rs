@@ -14,6 +14,7 @@ use portcullis_tests::procfs::child_with_arg;
 use portcullis_tests::server::write_file;
 use portcullis_tests::ssh::{ed25519_key, public_line, write_key_pair};
 use secrecy::SecretString;
+use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -449,4 +450,69 @@ async fn the_strict_key_exchange_profile_leaves_ssh_audit_nothing_to_warn_about(
     } else {
         assert!(said.contains("no matching key exchange method found"), "{said}");
     }
+}
+
+/// The live sessions as the CA lists them.
+async fn live_sessions(w: &World) -> Vec<serde_json::Value> {
+    let (status, body) = w.server.get_json(Some(&w.admin), "/v1/admin/sessions").await;
+    assert!(status.is_success(), "{body}");
+    body.as_array().unwrap().clone()
+}
+
+/// A stock `ssh` to `host` whose remote command floods output that this test never
+/// reads: once the pipe to the test and ssh's own buffers are full, ssh stops reading
+/// the channel and stops granting window, so the bastion's writes to it wait. A kill
+/// must still end the session and release its lease within seconds.
+async fn a_client_that_stops_reading_cannot_keep_its_session(w: &World, host: &str) {
+    use std::io::Read;
+    let mut child = w.spawn_ssh(&[host, "echo started; exec yes portcullis-ssh-flood"]);
+    // Read up to the first line, byte by byte, and keep the pipe open without reading.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = Vec::new();
+    let mut byte = [0u8; 1];
+    while first.last() != Some(&b'\n') && stdout.read(&mut byte).unwrap() == 1 {
+        first.push(byte[0]);
+    }
+    assert_eq!(String::from_utf8_lossy(&first).trim(), "started", "{host}: the session did not start");
+    let id = w.live_session_id().await;
+
+    // Until the bastion cannot get rid of output any more: the byte count the CA hears
+    // of stands still across heartbeats.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut last, mut still) = (0, 0);
+    while still < 3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let live = live_sessions(w).await;
+        let s = live.iter().find(|s| s["session_id"] == id.as_str()).expect("the session is live");
+        let out = s["bytes_to_client"].as_u64().unwrap();
+        still = if out == last && out > 0 { still + 1 } else { 0 };
+        last = out;
+        assert!(Instant::now() < deadline, "{host}: the output never backed up (at {out} bytes)");
+    }
+
+    let (status, body) = w.server.post_json(Some(&w.admin), &format!("/v1/admin/sessions/{id}/kill"), &json!({})).await;
+    assert!(status.is_success(), "kill: {body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while live_sessions(w).await.iter().any(|s| s["session_id"] == id.as_str()) {
+        assert!(Instant::now() < deadline, "{host}: a killed session kept its lease while its client did not read");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let closed = w.server.audit_events("session_closed").await;
+    let ours = closed.iter().find(|r| r.payload["session_id"] == id.as_str()).expect("session_closed audited");
+    assert_eq!(ours.payload["reason"], "admin_terminated", "{host}: {:?}", ours.payload);
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_session_whose_client_stops_reading_still_ends_on_a_kill() {
+    let w = World::start("1h").await;
+    a_client_that_stops_reading_cannot_keep_its_session(&w, "bastion").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jump_session_whose_client_stops_reading_still_ends_on_a_kill() {
+    let w = World::start("1h").await;
+    a_client_that_stops_reading_cannot_keep_its_session(&w, "node").await;
 }
