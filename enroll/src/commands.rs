@@ -167,11 +167,8 @@ pub async fn enroll(g: &Global, a: EnrollArgs, r: &mut Report) -> Result<String>
     let bundle = plan::check_bundle(&resp.bundle, facts.host_keys.len())?;
 
     let mut txn = Txn::begin(&g.root)?;
-    let mut created_user = false;
-    let activated = activate(g, &facts, &pin, &a.ca, &resp, &bundle, &key, a.discovery, &mut created_user, &mut txn, r);
-    if activated.is_err() && created_user {
-        crate::discovery::delete_account(&g.root);
-    }
+    // An account created for discovery is in the journal: a rollback deletes it.
+    let activated = activate(g, &facts, &pin, &a.ca, &resp, &bundle, &key, a.discovery, &mut txn, r);
     match activated {
         Ok(()) => {
             r.writes = txn.writes();
@@ -261,7 +258,6 @@ fn activate(
     bundle: &CheckedBundle,
     key: &ssh_key::PrivateKey,
     discovery: bool,
-    created_user: &mut bool,
     txn: &mut Txn,
     r: &mut Report,
 ) -> Result<()> {
@@ -285,7 +281,7 @@ fn activate(
     failpoint::after("stage")?;
     if discovery {
         crate::discovery::check_sudoers(&root.path(plan::SUDOERS_DROP_IN))?;
-        *created_user = crate::discovery::ensure_account(root)?;
+        crate::discovery::ensure_account(root, txn)?;
         r.step("discovery", "account, forced command and sudoers drop-in (visudo -cf) in place");
     }
 
@@ -337,7 +333,7 @@ fn activate(
         originals: Vec::new(),
         created_dirs: Vec::new(),
         discovery,
-        created_discovery_user: *created_user,
+        created_discovery_user: txn.journal().created_account,
     };
     state.absorb(&without_own_files(root, &journal.originals), &journal.created_dirs);
     txn.write(&root.state_file(), &state.to_bytes()?, 0o600)?;

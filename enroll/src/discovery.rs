@@ -12,6 +12,7 @@
 
 use crate::error::{Error, Result};
 use crate::root::Root;
+use crate::txn::Txn;
 use portcullis_proto::discovery::DISCOVERY_LOGIN;
 use std::path::Path;
 use std::process::Command;
@@ -33,9 +34,10 @@ pub fn check_sudoers(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Creates the account when missing; true if this run created it. Under `--root` (an image
-/// or a test directory) accounts are left to whoever owns that root.
-pub fn ensure_account(root: &Root) -> Result<bool> {
+/// Creates the account when missing, journaled in `txn` first (a rollback deletes it);
+/// true if this run created it. Under `--root` (an image or a test directory) accounts are
+/// left to whoever owns that root.
+pub fn ensure_account(root: &Root, txn: &mut Txn) -> Result<bool> {
     if !root.is_system() {
         return Ok(false);
     }
@@ -43,6 +45,7 @@ pub fn ensure_account(root: &Root) -> Result<bool> {
     if exists {
         return Ok(false);
     }
+    txn.creating_account()?;
     let run = |program: &str, args: &[&str]| -> Result<()> {
         let out = Command::new(program)
             .args(args)
@@ -58,14 +61,12 @@ pub fn ensure_account(root: &Root) -> Result<bool> {
         "useradd",
         &["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/bin/sh", DISCOVERY_LOGIN],
     )?;
-    if let Err(e) = run("usermod", &["-p", "*", DISCOVERY_LOGIN]) {
-        delete_account(root);
-        return Err(e);
-    }
+    // A failure from here on is undone by the rollback (the journal says we created it).
+    run("usermod", &["-p", "*", DISCOVERY_LOGIN])?;
     Ok(true)
 }
 
-/// Deletes the account (only ever one this tool created).
+/// Deletes the account (only ever one this tool created; idempotent).
 pub fn delete_account(root: &Root) {
     if root.is_system() {
         let _ = Command::new("userdel").arg(DISCOVERY_LOGIN).output();

@@ -131,6 +131,11 @@ pub struct Journal {
     /// Journals written before this field existed read as "may have".
     #[serde(default = "default_true")]
     pub sshd_reloaded: bool,
+    /// The discovery account this run creates: recorded (and synced) before `useradd`
+    /// runs, so a rollback — also one finished by the next run after a crash — deletes
+    /// it like a file this run wrote. Never set for an account that already existed.
+    #[serde(default)]
+    pub created_account: bool,
 }
 
 pub struct Txn {
@@ -144,7 +149,13 @@ impl Txn {
     /// Creates the stage directory if needed and starts the journal.
     pub fn begin(root: &Root) -> Result<Txn> {
         let created_dirs = fsx::create_dirs(&root.stage())?;
-        let journal = Journal { created_dirs, sshd_touched: false, sshd_reloaded: false, originals: Vec::new() };
+        let journal = Journal {
+            created_dirs,
+            sshd_touched: false,
+            sshd_reloaded: false,
+            originals: Vec::new(),
+            created_account: false,
+        };
         let txn = Txn { root: root.clone(), path: root.journal(), journal, writes: 0 };
         if let Err(e) = txn.persist() {
             // Nothing was changed yet: leave no empty stage directory behind.
@@ -216,6 +227,12 @@ impl Txn {
         original.restore()?;
         self.writes += 1;
         Ok(())
+    }
+
+    /// Records that this run is about to create the discovery account (before it does).
+    pub fn creating_account(&mut self) -> Result<()> {
+        self.journal.created_account = true;
+        self.persist()
     }
 
     /// Reloads sshd, first recording that the daemon may load the changed configuration
@@ -313,6 +330,9 @@ fn undo(root: &Root, journal: &Journal, sshd: &SshdCtl) -> Result<()> {
         restore_all(journal.originals.iter().rev())?;
         failpoint::after("rollback-restore")?;
     }
+    if journal.created_account {
+        crate::discovery::delete_account(root);
+    }
     fsx::remove_durable(&root.journal())?;
     for dir in journal.created_dirs.iter().rev() {
         // Only empty directories go: anything else in them is not ours to delete.
@@ -372,5 +392,19 @@ mod tests {
         let old = r#"{"created_dirs":[],"originals":[],"sshd_touched":true}"#;
         let journal: Journal = serde_json::from_str(old).unwrap_or_else(|e| panic!("{e}"));
         assert!(journal.sshd_reloaded, "an old journal must make the rollback reload");
+        assert!(!journal.created_account, "an old journal created no account");
+    }
+
+    /// The account is on disk in the journal before `useradd` could run, so a crash right
+    /// after it still has the next run's rollback delete it.
+    #[test]
+    fn the_account_is_journaled_before_it_is_created() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = Root::new(dir.path());
+        let mut txn = Txn::begin(&root).unwrap_or_else(|e| panic!("{e}"));
+        txn.creating_account().unwrap_or_else(|e| panic!("{e}"));
+        let on_disk = std::fs::read(root.journal()).unwrap_or_else(|e| panic!("{e}"));
+        let journal: Journal = serde_json::from_slice(&on_disk).unwrap_or_else(|e| panic!("{e}"));
+        assert!(journal.created_account);
     }
 }
