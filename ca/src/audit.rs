@@ -104,6 +104,10 @@ pub enum AuditEvent {
         actor: String,
         username: String,
         change: &'static str,
+        /// For `added` and `groups_set`: the groups before and after (the seed's "who
+        /// changed an RBAC rule", for group membership).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        groups: Option<GroupsChange>,
     },
     NodeRegistered {
         actor: String,
@@ -463,6 +467,13 @@ impl AuditEvent {
             AuditEvent::InventoryDrift { .. } => "inventory_drift",
         }
     }
+}
+
+/// A user's groups before and after a change.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupsChange {
+    pub old: Vec<String>,
+    pub new: Vec<String>,
 }
 
 /// The seed's "sanitized failure phase": the step of a session's start at which it was

@@ -713,6 +713,13 @@ async fn heartbeats_reevaluate(fx: &Fx) {
     assert_eq!(heartbeat(fx, &[&a]).await, vec![(a.clone(), CloseReason::PolicyChanged)]);
     fx.ca.set_user_groups(&users, "alice", &groups).await.unwrap();
     assert!(heartbeat(fx, &[&a]).await.is_empty());
+    // Who changed the membership, and from what to what (the seed's PaperTrail).
+    let changes: Vec<Value> =
+        audit(&fx.ca, "user_changed").await.into_iter().filter(|r| r["change"] == "groups_set").collect();
+    let [removed, restored] = changes.as_slice() else { panic!("two group changes: {changes:?}") };
+    assert_eq!(removed["actor"], "admin");
+    assert_eq!((&removed["groups"]["old"], &removed["groups"]["new"]), (&json!(groups), &json!(["bystanders"])));
+    assert_eq!((&restored["groups"]["old"], &restored["groups"]["new"]), (&json!(["bystanders"]), &json!(groups)));
 
     // The policy change history shows both reloads, newest first, with what changed.
     let (status, v) = fx.api.get_json(Some(&fx.admin), "/v1/admin/policy/history").await;

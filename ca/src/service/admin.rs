@@ -2,7 +2,7 @@
 //! proof that the caller was authorized; the grant's holder is the audited actor.
 
 use super::Ca;
-use crate::audit::{self, AuditEvent};
+use crate::audit::{self, AuditEvent, GroupsChange};
 use crate::error::CaError;
 use crate::identity::hash_password;
 use crate::keys::{self, KeyPurpose, state};
@@ -113,7 +113,8 @@ impl Ca {
         if !store::insert_user(tx.conn(), username, password, groups, now).await? {
             return Err(CaError::Conflict("a user with that name already exists".into()));
         }
-        self.audit_user(&mut tx, grant, username, "added").await?;
+        let added = GroupsChange { old: Vec::new(), new: groups.to_vec() };
+        self.audit_user_groups(&mut tx, grant, username, "added", Some(added)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -133,12 +134,24 @@ impl Ca {
         username: &str,
         change: &'static str,
     ) -> Result<(), CaError> {
-        audit::record(
-            tx.conn(),
-            self.now(),
-            &AuditEvent::UserChanged { actor: grant.username().to_owned(), username: username.to_owned(), change },
-        )
-        .await?;
+        self.audit_user_groups(tx, grant, username, change, None).await
+    }
+
+    async fn audit_user_groups(
+        &self,
+        tx: &mut store::WriteTx<'_>,
+        grant: &Grant,
+        username: &str,
+        change: &'static str,
+        groups: Option<GroupsChange>,
+    ) -> Result<(), CaError> {
+        let event = AuditEvent::UserChanged {
+            actor: grant.username().to_owned(),
+            username: username.to_owned(),
+            change,
+            groups,
+        };
+        audit::record(tx.conn(), self.now(), &event).await?;
         Ok(())
     }
 
@@ -187,10 +200,11 @@ impl Ca {
             check_name("group", g)?;
         }
         let mut tx = self.store.begin().await?;
-        if !store::set_user_groups(tx.conn(), username, groups, self.now()).await? {
+        let Some(old) = store::set_user_groups(tx.conn(), username, groups, self.now()).await? else {
             return Err(CaError::NotFound("user"));
-        }
-        self.audit_user(&mut tx, grant, username, "groups_set").await?;
+        };
+        let change = GroupsChange { old, new: groups.to_vec() };
+        self.audit_user_groups(&mut tx, grant, username, "groups_set", Some(change)).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -237,7 +237,7 @@ impl Ca {
         }
         store::revoke_user_sessions(tx.conn(), name, now).await?;
         let change = if user.must_change_password { "one_time_password_replaced" } else { "password_changed" };
-        let event = AuditEvent::UserChanged { actor: name.to_owned(), username: name.to_owned(), change };
+        let event = AuditEvent::UserChanged { actor: name.to_owned(), username: name.to_owned(), change, groups: None };
         audit::record(tx.conn(), now, &event).await?;
         tx.commit().await?;
         self.initial_password_replaced(name);

@@ -422,6 +422,7 @@ impl Ca {
                 actor: SYSTEM_ACTOR.to_owned(),
                 username: username.to_owned(),
                 change: "bootstrap_admin_created",
+                groups: Some(audit::GroupsChange { old: Vec::new(), new: vec![group.to_owned()] }),
             },
         )
         .await?;

@@ -116,14 +116,29 @@ pub async fn insert_user(
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn set_user_groups(conn: &mut AnyConnection, username: &str, groups: &[String], now: u64) -> Result<bool> {
-    let done = sqlx::query("UPDATE users SET groups_json = $1, updated_at = $2 WHERE username = $3")
+/// Replaces a user's groups; the groups it had (for the audit record), `None` when there
+/// is no such user.
+pub async fn set_user_groups(
+    conn: &mut AnyConnection,
+    username: &str,
+    groups: &[String],
+    now: u64,
+) -> Result<Option<Vec<String>>> {
+    let Some(row) = sqlx::query("SELECT groups_json FROM users WHERE username = $1")
+        .bind(username)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let old = parse_list(&row.try_get::<String, _>("groups_json")?)?;
+    sqlx::query("UPDATE users SET groups_json = $1, updated_at = $2 WHERE username = $3")
         .bind(json_list(groups))
         .bind(ts(now))
         .bind(username)
         .execute(&mut *conn)
         .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(Some(old))
 }
 
 pub async fn set_user_disabled(conn: &mut AnyConnection, username: &str, disabled: bool, now: u64) -> Result<bool> {
