@@ -29,7 +29,7 @@ use russh::{ChannelMsg, client};
 use crate::Bastion;
 use crate::broker::{Admitted, new_session_id};
 use crate::server::Shared;
-use crate::sessions::LiveSession;
+use crate::sessions::{LiveSession, within_close_grace};
 use crate::terminated::{log_in_onward, session_key};
 
 /// The path browsers connect to (the CA's ticket answer names it).
@@ -43,8 +43,6 @@ const MAX_FRAME: usize = 64 * 1024;
 const MAX_COLS_ROWS: u32 = 1000;
 /// Output coalesced into one frame at most.
 const MAX_OUT_FRAME: usize = 256 * 1024;
-/// How long the closing notice may wait for a browser that does not read.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// The WebSocket endpoint, routable before the bastion exists (the all-in-one mounts
 /// it on the CA's HTTPS server, then starts the bastion, then attaches it).
@@ -169,17 +167,14 @@ async fn run(shared: Arc<Shared>, mut socket: WebSocket, peer: SocketAddr, brows
     drop(onward.session);
     // The lease is released whatever the browser does; the goodbye gets a deadline, since
     // a browser that stopped reading would hold this task (and the socket) forever.
-    let goodbye = tokio::time::timeout(CLOSE_GRACE, close_with(&mut socket, reason.as_str(), reason.message()));
+    let goodbye = within_close_grace(close_with(&mut socket, reason.as_str(), reason.message()));
     let ((), _) = tokio::join!(shared.finish(&admitted, reason), goodbye);
 }
 
 /// The terminal: a pty the size the browser asks for (first resize, else 80×24), the
 /// login shell, then bytes and control frames both ways until either end or a limit.
-///
-/// The watchdog (limits and close orders) is raced against the whole pump, not polled
-/// inside its loop: the pump waits in a WebSocket send while the browser does not read
-/// (backpressure, on purpose), and a wait there must never hold up a kill, a revocation
-/// or a limit.
+/// The pump waits in a WebSocket send while the browser does not read (backpressure, on
+/// purpose); [`LiveSession::relay`] keeps the watchdog running meanwhile.
 async fn relay(
     admitted: &Admitted,
     socket: &mut WebSocket,
@@ -187,10 +182,7 @@ async fn relay(
     link: crate::agent_hub::LinkWatch,
 ) -> CloseReason {
     let live = &admitted.live;
-    tokio::select! {
-        reason = live.watchdog(admitted.limits) => reason,
-        reason = pump(live, socket, onward, link) => reason,
-    }
+    live.relay(admitted.limits, pump(live, socket, onward, link)).await
 }
 
 async fn pump(

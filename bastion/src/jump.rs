@@ -15,6 +15,7 @@ use crate::agent_hub::LinkWatch;
 use crate::broker::{Admitted, new_session_id};
 use crate::handler::Presented;
 use crate::server::Shared;
+use crate::sessions::within_close_grace;
 
 /// SSH_OPEN_ADMINISTRATIVELY_PROHIBITED (RFC 4254 §5.1), with our own text.
 pub(crate) const ADMINISTRATIVELY_PROHIBITED: u32 = 1;
@@ -104,12 +105,18 @@ async fn splice(admitted: &Admitted, client: Channel<Msg>, onward: Channel<Msg>,
         // Gone without a close: did the agent leave?
         crate::broker::vanished(link).await
     };
-    let reason = tokio::select! {
-        r = upstream => r,
-        r = downstream => r,
-        r = live.watchdog(admitted.limits) => r,
+    let pump = async {
+        tokio::select! {
+            r = upstream => r,
+            r = downstream => r,
+        }
     };
-    let _ = to_node.close().await;
-    let _ = to_client.close().await;
+    let reason = live.relay(admitted.limits, pump).await;
+    // End to end: nothing of ours to say, only the closes.
+    within_close_grace(async {
+        let _ = to_node.close().await;
+        let _ = to_client.close().await;
+    })
+    .await;
     reason
 }

@@ -17,6 +17,15 @@ use portcullis_proto::bastion::{CloseReason, LiveSession as WireSession, Session
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// How long a relay's goodbye (the reason line or frame, the close) may wait on a peer
+/// that does not read: the lease is released and the task ends regardless.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs a relay's goodbye for at most [`CLOSE_GRACE`].
+pub async fn within_close_grace<T>(goodbye: impl Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(CLOSE_GRACE, goodbye).await.ok()
+}
+
 /// Any limit longer than this is treated as this (a century: never, in practice).
 const LONGEST_LIMIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
@@ -140,6 +149,19 @@ impl LiveSession {
             session_id: self.id.clone(),
             bytes_from_client: self.bytes_from_client.load(Ordering::Relaxed),
             bytes_to_client: self.bytes_to_client.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The one way every relay (jump, terminated, console) runs: its `pump` — both copy
+    /// directions, whatever the transport — raced against the watchdog. The pump may wait
+    /// wherever its peers make it wait (a client that stops reading, a window that never
+    /// opens, a browser socket with full buffers); the watchdog is polled regardless, so
+    /// no peer can hold a session past a limit, a revocation or a kill. After it, the
+    /// relay says goodbye through [`within_close_grace`].
+    pub async fn relay(&self, limits: Limits, pump: impl Future<Output = CloseReason>) -> CloseReason {
+        tokio::select! {
+            reason = self.watchdog(limits) => reason,
+            reason = pump => reason,
         }
     }
 

@@ -30,6 +30,7 @@ use crate::events::escape_for_log;
 use crate::handler::Presented;
 use crate::jump::ADMINISTRATIVELY_PROHIBITED;
 use crate::server::Shared;
+use crate::sessions::within_close_grace;
 
 pub(crate) struct TerminatedRequest {
     pub peer: SocketAddr,
@@ -38,9 +39,6 @@ pub(crate) struct TerminatedRequest {
     pub device: String,
     pub mode: SessionMode,
 }
-
-/// How long the reason line may wait for the client's window after a session ends.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Environment variables passed to the node (names; `LC_*` as a prefix).
 fn env_allowed(name: &str) -> bool {
@@ -335,17 +333,19 @@ async fn proxy(
             let Some(left) = *warnings.borrow_and_update() else { continue };
             let line = format!("\r\nportcullis: no activity: this session closes in {left} s unless you type\r\n");
             let write = to_client.extended_data_bytes(1, bytes::Bytes::from(line.into_bytes()));
-            let _ = tokio::time::timeout(CLOSE_GRACE, write).await;
+            within_close_grace(write).await;
         }
         std::future::pending::<CloseReason>().await
     };
-    let reason = tokio::select! {
-        r = upstream => r,
-        r = downstream => r,
-        r = live.watchdog(admitted.limits) => r,
-        r = warnings => r,
+    let pump = async {
+        tokio::select! {
+            r = upstream => r,
+            r = downstream => r,
+            r = warnings => r,
+        }
     };
-    let _ = to_node.close().await;
+    let reason = live.relay(admitted.limits, pump).await;
+    within_close_grace(to_node.close()).await;
     // The reason line needs the client's window: a client that never grants any must not
     // keep the session (and its lease) alive after a close order, so the goodbye has a
     // deadline and the close goes out regardless.
@@ -356,8 +356,8 @@ async fn proxy(
         }
         let _ = to_client.eof().await;
     };
-    let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
-    let _ = to_client.close().await;
+    within_close_grace(goodbye).await;
+    within_close_grace(to_client.close()).await;
     reason
 }
 
