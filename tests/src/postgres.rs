@@ -75,6 +75,14 @@ impl Postgres {
         self.port
     }
 
+    /// Creates another, empty database on this server; its URL.
+    pub fn create_database(&self, name: &str) -> anyhow::Result<String> {
+        run(Command::new(self.bin_dir.join("createdb"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+            .arg(name))?;
+        Ok(format!("postgres://postgres@127.0.0.1:{}/{name}", self.port))
+    }
+
     /// Runs a server-side binary, as `postgres` when we are root.
     fn server_cmd(&self, name: &str, args: impl FnOnce(&mut Command)) -> anyhow::Result<Output> {
         let program = self.bin_dir.join(name);

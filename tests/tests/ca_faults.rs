@@ -8,6 +8,7 @@
 // are the right tools here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+use portcullis_ca::keys::KeyPurpose;
 use portcullis_ca::store::{Unavailable, serial_from_db};
 use portcullis_ca::{Ca, CaError, Caller, ManualClock};
 use portcullis_policies::Permission;
@@ -306,4 +307,55 @@ async fn postgres_connections_killed_under_issuance_lose_no_acknowledged_certifi
     }
     during.received.push(issue_after_recovery(&ca, &alice).await);
     assert_acknowledged_means_committed(&ca, &admin, &during.received, work.path()).await;
+}
+
+/// Two replicas opening one empty database at the same instant: each would generate the
+/// missing CA keys and create the first administrator. Afterwards there is exactly one
+/// active key per purpose (both replicas sign with it), one administrator whose
+/// one-time password only the winner shows, and one audit record of each.
+async fn two_replicas_start_at_once(url: &str, work: &Path) {
+    let policy_dir = work.join("policy");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("policy.toml"), POLICY).unwrap();
+    let (a, b) = tokio::join!(
+        ca_in_process(url, &policy_dir, ManualClock::new(now())),
+        ca_in_process(url, &policy_dir, ManualClock::new(now()))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    for purpose in KeyPurpose::ALL {
+        assert_eq!(a.trusted_keys(purpose), b.trusted_keys(purpose), "{purpose}");
+        assert_eq!(a.trusted_keys(purpose).lines().count(), 1, "{purpose}: one trusted key");
+    }
+    let records = a.store().audit_records(0, 1000).await.unwrap();
+    assert_eq!(records.iter().filter(|r| r.event == "ca_key_generated").count(), 3, "one per purpose");
+
+    let (pa, pb) = tokio::join!(a.bootstrap_admin("admin", "admins"), b.bootstrap_admin("admin", "admins"));
+    let shown: Vec<_> = [pa.unwrap(), pb.unwrap()].into_iter().flatten().collect();
+    assert_eq!(shown.len(), 1, "exactly one replica shows a one-time password");
+    let records = a.store().audit_records(0, 1000).await.unwrap();
+    let created = records.iter().filter(|r| r.event == "user_changed" && r.payload.contains("bootstrap_admin_created"));
+    assert_eq!(created.count(), 1);
+    // The one shown is the one that works.
+    let own = SecretString::from("an-own-password-for-admin".to_owned());
+    a.login_replacing_password("admin", None, &shown[0], &own, IP).await.unwrap();
+    assert_eq!(a.store().verify_audit_chain().await.unwrap().first_bad_seq, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_starting_at_once_share_one_key_per_purpose_and_one_admin_on_postgres() {
+    let pg = Postgres::start().expect("throwaway PostgreSQL server");
+    // The race is narrow: several fresh databases, each opened by two replicas at once.
+    for round in 0..4 {
+        let url = pg.create_database(&format!("race{round}")).unwrap();
+        let work = tempfile::tempdir().unwrap();
+        two_replicas_start_at_once(&url, work.path()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_starting_at_once_share_one_key_per_purpose_and_one_admin_on_sqlite() {
+    for _ in 0..4 {
+        let work = tempfile::tempdir().unwrap();
+        two_replicas_start_at_once(&sqlite_url(work.path()), work.path()).await;
+    }
 }

@@ -189,8 +189,20 @@ impl Ca {
             }
             let row =
                 keys::generate(purpose, config.key_algorithm, &config.passphrase, keys::state::ACTIVE, now).await?;
-            save_generated_key(&store, &row, SYSTEM_ACTOR, now).await?;
-            tracing::info!(purpose = %purpose, fingerprint = %row.fingerprint, "generated CA key");
+            // Another replica starting at the same instant may win: the database allows
+            // one active key per purpose (migration 0012), so the loser's insert fails
+            // and it uses the winner's key.
+            match save_generated_key(&store, &row, SYSTEM_ACTOR, now).await {
+                Ok(()) => tracing::info!(purpose = %purpose, fingerprint = %row.fingerprint, "generated CA key"),
+                Err(e) => {
+                    keyring = Keyring::load(&store, &config.passphrase).await?;
+                    if !keyring.has_active(purpose) {
+                        return Err(e);
+                    }
+                    tracing::info!(purpose = %purpose, "another replica generated the CA key first; using it");
+                    continue;
+                }
+            }
             keyring = Keyring::load(&store, &config.passphrase).await?;
         }
         let oidc = config.oidc.map(crate::identity::oidc::Oidc::new).transpose()?;
@@ -414,7 +426,11 @@ impl Ca {
         let now = self.now();
         let mut tx = self.store.begin().await?;
         let one_time = store::NewPassword { hash: &hash, one_time: true };
-        store::insert_user(tx.conn(), username, Some(one_time), &[group.to_owned()], now).await?;
+        if !store::insert_user(tx.conn(), username, Some(one_time), &[group.to_owned()], now).await? {
+            // Another replica starting at the same instant created it: its password is
+            // the one; this one was never stored, so it is neither shown nor audited.
+            return Ok(None);
+        }
         audit::record(
             tx.conn(),
             now,

@@ -76,6 +76,8 @@ pub enum StoreError {
     UnsupportedUrl,
     #[error("corrupt row: {0}")]
     Corrupt(&'static str),
+    #[error("cannot lock the database file for migrations: {0}")]
+    MigrationLock(std::io::Error),
 }
 
 /// Why the store cannot take a request right now, as opposed to a bug or a bad row.
@@ -163,6 +165,25 @@ impl WriteTx<'_> {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// An exclusive lock on `<database file>.migrate-lock`, held while migrations run
+/// (`None` for an in-memory database). Released when the file is dropped.
+async fn sqlite_migration_lock(url: &str) -> Result<Option<std::fs::File>> {
+    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path.starts_with(':') {
+        return Ok(None);
+    }
+    let lock_path = format!("{path}.migrate-lock");
+    let locked = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|_| StoreError::Corrupt("migration lock task"))?;
+    Ok(Some(locked.map_err(StoreError::MigrationLock)?))
+}
+
 impl Store {
     /// Connects, creating the SQLite file when missing, and applies migrations.
     pub async fn open(url: &str) -> Result<Store> {
@@ -223,7 +244,15 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        MIGRATOR.run(&pool).await?;
+        {
+            // sqlx's migrator locks PostgreSQL (an advisory lock) but not SQLite: two
+            // processes opening one new file would both run migration 1.
+            let _exclusive = match backend {
+                Backend::Sqlite => sqlite_migration_lock(&url).await?,
+                Backend::Postgres => None,
+            };
+            MIGRATOR.run(&pool).await?;
+        }
         Ok(Store { pool, backend, write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))) })
     }
 
