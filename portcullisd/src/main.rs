@@ -220,7 +220,6 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let data_dir = config.data_dir.clone();
     let ssh_listen = config.ssh_listen.clone();
-    let refusal_summary_every = config.refusal_summary_every.unwrap_or(std::time::Duration::from_secs(60));
     let front_door = config.front_door;
     let enroll_binary = config.enroll_binary.clone().or_else(default_enroll_binary);
     let mut ca_config = config.into_ca_config()?;
@@ -244,7 +243,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     config::announce_bootstrap_admin(&ca, &data_dir, all_in_one).await?;
 
     spawn_reload_on_sighup(Arc::clone(&ca));
-    spawn_refusal_summaries(Arc::clone(&ca), refusal_summary_every);
+    spawn_housekeeping(Arc::clone(&ca));
     // The all-in-one serves the browser console's WebSocket on the same origin as the
     // web UI; the endpoint answers 503 until its bastion is attached below.
     let console = portcullis_bastion::console::ConsoleEndpoint::new(Vec::new());
@@ -345,16 +344,16 @@ async fn wait_for_shutdown() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the CA's counted refusals once their window ends, even when no refusal or
-/// heartbeat comes along to do it.
-fn spawn_refusal_summaries(ca: Arc<Ca>, every: std::time::Duration) {
+/// The CA's own timer: quiet bastions' leases are reclaimed and a finished refusal
+/// window is summarized even when no heartbeat or refusal comes along to do it.
+fn spawn_housekeeping(ca: Arc<Ca>) {
     tokio::spawn(async move {
-        let mut tick =
-            tokio::time::interval(every.clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(10)));
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = ca.flush_refusals().await {
-                tracing::warn!(error = %e, "could not write the refusal summary");
+            if let Err(e) = ca.housekeeping().await {
+                tracing::warn!(error = %e, "housekeeping failed; retrying in 5 s");
             }
         }
     });

@@ -846,6 +846,30 @@ async fn leases_are_reclaimed(fx: &Fx) {
     assert!(orders.iter().all(|(_, r)| *r == CloseReason::LeaseLost));
 }
 
+/// The only bastion dies: no heartbeat will ever come. The CA's own timer reclaims its
+/// leases after the TTL, so a capped user is admitted again and the sessions are audited
+/// as lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cas_timer_reclaims_a_dead_bastions_leases_without_any_heartbeat() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let serial = user_cert(&fx.ca, "alice").await;
+    let t0 = fx.clock_now();
+    for _ in 0..5 {
+        granted(api, &fx.bastion, &terminated(&session_id(), &serial, "pve01", "root")).await;
+    }
+    denied(api, &fx.bastion, &terminated(&session_id(), &serial, "pve01", "root"), deny_reason::CAP_REACHED).await;
+    fx.clock.set(t0 + LEASE_TTL_SECS);
+    fx.ca.housekeeping().await.unwrap();
+    assert_eq!(fx.ca.store().leases().await.unwrap().len(), 5, "at exactly the TTL the leases still count");
+    fx.clock.set(t0 + LEASE_TTL_SECS + 1);
+    fx.ca.housekeeping().await.unwrap();
+    assert!(fx.ca.store().leases().await.unwrap().is_empty());
+    assert_eq!(counter(&fx.ca, "user:alice").await, 0);
+    let lost = audit(&fx.ca, "session_closed").await;
+    assert_eq!(lost.iter().filter(|e| e["reason"] == "lease_lost").count(), 5, "{lost:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_order_closes_for_kill_revocation_and_policy_change() {
     close_orders(&fixture(None, 1).await).await;

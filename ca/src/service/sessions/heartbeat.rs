@@ -174,6 +174,15 @@ impl Ca {
         Ok(())
     }
 
+    /// The CA's own timer (every few seconds on each replica): reclaims the leases of
+    /// bastions that went quiet even when no bastion heartbeats any more — the only
+    /// bastion killed must not leave ghost sessions holding users' caps — and writes a
+    /// finished window's refusal summary.
+    pub async fn housekeeping(&self) -> Result<(), CaError> {
+        self.flush_refusals().await?;
+        self.sweep_leases(self.now().saturating_sub(LEASE_TTL_SECS)).await
+    }
+
     /// Deletes every lease not heartbeated since `cutoff`, one transaction each (so no
     /// transaction holds counters of several leases), releasing its slots.
     async fn sweep_leases(&self, cutoff: u64) -> Result<(), CaError> {
