@@ -8,6 +8,7 @@ use crate::args::{
 use crate::login::read_password;
 use crate::state::Paths;
 use anyhow::{anyhow, bail};
+use portcullis_policies::{Policy, PolicySource};
 use portcullis_proto::*;
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -17,6 +18,45 @@ fn api() -> anyhow::Result<Api> {
     let session = Paths::new()?.load_session().ok_or_else(|| anyhow!("not logged in: run `portcullis login` first"))?;
     let token = session.token.as_deref().ok_or_else(|| anyhow!("logged out: run `portcullis login`"))?;
     Ok(Api::new(&session.ca_url, session.ca_fingerprint.as_deref())?.with_token(token))
+}
+
+/// `admin policy check DIR`: the directory's `*.toml` files loaded as the CA loads them
+/// (in name order, as one policy), every error printed with its file, line and column.
+fn check_policy_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow!("cannot read {}: {e}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|ext| ext == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no *.toml policy files in {}", dir.display());
+    }
+    let mut texts = Vec::with_capacity(files.len());
+    for path in &files {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+        texts.push((path.display().to_string(), text));
+    }
+    let sources: Vec<PolicySource<'_>> = texts.iter().map(|(name, text)| PolicySource { name, text }).collect();
+    match Policy::from_sources(&sources) {
+        Ok(policy) => {
+            println!(
+                "Policy OK: {} file(s), {} role(s), {} rule(s), {} binding(s), {} deny statement(s).",
+                files.len(),
+                policy.roles().count(),
+                policy.rules().count(),
+                policy.bindings().len(),
+                policy.denies().count()
+            );
+            Ok(())
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            bail!("the policy in {} is invalid ({} error(s))", dir.display(), errors.0.len())
+        }
+    }
 }
 
 /// Path segments come from the command line; keep them to safe characters.
@@ -34,6 +74,10 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 }
 
 pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
+    // Offline: neither a session nor the CA.
+    if let AdminCommand::Policy(PolicyCommand::Check { dir }) = &cmd {
+        return check_policy_dir(dir);
+    }
     let api = api()?;
     match cmd {
         AdminCommand::User(cmd) => user(&api, cmd).await,
@@ -111,6 +155,7 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        AdminCommand::Policy(PolicyCommand::Check { dir }) => check_policy_dir(&dir),
         AdminCommand::Policy(PolicyCommand::Reload) => {
             let r: PolicyReloadResponse = api.post("/v1/admin/policy/reload", &json!({})).await?;
             if r.changed {

@@ -263,6 +263,13 @@ pub enum AuditCommand {
 pub enum PolicyCommand {
     /// Re-read the policy directory; an invalid policy is refused and the old one kept.
     Reload,
+    /// Check a policy directory offline (no CA, no login): every `*.toml` file is loaded
+    /// as the CA would load it; errors are printed as `file:line:column: message` and the
+    /// exit status is 1. Usable in a Git pre-commit hook.
+    Check {
+        /// The directory holding the policy's `*.toml` files.
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]

@@ -238,6 +238,41 @@ impl ServerConfig {
 
     pub fn into_ca_config(self) -> anyhow::Result<CaConfig> {
         let passphrase = read_passphrase(self.passphrase_file.as_deref())?;
+        self.into_ca_config_with(passphrase)
+    }
+
+    /// `portcullisd check`: everything a start reads, checked without opening the
+    /// database or a listener — the policy directory (errors as `file:line:column`), the
+    /// TLS certificate and key, `[ldap]`, `[oidc]` (their secret files must be readable),
+    /// `[discovery]` and the key algorithm. The CA passphrase is only looked for: its
+    /// systemd credential exists only while the service runs. Returns a summary.
+    pub fn check(self) -> anyhow::Result<String> {
+        let policy = policy_files::load_policy_dir(&self.policy_dir)?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                portcullis_ca::tls::operator_tls(cert, key)?;
+                format!("operator certificate {}", cert.display())
+            }
+            (None, None) => "a bootstrap certificate generated in data_dir".to_owned(),
+            _ => bail!("tls_cert and tls_key go together: set both or neither"),
+        };
+        let passphrase = match read_passphrase(self.passphrase_file.as_deref()) {
+            Ok(_) => "readable".to_owned(),
+            Err(e) => format!("not readable here ({e:#}); the service must have it at start"),
+        };
+        let database = self.database_url.clone().unwrap_or_else(|| "SQLite in data_dir".to_owned());
+        let database = database.split('@').next_back().unwrap_or_default().to_owned();
+        self.into_ca_config_with(SecretString::from(String::new()))?;
+        Ok(format!(
+            "Configuration OK. Policy: {} role(s), {} rule(s), {} binding(s). TLS: {tls}. Database: {database}. \
+             CA passphrase: {passphrase}.",
+            policy.roles().count(),
+            policy.rules().count(),
+            policy.bindings().len()
+        ))
+    }
+
+    fn into_ca_config_with(self, passphrase: SecretString) -> anyhow::Result<CaConfig> {
         let database_url =
             self.database_url.unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("portcullis.db").display()));
         let mut config = CaConfig::new(database_url, self.policy_dir, passphrase);

@@ -82,3 +82,46 @@ async fn service_mode_keeps_the_first_password_off_stdout_and_logs() {
     assert!(!log.contains(password.trim()) && !log.contains(own), "password in the log");
     assert!(!log.contains("a passphrase from the environment"), "passphrase in the log");
 }
+
+/// Offline checks, as an operator or a pre-commit hook runs them: `portcullisd check`
+/// (the shipped example configuration and policy, pointed at a temporary directory) and
+/// `portcullis admin policy check` (no session, no CA). A broken policy file is named
+/// with its line and column and the exit status is 1; nothing is created or opened.
+#[test]
+fn configuration_and_policy_checks_run_offline_and_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy");
+    std::fs::create_dir_all(&policy).unwrap();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    std::fs::copy(example.join("examples/policy/pve.toml"), policy.join("pve.toml")).unwrap();
+    let shipped = std::fs::read_to_string(example.join("portcullisd.toml")).unwrap();
+    let data = dir.path().join("data");
+    let config_text = shipped
+        .replace("/etc/portcullis/policy", &policy.display().to_string())
+        .replace("/var/lib/portcullis", &data.display().to_string());
+    let config = dir.path().join("portcullisd.toml");
+    std::fs::write(&config, config_text).unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let run = |program: &str, args: &[&std::ffi::OsStr]| {
+        Command::new(bin(program)).args(args).env("HOME", &home).env_remove("RUST_BACKTRACE").output().unwrap()
+    };
+    let check = || run("portcullisd", &["check".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    let policy_check =
+        || run("portcullis", &["admin".as_ref(), "policy".as_ref(), "check".as_ref(), policy.as_os_str()]);
+
+    let out = check();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Configuration OK. Policy: 4 role(s)"), "{out:?}");
+    let out = policy_check();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Policy OK: 1 file(s), 4 role(s)"), "{out:?}");
+    assert!(!data.exists(), "a check creates nothing");
+
+    std::fs::write(policy.join("zz-broken.toml"), "[[role]]\nname = \"typo\"\nlogin = [\"root\"]\n").unwrap();
+    for out in [check(), policy_check()] {
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("zz-broken.toml:3:1: unknown field `login`"), "{said}");
+    }
+}
