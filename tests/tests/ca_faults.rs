@@ -359,3 +359,27 @@ async fn two_replicas_starting_at_once_share_one_key_per_purpose_and_one_admin_o
         two_replicas_start_at_once(&sqlite_url(work.path()), work.path()).await;
     }
 }
+
+/// `/healthz` says the process answers; `/readyz` says whether it can serve, and follows
+/// the database: ready on a live PostgreSQL, 503 naming the database once it is gone,
+/// while `/healthz` still answers (a load balancer takes the replica out, a supervisor
+/// does not restart it for a database outage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_database_and_liveness_does_not() {
+    let pg = Postgres::start().expect("throwaway PostgreSQL server");
+    let work = tempfile::tempdir().unwrap();
+    let (ca, _, _) = setup(&pg.url(), work.path()).await;
+    let api = portcullis_tests::ServedCa::start(Arc::clone(&ca)).await;
+    let (status, v) = api.get_json(None, "/readyz").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v, serde_json::json!({"ready": true, "checks": {"database": "ok", "ca_keys": "ok"}}));
+
+    drop(pg);
+    let (status, v) = api.get_json(None, "/readyz").await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["ready"], false);
+    assert!(v["checks"]["database"].as_str().unwrap().starts_with("failing"), "{v}");
+    assert_eq!(v["checks"]["ca_keys"], "ok");
+    let (status, v) = api.get_json(None, "/healthz").await;
+    assert_eq!((status.as_u16(), v), (200, serde_json::json!({"alive": true})));
+}

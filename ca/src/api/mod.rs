@@ -13,11 +13,11 @@ mod ui;
 use crate::error::CaError;
 use crate::service::Ca;
 use axum::Extension;
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use axum::{Json, Router};
 use extract::BodyLimit;
 use portcullis_proto::ApiError;
 use std::sync::Arc;
@@ -33,6 +33,10 @@ const STORE_RETRY_AFTER: u64 = 5;
 pub fn router(ca: Arc<Ca>) -> Router {
     Router::new()
         .route("/v1/health", get(|| async { "ok" }))
+        // Liveness (the process answers) and readiness (it can serve): for load
+        // balancers and orchestrators. Neither needs or reveals anything secret.
+        .route("/healthz", get(|| async { Json(serde_json::json!({ "alive": true })) }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/auth/login", post(handlers::login))
         .route("/v1/auth/logout", post(handlers::logout))
@@ -106,6 +110,14 @@ pub fn router(ca: Arc<Ca>) -> Router {
         // route's `BodyLimit`; axum's own limit stays as a backstop for other extractors.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ca)
+}
+
+async fn readyz(axum::extract::State(ca): axum::extract::State<Arc<Ca>>) -> Response {
+    let (ready, checks) = ca.readiness().await;
+    let checks: serde_json::Map<String, serde_json::Value> =
+        checks.into_iter().map(|(name, state)| (name.to_owned(), state.into())).collect();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(serde_json::json!({ "ready": ready, "checks": checks }))).into_response()
 }
 
 async fn metrics(axum::extract::State(ca): axum::extract::State<Arc<Ca>>) -> impl IntoResponse {

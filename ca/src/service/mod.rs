@@ -268,6 +268,22 @@ impl Ca {
         out
     }
 
+    /// `/readyz`: whether this replica can serve — the database answers within 2 s and
+    /// every purpose has an active CA key. Each check by name, with `ok` or why not.
+    pub async fn readiness(&self) -> (bool, Vec<(&'static str, String)>) {
+        let database = match tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await {
+            Ok(Ok(())) => "ok".to_owned(),
+            Ok(Err(e)) => format!("failing: {}", e.unavailable().map_or("error", |_| "unavailable")),
+            Err(_) => "failing: no answer within 2 s".to_owned(),
+        };
+        let keyring = self.keyring();
+        let missing: Vec<&str> =
+            KeyPurpose::ALL.iter().filter(|p| !keyring.has_active(**p)).map(|p| p.as_str()).collect();
+        let keys = if missing.is_empty() { "ok".to_owned() } else { format!("no active key: {}", missing.join(", ")) };
+        let checks = vec![("database", database), ("ca_keys", keys)];
+        (checks.iter().all(|(_, v)| v == "ok"), checks)
+    }
+
     pub fn now(&self) -> u64 {
         self.clock.now()
     }

@@ -273,6 +273,12 @@ impl Store {
         Ok(WriteTx { tx, _guard: guard })
     }
 
+    /// One round trip to the database (readiness).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
