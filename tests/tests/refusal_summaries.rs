@@ -154,3 +154,39 @@ async fn the_bastion_front_door_records_the_first_refusal_and_summarizes_the_res
     assert_eq!(plain[0].payload["user"], "root%pve01");
     drop(idle);
 }
+
+/// Refusals reach the operator log too, one line each (for fail2ban or a SIEM), never
+/// with the typed name; with `--log-format json` each line is one JSON object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refusal_is_a_json_log_line_without_the_typed_name() {
+    let server =
+        Server::start_with(ServerOpts { args: vec!["--log-format".into(), "json".into()], ..ServerOpts::default() })
+            .await;
+    for _ in 0..3 {
+        let (status, _) = server.try_login("mallory-typed-this", "not-the-password").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let log = std::fs::read_to_string(&server.log_path).unwrap();
+    let refusals: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|v| v["target"] == "portcullis_ca::refusal")
+        .collect();
+    assert_eq!(refusals.len(), 3, "{log}");
+    for r in &refusals {
+        assert_eq!(r["fields"]["reason"], "login_failed:unknown_user", "{r}");
+        assert_eq!(r["fields"]["client_ip"], "127.0.0.1", "{r}");
+    }
+    assert!(!log.contains("mallory-typed-this"), "the typed name stays out of the log");
+}
+
+#[test]
+fn the_version_names_the_revision() {
+    let out = std::process::Command::new(portcullis_tests::bin("portcullisd")).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    let revision = version.trim().rsplit_once(" (").map(|(_, r)| r.trim_end_matches(')')).unwrap_or_default();
+    assert!(
+        revision == "unknown" || (revision.len() == 12 && revision.chars().all(|c| c.is_ascii_hexdigit())),
+        "{version}"
+    );
+}

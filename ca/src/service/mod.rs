@@ -392,6 +392,9 @@ impl Ca {
     ) -> Result<(), CaError> {
         self.flush_refusals().await?;
         let key = format!("{}:{reason}", event.name());
+        // Every refusal is a log line (for fail2ban or a SIEM), even the ones only counted
+        // in the audit trail; never with the typed user name (it may be a password).
+        tracing::warn!(target: "portcullis_ca::refusal", client_ip = %source, reason = %key, "refused an unauthenticated request");
         let verdict = self.refusals.lock().map_err(|_| CaError::Internal("refusal tally".into()))?.note(
             self.now(),
             source,
