@@ -106,4 +106,22 @@ cargo nextest run --workspace --no-fail-fast
 step "scripts/fuzz.sh 5"
 ./scripts/fuzz.sh 5
 
+# The Debian packages, from the binaries built above: install, run, check the shipped
+# configuration as installed, remove, purge.
+step "packages: build, install, run, remove, purge"
+./scripts/package.sh debug
+if [[ $(id -u) -ne 0 ]]; then
+    echo "error: installing the packages needs root" >&2
+    exit 1
+fi
+dpkg -i target/packages/portcullisd_*.deb target/packages/portcullis_*.deb target/packages/portcullis-enroll_*.deb
+/usr/bin/portcullisd --version
+/usr/bin/portcullis --version
+/usr/bin/portcullis-enroll --version
+/usr/bin/portcullisd check --config /etc/portcullis/portcullisd.toml
+/usr/bin/portcullis admin policy check /etc/portcullis/policy
+dpkg -r portcullisd portcullis portcullis-enroll
+dpkg -P portcullisd portcullis portcullis-enroll
+[[ ! -e /usr/bin/portcullisd && ! -e /etc/portcullis/portcullisd.toml ]]
+
 printf '\n==> all checks passed in %ss\n' "$SECONDS"
