@@ -196,3 +196,37 @@ async fn a_quiet_console_is_warned_then_closed_as_idle() {
     let closed = browser.control("closed").await;
     assert_eq!(closed["reason"], "idle_timeout", "{closed}");
 }
+
+/// The seed's "missing credential": a console socket whose first frame is no ticket is
+/// closed as `ticket_missing` at once, and — since an audit row per such socket would let
+/// anyone grow the trail — counted into the bastion's `refusals_summarized` record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_without_a_ticket_is_closed_and_counted_as_missing_credential() {
+    let opts = portcullis_tests::ServerOpts {
+        args: vec!["--refusal-summary-every".into(), "2s".into()],
+        ..portcullis_tests::ServerOpts::default()
+    };
+    let w = World::start_with("1h", opts).await;
+    let token = w.server.login("alice", PASSWORD).await;
+    for _ in 0..3 {
+        let mut browser = Socket::open(&w.server.url, &w.server.pin, "/console/ws", &token).await;
+        browser.send(TEXT, b"   ").await;
+        let closed = browser.control("closed").await;
+        assert_eq!(closed["reason"], "ticket_missing", "{closed}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let summaries = w.server.audit_events("refusals_summarized").await;
+        let counted: u64 = summaries
+            .iter()
+            .flat_map(|r| r.payload["counts"].as_array().unwrap().clone())
+            .filter(|c| c["reason"] == "ticket_missing" && c["source"] == "127.0.0.1")
+            .map(|c| c["counted"].as_u64().unwrap())
+            .sum();
+        if counted == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "counted {counted} of 3: {summaries:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
