@@ -56,6 +56,10 @@ pub struct ServerConfig {
     /// user, are written as one `refusals_summarized` audit record (default 60 s).
     #[serde(default, with = "humantime_serde_opt")]
     pub refusal_summary_every: Option<std::time::Duration>,
+    /// Where `/metrics` (and the health checks) are served, plain HTTP; off when unset.
+    /// Keep it on loopback or a management network: it is not the public API port.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// All-in-one only: run a bastion (and a local agent) with these SSH and agent listeners.
     #[serde(skip)]
     pub ssh_listen: Option<(String, String)>,
@@ -230,6 +234,7 @@ impl ServerConfig {
             default_agent: None,
             discovery: None,
             refusal_summary_every: None,
+            metrics_listen: None,
             ssh_listen: None,
             front_door: Default::default(),
             data_dir,

@@ -72,6 +72,10 @@ enum Command {
         /// Discovery interval in seconds; also how often the bastion asks the CA for work.
         #[arg(long, default_value_t = 3600)]
         discovery_interval: u64,
+        /// Serve `/metrics` (Prometheus) and the health checks here, plain HTTP (e.g.
+        /// `127.0.0.1:9464`); off by default, never on the public port.
+        #[arg(long)]
+        metrics_listen: Option<String>,
         #[command(flatten)]
         front_door: dataplane::FrontDoorArgs,
     },
@@ -199,6 +203,7 @@ fn main() -> anyhow::Result<()> {
                 agent_listen,
                 discovery,
                 discovery_interval,
+                metrics_listen,
                 front_door,
             } => {
                 let mut config = ServerConfig::all_in_one(&data_dir, &listen, tls_names)?;
@@ -213,6 +218,7 @@ fn main() -> anyhow::Result<()> {
                 config.ssh_listen = Some((ssh_listen, agent_listen));
                 config.refusal_summary_every = Some(front_door.refusal_summary_every);
                 config.front_door = front_door;
+                config.metrics_listen = metrics_listen;
                 config.discovery = Some(config::DiscoveryToml {
                     enabled: discovery,
                     interval: Some(std::time::Duration::from_secs(discovery_interval.max(1))),
@@ -242,6 +248,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let ssh_listen = config.ssh_listen.clone();
     let front_door = config.front_door;
+    let metrics_listen = config.metrics_listen.clone();
     let enroll_binary = config.enroll_binary.clone().or_else(default_enroll_binary);
     let mut ca_config = config.into_ca_config()?;
     ca_config.tls_pin = tls.pin.clone();
@@ -263,6 +270,17 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     // only says which 0600 file holds it.
     config::announce_bootstrap_admin(&ca, &data_dir, all_in_one).await?;
 
+    if let Some(addr) = metrics_listen {
+        let listener =
+            tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        println!("Metrics on http://{}/metrics", listener.local_addr()?);
+        let ca = Arc::clone(&ca);
+        tokio::spawn(async move {
+            if let Err(e) = api::serve_metrics(listener, ca).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     spawn_reload_on_sighup(Arc::clone(&ca));
     spawn_housekeeping(Arc::clone(&ca));
     // The all-in-one serves the browser console's WebSocket on the same origin as the

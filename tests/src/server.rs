@@ -349,6 +349,19 @@ impl Server {
     }
 
     /// Audit records of one event type.
+    /// `GET /metrics` from the metrics listener the server printed at start (started with
+    /// `--metrics-listen 127.0.0.1:0`).
+    pub async fn metrics(&self) -> String {
+        let url = {
+            let lines = self.stdout.lock().unwrap();
+            let line = lines.iter().find_map(|l| l.strip_prefix("Metrics on ")).expect("no metrics listener");
+            line.trim().to_owned()
+        };
+        let resp = reqwest::get(&url).await.unwrap();
+        assert!(resp.status().is_success(), "{url}: {}", resp.status());
+        resp.text().await.unwrap()
+    }
+
     /// The bastion host key fingerprint the server printed at start (`SHA256:…`).
     pub fn bastion_fingerprint(&self) -> String {
         let lines = self.stdout.lock().unwrap();

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_tests::server::{client_from, status_and_json};
-use portcullis_tests::{Postgres, ServedCa, Server, ca_in_process};
+use portcullis_tests::{Postgres, ServedCa, Server, ServerOpts, ca_in_process};
 use reqwest::StatusCode;
 use reqwest::header::RETRY_AFTER;
 use serde_json::{Value, json};
@@ -83,7 +83,11 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_anonymous_logins_is_refused_as_busy_not_hashed_at_once() {
-    let server = Server::start().await;
+    let server = Server::start_with(ServerOpts {
+        args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
+        ..ServerOpts::default()
+    })
+    .await;
     server.admin_token().await;
     let before = peak_rss_kib(server.pid());
     // 300 sign-ins at once, each from its own address (so no per-address limit applies),
@@ -123,14 +127,22 @@ async fn a_flood_of_anonymous_logins_is_refused_as_busy_not_hashed_at_once() {
     // Bounded, the 300 TLS connections themselves cost most of the growth: 300–400 MiB
     // on a loaded 2-core machine, so the bound leaves room and still sits far below.
     assert!(grown_mib < 800, "peak memory grew by {grown_mib} MiB under the flood");
-    let (status, metrics) = server.get_text(None, "/metrics").await;
-    assert_eq!(status, StatusCode::OK);
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(&format!("portcullis_ca_busy_refusals_total{{work=\"password_hashing\"}} {busy}\n")),
         "the refusals are counted: {metrics}"
     );
-    // The real user still signs in once the flood is over.
+    let refused = 300 - busy;
+    assert!(
+        metrics.contains(&format!("portcullis_ca_refusals_total{{reason=\"login_failed:unknown_user\"}} {refused}\n")),
+        "each refused guess is counted by reason: {metrics}"
+    );
+    // Counts are nobody's business on the public port.
+    let (status, _) = server.get_text(None, "/metrics").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The real user still signs in once the flood is over, and is counted.
     server.login("admin", &server.admin_password().await).await;
+    assert!(server.metrics().await.contains("portcullis_ca_sign_ins_total{source=\"local\"} "), "sign-ins counted");
 }
 
 /// A NUL in a user name is refused before any lookup, with the same 400 on both

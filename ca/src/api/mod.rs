@@ -37,7 +37,6 @@ pub fn router(ca: Arc<Ca>) -> Router {
         // balancers and orchestrators. Neither needs or reveals anything secret.
         .route("/healthz", get(|| async { Json(serde_json::json!({ "alive": true })) }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/v1/auth/login", post(handlers::login))
         .route("/v1/auth/logout", post(handlers::logout))
         .route("/v1/auth/whoami", get(handlers::whoami))
@@ -120,8 +119,24 @@ async fn readyz(axum::extract::State(ca): axum::extract::State<Arc<Ca>>) -> Resp
     (status, Json(serde_json::json!({ "ready": ready, "checks": checks }))).into_response()
 }
 
+/// Serves the metrics listener's routes — `/metrics` (Prometheus text) beside the
+/// health checks — until the process ends.
+/// It is served on its own address (plain HTTP, loopback by convention), never on the
+/// public API port: counts are nobody else's business.
+pub async fn serve_metrics(listener: tokio::net::TcpListener, ca: Arc<Ca>) -> std::io::Result<()> {
+    axum::serve(listener, metrics_router(ca)).await
+}
+
+fn metrics_router(ca: Arc<Ca>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { Json(serde_json::json!({ "alive": true })) }))
+        .route("/readyz", get(readyz))
+        .with_state(ca)
+}
+
 async fn metrics(axum::extract::State(ca): axum::extract::State<Arc<Ca>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], ca.metrics_text())
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], ca.metrics_text().await)
 }
 
 impl IntoResponse for CaError {

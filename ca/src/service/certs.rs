@@ -97,6 +97,7 @@ impl Ca {
             client_ip: client_ip.to_owned(),
         };
         self.writer.write(row, event).await?;
+        self.counters.certificates_issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(UserCertResponse {
             certificate: signed
                 .certificate

@@ -36,6 +36,7 @@ use crate::store::{self, CaKeyRow, Store};
 use portcullis_policies::{Policy, PolicySummary, diff};
 use portcullis_proto::refusals::{RefusalSummary, RefusalTally, Verdict};
 use secrecy::SecretString;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -128,6 +129,8 @@ pub struct Ca {
     ticket_requests: RateLimiter,
     /// Unauthenticated refusals: recorded once per key and window, then counted.
     refusals: Mutex<RefusalTally>,
+    /// What `/metrics` reports (counts only).
+    counters: Counters,
     krl_cache: Mutex<Option<certs::CachedKrl>>,
     oidc: Option<crate::identity::oidc::Oidc>,
     writer: writer::IssuanceWriter,
@@ -161,6 +164,32 @@ async fn save_generated_key(store: &Store, row: &CaKeyRow, actor: &str, now: u64
     audit::record(tx.conn(), now, &event).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// `/metrics` counters kept in memory (per replica; Prometheus sums them).
+#[derive(Default)]
+struct Counters {
+    certificates_issued: std::sync::atomic::AtomicU64,
+    /// By identity source (`local`, `ldap`, `oidc`).
+    sign_ins: Mutex<BTreeMap<String, u64>>,
+    /// By our refusal code (`login_failed:bad_credentials`, …): a fixed vocabulary.
+    refusals: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Counters {
+    fn count_sign_in(&self, source: &str) {
+        Self::bump(&self.sign_ins, source);
+    }
+
+    fn count_refusal(&self, reason: &str) {
+        Self::bump(&self.refusals, reason);
+    }
+
+    fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
+        if let Ok(mut m) = map.lock() {
+            *m.entry(key.to_owned()).or_default() += 1;
+        }
+    }
 }
 
 /// What the admin API shows of a CA key (never the encrypted private part).
@@ -233,6 +262,7 @@ impl Ca {
             idp_work: WorkLimit::remote("identity_provider"),
             ticket_requests: RateLimiter::new(TICKETS_PER_USER_PER_MINUTE, 60),
             refusals: Mutex::new(RefusalTally::new(config.refusal_summary_every.as_secs())),
+            counters: Counters::default(),
             krl_cache: Mutex::new(None),
             writer,
             tls_pin: config.tls_pin,
@@ -251,20 +281,58 @@ impl Ca {
         &self.store
     }
 
-    /// The CA's counters in the Prometheus text format (`GET /metrics`). Counts only:
-    /// no names, addresses or anything a caller sent.
-    pub fn metrics_text(&self) -> String {
-        let mut out = String::from(
-            "# HELP portcullis_ca_busy_refusals_total Unauthenticated requests refused because too many of \
-             their kind were being worked on.\n# TYPE portcullis_ca_busy_refusals_total counter\n",
+    /// The CA's counters in the Prometheus text format (`GET /metrics` on the metrics
+    /// listener). Counts only: no names, addresses or anything a caller sent (refusal
+    /// reasons are our own codes).
+    pub async fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, value) in samples {
+                out.push_str(&format!("{name}{labels} {value}\n"));
+            }
+        };
+        let busy = [&*self.password_work, &self.directory_work, &self.idp_work]
+            .iter()
+            .map(|w| (format!("{{work=\"{}\"}}", w.name()), w.refused()))
+            .collect();
+        family(
+            "portcullis_ca_busy_refusals_total",
+            "counter",
+            "Unauthenticated requests refused because too many of their kind were being worked on.",
+            busy,
         );
-        for work in [&*self.password_work, &self.directory_work, &self.idp_work] {
-            out.push_str(&format!(
-                "portcullis_ca_busy_refusals_total{{work=\"{}\"}} {}\n",
-                work.name(),
-                work.refused()
-            ));
-        }
+        let issued = self.counters.certificates_issued.load(std::sync::atomic::Ordering::Relaxed);
+        family(
+            "portcullis_ca_certificates_issued_total",
+            "counter",
+            "User certificates issued (each stored and audited before it was answered).",
+            vec![(String::new(), issued)],
+        );
+        let labelled = |map: &Mutex<BTreeMap<String, u64>>, label: &str| -> Vec<(String, u64)> {
+            map.lock()
+                .map(|m| m.iter().map(|(k, v)| (format!("{{{label}=\"{k}\"}}"), *v)).collect())
+                .unwrap_or_default()
+        };
+        family(
+            "portcullis_ca_sign_ins_total",
+            "counter",
+            "Successful sign-ins by identity source.",
+            labelled(&self.counters.sign_ins, "source"),
+        );
+        family(
+            "portcullis_ca_refusals_total",
+            "counter",
+            "Refused unauthenticated requests by reason (recorded or only counted in the audit trail).",
+            labelled(&self.counters.refusals, "reason"),
+        );
+        let live = self.store.leases().await.map_or(0, |l| l.len() as u64);
+        family(
+            "portcullis_ca_sessions_live",
+            "gauge",
+            "Bastion session leases held (all bastions).",
+            vec![(String::new(), live)],
+        );
         out
     }
 
@@ -392,6 +460,7 @@ impl Ca {
     ) -> Result<(), CaError> {
         self.flush_refusals().await?;
         let key = format!("{}:{reason}", event.name());
+        self.counters.count_refusal(&key);
         // Every refusal is a log line (for fail2ban or a SIEM), even the ones only counted
         // in the audit trail; never with the typed user name (it may be a password).
         tracing::warn!(target: "portcullis_ca::refusal", client_ip = %source, reason = %key, "refused an unauthenticated request");
