@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod api;
 pub mod audit;
+pub mod backup;
 pub mod clock;
 pub mod enroll_script;
 pub mod error;

@@ -277,9 +277,15 @@ impl ServerConfig {
         ))
     }
 
+    /// `database_url`, else the embedded SQLite file in `data_dir`.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("portcullis.db").display()))
+    }
+
     fn into_ca_config_with(self, passphrase: SecretString) -> anyhow::Result<CaConfig> {
-        let database_url =
-            self.database_url.unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("portcullis.db").display()));
+        let database_url = self.database_url();
         let mut config = CaConfig::new(database_url, self.policy_dir, passphrase);
         config.default_agent = self.default_agent;
         if let Some(every) = self.refusal_summary_every {

@@ -84,6 +84,24 @@ enum Command {
         #[arg(long, short, default_value = "/etc/portcullis/portcullisd.toml")]
         config: PathBuf,
     },
+    /// Copy the live SQLite database to a new file (online), then check the copy: audit
+    /// chain, users, nodes, CA keys. The CA passphrase is not in it: keep it apart.
+    Backup {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The backup file to write (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a backup and put it in place as the database of a fresh data directory
+    /// (never over an existing database); migrations bring an older backup up to date.
+    Restore {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The backup file written by `portcullisd backup`.
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// Check a `ca` configuration file and its policy directory offline (no database, no
     /// listener): errors name the file, line and column; exit status 1 when invalid.
     Check {
@@ -119,6 +137,27 @@ enum Command {
         #[arg(long = "allow")]
         allow: Vec<String>,
     },
+}
+
+/// Which database `backup` and `restore` work on: the all-in-one's data directory, or the
+/// `database_url` (else `<data_dir>/portcullis.db`) of a `ca` configuration file.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct DatabaseArgs {
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl DatabaseArgs {
+    fn url(&self) -> anyhow::Result<String> {
+        match (&self.data_dir, &self.config) {
+            (Some(dir), _) => Ok(format!("sqlite://{}", dir.join("portcullis.db").display())),
+            (None, Some(config)) => Ok(ServerConfig::from_file(config)?.database_url()),
+            (None, None) => anyhow::bail!("give --data-dir or --config"),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -227,6 +266,18 @@ fn main() -> anyhow::Result<()> {
                 (config, true)
             }
             Command::Ca { config } => (ServerConfig::from_file(&config)?, false),
+            Command::Backup { database, out } => {
+                let report = portcullis_ca::backup::backup(&database.url()?, &out).await?;
+                println!("Backed up {report}.");
+                println!("The CA passphrase is not in the backup: keep it, and its backups, apart from this file.");
+                return Ok(());
+            }
+            Command::Restore { database, from } => {
+                let report = portcullis_ca::backup::restore(&from, &database.url()?).await?;
+                println!("Restored {report}.");
+                println!("Put the CA passphrase in place (ca-passphrase or the credential), then start the CA.");
+                return Ok(());
+            }
             Command::Check { config } => {
                 println!("{}", ServerConfig::from_file(&config)?.check()?);
                 return Ok(());

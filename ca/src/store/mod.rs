@@ -273,6 +273,12 @@ impl Store {
         Ok(WriteTx { tx, _guard: guard })
     }
 
+    /// SQLite: a consistent copy of the whole database into a new file (`backup`).
+    pub async fn vacuum_into(&self, path: &str) -> Result<()> {
+        sqlx::query("VACUUM INTO $1").bind(path).execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// One round trip to the database (readiness).
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
