@@ -5,6 +5,7 @@
 //! bearer credential, which lives only in this struct (never in a log line or an error:
 //! errors carry the path and the CA's sanitized message).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use portcullis_proto::ApiError;
@@ -17,6 +18,89 @@ use crate::error::BastionError;
 
 /// Largest JSON answer accepted from the CA.
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
+/// The CA replicas a service talks to: `https://ca1:8443,https://ca2:8443` (any may
+/// answer; they share one database). Calls go to the one that answered last; a replica
+/// that cannot be connected to, or answers 502/503/504, hands the call to the next at
+/// once — a request that never reached a CA is safe to repeat. A timeout (the request
+/// may have been served) is not repeated, but the next call starts at the next replica.
+pub(crate) struct CaReplicas {
+    bases: Vec<String>,
+    current: AtomicUsize,
+}
+
+impl CaReplicas {
+    /// Refuses an empty list.
+    pub(crate) fn new(urls: &str) -> Result<Self, BastionError> {
+        let bases: Vec<String> =
+            urls.split(',').map(|u| u.trim().trim_end_matches('/').to_owned()).filter(|u| !u.is_empty()).collect();
+        if bases.is_empty() {
+            return Err(BastionError::HttpClient("no CA URL given".into()));
+        }
+        Ok(Self { bases, current: AtomicUsize::new(0) })
+    }
+
+    /// Sends `request(base)` to the replicas in turn, starting with the one that answered
+    /// last (see the type's doc).
+    pub(crate) async fn call<T, E, F, Fut>(&self, request: F) -> Result<T, E>
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<T, Attempt<E>>>,
+    {
+        let n = self.bases.len();
+        let start = self.current.load(Ordering::Relaxed) % n;
+        let mut k = 0;
+        loop {
+            let i = (start + k) % n;
+            let base = self.bases.get(i).cloned().unwrap_or_default();
+            match request(base).await {
+                Ok(answer) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(answer);
+                }
+                Err(Attempt::TryNext(_)) if k + 1 < n => k += 1,
+                Err(Attempt::TryNext(e) | Attempt::Final(e)) => return Err(e),
+                Err(Attempt::FinalMoveOn(e)) => {
+                    self.current.store((i + 1) % n, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        self.bases.join(",")
+    }
+}
+
+/// How one attempt at one replica ended, when it did not succeed.
+pub(crate) enum Attempt<E> {
+    /// Never reached the CA (or the CA said it cannot serve): the next replica may.
+    TryNext(E),
+    /// The answer stands (a refusal, or a request that may have been served).
+    Final(E),
+    /// The answer stands, but later calls should start at the next replica (a timeout).
+    FinalMoveOn(E),
+}
+
+impl<E> Attempt<E> {
+    /// How a transport error counts: never connected → the next replica may serve it;
+    /// timed out → it may have been served; anything else → as it is.
+    pub(crate) fn kind_of(e: &reqwest::Error) -> fn(E) -> Self {
+        if e.is_connect() {
+            Attempt::TryNext
+        } else if e.is_timeout() {
+            Attempt::FinalMoveOn
+        } else {
+            Attempt::Final
+        }
+    }
+
+    /// Classifies an HTTP status that is not a success.
+    pub(crate) fn of_status(status: u16, error: E) -> Self {
+        if matches!(status, 502..=504) { Attempt::TryNext(error) } else { Attempt::Final(error) }
+    }
+}
 
 /// A reqwest client that trusts exactly the CA key named by `pin`.
 pub(crate) fn pinned_http_client(pin: &str, timeout: Duration) -> Result<reqwest::Client, BastionError> {
@@ -69,21 +153,21 @@ impl std::fmt::Debug for ControlConfig {
 }
 
 pub struct ControlPlane {
-    base: String,
+    replicas: CaReplicas,
     token: SecretString,
     client: reqwest::Client,
 }
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlPlane").field("ca_url", &self.base).finish_non_exhaustive()
+        f.debug_struct("ControlPlane").field("ca_url", &self.replicas.describe()).finish_non_exhaustive()
     }
 }
 
 impl ControlPlane {
     pub fn new(config: ControlConfig) -> Result<Self, BastionError> {
         let client = pinned_http_client(&config.ca_pin, config.timeout)?;
-        Ok(Self { base: config.ca_url.trim_end_matches('/').to_owned(), token: config.api_token, client })
+        Ok(Self { replicas: CaReplicas::new(&config.ca_url)?, token: config.api_token, client })
     }
 
     /// One-time enrollment of a bastion or agent with an enrollment token (`pce_…`):
@@ -154,34 +238,62 @@ impl ControlPlane {
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &'static str, body: &B) -> Result<T, ControlError> {
-        let request = self.client.post(self.url(path)).json(body);
-        let bytes = self.send(path, request).await?;
+        let bytes = self.send(path, reqwest::Method::POST, Some(body)).await?;
         serde_json::from_slice(&bytes)
             .map_err(|e| ControlError::Unreachable { path, detail: format!("unreadable answer: {e}") })
     }
 
     async fn post_no_answer<B: Serialize>(&self, path: &'static str, body: &B) -> Result<(), ControlError> {
-        self.send(path, self.client.post(self.url(path)).json(body)).await.map(drop)
+        self.send(path, reqwest::Method::POST, Some(body)).await.map(drop)
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &'static str) -> Result<T, ControlError> {
-        let bytes = self.send(path, self.client.get(self.url(path))).await?;
+        let bytes = self.send(path, reqwest::Method::GET, None::<&()>).await?;
         serde_json::from_slice(&bytes)
             .map_err(|e| ControlError::Unreachable { path, detail: format!("unreadable answer: {e}") })
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    /// One call, to the replicas in turn (see [`CaReplicas`]).
+    async fn send<B: Serialize>(
+        &self,
+        path: &'static str,
+        method: reqwest::Method,
+        body: Option<&B>,
+    ) -> Result<Vec<u8>, ControlError> {
+        let body =
+            match body {
+                Some(b) => Some(serde_json::to_vec(b).map_err(|e| ControlError::Unreachable {
+                    path,
+                    detail: format!("cannot encode the request: {e}"),
+                })?),
+                None => None,
+            };
+        self.replicas
+            .call(|base| {
+                let mut request = self.client.request(method.clone(), format!("{base}{path}"));
+                if let Some(body) = &body {
+                    request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone());
+                }
+                self.send_once(path, request)
+            })
+            .await
     }
 
-    async fn send(&self, path: &'static str, request: reqwest::RequestBuilder) -> Result<Vec<u8>, ControlError> {
-        let unreachable = |e: reqwest::Error| ControlError::Unreachable { path, detail: e.without_url().to_string() };
+    async fn send_once(
+        &self,
+        path: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Vec<u8>, Attempt<ControlError>> {
+        let unreachable = |e: reqwest::Error| {
+            let kind = Attempt::kind_of(&e);
+            kind(ControlError::Unreachable { path, detail: e.without_url().to_string() })
+        };
         let mut resp = request.bearer_auth(self.token.expose_secret()).send().await.map_err(unreachable)?;
         let status = resp.status();
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
             if body.len() + chunk.len() > MAX_ANSWER {
-                return Err(ControlError::Unreachable { path, detail: "answer too large".into() });
+                return Err(Attempt::Final(ControlError::Unreachable { path, detail: "answer too large".into() }));
             }
             body.extend_from_slice(&chunk);
         }
@@ -192,7 +304,8 @@ impl ControlPlane {
             Ok(e) => (e.error, e.message),
             Err(_) => ("http_error".to_owned(), format!("HTTP {}", status.as_u16())),
         };
-        Err(ControlError::Refused { path, status: status.as_u16(), code, message })
+        let error = ControlError::Refused { path, status: status.as_u16(), code, message };
+        Err(Attempt::of_status(status.as_u16(), error))
     }
 }
 

@@ -16,6 +16,7 @@ use ssh_key::PublicKey;
 use ssh_key::public::KeyData;
 
 use crate::clock::Clock;
+use crate::control::{Attempt, CaReplicas};
 use crate::error::BastionError;
 
 /// Largest body accepted from either endpoint.
@@ -23,9 +24,9 @@ const MAX_BODY: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct TrustConfig {
-    /// `https://host:port` of the CA.
+    /// `https://host:port` of the CA; several replicas separated by commas.
     pub ca_url: String,
-    /// The CA's TLS public-key pin (`SHA256:…`).
+    /// The CA's TLS public-key pin (`SHA256:…`); one per replica key, separated by commas.
     pub ca_pin: String,
     pub refresh_every: Duration,
     pub request_timeout: Duration,
@@ -75,6 +76,7 @@ pub struct TrustSnapshot {
 
 pub struct TrustSource {
     config: TrustConfig,
+    replicas: CaReplicas,
     client: reqwest::Client,
     clock: Arc<dyn Clock>,
     current: RwLock<Option<Arc<TrustSnapshot>>>,
@@ -82,14 +84,15 @@ pub struct TrustSource {
 
 impl std::fmt::Debug for TrustSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrustSource").field("ca_url", &self.config.ca_url).finish_non_exhaustive()
+        f.debug_struct("TrustSource").field("ca_url", &self.replicas.describe()).finish_non_exhaustive()
     }
 }
 
 impl TrustSource {
     pub fn new(config: TrustConfig, clock: Arc<dyn Clock>) -> Result<Self, BastionError> {
         let client = crate::control::pinned_http_client(&config.ca_pin, config.request_timeout)?;
-        Ok(Self { config, client, clock, current: RwLock::new(None) })
+        let replicas = CaReplicas::new(&config.ca_url)?;
+        Ok(Self { config, replicas, client, clock, current: RwLock::new(None) })
     }
 
     /// The current trust material, or `None` (refuse everything) when it was never
@@ -133,17 +136,25 @@ impl TrustSource {
         })
     }
 
+    /// One document, from the replicas in turn (see `CaReplicas`).
     async fn get(&self, path: &'static str) -> Result<Vec<u8>, TrustError> {
-        let url = format!("{}{path}", self.config.ca_url.trim_end_matches('/'));
-        let request_error = |e: reqwest::Error| TrustError::Request { path, detail: e.to_string() };
+        self.replicas.call(|base| self.get_once(format!("{base}{path}"), path)).await
+    }
+
+    async fn get_once(&self, url: String, path: &'static str) -> Result<Vec<u8>, Attempt<TrustError>> {
+        let request_error = |e: reqwest::Error| {
+            let kind = Attempt::kind_of(&e);
+            kind(TrustError::Request { path, detail: e.to_string() })
+        };
         let mut resp = self.client.get(url).send().await.map_err(request_error)?;
+        let status = resp.status().as_u16();
         if !resp.status().is_success() {
-            return Err(TrustError::Status { path, status: resp.status().as_u16() });
+            return Err(Attempt::of_status(status, TrustError::Status { path, status }));
         }
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(request_error)? {
             if body.len() + chunk.len() > MAX_BODY {
-                return Err(TrustError::TooLarge { path });
+                return Err(Attempt::Final(TrustError::TooLarge { path }));
             }
             body.extend_from_slice(&chunk);
         }

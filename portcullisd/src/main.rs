@@ -162,10 +162,11 @@ impl DatabaseArgs {
 
 #[derive(clap::Args)]
 struct ServiceArgs {
-    /// The CA's URL (`https://…`).
+    /// The CA's URL (`https://…`); several replicas separated by commas: calls go to the
+    /// one that answered last and move on when it cannot be reached.
     #[arg(long)]
     ca: String,
-    /// The CA's TLS public-key pin (`SHA256:…`).
+    /// The CA's TLS public-key pin (`SHA256:…`); one per replica key, separated by commas.
     #[arg(long)]
     ca_fingerprint: String,
     /// This service's name, as the CA registers it.

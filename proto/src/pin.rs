@@ -52,14 +52,18 @@ mod tests {
     }
 }
 
-/// A rustls client configuration that accepts exactly the server whose public key
-/// matches `pin` — whatever its certificate chain or name says (the pin is stronger than
+/// A rustls client configuration that accepts exactly the servers whose public key
+/// matches `pins` — one pin, or several separated by commas (CA replicas with keys of
+/// their own) — whatever the certificate chain or name says (the pin is stronger than
 /// either). Handshake signatures are still verified, so a copied certificate without its
-/// private key does not pass.
-pub fn pinned_client_config(pin: &str) -> Option<rustls::ClientConfig> {
-    let pin = normalize_pin(pin)?;
+/// private key does not pass. `None` when any pin is malformed.
+pub fn pinned_client_config(pins: &str) -> Option<rustls::ClientConfig> {
+    let pins = pins.split(',').map(normalize_pin).collect::<Option<Vec<String>>>()?;
+    if pins.is_empty() {
+        return None;
+    }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = PinnedVerifier { pin, provider: std::sync::Arc::clone(&provider) };
+    let verifier = PinnedVerifier { pins, provider: std::sync::Arc::clone(&provider) };
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .ok()?
@@ -71,7 +75,7 @@ pub fn pinned_client_config(pin: &str) -> Option<rustls::ClientConfig> {
 
 #[derive(Debug)]
 struct PinnedVerifier {
-    pin: String,
+    pins: Vec<String>,
     provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -86,7 +90,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         match pin_of_certificate(end_entity) {
             // Pins are public values; a plain comparison leaks nothing worth a timing attack.
-            Some(pin) if pin == self.pin => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            Some(pin) if self.pins.contains(&pin) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
             Some(_) => Err(rustls::Error::General("server public key does not match the pinned fingerprint".into())),
             None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)),
         }

@@ -1113,3 +1113,52 @@ async fn the_cli_lists_and_kills_sessions_lists_agents_and_mints_service_tokens(
             .unwrap();
     assert!(!ok, "service tokens take no tags");
 }
+
+/// A bastion given several CA replicas (`--ca URL1,URL2`, one pin per replica key) keeps
+/// working when one is down: a replica that cannot be connected to hands the call to
+/// the next at once, its sessions stay open through a replica's death, and its trust
+/// material still refreshes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bastion_fails_over_between_ca_replicas_and_keeps_its_sessions() {
+    use portcullis_bastion::{ControlConfig, ControlPlane, SystemClock, TrustConfig, TrustSource};
+    let pg = Postgres::start().expect("throwaway PostgreSQL server");
+    let mut fx = fixture(Some(&pg.url()), 2).await;
+    let (r0, r1) = (Arc::clone(&fx.replicas[0]), Arc::clone(&fx.replicas[1]));
+    assert_ne!(r0.pin, r1.pin, "each replica has a TLS key of its own: a pin set");
+    let dead = "https://127.0.0.1:1";
+    let control = ControlPlane::new(ControlConfig {
+        ca_url: format!("{dead},{},{}", r0.url, r1.url),
+        ca_pin: format!("{},{}", r0.pin, r1.pin),
+        api_token: SecretString::from(fx.bastion.clone()),
+        timeout: std::time::Duration::from_secs(5),
+    })
+    .unwrap();
+    let request: SessionOpenRequest =
+        serde_json::from_value(terminated(&session_id(), &user_cert(&fx.ca, "alice").await, "pve01", "root")).unwrap();
+    let grant = control.open_session(&request).await.expect("opened past the dead replica");
+    let live = LiveSession { session_id: grant.session_id.clone(), bytes_from_client: 1, bytes_to_client: 2 };
+    let beat = || HeartbeatRequest { sessions: vec![live.clone()], agents: vec![] };
+    assert!(control.heartbeat(&beat()).await.unwrap().close.is_empty());
+
+    // The replica that answered dies; the next call goes to the other, the session lives.
+    let (gone_url, gone_pin) = (r0.url.clone(), r0.pin.clone());
+    fx.replicas.remove(0);
+    drop(r0);
+    let only_the_dead_one = ControlPlane::new(ControlConfig {
+        ca_url: gone_url,
+        ca_pin: gone_pin,
+        api_token: SecretString::from(fx.bastion.clone()),
+        timeout: std::time::Duration::from_secs(5),
+    })
+    .unwrap();
+    assert!(only_the_dead_one.heartbeat(&beat()).await.is_err(), "the first replica is really down");
+    for _ in 0..3 {
+        let answer = control.heartbeat(&beat()).await.expect("a replica is up");
+        assert!(answer.close.is_empty(), "the session survives a replica's death: {:?}", answer.close);
+    }
+    assert_eq!(fx.ca.store().leases().await.unwrap().len(), 1);
+
+    let trust = TrustSource::new(TrustConfig::new(format!("{dead},{}", r1.url), r1.pin.clone()), Arc::new(SystemClock))
+        .unwrap();
+    trust.refresh().await.expect("trust material from the live replica");
+}
