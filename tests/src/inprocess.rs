@@ -119,3 +119,15 @@ pub async fn first_admin(ca: &Ca, group: &str, client_ip: &str) -> String {
     let own = SecretString::from(FIRST_ADMIN_PASSWORD);
     ca.login_replacing_password("admin", None, &one_time, &own, client_ip).await.unwrap().token
 }
+
+/// The payloads of every audit record of `event` in `ca`'s store, oldest first.
+pub async fn audit_payloads(ca: &Ca, event: &str) -> Vec<serde_json::Value> {
+    ca.store()
+        .audit_records(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == event)
+        .map(|r| serde_json::from_str(&r.payload).unwrap())
+        .collect()
+}

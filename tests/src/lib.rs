@@ -24,6 +24,8 @@ pub mod ssh;
 pub mod sshd;
 
 pub use bins::bin;
-pub use inprocess::{FIRST_ADMIN_PASSWORD, ServedCa, TEST_PASSPHRASE, ca_in_process, first_admin, same_ca, sqlite_url};
+pub use inprocess::{
+    FIRST_ADMIN_PASSWORD, ServedCa, TEST_PASSPHRASE, audit_payloads, ca_in_process, first_admin, same_ca, sqlite_url,
+};
 pub use postgres::Postgres;
 pub use server::{Server, ServerOpts};

@@ -255,14 +255,7 @@ async fn close(api: &ServedCa, bastion: &str, id: &str, reason: &str) {
 }
 
 async fn audit(ca: &Ca, event: &str) -> Vec<Value> {
-    ca.store()
-        .audit_records(0, 100_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.event == event)
-        .map(|r| serde_json::from_str(&r.payload).unwrap())
-        .collect()
+    portcullis_tests::audit_payloads(ca, event).await
 }
 
 async fn counter(ca: &Ca, scope: &str) -> i64 {

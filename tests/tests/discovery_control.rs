@@ -146,8 +146,7 @@ async fn report(fx: &Fx, bastion: &str, run_id: &str, device: &str, outcome: Val
 }
 
 async fn audit(ca: &Ca, event: &str) -> Vec<Value> {
-    let records = ca.store().audit_records(0, 100_000).await.unwrap();
-    records.into_iter().filter(|r| r.event == event).map(|r| serde_json::from_str(&r.payload).unwrap()).collect()
+    portcullis_tests::audit_payloads(ca, event).await
 }
 
 async fn inventory(fx: &Fx, node: &str) -> Value {

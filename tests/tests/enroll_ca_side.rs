@@ -75,14 +75,8 @@ async fn uses_left(ca: &Ca, grant: &Grant) -> Vec<u32> {
 
 /// The `reason` of every audit record of `event`, oldest first.
 async fn audit_reasons(ca: &Ca, event: &str) -> Vec<String> {
-    ca.store()
-        .audit_records(0, 1000)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.event == event)
-        .map(|r| serde_json::from_str::<serde_json::Value>(&r.payload).unwrap()["reason"].as_str().unwrap().to_owned())
-        .collect()
+    let payloads = portcullis_tests::audit_payloads(ca, event).await;
+    payloads.iter().map(|p| p["reason"].as_str().unwrap().to_owned()).collect()
 }
 
 async fn enroll_refusals(ca: &Ca) -> Vec<String> {

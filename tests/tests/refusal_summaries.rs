@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use portcullis_ca::ManualClock;
 use portcullis_proto::AuditRecord;
 use portcullis_tests::ssh::{ed25519_key, write_key_pair};
-use portcullis_tests::{ServedCa, Server, ServerOpts, ca_in_process, first_admin, sqlite_url};
+use portcullis_tests::{ServedCa, Server, ServerOpts, audit_payloads, ca_in_process, first_admin, sqlite_url};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -50,19 +50,7 @@ async fn a_password_guesser_costs_one_record_per_reason_and_one_summary_per_wind
     assert_eq!(refused + limited, GUESSES, "{statuses:?}");
     assert!(limited > 0, "the address was slowed down too: {statuses:?}");
 
-    let records = |event: &'static str| {
-        let ca = Arc::clone(&ca);
-        async move {
-            ca.store()
-                .audit_records(0, 100_000)
-                .await
-                .unwrap()
-                .into_iter()
-                .filter(|r| r.event == event)
-                .map(|r| serde_json::from_str::<Value>(&r.payload).unwrap())
-                .collect::<Vec<_>>()
-        }
-    };
+    let records = |event: &'static str| audit_payloads(&ca, event);
     // One record per (source, reason, user): the first unknown-user guess and the
     // first rate-limited one. Every guess still answered as before.
     let failed = records("login_failed").await;
