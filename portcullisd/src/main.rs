@@ -2,6 +2,7 @@
 
 mod config;
 mod dataplane;
+mod sdnotify;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -208,6 +209,7 @@ fn main() -> anyhow::Result<()> {
                 let (addr, bastion) =
                     dataplane::start_bastion(&service.endpoint(), identity, &listen, agents, front_door).await?;
                 println!("Portcullis bastion {} listening on {addr} (agents on {agent_listen})", service.name);
+                sdnotify::ready(&format!("listening on {addr}"));
                 wait_for_shutdown().await?;
                 drain(&bastion).await;
                 return Ok(());
@@ -231,6 +233,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 dataplane::start_agent(&service.endpoint(), &service.name, identity, bastions, allow)?;
                 println!("Portcullis agent {} running", service.name);
+                sdnotify::ready("running");
                 return wait_for_shutdown().await;
             }
             Command::AllInOne {
@@ -366,6 +369,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
         // Last line of the banner (tests wait for it).
         println!("Log in: portcullis login --ca {url} --ca-fingerprint {} --user admin", tls.pin);
     }
+    sdnotify::ready(&format!("serving on {url}"));
     let _ = api.await;
     ca.store().close().await;
     Ok(())
@@ -432,6 +436,7 @@ async fn wait_for_shutdown() -> anyhow::Result<()> {
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
     tracing::info!("shutting down");
+    sdnotify::stopping();
     Ok(())
 }
 

@@ -125,3 +125,24 @@ fn configuration_and_policy_checks_run_offline_and_name_the_line() {
         assert!(said.contains("zz-broken.toml:3:1: unknown field `login`"), "{said}");
     }
 }
+
+/// Under systemd (`Type=notify`) the server says `READY=1` on `$NOTIFY_SOCKET` once its
+/// listeners accept: by the time the datagram arrives, the API answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_notified_to_systemd_once_the_api_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let server = portcullis_tests::Server::start_with(portcullis_tests::ServerOpts {
+        env: vec![("NOTIFY_SOCKET".into(), socket_path.display().to_string())],
+        ..portcullis_tests::ServerOpts::default()
+    })
+    .await;
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("no READY=1 from portcullisd");
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(message.starts_with("READY=1\nSTATUS=serving on https://"), "{message}");
+    let (status, v) = server.get_json(None, "/readyz").await;
+    assert_eq!(status, 200, "{v}");
+}
