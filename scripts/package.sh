@@ -83,6 +83,10 @@ maintainer_scripts portcullisd "portcullisd.service portcullisd-ca.service portc
 
 stage portcullis "Portcullis CLI: sign in, short-lived SSH certificates, administration" "libc6, openssh-client"
 install_bin portcullis portcullis
+# Completions and the manual page, generated from the CLI's own grammar.
+mkdir -p "$work/portcullis/usr/share/bash-completion/completions" "$work/portcullis/usr/share/man/man1"
+"$bin_dir/portcullis" completions bash > "$work/portcullis/usr/share/bash-completion/completions/portcullis"
+"$bin_dir/portcullis" man | gzip -9n > "$work/portcullis/usr/share/man/man1/portcullis.1.gz"
 
 stage portcullis-enroll "Portcullis node enrollment: trust the CA safely, keep it fresh, take it away" \
     "libc6, openssh-server"

@@ -22,6 +22,10 @@ pub enum Command {
     /// Administration (needs the matching permission in policy).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Print a shell completion script: `portcullis completions bash > /etc/bash_completion.d/portcullis`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff): `portcullis man | man -l -`.
+    Man,
 }
 
 #[derive(Args)]

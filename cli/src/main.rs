@@ -26,6 +26,19 @@ fn main() {
             args::Command::Logout => login::logout().await,
             args::Command::SshConfig(a) => login::ssh_config(a).await,
             args::Command::Admin(a) => admin::run(a).await,
+            // Rendered into memory first: clap_complete panics on a write error (a closed
+            // pipe), and a closed pipe is an error to report, not a crash.
+            args::Command::Completions { shell } => {
+                let mut command = <args::Cli as clap::CommandFactory>::command();
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut command, "portcullis", &mut script);
+                std::io::Write::write_all(&mut std::io::stdout(), &script).map_err(anyhow::Error::from)
+            }
+            args::Command::Man => {
+                let mut page = Vec::new();
+                clap_mangen::Man::new(<args::Cli as clap::CommandFactory>::command()).render(&mut page)?;
+                std::io::Write::write_all(&mut std::io::stdout(), &page).map_err(anyhow::Error::from)
+            }
         }
     });
     if let Err(e) = result {
