@@ -73,14 +73,14 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
+pub async fn run(cmd: AdminCommand, json: bool) -> anyhow::Result<()> {
     // Offline: neither a session nor the CA.
     if let AdminCommand::Policy(PolicyCommand::Check { dir }) = &cmd {
         return check_policy_dir(dir);
     }
     let api = api()?;
     match cmd {
-        AdminCommand::User(cmd) => user(&api, cmd).await,
+        AdminCommand::User(cmd) => user(&api, cmd, json).await,
         AdminCommand::Revoke(args) => {
             let body = match (args.serial, args.key, args.user) {
                 (Some(serial), _, _) => RevokeRequest { serial: Some(serial), ..Default::default() },
@@ -111,7 +111,11 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::Ca(cmd) => match cmd {
             CaCommand::List => {
-                for k in api.get::<Vec<CaKeyInfo>>("/v1/admin/ca/keys").await? {
+                let keys = api.get::<Vec<CaKeyInfo>>("/v1/admin/ca/keys").await?;
+                if json {
+                    return print_json(&keys);
+                }
+                for k in keys {
                     println!("{:<9} {:<9} {} {}", k.purpose, k.state, k.fingerprint, k.algorithm);
                 }
                 Ok(())
@@ -150,7 +154,11 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
             }
         }
         AdminCommand::Audit(AuditCommand::List { after, limit }) => {
-            for r in api.get::<Vec<AuditRecord>>(&format!("/v1/admin/audit?after={after}&limit={limit}")).await? {
+            let records = api.get::<Vec<AuditRecord>>(&format!("/v1/admin/audit?after={after}&limit={limit}")).await?;
+            if json {
+                return print_json(&records);
+            }
+            for r in records {
                 println!("{} {} {}", r.seq, r.at, r.payload);
             }
             Ok(())
@@ -169,11 +177,11 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::Node(cmd) => node(&api, cmd).await,
-        AdminCommand::EnrollToken(cmd) => enroll_token(&api, cmd).await,
-        AdminCommand::Sessions(cmd) => sessions(&api, cmd).await,
-        AdminCommand::Agents(ServicesCommand::List) => services(&api, "/v1/admin/agents").await,
-        AdminCommand::Bastions(ServicesCommand::List) => services(&api, "/v1/admin/bastions").await,
-        AdminCommand::Inventory(InventoryCommand::Show { node, json }) => inventory(&api, &node, json).await,
+        AdminCommand::EnrollToken(cmd) => enroll_token(&api, cmd, json).await,
+        AdminCommand::Sessions(cmd) => sessions(&api, cmd, json).await,
+        AdminCommand::Agents(ServicesCommand::List) => services(&api, "/v1/admin/agents", json).await,
+        AdminCommand::Bastions(ServicesCommand::List) => services(&api, "/v1/admin/bastions", json).await,
+        AdminCommand::Inventory(InventoryCommand::Show { node }) => inventory(&api, &node, json).await,
     }
 }
 
@@ -246,11 +254,14 @@ fn bytes(n: u64) -> String {
     }
 }
 
-async fn sessions(api: &Api, cmd: SessionsCommand) -> anyhow::Result<()> {
+async fn sessions(api: &Api, cmd: SessionsCommand, json: bool) -> anyhow::Result<()> {
     use portcullis_proto::SessionInfo;
     match cmd {
         SessionsCommand::List => {
             let list: Vec<SessionInfo> = api.get("/v1/admin/sessions").await?;
+            if json {
+                return print_json(&list);
+            }
             println!(
                 "{:<32}  {:<12} {:<16} {:<10} {:<10} {:<12} {:<10} {:<15} {:>5} {:>6} {:>6}",
                 "SESSION", "USER", "DEVICE", "LOGIN", "MODE", "AGENT", "BASTION", "CLIENT", "AGE", "IN", "OUT"
@@ -287,9 +298,12 @@ async fn sessions(api: &Api, cmd: SessionsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn services(api: &Api, path: &str) -> anyhow::Result<()> {
+async fn services(api: &Api, path: &str, json: bool) -> anyhow::Result<()> {
     use portcullis_proto::bastion::ServiceInfo;
     let list: Vec<ServiceInfo> = api.get(path).await?;
+    if json {
+        return print_json(&list);
+    }
     println!("{:<24} {:<52} {:>8} {:>9}  CONNECTED TO", "NAME", "KEY", "ENROLLED", "LAST SEEN");
     for s in &list {
         println!(
@@ -307,7 +321,7 @@ async fn services(api: &Api, path: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn user(api: &Api, cmd: UserCommand) -> anyhow::Result<()> {
+async fn user(api: &Api, cmd: UserCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         UserCommand::Add { name, groups, password_stdin, no_password } => {
             let password = if no_password {
@@ -357,7 +371,11 @@ async fn user(api: &Api, cmd: UserCommand) -> anyhow::Result<()> {
             }
         }
         UserCommand::List => {
-            for u in api.get::<Vec<UserInfo>>("/v1/admin/users").await? {
+            let users = api.get::<Vec<UserInfo>>("/v1/admin/users").await?;
+            if json {
+                return print_json(&users);
+            }
+            for u in users {
                 println!(
                     "{:<20} {:<9} {}",
                     u.username,
@@ -441,7 +459,7 @@ fn key_values(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
         .collect()
 }
 
-async fn enroll_token(api: &Api, cmd: EnrollTokenCommand) -> anyhow::Result<()> {
+async fn enroll_token(api: &Api, cmd: EnrollTokenCommand, json: bool) -> anyhow::Result<()> {
     use portcullis_proto::enroll::{EnrollTokenInfo, EnrollTokenRequest, EnrollTokenResponse};
     match cmd {
         EnrollTokenCommand::Create { ttl, uses, tags, agent, partition, service, node } => {
@@ -462,7 +480,11 @@ async fn enroll_token(api: &Api, cmd: EnrollTokenCommand) -> anyhow::Result<()> 
             println!("{}", t.token);
         }
         EnrollTokenCommand::List => {
-            for t in api.get::<Vec<EnrollTokenInfo>>("/v1/admin/enroll-tokens").await? {
+            let tokens = api.get::<Vec<EnrollTokenInfo>>("/v1/admin/enroll-tokens").await?;
+            if json {
+                return print_json(&tokens);
+            }
+            for t in tokens {
                 let kind = t.service.map_or("node", |k| k.as_str());
                 let node = t.node.as_deref().map(|n| format!(" node={n}")).unwrap_or_default();
                 println!(

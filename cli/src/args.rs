@@ -20,12 +20,20 @@ pub enum Command {
     /// Print an ssh_config block that uses the certificate.
     SshConfig(SshConfigArgs),
     /// Administration (needs the matching permission in policy).
-    #[command(subcommand)]
-    Admin(AdminCommand),
+    Admin(AdminArgs),
     /// Print a shell completion script: `portcullis completions bash > /etc/bash_completion.d/portcullis`.
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff): `portcullis man | man -l -`.
     Man,
+}
+
+#[derive(Args)]
+pub struct AdminArgs {
+    /// Print what the CA answered as JSON (for scripts) instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: AdminCommand,
 }
 
 #[derive(Args)]
@@ -124,12 +132,7 @@ pub enum AdminCommand {
 #[derive(Subcommand)]
 pub enum InventoryCommand {
     /// A node's current hardware facts and their history of changes.
-    Show {
-        node: String,
-        /// Print the API's JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Show { node: String },
 }
 
 #[derive(Subcommand)]

@@ -25,7 +25,7 @@ fn main() {
             args::Command::Status => login::status().await,
             args::Command::Logout => login::logout().await,
             args::Command::SshConfig(a) => login::ssh_config(a).await,
-            args::Command::Admin(a) => admin::run(a).await,
+            args::Command::Admin(a) => admin::run(a.command, a.json).await,
             // Rendered into memory first: clap_complete panics on a write error (a closed
             // pipe), and a closed pipe is an error to report, not a crash.
             args::Command::Completions { shell } => {
