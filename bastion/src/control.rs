@@ -73,6 +73,20 @@ impl CaReplicas {
     }
 }
 
+/// Reads a whole answer from the CA, `None` once it grows past `max` bytes (the
+/// control plane and the trust refresher bound what a CA — or an impostor with a
+/// stolen pin — can make them hold).
+pub(crate) async fn read_capped(resp: &mut reqwest::Response, max: usize) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
 /// How one attempt at one replica ended, when it did not succeed.
 pub(crate) enum Attempt<E> {
     /// Never reached the CA (or the CA said it cannot serve): the next replica may.
@@ -290,13 +304,9 @@ impl ControlPlane {
         };
         let mut resp = request.bearer_auth(self.token.expose_secret()).send().await.map_err(unreachable)?;
         let status = resp.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
-            if body.len() + chunk.len() > MAX_ANSWER {
-                return Err(Attempt::Final(ControlError::Unreachable { path, detail: "answer too large".into() }));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let Some(body) = read_capped(&mut resp, MAX_ANSWER).await.map_err(unreachable)? else {
+            return Err(Attempt::Final(ControlError::Unreachable { path, detail: "answer too large".into() }));
+        };
         if status.is_success() {
             return Ok(body);
         }

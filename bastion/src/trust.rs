@@ -16,7 +16,7 @@ use ssh_key::PublicKey;
 use ssh_key::public::KeyData;
 
 use crate::clock::Clock;
-use crate::control::{Attempt, CaReplicas};
+use crate::control::{Attempt, CaReplicas, read_capped};
 use crate::error::BastionError;
 
 /// Largest body accepted from either endpoint.
@@ -151,14 +151,10 @@ impl TrustSource {
         if !resp.status().is_success() {
             return Err(Attempt::of_status(status, TrustError::Status { path, status }));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(request_error)? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(Attempt::Final(TrustError::TooLarge { path }));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+        read_capped(&mut resp, MAX_BODY)
+            .await
+            .map_err(request_error)?
+            .ok_or(Attempt::Final(TrustError::TooLarge { path }))
     }
 }
 

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::CaError;
-use crate::store::{Backend, Store};
+use crate::store::{self, Backend, Store};
 
 /// What a backup or a restore holds, after checking it.
 #[derive(Debug, Clone)]
@@ -39,18 +39,15 @@ impl std::fmt::Display for BackupReport {
 }
 
 fn sqlite_path(database_url: &str) -> Result<PathBuf, CaError> {
-    let Some(rest) = database_url.strip_prefix("sqlite:") else {
+    if !database_url.starts_with("sqlite:") {
         return Err(CaError::Config(
             "backup and restore here are for SQLite; for PostgreSQL use pg_dump and pg_restore (the CA keys are \
              in the database, encrypted; keep the passphrase apart)"
                 .into(),
         ));
-    };
-    let path = rest.trim_start_matches("//").split('?').next().unwrap_or_default();
-    if path.is_empty() || path.starts_with(':') {
-        return Err(CaError::Config("an in-memory database has nothing to back up".into()));
     }
-    Ok(PathBuf::from(path))
+    store::sqlite_file(database_url)
+        .ok_or_else(|| CaError::Config("an in-memory database has nothing to back up".into()))
 }
 
 /// Opens a database file on its own and checks it: migrations, the audit chain, counts.
@@ -74,7 +71,7 @@ async fn check(path: &Path) -> Result<BackupReport, CaError> {
     };
     store.close().await;
     // The migration lock file beside it belongs to this check, not to the backup.
-    let _ = std::fs::remove_file(format!("{}.migrate-lock", path.display()));
+    let _ = std::fs::remove_file(store::migration_lock_file(path));
     Ok(report)
 }
 

@@ -279,9 +279,7 @@ impl ServerConfig {
 
     /// `database_url`, else the embedded SQLite file in `data_dir`.
     pub fn database_url(&self) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("portcullis.db").display()))
+        self.database_url.clone().unwrap_or_else(|| embedded_database_url(&self.data_dir))
     }
 
     fn into_ca_config_with(self, passphrase: SecretString) -> anyhow::Result<CaConfig> {
@@ -321,6 +319,11 @@ impl ServerConfig {
         }
         Ok(config)
     }
+}
+
+/// The embedded SQLite database of a data directory.
+pub fn embedded_database_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("portcullis.db").display())
 }
 
 fn read_passphrase(file: Option<&Path>) -> anyhow::Result<SecretString> {

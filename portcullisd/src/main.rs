@@ -154,7 +154,7 @@ struct DatabaseArgs {
 impl DatabaseArgs {
     fn url(&self) -> anyhow::Result<String> {
         match (&self.data_dir, &self.config) {
-            (Some(dir), _) => Ok(format!("sqlite://{}", dir.join("portcullis.db").display())),
+            (Some(dir), _) => Ok(config::embedded_database_url(dir)),
             (None, Some(config)) => Ok(ServerConfig::from_file(config)?.database_url()),
             (None, None) => anyhow::bail!("give --data-dir or --config"),
         }

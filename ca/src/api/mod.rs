@@ -35,7 +35,7 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/health", get(|| async { "ok" }))
         // Liveness (the process answers) and readiness (it can serve): for load
         // balancers and orchestrators. Neither needs or reveals anything secret.
-        .route("/healthz", get(|| async { Json(serde_json::json!({ "alive": true })) }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/auth/login", post(handlers::login))
         .route("/v1/auth/logout", post(handlers::logout))
@@ -111,6 +111,10 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .with_state(ca)
 }
 
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "alive": true }))
+}
+
 async fn readyz(axum::extract::State(ca): axum::extract::State<Arc<Ca>>) -> Response {
     let (ready, checks) = ca.readiness().await;
     let checks: serde_json::Map<String, serde_json::Value> =
@@ -130,7 +134,7 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener, ca: Arc<Ca>) -> st
 fn metrics_router(ca: Arc<Ca>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { Json(serde_json::json!({ "alive": true })) }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(ca)
 }

@@ -34,7 +34,7 @@ use crate::policy_files::load_policy_dir;
 use crate::ratelimit::{LoginThrottle, RateLimiter};
 use crate::store::{self, CaKeyRow, Store};
 use portcullis_policies::{Policy, PolicySummary, diff};
-use portcullis_proto::refusals::{RefusalSummary, RefusalTally, Verdict};
+use portcullis_proto::refusals::{RefusalTally, Verdict};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -480,15 +480,9 @@ impl Ca {
     /// every bastion heartbeat and by the server's timer, so a quiet CA reports too.
     pub async fn flush_refusals(&self) -> Result<(), CaError> {
         let due = self.refusals.lock().map_err(|_| CaError::Internal("refusal tally".into()))?.take_due(self.now());
-        match due {
-            Some(summary) => self.audit_summary("ca", summary).await,
-            None => Ok(()),
-        }
-    }
-
-    pub(crate) async fn audit_summary(&self, origin: &str, s: RefusalSummary) -> Result<(), CaError> {
+        let Some(s) = due else { return Ok(()) };
         self.audit_alone(AuditEvent::RefusalsSummarized {
-            origin: origin.to_owned(),
+            origin: "ca".to_owned(),
             window_start: s.window_start,
             window_end: s.window_end,
             counts: s.counts,

@@ -165,15 +165,25 @@ impl WriteTx<'_> {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// An exclusive lock on `<database file>.migrate-lock`, held while migrations run
-/// (`None` for an in-memory database). Released when the file is dropped.
-async fn sqlite_migration_lock(url: &str) -> Result<Option<std::fs::File>> {
-    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+/// The file of a `sqlite:` URL; `None` for another database or an in-memory one.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let path = url.strip_prefix("sqlite:")?.trim_start_matches("//");
     let path = path.split('?').next().unwrap_or_default();
-    if path.is_empty() || path.starts_with(':') {
-        return Ok(None);
-    }
-    let lock_path = format!("{path}.migrate-lock");
+    (!path.is_empty() && !path.starts_with(':')).then(|| std::path::PathBuf::from(path))
+}
+
+/// Beside a SQLite file: the lock its migrations take.
+pub fn migration_lock_file(database: &std::path::Path) -> std::path::PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push(".migrate-lock");
+    name.into()
+}
+
+/// An exclusive lock on [`migration_lock_file`], held while migrations run (`None` for
+/// an in-memory database). Released when the file is dropped.
+async fn sqlite_migration_lock(url: &str) -> Result<Option<std::fs::File>> {
+    let Some(database) = sqlite_file(url) else { return Ok(None) };
+    let lock_path = migration_lock_file(&database);
     let locked = tokio::task::spawn_blocking(move || {
         let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
         file.lock()?;
