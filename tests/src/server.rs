@@ -373,6 +373,21 @@ impl Server {
         self.audit().await.into_iter().filter(|r| r.event == event).collect()
     }
 
+    /// The first `event` record that `matches`, waiting up to 10 s for it: a close is
+    /// reported to the CA after the client has already seen its connection end, so a
+    /// test that reads the trail right after the client exits must wait for it.
+    pub async fn await_audit(&self, event: &str, matches: impl Fn(&AuditRecord) -> bool) -> AuditRecord {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let records = self.audit_events(event).await;
+            if let Some(found) = records.iter().find(|r| matches(r)) {
+                return found.clone();
+            }
+            assert!(Instant::now() < deadline, "no matching {event} record within 10 s: {records:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops the server with SIGTERM (then SIGKILL after a grace period).
     fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
