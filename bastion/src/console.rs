@@ -69,6 +69,11 @@ impl ConsoleEndpoint {
         let _ = self.shared.set(bastion.shared());
     }
 
+    /// The CA client of the attached bastion (`None` before [`Self::attach`]).
+    pub(crate) fn control(&self) -> Option<Arc<crate::ControlPlane>> {
+        self.shared.get().map(|s| Arc::clone(&s.control))
+    }
+
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new().route(CONSOLE_WS_PATH, get(upgrade)).with_state(Arc::clone(self))
     }

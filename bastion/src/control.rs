@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use portcullis_proto::ApiError;
 use portcullis_proto::bastion::*;
+use portcullis_proto::console::{FORWARDED_BY_HEADER, FORWARDED_FOR_HEADER};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -151,6 +152,22 @@ impl ControlError {
     }
 }
 
+/// A browser's request as the web front door passes it on (headers already filtered).
+pub(crate) struct ForwardedRequest {
+    pub method: reqwest::Method,
+    pub path_and_query: String,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+    pub client_ip: std::net::IpAddr,
+}
+
+/// The CA's answer to a [`ForwardedRequest`].
+pub(crate) struct ForwardedAnswer {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
 /// Where the CA is and how this service proves who it is.
 #[derive(Clone)]
 pub struct ControlConfig {
@@ -249,6 +266,50 @@ impl ControlPlane {
         request: &portcullis_proto::discovery::DiscoveryReportRequest,
     ) -> Result<portcullis_proto::discovery::DiscoveryReportResponse, ControlError> {
         self.post("/v1/bastion/discovery/report", request).await
+    }
+
+    /// Passes a browser's request on to the CA (the web front door, [`crate::web`]): the
+    /// browser's own credentials (cookie, CSRF token) travel as they came, and the
+    /// browser's address with this bastion's credential beside it, which is what lets
+    /// the CA believe that address. The CA's answer comes back whatever its status.
+    pub(crate) async fn forward(&self, request: &ForwardedRequest) -> Result<ForwardedAnswer, ControlError> {
+        const PATH: &str = "(web front door)";
+        self.replicas
+            .call(|base| async move {
+                let unreachable = |e: reqwest::Error| {
+                    let kind = Attempt::kind_of(&e);
+                    kind(ControlError::Unreachable { path: PATH, detail: e.without_url().to_string() })
+                };
+                let mut outgoing = self
+                    .client
+                    .request(request.method.clone(), format!("{base}{}", request.path_and_query))
+                    .headers(request.headers.clone())
+                    .header(FORWARDED_FOR_HEADER, request.client_ip.to_string())
+                    .header(FORWARDED_BY_HEADER, self.token.expose_secret())
+                    .body(request.body.clone())
+                    .send()
+                    .await
+                    .map_err(unreachable)?;
+                let status = outgoing.status();
+                let headers = outgoing.headers().clone();
+                let Some(body) = read_capped(&mut outgoing, MAX_ANSWER).await.map_err(unreachable)? else {
+                    return Err(Attempt::Final(ControlError::Unreachable {
+                        path: PATH,
+                        detail: "answer too large".into(),
+                    }));
+                };
+                if matches!(status.as_u16(), 502..=504) {
+                    let busy = ControlError::Refused {
+                        path: PATH,
+                        status: status.as_u16(),
+                        code: String::new(),
+                        message: String::new(),
+                    };
+                    return Err(Attempt::TryNext(busy));
+                }
+                Ok(ForwardedAnswer { status, headers, body })
+            })
+            .await
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &'static str, body: &B) -> Result<T, ControlError> {

@@ -33,6 +33,7 @@ mod sessions;
 mod startups;
 mod terminated;
 mod trust;
+pub mod web;
 
 pub use agent_hub::BrokerError;
 pub use clock::{Clock, SystemClock};

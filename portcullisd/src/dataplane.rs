@@ -181,6 +181,54 @@ pub async fn start_bastion(
     Ok((addr, bastion))
 }
 
+/// The standalone bastion's web front door ([`portcullis_bastion::web`]): the web UI and
+/// the browser console on the bastion's own HTTPS origin.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WebArgs {
+    /// Serve the web UI and the browser console over HTTPS here (e.g. `0.0.0.0:443`); the
+    /// UI's API calls are passed on to the CA. Off when not given.
+    #[arg(long, env = "PORTCULLIS_WEB_LISTEN")]
+    pub web_listen: Option<String>,
+    /// PEM certificate chain of the web front door (with `--web-tls-key`); without them a
+    /// self-signed certificate is generated in the state directory, which browsers warn about.
+    #[arg(long, requires = "web_tls_key", env = "PORTCULLIS_WEB_TLS_CERT")]
+    pub web_tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "web_tls_cert", env = "PORTCULLIS_WEB_TLS_KEY")]
+    pub web_tls_key: Option<PathBuf>,
+    /// Extra DNS names or IPs for the generated certificate (beside localhost and 127.0.0.1).
+    #[arg(long = "web-tls-name")]
+    pub web_tls_names: Vec<String>,
+}
+
+/// Starts the web front door when `--web-listen` is given; returns its address.
+pub async fn start_web(
+    args: &WebArgs,
+    state_dir: &Path,
+    bastion: &Bastion,
+) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let Some(listen) = &args.web_listen else { return Ok(None) };
+    let tls = match (&args.web_tls_cert, &args.web_tls_key) {
+        (Some(cert), Some(key)) => portcullis_ca::tls::operator_tls(cert, key)?,
+        _ => {
+            let dir = state_dir.join("web-tls");
+            crate::config::create_private_dir(&dir)?;
+            let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+            names.extend(args.web_tls_names.iter().cloned());
+            portcullis_ca::tls::bootstrap_tls(&dir, &names)?
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    // Same-origin only: the pages that ask for tickets are served by this listener.
+    let console = portcullis_bastion::console::ConsoleEndpoint::new(Vec::new());
+    console.attach(bastion);
+    let router = portcullis_bastion::web::router(&console);
+    // It stops with the process, after the bastion's drain.
+    tokio::spawn(portcullis_ca::server::serve(listener, tls.config, router, std::future::pending()));
+    println!("Web UI (browser console): https://{addr}/ui/ (TLS public-key pin {})", tls.pin);
+    Ok(Some(addr))
+}
+
 /// Runs the edge agent (spawned; returns at once).
 pub fn start_agent(
     ca: &CaEndpoint,

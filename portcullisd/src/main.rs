@@ -124,6 +124,8 @@ enum Command {
         agent_endpoint: String,
         #[command(flatten)]
         front_door: dataplane::FrontDoorArgs,
+        #[command(flatten)]
+        web: dataplane::WebArgs,
     },
     /// The edge agent: dials out to the bastions and connects onward inside its network.
     Agent {
@@ -193,7 +195,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let (config, all_in_one) = match cli.command {
-            Command::Bastion { service, listen, agent_listen, agent_endpoint, front_door } => {
+            Command::Bastion { service, listen, agent_listen, agent_endpoint, front_door, web } => {
                 let identity = dataplane::enrolled_identity(
                     &service.endpoint(),
                     &service.state_dir,
@@ -208,6 +210,7 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("cannot listen on {agent_listen}"))?;
                 let (addr, bastion) =
                     dataplane::start_bastion(&service.endpoint(), identity, &listen, agents, front_door).await?;
+                dataplane::start_web(&web, &service.state_dir, &bastion).await?;
                 println!("Portcullis bastion {} listening on {addr} (agents on {agent_listen})", service.name);
                 sdnotify::ready(&format!("listening on {addr}"));
                 wait_for_shutdown().await?;

@@ -26,6 +26,12 @@ pub const TICKET_TTL_SECS: u64 = 60;
 pub const SESSION_COOKIE: &str = "portcullis_session";
 /// The header carrying the CSRF token on state-changing cookie-authenticated requests.
 pub const CSRF_HEADER: &str = "x-csrf-token";
+/// A bastion's web front door passes browsers' API calls on to the CA: this header names
+/// the browser's address, and [`FORWARDED_BY_HEADER`] carries the bastion's own `pcs_…`
+/// credential, without which the CA refuses the request (nobody else may choose the
+/// address that rate limits and audit records go by).
+pub const FORWARDED_FOR_HEADER: &str = "x-portcullis-forwarded-for";
+pub const FORWARDED_BY_HEADER: &str = "x-portcullis-forwarded-by";
 
 /// Console flavours of the seed. Only `ssh` is served; the others are answered with an
 /// explicit unsupported-console error.

@@ -144,8 +144,13 @@ impl World {
 
     /// Appends a terminated-mode host block `alias` for user `LOGIN%DEVICE`.
     pub fn add_host(&self, alias: &str, user: &str) {
+        self.add_host_via(alias, user, self.server.bastion);
+    }
+
+    /// [`World::add_host`] through the bastion listening at `bastion` (a standalone one).
+    pub fn add_host_via(&self, alias: &str, user: &str, bastion: std::net::SocketAddr) {
         let text = std::fs::read_to_string(&self.config).unwrap();
-        let b = self.server.bastion;
+        let b = bastion;
         let block =
             format!("Host {alias}\n  HostName {}\n  Port {}\n  User {user}\n{}", b.ip(), b.port(), self.identity);
         std::fs::write(&self.config, format!("{text}{block}")).unwrap();

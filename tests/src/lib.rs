@@ -19,9 +19,11 @@ pub mod inprocess;
 pub mod postgres;
 pub mod procfs;
 pub mod server;
+pub mod services;
 pub mod slapd;
 pub mod ssh;
 pub mod sshd;
+pub mod websocket;
 
 pub use bins::bin;
 pub use inprocess::{

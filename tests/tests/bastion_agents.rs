@@ -5,12 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+use portcullis_tests::ServerOpts;
 use portcullis_tests::bastion_world::{World, add_node, loopback_ip, text, wait_output};
-use portcullis_tests::{Server, ServerOpts, bin};
+use portcullis_tests::services::{service_token, spawn_agent, spawn_agent_in, wait_connected};
 use serde_json::json;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// Sessions through agent `name` are allowed on `env:prod` devices it serves.
 fn agent_rule(name: &str) -> String {
@@ -18,71 +18,6 @@ fn agent_rule(name: &str) -> String {
         "[[rule]]\nname = \"via-{name}\"\npurpose = \"ssh_login\"\ntargets = 'in:devices tags.env:prod'\n\
          scope = {{ agents = [\"{name}\"] }}\n"
     )
-}
-
-async fn agent_token(server: &Server, admin: &str) -> String {
-    let body = json!({ "ttl_seconds": 600, "uses": 1, "service": "agent" });
-    let (status, body) = server.post_json(Some(admin), "/v1/admin/enroll-tokens", &body).await;
-    assert!(status.is_success(), "{body}");
-    body["token"].as_str().unwrap().to_owned()
-}
-
-/// `portcullisd agent`, optionally inside a network namespace.
-fn spawn_agent(ca_url: &str, pin: &str, name: &str, state: &Path, token: Option<&str>, extra: &[String]) -> Child {
-    spawn_agent_in(None, ca_url, pin, name, state, token, extra)
-}
-
-fn spawn_agent_in(
-    netns: Option<&str>,
-    ca_url: &str,
-    pin: &str,
-    name: &str,
-    state: &Path,
-    token: Option<&str>,
-    extra: &[String],
-) -> Child {
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(bin("portcullisd"));
-            c
-        }
-        None => Command::new(bin("portcullisd")),
-    };
-    cmd.args(["agent", "--ca", ca_url, "--ca-fingerprint", pin, "--name", name, "--state-dir"])
-        .arg(state)
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(state.with_extension("log")).unwrap());
-    if let Some(token) = token {
-        cmd.args(["--enroll-token", token]);
-    }
-    cmd.spawn().unwrap()
-}
-
-/// Waits until the CA lists `agent` as connected to a bastion.
-async fn wait_connected(server: &Server, admin: &str, agent: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = server.get_json(Some(admin), "/v1/admin/agents").await;
-        assert!(status.is_success(), "{body}");
-        let connected = body
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a["name"] == agent && a["connected_to"].as_array().is_some_and(|c| !c.is_empty()));
-        if connected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent {agent} never connected: {body}\nagent log: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +36,7 @@ async fn a_remote_agent_relays_and_its_loss_closes_its_sessions() {
     assert!(!status.success(), "a node token must not enroll an agent");
     std::fs::remove_file(state.join("api-token")).ok();
 
-    let token = agent_token(&w.server, &w.admin).await;
+    let token = service_token(&w.server, &w.admin, "agent").await;
     let mut agent = spawn_agent(&w.server.url, &w.server.pin, "edge1", &state, Some(&token), &[]);
     wait_connected(&w.server, &w.admin, "edge1", &log).await;
 
@@ -244,7 +179,7 @@ async fn a_node_only_the_agent_can_reach_through_a_network_namespace() {
     let ca_url = format!("https://{}:{port}", site.host_ip);
     let agents = format!("{}:{}={}", site.host_ip, w.server.agent_listener.port(), bastion_key.trim());
     let state = w.dir.path().join("site1");
-    let token = agent_token(&w.server, &w.admin).await;
+    let token = service_token(&w.server, &w.admin, "agent").await;
     let mut agent = spawn_agent_in(
         Some(&site.ns),
         &ca_url,

@@ -8,7 +8,7 @@ use axum::http::Method;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use portcullis_proto::bastion::ServiceKind;
-use portcullis_proto::console::CSRF_HEADER;
+use portcullis_proto::console::{CSRF_HEADER, FORWARDED_BY_HEADER, FORWARDED_FOR_HEADER};
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -224,13 +224,33 @@ pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
     )
 }
 
-/// The TCP peer's address, as text for audit records.
+/// The client's address, as text for rate limits and audit records: the TCP peer's, or
+/// — on a call a bastion's web front door passes on for a browser — the browser's, which
+/// the CA believes only beside a valid bastion credential (a forged header without one
+/// is refused, never ignored: the caller meant to speak for someone).
 pub struct ClientIp(pub String);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<Arc<Ca>> for ClientIp {
     type Rejection = CaError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, CaError> {
+    async fn from_request_parts(parts: &mut Parts, ca: &Arc<Ca>) -> Result<Self, CaError> {
+        if let Some(forwarded) = parts.headers.get(FORWARDED_FOR_HEADER) {
+            let credential = parts
+                .headers
+                .get(FORWARDED_BY_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|t| t.starts_with("pcs_") && t.len() <= 128)
+                .ok_or(CaError::Unauthenticated)?;
+            if ca.service_caller(credential).await?.kind != ServiceKind::Bastion {
+                return Err(CaError::Forbidden("only a bastion may pass on a browser's request"));
+            }
+            let ip: std::net::IpAddr = forwarded
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| CaError::BadRequest("malformed forwarded address".into()))?;
+            return Ok(ClientIp(ip.to_string()));
+        }
         let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
