@@ -7,13 +7,15 @@
 // are the right tools here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+use portcullis_ca::identity::oidc::OidcConfig;
+use portcullis_ca::{Ca, CaConfig, SystemClock};
 use portcullis_policies::scoped_principal;
 use portcullis_proto::oidc::{AuthMethods, DevicePoll, DeviceStart};
 use portcullis_proto::{LoginResponse, UserCertResponse, WhoAmI};
-use portcullis_tests::idp::{Browser, Idp, form_of, free_port, sign_in_at_idp};
+use portcullis_tests::idp::{Browser, CLIENT_ID, CLIENT_SECRET, Idp, form_of, free_port, sign_in_at_idp};
 use portcullis_tests::server::client_with_pin;
 use portcullis_tests::ssh::{ed25519_key, public_line};
-use portcullis_tests::{Server, ServerOpts};
+use portcullis_tests::{Postgres, ServedCa, Server, ServerOpts, TEST_PASSPHRASE};
 use reqwest::StatusCode;
 use serde_json::json;
 use std::time::Duration;
@@ -64,7 +66,12 @@ async fn setup(device_code_ttl: Option<u64>) -> Setup {
 }
 
 fn ca_browser(server: &Server) -> Browser {
-    let tls = portcullis_proto::pin::pinned_client_config(&server.pin).unwrap();
+    pinned_browser(&server.pin)
+}
+
+/// A browser for the CA whose TLS key is `pin`.
+fn pinned_browser(pin: &str) -> Browser {
+    let tls = portcullis_proto::pin::pinned_client_config(pin).unwrap();
     Browser::new(
         reqwest::Client::builder()
             .use_preconfigured_tls(tls)
@@ -457,4 +464,76 @@ roles = ["auditor"]
     // Only directory and IdP accounts are held for a subject.
     let (status, _) = s.server.post_json(Some(&admin), "/v1/admin/users/ops-lead/release", &json!({})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// Two CA replicas on one PostgreSQL share the sign-ins in progress: a browser sign-in
+/// started on one finishes on the other (and its `state` then works on neither again),
+/// and a device sign-in started on one is polled on both, the interval holding across
+/// them — without sticky routing in front of the replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_in_progress_are_shared_by_replicas_on_postgres() {
+    let pg = Postgres::start().unwrap();
+    let db = pg.create_database("oidc_replicas").unwrap();
+    let callback_base = format!("https://127.0.0.1:{}", free_port());
+    let callback = format!("{callback_base}/v1/auth/oidc/callback");
+    let idp = Idp::start(&callback, None);
+    let policy = tempfile::tempdir().unwrap();
+    std::fs::write(policy.path().join("policy.toml"), POLICY).unwrap();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let mut config =
+            CaConfig::new(db.clone(), policy.path().to_owned(), secrecy::SecretString::from(TEST_PASSPHRASE));
+        config.oidc = Some(OidcConfig {
+            redirect_url: Some(callback.clone()),
+            ..OidcConfig::new(idp.issuer.clone(), CLIENT_ID.into(), secrecy::SecretString::from(CLIENT_SECRET))
+        });
+        let ca = Ca::open(config, std::sync::Arc::new(SystemClock)).await.unwrap();
+        replicas.push(ServedCa::start(std::sync::Arc::new(ca)).await);
+    }
+    let (a, b) = (&replicas[0], &replicas[1]);
+
+    // Browser: started on A, back from the IdP at B (with the binding cookie A set).
+    let mut on_a = pinned_browser(&a.pin);
+    let start = on_a.get(&format!("{}/v1/auth/oidc/login", a.url)).await;
+    let mut idp_browser = Browser::new(Browser::idp_client());
+    let page = idp_browser.get(&start.location.expect("A sends the browser to the IdP")).await;
+    let back = sign_in_at_idp(&mut idp_browser, &idp, page, "bob", "bob-password").await;
+    let back = back.location.expect("the IdP redirects back");
+    let mut on_b = pinned_browser(&b.pin);
+    on_b.cookies = on_a.cookies.clone();
+    let done = on_b.get(&back.replace(&callback_base, &b.url)).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert!(done.set_cookies.iter().any(|c| c.starts_with("portcullis_session=")), "{:?}", done.set_cookies);
+    let replay = on_a.get(&back.replace(&callback_base, &a.url)).await;
+    assert_eq!(replay.status, StatusCode::UNAUTHORIZED, "{}", replay.body);
+    assert!(replay.body.contains("already used"), "{}", replay.body);
+
+    // Device flow: started on A; a poll on B right after one on A is told to slow down.
+    let (status, body) = a.post_json(None, "/v1/auth/oidc/device", &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let start: DeviceStart = serde_json::from_value(body).unwrap();
+    async fn poll(ca: &ServedCa, handle: &str) -> DevicePoll {
+        let (status, body) = ca.post_json(None, "/v1/auth/oidc/device/poll", &json!({ "handle": handle })).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_value(body).unwrap()
+    }
+    assert!(matches!(poll(a, &start.handle).await, DevicePoll::Pending { .. }));
+    assert!(matches!(poll(b, &start.handle).await, DevicePoll::SlowDown { .. }));
+    approve_device(&idp, &start, "bob", "bob-password", false).await;
+    let mut done = None;
+    for i in 0..20 {
+        tokio::time::sleep(Duration::from_secs(start.interval.min(6))).await;
+        match poll(if i % 2 == 0 { b } else { a }, &start.handle).await {
+            DevicePoll::Pending { .. } | DevicePoll::SlowDown { .. } => {}
+            other => {
+                done = Some(other);
+                break;
+            }
+        }
+    }
+    let Some(DevicePoll::Success(session)) = done else { panic!("the device sign-in did not succeed: {done:?}") };
+    assert_eq!(session.username, "oidc:bob");
+    // Finished: the handle is gone on both.
+    let (status, _) = a.post_json(None, "/v1/auth/oidc/device/poll", &json!({ "handle": start.handle })).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -36,7 +36,7 @@ pub async fn device_poll(
     ClientIp(ip): ClientIp,
     Body(body): Body<DevicePollRequest>,
 ) -> Result<Json<DevicePoll>, CaError> {
-    if body.handle.is_empty() || body.handle.len() > 256 {
+    if body.handle.is_empty() || body.handle.len() > crate::service::oidc::MAX_DEVICE_HANDLE {
         return Err(CaError::BadRequest("malformed device sign-in handle".into()));
     }
     Ok(Json(ca.oidc_device_poll(&body.handle, &ip).await?))

@@ -8,12 +8,16 @@ use super::auth::{random_token, token_hash};
 use crate::audit::{AuditEvent, sanitize};
 use crate::error::CaError;
 use crate::identity::Vouched;
-use crate::identity::oidc::{Oidc, OidcIdentity, PendingDevice, PendingLogin, TokenError, TokenInvalid};
-use openidconnect::{Nonce, PkceCodeChallenge};
+use crate::identity::oidc::{Oidc, OidcIdentity, TokenError, TokenInvalid};
+use crate::store::PollTurn;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use openidconnect::{Nonce, PkceCodeChallenge, PkceCodeVerifier};
 use portcullis_policies::{Identity, UserSource};
 use portcullis_proto::LoginResponse;
 use portcullis_proto::oidc::{AuthMethods, DevicePoll, DeviceStart, OidcMethods};
 use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
 
 /// A browser sign-in must come back from the IdP within this many seconds.
 const LOGIN_TTL: u64 = 600;
@@ -21,6 +25,33 @@ const LOGIN_TTL: u64 = 600;
 const SOURCE: &str = UserSource::Oidc.as_str();
 /// The device flow's default poll interval (RFC 8628 §3.2).
 const DEFAULT_INTERVAL: u64 = 5;
+/// At most this many sign-ins in progress (both flows together, all replicas).
+const MAX_PENDING: i64 = 10_000;
+/// Longest `pcd_…` handle accepted: the random part and the IdP's device code.
+pub const MAX_DEVICE_HANDLE: usize = 4096;
+
+/// The CLI's handle of a device sign-in: `pcd_<random>.<device code, base64url>`. The
+/// IdP's device code travels with the client that polls (as it would without us in
+/// between) instead of resting in the database; the row is keyed by the hash of the
+/// whole handle, so an altered device code finds nothing.
+fn device_handle(device_code: &SecretString) -> String {
+    format!("{}.{}", random_token("pcd_"), URL_SAFE_NO_PAD.encode(device_code.expose_secret()))
+}
+
+fn device_code_of(handle: &str) -> Option<SecretString> {
+    let (_, code) = handle.strip_prefix("pcd_")?.split_once('.')?;
+    let code = String::from_utf8(URL_SAFE_NO_PAD.decode(code).ok()?).ok()?;
+    Some(SecretString::from(code))
+}
+
+/// The browser flow's PKCE verifier or nonce, derived from its binding cookie, which
+/// only the browser that started the sign-in holds (the database keeps the cookie's
+/// hash, under another label): no replica stores what completes a sign-in, and an
+/// authorization code intercepted on its way back is useless without that browser.
+fn from_binding(binding: &str, what: &str) -> String {
+    let digest = Sha256::digest(format!("portcullis-oidc-{what}:{binding}").as_bytes());
+    URL_SAFE_NO_PAD.encode(digest)
+}
 
 /// Where to send the browser, and the cookie that binds the sign-in to it.
 pub struct BrowserLogin {
@@ -136,10 +167,10 @@ impl Ca {
         };
         let interval = auth.interval.unwrap_or(DEFAULT_INTERVAL).clamp(1, 60);
         let expires_in = auth.expires_in.clamp(1, 3600);
-        let handle = random_token("pcd_");
-        let pending =
-            PendingDevice { device_code: auth.device_code, expires_at: now + expires_in, interval, last_poll: None };
-        if !oidc.pending.insert_device(token_hash(&handle), pending, now) {
+        let handle = device_handle(&auth.device_code);
+        let key = token_hash(&handle);
+        let stored = self.store.insert_oidc_pending(&key, Some(interval), "", now + expires_in, now, MAX_PENDING);
+        if !stored.await? {
             return Err(CaError::Unavailable);
         }
         Ok(DeviceStart {
@@ -157,26 +188,18 @@ impl Ca {
         let oidc = self.oidc()?;
         let now = self.now();
         let key = token_hash(handle);
-        let device_code = match oidc.pending.device_code(&key, now) {
-            Ok(code) => code,
-            Err(true) => {
+        let device_code = device_code_of(handle).ok_or(CaError::NotFound("device sign-in (unknown or finished)"))?;
+        // RFC 8628 §3.5: the client waits `interval` between polls. One that does not is
+        // told to slow down here; only polls that keep the interval reach the IdP.
+        let interval = match self.store.oidc_poll_turn(&key, now).await? {
+            PollTurn::Granted { interval } => interval,
+            PollTurn::TooSoon { interval } => return Ok(DevicePoll::SlowDown { interval: interval.saturating_add(5) }),
+            PollTurn::Expired => {
                 self.audit_oidc_failure("-", client_ip, "expired_token").await?;
                 return Ok(DevicePoll::ExpiredToken);
             }
-            Err(false) => return Err(CaError::NotFound("device sign-in (unknown or finished)")),
+            PollTurn::Unknown => return Err(CaError::NotFound("device sign-in (unknown or finished)")),
         };
-        // RFC 8628 §3.5: the client waits `interval` between polls. One that does not is
-        // told to slow down here; only polls that keep the interval reach the IdP.
-        let too_soon = oidc.pending.with_device(&key, now, |d| {
-            let early = d.last_poll.is_some_and(|last| now < last.saturating_add(d.interval));
-            if !early {
-                d.last_poll = Some(now);
-            }
-            early.then_some(d.interval)
-        });
-        if let Some(Some(interval)) = too_soon {
-            return Ok(DevicePoll::SlowDown { interval: interval.saturating_add(5) });
-        }
         let _turn = self.idp_turn().await?;
         let provider = match oidc.provider().await {
             Ok(p) => p,
@@ -190,33 +213,26 @@ impl Ca {
         let id_token = match oidc.token(&provider, &form).await {
             Ok(t) => t,
             Err(TokenError::OAuth(code)) if code == "authorization_pending" => {
-                let interval = oidc.pending.with_device(&key, now, |d| d.interval).unwrap_or(DEFAULT_INTERVAL);
                 return Ok(DevicePoll::Pending { interval });
             }
             Err(TokenError::OAuth(code)) if code == "slow_down" => {
                 // RFC 8628 §3.5: add five seconds to the interval for this and later polls.
-                let interval = oidc
-                    .pending
-                    .with_device(&key, now, |d| {
-                        d.interval = (d.interval + 5).min(60);
-                        d.interval
-                    })
-                    .unwrap_or(DEFAULT_INTERVAL);
+                let interval = self.store.slow_oidc_device(&key).await?.unwrap_or(DEFAULT_INTERVAL);
                 return Ok(DevicePoll::SlowDown { interval });
             }
             Err(TokenError::OAuth(code)) if code == "access_denied" || code == "expired_token" => {
-                oidc.pending.remove_device(&key);
+                self.store.remove_oidc_pending(&key).await?;
                 let reason = if code == "access_denied" { "access_denied" } else { "expired_token" };
                 self.audit_oidc_failure("-", client_ip, reason).await?;
                 return Ok(if code == "access_denied" { DevicePoll::AccessDenied } else { DevicePoll::ExpiredToken });
             }
             Err(e @ TokenError::OAuth(_)) => {
-                oidc.pending.remove_device(&key);
+                self.store.remove_oidc_pending(&key).await?;
                 return Err(self.idp_failure(client_ip, e).await);
             }
             Err(e) => return Err(self.idp_failure(client_ip, e).await),
         };
-        oidc.pending.remove_device(&key);
+        self.store.remove_oidc_pending(&key).await?;
         let who = match oidc.verify_id_token(&provider, &id_token, None, now).await {
             Ok(who) => who,
             Err(why) => return Err(self.token_failure(client_ip, why).await),
@@ -237,9 +253,10 @@ impl Ca {
             Err(e) => return Err(self.idp_failure(client_ip, e).await),
         };
         let state = random_token("");
-        let nonce = random_token("");
         let binding = random_token("");
-        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let nonce = from_binding(&binding, "nonce");
+        let verifier = PkceCodeVerifier::new(from_binding(&binding, "pkce-verifier"));
+        let challenge = PkceCodeChallenge::from_code_verifier_sha256(&verifier);
         let mut url = provider.authorization_endpoint.clone();
         url.query_pairs_mut()
             .append_pair("response_type", "code")
@@ -250,13 +267,9 @@ impl Ca {
             .append_pair("nonce", &nonce)
             .append_pair("code_challenge", challenge.as_str())
             .append_pair("code_challenge_method", "S256");
-        let pending = PendingLogin {
-            nonce: SecretString::from(nonce),
-            pkce_verifier: SecretString::from(verifier.secret().clone()),
-            binding_hash: token_hash(&binding),
-            expires_at: now + LOGIN_TTL,
-        };
-        if !oidc.pending.insert_login(token_hash(&state), pending, now) {
+        let (key, binding_hash) = (token_hash(&state), token_hash(&binding));
+        let stored = self.store.insert_oidc_pending(&key, None, &binding_hash, now + LOGIN_TTL, now, MAX_PENDING);
+        if !stored.await? {
             return Err(CaError::Unavailable);
         }
         Ok(BrowserLogin { redirect_to: url.to_string(), binding })
@@ -277,20 +290,21 @@ impl Ca {
             Callback::Error { error, state } => {
                 // The sign-in is over either way: forget its state.
                 if let Some(state) = state {
-                    oidc.pending.take_login(&token_hash(&state), now);
+                    self.store.take_oidc_login(&token_hash(&state), now).await?;
                 }
                 return Err(self.idp_failure(client_ip, TokenError::OAuth(error)).await);
             }
             Callback::Code { code, state, iss } => (code, state, iss),
         };
-        let Some(pending) = oidc.pending.take_login(&token_hash(&state), now) else {
+        let Some(pending) = self.store.take_oidc_login(&token_hash(&state), now).await? else {
             self.audit_oidc_failure("-", client_ip, "state_invalid").await?;
             return Err(CaError::SignInFailed("unknown, expired or already used sign-in; start again".into()));
         };
-        if binding.map(token_hash).as_deref() != Some(pending.binding_hash.as_str()) {
+        let Some(binding) = binding.filter(|b| token_hash(b) == pending.binding_hash) else {
             self.audit_oidc_failure("-", client_ip, "state_unbound").await?;
             return Err(CaError::SignInFailed("this sign-in was started in another browser; start again".into()));
-        }
+        };
+        let verifier = from_binding(binding, "pkce-verifier");
         // RFC 9207: an `iss` in the response must be our issuer (mix-up defence).
         if iss.as_deref().is_some_and(|i| i != oidc.issuer()) {
             return Err(self.token_failure(client_ip, TokenInvalid::Issuer).await);
@@ -303,18 +317,46 @@ impl Ca {
             ("grant_type", "authorization_code"),
             ("code", code.as_str()),
             ("redirect_uri", redirect_url.as_str()),
-            ("code_verifier", pending.pkce_verifier.expose_secret()),
+            ("code_verifier", verifier.as_str()),
             ("client_id", oidc.client_id()),
         ];
         let id_token = match oidc.token(&provider, &form).await {
             Ok(t) => t,
             Err(e) => return Err(self.idp_failure(client_ip, e).await),
         };
-        let nonce = Nonce::new(pending.nonce.expose_secret().to_owned());
+        let nonce = Nonce::new(from_binding(binding, "nonce"));
         let who = match oidc.verify_id_token(&provider, &id_token, Some(&nonce), now).await {
             Ok(who) => who,
             Err(why) => return Err(self.token_failure(client_ip, why).await),
         };
         self.open_oidc_session(who, client_ip).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_handle_carries_the_device_code_and_nothing_else_reads_as_one() {
+        let code = SecretString::from("GmRhmhcxhwAzkoEqiMEg_DnyEysNkuNhszIySk9eS".to_owned());
+        let handle = device_handle(&code);
+        assert!(handle.starts_with("pcd_") && handle.len() < MAX_DEVICE_HANDLE, "{handle}");
+        assert_eq!(device_code_of(&handle).unwrap().expose_secret(), code.expose_secret());
+        assert_ne!(device_handle(&code), handle, "the random part differs per sign-in");
+        for junk in ["", "pcd_", "pcd_abc", "xyz_abc.Zm9v", "pcd_abc.***", "pcd_abc./w"] {
+            assert!(device_code_of(junk).is_none(), "{junk}");
+        }
+    }
+
+    #[test]
+    fn verifier_and_nonce_are_distinct_valid_pkce_values_bound_to_the_cookie() {
+        let verifier = from_binding("binding-a", "pkce-verifier");
+        // RFC 7636 §4.1: 43–128 characters of [A-Za-z0-9-._~].
+        assert!((43..=128).contains(&verifier.len()), "{verifier}");
+        assert!(verifier.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)));
+        assert_ne!(verifier, from_binding("binding-a", "nonce"));
+        assert_ne!(verifier, from_binding("binding-b", "pkce-verifier"));
+        assert_ne!(verifier, token_hash("binding-a"), "the stored hash is not the verifier");
     }
 }

@@ -22,6 +22,7 @@ mod inventory;
 mod keys;
 mod leases;
 mod misc;
+mod oidc;
 mod services;
 mod tickets;
 mod users;
@@ -44,6 +45,7 @@ pub use leases::{
     LeaseCheck, LeaseRow, close_lease, heartbeat_lease, insert_lease, release_slot, set_kill_reason, sweep_lease,
     take_slot,
 };
+pub use oidc::{PendingLogin as PendingOidcLogin, PollTurn};
 pub use services::{ServiceRow, record_bastion_heartbeat, touch_service, upsert_service};
 pub use tickets::{
     LapsedTicket, TicketRow, TicketState, claim_lapsed_ticket, consume_ticket, insert_ticket, purge_tickets,

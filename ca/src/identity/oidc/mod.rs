@@ -11,12 +11,10 @@
 //! client secret never leave this module except in the request to the IdP.
 
 mod idp;
-mod pending;
 #[cfg(test)]
 mod tests;
 
 pub use idp::{DeviceAuthorization, TokenError};
-pub use pending::{PendingDevice, PendingLogin};
 
 use crate::error::CaError;
 use base64::Engine;
@@ -149,7 +147,6 @@ pub struct Oidc {
     clock_skew: u64,
     http: reqwest::Client,
     provider: tokio::sync::Mutex<Option<Arc<Provider>>>,
-    pub(crate) pending: pending::Pending,
 }
 
 /// `https://`, or `http://` to a loopback address: an IdP reached in clear text over a
@@ -263,7 +260,6 @@ impl Oidc {
             clock_skew: config.clock_skew.as_secs(),
             http,
             provider: tokio::sync::Mutex::new(None),
-            pending: pending::Pending::default(),
         })
     }
 

@@ -176,10 +176,11 @@ impl Ca {
 
     /// The CA's own timer (every few seconds on each replica): reclaims the leases of
     /// bastions that went quiet even when no bastion heartbeats any more — the only
-    /// bastion killed must not leave ghost sessions holding users' caps — and writes a
-    /// finished window's refusal summary.
+    /// bastion killed must not leave ghost sessions holding users' caps — writes a
+    /// finished window's refusal summary, and forgets expired OIDC sign-ins in progress.
     pub async fn housekeeping(&self) -> Result<(), CaError> {
         self.flush_refusals().await?;
+        self.store.purge_oidc_pending(self.now()).await?;
         self.sweep_leases(self.now().saturating_sub(LEASE_TTL_SECS)).await
     }
 
