@@ -39,15 +39,7 @@ impl Postgres {
         let mut last_error = None;
         for _ in 0..5 {
             pg.port = free_port()?;
-            let options = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
-                pg.port,
-                pg.dir.path().display()
-            );
-            let log = pg.dir.path().join("postgres.log");
-            match pg.server_cmd("pg_ctl", |c| {
-                c.arg("-D").arg(&pg.data_dir).arg("-l").arg(&log).args(["-o", &options, "-w", "-t", "60", "start"]);
-            }) {
+            match pg.pg_start() {
                 Ok(_) => {
                     last_error = None;
                     break;
@@ -56,8 +48,7 @@ impl Postgres {
             }
         }
         if let Some(e) = last_error {
-            let log = std::fs::read_to_string(pg.dir.path().join("postgres.log")).unwrap_or_default();
-            return Err(e.context(format!("PostgreSQL did not start; its log:\n{log}")));
+            return Err(e.context(format!("PostgreSQL did not start; its log:\n{}", pg.log())));
         }
         // createdb is a client: it runs as any user, over TCP with trust auth.
         run(Command::new(pg.bin_dir.join("createdb"))
@@ -81,6 +72,45 @@ impl Postgres {
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
             .arg(name))?;
         Ok(format!("postgres://postgres@127.0.0.1:{}/{name}", self.port))
+    }
+
+    fn pg_start(&self) -> anyhow::Result<Output> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("postgres.log");
+        self.server_cmd("pg_ctl", |c| {
+            c.arg("-D").arg(&self.data_dir).arg("-l").arg(&log).args(["-o", &options, "-w", "-t", "60", "start"]);
+        })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
+    /// Crashes the server: SIGKILL to the postmaster (its backends notice and exit).
+    pub fn kill_9(&self) -> anyhow::Result<()> {
+        let pid_file = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).context("postmaster.pid")?;
+        let pid = pid_file.lines().next().context("empty postmaster.pid")?.trim().to_owned();
+        run(Command::new("kill").args(["-9", &pid]))?;
+        Ok(())
+    }
+
+    /// Starts the crashed server again on the same port and data (crash recovery runs);
+    /// retried while backends of the killed postmaster still hold its shared memory.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match self.pg_start() {
+                Ok(_) => return Ok(()),
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    return Err(e.context(format!("PostgreSQL did not restart; its log:\n{}", self.log())));
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+            }
+        }
     }
 
     /// Runs a server-side binary, as `postgres` when we are root.

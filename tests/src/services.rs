@@ -54,11 +54,32 @@ pub fn spawn_bastion(
     token: Option<&str>,
     extra: &[String],
 ) -> Child {
-    let agents = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let agents = free_loopback_addr();
+    spawn_bastion_at("127.0.0.1:0", &agents, ca_url, pin, name, state, token, extra)
+}
+
+/// [`spawn_bastion`] with both listeners where given (a restart keeps its addresses:
+/// agents dial the endpoint registered at enrollment).
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_bastion_at(
+    ssh: &str,
+    agents: &str,
+    ca_url: &str,
+    pin: &str,
+    name: &str,
+    state: &Path,
+    token: Option<&str>,
+    extra: &[String],
+) -> Child {
     let mut cmd = Command::new(bin("portcullisd"));
-    cmd.args(["bastion", "--listen", "127.0.0.1:0", "--agent-listen", &agents, "--agent-endpoint", &agents]);
-    let out = std::fs::File::create(state.with_extension("out")).unwrap();
+    cmd.args(["bastion", "--listen", ssh, "--agent-listen", agents, "--agent-endpoint", agents]);
+    let out = std::fs::File::options().create(true).append(true).open(state.with_extension("out")).unwrap();
     spawn_service(cmd, ca_url, pin, name, state, token, extra, out.into())
+}
+
+/// `127.0.0.1:PORT` of a port free a moment ago.
+pub fn free_loopback_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -78,7 +99,7 @@ fn spawn_service(
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(stdout)
-        .stderr(std::fs::File::create(state.with_extension("log")).unwrap());
+        .stderr(std::fs::File::options().create(true).append(true).open(state.with_extension("log")).unwrap());
     if let Some(token) = token {
         cmd.args(["--enroll-token", token]);
     }
