@@ -235,6 +235,7 @@ impl Shared {
         admitted.guard.armed.store(false, Ordering::Relaxed);
         let live = &admitted.live;
         let request = close_request(live, reason);
+        self.counters.closed(live, reason, request.bytes_from_client, request.bytes_to_client);
         tracing::info!(session = %live.id, user = %live.username, device = %live.device, reason = reason.as_str(),
             bytes_in = request.bytes_from_client, bytes_out = request.bytes_to_client, "session closed");
         // The lease also expires on its own if this call is lost.

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portcullis_proto::bastion::BastionAuditEvent;
+use portcullis_proto::metrics::LabelledCounter;
 use portcullis_proto::refusals::{RefusalTally, Verdict};
 use portcullis_sshcert::Rejection;
 use tokio::sync::{broadcast, mpsc};
@@ -223,6 +224,8 @@ pub struct EventSink {
     /// Front-door refusals: the first of each (source, reason, user) per window is
     /// forwarded, the rest counted into the window's summary.
     refusals: Arc<Mutex<RefusalTally>>,
+    /// Every refusal by reason, recorded or only counted (for `/metrics`).
+    refused: Arc<LabelledCounter>,
 }
 
 impl Default for EventSink {
@@ -234,7 +237,12 @@ impl Default for EventSink {
 impl EventSink {
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(1024);
-        Self { tx, forward: None, refusals: Arc::new(Mutex::new(RefusalTally::new(DEFAULT_SUMMARY_EVERY.as_secs()))) }
+        Self {
+            tx,
+            forward: None,
+            refusals: Arc::new(Mutex::new(RefusalTally::new(DEFAULT_SUMMARY_EVERY.as_secs()))),
+            refused: Arc::default(),
+        }
     }
 
     /// Events recorded from now on (a slow subscriber loses the oldest ones).
@@ -278,6 +286,7 @@ impl EventSink {
     /// table, a channel over the cap, a console socket that sent no ticket): the
     /// window's summary reports how many, from where.
     pub fn count_refusal(&self, peer: IpAddr, reason: &'static str) {
+        self.refused.inc(&[("reason", reason)]);
         if let Ok(mut tally) = self.refusals.lock() {
             tally.count_only(now_unix(), &peer.to_string(), reason);
         }
@@ -286,9 +295,15 @@ impl EventSink {
     /// Whether a front-door refusal gets its own audit record (the first of its source,
     /// reason and user in this window) or is only counted.
     fn first_of_window(&self, peer: IpAddr, reason: &str, user: &str) -> bool {
+        self.refused.inc(&[("reason", reason)]);
         self.refusals
             .lock()
             .map_or(true, |mut tally| tally.note(now_unix(), &peer.to_string(), reason, user) == Verdict::Record)
+    }
+
+    /// Refusals so far by reason, as `/metrics` samples.
+    pub fn refusal_counts(&self) -> Vec<(String, u64)> {
+        self.refused.samples()
     }
 
     pub fn record(&self, event: BastionEvent) {

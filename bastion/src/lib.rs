@@ -28,6 +28,7 @@ mod handler;
 mod jump;
 mod listen;
 mod login;
+pub mod metrics;
 mod server;
 mod sessions;
 mod startups;

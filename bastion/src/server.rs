@@ -158,6 +158,7 @@ pub(crate) struct Shared {
     pub agents: Arc<AgentHub>,
     pub sessions: Arc<Registry>,
     pub close_on_cert_expiry: bool,
+    pub counters: crate::metrics::SessionCounters,
 }
 
 pub struct Bastion {
@@ -239,6 +240,7 @@ impl Bastion {
             agents: hub,
             sessions,
             close_on_cert_expiry: config.close_on_cert_expiry,
+            counters: Default::default(),
         });
         Ok(Self {
             users: Arc::new(users),

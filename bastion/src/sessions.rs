@@ -240,6 +240,15 @@ impl Registry {
         self.lock().len()
     }
 
+    /// How many sessions are live, by mode.
+    pub fn count_by_mode(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for s in self.lock().values() {
+            *counts.entry(s.mode.as_str()).or_default() += 1;
+        }
+        counts
+    }
+
     /// What the heartbeat reports.
     pub fn snapshot(&self) -> Vec<WireSession> {
         self.lock().values().map(|s| s.wire()).collect()

@@ -229,6 +229,19 @@ pub async fn start_web(
     Ok(Some(addr))
 }
 
+/// Serves the bastion's `/metrics`, `/healthz` and `/readyz` on `addr` (plain HTTP).
+pub async fn start_bastion_metrics(addr: &str, bastion: &Arc<Bastion>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    println!("Metrics on http://{}/metrics", listener.local_addr()?);
+    let bastion = Arc::clone(bastion);
+    tokio::spawn(async move {
+        if let Err(e) = portcullis_bastion::metrics::serve(listener, bastion).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+    Ok(())
+}
+
 /// Runs the edge agent (spawned; returns at once).
 pub fn start_agent(
     ca: &CaEndpoint,

@@ -126,6 +126,10 @@ enum Command {
         front_door: dataplane::FrontDoorArgs,
         #[command(flatten)]
         web: dataplane::WebArgs,
+        /// Serve `/metrics` (Prometheus) and the health checks here, plain HTTP (e.g.
+        /// `127.0.0.1:9465`); off by default, never on the public port.
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// The edge agent: dials out to the bastions and connects onward inside its network.
     Agent {
@@ -195,7 +199,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let (config, all_in_one) = match cli.command {
-            Command::Bastion { service, listen, agent_listen, agent_endpoint, front_door, web } => {
+            Command::Bastion { service, listen, agent_listen, agent_endpoint, front_door, web, metrics_listen } => {
                 let identity = dataplane::enrolled_identity(
                     &service.endpoint(),
                     &service.state_dir,
@@ -211,6 +215,9 @@ fn main() -> anyhow::Result<()> {
                 let (addr, bastion) =
                     dataplane::start_bastion(&service.endpoint(), identity, &listen, agents, front_door).await?;
                 dataplane::start_web(&web, &service.state_dir, &bastion).await?;
+                if let Some(addr) = metrics_listen {
+                    dataplane::start_bastion_metrics(&addr, &bastion).await?;
+                }
                 println!("Portcullis bastion {} listening on {addr} (agents on {agent_listen})", service.name);
                 sdnotify::ready(&format!("listening on {addr}"));
                 wait_for_shutdown().await?;

@@ -295,6 +295,7 @@ pub mod bastion;
 pub mod console;
 pub mod discovery;
 pub mod enroll;
+pub mod metrics;
 pub mod oidc;
 pub mod pin;
 pub mod refusals;

@@ -7,9 +7,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+use portcullis_tests::ServerOpts;
 use portcullis_tests::bastion_world::{CONSOLE_POLICY, PASSWORD, World, add_node, loopback_ip, text};
 use portcullis_tests::server::{client_from, client_with_pin, status_and_json};
 use portcullis_tests::services::{service_token, spawn_agent, spawn_bastion, wait_connected_to, wait_line};
+use portcullis_tests::ssh::{ed25519_key, write_key_pair};
 use portcullis_tests::websocket::{BINARY, Socket, TEXT};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -26,7 +28,8 @@ fn edge_policy() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standalone_bastion_serves_ssh_and_the_browser_console_on_its_own_origin() {
-    let w = World::start("15m").await;
+    let metrics = vec!["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()];
+    let w = World::start_with("15m", ServerOpts { args: metrics.clone(), ..ServerOpts::default() }).await;
     for (file, toml) in [("console.toml", CONSOLE_POLICY.to_owned()), ("edge.toml", edge_policy())] {
         let (status, body) = w.server.write_policy(file, &toml).await;
         assert!(status.is_success(), "{file}: {body}");
@@ -35,7 +38,7 @@ async fn a_standalone_bastion_serves_ssh_and_the_browser_console_on_its_own_orig
 
     let b1 = w.dir.path().join("b1");
     let token = service_token(&w.server, &w.admin, "bastion").await;
-    let extra = ["--web-listen".to_owned(), "127.0.0.1:0".to_owned()];
+    let extra = [&["--web-listen".to_owned(), "127.0.0.1:0".to_owned()][..], &metrics].concat();
     let mut bastion = spawn_bastion(url, pin, "b1", &b1, Some(&token), &extra);
     let web = wait_line(&b1, "Web UI (browser console): ");
     let (web_url, web_pin) = web.split_once(" (TLS public-key pin ").unwrap();
@@ -43,6 +46,7 @@ async fn a_standalone_bastion_serves_ssh_and_the_browser_console_on_its_own_orig
     let web_pin = web_pin.trim_end_matches(')').to_owned();
     let ssh_addr: std::net::SocketAddr =
         wait_line(&b1, "Portcullis bastion b1 listening on ").split_once(' ').unwrap().0.parse().unwrap();
+    let b1_metrics = wait_line(&b1, "Metrics on ");
 
     let edge1 = w.dir.path().join("edge1");
     let token = service_token(&w.server, &w.admin, "agent").await;
@@ -115,6 +119,47 @@ async fn a_standalone_bastion_serves_ssh_and_the_browser_console_on_its_own_orig
         .await_audit("session_opened", |r| r.payload["mode"] == "console" && r.payload["device"] == "pve02")
         .await;
     assert_eq!(opened.payload["bastion"], "b1", "{:?}", opened.payload);
+
+    // A key without a certificate is refused at b1's front door, and counted.
+    let plain = write_key_pair(w.dir.path(), "plain", &ed25519_key());
+    let refused = std::process::Command::new("ssh")
+        .args(["-F", "/dev/null", "-i"])
+        .arg(&plain)
+        .args(["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "BatchMode=yes"])
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-p"])
+        .arg(ssh_addr.port().to_string())
+        .args(["root%pve02@127.0.0.1", "true"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "{}", text(&refused));
+
+    // Each role's metrics: b1's own (the console live, the ssh session closed, the
+    // refusal, the agent), and the CA's (opens by mode, issuance latency, agent links).
+    let scrape = |url: String| async move { reqwest::get(&url).await.unwrap().text().await.unwrap() };
+    let b1_scrape = scrape(b1_metrics.clone()).await;
+    for wanted in [
+        "portcullis_bastion_sessions_live{mode=\"console\"} 1\n",
+        "portcullis_bastion_agent_links 1\n",
+        "portcullis_bastion_sessions_closed_total{mode=\"terminated\",reason=",
+        "portcullis_bastion_bytes_relayed_total{direction=\"to_client\"} ",
+        "portcullis_bastion_refusals_total{reason=\"plain_public_key\"} 1\n",
+    ] {
+        assert!(b1_scrape.contains(wanted), "{wanted:?} not in b1's metrics:\n{b1_scrape}");
+    }
+    let ca = w.server.metrics().await;
+    for wanted in [
+        "portcullis_ca_sessions_opened_total{mode=\"console\"} 1\n",
+        "portcullis_ca_sessions_opened_total{mode=\"terminated\"} ",
+        "portcullis_ca_sessions_closed_total{mode=\"terminated\",reason=",
+        "portcullis_ca_issuance_seconds_bucket{le=\"+Inf\"} ",
+        "portcullis_ca_sessions_live{mode=\"console\"} 1\n",
+        "portcullis_ca_agent_links 2\n",
+        "portcullis_ca_krl_version ",
+    ] {
+        assert!(ca.contains(wanted), "{wanted:?} not in the CA's metrics:\n{ca}");
+    }
+    let ready = reqwest::get(b1_metrics.replace("/metrics", "/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
 
     // Only browsers' routes are passed on: a service credential gets nothing through it.
     let agent_token = std::fs::read_to_string(edge1.join("api-token")).unwrap();

@@ -286,7 +286,7 @@ impl Ca {
         )
         .await?;
         tx.commit().await?;
-        self.counters.count_sign_in(&session.source);
+        self.counters.sign_ins.inc(&[("source", &session.source)]);
         Ok(LoginResponse { token, username: session.username, expires_at: session.expires_at })
     }
 

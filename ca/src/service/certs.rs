@@ -50,6 +50,7 @@ impl Ca {
         request: &UserCertRequest,
         client_ip: &str,
     ) -> Result<UserCertResponse, CaError> {
+        let started = std::time::Instant::now();
         let who = &caller.identity;
         let public_key = match parse_user_public_key(&request.public_key) {
             Ok(key) => key,
@@ -98,6 +99,7 @@ impl Ca {
         };
         self.writer.write(row, event).await?;
         self.counters.certificates_issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters.issuance.observe(started.elapsed());
         Ok(UserCertResponse {
             certificate: signed
                 .certificate

@@ -274,6 +274,7 @@ impl Ca {
                     client_ip: req.client_ip.clone(),
                 })
                 .await?;
+                self.counters.sessions_denied.inc(&[("mode", SessionMode::Console.as_str()), ("reason", d.reason)]);
                 Err(CaError::SessionDenied { reason: d.reason, message: d.text.to_owned() })
             }
         }
@@ -354,6 +355,7 @@ impl Ca {
         } else {
             self.audit_alone(event).await?;
         }
+        self.counters.sessions_denied.inc(&[("mode", SessionMode::Console.as_str()), ("reason", reason)]);
         Ok(CaError::SessionDenied { reason, message: text.to_owned() })
     }
 

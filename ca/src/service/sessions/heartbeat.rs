@@ -190,6 +190,7 @@ impl Ca {
         for id in self.store.stale_leases(cutoff).await? {
             let now = self.now();
             let mut tx = self.store.begin().await?;
+            let mut reclaimed = None;
             if let Some(lease) = store::sweep_lease(tx.conn(), &id, cutoff).await? {
                 let duration_ms = now.saturating_sub(lease.opened_at).saturating_mul(1000);
                 let event = closed_event(
@@ -202,8 +203,12 @@ impl Ca {
                 );
                 audit::record(tx.conn(), now, &event).await?;
                 tracing::warn!(session_id = %lease.session_id, bastion = %lease.bastion, "lease lost: reclaimed");
+                reclaimed = Some(lease);
             }
             tx.commit().await?;
+            if let Some(lease) = reclaimed {
+                self.count_close(&lease, CloseReason::LeaseLost, lease.bytes_from_client, lease.bytes_to_client);
+            }
         }
         Ok(())
     }

@@ -106,6 +106,14 @@ fn closed_event(lease: &LeaseRow, reason: CloseReason, from: u64, to: u64, durat
 }
 
 impl Ca {
+    /// Counts a committed close in `/metrics`.
+    fn count_close(&self, lease: &LeaseRow, reason: CloseReason, from_client: u64, to_client: u64) {
+        let c = &self.counters;
+        c.sessions_closed.inc(&[("mode", &lease.mode), ("reason", reason.as_str())]);
+        c.bytes_relayed.add(&[("direction", "from_client")], from_client);
+        c.bytes_relayed.add(&[("direction", "to_client")], to_client);
+    }
+
     /// `POST /v1/bastion/sessions/open`.
     pub async fn open_bastion_session(
         &self,
@@ -135,6 +143,7 @@ impl Ca {
                     client_ip: req.client_ip.clone(),
                 })
                 .await?;
+                self.counters.sessions_denied.inc(&[("mode", req.mode.as_str()), ("reason", d.reason)]);
                 Err(CaError::SessionDenied { reason: d.reason, message: d.text.to_owned() })
             }
         }
@@ -323,6 +332,7 @@ impl Ca {
         )
         .await?;
         tx.commit().await?;
+        self.counters.sessions_opened.inc(&[("mode", open.mode.as_str())]);
 
         let has = |ext: &str| role.extensions().contains(ext);
         Ok(Ok(SessionGrant {
@@ -416,12 +426,16 @@ impl Ca {
         }
         let now = self.now();
         let mut tx = self.store.begin().await?;
-        if let Some(lease) = store::close_lease(tx.conn(), &req.session_id, &bastion.name).await? {
+        let closed = store::close_lease(tx.conn(), &req.session_id, &bastion.name).await?;
+        if let Some(lease) = &closed {
             let (from, to) = (req.bytes_from_client, req.bytes_to_client);
-            let event = closed_event(&lease, req.reason, from, to, req.duration_ms, now);
+            let event = closed_event(lease, req.reason, from, to, req.duration_ms, now);
             audit::record(tx.conn(), now, &event).await?;
         }
         tx.commit().await?;
+        if let Some(lease) = closed {
+            self.count_close(&lease, req.reason, req.bytes_from_client, req.bytes_to_client);
+        }
         Ok(())
     }
 
