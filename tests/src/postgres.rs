@@ -113,6 +113,16 @@ impl Postgres {
         }
     }
 
+    /// Runs the SQL file `script` (e.g. a `pg_dump`) in database `name` with `psql`,
+    /// stopping at the first error.
+    pub fn load_sql(&self, name: &str, script: &Path) -> anyhow::Result<()> {
+        run(Command::new(self.bin_dir.join("psql"))
+            .args(["-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+            .args(["-d", name, "-f"])
+            .arg(script))?;
+        Ok(())
+    }
+
     /// Runs a server-side binary, as `postgres` when we are root.
     fn server_cmd(&self, name: &str, args: impl FnOnce(&mut Command)) -> anyhow::Result<Output> {
         let program = self.bin_dir.join(name);
