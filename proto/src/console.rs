@@ -36,6 +36,7 @@ pub const FORWARDED_BY_HEADER: &str = "x-portcullis-forwarded-by";
 /// Console flavours of the seed. Only `ssh` is served; the others are answered with an
 /// explicit unsupported-console error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ConsoleMode {
     Ssh,
@@ -55,6 +56,7 @@ impl ConsoleMode {
 
 /// One device the signed-in user may open a console to (`GET /v1/console/devices`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConsoleDevice {
     pub name: String,
     pub addresses: Vec<String>,
@@ -71,6 +73,7 @@ pub struct ConsoleDevice {
 /// `POST /v1/console/tickets` (cookie session or bearer; cookie requests need the CSRF
 /// header).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TicketRequest {
     pub device: String,
@@ -84,6 +87,7 @@ fn default_mode() -> ConsoleMode {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TicketResponse {
     /// `pct_…`, 32 random bytes; shown once, the CA keeps only its hash.
     pub ticket: String,
@@ -97,6 +101,7 @@ pub struct TicketResponse {
 /// [`SessionMode::Console`]; refusals are 403 `session_denied` with reasons
 /// `ticket_invalid`, `ticket_expired`, `ticket_reused` or any session deny reason.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleOpenRequest {
     pub ticket: String,
@@ -152,6 +157,7 @@ pub mod deny_reason {
 /// Frames on the console WebSocket after the ticket: binary frames carry terminal bytes
 /// both ways; text frames carry these JSON control messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ConsoleControl {
     /// Browser → bastion: the terminal's size.
@@ -169,6 +175,7 @@ pub enum ConsoleControl {
 /// `POST /v1/auth/browser-login` (JSON `{username, password}`, like `/v1/auth/login`):
 /// the session comes as the `portcullis_session` cookie, never in the body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BrowserLoginResponse {
     pub username: String,
     /// Send it as [`CSRF_HEADER`] on every state-changing request of this session.
@@ -178,6 +185,7 @@ pub struct BrowserLoginResponse {
 
 /// `GET /v1/auth/csrf` (cookie session): the session's CSRF token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CsrfToken {
     pub csrf_token: String,
 }
@@ -185,6 +193,7 @@ pub struct CsrfToken {
 /// One entry of `GET /v1/admin/policy/history`, newest first: a reload that changed
 /// the policy (from its `policy_changed` audit record).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PolicyChangeRecord {
     /// The audit record's sequence number and time.
     pub seq: u64,
@@ -204,6 +213,7 @@ pub struct PolicyChangeRecord {
 
 /// One field of a changed policy item (`rule:prod-ssh`, `targets`, old, new).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PolicyFieldChange {
     pub item: String,
     pub field: String,

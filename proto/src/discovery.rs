@@ -30,6 +30,7 @@ pub const MAX_JOBS_PER_CLAIM: u32 = 256;
 
 /// `POST /v1/bastion/discovery/claim`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DiscoveryClaimRequest {
     /// Agents connected to this bastion now; only their nodes are handed out.
@@ -41,6 +42,7 @@ pub struct DiscoveryClaimRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DiscoveryClaimResponse {
     /// The CA's `[discovery] enabled`. When false, `jobs` is empty.
     pub enabled: bool,
@@ -52,6 +54,7 @@ pub struct DiscoveryClaimResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DiscoveryJob {
     /// 32 lowercase hex characters; the report names it.
     pub run_id: String,
@@ -69,6 +72,7 @@ pub struct DiscoveryJob {
 
 /// Why a run produced no output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DiscoveryFailure {
     HostKeyMismatch,
@@ -100,6 +104,7 @@ impl DiscoveryFailure {
 
 /// `POST /v1/bastion/discovery/report`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DiscoveryReportRequest {
     pub run_id: String,
@@ -108,6 +113,7 @@ pub struct DiscoveryReportRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DiscoveryOutcome {
     /// The command's stdout, at most [`MAX_DISCOVERY_OUTPUT_BYTES`].
@@ -121,6 +127,7 @@ pub enum DiscoveryOutcome {
 
 /// What the CA made of a report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DiscoveryReportResponse {
     /// `unchanged`, `changed`, `first`, or a failure code (`output_invalid`, …).
     pub result: String,
@@ -131,6 +138,7 @@ pub struct DiscoveryReportResponse {
 
 /// `GET /v1/admin/inventory/{node}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InventoryView {
     pub device: String,
     /// The current facts as flat `path → value` (`system.serial`, `nic.eno1.mac`, …).
@@ -145,6 +153,7 @@ pub struct InventoryView {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InventoryHistoryEntry {
     pub at: u64,
     pub run_id: String,

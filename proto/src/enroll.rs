@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnrollTokenRequest {
     pub ttl_seconds: u64,
@@ -29,6 +30,7 @@ pub struct EnrollTokenRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollTokenResponse {
     /// Shown once; the CA keeps only its hash.
     pub token: String,
@@ -38,6 +40,7 @@ pub struct EnrollTokenResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollTokenInfo {
     pub id: String,
     pub created_by: String,
@@ -56,6 +59,7 @@ pub struct EnrollTokenInfo {
 
 /// What the node tells the CA about itself.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NodeFacts {
     pub name: String,
@@ -77,6 +81,7 @@ pub struct NodeFacts {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub facts: NodeFacts,
@@ -94,6 +99,7 @@ pub struct EnrollRequest {
 
 /// Everything a node needs to trust the CA; also the answer to a refresh.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeBundle {
     pub node: String,
     /// `TrustedUserCAKeys` contents: every currently trusted user CA key, one per line.
@@ -114,6 +120,7 @@ pub struct NodeBundle {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollResponse {
     pub bundle: NodeBundle,
     /// User certificate for `verification_public_key`: principal `verification_principal`,
@@ -129,6 +136,7 @@ pub struct EnrollResponse {
 /// token's use back. Authenticated by a [`NodeProof`] for
 /// [`NodeProof::abort_action`] of the attempt's verification principal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnrollAbortRequest {
     pub verification_principal: String,
@@ -139,6 +147,7 @@ pub struct EnrollAbortRequest {
 /// `ssh-keygen -Y sign` writes it) over [`NodeProof::message`], namespace
 /// [`NodeProof::NAMESPACE`], made within the last few minutes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NodeProof {
     pub node: String,

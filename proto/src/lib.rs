@@ -10,12 +10,14 @@ use std::collections::BTreeMap;
 
 /// Every error body the API returns. `error` is a stable code; `message` is safe to show.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     pub error: String,
     pub message: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginResponse {
     pub token: String,
     pub username: String,
@@ -23,6 +25,7 @@ pub struct LoginResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WhoAmI {
     pub username: String,
     pub source: String,
@@ -32,6 +35,7 @@ pub struct WhoAmI {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UserCertRequest {
     /// One OpenSSH public key line. The private key never leaves the user's machine.
@@ -45,6 +49,7 @@ pub struct UserCertRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserCertResponse {
     /// The certificate in OpenSSH `-cert.pub` format.
     pub certificate: String,
@@ -57,6 +62,7 @@ pub struct UserCertResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserInfo {
     pub username: String,
     pub groups: Vec<String>,
@@ -64,6 +70,7 @@ pub struct UserInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UserAddRequest {
     pub username: String,
@@ -72,6 +79,7 @@ pub struct UserAddRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetGroupsRequest {
     pub groups: Vec<String>,
@@ -81,12 +89,14 @@ pub struct SetGroupsRequest {
 /// `POST /v1/certs/user/revoke`: a user revokes one of their own certificates (what
 /// `portcullis logout` does with the certificate it installed).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RevokeOwnRequest {
     pub serial: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     #[serde(default)]
@@ -99,6 +109,7 @@ pub struct RevokeRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RevokeResponse {
     pub certificates_revoked: u64,
     pub key_revoked: bool,
@@ -106,6 +117,7 @@ pub struct RevokeResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IssuedCert {
     pub serial: String,
     pub username: String,
@@ -118,6 +130,7 @@ pub struct IssuedCert {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CaKeyInfo {
     pub purpose: String,
     pub state: String,
@@ -128,6 +141,7 @@ pub struct CaKeyInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditVerifyResponse {
     pub ok: bool,
     pub records: u64,
@@ -137,6 +151,7 @@ pub struct AuditVerifyResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditRecord {
     pub seq: u64,
     pub at: u64,
@@ -145,6 +160,7 @@ pub struct AuditRecord {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PolicyReloadResponse {
     pub digest: String,
     pub changed: bool,
@@ -155,6 +171,7 @@ pub struct PolicyReloadResponse {
 
 /// `PUT /v1/admin/nodes/{name}`: changes only what it names; everything else stays.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NodeUpdate {
     /// Replaces the addresses.
@@ -180,6 +197,7 @@ pub struct NodeUpdate {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NodeRecord {
     pub name: String,
@@ -218,6 +236,7 @@ impl NodeRecord {
 
 /// A node's `AuthorizedPrincipalsFile` contents, per login.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodePrincipals {
     pub node: String,
     /// The principals alone, per login.
@@ -231,6 +250,7 @@ pub struct NodePrincipals {
 /// One `AuthorizedPrincipalsFile` line: `authorized_keys` options (sshd ANDs them with
 /// the certificate's extensions) and the principal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PrincipalLine {
     pub options: Vec<String>,
     pub principal: String,
@@ -269,6 +289,7 @@ impl PrincipalLine {
 
 /// One live bastion session (`GET /v1/admin/sessions`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionInfo {
     pub session_id: String,
     pub bastion: String,

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// `GET /v1/auth/methods`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuthMethods {
     /// `POST /v1/auth/login` with a username and password.
     pub password: bool,
@@ -15,6 +16,7 @@ pub struct AuthMethods {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OidcMethods {
     pub issuer: String,
     /// `POST /v1/auth/oidc/device` (headless CLI).
@@ -25,6 +27,7 @@ pub struct OidcMethods {
 
 /// `POST /v1/auth/oidc/device`: show these to the user, then poll with `handle`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceStart {
     /// Opaque; identifies this sign-in at the CA. Not the IdP's device code.
     pub handle: String,
@@ -39,12 +42,14 @@ pub struct DeviceStart {
 
 /// `POST /v1/auth/oidc/device/poll`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DevicePollRequest {
     pub handle: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum DevicePoll {
     /// The user has not finished yet; poll again after `interval` seconds.

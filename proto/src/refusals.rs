@@ -25,6 +25,7 @@ const MAX_USERS: usize = 4;
 
 /// Counted refusals of one source for one reason within a window.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RefusalCount {
     /// The peer's IP address.
@@ -39,6 +40,7 @@ pub struct RefusalCount {
 
 /// One window's counted refusals.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RefusalSummary {
     /// Unix seconds: the window's first refusal and the end of the window.

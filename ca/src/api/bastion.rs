@@ -17,6 +17,7 @@ type Ca_ = State<Arc<Ca>>;
 type Res<T> = Result<Json<T>, CaError>;
 
 /// The enrollment token (`pce_…`, minted for this kind of service) is the credential.
+#[utoipa::path(post, path = "/v1/services/enroll", operation_id = "service_enroll", tag = "services", request_body = ServiceEnrollRequest, responses((status = 200, body = ServiceEnrollResponse)))]
 pub async fn enroll(
     State(ca): Ca_,
     ClientIp(ip): ClientIp,
@@ -27,22 +28,27 @@ pub async fn enroll(
     Ok(Json(ca.enroll_service(token, &b, &ip).await?))
 }
 
+#[utoipa::path(post, path = "/v1/services/certificate", tag = "services", security(("service" = [])), responses((status = 200, body = ServiceCertificateResponse)))]
 pub async fn certificate(State(ca): Ca_, ServiceAuth(s): ServiceAuth) -> Res<ServiceCertificateResponse> {
     Ok(Json(ca.renew_service_certificate(&s).await?))
 }
 
+#[utoipa::path(get, path = "/v1/services/bastions", tag = "services", security(("service" = [])), responses((status = 200, body = Vec<BastionDirectoryEntry>)))]
 pub async fn bastions(State(ca): Ca_, ServiceAuth(_): ServiceAuth) -> Res<Vec<BastionDirectoryEntry>> {
     Ok(Json(ca.bastion_directory().await?))
 }
 
+#[utoipa::path(get, path = "/v1/services/agent/targets", tag = "services", security(("service" = [])), responses((status = 200, body = Vec<AgentTarget>)))]
 pub async fn agent_targets(State(ca): Ca_, AgentAuth(a): AgentAuth) -> Res<Vec<AgentTarget>> {
     Ok(Json(ca.agent_targets(&a).await?))
 }
 
+#[utoipa::path(post, path = "/v1/bastion/sessions/open", operation_id = "bastion_session_open", tag = "services", request_body = SessionOpenRequest, security(("service" = [])), responses((status = 200, body = SessionGrant)))]
 pub async fn open(State(ca): Ca_, BastionAuth(b): BastionAuth, Body(r): Body<SessionOpenRequest>) -> Res<SessionGrant> {
     Ok(Json(ca.open_bastion_session(&b, &r).await?))
 }
 
+#[utoipa::path(post, path = "/v1/bastion/heartbeat", tag = "services", request_body = HeartbeatRequest, security(("service" = [])), responses((status = 200, body = HeartbeatResponse)))]
 pub async fn heartbeat(
     State(ca): Ca_,
     BastionAuth(b): BastionAuth,
@@ -51,6 +57,7 @@ pub async fn heartbeat(
     Ok(Json(ca.heartbeat(&b, &r).await?))
 }
 
+#[utoipa::path(post, path = "/v1/bastion/sessions/close", tag = "services", request_body = SessionCloseRequest, security(("service" = [])), responses((status = 204, description = "done")))]
 pub async fn close(
     State(ca): Ca_,
     BastionAuth(b): BastionAuth,
@@ -60,6 +67,7 @@ pub async fn close(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/bastion/events", tag = "services", request_body = BastionEventsRequest, security(("service" = [])), responses((status = 204, description = "done")))]
 pub async fn events(
     State(ca): Ca_,
     BastionAuth(b): BastionAuth,
@@ -70,22 +78,26 @@ pub async fn events(
 }
 
 /// Readable with `audit.read` or `sessions.kill`.
+#[utoipa::path(get, path = "/v1/admin/sessions", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<SessionInfo>)))]
 pub async fn list_sessions(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<SessionInfo>> {
     let grant = ca.authorize(&c, Permission::AuditRead).or_else(|_| ca.authorize(&c, Permission::SessionsKill))?;
     Ok(Json(ca.live_sessions(&grant).await?))
 }
 
+#[utoipa::path(post, path = "/v1/admin/sessions/{id}/kill", tag = "admin", params(("id" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 204, description = "done")))]
 pub async fn kill_session(State(ca): Ca_, Authed(c): Authed, Name(id): Name) -> Result<StatusCode, CaError> {
     let grant = ca.authorize(&c, Permission::SessionsKill)?;
     ca.kill_session(&grant, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/v1/admin/agents", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<ServiceInfo>)))]
 pub async fn list_agents(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<ServiceInfo>> {
     let grant = ca.authorize(&c, Permission::NodesManage)?;
     Ok(Json(ca.service_infos(&grant, ServiceKind::Agent).await?))
 }
 
+#[utoipa::path(get, path = "/v1/admin/bastions", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<ServiceInfo>)))]
 pub async fn list_bastions(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<ServiceInfo>> {
     let grant = ca.authorize(&c, Permission::NodesManage)?;
     Ok(Json(ca.service_infos(&grant, ServiceKind::Bastion).await?))

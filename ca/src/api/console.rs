@@ -24,6 +24,7 @@ type Res<T> = Result<Json<T>, CaError>;
 /// body carries only the CSRF token. Cross-site forms cannot post here (the body must be
 /// `application/json`, which a cross-site request can only send after a CORS preflight
 /// we never answer), so this is no login-CSRF vector either.
+#[utoipa::path(post, path = "/v1/auth/browser-login", operation_id = "browser_password_login", tag = "auth", request_body = LoginBody, responses((status = 200, description = "see the description")))]
 pub async fn browser_login(
     State(ca): Ca_,
     ClientIp(ip): ClientIp,
@@ -48,6 +49,7 @@ pub async fn browser_login(
 }
 
 /// `GET /v1/auth/csrf`: the cookie session's CSRF token (bearer callers need none).
+#[utoipa::path(get, path = "/v1/auth/csrf", tag = "auth", security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "see the description")))]
 pub async fn csrf(Authed(caller): Authed, headers: axum::http::HeaderMap) -> Result<Response, CaError> {
     let token = match caller.csrf_token() {
         Some(t) => t.to_owned(),
@@ -59,10 +61,12 @@ pub async fn csrf(Authed(caller): Authed, headers: axum::http::HeaderMap) -> Res
     Ok(response)
 }
 
+#[utoipa::path(get, path = "/v1/console/devices", tag = "console", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<ConsoleDevice>)))]
 pub async fn devices(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<ConsoleDevice>> {
     Ok(Json(ca.console_devices(&c).await?))
 }
 
+#[utoipa::path(post, path = "/v1/console/tickets", tag = "console", request_body = TicketRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "see the description")))]
 pub async fn ticket(
     State(ca): Ca_,
     Authed(c): Authed,
@@ -75,11 +79,13 @@ pub async fn ticket(
     Ok(response)
 }
 
+#[utoipa::path(post, path = "/v1/bastion/console/open", operation_id = "bastion_console_open", tag = "services", request_body = ConsoleOpenRequest, security(("service" = [])), responses((status = 200, body = SessionGrant)))]
 pub async fn open(State(ca): Ca_, BastionAuth(b): BastionAuth, Body(r): Body<ConsoleOpenRequest>) -> Res<SessionGrant> {
     Ok(Json(ca.open_console_session(&b, &r).await?))
 }
 
 /// Readable with `audit.read` or `policy.manage`.
+#[utoipa::path(get, path = "/v1/admin/policy/history", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<PolicyChangeRecord>)))]
 pub async fn policy_history(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<PolicyChangeRecord>> {
     let grant = ca.authorize(&c, Permission::AuditRead).or_else(|_| ca.authorize(&c, Permission::PolicyManage))?;
     Ok(Json(ca.policy_history(&grant).await?))

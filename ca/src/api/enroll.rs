@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 type Ca_ = State<Arc<Ca>>;
 
+#[utoipa::path(post, path = "/v1/admin/enroll-tokens", tag = "admin", request_body = EnrollTokenRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = EnrollTokenResponse)))]
 pub async fn create_token(
     State(ca): Ca_,
     Authed(c): Authed,
@@ -23,17 +24,20 @@ pub async fn create_token(
     Ok(Json(ca.create_enroll_token(&grant, &b).await?))
 }
 
+#[utoipa::path(get, path = "/v1/admin/enroll-tokens", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<EnrollTokenInfo>)))]
 pub async fn list_tokens(State(ca): Ca_, Authed(c): Authed) -> Result<Json<Vec<EnrollTokenInfo>>, CaError> {
     let grant = ca.authorize(&c, Permission::NodesManage)?;
     Ok(Json(ca.enroll_tokens(&grant).await?))
 }
 
+#[utoipa::path(delete, path = "/v1/admin/enroll-tokens/{id}", tag = "admin", params(("id" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn revoke_token(State(ca): Ca_, Authed(c): Authed, Name(id): Name) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::NodesManage)?;
     ca.revoke_enroll_token(&grant, &id).await
 }
 
 /// A node that rolled its enrollment back; authenticated by its host key.
+#[utoipa::path(post, path = "/v1/enroll/abort", tag = "nodes", request_body = EnrollAbortRequest, responses((status = 200, description = "done")))]
 pub async fn abort(
     State(ca): Ca_,
     ClientIp(ip): ClientIp,
@@ -43,6 +47,7 @@ pub async fn abort(
 }
 
 /// The enrollment token is a bearer credential of its own kind (`pce_…`), not a session.
+#[utoipa::path(post, path = "/v1/enroll", operation_id = "node_enroll", tag = "nodes", request_body = EnrollRequest, responses((status = 200, body = EnrollResponse)))]
 pub async fn enroll(
     State(ca): Ca_,
     ClientIp(ip): ClientIp,
@@ -53,6 +58,7 @@ pub async fn enroll(
     Ok(Json(ca.enroll(token, &b, &ip).await?))
 }
 
+#[utoipa::path(post, path = "/v1/nodes/refresh", tag = "nodes", request_body = NodeProof, responses((status = 200, body = NodeBundle)))]
 pub async fn refresh(
     State(ca): Ca_,
     ClientIp(ip): ClientIp,
@@ -61,11 +67,13 @@ pub async fn refresh(
     Ok(Json(ca.node_refresh(&p, &ip).await?))
 }
 
+#[utoipa::path(post, path = "/v1/nodes/deregister", tag = "nodes", request_body = NodeProof, responses((status = 200, description = "done")))]
 pub async fn deregister(State(ca): Ca_, ClientIp(ip): ClientIp, Body(p): Body<NodeProof>) -> Result<(), CaError> {
     ca.node_deregister(&p, &ip).await
 }
 
 /// `curl -fsS --pinnedpubkey … https://CA/enroll.sh | sh -s -- --token T --ca-fingerprint F`
+#[utoipa::path(get, path = "/enroll.sh", tag = "nodes", responses((status = 200, description = "see the description")))]
 pub async fn script(State(ca): Ca_, uri: Uri, headers: HeaderMap) -> Result<impl IntoResponse, CaError> {
     // HTTP/1.1 names the host in `Host`, HTTP/2 in the `:authority` the URI carries.
     let host = uri
@@ -81,6 +89,7 @@ pub async fn script(State(ca): Ca_, uri: Uri, headers: HeaderMap) -> Result<impl
     Ok(([(header::CONTENT_TYPE, "text/x-shellscript; charset=utf-8")], script))
 }
 
+#[utoipa::path(get, path = "/v1/download/portcullis-enroll", tag = "nodes", responses((status = 200, description = "see the description")))]
 pub async fn binary(State(ca): Ca_) -> Result<impl IntoResponse, CaError> {
     let binary = ca.enroll_binary().await?;
     Ok((

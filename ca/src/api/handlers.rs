@@ -18,10 +18,11 @@ use std::sync::Arc;
 type Ca_ = State<Arc<Ca>>;
 type Res<T> = Result<Json<T>, CaError>;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginBody {
     username: String,
+    #[schema(value_type = String)]
     password: SecretString,
     /// Ask only this source (`local`, `ldap`): how a directory user whose bare name a
     /// local user shadows signs in. `ldap:NAME` as the user name does the same.
@@ -30,6 +31,7 @@ pub struct LoginBody {
     /// Replaces a local user's password at this sign-in (required when the current one
     /// is a one-time password).
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     new_password: Option<SecretString>,
 }
 
@@ -56,6 +58,7 @@ impl LoginBody {
     }
 }
 
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginBody, responses((status = 200, body = LoginResponse)))]
 pub async fn login(State(ca): Ca_, ClientIp(ip): ClientIp, Body(body): Body<LoginBody>) -> Res<LoginResponse> {
     // The user name is checked (printable, bounded) before anything is asked or audited.
     Ok(Json(body.sign_in(&ca, &ip).await?))
@@ -63,15 +66,18 @@ pub async fn login(State(ca): Ca_, ClientIp(ip): ClientIp, Body(body): Body<Logi
 
 /// Revokes the session, whether it came as a bearer token or as the browser's cookie,
 /// and tells a browser to drop the cookie.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "see the description")))]
 pub async fn logout(State(ca): Ca_, Authed(caller): Authed) -> Result<impl IntoResponse, CaError> {
     ca.logout(&caller).await?;
     Ok([super::oidc::clear_session_cookie()])
 }
 
+#[utoipa::path(get, path = "/v1/auth/whoami", tag = "auth", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = WhoAmI)))]
 pub async fn whoami(State(ca): Ca_, Authed(caller): Authed) -> Res<WhoAmI> {
     Ok(Json(ca.whoami(&caller)))
 }
 
+#[utoipa::path(post, path = "/v1/certs/user/revoke", tag = "certificates", request_body = RevokeOwnRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = RevokeResponse)))]
 pub async fn revoke_own_cert(
     State(ca): Ca_,
     Authed(caller): Authed,
@@ -80,6 +86,7 @@ pub async fn revoke_own_cert(
     Ok(Json(ca.revoke_own(&caller, &request).await?))
 }
 
+#[utoipa::path(post, path = "/v1/certs/user", tag = "certificates", request_body = UserCertRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = UserCertResponse)))]
 pub async fn issue_user_cert(
     State(ca): Ca_,
     Authed(caller): Authed,
@@ -90,63 +97,74 @@ pub async fn issue_user_cert(
 }
 
 /// Public: CA public keys are what nodes must trust, nothing secret.
+#[utoipa::path(get, path = "/v1/ca/{purpose}/keys", tag = "certificates", params(("purpose" = String, Path)), responses((status = 200, description = "see the description")))]
 pub async fn trusted_keys(State(ca): Ca_, Path(purpose): Path<String>) -> Result<impl IntoResponse, CaError> {
     let purpose: KeyPurpose = purpose.parse()?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], ca.trusted_keys(purpose)))
 }
 
 /// Any signed-in user: the bastions' host keys, for `portcullis ssh-config`.
+#[utoipa::path(get, path = "/v1/bastions/host-keys", tag = "certificates", security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "see the description")))]
 pub async fn bastion_host_keys(State(ca): Ca_, Authed(_): Authed) -> Result<impl IntoResponse, CaError> {
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], ca.bastion_host_keys().await?))
 }
 
 /// Public: sshd on every node fetches it; it names only serials and key hashes.
+#[utoipa::path(get, path = "/v1/krl", tag = "certificates", responses((status = 200, description = "see the description")))]
 pub async fn krl(State(ca): Ca_) -> Result<impl IntoResponse, CaError> {
     let bytes = ca.krl().await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes.as_ref().clone()))
 }
 
+#[utoipa::path(get, path = "/v1/nodes/{name}/principals", tag = "nodes", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = NodePrincipals)))]
 pub async fn node_principals(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Res<NodePrincipals> {
     let grant = ca.authorize(&c, Permission::NodesManage)?;
     Ok(Json(ca.node_principals(&grant, &name).await?))
 }
 
+#[utoipa::path(get, path = "/v1/admin/users", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<UserInfo>)))]
 pub async fn list_users(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<UserInfo>> {
     let grant = ca.authorize(&c, Permission::UsersManage)?;
     Ok(Json(ca.users(&grant).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddUserBody {
     username: String,
     #[serde(default)]
     groups: Vec<String>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     password: Option<SecretString>,
 }
 
+#[utoipa::path(post, path = "/v1/admin/users", tag = "admin", request_body = AddUserBody, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = UserInfo)))]
 pub async fn add_user(State(ca): Ca_, Authed(c): Authed, Body(b): Body<AddUserBody>) -> Res<UserInfo> {
     let grant = ca.authorize(&c, Permission::UsersManage)?;
     ca.add_user(&grant, &b.username, &b.groups, b.password.as_ref()).await?;
     Ok(Json(UserInfo { username: b.username, groups: b.groups, disabled: false }))
 }
 
+#[utoipa::path(post, path = "/v1/admin/users/{name}/disable", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn disable_user(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::UsersManage)?;
     ca.set_user_disabled(&grant, &name, true).await
 }
 
+#[utoipa::path(post, path = "/v1/admin/users/{name}/release", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn release_account(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::UsersManage)?;
     ca.release_account(&grant, &name).await
 }
 
+#[utoipa::path(post, path = "/v1/admin/users/{name}/enable", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn enable_user(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::UsersManage)?;
     ca.set_user_disabled(&grant, &name, false).await
 }
 
+#[utoipa::path(put, path = "/v1/admin/users/{name}/groups", tag = "admin", params(("name" = String, Path)), request_body = SetGroupsRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn set_groups(
     State(ca): Ca_,
     Authed(c): Authed,
@@ -157,15 +175,17 @@ pub async fn set_groups(
     ca.set_user_groups(&grant, &name, &b.groups).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordBody {
+    #[schema(value_type = String)]
     password: SecretString,
     /// Opens no session until its user replaces it at their next sign-in.
     #[serde(default)]
     one_time: bool,
 }
 
+#[utoipa::path(put, path = "/v1/admin/users/{name}/password", tag = "admin", params(("name" = String, Path)), request_body = PasswordBody, security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn set_password(
     State(ca): Ca_,
     Authed(c): Authed,
@@ -176,6 +196,7 @@ pub async fn set_password(
     ca.set_user_password(&grant, &name, &b.password, b.one_time).await
 }
 
+#[utoipa::path(post, path = "/v1/admin/revoke", tag = "admin", request_body = RevokeRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = RevokeResponse)))]
 pub async fn revoke(State(ca): Ca_, Authed(c): Authed, Body(b): Body<RevokeRequest>) -> Res<RevokeResponse> {
     let grant = ca.authorize(&c, Permission::CertsRevoke)?;
     Ok(Json(ca.revoke(&grant, &b).await?))
@@ -186,48 +207,56 @@ pub struct CertsQuery {
     user: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/admin/certs", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<IssuedCert>)))]
 pub async fn list_certs(State(ca): Ca_, Authed(c): Authed, Query(q): Query<CertsQuery>) -> Res<Vec<IssuedCert>> {
     let grant = ca.authorize(&c, Permission::CertsRevoke)?;
     Ok(Json(ca.certificates(&grant, q.user.as_deref()).await?))
 }
 
+#[utoipa::path(get, path = "/v1/admin/ca/keys", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<CaKeyInfo>)))]
 pub async fn list_ca_keys(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<CaKeyInfo>> {
     ca.authorize(&c, Permission::CaManage)?;
     Ok(Json(ca.ca_keys()))
 }
 
+#[utoipa::path(post, path = "/v1/admin/ca/{purpose}/rotate", tag = "admin", params(("purpose" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = CaKeyInfo)))]
 pub async fn rotate_ca_key(State(ca): Ca_, Authed(c): Authed, Path(purpose): Path<String>) -> Res<CaKeyInfo> {
     let grant = ca.authorize(&c, Permission::CaManage)?;
     Ok(Json(ca.rotate_ca_key(&grant, purpose.parse()?).await?))
 }
 
+#[utoipa::path(post, path = "/v1/admin/ca/{purpose}/activate", tag = "admin", params(("purpose" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn activate_ca_key(State(ca): Ca_, Authed(c): Authed, Path(purpose): Path<String>) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::CaManage)?;
     ca.activate_ca_key(&grant, purpose.parse()?).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetireBody {
     fingerprint: String,
 }
 
+#[utoipa::path(post, path = "/v1/admin/ca/retire", tag = "admin", request_body = RetireBody, security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn retire_ca_key(State(ca): Ca_, Authed(c): Authed, Body(b): Body<RetireBody>) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::CaManage)?;
     ca.retire_ca_key(&grant, &b.fingerprint).await
 }
 
+#[utoipa::path(get, path = "/v1/admin/nodes", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<NodeRecord>)))]
 pub async fn list_nodes(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<NodeRecord>> {
     let grant = ca.authorize(&c, Permission::NodesManage)?;
     Ok(Json(ca.nodes(&grant).await?))
 }
 
+#[utoipa::path(post, path = "/v1/admin/nodes", tag = "admin", request_body = NodeRecord, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = NodeRecord)))]
 pub async fn add_node(State(ca): Ca_, Authed(c): Authed, Body(node): Body<NodeRecord>) -> Res<NodeRecord> {
     let grant = ca.authorize(&c, Permission::NodesManage)?;
     ca.add_node(&grant, &node).await?;
     Ok(Json(node))
 }
 
+#[utoipa::path(put, path = "/v1/admin/nodes/{name}", tag = "admin", params(("name" = String, Path)), request_body = NodeUpdate, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = NodeRecord)))]
 pub async fn update_node(
     State(ca): Ca_,
     Authed(c): Authed,
@@ -238,11 +267,13 @@ pub async fn update_node(
     Ok(Json(ca.update_node(&grant, &name, &update).await?))
 }
 
+#[utoipa::path(delete, path = "/v1/admin/nodes/{name}", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn remove_node(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::NodesManage)?;
     ca.remove_node(&grant, &name).await
 }
 
+#[utoipa::path(post, path = "/v1/admin/policy/reload", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = PolicyReloadResponse)))]
 pub async fn reload_policy(State(ca): Ca_, Authed(c): Authed) -> Res<PolicyReloadResponse> {
     let grant = ca.authorize(&c, Permission::PolicyManage)?;
     Ok(Json(ca.reload_policy(&grant).await?))
@@ -269,6 +300,7 @@ fn default_limit() -> u32 {
     100
 }
 
+#[utoipa::path(get, path = "/v1/admin/audit", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<AuditRecord>)))]
 pub async fn audit_records(State(ca): Ca_, Authed(c): Authed, Query(q): Query<AuditQuery>) -> Res<Vec<AuditRecord>> {
     let grant = ca.authorize(&c, Permission::AuditRead)?;
     let newest_first = match q.order.as_deref() {
@@ -289,6 +321,7 @@ pub async fn audit_records(State(ca): Ca_, Authed(c): Authed, Query(q): Query<Au
     Ok(Json(ca.audit_search(&grant, &filter).await?))
 }
 
+#[utoipa::path(get, path = "/v1/admin/audit/verify", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = AuditVerifyResponse)))]
 pub async fn audit_verify(State(ca): Ca_, Authed(c): Authed) -> Res<AuditVerifyResponse> {
     let grant = ca.authorize(&c, Permission::AuditRead)?;
     Ok(Json(ca.audit_verify(&grant).await?))

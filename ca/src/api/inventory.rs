@@ -13,6 +13,7 @@ use std::sync::Arc;
 type Ca_ = State<Arc<Ca>>;
 type Res<T> = Result<Json<T>, CaError>;
 
+#[utoipa::path(post, path = "/v1/bastion/discovery/claim", tag = "services", request_body = DiscoveryClaimRequest, security(("service" = [])), responses((status = 200, body = DiscoveryClaimResponse)))]
 pub async fn claim(
     State(ca): Ca_,
     BastionAuth(b): BastionAuth,
@@ -23,6 +24,7 @@ pub async fn claim(
 
 /// The route has its own body limit ([`MAX_DISCOVERY_REPORT_BODY`]): the output is up to
 /// 1 MiB.
+#[utoipa::path(post, path = "/v1/bastion/discovery/report", tag = "services", request_body = DiscoveryReportRequest, security(("service" = [])), responses((status = 200, body = DiscoveryReportResponse)))]
 pub async fn report(
     State(ca): Ca_,
     BastionAuth(b): BastionAuth,
@@ -32,6 +34,7 @@ pub async fn report(
 }
 
 /// Readable with `nodes.manage` or `audit.read`.
+#[utoipa::path(get, path = "/v1/admin/inventory/{node}", tag = "admin", params(("node" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = InventoryView)))]
 pub async fn show(State(ca): Ca_, Authed(c): Authed, Name(node): Name) -> Res<InventoryView> {
     let grant = ca.authorize(&c, Permission::NodesManage).or_else(|_| ca.authorize(&c, Permission::AuditRead))?;
     Ok(Json(ca.inventory_view(&grant, &node).await?))

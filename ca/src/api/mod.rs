@@ -16,11 +16,14 @@ use axum::Extension;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use axum::{Json, Router};
 use extract::BodyLimit;
 use portcullis_proto::ApiError;
 use std::sync::Arc;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 /// JSON bodies are small; a public key line is at most 16 KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -31,77 +34,14 @@ pub const BASTION_BODY_BYTES: usize = 4 * 1024 * 1024;
 const STORE_RETRY_AFTER: u64 = 5;
 
 pub fn router(ca: Arc<Ca>) -> Router {
-    Router::new()
-        .route("/v1/health", get(|| async { "ok" }))
+    let (api, description) = api_routes().split_for_parts();
+    let description = Arc::new(description);
+    api.route("/v1/health", get(|| async { "ok" }))
         // Liveness (the process answers) and readiness (it can serve): for load
         // balancers and orchestrators. Neither needs or reveals anything secret.
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/v1/auth/login", post(handlers::login))
-        .route("/v1/auth/logout", post(handlers::logout))
-        .route("/v1/auth/whoami", get(handlers::whoami))
-        .route("/v1/auth/browser-login", post(console::browser_login))
-        .route("/v1/auth/csrf", get(console::csrf))
-        .route("/v1/console/devices", get(console::devices))
-        .route("/v1/console/tickets", post(console::ticket))
-        .route("/v1/bastion/console/open", post(console::open))
-        .route("/v1/admin/policy/history", get(console::policy_history))
-        .route("/v1/auth/methods", get(oidc::methods))
-        .route("/v1/auth/oidc/device", post(oidc::device_start))
-        .route("/v1/auth/oidc/device/poll", post(oidc::device_poll))
-        .route("/v1/auth/oidc/login", get(oidc::browser_login))
-        .route("/v1/auth/oidc/callback", get(oidc::browser_callback))
-        .route("/v1/certs/user", post(handlers::issue_user_cert))
-        .route("/v1/certs/user/revoke", post(handlers::revoke_own_cert))
-        .route("/v1/ca/{purpose}/keys", get(handlers::trusted_keys))
-        .route("/v1/krl", get(handlers::krl))
-        .route("/v1/bastions/host-keys", get(handlers::bastion_host_keys))
-        .route("/v1/nodes/{name}/principals", get(handlers::node_principals))
-        .route("/v1/admin/users", get(handlers::list_users).post(handlers::add_user))
-        .route("/v1/admin/users/{name}/disable", post(handlers::disable_user))
-        .route("/v1/admin/users/{name}/enable", post(handlers::enable_user))
-        .route("/v1/admin/users/{name}/release", post(handlers::release_account))
-        .route("/v1/admin/users/{name}/groups", put(handlers::set_groups))
-        .route("/v1/admin/users/{name}/password", put(handlers::set_password))
-        .route("/v1/admin/revoke", post(handlers::revoke))
-        .route("/v1/admin/certs", get(handlers::list_certs))
-        .route("/v1/admin/ca/keys", get(handlers::list_ca_keys))
-        .route("/v1/admin/ca/{purpose}/rotate", post(handlers::rotate_ca_key))
-        .route("/v1/admin/ca/{purpose}/activate", post(handlers::activate_ca_key))
-        .route("/v1/admin/ca/retire", post(handlers::retire_ca_key))
-        .route("/v1/admin/nodes", get(handlers::list_nodes).post(handlers::add_node))
-        .route("/v1/admin/nodes/{name}", put(handlers::update_node).delete(handlers::remove_node))
-        .route("/v1/admin/policy/reload", post(handlers::reload_policy))
-        .route("/v1/admin/audit", get(handlers::audit_records))
-        .route("/v1/admin/audit/verify", get(handlers::audit_verify))
-        .route("/v1/admin/enroll-tokens", get(enroll::list_tokens).post(enroll::create_token))
-        .route("/v1/admin/enroll-tokens/{id}", axum::routing::delete(enroll::revoke_token))
-        .route("/v1/enroll", post(enroll::enroll))
-        .route("/v1/enroll/abort", post(enroll::abort))
-        .route("/v1/nodes/refresh", post(enroll::refresh))
-        .route("/v1/nodes/deregister", post(enroll::deregister))
-        .route("/v1/services/enroll", post(bastion::enroll))
-        .route("/v1/services/certificate", post(bastion::certificate))
-        .route("/v1/services/bastions", get(bastion::bastions))
-        .route("/v1/services/agent/targets", get(bastion::agent_targets))
-        .route("/v1/bastion/sessions/open", post(bastion::open))
-        // A heartbeat lists every live session of a bastion (up to 20,000, ~100 bytes each)
-        // and an event batch up to 1000 events: both outgrow the default limit.
-        .route("/v1/bastion/heartbeat", post(bastion::heartbeat).layer(Extension(BodyLimit(BASTION_BODY_BYTES))))
-        .route("/v1/bastion/sessions/close", post(bastion::close))
-        .route("/v1/bastion/events", post(bastion::events).layer(Extension(BodyLimit(BASTION_BODY_BYTES))))
-        .route("/v1/admin/sessions", get(bastion::list_sessions))
-        .route("/v1/admin/sessions/{id}/kill", post(bastion::kill_session))
-        .route("/v1/admin/agents", get(bastion::list_agents))
-        .route("/v1/admin/bastions", get(bastion::list_bastions))
-        .route("/v1/bastion/discovery/claim", post(inventory::claim))
-        .route(
-            "/v1/bastion/discovery/report",
-            post(inventory::report).layer(Extension(BodyLimit(portcullis_proto::discovery::MAX_DISCOVERY_REPORT_BODY))),
-        )
-        .route("/v1/admin/inventory/{node}", get(inventory::show))
-        .route("/enroll.sh", get(enroll::script))
-        .route("/v1/download/portcullis-enroll", get(enroll::binary))
+        .route("/v1/openapi.json", get(move || std::future::ready(Json(Arc::clone(&description)))))
         .merge(ui::router())
         .fallback(|| async { CaError::NotFound("route") })
         .method_not_allowed_fallback(|| async { CaError::MethodNotAllowed })
@@ -109,6 +49,118 @@ pub fn router(ca: Arc<Ca>) -> Router {
         // route's `BodyLimit`; axum's own limit stays as a backstop for other extractors.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ca)
+}
+
+/// The API's description (OpenAPI 3.1), as `/v1/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().split_for_parts().1
+}
+
+/// The operations, each path and method taken from its handler's `#[utoipa::path]`:
+/// what is routed is what is described, so the two cannot drift apart.
+fn api_routes() -> OpenApiRouter<Arc<Ca>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(handlers::login))
+        .routes(routes!(handlers::logout))
+        .routes(routes!(handlers::whoami))
+        .routes(routes!(console::browser_login))
+        .routes(routes!(console::csrf))
+        .routes(routes!(console::devices))
+        .routes(routes!(console::ticket))
+        .routes(routes!(console::open))
+        .routes(routes!(console::policy_history))
+        .routes(routes!(oidc::methods))
+        .routes(routes!(oidc::device_start))
+        .routes(routes!(oidc::device_poll))
+        .routes(routes!(oidc::browser_login))
+        .routes(routes!(oidc::browser_callback))
+        .routes(routes!(handlers::issue_user_cert))
+        .routes(routes!(handlers::revoke_own_cert))
+        .routes(routes!(handlers::trusted_keys))
+        .routes(routes!(handlers::krl))
+        .routes(routes!(handlers::bastion_host_keys))
+        .routes(routes!(handlers::node_principals))
+        .routes(routes!(handlers::list_users, handlers::add_user))
+        .routes(routes!(handlers::disable_user))
+        .routes(routes!(handlers::enable_user))
+        .routes(routes!(handlers::release_account))
+        .routes(routes!(handlers::set_groups))
+        .routes(routes!(handlers::set_password))
+        .routes(routes!(handlers::revoke))
+        .routes(routes!(handlers::list_certs))
+        .routes(routes!(handlers::list_ca_keys))
+        .routes(routes!(handlers::rotate_ca_key))
+        .routes(routes!(handlers::activate_ca_key))
+        .routes(routes!(handlers::retire_ca_key))
+        .routes(routes!(handlers::list_nodes, handlers::add_node))
+        .routes(routes!(handlers::update_node, handlers::remove_node))
+        .routes(routes!(handlers::reload_policy))
+        .routes(routes!(handlers::audit_records))
+        .routes(routes!(handlers::audit_verify))
+        .routes(routes!(enroll::list_tokens, enroll::create_token))
+        .routes(routes!(enroll::revoke_token))
+        .routes(routes!(enroll::enroll))
+        .routes(routes!(enroll::abort))
+        .routes(routes!(enroll::refresh))
+        .routes(routes!(enroll::deregister))
+        .routes(routes!(bastion::enroll))
+        .routes(routes!(bastion::certificate))
+        .routes(routes!(bastion::bastions))
+        .routes(routes!(bastion::agent_targets))
+        .routes(routes!(bastion::open))
+        // A heartbeat lists every live session of a bastion (up to 20,000, ~100 bytes each)
+        // and an event batch up to 1000 events: both outgrow the default limit.
+        .routes(routes!(bastion::heartbeat).layer(Extension(BodyLimit(BASTION_BODY_BYTES))))
+        .routes(routes!(bastion::close))
+        .routes(routes!(bastion::events).layer(Extension(BodyLimit(BASTION_BODY_BYTES))))
+        .routes(routes!(bastion::list_sessions))
+        .routes(routes!(bastion::kill_session))
+        .routes(routes!(bastion::list_agents))
+        .routes(routes!(bastion::list_bastions))
+        .routes(routes!(inventory::claim))
+        .routes(
+            routes!(inventory::report)
+                .layer(Extension(BodyLimit(portcullis_proto::discovery::MAX_DISCOVERY_REPORT_BODY))),
+        )
+        .routes(routes!(inventory::show))
+        .routes(routes!(enroll::script))
+        .routes(routes!(enroll::binary))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Portcullis CA", description = "SSH certificate authority, sessions and inventory of Portcullis."),
+    modifiers(&Credentials),
+    tags(
+        (name = "auth", description = "Sign-in: passwords, OpenID Connect, browser sessions"),
+        (name = "certificates", description = "User certificates, CA keys, the KRL"),
+        (name = "console", description = "The browser console: devices and tickets"),
+        (name = "admin", description = "Administration (each operation names the permission it needs)"),
+        (name = "nodes", description = "Node enrollment and refresh"),
+        (name = "services", description = "Bastions and edge agents"),
+    )
+)]
+struct ApiDoc;
+
+/// How callers prove who they are: a user's `Authorization: Bearer` token or the
+/// browser's session cookie (with `X-CSRF-Token` on state changes), or a bastion's or
+/// agent's `pcs_…` credential.
+struct Credentials;
+
+impl utoipa::Modify for Credentials {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |what: &str| {
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(what)).build())
+        };
+        components.add_security_scheme("bearer", bearer("A user's API token from /v1/auth/login."));
+        components.add_security_scheme(
+            "cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(portcullis_proto::console::SESSION_COOKIE))),
+        );
+        components.add_security_scheme("service", bearer("A bastion's or agent's pcs_ credential."));
+    }
 }
 
 async fn healthz() -> Json<serde_json::Value> {

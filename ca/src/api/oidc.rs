@@ -23,14 +23,17 @@ const MAX_PARAM_BYTES: usize = 4 * 1024;
 
 type Ca_ = State<Arc<Ca>>;
 
+#[utoipa::path(get, path = "/v1/auth/methods", tag = "auth", responses((status = 200, body = AuthMethods)))]
 pub async fn methods(State(ca): Ca_) -> Json<AuthMethods> {
     Json(ca.auth_methods())
 }
 
+#[utoipa::path(post, path = "/v1/auth/oidc/device", tag = "auth", responses((status = 200, body = DeviceStart)))]
 pub async fn device_start(State(ca): Ca_, ClientIp(ip): ClientIp) -> Result<Json<DeviceStart>, CaError> {
     Ok(Json(ca.oidc_device_start(&ip).await?))
 }
 
+#[utoipa::path(post, path = "/v1/auth/oidc/device/poll", tag = "auth", request_body = DevicePollRequest, responses((status = 200, body = DevicePoll)))]
 pub async fn device_poll(
     State(ca): Ca_,
     ClientIp(ip): ClientIp,
@@ -46,6 +49,7 @@ fn header_value(s: String) -> Result<HeaderValue, CaError> {
     HeaderValue::try_from(s).map_err(|_| CaError::Internal("header value".into()))
 }
 
+#[utoipa::path(get, path = "/v1/auth/oidc/login", operation_id = "oidc_browser_login", tag = "auth", responses((status = 200, description = "see the description")))]
 pub async fn browser_login(State(ca): Ca_, ClientIp(ip): ClientIp) -> Result<Response, CaError> {
     let login = ca.oidc_browser_start(&ip).await?;
     let mut response = StatusCode::SEE_OTHER.into_response();
@@ -97,6 +101,7 @@ pub fn parse_callback(query: Option<&str>) -> Result<Callback, CaError> {
     }
 }
 
+#[utoipa::path(get, path = "/v1/auth/oidc/callback", tag = "auth", responses((status = 200, description = "see the description")))]
 pub async fn browser_callback(
     State(ca): Ca_,
     ClientIp(ip): ClientIp,
