@@ -1,37 +1,63 @@
 //! TLS for the API: an operator's certificate, or a bootstrap certificate generated once
-//! with rcgen and kept in the data directory, whose public-key pin clients check.
+//! with rcgen and kept in the data directory, whose public-key pin clients check. The
+//! files are read again on `systemctl reload` (SIGHUP): a renewed certificate is served
+//! from the next handshake without a restart. Bastions and agents pin the key, so renew
+//! with the same key (e.g. certbot `--reuse-key`) or give them the new pin first.
 
 use crate::error::CaError;
 use portcullis_proto::pin::pin_of_certificate;
 use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 pub struct TlsMaterial {
     pub config: Arc<ServerConfig>,
     /// `SHA256:<base64>` of the served certificate's public key.
     pub pin: String,
+    /// Re-reads the certificate and key files into the running server.
+    pub reloader: CertReloader,
 }
 
-fn server_config(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> Result<Arc<ServerConfig>, CaError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| CaError::Config(format!("TLS: {e}")))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| CaError::Config(format!("TLS certificate/key: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+/// The certificate the server presents, swappable while it runs (a renewed certificate
+/// takes effect at the next handshake; connections already open keep theirs).
+#[derive(Debug)]
+struct Presented(RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for Presented {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner())))
+    }
 }
 
-/// Loads an operator-supplied PEM certificate chain and private key.
-pub fn operator_tls(cert: &Path, key: &Path) -> Result<TlsMaterial, CaError> {
+/// Where the served certificate comes from, to read it again (`systemctl reload`).
+#[derive(Debug, Clone)]
+pub struct CertReloader {
+    cert: PathBuf,
+    key: PathBuf,
+    presented: Arc<Presented>,
+}
+
+impl CertReloader {
+    /// Reads the files again and serves them from the next handshake on; the new pin.
+    /// A file that does not load (half-written, wrong key) changes nothing.
+    pub fn reload(&self) -> Result<String, CaError> {
+        let (certified, pin) = load(&self.cert, &self.key)?;
+        *self.presented.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(certified);
+        Ok(pin)
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The chain and key from PEM files, checked to belong together; and the leaf's pin.
+fn load(cert: &Path, key: &Path) -> Result<(CertifiedKey, String), CaError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| CaError::Config(format!("cannot read {}: {e}", cert.display())))?
         .collect::<Result<_, _>>()
@@ -40,7 +66,23 @@ pub fn operator_tls(cert: &Path, key: &Path) -> Result<TlsMaterial, CaError> {
     let pin = pin_of_certificate(leaf).ok_or_else(|| CaError::Config("TLS certificate does not parse".into()))?;
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| CaError::Config(format!("cannot read {}: {e}", key.display())))?;
-    Ok(TlsMaterial { config: server_config(chain, key)?, pin })
+    let certified = CertifiedKey::from_der(chain, key, &provider())
+        .map_err(|e| CaError::Config(format!("TLS certificate/key: {e}")))?;
+    Ok((certified, pin))
+}
+
+/// Loads an operator-supplied PEM certificate chain and private key.
+pub fn operator_tls(cert: &Path, key: &Path) -> Result<TlsMaterial, CaError> {
+    let (certified, pin) = load(cert, key)?;
+    let presented = Arc::new(Presented(RwLock::new(Arc::new(certified))));
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CaError::Config(format!("TLS: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::clone(&presented) as Arc<dyn ResolvesServerCert>);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let reloader = CertReloader { cert: cert.to_owned(), key: key.to_owned(), presented };
+    Ok(TlsMaterial { config: Arc::new(config), pin, reloader })
 }
 
 /// Loads the bootstrap certificate from `dir`, generating it on first use.

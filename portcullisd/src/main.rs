@@ -53,6 +53,12 @@ enum Command {
         /// Extra DNS names or IPs for the bootstrap TLS certificate.
         #[arg(long = "tls-name")]
         tls_names: Vec<String>,
+        /// Serve this PEM certificate chain (with `--tls-key`) instead of the bootstrap
+        /// certificate, e.g. one browsers trust; re-read on SIGHUP.
+        #[arg(long, requires = "tls_key", env = "PORTCULLIS_TLS_CERT")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert", env = "PORTCULLIS_TLS_KEY")]
+        tls_key: Option<PathBuf>,
         /// A TOML file with an `[ldap]` table: users unknown locally are looked up there.
         #[arg(long)]
         ldap_config: Option<PathBuf>,
@@ -250,6 +256,8 @@ fn main() -> anyhow::Result<()> {
                 data_dir,
                 listen,
                 tls_names,
+                tls_cert,
+                tls_key,
                 ldap_config,
                 oidc_config,
                 ssh_listen,
@@ -260,6 +268,8 @@ fn main() -> anyhow::Result<()> {
                 front_door,
             } => {
                 let mut config = ServerConfig::all_in_one(&data_dir, &listen, tls_names)?;
+                config.tls_cert = tls_cert;
+                config.tls_key = tls_key;
                 if let Some(path) = ldap_config {
                     config.ldap = Some(config::read_ldap_file(&path)?);
                 }
@@ -346,7 +356,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
             }
         });
     }
-    spawn_reload_on_sighup(Arc::clone(&ca));
+    spawn_reload_on_sighup(Arc::clone(&ca), tls.reloader.clone(), tls.pin.clone());
     spawn_housekeeping(Arc::clone(&ca));
     // The all-in-one serves the browser console's WebSocket on the same origin as the
     // web UI; the endpoint answers 503 until its bastion is attached below.
@@ -465,9 +475,10 @@ fn spawn_housekeeping(ca: Arc<Ca>) {
     });
 }
 
-/// `systemctl reload` sends SIGHUP: re-read the policy directory. A broken policy is
-/// refused (and audited) and the running one stays in force.
-fn spawn_reload_on_sighup(ca: Arc<Ca>) {
+/// `systemctl reload` sends SIGHUP: re-read the policy directory and the TLS
+/// certificate. A broken policy is refused (and audited) and the running one stays in
+/// force; a certificate that does not load leaves the served one in place.
+fn spawn_reload_on_sighup(ca: Arc<Ca>, tls: tls::CertReloader, mut pin: String) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; policy reload only through the API");
         return;
@@ -482,8 +493,33 @@ fn spawn_reload_on_sighup(ca: Arc<Ca>) {
                     tracing::error!(error = %e, "policy reload refused; the previous policy stays in force")
                 }
             }
+            if let Some(new) = reload_tls(&tls, &pin) {
+                pin = new;
+            }
         }
     });
+}
+
+/// Re-reads a TLS certificate; says so loudly when its key (the pin clients check)
+/// changed. The pin now served, when the reload worked.
+pub(crate) fn reload_tls(tls: &tls::CertReloader, pin: &str) -> Option<String> {
+    match tls.reload() {
+        Ok(new) if new == pin => {
+            tracing::info!(pin = %new, "TLS certificate reloaded (same key)");
+            Some(new)
+        }
+        Ok(new) => {
+            tracing::warn!(
+                old = %pin, new = %new,
+                "TLS certificate reloaded with a NEW key: clients pinning the old one (bastions, agents, the CLI) refuse it until given the new pin"
+            );
+            Some(new)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "TLS certificate reload failed; the previous certificate stays in use");
+            None
+        }
+    }
 }
 
 /// Installed side by side (a package, or `cargo build`), the enrollment tool sits next

@@ -146,3 +146,71 @@ async fn readiness_is_notified_to_systemd_once_the_api_answers() {
     let (status, v) = server.get_json(None, "/readyz").await;
     assert_eq!(status, 200, "{v}");
 }
+
+/// The all-in-one serves an operator's certificate (`--tls-cert`, `--tls-key`) and reads
+/// it again on SIGHUP (`systemctl reload`): a renewal is served from the next handshake
+/// without a restart; a broken file changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_certificate_is_served_and_renewed_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key.to_str().unwrap()]);
+    let issue = |cn: &str| {
+        let subject = format!("/CN={cn}");
+        let (k, c) = (key.to_str().unwrap(), cert.to_str().unwrap());
+        openssl(&["req", "-new", "-x509", "-key", k, "-out", c, "-days", "2", "-subj", &subject]);
+    };
+    issue("portcullis-first");
+    let server = portcullis_tests::Server::start_with(portcullis_tests::ServerOpts {
+        args: vec!["--tls-cert".into(), cert.display().to_string(), "--tls-key".into(), key.display().to_string()],
+        ..portcullis_tests::ServerOpts::default()
+    })
+    .await;
+    let served_subject = || {
+        let host = server.url.trim_start_matches("https://").to_owned();
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-connect", &host])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut text).unwrap();
+        let _ = child.wait();
+        text.lines().find_map(|l| l.strip_prefix("subject=")).unwrap_or_default().to_owned()
+    };
+    assert!(served_subject().contains("portcullis-first"), "{}", served_subject());
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let der = <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::from_pem_slice(pem.as_bytes());
+    assert_eq!(server.pin, portcullis_proto::pin::pin_of_certificate(&der.unwrap()).unwrap());
+
+    let hup = || Command::new("kill").args(["-HUP", &server.pid().to_string()]).status().unwrap();
+    let eventually = |wanted: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !served_subject().contains(wanted) {
+            assert!(Instant::now() < deadline, "still serving {}", served_subject());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    issue("portcullis-renewed");
+    hup();
+    eventually("portcullis-renewed");
+    // The pin (the key) is the same, so pinned clients go on working.
+    let (status, _) = server.get_json(None, "/v1/auth/methods").await;
+    assert_eq!(status, 200);
+
+    std::fs::write(&cert, "not a certificate").unwrap();
+    hup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("TLS certificate reload failed") {
+        assert!(Instant::now() < deadline, "no failed-reload log line:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(served_subject().contains("portcullis-renewed"), "a broken file replaced the certificate");
+}
