@@ -245,7 +245,7 @@ impl Handler for Connection {
         _originator_address: &str,
         _originator_port: u32,
         reply: russh::server::ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         let (Some(accepted), Ok(port)) = (&self.accepted, u16::try_from(port_to_connect)) else {
             self.refuse_channel("direct-tcpip", reply, NOT_SERVED).await;
@@ -266,6 +266,7 @@ impl Handler for Connection {
             certificate: accepted.certificate.clone(),
             host: host_to_connect.to_owned(),
             port,
+            farewell: crate::jump::Farewell { outer: session.handle(), channels: Arc::clone(&self.channels) },
         };
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {

@@ -27,6 +27,27 @@ pub(crate) struct JumpRequest {
     pub certificate: Presented,
     pub host: String,
     pub port: u16,
+    /// How to tell the user why the bastion ended the session (see [`Farewell`]).
+    pub farewell: Farewell,
+}
+
+/// The user's outer connection to the bastion. The jump session inside it is end to
+/// end, so the bastion has no terminal to write a reason on; when it ends the session
+/// itself (shutdown, a kill, a limit, a revocation) and this is the connection's only
+/// channel — an ordinary `ssh -J` — it disconnects the outer connection with the
+/// reason instead, which `ssh` prints ("Received disconnect …: session closed: …").
+/// A connection that carries other channels keeps them: only the channel closes.
+pub(crate) struct Farewell {
+    pub outer: russh::server::Handle,
+    /// Open channels on the connection, this one included.
+    pub channels: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Farewell {
+    fn applies(&self, reason: CloseReason) -> bool {
+        !matches!(reason, CloseReason::ClientDisconnect | CloseReason::TargetDisconnect)
+            && self.channels.load(std::sync::atomic::Ordering::Acquire) == 1
+    }
 }
 
 /// Runs one jump-mode session to its end (spawned per channel).
@@ -59,12 +80,18 @@ pub(crate) async fn run(shared: Arc<Shared>, req: JumpRequest, client: Channel<M
         }
     };
     reply.accept().await;
-    let reason = splice(&admitted, client, onward, link).await;
+    let reason = splice(&admitted, client, onward, link, &req.farewell).await;
     shared.finish(&admitted, reason).await;
 }
 
 /// Copies both ways until either end closes or a limit/close order ends the session.
-async fn splice(admitted: &Admitted, client: Channel<Msg>, onward: Channel<Msg>, link: LinkWatch) -> CloseReason {
+async fn splice(
+    admitted: &Admitted,
+    client: Channel<Msg>,
+    onward: Channel<Msg>,
+    link: LinkWatch,
+    farewell: &Farewell,
+) -> CloseReason {
     let live = &admitted.live;
     let (mut from_client, to_client) = client.split();
     let (mut from_node, to_node) = onward.split();
@@ -112,10 +139,16 @@ async fn splice(admitted: &Admitted, client: Channel<Msg>, onward: Channel<Msg>,
         }
     };
     let reason = live.relay(admitted.limits, pump).await;
-    // End to end: nothing of ours to say, only the closes.
+    // End to end: nothing of ours inside the channel, only the closes — and the reason
+    // on the outer connection when it is ours to give.
     within_close_grace(async {
         let _ = to_node.close().await;
-        let _ = to_client.close().await;
+        if farewell.applies(reason) {
+            let why = reason.message().to_owned();
+            let _ = farewell.outer.disconnect(russh::Disconnect::ByApplication, why, String::new()).await;
+        } else {
+            let _ = to_client.close().await;
+        }
     })
     .await;
     reason

@@ -325,11 +325,18 @@ async fn a_certificate_with_a_forced_command_is_refused_in_terminated_mode_and_f
 async fn a_stopping_bastion_tells_its_users_and_the_ca_why() {
     let mut w = World::start("15m").await;
     let child = w.spawn_started("bastion", "sleep 60");
+    // Jump mode is end to end: the reason comes on the outer connection, which ssh
+    // prints at its default log level (the world's config says ERROR; INFO wins here).
+    let loud = w.dir.path().join("ssh_config_loud");
+    std::fs::write(&loud, format!("Host *\n  LogLevel INFO\n{}", std::fs::read_to_string(&w.config).unwrap())).unwrap();
+    let jump = w.spawn_started_with(&["-F", loud.to_str().unwrap(), "node"], "sleep 60");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let status = w.server.terminate(Duration::from_secs(30));
     assert!(status.success(), "portcullisd exited with {status}");
     let (out, _) = wait_output(child, Duration::from_secs(10));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bastion shutting down"), "{}", text(&out));
+    let (out, _) = wait_output(jump, Duration::from_secs(10));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("session closed: bastion shutting down"), "{}", text(&out));
 
     let ca = portcullis_tests::same_ca(&w.server, std::sync::Arc::new(portcullis_ca::SystemClock)).await;
     let records = ca.store().audit_records(0, 100_000).await.unwrap();
@@ -338,9 +345,11 @@ async fn a_stopping_bastion_tells_its_users_and_the_ca_why() {
         .filter(|r| r.event == "session_closed")
         .map(|r| serde_json::from_str(&r.payload).unwrap())
         .collect();
-    assert_eq!(closed.len(), 1, "{closed:?}");
-    assert_eq!(closed[0]["reason"], "shutdown", "{closed:?}");
-    assert!(closed[0]["duration_ms"].as_u64().is_some_and(|d| (1500..30_000).contains(&d)), "{closed:?}");
+    assert_eq!(closed.len(), 2, "{closed:?}");
+    for c in &closed {
+        assert_eq!(c["reason"], "shutdown", "{closed:?}");
+        assert!(c["duration_ms"].as_u64().is_some_and(|d| (1500..30_000).contains(&d)), "{closed:?}");
+    }
 }
 
 /// A session that cannot start says why, and the audit's close reason names the same
