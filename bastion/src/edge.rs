@@ -80,6 +80,62 @@ pub struct AgentConfig {
     /// Operator allow-list; `None`: the devices the CA assigns to this agent (port 22).
     pub allow: Option<AllowList>,
     pub connect_timeout: Duration,
+    /// What `/metrics` and `/readyz` report (see [`AgentStatus`]).
+    pub status: Arc<AgentStatus>,
+}
+
+/// The agent's state as its `/metrics`, `/healthz` and `/readyz` report it.
+#[derive(Debug, Default)]
+pub struct AgentStatus {
+    /// Bastions this agent is connected (and authenticated) to now.
+    links: std::sync::atomic::AtomicU64,
+    /// Channels the bastions asked for, by outcome.
+    channels: portcullis_proto::metrics::LabelledCounter,
+}
+
+impl AgentStatus {
+    /// Ready once connected to at least one bastion (until then no session can use it).
+    pub fn ready(&self) -> bool {
+        self.links.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let mut e = portcullis_proto::metrics::Exposition::default();
+        let links = self.links.load(std::sync::atomic::Ordering::Relaxed);
+        e.family(
+            "portcullis_agent_bastion_links",
+            "gauge",
+            "Bastions this agent is connected to.",
+            [(String::new(), links)],
+        );
+        e.family(
+            "portcullis_agent_channels_total",
+            "counter",
+            "Connections the bastions asked for, by outcome (opened, not_allowed, connect_failed).",
+            self.channels.samples(),
+        );
+        e.finish()
+    }
+
+    fn channel(&self, outcome: &str) {
+        self.channels.inc(&[("outcome", outcome)]);
+    }
+}
+
+/// Counts one live bastion link for as long as it lives.
+struct Linked<'a>(&'a AgentStatus);
+
+impl<'a> Linked<'a> {
+    fn new(status: &'a AgentStatus) -> Self {
+        status.links.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Linked(status)
+    }
+}
+
+impl Drop for Linked<'_> {
+    fn drop(&mut self) {
+        self.0.links.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// What the agent's tasks share.
@@ -93,6 +149,7 @@ struct State {
     /// When the CA-assigned allow-list was last fetched on a miss.
     last_miss_refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     connect_timeout: Duration,
+    status: Arc<AgentStatus>,
 }
 
 impl State {
@@ -138,6 +195,7 @@ pub async fn run(config: AgentConfig) {
         fixed_allow: config.allow.is_some(),
         last_miss_refresh: tokio::sync::Mutex::new(None),
         connect_timeout: config.connect_timeout,
+        status: config.status,
     });
     // Certificate and allow-list first (retrying), so the first dial can succeed.
     while refresh(&state).await.is_err() {
@@ -255,6 +313,7 @@ async fn serve_once(state: &Arc<State>, bastion: &BastionEndpoint) -> Result<(),
         return Err("the bastion refused this agent's certificate".into());
     }
     tracing::info!(bastion = %bastion.address, "connected to bastion");
+    let _linked = Linked::new(&state.status);
     // Serves channels (in the handler) until the connection ends.
     session.await.map_err(|e| e.to_string())
 }
@@ -295,6 +354,7 @@ impl client::Handler for AgentSide {
                         destination = %escape_for_log(&format!("{host}:{connected_port}")),
                         "refused a destination outside the allow-list"
                     );
+                    state.status.channel("not_allowed");
                     reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
                     return;
                 }
@@ -303,11 +363,13 @@ impl client::Handler for AgentSide {
                 match tokio::time::timeout(state.connect_timeout, TcpStream::connect((host.as_str(), port))).await {
                     Ok(Ok(s)) => s,
                     _ => {
+                        state.status.channel("connect_failed");
                         reply.reject(ChannelOpenFailure::ConnectFailed).await;
                         return;
                     }
                 };
             let _ = target.set_nodelay(true);
+            state.status.channel("opened");
             reply.accept().await;
             relay(channel, target).await;
         });

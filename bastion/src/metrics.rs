@@ -1,5 +1,5 @@
-//! The bastion's own `/metrics`, `/healthz` and `/readyz`, on the plain-HTTP listener
-//! that `portcullisd bastion --metrics-listen` names (never on a public port).
+//! The data plane's own `/metrics`, `/healthz` and `/readyz` (bastion and agent), on the
+//! plain-HTTP listener that `--metrics-listen` names (never on a public port).
 
 use std::sync::Arc;
 
@@ -78,24 +78,48 @@ impl Bastion {
     }
 }
 
-/// Serves `/metrics`, `/healthz` (alive) and `/readyz` (trust material loaded).
-pub async fn serve(listener: tokio::net::TcpListener, bastion: Arc<Bastion>) -> std::io::Result<()> {
+/// What a data-plane role reports on its metrics listener.
+pub trait Observed: Send + Sync + 'static {
+    fn metrics_text(&self) -> String;
+    /// `None` when ready, else why not.
+    fn not_ready(&self) -> Option<&'static str>;
+}
+
+impl Observed for Bastion {
+    fn metrics_text(&self) -> String {
+        Bastion::metrics_text(self)
+    }
+    fn not_ready(&self) -> Option<&'static str> {
+        (!self.ready()).then_some("trust material not loaded yet")
+    }
+}
+
+impl Observed for crate::edge::AgentStatus {
+    fn metrics_text(&self) -> String {
+        crate::edge::AgentStatus::metrics_text(self)
+    }
+    fn not_ready(&self) -> Option<&'static str> {
+        (!self.ready()).then_some("not connected to any bastion")
+    }
+}
+
+/// Serves `/metrics`, `/healthz` (alive) and `/readyz` of a bastion or an agent.
+pub async fn serve<T: Observed>(listener: tokio::net::TcpListener, role: Arc<T>) -> std::io::Result<()> {
     let router = Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics::<T>))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(bastion);
+        .route("/readyz", get(readyz::<T>))
+        .with_state(role);
     axum::serve(listener, router).await
 }
 
-async fn metrics(State(bastion): State<Arc<Bastion>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], bastion.metrics_text())
+async fn metrics<T: Observed>(State(role): State<Arc<T>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], role.metrics_text())
 }
 
-async fn readyz(State(bastion): State<Arc<Bastion>>) -> impl IntoResponse {
-    if bastion.ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "trust material not loaded yet\n")
+async fn readyz<T: Observed>(State(role): State<Arc<T>>) -> impl IntoResponse {
+    match role.not_ready() {
+        None => (StatusCode::OK, "ready\n".to_owned()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }

@@ -240,13 +240,12 @@ pub async fn start_web(
     Ok(Some(addr))
 }
 
-/// Serves the bastion's `/metrics`, `/healthz` and `/readyz` on `addr` (plain HTTP).
-pub async fn start_bastion_metrics(addr: &str, bastion: &Arc<Bastion>) -> anyhow::Result<()> {
+/// Serves a bastion's or agent's `/metrics`, `/healthz` and `/readyz` on `addr` (plain HTTP).
+pub async fn start_metrics<T: portcullis_bastion::metrics::Observed>(addr: &str, role: Arc<T>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     println!("Metrics on http://{}/metrics", listener.local_addr()?);
-    let bastion = Arc::clone(bastion);
     tokio::spawn(async move {
-        if let Err(e) = portcullis_bastion::metrics::serve(listener, bastion).await {
+        if let Err(e) = portcullis_bastion::metrics::serve(listener, role).await {
             tracing::error!(error = %e, "metrics listener failed");
         }
     });
@@ -260,7 +259,7 @@ pub fn start_agent(
     identity: Identity,
     bastions: Vec<BastionEndpoint>,
     allow: Option<AllowList>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Arc<edge::AgentStatus>> {
     let config = AgentConfig {
         name: name.to_owned(),
         key: Arc::new(identity.key),
@@ -268,9 +267,11 @@ pub fn start_agent(
         bastions,
         allow,
         connect_timeout: Duration::from_secs(10),
+        status: Arc::default(),
     };
+    let status = Arc::clone(&config.status);
     tokio::spawn(edge::run(config));
-    Ok(())
+    Ok(status)
 }
 
 /// `--bastion HOST:PORT=KEYFILE_OR_KEYLINE` for agents that should not rely on the CA's

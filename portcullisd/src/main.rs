@@ -149,6 +149,10 @@ enum Command {
         /// of the devices the CA assigns to this agent.
         #[arg(long = "allow")]
         allow: Vec<String>,
+        /// Serve `/metrics` (Prometheus) and the health checks here, plain HTTP (e.g.
+        /// `127.0.0.1:9466`); off by default.
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
 }
 
@@ -222,7 +226,7 @@ fn main() -> anyhow::Result<()> {
                     dataplane::start_bastion(&service.endpoint(), identity, &listen, agents, front_door).await?;
                 dataplane::start_web(&web, &service.state_dir, &bastion).await?;
                 if let Some(addr) = metrics_listen {
-                    dataplane::start_bastion_metrics(&addr, &bastion).await?;
+                    dataplane::start_metrics(&addr, Arc::clone(&bastion)).await?;
                 }
                 println!("Portcullis bastion {} listening on {addr} (agents on {agent_listen})", service.name);
                 sdnotify::ready(&format!("listening on {addr}"));
@@ -230,7 +234,7 @@ fn main() -> anyhow::Result<()> {
                 drain(&bastion).await;
                 return Ok(());
             }
-            Command::Agent { service, bastions, allow } => {
+            Command::Agent { service, bastions, allow, metrics_listen } => {
                 let identity = dataplane::enrolled_identity(
                     &service.endpoint(),
                     &service.state_dir,
@@ -247,7 +251,10 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     Some(portcullis_bastion::edge::AllowList::parse(&allow).map_err(anyhow::Error::msg)?)
                 };
-                dataplane::start_agent(&service.endpoint(), &service.name, identity, bastions, allow)?;
+                let status = dataplane::start_agent(&service.endpoint(), &service.name, identity, bastions, allow)?;
+                if let Some(addr) = metrics_listen {
+                    dataplane::start_metrics(&addr, status).await?;
+                }
                 println!("Portcullis agent {} running", service.name);
                 sdnotify::ready("running");
                 return wait_for_shutdown().await;

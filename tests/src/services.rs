@@ -16,7 +16,7 @@ pub async fn service_token(server: &Server, admin: &str, kind: &str) -> String {
     body["token"].as_str().unwrap().to_owned()
 }
 
-/// `portcullisd agent`; its log goes to `<state>.log`.
+/// `portcullisd agent`; its stdout goes to `<state>.out`, its log to `<state>.log`.
 pub fn spawn_agent(ca_url: &str, pin: &str, name: &str, state: &Path, token: Option<&str>, extra: &[String]) -> Child {
     spawn_agent_in(None, ca_url, pin, name, state, token, extra)
 }
@@ -40,7 +40,8 @@ pub fn spawn_agent_in(
         None => Command::new(bin("portcullisd")),
     };
     cmd.arg("agent");
-    spawn_service(cmd, ca_url, pin, name, state, token, extra, Stdio::null())
+    let out = std::fs::File::options().create(true).append(true).open(state.with_extension("out")).unwrap();
+    spawn_service(cmd, ca_url, pin, name, state, token, extra, out.into())
 }
 
 /// `portcullisd bastion` with its SSH listener on loopback port 0 and its agent

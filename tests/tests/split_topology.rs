@@ -50,7 +50,7 @@ async fn a_standalone_bastion_serves_ssh_and_the_browser_console_on_its_own_orig
 
     let edge1 = w.dir.path().join("edge1");
     let token = service_token(&w.server, &w.admin, "agent").await;
-    let mut agent = spawn_agent(url, pin, "edge1", &edge1, Some(&token), &[]);
+    let mut agent = spawn_agent(url, pin, "edge1", &edge1, Some(&token), &metrics);
     wait_connected_to(&w.server, &w.admin, "edge1", Some("b1"), &edge1.with_extension("log")).await;
     let node = add_node(&w.server, &w.admin, "pve02", &loopback_ip(), Some("edge1"), None).await;
 
@@ -159,6 +159,14 @@ async fn a_standalone_bastion_serves_ssh_and_the_browser_console_on_its_own_orig
         assert!(ca.contains(wanted), "{wanted:?} not in the CA's metrics:\n{ca}");
     }
     let ready = reqwest::get(b1_metrics.replace("/metrics", "/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    // The agent's: linked to both bastions (the all-in-one's and b1), the channels it opened.
+    let agent_metrics = wait_line(&edge1, "Metrics on ");
+    let agent_scrape = scrape(agent_metrics.clone()).await;
+    for wanted in ["portcullis_agent_bastion_links 2\n", "portcullis_agent_channels_total{outcome=\"opened\"} "] {
+        assert!(agent_scrape.contains(wanted), "{wanted:?} not in edge1's metrics:\n{agent_scrape}");
+    }
+    let ready = reqwest::get(agent_metrics.replace("/metrics", "/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
 
     // Only browsers' routes are passed on: a service credential gets nothing through it.
