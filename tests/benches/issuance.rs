@@ -1,6 +1,8 @@
-//! Certificate issuance through the HTTPS API, with persistence and audit on SQLite,
-//! compared in the same run with stock OpenSSH (`ssh-keygen -s`, one process per
-//! certificate, no persistence — a naive shell CA).
+//! Certificate issuance through the HTTPS API, with persistence and audit: on SQLite
+//! (the all-in-one), then on PostgreSQL with two CA replicas (`portcullisd ca`) sharing
+//! one database and the clients spread over both — compared in the same run with stock
+//! OpenSSH (`ssh-keygen -s`, one process per certificate, no persistence — a naive
+//! shell CA).
 //!
 //! Run (the harness starts the `portcullisd` built next to this bench executable):
 //!
@@ -8,7 +10,7 @@
 //! cargo build --release --bins && cargo bench -p portcullis-tests --bench issuance
 //! ```
 //!
-//! Environment: `PORTCULLIS_BENCH_CERTS` (measured certificates, default 8000),
+//! Environment: `PORTCULLIS_BENCH_CERTS` (measured certificates per phase, default 8000),
 //! `PORTCULLIS_BENCH_CONCURRENCY` (default 16), `PORTCULLIS_BENCH_KEYGEN_CERTS`
 //! (ssh-keygen baseline, default 200).
 //!
@@ -24,6 +26,7 @@
 
 use portcullis_proto::{AuditVerifyResponse, IssuedCert};
 use portcullis_tests::Server;
+use portcullis_tests::replica::CaReplica;
 use portcullis_tests::ssh::{SSH_KEYGEN, ed25519_key, public_line, write_key_pair};
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
@@ -65,6 +68,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let postgres = match runtime.block_on(postgres_run(certs, concurrency)) {
+        Ok(rate) => rate,
+        Err(why) => {
+            eprintln!("FAILED (PostgreSQL): {why}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     println!();
     println!("== comparison ==");
@@ -75,6 +85,10 @@ fn main() -> ExitCode {
     println!(
         "portcullis (HTTPS + SQLite + audit, c={concurrency}) / ssh-keygen 2 parallel:  {:.1}x",
         portcullis / keygen.parallel
+    );
+    println!(
+        "portcullis (2 replicas + PostgreSQL + audit, c={concurrency}) / SQLite all-in-one: {:.2}x ({postgres:.0}/s)",
+        postgres / portcullis
     );
     ExitCode::SUCCESS
 }
@@ -111,7 +125,8 @@ async fn portcullis_run(certs: usize, concurrency: usize) -> Result<f64, String>
     let url = Arc::new(server.endpoint("/v1/certs/user"));
     let token = Arc::new(token);
 
-    let warm = load(&client, &url, &token, &bodies, WARMUP_CERTS).await;
+    let targets = [(client, url)];
+    let warm = load(&targets, &token, &bodies, WARMUP_CERTS).await;
     warm.check("warm-up")?;
 
     let certs_before = count_certs(&server, &token).await;
@@ -121,7 +136,7 @@ async fn portcullis_run(certs: usize, concurrency: usize) -> Result<f64, String>
     let machine_before = machine_cpu_seconds();
     let switches_before = server_pid.map(context_switches);
 
-    let run = load(&client, &url, &token, &bodies, certs).await;
+    let run = load(&targets, &token, &bodies, certs).await;
 
     let server_cpu = server_pid.map(|pid| cpu_seconds(pid) - server_cpu_before.unwrap_or(0.0));
     let client_cpu = cpu_seconds_self() - client_cpu_before;
@@ -217,9 +232,9 @@ impl LoadResult {
 
 /// `total` requests from one task per body, each task taking the next request as soon
 /// as its previous one is answered (closed loop).
+/// Worker `i` sends to `targets[i % targets.len()]` (a client and the URL it serves).
 async fn load(
-    client: &reqwest::Client,
-    url: &Arc<String>,
+    targets: &[(reqwest::Client, Arc<String>)],
     token: &Arc<String>,
     bodies: &[Arc<Vec<u8>>],
     total: usize,
@@ -228,7 +243,9 @@ async fn load(
     let start = Instant::now();
     let workers: Vec<_> = bodies
         .iter()
-        .map(|body| {
+        .enumerate()
+        .map(|(i, body)| {
+            let (client, url) = &targets[i % targets.len()];
             let (client, url, token, body, next) =
                 (client.clone(), Arc::clone(url), Arc::clone(token), Arc::clone(body), Arc::clone(&next));
             tokio::spawn(async move {
@@ -299,6 +316,92 @@ async fn count_certs(server: &Server, token: &str) -> usize {
     assert_eq!(status, StatusCode::OK, "GET /v1/admin/certs: {body}");
     let certs: Vec<IssuedCert> = serde_json::from_value(body).unwrap();
     certs.len()
+}
+
+// ---------------------------------------------------------------------------------------
+// Two CA replicas on one PostgreSQL
+
+/// The same load against two `portcullisd ca` replicas on one PostgreSQL, half the
+/// workers on each; certificates per second, or why the run is invalid.
+async fn postgres_run(certs: usize, concurrency: usize) -> Result<f64, String> {
+    let pg = portcullis_tests::Postgres::start().map_err(|e| format!("{e:#}"))?;
+    let database = pg.url();
+    let root = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let policy = root.path().join("policy");
+    std::fs::create_dir_all(&policy).map_err(|e| e.to_string())?;
+    std::fs::write(policy.join("default.toml"), portcullis_ca::policy_files::DEFAULT_POLICY)
+        .map_err(|e| e.to_string())?;
+    let mut replicas = vec![
+        CaReplica::new("ca1", root.path(), &database, &policy),
+        CaReplica::new("ca2", root.path(), &database, &policy),
+    ];
+    for r in &mut replicas {
+        r.start();
+    }
+    for r in &mut replicas {
+        r.wait_ready().await;
+    }
+    let password = replicas
+        .iter()
+        .find_map(|r| std::fs::read_to_string(r.dir.join("data/initial-admin-password")).ok())
+        .ok_or("no replica wrote the first administrator's password")?;
+    let body =
+        serde_json::json!({ "username": "admin", "password": password.trim(), "new_password": "bench-admin-password" });
+    let (status, body) = replicas[0].post(None, "/v1/auth/login", &body).await;
+    if status != StatusCode::OK {
+        return Err(format!("admin sign-in: {status}: {body}"));
+    }
+    let token = Arc::new(body["token"].as_str().unwrap_or_default().to_owned());
+    let targets: Vec<(reqwest::Client, Arc<String>)> = replicas
+        .iter()
+        .map(|r| {
+            let tls = portcullis_proto::pin::pinned_client_config(&r.pin).expect("malformed pin");
+            let client = reqwest::Client::builder()
+                .use_preconfigured_tls(tls)
+                .http1_only()
+                .pool_max_idle_per_host(concurrency)
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("reqwest client");
+            (client, Arc::new(format!("{}/v1/certs/user", r.url)))
+        })
+        .collect();
+    let bodies: Vec<Arc<Vec<u8>>> = (0..concurrency)
+        .map(|_| {
+            Arc::new(serde_json::to_vec(&serde_json::json!({ "public_key": public_line(&ed25519_key()) })).unwrap())
+        })
+        .collect();
+    load(&targets, &token, &bodies, WARMUP_CERTS).await.check("PostgreSQL warm-up")?;
+    let run = load(&targets, &token, &bodies, certs).await;
+    run.check("PostgreSQL measured run")?;
+    let rate = certs as f64 / run.elapsed.as_secs_f64();
+    let mut lat = run.latencies;
+    lat.sort_unstable();
+    println!();
+    println!("== portcullis: two CA replicas on one PostgreSQL, clients over both ==");
+    println!("measured:            {certs} certificates in {:.3} s", run.elapsed.as_secs_f64());
+    println!("throughput:          {rate:.0} certificates/s");
+    println!(
+        "latency:             p50 {}  p90 {}  p99 {}  max {}",
+        ms(percentile(&lat, 0.50)),
+        ms(percentile(&lat, 0.90)),
+        ms(percentile(&lat, 0.99)),
+        ms(lat.last().copied().unwrap_or_default()),
+    );
+    // Every certificate and audit record in the one database, the chain intact.
+    let (status, body) = replicas[1].get(&token, "/v1/admin/certs").await;
+    let stored = body.as_array().map_or(0, Vec::len);
+    let (_, verify) = replicas[1].get(&token, "/v1/admin/audit/verify").await;
+    println!(
+        "persisted:           {stored} certificates (warm-up included); audit chain ok={} over {} records",
+        verify["ok"], verify["records"]
+    );
+    if status != StatusCode::OK || stored != certs + WARMUP_CERTS || verify["ok"] != true {
+        return Err(format!(
+            "the database does not hold every certificate, or the chain is broken: {stored} stored, {verify}"
+        ));
+    }
+    Ok(rate)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ pub mod idp;
 pub mod inprocess;
 pub mod postgres;
 pub mod procfs;
+pub mod replica;
 pub mod server;
 pub mod services;
 pub mod slapd;

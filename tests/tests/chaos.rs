@@ -14,17 +14,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_proto::AuditRecord;
+use portcullis_tests::Postgres;
 use portcullis_tests::bastion_world::{loopback_ip, text, wait_output};
-use portcullis_tests::server::{client_with_pin, status_and_json, write_file};
+use portcullis_tests::replica::CaReplica;
+use portcullis_tests::server::{client_with_pin, write_file};
 use portcullis_tests::services::{free_loopback_addr, spawn_agent, spawn_bastion_at, wait_line};
 use portcullis_tests::ssh::{ed25519_key, public_line, write_key_pair};
 use portcullis_tests::sshd::{NodeTrust, Sshd};
-use portcullis_tests::{Postgres, bin};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,7 +33,6 @@ use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "correct horse battery staple";
 const ADMIN_PASSWORD: &str = "chaos-admin-own-password";
-const PASSPHRASE: &str = "chaos test passphrase, not secret";
 /// Sessions a user may hold at once.
 const CAP: usize = 3;
 
@@ -59,105 +59,6 @@ targets = 'in:devices tags.env:prod'
 scope = {{ agents = ["edge1"] }}
 "#
     )
-}
-
-/// One `portcullisd ca` replica: fixed address, so a restart is the same replica.
-struct Replica {
-    name: &'static str,
-    dir: PathBuf,
-    url: String,
-    pin: String,
-    child: Option<Child>,
-}
-
-impl Replica {
-    fn new(name: &'static str, root: &Path, database_url: &str, policy: &Path) -> Replica {
-        let dir = root.join(name);
-        std::fs::create_dir_all(dir.join("data")).unwrap();
-        let listen = free_loopback_addr();
-        std::fs::write(
-            dir.join("portcullisd.toml"),
-            format!(
-                "listen = \"{listen}\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\ndatabase_url = \"{database_url}\"\n",
-                dir.join("data").display(),
-                policy.display()
-            ),
-        )
-        .unwrap();
-        Replica { name, url: format!("https://{listen}"), pin: String::new(), dir, child: None }
-    }
-
-    fn start(&mut self) {
-        let append = |name: &str| std::fs::File::options().create(true).append(true).open(self.dir.join(name)).unwrap();
-        let child = Command::new(bin("portcullisd"))
-            .args(["ca", "--config"])
-            .arg(self.dir.join("portcullisd.toml"))
-            .env("PORTCULLIS_CA_PASSPHRASE", PASSPHRASE)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(append("stdout"))
-            .stderr(append("stderr"))
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    /// Until `/readyz` answers 200 (the pin read from the first start's banner).
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self.pin.is_empty() {
-                let out = std::fs::read_to_string(self.dir.join("stdout")).unwrap_or_default();
-                if let Some(pin) = out.lines().find_map(|l| l.strip_prefix("TLS public-key pin: ")) {
-                    self.pin = pin.trim().to_owned();
-                }
-            }
-            if !self.pin.is_empty() {
-                let ready = client_with_pin(&self.pin).get(format!("{}/readyz", self.url)).send().await;
-                if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "{} never became ready:\n{}", self.name, self.log());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    fn kill_9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
-    }
-
-    async fn call(&self, method: Method, token: Option<&str>, path: &str, body: Option<&Value>) -> (StatusCode, Value) {
-        let mut request = client_with_pin(&self.pin).request(method, format!("{}{path}", self.url));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        status_and_json(request.send().await.unwrap_or_else(|e| panic!("{} {path}: {e}", self.name))).await
-    }
-
-    async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, Some(token), path, None).await
-    }
-
-    async fn post(&self, token: Option<&str>, path: &str, body: &Value) -> (StatusCode, Value) {
-        self.call(Method::POST, token, path, Some(body)).await
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill_9();
-    }
 }
 
 /// A child killed when the test ends, however it ends.
@@ -302,8 +203,8 @@ async fn the_split_deployment_survives_kill_9_of_each_part_and_loses_nothing() {
     std::fs::write(policy.join("prod.toml"), prod_policy()).unwrap();
 
     // Two replicas started together on the empty database: one bootstrap between them.
-    let mut ca1 = Replica::new("ca1", root.path(), &database, &policy);
-    let mut ca2 = Replica::new("ca2", root.path(), &database, &policy);
+    let mut ca1 = CaReplica::new("ca1", root.path(), &database, &policy);
+    let mut ca2 = CaReplica::new("ca2", root.path(), &database, &policy);
     ca1.start();
     ca2.start();
     ca1.wait_ready().await;
@@ -525,7 +426,7 @@ async fn the_split_deployment_survives_kill_9_of_each_part_and_loses_nothing() {
     drop(sshd);
 }
 
-async fn service_token_at(ca: &Replica, admin: &str, kind: &str) -> String {
+async fn service_token_at(ca: &CaReplica, admin: &str, kind: &str) -> String {
     let body = json!({ "ttl_seconds": 600, "uses": 1, "service": kind });
     let (status, body) = ca.post(Some(admin), "/v1/admin/enroll-tokens", &body).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -533,7 +434,7 @@ async fn service_token_at(ca: &Replica, admin: &str, kind: &str) -> String {
 }
 
 /// Until the CA lists agent `edge1` as connected to `bastion`.
-async fn wait_agent(ca: &Replica, admin: &str, bastion: &str, log: &Path) {
+async fn wait_agent(ca: &CaReplica, admin: &str, bastion: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let (_, body) = ca.get(admin, "/v1/admin/agents").await;
@@ -555,7 +456,7 @@ async fn wait_agent(ca: &Replica, admin: &str, bastion: &str, log: &Path) {
 }
 
 /// The whole audit log, oldest first.
-async fn audit_log(ca: &Replica, admin: &str) -> Vec<AuditRecord> {
+async fn audit_log(ca: &CaReplica, admin: &str) -> Vec<AuditRecord> {
     let mut all: Vec<AuditRecord> = Vec::new();
     loop {
         let after = all.last().map_or(0, |r| r.seq);
