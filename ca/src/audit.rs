@@ -499,8 +499,16 @@ pub fn failure_phase(reason: &str) -> &'static str {
 /// The one way an audit event is written.
 pub async fn record(conn: &mut AnyConnection, at: u64, event: &AuditEvent) -> Result<u64, StoreError> {
     let payload = serde_json::to_string(event).map_err(|_| StoreError::Corrupt("audit event"))?;
-    store::append_audit(conn, at, event.name(), &payload).await
+    let started = std::time::Instant::now();
+    let seq = store::append_audit(conn, at, event.name(), &payload).await;
+    WRITES.observe(started.elapsed());
+    seq
 }
+
+/// How long appending to the chain takes (its head's row is the one every writer
+/// waits for), for `/metrics`; one per process, like the chain it measures.
+pub static WRITES: std::sync::LazyLock<portcullis_proto::metrics::Histogram> =
+    std::sync::LazyLock::new(portcullis_proto::metrics::Histogram::default);
 
 /// Writes several events in order, in one move of the chain's head (the issuance
 /// writer's batches).
@@ -511,7 +519,10 @@ pub async fn record_many(conn: &mut AnyConnection, events: &[(u64, &AuditEvent)]
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| StoreError::Corrupt("audit event"))?;
     let records: Vec<(u64, &str, &str)> = payloads.iter().map(|(at, name, p)| (*at, *name, p.as_str())).collect();
-    store::append_audit_many(conn, &records).await
+    let started = std::time::Instant::now();
+    let seq = store::append_audit_many(conn, &records).await;
+    WRITES.observe(started.elapsed());
+    seq
 }
 
 /// Peer-supplied text going into an audit record: printable, at most 64 characters.

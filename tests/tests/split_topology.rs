@@ -152,6 +152,7 @@ async fn a_standalone_bastion_serves_ssh_and_the_browser_console_on_its_own_orig
         "portcullis_ca_sessions_opened_total{mode=\"terminated\"} ",
         "portcullis_ca_sessions_closed_total{mode=\"terminated\",reason=",
         "portcullis_ca_issuance_seconds_bucket{le=\"+Inf\"} ",
+        "portcullis_ca_audit_write_seconds_count ",
         "portcullis_ca_sessions_live{mode=\"console\"} 1\n",
         "portcullis_ca_agent_links 2\n",
         "portcullis_ca_krl_version ",

@@ -305,6 +305,11 @@ impl Ca {
             "Time from a certificate request to its stored, audited certificate.",
             &c.issuance,
         );
+        e.histogram(
+            "portcullis_ca_audit_write_seconds",
+            "Time to append to the audit chain (one record, or one batch of the issuance writer).",
+            &audit::WRITES,
+        );
         e.family(
             "portcullis_ca_sign_ins_total",
             "counter",
