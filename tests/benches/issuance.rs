@@ -105,14 +105,7 @@ async fn portcullis_run(certs: usize, concurrency: usize) -> Result<f64, String>
 
     // One client for every worker: a pool of keep-alive HTTP/1.1 connections, each with
     // its TLS handshake done once.
-    let tls = portcullis_proto::pin::pinned_client_config(&server.pin).expect("malformed pin");
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .http1_only()
-        .pool_max_idle_per_host(concurrency)
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("reqwest client");
+    let client = pooled_client(&server.pin, concurrency);
 
     // One key per worker: the CA signs whatever key it is given, and fresh keys per
     // request would only measure the client's key generation.
@@ -145,21 +138,13 @@ async fn portcullis_run(certs: usize, concurrency: usize) -> Result<f64, String>
     run.check("measured run")?;
 
     let rate = certs as f64 / run.elapsed.as_secs_f64();
-    let mut lat = run.latencies;
-    lat.sort_unstable();
     println!();
     println!("== portcullis: POST /v1/certs/user over HTTPS, SQLite, audit ==");
     println!("HTTP version:        {:?}", run.version.unwrap_or_default());
     println!("warm-up:             {WARMUP_CERTS} certificates");
     println!("measured:            {certs} certificates in {:.3} s", run.elapsed.as_secs_f64());
     println!("throughput:          {rate:.0} certificates/s");
-    println!(
-        "latency:             p50 {}  p90 {}  p99 {}  max {}",
-        ms(percentile(&lat, 0.50)),
-        ms(percentile(&lat, 0.90)),
-        ms(percentile(&lat, 0.99)),
-        ms(lat.last().copied().unwrap_or_default()),
-    );
+    print_latencies(run.latencies);
     match server_cpu {
         Some(s) => println!(
             "CPU during run:      server {s:.2} s ({:.0} µs/cert), bench client {client_cpu:.2} s ({:.0} µs/cert), wall {:.2} s",
@@ -354,17 +339,7 @@ async fn postgres_run(certs: usize, concurrency: usize) -> Result<f64, String> {
     let token = Arc::new(body["token"].as_str().unwrap_or_default().to_owned());
     let targets: Vec<(reqwest::Client, Arc<String>)> = replicas
         .iter()
-        .map(|r| {
-            let tls = portcullis_proto::pin::pinned_client_config(&r.pin).expect("malformed pin");
-            let client = reqwest::Client::builder()
-                .use_preconfigured_tls(tls)
-                .http1_only()
-                .pool_max_idle_per_host(concurrency)
-                .timeout(Duration::from_secs(60))
-                .build()
-                .expect("reqwest client");
-            (client, Arc::new(format!("{}/v1/certs/user", r.url)))
-        })
+        .map(|r| (pooled_client(&r.pin, concurrency), Arc::new(format!("{}/v1/certs/user", r.url))))
         .collect();
     let bodies: Vec<Arc<Vec<u8>>> = (0..concurrency)
         .map(|_| {
@@ -375,19 +350,11 @@ async fn postgres_run(certs: usize, concurrency: usize) -> Result<f64, String> {
     let run = load(&targets, &token, &bodies, certs).await;
     run.check("PostgreSQL measured run")?;
     let rate = certs as f64 / run.elapsed.as_secs_f64();
-    let mut lat = run.latencies;
-    lat.sort_unstable();
     println!();
     println!("== portcullis: two CA replicas on one PostgreSQL, clients over both ==");
     println!("measured:            {certs} certificates in {:.3} s", run.elapsed.as_secs_f64());
     println!("throughput:          {rate:.0} certificates/s");
-    println!(
-        "latency:             p50 {}  p90 {}  p99 {}  max {}",
-        ms(percentile(&lat, 0.50)),
-        ms(percentile(&lat, 0.90)),
-        ms(percentile(&lat, 0.99)),
-        ms(lat.last().copied().unwrap_or_default()),
-    );
+    print_latencies(run.latencies);
     // Every certificate and audit record in the one database, the chain intact.
     let (status, body) = replicas[1].get(&token, "/v1/admin/certs").await;
     let stored = body.as_array().map_or(0, Vec::len);
@@ -481,6 +448,30 @@ fn keygen_sign(ca: &Path, key: &Path, serial: usize) {
 // Measurement helpers
 
 /// Nearest-rank percentile of sorted samples.
+/// One keep-alive HTTP/1.1 pool for the workers, TLS pinned to `pin`, each connection's
+/// handshake done once.
+fn pooled_client(pin: &str, concurrency: usize) -> reqwest::Client {
+    let tls = portcullis_proto::pin::pinned_client_config(pin).expect("malformed pin");
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .http1_only()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("reqwest client")
+}
+
+fn print_latencies(mut lat: Vec<Duration>) {
+    lat.sort_unstable();
+    println!(
+        "latency:             p50 {}  p90 {}  p99 {}  max {}",
+        ms(percentile(&lat, 0.50)),
+        ms(percentile(&lat, 0.90)),
+        ms(percentile(&lat, 0.99)),
+        ms(lat.last().copied().unwrap_or_default()),
+    );
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;

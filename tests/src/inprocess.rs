@@ -131,3 +131,28 @@ pub async fn audit_payloads(ca: &Ca, event: &str) -> Vec<serde_json::Value> {
         .map(|r| serde_json::from_str(&r.payload).unwrap())
         .collect()
 }
+
+/// Checks `cert` as a node would, against `ca`'s trusted user keys (and `krl`), at a
+/// minute into its validity: how backup, restore and upgrade tests show that a
+/// certificate issued before still validates after.
+pub fn validates_against(
+    ca: &Ca,
+    cert: &ssh_key::Certificate,
+    krl: Option<&portcullis_sshcert::Krl>,
+) -> Result<(), portcullis_sshcert::Rejection> {
+    let trusted: Vec<ssh_key::public::KeyData> = ca
+        .trusted_keys(portcullis_ca::keys::KeyPurpose::User)
+        .lines()
+        .map(|l| ssh_key::PublicKey::from_openssh(l).unwrap().key_data().clone())
+        .collect();
+    let principals: Vec<&str> = cert.valid_principals().iter().map(String::as_str).collect();
+    let ctx = portcullis_sshcert::CheckContext {
+        trusted_cas: &trusted,
+        now_unix: cert.valid_after() + 60,
+        max_clock_skew_secs: 60,
+        acceptable_principals: &principals,
+        client_ip: "127.0.0.1".parse().unwrap(),
+        krl,
+    };
+    portcullis_sshcert::check_user_certificate(cert, &ctx).map(drop)
+}

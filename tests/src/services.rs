@@ -40,8 +40,7 @@ pub fn spawn_agent_in(
         None => Command::new(bin("portcullisd")),
     };
     cmd.arg("agent");
-    let out = std::fs::File::options().create(true).append(true).open(state.with_extension("out")).unwrap();
-    spawn_service(cmd, ca_url, pin, name, state, token, extra, out.into())
+    spawn_service(cmd, ca_url, pin, name, state, token, extra)
 }
 
 /// `portcullisd bastion` with its SSH listener on loopback port 0 and its agent
@@ -74,8 +73,12 @@ pub fn spawn_bastion_at(
 ) -> Child {
     let mut cmd = Command::new(bin("portcullisd"));
     cmd.args(["bastion", "--listen", ssh, "--agent-listen", agents, "--agent-endpoint", agents]);
-    let out = std::fs::File::options().create(true).append(true).open(state.with_extension("out")).unwrap();
-    spawn_service(cmd, ca_url, pin, name, state, token, extra, out.into())
+    spawn_service(cmd, ca_url, pin, name, state, token, extra)
+}
+
+/// `<state>.<ext>`, appended to (a restarted service adds to what it wrote before).
+fn appending(state: &Path, ext: &str) -> std::fs::File {
+    std::fs::File::options().create(true).append(true).open(state.with_extension(ext)).unwrap()
 }
 
 /// `127.0.0.1:PORT` of a port free a moment ago.
@@ -92,15 +95,14 @@ fn spawn_service(
     state: &Path,
     token: Option<&str>,
     extra: &[String],
-    stdout: Stdio,
 ) -> Child {
     cmd.args(["--ca", ca_url, "--ca-fingerprint", pin, "--name", name, "--state-dir"])
         .arg(state)
         .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(std::fs::File::options().create(true).append(true).open(state.with_extension("log")).unwrap());
+        .stdout(appending(state, "out"))
+        .stderr(appending(state, "log"));
     if let Some(token) = token {
         cmd.args(["--enroll-token", token]);
     }

@@ -9,8 +9,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use portcullis_ca::{Ca, CaConfig, ManualClock};
-use portcullis_sshcert::{CheckContext, check_user_certificate};
 use portcullis_tests::bin;
+use portcullis_tests::inprocess::validates_against;
 use portcullis_tests::ssh::{ed25519_key, public_line};
 use portcullis_tests::{Server, ServerOpts};
 use secrecy::SecretString;
@@ -84,16 +84,6 @@ async fn a_backup_taken_online_restores_into_a_ca_that_still_trusts_its_certific
     assert_eq!(restored.store().verify_audit_chain().await.unwrap().first_bad_seq, None);
     let user_keys = restored.trusted_keys(portcullis_ca::keys::KeyPurpose::User);
     assert_eq!(user_keys, server.user_ca_keys, "the restored CA signs and trusts with the same user key");
-    let trusted: Vec<ssh_key::public::KeyData> =
-        user_keys.lines().map(|l| ssh_key::PublicKey::from_openssh(l).unwrap().key_data().clone()).collect();
-    let principals: Vec<&str> = cert.valid_principals().iter().map(String::as_str).collect();
-    let ctx = CheckContext {
-        trusted_cas: &trusted,
-        now_unix: cert.valid_after() + 60,
-        max_clock_skew_secs: 60,
-        acceptable_principals: &principals,
-        client_ip: "127.0.0.1".parse().unwrap(),
-        krl: None,
-    };
-    check_user_certificate(&cert, &ctx).expect("a certificate issued before the backup validates after the restore");
+    validates_against(&restored, &cert, None)
+        .expect("a certificate issued before the backup validates after the restore");
 }

@@ -383,3 +383,55 @@ async fn readiness_follows_the_database_and_liveness_does_not() {
     let (status, v) = api.get_json(None, "/healthz").await;
     assert_eq!((status.as_u16(), v), (200, serde_json::json!({"alive": true})));
 }
+
+/// The chain is checked while the CA keeps writing to it (a live CA always does, and
+/// the chaos test's check once met an append): records appended during a check must
+/// never read as newest records gone missing.
+async fn the_chain_verifies_while_the_ca_writes(url: &str, work: &Path) {
+    let (ca, _admin, alice) = setup(url, work).await;
+    // Some history first, so each check reads for a while.
+    issue_concurrently(&ca, &alice, 20).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (ca, alice, stop) = (Arc::clone(&ca), alice.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut written = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..UserCertRequest::default() };
+                if ca.issue_user_cert(&alice, &request, IP).await.is_ok() {
+                    written += 1;
+                }
+            }
+            written
+        })
+    };
+    for round in 0..40 {
+        let check = ca.store().verify_audit_chain().await.unwrap();
+        assert_eq!(check.first_bad_seq, None, "round {round}: {check:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    assert!(written > 0, "nothing was written during the checks");
+    let check = ca.store().verify_audit_chain().await.unwrap();
+    assert_eq!(check.first_bad_seq, None, "{check:?}");
+    // Truncation is still caught: the newest record deleted behind the CA's back.
+    sqlx::query("DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)")
+        .execute(ca.store().pool())
+        .await
+        .unwrap();
+    let check = ca.store().verify_audit_chain().await.unwrap();
+    assert_eq!(check.problem.as_deref(), Some("newest records missing (head disagrees)"), "{check:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_verifies_while_the_ca_writes_on_postgres() {
+    let pg = Postgres::start().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    the_chain_verifies_while_the_ca_writes(&pg.url(), work.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_verifies_while_the_ca_writes_on_sqlite() {
+    let work = tempfile::tempdir().unwrap();
+    the_chain_verifies_while_the_ca_writes(&sqlite_url(work.path()), work.path()).await;
+}

@@ -13,9 +13,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use portcullis_ca::keys::KeyPurpose;
 use portcullis_ca::{Ca, CaConfig, ManualClock};
-use portcullis_sshcert::{CheckContext, Krl, check_user_certificate};
+use portcullis_sshcert::Krl;
+use portcullis_tests::inprocess::validates_against;
 use portcullis_tests::ssh::{ed25519_key, public_line};
 use portcullis_tests::{Postgres, ServedCa, bin};
 use reqwest::StatusCode;
@@ -82,22 +82,8 @@ async fn check_upgraded(ca: Arc<Ca>, dir: &str) {
 
     // The certificate issued before the upgrade validates: same CA key, and the KRL
     // (which still revokes the other one) does not name it.
-    let trusted: Vec<ssh_key::public::KeyData> = ca
-        .trusted_keys(KeyPurpose::User)
-        .lines()
-        .map(|l| ssh_key::PublicKey::from_openssh(l).unwrap().key_data().clone())
-        .collect();
     let krl = Krl::parse(&ca.krl().await.unwrap()).unwrap();
-    let principals: Vec<&str> = cert.valid_principals().iter().map(String::as_str).collect();
-    let ctx = CheckContext {
-        trusted_cas: &trusted,
-        now_unix: cert.valid_after() + 60,
-        max_clock_skew_secs: 60,
-        acceptable_principals: &principals,
-        client_ip: "127.0.0.1".parse().unwrap(),
-        krl: Some(&krl),
-    };
-    check_user_certificate(&cert, &ctx)
+    validates_against(&ca, &cert, Some(&krl))
         .unwrap_or_else(|e| panic!("{dir}: an old certificate no longer validates: {e:?}"));
 
     let alice = login("alice", "previous-release-alice").await;

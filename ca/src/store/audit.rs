@@ -138,12 +138,19 @@ impl Store {
             first_bad_seq: Some(seq),
             problem: Some(why.to_owned()),
         };
+        // The head first: it moves in the same transaction as each append, so every
+        // record up to it is committed, and appends racing this check (a live CA keeps
+        // writing) land beyond it instead of looking like records gone missing.
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(self.pool()).await?;
+        let head_seq = ts_from(head.try_get("seq")?);
+        let head_hash: String = head.try_get("hash")?;
         loop {
             let rows = sqlx::query(
                 "SELECT seq, at, event, payload, prev_hash, hash FROM audit_log \
-                 WHERE seq >= $1 ORDER BY seq LIMIT $2",
+                 WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3",
             )
             .bind(ts(expected_seq))
+            .bind(ts(head_seq))
             .bind(PAGE)
             .fetch_all(self.pool())
             .await?;
@@ -172,9 +179,6 @@ impl Store {
                 break;
             }
         }
-        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(self.pool()).await?;
-        let head_seq = ts_from(head.try_get("seq")?);
-        let head_hash: String = head.try_get("hash")?;
         if head_seq != records || head_hash != expected_prev {
             return Ok(bad(records + 1, records, "newest records missing (head disagrees)"));
         }
