@@ -382,3 +382,25 @@ async fn a_session_that_cannot_start_names_the_same_cause_to_the_user_and_the_au
         w.server.await_audit("session_closed", |r| r.payload["device"] == node && r.payload["reason"] == reason).await;
     }
 }
+
+/// The relay never interprets what users send: a stream that starts with 0x03 (^C) and
+/// 0x1c (^\), then every other byte value, arrives intact through both modes (the node
+/// prints what it read as hex). A relay that acted on control bytes, or translated any
+/// byte, would change the digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_bytes_cross_the_bastion_untouched_in_both_modes() {
+    use std::io::Write;
+    let w = World::start("15m").await;
+    let mut stream = vec![0x03u8, 0x1c];
+    stream.extend(0u8..=255);
+    stream.extend([0x03, 0x1c]);
+    let expected = stream.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    for host in ["bastion", "node"] {
+        let mut child = w.spawn_ssh(&[host, "od -An -v -tx1 | tr -d ' \\n'"]);
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&stream).unwrap();
+        drop(stdin);
+        let (out, _) = wait_output(child, Duration::from_secs(30));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{host}: {}", text(&out));
+    }
+}

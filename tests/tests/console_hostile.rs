@@ -135,3 +135,44 @@ async fn a_socket_without_a_ticket_is_closed_and_counted_as_missing_credential()
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// The console relays terminal bytes as they are: 0x03 and 0x1c (which a terminal's
+/// line discipline would turn into signals) sent in a binary frame reach the node's
+/// pty unchanged once the node's shell has put it in raw mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_bytes_reach_the_nodes_terminal_untouched() {
+    let w = World::start("1h").await;
+    let (status, body) = w.server.write_policy("console.toml", CONSOLE_POLICY).await;
+    assert!(status.is_success(), "{body}");
+    let token = w.server.login("alice", PASSWORD).await;
+    let (status, body) =
+        w.server.post_json(Some(&token), "/v1/console/tickets", &json!({"device": "pve01", "login": "root"})).await;
+    assert!(status.is_success(), "ticket: {body}");
+    let mut browser =
+        Socket::open(&w.server.url, &w.server.pin, body["websocket_path"].as_str().unwrap(), &token).await;
+    browser.send(TEXT, body["ticket"].as_str().unwrap().as_bytes()).await;
+    browser.control("connected").await;
+    // Raw mode, then read exactly the next six bytes and print them as hex. (The
+    // markers are split in the command so its echo does not match them.)
+    browser.send(BINARY, b"stty raw -echo; echo RE''ADY; head -c 6 | od -An -tx1 | tr -d ' '; echo EN''D\n").await;
+    let mut seen = Vec::new();
+    until_output(&mut browser, &mut seen, "READY").await;
+    browser.send(BINARY, &[0x03, 0x1c, b'o', b'k', 0x03, 0x1c]).await;
+    until_output(&mut browser, &mut seen, "END").await;
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.contains("031c6f6b031c"), "the node read something else: {seen:?}");
+}
+
+/// Reads terminal output into `seen` until it holds `marker`.
+async fn until_output(browser: &mut Socket, seen: &mut Vec<u8>, marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(seen).contains(marker) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (op, payload) = tokio::time::timeout(left, browser.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {marker} from the node in time: {:?}", String::from_utf8_lossy(seen)));
+        if op == BINARY {
+            seen.extend(payload);
+        }
+    }
+}
