@@ -21,6 +21,7 @@ missing_packages() {
     [[ -x /usr/sbin/visudo ]] || return 0
     command -v ip >/dev/null 2>&1 || return 0
     command -v systemd-analyze >/dev/null 2>&1 || return 0
+    command -v openssl >/dev/null 2>&1 || return 0
     return 1
 }
 
@@ -28,7 +29,7 @@ if missing_packages; then
     step "installing OpenSSH, PostgreSQL, OpenLDAP, Chromium, iproute2 and sudo"
     if [[ $(id -u) -ne 0 ]]; then
         echo "error: sshd, ssh-keygen, PostgreSQL, slapd, chromium, ip or visudo is missing and this is not root;" >&2
-        echo "install openssh-server openssh-client postgresql slapd ldap-utils chromium iproute2 sudo systemd and run again" >&2
+        echo "install openssh-server openssh-client postgresql slapd ldap-utils chromium iproute2 sudo systemd openssl and run again" >&2
         exit 1
     fi
     apt-get update
@@ -40,8 +41,9 @@ if missing_packages; then
     # the bastion's network-namespace test needs `ip`; hardware-discovery enrollment
     # validates its sudoers drop-in with sudo's `visudo -cf`.
     DEBIAN_FRONTEND=noninteractive apt-get install -y chromium iproute2 sudo
-    # The shipped units are checked with systemd-analyze (verify, security).
-    DEBIAN_FRONTEND=noninteractive apt-get install -y systemd
+    # The shipped units are checked with systemd-analyze (verify, security); the TLS
+    # reload test makes and reads certificates with the openssl tool.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y systemd openssl
 fi
 
 # The OIDC tests run a real OpenID Connect provider (oidc-provider) under Node.js.
