@@ -102,7 +102,7 @@ impl ServiceEnrollRequest {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceEnrollResponse {
     pub kind: ServiceKind,
@@ -114,6 +114,7 @@ pub struct ServiceEnrollResponse {
     /// `GET /v1/ca/internal/keys` at enrollment time.
     pub internal_ca_keys: String,
 }
+debug_redacting!(ServiceEnrollResponse { kind, name, certificate, internal_ca_keys; secret: api_token });
 
 /// `POST /v1/services/certificate` (bearer `pcs_…`): a fresh internal certificate for the
 /// registered key. Also records the service as seen.

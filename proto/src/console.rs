@@ -86,7 +86,7 @@ fn default_mode() -> ConsoleMode {
     ConsoleMode::Ssh
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TicketResponse {
     /// `pct_…`, 32 random bytes; shown once, the CA keeps only its hash.
@@ -95,12 +95,13 @@ pub struct TicketResponse {
     /// Path of the bastion's WebSocket endpoint, relative to the page's origin.
     pub websocket_path: String,
 }
+debug_redacting!(TicketResponse { expires_at, websocket_path; secret: ticket });
 
 /// `POST /v1/bastion/console/open` (bastion bearer): redeem a ticket and open the
 /// session in one step. The answer is a [`crate::bastion::SessionGrant`] with mode
 /// [`SessionMode::Console`]; refusals are 403 `session_denied` with reasons
 /// `ticket_invalid`, `ticket_expired`, `ticket_reused` or any session deny reason.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleOpenRequest {
@@ -116,6 +117,7 @@ pub struct ConsoleOpenRequest {
     #[serde(default)]
     pub browser_session: Option<String>,
 }
+debug_redacting!(ConsoleOpenRequest { session_id, session_public_key, client_ip, browser_session; secret: ticket });
 
 /// What binds a ticket to its browser session: the SHA-256 (hex) of the session token,
 /// which is also how the CA stores the session. The bastion forwards this, never the

@@ -29,7 +29,7 @@ pub struct EnrollTokenRequest {
     pub node: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollTokenResponse {
     /// Shown once; the CA keeps only its hash.
@@ -38,6 +38,7 @@ pub struct EnrollTokenResponse {
     pub expires_at: u64,
     pub uses: u32,
 }
+debug_redacting!(EnrollTokenResponse { id, expires_at, uses; secret: token });
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

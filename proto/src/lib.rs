@@ -8,6 +8,22 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// `Debug` that names every field but prints the secret ones as `<redacted>`: the types
+/// that carry a bearer token, a console ticket or a sign-in handle, so that one
+/// `debug!(?answer)` cannot put it in a log.
+macro_rules! debug_redacting {
+    ($ty:ident { $($field:ident),* ; secret: $($secret:ident),+ }) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    $(.field(stringify!($field), &self.$field))*
+                    $(.field(stringify!($secret), &"<redacted>"))+
+                    .finish()
+            }
+        }
+    };
+}
+
 /// Every error body the API returns. `error` is a stable code; `message` is safe to show.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -16,13 +32,14 @@ pub struct ApiError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginResponse {
     pub token: String,
     pub username: String,
     pub expires_at: u64,
 }
+debug_redacting!(LoginResponse { username, expires_at; secret: token });
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -320,3 +337,61 @@ pub mod metrics;
 pub mod oidc;
 pub mod pin;
 pub mod refusals;
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    const SECRET: &str = "pcs_do-not-log-me";
+
+    #[test]
+    fn debug_output_names_fields_but_never_shows_a_secret() {
+        let debugged = [
+            format!("{:?}", LoginResponse { token: SECRET.into(), username: "alice".into(), expires_at: 7 }),
+            format!(
+                "{:?}",
+                bastion::ServiceEnrollResponse {
+                    kind: bastion::ServiceKind::Agent,
+                    name: "edge1".into(),
+                    api_token: SECRET.into(),
+                    certificate: String::new(),
+                    internal_ca_keys: String::new(),
+                }
+            ),
+            format!(
+                "{:?}",
+                console::TicketResponse { ticket: SECRET.into(), expires_at: 7, websocket_path: "/console/ws".into() }
+            ),
+            format!(
+                "{:?}",
+                console::ConsoleOpenRequest {
+                    ticket: SECRET.into(),
+                    session_id: "abc".into(),
+                    session_public_key: String::new(),
+                    client_ip: "192.0.2.1".into(),
+                    browser_session: None,
+                }
+            ),
+            format!(
+                "{:?}",
+                enroll::EnrollTokenResponse { token: SECRET.into(), id: "t1".into(), expires_at: 7, uses: 1 }
+            ),
+            format!(
+                "{:?}",
+                oidc::DeviceStart {
+                    handle: SECRET.into(),
+                    verification_uri: "https://idp.example/device".into(),
+                    verification_uri_complete: None,
+                    user_code: "ABCD-EFGH".into(),
+                    interval: 5,
+                    expires_in: 600,
+                }
+            ),
+            format!("{:?}", oidc::DevicePollRequest { handle: SECRET.into() }),
+        ];
+        for text in debugged {
+            assert!(!text.contains(SECRET), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+        }
+    }
+}

@@ -26,10 +26,11 @@ pub struct OidcMethods {
 }
 
 /// `POST /v1/auth/oidc/device`: show these to the user, then poll with `handle`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceStart {
-    /// Opaque; identifies this sign-in at the CA. Not the IdP's device code.
+    /// Opaque to the client; identifies this sign-in at the CA and carries the IdP's
+    /// device code for it (so the CA stores none). A secret of the sign-in: never log it.
     pub handle: String,
     pub verification_uri: String,
     #[serde(default)]
@@ -39,14 +40,16 @@ pub struct DeviceStart {
     pub interval: u64,
     pub expires_in: u64,
 }
+debug_redacting!(DeviceStart { verification_uri, verification_uri_complete, user_code, interval, expires_in; secret: handle });
 
 /// `POST /v1/auth/oidc/device/poll`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DevicePollRequest {
     pub handle: String,
 }
+debug_redacting!(DevicePollRequest { ; secret: handle });
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
