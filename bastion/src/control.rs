@@ -117,6 +117,16 @@ impl<E> Attempt<E> {
     }
 }
 
+impl Attempt<ControlError> {
+    /// The transport error of a call to `path`, classified by [`Attempt::kind_of`].
+    pub(crate) fn unreachable(path: &'static str) -> impl Fn(reqwest::Error) -> Self + Copy {
+        move |e| {
+            let kind = Attempt::kind_of(&e);
+            kind(ControlError::Unreachable { path, detail: e.without_url().to_string() })
+        }
+    }
+}
+
 /// A reqwest client that trusts exactly the CA key named by `pin`.
 pub(crate) fn pinned_http_client(pin: &str, timeout: Duration) -> Result<reqwest::Client, BastionError> {
     let tls = portcullis_proto::pin::pinned_client_config(pin).ok_or(BastionError::BadPin)?;
@@ -276,10 +286,7 @@ impl ControlPlane {
         const PATH: &str = "(web front door)";
         self.replicas
             .call(|base| async move {
-                let unreachable = |e: reqwest::Error| {
-                    let kind = Attempt::kind_of(&e);
-                    kind(ControlError::Unreachable { path: PATH, detail: e.without_url().to_string() })
-                };
+                let unreachable = Attempt::unreachable(PATH);
                 let mut outgoing = self
                     .client
                     .request(request.method.clone(), format!("{base}{}", request.path_and_query))
@@ -359,10 +366,7 @@ impl ControlPlane {
         path: &'static str,
         request: reqwest::RequestBuilder,
     ) -> Result<Vec<u8>, Attempt<ControlError>> {
-        let unreachable = |e: reqwest::Error| {
-            let kind = Attempt::kind_of(&e);
-            kind(ControlError::Unreachable { path, detail: e.without_url().to_string() })
-        };
+        let unreachable = Attempt::unreachable(path);
         let mut resp = request.bearer_auth(self.token.expose_secret()).send().await.map_err(unreachable)?;
         let status = resp.status();
         let Some(body) = read_capped(&mut resp, MAX_ANSWER).await.map_err(unreachable)? else {

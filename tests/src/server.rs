@@ -334,18 +334,8 @@ impl Server {
     /// The whole audit log, oldest first, read as the administrator.
     pub async fn audit(&self) -> Vec<AuditRecord> {
         let token = self.admin_token().await;
-        let mut all: Vec<AuditRecord> = Vec::new();
-        loop {
-            let after = all.last().map_or(0, |r| r.seq);
-            let (status, body) =
-                self.get_json(Some(&token), &format!("/v1/admin/audit?after={after}&limit=1000")).await;
-            assert_eq!(status, StatusCode::OK, "reading the audit log: {body}");
-            let page: Vec<AuditRecord> = serde_json::from_value(body).unwrap();
-            if page.is_empty() {
-                return all;
-            }
-            all.extend(page);
-        }
+        let (server, token) = (self, &token);
+        read_audit(move |path| async move { server.get_json(Some(token), &path).await }).await
     }
 
     /// Audit records of one event type.
@@ -416,6 +406,26 @@ impl Drop for Server {
         if std::thread::panicking() {
             eprintln!("--- portcullisd stdout ---\n{}\n--- portcullisd stderr ---\n{}", self.stdout(), self.log());
         }
+    }
+}
+
+/// The whole audit trail, oldest first, page by page through `GET /v1/admin/audit`;
+/// `get(path)` asks one CA (with an administrator's credential) and answers its JSON.
+pub async fn read_audit<F, Fut>(get: F) -> Vec<AuditRecord>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = (StatusCode, Value)>,
+{
+    let mut all: Vec<AuditRecord> = Vec::new();
+    loop {
+        let after = all.last().map_or(0, |r| r.seq);
+        let (status, body) = get(format!("/v1/admin/audit?after={after}&limit=1000")).await;
+        assert_eq!(status, StatusCode::OK, "reading the audit log: {body}");
+        let page: Vec<AuditRecord> = serde_json::from_value(body).unwrap();
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
     }
 }
 

@@ -132,18 +132,25 @@ pub async fn wait_connected(server: &Server, admin: &str, agent: &str, log: &Pat
     wait_connected_to(server, admin, agent, None, log).await
 }
 
+/// Whether `GET /v1/admin/agents` (`agents`) lists `agent` as connected to a bastion
+/// (to `bastion`, when given).
+pub fn agent_connected(agents: &serde_json::Value, agent: &str, bastion: Option<&str>) -> bool {
+    agents.as_array().is_some_and(|all| {
+        all.iter().any(|a| {
+            a["name"] == agent
+                && a["connected_to"]
+                    .as_array()
+                    .is_some_and(|c| !c.is_empty() && bastion.is_none_or(|b| c.iter().any(|x| x == b)))
+        })
+    })
+}
+
 pub async fn wait_connected_to(server: &Server, admin: &str, agent: &str, bastion: Option<&str>, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, body) = server.get_json(Some(admin), "/v1/admin/agents").await;
         assert!(status.is_success(), "{body}");
-        let connected = body.as_array().unwrap().iter().any(|a| {
-            a["name"] == agent
-                && a["connected_to"]
-                    .as_array()
-                    .is_some_and(|c| !c.is_empty() && bastion.is_none_or(|b| c.iter().any(|x| x == b)))
-        });
-        if connected {
+        if agent_connected(&body, agent, bastion) {
             return;
         }
         assert!(

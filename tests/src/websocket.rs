@@ -85,6 +85,20 @@ impl Socket {
         (h[0] & 0x0f, payload)
     }
 
+    /// Terminal output (binary frames) into `seen` until it holds `marker`, within 20 s.
+    pub async fn read_until(&mut self, seen: &mut Vec<u8>, marker: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !String::from_utf8_lossy(seen).contains(marker) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (op, payload) = tokio::time::timeout(left, self.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {marker} from the node in time: {:?}", String::from_utf8_lossy(seen)));
+            if op == BINARY {
+                seen.extend(payload);
+            }
+        }
+    }
+
     /// Frames until a JSON control frame of type `kind`.
     pub async fn control(&mut self, kind: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);

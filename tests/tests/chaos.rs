@@ -17,8 +17,8 @@ use portcullis_proto::AuditRecord;
 use portcullis_tests::Postgres;
 use portcullis_tests::bastion_world::{loopback_ip, text, wait_output};
 use portcullis_tests::replica::CaReplica;
-use portcullis_tests::server::{client_with_pin, write_file};
-use portcullis_tests::services::{free_loopback_addr, spawn_agent, spawn_bastion_at, wait_line};
+use portcullis_tests::server::{client_with_pin, read_audit, write_file};
+use portcullis_tests::services::{agent_connected, free_loopback_addr, spawn_agent, spawn_bastion_at, wait_line};
 use portcullis_tests::ssh::{ed25519_key, public_line, write_key_pair};
 use portcullis_tests::sshd::{NodeTrust, Sshd};
 use reqwest::{Method, StatusCode};
@@ -438,12 +438,7 @@ async fn wait_agent(ca: &CaReplica, admin: &str, bastion: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let (_, body) = ca.get(admin, "/v1/admin/agents").await;
-        let connected = body.as_array().is_some_and(|agents| {
-            agents.iter().any(|a| {
-                a["name"] == "edge1" && a["connected_to"].as_array().is_some_and(|c| c.iter().any(|b| b == bastion))
-            })
-        });
-        if connected {
+        if agent_connected(&body, "edge1", Some(bastion)) {
             return;
         }
         assert!(
@@ -457,15 +452,5 @@ async fn wait_agent(ca: &CaReplica, admin: &str, bastion: &str, log: &Path) {
 
 /// The whole audit log, oldest first.
 async fn audit_log(ca: &CaReplica, admin: &str) -> Vec<AuditRecord> {
-    let mut all: Vec<AuditRecord> = Vec::new();
-    loop {
-        let after = all.last().map_or(0, |r| r.seq);
-        let (status, body) = ca.get(admin, &format!("/v1/admin/audit?after={after}&limit=1000")).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        let page: Vec<AuditRecord> = serde_json::from_value(body).unwrap();
-        if page.is_empty() {
-            return all;
-        }
-        all.extend(page);
-    }
+    read_audit(move |path| async move { ca.get(admin, &path).await }).await
 }

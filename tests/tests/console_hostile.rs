@@ -10,6 +10,28 @@ use portcullis_tests::websocket::{BINARY, Socket, TEXT};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
+/// alice's console on pve01 under `policy`, connected: a sign-in, the ticket sent as the first
+/// frame, a terminal of `cols`×`rows` asked for, and the `connected` frame read.
+async fn open_console(w: &World, policy: &str, size: (u32, u32)) -> (Socket, Value) {
+    let (status, body) = w.server.write_policy("console.toml", policy).await;
+    assert!(status.is_success(), "{body}");
+    connect_console(w, size).await
+}
+
+/// [`open_console`] under the policy in force: a new sign-in, a new ticket, a new socket.
+async fn connect_console(w: &World, (cols, rows): (u32, u32)) -> (Socket, Value) {
+    let token = w.server.login("alice", PASSWORD).await;
+    let (status, body) =
+        w.server.post_json(Some(&token), "/v1/console/tickets", &json!({"device": "pve01", "login": "root"})).await;
+    assert!(status.is_success(), "ticket: {body}");
+    let mut browser =
+        Socket::open(&w.server.url, &w.server.pin, body["websocket_path"].as_str().unwrap(), &token).await;
+    browser.send(TEXT, body["ticket"].as_str().unwrap().as_bytes()).await;
+    browser.send(TEXT, json!({"type": "resize", "cols": cols, "rows": rows}).to_string().as_bytes()).await;
+    let connected = browser.control("connected").await;
+    (browser, connected)
+}
+
 /// The live sessions as the CA lists them.
 async fn sessions(w: &World) -> Vec<Value> {
     let (status, body) = w.server.get_json(Some(&w.admin), "/v1/admin/sessions").await;
@@ -20,19 +42,7 @@ async fn sessions(w: &World) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_that_stops_reading_cannot_keep_its_session_past_a_kill() {
     let w = World::start("1h").await;
-    let (status, body) = w.server.write_policy("console.toml", CONSOLE_POLICY).await;
-    assert!(status.is_success(), "{body}");
-    let token = w.server.login("alice", PASSWORD).await;
-    let (status, body) =
-        w.server.post_json(Some(&token), "/v1/console/tickets", &json!({"device": "pve01", "login": "root"})).await;
-    assert!(status.is_success(), "ticket: {body}");
-    let ticket = body["ticket"].as_str().unwrap().to_owned();
-    let path = body["websocket_path"].as_str().unwrap().to_owned();
-
-    let mut browser = Socket::open(&w.server.url, &w.server.pin, &path, &token).await;
-    browser.send(TEXT, ticket.as_bytes()).await;
-    browser.send(TEXT, json!({"type": "resize", "cols": 120, "rows": 40}).to_string().as_bytes()).await;
-    let connected = browser.control("connected").await;
+    let (mut browser, connected) = open_console(&w, CONSOLE_POLICY, (120, 40)).await;
     let id = connected["session_id"].as_str().unwrap().to_owned();
 
     // Endless output, and from now on the browser reads nothing: its socket buffers fill
@@ -70,12 +80,7 @@ async fn a_browser_that_stops_reading_cannot_keep_its_session_past_a_kill() {
     drop(browser);
 
     // The console still works for the next browser (slots released, nothing wedged).
-    let (status, body) =
-        w.server.post_json(Some(&token), "/v1/console/tickets", &json!({"device": "pve01", "login": "root"})).await;
-    assert!(status.is_success(), "ticket: {body}");
-    let mut browser = Socket::open(&w.server.url, &w.server.pin, &path, &token).await;
-    browser.send(TEXT, body["ticket"].as_str().unwrap().as_bytes()).await;
-    browser.control("connected").await;
+    connect_console(&w, (80, 24)).await;
 }
 
 /// A quiet console is warned before its idle close (a control frame the page shows),
@@ -85,17 +90,7 @@ async fn a_quiet_console_is_warned_then_closed_as_idle() {
     let w = World::start("1h").await;
     let quick = CONSOLE_POLICY.replace(r#"idle = "15m""#, r#"idle = "3s""#);
     assert_ne!(quick, CONSOLE_POLICY);
-    let (status, body) = w.server.write_policy("console.toml", &quick).await;
-    assert!(status.is_success(), "{body}");
-    let token = w.server.login("alice", PASSWORD).await;
-    let (status, body) =
-        w.server.post_json(Some(&token), "/v1/console/tickets", &json!({"device": "pve01", "login": "root"})).await;
-    assert!(status.is_success(), "ticket: {body}");
-    let mut browser =
-        Socket::open(&w.server.url, &w.server.pin, body["websocket_path"].as_str().unwrap(), &token).await;
-    browser.send(TEXT, body["ticket"].as_str().unwrap().as_bytes()).await;
-    browser.send(TEXT, json!({"type": "resize", "cols": 80, "rows": 24}).to_string().as_bytes()).await;
-    browser.control("connected").await;
+    let (mut browser, _) = open_console(&w, &quick, (80, 24)).await;
     let warning = browser.control("idle_warning").await;
     assert_eq!(warning["seconds"], 1, "{warning}");
     let closed = browser.control("closed").await;
@@ -142,37 +137,14 @@ async fn a_socket_without_a_ticket_is_closed_and_counted_as_missing_credential()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_bytes_reach_the_nodes_terminal_untouched() {
     let w = World::start("1h").await;
-    let (status, body) = w.server.write_policy("console.toml", CONSOLE_POLICY).await;
-    assert!(status.is_success(), "{body}");
-    let token = w.server.login("alice", PASSWORD).await;
-    let (status, body) =
-        w.server.post_json(Some(&token), "/v1/console/tickets", &json!({"device": "pve01", "login": "root"})).await;
-    assert!(status.is_success(), "ticket: {body}");
-    let mut browser =
-        Socket::open(&w.server.url, &w.server.pin, body["websocket_path"].as_str().unwrap(), &token).await;
-    browser.send(TEXT, body["ticket"].as_str().unwrap().as_bytes()).await;
-    browser.control("connected").await;
+    let (mut browser, _) = open_console(&w, CONSOLE_POLICY, (80, 24)).await;
     // Raw mode, then read exactly the next six bytes and print them as hex. (The
     // markers are split in the command so its echo does not match them.)
     browser.send(BINARY, b"stty raw -echo; echo RE''ADY; head -c 6 | od -An -tx1 | tr -d ' '; echo EN''D\n").await;
     let mut seen = Vec::new();
-    until_output(&mut browser, &mut seen, "READY").await;
+    browser.read_until(&mut seen, "READY").await;
     browser.send(BINARY, &[0x03, 0x1c, b'o', b'k', 0x03, 0x1c]).await;
-    until_output(&mut browser, &mut seen, "END").await;
+    browser.read_until(&mut seen, "END").await;
     let seen = String::from_utf8_lossy(&seen);
     assert!(seen.contains("031c6f6b031c"), "the node read something else: {seen:?}");
-}
-
-/// Reads terminal output into `seen` until it holds `marker`.
-async fn until_output(browser: &mut Socket, seen: &mut Vec<u8>, marker: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !String::from_utf8_lossy(seen).contains(marker) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let (op, payload) = tokio::time::timeout(left, browser.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no {marker} from the node in time: {:?}", String::from_utf8_lossy(seen)));
-        if op == BINARY {
-            seen.extend(payload);
-        }
-    }
 }
