@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::decision::{CertPermit, CertRequest, Deny, DenyReason, Grant, Identity, PermitParts};
 use crate::device::Device;
-use crate::model::{DenyStatement, Purpose, Role, Rule, Subject};
+use crate::model::{DenyStatement, Provider, Purpose, Role, Rule, Subject};
 use crate::permission::Permission;
 use crate::policy::Policy;
 use crate::principal::{PrincipalLine, node_principal, scoped_principal};
@@ -210,12 +210,23 @@ impl Policy {
             .collect()
     }
 
-    /// The first rule (by name) for `purpose` whose targets match the device and whose
-    /// scope includes its partition, agent and gateway.
+    /// The first SSH rule (by name) for `purpose` whose targets match the device and whose
+    /// scope includes its partition, agent and gateway. Credential rules are never
+    /// returned: an API token opens no console and no login.
     pub fn match_rule(&self, purpose: Purpose, device: &Device) -> Result<&Rule, Deny> {
+        self.first_match(device, |r| r.purpose == purpose && r.credential.is_none())
+    }
+
+    /// The first credential rule (by name) for `provider` that matches the device and
+    /// whose scope includes it.
+    pub fn match_credential_rule(&self, provider: Provider, device: &Device) -> Result<&Rule, Deny> {
+        self.first_match(device, |r| r.credential.as_ref().is_some_and(|k| k.provider == provider))
+    }
+
+    fn first_match(&self, device: &Device, eligible: impl Fn(&Rule) -> bool) -> Result<&Rule, Deny> {
         let mut purpose_seen = false;
         let mut target_seen = false;
-        for r in self.rules.values().filter(|r| r.purpose == purpose) {
+        for r in self.rules.values().filter(|r| eligible(r)) {
             purpose_seen = true;
             if !r.targets.matches(device) {
                 continue;

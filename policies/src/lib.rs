@@ -27,7 +27,10 @@ pub use account::{USER_NAME_RULE, UserSource, account_name, parse_account, valid
 pub use decision::{CertPermit, CertRequest, Deny, DenyReason, Grant, Identity};
 pub use device::{DEFAULT_SSH_PORT, Device};
 pub use load::{LoadError, LoadErrors};
-pub use model::{DenyStatement, HostKeyPolicy, IdleCounts, Purpose, Role, Rule, Scope, SessionLimits, Subject};
+pub use model::{
+    AuthMethod, Credential, DEFAULT_PROXMOX_API_PORT, DenyStatement, HostKeyPolicy, IdleCounts, Provider, Purpose,
+    Role, Rule, Scope, SessionLimits, Subject,
+};
 pub use permission::{Permission, UnknownPermission};
 pub use policy::{Policy, PolicySource};
 pub use principal::{LINE_OPTIONS, PrincipalLine, node_principal, scoped_principal};

@@ -307,6 +307,83 @@ pub struct Rule {
     /// `None`: the device's SSH port only.
     pub(crate) allowed_ports: Option<BTreeSet<u16>>,
     pub(crate) idle_counts: IdleCounts,
+    /// `Some` for a credential rule (an API token the control plane uses on the devices'
+    /// behalf); `None` for the SSH-certificate rules of every other purpose.
+    pub(crate) credential: Option<Credential>,
+}
+
+/// Which API a credential rule collects from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// The Proxmox VE API (port 8006).
+    Proxmox,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Proxmox => "proxmox",
+        }
+    }
+}
+
+/// How a credential rule authenticates to its provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// `Authorization: PVEAPIToken=USER@REALM!TOKENID=SECRET`.
+    ProxmoxApiToken,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ProxmoxApiToken => "proxmox_api_token",
+        }
+    }
+}
+
+/// The API credential of an `inventory_enrichment` rule (the ServiceRadar seed's
+/// "credential rules"). The rule names a stored secret; the secret itself is never in a
+/// policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub(crate) provider: Provider,
+    pub(crate) auth_method: AuthMethod,
+    pub(crate) secret: String,
+    pub(crate) api_port: u16,
+    pub(crate) auto_discovery_trials: bool,
+    pub(crate) strict_permissions: bool,
+}
+
+/// The port of the Proxmox VE API.
+pub const DEFAULT_PROXMOX_API_PORT: u16 = 8006;
+
+impl Credential {
+    pub fn provider(&self) -> Provider {
+        self.provider
+    }
+    pub fn auth_method(&self) -> AuthMethod {
+        self.auth_method
+    }
+    /// The name of the stored secret (`portcullis admin secret add NAME`).
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+    /// Where the API listens on each device (default [`DEFAULT_PROXMOX_API_PORT`]).
+    pub fn api_port(&self) -> u16 {
+        self.api_port
+    }
+    /// Whether the token may be tried on candidate devices not yet confirmed to run the
+    /// provider's API (off by default; every attempt is audited).
+    pub fn auto_discovery_trials(&self) -> bool {
+        self.auto_discovery_trials
+    }
+    /// Refuse to collect with a token that holds write privileges (instead of warning).
+    pub fn strict_permissions(&self) -> bool {
+        self.strict_permissions
+    }
 }
 
 impl Rule {
@@ -342,6 +419,10 @@ impl Rule {
     /// What counts as activity for a session's idle limit under this rule.
     pub fn idle_counts(&self) -> IdleCounts {
         self.idle_counts
+    }
+    /// The API credential of a credential rule; `None` for SSH-certificate rules.
+    pub fn credential(&self) -> Option<&Credential> {
+        self.credential.as_ref()
     }
     /// Whether a session under this rule may open `port` on `device`: a port the rule
     /// names, or else only the device's own SSH port (which is not always 22).

@@ -245,6 +245,15 @@ fn rule_hash(r: &Rule) -> ItemSummary {
     };
     c.set("allowed_ports", ports.iter().map(String::as_str));
     c.str("idle_counts", r.idle_counts.as_str());
+    // Only credential rules hash these, so an SSH rule's digest is what it always was.
+    if let Some(k) = &r.credential {
+        c.str("provider", k.provider.as_str());
+        c.str("auth_method", k.auth_method.as_str());
+        c.str("secret", &k.secret);
+        c.num("api_port", u128::from(k.api_port));
+        c.str("auto_discovery_trials", if k.auto_discovery_trials { "true" } else { "false" });
+        c.str("strict_permissions", if k.strict_permissions { "true" } else { "false" });
+    }
     c.finish()
 }
 

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{HostKeyPolicy, IdleCounts, Purpose};
+use crate::model::{AuthMethod, HostKeyPolicy, IdleCounts, Provider, Purpose};
 
 type S = Spanned<String>;
 
@@ -81,6 +81,13 @@ pub(super) struct RawRule {
     pub allowed_ports: Option<Spanned<Vec<Spanned<u16>>>>,
     #[serde(default)]
     pub idle_counts: IdleCounts,
+    // Credential rules only (purpose `inventory_enrichment` with an API token).
+    pub provider: Option<Spanned<Provider>>,
+    pub auth_method: Option<Spanned<AuthMethod>>,
+    pub secret: Option<S>,
+    pub api_port: Option<Spanned<u16>>,
+    pub auto_discovery_trials: Option<Spanned<bool>>,
+    pub strict_permissions: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,7 +11,9 @@ use super::fields::{
 };
 use super::raw::{RawDeny, RawRole, RawRule};
 use super::{Errors, File};
-use crate::model::{DenyStatement, Role, Rule, Scope};
+use crate::model::{
+    AuthMethod, Credential, DEFAULT_PROXMOX_API_PORT, DenyStatement, Provider, Purpose, Role, Rule, Scope,
+};
 use crate::permission::Permission;
 
 const DEFAULT_TTL: Duration = Duration::from_secs(8 * 3600);
@@ -105,6 +107,10 @@ pub(super) fn rule(f: &File<'_>, errs: &mut Errors, raw: RawRule) -> Option<Rule
     let before = errs.count();
     let name = item_name(f, errs, &raw.name, "rule");
     let targets = targets(f, errs, &raw.targets);
+    let credential = credential(f, errs, &raw);
+    if let (Some(_), Some(ports)) = (&credential, &raw.allowed_ports) {
+        errs.at(f, ports.span().start, "`allowed_ports` is for SSH rules; a credential rule names its `api_port`");
+    }
     let scope_span = raw.scope.span();
     let rs = raw.scope.into_inner();
     let scope = Scope {
@@ -147,5 +153,55 @@ pub(super) fn rule(f: &File<'_>, errs: &mut Errors, raw: RawRule) -> Option<Rule
         timeout,
         allowed_ports,
         idle_counts: raw.idle_counts,
+        credential,
+    })
+}
+
+/// The credential part of a rule. Credential rules and SSH rules never mix: a rule with an
+/// API token is for `inventory_enrichment` only (so it can never open a console or a
+/// login), and it needs all of `provider`, `auth_method` and `secret`.
+fn credential(f: &File<'_>, errs: &mut Errors, raw: &RawRule) -> Option<Credential> {
+    let first = [
+        raw.provider.as_ref().map(|p| p.span().start),
+        raw.auth_method.as_ref().map(|p| p.span().start),
+        raw.secret.as_ref().map(|p| p.span().start),
+        raw.api_port.as_ref().map(|p| p.span().start),
+        raw.auto_discovery_trials.as_ref().map(|p| p.span().start),
+        raw.strict_permissions.as_ref().map(|p| p.span().start),
+    ]
+    .into_iter()
+    .flatten()
+    .min()?;
+    if raw.purpose != Purpose::InventoryEnrichment {
+        errs.at(
+            f,
+            first,
+            format!(
+                "a `{}` rule carries no API credential: `provider`, `auth_method` and `secret` are for \
+                 `inventory_enrichment` rules only",
+                raw.purpose
+            ),
+        );
+        return None;
+    }
+    let (Some(provider), Some(auth_method), Some(secret)) = (&raw.provider, &raw.auth_method, &raw.secret) else {
+        errs.at(f, first, "a credential rule needs all of `provider`, `auth_method` and `secret`");
+        return None;
+    };
+    match (provider.get_ref(), auth_method.get_ref()) {
+        (Provider::Proxmox, AuthMethod::ProxmoxApiToken) => {}
+    }
+    let secret_name = item_name(f, errs, secret, "secret");
+    let api_port = raw.api_port.as_ref().map_or(DEFAULT_PROXMOX_API_PORT, |p| *p.get_ref());
+    if api_port == 0 {
+        errs.at(f, raw.api_port.as_ref().map_or(first, |p| p.span().start), "port 0 is not a valid port");
+    }
+    Some(Credential {
+        provider: *provider.get_ref(),
+        auth_method: *auth_method.get_ref(),
+        secret: secret_name,
+        api_port,
+        auto_discovery_trials: raw.auto_discovery_trials.as_ref().is_some_and(|b| *b.get_ref()),
+        strict_permissions: raw.strict_permissions.as_ref().is_some_and(|b| *b.get_ref()),
     })
 }
