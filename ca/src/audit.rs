@@ -411,6 +411,62 @@ pub enum AuditEvent {
         /// The changed field paths (`system.serial`, `nic.eno1.speed_mbps`, …).
         fields: Vec<String>,
     },
+    /// An API secret was stored. Only its public identity and fingerprint are recorded.
+    SecretAdded {
+        name: String,
+        kind: String,
+        identity: String,
+        fingerprint: String,
+        tls: String,
+        by: String,
+    },
+    /// A stored secret got a new value (and possibly identity or TLS policy).
+    SecretRotated {
+        name: String,
+        identity: String,
+        fingerprint: String,
+        tls: String,
+        by: String,
+    },
+    SecretRemoved {
+        name: String,
+        by: String,
+    },
+    /// A bastion claimed a device for a Proxmox VE collection run and received the grant
+    /// (the named secret, decrypted, for this one run).
+    PveCollectionStarted {
+        run_id: String,
+        device: String,
+        agent: String,
+        bastion: String,
+        rule: String,
+        secret: String,
+        secret_fingerprint: String,
+    },
+    PveCollectionFailed {
+        run_id: String,
+        device: String,
+        bastion: String,
+        reason: &'static str,
+    },
+    /// A cluster's inventory changed (or was collected for the first time).
+    PveInventoryDrift {
+        run_id: String,
+        device: String,
+        cluster: String,
+        first: bool,
+        /// The changed field paths (`guest.100.status`, …), at most 200.
+        fields: Vec<String>,
+        changed: u64,
+    },
+    /// The endpoints that failed, or the write privileges the token holds, differ from the
+    /// device's previous run (recorded on change only, so an unchanged run writes nothing).
+    PveCollectionWarnings {
+        run_id: String,
+        device: String,
+        endpoint_failures: Vec<String>,
+        write_privileges: Vec<String>,
+    },
 }
 
 impl AuditEvent {
@@ -465,6 +521,13 @@ impl AuditEvent {
             AuditEvent::DiscoveryStarted { .. } => "discovery_started",
             AuditEvent::DiscoveryFailed { .. } => "discovery_failed",
             AuditEvent::InventoryDrift { .. } => "inventory_drift",
+            AuditEvent::SecretAdded { .. } => "secret_added",
+            AuditEvent::SecretRotated { .. } => "secret_rotated",
+            AuditEvent::SecretRemoved { .. } => "secret_removed",
+            AuditEvent::PveCollectionStarted { .. } => "pve_collection_started",
+            AuditEvent::PveCollectionFailed { .. } => "pve_collection_failed",
+            AuditEvent::PveInventoryDrift { .. } => "pve_inventory_drift",
+            AuditEvent::PveCollectionWarnings { .. } => "pve_collection_warnings",
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod fsutil;
 pub mod identity;
 pub mod keys;
 pub mod policy_files;
+pub mod sealed;
 pub mod ratelimit;
 pub mod server;
 pub mod service;
@@ -29,4 +30,4 @@ pub mod validate;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::CaError;
-pub use service::{Ca, CaConfig, Caller, DiscoverySettings, csrf_token_for};
+pub use service::{Ca, CaConfig, Caller, DiscoverySettings, PveSettings, csrf_token_for};

@@ -46,7 +46,7 @@ pub const DEFAULT_POLICY: &str = r#"# Portcullis policy. Every *.toml file in th
 
 [[role]]
 name = "portcullis-admin"
-permissions = ["certs.revoke", "users.manage", "ca.manage", "audit.read", "policy.manage", "nodes.manage", "sessions.kill"]
+permissions = ["certs.revoke", "users.manage", "ca.manage", "audit.read", "policy.manage", "nodes.manage", "sessions.kill", "secrets.manage"]
 
 [[role]]
 name = "node-admin"

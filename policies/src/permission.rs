@@ -30,6 +30,8 @@ pub enum Permission {
     PolicyManage,
     /// Enroll and retire nodes.
     NodesManage,
+    /// Store, rotate and remove API secrets (e.g. Proxmox VE tokens); never read them.
+    SecretsManage,
 }
 
 impl Permission {
@@ -44,6 +46,7 @@ impl Permission {
         Permission::AuditRead,
         Permission::PolicyManage,
         Permission::NodesManage,
+        Permission::SecretsManage,
     ];
 
     /// The string form used in policy files, audit events and APIs.
@@ -58,6 +61,7 @@ impl Permission {
             Permission::AuditRead => "audit.read",
             Permission::PolicyManage => "policy.manage",
             Permission::NodesManage => "nodes.manage",
+            Permission::SecretsManage => "secrets.manage",
         }
     }
 }
@@ -106,7 +110,7 @@ mod tests {
             assert_eq!(p.as_str().parse::<Permission>(), Ok(*p));
             assert!(seen.insert(p.as_str()));
         }
-        assert_eq!(seen.len(), 9);
+        assert_eq!(seen.len(), 10);
         assert!("certs.Issue".parse::<Permission>().is_err());
         assert!("".parse::<Permission>().is_err());
     }

@@ -52,6 +52,10 @@ pub struct ServerConfig {
     /// Hardware discovery through the bastions (off unless `enabled = true`).
     #[serde(default)]
     pub discovery: Option<DiscoveryToml>,
+    /// Proxmox VE inventory: how often, how many at once. It runs wherever a credential
+    /// rule (provider `proxmox`) names a stored secret, and nowhere else.
+    #[serde(default)]
+    pub pve: Option<PveToml>,
     /// How often unauthenticated refusals, beyond the first of each source, reason and
     /// user, are written as one `refusals_summarized` audit record (default 60 s).
     #[serde(default, with = "humantime_serde_opt")]
@@ -75,6 +79,18 @@ pub struct DiscoveryToml {
     #[serde(default)]
     pub enabled: bool,
     /// How often each node is discovered (default 1h, at least 1s).
+    #[serde(default, with = "humantime_serde_opt")]
+    pub interval: Option<std::time::Duration>,
+    /// Runs a bastion performs at once (default 4, 1–64).
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+}
+
+/// The `[pve]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PveToml {
+    /// How often each device is collected (default 1h, at least 1s).
     #[serde(default, with = "humantime_serde_opt")]
     pub interval: Option<std::time::Duration>,
     /// Runs a bastion performs at once (default 4, 1–64).
@@ -233,6 +249,7 @@ impl ServerConfig {
             oidc: None,
             default_agent: None,
             discovery: None,
+            pve: None,
             refusal_summary_every: None,
             metrics_listen: None,
             ssh_listen: None,
@@ -297,6 +314,14 @@ impl ServerConfig {
             }
             config.discovery =
                 portcullis_ca::DiscoverySettings { enabled: d.enabled, interval_secs: interval, concurrency };
+        }
+        if let Some(p) = self.pve {
+            let interval = p.interval.map_or(3600, |i| i.as_secs());
+            let concurrency = p.concurrency.unwrap_or(4);
+            if interval == 0 || !(1..=64).contains(&concurrency) {
+                bail!("[pve]: interval must be at least 1s and concurrency 1-64");
+            }
+            config.pve = portcullis_ca::PveSettings { interval_secs: interval, concurrency };
         }
         if let Some(alg) = self.key_algorithm {
             config.key_algorithm = alg.parse().map_err(anyhow::Error::msg)?;

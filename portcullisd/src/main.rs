@@ -79,6 +79,10 @@ enum Command {
         /// Discovery interval in seconds; also how often the bastion asks the CA for work.
         #[arg(long, default_value_t = 3600)]
         discovery_interval: u64,
+        /// Proxmox VE inventory interval in seconds (collection runs only where a credential
+        /// rule names a stored secret).
+        #[arg(long, default_value_t = 3600)]
+        pve_interval: u64,
         /// Serve `/metrics` (Prometheus) and the health checks here, plain HTTP (e.g.
         /// `127.0.0.1:9464`); off by default, never on the public port.
         #[arg(long)]
@@ -271,6 +275,7 @@ fn main() -> anyhow::Result<()> {
                 agent_listen,
                 discovery,
                 discovery_interval,
+                pve_interval,
                 metrics_listen,
                 front_door,
             } => {
@@ -292,6 +297,10 @@ fn main() -> anyhow::Result<()> {
                 config.discovery = Some(config::DiscoveryToml {
                     enabled: discovery,
                     interval: Some(std::time::Duration::from_secs(discovery_interval.max(1))),
+                    concurrency: None,
+                });
+                config.pve = Some(config::PveToml {
+                    interval: Some(std::time::Duration::from_secs(pve_interval.max(1))),
                     concurrency: None,
                 });
                 (config, true)

@@ -29,6 +29,11 @@ pub fn normalize_pin(pin: &str) -> Option<String> {
     (bytes.len() == 32).then(|| format!("SHA256:{}", STANDARD_NO_PAD.encode(bytes)))
 }
 
+/// SHA-256 of a certificate's DER as lowercase hex (PVE's certificate fingerprint).
+pub fn hex_sha256(cert_der: &[u8]) -> String {
+    Sha256::digest(cert_der).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// curl's `--pinnedpubkey` argument for the same key.
 pub fn curl_pin(pin: &str) -> Option<String> {
     let canonical = normalize_pin(pin)?;
@@ -62,8 +67,53 @@ pub fn pinned_client_config(pins: &str) -> Option<rustls::ClientConfig> {
     if pins.is_empty() {
         return None;
     }
+    pinned_by(Accept::PublicKeys(pins))
+}
+
+/// A rustls client configuration for a Proxmox VE API under a secret's [`TlsPolicy`]: a CA
+/// bundle (chain and name verified as usual), a pinned certificate SHA-256, or — named so
+/// — no verification. `Err` says what is wrong with the policy.
+pub fn api_client_config(policy: &crate::pve::TlsPolicy) -> Result<rustls::ClientConfig, String> {
+    use crate::pve::TlsPolicy;
+    match policy {
+        TlsPolicy::PinnedSha256 { sha256 } => {
+            let want = crate::pve::normalize_sha256(sha256).ok_or("the pinned SHA-256 is not 64 hex digits")?;
+            pinned_by(Accept::CertificateSha256(want)).ok_or_else(|| "no TLS client configuration".into())
+        }
+        TlsPolicy::DangerSkipVerify => pinned_by(Accept::Anything).ok_or_else(|| "no TLS client configuration".into()),
+        TlsPolicy::CaBundle { pem } => {
+            use rustls_pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let cert = cert.map_err(|_| "the CA bundle is not PEM certificates")?;
+                roots.add(cert).map_err(|_| "a certificate of the CA bundle does not parse")?;
+            }
+            if roots.is_empty() {
+                return Err("the CA bundle holds no certificate".into());
+            }
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|_| "no TLS protocol version".to_owned())
+                .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        }
+    }
+}
+
+/// What a [`PinnedVerifier`] accepts as the server's certificate.
+#[derive(Debug)]
+enum Accept {
+    /// Any of these SPKI pins (`SHA256:<b64>`).
+    PublicKeys(Vec<String>),
+    /// Exactly this certificate (SHA-256 of its DER, lowercase hex).
+    CertificateSha256(String),
+    /// Anything (`danger_skip_verify`); the handshake signature is still checked.
+    Anything,
+}
+
+fn pinned_by(accept: Accept) -> Option<rustls::ClientConfig> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = PinnedVerifier { pins, provider: std::sync::Arc::clone(&provider) };
+    let verifier = PinnedVerifier { accept, provider: std::sync::Arc::clone(&provider) };
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .ok()?
@@ -75,7 +125,7 @@ pub fn pinned_client_config(pins: &str) -> Option<rustls::ClientConfig> {
 
 #[derive(Debug)]
 struct PinnedVerifier {
-    pins: Vec<String>,
+    accept: Accept,
     provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -88,11 +138,19 @@ impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
         _ocsp_response: &[u8],
         _now: rustls_pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        match pin_of_certificate(end_entity) {
-            // Pins are public values; a plain comparison leaks nothing worth a timing attack.
-            Some(pin) if self.pins.contains(&pin) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
-            Some(_) => Err(rustls::Error::General("server public key does not match the pinned fingerprint".into())),
-            None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)),
+        let ok = rustls::client::danger::ServerCertVerified::assertion;
+        // Pins are public values; a plain comparison leaks nothing worth a timing attack.
+        match &self.accept {
+            Accept::Anything => Ok(ok()),
+            Accept::CertificateSha256(want) if hex_sha256(end_entity) == *want => Ok(ok()),
+            Accept::CertificateSha256(_) => {
+                Err(rustls::Error::General("server certificate does not match the pinned SHA-256".into()))
+            }
+            Accept::PublicKeys(pins) => match pin_of_certificate(end_entity) {
+                Some(pin) if pins.contains(&pin) => Ok(ok()),
+                Some(_) => Err(rustls::Error::General("server public key does not match the pinned fingerprint".into())),
+                None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)),
+            },
         }
     }
 

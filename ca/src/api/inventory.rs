@@ -1,13 +1,14 @@
-//! Hardware discovery: the bastion's claim and report (bastion bearer), and the
-//! inventory's admin view.
+//! Inventory: hardware discovery's and Proxmox VE collection's claim and report (bastion
+//! bearer), the inventory's admin views, and the API secrets they use.
 
 use super::extract::{Authed, BastionAuth, Body, Name};
 use crate::error::CaError;
 use crate::service::Ca;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use portcullis_policies::Permission;
 use portcullis_proto::discovery::*;
+use portcullis_proto::pve::*;
 use std::sync::Arc;
 
 type Ca_ = State<Arc<Ca>>;
@@ -38,4 +39,72 @@ pub async fn report(
 pub async fn show(State(ca): Ca_, Authed(c): Authed, Name(node): Name) -> Res<InventoryView> {
     let grant = ca.authorize(&c, Permission::NodesManage).or_else(|_| ca.authorize(&c, Permission::AuditRead))?;
     Ok(Json(ca.inventory_view(&grant, &node).await?))
+}
+
+/// Proxmox VE collection: the claim hands out grants (a token for one run) only as the
+/// policy decides; the bastion names nothing but its agents.
+#[utoipa::path(post, path = "/v1/bastion/pve/claim", tag = "services", request_body = PveClaimRequest, security(("service" = [])), responses((status = 200, body = PveClaimResponse)))]
+pub async fn pve_claim(
+    State(ca): Ca_,
+    BastionAuth(b): BastionAuth,
+    Body(r): Body<PveClaimRequest>,
+) -> Res<PveClaimResponse> {
+    Ok(Json(ca.claim_pve(&b, &r).await?))
+}
+
+/// The route has its own body limit ([`MAX_PVE_REPORT_BODY`]).
+#[utoipa::path(post, path = "/v1/bastion/pve/report", tag = "services", request_body = PveReportRequest, security(("service" = [])), responses((status = 200, body = PveReportResponse)))]
+pub async fn pve_report(
+    State(ca): Ca_,
+    BastionAuth(b): BastionAuth,
+    Body(r): Body<PveReportRequest>,
+) -> Res<PveReportResponse> {
+    Ok(Json(ca.report_pve(&b, &r).await?))
+}
+
+/// Readable with `nodes.manage` or `audit.read`.
+#[utoipa::path(get, path = "/v1/admin/inventory/clusters", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<ClusterSummary>)))]
+pub async fn clusters(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<ClusterSummary>> {
+    let grant = ca.authorize(&c, Permission::NodesManage).or_else(|_| ca.authorize(&c, Permission::AuditRead))?;
+    Ok(Json(ca.clusters(&grant).await?))
+}
+
+/// A cluster is known within the site (agent) that reaches it: `{agent}/{cluster}`.
+#[utoipa::path(get, path = "/v1/admin/inventory/clusters/{agent}/{cluster}", tag = "admin", params(("agent" = String, Path), ("cluster" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = ClusterView)))]
+pub async fn cluster(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Path((agent, cluster)): Path<(String, String)>,
+) -> Res<ClusterView> {
+    let grant = ca.authorize(&c, Permission::NodesManage).or_else(|_| ca.authorize(&c, Permission::AuditRead))?;
+    Ok(Json(ca.cluster_view(&grant, &format!("{agent}/{cluster}")).await?))
+}
+
+#[utoipa::path(get, path = "/v1/admin/secrets", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<SecretInfo>)))]
+pub async fn list_secrets(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<SecretInfo>> {
+    let grant = ca.authorize(&c, Permission::SecretsManage)?;
+    Ok(Json(ca.secrets(&grant).await?))
+}
+
+#[utoipa::path(post, path = "/v1/admin/secrets", tag = "admin", request_body = SecretAddRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = SecretInfo)))]
+pub async fn add_secret(State(ca): Ca_, Authed(c): Authed, Body(r): Body<SecretAddRequest>) -> Res<SecretInfo> {
+    let grant = ca.authorize(&c, Permission::SecretsManage)?;
+    Ok(Json(ca.add_secret(&grant, &r).await?))
+}
+
+#[utoipa::path(put, path = "/v1/admin/secrets/{name}", tag = "admin", params(("name" = String, Path)), request_body = SecretRotateRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = SecretInfo)))]
+pub async fn rotate_secret(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Name(name): Name,
+    Body(r): Body<SecretRotateRequest>,
+) -> Res<SecretInfo> {
+    let grant = ca.authorize(&c, Permission::SecretsManage)?;
+    Ok(Json(ca.rotate_secret(&grant, &name, &r).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/admin/secrets/{name}", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
+pub async fn remove_secret(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
+    let grant = ca.authorize(&c, Permission::SecretsManage)?;
+    ca.remove_secret(&grant, &name).await
 }

@@ -123,6 +123,12 @@ fn api_routes() -> OpenApiRouter<Arc<Ca>> {
                 .layer(Extension(BodyLimit(portcullis_proto::discovery::MAX_DISCOVERY_REPORT_BODY))),
         )
         .routes(routes!(inventory::show))
+        .routes(routes!(inventory::pve_claim))
+        .routes(routes!(inventory::pve_report).layer(Extension(BodyLimit(portcullis_proto::pve::MAX_PVE_REPORT_BODY))))
+        .routes(routes!(inventory::clusters))
+        .routes(routes!(inventory::cluster))
+        .routes(routes!(inventory::list_secrets, inventory::add_secret))
+        .routes(routes!(inventory::rotate_secret, inventory::remove_secret))
         .routes(routes!(enroll::script))
         .routes(routes!(enroll::binary))
 }

@@ -68,7 +68,7 @@ impl DiscoveryPermit {
 pub(crate) struct SkipLog(Mutex<BTreeSet<(String, &'static str)>>);
 
 impl SkipLog {
-    fn once(&self, device: &str, why: &'static str) {
+    pub(super) fn once(&self, device: &str, why: &'static str) {
         let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if seen.len() < 100_000 && seen.insert((device.to_owned(), why)) {
             tracing::info!(device, why, "node not discovered");

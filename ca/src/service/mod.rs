@@ -6,6 +6,7 @@ mod auth;
 mod bastion_events;
 mod certs;
 mod discovery;
+mod pve;
 mod enroll;
 mod metrics;
 use metrics::Counters;
@@ -18,6 +19,7 @@ pub use admin::AuditFilter;
 pub use auth::{Caller, csrf_token_for, csrf_token_matches};
 pub use certs::device_of;
 pub use discovery::{DiscoveryPermit, DiscoverySettings, HardwareSummary};
+pub use pve::PveSettings;
 pub use services::ServiceCaller;
 pub use sessions::SessionPermit;
 
@@ -75,6 +77,8 @@ pub struct CaConfig {
     pub default_agent: Option<String>,
     /// Hardware discovery (`[discovery]`); off by default.
     pub discovery: DiscoverySettings,
+    /// Proxmox VE inventory (`[pve]`): runs only where a credential rule says so.
+    pub pve: PveSettings,
     /// The window of unauthenticated refusals counted into one audit summary.
     pub refusal_summary_every: Duration,
 }
@@ -97,6 +101,7 @@ impl CaConfig {
             oidc: None,
             default_agent: None,
             discovery: DiscoverySettings::default(),
+            pve: PveSettings::default(),
             refusal_summary_every: Duration::from_secs(60),
         }
     }
@@ -141,6 +146,7 @@ pub struct Ca {
     default_agent: Option<String>,
     discovery: DiscoverySettings,
     discovery_skips: discovery::SkipLog,
+    pve: PveSettings,
     /// What the directory last said about accounts with live sessions.
     directory_answers: sessions::DirectoryAnswers,
 }
@@ -246,6 +252,7 @@ impl Ca {
             default_agent: config.default_agent,
             discovery: config.discovery,
             discovery_skips: Default::default(),
+            pve: config.pve,
             directory_answers: Default::default(),
         };
         ca.install_policy(policy, SYSTEM_ACTOR).await?;

@@ -23,9 +23,11 @@ mod keys;
 mod leases;
 mod misc;
 mod oidc;
+mod secrets;
 mod services;
 mod tickets;
 mod users;
+mod virt;
 
 pub use audit::GENESIS_HASH;
 pub use audit::{AuditRow, ChainCheck};
@@ -46,6 +48,8 @@ pub use leases::{
     take_slot,
 };
 pub use oidc::{PendingLogin as PendingOidcLogin, PollTurn};
+pub use secrets::{SecretRow, delete_secret, insert_secret, rotate_secret};
+pub use virt::{ClusterRow, PveRunRow, claim_pve_run, finish_pve_run, load_cluster, pve_run_warnings, replace_cluster};
 pub use services::{ServiceRow, record_bastion_heartbeat, touch_service, upsert_service};
 pub use tickets::{
     LapsedTicket, TicketRow, TicketState, claim_lapsed_ticket, consume_ticket, insert_ticket, purge_tickets,

@@ -1,0 +1,123 @@
+//! Stored API secrets, sealed at rest (e.g. a Proxmox VE API token).
+//!
+//! A secret is encrypted with AES-256-GCM under a key that argon2id derives from the CA
+//! passphrase and a random per-secret salt, like the CA keys are encrypted with it: a copy
+//! of the database without the passphrase holds no usable token. The secret's name and
+//! kind are the associated data, so a sealed value moved to another row does not open.
+//! The sealed form is `v1.<salt>.<nonce>.<ciphertext>` (base64url); nothing else about
+//! the value is stored except a keyed fingerprint that identifies it without revealing it.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use argon2::Argon2;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::error::CaError;
+
+const SALT_LEN: usize = 16;
+const NONCE_LEN: usize = 12;
+
+fn cipher(passphrase: &SecretString, salt: &[u8]) -> Result<Aes256Gcm, CaError> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    Argon2::default()
+        .hash_password_into(passphrase.expose_secret().as_bytes(), salt, key.as_mut())
+        .map_err(|_| CaError::Internal("secret key derivation".into()))?;
+    Aes256Gcm::new_from_slice(key.as_ref()).map_err(|_| CaError::Internal("secret key length".into()))
+}
+
+fn aad(name: &str, kind: &str) -> Vec<u8> {
+    format!("portcullis-secret-v1\0{name}\0{kind}").into_bytes()
+}
+
+/// Encrypts `value` for the row `(name, kind)`.
+pub fn seal(passphrase: &SecretString, name: &str, kind: &str, value: &SecretString) -> Result<String, CaError> {
+    let salt = portcullis_sshcert::random_bytes::<SALT_LEN>();
+    let nonce = portcullis_sshcert::random_bytes::<NONCE_LEN>();
+    let aad = aad(name, kind);
+    let payload = Payload { msg: value.expose_secret().as_bytes(), aad: &aad };
+    let sealed = cipher(passphrase, &salt)?
+        .encrypt(&Nonce::from(nonce), payload)
+        .map_err(|_| CaError::Internal("secret encryption".into()))?;
+    Ok(format!("v1.{}.{}.{}", B64.encode(salt), B64.encode(nonce), B64.encode(sealed)))
+}
+
+/// Decrypts a sealed value of the row `(name, kind)`. A wrong passphrase, a tampered
+/// value or a value moved from another row are all the same error, which names none.
+pub fn open(passphrase: &SecretString, name: &str, kind: &str, sealed: &str) -> Result<SecretString, CaError> {
+    let refused = || CaError::Config(format!("the stored secret {name:?} does not decrypt with the CA passphrase"));
+    let mut parts = sealed.split('.');
+    let (Some("v1"), Some(salt), Some(nonce), Some(body), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(refused());
+    };
+    let (salt, nonce, body) = match (B64.decode(salt), B64.decode(nonce), B64.decode(body)) {
+        (Ok(s), Ok(n), Ok(b)) if s.len() == SALT_LEN && n.len() == NONCE_LEN => (s, n, b),
+        _ => return Err(refused()),
+    };
+    let nonce = <[u8; NONCE_LEN]>::try_from(nonce.as_slice()).map_err(|_| refused())?;
+    let aad = aad(name, kind);
+    let plain = Zeroizing::new(
+        cipher(passphrase, &salt)?
+            .decrypt(&Nonce::from(nonce), Payload { msg: &body, aad: &aad })
+            .map_err(|_| refused())?,
+    );
+    let text = std::str::from_utf8(&plain).map_err(|_| refused())?;
+    Ok(SecretString::from(text.to_owned()))
+}
+
+/// 16 hex digits identifying a value without revealing it: a SHA-256 keyed by the name,
+/// so equal values under two names do not look equal, and a rotation changes it. (The
+/// values it is used for are random tokens; it is no oracle for a guessable password.)
+pub fn fingerprint(name: &str, value: &SecretString) -> String {
+    let mut h = Sha256::new();
+    h.update(b"portcullis-secret-fingerprint-v1\0");
+    h.update(name.as_bytes());
+    h.update(b"\0");
+    h.update(value.expose_secret().as_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pass(s: &str) -> SecretString {
+        SecretString::from(s.to_owned())
+    }
+
+    #[test]
+    fn seals_and_opens_only_for_its_row_and_passphrase() {
+        let token = pass("3f2a4b6c-0000-4e1d-9a7b-1234567890ab");
+        let sealed = seal(&pass("ca-pass"), "pve-a", "proxmox_api_token", &token).unwrap();
+        assert!(!sealed.contains("3f2a4b6c"), "the value is not readable in the sealed form");
+        let back = open(&pass("ca-pass"), "pve-a", "proxmox_api_token", &sealed).unwrap();
+        assert_eq!(back.expose_secret(), token.expose_secret());
+        // Another passphrase, another row, a flipped byte: refused, and the error names
+        // neither the value nor the passphrase.
+        for (p, n) in [("other", "pve-a"), ("ca-pass", "pve-b")] {
+            let e = open(&pass(p), n, "proxmox_api_token", &sealed).unwrap_err().to_string();
+            assert!(!e.contains("3f2a") && !e.contains("ca-pass"), "{e}");
+        }
+        let mut tampered = sealed.clone().into_bytes();
+        let last = tampered.len() - 2;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        assert!(open(&pass("ca-pass"), "pve-a", "proxmox_api_token", &String::from_utf8(tampered).unwrap()).is_err());
+        assert!(open(&pass("ca-pass"), "pve-a", "proxmox_api_token", "v1.x.y").is_err());
+        // Two seals of one value differ (fresh salt and nonce).
+        assert_ne!(sealed, seal(&pass("ca-pass"), "pve-a", "proxmox_api_token", &token).unwrap());
+    }
+
+    #[test]
+    fn fingerprints_differ_by_name_and_value() {
+        let v = pass("value");
+        assert_eq!(fingerprint("a", &v), fingerprint("a", &v));
+        assert_ne!(fingerprint("a", &v), fingerprint("b", &v));
+        assert_ne!(fingerprint("a", &v), fingerprint("a", &pass("value2")));
+        assert_eq!(fingerprint("a", &v).len(), 16);
+    }
+}
