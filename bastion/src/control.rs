@@ -278,6 +278,20 @@ impl ControlPlane {
         self.post("/v1/bastion/discovery/report", request).await
     }
 
+    pub async fn claim_pve(
+        &self,
+        request: &portcullis_proto::pve::PveClaimRequest,
+    ) -> Result<portcullis_proto::pve::PveClaimResponse, ControlError> {
+        self.post("/v1/bastion/pve/claim", request).await
+    }
+
+    pub async fn report_pve(
+        &self,
+        request: &portcullis_proto::pve::PveReportRequest,
+    ) -> Result<portcullis_proto::pve::PveReportResponse, ControlError> {
+        self.post("/v1/bastion/pve/report", request).await
+    }
+
     /// Passes a browser's request on to the CA (the web front door, [`crate::web`]): the
     /// browser's own credentials (cookie, CSRF token) travel as they came, and the
     /// browser's address with this bastion's credential beside it, which is what lets

@@ -250,7 +250,10 @@ async fn refresh(state: &State) -> Result<(), String> {
 
 async fn refresh_targets(state: &State) -> Result<(), String> {
     let targets = state.control.agent_targets().await.map_err(|e| e.to_string())?;
-    let pairs = targets.into_iter().flat_map(|t| t.addresses.into_iter().map(move |a| (a, t.port)));
+    let pairs = targets.into_iter().flat_map(|t| {
+        let ports: Vec<u16> = std::iter::once(t.port).chain(t.api_ports).collect();
+        t.addresses.into_iter().flat_map(move |a| ports.clone().into_iter().map(move |p| (a.clone(), p)))
+    });
     *state.allow.write().unwrap_or_else(|p| p.into_inner()) = AllowList::exact(pairs);
     Ok(())
 }

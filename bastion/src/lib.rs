@@ -29,6 +29,7 @@ mod jump;
 mod listen;
 mod login;
 pub mod metrics;
+mod pve;
 mod server;
 mod sessions;
 mod startups;

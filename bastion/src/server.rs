@@ -292,6 +292,12 @@ impl Bastion {
         tokio::spawn(crate::discovery::run(Arc::clone(&self.shared)))
     }
 
+    /// Asks the CA for Proxmox VE collection grants and runs them (`pve`): the CA hands out
+    /// work only where a credential rule says so.
+    pub fn spawn_pve(&self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(crate::pve::run(Arc::clone(&self.shared)))
+    }
+
     /// Reports live sessions and connected agents to the CA every `heartbeat_every` and
     /// carries out its close orders. While the CA cannot be reached for longer than a
     /// lease lives, the CA has reclaimed this bastion's leases: every session is closed

@@ -60,7 +60,7 @@ fn check_policy_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Path segments come from the command line; keep them to safe characters.
-fn seg(s: &str) -> anyhow::Result<&str> {
+pub(crate) fn seg(s: &str) -> anyhow::Result<&str> {
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@')) {
         Ok(s)
     } else {
@@ -68,7 +68,7 @@ fn seg(s: &str) -> anyhow::Result<&str> {
     }
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -182,6 +182,9 @@ pub async fn run(cmd: AdminCommand, json: bool) -> anyhow::Result<()> {
         AdminCommand::Agents(ServicesCommand::List) => services(&api, "/v1/admin/agents", json).await,
         AdminCommand::Bastions(ServicesCommand::List) => services(&api, "/v1/admin/bastions", json).await,
         AdminCommand::Inventory(InventoryCommand::Show { node }) => inventory(&api, &node, json).await,
+        AdminCommand::Inventory(InventoryCommand::Clusters) => crate::pve::clusters(&api, json).await,
+        AdminCommand::Inventory(InventoryCommand::Cluster { id }) => crate::pve::cluster(&api, &id, json).await,
+        AdminCommand::Secret(cmd) => crate::pve::secret(&api, cmd, json).await,
     }
 }
 
@@ -235,7 +238,7 @@ fn unix_now() -> u64 {
 }
 
 /// "42s", "5m", "3h", "2d": how long ago (or how long) in a table cell.
-fn ago(then: u64) -> String {
+pub(crate) fn ago(then: u64) -> String {
     let secs = unix_now().saturating_sub(then);
     match secs {
         0..60 => format!("{secs}s"),

@@ -124,15 +124,71 @@ pub enum AdminCommand {
     /// Enrolled bastions.
     #[command(subcommand)]
     Bastions(ServicesCommand),
-    /// Hardware facts collected by discovery.
+    /// Hardware facts collected by discovery, and Proxmox VE clusters.
     #[command(subcommand)]
     Inventory(InventoryCommand),
+    /// API secrets (Proxmox VE tokens): stored sealed, never shown again.
+    #[command(subcommand)]
+    Secret(SecretCommand),
 }
 
 #[derive(Subcommand)]
 pub enum InventoryCommand {
     /// A node's current hardware facts and their history of changes.
     Show { node: String },
+    /// Proxmox VE clusters collected through credential rules.
+    Clusters,
+    /// One cluster's nodes, guests, storage, interfaces, disks and Ceph.
+    Cluster {
+        /// `AGENT/CLUSTER`, as `inventory clusters` lists it.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SecretCommand {
+    /// Store a secret. The value is read from stdin (--secret-stdin) or prompted without echo.
+    Add {
+        name: String,
+        #[arg(long, default_value = "proxmox_api_token")]
+        kind: String,
+        /// The public half, e.g. `serviceradar@pve!serviceradar`.
+        #[arg(long)]
+        identity: String,
+        #[arg(long)]
+        secret_stdin: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
+    /// Replace a secret's value (identity and TLS policy stay unless given).
+    Rotate {
+        name: String,
+        #[arg(long)]
+        identity: Option<String>,
+        #[arg(long)]
+        secret_stdin: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
+    /// Remove a secret; rules that name it collect nothing until it is added again.
+    Remove { name: String },
+    /// Names, identities, fingerprints and TLS policies; never a value.
+    List,
+}
+
+/// How the API's certificate is checked; one of them.
+#[derive(Args)]
+#[group(multiple = false)]
+pub struct TlsArgs {
+    /// The server certificate's SHA-256 fingerprint (`pvenode cert info`; colons optional).
+    #[arg(long)]
+    pub tls_pin_sha256: Option<String>,
+    /// PEM file of the CA certificates that sign the API's certificate.
+    #[arg(long)]
+    pub tls_ca_bundle: Option<std::path::PathBuf>,
+    /// No certificate check at all: for a lab only.
+    #[arg(long)]
+    pub tls_danger_skip_verify: bool,
 }
 
 #[derive(Subcommand)]

@@ -5,6 +5,7 @@ mod admin;
 mod api;
 mod args;
 mod login;
+mod pve;
 mod sso;
 mod state;
 

@@ -162,6 +162,7 @@ pub async fn start_bastion(
     let addr = listener.local_addr()?;
     bastion.spawn_heartbeat();
     bastion.spawn_discovery();
+    bastion.spawn_pve();
     tokio::spawn({
         let bastion = Arc::clone(&bastion);
         async move {

@@ -144,6 +144,10 @@ pub struct AgentTarget {
     pub device: String,
     pub addresses: Vec<String>,
     pub port: u16,
+    /// API ports a credential rule collects from on this device (Proxmox VE's 8006),
+    /// allowed like the SSH port. Absent from older CAs: none.
+    #[serde(default)]
+    pub api_ports: Vec<u16>,
 }
 
 /// One row of `GET /v1/admin/agents` and `GET /v1/admin/bastions`.

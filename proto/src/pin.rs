@@ -148,7 +148,9 @@ impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
             }
             Accept::PublicKeys(pins) => match pin_of_certificate(end_entity) {
                 Some(pin) if pins.contains(&pin) => Ok(ok()),
-                Some(_) => Err(rustls::Error::General("server public key does not match the pinned fingerprint".into())),
+                Some(_) => {
+                    Err(rustls::Error::General("server public key does not match the pinned fingerprint".into()))
+                }
                 None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)),
             },
         }

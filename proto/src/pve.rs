@@ -78,7 +78,9 @@ pub fn valid_token_identity(s: &str) -> bool {
     let Some((user, token)) = s.split_once('!') else { return false };
     let Some((name, realm)) = user.split_once('@') else { return false };
     let part = |p: &str, extra: &[char]| {
-        !p.is_empty() && p.len() <= 64 && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c) || extra.contains(&c))
+        !p.is_empty()
+            && p.len() <= 64
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c) || extra.contains(&c))
     };
     part(name, &[]) && part(realm, &[]) && part(token, &[])
 }

@@ -98,7 +98,8 @@ impl Ca {
             .filter(|r| r.credential().is_some_and(|k| k.secret() == row.name))
             .map(|r| r.name().to_owned())
             .collect();
-        let tls = serde_json::from_str::<TlsPolicy>(&row.tls_json).map_or_else(|_| "(unreadable)".into(), |t| t.describe());
+        let tls =
+            serde_json::from_str::<TlsPolicy>(&row.tls_json).map_or_else(|_| "(unreadable)".into(), |t| t.describe());
         SecretInfo {
             name: row.name,
             kind: row.kind,
@@ -296,7 +297,11 @@ impl Ca {
     }
 
     /// `POST /v1/bastion/pve/report`.
-    pub async fn report_pve(&self, bastion: &ServiceCaller, req: &PveReportRequest) -> Result<PveReportResponse, CaError> {
+    pub async fn report_pve(
+        &self,
+        bastion: &ServiceCaller,
+        req: &PveReportRequest,
+    ) -> Result<PveReportResponse, CaError> {
         if !portcullis_proto::discovery::valid_run_id(&req.run_id) || !valid_name(&req.device) {
             return Err(CaError::BadRequest("invalid collection report".into()));
         }
@@ -384,7 +389,8 @@ impl Ca {
             };
             audit::record(tx.conn(), now, &event).await?;
         }
-        if previous_warnings.as_deref() != Some(warnings_json.as_str()) && !(warnings.is_empty() && previous_warnings.is_none())
+        if previous_warnings.as_deref() != Some(warnings_json.as_str())
+            && !(warnings.is_empty() && previous_warnings.is_none())
         {
             let event = AuditEvent::PveCollectionWarnings {
                 run_id: req.run_id.clone(),
@@ -432,7 +438,8 @@ impl Ca {
         let (row, inventory) = self.store.cluster(id).await?.ok_or(CaError::NotFound("cluster"))?;
         let runs = self.store.pve_runs().await?;
         let enrolled: BTreeSet<String> = self.store.nodes().await?.into_iter().map(|n| n.name).collect();
-        let enrolled_nodes = inventory.nodes.iter().filter(|n| enrolled.contains(&n.name)).map(|n| n.name.clone()).collect();
+        let enrolled_nodes =
+            inventory.nodes.iter().filter(|n| enrolled.contains(&n.name)).map(|n| n.name.clone()).collect();
         let (nodes, guests) = (inventory.nodes.len(), inventory.guests.len());
         let summary = summary(row, nodes as u64, guests as u64, &runs);
         Ok(ClusterView { summary, inventory, enrolled_nodes })
@@ -654,8 +661,20 @@ mod tests {
             quorate: Some(true),
             nodes: vec![PveNode { name: "pve1".into(), status: "online".into(), ..PveNode::default() }],
             guests: vec![
-                PveGuest { vmid: 101, kind: "lxc".into(), name: "ct".into(), node: "pve1".into(), ..PveGuest::default() },
-                PveGuest { vmid: 100, kind: "qemu".into(), name: "vm".into(), node: "pve1".into(), ..PveGuest::default() },
+                PveGuest {
+                    vmid: 101,
+                    kind: "lxc".into(),
+                    name: "ct".into(),
+                    node: "pve1".into(),
+                    ..PveGuest::default()
+                },
+                PveGuest {
+                    vmid: 100,
+                    kind: "qemu".into(),
+                    name: "vm".into(),
+                    node: "pve1".into(),
+                    ..PveGuest::default()
+                },
             ],
             ..PveInventory::default()
         }

@@ -331,6 +331,7 @@ impl Ca {
     /// it, and, for the configured default agent, those assigned to none), at their SSH port.
     pub async fn agent_targets(&self, caller: &ServiceCaller) -> Result<Vec<AgentTarget>, CaError> {
         let is_default = self.default_agent.as_deref() == Some(caller.name.as_str());
+        let policy = self.policy();
         let targets = self
             .store
             .nodes()
@@ -340,7 +341,17 @@ impl Ca {
                 Some(agent) => *agent == caller.name,
                 None => is_default,
             })
-            .map(|n| AgentTarget { port: n.ssh_port_or_default(), device: n.name, addresses: n.addresses })
+            .map(|n| {
+                // The API port only where a credential rule collects through this agent.
+                let device = super::sessions::policy_device_of(&n, self.default_agent.as_deref());
+                let api_ports = policy
+                    .match_credential_rule(portcullis_policies::Provider::Proxmox, &device)
+                    .ok()
+                    .and_then(|r| r.credential())
+                    .map(|k| vec![k.api_port()])
+                    .unwrap_or_default();
+                AgentTarget { port: n.ssh_port_or_default(), device: n.name, addresses: n.addresses, api_ports }
+            })
             .collect();
         let mut tx = self.store.begin().await?;
         store::touch_service(tx.conn(), caller.kind.as_str(), &caller.name, self.now()).await?;

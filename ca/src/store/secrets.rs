@@ -82,7 +82,8 @@ pub async fn delete_secret(conn: &mut AnyConnection, name: &str) -> Result<bool>
 
 impl Store {
     pub async fn secrets(&self) -> Result<Vec<SecretRow>> {
-        let rows = sqlx::query(concat!("SELECT ", columns!(), " FROM secrets ORDER BY name")).fetch_all(self.pool()).await?;
+        let rows =
+            sqlx::query(concat!("SELECT ", columns!(), " FROM secrets ORDER BY name")).fetch_all(self.pool()).await?;
         rows.iter().map(row).collect()
     }
 

@@ -429,11 +429,7 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| {
-                Ok((
-                    r.try_get("id")?,
-                    ts_from(r.try_get::<i64, _>("nodes")?),
-                    ts_from(r.try_get::<i64, _>("guests")?),
-                ))
+                Ok((r.try_get("id")?, ts_from(r.try_get::<i64, _>("nodes")?), ts_from(r.try_get::<i64, _>("guests")?)))
             })
             .collect()
     }

@@ -1,0 +1,163 @@
+//! `admin secret …` and the Proxmox VE side of `admin inventory …`.
+
+use crate::admin::{ago, print_json, seg};
+use crate::api::Api;
+use crate::args::{SecretCommand, TlsArgs};
+use crate::login::read_password;
+use anyhow::{anyhow, bail};
+use portcullis_proto::pve::*;
+use secrecy::ExposeSecret;
+
+fn tls_policy(args: TlsArgs) -> anyhow::Result<Option<TlsPolicy>> {
+    Ok(match (args.tls_pin_sha256, args.tls_ca_bundle, args.tls_danger_skip_verify) {
+        (Some(sha256), _, _) => Some(TlsPolicy::PinnedSha256 { sha256 }),
+        (_, Some(path), _) => Some(TlsPolicy::CaBundle {
+            pem: std::fs::read_to_string(&path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?,
+        }),
+        (_, _, true) => Some(TlsPolicy::DangerSkipVerify),
+        _ => None,
+    })
+}
+
+pub async fn secret(api: &Api, cmd: SecretCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        SecretCommand::Add { name, kind, identity, secret_stdin, tls } => {
+            let Some(tls) = tls_policy(tls)? else {
+                bail!(
+                    "say how the API's certificate is checked: --tls-pin-sha256, --tls-ca-bundle or --tls-danger-skip-verify"
+                )
+            };
+            let value = read_password(&format!("Secret for {name}: "), secret_stdin)?;
+            let body = SecretAddRequest { name, kind, identity, secret: value.expose_secret().to_owned(), tls };
+            let info: SecretInfo = api.post("/v1/admin/secrets", &body).await?;
+            println!("Stored {} ({} {}), fingerprint {}.", info.name, info.kind, info.identity, info.fingerprint);
+            if info.rules.is_empty() {
+                println!("No credential rule names it yet: add one with secret = {:?} to the policy.", info.name);
+            }
+            Ok(())
+        }
+        SecretCommand::Rotate { name, identity, secret_stdin, tls } => {
+            let tls = tls_policy(tls)?;
+            let value = read_password(&format!("New secret for {name}: "), secret_stdin)?;
+            let body = SecretRotateRequest { secret: value.expose_secret().to_owned(), identity, tls };
+            let info: SecretInfo = api.put(&format!("/v1/admin/secrets/{}", seg(&name)?), &body).await?;
+            println!("Rotated {}, fingerprint now {}.", info.name, info.fingerprint);
+            Ok(())
+        }
+        SecretCommand::Remove { name } => {
+            api.delete(&format!("/v1/admin/secrets/{}", seg(&name)?)).await?;
+            println!("Removed {name}.");
+            Ok(())
+        }
+        SecretCommand::List => {
+            let list: Vec<SecretInfo> = api.get("/v1/admin/secrets").await?;
+            if json {
+                return print_json(&list);
+            }
+            println!(
+                "{:<20} {:<18} {:<32} {:<16} {:<8} TLS / rules",
+                "NAME", "KIND", "IDENTITY", "FINGERPRINT", "CHANGED"
+            );
+            for s in list {
+                let changed = ago(s.rotated_at.unwrap_or(s.created_at));
+                let rules = if s.rules.is_empty() { "(no rule)".to_owned() } else { s.rules.join(",") };
+                println!(
+                    "{:<20} {:<18} {:<32} {:<16} {:<8} {} / {rules}",
+                    s.name, s.kind, s.identity, s.fingerprint, changed, s.tls
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn clusters(api: &Api, json: bool) -> anyhow::Result<()> {
+    let list: Vec<ClusterSummary> = api.get("/v1/admin/inventory/clusters").await?;
+    if json {
+        return print_json(&list);
+    }
+    if list.is_empty() {
+        println!("No Proxmox VE cluster collected yet.");
+    }
+    println!(
+        "{:<32} {:<10} {:<8} {:>5} {:>6} {:<10} LAST RUN",
+        "CLUSTER", "VERSION", "QUORATE", "NODES", "GUESTS", "FROM"
+    );
+    for c in list {
+        let quorate = c.quorate.map_or("?", |q| if q { "yes" } else { "NO" });
+        let last = match (c.last_run_at, c.last_result) {
+            (Some(at), Some(r)) => format!("{r}, {} ago", ago(at)),
+            _ => "running".to_owned(),
+        };
+        println!(
+            "{:<32} {:<10} {:<8} {:>5} {:>6} {:<10} {last}",
+            c.id, c.version, quorate, c.nodes, c.guests, c.collected_from
+        );
+        for f in c.last_endpoint_failures {
+            println!("    not collected: {f}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn cluster(api: &Api, id: &str, json: bool) -> anyhow::Result<()> {
+    let (agent, name) = id.split_once('/').ok_or_else(|| anyhow!("give the cluster as AGENT/CLUSTER"))?;
+    let path = format!("/v1/admin/inventory/clusters/{}/{}", seg(agent)?, seg(name)?);
+    let view: ClusterView = api.get(&path).await?;
+    if json {
+        return print_json(&view);
+    }
+    let (s, inv) = (&view.summary, &view.inventory);
+    println!(
+        "{} — Proxmox VE {}, {}",
+        s.id,
+        s.version,
+        match s.quorate {
+            Some(true) => "quorate",
+            Some(false) => "NOT QUORATE",
+            None => "quorum unknown",
+        }
+    );
+    println!("Nodes:");
+    for n in &inv.nodes {
+        let enrolled = if view.enrolled_nodes.contains(&n.name) { " (enrolled)" } else { "" };
+        println!("  {:<16} {:<8} {}{enrolled}", n.name, n.status, n.address.as_deref().unwrap_or("-"));
+    }
+    println!("Guests:");
+    for g in &inv.guests {
+        println!(
+            "  {:>6} {:<5} {:<24} {:<12} {:<8}{}",
+            g.vmid,
+            g.kind,
+            g.name,
+            g.node,
+            g.status,
+            if g.template { " template" } else { "" }
+        );
+    }
+    println!("Storage:");
+    for st in &inv.storage {
+        let total = st.total_bytes.map_or("-".to_owned(), |b| format!("{} GiB", b >> 30));
+        println!(
+            "  {:<12} {:<16} {:<10} {:<10} {}",
+            st.node,
+            st.name,
+            st.kind,
+            total,
+            if st.active { "active" } else { "INACTIVE" }
+        );
+    }
+    if let Some(ceph) = &inv.ceph {
+        println!(
+            "Ceph: {} ({} OSDs, {} pools, {} file systems)",
+            ceph.health,
+            ceph.osds.len(),
+            ceph.pools.len(),
+            ceph.filesystems.len()
+        );
+    }
+    for f in &s.last_endpoint_failures {
+        println!("Not collected: {f}");
+    }
+    Ok(())
+}
