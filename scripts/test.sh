@@ -66,9 +66,10 @@ if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
     npm ci --prefix tests/browser --no-audit --no-fund
 fi
 
-# The bastion's key-exchange test runs ssh-audit (PyPI) against it.
-if [[ ! -x tests/pytools/.venv/bin/ssh-audit ]]; then
-    step "python3 -m venv tests/pytools/.venv (ssh-audit)"
+# The bastion's key-exchange test runs ssh-audit (PyPI) against it; the Proxmox VE
+# inventory tests run fakepve (PyPI), a fake of the PVE API, as their sites.
+if [[ ! -x tests/pytools/.venv/bin/ssh-audit ]] || ! tests/pytools/.venv/bin/python -c 'import fakepve, cryptography' 2>/dev/null; then
+    step "python3 -m venv tests/pytools/.venv (ssh-audit, fakepve)"
     if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
         if [[ $(id -u) -ne 0 ]]; then
             echo "error: python3-venv is missing and this is not root; install it and run again" >&2

@@ -25,3 +25,26 @@ pub fn portcullis(home: &Path, args: &[&str], stdin: &str) -> Output {
 pub fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
+
+/// The CLI signed in as the server's `admin`, in a home directory of its own.
+pub struct AdminCli {
+    home: tempfile::TempDir,
+}
+
+impl AdminCli {
+    pub async fn login(server: &crate::Server) -> AdminCli {
+        let cli = AdminCli { home: tempfile::tempdir().unwrap() };
+        let login =
+            ["login", "--ca", &server.url, "--ca-fingerprint", &server.pin, "--user", "admin", "--password-stdin"];
+        cli.run(&login, &format!("{}\n", server.admin_password().await));
+        cli
+    }
+
+    /// `portcullis ARGS`, which must succeed; its output.
+    pub fn run(&self, args: &[&str], stdin: &str) -> String {
+        let out = portcullis(self.home.path(), args, stdin);
+        let text = text(&out);
+        assert!(out.status.success(), "portcullis {args:?}: {text}");
+        text
+    }
+}

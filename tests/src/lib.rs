@@ -14,6 +14,7 @@ pub mod bins;
 pub mod cli;
 pub mod enroll_ca;
 pub mod enroll_node;
+pub mod fakepve;
 pub mod idp;
 pub mod inprocess;
 pub mod postgres;

@@ -367,13 +367,24 @@ impl Server {
     /// reported to the CA after the client has already seen its connection end, so a
     /// test that reads the trail right after the client exits must wait for it.
     pub async fn await_audit(&self, event: &str, matches: impl Fn(&AuditRecord) -> bool) -> AuditRecord {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.await_audit_within(Duration::from_secs(10), event, matches).await
+    }
+
+    /// [`Server::await_audit`] with a deadline of its own (periodic work, e.g. collection
+    /// runs every few seconds).
+    pub async fn await_audit_within(
+        &self,
+        within: Duration,
+        event: &str,
+        matches: impl Fn(&AuditRecord) -> bool,
+    ) -> AuditRecord {
+        let deadline = Instant::now() + within;
         loop {
             let records = self.audit_events(event).await;
             if let Some(found) = records.iter().find(|r| matches(r)) {
                 return found.clone();
             }
-            assert!(Instant::now() < deadline, "no matching {event} record within 10 s: {records:?}");
+            assert!(Instant::now() < deadline, "no matching {event} record within {within:?}: {records:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

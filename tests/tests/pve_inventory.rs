@@ -1,0 +1,218 @@
+//! Proxmox VE inventory end to end, against fakepve sites (the PyPI fake of the PVE API):
+//! tokens stored sealed at the CA, credential rules scoping each token to its site's
+//! agent, the all-in-one's bastion collecting through the built-in agent and an external
+//! one, and the CA storing clusters, nodes, guests, storage and Ceph with drift.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use portcullis_proto::NodeRecord;
+use portcullis_tests::cli::AdminCli;
+use portcullis_tests::fakepve::Site;
+use portcullis_tests::services::{service_token, spawn_agent, wait_connected};
+use portcullis_tests::{Server, ServerOpts};
+use serde_json::{Value, json};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+const IDENTITY: &str = "inv@pve!portcullis";
+/// Canary token values: they must never appear anywhere but in the sites' own memory.
+const TOKEN_A: &str = "5e0d7c1a-aaaa-4b2f-9c1d-canary0000a1";
+const TOKEN_B: &str = "9f3b2e4d-bbbb-4c3a-8d2e-canary0000b2";
+
+/// The read-only privileges of PVE's `PVEAuditor` role, on `/`.
+fn auditor(token: &str) -> Value {
+    json!([[token, "/", ["Sys.Audit", "VM.Audit", "Datastore.Audit", "Pool.Audit", "SDN.Audit"]]])
+}
+
+fn rule(name: &str, site: &str, agent: &str, port: u16, extra: &str) -> String {
+    format!(
+        "[[rule]]\nname = \"{name}\"\npurpose = \"inventory_enrichment\"\nprovider = \"proxmox\"\n\
+         auth_method = \"proxmox_api_token\"\nsecret = \"{name}\"\napi_port = {port}\n\
+         targets = 'in:devices tags.site:{site}'\nscope = {{ agents = [\"{agent}\"] }}\n{extra}\n"
+    )
+}
+
+fn pve_node(name: &str, host: &str, site: &str, agent: Option<&str>) -> NodeRecord {
+    NodeRecord {
+        name: name.into(),
+        addresses: vec![host.into()],
+        agent: agent.map(str::to_owned),
+        tags: [("site".to_string(), site.to_string())].into(),
+        ..NodeRecord::default()
+    }
+}
+
+async fn start() -> (Server, String) {
+    let opts = ServerOpts { args: vec!["--pve-interval".into(), "2".into()], ..ServerOpts::default() };
+    let server = Server::start_with(opts).await;
+    let admin = server.admin_token().await;
+    (server, admin)
+}
+
+async fn add_secret(server: &Server, admin: &str, name: &str, token: &str, tls: Value) -> Value {
+    let body = json!({ "name": name, "kind": "proxmox_api_token", "identity": IDENTITY, "secret": token, "tls": tls });
+    let (status, answer) = server.post_json(Some(admin), "/v1/admin/secrets", &body).await;
+    assert!(status.is_success(), "{answer}");
+    answer
+}
+
+/// Waits up to `within` for `check` to give `Some`.
+async fn eventually<T, F, Fut>(within: Duration, what: &str, check: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn cluster(server: &Server, admin: &str, id: &str) -> Option<Value> {
+    let (status, view) = server.get_json(Some(admin), &format!("/v1/admin/inventory/clusters/{id}")).await;
+    status.is_success().then_some(view)
+}
+
+async fn runs_of(server: &Server, device: &str) -> usize {
+    let started = server.audit_events("pve_collection_started").await;
+    started.iter().filter(|r| r.payload["device"] == device).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sites_are_collected_each_through_its_own_agent_and_an_unchanged_run_writes_nothing() {
+    let mut site_a = Site::start(json!({
+        "cluster_name": "alpha",
+        "tokens": { IDENTITY: TOKEN_A },
+        "acl": auditor(IDENTITY),
+        "nodes": ["pve1", "pve2"],
+        "ceph": true,
+        "guests": [
+            { "vmid": 100, "name": "web", "node": "pve1", "status": "stopped",
+              "config": { "memory": 2048, "cores": 2, "scsi0": "local-lvm:vm-100-disk-0,size=32G" } },
+            { "vmid": 101, "name": "dns", "node": "pve2", "type": "lxc", "status": "running",
+              "config": { "hostname": "dns", "memory": 512 } }
+        ]
+    }));
+    // Site B gives its token every privilege (no ACL): collected, with a warning.
+    let site_b = Site::start(json!({
+        "cluster_name": "beta",
+        "tokens": { IDENTITY: TOKEN_B },
+        "nodes": ["pveb1"],
+        "guests": [{ "vmid": 200, "name": "db", "node": "pveb1" }]
+    }));
+    let (server, admin) = start().await;
+    let state = tempfile::tempdir().unwrap();
+    let edge = state.path().join("edge1");
+    let token = service_token(&server, &admin, "agent").await;
+    let mut agent = spawn_agent(&server.url, &server.pin, "edge1", &edge, Some(&token), &[]);
+    wait_connected(&server, &admin, "edge1", &edge.with_extension("log")).await;
+
+    // Site A's token is pinned to its certificate; site B's pin is written the way the
+    // PVE web UI shows it (colon-separated, upper case).
+    add_secret(&server, &admin, "site-a", TOKEN_A, json!({ "mode": "pinned_sha256", "sha256": site_a.cert_sha256 }))
+        .await;
+    let colons: Vec<String> =
+        site_b.cert_sha256.as_bytes().chunks(2).map(|c| String::from_utf8_lossy(c).to_uppercase()).collect();
+    add_secret(&server, &admin, "site-b", TOKEN_B, json!({ "mode": "pinned_sha256", "sha256": colons.join(":") }))
+        .await;
+    let policy = rule("site-a", "a", "local", site_a.port, "") + &rule("site-b", "b", "edge1", site_b.port, "");
+    let (status, body) = server.write_policy("pve.toml", &policy).await;
+    assert!(status.is_success(), "{body}");
+    server.add_node(&admin, &pve_node("pve-a", &site_a.host, "a", None)).await;
+    server.add_node(&admin, &pve_node("pve-b", &site_b.host, "b", Some("edge1"))).await;
+    // Tagged for site A but behind edge1: site A's rule is scoped to `local`, so its
+    // token is never handed out for this device (nor through edge1).
+    server.add_node(&admin, &pve_node("pve-a-shadow", &site_a.host, "a", Some("edge1"))).await;
+
+    let alpha = eventually(Duration::from_secs(60), "cluster alpha", || cluster(&server, &admin, "local/alpha")).await;
+    let beta = eventually(Duration::from_secs(60), "cluster beta", || cluster(&server, &admin, "edge1/beta")).await;
+
+    let inv = &alpha["inventory"];
+    assert_eq!(inv["version"], "9.0.10");
+    assert_eq!(inv["quorate"], true);
+    let names: Vec<&str> = inv["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["pve1", "pve2"]);
+    let guests = inv["guests"].as_array().unwrap();
+    assert_eq!(guests.len(), 2, "{inv}");
+    assert_eq!((guests[0]["vmid"].as_u64(), guests[0]["kind"].as_str()), (Some(100), Some("qemu")));
+    assert_eq!(guests[0]["config"]["memory"], "2048");
+    assert_eq!(guests[0]["config"]["scsi0"], "local-lvm:vm-100-disk-0,size=32G");
+    assert_eq!((guests[1]["kind"].as_str(), guests[1]["node"].as_str()), (Some("lxc"), Some("pve2")));
+    assert!(inv["storage"].as_array().unwrap().iter().any(|s| s["name"] == "local-lvm" && s["active"] == true));
+    assert!(inv["interfaces"].as_array().unwrap().iter().any(|i| i["name"] == "vmbr0"));
+    assert!(!inv["disks"].as_array().unwrap().is_empty(), "{inv}");
+    assert_eq!(inv["ceph"]["health"], "HEALTH_OK");
+    assert!(inv["ceph"]["osds"].as_array().unwrap().iter().any(|o| o["name"] == "osd.0"));
+    assert_eq!(beta["inventory"]["guests"][0]["name"], "db");
+
+    // Each grant went to its own site's device and agent; the shadow device got none.
+    let started = server.audit_events("pve_collection_started").await;
+    assert!(started.iter().any(|r| r.payload["device"] == "pve-a" && r.payload["agent"] == "local"));
+    assert!(started.iter().any(|r| r.payload["device"] == "pve-b" && r.payload["agent"] == "edge1"));
+    assert!(started.iter().all(|r| r.payload["device"] != "pve-a-shadow"), "{started:?}");
+    assert!(started.iter().all(|r| r.payload["device"] != "pve-a" || r.payload["rule"] == "site-a"));
+    // Site B's token holds write privileges: collected anyway, and said so.
+    let warned = server.await_audit("pve_collection_warnings", |r| r.payload["device"] == "pve-b").await;
+    assert!(warned.payload["write_privileges"].to_string().contains("VM.Allocate"), "{warned:?}");
+
+    // Unchanged runs write nothing but their run rows.
+    let drifts = server.audit_events("pve_inventory_drift").await.len();
+    let changed_at = alpha["summary"]["changed_at"].clone();
+    let runs = runs_of(&server, "pve-a").await;
+    eventually(Duration::from_secs(60), "two more runs", || async {
+        let view = cluster(&server, &admin, "local/alpha").await?;
+        (runs_of(&server, "pve-a").await >= runs + 2 && view["summary"]["last_result"] == "unchanged").then_some(())
+    })
+    .await;
+    assert_eq!(server.audit_events("pve_inventory_drift").await.len(), drifts, "an unchanged run recorded drift");
+    assert_eq!(cluster(&server, &admin, "local/alpha").await.unwrap()["summary"]["changed_at"], changed_at);
+    let warnings = server.audit_events("pve_collection_warnings").await.len();
+
+    // A guest starts: one drift record naming the field.
+    site_a.command(json!({ "op": "set_status", "vmid": 100, "status": "running" }));
+    let drift = server
+        .await_audit_within(Duration::from_secs(30), "pve_inventory_drift", |r| {
+            r.payload["cluster"] == "local/alpha" && r.payload["first"] == false
+        })
+        .await;
+    assert_eq!(drift.payload["fields"], json!(["guest.100.status"]));
+    assert_eq!(server.audit_events("pve_collection_warnings").await.len(), warnings, "unchanged warnings repeated");
+
+    // The CLI lists both clusters, one in detail, and the secrets without their values.
+    let cli = AdminCli::login(&server).await;
+    let mut out = cli.run(&["admin", "inventory", "clusters"], "");
+    assert!(out.contains("local/alpha") && out.contains("edge1/beta"), "{out}");
+    out += &cli.run(&["admin", "inventory", "cluster", "local/alpha"], "");
+    assert!(out.contains("web") && out.contains("HEALTH_OK"), "{out}");
+    out += &cli.run(&["admin", "secret", "list"], "");
+    assert!(out.contains("site-a") && out.contains(IDENTITY), "{out}");
+
+    // Canary: no token value in any log, audit record, API answer or CLI output, and not
+    // in the database in the clear.
+    let audit = serde_json::to_string(&server.audit().await.iter().map(|r| &r.payload).collect::<Vec<_>>()).unwrap();
+    let (_, secrets) = server.get_json(Some(&admin), "/v1/admin/secrets").await;
+    let (_, clusters) = server.get_json(Some(&admin), "/v1/admin/inventory/clusters").await;
+    let db = std::fs::read(server.data_dir.join("portcullis.db")).unwrap_or_default();
+    let agent_log = std::fs::read_to_string(edge.with_extension("log")).unwrap_or_default();
+    let places = [
+        ("server log", server.log() + &server.stdout()),
+        ("agent log", agent_log),
+        ("audit", audit),
+        ("secrets", secrets.to_string()),
+        ("clusters", clusters.to_string()),
+        ("cluster view", alpha.to_string() + &beta.to_string()),
+        ("cli", out),
+        ("database", String::from_utf8_lossy(&db).into_owned()),
+    ];
+    for (place, text) in places {
+        for token in [TOKEN_A, TOKEN_B] {
+            assert!(!text.contains(token) && !text.contains(&token[..18]), "a token is in the {place}");
+        }
+    }
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}
