@@ -79,7 +79,8 @@ pub fn fingerprint(name: &str, value: &SecretString) -> String {
     h.update(name.as_bytes());
     h.update(b"\0");
     h.update(value.expose_secret().as_bytes());
-    hex::encode(&h.finalize()[..8])
+    let digest = h.finalize();
+    hex::encode(digest.get(..8).unwrap_or_default())
 }
 
 #[cfg(test)]

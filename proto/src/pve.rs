@@ -232,7 +232,7 @@ pub struct PveReportRequest {
 #[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PveOutcome {
     Collected {
-        inventory: PveInventory,
+        inventory: Box<PveInventory>,
         /// Endpoints that did not answer; what they would have given is missing, the
         /// rest is stored.
         #[serde(default)]

@@ -216,3 +216,153 @@ async fn two_sites_are_collected_each_through_its_own_agent_and_an_unchanged_run
     agent.kill().unwrap();
     agent.wait().unwrap();
 }
+
+/// A 403 on one endpoint, an offline node, lost quorum and Ceph down: each reported,
+/// the rest stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_answers_are_reported_per_endpoint_and_the_rest_is_stored() {
+    let mut site = Site::start(json!({
+        "cluster_name": "gamma",
+        "tokens": { IDENTITY: TOKEN_A },
+        "acl": auditor(IDENTITY),
+        "nodes": ["pve1", "pve2"],
+        "ceph": true,
+        "guests": [{ "vmid": 300, "name": "app", "node": "pve1" }, { "vmid": 301, "name": "gone", "node": "pve2" }]
+    }));
+    site.command(json!({ "op": "fail", "method": "GET", "suffix": "/nodes/pve1/disks/list", "status": 403,
+                         "message": "Permission check failed (/nodes/pve1, Sys.Audit)" }));
+    site.command(json!({ "op": "offline", "node": "pve2" }));
+    site.command(json!({ "op": "lose_quorum" }));
+    site.command(json!({ "op": "ceph_down" }));
+    let (server, admin) = start().await;
+    add_secret(&server, &admin, "site-g", TOKEN_A, json!({ "mode": "pinned_sha256", "sha256": site.cert_sha256 }))
+        .await;
+    let (status, body) = server.write_policy("pve.toml", &rule("site-g", "g", "local", site.port, "")).await;
+    assert!(status.is_success(), "{body}");
+    server.add_node(&admin, &pve_node("pve-g", &site.host, "g", None)).await;
+
+    let view = eventually(Duration::from_secs(60), "cluster gamma", || cluster(&server, &admin, "local/gamma")).await;
+    let inv = &view["inventory"];
+    assert_eq!(inv["quorate"], false, "{inv}");
+    let pve2 = inv["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "pve2").unwrap();
+    assert_eq!(pve2["status"], "offline");
+    // The guest on the offline node is listed (from the cluster's resources) without config.
+    let gone = inv["guests"].as_array().unwrap().iter().find(|g| g["vmid"] == 301).unwrap();
+    assert!(gone["config"].as_object().unwrap().is_empty(), "{gone}");
+    assert_eq!(inv["guests"][0]["name"], "app");
+    assert!(inv["disks"].as_array().unwrap().is_empty(), "the forbidden endpoint gave nothing: {inv}");
+    assert!(!inv["interfaces"].as_array().unwrap().is_empty(), "the other endpoints of pve1 were read: {inv}");
+    assert_eq!(inv["ceph"]["health"], "unavailable");
+    let failures = view["summary"]["last_endpoint_failures"].to_string();
+    assert!(
+        failures.contains("/nodes/pve1/disks/list: forbidden (grant Sys.Audit on /nodes/pve1"),
+        "the 403 names the privilege to add: {failures}"
+    );
+    assert!(failures.contains("/cluster/ceph/status: unavailable"), "{failures}");
+    let warned = server.await_audit("pve_collection_warnings", |r| r.payload["device"] == "pve-g").await;
+    assert!(warned.payload["endpoint_failures"].to_string().contains("disks/list"), "{warned:?}");
+}
+
+/// The TLS pin is checked before anything is sent; a wrong or revoked token fails as
+/// such; an answer past the cap is refused, not stored; a hanging API times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_mismatch_sends_nothing_and_bad_tokens_huge_and_hanging_answers_fail_cleanly() {
+    let mut site = Site::start(json!({
+        "cluster_name": "delta",
+        "tokens": { IDENTITY: TOKEN_A },
+        "acl": auditor(IDENTITY),
+        "nodes": ["pve1"],
+        "guests": [{ "vmid": 400, "name": "vm", "node": "pve1" }]
+    }));
+    let (server, admin) = start().await;
+    let wrong_pin = "ab".repeat(32);
+    add_secret(&server, &admin, "site-d", TOKEN_A, json!({ "mode": "pinned_sha256", "sha256": wrong_pin })).await;
+    let (status, body) = server.write_policy("pve.toml", &rule("site-d", "d", "local", site.port, "")).await;
+    assert!(status.is_success(), "{body}");
+    server.add_node(&admin, &pve_node("pve-d", &site.host, "d", None)).await;
+    let failed = |reason: &'static str| {
+        move |r: &portcullis_proto::AuditRecord| r.payload["device"] == "pve-d" && r.payload["reason"] == reason
+    };
+    server.await_audit_within(Duration::from_secs(30), "pve_collection_failed", failed("tls_rejected")).await;
+    assert!(site.requests().is_empty(), "a request reached a server that failed the pin");
+
+    // The right pin with a token the site does not know (expired or revoked): auth_failed.
+    let rotate = |secret: &str, tls: Option<Value>| {
+        let mut body = json!({ "secret": secret });
+        if let Some(tls) = tls {
+            body["tls"] = tls;
+        }
+        body
+    };
+    let pin = json!({ "mode": "pinned_sha256", "sha256": site.cert_sha256 });
+    let (status, body) =
+        server.put_json(Some(&admin), "/v1/admin/secrets/site-d", &rotate("not-the-token", Some(pin))).await;
+    assert!(status.is_success(), "{body}");
+    server.await_audit_within(Duration::from_secs(30), "pve_collection_failed", failed("auth_failed")).await;
+    assert_eq!(site.requests(), [("GET".to_owned(), "/api2/json/version".to_owned())]);
+
+    // The right token: collected; the audit trail has the rotation, not the value.
+    let (status, body) = server.put_json(Some(&admin), "/v1/admin/secrets/site-d", &rotate(TOKEN_A, None)).await;
+    assert!(status.is_success(), "{body}");
+    let rotated = server.audit_events("secret_rotated").await;
+    assert_eq!(rotated.len(), 2, "{rotated:?}");
+    assert_ne!(rotated[0].payload["fingerprint"], rotated[1].payload["fingerprint"]);
+    eventually(Duration::from_secs(30), "cluster delta", || cluster(&server, &admin, "local/delta")).await;
+
+    // An answer past the cap (9 MiB): that endpoint is refused, the rest is stored.
+    let huge = "x".repeat(9 << 20);
+    site.command(
+        json!({ "op": "fail", "method": "GET", "suffix": "/cluster/resources", "status": 200, "message": huge }),
+    );
+    let summary = eventually(Duration::from_secs(60), "a too_large failure", || async {
+        let view = cluster(&server, &admin, "local/delta").await?;
+        let failures = view["summary"]["last_endpoint_failures"].to_string();
+        failures.contains("/cluster/resources: too_large").then_some(view)
+    })
+    .await;
+    assert_eq!(summary["inventory"]["nodes"][0]["name"], "pve1");
+
+    // Every request hangs: the run ends with `timeout` (20 s per request), no hang.
+    site.command(json!({ "op": "hang", "secs": 600 }));
+    server.await_audit_within(Duration::from_secs(90), "pve_collection_failed", failed("timeout")).await;
+}
+
+/// Secrets are checked on the way in and need their own permission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_validated_and_need_secrets_manage() {
+    let (server, admin) = start().await;
+    let pin = json!({ "mode": "pinned_sha256", "sha256": "ab".repeat(32) });
+    let bad = [
+        json!({ "name": "x y", "kind": "proxmox_api_token", "identity": IDENTITY, "secret": "s", "tls": pin }),
+        json!({ "name": "x", "kind": "ssh_key", "identity": IDENTITY, "secret": "s", "tls": pin }),
+        json!({ "name": "x", "kind": "proxmox_api_token", "identity": "no-token-id", "secret": "s", "tls": pin }),
+        json!({ "name": "x", "kind": "proxmox_api_token", "identity": IDENTITY, "secret": "", "tls": pin }),
+        json!({ "name": "x", "kind": "proxmox_api_token", "identity": IDENTITY, "secret": "s",
+                "tls": { "mode": "pinned_sha256", "sha256": "12:34" } }),
+        json!({ "name": "x", "kind": "proxmox_api_token", "identity": IDENTITY, "secret": "s",
+                "tls": { "mode": "ca_bundle", "pem": "not a certificate" } }),
+    ];
+    for body in bad {
+        let (status, answer) = server.post_json(Some(&admin), "/v1/admin/secrets", &body).await;
+        assert_eq!(status.as_u16(), 400, "{body} -> {answer}");
+    }
+    add_secret(&server, &admin, "x", TOKEN_A, pin.clone()).await;
+    let again =
+        json!({ "name": "x", "kind": "proxmox_api_token", "identity": IDENTITY, "secret": TOKEN_B, "tls": pin });
+    let (status, answer) = server.post_json(Some(&admin), "/v1/admin/secrets", &again).await;
+    assert_eq!(status.as_u16(), 409, "{answer}");
+    assert!(!answer.to_string().contains(TOKEN_B), "{answer}");
+
+    // An operator without secrets.manage can neither list nor add.
+    server.add_user(&admin, "olga", &["ops"], "olga-password-1234").await;
+    let olga = server.login("olga", "olga-password-1234").await;
+    let (status, _) = server.get_json(Some(&olga), "/v1/admin/secrets").await;
+    assert_eq!(status.as_u16(), 403);
+    let (status, _) = server.post_json(Some(&olga), "/v1/admin/secrets", &again).await;
+    assert_eq!(status.as_u16(), 403);
+
+    let resp = server.request(reqwest::Method::DELETE, Some(&admin), "/v1/admin/secrets/x", None).await;
+    assert!(resp.status().is_success());
+    let removed = server.await_audit("secret_removed", |r| r.payload["name"] == "x").await;
+    assert_eq!(removed.payload["by"], "admin");
+}

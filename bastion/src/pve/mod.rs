@@ -145,7 +145,7 @@ async fn collect(shared: &Shared, job: &PveJob) -> PveOutcome {
         }
     }
     inv.ceph = ceph(&mut api, online.first(), &mut failures).await;
-    PveOutcome::Collected { inventory: inv, endpoint_failures: failures, write_privileges }
+    PveOutcome::Collected { inventory: Box::new(inv), endpoint_failures: failures, write_privileges }
 }
 
 /// Ceph as the cluster reports it; `None` when it is not installed.

@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn mistyped_answers_are_left_out_not_fatal() {
         let inv =
-            inventory("9".into(), Some(&json!("garbage")), Some(&json!([{"node": 5}, {}])), Some(&json!({})), "dev");
+            inventory("9".into(), Some(&json!("garbage")), Some(&json!([{"node": [5]}, {}])), Some(&json!({})), "dev");
         assert!(inv.nodes.iter().all(|n| !n.name.is_empty()));
         assert_eq!(inv.cluster, "dev");
         let inv = inventory(

@@ -327,7 +327,7 @@ impl Ca {
                 return Ok(PveReportResponse { result: reason.to_owned(), changed_fields: Vec::new() });
             }
             PveOutcome::Collected { inventory, endpoint_failures, write_privileges } => {
-                (inventory.clone(), endpoint_failures.clone(), write_privileges.clone())
+                ((**inventory).clone(), endpoint_failures.clone(), write_privileges.clone())
             }
         };
         check(&inventory, &failures, &write_privileges).map_err(|e| CaError::BadRequest(format!("report: {e}")))?;
