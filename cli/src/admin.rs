@@ -3,7 +3,7 @@
 use crate::api::Api;
 use crate::args::{
     AdminCommand, AuditCommand, CaCommand, EnrollTokenCommand, InventoryCommand, NodeCommand, PolicyCommand,
-    ServicesCommand, SessionsCommand, UserCommand,
+    RulesCommand, ServicesCommand, SessionsCommand, UserCommand,
 };
 use crate::login::read_password;
 use crate::state::Paths;
@@ -20,9 +20,8 @@ fn api() -> anyhow::Result<Api> {
     Ok(Api::new(&session.ca_url, session.ca_fingerprint.as_deref())?.with_token(token))
 }
 
-/// `admin policy check DIR`: the directory's `*.toml` files loaded as the CA loads them
-/// (in name order, as one policy), every error printed with its file, line and column.
-fn check_policy_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+/// The directory's `*.toml` files in name order, as `(path, contents)`.
+pub(crate) fn policy_files(dir: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
     let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| anyhow!("cannot read {}: {e}", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -37,6 +36,14 @@ fn check_policy_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
         texts.push((path.display().to_string(), text));
     }
+    Ok(texts)
+}
+
+/// `admin policy check DIR`: the directory's `*.toml` files loaded as the CA loads them
+/// (in name order, as one policy), every error printed with its file, line and column.
+fn check_policy_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let texts = policy_files(dir)?;
+    let files = &texts;
     let sources: Vec<PolicySource<'_>> = texts.iter().map(|(name, text)| PolicySource { name, text }).collect();
     match Policy::from_sources(&sources) {
         Ok(policy) => {
@@ -185,6 +192,9 @@ pub async fn run(cmd: AdminCommand, json: bool) -> anyhow::Result<()> {
         AdminCommand::Inventory(InventoryCommand::Clusters) => crate::pve::clusters(&api, json).await,
         AdminCommand::Inventory(InventoryCommand::Cluster { id }) => crate::pve::cluster(&api, &id, json).await,
         AdminCommand::Secret(cmd) => crate::pve::secret(&api, cmd, json).await,
+        AdminCommand::Rules(RulesCommand::Preview { rule, dir }) => {
+            crate::pve::preview(&api, rule.as_deref(), dir.as_deref(), json).await
+        }
     }
 }
 

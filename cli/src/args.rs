@@ -130,6 +130,22 @@ pub enum AdminCommand {
     /// API secrets (Proxmox VE tokens): stored sealed, never shown again.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Rules of the policy (credential, console, login and discovery rules).
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Subcommand)]
+pub enum RulesCommand {
+    /// Which devices a rule reaches: matched by its targets, in its scope, per agent, and
+    /// where an earlier rule decides instead. With --dir, a policy that is not loaded yet
+    /// (nothing is saved).
+    Preview {
+        /// One rule; every rule of --dir when absent.
+        rule: Option<String>,
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -161,3 +161,37 @@ pub async fn cluster(api: &Api, id: &str, json: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+pub async fn preview(api: &Api, rule: Option<&str>, dir: Option<&std::path::Path>, json: bool) -> anyhow::Result<()> {
+    use portcullis_proto::preview::{PolicyFile, RulePreview, RulePreviewRequest};
+    let previews: Vec<RulePreview> = match (dir, rule) {
+        (Some(dir), rule) => {
+            let files =
+                crate::admin::policy_files(dir)?.into_iter().map(|(name, text)| PolicyFile { name, text }).collect();
+            api.post("/v1/admin/rules/preview", &RulePreviewRequest { files, rule: rule.map(str::to_owned) }).await?
+        }
+        (None, Some(rule)) => api.get(&format!("/v1/admin/rules/{}/preview", seg(rule)?)).await?,
+        (None, None) => bail!("name a rule, or give --dir to preview every rule of a policy directory"),
+    };
+    if json {
+        return print_json(&previews);
+    }
+    for p in previews {
+        let provider = p.provider.map(|x| format!(", provider {x}")).unwrap_or_default();
+        println!("{} ({}{provider}): {} matched, {} in scope", p.rule, p.purpose, p.matched.len(), p.in_scope.len());
+        for d in &p.in_scope {
+            match p.decided_by_other_rule.get(d) {
+                Some(other) => println!("  {d}  (rule {other} decides: it sorts first)"),
+                None => println!("  {d}"),
+            }
+        }
+        for d in p.matched.iter().filter(|d| !p.in_scope.contains(d)) {
+            println!("  {d}  (out of scope)");
+        }
+        let agents: Vec<String> = p.by_agent.iter().map(|(a, n)| format!("{a}: {n}")).collect();
+        if !agents.is_empty() {
+            println!("  per agent: {}", agents.join(", "));
+        }
+    }
+    Ok(())
+}

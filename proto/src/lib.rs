@@ -336,6 +336,7 @@ pub mod enroll;
 pub mod metrics;
 pub mod oidc;
 pub mod pin;
+pub mod preview;
 pub mod pve;
 pub mod refusals;
 

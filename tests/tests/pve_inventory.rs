@@ -366,3 +366,41 @@ async fn secrets_are_validated_and_need_secrets_manage() {
     let removed = server.await_audit("secret_removed", |r| r.payload["name"] == "x").await;
     assert_eq!(removed.payload["by"], "admin");
 }
+
+/// The target preview, for a loaded rule and for a policy directory not loaded yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_target_preview_shows_what_a_rule_reaches_before_and_after_loading() {
+    let (server, admin) = start().await;
+    server.add_node(&admin, &pve_node("pve-1", "192.0.2.1", "a", None)).await;
+    server.add_node(&admin, &pve_node("pve-2", "192.0.2.2", "a", Some("edge1"))).await;
+    server.add_node(&admin, &pve_node("other", "192.0.2.3", "b", None)).await;
+    let policy = rule("site-a", "a", "local", 8006, "");
+    let (status, body) = server.write_policy("pve.toml", &policy).await;
+    assert!(status.is_success(), "{body}");
+    let (status, previews) = server.get_json(Some(&admin), "/v1/admin/rules/site-a/preview").await;
+    assert!(status.is_success(), "{previews}");
+    let p = &previews[0];
+    assert_eq!(p["provider"], "proxmox");
+    assert_eq!(p["matched"], json!(["pve-1", "pve-2"]));
+    assert_eq!(p["in_scope"], json!(["pve-1"]), "pve-2 is behind edge1, outside the scope");
+    assert_eq!(p["by_agent"], json!({ "local": 1 }));
+
+    // A directory about to be deployed: a wider rule that sorts first would decide pve-1.
+    let dir = tempfile::tempdir().unwrap();
+    let wider = rule("a-everything", "a", "local", 8006, "")
+        .replace("scope = { agents = [\"local\"] }", "scope = { agents = [\"local\", \"edge1\"] }");
+    std::fs::write(dir.path().join("pve.toml"), policy + &wider).unwrap();
+    let cli = AdminCli::login(&server).await;
+    let out = cli.run(&["admin", "rules", "preview", "--dir", dir.path().to_str().unwrap()], "");
+    assert!(out.contains("a-everything (inventory_enrichment, provider proxmox): 2 matched, 2 in scope"), "{out}");
+    assert!(out.contains("pve-1  (rule a-everything decides: it sorts first)"), "{out}");
+    assert!(out.contains("per agent: edge1: 1, local: 1"), "{out}");
+    // Nothing was loaded.
+    let (_, loaded) = server.get_json(Some(&admin), "/v1/admin/rules/a-everything/preview").await;
+    assert_eq!(loaded["error"], "not_found", "{loaded}");
+    // A broken directory is refused with file and line.
+    let files = json!({ "files": [{ "name": "x.toml", "text": "[[rule]]\nname = \"r\"\npurpose = \"console_access\"\nsecret = \"s\"\n" }] });
+    let (status, answer) = server.post_json(Some(&admin), "/v1/admin/rules/preview", &files).await;
+    assert_eq!(status.as_u16(), 400, "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("x.toml:"), "{answer}");
+}

@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use portcullis_policies::Permission;
 use portcullis_proto::discovery::*;
+use portcullis_proto::preview::*;
 use portcullis_proto::pve::*;
 use std::sync::Arc;
 
@@ -107,4 +108,22 @@ pub async fn rotate_secret(
 pub async fn remove_secret(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
     let grant = ca.authorize(&c, Permission::SecretsManage)?;
     ca.remove_secret(&grant, &name).await
+}
+
+/// The target preview of a loaded rule (`policy.manage` or `audit.read`).
+#[utoipa::path(get, path = "/v1/admin/rules/{name}/preview", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<RulePreview>)))]
+pub async fn preview_rule(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Res<Vec<RulePreview>> {
+    let grant = ca.authorize(&c, Permission::PolicyManage).or_else(|_| ca.authorize(&c, Permission::AuditRead))?;
+    Ok(Json(ca.preview_rule(&grant, &name).await?))
+}
+
+/// The target preview of a policy that is not loaded; nothing is saved.
+#[utoipa::path(post, path = "/v1/admin/rules/preview", tag = "admin", request_body = RulePreviewRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<RulePreview>)))]
+pub async fn preview_policy(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Body(r): Body<RulePreviewRequest>,
+) -> Res<Vec<RulePreview>> {
+    let grant = ca.authorize(&c, Permission::PolicyManage).or_else(|_| ca.authorize(&c, Permission::AuditRead))?;
+    Ok(Json(ca.preview_policy(&grant, &r).await?))
 }

@@ -8,6 +8,7 @@ mod certs;
 mod discovery;
 mod enroll;
 mod metrics;
+mod preview;
 mod pve;
 use metrics::Counters;
 pub mod oidc;

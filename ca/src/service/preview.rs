@@ -1,0 +1,75 @@
+//! The target preview: which devices a rule reaches, before a policy is loaded and after.
+
+use super::Ca;
+use super::sessions::policy_device_of;
+use crate::error::CaError;
+use portcullis_policies::{Device, Grant, Policy, PolicySource, Rule};
+use portcullis_proto::preview::{RulePreview, RulePreviewRequest};
+use std::collections::BTreeMap;
+
+/// Files of a previewed policy, at most.
+const MAX_FILES: usize = 256;
+const MAX_FILE_BYTES: usize = 1 << 20;
+
+impl Ca {
+    /// `GET /v1/admin/rules/{name}/preview`: a rule of the loaded policy.
+    pub async fn preview_rule(&self, _grant: &Grant, name: &str) -> Result<Vec<RulePreview>, CaError> {
+        let policy = self.policy();
+        let rule = policy.rule(name).ok_or(CaError::NotFound("rule"))?;
+        Ok(vec![preview(&policy, rule, &self.devices().await?)])
+    }
+
+    /// `POST /v1/admin/rules/preview`: rules of a policy that is not loaded.
+    pub async fn preview_policy(&self, _grant: &Grant, req: &RulePreviewRequest) -> Result<Vec<RulePreview>, CaError> {
+        if req.files.len() > MAX_FILES || req.files.iter().any(|f| f.text.len() > MAX_FILE_BYTES) {
+            return Err(CaError::BadRequest("too many or too large policy files".into()));
+        }
+        let sources: Vec<PolicySource<'_>> =
+            req.files.iter().map(|f| PolicySource { name: &f.name, text: &f.text }).collect();
+        // Load errors name file, line and column of the caller's own text.
+        let policy = Policy::from_sources(&sources).map_err(|e| CaError::BadRequest(e.to_string()))?;
+        let devices = self.devices().await?;
+        let rules: Vec<&Rule> = match &req.rule {
+            Some(name) => vec![policy.rule(name).ok_or(CaError::NotFound("rule"))?],
+            None => policy.rules().collect(),
+        };
+        Ok(rules.into_iter().map(|r| preview(&policy, r, &devices)).collect())
+    }
+
+    /// Every device of the inventory as the policy sees it.
+    async fn devices(&self) -> Result<Vec<Device>, CaError> {
+        let nodes = self.store.nodes().await?;
+        Ok(nodes.iter().map(|n| policy_device_of(n, self.default_agent.as_deref())).collect())
+    }
+}
+
+fn preview(policy: &Policy, rule: &Rule, devices: &[Device]) -> RulePreview {
+    let mut out = RulePreview {
+        rule: rule.name().to_owned(),
+        purpose: rule.purpose().as_str().to_owned(),
+        provider: rule.credential().map(|k| k.provider().as_str().to_owned()),
+        matched: Vec::new(),
+        in_scope: Vec::new(),
+        decided_by_other_rule: BTreeMap::new(),
+        by_agent: BTreeMap::new(),
+    };
+    for d in devices.iter().filter(|d| rule.targets().matches(d)) {
+        out.matched.push(d.name.clone());
+        if !rule.scope().includes(d.partition.as_deref(), d.agent.as_deref(), d.gateway.as_deref()) {
+            continue;
+        }
+        out.in_scope.push(d.name.clone());
+        *out.by_agent.entry(d.agent.clone().unwrap_or_else(|| "-".into())).or_default() += 1;
+        // The engine takes the first matching rule by name: say when that is another one.
+        let chosen = match rule.credential() {
+            Some(k) => policy.match_credential_rule(k.provider(), d),
+            None => policy.match_rule(rule.purpose(), d),
+        };
+        if let Ok(other) = chosen
+            && other.name() != rule.name()
+        {
+            out.decided_by_other_rule.insert(d.name.clone(), other.name().to_owned());
+        }
+    }
+    out
+}
