@@ -1,4 +1,5 @@
-// Admin pages: live sessions (with kill), the audit log with filters, policy history.
+// Admin pages: live sessions (with kill), the audit log with filters, Proxmox VE clusters
+// (a cluster's guests on click), policy history.
 "use strict";
 const { api, el, when } = portcullis;
 
@@ -62,6 +63,40 @@ async function policy() {
   } catch (e) { fail("policy-error", e); }
 }
 
+async function clusters() {
+  try {
+    const list = await api("/v1/admin/inventory/clusters");
+    const body = document.getElementById("clusters");
+    body.replaceChildren();
+    for (const c of list) {
+      const tr = el("tr");
+      const open = el("button", c.id, { type: "button", class: "link" });
+      open.addEventListener("click", () => guests(c.id));
+      const name = el("td");
+      name.append(open);
+      const quorate = c.quorate === null ? "?" : c.quorate ? "yes" : "NO";
+      const last = c.last_run_at ? `${c.last_result || "running"}, ${when(c.last_run_at)}` : "";
+      tr.append(name, el("td", c.version), el("td", quorate), el("td", c.nodes), el("td", c.guests), el("td", last),
+        el("td", c.last_endpoint_failures.join("\n"), { class: "details" }));
+      body.append(tr);
+    }
+  } catch (e) { fail("clusters-error", e); }
+}
+
+async function guests(id) {
+  try {
+    const [agent, cluster] = id.split("/");
+    const view = await api(`/v1/admin/inventory/clusters/${encodeURIComponent(agent)}/${encodeURIComponent(cluster)}`);
+    const body = document.getElementById("guests");
+    body.replaceChildren();
+    for (const g of view.inventory.guests) {
+      const tr = el("tr");
+      tr.append(el("td", g.vmid), el("td", g.kind), el("td", g.name), el("td", g.node), el("td", g.status));
+      body.append(tr);
+    }
+  } catch (e) { fail("clusters-error", e); }
+}
+
 document.getElementById("audit-filter").addEventListener("submit", (ev) => {
   ev.preventDefault();
   audit(Object.fromEntries(new FormData(ev.target)));
@@ -69,5 +104,6 @@ document.getElementById("audit-filter").addEventListener("submit", (ev) => {
 
 sessions();
 audit();
+clusters();
 policy();
 setInterval(sessions, 5000);

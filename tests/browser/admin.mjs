@@ -1,5 +1,6 @@
 // The admin page in headless Chromium: sign in as an administrator, see a live session,
-// kill it from the page, filter the audit log, read the policy history. Prints JSON.
+// kill it from the page, filter the audit log, see a Proxmox VE cluster and its guests,
+// read the policy history. Prints JSON.
 //
 // Usage: node admin.mjs '{"url":…,"username":…,"password":…,"new_password":…,"user":…}'
 // With `new_password`, `password` is a one-time password: the sign-in form must ask for
@@ -52,6 +53,14 @@ try {
   await until(() => [...document.querySelectorAll("#audit tr")].length > 0
     && [...document.querySelectorAll("#audit tr")].every((tr) => tr.children[2]?.textContent === "session_kill_requested"));
   result.steps.push("audit_filtered");
+  // The Proxmox VE clusters view: the cluster is listed; a click shows its guests.
+  if (cfg.cluster) {
+    await until((id) => [...document.querySelectorAll("#clusters tr button")].some((b) => b.textContent === id), cfg.cluster);
+    result.steps.push("cluster_listed");
+    await page.click(`#clusters tr button:text-is("${cfg.cluster}")`);
+    await until((name) => [...document.querySelectorAll("#guests tr")].some((tr) => tr.children[2]?.textContent === name), cfg.guest);
+    result.steps.push("guests_shown");
+  }
   await until(() => document.querySelectorAll("#policy tr").length > 0);
   result.policy_rows = await page.evaluate(() => [...document.querySelectorAll("#policy tr")].map((tr) => ({
     actor: tr.children[1]?.textContent, digest: tr.children[2]?.textContent, what: tr.children[3]?.textContent,

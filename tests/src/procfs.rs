@@ -73,6 +73,11 @@ pub fn rss_kib(pid: u32) -> u64 {
     kib_field(&format!("/proc/{pid}/status"), "VmRSS")
 }
 
+/// Peak resident set size (`VmHWM`) in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    kib_field(&format!("/proc/{pid}/status"), "VmHWM")
+}
+
 /// Anonymous resident memory (`RssAnon`: heap and stacks, no mapped files) in KiB.
 pub fn rss_anon_kib(pid: u32) -> u64 {
     kib_field(&format!("/proc/{pid}/status"), "RssAnon")

@@ -157,7 +157,16 @@ async fn a_browser_opens_a_console_through_the_bastion() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_administrator_kills_a_live_session_from_the_admin_page() {
-    let w = World::start("15m").await;
+    let opts = portcullis_tests::ServerOpts { args: vec!["--pve-interval".into(), "2".into()], ..Default::default() };
+    let w = World::start_with("15m", opts).await;
+    // A Proxmox VE cluster collected through the built-in agent, for the clusters view.
+    let site = portcullis_tests::fakepve::Site::start(serde_json::json!({
+        "cluster_name": "lab",
+        "tokens": { "inv@pve!ui": "ui-token" },
+        "nodes": ["pve1"],
+        "guests": [{ "vmid": 700, "name": "webvm", "node": "pve1" }]
+    }));
+    collect_cluster(&w, &site).await;
     // alice has a terminated-mode session running.
     let child = w.spawn_started("bastion", "sleep 60");
     // A second administrator whose password was reset: a one-time password, which the
@@ -181,6 +190,8 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
             "password": "ops-temporary-2",
             "new_password": "ops-own-password",
             "user": "alice",
+            "cluster": "local/lab",
+            "guest": "webvm",
         }),
     );
     assert!(report.get("error").is_none() && report.get("page_errors").is_none(), "{report:#}");
@@ -189,8 +200,16 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
     assert!(failed.iter().any(|r| r.payload["reason"] == "password_change_required"), "{failed:?}");
     assert_eq!(w.server.try_login("ops", "ops-temporary-2").await.0, reqwest::StatusCode::UNAUTHORIZED);
     w.server.login("ops", "ops-own-password").await;
-    for step in ["asked_for_new_password", "signed_in", "session_listed", "killed", "audit_filtered", "policy_history"]
-    {
+    for step in [
+        "asked_for_new_password",
+        "signed_in",
+        "session_listed",
+        "killed",
+        "audit_filtered",
+        "cluster_listed",
+        "guests_shown",
+        "policy_history",
+    ] {
         assert!(report["steps"].as_array().unwrap().iter().any(|s| s == step), "{step}: {report:#}");
     }
     assert_eq!(report["frame_options"], "DENY");
@@ -201,4 +220,34 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
     assert_eq!(report["errors_shown"], serde_json::json!([]));
     let (out, _) = portcullis_tests::bastion_world::wait_output(child, Duration::from_secs(20));
     assert!(String::from_utf8_lossy(&out.stderr).contains("closed by an administrator"));
+}
+
+/// Stores a token for `site`, a credential rule for it and a device, and waits until the
+/// all-in-one has collected the cluster.
+async fn collect_cluster(w: &World, site: &portcullis_tests::fakepve::Site) {
+    let admin = w.server.admin_token().await;
+    let secret = serde_json::json!({ "name": "lab", "kind": "proxmox_api_token", "identity": "inv@pve!ui",
+        "secret": "ui-token", "tls": { "mode": "pinned_sha256", "sha256": site.cert_sha256 } });
+    let (status, body) = w.server.post_json(Some(&admin), "/v1/admin/secrets", &secret).await;
+    assert!(status.is_success(), "{body}");
+    let rule = format!(
+        "[[rule]]\nname = \"lab\"\npurpose = \"inventory_enrichment\"\nprovider = \"proxmox\"\n\
+         auth_method = \"proxmox_api_token\"\nsecret = \"lab\"\napi_port = {}\n\
+         targets = 'in:devices tags.provider:proxmox'\nscope = {{ agents = [\"local\"] }}\n",
+        site.port
+    );
+    let (status, body) = w.server.write_policy("pve.toml", &rule).await;
+    assert!(status.is_success(), "{body}");
+    let node = portcullis_proto::NodeRecord {
+        name: "pve-lab".into(),
+        addresses: vec![site.host.clone()],
+        tags: [("provider".to_string(), "proxmox".to_string())].into(),
+        ..Default::default()
+    };
+    w.server.add_node(&admin, &node).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !w.server.get_json(Some(&admin), "/v1/admin/inventory/clusters/local/lab").await.0.is_success() {
+        assert!(Instant::now() < deadline, "the cluster was not collected");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
