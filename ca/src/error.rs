@@ -31,6 +31,12 @@ pub enum CaError {
     /// A console mode (`termproxy`, `vncwebsocket`) this server does not serve.
     #[error("this console mode is not supported; only ssh is")]
     UnsupportedConsoleMode,
+    /// A Proxmox VE guest: its consoles (`termproxy`, `vncwebsocket`) are not served.
+    #[error(
+        "{device} is a Proxmox VE guest on node {node}: guest consoles (termproxy, vncwebsocket) are not \
+         supported; open a console on the node"
+    )]
+    GuestConsoleUnsupported { device: String, node: String },
     #[error("{0}")]
     BadRequest(String),
     /// The path exists, but not for this method.
@@ -105,7 +111,7 @@ impl CaError {
             CaError::SessionDenied { .. } => "session_denied",
             CaError::Csrf => "csrf",
             CaError::TicketDenied { .. } => "ticket_denied",
-            CaError::UnsupportedConsoleMode => "unsupported_console_mode",
+            CaError::UnsupportedConsoleMode | CaError::GuestConsoleUnsupported { .. } => "unsupported_console_mode",
             CaError::BadRequest(_) => "bad_request",
             CaError::TooLarge => "too_large",
             CaError::MethodNotAllowed => "method_not_allowed",

@@ -24,6 +24,27 @@ fn auditor(token: &str) -> Value {
     json!([[token, "/", ["Sys.Audit", "VM.Audit", "Datastore.Audit", "Pool.Audit", "SDN.Audit"]]])
 }
 
+/// carol may open consoles on QEMU guests of cluster alpha — which Portcullis refuses to
+/// serve, explicitly.
+const GUEST_CONSOLES: &str = r#"
+[[role]]
+name = "guest-console"
+logins = ["root"]
+targets = 'in:devices type:qemu'
+permissions = ["devices.console.open"]
+session = { idle = "15m", absolute = "1h" }
+
+[[binding]]
+group = "vmops"
+roles = ["guest-console"]
+
+[[rule]]
+name = "guest-consoles"
+purpose = "console_access"
+targets = 'in:devices type:qemu metadata.cluster:alpha'
+scope = { agents = ["local"] }
+"#;
+
 fn rule(name: &str, site: &str, agent: &str, port: u16, extra: &str) -> String {
     format!(
         "[[rule]]\nname = \"{name}\"\npurpose = \"inventory_enrichment\"\nprovider = \"proxmox\"\n\
@@ -181,6 +202,23 @@ async fn two_sites_are_collected_each_through_its_own_agent_and_an_unchanged_run
         .await;
     assert_eq!(drift.payload["fields"], json!(["guest.100.status"]));
     assert_eq!(server.audit_events("pve_collection_warnings").await.len(), warnings, "unchanged warnings repeated");
+
+    // Guests are devices: a rule can target them (the preview shows it), and a console
+    // request for one gets the explicit unsupported answer, not a ticket.
+    let (status, body) = server.write_policy("guests.toml", GUEST_CONSOLES).await;
+    assert!(status.is_success(), "{body}");
+    let (_, previews) = server.get_json(Some(&admin), "/v1/admin/rules/guest-consoles/preview").await;
+    assert_eq!(previews[0]["in_scope"], json!(["vm100.alpha"]), "{previews}");
+    server.add_user(&admin, "carol", &["vmops"], "carol-password-1234").await;
+    let carol = server.login("carol", "carol-password-1234").await;
+    let ticket = |device: &str| json!({ "device": device, "login": "root", "mode": "ssh" });
+    let (status, answer) = server.post_json(Some(&carol), "/v1/console/tickets", &ticket("vm100.alpha")).await;
+    assert_eq!((status.as_u16(), answer["error"].as_str()), (400, Some("unsupported_console_mode")), "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("node pve1"), "{answer}");
+    server.await_audit("console_ticket_denied", |r| r.payload["reason"] == "guest_console_unsupported").await;
+    // A guest no role of hers targets reads like an unknown device.
+    let (status, answer) = server.post_json(Some(&carol), "/v1/console/tickets", &ticket("ct101.alpha")).await;
+    assert_eq!(status.as_u16(), 403, "{answer}");
 
     // The CLI lists both clusters, one in detail, and the secrets without their values.
     let cli = AdminCli::login(&server).await;

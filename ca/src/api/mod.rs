@@ -213,7 +213,9 @@ impl IntoResponse for CaError {
             CaError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             CaError::Denied(_) | CaError::Forbidden(_) | CaError::SessionDenied { .. } => StatusCode::FORBIDDEN,
             CaError::Csrf | CaError::TicketDenied { .. } => StatusCode::FORBIDDEN,
-            CaError::BadRequest(_) | CaError::UnsupportedConsoleMode => StatusCode::BAD_REQUEST,
+            CaError::BadRequest(_) | CaError::UnsupportedConsoleMode | CaError::GuestConsoleUnsupported { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             CaError::NotFound(_) => StatusCode::NOT_FOUND,
             CaError::IdentityProvider { unreachable: true } => StatusCode::SERVICE_UNAVAILABLE,
             CaError::IdentityProvider { unreachable: false } => StatusCode::BAD_GATEWAY,

@@ -36,10 +36,13 @@ impl Ca {
         Ok(rules.into_iter().map(|r| preview(&policy, r, &devices)).collect())
     }
 
-    /// Every device of the inventory as the policy sees it.
+    /// Every device of the inventory as the policy sees it: nodes, then Proxmox VE guests.
     async fn devices(&self) -> Result<Vec<Device>, CaError> {
         let nodes = self.store.nodes().await?;
-        Ok(nodes.iter().map(|n| policy_device_of(n, self.default_agent.as_deref())).collect())
+        let mut devices: Vec<Device> =
+            nodes.iter().map(|n| policy_device_of(n, self.default_agent.as_deref())).collect();
+        devices.extend(self.guest_devices().await?.into_iter().map(|(_, d)| d));
+        Ok(devices)
     }
 }
 

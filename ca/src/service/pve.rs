@@ -19,7 +19,7 @@ use super::sessions::policy_device_of;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::store::{self, ClusterRow, SecretRow};
-use portcullis_policies::{Grant, Permission, Provider};
+use portcullis_policies::{Device, Grant, Permission, Provider};
 use portcullis_proto::pve::*;
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -443,6 +443,44 @@ impl Ca {
         let (nodes, guests) = (inventory.nodes.len(), inventory.guests.len());
         let summary = summary(row, nodes as u64, guests as u64, &runs);
         Ok(ClusterView { summary, inventory, enrolled_nodes })
+    }
+}
+
+/// A guest's device name: `vm100.alpha` (QEMU) or `ct101.alpha` (LXC) — PVE's own "VM 100"
+/// and "CT 101", qualified by the cluster. `None` when the cluster's name would make an
+/// invalid device name.
+pub(crate) fn guest_device_name(g: &store::GuestRow) -> Option<String> {
+    let prefix = if g.kind == "lxc" { "ct" } else { "vm" };
+    let name = format!("{prefix}{}.{}", g.vmid, g.cluster);
+    crate::validate::node_name(&name).is_ok().then_some(name)
+}
+
+/// A guest as the policy sees it: kind `qemu` or `lxc`, its cluster's agent, its PVE tags
+/// as `tags.<tag>:true`, and `metadata.vmid`, `.cluster`, `.node` (its parent), `.status`.
+pub(crate) fn guest_device(g: &store::GuestRow) -> Option<Device> {
+    let metadata = [
+        ("vmid", g.vmid.to_string()),
+        ("cluster", g.cluster.clone()),
+        ("node", g.node.clone()),
+        ("status", g.status.clone()),
+    ];
+    Some(Device {
+        name: guest_device_name(g)?,
+        kind: Some(g.kind.clone()),
+        vendor: Some("proxmox".to_owned()),
+        source: Some("proxmox".to_owned()),
+        agent: Some(g.agent.clone()),
+        partition: Some(super::certs::DEFAULT_PARTITION.to_owned()),
+        tags: g.tags.iter().map(|t| (t.clone(), "true".to_owned())).collect(),
+        metadata: metadata.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        ..Device::default()
+    })
+}
+
+impl Ca {
+    /// Every collected guest as a device.
+    pub(crate) async fn guest_devices(&self) -> Result<Vec<(store::GuestRow, Device)>, CaError> {
+        Ok(self.store.guests().await?.into_iter().filter_map(|g| guest_device(&g).map(|d| (g, d))).collect())
     }
 }
 

@@ -54,7 +54,9 @@ pub use tickets::{
     LapsedTicket, TicketRow, TicketState, claim_lapsed_ticket, consume_ticket, insert_ticket, purge_tickets,
 };
 pub use users::{AccountClaim, NewPassword, SessionRow, UserRow, claim_account, release_account};
-pub use virt::{ClusterRow, PveRunRow, claim_pve_run, finish_pve_run, load_cluster, pve_run_warnings, replace_cluster};
+pub use virt::{
+    ClusterRow, GuestRow, PveRunRow, claim_pve_run, finish_pve_run, load_cluster, pve_run_warnings, replace_cluster,
+};
 
 pub use audit::{append as append_audit, append_many as append_audit_many};
 pub use certs::{bump_krl_version, insert_cert, insert_revoked_key, revoke_certs};

@@ -20,6 +20,19 @@ pub struct PveRunRow {
     pub failures_json: Option<String>,
 }
 
+/// A guest as the policy's device list needs it.
+#[derive(Debug, Clone)]
+pub struct GuestRow {
+    pub vmid: u32,
+    pub kind: String,
+    pub name: String,
+    pub node: String,
+    pub status: String,
+    pub tags: Vec<String>,
+    pub agent: String,
+    pub cluster: String,
+}
+
 /// A cluster's own row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterRow {
@@ -437,6 +450,33 @@ impl Store {
     pub async fn cluster(&self, id: &str) -> Result<Option<(ClusterRow, PveInventory)>> {
         let mut conn = self.pool().acquire().await?;
         load_cluster(&mut conn, id).await
+    }
+
+    /// Every stored guest with its cluster's agent and name.
+    pub async fn guests(&self) -> Result<Vec<GuestRow>> {
+        let rows = sqlx::query(
+            "SELECT g.vmid AS vmid, g.kind AS kind, g.name AS name, g.node AS node, g.status AS status, \
+             g.tags_json AS tags_json, c.agent AS agent, c.name AS cluster FROM virt_guests g \
+             JOIN virt_clusters c ON c.id = g.cluster ORDER BY c.id, g.vmid",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(GuestRow {
+                    vmid: u32::try_from(r.try_get::<i64, _>("vmid")?)
+                        .map_err(|_| super::StoreError::Corrupt("vmid"))?,
+                    kind: r.try_get("kind")?,
+                    name: r.try_get("name")?,
+                    node: r.try_get("node")?,
+                    status: r.try_get("status")?,
+                    tags: serde_json::from_str(&r.try_get::<String, _>("tags_json")?)
+                        .map_err(|_| super::StoreError::Corrupt("guest tags"))?,
+                    agent: r.try_get("agent")?,
+                    cluster: r.try_get("cluster")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn pve_runs(&self) -> Result<Vec<PveRunRow>> {

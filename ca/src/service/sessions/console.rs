@@ -19,7 +19,7 @@ use crate::error::CaError;
 use crate::service::auth::{random_token, token_hash};
 use crate::service::{Ca, Caller, ServiceCaller};
 use crate::store::{self, TicketRow, TicketState};
-use portcullis_policies::{DenyReason, Permission, Purpose};
+use portcullis_policies::{DenyReason, Identity, Permission, Policy, Purpose};
 use portcullis_proto::bastion::{SessionGrant, SessionMode, deny_reason as deny};
 use portcullis_proto::console::{
     ConsoleDevice, ConsoleMode, ConsoleOpenRequest, TICKET_TTL_SECS, TicketRequest, TicketResponse,
@@ -84,6 +84,22 @@ impl Ca {
             });
         }
         Ok(out)
+    }
+
+    /// Why a device that is no node gets no ticket: a Proxmox VE guest the caller may see
+    /// gets the explicit unsupported-console answer (its consoles, `termproxy` and
+    /// `vncwebsocket`, are not served); anything else reads like an unknown device.
+    async fn guest_refusal(&self, policy: &Policy, who: &Identity, name: &str) -> Result<Refusal, CaError> {
+        let guests = self.guest_devices().await?;
+        let visible =
+            guests.iter().find(|(_, d)| d.name == name).filter(|(_, d)| !console_roles(policy, who, d).is_empty());
+        Ok(match visible {
+            Some((guest, device)) => Refusal {
+                audited: "guest_console_unsupported",
+                error: CaError::GuestConsoleUnsupported { device: device.name.clone(), node: guest.node.clone() },
+            },
+            None => refuse("unknown_device", "out_of_scope", "this device is not available to you"),
+        })
     }
 
     /// `POST /v1/console/tickets`.
@@ -174,7 +190,7 @@ impl Ca {
         }
         let unavailable = "this device is not available to you";
         let Some(node) = self.store.node(&req.device).await? else {
-            return Ok(Err(refuse("unknown_device", "out_of_scope", unavailable)));
+            return Ok(Err(self.guest_refusal(&policy, who, &req.device).await?));
         };
         let device = policy_device(&node, self.default_agent.as_deref());
         // Only a user a console role lets see the device learns more than "not available":
