@@ -70,6 +70,7 @@ fn main() {
              targets = 'in:devices tags.provider:proxmox'\nscope = {{ agents = [\"local\"] }}\n",
             site.port
         );
+        let idle_peak = portcullis_tests::procfs::peak_rss_kib(server.pid());
         let started = Instant::now();
         let (status, body) = server.write_policy("bench.toml", &rule).await;
         assert!(status.is_success(), "{body}");
@@ -115,8 +116,9 @@ fn main() {
             if new_drifts == 0 { 0 } else { stored }
         );
         println!(
-            "peak resident memory of portcullisd (CA + bastion + built-in agent): {} MiB",
-            portcullis_tests::procfs::peak_rss_kib(server.pid()) / 1024
+            "peak resident memory of portcullisd (CA + bastion + built-in agent): {} MiB ({} MiB before the first run)",
+            portcullis_tests::procfs::peak_rss_kib(server.pid()) / 1024,
+            idle_peak / 1024
         );
     });
 }
