@@ -442,3 +442,28 @@ async fn the_target_preview_shows_what_a_rule_reaches_before_and_after_loading()
     assert_eq!(status.as_u16(), 400, "{answer}");
     assert!(answer["message"].as_str().unwrap().contains("x.toml:"), "{answer}");
 }
+
+/// With `auto_discovery_trials` off (the default), a device that only looks like a PVE
+/// host (`metadata.proxmox_candidate:true`) but that the rule's targets do not name gets
+/// no grant — and so no token — although its API (here the same site, reached by another
+/// name) answers on the rule's port, while a targeted device is collected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trials_off_sends_no_credential_to_a_candidate() {
+    let site = Site::start(json!({ "cluster_name": "known", "tokens": { IDENTITY: TOKEN_A }, "nodes": ["pve1"] }));
+    let (server, admin) = start().await;
+    add_secret(&server, &admin, "site-t", TOKEN_A, json!({ "mode": "pinned_sha256", "sha256": site.cert_sha256 })).await;
+    let (status, body) = server.write_policy("pve.toml", &rule("site-t", "t", "local", site.port, "")).await;
+    assert!(status.is_success(), "{body}");
+    server.add_node(&admin, &pve_node("pve-known", &site.host, "t", None)).await;
+    let mut lookalike = pve_node("lookalike", "localhost", "elsewhere", None);
+    lookalike.metadata.insert("proxmox_candidate".into(), "true".into());
+    server.add_node(&admin, &lookalike).await;
+    eventually(Duration::from_secs(60), "two runs of the targeted device", || async {
+        (runs_of(&server, "pve-known").await >= 2).then_some(())
+    })
+    .await;
+    let started = server.audit_events("pve_collection_started").await;
+    assert!(started.iter().all(|r| r.payload["device"] != "lookalike"), "{started:?}");
+    let (_, preview) = server.get_json(Some(&admin), "/v1/admin/rules/site-t/preview").await;
+    assert_eq!(preview[0]["in_scope"], json!(["pve-known"]), "{preview}");
+}
