@@ -459,6 +459,13 @@ pub enum AuditEvent {
         fields: Vec<String>,
         changed: u64,
     },
+    /// A credential-free fingerprint changed whether a device looks like a PVE API.
+    PveCandidateMarked {
+        device: String,
+        candidate: bool,
+        cert_sha256: String,
+        bastion: String,
+    },
     /// The endpoints that failed, or the write privileges the token holds, differ from the
     /// device's previous run (recorded on change only, so an unchanged run writes nothing).
     PveCollectionWarnings {
@@ -528,6 +535,7 @@ impl AuditEvent {
             AuditEvent::PveCollectionFailed { .. } => "pve_collection_failed",
             AuditEvent::PveInventoryDrift { .. } => "pve_inventory_drift",
             AuditEvent::PveCollectionWarnings { .. } => "pve_collection_warnings",
+            AuditEvent::PveCandidateMarked { .. } => "pve_candidate_marked",
         }
     }
 }

@@ -96,6 +96,13 @@ pub struct PveToml {
     /// Runs a bastion performs at once (default 4, 1–64).
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// Fingerprint devices no credential rule covers, without credentials, marking
+    /// `metadata.proxmox_candidate` (default false: it connects to every device).
+    #[serde(default)]
+    pub fingerprint: bool,
+    /// The port fingerprinted (default 8006).
+    #[serde(default)]
+    pub fingerprint_port: Option<u16>,
 }
 
 /// The `[oidc]` table as written; checked by `portcullis_ca::identity::oidc::Oidc::new`.
@@ -321,7 +328,15 @@ impl ServerConfig {
             if interval == 0 || !(1..=64).contains(&concurrency) {
                 bail!("[pve]: interval must be at least 1s and concurrency 1-64");
             }
-            config.pve = portcullis_ca::PveSettings { interval_secs: interval, concurrency };
+            config.pve = portcullis_ca::PveSettings {
+                interval_secs: interval,
+                concurrency,
+                fingerprint: p.fingerprint,
+                fingerprint_port: p
+                    .fingerprint_port
+                    .filter(|p| *p != 0)
+                    .unwrap_or(portcullis_ca::PveSettings::default().fingerprint_port),
+            };
         }
         if let Some(alg) = self.key_algorithm {
             config.key_algorithm = alg.parse().map_err(anyhow::Error::msg)?;

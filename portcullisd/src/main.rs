@@ -83,6 +83,13 @@ enum Command {
         /// rule names a stored secret).
         #[arg(long, default_value_t = 3600)]
         pve_interval: u64,
+        /// Fingerprint devices no credential rule covers, without credentials, marking
+        /// `metadata.proxmox_candidate` (off by default: it connects to every device).
+        #[arg(long)]
+        pve_fingerprint: bool,
+        /// The port fingerprinted.
+        #[arg(long, default_value_t = 8006, value_parser = clap::value_parser!(u16).range(1..))]
+        pve_fingerprint_port: u16,
         /// Serve `/metrics` (Prometheus) and the health checks here, plain HTTP (e.g.
         /// `127.0.0.1:9464`); off by default, never on the public port.
         #[arg(long)]
@@ -276,6 +283,8 @@ fn main() -> anyhow::Result<()> {
                 discovery,
                 discovery_interval,
                 pve_interval,
+                pve_fingerprint,
+                pve_fingerprint_port,
                 metrics_listen,
                 front_door,
             } => {
@@ -302,6 +311,8 @@ fn main() -> anyhow::Result<()> {
                 config.pve = Some(config::PveToml {
                     interval: Some(std::time::Duration::from_secs(pve_interval.max(1))),
                     concurrency: None,
+                    fingerprint: pve_fingerprint,
+                    fingerprint_port: Some(pve_fingerprint_port),
                 });
                 (config, true)
             }

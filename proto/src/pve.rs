@@ -153,6 +153,21 @@ pub struct PveClaimResponse {
     pub next_claim_secs: u64,
     pub concurrency: u32,
     pub jobs: Vec<PveJob>,
+    /// Devices to fingerprint without any credential (`[pve] fingerprint`).
+    #[serde(default)]
+    pub probes: Vec<PveProbe>,
+}
+
+/// Fingerprint one device's API port without a credential: TLS (any certificate: nothing
+/// secret is sent) and an unauthenticated `GET /api2/json/version`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PveProbe {
+    pub run_id: String,
+    pub device: String,
+    pub agent: String,
+    pub target_host: String,
+    pub target_port: u16,
 }
 
 /// The grant of one collection run: where, through which agent, with which token and
@@ -243,6 +258,11 @@ pub enum PveOutcome {
     },
     Failed {
         reason: PveFailure,
+    },
+    /// A fingerprint: whether the port answers like a PVE API, and its certificate.
+    Probed {
+        candidate: bool,
+        cert_sha256: Option<String>,
     },
 }
 

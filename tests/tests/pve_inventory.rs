@@ -451,7 +451,8 @@ async fn the_target_preview_shows_what_a_rule_reaches_before_and_after_loading()
 async fn trials_off_sends_no_credential_to_a_candidate() {
     let site = Site::start(json!({ "cluster_name": "known", "tokens": { IDENTITY: TOKEN_A }, "nodes": ["pve1"] }));
     let (server, admin) = start().await;
-    add_secret(&server, &admin, "site-t", TOKEN_A, json!({ "mode": "pinned_sha256", "sha256": site.cert_sha256 })).await;
+    add_secret(&server, &admin, "site-t", TOKEN_A, json!({ "mode": "pinned_sha256", "sha256": site.cert_sha256 }))
+        .await;
     let (status, body) = server.write_policy("pve.toml", &rule("site-t", "t", "local", site.port, "")).await;
     assert!(status.is_success(), "{body}");
     server.add_node(&admin, &pve_node("pve-known", &site.host, "t", None)).await;
@@ -466,4 +467,40 @@ async fn trials_off_sends_no_credential_to_a_candidate() {
     assert!(started.iter().all(|r| r.payload["device"] != "lookalike"), "{started:?}");
     let (_, preview) = server.get_json(Some(&admin), "/v1/admin/rules/site-t/preview").await;
     assert_eq!(preview[0]["in_scope"], json!(["pve-known"]), "{preview}");
+}
+
+/// `--pve-fingerprint`: a device no credential rule covers is probed without any
+/// credential (only unauthenticated `/version` calls reach it), marked
+/// `metadata.proxmox_candidate:true`, and a rule targeting candidates then collects it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fingerprint_marks_a_candidate_without_credentials_and_a_rule_can_target_it() {
+    let mut site = Site::start(json!({ "cluster_name": "found", "tokens": { IDENTITY: TOKEN_A }, "nodes": ["pve1"] }));
+    let args = ["--pve-interval", "2", "--pve-fingerprint", "--pve-fingerprint-port", &site.port.to_string()];
+    let opts = ServerOpts { args: args.iter().map(|a| a.to_string()).collect(), ..ServerOpts::default() };
+    let server = Server::start_with(opts).await;
+    let admin = server.admin_token().await;
+    server.add_node(&admin, &pve_node("maybe", &site.host, "x", None)).await;
+    let marked = server
+        .await_audit_within(Duration::from_secs(60), "pve_candidate_marked", |r| r.payload["device"] == "maybe")
+        .await;
+    assert_eq!(marked.payload["candidate"], true, "{marked:?}");
+    assert_eq!(marked.payload["cert_sha256"], site.cert_sha256.as_str());
+    let (_, nodes) = server.get_json(Some(&admin), "/v1/admin/nodes").await;
+    let node = nodes.as_array().unwrap().iter().find(|n| n["name"] == "maybe").unwrap().clone();
+    assert_eq!(node["metadata"]["proxmox_candidate"], "true", "{node}");
+    let requests = site.requests();
+    assert!(
+        !requests.is_empty() && requests.iter().all(|(m, p)| m == "GET" && p == "/api2/json/version"),
+        "{requests:?}"
+    );
+    assert!(server.audit_events("pve_collection_started").await.is_empty(), "a fingerprint is no grant");
+
+    add_secret(&server, &admin, "found", TOKEN_A, json!({ "mode": "pinned_sha256", "sha256": site.cert_sha256 })).await;
+    let candidates = rule("found", "x", "local", site.port, "")
+        .replace("targets = 'in:devices tags.site:x'", "targets = 'in:devices metadata.proxmox_candidate:true'");
+    let (status, body) = server.write_policy("pve.toml", &candidates).await;
+    assert!(status.is_success(), "{body}");
+    eventually(Duration::from_secs(60), "cluster found", || cluster(&server, &admin, "local/found")).await;
+    // Marked once: unchanged fingerprints write nothing.
+    assert_eq!(server.audit_events("pve_candidate_marked").await.len(), 1);
 }

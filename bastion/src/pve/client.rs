@@ -182,6 +182,120 @@ impl<'a> Api<'a> {
     }
 }
 
+/// An HTTP/1.1 connection over TLS over an agent channel, and the SHA-256 of the server's
+/// certificate. Nothing is sent before the TLS policy has accepted the certificate.
+async fn open(
+    shared: &Shared,
+    tls: &tokio_rustls::TlsConnector,
+    agent: &str,
+    host: &str,
+    port: u16,
+) -> Result<(SendRequest<Empty<Bytes>>, Option<String>), PveFailure> {
+    let timeout = Duration::from_secs(PVE_CONNECT_TIMEOUT_SECS);
+    let originator = SocketAddr::from(([127, 0, 0, 1], 0));
+    let opened = tokio::time::timeout(timeout, shared.agents.open(agent, host, port, originator))
+        .await
+        .map_err(|_| PveFailure::Timeout)?;
+    let channel = match opened {
+        Ok((channel, _link)) => channel,
+        Err(BrokerError::AgentUnavailable) => return Err(PveFailure::AgentUnavailable),
+        Err(_) => return Err(PveFailure::TargetUnreachable),
+    };
+    let name = ServerName::try_from(host.to_owned()).map_err(|_| PveFailure::TargetUnreachable)?;
+    let handshake = tokio::time::timeout(timeout, tls.connect(name, channel.into_stream()))
+        .await
+        .map_err(|_| PveFailure::Timeout)?;
+    let stream = match handshake {
+        Ok(stream) => stream,
+        // rustls reports a certificate that fails the policy as invalid data.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(PveFailure::TlsRejected),
+        Err(_) => return Err(PveFailure::TargetUnreachable),
+    };
+    let certificate = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|der| portcullis_proto::pin::hex_sha256(der));
+    let (sender, connection) =
+        tokio::time::timeout(timeout, hyper::client::conn::http1::handshake(TokioIo::new(stream)))
+            .await
+            .map_err(|_| PveFailure::Timeout)?
+            .map_err(|_| PveFailure::TargetUnreachable)?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((sender, certificate))
+}
+
+/// A credential-free fingerprint: does `host:port` answer an unauthenticated
+/// `GET /api2/json/version` the way a PVE API does (401, asking for a ticket)? Any
+/// certificate is accepted — nothing secret is sent — and recorded.
+pub(super) async fn probe(shared: &Shared, probe: &PveProbe) -> PveOutcome {
+    let Ok(config) = portcullis_proto::pin::api_client_config(&TlsPolicy::DangerSkipVerify) else {
+        return PveOutcome::Failed { reason: PveFailure::TlsRejected };
+    };
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let (mut sender, certificate) = match open(shared, &tls, &probe.agent, &probe.target_host, probe.target_port).await
+    {
+        Ok(opened) => opened,
+        Err(reason @ (PveFailure::AgentUnavailable | PveFailure::Timeout)) => return PveOutcome::Failed { reason },
+        // Nothing that speaks TLS there: not a PVE API.
+        Err(_) => return PveOutcome::Probed { candidate: false, cert_sha256: None },
+    };
+    let request = hyper::Request::get("/api2/json/version")
+        .header(HOST, host_header(&probe.target_host, probe.target_port))
+        .header(ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new());
+    let Ok(request) = request else { return PveOutcome::Probed { candidate: false, cert_sha256: certificate } };
+    let timeout = Duration::from_secs(PVE_REQUEST_TIMEOUT_SECS);
+    let candidate = match tokio::time::timeout(timeout, sender.send_request(request)).await {
+        Ok(Ok(response)) => looks_like_pve(&response),
+        Ok(Err(_)) => false,
+        Err(_) => return PveOutcome::Failed { reason: PveFailure::Timeout },
+    };
+    PveOutcome::Probed { candidate, cert_sha256: certificate }
+}
+
+/// PVE answers an unauthenticated API call with 401 and a reason asking for a ticket
+/// ("No ticket"), from `pve-api-daemon`.
+fn looks_like_pve<B>(response: &hyper::Response<B>) -> bool {
+    let server = response.headers().get(hyper::header::SERVER).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let reason = response
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).to_ascii_lowercase())
+        .unwrap_or_default();
+    response.status() == hyper::StatusCode::UNAUTHORIZED
+        && (server.starts_with("pve-api-daemon") || reason.contains("ticket"))
+}
+
 fn host_header(host: &str, port: u16) -> String {
     if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16, server: Option<&str>, reason: Option<&'static str>) -> hyper::Response<()> {
+        let mut r = hyper::Response::builder().status(status);
+        if let Some(server) = server {
+            r = r.header(hyper::header::SERVER, server);
+        }
+        let mut r = r.body(()).unwrap();
+        if let Some(reason) = reason {
+            r.extensions_mut().insert(hyper::ext::ReasonPhrase::from_static(reason.as_bytes()));
+        }
+        r
+    }
+
+    #[test]
+    fn only_a_401_asking_for_a_ticket_looks_like_pve() {
+        assert!(looks_like_pve(&response(401, Some("pve-api-daemon/3.0"), Some("No ticket"))));
+        assert!(looks_like_pve(&response(401, None, Some("permission denied - invalid PVE ticket"))));
+        assert!(!looks_like_pve(&response(401, Some("nginx"), None)), "any 401 is not PVE");
+        assert!(!looks_like_pve(&response(200, Some("pve-api-daemon/3.0"), None)));
+        assert!(!looks_like_pve(&response(404, None, Some("Not Found"))));
+    }
 }

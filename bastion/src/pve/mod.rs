@@ -53,7 +53,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             }
         };
         wait = Duration::from_secs(answer.next_claim_secs.clamp(1, 86_400));
-        if !answer.enabled || answer.jobs.is_empty() {
+        if !answer.enabled || (answer.jobs.is_empty() && answer.probes.is_empty()) {
             continue;
         }
         let concurrency = answer.concurrency.clamp(1, 64);
@@ -65,6 +65,17 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 permits
             }
         };
+        for probe in answer.probes {
+            let (shared, permits) = (Arc::clone(&shared), Arc::clone(&permits));
+            in_flight.spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else { return };
+                let outcome = client::probe(&shared, &probe).await;
+                let report = PveReportRequest { run_id: probe.run_id, device: probe.device, outcome };
+                if let Err(e) = shared.control.report_pve(&report).await {
+                    tracing::warn!(error = %e, device = %report.device, "Proxmox VE fingerprint not accepted");
+                }
+            });
+        }
         for job in answer.jobs {
             let (shared, permits) = (Arc::clone(&shared), Arc::clone(&permits));
             in_flight.spawn(async move {

@@ -31,13 +31,26 @@ pub struct PveSettings {
     pub interval_secs: u64,
     /// Runs a bastion performs at once.
     pub concurrency: u32,
+    /// Fingerprint devices no credential rule covers, without credentials, and mark them
+    /// `metadata.proxmox_candidate` (off by default: it connects to every device's port).
+    pub fingerprint: bool,
+    /// The port fingerprinted (the PVE API's 8006 unless a proxy says otherwise).
+    pub fingerprint_port: u16,
 }
 
 impl Default for PveSettings {
     fn default() -> Self {
-        PveSettings { interval_secs: 3600, concurrency: 4 }
+        PveSettings {
+            interval_secs: 3600,
+            concurrency: 4,
+            fingerprint: false,
+            fingerprint_port: portcullis_policies::DEFAULT_PROXMOX_API_PORT,
+        }
     }
 }
+
+/// The metadata key a fingerprint sets (`in:devices metadata.proxmox_candidate:true`).
+pub const CANDIDATE_KEY: &str = "proxmox_candidate";
 
 /// Bounds on a report, far above any real cluster, so a hostile bastion cannot make the
 /// CA store without limit.
@@ -230,6 +243,7 @@ impl Ca {
             next_claim_secs: settings.interval_secs,
             concurrency: settings.concurrency,
             jobs: Vec::new(),
+            probes: Vec::new(),
         };
         if req.agents.len() > 10_000 || !req.agents.iter().all(|a| valid_name(a)) {
             return Err(CaError::BadRequest("invalid agent list".into()));
@@ -243,7 +257,7 @@ impl Ca {
         // One decryption per secret per claim.
         let mut unsealed: HashMap<String, Option<(SecretRow, SecretString, TlsPolicy)>> = HashMap::new();
         for node in self.store.nodes().await? {
-            if answer.jobs.len() >= max_jobs {
+            if answer.jobs.len() + answer.probes.len() >= max_jobs {
                 break;
             }
             let device = policy_device_of(&node, self.default_agent.as_deref());
@@ -251,7 +265,34 @@ impl Ca {
             if !agents.contains(agent.as_str()) {
                 continue;
             }
-            let Ok(rule) = policy.match_credential_rule(Provider::Proxmox, &device) else { continue };
+            let Ok(rule) = policy.match_credential_rule(Provider::Proxmox, &device) else {
+                // No rule hands this device a token: at most a fingerprint, which sends none.
+                if settings.fingerprint {
+                    let run_id = hex::encode(portcullis_sshcert::random_bytes::<16>());
+                    let mut tx = self.store.begin().await?;
+                    let claimed = store::claim_pve_run(
+                        tx.conn(),
+                        &node.name,
+                        &run_id,
+                        &bastion.name,
+                        now,
+                        due_before,
+                        abandoned_before,
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    if claimed {
+                        answer.probes.push(PveProbe {
+                            run_id,
+                            target_host: node.addresses.first().cloned().unwrap_or_else(|| node.name.clone()),
+                            target_port: settings.fingerprint_port,
+                            device: node.name,
+                            agent,
+                        });
+                    }
+                }
+                continue;
+            };
             let Some(credential) = rule.credential() else { continue };
             if !unsealed.contains_key(credential.secret()) {
                 let loaded = self.unseal(credential.secret()).await?;
@@ -325,6 +366,9 @@ impl Ca {
                 tx.commit().await?;
                 tracing::info!(device = %req.device, reason, "Proxmox VE collection failed");
                 return Ok(PveReportResponse { result: reason.to_owned(), changed_fields: Vec::new() });
+            }
+            PveOutcome::Probed { candidate, cert_sha256 } => {
+                return self.record_probe(bastion, req, *candidate, cert_sha256.as_deref()).await;
             }
             PveOutcome::Collected { inventory, endpoint_failures, write_privileges } => {
                 ((**inventory).clone(), endpoint_failures.clone(), write_privileges.clone())
@@ -414,6 +458,43 @@ impl Ca {
         }
         tracing::info!(device = %req.device, cluster = %cluster_id, result, changed = changes.len(), "Proxmox VE collection finished");
         Ok(PveReportResponse { result: result.to_owned(), changed_fields: changes })
+    }
+
+    /// A fingerprint's answer: the node's `metadata.proxmox_candidate` (and the certificate
+    /// it saw), written and audited only when it changes.
+    async fn record_probe(
+        &self,
+        bastion: &ServiceCaller,
+        req: &PveReportRequest,
+        candidate: bool,
+        cert_sha256: Option<&str>,
+    ) -> Result<PveReportResponse, CaError> {
+        let cert = cert_sha256.and_then(normalize_sha256);
+        let now = self.now();
+        let result = if candidate { "candidate" } else { "not_candidate" };
+        let mut tx = self.store.begin().await?;
+        if !store::finish_pve_run(tx.conn(), &req.device, &req.run_id, &bastion.name, now, result, None, None).await? {
+            return Err(CaError::NotFound("open collection run"));
+        }
+        let mut node = self.store.node(&req.device).await?.ok_or(CaError::NotFound("node"))?;
+        let value = candidate.to_string();
+        if node.metadata.get(CANDIDATE_KEY) != Some(&value) {
+            node.metadata.insert(CANDIDATE_KEY.to_owned(), value);
+            match &cert {
+                Some(c) => node.metadata.insert("proxmox_cert_sha256".to_owned(), c.clone()),
+                None => node.metadata.remove("proxmox_cert_sha256"),
+            };
+            store::upsert_node(tx.conn(), &node, now).await?;
+            let event = AuditEvent::PveCandidateMarked {
+                device: req.device.clone(),
+                candidate,
+                cert_sha256: cert.unwrap_or_default(),
+                bastion: bastion.name.clone(),
+            };
+            audit::record(tx.conn(), now, &event).await?;
+        }
+        tx.commit().await?;
+        Ok(PveReportResponse { result: result.to_owned(), changed_fields: Vec::new() })
     }
 
     /// `GET /v1/admin/inventory/clusters`.

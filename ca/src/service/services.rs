@@ -344,12 +344,12 @@ impl Ca {
             .map(|n| {
                 // The API port only where a credential rule collects through this agent.
                 let device = super::sessions::policy_device_of(&n, self.default_agent.as_deref());
-                let api_ports = policy
-                    .match_credential_rule(portcullis_policies::Provider::Proxmox, &device)
-                    .ok()
-                    .and_then(|r| r.credential())
-                    .map(|k| vec![k.api_port()])
-                    .unwrap_or_default();
+                // A fingerprint probes a device no credential rule covers.
+                let api_ports = match policy.match_credential_rule(portcullis_policies::Provider::Proxmox, &device) {
+                    Ok(rule) => rule.credential().map(|k| vec![k.api_port()]).unwrap_or_default(),
+                    Err(_) if self.pve.fingerprint => vec![self.pve.fingerprint_port],
+                    Err(_) => Vec::new(),
+                };
                 AgentTarget { port: n.ssh_port_or_default(), device: n.name, addresses: n.addresses, api_ports }
             })
             .collect();
