@@ -22,7 +22,6 @@ use russh::keys::{PrivateKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect};
 use ssh_key::public::KeyData;
 use ssh_key::{Certificate, PublicKey};
-use tokio::sync::Semaphore;
 
 use crate::agent_hub::BrokerError;
 use crate::server::Shared;
@@ -39,7 +38,7 @@ const RETRY_CLAIM: Duration = Duration::from_secs(30);
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut wait = FIRST_CLAIM;
     let mut in_flight = tokio::task::JoinSet::new();
-    let mut limit: Option<(u32, Arc<Semaphore>)> = None;
+    let mut limit = crate::run_limit::RunLimit::default();
     loop {
         tokio::time::sleep(wait).await;
         // Finished jobs are reaped (a panicking job ends only its own task).
@@ -66,15 +65,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         if !answer.enabled || answer.jobs.is_empty() {
             continue;
         }
-        let concurrency = answer.concurrency.clamp(1, 64);
-        let permits = match &limit {
-            Some((n, permits)) if *n == concurrency => Arc::clone(permits),
-            _ => {
-                let permits = Arc::new(Semaphore::new(usize::try_from(concurrency).unwrap_or(1)));
-                limit = Some((concurrency, Arc::clone(&permits)));
-                permits
-            }
-        };
+        let permits = limit.permits(answer.concurrency);
         let key = Arc::new(key);
         for job in answer.jobs {
             let (shared, key, permits) = (Arc::clone(&shared), Arc::clone(&key), Arc::clone(&permits));

@@ -30,6 +30,7 @@ mod listen;
 mod login;
 pub mod metrics;
 mod pve;
+mod run_limit;
 mod server;
 mod sessions;
 mod startups;

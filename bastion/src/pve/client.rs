@@ -81,37 +81,8 @@ impl<'a> Api<'a> {
 
     async fn open(&self) -> Result<SendRequest<Empty<Bytes>>, PveFailure> {
         let job = self.job;
-        let timeout = Duration::from_secs(PVE_CONNECT_TIMEOUT_SECS);
-        let originator = SocketAddr::from(([127, 0, 0, 1], 0));
-        let opened = tokio::time::timeout(
-            timeout,
-            self.shared.agents.open(&job.agent, &job.target_host, job.target_port, originator),
-        )
-        .await
-        .map_err(|_| PveFailure::Timeout)?;
-        let channel = match opened {
-            Ok((channel, _link)) => channel,
-            Err(BrokerError::AgentUnavailable) => return Err(PveFailure::AgentUnavailable),
-            Err(_) => return Err(PveFailure::TargetUnreachable),
-        };
-        let name = ServerName::try_from(job.target_host.clone()).map_err(|_| PveFailure::TargetUnreachable)?;
-        let handshake = tokio::time::timeout(timeout, self.tls.connect(name, channel.into_stream()))
-            .await
-            .map_err(|_| PveFailure::Timeout)?;
-        let stream = match handshake {
-            Ok(stream) => stream,
-            // rustls reports a certificate that fails the policy as invalid data.
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(PveFailure::TlsRejected),
-            Err(_) => return Err(PveFailure::TargetUnreachable),
-        };
-        let (sender, connection) =
-            tokio::time::timeout(timeout, hyper::client::conn::http1::handshake(TokioIo::new(stream)))
-                .await
-                .map_err(|_| PveFailure::Timeout)?
-                .map_err(|_| PveFailure::TargetUnreachable)?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let (sender, _certificate) =
+            open(self.shared, &self.tls, &job.agent, &job.target_host, job.target_port).await?;
         Ok(sender)
     }
 

@@ -19,13 +19,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_proto::pve::*;
-use tokio::sync::Semaphore;
 
 use crate::server::Shared;
 use client::{Api, Fetch};
 
 const FIRST_CLAIM: Duration = Duration::from_secs(1);
 const RETRY_CLAIM: Duration = Duration::from_secs(30);
+/// Wait while no agent is connected (nothing could be handed out) or every slot is busy.
+const NOTHING_TO_CLAIM: Duration = Duration::from_secs(5);
 /// Runs in flight at most, whatever the CA hands out.
 const MAX_IN_FLIGHT: u32 = 64;
 
@@ -33,14 +34,14 @@ const MAX_IN_FLIGHT: u32 = 64;
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut wait = FIRST_CLAIM;
     let mut in_flight = tokio::task::JoinSet::new();
-    let mut limit: Option<(u32, Arc<Semaphore>)> = None;
+    let mut limit = crate::run_limit::RunLimit::default();
     loop {
         tokio::time::sleep(wait).await;
         while in_flight.try_join_next().is_some() {}
         let free = MAX_IN_FLIGHT.saturating_sub(u32::try_from(in_flight.len()).unwrap_or(u32::MAX));
         let agents = shared.agents.names();
         if free == 0 || agents.is_empty() {
-            wait = FIRST_CLAIM.max(Duration::from_secs(5));
+            wait = NOTHING_TO_CLAIM;
             continue;
         }
         let request = PveClaimRequest { agents, max_jobs: free.min(MAX_PVE_JOBS_PER_CLAIM) };
@@ -56,15 +57,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         if !answer.enabled || (answer.jobs.is_empty() && answer.probes.is_empty()) {
             continue;
         }
-        let concurrency = answer.concurrency.clamp(1, 64);
-        let permits = match &limit {
-            Some((n, permits)) if *n == concurrency => Arc::clone(permits),
-            _ => {
-                let permits = Arc::new(Semaphore::new(usize::try_from(concurrency).unwrap_or(1)));
-                limit = Some((concurrency, Arc::clone(&permits)));
-                permits
-            }
-        };
+        let permits = limit.permits(answer.concurrency);
         for probe in answer.probes {
             let (shared, permits) = (Arc::clone(&shared), Arc::clone(&permits));
             in_flight.spawn(async move {
