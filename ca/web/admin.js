@@ -1,5 +1,5 @@
 // Admin pages: live sessions (with kill), the audit log with filters, Proxmox VE clusters
-// (a cluster's guests on click), policy history.
+// (a cluster's guests on click), policy history (reloads and API-secret changes).
 "use strict";
 const { api, el, when } = portcullis;
 
@@ -56,7 +56,7 @@ async function policy() {
         .flatMap(([mark, names]) => names.map((n) => `${mark} ${n}`))
         .concat(fields)
         .join("\n");
-      tr.append(el("td", when(c.at)), el("td", c.actor), el("td", c.digest_after.slice(0, 16)),
+      tr.append(el("td", when(c.at)), el("td", c.actor), el("td", c.digest_after ? c.digest_after.slice(0, 16) : "—"),
         el("td", what || "(no change)", { class: "details" }));
       body.append(tr);
     }

@@ -403,6 +403,15 @@ async fn secrets_are_validated_and_need_secrets_manage() {
     assert!(resp.status().is_success());
     let removed = server.await_audit("secret_removed", |r| r.payload["name"] == "x").await;
     assert_eq!(removed.payload["by"], "admin");
+    // The policy change history has both, with who and the fingerprint, never the value.
+    let (status, history) = server.get_json(Some(&admin), "/v1/admin/policy/history").await;
+    assert!(status.is_success(), "{history}");
+    let entries = history.as_array().unwrap();
+    assert_eq!(entries[0]["removed"], json!(["secret:x"]), "newest first: {history}");
+    let added = entries.iter().find(|e| e["added"] == json!(["secret:x"])).expect("the addition is in the history");
+    assert_eq!(added["actor"], "admin");
+    assert!(added["fields"].to_string().contains("fingerprint") && added["fields"].to_string().contains(IDENTITY));
+    assert!(!history.to_string().contains(TOKEN_A), "{history}");
 }
 
 /// The target preview, for a loaded rule and for a policy directory not loaded yet.

@@ -9,7 +9,7 @@ use crate::keys::{self, KeyPurpose, state};
 use crate::policy_files::load_policy_dir;
 use crate::store::{self, NewPassword};
 use portcullis_policies::{Grant, USER_NAME_RULE, UserSource, parse_account, valid_user_name};
-use portcullis_proto::console::PolicyChangeRecord;
+use portcullis_proto::console::{PolicyChangeRecord, PolicyFieldChange};
 use portcullis_proto::{
     AuditRecord, AuditVerifyResponse, CaKeyInfo, NodeRecord, NodeUpdate, PolicyReloadResponse, UserInfo,
 };
@@ -479,46 +479,26 @@ impl Ca {
     }
 
     /// Policy reloads that changed something, newest first (from `policy_changed`).
+    /// Policy reloads and API-secret changes, newest first: who, when and what (for a
+    /// secret its identity, TLS policy and fingerprint — never its value).
     pub async fn policy_history(&self, grant: &Grant) -> Result<Vec<PolicyChangeRecord>, CaError> {
-        let filter = AuditFilter {
-            after: 0,
-            before: None,
-            newest_first: true,
-            event: Some("policy_changed".to_owned()),
-            user: None,
-            device: None,
-            since: 0,
-            limit: 1000,
-        };
-        let records = self.audit_search(grant, &filter).await?;
-        Ok(records
-            .into_iter()
-            .map(|r| {
-                let text = |k: &str| r.payload.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-                let list = |k: &str| {
-                    r.payload
-                        .get(k)
-                        .and_then(|v| v.as_array())
-                        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
-                        .unwrap_or_default()
-                };
-                PolicyChangeRecord {
-                    seq: r.seq,
-                    at: r.at,
-                    actor: text("actor"),
-                    digest_before: text("digest_before"),
-                    digest_after: text("digest_after"),
-                    added: list("added"),
-                    removed: list("removed"),
-                    changed: list("changed"),
-                    fields: r
-                        .payload
-                        .get("fields")
-                        .and_then(|v| serde_json::from_value(v.clone()).ok())
-                        .unwrap_or_default(),
-                }
-            })
-            .collect())
+        let mut out = Vec::new();
+        for event in ["policy_changed", "secret_added", "secret_rotated", "secret_removed"] {
+            let filter = AuditFilter {
+                after: 0,
+                before: None,
+                newest_first: true,
+                event: Some(event.to_owned()),
+                user: None,
+                device: None,
+                since: 0,
+                limit: 1000,
+            };
+            out.extend(self.audit_search(grant, &filter).await?.into_iter().map(policy_change));
+        }
+        out.sort_by_key(|c| std::cmp::Reverse(c.seq));
+        out.truncate(1000);
+        Ok(out)
     }
 
     pub async fn audit_records(&self, _grant: &Grant, after: u64, limit: u32) -> Result<Vec<AuditRecord>, CaError> {
@@ -535,4 +515,42 @@ impl Ca {
             })
             .collect())
     }
+}
+
+/// One history entry from a `policy_changed` or `secret_*` audit record.
+fn policy_change(r: AuditRecord) -> PolicyChangeRecord {
+    let text = |k: &str| r.payload.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let list = |k: &str| -> Vec<String> {
+        r.payload
+            .get(k)
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let mut change = PolicyChangeRecord {
+        seq: r.seq,
+        at: r.at,
+        actor: text("actor"),
+        digest_before: text("digest_before"),
+        digest_after: text("digest_after"),
+        added: list("added"),
+        removed: list("removed"),
+        changed: list("changed"),
+        fields: r.payload.get("fields").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default(),
+    };
+    if r.event.starts_with("secret_") {
+        let item = format!("secret:{}", text("name"));
+        change.actor = text("by");
+        change.fields = ["identity", "tls", "fingerprint"]
+            .into_iter()
+            .filter(|f| !text(f).is_empty())
+            .map(|f| PolicyFieldChange { item: item.clone(), field: f.to_owned(), old: None, new: Some(text(f)) })
+            .collect();
+        match r.event.as_str() {
+            "secret_added" => change.added.push(item),
+            "secret_removed" => change.removed.push(item),
+            _ => change.changed.push(item),
+        }
+    }
+    change
 }
