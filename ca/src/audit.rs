@@ -442,6 +442,8 @@ pub enum AuditEvent {
         rule: String,
         secret: String,
         secret_fingerprint: String,
+        /// An `auto_discovery_trials` attempt on a candidate the rule's targets do not name.
+        trial: bool,
     },
     PveCollectionFailed {
         run_id: String,

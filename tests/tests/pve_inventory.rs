@@ -455,9 +455,10 @@ async fn the_target_preview_shows_what_a_rule_reaches_before_and_after_loading()
 /// With `auto_discovery_trials` off (the default), a device that only looks like a PVE
 /// host (`metadata.proxmox_candidate:true`) but that the rule's targets do not name gets
 /// no grant — and so no token — although its API (here the same site, reached by another
-/// name) answers on the rule's port, while a targeted device is collected.
+/// name) answers on the rule's port, while a targeted device is collected. Turned on, the
+/// rule tries the candidate, and says so in the audit trail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trials_off_sends_no_credential_to_a_candidate() {
+async fn trials_off_sends_no_credential_to_a_candidate_and_trials_on_are_audited_as_such() {
     let site = Site::start(json!({ "cluster_name": "known", "tokens": { IDENTITY: TOKEN_A }, "nodes": ["pve1"] }));
     let (server, admin) = start().await;
     add_secret(&server, &admin, "site-t", TOKEN_A, json!({ "mode": "pinned_sha256", "sha256": site.cert_sha256 }))
@@ -476,6 +477,25 @@ async fn trials_off_sends_no_credential_to_a_candidate() {
     assert!(started.iter().all(|r| r.payload["device"] != "lookalike"), "{started:?}");
     let (_, preview) = server.get_json(Some(&admin), "/v1/admin/rules/site-t/preview").await;
     assert_eq!(preview[0]["in_scope"], json!(["pve-known"]), "{preview}");
+
+    // With trials on, the token is tried on the candidate too — each attempt a grant
+    // audited as a trial — and the candidate is collected.
+    let trials = rule("site-t", "t", "local", site.port, "auto_discovery_trials = true");
+    let (status, body) = server.write_policy("pve.toml", &trials).await;
+    assert!(status.is_success(), "{body}");
+    let tried = server
+        .await_audit_within(Duration::from_secs(30), "pve_collection_started", |r| r.payload["device"] == "lookalike")
+        .await;
+    assert_eq!((tried.payload["trial"].as_bool(), tried.payload["rule"].as_str()), (Some(true), Some("site-t")));
+    let known = server.audit_events("pve_collection_started").await;
+    assert!(known.iter().filter(|r| r.payload["device"] == "pve-known").all(|r| r.payload["trial"] == false));
+    // A second trial is handed out only once the first has reported; none failed.
+    eventually(Duration::from_secs(30), "a second trial", || async {
+        (runs_of(&server, "lookalike").await >= 2).then_some(())
+    })
+    .await;
+    let failed = server.audit_events("pve_collection_failed").await;
+    assert!(failed.iter().all(|r| r.payload["device"] != "lookalike"), "{failed:?}");
 }
 
 /// `--pve-fingerprint`: a device no credential rule covers is probed without any

@@ -345,10 +345,14 @@ impl Ca {
                 // The API port only where a credential rule collects through this agent.
                 let device = super::sessions::policy_device_of(&n, self.default_agent.as_deref());
                 // A fingerprint probes a device no credential rule covers.
-                let api_ports = match policy.match_credential_rule(portcullis_policies::Provider::Proxmox, &device) {
-                    Ok(rule) => rule.credential().map(|k| vec![k.api_port()]).unwrap_or_default(),
-                    Err(_) if self.pve.fingerprint => vec![self.pve.fingerprint_port],
-                    Err(_) => Vec::new(),
+                let rule = policy
+                    .match_credential_rule(portcullis_policies::Provider::Proxmox, &device)
+                    .ok()
+                    .or_else(|| super::pve::trial_rule(&policy, &device));
+                let api_ports = match rule.and_then(|r| r.credential()) {
+                    Some(k) => vec![k.api_port()],
+                    None if self.pve.fingerprint => vec![self.pve.fingerprint_port],
+                    None => Vec::new(),
                 };
                 AgentTarget { port: n.ssh_port_or_default(), device: n.name, addresses: n.addresses, api_ports }
             })

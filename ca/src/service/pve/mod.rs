@@ -24,7 +24,7 @@ use super::sessions::policy_device_of;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::store::{self, ClusterRow, SecretRow};
-use portcullis_policies::{Grant, Provider};
+use portcullis_policies::{Device, Grant, Policy, Provider, Rule};
 use portcullis_proto::pve::*;
 use report::{check, drift, normalize};
 use secrecy::{ExposeSecret, SecretString};
@@ -98,33 +98,39 @@ impl Ca {
             if !agents.contains(agent.as_str()) {
                 continue;
             }
-            let Ok(rule) = policy.match_credential_rule(Provider::Proxmox, &device) else {
-                // No rule hands this device a token: at most a fingerprint, which sends none.
-                if settings.fingerprint {
-                    let run_id = hex::encode(portcullis_sshcert::random_bytes::<16>());
-                    let mut tx = self.store.begin().await?;
-                    let claimed = store::claim_pve_run(
-                        tx.conn(),
-                        &node.name,
-                        &run_id,
-                        &bastion.name,
-                        now,
-                        due_before,
-                        abandoned_before,
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    if claimed {
-                        answer.probes.push(PveProbe {
-                            run_id,
-                            target_host: node.addresses.first().cloned().unwrap_or_else(|| node.name.clone()),
-                            target_port: settings.fingerprint_port,
-                            device: node.name,
-                            agent,
-                        });
+            let (rule, trial) = match policy.match_credential_rule(Provider::Proxmox, &device) {
+                Ok(rule) => (rule, false),
+                Err(_) => match trial_rule(&policy, &device) {
+                    Some(rule) => (rule, true),
+                    None => {
+                        // No rule hands this device a token: at most a fingerprint, which sends none.
+                        if settings.fingerprint {
+                            let run_id = hex::encode(portcullis_sshcert::random_bytes::<16>());
+                            let mut tx = self.store.begin().await?;
+                            let claimed = store::claim_pve_run(
+                                tx.conn(),
+                                &node.name,
+                                &run_id,
+                                &bastion.name,
+                                now,
+                                due_before,
+                                abandoned_before,
+                            )
+                            .await?;
+                            tx.commit().await?;
+                            if claimed {
+                                answer.probes.push(PveProbe {
+                                    run_id,
+                                    target_host: node.addresses.first().cloned().unwrap_or_else(|| node.name.clone()),
+                                    target_port: settings.fingerprint_port,
+                                    device: node.name,
+                                    agent,
+                                });
+                            }
+                        }
+                        continue;
                     }
-                }
-                continue;
+                },
             };
             let Some(credential) = rule.credential() else { continue };
             if !unsealed.contains_key(credential.secret()) {
@@ -150,6 +156,7 @@ impl Ca {
                 rule: rule.name().to_owned(),
                 secret: secret.name.clone(),
                 secret_fingerprint: secret.fingerprint.clone(),
+                trial,
             };
             audit::record(tx.conn(), now, &event).await?;
             tx.commit().await?;
@@ -358,6 +365,21 @@ impl Ca {
         let summary = summary(row, nodes as u64, guests as u64, &runs);
         Ok(ClusterView { summary, inventory, enrolled_nodes })
     }
+}
+
+/// With `auto_discovery_trials`, a credential rule may also try its token on a device its
+/// targets do not name but that a fingerprint marked a candidate, inside its scope (the
+/// first such rule by name). Each attempt is a grant like any other, audited with
+/// `trial: true`.
+pub(crate) fn trial_rule<'p>(policy: &'p Policy, device: &Device) -> Option<&'p Rule> {
+    if device.metadata.get(CANDIDATE_KEY).map(String::as_str) != Some("true") {
+        return None;
+    }
+    let (p, a, g) = (device.partition.as_deref(), device.agent.as_deref(), device.gateway.as_deref());
+    policy.rules().find(|r| {
+        r.credential().is_some_and(|k| k.provider() == Provider::Proxmox && k.auto_discovery_trials())
+            && r.scope().includes(p, a, g)
+    })
 }
 
 /// What a run warned about, kept with the run so the next one records only a change.
