@@ -298,7 +298,11 @@ async fn proxy(
         CloseReason::ClientDisconnect
     };
     let downstream = async {
+        // Whether the node said how the command ended: a close without it may be the
+        // agent's link going down under the channel, which the user is told about.
+        let mut ended = false;
         while let Some(msg) = from_node.wait().await {
+            ended |= matches!(msg, ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. });
             let sent = match msg {
                 ChannelMsg::Data { data } => {
                     live.client_output(data.len());
@@ -315,7 +319,8 @@ async fn proxy(
                 }
                 ChannelMsg::Success if take_reply() => handle.channel_success(client_id).await,
                 ChannelMsg::Failure if take_reply() => handle.channel_failure(client_id).await,
-                ChannelMsg::Close => return CloseReason::TargetDisconnect,
+                ChannelMsg::Close if ended => return CloseReason::TargetDisconnect,
+                ChannelMsg::Close => return crate::broker::vanished(link).await,
                 _ => Ok(()),
             };
             if sent.is_err() {
