@@ -85,8 +85,7 @@ impl Ca {
         let agents: BTreeSet<&str> = req.agents.iter().map(String::as_str).collect();
         let policy = self.policy();
         let now = self.now();
-        let due_before = now.saturating_sub(settings.interval_secs);
-        let abandoned_before = now.saturating_sub(PVE_RUN_TIMEOUT_SECS + 60);
+        let (due_before, abandoned_before) = self.run_window(now);
         // One decryption per secret per claim.
         let mut unsealed: HashMap<String, Option<(SecretRow, SecretString, TlsPolicy)>> = HashMap::new();
         for node in self.store.nodes().await? {
@@ -104,29 +103,16 @@ impl Ca {
                     Some(rule) => (rule, true),
                     None => {
                         // No rule hands this device a token: at most a fingerprint, which sends none.
-                        if settings.fingerprint {
-                            let run_id = hex::encode(portcullis_sshcert::random_bytes::<16>());
-                            let mut tx = self.store.begin().await?;
-                            let claimed = store::claim_pve_run(
-                                tx.conn(),
-                                &node.name,
-                                &run_id,
-                                &bastion.name,
-                                now,
-                                due_before,
-                                abandoned_before,
-                            )
-                            .await?;
-                            tx.commit().await?;
-                            if claimed {
-                                answer.probes.push(PveProbe {
-                                    run_id,
-                                    target_host: node.addresses.first().cloned().unwrap_or_else(|| node.name.clone()),
-                                    target_port: settings.fingerprint_port,
-                                    device: node.name,
-                                    agent,
-                                });
-                            }
+                        if settings.fingerprint
+                            && let Some(run_id) = self.claim_probe(&node.name, &bastion.name, now).await?
+                        {
+                            answer.probes.push(PveProbe {
+                                run_id,
+                                target_host: node.addresses.first().cloned().unwrap_or_else(|| node.name.clone()),
+                                target_port: settings.fingerprint_port,
+                                device: node.name,
+                                agent,
+                            });
                         }
                         continue;
                     }
@@ -175,6 +161,23 @@ impl Ca {
             });
         }
         Ok(answer)
+    }
+
+    /// A device is due when its last claim is at or before the first time, and not still
+    /// running unless it was claimed at or before the second (its run outlived any timeout).
+    fn run_window(&self, now: u64) -> (u64, u64) {
+        (now.saturating_sub(self.pve.interval_secs), now.saturating_sub(PVE_RUN_TIMEOUT_SECS + 60))
+    }
+
+    /// Claims the device's run for a fingerprint when it is due; its run id.
+    async fn claim_probe(&self, device: &str, bastion: &str, now: u64) -> Result<Option<String>, CaError> {
+        let run_id = hex::encode(portcullis_sshcert::random_bytes::<16>());
+        let (due_before, abandoned_before) = self.run_window(now);
+        let mut tx = self.store.begin().await?;
+        let claimed =
+            store::claim_pve_run(tx.conn(), device, &run_id, bastion, now, due_before, abandoned_before).await?;
+        tx.commit().await?;
+        Ok(claimed.then_some(run_id))
     }
 
     /// `POST /v1/bastion/pve/report`.
