@@ -335,8 +335,7 @@ impl ControlPlane {
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &'static str, body: &B) -> Result<T, ControlError> {
         let bytes = self.send(path, reqwest::Method::POST, Some(body)).await?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ControlError::Unreachable { path, detail: format!("unreadable answer: {e}") })
+        read_answer(path, &bytes)
     }
 
     async fn post_no_answer<B: Serialize>(&self, path: &'static str, body: &B) -> Result<(), ControlError> {
@@ -345,8 +344,7 @@ impl ControlPlane {
 
     async fn get<T: DeserializeOwned>(&self, path: &'static str) -> Result<T, ControlError> {
         let bytes = self.send(path, reqwest::Method::GET, None::<&()>).await?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ControlError::Unreachable { path, detail: format!("unreadable answer: {e}") })
+        read_answer(path, &bytes)
     }
 
     /// One call, to the replicas in turn (see [`CaReplicas`]).
@@ -398,6 +396,15 @@ impl ControlPlane {
     }
 }
 
+/// The CA's answer, decoded. A malformed one is reported by position only: serde's message
+/// can quote a value, and some answers carry secrets (a collection grant's token).
+fn read_answer<T: DeserializeOwned>(path: &'static str, bytes: &[u8]) -> Result<T, ControlError> {
+    serde_json::from_slice(bytes).map_err(|e| ControlError::Unreachable {
+        path,
+        detail: format!("unreadable answer ({:?} at line {} column {})", e.classify(), e.line(), e.column()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,5 +421,13 @@ mod tests {
         let other =
             ControlError::Refused { path: "/x", status: 401, code: "unauthenticated".into(), message: "".into() };
         assert_eq!(other.deny_reason(), None);
+    }
+
+    #[test]
+    fn an_unreadable_answer_quotes_nothing_from_it() {
+        let answer = br#"{"enabled": true, "next_claim_secs": "pve-token-canary-1234"}"#;
+        let e = read_answer::<portcullis_proto::pve::PveClaimResponse>("/v1/bastion/pve/claim", answer).unwrap_err();
+        assert!(!e.to_string().contains("canary"), "{e}");
+        assert!(e.to_string().contains("unreadable answer"), "{e}");
     }
 }
