@@ -43,13 +43,12 @@ pub(crate) fn policy_files(dir: &std::path::Path) -> anyhow::Result<Vec<(String,
 /// (in name order, as one policy), every error printed with its file, line and column.
 fn check_policy_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     let texts = policy_files(dir)?;
-    let files = &texts;
     let sources: Vec<PolicySource<'_>> = texts.iter().map(|(name, text)| PolicySource { name, text }).collect();
     match Policy::from_sources(&sources) {
         Ok(policy) => {
             println!(
                 "Policy OK: {} file(s), {} role(s), {} rule(s), {} binding(s), {} deny statement(s).",
-                files.len(),
+                texts.len(),
                 policy.roles().count(),
                 policy.rules().count(),
                 policy.bindings().len(),

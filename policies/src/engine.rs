@@ -232,8 +232,7 @@ impl Policy {
                 continue;
             }
             target_seen = true;
-            let (p, a, g) = (device.partition.as_deref(), device.agent.as_deref(), device.gateway.as_deref());
-            if r.scope.includes(p, a, g) {
+            if r.scope.includes_device(device) {
                 return Ok(r);
             }
         }

@@ -293,6 +293,10 @@ impl Scope {
         }
         dim(&self.partitions, partition) && dim(&self.agents, agent) && dim(&self.gateways, gateway)
     }
+    /// [`Scope::includes`] with the device's own partition, agent and gateway.
+    pub fn includes_device(&self, device: &Device) -> bool {
+        self.includes(device.partition.as_deref(), device.agent.as_deref(), device.gateway.as_deref())
+    }
 }
 
 /// How a purpose reaches a set of devices (ServiceRadar credential rules).

@@ -96,12 +96,11 @@ fn main() {
 
         // The second, unchanged run.
         let drifts = server.audit_events("pve_inventory_drift").await.len();
-        let runs = |r: &[portcullis_proto::AuditRecord]| r.len();
-        let before = runs(&server.audit_events("pve_collection_started").await);
+        let before = server.audit_events("pve_collection_started").await.len();
         let second = Instant::now();
         loop {
             let (_, view) = server.get_json(Some(&admin), "/v1/admin/inventory/clusters/local/bench").await;
-            let after = runs(&server.audit_events("pve_collection_started").await);
+            let after = server.audit_events("pve_collection_started").await.len();
             if after > before && view["summary"]["last_result"] == "unchanged" {
                 break;
             }

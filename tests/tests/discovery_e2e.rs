@@ -255,16 +255,8 @@ async fn discovery_stores_facts_detects_drift_and_refuses_wrong_host_keys() {
     assert_eq!(last.payload["first"], false);
 
     // The CLI shows the facts and the change.
-    let home = tempfile::tempdir().unwrap();
-    let cli = |args: &[&str], stdin: &str| {
-        let out = portcullis_tests::cli::portcullis(home.path(), args, stdin);
-        let text = portcullis_tests::cli::text(&out);
-        assert!(out.status.success(), "portcullis {args:?}: {text}");
-        text
-    };
-    let login = ["login", "--ca", &server.url, "--ca-fingerprint", &server.pin, "--user", "admin", "--password-stdin"];
-    cli(&login, &format!("{}\n", server.admin_password().await));
-    let shown = cli(&["admin", "inventory", "show", "pve01"], "");
+    let cli = portcullis_tests::cli::AdminCli::login(&server).await;
+    let shown = cli.run(&["admin", "inventory", "show", "pve01"], "");
     assert!(shown.contains("system.serial") && shown.contains("7XYZ123"), "{shown}");
     assert!(shown.contains("nic.eno1.speed_mbps: 10000 -> 1000"), "{shown}");
 

@@ -76,7 +76,8 @@ impl SkipLog {
     }
 }
 
-fn valid_name(s: &str) -> bool {
+/// An agent or device name as a bastion's claim or report may name it.
+pub(super) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'))

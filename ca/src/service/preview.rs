@@ -58,7 +58,7 @@ fn preview(policy: &Policy, rule: &Rule, devices: &[Device]) -> RulePreview {
     };
     for d in devices.iter().filter(|d| rule.targets().matches(d)) {
         out.matched.push(d.name.clone());
-        if !rule.scope().includes(d.partition.as_deref(), d.agent.as_deref(), d.gateway.as_deref()) {
+        if !rule.scope().includes_device(d) {
             continue;
         }
         out.in_scope.push(d.name.clone());

@@ -19,6 +19,7 @@ mod report;
 mod secrets;
 
 use super::Ca;
+use super::discovery::valid_name;
 use super::services::ServiceCaller;
 use super::sessions::policy_device_of;
 use crate::audit::{self, AuditEvent};
@@ -60,12 +61,6 @@ pub const CANDIDATE_KEY: &str = "proxmox_candidate";
 
 /// Changed fields named in one drift record.
 const MAX_FIELDS_AUDITED: usize = 200;
-
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'))
-}
 
 impl Ca {
     /// `POST /v1/bastion/pve/claim`.
@@ -378,10 +373,9 @@ pub(crate) fn trial_rule<'p>(policy: &'p Policy, device: &Device) -> Option<&'p 
     if device.metadata.get(CANDIDATE_KEY).map(String::as_str) != Some("true") {
         return None;
     }
-    let (p, a, g) = (device.partition.as_deref(), device.agent.as_deref(), device.gateway.as_deref());
     policy.rules().find(|r| {
         r.credential().is_some_and(|k| k.provider() == Provider::Proxmox && k.auto_discovery_trials())
-            && r.scope().includes(p, a, g)
+            && r.scope().includes_device(device)
     })
 }
 
