@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_ca::keys::KeyPurpose;
-use portcullis_ca::store::Backend;
+use portcullis_ca::store::{self, Backend};
 use portcullis_ca::{Ca, CaError, Caller, ManualClock};
 use portcullis_policies::Permission;
 use portcullis_proto::{RevokeRequest, UserCertRequest, UserCertResponse};
@@ -323,6 +323,21 @@ async fn run_conformance(url: &str, backend: Backend) {
     let verify = ca.audit_verify(&audit_grant).await.unwrap();
     assert!(!verify.ok, "deleting the newest record is detected");
     assert_eq!(verify.first_bad_seq, Some(newest), "deleted newest row: {verify:?}");
+
+    // --- read snapshots ------------------------------------------------------------
+    // A view read from several tables sees one instant: a change committed between its
+    // first and its last query is invisible to it (else a node's history could show a
+    // run whose facts are not there yet).
+    let mut snapshot = ca.store().read().await.unwrap();
+    assert!(store::inventory(snapshot.conn(), "snap01").await.unwrap().is_none());
+    let mut tx = ca.store().begin().await.unwrap();
+    store::record_inventory_change(tx.conn(), "snap01", "run-1", now(), "{}", "[]").await.unwrap();
+    tx.commit().await.unwrap();
+    let history = store::inventory_history(snapshot.conn(), "snap01", 10).await.unwrap();
+    assert!(history.is_empty(), "the snapshot saw a write committed after it began ({} rows)", history.len());
+    drop(snapshot);
+    let mut fresh = ca.store().read().await.unwrap();
+    assert_eq!(store::inventory_history(fresh.conn(), "snap01", 10).await.unwrap().len(), 1);
 }
 
 async fn set_payload(ca: &Ca, seq: u64, payload: &str) {

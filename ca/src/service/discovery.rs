@@ -287,7 +287,10 @@ impl Ca {
     /// `GET /v1/admin/inventory/{node}`.
     pub async fn inventory_view(&self, _grant: &Grant, device: &str) -> Result<InventoryView, CaError> {
         let node = self.store.node(device).await?.ok_or(CaError::NotFound("node"))?;
-        let (facts, changed_at) = match self.store.inventory(&node.name).await? {
+        // One snapshot: a report committing between these reads must not pair new history
+        // with old (or no) facts.
+        let mut read = self.store.read().await?;
+        let (facts, changed_at) = match store::inventory(read.conn(), &node.name).await? {
             Some((json, at)) => {
                 let facts: HardwareFacts =
                     serde_json::from_str(&json).map_err(|_| CaError::Internal("stored facts".into()))?;
@@ -295,10 +298,8 @@ impl Ca {
             }
             None => (Default::default(), 0),
         };
-        let run = self.store.discovery_run(&node.name).await?;
-        let history = self
-            .store
-            .inventory_history(&node.name, 100)
+        let run = store::discovery_run(read.conn(), &node.name).await?;
+        let history = store::inventory_history(read.conn(), &node.name, 100)
             .await?
             .into_iter()
             .map(|h| InventoryHistoryEntry {

@@ -120,60 +120,59 @@ pub async fn record_inventory_change(
     Ok(())
 }
 
-impl Store {
-    /// The node's current facts (JSON) and when they last changed.
-    pub async fn inventory(&self, device: &str) -> Result<Option<(String, u64)>> {
-        let row = sqlx::query("SELECT facts_json, changed_at FROM inventory WHERE device = $1")
-            .bind(device)
-            .fetch_optional(self.pool())
-            .await?;
-        row.map(|r| Ok((r.try_get("facts_json")?, ts_from(r.try_get("changed_at")?)))).transpose()
-    }
+/// The node's current facts (JSON) and when they last changed.
+pub async fn inventory(conn: &mut AnyConnection, device: &str) -> Result<Option<(String, u64)>> {
+    let row = sqlx::query("SELECT facts_json, changed_at FROM inventory WHERE device = $1")
+        .bind(device)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|r| Ok((r.try_get("facts_json")?, ts_from(r.try_get("changed_at")?)))).transpose()
+}
 
+/// The node's history, newest first, at most `limit` entries.
+pub async fn inventory_history(conn: &mut AnyConnection, device: &str, limit: i64) -> Result<Vec<InventoryHistoryRow>> {
+    let rows = sqlx::query(
+        "SELECT at, run_id, changes_json FROM inventory_history WHERE device = $1 ORDER BY seq DESC LIMIT $2",
+    )
+    .bind(device)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(InventoryHistoryRow {
+                at: ts_from(r.try_get("at")?),
+                run_id: r.try_get("run_id")?,
+                changes_json: r.try_get("changes_json")?,
+            })
+        })
+        .collect()
+}
+
+/// The latest run handed out for the node.
+pub async fn discovery_run(conn: &mut AnyConnection, device: &str) -> Result<Option<DiscoveryRunRow>> {
+    let row =
+        sqlx::query("SELECT run_id, bastion, claimed_at, finished_at, result FROM discovery_runs WHERE device = $1")
+            .bind(device)
+            .fetch_optional(&mut *conn)
+            .await?;
+    row.map(|r| {
+        Ok(DiscoveryRunRow {
+            run_id: r.try_get("run_id")?,
+            bastion: r.try_get("bastion")?,
+            claimed_at: ts_from(r.try_get("claimed_at")?),
+            finished_at: r.try_get::<Option<i64>, _>("finished_at")?.map(ts_from),
+            result: r.try_get("result")?,
+        })
+    })
+    .transpose()
+}
+
+impl Store {
     /// Every node's current facts (JSON), by node name.
     pub async fn inventories(&self) -> Result<Vec<(String, String)>> {
         let rows =
             sqlx::query("SELECT device, facts_json FROM inventory ORDER BY device").fetch_all(self.pool()).await?;
         rows.iter().map(|r| Ok((r.try_get("device")?, r.try_get("facts_json")?))).collect()
-    }
-
-    /// The node's history, newest first, at most `limit` entries.
-    pub async fn inventory_history(&self, device: &str, limit: i64) -> Result<Vec<InventoryHistoryRow>> {
-        let rows = sqlx::query(
-            "SELECT at, run_id, changes_json FROM inventory_history WHERE device = $1 ORDER BY seq DESC LIMIT $2",
-        )
-        .bind(device)
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(InventoryHistoryRow {
-                    at: ts_from(r.try_get("at")?),
-                    run_id: r.try_get("run_id")?,
-                    changes_json: r.try_get("changes_json")?,
-                })
-            })
-            .collect()
-    }
-
-    /// The latest run handed out for the node.
-    pub async fn discovery_run(&self, device: &str) -> Result<Option<DiscoveryRunRow>> {
-        let row = sqlx::query(
-            "SELECT run_id, bastion, claimed_at, finished_at, result FROM discovery_runs WHERE device = $1",
-        )
-        .bind(device)
-        .fetch_optional(self.pool())
-        .await?;
-        row.map(|r| {
-            Ok(DiscoveryRunRow {
-                run_id: r.try_get("run_id")?,
-                bastion: r.try_get("bastion")?,
-                claimed_at: ts_from(r.try_get("claimed_at")?),
-                finished_at: r.try_get::<Option<i64>, _>("finished_at")?.map(ts_from),
-                result: r.try_get("result")?,
-            })
-        })
-        .transpose()
     }
 }

@@ -39,8 +39,8 @@ pub use enroll::{
     take_enroll_attempt,
 };
 pub use inventory::{
-    DiscoveryRunRow, InventoryHistoryRow, claim_discovery_run, finish_discovery_run, inventory_facts,
-    record_inventory_change,
+    DiscoveryRunRow, InventoryHistoryRow, claim_discovery_run, discovery_run, finish_discovery_run, inventory,
+    inventory_facts, inventory_history, record_inventory_change,
 };
 pub use keys::CaKeyRow;
 pub use leases::{
@@ -158,6 +158,19 @@ pub struct Store {
 pub struct WriteTx<'a> {
     tx: Transaction<'static, sqlx::Any>,
     _guard: Option<MutexGuard<'a, ()>>,
+}
+
+/// A read-only view of one instant: every query inside sees the same committed state, so a
+/// view assembled from several tables never mixes rows from before and after a concurrent
+/// write. Dropping it ends it (nothing to commit).
+pub struct ReadTx {
+    tx: Transaction<'static, sqlx::Any>,
+}
+
+impl ReadTx {
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
 }
 
 impl WriteTx<'_> {
@@ -289,6 +302,17 @@ impl Store {
         };
         let tx = self.pool.begin().await?;
         Ok(WriteTx { tx, _guard: guard })
+    }
+
+    /// A snapshot for multi-query reads. SQLite (WAL): a deferred transaction reads one
+    /// snapshot from its first query on and takes no write lock. PostgreSQL: the default
+    /// READ COMMITTED would take a fresh snapshot per statement, so ask for REPEATABLE READ.
+    pub async fn read(&self) -> Result<ReadTx> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+        }
+        Ok(ReadTx { tx })
     }
 
     /// SQLite: a consistent copy of the whole database into a new file (`backup`).

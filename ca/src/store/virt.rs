@@ -448,8 +448,7 @@ impl Store {
     }
 
     pub async fn cluster(&self, id: &str) -> Result<Option<(ClusterRow, PveInventory)>> {
-        let mut conn = self.pool().acquire().await?;
-        load_cluster(&mut conn, id).await
+        load_cluster(self.read().await?.conn(), id).await
     }
 
     /// Every stored guest with its cluster's agent and name.
