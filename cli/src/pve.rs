@@ -120,8 +120,12 @@ pub async fn cluster(api: &Api, id: &str, json: bool) -> anyhow::Result<()> {
     );
     println!("Nodes:");
     for n in &inv.nodes {
-        let enrolled = if view.enrolled_nodes.contains(&n.name) { " (enrolled)" } else { "" };
-        println!("  {:<16} {:<8} {}{enrolled}", n.name, n.status, n.address.as_deref().unwrap_or("-"));
+        let link = match (view.node_links.get(&n.name), view.ambiguous_nodes.get(&n.name)) {
+            (Some(enrolled), _) => format!("  enrolled as {enrolled}"),
+            (None, Some(fitting)) => format!("  not linked: several enrolled nodes fit ({})", fitting.join(", ")),
+            (None, None) => String::new(),
+        };
+        println!("  {:<16} {:<8} {}{link}", n.name, n.status, n.address.as_deref().unwrap_or("-"));
     }
     println!("Guests:");
     for g in &inv.guests {

@@ -54,7 +54,9 @@ impl ConsoleMode {
     }
 }
 
-/// One device the signed-in user may open a console to (`GET /v1/console/devices`).
+/// One device of the signed-in user's list (`GET /v1/console/devices`): a node they may
+/// open a console to, or a Proxmox VE guest their console roles reach (listed, with why
+/// no console opens).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConsoleDevice {
@@ -68,6 +70,36 @@ pub struct ConsoleDevice {
     /// the node has been discovered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hardware: Option<std::collections::BTreeMap<String, String>>,
+    /// The Proxmox VE cluster it belongs to (a hypervisor node linked to its PVE record,
+    /// or a guest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// PVE's status: `online`/`offline` for a hypervisor node, `running`/`stopped` for a
+    /// guest, as of the last collection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Set for a Proxmox VE guest, listed under its node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<ConsoleGuest>,
+    /// Why no console opens here (then `logins` is empty), in words for the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_unavailable: Option<String>,
+}
+
+/// A Proxmox VE guest in the device list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConsoleGuest {
+    pub vmid: u32,
+    /// `qemu` or `lxc`.
+    pub kind: String,
+    /// The guest's name in PVE.
+    pub name: String,
+    /// The PVE node it runs on.
+    pub node: String,
+    /// The enrolled node that PVE node is, when linked (the list nests the guest there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// `POST /v1/console/tickets` (cookie session or bearer; cookie requests need the CSRF

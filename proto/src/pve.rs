@@ -431,6 +431,11 @@ pub struct ClusterSummary {
 pub struct ClusterView {
     pub summary: ClusterSummary,
     pub inventory: PveInventory,
-    /// PVE nodes that are also enrolled Portcullis nodes (same name).
-    pub enrolled_nodes: Vec<String>,
+    /// PVE node → the enrolled Portcullis node it is (same PVE host name, and no
+    /// contradicting cluster or agent).
+    #[serde(default)]
+    pub node_links: BTreeMap<String, String>,
+    /// PVE nodes that several enrolled nodes fit, so none is linked.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ambiguous_nodes: BTreeMap<String, Vec<String>>,
 }

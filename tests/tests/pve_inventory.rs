@@ -143,11 +143,22 @@ async fn two_sites_are_collected_each_through_its_own_agent_and_an_unchanged_run
     let policy = rule("site-a", "a", "local", site_a.port, "") + &rule("site-b", "b", "edge1", site_b.port, "");
     let (status, body) = server.write_policy("pve.toml", &policy).await;
     assert!(status.is_success(), "{body}");
-    server.add_node(&admin, &pve_node("pve-a", &site_a.host, "a", None)).await;
-    server.add_node(&admin, &pve_node("pve-b", &site_b.host, "b", Some("edge1"))).await;
+    // The enrolled nodes say which PVE host they are (as `portcullis-enroll` reports it).
+    let host_of = |mut node: NodeRecord, pve_node: &str, cluster: &str| {
+        node.tags.insert("pve_node".into(), pve_node.into());
+        node.tags.insert("pve_cluster".into(), cluster.into());
+        node
+    };
+    server.add_node(&admin, &host_of(pve_node("pve-a", &site_a.host, "a", None), "pve1", "alpha")).await;
+    server.add_node(&admin, &host_of(pve_node("pve-b", &site_b.host, "b", Some("edge1")), "pveb1", "beta")).await;
     // Tagged for site A but behind edge1: site A's rule is scoped to `local`, so its
-    // token is never handed out for this device (nor through edge1).
-    server.add_node(&admin, &pve_node("pve-a-shadow", &site_a.host, "a", Some("edge1"))).await;
+    // token is never handed out for this device (nor through edge1); and though it
+    // claims to be alpha's pve1, it is in another site, so it is not linked to it.
+    server
+        .add_node(&admin, &host_of(pve_node("pve-a-shadow", &site_a.host, "a", Some("edge1")), "pve1", "alpha"))
+        .await;
+    // Alpha's second host's name, in another cluster: another machine.
+    server.add_node(&admin, &host_of(pve_node("pve2", "192.0.2.2", "z", Some("edge1")), "pve2", "beta")).await;
 
     let alpha = eventually(Duration::from_secs(60), "cluster alpha", || cluster(&server, &admin, "local/alpha")).await;
     let beta = eventually(Duration::from_secs(60), "cluster beta", || cluster(&server, &admin, "edge1/beta")).await;
@@ -169,6 +180,9 @@ async fn two_sites_are_collected_each_through_its_own_agent_and_an_unchanged_run
     assert_eq!(inv["ceph"]["health"], "HEALTH_OK");
     assert!(inv["ceph"]["osds"].as_array().unwrap().iter().any(|o| o["name"] == "osd.0"));
     assert_eq!(beta["inventory"]["guests"][0]["name"], "db");
+    // PVE hosts link to the enrolled nodes they are, never by a bare name across sites.
+    assert_eq!(alpha["node_links"], json!({ "pve1": "pve-a" }), "{alpha}");
+    assert_eq!(beta["node_links"], json!({ "pveb1": "pve-b" }), "{beta}");
 
     // Each grant went to its own site's device and agent; the shadow device got none.
     let started = server.audit_events("pve_collection_started").await;
@@ -219,13 +233,26 @@ async fn two_sites_are_collected_each_through_its_own_agent_and_an_unchanged_run
     // A guest no role of hers targets reads like an unknown device.
     let (status, answer) = server.post_json(Some(&carol), "/v1/console/tickets", &ticket("ct101.alpha")).await;
     assert_eq!(status.as_u16(), 403, "{answer}");
+    // Her device list shows the guests her role reaches, each under the enrolled node it
+    // runs on, saying why no console opens; the container and the nodes are not hers.
+    let (_, devices) = server.get_json(Some(&carol), "/v1/console/devices").await;
+    let listed: Vec<(&str, &str, &str)> = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert!(d["logins"].as_array().unwrap().is_empty() && d["console_unavailable"].is_string(), "{d}");
+            (d["name"].as_str().unwrap(), d["guest"]["parent"].as_str().unwrap_or("-"), d["status"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(listed, [("vm200.beta", "pve-b", "stopped"), ("vm100.alpha", "pve-a", "running")], "{devices}");
 
     // The CLI lists both clusters, one in detail, and the secrets without their values.
     let cli = AdminCli::login(&server).await;
     let mut out = cli.run(&["admin", "inventory", "clusters"], "");
     assert!(out.contains("local/alpha") && out.contains("edge1/beta"), "{out}");
     out += &cli.run(&["admin", "inventory", "cluster", "local/alpha"], "");
-    assert!(out.contains("web") && out.contains("HEALTH_OK"), "{out}");
+    assert!(out.contains("web") && out.contains("HEALTH_OK") && out.contains("enrolled as pve-a"), "{out}");
     out += &cli.run(&["admin", "secret", "list"], "");
     assert!(out.contains("site-a") && out.contains(IDENTITY), "{out}");
 

@@ -55,7 +55,8 @@ pub use tickets::{
 };
 pub use users::{AccountClaim, NewPassword, SessionRow, UserRow, claim_account, release_account};
 pub use virt::{
-    ClusterRow, GuestRow, PveRunRow, claim_pve_run, finish_pve_run, load_cluster, pve_run_warnings, replace_cluster,
+    ClusterRow, GuestRow, PveNodeRow, PveRunRow, claim_pve_run, finish_pve_run, load_cluster, pve_run_warnings,
+    replace_cluster,
 };
 
 pub use audit::{append as append_audit, append_many as append_audit_many};

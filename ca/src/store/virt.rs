@@ -20,6 +20,17 @@ pub struct PveRunRow {
     pub failures_json: Option<String>,
 }
 
+/// A hypervisor node with its cluster's identity (for linking it to an enrolled node).
+#[derive(Debug, Clone)]
+pub struct PveNodeRow {
+    pub cluster_id: String,
+    pub cluster: String,
+    pub clustered: bool,
+    pub agent: String,
+    pub name: String,
+    pub status: String,
+}
+
 /// A guest as the policy's device list needs it.
 #[derive(Debug, Clone)]
 pub struct GuestRow {
@@ -449,6 +460,28 @@ impl Store {
 
     pub async fn cluster(&self, id: &str) -> Result<Option<(ClusterRow, PveInventory)>> {
         load_cluster(self.read().await?.conn(), id).await
+    }
+
+    /// Every stored hypervisor node with its cluster's name, kind and agent.
+    pub async fn pve_nodes(&self) -> Result<Vec<PveNodeRow>> {
+        let rows = sqlx::query(
+            "SELECT c.id AS id, c.name AS cluster, c.clustered AS clustered, c.agent AS agent, n.name AS name, \
+             n.status AS status FROM virt_nodes n JOIN virt_clusters c ON c.id = n.cluster ORDER BY c.id, n.name",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PveNodeRow {
+                    cluster_id: r.try_get("id")?,
+                    cluster: r.try_get("cluster")?,
+                    clustered: r.try_get::<i64, _>("clustered")? != 0,
+                    agent: r.try_get("agent")?,
+                    name: r.try_get("name")?,
+                    status: r.try_get("status")?,
+                })
+            })
+            .collect()
     }
 
     /// Every stored guest with its cluster's agent and name.

@@ -15,6 +15,7 @@
 //!   replaces the cluster's rows, appends one history row and records the changed fields.
 
 mod guests;
+mod links;
 mod report;
 mod secrets;
 
@@ -25,11 +26,12 @@ use super::sessions::policy_device_of;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::store::{self, ClusterRow, SecretRow};
+pub(crate) use links::Link;
 use portcullis_policies::{Device, Grant, Policy, Provider, Rule};
 use portcullis_proto::pve::*;
 use report::{check, drift, normalize};
 use secrecy::{ExposeSecret, SecretString};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// `[pve]` in the CA configuration.
 #[derive(Debug, Clone)]
@@ -356,12 +358,28 @@ impl Ca {
     pub async fn cluster_view(&self, _grant: &Grant, id: &str) -> Result<ClusterView, CaError> {
         let (row, inventory) = self.store.cluster(id).await?.ok_or(CaError::NotFound("cluster"))?;
         let runs = self.store.pve_runs().await?;
-        let enrolled: BTreeSet<String> = self.store.nodes().await?.into_iter().map(|n| n.name).collect();
-        let enrolled_nodes =
-            inventory.nodes.iter().filter(|n| enrolled.contains(&n.name)).map(|n| n.name.clone()).collect();
+        let (mut node_links, mut ambiguous_nodes) = (BTreeMap::new(), BTreeMap::new());
+        for (node, link) in self.pve_links().await?.into_iter().filter(|(n, _)| n.cluster_id == row.id) {
+            match link {
+                Link::Enrolled(name) => {
+                    node_links.insert(node.name, name);
+                }
+                Link::Ambiguous(names) => {
+                    ambiguous_nodes.insert(node.name, names);
+                }
+                Link::Unlinked => {}
+            }
+        }
         let (nodes, guests) = (inventory.nodes.len(), inventory.guests.len());
         let summary = summary(row, nodes as u64, guests as u64, &runs);
-        Ok(ClusterView { summary, inventory, enrolled_nodes })
+        Ok(ClusterView { summary, inventory, node_links, ambiguous_nodes })
+    }
+
+    /// Every PVE node's link to an enrolled node (see `links`).
+    pub(crate) async fn pve_links(&self) -> Result<Vec<(store::PveNodeRow, Link)>, CaError> {
+        let enrolled: Vec<Device> =
+            self.store.nodes().await?.iter().map(|n| policy_device_of(n, self.default_agent.as_deref())).collect();
+        Ok(links::links(self.store.pve_nodes().await?, &enrolled))
     }
 }
 

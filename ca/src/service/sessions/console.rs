@@ -17,14 +17,16 @@ use super::{Evidence, OpenSpec, Subject};
 use crate::audit::{self, AuditEvent, sanitize};
 use crate::error::CaError;
 use crate::service::auth::{random_token, token_hash};
+use crate::service::pve::Link;
 use crate::service::{Ca, Caller, ServiceCaller};
 use crate::store::{self, TicketRow, TicketState};
 use portcullis_policies::{DenyReason, Identity, Permission, Policy, Purpose};
 use portcullis_proto::bastion::{SessionGrant, SessionMode, deny_reason as deny};
 use portcullis_proto::console::{
-    ConsoleDevice, ConsoleMode, ConsoleOpenRequest, TICKET_TTL_SECS, TicketRequest, TicketResponse,
+    ConsoleDevice, ConsoleGuest, ConsoleMode, ConsoleOpenRequest, TICKET_TTL_SECS, TicketRequest, TicketResponse,
     deny_reason as ticket_deny,
 };
+use std::collections::HashMap;
 use tracing::Instrument;
 
 /// The bastion's console WebSocket, relative to the page's origin.
@@ -54,6 +56,16 @@ fn refuse(audited: &'static str, public: &'static str, message: &'static str) ->
     Refusal { audited, error: CaError::TicketDenied { reason: public, message } }
 }
 
+/// What the device list says on a guest's row.
+const GUEST_CONSOLE_UNAVAILABLE: &str =
+    "Proxmox VE guest consoles (termproxy, vncwebsocket) are not served yet; open the console of its node";
+
+/// A guest is listed to, and told apart from an unknown device for, whoever holds a
+/// console role targeting it (its `console_access` rule is not asked: no console opens).
+fn sees_guest(policy: &Policy, who: &Identity, guest: &portcullis_policies::Device) -> bool {
+    !console_roles(policy, who, guest).is_empty()
+}
+
 impl Ca {
     /// `GET /v1/console/devices`: the devices the caller may open a console to, with the
     /// logins a console may use there.
@@ -63,8 +75,18 @@ impl Ca {
         if policy.authorize(who, Permission::DevicesConsoleOpen).is_err() {
             return Ok(Vec::new());
         }
-        let mut out = Vec::new();
         let mut hardware = self.hardware_facts().await?;
+        // (agent, cluster, PVE node) → the enrolled node it is, and the reverse with PVE's
+        // view of it.
+        let mut parent_of = HashMap::new();
+        let mut pve_of = HashMap::new();
+        for (pve, link) in self.pve_links().await? {
+            if let Link::Enrolled(name) = link {
+                parent_of.insert((pve.agent, pve.cluster.clone(), pve.name), name.clone());
+                pve_of.insert(name, (pve.cluster, pve.status));
+            }
+        }
+        let mut out = Vec::new();
         for node in self.store.nodes().await? {
             let device = policy_device(&node, self.default_agent.as_deref());
             if device.agent.is_none() || policy.match_rule(Purpose::ConsoleAccess, &device).is_err() {
@@ -74,6 +96,7 @@ impl Ca {
             if logins.is_empty() {
                 continue;
             }
+            let (cluster, status) = pve_of.remove(&node.name).unzip();
             out.push(ConsoleDevice {
                 hardware: hardware.remove(&node.name),
                 name: node.name,
@@ -81,6 +104,34 @@ impl Ca {
                 agent: device.agent,
                 logins: logins.into_iter().collect(),
                 tags: node.tags,
+                cluster,
+                status,
+                guest: None,
+                console_unavailable: None,
+            });
+        }
+        for (guest, device) in self.guest_devices().await? {
+            if !sees_guest(&policy, who, &device) {
+                continue;
+            }
+            let parent = parent_of.get(&(guest.agent, guest.cluster.clone(), guest.node.clone())).cloned();
+            out.push(ConsoleDevice {
+                name: device.name,
+                addresses: Vec::new(),
+                agent: device.agent,
+                logins: Vec::new(),
+                tags: device.tags,
+                hardware: None,
+                cluster: Some(guest.cluster),
+                status: Some(guest.status),
+                guest: Some(ConsoleGuest {
+                    vmid: guest.vmid,
+                    kind: guest.kind,
+                    name: guest.name,
+                    node: guest.node,
+                    parent,
+                }),
+                console_unavailable: Some(GUEST_CONSOLE_UNAVAILABLE.to_owned()),
             });
         }
         Ok(out)
@@ -91,8 +142,7 @@ impl Ca {
     /// `vncwebsocket`, are not served); anything else reads like an unknown device.
     async fn guest_refusal(&self, policy: &Policy, who: &Identity, name: &str) -> Result<Refusal, CaError> {
         let guests = self.guest_devices().await?;
-        let visible =
-            guests.iter().find(|(_, d)| d.name == name).filter(|(_, d)| !console_roles(policy, who, d).is_empty());
+        let visible = guests.iter().find(|(_, d)| d.name == name).filter(|(_, d)| sees_guest(policy, who, d));
         Ok(match visible {
             Some((guest, device)) => Refusal {
                 audited: "guest_console_unsupported",
