@@ -1,5 +1,6 @@
 // Admin pages: live sessions (with kill), the audit log with filters, Proxmox VE clusters
-// (a cluster's guests on click), policy history (reloads and API-secret changes).
+// (a cluster's guests on click), the target preview (of the loaded policy, or of files not
+// loaded yet), policy history (reloads and API-secret changes).
 "use strict";
 const { api, el, when } = portcullis;
 
@@ -97,6 +98,56 @@ async function guests(id) {
   } catch (e) { fail("clusters-error", e); }
 }
 
+// One row per rule; the devices behind a disclosure, each with why it is or is not in.
+function previewRows(previews) {
+  const body = document.getElementById("previews");
+  body.replaceChildren();
+  for (const p of previews) {
+    const tr = el("tr", null, { "data-rule": p.rule });
+    const purpose = p.provider ? `${p.purpose} (${p.provider})` : p.purpose;
+    const agents = Object.entries(p.by_agent).map(([a, n]) => `${a}: ${n}`).join(", ");
+    const details = el("details");
+    details.append(el("summary", `${p.in_scope.length} of ${p.matched.length}`));
+    const list = el("ul");
+    for (const d of p.in_scope) {
+      const other = p.decided_by_other_rule[d];
+      list.append(el("li", other ? `${d} — rule ${other} decides (it sorts first)` : d));
+    }
+    for (const d of p.matched.filter((d) => !p.in_scope.includes(d))) list.append(el("li", `${d} — out of scope`));
+    details.append(list);
+    const devices = el("td");
+    devices.append(details);
+    tr.append(el("td", p.rule), el("td", purpose), el("td", p.matched.length), el("td", p.in_scope.length),
+      el("td", agents || "—"), devices);
+    body.append(tr);
+  }
+}
+
+async function preview(files) {
+  const error = document.getElementById("preview-error");
+  error.textContent = "";
+  try {
+    const previews = files
+      ? await api("/v1/admin/rules/preview", { method: "POST", body: { files } })
+      : await api("/v1/admin/rules/preview");
+    document.getElementById("preview-source").textContent = files
+      ? `Previewing ${files.map((f) => f.name).join(", ")} (not loaded).`
+      : "The loaded policy.";
+    previewRows(previews);
+  } catch (e) { fail("preview-error", e); }
+}
+
+document.getElementById("preview-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const chosen = [...ev.target.elements.files.files];
+  if (!chosen.length) {
+    document.getElementById("preview-error").textContent = "Choose one or more policy files (.toml) first.";
+    return;
+  }
+  preview(await Promise.all(chosen.map(async (f) => ({ name: f.name, text: await f.text() }))));
+});
+document.getElementById("preview-loaded").addEventListener("click", () => preview(null));
+
 document.getElementById("audit-filter").addEventListener("submit", (ev) => {
   ev.preventDefault();
   audit(Object.fromEntries(new FormData(ev.target)));
@@ -105,5 +156,6 @@ document.getElementById("audit-filter").addEventListener("submit", (ev) => {
 sessions();
 audit();
 clusters();
+preview(null);
 policy();
 setInterval(sessions, 5000);

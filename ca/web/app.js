@@ -22,31 +22,99 @@ function hardwareCell(hw) {
   return td;
 }
 
+// What a search matches on a row: name, addresses, tags, cluster, status, and a
+// guest's PVE name, VMID and kind.
+function searchText(d) {
+  const g = d.guest || {};
+  return [d.name, ...d.addresses, ...Object.entries(d.tags).map(([k, v]) => `${k}:${v}`), d.cluster, d.status,
+    d.agent, g.name, g.vmid, g.kind, g.node].filter((x) => x !== undefined && x !== null).join(" ").toLowerCase();
+}
+
+function nodeRow(d) {
+  const tr = el("tr", null, { "data-device": d.name });
+  tr.append(el("td", d.name), el("td", d.cluster || ""), el("td", d.status || ""), el("td", d.addresses.join(", ")),
+    hardwareCell(d.hardware));
+  const select = el("select", null, { "aria-label": `login on ${d.name}` });
+  for (const login of d.logins) select.append(el("option", login, { value: login }));
+  const tdLogin = el("td");
+  tdLogin.append(select);
+  const open = el("button", "Open console", { type: "button", "data-device": d.name });
+  open.addEventListener("click", () => {
+    const q = new URLSearchParams({ device: d.name, login: select.value });
+    location.assign(`/ui/console?${q}`);
+  });
+  const tdOpen = el("td");
+  tdOpen.append(open);
+  tr.append(tdLogin, tdOpen);
+  return tr;
+}
+
+// A Proxmox VE guest, nested under its node: no console here, and the row says why.
+function guestRow(d) {
+  const g = d.guest;
+  const tr = el("tr", null, { class: "guest", "data-device": d.name, "data-parent": g.parent || "" });
+  const kind = g.kind === "lxc" ? "CT" : "VM";
+  tr.append(el("td", `${kind} ${g.vmid} · ${g.name}`, { title: d.name }), el("td", d.cluster || ""),
+    el("td", d.status || ""), el("td", `on ${g.node}`), el("td", "—"));
+  const why = el("td", d.console_unavailable || "", { colspan: "2", class: "muted" });
+  tr.append(why);
+  return tr;
+}
+
+// Nodes in name order, each followed by its guests; guests whose node is not in the list
+// under a heading naming their cluster and PVE node.
+function deviceRows(devices) {
+  const nodes = devices.filter((d) => !d.guest);
+  const listed = new Set(nodes.map((d) => d.name));
+  const rows = [];
+  for (const n of nodes) {
+    rows.push({ tr: nodeRow(n), text: searchText(n), group: n.name, head: true });
+    for (const g of devices.filter((d) => d.guest && d.guest.parent === n.name)) {
+      rows.push({ tr: guestRow(g), text: searchText(g), group: n.name });
+    }
+  }
+  const orphans = new Map();
+  for (const g of devices.filter((d) => d.guest && !listed.has(d.guest.parent))) {
+    const key = `${g.cluster} / ${g.guest.node}`;
+    if (!orphans.has(key)) orphans.set(key, []);
+    orphans.get(key).push(g);
+  }
+  for (const [key, guests] of orphans) {
+    const tr = el("tr", null, { class: "group" });
+    tr.append(el("td", `${key} (node not in your list)`, { colspan: "7" }));
+    rows.push({ tr, text: key.toLowerCase(), group: key, head: true });
+    for (const g of guests) rows.push({ tr: guestRow(g), text: searchText(g), group: key });
+  }
+  return rows;
+}
+
+// Every search word must appear in a row; a heading stays when it or any of its guests
+// matches, and a guest stays when its heading matches.
+function applySearch(rows, query) {
+  const words = query.toLowerCase().split(/\s+/).filter(Boolean);
+  const hit = (r) => words.every((w) => r.text.includes(w));
+  const groups = new Set(rows.filter(hit).map((r) => r.group));
+  const heads = new Set(rows.filter((r) => r.head && hit(r)).map((r) => r.group));
+  let shown = 0;
+  for (const r of rows) {
+    const visible = r.head ? groups.has(r.group) : hit(r) || heads.has(r.group);
+    r.tr.hidden = !visible;
+    if (visible) shown += 1;
+  }
+  document.getElementById("devices-none-match").hidden = shown > 0 || rows.length === 0;
+}
+
 async function showDevices(me) {
   document.getElementById("signin").hidden = true;
   document.getElementById("nav").hidden = false;
   document.getElementById("whoami").textContent = me.username;
   document.getElementById("admin-link").hidden = !(me.roles || []).length;
   const devices = await api("/v1/console/devices");
-  const rows = document.getElementById("device-rows");
-  rows.replaceChildren();
-  for (const d of devices) {
-    const tr = el("tr");
-    tr.append(el("td", d.name), el("td", d.addresses.join(", ")), hardwareCell(d.hardware));
-    const select = el("select", null, { "aria-label": `login on ${d.name}` });
-    for (const login of d.logins) select.append(el("option", login, { value: login }));
-    const tdLogin = el("td");
-    tdLogin.append(select);
-    const open = el("button", "Open console", { type: "button", "data-device": d.name });
-    open.addEventListener("click", () => {
-      const q = new URLSearchParams({ device: d.name, login: select.value });
-      location.assign(`/ui/console?${q}`);
-    });
-    const tdOpen = el("td");
-    tdOpen.append(open);
-    tr.append(tdLogin, tdOpen);
-    rows.append(tr);
-  }
+  const rows = deviceRows(devices);
+  document.getElementById("device-rows").replaceChildren(...rows.map((r) => r.tr));
+  const search = document.getElementById("device-search");
+  search.oninput = () => applySearch(rows, search.value);
+  applySearch(rows, search.value);
   document.getElementById("devices-empty").hidden = devices.length > 0;
   document.getElementById("devices").hidden = false;
 }

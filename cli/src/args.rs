@@ -141,7 +141,7 @@ pub enum RulesCommand {
     /// where an earlier rule decides instead. With --dir, a policy that is not loaded yet
     /// (nothing is saved).
     Preview {
-        /// One rule; every rule of --dir when absent.
+        /// One rule; every rule (of --dir, or of the loaded policy) when absent.
         rule: Option<String>,
         #[arg(long)]
         dir: Option<std::path::PathBuf>,

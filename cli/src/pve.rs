@@ -175,7 +175,7 @@ pub async fn preview(api: &Api, rule: Option<&str>, dir: Option<&std::path::Path
             api.post("/v1/admin/rules/preview", &RulePreviewRequest { files, rule: rule.map(str::to_owned) }).await?
         }
         (None, Some(rule)) => api.get(&format!("/v1/admin/rules/{}/preview", seg(rule)?)).await?,
-        (None, None) => bail!("name a rule, or give --dir to preview every rule of a policy directory"),
+        (None, None) => api.get("/v1/admin/rules/preview").await?,
     };
     if json {
         return print_json(&previews);

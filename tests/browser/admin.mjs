@@ -1,6 +1,7 @@
 // The admin page in headless Chromium: sign in as an administrator, see a live session,
 // kill it from the page, filter the audit log, see a Proxmox VE cluster and its guests,
-// read the policy history. Prints JSON.
+// preview rules (loaded, and a file not loaded), read the policy history; before that, the
+// device list with a guest under its node, and its search. Prints JSON.
 //
 // Usage: node admin.mjs '{"url":…,"username":…,"password":…,"new_password":…,"user":…}'
 // With `new_password`, `password` is a one-time password: the sign-in form must ask for
@@ -39,6 +40,23 @@ try {
   }
   await page.waitForSelector("#admin-link:not([hidden])", { timeout: 15000 });
   result.steps.push("signed_in");
+  // The device list: a Proxmox VE guest under its node, and the search.
+  if (cfg.guest_device) {
+    await page.waitForSelector(`tr[data-device="${cfg.guest_device}"]`, { timeout: 15000 });
+    const rows = () => page.$$eval("#device-rows tr", (trs) => trs.map((tr) => ({
+      device: tr.dataset.device ?? null, parent: tr.dataset.parent ?? null, guest: tr.classList.contains("guest"),
+      hidden: tr.hidden, text: tr.textContent,
+    })));
+    result.device_rows = await rows();
+    await page.fill("#device-search", cfg.guest);
+    result.search_rows = (await rows()).filter((r) => !r.hidden).map((r) => r.device);
+    await page.fill("#device-search", "no-such-device");
+    result.search_none = {
+      shown: (await rows()).filter((r) => !r.hidden).length,
+      message: await page.isVisible("#devices-none-match"),
+    };
+    result.steps.push("devices_listed");
+  }
   const admin = await page.goto(`${cfg.url}/ui/admin`);
   result.frame_options = admin.headers()["x-frame-options"] ?? null;
   // The live session of `user` shows up; kill it from the page.
@@ -60,6 +78,21 @@ try {
     await page.click(`#clusters tr button:text-is("${cfg.cluster}")`);
     await until((name) => [...document.querySelectorAll("#guests tr")].some((tr) => tr.children[2]?.textContent === name), cfg.guest);
     result.steps.push("guests_shown");
+  }
+  // The target preview: the loaded policy's rules, then a file that is not loaded.
+  if (cfg.draft_policy) {
+    const previews = () => page.$$eval("#previews tr", (trs) => trs.map((tr) => ({
+      rule: tr.dataset.rule, matched: tr.children[2]?.textContent, in_scope: tr.children[3]?.textContent,
+      agents: tr.children[4]?.textContent, devices: tr.children[5]?.textContent,
+    })));
+    await until((rule) => document.querySelector(`#previews tr[data-rule="${rule}"]`), cfg.loaded_rule);
+    result.preview_loaded = await previews();
+    await page.setInputFiles("#preview-form input[type=file]",
+      { name: "draft.toml", mimeType: "text/plain", buffer: Buffer.from(cfg.draft_policy) });
+    await page.click("#preview-form button[type=submit]");
+    await until(() => document.getElementById("preview-source").textContent.includes("draft.toml"));
+    result.preview_draft = await previews();
+    result.steps.push("previewed");
   }
   await until(() => document.querySelectorAll("#policy tr").length > 0);
   result.policy_rows = await page.evaluate(() => [...document.querySelectorAll("#policy tr")].map((tr) => ({

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_tests::bastion_world::{CONSOLE_POLICY, PASSWORD, World};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -167,6 +167,9 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
         "guests": [{ "vmid": 700, "name": "webvm", "node": "pve1" }]
     }));
     collect_cluster(&w, &site).await;
+    // The administrators may open consoles on the PVE host, and their roles reach its guests.
+    let (status, body) = w.server.write_policy("lab.toml", LAB_CONSOLES).await;
+    assert!(status.is_success(), "{body}");
     // alice has a terminated-mode session running.
     let child = w.spawn_started("bastion", "sleep 60");
     // A second administrator whose password was reset: a one-time password, which the
@@ -192,6 +195,9 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
             "user": "alice",
             "cluster": "local/lab",
             "guest": "webvm",
+            "guest_device": "vm700.lab",
+            "loaded_rule": "lab-consoles",
+            "draft_policy": DRAFT_POLICY,
         }),
     );
     assert!(report.get("error").is_none() && report.get("page_errors").is_none(), "{report:#}");
@@ -209,9 +215,34 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
         "cluster_listed",
         "guests_shown",
         "policy_history",
+        "devices_listed",
+        "previewed",
     ] {
         assert!(report["steps"].as_array().unwrap().iter().any(|s| s == step), "{step}: {report:#}");
     }
+    // The guest is listed right under the PVE host it runs on (linked by host name and
+    // cluster), says why it has no console, and the search keeps it with its node.
+    let rows = report["device_rows"].as_array().unwrap();
+    let at = |name: &str| rows.iter().position(|r| r["device"] == name).unwrap_or_else(|| panic!("{name}: {rows:?}"));
+    let (node, guest) = (at("pve-lab"), at("vm700.lab"));
+    assert_eq!(guest, node + 1, "{rows:?}");
+    assert_eq!((rows[guest]["guest"].as_bool(), rows[guest]["parent"].as_str()), (Some(true), Some("pve-lab")));
+    assert!(rows[guest]["text"].as_str().unwrap().contains("not served"), "{rows:?}");
+    assert_eq!(report["search_rows"], json!(["pve-lab", "vm700.lab"]), "{report:#}");
+    assert_eq!(report["search_none"], json!({ "shown": 0, "message": true }), "{report:#}");
+    // The preview: the loaded rule reaches the host; the draft, not loaded, the guest.
+    let loaded = report["preview_loaded"].as_array().unwrap();
+    let lab = loaded.iter().find(|p| p["rule"] == "lab-consoles").unwrap();
+    assert_eq!((lab["in_scope"].as_str(), lab["agents"].as_str()), (Some("1"), Some("local: 1")), "{loaded:?}");
+    assert_eq!(report["preview_draft"].as_array().unwrap().len(), 1, "{report:#}");
+    let draft = &report["preview_draft"][0];
+    assert_eq!((draft["rule"].as_str(), draft["in_scope"].as_str()), (Some("draft-guests"), Some("1")), "{report:#}");
+    assert!(draft["devices"].as_str().unwrap().contains("vm700.lab"), "{report:#}");
+    let (_, rules) = w.server.get_json(Some(&admin), "/v1/admin/rules/preview").await;
+    assert!(
+        rules.as_array().unwrap().iter().all(|p| p["rule"] != "draft-guests"),
+        "a preview loaded the draft: {rules}"
+    );
     assert_eq!(report["frame_options"], "DENY");
     // The policy history names what the test's policy write changed, newest first.
     let history = report["policy_rows"].as_array().unwrap();
@@ -229,6 +260,43 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
     let (out, _) = portcullis_tests::bastion_world::wait_output(child, Duration::from_secs(20));
     assert!(String::from_utf8_lossy(&out.stderr).contains("closed by an administrator"));
 }
+
+/// Consoles on the PVE host for the administrators, and a console role reaching its
+/// guests (listed, no console).
+const LAB_CONSOLES: &str = r#"
+[[role]]
+name = "lab-console"
+logins = ["root"]
+targets = 'in:devices tags.provider:proxmox'
+permissions = ["devices.console.open"]
+session = { idle = "15m", absolute = "1h" }
+
+[[role]]
+name = "lab-guests"
+logins = ["root"]
+targets = 'in:devices metadata.cluster:lab'
+permissions = ["devices.console.open"]
+session = { idle = "15m", absolute = "1h" }
+
+[[binding]]
+group = "portcullis-admins"
+roles = ["lab-console", "lab-guests"]
+
+[[rule]]
+name = "lab-consoles"
+purpose = "console_access"
+targets = 'in:devices tags.provider:proxmox'
+scope = { agents = ["local"] }
+"#;
+
+/// A rule not loaded: previewed from the admin page's file input.
+const DRAFT_POLICY: &str = r#"
+[[rule]]
+name = "draft-guests"
+purpose = "console_access"
+targets = 'in:devices type:qemu'
+scope = { agents = ["local"] }
+"#;
 
 /// Stores a token for `site`, a credential rule for it and a device, and waits until the
 /// all-in-one has collected the cluster.
@@ -249,7 +317,10 @@ async fn collect_cluster(w: &World, site: &portcullis_tests::fakepve::Site) {
     let node = portcullis_proto::NodeRecord {
         name: "pve-lab".into(),
         addresses: vec![site.host.clone()],
-        tags: [("provider".to_string(), "proxmox".to_string())].into(),
+        // As `portcullis-enroll` reports a PVE host: which PVE node, in which cluster.
+        tags: [("provider", "proxmox"), ("pve_node", "pve1"), ("pve_cluster", "lab")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into(),
         ..Default::default()
     };
     w.server.add_node(&admin, &node).await;

@@ -3,10 +3,10 @@
 
 use super::extract::{Authed, BastionAuth, Body, Name};
 use crate::error::CaError;
-use crate::service::Ca;
+use crate::service::{Ca, Caller};
 use axum::Json;
 use axum::extract::{Path, State};
-use portcullis_policies::Permission;
+use portcullis_policies::{Grant, Permission};
 use portcullis_proto::discovery::*;
 use portcullis_proto::preview::*;
 use portcullis_proto::pve::*;
@@ -110,11 +110,23 @@ pub async fn remove_secret(State(ca): Ca_, Authed(c): Authed, Name(name): Name) 
     ca.remove_secret(&grant, &name).await
 }
 
+/// Previews show what rules reach: for whoever manages the policy or reads the audit.
+fn preview_grant(ca: &Ca, c: &Caller) -> Result<Grant, CaError> {
+    ca.authorize(c, Permission::PolicyManage).or_else(|_| ca.authorize(c, Permission::AuditRead))
+}
+
 /// The target preview of a loaded rule (`policy.manage` or `audit.read`).
 #[utoipa::path(get, path = "/v1/admin/rules/{name}/preview", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<RulePreview>)))]
 pub async fn preview_rule(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Res<Vec<RulePreview>> {
-    let grant = ca.authorize(&c, Permission::PolicyManage).or_else(|_| ca.authorize(&c, Permission::AuditRead))?;
-    Ok(Json(ca.preview_rule(&grant, &name).await?))
+    let grant = preview_grant(&ca, &c)?;
+    Ok(Json(ca.preview_rule(&grant, Some(&name)).await?))
+}
+
+/// The target preview of every loaded rule (`policy.manage` or `audit.read`).
+#[utoipa::path(get, path = "/v1/admin/rules/preview", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<RulePreview>)))]
+pub async fn preview_rules(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<RulePreview>> {
+    let grant = preview_grant(&ca, &c)?;
+    Ok(Json(ca.preview_rule(&grant, None).await?))
 }
 
 /// The target preview of a policy that is not loaded; nothing is saved.
@@ -124,6 +136,6 @@ pub async fn preview_policy(
     Authed(c): Authed,
     Body(r): Body<RulePreviewRequest>,
 ) -> Res<Vec<RulePreview>> {
-    let grant = ca.authorize(&c, Permission::PolicyManage).or_else(|_| ca.authorize(&c, Permission::AuditRead))?;
+    let grant = preview_grant(&ca, &c)?;
     Ok(Json(ca.preview_policy(&grant, &r).await?))
 }

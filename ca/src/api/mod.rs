@@ -130,7 +130,10 @@ fn api_routes() -> OpenApiRouter<Arc<Ca>> {
         .routes(routes!(inventory::list_secrets, inventory::add_secret))
         .routes(routes!(inventory::rotate_secret, inventory::remove_secret))
         .routes(routes!(inventory::preview_rule))
-        .routes(routes!(inventory::preview_policy).layer(Extension(BodyLimit(BASTION_BODY_BYTES))))
+        .routes(
+            routes!(inventory::preview_rules, inventory::preview_policy)
+                .layer(Extension(BodyLimit(BASTION_BODY_BYTES))),
+        )
         .routes(routes!(enroll::script))
         .routes(routes!(enroll::binary))
 }

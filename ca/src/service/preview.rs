@@ -12,11 +12,12 @@ const MAX_FILES: usize = 256;
 const MAX_FILE_BYTES: usize = 1 << 20;
 
 impl Ca {
-    /// `GET /v1/admin/rules/{name}/preview`: a rule of the loaded policy.
-    pub async fn preview_rule(&self, _grant: &Grant, name: &str) -> Result<Vec<RulePreview>, CaError> {
+    /// `GET /v1/admin/rules/{name}/preview`: a rule of the loaded policy;
+    /// `GET /v1/admin/rules/preview` (`name` absent): every loaded rule.
+    pub async fn preview_rule(&self, _grant: &Grant, name: Option<&str>) -> Result<Vec<RulePreview>, CaError> {
         let policy = self.policy();
-        let rule = policy.rule(name).ok_or(CaError::NotFound("rule"))?;
-        Ok(vec![preview(&policy, rule, &self.devices().await?)])
+        let devices = self.devices().await?;
+        Ok(rules_named(&policy, name)?.into_iter().map(|r| preview(&policy, r, &devices)).collect())
     }
 
     /// `POST /v1/admin/rules/preview`: rules of a policy that is not loaded.
@@ -29,11 +30,7 @@ impl Ca {
         // Load errors name file, line and column of the caller's own text.
         let policy = Policy::from_sources(&sources).map_err(|e| CaError::BadRequest(e.to_string()))?;
         let devices = self.devices().await?;
-        let rules: Vec<&Rule> = match &req.rule {
-            Some(name) => vec![policy.rule(name).ok_or(CaError::NotFound("rule"))?],
-            None => policy.rules().collect(),
-        };
-        Ok(rules.into_iter().map(|r| preview(&policy, r, &devices)).collect())
+        Ok(rules_named(&policy, req.rule.as_deref())?.into_iter().map(|r| preview(&policy, r, &devices)).collect())
     }
 
     /// Every device of the inventory as the policy sees it: nodes, then Proxmox VE guests.
@@ -43,6 +40,14 @@ impl Ca {
             nodes.iter().map(|n| policy_device_of(n, self.default_agent.as_deref())).collect();
         devices.extend(self.guest_devices().await?.into_iter().map(|(_, d)| d));
         Ok(devices)
+    }
+}
+
+/// The named rule, or every rule.
+fn rules_named<'p>(policy: &'p Policy, name: Option<&str>) -> Result<Vec<&'p Rule>, CaError> {
+    match name {
+        Some(name) => Ok(vec![policy.rule(name).ok_or(CaError::NotFound("rule"))?]),
+        None => Ok(policy.rules().collect()),
     }
 }
 
