@@ -29,7 +29,7 @@ pub use device::{DEFAULT_SSH_PORT, Device};
 pub use load::{LoadError, LoadErrors};
 pub use model::{
     AuthMethod, Credential, DEFAULT_PROXMOX_API_PORT, DenyStatement, HostKeyPolicy, IdleCounts, Provider, Purpose,
-    Role, Rule, Scope, SessionLimits, Subject,
+    Role, Rule, SECRET_NAME_RULE, Scope, SessionLimits, Subject, valid_secret_name,
 };
 pub use permission::{Permission, UnknownPermission};
 pub use policy::{Policy, PolicySource};

@@ -361,6 +361,13 @@ pub struct Credential {
     pub(crate) strict_permissions: bool,
 }
 
+/// What a stored secret may be named, so a rule can only name one that can exist.
+pub const SECRET_NAME_RULE: &str = "1-64 of A-Z a-z 0-9 _ . -";
+
+pub fn valid_secret_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 /// The port of the Proxmox VE API.
 pub const DEFAULT_PROXMOX_API_PORT: u16 = 8006;
 

@@ -78,6 +78,12 @@ fn a_credential_rule_is_complete_or_refused() {
     assert!(errors(partial).iter().any(|e| e.contains("needs all of `provider`, `auth_method` and `secret`")));
     let bad_name = PVE_RULE.replace("\"pve-site-a\"", "\"has space\"");
     assert!(errors(&bad_name).iter().any(|e| e.contains("invalid secret name")));
+    // A name no secret can have (the CA stores 1-64 characters) is refused at load time.
+    let long = "s".repeat(65);
+    let too_long = PVE_RULE.replace("secret = \"pve-site-a\"", &format!("secret = \"{long}\""));
+    assert!(errors(&too_long).iter().any(|e| e.contains("invalid secret name") && e.contains("1-64")), "{too_long}");
+    let longest = PVE_RULE.replace("secret = \"pve-site-a\"", &format!("secret = \"{}\"", "s".repeat(64)));
+    assert_eq!(policy(&longest).rule("pve-inventory").and_then(|r| r.credential()).map(|c| c.secret().len()), Some(64));
     let ports = PVE_RULE.replace("secret = \"pve-site-a\"", "secret = \"pve-site-a\"\nallowed_ports = [22]");
     assert!(errors(&ports).iter().any(|e| e.contains("`allowed_ports` is for SSH rules")));
     let unknown = PVE_RULE.replace("provider = \"proxmox\"", "provider = \"vmware\"");

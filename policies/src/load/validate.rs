@@ -12,7 +12,8 @@ use super::fields::{
 use super::raw::{RawDeny, RawRole, RawRule};
 use super::{Errors, File};
 use crate::model::{
-    AuthMethod, Credential, DEFAULT_PROXMOX_API_PORT, DenyStatement, Provider, Purpose, Role, Rule, Scope,
+    AuthMethod, Credential, DEFAULT_PROXMOX_API_PORT, DenyStatement, Provider, Purpose, Role, Rule, SECRET_NAME_RULE,
+    Scope, valid_secret_name,
 };
 use crate::permission::Permission;
 
@@ -191,7 +192,10 @@ fn credential(f: &File<'_>, errs: &mut Errors, raw: &RawRule) -> Option<Credenti
     match (provider.get_ref(), auth_method.get_ref()) {
         (Provider::Proxmox, AuthMethod::ProxmoxApiToken) => {}
     }
-    let secret_name = item_name(f, errs, secret, "secret");
+    let secret_name = secret.get_ref().clone();
+    if !valid_secret_name(&secret_name) {
+        errs.at(f, secret.span().start, format!("invalid secret name {secret_name:?} (allowed: {SECRET_NAME_RULE})"));
+    }
     let api_port = raw.api_port.as_ref().map_or(DEFAULT_PROXMOX_API_PORT, |p| *p.get_ref());
     if api_port == 0 {
         errs.at(f, raw.api_port.as_ref().map_or(first, |p| p.span().start), "port 0 is not a valid port");

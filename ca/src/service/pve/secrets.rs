@@ -7,14 +7,14 @@ use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::store::{self, SecretRow};
 use portcullis_policies::{Grant, Permission};
+use portcullis_policies::{SECRET_NAME_RULE, valid_secret_name};
 use portcullis_proto::pve::*;
 use secrecy::SecretString;
 
 fn secret_name(name: &str) -> Result<(), CaError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    ok.then_some(()).ok_or_else(|| CaError::BadRequest("a secret name is 1-64 of A-Z a-z 0-9 _ . -".into()))
+    valid_secret_name(name)
+        .then_some(())
+        .ok_or_else(|| CaError::BadRequest(format!("a secret name is {SECRET_NAME_RULE}")))
 }
 
 fn secret_value(value: &str) -> Result<(), CaError> {
