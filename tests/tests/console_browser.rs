@@ -294,7 +294,7 @@ const DRAFT_POLICY: &str = r#"
 [[rule]]
 name = "draft-guests"
 purpose = "console_access"
-targets = 'in:devices type:qemu'
+targets = 'in:devices type:vm'
 scope = { agents = ["local"] }
 "#;
 

@@ -30,7 +30,7 @@ const GUEST_CONSOLES: &str = r#"
 [[role]]
 name = "guest-console"
 logins = ["root"]
-targets = 'in:devices type:qemu'
+targets = 'in:devices type:vm'
 permissions = ["devices.console.open"]
 session = { idle = "15m", absolute = "1h" }
 
@@ -41,7 +41,7 @@ roles = ["guest-console"]
 [[rule]]
 name = "guest-consoles"
 purpose = "console_access"
-targets = 'in:devices type:qemu metadata.cluster:alpha'
+targets = 'in:devices type:vm metadata.cluster:alpha'
 scope = { agents = ["local"] }
 "#;
 

@@ -15,8 +15,9 @@ fn guest_device_name(g: &store::GuestRow) -> Option<String> {
     crate::validate::node_name(&name).is_ok().then_some(name)
 }
 
-/// A guest as the policy sees it: kind `qemu` or `lxc`, its cluster's agent, its PVE tags
-/// as `tags.<tag>:true`, and `metadata.vmid`, `.cluster`, `.node` (its parent), `.status`.
+/// A guest as the policy sees it: kind `vm` (QEMU) or `lxc`, its cluster's agent, its PVE
+/// tags as `tags.<tag>:true`, and `metadata.vmid`, `.cluster`, `.node` (its parent),
+/// `.status`.
 fn guest_device(g: &store::GuestRow) -> Option<Device> {
     let metadata = [
         ("vmid", g.vmid.to_string()),
@@ -26,7 +27,7 @@ fn guest_device(g: &store::GuestRow) -> Option<Device> {
     ];
     Some(Device {
         name: guest_device_name(g)?,
-        kind: Some(g.kind.clone()),
+        kind: Some(if g.kind == "lxc" { "lxc" } else { "vm" }.to_owned()),
         vendor: Some("proxmox".to_owned()),
         source: Some("proxmox".to_owned()),
         agent: Some(g.agent.clone()),
