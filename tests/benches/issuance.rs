@@ -347,7 +347,14 @@ async fn postgres_run(certs: usize, concurrency: usize) -> Result<f64, String> {
         })
         .collect();
     load(&targets, &token, &bodies, WARMUP_CERTS).await.check("PostgreSQL warm-up")?;
+    let replica_pids: Vec<u32> = replicas.iter().filter_map(CaReplica::pid).collect();
+    let cpu = || {
+        let replicas: f64 = replica_pids.iter().map(|p| cpu_seconds(*p)).sum();
+        (replicas, pg.pid().map_or(0.0, tree_cpu_seconds), cpu_seconds_self(), machine_cpu_seconds())
+    };
+    let before = cpu();
     let run = load(&targets, &token, &bodies, certs).await;
+    let after = cpu();
     run.check("PostgreSQL measured run")?;
     let rate = certs as f64 / run.elapsed.as_secs_f64();
     println!();
@@ -355,6 +362,16 @@ async fn postgres_run(certs: usize, concurrency: usize) -> Result<f64, String> {
     println!("measured:            {certs} certificates in {:.3} s", run.elapsed.as_secs_f64());
     println!("throughput:          {rate:.0} certificates/s");
     print_latencies(run.latencies);
+    let per_cert = |s: f64| s / certs as f64 * 1e6;
+    let (replicas_cpu, pg_cpu, client_cpu) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    println!(
+        "CPU during run:      replicas {replicas_cpu:.2} s ({:.0} µs/cert), PostgreSQL {pg_cpu:.2} s ({:.0} µs/cert), \
+         bench client {client_cpu:.2} s ({:.0} µs/cert); machine {:.2} of 2 cores busy",
+        per_cert(replicas_cpu),
+        per_cert(pg_cpu),
+        per_cert(client_cpu),
+        (after.3 - before.3) / run.elapsed.as_secs_f64()
+    );
     // Every certificate and audit record in the one database, the chain intact.
     let (status, body) = replicas[1].get(&token, "/v1/admin/certs").await;
     let stored = body.as_array().map_or(0, Vec::len);
@@ -514,6 +531,23 @@ fn stat_cpu(path: &str) -> f64 {
     // After ')': state is index 0, so utime (field 14) is 11 and stime (15) is 12.
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU time of a process and its direct children (PostgreSQL's postmaster and backends).
+fn tree_cpu_seconds(root: u32) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let parent = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok()
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid == root || parent(*pid) == Some(root))
+        .map(cpu_seconds)
+        .sum()
 }
 
 /// Busy (non-idle) CPU time of the whole machine, summed over cores, from `/proc/stat`.

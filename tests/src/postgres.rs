@@ -57,6 +57,12 @@ impl Postgres {
         Ok(pg)
     }
 
+    /// The postmaster's process id (its backends are its children), for CPU accounting.
+    pub fn pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
     /// `postgres://postgres@127.0.0.1:PORT/portcullis`
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{}", self.port, self.database)

@@ -41,6 +41,11 @@ impl CaReplica {
         CaReplica { name, url: format!("https://{listen}"), pin: String::new(), dir, child: None }
     }
 
+    /// The running replica's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn start(&mut self) {
         let append = |name: &str| std::fs::File::options().create(true).append(true).open(self.dir.join(name)).unwrap();
         let child = Command::new(bin("portcullisd"))

@@ -198,6 +198,22 @@ async fn run_conformance(url: &str, backend: Backend) {
     assert!(by_key.krl_version > by_serial.krl_version);
     let krl = write_krl(&ca, files.path()).await;
     assert!(krl_revokes(&krl, &path_b));
+    // A revoked key gets no new certificate: refused, audited, nothing stored.
+    let key_refusals = || async {
+        let records = ca.audit_records(&audit_grant, 0, 1000).await.unwrap();
+        records.iter().filter(|r| r.event == "cert_denied" && r.payload["reason"] == "key_revoked").count()
+    };
+    let refusals = key_refusals().await;
+    let stored = ca.store().certificates(None).await.unwrap().len();
+    let again = UserCertRequest { public_key: public_line(&key_b), ..UserCertRequest::default() };
+    let refused = ca.issue_user_cert(&alice, &again, IP).await;
+    assert!(matches!(&refused, Err(CaError::BadRequest(m)) if m.contains("revoked")), "{refused:?}");
+    assert_eq!(
+        ca.store().certificates(None).await.unwrap().len(),
+        stored,
+        "a certificate for a revoked key was stored"
+    );
+    assert_eq!(key_refusals().await, refusals + 1, "the refusal is audited once");
     let pub_b = files.path().join("b.pub");
     std::fs::write(&pub_b, public_line(&key_b) + "\n").unwrap();
     assert!(krl_revokes(&krl, &pub_b), "the key itself is in the KRL");

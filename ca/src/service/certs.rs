@@ -1,5 +1,6 @@
 //! Issuing user certificates, revoking them, and publishing the KRL.
 
+use super::writer::Stored;
 use super::{Ca, Caller};
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
@@ -60,10 +61,6 @@ impl Ca {
             }
         };
         let key_fingerprint = fingerprint(public_key.key_data());
-        if self.store.is_key_revoked(&key_fingerprint).await? {
-            self.audit_cert_denied(&who.username, "key_revoked", Some(&key_fingerprint), client_ip).await?;
-            return Err(CaError::BadRequest("this public key has been revoked; generate a new key".into()));
-        }
         let requested = request.ttl_seconds.map(Duration::from_secs).unwrap_or(self.max_cert_ttl);
         let cert_request = CertRequest { ttl: Some(requested.min(self.max_cert_ttl)), roles: request.roles.clone() };
         let permit = match self.policy().issue_user_cert(who, &cert_request) {
@@ -97,7 +94,16 @@ impl Ca {
             ca_fingerprint: signer.fingerprint.clone(),
             client_ip: client_ip.to_owned(),
         };
-        self.writer.write(row, event).await?;
+        // The writer checks the key against the revoked keys inside the storing transaction.
+        let refused = AuditEvent::CertDenied {
+            username: who.username.clone(),
+            reason: "key_revoked",
+            key_fingerprint: Some(key_fingerprint),
+            client_ip: client_ip.to_owned(),
+        };
+        if self.writer.write(row, event, refused).await? == Stored::KeyRevoked {
+            return Err(CaError::BadRequest("this public key has been revoked; generate a new key".into()));
+        }
         self.counters.certificates_issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.counters.issuance.observe(started.elapsed());
         Ok(UserCertResponse {

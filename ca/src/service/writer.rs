@@ -7,6 +7,10 @@
 //! turns ~6 database round trips per certificate into ~2, and on SQLite removes the
 //! hand-off of the write lock between requests. Alone, a request is written at once.
 //!
+//! The revoked-key check happens here too, in the batch's transaction (one statement for
+//! the batch instead of one read per request): a job whose key is revoked gets no row,
+//! its `refused` audit record instead, and [`Stored::KeyRevoked`].
+//!
 //! A batch whose transaction fails — at any statement or at COMMIT — answers every
 //! caller in it with an error and no certificate (a 503 when the database is full or
 //! unreachable): a COMMIT whose outcome is unknown (PostgreSQL connection lost during
@@ -24,8 +28,19 @@ const QUEUE: usize = 1024;
 struct Job {
     row: CertRow,
     event: AuditEvent,
+    /// Recorded instead of `event` when the key turns out to be revoked.
+    refused: AuditEvent,
     /// `Err(Some(_))`: the database's state; `Err(None)`: anything else.
-    done: oneshot::Sender<Result<(), Option<Unavailable>>>,
+    done: oneshot::Sender<Result<Stored, Option<Unavailable>>>,
+}
+
+/// What became of an issued certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stored {
+    /// Stored with its audit record: it may be handed out.
+    Issued,
+    /// Its key is revoked: nothing stored, the refusal audited.
+    KeyRevoked,
 }
 
 #[derive(Clone)]
@@ -40,11 +55,12 @@ impl IssuanceWriter {
         IssuanceWriter { tx }
     }
 
-    /// Stores one issued certificate with its audit record; returns after the commit.
-    pub async fn write(&self, row: CertRow, event: AuditEvent) -> Result<(), CaError> {
+    /// Stores one issued certificate with its audit record, unless its key is revoked
+    /// (then `refused` is recorded instead); returns after the commit.
+    pub async fn write(&self, row: CertRow, event: AuditEvent, refused: AuditEvent) -> Result<Stored, CaError> {
         let (done, wait) = oneshot::channel();
         let gone = || CaError::Internal("issuance writer stopped".into());
-        self.tx.send(Job { row, event, done }).await.map_err(|_| gone())?;
+        self.tx.send(Job { row, event, refused, done }).await.map_err(|_| gone())?;
         wait.await.map_err(|_| gone())?.map_err(|failure| match failure {
             Some(why) => CaError::StoreUnavailable(why),
             None => CaError::Internal("storing the issued certificate failed".into()),
@@ -55,22 +71,40 @@ impl IssuanceWriter {
 async fn run(store: Store, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        let result = write_batch(&store, &jobs).await.map_err(|e| {
-            tracing::error!(error = %e, batch = jobs.len(), "storing issued certificates failed; none acknowledged");
-            e.unavailable()
-        });
-        for job in jobs.drain(..) {
-            let _ = job.done.send(result);
+        match write_batch(&store, &jobs).await {
+            Ok(outcomes) => {
+                for (job, outcome) in jobs.drain(..).zip(outcomes) {
+                    let _ = job.done.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = jobs.len(), "storing issued certificates failed; none acknowledged");
+                let why = e.unavailable();
+                for job in jobs.drain(..) {
+                    let _ = job.done.send(Err(why));
+                }
+            }
         }
     }
 }
 
-async fn write_batch(store: &Store, jobs: &[Job]) -> Result<(), store::StoreError> {
+async fn write_batch(store: &Store, jobs: &[Job]) -> Result<Vec<Stored>, store::StoreError> {
     let mut tx = store.begin().await?;
-    for job in jobs {
-        store::insert_cert(tx.conn(), &job.row).await?;
-    }
-    let events: Vec<(u64, &AuditEvent)> = jobs.iter().map(|j| (j.row.issued_at, &j.event)).collect();
+    let fingerprints: Vec<&str> = jobs.iter().map(|j| j.row.key_fingerprint.as_str()).collect();
+    let revoked = store::revoked_among(tx.conn(), &fingerprints).await?;
+    let outcomes: Vec<Stored> = jobs
+        .iter()
+        .map(|j| if revoked.contains(&j.row.key_fingerprint) { Stored::KeyRevoked } else { Stored::Issued })
+        .collect();
+    let rows: Vec<&CertRow> =
+        jobs.iter().zip(&outcomes).filter(|(_, o)| **o == Stored::Issued).map(|(j, _)| &j.row).collect();
+    store::insert_certs(tx.conn(), &rows).await?;
+    let events: Vec<(u64, &AuditEvent)> = jobs
+        .iter()
+        .zip(&outcomes)
+        .map(|(j, o)| (j.row.issued_at, if *o == Stored::Issued { &j.event } else { &j.refused }))
+        .collect();
     audit::record_many(tx.conn(), &events).await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(outcomes)
 }

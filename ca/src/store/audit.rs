@@ -4,7 +4,7 @@
 //! head row stores the newest `(seq, hash)`. Editing a record breaks its hash, deleting
 //! one breaks the next record's `prev_hash` (or, for the newest, disagrees with the head).
 
-use super::{Result, Store, StoreError, ts, ts_from};
+use super::{Result, Store, StoreError, statement_chunks, ts, ts_from, values_statement};
 use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
 
@@ -53,22 +53,28 @@ pub async fn append_many(conn: &mut AnyConnection, records: &[(u64, &str, &str)]
         .await?;
     let last = ts_from(head.try_get("seq")?);
     let mut prev: String = head.try_get("hash")?;
-    let mut seq = last.saturating_sub(records.len() as u64);
-    for (at, event, payload) in records {
-        seq += 1;
+    let first = last.saturating_sub(records.len() as u64) + 1;
+    // Chain first, then as few statements as possible while the head's lock is held.
+    let mut rows = Vec::with_capacity(records.len());
+    for (seq, (at, event, payload)) in (first..).zip(records) {
         let hash = chain_hash(&prev, seq, *at, event, payload);
-        sqlx::query("INSERT INTO audit_log (seq, at, event, payload, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(ts(seq))
-            .bind(ts(*at))
-            .bind(*event)
-            .bind(*payload)
-            .bind(&prev)
-            .bind(&hash)
-            .execute(&mut *conn)
-            .await?;
-        prev = hash;
+        rows.push((seq, *at, *event, *payload, std::mem::replace(&mut prev, hash.clone()), hash));
     }
-    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1").bind(&prev).execute(&mut *conn).await?;
+    for (start, len) in statement_chunks(rows.len()) {
+        let statement = values_statement("INSERT INTO audit_log (seq, at, event, payload, prev_hash, hash)", 6, len);
+        let mut query = sqlx::query(statement);
+        for (seq, at, event, payload, prev_hash, hash) in rows.iter().skip(start).take(len) {
+            query = query
+                .bind(ts(*seq))
+                .bind(ts(*at))
+                .bind(*event)
+                .bind(*payload)
+                .bind(prev_hash.clone())
+                .bind(hash.clone());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1").bind(prev).execute(&mut *conn).await?;
     Ok(last)
 }
 

@@ -1,6 +1,9 @@
 //! Issued certificates, revoked keys and the KRL version counter.
 
-use super::{Result, Store, json_list, parse_list, serial_from_db, serial_to_db, ts, ts_from};
+use super::{
+    Result, Store, in_list_statement, json_list, parse_list, serial_from_db, serial_to_db, statement_chunks, ts,
+    ts_from, values_statement,
+};
 use sqlx::{AnyConnection, Row};
 
 #[derive(Debug, Clone)]
@@ -111,25 +114,54 @@ impl Store {
 }
 
 pub async fn insert_cert(conn: &mut AnyConnection, c: &CertRow) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO certificates (serial, ca_fingerprint, key_fingerprint, username, key_id, \
-         principals_json, valid_after, valid_before, issued_at, groups_json, cert_digest) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(serial_to_db(c.serial))
-    .bind(&c.ca_fingerprint)
-    .bind(&c.key_fingerprint)
-    .bind(&c.username)
-    .bind(&c.key_id)
-    .bind(json_list(&c.principals))
-    .bind(ts(c.valid_after))
-    .bind(ts(c.valid_before))
-    .bind(ts(c.issued_at))
-    .bind(json_list(&c.groups))
-    .bind(&c.digest)
-    .execute(&mut *conn)
-    .await?;
+    insert_certs(conn, &[c]).await
+}
+
+/// Stores certificates with one multi-row statement per chunk (the issuance writer's
+/// batches: one round trip instead of one per certificate).
+pub async fn insert_certs(conn: &mut AnyConnection, rows: &[&CertRow]) -> Result<()> {
+    const HEAD: &str = "INSERT INTO certificates (serial, ca_fingerprint, key_fingerprint, username, key_id, \
+                        principals_json, valid_after, valid_before, issued_at, groups_json, cert_digest)";
+    for (start, len) in statement_chunks(rows.len()) {
+        let statement = values_statement(HEAD, 11, len);
+        let mut query = sqlx::query(statement);
+        for c in rows.iter().skip(start).take(len) {
+            query = query
+                .bind(serial_to_db(c.serial))
+                .bind(c.ca_fingerprint.clone())
+                .bind(c.key_fingerprint.clone())
+                .bind(c.username.clone())
+                .bind(c.key_id.clone())
+                .bind(json_list(&c.principals))
+                .bind(ts(c.valid_after))
+                .bind(ts(c.valid_before))
+                .bind(ts(c.issued_at))
+                .bind(json_list(&c.groups))
+                .bind(c.digest.clone());
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
+}
+
+/// Which of `fingerprints` are revoked keys, in the transaction's view (one statement per
+/// chunk of the issuance writer's batch).
+pub async fn revoked_among(
+    conn: &mut AnyConnection,
+    fingerprints: &[&str],
+) -> Result<std::collections::HashSet<String>> {
+    let mut revoked = std::collections::HashSet::new();
+    for (start, len) in statement_chunks(fingerprints.len()) {
+        let statement = in_list_statement("SELECT fingerprint FROM revoked_keys WHERE fingerprint IN", len, "");
+        let mut query = sqlx::query(statement);
+        for fingerprint in fingerprints.iter().skip(start).take(len) {
+            query = query.bind(*fingerprint);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            revoked.insert(row.try_get("fingerprint")?);
+        }
+    }
+    Ok(revoked)
 }
 
 /// What a revocation selects. Already-expired certificates need no KRL entry.

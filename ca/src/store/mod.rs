@@ -60,7 +60,7 @@ pub use virt::{
 };
 
 pub use audit::{append as append_audit, append_many as append_audit_many};
-pub use certs::{bump_krl_version, insert_cert, insert_revoked_key, revoke_certs};
+pub use certs::{bump_krl_version, insert_cert, insert_certs, insert_revoked_key, revoke_certs, revoked_among};
 pub use keys::{insert_ca_key, move_ca_keys, set_ca_key_state};
 pub use misc::{insert_node, save_policy_state, upsert_node};
 pub use users::{
@@ -331,6 +331,40 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Splits `rows` rows into multi-row statements of power-of-two sizes up to 64 (`(start,
+/// len)` pairs), so a statement has at most seven shapes for the database to prepare and
+/// the connection to cache, whatever the batch size.
+pub(crate) fn statement_chunks(rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let left = rows - start;
+        (left > 0).then(|| {
+            let len = 1 << left.min(64).ilog2();
+            start += len;
+            (start - len, len)
+        })
+    })
+}
+
+/// `HEAD VALUES ($1, …, $columns), …` for `rows` rows. Only fixed text and placeholder
+/// numbers go in, never a value, so this is safe to assemble at run time (sqlx's
+/// `QueryBuilder` would write `?` placeholders, which PostgreSQL does not take through the
+/// `Any` driver).
+pub(crate) fn values_statement(head: &'static str, columns: usize, rows: usize) -> sqlx::AssertSqlSafe<String> {
+    let tuples: Vec<String> = (0..rows).map(|row| format!("({})", placeholders(row * columns, columns))).collect();
+    sqlx::AssertSqlSafe(format!("{head} VALUES {}", tuples.join(", ")))
+}
+
+/// `HEAD ($1, …, $n) TAIL`, for `IN` lists (same safety argument as [`values_statement`]).
+pub(crate) fn in_list_statement(head: &'static str, n: usize, tail: &'static str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!("{head} ({}){tail}", placeholders(0, n)))
+}
+
+/// `$first+1, …, $first+n`.
+fn placeholders(first: usize, n: usize) -> String {
+    (first + 1..=first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
 /// Serials are u64; the column is a signed BIGINT holding the same 64 bits.
