@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use portcullis_proto::ApiError;
 use portcullis_proto::bastion::*;
-use portcullis_proto::console::{FORWARDED_BY_HEADER, FORWARDED_FOR_HEADER};
+use portcullis_proto::console::{FORWARDED_BY_HEADER, FORWARDED_FOR_HEADER, FORWARDED_HOST_HEADER};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -169,6 +169,8 @@ pub(crate) struct ForwardedRequest {
     pub headers: reqwest::header::HeaderMap,
     pub body: bytes::Bytes,
     pub client_ip: std::net::IpAddr,
+    /// The `host[:port]` the browser addressed (its origin, for single sign-on).
+    pub host: Option<String>,
 }
 
 /// The CA's answer to a [`ForwardedRequest`].
@@ -306,11 +308,11 @@ impl ControlPlane {
                     .request(request.method.clone(), format!("{base}{}", request.path_and_query))
                     .headers(request.headers.clone())
                     .header(FORWARDED_FOR_HEADER, request.client_ip.to_string())
-                    .header(FORWARDED_BY_HEADER, self.token.expose_secret())
-                    .body(request.body.clone())
-                    .send()
-                    .await
-                    .map_err(unreachable)?;
+                    .header(FORWARDED_BY_HEADER, self.token.expose_secret());
+                if let Some(host) = &request.host {
+                    outgoing = outgoing.header(FORWARDED_HOST_HEADER, host);
+                }
+                let mut outgoing = outgoing.body(request.body.clone()).send().await.map_err(unreachable)?;
                 let status = outgoing.status();
                 let headers = outgoing.headers().clone();
                 let Some(body) = read_capped(&mut outgoing, MAX_ANSWER).await.map_err(unreachable)? else {

@@ -87,6 +87,7 @@ async fn pass_on(
     let Ok(body) = axum::body::to_bytes(body, MAX_REQUEST_BODY).await else {
         return api_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request body too large");
     };
+    let host = browser_host(&parts);
     let request = ForwardedRequest {
         method: parts.method,
         path_and_query: parts
@@ -96,6 +97,7 @@ async fn pass_on(
         headers: kept(&parts.headers, &REQUEST_HEADERS),
         body,
         client_ip: peer.ip(),
+        host,
     };
     match control.forward(&request).await {
         Ok(answer) => {
@@ -109,6 +111,15 @@ async fn pass_on(
             api_error(StatusCode::BAD_GATEWAY, "ca_unreachable", "the CA cannot be reached; try again shortly")
         }
     }
+}
+
+/// The `host[:port]` the browser addressed: HTTP/2's authority, else HTTP/1.1's `Host`.
+fn browser_host(parts: &axum::http::request::Parts) -> Option<String> {
+    let host = match parts.uri.authority() {
+        Some(authority) => authority.as_str().to_owned(),
+        None => parts.headers.get(header::HOST)?.to_str().ok()?.to_owned(),
+    };
+    portcullis_proto::console::valid_host(&host).then_some(host)
 }
 
 /// The headers of `from` named in `names` (every value of each: `Set-Cookie` repeats).

@@ -122,10 +122,14 @@ pub struct OidcToml {
     pub email_claim: Option<String>,
     #[serde(default)]
     pub groups_claim: Option<String>,
-    /// `https://<this CA>/v1/auth/oidc/callback`, registered at the IdP; without it only
-    /// the device flow is offered.
+    /// `https://<this CA>/v1/auth/oidc/callback`, registered at the IdP; without it (and
+    /// `redirect_urls`) only the device flow is offered.
     #[serde(default)]
     pub redirect_url: Option<String>,
+    /// More callbacks: each bastion web front door's `https://HOST/v1/auth/oidc/callback`
+    /// (a browser returns to the one of the origin it signed in at).
+    #[serde(default)]
+    pub redirect_urls: Vec<String>,
     /// PEM bundle for the IdP's TLS certificate, in addition to the system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -158,7 +162,7 @@ impl OidcToml {
         if let Some(v) = self.allowed_algs {
             config.allowed_algs = v;
         }
-        config.redirect_url = self.redirect_url;
+        config.redirect_urls = self.redirect_url.into_iter().chain(self.redirect_urls).collect();
         config.ca_file = self.ca_file;
         Ok(config)
     }

@@ -32,6 +32,17 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// address that rate limits and audit records go by).
 pub const FORWARDED_FOR_HEADER: &str = "x-portcullis-forwarded-for";
 pub const FORWARDED_BY_HEADER: &str = "x-portcullis-forwarded-by";
+/// The host (and port) the browser addressed at the front door: single sign-on returns
+/// the browser to that origin's callback. Believed under the same condition.
+pub const FORWARDED_HOST_HEADER: &str = "x-portcullis-forwarded-host";
+
+/// Whether `host` is a plausible `host[:port]` (a DNS name, IPv4, or bracketed IPv6): what
+/// a front door passes on and the CA accepts as the browser's origin.
+pub fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
 
 /// Console flavours of the seed. Only `ssh` is served; the others are answered with an
 /// explicit unsupported-console error.

@@ -89,8 +89,11 @@ impl Idp {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// Writes an `[oidc]` file for `portcullisd all-in-one --oidc-config` into `dir`.
-    pub fn oidc_config_file(&self, dir: &Path, redirect_url: &str) -> PathBuf {
+    /// Writes an `[oidc]` file for `portcullisd all-in-one --oidc-config` into `dir`: the
+    /// first callback as `redirect_url`, the others as `redirect_urls`.
+    pub fn oidc_config_file(&self, dir: &Path, redirect_urls: &[&str]) -> PathBuf {
+        let (first, more) = redirect_urls.split_first().expect("at least one redirect URL");
+        let more: Vec<String> = more.iter().map(|u| format!("{u:?}")).collect();
         let secret = dir.join("oidc-client-secret");
         std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
         let path = dir.join("oidc.toml");
@@ -98,9 +101,10 @@ impl Idp {
             &path,
             format!(
                 "[oidc]\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = \"{}\"\n\
-                 redirect_url = \"{redirect_url}\"\n",
+                 redirect_url = \"{first}\"\nredirect_urls = [{}]\n",
                 self.issuer,
-                secret.display()
+                secret.display(),
+                more.join(", ")
             ),
         )
         .unwrap();

@@ -14,6 +14,7 @@ use portcullis_proto::oidc::{AuthMethods, DevicePoll, DeviceStart};
 use portcullis_proto::{LoginResponse, UserCertResponse, WhoAmI};
 use portcullis_tests::idp::{Browser, CLIENT_ID, CLIENT_SECRET, Idp, form_of, free_port, sign_in_at_idp};
 use portcullis_tests::server::client_with_pin;
+use portcullis_tests::services::{free_loopback_addr, service_token, spawn_bastion, wait_line};
 use portcullis_tests::ssh::{ed25519_key, public_line};
 use portcullis_tests::{Postgres, ServedCa, Server, ServerOpts, TEST_PASSPHRASE};
 use reqwest::StatusCode;
@@ -53,7 +54,7 @@ async fn setup(device_code_ttl: Option<u64>) -> Setup {
     let callback = format!("{ca_url}/v1/auth/oidc/callback");
     let idp = Idp::start(&callback, device_code_ttl);
     let dir = tempfile::tempdir().unwrap();
-    let config = idp.oidc_config_file(dir.path(), &callback);
+    let config = idp.oidc_config_file(dir.path(), &[&callback]);
     let server = Server::start_with(ServerOpts {
         policy: vec![("policy.toml".into(), POLICY.into())],
         args: vec!["--oidc-config".into(), config.display().to_string()],
@@ -484,7 +485,7 @@ async fn sign_ins_in_progress_are_shared_by_replicas_on_postgres() {
         let mut config =
             CaConfig::new(db.clone(), policy.path().to_owned(), secrecy::SecretString::from(TEST_PASSPHRASE));
         config.oidc = Some(OidcConfig {
-            redirect_url: Some(callback.clone()),
+            redirect_urls: vec![callback.clone()],
             ..OidcConfig::new(idp.issuer.clone(), CLIENT_ID.into(), secrecy::SecretString::from(CLIENT_SECRET))
         });
         let ca = Ca::open(config, std::sync::Arc::new(SystemClock)).await.unwrap();
@@ -536,4 +537,82 @@ async fn sign_ins_in_progress_are_shared_by_replicas_on_postgres() {
     // Finished: the handle is gone on both.
     let (status, _) = a.post_json(None, "/v1/auth/oidc/device/poll", &json!({ "handle": start.handle })).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Single sign-on through two bastions' web front doors: each browser is sent back to the
+/// callback of the front door it started at (each registered at the IdP and in
+/// `redirect_urls`); a callback taken to the other door signs nobody in; a host nobody
+/// registered is told what to configure; and only a bastion may name the browser's host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_sign_on_returns_each_browser_to_the_bastion_it_started_at() {
+    let doors = [free_loopback_addr(), free_loopback_addr()];
+    let callbacks = doors.clone().map(|d| format!("https://{d}/v1/auth/oidc/callback"));
+    let port = free_port();
+    let ca_callback = format!("https://127.0.0.1:{port}/v1/auth/oidc/callback");
+    let idp = Idp::start(&format!("{ca_callback} {} {}", callbacks[0], callbacks[1]), None);
+    let dir = tempfile::tempdir().unwrap();
+    let config = idp.oidc_config_file(dir.path(), &[&ca_callback, &callbacks[0], &callbacks[1]]);
+    let server = Server::start_with(ServerOpts {
+        policy: vec![("policy.toml".into(), POLICY.into())],
+        args: vec!["--oidc-config".into(), config.display().to_string()],
+        listen: Some(format!("127.0.0.1:{port}")),
+        ..ServerOpts::default()
+    })
+    .await;
+    let admin = server.admin_token().await;
+    let mut bastions = Vec::new();
+    let mut pins = Vec::new();
+    for (name, door) in ["b1", "b2"].into_iter().zip(&doors) {
+        let state = dir.path().join(name);
+        let token = service_token(&server, &admin, "bastion").await;
+        let web = vec!["--web-listen".to_owned(), door.clone()];
+        bastions.push(spawn_bastion(&server.url, &server.pin, name, &state, Some(&token), &web));
+        let line = wait_line(&state, "Web UI (browser console): ");
+        pins.push(line.split_once(" (TLS public-key pin ").unwrap().1.trim_end_matches(')').to_owned());
+    }
+
+    let mut pending = Vec::new();
+    for (i, door) in doors.iter().enumerate() {
+        let mut browser = pinned_browser(&pins[i]);
+        let start = browser.get(&format!("https://{door}/v1/auth/oidc/login")).await;
+        assert_eq!(start.status, StatusCode::SEE_OTHER, "{}", start.body);
+        let to_idp = start.location.unwrap();
+        let mut idp_browser = Browser::new(Browser::idp_client());
+        let page = idp_browser.get(&to_idp).await;
+        let back = sign_in_at_idp(&mut idp_browser, &idp, page, "bob", "bob-password").await;
+        let callback = back.location.expect("the IdP redirects back");
+        assert!(callback.starts_with(&callbacks[i]), "door {door}: back to {callback}");
+        pending.push((browser, callback));
+    }
+    // Door 1's sign-in finishes at door 1.
+    let (mut first, callback) = pending.remove(0);
+    let done = first.get(&callback).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert!(done.set_cookies.iter().any(|c| c.starts_with("portcullis_session=")), "{:?}", done.set_cookies);
+    // Door 2's callback taken to door 1 (even with door 2's binding cookie) signs nobody
+    // in: the code was issued for door 2's callback.
+    let (second, callback) = pending.remove(0);
+    let mut elsewhere = pinned_browser(&pins[0]);
+    elsewhere.cookies = second.cookies.clone();
+    let moved = elsewhere.get(&callback.replace(&doors[1], &doors[0])).await;
+    assert_ne!(moved.status, StatusCode::OK, "{}", moved.body);
+    assert!(moved.set_cookies.iter().all(|c| !c.starts_with("portcullis_session=")), "{:?}", moved.set_cookies);
+
+    // A host nobody registered: told what to add, nothing sent to the IdP.
+    let http = client_with_pin(&server.pin);
+    let login = server.endpoint("/v1/auth/oidc/login");
+    let unknown = http.get(&login).header("host", "sso.example:8443").send().await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
+    let text = unknown.text().await.unwrap();
+    assert!(
+        text.contains("https://sso.example:8443/v1/auth/oidc/callback") && text.contains("redirect_urls"),
+        "{text}"
+    );
+    // Naming the browser's host takes a bastion's credential.
+    let forged = http.get(&login).header("x-portcullis-forwarded-host", doors[1].as_str()).send().await.unwrap();
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    for mut b in bastions {
+        b.kill().unwrap();
+        b.wait().unwrap();
+    }
 }

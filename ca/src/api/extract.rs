@@ -8,7 +8,9 @@ use axum::http::Method;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use portcullis_proto::bastion::ServiceKind;
-use portcullis_proto::console::{CSRF_HEADER, FORWARDED_BY_HEADER, FORWARDED_FOR_HEADER};
+use portcullis_proto::console::{
+    CSRF_HEADER, FORWARDED_BY_HEADER, FORWARDED_FOR_HEADER, FORWARDED_HOST_HEADER, valid_host,
+};
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -216,6 +218,44 @@ impl FromRequestParts<Arc<Ca>> for AgentAuth {
     }
 }
 
+/// Checks that a request speaking for a browser comes from a bastion: its `pcs_…`
+/// credential beside the forwarded headers.
+async fn forwarding_bastion(parts: &Parts, ca: &Ca) -> Result<(), CaError> {
+    let credential = parts
+        .headers
+        .get(FORWARDED_BY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| t.starts_with("pcs_") && t.len() <= 128)
+        .ok_or(CaError::Unauthenticated)?;
+    if ca.service_caller(credential).await?.kind != ServiceKind::Bastion {
+        return Err(CaError::Forbidden("only a bastion may pass on a browser's request"));
+    }
+    Ok(())
+}
+
+/// The `host[:port]` the browser addressed — the origin single sign-on returns it to: the
+/// one a bastion's front door names beside its credential, else this request's own
+/// (HTTP/2 authority or `Host`). `None` when neither is a plausible host.
+pub struct BrowserHost(pub Option<String>);
+
+impl FromRequestParts<Arc<Ca>> for BrowserHost {
+    type Rejection = CaError;
+
+    async fn from_request_parts(parts: &mut Parts, ca: &Arc<Ca>) -> Result<Self, CaError> {
+        let host = match parts.headers.get(FORWARDED_HOST_HEADER) {
+            Some(forwarded) => {
+                forwarding_bastion(parts, ca).await?;
+                Some(forwarded.to_str().map_err(|_| CaError::BadRequest("malformed forwarded host".into()))?.to_owned())
+            }
+            None => match parts.uri.authority() {
+                Some(authority) => Some(authority.as_str().to_owned()),
+                None => parts.headers.get(axum::http::header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            },
+        };
+        Ok(BrowserHost(host.filter(|h| valid_host(h))))
+    }
+}
+
 /// The value of cookie `name` from the request's `Cookie` headers ([`portcullis_proto::console::cookie`]).
 pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
     portcullis_proto::console::cookie(
@@ -235,15 +275,7 @@ impl FromRequestParts<Arc<Ca>> for ClientIp {
 
     async fn from_request_parts(parts: &mut Parts, ca: &Arc<Ca>) -> Result<Self, CaError> {
         if let Some(forwarded) = parts.headers.get(FORWARDED_FOR_HEADER) {
-            let credential = parts
-                .headers
-                .get(FORWARDED_BY_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .filter(|t| t.starts_with("pcs_") && t.len() <= 128)
-                .ok_or(CaError::Unauthenticated)?;
-            if ca.service_caller(credential).await?.kind != ServiceKind::Bastion {
-                return Err(CaError::Forbidden("only a bastion may pass on a browser's request"));
-            }
+            forwarding_bastion(parts, ca).await?;
             let ip: std::net::IpAddr = forwarded
                 .to_str()
                 .ok()

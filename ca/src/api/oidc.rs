@@ -1,7 +1,7 @@
 //! Single sign-on routes. The callback's query is parsed by hand so that a missing,
 //! repeated or oversized parameter gets its own clear answer.
 
-use super::extract::{Body, ClientIp, cookie};
+use super::extract::{Body, BrowserHost, ClientIp, cookie};
 use crate::error::CaError;
 use crate::service::Ca;
 use crate::service::oidc::Callback;
@@ -50,8 +50,12 @@ fn header_value(s: String) -> Result<HeaderValue, CaError> {
 }
 
 #[utoipa::path(get, path = "/v1/auth/oidc/login", operation_id = "oidc_browser_login", tag = "auth", responses((status = 200, description = "see the description")))]
-pub async fn browser_login(State(ca): Ca_, ClientIp(ip): ClientIp) -> Result<Response, CaError> {
-    let login = ca.oidc_browser_start(&ip).await?;
+pub async fn browser_login(
+    State(ca): Ca_,
+    ClientIp(ip): ClientIp,
+    BrowserHost(host): BrowserHost,
+) -> Result<Response, CaError> {
+    let login = ca.oidc_browser_start(&ip, host.as_deref()).await?;
     let mut response = StatusCode::SEE_OTHER.into_response();
     let headers = response.headers_mut();
     headers.insert(header::LOCATION, header_value(login.redirect_to)?);
@@ -105,12 +109,13 @@ pub fn parse_callback(query: Option<&str>) -> Result<Callback, CaError> {
 pub async fn browser_callback(
     State(ca): Ca_,
     ClientIp(ip): ClientIp,
+    BrowserHost(host): BrowserHost,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, CaError> {
     let callback = parse_callback(query.as_deref())?;
     let binding = cookie(&headers, BINDING_COOKIE);
-    let session = ca.oidc_browser_callback(callback, binding.as_deref(), &ip).await?;
+    let session = ca.oidc_browser_callback(callback, binding.as_deref(), &ip, host.as_deref()).await?;
     let max_age = session.expires_at.saturating_sub(ca.now());
     let mut response = (
         StatusCode::OK,

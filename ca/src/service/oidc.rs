@@ -8,7 +8,7 @@ use super::auth::{random_token, token_hash};
 use crate::audit::{AuditEvent, sanitize};
 use crate::error::CaError;
 use crate::identity::Vouched;
-use crate::identity::oidc::{Oidc, OidcIdentity, TokenError, TokenInvalid};
+use crate::identity::oidc::{Oidc, OidcIdentity, RedirectMissing, TokenError, TokenInvalid};
 use crate::store::PollTurn;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -242,9 +242,10 @@ impl Ca {
 
     /// Starts a browser sign-in: remembers `state` → (nonce, PKCE verifier, binding) and
     /// answers with the IdP URL to redirect to.
-    pub async fn oidc_browser_start(&self, client_ip: &str) -> Result<BrowserLogin, CaError> {
+    /// `host`: the origin the browser addressed, which picks the callback.
+    pub async fn oidc_browser_start(&self, client_ip: &str, host: Option<&str>) -> Result<BrowserLogin, CaError> {
         let oidc = self.oidc()?;
-        let redirect_url = oidc.redirect_url().ok_or(CaError::NotFound("OIDC browser sign-in"))?.clone();
+        let redirect_url = redirect_for(oidc, host)?;
         self.oidc_rate_limit(client_ip).await?;
         let _turn = self.idp_turn().await?;
         let now = self.now();
@@ -281,10 +282,13 @@ impl Ca {
         callback: Callback,
         binding: Option<&str>,
         client_ip: &str,
+        host: Option<&str>,
     ) -> Result<LoginResponse, CaError> {
         let oidc = self.oidc()?;
         let _turn = self.idp_turn().await?;
-        let redirect_url = oidc.redirect_url().ok_or(CaError::NotFound("OIDC browser sign-in"))?.clone();
+        // The callback arrives at the origin the start sent the IdP to, so the same
+        // choice gives the same URL (the code exchange must repeat it exactly).
+        let redirect_url = redirect_for(oidc, host)?;
         let now = self.now();
         let (code, state, iss) = match callback {
             Callback::Error { error, state } => {
@@ -330,6 +334,20 @@ impl Ca {
             Err(why) => return Err(self.token_failure(client_ip, why).await),
         };
         self.open_oidc_session(who, client_ip).await
+    }
+}
+
+/// The callback URL for a browser at `host`, or why there is none (in words an operator
+/// can act on: the host comes from the request, checked to be a plain `host[:port]`).
+fn redirect_for(oidc: &Oidc, host: Option<&str>) -> Result<url::Url, CaError> {
+    match oidc.redirect_url_for(host) {
+        Ok(url) => Ok(url.clone()),
+        Err(RedirectMissing::NoBrowserFlow) => Err(CaError::NotFound("OIDC browser sign-in")),
+        Err(RedirectMissing::UnknownOrigin) => Err(CaError::BadRequest(format!(
+            "single sign-on is not set up for {}: register https://{0}/v1/auth/oidc/callback at the identity \
+             provider and add it to [oidc] redirect_urls",
+            host.unwrap_or("this address")
+        ))),
     }
 }
 

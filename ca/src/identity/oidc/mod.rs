@@ -44,8 +44,9 @@ pub struct OidcConfig {
     pub username_claim: String,
     pub email_claim: String,
     pub groups_claim: String,
-    /// The CA's callback URL as registered at the IdP; `None` disables the browser flow.
-    pub redirect_url: Option<String>,
+    /// The callback URLs registered at the IdP — the CA's own, and each bastion web front
+    /// door's (`https://HOST/v1/auth/oidc/callback`); empty disables the browser flow.
+    pub redirect_urls: Vec<String>,
     /// PEM bundle trusted for the IdP's TLS (in addition to the system roots).
     pub ca_file: Option<PathBuf>,
     /// JWS algorithms accepted for ID tokens.
@@ -63,7 +64,7 @@ impl OidcConfig {
             username_claim: "preferred_username".into(),
             email_claim: "email".into(),
             groups_claim: "groups".into(),
-            redirect_url: None,
+            redirect_urls: Vec::new(),
             ca_file: None,
             allowed_algs: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
             clock_skew: Duration::from_secs(60),
@@ -142,7 +143,7 @@ pub struct Oidc {
     username_claim: String,
     email_claim: String,
     groups_claim: String,
-    redirect_url: Option<Url>,
+    redirect_urls: Vec<Url>,
     allowed_algs: Vec<CoreJwsSigningAlgorithm>,
     clock_skew: u64,
     http: reqwest::Client,
@@ -231,17 +232,18 @@ impl Oidc {
                 return Err(CaError::Config(format!("OIDC {what} must be a claim name")));
             }
         }
-        let redirect_url = config
-            .redirect_url
-            .as_deref()
+        let redirect_urls = config
+            .redirect_urls
+            .iter()
             .map(|u| {
-                let url = Url::parse(u).map_err(|_| CaError::Config("OIDC redirect_url is not a valid URL".into()))?;
-                if url.scheme() != "https" {
-                    return Err(CaError::Config("OIDC redirect_url must be https:// (the CA's own URL)".into()));
+                let url =
+                    Url::parse(u).map_err(|_| CaError::Config(format!("OIDC redirect URL {u:?} is not a URL")))?;
+                if url.scheme() != "https" || url.host_str().is_none() {
+                    return Err(CaError::Config(format!("OIDC redirect URL {u:?} must be https://HOST/…")));
                 }
                 Ok(url)
             })
-            .transpose()?;
+            .collect::<Result<Vec<_>, _>>()?;
         if config.allowed_algs.is_empty() {
             return Err(CaError::Config("OIDC allowed_algs must not be empty".into()));
         }
@@ -255,7 +257,7 @@ impl Oidc {
             username_claim: config.username_claim,
             email_claim: config.email_claim,
             groups_claim: config.groups_claim,
-            redirect_url,
+            redirect_urls,
             allowed_algs,
             clock_skew: config.clock_skew.as_secs(),
             http,
@@ -281,11 +283,21 @@ impl Oidc {
     }
 
     pub fn browser_enabled(&self) -> bool {
-        self.redirect_url.is_some()
+        !self.redirect_urls.is_empty()
     }
 
-    pub fn redirect_url(&self) -> Option<&Url> {
-        self.redirect_url.as_ref()
+    /// The callback for a browser that addressed `host` (`host[:port]`): the registered
+    /// URL of that origin, so the IdP sends the browser back to where its binding cookie
+    /// is. With one URL registered it is the one (a proxy may present another host).
+    pub fn redirect_url_for(&self, host: Option<&str>) -> Result<&Url, RedirectMissing> {
+        match self.redirect_urls.as_slice() {
+            [] => Err(RedirectMissing::NoBrowserFlow),
+            [only] => Ok(only),
+            several => {
+                let host = host.ok_or(RedirectMissing::UnknownOrigin)?;
+                several.iter().find(|u| authority(u).eq_ignore_ascii_case(host)).ok_or(RedirectMissing::UnknownOrigin)
+            }
+        }
     }
 
     /// Discovery, once; a failed discovery is retried at the next sign-in.
@@ -436,4 +448,22 @@ fn decode_segment(jwt: &str, index: usize) -> Option<serde_json::Value> {
     let segment = jwt.split('.').nth(index)?;
     let bytes = URL_SAFE_NO_PAD.decode(segment).ok()?;
     serde_json::from_slice(&bytes).ok().filter(serde_json::Value::is_object)
+}
+
+/// Why a browser sign-in has no callback to return to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirectMissing {
+    /// No redirect URL is configured: device flow only.
+    NoBrowserFlow,
+    /// Several are, and none is at the origin the browser used.
+    UnknownOrigin,
+}
+
+/// `host[:port]` of a URL as a browser writes it in `Host` (default port left out).
+fn authority(url: &Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_owned(),
+        (None, _) => String::new(),
+    }
 }

@@ -316,3 +316,32 @@ fn configuration_is_checked() {
     c.scopes = vec!["profile".into()];
     assert!(Oidc::new(c).is_err(), "openid scope required");
 }
+
+#[test]
+fn a_browser_returns_to_the_callback_of_the_origin_it_signed_in_at() {
+    let with = |urls: &[&str]| {
+        let mut config = OidcConfig::new("https://idp.example".into(), CLIENT.into(), SecretString::from("s3cret"));
+        config.redirect_urls = urls.iter().map(|u| (*u).to_owned()).collect();
+        Oidc::new(config)
+    };
+    let none = with(&[]).unwrap();
+    assert_eq!(none.redirect_url_for(Some("ca.example")), Err(RedirectMissing::NoBrowserFlow));
+    // One URL: it, whatever host a proxy presents.
+    let one = with(&["https://ca.example:8443/v1/auth/oidc/callback"]).unwrap();
+    assert_eq!(
+        one.redirect_url_for(Some("10.0.0.5:8443")).map(Url::as_str),
+        Ok("https://ca.example:8443/v1/auth/oidc/callback")
+    );
+    // Several: the one at the browser's origin, port included (default port left out).
+    let doors =
+        with(&["https://b1.example:8443/v1/auth/oidc/callback", "https://b2.example/v1/auth/oidc/callback"]).unwrap();
+    let pick = |host| doors.redirect_url_for(host).map(|u| u.host_str().unwrap_or_default().to_owned());
+    assert_eq!(pick(Some("b1.example:8443")), Ok("b1.example".to_owned()));
+    assert_eq!(pick(Some("B2.EXAMPLE")), Ok("b2.example".to_owned()));
+    assert_eq!(pick(Some("b1.example")), Err(RedirectMissing::UnknownOrigin), "another port is another origin");
+    assert_eq!(pick(Some("evil.example")), Err(RedirectMissing::UnknownOrigin));
+    assert_eq!(pick(None), Err(RedirectMissing::UnknownOrigin));
+    // Only https:// URLs with a host.
+    assert!(with(&["http://b1.example/v1/auth/oidc/callback"]).is_err());
+    assert!(with(&["not a url"]).is_err());
+}
