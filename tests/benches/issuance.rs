@@ -25,9 +25,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_proto::{AuditVerifyResponse, IssuedCert};
-use portcullis_tests::Server;
 use portcullis_tests::replica::CaReplica;
 use portcullis_tests::ssh::{SSH_KEYGEN, ed25519_key, public_line, write_key_pair};
+use portcullis_tests::{Server, procfs};
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use std::path::{Path, PathBuf};
@@ -101,7 +101,7 @@ async fn portcullis_run(certs: usize, concurrency: usize) -> Result<f64, String>
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let server = Server::start().await;
     let token = server.admin_token().await;
-    let server_pid = find_server_pid(&server.data_dir);
+    let server_pid = procfs::child_with_arg(&server.data_dir);
 
     // One client for every worker: a pool of keep-alive HTTP/1.1 connections, each with
     // its TLS handshake done once.
@@ -124,16 +124,16 @@ async fn portcullis_run(certs: usize, concurrency: usize) -> Result<f64, String>
 
     let certs_before = count_certs(&server, &token).await;
     let issued_before = server.audit_events("cert_issued").await.len();
-    let server_cpu_before = server_pid.map(cpu_seconds);
-    let client_cpu_before = cpu_seconds_self();
-    let machine_before = machine_cpu_seconds();
+    let server_cpu_before = server_pid.map(procfs::cpu_seconds);
+    let client_cpu_before = procfs::cpu_seconds(std::process::id());
+    let machine_before = procfs::machine_cpu_seconds();
     let switches_before = server_pid.map(context_switches);
 
     let run = load(&targets, &token, &bodies, certs).await;
 
-    let server_cpu = server_pid.map(|pid| cpu_seconds(pid) - server_cpu_before.unwrap_or(0.0));
-    let client_cpu = cpu_seconds_self() - client_cpu_before;
-    let machine_busy = machine_cpu_seconds() - machine_before;
+    let server_cpu = server_pid.map(|pid| procfs::cpu_seconds(pid) - server_cpu_before.unwrap_or(0.0));
+    let client_cpu = procfs::cpu_seconds(std::process::id()) - client_cpu_before;
+    let machine_busy = procfs::machine_cpu_seconds() - machine_before;
     let switches = server_pid.map(|pid| context_switches(pid) - switches_before.unwrap_or(0));
     run.check("measured run")?;
 
@@ -349,8 +349,15 @@ async fn postgres_run(certs: usize, concurrency: usize) -> Result<f64, String> {
     load(&targets, &token, &bodies, WARMUP_CERTS).await.check("PostgreSQL warm-up")?;
     let replica_pids: Vec<u32> = replicas.iter().filter_map(CaReplica::pid).collect();
     let cpu = || {
-        let replicas: f64 = replica_pids.iter().map(|p| cpu_seconds(*p)).sum();
-        (replicas, pg.pid().map_or(0.0, tree_cpu_seconds), cpu_seconds_self(), machine_cpu_seconds())
+        let replicas: f64 = replica_pids.iter().map(|p| procfs::cpu_seconds(*p)).sum();
+        (
+            replicas,
+            pg.pid().map_or(0.0, |pid| {
+                procfs::cpu_seconds(pid) + procfs::descendants(pid).into_iter().map(procfs::cpu_seconds).sum::<f64>()
+            }),
+            procfs::cpu_seconds(std::process::id()),
+            procfs::machine_cpu_seconds(),
+        )
     };
     let before = cpu();
     let run = load(&targets, &token, &bodies, certs).await;
@@ -464,7 +471,6 @@ fn keygen_sign(ca: &Path, key: &Path, serial: usize) {
 // ---------------------------------------------------------------------------------------
 // Measurement helpers
 
-/// Nearest-rank percentile of sorted samples.
 /// One keep-alive HTTP/1.1 pool for the workers, TLS pinned to `pin`, each connection's
 /// handshake done once.
 fn pooled_client(pin: &str, concurrency: usize) -> reqwest::Client {
@@ -489,6 +495,7 @@ fn print_latencies(mut lat: Vec<Duration>) {
     );
 }
 
+/// Nearest-rank percentile of sorted samples.
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -499,69 +506,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-/// The `portcullisd` serving `data_dir`: the harness keeps its child private, and its
-/// command line names the (unique, temporary) data directory.
-fn find_server_pid(data_dir: &Path) -> Option<u32> {
-    let needle = data_dir.as_os_str().as_encoded_bytes();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        cmdline.split(|b| *b == 0).any(|arg| arg == needle).then_some(pid)
-    })
-}
-
-/// User + system CPU time of a process, from `/proc/<pid>/stat` (USER_HZ = 100 on Linux).
-fn cpu_seconds(pid: u32) -> f64 {
-    stat_cpu(&format!("/proc/{pid}/stat"))
-}
-
-fn cpu_seconds_self() -> f64 {
-    stat_cpu("/proc/self/stat")
-}
-
-fn stat_cpu(path: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(path) else {
-        return 0.0;
-    };
-    // The command name (field 2) may hold spaces; fields after its ')' are fixed.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // After ')': state is index 0, so utime (field 14) is 11 and stime (15) is 12.
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// CPU time of a process and its direct children (PostgreSQL's postmaster and backends).
-fn tree_cpu_seconds(root: u32) -> f64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    let parent = |pid: u32| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok()
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid == root || parent(*pid) == Some(root))
-        .map(cpu_seconds)
-        .sum()
-}
-
-/// Busy (non-idle) CPU time of the whole machine, summed over cores, from `/proc/stat`.
-fn machine_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return 0.0;
-    };
-    let Some(line) = stat.lines().next() else {
-        return 0.0;
-    };
-    // cpu user nice system idle iowait irq softirq steal …
-    let ticks: Vec<f64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0.0)).collect();
-    let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|i| ticks.get(*i)).sum();
-    busy / 100.0
 }
 
 fn load_average() -> String {
