@@ -5,9 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::permission::Permission;
+use crate::proof::Proof;
 
 /// Who is asking, as established by authentication.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -29,22 +31,25 @@ pub struct CertRequest {
     pub roles: Option<Vec<String>>,
 }
 
-/// Proof that `username` holds `permission` right now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
+/// Proof that `username` held what `P` names when the policy engine was asked
+/// ([`crate::Policy::authorize`]); an operation that needs a permission takes the grant of
+/// its proof type, so a grant for another permission does not compile.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Grant<P: Proof> {
     username: String,
     permission: Permission,
+    proof: PhantomData<fn() -> P>,
 }
 
-impl Grant {
-    pub(crate) fn new(username: &str, permission: Permission) -> Grant {
-        Grant { username: username.to_owned(), permission }
+impl<P: Proof> Grant<P> {
+    pub(crate) fn new(username: &str, permission: Permission) -> Grant<P> {
+        Grant { username: username.to_owned(), permission, proof: PhantomData }
     }
     /// The identity the grant is for.
     pub fn username(&self) -> &str {
         &self.username
     }
-    /// The permission granted.
+    /// The permission that proved it (one of `P`'s).
     pub fn permission(&self) -> Permission {
         self.permission
     }

@@ -17,6 +17,7 @@ use crate::model::{DenyStatement, Provider, Purpose, Role, Rule, Subject};
 use crate::permission::Permission;
 use crate::policy::Policy;
 use crate::principal::{PrincipalLine, node_principal, scoped_principal};
+use crate::proof::Proof;
 
 fn subject_matches(s: &Subject, who: &Identity) -> bool {
     match s {
@@ -42,8 +43,9 @@ impl Policy {
         self.denies.values().filter(|d| deny_applies(d, who)).collect()
     }
 
-    /// Whether `who` holds `perm` via some role and no deny statement removes it.
-    pub fn authorize(&self, who: &Identity, perm: Permission) -> Result<Grant, Deny> {
+    /// Whether `who` holds `perm` via some role and no deny statement removes it (a
+    /// decision only: operations take the proof, [`Policy::authorize`]).
+    pub fn holds(&self, who: &Identity, perm: Permission) -> Result<(), Deny> {
         let roles = self.roles_of(who);
         if roles.is_empty() {
             return Err(DenyReason::NoRoles.into());
@@ -54,7 +56,22 @@ impl Policy {
         if let Some(d) = self.denies_of(who).into_iter().find(|d| d.removes_permission(perm)) {
             return Err(DenyReason::DeniedByStatement(d.name.clone()).into());
         }
-        Ok(Grant::new(&who.username, perm))
+        Ok(())
+    }
+
+    /// The proof that `who` holds what `P` names (any one of its permissions), or why not
+    /// (for the first of them).
+    pub fn authorize<P: Proof>(&self, who: &Identity) -> Result<Grant<P>, Deny> {
+        let mut first_refusal = None;
+        for perm in P::ANY_OF {
+            match self.holds(who, *perm) {
+                Ok(()) => return Ok(Grant::new(&who.username, *perm)),
+                Err(deny) => {
+                    first_refusal.get_or_insert(deny);
+                }
+            }
+        }
+        Err(first_refusal.unwrap_or_else(|| DenyReason::NoRoles.into()))
     }
 
     /// Roles a certificate request draws on, before deny statements.

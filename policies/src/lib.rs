@@ -20,6 +20,7 @@ mod model;
 mod permission;
 mod policy;
 pub mod principal;
+pub mod proof;
 pub mod srql;
 mod summary;
 

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{BASE, p, policy, reason, set, who};
-use portcullis_policies::{CertRequest, DenyReason, Identity, Permission, Policy};
+use portcullis_policies::{CertRequest, DenyReason, Identity, Permission, Policy, proof};
 #[test]
 fn group_and_user_bindings() {
     let pol = policy(BASE);
@@ -16,15 +16,20 @@ fn group_and_user_bindings() {
     assert_eq!(names(&who("olga", &["admins"])), ["admin", "auditor", "discovery", "ops"]);
     assert!(names(&who("Olga", &["Admins"])).is_empty());
 
-    assert!(pol.authorize(&who("x", &["admins"]), Permission::SessionsKill).is_ok());
-    let g = pol.authorize(&who("olga", &[]), Permission::AuditRead).unwrap();
+    assert!(pol.holds(&who("x", &["admins"]), Permission::SessionsKill).is_ok());
+    let g = pol.authorize::<proof::AuditRead>(&who("olga", &[])).unwrap();
     assert_eq!((g.username(), g.permission()), ("olga", Permission::AuditRead));
+    // A proof of either of two permissions: made by whichever is held, refused naming
+    // the first.
+    let either = pol.authorize::<proof::PolicyRead>(&who("olga", &[])).unwrap();
+    assert_eq!(either.permission(), Permission::AuditRead);
+    assert_eq!(reason(pol.authorize::<proof::PolicyRead>(&who("nobody-much", &[]))), DenyReason::NoRoles);
     assert_eq!(
-        reason(pol.authorize(&who("olga", &[]), Permission::CaManage)),
+        reason(pol.holds(&who("olga", &[]), Permission::CaManage)),
         DenyReason::MissingPermission(Permission::CaManage)
     );
-    assert_eq!(reason(pol.authorize(&who("nobody", &[]), Permission::AuditRead)), DenyReason::NoRoles);
-    assert_eq!(reason(Policy::empty().authorize(&who("olga", &[]), Permission::AuditRead)), DenyReason::NoRoles);
+    assert_eq!(reason(pol.holds(&who("nobody", &[]), Permission::AuditRead)), DenyReason::NoRoles);
+    assert_eq!(reason(Policy::empty().holds(&who("olga", &[]), Permission::AuditRead)), DenyReason::NoRoles);
 }
 
 #[test]
@@ -133,18 +138,15 @@ logins = ["*"]
 
     let olga = who("olga", &["admins"]);
     assert_eq!(
-        reason(pol.authorize(&olga, Permission::SessionsKill)),
+        reason(pol.holds(&olga, Permission::SessionsKill)),
         DenyReason::DeniedByStatement("olga-no-kill".into())
     );
-    assert_eq!(
-        reason(pol.authorize(&olga, Permission::AuditRead)),
-        DenyReason::DeniedByStatement("olga-no-kill".into())
-    );
+    assert_eq!(reason(pol.holds(&olga, Permission::AuditRead)), DenyReason::DeniedByStatement("olga-no-kill".into()));
     assert!(pol.issue_user_cert(&olga, &CertRequest::default()).is_ok());
 
     let m = who("mallory", &["admins"]);
     for perm in Permission::ALL {
-        assert!(pol.authorize(&m, *perm).is_err());
+        assert!(pol.holds(&m, *perm).is_err());
     }
     assert_eq!(
         reason(pol.issue_user_cert(&m, &CertRequest::default())),
@@ -156,7 +158,7 @@ logins = ["*"]
         reason(pol.issue_user_cert(&e, &CertRequest::default())),
         DenyReason::DeniedByStatement("no-logins".into())
     );
-    assert!(pol.authorize(&e, Permission::SessionsKill).is_ok());
+    assert!(pol.holds(&e, Permission::SessionsKill).is_ok());
 
     // Deny of certs.issue removes issuance entirely.
     let pol = policy(&format!("{BASE}[[deny]]\nname = 'n'\ngroups = ['admins']\npermissions = ['certs.issue']\n"));

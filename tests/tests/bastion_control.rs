@@ -12,8 +12,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_ca::{Ca, CaConfig, ManualClock};
-use portcullis_policies::Permission;
 use portcullis_policies::principal::node_principal;
+use portcullis_policies::proof;
 use portcullis_proto::bastion::*;
 use portcullis_proto::{NodeRecord, UserCertRequest};
 use portcullis_tests::ssh::{ed25519_key, public_line, ssh_keygen_ok};
@@ -131,12 +131,12 @@ async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
 
     let admin = first_admin(&ca, "admins", IP).await;
     let caller = ca.caller(&admin).await.unwrap();
-    let users = ca.authorize(&caller, Permission::UsersManage).unwrap();
+    let users = ca.authorize::<proof::UsersManage>(&caller).unwrap();
     let pw = SecretString::from(PASSWORD);
     for (user, group) in [("alice", "ops"), ("bob", "ops"), ("carol", "contractors")] {
         ca.add_user(&users, user, &[group.to_owned()], Some(&pw)).await.unwrap();
     }
-    let nodes = ca.authorize(&caller, Permission::NodesManage).unwrap();
+    let nodes = ca.authorize::<proof::NodesManage>(&caller).unwrap();
     let host_key = public_line(&ed25519_key());
     for (name, env, agent, address) in [
         ("pve01", "lab", None, "10.0.0.5"),
@@ -1038,7 +1038,7 @@ async fn the_cli_lists_and_kills_sessions_lists_agents_and_mints_service_tokens(
     let fx = fixture(None, 1).await;
     let api = Arc::clone(&fx.replicas[0]);
     let caller = fx.ca.caller(&fx.admin).await.unwrap();
-    let users = fx.ca.authorize(&caller, Permission::UsersManage).unwrap();
+    let users = fx.ca.authorize::<proof::UsersManage>(&caller).unwrap();
     let groups = ["admins".to_owned(), "ops".to_owned()];
     fx.ca.add_user(&users, "opsadmin", &groups, Some(&SecretString::from(PASSWORD))).await.unwrap();
     fx.ca.register_service(ServiceKind::Agent, "edge1", &public_line(&ed25519_key()), None).await.unwrap();

@@ -11,7 +11,7 @@
 use portcullis_ca::keys::KeyPurpose;
 use portcullis_ca::store::{Unavailable, serial_from_db};
 use portcullis_ca::{Ca, CaError, Caller, ManualClock};
-use portcullis_policies::Permission;
+use portcullis_policies::proof;
 use portcullis_proto::{RevokeRequest, UserCertRequest};
 use portcullis_tests::ssh::{ed25519_key, public_line, ssh_keygen};
 use portcullis_tests::{Postgres, ca_in_process, first_admin, sqlite_url};
@@ -109,7 +109,7 @@ async fn setup(url: &str, work: &Path) -> (Arc<Ca>, Caller, Caller) {
     std::fs::write(policy_dir.join("policy.toml"), POLICY).unwrap();
     let ca = ca_in_process(url, &policy_dir, ManualClock::new(now())).await.unwrap();
     let admin = ca.caller(&first_admin(&ca, "admins", IP).await).await.unwrap();
-    let users = ca.authorize(&admin, Permission::UsersManage).unwrap();
+    let users = ca.authorize::<proof::UsersManage>(&admin).unwrap();
     ca.add_user(&users, "alice", &["devs".into()], Some(&SecretString::from(ALICE_PASSWORD.to_owned()))).await.unwrap();
     let alice = login(&ca, "alice", ALICE_PASSWORD).await;
     (Arc::new(ca), admin, alice)
@@ -184,14 +184,14 @@ async fn assert_acknowledged_means_committed(ca: &Ca, admin: &Caller, received: 
     assert!(unaudited.is_empty(), "received certificates without an audit record: {unaudited:?}");
     assert_eq!(stored, audited, "the certificate table and the audit chain disagree");
 
-    let audit = ca.authorize(admin, Permission::AuditRead).unwrap();
+    let audit = ca.authorize::<proof::AuditRead>(admin).unwrap();
     for _ in 0..8 {
         let check = ca.audit_verify(&audit).await.unwrap();
         assert!(check.ok, "the audit chain verifies on every pooled connection: {check:?}");
     }
 
     // Revocable by serial: the newest received certificate (the one closest to the fault).
-    let revoke = ca.authorize(admin, Permission::CertsRevoke).unwrap();
+    let revoke = ca.authorize::<proof::CertsRevoke>(admin).unwrap();
     let (last_serial, _) = received.last().unwrap();
     let by_serial = ca
         .revoke(&revoke, &RevokeRequest { serial: Some(last_serial.to_string()), ..RevokeRequest::default() })

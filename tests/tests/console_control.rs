@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_ca::{Ca, CaConfig, ManualClock};
-use portcullis_policies::Permission;
+use portcullis_policies::proof;
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::*;
 use portcullis_proto::console::{CSRF_HEADER, ConsoleDevice, TICKET_TTL_SECS, session_binding};
@@ -177,7 +177,7 @@ async fn fixture_on(db_url: Option<&str>, replicas: usize) -> Fx {
 
     let admin = first_admin(&ca, "admins", IP).await;
     let caller = ca.caller(&admin).await.unwrap();
-    let users = ca.authorize(&caller, Permission::UsersManage).unwrap();
+    let users = ca.authorize::<proof::UsersManage>(&caller).unwrap();
     let pw = SecretString::from(PASSWORD);
     for (user, groups) in
         [("alice", &["ops"][..]), ("bob", &["ops"][..]), ("carol", &["viewers"][..]), ("dave", &["ops", "interns"][..])]
@@ -185,7 +185,7 @@ async fn fixture_on(db_url: Option<&str>, replicas: usize) -> Fx {
         let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
         ca.add_user(&users, user, &groups, Some(&pw)).await.unwrap();
     }
-    let nodes = ca.authorize(&caller, Permission::NodesManage).unwrap();
+    let nodes = ca.authorize::<proof::NodesManage>(&caller).unwrap();
     for (name, env, agent, address) in [
         ("pve01", "lab", None, "10.0.0.5"),
         ("pve02", "lab", Some("edge1"), "10.1.0.5"),
@@ -598,7 +598,7 @@ async fn redemption_runs_admission_for_the_tickets_identity() {
     // The user is disabled between ticket and redemption: refused, nothing signed.
     let bob = bearer(&fx.ca, "bob").await;
     let t = ticket(&fx, &bob, "pve01", "root").await;
-    let users = fx.ca.authorize(&admin, Permission::UsersManage).unwrap();
+    let users = fx.ca.authorize::<proof::UsersManage>(&admin).unwrap();
     fx.ca.set_user_disabled(&users, "bob", true).await.unwrap();
     let certs = count(&fx.ca, "certificates").await;
     redeem_denied(&fx, &t, "credential_invalid").await;
@@ -615,7 +615,7 @@ async fn redemption_runs_admission_for_the_tickets_identity() {
 
     // The device moves to another agent after the ticket: the ticket's route is gone.
     let t = ticket(&fx, &alice, "pve02", "root").await;
-    let nodes = fx.ca.authorize(&admin, Permission::NodesManage).unwrap();
+    let nodes = fx.ca.authorize::<proof::NodesManage>(&admin).unwrap();
     let update = portcullis_proto::NodeUpdate { agent: Some("local".to_owned()), ..Default::default() };
     fx.ca.update_node(&nodes, "pve02", &update).await.unwrap();
     redeem_denied(&fx, &t, "rule_mismatch").await;
@@ -651,7 +651,7 @@ async fn heartbeats_reevaluate_console_sessions_on_postgres() {
 async fn the_ca_orders_a_close_at_the_absolute_deadline() {
     let fx = fixture().await;
     let admin = fx.ca.caller(&fx.admin).await.unwrap();
-    let policy = fx.ca.authorize(&admin, Permission::PolicyManage).unwrap();
+    let policy = fx.ca.authorize::<proof::PolicyManage>(&admin).unwrap();
     let short = POLICY.replace(r#"absolute = "1h""#, r#"absolute = "20s""#);
     std::fs::write(fx.policy_dir.join("policy.toml"), short).unwrap();
     fx.ca.reload_policy(&policy).await.unwrap();
@@ -683,12 +683,12 @@ async fn heartbeats_reevaluate(fx: &Fx) {
 
     // Disabling a user closes their console session (revoked); the other goes on.
     let admin = fx.ca.caller(&fx.admin).await.unwrap();
-    let users = fx.ca.authorize(&admin, Permission::UsersManage).unwrap();
+    let users = fx.ca.authorize::<proof::UsersManage>(&admin).unwrap();
     fx.ca.set_user_disabled(&users, "bob", true).await.unwrap();
     assert_eq!(heartbeat(fx, &[&a, &b]).await, vec![(b.clone(), CloseReason::Revoked)]);
 
     // The policy stops granting the console: policy_changed.
-    let policy = fx.ca.authorize(&admin, Permission::PolicyManage).unwrap();
+    let policy = fx.ca.authorize::<proof::PolicyManage>(&admin).unwrap();
     let narrowed =
         POLICY.replace(r#"permissions = ["certs.issue", "devices.console.open"]"#, r#"permissions = ["certs.issue"]"#);
     std::fs::write(fx.policy_dir.join("policy.toml"), narrowed).unwrap();
@@ -836,7 +836,7 @@ async fn csrf_guards_cookie_sessions_and_not_bearer_ones() {
 /// The administrator's browser session (its password is reset for the test).
 async fn browser_login_admin(fx: &Fx) -> (String, String, String, Value) {
     let admin = fx.ca.caller(&fx.admin).await.unwrap();
-    let users = fx.ca.authorize(&admin, Permission::UsersManage).unwrap();
+    let users = fx.ca.authorize::<proof::UsersManage>(&admin).unwrap();
     fx.ca.set_user_password(&users, "admin", &SecretString::from(PASSWORD), false).await.unwrap();
     browser_login(fx, "admin").await
 }

@@ -9,8 +9,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_ca::{Ca, CaConfig, DiscoverySettings, ManualClock};
-use portcullis_policies::Permission;
 use portcullis_policies::principal::node_principal;
+use portcullis_policies::proof;
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::ServiceKind;
 use portcullis_proto::discovery::*;
@@ -98,7 +98,7 @@ async fn fixture(db_url: Option<&str>, enabled: bool) -> Fx {
     let api = ServedCa::start(Arc::clone(&ca)).await;
     let admin = first_admin(&ca, "admins", "192.0.2.7").await;
     let caller = ca.caller(&admin).await.unwrap();
-    let nodes = ca.authorize(&caller, Permission::NodesManage).unwrap();
+    let nodes = ca.authorize::<proof::NodesManage>(&caller).unwrap();
     let pinned = public_line(&ed25519_key());
     for (name, env, agent, keys) in [
         ("pve01", "lab", None, true),          // default agent `local`

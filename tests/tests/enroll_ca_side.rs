@@ -8,7 +8,7 @@
 
 use portcullis_ca::{Ca, CaError, ManualClock};
 use portcullis_policies::Grant;
-use portcullis_policies::Permission;
+use portcullis_policies::proof;
 use portcullis_proto::enroll::{EnrollAbortRequest, EnrollRequest, EnrollTokenRequest, NodeFacts, NodeProof};
 use portcullis_proto::{NodeRecord, NodeUpdate};
 use portcullis_tests::ssh::{ed25519_key, public_line};
@@ -29,18 +29,18 @@ fn proof(key: &PrivateKey, node: &str, action: &str, signed_node: &str, timestam
 }
 
 /// A CA with the default policy and the administrator's node-management grant.
-async fn ca_and_grant(dir: &std::path::Path) -> (Ca, Grant) {
+async fn ca_and_grant(dir: &std::path::Path) -> (Ca, Grant<proof::NodesManage>) {
     let policy = dir.join("policy");
     std::fs::create_dir_all(&policy).unwrap();
     std::fs::write(policy.join("default.toml"), portcullis_ca::policy_files::DEFAULT_POLICY).unwrap();
     let ca = ca_in_process(&sqlite_url(dir), &policy, ManualClock::new(NOW)).await.unwrap();
     let token = first_admin(&ca, "portcullis-admins", "127.0.0.1").await;
     let admin = ca.caller(&token).await.unwrap();
-    let grant = ca.authorize(&admin, Permission::NodesManage).unwrap();
+    let grant = ca.authorize::<proof::NodesManage>(&admin).unwrap();
     (ca, grant)
 }
 
-async fn token(ca: &Ca, grant: &Grant, request: EnrollTokenRequest) -> String {
+async fn token(ca: &Ca, grant: &Grant<proof::NodesManage>, request: EnrollTokenRequest) -> String {
     ca.create_enroll_token(grant, &EnrollTokenRequest { ttl_seconds: 600, ..request }).await.unwrap().token
 }
 
@@ -67,7 +67,7 @@ fn proven(mut request: EnrollRequest, key: &PrivateKey, token: &str) -> EnrollRe
 }
 
 /// Every token's remaining uses, sorted (tokens made in the same second list in any order).
-async fn uses_left(ca: &Ca, grant: &Grant) -> Vec<u32> {
+async fn uses_left(ca: &Ca, grant: &Grant<proof::NodesManage>) -> Vec<u32> {
     let mut uses: Vec<u32> = ca.enroll_tokens(grant).await.unwrap().iter().map(|t| t.uses_left).collect();
     uses.sort_unstable();
     uses

@@ -596,7 +596,7 @@ roles = ["staff-shell"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_redemption() {
     use portcullis_ca::{Ca, CaConfig, Clock, ManualClock};
-    use portcullis_policies::Permission;
+    use portcullis_policies::proof;
     use portcullis_proto::bastion::ServiceKind;
     use portcullis_proto::{NodeRecord, UserCertRequest};
     use portcullis_tests::{ServedCa, TEST_PASSPHRASE, first_admin, sqlite_url};
@@ -618,7 +618,7 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
     let api = ServedCa::start(Arc::clone(&ca)).await;
 
     let admin = first_admin(&ca, "admins", IP).await;
-    let nodes = ca.authorize(&ca.caller(&admin).await.unwrap(), Permission::NodesManage).unwrap();
+    let nodes = ca.authorize::<proof::NodesManage>(&ca.caller(&admin).await.unwrap()).unwrap();
     let node = NodeRecord {
         name: "pve01".into(),
         addresses: vec!["10.0.0.5".into()],

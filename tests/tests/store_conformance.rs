@@ -9,7 +9,7 @@
 use portcullis_ca::keys::KeyPurpose;
 use portcullis_ca::store::{self, Backend};
 use portcullis_ca::{Ca, CaError, Caller, ManualClock};
-use portcullis_policies::Permission;
+use portcullis_policies::proof;
 use portcullis_proto::{RevokeRequest, UserCertRequest, UserCertResponse};
 use portcullis_sshcert::fingerprint;
 use portcullis_tests::ssh::{ed25519_key, krl_revokes, public_line};
@@ -134,10 +134,10 @@ async fn run_conformance(url: &str, backend: Backend) {
     let reused = ca.login_replacing_password("admin", None, &one_time, &secret("admin-choice-three"), IP).await;
     assert!(matches!(reused, Err(CaError::InvalidCredentials)), "the one-time password still works: {reused:?}");
     let admin = login(&ca, "admin", admin_password).await;
-    let users_grant = ca.authorize(&admin, Permission::UsersManage).unwrap();
-    let revoke_grant = ca.authorize(&admin, Permission::CertsRevoke).unwrap();
-    let ca_grant = ca.authorize(&admin, Permission::CaManage).unwrap();
-    let audit_grant = ca.authorize(&admin, Permission::AuditRead).unwrap();
+    let users_grant = ca.authorize::<proof::UsersManage>(&admin).unwrap();
+    let revoke_grant = ca.authorize::<proof::CertsRevoke>(&admin).unwrap();
+    let ca_grant = ca.authorize::<proof::CaManage>(&admin).unwrap();
+    let audit_grant = ca.authorize::<proof::AuditRead>(&admin).unwrap();
     ca.add_user(&users_grant, "alice", &["devs".into()], Some(&secret(ALICE_PASSWORD))).await.unwrap();
     ca.add_user(&users_grant, "bob", &["devs".into()], Some(&secret(BOB_PASSWORD))).await.unwrap();
     assert!(matches!(
@@ -152,7 +152,7 @@ async fn run_conformance(url: &str, backend: Backend) {
     let alice = ca.caller(&alice_token).await.unwrap();
     let bob = login(&ca, "bob", BOB_PASSWORD).await;
     assert_eq!(ca.whoami(&alice).roles, vec!["deployer".to_owned()]);
-    assert!(ca.authorize(&alice, Permission::CertsRevoke).is_err(), "a deployer must not get admin grants");
+    assert!(ca.authorize::<proof::CertsRevoke>(&alice).is_err(), "a deployer must not get admin grants");
 
     // --- issuance ----------------------------------------------------------------
     let original_ca = active_user_ca(&ca);
@@ -285,7 +285,7 @@ async fn run_conformance(url: &str, backend: Backend) {
     let ca = ca_in_process(url, &policy_dir, clock.clone()).await.unwrap();
     assert_eq!(active_user_ca(&ca), pending.fingerprint);
     let admin = login(&ca, "admin", admin_password).await;
-    let audit_grant = ca.authorize(&admin, Permission::AuditRead).unwrap();
+    let audit_grant = ca.authorize::<proof::AuditRead>(&admin).unwrap();
 
     // --- audit tampering -------------------------------------------------------------
     let verify = ca.audit_verify(&audit_grant).await.unwrap();

@@ -8,7 +8,7 @@ use crate::service::Ca;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use portcullis_policies::Permission;
+use portcullis_policies::proof;
 use portcullis_proto::SessionInfo;
 use portcullis_proto::bastion::*;
 use std::sync::Arc;
@@ -80,25 +80,25 @@ pub async fn events(
 /// Readable with `audit.read` or `sessions.kill`.
 #[utoipa::path(get, path = "/v1/admin/sessions", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<SessionInfo>)))]
 pub async fn list_sessions(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<SessionInfo>> {
-    let grant = ca.authorize(&c, Permission::AuditRead).or_else(|_| ca.authorize(&c, Permission::SessionsKill))?;
+    let grant = ca.authorize::<proof::SessionsRead>(&c)?;
     Ok(Json(ca.live_sessions(&grant).await?))
 }
 
 #[utoipa::path(post, path = "/v1/admin/sessions/{id}/kill", tag = "admin", params(("id" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 204, description = "done")))]
 pub async fn kill_session(State(ca): Ca_, Authed(c): Authed, Name(id): Name) -> Result<StatusCode, CaError> {
-    let grant = ca.authorize(&c, Permission::SessionsKill)?;
+    let grant = ca.authorize::<proof::SessionsKill>(&c)?;
     ca.kill_session(&grant, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/admin/agents", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<ServiceInfo>)))]
 pub async fn list_agents(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<ServiceInfo>> {
-    let grant = ca.authorize(&c, Permission::NodesManage)?;
+    let grant = ca.authorize::<proof::NodesManage>(&c)?;
     Ok(Json(ca.service_infos(&grant, ServiceKind::Agent).await?))
 }
 
 #[utoipa::path(get, path = "/v1/admin/bastions", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<ServiceInfo>)))]
 pub async fn list_bastions(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<ServiceInfo>> {
-    let grant = ca.authorize(&c, Permission::NodesManage)?;
+    let grant = ca.authorize::<proof::NodesManage>(&c)?;
     Ok(Json(ca.service_infos(&grant, ServiceKind::Bastion).await?))
 }

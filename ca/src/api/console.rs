@@ -11,7 +11,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use portcullis_policies::Permission;
+use portcullis_policies::proof;
 use portcullis_proto::bastion::SessionGrant;
 use portcullis_proto::console::*;
 use std::sync::Arc;
@@ -87,6 +87,6 @@ pub async fn open(State(ca): Ca_, BastionAuth(b): BastionAuth, Body(r): Body<Con
 /// Readable with `audit.read` or `policy.manage`.
 #[utoipa::path(get, path = "/v1/admin/policy/history", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<PolicyChangeRecord>)))]
 pub async fn policy_history(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<PolicyChangeRecord>> {
-    let grant = ca.authorize(&c, Permission::AuditRead).or_else(|_| ca.authorize(&c, Permission::PolicyManage))?;
+    let grant = ca.authorize::<proof::PolicyRead>(&c)?;
     Ok(Json(ca.policy_history(&grant).await?))
 }

@@ -8,7 +8,7 @@ use crate::identity::hash_password;
 use crate::keys::{self, KeyPurpose, state};
 use crate::policy_files::load_policy_dir;
 use crate::store::{self, NewPassword};
-use portcullis_policies::{Grant, USER_NAME_RULE, UserSource, parse_account, valid_user_name};
+use portcullis_policies::{Grant, USER_NAME_RULE, UserSource, parse_account, proof, valid_user_name};
 use portcullis_proto::console::{PolicyChangeRecord, PolicyFieldChange};
 use portcullis_proto::{
     AuditRecord, AuditVerifyResponse, CaKeyInfo, NodeRecord, NodeUpdate, PolicyReloadResponse, UserInfo,
@@ -50,7 +50,7 @@ pub(super) fn check_password_rule(password: &SecretString) -> Result<(), CaError
 /// and its live certificates, which go into the KRL.
 async fn end_sessions_and_certificates(
     tx: &mut store::WriteTx<'_>,
-    grant: &Grant,
+    grant: &Grant<proof::UsersManage>,
     account: &str,
     now: u64,
 ) -> Result<(), CaError> {
@@ -80,7 +80,7 @@ pub struct AuditFilter {
 }
 
 impl Ca {
-    pub async fn users(&self, _grant: &Grant) -> Result<Vec<UserInfo>, CaError> {
+    pub async fn users(&self, _grant: &Grant<proof::UsersManage>) -> Result<Vec<UserInfo>, CaError> {
         Ok(self
             .store
             .users()
@@ -92,7 +92,7 @@ impl Ca {
 
     pub async fn add_user(
         &self,
-        grant: &Grant,
+        grant: &Grant<proof::UsersManage>,
         username: &str,
         groups: &[String],
         password: Option<&SecretString>,
@@ -130,7 +130,7 @@ impl Ca {
     async fn audit_user(
         &self,
         tx: &mut store::WriteTx<'_>,
-        grant: &Grant,
+        grant: &Grant<proof::UsersManage>,
         username: &str,
         change: &'static str,
     ) -> Result<(), CaError> {
@@ -140,7 +140,7 @@ impl Ca {
     async fn audit_user_groups(
         &self,
         tx: &mut store::WriteTx<'_>,
-        grant: &Grant,
+        grant: &Grant<proof::UsersManage>,
         username: &str,
         change: &'static str,
         groups: Option<GroupsChange>,
@@ -156,7 +156,12 @@ impl Ca {
     }
 
     /// Disabling also ends the user's API sessions and revokes their live certificates.
-    pub async fn set_user_disabled(&self, grant: &Grant, username: &str, disabled: bool) -> Result<(), CaError> {
+    pub async fn set_user_disabled(
+        &self,
+        grant: &Grant<proof::UsersManage>,
+        username: &str,
+        disabled: bool,
+    ) -> Result<(), CaError> {
         let now = self.now();
         let mut tx = self.store.begin().await?;
         if !store::set_user_disabled(tx.conn(), username, disabled, now).await? {
@@ -174,7 +179,7 @@ impl Ca {
     /// subject that signs in with it — after a directory entry was recreated, or an IdP
     /// account renamed, on purpose. What the previous holder had under the name ends
     /// with it: API sessions, and live certificates (into the KRL).
-    pub async fn release_account(&self, grant: &Grant, account: &str) -> Result<(), CaError> {
+    pub async fn release_account(&self, grant: &Grant<proof::UsersManage>, account: &str) -> Result<(), CaError> {
         match parse_account(account) {
             Some((UserSource::Ldap | UserSource::Oidc, _)) => {}
             _ => {
@@ -195,7 +200,12 @@ impl Ca {
         Ok(())
     }
 
-    pub async fn set_user_groups(&self, grant: &Grant, username: &str, groups: &[String]) -> Result<(), CaError> {
+    pub async fn set_user_groups(
+        &self,
+        grant: &Grant<proof::UsersManage>,
+        username: &str,
+        groups: &[String],
+    ) -> Result<(), CaError> {
         for g in groups {
             check_name("group", g)?;
         }
@@ -213,7 +223,7 @@ impl Ca {
     /// theirs) opens no session until its user replaces it at their next sign-in.
     pub async fn set_user_password(
         &self,
-        grant: &Grant,
+        grant: &Grant<proof::UsersManage>,
         username: &str,
         password: &SecretString,
         one_time: bool,
@@ -241,7 +251,11 @@ impl Ca {
 
     /// Step 1 of a rotation: a new key is generated and published (trusted) but does not
     /// sign until `activate_ca_key`, so nodes can learn it first.
-    pub async fn rotate_ca_key(&self, grant: &Grant, purpose: KeyPurpose) -> Result<CaKeyInfo, CaError> {
+    pub async fn rotate_ca_key(
+        &self,
+        grant: &Grant<proof::CaManage>,
+        purpose: KeyPurpose,
+    ) -> Result<CaKeyInfo, CaError> {
         if self.keyring().rows().iter().any(|r| r.purpose == purpose.as_str() && r.state == state::PENDING) {
             return Err(CaError::Conflict("a pending key exists already; activate or retire it first".into()));
         }
@@ -253,7 +267,7 @@ impl Ca {
     }
 
     /// Step 2: the pending key signs from now on; the old active key stays trusted.
-    pub async fn activate_ca_key(&self, grant: &Grant, purpose: KeyPurpose) -> Result<(), CaError> {
+    pub async fn activate_ca_key(&self, grant: &Grant<proof::CaManage>, purpose: KeyPurpose) -> Result<(), CaError> {
         let keyring = self.keyring();
         let pending: Vec<_> =
             keyring.rows().iter().filter(|r| r.purpose == purpose.as_str() && r.state == state::PENDING).collect();
@@ -285,7 +299,7 @@ impl Ca {
     }
 
     /// Step 3: stop trusting an old (or abandoned pending) key. The active key cannot be retired.
-    pub async fn retire_ca_key(&self, grant: &Grant, fingerprint: &str) -> Result<(), CaError> {
+    pub async fn retire_ca_key(&self, grant: &Grant<proof::CaManage>, fingerprint: &str) -> Result<(), CaError> {
         let keyring = self.keyring();
         let row = keyring.rows().iter().find(|r| r.fingerprint == fingerprint).ok_or(CaError::NotFound("CA key"))?;
         if row.state != state::PREVIOUS && row.state != state::PENDING {
@@ -308,7 +322,7 @@ impl Ca {
     }
 
     /// Registers a new node; an existing name is refused (use [`Ca::update_node`]).
-    pub async fn add_node(&self, grant: &Grant, node: &NodeRecord) -> Result<(), CaError> {
+    pub async fn add_node(&self, grant: &Grant<proof::NodesManage>, node: &NodeRecord) -> Result<(), CaError> {
         crate::validate::node_record(node)?;
         crate::validate::host_keys(&node.host_keys)?;
         let now = self.now();
@@ -330,7 +344,12 @@ impl Ca {
     }
 
     /// Changes only what `update` names.
-    pub async fn update_node(&self, grant: &Grant, name: &str, update: &NodeUpdate) -> Result<NodeRecord, CaError> {
+    pub async fn update_node(
+        &self,
+        grant: &Grant<proof::NodesManage>,
+        name: &str,
+        update: &NodeUpdate,
+    ) -> Result<NodeRecord, CaError> {
         let mut node = self.store.node(name).await?.ok_or(CaError::NotFound("node"))?;
         let mut fields = Vec::new();
         if let Some(addresses) = &update.addresses {
@@ -378,7 +397,7 @@ impl Ca {
 
     /// Removes a node: its record (and with it the principals the CA lists for it, its
     /// pinned keys and inventory entry) and its host certificates, revoked.
-    pub async fn remove_node(&self, grant: &Grant, name: &str) -> Result<(), CaError> {
+    pub async fn remove_node(&self, grant: &Grant<proof::NodesManage>, name: &str) -> Result<(), CaError> {
         let now = self.now();
         let actor = grant.username().to_owned();
         let mut tx = self.store.begin().await?;
@@ -392,13 +411,13 @@ impl Ca {
         Ok(())
     }
 
-    pub async fn nodes(&self, _grant: &Grant) -> Result<Vec<NodeRecord>, CaError> {
+    pub async fn nodes(&self, _grant: &Grant<proof::NodesManage>) -> Result<Vec<NodeRecord>, CaError> {
         Ok(self.store.nodes().await?)
     }
 
     /// Re-reads the policy directory. An invalid policy is refused whole (and audited);
     /// the running policy stays in force.
-    pub async fn reload_policy(&self, grant: &Grant) -> Result<PolicyReloadResponse, CaError> {
+    pub async fn reload_policy(&self, grant: &Grant<proof::PolicyManage>) -> Result<PolicyReloadResponse, CaError> {
         self.reload_policy_as(grant.username()).await
     }
 
@@ -431,7 +450,7 @@ impl Ca {
         })
     }
 
-    pub async fn audit_verify(&self, _grant: &Grant) -> Result<AuditVerifyResponse, CaError> {
+    pub async fn audit_verify(&self, _grant: &Grant<proof::AuditRead>) -> Result<AuditVerifyResponse, CaError> {
         let check = self.store.verify_audit_chain().await?;
         Ok(AuditVerifyResponse {
             ok: check.first_bad_seq.is_none(),
@@ -443,7 +462,17 @@ impl Ca {
 
     /// Audit records matching `filter`: event and time in the query, user and device by
     /// the payload's fields, scanning at most `AUDIT_SCAN_LIMIT` records per call.
-    pub async fn audit_search(&self, _grant: &Grant, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CaError> {
+    pub async fn audit_search(
+        &self,
+        _grant: &Grant<proof::AuditRead>,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditRecord>, CaError> {
+        self.search_audit(filter).await
+    }
+
+    /// The search itself, for the views that show part of the audit trail under their own
+    /// permission (the policy history).
+    async fn search_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CaError> {
         const PAGE: u32 = 500;
         let limit = usize::try_from(filter.limit.clamp(1, 1000)).unwrap_or(1000);
         let event = filter.event.as_deref().unwrap_or("");
@@ -481,7 +510,7 @@ impl Ca {
     /// Policy reloads that changed something, newest first (from `policy_changed`).
     /// Policy reloads and API-secret changes, newest first: who, when and what (for a
     /// secret its identity, TLS policy and fingerprint — never its value).
-    pub async fn policy_history(&self, grant: &Grant) -> Result<Vec<PolicyChangeRecord>, CaError> {
+    pub async fn policy_history(&self, _grant: &Grant<proof::PolicyRead>) -> Result<Vec<PolicyChangeRecord>, CaError> {
         let mut out = Vec::new();
         for event in ["policy_changed", "secret_added", "secret_rotated", "secret_removed"] {
             let filter = AuditFilter {
@@ -494,14 +523,19 @@ impl Ca {
                 since: 0,
                 limit: 1000,
             };
-            out.extend(self.audit_search(grant, &filter).await?.into_iter().map(policy_change));
+            out.extend(self.search_audit(&filter).await?.into_iter().map(policy_change));
         }
         out.sort_by_key(|c| std::cmp::Reverse(c.seq));
         out.truncate(1000);
         Ok(out)
     }
 
-    pub async fn audit_records(&self, _grant: &Grant, after: u64, limit: u32) -> Result<Vec<AuditRecord>, CaError> {
+    pub async fn audit_records(
+        &self,
+        _grant: &Grant<proof::AuditRead>,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, CaError> {
         Ok(self
             .store
             .audit_records(after, limit.clamp(1, 1000))

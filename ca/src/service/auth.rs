@@ -8,7 +8,8 @@ use crate::identity::{AuthFailure, Vouched};
 use crate::store::{self, AccountClaim, SessionRow};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use portcullis_policies::{Grant, Identity, Permission, USER_NAME_RULE, UserSource, parse_account, valid_user_name};
+use portcullis_policies::proof::Proof;
+use portcullis_policies::{Grant, Identity, USER_NAME_RULE, UserSource, parse_account, valid_user_name};
 use portcullis_proto::{LoginResponse, WhoAmI};
 use portcullis_sshcert::random_bytes;
 use secrecy::{ExposeSecret, SecretString};
@@ -461,8 +462,8 @@ impl Ca {
     }
 
     /// The proof an administrative operation needs.
-    pub fn authorize(&self, caller: &Caller, permission: Permission) -> Result<Grant, CaError> {
-        self.policy().authorize(&caller.identity, permission).map_err(CaError::Denied)
+    pub fn authorize<P: Proof>(&self, caller: &Caller) -> Result<Grant<P>, CaError> {
+        self.policy().authorize::<P>(&caller.identity).map_err(CaError::Denied)
     }
 }
 

@@ -7,7 +7,7 @@ use crate::error::CaError;
 use crate::keys::KeyPurpose;
 use crate::signer::{new_serial, sign_user_cert};
 use crate::store::{self, RevokeTarget};
-use portcullis_policies::{CertRequest, Device, Grant};
+use portcullis_policies::{CertRequest, Device, Grant, proof};
 use portcullis_proto::{
     IssuedCert, NodePrincipals, NodeRecord, PrincipalLine, RevokeOwnRequest, RevokeRequest, RevokeResponse,
     UserCertRequest, UserCertResponse,
@@ -138,7 +138,11 @@ impl Ca {
 
     /// Revokes by serial, by key (its certificates and the key itself), or by user (all
     /// of their unexpired certificates and API sessions).
-    pub async fn revoke(&self, grant: &Grant, request: &RevokeRequest) -> Result<RevokeResponse, CaError> {
+    pub async fn revoke(
+        &self,
+        grant: &Grant<proof::CertsRevoke>,
+        request: &RevokeRequest,
+    ) -> Result<RevokeResponse, CaError> {
         let now = self.now();
         let mut tx = self.store.begin().await?;
         let (target_desc, certificates, key_revoked) = match (&request.serial, &request.public_key, &request.username) {
@@ -235,7 +239,11 @@ impl Ca {
         Ok(bytes)
     }
 
-    pub async fn certificates(&self, _grant: &Grant, username: Option<&str>) -> Result<Vec<IssuedCert>, CaError> {
+    pub async fn certificates(
+        &self,
+        _grant: &Grant<proof::CertsRevoke>,
+        username: Option<&str>,
+    ) -> Result<Vec<IssuedCert>, CaError> {
         Ok(self
             .store
             .certificates(username)
@@ -255,7 +263,11 @@ impl Ca {
     }
 
     /// What a node's `AuthorizedPrincipalsFile` for each login must list.
-    pub async fn node_principals(&self, _grant: &Grant, name: &str) -> Result<NodePrincipals, CaError> {
+    pub async fn node_principals(
+        &self,
+        _grant: &Grant<proof::NodesManage>,
+        name: &str,
+    ) -> Result<NodePrincipals, CaError> {
         let node = self.store.node(name).await?.ok_or(CaError::NotFound("node"))?;
         let lines = self.principal_lines_of(&node);
         Ok(NodePrincipals { principals: principals_only(&lines), lines, node: node.name })

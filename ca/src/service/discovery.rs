@@ -22,7 +22,7 @@ use crate::keys::KeyPurpose;
 use crate::signer::sign_discovery_cert;
 use crate::store;
 use portcullis_discovery::{Change, HardwareFacts, drift, parse_report};
-use portcullis_policies::{Grant, Purpose, node_principal};
+use portcullis_policies::{Grant, Purpose, node_principal, proof};
 use portcullis_proto::NodeRecord;
 use portcullis_proto::discovery::*;
 use portcullis_sshcert::parse_user_public_key;
@@ -285,7 +285,11 @@ impl Ca {
     }
 
     /// `GET /v1/admin/inventory/{node}`.
-    pub async fn inventory_view(&self, _grant: &Grant, device: &str) -> Result<InventoryView, CaError> {
+    pub async fn inventory_view(
+        &self,
+        _grant: &Grant<proof::InventoryRead>,
+        device: &str,
+    ) -> Result<InventoryView, CaError> {
         let node = self.store.node(device).await?.ok_or(CaError::NotFound("node"))?;
         // One snapshot: a report committing between these reads must not pair new history
         // with old (or no) facts.

@@ -11,6 +11,7 @@ use crate::store::{self, EnrollTokenRow, HostCertRow};
 use crate::validate::MAX_HOST_KEYS;
 use base64::Engine;
 use portcullis_policies::Grant;
+use portcullis_policies::proof;
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::ServiceKind;
 use portcullis_proto::enroll::*;
@@ -27,7 +28,7 @@ const ENROLL_ABORT_WINDOW: u64 = 30 * 60;
 impl Ca {
     pub async fn create_enroll_token(
         &self,
-        grant: &Grant,
+        grant: &Grant<proof::NodesManage>,
         request: &EnrollTokenRequest,
     ) -> Result<EnrollTokenResponse, CaError> {
         if request.uses == 0 || request.uses > 10_000 {
@@ -80,7 +81,7 @@ impl Ca {
         Ok(EnrollTokenResponse { token, id: row.id, expires_at: row.expires_at, uses: row.uses_left })
     }
 
-    pub async fn enroll_tokens(&self, _grant: &Grant) -> Result<Vec<EnrollTokenInfo>, CaError> {
+    pub async fn enroll_tokens(&self, _grant: &Grant<proof::NodesManage>) -> Result<Vec<EnrollTokenInfo>, CaError> {
         Ok(self
             .store
             .enroll_tokens()
@@ -105,7 +106,7 @@ impl Ca {
     }
 
     /// Ends a token before its time: it admits no further enrollment.
-    pub async fn revoke_enroll_token(&self, grant: &Grant, id: &str) -> Result<(), CaError> {
+    pub async fn revoke_enroll_token(&self, grant: &Grant<proof::NodesManage>, id: &str) -> Result<(), CaError> {
         let now = self.now();
         let mut tx = self.store.begin().await?;
         if !store::revoke_enroll_token(tx.conn(), id).await? {

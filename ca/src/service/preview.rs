@@ -3,7 +3,7 @@
 use super::Ca;
 use super::sessions::policy_device_of;
 use crate::error::CaError;
-use portcullis_policies::{Device, Grant, Policy, PolicySource, Rule};
+use portcullis_policies::{Device, Grant, Policy, PolicySource, Rule, proof};
 use portcullis_proto::preview::{RulePreview, RulePreviewRequest};
 use std::collections::BTreeMap;
 
@@ -14,14 +14,22 @@ const MAX_FILE_BYTES: usize = 1 << 20;
 impl Ca {
     /// `GET /v1/admin/rules/{name}/preview`: a rule of the loaded policy;
     /// `GET /v1/admin/rules/preview` (`name` absent): every loaded rule.
-    pub async fn preview_rule(&self, _grant: &Grant, name: Option<&str>) -> Result<Vec<RulePreview>, CaError> {
+    pub async fn preview_rule(
+        &self,
+        _grant: &Grant<proof::PolicyRead>,
+        name: Option<&str>,
+    ) -> Result<Vec<RulePreview>, CaError> {
         let policy = self.policy();
         let devices = self.devices().await?;
         Ok(rules_named(&policy, name)?.into_iter().map(|r| preview(&policy, r, &devices)).collect())
     }
 
     /// `POST /v1/admin/rules/preview`: rules of a policy that is not loaded.
-    pub async fn preview_policy(&self, _grant: &Grant, req: &RulePreviewRequest) -> Result<Vec<RulePreview>, CaError> {
+    pub async fn preview_policy(
+        &self,
+        _grant: &Grant<proof::PolicyRead>,
+        req: &RulePreviewRequest,
+    ) -> Result<Vec<RulePreview>, CaError> {
         if req.files.len() > MAX_FILES || req.files.iter().any(|f| f.text.len() > MAX_FILE_BYTES) {
             return Err(CaError::BadRequest("too many or too large policy files".into()));
         }

@@ -10,6 +10,7 @@ use crate::keys::KeyPurpose;
 use crate::signer::{SignedCert, sign_service_cert};
 use crate::store::{self, ServiceRow};
 use portcullis_policies::Grant;
+use portcullis_policies::proof;
 use portcullis_proto::bastion::*;
 use portcullis_sshcert::{fingerprint, parse_user_public_key};
 use ssh_key::{Algorithm, PublicKey};
@@ -364,7 +365,11 @@ impl Ca {
     }
 
     /// `GET /v1/admin/agents` and `/v1/admin/bastions`.
-    pub async fn service_infos(&self, _grant: &Grant, kind: ServiceKind) -> Result<Vec<ServiceInfo>, CaError> {
+    pub async fn service_infos(
+        &self,
+        _grant: &Grant<proof::NodesManage>,
+        kind: ServiceKind,
+    ) -> Result<Vec<ServiceInfo>, CaError> {
         let cutoff = self.now().saturating_sub(LEASE_TTL_SECS);
         let bastions = match kind {
             ServiceKind::Agent => self.store.services(ServiceKind::Bastion.as_str()).await?,

@@ -27,7 +27,7 @@ use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::store::{self, ClusterRow, SecretRow};
 pub(crate) use links::Link;
-use portcullis_policies::{Device, Grant, Policy, Provider, Rule};
+use portcullis_policies::{Device, Grant, Policy, Provider, Rule, proof};
 use portcullis_proto::pve::*;
 use report::{check, drift, normalize};
 use secrecy::{ExposeSecret, SecretString};
@@ -338,7 +338,7 @@ impl Ca {
     }
 
     /// `GET /v1/admin/inventory/clusters`.
-    pub async fn clusters(&self, _grant: &Grant) -> Result<Vec<ClusterSummary>, CaError> {
+    pub async fn clusters(&self, _grant: &Grant<proof::InventoryRead>) -> Result<Vec<ClusterSummary>, CaError> {
         let counts: HashMap<String, (u64, u64)> =
             self.store.cluster_counts().await?.into_iter().map(|(id, n, g)| (id, (n, g))).collect();
         let runs = self.store.pve_runs().await?;
@@ -355,7 +355,7 @@ impl Ca {
     }
 
     /// `GET /v1/admin/inventory/clusters/{agent}/{cluster}`.
-    pub async fn cluster_view(&self, _grant: &Grant, id: &str) -> Result<ClusterView, CaError> {
+    pub async fn cluster_view(&self, _grant: &Grant<proof::InventoryRead>, id: &str) -> Result<ClusterView, CaError> {
         let (row, inventory) = self.store.cluster(id).await?.ok_or(CaError::NotFound("cluster"))?;
         let runs = self.store.pve_runs().await?;
         let (mut node_links, mut ambiguous_nodes) = (BTreeMap::new(), BTreeMap::new());

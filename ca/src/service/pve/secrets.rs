@@ -6,7 +6,7 @@ use super::Ca;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::store::{self, SecretRow};
-use portcullis_policies::{Grant, Permission};
+use portcullis_policies::{Grant, proof};
 use portcullis_policies::{SECRET_NAME_RULE, valid_secret_name};
 use portcullis_proto::pve::*;
 use secrecy::SecretString;
@@ -40,12 +40,6 @@ fn tls(policy: &TlsPolicy) -> Result<String, CaError> {
 }
 
 impl Ca {
-    fn secrets_grant(grant: &Grant) -> Result<(), CaError> {
-        (grant.permission() == Permission::SecretsManage)
-            .then_some(())
-            .ok_or(CaError::Forbidden("this operation needs secrets.manage"))
-    }
-
     fn secret_info(&self, row: SecretRow) -> SecretInfo {
         let policy = self.policy();
         let rules = policy
@@ -69,14 +63,16 @@ impl Ca {
     }
 
     /// `GET /v1/admin/secrets`.
-    pub async fn secrets(&self, grant: &Grant) -> Result<Vec<SecretInfo>, CaError> {
-        Self::secrets_grant(grant)?;
+    pub async fn secrets(&self, _grant: &Grant<proof::SecretsManage>) -> Result<Vec<SecretInfo>, CaError> {
         Ok(self.store.secrets().await?.into_iter().map(|r| self.secret_info(r)).collect())
     }
 
     /// `POST /v1/admin/secrets`.
-    pub async fn add_secret(&self, grant: &Grant, req: &SecretAddRequest) -> Result<SecretInfo, CaError> {
-        Self::secrets_grant(grant)?;
+    pub async fn add_secret(
+        &self,
+        grant: &Grant<proof::SecretsManage>,
+        req: &SecretAddRequest,
+    ) -> Result<SecretInfo, CaError> {
         secret_name(&req.name)?;
         if req.kind != PROXMOX_API_TOKEN {
             return Err(CaError::BadRequest(format!("unknown secret kind; the known kind is {PROXMOX_API_TOKEN}")));
@@ -117,11 +113,10 @@ impl Ca {
     /// `PUT /v1/admin/secrets/{name}`: a new value; identity and TLS policy stay unless given.
     pub async fn rotate_secret(
         &self,
-        grant: &Grant,
+        grant: &Grant<proof::SecretsManage>,
         name: &str,
         req: &SecretRotateRequest,
     ) -> Result<SecretInfo, CaError> {
-        Self::secrets_grant(grant)?;
         secret_name(name)?;
         secret_value(&req.secret)?;
         let mut row = self.store.secret(name).await?.ok_or(CaError::NotFound("secret"))?;
@@ -156,8 +151,7 @@ impl Ca {
     }
 
     /// `DELETE /v1/admin/secrets/{name}`. Rules that name it then collect nothing (logged).
-    pub async fn remove_secret(&self, grant: &Grant, name: &str) -> Result<(), CaError> {
-        Self::secrets_grant(grant)?;
+    pub async fn remove_secret(&self, grant: &Grant<proof::SecretsManage>, name: &str) -> Result<(), CaError> {
         secret_name(name)?;
         let now = self.now();
         let mut tx = self.store.begin().await?;

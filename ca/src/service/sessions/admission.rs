@@ -137,7 +137,7 @@ pub(super) fn admit<'p>(
 ) -> Result<Admission<'p>, Denial> {
     let denies = policy.denies_of(who);
     let not_authorized = || denial(deny::NOT_AUTHORIZED, "no role grants this login on this device");
-    if mode == SessionMode::Console && policy.authorize(who, Permission::DevicesConsoleOpen).is_err() {
+    if mode == SessionMode::Console && policy.holds(who, Permission::DevicesConsoleOpen).is_err() {
         return Err(denial(deny::NOT_AUTHORIZED, "the browser console is not granted to you"));
     }
     let qualifying: Vec<&Role> = match basis {

@@ -72,7 +72,7 @@ impl Ca {
     pub async fn console_devices(&self, caller: &Caller) -> Result<Vec<ConsoleDevice>, CaError> {
         let policy = self.policy();
         let who = &caller.identity;
-        if policy.authorize(who, Permission::DevicesConsoleOpen).is_err() {
+        if policy.holds(who, Permission::DevicesConsoleOpen).is_err() {
             return Ok(Vec::new());
         }
         let mut hardware = self.hardware_facts().await?;
@@ -228,7 +228,7 @@ impl Ca {
         }
         self.ticket_requests.hit(&limiter_key, now);
         let policy = self.policy();
-        if policy.authorize(who, Permission::DevicesConsoleOpen).is_err() {
+        if policy.holds(who, Permission::DevicesConsoleOpen).is_err() {
             return Ok(Err(refuse(
                 "missing_permission",
                 "missing_permission",

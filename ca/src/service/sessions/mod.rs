@@ -442,7 +442,7 @@ impl Ca {
     /// `GET /v1/admin/sessions`.
     pub async fn live_sessions(
         &self,
-        _grant: &portcullis_policies::Grant,
+        _grant: &portcullis_policies::Grant<portcullis_policies::proof::SessionsRead>,
     ) -> Result<Vec<portcullis_proto::SessionInfo>, CaError> {
         Ok(self
             .store
@@ -471,7 +471,11 @@ impl Ca {
     }
 
     /// `POST /v1/admin/sessions/{id}/kill`: the bastion closes it at its next heartbeat.
-    pub async fn kill_session(&self, grant: &portcullis_policies::Grant, session_id: &str) -> Result<(), CaError> {
+    pub async fn kill_session(
+        &self,
+        grant: &portcullis_policies::Grant<portcullis_policies::proof::SessionsKill>,
+        session_id: &str,
+    ) -> Result<(), CaError> {
         if !valid_session_id(session_id) {
             return Err(CaError::BadRequest("invalid session id".into()));
         }

@@ -1,0 +1,6 @@
+// Only the policy engine makes a grant.
+use portcullis_policies::{Grant, Permission, proof};
+
+fn main() {
+    let _grant: Grant<proof::CertsRevoke> = Grant::new("mallory", Permission::CertsRevoke);
+}
