@@ -17,6 +17,9 @@ async function sessions() {
         el("td", s.mode), el("td", s.agent), el("td", when(s.opened_at)));
       const kill = el("button", "Kill", { type: "button" });
       kill.addEventListener("click", async () => {
+        const ask = `End ${s.user}'s ${s.mode} session on ${s.device}${s.login ? ` as ${s.login}` : ""}? ` +
+          "They are told an administrator closed it.";
+        if (!confirm(ask)) return;
         try { await api(`/v1/admin/sessions/${encodeURIComponent(s.session_id)}/kill`, { method: "POST", body: {} }); }
         catch (e) { fail("sessions-error", e); }
         setTimeout(sessions, 1500);
@@ -153,9 +156,29 @@ document.getElementById("audit-filter").addEventListener("submit", (ev) => {
   audit(Object.fromEntries(new FormData(ev.target)));
 });
 
-sessions();
-audit();
-clusters();
-preview(null);
-policy();
-setInterval(sessions, 5000);
+// Each view needs one of its permissions; one the user lacks says so instead of failing.
+const views = [
+  { section: "sessions", needs: ["audit.read", "sessions.kill"], load: () => { sessions(); setInterval(sessions, 5000); } },
+  { section: "audit", needs: ["audit.read"], load: () => audit() },
+  { section: "clusters", needs: ["nodes.manage", "audit.read"], load: () => clusters() },
+  { section: "previews", needs: ["policy.manage", "audit.read"], load: () => preview(null) },
+  { section: "policy", needs: ["policy.manage", "audit.read"], load: () => policy() },
+];
+
+async function start() {
+  let held = [];
+  try { held = (await api("/v1/auth/whoami")).permissions || []; } catch (e) {
+    if (e.status === 401) return location.assign("/ui/");
+  }
+  for (const v of views) {
+    const section = document.getElementById(v.section).closest("section");
+    if (v.needs.some((p) => held.includes(p))) {
+      v.load();
+    } else {
+      section.replaceChildren(section.querySelector("h2"),
+        el("p", `Not available to you: this view needs ${v.needs.join(" or ")}.`, { class: "muted" }));
+    }
+  }
+}
+
+start();

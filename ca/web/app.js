@@ -108,7 +108,9 @@ async function showDevices(me) {
   document.getElementById("signin").hidden = true;
   document.getElementById("nav").hidden = false;
   document.getElementById("whoami").textContent = me.username;
-  document.getElementById("admin-link").hidden = !(me.roles || []).length;
+  // Only for someone who may see at least one admin view (the CA checks each call).
+  const adminViews = ["audit.read", "sessions.kill", "nodes.manage", "policy.manage"];
+  document.getElementById("admin-link").hidden = !(me.permissions || []).some((p) => adminViews.includes(p));
   const devices = await api("/v1/console/devices");
   const rows = deviceRows(devices);
   document.getElementById("device-rows").replaceChildren(...rows.map((r) => r.tr));

@@ -48,6 +48,10 @@ pub struct WhoAmI {
     pub source: String,
     pub groups: Vec<String>,
     pub roles: Vec<String>,
+    /// The control-plane permissions held right now (`audit.read`, …): what the web UI
+    /// offers, never what the CA checks.
+    #[serde(default)]
+    pub permissions: Vec<String>,
     pub session_expires_at: u64,
 }
 

@@ -19,6 +19,8 @@ try {
   const context = await browser.newContext({ ignoreHTTPSErrors: true });
   const page = await context.newPage();
   page.on("pageerror", (e) => (result.page_errors ??= []).push(String(e)));
+  // The kill asks first: record the question and confirm.
+  page.on("dialog", async (d) => { result.kill_question = d.message(); await d.accept(); });
   const until = async (fn, arg, timeout = 15000) => {
     const end = Date.now() + timeout;
     while (!(await page.evaluate(fn, arg))) {

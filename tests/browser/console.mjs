@@ -43,6 +43,7 @@ try {
   await page.waitForSelector(`button[data-device="${cfg.device}"]`, { timeout: 15000 });
   step("signed_in");
   result.devices = await page.$$eval("button[data-device]", (bs) => bs.map((b) => b.dataset.device));
+  result.admin_link_visible = await page.isVisible("#admin-link");
   const cookie = (await context.cookies()).find((c) => c.name === "portcullis_session");
   result.cookie = cookie ? { httpOnly: cookie.httpOnly, secure: cookie.secure, sameSite: cookie.sameSite } : null;
   result.cookie_visible_to_script = await page.evaluate(() => document.cookie.includes("portcullis_session"));

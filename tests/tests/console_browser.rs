@@ -105,6 +105,12 @@ async fn a_browser_opens_a_console_through_the_bastion() {
     }
     assert!(r("page_errors").is_null() && r("console_errors").is_null(), "no script errors: {report:#}");
     assert_eq!(r("devices"), serde_json::json!(["pve01"]));
+    // The Admin link follows the permissions whoami names: alice may kill sessions (her
+    // `prod-root` role), so she has the live-sessions view.
+    let alice = w.server.login("alice", PASSWORD).await;
+    let (_, me) = w.server.get_json(Some(&alice), "/v1/auth/whoami").await;
+    assert_eq!(me["permissions"], json!(["certs.issue", "devices.console.open", "sessions.kill"]), "{me}");
+    assert_eq!(r("admin_link_visible"), Value::Bool(true), "{report:#}");
     assert_eq!(r("cookie"), serde_json::json!({ "httpOnly": true, "secure": true, "sameSite": "Strict" }));
     assert_eq!(r("cookie_visible_to_script"), Value::Bool(false));
     let csp = r("index_csp");
@@ -244,6 +250,9 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
         "a preview loaded the draft: {rules}"
     );
     assert_eq!(report["frame_options"], "DENY");
+    // The kill asked first, naming whose session on which device.
+    let question = report["kill_question"].as_str().unwrap_or_default();
+    assert!(question.contains("alice") && question.contains("End "), "{report:#}");
     // The policy history names what the test's policy write changed, newest first.
     let history = report["policy_rows"].as_array().unwrap();
     // Policy reloads carry a digest; API-secret changes (the cluster's token) do not.

@@ -9,7 +9,7 @@ use crate::store::{self, AccountClaim, SessionRow};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use portcullis_policies::proof::Proof;
-use portcullis_policies::{Grant, Identity, USER_NAME_RULE, UserSource, parse_account, valid_user_name};
+use portcullis_policies::{Grant, Identity, Permission, USER_NAME_RULE, UserSource, parse_account, valid_user_name};
 use portcullis_proto::{LoginResponse, WhoAmI};
 use portcullis_sshcert::random_bytes;
 use secrecy::{ExposeSecret, SecretString};
@@ -457,6 +457,11 @@ impl Ca {
             source: caller.identity.source.clone(),
             groups: caller.identity.groups.iter().cloned().collect(),
             roles: policy.roles_of(&caller.identity).iter().map(|r| r.name().to_owned()).collect(),
+            permissions: Permission::ALL
+                .iter()
+                .filter(|p| policy.holds(&caller.identity, **p).is_ok())
+                .map(|p| p.as_str().to_owned())
+                .collect(),
             session_expires_at: caller.expires_at,
         }
     }
