@@ -49,12 +49,19 @@ struct Setup {
 }
 
 async fn setup(device_code_ttl: Option<u64>) -> Setup {
+    setup_with(device_code_ttl, &[]).await
+}
+
+/// The CA's own callback and `more` (bastion front doors'), registered at the IdP and
+/// configured.
+async fn setup_with(device_code_ttl: Option<u64>, more: &[&str]) -> Setup {
     let port = free_port();
     let ca_url = format!("https://127.0.0.1:{port}");
     let callback = format!("{ca_url}/v1/auth/oidc/callback");
-    let idp = Idp::start(&callback, device_code_ttl);
+    let callbacks: Vec<&str> = std::iter::once(callback.as_str()).chain(more.iter().copied()).collect();
+    let idp = Idp::start(&callbacks.join(" "), device_code_ttl);
     let dir = tempfile::tempdir().unwrap();
-    let config = idp.oidc_config_file(dir.path(), &[&callback]);
+    let config = idp.oidc_config_file(dir.path(), &callbacks);
     let server = Server::start_with(ServerOpts {
         policy: vec![("policy.toml".into(), POLICY.into())],
         args: vec!["--oidc-config".into(), config.display().to_string()],
@@ -547,18 +554,7 @@ async fn sign_ins_in_progress_are_shared_by_replicas_on_postgres() {
 async fn single_sign_on_returns_each_browser_to_the_bastion_it_started_at() {
     let doors = [free_loopback_addr(), free_loopback_addr()];
     let callbacks = doors.clone().map(|d| format!("https://{d}/v1/auth/oidc/callback"));
-    let port = free_port();
-    let ca_callback = format!("https://127.0.0.1:{port}/v1/auth/oidc/callback");
-    let idp = Idp::start(&format!("{ca_callback} {} {}", callbacks[0], callbacks[1]), None);
-    let dir = tempfile::tempdir().unwrap();
-    let config = idp.oidc_config_file(dir.path(), &[&ca_callback, &callbacks[0], &callbacks[1]]);
-    let server = Server::start_with(ServerOpts {
-        policy: vec![("policy.toml".into(), POLICY.into())],
-        args: vec!["--oidc-config".into(), config.display().to_string()],
-        listen: Some(format!("127.0.0.1:{port}")),
-        ..ServerOpts::default()
-    })
-    .await;
+    let Setup { idp, server, _dir: dir } = setup_with(None, &[&callbacks[0], &callbacks[1]]).await;
     let admin = server.admin_token().await;
     let mut bastions = Vec::new();
     let mut pins = Vec::new();
