@@ -68,7 +68,8 @@ fn sees_guest(policy: &Policy, who: &Identity, guest: &portcullis_policies::Devi
 
 impl Ca {
     /// `GET /v1/console/devices`: the devices the caller may open a console to, with the
-    /// logins a console may use there.
+    /// logins a console may use there (and PVE's cluster and status for a linked host),
+    /// then the Proxmox VE guests a console role of theirs reaches, listed without a console.
     pub async fn console_devices(&self, caller: &Caller) -> Result<Vec<ConsoleDevice>, CaError> {
         let policy = self.policy();
         let who = &caller.identity;
