@@ -32,21 +32,71 @@ async function sessions() {
   } catch (e) { fail("sessions-error", e); }
 }
 
+// An audit record in words: `session_kill_requested` → "Session kill requested".
+function eventWords(name) {
+  const words = name.replace(/_/g, " ");
+  return words.charAt(0).toUpperCase() + words.slice(1);
+}
+
+// "3 min ago" beside the absolute time (in the title).
+function ago(unix) {
+  const s = Math.max(0, Math.round(Date.now() / 1000 - unix));
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86400)} d ago`;
+}
+
+// Who acted and on what, from the fields records use for them.
+const whoFields = ["actor", "by", "username", "user"];
+const whatFields = ["device", "node", "session_id", "name", "target"];
+const pick = (payload, fields) => fields.map((f) => payload[f]).find((v) => typeof v === "string" && v) || "";
+
+let shownRecords = [];
+
 async function audit(filter) {
   try {
     const q = new URLSearchParams({ limit: "200", order: "desc" });
     for (const [k, v] of Object.entries(filter || {})) if (v) q.set(k, v);
     const records = await api(`/v1/admin/audit?${q}`);
+    shownRecords = records;
     const body = document.getElementById("audit");
     body.replaceChildren();
     for (const r of records) {
-      const tr = el("tr");
-      tr.append(el("td", r.seq), el("td", when(r.at)), el("td", r.event),
-        el("td", JSON.stringify(r.payload), { class: "details" }));
+      const tr = el("tr", null, { "data-event": r.event });
+      const time = el("td", ago(r.at), { title: when(r.at) });
+      const fields = Object.entries(r.payload).filter(([k]) => k !== "event");
+      const details = el("details");
+      details.append(el("summary", `${fields.length} field(s)`));
+      const list = el("dl");
+      for (const [k, v] of fields) list.append(el("dt", k), el("dd", typeof v === "string" ? v : JSON.stringify(v)));
+      details.append(list);
+      const cell = el("td", null, { class: "fields" });
+      cell.append(details);
+      tr.append(el("td", r.seq), time, el("td", eventWords(r.event), { title: r.event }),
+        el("td", pick(r.payload, whoFields)), el("td", pick(r.payload, whatFields)), cell);
       body.append(tr);
     }
+    document.getElementById("audit-count").textContent = `${records.length} record(s), newest first`;
   } catch (e) { fail("audit-error", e); }
 }
+
+// The records on screen as a file: JSON lines (one record per line, as the API gives
+// them) or CSV (seq, time, event, then the payload as JSON).
+function download(name, type, text) {
+  const a = el("a", null, { href: URL.createObjectURL(new Blob([text], { type })), download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+}
+const csvCell = (v) => `"${String(v).replace(/"/g, '""')}"`;
+document.getElementById("audit-jsonl").addEventListener("click", () =>
+  download("audit.jsonl", "application/x-ndjson", shownRecords.map((r) => JSON.stringify(r)).join("\n") + "\n"));
+document.getElementById("audit-csv").addEventListener("click", () => {
+  const rows = [["seq", "time", "event", "payload"]].concat(
+    shownRecords.map((r) => [r.seq, when(r.at), r.event, JSON.stringify(r.payload)]));
+  download("audit.csv", "text/csv", rows.map((row) => row.map(csvCell).join(",")).join("\r\n") + "\r\n");
+});
 
 async function policy() {
   try {

@@ -71,8 +71,18 @@ try {
   await page.fill("#audit-filter input[name=event]", "session_kill_requested");
   await page.click("#audit-filter button[type=submit]");
   await until(() => [...document.querySelectorAll("#audit tr")].length > 0
-    && [...document.querySelectorAll("#audit tr")].every((tr) => tr.children[2]?.textContent === "session_kill_requested"));
+    && [...document.querySelectorAll("#audit tr")].every((tr) => tr.dataset.event === "session_kill_requested"));
+  result.audit_rows = await page.$$eval("#audit tr", (trs) => trs.map((tr) => ({
+    event: tr.children[2]?.textContent, who: tr.children[3]?.textContent, on: tr.children[4]?.textContent,
+    when: tr.children[1]?.textContent, at: tr.children[1]?.title, fields: tr.children[5]?.textContent,
+  })));
   result.steps.push("audit_filtered");
+  // Export what is shown.
+  for (const [button, key] of [["#audit-csv", "audit_csv"], ["#audit-jsonl", "audit_jsonl"]]) {
+    const [download] = await Promise.all([page.waitForEvent("download"), page.click(button)]);
+    const { readFile } = await import("node:fs/promises");
+    result[key] = { name: download.suggestedFilename(), text: await readFile(await download.path(), "utf8") };
+  }
   // The Proxmox VE clusters view: the cluster is listed; a click shows its guests.
   if (cfg.cluster) {
     await until((id) => [...document.querySelectorAll("#clusters tr button")].some((b) => b.textContent === id), cfg.cluster);

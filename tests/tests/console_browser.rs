@@ -250,6 +250,20 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
         "a preview loaded the draft: {rules}"
     );
     assert_eq!(report["frame_options"], "DENY");
+    // The audit view reads in words: the event, who acted, on what; the time relative with
+    // the absolute one beside it; and it exports what it shows.
+    let row = &report["audit_rows"][0];
+    assert_eq!((row["event"].as_str(), row["who"].as_str()), (Some("Session kill requested"), Some("ops")), "{row}");
+    assert!(row["when"].as_str().unwrap().ends_with(" ago") && row["at"].as_str().unwrap().ends_with('Z'), "{row}");
+    assert!(row["fields"].as_str().unwrap().contains("alice"), "{row}");
+    let csv = report["audit_csv"]["text"].as_str().unwrap();
+    assert!(
+        csv.starts_with("\"seq\",\"time\",\"event\",\"payload\"\r\n") && csv.contains("session_kill_requested"),
+        "{csv}"
+    );
+    let jsonl = report["audit_jsonl"]["text"].as_str().unwrap();
+    let records: Vec<Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!records.is_empty() && records.iter().all(|r| r["event"] == "session_kill_requested"), "{jsonl}");
     // The kill asked first, naming whose session on which device.
     let question = report["kill_question"].as_str().unwrap_or_default();
     assert!(question.contains("alice") && question.contains("End "), "{report:#}");
