@@ -187,11 +187,13 @@ async fn relay(
     link: crate::agent_hub::LinkWatch,
 ) -> CloseReason {
     let live = &admitted.live;
-    live.relay(admitted.limits, pump(live, socket, onward, link)).await
+    let closes_in = live.ends_in(&admitted.limits).map(|d| d.as_secs());
+    live.relay(admitted.limits, pump(live, closes_in, socket, onward, link)).await
 }
 
 async fn pump(
     live: &LiveSession,
+    closes_in: Option<u64>,
     socket: &mut WebSocket,
     onward: russh::Channel<client::Msg>,
     link: crate::agent_hub::LinkWatch,
@@ -205,7 +207,7 @@ async fn pump(
     if !started {
         return CloseReason::TargetDisconnect;
     }
-    let connected = ConsoleControl::Connected { session_id: live.id.clone(), device: live.device.clone() };
+    let connected = ConsoleControl::Connected { session_id: live.id.clone(), device: live.device.clone(), closes_in };
     if !send_control(socket, &connected).await {
         return CloseReason::BrowserDisconnect;
     }

@@ -144,6 +144,13 @@ impl LiveSession {
         self.started.elapsed()
     }
 
+    /// How long until `limits` end the session whatever the activity (`None`: beyond
+    /// any useful horizon).
+    pub fn ends_in(&self, limits: &Limits) -> Option<Duration> {
+        let end = limits.cert_expires_in.map_or(limits.absolute, |c| c.min(limits.absolute));
+        (end < LONGEST_LIMIT).then(|| end.saturating_sub(self.elapsed()))
+    }
+
     fn wire(&self) -> WireSession {
         WireSession {
             session_id: self.id.clone(),

@@ -1,87 +1,158 @@
 // The browser terminal: ask the CA for a single-use ticket (CSRF-protected), open the
 // bastion's WebSocket and send the ticket as the first frame (never in the URL), then
-// binary frames for terminal bytes and JSON text frames for control.
+// binary frames for terminal bytes and JSON text frames for control. The toolbar:
+// reconnect (a fresh ticket), font size, full screen, and the time left.
 "use strict";
 const { api } = portcullis;
 
 function status(text) { document.getElementById("status").textContent = text; }
 
-async function start() {
+// `3:05` / `1:02:03`.
+function clock(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  const [h, m, r] = [Math.floor(s / 3600), Math.floor((s % 3600) / 60), s % 60];
+  const two = (n) => String(n).padStart(2, "0");
+  return h ? `${h}:${two(m)}:${two(r)}` : `${m}:${two(r)}`;
+}
+
+// A countdown shown in `element` until `seconds` run out or `stop()` is called.
+function countdown(element, seconds, text) {
+  const end = Date.now() + seconds * 1000;
+  const tick = () => { element.textContent = text(clock((end - Date.now()) / 1000)); };
+  tick();
+  const timer = setInterval(tick, 1000);
+  return () => { clearInterval(timer); };
+}
+
+function start() {
   const params = new URLSearchParams(location.search);
   const device = params.get("device") || "";
   const login = params.get("login") || "root";
   document.getElementById("title").textContent = `${login}@${device}`;
 
-  const term = new Terminal({ cursorBlink: true, convertEol: false, scrollback: 5000 });
+  const term = new Terminal({ cursorBlink: true, convertEol: false, scrollback: 5000, fontSize: 14 });
   const fit = new FitAddon.FitAddon();
   term.loadAddon(fit);
   term.open(document.getElementById("terminal"));
   fit.fit();
-  window.portcullisConsole = { term, state: "connecting", exit: null, closed: null };
-  const state = window.portcullisConsole;
-
-  let ticket;
-  try {
-    ticket = await api("/v1/console/tickets", { method: "POST", body: { device, login, mode: "ssh" } });
-  } catch (e) {
-    state.state = "refused";
-    state.closed = { reason: e.code || "refused", message: e.message };
-    status(`refused: ${e.message}`);
-    term.write(`\r\n[portcullis: ${e.message}]\r\n`);
-    return;
-  }
-  const ws = new WebSocket(`wss://${location.host}${ticket.websocket_path}`);
-  ws.binaryType = "arraybuffer";
+  const state = { term, state: "connecting", exit: null, closed: null, connections: 0 };
+  window.portcullisConsole = state;
   const encoder = new TextEncoder();
+  let ws = null;
+  let stopTimeLeft = () => {};
+  let stopIdle = () => {};
+  const timeLeft = document.getElementById("time-left");
+  const reconnect = document.getElementById("reconnect");
+
   const resize = () => {
-    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "resize", cols: term.cols, rows: term.rows }));
-  };
-  ws.addEventListener("open", () => {
-    ws.send(ticket.ticket);
-    ticket = null;
-    resize();
-  });
-  ws.addEventListener("message", (ev) => {
-    if (typeof ev.data !== "string") return term.write(new Uint8Array(ev.data));
-    const msg = JSON.parse(ev.data);
-    if (msg.type === "connected") {
-      state.state = "connected";
-      status("connected");
-      term.focus();
-    } else if (msg.type === "exit") {
-      state.exit = msg.status;
-      status(`exited with status ${msg.status}`);
-    } else if (msg.type === "idle_warning") {
-      // Shown in the status line only: typing (or output) keeps the session.
-      state.idleWarning = msg.seconds;
-      status(`no activity: closes in ${msg.seconds} s unless you type`);
-    } else if (msg.type === "closed") {
-      state.state = "closed";
-      state.closed = { reason: msg.reason, message: msg.message };
-      status(msg.message);
-      term.write(`\r\n[portcullis: ${msg.message}]\r\n`);
+    if (ws && ws.readyState === WebSocket.OPEN) {
+      ws.send(JSON.stringify({ type: "resize", cols: term.cols, rows: term.rows }));
     }
-  });
-  ws.addEventListener("close", () => {
-    if (state.state !== "closed") status("disconnected");
-    state.state = "closed";
-  });
+  };
+  const ended = () => {
+    stopTimeLeft();
+    stopIdle();
+    timeLeft.textContent = "";
+    reconnect.disabled = false;
+  };
+
+  async function connect() {
+    reconnect.disabled = true;
+    state.state = "connecting";
+    state.closed = null;
+    state.exit = null;
+    status("connecting…");
+    let ticket;
+    try {
+      ticket = await api("/v1/console/tickets", { method: "POST", body: { device, login, mode: "ssh" } });
+    } catch (e) {
+      state.state = "refused";
+      state.closed = { reason: e.code || "refused", message: e.message };
+      status(`refused: ${e.message}`);
+      term.write(`\r\n[portcullis: ${e.message}]\r\n`);
+      ended();
+      return;
+    }
+    const socket = new WebSocket(`wss://${location.host}${ticket.websocket_path}`);
+    ws = socket;
+    socket.binaryType = "arraybuffer";
+    socket.addEventListener("open", () => {
+      socket.send(ticket.ticket);
+      ticket = null;
+      resize();
+    });
+    socket.addEventListener("message", (ev) => {
+      if (typeof ev.data !== "string") return term.write(new Uint8Array(ev.data));
+      const msg = JSON.parse(ev.data);
+      if (msg.type === "connected") {
+        state.state = "connected";
+        state.connections += 1;
+        status("connected");
+        if (typeof msg.closes_in === "number") {
+          stopTimeLeft = countdown(timeLeft, msg.closes_in, (t) => `session ends in ${t}`);
+        }
+        term.focus();
+      } else if (msg.type === "exit") {
+        state.exit = msg.status;
+        status(`exited with status ${msg.status}`);
+      } else if (msg.type === "idle_warning") {
+        // Typing (or output) keeps the session; the countdown says how long is left.
+        state.idleWarning = msg.seconds;
+        stopIdle();
+        stopIdle = countdown(document.getElementById("status"), msg.seconds,
+          (t) => `no activity: closes in ${t} unless you type`);
+      } else if (msg.type === "closed") {
+        state.state = "closed";
+        state.closed = { reason: msg.reason, message: msg.message };
+        ended();
+        // The reason stays on screen until the next connection.
+        status(msg.message);
+        term.write(`\r\n[portcullis: ${msg.message}]\r\n`);
+      }
+    });
+    socket.addEventListener("close", () => {
+      if (socket !== ws) return;
+      if (state.state !== "closed") status("disconnected");
+      state.state = "closed";
+      ended();
+    });
+  }
+
   term.onData((data) => {
-    if (ws.readyState !== WebSocket.OPEN) return;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
     ws.send(encoder.encode(data));
     if (state.idleWarning) {
       state.idleWarning = null;
+      stopIdle();
       status("connected");
     }
   });
   term.onBinary((data) => {
-    if (ws.readyState !== WebSocket.OPEN) return;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
     const bytes = new Uint8Array(data.length);
     for (let i = 0; i < data.length; i++) bytes[i] = data.charCodeAt(i) & 0xff;
     ws.send(bytes);
   });
   term.onResize(resize);
   window.addEventListener("resize", () => fit.fit());
+
+  reconnect.addEventListener("click", () => {
+    term.reset();
+    connect();
+  });
+  const fontBy = (step) => {
+    term.options.fontSize = Math.min(32, Math.max(8, term.options.fontSize + step));
+    fit.fit();
+    term.focus();
+  };
+  document.getElementById("font-smaller").addEventListener("click", () => fontBy(-1));
+  document.getElementById("font-larger").addEventListener("click", () => fontBy(1));
+  document.getElementById("full-screen").addEventListener("click", () => {
+    const page = document.documentElement;
+    (document.fullscreenElement ? document.exitFullscreen() : page.requestFullscreen()).catch(() => {});
+    term.focus();
+  });
+  connect();
 }
 
 start();

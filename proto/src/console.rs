@@ -207,8 +207,14 @@ pub mod deny_reason {
 pub enum ConsoleControl {
     /// Browser → bastion: the terminal's size.
     Resize { cols: u32, rows: u32 },
-    /// Bastion → browser: the session is connected.
-    Connected { session_id: String, device: String },
+    /// Bastion → browser: the session is connected; it ends in `closes_in` seconds
+    /// whatever the activity (the absolute limit, or the certificate's expiry if sooner).
+    Connected {
+        session_id: String,
+        device: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        closes_in: Option<u64>,
+    },
     /// Bastion → browser: the remote command ended with this status.
     Exit { status: u32 },
     /// Bastion → browser: the session closed; `message` is safe to show.

@@ -54,6 +54,16 @@ try {
   result.console_url = page.url();
   await until(page, () => window.portcullisConsole?.state === "connected", null, 20000);
   step("connected");
+  result.time_left = await page.textContent("#time-left");
+  // The toolbar's font size: larger text, fewer columns.
+  const cols = await page.evaluate(() => window.portcullisConsole.term.cols);
+  await page.click("#font-larger");
+  await page.click("#font-larger");
+  result.font = await page.evaluate(() => ({ size: window.portcullisConsole.term.options.fontSize,
+    cols: window.portcullisConsole.term.cols }));
+  result.font.cols_before = cols;
+  await page.click("#font-smaller");
+  await page.click("#font-smaller");
   const screen = () => page.evaluate(() => {
     const b = window.portcullisConsole.term.buffer.active;
     const lines = [];
@@ -98,7 +108,19 @@ try {
   result.exit = await page.evaluate(() => window.portcullisConsole.exit);
   result.closed = await page.evaluate(() => window.portcullisConsole.closed);
   result.final_screen = (await screen()).slice(-400);
+  result.status_after_close = await page.textContent("#status");
   step("exited");
+  // Reconnect asks for a fresh ticket and opens a new session in the same page.
+  await until(page, () => !document.getElementById("reconnect").disabled, null);
+  await page.click("#reconnect");
+  await until(page, () => window.portcullisConsole.state === "connected"
+    && window.portcullisConsole.connections === 2, null, 20000);
+  await page.click("#terminal");
+  await page.keyboard.type("echo again-$((40+2))\n");
+  await waitFor("again-42");
+  await page.keyboard.type("exit\n");
+  await until(page, () => window.portcullisConsole.state === "closed", null);
+  step("reconnected");
 
   // Ticket replay: one ticket, two sockets. The second is refused.
   result.replay = await page.evaluate(async ({ device, login }) => {

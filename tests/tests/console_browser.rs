@@ -97,6 +97,7 @@ async fn a_browser_opens_a_console_through_the_bastion() {
         "pasted",
         "resized",
         "exited",
+        "reconnected",
         "replayed",
         "stolen_ticket",
         "tab_closed",
@@ -105,6 +106,14 @@ async fn a_browser_opens_a_console_through_the_bastion() {
     }
     assert!(r("page_errors").is_null() && r("console_errors").is_null(), "no script errors: {report:#}");
     assert_eq!(r("devices"), serde_json::json!(["pve01"]));
+    // The toolbar: the session's absolute limit (1 h) counting down, the font size, and
+    // the close reason kept in the status line.
+    let left = r("time_left");
+    assert!(left.as_str().unwrap().starts_with("session ends in 59:") || left == "session ends in 1:00:00", "{left}");
+    let font = r("font");
+    assert_eq!(font["size"], 16, "{font}");
+    assert!(font["cols"].as_u64() < font["cols_before"].as_u64(), "{font}");
+    assert!(!r("status_after_close").as_str().unwrap().is_empty(), "{report:#}");
     // The Admin link follows the permissions whoami names: alice may kill sessions (her
     // `prod-root` role), so she has the live-sessions view.
     let alice = w.server.login("alice", PASSWORD).await;
