@@ -30,10 +30,17 @@ function searchText(d) {
     d.agent, g.name, g.vmid, g.kind, g.node].filter((x) => x !== undefined && x !== null).join(" ").toLowerCase();
 }
 
+// Tags as `key=value` chips (PVE tags of a guest are `tag=true`: shown as the tag).
+function tagsCell(tags) {
+  const td = el("td", null, { class: "tags" });
+  for (const [k, v] of Object.entries(tags || {}).sort()) td.append(el("span", v === "true" ? k : `${k}=${v}`, { class: "tag" }));
+  return td;
+}
+
 function nodeRow(d) {
   const tr = el("tr", null, { "data-device": d.name });
-  tr.append(el("td", d.name), el("td", d.cluster || ""), el("td", d.status || ""), el("td", d.addresses.join(", ")),
-    hardwareCell(d.hardware));
+  tr.append(el("td", d.name), el("td", d.cluster || ""), el("td", d.status || ""), el("td", d.agent || ""),
+    el("td", d.addresses.join(", ")), tagsCell(d.tags), hardwareCell(d.hardware));
   const select = el("select", null, { "aria-label": `login on ${d.name}` });
   for (const login of d.logins) select.append(el("option", login, { value: login }));
   const tdLogin = el("td");
@@ -55,7 +62,7 @@ function guestRow(d) {
   const tr = el("tr", null, { class: "guest", "data-device": d.name, "data-parent": g.parent || "" });
   const kind = g.kind === "lxc" ? "CT" : "VM";
   tr.append(el("td", `${kind} ${g.vmid} · ${g.name}`, { title: d.name }), el("td", d.cluster || ""),
-    el("td", d.status || ""), el("td", `on ${g.node}`), el("td", "—"));
+    el("td", d.status || ""), el("td", d.agent || ""), el("td", `on ${g.node}`), tagsCell(d.tags), el("td", "—"));
   const why = el("td", d.console_unavailable || "", { colspan: "2", class: "muted" });
   tr.append(why);
   return tr;
@@ -63,8 +70,14 @@ function guestRow(d) {
 
 // Nodes in name order, each followed by its guests; guests whose node is not in the list
 // under a heading naming their cluster and PVE node.
+// The node order the table's headers choose (guests stay under their node).
+const sortKeys = { name: (d) => d.name, cluster: (d) => d.cluster || "", status: (d) => d.status || "", agent: (d) => d.agent || "" };
+let sortBy = { key: "name", descending: false };
+
 function deviceRows(devices) {
-  const nodes = devices.filter((d) => !d.guest);
+  const key = sortKeys[sortBy.key];
+  const nodes = devices.filter((d) => !d.guest)
+    .sort((a, b) => key(a).localeCompare(key(b)) * (sortBy.descending ? -1 : 1) || a.name.localeCompare(b.name));
   const listed = new Set(nodes.map((d) => d.name));
   const rows = [];
   for (const n of nodes) {
@@ -81,7 +94,7 @@ function deviceRows(devices) {
   }
   for (const [key, guests] of orphans) {
     const tr = el("tr", null, { class: "group" });
-    tr.append(el("td", `${key} (node not in your list)`, { colspan: "7" }));
+    tr.append(el("td", `${key} (node not in your list)`, { colspan: "9" }));
     rows.push({ tr, text: key.toLowerCase(), group: key, head: true });
     for (const g of guests) rows.push({ tr: guestRow(g), text: searchText(g), group: key });
   }
@@ -112,11 +125,24 @@ async function showDevices(me) {
   const adminViews = ["audit.read", "sessions.kill", "nodes.manage", "policy.manage"];
   document.getElementById("admin-link").hidden = !(me.permissions || []).some((p) => adminViews.includes(p));
   const devices = await api("/v1/console/devices");
-  const rows = deviceRows(devices);
-  document.getElementById("device-rows").replaceChildren(...rows.map((r) => r.tr));
   const search = document.getElementById("device-search");
-  search.oninput = () => applySearch(rows, search.value);
-  applySearch(rows, search.value);
+  const render = () => {
+    const rows = deviceRows(devices);
+    document.getElementById("device-rows").replaceChildren(...rows.map((r) => r.tr));
+    search.oninput = () => applySearch(rows, search.value);
+    applySearch(rows, search.value);
+    for (const th of document.querySelectorAll("#devices th[data-sort]")) {
+      const on = th.dataset.sort === sortBy.key;
+      th.setAttribute("aria-sort", on ? (sortBy.descending ? "descending" : "ascending") : "none");
+    }
+  };
+  for (const th of document.querySelectorAll("#devices th[data-sort]")) {
+    th.onclick = () => {
+      sortBy = { key: th.dataset.sort, descending: sortBy.key === th.dataset.sort && !sortBy.descending };
+      render();
+    };
+  }
+  render();
   document.getElementById("devices-empty").hidden = devices.length > 0;
   document.getElementById("devices").hidden = false;
 }

@@ -50,6 +50,10 @@ try {
       hidden: tr.hidden, text: tr.textContent,
     })));
     result.device_rows = await rows();
+    // Sorting by a header: the order flips, guests stay under their node.
+    await page.click('#devices th[data-sort="name"]');
+    result.sorted = { aria: await page.getAttribute('#devices th[data-sort="name"]', "aria-sort"),
+      rows: (await rows()).map((r) => r.device) };
     await page.fill("#device-search", cfg.guest);
     result.search_rows = (await rows()).filter((r) => !r.hidden).map((r) => r.device);
     await page.fill("#device-search", "no-such-device");

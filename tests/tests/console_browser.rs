@@ -244,6 +244,13 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
     assert_eq!((rows[guest]["guest"].as_bool(), rows[guest]["parent"].as_str()), (Some(true), Some("pve-lab")));
     assert!(rows[guest]["text"].as_str().unwrap().contains("not served"), "{rows:?}");
     assert_eq!(report["search_rows"], json!(["pve-lab", "vm700.lab"]), "{report:#}");
+    // Tags and agent shown; a header sorts, and the guest stays under its node.
+    let host = rows[node]["text"].as_str().unwrap();
+    assert!(host.contains("provider=proxmox") && host.contains("local"), "{host}");
+    assert_eq!(report["sorted"]["aria"], "descending", "{report:#}");
+    let sorted = report["sorted"]["rows"].as_array().unwrap();
+    let pos = |n: &str| sorted.iter().position(|r| r == n).unwrap();
+    assert_eq!(pos("vm700.lab"), pos("pve-lab") + 1, "{sorted:?}");
     assert_eq!(report["search_none"], json!({ "shown": 0, "message": true }), "{report:#}");
     // The preview: the loaded rule reaches the host; the draft, not loaded, the guest.
     let loaded = report["preview_loaded"].as_array().unwrap();
