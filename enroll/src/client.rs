@@ -3,7 +3,7 @@
 //! has changed when one is returned.
 
 use crate::error::{Error, Result};
-use crate::secret::Token;
+use crate::secret::{ExposeSecret, Token};
 use portcullis_proto::ApiError;
 use portcullis_proto::enroll::{EnrollAbortRequest, EnrollRequest, EnrollResponse, NodeBundle, NodeProof};
 use portcullis_proto::pin::pinned_client_config;

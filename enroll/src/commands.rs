@@ -15,7 +15,7 @@ pub use crate::refresh::refresh;
 use crate::refresh::refresh_with;
 use crate::report::Report;
 use crate::root::Root;
-use crate::secret::Token;
+use crate::secret::{ExposeSecret, Token};
 use crate::sshd::{self, SshdCtl};
 use crate::state::{PendingDeregistration, State};
 use crate::txn::{self, Txn};

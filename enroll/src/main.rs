@@ -39,7 +39,7 @@ fn main() {
                 Command::Enroll(a) => {
                     let args = EnrollArgs {
                         ca: a.ca,
-                        token: Token::new(a.token),
+                        token: Token::from(a.token),
                         ca_fingerprint: a.ca_fingerprint,
                         name: a.name,
                         sshd_port: a.sshd_port,

@@ -1,29 +1,17 @@
-//! The enrollment token: redacted in `Debug`, no `Display`, no `Serialize`; zeroed on drop.
+//! The enrollment token is a `secrecy::SecretString` (the type every secret of the project
+//! uses): redacted in `Debug`, no `Display`, no `Serialize`, zeroed on drop; read only
+//! through `expose_secret`, where the request to the CA needs it.
 
-pub struct Token(String);
+pub use secrecy::{ExposeSecret, SecretString as Token};
 
-impl Token {
-    pub fn new(s: String) -> Token {
-        Token(s)
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    pub fn expose_secret(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl Drop for Token {
-    fn drop(&mut self) {
-        // Overwrite in place; `String::clear` alone would leave the bytes.
-        let len = self.0.len();
-        self.0.clear();
-        self.0.extend(std::iter::repeat_n('\0', len));
-        std::hint::black_box(&self.0);
+    #[test]
+    fn the_token_never_prints() {
+        let token = Token::from("pet_canary-0123456789".to_owned());
+        assert!(!format!("{token:?}").contains("canary"));
+        assert_eq!(token.expose_secret(), "pet_canary-0123456789");
     }
 }
