@@ -359,7 +359,8 @@ impl Ca {
         let (row, inventory) = self.store.cluster(id).await?.ok_or(CaError::NotFound("cluster"))?;
         let runs = self.store.pve_runs().await?;
         let (mut node_links, mut ambiguous_nodes) = (BTreeMap::new(), BTreeMap::new());
-        for (node, link) in self.pve_links().await?.into_iter().filter(|(n, _)| n.cluster_id == row.id) {
+        let enrolled = self.store.nodes().await?;
+        for (node, link) in self.pve_links(&enrolled).await?.into_iter().filter(|(n, _)| n.cluster_id == row.id) {
             match link {
                 Link::Enrolled(name) => {
                     node_links.insert(node.name, name);
@@ -375,10 +376,13 @@ impl Ca {
         Ok(ClusterView { summary, inventory, node_links, ambiguous_nodes })
     }
 
-    /// Every PVE node's link to an enrolled node (see `links`).
-    pub(crate) async fn pve_links(&self) -> Result<Vec<(store::PveNodeRow, Link)>, CaError> {
+    /// Every PVE node's link to one of the `enrolled` nodes (see `links`).
+    pub(crate) async fn pve_links(
+        &self,
+        enrolled: &[portcullis_proto::NodeRecord],
+    ) -> Result<Vec<(store::PveNodeRow, Link)>, CaError> {
         let enrolled: Vec<Device> =
-            self.store.nodes().await?.iter().map(|n| policy_device_of(n, self.default_agent.as_deref())).collect();
+            enrolled.iter().map(|n| policy_device_of(n, self.default_agent.as_deref())).collect();
         Ok(links::links(self.store.pve_nodes().await?, &enrolled))
     }
 }

@@ -81,14 +81,15 @@ impl Ca {
         // view of it.
         let mut parent_of = HashMap::new();
         let mut pve_of = HashMap::new();
-        for (pve, link) in self.pve_links().await? {
+        let nodes = self.store.nodes().await?;
+        for (pve, link) in self.pve_links(&nodes).await? {
             if let Link::Enrolled(name) = link {
                 parent_of.insert((pve.agent, pve.cluster.clone(), pve.name), name.clone());
                 pve_of.insert(name, (pve.cluster, pve.status));
             }
         }
         let mut out = Vec::new();
-        for node in self.store.nodes().await? {
+        for node in nodes {
             let device = policy_device(&node, self.default_agent.as_deref());
             if device.agent.is_none() || policy.match_rule(Purpose::ConsoleAccess, &device).is_err() {
                 continue;
