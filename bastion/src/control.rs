@@ -127,13 +127,9 @@ impl Attempt<ControlError> {
     }
 }
 
-/// A reqwest client that trusts exactly the CA key named by `pin`. It offers HTTP/2, which
-/// the CA speaks: every call to a replica shares one connection, so a burst (a thousand
-/// sessions closing at once, browsers through the web front door) opens no connection
-/// per call.
+/// A reqwest client that trusts exactly the CA key named by `pin`.
 pub(crate) fn pinned_http_client(pin: &str, timeout: Duration) -> Result<reqwest::Client, BastionError> {
-    let mut tls = portcullis_proto::pin::pinned_client_config(pin).ok_or(BastionError::BadPin)?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tls = portcullis_proto::pin::pinned_client_config(pin).ok_or(BastionError::BadPin)?;
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(timeout)

@@ -144,26 +144,3 @@ pub fn open_files_limit() -> Option<u64> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
 }
-
-/// How many TCP connections process `pid` has established to `port` on IPv4 loopback (its
-/// sockets' inodes matched against `/proc/net/tcp`).
-pub fn connections_to(pid: u32, port: u16) -> usize {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    let inodes: std::collections::HashSet<String> = fds
-        .flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter_map(|target| Some(target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned()))
-        .collect();
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    let remote = format!(":{port:04X}");
-    table
-        .lines()
-        .skip(1)
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        // sl local remote state … uid timeout inode
-        .filter(|f| f.get(2).is_some_and(|r| r.ends_with(&remote)) && f.get(3) == Some(&"01"))
-        .filter(|f| f.get(9).is_some_and(|inode| inodes.contains(*inode)))
-        .count()
-}
