@@ -236,8 +236,8 @@ impl Ca {
                 return Ok(DiscoveryReportResponse { result: reason.to_owned(), changed_fields: Vec::new() });
             }
         };
-        let old = match store::inventory_facts(tx.conn(), &req.device).await? {
-            Some(json) => Some(
+        let old = match store::inventory(tx.conn(), &req.device).await? {
+            Some((json, _)) => Some(
                 serde_json::from_str::<HardwareFacts>(&json).map_err(|_| CaError::Internal("stored facts".into()))?,
             ),
             None => None,

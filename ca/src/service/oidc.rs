@@ -343,11 +343,13 @@ fn redirect_for(oidc: &Oidc, host: Option<&str>) -> Result<url::Url, CaError> {
     match oidc.redirect_url_for(host) {
         Ok(url) => Ok(url.clone()),
         Err(RedirectMissing::NoBrowserFlow) => Err(CaError::NotFound("OIDC browser sign-in")),
-        Err(RedirectMissing::UnknownOrigin) => Err(CaError::BadRequest(format!(
-            "single sign-on is not set up for {}: register https://{0}/v1/auth/oidc/callback at the identity \
-             provider and add it to [oidc] redirect_urls",
-            host.unwrap_or("this address")
-        ))),
+        Err(RedirectMissing::UnknownOrigin) => Err(CaError::BadRequest(match host {
+            Some(host) => format!(
+                "single sign-on is not set up for {host}: register https://{host}/v1/auth/oidc/callback at the \
+                 identity provider and add it to [oidc] redirect_urls"
+            ),
+            None => "single sign-on needs the address this page was reached at (no Host header)".into(),
+        })),
     }
 }
 

@@ -152,7 +152,7 @@ pub async fn revoked_among(
 ) -> Result<std::collections::HashSet<String>> {
     let mut revoked = std::collections::HashSet::new();
     for (start, len) in statement_chunks(fingerprints.len()) {
-        let statement = in_list_statement("SELECT fingerprint FROM revoked_keys WHERE fingerprint IN", len, "");
+        let statement = in_list_statement("SELECT fingerprint FROM revoked_keys WHERE fingerprint IN", len);
         let mut query = sqlx::query(statement);
         for fingerprint in fingerprints.iter().skip(start).take(len) {
             query = query.bind(*fingerprint);

@@ -79,15 +79,6 @@ pub async fn finish_discovery_run(
     Ok(done.rows_affected() == 1)
 }
 
-/// The node's current facts (JSON) in the transaction's view.
-pub async fn inventory_facts(conn: &mut AnyConnection, device: &str) -> Result<Option<String>> {
-    let row = sqlx::query("SELECT facts_json FROM inventory WHERE device = $1")
-        .bind(device)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(row.map(|r| r.try_get("facts_json")).transpose()?)
-}
-
 /// Replaces the node's facts and appends the change to its history.
 pub async fn record_inventory_change(
     conn: &mut AnyConnection,

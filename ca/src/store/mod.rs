@@ -40,7 +40,7 @@ pub use enroll::{
 };
 pub use inventory::{
     DiscoveryRunRow, InventoryHistoryRow, claim_discovery_run, discovery_run, finish_discovery_run, inventory,
-    inventory_facts, inventory_history, record_inventory_change,
+    inventory_history, record_inventory_change,
 };
 pub use keys::CaKeyRow;
 pub use leases::{
@@ -357,9 +357,9 @@ pub(crate) fn values_statement(head: &'static str, columns: usize, rows: usize) 
     sqlx::AssertSqlSafe(format!("{head} VALUES {}", tuples.join(", ")))
 }
 
-/// `HEAD ($1, …, $n) TAIL`, for `IN` lists (same safety argument as [`values_statement`]).
-pub(crate) fn in_list_statement(head: &'static str, n: usize, tail: &'static str) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(format!("{head} ({}){tail}", placeholders(0, n)))
+/// `HEAD ($1, …, $n)`, for `IN` lists (same safety argument as [`values_statement`]).
+pub(crate) fn in_list_statement(head: &'static str, n: usize) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!("{head} ({})", placeholders(0, n)))
 }
 
 /// `$first+1, …, $first+n`.
