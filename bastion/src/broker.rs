@@ -38,7 +38,7 @@ const HIDES_EXISTENCE: &[&str] =
 struct FinishGuard {
     live: Arc<LiveSession>,
     sessions: Arc<crate::sessions::Registry>,
-    control: Arc<crate::control::ControlPlane>,
+    closes: crate::closes::Closes,
     armed: std::sync::atomic::AtomicBool,
 }
 
@@ -49,13 +49,8 @@ impl Drop for FinishGuard {
         }
         self.sessions.remove(&self.live.id);
         let request = close_request(&self.live, CloseReason::InternalError);
-        let control = Arc::clone(&self.control);
         tracing::error!(session = %self.live.id, "session ended without closing; releasing its lease");
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = control.close_session(&request).await;
-            });
-        }
+        self.closes.close_later(request);
     }
 }
 
@@ -177,7 +172,7 @@ impl Shared {
         let guard = FinishGuard {
             live: Arc::clone(&live),
             sessions: Arc::clone(&self.sessions),
-            control: Arc::clone(&self.control),
+            closes: self.closes.clone(),
             armed: std::sync::atomic::AtomicBool::new(true),
         };
         Ok(Admitted { grant, live, limits, guard })
@@ -239,7 +234,7 @@ impl Shared {
         tracing::info!(session = %live.id, user = %live.username, device = %live.device, reason = reason.as_str(),
             bytes_in = request.bytes_from_client, bytes_out = request.bytes_to_client, "session closed");
         // The lease also expires on its own if this call is lost.
-        if let Err(e) = self.control.close_session(&request).await {
+        if let Err(e) = self.closes.close(request).await {
             tracing::warn!(session = %live.id, error = %e, "could not release the session lease; it expires on its own");
         }
         // Gone from the registry only once the CA heard of it: a drain waits for that.
@@ -259,29 +254,20 @@ pub(crate) async fn vanished(link: LinkWatch) -> CloseReason {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{ControlConfig, ControlPlane};
     use crate::sessions::Registry;
     use portcullis_proto::bastion::SessionMode;
 
     #[tokio::test]
     async fn a_session_dropped_without_finish_is_released() {
         let sessions = Arc::new(Registry::default());
-        let control = Arc::new(
-            ControlPlane::new(ControlConfig {
-                ca_url: "https://127.0.0.1:1".into(),
-                ca_pin: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into(),
-                api_token: secrecy::SecretString::from("pcs_test"),
-                timeout: Duration::from_millis(100),
-            })
-            .unwrap(),
-        );
+        let closes = crate::closes::Closes::start(Arc::new(crate::control::unreachable(Duration::from_millis(100))));
         let live =
             Arc::new(LiveSession::new("s1".into(), "alice".into(), "pve01".into(), "a".into(), SessionMode::Jump));
         sessions.insert(Arc::clone(&live));
         let guard = |armed| FinishGuard {
             live: Arc::clone(&live),
             sessions: Arc::clone(&sessions),
-            control: Arc::clone(&control),
+            closes: closes.clone(),
             armed: std::sync::atomic::AtomicBool::new(armed),
         };
         drop(guard(false));

@@ -17,6 +17,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::BastionError;
 
+/// Idle connections kept to each CA replica.
+const MAX_IDLE_CONNECTIONS: usize = 4;
+
 /// Largest JSON answer accepted from the CA.
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
@@ -133,6 +136,9 @@ pub(crate) fn pinned_http_client(pin: &str, timeout: Duration) -> Result<reqwest
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(timeout)
+        // A burst (a thousand sessions opening at once) may open many connections; only a
+        // few stay for later calls.
+        .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| BastionError::HttpClient(e.to_string()))
@@ -248,6 +254,21 @@ impl ControlPlane {
 
     pub async fn close_session(&self, request: &SessionCloseRequest) -> Result<(), ControlError> {
         self.post_no_answer("/v1/bastion/sessions/close", request).await
+    }
+
+    /// Several closes in one call (at most [`MAX_CLOSES_PER_REQUEST`]). A CA that does
+    /// not know the batch route yet (404: a rolling upgrade) gets them one by one.
+    pub async fn close_sessions(&self, closes: &[SessionCloseRequest]) -> Result<(), ControlError> {
+        let batch = SessionClosesRequest { closes: closes.to_vec() };
+        match self.post_no_answer("/v1/bastion/sessions/closes", &batch).await {
+            Err(ControlError::Refused { status: 404, .. }) => {
+                for close in closes {
+                    self.close_session(close).await?;
+                }
+                Ok(())
+            }
+            done => done,
+        }
     }
 
     pub async fn events(&self, events: Vec<BastionAuditEvent>) -> Result<(), ControlError> {
@@ -405,6 +426,19 @@ fn read_answer<T: DeserializeOwned>(path: &'static str, bytes: &[u8]) -> Result<
         path,
         detail: format!("unreadable answer ({:?} at line {} column {})", e.classify(), e.line(), e.column()),
     })
+}
+
+/// A control plane whose CA nobody answers for (port 1), for unit tests.
+#[cfg(test)]
+pub(crate) fn unreachable(timeout: Duration) -> ControlPlane {
+    #[allow(clippy::unwrap_used)]
+    ControlPlane::new(ControlConfig {
+        ca_url: "https://127.0.0.1:1".into(),
+        ca_pin: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into(),
+        api_token: SecretString::from("pcs_test"),
+        timeout,
+    })
+    .unwrap()
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 mod agent_hub;
 mod broker;
 mod clock;
+mod closes;
 pub mod console;
 mod control;
 mod discovery;

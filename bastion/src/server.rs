@@ -155,6 +155,8 @@ pub(crate) struct Shared {
     pub events: EventSink,
     pub max_clock_skew_secs: u64,
     pub control: Arc<ControlPlane>,
+    /// Session closes on their way to the CA (batched).
+    pub closes: crate::closes::Closes,
     pub agents: Arc<AgentHub>,
     pub sessions: Arc<Registry>,
     pub close_on_cert_expiry: bool,
@@ -236,6 +238,7 @@ impl Bastion {
             clock,
             events,
             max_clock_skew_secs: config.max_clock_skew_secs,
+            closes: crate::closes::Closes::start(Arc::clone(&control)),
             control,
             agents: hub,
             sessions,

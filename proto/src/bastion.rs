@@ -425,6 +425,19 @@ pub struct SessionCloseRequest {
     pub duration_ms: u64,
 }
 
+/// `POST /v1/bastion/sessions/closes` (bearer of a bastion): several closes in one
+/// request and one transaction, all or none (a burst of disconnects costs one call, not
+/// one connection per session). Idempotent, like the single close.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SessionClosesRequest {
+    pub closes: Vec<SessionCloseRequest>,
+}
+
+/// Most closes one [`SessionClosesRequest`] may carry.
+pub const MAX_CLOSES_PER_REQUEST: usize = 1000;
+
 /// `POST /v1/bastion/events` (bearer of a bastion): what only the bastion sees, for the
 /// audit trail. Never terminal contents, keys or tickets.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -144,3 +144,34 @@ pub fn open_files_limit() -> Option<u64> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
 }
+
+/// How many of `pid`'s TCP connections to remote port `port` are established (IPv4 and
+/// IPv6): a client's open connections to one server.
+pub fn established_to_port(pid: u32, port: u16) -> usize {
+    // The sockets this process holds, by inode (`socket:[INODE]` links in its fd table).
+    let owned: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|link| {
+                    let link = link.to_string_lossy().into_owned();
+                    link.strip_prefix("socket:[").and_then(|l| l.strip_suffix(']')).map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let port_hex = format!("{port:04X}");
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+        .flat_map(|text| text.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|line| {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = f.get(2).and_then(|r| r.rsplit_once(':')).map(|(_, p)| p);
+            remote_port == Some(port_hex.as_str())
+                && f.get(3) == Some(&"01")
+                && f.get(9).is_some_and(|inode| owned.contains(*inode))
+        })
+        .count()
+}

@@ -21,6 +21,7 @@ use portcullis_tests::{Postgres, ServedCa, TEST_PASSPHRASE, first_admin, sqlite_
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -861,6 +862,62 @@ async fn the_cas_timer_reclaims_a_dead_bastions_leases_without_any_heartbeat() {
     assert_eq!(counter(&fx.ca, "user:alice").await, 0);
     let lost = audit(&fx.ca, "session_closed").await;
     assert_eq!(lost.iter().filter(|e| e["reason"] == "lease_lost").count(), 5, "{lost:?}");
+}
+
+/// A batch of closes commits together: each of the bastion's own sessions is released and
+/// audited with its reason, another bastion's session named in the batch is left alone,
+/// and a batch with one malformed id (or too many entries) changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_closes_releases_only_the_bastions_own_sessions_all_or_none() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let b2 =
+        fx.ca.register_service(ServiceKind::Bastion, "b2", &public_line(&ed25519_key()), None).await.unwrap().api_token;
+    let alice = user_cert(&fx.ca, "alice").await;
+    let bob = user_cert(&fx.ca, "bob").await;
+    let mine: Vec<String> = (0..3).map(|_| session_id()).collect();
+    for id in &mine {
+        granted(api, &fx.bastion, &terminated(id, &alice, "pve01", "root")).await;
+    }
+    let theirs = session_id();
+    granted(api, &b2, &terminated(&theirs, &bob, "pve01", "root")).await;
+    let entry = |id: &str, reason: &str| json!({"session_id": id, "reason": reason, "bytes_from_client": 5, "bytes_to_client": 7, "duration_ms": 90});
+    let closes = |entries: Vec<Value>| json!({ "closes": entries });
+    let bastion = fx.bastion.as_str();
+    let post = |body: Value| async move { api.post_json(Some(bastion), "/v1/bastion/sessions/closes", &body).await };
+
+    // Hostile or broken batches: refused whole, nothing released.
+    let (status, v) =
+        post(closes(vec![entry(&mine[0], "client_disconnect"), entry("../x", "client_disconnect")])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let too_many = (0..=MAX_CLOSES_PER_REQUEST).map(|_| entry(&mine[0], "client_disconnect")).collect();
+    let (status, v) = post(closes(too_many)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(fx.ca.store().leases().await.unwrap().len(), 4);
+    assert!(audit(&fx.ca, "session_closed").await.is_empty());
+
+    let batch = vec![
+        entry(&mine[0], "client_disconnect"),
+        entry(&mine[1], "idle_timeout"),
+        entry(&mine[2], "shutdown"),
+        entry(&theirs, "client_disconnect"),
+    ];
+    let (status, v) = post(closes(batch.clone())).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    let leases = fx.ca.store().leases().await.unwrap();
+    assert_eq!(leases.iter().map(|l| l.session_id.as_str()).collect::<Vec<_>>(), [theirs.as_str()]);
+    let closed = audit(&fx.ca, "session_closed").await;
+    let reasons: BTreeMap<&str, &str> =
+        closed.iter().map(|c| (c["session_id"].as_str().unwrap(), c["reason"].as_str().unwrap())).collect();
+    let expected: BTreeMap<&str, &str> =
+        [(mine[0].as_str(), "client_disconnect"), (mine[1].as_str(), "idle_timeout"), (mine[2].as_str(), "shutdown")]
+            .into();
+    assert_eq!(reasons, expected);
+    assert_eq!(counter(&fx.ca, "user:alice").await, 0);
+    // Idempotent: the same batch again records nothing more.
+    let (status, v) = post(closes(batch)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    assert_eq!(audit(&fx.ca, "session_closed").await.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

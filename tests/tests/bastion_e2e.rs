@@ -404,3 +404,58 @@ async fn control_bytes_cross_the_bastion_untouched_in_both_modes() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{host}: {}", text(&out));
     }
 }
+
+/// A crowd leaving at once: the bastion reports the closes to the CA in a few calls over
+/// a few connections (it used to open one HTTPS connection per session and keep them all
+/// idle), each session audited with its real reason; and a crowd leaving just as the
+/// bastion stops loses no close (none recorded as lost or as an internal error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_leaving_at_once_is_reported_in_batches_and_a_stop_loses_no_close() {
+    const CROWD: usize = 16;
+    let mut w = World::start("15m").await;
+    let ca_port: u16 = w.server.url.rsplit_once(':').unwrap().1.parse().unwrap();
+    let crowd = |w: &World| (0..CROWD).map(|_| w.spawn_started("bastion", "sleep 120")).collect::<Vec<_>>();
+    let leave = |children: Vec<std::process::Child>| {
+        let mut children = children;
+        children.iter_mut().for_each(|c| c.kill().unwrap());
+        children.iter_mut().for_each(|c| drop(c.wait()));
+    };
+
+    let first = crowd(&w);
+    let pid = w.server.pid();
+    let before = portcullis_tests::procfs::established_to_port(pid, ca_port);
+    leave(first);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = w.server.get_json(Some(&w.admin), "/v1/admin/sessions").await;
+        assert!(status.is_success(), "{body}");
+        if body.as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sessions still listed: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The process's clients of the CA (the bastion's, the built-in agent's, the trust
+    // refresher's) may each gain a connection when calls overlap; not one per session.
+    let after = portcullis_tests::procfs::established_to_port(pid, ca_port);
+    assert!(after <= before + 2, "{before} connections to the CA before {CROWD} sessions closed, {after} after");
+
+    leave(crowd(&w));
+    let status = w.server.terminate(Duration::from_secs(30));
+    assert!(status.success(), "portcullisd exited with {status}");
+    let ca = portcullis_tests::same_ca(&w.server, std::sync::Arc::new(portcullis_ca::SystemClock)).await;
+    let closed: Vec<serde_json::Value> = ca
+        .store()
+        .audit_records(0, 100_000)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.event == "session_closed")
+        .map(|r| serde_json::from_str(&r.payload).unwrap())
+        .collect();
+    assert_eq!(closed.len(), 2 * CROWD, "{closed:?}");
+    let (first, second) = closed.split_at(CROWD);
+    assert!(first.iter().all(|c| c["reason"] == "client_disconnect"), "{first:?}");
+    // The second crowd left as the stop began: either reason is the truth.
+    assert!(second.iter().all(|c| c["reason"] == "client_disconnect" || c["reason"] == "shutdown"), "{second:?}");
+}

@@ -67,6 +67,16 @@ pub async fn close(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/bastion/sessions/closes", tag = "services", request_body = SessionClosesRequest, security(("service" = [])), responses((status = 204, description = "done")))]
+pub async fn closes(
+    State(ca): Ca_,
+    BastionAuth(b): BastionAuth,
+    Body(r): Body<SessionClosesRequest>,
+) -> Result<StatusCode, CaError> {
+    ca.close_sessions(&b, &r.closes).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[utoipa::path(post, path = "/v1/bastion/events", tag = "services", request_body = BastionEventsRequest, security(("service" = [])), responses((status = 204, description = "done")))]
 pub async fn events(
     State(ca): Ca_,

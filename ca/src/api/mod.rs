@@ -112,6 +112,8 @@ fn api_routes() -> OpenApiRouter<Arc<Ca>> {
         // and an event batch up to 1000 events: both outgrow the default limit.
         .routes(routes!(bastion::heartbeat).layer(Extension(BodyLimit(BASTION_BODY_BYTES))))
         .routes(routes!(bastion::close))
+        // Up to 1000 closes of ~200 bytes each.
+        .routes(routes!(bastion::closes).layer(Extension(BodyLimit(BASTION_BODY_BYTES))))
         .routes(routes!(bastion::events).layer(Extension(BodyLimit(BASTION_BODY_BYTES))))
         .routes(routes!(bastion::list_sessions))
         .routes(routes!(bastion::kill_session))

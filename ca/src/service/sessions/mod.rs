@@ -421,19 +421,32 @@ impl Ca {
 
     /// `POST /v1/bastion/sessions/close`: releases the lease; idempotent.
     pub async fn close_session(&self, bastion: &ServiceCaller, req: &SessionCloseRequest) -> Result<(), CaError> {
-        if !valid_session_id(&req.session_id) {
+        self.close_sessions(bastion, std::slice::from_ref(req)).await
+    }
+
+    /// `POST /v1/bastion/sessions/closes`: releases the leases of this bastion's sessions
+    /// and audits each close, in one transaction (all or none). A session that is not
+    /// this bastion's, or already closed, is left as it is.
+    pub async fn close_sessions(&self, bastion: &ServiceCaller, closes: &[SessionCloseRequest]) -> Result<(), CaError> {
+        if closes.len() > MAX_CLOSES_PER_REQUEST {
+            return Err(CaError::BadRequest(format!("at most {MAX_CLOSES_PER_REQUEST} closes per request")));
+        }
+        if !closes.iter().all(|c| valid_session_id(&c.session_id)) {
             return Err(CaError::BadRequest("invalid session id".into()));
         }
         let now = self.now();
         let mut tx = self.store.begin().await?;
-        let closed = store::close_lease(tx.conn(), &req.session_id, &bastion.name).await?;
-        if let Some(lease) = &closed {
-            let (from, to) = (req.bytes_from_client, req.bytes_to_client);
-            let event = closed_event(lease, req.reason, from, to, req.duration_ms, now);
-            audit::record(tx.conn(), now, &event).await?;
+        let mut closed = Vec::with_capacity(closes.len());
+        for req in closes {
+            if let Some(lease) = store::close_lease(tx.conn(), &req.session_id, &bastion.name).await? {
+                let (from, to) = (req.bytes_from_client, req.bytes_to_client);
+                let event = closed_event(&lease, req.reason, from, to, req.duration_ms, now);
+                audit::record(tx.conn(), now, &event).await?;
+                closed.push((lease, req));
+            }
         }
         tx.commit().await?;
-        if let Some(lease) = closed {
+        for (lease, req) in closed {
             self.count_close(&lease, req.reason, req.bytes_from_client, req.bytes_to_client);
         }
         Ok(())
