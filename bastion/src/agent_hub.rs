@@ -23,6 +23,7 @@ use russh::{Channel, ChannelOpenFailure};
 use ssh_key::Certificate;
 use tokio::sync::{oneshot, watch};
 
+use crate::edge::{DialError, InProcessAgent};
 use crate::events::{BastionEvent, EventSink, RefusalReason, sanitize_user};
 use crate::server::Shared;
 use crate::sessions::Registry;
@@ -50,9 +51,38 @@ impl BrokerError {
 
 struct Link {
     conn: u64,
-    handle: russh::server::Handle,
+    route: Route,
     /// Becomes `true` when this link is gone (the agent disconnected or was replaced).
     down: watch::Sender<bool>,
+}
+
+/// How the bastion reaches an agent.
+#[derive(Clone)]
+enum Route {
+    /// The agent's SSH connection: each onward connection is a channel in it.
+    Ssh(russh::server::Handle),
+    /// The all-in-one's agent, in this process: asked directly.
+    InProcess(Arc<InProcessAgent>),
+}
+
+/// An onward connection through an agent, as the session uses it.
+pub(crate) enum Onward {
+    /// A channel of a remote agent's link.
+    Channel(Channel<Msg>),
+    /// The in-process agent's TCP connection to the device.
+    Tcp(tokio::net::TcpStream),
+}
+
+/// An [`Onward`] connection as one byte stream (for the onward SSH or TLS client).
+pub(crate) type OnwardStream = tokio_util::either::Either<russh::ChannelStream<Msg>, tokio::net::TcpStream>;
+
+impl Onward {
+    pub(crate) fn into_stream(self) -> OnwardStream {
+        match self {
+            Onward::Channel(channel) => tokio_util::either::Either::Left(channel.into_stream()),
+            Onward::Tcp(tcp) => tokio_util::either::Either::Right(tcp),
+        }
+    }
 }
 
 /// Watches one agent link: a relay whose onward channel vanished asks it whether the
@@ -97,19 +127,29 @@ impl AgentHub {
         names
     }
 
-    /// A channel to `host:port` through `agent`; the agent connects (or refuses).
+    /// A connection to `host:port` through `agent`; the agent connects (or refuses).
     pub(crate) async fn open(
         &self,
         agent: &str,
         host: &str,
         port: u16,
         originator: SocketAddr,
-    ) -> Result<(Channel<Msg>, LinkWatch), BrokerError> {
-        let (handle, down) = self
+    ) -> Result<(Onward, LinkWatch), BrokerError> {
+        let (route, down) = self
             .lock()
             .get(agent)
-            .map(|l| (l.handle.clone(), LinkWatch(l.down.subscribe())))
+            .map(|l| (l.route.clone(), LinkWatch(l.down.subscribe())))
             .ok_or(BrokerError::AgentUnavailable)?;
+        let handle = match route {
+            Route::Ssh(handle) => handle,
+            Route::InProcess(agent) => {
+                return match agent.dial(host, port).await {
+                    Ok(tcp) => Ok((Onward::Tcp(tcp), down)),
+                    Err(DialError::NotAllowed) => Err(BrokerError::AgentRefused),
+                    Err(DialError::ConnectFailed) => Err(BrokerError::TargetUnreachable),
+                };
+            }
+        };
         let opened = handle
             .channel_open_forwarded_tcpip(
                 host,
@@ -119,7 +159,7 @@ impl AgentHub {
             )
             .await;
         match opened {
-            Ok(channel) => Ok((channel, down)),
+            Ok(channel) => Ok((Onward::Channel(channel), down)),
             Err(russh::Error::ChannelOpenFailure(ChannelOpenFailure::AdministrativelyProhibited)) => {
                 Err(BrokerError::AgentRefused)
             }
@@ -128,24 +168,35 @@ impl AgentHub {
         }
     }
 
+    /// Serves `agent` from this process (see [`InProcessAgent`]). It stays attached for
+    /// the bastion's lifetime; a remote agent of the same name would replace it.
+    pub(crate) fn attach_in_process(&self, agent: Arc<InProcessAgent>) {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let name = agent.name().to_owned();
+        let link = Link { conn, route: Route::InProcess(agent), down: watch::channel(false).0 };
+        self.lock().insert(name, link);
+    }
+
     fn connected(&self, agent: &str, peer: SocketAddr, handle: russh::server::Handle) -> u64 {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let previous = self.lock().insert(agent.to_owned(), Link { conn, handle, down: watch::channel(false).0 });
+        let link = Link { conn, route: Route::Ssh(handle), down: watch::channel(false).0 };
+        let previous = self.lock().insert(agent.to_owned(), link);
         if let Some(old) = previous {
             old.down.send_replace(true);
             // The agent reconnected (its old TCP connection may not know yet): the old
             // link's sessions are gone with it.
             self.sessions.close_where(CloseReason::AgentDisconnect, |s| s.agent == agent);
-            tokio::spawn(async move {
-                let _ = old
-                    .handle
-                    .disconnect(
-                        russh::Disconnect::ByApplication,
-                        "replaced by a newer connection".into(),
-                        String::new(),
-                    )
-                    .await;
-            });
+            if let Route::Ssh(handle) = old.route {
+                tokio::spawn(async move {
+                    let _ = handle
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            "replaced by a newer connection".into(),
+                            String::new(),
+                        )
+                        .await;
+                });
+            }
         }
         self.events.record(BastionEvent::AgentConnected { agent: agent.to_owned(), remote: peer });
         conn

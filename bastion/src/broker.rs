@@ -11,8 +11,6 @@ use portcullis_proto::bastion::{
     CloseReason, SessionCloseRequest, SessionGrant, SessionMode, SessionOpenRequest, deny_reason,
 };
 use portcullis_proto::console::{ConsoleOpenRequest, deny_reason as console_deny};
-use russh::Channel;
-use russh::server::Msg;
 
 use crate::agent_hub::LinkWatch;
 use crate::control::ControlError;
@@ -184,7 +182,7 @@ impl Shared {
         &self,
         admitted: &Admitted,
         peer: SocketAddr,
-    ) -> Result<(Channel<Msg>, LinkWatch), Refusal> {
+    ) -> Result<(crate::agent_hub::Onward, LinkWatch), Refusal> {
         let g = &admitted.grant;
         let started = Instant::now();
         let timeout = Duration::from_millis(g.connect_timeout_ms.clamp(100, 60_000));

@@ -181,36 +181,51 @@ impl State {
     }
 }
 
+/// Why the agent did not connect where a bastion asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DialError {
+    /// Not on the allow-list (or not a port).
+    NotAllowed,
+    /// Allowed, but the connection failed or timed out.
+    ConnectFailed,
+}
+
+impl State {
+    /// The agent's one decision, whoever asks: connect to `host:port` only when the
+    /// allow-list permits it, within the connect timeout.
+    async fn dial(&self, host: &str, port: u32) -> Result<TcpStream, DialError> {
+        let port = match u16::try_from(port) {
+            Ok(port) if self.permits(host, port).await => port,
+            _ => {
+                tracing::warn!(
+                    destination = %escape_for_log(&format!("{host}:{port}")),
+                    "refused a destination outside the allow-list"
+                );
+                self.status.channel("not_allowed");
+                return Err(DialError::NotAllowed);
+            }
+        };
+        match tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port))).await {
+            Ok(Ok(target)) => {
+                let _ = target.set_nodelay(true);
+                self.status.channel("opened");
+                Ok(target)
+            }
+            _ => {
+                self.status.channel("connect_failed");
+                Err(DialError::ConnectFailed)
+            }
+        }
+    }
+}
+
 /// Least time between two allow-list refreshes caused by misses.
 const MISS_REFRESH_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs the agent until the process ends.
-pub async fn run(config: AgentConfig) {
-    let state = Arc::new(State {
-        name: config.name,
-        key: config.key,
-        control: config.control,
-        certificate: RwLock::new(None),
-        allow: RwLock::new(config.allow.clone().unwrap_or_default()),
-        fixed_allow: config.allow.is_some(),
-        last_miss_refresh: tokio::sync::Mutex::new(None),
-        connect_timeout: config.connect_timeout,
-        status: config.status,
-    });
-    // Certificate and allow-list first (retrying), so the first dial can succeed.
-    while refresh(&state).await.is_err() {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    tokio::spawn({
-        let state = Arc::clone(&state);
-        async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                let _ = refresh(&state).await;
-            }
-        }
-    });
-    let mut bastions = config.bastions;
+pub async fn run(mut config: AgentConfig) {
+    let mut bastions = std::mem::take(&mut config.bastions);
+    let state = State::start(config, Link::Ssh).await;
     while bastions.is_empty() {
         match directory(&state.control).await {
             Ok(found) if !found.is_empty() => bastions = found,
@@ -230,13 +245,89 @@ pub async fn run(config: AgentConfig) {
     }
 }
 
-/// Renews the internal certificate when due and refreshes the CA-assigned allow-list.
-async fn refresh(state: &State) -> Result<(), String> {
+/// How the agent reaches its bastion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Dials out over SSH, authenticating with its internal certificate.
+    Ssh,
+    /// Inside the bastion's own process: no link, no certificate.
+    InProcess,
+}
+
+impl State {
+    /// The agent's state with its allow-list (and, over SSH, its certificate) fetched,
+    /// retrying until the CA answers, and kept fresh by a task.
+    async fn start(config: AgentConfig, link: Link) -> Arc<State> {
+        let state = Arc::new(State {
+            name: config.name,
+            key: config.key,
+            control: config.control,
+            certificate: RwLock::new(None),
+            allow: RwLock::new(config.allow.clone().unwrap_or_default()),
+            fixed_allow: config.allow.is_some(),
+            last_miss_refresh: tokio::sync::Mutex::new(None),
+            connect_timeout: config.connect_timeout,
+            status: config.status,
+        });
+        // First (retrying), so the first dial can succeed.
+        while refresh(&state, link).await.is_err() {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        tokio::spawn({
+            let state = Arc::clone(&state);
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    let _ = refresh(&state, link).await;
+                }
+            }
+        });
+        state
+    }
+}
+
+/// The all-in-one's own agent, in the bastion's process. It needs no SSH link to a
+/// bastion on the same machine (that link cost a second encryption and two more copies
+/// of every byte on loopback): the bastion asks it directly and gets a TCP connection
+/// to the device. It decides as a remote agent does — its own allow-list from the CA,
+/// the same connect timeout — and holds no key a remote agent would not.
+pub struct InProcessAgent {
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for InProcessAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessAgent").field("name", &self.state.name).finish_non_exhaustive()
+    }
+}
+
+impl InProcessAgent {
+    /// Fetches the allow-list (retrying until the CA answers) and keeps it fresh.
+    /// `config.bastions` is not used: the bastion attaches the agent itself.
+    pub async fn start(config: AgentConfig) -> Arc<Self> {
+        let state = State::start(config, Link::InProcess).await;
+        state.status.links.store(1, std::sync::atomic::Ordering::Relaxed);
+        Arc::new(Self { state })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    pub(crate) async fn dial(&self, host: &str, port: u16) -> Result<TcpStream, DialError> {
+        self.state.dial(host, u32::from(port)).await
+    }
+}
+
+/// Renews the internal certificate when due (over SSH) and refreshes the CA-assigned
+/// allow-list.
+async fn refresh(state: &State, link: Link) -> Result<(), String> {
     let now = crate::clock::Clock::now_unix(&crate::clock::SystemClock);
-    let due = state.certificate().is_none_or(|c| {
-        let (after, before) = (c.valid_after(), c.valid_before());
-        now >= after + (before.saturating_sub(after)) / 2
-    });
+    let due = link == Link::Ssh
+        && state.certificate().is_none_or(|c| {
+            let (after, before) = (c.valid_after(), c.valid_before());
+            now >= after + (before.saturating_sub(after)) / 2
+        });
     if due {
         let renewed = state.control.renew_certificate().await.map_err(|e| e.to_string())?;
         let cert = Certificate::from_openssh(renewed.certificate.trim()).map_err(|e| e.to_string())?;
@@ -350,31 +441,14 @@ impl client::Handler for AgentSide {
         let state = Arc::clone(&self.state);
         // Decide and connect in a task: this connection keeps serving other channels.
         tokio::spawn(async move {
-            let port = match u16::try_from(connected_port) {
-                Ok(port) if state.permits(&host, port).await => port,
-                _ => {
-                    tracing::warn!(
-                        destination = %escape_for_log(&format!("{host}:{connected_port}")),
-                        "refused a destination outside the allow-list"
-                    );
-                    state.status.channel("not_allowed");
-                    reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
-                    return;
+            match state.dial(&host, connected_port).await {
+                Ok(target) => {
+                    reply.accept().await;
+                    relay(channel, target).await;
                 }
-            };
-            let target =
-                match tokio::time::timeout(state.connect_timeout, TcpStream::connect((host.as_str(), port))).await {
-                    Ok(Ok(s)) => s,
-                    _ => {
-                        state.status.channel("connect_failed");
-                        reply.reject(ChannelOpenFailure::ConnectFailed).await;
-                        return;
-                    }
-                };
-            let _ = target.set_nodelay(true);
-            state.status.channel("opened");
-            reply.accept().await;
-            relay(channel, target).await;
+                Err(DialError::NotAllowed) => reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await,
+                Err(DialError::ConnectFailed) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+            }
         });
         Ok(())
     }
@@ -394,6 +468,33 @@ pub fn endpoint(address: SocketAddr, host_key: PublicKey) -> BastionEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The in-process agent decides as a remote one does: its allow-list, then connect.
+    #[tokio::test]
+    async fn the_in_process_agent_connects_only_where_its_allow_list_permits() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listener.local_addr().unwrap().port();
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+        let allow = AllowList::exact([("127.0.0.1".to_owned(), open), ("127.0.0.1".to_owned(), closed)]);
+        let status = Arc::new(AgentStatus::default());
+        let agent = InProcessAgent::start(AgentConfig {
+            name: "local".into(),
+            key: Arc::new(PrivateKey::random(&mut rand::rng(), ssh_key::Algorithm::Ed25519).unwrap()),
+            control: Arc::new(crate::control::unreachable(Duration::from_millis(100))),
+            bastions: Vec::new(),
+            allow: Some(allow),
+            connect_timeout: Duration::from_secs(2),
+            status: Arc::clone(&status),
+        })
+        .await;
+        assert!(agent.dial("127.0.0.1", open).await.is_ok());
+        assert_eq!(agent.dial("127.0.0.2", open).await.err(), Some(DialError::NotAllowed), "other host");
+        assert_eq!(agent.dial("127.0.0.1", open + 1).await.err(), Some(DialError::NotAllowed), "other port");
+        assert_eq!(agent.dial("127.0.0.1", closed).await.err(), Some(DialError::ConnectFailed));
+        assert!(status.ready(), "an in-process agent is always linked");
+        let metrics = status.metrics_text();
+        assert!(metrics.contains(r#"outcome="not_allowed"} 2"#), "{metrics}");
+    }
 
     #[test]
     fn allow_list_is_exact_or_by_block_and_port() {

@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use portcullis_proto::bastion::{CloseReason, SessionMode, SessionOpenRequest};
 use russh::server::{ChannelOpenHandle, Msg};
-use russh::{Channel, ChannelMsg, ChannelOpenFailure};
+use russh::{Channel, ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::agent_hub::LinkWatch;
+use crate::agent_hub::{LinkWatch, Onward};
 use crate::broker::{Admitted, new_session_id};
 use crate::handler::Presented;
 use crate::server::Shared;
@@ -88,25 +90,23 @@ pub(crate) async fn run(shared: Arc<Shared>, req: JumpRequest, client: Channel<M
 async fn splice(
     admitted: &Admitted,
     client: Channel<Msg>,
-    onward: Channel<Msg>,
+    onward: Onward,
     link: LinkWatch,
     farewell: &Farewell,
 ) -> CloseReason {
     let live = &admitted.live;
     let (mut from_client, to_client) = client.split();
-    let (mut from_node, to_node) = onward.split();
+    let (mut from_node, mut to_node) = node_halves(onward);
     let upstream = async {
         while let Some(msg) = from_client.wait().await {
             match msg {
                 ChannelMsg::Data { data } => {
                     live.client_input(data.len());
-                    if to_node.data_bytes(data).await.is_err() {
+                    if to_node.data(data).await.is_err() {
                         return CloseReason::AgentDisconnect;
                     }
                 }
-                ChannelMsg::Eof => {
-                    let _ = to_node.eof().await;
-                }
+                ChannelMsg::Eof => to_node.eof().await,
                 ChannelMsg::Close => break,
                 _ => {}
             }
@@ -114,23 +114,22 @@ async fn splice(
         CloseReason::ClientDisconnect
     };
     let downstream = async {
-        while let Some(msg) = from_node.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => {
+        loop {
+            match from_node.next().await {
+                FromNode::Data(data) => {
                     live.client_output(data.len());
                     if to_client.data_bytes(data).await.is_err() {
                         return CloseReason::ClientDisconnect;
                     }
                 }
-                ChannelMsg::Eof => {
+                FromNode::Eof => {
                     let _ = to_client.eof().await;
                 }
-                ChannelMsg::Close => return CloseReason::TargetDisconnect,
-                _ => {}
+                FromNode::Closed => return CloseReason::TargetDisconnect,
+                // Gone without a close: did the agent leave?
+                FromNode::Vanished => return crate::broker::vanished(link).await,
             }
         }
-        // Gone without a close: did the agent leave?
-        crate::broker::vanished(link).await
     };
     let pump = async {
         tokio::select! {
@@ -142,7 +141,7 @@ async fn splice(
     // End to end: nothing of ours inside the channel, only the closes — and the reason
     // on the outer connection when it is ours to give.
     within_close_grace(async {
-        let _ = to_node.close().await;
+        to_node.close().await;
         if farewell.applies(reason) {
             let why = reason.message().to_owned();
             let _ = farewell.outer.disconnect(russh::Disconnect::ByApplication, why, String::new()).await;
@@ -152,4 +151,102 @@ async fn splice(
     })
     .await;
     reason
+}
+
+/// What the node's side of a jump session delivers next.
+enum FromNode {
+    Data(bytes::Bytes),
+    Eof,
+    /// The node (or, for a channel, the agent on its behalf) closed.
+    Closed,
+    /// A channel that ended without a close.
+    Vanished,
+}
+
+/// Bytes read from the in-process agent's connection at a time (the size of a full
+/// SSH channel data packet the client accepts).
+const TCP_READ: usize = 32 * 1024;
+
+enum NodeReader {
+    Channel(ChannelReadHalf),
+    /// `eof` once the node's FIN was passed on: the next read reports the close.
+    Tcp {
+        read: OwnedReadHalf,
+        eof: bool,
+    },
+}
+
+enum NodeWriter {
+    Channel(ChannelWriteHalf<Msg>),
+    Tcp(OwnedWriteHalf),
+}
+
+fn node_halves(onward: Onward) -> (NodeReader, NodeWriter) {
+    match onward {
+        Onward::Channel(channel) => {
+            let (read, write) = channel.split();
+            (NodeReader::Channel(read), NodeWriter::Channel(write))
+        }
+        Onward::Tcp(tcp) => {
+            let (read, write) = tcp.into_split();
+            (NodeReader::Tcp { read, eof: false }, NodeWriter::Tcp(write))
+        }
+    }
+}
+
+impl NodeReader {
+    async fn next(&mut self) -> FromNode {
+        match self {
+            NodeReader::Channel(read) => loop {
+                match read.wait().await {
+                    Some(ChannelMsg::Data { data }) => return FromNode::Data(data),
+                    Some(ChannelMsg::Eof) => return FromNode::Eof,
+                    Some(ChannelMsg::Close) => return FromNode::Closed,
+                    Some(_) => {}
+                    None => return FromNode::Vanished,
+                }
+            },
+            NodeReader::Tcp { eof: true, .. } => FromNode::Closed,
+            NodeReader::Tcp { read, eof } => loop {
+                // The buffer exists only while bytes are ready: an idle session holds none.
+                if read.readable().await.is_err() {
+                    return FromNode::Closed;
+                }
+                let mut buf = bytes::BytesMut::with_capacity(TCP_READ);
+                match read.try_read_buf(&mut buf) {
+                    Ok(0) => {
+                        *eof = true;
+                        return FromNode::Eof;
+                    }
+                    Ok(_) => return FromNode::Data(buf.freeze()),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return FromNode::Closed,
+                }
+            },
+        }
+    }
+}
+
+impl NodeWriter {
+    async fn data(&mut self, data: bytes::Bytes) -> Result<(), ()> {
+        match self {
+            NodeWriter::Channel(write) => write.data_bytes(data).await.map_err(drop),
+            NodeWriter::Tcp(write) => write.write_all(&data).await.map_err(drop),
+        }
+    }
+
+    async fn eof(&mut self) {
+        match self {
+            NodeWriter::Channel(write) => drop(write.eof().await),
+            NodeWriter::Tcp(write) => drop(write.shutdown().await),
+        }
+    }
+
+    async fn close(&mut self) {
+        match self {
+            NodeWriter::Channel(write) => drop(write.close().await),
+            // Dropping the halves closes the socket.
+            NodeWriter::Tcp(write) => drop(write.shutdown().await),
+        }
+    }
 }

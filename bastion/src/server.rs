@@ -264,6 +264,12 @@ impl Bastion {
         Arc::clone(&self.shared)
     }
 
+    /// Serves an agent from this process (the all-in-one's own; see
+    /// [`crate::edge::InProcessAgent`]).
+    pub fn attach_in_process_agent(&self, agent: Arc<crate::edge::InProcessAgent>) {
+        self.shared.agents.attach_in_process(agent);
+    }
+
     /// The agents connected now.
     pub fn connected_agents(&self) -> Vec<String> {
         self.shared.agents.names()

@@ -261,7 +261,33 @@ pub fn start_agent(
     bastions: Vec<BastionEndpoint>,
     allow: Option<AllowList>,
 ) -> anyhow::Result<Arc<edge::AgentStatus>> {
-    let config = AgentConfig {
+    let config = agent_config(ca, name, identity, bastions, allow)?;
+    let status = Arc::clone(&config.status);
+    tokio::spawn(edge::run(config));
+    Ok(status)
+}
+
+/// The all-in-one's agent, served by `bastion` in this process (no SSH link to itself).
+/// Returns once the agent has its allow-list from the CA.
+pub async fn start_in_process_agent(
+    ca: &CaEndpoint,
+    name: &str,
+    identity: Identity,
+    bastion: &portcullis_bastion::Bastion,
+) -> anyhow::Result<()> {
+    let agent = edge::InProcessAgent::start(agent_config(ca, name, identity, Vec::new(), None)?).await;
+    bastion.attach_in_process_agent(agent);
+    Ok(())
+}
+
+fn agent_config(
+    ca: &CaEndpoint,
+    name: &str,
+    identity: Identity,
+    bastions: Vec<BastionEndpoint>,
+    allow: Option<AllowList>,
+) -> anyhow::Result<AgentConfig> {
+    Ok(AgentConfig {
         name: name.to_owned(),
         key: Arc::new(identity.key),
         control: control_plane(ca, &identity.api_token)?,
@@ -269,10 +295,7 @@ pub fn start_agent(
         allow,
         connect_timeout: Duration::from_secs(10),
         status: Arc::default(),
-    };
-    let status = Arc::clone(&config.status);
-    tokio::spawn(edge::run(config));
-    Ok(status)
+    })
 }
 
 /// `--bastion HOST:PORT=KEYFILE_OR_KEYLINE` for agents that should not rely on the CA's

@@ -69,7 +69,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:2222", env = "PORTCULLIS_SSH_LISTEN")]
         ssh_listen: String,
         /// Address of the bastion's listener for edge agents in other networks (the
-        /// built-in agent uses it too).
+        /// built-in agent needs none: it is served in process).
         #[arg(long, default_value = "127.0.0.1:0")]
         agent_listen: String,
         /// Collect hardware facts from nodes matched by an `inventory_enrichment` rule
@@ -439,7 +439,8 @@ async fn start_local_data_plane(
         .with_context(|| format!("cannot listen on {agent_listen}"))?;
     let mut agent_addr = agents.local_addr()?;
     println!("Edge agents connect to {agent_addr}");
-    // The built-in agent dials loopback when the listener is on every address.
+    // A listener on every address is listed in the bastion directory as loopback (no
+    // better address is known here; agents elsewhere are given `--bastion`).
     if agent_addr.ip().is_unspecified() {
         agent_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
@@ -452,15 +453,13 @@ async fn start_local_data_plane(
             Some(&agent_addr.to_string()),
         )
         .await?;
-    let host_key = bastion_key.public_key().clone();
     let identity = dataplane::Identity { key: bastion_key, api_token: SecretString::from(registered.api_token) };
     let (ssh_addr, bastion) = dataplane::start_bastion(endpoint, identity, ssh_listen, agents, front_door).await?;
 
     let agent_key = dataplane::identity_key(&data_dir.join("agent"))?;
     let registered = ca.register_service(ServiceKind::Agent, LOCAL, &dataplane::public_line(&agent_key)?, None).await?;
     let identity = dataplane::Identity { key: agent_key, api_token: SecretString::from(registered.api_token) };
-    let bastion_endpoint = portcullis_bastion::edge::endpoint(agent_addr, host_key);
-    dataplane::start_agent(endpoint, LOCAL, identity, vec![bastion_endpoint], None)?;
+    dataplane::start_in_process_agent(endpoint, LOCAL, identity, &bastion).await?;
     Ok((ssh_addr, bastion))
 }
 
