@@ -11,8 +11,9 @@
 //! in onward with a per-session certificate), jump mode (`ProxyJump` through the bastion,
 //! SSH end to end) and the baseline (`ProxyJump` through stock `sshd`):
 //!
-//! 1. bulk throughput: `head -c N /dev/zero | ssh HOST 'wc -c'` (the count is checked),
-//!    best of 3, connection setup included;
+//! 1. bulk throughput both ways: `head -c N /dev/zero | ssh HOST 'wc -c'` and
+//!    `ssh HOST 'head -c N /dev/zero' | wc -c` (the count is checked), best of 3,
+//!    connection setup included, with the server's CPU per GiB;
 //! 2. session setup: `ssh HOST true`, p50 and p99 wall time;
 //! 3. keystroke echo: `ssh -tt HOST 'stty raw -echo; cat'`, one byte at a time with
 //!    pauses between, p50 and p99 of the round trip in each of three rounds;
@@ -317,6 +318,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 struct BulkResult {
     route: Route,
+    direction: Direction,
     runs: Vec<Duration>,
     /// CPU of the fastest run.
     cpu: CpuSnapshot,
@@ -328,11 +330,45 @@ impl BulkResult {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Client to node: `head -c N /dev/zero | ssh HOST 'wc -c'`.
+    Upload,
+    /// Node to client: `ssh HOST 'head -c N /dev/zero' | wc -c`.
+    Download,
+}
+
+impl Direction {
+    fn label(self) -> &'static str {
+        match self {
+            Direction::Upload => "upload",
+            Direction::Download => "download",
+        }
+    }
+
+    /// The shell pipeline; `$1` bytes, `$2` ssh config, `$3` host. It prints the count.
+    fn pipeline(self) -> &'static str {
+        match self {
+            Direction::Upload => r#"head -c "$1" /dev/zero | ssh -F "$2" "$3" 'wc -c'"#,
+            Direction::Download => r#"ssh -F "$2" "$3" "head -c $1 /dev/zero" | wc -c"#,
+        }
+    }
+}
+
 fn bulk_phase(bench: &Bench, bytes: u64) -> Vec<BulkResult> {
     println!();
-    println!("== bulk: head -c {bytes} /dev/zero | ssh HOST 'wc -c' (best of {BULK_RUNS}, routes interleaved) ==");
-    let mut results: Vec<BulkResult> =
-        ROUTES.iter().map(|&route| BulkResult { route, runs: Vec::new(), cpu: CpuSnapshot::default() }).collect();
+    println!("== bulk: {bytes} bytes up (client to node) and down, best of {BULK_RUNS}, routes interleaved ==");
+    let mut results: Vec<BulkResult> = [Direction::Upload, Direction::Download]
+        .into_iter()
+        .flat_map(|direction| {
+            ROUTES.iter().map(move |&route| BulkResult {
+                route,
+                direction,
+                runs: Vec::new(),
+                cpu: CpuSnapshot::default(),
+            })
+        })
+        .collect();
     for round in 0..BULK_RUNS {
         for result in &mut results {
             settle();
@@ -340,7 +376,7 @@ fn bulk_phase(bench: &Bench, bytes: u64) -> Vec<BulkResult> {
             let t0 = Instant::now();
             let out = Command::new("sh")
                 .arg("-c")
-                .arg(r#"head -c "$1" /dev/zero | ssh -F "$2" "$3" 'wc -c'"#)
+                .arg(result.direction.pipeline())
                 .args(["sh", &bytes.to_string()])
                 .arg(&bench.config)
                 .arg(result.route.host())
@@ -353,13 +389,15 @@ fn bulk_phase(bench: &Bench, bytes: u64) -> Vec<BulkResult> {
             let received = String::from_utf8_lossy(&out.stdout).trim().to_owned();
             assert!(
                 out.status.success() && received == bytes.to_string(),
-                "{}: the node received {received:?} of {bytes} bytes: {}",
+                "{} {}: {received:?} of {bytes} bytes arrived: {}",
                 result.route.label(),
+                result.direction.label(),
                 String::from_utf8_lossy(&out.stderr)
             );
             println!(
-                "round {round} {:<12} {:>8.1} MiB/s  {:>7.2} s   CPU s/GiB: {}",
+                "round {round} {:<12} {:<8} {:>8.1} MiB/s  {:>7.2} s   CPU s/GiB: {}",
                 result.route.label(),
+                result.direction.label(),
                 bytes as f64 / MIB / elapsed.as_secs_f64(),
                 elapsed.as_secs_f64(),
                 cpu.line(bytes as f64 / (1024.0 * MIB), "s/GiB")
@@ -781,10 +819,16 @@ fn summary(
         "{:<34} {:>12} {:>12} {:>12} {:>9} {:>9}   target / floor",
         "metric", "terminated", "jump", "ssh -J sshd", "term/base", "jump/base"
     );
-    let get = |route: Route| bulk.iter().find(|r| r.route == route);
-    if let (Some(t), Some(j), Some(b)) = (get(Route::Terminated), get(Route::Jump), get(Route::Baseline)) {
-        let mibs = |r: &BulkResult| bytes as f64 / MIB / r.best().as_secs_f64();
-        row("bulk MiB/s (best of 3)", mibs(t), mibs(j), mibs(b), "≥ 1.5× both modes");
+    for direction in [Direction::Upload, Direction::Download] {
+        let get = |route: Route| bulk.iter().find(|r| r.route == route && r.direction == direction);
+        if let (Some(t), Some(j), Some(b)) = (get(Route::Terminated), get(Route::Jump), get(Route::Baseline)) {
+            let mibs = |r: &BulkResult| bytes as f64 / MIB / r.best().as_secs_f64();
+            let name = format!("bulk {} MiB/s (best of 3)", direction.label());
+            row(&name, mibs(t), mibs(j), mibs(b), "≥ 1.5× both modes");
+            let cpu = |r: &BulkResult| r.cpu.portcullisd.max(r.cpu.jump) * (1024.0 * MIB) / bytes as f64;
+            let name = format!("  server CPU s/GiB {}", direction.label());
+            row(&name, cpu(t), cpu(j), cpu(b), "(portcullisd resp. jump sshd)");
+        }
     }
     let sget = |route: Route| setup.iter().find(|r| r.route == route);
     if let (Some(t), Some(j), Some(b)) = (sget(Route::Terminated), sget(Route::Jump), sget(Route::Baseline)) {
