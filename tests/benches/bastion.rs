@@ -29,7 +29,10 @@
 //!
 //! Environment: `PORTCULLIS_BENCH_BYTES` (bulk bytes, default 1 GiB),
 //! `PORTCULLIS_BENCH_SETUP_RUNS` (default 30, after 3 warm-ups),
-//! `PORTCULLIS_BENCH_SESSIONS` (idle sessions, default 1000; 0 skips the phase).
+//! `PORTCULLIS_BENCH_SESSIONS` (idle sessions, default 1000; 0 skips the phase),
+//! `PORTCULLIS_BENCH_SCALE` (default 0: off; e.g. 10000 idle jump sessions to a TCP sink
+//! through one all-in-one, then churn; each session is two descriptors in portcullisd
+//! and two in the bench, so 10,000 needs a hard open-files limit above 20,000).
 //!
 //! Every OpenSSH hop uses `aes128-gcm@openssh.com` (a `Ciphers` line in the generated
 //! ssh config); the connections russh makes inside `portcullisd` (bastion → agent link,
@@ -109,6 +112,11 @@ fn main() -> ExitCode {
     let bytes = env_u64("PORTCULLIS_BENCH_BYTES", DEFAULT_BYTES).max(1);
     let setup_runs = usize::try_from(env_u64("PORTCULLIS_BENCH_SETUP_RUNS", DEFAULT_SETUP_RUNS as u64)).unwrap().max(1);
     let sessions = usize::try_from(env_u64("PORTCULLIS_BENCH_SESSIONS", DEFAULT_SESSIONS as u64)).unwrap();
+    let scale = usize::try_from(env_u64("PORTCULLIS_BENCH_SCALE", 0)).unwrap();
+    if let Some(limit) = procfs::open_files_limit().filter(|&l| scale > 0 && (2 * scale + 1000) as u64 > l) {
+        // A jump session is two descriptors in portcullisd (front door, node) and two here.
+        println!("note: the open-files limit ({limit}) holds fewer than {scale} sessions; raise the hard limit");
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "bastion benchmark: bulk {} MiB, {setup_runs} setups, {sessions} idle sessions, {cores} CPU core(s), {}",
@@ -135,6 +143,12 @@ fn main() -> ExitCode {
         }
     };
     summary(bytes, &bulk, &setup, &echo, &idle, sessions);
+    if scale > 0
+        && let Err(why) = runtime.block_on(scale_phase(scale))
+    {
+        eprintln!("FAILED: {why}");
+        return ExitCode::FAILURE;
+    }
     if idle.iter().any(|r| r.failed > 0) {
         eprintln!("FAILED: some idle sessions could not be opened (see above)");
         return ExitCode::FAILURE;
@@ -892,6 +906,137 @@ fn row(name: &str, t: f64, j: f64, b: f64, target: &str) {
 /// [`row`] for sub-millisecond figures.
 fn row_fine(name: &str, t: f64, j: f64, b: f64, target: &str) {
     println!("{name:<34} {t:>12.3} {j:>12.3} {b:>12.3} {:>8.2}× {:>8.2}×   {target}", t / b, j / b);
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Scale: many idle jump sessions, and churn
+
+/// Jump-mode sessions held through one all-in-one, each a `direct-tcpip` channel to a
+/// TCP sink in this process (the node is not what is measured: an sshd per session
+/// would need 16 GiB for 10,000), then sessions opened and closed for a while.
+async fn scale_phase(n: usize) -> Result<(), String> {
+    const CONCURRENCY: usize = 8;
+    const CHURN_FOR: Duration = Duration::from_secs(20);
+    println!();
+    println!("== scale: {n} idle jump sessions to a TCP sink, opened {CONCURRENCY} at a time; then churn ==");
+    let world = World::start(IDLE).await;
+    let creds = load_credentials(&world.dir.path().join("id"));
+    let sink_ip = portcullis_tests::bastion_world::loopback_ip();
+    let record = portcullis_proto::NodeRecord {
+        name: "sink".into(),
+        addresses: vec![sink_ip.clone()],
+        tags: [("env".to_owned(), "prod".to_owned())].into(),
+        ..Default::default()
+    };
+    world.server.add_node(&world.admin, &record).await;
+    let sink = tokio::net::TcpListener::bind((sink_ip.as_str(), 22)).await.map_err(|e| format!("sink: {e}"))?;
+    let sunk = Arc::new(std::sync::Mutex::new(Vec::new()));
+    tokio::spawn({
+        let sunk = Arc::clone(&sunk);
+        async move {
+            while let Ok((socket, _)) = sink.accept().await {
+                sunk.lock().unwrap().push(socket);
+            }
+        }
+    });
+    let pid = procfs::child_with_arg(&world.server.data_dir).ok_or("portcullisd not found in /proc")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rss_before, cpu_before) = (procfs::rss_kib(pid), procfs::cpu_seconds(pid));
+
+    let open = {
+        let (front, creds, sink_ip) = (world.server.bastion, creds.clone(), sink_ip.clone());
+        move |permits: Arc<tokio::sync::Semaphore>| {
+            let (creds, sink_ip) = (creds.clone(), sink_ip.clone());
+            async move {
+                let _permit = permits.acquire_owned().await.unwrap();
+                let outer = login(Err(front), "alice", &creds).await?;
+                let channel = outer
+                    .channel_open_direct_tcpip(sink_ip.as_str(), 22, "127.0.0.1", 0)
+                    .await
+                    .map_err(|e| format!("direct-tcpip: {e}"))?;
+                Ok::<_, String>((outer, channel))
+            }
+        }
+    };
+    let t0 = Instant::now();
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        tasks.spawn(open(Arc::clone(&permits)));
+    }
+    let mut held = Vec::with_capacity(n);
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("session task panicked") {
+            Ok(h) => held.push(h),
+            Err(why) => failures.push(why),
+        }
+    }
+    let open_time = t0.elapsed();
+    if let Some(first) = failures.first() {
+        println!("{} of {n} sessions could not be opened; first error: {first}", failures.len());
+    }
+    // Held a while: heartbeats for all of them every 500 ms is the steady cost.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let cpu_held0 = procfs::cpu_seconds(pid);
+    let hold = Duration::from_secs(20);
+    tokio::time::sleep(hold).await;
+    let idle_cpu = (procfs::cpu_seconds(pid) - cpu_held0) / hold.as_secs_f64();
+    let rss_held = procfs::rss_kib(pid);
+    let (status, body) = world.server.get_json(Some(&world.admin), "/v1/admin/sessions").await;
+    assert!(status.is_success(), "GET /v1/admin/sessions: {body}");
+    let live = body.as_array().map_or(0, Vec::len);
+    let (status, agents) = world.server.get_json(Some(&world.admin), "/v1/admin/agents").await;
+    let agent_up = status.is_success() && agents.to_string().contains("\"local\"");
+    let closed_early = world.server.audit_events("session_closed").await.len();
+    println!(
+        "opened {} of {n} in {:.0} s ({:.0}/s); live per the CA: {live}; closed while held: {closed_early}; \
+         built-in agent listed: {agent_up}; sink holds {}",
+        held.len(),
+        open_time.as_secs_f64(),
+        held.len() as f64 / open_time.as_secs_f64(),
+        sunk.lock().unwrap().len()
+    );
+    println!(
+        "portcullisd (CA + bastion + agent): RSS {rss_before} → {rss_held} KiB ({:.1} KiB/session), \
+         {:.0} % of a core while holding them (heartbeats), {:.1} s CPU to open them",
+        (rss_held as f64 - rss_before as f64) / live.max(1) as f64,
+        idle_cpu * 100.0,
+        cpu_held0 - cpu_before
+    );
+
+    // Churn beside the held sessions: open, close, repeat, for a while.
+    let churn_start = Instant::now();
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut churners = tokio::task::JoinSet::new();
+    for _ in 0..CONCURRENCY {
+        let (open, opened) = (open.clone(), Arc::clone(&opened));
+        churners.spawn(async move {
+            let permits = Arc::new(tokio::sync::Semaphore::new(1));
+            while churn_start.elapsed() < CHURN_FOR {
+                if let Ok((outer, channel)) = open(Arc::clone(&permits)).await {
+                    drop(channel);
+                    let _ = outer.disconnect(russh::Disconnect::ByApplication, "", "").await;
+                    opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    churners.join_all().await;
+    let churned = opened.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "churn beside them: {churned} sessions opened and closed in {:.0} s ({:.0}/s, {CONCURRENCY} at a time)",
+        churn_start.elapsed().as_secs_f64(),
+        churned as f64 / churn_start.elapsed().as_secs_f64()
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    println!("portcullisd RSS 5 s after closing them all: {} KiB", procfs::rss_kib(pid));
+    if failures.is_empty() && live == n {
+        Ok(())
+    } else {
+        Err(format!("{} sessions failed to open, {live} of {n} live", failures.len()))
+    }
 }
 
 // ---------------------------------------------------------------------------------------
