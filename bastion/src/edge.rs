@@ -20,6 +20,7 @@ use russh::{Channel, ChannelOpenFailure};
 use ssh_key::{Certificate, PublicKey};
 use tokio::net::TcpStream;
 
+use crate::clock::Clock;
 use crate::control::ControlPlane;
 use crate::events::escape_for_log;
 
@@ -82,6 +83,8 @@ pub struct AgentConfig {
     pub connect_timeout: Duration,
     /// What `/metrics` and `/readyz` report (see [`AgentStatus`]).
     pub status: Arc<AgentStatus>,
+    /// When the internal certificate is due for renewal.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The agent's state as its `/metrics`, `/healthz` and `/readyz` report it.
@@ -150,6 +153,7 @@ struct State {
     last_miss_refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     connect_timeout: Duration,
     status: Arc<AgentStatus>,
+    clock: Arc<dyn Clock>,
 }
 
 impl State {
@@ -268,6 +272,7 @@ impl State {
             last_miss_refresh: tokio::sync::Mutex::new(None),
             connect_timeout: config.connect_timeout,
             status: config.status,
+            clock: config.clock,
         });
         // First (retrying), so the first dial can succeed.
         while refresh(&state, link).await.is_err() {
@@ -322,7 +327,7 @@ impl InProcessAgent {
 /// Renews the internal certificate when due (over SSH) and refreshes the CA-assigned
 /// allow-list.
 async fn refresh(state: &State, link: Link) -> Result<(), String> {
-    let now = crate::clock::Clock::now_unix(&crate::clock::SystemClock);
+    let now = state.clock.now_unix();
     let due = link == Link::Ssh
         && state.certificate().is_none_or(|c| {
             let (after, before) = (c.valid_after(), c.valid_before());
@@ -485,6 +490,7 @@ mod tests {
             allow: Some(allow),
             connect_timeout: Duration::from_secs(2),
             status: Arc::clone(&status),
+            clock: Arc::new(crate::clock::SystemClock),
         })
         .await;
         assert!(agent.dial("127.0.0.1", open).await.is_ok());

@@ -7,8 +7,7 @@ use serde::{Deserialize, Serialize};
 use ssh_key::getrandom::SysRng;
 use ssh_key::rand_core::UnwrapErr;
 use ssh_key::{Algorithm, LineEnding, PrivateKey};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// The CA and the last sign-in. `token` is `None` after `logout`: the CA's URL, pin and
@@ -91,18 +90,7 @@ impl Paths {
     }
 }
 
+/// Key files and the saved session: see `portcullis_os::fs::write_atomic`.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let dir = path.parent().ok_or_else(|| anyhow!("bad path {}", path.display()))?;
-    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    Ok(portcullis_os::fs::write_atomic(path, contents, mode)?)
 }

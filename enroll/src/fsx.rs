@@ -2,9 +2,7 @@
 //! never a partial file, and a crash right after a call returns cannot undo it.
 
 use crate::error::{Error, Result};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Reads a file, `None` when it does not exist.
@@ -25,34 +23,17 @@ fn parent_of(path: &Path) -> Result<&Path> {
 }
 
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("cannot sync directory", dir, e))
+    portcullis_os::fs::fsync_dir(dir).map_err(io_error)
+}
+
+fn io_error(e: portcullis_os::fs::WriteError) -> Error {
+    Error::io(e.what, e.path, e.source)
 }
 
 /// Temp file in the same directory, write, fsync, rename over `path`, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     crate::failpoint::write_hook(path)?;
-    let dir = parent_of(path)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.portcullis-tmp"));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| Error::io("cannot create", &tmp, e))?;
-        // The umask may have narrowed `mode`; set exactly what was asked.
-        f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io("cannot chmod", &tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io("cannot write", &tmp, e))?;
-        f.sync_all().map_err(|e| Error::io("cannot sync", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename into place", path, e))?;
-        fsync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    portcullis_os::fs::write_atomic(path, bytes, mode).map_err(io_error)
 }
 
 /// Makes `path` a symlink to `target`, replacing whatever is there in one rename.

@@ -295,6 +295,7 @@ fn agent_config(
         allow,
         connect_timeout: Duration::from_secs(10),
         status: Arc::default(),
+        clock: Arc::new(portcullis_bastion::SystemClock),
     })
 }
 

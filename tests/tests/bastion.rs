@@ -158,7 +158,7 @@ async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
     assert!(!a.accepted() && a.refused_for(&RefusalReason::PlainPublicKey), "{:?}", a.events);
 
     // Another CA, otherwise a perfect certificate.
-    let now = portcullis_ca::SystemClock.now();
+    let now = portcullis_ca::SystemClock.now_unix();
     let principal = portcullis_policies::scoped_principal("prod-root", "root");
     let mut b = Builder::new_with_random_nonce(
         &mut ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng),

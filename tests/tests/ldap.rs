@@ -676,7 +676,7 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
                 }
                 let step = (seconds - passed).min(10);
                 passed += step;
-                clock.set(clock.now() + step);
+                clock.set(clock.now_unix() + step);
             }
         }
     };

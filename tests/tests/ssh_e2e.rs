@@ -234,7 +234,7 @@ async fn issue_at(ca: &Ca, clock: &ManualClock, at: u64, public_key: &str) -> St
 async fn certificates_outside_their_validity_window_are_refused() {
     let (server, admin) = team_server().await;
     let prod = node_sshd(&server, &admin, "pve-prod", None).await;
-    let now = SystemClock.now();
+    let now = SystemClock.now_unix();
     let clock = ManualClock::new(now);
     let ca = same_ca(&server, Arc::new(clock.clone())).await;
     let dir = tempfile::tempdir().unwrap();
@@ -267,7 +267,7 @@ async fn foreign_ca_and_host_type_certificates_are_refused() {
     let key = ed25519_key();
     let key_path = write_key_pair(dir.path(), "id", &key);
     let cert_path = dir.path().join("id-cert.pub");
-    let now = SystemClock.now();
+    let now = SystemClock.now_unix();
 
     let sign = |signer: &ssh_key::PrivateKey, cert_type: CertType| {
         let mut b = Builder::new_with_random_nonce(

@@ -192,7 +192,7 @@ impl Ca {
     pub async fn open(config: CaConfig, clock: Arc<dyn Clock>) -> Result<Ca, CaError> {
         let policy = load_policy_dir(&config.policy_dir)?;
         let store = Store::open(&config.database_url).await?;
-        let now = clock.now();
+        let now = clock.now_unix();
         let mut keyring = Keyring::load(&store, &config.passphrase).await?;
         for purpose in KeyPurpose::ALL {
             if keyring.has_active(purpose) {
@@ -281,7 +281,7 @@ impl Ca {
     }
 
     pub fn now(&self) -> u64 {
-        self.clock.now()
+        self.clock.now_unix()
     }
 
     pub fn policy(&self) -> Arc<Policy> {
