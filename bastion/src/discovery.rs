@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use portcullis_proto::discovery::*;
 use russh::client;
-use russh::keys::{PrivateKey, PublicKeyOrCertificate};
+use russh::keys::PrivateKey;
 use russh::{ChannelMsg, Disconnect};
-use ssh_key::public::KeyData;
-use ssh_key::{Certificate, PublicKey};
+use ssh_key::Certificate;
 
 use crate::agent_hub::BrokerError;
+use crate::host_keys::{HostKeyChecker, HostKeys};
 use crate::server::Shared;
 
 /// Wait before the first claim, and after a failed one.
@@ -101,7 +101,7 @@ async fn run_job(shared: &Shared, key: Arc<PrivateKey>, job: &DiscoveryJob) -> D
         Ok(Err(_)) => return failed(DiscoveryFailure::TargetUnreachable),
         Ok(Ok((channel, _link))) => channel,
     };
-    let checker = PinnedHostKeys::new(&job.known_host_keys);
+    let checker = HostKeys::pinned(&job.known_host_keys).checker::<DiscoveryError>();
     let config = Arc::new(client::Config { preferred: crate::server::preferred_client(), ..client::Config::default() });
     let login = async {
         let mut session = client::connect_stream(config, channel.into_stream(), checker).await?;
@@ -127,7 +127,7 @@ async fn run_job(shared: &Shared, key: Arc<PrivateKey>, job: &DiscoveryJob) -> D
 }
 
 /// Runs the (forced) command and reads stdout up to the cap; stderr is discarded.
-async fn capture(session: &client::Handle<PinnedHostKeys>) -> DiscoveryOutcome {
+async fn capture(session: &client::Handle<HostKeyChecker<DiscoveryError>>) -> DiscoveryOutcome {
     let failed = |reason| DiscoveryOutcome::Failed { reason };
     let Ok(mut channel) = session.channel_open_session().await else {
         return failed(DiscoveryFailure::TargetUnreachable);
@@ -187,43 +187,5 @@ impl DiscoveryError {
             DiscoveryError::AuthFailed => DiscoveryFailure::AuthFailed,
             DiscoveryError::Ssh(_) => DiscoveryFailure::TargetUnreachable,
         }
-    }
-}
-
-/// Accepts exactly the pinned keys: nothing pinned means nothing is accepted.
-struct PinnedHostKeys {
-    known: Vec<KeyData>,
-}
-
-impl PinnedHostKeys {
-    fn new(lines: &[String]) -> Self {
-        let known = lines.iter().filter_map(|l| PublicKey::from_openssh(l.trim()).ok()).map(|k| k.key_data().clone());
-        Self { known: known.collect() }
-    }
-}
-
-impl client::Handler for PinnedHostKeys {
-    type Error = DiscoveryError;
-
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        let data = match key {
-            PublicKeyOrCertificate::PublicKey { key, .. } => key.key_data(),
-            PublicKeyOrCertificate::Certificate(cert) => cert.public_key(),
-        };
-        if self.known.contains(data) { Ok(true) } else { Err(DiscoveryError::HostKey) }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nothing_pinned_accepts_nothing() {
-        const A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
-        let key = PublicKey::from_openssh(A).unwrap();
-        assert!(PinnedHostKeys::new(&[A.to_owned()]).known.contains(key.key_data()));
-        assert!(PinnedHostKeys::new(&[]).known.is_empty());
-        assert!(PinnedHostKeys::new(&["garbage".to_owned()]).known.is_empty());
     }
 }

@@ -26,6 +26,7 @@ mod error;
 mod events;
 mod grace;
 mod handler;
+mod host_keys;
 mod jump;
 mod listen;
 mod login;

@@ -15,19 +15,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use portcullis_proto::bastion::{CloseReason, HostKeyCheck, SessionMode, SessionOpenRequest};
+use portcullis_proto::bastion::{CloseReason, SessionMode, SessionOpenRequest};
 use russh::client;
-use russh::keys::{PrivateKey, PublicKeyOrCertificate};
+use russh::keys::PrivateKey;
 use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure};
-use ssh_key::public::KeyData;
 use ssh_key::rand_core::UnwrapErr;
-use ssh_key::{Algorithm, Certificate, PublicKey};
+use ssh_key::{Algorithm, Certificate};
 
 use crate::agent_hub::LinkWatch;
 use crate::broker::{Admitted, Refusal, new_session_id};
 use crate::events::escape_for_log;
 use crate::handler::Presented;
+use crate::host_keys::{HostKeyChecker, HostKeys};
 use crate::jump::ADMINISTRATIVELY_PROHIBITED;
 use crate::server::Shared;
 use crate::sessions::within_close_grace;
@@ -95,7 +95,7 @@ async fn refuse(reply: ChannelOpenHandle, refusal: Refusal) {
 
 pub(crate) struct Onward {
     /// Keeps the onward SSH connection alive.
-    pub session: client::Handle<HostKeyChecker>,
+    pub session: client::Handle<HostKeyChecker<OnwardError>>,
     pub channel: Channel<client::Msg>,
     pub link: LinkWatch,
 }
@@ -113,7 +113,7 @@ pub(crate) async fn log_in_onward(
     };
     let (channel, link) = shared.reach(admitted, peer).await?;
     let stream = channel.into_stream();
-    let checker = HostKeyChecker::new(g.host_key_check, &g.known_host_keys);
+    let checker = HostKeys::new(g.host_key_check, &g.known_host_keys).checker();
     let config = Arc::new(client::Config {
         preferred: crate::server::preferred_client(),
         nodelay: true,
@@ -175,48 +175,6 @@ impl OnwardError {
             OnwardError::AuthFailed => "onward_auth_failed",
             OnwardError::Ssh(_) => "target_unreachable",
         }
-    }
-}
-
-/// The onward connection's host-key decision, from the rule's `host_key_policy`.
-pub(crate) struct HostKeyChecker {
-    policy: HostKeyCheck,
-    known: Vec<KeyData>,
-}
-
-impl HostKeyChecker {
-    fn new(policy: HostKeyCheck, known_lines: &[String]) -> Self {
-        let known = known_lines
-            .iter()
-            .filter_map(|l| PublicKey::from_openssh(l.trim()).ok())
-            .map(|k| k.key_data().clone())
-            .collect();
-        Self { policy, known }
-    }
-
-    fn accepts(&self, key: &KeyData) -> bool {
-        match self.policy {
-            HostKeyCheck::DangerSkipVerify => true,
-            // Trust on first use: with nothing pinned yet the first key is accepted (the
-            // CA pins host keys at enrollment, so this only happens for devices added
-            // by hand); afterwards exactly like known_hosts.
-            HostKeyCheck::TrustOnFirstUse => self.known.is_empty() || self.known.contains(key),
-            HostKeyCheck::KnownHosts => self.known.contains(key),
-        }
-    }
-}
-
-impl client::Handler for HostKeyChecker {
-    type Error = OnwardError;
-
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        // A host certificate is judged by the key it certifies: enrollment pinned the
-        // node's plain host keys.
-        let data = match key {
-            PublicKeyOrCertificate::PublicKey { key, .. } => key.key_data(),
-            PublicKeyOrCertificate::Certificate(cert) => cert.public_key(),
-        };
-        if self.accepts(data) { Ok(true) } else { Err(OnwardError::HostKey) }
     }
 }
 
@@ -369,22 +327,6 @@ async fn proxy(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKj2cFcsfoHlUC9/IZzyu+BMUPOeq0GRGwMHJcXnWcNk a";
-
-    #[test]
-    fn host_key_policies() {
-        let a = PublicKey::from_openssh(A).unwrap();
-        let other = PrivateKey::random(&mut UnwrapErr(ssh_key::getrandom::SysRng), Algorithm::Ed25519).unwrap();
-        let other = other.public_key().key_data().clone();
-        let known = HostKeyChecker::new(HostKeyCheck::KnownHosts, &[A.to_owned()]);
-        assert!(known.accepts(a.key_data()));
-        assert!(!known.accepts(&other), "an unpinned key is refused");
-        assert!(!HostKeyChecker::new(HostKeyCheck::KnownHosts, &[]).accepts(&other), "nothing pinned: refuse");
-        assert!(HostKeyChecker::new(HostKeyCheck::TrustOnFirstUse, &[]).accepts(&other));
-        assert!(!HostKeyChecker::new(HostKeyCheck::TrustOnFirstUse, &[A.to_owned()]).accepts(&other));
-        assert!(HostKeyChecker::new(HostKeyCheck::DangerSkipVerify, &[A.to_owned()]).accepts(&other));
-    }
 
     #[test]
     fn environment_allow_list() {
