@@ -15,8 +15,8 @@ use portcullis_proto::console::{ConsoleOpenRequest, deny_reason as console_deny}
 use crate::agent_hub::LinkWatch;
 use crate::control::ControlError;
 use crate::events::{BastionEvent, escape_for_log};
-use crate::server::Shared;
 use crate::sessions::{Limits, LiveSession};
+use crate::shared::Shared;
 
 /// A session the CA admitted and this bastion registered.
 pub(crate) struct Admitted {
@@ -24,6 +24,14 @@ pub(crate) struct Admitted {
     pub live: Arc<LiveSession>,
     pub limits: Limits,
     guard: FinishGuard,
+}
+
+/// Which certificate a session asks the CA about: its serial and its digest (the CA
+/// refuses a certificate that is not the one it issued under that serial).
+#[derive(Clone)]
+pub(crate) struct Presented {
+    pub serial: u64,
+    pub digest: Option<String>,
 }
 
 /// Refusals that would tell a user whether a device exists: answered alike.

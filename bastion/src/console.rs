@@ -28,8 +28,8 @@ use russh::{ChannelMsg, client};
 
 use crate::Bastion;
 use crate::broker::{Admitted, new_session_id};
-use crate::server::Shared;
 use crate::sessions::{LiveSession, within_close_grace};
+use crate::shared::Shared;
 use crate::terminated::{log_in_onward, session_key};
 
 /// The path browsers connect to (the CA's ticket answer names it).

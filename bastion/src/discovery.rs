@@ -24,7 +24,7 @@ use ssh_key::Certificate;
 
 use crate::agent_hub::BrokerError;
 use crate::host_keys::{HostKeyChecker, HostKeys};
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Wait before the first claim, and after a failed one.
 const FIRST_CLAIM: Duration = Duration::from_secs(1);
@@ -102,7 +102,8 @@ async fn run_job(shared: &Shared, key: Arc<PrivateKey>, job: &DiscoveryJob) -> D
         Ok(Ok((channel, _link))) => channel,
     };
     let checker = HostKeys::pinned(&job.known_host_keys).checker::<DiscoveryError>();
-    let config = Arc::new(client::Config { preferred: crate::server::preferred_client(), ..client::Config::default() });
+    let config =
+        Arc::new(client::Config { preferred: crate::algorithms::preferred_client(), ..client::Config::default() });
     let login = async {
         let mut session = client::connect_stream(config, channel.into_stream(), checker).await?;
         let auth = session.authenticate_openssh_cert(job.login.clone(), key, cert).await?;

@@ -389,7 +389,7 @@ async fn stay_connected(state: Arc<State>, bastion: BastionEndpoint) {
 async fn serve_once(state: &Arc<State>, bastion: &BastionEndpoint) -> Result<(), String> {
     let cert = state.certificate().ok_or("no certificate yet")?;
     let config = Arc::new(client::Config {
-        preferred: crate::server::preferred_client(),
+        preferred: crate::algorithms::preferred_client(),
         keepalive_interval: Some(Duration::from_secs(3)),
         keepalive_max: 2,
         window_size: 8 * 1024 * 1024,

@@ -12,10 +12,11 @@ use russh::{Channel, ChannelOpenFailure};
 use ssh_key::Certificate;
 use tokio::sync::oneshot;
 
+use crate::broker::Presented;
 use crate::events::{BastionEvent, RefusalReason, escape_for_log, sanitize_user};
 use crate::jump::{ADMINISTRATIVELY_PROHIBITED, JumpRequest};
 use crate::login::{RequestedLogin, acceptable_principals};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::terminated::TerminatedRequest;
 use portcullis_proto::bastion::SessionMode;
 
@@ -66,14 +67,6 @@ struct Accepted {
     /// The certificate forces a command or requires user verification (FIDO): options
     /// only the node's own sshd can enforce, so it serves jump mode only.
     node_enforced_options: bool,
-}
-
-/// Which certificate a session asks the CA about: its serial and its digest (the CA
-/// refuses a certificate that is not the one it issued under that serial).
-#[derive(Clone)]
-pub(crate) struct Presented {
-    pub serial: u64,
-    pub digest: Option<String>,
 }
 
 /// Critical options the bastion cannot carry onto a per-session certificate.

@@ -14,10 +14,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::agent_hub::{LinkWatch, Onward};
+use crate::broker::Presented;
 use crate::broker::{Admitted, new_session_id};
-use crate::handler::Presented;
-use crate::server::Shared;
 use crate::sessions::within_close_grace;
+use crate::shared::Shared;
 
 /// SSH_OPEN_ADMINISTRATIVELY_PROHIBITED (RFC 4254 §5.1), with our own text.
 pub(crate) const ADMINISTRATIVELY_PROHIBITED: u32 = 1;

@@ -15,6 +15,8 @@
 //! material or terminal contents; interpret the bytes it relays.
 
 mod agent_hub;
+mod agent_listener;
+mod algorithms;
 mod broker;
 mod clock;
 mod closes;
@@ -35,19 +37,21 @@ mod pve;
 mod run_limit;
 mod server;
 mod sessions;
+mod shared;
 mod startups;
 mod terminated;
 mod trust;
 pub mod web;
 
 pub use agent_hub::BrokerError;
+pub use algorithms::KexProfile;
 pub use clock::{Clock, SystemClock};
 pub use control::{ControlConfig, ControlError, ControlPlane};
 pub use error::BastionError;
 pub use events::{BastionEvent, EventSink, RefusalReason, escape_for_log};
 pub use listen::raise_open_files_limit;
 pub use login::{RequestedLogin, acceptable_principals};
-pub use server::{Bastion, BastionConfig, KexProfile};
+pub use server::{Bastion, BastionConfig};
 pub use sessions::{Limits, LiveSession};
 pub use startups::StartupLimits;
 pub use trust::{TrustConfig, TrustError, TrustSnapshot, TrustSource};

@@ -24,13 +24,13 @@ use ssh_key::rand_core::UnwrapErr;
 use ssh_key::{Algorithm, Certificate};
 
 use crate::agent_hub::LinkWatch;
+use crate::broker::Presented;
 use crate::broker::{Admitted, Refusal, new_session_id};
 use crate::events::escape_for_log;
-use crate::handler::Presented;
 use crate::host_keys::{HostKeyChecker, HostKeys};
 use crate::jump::ADMINISTRATIVELY_PROHIBITED;
-use crate::server::Shared;
 use crate::sessions::within_close_grace;
+use crate::shared::Shared;
 
 pub(crate) struct TerminatedRequest {
     pub peer: SocketAddr,
@@ -115,7 +115,7 @@ pub(crate) async fn log_in_onward(
     let stream = channel.into_stream();
     let checker = HostKeys::new(g.host_key_check, &g.known_host_keys).checker();
     let config = Arc::new(client::Config {
-        preferred: crate::server::preferred_client(),
+        preferred: crate::algorithms::preferred_client(),
         nodelay: true,
         ..client::Config::default()
     });

@@ -16,7 +16,7 @@ use portcullis_proto::pve::*;
 use rustls_pki_types::ServerName;
 
 use crate::agent_hub::BrokerError;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Reconnections after a broken or timed-out request, per run.
 const MAX_RECONNECTS: u32 = 3;

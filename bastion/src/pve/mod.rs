@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use portcullis_proto::pve::*;
 
-use crate::server::Shared;
+use crate::shared::Shared;
 use client::{Api, Fetch};
 
 const FIRST_CLAIM: Duration = Duration::from_secs(1);
