@@ -228,13 +228,13 @@ pub fn sign_service_cert(
 }
 
 /// A hardware-discovery certificate. Built only from a
-/// [`DiscoveryPermit`](crate::service::DiscoveryPermit), which only the claim decision
+/// [`DiscoveryPermit`](crate::service::permits::DiscoveryPermit), which only the claim decision
 /// makes (a rule with purpose `inventory_enrichment` matched the node): the node principal
 /// of the discovery login on that node only, `force-command` = the fixed discovery command,
 /// no extensions (no pty, no forwarding), a few minutes of life, key id
 /// `discovery:<run id>:<node>`.
 pub fn sign_discovery_cert(
-    permit: &crate::service::DiscoveryPermit,
+    permit: &crate::service::permits::DiscoveryPermit,
     public_key: &PublicKey,
     signer: &Signer,
     now: u64,
@@ -256,12 +256,12 @@ pub fn sign_discovery_cert(
 }
 
 /// The per-session certificate a bastion logs in onward with (terminated mode, browser
-/// console). Built only from a [`SessionPermit`](crate::service::SessionPermit), which
+/// console). Built only from a [`SessionPermit`](crate::service::permits::SessionPermit), which
 /// only the session decision makes: one node principal (this device, this login), a
 /// minute of life, the key id naming the session so the node's auth.log links to the
 /// audit trail.
 pub fn sign_session_cert(
-    permit: &crate::service::SessionPermit,
+    permit: &crate::service::permits::SessionPermit,
     public_key: &PublicKey,
     signer: &Signer,
     now: u64,

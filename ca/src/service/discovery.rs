@@ -14,6 +14,7 @@
 //!   Changes are one history row plus `inventory_drift`; failures are `discovery_failed`.
 
 use super::Ca;
+use super::permits::DiscoveryPermit;
 use super::services::ServiceCaller;
 use super::sessions::policy_device_of;
 use crate::audit::{self, AuditEvent};
@@ -43,23 +44,6 @@ pub struct DiscoverySettings {
 impl Default for DiscoverySettings {
     fn default() -> Self {
         DiscoverySettings { enabled: false, interval_secs: 3600, concurrency: 4 }
-    }
-}
-
-/// Proof that a claim decided this node may be discovered now. Only [`Ca::claim_discovery`]
-/// makes one.
-#[derive(Debug)]
-pub struct DiscoveryPermit {
-    principal: String,
-    key_id: String,
-}
-
-impl DiscoveryPermit {
-    pub fn principal(&self) -> &str {
-        &self.principal
-    }
-    pub fn key_id(&self) -> &str {
-        &self.key_id
     }
 }
 

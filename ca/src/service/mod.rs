@@ -8,6 +8,7 @@ mod certs;
 mod discovery;
 mod enroll;
 mod metrics;
+pub mod permits;
 mod preview;
 mod pve;
 use metrics::Counters;
@@ -19,10 +20,10 @@ mod writer;
 pub use admin::AuditFilter;
 pub use auth::{Caller, csrf_token_for, csrf_token_matches};
 pub use certs::device_of;
-pub use discovery::{DiscoveryPermit, DiscoverySettings, HardwareSummary};
+pub use discovery::{DiscoverySettings, HardwareSummary};
+pub use permits::{DiscoveryPermit, SessionPermit};
 pub use pve::PveSettings;
 pub use services::ServiceCaller;
-pub use sessions::SessionPermit;
 
 /// 256 random bits as URL-safe text: generated passwords and passphrases.
 pub fn random_secret() -> String {

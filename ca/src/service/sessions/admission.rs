@@ -14,26 +14,6 @@ use std::collections::BTreeSet;
 pub(super) const FORWARDING_EXTENSIONS: [&str; 3] =
     ["permit-agent-forwarding", "permit-port-forwarding", "permit-X11-forwarding"];
 
-/// Proof that a per-session certificate with exactly these contents may be signed. Only
-/// [`crate::Ca::open_bastion_session`] makes one, after the admission decision.
-pub struct SessionPermit {
-    pub(super) principal: String,
-    pub(super) key_id: String,
-    pub(super) extensions: Vec<String>,
-}
-
-impl SessionPermit {
-    pub fn principal(&self) -> &str {
-        &self.principal
-    }
-    pub fn key_id(&self) -> &str {
-        &self.key_id
-    }
-    pub fn extensions(&self) -> &[String] {
-        &self.extensions
-    }
-}
-
 /// A refusal: stable code, fixed text for the user.
 pub(super) struct Denial {
     pub(super) reason: &'static str,

@@ -17,7 +17,7 @@ mod console;
 mod directory;
 mod heartbeat;
 
-pub use admission::SessionPermit;
+use super::permits::SessionPermit;
 pub(crate) use admission::policy_device as policy_device_of;
 pub(crate) use admission::valid_session_id;
 pub(crate) use directory::DirectoryAnswers;
