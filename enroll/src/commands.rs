@@ -7,7 +7,7 @@
 use crate::addresses;
 use crate::client::Api;
 use crate::error::{Error, Result};
-use crate::lock::{self, RunLock};
+use crate::lock;
 use crate::plan::{self, CheckedBundle, Desired};
 use crate::preflight::{self, Facts};
 use crate::proof::node_proof;
@@ -15,8 +15,10 @@ pub use crate::refresh::refresh;
 use crate::refresh::refresh_with;
 use crate::report::Report;
 use crate::root::Root;
+pub use crate::run::Global;
+use crate::run::{CHECK_PENDING, lock, now, recover, verify_effective, without_own_files, write_all};
 use crate::secret::{ExposeSecret, Token};
-use crate::sshd::{self, SshdCtl};
+use crate::sshd;
 use crate::state::{PendingDeregistration, State};
 use crate::txn::{self, Txn};
 use crate::{failpoint, fsx};
@@ -27,20 +29,6 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-pub struct Global {
-    pub root: Root,
-    pub check: bool,
-    pub sshd: SshdCtl,
-    /// How long to wait for another run's lock before refusing.
-    pub lock_wait: std::time::Duration,
-}
-
-/// The run lock for a command: exclusive when it may write, shared for `--check`.
-pub(crate) fn lock(g: &Global) -> Result<RunLock> {
-    let mode = if g.check { lock::Mode::Shared } else { lock::Mode::Exclusive };
-    lock::hold(&g.root, mode, g.lock_wait)
-}
-
 pub struct EnrollArgs {
     pub ca: String,
     pub token: Token,
@@ -50,28 +38,6 @@ pub struct EnrollArgs {
     pub addresses: Vec<String>,
     pub discovery: bool,
 }
-
-pub(crate) fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// Finishes an interrupted run's rollback. Under `--check` (which never writes) a pending
-/// journal is only reported, and the check stops there: `Ok(false)`.
-pub(crate) fn recover(g: &Global, r: &mut Report) -> Result<bool> {
-    if g.check {
-        if fsx::read_opt(&g.root.journal())?.is_some() {
-            r.step("check", "an interrupted earlier run is pending rollback; a run without --check completes it first");
-            return Ok(false);
-        }
-        return Ok(true);
-    }
-    if txn::recover(&g.root, &g.sshd)? {
-        r.step("recover", "an interrupted earlier run was found and rolled back to the original files");
-    }
-    Ok(true)
-}
-
-pub(crate) const CHECK_PENDING: &str = "check: an interrupted run is pending rollback; nothing else was compared";
 
 fn hostname(root: &Root) -> Option<String> {
     let text = std::fs::read_to_string(root.path("/etc/hostname")).ok().or_else(|| {
@@ -235,19 +201,6 @@ fn api_base(url: &str) -> String {
     url.trim_end_matches('/').to_owned()
 }
 
-pub(crate) fn write_all(txn: &mut Txn, root: &Root, files: &[Desired], r: &mut Report) -> Result<()> {
-    for d in files {
-        if let Some(parent) = d.path.parent()
-            && (parent.starts_with(root.stage()) || !parent.exists())
-        {
-            txn.ensure_dir(parent)?;
-        }
-        txn.write(&d.path, &d.bytes, d.mode)?;
-        r.changes.push(format!("write {}", d.path.display()));
-    }
-    Ok(())
-}
-
 #[allow(clippy::too_many_arguments)]
 fn activate(
     g: &Global,
@@ -338,33 +291,6 @@ fn activate(
     state.absorb(&without_own_files(root, &journal.originals), &journal.created_dirs);
     txn.write(&root.state_file(), &state.to_bytes()?, 0o600)?;
     failpoint::after("commit")?;
-    Ok(())
-}
-
-pub(crate) fn without_own_files(root: &Root, originals: &[txn::Original]) -> Vec<txn::Original> {
-    originals.iter().filter(|o| o.path != root.state_file() && o.path != root.journal()).cloned().collect()
-}
-
-pub(crate) fn verify_effective(g: &Global, cert_paths: &[PathBuf]) -> Result<()> {
-    let root = &g.root;
-    let eff = g.sshd.effective()?;
-    let first = |k: &str| eff.get(k).and_then(|v| v.first()).cloned().unwrap_or_default();
-    let want = [
-        ("trustedusercakeys", root.user_ca().display().to_string()),
-        ("authorizedprincipalsfile", format!("{}/%u", root.principals_dir().display())),
-        ("revokedkeys", root.krl().display().to_string()),
-    ];
-    for (k, v) in want {
-        if first(k) != v {
-            return Err(Error::Failed(format!("sshd -T shows {k} {:?}, not {v}", first(k))));
-        }
-    }
-    let certs = eff.get("hostcertificate").cloned().unwrap_or_default();
-    for c in cert_paths {
-        if !certs.iter().any(|v| Path::new(v) == c) {
-            return Err(Error::Failed(format!("sshd -T does not list HostCertificate {}", c.display())));
-        }
-    }
     Ok(())
 }
 

@@ -24,6 +24,7 @@ pub mod proof;
 pub mod refresh;
 pub mod report;
 pub mod root;
+pub mod run;
 pub mod secret;
 pub mod sshd;
 pub mod sshd_config;

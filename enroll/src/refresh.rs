@@ -18,13 +18,13 @@
 //! one of these is a consistent node, and the next refresh completes what is missing.
 
 use crate::client::Api;
-use crate::commands::{CHECK_PENDING, Global, lock, now, recover, verify_effective, without_own_files, write_all};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::plan::{self, CheckedBundle, Plan};
 use crate::proof::node_proof;
 use crate::report::Report;
 use crate::root::Root;
+use crate::run::{CHECK_PENDING, Global, lock, now, recover, verify_effective, without_own_files, write_all};
 use crate::state::State;
 use crate::txn::Txn;
 use std::path::PathBuf;
