@@ -27,13 +27,13 @@ mod summary;
 pub use account::{USER_NAME_RULE, UserSource, account_name, parse_account, valid_user_name};
 pub use decision::{CertPermit, CertRequest, Deny, DenyReason, Grant, Identity};
 pub use device::{DEFAULT_SSH_PORT, Device};
-pub use load::{LoadError, LoadErrors};
+pub use load::{LoadError, LoadErrors, PolicySource};
 pub use model::{
     AuthMethod, Credential, DEFAULT_PROXMOX_API_PORT, DenyStatement, HostKeyPolicy, IdleCounts, Provider, Purpose,
     Role, Rule, SECRET_NAME_RULE, Scope, SessionLimits, Subject, valid_secret_name,
 };
 pub use permission::{Permission, UnknownPermission};
-pub use policy::{Policy, PolicySource};
+pub use policy::Policy;
 pub use principal::{LINE_OPTIONS, PrincipalLine, node_principal, scoped_principal};
 pub use srql::{QueryError, TargetQuery};
 pub use summary::{FieldChange, ItemSummary, PolicyDiff, PolicySummary, diff};

@@ -2,20 +2,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::load::{self, LoadErrors};
 use crate::model::{DenyStatement, Role, Rule, Subject};
 
-/// One policy source as read by the caller (this crate never touches the filesystem).
-#[derive(Debug, Clone, Copy)]
-pub struct PolicySource<'a> {
-    /// Shown in errors, e.g. the file name.
-    pub name: &'a str,
-    /// The TOML text.
-    pub text: &'a str,
-}
-
 /// A validated, immutable policy. Only [`Policy::from_sources`] and [`Policy::empty`]
-/// create one, so holding a `Policy` means every item passed validation.
+/// create one (`from_sources` is the loader's, in `load`), so holding a `Policy` means every item passed validation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     pub(crate) roles: BTreeMap<String, Role>,
@@ -26,11 +16,6 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Loads and validates the union of `sources`, reporting every error found.
-    pub fn from_sources(sources: &[PolicySource<'_>]) -> Result<Policy, LoadErrors> {
-        load::load(sources)
-    }
-
     /// A policy that grants nothing.
     pub fn empty() -> Policy {
         Policy::default()

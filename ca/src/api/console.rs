@@ -2,9 +2,8 @@
 //! into the session cookie, the session's CSRF token, the device list, tickets, the
 //! bastion's redemption, and the data of the admin pages (policy history).
 
-use super::extract::{Authed, BastionAuth, Body, ClientIp, cookie};
+use super::extract::{Authed, BastionAuth, Body, ClientIp, cookie, session_cookie};
 use super::handlers::LoginBody;
-use super::oidc::SESSION_COOKIE;
 use crate::error::CaError;
 use crate::service::{Ca, csrf_token_for};
 use axum::Json;
@@ -13,6 +12,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use portcullis_policies::proof;
 use portcullis_proto::bastion::SessionGrant;
+use portcullis_proto::console::SESSION_COOKIE;
 use portcullis_proto::console::*;
 use std::sync::Arc;
 
@@ -32,11 +32,7 @@ pub async fn browser_login(
 ) -> Result<Response, CaError> {
     let session = body.sign_in(&ca, &ip).await?;
     let max_age = session.expires_at.saturating_sub(ca.now());
-    let cookie = HeaderValue::try_from(format!(
-        "{SESSION_COOKIE}={}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict",
-        session.token
-    ))
-    .map_err(|_| CaError::Internal("cookie header".into()))?;
+    let cookie = session_cookie(&session.token, max_age)?;
     let answer = BrowserLoginResponse {
         username: session.username,
         csrf_token: csrf_token_for(&session.token),

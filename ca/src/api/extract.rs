@@ -9,7 +9,7 @@ use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use portcullis_proto::bastion::ServiceKind;
 use portcullis_proto::console::{
-    CSRF_HEADER, FORWARDED_BY_HEADER, FORWARDED_FOR_HEADER, FORWARDED_HOST_HEADER, valid_host,
+    CSRF_HEADER, FORWARDED_BY_HEADER, FORWARDED_FOR_HEADER, FORWARDED_HOST_HEADER, SESSION_COOKIE, valid_host,
 };
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
@@ -143,7 +143,7 @@ impl FromRequestParts<Arc<Ca>> for Authed {
             .map(str::to_owned);
         let (token, via_cookie) = match bearer {
             Some(t) => (t, false),
-            None => (cookie(&parts.headers, super::oidc::SESSION_COOKIE).ok_or(CaError::Unauthenticated)?, true),
+            None => (cookie(&parts.headers, SESSION_COOKIE).ok_or(CaError::Unauthenticated)?, true),
         };
         if token.is_empty() || token.len() > 256 {
             return Err(CaError::Unauthenticated);
@@ -254,6 +254,15 @@ impl FromRequestParts<Arc<Ca>> for BrowserHost {
         };
         Ok(BrowserHost(host.filter(|h| valid_host(h))))
     }
+}
+
+/// The `Set-Cookie` value of a browser's API session: host-only, HTTPS-only, out of
+/// scripts' reach, never sent on cross-site requests.
+pub fn session_cookie(token: &str, max_age: u64) -> Result<axum::http::HeaderValue, CaError> {
+    axum::http::HeaderValue::try_from(format!(
+        "{SESSION_COOKIE}={token}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict"
+    ))
+    .map_err(|_| CaError::Internal("cookie header".into()))
 }
 
 /// The value of cookie `name` from the request's `Cookie` headers ([`portcullis_proto::console::cookie`]).

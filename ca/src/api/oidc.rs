@@ -1,7 +1,7 @@
 //! Single sign-on routes. The callback's query is parsed by hand so that a missing,
 //! repeated or oversized parameter gets its own clear answer.
 
-use super::extract::{Body, BrowserHost, ClientIp, cookie};
+use super::extract::{Body, BrowserHost, ClientIp, cookie, session_cookie};
 use crate::error::CaError;
 use crate::service::Ca;
 use crate::service::oidc::Callback;
@@ -13,7 +13,6 @@ use portcullis_proto::oidc::{AuthMethods, DevicePoll, DevicePollRequest, DeviceS
 use std::sync::Arc;
 
 /// The API session cookie: the same server-side session as a bearer token.
-pub use portcullis_proto::console::SESSION_COOKIE;
 /// Binds a browser sign-in to the browser that started it (login CSRF defence).
 /// SameSite=Lax, not Strict: it must come along on the IdP's cross-site redirect back.
 const BINDING_COOKIE: &str = "portcullis_oidc_binding";
@@ -128,13 +127,7 @@ pub async fn browser_callback(
     )
         .into_response();
     let headers = response.headers_mut();
-    headers.append(
-        header::SET_COOKIE,
-        header_value(format!(
-            "{SESSION_COOKIE}={}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict",
-            session.token
-        ))?,
-    );
+    headers.append(header::SET_COOKIE, session_cookie(&session.token, max_age)?);
     headers.append(
         header::SET_COOKIE,
         header_value(format!("{BINDING_COOKIE}=; Path={CALLBACK_PATH}; Max-Age=0; Secure; HttpOnly; SameSite=Lax"))?,

@@ -19,7 +19,7 @@ pub(crate) use error::Pos;
 pub use error::{LoadError, LoadErrors};
 
 use crate::model::Subject;
-use crate::policy::{Policy, PolicySource};
+use crate::policy::Policy;
 use raw::{RawBinding, RawDeny, RawRole, RawRule};
 
 /// The source being loaded.
@@ -206,6 +206,22 @@ impl Loader {
             }
             self.policy.bindings.entry(b.subject).or_default().extend(roles);
         }
+    }
+}
+
+/// One policy source as read by the caller (this crate never touches the filesystem).
+#[derive(Debug, Clone, Copy)]
+pub struct PolicySource<'a> {
+    /// Shown in errors, e.g. the file name.
+    pub name: &'a str,
+    /// The TOML text.
+    pub text: &'a str,
+}
+
+impl Policy {
+    /// Loads and validates the union of `sources`, reporting every error found.
+    pub fn from_sources(sources: &[PolicySource<'_>]) -> Result<Policy, LoadErrors> {
+        load(sources)
     }
 }
 
