@@ -154,7 +154,7 @@ async fn run(shared: Arc<Shared>, mut socket: WebSocket, peer: SocketAddr, brows
         return close_with(&mut socket, "internal", "cannot start a session").await;
     };
     let request = ConsoleOpenRequest {
-        ticket,
+        ticket: ticket.into(),
         session_id: new_session_id(),
         session_public_key: public_line,
         client_ip: peer.ip().to_string(),

@@ -489,7 +489,7 @@ async fn enroll_token(api: &Api, cmd: EnrollTokenCommand, json: bool) -> anyhow:
             let t: EnrollTokenResponse = api.post("/v1/admin/enroll-tokens", &request).await?;
             // The token goes to stdout alone so scripts can capture it; the rest to stderr.
             eprintln!("Enrollment token {} ({} use(s), expires at unix time {}):", t.id, t.uses, t.expires_at);
-            println!("{}", t.token);
+            println!("{}", t.token.expose());
         }
         EnrollTokenCommand::List => {
             let tokens = api.get::<Vec<EnrollTokenInfo>>("/v1/admin/enroll-tokens").await?;

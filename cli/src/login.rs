@@ -117,7 +117,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let api = api.with_token(&session.token);
+    let api = api.with_token(session.token.expose());
 
     paths.ensure_dir()?;
     let (key, created) = paths.load_or_create_key()?;
@@ -130,7 +130,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         ca_url: ca_url.clone(),
         ca_fingerprint: pin,
         username: session.username.clone(),
-        token: Some(session.token),
+        token: Some(session.token.expose().to_owned()),
         expires_at: session.expires_at,
     })?;
 

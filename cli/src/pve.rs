@@ -5,6 +5,7 @@ use crate::api::Api;
 use crate::args::{SecretCommand, TlsArgs};
 use crate::login::read_password;
 use anyhow::{anyhow, bail};
+use portcullis_proto::WireSecret;
 use portcullis_proto::pve::*;
 use secrecy::ExposeSecret;
 
@@ -28,7 +29,7 @@ pub async fn secret(api: &Api, cmd: SecretCommand, json: bool) -> anyhow::Result
                 )
             };
             let value = read_password(&format!("Secret for {name}: "), secret_stdin)?;
-            let body = SecretAddRequest { name, kind, identity, secret: value.expose_secret().to_owned(), tls };
+            let body = SecretAddRequest { name, kind, identity, secret: WireSecret::new(value.expose_secret()), tls };
             let info: SecretInfo = api.post("/v1/admin/secrets", &body).await?;
             println!("Stored {} ({} {}), fingerprint {}.", info.name, info.kind, info.identity, info.fingerprint);
             if info.rules.is_empty() {
@@ -39,7 +40,7 @@ pub async fn secret(api: &Api, cmd: SecretCommand, json: bool) -> anyhow::Result
         SecretCommand::Rotate { name, identity, secret_stdin, tls } => {
             let tls = tls_policy(tls)?;
             let value = read_password(&format!("New secret for {name}: "), secret_stdin)?;
-            let body = SecretRotateRequest { secret: value.expose_secret().to_owned(), identity, tls };
+            let body = SecretRotateRequest { secret: WireSecret::new(value.expose_secret()), identity, tls };
             let info: SecretInfo = api.put(&format!("/v1/admin/secrets/{}", seg(&name)?), &body).await?;
             println!("Rotated {}, fingerprint now {}.", info.name, info.fingerprint);
             Ok(())

@@ -92,9 +92,9 @@ pub async fn enrolled_identity(
     let answer = ControlPlane::enroll(&ca.url, &ca.pin, &enroll_token, &request)
         .await
         .with_context(|| format!("enrollment of {} {name} failed", kind.as_str()))?;
-    fsutil::write_private(&token_path, answer.api_token.as_bytes())?;
+    fsutil::write_private(&token_path, answer.api_token.expose().as_bytes())?;
     println!("Enrolled {} {name} with the CA.", kind.as_str());
-    Ok(Identity { key, api_token: SecretString::from(answer.api_token) })
+    Ok(Identity { key, api_token: SecretString::from(answer.api_token.expose()) })
 }
 
 pub fn public_line(key: &PrivateKey) -> anyhow::Result<String> {

@@ -453,12 +453,13 @@ async fn start_local_data_plane(
             Some(&agent_addr.to_string()),
         )
         .await?;
-    let identity = dataplane::Identity { key: bastion_key, api_token: SecretString::from(registered.api_token) };
+    let identity =
+        dataplane::Identity { key: bastion_key, api_token: SecretString::from(registered.api_token.expose()) };
     let (ssh_addr, bastion) = dataplane::start_bastion(endpoint, identity, ssh_listen, agents, front_door).await?;
 
     let agent_key = dataplane::identity_key(&data_dir.join("agent"))?;
     let registered = ca.register_service(ServiceKind::Agent, LOCAL, &dataplane::public_line(&agent_key)?, None).await?;
-    let identity = dataplane::Identity { key: agent_key, api_token: SecretString::from(registered.api_token) };
+    let identity = dataplane::Identity { key: agent_key, api_token: SecretString::from(registered.api_token.expose()) };
     dataplane::start_in_process_agent(endpoint, LOCAL, identity, &bastion).await?;
     Ok((ssh_addr, bastion))
 }

@@ -102,19 +102,18 @@ impl ServiceEnrollRequest {
     }
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceEnrollResponse {
     pub kind: ServiceKind,
     pub name: String,
     /// `pcs_…`: the bearer credential for every later call. Shown once.
-    pub api_token: String,
+    pub api_token: crate::WireSecret,
     /// Internal certificate (OpenSSH `-cert.pub` format) for `public_key`.
     pub certificate: String,
     /// `GET /v1/ca/internal/keys` at enrollment time.
     pub internal_ca_keys: String,
 }
-debug_redacting!(ServiceEnrollResponse { kind, name, certificate, internal_ca_keys; secret: api_token });
 
 /// `POST /v1/services/certificate` (bearer `pcs_…`): a fresh internal certificate for the
 /// registered key. Also records the service as seen.

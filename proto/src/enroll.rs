@@ -29,16 +29,15 @@ pub struct EnrollTokenRequest {
     pub node: Option<String>,
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollTokenResponse {
     /// Shown once; the CA keeps only its hash.
-    pub token: String,
+    pub token: crate::WireSecret,
     pub id: String,
     pub expires_at: u64,
     pub uses: u32,
 }
-debug_redacting!(EnrollTokenResponse { id, expires_at, uses; secret: token });
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

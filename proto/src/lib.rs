@@ -1,27 +1,55 @@
 //! Wire types of the Portcullis CA's HTTPS API.
 //!
 //! Both the server (`ca`) and the CLI (`portcullis`) speak these types, so a field renamed
-//! here is renamed for both. Nothing here is a secret container: passwords are *not*
-//! modelled as serializable fields (the CLI builds that one body by hand and the server
-//! reads it straight into a redacting type).
+//! here is renamed for both. Every secret the protocol carries is a [`WireSecret`];
+//! passwords are *not* modelled as serializable fields (the CLI builds that one body by
+//! hand and the server reads it straight into a redacting type).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// `Debug` that names every field but prints the secret ones as `<redacted>`: the types
-/// that carry a bearer token, a console ticket or a sign-in handle, so that one
-/// `debug!(?answer)` cannot put it in a log.
-macro_rules! debug_redacting {
-    ($ty:ident { $($field:ident),* ; secret: $($secret:ident),+ }) => {
-        impl std::fmt::Debug for $ty {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct(stringify!($ty))
-                    $(.field(stringify!($field), &self.$field))*
-                    $(.field(stringify!($secret), &"<redacted>"))+
-                    .finish()
-            }
-        }
-    };
+/// A secret the protocol carries — a bearer token, a console ticket, an enrollment or
+/// service token, a sign-in handle, an API secret: serialized as the plain JSON string
+/// the peer needs, and nowhere else. No `Display`, `Debug` prints `<redacted>`, reading it
+/// takes an explicit [`WireSecret::expose`], and its bytes are zeroed when dropped.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String))]
+pub struct WireSecret(String);
+
+impl WireSecret {
+    pub fn new(value: impl Into<String>) -> Self {
+        WireSecret(value.into())
+    }
+
+    /// The secret itself, for the one place that must send or compare it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for WireSecret {
+    fn from(value: String) -> Self {
+        WireSecret(value)
+    }
+}
+
+impl From<&str> for WireSecret {
+    fn from(value: &str) -> Self {
+        WireSecret(value.to_owned())
+    }
+}
+
+impl std::fmt::Debug for WireSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Drop for WireSecret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
 }
 
 /// Every error body the API returns. `error` is a stable code; `message` is safe to show.
@@ -32,14 +60,13 @@ pub struct ApiError {
     pub message: String,
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginResponse {
-    pub token: String,
+    pub token: crate::WireSecret,
     pub username: String,
     pub expires_at: u64,
 }
-debug_redacting!(LoginResponse { username, expires_at; secret: token });
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -349,6 +376,16 @@ mod redaction_tests {
     use super::*;
 
     const SECRET: &str = "pcs_do-not-log-me";
+
+    #[test]
+    fn a_wire_secret_is_the_plain_string_on_the_wire_and_nowhere_else() {
+        let login = LoginResponse { token: SECRET.into(), username: "alice".into(), expires_at: 7 };
+        let json = serde_json::to_value(&login).unwrap();
+        assert_eq!(json["token"], SECRET, "the protocol carries it as it is");
+        let back: LoginResponse = serde_json::from_value(json).unwrap();
+        assert_eq!(back.token.expose(), SECRET);
+        assert_eq!(format!("{:?}", back.token), "<redacted>");
+    }
 
     #[test]
     fn debug_output_names_fields_but_never_shows_a_secret() {

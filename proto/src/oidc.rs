@@ -26,12 +26,12 @@ pub struct OidcMethods {
 }
 
 /// `POST /v1/auth/oidc/device`: show these to the user, then poll with `handle`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceStart {
     /// Opaque to the client; identifies this sign-in at the CA and carries the IdP's
     /// device code for it (so the CA stores none). A secret of the sign-in: never log it.
-    pub handle: String,
+    pub handle: crate::WireSecret,
     pub verification_uri: String,
     #[serde(default)]
     pub verification_uri_complete: Option<String>,
@@ -40,16 +40,14 @@ pub struct DeviceStart {
     pub interval: u64,
     pub expires_in: u64,
 }
-debug_redacting!(DeviceStart { verification_uri, verification_uri_complete, user_code, interval, expires_in; secret: handle });
 
 /// `POST /v1/auth/oidc/device/poll`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DevicePollRequest {
-    pub handle: String,
+    pub handle: crate::WireSecret,
 }
-debug_redacting!(DevicePollRequest { ; secret: handle });
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

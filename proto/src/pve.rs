@@ -86,7 +86,7 @@ pub fn valid_token_identity(s: &str) -> bool {
 }
 
 /// `POST /v1/admin/secrets` (`secrets.manage`).
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SecretAddRequest {
@@ -96,23 +96,21 @@ pub struct SecretAddRequest {
     /// The public half: `USER@REALM!TOKENID`.
     pub identity: String,
     /// The token secret. Stored encrypted; never rendered back.
-    pub secret: String,
+    pub secret: crate::WireSecret,
     pub tls: TlsPolicy,
 }
-debug_redacting!(SecretAddRequest { name, kind, identity, tls; secret: secret });
 
 /// `PUT /v1/admin/secrets/{name}` (`secrets.manage`): rotation. What is not given stays.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SecretRotateRequest {
-    pub secret: String,
+    pub secret: crate::WireSecret,
     #[serde(default)]
     pub identity: Option<String>,
     #[serde(default)]
     pub tls: Option<TlsPolicy>,
 }
-debug_redacting!(SecretRotateRequest { identity, tls; secret: secret });
 
 /// A stored secret as every listing shows it: never the value.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,7 +171,7 @@ pub struct PveProbe {
 /// The grant of one collection run: where, through which agent, with which token and
 /// TLS policy. Valid until `expires_at`; the bastion keeps it in memory only and drops it
 /// when the run ends.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PveJob {
     /// 32 lowercase hex characters; the report names it.
@@ -185,16 +183,12 @@ pub struct PveJob {
     pub rule: String,
     /// The token identity (`USER@REALM!TOKENID`).
     pub token_identity: String,
-    pub token_secret: String,
+    pub token_secret: crate::WireSecret,
     pub tls: TlsPolicy,
     /// Refuse (rather than warn) when the token holds write privileges.
     pub strict_permissions: bool,
     pub expires_at: u64,
 }
-debug_redacting!(PveJob {
-    run_id, device, agent, target_host, target_port, rule, token_identity, tls, strict_permissions, expires_at;
-    secret: token_secret
-});
 
 /// Why a run collected nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -117,7 +117,7 @@ pub const FIRST_ADMIN_PASSWORD: &str = "first-admin-own-password";
 pub async fn first_admin(ca: &Ca, group: &str, client_ip: &str) -> String {
     let one_time = ca.bootstrap_admin("admin", group).await.unwrap().expect("a first start creates the admin");
     let own = SecretString::from(FIRST_ADMIN_PASSWORD);
-    ca.login_replacing_password("admin", None, &one_time, &own, client_ip).await.unwrap().token
+    ca.login_replacing_password("admin", None, &one_time, &own, client_ip).await.unwrap().token.expose().to_owned()
 }
 
 /// The payloads of every audit record of `event` in `ca`'s store, oldest first.

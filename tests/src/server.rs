@@ -247,7 +247,7 @@ impl Server {
         let (status, body) = self.try_login(user, password).await;
         assert_eq!(status, StatusCode::OK, "login as {user} failed: {body}");
         let login: LoginResponse = serde_json::from_value(body).unwrap();
-        login.token
+        login.token.expose().to_owned()
     }
 
     /// The bootstrap administrator's token (logged in once per server: logins count
@@ -275,7 +275,7 @@ impl Server {
             _ => (status, body),
         };
         assert_eq!(status, StatusCode::OK, "the first administrator's sign-in failed: {body}");
-        let token = serde_json::from_value::<LoginResponse>(body).unwrap().token;
+        let token = serde_json::from_value::<LoginResponse>(body).unwrap().token.expose().to_owned();
         *cached = Some(token.clone());
         token
     }

@@ -178,7 +178,7 @@ async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
     let manual = ManualClock::new(now - 10 * 3600);
     let ca = same_ca(&server, Arc::new(manual.clone())).await;
     let login = ca.login_password("alice", None, &SecretString::from(PASSWORD), "127.0.0.1").await.unwrap();
-    let caller = ca.caller(&login.token).await.unwrap();
+    let caller = ca.caller(login.token.expose()).await.unwrap();
     let request = UserCertRequest { public_key: public_line(&key), ttl_seconds: Some(3600), roles: None };
     let expired = ca.issue_user_cert(&caller, &request, "127.0.0.1").await.unwrap().certificate;
     let expired_cert = write_file(dir.path(), "expired-cert.pub", &expired);

@@ -171,7 +171,9 @@ async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
         .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), Some("127.0.0.1:2223"))
         .await
         .unwrap()
-        .api_token;
+        .api_token
+        .expose()
+        .to_owned();
     Fx { replicas: served, ca, clock, admin, bastion, policy_dir, _dir: dir }
 }
 
@@ -197,7 +199,7 @@ impl Presented {
 /// Logs `user` in and has a certificate issued for a fresh key.
 async fn user_cert(ca: &Ca, user: &str) -> Presented {
     let login = ca.login_password(user, None, &SecretString::from(PASSWORD), IP).await.unwrap();
-    let caller = ca.caller(&login.token).await.unwrap();
+    let caller = ca.caller(login.token.expose()).await.unwrap();
     let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..Default::default() };
     Presented::of(&ca.issue_user_cert(&caller, &request, IP).await.unwrap().certificate)
 }
@@ -352,7 +354,7 @@ async fn services_enroll_only_with_tokens_of_their_kind() {
         .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let enrolled: ServiceEnrollResponse = serde_json::from_value(v).unwrap();
-    assert!(enrolled.api_token.starts_with("pcs_"));
+    assert!(enrolled.api_token.expose().starts_with("pcs_"));
     let (key_id, principals, extensions, signer) = inspect(&enrolled.certificate);
     assert_eq!(key_id, "service:agent:edge1");
     assert_eq!(principals, ["agent:edge1"]);
@@ -397,9 +399,9 @@ async fn services_enroll_only_with_tokens_of_their_kind() {
     let (status, v) = api.post_json(Some(&again), "/v1/services/enroll", &proven(&again)).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let renewed: ServiceEnrollResponse = serde_json::from_value(v).unwrap();
-    let (status, _) = api.get_json(Some(&enrolled.api_token), "/v1/services/agent/targets").await;
+    let (status, _) = api.get_json(Some(enrolled.api_token.expose()), "/v1/services/agent/targets").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "the old API credential still works");
-    let agent = renewed.api_token;
+    let agent = renewed.api_token.expose().to_owned();
 
     // A bastion with its endpoint; the directory lists it for agents.
     let bastion_key = public_line(&ed25519_key());
@@ -440,7 +442,7 @@ async fn services_enroll_only_with_tokens_of_their_kind() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = api.get_json(Some(&b2.api_token), "/v1/services/agent/targets").await;
+    let (status, _) = api.get_json(Some(b2.api_token.expose()), "/v1/services/agent/targets").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) =
         api.post_json(Some("pcs_unknown"), "/v1/bastion/heartbeat", &json!({"sessions": [], "agents": []})).await;
@@ -450,7 +452,7 @@ async fn services_enroll_only_with_tokens_of_their_kind() {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "a user's API session is not a service credential");
     // Control: the bastion's own credential works there.
     let (status, v) = api
-        .post_json(Some(&b2.api_token), "/v1/bastion/heartbeat", &json!({"sessions": [], "agents": ["edge1"]}))
+        .post_json(Some(b2.api_token.expose()), "/v1/bastion/heartbeat", &json!({"sessions": [], "agents": ["edge1"]}))
         .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     // A bastion with thousands of live sessions heartbeats in one request (far past the
@@ -458,7 +460,7 @@ async fn services_enroll_only_with_tokens_of_their_kind() {
     // sessions without a lease are answered `lease_lost`.
     let many: Vec<String> = (0..5000).map(|_| session_id()).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
-    let orders = heartbeat(api, &b2.api_token, &many, &["edge1"]).await;
+    let orders = heartbeat(api, b2.api_token.expose(), &many, &["edge1"]).await;
     assert_eq!(orders.len(), 5000);
     assert!(orders.iter().all(|(_, reason)| *reason == CloseReason::LeaseLost));
 
@@ -470,7 +472,7 @@ async fn services_enroll_only_with_tokens_of_their_kind() {
     assert_eq!(targets.iter().map(|t| t.device.as_str()).collect::<Vec<_>>(), ["pve02"]);
     assert_eq!((targets[0].addresses.clone(), targets[0].port), (vec!["10.1.0.5".to_owned()], 22));
     let local = fx.ca.register_service(ServiceKind::Agent, "local", &public_line(&ed25519_key()), None).await.unwrap();
-    let (_, v) = api.get_json(Some(&local.api_token), "/v1/services/agent/targets").await;
+    let (_, v) = api.get_json(Some(local.api_token.expose()), "/v1/services/agent/targets").await;
     let targets: Vec<AgentTarget> = serde_json::from_value(v).unwrap();
     let mut names: Vec<_> = targets.iter().map(|t| t.device.as_str()).collect();
     names.sort();
@@ -801,8 +803,14 @@ async fn a_quiet_bastions_leases_are_reclaimed_after_the_ttl_on_postgres() {
 async fn leases_are_reclaimed(fx: &Fx) {
     let api = fx.api();
     let other = fx.replicas.last().unwrap();
-    let b2 =
-        fx.ca.register_service(ServiceKind::Bastion, "b2", &public_line(&ed25519_key()), None).await.unwrap().api_token;
+    let b2 = fx
+        .ca
+        .register_service(ServiceKind::Bastion, "b2", &public_line(&ed25519_key()), None)
+        .await
+        .unwrap()
+        .api_token
+        .expose()
+        .to_owned();
     let serial = user_cert(&fx.ca, "alice").await;
     let t0 = fx.clock_now();
     // b1 holds alice's five sessions and keeps one of them alive for a while.
@@ -871,8 +879,14 @@ async fn the_cas_timer_reclaims_a_dead_bastions_leases_without_any_heartbeat() {
 async fn a_batch_of_closes_releases_only_the_bastions_own_sessions_all_or_none() {
     let fx = fixture(None, 1).await;
     let api = fx.api();
-    let b2 =
-        fx.ca.register_service(ServiceKind::Bastion, "b2", &public_line(&ed25519_key()), None).await.unwrap().api_token;
+    let b2 = fx
+        .ca
+        .register_service(ServiceKind::Bastion, "b2", &public_line(&ed25519_key()), None)
+        .await
+        .unwrap()
+        .api_token
+        .expose()
+        .to_owned();
     let alice = user_cert(&fx.ca, "alice").await;
     let bob = user_cert(&fx.ca, "bob").await;
     let mine: Vec<String> = (0..3).map(|_| session_id()).collect();
@@ -951,7 +965,8 @@ async fn close_orders(fx: &Fx) {
     let live: Vec<portcullis_proto::SessionInfo> = serde_json::from_value(v).unwrap();
     assert_eq!(live.len(), 4);
     assert!(live.iter().all(|s| s.bytes_to_client == 20 && !s.kill_requested));
-    let alice_api = fx.ca.login_password("alice", None, &SecretString::from(PASSWORD), IP).await.unwrap().token;
+    let alice_api =
+        fx.ca.login_password("alice", None, &SecretString::from(PASSWORD), IP).await.unwrap().token.expose().to_owned();
     let (status, _) = api.get_json(Some(&alice_api), "/v1/admin/sessions").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = api.post_json(Some(&alice_api), &format!("/v1/admin/sessions/{}/kill", ids[0]), &json!({})).await;
@@ -1013,8 +1028,14 @@ async fn close_orders(fx: &Fx) {
     assert_eq!(counter(&fx.ca, "user:bob").await, 0);
     assert_eq!(counter(&fx.ca, "user:alice").await, 1);
     // Another bastion cannot close b1's session.
-    let b2 =
-        fx.ca.register_service(ServiceKind::Bastion, "b2", &public_line(&ed25519_key()), None).await.unwrap().api_token;
+    let b2 = fx
+        .ca
+        .register_service(ServiceKind::Bastion, "b2", &public_line(&ed25519_key()), None)
+        .await
+        .unwrap()
+        .api_token
+        .expose()
+        .to_owned();
     close(api, &b2, &ids[3], "client_disconnect").await;
     assert_eq!(fx.ca.store().leases().await.unwrap().len(), 1);
 

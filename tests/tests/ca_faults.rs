@@ -116,7 +116,13 @@ async fn setup(url: &str, work: &Path) -> (Arc<Ca>, Caller, Caller) {
 }
 
 async fn login(ca: &Ca, user: &str, password: &str) -> Caller {
-    let token = ca.login_password(user, None, &SecretString::from(password.to_owned()), IP).await.unwrap().token;
+    let token = ca
+        .login_password(user, None, &SecretString::from(password.to_owned()), IP)
+        .await
+        .unwrap()
+        .token
+        .expose()
+        .to_owned();
     ca.caller(&token).await.unwrap()
 }
 

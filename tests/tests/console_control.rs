@@ -207,14 +207,16 @@ async fn fixture_on(db_url: Option<&str>, replicas: usize) -> Fx {
         .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), Some("127.0.0.1:2223"))
         .await
         .unwrap()
-        .api_token;
+        .api_token
+        .expose()
+        .to_owned();
     let http = portcullis_tests::server::client_with_pin(&api.pin);
     Fx { api, replicas: others, ca, clock, admin, bastion, policy_dir, http, askers: Default::default(), _dir: dir }
 }
 
 /// A bearer API session for `user`.
 async fn bearer(ca: &Ca, user: &str) -> String {
-    ca.login_password(user, None, &SecretString::from(PASSWORD), IP).await.unwrap().token
+    ca.login_password(user, None, &SecretString::from(PASSWORD), IP).await.unwrap().token.expose().to_owned()
 }
 
 /// A browser session by `POST /v1/auth/browser-login`: (session token from the cookie,

@@ -41,7 +41,12 @@ async fn ca_and_grant(dir: &std::path::Path) -> (Ca, Grant<proof::NodesManage>) 
 }
 
 async fn token(ca: &Ca, grant: &Grant<proof::NodesManage>, request: EnrollTokenRequest) -> String {
-    ca.create_enroll_token(grant, &EnrollTokenRequest { ttl_seconds: 600, ..request }).await.unwrap().token
+    ca.create_enroll_token(grant, &EnrollTokenRequest { ttl_seconds: 600, ..request })
+        .await
+        .unwrap()
+        .token
+        .expose()
+        .to_owned()
 }
 
 /// A CA with the default policy and a fresh enrollment token of `uses` uses.

@@ -631,10 +631,12 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
         .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), Some("127.0.0.1:2223"))
         .await
         .unwrap()
-        .api_token;
+        .api_token
+        .expose()
+        .to_owned();
 
     // bob signs in from the directory, gets a certificate and two console tickets.
-    let bob = ca.login_password("bob", None, &SecretString::from(BOB_PW), IP).await.unwrap().token;
+    let bob = ca.login_password("bob", None, &SecretString::from(BOB_PW), IP).await.unwrap().token.expose().to_owned();
     let caller = ca.caller(&bob).await.unwrap();
     assert_eq!(caller.identity.source, "ldap");
     let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..Default::default() };

@@ -170,7 +170,7 @@ async fn cli_login_uses_the_device_flow_headless() {
     assert!(printed.iter().any(|l| l.starts_with("To sign in, open ")), "{printed:?}");
     assert!(printed.iter().any(|l| l.starts_with("and enter the code: ")), "{printed:?}");
     let start = DeviceStart {
-        handle: String::new(),
+        handle: Default::default(),
         verification_uri: s.idp.issuer.clone(),
         verification_uri_complete: Some(complete),
         user_code: String::new(),
@@ -204,44 +204,44 @@ async fn methods_name_oidc() {
 async fn device_flow_gives_a_session_and_a_certificate_from_idp_groups() {
     let s = setup(None).await;
     let start = device_start(&s.server).await;
-    assert!(start.handle.starts_with("pcd_"));
+    assert!(start.handle.expose().starts_with("pcd_"));
     assert!(!start.user_code.is_empty() && start.interval >= 1 && start.expires_in > 0);
     // The device code itself never reaches the client.
     let serialized = serde_json::to_string(&start).unwrap();
     assert!(!serialized.contains("device_code"), "{serialized}");
 
     // Before the user acts: pending.
-    let (status, body) = device_poll(&s.server, &start.handle).await;
+    let (status, body) = device_poll(&s.server, start.handle.expose()).await;
     assert_eq!(status, StatusCode::OK);
     assert!(matches!(serde_json::from_value(body).unwrap(), DevicePoll::Pending { .. }));
     // A client that ignores the interval is told to slow down by the CA itself: the
     // answer stays the same however often it asks (the IdP's own `slow_down` would
     // raise the interval by five seconds at every poll that reached it).
     for _ in 0..5 {
-        let (status, body) = device_poll(&s.server, &start.handle).await;
+        let (status, body) = device_poll(&s.server, start.handle.expose()).await;
         assert_eq!(status, StatusCode::OK);
         let poll: DevicePoll = serde_json::from_value(body).unwrap();
         assert!(matches!(poll, DevicePoll::SlowDown { interval } if interval == start.interval + 5), "{poll:?}");
     }
 
     approve_device(&s.idp, &start, "alice", "alice-password", false).await;
-    let login: LoginResponse = match poll_until_done(&s.server, &start.handle).await {
+    let login: LoginResponse = match poll_until_done(&s.server, start.handle.expose()).await {
         DevicePoll::Success(login) => login,
         other => panic!("expected success, got {other:?}"),
     };
     assert_eq!(login.username, "oidc:alice");
     // The handle is single use.
-    let (status, _) = device_poll(&s.server, &start.handle).await;
+    let (status, _) = device_poll(&s.server, start.handle.expose()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    let (status, body) = s.server.get_json(Some(&login.token), "/v1/auth/whoami").await;
+    let (status, body) = s.server.get_json(Some(login.token.expose()), "/v1/auth/whoami").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let who: WhoAmI = serde_json::from_value(body).unwrap();
     assert_eq!((who.username.as_str(), who.source.as_str()), ("oidc:alice", "oidc"));
     assert_eq!(who.groups, vec!["developers"]);
     assert_eq!(who.roles, vec!["dev-shell"]);
 
-    let (status, body) = s.server.issue_cert(&login.token, &public_line(&ed25519_key())).await;
+    let (status, body) = s.server.issue_cert(login.token.expose(), &public_line(&ed25519_key())).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let cert: UserCertResponse = serde_json::from_value(body).unwrap();
     assert_eq!(cert.principals, vec![scoped_principal("dev-shell", "dev")]);
@@ -256,11 +256,11 @@ async fn device_flow_denied_and_expired_are_answered_clearly() {
     // Denied by the user at the IdP.
     let start = device_start(&s.server).await;
     approve_device(&s.idp, &start, "alice", "alice-password", true).await;
-    assert!(matches!(poll_until_done(&s.server, &start.handle).await, DevicePoll::AccessDenied));
+    assert!(matches!(poll_until_done(&s.server, start.handle.expose()).await, DevicePoll::AccessDenied));
     // Nobody acts before the 3 s device code expires.
     let start = device_start(&s.server).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(matches!(poll_until_done(&s.server, &start.handle).await, DevicePoll::ExpiredToken));
+    assert!(matches!(poll_until_done(&s.server, start.handle.expose()).await, DevicePoll::ExpiredToken));
     let failed = s.server.audit_events("login_failed").await;
     let reasons: Vec<_> = failed.iter().map(|r| r.payload["reason"].as_str().unwrap().to_owned()).collect();
     assert!(reasons.contains(&"access_denied".to_owned()), "{reasons:?}");
@@ -525,13 +525,13 @@ async fn sign_ins_in_progress_are_shared_by_replicas_on_postgres() {
         assert_eq!(status, StatusCode::OK, "{body}");
         serde_json::from_value(body).unwrap()
     }
-    assert!(matches!(poll(a, &start.handle).await, DevicePoll::Pending { .. }));
-    assert!(matches!(poll(b, &start.handle).await, DevicePoll::SlowDown { .. }));
+    assert!(matches!(poll(a, start.handle.expose()).await, DevicePoll::Pending { .. }));
+    assert!(matches!(poll(b, start.handle.expose()).await, DevicePoll::SlowDown { .. }));
     approve_device(&idp, &start, "bob", "bob-password", false).await;
     let mut done = None;
     for i in 0..20 {
         tokio::time::sleep(Duration::from_secs(start.interval.min(6))).await;
-        match poll(if i % 2 == 0 { b } else { a }, &start.handle).await {
+        match poll(if i % 2 == 0 { b } else { a }, start.handle.expose()).await {
             DevicePoll::Pending { .. } | DevicePoll::SlowDown { .. } => {}
             other => {
                 done = Some(other);

@@ -225,7 +225,7 @@ fn listing_serial(cert: &Path) -> String {
 async fn issue_at(ca: &Ca, clock: &ManualClock, at: u64, public_key: &str) -> String {
     clock.set(at);
     let login = ca.login_password("alice", None, &SecretString::from(PASSWORD), "127.0.0.1").await.unwrap();
-    let caller = ca.caller(&login.token).await.unwrap();
+    let caller = ca.caller(login.token.expose()).await.unwrap();
     let request = UserCertRequest { public_key: public_key.to_owned(), ttl_seconds: Some(3600), roles: None };
     ca.issue_user_cert(&caller, &request, "127.0.0.1").await.unwrap().certificate
 }

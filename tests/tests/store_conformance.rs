@@ -69,7 +69,7 @@ fn now() -> u64 {
 async fn login(ca: &Ca, user: &str, password: &str) -> Caller {
     let resp =
         ca.login_password(user, None, &secret(password), IP).await.unwrap_or_else(|e| panic!("login as {user}: {e}"));
-    ca.caller(&resp.token).await.unwrap()
+    ca.caller(resp.token.expose()).await.unwrap()
 }
 
 async fn issue(ca: &Ca, caller: &Caller, key: &PrivateKey) -> (UserCertResponse, Certificate) {
@@ -148,7 +148,8 @@ async fn run_conformance(url: &str, backend: Backend) {
         ca.login_password("alice", None, &secret("not-alices-password"), IP).await,
         Err(CaError::InvalidCredentials)
     ));
-    let alice_token = ca.login_password("alice", None, &secret(ALICE_PASSWORD), IP).await.unwrap().token;
+    let alice_token =
+        ca.login_password("alice", None, &secret(ALICE_PASSWORD), IP).await.unwrap().token.expose().to_owned();
     let alice = ca.caller(&alice_token).await.unwrap();
     let bob = login(&ca, "bob", BOB_PASSWORD).await;
     assert_eq!(ca.whoami(&alice).roles, vec!["deployer".to_owned()]);
@@ -239,7 +240,7 @@ async fn run_conformance(url: &str, backend: Backend) {
     assert!(ca.certificates(&revoke_grant, Some("alice")).await.unwrap().iter().all(|c| c.revoked));
 
     // --- disabling a user ends their sessions ---------------------------------------
-    let bob_token = ca.login_password("bob", None, &secret(BOB_PASSWORD), IP).await.unwrap().token;
+    let bob_token = ca.login_password("bob", None, &secret(BOB_PASSWORD), IP).await.unwrap().token.expose().to_owned();
     ca.caller(&bob_token).await.expect("bob's session works");
     ca.set_user_disabled(&users_grant, "bob", true).await.unwrap();
     assert!(

@@ -63,7 +63,7 @@ impl<'a> Api<'a> {
     pub(super) async fn connect(shared: &'a Shared, job: &'a PveJob) -> Result<Api<'a>, PveFailure> {
         let config = portcullis_proto::pin::api_client_config(&job.tls).map_err(|_| PveFailure::TlsRejected)?;
         let mut authorization =
-            HeaderValue::try_from(format!("PVEAPIToken={}={}", job.token_identity, job.token_secret))
+            HeaderValue::try_from(format!("PVEAPIToken={}={}", job.token_identity, job.token_secret.expose()))
                 .map_err(|_| PveFailure::AuthFailed)?;
         // hyper keeps a sensitive header out of its own debug output.
         authorization.set_sensitive(true);

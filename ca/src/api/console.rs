@@ -32,10 +32,10 @@ pub async fn browser_login(
 ) -> Result<Response, CaError> {
     let session = body.sign_in(&ca, &ip).await?;
     let max_age = session.expires_at.saturating_sub(ca.now());
-    let cookie = session_cookie(&session.token, max_age)?;
+    let cookie = session_cookie(session.token.expose(), max_age)?;
     let answer = BrowserLoginResponse {
         username: session.username,
-        csrf_token: csrf_token_for(&session.token),
+        csrf_token: csrf_token_for(session.token.expose()).into(),
         expires_at: session.expires_at,
     };
     let mut response = Json(answer).into_response();
@@ -52,7 +52,7 @@ pub async fn csrf(Authed(caller): Authed, headers: axum::http::HeaderMap) -> Res
         // Authenticated by a bearer token while also sending a cookie: derive from the cookie.
         None => cookie(&headers, SESSION_COOKIE).map(|t| csrf_token_for(&t)).ok_or(CaError::Unauthenticated)?,
     };
-    let mut response = Json(CsrfToken { csrf_token: token }).into_response();
+    let mut response = Json(CsrfToken { csrf_token: token.into() }).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }

@@ -38,10 +38,11 @@ pub async fn device_poll(
     ClientIp(ip): ClientIp,
     Body(body): Body<DevicePollRequest>,
 ) -> Result<Json<DevicePoll>, CaError> {
-    if body.handle.is_empty() || body.handle.len() > crate::service::oidc::MAX_DEVICE_HANDLE {
+    let handle = body.handle.expose();
+    if handle.is_empty() || handle.len() > crate::service::oidc::MAX_DEVICE_HANDLE {
         return Err(CaError::BadRequest("malformed device sign-in handle".into()));
     }
-    Ok(Json(ca.oidc_device_poll(&body.handle, &ip).await?))
+    Ok(Json(ca.oidc_device_poll(handle, &ip).await?))
 }
 
 fn header_value(s: String) -> Result<HeaderValue, CaError> {
@@ -127,7 +128,7 @@ pub async fn browser_callback(
     )
         .into_response();
     let headers = response.headers_mut();
-    headers.append(header::SET_COOKIE, session_cookie(&session.token, max_age)?);
+    headers.append(header::SET_COOKIE, session_cookie(session.token.expose(), max_age)?);
     headers.append(
         header::SET_COOKIE,
         header_value(format!("{BINDING_COOKIE}=; Path={CALLBACK_PATH}; Max-Age=0; Secure; HttpOnly; SameSite=Lax"))?,

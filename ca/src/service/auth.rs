@@ -288,7 +288,7 @@ impl Ca {
         .await?;
         tx.commit().await?;
         self.counters.sign_ins.inc(&[("source", &session.source)]);
-        Ok(LoginResponse { token, username: session.username, expires_at: session.expires_at })
+        Ok(LoginResponse { token: token.into(), username: session.username, expires_at: session.expires_at })
     }
 
     /// Asks the sources in order (or only `only`); a source that does not know the user

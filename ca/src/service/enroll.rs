@@ -78,7 +78,7 @@ impl Ca {
         )
         .await?;
         tx.commit().await?;
-        Ok(EnrollTokenResponse { token, id: row.id, expires_at: row.expires_at, uses: row.uses_left })
+        Ok(EnrollTokenResponse { token: token.into(), id: row.id, expires_at: row.expires_at, uses: row.uses_left })
     }
 
     pub async fn enroll_tokens(&self, _grant: &Grant<proof::NodesManage>) -> Result<Vec<EnrollTokenInfo>, CaError> {

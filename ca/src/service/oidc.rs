@@ -174,7 +174,7 @@ impl Ca {
             return Err(CaError::Unavailable);
         }
         Ok(DeviceStart {
-            handle,
+            handle: handle.into(),
             verification_uri: auth.verification_uri,
             verification_uri_complete: auth.verification_uri_complete,
             user_code: auth.user_code,

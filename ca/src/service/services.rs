@@ -222,7 +222,7 @@ impl Ca {
         Ok(Some(ServiceEnrollResponse {
             kind,
             name: name.to_owned(),
-            api_token,
+            api_token: api_token.into(),
             certificate: signed
                 .certificate
                 .to_openssh()

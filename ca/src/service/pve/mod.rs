@@ -151,7 +151,7 @@ impl Ca {
                 agent,
                 rule: rule.name().to_owned(),
                 token_identity: secret.identity.clone(),
-                token_secret: value.expose_secret().to_owned(),
+                token_secret: portcullis_proto::WireSecret::new(value.expose_secret()),
                 tls: tls.clone(),
                 strict_permissions: credential.strict_permissions(),
                 expires_at: now.saturating_add(PVE_RUN_TIMEOUT_SECS),

@@ -78,9 +78,9 @@ impl Ca {
             return Err(CaError::BadRequest(format!("unknown secret kind; the known kind is {PROXMOX_API_TOKEN}")));
         }
         identity(&req.identity)?;
-        secret_value(&req.secret)?;
+        secret_value(req.secret.expose())?;
         let tls_json = tls(&req.tls)?;
-        let value = SecretString::from(req.secret.clone());
+        let value = SecretString::from(req.secret.expose());
         let now = self.now();
         let row = SecretRow {
             name: req.name.clone(),
@@ -118,7 +118,7 @@ impl Ca {
         req: &SecretRotateRequest,
     ) -> Result<SecretInfo, CaError> {
         secret_name(name)?;
-        secret_value(&req.secret)?;
+        secret_value(req.secret.expose())?;
         let mut row = self.store.secret(name).await?.ok_or(CaError::NotFound("secret"))?;
         if let Some(id) = &req.identity {
             identity(id)?;
@@ -127,7 +127,7 @@ impl Ca {
         if let Some(policy) = &req.tls {
             row.tls_json = tls(policy)?;
         }
-        let value = SecretString::from(req.secret.clone());
+        let value = SecretString::from(req.secret.expose());
         let now = self.now();
         row.sealed = crate::sealed::seal(&self.passphrase, &row.name, &row.kind, &value)?;
         row.fingerprint = crate::sealed::fingerprint(&row.name, &value);

@@ -217,7 +217,11 @@ impl Ca {
         .await?;
         tx.commit().await?;
         span.in_scope(|| tracing::info!(rule = %row.rule, agent = %row.agent, "console ticket granted"));
-        Ok(TicketResponse { ticket, expires_at: row.expires_at, websocket_path: WEBSOCKET_PATH.to_owned() })
+        Ok(TicketResponse {
+            ticket: ticket.into(),
+            expires_at: row.expires_at,
+            websocket_path: WEBSOCKET_PATH.to_owned(),
+        })
     }
 
     /// The ticket checks in the documented order; the first failure is the refusal.
@@ -308,11 +312,12 @@ impl Ca {
         let span = tracing::info_span!("console_open", session_id = %req.session_id, bastion = %bastion.name);
         let now = self.now();
         // First and before anything else: consume the ticket.
-        let consumed = if valid_ticket(&req.ticket) {
+        let consumed = if valid_ticket(req.ticket.expose()) {
             let mut tx = self.store.begin().await?;
             // Bound to the browser session that asked for it; no cookie binds to nothing.
             let binding = req.browser_session.as_deref().unwrap_or("");
-            let row = store::consume_ticket(tx.conn(), &token_hash(&req.ticket), &req.session_id, binding, now).await?;
+            let row = store::consume_ticket(tx.conn(), &token_hash(req.ticket.expose()), &req.session_id, binding, now)
+                .await?;
             tx.commit().await?;
             row
         } else {
@@ -355,8 +360,8 @@ impl Ca {
         req: &ConsoleOpenRequest,
         now: u64,
     ) -> Result<CaError, CaError> {
-        let state = if valid_ticket(&req.ticket) {
-            self.store.ticket_state(&token_hash(&req.ticket), now).await?
+        let state = if valid_ticket(req.ticket.expose()) {
+            self.store.ticket_state(&token_hash(req.ticket.expose()), now).await?
         } else {
             TicketState::Unknown
         };
