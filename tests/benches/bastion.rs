@@ -705,7 +705,12 @@ async fn open_many(
             open_one(mode, front, &node_ip, &outer, &inner).await
         });
     }
-    let mut held = Vec::with_capacity(n);
+    opened(tasks).await
+}
+
+/// The sessions `tasks` opened, and why the others could not be.
+async fn opened<T: 'static>(mut tasks: tokio::task::JoinSet<Result<T, String>>) -> (Vec<T>, Vec<String>) {
+    let mut held = Vec::with_capacity(tasks.len());
     let mut failures = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         match joined.expect("session task panicked") {
@@ -964,14 +969,7 @@ async fn scale_phase(n: usize) -> Result<(), String> {
     for _ in 0..n {
         tasks.spawn(open(Arc::clone(&permits)));
     }
-    let mut held = Vec::with_capacity(n);
-    let mut failures = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined.expect("session task panicked") {
-            Ok(h) => held.push(h),
-            Err(why) => failures.push(why),
-        }
-    }
+    let (held, failures) = opened(tasks).await;
     let open_time = t0.elapsed();
     if let Some(first) = failures.first() {
         println!("{} of {n} sessions could not be opened; first error: {first}", failures.len());

@@ -261,6 +261,12 @@ async fn audit(ca: &Ca, event: &str) -> Vec<Value> {
     portcullis_tests::audit_payloads(ca, event).await
 }
 
+/// Registers bastion `b2` beside the fixture's `b1`; its API token.
+async fn second_bastion(fx: &Fx) -> String {
+    let key = public_line(&ed25519_key());
+    fx.ca.register_service(ServiceKind::Bastion, "b2", &key, None).await.unwrap().api_token.expose().to_owned()
+}
+
 async fn counter(ca: &Ca, scope: &str) -> i64 {
     use sqlx::Row;
     sqlx::query("SELECT n FROM session_counters WHERE scope = $1")
@@ -803,14 +809,7 @@ async fn a_quiet_bastions_leases_are_reclaimed_after_the_ttl_on_postgres() {
 async fn leases_are_reclaimed(fx: &Fx) {
     let api = fx.api();
     let other = fx.replicas.last().unwrap();
-    let b2 = fx
-        .ca
-        .register_service(ServiceKind::Bastion, "b2", &public_line(&ed25519_key()), None)
-        .await
-        .unwrap()
-        .api_token
-        .expose()
-        .to_owned();
+    let b2 = second_bastion(fx).await;
     let serial = user_cert(&fx.ca, "alice").await;
     let t0 = fx.clock_now();
     // b1 holds alice's five sessions and keeps one of them alive for a while.
@@ -879,14 +878,7 @@ async fn the_cas_timer_reclaims_a_dead_bastions_leases_without_any_heartbeat() {
 async fn a_batch_of_closes_releases_only_the_bastions_own_sessions_all_or_none() {
     let fx = fixture(None, 1).await;
     let api = fx.api();
-    let b2 = fx
-        .ca
-        .register_service(ServiceKind::Bastion, "b2", &public_line(&ed25519_key()), None)
-        .await
-        .unwrap()
-        .api_token
-        .expose()
-        .to_owned();
+    let b2 = second_bastion(&fx).await;
     let alice = user_cert(&fx.ca, "alice").await;
     let bob = user_cert(&fx.ca, "bob").await;
     let mine: Vec<String> = (0..3).map(|_| session_id()).collect();
@@ -1028,14 +1020,7 @@ async fn close_orders(fx: &Fx) {
     assert_eq!(counter(&fx.ca, "user:bob").await, 0);
     assert_eq!(counter(&fx.ca, "user:alice").await, 1);
     // Another bastion cannot close b1's session.
-    let b2 = fx
-        .ca
-        .register_service(ServiceKind::Bastion, "b2", &public_line(&ed25519_key()), None)
-        .await
-        .unwrap()
-        .api_token
-        .expose()
-        .to_owned();
+    let b2 = second_bastion(fx).await;
     close(api, &b2, &ids[3], "client_disconnect").await;
     assert_eq!(fx.ca.store().leases().await.unwrap().len(), 1);
 
