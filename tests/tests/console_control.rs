@@ -742,6 +742,48 @@ async fn heartbeats_reevaluate(fx: &Fx) {
     assert_eq!(heartbeat(fx, &[&a]).await, vec![(a.clone(), CloseReason::Revoked)]);
 }
 
+/// A bastion — even one taken over — cannot mint a console ticket: its own credential is
+/// not a user's session (alone, or dressed as a forwarded browser request), and a ticket
+/// it makes up, or one asked for by another browser session, opens nothing. Only a
+/// browser's own sign-in asks for tickets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bastion_cannot_mint_a_console_ticket() {
+    use portcullis_proto::console::{FORWARDED_BY_HEADER, FORWARDED_FOR_HEADER};
+    let fx = fixture().await;
+    let body = ticket_body("pve01", "root");
+    // Its bearer credential on the user's route.
+    let (status, v) = ask(&fx, &fx.bastion, &body).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    // The same, dressed as a browser's request passed on by the web front door.
+    let resp = fx
+        .http
+        .post(format!("{}/v1/console/tickets", fx.api.url))
+        .header(FORWARDED_BY_HEADER, &fx.bastion)
+        .header(FORWARDED_FOR_HEADER, IP)
+        .bearer_auth(&fx.bastion)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // With its credential as the session cookie.
+    let (status, v, _) =
+        with_cookie(&fx, reqwest::Method::POST, "/v1/console/tickets", &fx.bastion, None, Some(&body)).await;
+    assert!(matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN), "{status}: {v}");
+    assert!(audit(&fx.ca, "console_ticket_granted").await.is_empty());
+    // A made-up ticket of the right shape opens nothing.
+    let forged = format!("pct_{}", "A".repeat(43));
+    redeem_denied(&fx, &forged, "ticket_invalid").await;
+    // A real ticket, redeemed as if for another browser session: refused, and burnt.
+    let alice = bearer(&fx.ca, "alice").await;
+    let real = ticket(&fx, &alice, "pve01", "root").await;
+    let mut other = open_body(&fx, &real, &session_id());
+    other["browser_session"] = json!(session_binding("pcs_some-other-browser"));
+    let (status, v) = fx.api.post_json(Some(&fx.bastion), "/v1/bastion/console/open", &other).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    assert!(fx.ca.store().leases().await.unwrap().is_empty(), "no session was opened");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csrf_guards_cookie_sessions_and_not_bearer_ones() {
     let fx = fixture().await;
