@@ -51,7 +51,7 @@ pub use oidc::{PendingLogin as PendingOidcLogin, PollTurn};
 pub use secrets::{SecretRow, delete_secret, insert_secret, rotate_secret};
 pub use services::{ServiceRow, record_bastion_heartbeat, touch_service, upsert_service};
 pub use tickets::{
-    LapsedTicket, TicketRow, TicketState, claim_lapsed_ticket, consume_ticket, insert_ticket, purge_tickets,
+    LapsedTicket, Redeemed, TicketRow, TicketState, claim_lapsed_ticket, consume_ticket, insert_ticket, purge_tickets,
 };
 pub use users::{AccountClaim, NewPassword, SessionRow, UserRow, claim_account, release_account};
 pub use virt::{

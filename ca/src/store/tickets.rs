@@ -20,6 +20,28 @@ pub struct TicketRow {
     pub expires_at: u64,
 }
 
+/// A ticket its one redemption consumed: only [`consume_ticket`]'s conditional update
+/// makes one (the field is private to this module), and opening a console session takes
+/// one, so a session cannot be admitted on a ticket that was not redeemed — nor redeemed
+/// twice, since the update matches an unused row only once.
+#[derive(Debug)]
+pub struct Redeemed(TicketRow);
+
+impl Redeemed {
+    /// What the redeemed ticket was bound to.
+    pub fn into_row(self) -> TicketRow {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Redeemed {
+    type Target = TicketRow;
+
+    fn deref(&self) -> &TicketRow {
+        &self.0
+    }
+}
+
 /// Why a ticket could not be consumed.
 #[derive(Debug, Clone)]
 pub enum TicketState {
@@ -86,7 +108,7 @@ pub async fn consume_ticket(
     session_id: &str,
     api_session_hash: &str,
     now: u64,
-) -> Result<Option<TicketRow>> {
+) -> Result<Option<Redeemed>> {
     let row = sqlx::query(concat!(
         "UPDATE console_tickets SET used_at = $1, session_id = $2 \
          WHERE ticket_hash = $3 AND api_session_hash = $4 AND used_at IS NULL AND expires_at > $1 RETURNING ",
@@ -98,7 +120,7 @@ pub async fn consume_ticket(
     .bind(api_session_hash)
     .fetch_optional(&mut *conn)
     .await?;
-    row.as_ref().map(ticket_from).transpose()
+    Ok(row.as_ref().map(ticket_from).transpose()?.map(Redeemed))
 }
 
 /// A ticket that expired unused, not audited yet.

@@ -19,7 +19,7 @@ use crate::error::CaError;
 use crate::service::auth::{random_token, token_hash};
 use crate::service::pve::Link;
 use crate::service::{Ca, Caller, ServiceCaller};
-use crate::store::{self, TicketRow, TicketState};
+use crate::store::{self, Redeemed, TicketRow, TicketState};
 use portcullis_policies::{DenyReason, Identity, Permission, Policy, Purpose};
 use portcullis_proto::bastion::{SessionGrant, SessionMode, deny_reason as deny};
 use portcullis_proto::console::{
@@ -438,8 +438,9 @@ impl Ca {
         &self,
         bastion: &ServiceCaller,
         req: &ConsoleOpenRequest,
-        ticket: TicketRow,
+        ticket: Redeemed,
     ) -> Result<Result<SessionGrant, super::admission::Denial>, CaError> {
+        let ticket = ticket.into_row();
         if self.store.user(&ticket.username).await?.is_some_and(|u| u.disabled) {
             return Ok(Err(denial(deny::CREDENTIAL_INVALID, "the user is disabled")));
         }
