@@ -18,12 +18,21 @@ use crate::events::{BastionEvent, escape_for_log};
 use crate::sessions::{Limits, LiveSession};
 use crate::shared::Shared;
 
-/// A session the CA admitted and this bastion registered.
+/// A session the CA admitted and this bastion registered. Its life is the value's: the
+/// broker's `reach` takes it and hands it back with the device connection (or ends it),
+/// and `finish` consumes it, so a session cannot be finished twice or used after.
 pub(crate) struct Admitted {
     pub grant: SessionGrant,
     pub live: Arc<LiveSession>,
     pub limits: Limits,
     guard: FinishGuard,
+}
+
+/// An admitted session whose device answered.
+pub(crate) struct Reached {
+    pub admitted: Admitted,
+    pub onward: crate::agent_hub::Onward,
+    pub link: LinkWatch,
 }
 
 /// Which certificate a session asks the CA about: its serial and its digest (the CA
@@ -184,13 +193,9 @@ impl Shared {
         Ok(Admitted { grant, live, limits, guard })
     }
 
-    /// A channel to the granted target through the granted agent; failures are audited
-    /// and the session released.
-    pub(crate) async fn reach(
-        &self,
-        admitted: &Admitted,
-        peer: SocketAddr,
-    ) -> Result<(crate::agent_hub::Onward, LinkWatch), Refusal> {
+    /// A connection to the granted target through the granted agent; failures are
+    /// audited and the session released.
+    pub(crate) async fn reach(&self, admitted: Admitted, peer: SocketAddr) -> Result<Reached, Refusal> {
         let g = &admitted.grant;
         let started = Instant::now();
         let timeout = Duration::from_millis(g.connect_timeout_ms.clamp(100, 60_000));
@@ -198,13 +203,13 @@ impl Shared {
             .await
             .unwrap_or(Err(crate::agent_hub::BrokerError::TargetUnreachable));
         match opened {
-            Ok(opened) => {
+            Ok((onward, link)) => {
                 self.events.record(BastionEvent::BrokerConnected {
                     session_id: g.session_id.clone(),
                     agent: g.agent.clone(),
                     setup_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 });
-                Ok(opened)
+                Ok(Reached { admitted, onward, link })
             }
             Err(e) => Err(self.broker_failed(admitted, e.code()).await.into()),
         }
@@ -213,7 +218,7 @@ impl Shared {
     /// A session that could not start: the broker failure is recorded and the lease
     /// released with the close reason that names the same cause, which is also what the
     /// user is told (see `From<CloseReason> for Refusal`).
-    pub(crate) async fn broker_failed(&self, admitted: &Admitted, failure: &str) -> CloseReason {
+    pub(crate) async fn broker_failed(&self, admitted: Admitted, failure: &str) -> CloseReason {
         let g = &admitted.grant;
         self.events.record(BastionEvent::BrokerFailed {
             session_id: g.session_id.clone(),
@@ -232,7 +237,7 @@ impl Shared {
     }
 
     /// Releases the lease at the CA (which audits the close) and forgets the session.
-    pub(crate) async fn finish(&self, admitted: &Admitted, reason: CloseReason) {
+    pub(crate) async fn finish(&self, admitted: Admitted, reason: CloseReason) {
         admitted.guard.armed.store(false, Ordering::Relaxed);
         let live = &admitted.live;
         let request = close_request(live, reason);

@@ -164,16 +164,16 @@ async fn run(shared: Arc<Shared>, mut socket: WebSocket, peer: SocketAddr, brows
         Ok(a) => a,
         Err(refusal) => return close_with(&mut socket, &refusal.code, &refusal.message).await,
     };
-    let onward = match log_in_onward(&shared, &admitted, peer, key).await {
+    let onward = match log_in_onward(&shared, admitted, peer, key).await {
         Ok(onward) => onward,
         Err(refusal) => return close_with(&mut socket, &refusal.code, &refusal.message).await,
     };
-    let reason = relay(&admitted, &mut socket, onward.channel, onward.link).await;
+    let reason = relay(&onward.admitted, &mut socket, onward.channel, onward.link).await;
     drop(onward.session);
     // The lease is released whatever the browser does; the goodbye gets a deadline, since
     // a browser that stopped reading would hold this task (and the socket) forever.
     let goodbye = within_close_grace(close_with(&mut socket, reason.as_str(), reason.message()));
-    let ((), _) = tokio::join!(shared.finish(&admitted, reason), goodbye);
+    let ((), _) = tokio::join!(shared.finish(onward.admitted, reason), goodbye);
 }
 
 /// The terminal: a pty the size the browser asks for (first resize, else 80×24), the

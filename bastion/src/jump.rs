@@ -15,7 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::agent_hub::{LinkWatch, Onward};
 use crate::broker::Presented;
-use crate::broker::{Admitted, new_session_id};
+use crate::broker::{Admitted, Reached, new_session_id};
 use crate::sessions::within_close_grace;
 use crate::shared::Shared;
 
@@ -74,8 +74,8 @@ pub(crate) async fn run(shared: Arc<Shared>, req: JumpRequest, client: Channel<M
             return;
         }
     };
-    let (onward, link) = match shared.reach(&admitted, req.peer).await {
-        Ok(c) => c,
+    let Reached { admitted, onward, link } = match shared.reach(admitted, req.peer).await {
+        Ok(reached) => reached,
         Err(refusal) => {
             reply.reject(ChannelOpenFailure::Other { code: CONNECT_FAILED, reason: refusal.message }).await;
             return;
@@ -83,7 +83,7 @@ pub(crate) async fn run(shared: Arc<Shared>, req: JumpRequest, client: Channel<M
     };
     reply.accept().await;
     let reason = splice(&admitted, client, onward, link, &req.farewell).await;
-    shared.finish(&admitted, reason).await;
+    shared.finish(admitted, reason).await;
 }
 
 /// Copies both ways until either end closes or a limit/close order ends the session.

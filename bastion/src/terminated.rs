@@ -25,7 +25,7 @@ use ssh_key::{Algorithm, Certificate};
 
 use crate::agent_hub::LinkWatch;
 use crate::broker::Presented;
-use crate::broker::{Admitted, Refusal, new_session_id};
+use crate::broker::{Admitted, Reached, Refusal, new_session_id};
 use crate::events::escape_for_log;
 use crate::host_keys::{HostKeyChecker, HostKeys};
 use crate::jump::ADMINISTRATIVELY_PROHIBITED;
@@ -72,14 +72,14 @@ pub(crate) async fn run(
         Ok(a) => a,
         Err(refusal) => return refuse(reply, refusal).await,
     };
-    let onward = match log_in_onward(&shared, &admitted, req.peer, key).await {
+    let onward = match log_in_onward(&shared, admitted, req.peer, key).await {
         Ok(onward) => onward,
         Err(refusal) => return refuse(reply, refusal).await,
     };
     reply.accept().await;
-    let reason = proxy(&admitted, client, onward.channel, onward.link, &handle).await;
+    let reason = proxy(&onward.admitted, client, onward.channel, onward.link, &handle).await;
     drop(onward.session);
-    shared.finish(&admitted, reason).await;
+    shared.finish(onward.admitted, reason).await;
 }
 
 /// An ephemeral Ed25519 key for one session, and its public line for the CA.
@@ -94,6 +94,7 @@ async fn refuse(reply: ChannelOpenHandle, refusal: Refusal) {
 }
 
 pub(crate) struct Onward {
+    pub admitted: Admitted,
     /// Keeps the onward SSH connection alive.
     pub session: client::Handle<HostKeyChecker<OnwardError>>,
     pub channel: Channel<client::Msg>,
@@ -103,7 +104,7 @@ pub(crate) struct Onward {
 /// Agent channel → SSH handshake with host-key check → certificate login → session channel.
 pub(crate) async fn log_in_onward(
     shared: &Shared,
-    admitted: &Admitted,
+    admitted: Admitted,
     peer: SocketAddr,
     key: PrivateKey,
 ) -> Result<Onward, Refusal> {
@@ -111,7 +112,8 @@ pub(crate) async fn log_in_onward(
     let Some(cert) = g.session_certificate.as_deref().and_then(|c| Certificate::from_openssh(c.trim()).ok()) else {
         return Err(shared.broker_failed(admitted, "credential_resolution_failed").await.into());
     };
-    let (channel, link) = shared.reach(admitted, peer).await?;
+    let Reached { admitted, onward: channel, link } = shared.reach(admitted, peer).await?;
+    let g = &admitted.grant;
     let stream = channel.into_stream();
     let checker = HostKeys::new(g.host_key_check, &g.known_host_keys).checker();
     let config = Arc::new(client::Config {
@@ -132,7 +134,7 @@ pub(crate) async fn log_in_onward(
     })
     .await;
     let code = match connected {
-        Ok(Ok((session, channel))) => return Ok(Onward { session, channel, link }),
+        Ok(Ok((session, channel))) => return Ok(Onward { admitted, session, channel, link }),
         // An agent that vanished mid-handshake looks like any failure from here.
         _ if link.clone().went_down(Duration::from_millis(200)).await => "agent_unavailable",
         Ok(Err(e)) => {
