@@ -1,12 +1,15 @@
 //! The bastion's side of edge agents.
 //!
 //! Agents dial **out** to the bastion's agent listener and authenticate as SSH clients
-//! with an internal certificate (principal `agent:NAME`, checked like any certificate:
-//! trusted internal CA, validity, KRL). From then on the roles reverse: for each onward
+//! with an internal certificate ([`crate::agent_listener`]). From then on the roles
+//! reverse: for each onward
 //! connection the bastion opens a `forwarded-tcpip` channel *to* the agent naming the
 //! destination, and the agent decides — by its own allow-list — whether to connect.
 //! The agent only relays bytes of an SSH connection encrypted end to end between the
 //! bastion (or, in jump mode, the user) and the node.
+//!
+//! The all-in-one's own agent is served in process instead ([`InProcessAgent`]): asked
+//! directly, it answers with a TCP connection to the device.
 //!
 //! An agent that connects again replaces its previous link; when a link goes away,
 //! every session through that agent is closed with `agent_disconnect`.
