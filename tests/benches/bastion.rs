@@ -35,8 +35,9 @@
 //! and two in the bench, so 10,000 needs a hard open-files limit above 20,000).
 //!
 //! Every OpenSSH hop uses `aes128-gcm@openssh.com` (a `Ciphers` line in the generated
-//! ssh config); the connections russh makes inside `portcullisd` (bastion → agent link,
-//! terminated mode's onward login) use the bastion's own preference order.
+//! ssh config); the connections russh makes inside `portcullisd` (terminated mode's
+//! onward login; the built-in agent is served in process, without a link) use the
+//! bastion's own preference order.
 //!
 //! This is a benchmark: it prints and never judges time (ratios are printed next to the
 //! issue's targets). It fails when a transfer does not deliver every byte, and exits
@@ -899,8 +900,8 @@ fn summary(
     }
     println!();
     println!(
-        "Ciphers: {CIPHER} on every OpenSSH hop; inside portcullisd (agent link, terminated mode's onward login) \
-         the bastion's client preference (aes128-gcm first)."
+        "Ciphers: {CIPHER} on every OpenSSH hop; inside portcullisd (terminated mode's onward login; \
+         the built-in agent has no link of its own) the bastion's client preference (aes128-gcm first)."
     );
 }
 
