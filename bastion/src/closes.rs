@@ -14,6 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{ControlError, ControlPlane};
 
+/// Named in the error when the sender task is gone.
+const CLOSES_PATH: &str = "/v1/bastion/sessions/closes";
+
 struct Pending {
     request: SessionCloseRequest,
     /// The CA's answer for this close (dropped unanswered if the sender task is gone).
@@ -37,9 +40,9 @@ impl Closes {
     /// Sends `request` with the next batch and waits for the CA's answer.
     pub(crate) async fn close(&self, request: SessionCloseRequest) -> Result<(), ControlError> {
         let (tx, rx) = oneshot::channel();
-        let unsent = |path| ControlError::Unreachable { path, detail: "the close queue is gone".into() };
-        self.queue.send(Pending { request, answer: Some(tx) }).map_err(|_| unsent("/v1/bastion/sessions/closes"))?;
-        rx.await.unwrap_or_else(|_| Err(unsent("/v1/bastion/sessions/closes")))
+        let gone = || ControlError::Unreachable { path: CLOSES_PATH, detail: "the close queue is gone".into() };
+        self.queue.send(Pending { request, answer: Some(tx) }).map_err(|_| gone())?;
+        rx.await.unwrap_or_else(|_| Err(gone()))
     }
 
     /// Queues `request` without waiting (for a session's drop guard, which cannot wait).
@@ -51,12 +54,13 @@ impl Closes {
 async fn send_batches(control: Arc<ControlPlane>, mut pending: mpsc::UnboundedReceiver<Pending>) {
     let mut batch = Vec::with_capacity(64);
     while pending.recv_many(&mut batch, MAX_CLOSES_PER_REQUEST).await > 0 {
-        let requests: Vec<SessionCloseRequest> = batch.iter().map(|p| p.request.clone()).collect();
-        let result = control.close_sessions(&requests).await;
+        let (requests, answers): (Vec<_>, Vec<_>) = batch.drain(..).map(|p| (p.request, p.answer)).unzip();
+        let sessions = requests.len();
+        let result = control.close_sessions(requests).await;
         if let Err(e) = &result {
-            tracing::warn!(sessions = requests.len(), error = %e, "could not report session closes to the CA");
+            tracing::warn!(sessions, error = %e, "could not report session closes to the CA");
         }
-        for answer in batch.drain(..).filter_map(|p| p.answer) {
+        for answer in answers.into_iter().flatten() {
             let _ = answer.send(result.clone());
         }
     }

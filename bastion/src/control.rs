@@ -258,11 +258,11 @@ impl ControlPlane {
 
     /// Several closes in one call (at most [`MAX_CLOSES_PER_REQUEST`]). A CA that does
     /// not know the batch route yet (404: a rolling upgrade) gets them one by one.
-    pub async fn close_sessions(&self, closes: &[SessionCloseRequest]) -> Result<(), ControlError> {
-        let batch = SessionClosesRequest { closes: closes.to_vec() };
+    pub async fn close_sessions(&self, closes: Vec<SessionCloseRequest>) -> Result<(), ControlError> {
+        let batch = SessionClosesRequest { closes };
         match self.post_no_answer("/v1/bastion/sessions/closes", &batch).await {
             Err(ControlError::Refused { status: 404, .. }) => {
-                for close in closes {
+                for close in &batch.closes {
                     self.close_session(close).await?;
                 }
                 Ok(())

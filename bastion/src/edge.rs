@@ -156,6 +156,15 @@ struct State {
     clock: Arc<dyn Clock>,
 }
 
+/// Why the agent did not connect where a bastion asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DialError {
+    /// Not on the allow-list (or not a port).
+    NotAllowed,
+    /// Allowed, but the connection failed or timed out.
+    ConnectFailed,
+}
+
 impl State {
     fn certificate(&self) -> Option<Certificate> {
         self.certificate.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -183,18 +192,7 @@ impl State {
         }
         self.allow().permits(host, port)
     }
-}
 
-/// Why the agent did not connect where a bastion asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DialError {
-    /// Not on the allow-list (or not a port).
-    NotAllowed,
-    /// Allowed, but the connection failed or timed out.
-    ConnectFailed,
-}
-
-impl State {
     /// The agent's one decision, whoever asks: connect to `host:port` only when the
     /// allow-list permits it, within the connect timeout.
     async fn dial(&self, host: &str, port: u32) -> Result<TcpStream, DialError> {

@@ -14,8 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::agent_hub::{LinkWatch, Onward};
-use crate::broker::Presented;
-use crate::broker::{Admitted, Reached, new_session_id};
+use crate::broker::{Admitted, Presented, Reached, new_session_id};
 use crate::sessions::within_close_grace;
 use crate::shared::Shared;
 
@@ -245,7 +244,7 @@ impl NodeWriter {
     async fn close(&mut self) {
         match self {
             NodeWriter::Channel(write) => drop(write.close().await),
-            // Dropping the halves closes the socket.
+            // A FIN now; the socket itself closes when both halves are dropped.
             NodeWriter::Tcp(write) => drop(write.shutdown().await),
         }
     }
