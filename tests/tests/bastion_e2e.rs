@@ -339,12 +339,7 @@ async fn a_stopping_bastion_tells_its_users_and_the_ca_why() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("session closed: bastion shutting down"), "{}", text(&out));
 
     let ca = portcullis_tests::same_ca(&w.server, std::sync::Arc::new(portcullis_ca::SystemClock)).await;
-    let records = ca.store().audit_records(0, 100_000).await.unwrap();
-    let closed: Vec<serde_json::Value> = records
-        .iter()
-        .filter(|r| r.event == "session_closed")
-        .map(|r| serde_json::from_str(&r.payload).unwrap())
-        .collect();
+    let closed = portcullis_tests::audit_payloads(&ca, "session_closed").await;
     assert_eq!(closed.len(), 2, "{closed:?}");
     for c in &closed {
         assert_eq!(c["reason"], "shutdown", "{closed:?}");
@@ -444,15 +439,7 @@ async fn a_crowd_leaving_at_once_is_reported_in_batches_and_a_stop_loses_no_clos
     let status = w.server.terminate(Duration::from_secs(30));
     assert!(status.success(), "portcullisd exited with {status}");
     let ca = portcullis_tests::same_ca(&w.server, std::sync::Arc::new(portcullis_ca::SystemClock)).await;
-    let closed: Vec<serde_json::Value> = ca
-        .store()
-        .audit_records(0, 100_000)
-        .await
-        .unwrap()
-        .iter()
-        .filter(|r| r.event == "session_closed")
-        .map(|r| serde_json::from_str(&r.payload).unwrap())
-        .collect();
+    let closed = portcullis_tests::audit_payloads(&ca, "session_closed").await;
     assert_eq!(closed.len(), 2 * CROWD, "{closed:?}");
     let (first, second) = closed.split_at(CROWD);
     assert!(first.iter().all(|c| c["reason"] == "client_disconnect"), "{first:?}");

@@ -774,7 +774,8 @@ async fn a_bastion_cannot_mint_a_console_ticket() {
     // A made-up ticket of the right shape opens nothing.
     let forged = format!("pct_{}", "A".repeat(43));
     redeem_denied(&fx, &forged, "ticket_invalid").await;
-    // A real ticket, redeemed as if for another browser session: refused, and burnt.
+    // A real ticket, redeemed as if for another browser session: refused, and still good
+    // for the browser that asked for it.
     let alice = bearer(&fx.ca, "alice").await;
     let real = ticket(&fx, &alice, "pve01", "root").await;
     let mut other = open_body(&fx, &real, &session_id());
@@ -782,6 +783,8 @@ async fn a_bastion_cannot_mint_a_console_ticket() {
     let (status, v) = fx.api.post_json(Some(&fx.bastion), "/v1/bastion/console/open", &other).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
     assert!(fx.ca.store().leases().await.unwrap().is_empty(), "no session was opened");
+    let (status, v) = redeem(&fx, &real, &session_id()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
