@@ -2,7 +2,7 @@
 // (a cluster's guests on click), the target preview (of the loaded policy, or of files not
 // loaded yet), policy history (reloads and API-secret changes).
 "use strict";
-const { api, el, when } = portcullis;
+const { api, el, when, ago, words } = portcullis;
 
 function fail(id, e) { document.getElementById(id).textContent = e.message; }
 
@@ -32,21 +32,6 @@ async function sessions() {
   } catch (e) { fail("sessions-error", e); }
 }
 
-// An audit record in words: `session_kill_requested` → "Session kill requested".
-function eventWords(name) {
-  const words = name.replace(/_/g, " ");
-  return words.charAt(0).toUpperCase() + words.slice(1);
-}
-
-// "3 min ago" beside the absolute time (in the title).
-function ago(unix) {
-  const s = Math.max(0, Math.round(Date.now() / 1000 - unix));
-  if (s < 60) return `${s} s ago`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
-  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
-  return `${Math.floor(s / 86400)} d ago`;
-}
-
 // Who acted and on what, from the fields records use for them.
 const whoFields = ["actor", "by", "username", "user"];
 const whatFields = ["device", "node", "session_id", "name", "target"];
@@ -73,7 +58,7 @@ async function audit(filter) {
       details.append(list);
       const cell = el("td", null, { class: "fields" });
       cell.append(details);
-      tr.append(el("td", r.seq), time, el("td", eventWords(r.event), { title: r.event }),
+      tr.append(el("td", r.seq), time, el("td", words(r.event), { title: r.event }),
         el("td", pick(r.payload, whoFields)), el("td", pick(r.payload, whatFields)), cell);
       body.append(tr);
     }

@@ -37,9 +37,16 @@ function tagsCell(tags) {
   return td;
 }
 
+// The device's name, linking to its details page.
+function nameCell(name, text) {
+  const td = el("td");
+  td.append(el("a", text, { href: `/ui/device?${new URLSearchParams({ name })}`, title: name }));
+  return td;
+}
+
 function nodeRow(d) {
   const tr = el("tr", null, { "data-device": d.name });
-  tr.append(el("td", d.name), el("td", d.cluster || ""), el("td", d.status || ""), el("td", d.agent || ""),
+  tr.append(nameCell(d.name, d.name), el("td", d.cluster || ""), el("td", d.status || ""), el("td", d.agent || ""),
     el("td", d.addresses.join(", ")), tagsCell(d.tags), hardwareCell(d.hardware));
   const select = el("select", null, { "aria-label": `login on ${d.name}` });
   for (const login of d.logins) select.append(el("option", login, { value: login }));
@@ -61,7 +68,7 @@ function guestRow(d) {
   const g = d.guest;
   const tr = el("tr", null, { class: "guest", "data-device": d.name, "data-parent": g.parent || "" });
   const kind = g.kind === "lxc" ? "CT" : "VM";
-  tr.append(el("td", `${kind} ${g.vmid} · ${g.name}`, { title: d.name }), el("td", d.cluster || ""),
+  tr.append(nameCell(d.name, `${kind} ${g.vmid} · ${g.name}`), el("td", d.cluster || ""),
     el("td", d.status || ""), el("td", d.agent || ""), el("td", `on ${g.node}`), tagsCell(d.tags), el("td", "—"));
   const why = el("td", d.console_unavailable || "", { colspan: "2", class: "muted" });
   tr.append(why);

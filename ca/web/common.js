@@ -40,5 +40,34 @@ const portcullis = (() => {
     return e;
   }
   function when(unix) { return new Date(unix * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z"); }
-  return { api, setCsrf, el, when };
+  // "3 min ago" (the absolute time goes beside it, e.g. in a title).
+  function ago(unix) {
+    const s = Math.max(0, Math.round(Date.now() / 1000 - unix));
+    if (s < 60) return `${s} s ago`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+    return `${Math.floor(s / 86400)} d ago`;
+  }
+  // A length of time in seconds as people say it: "45 s", "12 min", "2 h 5 min".
+  function duration(secs) {
+    const s = Math.round(secs);
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min`;
+    const m = Math.floor((s % 3600) / 60);
+    return `${Math.floor(s / 3600)} h${m ? ` ${m} min` : ""}`;
+  }
+  // A code in words: `session_kill_requested` → "Session kill requested".
+  function words(code) {
+    const w = String(code).replace(/_/g, " ");
+    return w.charAt(0).toUpperCase() + w.slice(1);
+  }
+  function bytes(n) {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+    return `${i ? n.toFixed(1) : n} ${units[i]}`;
+  }
+  // A time cell: relative, with the absolute time as its title.
+  function timeCell(unix) { return el("td", ago(unix), { title: when(unix) }); }
+  return { api, setCsrf, el, when, ago, duration, words, bytes, timeCell };
 })();

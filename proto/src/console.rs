@@ -97,6 +97,106 @@ pub struct ConsoleDevice {
     pub console_unavailable: Option<String>,
 }
 
+/// `GET /v1/console/devices/{name}`: one device of the caller's list in full — the
+/// details page a console is opened from. Shown only for a device the list holds for
+/// the caller; any other name reads like an unknown one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceDetails {
+    /// The device as the list shows it (logins, tags, cluster, status, guest).
+    pub device: ConsoleDevice,
+    /// What enrollment and the inventory recorded about a node (absent for a guest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<DeviceNode>,
+    /// Hardware facts with their change history (a discovered node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<crate::discovery::InventoryView>,
+    /// For each purpose, the rule that decides it here (`None`: no rule matches, so
+    /// nothing of that purpose reaches the device).
+    pub rules: Vec<DeviceRule>,
+    /// Roles that target the device. The caller's own for everyone; every role, with
+    /// who holds it, for a caller who may read the policy (`policy.manage`/`audit.read`).
+    pub access: Vec<DeviceAccess>,
+    /// `true` when `access` lists every role (the caller may read the policy).
+    pub access_complete: bool,
+    /// Live and recent sessions on the device, newest first: the caller's own, or
+    /// everyone's for a caller who may list sessions (`audit.read`/`sessions.kill`).
+    pub sessions: Vec<DeviceSession>,
+    /// `true` when `sessions` holds everyone's.
+    pub sessions_of_everyone: bool,
+}
+
+/// A node's enrollment record, as the details page shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceNode {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub vendor: Option<String>,
+    pub os: Option<String>,
+    pub sshd_version: Option<String>,
+    pub partition: Option<String>,
+    pub ssh_port: u16,
+    /// The host keys the bastion pins for it (never trust on first use).
+    pub host_keys: Vec<HostKeyFingerprint>,
+}
+
+/// A pinned host key: its algorithm and SHA-256 fingerprint (`SHA256:…`, as
+/// `ssh-keygen -lf` prints it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HostKeyFingerprint {
+    pub algorithm: String,
+    pub fingerprint: String,
+}
+
+/// The rule deciding one purpose on a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceRule {
+    /// `ssh_login`, `console_access` or `inventory_enrichment`.
+    pub purpose: String,
+    pub rule: Option<String>,
+}
+
+/// A role that targets a device: which logins and permissions it grants there, and to
+/// whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceAccess {
+    pub role: String,
+    pub logins: Vec<String>,
+    pub permissions: Vec<String>,
+    /// The session limits it sets, in seconds.
+    pub idle_secs: u64,
+    pub absolute_secs: u64,
+    /// The caller holds it.
+    pub yours: bool,
+    /// Who is bound to it (`group:ops`, `user:alice`); only in a complete list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holders: Option<Vec<String>>,
+}
+
+/// A session on a device: live (no `ended_at`) or closed (from the audit trail).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceSession {
+    pub session_id: String,
+    pub user: String,
+    pub login: Option<String>,
+    /// `terminated`, `jump` or `console`.
+    pub mode: String,
+    pub client_ip: String,
+    pub started_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<u64>,
+    /// Why it closed (`idle_timeout`, `client_closed`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+}
+
 /// A Proxmox VE guest in the device list.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

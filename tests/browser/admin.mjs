@@ -63,6 +63,29 @@ try {
     };
     result.steps.push("devices_listed");
   }
+  // A device's details page, reached from its row in the list.
+  if (cfg.details_device) {
+    await page.fill("#device-search", "");
+    await page.click(`tr[data-device="${cfg.details_device}"] td:first-child a`);
+    await page.waitForSelector("#device:not([hidden])", { timeout: 15000 });
+    const table = (id) => page.$$eval(`#${id} tr`, (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+    result.details = {
+      url: new URL(page.url()).pathname + new URL(page.url()).search,
+      name: await page.textContent("#device-name"),
+      identity: await page.$$eval("#identity dt", (dts) => Object.fromEntries(dts.map((dt) => [dt.textContent, dt.nextElementSibling.textContent]))),
+      host_keys: await table("host-keys"),
+      rules: await table("rules"),
+      access: await table("access"),
+      access_scope: await page.textContent("#access-scope"),
+      sessions: await table("sessions"),
+      logins: await page.$$eval("#open-login option", (os) => os.map((o) => o.value)),
+    };
+    if (cfg.screenshots) await page.screenshot({ path: `${cfg.screenshots}/device-details.png`, fullPage: true });
+    await page.goto(`${cfg.url}/ui/device?name=no-such-device`);
+    await until(() => document.getElementById("device-error").textContent !== "");
+    result.details_unknown = await page.textContent("#device-error");
+    result.steps.push("device_details");
+  }
   const admin = await page.goto(`${cfg.url}/ui/admin`);
   result.frame_options = admin.headers()["x-frame-options"] ?? null;
   // The live session of `user` shows up; kill it from the page.

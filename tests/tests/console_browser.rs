@@ -185,12 +185,15 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
     // The administrators may open consoles on the PVE host, and their roles reach its guests.
     let (status, body) = w.server.write_policy("lab.toml", LAB_CONSOLES).await;
     assert!(status.is_success(), "{body}");
+    let (status, body) = w.server.write_policy("console.toml", CONSOLE_POLICY).await;
+    assert!(status.is_success(), "{body}");
     // alice has a terminated-mode session running.
     let child = w.spawn_started("bastion", "sleep 60");
     // A second administrator whose password was reset: a one-time password, which the
     // sign-in form replaces before the admin page opens.
     let admin = w.server.admin_token().await;
-    w.server.add_user(&admin, "ops", &["portcullis-admins"], "ops-temporary-1").await;
+    // Also in `ops`, so pve01 (alice's node) is in their device list, with its details.
+    w.server.add_user(&admin, "ops", &["portcullis-admins", "ops"], "ops-temporary-1").await;
     let (status, body) = w
         .server
         .put_json(
@@ -213,6 +216,8 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
             "guest_device": "vm700.lab",
             "loaded_rule": "lab-consoles",
             "draft_policy": DRAFT_POLICY,
+            "details_device": "pve01",
+            "screenshots": artifacts(),
         }),
     );
     assert!(report.get("error").is_none() && report.get("page_errors").is_none(), "{report:#}");
@@ -232,6 +237,7 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
         "policy_history",
         "devices_listed",
         "previewed",
+        "device_details",
     ] {
         assert!(report["steps"].as_array().unwrap().iter().any(|s| s == step), "{step}: {report:#}");
     }
@@ -265,6 +271,25 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
         rules.as_array().unwrap().iter().all(|p| p["rule"] != "draft-guests"),
         "a preview loaded the draft: {rules}"
     );
+    // The details page of alice's node: reached from its row; its pinned host key as
+    // `ssh-keygen -lf` prints it; the rule deciding each purpose; every role reaching it
+    // with who holds it (ops may read the policy); alice's live session; the logins.
+    let details = &report["details"];
+    assert_eq!((details["url"].as_str(), details["name"].as_str()), (Some("/ui/device?name=pve01"), Some("pve01")));
+    assert_eq!(details["identity"]["Agent"], "local", "{details:#}");
+    let pinned = w.node.host_public_key();
+    let fingerprint = portcullis_sshcert::fingerprint(ssh_key::PublicKey::from_openssh(&pinned).unwrap().key_data());
+    assert_eq!(details["host_keys"], json!([["ssh-ed25519", fingerprint]]), "{details:#}");
+    assert!(details["rules"].as_array().unwrap().contains(&json!(["SSH login", "prod-ssh"])), "{details:#}");
+    // (The all-in-one's own console rule sorts before the test's, so it decides.)
+    let console_rule = json!(["Browser console", "console-via-local-agent"]);
+    assert!(details["rules"].as_array().unwrap().contains(&console_rule), "{details:#}");
+    let access = details["access"].as_array().unwrap();
+    assert!(access.iter().any(|r| r[0] == "prod-console (yours)" && r[4] == "group:ops"), "{details:#}");
+    let sessions = details["sessions"].as_array().unwrap();
+    assert!(sessions.iter().any(|r| r[0] == "alice" && r[1] == "root" && r[5] == "live"), "{details:#}");
+    assert_eq!(details["logins"], json!(["root"]), "{details:#}");
+    assert!(report["details_unknown"].as_str().unwrap().contains("No device called"), "{report:#}");
     assert_eq!(report["frame_options"], "DENY");
     // The audit view reads in words: the event, who acted, on what; the time relative with
     // the absolute one beside it; and it exports what it shows.

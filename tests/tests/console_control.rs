@@ -14,7 +14,7 @@ use portcullis_ca::{Ca, CaConfig, ManualClock};
 use portcullis_policies::proof;
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::*;
-use portcullis_proto::console::{CSRF_HEADER, ConsoleDevice, TICKET_TTL_SECS, session_binding};
+use portcullis_proto::console::{CSRF_HEADER, ConsoleDevice, DeviceDetails, TICKET_TTL_SECS, session_binding};
 use portcullis_tests::ssh::{ed25519_key, public_line};
 use portcullis_tests::{Postgres, ServedCa, TEST_PASSPHRASE, first_admin, sqlite_url};
 use reqwest::StatusCode;
@@ -390,6 +390,83 @@ async fn device_list_shows_what_a_console_may_open() {
     // Unauthenticated: 401.
     let (status, _) = fx.api.get_json(None, "/v1/console/devices").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// The details page's data, from the attacker's side: a device outside the caller's
+/// list reads exactly like an unknown one; a console user sees their own roles and
+/// sessions only, an administrator who may also open consoles sees everyone's and who
+/// holds each role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_details_show_only_what_the_caller_may_see() {
+    let fx = fixture().await;
+    let (alice, bob, carol) =
+        (bearer(&fx.ca, "alice").await, bearer(&fx.ca, "bob").await, bearer(&fx.ca, "carol").await);
+    // alice is connected to pve01; bob was, and left.
+    let (status, v) = redeem(&fx, &ticket(&fx, &alice, "pve01", "root").await, &session_id()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let bobs = session_id();
+    let (status, v) = redeem(&fx, &ticket(&fx, &bob, "pve01", "deploy").await, &bobs).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let close = json!({"session_id": bobs, "reason": "browser_disconnect", "bytes_from_client": 7,
+        "bytes_to_client": 4096, "duration_ms": 1500});
+    let (status, v) = fx.api.post_json(Some(&fx.bastion), "/v1/bastion/sessions/close", &close).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+
+    let details = |token: String, name: &'static str| {
+        let fx = &fx;
+        async move { fx.api.get_json(Some(&token), &format!("/v1/console/devices/{name}")).await }
+    };
+    let (status, d) = details(alice.clone(), "pve01").await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    let d: DeviceDetails = serde_json::from_value(d).unwrap();
+    assert_eq!((d.device.name.as_str(), d.device.logins.clone()), ("pve01", vec!["deploy".into(), "root".into()]));
+    let node = d.node.as_ref().unwrap();
+    assert_eq!(node.host_keys.len(), 1, "{node:?}");
+    assert!(node.host_keys[0].algorithm == "ssh-ed25519" && node.host_keys[0].fingerprint.starts_with("SHA256:"));
+    let rule = |purpose: &str| d.rules.iter().find(|r| r.purpose == purpose).unwrap().rule.clone();
+    assert_eq!((rule("console_access"), rule("ssh_login")), (Some("lab-console".into()), None));
+    // Only her own role reaches her; viewer targets pve01 too, but is not hers to see.
+    let roles: Vec<_> = d.access.iter().map(|a| (a.role.as_str(), a.yours, a.holders.is_some())).collect();
+    assert_eq!((roles, d.access_complete), (vec![("ops", true, false)], false));
+    assert_eq!(d.access[0].idle_secs, 600);
+    // Her own live session only: bob's closed one is not hers.
+    let users: Vec<_> = d.sessions.iter().map(|s| (s.user.as_str(), s.ended_at.is_some())).collect();
+    assert_eq!((users, d.sessions_of_everyone), (vec![("alice", false)], false));
+
+    // Outside her list (no console rule for prod01), unknown, or no console permission at
+    // all: one and the same answer.
+    let refusals = [
+        details(alice.clone(), "prod01").await,
+        details(alice.clone(), "no-such-node").await,
+        details(carol, "pve01").await,
+    ];
+    for (status, body) in &refusals {
+        assert_eq!(*status, StatusCode::NOT_FOUND, "{body}");
+    }
+    assert!(refusals.iter().all(|(_, b)| *b == refusals[0].1), "{refusals:?}");
+    let (status, _) = fx.api.get_json(None, "/v1/console/devices/pve01").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // An administrator who also opens consoles: every role targeting pve01 with its
+    // holders, and everyone's sessions (bob's closed one with its reason and bytes).
+    let admin = fx.ca.caller(&fx.admin).await.unwrap();
+    let users = fx.ca.authorize::<proof::UsersManage>(&admin).unwrap();
+    fx.ca.set_user_groups(&users, "bob", &["ops".to_owned(), "admins".to_owned()]).await.unwrap();
+    let (status, d) = details(bearer(&fx.ca, "bob").await, "pve01").await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    let d: DeviceDetails = serde_json::from_value(d).unwrap();
+    let roles: Vec<_> = d.access.iter().map(|a| (a.role.as_str(), a.holders.clone().unwrap_or_default())).collect();
+    assert_eq!(
+        (roles, d.access_complete),
+        (vec![("ops", vec!["group:ops".to_owned()]), ("viewer", vec!["group:viewers".to_owned()])], true)
+    );
+    assert!(d.sessions_of_everyone);
+    let closed = d.sessions.iter().find(|s| s.session_id == bobs).unwrap();
+    assert_eq!(
+        (closed.user.as_str(), closed.reason.as_deref(), closed.bytes_to_client, closed.login.as_deref()),
+        ("bob", Some("browser_disconnect"), 4096, Some("deploy"))
+    );
+    assert!(d.sessions.iter().any(|s| s.user == "alice" && s.ended_at.is_none()), "{:?}", d.sessions);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

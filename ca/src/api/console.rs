@@ -2,7 +2,7 @@
 //! into the session cookie, the session's CSRF token, the device list, tickets, the
 //! bastion's redemption, and the data of the admin pages (policy history).
 
-use super::extract::{Authed, BastionAuth, Body, ClientIp, cookie, session_cookie};
+use super::extract::{Authed, BastionAuth, Body, ClientIp, Name, cookie, session_cookie};
 use super::handlers::LoginBody;
 use crate::error::CaError;
 use crate::service::{Ca, csrf_token_for};
@@ -60,6 +60,12 @@ pub async fn csrf(Authed(caller): Authed, headers: axum::http::HeaderMap) -> Res
 #[utoipa::path(get, path = "/v1/console/devices", tag = "console", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<ConsoleDevice>)))]
 pub async fn devices(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<ConsoleDevice>> {
     Ok(Json(ca.console_devices(&c).await?))
+}
+
+/// One device of the caller's list in full; any other name is a 404.
+#[utoipa::path(get, path = "/v1/console/devices/{name}", tag = "console", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = DeviceDetails)))]
+pub async fn device(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Res<DeviceDetails> {
+    Ok(Json(ca.device_details(&c, &name).await?))
 }
 
 #[utoipa::path(post, path = "/v1/console/tickets", tag = "console", request_body = TicketRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "see the description")))]

@@ -66,6 +66,7 @@ fn api_routes() -> OpenApiRouter<Arc<Ca>> {
         .routes(routes!(console::browser_login))
         .routes(routes!(console::csrf))
         .routes(routes!(console::devices))
+        .routes(routes!(console::device))
         .routes(routes!(console::ticket))
         .routes(routes!(console::open))
         .routes(routes!(console::policy_history))

@@ -22,6 +22,7 @@ const STATIC: &[(&str, &str, &[u8])] = &[
     ("app.js", "text/javascript; charset=utf-8", include_bytes!("../../web/app.js")),
     ("console.js", "text/javascript; charset=utf-8", include_bytes!("../../web/console.js")),
     ("admin.js", "text/javascript; charset=utf-8", include_bytes!("../../web/admin.js")),
+    ("device.js", "text/javascript; charset=utf-8", include_bytes!("../../web/device.js")),
     ("xterm.js", "text/javascript; charset=utf-8", include_bytes!("../../web/vendor/xterm/xterm.js")),
     ("xterm.css", "text/css; charset=utf-8", include_bytes!("../../web/vendor/xterm/xterm.css")),
     ("addon-fit.js", "text/javascript; charset=utf-8", include_bytes!("../../web/vendor/xterm/addon-fit.js")),
@@ -30,6 +31,7 @@ const STATIC: &[(&str, &str, &[u8])] = &[
 const INDEX: &[u8] = include_bytes!("../../web/index.html");
 const CONSOLE: &[u8] = include_bytes!("../../web/console.html");
 const ADMIN: &[u8] = include_bytes!("../../web/admin.html");
+const DEVICE: &[u8] = include_bytes!("../../web/device.html");
 
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
@@ -38,6 +40,7 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/ui/", get(|| async { page(INDEX) }))
         .route("/ui/console", get(|| async { page(CONSOLE) }))
         .route("/ui/admin", get(|| async { page(ADMIN) }))
+        .route("/ui/device", get(|| async { page(DEVICE) }))
         .route("/ui/static/{name}", get(asset))
 }
 
@@ -75,7 +78,7 @@ mod tests {
 
     #[test]
     fn no_page_has_inline_script_or_handlers() {
-        for html in [INDEX, CONSOLE, ADMIN] {
+        for html in [INDEX, CONSOLE, ADMIN, DEVICE] {
             let text = String::from_utf8_lossy(html);
             for line in text.lines().filter(|l| l.contains("<script")) {
                 assert!(line.contains(" src=\"/ui/static/") && line.contains("></script>"), "inline script: {line}");

@@ -472,7 +472,7 @@ impl Ca {
 
     /// The search itself, for the views that show part of the audit trail under their own
     /// permission (the policy history).
-    async fn search_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CaError> {
+    pub(crate) async fn search_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CaError> {
         const PAGE: u32 = 500;
         let limit = usize::try_from(filter.limit.clamp(1, 1000)).unwrap_or(1000);
         let event = filter.event.as_deref().unwrap_or("");

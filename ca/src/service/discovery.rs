@@ -275,6 +275,12 @@ impl Ca {
         device: &str,
     ) -> Result<InventoryView, CaError> {
         let node = self.store.node(device).await?.ok_or(CaError::NotFound("node"))?;
+        self.read_inventory(node).await
+    }
+
+    /// A node's facts and their history, for a caller already shown the node (an
+    /// inventory reader, or the console user on the node's details page).
+    pub(crate) async fn read_inventory(&self, node: NodeRecord) -> Result<InventoryView, CaError> {
         // One snapshot: a report committing between these reads must not pair new history
         // with old (or no) facts.
         let mut read = self.store.read().await?;

@@ -14,6 +14,7 @@
 
 mod admission;
 mod console;
+mod details;
 mod directory;
 mod heartbeat;
 
