@@ -358,6 +358,9 @@ pub struct PolicyChangeRecord {
     /// What changed in the changed items: each field with its old and new value.
     #[serde(default)]
     pub fields: Vec<PolicyFieldChange>,
+    /// A reload that was refused (the loaded policy stayed): how many errors it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_errors: Option<u64>,
 }
 
 /// One field of a changed policy item (`rule:prod-ssh`, `targets`, old, new).

@@ -811,6 +811,16 @@ async fn heartbeats_reevaluate(fx: &Fx) {
     assert!(history[0]["seq"].as_u64() > history[1]["seq"].as_u64());
     let (status, _) = fx.api.get_json(Some(&alice), "/v1/admin/policy/history").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // A refused reload is in the history too, with how many errors it had; the loaded
+    // policy's digest does not move.
+    std::fs::write(fx.policy_dir.join("policy.toml"), format!("{POLICY}\n[[role]]\nname = \"ops\"\n")).unwrap();
+    assert!(fx.ca.reload_policy(&policy).await.is_err());
+    std::fs::write(fx.policy_dir.join("policy.toml"), POLICY).unwrap();
+    let (_, v) = fx.api.get_json(Some(&fx.admin), "/v1/admin/policy/history").await;
+    let history = v.as_array().unwrap();
+    assert_eq!((history.len(), &history[0]["actor"]), (3, &json!("admin")), "{v}");
+    assert!(history[0]["rejected_errors"].as_u64().is_some_and(|n| n >= 1), "{v}");
+    assert!(history[1].get("rejected_errors").is_none(), "{v}");
 
     // Signing out of the API session the ticket was asked with ends the console.
     assert!(heartbeat(fx, &[&a]).await.is_empty());
@@ -1000,6 +1010,10 @@ async fn audit_filters(fx: &Fx) {
     let q = format!("event=console_ticket_granted&since={}", start + 10);
     let (_, v) = fx.api.get_json(Some(&fx.admin), &format!("/v1/admin/audit?{q}")).await;
     assert_eq!(v.as_array().unwrap().len(), 2);
+    // A time range: `until` excludes its own second.
+    let q = format!("event=console_ticket_granted&since={start}&until={}", start + 10);
+    let (_, v) = fx.api.get_json(Some(&fx.admin), &format!("/v1/admin/audit?{q}")).await;
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
     let newest = get("event=console_ticket_granted&order=desc&limit=1").await;
     assert_eq!((newest.len(), newest[0]["payload"]["user"].as_str()), (1, Some("dave")));
     // The user filter also finds actors (admin's changes) and usernames (logins).

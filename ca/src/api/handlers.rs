@@ -292,6 +292,8 @@ pub struct AuditQuery {
     user: Option<String>,
     device: Option<String>,
     since: Option<u64>,
+    /// Unix seconds; records before it (with `since`, a time range).
+    until: Option<u64>,
     before: Option<u64>,
     order: Option<String>,
 }
@@ -316,6 +318,7 @@ pub async fn audit_records(State(ca): Ca_, Authed(c): Authed, Query(q): Query<Au
         user: q.user,
         device: q.device,
         since: q.since.unwrap_or(0),
+        until: q.until,
         limit: q.limit,
     };
     Ok(Json(ca.audit_search(&grant, &filter).await?))

@@ -67,7 +67,9 @@ async fn end_sessions_and_certificates(
 /// request walk the whole log).
 const AUDIT_SCAN_LIMIT: usize = 50_000;
 
-/// What `GET /v1/admin/audit` asks for.
+/// What `GET /v1/admin/audit` asks for: records after or before a sequence number (the
+/// page cursor), in a time range `[since, until)`, of one event, naming a user or device.
+#[derive(Default)]
 pub struct AuditFilter {
     pub after: u64,
     pub before: Option<u64>,
@@ -76,6 +78,7 @@ pub struct AuditFilter {
     pub user: Option<String>,
     pub device: Option<String>,
     pub since: u64,
+    pub until: Option<u64>,
     pub limit: u32,
 }
 
@@ -480,7 +483,8 @@ impl Ca {
         let mut out = Vec::new();
         let mut scanned = 0usize;
         while out.len() < limit && scanned < AUDIT_SCAN_LIMIT {
-            let page = self.store.audit_page(from, filter.newest_first, filter.since, event, PAGE).await?;
+            let until = filter.until.unwrap_or(u64::MAX);
+            let page = self.store.audit_page(from, filter.newest_first, filter.since, until, event, PAGE).await?;
             let Some(last) = page.last() else { break };
             from = last.seq;
             scanned += page.len();
@@ -507,22 +511,14 @@ impl Ca {
         Ok(out)
     }
 
-    /// Policy reloads that changed something, newest first (from `policy_changed`).
-    /// Policy reloads and API-secret changes, newest first: who, when and what (for a
-    /// secret its identity, TLS policy and fingerprint — never its value).
+    /// Policy reloads (those that changed something and those refused) and API-secret
+    /// changes, newest first: who, when and what (for a secret its identity, TLS policy
+    /// and fingerprint — never its value).
     pub async fn policy_history(&self, _grant: &Grant<proof::PolicyRead>) -> Result<Vec<PolicyChangeRecord>, CaError> {
         let mut out = Vec::new();
-        for event in ["policy_changed", "secret_added", "secret_rotated", "secret_removed"] {
-            let filter = AuditFilter {
-                after: 0,
-                before: None,
-                newest_first: true,
-                event: Some(event.to_owned()),
-                user: None,
-                device: None,
-                since: 0,
-                limit: 1000,
-            };
+        for event in ["policy_changed", "policy_rejected", "secret_added", "secret_rotated", "secret_removed"] {
+            let filter =
+                AuditFilter { newest_first: true, event: Some(event.to_owned()), limit: 1000, ..Default::default() };
             out.extend(self.search_audit(&filter).await?.into_iter().map(policy_change));
         }
         out.sort_by_key(|c| std::cmp::Reverse(c.seq));
@@ -571,6 +567,8 @@ fn policy_change(r: AuditRecord) -> PolicyChangeRecord {
         removed: list("removed"),
         changed: list("changed"),
         fields: r.payload.get("fields").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default(),
+        rejected_errors: (r.event == "policy_rejected")
+            .then(|| r.payload.get("errors").and_then(serde_json::Value::as_u64).unwrap_or(1)),
     };
     if r.event.starts_with("secret_") {
         let item = format!("secret:{}", text("name"));

@@ -104,19 +104,21 @@ impl Store {
         from: u64,
         newest_first: bool,
         since: u64,
+        until: u64,
         event: &str,
         limit: u32,
     ) -> Result<Vec<AuditRow>> {
         let query = if newest_first {
-            "SELECT seq, at, event, payload FROM audit_log WHERE seq < $1 AND at >= $2 AND ($3 = '' OR event = $3) \
-             ORDER BY seq DESC LIMIT $4"
+            "SELECT seq, at, event, payload FROM audit_log WHERE seq < $1 AND at >= $2 AND at < $3 \
+             AND ($4 = '' OR event = $4) ORDER BY seq DESC LIMIT $5"
         } else {
-            "SELECT seq, at, event, payload FROM audit_log WHERE seq > $1 AND at >= $2 AND ($3 = '' OR event = $3) \
-             ORDER BY seq LIMIT $4"
+            "SELECT seq, at, event, payload FROM audit_log WHERE seq > $1 AND at >= $2 AND at < $3 \
+             AND ($4 = '' OR event = $4) ORDER BY seq LIMIT $5"
         };
         let rows = sqlx::query(query)
             .bind(ts(from))
             .bind(ts(since))
+            .bind(ts(until))
             .bind(event)
             .bind(i64::from(limit))
             .fetch_all(self.pool())

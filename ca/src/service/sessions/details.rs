@@ -89,14 +89,12 @@ impl Ca {
         live.sort_by_key(|s| Reverse(s.started_at));
         let closed = self
             .search_audit(&AuditFilter {
-                after: 0,
-                before: None,
                 newest_first: true,
                 event: Some("session_closed".to_owned()),
                 user: (!everyone).then(|| who.username.clone()),
                 device: Some(device.name.clone()),
-                since: 0,
                 limit: RECENT_CLOSED,
+                ..Default::default()
             })
             .await?;
         live.extend(closed.into_iter().filter_map(|r| closed_session(&r.payload)).filter(|s| shown(&s.user)));
