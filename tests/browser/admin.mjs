@@ -19,8 +19,8 @@ try {
   const context = await browser.newContext({ ignoreHTTPSErrors: true });
   const page = await context.newPage();
   page.on("pageerror", (e) => (result.page_errors ??= []).push(String(e)));
-  // The kill asks first: record the question and confirm.
-  page.on("dialog", async (d) => { result.kill_question = d.message(); await d.accept(); });
+  // Kill, disable and revoke ask first: record each question and confirm.
+  page.on("dialog", async (d) => { (result.questions ??= []).push(d.message()); await d.accept(); });
   const until = async (fn, arg, timeout = 15000) => {
     const end = Date.now() + timeout;
     while (!(await page.evaluate(fn, arg))) {
@@ -88,13 +88,45 @@ try {
   }
   const admin = await page.goto(`${cfg.url}/ui/admin`);
   result.frame_options = admin.headers()["x-frame-options"] ?? null;
-  // The live session of `user` shows up; kill it from the page.
-  await until((u) => [...document.querySelectorAll("#sessions tr")].some((tr) => tr.children[1]?.textContent === u), cfg.user);
+  await page.waitForSelector("#tabs [role=tab]", { timeout: 15000 });
+  result.tabs = await page.$$eval("#tabs [role=tab]", (ts) => ts.map((t) => t.textContent));
+  const tab = async (view) => {
+    await page.click(`#tabs [data-view="${view}"]`);
+    await page.waitForSelector(`#view-${view}:not([hidden])`, { timeout: 5000 });
+  };
+  // The live session of `user` shows up (the first tab); kill it from the page.
+  await until((u) => [...document.querySelectorAll("#sessions tr")].some((tr) => tr.children[0]?.textContent === u), cfg.user);
+  result.session_row = await page.$$eval("#sessions tr", (trs) => [...trs[0].children].map((td) => td.textContent));
   result.steps.push("session_listed");
   await page.click("#sessions tr button");
   await until(() => document.querySelectorAll("#sessions tr").length === 0, null, 20000);
   result.steps.push("killed");
-  // Audit log with a filter, and the policy history.
+  // Audit log: pages, suggestions, a time range, an event filter.
+  await tab("audit");
+  await until(() => document.querySelectorAll("#audit tr").length > 0);
+  await until(() => document.querySelectorAll("#audit-events option").length > 0);
+  result.event_suggestions = await page.$$eval("#audit-events option", (os) => os.map((o) => o.value));
+  const seqs = () => page.$$eval("#audit tr", (trs) => trs.map((tr) => Number(tr.children[0].textContent)));
+  const first = await seqs();
+  result.audit_paging = { first_page: [first[0], first[first.length - 1]], older_enabled: await page.isEnabled("#audit-older") };
+  if (result.audit_paging.older_enabled) {
+    await page.click("#audit-older");
+    await until((top) => Number(document.querySelector("#audit tr")?.children[0].textContent) < top, first[first.length - 1] + 1);
+    const second = await seqs();
+    result.audit_paging.second_page = [second[0], second[second.length - 1]];
+    await page.click("#audit-newer");
+    await until((top) => Number(document.querySelector("#audit tr")?.children[0].textContent) === top, first[0]);
+    result.audit_paging.back = (await seqs())[0];
+  }
+  // A range that starts tomorrow holds nothing.
+  const tomorrow = new Date(Date.now() + 86400000);
+  const local = new Date(tomorrow.getTime() - tomorrow.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+  await page.fill("#audit-filter input[name=from]", local);
+  await page.click("#audit-filter button[type=submit]");
+  await until(() => document.querySelectorAll("#audit tr").length === 0);
+  result.audit_future = await page.textContent("#audit-count");
+  await page.click("#audit-filter button[type=reset]");
+  await until(() => document.querySelectorAll("#audit tr").length > 0);
   await page.fill("#audit-filter input[name=event]", "session_kill_requested");
   await page.click("#audit-filter button[type=submit]");
   await until(() => [...document.querySelectorAll("#audit tr")].length > 0
@@ -110,8 +142,44 @@ try {
     const { readFile } = await import("node:fs/promises");
     result[key] = { name: download.suggestedFilename(), text: await readFile(await download.path(), "utf8") };
   }
+  // Users: add one (a one-time password is made in the browser and shown once), then
+  // disable them.
+  if (cfg.new_user) {
+    await tab("users");
+    await page.fill("#user-add input[name=username]", cfg.new_user);
+    await page.fill("#user-add input[name=groups]", "viewers, lab");
+    await page.click("#user-add button[type=submit]");
+    await page.waitForSelector("#user-secret:not([hidden])", { timeout: 10000 });
+    result.new_user_password = await page.textContent("#user-secret code");
+    await until((u) => document.querySelector(`#users tr[data-user="${u}"]`), cfg.new_user);
+    result.new_user_groups = await page.inputValue(`#users tr[data-user="${cfg.new_user}"] input`);
+    await page.click(`#users tr[data-user="${cfg.new_user}"] button:text-is("Disable")`);
+    await until((u) => document.querySelector(`#users tr[data-user="${u}"]`)?.children[2].textContent === "disabled", cfg.new_user);
+    result.steps.push("user_added_and_disabled");
+  }
+  // Nodes, bastions and agents.
+  await tab("nodes");
+  await until(() => document.querySelectorAll("#nodes tr").length > 0);
+  result.nodes = await page.$$eval("#nodes tr", (trs) => trs.map((tr) => [...tr.children].slice(0, 6).map((td) => td.textContent)));
+  await tab("services");
+  await until(() => document.querySelectorAll("#agents tr, #bastions tr").length > 0);
+  result.services = await page.$$eval("#bastions tr, #agents tr", (trs) => trs.map((tr) => tr.children[0].textContent));
+  // Enrollment tokens: create one (shown once), see it listed, revoke it.
+  await tab("tokens");
+  await page.fill("#token-create input[name=uses]", "2");
+  await page.fill("#token-create input[name=tags]", "site=lab");
+  await page.click("#token-create button[type=submit]");
+  await page.waitForSelector("#token-secret:not([hidden])", { timeout: 10000 });
+  result.token_secret = await page.textContent("#token-secret code.secret");
+  await until(() => document.querySelectorAll("#tokens tr").length > 0);
+  result.token_rows = await page.$$eval("#tokens tr", (trs) => trs.map((tr) => [...tr.children].slice(0, 6).map((td) => td.textContent)));
+  await page.click("#tokens tr button:text-is('Revoke')");
+  await until(() => document.querySelector("#tokens tr")?.children[8].textContent === "used up or revoked");
+  result.steps.push("token_created_and_revoked");
+  if (cfg.screenshots) await page.screenshot({ path: `${cfg.screenshots}/admin-tokens.png`, fullPage: true });
   // The Proxmox VE clusters view: the cluster is listed; a click shows its guests.
   if (cfg.cluster) {
+    await tab("clusters");
     await until((id) => [...document.querySelectorAll("#clusters tr button")].some((b) => b.textContent === id), cfg.cluster);
     result.steps.push("cluster_listed");
     await page.click(`#clusters tr button:text-is("${cfg.cluster}")`);
@@ -120,6 +188,7 @@ try {
   }
   // The target preview: the loaded policy's rules, then a file that is not loaded.
   if (cfg.draft_policy) {
+    await tab("previews");
     const previews = () => page.$$eval("#previews tr", (trs) => trs.map((tr) => ({
       rule: tr.dataset.rule, matched: tr.children[2]?.textContent, in_scope: tr.children[3]?.textContent,
       agents: tr.children[4]?.textContent, devices: tr.children[5]?.textContent,
@@ -133,12 +202,29 @@ try {
     result.preview_draft = await previews();
     result.steps.push("previewed");
   }
+  await tab("policy");
   await until(() => document.querySelectorAll("#policy tr").length > 0);
   result.policy_rows = await page.evaluate(() => [...document.querySelectorAll("#policy tr")].map((tr) => ({
     actor: tr.children[1]?.textContent, digest: tr.children[2]?.textContent, what: tr.children[3]?.textContent,
   })));
   result.steps.push("policy_history");
   result.errors_shown = await page.evaluate(() => [...document.querySelectorAll(".error")].map((e) => e.textContent).filter(Boolean));
+  // Someone without an admin permission: no Admin link, and the page by URL shows no view.
+  if (cfg.plain_user) {
+    const plain = await (await browser.newContext({ ignoreHTTPSErrors: true })).newPage();
+    plain.on("pageerror", (e) => (result.page_errors ??= []).push(String(e)));
+    await plain.goto(`${cfg.url}/ui/`);
+    await plain.fill("input[name=username]", cfg.plain_user);
+    await plain.fill("input[name=password]", cfg.plain_password);
+    await plain.click("#login-form button[type=submit]");
+    await plain.waitForSelector("#nav:not([hidden])", { timeout: 15000 });
+    result.plain = { admin_link: await plain.isVisible("#admin-link") };
+    await plain.goto(`${cfg.url}/ui/admin`);
+    await plain.waitForSelector("#no-views:not([hidden])", { timeout: 15000 });
+    result.plain.tabs = await plain.$$eval("#tabs [role=tab]", (ts) => ts.length);
+    result.plain.views = await plain.$$eval("section.view", (vs) => vs.length);
+    result.steps.push("plain_user_sees_no_admin");
+  }
 } catch (e) {
   result.error = String(e && e.stack ? e.stack : e);
 } finally {

@@ -192,6 +192,14 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
     // A second administrator whose password was reset: a one-time password, which the
     // sign-in form replaces before the admin page opens.
     let admin = w.server.admin_token().await;
+    // Enough audit records for the audit view to have a second page (100 a page).
+    for i in 0..80 {
+        let (status, body) =
+            w.server.post_json(Some(&admin), "/v1/admin/users", &json!({"username": format!("crowd{i}")})).await;
+        assert!(status.is_success(), "{body}");
+    }
+    // Someone holding no admin permission (no role at all).
+    w.server.add_user(&admin, "dora", &["visitors"], PASSWORD).await;
     // Also in `ops`, so pve01 (alice's node) is in their device list, with its details.
     w.server.add_user(&admin, "ops", &["portcullis-admins", "ops"], "ops-temporary-1").await;
     let (status, body) = w
@@ -217,6 +225,9 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
             "loaded_rule": "lab-consoles",
             "draft_policy": DRAFT_POLICY,
             "details_device": "pve01",
+            "new_user": "viewer1",
+            "plain_user": "dora",
+            "plain_password": PASSWORD,
             "screenshots": artifacts(),
         }),
     );
@@ -238,6 +249,9 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
         "devices_listed",
         "previewed",
         "device_details",
+        "user_added_and_disabled",
+        "token_created_and_revoked",
+        "plain_user_sees_no_admin",
     ] {
         assert!(report["steps"].as_array().unwrap().iter().any(|s| s == step), "{step}: {report:#}");
     }
@@ -306,8 +320,67 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
     let records: Vec<Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(!records.is_empty() && records.iter().all(|r| r["event"] == "session_kill_requested"), "{jsonl}");
     // The kill asked first, naming whose session on which device.
-    let question = report["kill_question"].as_str().unwrap_or_default();
-    assert!(question.contains("alice") && question.contains("End "), "{report:#}");
+    let questions = report["questions"].as_array().unwrap();
+    assert!(questions[0].as_str().is_some_and(|q| q.contains("alice") && q.starts_with("End ")), "{report:#}");
+    // One tab per view this administrator may see; the session row says who, where, from
+    // where, for how long and how much.
+    assert_eq!(
+        report["tabs"],
+        json!([
+            "Sessions",
+            "Audit",
+            "Users",
+            "Nodes",
+            "Bastions & agents",
+            "Enrollment tokens",
+            "Proxmox VE",
+            "Rule preview",
+            "Policy history"
+        ]),
+        "{report:#}"
+    );
+    let session = report["session_row"].as_array().unwrap();
+    assert_eq!((&session[0], &session[1], &session[3]), (&json!("alice"), &json!("pve01"), &json!("Terminated")));
+    assert!(session[8].as_str().unwrap().contains(" / "), "{session:?}");
+    // Audit pages: the older page ends before the first begins, and Newer comes back.
+    let paging = &report["audit_paging"];
+    assert_eq!(paging["older_enabled"], true, "{report:#}");
+    assert!(paging["second_page"][0].as_u64() < paging["first_page"][1].as_u64(), "{paging}");
+    assert_eq!(paging["back"], paging["first_page"][0], "{paging}");
+    assert!(report["event_suggestions"].as_array().unwrap().contains(&json!("session_opened")), "{report:#}");
+    assert!(report["audit_future"].as_str().unwrap().starts_with("0 record(s)"), "{report:#}");
+    // The user added from the page: their groups, a one-time password that works only to
+    // choose a new one, and disabled (the question named them).
+    assert_eq!(report["new_user_groups"], "viewers, lab", "{report:#}");
+    let one_time = report["new_user_password"].as_str().unwrap();
+    assert_eq!(w.server.try_login("viewer1", one_time).await.0, reqwest::StatusCode::UNAUTHORIZED);
+    let refused = |reason: &'static str| {
+        let w = &w;
+        async move {
+            let failed = w.server.audit_events("login_failed").await;
+            assert!(
+                failed.iter().any(|r| r.payload["username"] == "viewer1" && r.payload["reason"] == reason),
+                "{failed:?}"
+            );
+        }
+    };
+    refused("user_disabled").await;
+    let (status, body) = w.server.post_json(Some(&admin), "/v1/admin/users/viewer1/enable", &json!({})).await;
+    assert!(status.is_success(), "{body}");
+    assert_eq!(w.server.try_login("viewer1", one_time).await.0, reqwest::StatusCode::UNAUTHORIZED);
+    refused("password_change_required").await;
+    assert!(questions.iter().any(|q| q.as_str().unwrap().starts_with("Disable viewer1?")), "{questions:?}");
+    // Nodes and the built-in services are listed.
+    assert!(report["nodes"].as_array().unwrap().iter().any(|n| n[0] == "pve01" && n[5] == "1 pinned"), "{report:#}");
+    // The token was shown once, listed with its uses and tags, then revoked: nothing of it
+    // is left to enroll with.
+    assert!(report["token_secret"].as_str().unwrap().starts_with("pce_"), "{report:#}");
+    let row = &report["token_rows"][0];
+    assert_eq!((&row[1], &row[4], &row[5]), (&json!("nodes"), &json!("2"), &json!("site=lab")), "{report:#}");
+    let (_, tokens) = w.server.get_json(Some(&admin), "/v1/admin/enroll-tokens").await;
+    assert_eq!((tokens.as_array().unwrap().len(), &tokens[0]["uses_left"]), (1, &json!(0)), "{tokens}");
+    // Someone without an admin permission sees no Admin link, and by URL no view at all.
+    assert_eq!(report["plain"], json!({"admin_link": false, "tabs": 0, "views": 0}), "{report:#}");
     // The policy history names what the test's policy write changed, newest first.
     let history = report["policy_rows"].as_array().unwrap();
     // Policy reloads carry a digest; API-secret changes (the cluster's token) do not.
