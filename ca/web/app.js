@@ -75,53 +75,100 @@ function guestRow(d) {
   return tr;
 }
 
-// Nodes in name order, each followed by its guests; guests whose node is not in the list
-// under a heading naming their cluster and PVE node.
-// The node order the table's headers choose (guests stay under their node).
+// The list is a model of entries (no DOM) from which only the page on screen is built:
+// 5,000 devices cost one pass of string matching per keystroke, not 5,000 table rows.
+// An entry: `{ device, text, group, head, tr? }` — `group` ties a guest to its node's
+// entry (or to a heading for guests whose node is not listed), `head` marks that entry.
+const PAGE = 100;
 const sortKeys = { name: (d) => d.name, cluster: (d) => d.cluster || "", status: (d) => d.status || "", agent: (d) => d.agent || "" };
 let sortBy = { key: "name", descending: false };
+// "" (no grouping), "cluster" or "agent": nodes are ordered by it first, and each group
+// starts with a heading row.
+let groupBy = "";
+let page = 0;
+const groupOf = (d) => (groupBy ? d[groupBy] || `no ${groupBy}` : "");
 
-function deviceRows(devices) {
+// Nodes in the chosen order, each followed by its guests; guests whose node is not in
+// the list under a heading naming their cluster and PVE node.
+function deviceEntries(devices) {
   const key = sortKeys[sortBy.key];
   const nodes = devices.filter((d) => !d.guest)
-    .sort((a, b) => key(a).localeCompare(key(b)) * (sortBy.descending ? -1 : 1) || a.name.localeCompare(b.name));
-  const listed = new Set(nodes.map((d) => d.name));
-  const rows = [];
-  for (const n of nodes) {
-    rows.push({ tr: nodeRow(n), text: searchText(n), group: n.name, head: true });
-    for (const g of devices.filter((d) => d.guest && d.guest.parent === n.name)) {
-      rows.push({ tr: guestRow(g), text: searchText(g), group: n.name });
-    }
+    .sort((a, b) => groupOf(a).localeCompare(groupOf(b))
+      || key(a).localeCompare(key(b)) * (sortBy.descending ? -1 : 1) || a.name.localeCompare(b.name));
+  const guestsOf = new Map();
+  for (const g of devices.filter((d) => d.guest)) {
+    const parent = g.guest.parent || "";
+    if (!guestsOf.has(parent)) guestsOf.set(parent, []);
+    guestsOf.get(parent).push(g);
   }
+  const entries = [];
+  for (const n of nodes) {
+    entries.push({ device: n, text: searchText(n), group: n.name, head: true });
+    for (const g of guestsOf.get(n.name) || []) entries.push({ device: g, text: searchText(g), group: n.name });
+  }
+  const listed = new Set(nodes.map((d) => d.name));
   const orphans = new Map();
   for (const g of devices.filter((d) => d.guest && !listed.has(d.guest.parent))) {
-    const key = `${g.cluster} / ${g.guest.node}`;
-    if (!orphans.has(key)) orphans.set(key, []);
-    orphans.get(key).push(g);
+    const heading = `${g.cluster} / ${g.guest.node}`;
+    if (!orphans.has(heading)) orphans.set(heading, []);
+    orphans.get(heading).push(g);
   }
-  for (const [key, guests] of orphans) {
-    const tr = el("tr", null, { class: "group" });
-    tr.append(el("td", `${key} (node not in your list)`, { colspan: "9" }));
-    rows.push({ tr, text: key.toLowerCase(), group: key, head: true });
-    for (const g of guests) rows.push({ tr: guestRow(g), text: searchText(g), group: key });
+  for (const [heading, guests] of orphans) {
+    entries.push({ heading, text: heading.toLowerCase(), group: heading, head: true });
+    for (const g of guests) entries.push({ device: g, text: searchText(g), group: heading });
   }
-  return rows;
+  return entries;
 }
 
-// Every search word must appear in a row; a heading stays when it or any of its guests
-// matches, and a guest stays when its heading matches.
-function applySearch(rows, query) {
-  const words = query.toLowerCase().split(/\s+/).filter(Boolean);
-  const hit = (r) => words.every((w) => r.text.includes(w));
-  const groups = new Set(rows.filter(hit).map((r) => r.group));
-  const heads = new Set(rows.filter((r) => r.head && hit(r)).map((r) => r.group));
-  let shown = 0;
-  for (const r of rows) {
-    const visible = r.head ? groups.has(r.group) : hit(r) || heads.has(r.group);
-    r.tr.hidden = !visible;
-    if (visible) shown += 1;
+function rowOf(entry) {
+  if (!entry.tr) {
+    if (entry.heading) {
+      entry.tr = el("tr", null, { class: "group" });
+      entry.tr.append(el("td", `${entry.heading} (node not in your list)`, { colspan: "9" }));
+    } else {
+      entry.tr = entry.device.guest ? guestRow(entry.device) : nodeRow(entry.device);
+    }
   }
-  document.getElementById("devices-none-match").hidden = shown > 0 || rows.length === 0;
+  return entry.tr;
+}
+
+// Every search word must appear in an entry; a heading stays when it or any of its
+// guests matches, and a guest stays when its heading matches.
+function matching(entries, query) {
+  const words = query.toLowerCase().split(/\s+/).filter(Boolean);
+  if (!words.length) return entries;
+  const hit = (e) => words.every((w) => e.text.includes(w));
+  const groups = new Set(entries.filter(hit).map((e) => e.group));
+  const heads = new Set(entries.filter((e) => e.head && hit(e)).map((e) => e.group));
+  return entries.filter((e) => (e.head ? groups.has(e.group) : hit(e) || heads.has(e.group)));
+}
+
+// The page on screen, and "41–60 of 5,000" with Previous/Next.
+function renderPage(shown, total) {
+  const pages = Math.max(1, Math.ceil(shown.length / PAGE));
+  page = Math.min(page, pages - 1);
+  const slice = shown.slice(page * PAGE, (page + 1) * PAGE);
+  const rows = [];
+  let group = null;
+  for (const entry of slice) {
+    if (groupBy && entry.device && !entry.device.guest && groupOf(entry.device) !== group) {
+      group = groupOf(entry.device);
+      const heading = el("tr", null, { class: "group" });
+      heading.append(el("th", `${groupBy === "cluster" ? "Cluster" : "Agent"}: ${group}`, { colspan: "9", scope: "rowgroup" }));
+      rows.push(heading);
+    }
+    rows.push(rowOf(entry));
+  }
+  document.getElementById("device-rows").replaceChildren(...rows);
+  const from = shown.length ? page * PAGE + 1 : 0;
+  const of = shown.length === total ? `${total}` : `${shown.length} matching (of ${total})`;
+  document.getElementById("device-count").textContent = `${from}–${page * PAGE + slice.length} of ${of}`;
+  const [prev, next] = [document.getElementById("device-prev"), document.getElementById("device-next")];
+  prev.disabled = page === 0;
+  next.disabled = page >= pages - 1;
+  prev.hidden = next.hidden = pages === 1;
+  document.getElementById("device-pager").hidden = total === 0;
+  document.getElementById("devices-none-match").hidden = shown.length > 0 || total === 0;
 }
 
 async function showDevices(me) {
@@ -133,23 +180,34 @@ async function showDevices(me) {
   document.getElementById("admin-link").hidden = !(me.permissions || []).some((p) => adminViews.includes(p));
   const devices = await api("/v1/console/devices");
   const search = document.getElementById("device-search");
-  const render = () => {
-    const rows = deviceRows(devices);
-    document.getElementById("device-rows").replaceChildren(...rows.map((r) => r.tr));
-    search.oninput = () => applySearch(rows, search.value);
-    applySearch(rows, search.value);
-    for (const th of document.querySelectorAll("#devices th[data-sort]")) {
-      const on = th.dataset.sort === sortBy.key;
-      th.setAttribute("aria-sort", on ? (sortBy.descending ? "descending" : "ascending") : "none");
-    }
+  let entries = deviceEntries(devices);
+  let shown = entries;
+  const show = () => renderPage(shown, entries.filter((e) => e.device).length);
+  const filter = () => {
+    shown = matching(entries, search.value);
+    page = 0;
+    show();
   };
+  search.oninput = filter;
+  document.getElementById("device-group").onchange = (ev) => {
+    groupBy = ev.target.value;
+    entries = deviceEntries(devices);
+    filter();
+  };
+  document.getElementById("device-prev").onclick = () => { page -= 1; show(); };
+  document.getElementById("device-next").onclick = () => { page += 1; show(); };
   for (const th of document.querySelectorAll("#devices th[data-sort]")) {
     th.onclick = () => {
       sortBy = { key: th.dataset.sort, descending: sortBy.key === th.dataset.sort && !sortBy.descending };
-      render();
+      for (const other of document.querySelectorAll("#devices th[data-sort]")) {
+        const on = other.dataset.sort === sortBy.key;
+        other.setAttribute("aria-sort", on ? (sortBy.descending ? "descending" : "ascending") : "none");
+      }
+      entries = deviceEntries(devices);
+      filter();
     };
   }
-  render();
+  filter();
   document.getElementById("devices-empty").hidden = devices.length > 0;
   document.getElementById("devices").hidden = false;
 }

@@ -61,6 +61,12 @@ try {
       shown: (await rows()).filter((r) => !r.hidden).length,
       message: await page.isVisible("#devices-none-match"),
     };
+    // Grouped by cluster: a heading row opens each group.
+    await page.fill("#device-search", "");
+    await page.selectOption("#device-group", "cluster");
+    result.grouped = (await rows()).map((r) => r.device ?? r.text);
+    await page.selectOption("#device-group", "");
+    result.device_count = await page.textContent("#device-count");
     result.steps.push("devices_listed");
   }
   // A device's details page, reached from its row in the list.

@@ -272,6 +272,12 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
     let pos = |n: &str| sorted.iter().position(|r| r == n).unwrap();
     assert_eq!(pos("vm700.lab"), pos("pve-lab") + 1, "{sorted:?}");
     assert_eq!(report["search_none"], json!({ "shown": 0, "message": true }), "{report:#}");
+    // Grouped by cluster: each group under its heading, the guest still under its node.
+    let grouped = report["grouped"].as_array().unwrap();
+    let at = |name: &str| grouped.iter().position(|r| r == name).unwrap_or_else(|| panic!("{name}: {grouped:?}"));
+    assert_eq!((at("pve-lab"), at("vm700.lab")), (at("Cluster: lab") + 1, at("Cluster: lab") + 2), "{grouped:?}");
+    assert!(at("Cluster: no cluster") < at("pve01"), "{grouped:?}");
+    assert!(report["device_count"].as_str().unwrap().starts_with("1–"), "{report:#}");
     // The preview: the loaded rule reaches the host; the draft, not loaded, the guest.
     let loaded = report["preview_loaded"].as_array().unwrap();
     let lab = loaded.iter().find(|p| p["rule"] == "lab-consoles").unwrap();
