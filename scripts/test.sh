@@ -60,8 +60,9 @@ if [[ ! -d tests/idp/node_modules/oidc-provider ]]; then
     step "npm ci --prefix tests/idp"
     npm ci --prefix tests/idp --no-audit --no-fund
 fi
-# playwright-core drives /usr/bin/chromium for the browser-console tests.
-if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
+# playwright-core drives /usr/bin/chromium for the browser tests; axe-core checks each
+# view's accessibility.
+if [[ ! -d tests/browser/node_modules/playwright-core || ! -d tests/browser/node_modules/axe-core ]]; then
     step "npm ci --prefix tests/browser"
     npm ci --prefix tests/browser --no-audit --no-fund
 fi

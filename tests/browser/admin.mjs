@@ -7,6 +7,7 @@
 // With `new_password`, `password` is a one-time password: the sign-in form must ask for
 // a new one, and the second submit signs in with both.
 import { chromium } from "playwright-core";
+import { accessibility } from "./a11y.mjs";
 
 const cfg = JSON.parse(process.argv[2]);
 const result = { steps: [] };
@@ -28,7 +29,12 @@ try {
       await new Promise((r) => setTimeout(r, 100));
     }
   };
+  // Serious and critical accessibility violations of every view, by axe-core.
+  result.a11y = [];
+  const check = async (view) => result.a11y.push(...(await accessibility(page, view)));
   await page.goto(`${cfg.url}/ui/`);
+  await page.waitForSelector("#signin:not([hidden])", { timeout: 15000 });
+  await check("sign-in");
   await page.fill("input[name=username]", cfg.username);
   await page.fill("input[name=password]", cfg.password);
   await page.click("#login-form button[type=submit]");
@@ -67,6 +73,7 @@ try {
     result.grouped = (await rows()).map((r) => r.device ?? r.text);
     await page.selectOption("#device-group", "");
     result.device_count = await page.textContent("#device-count");
+    await check("devices");
     result.steps.push("devices_listed");
   }
   // A device's details page, reached from its row in the list.
@@ -86,6 +93,7 @@ try {
       sessions: await table("sessions"),
       logins: await page.$$eval("#open-login option", (os) => os.map((o) => o.value)),
     };
+    await check("device details");
     if (cfg.screenshots) await page.screenshot({ path: `${cfg.screenshots}/device-details.png`, fullPage: true });
     await page.goto(`${cfg.url}/ui/device?name=no-such-device`);
     await until(() => document.getElementById("device-error").textContent !== "");
@@ -100,6 +108,13 @@ try {
     await page.click(`#tabs [data-view="${view}"]`);
     await page.waitForSelector(`#view-${view}:not([hidden])`, { timeout: 5000 });
   };
+  // Checked once its content is in, before the next tab opens.
+  let lastTab = "sessions";
+  const tabChecked = async (view) => {
+    await check(`admin: ${lastTab}`);
+    lastTab = view;
+    await tab(view);
+  };
   // The live session of `user` shows up (the first tab); kill it from the page.
   await until((u) => [...document.querySelectorAll("#sessions tr")].some((tr) => tr.children[0]?.textContent === u), cfg.user);
   result.session_row = await page.$$eval("#sessions tr", (trs) => [...trs[0].children].map((td) => td.textContent));
@@ -108,7 +123,7 @@ try {
   await until(() => document.querySelectorAll("#sessions tr").length === 0, null, 20000);
   result.steps.push("killed");
   // Audit log: pages, suggestions, a time range, an event filter.
-  await tab("audit");
+  await tabChecked("audit");
   await until(() => document.querySelectorAll("#audit tr").length > 0);
   await until(() => document.querySelectorAll("#audit-events option").length > 0);
   result.event_suggestions = await page.$$eval("#audit-events option", (os) => os.map((o) => o.value));
@@ -151,7 +166,7 @@ try {
   // Users: add one (a one-time password is made in the browser and shown once), then
   // disable them.
   if (cfg.new_user) {
-    await tab("users");
+    await tabChecked("users");
     await page.fill("#user-add input[name=username]", cfg.new_user);
     await page.fill("#user-add input[name=groups]", "viewers, lab");
     await page.click("#user-add button[type=submit]");
@@ -164,14 +179,14 @@ try {
     result.steps.push("user_added_and_disabled");
   }
   // Nodes, bastions and agents.
-  await tab("nodes");
+  await tabChecked("nodes");
   await until(() => document.querySelectorAll("#nodes tr").length > 0);
   result.nodes = await page.$$eval("#nodes tr", (trs) => trs.map((tr) => [...tr.children].slice(0, 6).map((td) => td.textContent)));
-  await tab("services");
+  await tabChecked("services");
   await until(() => document.querySelectorAll("#agents tr, #bastions tr").length > 0);
   result.services = await page.$$eval("#bastions tr, #agents tr", (trs) => trs.map((tr) => tr.children[0].textContent));
   // Enrollment tokens: create one (shown once), see it listed, revoke it.
-  await tab("tokens");
+  await tabChecked("tokens");
   await page.fill("#token-create input[name=uses]", "2");
   await page.fill("#token-create input[name=tags]", "site=lab");
   await page.click("#token-create button[type=submit]");
@@ -185,7 +200,7 @@ try {
   if (cfg.screenshots) await page.screenshot({ path: `${cfg.screenshots}/admin-tokens.png`, fullPage: true });
   // The Proxmox VE clusters view: the cluster is listed; a click shows its guests.
   if (cfg.cluster) {
-    await tab("clusters");
+    await tabChecked("clusters");
     await until((id) => [...document.querySelectorAll("#clusters tr button")].some((b) => b.textContent === id), cfg.cluster);
     result.steps.push("cluster_listed");
     await page.click(`#clusters tr button:text-is("${cfg.cluster}")`);
@@ -194,7 +209,7 @@ try {
   }
   // The target preview: the loaded policy's rules, then a file that is not loaded.
   if (cfg.draft_policy) {
-    await tab("previews");
+    await tabChecked("previews");
     const previews = () => page.$$eval("#previews tr", (trs) => trs.map((tr) => ({
       rule: tr.dataset.rule, matched: tr.children[2]?.textContent, in_scope: tr.children[3]?.textContent,
       agents: tr.children[4]?.textContent, devices: tr.children[5]?.textContent,
@@ -208,11 +223,12 @@ try {
     result.preview_draft = await previews();
     result.steps.push("previewed");
   }
-  await tab("policy");
+  await tabChecked("policy");
   await until(() => document.querySelectorAll("#policy tr").length > 0);
   result.policy_rows = await page.evaluate(() => [...document.querySelectorAll("#policy tr")].map((tr) => ({
     actor: tr.children[1]?.textContent, digest: tr.children[2]?.textContent, what: tr.children[3]?.textContent,
   })));
+  await check("admin: policy");
   result.steps.push("policy_history");
   result.errors_shown = await page.evaluate(() => [...document.querySelectorAll(".error")].map((e) => e.textContent).filter(Boolean));
   // Someone without an admin permission: no Admin link, and the page by URL shows no view.

@@ -4,6 +4,7 @@
 //
 // Usage: node console.mjs '{"url":…,"username":…,"password":…,"device":…,"login":…,"screenshot":…}'
 import { chromium } from "playwright-core";
+import { accessibility } from "./a11y.mjs";
 
 const cfg = JSON.parse(process.argv[2]);
 const result = { steps: [] };
@@ -54,6 +55,7 @@ try {
   result.console_url = page.url();
   await until(page, () => window.portcullisConsole?.state === "connected", null, 20000);
   step("connected");
+  result.a11y = await accessibility(page, "console");
   result.time_left = await page.textContent("#time-left");
   // The toolbar's font size: larger text, fewer columns.
   const cols = await page.evaluate(() => window.portcullisConsole.term.cols);

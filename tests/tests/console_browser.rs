@@ -105,6 +105,7 @@ async fn a_browser_opens_a_console_through_the_bastion() {
         assert!(report["steps"].as_array().unwrap().iter().any(|s| s == step), "{step}: {report:#}");
     }
     assert!(r("page_errors").is_null() && r("console_errors").is_null(), "no script errors: {report:#}");
+    assert_eq!(r("a11y"), json!([]), "axe-core, serious or critical: {:#}", r("a11y"));
     assert_eq!(r("devices"), serde_json::json!(["pve01"]));
     // The toolbar: the session's absolute limit (1 h) counting down, the font size, and
     // the close reason kept in the status line.
@@ -400,6 +401,8 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
     assert!(!serde_json::to_string(history).unwrap().contains("ui-token"), "{history:?}");
     assert!(history.iter().any(|r| r["what"].as_str().unwrap_or("").contains("role:prod-root")), "{history:?}");
     assert_eq!(report["errors_shown"], serde_json::json!([]));
+    // axe-core: no serious or critical accessibility violation on any view.
+    assert_eq!(report["a11y"], json!([]), "{:#}", report["a11y"]);
     let (out, _) = portcullis_tests::bastion_world::wait_output(child, Duration::from_secs(20));
     assert!(String::from_utf8_lossy(&out.stderr).contains("closed by an administrator"));
 }
