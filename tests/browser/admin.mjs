@@ -74,6 +74,11 @@ try {
     await page.selectOption("#device-group", "");
     result.device_count = await page.textContent("#device-count");
     await check("devices");
+    // The dark theme (the OS's choice) passes the same check, contrast included.
+    await page.emulateMedia({ colorScheme: "dark" });
+    await check("devices (dark)");
+    if (cfg.screenshots) await page.screenshot({ path: `${cfg.screenshots}/devices-dark.png` });
+    await page.emulateMedia({ colorScheme: "light" });
     result.steps.push("devices_listed");
   }
   // A device's details page, reached from its row in the list.
@@ -94,6 +99,9 @@ try {
       logins: await page.$$eval("#open-login option", (os) => os.map((o) => o.value)),
     };
     await check("device details");
+    await page.emulateMedia({ colorScheme: "dark" });
+    await check("device details (dark)");
+    await page.emulateMedia({ colorScheme: "light" });
     if (cfg.screenshots) await page.screenshot({ path: `${cfg.screenshots}/device-details.png`, fullPage: true });
     await page.goto(`${cfg.url}/ui/device?name=no-such-device`);
     await until(() => document.getElementById("device-error").textContent !== "");
