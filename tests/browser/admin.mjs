@@ -35,6 +35,10 @@ try {
   await page.goto(`${cfg.url}/ui/`);
   await page.waitForSelector("#signin:not([hidden])", { timeout: 15000 });
   await check("sign-in");
+  const shot = async (name, fullPage = false) => {
+    if (cfg.screenshots) await page.screenshot({ path: `${cfg.screenshots}/${name}.png`, fullPage });
+  };
+  await shot("sign-in");
   await page.fill("input[name=username]", cfg.username);
   await page.fill("input[name=password]", cfg.password);
   await page.click("#login-form button[type=submit]");
@@ -74,10 +78,11 @@ try {
     await page.selectOption("#device-group", "");
     result.device_count = await page.textContent("#device-count");
     await check("devices");
+    await shot("devices");
     // The dark theme (the OS's choice) passes the same check, contrast included.
     await page.emulateMedia({ colorScheme: "dark" });
     await check("devices (dark)");
-    if (cfg.screenshots) await page.screenshot({ path: `${cfg.screenshots}/devices-dark.png` });
+    await shot("devices-dark");
     await page.emulateMedia({ colorScheme: "light" });
     result.steps.push("devices_listed");
   }
@@ -102,7 +107,7 @@ try {
     await page.emulateMedia({ colorScheme: "dark" });
     await check("device details (dark)");
     await page.emulateMedia({ colorScheme: "light" });
-    if (cfg.screenshots) await page.screenshot({ path: `${cfg.screenshots}/device-details.png`, fullPage: true });
+    await shot("device-details", true);
     await page.goto(`${cfg.url}/ui/device?name=no-such-device`);
     await until(() => document.getElementById("device-error").textContent !== "");
     result.details_unknown = await page.textContent("#device-error");
@@ -125,6 +130,7 @@ try {
   };
   // The live session of `user` shows up (the first tab); kill it from the page.
   await until((u) => [...document.querySelectorAll("#sessions tr")].some((tr) => tr.children[0]?.textContent === u), cfg.user);
+  await shot("admin-sessions");
   result.session_row = await page.$$eval("#sessions tr", (trs) => [...trs[0].children].map((td) => td.textContent));
   result.steps.push("session_listed");
   await page.click("#sessions tr button");
@@ -144,7 +150,8 @@ try {
     const second = await seqs();
     result.audit_paging.second_page = [second[0], second[second.length - 1]];
     await page.click("#audit-newer");
-    await until((top) => Number(document.querySelector("#audit tr")?.children[0].textContent) === top, first[0]);
+    // Back on the newest page (records may have been added meanwhile).
+    await until((top) => Number(document.querySelector("#audit tr")?.children[0].textContent) >= top, first[0]);
     result.audit_paging.back = (await seqs())[0];
   }
   // A range that starts tomorrow holds nothing.
@@ -164,6 +171,7 @@ try {
     event: tr.children[2]?.textContent, who: tr.children[3]?.textContent, on: tr.children[4]?.textContent,
     when: tr.children[1]?.textContent, at: tr.children[1]?.title, fields: tr.children[5]?.textContent,
   })));
+  await shot("admin-audit");
   result.steps.push("audit_filtered");
   // Export what is shown.
   for (const [button, key] of [["#audit-csv", "audit_csv"], ["#audit-jsonl", "audit_jsonl"]]) {
@@ -205,7 +213,7 @@ try {
   await page.click("#tokens tr button:text-is('Revoke')");
   await until(() => document.querySelector("#tokens tr")?.children[8].textContent === "used up or revoked");
   result.steps.push("token_created_and_revoked");
-  if (cfg.screenshots) await page.screenshot({ path: `${cfg.screenshots}/admin-tokens.png`, fullPage: true });
+  await shot("admin-tokens");
   // The Proxmox VE clusters view: the cluster is listed; a click shows its guests.
   if (cfg.cluster) {
     await tabChecked("clusters");

