@@ -1,6 +1,7 @@
 //! TLS for the API: an operator's certificate, or a bootstrap certificate generated once
 //! with rcgen and kept in the data directory, whose public-key pin clients check. The
-//! files are read again on `systemctl reload` (SIGHUP): a renewed certificate is served
+//! files are read again on `systemctl reload` (SIGHUP) and when they change on disk (a
+//! renewal by certbot or cert-manager needs no hook): a renewed certificate is served
 //! from the next handshake without a restart. Bastions and agents pin the key, so renew
 //! with the same key (e.g. certbot `--reuse-key`) or give them the new pin first.
 
@@ -13,7 +14,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 pub struct TlsMaterial {
     pub config: Arc<ServerConfig>,
@@ -34,22 +35,61 @@ impl ResolvesServerCert for Presented {
     }
 }
 
-/// Where the served certificate comes from, to read it again (`systemctl reload`).
+/// Where the served certificate comes from, to read it again (`systemctl reload`, or a
+/// change on disk), and what is served now.
 #[derive(Debug, Clone)]
 pub struct CertReloader {
     cert: PathBuf,
     key: PathBuf,
     presented: Arc<Presented>,
+    /// The pin served, and the files' stamp when last looked at.
+    served: Arc<Mutex<(String, Option<FilesStamp>)>>,
+}
+
+/// Modification time and length of the certificate and key files: what tells a renewal
+/// on disk without reading (or parsing) the files every few seconds.
+type FilesStamp = [(std::time::SystemTime, u64); 2];
+
+/// A reload that worked: the pin now served, and whether it changed (a new key, which
+/// pinned clients refuse until given the new pin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    pub pin: String,
+    pub new_key: bool,
 }
 
 impl CertReloader {
-    /// Reads the files again and serves them from the next handshake on; the new pin.
-    /// A file that does not load (half-written, wrong key) changes nothing.
-    pub fn reload(&self) -> Result<String, CaError> {
+    fn new(cert: &Path, key: &Path, presented: Arc<Presented>, pin: String) -> CertReloader {
+        let stamp = stamp(cert, key);
+        let (cert, key) = (cert.to_owned(), key.to_owned());
+        CertReloader { cert, key, presented, served: Arc::new(Mutex::new((pin, stamp))) }
+    }
+
+    /// Reads the files again and serves them from the next handshake on. A file that
+    /// does not load (half-written, wrong key) changes nothing.
+    pub fn reload(&self) -> Result<Reloaded, CaError> {
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        served.1 = stamp(&self.cert, &self.key);
         let (certified, pin) = load(&self.cert, &self.key)?;
         *self.presented.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(certified);
-        Ok(pin)
+        let new_key = pin != served.0;
+        served.0 = pin.clone();
+        Ok(Reloaded { pin, new_key })
     }
+
+    /// [`CertReloader::reload`] when either file changed since the last look (`None`:
+    /// unchanged). A renewal written in two steps fails to load between them (the key
+    /// does not match) and loads at the next look, after the second write.
+    pub fn reload_if_changed(&self) -> Option<Result<Reloaded, CaError>> {
+        let now = stamp(&self.cert, &self.key);
+        let unchanged = self.served.lock().unwrap_or_else(|e| e.into_inner()).1 == now;
+        (!unchanged).then(|| self.reload())
+    }
+}
+
+fn stamp(cert: &Path, key: &Path) -> Option<FilesStamp> {
+    let one = |p: &Path| std::fs::metadata(p).and_then(|m| Ok((m.modified()?, m.len()))).ok();
+    Some([one(cert)?, one(key)?])
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -81,7 +121,7 @@ pub fn operator_tls(cert: &Path, key: &Path) -> Result<TlsMaterial, CaError> {
         .with_no_client_auth()
         .with_cert_resolver(Arc::clone(&presented) as Arc<dyn ResolvesServerCert>);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let reloader = CertReloader { cert: cert.to_owned(), key: key.to_owned(), presented };
+    let reloader = CertReloader::new(cert, key, presented, pin.clone());
     Ok(TlsMaterial { config: Arc::new(config), pin, reloader })
 }
 

@@ -226,14 +226,13 @@ pub async fn start_web(
     let router = portcullis_bastion::web::router(&console);
     // It stops with the process, after the bastion's drain.
     tokio::spawn(portcullis_ca::server::serve(listener, tls.config, router, std::future::pending()));
-    // `systemctl reload`: a renewed certificate from the next handshake on.
+    // `systemctl reload` or a renewal on disk: the new certificate from the next handshake.
+    crate::spawn_tls_watch(tls.reloader.clone());
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        let (reloader, mut pin) = (tls.reloader, tls.pin.clone());
+        let reloader = tls.reloader;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                if let Some(new) = crate::reload_tls(&reloader, &pin) {
-                    pin = new;
-                }
+                crate::log_tls_reload(reloader.reload());
             }
         });
     }

@@ -383,7 +383,8 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
             }
         });
     }
-    spawn_reload_on_sighup(Arc::clone(&ca), tls.reloader.clone(), tls.pin.clone());
+    spawn_reload_on_sighup(Arc::clone(&ca), tls.reloader.clone());
+    spawn_tls_watch(tls.reloader.clone());
     spawn_housekeeping(Arc::clone(&ca));
     // The all-in-one serves the browser console's WebSocket on the same origin as the
     // web UI; the endpoint answers 503 until its bastion is attached below.
@@ -505,7 +506,7 @@ fn spawn_housekeeping(ca: Arc<Ca>) {
 /// `systemctl reload` sends SIGHUP: re-read the policy directory and the TLS
 /// certificate. A broken policy is refused (and audited) and the running one stays in
 /// force; a certificate that does not load leaves the served one in place.
-fn spawn_reload_on_sighup(ca: Arc<Ca>, tls: tls::CertReloader, mut pin: String) {
+fn spawn_reload_on_sighup(ca: Arc<Ca>, tls: tls::CertReloader) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; policy reload only through the API");
         return;
@@ -520,31 +521,43 @@ fn spawn_reload_on_sighup(ca: Arc<Ca>, tls: tls::CertReloader, mut pin: String) 
                     tracing::error!(error = %e, "policy reload refused; the previous policy stays in force")
                 }
             }
-            if let Some(new) = reload_tls(&tls, &pin) {
-                pin = new;
+            log_tls_reload(tls.reload());
+        }
+    });
+}
+
+/// How often the TLS certificate and key files are looked at for a renewal on disk.
+const TLS_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves a certificate renewed on disk from the next handshake, without a signal.
+pub(crate) fn spawn_tls_watch(tls: tls::CertReloader) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(TLS_WATCH_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let watched = tls.clone();
+            // File metadata (and a reload's reads) block: off the runtime's threads.
+            match tokio::task::spawn_blocking(move || watched.reload_if_changed()).await {
+                Ok(Some(result)) => log_tls_reload(result),
+                Ok(None) => {}
+                Err(_) => tracing::error!("TLS certificate watch task failed"),
             }
         }
     });
 }
 
-/// Re-reads a TLS certificate; says so loudly when its key (the pin clients check)
-/// changed. The pin now served, when the reload worked.
-pub(crate) fn reload_tls(tls: &tls::CertReloader, pin: &str) -> Option<String> {
-    match tls.reload() {
-        Ok(new) if new == pin => {
-            tracing::info!(pin = %new, "TLS certificate reloaded (same key)");
-            Some(new)
-        }
-        Ok(new) => {
-            tracing::warn!(
-                old = %pin, new = %new,
-                "TLS certificate reloaded with a NEW key: clients pinning the old one (bastions, agents, the CLI) refuse it until given the new pin"
-            );
-            Some(new)
-        }
+/// Says how a TLS certificate reload went; loudly when its key (the pin clients check)
+/// changed.
+pub(crate) fn log_tls_reload(result: Result<tls::Reloaded, portcullis_ca::error::CaError>) {
+    match result {
+        Ok(r) if !r.new_key => tracing::info!(pin = %r.pin, "TLS certificate reloaded (same key)"),
+        Ok(r) => tracing::warn!(
+            new = %r.pin,
+            "TLS certificate reloaded with a NEW key: clients pinning the old one (bastions, agents, the CLI) refuse it until given the new pin"
+        ),
         Err(e) => {
-            tracing::error!(error = %e, "TLS certificate reload failed; the previous certificate stays in use");
-            None
+            tracing::error!(error = %e, "TLS certificate reload failed; the previous certificate stays in use")
         }
     }
 }

@@ -148,10 +148,10 @@ async fn readiness_is_notified_to_systemd_once_the_api_answers() {
 }
 
 /// The all-in-one serves an operator's certificate (`--tls-cert`, `--tls-key`) and reads
-/// it again on SIGHUP (`systemctl reload`): a renewal is served from the next handshake
-/// without a restart; a broken file changes nothing.
+/// it again on SIGHUP (`systemctl reload`) and when it changes on disk: a renewal is
+/// served from the next handshake without a restart; a broken file changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_operators_certificate_is_served_and_renewed_on_sighup() {
+async fn an_operators_certificate_is_served_and_renewed_on_sighup_or_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let openssl = |args: &[&str]| {
@@ -213,4 +213,7 @@ async fn an_operators_certificate_is_served_and_renewed_on_sighup() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(served_subject().contains("portcullis-renewed"), "a broken file replaced the certificate");
+    // A renewal written to disk, no signal (certbot or cert-manager without a hook).
+    issue("portcullis-watched");
+    eventually("portcullis-watched");
 }
