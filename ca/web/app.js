@@ -230,6 +230,21 @@ async function start() {
   }
 }
 
+// A refused sign-in in words that say what to do (the CA's code picks the advice; its
+// own message follows).
+function signInAdvice(data, status) {
+  const advice = {
+    invalid_credentials: "Check the user name and password (and Caps Lock). A directory user whose name is also a local user's signs in as ldap:NAME.",
+    rate_limited: "Too many attempts from here or for this user: wait, then try again.",
+    unavailable: "The identity directory cannot be asked right now: try again in a minute, or ask your administrator.",
+    busy: "The server is busy: try again in a few seconds.",
+    idp_unavailable: "The single sign-on provider cannot be reached: try again, or sign in with a password.",
+    sign_in_failed: "Ask your administrator whether your account is enabled and in the right groups.",
+  }[data && data.error];
+  const message = (data && data.message) || `HTTP ${status}`;
+  return advice ? `${message}. ${advice}` : message;
+}
+
 // A one-time password (the first administrator's, or a reset) opens no session: the
 // CA answers `password_change_required`, and the form asks for a new one and signs in
 // again with both.
@@ -261,7 +276,7 @@ document.getElementById("login-form").addEventListener("submit", async (ev) => {
       choose.querySelector("input").focus();
       return;
     }
-    if (!r.ok) throw new Error(data.message || `HTTP ${r.status}`);
+    if (!r.ok) throw new Error(signInAdvice(data, r.status));
     setCsrf(data.csrf_token);
     ev.target.reset();
     choose.hidden = true;

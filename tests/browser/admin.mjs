@@ -39,6 +39,12 @@ try {
     if (cfg.screenshots) await page.screenshot({ path: `${cfg.screenshots}/${name}.png`, fullPage });
   };
   await shot("sign-in");
+  // A wrong password is refused with what to do.
+  await page.fill("input[name=username]", cfg.username);
+  await page.fill("input[name=password]", "not-the-password");
+  await page.click("#login-form button[type=submit]");
+  await until(() => document.getElementById("login-error").textContent !== "");
+  result.wrong_password = await page.textContent("#login-error");
   await page.fill("input[name=username]", cfg.username);
   await page.fill("input[name=password]", cfg.password);
   await page.click("#login-form button[type=submit]");

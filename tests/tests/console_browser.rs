@@ -245,6 +245,8 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
     );
     assert!(report.get("error").is_none() && report.get("page_errors").is_none(), "{report:#}");
     assert_eq!(report["signed_in_before_change"], false, "a one-time password opened a session: {report:#}");
+    let wrong = report["wrong_password"].as_str().unwrap();
+    assert!(wrong.starts_with("invalid username or password. Check the user name and password"), "{wrong}");
     let failed = w.server.audit_events("login_failed").await;
     assert!(failed.iter().any(|r| r.payload["reason"] == "password_change_required"), "{failed:?}");
     assert_eq!(w.server.try_login("ops", "ops-temporary-2").await.0, reqwest::StatusCode::UNAUTHORIZED);
