@@ -26,8 +26,19 @@ function hardwareCell(hw) {
 // guest's PVE name, VMID and kind.
 function searchText(d) {
   const g = d.guest || {};
+  const agentState = d.agent ? (d.agent_connected ? "up" : "down") : null;
   return [d.name, ...d.addresses, ...Object.entries(d.tags).map(([k, v]) => `${k}:${v}`), d.cluster, d.status,
-    d.agent, g.name, g.vmid, g.kind, g.node].filter((x) => x !== undefined && x !== null).join(" ").toLowerCase();
+    d.agent, agentState, g.name, g.vmid, g.kind, g.node].filter((x) => x !== undefined && x !== null).join(" ").toLowerCase();
+}
+
+// The agent and whether a bastion has it connected now (a console through an agent
+// that is down cannot open).
+function agentCell(d) {
+  const td = el("td");
+  if (!d.agent) return td;
+  td.append(d.agent, " ", el("span", d.agent_connected ? "up" : "down",
+    { class: d.agent_connected ? "state up" : "state down" }));
+  return td;
 }
 
 // Tags as `key=value` chips (PVE tags of a guest are `tag=true`: shown as the tag).
@@ -46,7 +57,7 @@ function nameCell(name, text) {
 
 function nodeRow(d) {
   const tr = el("tr", null, { "data-device": d.name });
-  tr.append(nameCell(d.name, d.name), el("td", d.cluster || ""), el("td", d.status || ""), el("td", d.agent || ""),
+  tr.append(nameCell(d.name, d.name), el("td", d.cluster || ""), el("td", d.status || ""), agentCell(d),
     el("td", d.addresses.join(", ")), tagsCell(d.tags), hardwareCell(d.hardware));
   const select = el("select", null, { "aria-label": `login on ${d.name}` });
   for (const login of d.logins) select.append(el("option", login, { value: login }));
@@ -69,7 +80,7 @@ function guestRow(d) {
   const tr = el("tr", null, { class: "guest", "data-device": d.name, "data-parent": g.parent || "" });
   const kind = g.kind === "lxc" ? "CT" : "VM";
   tr.append(nameCell(d.name, `${kind} ${g.vmid} · ${g.name}`), el("td", d.cluster || ""),
-    el("td", d.status || ""), el("td", d.agent || ""), el("td", `on ${g.node}`), tagsCell(d.tags), el("td", "—"));
+    el("td", d.status || ""), agentCell(d), el("td", `on ${g.node}`), tagsCell(d.tags), el("td", "—"));
   const why = el("td", d.console_unavailable || "", { colspan: "2", class: "muted" });
   tr.append(why);
   return tr;

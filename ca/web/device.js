@@ -132,7 +132,9 @@ async function start() {
     document.title = `${d.name} — Portcullis`;
     document.getElementById("device-name").textContent = d.name;
     document.getElementById("device-summary").textContent =
-      [d.cluster && `cluster ${d.cluster}`, d.status, d.agent && `through agent ${d.agent}`].filter(Boolean).join(" · ");
+      [d.cluster && `cluster ${d.cluster}`, d.status,
+        d.agent && `through agent ${d.agent} (${d.agent_connected ? "connected" : "not connected to any bastion"})`]
+        .filter(Boolean).join(" · ");
     showOpen(d);
     showIdentity(details);
     showHardware(details.inventory);

@@ -74,6 +74,10 @@ pub struct ConsoleDevice {
     pub name: String,
     pub addresses: Vec<String>,
     pub agent: Option<String>,
+    /// Whether a bastion reports its agent connected now (`None` without an agent): a
+    /// console through an agent that is down cannot open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_connected: Option<bool>,
     /// Logins a console may use on it (from the roles holding `devices.console.open`).
     pub logins: Vec<String>,
     pub tags: std::collections::BTreeMap<String, String>,

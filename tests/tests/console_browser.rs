@@ -280,7 +280,7 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
     assert_eq!(report["search_rows"], json!(["pve-lab", "vm700.lab"]), "{report:#}");
     // Tags and agent shown; a header sorts, and the guest stays under its node.
     let host = rows[node]["text"].as_str().unwrap();
-    assert!(host.contains("provider=proxmox") && host.contains("local"), "{host}");
+    assert!(host.contains("provider=proxmox") && host.contains("local up"), "{host}");
     assert_eq!(report["sorted"]["aria"], "descending", "{report:#}");
     let sorted = report["sorted"]["rows"].as_array().unwrap();
     let pos = |n: &str| sorted.iter().position(|r| r == n).unwrap();

@@ -390,6 +390,17 @@ async fn device_list_shows_what_a_console_may_open() {
     // Unauthenticated: 401.
     let (status, _) = fx.api.get_json(None, "/v1/console/devices").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Agent status: down until a bastion reports the agent connected, then only that one.
+    let alice = bearer(&fx.ca, "alice").await;
+    let agents_up = || async {
+        let (_, v) = fx.api.get_json(Some(&alice), "/v1/console/devices").await;
+        let devices: Vec<ConsoleDevice> = serde_json::from_value(v).unwrap();
+        devices.into_iter().map(|d| (d.name, d.agent_connected)).collect::<Vec<_>>()
+    };
+    let both = |a, b| vec![("pve01".to_owned(), Some(a)), ("pve02".to_owned(), Some(b))];
+    assert_eq!(agents_up().await, both(false, false));
+    heartbeat(&fx, &[]).await;
+    assert_eq!(agents_up().await, both(true, false));
 }
 
 /// The details page's data, from the attacker's side: a device outside the caller's

@@ -364,15 +364,23 @@ impl Ca {
         Ok(targets)
     }
 
+    /// Bastions heard from within a lease's lifetime, each with the agents it reported
+    /// connected in that heartbeat.
+    pub(crate) async fn live_bastions(&self) -> Result<Vec<store::ServiceRow>, CaError> {
+        let cutoff = self.now().saturating_sub(LEASE_TTL_SECS);
+        let mut bastions = self.store.services(ServiceKind::Bastion.as_str()).await?;
+        bastions.retain(|b| b.last_seen.is_some_and(|t| t >= cutoff));
+        Ok(bastions)
+    }
+
     /// `GET /v1/admin/agents` and `/v1/admin/bastions`.
     pub async fn service_infos(
         &self,
         _grant: &Grant<proof::NodesManage>,
         kind: ServiceKind,
     ) -> Result<Vec<ServiceInfo>, CaError> {
-        let cutoff = self.now().saturating_sub(LEASE_TTL_SECS);
         let bastions = match kind {
-            ServiceKind::Agent => self.store.services(ServiceKind::Bastion.as_str()).await?,
+            ServiceKind::Agent => self.live_bastions().await?,
             ServiceKind::Bastion => Vec::new(),
         };
         Ok(self
@@ -382,11 +390,7 @@ impl Ca {
             .into_iter()
             .map(|s| ServiceInfo {
                 kind,
-                connected_to: bastions
-                    .iter()
-                    .filter(|b| b.last_seen.is_some_and(|t| t >= cutoff) && b.agents.contains(&s.name))
-                    .map(|b| b.name.clone())
-                    .collect(),
+                connected_to: bastions.iter().filter(|b| b.agents.contains(&s.name)).map(|b| b.name.clone()).collect(),
                 name: s.name,
                 key_fingerprint: s.key_fingerprint,
                 enrolled_at: s.enrolled_at,

@@ -88,6 +88,9 @@ impl Ca {
                 pve_of.insert(name, (pve.cluster, pve.status));
             }
         }
+        let connected: std::collections::BTreeSet<String> =
+            self.live_bastions().await?.into_iter().flat_map(|b| b.agents).collect();
+        let up = |agent: &Option<String>| agent.as_ref().map(|a| connected.contains(a));
         let mut out = Vec::new();
         for node in nodes {
             let device = policy_device(&node, self.default_agent.as_deref());
@@ -103,6 +106,7 @@ impl Ca {
                 hardware: hardware.remove(&node.name),
                 name: node.name,
                 addresses: node.addresses,
+                agent_connected: up(&device.agent),
                 agent: device.agent,
                 logins: logins.into_iter().collect(),
                 tags: node.tags,
@@ -120,6 +124,7 @@ impl Ca {
             out.push(ConsoleDevice {
                 name: device.name,
                 addresses: Vec::new(),
+                agent_connected: up(&device.agent),
                 agent: device.agent,
                 logins: Vec::new(),
                 tags: device.tags,
