@@ -1,7 +1,9 @@
 // The browser terminal: ask the CA for a single-use ticket (CSRF-protected), open the
 // bastion's WebSocket and send the ticket as the first frame (never in the URL), then
 // binary frames for terminal bytes and JSON text frames for control. The toolbar:
-// reconnect (a fresh ticket), font size, full screen, and the time left.
+// reconnect (a fresh ticket), copy and paste, font size, full screen, and the time left.
+// Ctrl+Shift+C and Ctrl+Shift+V copy and paste as in Proxmox VE's console (plain Ctrl+C
+// stays the terminal's interrupt).
 "use strict";
 const { api } = portcullis;
 
@@ -135,6 +137,28 @@ function start() {
   });
   term.onResize(resize);
   window.addEventListener("resize", () => fit.fit());
+
+  // Copy: the selection to the clipboard. Paste: the clipboard into the terminal as one
+  // bracketed paste (the shell does not run a pasted line before Enter).
+  const copyButton = document.getElementById("copy");
+  term.onSelectionChange(() => { copyButton.disabled = !term.hasSelection(); });
+  const copy = () => {
+    if (term.hasSelection()) navigator.clipboard.writeText(term.getSelection()).catch(() => status("cannot copy: the browser refused the clipboard"));
+    term.focus();
+  };
+  const paste = () => {
+    navigator.clipboard.readText().then((text) => { if (text) term.paste(text); })
+      .catch(() => status("cannot paste: the browser refused the clipboard (use the browser's own paste)"));
+    term.focus();
+  };
+  copyButton.addEventListener("click", copy);
+  document.getElementById("paste").addEventListener("click", paste);
+  term.attachCustomKeyEventHandler((ev) => {
+    if (ev.type !== "keydown" || !ev.ctrlKey || !ev.shiftKey) return true;
+    if (ev.code === "KeyC") { copy(); return false; }
+    if (ev.code === "KeyV") { paste(); return false; }
+    return true;
+  });
 
   reconnect.addEventListener("click", () => {
     term.reset();

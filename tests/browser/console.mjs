@@ -93,6 +93,18 @@ try {
   await page.keyboard.press("Enter");
   await waitFor("pasted-42");
   step("pasted");
+  // The toolbar's Copy takes the selection to the clipboard; Ctrl+Shift+V pastes it back.
+  await context.grantPermissions(["clipboard-read", "clipboard-write"]);
+  await page.evaluate(() => window.portcullisConsole.term.selectAll());
+  result.copy_enabled = await page.isEnabled("#copy");
+  await page.click("#copy");
+  await until(page, () => navigator.clipboard.readText().then((t) => t.includes("pasted-42")));
+  await page.evaluate(() => navigator.clipboard.writeText("echo clip-$((2+3))"));
+  await page.click("#terminal");
+  await page.keyboard.press("Control+Shift+KeyV");
+  await page.keyboard.press("Enter");
+  await waitFor("clip-5");
+  step("copied_and_pasted");
 
   await page.screenshot({ path: cfg.screenshot });
   // Resize the window: the pty follows.

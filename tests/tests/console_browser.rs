@@ -106,6 +106,7 @@ async fn a_browser_opens_a_console_through_the_bastion() {
         "typed",
         "utf8",
         "pasted",
+        "copied_and_pasted",
         "resized",
         "exited",
         "reconnected",
@@ -117,6 +118,7 @@ async fn a_browser_opens_a_console_through_the_bastion() {
     }
     assert!(r("page_errors").is_null() && r("console_errors").is_null(), "no script errors: {report:#}");
     assert_eq!(r("a11y"), json!([]), "axe-core, serious or critical: {:#}", r("a11y"));
+    assert_eq!(r("copy_enabled"), json!(true), "Copy follows the selection: {report:#}");
     assert_eq!(r("devices"), serde_json::json!(["pve01"]));
     // The toolbar: the session's absolute limit (1 h) counting down, the font size, and
     // the close reason kept in the status line.
