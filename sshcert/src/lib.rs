@@ -22,9 +22,11 @@ pub mod check;
 pub mod keys;
 pub mod krl;
 pub mod krl_parse;
+pub mod proof;
 
 pub use blob::{BlobError, MAX_CERTIFICATE_BLOB, parse_certificate_strict};
 pub use check::{AcceptedCert, CheckContext, Rejection, check_user_certificate, cidr_contains, parse_cidr};
 pub use keys::{KeyError, MAX_PUBLIC_KEY_LEN, certificate_digest, fingerprint, parse_user_public_key, random_bytes};
 pub use krl::KrlBuilder;
 pub use krl_parse::{Krl, KrlError, MAX_KRL_LEN};
+pub use proof::{ProofError, ProvenRequest, verify_connection_proof};
