@@ -18,7 +18,7 @@ use crate::jump::{ADMINISTRATIVELY_PROHIBITED, JumpRequest};
 use crate::login::{RequestedLogin, acceptable_principals};
 use crate::shared::Shared;
 use crate::terminated::TerminatedRequest;
-use portcullis_proto::bastion::SessionMode;
+use portcullis_proto::bastion::{ConnectionProof, SessionMode};
 
 /// Shown when a session channel arrives for a user name without a device.
 const NEEDS_DEVICE: &str = "name the device: ssh LOGIN%DEVICE@bastion (or ssh -J for jump mode)";
@@ -64,6 +64,9 @@ pub(crate) struct Connection {
 struct Accepted {
     requested: RequestedLogin,
     certificate: Presented,
+    /// The user's signature over this connection (for terminated-mode requests, which
+    /// need it for every onward certificate; jump mode never asks for one).
+    proof: Option<Arc<ConnectionProof>>,
     /// The certificate forces a command or requires user verification (FIDO): options
     /// only the node's own sshd can enforce, so it serves jump mode only.
     node_enforced_options: bool,
@@ -126,7 +129,7 @@ impl Connection {
                 let node_enforced_options =
                     NODE_ENFORCED_OPTIONS.iter().any(|o| certificate.critical_options().contains_key(*o));
                 let certificate = Presented { serial: accepted.serial(), digest: certificate_digest(certificate) };
-                self.accepted = Some(Accepted { requested, certificate, node_enforced_options });
+                self.accepted = Some(Accepted { requested, certificate, node_enforced_options, proof: None });
                 Auth::Accept
             }
             Err(rejection) => self.refuse(user, RefusalReason::Certificate(rejection)),
@@ -183,6 +186,20 @@ impl Handler for Connection {
         Ok(self.decide(user, certificate))
     }
 
+    /// The decision, keeping the user's proof of this connection for the CA.
+    async fn auth_openssh_certificate_with_proof(
+        &mut self,
+        user: &str,
+        certificate: &Certificate,
+        proof: russh::server::AuthProof<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let auth = self.decide(user, certificate);
+        if let Some(accepted) = self.accepted.as_mut().filter(|a| a.requested.device().is_some()) {
+            accepted.proof = Some(Arc::new(ConnectionProof::new(proof.session_id, proof.request, proof.signature)));
+        }
+        Ok(auth)
+    }
+
     async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
         if let Some(tx) = self.authed.take() {
             let _ = tx.send(());
@@ -216,6 +233,7 @@ impl Handler for Connection {
         let request = TerminatedRequest {
             peer: self.peer,
             certificate: accepted.certificate.clone(),
+            proof: accepted.proof.clone(),
             login: requested.login().to_owned(),
             device: device.to_owned(),
             mode: SessionMode::Terminated,

@@ -63,6 +63,8 @@ pub(crate) async fn run(shared: Arc<Shared>, req: JumpRequest, client: Channel<M
         port: Some(req.port),
         client_ip: req.peer.ip().to_string(),
         session_public_key: None,
+        // Jump mode gets no onward credential: SSH runs end to end.
+        connection_proof: None,
     };
     let admitted = match shared.admit(request).await {
         Ok(a) => a,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use portcullis_proto::bastion::{CloseReason, SessionMode, SessionOpenRequest};
+use portcullis_proto::bastion::{CloseReason, ConnectionProof, SessionMode, SessionOpenRequest};
 use russh::client;
 use russh::keys::PrivateKey;
 use russh::server::{ChannelOpenHandle, Msg};
@@ -35,6 +35,9 @@ use crate::shared::Shared;
 pub(crate) struct TerminatedRequest {
     pub peer: SocketAddr,
     pub certificate: Presented,
+    /// The user's proof of this connection, which the CA asks for every onward
+    /// certificate.
+    pub proof: Option<Arc<ConnectionProof>>,
     pub login: String,
     pub device: String,
     pub mode: SessionMode,
@@ -67,6 +70,7 @@ pub(crate) async fn run(
         port: None,
         client_ip: req.peer.ip().to_string(),
         session_public_key: Some(public_line),
+        connection_proof: req.proof.as_deref().cloned(),
     };
     let admitted = match shared.admit(request).await {
         Ok(a) => a,

@@ -554,7 +554,10 @@ pub struct GroupsChange {
 pub fn failure_phase(reason: &str) -> &'static str {
     match reason {
         "ticket_invalid" | "ticket_expired" | "ticket_reused" => "ticket",
-        "credential_invalid" => "credential",
+        "credential_invalid"
+        | "connection_proof_missing"
+        | "connection_proof_invalid"
+        | "connection_proof_replayed" => "credential",
         "not_authorized" | "rule_mismatch" | "unknown_device" | "out_of_scope" | "port_not_allowed" | "no_agent" => {
             "authorization"
         }

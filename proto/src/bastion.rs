@@ -219,6 +219,40 @@ pub struct SessionOpenRequest {
     /// log in onward with.
     #[serde(default)]
     pub session_public_key: Option<String>,
+    /// Terminated mode: the user's own proof that they are connected to this bastion
+    /// now. The CA issues an onward certificate only against it.
+    #[serde(default)]
+    pub connection_proof: Option<ConnectionProof>,
+}
+
+/// The signature the user's SSH client made when it authenticated to the bastion with
+/// its certificate (RFC 4252 §7), and what it covers: the connection's session
+/// identifier and the authentication request (which names the SSH user, e.g.
+/// `root%pve01`, and carries the certificate). Base64 (standard, padded). Not a secret:
+/// the CA accepts each connection's proof for that connection only, and refuses it once
+/// the connection has no live session left.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionProof {
+    pub session_id: String,
+    pub request: String,
+    pub signature: String,
+}
+
+impl ConnectionProof {
+    pub fn new(session_id: &[u8], request: &[u8], signature: &[u8]) -> Self {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        ConnectionProof { session_id: b64(session_id), request: b64(request), signature: b64(signature) }
+    }
+
+    /// (session identifier, request, signature) as bytes; `None` if any is not base64.
+    pub fn decode(&self) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+        use base64::Engine as _;
+        let bytes = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).ok();
+        Some((bytes(&self.session_id)?, bytes(&self.request)?, bytes(&self.signature)?))
+    }
 }
 
 /// How the bastion must check the device's host key (the rule's `host_key_policy`).
@@ -300,6 +334,13 @@ pub mod deny_reason {
     pub const PORT_NOT_ALLOWED: &str = "port_not_allowed";
     /// The session certificate could not be produced.
     pub const CREDENTIAL_RESOLUTION_FAILED: &str = "credential_resolution_failed";
+    /// Terminated mode without the user's proof of connection (see [`super::ConnectionProof`]).
+    pub const CONNECTION_PROOF_MISSING: &str = "connection_proof_missing";
+    /// A proof that does not verify, or is not for this certificate, login and device.
+    pub const CONNECTION_PROOF_INVALID: &str = "connection_proof_invalid";
+    /// A proof already used, by a connection that has no live session any more (or by
+    /// another bastion, certificate or target).
+    pub const CONNECTION_PROOF_REPLAYED: &str = "connection_proof_replayed";
 }
 
 /// One live session in a heartbeat.

@@ -137,8 +137,8 @@ mod tests {
     fn certificate(user_key: &PrivateKey) -> Certificate {
         let ca = random_key();
         let mut rng = UnwrapErr(ssh_key::getrandom::SysRng);
-        let mut b = certificate::Builder::new_with_random_nonce(&mut rng, user_key.public_key(), 0, u64::MAX >> 1)
-            .unwrap();
+        let mut b =
+            certificate::Builder::new_with_random_nonce(&mut rng, user_key.public_key(), 0, u64::MAX >> 1).unwrap();
         b.serial(7).unwrap().key_id("alice").unwrap().cert_type(certificate::CertType::User).unwrap();
         b.valid_principal("pc_0123456789ab_root").unwrap();
         b.sign(&ca).unwrap()

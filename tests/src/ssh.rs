@@ -86,3 +86,30 @@ pub fn krl_revokes(krl: &Path, file: &Path) -> bool {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
+
+/// What an SSH client proves when it authenticates with `certificate` as `user` on a
+/// connection with `session_id` (RFC 4252 §7): the request it signs and its signature
+/// by `key` — as the bastion forwards them to the CA. A test "bastion" makes real
+/// proofs with the user's key, and forgeries with any other.
+pub fn connection_proof(
+    key: &PrivateKey,
+    certificate: &ssh_key::Certificate,
+    user: &str,
+    session_id: &[u8],
+) -> portcullis_proto::bastion::ConnectionProof {
+    use ssh_key::encoding::Encode;
+    let mut request = vec![50u8]; // SSH_MSG_USERAUTH_REQUEST
+    for s in [user, "ssh-connection", "publickey"] {
+        s.encode(&mut request).unwrap();
+    }
+    true.encode(&mut request).unwrap();
+    format!("{}-cert-v01@openssh.com", key.algorithm().as_str()).encode(&mut request).unwrap();
+    certificate.to_bytes().unwrap().encode(&mut request).unwrap();
+    let mut signed = Vec::new();
+    session_id.encode(&mut signed).unwrap();
+    signed.extend_from_slice(&request);
+    let signature: ssh_key::Signature = signature::Signer::try_sign(key, &signed).unwrap();
+    let mut sig = Vec::new();
+    signature.encode(&mut sig).unwrap();
+    portcullis_proto::bastion::ConnectionProof::new(session_id, &request, &sig)
+}

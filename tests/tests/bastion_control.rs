@@ -177,22 +177,37 @@ async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
     Fx { replicas: served, ca, clock, admin, bastion, policy_dir, _dir: dir }
 }
 
-/// A certificate as a bastion names it to the CA: its serial and its digest.
+/// A certificate as a bastion names it to the CA: its serial and its digest; and, for a
+/// user's own certificate, the user's key and certificate, with which each terminated
+/// open below carries a real proof of a new connection (as a client logging in makes).
 #[derive(Clone)]
 struct Presented {
     serial: String,
     digest: Option<String>,
+    holder: Option<Arc<(ssh_key::PrivateKey, ssh_key::Certificate)>>,
 }
 
 impl Presented {
     fn of(certificate: &str) -> Presented {
         let cert = ssh_key::Certificate::from_openssh(certificate.trim()).unwrap();
-        Presented { serial: cert.serial().to_string(), digest: portcullis_sshcert::certificate_digest(&cert) }
+        Presented {
+            serial: cert.serial().to_string(),
+            digest: portcullis_sshcert::certificate_digest(&cert),
+            holder: None,
+        }
     }
 
     /// A serial with no certificate behind it (or a malformed one).
     fn serial_only(serial: &str) -> Presented {
-        Presented { serial: serial.to_owned(), digest: None }
+        Presented { serial: serial.to_owned(), digest: None, holder: None }
+    }
+
+    /// A proof of a new connection (a fresh session identifier) logging in as
+    /// `login%device`; `None` without the user's key.
+    fn proof(&self, device: &str, login: &str) -> Option<ConnectionProof> {
+        let (key, cert) = self.holder.as_deref()?;
+        let session = portcullis_sshcert::random_bytes::<32>();
+        Some(portcullis_tests::ssh::connection_proof(key, cert, &format!("{login}%{device}"), &session))
     }
 }
 
@@ -200,14 +215,24 @@ impl Presented {
 async fn user_cert(ca: &Ca, user: &str) -> Presented {
     let login = ca.login_password(user, None, &SecretString::from(PASSWORD), IP).await.unwrap();
     let caller = ca.caller(login.token.expose()).await.unwrap();
-    let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..Default::default() };
-    Presented::of(&ca.issue_user_cert(&caller, &request, IP).await.unwrap().certificate)
+    let key = ed25519_key();
+    let request = UserCertRequest { public_key: public_line(&key), ..Default::default() };
+    let text = ca.issue_user_cert(&caller, &request, IP).await.unwrap().certificate;
+    let cert = ssh_key::Certificate::from_openssh(text.trim()).unwrap();
+    Presented { holder: Some(Arc::new((key, cert))), ..Presented::of(&text) }
 }
 
+/// A terminated-mode open, with a proof of a new connection when the user's key is at
+/// hand.
 fn terminated(id: &str, cert: &Presented, device: &str, login: &str) -> Value {
+    terminated_with(id, cert, device, login, cert.proof(device, login))
+}
+
+fn terminated_with(id: &str, cert: &Presented, device: &str, login: &str, proof: Option<ConnectionProof>) -> Value {
     json!({
         "session_id": id, "mode": "terminated", "cert_serial": cert.serial, "certificate_digest": cert.digest,
         "login": login, "device": device, "client_ip": IP, "session_public_key": public_line(&ed25519_key()),
+        "connection_proof": proof,
     })
 }
 
@@ -525,6 +550,90 @@ async fn assert_no_secrets(ca: &Ca) {
     for r in ca.store().audit_records(0, 100_000).await.unwrap() {
         assert!(!r.payload.contains("pcs_") && !r.payload.contains("pce_"), "secret in audit record: {}", r.payload);
     }
+}
+
+/// Issue 20: a bastion taken over holds real bastion credentials and every certificate
+/// it has seen, and asks the CA for onward certificates. Without the user's own
+/// signature over a live connection it gets none; each attempt is refused and audited,
+/// and a real proof still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compromised_bastion_gets_no_onward_certificate_without_the_users_live_proof() {
+    no_onward_certificate_without_a_live_proof(&fixture(None, 1).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compromised_bastion_gets_no_onward_certificate_without_the_users_live_proof_on_postgres() {
+    let pg = Postgres::start().expect("throwaway PostgreSQL server");
+    no_onward_certificate_without_a_live_proof(&fixture(Some(&pg.url()), 2).await).await;
+}
+
+async fn no_onward_certificate_without_a_live_proof(fx: &Fx) {
+    let api = fx.api();
+    let alice = user_cert(&fx.ca, "alice").await;
+    let bob = user_cert(&fx.ca, "bob").await;
+    let (key, cert) = alice.holder.as_deref().unwrap();
+    let connection = portcullis_sshcert::random_bytes::<32>();
+    let proof = |user: &str| portcullis_tests::ssh::connection_proof(key, cert, user, &connection);
+    let real = proof("root%pve01");
+
+    // Alice connects: her proof opens a session (and, on the same connection, another).
+    let first = session_id();
+    let grant = granted(api, &fx.bastion, &terminated_with(&first, &alice, "pve01", "root", Some(real.clone()))).await;
+    assert!(grant.session_certificate.is_some());
+    granted(api, &fx.bastion, &terminated_with(&session_id(), &alice, "pve01", "root", Some(real.clone()))).await;
+
+    // Her certificate alone, as a bastion has it: nothing.
+    let missing = terminated_with(&session_id(), &alice, "pve01", "root", None);
+    denied(api, &fx.bastion, &missing, deny_reason::CONNECTION_PROOF_MISSING).await;
+    // Her live proof for another node or login than she asked for.
+    let elsewhere = terminated_with(&session_id(), &alice, "pve02", "root", Some(real.clone()));
+    denied(api, &fx.bastion, &elsewhere, deny_reason::CONNECTION_PROOF_INVALID).await;
+    let other_login = terminated_with(&session_id(), &alice, "pve01", "deploy", Some(real.clone()));
+    denied(api, &fx.bastion, &other_login, deny_reason::CONNECTION_PROOF_INVALID).await;
+    // A proof the bastion forges with its own key for a new session, or one that says
+    // pve02 but is signed over pve01.
+    let own_key = ed25519_key();
+    let forged = portcullis_tests::ssh::connection_proof(&own_key, cert, "root%pve02", &[9; 32]);
+    let forged_open = terminated_with(&session_id(), &alice, "pve02", "root", Some(forged));
+    denied(api, &fx.bastion, &forged_open, deny_reason::CONNECTION_PROOF_INVALID).await;
+    let retargeted =
+        portcullis_proto::bastion::ConnectionProof { request: proof("root%pve02").request, ..real.clone() };
+    let retargeted_open = terminated_with(&session_id(), &alice, "pve02", "root", Some(retargeted));
+    denied(api, &fx.bastion, &retargeted_open, deny_reason::CONNECTION_PROOF_INVALID).await;
+    // Alice's proof under Bob's certificate.
+    let bobs = terminated_with(&session_id(), &bob, "pve01", "root", Some(real.clone()));
+    denied(api, &fx.bastion, &bobs, deny_reason::CONNECTION_PROOF_INVALID).await;
+    // Another bastion replaying her live proof (to another CA replica, when there are two).
+    let b2 = second_bastion(fx).await;
+    let replay = terminated_with(&session_id(), &alice, "pve01", "root", Some(real.clone()));
+    denied(fx.replicas.last().unwrap(), &b2, &replay, deny_reason::CONNECTION_PROOF_REPLAYED).await;
+
+    // She leaves: once no session of that connection lives, her proof opens nothing.
+    for id in fx.ca.store().leases().await.unwrap().into_iter().map(|l| l.session_id) {
+        close(api, &fx.bastion, &id, "client_disconnect").await;
+    }
+    denied(api, &fx.bastion, &replay, deny_reason::CONNECTION_PROOF_REPLAYED).await;
+    // A new connection of hers (a new session identifier) works as ever.
+    granted(api, &fx.bastion, &terminated(&session_id(), &alice, "pve01", "root")).await;
+
+    // Every refusal is a `session_denied` naming its reason.
+    let reasons: Vec<String> =
+        audit(&fx.ca, "session_denied").await.iter().map(|r| r["reason"].as_str().unwrap().to_owned()).collect();
+    let count = |r: &str| reasons.iter().filter(|x| *x == r).count();
+    assert_eq!(
+        (
+            count(deny_reason::CONNECTION_PROOF_MISSING),
+            count(deny_reason::CONNECTION_PROOF_INVALID),
+            count(deny_reason::CONNECTION_PROOF_REPLAYED)
+        ),
+        (1, 5, 2),
+        "{reasons:?}"
+    );
+    let denied_records = audit(&fx.ca, "session_denied").await;
+    assert!(denied_records.iter().all(|r| r["phase"] == "credential"), "{denied_records:?}");
+    // Nothing of a proof (identifier, request, signature) is in the audit trail.
+    let trail = serde_json::to_string(&audit(&fx.ca, "session_opened").await).unwrap();
+    assert!(!trail.contains(&real.signature) && !trail.contains(&real.session_id), "{trail}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -639,10 +639,16 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
     let bob = ca.login_password("bob", None, &SecretString::from(BOB_PW), IP).await.unwrap().token.expose().to_owned();
     let caller = ca.caller(&bob).await.unwrap();
     assert_eq!(caller.identity.source, "ldap");
-    let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..Default::default() };
+    let key = ed25519_key();
+    let request = UserCertRequest { public_key: public_line(&key), ..Default::default() };
     let issued = ca.issue_user_cert(&caller, &request, IP).await.unwrap();
-    let digest =
-        portcullis_sshcert::certificate_digest(&ssh_key::Certificate::from_openssh(&issued.certificate).unwrap());
+    let cert = ssh_key::Certificate::from_openssh(&issued.certificate).unwrap();
+    let digest = portcullis_sshcert::certificate_digest(&cert);
+    // Each open is a new connection of bob's, with his proof of it.
+    let proof = || {
+        let session = portcullis_sshcert::random_bytes::<32>();
+        portcullis_tests::ssh::connection_proof(&key, &cert, "staff%pve01", &session)
+    };
     let serial = issued.serial;
     let ticket = || async {
         let (status, v) =
@@ -656,6 +662,7 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
         let body = json!({
             "session_id": id, "mode": "terminated", "cert_serial": serial, "certificate_digest": digest, "login": "staff",
             "device": "pve01", "client_ip": IP, "session_public_key": public_line(&ed25519_key()),
+            "connection_proof": proof(),
         });
         let api = &api;
         let bastion = &bastion;

@@ -219,11 +219,14 @@ pub async fn release_slot(conn: &mut AnyConnection, scope: &str) -> Result<()> {
 }
 
 /// `false` when a lease with this session id exists already.
-pub async fn insert_lease(conn: &mut AnyConnection, l: &LeaseRow) -> Result<bool> {
+/// Inserts a lease; `connection` is the proven connection that opened it (terminated
+/// mode), which keeps that connection's proof usable while the lease lives.
+pub async fn insert_lease(conn: &mut AnyConnection, l: &LeaseRow, connection: Option<&str>) -> Result<bool> {
     let done = sqlx::query(
         "INSERT INTO session_leases (session_id, bastion, username, device, agent, login, mode, port, rule, role, \
          cert_serial, client_ip, opened_at, heartbeat_at, absolute_deadline, kill_reason, bytes_from_client, \
-         bytes_to_client) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL, 0, 0) \
+         bytes_to_client, connection) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL, 0, 0, $16) \
          ON CONFLICT (session_id) DO NOTHING",
     )
     .bind(&l.session_id)
@@ -241,9 +244,74 @@ pub async fn insert_lease(conn: &mut AnyConnection, l: &LeaseRow) -> Result<bool
     .bind(ts(l.opened_at))
     .bind(ts(l.heartbeat_at))
     .bind(ts(l.absolute_deadline))
+    .bind(connection)
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// A use of a connection proof (see migration 0015).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProofUse {
+    /// Its first use.
+    Fresh,
+    /// Another session on the same connection, which still has a live one.
+    SameConnection,
+    /// Seen before, and not the same live connection: a replay.
+    Replayed,
+}
+
+/// What the connection proof `session_hash` may do for this open: recorded at its first
+/// use; accepted again only for the same bastion, certificate, device and login while a
+/// lease opened with it lives. In the lease's transaction, so two opens of one
+/// connection serialize on the row.
+pub async fn claim_connection_proof(
+    conn: &mut AnyConnection,
+    session_hash: &str,
+    bastion: &str,
+    cert_serial: u64,
+    device: &str,
+    login: &str,
+    now: u64,
+) -> Result<ProofUse> {
+    let inserted = sqlx::query(
+        "INSERT INTO connection_proofs (session_hash, bastion, cert_serial, device, login, first_used_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (session_hash) DO NOTHING",
+    )
+    .bind(session_hash)
+    .bind(bastion)
+    .bind(serial_to_db(cert_serial))
+    .bind(device)
+    .bind(login)
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 1 {
+        return Ok(ProofUse::Fresh);
+    }
+    let same = sqlx::query(
+        "SELECT 1 AS live FROM connection_proofs p WHERE p.session_hash = $1 AND p.bastion = $2 \
+         AND p.cert_serial = $3 AND p.device = $4 AND p.login = $5 \
+         AND EXISTS (SELECT 1 FROM session_leases l WHERE l.connection = p.session_hash)",
+    )
+    .bind(session_hash)
+    .bind(bastion)
+    .bind(serial_to_db(cert_serial))
+    .bind(device)
+    .bind(login)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(if same.is_some() { ProofUse::SameConnection } else { ProofUse::Replayed })
+}
+
+/// Forgets proofs first used before `cutoff` (their certificates have expired, so a
+/// replay is refused on the certificate alone).
+pub async fn purge_connection_proofs(conn: &mut AnyConnection, cutoff: u64) -> Result<u64> {
+    let done = sqlx::query("DELETE FROM connection_proofs WHERE first_used_at < $1")
+        .bind(ts(cutoff))
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected())
 }
 
 /// Deletes `bastion`'s lease `session_id` and releases its slots; the deleted lease, or

@@ -44,8 +44,8 @@ pub use inventory::{
 };
 pub use keys::CaKeyRow;
 pub use leases::{
-    LeaseCheck, LeaseRow, close_lease, heartbeat_lease, insert_lease, release_slot, set_kill_reason, sweep_lease,
-    take_slot,
+    LeaseCheck, LeaseRow, ProofUse, claim_connection_proof, close_lease, heartbeat_lease, insert_lease,
+    purge_connection_proofs, release_slot, set_kill_reason, sweep_lease, take_slot,
 };
 pub use oidc::{PendingLogin as PendingOidcLogin, PollTurn};
 pub use secrets::{SecretRow, delete_secret, insert_secret, rotate_secret};

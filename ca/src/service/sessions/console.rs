@@ -476,6 +476,8 @@ impl Ca {
             port: node.ssh_port_or_default(),
             session_public_key: Some(&req.session_public_key),
             client_ip: &req.client_ip,
+            // The browser's fresh ticket, consumed above, is this session's proof.
+            connection: None,
         };
         self.admit_session(bastion, &subject, &node, target_host, &open).await
     }

@@ -181,6 +181,7 @@ impl Ca {
     pub async fn housekeeping(&self) -> Result<(), CaError> {
         self.flush_refusals().await?;
         self.store.purge_oidc_pending(self.now()).await?;
+        self.purge_connection_proofs().await?;
         self.sweep_leases(self.now().saturating_sub(LEASE_TTL_SECS)).await
     }
 

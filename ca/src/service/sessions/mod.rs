@@ -17,6 +17,7 @@ mod console;
 mod details;
 mod directory;
 mod heartbeat;
+mod proof;
 
 use super::permits::SessionPermit;
 pub(crate) use admission::policy_device as policy_device_of;
@@ -82,6 +83,9 @@ struct OpenSpec<'a> {
     port: u16,
     session_public_key: Option<&'a str>,
     client_ip: &'a str,
+    /// Terminated mode: the user's proven connection (see [`proof`]), claimed in the
+    /// lease's transaction.
+    connection: Option<proof::ProvenConnection>,
 }
 
 fn closed_event(lease: &LeaseRow, reason: CloseReason, from: u64, to: u64, duration_ms: u64, now: u64) -> AuditEvent {
@@ -165,6 +169,14 @@ impl Ca {
             Ok(cert) => cert,
             Err(d) => return Ok(Err(d)),
         };
+        // An onward certificate only against the user's own proof of this connection.
+        let connection = match req.mode {
+            SessionMode::Terminated => match proof::check(req, &cert) {
+                Ok(proven) => Some(proven),
+                Err(d) => return Ok(Err(d)),
+            },
+            SessionMode::Jump | SessionMode::Console => None,
+        };
         let Some((node, target_host)) = self.resolve_device(&req.device, req.mode).await? else {
             return Ok(Err(denial(deny::UNKNOWN_DEVICE, "no such device")));
         };
@@ -182,6 +194,7 @@ impl Ca {
             port: port.unwrap_or_else(|| node.ssh_port_or_default()),
             session_public_key: req.session_public_key.as_deref(),
             client_ip: &req.client_ip,
+            connection,
         };
         self.admit_session(bastion, &subject, &node, target_host, &open).await
     }
@@ -293,13 +306,24 @@ impl Ca {
             (user_scope, limits.max_per_user, "you have too many sessions open"),
         ];
         let mut tx = self.store.begin().await?;
+        let connection = open.connection.as_ref().map(|c| c.0.as_str());
+        if let Some(connection) = connection {
+            let login = open.login.unwrap_or_default();
+            let serial = cert_serial.unwrap_or(0);
+            let used =
+                store::claim_connection_proof(tx.conn(), connection, &bastion.name, serial, &node.name, login, now);
+            if used.await? == store::ProofUse::Replayed {
+                drop(tx);
+                return Ok(Err(denial(deny::CONNECTION_PROOF_REPLAYED, "this proof of connection was used before")));
+            }
+        }
         for (scope, cap, text) in &caps {
             if !store::take_slot(tx.conn(), scope, *cap).await? {
                 drop(tx);
                 return Ok(Err(denial(deny::CAP_REACHED, text)));
             }
         }
-        if !store::insert_lease(tx.conn(), &lease).await? {
+        if !store::insert_lease(tx.conn(), &lease, connection).await? {
             drop(tx);
             return Err(CaError::Conflict("a session with this id exists".into()));
         }

@@ -1,0 +1,72 @@
+//! No standing access from a bastion: a terminated-mode session (the one kind that gets
+//! an onward certificate) is opened only against the user's proof that they are
+//! connected to this bastion now — their SSH client's signature over the connection's
+//! session identifier and their authentication request.
+//!
+//! Guarantees (each refusal a `session_denied` with its reason):
+//! - No proof, no onward certificate (`connection_proof_missing`). A bastion holds only
+//!   certificates, which are not secrets; a certificate alone opens nothing.
+//! - The proof verifies with the key of the very certificate the session is opened
+//!   with, and its request asked for exactly `LOGIN%DEVICE` of this open
+//!   (`connection_proof_invalid`): a proof for one node is no proof for another.
+//! - A proof serves its own connection only: recorded at first use, accepted again only
+//!   from the same bastion, certificate and target while a session it opened is still
+//!   live (`connection_proof_replayed`). The session identifier is a hash of the key
+//!   exchange, unique per connection, so an old proof is worth nothing.
+//!
+//! So a bastion taken over can act only for users who connect while it is compromised,
+//! only on the node and login they asked for, and only while their connection lasts.
+
+use super::admission::denial;
+use super::{Ca, Denial};
+use crate::store::CertRow;
+use portcullis_proto::bastion::{SessionOpenRequest, deny_reason as deny};
+use portcullis_sshcert::{certificate_digest, verify_connection_proof};
+use sha2::{Digest, Sha256};
+
+/// A connection proven for this open: the hash of its session identifier (the CA never
+/// keeps the identifier itself).
+pub(super) struct ProvenConnection(pub String);
+
+/// Checks the proof of a terminated-mode open against the certificate it is opened with.
+pub(super) fn check(req: &SessionOpenRequest, cert: &CertRow) -> Result<ProvenConnection, Denial> {
+    let invalid = |text| Err(denial(deny::CONNECTION_PROOF_INVALID, text));
+    let Some(proof) = &req.connection_proof else {
+        return Err(denial(deny::CONNECTION_PROOF_MISSING, "the bastion sent no proof of your connection"));
+    };
+    let Some((session_id, request, signature)) = proof.decode() else {
+        return invalid("the proof of connection is malformed");
+    };
+    let proven = match verify_connection_proof(&session_id, &request, &signature) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(reason = e.code(), "connection proof refused");
+            return invalid("the proof of connection does not verify");
+        }
+    };
+    let asked = format!("{}%{}", req.login.as_deref().unwrap_or_default(), req.device);
+    if proven.user != asked {
+        return invalid("the proof of connection is for another login or device");
+    }
+    let same_certificate = proven.certificate.serial() == cert.serial
+        && cert
+            .digest
+            .as_deref()
+            .is_none_or(|issued| certificate_digest(&proven.certificate).as_deref() == Some(issued));
+    if !same_certificate {
+        return invalid("the proof of connection is for another certificate");
+    }
+    Ok(ProvenConnection(hex::encode(Sha256::digest(&session_id))))
+}
+
+impl Ca {
+    /// Forgets proofs older than the longest certificate (a replay of one is refused on
+    /// its expired certificate alone).
+    pub(super) async fn purge_connection_proofs(&self) -> Result<(), crate::error::CaError> {
+        let cutoff = self.now().saturating_sub(self.max_cert_ttl.as_secs()).saturating_sub(self.clock_skew);
+        let mut tx = self.store.begin().await?;
+        crate::store::purge_connection_proofs(tx.conn(), cutoff).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
