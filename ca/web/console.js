@@ -153,11 +153,16 @@ function start() {
   };
   copyButton.addEventListener("click", copy);
   document.getElementById("paste").addEventListener("click", paste);
+  // Ctrl+Shift+C copies (and opens no developer tools); Ctrl+Shift+V is left to the
+  // browser, whose own paste event xterm.js takes (pasting here as well would paste
+  // twice) — the terminal just must not see it as a key.
   term.attachCustomKeyEventHandler((ev) => {
-    if (ev.type !== "keydown" || !ev.ctrlKey || !ev.shiftKey) return true;
-    if (ev.code === "KeyC") { copy(); return false; }
-    if (ev.code === "KeyV") { paste(); return false; }
-    return true;
+    if (!ev.ctrlKey || !ev.shiftKey || !["KeyC", "KeyV"].includes(ev.code)) return true;
+    if (ev.type === "keydown" && ev.code === "KeyC") {
+      ev.preventDefault();
+      copy();
+    }
+    return false;
   });
 
   reconnect.addEventListener("click", () => {

@@ -109,10 +109,19 @@ try {
   await page.screenshot({ path: cfg.screenshot });
   // Resize the window: the pty follows.
   await page.setViewportSize({ width: 640, height: 400 });
-  await page.waitForTimeout(300);
-  const size = await page.evaluate(() => ({ cols: window.portcullisConsole.term.cols, rows: window.portcullisConsole.term.rows }));
+  // The fit follows the window's resize event: wait until the size holds still (on a
+  // loaded machine one read 300 ms later can catch it midway).
+  const termSize = () => page.evaluate(() => ({ cols: window.portcullisConsole.term.cols, rows: window.portcullisConsole.term.rows }));
+  let size = await termSize();
+  for (let i = 0; i < 40; i++) {
+    await page.waitForTimeout(150);
+    const now = await termSize();
+    if (now.cols === size.cols && now.rows === size.rows && i > 1) break;
+    size = now;
+  }
   await page.keyboard.type("stty size\n");
-  await waitFor(`${size.rows} ${size.cols}`);
+  result.resize_wanted = size;
+  await waitFor(`${size.rows} ${size.cols}`).catch(async (e) => { result.screen_on_error = (await screen()).slice(-600); throw e; });
   result.resized = size;
   step("resized");
 
