@@ -311,6 +311,8 @@ pub struct Rule {
     /// `None`: the device's SSH port only.
     pub(crate) allowed_ports: Option<BTreeSet<u16>>,
     pub(crate) idle_counts: IdleCounts,
+    /// Step-up re-authentication: sessions under the rule need a sign-in at most this old.
+    pub(crate) fresh_auth_within: Option<Duration>,
     /// `Some` for a credential rule (an API token the control plane uses on the devices'
     /// behalf); `None` for the SSH-certificate rules of every other purpose.
     pub(crate) credential: Option<Credential>,
@@ -430,6 +432,11 @@ impl Rule {
     /// What counts as activity for a session's idle limit under this rule.
     pub fn idle_counts(&self) -> IdleCounts {
         self.idle_counts
+    }
+    /// Step-up: how recent the user's sign-in must be for a session under this rule
+    /// (`None`: any sign-in the credential still carries).
+    pub fn fresh_auth_within(&self) -> Option<Duration> {
+        self.fresh_auth_within
     }
     /// The API credential of a credential rule; `None` for SSH-certificate rules.
     pub fn credential(&self) -> Option<&Credential> {

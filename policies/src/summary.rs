@@ -245,6 +245,10 @@ fn rule_hash(r: &Rule) -> ItemSummary {
     };
     c.set("allowed_ports", ports.iter().map(String::as_str));
     c.str("idle_counts", r.idle_counts.as_str());
+    // Only rules that ask for it hash it, so other rules' digests are what they were.
+    if let Some(d) = r.fresh_auth_within {
+        c.num("fresh_auth_within_s", u128::from(d.as_secs()));
+    }
     // Only credential rules hash these, so an SSH rule's digest is what it always was.
     if let Some(k) = &r.credential {
         c.str("provider", k.provider.as_str());

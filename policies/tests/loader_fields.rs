@@ -142,3 +142,29 @@ fn idle_counts_defaults_to_input_or_output() {
     assert_eq!(idle_counts("idle_counts = 'input_or_output'\n"), portcullis_policies::IdleCounts::InputOrOutput);
     one_error(&rule("idle_counts = 'output'\n"), 6, 15, "unknown variant `output`");
 }
+
+#[test]
+fn fresh_auth_within_is_for_login_and_console_rules() {
+    let rule = |purpose: &str, fresh: &str| {
+        format!(
+            "[[rule]]\nname = 'prod'\npurpose = '{purpose}'\ntargets = 'in:devices tags.env:prod'\n\
+             scope = {{ agents = ['local'] }}\nfresh_auth_within = '{fresh}'\n"
+        )
+    };
+    for purpose in ["ssh_login", "console_access"] {
+        let policy = load(&[("p.toml", &rule(purpose, "10m"))]).unwrap();
+        let within = policy.rule("prod").unwrap().fresh_auth_within();
+        assert_eq!(within, Some(std::time::Duration::from_secs(600)), "{purpose}");
+    }
+    one_error(
+        &rule("inventory_enrichment", "10m"),
+        6,
+        21,
+        "`fresh_auth_within` is for `ssh_login` and `console_access` rules",
+    );
+    one_error(&rule("ssh_login", "soon"), 6, 21, "invalid duration");
+    one_error(&rule("ssh_login", "0s"), 6, 21, "must be greater than zero");
+    // Without it, a rule asks nothing more (and hashes as it always did).
+    let plain = rule("ssh_login", "1m").replace("fresh_auth_within = '1m'\n", "");
+    assert_eq!(load(&[("p.toml", &plain)]).unwrap().rule("prod").unwrap().fresh_auth_within(), None);
+}

@@ -81,6 +81,8 @@ pub(super) struct RawRule {
     pub allowed_ports: Option<Spanned<Vec<Spanned<u16>>>>,
     #[serde(default)]
     pub idle_counts: IdleCounts,
+    /// Step-up: a sign-in at most this old (`10m`), for `ssh_login`/`console_access`.
+    pub fresh_auth_within: Option<S>,
     // Credential rules only (purpose `inventory_enrichment` with an API token).
     pub provider: Option<Spanned<Provider>>,
     pub auth_method: Option<Spanned<AuthMethod>>,

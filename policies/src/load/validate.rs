@@ -144,6 +144,13 @@ pub(super) fn rule(f: &File<'_>, errs: &mut Errors, raw: RawRule) -> Option<Rule
         }
         allowed_ports = Some(ports.into_inner().into_iter().map(Spanned::into_inner).collect());
     }
+    let mut fresh_auth_within = None;
+    if let Some(s) = &raw.fresh_auth_within {
+        if !matches!(raw.purpose, Purpose::SshLogin | Purpose::ConsoleAccess) {
+            errs.at(f, s.span().start, "`fresh_auth_within` is for `ssh_login` and `console_access` rules");
+        }
+        fresh_auth_within = duration(f, errs, s, "fresh_auth_within");
+    }
     let targets = targets?;
     (errs.count() == before).then_some(Rule {
         name,
@@ -154,6 +161,7 @@ pub(super) fn rule(f: &File<'_>, errs: &mut Errors, raw: RawRule) -> Option<Rule
         timeout,
         allowed_ports,
         idle_counts: raw.idle_counts,
+        fresh_auth_within,
         credential,
     })
 }
