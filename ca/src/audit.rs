@@ -229,6 +229,9 @@ pub enum AuditEvent {
         /// A console session: the API session its ticket was asked with.
         #[serde(skip_serializing_if = "Option::is_none")]
         user_session: Option<String>,
+        /// The rule asked for a recent sign-in (step-up): how old the user's was.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        auth_age_secs: Option<u64>,
     },
     /// The CA refused to open a session (`reason`: a `deny_reason` code).
     SessionDenied {
@@ -333,6 +336,9 @@ pub enum AuditEvent {
         expires_at: u64,
         client_ip: String,
         user_session: String,
+        /// The rule asked for a recent sign-in (step-up): how old the user's was.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        auth_age_secs: Option<u64>,
     },
     /// `reason`: `missing_permission`, `unsupported_mode`, `unknown_device`,
     /// `rule_mismatch`, `out_of_scope`, `no_agent`, `not_authorized`, `rate_limited`.
@@ -557,7 +563,8 @@ pub fn failure_phase(reason: &str) -> &'static str {
         "credential_invalid"
         | "connection_proof_missing"
         | "connection_proof_invalid"
-        | "connection_proof_replayed" => "credential",
+        | "connection_proof_replayed"
+        | "fresh_auth_required" => "credential",
         "not_authorized" | "rule_mismatch" | "unknown_device" | "out_of_scope" | "port_not_allowed" | "no_agent" => {
             "authorization"
         }

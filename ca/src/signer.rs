@@ -49,6 +49,7 @@ impl SignedCert {
             revoked_at: None,
             groups,
             digest: portcullis_sshcert::certificate_digest(&self.certificate),
+            authenticated_at: None,
         }
     }
 }

@@ -341,6 +341,9 @@ pub mod deny_reason {
     /// A proof already used, by a connection that has no live session any more (or by
     /// another bastion, certificate or target).
     pub const CONNECTION_PROOF_REPLAYED: &str = "connection_proof_replayed";
+    /// The rule asks for a recent sign-in (`fresh_auth_within`) and the certificate's
+    /// is older: sign in again and get a new certificate.
+    pub const FRESH_AUTH_REQUIRED: &str = "fresh_auth_required";
 }
 
 /// One live session in a heartbeat.

@@ -299,6 +299,8 @@ pub mod deny_reason {
     pub const TICKET_INVALID: &str = "ticket_invalid";
     pub const TICKET_EXPIRED: &str = "ticket_expired";
     pub const TICKET_REUSED: &str = "ticket_reused";
+    /// A ticket refused because the device's rule asks for a more recent sign-in.
+    pub const FRESH_AUTH_REQUIRED: &str = "fresh_auth_required";
 }
 
 /// Frames on the console WebSocket after the ticket: binary frames carry terminal bytes

@@ -636,6 +636,59 @@ async fn no_onward_certificate_without_a_live_proof(fx: &Fx) {
     assert!(!trail.contains(&real.signature) && !trail.contains(&real.session_id), "{trail}");
 }
 
+/// Step-up (issue 20): a rule with `fresh_auth_within` opens sessions only for a
+/// certificate whose user signed in at most that long ago — the sign-in, not the
+/// issuance: a new certificate from an old API session does not step up. In both modes;
+/// the sessions a fresh sign-in opens record how old it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_up_rule_needs_a_recent_sign_in_not_just_a_new_certificate() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let stepped = format!("{POLICY_BASE}{POLICY_CONTRACT}")
+        .replace("allowed_ports = [22, 2222]", "allowed_ports = [22, 2222]\nfresh_auth_within = \"10m\"");
+    std::fs::write(fx.policy_dir.join("policy.toml"), stepped).unwrap();
+    let (status, v) = api.post_json(Some(&fx.admin), "/v1/admin/policy/reload", &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+
+    // Signed in just now: both modes open, and say how old the sign-in was.
+    let login = fx.ca.login_password("alice", None, &SecretString::from(PASSWORD), IP).await.unwrap();
+    let token = login.token.expose().to_owned();
+    let issue = |token: String| {
+        let ca = Arc::clone(&fx.ca);
+        async move {
+            let caller = ca.caller(&token).await.unwrap();
+            let key = ed25519_key();
+            let request = UserCertRequest { public_key: public_line(&key), ..Default::default() };
+            let text = ca.issue_user_cert(&caller, &request, IP).await.unwrap().certificate;
+            let cert = ssh_key::Certificate::from_openssh(text.trim()).unwrap();
+            Presented { holder: Some(Arc::new((key, cert))), ..Presented::of(&text) }
+        }
+    };
+    let fresh = issue(token.clone()).await;
+    granted(api, &fx.bastion, &terminated(&session_id(), &fresh, "pve01", "root")).await;
+    granted(api, &fx.bastion, &jump(&session_id(), &fresh, "pve01", None)).await;
+    let opened = audit(&fx.ca, "session_opened").await;
+    assert!(opened.iter().all(|r| r["auth_age_secs"] == 0), "{opened:?}");
+
+    // Eleven minutes on: that certificate is refused in both modes, and so is a new one
+    // issued from the same (old) API session.
+    fx.clock.set(fx.clock_now() + 11 * 60);
+    denied(api, &fx.bastion, &terminated(&session_id(), &fresh, "pve01", "root"), deny_reason::FRESH_AUTH_REQUIRED)
+        .await;
+    denied(api, &fx.bastion, &jump(&session_id(), &fresh, "pve01", None), deny_reason::FRESH_AUTH_REQUIRED).await;
+    let reissued = issue(token).await;
+    let (status, v) = open(api, &fx.bastion, &terminated(&session_id(), &reissued, "pve01", "root")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("portcullis login"), "the refusal says how to step up: {v}");
+    // Signing in again steps up.
+    let again = user_cert(&fx.ca, "alice").await;
+    granted(api, &fx.bastion, &terminated(&session_id(), &again, "pve01", "root")).await;
+    let refused: Vec<Value> =
+        audit(&fx.ca, "session_denied").await.into_iter().filter(|r| r["reason"] == "fresh_auth_required").collect();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(refused.iter().all(|r| r["phase"] == "credential" && r["user"] == "alice"), "{refused:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminated_session_gets_a_certificate_for_this_node_only() {
     let fx = fixture(None, 1).await;

@@ -548,6 +548,36 @@ async fn each_ticket_check_refuses_with_its_positive_control() {
     assert_eq!(requested.len(), 5 + 2 + 4 + 2 + 1, "{requested:?}");
 }
 
+/// Step-up on the console path (issue 20): a `console_access` rule with
+/// `fresh_auth_within` grants tickets only to an API session signed in at most that long
+/// ago; the refusal is audited and says what to do; a new sign-in steps up, and the
+/// granted ticket records how old the sign-in was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_up_console_rule_needs_a_recent_sign_in() {
+    let fx = fixture().await;
+    let stepped = POLICY.replace(
+        "name = \"lab-console\"\npurpose = \"console_access\"",
+        "name = \"lab-console\"\npurpose = \"console_access\"\nfresh_auth_within = \"10m\"",
+    );
+    assert_ne!(stepped, POLICY);
+    std::fs::write(fx.policy_dir.join("policy.toml"), stepped).unwrap();
+    let admin = fx.ca.caller(&fx.admin).await.unwrap();
+    fx.ca.reload_policy(&fx.ca.authorize::<proof::PolicyManage>(&admin).unwrap()).await.unwrap();
+
+    let alice = bearer(&fx.ca, "alice").await;
+    ticket(&fx, &alice, "pve01", "root").await;
+    fx.clock.set(fx.ca.now() + 11 * 60);
+    let message =
+        refused(&fx, &alice, &ticket_body("pve01", "root"), "fresh_auth_required", "fresh_auth_required").await;
+    assert!(message.contains("sign in again"), "{message}");
+    // A new sign-in steps up.
+    let again = bearer(&fx.ca, "alice").await;
+    ticket(&fx, &again, "pve01", "root").await;
+    let granted: Vec<Value> = audit(&fx.ca, "console_ticket_granted").await;
+    let ages: Vec<Option<u64>> = granted.iter().map(|r| r["auth_age_secs"].as_u64()).collect();
+    assert_eq!(ages, vec![Some(0), Some(0)], "{granted:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticket_requests_are_rate_limited_per_user() {
     let fx = fixture().await;

@@ -228,7 +228,7 @@ impl LdapSource {
             groups,
             source: UserSource::Ldap.as_str().to_owned(),
         };
-        Ok(Vouched { identity, subject: user.subject })
+        Ok(Vouched { identity, subject: user.subject, authenticated_at: None })
     }
 }
 

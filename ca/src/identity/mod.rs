@@ -67,6 +67,9 @@ pub struct Vouched {
     /// `username` is the account name (`alice`, `ldap:alice`; [`portcullis_policies::account`]).
     pub identity: Identity,
     pub subject: String,
+    /// When the user proved who they are, if earlier than now: an identity provider's
+    /// `auth_time` (its own sign-in may predate ours). `None`: now (a password typed).
+    pub authenticated_at: Option<u64>,
 }
 
 pub trait IdentitySource: Send + Sync {

@@ -20,6 +20,8 @@ use sha2::{Digest, Sha256};
 pub struct Caller {
     pub identity: Identity,
     pub expires_at: u64,
+    /// When the user proved who they are for this API session (step-up checks it).
+    pub authenticated_at: u64,
     token_hash: String,
     /// Set when the caller came with the session cookie (a browser): the token its
     /// state-changing requests must carry.
@@ -249,7 +251,7 @@ impl Ca {
     /// directory or IdP account name is held for the subject that signed in with it
     /// first; another subject is refused (see [`store::claim_account`]).
     pub(super) async fn open_session(&self, vouched: Vouched, client_ip: &str) -> Result<LoginResponse, CaError> {
-        let Vouched { identity, subject } = vouched;
+        let Vouched { identity, subject, authenticated_at } = vouched;
         let now = self.now();
         let token = random_token("pcs_");
         let session = SessionRow {
@@ -257,6 +259,8 @@ impl Ca {
             source: identity.source,
             groups: identity.groups.into_iter().collect(),
             expires_at: now.saturating_add(self.session_ttl),
+            // Never later than now, whatever an IdP claims.
+            authenticated_at: authenticated_at.map_or(now, |t| t.min(now)),
         };
         let mut tx = self.store.begin().await?;
         if session.source != UserSource::Local.as_str() {
@@ -371,6 +375,7 @@ impl Ca {
                 source: session.source,
             },
             expires_at: session.expires_at,
+            authenticated_at: session.authenticated_at,
             token_hash: hash,
             csrf_token: None,
         })

@@ -75,13 +75,15 @@ impl Ca {
         let now = self.now();
         let signed = sign_user_cert(&permit, &public_key, &signer, now, self.clock_skew, new_serial())?;
         let principals: Vec<String> = permit.principals().iter().cloned().collect();
-        let row = signed.row(
+        let mut row = signed.row(
             &signer.fingerprint,
             who.username.clone(),
             principals.clone(),
             who.groups.iter().cloned().collect(),
             now,
         );
+        // What a step-up rule asks of a session opened with it (see `sessions::admission`).
+        row.authenticated_at = Some(caller.authenticated_at);
         let event = AuditEvent::CertIssued {
             username: who.username.clone(),
             serial: signed.serial.to_string(),

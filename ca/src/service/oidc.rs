@@ -144,7 +144,8 @@ impl Ca {
         tracing::info!(username = %who.username, email = who.email.as_deref().unwrap_or("-"), "OIDC sign-in");
         let identity =
             Identity { username: who.username, groups: who.groups.into_iter().collect(), source: SOURCE.to_owned() };
-        self.open_session(Vouched { identity, subject: who.subject }, client_ip).await
+        let vouched = Vouched { identity, subject: who.subject, authenticated_at: who.auth_time };
+        self.open_session(vouched, client_ip).await
     }
 
     /// Starts the device authorization grant at the IdP. The device code stays here; the

@@ -23,12 +23,22 @@ pub struct CertRow {
     /// `portcullis_sshcert::certificate_digest` of the issued certificate (`None` for
     /// rows from before it was recorded).
     pub digest: Option<String>,
+    /// A user certificate: when its user proved who they are for the API session it was
+    /// issued under (step-up checks it; `None`: `issued_at`).
+    pub authenticated_at: Option<u64>,
+}
+
+impl CertRow {
+    /// When the user behind this certificate last proved who they are.
+    pub fn authenticated_at(&self) -> u64 {
+        self.authenticated_at.unwrap_or(self.issued_at)
+    }
 }
 
 macro_rules! cert_columns {
     () => {
         "serial, ca_fingerprint, key_fingerprint, username, key_id, principals_json, \
-         valid_after, valid_before, issued_at, revoked_at, groups_json, cert_digest"
+         valid_after, valid_before, issued_at, revoked_at, groups_json, cert_digest, authenticated_at"
     };
 }
 
@@ -46,6 +56,7 @@ fn cert_from(row: &sqlx::any::AnyRow) -> Result<CertRow> {
         revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(ts_from),
         groups: parse_list(&row.try_get::<String, _>("groups_json")?)?,
         digest: row.try_get("cert_digest")?,
+        authenticated_at: row.try_get::<Option<i64>, _>("authenticated_at")?.map(ts_from),
     })
 }
 
@@ -121,9 +132,10 @@ pub async fn insert_cert(conn: &mut AnyConnection, c: &CertRow) -> Result<()> {
 /// batches: one round trip instead of one per certificate).
 pub async fn insert_certs(conn: &mut AnyConnection, rows: &[&CertRow]) -> Result<()> {
     const HEAD: &str = "INSERT INTO certificates (serial, ca_fingerprint, key_fingerprint, username, key_id, \
-                        principals_json, valid_after, valid_before, issued_at, groups_json, cert_digest)";
+                        principals_json, valid_after, valid_before, issued_at, groups_json, cert_digest, \
+                        authenticated_at)";
     for (start, len) in statement_chunks(rows.len()) {
-        let statement = values_statement(HEAD, 11, len);
+        let statement = values_statement(HEAD, 12, len);
         let mut query = sqlx::query(statement);
         for c in rows.iter().skip(start).take(len) {
             query = query
@@ -137,7 +149,8 @@ pub async fn insert_certs(conn: &mut AnyConnection, rows: &[&CertRow]) -> Result
                 .bind(ts(c.valid_before))
                 .bind(ts(c.issued_at))
                 .bind(json_list(&c.groups))
-                .bind(c.digest.clone());
+                .bind(c.digest.clone())
+                .bind(c.authenticated_at.map(ts));
         }
         query.execute(&mut *conn).await?;
     }

@@ -20,6 +20,8 @@ pub struct SessionRow {
     pub source: String,
     pub groups: Vec<String>,
     pub expires_at: u64,
+    /// When the user proved who they are for this session (step-up checks it).
+    pub authenticated_at: u64,
 }
 
 fn user_from(row: &sqlx::any::AnyRow) -> Result<UserRow> {
@@ -64,7 +66,8 @@ impl Store {
     pub async fn session(&self, token_hash: &str, now: u64) -> Result<Option<(SessionRow, Option<UserRow>)>> {
         let row = sqlx::query(
             "SELECT s.username AS username, s.source AS source, s.groups_json AS groups_json, \
-                    s.expires_at AS expires_at, u.password_hash AS password_hash, \
+                    s.expires_at AS expires_at, COALESCE(s.authenticated_at, s.created_at) AS authenticated_at, \
+                    u.password_hash AS password_hash, \
                     u.groups_json AS user_groups, u.disabled AS disabled, u.username AS user_name, \
                     u.must_change_password AS must_change_password \
              FROM sessions s LEFT JOIN users u ON u.username = s.username \
@@ -80,6 +83,7 @@ impl Store {
             source: row.try_get("source")?,
             groups: parse_list(&row.try_get::<String, _>("groups_json")?)?,
             expires_at: ts_from(row.try_get("expires_at")?),
+            authenticated_at: ts_from(row.try_get("authenticated_at")?),
         };
         let user = match row.try_get::<Option<String>, _>("user_name")? {
             Some(username) => Some(UserRow {
@@ -200,8 +204,8 @@ pub async fn replace_own_password(
 
 pub async fn insert_session(conn: &mut AnyConnection, token_hash: &str, session: &SessionRow, now: u64) -> Result<()> {
     sqlx::query(
-        "INSERT INTO sessions (token_hash, username, source, groups_json, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO sessions (token_hash, username, source, groups_json, created_at, expires_at, authenticated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(token_hash)
     .bind(&session.username)
@@ -209,6 +213,7 @@ pub async fn insert_session(conn: &mut AnyConnection, token_hash: &str, session:
     .bind(json_list(&session.groups))
     .bind(ts(now))
     .bind(ts(session.expires_at))
+    .bind(ts(session.authenticated_at))
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -122,6 +122,8 @@ pub struct OidcIdentity {
     pub subject: String,
     pub email: Option<String>,
     pub groups: Vec<String>,
+    /// The IdP's `auth_time`: when the user last signed in there (step-up checks it).
+    pub auth_time: Option<u64>,
 }
 
 /// What discovery told us, with every endpoint already checked against the scheme rule.
@@ -424,7 +426,8 @@ impl Oidc {
         if !groups.iter().all(|g| group_ok(g)) {
             return Err(TokenInvalid::GroupsClaim);
         }
-        Ok(OidcIdentity { username, subject, email, groups })
+        let auth_time = claims.get("auth_time").and_then(serde_json::Value::as_u64);
+        Ok(OidcIdentity { username, subject, email, groups, auth_time })
     }
 }
 

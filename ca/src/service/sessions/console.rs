@@ -217,6 +217,11 @@ impl Ca {
                 expires_at: row.expires_at,
                 client_ip: client_ip.to_owned(),
                 user_session: caller.session_ref(),
+                auth_age_secs: self
+                    .policy()
+                    .rule(&row.rule)
+                    .and_then(|r| r.fresh_auth_within())
+                    .map(|_| now.saturating_sub(caller.authenticated_at)),
             },
         )
         .await?;
@@ -283,6 +288,15 @@ impl Ca {
         };
         if !console_logins(&policy, who, &device).contains(&req.login) {
             return Ok(Err(refuse("not_authorized", "not_authorized", "no role grants this login on this device")));
+        }
+        // Step-up: the rule asks for a sign-in at most this old.
+        if rule.fresh_auth_within().is_some_and(|within| now.saturating_sub(caller.authenticated_at) > within.as_secs())
+        {
+            return Ok(Err(refuse(
+                ticket_deny::FRESH_AUTH_REQUIRED,
+                ticket_deny::FRESH_AUTH_REQUIRED,
+                "this device asks for a recent sign-in: sign out, sign in again, then open the console",
+            )));
         }
         Ok(Ok(TicketRow {
             username: who.username.clone(),

@@ -51,8 +51,9 @@ struct Subject {
 }
 
 enum Evidence {
-    /// A user certificate this CA issued, with its principals.
-    Certificate { serial: u64, principals: BTreeSet<String> },
+    /// A user certificate this CA issued, with its principals and when its user last
+    /// proved who they are (step-up rules ask how long ago).
+    Certificate { serial: u64, principals: BTreeSet<String>, authenticated_at: u64 },
     /// A redeemed console ticket, bound to the agent and rule it was issued under, and
     /// the API session (as audit names it) that asked for it.
     Ticket { agent: String, rule: String, user_session: String },
@@ -180,11 +181,16 @@ impl Ca {
         let Some((node, target_host)) = self.resolve_device(&req.device, req.mode).await? else {
             return Ok(Err(denial(deny::UNKNOWN_DEVICE, "no such device")));
         };
+        let authenticated_at = cert.authenticated_at();
         let subject = Subject {
             username: cert.username,
             groups: cert.groups,
             valid_before: cert.valid_before,
-            evidence: Evidence::Certificate { serial, principals: cert.principals.into_iter().collect() },
+            evidence: Evidence::Certificate {
+                serial,
+                authenticated_at,
+                principals: cert.principals.into_iter().collect(),
+            },
         };
         let open = OpenSpec {
             session_id: &req.session_id,
@@ -229,6 +235,22 @@ impl Ca {
             && (*bound_agent != agent || bound_rule != rule.name())
         {
             return Ok(Err(denial(deny::RULE_MISMATCH, "the console's route changed; open it again")));
+        }
+        // Step-up: the rule asks for a sign-in at most this old (a ticket's was checked
+        // when it was issued, a minute ago at most).
+        let auth_age = match &subject.evidence {
+            Evidence::Certificate { authenticated_at, .. } => Some(now.saturating_sub(*authenticated_at)),
+            Evidence::Ticket { .. } => None,
+        };
+        let step_up = rule.fresh_auth_within().and(auth_age);
+        if let (Some(within), Some(age)) = (rule.fresh_auth_within(), auth_age)
+            && age > within.as_secs()
+        {
+            return Ok(Err(denial(
+                deny::FRESH_AUTH_REQUIRED,
+                "this device asks for a recent sign-in: run `portcullis login` again (a new sign-in, not \
+                 only a new certificate) and connect again",
+            )));
         }
 
         // Terminated and console: the bastion's onward login, for this node and login only.
@@ -353,6 +375,7 @@ impl Ca {
                     Evidence::Ticket { user_session, .. } => Some(user_session.clone()),
                     Evidence::Certificate { .. } => None,
                 },
+                auth_age_secs: step_up,
             },
         )
         .await?;
