@@ -232,6 +232,15 @@ async function showSignin() {
 }
 
 async function start() {
+  // `?fresh=1` (from a console a step-up rule refused): end this session and sign in
+  // again — with single sign-on, the identity provider asks for the password again.
+  if (new URLSearchParams(location.search).get("fresh") === "1") {
+    try { await api("/v1/auth/logout", { method: "POST", body: {} }); } catch (_) { /* not signed in */ }
+    document.getElementById("sso").querySelector("a").href = "/v1/auth/oidc/login?fresh=1";
+    document.getElementById("login-error").textContent =
+      "The device you chose asks for a recent sign-in: sign in again, then open its console.";
+    return showSignin();
+  }
   try {
     await showDevices(await api("/v1/auth/whoami"));
   } catch (e) {

@@ -72,6 +72,13 @@ function start() {
       state.closed = { reason: e.code || "refused", message: e.message };
       status(`refused: ${e.message}`);
       term.write(`\r\n[portcullis: ${e.message}]\r\n`);
+      // A step-up rule: offer the sign-in it asks for.
+      if (String(e.message).startsWith("fresh_auth_required")) {
+        const again = document.createElement("a");
+        again.href = "/ui/?fresh=1";
+        again.textContent = "Sign in again";
+        document.getElementById("status").append(" ", again);
+      }
       ended();
       return;
     }

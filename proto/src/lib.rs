@@ -80,6 +80,11 @@ pub struct WhoAmI {
     #[serde(default)]
     pub permissions: Vec<String>,
     pub session_expires_at: u64,
+    /// When the user proved who they are for this session (a password typed, or the
+    /// identity provider's `auth_time`; 0 when the provider did not say): what
+    /// `fresh_auth_within` rules ask about.
+    #[serde(default)]
+    pub authenticated_at: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -241,14 +241,28 @@ fn html_unescape(s: &str) -> String {
 /// Answers oidc-provider's devInteractions pages (login, then consent) as `user` until a
 /// redirect leaves the IdP; returns that redirect (or the final IdP page, e.g. the device
 /// flow's "success" page).
-pub async fn sign_in_at_idp(browser: &mut Browser, idp: &Idp, mut page: Page, user: &str, password: &str) -> Page {
+pub async fn sign_in_at_idp(browser: &mut Browser, idp: &Idp, page: Page, user: &str, password: &str) -> Page {
+    through_idp(browser, idp, page, user, password).await.0
+}
+
+/// [`sign_in_at_idp`], and how many times the IdP asked for the password (none when its
+/// own session still held and nothing asked it to sign the user in again).
+pub async fn through_idp(
+    browser: &mut Browser,
+    idp: &Idp,
+    mut page: Page,
+    user: &str,
+    password: &str,
+) -> (Page, usize) {
+    let mut logins = 0;
     for _ in 0..6 {
         page = browser.follow(page, &idp.issuer).await;
         if page.location.is_some() || !page.url.contains("/interaction/") {
-            return page;
+            return (page, logins);
         }
         let (action, _) = form_of(&page);
         page = if page.body.contains("name=\"prompt\" value=\"login\"") {
+            logins += 1;
             browser.post_form(&action, &[("prompt", "login"), ("login", user), ("password", password)]).await
         } else if page.body.contains("name=\"prompt\" value=\"consent\"") {
             browser.post_form(&action, &[("prompt", "consent")]).await

@@ -12,7 +12,7 @@ use portcullis_ca::{Ca, CaConfig, SystemClock};
 use portcullis_policies::scoped_principal;
 use portcullis_proto::oidc::{AuthMethods, DevicePoll, DeviceStart};
 use portcullis_proto::{LoginResponse, UserCertResponse, WhoAmI};
-use portcullis_tests::idp::{Browser, CLIENT_ID, CLIENT_SECRET, Idp, form_of, free_port, sign_in_at_idp};
+use portcullis_tests::idp::{Browser, CLIENT_ID, CLIENT_SECRET, Idp, form_of, free_port, sign_in_at_idp, through_idp};
 use portcullis_tests::server::client_with_pin;
 use portcullis_tests::services::{free_loopback_addr, service_token, spawn_bastion, wait_line};
 use portcullis_tests::ssh::{ed25519_key, public_line};
@@ -379,6 +379,44 @@ async fn callbacks_from_another_browser_or_malformed_are_refused() {
     let page = ca.get(&cb(&long)).await;
     assert_eq!(page.status, StatusCode::BAD_REQUEST);
     assert!(page.body.contains("too long"), "{}", page.body);
+}
+
+/// Step-up through single sign-on (issue 20): a session's sign-in time is the IdP's
+/// `auth_time`, so signing in again while the IdP's own session holds (no password asked)
+/// is no fresher than before; `?fresh=1` makes the IdP ask for the password again
+/// (`prompt=login`, `max_age=0`), and only that counts as a recent sign-in.
+#[tokio::test]
+async fn only_a_fresh_sign_in_at_the_idp_counts_as_recent() {
+    let s = setup(None).await;
+    let mut idp_browser = Browser::new(Browser::idp_client());
+    let mut sign_in = async |path: &str| {
+        let mut ca = ca_browser(&s.server);
+        let start = ca.get(&s.server.endpoint(path)).await;
+        let to_idp = start.location.expect("the CA sends the browser to the IdP");
+        let page = idp_browser.get(&to_idp).await;
+        let (back, logins) = through_idp(&mut idp_browser, &s.idp, page, "bob", "bob-password").await;
+        let done = ca.get(&back.location.expect("the IdP redirects back to the CA")).await;
+        assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+        let (status, me) = s.server.get_json(Some(&session_of(&done)), "/v1/auth/whoami").await;
+        assert_eq!(status, StatusCode::OK, "{me}");
+        (to_idp, logins, me["authenticated_at"].as_u64().unwrap())
+    };
+    let (url, logins, first) = sign_in("/v1/auth/oidc/login").await;
+    assert!(url.contains("max_age=") && !url.contains("prompt=login"), "{url}");
+    assert_eq!(logins, 1);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(first > 0 && first.abs_diff(now) <= 5, "auth_time {first}, now {now}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The IdP's session still holds: no password, and the sign-in is as old as it was.
+    let (_, logins, again) = sign_in("/v1/auth/oidc/login").await;
+    assert_eq!((logins, again), (0, first));
+    // Asked to sign in afresh, the IdP asks for the password, and the time moves.
+    let (url, logins, fresh) = sign_in("/v1/auth/oidc/login?fresh=1").await;
+    assert!(url.contains("prompt=login") && url.contains("max_age=0"), "{url}");
+    assert_eq!(logins, 1);
+    assert!(fresh >= first + 2, "fresh {fresh}, first {first}");
+    let odd = ca_browser(&s.server).get(&s.server.endpoint("/v1/auth/oidc/login?fresh=maybe")).await;
+    assert_eq!(odd.status, StatusCode::BAD_REQUEST);
 }
 
 /// Signs `user` in at the IdP through the browser code flow; the CA's answer to the

@@ -1,7 +1,7 @@
 //! Single sign-on routes. The callback's query is parsed by hand so that a missing,
 //! repeated or oversized parameter gets its own clear answer.
 
-use super::extract::{Body, BrowserHost, ClientIp, cookie, session_cookie};
+use super::extract::{Body, BrowserHost, ClientIp, Query, cookie, session_cookie};
 use crate::error::CaError;
 use crate::service::Ca;
 use crate::service::oidc::Callback;
@@ -45,6 +45,12 @@ pub async fn device_poll(
     Ok(Json(ca.oidc_device_poll(handle, &ip).await?))
 }
 
+/// `?fresh=1`: sign in at the identity provider again (step-up).
+#[derive(serde::Deserialize)]
+pub struct BrowserLoginQuery {
+    fresh: Option<String>,
+}
+
 fn header_value(s: String) -> Result<HeaderValue, CaError> {
     HeaderValue::try_from(s).map_err(|_| CaError::Internal("header value".into()))
 }
@@ -54,8 +60,14 @@ pub async fn browser_login(
     State(ca): Ca_,
     ClientIp(ip): ClientIp,
     BrowserHost(host): BrowserHost,
+    Query(q): Query<BrowserLoginQuery>,
 ) -> Result<Response, CaError> {
-    let login = ca.oidc_browser_start(&ip, host.as_deref()).await?;
+    let fresh = match q.fresh.as_deref() {
+        None | Some("0") | Some("false") => false,
+        Some("1") | Some("true") => true,
+        Some(_) => return Err(CaError::BadRequest("fresh is 1 or 0".into())),
+    };
+    let login = ca.oidc_browser_start(&ip, host.as_deref(), fresh).await?;
     let mut response = StatusCode::SEE_OTHER.into_response();
     let headers = response.headers_mut();
     headers.insert(header::LOCATION, header_value(login.redirect_to)?);

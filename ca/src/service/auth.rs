@@ -468,6 +468,7 @@ impl Ca {
                 .map(|p| p.as_str().to_owned())
                 .collect(),
             session_expires_at: caller.expires_at,
+            authenticated_at: caller.authenticated_at,
         }
     }
 

@@ -19,6 +19,9 @@ use portcullis_proto::oidc::{AuthMethods, DevicePoll, DeviceStart, OidcMethods};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
+/// The `max_age` of an ordinary browser sign-in: long, only so the IdP reports `auth_time`.
+const MAX_AGE_SECS: &str = "2592000";
+
 /// A browser sign-in must come back from the IdP within this many seconds.
 const LOGIN_TTL: u64 = 600;
 /// The `source` of OIDC identities in sessions and audit records.
@@ -144,7 +147,9 @@ impl Ca {
         tracing::info!(username = %who.username, email = who.email.as_deref().unwrap_or("-"), "OIDC sign-in");
         let identity =
             Identity { username: who.username, groups: who.groups.into_iter().collect(), source: SOURCE.to_owned() };
-        let vouched = Vouched { identity, subject: who.subject, authenticated_at: who.auth_time };
+        // Without the IdP's `auth_time` nobody knows how old its sign-in is: never fresh
+        // enough for a step-up rule (0), and no other decision asks.
+        let vouched = Vouched { identity, subject: who.subject, authenticated_at: Some(who.auth_time.unwrap_or(0)) };
         self.open_session(vouched, client_ip).await
     }
 
@@ -240,11 +245,17 @@ impl Ca {
         };
         Ok(DevicePoll::Success(self.open_oidc_session(who, client_ip).await?))
     }
-
     /// Starts a browser sign-in: remembers `state` → (nonce, PKCE verifier, binding) and
     /// answers with the IdP URL to redirect to.
     /// `host`: the origin the browser addressed, which picks the callback.
-    pub async fn oidc_browser_start(&self, client_ip: &str, host: Option<&str>) -> Result<BrowserLogin, CaError> {
+    /// `fresh`: the user must sign in at the IdP again (`prompt=login`, `max_age=0`), to
+    /// step up for a `fresh_auth_within` rule.
+    pub async fn oidc_browser_start(
+        &self,
+        client_ip: &str,
+        host: Option<&str>,
+        fresh: bool,
+    ) -> Result<BrowserLogin, CaError> {
         let oidc = self.oidc()?;
         let redirect_url = redirect_for(oidc, host)?;
         self.oidc_rate_limit(client_ip).await?;
@@ -268,7 +279,13 @@ impl Ca {
             .append_pair("state", &state)
             .append_pair("nonce", &nonce)
             .append_pair("code_challenge", challenge.as_str())
-            .append_pair("code_challenge_method", "S256");
+            .append_pair("code_challenge_method", "S256")
+            // `max_age` makes the IdP send `auth_time` (OpenID Connect Core §3.1.2.1), which
+            // step-up rules go by; a month never asks for more than the IdP would.
+            .append_pair("max_age", if fresh { "0" } else { MAX_AGE_SECS });
+        if fresh {
+            url.query_pairs_mut().append_pair("prompt", "login");
+        }
         let (key, binding_hash) = (token_hash(&state), token_hash(&binding));
         let stored = self.store.insert_oidc_pending(&key, None, &binding_hash, now + LOGIN_TTL, now, MAX_PENDING);
         if !stored.await? {
