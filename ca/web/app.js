@@ -1,6 +1,6 @@
 // Sign-in and the device list. Text from the server is only ever set as textContent.
 "use strict";
-const { api, setCsrf, el } = portcullis;
+const { api, setCsrf, el, timeCell } = portcullis;
 
 // Hardware facts from discovery (`system.*`, `chassis.*`, `nic.NAME.*`): a one-line
 // summary, everything else behind a disclosure.
@@ -58,6 +58,7 @@ function nameCell(name, text) {
 function nodeRow(d) {
   const tr = el("tr", null, { "data-device": d.name });
   tr.append(nameCell(d.name, d.name), el("td", d.cluster || ""), el("td", d.status || ""), agentCell(d),
+    d.last_seen ? timeCell(d.last_seen) : el("td", "never", { class: "muted" }),
     el("td", d.addresses.join(", ")), tagsCell(d.tags), hardwareCell(d.hardware));
   const select = el("select", null, { "aria-label": `login on ${d.name}` });
   for (const login of d.logins) select.append(el("option", login, { value: login }));
@@ -80,7 +81,7 @@ function guestRow(d) {
   const tr = el("tr", null, { class: "guest", "data-device": d.name, "data-parent": g.parent || "" });
   const kind = g.kind === "lxc" ? "CT" : "VM";
   tr.append(nameCell(d.name, `${kind} ${g.vmid} · ${g.name}`), el("td", d.cluster || ""),
-    el("td", d.status || ""), agentCell(d), el("td", `on ${g.node}`), tagsCell(d.tags), el("td", "—"));
+    el("td", d.status || ""), agentCell(d), el("td", ""), el("td", `on ${g.node}`), tagsCell(d.tags), el("td", "—"));
   const why = el("td", d.console_unavailable || "", { colspan: "2", class: "muted" });
   tr.append(why);
   return tr;
@@ -135,7 +136,7 @@ function rowOf(entry) {
   if (!entry.tr) {
     if (entry.heading) {
       entry.tr = el("tr", null, { class: "group" });
-      entry.tr.append(el("td", `${entry.heading} (node not in your list)`, { colspan: "9" }));
+      entry.tr.append(el("td", `${entry.heading} (node not in your list)`, { colspan: "10" }));
     } else {
       entry.tr = entry.device.guest ? guestRow(entry.device) : nodeRow(entry.device);
     }
@@ -165,7 +166,7 @@ function renderPage(shown, total) {
     if (groupBy && entry.device && !entry.device.guest && groupOf(entry.device) !== group) {
       group = groupOf(entry.device);
       const heading = el("tr", null, { class: "group" });
-      heading.append(el("th", `${groupBy === "cluster" ? "Cluster" : "Agent"}: ${group}`, { colspan: "9", scope: "rowgroup" }));
+      heading.append(el("th", `${groupBy === "cluster" ? "Cluster" : "Agent"}: ${group}`, { colspan: "10", scope: "rowgroup" }));
       rows.push(heading);
     }
     rows.push(rowOf(entry));

@@ -2,7 +2,7 @@
 // with its changes, who may do what, sessions, and Open console with the login choice.
 // Text from the server is only ever set as textContent.
 "use strict";
-const { api, el, when, duration, words, bytes, timeCell } = portcullis;
+const { api, el, when, ago, duration, words, bytes, timeCell } = portcullis;
 
 const name = new URLSearchParams(location.search).get("name") || "";
 
@@ -49,6 +49,7 @@ function showIdentity(details) {
     ["Addresses", d.addresses],
     ["SSH port", n.ssh_port],
     ["Agent", d.agent],
+    ["Last seen", d.last_seen ? `${ago(d.last_seen)} (${when(d.last_seen)})` : (g ? null : "never")],
     ["Cluster", d.cluster],
     ["Status", d.status],
     ["Tags", tags(d.tags)],

@@ -78,6 +78,9 @@ pub struct ConsoleDevice {
     /// console through an agent that is down cannot open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_connected: Option<bool>,
+    /// When the node was last seen alive: its own refresh, or a session reaching it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
     /// Logins a console may use on it (from the roles holding `devices.console.open`).
     pub logins: Vec<String>,
     pub tags: std::collections::BTreeMap<String, String>,

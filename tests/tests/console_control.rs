@@ -412,9 +412,14 @@ async fn device_details_show_only_what_the_caller_may_see() {
     let fx = fixture().await;
     let (alice, bob, carol) =
         (bearer(&fx.ca, "alice").await, bearer(&fx.ca, "bob").await, bearer(&fx.ca, "carol").await);
-    // alice is connected to pve01; bob was, and left.
-    let (status, v) = redeem(&fx, &ticket(&fx, &alice, "pve01", "root").await, &session_id()).await;
+    // alice is connected to pve01 (her session reached it); bob was, and left.
+    let alices = session_id();
+    let (status, v) = redeem(&fx, &ticket(&fx, &alice, "pve01", "root").await, &alices).await;
     assert_eq!(status, StatusCode::OK, "{v}");
+    let reached =
+        json!({"events": [{"event": "broker_connected", "session_id": alices, "agent": "local", "setup_ms": 5}]});
+    let (status, v) = fx.api.post_json(Some(&fx.bastion), "/v1/bastion/events", &reached).await;
+    assert!(status.is_success(), "{v}");
     let bobs = session_id();
     let (status, v) = redeem(&fx, &ticket(&fx, &bob, "pve01", "deploy").await, &bobs).await;
     assert_eq!(status, StatusCode::OK, "{v}");
@@ -433,6 +438,8 @@ async fn device_details_show_only_what_the_caller_may_see() {
     assert_eq!((d.device.name.as_str(), d.device.logins.clone()), ("pve01", vec!["deploy".into(), "root".into()]));
     let node = d.node.as_ref().unwrap();
     assert_eq!(node.host_keys.len(), 1, "{node:?}");
+    // Seen alive when alice's session reached it.
+    assert_eq!(d.device.last_seen, Some(fx.ca.now()), "{:?}", d.device);
     assert!(node.host_keys[0].algorithm == "ssh-ed25519" && node.host_keys[0].fingerprint.starts_with("SHA256:"));
     let rule = |purpose: &str| d.rules.iter().find(|r| r.purpose == purpose).unwrap().rule.clone();
     assert_eq!((rule("console_access"), rule("ssh_login")), (Some("lab-console".into()), None));

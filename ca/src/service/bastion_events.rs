@@ -147,6 +147,12 @@ impl Ca {
         let records: Vec<(u64, &AuditEvent)> = events.iter().map(|e| (now, e)).collect();
         let mut tx = self.store.begin().await?;
         audit::record_many(tx.conn(), &records).await?;
+        // A session reached its node: the node is alive.
+        for event in &events {
+            if let AuditEvent::BrokerConnected { device: Some(device), .. } = event {
+                crate::store::touch_node(tx.conn(), device, now).await?;
+            }
+        }
         tx.commit().await?;
         Ok(())
     }

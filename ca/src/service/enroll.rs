@@ -426,6 +426,7 @@ impl Ca {
             )
             .await?;
         }
+        store::touch_node(tx.conn(), &node.name, now).await?;
         tx.commit().await?;
         Ok(bundle)
     }

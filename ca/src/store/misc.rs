@@ -1,6 +1,6 @@
 //! Node inventory and the last loaded policy's summary.
 
-use super::{Result, Store, StoreError, ts};
+use super::{Result, Store, StoreError, ts, ts_from};
 use portcullis_proto::NodeRecord;
 use sqlx::{AnyConnection, Row};
 
@@ -23,6 +23,13 @@ impl Store {
                     .map_err(|_| StoreError::Corrupt("node record"))
             })
             .collect()
+    }
+
+    /// When each node was last seen alive (nodes never seen are missing).
+    pub async fn nodes_last_seen(&self) -> Result<std::collections::HashMap<String, u64>> {
+        let rows =
+            sqlx::query("SELECT name, last_seen FROM nodes WHERE last_seen IS NOT NULL").fetch_all(self.pool()).await?;
+        rows.iter().map(|r| Ok((r.try_get("name")?, ts_from(r.try_get("last_seen")?)))).collect()
     }
 
     /// `(digest, summary JSON)` of the policy loaded last, if any.
@@ -81,5 +88,15 @@ pub async fn save_policy_state(conn: &mut AnyConnection, digest: &str, summary_j
     .bind(ts(now))
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// Marks `name` as seen alive at `now` (never moves back).
+pub async fn touch_node(conn: &mut AnyConnection, name: &str, now: u64) -> Result<()> {
+    sqlx::query("UPDATE nodes SET last_seen = $2 WHERE name = $1 AND (last_seen IS NULL OR last_seen < $2)")
+        .bind(name)
+        .bind(ts(now))
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }

@@ -91,6 +91,7 @@ impl Ca {
         let connected: std::collections::BTreeSet<String> =
             self.live_bastions().await?.into_iter().flat_map(|b| b.agents).collect();
         let up = |agent: &Option<String>| agent.as_ref().map(|a| connected.contains(a));
+        let mut last_seen = self.store.nodes_last_seen().await?;
         let mut out = Vec::new();
         for node in nodes {
             let device = policy_device(&node, self.default_agent.as_deref());
@@ -102,11 +103,13 @@ impl Ca {
                 continue;
             }
             let (cluster, status) = pve_of.remove(&node.name).unzip();
+            let seen = last_seen.remove(&node.name);
             out.push(ConsoleDevice {
                 hardware: hardware.remove(&node.name),
                 name: node.name,
                 addresses: node.addresses,
                 agent_connected: up(&device.agent),
+                last_seen: seen,
                 agent: device.agent,
                 logins: logins.into_iter().collect(),
                 tags: node.tags,
@@ -125,6 +128,7 @@ impl Ca {
                 name: device.name,
                 addresses: Vec::new(),
                 agent_connected: up(&device.agent),
+                last_seen: None,
                 agent: device.agent,
                 logins: Vec::new(),
                 tags: device.tags,
