@@ -3,22 +3,15 @@
 // Prints one JSON object: { throughput_mib_s, bytes, seconds, echo_ms: {p50, p99, max, n} }.
 //
 // Usage: node console_bench.mjs '{"url":…,"username":…,"password":…,"device":…,"login":…,"bytes":…,"keys":…}'
-import { chromium } from "playwright-core";
+import { launch, signIn } from "./chromium.mjs";
 
 const cfg = JSON.parse(process.argv[2]);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 const out = {};
 try {
   const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1200, height: 800 } });
   const page = await context.newPage();
-  await page.goto(`${cfg.url}/ui/`);
-  await page.fill("input[name=username]", cfg.username);
-  await page.fill("input[name=password]", cfg.password);
-  await page.click("#login-form button[type=submit]");
+  await signIn(page, cfg.url, cfg.username, cfg.password);
   await page.waitForSelector(`button[data-device="${cfg.device}"]`, { timeout: 15000 });
   await page.goto(`${cfg.url}/ui/console?device=${encodeURIComponent(cfg.device)}&login=${encodeURIComponent(cfg.login)}`);
   const until = async (fn, arg, timeout = 30000) => {

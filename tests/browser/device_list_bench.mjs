@@ -4,22 +4,15 @@
 // Prints one JSON object: { devices, api_ms, first_render_ms, filter_ms, clear_ms, next_page_ms, sort_ms }.
 //
 // Usage: node device_list_bench.mjs '{"url":…,"username":…,"password":…,"needle":…}'
-import { chromium } from "playwright-core";
+import { launch, signIn } from "./chromium.mjs";
 
 const cfg = JSON.parse(process.argv[2]);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 const out = {};
 try {
   const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1366, height: 768 } });
   const page = await context.newPage();
-  await page.goto(`${cfg.url}/ui/`);
-  await page.fill("input[name=username]", cfg.username);
-  await page.fill("input[name=password]", cfg.password);
-  await page.click("#login-form button[type=submit]");
+  await signIn(page, cfg.url, cfg.username, cfg.password);
   await page.waitForSelector("#device-rows tr", { timeout: 60000 });
   // The list's JSON alone, then a cold page load to the first rendered rows.
   out.api_ms = await page.evaluate(async () => {
