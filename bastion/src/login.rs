@@ -8,6 +8,8 @@
 //! Plain login names are never issued by the CA and are never accepted. Which role, and
 //! whether it covers the device, is decided by the CA for each session.
 
+use portcullis_proto::bastion::LOGIN_DEVICE_SEPARATOR as SEPARATOR;
+
 /// `LOGIN` or `LOGIN%DEVICE`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestedLogin {
@@ -16,7 +18,6 @@ pub struct RequestedLogin {
 }
 
 const MAX_NAME: usize = 64;
-const SEPARATOR: char = '%';
 
 pub(crate) fn well_formed(name: &str) -> bool {
     !name.is_empty()

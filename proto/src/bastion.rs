@@ -225,6 +225,15 @@ pub struct SessionOpenRequest {
     pub connection_proof: Option<ConnectionProof>,
 }
 
+/// Between login and device in a terminated-mode SSH user name (`root%pve01`).
+pub const LOGIN_DEVICE_SEPARATOR: char = '%';
+
+/// The SSH user name that asks the bastion for `login` on `device` in terminated mode:
+/// what the bastion parses, and what the CA finds in a user's proof of connection.
+pub fn terminated_user(login: &str, device: &str) -> String {
+    format!("{login}{LOGIN_DEVICE_SEPARATOR}{device}")
+}
+
 /// The signature the user's SSH client made when it authenticated to the bastion with
 /// its certificate (RFC 4252 §7), and what it covers: the connection's session
 /// identifier and the authentication request (which names the SSH user, e.g.

@@ -207,7 +207,7 @@ impl Presented {
     fn proof(&self, device: &str, login: &str) -> Option<ConnectionProof> {
         let (key, cert) = self.holder.as_deref()?;
         let session = portcullis_sshcert::random_bytes::<32>();
-        Some(portcullis_tests::ssh::connection_proof(key, cert, &format!("{login}%{device}"), &session))
+        Some(portcullis_tests::ssh::connection_proof(key, cert, &terminated_user(login, device), &session))
     }
 }
 

@@ -20,7 +20,7 @@
 use super::admission::denial;
 use super::{Ca, Denial};
 use crate::store::CertRow;
-use portcullis_proto::bastion::{SessionOpenRequest, deny_reason as deny};
+use portcullis_proto::bastion::{SessionOpenRequest, deny_reason as deny, terminated_user};
 use portcullis_sshcert::{certificate_digest, verify_connection_proof};
 use sha2::{Digest, Sha256};
 
@@ -44,7 +44,7 @@ pub(super) fn check(req: &SessionOpenRequest, cert: &CertRow) -> Result<ProvenCo
             return invalid("the proof of connection does not verify");
         }
     };
-    let asked = format!("{}%{}", req.login.as_deref().unwrap_or_default(), req.device);
+    let asked = terminated_user(req.login.as_deref().unwrap_or_default(), &req.device);
     if proven.user != asked {
         return invalid("the proof of connection is for another login or device");
     }
