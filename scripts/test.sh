@@ -93,6 +93,18 @@ if [[ $(id -u) -eq 0 ]]; then
     mkdir -p /run/sshd
 fi
 
+# A cold run needs about 25 GB under target/; say so up front rather than fail with
+# "No space left on device" twenty minutes in. Incremental state only helps repeated
+# local builds, and it doubles the footprint, so a CI run (CI=true) goes without.
+free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+step "disk: $((free_kb / 1024 / 1024)) GiB free"
+if (( free_kb < 25 * 1024 * 1024 )); then
+    echo "warning: less than 25 GiB free here; the build may run out of space" >&2
+fi
+if [[ ${CI:-} == true ]]; then
+    export CARGO_INCREMENTAL=0
+fi
+
 step "cargo fmt --all --check"
 cargo fmt --all --check
 
