@@ -147,6 +147,9 @@ impl Shared {
                     Some(console_deny::TICKET_REUSED) => "this console ticket was already used".to_owned(),
                     Some(console_deny::TICKET_EXPIRED) => "this console ticket has expired".to_owned(),
                     Some(console_deny::TICKET_INVALID) => "invalid console ticket".to_owned(),
+                    Some(deny_reason::FRESH_AUTH_REQUIRED) => format!(
+                        "{device:?} asks for a recent sign-in: run `portcullis login --fresh`, then connect again"
+                    ),
                     Some(_) if device.is_empty() => "access denied".to_owned(),
                     Some(_) => format!("access to {device:?} denied"),
                     None => "the control plane is unavailable; try again".to_owned(),

@@ -18,7 +18,10 @@
           await api(`/v1/admin/nodes/${encodeURIComponent(n.name)}`, { method: "DELETE" });
           nodes();
         });
-        tr.append(el("td", n.name), el("td", n.type || "—"), el("td", n.addresses.join(", ")), el("td", n.agent || "—"),
+        // Its details page: inventory readers see every device's, console or not.
+        const name = el("td");
+        name.append(el("a", n.name, { href: `/ui/device?name=${encodeURIComponent(n.name)}` }));
+        tr.append(name, el("td", n.type || "—"), el("td", n.addresses.join(", ")), el("td", n.agent || "—"),
           el("td", tagText(n.tags)), el("td", n.host_keys.length ? `${n.host_keys.length} pinned` : "none"),
           el("td", n.os || "—"), cell(remove));
         return tr;

@@ -242,6 +242,13 @@ async function start() {
       "The device you chose asks for a recent sign-in: sign in again, then open its console.";
     return showSignin();
   }
+  // Back from single sign-on that did not finish: the CA names only the error's code.
+  const ssoError = new URLSearchParams(location.search).get("sso_error");
+  if (ssoError !== null) {
+    history.replaceState(null, "", "/ui/");
+    document.getElementById("login-error").textContent = ssoAdvice(ssoError);
+    return showSignin();
+  }
   try {
     await showDevices(await api("/v1/auth/whoami"));
   } catch (e) {
@@ -264,6 +271,20 @@ function signInAdvice(data, status) {
   }[data && data.error];
   const message = (data && data.message) || `HTTP ${status}`;
   return advice ? `${message}. ${advice}` : message;
+}
+
+// Why single sign-on came back without a session, from the code alone.
+function ssoAdvice(code) {
+  const advice = {
+    sign_in_failed: "The sign-in expired, was already used, was started in another browser, or the identity provider refused it. Start again with the single sign-on button.",
+    idp_unavailable: "The single sign-on provider cannot be reached: try again, or sign in with a password.",
+    idp_invalid_answer: "The single sign-on provider gave an answer Portcullis cannot accept: ask your administrator.",
+    rate_limited: "Too many sign-in attempts from here: wait a minute, then try again.",
+    busy: "The server is busy: try again in a few seconds.",
+    bad_request: "The provider sent the browser back with a malformed answer: start again with the single sign-on button.",
+    not_found: "Single sign-on is not set up here: sign in with a password.",
+  }[code];
+  return `Single sign-on did not sign you in. ${advice || "Start again, or ask your administrator."}`;
 }
 
 // A one-time password (the first administrator's, or a reset) opens no session: the

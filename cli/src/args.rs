@@ -66,6 +66,11 @@ pub struct LoginArgs {
     /// open in any browser, so it works on a headless machine).
     #[arg(long, conflicts_with_all = ["password_stdin", "user"])]
     pub oidc: bool,
+    /// Make this a recent sign-in, for devices whose rule asks for one
+    /// (`fresh_auth_within`): single sign-on asks for the password again even while the
+    /// identity provider remembers you. A password sign-in is always recent.
+    #[arg(long)]
+    pub fresh: bool,
     /// Requested certificate lifetime, e.g. 1h (policy caps it).
     #[arg(long)]
     pub ttl: Option<String>,

@@ -84,7 +84,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
             // A CA too old to answer `/v1/auth/methods` offers passwords only.
             && api.get::<AuthMethods>("/v1/auth/methods").await.ok().is_some_and(|m| m.oidc.is_some()));
     let session: LoginResponse = if use_oidc {
-        crate::sso::device_login(&api).await?
+        crate::sso::device_login(&api, args.fresh).await?
     } else {
         let username = args
             .user

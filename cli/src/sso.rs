@@ -6,11 +6,12 @@ use crate::api::Api;
 use anyhow::bail;
 use indicatif::ProgressBar;
 use portcullis_proto::LoginResponse;
-use portcullis_proto::oidc::{DevicePoll, DevicePollRequest, DeviceStart};
+use portcullis_proto::oidc::{DevicePoll, DevicePollRequest, DeviceStart, DeviceStartRequest};
 use std::time::{Duration, Instant};
 
-pub async fn device_login(api: &Api) -> anyhow::Result<LoginResponse> {
-    let start: DeviceStart = api.post("/v1/auth/oidc/device", &serde_json::json!({})).await?;
+/// `fresh`: the identity provider must ask for the password again (a step-up).
+pub async fn device_login(api: &Api, fresh: bool) -> anyhow::Result<LoginResponse> {
+    let start: DeviceStart = api.post("/v1/auth/oidc/device", &DeviceStartRequest { fresh }).await?;
     println!("To sign in, open {} in a browser (on any device)", start.verification_uri);
     println!("and enter the code: {}", start.user_code);
     if let Some(complete) = &start.verification_uri_complete {

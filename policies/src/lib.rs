@@ -29,8 +29,8 @@ pub use decision::{CertPermit, CertRequest, Deny, DenyReason, Grant, Identity};
 pub use device::{DEFAULT_SSH_PORT, Device};
 pub use load::{LoadError, LoadErrors, PolicySource};
 pub use model::{
-    AuthMethod, Credential, DEFAULT_PROXMOX_API_PORT, DenyStatement, HostKeyPolicy, IdleCounts, Provider, Purpose,
-    Role, Rule, SECRET_NAME_RULE, Scope, SessionLimits, Subject, valid_secret_name,
+    AuthMethod, Credential, DEFAULT_PROXMOX_API_PORT, DenyStatement, HostKeyPolicy, IdleCounts, OverLimit, Provider,
+    Purpose, Recording, Role, Rule, SECRET_NAME_RULE, Scope, SessionLimits, Subject, valid_secret_name,
 };
 pub use permission::{Permission, UnknownPermission};
 pub use policy::Policy;

@@ -262,6 +262,55 @@ impl IdleCounts {
     }
 }
 
+/// Session recording on an `ssh_login` or `console_access` rule (`record = true`):
+/// terminal output (and input with `record_input`) in asciicast v2, bounded in size.
+/// Off unless a rule asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Recording {
+    pub(crate) input: bool,
+    pub(crate) max_bytes: u64,
+    pub(crate) over_limit: OverLimit,
+}
+
+impl Recording {
+    /// Default `record_max_mib`.
+    pub const DEFAULT_MAX_MIB: u64 = 16;
+    /// Largest `record_max_mib`.
+    pub const MAX_MIB: u64 = 1024;
+
+    /// Whether keystrokes are recorded too (they may hold passwords typed at prompts).
+    pub fn input(&self) -> bool {
+        self.input
+    }
+    /// The most recorded bytes (before encoding) one session keeps.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+    /// What happens to a session whose recording reaches `max_bytes`.
+    pub fn over_limit(&self) -> OverLimit {
+        self.over_limit
+    }
+}
+
+/// `record_over_limit`: a session whose recording is full goes on unrecorded (`stop`,
+/// the default) or is closed (`close`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverLimit {
+    #[default]
+    Stop,
+    Close,
+}
+
+impl OverLimit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverLimit::Stop => "stop",
+            OverLimit::Close => "close",
+        }
+    }
+}
+
 /// Where a rule applies. A non-empty dimension must contain the device's value; an empty
 /// one does not constrain. At least one dimension is non-empty: an empty scope never
 /// means "any scope".
@@ -313,6 +362,8 @@ pub struct Rule {
     pub(crate) idle_counts: IdleCounts,
     /// Step-up re-authentication: sessions under the rule need a sign-in at most this old.
     pub(crate) fresh_auth_within: Option<Duration>,
+    /// Session recording (`None`: sessions under the rule are not recorded).
+    pub(crate) recording: Option<Recording>,
     /// `Some` for a credential rule (an API token the control plane uses on the devices'
     /// behalf); `None` for the SSH-certificate rules of every other purpose.
     pub(crate) credential: Option<Credential>,
@@ -437,6 +488,10 @@ impl Rule {
     /// (`None`: any sign-in the credential still carries).
     pub fn fresh_auth_within(&self) -> Option<Duration> {
         self.fresh_auth_within
+    }
+    /// Whether and how sessions under this rule are recorded.
+    pub fn recording(&self) -> Option<Recording> {
+        self.recording
     }
     /// The API credential of a credential rule; `None` for SSH-certificate rules.
     pub fn credential(&self) -> Option<&Credential> {

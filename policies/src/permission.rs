@@ -32,6 +32,8 @@ pub enum Permission {
     NodesManage,
     /// Store, rotate and remove API secrets (e.g. Proxmox VE tokens); never read them.
     SecretsManage,
+    /// List, play back and export session recordings (every playback is audited).
+    RecordingsRead,
 }
 
 impl Permission {
@@ -47,6 +49,7 @@ impl Permission {
         Permission::PolicyManage,
         Permission::NodesManage,
         Permission::SecretsManage,
+        Permission::RecordingsRead,
     ];
 
     /// The string form used in policy files, audit events and APIs.
@@ -62,6 +65,7 @@ impl Permission {
             Permission::PolicyManage => "policy.manage",
             Permission::NodesManage => "nodes.manage",
             Permission::SecretsManage => "secrets.manage",
+            Permission::RecordingsRead => "recordings.read",
         }
     }
 }
@@ -110,7 +114,7 @@ mod tests {
             assert_eq!(p.as_str().parse::<Permission>(), Ok(*p));
             assert!(seen.insert(p.as_str()));
         }
-        assert_eq!(seen.len(), 10);
+        assert_eq!(seen.len(), 11);
         assert!("certs.Issue".parse::<Permission>().is_err());
         assert!("".parse::<Permission>().is_err());
     }

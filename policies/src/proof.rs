@@ -49,6 +49,8 @@ proofs! {
     NodesManage = NodesManage;
     /// `secrets.manage`.
     SecretsManage = SecretsManage;
+    /// `recordings.read`.
+    RecordingsRead = RecordingsRead;
     /// Reading the policy's effect (its history, the target preview): `policy.manage` or
     /// `audit.read`.
     PolicyRead = PolicyManage | AuditRead;

@@ -249,6 +249,12 @@ fn rule_hash(r: &Rule) -> ItemSummary {
     if let Some(d) = r.fresh_auth_within {
         c.num("fresh_auth_within_s", u128::from(d.as_secs()));
     }
+    if let Some(r) = r.recording {
+        c.str("record", "true");
+        c.str("record_input", if r.input { "true" } else { "false" });
+        c.num("record_max_bytes", u128::from(r.max_bytes));
+        c.str("record_over_limit", r.over_limit.as_str());
+    }
     // Only credential rules hash these, so an SSH rule's digest is what it always was.
     if let Some(k) = &r.credential {
         c.str("provider", k.provider.as_str());

@@ -168,3 +168,43 @@ fn fresh_auth_within_is_for_login_and_console_rules() {
     let plain = rule("ssh_login", "1m").replace("fresh_auth_within = '1m'\n", "");
     assert_eq!(load(&[("p.toml", &plain)]).unwrap().rule("prod").unwrap().fresh_auth_within(), None);
 }
+
+#[test]
+fn recording_is_opt_in_per_login_or_console_rule_and_bounded() {
+    let rule = |purpose: &str, extra: &str| {
+        format!(
+            "[[rule]]\nname = 'prod'\npurpose = '{purpose}'\ntargets = 'in:devices tags.env:prod'\n\
+             scope = {{ agents = ['local'] }}\n{extra}"
+        )
+    };
+    let recording =
+        |extra: &str| load(&[("p.toml", &rule("ssh_login", extra))]).unwrap().rule("prod").unwrap().recording();
+    // Off unless asked for.
+    assert_eq!(recording(""), None);
+    assert_eq!(recording("record = false\n"), None);
+    let on = recording("record = true\n").unwrap();
+    assert_eq!((on.input(), on.max_bytes(), on.over_limit()), (false, 16 << 20, portcullis_policies::OverLimit::Stop));
+    let full =
+        recording("record = true\nrecord_input = true\nrecord_max_mib = 2\nrecord_over_limit = 'close'\n").unwrap();
+    assert_eq!(
+        (full.input(), full.max_bytes(), full.over_limit()),
+        (true, 2 << 20, portcullis_policies::OverLimit::Close)
+    );
+    let console = load(&[("p.toml", &rule("console_access", "record = true\n"))]).unwrap();
+    assert!(console.rule("prod").unwrap().recording().is_some());
+    one_error(
+        &rule("inventory_enrichment", "record = true\n"),
+        6,
+        10,
+        "`record` is for `ssh_login` and `console_access` rules",
+    );
+    // A recording detail without `record = true` is an error, not a silent no-op.
+    one_error(&rule("ssh_login", "record_input = true\n"), 6, 16, "need `record = true`");
+    one_error(
+        &rule("ssh_login", "record = true\nrecord_max_mib = 0\n"),
+        7,
+        18,
+        "`record_max_mib` must be between 1 and 1024",
+    );
+    one_error(&rule("ssh_login", "record = true\nrecord_over_limit = 'drop'\n"), 7, 21, "unknown variant `drop`");
+}

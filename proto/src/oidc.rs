@@ -41,6 +41,17 @@ pub struct DeviceStart {
     pub expires_in: u64,
 }
 
+/// `POST /v1/auth/oidc/device`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DeviceStartRequest {
+    /// Sign in at the IdP afresh (`max_age=0`: it asks for the password even while it
+    /// remembers the user), to step up for a rule with `fresh_auth_within`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh: bool,
+}
+
 /// `POST /v1/auth/oidc/device/poll`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -18,22 +18,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_tests::bastion_world::{CONSOLE_POLICY, PASSWORD, World};
-use std::path::Path;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Runs `tests/browser/<script>` with `config`; its JSON report.
+/// Runs `tests/browser/<script>`; its JSON report, which must hold no error.
 fn run_script(script: &str, config: &serde_json::Value) -> serde_json::Value {
-    let out = std::process::Command::new("node")
-        .arg(script)
-        .arg(config.to_string())
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("browser"))
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("bench script: {}", String::from_utf8_lossy(&out.stderr)));
+    let report = portcullis_tests::browser::run_script(script, config);
     assert!(report.get("error").is_none(), "{report:#}");
     report
 }

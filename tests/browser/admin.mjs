@@ -32,6 +32,21 @@ try {
   // Serious and critical accessibility violations of every view, by axe-core.
   result.a11y = [];
   const check = async (view) => result.a11y.push(...(await accessibility(page, view)));
+  // Readable on a 1366×768 laptop (nothing scrolls sideways) and on a 4K screen at 100 %
+  // (the text keeps its size and the page does not stretch across the whole width).
+  result.layout = [];
+  const layout = async (view) => {
+    const before = page.viewportSize();
+    for (const [width, height] of [[1366, 768], [3840, 2160]]) {
+      await page.setViewportSize({ width, height });
+      result.layout.push({ view, width, ...(await page.evaluate(() => ({
+        sideways: document.documentElement.scrollWidth - window.innerWidth,
+        main_width: Math.round(document.querySelector("main").getBoundingClientRect().width),
+        font_px: parseFloat(getComputedStyle(document.body).fontSize),
+      }))) });
+    }
+    await page.setViewportSize(before);
+  };
   await page.goto(`${cfg.url}/ui/`);
   await page.waitForSelector("#signin:not([hidden])", { timeout: 15000 });
   await check("sign-in");
@@ -84,6 +99,7 @@ try {
     await page.selectOption("#device-group", "");
     result.device_count = await page.textContent("#device-count");
     await check("devices");
+    await layout("devices");
     await shot("devices");
     // The dark theme (the OS's choice) passes the same check, contrast included.
     await page.emulateMedia({ colorScheme: "dark" });
@@ -110,6 +126,7 @@ try {
       logins: await page.$$eval("#open-login option", (os) => os.map((o) => o.value)),
     };
     await check("device details");
+    await layout("device details");
     await page.emulateMedia({ colorScheme: "dark" });
     await check("device details (dark)");
     await page.emulateMedia({ colorScheme: "light" });
@@ -139,6 +156,7 @@ try {
   await shot("admin-sessions");
   result.session_row = await page.$$eval("#sessions tr", (trs) => [...trs[0].children].map((td) => td.textContent));
   result.steps.push("session_listed");
+  await layout("admin: sessions");
   await page.click("#sessions tr button");
   await until(() => document.querySelectorAll("#sessions tr").length === 0, null, 20000);
   result.steps.push("killed");
@@ -179,6 +197,7 @@ try {
   })));
   await shot("admin-audit");
   result.steps.push("audit_filtered");
+  await layout("admin: audit");
   // Export what is shown.
   for (const [button, key] of [["#audit-csv", "audit_csv"], ["#audit-jsonl", "audit_jsonl"]]) {
     const [download] = await Promise.all([page.waitForEvent("download"), page.click(button)]);
@@ -251,6 +270,7 @@ try {
     actor: tr.children[1]?.textContent, digest: tr.children[2]?.textContent, what: tr.children[3]?.textContent,
   })));
   await check("admin: policy");
+  await layout("admin: policy");
   result.steps.push("policy_history");
   result.errors_shown = await page.evaluate(() => [...document.querySelectorAll(".error")].map((e) => e.textContent).filter(Boolean));
   // Someone without an admin permission: no Admin link, and the page by URL shows no view.

@@ -11,6 +11,7 @@
 
 pub mod bastion_world;
 pub mod bins;
+pub mod browser;
 pub mod cli;
 pub mod enroll_ca;
 pub mod enroll_node;

@@ -8,56 +8,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_tests::bastion_world::{CONSOLE_POLICY, PASSWORD, World};
+use portcullis_tests::browser::{run_script, screenshots};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
-}
-
-fn artifacts() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Where the scripts keep their screenshots: the test artifacts, or with
-/// `PORTCULLIS_UPDATE_SCREENSHOTS=1` the README's walkthrough in `docs/screenshots/`.
-fn screenshots() -> PathBuf {
-    if std::env::var_os("PORTCULLIS_UPDATE_SCREENSHOTS").is_some() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
-        std::fs::create_dir_all(&dir).unwrap();
-        return dir;
-    }
-    artifacts()
-}
-
 /// Runs the console browser script; its JSON report.
 fn drive_browser(config: &Value) -> Value {
     run_script("console.mjs", config)
-}
-
-/// Runs `tests/browser/<script>` with `config`; its JSON report.
-fn run_script(script: &str, config: &Value) -> Value {
-    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} missing: run ./scripts/test.sh, which installs chromium");
-    assert!(
-        browser_dir().join("node_modules/playwright-core").exists(),
-        "playwright-core missing: run ./scripts/test.sh (npm ci --prefix tests/browser)"
-    );
-    let out = std::process::Command::new("node")
-        .arg(script)
-        .arg(config.to_string())
-        .current_dir(browser_dir())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(&stdout)
-        .unwrap_or_else(|_| panic!("browser script: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 /// The HTTP status line of a WebSocket upgrade to `/console/ws` with `origin`.
@@ -418,6 +377,14 @@ async fn an_administrator_kills_a_live_session_from_the_admin_page() {
     assert_eq!(report["errors_shown"], serde_json::json!([]));
     // axe-core: no serious or critical accessibility violation on any view.
     assert_eq!(report["a11y"], json!([]), "{:#}", report["a11y"]);
+    // Readable on a 1366×768 laptop and on a 4K screen, every view measured.
+    let layout = report["layout"].as_array().unwrap();
+    assert_eq!(layout.len(), 10, "{layout:#?}");
+    for at in layout {
+        assert!(at["sideways"].as_i64().unwrap() <= 0, "scrolls sideways: {at}");
+        assert!(at["font_px"].as_f64().unwrap() >= 16.0, "small text: {at}");
+        assert!(at["main_width"].as_u64().unwrap() <= 2000, "stretched across a 4K screen: {at}");
+    }
     let (out, _) = portcullis_tests::bastion_world::wait_output(child, Duration::from_secs(20));
     assert!(String::from_utf8_lossy(&out.stderr).contains("closed by an administrator"));
 }

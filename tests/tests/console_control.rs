@@ -406,7 +406,7 @@ async fn device_list_shows_what_a_console_may_open() {
 /// The details page's data, from the attacker's side: a device outside the caller's
 /// list reads exactly like an unknown one; a console user sees their own roles and
 /// sessions only, an administrator who may also open consoles sees everyone's and who
-/// holds each role.
+/// holds each role; an administrator who opens no console reads every device's page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_details_show_only_what_the_caller_may_see() {
     let fx = fixture().await;
@@ -485,6 +485,20 @@ async fn device_details_show_only_what_the_caller_may_see() {
         ("bob", Some("browser_disconnect"), 4096, Some("deploy"))
     );
     assert!(d.sessions.iter().any(|s| s.user == "alice" && s.ended_at.is_none()), "{:?}", d.sessions);
+
+    // An administrator who opens no console (nodes.manage, audit.read) reads every
+    // device's page, each saying why no console opens for them; their console list
+    // stays empty, and an unknown name is still not found.
+    let (_, list) = fx.api.get_json(Some(&fx.admin), "/v1/console/devices").await;
+    assert_eq!(list, json!([]));
+    for (name, why) in [("pve01", "no console role of yours"), ("prod01", "no console_access rule")] {
+        let (status, d) = details(fx.admin.clone(), name).await;
+        assert_eq!(status, StatusCode::OK, "{name}: {d}");
+        let d: DeviceDetails = serde_json::from_value(d).unwrap();
+        assert!(d.device.logins.is_empty() && d.access_complete && d.sessions_of_everyone, "{name}: {d:?}");
+        assert!(d.device.console_unavailable.as_deref().unwrap_or("").contains(why), "{name}: {d:?}");
+    }
+    assert_eq!(details(fx.admin.clone(), "no-such-node").await.0, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ use portcullis_ca::{Ca, CaConfig, SystemClock};
 use portcullis_policies::scoped_principal;
 use portcullis_proto::oidc::{AuthMethods, DevicePoll, DeviceStart};
 use portcullis_proto::{LoginResponse, UserCertResponse, WhoAmI};
+use portcullis_tests::browser::{run_script, screenshots};
 use portcullis_tests::idp::{Browser, CLIENT_ID, CLIENT_SECRET, Idp, form_of, free_port, sign_in_at_idp, through_idp};
 use portcullis_tests::server::client_with_pin;
 use portcullis_tests::services::{free_loopback_addr, service_token, spawn_bastion, wait_line};
@@ -90,6 +91,13 @@ fn pinned_browser(pin: &str) -> Browser {
     )
 }
 
+/// A finished browser sign-in goes on to the web UI, on this same origin.
+fn assert_signed_in_to_the_ui(done: &portcullis_tests::idp::Page) {
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    let origin = done.url.split("/v1/").next().unwrap();
+    assert_eq!(done.location, Some(format!("{origin}/ui/")), "{}", done.body);
+}
+
 async fn device_start(server: &Server) -> DeviceStart {
     let (status, body) = server.post_json(None, "/v1/auth/oidc/device", &json!({})).await;
     assert_eq!(status, StatusCode::OK, "device start: {body}");
@@ -103,7 +111,19 @@ async fn device_poll(server: &Server, handle: &str) -> (StatusCode, serde_json::
 /// The user's side of the device flow: open the complete URL, confirm the code, then
 /// sign in (or abort) at the IdP.
 async fn approve_device(idp: &Idp, start: &DeviceStart, user: &str, password: &str, abort: bool) {
-    let mut browser = Browser::new(Browser::idp_client());
+    approve_device_in(&mut Browser::new(Browser::idp_client()), idp, start, user, password, abort).await;
+}
+
+/// [`approve_device`] in `browser`, which may hold a sign-in at the IdP already; how
+/// many times the IdP asked for the password.
+async fn approve_device_in(
+    browser: &mut Browser,
+    idp: &Idp,
+    start: &DeviceStart,
+    user: &str,
+    password: &str,
+    abort: bool,
+) -> usize {
     let complete = start.verification_uri_complete.clone().expect("verification_uri_complete");
     assert!(complete.starts_with(&idp.issuer), "{complete}");
     assert!(start.verification_uri.starts_with(&idp.issuer));
@@ -119,10 +139,11 @@ async fn approve_device(idp: &Idp, start: &DeviceStart, user: &str, password: &s
     form.push(if abort { ("abort", "yes") } else { ("confirm", "yes") });
     let page = browser.post_form(&action, &form).await;
     if abort {
-        return;
+        return 0;
     }
-    let done = sign_in_at_idp(&mut browser, idp, page, user, password).await;
+    let (done, logins) = through_idp(browser, idp, page, user, password).await;
     assert_eq!(done.status, StatusCode::OK, "device flow end page: {}", done.body);
+    logins
 }
 
 /// Polls like the CLI: honours `interval` and `slow_down` (with a test-sized cap).
@@ -141,17 +162,20 @@ async fn poll_until_done(server: &Server, handle: &str) -> DevicePoll {
     panic!("the device flow never finished");
 }
 
-/// The real CLI, headless (stdout a pipe, no terminal): `portcullis login` sees OIDC in
-/// `/v1/auth/methods`, prints the URL and code, and polls until the user approves.
-#[tokio::test]
-async fn cli_login_uses_the_device_flow_headless() {
+/// Runs `portcullis login` (plus `args`) headless against `s`: the sign-in URL with the
+/// code filled in that it printed (after checking it said where to go and which code),
+/// and the still-running CLI, whose stdout has been read up to there.
+fn cli_device_login(
+    s: &Setup,
+    home: &std::path::Path,
+    args: &[&str],
+) -> (String, (std::process::Child, std::io::Lines<std::io::BufReader<std::process::ChildStdout>>)) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    let s = setup(None).await;
-    let home = tempfile::tempdir().unwrap();
     let mut child = Command::new(portcullis_tests::bin("portcullis"))
         .args(["login", "--ca", &s.server.url, "--ca-fingerprint", &s.server.pin])
-        .env("HOME", home.path())
+        .args(args)
+        .env("HOME", home)
         .env_remove("SSH_AUTH_SOCK")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -169,23 +193,89 @@ async fn cli_login_uses_the_device_flow_headless() {
     };
     assert!(printed.iter().any(|l| l.starts_with("To sign in, open ")), "{printed:?}");
     assert!(printed.iter().any(|l| l.starts_with("and enter the code: ")), "{printed:?}");
-    let start = DeviceStart {
-        handle: Default::default(),
-        verification_uri: s.idp.issuer.clone(),
-        verification_uri_complete: Some(complete),
-        user_code: String::new(),
-        interval: 5,
-        expires_in: 600,
-    };
-    approve_device(&s.idp, &start, "alice", "alice-password", false).await;
+    (complete, (child, lines))
+}
+
+/// Waits for the CLI of [`cli_device_login`]: the rest of its output, its exit status and
+/// its standard error.
+fn finish_cli(
+    (mut child, lines): (std::process::Child, std::io::Lines<std::io::BufReader<std::process::ChildStdout>>),
+) -> (Vec<String>, std::process::ExitStatus, String) {
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     let status = child.wait().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (rest, status, stderr)
+}
+
+/// A device sign-in as the CLI printed it: only the complete URL is known to the test.
+fn placeholder_start(idp: &Idp) -> DeviceStart {
+    DeviceStart {
+        handle: Default::default(),
+        verification_uri: idp.issuer.clone(),
+        verification_uri_complete: None,
+        user_code: String::new(),
+        interval: 5,
+        expires_in: 600,
+    }
+}
+
+/// The real CLI, headless (stdout a pipe, no terminal): `portcullis login` sees OIDC in
+/// `/v1/auth/methods`, prints the URL and code, and polls until the user approves.
+#[tokio::test]
+async fn cli_login_uses_the_device_flow_headless() {
+    let s = setup(None).await;
+    let home = tempfile::tempdir().unwrap();
+    let (complete, child) = cli_device_login(&s, home.path(), &[]);
+    let start = DeviceStart { verification_uri_complete: Some(complete), ..placeholder_start(&s.idp) };
+    approve_device(&s.idp, &start, "alice", "alice-password", false).await;
+    let (rest, status, stderr) = finish_cli(child);
     assert!(status.success(), "CLI failed: {rest:?}\n{stderr}");
     assert!(rest.iter().any(|l| l.starts_with("Logged in to") && l.ends_with("as oidc:alice.")), "{rest:?}");
     let principal = scoped_principal("dev-shell", "dev");
     assert!(rest.iter().any(|l| l.contains(&principal)), "{rest:?}");
+}
+
+/// Step-up from a terminal: `portcullis login --fresh` has the IdP ask for the password
+/// although the user's browser is still signed in there (`max_age=0` on the device
+/// authorization), and only that moves the sign-in time; an ordinary device sign-in in
+/// the same browser asks nothing and keeps the old time.
+#[tokio::test]
+async fn login_fresh_asks_the_idp_for_the_password_again() {
+    let s = setup(None).await;
+    let mut browser = Browser::new(Browser::idp_client());
+    let mut sign_in = async |fresh: bool| {
+        let (status, body) = s.server.post_json(None, "/v1/auth/oidc/device", &json!({ "fresh": fresh })).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let start: DeviceStart = serde_json::from_value(body).unwrap();
+        let logins = approve_device_in(&mut browser, &s.idp, &start, "bob", "bob-password", false).await;
+        let DevicePoll::Success(session) = poll_until_done(&s.server, start.handle.expose()).await else {
+            panic!("device sign-in did not succeed")
+        };
+        let (status, me) = s.server.get_json(Some(session.token.expose()), "/v1/auth/whoami").await;
+        assert_eq!(status, StatusCode::OK, "{me}");
+        (logins, me["authenticated_at"].as_u64().unwrap())
+    };
+    let (logins, first) = sign_in(false).await;
+    assert_eq!(logins, 1);
+    assert!(first > 0, "the device flow reports the IdP's auth_time");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(sign_in(false).await, (0, first), "remembered by the IdP: no password, no newer sign-in");
+    let (logins, fresh) = sign_in(true).await;
+    assert_eq!(logins, 1, "a step-up asks for the password");
+    assert!(fresh >= first + 2, "fresh {fresh}, first {first}");
+    let (status, body) = s.server.post_json(None, "/v1/auth/oidc/device", &json!({ "fresh": "yes" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // The CLI's flag is that request: with the browser still signed in at the IdP, the
+    // IdP asks for the password again (once the last sign-in is over a second old).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let home = tempfile::tempdir().unwrap();
+    let (complete, child) = cli_device_login(&s, home.path(), &["--fresh"]);
+    let start = DeviceStart { verification_uri_complete: Some(complete), ..placeholder_start(&s.idp) };
+    assert_eq!(approve_device_in(&mut browser, &s.idp, &start, "bob", "bob-password", false).await, 1);
+    let (rest, status, stderr) = finish_cli(child);
+    assert!(status.success(), "CLI failed: {rest:?}\n{stderr}");
 }
 
 #[tokio::test]
@@ -289,7 +379,7 @@ async fn code_flow_sets_a_strict_cookie_that_authenticates_and_state_cannot_be_r
     assert!(callback.starts_with(&s.server.endpoint("/v1/auth/oidc/callback")), "{callback}");
 
     let done = ca.get(&callback).await;
-    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert_signed_in_to_the_ui(&done);
     let cookie = done.set_cookies.iter().find(|c| c.starts_with("portcullis_session=")).expect("session cookie");
     for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(cookie.split("; ").any(|a| a == attr), "{attr} missing: {cookie}");
@@ -381,6 +471,47 @@ async fn callbacks_from_another_browser_or_malformed_are_refused() {
     assert!(page.body.contains("too long"), "{}", page.body);
 }
 
+/// Single sign-on as a person does it, in Chromium: the sign-in page offers the button,
+/// the provider asks for the password and consent, and the browser lands on the device
+/// list signed in (the callback hands on to `/ui/`, where the `SameSite=Strict` cookie
+/// is sent). The step-up link makes the provider ask for the password again and moves
+/// the sign-in time; a callback the provider refused shows advice, not the query.
+#[tokio::test]
+async fn a_browser_signs_in_with_single_sign_on() {
+    let s = setup(None).await;
+    let report = run_script(
+        "sso.mjs",
+        &json!({
+            "url": s.server.url,
+            "issuer": s.idp.issuer,
+            "username": "bob",
+            "password": "bob-password",
+            "screenshot": screenshots().join("sign-in-sso.png"),
+        }),
+    );
+    assert!(report.get("error").is_none() && report.get("page_errors").is_none(), "{report:#}\n{}", s.server.log());
+    assert_eq!(report["steps"], json!(["signed_in", "stepped_up", "refused_shown"]), "{report:#}");
+    let ui = format!("{}/ui/", s.server.url);
+    for signed_in in [&report["first"], &report["fresh"]] {
+        assert_eq!(signed_in["url"], ui.as_str(), "{report:#}");
+        assert_eq!(signed_in["shown_as"], "oidc:bob", "{report:#}");
+        assert_eq!(signed_in["me"]["source"], "oidc", "{report:#}");
+    }
+    assert_eq!(report["cookie"], json!({ "httpOnly": true, "secure": true, "sameSite": "Strict" }));
+    assert_eq!(report["first_logins"], 1, "{report:#}");
+    assert_eq!(report["fresh_logins"], 1, "the step-up asks for the password again: {report:#}");
+    assert_eq!(report["fresh_signed_out"], true, "{report:#}");
+    assert!(report["fresh_notice"].as_str().unwrap().contains("recent sign-in"), "{report:#}");
+    let (first, fresh) = (&report["first"]["me"]["authenticated_at"], &report["fresh"]["me"]["authenticated_at"]);
+    assert!(fresh.as_u64().unwrap() > first.as_u64().unwrap(), "the step-up moves the sign-in time: {report:#}");
+    let refused = &report["refused"];
+    assert_eq!(refused["url"], ui.as_str(), "the error code leaves the address bar: {report:#}");
+    let advice = refused["advice"].as_str().unwrap();
+    assert!(advice.contains("Single sign-on did not sign you in") && advice.contains("Start again"), "{advice}");
+    assert!(!advice.contains("555"), "the provider's description is not shown: {advice}");
+    assert_eq!(report["a11y"], json!([]), "axe-core, serious or critical: {report:#}");
+}
+
 /// Step-up through single sign-on (issue 20): a session's sign-in time is the IdP's
 /// `auth_time`, so signing in again while the IdP's own session holds (no password asked)
 /// is no fresher than before; `?fresh=1` makes the IdP ask for the password again
@@ -396,7 +527,7 @@ async fn only_a_fresh_sign_in_at_the_idp_counts_as_recent() {
         let page = idp_browser.get(&to_idp).await;
         let (back, logins) = through_idp(&mut idp_browser, &s.idp, page, "bob", "bob-password").await;
         let done = ca.get(&back.location.expect("the IdP redirects back to the CA")).await;
-        assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+        assert_signed_in_to_the_ui(&done);
         let (status, me) = s.server.get_json(Some(&session_of(&done)), "/v1/auth/whoami").await;
         assert_eq!(status, StatusCode::OK, "{me}");
         (to_idp, logins, me["authenticated_at"].as_u64().unwrap())
@@ -548,7 +679,7 @@ async fn sign_ins_in_progress_are_shared_by_replicas_on_postgres() {
     let mut on_b = pinned_browser(&b.pin);
     on_b.cookies = on_a.cookies.clone();
     let done = on_b.get(&back.replace(&callback_base, &b.url)).await;
-    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert_signed_in_to_the_ui(&done);
     assert!(done.set_cookies.iter().any(|c| c.starts_with("portcullis_session=")), "{:?}", done.set_cookies);
     let replay = on_a.get(&back.replace(&callback_base, &a.url)).await;
     assert_eq!(replay.status, StatusCode::UNAUTHORIZED, "{}", replay.body);
@@ -621,7 +752,7 @@ async fn single_sign_on_returns_each_browser_to_the_bastion_it_started_at() {
     // Door 1's sign-in finishes at door 1.
     let (mut first, callback) = pending.remove(0);
     let done = first.get(&callback).await;
-    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert_signed_in_to_the_ui(&done);
     assert!(done.set_cookies.iter().any(|c| c.starts_with("portcullis_session=")), "{:?}", done.set_cookies);
     // Door 2's callback taken to door 1 (even with door 2's binding cookie) signs nobody
     // in: the code was issued for door 2's callback.

@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use portcullis_proto::oidc::{AuthMethods, DevicePoll, DevicePollRequest, DeviceStart};
+use portcullis_proto::oidc::{AuthMethods, DevicePoll, DevicePollRequest, DeviceStart, DeviceStartRequest};
 use std::sync::Arc;
 
 /// The API session cookie: the same server-side session as a bearer token.
@@ -27,9 +27,13 @@ pub async fn methods(State(ca): Ca_) -> Json<AuthMethods> {
     Json(ca.auth_methods())
 }
 
-#[utoipa::path(post, path = "/v1/auth/oidc/device", tag = "auth", responses((status = 200, body = DeviceStart)))]
-pub async fn device_start(State(ca): Ca_, ClientIp(ip): ClientIp) -> Result<Json<DeviceStart>, CaError> {
-    Ok(Json(ca.oidc_device_start(&ip).await?))
+#[utoipa::path(post, path = "/v1/auth/oidc/device", tag = "auth", request_body = DeviceStartRequest, responses((status = 200, body = DeviceStart)))]
+pub async fn device_start(
+    State(ca): Ca_,
+    ClientIp(ip): ClientIp,
+    Body(body): Body<DeviceStartRequest>,
+) -> Result<Json<DeviceStart>, CaError> {
+    Ok(Json(ca.oidc_device_start(&ip, body.fresh).await?))
 }
 
 #[utoipa::path(post, path = "/v1/auth/oidc/device/poll", tag = "auth", request_body = DevicePollRequest, responses((status = 200, body = DevicePoll)))]
@@ -68,17 +72,14 @@ pub async fn browser_login(
         Some(_) => return Err(CaError::BadRequest("fresh is 1 or 0".into())),
     };
     let login = ca.oidc_browser_start(&ip, host.as_deref(), fresh).await?;
-    let mut response = StatusCode::SEE_OTHER.into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::LOCATION, header_value(login.redirect_to)?);
-    headers.insert(
+    let mut response = see_other(&login.redirect_to)?;
+    response.headers_mut().insert(
         header::SET_COOKIE,
         header_value(format!(
             "{BINDING_COOKIE}={}; Path={CALLBACK_PATH}; Max-Age=600; Secure; HttpOnly; SameSite=Lax",
             login.binding
         ))?,
     );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 
@@ -117,7 +118,14 @@ pub fn parse_callback(query: Option<&str>) -> Result<Callback, CaError> {
     }
 }
 
-#[utoipa::path(get, path = "/v1/auth/oidc/callback", tag = "auth", responses((status = 200, description = "see the description")))]
+/// The IdP's redirect back. Signed in, the browser goes on to the web UI (`303` to
+/// `/ui/`): the session cookie is `SameSite=Strict`, so it is not sent on this
+/// cross-site redirect chain, but the page's own requests are same-site and carry it.
+/// A refused callback answers with its status and message, except to a browser
+/// navigating (`Accept: text/html`), which is sent to the sign-in page with the error's
+/// code only (`/ui/?sso_error=CODE`): the page words the advice itself, so nothing the
+/// IdP or an attacker put in the query is reflected.
+#[utoipa::path(get, path = "/v1/auth/oidc/callback", tag = "auth", responses((status = 303, description = "signed in: on to the web UI")))]
 pub async fn browser_callback(
     State(ca): Ca_,
     ClientIp(ip): ClientIp,
@@ -125,27 +133,37 @@ pub async fn browser_callback(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, CaError> {
-    let callback = parse_callback(query.as_deref())?;
-    let binding = cookie(&headers, BINDING_COOKIE);
-    let session = ca.oidc_browser_callback(callback, binding.as_deref(), &ip, host.as_deref()).await?;
+    let signed_in = async {
+        let callback = parse_callback(query.as_deref())?;
+        let binding = cookie(&headers, BINDING_COOKIE);
+        ca.oidc_browser_callback(callback, binding.as_deref(), &ip, host.as_deref()).await
+    };
+    let session = match signed_in.await {
+        Ok(session) => session,
+        Err(e) if navigating(&headers) => return see_other(&format!("/ui/?sso_error={}", e.code())),
+        Err(e) => return Err(e),
+    };
     let max_age = session.expires_at.saturating_sub(ca.now());
-    let mut response = (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        // The username passed our alphabet check: nothing here needs escaping.
-        format!(
-            "<!doctype html><title>Portcullis</title><p>Signed in as {}. You can close this window.</p>\n",
-            session.username
-        ),
-    )
-        .into_response();
+    let mut response = see_other("/ui/")?;
     let headers = response.headers_mut();
     headers.append(header::SET_COOKIE, session_cookie(session.token.expose(), max_age)?);
     headers.append(
         header::SET_COOKIE,
         header_value(format!("{BINDING_COOKIE}=; Path={CALLBACK_PATH}; Max-Age=0; Secure; HttpOnly; SameSite=Lax"))?,
     );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// A browser's top-level navigation (it asks for a page), not an API client.
+fn navigating(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// `303 See Other` to `location`, never cached.
+fn see_other(location: &str) -> Result<Response, CaError> {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    response.headers_mut().insert(header::LOCATION, header_value(location.to_owned())?);
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 

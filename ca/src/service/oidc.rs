@@ -19,8 +19,11 @@ use portcullis_proto::oidc::{AuthMethods, DevicePoll, DeviceStart, OidcMethods};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-/// The `max_age` of an ordinary browser sign-in: long, only so the IdP reports `auth_time`.
-const MAX_AGE_SECS: &str = "2592000";
+/// The `max_age` of an ordinary sign-in: long, only so the IdP reports `auth_time`
+/// (OpenID Connect Core §3.1.2.1); `0` for a step-up, which makes the IdP ask again.
+fn max_age(fresh: bool) -> &'static str {
+    if fresh { "0" } else { "2592000" }
+}
 
 /// A browser sign-in must come back from the IdP within this many seconds.
 const LOGIN_TTL: u64 = 600;
@@ -155,7 +158,9 @@ impl Ca {
 
     /// Starts the device authorization grant at the IdP. The device code stays here; the
     /// CLI gets a handle of our own.
-    pub async fn oidc_device_start(&self, client_ip: &str) -> Result<DeviceStart, CaError> {
+    /// `fresh`: the user must sign in at the IdP again (`max_age=0`), to step up for a
+    /// `fresh_auth_within` rule.
+    pub async fn oidc_device_start(&self, client_ip: &str, fresh: bool) -> Result<DeviceStart, CaError> {
         let oidc = self.oidc()?;
         self.oidc_rate_limit(client_ip).await?;
         let _turn = self.idp_turn().await?;
@@ -167,7 +172,11 @@ impl Ca {
         if provider.device_authorization_endpoint.is_none() {
             return Err(CaError::SignInFailed("the identity provider does not offer the device flow".into()));
         }
-        let auth = match oidc.device_authorize(&provider).await {
+        // A step-up asks `max_age=1`, not `0`: providers may read `0` as `prompt=login`,
+        // which the device flow does not carry (oidc-provider drops it), so the user
+        // would not be asked again. The CA checks `auth_time` itself either way.
+        let max_age = if fresh { "1" } else { max_age(false) };
+        let auth = match oidc.device_authorize(&provider, max_age).await {
             Ok(a) => a,
             Err(e) => return Err(self.idp_failure(client_ip, e).await),
         };
@@ -282,7 +291,7 @@ impl Ca {
             .append_pair("code_challenge_method", "S256")
             // `max_age` makes the IdP send `auth_time` (OpenID Connect Core §3.1.2.1), which
             // step-up rules go by; a month never asks for more than the IdP would.
-            .append_pair("max_age", if fresh { "0" } else { MAX_AGE_SECS });
+            .append_pair("max_age", max_age(fresh));
         if fresh {
             url.query_pairs_mut().append_pair("prompt", "login");
         }

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{AuthMethod, HostKeyPolicy, IdleCounts, Provider, Purpose};
+use crate::model::{AuthMethod, HostKeyPolicy, IdleCounts, OverLimit, Provider, Purpose};
 
 type S = Spanned<String>;
 
@@ -83,6 +83,11 @@ pub(super) struct RawRule {
     pub idle_counts: IdleCounts,
     /// Step-up: a sign-in at most this old (`10m`), for `ssh_login`/`console_access`.
     pub fresh_auth_within: Option<S>,
+    /// Session recording, for `ssh_login`/`console_access`.
+    pub record: Option<Spanned<bool>>,
+    pub record_input: Option<Spanned<bool>>,
+    pub record_max_mib: Option<Spanned<u64>>,
+    pub record_over_limit: Option<Spanned<OverLimit>>,
     // Credential rules only (purpose `inventory_enrichment` with an API token).
     pub provider: Option<Spanned<Provider>>,
     pub auth_method: Option<Spanned<AuthMethod>>,

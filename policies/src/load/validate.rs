@@ -12,8 +12,8 @@ use super::fields::{
 use super::raw::{RawDeny, RawRole, RawRule};
 use super::{Errors, File};
 use crate::model::{
-    AuthMethod, Credential, DEFAULT_PROXMOX_API_PORT, DenyStatement, Provider, Purpose, Role, Rule, SECRET_NAME_RULE,
-    Scope, valid_secret_name,
+    AuthMethod, Credential, DEFAULT_PROXMOX_API_PORT, DenyStatement, Provider, Purpose, Recording, Role, Rule,
+    SECRET_NAME_RULE, Scope, valid_secret_name,
 };
 use crate::permission::Permission;
 
@@ -109,6 +109,7 @@ pub(super) fn rule(f: &File<'_>, errs: &mut Errors, raw: RawRule) -> Option<Rule
     let name = item_name(f, errs, &raw.name, "rule");
     let targets = targets(f, errs, &raw.targets);
     let credential = credential(f, errs, &raw);
+    let recording = recording(f, errs, &raw);
     if let (Some(_), Some(ports)) = (&credential, &raw.allowed_ports) {
         errs.at(f, ports.span().start, "`allowed_ports` is for SSH rules; a credential rule names its `api_port`");
     }
@@ -162,7 +163,41 @@ pub(super) fn rule(f: &File<'_>, errs: &mut Errors, raw: RawRule) -> Option<Rule
         allowed_ports,
         idle_counts: raw.idle_counts,
         fresh_auth_within,
+        recording,
         credential,
+    })
+}
+
+/// The recording part of a rule: `record = true` turns it on (only on rules whose
+/// sessions have a terminal: `ssh_login`, `console_access`); the other `record_*` keys
+/// need it, so a `record_input = true` on a rule that records nothing is an error, not a
+/// silent no-op.
+fn recording(f: &File<'_>, errs: &mut Errors, raw: &RawRule) -> Option<Recording> {
+    let on = raw.record.as_ref().is_some_and(|r| *r.get_ref());
+    if let Some(r) = raw.record.as_ref().filter(|_| on)
+        && !matches!(raw.purpose, Purpose::SshLogin | Purpose::ConsoleAccess)
+    {
+        errs.at(f, r.span().start, "`record` is for `ssh_login` and `console_access` rules");
+    }
+    let extras = [
+        raw.record_input.as_ref().map(|v| v.span().start),
+        raw.record_max_mib.as_ref().map(|v| v.span().start),
+        raw.record_over_limit.as_ref().map(|v| v.span().start),
+    ];
+    if !on {
+        if let Some(at) = extras.into_iter().flatten().next() {
+            errs.at(f, at, "`record_input`, `record_max_mib` and `record_over_limit` need `record = true`");
+        }
+        return None;
+    }
+    let mib = raw.record_max_mib.as_ref().map_or(Recording::DEFAULT_MAX_MIB, |m| *m.get_ref());
+    if let Some(m) = raw.record_max_mib.as_ref().filter(|_| !(1..=Recording::MAX_MIB).contains(&mib)) {
+        errs.at(f, m.span().start, format!("`record_max_mib` must be between 1 and {}", Recording::MAX_MIB));
+    }
+    Some(Recording {
+        input: raw.record_input.as_ref().is_some_and(|i| *i.get_ref()),
+        max_bytes: mib.saturating_mul(1024 * 1024),
+        over_limit: raw.record_over_limit.as_ref().map(|o| *o.get_ref()).unwrap_or_default(),
     })
 }
 

@@ -235,10 +235,16 @@ impl Oidc {
         }
     }
 
-    pub(crate) async fn device_authorize(&self, provider: &Provider) -> Result<DeviceAuthorization, TokenError> {
+    /// `max_age`: as in an authorization request, so the ID token reports `auth_time`.
+    pub(crate) async fn device_authorize(
+        &self,
+        provider: &Provider,
+        max_age: &str,
+    ) -> Result<DeviceAuthorization, TokenError> {
         let url = provider.device_authorization_endpoint.as_ref().ok_or(TokenError::BadResponse)?;
         let scope = self.scopes.join(" ");
-        let body = self.post_form(url, &[("client_id", self.client_id.as_str()), ("scope", &scope)]).await?;
+        let form = [("client_id", self.client_id.as_str()), ("scope", &scope), ("max_age", max_age)];
+        let body = self.post_form(url, &form).await?;
         let auth: DeviceAuthorization = serde_json::from_slice(&body).map_err(|_| TokenError::BadResponse)?;
         // These are shown to the user and opened in a browser: the verification URI must
         // be a web URL and the user code short and printable.

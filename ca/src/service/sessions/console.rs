@@ -66,14 +66,36 @@ fn sees_guest(policy: &Policy, who: &Identity, guest: &portcullis_policies::Devi
     !console_roles(policy, who, guest).is_empty()
 }
 
+/// What a device list holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeviceScope {
+    /// The devices the caller may open a console to, and the guests a console role of
+    /// theirs reaches (the console user's list).
+    Consoles,
+    /// Every node and guest, each saying why the caller opens no console there when they
+    /// cannot: for holders of [`proof::InventoryRead`](portcullis_policies::proof::InventoryRead),
+    /// whose details pages cover the whole inventory.
+    Inventory,
+}
+
+/// What a node's row says when the caller may read it but opens no console there.
+const NO_CONSOLE_ROLE: &str = "no console role of yours reaches this device";
+const NO_CONSOLE_RULE: &str = "no console_access rule covers this device, or no agent reaches it";
+
 impl Ca {
     /// `GET /v1/console/devices`: the devices the caller may open a console to, with the
     /// logins a console may use there (and PVE's cluster and status for a linked host),
     /// then the Proxmox VE guests a console role of theirs reaches, listed without a console.
     pub async fn console_devices(&self, caller: &Caller) -> Result<Vec<ConsoleDevice>, CaError> {
+        self.device_list(caller, DeviceScope::Consoles).await
+    }
+
+    /// The device list in `scope` (the caller must hold what `scope` needs).
+    pub(crate) async fn device_list(&self, caller: &Caller, scope: DeviceScope) -> Result<Vec<ConsoleDevice>, CaError> {
         let policy = self.policy();
         let who = &caller.identity;
-        if policy.holds(who, Permission::DevicesConsoleOpen).is_err() {
+        let inventory = scope == DeviceScope::Inventory;
+        if !inventory && policy.holds(who, Permission::DevicesConsoleOpen).is_err() {
             return Ok(Vec::new());
         }
         let mut hardware = self.hardware_facts().await?;
@@ -95,13 +117,14 @@ impl Ca {
         let mut out = Vec::new();
         for node in nodes {
             let device = policy_device(&node, self.default_agent.as_deref());
-            if device.agent.is_none() || policy.match_rule(Purpose::ConsoleAccess, &device).is_err() {
-                continue;
-            }
-            let logins = console_logins(&policy, who, &device);
-            if logins.is_empty() {
-                continue;
-            }
+            let covered = device.agent.is_some() && policy.match_rule(Purpose::ConsoleAccess, &device).is_ok();
+            let logins = if covered { console_logins(&policy, who, &device) } else { Default::default() };
+            let console_unavailable = match (covered, logins.is_empty()) {
+                (true, false) => None,
+                _ if !inventory => continue,
+                (false, _) => Some(NO_CONSOLE_RULE.to_owned()),
+                (true, true) => Some(NO_CONSOLE_ROLE.to_owned()),
+            };
             let (cluster, status) = pve_of.remove(&node.name).unzip();
             let seen = last_seen.remove(&node.name);
             out.push(ConsoleDevice {
@@ -116,11 +139,11 @@ impl Ca {
                 cluster,
                 status,
                 guest: None,
-                console_unavailable: None,
+                console_unavailable,
             });
         }
         for (guest, device) in self.guest_devices().await? {
-            if !sees_guest(&policy, who, &device) {
+            if !inventory && !sees_guest(&policy, who, &device) {
                 continue;
             }
             let parent = parent_of.get(&(guest.agent, guest.cluster.clone(), guest.node.clone())).cloned();

@@ -3,7 +3,9 @@
 //! Guarantees:
 //! - Details exist only for a device the caller's own device list holds (the same
 //!   decision as `GET /v1/console/devices`); any other name, known or not, is the same
-//!   404, so the page cannot be used to probe the inventory.
+//!   404, so the page cannot be used to probe the inventory. Those who may read the
+//!   inventory (`nodes.manage`/`audit.read`) see every device's page, each saying why
+//!   they open no console where they cannot.
 //! - What others may do is shown only to those who may read the policy: a console user
 //!   sees their own roles; `policy.manage`/`audit.read` see every role targeting the
 //!   device and who holds it.
@@ -11,6 +13,7 @@
 //!   (`audit.read`/`sessions.kill`, as `GET /v1/admin/sessions`).
 
 use super::admission::policy_device;
+use super::console::DeviceScope;
 use crate::error::CaError;
 use crate::service::admin::AuditFilter;
 use crate::service::{Ca, Caller};
@@ -27,10 +30,14 @@ const RECENT_CLOSED: u32 = 20;
 impl Ca {
     /// `GET /v1/console/devices/{name}`.
     pub async fn device_details(&self, caller: &Caller, name: &str) -> Result<DeviceDetails, CaError> {
-        let listed = self.console_devices(caller).await?.into_iter().find(|d| d.name == name);
-        let device = listed.ok_or(CaError::NotFound("device"))?;
         let policy = self.policy();
         let who = &caller.identity;
+        let scope = match policy.authorize::<proof::InventoryRead>(who) {
+            Ok(_) => DeviceScope::Inventory,
+            Err(_) => DeviceScope::Consoles,
+        };
+        let listed = self.device_list(caller, scope).await?.into_iter().find(|d| d.name == name);
+        let device = listed.ok_or(CaError::NotFound("device"))?;
         let (node, as_policy_sees_it) = match device.guest {
             None => {
                 let node = self.store.node(name).await?.ok_or(CaError::NotFound("device"))?;
