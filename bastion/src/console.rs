@@ -28,6 +28,7 @@ use russh::{ChannelMsg, client};
 
 use crate::Bastion;
 use crate::broker::{Admitted, new_session_id};
+use crate::recording::Recorder;
 use crate::sessions::{LiveSession, within_close_grace};
 use crate::shared::Shared;
 use crate::terminated::{log_in_onward, session_key};
@@ -168,8 +169,12 @@ async fn run(shared: Arc<Shared>, mut socket: WebSocket, peer: SocketAddr, brows
         Ok(onward) => onward,
         Err(refusal) => return close_with(&mut socket, &refusal.code, &refusal.message).await,
     };
-    let reason = relay(&onward.admitted, &mut socket, onward.channel, onward.link).await;
+    let recorder = Recorder::start(&shared.control, &onward.admitted.live, onward.admitted.grant.recording);
+    let reason = relay(&onward.admitted, &mut socket, onward.channel, onward.link, recorder.as_ref()).await;
     drop(onward.session);
+    if let Some(recorder) = recorder {
+        recorder.finish().await;
+    }
     // The lease is released whatever the browser does; the goodbye gets a deadline, since
     // a browser that stopped reading would hold this task (and the socket) forever.
     let goodbye = within_close_grace(close_with(&mut socket, reason.as_str(), reason.message()));
@@ -185,10 +190,11 @@ async fn relay(
     socket: &mut WebSocket,
     onward: russh::Channel<client::Msg>,
     link: crate::agent_hub::LinkWatch,
+    recorder: Option<&Recorder>,
 ) -> CloseReason {
     let live = &admitted.live;
     let closes_in = live.ends_in(&admitted.limits).map(|d| d.as_secs());
-    live.relay(admitted.limits, pump(live, closes_in, socket, onward, link)).await
+    live.relay(admitted.limits, pump(live, closes_in, socket, onward, link, recorder)).await
 }
 
 async fn pump(
@@ -197,6 +203,7 @@ async fn pump(
     socket: &mut WebSocket,
     onward: russh::Channel<client::Msg>,
     link: crate::agent_hub::LinkWatch,
+    recorder: Option<&Recorder>,
 ) -> CloseReason {
     let (mut from_node, to_node) = onward.split();
     let (cols, rows) = first_size(socket).await.unwrap_or((80, 24));
@@ -207,7 +214,15 @@ async fn pump(
     if !started {
         return CloseReason::TargetDisconnect;
     }
-    let connected = ConsoleControl::Connected { session_id: live.id.clone(), device: live.device.clone(), closes_in };
+    if let Some(r) = recorder {
+        r.resize(cols, rows).await;
+    }
+    let connected = ConsoleControl::Connected {
+        session_id: live.id.clone(),
+        device: live.device.clone(),
+        closes_in,
+        recorded: recorder.is_some(),
+    };
     if !send_control(socket, &connected).await {
         return CloseReason::BrowserDisconnect;
     }
@@ -227,6 +242,9 @@ async fn pump(
             frame = socket.recv() => match frame {
                 Some(Ok(Message::Binary(data))) => {
                     live.client_input(data.len());
+                    if let Some(r) = recorder {
+                        r.input(&data).await;
+                    }
                     if to_node.data_bytes(data).await.is_err() {
                         return CloseReason::TargetDisconnect;
                     }
@@ -234,7 +252,11 @@ async fn pump(
                 Some(Ok(Message::Text(text))) => {
                     if let Ok(ConsoleControl::Resize { cols, rows }) = serde_json::from_str(&text) {
                         live.touch();
-                        let _ = to_node.window_change(cols.clamp(1, MAX_COLS_ROWS), rows.clamp(1, MAX_COLS_ROWS), 0, 0).await;
+                        let (cols, rows) = (cols.clamp(1, MAX_COLS_ROWS), rows.clamp(1, MAX_COLS_ROWS));
+                        if let Some(r) = recorder {
+                            r.resize(cols, rows).await;
+                        }
+                        let _ = to_node.window_change(cols, rows, 0, 0).await;
                     }
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -258,7 +280,11 @@ async fn pump(
                         }
                     }
                     live.client_output(out.len());
-                    if socket.send(Message::Binary(out.freeze())).await.is_err() {
+                    let out = out.freeze();
+                    if let Some(r) = recorder {
+                        r.output(&out).await;
+                    }
+                    if socket.send(Message::Binary(out)).await.is_err() {
                         return CloseReason::BrowserDisconnect;
                     }
                 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use portcullis_proto::ApiError;
 use portcullis_proto::bastion::*;
 use portcullis_proto::console::{FORWARDED_BY_HEADER, FORWARDED_FOR_HEADER, FORWARDED_HOST_HEADER};
+use portcullis_proto::recording::RecordingChunk;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -275,6 +276,11 @@ impl ControlPlane {
         self.post_no_answer("/v1/bastion/events", &BastionEventsRequest { events }).await
     }
 
+    /// Hands over the next chunk of a session's recording.
+    pub async fn recording_chunk(&self, session_id: &str, chunk: &RecordingChunk) -> Result<(), ControlError> {
+        self.send("/v1/bastion/recordings/", session_id, reqwest::Method::POST, Some(chunk)).await.map(drop)
+    }
+
     pub async fn renew_certificate(&self) -> Result<ServiceCertificateResponse, ControlError> {
         self.post("/v1/services/certificate", &serde_json::json!({})).await
     }
@@ -357,23 +363,25 @@ impl ControlPlane {
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &'static str, body: &B) -> Result<T, ControlError> {
-        let bytes = self.send(path, reqwest::Method::POST, Some(body)).await?;
+        let bytes = self.send(path, "", reqwest::Method::POST, Some(body)).await?;
         read_answer(path, &bytes)
     }
 
     async fn post_no_answer<B: Serialize>(&self, path: &'static str, body: &B) -> Result<(), ControlError> {
-        self.send(path, reqwest::Method::POST, Some(body)).await.map(drop)
+        self.send(path, "", reqwest::Method::POST, Some(body)).await.map(drop)
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &'static str) -> Result<T, ControlError> {
-        let bytes = self.send(path, reqwest::Method::GET, None::<&()>).await?;
+        let bytes = self.send(path, "", reqwest::Method::GET, None::<&()>).await?;
         read_answer(path, &bytes)
     }
 
-    /// One call, to the replicas in turn (see [`CaReplicas`]).
+    /// One call to `path` + `tail` (a name in the path, e.g. a session id; errors name
+    /// `path` only), to the replicas in turn (see [`CaReplicas`]).
     async fn send<B: Serialize>(
         &self,
         path: &'static str,
+        tail: &str,
         method: reqwest::Method,
         body: Option<&B>,
     ) -> Result<Vec<u8>, ControlError> {
@@ -387,7 +395,7 @@ impl ControlPlane {
             };
         self.replicas
             .call(|base| {
-                let mut request = self.client.request(method.clone(), format!("{base}{path}"));
+                let mut request = self.client.request(method.clone(), format!("{base}{path}{tail}"));
                 if let Some(body) = &body {
                     request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone());
                 }

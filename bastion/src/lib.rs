@@ -34,6 +34,7 @@ mod listen;
 mod login;
 pub mod metrics;
 mod pve;
+mod recording;
 mod run_limit;
 mod server;
 mod sessions;

@@ -29,6 +29,7 @@ use crate::broker::{Admitted, Reached, Refusal, new_session_id};
 use crate::events::escape_for_log;
 use crate::host_keys::{HostKeyChecker, HostKeys};
 use crate::jump::ADMINISTRATIVELY_PROHIBITED;
+use crate::recording::{ANNOUNCEMENT, Recorder};
 use crate::sessions::within_close_grace;
 use crate::shared::Shared;
 
@@ -81,8 +82,12 @@ pub(crate) async fn run(
         Err(refusal) => return refuse(reply, refusal).await,
     };
     reply.accept().await;
-    let reason = proxy(&onward.admitted, client, onward.channel, onward.link, &handle).await;
+    let recorder = Recorder::start(&shared.control, &onward.admitted.live, onward.admitted.grant.recording);
+    let reason = proxy(&onward.admitted, client, onward.channel, onward.link, &handle, recorder.as_ref()).await;
     drop(onward.session);
+    if let Some(recorder) = recorder {
+        recorder.finish().await;
+    }
     shared.finish(onward.admitted, reason).await;
 }
 
@@ -192,10 +197,15 @@ async fn proxy(
     onward: Channel<client::Msg>,
     link: LinkWatch,
     handle: &russh::server::Handle,
+    recorder: Option<&Recorder>,
 ) -> CloseReason {
     let live = &admitted.live;
     let client_id = client.id();
     let (mut from_client, to_client) = client.split();
+    if recorder.is_some() {
+        let line = format!("{ANNOUNCEMENT}\r\n");
+        within_close_grace(to_client.extended_data_bytes(1, bytes::Bytes::from(line.into_bytes()))).await;
+    }
     let (mut from_node, to_node) = onward.split();
     // How many forwarded requests await the node's answer: answers come back in order
     // and are relayed to the user's channel (unsolicited ones are dropped).
@@ -208,6 +218,9 @@ async fn proxy(
             let sent = match msg {
                 ChannelMsg::Data { data } => {
                     live.client_input(data.len());
+                    if let Some(r) = recorder {
+                        r.input(&data).await;
+                    }
                     to_node.data_bytes(data).await
                 }
                 ChannelMsg::Eof => to_node.eof().await,
@@ -217,6 +230,9 @@ async fn proxy(
                 } => {
                     live.touch();
                     expect_reply();
+                    if let Some(r) = recorder {
+                        r.resize(col_width, row_height).await;
+                    }
                     to_node
                         .request_pty(true, &term, col_width, row_height, pix_width, pix_height, &terminal_modes)
                         .await
@@ -242,6 +258,9 @@ async fn proxy(
                 }
                 ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
                     live.touch();
+                    if let Some(r) = recorder {
+                        r.resize(col_width, row_height).await;
+                    }
                     to_node.window_change(col_width, row_height, pix_width, pix_height).await
                 }
                 ChannelMsg::Signal { signal } => {
@@ -270,10 +289,16 @@ async fn proxy(
             let sent = match msg {
                 ChannelMsg::Data { data } => {
                     live.client_output(data.len());
+                    if let Some(r) = recorder {
+                        r.output(&data).await;
+                    }
                     to_client.data_bytes(data).await.map_err(drop)
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
                     live.client_output(data.len());
+                    if let Some(r) = recorder {
+                        r.output(&data).await;
+                    }
                     to_client.extended_data_bytes(ext, data).await.map_err(drop)
                 }
                 ChannelMsg::Eof => to_client.eof().await.map_err(drop),

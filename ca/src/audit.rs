@@ -232,6 +232,9 @@ pub enum AuditEvent {
         /// The rule asked for a recent sign-in (step-up): how old the user's was.
         #[serde(skip_serializing_if = "Option::is_none")]
         auth_age_secs: Option<u64>,
+        /// The rule records the session (its recording is listed under this session id).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        recorded: bool,
     },
     /// The CA refused to open a session (`reason`: a `deny_reason` code).
     SessionDenied {
@@ -267,6 +270,32 @@ pub enum AuditEvent {
         /// Unix seconds: the CA's open decision, and this record.
         started_at: u64,
         ended_at: u64,
+    },
+    /// A session recording was played back or exported (`recordings.read`).
+    RecordingPlayed {
+        actor: String,
+        session_id: String,
+        user: String,
+        device: String,
+    },
+    /// A recording reached its rule's size limit: the rest of the session is not in it.
+    RecordingTruncated {
+        session_id: String,
+        user: String,
+        device: String,
+        bytes: u64,
+    },
+    /// A bastion's recording chunk was refused (not its session, not recorded, over the
+    /// limit, malformed).
+    RecordingRefused {
+        bastion: String,
+        session_id: String,
+        reason: &'static str,
+    },
+    /// Recordings older than the retention period were deleted.
+    RecordingsExpired {
+        count: u64,
+        retention_secs: u64,
     },
     SessionKillRequested {
         actor: String,
@@ -520,6 +549,10 @@ impl AuditEvent {
             AuditEvent::SessionDenied { .. } => "session_denied",
             AuditEvent::SessionClosed { .. } => "session_closed",
             AuditEvent::SessionKillRequested { .. } => "session_kill_requested",
+            AuditEvent::RecordingPlayed { .. } => "recording_played",
+            AuditEvent::RecordingTruncated { .. } => "recording_truncated",
+            AuditEvent::RecordingRefused { .. } => "recording_refused",
+            AuditEvent::RecordingsExpired { .. } => "recordings_expired",
             AuditEvent::BastionAuthRefused { .. } => "bastion_auth_refused",
             AuditEvent::BrokerConnected { .. } => "broker_connected",
             AuditEvent::BrokerFailed { .. } => "broker_failed",
@@ -575,6 +608,7 @@ pub fn failure_phase(reason: &str) -> &'static str {
         "host_key_mismatch" => "host_key",
         "onward_auth_failed" => "onward_login",
         "unsupported_mode" => "console_mode",
+        "recording_needs_terminated_mode" => "recording",
         _ => "admission",
     }
 }

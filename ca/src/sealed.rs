@@ -70,6 +70,57 @@ pub fn open(passphrase: &SecretString, name: &str, kind: &str, sealed: &str) -> 
     Ok(SecretString::from(text.to_owned()))
 }
 
+/// The sealing key of one session recording: argon2id of the CA passphrase with the
+/// recording's own random salt (derived once per recording, then cached by the CA). Each
+/// chunk is AES-256-GCM with a random nonce and the session id and chunk number as
+/// associated data, so a chunk moved to another place in this or another recording does
+/// not open. Sealed form: `v1.<nonce>.<ciphertext>` (base64url).
+pub struct RecordingSeal {
+    cipher: Aes256Gcm,
+}
+
+impl RecordingSeal {
+    /// A fresh salt for a new recording (base64url).
+    pub fn new_salt() -> String {
+        B64.encode(portcullis_sshcert::random_bytes::<SALT_LEN>())
+    }
+
+    pub fn derive(passphrase: &SecretString, salt: &str) -> Result<RecordingSeal, CaError> {
+        let salt =
+            B64.decode(salt).ok().filter(|s| s.len() == SALT_LEN).ok_or(CaError::Internal("recording salt".into()))?;
+        Ok(RecordingSeal { cipher: cipher(passphrase, &salt)? })
+    }
+
+    fn aad(session_id: &str, seq: u64) -> Vec<u8> {
+        format!("portcullis-recording-v1\0{session_id}\0{seq}").into_bytes()
+    }
+
+    pub fn seal(&self, session_id: &str, seq: u64, plain: &str) -> Result<String, CaError> {
+        let nonce = portcullis_sshcert::random_bytes::<NONCE_LEN>();
+        let aad = Self::aad(session_id, seq);
+        let sealed = (self.cipher)
+            .encrypt(&Nonce::from(nonce), Payload { msg: plain.as_bytes(), aad: &aad })
+            .map_err(|_| CaError::Internal("recording encryption".into()))?;
+        Ok(format!("v1.{}.{}", B64.encode(nonce), B64.encode(sealed)))
+    }
+
+    /// A wrong passphrase, a tampered or moved chunk: one error, naming none of it.
+    pub fn open(&self, session_id: &str, seq: u64, sealed: &str) -> Result<String, CaError> {
+        let refused = || CaError::Config(format!("recording {session_id} does not decrypt with the CA passphrase"));
+        let mut parts = sealed.split('.');
+        let (Some("v1"), Some(nonce), Some(body), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(refused());
+        };
+        let (Ok(nonce), Ok(body)) = (B64.decode(nonce), B64.decode(body)) else { return Err(refused()) };
+        let nonce = <[u8; NONCE_LEN]>::try_from(nonce.as_slice()).map_err(|_| refused())?;
+        let aad = Self::aad(session_id, seq);
+        let plain =
+            (self.cipher).decrypt(&Nonce::from(nonce), Payload { msg: &body, aad: &aad }).map_err(|_| refused())?;
+        String::from_utf8(plain).map_err(|_| refused())
+    }
+}
+
 /// 16 hex digits identifying a value without revealing it: a SHA-256 keyed by the name,
 /// so equal values under two names do not look equal, and a rotation changes it. (The
 /// values it is used for are random tokens; it is no oracle for a guessable password.)
@@ -89,6 +140,24 @@ mod tests {
 
     fn pass(s: &str) -> SecretString {
         SecretString::from(s.to_owned())
+    }
+
+    #[test]
+    fn recording_chunks_open_only_in_their_place_and_with_the_passphrase() {
+        let salt = RecordingSeal::new_salt();
+        let seal = RecordingSeal::derive(&pass("p1"), &salt).unwrap();
+        let sealed = seal.seal("s1", 3, "[0.5, \"o\", \"secret output\"]\n").unwrap();
+        assert!(!sealed.contains("secret"));
+        assert_eq!(seal.open("s1", 3, &sealed).unwrap(), "[0.5, \"o\", \"secret output\"]\n");
+        assert!(seal.open("s1", 4, &sealed).is_err(), "moved within the recording");
+        assert!(seal.open("s2", 3, &sealed).is_err(), "moved to another recording");
+        assert!(RecordingSeal::derive(&pass("p2"), &salt).unwrap().open("s1", 3, &sealed).is_err());
+        let other_salt = RecordingSeal::derive(&pass("p1"), &RecordingSeal::new_salt()).unwrap();
+        assert!(other_salt.open("s1", 3, &sealed).is_err());
+        let mut tampered = sealed.clone();
+        tampered.push('A');
+        assert!(seal.open("s1", 3, &tampered).is_err());
+        assert!(RecordingSeal::derive(&pass("p1"), "short").is_err());
     }
 
     #[test]

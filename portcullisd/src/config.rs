@@ -30,6 +30,9 @@ pub struct ServerConfig {
     pub max_cert_ttl: Option<std::time::Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     pub session_ttl: Option<std::time::Duration>,
+    /// How long session recordings (rules with `record = true`) are kept (default 30d).
+    #[serde(default, with = "humantime_serde_opt")]
+    pub recording_retention: Option<std::time::Duration>,
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
@@ -252,6 +255,7 @@ impl ServerConfig {
             clock_skew: None,
             max_cert_ttl: None,
             session_ttl: None,
+            recording_retention: None,
             tls_cert: None,
             tls_key: None,
             tls_names,
@@ -353,6 +357,9 @@ impl ServerConfig {
         }
         if let Some(v) = self.session_ttl {
             config.session_ttl = v;
+        }
+        if let Some(v) = self.recording_retention {
+            config.recording_retention = v;
         }
         if let Some(oidc) = self.oidc {
             config.oidc = Some(oidc.into_config()?);

@@ -318,6 +318,10 @@ pub struct SessionGrant {
     pub allow_agent_forwarding: bool,
     pub allow_port_forwarding: bool,
     pub allow_x11_forwarding: bool,
+    /// Terminated/console under a rule with `record = true`: record the session and hand
+    /// the recording to the CA (`POST /v1/bastion/recordings/{session_id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<crate::recording::RecordingGrant>,
 }
 
 fn output_counts_by_default() -> bool {
@@ -353,6 +357,9 @@ pub mod deny_reason {
     /// The rule asks for a recent sign-in (`fresh_auth_within`) and the certificate's
     /// is older: sign in again and get a new certificate.
     pub const FRESH_AUTH_REQUIRED: &str = "fresh_auth_required";
+    /// The rule records sessions, and jump mode (end to end between the user and the
+    /// device) cannot be recorded: connect in terminated mode.
+    pub const RECORDING_NEEDS_TERMINATED: &str = "recording_needs_terminated_mode";
 }
 
 /// One live session in a heartbeat.
@@ -418,6 +425,10 @@ pub enum CloseReason {
     HostKeyMismatch,
     /// The session never started: the device refused the bastion's onward login.
     OnwardLoginFailed,
+    /// The recording reached its size limit, and the rule closes sessions then.
+    RecordingLimit,
+    /// The recording could not be handed to the CA, and the rule closes sessions then.
+    RecordingFailed,
 }
 
 impl CloseReason {
@@ -439,6 +450,8 @@ impl CloseReason {
             CloseReason::TargetUnreachable => "target_unreachable",
             CloseReason::HostKeyMismatch => "host_key_mismatch",
             CloseReason::OnwardLoginFailed => "onward_login_failed",
+            CloseReason::RecordingLimit => "recording_limit",
+            CloseReason::RecordingFailed => "recording_failed",
         }
     }
 
@@ -460,6 +473,8 @@ impl CloseReason {
             CloseReason::TargetUnreachable => "cannot open the session: the device cannot be reached",
             CloseReason::HostKeyMismatch => "cannot open the session: the device's host key is not the one on record",
             CloseReason::OnwardLoginFailed => "cannot open the session: the device refused the login",
+            CloseReason::RecordingLimit => "session closed: the session recording reached its size limit",
+            CloseReason::RecordingFailed => "session closed: the session recording could not be stored",
         }
     }
 }

@@ -321,6 +321,9 @@ pub enum ConsoleControl {
         device: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         closes_in: Option<u64>,
+        /// The rule records this session (shown to the user).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        recorded: bool,
     },
     /// Bastion → browser: the remote command ended with this status.
     Exit { status: u32 },

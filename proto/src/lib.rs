@@ -374,6 +374,7 @@ pub mod oidc;
 pub mod pin;
 pub mod preview;
 pub mod pve;
+pub mod recording;
 pub mod refusals;
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod extract;
 mod handlers;
 mod inventory;
 mod oidc;
+mod recordings;
 mod ui;
 
 use crate::error::CaError;
@@ -116,6 +117,10 @@ fn api_routes() -> OpenApiRouter<Arc<Ca>> {
         // Up to 1000 closes of ~200 bytes each.
         .routes(routes!(bastion::closes).layer(Extension(BodyLimit(BASTION_BODY_BYTES))))
         .routes(routes!(bastion::events).layer(Extension(BodyLimit(BASTION_BODY_BYTES))))
+        // One chunk of terminal text (up to 512 KiB, JSON-escaped).
+        .routes(routes!(recordings::append).layer(Extension(BodyLimit(BASTION_BODY_BYTES))))
+        .routes(routes!(recordings::list))
+        .routes(routes!(recordings::get))
         .routes(routes!(bastion::list_sessions))
         .routes(routes!(bastion::kill_session))
         .routes(routes!(bastion::list_agents))

@@ -11,6 +11,7 @@ mod metrics;
 pub mod permits;
 mod preview;
 mod pve;
+mod recordings;
 use metrics::Counters;
 pub mod oidc;
 mod services;
@@ -83,6 +84,8 @@ pub struct CaConfig {
     pub pve: PveSettings,
     /// The window of unauthenticated refusals counted into one audit summary.
     pub refusal_summary_every: Duration,
+    /// How long session recordings are kept.
+    pub recording_retention: Duration,
 }
 
 impl CaConfig {
@@ -105,12 +108,14 @@ impl CaConfig {
             discovery: DiscoverySettings::default(),
             pve: PveSettings::default(),
             refusal_summary_every: Duration::from_secs(60),
+            recording_retention: recordings::DEFAULT_RETENTION,
         }
     }
 }
 
 pub struct Ca {
     store: Store,
+    recordings: recordings::Recordings,
     clock: Arc<dyn Clock>,
     passphrase: SecretString,
     key_algorithm: KeyAlgorithm,
@@ -228,6 +233,7 @@ impl Ca {
                 .collect(),
             local,
             initial_password_file: Mutex::new(None),
+            recordings: recordings::Recordings::new(config.recording_retention),
             store,
             clock,
             passphrase: config.passphrase,

@@ -177,11 +177,13 @@ impl Ca {
     /// The CA's own timer (every few seconds on each replica): reclaims the leases of
     /// bastions that went quiet even when no bastion heartbeats any more — the only
     /// bastion killed must not leave ghost sessions holding users' caps — writes a
-    /// finished window's refusal summary, and forgets expired OIDC sign-ins in progress.
+    /// finished window's refusal summary, forgets expired OIDC sign-ins in progress, and
+    /// deletes recordings past their retention.
     pub async fn housekeeping(&self) -> Result<(), CaError> {
         self.flush_refusals().await?;
         self.store.purge_oidc_pending(self.now()).await?;
         self.purge_connection_proofs().await?;
+        self.expire_recordings().await?;
         self.sweep_leases(self.now().saturating_sub(LEASE_TTL_SECS)).await
     }
 

@@ -32,9 +32,10 @@ use crate::keys::KeyPurpose;
 use crate::signer::sign_session_cert;
 use crate::store::{self, CertRow, LeaseRow};
 use admission::{Basis, Denial, FORWARDING_EXTENSIONS, admit, denial, host_key_check, policy_device, validate_open};
-use portcullis_policies::{Identity, IdleCounts, node_principal, parse_account};
+use portcullis_policies::{Identity, IdleCounts, OverLimit, node_principal, parse_account};
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::{deny_reason as deny, *};
+use portcullis_proto::recording::RecordingGrant;
 use portcullis_sshcert::parse_user_public_key;
 use ssh_key::Algorithm;
 use std::collections::BTreeSet;
@@ -253,6 +254,16 @@ impl Ca {
             )));
         }
 
+        // A recorded rule: jump mode is end to end and cannot be recorded.
+        let recording = rule.recording();
+        if recording.is_some() && open.mode == SessionMode::Jump {
+            return Ok(Err(denial(
+                deny::RECORDING_NEEDS_TERMINATED,
+                "sessions on this device are recorded, and jump mode cannot be: connect through the bastion \
+                 (ssh LOGIN%DEVICE@BASTION) instead of with -J",
+            )));
+        }
+
         // Terminated and console: the bastion's onward login, for this node and login only.
         let mut session_cert = None;
         if let (Some(login), Some(key_line)) = (open.login, open.session_public_key) {
@@ -352,6 +363,9 @@ impl Ca {
         if let Some((row, _)) = &session_cert {
             store::insert_cert(tx.conn(), row).await?;
         }
+        if let Some(r) = recording {
+            store::insert_recording(tx.conn(), &self.recording_row(&lease, r)).await?;
+        }
         audit::record(
             tx.conn(),
             now,
@@ -376,6 +390,7 @@ impl Ca {
                     Evidence::Certificate { .. } => None,
                 },
                 auth_age_secs: step_up,
+                recorded: recording.is_some(),
             },
         )
         .await?;
@@ -405,6 +420,11 @@ impl Ca {
             allow_agent_forwarding: has("permit-agent-forwarding"),
             allow_port_forwarding: has("permit-port-forwarding"),
             allow_x11_forwarding: has("permit-X11-forwarding"),
+            recording: recording.map(|r| RecordingGrant {
+                input: r.input(),
+                max_bytes: r.max_bytes(),
+                close_at_limit: r.over_limit() == OverLimit::Close,
+            }),
         }))
     }
 

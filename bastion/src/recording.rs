@@ -1,0 +1,314 @@
+//! Session recording, when the rule that admitted a session says `record = true`.
+//!
+//! The relay hands the recorder each chunk of terminal output (and of input when the
+//! rule records it) as the `Bytes` it forwards anyway — a reference count, no copy —
+//! stamped with the time since the session started. A task of its own turns them into
+//! asciicast v2 event lines (UTF-8 decoded across chunk boundaries) and hands them to the
+//! CA in numbered chunks, about once a second or every 128 KiB, the last one marked. The
+//! relay never waits for the CA: it waits only when a full queue of events is not yet
+//! encoded.
+//!
+//! At the rule's size limit the recording stops (and says so in its last chunk); a rule
+//! with `record_over_limit = "close"` closes the session then, and also when the CA
+//! cannot take the recording.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use portcullis_proto::bastion::CloseReason;
+use portcullis_proto::recording::{RecordingChunk, RecordingGrant, TerminalSize};
+use tokio::sync::mpsc;
+
+use crate::control::{ControlError, ControlPlane};
+use crate::sessions::LiveSession;
+
+/// What a user is told when the session starts.
+pub(crate) const ANNOUNCEMENT: &str = "portcullis: this session is recorded";
+/// Events waiting to be encoded; the relay waits when the queue is full.
+const QUEUE: usize = 1024;
+/// A chunk goes to the CA at this much event text, or after [`FLUSH_EVERY`].
+const FLUSH_BYTES: usize = 128 * 1024;
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Terminal bytes per event at most, so one event's JSON stays small (escaping a control
+/// byte takes six).
+const MAX_EVENT_BYTES: usize = 16 * 1024;
+/// How long the end of a session waits for the last chunk to reach the CA.
+const FINISH_WAIT: Duration = Duration::from_secs(10);
+/// Tries per chunk while the CA cannot be reached (its replicas are tried each time).
+const ATTEMPTS: u32 = 4;
+
+enum Event {
+    Output(f64, Bytes),
+    Input(f64, Bytes),
+    Resize(f64, u32, u32),
+    /// The limit was reached: nothing after this is recorded.
+    Truncated,
+}
+
+pub(crate) struct Recorder {
+    started: Instant,
+    grant: RecordingGrant,
+    /// Terminal bytes recorded so far.
+    recorded: AtomicU64,
+    full: AtomicBool,
+    events: mpsc::Sender<Event>,
+    uploader: tokio::task::JoinHandle<()>,
+    live: Arc<LiveSession>,
+}
+
+impl Recorder {
+    /// Starts recording `live`'s session for the CA, when `grant` says so.
+    pub(crate) fn start(
+        control: &Arc<ControlPlane>,
+        live: &Arc<LiveSession>,
+        grant: Option<RecordingGrant>,
+    ) -> Option<Recorder> {
+        let grant = grant?;
+        let (events, queue) = mpsc::channel(QUEUE);
+        let uploader =
+            Uploader { control: Arc::clone(control), live: Arc::clone(live), close_on_failure: grant.close_at_limit };
+        Some(Recorder {
+            started: Instant::now(),
+            grant,
+            recorded: AtomicU64::new(0),
+            full: AtomicBool::new(false),
+            events,
+            uploader: tokio::spawn(uploader.run(queue)),
+            live: Arc::clone(live),
+        })
+    }
+
+    fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Terminal output on its way to the user.
+    pub(crate) async fn output(&self, data: &Bytes) {
+        self.record(data, Event::Output).await;
+    }
+
+    /// The user's keystrokes, when the rule records input.
+    pub(crate) async fn input(&self, data: &Bytes) {
+        if self.grant.input {
+            self.record(data, Event::Input).await;
+        }
+    }
+
+    pub(crate) async fn resize(&self, cols: u32, rows: u32) {
+        if !self.full.load(Ordering::Relaxed) {
+            let _ = self.events.send(Event::Resize(self.now(), cols, rows)).await;
+        }
+    }
+
+    async fn record(&self, data: &Bytes, event: fn(f64, Bytes) -> Event) {
+        if data.is_empty() || self.full.load(Ordering::Relaxed) {
+            return;
+        }
+        let len = data.len() as u64;
+        let before = self.recorded.fetch_add(len, Ordering::Relaxed);
+        let room = self.grant.max_bytes.saturating_sub(before);
+        if room > 0 {
+            let kept = data.slice(..usize::try_from(room.min(len)).unwrap_or(data.len()));
+            let _ = self.events.send(event(self.now(), kept)).await;
+        }
+        if before.saturating_add(len) > self.grant.max_bytes && !self.full.swap(true, Ordering::Relaxed) {
+            let _ = self.events.send(Event::Truncated).await;
+            if self.grant.close_at_limit {
+                self.live.order_close(CloseReason::RecordingLimit);
+            }
+        }
+    }
+
+    /// The session ended: the rest goes to the CA as the last chunk (waited for, briefly).
+    pub(crate) async fn finish(self) {
+        drop(self.events);
+        if tokio::time::timeout(FINISH_WAIT, self.uploader).await.is_err() {
+            tracing::warn!(session = %self.live.id, "the recording's last chunk did not reach the CA in time");
+        }
+    }
+}
+
+/// Text for asciicast from a byte stream: a character split between two chunks is kept
+/// until its end arrives; invalid bytes become U+FFFD.
+#[derive(Default)]
+struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    fn decode(&mut self, data: &[u8]) -> String {
+        let mut bytes = std::mem::take(&mut self.pending);
+        bytes.extend_from_slice(data);
+        self.pending = bytes.split_off(complete_prefix(&bytes));
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// The length of `b` without a trailing, unfinished UTF-8 sequence.
+fn complete_prefix(b: &[u8]) -> usize {
+    let len = b.len();
+    for back in 1..=len.min(4) {
+        let Some(&byte) = b.get(len - back) else { break };
+        if byte & 0xC0 != 0x80 {
+            let needs = match byte {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF7 => 4,
+                _ => 1,
+            };
+            return if needs > back { len - back } else { len };
+        }
+    }
+    len
+}
+
+/// One asciicast v2 event line.
+fn event_line(time: f64, code: &str, text: &str) -> String {
+    let text = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
+    format!("[{time:.6}, \"{code}\", {text}]\n")
+}
+
+struct Uploader {
+    control: Arc<ControlPlane>,
+    live: Arc<LiveSession>,
+    close_on_failure: bool,
+}
+
+/// The next chunk being filled.
+#[derive(Default)]
+struct Pending {
+    text: String,
+    bytes: u64,
+    size: Option<TerminalSize>,
+    truncated: bool,
+    sized: bool,
+}
+
+impl Pending {
+    fn add(&mut self, time: f64, code: &str, stream: &mut Utf8Stream, data: &[u8]) {
+        self.bytes += data.len() as u64;
+        for piece in data.chunks(MAX_EVENT_BYTES) {
+            let text = stream.decode(piece);
+            if !text.is_empty() {
+                self.text.push_str(&event_line(time, code, &text));
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.text.is_empty() && self.size.is_none() && !self.truncated
+    }
+}
+
+impl Uploader {
+    async fn run(self, mut queue: mpsc::Receiver<Event>) {
+        let (mut output, mut input) = (Utf8Stream::default(), Utf8Stream::default());
+        let mut pending = Pending::default();
+        let mut seq = 0;
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let last = tokio::select! {
+                event = queue.recv() => match event {
+                    Some(event) => {
+                        match event {
+                            Event::Output(t, data) => pending.add(t, "o", &mut output, &data),
+                            Event::Input(t, data) => pending.add(t, "i", &mut input, &data),
+                            Event::Resize(t, cols, rows) => {
+                                // The first size is the header's; later ones are events.
+                                if !pending.sized {
+                                    pending.sized = true;
+                                    pending.size = Some(TerminalSize { cols, rows });
+                                }
+                                pending.text.push_str(&event_line(t, "r", &format!("{cols}x{rows}")));
+                            }
+                            Event::Truncated => pending.truncated = true,
+                        }
+                        if pending.text.len() < FLUSH_BYTES {
+                            continue;
+                        }
+                        false
+                    }
+                    None => true,
+                },
+                _ = tick.tick() => {
+                    if pending.is_empty() {
+                        continue;
+                    }
+                    false
+                }
+            };
+            let chunk = RecordingChunk {
+                seq,
+                events: std::mem::take(&mut pending.text),
+                bytes: std::mem::take(&mut pending.bytes),
+                size: pending.size.take(),
+                truncated: std::mem::take(&mut pending.truncated),
+                last,
+            };
+            if !self.hand_over(&chunk).await {
+                return;
+            }
+            if last {
+                return;
+            }
+            seq += 1;
+        }
+    }
+
+    /// Sends a chunk, trying again while the CA cannot be reached; `false` when it never
+    /// took it (then the recording ends here, and the session too if the rule says so).
+    async fn hand_over(&self, chunk: &RecordingChunk) -> bool {
+        let mut wait = Duration::from_millis(500);
+        for attempt in 1..=ATTEMPTS {
+            match self.control.recording_chunk(&self.live.id, chunk).await {
+                Ok(()) => return true,
+                Err(e @ ControlError::Refused { .. }) => {
+                    tracing::warn!(session = %self.live.id, error = %e, "the CA refused a recording chunk");
+                    break;
+                }
+                Err(e) if attempt == ATTEMPTS => {
+                    tracing::warn!(session = %self.live.id, error = %e, "a recording chunk could not reach the CA");
+                }
+                Err(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+            }
+        }
+        if self.close_on_failure {
+            self.live.order_close(CloseReason::RecordingFailed);
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn characters_split_between_chunks_are_kept_whole() {
+        let text = "é€😀";
+        let bytes = text.as_bytes();
+        let mut stream = Utf8Stream::default();
+        let mut out = String::new();
+        for b in bytes {
+            out.push_str(&stream.decode(std::slice::from_ref(b)));
+        }
+        assert_eq!(out, text);
+        assert_eq!(Utf8Stream::default().decode(b"a\xffb"), "a\u{fffd}b");
+        assert_eq!(complete_prefix(b"ab\xe2\x82"), 2);
+        assert_eq!(complete_prefix(b"ab\xe2\x82\xac"), 5);
+    }
+
+    #[test]
+    fn events_are_asciicast_lines() {
+        assert_eq!(event_line(1.5, "o", "a\"\u{1b}[0m\n"), "[1.500000, \"o\", \"a\\\"\\u001b[0m\\n\"]\n");
+        let line = event_line(0.25, "r", "80x24");
+        let parsed: (f64, String, String) = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed, (0.25, "r".to_owned(), "80x24".to_owned()));
+    }
+}

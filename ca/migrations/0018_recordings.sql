@@ -1,0 +1,31 @@
+-- Session recordings (issue 20), opt-in per rule. A row per recorded session, written
+-- when the session is admitted; its chunks as the bastion hands them over, each sealed
+-- with AES-256-GCM under a key argon2id derives from the CA passphrase and the
+-- recording's own salt (a copy of the database holds no readable terminal text).
+CREATE TABLE recordings (
+    session_id     TEXT PRIMARY KEY,
+    bastion        TEXT NOT NULL,
+    username       TEXT NOT NULL,
+    device         TEXT NOT NULL,
+    login          TEXT,
+    mode           TEXT NOT NULL,
+    rule           TEXT NOT NULL,
+    started_at     BIGINT NOT NULL,
+    ended_at       BIGINT,
+    salt           TEXT NOT NULL,
+    input_recorded BIGINT NOT NULL,
+    max_bytes      BIGINT NOT NULL,
+    bytes          BIGINT NOT NULL,
+    chunks         BIGINT NOT NULL,
+    truncated      BIGINT NOT NULL,
+    cols           BIGINT,
+    rows           BIGINT
+);
+CREATE INDEX recordings_started ON recordings (started_at);
+
+CREATE TABLE recording_chunks (
+    session_id TEXT NOT NULL,
+    seq        BIGINT NOT NULL,
+    sealed     TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);

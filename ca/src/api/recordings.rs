@@ -1,0 +1,63 @@
+//! Session recordings: the bastion hands them over chunk by chunk; holders of
+//! `recordings.read` list, play back and export them (each playback audited).
+
+use super::extract::{Authed, BastionAuth, Body, Name, Query};
+use crate::error::CaError;
+use crate::service::Ca;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use portcullis_policies::proof;
+use portcullis_proto::recording::{ASCIICAST_MEDIA_TYPE, RecordingChunk, RecordingInfo};
+use serde::Deserialize;
+use std::sync::Arc;
+
+type Ca_ = State<Arc<Ca>>;
+
+#[utoipa::path(post, path = "/v1/bastion/recordings/{id}", tag = "services", params(("id" = String, Path)), request_body = RecordingChunk, security(("service" = [])), responses((status = 204, description = "stored")))]
+pub async fn append(
+    State(ca): Ca_,
+    BastionAuth(b): BastionAuth,
+    Name(id): Name,
+    Body(chunk): Body<RecordingChunk>,
+) -> Result<StatusCode, CaError> {
+    ca.append_recording(&b, &id, chunk).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `user`, `device`: only this user's or device's recordings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingsQuery {
+    user: Option<String>,
+    device: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/admin/recordings", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<RecordingInfo>)))]
+pub async fn list(
+    State(ca): Ca_,
+    Authed(c): Authed,
+    Query(q): Query<RecordingsQuery>,
+) -> Result<Json<Vec<RecordingInfo>>, CaError> {
+    let grant = ca.authorize::<proof::RecordingsRead>(&c)?;
+    Ok(Json(ca.recordings(&grant, q.user.as_deref(), q.device.as_deref()).await?))
+}
+
+/// The recording as an asciicast v2 file, offered for download under its session id.
+#[utoipa::path(get, path = "/v1/admin/recordings/{id}", tag = "admin", params(("id" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "asciicast v2")))]
+pub async fn get(State(ca): Ca_, Authed(c): Authed, Name(id): Name) -> Result<Response, CaError> {
+    let grant = ca.authorize::<proof::RecordingsRead>(&c)?;
+    let (info, cast) = ca.recording_cast(&grant, &id).await?;
+    let mut response = cast.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ASCIICAST_MEDIA_TYPE));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The session id is 32 hex digits (checked by the store lookup above).
+    let disposition = format!("attachment; filename=\"{}.cast\"", info.session_id);
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::try_from(disposition).map_err(|_| CaError::Internal("header value".into()))?,
+    );
+    Ok(response)
+}

@@ -1,0 +1,301 @@
+//! Session recordings, opt-in per rule (`record = true`).
+//!
+//! Guarantees:
+//! - A session is recorded only when the rule that admitted it says so; the recording's
+//!   row is written in the admission's transaction, so a recorded session never runs
+//!   without one, and jump mode under such a rule is refused (it cannot be recorded).
+//! - Only the bastion that holds the session adds to its recording, in order, up to the
+//!   rule's size limit; anything else is refused and audited.
+//! - Chunks are sealed at rest ([`RecordingSeal`]): a copy of the database without the
+//!   CA passphrase holds no terminal text.
+//! - Listing needs `recordings.read`; every playback or export is audited with who.
+//! - Recordings older than the retention period are deleted by the housekeeping timer.
+
+use super::Ca;
+use super::services::ServiceCaller;
+use crate::audit::{self, AuditEvent};
+use crate::error::CaError;
+use crate::sealed::RecordingSeal;
+use crate::store::{self, ChunkAppend, LeaseRow, RecordingRow};
+use portcullis_policies::{Grant, Recording, proof};
+use portcullis_proto::recording::{MAX_CHUNK_TEXT, RecordingChunk, RecordingInfo};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long recordings are kept unless configured (`recording_retention`).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most recordings one listing returns.
+const LIST_LIMIT: u32 = 500;
+/// What a recording may exceed its limit by: the bastion stops at the limit, counting
+/// terminal bytes, so only the last event's tail can go over.
+const LIMIT_SLACK: u64 = 64 * 1024;
+/// Sealing keys kept for recordings in progress (one argon2id derivation each);
+/// forgotten all at once when full, then derived again on demand.
+const KEYS_CACHED: usize = 4096;
+
+/// The recordings' own state: the retention period and the sealing keys of the
+/// recordings in progress.
+pub(crate) struct Recordings {
+    retention: Duration,
+    seals: Mutex<HashMap<String, Arc<RecordingSeal>>>,
+}
+
+impl Recordings {
+    pub(crate) fn new(retention: Duration) -> Recordings {
+        Recordings { retention, seals: Mutex::new(HashMap::new()) }
+    }
+
+    fn cached(&self, session_id: &str) -> Option<Arc<RecordingSeal>> {
+        self.seals.lock().ok()?.get(session_id).cloned()
+    }
+
+    fn keep(&self, session_id: &str, seal: Arc<RecordingSeal>) {
+        if let Ok(mut seals) = self.seals.lock() {
+            if seals.len() >= KEYS_CACHED {
+                seals.clear();
+            }
+            seals.insert(session_id.to_owned(), seal);
+        }
+    }
+
+    fn forget(&self, session_id: &str) {
+        if let Ok(mut seals) = self.seals.lock() {
+            seals.remove(session_id);
+        }
+    }
+}
+
+/// Why a chunk was refused: the audited reason, and the error the bastion gets.
+fn refused(reason: &'static str) -> (&'static str, CaError) {
+    let error = match reason {
+        "not_recorded" => CaError::NotFound("recorded session"),
+        "not_your_session" => CaError::Forbidden("this session is held by another bastion"),
+        "over_limit" => CaError::TooLarge,
+        "recording_ended" => CaError::Conflict("this recording has ended".into()),
+        "out_of_order" => CaError::Conflict("recording chunks come in order, from 0".into()),
+        "input_not_recorded" => CaError::BadRequest("this session's rule does not record input".into()),
+        _ => CaError::BadRequest("malformed recording chunk".into()),
+    };
+    (reason, error)
+}
+
+/// Each line one asciicast v2 event `[seconds, "o"|"i"|"r", text]`; whether any is input.
+fn check_events(events: &str) -> Result<bool, ()> {
+    let mut input = false;
+    for line in events.lines() {
+        let (time, kind, text): (f64, String, String) = serde_json::from_str(line).map_err(drop)?;
+        if !time.is_finite() || time < 0.0 || text.is_empty() && kind != "r" {
+            return Err(());
+        }
+        match kind.as_str() {
+            "o" => {}
+            "i" => input = true,
+            "r" if text.split_once('x').is_some_and(|(c, r)| c.parse::<u16>().is_ok() && r.parse::<u16>().is_ok()) => {}
+            _ => return Err(()),
+        }
+    }
+    Ok(input)
+}
+
+fn info(row: RecordingRow) -> RecordingInfo {
+    RecordingInfo {
+        session_id: row.session_id,
+        user: row.username,
+        device: row.device,
+        login: row.login,
+        mode: row.mode,
+        rule: row.rule,
+        started_at: row.started_at,
+        ended_at: row.ended_at,
+        bytes: row.bytes,
+        input_recorded: row.input_recorded,
+        truncated: row.truncated,
+    }
+}
+
+impl Ca {
+    /// The recording row written when `lease`'s session is admitted under a recorded rule.
+    pub(super) fn recording_row(&self, lease: &LeaseRow, recording: Recording) -> RecordingRow {
+        RecordingRow {
+            session_id: lease.session_id.clone(),
+            bastion: lease.bastion.clone(),
+            username: lease.username.clone(),
+            device: lease.device.clone(),
+            login: lease.login.clone(),
+            mode: lease.mode.clone(),
+            rule: lease.rule.clone(),
+            started_at: lease.opened_at,
+            ended_at: None,
+            salt: RecordingSeal::new_salt(),
+            input_recorded: recording.input(),
+            max_bytes: recording.max_bytes(),
+            bytes: 0,
+            chunks: 0,
+            truncated: false,
+            size: None,
+        }
+    }
+
+    /// The recording's sealing key: cached while it is in progress, else derived (argon2id,
+    /// off the async threads).
+    async fn recording_seal(&self, row: &RecordingRow) -> Result<Arc<RecordingSeal>, CaError> {
+        if let Some(seal) = self.recordings.cached(&row.session_id) {
+            return Ok(seal);
+        }
+        let (passphrase, salt) = (self.passphrase.clone(), row.salt.clone());
+        let seal = tokio::task::spawn_blocking(move || RecordingSeal::derive(&passphrase, &salt))
+            .await
+            .map_err(|_| CaError::Internal("recording key derivation".into()))??;
+        let seal = Arc::new(seal);
+        if row.ended_at.is_none() {
+            self.recordings.keep(&row.session_id, Arc::clone(&seal));
+        }
+        Ok(seal)
+    }
+
+    /// `POST /v1/bastion/recordings/{session_id}`: the next chunk of a recording.
+    pub async fn append_recording(
+        &self,
+        bastion: &ServiceCaller,
+        session_id: &str,
+        chunk: RecordingChunk,
+    ) -> Result<(), CaError> {
+        if !super::sessions::valid_session_id(session_id) {
+            return Err(CaError::BadRequest("malformed session id".into()));
+        }
+        let row = self.store.recording(session_id).await?;
+        let checked = match &row {
+            None => Err(refused("not_recorded")),
+            Some(row) if row.bastion != bastion.name => Err(refused("not_your_session")),
+            Some(row) if chunk.seq < row.chunks => return Ok(()), // a retry of a stored chunk
+            Some(row) if row.ended_at.is_some() => Err(refused("recording_ended")),
+            Some(row) if chunk.seq > row.chunks => Err(refused("out_of_order")),
+            Some(_) if chunk.events.len() > MAX_CHUNK_TEXT => Err(refused("malformed")),
+            Some(row) if row.bytes.saturating_add(chunk.bytes) > row.max_bytes.saturating_add(LIMIT_SLACK) => {
+                Err(refused("over_limit"))
+            }
+            Some(row) => match check_events(&chunk.events) {
+                Err(()) => Err(refused("malformed")),
+                Ok(true) if !row.input_recorded => Err(refused("input_not_recorded")),
+                Ok(_) => Ok(row),
+            },
+        };
+        let row = match checked {
+            Ok(row) => row,
+            Err((reason, error)) => {
+                let event = AuditEvent::RecordingRefused {
+                    bastion: bastion.name.clone(),
+                    session_id: session_id.to_owned(),
+                    reason,
+                };
+                let mut tx = self.store.begin().await?;
+                audit::record(tx.conn(), self.now(), &event).await?;
+                tx.commit().await?;
+                return Err(error);
+            }
+        };
+        let seal = self.recording_seal(row).await?;
+        let sealed = seal.seal(session_id, chunk.seq, &chunk.events)?;
+        let now = self.now();
+        let append = ChunkAppend {
+            session_id,
+            seq: chunk.seq,
+            sealed: &sealed,
+            bytes: chunk.bytes,
+            size: chunk.size.map(|s| (s.cols, s.rows)),
+            truncated: chunk.truncated,
+            ended_at: chunk.last.then_some(now),
+        };
+        let mut tx = self.store.begin().await?;
+        let stored = store::append_recording_chunk(tx.conn(), &append).await?;
+        if stored && chunk.truncated && !row.truncated {
+            let event = AuditEvent::RecordingTruncated {
+                session_id: session_id.to_owned(),
+                user: row.username.clone(),
+                device: row.device.clone(),
+                bytes: row.bytes.saturating_add(chunk.bytes),
+            };
+            audit::record(tx.conn(), now, &event).await?;
+        }
+        tx.commit().await?;
+        if chunk.last {
+            self.recordings.forget(session_id);
+        }
+        Ok(())
+    }
+
+    /// `GET /v1/admin/recordings`: newest first, optionally of one user or device.
+    pub async fn recordings(
+        &self,
+        _grant: &Grant<proof::RecordingsRead>,
+        user: Option<&str>,
+        device: Option<&str>,
+    ) -> Result<Vec<RecordingInfo>, CaError> {
+        Ok(self.store.recordings(user, device, LIST_LIMIT).await?.into_iter().map(info).collect())
+    }
+
+    /// `GET /v1/admin/recordings/{session_id}`: the whole recording as an asciicast v2
+    /// file (header, then every event), opened from its sealed chunks. Audited.
+    pub async fn recording_cast(
+        &self,
+        grant: &Grant<proof::RecordingsRead>,
+        session_id: &str,
+    ) -> Result<(RecordingInfo, String), CaError> {
+        let row = self.store.recording(session_id).await?.ok_or(CaError::NotFound("recording"))?;
+        let seal = self.recording_seal(&row).await?;
+        let (cols, rows) = row.size.unwrap_or((80, 24));
+        let title = match &row.login {
+            Some(login) => format!("{} as {login} on {}", row.username, row.device),
+            None => format!("{} on {}", row.username, row.device),
+        };
+        let header = serde_json::json!({
+            "version": 2, "width": cols, "height": rows, "timestamp": row.started_at, "title": title,
+        });
+        let mut cast = format!("{header}\n");
+        for (seq, sealed) in self.store.recording_chunks(session_id).await? {
+            cast.push_str(&seal.open(session_id, seq, &sealed)?);
+        }
+        let event = AuditEvent::RecordingPlayed {
+            actor: grant.username().to_owned(),
+            session_id: row.session_id.clone(),
+            user: row.username.clone(),
+            device: row.device.clone(),
+        };
+        let mut tx = self.store.begin().await?;
+        audit::record(tx.conn(), self.now(), &event).await?;
+        tx.commit().await?;
+        Ok((info(row), cast))
+    }
+
+    /// Deletes the recordings older than the retention period (the housekeeping timer).
+    pub(super) async fn expire_recordings(&self) -> Result<(), CaError> {
+        let now = self.now();
+        let retention = self.recordings.retention.as_secs();
+        let mut tx = self.store.begin().await?;
+        let count = store::delete_recordings_before(tx.conn(), now.saturating_sub(retention)).await?;
+        if count > 0 {
+            let event = AuditEvent::RecordingsExpired { count, retention_secs: retention };
+            audit::record(tx.conn(), now, &event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_events;
+
+    #[test]
+    fn events_are_asciicast_v2_lines() {
+        assert_eq!(check_events("[0.5,\"o\",\"hi\"]\n[1.0,\"r\",\"80x24\"]\n"), Ok(false));
+        assert_eq!(check_events("[0.5,\"i\",\"ls\\r\"]\n"), Ok(true));
+        assert_eq!(check_events(""), Ok(false));
+        for bad in
+            ["[0.5,\"x\",\"hi\"]", "[-1,\"o\",\"hi\"]", "[0.5,\"o\"]", "{}", "[0.5,\"r\",\"wide\"]", "[0.5,\"o\",\"\"]"]
+        {
+            assert_eq!(check_events(bad), Err(()), "{bad}");
+        }
+    }
+}

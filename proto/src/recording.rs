@@ -1,0 +1,79 @@
+//! Session recording (opt-in per rule): what the CA tells the bastion to record, how the
+//! bastion hands the recording over, and what an auditor lists.
+//!
+//! A recording is asciicast v2 (<https://docs.asciinema.org/manual/asciicast/v2/>): the
+//! bastion sends event lines (`[seconds, "o", text]` for output, `"i"` for input when
+//! the rule records it, `"r"` for a resize to `"COLSxROWS"`) in numbered chunks; the CA
+//! seals each chunk at rest and writes the header itself when the recording is read.
+
+use serde::{Deserialize, Serialize};
+
+/// Most bytes of event text in one [`RecordingChunk`] (the bastion sends smaller ones).
+pub const MAX_CHUNK_TEXT: usize = 512 * 1024;
+
+/// In a [`crate::bastion::SessionGrant`]: this session is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RecordingGrant {
+    /// Keystrokes too (they may hold passwords typed at prompts), not only output.
+    pub input: bool,
+    /// The most terminal bytes (output plus recorded input) the recording keeps.
+    pub max_bytes: u64,
+    /// At `max_bytes` the session is closed (`true`) or goes on unrecorded (`false`).
+    pub close_at_limit: bool,
+}
+
+/// `POST /v1/bastion/recordings/{session_id}` (bearer of the bastion holding the
+/// session): the next chunk of its recording. Chunks are numbered from 0; a chunk sent
+/// again (a retry) is accepted once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RecordingChunk {
+    pub seq: u64,
+    /// asciicast v2 event lines, each ending in a newline.
+    pub events: String,
+    /// Terminal bytes these events hold (what counts against `max_bytes`).
+    pub bytes: u64,
+    /// The terminal's size when known (from the pty request), for the header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<TerminalSize>,
+    /// The recording reached its limit: what follows was not recorded.
+    #[serde(default)]
+    pub truncated: bool,
+    /// The session ended: no chunk follows.
+    #[serde(default)]
+    pub last: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TerminalSize {
+    pub cols: u32,
+    pub rows: u32,
+}
+
+/// `GET /v1/admin/recordings` (`recordings.read`): one recording.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RecordingInfo {
+    pub session_id: String,
+    pub user: String,
+    pub device: String,
+    pub login: Option<String>,
+    /// `terminated` or `console`.
+    pub mode: String,
+    pub rule: String,
+    pub started_at: u64,
+    /// When the last chunk arrived with `last` (absent while the session lives, or
+    /// when the bastion died before it could say).
+    pub ended_at: Option<u64>,
+    pub bytes: u64,
+    pub input_recorded: bool,
+    pub truncated: bool,
+}
+
+/// The media type of a recording as served (`GET /v1/admin/recordings/{session_id}`).
+pub const ASCIICAST_MEDIA_TYPE: &str = "application/x-asciicast";

@@ -1,0 +1,307 @@
+//! Session recordings at the CA, driven over HTTPS the way a bastion and an auditor drive
+//! them (issue 20, part 3): a rule with `record = true` makes the grant say so and a
+//! recording row exist; only the bastion holding the session adds to it, in order, up to
+//! the limit, and with input only when the rule records input — each refusal audited;
+//! chunks are sealed at rest; listing and playback need `recordings.read` and every
+//! playback is audited; recordings past their retention are deleted. The relay side (a
+//! real `ssh` through the bastion) is in `bastion_e2e`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use portcullis_ca::{Ca, CaConfig, ManualClock};
+use portcullis_policies::proof;
+use portcullis_proto::NodeRecord;
+use portcullis_proto::bastion::ServiceKind;
+use portcullis_proto::console::session_binding;
+use portcullis_tests::ssh::{ed25519_key, public_line};
+use portcullis_tests::{ServedCa, TEST_PASSPHRASE, first_admin, sqlite_url};
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const POLICY: &str = r#"
+[[role]]
+name = "admin"
+permissions = ["users.manage", "audit.read", "nodes.manage", "sessions.kill"]
+
+[[role]]
+name = "auditor"
+permissions = ["recordings.read"]
+
+[[role]]
+name = "ops"
+logins = ["root"]
+targets = 'in:devices tags.env:lab'
+permissions = ["devices.console.open"]
+
+[[rule]]
+name = "lab-console"
+purpose = "console_access"
+targets = 'in:devices tags.env:lab name:pve01'
+scope = { agents = ["local"] }
+record = true
+record_max_mib = 1
+
+[[rule]]
+name = "lab-console-keys"
+purpose = "console_access"
+targets = 'in:devices tags.env:lab name:pve02'
+scope = { agents = ["local"] }
+record = true
+record_input = true
+
+[[rule]]
+name = "lab-console-plain"
+purpose = "console_access"
+targets = 'in:devices tags.env:lab name:pve03'
+scope = { agents = ["local"] }
+
+[[binding]]
+group = "admins"
+roles = ["admin"]
+
+[[binding]]
+group = "auditors"
+roles = ["auditor"]
+
+[[binding]]
+group = "ops"
+roles = ["ops"]
+"#;
+
+const PASSWORD: &str = "correct-horse-battery-staple";
+const IP: &str = "192.0.2.7";
+const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+struct Fx {
+    api: ServedCa,
+    ca: Arc<Ca>,
+    clock: ManualClock,
+    admin: String,
+    /// API tokens of bastions `b1` and `b2`.
+    b1: String,
+    b2: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture() -> Fx {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_dir = dir.path().join("policy");
+    std::fs::create_dir(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("policy.toml"), POLICY).unwrap();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let clock = ManualClock::new(now);
+    let mut config = CaConfig::new(sqlite_url(dir.path()), policy_dir.clone(), SecretString::from(TEST_PASSPHRASE));
+    config.default_agent = Some("local".to_owned());
+    config.recording_retention = RETENTION;
+    let ca = Arc::new(Ca::open(config, Arc::new(clock.clone())).await.unwrap());
+    let api = ServedCa::start(Arc::clone(&ca)).await;
+    let admin = first_admin(&ca, "admins", IP).await;
+    let caller = ca.caller(&admin).await.unwrap();
+    let users = ca.authorize::<proof::UsersManage>(&caller).unwrap();
+    for (user, group) in [("alice", "ops"), ("audrey", "auditors")] {
+        ca.add_user(&users, user, &[group.to_owned()], Some(&SecretString::from(PASSWORD))).await.unwrap();
+    }
+    let nodes = ca.authorize::<proof::NodesManage>(&caller).unwrap();
+    for name in ["pve01", "pve02", "pve03"] {
+        let node = NodeRecord {
+            name: name.into(),
+            addresses: vec!["10.0.0.5".into()],
+            tags: [("env".to_owned(), "lab".to_owned())].into(),
+            host_keys: vec![public_line(&ed25519_key())],
+            ..Default::default()
+        };
+        ca.add_node(&nodes, &node).await.unwrap();
+    }
+    let bastion = async |name: &str| {
+        let key = public_line(&ed25519_key());
+        let registered = ca.register_service(ServiceKind::Bastion, name, &key, Some("127.0.0.1:2223")).await;
+        registered.unwrap().api_token.expose().to_owned()
+    };
+    let (b1, b2) = (bastion("b1").await, bastion("b2").await);
+    let http = portcullis_tests::server::client_with_pin(&api.pin);
+    Fx { api, ca, clock, admin, b1, b2, http, _dir: dir }
+}
+
+async fn bearer(ca: &Ca, user: &str) -> String {
+    ca.login_password(user, None, &SecretString::from(PASSWORD), IP).await.unwrap().token.expose().to_owned()
+}
+
+fn session_id() -> String {
+    hex::encode(portcullis_sshcert::random_bytes::<16>())
+}
+
+/// A console session of alice on `device`, opened by bastion b1: its id and the grant.
+async fn console_session(fx: &Fx, device: &str) -> (String, Value) {
+    let alice = bearer(&fx.ca, "alice").await;
+    let (status, t) =
+        fx.api.post_json(Some(&alice), "/v1/console/tickets", &json!({"device": device, "login": "root"})).await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    let id = session_id();
+    let open = json!({
+        "ticket": t["ticket"], "session_id": id, "session_public_key": public_line(&ed25519_key()),
+        "client_ip": IP, "browser_session": session_binding(&alice),
+    });
+    let (status, grant) = fx.api.post_json(Some(&fx.b1), "/v1/bastion/console/open", &open).await;
+    assert_eq!(status, StatusCode::OK, "{grant}");
+    (id, grant)
+}
+
+async fn chunk(fx: &Fx, bastion: &str, id: &str, body: Value) -> (StatusCode, Value) {
+    fx.api.post_json(Some(bastion), &format!("/v1/bastion/recordings/{id}"), &body).await
+}
+
+async fn audit(ca: &Ca, event: &str) -> Vec<Value> {
+    portcullis_tests::audit_payloads(ca, event).await
+}
+
+/// `GET /v1/admin/recordings/{id}` as text (asciicast is not JSON as a whole).
+async fn cast(fx: &Fx, token: &str, id: &str) -> (StatusCode, String, reqwest::header::HeaderMap) {
+    let resp = fx.http.get(format!("{}/v1/admin/recordings/{id}", fx.api.url)).bearer_auth(token).send().await.unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    (status, resp.text().await.unwrap(), headers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recordings_are_kept_sealed_in_order_from_their_bastion_and_shown_only_to_auditors() {
+    let fx = fixture().await;
+    // Off unless the rule says so: no recording asked for, none kept.
+    let (plain, grant) = console_session(&fx, "pve03").await;
+    assert!(grant.get("recording").is_none(), "{grant}");
+    let (status, _) = chunk(&fx, &fx.b1, &plain, json!({"seq": 0, "events": "", "bytes": 0})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (id, grant) = console_session(&fx, "pve01").await;
+    assert_eq!(grant["recording"], json!({"input": false, "max_bytes": 1 << 20, "close_at_limit": false}));
+    let opened = audit(&fx.ca, "session_opened").await;
+    assert!(opened.iter().any(|o| o["session_id"] == id.as_str() && o["recorded"] == true), "{opened:?}");
+    assert!(opened.iter().any(|o| o["session_id"] == plain.as_str() && o.get("recorded").is_none()), "{opened:?}");
+
+    let first = json!({"seq": 0, "events": "[0.1, \"r\", \"100x30\"]\n[0.2, \"o\", \"secret-output$ \"]\n",
+        "bytes": 15, "size": {"cols": 100, "rows": 30}});
+    assert_eq!(chunk(&fx, &fx.b1, &id, first.clone()).await.0, StatusCode::NO_CONTENT);
+    // A retry of a stored chunk changes nothing.
+    assert_eq!(chunk(&fx, &fx.b1, &id, first).await.0, StatusCode::NO_CONTENT);
+    // From the attacker's side, each refused and audited: another bastion, a gap, input
+    // the rule does not record, a malformed event, more than the limit.
+    let refusals = [
+        (
+            &fx.b2,
+            json!({"seq": 1, "events": "[0.3, \"o\", \"forged\"]\n", "bytes": 6}),
+            StatusCode::FORBIDDEN,
+            "not_your_session",
+        ),
+        (
+            &fx.b1,
+            json!({"seq": 5, "events": "[0.3, \"o\", \"x\"]\n", "bytes": 1}),
+            StatusCode::CONFLICT,
+            "out_of_order",
+        ),
+        (
+            &fx.b1,
+            json!({"seq": 1, "events": "[0.3, \"i\", \"hunter2\"]\n", "bytes": 7}),
+            StatusCode::BAD_REQUEST,
+            "input_not_recorded",
+        ),
+        (
+            &fx.b1,
+            json!({"seq": 1, "events": "[0.3, \"x\", \"?\"]\n", "bytes": 1}),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            &fx.b1,
+            json!({"seq": 1, "events": "[0.3, \"o\", \"x\"]\n", "bytes": 2 << 20}),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "over_limit",
+        ),
+    ];
+    for (bastion, body, status, reason) in &refusals {
+        let (got, v) = chunk(&fx, bastion, &id, body.clone()).await;
+        assert_eq!(got, *status, "{reason}: {v}");
+        let last = audit(&fx.ca, "recording_refused").await.pop().unwrap();
+        assert_eq!((last["reason"].as_str(), last["session_id"].as_str()), (Some(*reason), Some(id.as_str())));
+    }
+    let last =
+        json!({"seq": 1, "events": "[1.5, \"o\", \"exit\\r\\n\"]\n", "bytes": 6, "truncated": true, "last": true});
+    assert_eq!(chunk(&fx, &fx.b1, &id, last).await.0, StatusCode::NO_CONTENT);
+    let (status, _) = chunk(&fx, &fx.b1, &id, json!({"seq": 2, "events": "", "bytes": 0})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "nothing is added after the last chunk");
+    let truncated = audit(&fx.ca, "recording_truncated").await;
+    assert_eq!(truncated.len(), 1, "{truncated:?}");
+
+    // Sealed at rest: the database holds no terminal text.
+    use sqlx::Row;
+    let rows = sqlx::query("SELECT sealed FROM recording_chunks").fetch_all(fx.ca.store().pool()).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        let sealed: String = row.try_get("sealed").unwrap();
+        assert!(sealed.starts_with("v1.") && !sealed.contains("secret") && !sealed.contains("exit"), "{sealed}");
+    }
+
+    // Only holders of recordings.read list and play; an administrator without it does not.
+    let audrey = bearer(&fx.ca, "audrey").await;
+    for token in [&fx.admin, &bearer(&fx.ca, "alice").await] {
+        assert_eq!(fx.api.get_json(Some(token), "/v1/admin/recordings").await.0, StatusCode::FORBIDDEN);
+        assert_eq!(cast(&fx, token, &id).await.0, StatusCode::FORBIDDEN);
+    }
+    let (status, list) = fx.api.get_json(Some(&audrey), "/v1/admin/recordings").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let entry = &list[0];
+    assert_eq!(
+        (entry["session_id"].as_str(), entry["user"].as_str(), entry["device"].as_str()),
+        (Some(id.as_str()), Some("alice"), Some("pve01"))
+    );
+    assert_eq!(
+        (entry["bytes"].as_u64(), entry["truncated"].as_bool(), entry["mode"].as_str()),
+        (Some(21), Some(true), Some("console"))
+    );
+    assert!(entry["ended_at"].as_u64().is_some(), "{entry}");
+    let (_, by_user) = fx.api.get_json(Some(&audrey), "/v1/admin/recordings?user=bob").await;
+    assert_eq!(by_user, json!([]));
+
+    let (status, text, headers) = cast(&fx, &audrey, &id).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(headers["content-type"], "application/x-asciicast");
+    assert!(headers["content-disposition"].to_str().unwrap().contains(&format!("{id}.cast")));
+    let mut lines = text.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(
+        (header["version"].as_u64(), header["width"].as_u64(), header["height"].as_u64()),
+        (Some(2), Some(100), Some(30))
+    );
+    assert_eq!(header["title"], "alice as root on pve01");
+    let events: Vec<Value> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(
+        events,
+        vec![json!([0.1, "r", "100x30"]), json!([0.2, "o", "secret-output$ "]), json!([1.5, "o", "exit\r\n"])]
+    );
+    let played = audit(&fx.ca, "recording_played").await;
+    assert_eq!(played.len(), 1, "{played:?}");
+    assert_eq!((played[0]["actor"].as_str(), played[0]["user"].as_str()), (Some("audrey"), Some("alice")));
+    // No terminal text in the audit trail.
+    let all = serde_json::to_string(&portcullis_tests::audit_payloads(&fx.ca, "recording_played").await).unwrap();
+    assert!(!all.contains("secret-output"));
+
+    // A rule that records input takes keystrokes.
+    let (keys, grant) = console_session(&fx, "pve02").await;
+    assert_eq!(grant["recording"]["input"], true);
+    let typed = json!({"seq": 0, "events": "[0.3, \"i\", \"ls\\r\"]\n", "bytes": 3, "last": true});
+    assert_eq!(chunk(&fx, &fx.b1, &keys, typed).await.0, StatusCode::NO_CONTENT);
+
+    // Retention: a week later both are gone, and that is audited.
+    fx.clock.set(fx.ca.now() + RETENTION.as_secs() + 1);
+    fx.ca.housekeeping().await.unwrap();
+    let audrey = bearer(&fx.ca, "audrey").await;
+    let (_, list) = fx.api.get_json(Some(&audrey), "/v1/admin/recordings").await;
+    assert_eq!(list, json!([]));
+    assert_eq!(cast(&fx, &audrey, &id).await.0, StatusCode::NOT_FOUND);
+    let rows = sqlx::query("SELECT seq FROM recording_chunks").fetch_all(fx.ca.store().pool()).await.unwrap();
+    assert!(rows.is_empty());
+    let expired = audit(&fx.ca, "recordings_expired").await;
+    assert_eq!(expired.last().unwrap()["count"], 2, "{expired:?}");
+}
