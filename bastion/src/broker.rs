@@ -147,6 +147,11 @@ impl Shared {
                     Some(console_deny::TICKET_REUSED) => "this console ticket was already used".to_owned(),
                     Some(console_deny::TICKET_EXPIRED) => "this console ticket has expired".to_owned(),
                     Some(console_deny::TICKET_INVALID) => "invalid console ticket".to_owned(),
+                    // Said only to a user the policy lets in, so it reveals nothing.
+                    Some(deny_reason::RECORDING_NEEDS_TERMINATED) => format!(
+                        "sessions on {device:?} are recorded, and jump mode cannot be: connect with \
+                         `ssh LOGIN%DEVICE@bastion` instead of -J"
+                    ),
                     Some(deny_reason::FRESH_AUTH_REQUIRED) => format!(
                         "{device:?} asks for a recent sign-in: run `portcullis login --fresh`, then connect again"
                     ),

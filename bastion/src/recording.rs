@@ -96,8 +96,9 @@ impl Recorder {
         }
     }
 
+    /// The terminal's size (a client without a terminal of its own says 0×0: not a size).
     pub(crate) async fn resize(&self, cols: u32, rows: u32) {
-        if !self.full.load(Ordering::Relaxed) {
+        if cols > 0 && rows > 0 && !self.full.load(Ordering::Relaxed) {
             let _ = self.events.send(Event::Resize(self.now(), cols, rows)).await;
         }
     }

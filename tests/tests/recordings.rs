@@ -3,8 +3,8 @@
 //! recording row exist; only the bastion holding the session adds to it, in order, up to
 //! the limit, and with input only when the rule records input — each refusal audited;
 //! chunks are sealed at rest; listing and playback need `recordings.read` and every
-//! playback is audited; recordings past their retention are deleted. The relay side (a
-//! real `ssh` through the bastion) is in `bastion_e2e`.
+//! playback is audited; recordings past their retention are deleted. Then the relay
+//! side: a real `ssh` through the all-in-one's bastion, recorded.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -304,4 +304,77 @@ async fn recordings_are_kept_sealed_in_order_from_their_bastion_and_shown_only_t
     assert!(rows.is_empty());
     let expired = audit(&fx.ca, "recordings_expired").await;
     assert_eq!(expired.last().unwrap()["count"], 2, "{expired:?}");
+}
+
+/// A real `ssh` through the all-in-one under a rule that records input and closes at a
+/// 1 MiB limit: the user is told at the start; the recording holds what the terminal
+/// showed and what was typed, in order; jump mode is refused with the reason; a session
+/// printing more than the limit is closed with the reason, its recording marked cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_ssh_session_is_recorded_through_the_bastion_and_jump_mode_is_refused() {
+    use portcullis_tests::bastion_world::{World, policy, text, wait_output};
+    use std::io::Write;
+    let w = World::start("15m").await;
+    let recorded = policy("15m").replace(
+        "allowed_ports = [22, 2200]\n",
+        "allowed_ports = [22, 2200]\nrecord = true\nrecord_input = true\nrecord_max_mib = 1\nrecord_over_limit = \"close\"\n",
+    );
+    let auditor = "[[role]]\nname = \"auditor\"\npermissions = [\"recordings.read\"]\n\n\
+                   [[binding]]\nuser = \"admin\"\nroles = [\"auditor\"]\n";
+    for (file, text) in [("prod.toml", recorded.as_str()), ("auditor.toml", auditor)] {
+        let (status, body) = w.server.write_policy(file, text).await;
+        assert!(status.is_success(), "{file}: {body}");
+    }
+
+    let mut child = w.spawn_ssh(&["-tt", "bastion"]);
+    child.stdin.take().unwrap().write_all(b"echo typed-$((6*7)); exit\n").unwrap();
+    let (out, _) = wait_output(child, Duration::from_secs(30));
+    assert!(out.status.success(), "{}\n{}", text(&out), w.server.log());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("this session is recorded"), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("typed-42"), "{}", text(&out));
+
+    let recordings = async || {
+        for _ in 0..100 {
+            let (status, list) = w.server.get_json(Some(&w.admin), "/v1/admin/recordings").await;
+            assert_eq!(status, StatusCode::OK, "{list}");
+            let list = list.as_array().unwrap().clone();
+            if !list.is_empty() && list.iter().all(|r| r["ended_at"].is_u64()) {
+                return list;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the recording never ended")
+    };
+    let list = recordings().await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    let id = list[0]["session_id"].as_str().unwrap();
+    assert_eq!((list[0]["mode"].as_str(), list[0]["truncated"].as_bool()), (Some("terminated"), Some(false)));
+    let (status, cast) = w.server.get_text(Some(&w.admin), &format!("/v1/admin/recordings/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{cast}");
+    let events: Vec<(f64, String, String)> = cast.lines().skip(1).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let of = |code: &str| events.iter().filter(|e| e.1 == code).map(|e| e.2.as_str()).collect::<String>();
+    assert!(of("o").contains("typed-42"), "{cast}");
+    assert!(of("i").contains("echo typed-$((6*7)); exit"), "{cast}");
+    assert!(events.windows(2).all(|p| p[0].0 <= p[1].0), "in time order: {cast}");
+
+    // Jump mode cannot be recorded: refused, and the user is told why (what `-J` runs:
+    // `ssh -W`, whose channel refusal OpenSSH logs at INFO).
+    let target = format!("{}:22", w.node.ip);
+    let out = w.run("ssh", &["-o", "LogLevel=INFO", "-W", &target, "jump"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("recorded"), "{}", text(&out));
+    let denied = w.server.audit_events("session_denied").await;
+    assert!(denied.iter().any(|d| d.payload["reason"] == "recording_needs_terminated_mode"), "{denied:?}");
+
+    // Over the limit, the rule closes the session.
+    let child = w.spawn_ssh(&["bastion", "head -c 3000000 /dev/zero | od -v"]);
+    let (out, _) = wait_output(child, Duration::from_secs(60));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("recording reached its size limit"), "{}", text(&out));
+    w.server.await_audit("session_closed", |c| c.payload["reason"] == "recording_limit").await;
+    let list = recordings().await;
+    let cut = list.iter().find(|r| r["session_id"] != id).unwrap();
+    assert_eq!(cut["truncated"], true, "{cut}");
+    let bytes = cut["bytes"].as_u64().unwrap();
+    assert!(bytes <= 1 << 20, "{bytes}");
+    assert!(!w.server.audit_events("recording_truncated").await.is_empty());
 }
