@@ -191,6 +191,7 @@ pub async fn run(cmd: AdminCommand, json: bool) -> anyhow::Result<()> {
         AdminCommand::Inventory(InventoryCommand::Clusters) => crate::pve::clusters(&api, json).await,
         AdminCommand::Inventory(InventoryCommand::Cluster { id }) => crate::pve::cluster(&api, &id, json).await,
         AdminCommand::Secret(cmd) => crate::pve::secret(&api, cmd, json).await,
+        AdminCommand::Recordings(cmd) => crate::recordings::run(&api, cmd, json).await,
         AdminCommand::Rules(RulesCommand::Preview { rule, dir }) => {
             crate::pve::preview(&api, rule.as_deref(), dir.as_deref(), json).await
         }
@@ -257,7 +258,7 @@ pub(crate) fn ago(then: u64) -> String {
     }
 }
 
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     match n {
         0..1024 => format!("{n}B"),
         1024..1_048_576 => format!("{}K", n / 1024),

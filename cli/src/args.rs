@@ -138,6 +138,10 @@ pub enum AdminCommand {
     /// Rules of the policy (credential, console, login and discovery rules).
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Session recordings (rules with `record = true`), for holders of
+    /// `recordings.read`; the CA audits every playback and export.
+    #[command(subcommand)]
+    Recordings(RecordingsCommand),
 }
 
 #[derive(Subcommand)]
@@ -218,6 +222,39 @@ pub enum SessionsCommand {
     /// Close a live session (its bastion does so within about a second).
     Kill {
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RecordingsCommand {
+    /// Recordings, newest first.
+    List {
+        /// Only this user's.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this device's.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Replays a recording's output on this terminal with its timing (titles,
+    /// clipboard writes and other terminal commands in it are dropped).
+    Play {
+        /// Session id.
+        id: String,
+        /// Faster (2) or slower (0.5) than it happened.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Longer pauses are shortened to this many seconds.
+        #[arg(long, default_value_t = 2.0)]
+        idle_limit: f64,
+    },
+    /// Writes a recording as an asciicast v2 file (`asciinema play` reads it).
+    Export {
+        /// Session id.
+        id: String,
+        /// The file (default: standard output).
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
     },
 }
 

@@ -6,6 +6,7 @@ mod api;
 mod args;
 mod login;
 mod pve;
+mod recordings;
 mod sso;
 mod state;
 

@@ -356,6 +356,16 @@ async fn a_real_ssh_session_is_recorded_through_the_bastion_and_jump_mode_is_ref
     assert!(of("o").contains("typed-42"), "{cast}");
     assert!(of("i").contains("echo typed-$((6*7)); exit"), "{cast}");
     assert!(events.windows(2).all(|p| p[0].0 <= p[1].0), "in time order: {cast}");
+    // The CLI lists, exports (the same file) and plays it back; each fetch is audited.
+    let cli = portcullis_tests::cli::AdminCli::login(&w.server).await;
+    let listed = cli.run(&["admin", "recordings", "list", "--user", "alice"], "");
+    assert!(listed.contains(id) && listed.contains("keystrokes"), "{listed}");
+    assert!(!cli.run(&["admin", "recordings", "list", "--device", "pve02"], "").contains(id));
+    assert_eq!(cli.run(&["admin", "recordings", "export", id], ""), cast);
+    let played = cli.run(&["admin", "recordings", "play", id, "--speed", "100"], "");
+    assert!(played.contains("typed-42"), "{played}");
+    let audited = w.server.audit_events("recording_played").await;
+    assert_eq!(audited.len(), 3, "{audited:?}");
 
     // Jump mode cannot be recorded: refused, and the user is told why (what `-J` runs:
     // `ssh -W`, whose channel refusal OpenSSH logs at INFO).
