@@ -66,7 +66,8 @@ pub async fn run(api: &Api, cmd: RecordingsCommand, json: bool) -> anyhow::Resul
             }
         }
         RecordingsCommand::Play { id, speed, idle_limit } => {
-            if !(speed.is_finite() && speed > 0.0) || !(idle_limit.is_finite() && idle_limit >= 0.0) {
+            let sane = speed.is_finite() && speed > 0.0 && idle_limit.is_finite() && idle_limit >= 0.0;
+            if !sane {
                 bail!("--speed must be above 0 and --idle-limit 0 or more");
             }
             play(&fetch(api, &id).await?, speed, idle_limit).await?;
