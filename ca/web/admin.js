@@ -67,6 +67,33 @@ const portcullisAdmin = (() => {
   }
   register({ id: "sessions", title: "Sessions", needs: ["audit.read", "sessions.kill"], load: sessions, refresh: sessions });
 
+  // ---- Recordings ----
+  async function recordings() {
+    try {
+      const form = new FormData(document.getElementById("recordings-filter"));
+      const query = new URLSearchParams();
+      for (const key of ["user", "device"]) if (form.get(key)) query.set(key, form.get(key).trim());
+      const all = await api(`/v1/admin/recordings?${query}`);
+      document.getElementById("recordings").replaceChildren(...all.map((r) => {
+        const tr = el("tr", null, { "data-recording": r.session_id });
+        const notes = [];
+        if (r.input_recorded) notes.push("keystrokes");
+        if (r.truncated) notes.push("cut at the limit");
+        if (r.ended_at === undefined || r.ended_at === null) notes.push("live or unfinished");
+        const play = el("a", "Play", { href: `/ui/recording?session=${encodeURIComponent(r.session_id)}` });
+        const download = el("a", "Download", { href: `/v1/admin/recordings/${encodeURIComponent(r.session_id)}`, download: "" });
+        tr.append(el("td", r.user), el("td", r.device), el("td", r.login || "—"), el("td", words(r.mode)),
+          timeCell(r.started_at), el("td", bytes(r.bytes)), el("td", notes.join(", ") || "—"), cell(play, " ", download));
+        return tr;
+      }));
+      document.getElementById("recordings-none").hidden = all.length > 0;
+      fail("recordings-error", null);
+    } catch (e) { fail("recordings-error", e); }
+  }
+  document.getElementById("recordings-filter").addEventListener("submit", (ev) => { ev.preventDefault(); recordings(); });
+  document.getElementById("recordings-filter").addEventListener("reset", () => setTimeout(recordings));
+  register({ id: "recordings", title: "Recordings", needs: ["recordings.read"], load: recordings });
+
   // ---- Audit ----
   const PAGE = 100;
   // Who acted and on what, from the fields records use for them.

@@ -188,7 +188,7 @@ async function showDevices(me) {
   document.getElementById("nav").hidden = false;
   document.getElementById("whoami").textContent = me.username;
   // Only for someone who may see at least one admin view (the CA checks each call).
-  const adminViews = ["audit.read", "sessions.kill", "nodes.manage", "policy.manage", "users.manage"];
+  const adminViews = ["audit.read", "sessions.kill", "nodes.manage", "policy.manage", "users.manage", "recordings.read"];
   document.getElementById("admin-link").hidden = !(me.permissions || []).some((p) => adminViews.includes(p));
   const devices = await api("/v1/console/devices");
   const search = document.getElementById("device-search");

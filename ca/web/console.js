@@ -96,7 +96,8 @@ function start() {
       if (msg.type === "connected") {
         state.state = "connected";
         state.connections += 1;
-        status("connected");
+        state.recorded = msg.recorded === true;
+        status(state.recorded ? "connected · this session is recorded" : "connected");
         if (typeof msg.closes_in === "number") {
           stopTimeLeft = countdown(timeLeft, msg.closes_in, (t) => `session ends in ${t}`);
         }

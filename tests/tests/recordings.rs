@@ -388,3 +388,48 @@ async fn a_real_ssh_session_is_recorded_through_the_bastion_and_jump_mode_is_ref
     assert!(bytes <= 1 << 20, "{bytes}");
     assert!(!w.server.audit_events("recording_truncated").await.is_empty());
 }
+
+/// In Chromium: a console under a recorded rule says so in its status line; the
+/// auditor finds the recording on the admin page and plays it in asciinema-player, on a
+/// page whose CSP allows WebAssembly and nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_console_is_announced_and_plays_back_in_the_browser() {
+    use portcullis_tests::bastion_world::{CONSOLE_POLICY, PASSWORD as ALICE_PASSWORD, World};
+    use portcullis_tests::browser::{run_script, screenshots};
+    let w = World::start("15m").await;
+    // Rules match by name, first to last: this one comes before the all-in-one's own.
+    let console = CONSOLE_POLICY
+        .replace("scope = { agents = [\"local\"] }\n", "scope = { agents = [\"local\"] }\nrecord = true\n")
+        .replace("name = \"prod-consoles\"", "name = \"audited-consoles\"");
+    assert_ne!(console, CONSOLE_POLICY);
+    let auditor = "[[role]]\nname = \"auditor\"\npermissions = [\"recordings.read\"]\n\n\
+                   [[binding]]\nuser = \"admin\"\nroles = [\"auditor\"]\n";
+    for (file, text) in [("console.toml", console.as_str()), ("auditor.toml", auditor)] {
+        let (status, body) = w.server.write_policy(file, text).await;
+        assert!(status.is_success(), "{file}: {body}");
+    }
+    let report = run_script(
+        "recording.mjs",
+        &json!({
+            "url": w.server.url,
+            "user": "alice",
+            "password": ALICE_PASSWORD,
+            "device": "pve01",
+            "auditor": "admin",
+            "auditor_password": w.server.admin_password().await,
+            "screenshot": screenshots().join("recording.png"),
+        }),
+    );
+    assert!(report.get("error").is_none() && report.get("page_errors").is_none(), "{report:#}\n{}", w.server.log());
+    assert!(report.get("console_errors").is_none(), "{report:#}");
+    assert_eq!(report["steps"], json!(["recorded_console", "played"]), "{report:#}");
+    assert!(report["console_status"].as_str().unwrap().contains("this session is recorded"), "{report:#}");
+    assert!(report["tabs"].as_array().unwrap().iter().any(|t| t == "Recordings"), "{report:#}");
+    assert_eq!(report["title"], "alice as root on pve01", "{report:#}");
+    assert_eq!(report["played"], true);
+    let csp = report["csp"].as_str().unwrap();
+    assert!(csp.contains("script-src 'self' 'wasm-unsafe-eval';") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(report["a11y"], json!([]), "axe-core, serious or critical: {report:#}");
+    let played = w.server.audit_events("recording_played").await;
+    assert!(played.iter().any(|p| p.payload["actor"] == "admin" && p.payload["user"] == "alice"), "{played:?}");
+}

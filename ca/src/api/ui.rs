@@ -14,6 +14,11 @@ use axum::routing::get;
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; \
                    img-src 'self' data:; font-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+/// The recording page's: asciinema-player's terminal emulator is WebAssembly, which
+/// needs `'wasm-unsafe-eval'` (compiling WebAssembly; JavaScript `eval` stays forbidden).
+const RECORDING_CSP: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self' 'unsafe-inline'; \
+                             connect-src 'self'; img-src 'self' data:; font-src 'self'; frame-ancestors 'none'; \
+                             base-uri 'none'; form-action 'self'";
 
 /// `(name, content type, bytes)` of every file under `/ui/static/`.
 const STATIC: &[(&str, &str, &[u8])] = &[
@@ -28,12 +33,24 @@ const STATIC: &[(&str, &str, &[u8])] = &[
     ("xterm.js", "text/javascript; charset=utf-8", include_bytes!("../../web/vendor/xterm/xterm.js")),
     ("xterm.css", "text/css; charset=utf-8", include_bytes!("../../web/vendor/xterm/xterm.css")),
     ("addon-fit.js", "text/javascript; charset=utf-8", include_bytes!("../../web/vendor/xterm/addon-fit.js")),
+    ("recording.js", "text/javascript; charset=utf-8", include_bytes!("../../web/recording.js")),
+    (
+        "asciinema-player.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/vendor/asciinema-player/asciinema-player.min.js"),
+    ),
+    (
+        "asciinema-player.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../web/vendor/asciinema-player/asciinema-player.css"),
+    ),
 ];
 
 const INDEX: &[u8] = include_bytes!("../../web/index.html");
 const CONSOLE: &[u8] = include_bytes!("../../web/console.html");
 const ADMIN: &[u8] = include_bytes!("../../web/admin.html");
 const DEVICE: &[u8] = include_bytes!("../../web/device.html");
+const RECORDING: &[u8] = include_bytes!("../../web/recording.html");
 
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
@@ -43,16 +60,21 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/ui/console", get(|| async { page(CONSOLE) }))
         .route("/ui/admin", get(|| async { page(ADMIN) }))
         .route("/ui/device", get(|| async { page(DEVICE) }))
+        .route("/ui/recording", get(|| async { page_with(RECORDING, RECORDING_CSP) }))
         .route("/ui/static/{name}", get(asset))
 }
 
 /// Headers every UI response carries.
-fn secured(mut response: Response, cache: &'static str) -> Response {
+fn secured(response: Response, cache: &'static str) -> Response {
+    secured_with(response, cache, CSP)
+}
+
+fn secured_with(mut response: Response, cache: &'static str, csp: &'static str) -> Response {
     let h = response.headers_mut();
     let set = |h: &mut axum::http::HeaderMap, name: HeaderName, value: &'static str| {
         h.insert(name, HeaderValue::from_static(value));
     };
-    set(h, header::CONTENT_SECURITY_POLICY, CSP);
+    set(h, header::CONTENT_SECURITY_POLICY, csp);
     set(h, header::X_FRAME_OPTIONS, "DENY");
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(h, header::REFERRER_POLICY, "no-referrer");
@@ -62,7 +84,11 @@ fn secured(mut response: Response, cache: &'static str) -> Response {
 }
 
 fn page(html: &'static [u8]) -> Response {
-    secured(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response(), "no-store")
+    page_with(html, CSP)
+}
+
+fn page_with(html: &'static [u8], csp: &'static str) -> Response {
+    secured_with(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response(), "no-store", csp)
 }
 
 async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Response {
@@ -80,7 +106,7 @@ mod tests {
 
     #[test]
     fn no_page_has_inline_script_or_handlers() {
-        for html in [INDEX, CONSOLE, ADMIN, DEVICE] {
+        for html in [INDEX, CONSOLE, ADMIN, DEVICE, RECORDING] {
             let text = String::from_utf8_lossy(html);
             for line in text.lines().filter(|l| l.contains("<script")) {
                 assert!(line.contains(" src=\"/ui/static/") && line.contains("></script>"), "inline script: {line}");
@@ -91,5 +117,8 @@ mod tests {
             }
         }
         assert!(CSP.contains("script-src 'self';") && CSP.contains("frame-ancestors 'none'"));
+        // Only the recording page compiles WebAssembly; nothing allows JavaScript eval.
+        assert!(RECORDING_CSP.contains("script-src 'self' 'wasm-unsafe-eval';"));
+        assert!(!CSP.contains("unsafe-eval'") && !RECORDING_CSP.contains(" 'unsafe-eval'"));
     }
 }
