@@ -94,7 +94,8 @@ const purposes = { ssh_login: "SSH login", console_access: "Browser console", in
 function showAccess(details) {
   document.getElementById("rules").replaceChildren(...details.rules.map((r) => {
     const tr = el("tr", null, { "data-purpose": r.purpose });
-    tr.append(el("td", purposes[r.purpose] || words(r.purpose)), el("td", r.rule || "none: nothing of this kind reaches the device"));
+    const rule = r.rule ? `${r.rule}${r.recorded ? " (sessions are recorded)" : ""}` : "none: nothing of this kind reaches the device";
+    tr.append(el("td", purposes[r.purpose] || words(r.purpose)), el("td", rule));
     return tr;
   }));
   document.getElementById("access-scope").textContent = details.access_complete

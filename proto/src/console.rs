@@ -164,6 +164,10 @@ pub struct DeviceRule {
     /// `ssh_login`, `console_access` or `inventory_enrichment`.
     pub purpose: String,
     pub rule: Option<String>,
+    /// The rule records sessions (`record = true`): what a user should know before
+    /// opening one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recorded: bool,
 }
 
 /// A role that targets a device: which logins and permissions it grants there, and to

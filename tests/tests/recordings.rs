@@ -174,6 +174,15 @@ async fn recordings_are_kept_sealed_in_order_from_their_bastion_and_shown_only_t
     let (status, _) = chunk(&fx, &fx.b1, &plain, json!({"seq": 0, "events": "", "bytes": 0})).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
+    // A user sees on the device's page, before opening a console, that it is recorded.
+    let alice = bearer(&fx.ca, "alice").await;
+    for (device, recorded) in [("pve01", true), ("pve03", false)] {
+        let (status, details) = fx.api.get_json(Some(&alice), &format!("/v1/console/devices/{device}")).await;
+        assert_eq!(status, StatusCode::OK, "{details}");
+        let console = details["rules"].as_array().unwrap().iter().find(|r| r["purpose"] == "console_access").unwrap();
+        assert_eq!(console["recorded"].as_bool().unwrap_or(false), recorded, "{device}: {details}");
+    }
+
     let (id, grant) = console_session(&fx, "pve01").await;
     assert_eq!(grant["recording"], json!({"input": false, "max_bytes": 1 << 20, "close_at_limit": false}));
     let opened = audit(&fx.ca, "session_opened").await;

@@ -133,9 +133,13 @@ fn node_summary(node: NodeRecord) -> DeviceNode {
 fn deciding_rules(policy: &Policy, device: &Device) -> Vec<DeviceRule> {
     [Purpose::SshLogin, Purpose::ConsoleAccess, Purpose::InventoryEnrichment]
         .into_iter()
-        .map(|purpose| DeviceRule {
-            purpose: purpose.as_str().to_owned(),
-            rule: policy.match_rule(purpose, device).ok().map(|r| r.name().to_owned()),
+        .map(|purpose| {
+            let rule = policy.match_rule(purpose, device).ok();
+            DeviceRule {
+                purpose: purpose.as_str().to_owned(),
+                rule: rule.map(|r| r.name().to_owned()),
+                recorded: rule.is_some_and(|r| r.recording().is_some()),
+            }
         })
         .collect()
 }
