@@ -25,11 +25,16 @@
 //!    mode gets a freshly started all-in-one, so memory freed by earlier phases cannot
 //!    hide the cost. The all-in-one holds the CA and the built-in edge agent too: the
 //!    agent's share of a session is in the figure; the CA's fixed memory is in the
-//!    "before" figure.
+//!    "before" figure;
+//! 5. recording on and off (issue 20): terminated mode to a second node under a rule
+//!    that records output and keystrokes, against pve01 unrecorded, text transfers both
+//!    ways and keystroke echo, printed as recorded ÷ not recorded.
 //!
 //! Environment: `PORTCULLIS_BENCH_BYTES` (bulk bytes, default 1 GiB),
 //! `PORTCULLIS_BENCH_SETUP_RUNS` (default 30, after 3 warm-ups),
 //! `PORTCULLIS_BENCH_SESSIONS` (idle sessions, default 1000; 0 skips the phase),
+//! `PORTCULLIS_BENCH_RECORDED_BYTES` (the recording phase's text transfers, default 64 MiB;
+//! 0 skips it: terminated mode with and without a recording rule, and their echo),
 //! `PORTCULLIS_BENCH_SCALE` (default 0: off; e.g. 10000 idle jump sessions to a TCP sink
 //! through one all-in-one, then churn; each session is two descriptors in portcullisd
 //! and two in the bench, so 10,000 needs a hard open-files limit above 20,000).
@@ -47,7 +52,7 @@
 // Bench code: a failed expectation must stop the run loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use portcullis_tests::bastion_world::World;
+use portcullis_tests::bastion_world::{World, add_node, loopback_ip};
 use portcullis_tests::procfs;
 use portcullis_tests::ssh::{ed25519_key, path_str, ssh_keygen_ok, write_key_pair};
 use portcullis_tests::sshd::{NodeTrust, Sshd};
@@ -59,6 +64,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const DEFAULT_BYTES: u64 = 1 << 30;
+/// The recording phase's transfers: text, each recorded in full (the CA keeps them until
+/// the run's temporary directory goes).
+const DEFAULT_RECORDED_BYTES: u64 = 64 << 20;
 const BULK_RUNS: usize = 3;
 const DEFAULT_SETUP_RUNS: usize = 30;
 const SETUP_WARMUP: usize = 3;
@@ -86,6 +94,9 @@ enum Route {
     Terminated,
     Jump,
     Baseline,
+    /// Terminated mode to a second node, under a rule that records sessions (output and
+    /// keystrokes): the recording phase only.
+    Recorded,
 }
 
 const ROUTES: [Route; 3] = [Route::Baseline, Route::Terminated, Route::Jump];
@@ -97,6 +108,7 @@ impl Route {
             Route::Terminated => "bastion",
             Route::Jump => "node",
             Route::Baseline => "viaplain",
+            Route::Recorded => "recorded",
         }
     }
 
@@ -105,6 +117,7 @@ impl Route {
             Route::Terminated => "terminated",
             Route::Jump => "jump",
             Route::Baseline => "ssh -J sshd",
+            Route::Recorded => "recorded",
         }
     }
 }
@@ -114,6 +127,7 @@ fn main() -> ExitCode {
     let setup_runs = usize::try_from(env_u64("PORTCULLIS_BENCH_SETUP_RUNS", DEFAULT_SETUP_RUNS as u64)).unwrap().max(1);
     let sessions = usize::try_from(env_u64("PORTCULLIS_BENCH_SESSIONS", DEFAULT_SESSIONS as u64)).unwrap();
     let scale = usize::try_from(env_u64("PORTCULLIS_BENCH_SCALE", 0)).unwrap();
+    let recorded_bytes = env_u64("PORTCULLIS_BENCH_RECORDED_BYTES", DEFAULT_RECORDED_BYTES);
     if let Some(limit) = procfs::open_files_limit().filter(|&l| scale > 0 && (2 * scale + 1000) as u64 > l) {
         // A jump session is two descriptors in portcullisd (front door, node) and two here.
         println!("note: the open-files limit ({limit}) holds fewer than {scale} sessions; raise the hard limit");
@@ -127,9 +141,12 @@ fn main() -> ExitCode {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let bench = runtime.block_on(Bench::start());
-    let bulk = bulk_phase(&bench, bytes);
+    let bulk = bulk_phase(&bench, bytes, &ROUTES, Payload::Zeros);
     let setup = setup_phase(&bench, setup_runs);
-    let echo = echo_phase(&bench);
+    let echo = echo_phase(&bench, &ROUTES);
+    if recorded_bytes > 0 {
+        recording_phase(&bench, recorded_bytes);
+    }
     drop(bench);
 
     let idle = if sessions == 0 {
@@ -204,6 +221,8 @@ impl PlainJump {
 struct Bench {
     /// The all-in-one and the node; kept alive for the run.
     _world: World,
+    /// The node whose sessions are recorded.
+    _recorded: Sshd,
     /// The baseline's jump host; kept alive for the run.
     _jump: PlainJump,
     config: PathBuf,
@@ -215,6 +234,12 @@ struct Bench {
 impl Bench {
     async fn start() -> Bench {
         let world = World::start(IDLE).await;
+        // pve02 under a rule that records everything (rules match by name, first to last).
+        let recorded = add_node(&world.server, &world.admin, "pve02", &loopback_ip(), None, None).await;
+        let rule = "[[rule]]\nname = \"a-recorded-ssh\"\npurpose = \"ssh_login\"\ntargets = 'in:devices name:pve02'\n\
+                    scope = { agents = [\"local\"] }\nrecord = true\nrecord_input = true\nrecord_max_mib = 1024\n";
+        let (status, body) = world.server.write_policy("recorded.toml", rule).await;
+        assert!(status.is_success(), "{body}");
         let jump = PlainJump::start();
         let dir = world.dir.path();
         let common = |key: &Path| {
@@ -234,7 +259,10 @@ impl Bench {
             format!(
                 "{world_config}Host plainjump\n  HostName {jip}\n  Port {jport}\n  User root\n{jcommon}\
                  Host viaplain\n  HostName {nip}\n  Port {nport}\n  User root\n  ProxyJump plainjump\n{common}\
+                 Host recorded\n  HostName {bip}\n  Port {bport}\n  User root%pve02\n{common}\
                  Host *\n  Ciphers {CIPHER}\n",
+                bip = world.server.bastion.ip(),
+                bport = world.server.bastion.port(),
                 jip = jump.sshd.ip,
                 jport = jump.sshd.port,
                 jcommon = common(&jump.key),
@@ -247,8 +275,8 @@ impl Bench {
         let server_pid = procfs::child_with_arg(&world.server.data_dir);
         let node_pid = procfs::child_with_arg(&world.node.dir.path().join("sshd_config"));
         let jump_pid = procfs::child_with_arg(&jump.sshd.dir.path().join("sshd_config"));
-        let bench = Bench { _world: world, _jump: jump, config, server_pid, node_pid, jump_pid };
-        for route in ROUTES {
+        let bench = Bench { _world: world, _recorded: recorded, _jump: jump, config, server_pid, node_pid, jump_pid };
+        for route in ROUTES.into_iter().chain([Route::Recorded]) {
             let out = bench.ssh(route, "echo ok").output().unwrap();
             assert!(
                 out.status.success() && out.stdout == b"ok\n",
@@ -362,21 +390,31 @@ impl Direction {
     }
 
     /// The shell pipeline; `$1` bytes, `$2` ssh config, `$3` host. It prints the count.
-    fn pipeline(self) -> &'static str {
-        match self {
-            Direction::Upload => r#"head -c "$1" /dev/zero | ssh -F "$2" "$3" 'wc -c'"#,
-            Direction::Download => r#"ssh -F "$2" "$3" "head -c $1 /dev/zero" | wc -c"#,
+    fn pipeline(self, payload: Payload) -> &'static str {
+        match (self, payload) {
+            (Direction::Upload, Payload::Zeros) => r#"head -c "$1" /dev/zero | ssh -F "$2" "$3" 'wc -c'"#,
+            (Direction::Download, Payload::Zeros) => r#"ssh -F "$2" "$3" "head -c $1 /dev/zero" | wc -c"#,
+            (Direction::Upload, Payload::Text) => r#"base64 /dev/zero | head -c "$1" | ssh -F "$2" "$3" 'wc -c'"#,
+            (Direction::Download, Payload::Text) => r#"ssh -F "$2" "$3" "base64 /dev/zero | head -c $1" | wc -c"#,
         }
     }
 }
 
-fn bulk_phase(bench: &Bench, bytes: u64) -> Vec<BulkResult> {
+/// What a transfer carries: zeros, or printable text (a recording stores text as it is;
+/// a zero byte takes six characters in asciicast).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Payload {
+    Zeros,
+    Text,
+}
+
+fn bulk_phase(bench: &Bench, bytes: u64, routes: &[Route], payload: Payload) -> Vec<BulkResult> {
     println!();
     println!("== bulk: {bytes} bytes up (client to node) and down, best of {BULK_RUNS}, routes interleaved ==");
     let mut results: Vec<BulkResult> = [Direction::Upload, Direction::Download]
         .into_iter()
         .flat_map(|direction| {
-            ROUTES.iter().map(move |&route| BulkResult {
+            routes.iter().map(move |&route| BulkResult {
                 route,
                 direction,
                 runs: Vec::new(),
@@ -391,7 +429,7 @@ fn bulk_phase(bench: &Bench, bytes: u64) -> Vec<BulkResult> {
             let t0 = Instant::now();
             let out = Command::new("sh")
                 .arg("-c")
-                .arg(result.direction.pipeline())
+                .arg(result.direction.pipeline(payload))
                 .args(["sh", &bytes.to_string()])
                 .arg(&bench.config)
                 .arg(result.route.host())
@@ -507,15 +545,14 @@ const ECHO_ROUNDS: usize = 3;
 /// One interactive session per route and round: `ssh -tt HOST 'stty raw -echo; cat'`
 /// (a remote pty in raw mode, so each byte comes straight back), one byte at a time,
 /// timed from the write to ssh's stdin until the byte is read back from its stdout.
-fn echo_phase(bench: &Bench) -> Vec<EchoResult> {
+fn echo_phase(bench: &Bench, routes: &[Route]) -> Vec<EchoResult> {
     use std::io::{Read, Write};
     println!();
     println!(
         "== keystroke echo: ssh -tt HOST cat in a raw remote pty, {ECHO_KEYS} keys {} ms apart, {ECHO_ROUNDS} rounds ==",
         ECHO_GAP.as_millis()
     );
-    let mut results: Vec<EchoResult> =
-        ROUTES.into_iter().map(|route| EchoResult { route, rounds: Vec::new() }).collect();
+    let mut results: Vec<EchoResult> = routes.iter().map(|&route| EchoResult { route, rounds: Vec::new() }).collect();
     for round in 1..=ECHO_ROUNDS {
         for result in &mut results {
             let mut child = Command::new("ssh")
@@ -566,6 +603,43 @@ fn echo_phase(bench: &Bench) -> Vec<EchoResult> {
         }
     }
     results
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Recording on and off (issue 20: recording must not slow the relay measurably)
+
+/// Terminated mode to pve01 (not recorded) and to pve02 (recorded: output and
+/// keystrokes), interleaved in one run: text transfers each way, then keystroke echo.
+/// Prints recorded ÷ unrecorded.
+fn recording_phase(bench: &Bench, bytes: u64) {
+    println!();
+    println!("== recording: terminated mode, a rule that records (output and keystrokes) against one that does not ==");
+    let bulk = bulk_phase(bench, bytes, &[Route::Terminated, Route::Recorded], Payload::Text);
+    let echo = echo_phase(bench, &[Route::Terminated, Route::Recorded]);
+    println!();
+    println!("== recording summary: recorded ÷ not recorded, same run ==");
+    for direction in [Direction::Upload, Direction::Download] {
+        let best = |route: Route| {
+            let r = bulk.iter().find(|r| r.route == route && r.direction == direction).unwrap();
+            bytes as f64 / MIB / r.best().as_secs_f64()
+        };
+        let (on, off) = (best(Route::Recorded), best(Route::Terminated));
+        println!(
+            "{:<34} {on:>8.1} MiB/s vs {off:>8.1} MiB/s   {:>5.2}×",
+            format!("throughput {}", direction.label()),
+            on / off
+        );
+    }
+    let median = |route: Route, q: f64| {
+        let r = echo.iter().find(|r| r.route == route).unwrap();
+        let mut all: Vec<Duration> = r.rounds.concat();
+        all.sort_unstable();
+        percentile(&all, q).as_secs_f64() * 1000.0
+    };
+    for (name, q) in [("echo p50", 0.50), ("echo p99", 0.99)] {
+        let (on, off) = (median(Route::Recorded, q), median(Route::Terminated, q));
+        println!("{name:<34} {on:>8.3} ms    vs {off:>8.3} ms      {:>5.2}×", on / off);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
