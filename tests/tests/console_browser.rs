@@ -458,3 +458,30 @@ async fn collect_cluster(w: &World, site: &portcullis_tests::fakepve::Site) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// Step-up in the browser: a console rule with `fresh_auth_within`, a sign-in older than
+/// that — the console is refused with a "Sign in again" link, which signs the session
+/// out and asks for the password; afterwards the console opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_up_console_sends_the_user_to_sign_in_again() {
+    let w = World::start("15m").await;
+    // Rules match by name, first to last: this one comes before the all-in-one's own.
+    let policy = CONSOLE_POLICY
+        .replace("scope = { agents = [\"local\"] }\n", "scope = { agents = [\"local\"] }\nfresh_auth_within = \"4s\"\n")
+        .replace("name = \"prod-consoles\"", "name = \"a-step-up-consoles\"");
+    let (status, body) = w.server.write_policy("console.toml", &policy).await;
+    assert!(status.is_success(), "{body}");
+    let report = run_script(
+        "stepup.mjs",
+        &json!({ "url": w.server.url, "username": "alice", "password": PASSWORD, "device": "pve01", "wait_ms": 6000 }),
+    );
+    assert!(report.get("error").is_none() && report.get("page_errors").is_none(), "{report:#}\n{}", w.server.log());
+    assert_eq!(report["steps"], json!(["asked_again", "connected_after_step_up"]), "{report:#}");
+    assert!(report["refused"].as_str().unwrap().contains("Sign in again"), "{report:#}");
+    assert_eq!(report["url"], "/ui/?fresh=1", "{report:#}");
+    assert!(report["notice"].as_str().unwrap().contains("recent sign-in"), "{report:#}");
+    assert_eq!(report["signed_out"], true, "{report:#}");
+    assert_eq!(report["a11y"], json!([]), "{report:#}");
+    let denied = w.server.audit_events("console_ticket_denied").await;
+    assert!(denied.iter().any(|d| d.payload["reason"] == "fresh_auth_required"), "{denied:?}");
+}

@@ -20,7 +20,7 @@ use crate::service::auth::{random_token, token_hash};
 use crate::service::pve::Link;
 use crate::service::{Ca, Caller, ServiceCaller};
 use crate::store::{self, Redeemed, TicketRow, TicketState};
-use portcullis_policies::{DenyReason, Identity, Permission, Policy, Purpose};
+use portcullis_policies::{DenyReason, Grant, Identity, Permission, Policy, Purpose, proof};
 use portcullis_proto::bastion::{SessionGrant, SessionMode, deny_reason as deny};
 use portcullis_proto::console::{
     ConsoleDevice, ConsoleGuest, ConsoleMode, ConsoleOpenRequest, TICKET_TTL_SECS, TicketRequest, TicketResponse,
@@ -66,18 +66,6 @@ fn sees_guest(policy: &Policy, who: &Identity, guest: &portcullis_policies::Devi
     !console_roles(policy, who, guest).is_empty()
 }
 
-/// What a device list holds.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DeviceScope {
-    /// The devices the caller may open a console to, and the guests a console role of
-    /// theirs reaches (the console user's list).
-    Consoles,
-    /// Every node and guest, each saying why the caller opens no console there when they
-    /// cannot: for holders of [`proof::InventoryRead`](portcullis_policies::proof::InventoryRead),
-    /// whose details pages cover the whole inventory.
-    Inventory,
-}
-
 /// What a node's row says when the caller may read it but opens no console there.
 const NO_CONSOLE_ROLE: &str = "no console role of yours reaches this device";
 const NO_CONSOLE_RULE: &str = "no console_access rule covers this device, or no agent reaches it";
@@ -87,14 +75,20 @@ impl Ca {
     /// logins a console may use there (and PVE's cluster and status for a linked host),
     /// then the Proxmox VE guests a console role of theirs reaches, listed without a console.
     pub async fn console_devices(&self, caller: &Caller) -> Result<Vec<ConsoleDevice>, CaError> {
-        self.device_list(caller, DeviceScope::Consoles).await
+        self.device_list(caller, None).await
     }
 
-    /// The device list in `scope` (the caller must hold what `scope` needs).
-    pub(crate) async fn device_list(&self, caller: &Caller, scope: DeviceScope) -> Result<Vec<ConsoleDevice>, CaError> {
+    /// The console user's list; with the proof that the caller may read the inventory,
+    /// every node and guest, each saying why the caller opens no console there when they
+    /// cannot (the details pages then cover every device).
+    pub(crate) async fn device_list(
+        &self,
+        caller: &Caller,
+        inventory: Option<&Grant<proof::InventoryRead>>,
+    ) -> Result<Vec<ConsoleDevice>, CaError> {
         let policy = self.policy();
         let who = &caller.identity;
-        let inventory = scope == DeviceScope::Inventory;
+        let inventory = inventory.is_some();
         if !inventory && policy.holds(who, Permission::DevicesConsoleOpen).is_err() {
             return Ok(Vec::new());
         }

@@ -13,7 +13,6 @@
 //!   (`audit.read`/`sessions.kill`, as `GET /v1/admin/sessions`).
 
 use super::admission::policy_device;
-use super::console::DeviceScope;
 use crate::error::CaError;
 use crate::service::admin::AuditFilter;
 use crate::service::{Ca, Caller};
@@ -32,11 +31,8 @@ impl Ca {
     pub async fn device_details(&self, caller: &Caller, name: &str) -> Result<DeviceDetails, CaError> {
         let policy = self.policy();
         let who = &caller.identity;
-        let scope = match policy.authorize::<proof::InventoryRead>(who) {
-            Ok(_) => DeviceScope::Inventory,
-            Err(_) => DeviceScope::Consoles,
-        };
-        let listed = self.device_list(caller, scope).await?.into_iter().find(|d| d.name == name);
+        let inventory = policy.authorize::<proof::InventoryRead>(who).ok();
+        let listed = self.device_list(caller, inventory.as_ref()).await?.into_iter().find(|d| d.name == name);
         let device = listed.ok_or(CaError::NotFound("device"))?;
         let (node, as_policy_sees_it) = match device.guest {
             None => {
