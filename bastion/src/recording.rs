@@ -12,6 +12,7 @@
 //! with `record_over_limit = "close"` closes the session then, and also when the CA
 //! cannot take the recording.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -28,8 +29,9 @@ use crate::sessions::LiveSession;
 pub(crate) const ANNOUNCEMENT: &str = "portcullis: this session is recorded";
 /// Events waiting to be encoded; the relay waits when the queue is full.
 const QUEUE: usize = 1024;
-/// A chunk goes to the CA at this much event text, or after [`FLUSH_EVERY`].
-const FLUSH_BYTES: usize = 128 * 1024;
+/// A chunk goes to the CA at this much event text, or after [`FLUSH_EVERY`]. Each chunk
+/// is one transaction at the CA (a disk sync): larger chunks cost less per byte.
+const FLUSH_BYTES: usize = 1024 * 1024;
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Terminal bytes per event at most, so one event's JSON stays small (escaping a control
 /// byte takes six).
@@ -75,7 +77,7 @@ impl Recorder {
             recorded: AtomicU64::new(0),
             full: AtomicBool::new(false),
             events,
-            uploader: tokio::spawn(uploader.run(queue)),
+            uploader: tokio::spawn(Arc::new(uploader).run(queue)),
             live: Arc::clone(live),
         })
     }
@@ -139,11 +141,20 @@ struct Utf8Stream {
 }
 
 impl Utf8Stream {
-    fn decode(&mut self, data: &[u8]) -> String {
+    /// The text of `data` (after what was kept from before), borrowed when it is valid
+    /// and nothing was kept: the common case copies nothing.
+    fn decode<'a>(&mut self, data: &'a [u8]) -> Cow<'a, str> {
+        if self.pending.is_empty()
+            && let Some((whole, tail)) = data.split_at_checked(complete_prefix(data))
+            && let Ok(text) = std::str::from_utf8(whole)
+        {
+            self.pending.extend_from_slice(tail);
+            return Cow::Borrowed(text);
+        }
         let mut bytes = std::mem::take(&mut self.pending);
         bytes.extend_from_slice(data);
         self.pending = bytes.split_off(complete_prefix(&bytes));
-        String::from_utf8_lossy(&bytes).into_owned()
+        Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
     }
 }
 
@@ -165,10 +176,32 @@ fn complete_prefix(b: &[u8]) -> usize {
     len
 }
 
-/// One asciicast v2 event line.
-fn event_line(time: f64, code: &str, text: &str) -> String {
-    let text = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
-    format!("[{time:.6}, \"{code}\", {text}]\n")
+/// Appends one asciicast v2 event line to `out`, escaping `text` as a JSON string in
+/// place (no intermediate copies: this runs for every byte a recorded session prints).
+fn push_event(out: &mut String, time: f64, code: &str, text: &str) {
+    use std::fmt::Write;
+    let _ = write!(out, "[{time:.6}, \"{code}\", \"");
+    let mut plain = 0;
+    for (at, byte) in text.bytes().enumerate() {
+        let escaped = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..0x20 | 0x7f => "",
+            _ => continue,
+        };
+        out.push_str(text.get(plain..at).unwrap_or_default());
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{byte:04x}");
+        } else {
+            out.push_str(escaped);
+        }
+        plain = at + 1;
+    }
+    out.push_str(text.get(plain..).unwrap_or_default());
+    out.push_str("\"]\n");
 }
 
 struct Uploader {
@@ -193,7 +226,7 @@ impl Pending {
         for piece in data.chunks(MAX_EVENT_BYTES) {
             let text = stream.decode(piece);
             if !text.is_empty() {
-                self.text.push_str(&event_line(time, code, &text));
+                push_event(&mut self.text, time, code, &text);
             }
         }
     }
@@ -204,8 +237,9 @@ impl Pending {
 }
 
 impl Uploader {
-    async fn run(self, mut queue: mpsc::Receiver<Event>) {
+    async fn run(self: Arc<Self>, mut queue: mpsc::Receiver<Event>) {
         let (mut output, mut input) = (Utf8Stream::default(), Utf8Stream::default());
+        let mut in_flight: Option<tokio::task::JoinHandle<bool>> = None;
         let mut pending = Pending::default();
         let mut seq = 0;
         let mut tick = tokio::time::interval(FLUSH_EVERY);
@@ -223,7 +257,7 @@ impl Uploader {
                                     pending.sized = true;
                                     pending.size = Some(TerminalSize { cols, rows });
                                 }
-                                pending.text.push_str(&event_line(t, "r", &format!("{cols}x{rows}")));
+                                push_event(&mut pending.text, t, "r", &format!("{cols}x{rows}"));
                             }
                             Event::Truncated => pending.truncated = true,
                         }
@@ -249,12 +283,19 @@ impl Uploader {
                 truncated: std::mem::take(&mut pending.truncated),
                 last,
             };
-            if !self.hand_over(&chunk).await {
+            // One chunk on its way while the next fills: the CA's write overlaps the
+            // encoding, and chunks still arrive in order.
+            if let Some(previous) = in_flight.take()
+                && !previous.await.unwrap_or(false)
+            {
                 return;
             }
             if last {
+                self.hand_over(&chunk).await;
                 return;
             }
+            let this = Arc::clone(&self);
+            in_flight = Some(tokio::spawn(async move { this.hand_over(&chunk).await }));
             seq += 1;
         }
     }
@@ -307,9 +348,16 @@ mod tests {
 
     #[test]
     fn events_are_asciicast_lines() {
-        assert_eq!(event_line(1.5, "o", "a\"\u{1b}[0m\n"), "[1.500000, \"o\", \"a\\\"\\u001b[0m\\n\"]\n");
-        let line = event_line(0.25, "r", "80x24");
-        let parsed: (f64, String, String) = serde_json::from_str(&line).unwrap();
-        assert_eq!(parsed, (0.25, "r".to_owned(), "80x24".to_owned()));
+        let mut out = String::new();
+        push_event(&mut out, 1.5, "o", "a\"\u{1b}[0m\n");
+        assert_eq!(out, "[1.500000, \"o\", \"a\\\"\\u001b[0m\\n\"]\n");
+        // Whatever the text, the line parses back to it.
+        let text: String = (0u8..=127).map(char::from).chain("é€😀\\".chars()).collect();
+        let mut out = String::new();
+        push_event(&mut out, 0.25, "i", &text);
+        push_event(&mut out, 0.5, "r", "80x24");
+        let mut lines = out.lines().map(|l| serde_json::from_str::<(f64, String, String)>(l).unwrap());
+        assert_eq!(lines.next().unwrap(), (0.25, "i".to_owned(), text));
+        assert_eq!(lines.next().unwrap(), (0.5, "r".to_owned(), "80x24".to_owned()));
     }
 }

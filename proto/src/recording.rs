@@ -8,8 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Most bytes of event text in one [`RecordingChunk`] (the bastion sends smaller ones).
-pub const MAX_CHUNK_TEXT: usize = 512 * 1024;
+/// Most bytes of event text in one [`RecordingChunk`] (the bastion sends about 1 MiB).
+pub const MAX_CHUNK_TEXT: usize = 2 * 1024 * 1024;
 
 /// In a [`crate::bastion::SessionGrant`]: this session is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
