@@ -5,20 +5,12 @@
 //
 // Usage: node recording.mjs '{"url":…,"user":…,"password":…,"device":…,"auditor":…,
 //   "auditor_password":…,"screenshot":…}'
-import { launch, signIn } from "./chromium.mjs";
+import { launch, signIn, until } from "./chromium.mjs";
 import { accessibility } from "./a11y.mjs";
 
 const cfg = JSON.parse(process.argv[2]);
 const result = { steps: [], a11y: [] };
 const browser = await launch();
-// Polls `fn` in the page (the pages' CSP forbids the eval that waitForFunction uses).
-const until = async (page, fn, arg, timeout = 20000) => {
-  const end = Date.now() + timeout;
-  while (!(await page.evaluate(fn, arg))) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${fn}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-};
 try {
   // The user's console: told it is recorded; a command and its output.
   const user = await (await browser.newContext({ ignoreHTTPSErrors: true })).newPage();

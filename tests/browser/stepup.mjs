@@ -4,20 +4,12 @@
 // JSON.
 //
 // Usage: node stepup.mjs '{"url":…,"username":…,"password":…,"device":…,"wait_ms":…}'
-import { launch, signIn } from "./chromium.mjs";
+import { launch, signIn, until } from "./chromium.mjs";
 import { accessibility } from "./a11y.mjs";
 
 const cfg = JSON.parse(process.argv[2]);
 const result = { steps: [], a11y: [] };
 const browser = await launch();
-// Polls `fn` in the page (the pages' CSP forbids the eval that waitForFunction uses).
-const until = async (page, fn, arg, timeout = 20000) => {
-  const end = Date.now() + timeout;
-  while (!(await page.evaluate(fn, arg))) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${fn}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-};
 try {
   const page = await (await browser.newContext({ ignoreHTTPSErrors: true })).newPage();
   page.on("pageerror", (e) => (result.page_errors ??= []).push(String(e)));
