@@ -1,7 +1,13 @@
 -- Session recordings (issue 20), opt-in per rule. A row per recorded session, written
 -- when the session is admitted; its chunks as the bastion hands them over, each sealed
--- with AES-256-GCM under a key argon2id derives from the CA passphrase and the
--- recording's own salt (a copy of the database holds no readable terminal text).
+-- with AES-256-GCM under the recording's own key: HKDF of a master key (argon2id of the
+-- CA passphrase and the salt below) with the recording's salt (a copy of the database
+-- holds no readable terminal text).
+CREATE TABLE recording_key_salt (
+    id   BIGINT PRIMARY KEY,
+    salt TEXT NOT NULL
+);
+
 CREATE TABLE recordings (
     session_id     TEXT PRIMARY KEY,
     bastion        TEXT NOT NULL,

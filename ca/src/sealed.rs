@@ -70,25 +70,45 @@ pub fn open(passphrase: &SecretString, name: &str, kind: &str, sealed: &str) -> 
     Ok(SecretString::from(text.to_owned()))
 }
 
-/// The sealing key of one session recording: argon2id of the CA passphrase with the
-/// recording's own random salt (derived once per recording, then cached by the CA). Each
-/// chunk is AES-256-GCM with a random nonce and the session id and chunk number as
-/// associated data, so a chunk moved to another place in this or another recording does
-/// not open. Sealed form: `v1.<nonce>.<ciphertext>` (base64url).
+/// The sealing key of one session recording. One master key per deployment is argon2id
+/// of the CA passphrase and a random salt kept in the database (derived once per
+/// process: argon2id costs tens of milliseconds, too much for every recorded session);
+/// each recording's key is HKDF-SHA256 of it with the recording's own random salt and its
+/// session id. Each chunk is AES-256-GCM with a random nonce and the session id and chunk
+/// number as associated data, so a chunk moved to another place in this or another
+/// recording does not open. Sealed form: `v1.<nonce>.<ciphertext>` (base64url).
 pub struct RecordingSeal {
     cipher: Aes256Gcm,
 }
 
+/// The master key recording keys are derived from.
+pub struct RecordingMaster(Zeroizing<[u8; 32]>);
+
 impl RecordingSeal {
-    /// A fresh salt for a new recording (base64url).
+    /// A fresh salt (for the master key, or for a new recording), base64url.
     pub fn new_salt() -> String {
         B64.encode(portcullis_sshcert::random_bytes::<SALT_LEN>())
     }
 
-    pub fn derive(passphrase: &SecretString, salt: &str) -> Result<RecordingSeal, CaError> {
-        let salt =
-            B64.decode(salt).ok().filter(|s| s.len() == SALT_LEN).ok_or(CaError::Internal("recording salt".into()))?;
-        Ok(RecordingSeal { cipher: cipher(passphrase, &salt)? })
+    /// argon2id of the passphrase and the deployment's salt (slow: once per process).
+    pub fn master(passphrase: &SecretString, salt: &str) -> Result<RecordingMaster, CaError> {
+        let salt = decode_salt(salt)?;
+        let mut key = Zeroizing::new([0u8; 32]);
+        Argon2::default()
+            .hash_password_into(passphrase.expose_secret().as_bytes(), &salt, key.as_mut())
+            .map_err(|_| CaError::Internal("recording key derivation".into()))?;
+        Ok(RecordingMaster(key))
+    }
+
+    /// The key of the recording of `session_id` whose salt is `salt` (HKDF-SHA256, RFC 5869).
+    pub fn new(master: &RecordingMaster, salt: &str, session_id: &str) -> Result<RecordingSeal, CaError> {
+        let salt = decode_salt(salt)?;
+        let prk = hmac_sha256(&salt, master.0.as_ref())?;
+        let mut info = format!("portcullis-recording-key-v1\0{session_id}").into_bytes();
+        info.push(1);
+        let key = Zeroizing::new(hmac_sha256(prk.as_ref(), &info)?);
+        let cipher = Aes256Gcm::new_from_slice(key.as_ref()).map_err(|_| CaError::Internal("recording key".into()))?;
+        Ok(RecordingSeal { cipher })
     }
 
     fn aad(session_id: &str, seq: u64) -> Vec<u8> {
@@ -121,6 +141,18 @@ impl RecordingSeal {
     }
 }
 
+fn decode_salt(salt: &str) -> Result<Vec<u8>, CaError> {
+    B64.decode(salt).ok().filter(|s| s.len() == SALT_LEN).ok_or(CaError::Internal("recording salt".into()))
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Result<Zeroizing<[u8; 32]>, CaError> {
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<Sha256>::new_from_slice(key).map_err(|_| CaError::Internal("recording key derivation".into()))?;
+    mac.update(message);
+    Ok(Zeroizing::new(mac.finalize().into_bytes().into()))
+}
+
 /// 16 hex digits identifying a value without revealing it: a SHA-256 keyed by the name,
 /// so equal values under two names do not look equal, and a rotation changes it. (The
 /// values it is used for are random tokens; it is no oracle for a guessable password.)
@@ -144,20 +176,28 @@ mod tests {
 
     #[test]
     fn recording_chunks_open_only_in_their_place_and_with_the_passphrase() {
-        let salt = RecordingSeal::new_salt();
-        let seal = RecordingSeal::derive(&pass("p1"), &salt).unwrap();
+        let (deployment, salt) = (RecordingSeal::new_salt(), RecordingSeal::new_salt());
+        let master = RecordingSeal::master(&pass("p1"), &deployment).unwrap();
+        let seal = RecordingSeal::new(&master, &salt, "s1").unwrap();
         let sealed = seal.seal("s1", 3, "[0.5, \"o\", \"secret output\"]\n").unwrap();
         assert!(!sealed.contains("secret"));
         assert_eq!(seal.open("s1", 3, &sealed).unwrap(), "[0.5, \"o\", \"secret output\"]\n");
         assert!(seal.open("s1", 4, &sealed).is_err(), "moved within the recording");
         assert!(seal.open("s2", 3, &sealed).is_err(), "moved to another recording");
-        assert!(RecordingSeal::derive(&pass("p2"), &salt).unwrap().open("s1", 3, &sealed).is_err());
-        let other_salt = RecordingSeal::derive(&pass("p1"), &RecordingSeal::new_salt()).unwrap();
-        assert!(other_salt.open("s1", 3, &sealed).is_err());
+        // Another passphrase, deployment salt, recording salt or session: another key.
+        let again = |passphrase: &str, deployment: &str, salt: &str, session: &str| {
+            let master = RecordingSeal::master(&pass(passphrase), deployment).unwrap();
+            RecordingSeal::new(&master, salt, session).unwrap().open("s1", 3, &sealed).is_ok()
+        };
+        assert!(again("p1", &deployment, &salt, "s1"), "the same inputs give the same key");
+        assert!(!again("p2", &deployment, &salt, "s1"));
+        assert!(!again("p1", &RecordingSeal::new_salt(), &salt, "s1"));
+        assert!(!again("p1", &deployment, &RecordingSeal::new_salt(), "s1"));
+        assert!(!again("p1", &deployment, &salt, "s2"));
         let mut tampered = sealed.clone();
         tampered.push('A');
         assert!(seal.open("s1", 3, &tampered).is_err());
-        assert!(RecordingSeal::derive(&pass("p1"), "short").is_err());
+        assert!(RecordingSeal::master(&pass("p1"), "short").is_err());
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //!   without one, and jump mode under such a rule is refused (it cannot be recorded).
 //! - Only the bastion that holds the session adds to its recording, in order, up to the
 //!   rule's size limit; anything else is refused and audited.
-//! - Chunks are sealed at rest ([`RecordingSeal`]): a copy of the database without the
-//!   CA passphrase holds no terminal text.
+//! - Chunks are sealed at rest, each recording under its own key ([`RecordingSeal`]): a
+//!   copy of the database without the CA passphrase holds no terminal text.
 //! - Listing needs `recordings.read`; every playback or export is audited with who.
 //! - Recordings older than the retention period are deleted by the housekeeping timer.
 
@@ -15,12 +15,11 @@ use super::Ca;
 use super::services::ServiceCaller;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
-use crate::sealed::RecordingSeal;
+use crate::sealed::{RecordingMaster, RecordingSeal};
 use crate::store::{self, ChunkAppend, LeaseRow, RecordingRow};
 use portcullis_policies::{Grant, Recording, proof};
 use portcullis_proto::recording::{MAX_CHUNK_TEXT, RecordingChunk, RecordingInfo};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long recordings are kept unless configured (`recording_retention`).
@@ -30,39 +29,16 @@ const LIST_LIMIT: u32 = 500;
 /// What a recording may exceed its limit by: the bastion stops at the limit, counting
 /// terminal bytes, so only the last event's tail can go over.
 const LIMIT_SLACK: u64 = 64 * 1024;
-/// Sealing keys kept for recordings in progress (one argon2id derivation each);
-/// forgotten all at once when full, then derived again on demand.
-const KEYS_CACHED: usize = 4096;
-
-/// The recordings' own state: the retention period and the sealing keys of the
-/// recordings in progress.
+/// The recordings' own state: the retention period and the master key (derived on
+/// first use, once per process).
 pub(crate) struct Recordings {
     retention: Duration,
-    seals: Mutex<HashMap<String, Arc<RecordingSeal>>>,
+    master: tokio::sync::OnceCell<Arc<RecordingMaster>>,
 }
 
 impl Recordings {
     pub(crate) fn new(retention: Duration) -> Recordings {
-        Recordings { retention, seals: Mutex::new(HashMap::new()) }
-    }
-
-    fn cached(&self, session_id: &str) -> Option<Arc<RecordingSeal>> {
-        self.seals.lock().ok()?.get(session_id).cloned()
-    }
-
-    fn keep(&self, session_id: &str, seal: Arc<RecordingSeal>) {
-        if let Ok(mut seals) = self.seals.lock() {
-            if seals.len() >= KEYS_CACHED {
-                seals.clear();
-            }
-            seals.insert(session_id.to_owned(), seal);
-        }
-    }
-
-    fn forget(&self, session_id: &str) {
-        if let Ok(mut seals) = self.seals.lock() {
-            seals.remove(session_id);
-        }
+        Recordings { retention, master: tokio::sync::OnceCell::new() }
     }
 }
 
@@ -164,21 +140,20 @@ impl Ca {
         }
     }
 
-    /// The recording's sealing key: cached while it is in progress, else derived (argon2id,
-    /// off the async threads).
-    async fn recording_seal(&self, row: &RecordingRow) -> Result<Arc<RecordingSeal>, CaError> {
-        if let Some(seal) = self.recordings.cached(&row.session_id) {
-            return Ok(seal);
-        }
-        let (passphrase, salt) = (self.passphrase.clone(), row.salt.clone());
-        let seal = tokio::task::spawn_blocking(move || RecordingSeal::derive(&passphrase, &salt))
-            .await
-            .map_err(|_| CaError::Internal("recording key derivation".into()))??;
-        let seal = Arc::new(seal);
-        if row.ended_at.is_none() {
-            self.recordings.keep(&row.session_id, Arc::clone(&seal));
-        }
-        Ok(seal)
+    /// The recording's sealing key, from the master key (argon2id once per process, off
+    /// the async threads; the deployment's salt is in the database).
+    async fn recording_seal(&self, row: &RecordingRow) -> Result<RecordingSeal, CaError> {
+        let master = (self.recordings.master)
+            .get_or_try_init(|| async {
+                let salt = self.store.recording_key_salt(&RecordingSeal::new_salt()).await?;
+                let passphrase = self.passphrase.clone();
+                let master = tokio::task::spawn_blocking(move || RecordingSeal::master(&passphrase, &salt))
+                    .await
+                    .map_err(|_| CaError::Internal("recording key derivation".into()))??;
+                Ok::<_, CaError>(Arc::new(master))
+            })
+            .await?;
+        RecordingSeal::new(master, &row.salt, &row.session_id)
     }
 
     /// `POST /v1/bastion/recordings/{session_id}`: the next chunk of a recording.
@@ -246,9 +221,6 @@ impl Ca {
             audit::record(tx.conn(), now, &event).await?;
         }
         tx.commit().await?;
-        if chunk.last {
-            self.recordings.forget(session_id);
-        }
         Ok(())
     }
 

@@ -138,6 +138,17 @@ pub async fn delete_recordings_before(conn: &mut AnyConnection, cutoff: u64) -> 
 }
 
 impl Store {
+    /// The deployment's salt for the recordings' master key: `fresh` if none was kept
+    /// yet (the first replica to ask keeps its own; the others read it).
+    pub async fn recording_key_salt(&self, fresh: &str) -> Result<String> {
+        sqlx::query("INSERT INTO recording_key_salt (id, salt) VALUES (1, $1) ON CONFLICT (id) DO NOTHING")
+            .bind(fresh)
+            .execute(self.pool())
+            .await?;
+        let row = sqlx::query("SELECT salt FROM recording_key_salt WHERE id = 1").fetch_one(self.pool()).await?;
+        Ok(row.try_get("salt")?)
+    }
+
     pub async fn recording(&self, session_id: &str) -> Result<Option<RecordingRow>> {
         let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM recordings WHERE session_id = $1"));
         let row = sqlx::query(sql).bind(session_id).fetch_optional(self.pool()).await?;
