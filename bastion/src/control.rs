@@ -385,12 +385,14 @@ impl ControlPlane {
         method: reqwest::Method,
         body: Option<&B>,
     ) -> Result<Vec<u8>, ControlError> {
+        // `Bytes`: each replica tried gets the same buffer, not a copy of it (a recording
+        // chunk is a megabyte).
         let body =
             match body {
-                Some(b) => Some(serde_json::to_vec(b).map_err(|e| ControlError::Unreachable {
+                Some(b) => Some(bytes::Bytes::from(serde_json::to_vec(b).map_err(|e| ControlError::Unreachable {
                     path,
                     detail: format!("cannot encode the request: {e}"),
-                })?),
+                })?)),
                 None => None,
             };
         self.replicas
