@@ -79,7 +79,7 @@ const portcullisAdmin = (() => {
         const notes = [];
         if (r.input_recorded) notes.push("keystrokes");
         if (r.truncated) notes.push("cut at the limit");
-        if (r.ended_at === undefined || r.ended_at === null) notes.push("live or unfinished");
+        if (r.ended_at === undefined || r.ended_at === null) notes.push("live");
         const play = el("a", "Play", { href: `/ui/recording?session=${encodeURIComponent(r.session_id)}` });
         const download = el("a", "Download", { href: `/v1/admin/recordings/${encodeURIComponent(r.session_id)}`, download: "" });
         tr.append(el("td", r.user), el("td", r.device), el("td", r.login || "—"), el("td", words(r.mode)),

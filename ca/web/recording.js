@@ -18,7 +18,7 @@
       const notes = [`${info.mode} session, started ${when(info.started_at)}`, bytes(info.bytes)];
       if (info.input_recorded) notes.push("keystrokes recorded");
       if (info.truncated) notes.push("cut at the rule's size limit: the end of the session is not in it");
-      if (info.ended_at === undefined || info.ended_at === null) notes.push("the session is live or did not finish");
+      if (info.ended_at === undefined || info.ended_at === null) notes.push("the session is still live");
       document.getElementById("recording-summary").textContent = notes.join(" · ");
     }
     document.getElementById("recording-download").href = src;

@@ -37,7 +37,7 @@ pub async fn run(api: &Api, cmd: RecordingsCommand, json: bool) -> anyhow::Resul
                     notes.push("cut at the limit");
                 }
                 if r.ended_at.is_none() {
-                    notes.push("live or unfinished");
+                    notes.push("live");
                 }
                 println!(
                     "{:<32}  {:<12} {:<16} {:<10} {:<10} {:>5} {:>6}  {}",

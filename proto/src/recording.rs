@@ -67,8 +67,7 @@ pub struct RecordingInfo {
     pub mode: String,
     pub rule: String,
     pub started_at: u64,
-    /// When the last chunk arrived with `last` (absent while the session lives, or
-    /// when the bastion died before it could say).
+    /// When the session ended (its last chunk, or its close; absent while it lives).
     pub ended_at: Option<u64>,
     pub bytes: u64,
     pub input_recorded: bool,

@@ -302,7 +302,21 @@ async fn recordings_are_kept_sealed_in_order_from_their_bastion_and_shown_only_t
     let typed = json!({"seq": 0, "events": "[0.3, \"i\", \"ls\\r\"]\n", "bytes": 3, "last": true});
     assert_eq!(chunk(&fx, &fx.b1, &keys, typed).await.0, StatusCode::NO_CONTENT);
 
-    // Retention: a week later both are gone, and that is audited.
+    // A session that closes without a last chunk (it never reached its node, say) ends
+    // its recording at the close; nothing is added after.
+    let (never, _) = console_session(&fx, "pve01").await;
+    let close = json!({"session_id": never, "reason": "target_unreachable", "bytes_from_client": 0,
+        "bytes_to_client": 0, "duration_ms": 10});
+    let (status, v) = fx.api.post_json(Some(&fx.b1), "/v1/bastion/sessions/close", &close).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    let (_, list) = fx.api.get_json(Some(&audrey), "/v1/admin/recordings?device=pve01").await;
+    let ended = list.as_array().unwrap().iter().find(|r| r["session_id"] == never.as_str()).unwrap();
+    assert!(ended["ended_at"].is_u64() && ended["bytes"] == 0, "{ended}");
+    let (status, _) =
+        chunk(&fx, &fx.b1, &never, json!({"seq": 0, "events": "[0.1, \"o\", \"late\"]\n", "bytes": 4})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // Retention: a week later all are gone, and that is audited.
     fx.clock.set(fx.ca.now() + RETENTION.as_secs() + 1);
     fx.ca.housekeeping().await.unwrap();
     let audrey = bearer(&fx.ca, "audrey").await;
@@ -312,7 +326,7 @@ async fn recordings_are_kept_sealed_in_order_from_their_bastion_and_shown_only_t
     let rows = sqlx::query("SELECT seq FROM recording_chunks").fetch_all(fx.ca.store().pool()).await.unwrap();
     assert!(rows.is_empty());
     let expired = audit(&fx.ca, "recordings_expired").await;
-    assert_eq!(expired.last().unwrap()["count"], 2, "{expired:?}");
+    assert_eq!(expired.last().unwrap()["count"], 3, "{expired:?}");
 }
 
 /// A real `ssh` through the all-in-one under a rule that records input and closes at a
@@ -321,7 +335,7 @@ async fn recordings_are_kept_sealed_in_order_from_their_bastion_and_shown_only_t
 /// printing more than the limit is closed with the reason, its recording marked cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_ssh_session_is_recorded_through_the_bastion_and_jump_mode_is_refused() {
-    use portcullis_tests::bastion_world::{World, policy, text, wait_output};
+    use portcullis_tests::bastion_world::{World, add_node, loopback_ip, policy, text, wait_output};
     use std::io::Write;
     let w = World::start("15m").await;
     let recorded = policy("15m").replace(
@@ -396,6 +410,30 @@ async fn a_real_ssh_session_is_recorded_through_the_bastion_and_jump_mode_is_ref
     let bytes = cut["bytes"].as_u64().unwrap();
     assert!(bytes <= 1 << 20, "{bytes}");
     assert!(!w.server.audit_events("recording_truncated").await.is_empty());
+
+    // A rule that stops recording at the limit lets the session go on: all the output
+    // arrives, the recording ends where the limit was.
+    let _pve02 = add_node(&w.server, &w.admin, "pve02", &loopback_ip(), None, None).await;
+    let stop = "[[rule]]\nname = \"a-recorded-stop\"\npurpose = \"ssh_login\"\ntargets = 'in:devices name:pve02'\n\
+                scope = { agents = [\"local\"] }\nrecord = true\nrecord_max_mib = 1\n";
+    let (status, body) = w.server.write_policy("stop.toml", stop).await;
+    assert!(status.is_success(), "{body}");
+    w.add_host("pve02", "root%pve02");
+    // The agent learns of a new node within a few seconds.
+    for attempt in 0.. {
+        let out = w.run("ssh", &["pve02", "true"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(attempt < 40, "pve02 never became reachable: {}", text(&out));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let out = w.run("ssh", &["pve02", "head -c 3000000 /dev/zero | od -v"]);
+    assert!(out.status.success() && out.stdout.len() > 2 << 20, "{}", String::from_utf8_lossy(&out.stderr));
+    let list = recordings().await;
+    let stopped: Vec<_> = list.iter().filter(|r| r["device"] == "pve02").collect();
+    let big = stopped.iter().find(|r| r["truncated"] == true).expect("the long one is cut");
+    assert!(big["bytes"].as_u64().unwrap() <= 1 << 20, "{big}");
 }
 
 /// In Chromium: a console under a recorded rule says so in its status line; the

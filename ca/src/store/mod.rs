@@ -49,7 +49,9 @@ pub use leases::{
     purge_connection_proofs, release_slot, set_kill_reason, sweep_lease, take_slot,
 };
 pub use oidc::{PendingLogin as PendingOidcLogin, PollTurn};
-pub use recordings::{ChunkAppend, RecordingRow, append_recording_chunk, delete_recordings_before, insert_recording};
+pub use recordings::{
+    ChunkAppend, RecordingRow, append_recording_chunk, delete_recordings_before, end_recording, insert_recording,
+};
 pub use secrets::{SecretRow, delete_secret, insert_secret, rotate_secret};
 pub use services::{ServiceRow, record_bastion_heartbeat, touch_service, upsert_service};
 pub use tickets::{

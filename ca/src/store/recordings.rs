@@ -125,6 +125,18 @@ pub async fn append_recording_chunk(conn: &mut AnyConnection, chunk: &ChunkAppen
     Ok(true)
 }
 
+/// The session closed: its recording (if any) ends now unless its last chunk came
+/// already — a session that never reached its node, or whose bastion died, leaves a
+/// finished recording, not one that looks live forever. Chunks after this are refused.
+pub async fn end_recording(conn: &mut AnyConnection, session_id: &str, now: u64) -> Result<()> {
+    sqlx::query("UPDATE recordings SET ended_at = $2 WHERE session_id = $1 AND ended_at IS NULL")
+        .bind(session_id)
+        .bind(ts(now))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Deletes the recordings started before `cutoff` and their chunks; how many.
 pub async fn delete_recordings_before(conn: &mut AnyConnection, cutoff: u64) -> Result<u64> {
     sqlx::query(

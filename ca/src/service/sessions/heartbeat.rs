@@ -195,6 +195,7 @@ impl Ca {
             let mut tx = self.store.begin().await?;
             let mut reclaimed = None;
             if let Some(lease) = store::sweep_lease(tx.conn(), &id, cutoff).await? {
+                store::end_recording(tx.conn(), &lease.session_id, now).await?;
                 let duration_ms = now.saturating_sub(lease.opened_at).saturating_mul(1000);
                 let event = closed_event(
                     &lease,
