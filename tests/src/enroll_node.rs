@@ -89,10 +89,12 @@ impl Node {
             write(&r("/root/.ssh/authorized_keys"), user_pub);
         }
         let port = TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
+        // The node's own /root is its sessions' home, not the machine's (see `Sshd`).
         let config = format!(
             "# throwaway node config (portcullis tests)\nInclude {root}/etc/ssh/sshd_config.d/*.conf\n\
              Port {port}\nListenAddress {ip}\nHostKey {root}/etc/ssh/ssh_host_ed25519_key\n\
              HostKey {root}/etc/ssh/ssh_host_ecdsa_key\nPidFile none\nStrictModes no\nUsePAM no\n\
+             SetEnv HOME={root}/root\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
              AuthorizedKeysFile {root}/root/.ssh/authorized_keys\nPermitRootLogin prohibit-password\nLogLevel VERBOSE\n",
             root = root.display()

@@ -76,8 +76,14 @@ impl Sshd {
             }
             None => String::new(),
         };
+        // Sessions start in an empty home: the machine's own dotfiles are not the node's.
+        // (root's ~/.bashrc here runs `pyenv rehash`, which waits up to 60 s on a lock
+        // that a killed session left behind, and every later session waits with it.)
+        std::fs::create_dir(d.join("home")).unwrap();
+        std::fs::set_permissions(d.join("home"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let config = format!(
             "Port {port}\nListenAddress {ip}\nHostKey {hk}\nPidFile none\nStrictModes no\nUsePAM no\n\
+             SetEnv HOME={d}/home\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
              AuthorizedKeysFile none\nTrustedUserCAKeys {d}/ca.pub\nAuthorizedPrincipalsFile {d}/principals/%u\n\
              {krl_line}Subsystem sftp internal-sftp\nAcceptEnv LANG LC_*\nLogLevel VERBOSE\n{extra}",

@@ -112,10 +112,10 @@ fn configuration_and_policy_checks_run_offline_and_name_the_line() {
 
     let out = check();
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Configuration OK. Policy: 4 role(s)"), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Configuration OK. Policy: 5 role(s)"), "{out:?}");
     let out = policy_check();
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Policy OK: 1 file(s), 4 role(s)"), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Policy OK: 1 file(s), 5 role(s)"), "{out:?}");
     assert!(!data.exists(), "a check creates nothing");
 
     std::fs::write(policy.join("zz-broken.toml"), "[[role]]\nname = \"typo\"\nlogin = [\"root\"]\n").unwrap();
