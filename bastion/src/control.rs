@@ -11,7 +11,7 @@ use std::time::Duration;
 use portcullis_proto::ApiError;
 use portcullis_proto::bastion::*;
 use portcullis_proto::console::{FORWARDED_BY_HEADER, FORWARDED_FOR_HEADER, FORWARDED_HOST_HEADER};
-use portcullis_proto::recording::RecordingChunk;
+use portcullis_proto::recording::{RECORDING_EVENTS_MEDIA_TYPE, RecordingChunkMeta};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -276,9 +276,19 @@ impl ControlPlane {
         self.post_no_answer("/v1/bastion/events", &BastionEventsRequest { events }).await
     }
 
-    /// Hands over the next chunk of a session's recording.
-    pub async fn recording_chunk(&self, session_id: &str, chunk: &RecordingChunk) -> Result<(), ControlError> {
-        self.send("/v1/bastion/recordings/", session_id, reqwest::Method::POST, Some(chunk)).await.map(drop)
+    /// Hands over the next chunk of a session's recording: `events` as the body, what
+    /// they are in the query.
+    pub async fn recording_chunk(
+        &self,
+        session_id: &str,
+        chunk: &RecordingChunkMeta,
+        events: bytes::Bytes,
+    ) -> Result<(), ControlError> {
+        let path = "/v1/bastion/recordings/";
+        let query = serde_urlencoded::to_string(chunk)
+            .map_err(|e| ControlError::Unreachable { path, detail: format!("cannot encode the request: {e}") })?;
+        let body = RequestBody { bytes: events, media_type: RECORDING_EVENTS_MEDIA_TYPE };
+        self.send(path, &format!("{session_id}?{query}"), reqwest::Method::POST, Some(body)).await.map(drop)
     }
 
     pub async fn renew_certificate(&self) -> Result<ServiceCertificateResponse, ControlError> {
@@ -363,43 +373,33 @@ impl ControlPlane {
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &'static str, body: &B) -> Result<T, ControlError> {
-        let bytes = self.send(path, "", reqwest::Method::POST, Some(body)).await?;
+        let bytes = self.send(path, "", reqwest::Method::POST, Some(RequestBody::json(path, body)?)).await?;
         read_answer(path, &bytes)
     }
 
     async fn post_no_answer<B: Serialize>(&self, path: &'static str, body: &B) -> Result<(), ControlError> {
-        self.send(path, "", reqwest::Method::POST, Some(body)).await.map(drop)
+        self.send(path, "", reqwest::Method::POST, Some(RequestBody::json(path, body)?)).await.map(drop)
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &'static str) -> Result<T, ControlError> {
-        let bytes = self.send(path, "", reqwest::Method::GET, None::<&()>).await?;
+        let bytes = self.send(path, "", reqwest::Method::GET, None).await?;
         read_answer(path, &bytes)
     }
 
-    /// One call to `path` + `tail` (a name in the path, e.g. a session id; errors name
-    /// `path` only), to the replicas in turn (see [`CaReplicas`]).
-    async fn send<B: Serialize>(
+    /// One call to `path` + `tail` (a name in the path, e.g. a session id, and a query;
+    /// errors name `path` only), to the replicas in turn (see [`CaReplicas`]).
+    async fn send(
         &self,
         path: &'static str,
         tail: &str,
         method: reqwest::Method,
-        body: Option<&B>,
+        body: Option<RequestBody>,
     ) -> Result<Vec<u8>, ControlError> {
-        // `Bytes`: each replica tried gets the same buffer, not a copy of it (a recording
-        // chunk is a megabyte).
-        let body =
-            match body {
-                Some(b) => Some(bytes::Bytes::from(serde_json::to_vec(b).map_err(|e| ControlError::Unreachable {
-                    path,
-                    detail: format!("cannot encode the request: {e}"),
-                })?)),
-                None => None,
-            };
         self.replicas
             .call(|base| {
                 let mut request = self.client.request(method.clone(), format!("{base}{path}{tail}"));
                 if let Some(body) = &body {
-                    request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone());
+                    request = request.header(reqwest::header::CONTENT_TYPE, body.media_type).body(body.bytes.clone());
                 }
                 self.send_once(path, request)
             })
@@ -426,6 +426,21 @@ impl ControlPlane {
         };
         let error = ControlError::Refused { path, status: status.as_u16(), code, message };
         Err(Attempt::of_status(status.as_u16(), error))
+    }
+}
+
+/// A request's body, encoded once: each replica tried gets the same buffer (`Bytes`), not
+/// a copy of it (a recording chunk is a megabyte).
+struct RequestBody {
+    bytes: bytes::Bytes,
+    media_type: &'static str,
+}
+
+impl RequestBody {
+    fn json<B: Serialize>(path: &'static str, body: &B) -> Result<RequestBody, ControlError> {
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| ControlError::Unreachable { path, detail: format!("cannot encode the request: {e}") })?;
+        Ok(RequestBody { bytes: bytes.into(), media_type: "application/json" })
     }
 }
 

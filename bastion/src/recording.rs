@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use portcullis_proto::bastion::CloseReason;
-use portcullis_proto::recording::{RecordingChunk, RecordingGrant, TerminalSize};
+use portcullis_proto::recording::{RecordingChunkMeta, RecordingGrant, TerminalSize};
 use tokio::sync::mpsc;
 
 use crate::control::{ControlError, ControlPlane};
@@ -275,14 +275,20 @@ impl Uploader {
                     false
                 }
             };
-            let chunk = RecordingChunk {
+            let size = pending.size.take();
+            let chunk = RecordingChunkMeta {
                 seq,
-                events: std::mem::take(&mut pending.text),
                 bytes: std::mem::take(&mut pending.bytes),
-                size: pending.size.take(),
+                cols: size.map(|s| s.cols),
+                rows: size.map(|s| s.rows),
                 truncated: std::mem::take(&mut pending.truncated),
                 last,
             };
+            // The text becomes the request body as it is (no copy). The next chunk starts
+            // with room for a little more than this one held: a bulk transfer fills its megabyte
+            // without growing the buffer step by step, an idle session keeps little.
+            let next = String::with_capacity(pending.text.len() + pending.text.len() / 4);
+            let events = Bytes::from(std::mem::replace(&mut pending.text, next).into_bytes());
             // One chunk on its way while the next fills: the CA's write overlaps the
             // encoding, and chunks still arrive in order.
             if let Some(previous) = in_flight.take()
@@ -291,21 +297,21 @@ impl Uploader {
                 return;
             }
             if last {
-                self.hand_over(&chunk).await;
+                self.hand_over(&chunk, events).await;
                 return;
             }
             let this = Arc::clone(&self);
-            in_flight = Some(tokio::spawn(async move { this.hand_over(&chunk).await }));
+            in_flight = Some(tokio::spawn(async move { this.hand_over(&chunk, events).await }));
             seq += 1;
         }
     }
 
     /// Sends a chunk, trying again while the CA cannot be reached; `false` when it never
     /// took it (then the recording ends here, and the session too if the rule says so).
-    async fn hand_over(&self, chunk: &RecordingChunk) -> bool {
+    async fn hand_over(&self, chunk: &RecordingChunkMeta, events: Bytes) -> bool {
         let mut wait = Duration::from_millis(500);
         for attempt in 1..=ATTEMPTS {
-            match self.control.recording_chunk(&self.live.id, chunk).await {
+            match self.control.recording_chunk(&self.live.id, chunk, events.clone()).await {
                 Ok(()) => return true,
                 Err(e @ ControlError::Refused { .. }) => {
                     tracing::warn!(session = %self.live.id, error = %e, "the CA refused a recording chunk");

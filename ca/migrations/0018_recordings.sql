@@ -29,9 +29,10 @@ CREATE TABLE recordings (
 );
 CREATE INDEX recordings_started ON recordings (started_at);
 
+-- `sealed` is bytes: BYTEA on PostgreSQL; SQLite keeps a blob as it is in any column.
 CREATE TABLE recording_chunks (
     session_id TEXT NOT NULL,
     seq        BIGINT NOT NULL,
-    sealed     TEXT NOT NULL,
+    sealed     BYTEA NOT NULL,
     PRIMARY KEY (session_id, seq)
 );

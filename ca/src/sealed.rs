@@ -7,11 +7,12 @@
 //! The sealed form is `v1.<salt>.<nonce>.<ciphertext>` (base64url); nothing else about
 //! the value is stored except a keyed fingerprint that identifies it without revealing it.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::aead::{Aead, AeadInOut, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use argon2::Argon2;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use portcullis_proto::recording::MAX_CHUNK_TEXT;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -20,6 +21,12 @@ use crate::error::CaError;
 
 const SALT_LEN: usize = 16;
 const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+/// A sealed recording chunk: where the encrypted part starts (after the version and the
+/// nonce), and the compressed text within it (after its length).
+const CHUNK_V1: u8 = 1;
+const CHUNK_SECRET_AT: usize = 1 + NONCE_LEN;
+const CHUNK_BODY_AT: usize = CHUNK_SECRET_AT + 4;
 
 fn cipher(passphrase: &SecretString, salt: &[u8]) -> Result<Aes256Gcm, CaError> {
     let mut key = Zeroizing::new([0u8; 32]);
@@ -76,7 +83,8 @@ pub fn open(passphrase: &SecretString, name: &str, kind: &str, sealed: &str) -> 
 /// each recording's key is HKDF-SHA256 of it with the recording's own random salt and its
 /// session id. Each chunk is AES-256-GCM with a random nonce and the session id and chunk
 /// number as associated data, so a chunk moved to another place in this or another
-/// recording does not open. Sealed form: `v1.<nonce>.<ciphertext>` (base64url).
+/// recording does not open. Sealed form (bytes): version 1, the nonce, then encrypted:
+/// the chunk's length (u32, little-endian) and its LZ4 block; then the tag.
 pub struct RecordingSeal {
     cipher: Aes256Gcm,
 }
@@ -115,29 +123,58 @@ impl RecordingSeal {
         format!("portcullis-recording-v1\0{session_id}\0{seq}").into_bytes()
     }
 
-    pub fn seal(&self, session_id: &str, seq: u64, plain: &str) -> Result<String, CaError> {
+    /// `plain` compressed (LZ4: terminal text shrinks a few times, and bytes that do not
+    /// compress cost almost nothing to try) and encrypted in the same buffer.
+    pub fn seal(&self, session_id: &str, seq: u64, plain: &[u8]) -> Result<Vec<u8>, CaError> {
+        let failed = || CaError::Internal("recording encryption".into());
+        let len = u32::try_from(plain.len()).map_err(|_| failed())?;
         let nonce = portcullis_sshcert::random_bytes::<NONCE_LEN>();
-        let aad = Self::aad(session_id, seq);
-        let sealed = (self.cipher)
-            .encrypt(&Nonce::from(nonce), Payload { msg: plain.as_bytes(), aad: &aad })
-            .map_err(|_| CaError::Internal("recording encryption".into()))?;
-        Ok(format!("v1.{}.{}", B64.encode(nonce), B64.encode(sealed)))
+        let room = lz4_flex::block::get_maximum_output_size(plain.len());
+        let mut out = Vec::with_capacity(CHUNK_BODY_AT + room + TAG_LEN);
+        out.push(CHUNK_V1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.resize(CHUNK_BODY_AT + room, 0);
+        let (_, body) = out.split_at_mut(CHUNK_BODY_AT);
+        let compressed = lz4_flex::block::compress_into(plain, body).map_err(|_| failed())?;
+        out.truncate(CHUNK_BODY_AT + compressed);
+        let (_, secret) = out.split_at_mut(CHUNK_SECRET_AT);
+        let tag = (self.cipher)
+            .encrypt_inout_detached(&Nonce::from(nonce), &Self::aad(session_id, seq), secret.into())
+            .map_err(|_| failed())?;
+        out.extend_from_slice(tag.as_slice());
+        Ok(out)
     }
 
     /// A wrong passphrase, a tampered or moved chunk: one error, naming none of it.
-    pub fn open(&self, session_id: &str, seq: u64, sealed: &str) -> Result<String, CaError> {
+    pub fn open(&self, session_id: &str, seq: u64, sealed: &[u8]) -> Result<String, CaError> {
         let refused = || CaError::Config(format!("recording {session_id} does not decrypt with the CA passphrase"));
-        let mut parts = sealed.split('.');
-        let (Some("v1"), Some(nonce), Some(body), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (version, rest) = sealed.split_at_checked(1).ok_or_else(refused)?;
+        let (nonce, rest) = rest.split_at_checked(NONCE_LEN).ok_or_else(refused)?;
+        let (secret, tag) = rest.split_at_checked(rest.len().saturating_sub(TAG_LEN)).ok_or_else(refused)?;
+        if version != [CHUNK_V1] || tag.len() != TAG_LEN {
             return Err(refused());
-        };
-        let (Ok(nonce), Ok(body)) = (B64.decode(nonce), B64.decode(body)) else { return Err(refused()) };
-        let nonce = <[u8; NONCE_LEN]>::try_from(nonce.as_slice()).map_err(|_| refused())?;
-        let aad = Self::aad(session_id, seq);
-        let plain =
-            (self.cipher).decrypt(&Nonce::from(nonce), Payload { msg: &body, aad: &aad }).map_err(|_| refused())?;
-        String::from_utf8(plain).map_err(|_| refused())
+        }
+        let nonce = <[u8; NONCE_LEN]>::try_from(nonce).map_err(|_| refused())?;
+        let tag = <[u8; TAG_LEN]>::try_from(tag).map_err(|_| refused())?;
+        let mut secret = secret.to_vec();
+        (self.cipher)
+            .decrypt_inout_detached(
+                &Nonce::from(nonce),
+                &Self::aad(session_id, seq),
+                secret.as_mut_slice().into(),
+                &Tag::from(tag),
+            )
+            .map_err(|_| refused())?;
+        let (len, block) = secret.split_at_checked(4).ok_or_else(refused)?;
+        let len = <[u8; 4]>::try_from(len).map_err(|_| refused())?;
+        // Authenticated, so written by this CA; the bound keeps a bug from allocating much.
+        let len = usize::try_from(u32::from_le_bytes(len)).ok().filter(|&n| n <= MAX_CHUNK_TEXT).ok_or_else(refused)?;
+        let mut plain = vec![0; len];
+        match lz4_flex::block::decompress_into(block, &mut plain) {
+            Ok(n) if n == len => String::from_utf8(plain).map_err(|_| refused()),
+            _ => Err(refused()),
+        }
     }
 }
 
@@ -179,8 +216,8 @@ mod tests {
         let (deployment, salt) = (RecordingSeal::new_salt(), RecordingSeal::new_salt());
         let master = RecordingSeal::master(&pass("p1"), &deployment).unwrap();
         let seal = RecordingSeal::new(&master, &salt, "s1").unwrap();
-        let sealed = seal.seal("s1", 3, "[0.5, \"o\", \"secret output\"]\n").unwrap();
-        assert!(!sealed.contains("secret"));
+        let sealed = seal.seal("s1", 3, b"[0.5, \"o\", \"secret output\"]\n").unwrap();
+        assert!(!sealed.windows(6).any(|w| w == b"secret"));
         assert_eq!(seal.open("s1", 3, &sealed).unwrap(), "[0.5, \"o\", \"secret output\"]\n");
         assert!(seal.open("s1", 4, &sealed).is_err(), "moved within the recording");
         assert!(seal.open("s2", 3, &sealed).is_err(), "moved to another recording");
@@ -194,10 +231,31 @@ mod tests {
         assert!(!again("p1", &RecordingSeal::new_salt(), &salt, "s1"));
         assert!(!again("p1", &deployment, &RecordingSeal::new_salt(), "s1"));
         assert!(!again("p1", &deployment, &salt, "s2"));
-        let mut tampered = sealed.clone();
-        tampered.push('A');
-        assert!(seal.open("s1", 3, &tampered).is_err());
+        for at in [0, 1, 14, sealed.len() - 1] {
+            let mut tampered = sealed.clone();
+            tampered[at] ^= 1;
+            assert!(seal.open("s1", 3, &tampered).is_err(), "byte {at} changed");
+        }
+        for cut in [0, 1, 13, 16, sealed.len() - 1] {
+            assert!(seal.open("s1", 3, &sealed[..cut]).is_err(), "cut at {cut}");
+        }
         assert!(RecordingSeal::master(&pass("p1"), "short").is_err());
+    }
+
+    #[test]
+    fn recording_chunks_are_compressed_before_sealing() {
+        let master = RecordingSeal::master(&pass("p1"), &RecordingSeal::new_salt()).unwrap();
+        let seal = RecordingSeal::new(&master, &RecordingSeal::new_salt(), "s1").unwrap();
+        let text = "[0.5, \"o\", \"drwxr-xr-x 2 root root 4096 Dec  4 10:06 /var/log\\r\\n\"]\n".repeat(2000);
+        let sealed = seal.seal("s1", 0, text.as_bytes()).unwrap();
+        assert!(sealed.len() * 5 < text.len(), "{} of {}", sealed.len(), text.len());
+        assert_eq!(seal.open("s1", 0, &sealed).unwrap(), text);
+        // Bytes that do not compress cost a few bytes more, not a failure.
+        let noise: String =
+            (0..4096u32).map(|i| char::from(b'!' + (i.wrapping_mul(2_654_435_761) >> 27) as u8)).collect();
+        let sealed = seal.seal("s1", 1, noise.as_bytes()).unwrap();
+        assert_eq!(seal.open("s1", 1, &sealed).unwrap(), noise);
+        assert_eq!(seal.open("s1", 0, &seal.seal("s1", 0, b"").unwrap()).unwrap(), "");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Most bytes of event text in one [`RecordingChunk`] (the bastion sends about 1 MiB).
+/// Most bytes of event text in one chunk ([`RecordingChunkMeta`]; the bastion sends about
+/// 1 MiB).
 pub const MAX_CHUNK_TEXT: usize = 2 * 1024 * 1024;
 
 /// In a [`crate::bastion::SessionGrant`]: this session is recorded.
@@ -24,28 +25,43 @@ pub struct RecordingGrant {
     pub close_at_limit: bool,
 }
 
-/// `POST /v1/bastion/recordings/{session_id}` (bearer of the bastion holding the
-/// session): the next chunk of its recording. Chunks are numbered from 0; a chunk sent
-/// again (a retry) is accepted once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+/// `POST /v1/bastion/recordings/{session_id}?seq=…&bytes=…` (bearer of the bastion
+/// holding the session): the next chunk of its recording. The body is the chunk's
+/// asciicast v2 event lines as they are (UTF-8, each line ending in a newline, media type
+/// [`RECORDING_EVENTS_MEDIA_TYPE`]); this says what they are. Chunks are numbered from 0;
+/// a chunk sent again (a retry) is accepted once.
+///
+/// The events travel as the body, not inside JSON: they are JSON already, and quoting
+/// them again cost the bastion and the CA a pass over every recorded byte each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
-pub struct RecordingChunk {
+pub struct RecordingChunkMeta {
     pub seq: u64,
-    /// asciicast v2 event lines, each ending in a newline.
-    pub events: String,
     /// Terminal bytes these events hold (what counts against `max_bytes`).
     pub bytes: u64,
     /// The terminal's size when known (from the pty request), for the header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<TerminalSize>,
+    pub cols: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u32>,
     /// The recording reached its limit: what follows was not recorded.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
     /// The session ended: no chunk follows.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub last: bool,
 }
+
+impl RecordingChunkMeta {
+    /// The terminal's size, when both halves are given.
+    pub fn size(&self) -> Option<TerminalSize> {
+        Some(TerminalSize { cols: self.cols?, rows: self.rows? })
+    }
+}
+
+/// The media type of a [`RecordingChunkMeta`]'s body: asciicast v2 event lines, no header.
+pub const RECORDING_EVENTS_MEDIA_TYPE: &str = "application/x-asciicast-events";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -396,21 +396,42 @@ impl Direction {
             (Direction::Download, Payload::Zeros) => r#"ssh -F "$2" "$3" "head -c $1 /dev/zero" | wc -c"#,
             (Direction::Upload, Payload::Text) => r#"base64 /dev/zero | head -c "$1" | ssh -F "$2" "$3" 'wc -c'"#,
             (Direction::Download, Payload::Text) => r#"ssh -F "$2" "$3" "base64 /dev/zero | head -c $1" | wc -c"#,
+            (Direction::Upload, Payload::RandomText) => {
+                r#"base64 /dev/urandom | head -c "$1" | ssh -F "$2" "$3" 'wc -c'"#
+            }
+            (Direction::Download, Payload::RandomText) => {
+                r#"ssh -F "$2" "$3" "base64 /dev/urandom | head -c $1" | wc -c"#
+            }
         }
     }
 }
 
 /// What a transfer carries: zeros, or printable text (a recording stores text as it is;
-/// a zero byte takes six characters in asciicast).
+/// a zero byte takes six characters in asciicast) that compresses very well (base64 of
+/// zeros) or hardly at all (base64 of random bytes: the recorder's worst case).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Payload {
     Zeros,
     Text,
+    RandomText,
+}
+
+impl Payload {
+    fn label(self) -> &'static str {
+        match self {
+            Payload::Zeros => "zeros",
+            Payload::Text => "repetitive text",
+            Payload::RandomText => "random text",
+        }
+    }
 }
 
 fn bulk_phase(bench: &Bench, bytes: u64, routes: &[Route], payload: Payload) -> Vec<BulkResult> {
     println!();
-    println!("== bulk: {bytes} bytes up (client to node) and down, best of {BULK_RUNS}, routes interleaved ==");
+    println!(
+        "== bulk: {bytes} bytes of {} up (client to node) and down, best of {BULK_RUNS}, routes interleaved ==",
+        payload.label()
+    );
     let mut results: Vec<BulkResult> = [Direction::Upload, Direction::Download]
         .into_iter()
         .flat_map(|direction| {
@@ -614,21 +635,26 @@ fn echo_phase(bench: &Bench, routes: &[Route]) -> Vec<EchoResult> {
 fn recording_phase(bench: &Bench, bytes: u64) {
     println!();
     println!("== recording: terminated mode, a rule that records (output and keystrokes) against one that does not ==");
-    let bulk = bulk_phase(bench, bytes, &[Route::Terminated, Route::Recorded], Payload::Text);
+    let bulk: Vec<(Payload, Vec<BulkResult>)> = [Payload::Text, Payload::RandomText]
+        .into_iter()
+        .map(|payload| (payload, bulk_phase(bench, bytes, &[Route::Terminated, Route::Recorded], payload)))
+        .collect();
     let echo = echo_phase(bench, &[Route::Terminated, Route::Recorded]);
     println!();
     println!("== recording summary: recorded ÷ not recorded, same run ==");
-    for direction in [Direction::Upload, Direction::Download] {
-        let best = |route: Route| {
-            let r = bulk.iter().find(|r| r.route == route && r.direction == direction).unwrap();
-            bytes as f64 / MIB / r.best().as_secs_f64()
-        };
-        let (on, off) = (best(Route::Recorded), best(Route::Terminated));
-        println!(
-            "{:<34} {on:>8.1} MiB/s vs {off:>8.1} MiB/s   {:>5.2}×",
-            format!("throughput {}", direction.label()),
-            on / off
-        );
+    for (payload, bulk) in &bulk {
+        for direction in [Direction::Upload, Direction::Download] {
+            let best = |route: Route| {
+                let r = bulk.iter().find(|r| r.route == route && r.direction == direction).unwrap();
+                bytes as f64 / MIB / r.best().as_secs_f64()
+            };
+            let (on, off) = (best(Route::Recorded), best(Route::Terminated));
+            println!(
+                "{:<34} {on:>8.1} MiB/s vs {off:>8.1} MiB/s   {:>5.2}×",
+                format!("{} {}", payload.label(), direction.label()),
+                on / off
+            );
+        }
     }
     let median = |route: Route, q: f64| {
         let r = echo.iter().find(|r| r.route == route).unwrap();

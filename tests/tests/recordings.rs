@@ -13,8 +13,9 @@ use portcullis_policies::proof;
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::ServiceKind;
 use portcullis_proto::console::session_binding;
+use portcullis_proto::recording::RECORDING_EVENTS_MEDIA_TYPE;
 use portcullis_tests::ssh::{ed25519_key, public_line};
-use portcullis_tests::{ServedCa, TEST_PASSPHRASE, first_admin, sqlite_url};
+use portcullis_tests::{Postgres, ServedCa, TEST_PASSPHRASE, first_admin, sqlite_url};
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -85,16 +86,21 @@ struct Fx {
     b2: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
+    _postgres: Option<Postgres>,
 }
 
-async fn fixture() -> Fx {
+/// The CA on SQLite, or on a throwaway PostgreSQL server (sealed chunks are bytes, a
+/// column type the two spell differently).
+async fn fixture(postgres: bool) -> Fx {
     let dir = tempfile::tempdir().unwrap();
+    let pg = postgres.then(|| Postgres::start().expect("throwaway PostgreSQL server"));
+    let url = pg.as_ref().map_or_else(|| sqlite_url(dir.path()), Postgres::url);
     let policy_dir = dir.path().join("policy");
     std::fs::create_dir(&policy_dir).unwrap();
     std::fs::write(policy_dir.join("policy.toml"), POLICY).unwrap();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let clock = ManualClock::new(now);
-    let mut config = CaConfig::new(sqlite_url(dir.path()), policy_dir.clone(), SecretString::from(TEST_PASSPHRASE));
+    let mut config = CaConfig::new(url, policy_dir.clone(), SecretString::from(TEST_PASSPHRASE));
     config.default_agent = Some("local".to_owned());
     config.recording_retention = RETENTION;
     let ca = Arc::new(Ca::open(config, Arc::new(clock.clone())).await.unwrap());
@@ -123,7 +129,7 @@ async fn fixture() -> Fx {
     };
     let (b1, b2) = (bastion("b1").await, bastion("b2").await);
     let http = portcullis_tests::server::client_with_pin(&api.pin);
-    Fx { api, ca, clock, admin, b1, b2, http, _dir: dir }
+    Fx { api, ca, clock, admin, b1, b2, http, _dir: dir, _postgres: pg }
 }
 
 async fn bearer(ca: &Ca, user: &str) -> String {
@@ -150,8 +156,34 @@ async fn console_session(fx: &Fx, device: &str) -> (String, Value) {
     (id, grant)
 }
 
-async fn chunk(fx: &Fx, bastion: &str, id: &str, body: Value) -> (StatusCode, Value) {
-    fx.api.post_json(Some(bastion), &format!("/v1/bastion/recordings/{id}"), &body).await
+/// A chunk as a bastion sends it: `events` as the body, the other fields in the query.
+async fn chunk(fx: &Fx, bastion: &str, id: &str, mut fields: Value) -> (StatusCode, Value) {
+    let events = fields.as_object_mut().unwrap().remove("events").unwrap();
+    let body = events.as_str().unwrap().as_bytes().to_vec();
+    raw_chunk(fx, bastion, id, fields, RECORDING_EVENTS_MEDIA_TYPE, body).await
+}
+
+async fn raw_chunk(
+    fx: &Fx,
+    bastion: &str,
+    id: &str,
+    query: Value,
+    media_type: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
+    let resp = fx
+        .http
+        .post(format!("{}/v1/bastion/recordings/{id}", fx.api.url))
+        .query(&query)
+        .bearer_auth(bastion)
+        .header("content-type", media_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 async fn audit(ca: &Ca, event: &str) -> Vec<Value> {
@@ -167,7 +199,15 @@ async fn cast(fx: &Fx, token: &str, id: &str) -> (StatusCode, String, reqwest::h
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recordings_are_kept_sealed_in_order_from_their_bastion_and_shown_only_to_auditors() {
-    let fx = fixture().await;
+    kept_sealed_in_order(fixture(false).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recordings_are_kept_sealed_in_order_on_postgres_too() {
+    kept_sealed_in_order(fixture(true).await).await;
+}
+
+async fn kept_sealed_in_order(fx: Fx) {
     // Off unless the rule says so: no recording asked for, none kept.
     let (plain, grant) = console_session(&fx, "pve03").await;
     assert!(grant.get("recording").is_none(), "{grant}");
@@ -190,7 +230,7 @@ async fn recordings_are_kept_sealed_in_order_from_their_bastion_and_shown_only_t
     assert!(opened.iter().any(|o| o["session_id"] == plain.as_str() && o.get("recorded").is_none()), "{opened:?}");
 
     let first = json!({"seq": 0, "events": "[0.1, \"r\", \"100x30\"]\n[0.2, \"o\", \"secret-output$ \"]\n",
-        "bytes": 15, "size": {"cols": 100, "rows": 30}});
+        "bytes": 15, "cols": 100, "rows": 30});
     assert_eq!(chunk(&fx, &fx.b1, &id, first.clone()).await.0, StatusCode::NO_CONTENT);
     // A retry of a stored chunk changes nothing.
     assert_eq!(chunk(&fx, &fx.b1, &id, first).await.0, StatusCode::NO_CONTENT);
@@ -234,6 +274,23 @@ async fn recordings_are_kept_sealed_in_order_from_their_bastion_and_shown_only_t
         let last = audit(&fx.ca, "recording_refused").await.pop().unwrap();
         assert_eq!((last["reason"].as_str(), last["session_id"].as_str()), (Some(*reason), Some(id.as_str())));
     }
+    // Bytes that are not UTF-8 are malformed events too (audited); a body of another
+    // media type, or a query with a field nobody defined, is not a chunk at all.
+    let invalid = raw_chunk(&fx, &fx.b1, &id, json!({"seq": 1, "bytes": 1}), RECORDING_EVENTS_MEDIA_TYPE, vec![0xff]);
+    assert_eq!(invalid.await.0, StatusCode::BAD_REQUEST);
+    let last = audit(&fx.ca, "recording_refused").await.pop().unwrap();
+    assert_eq!(last["reason"], "malformed");
+    let events = b"[0.3, \"o\", \"x\"]\n".to_vec();
+    let refused_before = audit(&fx.ca, "recording_refused").await.len();
+    for (query, media_type) in [
+        (json!({"seq": 1, "bytes": 1}), "application/json"),
+        (json!({"seq": 1, "bytes": 1, "sealed": "yes"}), RECORDING_EVENTS_MEDIA_TYPE),
+        (json!({"bytes": 1}), RECORDING_EVENTS_MEDIA_TYPE),
+    ] {
+        let (status, v) = raw_chunk(&fx, &fx.b1, &id, query.clone(), media_type, events.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query} {media_type}: {v}");
+    }
+    assert_eq!(audit(&fx.ca, "recording_refused").await.len(), refused_before);
     let last =
         json!({"seq": 1, "events": "[1.5, \"o\", \"exit\\r\\n\"]\n", "bytes": 6, "truncated": true, "last": true});
     assert_eq!(chunk(&fx, &fx.b1, &id, last).await.0, StatusCode::NO_CONTENT);
@@ -247,8 +304,9 @@ async fn recordings_are_kept_sealed_in_order_from_their_bastion_and_shown_only_t
     let rows = sqlx::query("SELECT sealed FROM recording_chunks").fetch_all(fx.ca.store().pool()).await.unwrap();
     assert_eq!(rows.len(), 2);
     for row in rows {
-        let sealed: String = row.try_get("sealed").unwrap();
-        assert!(sealed.starts_with("v1.") && !sealed.contains("secret") && !sealed.contains("exit"), "{sealed}");
+        let sealed: Vec<u8> = row.try_get("sealed").unwrap();
+        let readable = |word: &[u8]| sealed.windows(word.len()).any(|w| w == word);
+        assert!(sealed.first() == Some(&1) && !readable(b"secret") && !readable(b"exit"), "{sealed:?}");
     }
 
     // Only holders of recordings.read list and play; an administrator without it does not.

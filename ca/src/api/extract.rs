@@ -33,17 +33,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = CaError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, CaError> {
-        let is_json = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(|v| v.trim().to_ascii_lowercase())
+        let is_json = media_type(&req)
             .is_some_and(|v| v == "application/json" || (v.starts_with("application/") && v.ends_with("+json")));
-        let limit = req.extensions().get::<BodyLimit>().map_or(super::MAX_BODY_BYTES, |l| l.0);
-        let bytes = tokio::time::timeout(BODY_DEADLINE, read_limited(req.into_body(), limit))
-            .await
-            .map_err(|_| CaError::BadRequest("request body too slow".into()))??;
+        let bytes = read_body(req).await?;
         if !is_json {
             return Err(CaError::BadRequest("expected Content-Type: application/json".into()));
         }
@@ -53,12 +45,45 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     }
 }
 
+/// A body that is not JSON (a recording's event lines) and its media type (lower case,
+/// without parameters); the handler checks both.
+pub struct RawBody {
+    pub media_type: Option<String>,
+    pub bytes: Vec<u8>,
+}
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = CaError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, CaError> {
+        let media_type = media_type(&req);
+        Ok(RawBody { media_type, bytes: read_body(req).await? })
+    }
+}
+
+/// The request's `Content-Type` without parameters, lower case.
+fn media_type(req: &Request) -> Option<String> {
+    let value = req.headers().get(CONTENT_TYPE)?.to_str().ok()?;
+    value.split(';').next().map(|v| v.trim().to_ascii_lowercase())
+}
+
+/// The body, within the route's limit ([`BodyLimit`]) and [`BODY_DEADLINE`].
+async fn read_body(req: Request) -> Result<Vec<u8>, CaError> {
+    let limit = req.extensions().get::<BodyLimit>().map_or(super::MAX_BODY_BYTES, |l| l.0);
+    tokio::time::timeout(BODY_DEADLINE, read_limited(req.into_body(), limit))
+        .await
+        .map_err(|_| CaError::BadRequest("request body too slow".into()))?
+}
+
 /// Reads at most `limit` bytes. Past the limit, the rest is read and dropped (up to
 /// [`DRAIN_MAX`]) before answering 413: a client that sends its whole body before
 /// reading gets the answer instead of a reset.
 async fn read_limited(mut body: axum::body::Body, limit: usize) -> Result<Vec<u8>, CaError> {
     use hyper::body::Body as _;
-    let mut buf = Vec::new();
+    // Room for what the client announced, up to the limit: a megabyte body is not grown
+    // (and copied) step by step.
+    let announced = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
+    let mut buf = Vec::with_capacity(announced.min(limit));
     let mut seen = 0usize;
     loop {
         let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;

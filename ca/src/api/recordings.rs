@@ -1,7 +1,7 @@
 //! Session recordings: the bastion hands them over chunk by chunk; holders of
 //! `recordings.read` list, play back and export them (each playback audited).
 
-use super::extract::{Authed, BastionAuth, Body, Name, Query};
+use super::extract::{Authed, BastionAuth, Name, Query, RawBody};
 use crate::error::CaError;
 use crate::service::Ca;
 use axum::Json;
@@ -9,20 +9,26 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use portcullis_policies::proof;
-use portcullis_proto::recording::{ASCIICAST_MEDIA_TYPE, RecordingChunk, RecordingInfo};
+use portcullis_proto::recording::{
+    ASCIICAST_MEDIA_TYPE, RECORDING_EVENTS_MEDIA_TYPE, RecordingChunkMeta, RecordingInfo,
+};
 use serde::Deserialize;
 use std::sync::Arc;
 
 type Ca_ = State<Arc<Ca>>;
 
-#[utoipa::path(post, path = "/v1/bastion/recordings/{id}", tag = "services", params(("id" = String, Path)), request_body = RecordingChunk, security(("service" = [])), responses((status = 204, description = "stored")))]
+#[utoipa::path(post, path = "/v1/bastion/recordings/{id}", tag = "services", params(("id" = String, Path), RecordingChunkMeta), request_body(content = String, content_type = "application/x-asciicast-events", description = "asciicast v2 event lines"), security(("service" = [])), responses((status = 204, description = "stored")))]
 pub async fn append(
     State(ca): Ca_,
     BastionAuth(b): BastionAuth,
     Name(id): Name,
-    Body(chunk): Body<RecordingChunk>,
+    Query(chunk): Query<RecordingChunkMeta>,
+    body: RawBody,
 ) -> Result<StatusCode, CaError> {
-    ca.append_recording(&b, &id, chunk).await?;
+    if body.media_type.as_deref() != Some(RECORDING_EVENTS_MEDIA_TYPE) {
+        return Err(CaError::BadRequest(format!("expected Content-Type: {RECORDING_EVENTS_MEDIA_TYPE}")));
+    }
+    ca.append_recording(&b, &id, chunk, body.bytes).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

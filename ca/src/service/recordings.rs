@@ -18,7 +18,7 @@ use crate::error::CaError;
 use crate::sealed::{RecordingMaster, RecordingSeal};
 use crate::store::{self, ChunkAppend, LeaseRow, RecordingRow};
 use portcullis_policies::{Grant, Recording, proof};
-use portcullis_proto::recording::{MAX_CHUNK_TEXT, RecordingChunk, RecordingInfo};
+use portcullis_proto::recording::{MAX_CHUNK_TEXT, RecordingChunkMeta, RecordingInfo};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,7 +161,8 @@ impl Ca {
         &self,
         bastion: &ServiceCaller,
         session_id: &str,
-        chunk: RecordingChunk,
+        chunk: RecordingChunkMeta,
+        events: Vec<u8>,
     ) -> Result<(), CaError> {
         if !super::sessions::valid_session_id(session_id) {
             return Err(CaError::BadRequest("malformed session id".into()));
@@ -173,11 +174,11 @@ impl Ca {
             Some(row) if chunk.seq < row.chunks => return Ok(()), // a retry of a stored chunk
             Some(row) if row.ended_at.is_some() => Err(refused("recording_ended")),
             Some(row) if chunk.seq > row.chunks => Err(refused("out_of_order")),
-            Some(_) if chunk.events.len() > MAX_CHUNK_TEXT => Err(refused("malformed")),
+            Some(_) if events.len() > MAX_CHUNK_TEXT => Err(refused("malformed")),
             Some(row) if row.bytes.saturating_add(chunk.bytes) > row.max_bytes.saturating_add(LIMIT_SLACK) => {
                 Err(refused("over_limit"))
             }
-            Some(row) => match check_events(&chunk.events) {
+            Some(row) => match std::str::from_utf8(&events).map_err(drop).and_then(check_events) {
                 Err(()) => Err(refused("malformed")),
                 Ok(true) if !row.input_recorded => Err(refused("input_not_recorded")),
                 Ok(_) => Ok(row),
@@ -198,14 +199,14 @@ impl Ca {
             }
         };
         let seal = self.recording_seal(row).await?;
-        let sealed = seal.seal(session_id, chunk.seq, &chunk.events)?;
+        let sealed = seal.seal(session_id, chunk.seq, &events)?;
         let now = self.now();
         let append = ChunkAppend {
             session_id,
             seq: chunk.seq,
             sealed: &sealed,
             bytes: chunk.bytes,
-            size: chunk.size.map(|s| (s.cols, s.rows)),
+            size: chunk.size().map(|s| (s.cols, s.rows)),
             truncated: chunk.truncated,
             ended_at: chunk.last.then_some(now),
         };

@@ -1,5 +1,5 @@
 //! Session recordings: a row per recorded session (written in the transaction that
-//! admits it) and its sealed chunks. The CA seals and opens; the store only keeps text.
+//! admits it) and its sealed chunks. The CA seals and opens; the store only keeps bytes.
 
 use super::{Result, Store, ts, ts_from};
 use sqlx::{AnyConnection, Row};
@@ -84,7 +84,7 @@ pub async fn insert_recording(conn: &mut AnyConnection, row: &RecordingRow) -> R
 pub struct ChunkAppend<'a> {
     pub session_id: &'a str,
     pub seq: u64,
-    pub sealed: &'a str,
+    pub sealed: &'a [u8],
     pub bytes: u64,
     pub size: Option<(u32, u32)>,
     pub truncated: bool,
@@ -178,7 +178,7 @@ impl Store {
     }
 
     /// A recording's sealed chunks, in order.
-    pub async fn recording_chunks(&self, session_id: &str) -> Result<Vec<(u64, String)>> {
+    pub async fn recording_chunks(&self, session_id: &str) -> Result<Vec<(u64, Vec<u8>)>> {
         let rows = sqlx::query("SELECT seq, sealed FROM recording_chunks WHERE session_id = $1 ORDER BY seq")
             .bind(session_id)
             .fetch_all(self.pool())
