@@ -20,7 +20,7 @@ use crate::run::{CHECK_PENDING, lock, now, recover, verify_effective, without_ow
 use crate::secret::{ExposeSecret, Token};
 use crate::sshd;
 use crate::state::{PendingDeregistration, State};
-use crate::txn::{self, Txn};
+use crate::txn::{self, RolledBack, Txn};
 use crate::{failpoint, fsx};
 use portcullis_proto::enroll::{EnrollAbortRequest, EnrollRequest, EnrollResponse, NodeFacts, NodeProof};
 use portcullis_proto::pin::normalize_pin;
@@ -146,22 +146,29 @@ pub async fn enroll(g: &Global, a: EnrollArgs, r: &mut Report) -> Result<String>
         Err(e) => {
             r.writes = txn.writes();
             r.reloads += usize::from(txn.rollback_reloads());
-            let err = txn.rollback(&g.sshd, e);
-            r.step("rollback", err.to_string());
-            // The node is back as it was: the CA undoes the registration too (and gives
-            // the token its use back). Only after a complete rollback — otherwise the
-            // journal's next run finishes it and the node stays registered meanwhile.
-            if matches!(err, Error::RolledBack { .. }) {
-                let undone = abort_at_ca(&api, &name, &resp.verification_principal, &facts).await;
-                r.step("unregister", undone);
+            // Once the node is back as it was, the CA undoes the registration too (and
+            // gives the token its use back). Only after a complete rollback — otherwise
+            // the journal's next run finishes it and the node stays registered meanwhile.
+            match txn.rollback(&g.sshd, e) {
+                Ok(rolled_back) => {
+                    let undone = abort_at_ca(&rolled_back, &api, &name, &resp.verification_principal, &facts).await;
+                    let err = rolled_back.into_error();
+                    r.step("rollback", err.to_string());
+                    r.step("unregister", undone);
+                    Err(err)
+                }
+                Err(err) => {
+                    r.step("rollback", err.to_string());
+                    Err(err)
+                }
             }
-            Err(err)
         }
     }
 }
 
-/// Tells the CA the enrollment was rolled back; what happened, for the report.
-async fn abort_at_ca(api: &Api, name: &str, verification_principal: &str, facts: &Facts) -> String {
+/// Tells the CA the enrollment was rolled back (which `_done` proves); what happened,
+/// for the report.
+async fn abort_at_ca(_done: &RolledBack, api: &Api, name: &str, verification_principal: &str, facts: &Facts) -> String {
     let Some(host_key) = preflight::proof_key(&facts.host_keys) else {
         return "no host key to prove the node with; the CA keeps the registration".into();
     };
@@ -398,7 +405,7 @@ pub async fn remove(g: &Global, r: &mut Report) -> Result<String> {
         Err(e) => {
             r.writes = txn.writes();
             r.reloads += usize::from(txn.rollback_reloads());
-            let err = txn.rollback(&g.sshd, e);
+            let err = txn.rollback(&g.sshd, e).map_or_else(|failed| failed, RolledBack::into_error);
             r.step("rollback", err.to_string());
             return Err(err);
         }

@@ -26,7 +26,7 @@ use crate::report::Report;
 use crate::root::Root;
 use crate::run::{CHECK_PENDING, Global, lock, now, recover, verify_effective, without_own_files, write_all};
 use crate::state::State;
-use crate::txn::Txn;
+use crate::txn::{RolledBack, Txn};
 use std::path::PathBuf;
 
 /// JSON keys (`--json`) saying what became of each phase: `unchanged`, `applied`,
@@ -143,7 +143,7 @@ fn in_txn(g: &Global, r: &mut Report, change: impl FnOnce(&mut Txn, &mut Report)
         Err(Error::FailPoint(p)) => Err(Error::FailPoint(p)),
         Err(e) => {
             r.reloads += usize::from(txn.rollback_reloads());
-            Err(txn.rollback(&g.sshd, e))
+            Err(txn.rollback(&g.sshd, e).map_or_else(|failed| failed, RolledBack::into_error))
         }
     }
 }

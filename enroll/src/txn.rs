@@ -268,12 +268,28 @@ impl Txn {
         Ok(self.journal)
     }
 
-    /// Restores every original; `cause` is what went wrong.
-    pub fn rollback(self, sshd: &SshdCtl, cause: Error) -> Error {
+    /// Restores every original; `cause` is what went wrong. Only a complete undo gives
+    /// [`RolledBack`]; otherwise the error says what is left for the next run.
+    pub fn rollback(self, sshd: &SshdCtl, cause: Error) -> std::result::Result<RolledBack, Error> {
         match undo(&self.root, &self.journal, sshd) {
-            Ok(()) => Error::RolledBack { cause: cause.to_string() },
-            Err(e) => Error::RollbackFailed { cause: cause.to_string(), rollback: with_journal_kept(e) },
+            Ok(()) => Ok(RolledBack { cause: cause.to_string() }),
+            Err(e) => Err(Error::RollbackFailed { cause: cause.to_string(), rollback: with_journal_kept(e) }),
         }
+    }
+}
+
+/// Proof that a run's changes were all undone: the node is as it was before the run, and
+/// its journal is gone. Only [`Txn::rollback`] makes one, so what may follow only a
+/// complete rollback (telling the CA to forget the node) cannot run after a partial one.
+#[derive(Debug)]
+pub struct RolledBack {
+    cause: String,
+}
+
+impl RolledBack {
+    /// What the run reports: rolled back, and why.
+    pub fn into_error(self) -> Error {
+        Error::RolledBack { cause: self.cause }
     }
 }
 
