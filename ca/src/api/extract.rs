@@ -80,10 +80,9 @@ async fn read_body(req: Request) -> Result<Vec<u8>, CaError> {
 /// reading gets the answer instead of a reset.
 async fn read_limited(mut body: axum::body::Body, limit: usize) -> Result<Vec<u8>, CaError> {
     use hyper::body::Body as _;
-    // Room for what the client announced, up to the limit: a megabyte body is not grown
-    // (and copied) step by step.
-    let announced = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
-    let mut buf = Vec::with_capacity(announced.min(limit));
+    // Grown as bytes arrive, not sized from what the client announces: a client that
+    // announces much and sends slowly holds no more memory than it sent.
+    let mut buf = Vec::new();
     let mut seen = 0usize;
     loop {
         let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
