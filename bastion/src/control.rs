@@ -285,8 +285,7 @@ impl ControlPlane {
         events: bytes::Bytes,
     ) -> Result<(), ControlError> {
         let path = "/v1/bastion/recordings/";
-        let query = serde_urlencoded::to_string(chunk)
-            .map_err(|e| ControlError::Unreachable { path, detail: format!("cannot encode the request: {e}") })?;
+        let query = serde_urlencoded::to_string(chunk).map_err(|e| unencodable(path, e))?;
         let body = RequestBody { bytes: events, media_type: RECORDING_EVENTS_MEDIA_TYPE };
         self.send(path, &format!("{session_id}?{query}"), reqwest::Method::POST, Some(body)).await.map(drop)
     }
@@ -438,10 +437,14 @@ struct RequestBody {
 
 impl RequestBody {
     fn json<B: Serialize>(path: &'static str, body: &B) -> Result<RequestBody, ControlError> {
-        let bytes = serde_json::to_vec(body)
-            .map_err(|e| ControlError::Unreachable { path, detail: format!("cannot encode the request: {e}") })?;
+        let bytes = serde_json::to_vec(body).map_err(|e| unencodable(path, e))?;
         Ok(RequestBody { bytes: bytes.into(), media_type: "application/json" })
     }
+}
+
+/// A request to `path` that could not be encoded (it never left).
+fn unencodable(path: &'static str, e: impl std::fmt::Display) -> ControlError {
+    ControlError::Unreachable { path, detail: format!("cannot encode the request: {e}") }
 }
 
 /// The CA's answer, decoded. A malformed one is reported by position only: serde's message
