@@ -1380,3 +1380,88 @@ async fn a_bastion_fails_over_between_ca_replicas_and_keeps_its_sessions() {
         .unwrap();
     trust.refresh().await.expect("trust material from the live replica");
 }
+
+/// The heartbeat rewrites leases 64 to a statement; a statement that rewrites fewer than
+/// it lists falls back to one per lease to find the lost ones. Here 70 live leases (two
+/// statements) share a heartbeat with a lease of another bastion, one that never
+/// existed and one past the TTL: exactly those three are lost, the 70 carry their new
+/// counters, and the lost ones are not touched (the stale lease is not revived).
+async fn batched_lease_heartbeats_find_each_lost_lease(store: &portcullis_ca::store::Store) {
+    use portcullis_ca::store::{self, Beat, LeaseRow};
+    let (now, cutoff) = (now(), now() - LEASE_TTL_SECS);
+    let lease = |id: String, bastion: &str, heartbeat_at: u64| LeaseRow {
+        session_id: id,
+        bastion: bastion.to_owned(),
+        username: "alice".to_owned(),
+        device: "pve01".to_owned(),
+        agent: "local".to_owned(),
+        login: None,
+        mode: "jump".to_owned(),
+        port: 22,
+        rule: "lab-ssh".to_owned(),
+        role: "ops".to_owned(),
+        cert_serial: 1,
+        client_ip: IP.to_owned(),
+        opened_at: heartbeat_at,
+        heartbeat_at,
+        absolute_deadline: now + 3600,
+        kill_reason: None,
+        bytes_from_client: 0,
+        bytes_to_client: 0,
+    };
+    let live: Vec<String> = (0..70).map(|_| session_id()).collect();
+    let (elsewhere, never, stale) = (session_id(), session_id(), session_id());
+    let mut tx = store.begin().await.unwrap();
+    for id in &live {
+        assert!(store::insert_lease(tx.conn(), &lease(id.clone(), "b1", now - 10), None).await.unwrap());
+    }
+    store::insert_lease(tx.conn(), &lease(elsewhere.clone(), "b2", now - 10), None).await.unwrap();
+    store::insert_lease(tx.conn(), &lease(stale.clone(), "b1", cutoff - 1), None).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut listed: Vec<&str> = live.iter().map(String::as_str).collect();
+    listed.insert(3, &elsewhere);
+    listed.insert(40, &never);
+    listed.push(&stale);
+    let beats: Vec<Beat> = listed
+        .iter()
+        .enumerate()
+        .map(|(i, id)| Beat { session_id: id, bytes_from_client: i as u64 + 1, bytes_to_client: 1000 + i as u64 })
+        .collect();
+    let mut tx = store.begin().await.unwrap();
+    let mut lost = store::heartbeat_leases(tx.conn(), "b1", now, cutoff, &beats).await.unwrap();
+    tx.commit().await.unwrap();
+    lost.sort_unstable();
+    let mut expected = vec![elsewhere.as_str(), never.as_str(), stale.as_str()];
+    expected.sort_unstable();
+    assert_eq!(lost, expected);
+
+    let rows: BTreeMap<String, LeaseRow> =
+        store.leases().await.unwrap().into_iter().map(|l| (l.session_id.clone(), l)).collect();
+    for (i, id) in listed.iter().enumerate() {
+        let row = &rows.get(*id);
+        if expected.contains(id) {
+            assert!(row.is_none_or(|r| r.heartbeat_at < now && r.bytes_from_client == 0), "{id} was touched");
+        } else {
+            let row = row.unwrap();
+            assert_eq!(
+                (row.heartbeat_at, row.bytes_from_client, row.bytes_to_client),
+                (now, i as u64 + 1, 1000 + i as u64)
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_lease_heartbeats_find_each_lost_lease_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = portcullis_ca::store::Store::open(&sqlite_url(dir.path())).await.unwrap();
+    batched_lease_heartbeats_find_each_lost_lease(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_lease_heartbeats_find_each_lost_lease_on_postgres() {
+    let pg = Postgres::start().expect("throwaway PostgreSQL server");
+    let store = portcullis_ca::store::Store::open(&pg.url()).await.unwrap();
+    batched_lease_heartbeats_find_each_lost_lease(&store).await;
+}

@@ -8,9 +8,13 @@
 //! released in the same (sorted) order, so two transactions never wait on each other
 //! in a cycle.
 
-use super::{Result, Store, StoreError, parse_list, serial_from_db, serial_to_db, ts, ts_from};
+use super::{
+    Result, Store, StoreError, parse_list, serial_from_db, serial_to_db, statement_chunks, ts, ts_from, values_table,
+};
 use portcullis_proto::NodeRecord;
 use sqlx::{AnyConnection, Row};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct LeaseRow {
@@ -91,12 +95,45 @@ pub struct LeaseCheck {
     pub user_disabled: bool,
     /// A local user's groups *now* (`None`: no local user of that name).
     pub user_groups: Option<Vec<String>>,
-    pub node: Option<NodeRecord>,
+    /// Shared by every lease on the same node (parsed once per heartbeat).
+    pub node: Option<Arc<NodeRecord>>,
     /// A console session opened with a ticket: the groups the ticket was issued for (its
     /// identity; the lease names no user certificate).
     pub ticket_groups: Option<Vec<String>>,
     /// That ticket's API session is revoked, expired or gone.
     pub api_session_ended: bool,
+}
+
+/// [`Store::lease_checks`]' statement, with the backend's JSON aggregate and array
+/// functions (the only difference between SQLite and PostgreSQL here).
+macro_rules! lease_checks_sql {
+    ($group:literal, $array:literal) => {
+        concat!(
+            "SELECT COALESCE(CAST((SELECT ",
+            $group,
+            "(",
+            $array,
+            "( \
+                 l.session_id, l.bastion, l.username, l.device, l.agent, l.login, l.mode, l.port, l.rule, \
+                 l.role, l.cert_serial, l.client_ip, l.opened_at, l.heartbeat_at, l.absolute_deadline, \
+                 l.kill_reason, l.bytes_from_client, l.bytes_to_client, \
+                 c.serial, c.revoked_at, c.groups_json, c.principals_json, k.fingerprint, \
+                 u.disabled, u.groups_json, t.groups_json, s.token_hash, s.revoked_at, s.expires_at)) \
+               FROM session_leases l \
+               LEFT JOIN certificates c ON c.serial = l.cert_serial \
+               LEFT JOIN revoked_keys k ON k.fingerprint = c.key_fingerprint \
+               LEFT JOIN users u ON u.username = l.username \
+               LEFT JOIN console_tickets t ON t.session_id = l.session_id AND l.mode = 'console' \
+               LEFT JOIN sessions s ON s.token_hash = t.api_session_hash \
+               WHERE l.bastion = $1) AS TEXT), '[]') AS leases, \
+             COALESCE(CAST((SELECT ",
+            $group,
+            "(",
+            $array,
+            "(n.name, n.record_json)) FROM nodes n \
+               WHERE n.name IN (SELECT device FROM session_leases WHERE bastion = $1)) AS TEXT), '[]') AS nodes"
+        )
+    };
 }
 
 impl Store {
@@ -125,63 +162,107 @@ impl Store {
         rows.iter().map(|r| Ok(r.try_get("session_id")?)).collect()
     }
 
-    /// Every lease of `bastion` with its certificate, user and device: one query per
-    /// heartbeat, however many sessions.
+    /// Every lease of `bastion` with its certificate, user and device: one statement per
+    /// heartbeat (one snapshot), however many sessions.
+    ///
+    /// The database folds the rows into two JSON arrays (the leases, and the nodes they
+    /// are on) and returns them as one row. A bastion lists thousands of sessions twice a
+    /// second, and sqlx's SQLite driver hands every result row from its worker thread to
+    /// the caller through a channel: as rows, the heartbeat's time went mostly on those
+    /// hand-overs (thread wake-ups and per-value copies), not on SQLite. Each node's
+    /// record is parsed once, however many of the leases are on it.
     pub async fn lease_checks(&self, bastion: &str, now: u64) -> Result<Vec<LeaseCheck>> {
-        let rows = sqlx::query(
-            "SELECT l.session_id AS session_id, l.bastion AS bastion, l.username AS username, l.device AS device, \
-                    l.agent AS agent, l.login AS login, l.mode AS mode, l.port AS port, l.rule AS rule, \
-                    l.role AS role, l.cert_serial AS cert_serial, l.client_ip AS client_ip, \
-                    l.opened_at AS opened_at, l.heartbeat_at AS heartbeat_at, \
-                    l.absolute_deadline AS absolute_deadline, l.kill_reason AS kill_reason, \
-                    l.bytes_from_client AS bytes_from_client, l.bytes_to_client AS bytes_to_client, \
-                    c.serial AS c_serial, c.revoked_at AS c_revoked_at, c.groups_json AS c_groups, \
-                    c.principals_json AS c_principals, k.fingerprint AS k_fingerprint, \
-                    u.disabled AS u_disabled, u.groups_json AS u_groups, n.record_json AS n_record, t.groups_json AS t_groups, \
-                    s.token_hash AS s_hash, s.revoked_at AS s_revoked_at, s.expires_at AS s_expires_at \
-             FROM session_leases l \
-             LEFT JOIN certificates c ON c.serial = l.cert_serial \
-             LEFT JOIN revoked_keys k ON k.fingerprint = c.key_fingerprint \
-             LEFT JOIN users u ON u.username = l.username \
-             LEFT JOIN nodes n ON n.name = l.device \
-             LEFT JOIN console_tickets t ON t.session_id = l.session_id AND l.mode = 'console' \
-             LEFT JOIN sessions s ON s.token_hash = t.api_session_hash \
-             WHERE l.bastion = $1 ORDER BY l.session_id",
-        )
-        .bind(bastion)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let node = r
-                    .try_get::<Option<String>, _>("n_record")?
-                    .map(|json| serde_json::from_str(&json).map_err(|_| StoreError::Corrupt("node record")))
-                    .transpose()?;
-                let found = r.try_get::<Option<i64>, _>("c_serial")?.is_some();
-                Ok(LeaseCheck {
-                    lease: lease_from(r)?,
-                    cert_revoked: !found || r.try_get::<Option<i64>, _>("c_revoked_at")?.is_some(),
-                    cert_groups: r
-                        .try_get::<Option<String>, _>("c_groups")?
-                        .map(|g| parse_list(&g))
-                        .transpose()?
-                        .unwrap_or_default(),
-                    cert_principals: r
-                        .try_get::<Option<String>, _>("c_principals")?
-                        .map(|p| parse_list(&p))
-                        .transpose()?
-                        .unwrap_or_default(),
-                    key_revoked: r.try_get::<Option<String>, _>("k_fingerprint")?.is_some(),
-                    user_disabled: r.try_get::<Option<i64>, _>("u_disabled")?.is_some_and(|d| d != 0),
-                    user_groups: r.try_get::<Option<String>, _>("u_groups")?.map(|g| parse_list(&g)).transpose()?,
-                    node,
-                    api_session_ended: r.try_get::<Option<String>, _>("s_hash")?.is_none()
-                        || r.try_get::<Option<i64>, _>("s_revoked_at")?.is_some()
-                        || r.try_get::<Option<i64>, _>("s_expires_at")?.is_none_or(|e| e <= ts(now)),
-                    ticket_groups: r.try_get::<Option<String>, _>("t_groups")?.map(|g| parse_list(&g)).transpose()?,
-                })
+        let sql = match self.backend {
+            super::Backend::Sqlite => lease_checks_sql!("json_group_array", "json_array"),
+            super::Backend::Postgres => lease_checks_sql!("json_agg", "json_build_array"),
+        };
+        let row = sqlx::query(sql).bind(bastion).fetch_one(self.pool()).await?;
+        let corrupt = |_| StoreError::Corrupt("lease check");
+        let leases: Vec<CheckedLease> = serde_json::from_str(&row.try_get::<String, _>("leases")?).map_err(corrupt)?;
+        let nodes: Vec<(String, String)> =
+            serde_json::from_str(&row.try_get::<String, _>("nodes")?).map_err(corrupt)?;
+        let nodes = nodes
+            .into_iter()
+            .map(|(name, json)| {
+                let record = serde_json::from_str(&json).map_err(|_| StoreError::Corrupt("node record"))?;
+                Ok((name, Arc::new(record)))
             })
-            .collect()
+            .collect::<Result<HashMap<String, Arc<NodeRecord>>>>()?;
+        leases.into_iter().map(|l| l.check(&nodes, now)).collect()
+    }
+}
+
+/// One lease as [`Store::lease_checks`]' statement lists it: its columns, then what the
+/// joins found, in the statement's order (serde reads a struct from a JSON array too).
+#[derive(serde::Deserialize)]
+struct CheckedLease {
+    session_id: String,
+    bastion: String,
+    username: String,
+    device: String,
+    agent: String,
+    login: Option<String>,
+    mode: String,
+    port: i64,
+    rule: String,
+    role: String,
+    cert_serial: i64,
+    client_ip: String,
+    opened_at: i64,
+    heartbeat_at: i64,
+    absolute_deadline: i64,
+    kill_reason: Option<String>,
+    bytes_from_client: i64,
+    bytes_to_client: i64,
+    c_serial: Option<i64>,
+    c_revoked_at: Option<i64>,
+    c_groups: Option<String>,
+    c_principals: Option<String>,
+    k_fingerprint: Option<String>,
+    u_disabled: Option<i64>,
+    u_groups: Option<String>,
+    t_groups: Option<String>,
+    s_hash: Option<String>,
+    s_revoked_at: Option<i64>,
+    s_expires_at: Option<i64>,
+}
+
+impl CheckedLease {
+    fn check(self, nodes: &HashMap<String, Arc<NodeRecord>>, now: u64) -> Result<LeaseCheck> {
+        let list = |json: Option<String>| json.as_deref().map(parse_list).transpose();
+        Ok(LeaseCheck {
+            cert_revoked: self.c_serial.is_none() || self.c_revoked_at.is_some(),
+            cert_groups: list(self.c_groups)?.unwrap_or_default(),
+            cert_principals: list(self.c_principals)?.unwrap_or_default(),
+            key_revoked: self.k_fingerprint.is_some(),
+            user_disabled: self.u_disabled.is_some_and(|d| d != 0),
+            user_groups: list(self.u_groups)?,
+            node: nodes.get(&self.device).cloned(),
+            api_session_ended: self.s_hash.is_none()
+                || self.s_revoked_at.is_some()
+                || self.s_expires_at.is_none_or(|e| e <= ts(now)),
+            ticket_groups: list(self.t_groups)?,
+            lease: LeaseRow {
+                session_id: self.session_id,
+                bastion: self.bastion,
+                username: self.username,
+                device: self.device,
+                agent: self.agent,
+                login: self.login,
+                mode: self.mode,
+                port: u16::try_from(self.port).map_err(|_| StoreError::Corrupt("lease port"))?,
+                rule: self.rule,
+                role: self.role,
+                cert_serial: serial_from_db(self.cert_serial),
+                client_ip: self.client_ip,
+                opened_at: ts_from(self.opened_at),
+                heartbeat_at: ts_from(self.heartbeat_at),
+                absolute_deadline: ts_from(self.absolute_deadline),
+                kill_reason: self.kill_reason,
+                bytes_from_client: ts_from(self.bytes_from_client),
+                bytes_to_client: ts_from(self.bytes_to_client),
+            },
+        })
     }
 }
 
@@ -351,31 +432,72 @@ async fn release(conn: &mut AnyConnection, row: Option<sqlx::any::AnyRow>) -> Re
     Ok(Some(lease))
 }
 
-/// A heartbeat for one of `bastion`'s sessions; `false` when it holds no such live lease.
-/// A lease already older than `cutoff` is never revived: it is lost, whichever replica
-/// sweeps it, so the outcome does not depend on which request came first.
-pub async fn heartbeat_lease(
+/// One session's line in a heartbeat: its id and byte counters.
+pub struct Beat<'a> {
+    pub session_id: &'a str,
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+}
+
+/// Heartbeats for `bastion`'s sessions in `beats`; answers the ids of those it holds no
+/// live lease for (lost). A lease already older than `cutoff` is never revived: it is
+/// lost, whichever replica sweeps it, so the outcome does not depend on which request
+/// came first.
+///
+/// Up to 64 leases per statement (`UPDATE … FROM (VALUES …)`, which SQLite and
+/// PostgreSQL both take): a bastion with thousands of busy sessions rewrites them all
+/// every heartbeat, and one statement each was most of that heartbeat's time. A statement
+/// that updates fewer rows than it lists (a lease closed or swept since the heartbeat
+/// read it) is followed by one statement per lease of its chunk, which finds the lost ones
+/// and rewrites the others to the same values.
+pub async fn heartbeat_leases<'a>(
     conn: &mut AnyConnection,
-    session_id: &str,
     bastion: &str,
     now: u64,
     cutoff: u64,
-    bytes_from_client: u64,
-    bytes_to_client: u64,
-) -> Result<bool> {
-    let done = sqlx::query(
-        "UPDATE session_leases SET heartbeat_at = $1, bytes_from_client = $2, bytes_to_client = $3 \
-         WHERE session_id = $4 AND bastion = $5 AND heartbeat_at >= $6",
-    )
-    .bind(ts(now))
-    .bind(bytes(bytes_from_client))
-    .bind(bytes(bytes_to_client))
-    .bind(session_id)
-    .bind(bastion)
-    .bind(ts(cutoff))
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    beats: &[Beat<'a>],
+) -> Result<Vec<&'a str>> {
+    let mut lost = Vec::new();
+    for (start, len) in statement_chunks(beats.len()) {
+        let chunk = beats.get(start..start + len).unwrap_or_default();
+        if heartbeat_chunk(conn, bastion, now, cutoff, chunk).await? == u64::try_from(chunk.len()).unwrap_or(u64::MAX) {
+            continue;
+        }
+        for beat in chunk {
+            if heartbeat_chunk(conn, bastion, now, cutoff, std::slice::from_ref(beat)).await? == 0 {
+                lost.push(beat.session_id);
+            }
+        }
+    }
+    Ok(lost)
+}
+
+/// One statement of [`heartbeat_leases`]; how many leases it rewrote.
+async fn heartbeat_chunk(
+    conn: &mut AnyConnection,
+    bastion: &str,
+    now: u64,
+    cutoff: u64,
+    chunk: &[Beat<'_>],
+) -> Result<u64> {
+    let n = chunk.len() * 3;
+    // Only fixed text and placeholder numbers (see `values_table`).
+    let sql = sqlx::AssertSqlSafe(format!(
+        "UPDATE session_leases SET heartbeat_at = ${}, bytes_from_client = v.column2, bytes_to_client = v.column3 \
+         FROM {} AS v \
+         WHERE session_leases.session_id = v.column1 AND session_leases.bastion = ${} \
+           AND session_leases.heartbeat_at >= ${}",
+        n + 1,
+        values_table(3, chunk.len()),
+        n + 2,
+        n + 3,
+    ));
+    let mut query = sqlx::query(sql);
+    for beat in chunk {
+        query = query.bind(beat.session_id).bind(bytes(beat.bytes_from_client)).bind(bytes(beat.bytes_to_client));
+    }
+    let done = query.bind(ts(now)).bind(bastion).bind(ts(cutoff)).execute(&mut *conn).await?;
+    Ok(done.rows_affected())
 }
 
 /// Marks a lease to be closed at its bastion's next heartbeat; the lease, or `None`.

@@ -45,7 +45,7 @@ pub use inventory::{
 };
 pub use keys::CaKeyRow;
 pub use leases::{
-    LeaseCheck, LeaseRow, ProofUse, claim_connection_proof, close_lease, heartbeat_lease, insert_lease,
+    Beat, LeaseCheck, LeaseRow, ProofUse, claim_connection_proof, close_lease, heartbeat_leases, insert_lease,
     purge_connection_proofs, release_slot, set_kill_reason, sweep_lease, take_slot,
 };
 pub use oidc::{PendingLogin as PendingOidcLogin, PollTurn};
@@ -357,8 +357,20 @@ pub(crate) fn statement_chunks(rows: usize) -> impl Iterator<Item = (usize, usiz
 /// `QueryBuilder` would write `?` placeholders, which PostgreSQL does not take through the
 /// `Any` driver).
 pub(crate) fn values_statement(head: &'static str, columns: usize, rows: usize) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!("{head} {}", values_list(columns, rows)))
+}
+
+/// `VALUES ($1, …, $columns), …` for `rows` rows.
+fn values_list(columns: usize, rows: usize) -> String {
     let tuples: Vec<String> = (0..rows).map(|row| format!("({})", placeholders(row * columns, columns))).collect();
-    sqlx::AssertSqlSafe(format!("{head} VALUES {}", tuples.join(", ")))
+    format!("VALUES {}", tuples.join(", "))
+}
+
+/// `(VALUES ($1, …, $columns), …)`: a table of `rows` rows to join against (its columns
+/// are `column1`, `column2`, … in SQLite and PostgreSQL alike). Placeholders only, as in
+/// [`values_statement`]; a statement's own placeholders follow, from `$columns·rows + 1`.
+pub(crate) fn values_table(columns: usize, rows: usize) -> String {
+    format!("({})", values_list(columns, rows))
 }
 
 /// `HEAD ($1, …, $n)`, for `IN` lists (same safety argument as [`values_statement`]).

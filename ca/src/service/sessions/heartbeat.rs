@@ -9,9 +9,9 @@ use crate::error::CaError;
 use crate::service::Ca;
 use crate::service::services::{ServiceCaller, valid_service_name};
 use crate::store::{self, LeaseCheck};
-use portcullis_policies::{Identity, Policy, UserSource, parse_account};
+use portcullis_policies::{Device, Identity, Policy, UserSource, parse_account};
 use portcullis_proto::bastion::*;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Most sessions one heartbeat may list.
 const MAX_HEARTBEAT_SESSIONS: usize = 20_000;
@@ -53,7 +53,7 @@ impl Ca {
             .map(|c| (c.lease.session_id.clone(), c))
             .collect();
         let mut lost = BTreeSet::new();
-        let mut tx = self.store.begin().await?;
+        let mut due = Vec::new();
         for (id, s) in &listed {
             let Some(lease) = checks.get(*id).map(|c| &c.lease).filter(|l| l.heartbeat_at >= cutoff) else {
                 lost.insert(*id);
@@ -61,16 +61,19 @@ impl Ca {
             };
             // An idle session costs a read, not a write, per heartbeat: its lease is
             // rewritten when its counters moved or every few seconds.
-            let due = lease.heartbeat_at.saturating_add(REFRESH_AFTER_SECS) <= now
+            if lease.heartbeat_at.saturating_add(REFRESH_AFTER_SECS) <= now
                 || lease.bytes_from_client != s.bytes_from_client
-                || lease.bytes_to_client != s.bytes_to_client;
-            if due {
-                let (from, to) = (s.bytes_from_client, s.bytes_to_client);
-                if !store::heartbeat_lease(tx.conn(), id, &bastion.name, now, cutoff, from, to).await? {
-                    lost.insert(*id);
-                }
+                || lease.bytes_to_client != s.bytes_to_client
+            {
+                due.push(store::Beat {
+                    session_id: id,
+                    bytes_from_client: s.bytes_from_client,
+                    bytes_to_client: s.bytes_to_client,
+                });
             }
         }
+        let mut tx = self.store.begin().await?;
+        lost.extend(store::heartbeat_leases(tx.conn(), &bastion.name, now, cutoff, &due).await?);
         store::record_bastion_heartbeat(tx.conn(), &bastion.name, &agents, now).await?;
         for agent in &agents {
             store::touch_service(tx.conn(), ServiceKind::Agent.as_str(), agent, now).await?;
@@ -89,11 +92,21 @@ impl Ca {
         let standings = self.directory_standings(&directory_accounts).await?;
 
         let policy = self.policy();
+        // Every lease on a node sees the same record (one statement read them all), so
+        // the node is turned into the policy's view of it once per heartbeat.
+        let mut devices: HashMap<&str, Device> = HashMap::new();
         let mut close = Vec::new();
         for id in listed.keys() {
             let reason = match checks.get(*id) {
                 _ if lost.contains(id) => Some(CloseReason::LeaseLost),
-                Some(check) => self.must_close(&policy, check, standings.get(&check.lease.username)),
+                Some(check) => {
+                    let device = check.node.as_deref().map(|node| {
+                        &*devices
+                            .entry(check.lease.device.as_str())
+                            .or_insert_with(|| policy_device(node, self.default_agent.as_deref()))
+                    });
+                    self.must_close(&policy, check, device, standings.get(&check.lease.username))
+                }
                 None => Some(CloseReason::LeaseLost),
             };
             if let Some(reason) = reason {
@@ -105,7 +118,14 @@ impl Ca {
 
     /// Why a live session must end now, if it must; `directory` is what the directory
     /// last said about a directory user's account.
-    fn must_close(&self, policy: &Policy, check: &LeaseCheck, directory: Option<&Standing>) -> Option<CloseReason> {
+    /// `device` is the policy's view of the lease's node (`None`: the node is gone).
+    fn must_close(
+        &self,
+        policy: &Policy,
+        check: &LeaseCheck,
+        device: Option<&Device>,
+        directory: Option<&Standing>,
+    ) -> Option<CloseReason> {
         let lease = &check.lease;
         if lease.kill_reason.is_some() {
             return Some(CloseReason::AdminTerminated);
@@ -126,10 +146,9 @@ impl Ca {
         if check.user_disabled || credential_ended || matches!(directory, Some(Standing::Refused)) {
             return Some(CloseReason::Revoked);
         }
-        let (Some(node), Some(mode)) = (&check.node, mode_from(&lease.mode)) else {
+        let (Some(device), Some(mode)) = (device, mode_from(&lease.mode)) else {
             return Some(CloseReason::PolicyChanged);
         };
-        let device = policy_device(node, self.default_agent.as_deref());
         let recorded = ticketed.unwrap_or(&check.cert_groups);
         // Groups as of sign-in or issuance, minus any the user has lost since (a local
         // user's row, or the directory's last answer): removing a group ends the
@@ -144,7 +163,7 @@ impl Ca {
             Identity { username: lease.username.clone(), groups: groups.cloned().collect(), ..Default::default() };
         let principals: BTreeSet<String> = check.cert_principals.iter().cloned().collect();
         let basis = if ticketed.is_some() { Basis::Ticket } else { Basis::Certificate(&principals) };
-        match admit(policy, &who, basis, &device, mode, lease.login.as_deref(), lease.port) {
+        match admit(policy, &who, basis, device, mode, lease.login.as_deref(), lease.port) {
             Ok(_) => None,
             Err(_) => Some(CloseReason::PolicyChanged),
         }
