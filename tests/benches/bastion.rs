@@ -53,9 +53,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use portcullis_tests::bastion_world::{World, add_node, loopback_ip};
-use portcullis_tests::procfs;
 use portcullis_tests::ssh::{ed25519_key, path_str, ssh_keygen_ok, write_key_pair};
 use portcullis_tests::sshd::{NodeTrust, Sshd};
+use portcullis_tests::{bench_setting, procfs};
 use russh::client;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -81,13 +81,6 @@ const OPEN_CONCURRENCY: usize = 4;
 const CIPHER: &str = "aes128-gcm@openssh.com";
 /// Long enough that no session goes idle during the run.
 const IDLE: &str = "1h";
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a non-negative integer")),
-        Err(_) => default,
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -123,11 +116,11 @@ impl Route {
 }
 
 fn main() -> ExitCode {
-    let bytes = env_u64("PORTCULLIS_BENCH_BYTES", DEFAULT_BYTES).max(1);
-    let setup_runs = usize::try_from(env_u64("PORTCULLIS_BENCH_SETUP_RUNS", DEFAULT_SETUP_RUNS as u64)).unwrap().max(1);
-    let sessions = usize::try_from(env_u64("PORTCULLIS_BENCH_SESSIONS", DEFAULT_SESSIONS as u64)).unwrap();
-    let scale = usize::try_from(env_u64("PORTCULLIS_BENCH_SCALE", 0)).unwrap();
-    let recorded_bytes = env_u64("PORTCULLIS_BENCH_RECORDED_BYTES", DEFAULT_RECORDED_BYTES);
+    let bytes = bench_setting("PORTCULLIS_BENCH_BYTES", DEFAULT_BYTES).max(1);
+    let setup_runs = bench_setting("PORTCULLIS_BENCH_SETUP_RUNS", DEFAULT_SETUP_RUNS).max(1);
+    let sessions = bench_setting("PORTCULLIS_BENCH_SESSIONS", DEFAULT_SESSIONS);
+    let scale = bench_setting("PORTCULLIS_BENCH_SCALE", 0usize);
+    let recorded_bytes = bench_setting("PORTCULLIS_BENCH_RECORDED_BYTES", DEFAULT_RECORDED_BYTES);
     if let Some(limit) = procfs::open_files_limit().filter(|&l| scale > 0 && (2 * scale + 1000) as u64 > l) {
         // A jump session is two descriptors in portcullisd (front door, node) and two here.
         println!("note: the open-files limit ({limit}) holds fewer than {scale} sessions; raise the hard limit");

@@ -30,7 +30,7 @@ use portcullis_policies::proof;
 use portcullis_proto::bastion::{HeartbeatRequest, LiveSession, ServiceKind, SessionMode, SessionOpenRequest};
 use portcullis_proto::{NodeRecord, UserCertRequest};
 use portcullis_tests::ssh::{ed25519_key, public_line};
-use portcullis_tests::{TEST_PASSPHRASE, first_admin, sqlite_url};
+use portcullis_tests::{TEST_PASSPHRASE, bench_setting, first_admin, sqlite_url};
 use secrecy::SecretString;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -67,16 +67,9 @@ group = "ops"
 roles = ["ops"]
 "#;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a positive integer")),
-        Err(_) => default,
-    }
-}
-
 fn main() {
-    let leases = env_usize("PORTCULLIS_BENCH_LEASES", 10_000).max(1);
-    let heartbeats = env_usize("PORTCULLIS_BENCH_HEARTBEATS", 20).max(1);
+    let leases = bench_setting("PORTCULLIS_BENCH_LEASES", 10_000).max(1);
+    let heartbeats = bench_setting("PORTCULLIS_BENCH_HEARTBEATS", 20).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(run(leases, heartbeats));
 }

@@ -27,7 +27,7 @@
 use portcullis_proto::{AuditVerifyResponse, IssuedCert};
 use portcullis_tests::replica::CaReplica;
 use portcullis_tests::ssh::{SSH_KEYGEN, ed25519_key, public_line, write_key_pair};
-use portcullis_tests::{Server, procfs};
+use portcullis_tests::{Server, bench_setting, procfs};
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use std::path::{Path, PathBuf};
@@ -43,17 +43,10 @@ const WARMUP_CERTS: usize = 200;
 /// The default policy lets the bootstrap admin log in as root.
 const PRINCIPAL: &str = "root";
 
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a positive integer")),
-        Err(_) => default,
-    }
-}
-
 fn main() -> ExitCode {
-    let certs = env_usize("PORTCULLIS_BENCH_CERTS", DEFAULT_CERTS).max(1);
-    let concurrency = env_usize("PORTCULLIS_BENCH_CONCURRENCY", DEFAULT_CONCURRENCY).max(1);
-    let keygen_certs = env_usize("PORTCULLIS_BENCH_KEYGEN_CERTS", DEFAULT_KEYGEN_CERTS).max(2);
+    let certs = bench_setting("PORTCULLIS_BENCH_CERTS", DEFAULT_CERTS).max(1);
+    let concurrency = bench_setting("PORTCULLIS_BENCH_CONCURRENCY", DEFAULT_CONCURRENCY).max(1);
+    let keygen_certs = bench_setting("PORTCULLIS_BENCH_KEYGEN_CERTS", DEFAULT_KEYGEN_CERTS).max(2);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("issuance benchmark: {certs} certificates, concurrency {concurrency}, {cores} CPU core(s)");
 

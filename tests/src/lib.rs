@@ -34,3 +34,12 @@ pub use inprocess::{
 };
 pub use postgres::Postgres;
 pub use server::{Server, ServerOpts};
+
+/// A benchmark's numeric setting from the environment (`default` when unset); a value
+/// that does not parse stops the run, so a typo never measures the default silently.
+pub fn bench_setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a non-negative integer")),
+        Err(_) => default,
+    }
+}

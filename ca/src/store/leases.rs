@@ -9,7 +9,7 @@
 //! in a cycle.
 
 use super::{
-    Result, Store, StoreError, parse_list, serial_from_db, serial_to_db, statement_chunks, ts, ts_from, values_table,
+    Result, Store, StoreError, parse_list, serial_from_db, serial_to_db, statement_chunks, ts, ts_from, values_list,
 };
 use portcullis_proto::NodeRecord;
 use sqlx::{AnyConnection, Row};
@@ -59,8 +59,58 @@ fn bytes(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// A lease's columns as stored (signed integers), read from a result row or, in
+/// [`Store::lease_checks`], from a JSON array in column order; one conversion to
+/// [`LeaseRow`] for both.
+#[derive(serde::Deserialize)]
+struct StoredLease {
+    session_id: String,
+    bastion: String,
+    username: String,
+    device: String,
+    agent: String,
+    login: Option<String>,
+    mode: String,
+    port: i64,
+    rule: String,
+    role: String,
+    cert_serial: i64,
+    client_ip: String,
+    opened_at: i64,
+    heartbeat_at: i64,
+    absolute_deadline: i64,
+    kill_reason: Option<String>,
+    bytes_from_client: i64,
+    bytes_to_client: i64,
+}
+
+impl StoredLease {
+    fn into_row(self) -> Result<LeaseRow> {
+        Ok(LeaseRow {
+            session_id: self.session_id,
+            bastion: self.bastion,
+            username: self.username,
+            device: self.device,
+            agent: self.agent,
+            login: self.login,
+            mode: self.mode,
+            port: u16::try_from(self.port).map_err(|_| StoreError::Corrupt("lease port"))?,
+            rule: self.rule,
+            role: self.role,
+            cert_serial: serial_from_db(self.cert_serial),
+            client_ip: self.client_ip,
+            opened_at: ts_from(self.opened_at),
+            heartbeat_at: ts_from(self.heartbeat_at),
+            absolute_deadline: ts_from(self.absolute_deadline),
+            kill_reason: self.kill_reason,
+            bytes_from_client: ts_from(self.bytes_from_client),
+            bytes_to_client: ts_from(self.bytes_to_client),
+        })
+    }
+}
+
 fn lease_from(row: &sqlx::any::AnyRow) -> Result<LeaseRow> {
-    Ok(LeaseRow {
+    StoredLease {
         session_id: row.try_get("session_id")?,
         bastion: row.try_get("bastion")?,
         username: row.try_get("username")?,
@@ -68,18 +118,19 @@ fn lease_from(row: &sqlx::any::AnyRow) -> Result<LeaseRow> {
         agent: row.try_get("agent")?,
         login: row.try_get("login")?,
         mode: row.try_get("mode")?,
-        port: u16::try_from(row.try_get::<i64, _>("port")?).map_err(|_| StoreError::Corrupt("lease port"))?,
+        port: row.try_get("port")?,
         rule: row.try_get("rule")?,
         role: row.try_get("role")?,
-        cert_serial: serial_from_db(row.try_get("cert_serial")?),
+        cert_serial: row.try_get("cert_serial")?,
         client_ip: row.try_get("client_ip")?,
-        opened_at: ts_from(row.try_get("opened_at")?),
-        heartbeat_at: ts_from(row.try_get("heartbeat_at")?),
-        absolute_deadline: ts_from(row.try_get("absolute_deadline")?),
+        opened_at: row.try_get("opened_at")?,
+        heartbeat_at: row.try_get("heartbeat_at")?,
+        absolute_deadline: row.try_get("absolute_deadline")?,
         kill_reason: row.try_get("kill_reason")?,
-        bytes_from_client: ts_from(row.try_get("bytes_from_client")?),
-        bytes_to_client: ts_from(row.try_get("bytes_to_client")?),
-    })
+        bytes_from_client: row.try_get("bytes_from_client")?,
+        bytes_to_client: row.try_get("bytes_to_client")?,
+    }
+    .into_row()
 }
 
 /// A lease with what the heartbeat needs to decide whether it may go on: its
@@ -113,10 +164,12 @@ macro_rules! lease_checks_sql {
             $group,
             "(",
             $array,
+            "(",
+            $array,
             "( \
                  l.session_id, l.bastion, l.username, l.device, l.agent, l.login, l.mode, l.port, l.rule, \
                  l.role, l.cert_serial, l.client_ip, l.opened_at, l.heartbeat_at, l.absolute_deadline, \
-                 l.kill_reason, l.bytes_from_client, l.bytes_to_client, \
+                 l.kill_reason, l.bytes_from_client, l.bytes_to_client), \
                  c.serial, c.revoked_at, c.groups_json, c.principals_json, k.fingerprint, \
                  u.disabled, u.groups_json, t.groups_json, s.token_hash, s.revoked_at, s.expires_at)) \
                FROM session_leases l \
@@ -192,28 +245,12 @@ impl Store {
     }
 }
 
-/// One lease as [`Store::lease_checks`]' statement lists it: its columns, then what the
-/// joins found, in the statement's order (serde reads a struct from a JSON array too).
+/// One lease as [`Store::lease_checks`]' statement lists it: its columns (an array of
+/// their own), then what the joins found, in the statement's order (serde reads a struct
+/// from a JSON array too).
 #[derive(serde::Deserialize)]
 struct CheckedLease {
-    session_id: String,
-    bastion: String,
-    username: String,
-    device: String,
-    agent: String,
-    login: Option<String>,
-    mode: String,
-    port: i64,
-    rule: String,
-    role: String,
-    cert_serial: i64,
-    client_ip: String,
-    opened_at: i64,
-    heartbeat_at: i64,
-    absolute_deadline: i64,
-    kill_reason: Option<String>,
-    bytes_from_client: i64,
-    bytes_to_client: i64,
+    lease: StoredLease,
     c_serial: Option<i64>,
     c_revoked_at: Option<i64>,
     c_groups: Option<String>,
@@ -237,31 +274,12 @@ impl CheckedLease {
             key_revoked: self.k_fingerprint.is_some(),
             user_disabled: self.u_disabled.is_some_and(|d| d != 0),
             user_groups: list(self.u_groups)?,
-            node: nodes.get(&self.device).cloned(),
+            node: nodes.get(&self.lease.device).cloned(),
             api_session_ended: self.s_hash.is_none()
                 || self.s_revoked_at.is_some()
                 || self.s_expires_at.is_none_or(|e| e <= ts(now)),
             ticket_groups: list(self.t_groups)?,
-            lease: LeaseRow {
-                session_id: self.session_id,
-                bastion: self.bastion,
-                username: self.username,
-                device: self.device,
-                agent: self.agent,
-                login: self.login,
-                mode: self.mode,
-                port: u16::try_from(self.port).map_err(|_| StoreError::Corrupt("lease port"))?,
-                rule: self.rule,
-                role: self.role,
-                cert_serial: serial_from_db(self.cert_serial),
-                client_ip: self.client_ip,
-                opened_at: ts_from(self.opened_at),
-                heartbeat_at: ts_from(self.heartbeat_at),
-                absolute_deadline: ts_from(self.absolute_deadline),
-                kill_reason: self.kill_reason,
-                bytes_from_client: ts_from(self.bytes_from_client),
-                bytes_to_client: ts_from(self.bytes_to_client),
-            },
+            lease: self.lease.into_row()?,
         })
     }
 }
@@ -481,14 +499,16 @@ async fn heartbeat_chunk(
     chunk: &[Beat<'_>],
 ) -> Result<u64> {
     let n = chunk.len() * 3;
-    // Only fixed text and placeholder numbers (see `values_table`).
+    // Only fixed text and placeholder numbers (see `values_statement`); the statement's
+    // own placeholders follow the rows'. The VALUES columns are `column1`, `column2`, …
+    // in SQLite and PostgreSQL alike.
     let sql = sqlx::AssertSqlSafe(format!(
         "UPDATE session_leases SET heartbeat_at = ${}, bytes_from_client = v.column2, bytes_to_client = v.column3 \
-         FROM {} AS v \
+         FROM ({}) AS v \
          WHERE session_leases.session_id = v.column1 AND session_leases.bastion = ${} \
            AND session_leases.heartbeat_at >= ${}",
         n + 1,
-        values_table(3, chunk.len()),
+        values_list(3, chunk.len()),
         n + 2,
         n + 3,
     ));

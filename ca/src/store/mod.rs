@@ -361,16 +361,9 @@ pub(crate) fn values_statement(head: &'static str, columns: usize, rows: usize) 
 }
 
 /// `VALUES ($1, …, $columns), …` for `rows` rows.
-fn values_list(columns: usize, rows: usize) -> String {
+pub(crate) fn values_list(columns: usize, rows: usize) -> String {
     let tuples: Vec<String> = (0..rows).map(|row| format!("({})", placeholders(row * columns, columns))).collect();
     format!("VALUES {}", tuples.join(", "))
-}
-
-/// `(VALUES ($1, …, $columns), …)`: a table of `rows` rows to join against (its columns
-/// are `column1`, `column2`, … in SQLite and PostgreSQL alike). Placeholders only, as in
-/// [`values_statement`]; a statement's own placeholders follow, from `$columns·rows + 1`.
-pub(crate) fn values_table(columns: usize, rows: usize) -> String {
-    format!("({})", values_list(columns, rows))
 }
 
 /// `HEAD ($1, …, $n)`, for `IN` lists (same safety argument as [`values_statement`]).
