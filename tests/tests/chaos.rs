@@ -183,7 +183,7 @@ fn live_session(config: &Path, host: &str) -> Child {
     if line.trim() != "started" {
         let _ = child.kill();
         let (out, _) = wait_output(child, Duration::from_secs(10));
-        panic!("session through {host} did not start: {}", text(&out));
+        panic!("session through {host} did not start (first line {line:?}): {}", text(&out));
     }
     child
 }
