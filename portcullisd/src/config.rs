@@ -414,17 +414,17 @@ fn portcullis_proto_token() -> String {
 
 /// On the very first start, creates `admin` and shows its one-time password; on every
 /// start, has the password file deleted once it is used (see
-/// [`Ca::forget_initial_password_when_replaced`]).
+/// [`portcullis_ca::IdentityService::forget_initial_password_when_replaced`]).
 pub async fn announce_bootstrap_admin(ca: &Ca, data_dir: &Path, show_password: bool) -> anyhow::Result<()> {
     let file = data_dir.join("initial-admin-password");
-    if let Some(password) = ca.bootstrap_admin("admin", "portcullis-admins").await? {
+    if let Some(password) = ca.identity().bootstrap_admin("admin", "portcullis-admins").await? {
         fsutil::write_private(&file, password.expose_secret().as_bytes())?;
         if show_password {
             // Printed once, to the terminal of whoever started the server; never to the log.
             println!("First administrator: admin, one-time password: {}", password.expose_secret());
         }
     }
-    if ca.forget_initial_password_when_replaced("admin", file.clone()).await? {
+    if ca.identity().forget_initial_password_when_replaced("admin", file.clone()).await? {
         println!(
             "First administrator: admin; the one-time password is in {} (mode 0600). It opens no session: the \
              first `portcullis login --user admin` (or web sign-in) chooses admin's own password, and the file is \

@@ -365,7 +365,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     }
     print!(
         "User CA public key(s), for sshd's TrustedUserCAKeys:\n{}",
-        ca.trusted_keys(portcullis_ca::keys::KeyPurpose::User)
+        ca.core().trusted_keys(portcullis_ca::keys::KeyPurpose::User)
     );
     // With no user at all there would be no way in: create `admin`. The all-in-one shows
     // the password on the operator's terminal; the `ca` service (whose stdout is a journal)
@@ -419,7 +419,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     }
     sdnotify::ready(&format!("serving on {url}"));
     let _ = api.await;
-    ca.store().close().await;
+    ca.core().store().close().await;
     Ok(())
 }
 

@@ -86,9 +86,9 @@ async fn run(leases: usize, heartbeats: usize) {
     let ca = Arc::new(Ca::open(config, Arc::new(clock.clone())).await.unwrap());
 
     let admin = first_admin(&ca, "admins", "192.0.2.1").await;
-    let caller = ca.caller(&admin).await.unwrap();
-    let users_grant = ca.authorize::<proof::UsersManage>(&caller).unwrap();
-    let nodes_grant = ca.authorize::<proof::NodesManage>(&caller).unwrap();
+    let caller = ca.identity().caller(&admin).await.unwrap();
+    let users_grant = ca.core().authorize::<proof::UsersManage>(&caller).unwrap();
+    let nodes_grant = ca.core().authorize::<proof::NodesManage>(&caller).unwrap();
     let host_key = public_line(&ed25519_key());
     for i in 0..NODES {
         let node = NodeRecord {
@@ -106,8 +106,8 @@ async fn run(leases: usize, heartbeats: usize) {
         let user = format!("user{i:02}");
         let ip = format!("192.0.2.{}", i + 10);
         ca.add_user(&users_grant, &user, &["ops".to_owned()], Some(&password)).await.unwrap();
-        let login = ca.login_password(&user, None, &password, &ip).await.unwrap();
-        let caller = ca.caller(login.token.expose()).await.unwrap();
+        let login = ca.identity().login_password(&user, None, &password, &ip).await.unwrap();
+        let caller = ca.identity().caller(login.token.expose()).await.unwrap();
         let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..Default::default() };
         let text = ca.issue_user_cert(&caller, &request, &ip).await.unwrap().certificate;
         let cert = ssh_key::Certificate::from_openssh(text.trim()).unwrap();
@@ -154,7 +154,7 @@ async fn run(leases: usize, heartbeats: usize) {
         let mut times = Vec::with_capacity(heartbeats);
         for beat in 0..heartbeats {
             match phase {
-                "steady" if beat % 2 == 1 => clock.set(ca.now() + 1),
+                "steady" if beat % 2 == 1 => clock.set(ca.core().now() + 1),
                 "busy" => moved += 1,
                 _ => {}
             }

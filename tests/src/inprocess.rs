@@ -115,14 +115,22 @@ pub const FIRST_ADMIN_PASSWORD: &str = "first-admin-own-password";
 /// does the first time: with the one-time password, choosing [`FIRST_ADMIN_PASSWORD`].
 /// The API token.
 pub async fn first_admin(ca: &Ca, group: &str, client_ip: &str) -> String {
-    let one_time = ca.bootstrap_admin("admin", group).await.unwrap().expect("a first start creates the admin");
+    let one_time =
+        ca.identity().bootstrap_admin("admin", group).await.unwrap().expect("a first start creates the admin");
     let own = SecretString::from(FIRST_ADMIN_PASSWORD);
-    ca.login_replacing_password("admin", None, &one_time, &own, client_ip).await.unwrap().token.expose().to_owned()
+    ca.identity()
+        .login_replacing_password("admin", None, &one_time, &own, client_ip)
+        .await
+        .unwrap()
+        .token
+        .expose()
+        .to_owned()
 }
 
 /// The payloads of every audit record of `event` in `ca`'s store, oldest first.
 pub async fn audit_payloads(ca: &Ca, event: &str) -> Vec<serde_json::Value> {
-    ca.store()
+    ca.core()
+        .store()
         .audit_records(0, 100_000)
         .await
         .unwrap()
@@ -141,6 +149,7 @@ pub fn validates_against(
     krl: Option<&portcullis_sshcert::Krl>,
 ) -> Result<(), portcullis_sshcert::Rejection> {
     let trusted: Vec<ssh_key::public::KeyData> = ca
+        .core()
         .trusted_keys(portcullis_ca::keys::KeyPurpose::User)
         .lines()
         .map(|l| ssh_key::PublicKey::from_openssh(l).unwrap().key_data().clone())

@@ -80,9 +80,9 @@ async fn a_backup_taken_online_restores_into_a_ca_that_still_trusts_its_certific
         SecretString::from(passphrase.trim().to_owned()),
     );
     let restored = Arc::new(Ca::open(config, Arc::new(ManualClock::new(cert.valid_after() + 60))).await.unwrap());
-    assert!(restored.store().user("alice").await.unwrap().is_some());
-    assert_eq!(restored.store().verify_audit_chain().await.unwrap().first_bad_seq, None);
-    let user_keys = restored.trusted_keys(portcullis_ca::keys::KeyPurpose::User);
+    assert!(restored.core().store().user("alice").await.unwrap().is_some());
+    assert_eq!(restored.core().store().verify_audit_chain().await.unwrap().first_bad_seq, None);
+    let user_keys = restored.core().trusted_keys(portcullis_ca::keys::KeyPurpose::User);
     assert_eq!(user_keys, server.user_ca_keys, "the restored CA signs and trusts with the same user key");
     validates_against(&restored, &cert, None)
         .expect("a certificate issued before the backup validates after the restore");

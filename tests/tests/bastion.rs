@@ -177,8 +177,8 @@ async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
     // Expired: signed by the real CA key, ten hours ago.
     let manual = ManualClock::new(now - 10 * 3600);
     let ca = same_ca(&server, Arc::new(manual.clone())).await;
-    let login = ca.login_password("alice", None, &SecretString::from(PASSWORD), "127.0.0.1").await.unwrap();
-    let caller = ca.caller(login.token.expose()).await.unwrap();
+    let login = ca.identity().login_password("alice", None, &SecretString::from(PASSWORD), "127.0.0.1").await.unwrap();
+    let caller = ca.identity().caller(login.token.expose()).await.unwrap();
     let request = UserCertRequest { public_key: public_line(&key), ttl_seconds: Some(3600), roles: None };
     let expired = ca.issue_user_cert(&caller, &request, "127.0.0.1").await.unwrap().certificate;
     let expired_cert = write_file(dir.path(), "expired-cert.pub", &expired);
@@ -193,7 +193,7 @@ async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
 
     // Certificates signed by the real user CA key but wrong in one way each, offered for
     // `root%pve-prod` (terminated mode) so the principal check would otherwise pass.
-    let ca_key = ca.keyring().signer(portcullis_ca::keys::KeyPurpose::User).unwrap().key.clone();
+    let ca_key = ca.core().keyring().signer(portcullis_ca::keys::KeyPurpose::User).unwrap().key.clone();
     let craft_typed = |name: &str, cert_type: CertType, shape: &dyn Fn(&mut Builder)| -> std::path::PathBuf {
         let mut b = Builder::new_with_random_nonce(
             &mut ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng),

@@ -131,13 +131,13 @@ async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
     }
 
     let admin = first_admin(&ca, "admins", IP).await;
-    let caller = ca.caller(&admin).await.unwrap();
-    let users = ca.authorize::<proof::UsersManage>(&caller).unwrap();
+    let caller = ca.identity().caller(&admin).await.unwrap();
+    let users = ca.core().authorize::<proof::UsersManage>(&caller).unwrap();
     let pw = SecretString::from(PASSWORD);
     for (user, group) in [("alice", "ops"), ("bob", "ops"), ("carol", "contractors")] {
         ca.add_user(&users, user, &[group.to_owned()], Some(&pw)).await.unwrap();
     }
-    let nodes = ca.authorize::<proof::NodesManage>(&caller).unwrap();
+    let nodes = ca.core().authorize::<proof::NodesManage>(&caller).unwrap();
     let host_key = public_line(&ed25519_key());
     for (name, env, agent, address) in [
         ("pve01", "lab", None, "10.0.0.5"),
@@ -213,8 +213,8 @@ impl Presented {
 
 /// Logs `user` in and has a certificate issued for a fresh key.
 async fn user_cert(ca: &Ca, user: &str) -> Presented {
-    let login = ca.login_password(user, None, &SecretString::from(PASSWORD), IP).await.unwrap();
-    let caller = ca.caller(login.token.expose()).await.unwrap();
+    let login = ca.identity().login_password(user, None, &SecretString::from(PASSWORD), IP).await.unwrap();
+    let caller = ca.identity().caller(login.token.expose()).await.unwrap();
     let key = ed25519_key();
     let request = UserCertRequest { public_key: public_line(&key), ..Default::default() };
     let text = ca.issue_user_cert(&caller, &request, IP).await.unwrap().certificate;
@@ -296,7 +296,7 @@ async fn counter(ca: &Ca, scope: &str) -> i64 {
     use sqlx::Row;
     sqlx::query("SELECT n FROM session_counters WHERE scope = $1")
         .bind(scope)
-        .fetch_optional(ca.store().pool())
+        .fetch_optional(ca.core().store().pool())
         .await
         .unwrap()
         .map_or(0, |r| r.try_get::<i64, _>("n").unwrap())
@@ -390,7 +390,7 @@ async fn services_enroll_only_with_tokens_of_their_kind() {
     assert_eq!(key_id, "service:agent:edge1");
     assert_eq!(principals, ["agent:edge1"]);
     assert!(extensions.is_empty() || extensions == ["(none)"], "{extensions:?}");
-    let internal = fx.ca.trusted_keys(portcullis_ca::keys::KeyPurpose::Internal);
+    let internal = fx.ca.core().trusted_keys(portcullis_ca::keys::KeyPurpose::Internal);
     assert_eq!(enrolled.internal_ca_keys, internal);
     let internal_fp =
         portcullis_sshcert::fingerprint(ssh_key::PublicKey::from_openssh(internal.trim()).unwrap().key_data());
@@ -547,7 +547,7 @@ async fn services_enroll_only_with_tokens_of_their_kind() {
 
 /// No API credential or enrollment token in any audit record.
 async fn assert_no_secrets(ca: &Ca) {
-    for r in ca.store().audit_records(0, 100_000).await.unwrap() {
+    for r in ca.core().store().audit_records(0, 100_000).await.unwrap() {
         assert!(!r.payload.contains("pcs_") && !r.payload.contains("pce_"), "secret in audit record: {}", r.payload);
     }
 }
@@ -609,7 +609,7 @@ async fn no_onward_certificate_without_a_live_proof(fx: &Fx) {
     denied(fx.replicas.last().unwrap(), &b2, &replay, deny_reason::CONNECTION_PROOF_REPLAYED).await;
 
     // She leaves: once no session of that connection lives, her proof opens nothing.
-    for id in fx.ca.store().leases().await.unwrap().into_iter().map(|l| l.session_id) {
+    for id in fx.ca.core().store().leases().await.unwrap().into_iter().map(|l| l.session_id) {
         close(api, &fx.bastion, &id, "client_disconnect").await;
     }
     denied(api, &fx.bastion, &replay, deny_reason::CONNECTION_PROOF_REPLAYED).await;
@@ -651,12 +651,12 @@ async fn a_step_up_rule_needs_a_recent_sign_in_not_just_a_new_certificate() {
     assert_eq!(status, StatusCode::OK, "{v}");
 
     // Signed in just now: both modes open, and say how old the sign-in was.
-    let login = fx.ca.login_password("alice", None, &SecretString::from(PASSWORD), IP).await.unwrap();
+    let login = fx.ca.identity().login_password("alice", None, &SecretString::from(PASSWORD), IP).await.unwrap();
     let token = login.token.expose().to_owned();
     let issue = |token: String| {
         let ca = Arc::clone(&fx.ca);
         async move {
-            let caller = ca.caller(&token).await.unwrap();
+            let caller = ca.identity().caller(&token).await.unwrap();
             let key = ed25519_key();
             let request = UserCertRequest { public_key: public_line(&key), ..Default::default() };
             let text = ca.issue_user_cert(&caller, &request, IP).await.unwrap().certificate;
@@ -721,7 +721,7 @@ async fn terminated_session_gets_a_certificate_for_this_node_only() {
     assert_eq!(principals, [node_principal("pve01", "root")]);
     extensions.sort();
     assert_eq!(extensions, ["permit-port-forwarding", "permit-pty"]);
-    let user_ca = fx.ca.trusted_keys(portcullis_ca::keys::KeyPurpose::User);
+    let user_ca = fx.ca.core().trusted_keys(portcullis_ca::keys::KeyPurpose::User);
     let user_fp = portcullis_sshcert::fingerprint(ssh_key::PublicKey::from_openssh(user_ca.trim()).unwrap().key_data());
     assert!(signer.contains(&user_fp));
     let parsed = ssh_key::Certificate::from_openssh(&cert).unwrap();
@@ -931,7 +931,7 @@ async fn caps_are_exact(fx: &Fx) {
     let bob = user_cert(&fx.ca, "bob").await;
     granted(api, &fx.bastion, &terminated(&session_id(), &bob, "pve01", "root")).await;
     // Counters match the leases, scope by scope.
-    let live = fx.ca.store().leases().await.unwrap();
+    let live = fx.ca.core().store().leases().await.unwrap();
     assert_eq!(live.len(), 6);
     for lease in &live {
         for scope in lease.scopes() {
@@ -951,7 +951,7 @@ async fn caps_are_exact_under_200_parallel_opens_on_sqlite() {
 async fn caps_are_exact_under_200_parallel_opens_on_postgres_with_two_replicas() {
     let pg = Postgres::start().expect("throwaway PostgreSQL server");
     let fx = fixture(Some(&pg.url()), 2).await;
-    assert_eq!(fx.ca.store().backend(), portcullis_ca::store::Backend::Postgres);
+    assert_eq!(fx.ca.core().store().backend(), portcullis_ca::store::Backend::Postgres);
     caps_are_exact(&fx).await;
 }
 
@@ -998,7 +998,7 @@ async fn leases_are_reclaimed(fx: &Fx) {
     fx.clock.set(t1 + LEASE_TTL_SECS + 1);
     assert!(heartbeat(other, &b2, &[], &[]).await.is_empty());
     assert_eq!(counter(&fx.ca, "user:alice").await, 0);
-    assert!(fx.ca.store().leases().await.unwrap().is_empty());
+    assert!(fx.ca.core().store().leases().await.unwrap().is_empty());
     let lost: Vec<Value> = audit(&fx.ca, "session_closed").await;
     assert_eq!(lost.len(), 5);
     assert!(lost.iter().all(|e| e["reason"] == "lease_lost" && e["user"] == "alice" && e["bytes_to_client"] == 20));
@@ -1024,10 +1024,10 @@ async fn the_cas_timer_reclaims_a_dead_bastions_leases_without_any_heartbeat() {
     denied(api, &fx.bastion, &terminated(&session_id(), &serial, "pve01", "root"), deny_reason::CAP_REACHED).await;
     fx.clock.set(t0 + LEASE_TTL_SECS);
     fx.ca.housekeeping().await.unwrap();
-    assert_eq!(fx.ca.store().leases().await.unwrap().len(), 5, "at exactly the TTL the leases still count");
+    assert_eq!(fx.ca.core().store().leases().await.unwrap().len(), 5, "at exactly the TTL the leases still count");
     fx.clock.set(t0 + LEASE_TTL_SECS + 1);
     fx.ca.housekeeping().await.unwrap();
-    assert!(fx.ca.store().leases().await.unwrap().is_empty());
+    assert!(fx.ca.core().store().leases().await.unwrap().is_empty());
     assert_eq!(counter(&fx.ca, "user:alice").await, 0);
     let lost = audit(&fx.ca, "session_closed").await;
     assert_eq!(lost.iter().filter(|e| e["reason"] == "lease_lost").count(), 5, "{lost:?}");
@@ -1061,7 +1061,7 @@ async fn a_batch_of_closes_releases_only_the_bastions_own_sessions_all_or_none()
     let too_many = (0..=MAX_CLOSES_PER_REQUEST).map(|_| entry(&mine[0], "client_disconnect")).collect();
     let (status, v) = post(closes(too_many)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
-    assert_eq!(fx.ca.store().leases().await.unwrap().len(), 4);
+    assert_eq!(fx.ca.core().store().leases().await.unwrap().len(), 4);
     assert!(audit(&fx.ca, "session_closed").await.is_empty());
 
     let batch = vec![
@@ -1072,7 +1072,7 @@ async fn a_batch_of_closes_releases_only_the_bastions_own_sessions_all_or_none()
     ];
     let (status, v) = post(closes(batch.clone())).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
-    let leases = fx.ca.store().leases().await.unwrap();
+    let leases = fx.ca.core().store().leases().await.unwrap();
     assert_eq!(leases.iter().map(|l| l.session_id.as_str()).collect::<Vec<_>>(), [theirs.as_str()]);
     let closed = audit(&fx.ca, "session_closed").await;
     let reasons: BTreeMap<&str, &str> =
@@ -1119,8 +1119,15 @@ async fn close_orders(fx: &Fx) {
     let live: Vec<portcullis_proto::SessionInfo> = serde_json::from_value(v).unwrap();
     assert_eq!(live.len(), 4);
     assert!(live.iter().all(|s| s.bytes_to_client == 20 && !s.kill_requested));
-    let alice_api =
-        fx.ca.login_password("alice", None, &SecretString::from(PASSWORD), IP).await.unwrap().token.expose().to_owned();
+    let alice_api = fx
+        .ca
+        .identity()
+        .login_password("alice", None, &SecretString::from(PASSWORD), IP)
+        .await
+        .unwrap()
+        .token
+        .expose()
+        .to_owned();
     let (status, _) = api.get_json(Some(&alice_api), "/v1/admin/sessions").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = api.post_json(Some(&alice_api), &format!("/v1/admin/sessions/{}/kill", ids[0]), &json!({})).await;
@@ -1184,7 +1191,7 @@ async fn close_orders(fx: &Fx) {
     // Another bastion cannot close b1's session.
     let b2 = second_bastion(fx).await;
     close(api, &b2, &ids[3], "client_disconnect").await;
-    assert_eq!(fx.ca.store().leases().await.unwrap().len(), 1);
+    assert_eq!(fx.ca.core().store().leases().await.unwrap().len(), 1);
 
     // Disabling a user closes the sessions of her certificates.
     let (status, _) = api.post_json(Some(&fx.admin), "/v1/admin/users/alice/disable", &json!({})).await;
@@ -1233,7 +1240,7 @@ async fn bastion_events_become_typed_audit_records() {
 
     // Bad input: an unknown failure code, a bad session id, an oversized batch, an
     // unknown field. Nothing of a refused batch is recorded.
-    let before = fx.ca.store().audit_records(0, 100_000).await.unwrap().len();
+    let before = fx.ca.core().store().audit_records(0, 100_000).await.unwrap().len();
     let many: Vec<Value> = (0..1001).map(|_| json!({"event": "agent_disconnected", "agent": "e"})).collect();
     for body in [
         json!({"events": [{"event": "agent_disconnected", "agent": "ok"},
@@ -1245,7 +1252,7 @@ async fn bastion_events_become_typed_audit_records() {
         let (status, v) = api.post_json(Some(&fx.bastion), "/v1/bastion/events", &body).await;
         assert!(status == StatusCode::BAD_REQUEST || status == StatusCode::PAYLOAD_TOO_LARGE, "{status}: {v}");
     }
-    assert_eq!(fx.ca.store().audit_records(0, 100_000).await.unwrap().len(), before);
+    assert_eq!(fx.ca.core().store().audit_records(0, 100_000).await.unwrap().len(), before);
 }
 
 /// Runs the real `portcullis` CLI with `home` as its home directory.
@@ -1262,8 +1269,8 @@ fn cli(home: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
 async fn the_cli_lists_and_kills_sessions_lists_agents_and_mints_service_tokens() {
     let fx = fixture(None, 1).await;
     let api = Arc::clone(&fx.replicas[0]);
-    let caller = fx.ca.caller(&fx.admin).await.unwrap();
-    let users = fx.ca.authorize::<proof::UsersManage>(&caller).unwrap();
+    let caller = fx.ca.identity().caller(&fx.admin).await.unwrap();
+    let users = fx.ca.core().authorize::<proof::UsersManage>(&caller).unwrap();
     let groups = ["admins".to_owned(), "ops".to_owned()];
     fx.ca.add_user(&users, "opsadmin", &groups, Some(&SecretString::from(PASSWORD))).await.unwrap();
     fx.ca.register_service(ServiceKind::Agent, "edge1", &public_line(&ed25519_key()), None).await.unwrap();
@@ -1374,7 +1381,7 @@ async fn a_bastion_fails_over_between_ca_replicas_and_keeps_its_sessions() {
         let answer = control.heartbeat(&beat()).await.expect("a replica is up");
         assert!(answer.close.is_empty(), "the session survives a replica's death: {:?}", answer.close);
     }
-    assert_eq!(fx.ca.store().leases().await.unwrap().len(), 1);
+    assert_eq!(fx.ca.core().store().leases().await.unwrap().len(), 1);
 
     let trust = TrustSource::new(TrustConfig::new(format!("{dead},{}", r1.url), r1.pin.clone()), Arc::new(SystemClock))
         .unwrap();

@@ -171,7 +171,7 @@ async fn control_characters_in_identifiers_are_refused_alike_on_sqlite_and_postg
     std::fs::create_dir(&policy_dir).unwrap();
     std::fs::write(policy_dir.join("policy.toml"), "").unwrap();
     let ca = ca_in_process(&pg.url(), &policy_dir, portcullis_ca::SystemClock).await.unwrap();
-    let password = ca.bootstrap_admin("admin", "admins").await.unwrap().unwrap();
+    let password = ca.identity().bootstrap_admin("admin", "admins").await.unwrap().unwrap();
     let served = ServedCa::start(std::sync::Arc::new(ca)).await;
     nul_user_name_is_a_clean_400(async |path: &str, body: Value| {
         served.send(reqwest::Method::POST, None, path, Some(&body)).await
@@ -191,7 +191,7 @@ async fn control_characters_in_identifiers_are_refused_alike_on_sqlite_and_postg
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let raw = sqlx::query_scalar::<_, String>("SELECT payload FROM audit_log WHERE event = 'login_failed'")
-        .fetch_all(served.ca.store().pool())
+        .fetch_all(served.ca.core().store().pool())
         .await
         .unwrap();
     assert!(raw.is_empty(), "a refused name was audited on PostgreSQL: {raw:?}");

@@ -108,8 +108,8 @@ async fn setup(url: &str, work: &Path) -> (Arc<Ca>, Caller, Caller) {
     std::fs::create_dir_all(&policy_dir).unwrap();
     std::fs::write(policy_dir.join("policy.toml"), POLICY).unwrap();
     let ca = ca_in_process(url, &policy_dir, ManualClock::new(now())).await.unwrap();
-    let admin = ca.caller(&first_admin(&ca, "admins", IP).await).await.unwrap();
-    let users = ca.authorize::<proof::UsersManage>(&admin).unwrap();
+    let admin = ca.identity().caller(&first_admin(&ca, "admins", IP).await).await.unwrap();
+    let users = ca.core().authorize::<proof::UsersManage>(&admin).unwrap();
     ca.add_user(&users, "alice", &["devs".into()], Some(&SecretString::from(ALICE_PASSWORD.to_owned()))).await.unwrap();
     let alice = login(&ca, "alice", ALICE_PASSWORD).await;
     (Arc::new(ca), admin, alice)
@@ -117,13 +117,14 @@ async fn setup(url: &str, work: &Path) -> (Arc<Ca>, Caller, Caller) {
 
 async fn login(ca: &Ca, user: &str, password: &str) -> Caller {
     let token = ca
+        .identity()
         .login_password(user, None, &SecretString::from(password.to_owned()), IP)
         .await
         .unwrap()
         .token
         .expose()
         .to_owned();
-    ca.caller(&token).await.unwrap()
+    ca.identity().caller(&token).await.unwrap()
 }
 
 /// What a run of concurrent issuers received.
@@ -168,14 +169,14 @@ fn describe(e: &CaError) -> String {
 /// the KRL; the audit chain verifies on every pooled connection.
 async fn assert_acknowledged_means_committed(ca: &Ca, admin: &Caller, received: &[(u64, String)], work: &Path) {
     let stored: BTreeSet<u64> = sqlx::query("SELECT serial FROM certificates")
-        .fetch_all(ca.store().pool())
+        .fetch_all(ca.core().store().pool())
         .await
         .unwrap()
         .iter()
         .map(|r| serial_from_db(r.get("serial")))
         .collect();
     let audited: BTreeSet<u64> = sqlx::query("SELECT payload FROM audit_log WHERE event = 'cert_issued'")
-        .fetch_all(ca.store().pool())
+        .fetch_all(ca.core().store().pool())
         .await
         .unwrap()
         .iter()
@@ -190,14 +191,14 @@ async fn assert_acknowledged_means_committed(ca: &Ca, admin: &Caller, received: 
     assert!(unaudited.is_empty(), "received certificates without an audit record: {unaudited:?}");
     assert_eq!(stored, audited, "the certificate table and the audit chain disagree");
 
-    let audit = ca.authorize::<proof::AuditRead>(admin).unwrap();
+    let audit = ca.core().authorize::<proof::AuditRead>(admin).unwrap();
     for _ in 0..8 {
         let check = ca.audit_verify(&audit).await.unwrap();
         assert!(check.ok, "the audit chain verifies on every pooled connection: {check:?}");
     }
 
     // Revocable by serial: the newest received certificate (the one closest to the fault).
-    let revoke = ca.authorize::<proof::CertsRevoke>(admin).unwrap();
+    let revoke = ca.core().authorize::<proof::CertsRevoke>(admin).unwrap();
     let (last_serial, _) = received.last().unwrap();
     let by_serial = ca
         .revoke(&revoke, &RevokeRequest { serial: Some(last_serial.to_string()), ..RevokeRequest::default() })
@@ -329,22 +330,23 @@ async fn two_replicas_start_at_once(url: &str, work: &Path) {
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     for purpose in KeyPurpose::ALL {
-        assert_eq!(a.trusted_keys(purpose), b.trusted_keys(purpose), "{purpose}");
-        assert_eq!(a.trusted_keys(purpose).lines().count(), 1, "{purpose}: one trusted key");
+        assert_eq!(a.core().trusted_keys(purpose), b.core().trusted_keys(purpose), "{purpose}");
+        assert_eq!(a.core().trusted_keys(purpose).lines().count(), 1, "{purpose}: one trusted key");
     }
-    let records = a.store().audit_records(0, 1000).await.unwrap();
+    let records = a.core().store().audit_records(0, 1000).await.unwrap();
     assert_eq!(records.iter().filter(|r| r.event == "ca_key_generated").count(), 3, "one per purpose");
 
-    let (pa, pb) = tokio::join!(a.bootstrap_admin("admin", "admins"), b.bootstrap_admin("admin", "admins"));
+    let (pa, pb) =
+        tokio::join!(a.identity().bootstrap_admin("admin", "admins"), b.identity().bootstrap_admin("admin", "admins"));
     let shown: Vec<_> = [pa.unwrap(), pb.unwrap()].into_iter().flatten().collect();
     assert_eq!(shown.len(), 1, "exactly one replica shows a one-time password");
-    let records = a.store().audit_records(0, 1000).await.unwrap();
+    let records = a.core().store().audit_records(0, 1000).await.unwrap();
     let created = records.iter().filter(|r| r.event == "user_changed" && r.payload.contains("bootstrap_admin_created"));
     assert_eq!(created.count(), 1);
     // The one shown is the one that works.
     let own = SecretString::from("an-own-password-for-admin".to_owned());
-    a.login_replacing_password("admin", None, &shown[0], &own, IP).await.unwrap();
-    assert_eq!(a.store().verify_audit_chain().await.unwrap().first_bad_seq, None);
+    a.identity().login_replacing_password("admin", None, &shown[0], &own, IP).await.unwrap();
+    assert_eq!(a.core().store().verify_audit_chain().await.unwrap().first_bad_seq, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,20 +414,20 @@ async fn the_chain_verifies_while_the_ca_writes(url: &str, work: &Path) {
         })
     };
     for round in 0..40 {
-        let check = ca.store().verify_audit_chain().await.unwrap();
+        let check = ca.core().store().verify_audit_chain().await.unwrap();
         assert_eq!(check.first_bad_seq, None, "round {round}: {check:?}");
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let written = writer.await.unwrap();
     assert!(written > 0, "nothing was written during the checks");
-    let check = ca.store().verify_audit_chain().await.unwrap();
+    let check = ca.core().store().verify_audit_chain().await.unwrap();
     assert_eq!(check.first_bad_seq, None, "{check:?}");
     // Truncation is still caught: the newest record deleted behind the CA's back.
     sqlx::query("DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)")
-        .execute(ca.store().pool())
+        .execute(ca.core().store().pool())
         .await
         .unwrap();
-    let check = ca.store().verify_audit_chain().await.unwrap();
+    let check = ca.core().store().verify_audit_chain().await.unwrap();
     assert_eq!(check.problem.as_deref(), Some("newest records missing (head disagrees)"), "{check:?}");
 }
 

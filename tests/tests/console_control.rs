@@ -176,8 +176,8 @@ async fn fixture_on(db_url: Option<&str>, replicas: usize) -> Fx {
     }
 
     let admin = first_admin(&ca, "admins", IP).await;
-    let caller = ca.caller(&admin).await.unwrap();
-    let users = ca.authorize::<proof::UsersManage>(&caller).unwrap();
+    let caller = ca.identity().caller(&admin).await.unwrap();
+    let users = ca.core().authorize::<proof::UsersManage>(&caller).unwrap();
     let pw = SecretString::from(PASSWORD);
     for (user, groups) in
         [("alice", &["ops"][..]), ("bob", &["ops"][..]), ("carol", &["viewers"][..]), ("dave", &["ops", "interns"][..])]
@@ -185,7 +185,7 @@ async fn fixture_on(db_url: Option<&str>, replicas: usize) -> Fx {
         let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
         ca.add_user(&users, user, &groups, Some(&pw)).await.unwrap();
     }
-    let nodes = ca.authorize::<proof::NodesManage>(&caller).unwrap();
+    let nodes = ca.core().authorize::<proof::NodesManage>(&caller).unwrap();
     for (name, env, agent, address) in [
         ("pve01", "lab", None, "10.0.0.5"),
         ("pve02", "lab", Some("edge1"), "10.1.0.5"),
@@ -216,7 +216,7 @@ async fn fixture_on(db_url: Option<&str>, replicas: usize) -> Fx {
 
 /// A bearer API session for `user`.
 async fn bearer(ca: &Ca, user: &str) -> String {
-    ca.login_password(user, None, &SecretString::from(PASSWORD), IP).await.unwrap().token.expose().to_owned()
+    ca.identity().login_password(user, None, &SecretString::from(PASSWORD), IP).await.unwrap().token.expose().to_owned()
 }
 
 /// A browser session by `POST /v1/auth/browser-login`: (session token from the cookie,
@@ -335,7 +335,7 @@ async fn count(ca: &Ca, table: &str) -> i64 {
         "session_leases" => "SELECT COUNT(*) AS n FROM session_leases",
         _ => unreachable!(),
     };
-    sqlx::query(query).fetch_one(ca.store().pool()).await.unwrap().try_get::<i64, _>("n").unwrap()
+    sqlx::query(query).fetch_one(ca.core().store().pool()).await.unwrap().try_get::<i64, _>("n").unwrap()
 }
 
 async fn heartbeat(fx: &Fx, sessions: &[&str]) -> Vec<(String, CloseReason)> {
@@ -439,7 +439,7 @@ async fn device_details_show_only_what_the_caller_may_see() {
     let node = d.node.as_ref().unwrap();
     assert_eq!(node.host_keys.len(), 1, "{node:?}");
     // Seen alive when alice's session reached it.
-    assert_eq!(d.device.last_seen, Some(fx.ca.now()), "{:?}", d.device);
+    assert_eq!(d.device.last_seen, Some(fx.ca.core().now()), "{:?}", d.device);
     assert!(node.host_keys[0].algorithm == "ssh-ed25519" && node.host_keys[0].fingerprint.starts_with("SHA256:"));
     let rule = |purpose: &str| d.rules.iter().find(|r| r.purpose == purpose).unwrap().rule.clone();
     assert_eq!((rule("console_access"), rule("ssh_login")), (Some("lab-console".into()), None));
@@ -467,8 +467,8 @@ async fn device_details_show_only_what_the_caller_may_see() {
 
     // An administrator who also opens consoles: every role targeting pve01 with its
     // holders, and everyone's sessions (bob's closed one with its reason and bytes).
-    let admin = fx.ca.caller(&fx.admin).await.unwrap();
-    let users = fx.ca.authorize::<proof::UsersManage>(&admin).unwrap();
+    let admin = fx.ca.identity().caller(&fx.admin).await.unwrap();
+    let users = fx.ca.core().authorize::<proof::UsersManage>(&admin).unwrap();
     fx.ca.set_user_groups(&users, "bob", &["ops".to_owned(), "admins".to_owned()]).await.unwrap();
     let (status, d) = details(bearer(&fx.ca, "bob").await, "pve01").await;
     assert_eq!(status, StatusCode::OK, "{d}");
@@ -582,12 +582,12 @@ async fn a_step_up_console_rule_needs_a_recent_sign_in() {
     );
     assert_ne!(stepped, POLICY);
     std::fs::write(fx.policy_dir.join("policy.toml"), stepped).unwrap();
-    let admin = fx.ca.caller(&fx.admin).await.unwrap();
-    fx.ca.reload_policy(&fx.ca.authorize::<proof::PolicyManage>(&admin).unwrap()).await.unwrap();
+    let admin = fx.ca.identity().caller(&fx.admin).await.unwrap();
+    fx.ca.reload_policy(&fx.ca.core().authorize::<proof::PolicyManage>(&admin).unwrap()).await.unwrap();
 
     let alice = bearer(&fx.ca, "alice").await;
     ticket(&fx, &alice, "pve01", "root").await;
-    fx.clock.set(fx.ca.now() + 11 * 60);
+    fx.clock.set(fx.ca.core().now() + 11 * 60);
     let message =
         refused(&fx, &alice, &ticket_body("pve01", "root"), "fresh_auth_required", "fresh_auth_required").await;
     assert!(message.contains("sign in again"), "{message}");
@@ -611,7 +611,7 @@ async fn ticket_requests_are_rate_limited_per_user() {
     assert_eq!(audit(&fx.ca, "console_ticket_denied").await.pop().unwrap()["reason"], "rate_limited");
     // Another user is not affected; alice again after the window.
     ticket(&fx, &bearer(&fx.ca, "bob").await, "pve01", "root").await;
-    fx.clock.set(fx.ca.now() + 61);
+    fx.clock.set(fx.ca.core().now() + 61);
     ticket(&fx, &alice, "pve01", "root").await;
 }
 
@@ -624,7 +624,7 @@ async fn tickets_redeem_once_within_their_minute() {
 async fn tickets_redeem_once_within_their_minute_on_postgres() {
     let pg = Postgres::start().expect("throwaway PostgreSQL server");
     let fx = fixture_on(Some(&pg.url()), 1).await;
-    assert_eq!(fx.ca.store().backend(), portcullis_ca::store::Backend::Postgres);
+    assert_eq!(fx.ca.core().store().backend(), portcullis_ca::store::Backend::Postgres);
     tickets_redeem_once(&fx).await;
 }
 
@@ -646,7 +646,7 @@ async fn tickets_redeem_once(fx: &Fx) {
     assert_eq!((grant.target_host.as_str(), grant.target_port), ("10.0.0.5", 22));
     assert!(grant.session_certificate.as_deref().unwrap().starts_with("ssh-ed25519-cert-v01@openssh.com "));
     // The console's credential lives as long as the API session that asked for it.
-    let caller = fx.ca.caller(&alice).await.unwrap();
+    let caller = fx.ca.identity().caller(&alice).await.unwrap();
     assert_eq!(grant.cert_valid_before, caller.expires_at);
     let opened = audit(&fx.ca, "session_opened").await.pop().unwrap();
     assert_eq!((opened["mode"].as_str(), opened["session_id"].as_str()), (Some("console"), Some(id.as_str())));
@@ -657,13 +657,13 @@ async fn tickets_redeem_once(fx: &Fx) {
     let signed_in = audit(&fx.ca, "login_succeeded").await.pop().unwrap();
     let user_session = signed_in["user_session"].as_str().unwrap().to_owned();
     assert_eq!(user_session.len(), 16, "{signed_in}");
-    assert!(!alice.contains(&user_session) && fx.ca.store().session(&user_session, 0).await.unwrap().is_none());
+    assert!(!alice.contains(&user_session) && fx.ca.core().store().session(&user_session, 0).await.unwrap().is_none());
     for event in ["console_ticket_requested", "console_ticket_granted"] {
         let rec = audit(&fx.ca, event).await.pop().unwrap();
         assert_eq!(rec["user_session"], user_session.as_str(), "{event}: {rec}");
     }
     assert_eq!(opened["user_session"], user_session.as_str(), "{opened}");
-    let leases = fx.ca.store().leases().await.unwrap();
+    let leases = fx.ca.core().store().leases().await.unwrap();
     assert_eq!((leases.len(), leases[0].mode.as_str()), (1, "console"));
 
     // Second redemption (another session id): refused before any credential is
@@ -681,7 +681,7 @@ async fn tickets_redeem_once(fx: &Fx) {
     // Expiry in manual time: valid at 59 s, expired at 60 s and 61 s.
     let t59 = ticket(fx, &alice, "pve01", "root").await;
     let t61 = ticket(fx, &alice, "pve01", "root").await;
-    let issued = fx.ca.now();
+    let issued = fx.ca.core().now();
     fx.clock.set(issued + TICKET_TTL_SECS - 1);
     let (status, v) = redeem(fx, &t59, &session_id()).await;
     assert_eq!(status, StatusCode::OK, "a 59 s old ticket is valid: {v}");
@@ -734,12 +734,12 @@ async fn tickets_redeem_once(fx: &Fx) {
 async fn redemption_runs_admission_for_the_tickets_identity() {
     let fx = fixture().await;
     let alice = bearer(&fx.ca, "alice").await;
-    let admin = fx.ca.caller(&fx.admin).await.unwrap();
+    let admin = fx.ca.identity().caller(&fx.admin).await.unwrap();
 
     // The user is disabled between ticket and redemption: refused, nothing signed.
     let bob = bearer(&fx.ca, "bob").await;
     let t = ticket(&fx, &bob, "pve01", "root").await;
-    let users = fx.ca.authorize::<proof::UsersManage>(&admin).unwrap();
+    let users = fx.ca.core().authorize::<proof::UsersManage>(&admin).unwrap();
     fx.ca.set_user_disabled(&users, "bob", true).await.unwrap();
     let certs = count(&fx.ca, "certificates").await;
     redeem_denied(&fx, &t, "credential_invalid").await;
@@ -756,7 +756,7 @@ async fn redemption_runs_admission_for_the_tickets_identity() {
 
     // The device moves to another agent after the ticket: the ticket's route is gone.
     let t = ticket(&fx, &alice, "pve02", "root").await;
-    let nodes = fx.ca.authorize::<proof::NodesManage>(&admin).unwrap();
+    let nodes = fx.ca.core().authorize::<proof::NodesManage>(&admin).unwrap();
     let update = portcullis_proto::NodeUpdate { agent: Some("local".to_owned()), ..Default::default() };
     fx.ca.update_node(&nodes, "pve02", &update).await.unwrap();
     redeem_denied(&fx, &t, "rule_mismatch").await;
@@ -791,8 +791,8 @@ async fn heartbeats_reevaluate_console_sessions_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ca_orders_a_close_at_the_absolute_deadline() {
     let fx = fixture().await;
-    let admin = fx.ca.caller(&fx.admin).await.unwrap();
-    let policy = fx.ca.authorize::<proof::PolicyManage>(&admin).unwrap();
+    let admin = fx.ca.identity().caller(&fx.admin).await.unwrap();
+    let policy = fx.ca.core().authorize::<proof::PolicyManage>(&admin).unwrap();
     let short = POLICY.replace(r#"absolute = "1h""#, r#"absolute = "20s""#);
     std::fs::write(fx.policy_dir.join("policy.toml"), short).unwrap();
     fx.ca.reload_policy(&policy).await.unwrap();
@@ -800,7 +800,7 @@ async fn the_ca_orders_a_close_at_the_absolute_deadline() {
     let id = session_id();
     let (status, v) = redeem(&fx, &ticket(&fx, &alice, "pve01", "root").await, &id).await;
     assert_eq!(status, StatusCode::OK, "{v}");
-    let opened = fx.ca.now();
+    let opened = fx.ca.core().now();
     // Heartbeats keep the lease; before the deadline nothing is ordered.
     for t in [6, 12, 19] {
         fx.clock.set(opened + t);
@@ -823,13 +823,13 @@ async fn heartbeats_reevaluate(fx: &Fx) {
     assert!(heartbeat(fx, &[&a, &b]).await.is_empty());
 
     // Disabling a user closes their console session (revoked); the other goes on.
-    let admin = fx.ca.caller(&fx.admin).await.unwrap();
-    let users = fx.ca.authorize::<proof::UsersManage>(&admin).unwrap();
+    let admin = fx.ca.identity().caller(&fx.admin).await.unwrap();
+    let users = fx.ca.core().authorize::<proof::UsersManage>(&admin).unwrap();
     fx.ca.set_user_disabled(&users, "bob", true).await.unwrap();
     assert_eq!(heartbeat(fx, &[&a, &b]).await, vec![(b.clone(), CloseReason::Revoked)]);
 
     // The policy stops granting the console: policy_changed.
-    let policy = fx.ca.authorize::<proof::PolicyManage>(&admin).unwrap();
+    let policy = fx.ca.core().authorize::<proof::PolicyManage>(&admin).unwrap();
     let narrowed =
         POLICY.replace(r#"permissions = ["certs.issue", "devices.console.open"]"#, r#"permissions = ["certs.issue"]"#);
     std::fs::write(fx.policy_dir.join("policy.toml"), narrowed).unwrap();
@@ -931,7 +931,7 @@ async fn a_bastion_cannot_mint_a_console_ticket() {
     other["browser_session"] = json!(session_binding("pcs_some-other-browser"));
     let (status, v) = fx.api.post_json(Some(&fx.bastion), "/v1/bastion/console/open", &other).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
-    assert!(fx.ca.store().leases().await.unwrap().is_empty(), "no session was opened");
+    assert!(fx.ca.core().store().leases().await.unwrap().is_empty(), "no session was opened");
     let (status, v) = redeem(&fx, &real, &session_id()).await;
     assert_eq!(status, StatusCode::OK, "{v}");
 }
@@ -1025,14 +1025,14 @@ async fn csrf_guards_cookie_sessions_and_not_bearer_ones() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _, _) = with_cookie(&fx, post, tickets, &alice, Some(&alice_csrf), Some(&req)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(fx.ca.caller(&alice).await.is_err());
+    assert!(fx.ca.identity().caller(&alice).await.is_err());
     assert_eq!(audit(&fx.ca, "logout").await.last().unwrap()["username"], "alice");
 }
 
 /// The administrator's browser session (its password is reset for the test).
 async fn browser_login_admin(fx: &Fx) -> (String, String, String, Value) {
-    let admin = fx.ca.caller(&fx.admin).await.unwrap();
-    let users = fx.ca.authorize::<proof::UsersManage>(&admin).unwrap();
+    let admin = fx.ca.identity().caller(&fx.admin).await.unwrap();
+    let users = fx.ca.core().authorize::<proof::UsersManage>(&admin).unwrap();
     fx.ca.set_user_password(&users, "admin", &SecretString::from(PASSWORD), false).await.unwrap();
     browser_login(fx, "admin").await
 }
@@ -1052,7 +1052,7 @@ async fn audit_filters(fx: &Fx) {
     let alice = bearer(&fx.ca, "alice").await;
     let dave = bearer(&fx.ca, "dave").await;
     ticket(fx, &alice, "pve01", "root").await;
-    let start = fx.ca.now();
+    let start = fx.ca.core().now();
     fx.clock.set(start + 10);
     ticket(fx, &alice, "pve02", "root").await;
     ticket(fx, &dave, "pve02", "root").await;
@@ -1114,7 +1114,7 @@ async fn no_secret_in_audit_records_or_log_lines() {
     redeem_denied(&fx, &used, "ticket_reused").await;
     let alice = bearer(&fx.ca, "alice").await;
     let late = ticket(&fx, &alice, "pve01", "root").await;
-    fx.clock.set(fx.ca.now() + 61);
+    fx.clock.set(fx.ca.core().now() + 61);
     redeem_denied(&fx, &late, "ticket_expired").await;
     let (status, _, _) = with_cookie(
         &fx,
@@ -1135,7 +1135,7 @@ async fn no_secret_in_audit_records_or_log_lines() {
     }
     secrets.push(alice);
 
-    let records = fx.ca.store().audit_records(0, 100_000).await.unwrap();
+    let records = fx.ca.core().store().audit_records(0, 100_000).await.unwrap();
     assert!(records.iter().any(|r| r.event == "console_ticket_reused"), "the scenario ran");
     let logs = String::from_utf8_lossy(&log_buffer().lock().unwrap()).into_owned();
     assert!(logs.contains("console ticket granted"), "the log capture works");

@@ -97,8 +97,8 @@ async fn fixture(db_url: Option<&str>, enabled: bool) -> Fx {
     let ca = open_ca(&url, &policy_dir, &clock, enabled).await;
     let api = ServedCa::start(Arc::clone(&ca)).await;
     let admin = first_admin(&ca, "admins", "192.0.2.7").await;
-    let caller = ca.caller(&admin).await.unwrap();
-    let nodes = ca.authorize::<proof::NodesManage>(&caller).unwrap();
+    let caller = ca.identity().caller(&admin).await.unwrap();
+    let nodes = ca.core().authorize::<proof::NodesManage>(&caller).unwrap();
     let pinned = public_line(&ed25519_key());
     for (name, env, agent, keys) in [
         ("pve01", "lab", None, true),          // default agent `local`
@@ -237,7 +237,7 @@ async fn contract(fx: &Fx) {
     assert_eq!(audit(&fx.ca, "inventory_drift").await.len(), 1);
 
     // A second run with nothing changed: zero changes.
-    let audit_len = fx.ca.store().audit_records(0, 100_000).await.unwrap().len();
+    let audit_len = fx.ca.core().store().audit_records(0, 100_000).await.unwrap().len();
     fx.clock.set(1_800_000_000 + 600);
     let again = claim(fx, &fx.b1, &["local"]).await;
     assert_eq!(again.jobs.len(), 1);
@@ -246,7 +246,7 @@ async fn contract(fx: &Fx) {
     let same = inventory(fx, "pve01").await;
     assert_eq!(same["history"], first["history"]);
     assert_eq!(same["changed_at"], first["changed_at"]);
-    let records = fx.ca.store().audit_records(0, 100_000).await.unwrap();
+    let records = fx.ca.core().store().audit_records(0, 100_000).await.unwrap();
     let new: Vec<&str> = records.iter().skip(audit_len).map(|r| r.event.as_str()).collect();
     assert_eq!(new, ["discovery_started"], "only the run's own record");
 

@@ -35,8 +35,8 @@ async fn ca_and_grant(dir: &std::path::Path) -> (Ca, Grant<proof::NodesManage>) 
     std::fs::write(policy.join("default.toml"), portcullis_ca::policy_files::DEFAULT_POLICY).unwrap();
     let ca = ca_in_process(&sqlite_url(dir), &policy, ManualClock::new(NOW)).await.unwrap();
     let token = first_admin(&ca, "portcullis-admins", "127.0.0.1").await;
-    let admin = ca.caller(&token).await.unwrap();
-    let grant = ca.authorize::<proof::NodesManage>(&admin).unwrap();
+    let admin = ca.identity().caller(&token).await.unwrap();
+    let grant = ca.core().authorize::<proof::NodesManage>(&admin).unwrap();
     (ca, grant)
 }
 
@@ -219,7 +219,7 @@ async fn re_enrolling_a_known_name_needs_a_proof_by_its_pinned_host_key() {
         assert!(matches!(result, Err(CaError::Conflict(_))), "{what}: {result:?}");
     }
     assert_eq!(enroll_refusals(&ca).await, ["name_taken"; 4]);
-    let node = ca.store().node("pve01").await.unwrap().unwrap();
+    let node = ca.core().store().node("pve01").await.unwrap().unwrap();
     assert_eq!(node.addresses, ["10.0.0.1"], "a refused takeover changed the addresses");
     assert_eq!(node.tags["cluster"], "prod", "a refused takeover changed the tags");
     assert_eq!(node.host_keys, [public_line(&genuine)]);
@@ -230,7 +230,7 @@ async fn re_enrolling_a_known_name_needs_a_proof_by_its_pinned_host_key() {
     let mut moved = enroll_request("pve01", &genuine);
     moved.facts.addresses = vec!["10.0.0.2".into()];
     ca.enroll(&lab_token, &proven(moved, &genuine, &lab_token), "10.0.0.2").await.unwrap();
-    let node = ca.store().node("pve01").await.unwrap().unwrap();
+    let node = ca.core().store().node("pve01").await.unwrap().unwrap();
     assert_eq!(node.addresses, ["10.0.0.2"]);
     assert_eq!(node.tags["cluster"], "prod", "a token's tags overrode an existing node's");
     assert_eq!(uses_left(&ca, &grant).await, [0, 2]);
@@ -256,12 +256,12 @@ async fn a_hand_added_name_is_claimed_only_by_a_token_bound_to_it() {
     assert!(matches!(result, Err(CaError::Unauthenticated)), "{result:?}");
     assert_eq!(enroll_refusals(&ca).await, ["name_reserved", "token_invalid"]);
     assert_eq!(uses_left(&ca, &grant).await, [1, 1], "a refused enrollment spent a token use");
-    assert!(ca.store().node("pve05").await.unwrap().unwrap().host_keys.is_empty());
+    assert!(ca.core().store().node("pve05").await.unwrap().unwrap().host_keys.is_empty());
 
     // Control: the token bound to the name claims it, and the node keeps its tags.
     let bound = token(&ca, &grant, EnrollTokenRequest { uses: 1, node: Some("pve05".into()), ..Default::default() });
     ca.enroll(&bound.await, &enroll_request("pve05", &key), "10.0.0.5").await.unwrap();
-    let node = ca.store().node("pve05").await.unwrap().unwrap();
+    let node = ca.core().store().node("pve05").await.unwrap().unwrap();
     assert_eq!(node.host_keys, [public_line(&key)]);
     assert_eq!(node.tags["env"], "prod");
 }
@@ -287,7 +287,7 @@ async fn node_update_changes_only_what_it_names_and_remove_forgets_the_node() {
     assert!(matches!(missing, Err(CaError::NotFound(_))), "{missing:?}");
 
     ca.remove_node(&grant, "pve01").await.unwrap();
-    assert!(ca.store().node("pve01").await.unwrap().is_none());
+    assert!(ca.core().store().node("pve01").await.unwrap().is_none());
     let refresh = ca.node_refresh(&proof(&host_key, "pve01", "refresh", "pve01", NOW), "10.0.0.1").await;
     assert!(refresh.is_err(), "a removed node still refreshes");
     assert!(matches!(ca.remove_node(&grant, "pve01").await, Err(CaError::NotFound(_))));
@@ -326,11 +326,11 @@ async fn a_rolled_back_enrollment_is_undone_at_the_ca_and_gives_the_token_use_ba
     assert!(matches!(ca.abort_enrollment(&forged, "203.0.113.66").await, Err(CaError::Unauthenticated)));
     let other_attempt = abort_request(&key, "pve01", "pcv_0000000000000000");
     assert!(matches!(ca.abort_enrollment(&other_attempt, "10.0.0.1").await, Err(CaError::NotFound(_))));
-    assert!(ca.store().node("pve01").await.unwrap().is_some(), "a refused abort removed the node");
+    assert!(ca.core().store().node("pve01").await.unwrap().is_some(), "a refused abort removed the node");
 
     // The node rolled back: the new registration is gone and the token use is back.
     ca.abort_enrollment(&abort_request(&key, "pve01", &first.verification_principal), "10.0.0.1").await.unwrap();
-    assert!(ca.store().node("pve01").await.unwrap().is_none(), "the rolled-back node is still registered");
+    assert!(ca.core().store().node("pve01").await.unwrap().is_none(), "the rolled-back node is still registered");
     assert_eq!(uses_left(&ca, &grant).await, [2]);
 
     // A re-enrollment rolled back restores the node's earlier record.
@@ -338,9 +338,9 @@ async fn a_rolled_back_enrollment_is_undone_at_the_ca_and_gives_the_token_use_ba
     let mut moved = enroll_request("pve01", &key);
     moved.facts.addresses = vec!["10.0.0.9".into()];
     let again = ca.enroll(&enroll_token, &proven(moved, &key, &enroll_token), "10.0.0.9").await.unwrap();
-    assert_eq!(ca.store().node("pve01").await.unwrap().unwrap().addresses, ["10.0.0.9"]);
+    assert_eq!(ca.core().store().node("pve01").await.unwrap().unwrap().addresses, ["10.0.0.9"]);
     ca.abort_enrollment(&abort_request(&key, "pve01", &again.verification_principal), "10.0.0.9").await.unwrap();
-    let node = ca.store().node("pve01").await.unwrap().unwrap();
+    let node = ca.core().store().node("pve01").await.unwrap().unwrap();
     assert_eq!(node.addresses, ["10.0.0.1"], "the earlier record was not restored");
     assert_eq!(uses_left(&ca, &grant).await, [1]);
     // An attempt is undone once.
@@ -406,5 +406,5 @@ async fn the_verification_certificate_is_bound_to_the_nodes_own_addresses_and_it
     let sources = cert.critical_options().get("source-address").cloned().unwrap_or_default();
     assert_eq!(sources, "127.0.0.0/8,::1,192.0.2.5,2001:db8::5");
     assert_eq!(cert.critical_options().get("force-command").map(String::as_str), Some("true"));
-    assert_eq!(ca.store().node("pve01").await.unwrap().unwrap().ssh_port, Some(2222));
+    assert_eq!(ca.core().store().node("pve01").await.unwrap().unwrap().ssh_port, Some(2222));
 }

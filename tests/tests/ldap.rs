@@ -618,7 +618,7 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
     let api = ServedCa::start(Arc::clone(&ca)).await;
 
     let admin = first_admin(&ca, "admins", IP).await;
-    let nodes = ca.authorize::<proof::NodesManage>(&ca.caller(&admin).await.unwrap()).unwrap();
+    let nodes = ca.core().authorize::<proof::NodesManage>(&ca.identity().caller(&admin).await.unwrap()).unwrap();
     let node = NodeRecord {
         name: "pve01".into(),
         addresses: vec!["10.0.0.5".into()],
@@ -636,8 +636,15 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
         .to_owned();
 
     // bob signs in from the directory, gets a certificate and two console tickets.
-    let bob = ca.login_password("bob", None, &SecretString::from(BOB_PW), IP).await.unwrap().token.expose().to_owned();
-    let caller = ca.caller(&bob).await.unwrap();
+    let bob = ca
+        .identity()
+        .login_password("bob", None, &SecretString::from(BOB_PW), IP)
+        .await
+        .unwrap()
+        .token
+        .expose()
+        .to_owned();
+    let caller = ca.identity().caller(&bob).await.unwrap();
     assert_eq!(caller.identity.source, "ldap");
     let key = ed25519_key();
     let request = UserCertRequest { public_key: public_line(&key), ..Default::default() };
@@ -718,7 +725,7 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
     ));
     assert_denied(open(serial.to_string()).await);
     assert_denied(redeem(after).await);
-    let refused = ca.store().audit_records(0, 100_000).await.unwrap();
+    let refused = ca.core().store().audit_records(0, 100_000).await.unwrap();
     let reasons: Vec<String> = refused
         .iter()
         .filter(|r| r.event == "session_refused")

@@ -172,20 +172,23 @@ async fn the_initial_password_file_goes_once_the_password_is_replaced() {
     let url = sqlite_url(dir.path());
     let file = dir.path().join("initial-admin-password");
     let ca = ca_in_process(&url, &policy_dir, portcullis_ca::SystemClock).await.unwrap();
-    let one_time = ca.bootstrap_admin("admin", "admins").await.unwrap().unwrap();
-    assert!(ca.bootstrap_admin("admin", "admins").await.unwrap().is_none(), "a second admin on the next start");
+    let one_time = ca.identity().bootstrap_admin("admin", "admins").await.unwrap().unwrap();
+    assert!(
+        ca.identity().bootstrap_admin("admin", "admins").await.unwrap().is_none(),
+        "a second admin on the next start"
+    );
     std::fs::write(&file, "x").unwrap();
-    assert!(ca.forget_initial_password_when_replaced("admin", file.clone()).await.unwrap());
+    assert!(ca.identity().forget_initial_password_when_replaced("admin", file.clone()).await.unwrap());
     assert!(file.exists(), "the file went before the password was used");
     drop(ca);
 
     // Replaced by a process that was told nothing about the file: it stays for now...
     let other = ca_in_process(&url, &policy_dir, portcullis_ca::SystemClock).await.unwrap();
     let own = SecretString::from("admin-own-password");
-    other.login_replacing_password("admin", None, &one_time, &own, "127.0.0.1").await.unwrap();
+    other.identity().login_replacing_password("admin", None, &one_time, &own, "127.0.0.1").await.unwrap();
     assert!(file.exists());
     // ...and goes at the next start.
     let ca = ca_in_process(&url, &policy_dir, portcullis_ca::SystemClock).await.unwrap();
-    assert!(!ca.forget_initial_password_when_replaced("admin", file.clone()).await.unwrap());
+    assert!(!ca.identity().forget_initial_password_when_replaced("admin", file.clone()).await.unwrap());
     assert!(!file.exists(), "a used one-time password file survived a restart");
 }

@@ -106,12 +106,12 @@ async fn fixture(postgres: bool) -> Fx {
     let ca = Arc::new(Ca::open(config, Arc::new(clock.clone())).await.unwrap());
     let api = ServedCa::start(Arc::clone(&ca)).await;
     let admin = first_admin(&ca, "admins", IP).await;
-    let caller = ca.caller(&admin).await.unwrap();
-    let users = ca.authorize::<proof::UsersManage>(&caller).unwrap();
+    let caller = ca.identity().caller(&admin).await.unwrap();
+    let users = ca.core().authorize::<proof::UsersManage>(&caller).unwrap();
     for (user, group) in [("alice", "ops"), ("audrey", "auditors")] {
         ca.add_user(&users, user, &[group.to_owned()], Some(&SecretString::from(PASSWORD))).await.unwrap();
     }
-    let nodes = ca.authorize::<proof::NodesManage>(&caller).unwrap();
+    let nodes = ca.core().authorize::<proof::NodesManage>(&caller).unwrap();
     for name in ["pve01", "pve02", "pve03"] {
         let node = NodeRecord {
             name: name.into(),
@@ -133,7 +133,7 @@ async fn fixture(postgres: bool) -> Fx {
 }
 
 async fn bearer(ca: &Ca, user: &str) -> String {
-    ca.login_password(user, None, &SecretString::from(PASSWORD), IP).await.unwrap().token.expose().to_owned()
+    ca.identity().login_password(user, None, &SecretString::from(PASSWORD), IP).await.unwrap().token.expose().to_owned()
 }
 
 fn session_id() -> String {
@@ -301,7 +301,7 @@ async fn kept_sealed_in_order(fx: Fx) {
 
     // Sealed at rest: the database holds no terminal text.
     use sqlx::Row;
-    let rows = sqlx::query("SELECT sealed FROM recording_chunks").fetch_all(fx.ca.store().pool()).await.unwrap();
+    let rows = sqlx::query("SELECT sealed FROM recording_chunks").fetch_all(fx.ca.core().store().pool()).await.unwrap();
     assert_eq!(rows.len(), 2);
     for row in rows {
         let sealed: Vec<u8> = row.try_get("sealed").unwrap();
@@ -375,13 +375,13 @@ async fn kept_sealed_in_order(fx: Fx) {
     assert_eq!(status, StatusCode::CONFLICT);
 
     // Retention: a week later all are gone, and that is audited.
-    fx.clock.set(fx.ca.now() + RETENTION.as_secs() + 1);
+    fx.clock.set(fx.ca.core().now() + RETENTION.as_secs() + 1);
     fx.ca.housekeeping().await.unwrap();
     let audrey = bearer(&fx.ca, "audrey").await;
     let (_, list) = fx.api.get_json(Some(&audrey), "/v1/admin/recordings").await;
     assert_eq!(list, json!([]));
     assert_eq!(cast(&fx, &audrey, &id).await.0, StatusCode::NOT_FOUND);
-    let rows = sqlx::query("SELECT seq FROM recording_chunks").fetch_all(fx.ca.store().pool()).await.unwrap();
+    let rows = sqlx::query("SELECT seq FROM recording_chunks").fetch_all(fx.ca.core().store().pool()).await.unwrap();
     assert!(rows.is_empty());
     let expired = audit(&fx.ca, "recordings_expired").await;
     assert_eq!(expired.last().unwrap()["count"], 3, "{expired:?}");

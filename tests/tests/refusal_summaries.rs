@@ -60,7 +60,7 @@ async fn a_password_guesser_costs_one_record_per_reason_and_one_summary_per_wind
 
     // The window ends: its counts become one summary, also without any new refusal.
     clock.set(1_800_000_000 + 61);
-    ca.flush_refusals().await.unwrap();
+    ca.core().flush_refusals().await.unwrap();
     let summaries = records("refusals_summarized").await;
     assert_eq!(summaries.len(), 1, "{summaries:?}");
     let s = &summaries[0];
@@ -72,7 +72,7 @@ async fn a_password_guesser_costs_one_record_per_reason_and_one_summary_per_wind
     assert!(!s.to_string().contains("guess-guess"), "no password in the summary");
     // Nothing more to report: a second flush writes nothing.
     clock.set(1_800_000_000 + 200);
-    ca.flush_refusals().await.unwrap();
+    ca.core().flush_refusals().await.unwrap();
     assert_eq!(records("refusals_summarized").await.len(), 1);
 }
 

@@ -224,8 +224,8 @@ fn listing_serial(cert: &Path) -> String {
 
 async fn issue_at(ca: &Ca, clock: &ManualClock, at: u64, public_key: &str) -> String {
     clock.set(at);
-    let login = ca.login_password("alice", None, &SecretString::from(PASSWORD), "127.0.0.1").await.unwrap();
-    let caller = ca.caller(login.token.expose()).await.unwrap();
+    let login = ca.identity().login_password("alice", None, &SecretString::from(PASSWORD), "127.0.0.1").await.unwrap();
+    let caller = ca.identity().caller(login.token.expose()).await.unwrap();
     let request = UserCertRequest { public_key: public_key.to_owned(), ttl_seconds: Some(3600), roles: None };
     ca.issue_user_cert(&caller, &request, "127.0.0.1").await.unwrap().certificate
 }
@@ -261,7 +261,7 @@ async fn foreign_ca_and_host_type_certificates_are_refused() {
     let prod = node_sshd(&server, &admin, "pve-prod", None).await;
     let ca = same_ca(&server, Arc::new(SystemClock)).await;
     let principal = portcullis_policies::scoped_principal("prod-root", "root");
-    let user_ca = ca.keyring().signer(KeyPurpose::User).unwrap();
+    let user_ca = ca.core().keyring().signer(KeyPurpose::User).unwrap();
     let foreign_ca = ed25519_key();
     let dir = tempfile::tempdir().unwrap();
     let key = ed25519_key();

@@ -67,9 +67,12 @@ fn now() -> u64 {
 }
 
 async fn login(ca: &Ca, user: &str, password: &str) -> Caller {
-    let resp =
-        ca.login_password(user, None, &secret(password), IP).await.unwrap_or_else(|e| panic!("login as {user}: {e}"));
-    ca.caller(resp.token.expose()).await.unwrap()
+    let resp = ca
+        .identity()
+        .login_password(user, None, &secret(password), IP)
+        .await
+        .unwrap_or_else(|e| panic!("login as {user}: {e}"));
+    ca.identity().caller(resp.token.expose()).await.unwrap()
 }
 
 async fn issue(ca: &Ca, caller: &Caller, key: &PrivateKey) -> (UserCertResponse, Certificate) {
@@ -113,31 +116,33 @@ async fn run_conformance(url: &str, backend: Backend) {
     std::fs::write(policy_dir.join("policy.toml"), POLICY).unwrap();
     let clock = ManualClock::new(now());
     let ca = ca_in_process(url, &policy_dir, clock.clone()).await.unwrap();
-    assert_eq!(ca.store().backend(), backend, "the CA is not using {backend:?}");
+    assert_eq!(ca.core().store().backend(), backend, "the CA is not using {backend:?}");
 
     // --- users and sessions ------------------------------------------------------
     // The first administrator's password is for one sign-in: alone it opens nothing,
     // and of two sign-ins racing to replace it exactly one does.
-    let one_time = ca.bootstrap_admin("admin", "admins").await.unwrap().expect("first start creates the admin");
-    let refused = ca.login_password("admin", None, &one_time, IP).await;
+    let one_time =
+        ca.identity().bootstrap_admin("admin", "admins").await.unwrap().expect("first start creates the admin");
+    let refused = ca.identity().login_password("admin", None, &one_time, IP).await;
     assert!(matches!(refused, Err(CaError::PasswordChangeRequired)), "{refused:?}");
     let (choice_one, choice_two) = (secret("admin-choice-one"), secret("admin-choice-two"));
     let (first, second) = tokio::join!(
-        ca.login_replacing_password("admin", None, &one_time, &choice_one, IP),
-        ca.login_replacing_password("admin", None, &one_time, &choice_two, IP),
+        ca.identity().login_replacing_password("admin", None, &one_time, &choice_one, IP),
+        ca.identity().login_replacing_password("admin", None, &one_time, &choice_two, IP),
     );
     let admin_password = match (&first, &second) {
         (Ok(_), Err(CaError::InvalidCredentials)) => "admin-choice-one",
         (Err(CaError::InvalidCredentials), Ok(_)) => "admin-choice-two",
         other => panic!("a one-time password was replaced {other:?}"),
     };
-    let reused = ca.login_replacing_password("admin", None, &one_time, &secret("admin-choice-three"), IP).await;
+    let reused =
+        ca.identity().login_replacing_password("admin", None, &one_time, &secret("admin-choice-three"), IP).await;
     assert!(matches!(reused, Err(CaError::InvalidCredentials)), "the one-time password still works: {reused:?}");
     let admin = login(&ca, "admin", admin_password).await;
-    let users_grant = ca.authorize::<proof::UsersManage>(&admin).unwrap();
-    let revoke_grant = ca.authorize::<proof::CertsRevoke>(&admin).unwrap();
-    let ca_grant = ca.authorize::<proof::CaManage>(&admin).unwrap();
-    let audit_grant = ca.authorize::<proof::AuditRead>(&admin).unwrap();
+    let users_grant = ca.core().authorize::<proof::UsersManage>(&admin).unwrap();
+    let revoke_grant = ca.core().authorize::<proof::CertsRevoke>(&admin).unwrap();
+    let ca_grant = ca.core().authorize::<proof::CaManage>(&admin).unwrap();
+    let audit_grant = ca.core().authorize::<proof::AuditRead>(&admin).unwrap();
     ca.add_user(&users_grant, "alice", &["devs".into()], Some(&secret(ALICE_PASSWORD))).await.unwrap();
     ca.add_user(&users_grant, "bob", &["devs".into()], Some(&secret(BOB_PASSWORD))).await.unwrap();
     assert!(matches!(
@@ -145,15 +150,21 @@ async fn run_conformance(url: &str, backend: Backend) {
         Err(CaError::Conflict(_))
     ));
     assert!(matches!(
-        ca.login_password("alice", None, &secret("not-alices-password"), IP).await,
+        ca.identity().login_password("alice", None, &secret("not-alices-password"), IP).await,
         Err(CaError::InvalidCredentials)
     ));
-    let alice_token =
-        ca.login_password("alice", None, &secret(ALICE_PASSWORD), IP).await.unwrap().token.expose().to_owned();
-    let alice = ca.caller(&alice_token).await.unwrap();
+    let alice_token = ca
+        .identity()
+        .login_password("alice", None, &secret(ALICE_PASSWORD), IP)
+        .await
+        .unwrap()
+        .token
+        .expose()
+        .to_owned();
+    let alice = ca.identity().caller(&alice_token).await.unwrap();
     let bob = login(&ca, "bob", BOB_PASSWORD).await;
-    assert_eq!(ca.whoami(&alice).roles, vec!["deployer".to_owned()]);
-    assert!(ca.authorize::<proof::CertsRevoke>(&alice).is_err(), "a deployer must not get admin grants");
+    assert_eq!(ca.identity().whoami(&alice).roles, vec!["deployer".to_owned()]);
+    assert!(ca.core().authorize::<proof::CertsRevoke>(&alice).is_err(), "a deployer must not get admin grants");
 
     // --- issuance ----------------------------------------------------------------
     let original_ca = active_user_ca(&ca);
@@ -205,12 +216,12 @@ async fn run_conformance(url: &str, backend: Backend) {
         records.iter().filter(|r| r.event == "cert_denied" && r.payload["reason"] == "key_revoked").count()
     };
     let refusals = key_refusals().await;
-    let stored = ca.store().certificates(None).await.unwrap().len();
+    let stored = ca.core().store().certificates(None).await.unwrap().len();
     let again = UserCertRequest { public_key: public_line(&key_b), ..UserCertRequest::default() };
     let refused = ca.issue_user_cert(&alice, &again, IP).await;
     assert!(matches!(&refused, Err(CaError::BadRequest(m)) if m.contains("revoked")), "{refused:?}");
     assert_eq!(
-        ca.store().certificates(None).await.unwrap().len(),
+        ca.core().store().certificates(None).await.unwrap().len(),
         stored,
         "a certificate for a revoked key was stored"
     );
@@ -234,20 +245,21 @@ async fn run_conformance(url: &str, backend: Backend) {
     assert!(krl_revokes(&krl, &path_c));
     assert!(!krl_revokes(&krl, &path_bob), "bob is untouched");
     assert!(
-        matches!(ca.caller(&alice_token).await, Err(CaError::Unauthenticated)),
+        matches!(ca.identity().caller(&alice_token).await, Err(CaError::Unauthenticated)),
         "revoking a user ends their API sessions"
     );
     assert!(ca.certificates(&revoke_grant, Some("alice")).await.unwrap().iter().all(|c| c.revoked));
 
     // --- disabling a user ends their sessions ---------------------------------------
-    let bob_token = ca.login_password("bob", None, &secret(BOB_PASSWORD), IP).await.unwrap().token.expose().to_owned();
-    ca.caller(&bob_token).await.expect("bob's session works");
+    let bob_token =
+        ca.identity().login_password("bob", None, &secret(BOB_PASSWORD), IP).await.unwrap().token.expose().to_owned();
+    ca.identity().caller(&bob_token).await.expect("bob's session works");
     ca.set_user_disabled(&users_grant, "bob", true).await.unwrap();
     assert!(
-        matches!(ca.caller(&bob_token).await, Err(CaError::Unauthenticated)),
+        matches!(ca.identity().caller(&bob_token).await, Err(CaError::Unauthenticated)),
         "a disabled user's session is refused"
     );
-    assert!(ca.login_password("bob", None, &secret(BOB_PASSWORD), IP).await.is_err());
+    assert!(ca.identity().login_password("bob", None, &secret(BOB_PASSWORD), IP).await.is_err());
     let krl = write_krl(&ca, files.path()).await;
     assert!(krl_revokes(&krl, &path_bob), "disabling revokes live certificates");
     let _ = bob;
@@ -258,7 +270,7 @@ async fn run_conformance(url: &str, backend: Backend) {
     // --- CA key rotation: pending → active → retired --------------------------------
     let pending = ca.rotate_ca_key(&ca_grant, KeyPurpose::User).await.unwrap();
     assert_eq!(pending.state, "pending");
-    let trusted = ca.trusted_keys(KeyPurpose::User);
+    let trusted = ca.core().trusted_keys(KeyPurpose::User);
     assert_eq!(trusted.lines().count(), 2, "pending key is published: {trusted}");
     // Revoking a user ends sessions but does not disable them: alice logs in again.
     let alice = login(&ca, "alice", ALICE_PASSWORD).await;
@@ -269,7 +281,7 @@ async fn run_conformance(url: &str, backend: Backend) {
     assert_eq!(active_user_ca(&ca), pending.fingerprint);
     let (_, new_cert) = issue(&ca, &alice, &ed25519_key()).await;
     assert_eq!(signer_of(&new_cert), pending.fingerprint, "the new key signs");
-    let trusted = ca.trusted_keys(KeyPurpose::User);
+    let trusted = ca.core().trusted_keys(KeyPurpose::User);
     assert_eq!(trusted.lines().count(), 2, "old and new keys are trusted: {trusted}");
     assert!(trusted.contains(pending.public_key.trim()));
     let old_public = ca.ca_keys().into_iter().find(|k| k.fingerprint == original_ca).unwrap();
@@ -277,7 +289,7 @@ async fn run_conformance(url: &str, backend: Backend) {
     assert!(trusted.contains(old_public.public_key.trim()));
     assert!(ca.retire_ca_key(&ca_grant, &pending.fingerprint).await.is_err(), "the active key cannot be retired");
     ca.retire_ca_key(&ca_grant, &original_ca).await.unwrap();
-    let trusted = ca.trusted_keys(KeyPurpose::User);
+    let trusted = ca.core().trusted_keys(KeyPurpose::User);
     assert_eq!(trusted.lines().count(), 1, "retired key is dropped: {trusted}");
     assert!(!trusted.contains(old_public.public_key.trim()));
 
@@ -286,7 +298,7 @@ async fn run_conformance(url: &str, backend: Backend) {
     let ca = ca_in_process(url, &policy_dir, clock.clone()).await.unwrap();
     assert_eq!(active_user_ca(&ca), pending.fingerprint);
     let admin = login(&ca, "admin", admin_password).await;
-    let audit_grant = ca.authorize::<proof::AuditRead>(&admin).unwrap();
+    let audit_grant = ca.core().authorize::<proof::AuditRead>(&admin).unwrap();
 
     // --- audit tampering -------------------------------------------------------------
     let verify = ca.audit_verify(&audit_grant).await.unwrap();
@@ -311,7 +323,7 @@ async fn run_conformance(url: &str, backend: Backend) {
     let newest = records.last().unwrap().seq;
     assert_eq!(newest, verify.records);
     let middle = newest / 2;
-    let pool = ca.store().pool();
+    let pool = ca.core().store().pool();
 
     let original_payload: String = sqlx::query("SELECT payload FROM audit_log WHERE seq = $1")
         .bind(i64::try_from(middle).unwrap())
@@ -345,15 +357,15 @@ async fn run_conformance(url: &str, backend: Backend) {
     // A view read from several tables sees one instant: a change committed between its
     // first and its last query is invisible to it (else a node's history could show a
     // run whose facts are not there yet).
-    let mut snapshot = ca.store().read().await.unwrap();
+    let mut snapshot = ca.core().store().read().await.unwrap();
     assert!(store::inventory(snapshot.conn(), "snap01").await.unwrap().is_none());
-    let mut tx = ca.store().begin().await.unwrap();
+    let mut tx = ca.core().store().begin().await.unwrap();
     store::record_inventory_change(tx.conn(), "snap01", "run-1", now(), "{}", "[]").await.unwrap();
     tx.commit().await.unwrap();
     let history = store::inventory_history(snapshot.conn(), "snap01", 10).await.unwrap();
     assert!(history.is_empty(), "the snapshot saw a write committed after it began ({} rows)", history.len());
     drop(snapshot);
-    let mut fresh = ca.store().read().await.unwrap();
+    let mut fresh = ca.core().store().read().await.unwrap();
     assert_eq!(store::inventory_history(fresh.conn(), "snap01", 10).await.unwrap().len(), 1);
 }
 
@@ -361,7 +373,7 @@ async fn set_payload(ca: &Ca, seq: u64, payload: &str) {
     let done = sqlx::query("UPDATE audit_log SET payload = $1 WHERE seq = $2")
         .bind(payload)
         .bind(i64::try_from(seq).unwrap())
-        .execute(ca.store().pool())
+        .execute(ca.core().store().pool())
         .await
         .unwrap();
     assert_eq!(done.rows_affected(), 1);
@@ -374,7 +386,7 @@ async fn take_row(ca: &Ca, seq: u64) -> RawRow {
     let seq = i64::try_from(seq).unwrap();
     let row = sqlx::query("SELECT seq, at, event, payload, prev_hash, hash FROM audit_log WHERE seq = $1")
         .bind(seq)
-        .fetch_one(ca.store().pool())
+        .fetch_one(ca.core().store().pool())
         .await
         .unwrap();
     let saved = (
@@ -385,7 +397,8 @@ async fn take_row(ca: &Ca, seq: u64) -> RawRow {
         row.try_get("prev_hash").unwrap(),
         row.try_get("hash").unwrap(),
     );
-    let done = sqlx::query("DELETE FROM audit_log WHERE seq = $1").bind(seq).execute(ca.store().pool()).await.unwrap();
+    let done =
+        sqlx::query("DELETE FROM audit_log WHERE seq = $1").bind(seq).execute(ca.core().store().pool()).await.unwrap();
     assert_eq!(done.rows_affected(), 1);
     saved
 }
@@ -398,7 +411,7 @@ async fn put_row(ca: &Ca, row: &RawRow) {
         .bind(row.3.clone())
         .bind(row.4.clone())
         .bind(row.5.clone())
-        .execute(ca.store().pool())
+        .execute(ca.core().store().pool())
         .await
         .unwrap();
 }

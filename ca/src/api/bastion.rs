@@ -90,25 +90,25 @@ pub async fn events(
 /// Readable with `audit.read` or `sessions.kill`.
 #[utoipa::path(get, path = "/v1/admin/sessions", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<SessionInfo>)))]
 pub async fn list_sessions(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<SessionInfo>> {
-    let grant = ca.authorize::<proof::SessionsRead>(&c)?;
+    let grant = ca.core().authorize::<proof::SessionsRead>(&c)?;
     Ok(Json(ca.live_sessions(&grant).await?))
 }
 
 #[utoipa::path(post, path = "/v1/admin/sessions/{id}/kill", tag = "admin", params(("id" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 204, description = "done")))]
 pub async fn kill_session(State(ca): Ca_, Authed(c): Authed, Name(id): Name) -> Result<StatusCode, CaError> {
-    let grant = ca.authorize::<proof::SessionsKill>(&c)?;
+    let grant = ca.core().authorize::<proof::SessionsKill>(&c)?;
     ca.kill_session(&grant, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/admin/agents", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<ServiceInfo>)))]
 pub async fn list_agents(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<ServiceInfo>> {
-    let grant = ca.authorize::<proof::NodesManage>(&c)?;
+    let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
     Ok(Json(ca.service_infos(&grant, ServiceKind::Agent).await?))
 }
 
 #[utoipa::path(get, path = "/v1/admin/bastions", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<ServiceInfo>)))]
 pub async fn list_bastions(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<ServiceInfo>> {
-    let grant = ca.authorize::<proof::NodesManage>(&c)?;
+    let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
     Ok(Json(ca.service_infos(&grant, ServiceKind::Bastion).await?))
 }

@@ -31,7 +31,7 @@ pub async fn browser_login(
     Body(body): Body<LoginBody>,
 ) -> Result<Response, CaError> {
     let session = body.sign_in(&ca, &ip).await?;
-    let max_age = session.expires_at.saturating_sub(ca.now());
+    let max_age = session.expires_at.saturating_sub(ca.core().now());
     let cookie = session_cookie(session.token.expose(), max_age)?;
     let answer = BrowserLoginResponse {
         username: session.username,
@@ -89,6 +89,6 @@ pub async fn open(State(ca): Ca_, BastionAuth(b): BastionAuth, Body(r): Body<Con
 /// Readable with `audit.read` or `policy.manage`.
 #[utoipa::path(get, path = "/v1/admin/policy/history", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<PolicyChangeRecord>)))]
 pub async fn policy_history(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<PolicyChangeRecord>> {
-    let grant = ca.authorize::<proof::PolicyRead>(&c)?;
+    let grant = ca.core().authorize::<proof::PolicyRead>(&c)?;
     Ok(Json(ca.policy_history(&grant).await?))
 }

@@ -20,19 +20,19 @@ pub async fn create_token(
     Authed(c): Authed,
     Body(b): Body<EnrollTokenRequest>,
 ) -> Result<Json<EnrollTokenResponse>, CaError> {
-    let grant = ca.authorize::<proof::NodesManage>(&c)?;
+    let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
     Ok(Json(ca.create_enroll_token(&grant, &b).await?))
 }
 
 #[utoipa::path(get, path = "/v1/admin/enroll-tokens", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<EnrollTokenInfo>)))]
 pub async fn list_tokens(State(ca): Ca_, Authed(c): Authed) -> Result<Json<Vec<EnrollTokenInfo>>, CaError> {
-    let grant = ca.authorize::<proof::NodesManage>(&c)?;
+    let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
     Ok(Json(ca.enroll_tokens(&grant).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/admin/enroll-tokens/{id}", tag = "admin", params(("id" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn revoke_token(State(ca): Ca_, Authed(c): Authed, Name(id): Name) -> Result<(), CaError> {
-    let grant = ca.authorize::<proof::NodesManage>(&c)?;
+    let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
     ca.revoke_enroll_token(&grant, &id).await
 }
 

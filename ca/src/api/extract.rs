@@ -172,7 +172,7 @@ impl FromRequestParts<Arc<Ca>> for Authed {
         if token.is_empty() || token.len() > 256 {
             return Err(CaError::Unauthenticated);
         }
-        let caller = ca.caller(&token).await?;
+        let caller = ca.identity().caller(&token).await?;
         if !via_cookie {
             return Ok(Authed(caller));
         }

@@ -40,8 +40,8 @@ impl LoginBody {
     pub(super) async fn sign_in(&self, ca: &Ca, ip: &str) -> Result<LoginResponse, CaError> {
         let source = self.source()?;
         match &self.new_password {
-            None => ca.login_password(&self.username, source, &self.password, ip).await,
-            Some(new) => ca.login_replacing_password(&self.username, source, &self.password, new, ip).await,
+            None => ca.identity().login_password(&self.username, source, &self.password, ip).await,
+            Some(new) => ca.identity().login_replacing_password(&self.username, source, &self.password, new, ip).await,
         }
     }
 
@@ -68,13 +68,13 @@ pub async fn login(State(ca): Ca_, ClientIp(ip): ClientIp, Body(body): Body<Logi
 /// and tells a browser to drop the cookie.
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "see the description")))]
 pub async fn logout(State(ca): Ca_, Authed(caller): Authed) -> Result<impl IntoResponse, CaError> {
-    ca.logout(&caller).await?;
+    ca.identity().logout(&caller).await?;
     Ok([super::oidc::clear_session_cookie()])
 }
 
 #[utoipa::path(get, path = "/v1/auth/whoami", tag = "auth", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = WhoAmI)))]
 pub async fn whoami(State(ca): Ca_, Authed(caller): Authed) -> Res<WhoAmI> {
-    Ok(Json(ca.whoami(&caller)))
+    Ok(Json(ca.identity().whoami(&caller)))
 }
 
 #[utoipa::path(post, path = "/v1/certs/user/revoke", tag = "certificates", request_body = RevokeOwnRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = RevokeResponse)))]
@@ -100,7 +100,7 @@ pub async fn issue_user_cert(
 #[utoipa::path(get, path = "/v1/ca/{purpose}/keys", tag = "certificates", params(("purpose" = String, Path)), responses((status = 200, description = "see the description")))]
 pub async fn trusted_keys(State(ca): Ca_, Path(purpose): Path<String>) -> Result<impl IntoResponse, CaError> {
     let purpose: KeyPurpose = purpose.parse()?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], ca.trusted_keys(purpose)))
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], ca.core().trusted_keys(purpose)))
 }
 
 /// Any signed-in user: the bastions' host keys, for `portcullis ssh-config`.
@@ -118,13 +118,13 @@ pub async fn krl(State(ca): Ca_) -> Result<impl IntoResponse, CaError> {
 
 #[utoipa::path(get, path = "/v1/nodes/{name}/principals", tag = "nodes", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = NodePrincipals)))]
 pub async fn node_principals(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Res<NodePrincipals> {
-    let grant = ca.authorize::<proof::NodesManage>(&c)?;
+    let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
     Ok(Json(ca.node_principals(&grant, &name).await?))
 }
 
 #[utoipa::path(get, path = "/v1/admin/users", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<UserInfo>)))]
 pub async fn list_users(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<UserInfo>> {
-    let grant = ca.authorize::<proof::UsersManage>(&c)?;
+    let grant = ca.core().authorize::<proof::UsersManage>(&c)?;
     Ok(Json(ca.users(&grant).await?))
 }
 
@@ -141,26 +141,26 @@ pub struct AddUserBody {
 
 #[utoipa::path(post, path = "/v1/admin/users", tag = "admin", request_body = AddUserBody, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = UserInfo)))]
 pub async fn add_user(State(ca): Ca_, Authed(c): Authed, Body(b): Body<AddUserBody>) -> Res<UserInfo> {
-    let grant = ca.authorize::<proof::UsersManage>(&c)?;
+    let grant = ca.core().authorize::<proof::UsersManage>(&c)?;
     ca.add_user(&grant, &b.username, &b.groups, b.password.as_ref()).await?;
     Ok(Json(UserInfo { username: b.username, groups: b.groups, disabled: false }))
 }
 
 #[utoipa::path(post, path = "/v1/admin/users/{name}/disable", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn disable_user(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
-    let grant = ca.authorize::<proof::UsersManage>(&c)?;
+    let grant = ca.core().authorize::<proof::UsersManage>(&c)?;
     ca.set_user_disabled(&grant, &name, true).await
 }
 
 #[utoipa::path(post, path = "/v1/admin/users/{name}/release", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn release_account(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
-    let grant = ca.authorize::<proof::UsersManage>(&c)?;
+    let grant = ca.core().authorize::<proof::UsersManage>(&c)?;
     ca.release_account(&grant, &name).await
 }
 
 #[utoipa::path(post, path = "/v1/admin/users/{name}/enable", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn enable_user(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
-    let grant = ca.authorize::<proof::UsersManage>(&c)?;
+    let grant = ca.core().authorize::<proof::UsersManage>(&c)?;
     ca.set_user_disabled(&grant, &name, false).await
 }
 
@@ -171,7 +171,7 @@ pub async fn set_groups(
     Name(name): Name,
     Body(b): Body<SetGroupsRequest>,
 ) -> Result<(), CaError> {
-    let grant = ca.authorize::<proof::UsersManage>(&c)?;
+    let grant = ca.core().authorize::<proof::UsersManage>(&c)?;
     ca.set_user_groups(&grant, &name, &b.groups).await
 }
 
@@ -192,13 +192,13 @@ pub async fn set_password(
     Name(name): Name,
     Body(b): Body<PasswordBody>,
 ) -> Result<(), CaError> {
-    let grant = ca.authorize::<proof::UsersManage>(&c)?;
+    let grant = ca.core().authorize::<proof::UsersManage>(&c)?;
     ca.set_user_password(&grant, &name, &b.password, b.one_time).await
 }
 
 #[utoipa::path(post, path = "/v1/admin/revoke", tag = "admin", request_body = RevokeRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = RevokeResponse)))]
 pub async fn revoke(State(ca): Ca_, Authed(c): Authed, Body(b): Body<RevokeRequest>) -> Res<RevokeResponse> {
-    let grant = ca.authorize::<proof::CertsRevoke>(&c)?;
+    let grant = ca.core().authorize::<proof::CertsRevoke>(&c)?;
     Ok(Json(ca.revoke(&grant, &b).await?))
 }
 
@@ -209,25 +209,25 @@ pub struct CertsQuery {
 
 #[utoipa::path(get, path = "/v1/admin/certs", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<IssuedCert>)))]
 pub async fn list_certs(State(ca): Ca_, Authed(c): Authed, Query(q): Query<CertsQuery>) -> Res<Vec<IssuedCert>> {
-    let grant = ca.authorize::<proof::CertsRevoke>(&c)?;
+    let grant = ca.core().authorize::<proof::CertsRevoke>(&c)?;
     Ok(Json(ca.certificates(&grant, q.user.as_deref()).await?))
 }
 
 #[utoipa::path(get, path = "/v1/admin/ca/keys", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<CaKeyInfo>)))]
 pub async fn list_ca_keys(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<CaKeyInfo>> {
-    ca.authorize::<proof::CaManage>(&c)?;
+    ca.core().authorize::<proof::CaManage>(&c)?;
     Ok(Json(ca.ca_keys()))
 }
 
 #[utoipa::path(post, path = "/v1/admin/ca/{purpose}/rotate", tag = "admin", params(("purpose" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = CaKeyInfo)))]
 pub async fn rotate_ca_key(State(ca): Ca_, Authed(c): Authed, Path(purpose): Path<String>) -> Res<CaKeyInfo> {
-    let grant = ca.authorize::<proof::CaManage>(&c)?;
+    let grant = ca.core().authorize::<proof::CaManage>(&c)?;
     Ok(Json(ca.rotate_ca_key(&grant, purpose.parse()?).await?))
 }
 
 #[utoipa::path(post, path = "/v1/admin/ca/{purpose}/activate", tag = "admin", params(("purpose" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn activate_ca_key(State(ca): Ca_, Authed(c): Authed, Path(purpose): Path<String>) -> Result<(), CaError> {
-    let grant = ca.authorize::<proof::CaManage>(&c)?;
+    let grant = ca.core().authorize::<proof::CaManage>(&c)?;
     ca.activate_ca_key(&grant, purpose.parse()?).await
 }
 
@@ -239,19 +239,19 @@ pub struct RetireBody {
 
 #[utoipa::path(post, path = "/v1/admin/ca/retire", tag = "admin", request_body = RetireBody, security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn retire_ca_key(State(ca): Ca_, Authed(c): Authed, Body(b): Body<RetireBody>) -> Result<(), CaError> {
-    let grant = ca.authorize::<proof::CaManage>(&c)?;
+    let grant = ca.core().authorize::<proof::CaManage>(&c)?;
     ca.retire_ca_key(&grant, &b.fingerprint).await
 }
 
 #[utoipa::path(get, path = "/v1/admin/nodes", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<NodeRecord>)))]
 pub async fn list_nodes(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<NodeRecord>> {
-    let grant = ca.authorize::<proof::NodesManage>(&c)?;
+    let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
     Ok(Json(ca.nodes(&grant).await?))
 }
 
 #[utoipa::path(post, path = "/v1/admin/nodes", tag = "admin", request_body = NodeRecord, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = NodeRecord)))]
 pub async fn add_node(State(ca): Ca_, Authed(c): Authed, Body(node): Body<NodeRecord>) -> Res<NodeRecord> {
-    let grant = ca.authorize::<proof::NodesManage>(&c)?;
+    let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
     ca.add_node(&grant, &node).await?;
     Ok(Json(node))
 }
@@ -263,19 +263,19 @@ pub async fn update_node(
     Name(name): Name,
     Body(update): Body<NodeUpdate>,
 ) -> Res<NodeRecord> {
-    let grant = ca.authorize::<proof::NodesManage>(&c)?;
+    let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
     Ok(Json(ca.update_node(&grant, &name, &update).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/admin/nodes/{name}", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn remove_node(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
-    let grant = ca.authorize::<proof::NodesManage>(&c)?;
+    let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
     ca.remove_node(&grant, &name).await
 }
 
 #[utoipa::path(post, path = "/v1/admin/policy/reload", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = PolicyReloadResponse)))]
 pub async fn reload_policy(State(ca): Ca_, Authed(c): Authed) -> Res<PolicyReloadResponse> {
-    let grant = ca.authorize::<proof::PolicyManage>(&c)?;
+    let grant = ca.core().authorize::<proof::PolicyManage>(&c)?;
     Ok(Json(ca.reload_policy(&grant).await?))
 }
 
@@ -304,7 +304,7 @@ fn default_limit() -> u32 {
 
 #[utoipa::path(get, path = "/v1/admin/audit", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<AuditRecord>)))]
 pub async fn audit_records(State(ca): Ca_, Authed(c): Authed, Query(q): Query<AuditQuery>) -> Res<Vec<AuditRecord>> {
-    let grant = ca.authorize::<proof::AuditRead>(&c)?;
+    let grant = ca.core().authorize::<proof::AuditRead>(&c)?;
     let newest_first = match q.order.as_deref() {
         None | Some("asc") => false,
         Some("desc") => true,
@@ -326,6 +326,6 @@ pub async fn audit_records(State(ca): Ca_, Authed(c): Authed, Query(q): Query<Au
 
 #[utoipa::path(get, path = "/v1/admin/audit/verify", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = AuditVerifyResponse)))]
 pub async fn audit_verify(State(ca): Ca_, Authed(c): Authed) -> Res<AuditVerifyResponse> {
-    let grant = ca.authorize::<proof::AuditRead>(&c)?;
+    let grant = ca.core().authorize::<proof::AuditRead>(&c)?;
     Ok(Json(ca.audit_verify(&grant).await?))
 }

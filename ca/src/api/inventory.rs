@@ -38,7 +38,7 @@ pub async fn report(
 /// Readable with `nodes.manage` or `audit.read`.
 #[utoipa::path(get, path = "/v1/admin/inventory/{node}", tag = "admin", params(("node" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = InventoryView)))]
 pub async fn show(State(ca): Ca_, Authed(c): Authed, Name(node): Name) -> Res<InventoryView> {
-    let grant = ca.authorize::<proof::InventoryRead>(&c)?;
+    let grant = ca.core().authorize::<proof::InventoryRead>(&c)?;
     Ok(Json(ca.inventory_view(&grant, &node).await?))
 }
 
@@ -66,7 +66,7 @@ pub async fn pve_report(
 /// Readable with `nodes.manage` or `audit.read`.
 #[utoipa::path(get, path = "/v1/admin/inventory/clusters", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<ClusterSummary>)))]
 pub async fn clusters(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<ClusterSummary>> {
-    let grant = ca.authorize::<proof::InventoryRead>(&c)?;
+    let grant = ca.core().authorize::<proof::InventoryRead>(&c)?;
     Ok(Json(ca.clusters(&grant).await?))
 }
 
@@ -77,19 +77,19 @@ pub async fn cluster(
     Authed(c): Authed,
     Path((agent, cluster)): Path<(String, String)>,
 ) -> Res<ClusterView> {
-    let grant = ca.authorize::<proof::InventoryRead>(&c)?;
+    let grant = ca.core().authorize::<proof::InventoryRead>(&c)?;
     Ok(Json(ca.cluster_view(&grant, &format!("{agent}/{cluster}")).await?))
 }
 
 #[utoipa::path(get, path = "/v1/admin/secrets", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<SecretInfo>)))]
 pub async fn list_secrets(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<SecretInfo>> {
-    let grant = ca.authorize::<proof::SecretsManage>(&c)?;
+    let grant = ca.core().authorize::<proof::SecretsManage>(&c)?;
     Ok(Json(ca.secrets(&grant).await?))
 }
 
 #[utoipa::path(post, path = "/v1/admin/secrets", tag = "admin", request_body = SecretAddRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = SecretInfo)))]
 pub async fn add_secret(State(ca): Ca_, Authed(c): Authed, Body(r): Body<SecretAddRequest>) -> Res<SecretInfo> {
-    let grant = ca.authorize::<proof::SecretsManage>(&c)?;
+    let grant = ca.core().authorize::<proof::SecretsManage>(&c)?;
     Ok(Json(ca.add_secret(&grant, &r).await?))
 }
 
@@ -100,27 +100,27 @@ pub async fn rotate_secret(
     Name(name): Name,
     Body(r): Body<SecretRotateRequest>,
 ) -> Res<SecretInfo> {
-    let grant = ca.authorize::<proof::SecretsManage>(&c)?;
+    let grant = ca.core().authorize::<proof::SecretsManage>(&c)?;
     Ok(Json(ca.rotate_secret(&grant, &name, &r).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/admin/secrets/{name}", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn remove_secret(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
-    let grant = ca.authorize::<proof::SecretsManage>(&c)?;
+    let grant = ca.core().authorize::<proof::SecretsManage>(&c)?;
     ca.remove_secret(&grant, &name).await
 }
 
 /// The target preview of a loaded rule (`policy.manage` or `audit.read`).
 #[utoipa::path(get, path = "/v1/admin/rules/{name}/preview", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<RulePreview>)))]
 pub async fn preview_rule(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Res<Vec<RulePreview>> {
-    let grant = ca.authorize::<proof::PolicyRead>(&c)?;
+    let grant = ca.core().authorize::<proof::PolicyRead>(&c)?;
     Ok(Json(ca.preview_rule(&grant, Some(&name)).await?))
 }
 
 /// The target preview of every loaded rule (`policy.manage` or `audit.read`).
 #[utoipa::path(get, path = "/v1/admin/rules/preview", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<RulePreview>)))]
 pub async fn preview_rules(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<RulePreview>> {
-    let grant = ca.authorize::<proof::PolicyRead>(&c)?;
+    let grant = ca.core().authorize::<proof::PolicyRead>(&c)?;
     Ok(Json(ca.preview_rule(&grant, None).await?))
 }
 
@@ -131,6 +131,6 @@ pub async fn preview_policy(
     Authed(c): Authed,
     Body(r): Body<RulePreviewRequest>,
 ) -> Res<Vec<RulePreview>> {
-    let grant = ca.authorize::<proof::PolicyRead>(&c)?;
+    let grant = ca.core().authorize::<proof::PolicyRead>(&c)?;
     Ok(Json(ca.preview_policy(&grant, &r).await?))
 }

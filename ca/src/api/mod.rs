@@ -187,7 +187,7 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(axum::extract::State(ca): axum::extract::State<Arc<Ca>>) -> Response {
-    let (ready, checks) = ca.readiness().await;
+    let (ready, checks) = ca.core().readiness().await;
     let checks: serde_json::Map<String, serde_json::Value> =
         checks.into_iter().map(|(name, state)| (name.to_owned(), state.into())).collect();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

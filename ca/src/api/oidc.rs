@@ -24,7 +24,7 @@ type Ca_ = State<Arc<Ca>>;
 
 #[utoipa::path(get, path = "/v1/auth/methods", tag = "auth", responses((status = 200, body = AuthMethods)))]
 pub async fn methods(State(ca): Ca_) -> Json<AuthMethods> {
-    Json(ca.auth_methods())
+    Json(ca.identity().auth_methods())
 }
 
 #[utoipa::path(post, path = "/v1/auth/oidc/device", tag = "auth", request_body = DeviceStartRequest, responses((status = 200, body = DeviceStart)))]
@@ -33,7 +33,7 @@ pub async fn device_start(
     ClientIp(ip): ClientIp,
     Body(body): Body<DeviceStartRequest>,
 ) -> Result<Json<DeviceStart>, CaError> {
-    Ok(Json(ca.oidc_device_start(&ip, body.fresh).await?))
+    Ok(Json(ca.identity().oidc_device_start(&ip, body.fresh).await?))
 }
 
 #[utoipa::path(post, path = "/v1/auth/oidc/device/poll", tag = "auth", request_body = DevicePollRequest, responses((status = 200, body = DevicePoll)))]
@@ -46,7 +46,7 @@ pub async fn device_poll(
     if handle.is_empty() || handle.len() > crate::service::oidc::MAX_DEVICE_HANDLE {
         return Err(CaError::BadRequest("malformed device sign-in handle".into()));
     }
-    Ok(Json(ca.oidc_device_poll(handle, &ip).await?))
+    Ok(Json(ca.identity().oidc_device_poll(handle, &ip).await?))
 }
 
 /// `?fresh=1`: sign in at the identity provider again (step-up).
@@ -71,7 +71,7 @@ pub async fn browser_login(
         Some("1") | Some("true") => true,
         Some(_) => return Err(CaError::BadRequest("fresh is 1 or 0".into())),
     };
-    let login = ca.oidc_browser_start(&ip, host.as_deref(), fresh).await?;
+    let login = ca.identity().oidc_browser_start(&ip, host.as_deref(), fresh).await?;
     let mut response = see_other(&login.redirect_to)?;
     response.headers_mut().insert(
         header::SET_COOKIE,
@@ -136,14 +136,14 @@ pub async fn browser_callback(
     let signed_in = async {
         let callback = parse_callback(query.as_deref())?;
         let binding = cookie(&headers, BINDING_COOKIE);
-        ca.oidc_browser_callback(callback, binding.as_deref(), &ip, host.as_deref()).await
+        ca.identity().oidc_browser_callback(callback, binding.as_deref(), &ip, host.as_deref()).await
     };
     let session = match signed_in.await {
         Ok(session) => session,
         Err(e) if navigating(&headers) => return see_other(&format!("/ui/?sso_error={}", e.code())),
         Err(e) => return Err(e),
     };
-    let max_age = session.expires_at.saturating_sub(ca.now());
+    let max_age = session.expires_at.saturating_sub(ca.core().now());
     let mut response = see_other("/ui/")?;
     let headers = response.headers_mut();
     headers.append(header::SET_COOKIE, session_cookie(session.token.expose(), max_age)?);

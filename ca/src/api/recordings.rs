@@ -46,14 +46,14 @@ pub async fn list(
     Authed(c): Authed,
     Query(q): Query<RecordingsQuery>,
 ) -> Result<Json<Vec<RecordingInfo>>, CaError> {
-    let grant = ca.authorize::<proof::RecordingsRead>(&c)?;
+    let grant = ca.core().authorize::<proof::RecordingsRead>(&c)?;
     Ok(Json(ca.recordings(&grant, q.user.as_deref(), q.device.as_deref()).await?))
 }
 
 /// The recording as an asciicast v2 file, offered for download under its session id.
 #[utoipa::path(get, path = "/v1/admin/recordings/{id}", tag = "admin", params(("id" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "asciicast v2")))]
 pub async fn get(State(ca): Ca_, Authed(c): Authed, Name(id): Name) -> Result<Response, CaError> {
-    let grant = ca.authorize::<proof::RecordingsRead>(&c)?;
+    let grant = ca.core().authorize::<proof::RecordingsRead>(&c)?;
     let (info, cast) = ca.recording_cast(&grant, &id).await?;
     let mut response = cast.into_response();
     let headers = response.headers_mut();

@@ -46,6 +46,15 @@ pub(super) fn check_password_rule(password: &SecretString) -> Result<(), CaError
     Ok(())
 }
 
+/// Checks a new password against the rule and hashes it (off the async threads).
+pub(super) async fn hash_new_password(password: &SecretString) -> Result<String, CaError> {
+    check_password_rule(password)?;
+    let pw = password.clone();
+    Ok(tokio::task::spawn_blocking(move || hash_password(pw.expose_secret()))
+        .await
+        .map_err(|_| CaError::Internal("hashing task".into()))??)
+}
+
 /// Ends everything an account holds (disabled, or its name released): its API sessions,
 /// and its live certificates, which go into the KRL.
 async fn end_sessions_and_certificates(
@@ -85,6 +94,7 @@ pub struct AuditFilter {
 impl Ca {
     pub async fn users(&self, _grant: &Grant<proof::UsersManage>) -> Result<Vec<UserInfo>, CaError> {
         Ok(self
+            .core
             .store
             .users()
             .await?
@@ -107,11 +117,11 @@ impl Ca {
             check_name("group", g)?;
         }
         let hash = match password {
-            Some(pw) => Some(self.hash(pw).await?),
+            Some(pw) => Some(hash_new_password(pw).await?),
             None => None,
         };
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         let password = hash.as_deref().map(|hash| NewPassword { hash, one_time: false });
         if !store::insert_user(tx.conn(), username, password, groups, now).await? {
             return Err(CaError::Conflict("a user with that name already exists".into()));
@@ -120,14 +130,6 @@ impl Ca {
         self.audit_user_groups(&mut tx, grant, username, "added", Some(added)).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    pub(super) async fn hash(&self, password: &SecretString) -> Result<String, CaError> {
-        check_password_rule(password)?;
-        let pw = password.clone();
-        Ok(tokio::task::spawn_blocking(move || hash_password(pw.expose_secret()))
-            .await
-            .map_err(|_| CaError::Internal("hashing task".into()))??)
     }
 
     async fn audit_user(
@@ -154,7 +156,7 @@ impl Ca {
             change,
             groups,
         };
-        audit::record(tx.conn(), self.now(), &event).await?;
+        audit::record(tx.conn(), self.core.now(), &event).await?;
         Ok(())
     }
 
@@ -165,8 +167,8 @@ impl Ca {
         username: &str,
         disabled: bool,
     ) -> Result<(), CaError> {
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         if !store::set_user_disabled(tx.conn(), username, disabled, now).await? {
             return Err(CaError::NotFound("user"));
         }
@@ -192,8 +194,8 @@ impl Ca {
                 ));
             }
         }
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         if !store::release_account(tx.conn(), account).await? {
             return Err(CaError::NotFound("account held for a subject"));
         }
@@ -212,8 +214,8 @@ impl Ca {
         for g in groups {
             check_name("group", g)?;
         }
-        let mut tx = self.store.begin().await?;
-        let Some(old) = store::set_user_groups(tx.conn(), username, groups, self.now()).await? else {
+        let mut tx = self.core.store.begin().await?;
+        let Some(old) = store::set_user_groups(tx.conn(), username, groups, self.core.now()).await? else {
             return Err(CaError::NotFound("user"));
         };
         let change = GroupsChange { old, new: groups.to_vec() };
@@ -231,14 +233,16 @@ impl Ca {
         password: &SecretString,
         one_time: bool,
     ) -> Result<(), CaError> {
-        let hash = self.hash(password).await?;
-        let mut tx = self.store.begin().await?;
-        if !store::set_user_password(tx.conn(), username, NewPassword { hash: &hash, one_time }, self.now()).await? {
+        let hash = hash_new_password(password).await?;
+        let mut tx = self.core.store.begin().await?;
+        if !store::set_user_password(tx.conn(), username, NewPassword { hash: &hash, one_time }, self.core.now())
+            .await?
+        {
             return Err(CaError::NotFound("user"));
         }
         let change = if one_time {
             // A reset for someone who lost control of their password: their sessions end.
-            store::revoke_user_sessions(tx.conn(), username, self.now()).await?;
+            store::revoke_user_sessions(tx.conn(), username, self.core.now()).await?;
             "one_time_password_set"
         } else {
             "password_set"
@@ -249,7 +253,7 @@ impl Ca {
     }
 
     pub fn ca_keys(&self) -> Vec<CaKeyInfo> {
-        self.keyring().rows().iter().map(super::key_info).collect()
+        self.core.keyring().rows().iter().map(super::key_info).collect()
     }
 
     /// Step 1 of a rotation: a new key is generated and published (trusted) but does not
@@ -259,19 +263,19 @@ impl Ca {
         grant: &Grant<proof::CaManage>,
         purpose: KeyPurpose,
     ) -> Result<CaKeyInfo, CaError> {
-        if self.keyring().rows().iter().any(|r| r.purpose == purpose.as_str() && r.state == state::PENDING) {
+        if self.core.keyring().rows().iter().any(|r| r.purpose == purpose.as_str() && r.state == state::PENDING) {
             return Err(CaError::Conflict("a pending key exists already; activate or retire it first".into()));
         }
-        let now = self.now();
-        let row = keys::generate(purpose, self.key_algorithm, &self.passphrase, state::PENDING, now).await?;
-        super::save_generated_key(&self.store, &row, grant.username(), now).await?;
-        self.reload_keys().await?;
+        let now = self.core.now();
+        let row = keys::generate(purpose, self.core.key_algorithm, &self.core.passphrase, state::PENDING, now).await?;
+        super::core::save_generated_key(&self.core.store, &row, grant.username(), now).await?;
+        self.core.reload_keys().await?;
         Ok(super::key_info(&row))
     }
 
     /// Step 2: the pending key signs from now on; the old active key stays trusted.
     pub async fn activate_ca_key(&self, grant: &Grant<proof::CaManage>, purpose: KeyPurpose) -> Result<(), CaError> {
-        let keyring = self.keyring();
+        let keyring = self.core.keyring();
         let pending: Vec<_> =
             keyring.rows().iter().filter(|r| r.purpose == purpose.as_str() && r.state == state::PENDING).collect();
         let [new] = pending.as_slice() else {
@@ -283,12 +287,12 @@ impl Ca {
             .filter(|r| r.purpose == purpose.as_str() && r.state == state::ACTIVE)
             .map(|r| r.fingerprint.clone())
             .collect();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         store::move_ca_keys(tx.conn(), purpose.as_str(), state::ACTIVE, state::PREVIOUS).await?;
         store::set_ca_key_state(tx.conn(), &new.fingerprint, state::PENDING, state::ACTIVE).await?;
         audit::record(
             tx.conn(),
-            self.now(),
+            self.core.now(),
             &AuditEvent::CaKeyRotated {
                 actor: grant.username().to_owned(),
                 purpose: purpose.as_str().to_owned(),
@@ -298,21 +302,21 @@ impl Ca {
         )
         .await?;
         tx.commit().await?;
-        self.reload_keys().await
+        self.core.reload_keys().await
     }
 
     /// Step 3: stop trusting an old (or abandoned pending) key. The active key cannot be retired.
     pub async fn retire_ca_key(&self, grant: &Grant<proof::CaManage>, fingerprint: &str) -> Result<(), CaError> {
-        let keyring = self.keyring();
+        let keyring = self.core.keyring();
         let row = keyring.rows().iter().find(|r| r.fingerprint == fingerprint).ok_or(CaError::NotFound("CA key"))?;
         if row.state != state::PREVIOUS && row.state != state::PENDING {
             return Err(CaError::Conflict(format!("a key in state {} cannot be retired", row.state)));
         }
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         store::set_ca_key_state(tx.conn(), fingerprint, &row.state, state::RETIRED).await?;
         audit::record(
             tx.conn(),
-            self.now(),
+            self.core.now(),
             &AuditEvent::CaKeyRetired {
                 actor: grant.username().to_owned(),
                 purpose: row.purpose.clone(),
@@ -321,15 +325,15 @@ impl Ca {
         )
         .await?;
         tx.commit().await?;
-        self.reload_keys().await
+        self.core.reload_keys().await
     }
 
     /// Registers a new node; an existing name is refused (use [`Ca::update_node`]).
     pub async fn add_node(&self, grant: &Grant<proof::NodesManage>, node: &NodeRecord) -> Result<(), CaError> {
         crate::validate::node_record(node)?;
         crate::validate::host_keys(&node.host_keys)?;
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         if !store::insert_node(tx.conn(), node, now).await? {
             return Err(CaError::Conflict(format!(
                 "node {} exists; change it with `node update` or remove it first",
@@ -353,7 +357,7 @@ impl Ca {
         name: &str,
         update: &NodeUpdate,
     ) -> Result<NodeRecord, CaError> {
-        let mut node = self.store.node(name).await?.ok_or(CaError::NotFound("node"))?;
+        let mut node = self.core.store.node(name).await?.ok_or(CaError::NotFound("node"))?;
         let mut fields = Vec::new();
         if let Some(addresses) = &update.addresses {
             node.addresses = addresses.clone();
@@ -384,9 +388,9 @@ impl Ca {
             fields.push("ssh_port");
         }
         crate::validate::node_record(&node)?;
-        let now = self.now();
+        let now = self.core.now();
         let actor = grant.username().to_owned();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         store::upsert_node(tx.conn(), &node, now).await?;
         if update.host_keys.is_some() {
             // Certificates for the old keys must not outlive the re-key.
@@ -401,9 +405,9 @@ impl Ca {
     /// Removes a node: its record (and with it the principals the CA lists for it, its
     /// pinned keys and inventory entry) and its host certificates, revoked.
     pub async fn remove_node(&self, grant: &Grant<proof::NodesManage>, name: &str) -> Result<(), CaError> {
-        let now = self.now();
+        let now = self.core.now();
         let actor = grant.username().to_owned();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         if !store::delete_node(tx.conn(), name).await? {
             return Err(CaError::NotFound("node"));
         }
@@ -415,7 +419,7 @@ impl Ca {
     }
 
     pub async fn nodes(&self, _grant: &Grant<proof::NodesManage>) -> Result<Vec<NodeRecord>, CaError> {
-        Ok(self.store.nodes().await?)
+        Ok(self.core.store.nodes().await?)
     }
 
     /// Re-reads the policy directory. An invalid policy is refused whole (and audited);
@@ -430,20 +434,20 @@ impl Ca {
     }
 
     async fn reload_policy_as(&self, actor: &str) -> Result<PolicyReloadResponse, CaError> {
-        let policy = match load_policy_dir(&self.policy_dir) {
+        let policy = match load_policy_dir(&self.core.policy_dir) {
             Ok(policy) => policy,
             Err(e) => {
                 let errors = e.to_string().lines().count().saturating_sub(1).max(1);
-                self.audit_alone(AuditEvent::PolicyRejected { actor: actor.to_owned(), errors }).await?;
+                self.core.audit_alone(AuditEvent::PolicyRejected { actor: actor.to_owned(), errors }).await?;
                 return Err(match e {
                     CaError::Config(msg) => CaError::BadRequest(msg),
                     other => other,
                 });
             }
         };
-        let before = self.policy().digest();
+        let before = self.core.policy().digest();
         let digest = policy.digest();
-        let changes = self.install_policy(policy, actor).await?;
+        let changes = self.core.install_policy(policy, actor).await?;
         Ok(PolicyReloadResponse {
             changed: before != digest,
             digest,
@@ -454,7 +458,7 @@ impl Ca {
     }
 
     pub async fn audit_verify(&self, _grant: &Grant<proof::AuditRead>) -> Result<AuditVerifyResponse, CaError> {
-        let check = self.store.verify_audit_chain().await?;
+        let check = self.core.store.verify_audit_chain().await?;
         Ok(AuditVerifyResponse {
             ok: check.first_bad_seq.is_none(),
             records: check.records,
@@ -484,7 +488,7 @@ impl Ca {
         let mut scanned = 0usize;
         while out.len() < limit && scanned < AUDIT_SCAN_LIMIT {
             let until = filter.until.unwrap_or(u64::MAX);
-            let page = self.store.audit_page(from, filter.newest_first, filter.since, until, event, PAGE).await?;
+            let page = self.core.store.audit_page(from, filter.newest_first, filter.since, until, event, PAGE).await?;
             let Some(last) = page.last() else { break };
             from = last.seq;
             scanned += page.len();
@@ -533,6 +537,7 @@ impl Ca {
         limit: u32,
     ) -> Result<Vec<AuditRecord>, CaError> {
         Ok(self
+            .core
             .store
             .audit_records(after, limit.clamp(1, 1000))
             .await?

@@ -1,15 +1,14 @@
 //! Logging in and recognising callers: passwords become short-lived API sessions whose
 //! bearer token is stored only as a SHA-256 hash.
 
-use super::Ca;
+use super::IdentityService;
 use crate::audit::{self, AuditEvent, sanitize};
 use crate::error::CaError;
 use crate::identity::{AuthFailure, Vouched};
 use crate::store::{self, AccountClaim, SessionRow};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use portcullis_policies::proof::Proof;
-use portcullis_policies::{Grant, Identity, Permission, USER_NAME_RULE, UserSource, parse_account, valid_user_name};
+use portcullis_policies::{Identity, Permission, USER_NAME_RULE, UserSource, parse_account, valid_user_name};
 use portcullis_proto::{LoginResponse, WhoAmI};
 use portcullis_sshcert::random_bytes;
 use secrecy::{ExposeSecret, SecretString};
@@ -85,7 +84,7 @@ pub(crate) fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Why a directory account may no longer act (see [`Ca::recheck_directory`]).
+/// Why a directory account may no longer act (see [`IdentityService::recheck_directory`]).
 pub(crate) struct Refusal {
     /// The audit reason code.
     pub(crate) reason: &'static str,
@@ -117,7 +116,7 @@ fn sign_in_name(typed: &str, source: Option<UserSource>) -> Result<(Option<UserS
     }
 }
 
-impl Ca {
+impl IdentityService {
     pub async fn login_password(
         &self,
         typed: &str,
@@ -152,7 +151,7 @@ impl Ca {
         client_ip: &str,
     ) -> Result<LoginResponse, CaError> {
         crate::validate::identifier("user name", typed)?;
-        let now = self.now();
+        let now = self.core.now();
         let ip_key = format!("ip:{client_ip}");
         let limited = self.ip_attempts.blocked(&ip_key, now);
         self.ip_attempts.hit(&ip_key, now);
@@ -232,9 +231,9 @@ impl Ca {
             Err(failure) => return Ok(local(failure)),
         };
         let Some(old_hash) = user.password_hash.as_deref() else { return Ok(local(AuthFailure::BadPassword)) };
-        let new_hash = self.hash(new).await?;
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let new_hash = super::admin::hash_new_password(new).await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         if !store::replace_own_password(tx.conn(), name, old_hash, &new_hash, now).await? {
             return Ok(local(AuthFailure::BadPassword));
         }
@@ -252,7 +251,7 @@ impl Ca {
     /// first; another subject is refused (see [`store::claim_account`]).
     pub(super) async fn open_session(&self, vouched: Vouched, client_ip: &str) -> Result<LoginResponse, CaError> {
         let Vouched { identity, subject, authenticated_at } = vouched;
-        let now = self.now();
+        let now = self.core.now();
         let token = random_token("pcs_");
         let session = SessionRow {
             username: identity.username,
@@ -262,7 +261,7 @@ impl Ca {
             // Never later than now, whatever an IdP claims.
             authenticated_at: authenticated_at.map_or(now, |t| t.min(now)),
         };
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         if session.source != UserSource::Local.as_str() {
             let claim = store::claim_account(tx.conn(), &session.username, &session.source, &subject, now).await?;
             if claim == AccountClaim::Taken {
@@ -291,7 +290,7 @@ impl Ca {
         )
         .await?;
         tx.commit().await?;
-        self.counters.sign_ins.inc(&[("source", &session.source)]);
+        self.core.counters.sign_ins.inc(&[("source", &session.source)]);
         Ok(LoginResponse { token: token.into(), username: session.username, expires_at: session.expires_at })
     }
 
@@ -336,14 +335,14 @@ impl Ca {
             client_ip: client_ip.to_owned(),
             reason,
         };
-        self.audit_refusal(client_ip, reason, &username, event).await
+        self.core.audit_refusal(client_ip, reason, &username, event).await
     }
 
     /// Resolves a bearer token. Local users are re-read on every call, so disabling a
     /// user or changing their groups takes effect at their next request.
     pub async fn caller(&self, token: &str) -> Result<Caller, CaError> {
         let hash = token_hash(token);
-        let (session, user) = self.store.session(&hash, self.now()).await?.ok_or(CaError::Unauthenticated)?;
+        let (session, user) = self.core.store.session(&hash, self.core.now()).await?.ok_or(CaError::Unauthenticated)?;
         let groups = match UserSource::parse(&session.source) {
             // Fast path: the user row came with the session lookup.
             Some(UserSource::Local) => match user {
@@ -363,7 +362,7 @@ impl Ca {
                         source: session.source.clone(),
                         reason: refusal.reason,
                     };
-                    self.audit_alone(event).await?;
+                    self.core.audit_alone(event).await?;
                     return Err(if refusal.unavailable { CaError::Unavailable } else { CaError::Unauthenticated });
                 }
             },
@@ -389,7 +388,7 @@ impl Ca {
     /// an older "no".
     pub(crate) async fn recheck_directory(&self, account: &str) -> Result<Result<Vec<String>, Refusal>, CaError> {
         let answer = self.ask_directory(account).await?;
-        self.directory_answers.remember(account, self.now(), &answer);
+        self.directory_answers.remember(account, self.core.now(), &answer);
         Ok(answer)
     }
 
@@ -403,7 +402,7 @@ impl Ca {
         };
         match directory.refresh(name).await {
             Ok(Some(vouched)) => {
-                if self.store.account_subject(account).await?.as_deref() != Some(vouched.subject.as_str()) {
+                if self.core.store.account_subject(account).await?.as_deref() != Some(vouched.subject.as_str()) {
                     return refuse("account_taken", "the account now belongs to another directory entry");
                 }
                 Ok(Ok(vouched.identity.groups.into_iter().collect()))
@@ -423,7 +422,7 @@ impl Ca {
     }
 
     /// Whether a directory account may still open a bastion session or redeem a console
-    /// ticket: the source is asked again (as [`Ca::caller`] does for API requests), so a
+    /// ticket: the source is asked again (as [`IdentityService::caller`] does for API requests), so a
     /// user locked, removed or told to change their password in the directory since the
     /// certificate or ticket was issued is refused. `Some(text)`: refused, with the text
     /// for the denial. Local users are checked by the callers against the store; OIDC
@@ -442,13 +441,13 @@ impl Ca {
             source: source.to_owned(),
             reason: refusal.reason,
         };
-        self.audit_alone(event).await?;
+        self.core.audit_alone(event).await?;
         Ok(Some(refusal.text))
     }
 
     pub async fn logout(&self, caller: &Caller) -> Result<(), CaError> {
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         store::revoke_session(tx.conn(), &caller.token_hash, now).await?;
         audit::record(tx.conn(), now, &AuditEvent::Logout { username: caller.identity.username.clone() }).await?;
         tx.commit().await?;
@@ -456,7 +455,7 @@ impl Ca {
     }
 
     pub fn whoami(&self, caller: &Caller) -> WhoAmI {
-        let policy = self.policy();
+        let policy = self.core.policy();
         WhoAmI {
             username: caller.identity.username.clone(),
             source: caller.identity.source.clone(),
@@ -470,11 +469,6 @@ impl Ca {
             session_expires_at: caller.expires_at,
             authenticated_at: caller.authenticated_at,
         }
-    }
-
-    /// The proof an administrative operation needs.
-    pub fn authorize<P: Proof>(&self, caller: &Caller) -> Result<Grant<P>, CaError> {
-        self.policy().authorize::<P>(&caller.identity).map_err(CaError::Denied)
     }
 }
 

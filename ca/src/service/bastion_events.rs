@@ -45,7 +45,13 @@ impl Ca {
             .iter()
             .any(|e| matches!(e, BastionAuditEvent::BrokerConnected { .. } | BastionAuditEvent::BrokerFailed { .. }));
         let leases: BTreeMap<String, LeaseRow> = if needs_leases {
-            self.store.bastion_leases(&bastion.name).await?.into_iter().map(|l| (l.session_id.clone(), l)).collect()
+            self.core
+                .store
+                .bastion_leases(&bastion.name)
+                .await?
+                .into_iter()
+                .map(|l| (l.session_id.clone(), l))
+                .collect()
         } else {
             BTreeMap::new()
         };
@@ -143,9 +149,9 @@ impl Ca {
         if events.is_empty() {
             return Ok(());
         }
-        let now = self.now();
+        let now = self.core.now();
         let records: Vec<(u64, &AuditEvent)> = events.iter().map(|e| (now, e)).collect();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         audit::record_many(tx.conn(), &records).await?;
         // A session reached its node: the node is alive.
         for event in &events {

@@ -63,17 +63,20 @@ impl Ca {
         let key_fingerprint = fingerprint(public_key.key_data());
         let requested = request.ttl_seconds.map(Duration::from_secs).unwrap_or(self.max_cert_ttl);
         let cert_request = CertRequest { ttl: Some(requested.min(self.max_cert_ttl)), roles: request.roles.clone() };
-        let permit = match self.policy().issue_user_cert(who, &cert_request) {
+        let permit = match self.core.policy().issue_user_cert(who, &cert_request) {
             Ok(permit) => permit,
             Err(deny) => {
                 self.audit_cert_denied(&who.username, deny.reason.code(), Some(&key_fingerprint), client_ip).await?;
                 return Err(CaError::Denied(deny));
             }
         };
-        let signer =
-            self.keyring().signer(KeyPurpose::User).ok_or_else(|| CaError::Internal("no active user CA key".into()))?;
-        let now = self.now();
-        let signed = sign_user_cert(&permit, &public_key, &signer, now, self.clock_skew, new_serial())?;
+        let signer = self
+            .core
+            .keyring()
+            .signer(KeyPurpose::User)
+            .ok_or_else(|| CaError::Internal("no active user CA key".into()))?;
+        let now = self.core.now();
+        let signed = sign_user_cert(&permit, &public_key, &signer, now, self.core.clock_skew, new_serial())?;
         let principals: Vec<String> = permit.principals().iter().cloned().collect();
         let mut row = signed.row(
             &signer.fingerprint,
@@ -106,8 +109,8 @@ impl Ca {
         if self.writer.write(row, event, refused).await? == Stored::KeyRevoked {
             return Err(CaError::BadRequest("this public key has been revoked; generate a new key".into()));
         }
-        self.counters.certificates_issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.counters.issuance.observe(started.elapsed());
+        self.core.counters.certificates_issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.core.counters.issuance.observe(started.elapsed());
         Ok(UserCertResponse {
             certificate: signed
                 .certificate
@@ -128,13 +131,14 @@ impl Ca {
         key_fingerprint: Option<&str>,
         client_ip: &str,
     ) -> Result<(), CaError> {
-        self.audit_alone(AuditEvent::CertDenied {
-            username: username.to_owned(),
-            reason,
-            key_fingerprint: key_fingerprint.map(str::to_owned),
-            client_ip: client_ip.to_owned(),
-        })
-        .await?;
+        self.core
+            .audit_alone(AuditEvent::CertDenied {
+                username: username.to_owned(),
+                reason,
+                key_fingerprint: key_fingerprint.map(str::to_owned),
+                client_ip: client_ip.to_owned(),
+            })
+            .await?;
         Ok(())
     }
 
@@ -145,8 +149,8 @@ impl Ca {
         grant: &Grant<proof::CertsRevoke>,
         request: &RevokeRequest,
     ) -> Result<RevokeResponse, CaError> {
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         let (target_desc, certificates, key_revoked) = match (&request.serial, &request.public_key, &request.username) {
             (Some(serial), None, None) => {
                 let serial: u64 =
@@ -190,12 +194,12 @@ impl Ca {
         let serial: u64 =
             request.serial.trim().parse().map_err(|_| CaError::BadRequest("serial must be a decimal number".into()))?;
         let not_found = CaError::NotFound("unrevoked, unexpired certificate of yours with that serial");
-        let owned = self.store.certificate(serial).await?.is_some_and(|c| c.username == caller.identity.username);
+        let owned = self.core.store.certificate(serial).await?.is_some_and(|c| c.username == caller.identity.username);
         if !owned {
             return Err(not_found);
         }
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         let n = store::revoke_certs(tx.conn(), &RevokeTarget::Serial(serial), now).await?;
         if n == 0 {
             return Err(not_found);
@@ -208,19 +212,19 @@ impl Ca {
 
     /// The current KRL in OpenSSH's binary format.
     pub async fn krl(&self) -> Result<Arc<Vec<u8>>, CaError> {
-        let now = self.now();
-        let (version, changed_at) = self.store.krl_version().await?;
+        let now = self.core.now();
+        let (version, changed_at) = self.core.store.krl_version().await?;
         {
             let cache = self.krl_cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(c) = cache.as_ref().filter(|c| c.version == version && now < c.built_at + KRL_MAX_AGE) {
                 return Ok(Arc::clone(&c.bytes));
             }
         }
-        let keyring = self.keyring();
+        let keyring = self.core.keyring();
         // The generation date is when the revocation set last changed, so an unchanged set
         // encodes to the same bytes and nodes that refresh rewrite nothing.
         let mut krl = KrlBuilder::new(version, changed_at, "portcullis");
-        for (serial, ca_fp) in self.store.revoked_unexpired(now).await? {
+        for (serial, ca_fp) in self.core.store.revoked_unexpired(now).await? {
             let ca_key = keyring
                 .rows()
                 .iter()
@@ -230,7 +234,7 @@ impl Ca {
                 krl.revoke_serial(ca_key.key_data(), serial);
             }
         }
-        for line in self.store.revoked_keys().await? {
+        for line in self.core.store.revoked_keys().await? {
             if let Ok(key) = PublicKey::from_openssh(&line) {
                 krl.revoke_key_sha256(key.key_data());
             }
@@ -247,6 +251,7 @@ impl Ca {
         username: Option<&str>,
     ) -> Result<Vec<IssuedCert>, CaError> {
         Ok(self
+            .core
             .store
             .certificates(username)
             .await?
@@ -270,7 +275,7 @@ impl Ca {
         _grant: &Grant<proof::NodesManage>,
         name: &str,
     ) -> Result<NodePrincipals, CaError> {
-        let node = self.store.node(name).await?.ok_or(CaError::NotFound("node"))?;
+        let node = self.core.store.node(name).await?.ok_or(CaError::NotFound("node"))?;
         let lines = self.principal_lines_of(&node);
         Ok(NodePrincipals { principals: principals_only(&lines), lines, node: node.name })
     }
@@ -283,6 +288,7 @@ impl Ca {
             principal: line.principal,
         };
         let mut lines: BTreeMap<String, Vec<PrincipalLine>> = self
+            .core
             .policy()
             .node_principal_lines(&device_of(node))
             .into_iter()

@@ -72,7 +72,7 @@ impl Ca {
     /// principals file lists the discovery login).
     pub(crate) fn discovery_allowed(&self, node: &NodeRecord) -> Option<String> {
         let device = policy_device_of(node, self.default_agent.as_deref());
-        self.policy().match_rule(Purpose::InventoryEnrichment, &device).ok().map(|r| r.name().to_owned())
+        self.core.policy().match_rule(Purpose::InventoryEnrichment, &device).ok().map(|r| r.name().to_owned())
     }
 
     /// `POST /v1/bastion/discovery/claim`.
@@ -100,9 +100,9 @@ impl Ca {
         };
         let max_jobs = usize::try_from(req.max_jobs.min(MAX_JOBS_PER_CLAIM)).unwrap_or(0);
         let agents: BTreeSet<&str> = req.agents.iter().map(String::as_str).collect();
-        let now = self.now();
+        let now = self.core.now();
         let due_before = now.saturating_sub(settings.interval_secs);
-        for node in self.store.nodes().await? {
+        for node in self.core.store.nodes().await? {
             if answer.jobs.len() >= max_jobs {
                 break;
             }
@@ -121,7 +121,7 @@ impl Ca {
             }
             let run_id = hex::encode(portcullis_sshcert::random_bytes::<16>());
             // Claim first: a node that is not due costs one statement, not a signature.
-            let mut tx = self.store.begin().await?;
+            let mut tx = self.core.store.begin().await?;
             let abandoned_before = now.saturating_sub(DISCOVERY_CERT_TTL_SECS);
             if !store::claim_discovery_run(
                 tx.conn(),
@@ -140,11 +140,11 @@ impl Ca {
                 principal: node_principal(&node.name, DISCOVERY_LOGIN),
                 key_id: format!("discovery:{run_id}:{}", node.name),
             };
-            let Some(signer) = self.keyring().signer(KeyPurpose::User) else {
+            let Some(signer) = self.core.keyring().signer(KeyPurpose::User) else {
                 tracing::error!("no active user CA key for a discovery certificate");
                 return Err(CaError::Unavailable);
             };
-            let signed = sign_discovery_cert(&permit, &key, &signer, now, self.clock_skew)?;
+            let signed = sign_discovery_cert(&permit, &key, &signer, now, self.core.clock_skew)?;
             let certificate =
                 signed.certificate.to_openssh().map_err(|_| CaError::Internal("certificate encoding".into()))?;
             let row = signed.row(
@@ -199,8 +199,8 @@ impl Ca {
                 e.code()
             }),
         };
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         let mut facts = match parsed {
             Ok(facts) => facts,
             Err(reason) => {
@@ -274,7 +274,7 @@ impl Ca {
         _grant: &Grant<proof::InventoryRead>,
         device: &str,
     ) -> Result<InventoryView, CaError> {
-        let node = self.store.node(device).await?.ok_or(CaError::NotFound("node"))?;
+        let node = self.core.store.node(device).await?.ok_or(CaError::NotFound("node"))?;
         self.read_inventory(node).await
     }
 
@@ -283,7 +283,7 @@ impl Ca {
     pub(crate) async fn read_inventory(&self, node: NodeRecord) -> Result<InventoryView, CaError> {
         // One snapshot: a report committing between these reads must not pair new history
         // with old (or no) facts.
-        let mut read = self.store.read().await?;
+        let mut read = self.core.store.read().await?;
         let (facts, changed_at) = match store::inventory(read.conn(), &node.name).await? {
             Some((json, at)) => {
                 let facts: HardwareFacts =
@@ -315,7 +315,7 @@ impl Ca {
     /// Every node's current facts as flat fields (for device lists).
     pub async fn hardware_facts(&self) -> Result<std::collections::BTreeMap<String, HardwareSummary>, CaError> {
         let mut out = std::collections::BTreeMap::new();
-        for (device, json) in self.store.inventories().await? {
+        for (device, json) in self.core.store.inventories().await? {
             if let Ok(facts) = serde_json::from_str::<HardwareFacts>(&json) {
                 out.insert(device, facts.fields());
             }

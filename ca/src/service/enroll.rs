@@ -48,7 +48,7 @@ impl Ca {
         if let Some(node) = &request.node {
             crate::validate::node_name(node)?;
         }
-        let now = self.now();
+        let now = self.core.now();
         let token = random_token("pce_");
         let row = EnrollTokenRow {
             id: hex::encode(random_bytes::<8>()),
@@ -61,7 +61,7 @@ impl Ca {
             service_kind: request.service.map(|k| k.as_str().to_owned()),
             node: request.node.clone(),
         };
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         store::insert_enroll_token(tx.conn(), &token_hash(&token), &row, now).await?;
         audit::record(
             tx.conn(),
@@ -83,6 +83,7 @@ impl Ca {
 
     pub async fn enroll_tokens(&self, _grant: &Grant<proof::NodesManage>) -> Result<Vec<EnrollTokenInfo>, CaError> {
         Ok(self
+            .core
             .store
             .enroll_tokens()
             .await?
@@ -107,8 +108,8 @@ impl Ca {
 
     /// Ends a token before its time: it admits no further enrollment.
     pub async fn revoke_enroll_token(&self, grant: &Grant<proof::NodesManage>, id: &str) -> Result<(), CaError> {
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         if !store::revoke_enroll_token(tx.conn(), id).await? {
             return Err(CaError::NotFound("enrollment token"));
         }
@@ -135,9 +136,9 @@ impl Ca {
         };
         let verification_key = parse_user_public_key(&request.verification_public_key)
             .map_err(|e| CaError::BadRequest(format!("verification key: {e}")))?;
-        let existing = self.store.node(&facts.name).await?;
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let existing = self.core.store.node(&facts.name).await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         let Some(grant) = store::consume_enroll_token(tx.conn(), &token_hash(token), &facts.name, now).await? else {
             drop(tx);
             self.audit_enroll_refused("token_invalid", client_ip).await?;
@@ -204,7 +205,7 @@ impl Ca {
         let (bundle, serials) = self.bundle(tx.conn(), &node, &host_keys, now).await?;
 
         let signer =
-            self.keyring().signer(KeyPurpose::User).ok_or_else(|| CaError::Internal("no user CA key".into()))?;
+            self.core.keyring().signer(KeyPurpose::User).ok_or_else(|| CaError::Internal("no user CA key".into()))?;
         let principal = format!("pcv_{}", hex::encode(random_bytes::<8>()));
         let verification =
             sign_verification_cert(&verification_key, &node.name, &node.addresses, &principal, &signer, now)?;
@@ -261,8 +262,8 @@ impl Ca {
     pub async fn abort_enrollment(&self, request: &EnrollAbortRequest, client_ip: &str) -> Result<(), CaError> {
         let action = NodeProof::abort_action(&request.verification_principal);
         let node = self.verify_node_proof(&request.proof, &action, client_ip).await?;
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         let Some(attempt) =
             store::take_enroll_attempt(tx.conn(), &request.verification_principal, &node.name, now).await?
         else {
@@ -304,9 +305,9 @@ impl Ca {
         // Before a valid token the caller is anonymous: recorded once per window, then
         // counted. A token holder's refusals (a take-over attempt) are recorded each.
         if matches!(reason, "invalid_facts" | "token_invalid") {
-            self.audit_refusal(client_ip, reason, "", event).await
+            self.core.audit_refusal(client_ip, reason, "", event).await
         } else {
-            self.audit_alone(event).await
+            self.core.audit_alone(event).await
         }
     }
 
@@ -320,14 +321,14 @@ impl Ca {
         now: u64,
     ) -> Result<(NodeBundle, Vec<String>), CaError> {
         let host_signer =
-            self.keyring().signer(KeyPurpose::Host).ok_or_else(|| CaError::Internal("no host CA key".into()))?;
+            self.core.keyring().signer(KeyPurpose::Host).ok_or_else(|| CaError::Internal("no host CA key".into()))?;
         let mut principals: Vec<String> = vec![node.name.clone()];
         principals.extend(node.addresses.iter().cloned());
         let mut certificates = Vec::with_capacity(host_keys.len());
         let mut serials = Vec::new();
         for key in host_keys {
             let fp = fingerprint(key.key_data());
-            let current = self.store.host_cert(&node.name, &fp).await?.filter(|c| {
+            let current = self.core.store.host_cert(&node.name, &fp).await?.filter(|c| {
                 c.ca_fingerprint == host_signer.fingerprint
                     && c.valid_before > now.saturating_add(HOST_CERT_RENEW_BEFORE)
             });
@@ -335,7 +336,7 @@ impl Ca {
                 certificates.push(current.certificate);
                 continue;
             }
-            let signed = sign_host_cert(key, &node.name, &principals, &host_signer, now, self.clock_skew)?;
+            let signed = sign_host_cert(key, &node.name, &principals, &host_signer, now, self.core.clock_skew)?;
             let text = signed.certificate.to_openssh().map_err(|_| CaError::Internal("certificate encoding".into()))?;
             store::insert_cert(
                 conn,
@@ -361,12 +362,12 @@ impl Ca {
         let lines = self.principal_lines_of(node);
         let bundle = NodeBundle {
             node: node.name.clone(),
-            trusted_user_ca_keys: self.trusted_keys(KeyPurpose::User),
+            trusted_user_ca_keys: self.core.trusted_keys(KeyPurpose::User),
             principals: super::certs::principals_only(&lines),
             principal_lines: lines,
             krl_base64: base64::engine::general_purpose::STANDARD.encode(krl.as_slice()),
             host_certificates: certificates,
-            trusted_host_ca_keys: self.trusted_keys(KeyPurpose::Host),
+            trusted_host_ca_keys: self.core.trusted_keys(KeyPurpose::Host),
         };
         Ok((bundle, serials))
     }
@@ -377,12 +378,13 @@ impl Ca {
             Ok(node) => return Ok(node),
             Err(reason) => reason,
         };
-        self.audit_alone(AuditEvent::NodeProofRefused {
-            node: audit::sanitize(&proof.node),
-            reason,
-            client_ip: client_ip.to_owned(),
-        })
-        .await?;
+        self.core
+            .audit_alone(AuditEvent::NodeProofRefused {
+                node: audit::sanitize(&proof.node),
+                reason,
+                client_ip: client_ip.to_owned(),
+            })
+            .await?;
         Err(CaError::Unauthenticated)
     }
 
@@ -391,7 +393,7 @@ impl Ca {
         proof: &NodeProof,
         action: &str,
     ) -> Result<Result<NodeRecord, &'static str>, CaError> {
-        let Some(node) = self.store.node(&proof.node).await? else { return Ok(Err("unknown_node")) };
+        let Some(node) = self.core.store.node(&proof.node).await? else { return Ok(Err("unknown_node")) };
         let Ok(key) = PublicKey::from_openssh(proof.host_public_key.trim()) else { return Ok(Err("bad_key")) };
         let fp = fingerprint(key.key_data());
         let registered = node
@@ -403,7 +405,7 @@ impl Ca {
             return Ok(Err("unregistered_host_key"));
         }
         let message = NodeProof::message(&proof.node, action, proof.timestamp);
-        Ok(check_signed_proof(&key, NodeProof::NAMESPACE, &message, proof.timestamp, &proof.signature, self.now())
+        Ok(check_signed_proof(&key, NodeProof::NAMESPACE, &message, proof.timestamp, &proof.signature, self.core.now())
             .map(|()| node))
     }
 
@@ -411,8 +413,8 @@ impl Ca {
     pub async fn node_refresh(&self, proof: &NodeProof, client_ip: &str) -> Result<NodeBundle, CaError> {
         let node = self.verify_node_proof(proof, "refresh", client_ip).await?;
         let host_keys: Vec<PublicKey> = node.host_keys.iter().filter_map(|k| PublicKey::from_openssh(k).ok()).collect();
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         let (bundle, serials) = self.bundle(tx.conn(), &node, &host_keys, now).await?;
         if !serials.is_empty() {
             audit::record(
@@ -434,8 +436,8 @@ impl Ca {
     /// The node leaves: it is removed from the inventory and its host certificates revoked.
     pub async fn node_deregister(&self, proof: &NodeProof, client_ip: &str) -> Result<(), CaError> {
         let node = self.verify_node_proof(proof, "deregister", client_ip).await?;
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         store::delete_node(tx.conn(), &node.name).await?;
         retire_node_certs(tx.conn(), &node.name, &format!("node:{}", node.name), now).await?;
         audit::record(

@@ -33,11 +33,9 @@ impl Ca {
     /// reasons are our own codes).
     pub async fn metrics_text(&self) -> String {
         let mut e = Exposition::default();
-        let c = &self.counters;
-        let busy: Vec<_> = [&*self.password_work, &self.directory_work, &self.idp_work]
-            .iter()
-            .map(|w| (labels(&[("work", w.name())]), w.refused()))
-            .collect();
+        let c = &self.core.counters;
+        let busy: Vec<_> =
+            self.identity.work_limits().iter().map(|w| (labels(&[("work", w.name())]), w.refused())).collect();
         e.family(
             "portcullis_ca_busy_refusals_total",
             "counter",
@@ -98,7 +96,7 @@ impl Ca {
             c.bytes_relayed.samples(),
         );
         // Gauges read from the shared database: the same on every replica.
-        let leases = self.store.leases().await.unwrap_or_default();
+        let leases = self.core.store.leases().await.unwrap_or_default();
         let mut live: BTreeMap<&str, u64> = BTreeMap::new();
         for lease in &leases {
             *live.entry(lease.mode.as_str()).or_default() += 1;
@@ -109,7 +107,7 @@ impl Ca {
             "Bastion session leases held (all bastions), by mode.",
             live.into_iter().map(|(mode, n)| (labels(&[("mode", mode)]), n)),
         );
-        if let Ok((version, _)) = self.store.krl_version().await {
+        if let Ok((version, _)) = self.core.store.krl_version().await {
             e.family(
                 "portcullis_ca_krl_version",
                 "gauge",
@@ -117,8 +115,8 @@ impl Ca {
                 [(String::new(), version)],
             );
         }
-        let cutoff = self.now().saturating_sub(portcullis_proto::bastion::LEASE_TTL_SECS);
-        if let Ok(bastions) = self.store.services(portcullis_proto::bastion::ServiceKind::Bastion.as_str()).await {
+        let cutoff = self.core.now().saturating_sub(portcullis_proto::bastion::LEASE_TTL_SECS);
+        if let Ok(bastions) = self.core.store.services(portcullis_proto::bastion::ServiceKind::Bastion.as_str()).await {
             let live = bastions.iter().filter(|b| b.last_seen.is_some_and(|t| t >= cutoff));
             let agents: std::collections::BTreeSet<&str> =
                 live.flat_map(|b| b.agents.iter().map(String::as_str)).collect();

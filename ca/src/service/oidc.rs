@@ -3,7 +3,7 @@
 //! cookie). Both end in the same API session as a password login, with source `oidc`
 //! and the groups the IdP vouched for.
 
-use super::Ca;
+use super::IdentityService;
 use super::auth::{random_token, token_hash};
 use crate::audit::{AuditEvent, sanitize};
 use crate::error::CaError;
@@ -71,7 +71,7 @@ pub enum Callback {
     Error { error: String, state: Option<String> },
 }
 
-impl Ca {
+impl IdentityService {
     fn oidc(&self) -> Result<&Oidc, CaError> {
         self.oidc.as_ref().ok_or(CaError::NotFound("OIDC sign-in"))
     }
@@ -94,7 +94,7 @@ impl Ca {
 
     /// Per-address rate limit shared with password logins.
     async fn oidc_rate_limit(&self, client_ip: &str) -> Result<(), CaError> {
-        let now = self.now();
+        let now = self.core.now();
         let ip_key = format!("ip:{client_ip}");
         let limited = self.ip_attempts.blocked(&ip_key, now);
         self.ip_attempts.hit(&ip_key, now);
@@ -113,7 +113,7 @@ impl Ca {
             client_ip: client_ip.to_owned(),
             reason,
         };
-        self.audit_refusal(client_ip, reason, &username, event).await
+        self.core.audit_refusal(client_ip, reason, &username, event).await
     }
 
     /// An IdP failure: audited with its reason, answered without the IdP's words.
@@ -164,7 +164,7 @@ impl Ca {
         let oidc = self.oidc()?;
         self.oidc_rate_limit(client_ip).await?;
         let _turn = self.idp_turn().await?;
-        let now = self.now();
+        let now = self.core.now();
         let provider = match oidc.provider().await {
             Ok(p) => p,
             Err(e) => return Err(self.idp_failure(client_ip, e).await),
@@ -184,7 +184,7 @@ impl Ca {
         let expires_in = auth.expires_in.clamp(1, 3600);
         let handle = device_handle(&auth.device_code);
         let key = token_hash(&handle);
-        let stored = self.store.insert_oidc_pending(&key, Some(interval), "", now + expires_in, now, MAX_PENDING);
+        let stored = self.core.store.insert_oidc_pending(&key, Some(interval), "", now + expires_in, now, MAX_PENDING);
         if !stored.await? {
             return Err(CaError::Unavailable);
         }
@@ -201,12 +201,12 @@ impl Ca {
     /// Polls the IdP's token endpoint once for a device sign-in.
     pub async fn oidc_device_poll(&self, handle: &str, client_ip: &str) -> Result<DevicePoll, CaError> {
         let oidc = self.oidc()?;
-        let now = self.now();
+        let now = self.core.now();
         let key = token_hash(handle);
         let device_code = device_code_of(handle).ok_or(CaError::NotFound("device sign-in (unknown or finished)"))?;
         // RFC 8628 §3.5: the client waits `interval` between polls. One that does not is
         // told to slow down here; only polls that keep the interval reach the IdP.
-        let interval = match self.store.oidc_poll_turn(&key, now).await? {
+        let interval = match self.core.store.oidc_poll_turn(&key, now).await? {
             PollTurn::Granted { interval } => interval,
             PollTurn::TooSoon { interval } => return Ok(DevicePoll::SlowDown { interval: interval.saturating_add(5) }),
             PollTurn::Expired => {
@@ -232,22 +232,22 @@ impl Ca {
             }
             Err(TokenError::OAuth(code)) if code == "slow_down" => {
                 // RFC 8628 §3.5: add five seconds to the interval for this and later polls.
-                let interval = self.store.slow_oidc_device(&key).await?.unwrap_or(DEFAULT_INTERVAL);
+                let interval = self.core.store.slow_oidc_device(&key).await?.unwrap_or(DEFAULT_INTERVAL);
                 return Ok(DevicePoll::SlowDown { interval });
             }
             Err(TokenError::OAuth(code)) if code == "access_denied" || code == "expired_token" => {
-                self.store.remove_oidc_pending(&key).await?;
+                self.core.store.remove_oidc_pending(&key).await?;
                 let reason = if code == "access_denied" { "access_denied" } else { "expired_token" };
                 self.audit_oidc_failure("-", client_ip, reason).await?;
                 return Ok(if code == "access_denied" { DevicePoll::AccessDenied } else { DevicePoll::ExpiredToken });
             }
             Err(e @ TokenError::OAuth(_)) => {
-                self.store.remove_oidc_pending(&key).await?;
+                self.core.store.remove_oidc_pending(&key).await?;
                 return Err(self.idp_failure(client_ip, e).await);
             }
             Err(e) => return Err(self.idp_failure(client_ip, e).await),
         };
-        self.store.remove_oidc_pending(&key).await?;
+        self.core.store.remove_oidc_pending(&key).await?;
         let who = match oidc.verify_id_token(&provider, &id_token, None, now).await {
             Ok(who) => who,
             Err(why) => return Err(self.token_failure(client_ip, why).await),
@@ -269,7 +269,7 @@ impl Ca {
         let redirect_url = redirect_for(oidc, host)?;
         self.oidc_rate_limit(client_ip).await?;
         let _turn = self.idp_turn().await?;
-        let now = self.now();
+        let now = self.core.now();
         let provider = match oidc.provider().await {
             Ok(p) => p,
             Err(e) => return Err(self.idp_failure(client_ip, e).await),
@@ -296,7 +296,7 @@ impl Ca {
             url.query_pairs_mut().append_pair("prompt", "login");
         }
         let (key, binding_hash) = (token_hash(&state), token_hash(&binding));
-        let stored = self.store.insert_oidc_pending(&key, None, &binding_hash, now + LOGIN_TTL, now, MAX_PENDING);
+        let stored = self.core.store.insert_oidc_pending(&key, None, &binding_hash, now + LOGIN_TTL, now, MAX_PENDING);
         if !stored.await? {
             return Err(CaError::Unavailable);
         }
@@ -316,18 +316,18 @@ impl Ca {
         // The callback arrives at the origin the start sent the IdP to, so the same
         // choice gives the same URL (the code exchange must repeat it exactly).
         let redirect_url = redirect_for(oidc, host)?;
-        let now = self.now();
+        let now = self.core.now();
         let (code, state, iss) = match callback {
             Callback::Error { error, state } => {
                 // The sign-in is over either way: forget its state.
                 if let Some(state) = state {
-                    self.store.take_oidc_login(&token_hash(&state), now).await?;
+                    self.core.store.take_oidc_login(&token_hash(&state), now).await?;
                 }
                 return Err(self.idp_failure(client_ip, TokenError::OAuth(error)).await);
             }
             Callback::Code { code, state, iss } => (code, state, iss),
         };
-        let Some(pending) = self.store.take_oidc_login(&token_hash(&state), now).await? else {
+        let Some(pending) = self.core.store.take_oidc_login(&token_hash(&state), now).await? else {
             self.audit_oidc_failure("-", client_ip, "state_invalid").await?;
             return Err(CaError::SignInFailed("unknown, expired or already used sign-in; start again".into()));
         };

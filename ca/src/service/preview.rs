@@ -19,7 +19,7 @@ impl Ca {
         _grant: &Grant<proof::PolicyRead>,
         name: Option<&str>,
     ) -> Result<Vec<RulePreview>, CaError> {
-        let policy = self.policy();
+        let policy = self.core.policy();
         let devices = self.devices().await?;
         Ok(rules_named(&policy, name)?.into_iter().map(|r| preview(&policy, r, &devices)).collect())
     }
@@ -43,7 +43,7 @@ impl Ca {
 
     /// Every device of the inventory as the policy sees it: nodes, then Proxmox VE guests.
     async fn devices(&self) -> Result<Vec<Device>, CaError> {
-        let nodes = self.store.nodes().await?;
+        let nodes = self.core.store.nodes().await?;
         let mut devices: Vec<Device> =
             nodes.iter().map(|n| policy_device_of(n, self.default_agent.as_deref())).collect();
         devices.extend(self.guest_devices().await?.into_iter().map(|(_, d)| d));

@@ -145,8 +145,8 @@ impl Ca {
     async fn recording_seal(&self, row: &RecordingRow) -> Result<RecordingSeal, CaError> {
         let master = (self.recordings.master)
             .get_or_try_init(|| async {
-                let salt = self.store.recording_key_salt(&RecordingSeal::new_salt()).await?;
-                let passphrase = self.passphrase.clone();
+                let salt = self.core.store.recording_key_salt(&RecordingSeal::new_salt()).await?;
+                let passphrase = self.core.passphrase.clone();
                 let master = tokio::task::spawn_blocking(move || RecordingSeal::master(&passphrase, &salt))
                     .await
                     .map_err(|_| CaError::Internal("recording key derivation".into()))??;
@@ -167,7 +167,7 @@ impl Ca {
         if !super::sessions::valid_session_id(session_id) {
             return Err(CaError::BadRequest("malformed session id".into()));
         }
-        let row = self.store.recording(session_id).await?;
+        let row = self.core.store.recording(session_id).await?;
         let checked = match &row {
             None => Err(refused("not_recorded")),
             Some(row) if row.bastion != bastion.name => Err(refused("not_your_session")),
@@ -192,15 +192,15 @@ impl Ca {
                     session_id: session_id.to_owned(),
                     reason,
                 };
-                let mut tx = self.store.begin().await?;
-                audit::record(tx.conn(), self.now(), &event).await?;
+                let mut tx = self.core.store.begin().await?;
+                audit::record(tx.conn(), self.core.now(), &event).await?;
                 tx.commit().await?;
                 return Err(error);
             }
         };
         let seal = self.recording_seal(row).await?;
         let sealed = seal.seal(session_id, chunk.seq, &events)?;
-        let now = self.now();
+        let now = self.core.now();
         let append = ChunkAppend {
             session_id,
             seq: chunk.seq,
@@ -210,7 +210,7 @@ impl Ca {
             truncated: chunk.truncated,
             ended_at: chunk.last.then_some(now),
         };
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         let stored = store::append_recording_chunk(tx.conn(), &append).await?;
         if stored && chunk.truncated && !row.truncated {
             let event = AuditEvent::RecordingTruncated {
@@ -232,7 +232,7 @@ impl Ca {
         user: Option<&str>,
         device: Option<&str>,
     ) -> Result<Vec<RecordingInfo>, CaError> {
-        Ok(self.store.recordings(user, device, LIST_LIMIT).await?.into_iter().map(info).collect())
+        Ok(self.core.store.recordings(user, device, LIST_LIMIT).await?.into_iter().map(info).collect())
     }
 
     /// `GET /v1/admin/recordings/{session_id}`: the whole recording as an asciicast v2
@@ -242,7 +242,7 @@ impl Ca {
         grant: &Grant<proof::RecordingsRead>,
         session_id: &str,
     ) -> Result<(RecordingInfo, String), CaError> {
-        let row = self.store.recording(session_id).await?.ok_or(CaError::NotFound("recording"))?;
+        let row = self.core.store.recording(session_id).await?.ok_or(CaError::NotFound("recording"))?;
         let seal = self.recording_seal(&row).await?;
         let (cols, rows) = row.size.unwrap_or((80, 24));
         let title = match &row.login {
@@ -253,7 +253,7 @@ impl Ca {
             "version": 2, "width": cols, "height": rows, "timestamp": row.started_at, "title": title,
         });
         let mut cast = format!("{header}\n");
-        for (seq, sealed) in self.store.recording_chunks(session_id).await? {
+        for (seq, sealed) in self.core.store.recording_chunks(session_id).await? {
             cast.push_str(&seal.open(session_id, seq, &sealed)?);
         }
         let event = AuditEvent::RecordingPlayed {
@@ -262,17 +262,17 @@ impl Ca {
             user: row.username.clone(),
             device: row.device.clone(),
         };
-        let mut tx = self.store.begin().await?;
-        audit::record(tx.conn(), self.now(), &event).await?;
+        let mut tx = self.core.store.begin().await?;
+        audit::record(tx.conn(), self.core.now(), &event).await?;
         tx.commit().await?;
         Ok((info(row), cast))
     }
 
     /// Deletes the recordings older than the retention period (the housekeeping timer).
     pub(super) async fn expire_recordings(&self) -> Result<(), CaError> {
-        let now = self.now();
+        let now = self.core.now();
         let retention = self.recordings.retention.as_secs();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         let count = store::delete_recordings_before(tx.conn(), now.saturating_sub(retention)).await?;
         if count > 0 {
             let event = AuditEvent::RecordingsExpired { count, retention_secs: retention };

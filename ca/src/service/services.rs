@@ -102,27 +102,30 @@ impl Ca {
         let key = match validate(kind, &request.name, &request.public_key, request.agent_endpoint.as_deref()) {
             Ok(key) => key,
             Err(e) => {
-                self.audit_refusal(client_ip, "invalid_request", &sanitize(&request.name), refuse("invalid_request"))
+                self.core
+                    .audit_refusal(client_ip, "invalid_request", &sanitize(&request.name), refuse("invalid_request"))
                     .await?;
                 return Err(e);
             }
         };
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         let Some(grant) = store::consume_service_token(tx.conn(), &token_hash(token), kind.as_str(), now).await? else {
             drop(tx);
-            self.audit_refusal(client_ip, "token_invalid", &sanitize(&request.name), refuse("token_invalid")).await?;
+            self.core
+                .audit_refusal(client_ip, "token_invalid", &sanitize(&request.name), refuse("token_invalid"))
+                .await?;
             return Err(CaError::Unauthenticated);
         };
         // A registered name is re-enrolled only by a holder of the private key: the
         // public key alone (a bastion's is its SSH host key) proves nothing. Checked
         // after the token, so only a token holder learns that a name exists; the
         // refusal rolls the token's use back.
-        if self.store.service(kind.as_str(), &request.name).await?.is_some()
+        if self.core.store.service(kind.as_str(), &request.name).await?.is_some()
             && !service_proof_valid(request, &key, token, now)
         {
             drop(tx);
-            self.audit_alone(refuse("name_taken")).await?;
+            self.core.audit_alone(refuse("name_taken")).await?;
             return Err(CaError::Conflict(format!(
                 "a {} with this name is enrolled; re-enrolling needs a proof by its key",
                 kind.as_str()
@@ -135,7 +138,7 @@ impl Ca {
         let Some(response) = registered else {
             // Rolls back the token use too: a refused take-over costs the token nothing.
             drop(tx);
-            self.audit_alone(refuse("name_taken")).await?;
+            self.core.audit_alone(refuse("name_taken")).await?;
             return Err(CaError::Conflict(format!("a {} with this name is enrolled with another key", kind.as_str())));
         };
         tx.commit().await?;
@@ -162,7 +165,7 @@ impl Ca {
         agent_endpoint: Option<&str>,
     ) -> Result<ServiceEnrollResponse, CaError> {
         let key = validate(kind, name, public_key, agent_endpoint)?;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         let response = self
             .register(&mut tx, kind, name, &key, agent_endpoint, true, SYSTEM_ACTOR, "local")
             .await?
@@ -184,12 +187,12 @@ impl Ca {
         actor: &str,
         client_ip: &str,
     ) -> Result<Option<ServiceEnrollResponse>, CaError> {
-        let now = self.now();
+        let now = self.core.now();
         let key_fingerprint = fingerprint(key.key_data());
         let public_key = PublicKey::new(key.key_data().clone(), "")
             .to_openssh()
             .map_err(|_| CaError::Internal("key encoding".into()))?;
-        let new = self.store.service(kind.as_str(), name).await?.is_none();
+        let new = self.core.store.service(kind.as_str(), name).await?.is_none();
         let row = ServiceRow {
             kind: kind.as_str().to_owned(),
             name: name.to_owned(),
@@ -227,7 +230,7 @@ impl Ca {
                 .certificate
                 .to_openssh()
                 .map_err(|_| CaError::Internal("certificate encoding".into()))?,
-            internal_ca_keys: self.trusted_keys(KeyPurpose::Internal),
+            internal_ca_keys: self.core.trusted_keys(KeyPurpose::Internal),
         }))
     }
 
@@ -241,12 +244,13 @@ impl Ca {
         now: u64,
     ) -> Result<SignedCert, CaError> {
         let signer = self
+            .core
             .keyring()
             .signer(KeyPurpose::Internal)
             .ok_or_else(|| CaError::Internal("no active internal CA key".into()))?;
         let principal = service_principal(kind, name);
         let key_id = format!("service:{}:{name}", kind.as_str());
-        let signed = sign_service_cert(key, &key_id, &principal, &signer, now, self.clock_skew)?;
+        let signed = sign_service_cert(key, &key_id, &principal, &signer, now, self.core.clock_skew)?;
         store::insert_cert(
             tx.conn(),
             &signed.row(&signer.fingerprint, cert_owner(kind, name), vec![principal], Vec::new(), now),
@@ -257,7 +261,7 @@ impl Ca {
 
     /// Resolves a service's bearer token. Never logged; unknown → 401.
     pub async fn service_caller(&self, token: &str) -> Result<ServiceCaller, CaError> {
-        let row = self.store.service_by_token(&token_hash(token)).await?.ok_or(CaError::Unauthenticated)?;
+        let row = self.core.store.service_by_token(&token_hash(token)).await?.ok_or(CaError::Unauthenticated)?;
         let kind = kind_of(&row.kind).ok_or(CaError::Unauthenticated)?;
         Ok(ServiceCaller { kind, name: row.name })
     }
@@ -267,14 +271,14 @@ impl Ca {
         &self,
         caller: &ServiceCaller,
     ) -> Result<ServiceCertificateResponse, CaError> {
-        let row = self.store.service(caller.kind.as_str(), &caller.name).await?.ok_or(CaError::Unauthenticated)?;
+        let row = self.core.store.service(caller.kind.as_str(), &caller.name).await?.ok_or(CaError::Unauthenticated)?;
         let key =
             PublicKey::from_openssh(&row.public_key).map_err(|_| CaError::Internal("stored service key".into()))?;
-        if self.store.is_key_revoked(&row.key_fingerprint).await? {
+        if self.core.store.is_key_revoked(&row.key_fingerprint).await? {
             return Err(CaError::Forbidden("this service's key has been revoked; enroll again with a new key"));
         }
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         let signed = self.sign_internal(&mut tx, caller.kind, &caller.name, &key, now).await?;
         store::touch_service(tx.conn(), caller.kind.as_str(), &caller.name, now).await?;
         audit::record(
@@ -301,6 +305,7 @@ impl Ca {
     /// `GET /v1/services/bastions`: where agents dial, with the host key to expect.
     pub async fn bastion_directory(&self) -> Result<Vec<BastionDirectoryEntry>, CaError> {
         Ok(self
+            .core
             .store
             .services(ServiceKind::Bastion.as_str())
             .await?
@@ -316,8 +321,8 @@ impl Ca {
     /// bastions from the CA instead of trusting them on first use.
     pub async fn bastion_host_keys(&self) -> Result<String, CaError> {
         let mut out = String::new();
-        for b in self.store.services(ServiceKind::Bastion.as_str()).await? {
-            if self.store.is_key_revoked(&b.key_fingerprint).await? {
+        for b in self.core.store.services(ServiceKind::Bastion.as_str()).await? {
+            if self.core.store.is_key_revoked(&b.key_fingerprint).await? {
                 continue;
             }
             let mut fields = b.public_key.split_whitespace();
@@ -332,8 +337,9 @@ impl Ca {
     /// it, and, for the configured default agent, those assigned to none), at their SSH port.
     pub async fn agent_targets(&self, caller: &ServiceCaller) -> Result<Vec<AgentTarget>, CaError> {
         let is_default = self.default_agent.as_deref() == Some(caller.name.as_str());
-        let policy = self.policy();
+        let policy = self.core.policy();
         let targets = self
+            .core
             .store
             .nodes()
             .await?
@@ -358,8 +364,8 @@ impl Ca {
                 AgentTarget { port: n.ssh_port_or_default(), device: n.name, addresses: n.addresses, api_ports }
             })
             .collect();
-        let mut tx = self.store.begin().await?;
-        store::touch_service(tx.conn(), caller.kind.as_str(), &caller.name, self.now()).await?;
+        let mut tx = self.core.store.begin().await?;
+        store::touch_service(tx.conn(), caller.kind.as_str(), &caller.name, self.core.now()).await?;
         tx.commit().await?;
         Ok(targets)
     }
@@ -367,8 +373,8 @@ impl Ca {
     /// Bastions heard from within a lease's lifetime, each with the agents it reported
     /// connected in that heartbeat.
     pub(crate) async fn live_bastions(&self) -> Result<Vec<store::ServiceRow>, CaError> {
-        let cutoff = self.now().saturating_sub(LEASE_TTL_SECS);
-        let mut bastions = self.store.services(ServiceKind::Bastion.as_str()).await?;
+        let cutoff = self.core.now().saturating_sub(LEASE_TTL_SECS);
+        let mut bastions = self.core.store.services(ServiceKind::Bastion.as_str()).await?;
         bastions.retain(|b| b.last_seen.is_some_and(|t| t >= cutoff));
         Ok(bastions)
     }
@@ -384,6 +390,7 @@ impl Ca {
             ServiceKind::Bastion => Vec::new(),
         };
         Ok(self
+            .core
             .store
             .services(kind.as_str())
             .await?

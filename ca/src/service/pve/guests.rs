@@ -41,6 +41,6 @@ fn guest_device(g: &store::GuestRow) -> Option<Device> {
 impl Ca {
     /// Every collected guest as a device.
     pub(crate) async fn guest_devices(&self) -> Result<Vec<(store::GuestRow, Device)>, CaError> {
-        Ok(self.store.guests().await?.into_iter().filter_map(|g| guest_device(&g).map(|d| (g, d))).collect())
+        Ok(self.core.store.guests().await?.into_iter().filter_map(|g| guest_device(&g).map(|d| (g, d))).collect())
     }
 }

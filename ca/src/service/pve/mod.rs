@@ -80,12 +80,12 @@ impl Ca {
         }
         let max_jobs = usize::try_from(req.max_jobs.min(MAX_PVE_JOBS_PER_CLAIM)).unwrap_or(0);
         let agents: BTreeSet<&str> = req.agents.iter().map(String::as_str).collect();
-        let policy = self.policy();
-        let now = self.now();
+        let policy = self.core.policy();
+        let now = self.core.now();
         let (due_before, abandoned_before) = self.run_window(now);
         // One decryption per secret per claim.
         let mut unsealed: HashMap<String, Option<(SecretRow, SecretString, TlsPolicy)>> = HashMap::new();
-        for node in self.store.nodes().await? {
+        for node in self.core.store.nodes().await? {
             if answer.jobs.len() + answer.probes.len() >= max_jobs {
                 break;
             }
@@ -125,7 +125,7 @@ impl Ca {
                 continue;
             };
             let run_id = hex::encode(portcullis_sshcert::random_bytes::<16>());
-            let mut tx = self.store.begin().await?;
+            let mut tx = self.core.store.begin().await?;
             if !store::claim_pve_run(tx.conn(), &node.name, &run_id, &bastion.name, now, due_before, abandoned_before)
                 .await?
             {
@@ -170,7 +170,7 @@ impl Ca {
     async fn claim_probe(&self, device: &str, bastion: &str, now: u64) -> Result<Option<String>, CaError> {
         let run_id = hex::encode(portcullis_sshcert::random_bytes::<16>());
         let (due_before, abandoned_before) = self.run_window(now);
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         let claimed =
             store::claim_pve_run(tx.conn(), device, &run_id, bastion, now, due_before, abandoned_before).await?;
         tx.commit().await?;
@@ -186,11 +186,11 @@ impl Ca {
         if !portcullis_proto::discovery::valid_run_id(&req.run_id) || !valid_name(&req.device) {
             return Err(CaError::BadRequest("invalid collection report".into()));
         }
-        let now = self.now();
+        let now = self.core.now();
         let (mut inventory, failures, write_privileges) = match &req.outcome {
             PveOutcome::Failed { reason } => {
                 let reason = reason.as_str();
-                let mut tx = self.store.begin().await?;
+                let mut tx = self.core.store.begin().await?;
                 if !store::finish_pve_run(tx.conn(), &req.device, &req.run_id, &bastion.name, now, reason, None, None)
                     .await?
                 {
@@ -216,7 +216,7 @@ impl Ca {
         };
         check(&inventory, &failures, &write_privileges).map_err(|e| CaError::BadRequest(format!("report: {e}")))?;
         normalize(&mut inventory);
-        let node = self.store.node(&req.device).await?.ok_or(CaError::NotFound("node"))?;
+        let node = self.core.store.node(&req.device).await?.ok_or(CaError::NotFound("node"))?;
         let agent = policy_device_of(&node, self.default_agent.as_deref()).agent.unwrap_or_default();
         let cluster_id = format!("{agent}/{}", inventory.cluster);
         let warnings = Warnings {
@@ -224,7 +224,7 @@ impl Ca {
             write_privileges: write_privileges.clone(),
         };
         let warnings_json = serde_json::to_string(&warnings).map_err(|_| CaError::Internal("warnings".into()))?;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         let previous_warnings = store::pve_run_warnings(tx.conn(), &req.device).await?;
         let old = store::load_cluster(tx.conn(), &cluster_id).await?.map(|(_, mut inv)| {
             normalize(&mut inv);
@@ -310,13 +310,13 @@ impl Ca {
         cert_sha256: Option<&str>,
     ) -> Result<PveReportResponse, CaError> {
         let cert = cert_sha256.and_then(normalize_sha256);
-        let now = self.now();
+        let now = self.core.now();
         let result = if candidate { "candidate" } else { "not_candidate" };
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         if !store::finish_pve_run(tx.conn(), &req.device, &req.run_id, &bastion.name, now, result, None, None).await? {
             return Err(CaError::NotFound("open collection run"));
         }
-        let mut node = self.store.node(&req.device).await?.ok_or(CaError::NotFound("node"))?;
+        let mut node = self.core.store.node(&req.device).await?.ok_or(CaError::NotFound("node"))?;
         let value = candidate.to_string();
         if node.metadata.get(CANDIDATE_KEY) != Some(&value) {
             node.metadata.insert(CANDIDATE_KEY.to_owned(), value);
@@ -340,9 +340,10 @@ impl Ca {
     /// `GET /v1/admin/inventory/clusters`.
     pub async fn clusters(&self, _grant: &Grant<proof::InventoryRead>) -> Result<Vec<ClusterSummary>, CaError> {
         let counts: HashMap<String, (u64, u64)> =
-            self.store.cluster_counts().await?.into_iter().map(|(id, n, g)| (id, (n, g))).collect();
-        let runs = self.store.pve_runs().await?;
+            self.core.store.cluster_counts().await?.into_iter().map(|(id, n, g)| (id, (n, g))).collect();
+        let runs = self.core.store.pve_runs().await?;
         Ok(self
+            .core
             .store
             .clusters()
             .await?
@@ -356,10 +357,10 @@ impl Ca {
 
     /// `GET /v1/admin/inventory/clusters/{agent}/{cluster}`.
     pub async fn cluster_view(&self, _grant: &Grant<proof::InventoryRead>, id: &str) -> Result<ClusterView, CaError> {
-        let (row, inventory) = self.store.cluster(id).await?.ok_or(CaError::NotFound("cluster"))?;
-        let runs = self.store.pve_runs().await?;
+        let (row, inventory) = self.core.store.cluster(id).await?.ok_or(CaError::NotFound("cluster"))?;
+        let runs = self.core.store.pve_runs().await?;
         let (mut node_links, mut ambiguous_nodes) = (BTreeMap::new(), BTreeMap::new());
-        let enrolled = self.store.nodes().await?;
+        let enrolled = self.core.store.nodes().await?;
         for (node, link) in self.pve_links(&enrolled).await?.into_iter().filter(|(n, _)| n.cluster_id == row.id) {
             match link {
                 Link::Enrolled(name) => {
@@ -383,7 +384,7 @@ impl Ca {
     ) -> Result<Vec<(store::PveNodeRow, Link)>, CaError> {
         let enrolled: Vec<Device> =
             enrolled.iter().map(|n| policy_device_of(n, self.default_agent.as_deref())).collect();
-        Ok(links::links(self.store.pve_nodes().await?, &enrolled))
+        Ok(links::links(self.core.store.pve_nodes().await?, &enrolled))
     }
 }
 

@@ -41,7 +41,7 @@ fn tls(policy: &TlsPolicy) -> Result<String, CaError> {
 
 impl Ca {
     fn secret_info(&self, row: SecretRow) -> SecretInfo {
-        let policy = self.policy();
+        let policy = self.core.policy();
         let rules = policy
             .rules()
             .filter(|r| r.credential().is_some_and(|k| k.secret() == row.name))
@@ -64,7 +64,7 @@ impl Ca {
 
     /// `GET /v1/admin/secrets`.
     pub async fn secrets(&self, _grant: &Grant<proof::SecretsManage>) -> Result<Vec<SecretInfo>, CaError> {
-        Ok(self.store.secrets().await?.into_iter().map(|r| self.secret_info(r)).collect())
+        Ok(self.core.store.secrets().await?.into_iter().map(|r| self.secret_info(r)).collect())
     }
 
     /// `POST /v1/admin/secrets`.
@@ -81,19 +81,19 @@ impl Ca {
         secret_value(req.secret.expose())?;
         let tls_json = tls(&req.tls)?;
         let value = SecretString::from(req.secret.expose());
-        let now = self.now();
+        let now = self.core.now();
         let row = SecretRow {
             name: req.name.clone(),
             kind: req.kind.clone(),
             identity: req.identity.clone(),
-            sealed: crate::sealed::seal(&self.passphrase, &req.name, &req.kind, &value)?,
+            sealed: crate::sealed::seal(&self.core.passphrase, &req.name, &req.kind, &value)?,
             fingerprint: crate::sealed::fingerprint(&req.name, &value),
             tls_json,
             created_at: now,
             rotated_at: None,
             changed_by: grant.username().to_owned(),
         };
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         if !store::insert_secret(tx.conn(), &row).await? {
             return Err(CaError::Conflict(format!("a secret named {:?} exists; rotate it instead", req.name)));
         }
@@ -119,7 +119,7 @@ impl Ca {
     ) -> Result<SecretInfo, CaError> {
         secret_name(name)?;
         secret_value(req.secret.expose())?;
-        let mut row = self.store.secret(name).await?.ok_or(CaError::NotFound("secret"))?;
+        let mut row = self.core.store.secret(name).await?.ok_or(CaError::NotFound("secret"))?;
         if let Some(id) = &req.identity {
             identity(id)?;
             row.identity = id.clone();
@@ -128,12 +128,12 @@ impl Ca {
             row.tls_json = tls(policy)?;
         }
         let value = SecretString::from(req.secret.expose());
-        let now = self.now();
-        row.sealed = crate::sealed::seal(&self.passphrase, &row.name, &row.kind, &value)?;
+        let now = self.core.now();
+        row.sealed = crate::sealed::seal(&self.core.passphrase, &row.name, &row.kind, &value)?;
         row.fingerprint = crate::sealed::fingerprint(&row.name, &value);
         row.changed_by = grant.username().to_owned();
         row.rotated_at = Some(now);
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         if !store::rotate_secret(tx.conn(), &row, now).await? {
             return Err(CaError::NotFound("secret"));
         }
@@ -153,8 +153,8 @@ impl Ca {
     /// `DELETE /v1/admin/secrets/{name}`. Rules that name it then collect nothing (logged).
     pub async fn remove_secret(&self, grant: &Grant<proof::SecretsManage>, name: &str) -> Result<(), CaError> {
         secret_name(name)?;
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         if !store::delete_secret(tx.conn(), name).await? {
             return Err(CaError::NotFound("secret"));
         }
@@ -165,8 +165,8 @@ impl Ca {
 
     /// The decrypted token of a stored secret, for one claim.
     pub(super) async fn unseal(&self, name: &str) -> Result<Option<(SecretRow, SecretString, TlsPolicy)>, CaError> {
-        let Some(row) = self.store.secret(name).await? else { return Ok(None) };
-        let value = crate::sealed::open(&self.passphrase, &row.name, &row.kind, &row.sealed)?;
+        let Some(row) = self.core.store.secret(name).await? else { return Ok(None) };
+        let value = crate::sealed::open(&self.core.passphrase, &row.name, &row.kind, &row.sealed)?;
         let policy = serde_json::from_str(&row.tls_json).map_err(|_| CaError::Internal("stored TLS policy".into()))?;
         Ok(Some((row, value, policy)))
     }

@@ -86,7 +86,7 @@ impl Ca {
         caller: &Caller,
         inventory: Option<&Grant<proof::InventoryRead>>,
     ) -> Result<Vec<ConsoleDevice>, CaError> {
-        let policy = self.policy();
+        let policy = self.core.policy();
         let who = &caller.identity;
         let inventory = inventory.is_some();
         if !inventory && policy.holds(who, Permission::DevicesConsoleOpen).is_err() {
@@ -97,7 +97,7 @@ impl Ca {
         // view of it.
         let mut parent_of = HashMap::new();
         let mut pve_of = HashMap::new();
-        let nodes = self.store.nodes().await?;
+        let nodes = self.core.store.nodes().await?;
         for (pve, link) in self.pve_links(&nodes).await? {
             if let Link::Enrolled(name) = link {
                 parent_of.insert((pve.agent, pve.cluster.clone(), pve.name), name.clone());
@@ -107,7 +107,7 @@ impl Ca {
         let connected: std::collections::BTreeSet<String> =
             self.live_bastions().await?.into_iter().flat_map(|b| b.agents).collect();
         let up = |agent: &Option<String>| agent.as_ref().map(|a| connected.contains(a));
-        let mut last_seen = self.store.nodes_last_seen().await?;
+        let mut last_seen = self.core.store.nodes_last_seen().await?;
         let mut out = Vec::new();
         for node in nodes {
             let device = policy_device(&node, self.default_agent.as_deref());
@@ -193,36 +193,38 @@ impl Ca {
         let user = caller.identity.username.clone();
         let span = tracing::info_span!("console_ticket", %user, device = %req.device);
         let (device, login, mode) = (sanitize(&req.device), sanitize(&req.login), req.mode.as_str());
-        self.audit_alone(AuditEvent::ConsoleTicketRequested {
-            user: user.clone(),
-            device: device.clone(),
-            login: login.clone(),
-            mode,
-            client_ip: client_ip.to_owned(),
-            user_session: caller.session_ref(),
-        })
-        .await?;
+        self.core
+            .audit_alone(AuditEvent::ConsoleTicketRequested {
+                user: user.clone(),
+                device: device.clone(),
+                login: login.clone(),
+                mode,
+                client_ip: client_ip.to_owned(),
+                user_session: caller.session_ref(),
+            })
+            .await?;
         let decided = self.decide_ticket(caller, req).instrument(span.clone()).await?;
         let row = match decided {
             Ok(row) => row,
             Err(refusal) => {
                 span.in_scope(|| tracing::info!(reason = refusal.audited, "console ticket denied"));
-                self.audit_alone(AuditEvent::ConsoleTicketDenied {
-                    user,
-                    device,
-                    login,
-                    mode,
-                    reason: refusal.audited,
-                    client_ip: client_ip.to_owned(),
-                    user_session: caller.session_ref(),
-                })
-                .await?;
+                self.core
+                    .audit_alone(AuditEvent::ConsoleTicketDenied {
+                        user,
+                        device,
+                        login,
+                        mode,
+                        reason: refusal.audited,
+                        client_ip: client_ip.to_owned(),
+                        user_session: caller.session_ref(),
+                    })
+                    .await?;
                 return Err(refusal.error);
             }
         };
         let ticket = random_token("pct_");
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         store::purge_tickets(tx.conn(), now.saturating_sub(TICKET_RETENTION_SECS)).await?;
         store::insert_ticket(tx.conn(), &token_hash(&ticket), &row).await?;
         audit::record(
@@ -239,6 +241,7 @@ impl Ca {
                 client_ip: client_ip.to_owned(),
                 user_session: caller.session_ref(),
                 auth_age_secs: self
+                    .core
                     .policy()
                     .rule(&row.rule)
                     .and_then(|r| r.fresh_auth_within())
@@ -257,14 +260,14 @@ impl Ca {
 
     /// The ticket checks in the documented order; the first failure is the refusal.
     async fn decide_ticket(&self, caller: &Caller, req: &TicketRequest) -> Result<Result<TicketRow, Refusal>, CaError> {
-        let now = self.now();
+        let now = self.core.now();
         let who = &caller.identity;
         let limiter_key = format!("user:{}", who.username);
         if let Some(retry_after) = self.ticket_requests.blocked(&limiter_key, now) {
             return Ok(Err(Refusal { audited: "rate_limited", error: CaError::RateLimited { retry_after } }));
         }
         self.ticket_requests.hit(&limiter_key, now);
-        let policy = self.policy();
+        let policy = self.core.policy();
         if policy.holds(who, Permission::DevicesConsoleOpen).is_err() {
             return Ok(Err(refuse(
                 "missing_permission",
@@ -276,7 +279,7 @@ impl Ca {
             return Ok(Err(Refusal { audited: "unsupported_mode", error: CaError::UnsupportedConsoleMode }));
         }
         let unavailable = "this device is not available to you";
-        let Some(node) = self.store.node(&req.device).await? else {
+        let Some(node) = self.core.store.node(&req.device).await? else {
             return Ok(Err(self.guest_refusal(&policy, who, &req.device).await?));
         };
         let device = policy_device(&node, self.default_agent.as_deref());
@@ -350,10 +353,10 @@ impl Ca {
             return Err(CaError::BadRequest("invalid console request: session_public_key".into()));
         }
         let span = tracing::info_span!("console_open", session_id = %req.session_id, bastion = %bastion.name);
-        let now = self.now();
+        let now = self.core.now();
         // First and before anything else: consume the ticket.
         let consumed = if valid_ticket(req.ticket.expose()) {
-            let mut tx = self.store.begin().await?;
+            let mut tx = self.core.store.begin().await?;
             // Bound to the browser session that asked for it; no cookie binds to nothing.
             let binding = req.browser_session.as_deref().unwrap_or("");
             let row = store::consume_ticket(tx.conn(), &token_hash(req.ticket.expose()), &req.session_id, binding, now)
@@ -375,19 +378,23 @@ impl Ca {
             }
             Err(d) => {
                 span.in_scope(|| tracing::info!(%user, reason = d.reason, "console session denied"));
-                self.audit_alone(AuditEvent::SessionDenied {
-                    session_id: req.session_id.clone(),
-                    bastion: bastion.name.clone(),
-                    user: Some(user),
-                    device,
-                    mode: SessionMode::Console.as_str(),
-                    login: Some(login),
-                    reason: d.reason,
-                    phase: audit::failure_phase(d.reason),
-                    client_ip: req.client_ip.clone(),
-                })
-                .await?;
-                self.counters.sessions_denied.inc(&[("mode", SessionMode::Console.as_str()), ("reason", d.reason)]);
+                self.core
+                    .audit_alone(AuditEvent::SessionDenied {
+                        session_id: req.session_id.clone(),
+                        bastion: bastion.name.clone(),
+                        user: Some(user),
+                        device,
+                        mode: SessionMode::Console.as_str(),
+                        login: Some(login),
+                        reason: d.reason,
+                        phase: audit::failure_phase(d.reason),
+                        client_ip: req.client_ip.clone(),
+                    })
+                    .await?;
+                self.core
+                    .counters
+                    .sessions_denied
+                    .inc(&[("mode", SessionMode::Console.as_str()), ("reason", d.reason)]);
                 Err(CaError::SessionDenied { reason: d.reason, message: d.text.to_owned() })
             }
         }
@@ -401,7 +408,7 @@ impl Ca {
         now: u64,
     ) -> Result<CaError, CaError> {
         let state = if valid_ticket(req.ticket.expose()) {
-            self.store.ticket_state(&token_hash(req.ticket.expose()), now).await?
+            self.core.store.ticket_state(&token_hash(req.ticket.expose()), now).await?
         } else {
             TicketState::Unknown
         };
@@ -464,11 +471,11 @@ impl Ca {
         // Junk costs its sender nothing: recorded once per source and window, then
         // counted. A real ticket's fate is always recorded (tickets are rate-limited).
         if junk {
-            self.audit_refusal(&req.client_ip, reason, "", event).await?;
+            self.core.audit_refusal(&req.client_ip, reason, "", event).await?;
         } else {
-            self.audit_alone(event).await?;
+            self.core.audit_alone(event).await?;
         }
-        self.counters.sessions_denied.inc(&[("mode", SessionMode::Console.as_str()), ("reason", reason)]);
+        self.core.counters.sessions_denied.inc(&[("mode", SessionMode::Console.as_str()), ("reason", reason)]);
         Ok(CaError::SessionDenied { reason, message: text.to_owned() })
     }
 
@@ -481,16 +488,16 @@ impl Ca {
         ticket: Redeemed,
     ) -> Result<Result<SessionGrant, super::admission::Denial>, CaError> {
         let ticket = ticket.into_row();
-        if self.store.user(&ticket.username).await?.is_some_and(|u| u.disabled) {
+        if self.core.store.user(&ticket.username).await?.is_some_and(|u| u.disabled) {
             return Ok(Err(denial(deny::CREDENTIAL_INVALID, "the user is disabled")));
         }
-        if self.store.session(&ticket.api_session_hash, self.now()).await?.is_none() {
+        if self.core.store.session(&ticket.api_session_hash, self.core.now()).await?.is_none() {
             return Ok(Err(denial(deny::CREDENTIAL_INVALID, "you have signed out")));
         }
-        if let Some(why) = self.directory_account_refusal(&ticket.username).await? {
+        if let Some(why) = self.identity.directory_account_refusal(&ticket.username).await? {
             return Ok(Err(denial(deny::CREDENTIAL_INVALID, why)));
         }
-        let Some(node) = self.store.node(&ticket.device).await? else {
+        let Some(node) = self.core.store.node(&ticket.device).await? else {
             return Ok(Err(denial(deny::UNKNOWN_DEVICE, "no such device")));
         };
         let target_host = node.addresses.first().cloned().unwrap_or_else(|| node.name.clone());

@@ -29,14 +29,14 @@ const RECENT_CLOSED: u32 = 20;
 impl Ca {
     /// `GET /v1/console/devices/{name}`.
     pub async fn device_details(&self, caller: &Caller, name: &str) -> Result<DeviceDetails, CaError> {
-        let policy = self.policy();
+        let policy = self.core.policy();
         let who = &caller.identity;
         let inventory = policy.authorize::<proof::InventoryRead>(who).ok();
         let listed = self.device_list(caller, inventory.as_ref()).await?.into_iter().find(|d| d.name == name);
         let device = listed.ok_or(CaError::NotFound("device"))?;
         let (node, as_policy_sees_it) = match device.guest {
             None => {
-                let node = self.store.node(name).await?.ok_or(CaError::NotFound("device"))?;
+                let node = self.core.store.node(name).await?.ok_or(CaError::NotFound("device"))?;
                 let seen = policy_device(&node, self.default_agent.as_deref());
                 (Some(node), seen)
             }
@@ -74,7 +74,7 @@ impl Ca {
         everyone: bool,
     ) -> Result<Vec<DeviceSession>, CaError> {
         let shown = |user: &str| everyone || user == who.username;
-        let mut live: Vec<DeviceSession> = (self.store.leases().await?.into_iter())
+        let mut live: Vec<DeviceSession> = (self.core.store.leases().await?.into_iter())
             .filter(|l| l.device == device.name && shown(&l.username))
             .map(|l| DeviceSession {
                 session_id: l.session_id,

@@ -3,10 +3,10 @@
 
 use super::admission::{Basis, admit, mode_from, policy_device, valid_session_id};
 use super::closed_event;
-use super::directory::Standing;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::service::Ca;
+use crate::service::directory::Standing;
 use crate::service::services::{ServiceCaller, valid_service_name};
 use crate::store::{self, LeaseCheck};
 use portcullis_policies::{Device, Identity, Policy, UserSource, parse_account};
@@ -38,14 +38,15 @@ impl Ca {
         }
         // Heartbeats are the CA's steady pulse: a finished refusal window is written here
         // even when nobody is refused any more.
-        self.flush_refusals().await?;
-        let now = self.now();
+        self.core.flush_refusals().await?;
+        let now = self.core.now();
         let cutoff = now.saturating_sub(LEASE_TTL_SECS);
         let listed: BTreeMap<&str, &LiveSession> = req.sessions.iter().map(|s| (s.session_id.as_str(), s)).collect();
         let agents: Vec<String> = req.agents.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
 
         // One read for all of this bastion's leases, with what the close decision needs.
         let checks: BTreeMap<String, LeaseCheck> = self
+            .core
             .store
             .lease_checks(&bastion.name, now)
             .await?
@@ -72,7 +73,7 @@ impl Ca {
                 });
             }
         }
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         lost.extend(store::heartbeat_leases(tx.conn(), &bastion.name, now, cutoff, &due).await?);
         store::record_bastion_heartbeat(tx.conn(), &bastion.name, &agents, now).await?;
         for agent in &agents {
@@ -89,9 +90,9 @@ impl Ca {
             .map(|c| c.lease.username.as_str())
             .filter(|u| matches!(parse_account(u), Some((UserSource::Ldap, _))))
             .collect();
-        let standings = self.directory_standings(&directory_accounts).await?;
+        let standings = self.identity.directory_standings(&directory_accounts).await?;
 
-        let policy = self.policy();
+        let policy = self.core.policy();
         // Every lease on a node sees the same record (one statement read them all), so
         // the node is turned into the policy's view of it once per heartbeat.
         let mut devices: HashMap<&str, Device> = HashMap::new();
@@ -132,7 +133,7 @@ impl Ca {
         }
         // The bastion enforces the absolute limit itself; this is the backstop that holds
         // even if it does not (a bug, a clock jump on its side).
-        if self.now() >= lease.absolute_deadline {
+        if self.core.now() >= lease.absolute_deadline {
             return Some(CloseReason::AbsoluteTimeout);
         }
         // A console session opened with a ticket names no user certificate: its
@@ -171,11 +172,11 @@ impl Ca {
 
     /// Audits console tickets that expired unused (a few per heartbeat, each once).
     async fn audit_lapsed_tickets(&self, now: u64) -> Result<(), CaError> {
-        let lapsed = self.store.lapsed_tickets(now, 100).await?;
+        let lapsed = self.core.store.lapsed_tickets(now, 100).await?;
         if lapsed.is_empty() {
             return Ok(());
         }
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         for t in lapsed {
             if !store::claim_lapsed_ticket(tx.conn(), &t.ticket_hash).await? {
                 continue;
@@ -199,19 +200,19 @@ impl Ca {
     /// finished window's refusal summary, forgets expired OIDC sign-ins in progress, and
     /// deletes recordings past their retention.
     pub async fn housekeeping(&self) -> Result<(), CaError> {
-        self.flush_refusals().await?;
-        self.store.purge_oidc_pending(self.now()).await?;
+        self.core.flush_refusals().await?;
+        self.core.store.purge_oidc_pending(self.core.now()).await?;
         self.purge_connection_proofs().await?;
         self.expire_recordings().await?;
-        self.sweep_leases(self.now().saturating_sub(LEASE_TTL_SECS)).await
+        self.sweep_leases(self.core.now().saturating_sub(LEASE_TTL_SECS)).await
     }
 
     /// Deletes every lease not heartbeated since `cutoff`, one transaction each (so no
     /// transaction holds counters of several leases), releasing its slots.
     async fn sweep_leases(&self, cutoff: u64) -> Result<(), CaError> {
-        for id in self.store.stale_leases(cutoff).await? {
-            let now = self.now();
-            let mut tx = self.store.begin().await?;
+        for id in self.core.store.stale_leases(cutoff).await? {
+            let now = self.core.now();
+            let mut tx = self.core.store.begin().await?;
             let mut reclaimed = None;
             if let Some(lease) = store::sweep_lease(tx.conn(), &id, cutoff).await? {
                 store::end_recording(tx.conn(), &lease.session_id, now).await?;

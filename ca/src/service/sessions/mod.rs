@@ -15,14 +15,12 @@
 mod admission;
 mod console;
 mod details;
-mod directory;
 mod heartbeat;
 mod proof;
 
 use super::permits::SessionPermit;
 pub(crate) use admission::policy_device as policy_device_of;
 pub(crate) use admission::valid_session_id;
-pub(crate) use directory::DirectoryAnswers;
 
 use super::Ca;
 use super::services::ServiceCaller;
@@ -115,7 +113,7 @@ fn closed_event(lease: &LeaseRow, reason: CloseReason, from: u64, to: u64, durat
 impl Ca {
     /// Counts a committed close in `/metrics`.
     fn count_close(&self, lease: &LeaseRow, reason: CloseReason, from_client: u64, to_client: u64) {
-        let c = &self.counters;
+        let c = &self.core.counters;
         c.sessions_closed.inc(&[("mode", &lease.mode), ("reason", reason.as_str())]);
         c.bytes_relayed.add(&[("direction", "from_client")], from_client);
         c.bytes_relayed.add(&[("direction", "to_client")], to_client);
@@ -138,19 +136,20 @@ impl Ca {
             }
             Err(d) => {
                 span.in_scope(|| tracing::info!(reason = d.reason, "session denied"));
-                self.audit_alone(AuditEvent::SessionDenied {
-                    session_id: req.session_id.clone(),
-                    bastion: bastion.name.clone(),
-                    user,
-                    device: sanitize(&req.device),
-                    mode: req.mode.as_str(),
-                    login: req.login.clone(),
-                    reason: d.reason,
-                    phase: audit::failure_phase(d.reason),
-                    client_ip: req.client_ip.clone(),
-                })
-                .await?;
-                self.counters.sessions_denied.inc(&[("mode", req.mode.as_str()), ("reason", d.reason)]);
+                self.core
+                    .audit_alone(AuditEvent::SessionDenied {
+                        session_id: req.session_id.clone(),
+                        bastion: bastion.name.clone(),
+                        user,
+                        device: sanitize(&req.device),
+                        mode: req.mode.as_str(),
+                        login: req.login.clone(),
+                        reason: d.reason,
+                        phase: audit::failure_phase(d.reason),
+                        client_ip: req.client_ip.clone(),
+                    })
+                    .await?;
+                self.core.counters.sessions_denied.inc(&[("mode", req.mode.as_str()), ("reason", d.reason)]);
                 Err(CaError::SessionDenied { reason: d.reason, message: d.text.to_owned() })
             }
         }
@@ -166,7 +165,7 @@ impl Ca {
         port: Option<u16>,
         user: &mut Option<String>,
     ) -> Result<Result<SessionGrant, Denial>, CaError> {
-        let now = self.now();
+        let now = self.core.now();
         let cert = match self.usable_certificate(serial, req.certificate_digest.as_deref(), now, user).await? {
             Ok(cert) => cert,
             Err(d) => return Ok(Err(d)),
@@ -217,14 +216,14 @@ impl Ca {
         target_host: String,
         open: &OpenSpec<'_>,
     ) -> Result<Result<SessionGrant, Denial>, CaError> {
-        let now = self.now();
+        let now = self.core.now();
         let port = open.port;
         let device = policy_device(node, self.default_agent.as_deref());
         let Some(agent) = device.agent.clone() else {
             return Ok(Err(denial(deny::NO_AGENT, "no edge agent serves this device")));
         };
         let who = subject.identity();
-        let policy = self.policy();
+        let policy = self.core.policy();
         let admission = match admit(&policy, &who, subject.basis(), &device, open.mode, open.login, port) {
             Ok(a) => a,
             Err(d) => return Ok(Err(d)),
@@ -281,11 +280,11 @@ impl Ca {
                 key_id: format!("session:{}:{}", open.session_id, subject.username),
                 extensions,
             };
-            let Some(signer) = self.keyring().signer(KeyPurpose::User) else {
+            let Some(signer) = self.core.keyring().signer(KeyPurpose::User) else {
                 tracing::error!("no active user CA key for a session certificate");
                 return Ok(Err(failed()));
             };
-            let signed = match sign_session_cert(&permit, &key, &signer, now, self.clock_skew) {
+            let signed = match sign_session_cert(&permit, &key, &signer, now, self.core.clock_skew) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(error = %e, "signing a session certificate failed");
@@ -338,7 +337,7 @@ impl Ca {
             (device_scope, limits.max_per_device, "too many sessions on this device"),
             (user_scope, limits.max_per_user, "you have too many sessions open"),
         ];
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.core.store.begin().await?;
         let connection = open.connection.as_ref().map(|c| c.0.as_str());
         if let Some(connection) = connection {
             let login = open.login.unwrap_or_default();
@@ -395,7 +394,7 @@ impl Ca {
         )
         .await?;
         tx.commit().await?;
-        self.counters.sessions_opened.inc(&[("mode", open.mode.as_str())]);
+        self.core.counters.sessions_opened.inc(&[("mode", open.mode.as_str())]);
 
         let has = |ext: &str| role.extensions().contains(ext);
         Ok(Ok(SessionGrant {
@@ -409,7 +408,7 @@ impl Ca {
             target_port: port,
             host_key_check: host_key_check(rule.host_key_policy()),
             known_host_keys: node.host_keys.clone(),
-            host_ca_keys: self.trusted_keys(KeyPurpose::Host),
+            host_ca_keys: self.core.trusted_keys(KeyPurpose::Host),
             connect_timeout_ms: u64::try_from(rule.timeout().as_millis()).unwrap_or(u64::MAX),
             idle_timeout_secs: limits.idle.as_secs(),
             idle_counts_output: rule.idle_counts() == IdleCounts::InputOrOutput,
@@ -439,7 +438,7 @@ impl Ca {
         user: &mut Option<String>,
     ) -> Result<Result<CertRow, Denial>, CaError> {
         let invalid = |text| Ok(Err(denial(deny::CREDENTIAL_INVALID, text)));
-        let Some(cert) = self.store.certificate(serial).await? else {
+        let Some(cert) = self.core.store.certificate(serial).await? else {
             return invalid("the certificate is unknown to the CA");
         };
         // The very certificate issued under this serial, not another one carrying it
@@ -447,24 +446,25 @@ impl Ca {
         if cert.digest.as_deref().is_some_and(|issued| digest != Some(issued)) {
             return invalid("the certificate is not the one the CA issued under its serial");
         }
-        let user_ca = self.keyring().rows().iter().any(|k| k.fingerprint == cert.ca_fingerprint && k.purpose == "user");
+        let user_ca =
+            self.core.keyring().rows().iter().any(|k| k.fingerprint == cert.ca_fingerprint && k.purpose == "user");
         // User certificates (and bastion session certificates, refused by key id) are
         // owned by an account; node, service and discovery certificates are not.
         if !user_ca || parse_account(&cert.username).is_none() || cert.key_id.starts_with("session:") {
             return invalid("not a user certificate");
         }
         *user = Some(cert.username.clone());
-        if cert.revoked_at.is_some() || self.store.is_key_revoked(&cert.key_fingerprint).await? {
+        if cert.revoked_at.is_some() || self.core.store.is_key_revoked(&cert.key_fingerprint).await? {
             return invalid("the certificate is revoked");
         }
         if cert.valid_before <= now {
             return invalid("the certificate has expired");
         }
-        if self.store.user(&cert.username).await?.is_some_and(|u| u.disabled) {
+        if self.core.store.user(&cert.username).await?.is_some_and(|u| u.disabled) {
             return invalid("the user is disabled");
         }
         // A directory user is re-checked in the directory.
-        if let Some(why) = self.directory_account_refusal(&cert.username).await? {
+        if let Some(why) = self.identity.directory_account_refusal(&cert.username).await? {
             return invalid(why);
         }
         Ok(Ok(cert))
@@ -473,14 +473,15 @@ impl Ca {
     /// The node a session is for, and the address the agent connects to. Jump mode may
     /// name a node by one of its addresses; an address two nodes share names neither.
     async fn resolve_device(&self, asked: &str, mode: SessionMode) -> Result<Option<(NodeRecord, String)>, CaError> {
-        if let Some(node) = self.store.node(asked).await? {
+        if let Some(node) = self.core.store.node(asked).await? {
             let host = node.addresses.first().cloned().unwrap_or_else(|| node.name.clone());
             return Ok(Some((node, host)));
         }
         if mode != SessionMode::Jump {
             return Ok(None);
         }
-        let mut matching = self.store.nodes().await?.into_iter().filter(|n| n.addresses.iter().any(|a| a == asked));
+        let mut matching =
+            self.core.store.nodes().await?.into_iter().filter(|n| n.addresses.iter().any(|a| a == asked));
         match (matching.next(), matching.next()) {
             (Some(node), None) => Ok(Some((node, asked.to_owned()))),
             _ => Ok(None),
@@ -502,8 +503,8 @@ impl Ca {
         if !closes.iter().all(|c| valid_session_id(&c.session_id)) {
             return Err(CaError::BadRequest("invalid session id".into()));
         }
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         let mut closed = Vec::with_capacity(closes.len());
         for req in closes {
             if let Some(lease) = store::close_lease(tx.conn(), &req.session_id, &bastion.name).await? {
@@ -527,6 +528,7 @@ impl Ca {
         _grant: &portcullis_policies::Grant<portcullis_policies::proof::SessionsRead>,
     ) -> Result<Vec<portcullis_proto::SessionInfo>, CaError> {
         Ok(self
+            .core
             .store
             .leases()
             .await?
@@ -561,8 +563,8 @@ impl Ca {
         if !valid_session_id(session_id) {
             return Err(CaError::BadRequest("invalid session id".into()));
         }
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
         let lease = store::set_kill_reason(tx.conn(), session_id, CloseReason::AdminTerminated.as_str())
             .await?
             .ok_or(CaError::NotFound("live session"))?;

@@ -4,7 +4,7 @@
 //! change their password or taken out of a group in the directory loses the sessions it
 //! granted — not only the next one.
 
-use super::super::Ca;
+use super::IdentityService;
 use crate::audit::AuditEvent;
 use crate::error::CaError;
 use crate::service::auth::Refusal;
@@ -49,7 +49,7 @@ impl DirectoryAnswers {
     }
 }
 
-impl Ca {
+impl IdentityService {
     /// The standing of each directory account in `accounts`, asking the directory about
     /// those not asked within [`RECHECK_SECS`]. An account the directory cannot be asked
     /// about keeps its last answer (or has none): a directory outage stops new sessions,
@@ -58,7 +58,7 @@ impl Ca {
         &self,
         accounts: &BTreeSet<&str>,
     ) -> Result<HashMap<String, Standing>, CaError> {
-        let now = self.now();
+        let now = self.core.now();
         let due: Vec<&str> = {
             let answers = self.directory_answers.lock();
             let stale = |a: &&str| answers.get(*a).is_none_or(|(at, _)| at.saturating_add(RECHECK_SECS) <= now);
@@ -74,7 +74,7 @@ impl Ca {
                         source: "ldap".to_owned(),
                         reason: refusal.reason,
                     };
-                    self.audit_alone(event).await?;
+                    self.core.audit_alone(event).await?;
                 }
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(Err(_))) | Err(_) => {

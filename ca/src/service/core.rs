@@ -1,0 +1,255 @@
+//! What every CA service shares, and nothing else: the store, the clock, the CA keys,
+//! the policy, the counters `/metrics` reports and the tally of unauthenticated
+//! refusals. The services ([`super::IdentityService`], [`super::Ca`]'s issuance,
+//! sessions, enrollment and inventory) each hold an `Arc<Core>` beside their own state.
+
+use super::metrics::Counters;
+use crate::audit::{self, AuditEvent, SYSTEM_ACTOR};
+use crate::clock::Clock;
+use crate::error::CaError;
+use crate::keys::{self, KeyAlgorithm, KeyPurpose, Keyring};
+use crate::store::{self, CaKeyRow, Store};
+use portcullis_policies::proof::Proof;
+use portcullis_policies::{Grant, Policy, PolicySummary, diff};
+use portcullis_proto::refusals::{RefusalTally, Verdict};
+use secrecy::SecretString;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+pub struct Core {
+    pub(super) store: Store,
+    clock: Arc<dyn Clock>,
+    /// Opens the CA keys, sealed secrets and the recordings' master key.
+    pub(super) passphrase: SecretString,
+    /// The algorithm of keys generated here (first start, rotation).
+    pub(super) key_algorithm: KeyAlgorithm,
+    keys: RwLock<Arc<Keyring>>,
+    policy: RwLock<Arc<Policy>>,
+    pub(super) policy_dir: PathBuf,
+    /// How far `valid_after` is back-dated, in seconds.
+    pub(super) clock_skew: u64,
+    /// What `/metrics` reports (counts only).
+    pub(super) counters: Counters,
+    /// Unauthenticated refusals: recorded once per key and window, then counted.
+    refusals: Mutex<RefusalTally>,
+}
+
+/// What [`Core::open`] needs, already validated.
+pub(super) struct CoreConfig {
+    pub database_url: String,
+    pub policy_dir: PathBuf,
+    pub passphrase: SecretString,
+    pub key_algorithm: KeyAlgorithm,
+    pub clock_skew: Duration,
+    pub refusal_summary_every: Duration,
+}
+
+impl Core {
+    /// Opens the database, creates any missing CA key, loads the policy, and records
+    /// what it did in the audit log.
+    pub(super) async fn open(config: CoreConfig, clock: Arc<dyn Clock>) -> Result<Core, CaError> {
+        let policy = crate::policy_files::load_policy_dir(&config.policy_dir)?;
+        let store = Store::open(&config.database_url).await?;
+        let now = clock.now_unix();
+        let mut keyring = Keyring::load(&store, &config.passphrase).await?;
+        for purpose in KeyPurpose::ALL {
+            if keyring.has_active(purpose) {
+                continue;
+            }
+            let row =
+                keys::generate(purpose, config.key_algorithm, &config.passphrase, keys::state::ACTIVE, now).await?;
+            // Another replica starting at the same instant may win: the database allows
+            // one active key per purpose (migration 0012), so the loser's insert fails
+            // and it uses the winner's key.
+            match save_generated_key(&store, &row, SYSTEM_ACTOR, now).await {
+                Ok(()) => tracing::info!(purpose = %purpose, fingerprint = %row.fingerprint, "generated CA key"),
+                Err(e) => {
+                    keyring = Keyring::load(&store, &config.passphrase).await?;
+                    if !keyring.has_active(purpose) {
+                        return Err(e);
+                    }
+                    tracing::info!(purpose = %purpose, "another replica generated the CA key first; using it");
+                    continue;
+                }
+            }
+            keyring = Keyring::load(&store, &config.passphrase).await?;
+        }
+        let core = Core {
+            store,
+            clock,
+            passphrase: config.passphrase,
+            key_algorithm: config.key_algorithm,
+            keys: RwLock::new(Arc::new(keyring)),
+            policy: RwLock::new(Arc::new(Policy::empty())),
+            policy_dir: config.policy_dir,
+            clock_skew: config.clock_skew.as_secs(),
+            counters: Counters::default(),
+            refusals: Mutex::new(RefusalTally::new(config.refusal_summary_every.as_secs())),
+        };
+        core.install_policy(policy, SYSTEM_ACTOR).await?;
+        Ok(core)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// `/readyz`: whether this replica can serve — the database answers within 2 s and
+    /// every purpose has an active CA key. Each check by name, with `ok` or why not.
+    pub async fn readiness(&self) -> (bool, Vec<(&'static str, String)>) {
+        let database = match tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await {
+            Ok(Ok(())) => "ok".to_owned(),
+            Ok(Err(e)) => format!("failing: {}", e.unavailable().map_or("error", |_| "unavailable")),
+            Err(_) => "failing: no answer within 2 s".to_owned(),
+        };
+        let keyring = self.keyring();
+        let missing: Vec<&str> =
+            KeyPurpose::ALL.iter().filter(|p| !keyring.has_active(**p)).map(|p| p.as_str()).collect();
+        let keys = if missing.is_empty() { "ok".to_owned() } else { format!("no active key: {}", missing.join(", ")) };
+        let checks = vec![("database", database), ("ca_keys", keys)];
+        (checks.iter().all(|(_, v)| v == "ok"), checks)
+    }
+
+    pub fn now(&self) -> u64 {
+        self.clock.now_unix()
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().map(|p| Arc::clone(&p)).unwrap_or_else(|e| Arc::clone(&e.into_inner()))
+    }
+
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keys.read().map(|k| Arc::clone(&k)).unwrap_or_else(|e| Arc::clone(&e.into_inner()))
+    }
+
+    pub(super) async fn reload_keys(&self) -> Result<(), CaError> {
+        let keyring = Keyring::load(&self.store, &self.passphrase).await?;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keyring);
+        Ok(())
+    }
+
+    /// Public keys of `purpose` that verifiers must trust, one OpenSSH line each.
+    pub fn trusted_keys(&self, purpose: KeyPurpose) -> String {
+        let keyring = self.keyring();
+        keyring.trusted(purpose).iter().map(|k| format!("{k}\n")).collect()
+    }
+
+    /// Swaps in a validated policy and audits what changed relative to the last one.
+    pub(super) async fn install_policy(
+        &self,
+        policy: Policy,
+        actor: &str,
+    ) -> Result<portcullis_policies::PolicyDiff, CaError> {
+        let now = self.now();
+        let summary = policy.summary();
+        let digest = policy.digest();
+        let previous = self.store.policy_state().await?;
+        let old_summary: Option<(String, PolicySummary)> =
+            previous.and_then(|(d, json)| serde_json::from_str(&json).ok().map(|s| (d, s)));
+        let summary_json = serde_json::to_string(&summary).map_err(|_| CaError::Internal("policy summary".into()))?;
+        let changes = match &old_summary {
+            Some((_, old)) => diff(old, &summary),
+            None => diff(&PolicySummary::default(), &summary),
+        };
+        let mut tx = self.store.begin().await?;
+        audit::record(tx.conn(), now, &AuditEvent::PolicyLoaded { actor: actor.to_owned(), digest: digest.clone() })
+            .await?;
+        if let Some((old_digest, _)) = &old_summary
+            && *old_digest != digest
+        {
+            audit::record(
+                tx.conn(),
+                now,
+                &AuditEvent::PolicyChanged {
+                    actor: actor.to_owned(),
+                    digest_before: old_digest.clone(),
+                    digest_after: digest.clone(),
+                    added: changes.added.clone(),
+                    removed: changes.removed.clone(),
+                    changed: changes.changed.clone(),
+                    fields: changes.fields.clone(),
+                },
+            )
+            .await?;
+        }
+        store::save_policy_state(tx.conn(), &digest, &summary_json, now).await?;
+        tx.commit().await?;
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        tracing::info!(%digest, "policy loaded");
+        Ok(changes)
+    }
+
+    /// Records an event that stands alone (a refusal, a failure): nothing else changes
+    /// with it, so it gets a transaction of its own.
+    pub(super) async fn audit_alone(&self, event: AuditEvent) -> Result<(), CaError> {
+        let mut tx = self.store.begin().await?;
+        audit::record(tx.conn(), self.now(), &event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Audits a refusal of an unauthenticated caller: the first of its (source, reason,
+    /// user) in a window as `event` itself, repeats only counted into the window's
+    /// `refusals_summarized` record (see `portcullis_proto::refusals`).
+    pub(super) async fn audit_refusal(
+        &self,
+        source: &str,
+        reason: &str,
+        user: &str,
+        event: AuditEvent,
+    ) -> Result<(), CaError> {
+        self.flush_refusals().await?;
+        let key = format!("{}:{reason}", event.name());
+        self.counters.refusals.inc(&[("reason", &key)]);
+        // Every refusal is a log line (for fail2ban or a SIEM), even the ones only counted
+        // in the audit trail; never with the typed user name (it may be a password).
+        tracing::warn!(target: "portcullis_ca::refusal", client_ip = %source, reason = %key, "refused an unauthenticated request");
+        let verdict = self.refusals.lock().map_err(|_| CaError::Internal("refusal tally".into()))?.note(
+            self.now(),
+            source,
+            &key,
+            user,
+        );
+        match verdict {
+            Verdict::Record => self.audit_alone(event).await,
+            Verdict::Counted => Ok(()),
+        }
+    }
+
+    /// Writes the summary of a refusal window that has ended. Called on every refusal,
+    /// every bastion heartbeat and by the server's timer, so a quiet CA reports too.
+    pub async fn flush_refusals(&self) -> Result<(), CaError> {
+        let due = self.refusals.lock().map_err(|_| CaError::Internal("refusal tally".into()))?.take_due(self.now());
+        let Some(s) = due else { return Ok(()) };
+        self.audit_alone(AuditEvent::RefusalsSummarized {
+            origin: "ca".to_owned(),
+            window_start: s.window_start,
+            window_end: s.window_end,
+            counts: s.counts,
+            overflow: s.overflow,
+        })
+        .await
+    }
+
+    /// The proof an administrative operation needs.
+    pub fn authorize<P: Proof>(&self, caller: &super::Caller) -> Result<Grant<P>, CaError> {
+        self.policy().authorize::<P>(&caller.identity).map_err(CaError::Denied)
+    }
+}
+
+/// Stores a newly generated CA key together with its audit record.
+pub(super) async fn save_generated_key(store: &Store, row: &CaKeyRow, actor: &str, now: u64) -> Result<(), CaError> {
+    let mut tx = store.begin().await?;
+    store::insert_ca_key(tx.conn(), row).await?;
+    let event = AuditEvent::CaKeyGenerated {
+        actor: actor.to_owned(),
+        purpose: row.purpose.clone(),
+        algorithm: row.algorithm.clone(),
+        fingerprint: row.fingerprint.clone(),
+        state: row.state.clone(),
+    };
+    audit::record(tx.conn(), now, &event).await?;
+    tx.commit().await?;
+    Ok(())
+}
