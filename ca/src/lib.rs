@@ -30,4 +30,7 @@ pub mod validate;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::CaError;
-pub use service::{Ca, CaConfig, Caller, Core, DiscoverySettings, IdentityService, PveSettings, csrf_token_for};
+pub use service::{
+    Ca, CaConfig, Caller, Core, DiscoverySettings, IdentityService, Issuance, PveSettings, Recordings, Revocation,
+    csrf_token_for,
+};

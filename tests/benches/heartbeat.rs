@@ -109,7 +109,7 @@ async fn run(leases: usize, heartbeats: usize) {
         let login = ca.identity().login_password(&user, None, &password, &ip).await.unwrap();
         let caller = ca.identity().caller(login.token.expose()).await.unwrap();
         let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..Default::default() };
-        let text = ca.issue_user_cert(&caller, &request, &ip).await.unwrap().certificate;
+        let text = ca.issuance().issue(&caller, &request, &ip).await.unwrap().certificate;
         let cert = ssh_key::Certificate::from_openssh(text.trim()).unwrap();
         certs.push((cert.serial().to_string(), portcullis_sshcert::certificate_digest(&cert)));
     }

@@ -180,7 +180,7 @@ async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
     let login = ca.identity().login_password("alice", None, &SecretString::from(PASSWORD), "127.0.0.1").await.unwrap();
     let caller = ca.identity().caller(login.token.expose()).await.unwrap();
     let request = UserCertRequest { public_key: public_line(&key), ttl_seconds: Some(3600), roles: None };
-    let expired = ca.issue_user_cert(&caller, &request, "127.0.0.1").await.unwrap().certificate;
+    let expired = ca.issuance().issue(&caller, &request, "127.0.0.1").await.unwrap().certificate;
     let expired_cert = write_file(dir.path(), "expired-cert.pub", &expired);
     let a = ssh(port, "root", &key_path, Some(&expired_cert), &mut rx).await;
     // russh itself refuses a certificate outside its validity window before asking the

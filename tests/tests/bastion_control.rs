@@ -217,7 +217,7 @@ async fn user_cert(ca: &Ca, user: &str) -> Presented {
     let caller = ca.identity().caller(login.token.expose()).await.unwrap();
     let key = ed25519_key();
     let request = UserCertRequest { public_key: public_line(&key), ..Default::default() };
-    let text = ca.issue_user_cert(&caller, &request, IP).await.unwrap().certificate;
+    let text = ca.issuance().issue(&caller, &request, IP).await.unwrap().certificate;
     let cert = ssh_key::Certificate::from_openssh(text.trim()).unwrap();
     Presented { holder: Some(Arc::new((key, cert))), ..Presented::of(&text) }
 }
@@ -659,7 +659,7 @@ async fn a_step_up_rule_needs_a_recent_sign_in_not_just_a_new_certificate() {
             let caller = ca.identity().caller(&token).await.unwrap();
             let key = ed25519_key();
             let request = UserCertRequest { public_key: public_line(&key), ..Default::default() };
-            let text = ca.issue_user_cert(&caller, &request, IP).await.unwrap().certificate;
+            let text = ca.issuance().issue(&caller, &request, IP).await.unwrap().certificate;
             let cert = ssh_key::Certificate::from_openssh(text.trim()).unwrap();
             Presented { holder: Some(Arc::new((key, cert))), ..Presented::of(&text) }
         }

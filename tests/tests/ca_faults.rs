@@ -144,7 +144,7 @@ async fn issue_concurrently(ca: &Arc<Ca>, alice: &Caller, per_task: usize) -> Ou
             let mut out = Outcome::default();
             for _ in 0..per_task {
                 let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..UserCertRequest::default() };
-                match ca.issue_user_cert(&alice, &request, IP).await {
+                match ca.issuance().issue(&alice, &request, IP).await {
                     Ok(resp) => out.received.push((resp.serial.parse().unwrap(), resp.certificate)),
                     Err(e) => out.refused.push(describe(&e)),
                 }
@@ -201,16 +201,20 @@ async fn assert_acknowledged_means_committed(ca: &Ca, admin: &Caller, received: 
     let revoke = ca.core().authorize::<proof::CertsRevoke>(admin).unwrap();
     let (last_serial, _) = received.last().unwrap();
     let by_serial = ca
+        .revocation()
         .revoke(&revoke, &RevokeRequest { serial: Some(last_serial.to_string()), ..RevokeRequest::default() })
         .await
         .unwrap();
     assert_eq!(by_serial.certificates_revoked, 1, "serial {last_serial} is revocable");
     // And all of them by user: every received certificate is in the KRL.
-    ca.revoke(&revoke, &RevokeRequest { username: Some("alice".into()), ..RevokeRequest::default() }).await.unwrap();
+    ca.revocation()
+        .revoke(&revoke, &RevokeRequest { username: Some("alice".into()), ..RevokeRequest::default() })
+        .await
+        .unwrap();
     let files = work.join("received");
     std::fs::create_dir_all(&files).unwrap();
     let krl = files.join("krl");
-    std::fs::write(&krl, ca.krl().await.unwrap().as_slice()).unwrap();
+    std::fs::write(&krl, ca.revocation().krl().await.unwrap().as_slice()).unwrap();
     let mut args = vec!["-Q".to_owned(), "-f".to_owned(), krl.display().to_string()];
     for (serial, line) in received {
         let path = files.join(format!("{serial}-cert.pub"));
@@ -229,7 +233,7 @@ async fn issue_after_recovery(ca: &Ca, alice: &Caller) -> (u64, String) {
     let mut last = String::new();
     for _ in 0..50 {
         let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..UserCertRequest::default() };
-        match ca.issue_user_cert(alice, &request, IP).await {
+        match ca.issuance().issue(alice, &request, IP).await {
             Ok(resp) => return (resp.serial.parse().unwrap(), resp.certificate),
             Err(e) => last = describe(&e),
         }
@@ -406,7 +410,7 @@ async fn the_chain_verifies_while_the_ca_writes(url: &str, work: &Path) {
             let mut written = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..UserCertRequest::default() };
-                if ca.issue_user_cert(&alice, &request, IP).await.is_ok() {
+                if ca.issuance().issue(&alice, &request, IP).await.is_ok() {
                     written += 1;
                 }
             }

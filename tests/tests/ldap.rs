@@ -648,7 +648,7 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
     assert_eq!(caller.identity.source, "ldap");
     let key = ed25519_key();
     let request = UserCertRequest { public_key: public_line(&key), ..Default::default() };
-    let issued = ca.issue_user_cert(&caller, &request, IP).await.unwrap();
+    let issued = ca.issuance().issue(&caller, &request, IP).await.unwrap();
     let cert = ssh_key::Certificate::from_openssh(&issued.certificate).unwrap();
     let digest = portcullis_sshcert::certificate_digest(&cert);
     // Each open is a new connection of bob's, with his proof of it.

@@ -227,7 +227,7 @@ async fn issue_at(ca: &Ca, clock: &ManualClock, at: u64, public_key: &str) -> St
     let login = ca.identity().login_password("alice", None, &SecretString::from(PASSWORD), "127.0.0.1").await.unwrap();
     let caller = ca.identity().caller(login.token.expose()).await.unwrap();
     let request = UserCertRequest { public_key: public_key.to_owned(), ttl_seconds: Some(3600), roles: None };
-    ca.issue_user_cert(&caller, &request, "127.0.0.1").await.unwrap().certificate
+    ca.issuance().issue(&caller, &request, "127.0.0.1").await.unwrap().certificate
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,7 +78,8 @@ async fn login(ca: &Ca, user: &str, password: &str) -> Caller {
 async fn issue(ca: &Ca, caller: &Caller, key: &PrivateKey) -> (UserCertResponse, Certificate) {
     let request = UserCertRequest { public_key: public_line(key), ..UserCertRequest::default() };
     let resp = ca
-        .issue_user_cert(caller, &request, IP)
+        .issuance()
+        .issue(caller, &request, IP)
         .await
         .unwrap_or_else(|e| panic!("issuing for {}: {e}", caller.identity.username));
     let cert = Certificate::from_openssh(&resp.certificate).unwrap();
@@ -95,7 +96,7 @@ fn write_cert(dir: &Path, name: &str, cert: &Certificate) -> PathBuf {
 
 async fn write_krl(ca: &Ca, dir: &Path) -> PathBuf {
     let path = dir.join("krl");
-    std::fs::write(&path, ca.krl().await.unwrap().as_slice()).unwrap();
+    std::fs::write(&path, ca.revocation().krl().await.unwrap().as_slice()).unwrap();
     path
 }
 
@@ -175,7 +176,7 @@ async fn run_conformance(url: &str, backend: Backend) {
     let (_, cert_bob) = issue(&ca, &bob, &ed25519_key()).await;
     assert!(!resp_a.principals.is_empty(), "a deployer cert has principals");
     assert_eq!(signer_of(&cert_a), original_ca);
-    let listed = ca.certificates(&revoke_grant, Some("alice")).await.unwrap();
+    let listed = ca.issuance().certificates(&revoke_grant, Some("alice")).await.unwrap();
     assert_eq!(listed.len(), 3, "the store lists alice's three certificates");
     assert!(listed.iter().all(|c| !c.revoked));
 
@@ -191,6 +192,7 @@ async fn run_conformance(url: &str, backend: Backend) {
 
     // --- revocation by serial ------------------------------------------------------
     let by_serial = ca
+        .revocation()
         .revoke(&revoke_grant, &RevokeRequest { serial: Some(resp_a.serial.clone()), ..RevokeRequest::default() })
         .await
         .unwrap();
@@ -202,6 +204,7 @@ async fn run_conformance(url: &str, backend: Backend) {
 
     // --- revocation by key: its certificates and the key itself ---------------------
     let by_key = ca
+        .revocation()
         .revoke(&revoke_grant, &RevokeRequest { public_key: Some(public_line(&key_b)), ..RevokeRequest::default() })
         .await
         .unwrap();
@@ -218,7 +221,7 @@ async fn run_conformance(url: &str, backend: Backend) {
     let refusals = key_refusals().await;
     let stored = ca.core().store().certificates(None).await.unwrap().len();
     let again = UserCertRequest { public_key: public_line(&key_b), ..UserCertRequest::default() };
-    let refused = ca.issue_user_cert(&alice, &again, IP).await;
+    let refused = ca.issuance().issue(&alice, &again, IP).await;
     assert!(matches!(&refused, Err(CaError::BadRequest(m)) if m.contains("revoked")), "{refused:?}");
     assert_eq!(
         ca.core().store().certificates(None).await.unwrap().len(),
@@ -231,12 +234,14 @@ async fn run_conformance(url: &str, backend: Backend) {
     assert!(krl_revokes(&krl, &pub_b), "the key itself is in the KRL");
     assert!(!krl_revokes(&krl, &path_c));
     let again = ca
-        .issue_user_cert(&alice, &UserCertRequest { public_key: public_line(&key_b), ..UserCertRequest::default() }, IP)
+        .issuance()
+        .issue(&alice, &UserCertRequest { public_key: public_line(&key_b), ..UserCertRequest::default() }, IP)
         .await;
     assert!(matches!(again, Err(CaError::BadRequest(_))), "a revoked key is not certified again: {again:?}");
 
     // --- revocation by user: certificates and API sessions -------------------------
     let by_user = ca
+        .revocation()
         .revoke(&revoke_grant, &RevokeRequest { username: Some("alice".into()), ..RevokeRequest::default() })
         .await
         .unwrap();
@@ -248,7 +253,7 @@ async fn run_conformance(url: &str, backend: Backend) {
         matches!(ca.identity().caller(&alice_token).await, Err(CaError::Unauthenticated)),
         "revoking a user ends their API sessions"
     );
-    assert!(ca.certificates(&revoke_grant, Some("alice")).await.unwrap().iter().all(|c| c.revoked));
+    assert!(ca.issuance().certificates(&revoke_grant, Some("alice")).await.unwrap().iter().all(|c| c.revoked));
 
     // --- disabling a user ends their sessions ---------------------------------------
     let bob_token =

@@ -82,7 +82,7 @@ async fn check_upgraded(ca: Arc<Ca>, dir: &str) {
 
     // The certificate issued before the upgrade validates: same CA key, and the KRL
     // (which still revokes the other one) does not name it.
-    let krl = Krl::parse(&ca.krl().await.unwrap()).unwrap();
+    let krl = Krl::parse(&ca.revocation().krl().await.unwrap()).unwrap();
     validates_against(&ca, &cert, Some(&krl))
         .unwrap_or_else(|e| panic!("{dir}: an old certificate no longer validates: {e:?}"));
 

@@ -83,7 +83,7 @@ pub async fn revoke_own_cert(
     Authed(caller): Authed,
     Body(request): Body<RevokeOwnRequest>,
 ) -> Res<RevokeResponse> {
-    Ok(Json(ca.revoke_own(&caller, &request).await?))
+    Ok(Json(ca.revocation().revoke_own(&caller, &request).await?))
 }
 
 #[utoipa::path(post, path = "/v1/certs/user", tag = "certificates", request_body = UserCertRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = UserCertResponse)))]
@@ -93,7 +93,7 @@ pub async fn issue_user_cert(
     ClientIp(ip): ClientIp,
     Body(request): Body<UserCertRequest>,
 ) -> Res<UserCertResponse> {
-    Ok(Json(ca.issue_user_cert(&caller, &request, &ip).await?))
+    Ok(Json(ca.issuance().issue(&caller, &request, &ip).await?))
 }
 
 /// Public: CA public keys are what nodes must trust, nothing secret.
@@ -112,7 +112,7 @@ pub async fn bastion_host_keys(State(ca): Ca_, Authed(_): Authed) -> Result<impl
 /// Public: sshd on every node fetches it; it names only serials and key hashes.
 #[utoipa::path(get, path = "/v1/krl", tag = "certificates", responses((status = 200, description = "see the description")))]
 pub async fn krl(State(ca): Ca_) -> Result<impl IntoResponse, CaError> {
-    let bytes = ca.krl().await?;
+    let bytes = ca.revocation().krl().await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes.as_ref().clone()))
 }
 
@@ -199,7 +199,7 @@ pub async fn set_password(
 #[utoipa::path(post, path = "/v1/admin/revoke", tag = "admin", request_body = RevokeRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = RevokeResponse)))]
 pub async fn revoke(State(ca): Ca_, Authed(c): Authed, Body(b): Body<RevokeRequest>) -> Res<RevokeResponse> {
     let grant = ca.core().authorize::<proof::CertsRevoke>(&c)?;
-    Ok(Json(ca.revoke(&grant, &b).await?))
+    Ok(Json(ca.revocation().revoke(&grant, &b).await?))
 }
 
 #[derive(Deserialize)]
@@ -210,7 +210,7 @@ pub struct CertsQuery {
 #[utoipa::path(get, path = "/v1/admin/certs", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<IssuedCert>)))]
 pub async fn list_certs(State(ca): Ca_, Authed(c): Authed, Query(q): Query<CertsQuery>) -> Res<Vec<IssuedCert>> {
     let grant = ca.core().authorize::<proof::CertsRevoke>(&c)?;
-    Ok(Json(ca.certificates(&grant, q.user.as_deref()).await?))
+    Ok(Json(ca.issuance().certificates(&grant, q.user.as_deref()).await?))
 }
 
 #[utoipa::path(get, path = "/v1/admin/ca/keys", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<CaKeyInfo>)))]

@@ -28,7 +28,7 @@ pub async fn append(
     if body.media_type.as_deref() != Some(RECORDING_EVENTS_MEDIA_TYPE) {
         return Err(CaError::BadRequest(format!("expected Content-Type: {RECORDING_EVENTS_MEDIA_TYPE}")));
     }
-    ca.append_recording(&b, &id, chunk, body.bytes).await?;
+    ca.recordings().append(&b, &id, chunk, body.bytes).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -47,14 +47,14 @@ pub async fn list(
     Query(q): Query<RecordingsQuery>,
 ) -> Result<Json<Vec<RecordingInfo>>, CaError> {
     let grant = ca.core().authorize::<proof::RecordingsRead>(&c)?;
-    Ok(Json(ca.recordings(&grant, q.user.as_deref(), q.device.as_deref()).await?))
+    Ok(Json(ca.recordings().list(&grant, q.user.as_deref(), q.device.as_deref()).await?))
 }
 
 /// The recording as an asciicast v2 file, offered for download under its session id.
 #[utoipa::path(get, path = "/v1/admin/recordings/{id}", tag = "admin", params(("id" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "asciicast v2")))]
 pub async fn get(State(ca): Ca_, Authed(c): Authed, Name(id): Name) -> Result<Response, CaError> {
     let grant = ca.core().authorize::<proof::RecordingsRead>(&c)?;
-    let (info, cast) = ca.recording_cast(&grant, &id).await?;
+    let (info, cast) = ca.recordings().cast(&grant, &id).await?;
     let mut response = cast.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ASCIICAST_MEDIA_TYPE));

@@ -67,7 +67,7 @@ async fn end_sessions_and_certificates(
     let n = store::revoke_certs(tx.conn(), &store::RevokeTarget::User(account), now).await?;
     if n > 0 {
         let target = format!("user:{}", crate::audit::sanitize(account));
-        super::certs::record_revocation(tx.conn(), now, grant.username(), target, n, false).await?;
+        super::revocation::record_revocation(tx.conn(), now, grant.username(), target, n, false).await?;
     }
     Ok(())
 }

@@ -282,8 +282,15 @@ impl Ca {
                 let serial = store::RevokeTarget::Serial(attempt.verification_serial);
                 if store::revoke_certs(tx.conn(), &serial, now).await? > 0 {
                     let target = format!("serial:{}", attempt.verification_serial);
-                    super::certs::record_revocation(tx.conn(), now, &format!("node:{}", node.name), target, 1, false)
-                        .await?;
+                    super::revocation::record_revocation(
+                        tx.conn(),
+                        now,
+                        &format!("node:{}", node.name),
+                        target,
+                        1,
+                        false,
+                    )
+                    .await?;
                 }
                 true
             }
@@ -358,12 +365,12 @@ impl Ca {
             serials.push(signed.serial.to_string());
             certificates.push(text);
         }
-        let krl = self.krl().await?;
+        let krl = self.revocation.krl().await?;
         let lines = self.principal_lines_of(node);
         let bundle = NodeBundle {
             node: node.name.clone(),
             trusted_user_ca_keys: self.core.trusted_keys(KeyPurpose::User),
-            principals: super::certs::principals_only(&lines),
+            principals: super::principals::principals_only(&lines),
             principal_lines: lines,
             krl_base64: base64::engine::general_purpose::STANDARD.encode(krl.as_slice()),
             host_certificates: certificates,
@@ -463,7 +470,7 @@ pub(super) async fn retire_node_certs(
     let owner = format!("node:{name}");
     let n = store::revoke_certs(conn, &store::RevokeTarget::User(&owner), now).await?;
     if n > 0 {
-        super::certs::record_revocation(conn, now, actor, owner, n, false).await?;
+        super::revocation::record_revocation(conn, now, actor, owner, n, false).await?;
     }
     Ok(n)
 }

@@ -5,30 +5,35 @@
 mod admin;
 mod auth;
 mod bastion_events;
-mod certs;
 mod core;
 mod directory;
 mod discovery;
 mod enroll;
 mod identity;
+mod issuance;
 mod metrics;
 pub mod oidc;
 pub mod permits;
 mod preview;
+mod principals;
 mod pve;
 mod recordings;
+mod revocation;
 mod services;
 mod sessions;
 mod writer;
 
 pub use admin::AuditFilter;
 pub use auth::{Caller, csrf_token_for, csrf_token_matches};
-pub use certs::device_of;
 pub use core::Core;
 pub use discovery::{DiscoverySettings, HardwareSummary};
 pub use identity::IdentityService;
+pub use issuance::Issuance;
 pub use permits::{DiscoveryPermit, SessionPermit};
+pub use principals::device_of;
 pub use pve::PveSettings;
+pub use recordings::Recordings;
+pub use revocation::Revocation;
 pub use services::ServiceCaller;
 
 /// 256 random bits as URL-safe text: generated passwords and passphrases.
@@ -46,7 +51,7 @@ use crate::store::CaKeyRow;
 use identity::IdentityConfig;
 use secrecy::SecretString;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Console tickets one user may ask for per minute (per replica): a person opens a few
@@ -123,11 +128,10 @@ pub struct Ca {
     core: Arc<Core>,
     identity: IdentityService,
     recordings: recordings::Recordings,
-    max_cert_ttl: Duration,
+    issuance: Issuance,
+    revocation: Revocation,
     /// Console tickets asked per user per minute.
     ticket_requests: RateLimiter,
-    krl_cache: Mutex<Option<certs::CachedKrl>>,
-    writer: writer::IssuanceWriter,
     tls_pin: String,
     enroll_binary: Option<PathBuf>,
     enroll_binary_cache: tokio::sync::Mutex<Option<Arc<EnrollBinary>>>,
@@ -185,11 +189,10 @@ impl Ca {
         )?;
         Ok(Ca {
             identity,
-            recordings: recordings::Recordings::new(config.recording_retention),
-            max_cert_ttl: config.max_cert_ttl,
+            recordings: recordings::Recordings::new(Arc::clone(&core), config.recording_retention),
+            issuance: Issuance::new(Arc::clone(&core), config.max_cert_ttl),
+            revocation: Revocation::new(Arc::clone(&core)),
             ticket_requests: RateLimiter::new(TICKETS_PER_USER_PER_MINUTE, 60),
-            krl_cache: Mutex::new(None),
-            writer: writer::IssuanceWriter::spawn(core.store.clone()),
             tls_pin: config.tls_pin,
             enroll_binary: config.enroll_binary,
             enroll_binary_cache: tokio::sync::Mutex::new(None),
@@ -209,6 +212,21 @@ impl Ca {
     /// Who callers are: sign-in, API sessions, directory rechecks.
     pub fn identity(&self) -> &IdentityService {
         &self.identity
+    }
+
+    /// User certificates: decided, signed, stored with their audit record.
+    pub fn issuance(&self) -> &Issuance {
+        &self.issuance
+    }
+
+    /// Revocations and the KRL.
+    pub fn revocation(&self) -> &Revocation {
+        &self.revocation
+    }
+
+    /// Session recordings: chunks from bastions, listing, playback, retention.
+    pub fn recordings(&self) -> &Recordings {
+        &self.recordings
     }
 
     pub fn tls_pin(&self) -> &str {

@@ -11,7 +11,7 @@
 //! - Listing needs `recordings.read`; every playback or export is audited with who.
 //! - Recordings older than the retention period are deleted by the housekeeping timer.
 
-use super::Ca;
+use super::core::Core;
 use super::services::ServiceCaller;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
@@ -29,17 +29,12 @@ const LIST_LIMIT: u32 = 500;
 /// What a recording may exceed its limit by: the bastion stops at the limit, counting
 /// terminal bytes, so only the last event's tail can go over.
 const LIMIT_SLACK: u64 = 64 * 1024;
-/// The recordings' own state: the retention period and the master key (derived on
-/// first use, once per process).
-pub(crate) struct Recordings {
+/// The recordings service. Its own state: the retention period and the master key
+/// (derived on first use, once per process).
+pub struct Recordings {
+    core: Arc<Core>,
     retention: Duration,
     master: tokio::sync::OnceCell<Arc<RecordingMaster>>,
-}
-
-impl Recordings {
-    pub(crate) fn new(retention: Duration) -> Recordings {
-        Recordings { retention, master: tokio::sync::OnceCell::new() }
-    }
 }
 
 /// Why a chunk was refused: the audited reason, and the error the bastion gets.
@@ -117,9 +112,13 @@ fn info(row: RecordingRow) -> RecordingInfo {
     }
 }
 
-impl Ca {
+impl Recordings {
+    pub(super) fn new(core: Arc<Core>, retention: Duration) -> Recordings {
+        Recordings { core, retention, master: tokio::sync::OnceCell::new() }
+    }
+
     /// The recording row written when `lease`'s session is admitted under a recorded rule.
-    pub(super) fn recording_row(&self, lease: &LeaseRow, recording: Recording) -> RecordingRow {
+    pub(super) fn new_row(&self, lease: &LeaseRow, recording: Recording) -> RecordingRow {
         RecordingRow {
             session_id: lease.session_id.clone(),
             bastion: lease.bastion.clone(),
@@ -142,8 +141,8 @@ impl Ca {
 
     /// The recording's sealing key, from the master key (argon2id once per process, off
     /// the async threads; the deployment's salt is in the database).
-    async fn recording_seal(&self, row: &RecordingRow) -> Result<RecordingSeal, CaError> {
-        let master = (self.recordings.master)
+    async fn seal(&self, row: &RecordingRow) -> Result<RecordingSeal, CaError> {
+        let master = (self.master)
             .get_or_try_init(|| async {
                 let salt = self.core.store.recording_key_salt(&RecordingSeal::new_salt()).await?;
                 let passphrase = self.core.passphrase.clone();
@@ -157,7 +156,7 @@ impl Ca {
     }
 
     /// `POST /v1/bastion/recordings/{session_id}`: the next chunk of a recording.
-    pub async fn append_recording(
+    pub async fn append(
         &self,
         bastion: &ServiceCaller,
         session_id: &str,
@@ -198,7 +197,7 @@ impl Ca {
                 return Err(error);
             }
         };
-        let seal = self.recording_seal(row).await?;
+        let seal = self.seal(row).await?;
         let sealed = seal.seal(session_id, chunk.seq, &events)?;
         let now = self.core.now();
         let append = ChunkAppend {
@@ -226,7 +225,7 @@ impl Ca {
     }
 
     /// `GET /v1/admin/recordings`: newest first, optionally of one user or device.
-    pub async fn recordings(
+    pub async fn list(
         &self,
         _grant: &Grant<proof::RecordingsRead>,
         user: Option<&str>,
@@ -237,13 +236,13 @@ impl Ca {
 
     /// `GET /v1/admin/recordings/{session_id}`: the whole recording as an asciicast v2
     /// file (header, then every event), opened from its sealed chunks. Audited.
-    pub async fn recording_cast(
+    pub async fn cast(
         &self,
         grant: &Grant<proof::RecordingsRead>,
         session_id: &str,
     ) -> Result<(RecordingInfo, String), CaError> {
         let row = self.core.store.recording(session_id).await?.ok_or(CaError::NotFound("recording"))?;
-        let seal = self.recording_seal(&row).await?;
+        let seal = self.seal(&row).await?;
         let (cols, rows) = row.size.unwrap_or((80, 24));
         let title = match &row.login {
             Some(login) => format!("{} as {login} on {}", row.username, row.device),
@@ -269,9 +268,9 @@ impl Ca {
     }
 
     /// Deletes the recordings older than the retention period (the housekeeping timer).
-    pub(super) async fn expire_recordings(&self) -> Result<(), CaError> {
+    pub(super) async fn expire(&self) -> Result<(), CaError> {
         let now = self.core.now();
-        let retention = self.recordings.retention.as_secs();
+        let retention = self.retention.as_secs();
         let mut tx = self.core.store.begin().await?;
         let count = store::delete_recordings_before(tx.conn(), now.saturating_sub(retention)).await?;
         if count > 0 {

@@ -1,7 +1,7 @@
 //! The admission decision's pure parts: request shape, the policy check shared by open
 //! and every heartbeat, and the permit the per-session certificate is built from.
 
-use super::super::certs::device_of;
+use super::super::principals::device_of;
 use crate::error::CaError;
 use portcullis_policies::{
     Device, HostKeyPolicy, Identity, Permission, Policy, Purpose, Role, Rule, SessionLimits, scoped_principal,

@@ -203,7 +203,7 @@ impl Ca {
         self.core.flush_refusals().await?;
         self.core.store.purge_oidc_pending(self.core.now()).await?;
         self.purge_connection_proofs().await?;
-        self.expire_recordings().await?;
+        self.recordings.expire().await?;
         self.sweep_leases(self.core.now().saturating_sub(LEASE_TTL_SECS)).await
     }
 

@@ -363,7 +363,7 @@ impl Ca {
             store::insert_cert(tx.conn(), row).await?;
         }
         if let Some(r) = recording {
-            store::insert_recording(tx.conn(), &self.recording_row(&lease, r)).await?;
+            store::insert_recording(tx.conn(), &self.recordings.new_row(&lease, r)).await?;
         }
         audit::record(
             tx.conn(),

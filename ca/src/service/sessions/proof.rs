@@ -63,7 +63,8 @@ impl Ca {
     /// Forgets proofs older than the longest certificate (a replay of one is refused on
     /// its expired certificate alone).
     pub(super) async fn purge_connection_proofs(&self) -> Result<(), crate::error::CaError> {
-        let cutoff = self.core.now().saturating_sub(self.max_cert_ttl.as_secs()).saturating_sub(self.core.clock_skew);
+        let cutoff =
+            self.core.now().saturating_sub(self.issuance.max_cert_ttl().as_secs()).saturating_sub(self.core.clock_skew);
         let mut tx = self.core.store.begin().await?;
         crate::store::purge_connection_proofs(tx.conn(), cutoff).await?;
         tx.commit().await?;

@@ -1,0 +1,154 @@
+//! Revoking certificates, keys and users, and publishing the KRL that nodes and
+//! bastions check.
+
+use super::Caller;
+use super::core::Core;
+use crate::audit::{self, AuditEvent};
+use crate::error::CaError;
+use crate::store::{self, RevokeTarget};
+use portcullis_policies::{Grant, proof};
+use portcullis_proto::{RevokeOwnRequest, RevokeRequest, RevokeResponse};
+use portcullis_sshcert::{KrlBuilder, fingerprint};
+use ssh_key::PublicKey;
+use std::sync::{Arc, Mutex};
+
+/// The revocation service. Its own state: the last KRL built.
+pub struct Revocation {
+    core: Arc<Core>,
+    krl_cache: Mutex<Option<CachedKrl>>,
+}
+
+struct CachedKrl {
+    version: u64,
+    built_at: u64,
+    bytes: Arc<Vec<u8>>,
+}
+
+/// Every revocation ends here, inside the transaction that revoked: the KRL version moves
+/// (so caches and nodes pick the change up) and the revocation is audited.
+pub(super) async fn record_revocation(
+    conn: &mut sqlx::AnyConnection,
+    now: u64,
+    actor: &str,
+    target: String,
+    certificates: u64,
+    key: bool,
+) -> Result<u64, CaError> {
+    let krl_version = store::bump_krl_version(conn, now).await?;
+    let event = AuditEvent::Revoked { actor: actor.to_owned(), target, certificates, key, krl_version };
+    audit::record(conn, now, &event).await?;
+    Ok(krl_version)
+}
+
+/// A cached KRL is rebuilt at least this often, so expired entries drop out and the
+/// generation date stays fresh even without new revocations.
+const KRL_MAX_AGE: u64 = 300;
+
+impl Revocation {
+    pub(super) fn new(core: Arc<Core>) -> Revocation {
+        Revocation { core, krl_cache: Mutex::new(None) }
+    }
+
+    /// Revokes by serial, by key (its certificates and the key itself), or by user (all
+    /// of their unexpired certificates and API sessions).
+    pub async fn revoke(
+        &self,
+        grant: &Grant<proof::CertsRevoke>,
+        request: &RevokeRequest,
+    ) -> Result<RevokeResponse, CaError> {
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
+        let (target_desc, certificates, key_revoked) = match (&request.serial, &request.public_key, &request.username) {
+            (Some(serial), None, None) => {
+                let serial: u64 =
+                    serial.trim().parse().map_err(|_| CaError::BadRequest("serial must be a decimal number".into()))?;
+                let n = store::revoke_certs(tx.conn(), &RevokeTarget::Serial(serial), now).await?;
+                if n == 0 {
+                    return Err(CaError::NotFound("unrevoked, unexpired certificate with that serial"));
+                }
+                (format!("serial:{serial}"), n, false)
+            }
+            (None, Some(line), None) => {
+                let key = PublicKey::from_openssh(line.trim())
+                    .map_err(|_| CaError::BadRequest("public_key is not an OpenSSH public key".into()))?;
+                let fp = fingerprint(key.key_data());
+                let canonical = PublicKey::new(key.key_data().clone(), "")
+                    .to_openssh()
+                    .map_err(|_| CaError::BadRequest("public_key cannot be encoded".into()))?;
+                let n = store::revoke_certs(tx.conn(), &RevokeTarget::KeyFingerprint(&fp), now).await?;
+                let new = store::insert_revoked_key(tx.conn(), &fp, &canonical, now).await?;
+                (format!("key:{fp}"), n, new)
+            }
+            (None, None, Some(username)) => {
+                let n = store::revoke_certs(tx.conn(), &RevokeTarget::User(username), now).await?;
+                store::revoke_user_sessions(tx.conn(), username, now).await?;
+                (format!("user:{}", audit::sanitize(username)), n, false)
+            }
+            _ => {
+                return Err(CaError::BadRequest("give exactly one of serial, public_key, username".into()));
+            }
+        };
+        let krl_version =
+            record_revocation(tx.conn(), now, grant.username(), target_desc, certificates, key_revoked).await?;
+        tx.commit().await?;
+        Ok(RevokeResponse { certificates_revoked: certificates, key_revoked, krl_version })
+    }
+
+    /// A user revokes one of their own certificates (no permission needed beyond being
+    /// its holder): `portcullis logout`, or a lost laptop. Someone else's serial, or an
+    /// unknown one, is "not found" alike, so serials cannot be probed.
+    pub async fn revoke_own(&self, caller: &Caller, request: &RevokeOwnRequest) -> Result<RevokeResponse, CaError> {
+        let serial: u64 =
+            request.serial.trim().parse().map_err(|_| CaError::BadRequest("serial must be a decimal number".into()))?;
+        let not_found = CaError::NotFound("unrevoked, unexpired certificate of yours with that serial");
+        let owned = self.core.store.certificate(serial).await?.is_some_and(|c| c.username == caller.identity.username);
+        if !owned {
+            return Err(not_found);
+        }
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
+        let n = store::revoke_certs(tx.conn(), &RevokeTarget::Serial(serial), now).await?;
+        if n == 0 {
+            return Err(not_found);
+        }
+        let actor = &caller.identity.username;
+        let krl_version = record_revocation(tx.conn(), now, actor, format!("serial:{serial}"), n, false).await?;
+        tx.commit().await?;
+        Ok(RevokeResponse { certificates_revoked: n, key_revoked: false, krl_version })
+    }
+
+    /// The current KRL in OpenSSH's binary format.
+    pub async fn krl(&self) -> Result<Arc<Vec<u8>>, CaError> {
+        let now = self.core.now();
+        let (version, changed_at) = self.core.store.krl_version().await?;
+        {
+            let cache = self.krl_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = cache.as_ref().filter(|c| c.version == version && now < c.built_at + KRL_MAX_AGE) {
+                return Ok(Arc::clone(&c.bytes));
+            }
+        }
+        let keyring = self.core.keyring();
+        // The generation date is when the revocation set last changed, so an unchanged set
+        // encodes to the same bytes and nodes that refresh rewrite nothing.
+        let mut krl = KrlBuilder::new(version, changed_at, "portcullis");
+        for (serial, ca_fp) in self.core.store.revoked_unexpired(now).await? {
+            let ca_key = keyring
+                .rows()
+                .iter()
+                .find(|r| r.fingerprint == ca_fp)
+                .and_then(|r| PublicKey::from_openssh(&r.public_key).ok());
+            if let Some(ca_key) = ca_key {
+                krl.revoke_serial(ca_key.key_data(), serial);
+            }
+        }
+        for line in self.core.store.revoked_keys().await? {
+            if let Ok(key) = PublicKey::from_openssh(&line) {
+                krl.revoke_key_sha256(key.key_data());
+            }
+        }
+        let bytes = Arc::new(krl.encode());
+        *self.krl_cache.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(CachedKrl { version, built_at: now, bytes: Arc::clone(&bytes) });
+        Ok(bytes)
+    }
+}
