@@ -10,7 +10,8 @@ use crate::error::CaError;
 use crate::keys::{self, KeyAlgorithm, KeyPurpose, Keyring};
 use crate::store::{self, CaKeyRow, Store};
 use portcullis_policies::proof::Proof;
-use portcullis_policies::{Grant, Policy, PolicySummary, diff};
+use portcullis_policies::{Device, Grant, Policy, PolicySummary, diff};
+use portcullis_proto::NodeRecord;
 use portcullis_proto::refusals::{RefusalTally, Verdict};
 use secrecy::SecretString;
 use std::path::PathBuf;
@@ -33,6 +34,9 @@ pub struct Core {
     pub(super) counters: Counters,
     /// Unauthenticated refusals: recorded once per key and window, then counted.
     refusals: Mutex<RefusalTally>,
+    /// The edge agent that serves devices whose record names none (the all-in-one's
+    /// built-in agent); see [`Core::device`].
+    pub(super) default_agent: Option<String>,
 }
 
 /// What [`Core::open`] needs, already validated.
@@ -43,6 +47,7 @@ pub(super) struct CoreConfig {
     pub key_algorithm: KeyAlgorithm,
     pub clock_skew: Duration,
     pub refusal_summary_every: Duration,
+    pub default_agent: Option<String>,
 }
 
 impl Core {
@@ -86,6 +91,7 @@ impl Core {
             clock_skew: config.clock_skew.as_secs(),
             counters: Counters::default(),
             refusals: Mutex::new(RefusalTally::new(config.refusal_summary_every.as_secs())),
+            default_agent: config.default_agent,
         };
         core.install_policy(policy, SYSTEM_ACTOR).await?;
         Ok(core)
@@ -93,6 +99,16 @@ impl Core {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The policy's view of a node as this deployment reaches it: a record that names
+    /// no agent is served by the default agent, when there is one.
+    pub(super) fn device(&self, node: &NodeRecord) -> Device {
+        let mut device = super::device_of(node);
+        if device.agent.is_none() {
+            device.agent = self.default_agent.clone();
+        }
+        device
     }
 
     /// `/readyz`: whether this replica can serve — the database answers within 2 s and

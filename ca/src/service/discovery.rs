@@ -16,7 +16,6 @@
 use super::Ca;
 use super::permits::DiscoveryPermit;
 use super::services::ServiceCaller;
-use super::sessions::policy_device_of;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::keys::KeyPurpose;
@@ -71,7 +70,7 @@ impl Ca {
     /// Whether a rule with purpose `inventory_enrichment` covers the node (and so its
     /// principals file lists the discovery login).
     pub(crate) fn discovery_allowed(&self, node: &NodeRecord) -> Option<String> {
-        let device = policy_device_of(node, self.default_agent.as_deref());
+        let device = self.core.device(node);
         self.core.policy().match_rule(Purpose::InventoryEnrichment, &device).ok().map(|r| r.name().to_owned())
     }
 
@@ -106,7 +105,7 @@ impl Ca {
             if answer.jobs.len() >= max_jobs {
                 break;
             }
-            let device = policy_device_of(&node, self.default_agent.as_deref());
+            let device = self.core.device(&node);
             let Some(agent) = device.agent.clone() else { continue };
             if !agents.contains(agent.as_str()) {
                 continue;

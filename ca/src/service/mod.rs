@@ -135,7 +135,6 @@ pub struct Ca {
     tls_pin: String,
     enroll_binary: Option<PathBuf>,
     enroll_binary_cache: tokio::sync::Mutex<Option<Arc<EnrollBinary>>>,
-    default_agent: Option<String>,
     discovery: DiscoverySettings,
     discovery_skips: discovery::SkipLog,
     pve: PveSettings,
@@ -172,6 +171,7 @@ impl Ca {
                     key_algorithm: config.key_algorithm,
                     clock_skew: config.clock_skew,
                     refusal_summary_every: config.refusal_summary_every,
+                    default_agent: config.default_agent,
                 },
                 clock,
             )
@@ -196,7 +196,6 @@ impl Ca {
             tls_pin: config.tls_pin,
             enroll_binary: config.enroll_binary,
             enroll_binary_cache: tokio::sync::Mutex::new(None),
-            default_agent: config.default_agent,
             discovery: config.discovery,
             discovery_skips: Default::default(),
             pve: config.pve,

@@ -1,7 +1,6 @@
 //! The target preview: which devices a rule reaches, before a policy is loaded and after.
 
 use super::Ca;
-use super::sessions::policy_device_of;
 use crate::error::CaError;
 use portcullis_policies::{Device, Grant, Policy, PolicySource, Rule, proof};
 use portcullis_proto::preview::{RulePreview, RulePreviewRequest};
@@ -44,8 +43,7 @@ impl Ca {
     /// Every device of the inventory as the policy sees it: nodes, then Proxmox VE guests.
     async fn devices(&self) -> Result<Vec<Device>, CaError> {
         let nodes = self.core.store.nodes().await?;
-        let mut devices: Vec<Device> =
-            nodes.iter().map(|n| policy_device_of(n, self.default_agent.as_deref())).collect();
+        let mut devices: Vec<Device> = nodes.iter().map(|n| self.core.device(n)).collect();
         devices.extend(self.guest_devices().await?.into_iter().map(|(_, d)| d));
         Ok(devices)
     }

@@ -336,7 +336,7 @@ impl Ca {
     /// `GET /v1/services/agent/targets`: the devices this agent serves (those assigned to
     /// it, and, for the configured default agent, those assigned to none), at their SSH port.
     pub async fn agent_targets(&self, caller: &ServiceCaller) -> Result<Vec<AgentTarget>, CaError> {
-        let is_default = self.default_agent.as_deref() == Some(caller.name.as_str());
+        let is_default = self.core.default_agent.as_deref() == Some(caller.name.as_str());
         let policy = self.core.policy();
         let targets = self
             .core
@@ -350,7 +350,7 @@ impl Ca {
             })
             .map(|n| {
                 // The API port only where a credential rule collects through this agent.
-                let device = super::sessions::policy_device_of(&n, self.default_agent.as_deref());
+                let device = self.core.device(&n);
                 // A fingerprint probes a device no credential rule covers.
                 let rule = policy
                     .match_credential_rule(portcullis_policies::Provider::Proxmox, &device)

@@ -22,7 +22,6 @@ mod secrets;
 use super::Ca;
 use super::discovery::valid_name;
 use super::services::ServiceCaller;
-use super::sessions::policy_device_of;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::store::{self, ClusterRow, SecretRow};
@@ -89,7 +88,7 @@ impl Ca {
             if answer.jobs.len() + answer.probes.len() >= max_jobs {
                 break;
             }
-            let device = policy_device_of(&node, self.default_agent.as_deref());
+            let device = self.core.device(&node);
             let Some(agent) = device.agent.clone() else { continue };
             if !agents.contains(agent.as_str()) {
                 continue;
@@ -217,7 +216,7 @@ impl Ca {
         check(&inventory, &failures, &write_privileges).map_err(|e| CaError::BadRequest(format!("report: {e}")))?;
         normalize(&mut inventory);
         let node = self.core.store.node(&req.device).await?.ok_or(CaError::NotFound("node"))?;
-        let agent = policy_device_of(&node, self.default_agent.as_deref()).agent.unwrap_or_default();
+        let agent = self.core.device(&node).agent.unwrap_or_default();
         let cluster_id = format!("{agent}/{}", inventory.cluster);
         let warnings = Warnings {
             endpoint_failures: failures.iter().map(describe_failure).collect(),
@@ -382,8 +381,7 @@ impl Ca {
         &self,
         enrolled: &[portcullis_proto::NodeRecord],
     ) -> Result<Vec<(store::PveNodeRow, Link)>, CaError> {
-        let enrolled: Vec<Device> =
-            enrolled.iter().map(|n| policy_device_of(n, self.default_agent.as_deref())).collect();
+        let enrolled: Vec<Device> = enrolled.iter().map(|n| self.core.device(n)).collect();
         Ok(links::links(self.core.store.pve_nodes().await?, &enrolled))
     }
 }

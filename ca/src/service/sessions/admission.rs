@@ -1,12 +1,10 @@
 //! The admission decision's pure parts: request shape, the policy check shared by open
 //! and every heartbeat, and the permit the per-session certificate is built from.
 
-use super::super::principals::device_of;
 use crate::error::CaError;
 use portcullis_policies::{
     Device, HostKeyPolicy, Identity, Permission, Policy, Purpose, Role, Rule, SessionLimits, scoped_principal,
 };
-use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::{deny_reason as deny, *};
 use std::collections::BTreeSet;
 
@@ -175,15 +173,6 @@ pub(super) fn admit<'p>(
     Ok(Admission { role, rule, limits })
 }
 
-/// The inventory record as policy sees it, with the default agent filled in.
-pub(crate) fn policy_device(node: &NodeRecord, default_agent: Option<&str>) -> Device {
-    let mut device = device_of(node);
-    if device.agent.is_none() {
-        device.agent = default_agent.map(str::to_owned);
-    }
-    device
-}
-
 pub(super) fn host_key_check(policy: HostKeyPolicy) -> HostKeyCheck {
     match policy {
         HostKeyPolicy::KnownHosts => HostKeyCheck::KnownHosts,
@@ -237,7 +226,9 @@ pub(super) fn validate_open(req: &SessionOpenRequest) -> Result<(u64, Option<u16
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::device_of;
     use portcullis_policies::PolicySource;
+    use portcullis_proto::NodeRecord;
     use std::time::Duration;
 
     /// One generated role: does it target pve01, its idle and absolute seconds, its cap.

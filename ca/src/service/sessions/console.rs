@@ -12,7 +12,7 @@
 //!   resolved (no session certificate, no lease). Then the session is admitted exactly
 //!   like terminated mode, for the ticket's identity ([`Ca::admit_session`]).
 
-use super::admission::{console_logins, console_roles, denial, policy_device, valid_login, valid_session_id};
+use super::admission::{console_logins, console_roles, denial, valid_login, valid_session_id};
 use super::{Evidence, OpenSpec, Subject};
 use crate::audit::{self, AuditEvent, sanitize};
 use crate::error::CaError;
@@ -110,7 +110,7 @@ impl Ca {
         let mut last_seen = self.core.store.nodes_last_seen().await?;
         let mut out = Vec::new();
         for node in nodes {
-            let device = policy_device(&node, self.default_agent.as_deref());
+            let device = self.core.device(&node);
             let covered = device.agent.is_some() && policy.match_rule(Purpose::ConsoleAccess, &device).is_ok();
             let logins = if covered { console_logins(&policy, who, &device) } else { Default::default() };
             let console_unavailable = match (covered, logins.is_empty()) {
@@ -282,7 +282,7 @@ impl Ca {
         let Some(node) = self.core.store.node(&req.device).await? else {
             return Ok(Err(self.guest_refusal(&policy, who, &req.device).await?));
         };
-        let device = policy_device(&node, self.default_agent.as_deref());
+        let device = self.core.device(&node);
         // Only a user a console role lets see the device learns more than "not available":
         // for anyone else an existing device reads like an unknown one.
         if console_roles(&policy, who, &device).is_empty() {

@@ -12,7 +12,6 @@
 //! - Sessions are the caller's own unless they may list everyone's
 //!   (`audit.read`/`sessions.kill`, as `GET /v1/admin/sessions`).
 
-use super::admission::policy_device;
 use crate::error::CaError;
 use crate::service::admin::AuditFilter;
 use crate::service::{Ca, Caller};
@@ -37,7 +36,7 @@ impl Ca {
         let (node, as_policy_sees_it) = match device.guest {
             None => {
                 let node = self.core.store.node(name).await?.ok_or(CaError::NotFound("device"))?;
-                let seen = policy_device(&node, self.default_agent.as_deref());
+                let seen = self.core.device(&node);
                 (Some(node), seen)
             }
             Some(_) => {

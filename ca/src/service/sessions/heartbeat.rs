@@ -1,7 +1,7 @@
 //! Heartbeats: a bastion's leases kept alive, quiet bastions' leases reclaimed, and
 //! the close orders for sessions that may not go on.
 
-use super::admission::{Basis, admit, mode_from, policy_device, valid_session_id};
+use super::admission::{Basis, admit, mode_from, valid_session_id};
 use super::closed_event;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
@@ -102,9 +102,7 @@ impl Ca {
                 _ if lost.contains(id) => Some(CloseReason::LeaseLost),
                 Some(check) => {
                     let device = check.node.as_deref().map(|node| {
-                        &*devices
-                            .entry(check.lease.device.as_str())
-                            .or_insert_with(|| policy_device(node, self.default_agent.as_deref()))
+                        &*devices.entry(check.lease.device.as_str()).or_insert_with(|| self.core.device(node))
                     });
                     self.must_close(&policy, check, device, standings.get(&check.lease.username))
                 }

@@ -19,7 +19,6 @@ mod heartbeat;
 mod proof;
 
 use super::permits::SessionPermit;
-pub(crate) use admission::policy_device as policy_device_of;
 pub(crate) use admission::valid_session_id;
 
 use super::Ca;
@@ -29,7 +28,7 @@ use crate::error::CaError;
 use crate::keys::KeyPurpose;
 use crate::signer::sign_session_cert;
 use crate::store::{self, CertRow, LeaseRow};
-use admission::{Basis, Denial, FORWARDING_EXTENSIONS, admit, denial, host_key_check, policy_device, validate_open};
+use admission::{Basis, Denial, FORWARDING_EXTENSIONS, admit, denial, host_key_check, validate_open};
 use portcullis_policies::{Identity, IdleCounts, OverLimit, node_principal, parse_account};
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::{deny_reason as deny, *};
@@ -218,7 +217,7 @@ impl Ca {
     ) -> Result<Result<SessionGrant, Denial>, CaError> {
         let now = self.core.now();
         let port = open.port;
-        let device = policy_device(node, self.default_agent.as_deref());
+        let device = self.core.device(node);
         let Some(agent) = device.agent.clone() else {
             return Ok(Err(denial(deny::NO_AGENT, "no edge agent serves this device")));
         };
