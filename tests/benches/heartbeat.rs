@@ -98,7 +98,7 @@ async fn run(leases: usize, heartbeats: usize) {
             host_keys: vec![host_key.clone()],
             ..Default::default()
         };
-        ca.add_node(&nodes_grant, &node).await.unwrap();
+        ca.nodes().add_node(&nodes_grant, &node).await.unwrap();
     }
     let password = SecretString::from(PASSWORD);
     let mut certs = Vec::new();

@@ -153,7 +153,7 @@ async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
             host_keys: vec![host_key.clone()],
             ..Default::default()
         };
-        ca.add_node(&nodes, &node).await.unwrap();
+        ca.nodes().add_node(&nodes, &node).await.unwrap();
     }
     for i in 0..FLEET {
         let node = NodeRecord {
@@ -165,7 +165,7 @@ async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
             host_keys: vec![host_key.clone()],
             ..Default::default()
         };
-        ca.add_node(&nodes, &node).await.unwrap();
+        ca.nodes().add_node(&nodes, &node).await.unwrap();
     }
     let bastion = ca
         .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), Some("127.0.0.1:2223"))

@@ -201,7 +201,7 @@ async fn fixture_on(db_url: Option<&str>, replicas: usize) -> Fx {
             host_keys: vec![public_line(&ed25519_key())],
             ..Default::default()
         };
-        ca.add_node(&nodes, &node).await.unwrap();
+        ca.nodes().add_node(&nodes, &node).await.unwrap();
     }
     let bastion = ca
         .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), Some("127.0.0.1:2223"))
@@ -758,7 +758,7 @@ async fn redemption_runs_admission_for_the_tickets_identity() {
     let t = ticket(&fx, &alice, "pve02", "root").await;
     let nodes = fx.ca.core().authorize::<proof::NodesManage>(&admin).unwrap();
     let update = portcullis_proto::NodeUpdate { agent: Some("local".to_owned()), ..Default::default() };
-    fx.ca.update_node(&nodes, "pve02", &update).await.unwrap();
+    fx.ca.nodes().update_node(&nodes, "pve02", &update).await.unwrap();
     redeem_denied(&fx, &t, "rule_mismatch").await;
     // Control: a ticket asked now carries the new route and is admitted.
     let t = ticket(&fx, &alice, "pve02", "root").await;

@@ -114,7 +114,7 @@ async fn fixture(db_url: Option<&str>, enabled: bool) -> Fx {
             host_keys: if keys { vec![pinned.clone()] } else { Vec::new() },
             ..Default::default()
         };
-        ca.add_node(&nodes, &node).await.unwrap();
+        ca.nodes().add_node(&nodes, &node).await.unwrap();
     }
     let mut tokens = Vec::new();
     for name in ["b1", "b2"] {

@@ -41,7 +41,8 @@ async fn ca_and_grant(dir: &std::path::Path) -> (Ca, Grant<proof::NodesManage>) 
 }
 
 async fn token(ca: &Ca, grant: &Grant<proof::NodesManage>, request: EnrollTokenRequest) -> String {
-    ca.create_enroll_token(grant, &EnrollTokenRequest { ttl_seconds: 600, ..request })
+    ca.nodes()
+        .create_enroll_token(grant, &EnrollTokenRequest { ttl_seconds: 600, ..request })
         .await
         .unwrap()
         .token
@@ -73,7 +74,7 @@ fn proven(mut request: EnrollRequest, key: &PrivateKey, token: &str) -> EnrollRe
 
 /// Every token's remaining uses, sorted (tokens made in the same second list in any order).
 async fn uses_left(ca: &Ca, grant: &Grant<proof::NodesManage>) -> Vec<u32> {
-    let mut uses: Vec<u32> = ca.enroll_tokens(grant).await.unwrap().iter().map(|t| t.uses_left).collect();
+    let mut uses: Vec<u32> = ca.nodes().enroll_tokens(grant).await.unwrap().iter().map(|t| t.uses_left).collect();
     uses.sort_unstable();
     uses
 }
@@ -92,10 +93,10 @@ async fn enrolled_ca(dir: &std::path::Path) -> (Ca, PrivateKey) {
     let (ca, token) = ca_with_token(dir, 1).await;
     let host_key = ed25519_key();
     let request = enroll_request("pve01", &host_key);
-    ca.enroll(&token, &request, "127.0.0.1").await.unwrap();
+    ca.nodes().enroll(&token, &request, "127.0.0.1").await.unwrap();
     // The token had one use: a second enrollment with it is refused, even with a proof.
     let again = proven(request, &host_key, &token);
-    assert!(matches!(ca.enroll(&token, &again, "127.0.0.1").await, Err(CaError::Unauthenticated)));
+    assert!(matches!(ca.nodes().enroll(&token, &again, "127.0.0.1").await, Err(CaError::Unauthenticated)));
     (ca, host_key)
 }
 
@@ -109,7 +110,8 @@ async fn only_a_fresh_signature_by_a_registered_host_key_authenticates_a_node() 
     let (ca, host_key) = enrolled_ca(dir.path()).await;
 
     // Control: the genuine proof works, and the bundle names the node.
-    let bundle = ca.node_refresh(&proof(&host_key, "pve01", "refresh", "pve01", NOW), "127.0.0.1").await.unwrap();
+    let bundle =
+        ca.nodes().node_refresh(&proof(&host_key, "pve01", "refresh", "pve01", NOW), "127.0.0.1").await.unwrap();
     assert_eq!(bundle.node, "pve01");
     assert_eq!(bundle.host_certificates.len(), 1);
 
@@ -122,12 +124,12 @@ async fn only_a_fresh_signature_by_a_registered_host_key_authenticates_a_node() 
         ("unknown node", proof(&host_key, "pve02", "refresh", "pve02", NOW)),
     ];
     for (what, forged) in &forgeries {
-        let result = ca.node_refresh(forged, "198.51.100.9").await;
+        let result = ca.nodes().node_refresh(forged, "198.51.100.9").await;
         assert!(matches!(result, Err(CaError::Unauthenticated)), "{what}: {result:?}");
     }
     let mut garbled = proof(&host_key, "pve01", "refresh", "pve01", NOW);
     garbled.signature = garbled.signature.replace('A', "B");
-    assert!(matches!(ca.node_refresh(&garbled, "198.51.100.9").await, Err(CaError::Unauthenticated)));
+    assert!(matches!(ca.nodes().node_refresh(&garbled, "198.51.100.9").await, Err(CaError::Unauthenticated)));
 
     assert_eq!(
         refusal_reasons(&ca).await,
@@ -144,10 +146,10 @@ async fn only_a_fresh_signature_by_a_registered_host_key_authenticates_a_node() 
 
     // A refresh proof cannot deregister; the deregistration proof can, once.
     let refresh_proof = proof(&host_key, "pve01", "refresh", "pve01", NOW);
-    assert!(ca.node_deregister(&refresh_proof, "127.0.0.1").await.is_err());
+    assert!(ca.nodes().node_deregister(&refresh_proof, "127.0.0.1").await.is_err());
     let leave = proof(&host_key, "pve01", "deregister", "pve01", NOW);
-    ca.node_deregister(&leave, "127.0.0.1").await.unwrap();
-    assert!(ca.node_refresh(&refresh_proof, "127.0.0.1").await.is_err(), "a deregistered node is unknown");
+    ca.nodes().node_deregister(&leave, "127.0.0.1").await.unwrap();
+    assert!(ca.nodes().node_refresh(&refresh_proof, "127.0.0.1").await.is_err(), "a deregistered node is unknown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -159,7 +161,7 @@ async fn a_limited_token_admits_exactly_its_uses_even_when_raced() {
         .map(|i| {
             let (ca, token) = (std::sync::Arc::clone(&ca), token.clone());
             tokio::spawn(async move {
-                ca.enroll(&token, &enroll_request(&format!("node{i}"), &ed25519_key()), "127.0.0.1").await
+                ca.nodes().enroll(&token, &enroll_request(&format!("node{i}"), &ed25519_key()), "127.0.0.1").await
             })
         })
         .collect();
@@ -179,12 +181,12 @@ async fn a_token_cannot_take_over_a_name_enrolled_with_other_host_keys() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, token) = ca_with_token(dir.path(), 3).await;
     let genuine = ed25519_key();
-    ca.enroll(&token, &enroll_request("pve01", &genuine), "127.0.0.1").await.unwrap();
+    ca.nodes().enroll(&token, &enroll_request("pve01", &genuine), "127.0.0.1").await.unwrap();
     let impostor = ed25519_key();
-    let result = ca.enroll(&token, &enroll_request("pve01", &impostor), "198.51.100.9").await;
+    let result = ca.nodes().enroll(&token, &enroll_request("pve01", &impostor), "198.51.100.9").await;
     assert!(matches!(result, Err(CaError::Conflict(_))), "{result:?}");
     // Control: the same machine, proving it holds its host key, may enroll again.
-    ca.enroll(&token, &proven(enroll_request("pve01", &genuine), &genuine, &token), "127.0.0.1").await.unwrap();
+    ca.nodes().enroll(&token, &proven(enroll_request("pve01", &genuine), &genuine, &token), "127.0.0.1").await.unwrap();
 }
 
 #[tokio::test]
@@ -196,7 +198,7 @@ async fn re_enrolling_a_known_name_needs_a_proof_by_its_pinned_host_key() {
     let genuine = ed25519_key();
     let mut first = enroll_request("pve01", &genuine);
     first.facts.addresses = vec!["10.0.0.1".into()];
-    ca.enroll(&prod_token, &first, "10.0.0.1").await.unwrap();
+    ca.nodes().enroll(&prod_token, &first, "10.0.0.1").await.unwrap();
 
     // The attacker holds a lab token and the node's *public* host key (ssh-keyscan).
     let lab = [("cluster".to_owned(), "lab".to_owned())].into();
@@ -215,7 +217,7 @@ async fn re_enrolling_a_known_name_needs_a_proof_by_its_pinned_host_key() {
         ("proof bound to another token", proven(takeover.clone(), &genuine, &prod_token)),
     ];
     for (what, request) in &attempts {
-        let result = ca.enroll(&lab_token, request, "203.0.113.66").await;
+        let result = ca.nodes().enroll(&lab_token, request, "203.0.113.66").await;
         assert!(matches!(result, Err(CaError::Conflict(_))), "{what}: {result:?}");
     }
     assert_eq!(enroll_refusals(&ca).await, ["name_taken"; 4]);
@@ -229,7 +231,7 @@ async fn re_enrolling_a_known_name_needs_a_proof_by_its_pinned_host_key() {
     // token's tags still never relabel it.
     let mut moved = enroll_request("pve01", &genuine);
     moved.facts.addresses = vec!["10.0.0.2".into()];
-    ca.enroll(&lab_token, &proven(moved, &genuine, &lab_token), "10.0.0.2").await.unwrap();
+    ca.nodes().enroll(&lab_token, &proven(moved, &genuine, &lab_token), "10.0.0.2").await.unwrap();
     let node = ca.core().store().node("pve01").await.unwrap().unwrap();
     assert_eq!(node.addresses, ["10.0.0.2"]);
     assert_eq!(node.tags["cluster"], "prod", "a token's tags overrode an existing node's");
@@ -242,17 +244,20 @@ async fn a_hand_added_name_is_claimed_only_by_a_token_bound_to_it() {
     let (ca, grant) = ca_and_grant(dir.path()).await;
     let record =
         NodeRecord { name: "pve05".into(), tags: [("env".into(), "prod".into())].into(), ..Default::default() };
-    ca.add_node(&grant, &record).await.unwrap();
-    assert!(matches!(ca.add_node(&grant, &record).await, Err(CaError::Conflict(_))), "node add refuses a known name");
+    ca.nodes().add_node(&grant, &record).await.unwrap();
+    assert!(
+        matches!(ca.nodes().add_node(&grant, &record).await, Err(CaError::Conflict(_))),
+        "node add refuses a known name"
+    );
 
     let key = ed25519_key();
     let unbound = token(&ca, &grant, EnrollTokenRequest { uses: 1, ..Default::default() }).await;
-    let result = ca.enroll(&unbound, &enroll_request("pve05", &key), "203.0.113.66").await;
+    let result = ca.nodes().enroll(&unbound, &enroll_request("pve05", &key), "203.0.113.66").await;
     assert!(matches!(result, Err(CaError::Conflict(_))), "{result:?}");
     let elsewhere =
         token(&ca, &grant, EnrollTokenRequest { uses: 1, node: Some("pve06".into()), ..Default::default() });
     let elsewhere = elsewhere.await;
-    let result = ca.enroll(&elsewhere, &enroll_request("pve05", &key), "203.0.113.66").await;
+    let result = ca.nodes().enroll(&elsewhere, &enroll_request("pve05", &key), "203.0.113.66").await;
     assert!(matches!(result, Err(CaError::Unauthenticated)), "{result:?}");
     assert_eq!(enroll_refusals(&ca).await, ["name_reserved", "token_invalid"]);
     assert_eq!(uses_left(&ca, &grant).await, [1, 1], "a refused enrollment spent a token use");
@@ -260,7 +265,7 @@ async fn a_hand_added_name_is_claimed_only_by_a_token_bound_to_it() {
 
     // Control: the token bound to the name claims it, and the node keeps its tags.
     let bound = token(&ca, &grant, EnrollTokenRequest { uses: 1, node: Some("pve05".into()), ..Default::default() });
-    ca.enroll(&bound.await, &enroll_request("pve05", &key), "10.0.0.5").await.unwrap();
+    ca.nodes().enroll(&bound.await, &enroll_request("pve05", &key), "10.0.0.5").await.unwrap();
     let node = ca.core().store().node("pve05").await.unwrap().unwrap();
     assert_eq!(node.host_keys, [public_line(&key)]);
     assert_eq!(node.tags["env"], "prod");
@@ -274,32 +279,32 @@ async fn node_update_changes_only_what_it_names_and_remove_forgets_the_node() {
     let host_key = ed25519_key();
     let mut request = enroll_request("pve01", &host_key);
     request.facts.addresses = vec!["10.0.0.1".into()];
-    ca.enroll(&enroll_token, &request, "10.0.0.1").await.unwrap();
+    ca.nodes().enroll(&enroll_token, &request, "10.0.0.1").await.unwrap();
 
     let update = NodeUpdate { set_tags: [("cluster".into(), "prod".into())].into(), ..Default::default() };
-    let node = ca.update_node(&grant, "pve01", &update).await.unwrap();
+    let node = ca.nodes().update_node(&grant, "pve01", &update).await.unwrap();
     assert_eq!(node.host_keys, [public_line(&host_key)], "a tag update wiped the pinned host keys");
     assert_eq!(node.addresses, ["10.0.0.1"]);
     assert_eq!(node.tags["cluster"], "prod");
     // The node's refresh still authenticates after the update.
-    ca.node_refresh(&proof(&host_key, "pve01", "refresh", "pve01", NOW), "10.0.0.1").await.unwrap();
-    let missing = ca.update_node(&grant, "pve09", &update).await;
+    ca.nodes().node_refresh(&proof(&host_key, "pve01", "refresh", "pve01", NOW), "10.0.0.1").await.unwrap();
+    let missing = ca.nodes().update_node(&grant, "pve09", &update).await;
     assert!(matches!(missing, Err(CaError::NotFound(_))), "{missing:?}");
 
-    ca.remove_node(&grant, "pve01").await.unwrap();
+    ca.nodes().remove_node(&grant, "pve01").await.unwrap();
     assert!(ca.core().store().node("pve01").await.unwrap().is_none());
-    let refresh = ca.node_refresh(&proof(&host_key, "pve01", "refresh", "pve01", NOW), "10.0.0.1").await;
+    let refresh = ca.nodes().node_refresh(&proof(&host_key, "pve01", "refresh", "pve01", NOW), "10.0.0.1").await;
     assert!(refresh.is_err(), "a removed node still refreshes");
-    assert!(matches!(ca.remove_node(&grant, "pve01").await, Err(CaError::NotFound(_))));
+    assert!(matches!(ca.nodes().remove_node(&grant, "pve01").await, Err(CaError::NotFound(_))));
 
     // Tokens can be listed and revoked; a revoked token enrolls nothing.
     let spare = token(&ca, &grant, EnrollTokenRequest { uses: 5, ..Default::default() }).await;
-    let tokens = ca.enroll_tokens(&grant).await.unwrap();
+    let tokens = ca.nodes().enroll_tokens(&grant).await.unwrap();
     let id = tokens.iter().find(|t| t.uses_left == 5).unwrap().id.clone();
-    ca.revoke_enroll_token(&grant, &id).await.unwrap();
-    let result = ca.enroll(&spare, &enroll_request("pve02", &ed25519_key()), "10.0.0.2").await;
+    ca.nodes().revoke_enroll_token(&grant, &id).await.unwrap();
+    let result = ca.nodes().enroll(&spare, &enroll_request("pve02", &ed25519_key()), "10.0.0.2").await;
     assert!(matches!(result, Err(CaError::Unauthenticated)), "{result:?}");
-    assert!(matches!(ca.revoke_enroll_token(&grant, "nope").await, Err(CaError::NotFound(_))));
+    assert!(matches!(ca.nodes().revoke_enroll_token(&grant, "nope").await, Err(CaError::NotFound(_))));
 }
 
 fn abort_request(key: &PrivateKey, node: &str, verification_principal: &str) -> EnrollAbortRequest {
@@ -318,33 +323,40 @@ async fn a_rolled_back_enrollment_is_undone_at_the_ca_and_gives_the_token_use_ba
     let key = ed25519_key();
     let mut request = enroll_request("pve01", &key);
     request.facts.addresses = vec!["10.0.0.1".into()];
-    let first = ca.enroll(&enroll_token, &request, "10.0.0.1").await.unwrap();
+    let first = ca.nodes().enroll(&enroll_token, &request, "10.0.0.1").await.unwrap();
     assert_eq!(uses_left(&ca, &grant).await, [1]);
 
     // Only the node (its host key) can undo it, and only for this attempt.
     let forged = abort_request(&ed25519_key(), "pve01", &first.verification_principal);
-    assert!(matches!(ca.abort_enrollment(&forged, "203.0.113.66").await, Err(CaError::Unauthenticated)));
+    assert!(matches!(ca.nodes().abort_enrollment(&forged, "203.0.113.66").await, Err(CaError::Unauthenticated)));
     let other_attempt = abort_request(&key, "pve01", "pcv_0000000000000000");
-    assert!(matches!(ca.abort_enrollment(&other_attempt, "10.0.0.1").await, Err(CaError::NotFound(_))));
+    assert!(matches!(ca.nodes().abort_enrollment(&other_attempt, "10.0.0.1").await, Err(CaError::NotFound(_))));
     assert!(ca.core().store().node("pve01").await.unwrap().is_some(), "a refused abort removed the node");
 
     // The node rolled back: the new registration is gone and the token use is back.
-    ca.abort_enrollment(&abort_request(&key, "pve01", &first.verification_principal), "10.0.0.1").await.unwrap();
+    ca.nodes()
+        .abort_enrollment(&abort_request(&key, "pve01", &first.verification_principal), "10.0.0.1")
+        .await
+        .unwrap();
     assert!(ca.core().store().node("pve01").await.unwrap().is_none(), "the rolled-back node is still registered");
     assert_eq!(uses_left(&ca, &grant).await, [2]);
 
     // A re-enrollment rolled back restores the node's earlier record.
-    ca.enroll(&enroll_token, &request, "10.0.0.1").await.unwrap();
+    ca.nodes().enroll(&enroll_token, &request, "10.0.0.1").await.unwrap();
     let mut moved = enroll_request("pve01", &key);
     moved.facts.addresses = vec!["10.0.0.9".into()];
-    let again = ca.enroll(&enroll_token, &proven(moved, &key, &enroll_token), "10.0.0.9").await.unwrap();
+    let again = ca.nodes().enroll(&enroll_token, &proven(moved, &key, &enroll_token), "10.0.0.9").await.unwrap();
     assert_eq!(ca.core().store().node("pve01").await.unwrap().unwrap().addresses, ["10.0.0.9"]);
-    ca.abort_enrollment(&abort_request(&key, "pve01", &again.verification_principal), "10.0.0.9").await.unwrap();
+    ca.nodes()
+        .abort_enrollment(&abort_request(&key, "pve01", &again.verification_principal), "10.0.0.9")
+        .await
+        .unwrap();
     let node = ca.core().store().node("pve01").await.unwrap().unwrap();
     assert_eq!(node.addresses, ["10.0.0.1"], "the earlier record was not restored");
     assert_eq!(uses_left(&ca, &grant).await, [1]);
     // An attempt is undone once.
-    let twice = ca.abort_enrollment(&abort_request(&key, "pve01", &again.verification_principal), "10.0.0.9").await;
+    let twice =
+        ca.nodes().abort_enrollment(&abort_request(&key, "pve01", &again.verification_principal), "10.0.0.9").await;
     assert!(matches!(twice, Err(CaError::NotFound(_))), "{twice:?}");
 }
 
@@ -367,23 +379,24 @@ async fn the_bundle_installs_the_discovery_principal_the_admin_api_lists() {
         ..Default::default()
     };
     let lab_token = token(&ca, &grant, lab).await;
-    let resp = ca.enroll(&lab_token, &enroll_request("pve01", &ed25519_key()), "10.0.0.1").await.unwrap();
+    let resp = ca.nodes().enroll(&lab_token, &enroll_request("pve01", &ed25519_key()), "10.0.0.1").await.unwrap();
     let login = portcullis_proto::discovery::DISCOVERY_LOGIN;
     let expected = vec![portcullis_policies::node_principal("pve01", login)];
     assert_eq!(resp.bundle.principals.get(login), Some(&expected), "{:?}", resp.bundle.principals);
-    let listed = ca.node_principals(&grant, "pve01").await.unwrap();
+    let listed = ca.nodes().node_principals(&grant, "pve01").await.unwrap();
     assert_eq!(listed.principals, resp.bundle.principals, "the bundle and the admin API disagree");
     // Control: a node no inventory_enrichment rule covers gets no discovery login.
-    let other = ca.enroll(&lab_token, &enroll_request("pve02", &ed25519_key()), "10.0.0.2").await.unwrap();
+    let other = ca.nodes().enroll(&lab_token, &enroll_request("pve02", &ed25519_key()), "10.0.0.2").await.unwrap();
     assert!(other.bundle.principals.contains_key(login), "same rule, same tags: covered too");
-    ca.update_node(
-        &grant,
-        "pve02",
-        &NodeUpdate { set_tags: [("env".into(), "prod".into())].into(), ..Default::default() },
-    )
-    .await
-    .unwrap();
-    let refreshed = ca.node_principals(&grant, "pve02").await.unwrap();
+    ca.nodes()
+        .update_node(
+            &grant,
+            "pve02",
+            &NodeUpdate { set_tags: [("env".into(), "prod".into())].into(), ..Default::default() },
+        )
+        .await
+        .unwrap();
+    let refreshed = ca.nodes().node_principals(&grant, "pve02").await.unwrap();
     assert!(!refreshed.principals.contains_key(login), "{:?}", refreshed.principals);
 }
 
@@ -397,11 +410,11 @@ async fn the_verification_certificate_is_bound_to_the_nodes_own_addresses_and_it
     let mut request = enroll_request("pve01", &ed25519_key());
     request.facts.addresses = vec!["192.0.2.5".into(), "pve01.example".into(), "2001:db8::5".into()];
     request.facts.ssh_port = Some(0);
-    let refused = ca.enroll(&token, &request, "192.0.2.5").await;
+    let refused = ca.nodes().enroll(&token, &request, "192.0.2.5").await;
     assert!(matches!(refused, Err(CaError::BadRequest(_))), "{refused:?}");
 
     request.facts.ssh_port = Some(2222);
-    let response = ca.enroll(&token, &request, "192.0.2.5").await.unwrap();
+    let response = ca.nodes().enroll(&token, &request, "192.0.2.5").await.unwrap();
     let cert = ssh_key::Certificate::from_openssh(response.verification_certificate.trim()).unwrap();
     let sources = cert.critical_options().get("source-address").cloned().unwrap_or_default();
     assert_eq!(sources, "127.0.0.0/8,::1,192.0.2.5,2001:db8::5");

@@ -626,7 +626,7 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
         host_keys: vec![public_line(&ed25519_key())],
         ..Default::default()
     };
-    ca.add_node(&nodes, &node).await.unwrap();
+    ca.nodes().add_node(&nodes, &node).await.unwrap();
     let bastion = ca
         .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), Some("127.0.0.1:2223"))
         .await

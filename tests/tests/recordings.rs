@@ -120,7 +120,7 @@ async fn fixture(postgres: bool) -> Fx {
             host_keys: vec![public_line(&ed25519_key())],
             ..Default::default()
         };
-        ca.add_node(&nodes, &node).await.unwrap();
+        ca.nodes().add_node(&nodes, &node).await.unwrap();
     }
     let bastion = async |name: &str| {
         let key = public_line(&ed25519_key());

@@ -21,19 +21,19 @@ pub async fn create_token(
     Body(b): Body<EnrollTokenRequest>,
 ) -> Result<Json<EnrollTokenResponse>, CaError> {
     let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
-    Ok(Json(ca.create_enroll_token(&grant, &b).await?))
+    Ok(Json(ca.nodes().create_enroll_token(&grant, &b).await?))
 }
 
 #[utoipa::path(get, path = "/v1/admin/enroll-tokens", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<EnrollTokenInfo>)))]
 pub async fn list_tokens(State(ca): Ca_, Authed(c): Authed) -> Result<Json<Vec<EnrollTokenInfo>>, CaError> {
     let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
-    Ok(Json(ca.enroll_tokens(&grant).await?))
+    Ok(Json(ca.nodes().enroll_tokens(&grant).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/admin/enroll-tokens/{id}", tag = "admin", params(("id" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn revoke_token(State(ca): Ca_, Authed(c): Authed, Name(id): Name) -> Result<(), CaError> {
     let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
-    ca.revoke_enroll_token(&grant, &id).await
+    ca.nodes().revoke_enroll_token(&grant, &id).await
 }
 
 /// A node that rolled its enrollment back; authenticated by its host key.
@@ -43,7 +43,7 @@ pub async fn abort(
     ClientIp(ip): ClientIp,
     Body(request): Body<EnrollAbortRequest>,
 ) -> Result<(), CaError> {
-    ca.abort_enrollment(&request, &ip).await
+    ca.nodes().abort_enrollment(&request, &ip).await
 }
 
 /// The enrollment token is a bearer credential of its own kind (`pce_…`), not a session.
@@ -55,7 +55,7 @@ pub async fn enroll(
     Body(b): Body<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>, CaError> {
     let token = super::extract::bearer(&headers, "pce_").ok_or(CaError::Unauthenticated)?;
-    Ok(Json(ca.enroll(token, &b, &ip).await?))
+    Ok(Json(ca.nodes().enroll(token, &b, &ip).await?))
 }
 
 #[utoipa::path(post, path = "/v1/nodes/refresh", tag = "nodes", request_body = NodeProof, responses((status = 200, body = NodeBundle)))]
@@ -64,12 +64,12 @@ pub async fn refresh(
     ClientIp(ip): ClientIp,
     Body(p): Body<NodeProof>,
 ) -> Result<Json<NodeBundle>, CaError> {
-    Ok(Json(ca.node_refresh(&p, &ip).await?))
+    Ok(Json(ca.nodes().node_refresh(&p, &ip).await?))
 }
 
 #[utoipa::path(post, path = "/v1/nodes/deregister", tag = "nodes", request_body = NodeProof, responses((status = 200, description = "done")))]
 pub async fn deregister(State(ca): Ca_, ClientIp(ip): ClientIp, Body(p): Body<NodeProof>) -> Result<(), CaError> {
-    ca.node_deregister(&p, &ip).await
+    ca.nodes().node_deregister(&p, &ip).await
 }
 
 /// `curl -fsS --pinnedpubkey … https://CA/enroll.sh | sh -s -- --token T --ca-fingerprint F`
@@ -84,14 +84,14 @@ pub async fn script(State(ca): Ca_, uri: Uri, headers: HeaderMap) -> Result<impl
             !h.is_empty() && h.len() <= 255 && h.chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
         })
         .ok_or_else(|| CaError::BadRequest("missing or invalid Host header".into()))?;
-    let binary = ca.enroll_binary().await?;
-    let script = crate::enroll_script::render(&format!("https://{host}"), ca.tls_pin(), &binary.sha256);
+    let binary = ca.nodes().enroll_binary().await?;
+    let script = crate::enroll_script::render(&format!("https://{host}"), ca.nodes().tls_pin(), &binary.sha256);
     Ok(([(header::CONTENT_TYPE, "text/x-shellscript; charset=utf-8")], script))
 }
 
 #[utoipa::path(get, path = "/v1/download/portcullis-enroll", tag = "nodes", responses((status = 200, description = "see the description")))]
 pub async fn binary(State(ca): Ca_) -> Result<impl IntoResponse, CaError> {
-    let binary = ca.enroll_binary().await?;
+    let binary = ca.nodes().enroll_binary().await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),

@@ -119,7 +119,7 @@ pub async fn krl(State(ca): Ca_) -> Result<impl IntoResponse, CaError> {
 #[utoipa::path(get, path = "/v1/nodes/{name}/principals", tag = "nodes", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = NodePrincipals)))]
 pub async fn node_principals(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Res<NodePrincipals> {
     let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
-    Ok(Json(ca.node_principals(&grant, &name).await?))
+    Ok(Json(ca.nodes().node_principals(&grant, &name).await?))
 }
 
 #[utoipa::path(get, path = "/v1/admin/users", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<UserInfo>)))]
@@ -246,13 +246,13 @@ pub async fn retire_ca_key(State(ca): Ca_, Authed(c): Authed, Body(b): Body<Reti
 #[utoipa::path(get, path = "/v1/admin/nodes", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<NodeRecord>)))]
 pub async fn list_nodes(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<NodeRecord>> {
     let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
-    Ok(Json(ca.nodes(&grant).await?))
+    Ok(Json(ca.nodes().list(&grant).await?))
 }
 
 #[utoipa::path(post, path = "/v1/admin/nodes", tag = "admin", request_body = NodeRecord, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = NodeRecord)))]
 pub async fn add_node(State(ca): Ca_, Authed(c): Authed, Body(node): Body<NodeRecord>) -> Res<NodeRecord> {
     let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
-    ca.add_node(&grant, &node).await?;
+    ca.nodes().add_node(&grant, &node).await?;
     Ok(Json(node))
 }
 
@@ -264,13 +264,13 @@ pub async fn update_node(
     Body(update): Body<NodeUpdate>,
 ) -> Res<NodeRecord> {
     let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
-    Ok(Json(ca.update_node(&grant, &name, &update).await?))
+    Ok(Json(ca.nodes().update_node(&grant, &name, &update).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/admin/nodes/{name}", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn remove_node(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
     let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
-    ca.remove_node(&grant, &name).await
+    ca.nodes().remove_node(&grant, &name).await
 }
 
 #[utoipa::path(post, path = "/v1/admin/policy/reload", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = PolicyReloadResponse)))]

@@ -10,9 +10,7 @@ use crate::policy_files::load_policy_dir;
 use crate::store::{self, NewPassword};
 use portcullis_policies::{Grant, USER_NAME_RULE, UserSource, parse_account, proof, valid_user_name};
 use portcullis_proto::console::{PolicyChangeRecord, PolicyFieldChange};
-use portcullis_proto::{
-    AuditRecord, AuditVerifyResponse, CaKeyInfo, NodeRecord, NodeUpdate, PolicyReloadResponse, UserInfo,
-};
+use portcullis_proto::{AuditRecord, AuditVerifyResponse, CaKeyInfo, PolicyReloadResponse, UserInfo};
 use secrecy::{ExposeSecret, SecretString};
 
 /// Login names as OpenSSH and the policy accept them; anything else is refused up front.
@@ -326,100 +324,6 @@ impl Ca {
         .await?;
         tx.commit().await?;
         self.core.reload_keys().await
-    }
-
-    /// Registers a new node; an existing name is refused (use [`Ca::update_node`]).
-    pub async fn add_node(&self, grant: &Grant<proof::NodesManage>, node: &NodeRecord) -> Result<(), CaError> {
-        crate::validate::node_record(node)?;
-        crate::validate::host_keys(&node.host_keys)?;
-        let now = self.core.now();
-        let mut tx = self.core.store.begin().await?;
-        if !store::insert_node(tx.conn(), node, now).await? {
-            return Err(CaError::Conflict(format!(
-                "node {} exists; change it with `node update` or remove it first",
-                node.name
-            )));
-        }
-        audit::record(
-            tx.conn(),
-            now,
-            &AuditEvent::NodeRegistered { actor: grant.username().to_owned(), name: node.name.clone(), new: true },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Changes only what `update` names.
-    pub async fn update_node(
-        &self,
-        grant: &Grant<proof::NodesManage>,
-        name: &str,
-        update: &NodeUpdate,
-    ) -> Result<NodeRecord, CaError> {
-        let mut node = self.core.store.node(name).await?.ok_or(CaError::NotFound("node"))?;
-        let mut fields = Vec::new();
-        if let Some(addresses) = &update.addresses {
-            node.addresses = addresses.clone();
-            fields.push("addresses");
-        }
-        if !update.set_tags.is_empty() || !update.remove_tags.is_empty() {
-            for key in &update.remove_tags {
-                node.tags.remove(key);
-            }
-            node.tags.extend(update.set_tags.clone());
-            fields.push("tags");
-        }
-        if let Some(agent) = &update.agent {
-            node.agent = Some(agent.clone()).filter(|a| !a.is_empty());
-            fields.push("agent");
-        }
-        if let Some(partition) = &update.partition {
-            node.partition = Some(partition.clone()).filter(|p| !p.is_empty());
-            fields.push("partition");
-        }
-        if let Some(keys) = &update.host_keys {
-            crate::validate::host_keys(keys)?;
-            node.host_keys = keys.clone();
-            fields.push("host_keys");
-        }
-        if let Some(port) = update.ssh_port {
-            node.ssh_port = Some(port);
-            fields.push("ssh_port");
-        }
-        crate::validate::node_record(&node)?;
-        let now = self.core.now();
-        let actor = grant.username().to_owned();
-        let mut tx = self.core.store.begin().await?;
-        store::upsert_node(tx.conn(), &node, now).await?;
-        if update.host_keys.is_some() {
-            // Certificates for the old keys must not outlive the re-key.
-            super::enroll::retire_node_certs(tx.conn(), &node.name, &actor, now).await?;
-        }
-        let event = AuditEvent::NodeUpdated { actor, name: node.name.clone(), fields };
-        audit::record(tx.conn(), now, &event).await?;
-        tx.commit().await?;
-        Ok(node)
-    }
-
-    /// Removes a node: its record (and with it the principals the CA lists for it, its
-    /// pinned keys and inventory entry) and its host certificates, revoked.
-    pub async fn remove_node(&self, grant: &Grant<proof::NodesManage>, name: &str) -> Result<(), CaError> {
-        let now = self.core.now();
-        let actor = grant.username().to_owned();
-        let mut tx = self.core.store.begin().await?;
-        if !store::delete_node(tx.conn(), name).await? {
-            return Err(CaError::NotFound("node"));
-        }
-        let revoked = super::enroll::retire_node_certs(tx.conn(), name, &actor, now).await?;
-        let event = AuditEvent::NodeRemoved { actor, name: name.to_owned(), host_certificates_revoked: revoked };
-        audit::record(tx.conn(), now, &event).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn nodes(&self, _grant: &Grant<proof::NodesManage>) -> Result<Vec<NodeRecord>, CaError> {
-        Ok(self.core.store.nodes().await?)
     }
 
     /// Re-reads the policy directory. An invalid policy is refused whole (and audited);

@@ -10,7 +10,7 @@ use crate::error::CaError;
 use crate::keys::{self, KeyAlgorithm, KeyPurpose, Keyring};
 use crate::store::{self, CaKeyRow, Store};
 use portcullis_policies::proof::Proof;
-use portcullis_policies::{Device, Grant, Policy, PolicySummary, diff};
+use portcullis_policies::{Device, Grant, Policy, PolicySummary, Purpose, diff};
 use portcullis_proto::NodeRecord;
 use portcullis_proto::refusals::{RefusalTally, Verdict};
 use secrecy::SecretString;
@@ -246,6 +246,13 @@ impl Core {
             overflow: s.overflow,
         })
         .await
+    }
+
+    /// Whether a rule with purpose `inventory_enrichment` covers the node (and so its
+    /// principals file lists the discovery login).
+    pub(super) fn discovery_allowed(&self, node: &NodeRecord) -> Option<String> {
+        let device = self.device(node);
+        self.policy().match_rule(Purpose::InventoryEnrichment, &device).ok().map(|r| r.name().to_owned())
     }
 
     /// The proof an administrative operation needs.

@@ -22,7 +22,7 @@ use crate::keys::KeyPurpose;
 use crate::signer::sign_discovery_cert;
 use crate::store;
 use portcullis_discovery::{Change, HardwareFacts, drift, parse_report};
-use portcullis_policies::{Grant, Purpose, node_principal, proof};
+use portcullis_policies::{Grant, node_principal, proof};
 use portcullis_proto::NodeRecord;
 use portcullis_proto::discovery::*;
 use portcullis_sshcert::parse_user_public_key;
@@ -67,13 +67,6 @@ pub(super) fn valid_name(s: &str) -> bool {
 }
 
 impl Ca {
-    /// Whether a rule with purpose `inventory_enrichment` covers the node (and so its
-    /// principals file lists the discovery login).
-    pub(crate) fn discovery_allowed(&self, node: &NodeRecord) -> Option<String> {
-        let device = self.core.device(node);
-        self.core.policy().match_rule(Purpose::InventoryEnrichment, &device).ok().map(|r| r.name().to_owned())
-    }
-
     /// `POST /v1/bastion/discovery/claim`.
     pub async fn claim_discovery(
         &self,
@@ -110,7 +103,7 @@ impl Ca {
             if !agents.contains(agent.as_str()) {
                 continue;
             }
-            let Some(rule) = self.discovery_allowed(&node) else {
+            let Some(rule) = self.core.discovery_allowed(&node) else {
                 self.discovery_skips.once(&node.name, "no inventory_enrichment rule matches");
                 continue;
             };

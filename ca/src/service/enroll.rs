@@ -1,8 +1,8 @@
 //! Node enrollment: one-time tokens, the trust bundle a node installs, and node-proof
 //! authenticated refresh and removal.
 
-use super::Ca;
 use super::auth::{random_token, token_hash};
+use super::nodes::Nodes;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::keys::KeyPurpose;
@@ -25,7 +25,7 @@ const HOST_CERT_RENEW_BEFORE: u64 = 7 * 24 * 3600;
 /// How long after enrolling a node may still roll the enrollment back at the CA.
 const ENROLL_ABORT_WINDOW: u64 = 30 * 60;
 
-impl Ca {
+impl Nodes {
     pub async fn create_enroll_token(
         &self,
         grant: &Grant<proof::NodesManage>,

@@ -12,6 +12,7 @@ mod enroll;
 mod identity;
 mod issuance;
 mod metrics;
+mod nodes;
 pub mod oidc;
 pub mod permits;
 mod preview;
@@ -29,6 +30,7 @@ pub use core::Core;
 pub use discovery::{DiscoverySettings, HardwareSummary};
 pub use identity::IdentityService;
 pub use issuance::Issuance;
+pub use nodes::{EnrollBinary, Nodes};
 pub use permits::{DiscoveryPermit, SessionPermit};
 pub use principals::device_of;
 pub use pve::PveSettings;
@@ -129,21 +131,13 @@ pub struct Ca {
     identity: IdentityService,
     recordings: recordings::Recordings,
     issuance: Issuance,
-    revocation: Revocation,
+    revocation: Arc<Revocation>,
+    nodes: Nodes,
     /// Console tickets asked per user per minute.
     ticket_requests: RateLimiter,
-    tls_pin: String,
-    enroll_binary: Option<PathBuf>,
-    enroll_binary_cache: tokio::sync::Mutex<Option<Arc<EnrollBinary>>>,
     discovery: DiscoverySettings,
     discovery_skips: discovery::SkipLog,
     pve: PveSettings,
-}
-
-/// The enrollment tool as served to nodes, with its checksum.
-pub struct EnrollBinary {
-    pub bytes: Arc<Vec<u8>>,
-    pub sha256: String,
 }
 
 /// What the admin API shows of a CA key (never the encrypted private part).
@@ -187,15 +181,15 @@ impl Ca {
                 oidc: config.oidc,
             },
         )?;
+        let revocation = Arc::new(Revocation::new(Arc::clone(&core)));
+        let nodes = Nodes::new(Arc::clone(&core), Arc::clone(&revocation), config.tls_pin, config.enroll_binary);
         Ok(Ca {
             identity,
+            nodes,
             recordings: recordings::Recordings::new(Arc::clone(&core), config.recording_retention),
             issuance: Issuance::new(Arc::clone(&core), config.max_cert_ttl),
-            revocation: Revocation::new(Arc::clone(&core)),
+            revocation,
             ticket_requests: RateLimiter::new(TICKETS_PER_USER_PER_MINUTE, 60),
-            tls_pin: config.tls_pin,
-            enroll_binary: config.enroll_binary,
-            enroll_binary_cache: tokio::sync::Mutex::new(None),
             discovery: config.discovery,
             discovery_skips: Default::default(),
             pve: config.pve,
@@ -223,30 +217,13 @@ impl Ca {
         &self.revocation
     }
 
+    /// Nodes: the inventory, enrollment, refresh, principals files.
+    pub fn nodes(&self) -> &Nodes {
+        &self.nodes
+    }
+
     /// Session recordings: chunks from bastions, listing, playback, retention.
     pub fn recordings(&self) -> &Recordings {
         &self.recordings
-    }
-
-    pub fn tls_pin(&self) -> &str {
-        &self.tls_pin
-    }
-
-    /// Reads (once) the enrollment binary the CA hands to nodes.
-    pub async fn enroll_binary(&self) -> Result<Arc<EnrollBinary>, CaError> {
-        let mut cache = self.enroll_binary_cache.lock().await;
-        if let Some(binary) = cache.as_ref() {
-            return Ok(Arc::clone(binary));
-        }
-        let path = self.enroll_binary.clone().ok_or(CaError::NotFound("enrollment binary on this CA"))?;
-        let bytes = tokio::fs::read(&path).await.map_err(|e| {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read the enrollment binary");
-            CaError::NotFound("enrollment binary on this CA")
-        })?;
-        use sha2::Digest;
-        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
-        let binary = Arc::new(EnrollBinary { bytes: Arc::new(bytes), sha256 });
-        *cache = Some(Arc::clone(&binary));
-        Ok(binary)
     }
 }

@@ -1,13 +1,13 @@
 //! What a node lets in: the `AuthorizedPrincipalsFile` lines per login that the
 //! policy gives a node, and the policy's view of a node record ([`device_of`]).
 
-use super::Ca;
+use super::nodes::Nodes;
 use crate::error::CaError;
 use portcullis_policies::{Device, Grant, proof};
 use portcullis_proto::{NodePrincipals, NodeRecord, PrincipalLine};
 use std::collections::BTreeMap;
 
-impl Ca {
+impl Nodes {
     /// What a node's `AuthorizedPrincipalsFile` for each login must list.
     pub async fn node_principals(
         &self,
@@ -36,7 +36,7 @@ impl Ca {
         // The discovery account accepts only its own node principal, and only while an
         // `inventory_enrichment` rule covers the node; its certificates allow no pty and
         // no forwarding, and neither does its line.
-        if self.discovery_allowed(node).is_some() {
+        if self.core.discovery_allowed(node).is_some() {
             let login = portcullis_proto::discovery::DISCOVERY_LOGIN;
             let principal = portcullis_policies::node_principal(&node.name, login);
             lines.insert(login.to_owned(), vec![PrincipalLine { options: vec!["restrict".to_owned()], principal }]);

@@ -1,0 +1,157 @@
+//! The nodes service: the inventory of nodes and how they join it — enrollment tokens,
+//! enrollment and its abort, a node's refresh and deregistration (all in `enroll.rs`),
+//! what each node's principals files list (`principals.rs`), and the records an
+//! administrator adds, changes or removes by hand (here).
+
+use super::core::Core;
+use super::revocation::Revocation;
+use crate::audit::{self, AuditEvent};
+use crate::error::CaError;
+use crate::store;
+use portcullis_policies::{Grant, proof};
+use portcullis_proto::{NodeRecord, NodeUpdate};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The nodes service. Its own state: what it hands to nodes (the CA's TLS pin and the
+/// enrollment binary) and the revocation service whose KRL goes into every bundle.
+pub struct Nodes {
+    pub(super) core: Arc<Core>,
+    pub(super) revocation: Arc<Revocation>,
+    tls_pin: String,
+    enroll_binary: Option<PathBuf>,
+    enroll_binary_cache: tokio::sync::Mutex<Option<Arc<EnrollBinary>>>,
+}
+
+/// The enrollment tool as served to nodes, with its checksum.
+pub struct EnrollBinary {
+    pub bytes: Arc<Vec<u8>>,
+    pub sha256: String,
+}
+
+impl Nodes {
+    pub(super) fn new(
+        core: Arc<Core>,
+        revocation: Arc<Revocation>,
+        tls_pin: String,
+        enroll_binary: Option<PathBuf>,
+    ) -> Nodes {
+        Nodes { core, revocation, tls_pin, enroll_binary, enroll_binary_cache: tokio::sync::Mutex::new(None) }
+    }
+
+    pub fn tls_pin(&self) -> &str {
+        &self.tls_pin
+    }
+
+    /// Reads (once) the enrollment binary the CA hands to nodes.
+    pub async fn enroll_binary(&self) -> Result<Arc<EnrollBinary>, CaError> {
+        let mut cache = self.enroll_binary_cache.lock().await;
+        if let Some(binary) = cache.as_ref() {
+            return Ok(Arc::clone(binary));
+        }
+        let path = self.enroll_binary.clone().ok_or(CaError::NotFound("enrollment binary on this CA"))?;
+        let bytes = tokio::fs::read(&path).await.map_err(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the enrollment binary");
+            CaError::NotFound("enrollment binary on this CA")
+        })?;
+        use sha2::Digest;
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        let binary = Arc::new(EnrollBinary { bytes: Arc::new(bytes), sha256 });
+        *cache = Some(Arc::clone(&binary));
+        Ok(binary)
+    }
+
+    /// Registers a new node; an existing name is refused (use [`Nodes::update_node`]).
+    pub async fn add_node(&self, grant: &Grant<proof::NodesManage>, node: &NodeRecord) -> Result<(), CaError> {
+        crate::validate::node_record(node)?;
+        crate::validate::host_keys(&node.host_keys)?;
+        let now = self.core.now();
+        let mut tx = self.core.store.begin().await?;
+        if !store::insert_node(tx.conn(), node, now).await? {
+            return Err(CaError::Conflict(format!(
+                "node {} exists; change it with `node update` or remove it first",
+                node.name
+            )));
+        }
+        audit::record(
+            tx.conn(),
+            now,
+            &AuditEvent::NodeRegistered { actor: grant.username().to_owned(), name: node.name.clone(), new: true },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Changes only what `update` names.
+    pub async fn update_node(
+        &self,
+        grant: &Grant<proof::NodesManage>,
+        name: &str,
+        update: &NodeUpdate,
+    ) -> Result<NodeRecord, CaError> {
+        let mut node = self.core.store.node(name).await?.ok_or(CaError::NotFound("node"))?;
+        let mut fields = Vec::new();
+        if let Some(addresses) = &update.addresses {
+            node.addresses = addresses.clone();
+            fields.push("addresses");
+        }
+        if !update.set_tags.is_empty() || !update.remove_tags.is_empty() {
+            for key in &update.remove_tags {
+                node.tags.remove(key);
+            }
+            node.tags.extend(update.set_tags.clone());
+            fields.push("tags");
+        }
+        if let Some(agent) = &update.agent {
+            node.agent = Some(agent.clone()).filter(|a| !a.is_empty());
+            fields.push("agent");
+        }
+        if let Some(partition) = &update.partition {
+            node.partition = Some(partition.clone()).filter(|p| !p.is_empty());
+            fields.push("partition");
+        }
+        if let Some(keys) = &update.host_keys {
+            crate::validate::host_keys(keys)?;
+            node.host_keys = keys.clone();
+            fields.push("host_keys");
+        }
+        if let Some(port) = update.ssh_port {
+            node.ssh_port = Some(port);
+            fields.push("ssh_port");
+        }
+        crate::validate::node_record(&node)?;
+        let now = self.core.now();
+        let actor = grant.username().to_owned();
+        let mut tx = self.core.store.begin().await?;
+        store::upsert_node(tx.conn(), &node, now).await?;
+        if update.host_keys.is_some() {
+            // Certificates for the old keys must not outlive the re-key.
+            super::enroll::retire_node_certs(tx.conn(), &node.name, &actor, now).await?;
+        }
+        let event = AuditEvent::NodeUpdated { actor, name: node.name.clone(), fields };
+        audit::record(tx.conn(), now, &event).await?;
+        tx.commit().await?;
+        Ok(node)
+    }
+
+    /// Removes a node: its record (and with it the principals the CA lists for it, its
+    /// pinned keys and inventory entry) and its host certificates, revoked.
+    pub async fn remove_node(&self, grant: &Grant<proof::NodesManage>, name: &str) -> Result<(), CaError> {
+        let now = self.core.now();
+        let actor = grant.username().to_owned();
+        let mut tx = self.core.store.begin().await?;
+        if !store::delete_node(tx.conn(), name).await? {
+            return Err(CaError::NotFound("node"));
+        }
+        let revoked = super::enroll::retire_node_certs(tx.conn(), name, &actor, now).await?;
+        let event = AuditEvent::NodeRemoved { actor, name: name.to_owned(), host_certificates_revoked: revoked };
+        audit::record(tx.conn(), now, &event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn list(&self, _grant: &Grant<proof::NodesManage>) -> Result<Vec<NodeRecord>, CaError> {
+        Ok(self.core.store.nodes().await?)
+    }
+}
