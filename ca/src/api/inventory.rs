@@ -21,7 +21,7 @@ pub async fn claim(
     BastionAuth(b): BastionAuth,
     Body(r): Body<DiscoveryClaimRequest>,
 ) -> Res<DiscoveryClaimResponse> {
-    Ok(Json(ca.claim_discovery(&b, &r).await?))
+    Ok(Json(ca.discovery().claim(&b, &r).await?))
 }
 
 /// The route has its own body limit ([`MAX_DISCOVERY_REPORT_BODY`]): the output is up to
@@ -32,14 +32,14 @@ pub async fn report(
     BastionAuth(b): BastionAuth,
     Body(r): Body<DiscoveryReportRequest>,
 ) -> Res<DiscoveryReportResponse> {
-    Ok(Json(ca.report_discovery(&b, &r).await?))
+    Ok(Json(ca.discovery().report(&b, &r).await?))
 }
 
 /// Readable with `nodes.manage` or `audit.read`.
 #[utoipa::path(get, path = "/v1/admin/inventory/{node}", tag = "admin", params(("node" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = InventoryView)))]
 pub async fn show(State(ca): Ca_, Authed(c): Authed, Name(node): Name) -> Res<InventoryView> {
     let grant = ca.core().authorize::<proof::InventoryRead>(&c)?;
-    Ok(Json(ca.inventory_view(&grant, &node).await?))
+    Ok(Json(ca.discovery().inventory_view(&grant, &node).await?))
 }
 
 /// Proxmox VE collection: the claim hands out grants (a token for one run) only as the
@@ -50,7 +50,7 @@ pub async fn pve_claim(
     BastionAuth(b): BastionAuth,
     Body(r): Body<PveClaimRequest>,
 ) -> Res<PveClaimResponse> {
-    Ok(Json(ca.claim_pve(&b, &r).await?))
+    Ok(Json(ca.proxmox().claim(&b, &r).await?))
 }
 
 /// The route has its own body limit ([`MAX_PVE_REPORT_BODY`]).
@@ -60,14 +60,14 @@ pub async fn pve_report(
     BastionAuth(b): BastionAuth,
     Body(r): Body<PveReportRequest>,
 ) -> Res<PveReportResponse> {
-    Ok(Json(ca.report_pve(&b, &r).await?))
+    Ok(Json(ca.proxmox().report(&b, &r).await?))
 }
 
 /// Readable with `nodes.manage` or `audit.read`.
 #[utoipa::path(get, path = "/v1/admin/inventory/clusters", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<ClusterSummary>)))]
 pub async fn clusters(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<ClusterSummary>> {
     let grant = ca.core().authorize::<proof::InventoryRead>(&c)?;
-    Ok(Json(ca.clusters(&grant).await?))
+    Ok(Json(ca.proxmox().clusters(&grant).await?))
 }
 
 /// A cluster is known within the site (agent) that reaches it: `{agent}/{cluster}`.
@@ -78,19 +78,19 @@ pub async fn cluster(
     Path((agent, cluster)): Path<(String, String)>,
 ) -> Res<ClusterView> {
     let grant = ca.core().authorize::<proof::InventoryRead>(&c)?;
-    Ok(Json(ca.cluster_view(&grant, &format!("{agent}/{cluster}")).await?))
+    Ok(Json(ca.proxmox().cluster_view(&grant, &format!("{agent}/{cluster}")).await?))
 }
 
 #[utoipa::path(get, path = "/v1/admin/secrets", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<SecretInfo>)))]
 pub async fn list_secrets(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<SecretInfo>> {
     let grant = ca.core().authorize::<proof::SecretsManage>(&c)?;
-    Ok(Json(ca.secrets(&grant).await?))
+    Ok(Json(ca.proxmox().secrets(&grant).await?))
 }
 
 #[utoipa::path(post, path = "/v1/admin/secrets", tag = "admin", request_body = SecretAddRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = SecretInfo)))]
 pub async fn add_secret(State(ca): Ca_, Authed(c): Authed, Body(r): Body<SecretAddRequest>) -> Res<SecretInfo> {
     let grant = ca.core().authorize::<proof::SecretsManage>(&c)?;
-    Ok(Json(ca.add_secret(&grant, &r).await?))
+    Ok(Json(ca.proxmox().add_secret(&grant, &r).await?))
 }
 
 #[utoipa::path(put, path = "/v1/admin/secrets/{name}", tag = "admin", params(("name" = String, Path)), request_body = SecretRotateRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = SecretInfo)))]
@@ -101,13 +101,13 @@ pub async fn rotate_secret(
     Body(r): Body<SecretRotateRequest>,
 ) -> Res<SecretInfo> {
     let grant = ca.core().authorize::<proof::SecretsManage>(&c)?;
-    Ok(Json(ca.rotate_secret(&grant, &name, &r).await?))
+    Ok(Json(ca.proxmox().rotate_secret(&grant, &name, &r).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/admin/secrets/{name}", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn remove_secret(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
     let grant = ca.core().authorize::<proof::SecretsManage>(&c)?;
-    ca.remove_secret(&grant, &name).await
+    ca.proxmox().remove_secret(&grant, &name).await
 }
 
 /// The target preview of a loaded rule (`policy.manage` or `audit.read`).

@@ -13,7 +13,7 @@
 //!   unchanged node writes nothing but the run's own row: no history, no audit record.
 //!   Changes are one history row plus `inventory_drift`; failures are `discovery_failed`.
 
-use super::Ca;
+use super::core::Core;
 use super::permits::DiscoveryPermit;
 use super::services::ServiceCaller;
 use crate::audit::{self, AuditEvent};
@@ -28,7 +28,7 @@ use portcullis_proto::discovery::*;
 use portcullis_sshcert::parse_user_public_key;
 use ssh_key::Algorithm;
 use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// `[discovery]` in the CA configuration.
 #[derive(Debug, Clone)]
@@ -46,9 +46,17 @@ impl Default for DiscoverySettings {
     }
 }
 
+/// The hardware discovery service. Its own state: its settings and the nodes it has
+/// already logged as skipped.
+pub struct Discovery {
+    core: Arc<Core>,
+    settings: DiscoverySettings,
+    skips: SkipLog,
+}
+
 /// Nodes already reported as skipped (no rule, no pinned key), so the log says it once.
 #[derive(Debug, Default)]
-pub(crate) struct SkipLog(Mutex<BTreeSet<(String, &'static str)>>);
+pub(super) struct SkipLog(Mutex<BTreeSet<(String, &'static str)>>);
 
 impl SkipLog {
     pub(super) fn once(&self, device: &str, why: &'static str) {
@@ -66,14 +74,18 @@ pub(super) fn valid_name(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'))
 }
 
-impl Ca {
+impl Discovery {
+    pub(super) fn new(core: Arc<Core>, settings: DiscoverySettings) -> Discovery {
+        Discovery { core, settings, skips: SkipLog::default() }
+    }
+
     /// `POST /v1/bastion/discovery/claim`.
-    pub async fn claim_discovery(
+    pub async fn claim(
         &self,
         bastion: &ServiceCaller,
         req: &DiscoveryClaimRequest,
     ) -> Result<DiscoveryClaimResponse, CaError> {
-        let settings = &self.discovery;
+        let settings = &self.settings;
         let mut answer = DiscoveryClaimResponse {
             enabled: settings.enabled,
             next_claim_secs: settings.interval_secs,
@@ -104,11 +116,11 @@ impl Ca {
                 continue;
             }
             let Some(rule) = self.core.discovery_allowed(&node) else {
-                self.discovery_skips.once(&node.name, "no inventory_enrichment rule matches");
+                self.skips.once(&node.name, "no inventory_enrichment rule matches");
                 continue;
             };
             if node.host_keys.is_empty() {
-                self.discovery_skips.once(&node.name, "no host key pinned (discovery never trusts on first use)");
+                self.skips.once(&node.name, "no host key pinned (discovery never trusts on first use)");
                 continue;
             }
             let run_id = hex::encode(portcullis_sshcert::random_bytes::<16>());
@@ -172,7 +184,7 @@ impl Ca {
     }
 
     /// `POST /v1/bastion/discovery/report`.
-    pub async fn report_discovery(
+    pub async fn report(
         &self,
         bastion: &ServiceCaller,
         req: &DiscoveryReportRequest,

@@ -27,13 +27,13 @@ mod writer;
 pub use admin::AuditFilter;
 pub use auth::{Caller, csrf_token_for, csrf_token_matches};
 pub use core::Core;
-pub use discovery::{DiscoverySettings, HardwareSummary};
+pub use discovery::{Discovery, DiscoverySettings, HardwareSummary};
 pub use identity::IdentityService;
 pub use issuance::Issuance;
 pub use nodes::{EnrollBinary, Nodes};
 pub use permits::{DiscoveryPermit, SessionPermit};
 pub use principals::device_of;
-pub use pve::PveSettings;
+pub use pve::{Proxmox, PveSettings};
 pub use recordings::Recordings;
 pub use revocation::Revocation;
 pub use services::ServiceCaller;
@@ -135,9 +135,8 @@ pub struct Ca {
     nodes: Nodes,
     /// Console tickets asked per user per minute.
     ticket_requests: RateLimiter,
-    discovery: DiscoverySettings,
-    discovery_skips: discovery::SkipLog,
-    pve: PveSettings,
+    discovery: Discovery,
+    proxmox: Proxmox,
 }
 
 /// What the admin API shows of a CA key (never the encrypted private part).
@@ -190,9 +189,8 @@ impl Ca {
             issuance: Issuance::new(Arc::clone(&core), config.max_cert_ttl),
             revocation,
             ticket_requests: RateLimiter::new(TICKETS_PER_USER_PER_MINUTE, 60),
-            discovery: config.discovery,
-            discovery_skips: Default::default(),
-            pve: config.pve,
+            discovery: Discovery::new(Arc::clone(&core), config.discovery),
+            proxmox: Proxmox::new(Arc::clone(&core), config.pve),
             core,
         })
     }
@@ -220,6 +218,16 @@ impl Ca {
     /// Nodes: the inventory, enrollment, refresh, principals files.
     pub fn nodes(&self) -> &Nodes {
         &self.nodes
+    }
+
+    /// Hardware discovery: claims and reports from bastions, the hardware inventory.
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
+    }
+
+    /// Proxmox VE inventory: collection claims and reports, clusters, API secrets.
+    pub fn proxmox(&self) -> &Proxmox {
+        &self.proxmox
     }
 
     /// Session recordings: chunks from bastions, listing, playback, retention.

@@ -3,7 +3,7 @@
 //! certificate from nothing else. A leaf module, so `signer` depends on it without
 //! depending on the service that decides.
 
-/// Proof that a claim decided this node may be discovered now. Only [`super::Ca::claim_discovery`]
+/// Proof that a claim decided this node may be discovered now. Only [`super::Discovery::claim`]
 /// makes one.
 #[derive(Debug)]
 pub struct DiscoveryPermit {

@@ -44,7 +44,7 @@ impl Ca {
     async fn devices(&self) -> Result<Vec<Device>, CaError> {
         let nodes = self.core.store.nodes().await?;
         let mut devices: Vec<Device> = nodes.iter().map(|n| self.core.device(n)).collect();
-        devices.extend(self.guest_devices().await?.into_iter().map(|(_, d)| d));
+        devices.extend(self.proxmox.guest_devices().await?.into_iter().map(|(_, d)| d));
         Ok(devices)
     }
 }

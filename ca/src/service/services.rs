@@ -352,15 +352,7 @@ impl Ca {
                 // The API port only where a credential rule collects through this agent.
                 let device = self.core.device(&n);
                 // A fingerprint probes a device no credential rule covers.
-                let rule = policy
-                    .match_credential_rule(portcullis_policies::Provider::Proxmox, &device)
-                    .ok()
-                    .or_else(|| super::pve::trial_rule(&policy, &device));
-                let api_ports = match rule.and_then(|r| r.credential()) {
-                    Some(k) => vec![k.api_port()],
-                    None if self.pve.fingerprint => vec![self.pve.fingerprint_port],
-                    None => Vec::new(),
-                };
+                let api_ports = self.proxmox.api_ports(&policy, &device);
                 AgentTarget { port: n.ssh_port_or_default(), device: n.name, addresses: n.addresses, api_ports }
             })
             .collect();

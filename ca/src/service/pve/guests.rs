@@ -1,7 +1,7 @@
 //! Proxmox VE guests as policy devices (rules and the preview target them; a console
 //! request for one gets the explicit unsupported answer).
 
-use super::Ca;
+use super::Proxmox;
 use crate::error::CaError;
 use crate::store;
 use portcullis_policies::Device;
@@ -38,7 +38,7 @@ fn guest_device(g: &store::GuestRow) -> Option<Device> {
     })
 }
 
-impl Ca {
+impl Proxmox {
     /// Every collected guest as a device.
     pub(crate) async fn guest_devices(&self) -> Result<Vec<(store::GuestRow, Device)>, CaError> {
         Ok(self.core.store.guests().await?.into_iter().filter_map(|g| guest_device(&g).map(|d| (g, d))).collect())

@@ -19,7 +19,8 @@ mod links;
 mod report;
 mod secrets;
 
-use super::Ca;
+use super::core::Core;
+use super::discovery::SkipLog;
 use super::discovery::valid_name;
 use super::services::ServiceCaller;
 use crate::audit::{self, AuditEvent};
@@ -31,6 +32,7 @@ use portcullis_proto::pve::*;
 use report::{check, drift, normalize};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// `[pve]` in the CA configuration.
 #[derive(Debug, Clone)]
@@ -58,15 +60,38 @@ impl Default for PveSettings {
 }
 
 /// The metadata key a fingerprint sets (`in:devices metadata.proxmox_candidate:true`).
+/// The Proxmox VE inventory service. Its own state: its settings and the devices it
+/// has already logged as skipped.
+pub struct Proxmox {
+    pub(super) core: Arc<Core>,
+    settings: PveSettings,
+    skips: SkipLog,
+}
+
 pub const CANDIDATE_KEY: &str = "proxmox_candidate";
 
 /// Changed fields named in one drift record.
 const MAX_FIELDS_AUDITED: usize = 200;
 
-impl Ca {
+impl Proxmox {
+    pub(in crate::service) fn new(core: Arc<Core>, settings: PveSettings) -> Proxmox {
+        Proxmox { core, settings, skips: SkipLog::default() }
+    }
+
+    /// The API ports an agent may connect to on `device` for collection: the credential
+    /// rule's, or the fingerprint port when fingerprinting covers devices no rule does.
+    pub(in crate::service) fn api_ports(&self, policy: &Policy, device: &Device) -> Vec<u16> {
+        let rule = policy.match_credential_rule(Provider::Proxmox, device).ok().or_else(|| trial_rule(policy, device));
+        match rule.and_then(|r| r.credential()) {
+            Some(k) => vec![k.api_port()],
+            None if self.settings.fingerprint => vec![self.settings.fingerprint_port],
+            None => Vec::new(),
+        }
+    }
+
     /// `POST /v1/bastion/pve/claim`.
-    pub async fn claim_pve(&self, bastion: &ServiceCaller, req: &PveClaimRequest) -> Result<PveClaimResponse, CaError> {
-        let settings = &self.pve;
+    pub async fn claim(&self, bastion: &ServiceCaller, req: &PveClaimRequest) -> Result<PveClaimResponse, CaError> {
+        let settings = &self.settings;
         let mut answer = PveClaimResponse {
             enabled: true,
             next_claim_secs: settings.interval_secs,
@@ -120,7 +145,7 @@ impl Ca {
                 unsealed.insert(credential.secret().to_owned(), loaded);
             }
             let Some(Some((secret, value, tls))) = unsealed.get(credential.secret()) else {
-                self.discovery_skips.once(&node.name, "the credential rule's secret is not stored");
+                self.skips.once(&node.name, "the credential rule's secret is not stored");
                 continue;
             };
             let run_id = hex::encode(portcullis_sshcert::random_bytes::<16>());
@@ -162,7 +187,7 @@ impl Ca {
     /// A device is due when its last claim is at or before the first time, and not still
     /// running unless it was claimed at or before the second (its run outlived any timeout).
     fn run_window(&self, now: u64) -> (u64, u64) {
-        (now.saturating_sub(self.pve.interval_secs), now.saturating_sub(PVE_RUN_TIMEOUT_SECS + 60))
+        (now.saturating_sub(self.settings.interval_secs), now.saturating_sub(PVE_RUN_TIMEOUT_SECS + 60))
     }
 
     /// Claims the device's run for a fingerprint when it is due; its run id.
@@ -177,11 +202,7 @@ impl Ca {
     }
 
     /// `POST /v1/bastion/pve/report`.
-    pub async fn report_pve(
-        &self,
-        bastion: &ServiceCaller,
-        req: &PveReportRequest,
-    ) -> Result<PveReportResponse, CaError> {
+    pub async fn report(&self, bastion: &ServiceCaller, req: &PveReportRequest) -> Result<PveReportResponse, CaError> {
         if !portcullis_proto::discovery::valid_run_id(&req.run_id) || !valid_name(&req.device) {
             return Err(CaError::BadRequest("invalid collection report".into()));
         }

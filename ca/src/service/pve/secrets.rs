@@ -2,7 +2,7 @@
 //! listings, audit records and errors carry the public identity, the TLS policy's
 //! description and a keyed fingerprint only.
 
-use super::Ca;
+use super::Proxmox;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::store::{self, SecretRow};
@@ -39,7 +39,7 @@ fn tls(policy: &TlsPolicy) -> Result<String, CaError> {
     serde_json::to_string(policy).map_err(|_| CaError::Internal("TLS policy encoding".into()))
 }
 
-impl Ca {
+impl Proxmox {
     fn secret_info(&self, row: SecretRow) -> SecretInfo {
         let policy = self.core.policy();
         let rules = policy

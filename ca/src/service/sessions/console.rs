@@ -92,13 +92,13 @@ impl Ca {
         if !inventory && policy.holds(who, Permission::DevicesConsoleOpen).is_err() {
             return Ok(Vec::new());
         }
-        let mut hardware = self.hardware_facts().await?;
+        let mut hardware = self.discovery.hardware_facts().await?;
         // (agent, cluster, PVE node) → the enrolled node it is, and the reverse with PVE's
         // view of it.
         let mut parent_of = HashMap::new();
         let mut pve_of = HashMap::new();
         let nodes = self.core.store.nodes().await?;
-        for (pve, link) in self.pve_links(&nodes).await? {
+        for (pve, link) in self.proxmox.pve_links(&nodes).await? {
             if let Link::Enrolled(name) = link {
                 parent_of.insert((pve.agent, pve.cluster.clone(), pve.name), name.clone());
                 pve_of.insert(name, (pve.cluster, pve.status));
@@ -136,7 +136,7 @@ impl Ca {
                 console_unavailable,
             });
         }
-        for (guest, device) in self.guest_devices().await? {
+        for (guest, device) in self.proxmox.guest_devices().await? {
             if !inventory && !sees_guest(&policy, who, &device) {
                 continue;
             }
@@ -169,7 +169,7 @@ impl Ca {
     /// gets the explicit unsupported-console answer (its consoles, `termproxy` and
     /// `vncwebsocket`, are not served); anything else reads like an unknown device.
     async fn guest_refusal(&self, policy: &Policy, who: &Identity, name: &str) -> Result<Refusal, CaError> {
-        let guests = self.guest_devices().await?;
+        let guests = self.proxmox.guest_devices().await?;
         let visible = guests.iter().find(|(_, d)| d.name == name).filter(|(_, d)| sees_guest(policy, who, d));
         Ok(match visible {
             Some((guest, device)) => Refusal {

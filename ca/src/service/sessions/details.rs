@@ -40,13 +40,13 @@ impl Ca {
                 (Some(node), seen)
             }
             Some(_) => {
-                let guests = self.guest_devices().await?;
+                let guests = self.proxmox.guest_devices().await?;
                 let seen = guests.into_iter().map(|(_, d)| d).find(|d| d.name == name);
                 (None, seen.ok_or(CaError::NotFound("device"))?)
             }
         };
         let inventory = match &node {
-            Some(node) => Some(self.read_inventory(node.clone()).await?)
+            Some(node) => Some(self.discovery.read_inventory(node.clone()).await?)
                 .filter(|v| !v.facts.is_empty() || !v.history.is_empty() || v.last_run_at.is_some()),
             None => None,
         };
