@@ -447,6 +447,7 @@ async fn start_local_data_plane(
     }
     let bastion_key = dataplane::identity_key(&data_dir.join("bastion"))?;
     let registered = ca
+        .services()
         .register_service(
             ServiceKind::Bastion,
             LOCAL,
@@ -459,7 +460,8 @@ async fn start_local_data_plane(
     let (ssh_addr, bastion) = dataplane::start_bastion(endpoint, identity, ssh_listen, agents, front_door).await?;
 
     let agent_key = dataplane::identity_key(&data_dir.join("agent"))?;
-    let registered = ca.register_service(ServiceKind::Agent, LOCAL, &dataplane::public_line(&agent_key)?, None).await?;
+    let registered =
+        ca.services().register_service(ServiceKind::Agent, LOCAL, &dataplane::public_line(&agent_key)?, None).await?;
     let identity = dataplane::Identity { key: agent_key, api_token: SecretString::from(registered.api_token.expose()) };
     dataplane::start_in_process_agent(endpoint, LOCAL, identity, &bastion).await?;
     Ok((ssh_addr, bastion))

@@ -114,13 +114,14 @@ async fn run(leases: usize, heartbeats: usize) {
         certs.push((cert.serial().to_string(), portcullis_sshcert::certificate_digest(&cert)));
     }
     let token = ca
+        .services()
         .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), None)
         .await
         .unwrap()
         .api_token
         .expose()
         .to_owned();
-    let bastion = ca.service_caller(&token).await.unwrap();
+    let bastion = ca.services().service_caller(&token).await.unwrap();
 
     let opened = Instant::now();
     let mut ids = Vec::with_capacity(leases);
@@ -139,7 +140,7 @@ async fn run(leases: usize, heartbeats: usize) {
             session_public_key: None,
             connection_proof: None,
         };
-        ca.open_bastion_session(&bastion, &request).await.unwrap();
+        ca.sessions().open_bastion_session(&bastion, &request).await.unwrap();
         ids.push(id);
     }
     let open_secs = opened.elapsed().as_secs_f64();
@@ -166,7 +167,7 @@ async fn run(leases: usize, heartbeats: usize) {
                 agents: vec!["local".to_owned()],
             };
             let took = Instant::now();
-            let response = ca.heartbeat(&bastion, &request).await.unwrap();
+            let response = ca.sessions().heartbeat(&bastion, &request).await.unwrap();
             times.push(took.elapsed());
             assert!(response.close.is_empty(), "{phase}: {} sessions ordered closed", response.close.len());
         }

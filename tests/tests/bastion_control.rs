@@ -168,6 +168,7 @@ async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
         ca.nodes().add_node(&nodes, &node).await.unwrap();
     }
     let bastion = ca
+        .services()
         .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), Some("127.0.0.1:2223"))
         .await
         .unwrap()
@@ -289,7 +290,14 @@ async fn audit(ca: &Ca, event: &str) -> Vec<Value> {
 /// Registers bastion `b2` beside the fixture's `b1`; its API token.
 async fn second_bastion(fx: &Fx) -> String {
     let key = public_line(&ed25519_key());
-    fx.ca.register_service(ServiceKind::Bastion, "b2", &key, None).await.unwrap().api_token.expose().to_owned()
+    fx.ca
+        .services()
+        .register_service(ServiceKind::Bastion, "b2", &key, None)
+        .await
+        .unwrap()
+        .api_token
+        .expose()
+        .to_owned()
 }
 
 async fn counter(ca: &Ca, scope: &str) -> i64 {
@@ -502,7 +510,12 @@ async fn services_enroll_only_with_tokens_of_their_kind() {
     let targets: Vec<AgentTarget> = serde_json::from_value(v).unwrap();
     assert_eq!(targets.iter().map(|t| t.device.as_str()).collect::<Vec<_>>(), ["pve02"]);
     assert_eq!((targets[0].addresses.clone(), targets[0].port), (vec!["10.1.0.5".to_owned()], 22));
-    let local = fx.ca.register_service(ServiceKind::Agent, "local", &public_line(&ed25519_key()), None).await.unwrap();
+    let local = fx
+        .ca
+        .services()
+        .register_service(ServiceKind::Agent, "local", &public_line(&ed25519_key()), None)
+        .await
+        .unwrap();
     let (_, v) = api.get_json(Some(local.api_token.expose()), "/v1/services/agent/targets").await;
     let targets: Vec<AgentTarget> = serde_json::from_value(v).unwrap();
     let mut names: Vec<_> = targets.iter().map(|t| t.device.as_str()).collect();
@@ -1273,7 +1286,7 @@ async fn the_cli_lists_and_kills_sessions_lists_agents_and_mints_service_tokens(
     let users = fx.ca.core().authorize::<proof::UsersManage>(&caller).unwrap();
     let groups = ["admins".to_owned(), "ops".to_owned()];
     fx.ca.add_user(&users, "opsadmin", &groups, Some(&SecretString::from(PASSWORD))).await.unwrap();
-    fx.ca.register_service(ServiceKind::Agent, "edge1", &public_line(&ed25519_key()), None).await.unwrap();
+    fx.ca.services().register_service(ServiceKind::Agent, "edge1", &public_line(&ed25519_key()), None).await.unwrap();
     let serial = user_cert(&fx.ca, "alice").await;
     let id = session_id();
     granted(&api, &fx.bastion, &terminated(&id, &serial, "pve01", "root")).await;

@@ -204,6 +204,7 @@ async fn fixture_on(db_url: Option<&str>, replicas: usize) -> Fx {
         ca.nodes().add_node(&nodes, &node).await.unwrap();
     }
     let bastion = ca
+        .services()
         .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), Some("127.0.0.1:2223"))
         .await
         .unwrap()

@@ -120,7 +120,13 @@ async fn fixture(db_url: Option<&str>, enabled: bool) -> Fx {
     for name in ["b1", "b2"] {
         let key = public_line(&ed25519_key());
         tokens.push(
-            ca.register_service(ServiceKind::Bastion, name, &key, None).await.unwrap().api_token.expose().to_owned(),
+            ca.services()
+                .register_service(ServiceKind::Bastion, name, &key, None)
+                .await
+                .unwrap()
+                .api_token
+                .expose()
+                .to_owned(),
         );
     }
     let b2 = tokens.pop().unwrap();

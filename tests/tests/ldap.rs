@@ -628,6 +628,7 @@ async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_red
     };
     ca.nodes().add_node(&nodes, &node).await.unwrap();
     let bastion = ca
+        .services()
         .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), Some("127.0.0.1:2223"))
         .await
         .unwrap()

@@ -124,7 +124,7 @@ async fn fixture(postgres: bool) -> Fx {
     }
     let bastion = async |name: &str| {
         let key = public_line(&ed25519_key());
-        let registered = ca.register_service(ServiceKind::Bastion, name, &key, Some("127.0.0.1:2223")).await;
+        let registered = ca.services().register_service(ServiceKind::Bastion, name, &key, Some("127.0.0.1:2223")).await;
         registered.unwrap().api_token.expose().to_owned()
     };
     let (b1, b2) = (bastion("b1").await, bastion("b2").await);

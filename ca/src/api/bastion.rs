@@ -25,27 +25,27 @@ pub async fn enroll(
     Body(b): Body<ServiceEnrollRequest>,
 ) -> Res<ServiceEnrollResponse> {
     let token = bearer(&headers, "pce_").ok_or(CaError::Unauthenticated)?;
-    Ok(Json(ca.enroll_service(token, &b, &ip).await?))
+    Ok(Json(ca.services().enroll_service(token, &b, &ip).await?))
 }
 
 #[utoipa::path(post, path = "/v1/services/certificate", tag = "services", security(("service" = [])), responses((status = 200, body = ServiceCertificateResponse)))]
 pub async fn certificate(State(ca): Ca_, ServiceAuth(s): ServiceAuth) -> Res<ServiceCertificateResponse> {
-    Ok(Json(ca.renew_service_certificate(&s).await?))
+    Ok(Json(ca.services().renew_service_certificate(&s).await?))
 }
 
 #[utoipa::path(get, path = "/v1/services/bastions", tag = "services", security(("service" = [])), responses((status = 200, body = Vec<BastionDirectoryEntry>)))]
 pub async fn bastions(State(ca): Ca_, ServiceAuth(_): ServiceAuth) -> Res<Vec<BastionDirectoryEntry>> {
-    Ok(Json(ca.bastion_directory().await?))
+    Ok(Json(ca.services().bastion_directory().await?))
 }
 
 #[utoipa::path(get, path = "/v1/services/agent/targets", tag = "services", security(("service" = [])), responses((status = 200, body = Vec<AgentTarget>)))]
 pub async fn agent_targets(State(ca): Ca_, AgentAuth(a): AgentAuth) -> Res<Vec<AgentTarget>> {
-    Ok(Json(ca.agent_targets(&a).await?))
+    Ok(Json(ca.services().agent_targets(&a).await?))
 }
 
 #[utoipa::path(post, path = "/v1/bastion/sessions/open", operation_id = "bastion_session_open", tag = "services", request_body = SessionOpenRequest, security(("service" = [])), responses((status = 200, body = SessionGrant)))]
 pub async fn open(State(ca): Ca_, BastionAuth(b): BastionAuth, Body(r): Body<SessionOpenRequest>) -> Res<SessionGrant> {
-    Ok(Json(ca.open_bastion_session(&b, &r).await?))
+    Ok(Json(ca.sessions().open_bastion_session(&b, &r).await?))
 }
 
 #[utoipa::path(post, path = "/v1/bastion/heartbeat", tag = "services", request_body = HeartbeatRequest, security(("service" = [])), responses((status = 200, body = HeartbeatResponse)))]
@@ -54,7 +54,7 @@ pub async fn heartbeat(
     BastionAuth(b): BastionAuth,
     Body(r): Body<HeartbeatRequest>,
 ) -> Res<HeartbeatResponse> {
-    Ok(Json(ca.heartbeat(&b, &r).await?))
+    Ok(Json(ca.sessions().heartbeat(&b, &r).await?))
 }
 
 #[utoipa::path(post, path = "/v1/bastion/sessions/close", tag = "services", request_body = SessionCloseRequest, security(("service" = [])), responses((status = 204, description = "done")))]
@@ -63,7 +63,7 @@ pub async fn close(
     BastionAuth(b): BastionAuth,
     Body(r): Body<SessionCloseRequest>,
 ) -> Result<StatusCode, CaError> {
-    ca.close_session(&b, &r).await?;
+    ca.sessions().close_session(&b, &r).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -73,7 +73,7 @@ pub async fn closes(
     BastionAuth(b): BastionAuth,
     Body(r): Body<SessionClosesRequest>,
 ) -> Result<StatusCode, CaError> {
-    ca.close_sessions(&b, &r.closes).await?;
+    ca.sessions().close_sessions(&b, &r.closes).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -83,7 +83,7 @@ pub async fn events(
     BastionAuth(b): BastionAuth,
     Body(r): Body<BastionEventsRequest>,
 ) -> Result<StatusCode, CaError> {
-    ca.bastion_events(&b, &r).await?;
+    ca.sessions().bastion_events(&b, &r).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -91,24 +91,24 @@ pub async fn events(
 #[utoipa::path(get, path = "/v1/admin/sessions", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<SessionInfo>)))]
 pub async fn list_sessions(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<SessionInfo>> {
     let grant = ca.core().authorize::<proof::SessionsRead>(&c)?;
-    Ok(Json(ca.live_sessions(&grant).await?))
+    Ok(Json(ca.sessions().live_sessions(&grant).await?))
 }
 
 #[utoipa::path(post, path = "/v1/admin/sessions/{id}/kill", tag = "admin", params(("id" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 204, description = "done")))]
 pub async fn kill_session(State(ca): Ca_, Authed(c): Authed, Name(id): Name) -> Result<StatusCode, CaError> {
     let grant = ca.core().authorize::<proof::SessionsKill>(&c)?;
-    ca.kill_session(&grant, &id).await?;
+    ca.sessions().kill_session(&grant, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/admin/agents", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<ServiceInfo>)))]
 pub async fn list_agents(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<ServiceInfo>> {
     let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
-    Ok(Json(ca.service_infos(&grant, ServiceKind::Agent).await?))
+    Ok(Json(ca.services().service_infos(&grant, ServiceKind::Agent).await?))
 }
 
 #[utoipa::path(get, path = "/v1/admin/bastions", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<ServiceInfo>)))]
 pub async fn list_bastions(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<ServiceInfo>> {
     let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
-    Ok(Json(ca.service_infos(&grant, ServiceKind::Bastion).await?))
+    Ok(Json(ca.services().service_infos(&grant, ServiceKind::Bastion).await?))
 }

@@ -59,13 +59,13 @@ pub async fn csrf(Authed(caller): Authed, headers: axum::http::HeaderMap) -> Res
 
 #[utoipa::path(get, path = "/v1/console/devices", tag = "console", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<ConsoleDevice>)))]
 pub async fn devices(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<ConsoleDevice>> {
-    Ok(Json(ca.console_devices(&c).await?))
+    Ok(Json(ca.sessions().console_devices(&c).await?))
 }
 
 /// One device of the caller's list in full; any other name is a 404.
 #[utoipa::path(get, path = "/v1/console/devices/{name}", tag = "console", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = DeviceDetails)))]
 pub async fn device(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Res<DeviceDetails> {
-    Ok(Json(ca.device_details(&c, &name).await?))
+    Ok(Json(ca.sessions().device_details(&c, &name).await?))
 }
 
 #[utoipa::path(post, path = "/v1/console/tickets", tag = "console", request_body = TicketRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "see the description")))]
@@ -75,7 +75,7 @@ pub async fn ticket(
     ClientIp(ip): ClientIp,
     Body(r): Body<TicketRequest>,
 ) -> Result<Response, CaError> {
-    let answer = ca.console_ticket(&c, &r, &ip).await?;
+    let answer = ca.sessions().console_ticket(&c, &r, &ip).await?;
     let mut response = Json(answer).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
@@ -83,7 +83,7 @@ pub async fn ticket(
 
 #[utoipa::path(post, path = "/v1/bastion/console/open", operation_id = "bastion_console_open", tag = "services", request_body = ConsoleOpenRequest, security(("service" = [])), responses((status = 200, body = SessionGrant)))]
 pub async fn open(State(ca): Ca_, BastionAuth(b): BastionAuth, Body(r): Body<ConsoleOpenRequest>) -> Res<SessionGrant> {
-    Ok(Json(ca.open_console_session(&b, &r).await?))
+    Ok(Json(ca.sessions().open_console_session(&b, &r).await?))
 }
 
 /// Readable with `audit.read` or `policy.manage`.

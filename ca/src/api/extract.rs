@@ -205,7 +205,7 @@ impl FromRequestParts<Arc<Ca>> for ServiceAuth {
 
     async fn from_request_parts(parts: &mut Parts, ca: &Arc<Ca>) -> Result<Self, CaError> {
         let token = bearer(&parts.headers, "pcs_").ok_or(CaError::Unauthenticated)?;
-        Ok(ServiceAuth(ca.service_caller(token).await?))
+        Ok(ServiceAuth(ca.services().service_caller(token).await?))
     }
 }
 
@@ -251,7 +251,7 @@ async fn forwarding_bastion(parts: &Parts, ca: &Ca) -> Result<(), CaError> {
         .and_then(|v| v.to_str().ok())
         .filter(|t| t.starts_with("pcs_") && t.len() <= 128)
         .ok_or(CaError::Unauthenticated)?;
-    if ca.service_caller(credential).await?.kind != ServiceKind::Bastion {
+    if ca.services().service_caller(credential).await?.kind != ServiceKind::Bastion {
         return Err(CaError::Forbidden("only a bastion may pass on a browser's request"));
     }
     Ok(())

@@ -106,7 +106,7 @@ pub async fn trusted_keys(State(ca): Ca_, Path(purpose): Path<String>) -> Result
 /// Any signed-in user: the bastions' host keys, for `portcullis ssh-config`.
 #[utoipa::path(get, path = "/v1/bastions/host-keys", tag = "certificates", security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "see the description")))]
 pub async fn bastion_host_keys(State(ca): Ca_, Authed(_): Authed) -> Result<impl IntoResponse, CaError> {
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], ca.bastion_host_keys().await?))
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], ca.services().bastion_host_keys().await?))
 }
 
 /// Public: sshd on every node fetches it; it names only serials and key hashes.

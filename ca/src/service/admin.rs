@@ -7,7 +7,7 @@ use crate::error::CaError;
 use crate::identity::hash_password;
 use crate::keys::{self, KeyPurpose, state};
 use crate::policy_files::load_policy_dir;
-use crate::store::{self, NewPassword};
+use crate::store::{self, NewPassword, Store};
 use portcullis_policies::{Grant, USER_NAME_RULE, UserSource, parse_account, proof, valid_user_name};
 use portcullis_proto::console::{PolicyChangeRecord, PolicyFieldChange};
 use portcullis_proto::{AuditRecord, AuditVerifyResponse, CaKeyInfo, PolicyReloadResponse, UserInfo};
@@ -378,45 +378,7 @@ impl Ca {
         _grant: &Grant<proof::AuditRead>,
         filter: &AuditFilter,
     ) -> Result<Vec<AuditRecord>, CaError> {
-        self.search_audit(filter).await
-    }
-
-    /// The search itself, for the views that show part of the audit trail under their own
-    /// permission (the policy history).
-    pub(crate) async fn search_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CaError> {
-        const PAGE: u32 = 500;
-        let limit = usize::try_from(filter.limit.clamp(1, 1000)).unwrap_or(1000);
-        let event = filter.event.as_deref().unwrap_or("");
-        let mut from = if filter.newest_first { filter.before.unwrap_or(u64::MAX) } else { filter.after };
-        let mut out = Vec::new();
-        let mut scanned = 0usize;
-        while out.len() < limit && scanned < AUDIT_SCAN_LIMIT {
-            let until = filter.until.unwrap_or(u64::MAX);
-            let page = self.core.store.audit_page(from, filter.newest_first, filter.since, until, event, PAGE).await?;
-            let Some(last) = page.last() else { break };
-            from = last.seq;
-            scanned += page.len();
-            let full = page.len() == PAGE as usize;
-            for row in page {
-                let payload: serde_json::Value = serde_json::from_str(&row.payload).unwrap_or(serde_json::Value::Null);
-                let field_is = |names: &[&str], want: &str| {
-                    names.iter().any(|n| payload.get(*n).and_then(|v| v.as_str()) == Some(want))
-                };
-                if filter.user.as_deref().is_some_and(|u| !field_is(&["user", "username", "actor"], u))
-                    || filter.device.as_deref().is_some_and(|d| !field_is(&["device", "node"], d))
-                {
-                    continue;
-                }
-                out.push(AuditRecord { seq: row.seq, at: row.at, event: row.event, payload });
-                if out.len() == limit {
-                    break;
-                }
-            }
-            if !full {
-                break;
-            }
-        }
-        Ok(out)
+        search_audit(&self.core.store, filter).await
     }
 
     /// Policy reloads (those that changed something and those refused) and API-secret
@@ -427,7 +389,7 @@ impl Ca {
         for event in ["policy_changed", "policy_rejected", "secret_added", "secret_rotated", "secret_removed"] {
             let filter =
                 AuditFilter { newest_first: true, event: Some(event.to_owned()), limit: 1000, ..Default::default() };
-            out.extend(self.search_audit(&filter).await?.into_iter().map(policy_change));
+            out.extend(search_audit(&self.core.store, &filter).await?.into_iter().map(policy_change));
         }
         out.sort_by_key(|c| std::cmp::Reverse(c.seq));
         out.truncate(1000);
@@ -454,6 +416,44 @@ impl Ca {
             })
             .collect())
     }
+}
+
+/// The search itself, for the views that show part of the audit trail under their own
+/// permission (the policy history).
+pub(super) async fn search_audit(store: &Store, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CaError> {
+    const PAGE: u32 = 500;
+    let limit = usize::try_from(filter.limit.clamp(1, 1000)).unwrap_or(1000);
+    let event = filter.event.as_deref().unwrap_or("");
+    let mut from = if filter.newest_first { filter.before.unwrap_or(u64::MAX) } else { filter.after };
+    let mut out = Vec::new();
+    let mut scanned = 0usize;
+    while out.len() < limit && scanned < AUDIT_SCAN_LIMIT {
+        let until = filter.until.unwrap_or(u64::MAX);
+        let page = store.audit_page(from, filter.newest_first, filter.since, until, event, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        from = last.seq;
+        scanned += page.len();
+        let full = page.len() == PAGE as usize;
+        for row in page {
+            let payload: serde_json::Value = serde_json::from_str(&row.payload).unwrap_or(serde_json::Value::Null);
+            let field_is = |names: &[&str], want: &str| {
+                names.iter().any(|n| payload.get(*n).and_then(|v| v.as_str()) == Some(want))
+            };
+            if filter.user.as_deref().is_some_and(|u| !field_is(&["user", "username", "actor"], u))
+                || filter.device.as_deref().is_some_and(|d| !field_is(&["device", "node"], d))
+            {
+                continue;
+            }
+            out.push(AuditRecord { seq: row.seq, at: row.at, event: row.event, payload });
+            if out.len() == limit {
+                break;
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// One history entry from a `policy_changed` or `secret_*` audit record.

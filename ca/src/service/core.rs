@@ -255,6 +255,15 @@ impl Core {
         self.policy().match_rule(Purpose::InventoryEnrichment, &device).ok().map(|r| r.name().to_owned())
     }
 
+    /// Bastions heard from within a lease's lifetime, each with the agents it reported
+    /// connected in that heartbeat.
+    pub(super) async fn live_bastions(&self) -> Result<Vec<store::ServiceRow>, CaError> {
+        let cutoff = self.now().saturating_sub(portcullis_proto::bastion::LEASE_TTL_SECS);
+        let mut bastions = self.store.services(portcullis_proto::bastion::ServiceKind::Bastion.as_str()).await?;
+        bastions.retain(|b| b.last_seen.is_some_and(|t| t >= cutoff));
+        Ok(bastions)
+    }
+
     /// The proof an administrative operation needs.
     pub fn authorize<P: Proof>(&self, caller: &super::Caller) -> Result<Grant<P>, CaError> {
         self.policy().authorize::<P>(&caller.identity).map_err(CaError::Denied)

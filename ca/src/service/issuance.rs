@@ -28,12 +28,6 @@ impl Issuance {
         Issuance { writer: IssuanceWriter::spawn(core.store.clone()), max_cert_ttl, core }
     }
 
-    /// The longest any certificate lives: a certificate issued longer ago than this
-    /// (and the clock skew) has expired.
-    pub(super) fn max_cert_ttl(&self) -> Duration {
-        self.max_cert_ttl
-    }
-
     pub async fn issue(
         &self,
         caller: &Caller,

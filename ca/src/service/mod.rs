@@ -4,7 +4,6 @@
 
 mod admin;
 mod auth;
-mod bastion_events;
 mod core;
 mod directory;
 mod discovery;
@@ -36,7 +35,8 @@ pub use principals::device_of;
 pub use pve::{Proxmox, PveSettings};
 pub use recordings::Recordings;
 pub use revocation::Revocation;
-pub use services::ServiceCaller;
+pub use services::{ServiceCaller, ServiceIdentities};
+pub use sessions::Sessions;
 
 /// 256 random bits as URL-safe text: generated passwords and passphrases.
 pub fn random_secret() -> String {
@@ -48,17 +48,12 @@ use crate::clock::Clock;
 use crate::error::CaError;
 use crate::identity::IdentitySource;
 use crate::keys::KeyAlgorithm;
-use crate::ratelimit::RateLimiter;
 use crate::store::CaKeyRow;
 use identity::IdentityConfig;
 use secrecy::SecretString;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Console tickets one user may ask for per minute (per replica): a person opens a few
-/// consoles a minute; a script spraying tickets is stopped.
-const TICKETS_PER_USER_PER_MINUTE: u32 = 20;
 
 /// Everything the CA needs to start, already validated.
 pub struct CaConfig {
@@ -128,15 +123,15 @@ impl CaConfig {
 /// for issuance, sessions, enrollment and inventory, which are not split out yet).
 pub struct Ca {
     core: Arc<Core>,
-    identity: IdentityService,
-    recordings: recordings::Recordings,
+    identity: Arc<IdentityService>,
     issuance: Issuance,
     revocation: Arc<Revocation>,
     nodes: Nodes,
-    /// Console tickets asked per user per minute.
-    ticket_requests: RateLimiter,
-    discovery: Discovery,
-    proxmox: Proxmox,
+    services: ServiceIdentities,
+    sessions: Sessions,
+    recordings: Arc<Recordings>,
+    discovery: Arc<Discovery>,
+    proxmox: Arc<Proxmox>,
 }
 
 /// What the admin API shows of a CA key (never the encrypted private part).
@@ -182,15 +177,28 @@ impl Ca {
         )?;
         let revocation = Arc::new(Revocation::new(Arc::clone(&core)));
         let nodes = Nodes::new(Arc::clone(&core), Arc::clone(&revocation), config.tls_pin, config.enroll_binary);
+        let identity = Arc::new(identity);
+        let recordings = Arc::new(Recordings::new(Arc::clone(&core), config.recording_retention));
+        let discovery = Arc::new(Discovery::new(Arc::clone(&core), config.discovery));
+        let proxmox = Arc::new(Proxmox::new(Arc::clone(&core), config.pve));
+        let sessions = Sessions::new(
+            Arc::clone(&core),
+            Arc::clone(&identity),
+            Arc::clone(&recordings),
+            Arc::clone(&discovery),
+            Arc::clone(&proxmox),
+            config.max_cert_ttl,
+        );
         Ok(Ca {
             identity,
-            nodes,
-            recordings: recordings::Recordings::new(Arc::clone(&core), config.recording_retention),
             issuance: Issuance::new(Arc::clone(&core), config.max_cert_ttl),
             revocation,
-            ticket_requests: RateLimiter::new(TICKETS_PER_USER_PER_MINUTE, 60),
-            discovery: Discovery::new(Arc::clone(&core), config.discovery),
-            proxmox: Proxmox::new(Arc::clone(&core), config.pve),
+            nodes,
+            services: ServiceIdentities::new(Arc::clone(&core), Arc::clone(&proxmox)),
+            sessions,
+            recordings,
+            discovery,
+            proxmox,
             core,
         })
     }
@@ -230,8 +238,31 @@ impl Ca {
         &self.proxmox
     }
 
+    /// Bastions and edge agents: enrollment, registration, certificates, directory.
+    pub fn services(&self) -> &ServiceIdentities {
+        &self.services
+    }
+
+    /// Bastion sessions, console tickets, device views, bastion events.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
     /// Session recordings: chunks from bastions, listing, playback, retention.
     pub fn recordings(&self) -> &Recordings {
         &self.recordings
+    }
+
+    /// The CA's own timer (every few seconds on each replica): reclaims the leases of
+    /// bastions that went quiet even when no bastion heartbeats any more — the only
+    /// bastion killed must not leave ghost sessions holding users' caps — writes a
+    /// finished window's refusal summary, forgets expired OIDC sign-ins in progress, and
+    /// deletes recordings past their retention.
+    pub async fn housekeeping(&self) -> Result<(), CaError> {
+        self.core.flush_refusals().await?;
+        self.core.store.purge_oidc_pending(self.core.now()).await?;
+        self.sessions.purge_connection_proofs().await?;
+        self.recordings.expire().await?;
+        self.sessions.sweep_leases(self.core.now().saturating_sub(portcullis_proto::bastion::LEASE_TTL_SECS)).await
     }
 }

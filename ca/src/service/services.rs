@@ -2,8 +2,9 @@
 //! their kind, and get an API credential (`pcs_…`, stored hashed) and an internal
 //! certificate (signed by the `internal` CA key) for the key they generated.
 
-use super::Ca;
 use super::auth::{random_token, token_hash};
+use super::core::Core;
+use super::pve::Proxmox;
 use crate::audit::{self, AuditEvent, SYSTEM_ACTOR, sanitize};
 use crate::error::CaError;
 use crate::keys::KeyPurpose;
@@ -14,6 +15,7 @@ use portcullis_policies::proof;
 use portcullis_proto::bastion::*;
 use portcullis_sshcert::{fingerprint, parse_user_public_key};
 use ssh_key::{Algorithm, PublicKey};
+use std::sync::Arc;
 
 /// An authenticated service (bearer `pcs_…` of an enrolled bastion or agent).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +86,18 @@ fn validate(
     }
 }
 
-impl Ca {
+/// The service identities service: bastions and edge agents enroll, register, renew
+/// their certificates and learn each other (directory, host keys, an agent's targets).
+pub struct ServiceIdentities {
+    core: Arc<Core>,
+    /// Which Proxmox VE API ports an agent may reach.
+    proxmox: Arc<Proxmox>,
+}
+
+impl ServiceIdentities {
+    pub(super) fn new(core: Arc<Core>, proxmox: Arc<Proxmox>) -> ServiceIdentities {
+        ServiceIdentities { core, proxmox }
+    }
     /// `POST /v1/services/enroll` with a one-time token minted for `request.kind`.
     pub async fn enroll_service(
         &self,
@@ -153,7 +166,7 @@ fn service_proof_valid(request: &ServiceEnrollRequest, key: &PublicKey, token: &
         .is_ok()
 }
 
-impl Ca {
+impl ServiceIdentities {
     /// Registers a service of the CA's own process (the all-in-one's bastion and local
     /// agent) without a token; actor `system`. The key may change (the process owns both
     /// sides, and a lost key file must not lock it out).
@@ -362,15 +375,6 @@ impl Ca {
         Ok(targets)
     }
 
-    /// Bastions heard from within a lease's lifetime, each with the agents it reported
-    /// connected in that heartbeat.
-    pub(crate) async fn live_bastions(&self) -> Result<Vec<store::ServiceRow>, CaError> {
-        let cutoff = self.core.now().saturating_sub(LEASE_TTL_SECS);
-        let mut bastions = self.core.store.services(ServiceKind::Bastion.as_str()).await?;
-        bastions.retain(|b| b.last_seen.is_some_and(|t| t >= cutoff));
-        Ok(bastions)
-    }
-
     /// `GET /v1/admin/agents` and `/v1/admin/bastions`.
     pub async fn service_infos(
         &self,
@@ -378,7 +382,7 @@ impl Ca {
         kind: ServiceKind,
     ) -> Result<Vec<ServiceInfo>, CaError> {
         let bastions = match kind {
-            ServiceKind::Agent => self.live_bastions().await?,
+            ServiceKind::Agent => self.core.live_bastions().await?,
             ServiceKind::Bastion => Vec::new(),
         };
         Ok(self

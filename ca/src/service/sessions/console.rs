@@ -12,13 +12,14 @@
 //!   resolved (no session certificate, no lease). Then the session is admitted exactly
 //!   like terminated mode, for the ticket's identity ([`Ca::admit_session`]).
 
+use super::Sessions;
 use super::admission::{console_logins, console_roles, denial, valid_login, valid_session_id};
 use super::{Evidence, OpenSpec, Subject};
 use crate::audit::{self, AuditEvent, sanitize};
 use crate::error::CaError;
 use crate::service::auth::{random_token, token_hash};
 use crate::service::pve::Link;
-use crate::service::{Ca, Caller, ServiceCaller};
+use crate::service::{Caller, ServiceCaller};
 use crate::store::{self, Redeemed, TicketRow, TicketState};
 use portcullis_policies::{DenyReason, Grant, Identity, Permission, Policy, Purpose, proof};
 use portcullis_proto::bastion::{SessionGrant, SessionMode, deny_reason as deny};
@@ -70,7 +71,7 @@ fn sees_guest(policy: &Policy, who: &Identity, guest: &portcullis_policies::Devi
 const NO_CONSOLE_ROLE: &str = "no console role of yours reaches this device";
 const NO_CONSOLE_RULE: &str = "no console_access rule covers this device, or no agent reaches it";
 
-impl Ca {
+impl Sessions {
     /// `GET /v1/console/devices`: the devices the caller may open a console to, with the
     /// logins a console may use there (and PVE's cluster and status for a linked host),
     /// then the Proxmox VE guests a console role of theirs reaches, listed without a console.
@@ -105,7 +106,7 @@ impl Ca {
             }
         }
         let connected: std::collections::BTreeSet<String> =
-            self.live_bastions().await?.into_iter().flat_map(|b| b.agents).collect();
+            self.core.live_bastions().await?.into_iter().flat_map(|b| b.agents).collect();
         let up = |agent: &Option<String>| agent.as_ref().map(|a| connected.contains(a));
         let mut last_seen = self.core.store.nodes_last_seen().await?;
         let mut out = Vec::new();

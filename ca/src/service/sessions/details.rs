@@ -12,9 +12,10 @@
 //! - Sessions are the caller's own unless they may list everyone's
 //!   (`audit.read`/`sessions.kill`, as `GET /v1/admin/sessions`).
 
+use super::Sessions;
 use crate::error::CaError;
-use crate::service::admin::AuditFilter;
-use crate::service::{Ca, Caller};
+use crate::service::Caller;
+use crate::service::admin::{AuditFilter, search_audit};
 use portcullis_policies::{Device, Identity, Policy, Purpose, proof};
 use portcullis_proto::NodeRecord;
 use portcullis_proto::console::{
@@ -25,7 +26,7 @@ use std::cmp::Reverse;
 /// Closed sessions shown (live ones are all shown).
 const RECENT_CLOSED: u32 = 20;
 
-impl Ca {
+impl Sessions {
     /// `GET /v1/console/devices/{name}`.
     pub async fn device_details(&self, caller: &Caller, name: &str) -> Result<DeviceDetails, CaError> {
         let policy = self.core.policy();
@@ -89,16 +90,18 @@ impl Ca {
             })
             .collect();
         live.sort_by_key(|s| Reverse(s.started_at));
-        let closed = self
-            .search_audit(&AuditFilter {
+        let closed = search_audit(
+            &self.core.store,
+            &AuditFilter {
                 newest_first: true,
                 event: Some("session_closed".to_owned()),
                 user: (!everyone).then(|| who.username.clone()),
                 device: Some(device.name.clone()),
                 limit: RECENT_CLOSED,
                 ..Default::default()
-            })
-            .await?;
+            },
+        )
+        .await?;
         live.extend(closed.into_iter().filter_map(|r| closed_session(&r.payload)).filter(|s| shown(&s.user)));
         Ok(live)
     }

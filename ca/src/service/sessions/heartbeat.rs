@@ -1,11 +1,11 @@
 //! Heartbeats: a bastion's leases kept alive, quiet bastions' leases reclaimed, and
 //! the close orders for sessions that may not go on.
 
+use super::Sessions;
 use super::admission::{Basis, admit, mode_from, valid_session_id};
 use super::closed_event;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
-use crate::service::Ca;
 use crate::service::directory::Standing;
 use crate::service::services::{ServiceCaller, valid_service_name};
 use crate::store::{self, LeaseCheck};
@@ -19,7 +19,7 @@ const MAX_HEARTBEAT_AGENTS: usize = 1_000;
 /// A live lease is rewritten at least this often (well inside `LEASE_TTL_SECS`).
 const REFRESH_AFTER_SECS: u64 = 5;
 
-impl Ca {
+impl Sessions {
     /// `POST /v1/bastion/heartbeat`: keeps this bastion's leases, reclaims every lease
     /// whose bastion went quiet, and answers which listed sessions must close.
     pub async fn heartbeat(
@@ -192,22 +192,9 @@ impl Ca {
         Ok(())
     }
 
-    /// The CA's own timer (every few seconds on each replica): reclaims the leases of
-    /// bastions that went quiet even when no bastion heartbeats any more — the only
-    /// bastion killed must not leave ghost sessions holding users' caps — writes a
-    /// finished window's refusal summary, forgets expired OIDC sign-ins in progress, and
-    /// deletes recordings past their retention.
-    pub async fn housekeeping(&self) -> Result<(), CaError> {
-        self.core.flush_refusals().await?;
-        self.core.store.purge_oidc_pending(self.core.now()).await?;
-        self.purge_connection_proofs().await?;
-        self.recordings.expire().await?;
-        self.sweep_leases(self.core.now().saturating_sub(LEASE_TTL_SECS)).await
-    }
-
     /// Deletes every lease not heartbeated since `cutoff`, one transaction each (so no
     /// transaction holds counters of several leases), releasing its slots.
-    async fn sweep_leases(&self, cutoff: u64) -> Result<(), CaError> {
+    pub(in crate::service) async fn sweep_leases(&self, cutoff: u64) -> Result<(), CaError> {
         for id in self.core.store.stale_leases(cutoff).await? {
             let now = self.core.now();
             let mut tx = self.core.store.begin().await?;

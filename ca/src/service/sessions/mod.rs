@@ -15,17 +15,23 @@
 mod admission;
 mod console;
 mod details;
+mod events;
 mod heartbeat;
 mod proof;
 
 use super::permits::SessionPermit;
 pub(crate) use admission::valid_session_id;
 
-use super::Ca;
+use super::core::Core;
+use super::discovery::Discovery;
+use super::identity::IdentityService;
+use super::pve::Proxmox;
+use super::recordings::Recordings;
 use super::services::ServiceCaller;
 use crate::audit::{self, AuditEvent, sanitize};
 use crate::error::CaError;
 use crate::keys::KeyPurpose;
+use crate::ratelimit::RateLimiter;
 use crate::signer::sign_session_cert;
 use crate::store::{self, CertRow, LeaseRow};
 use admission::{Basis, Denial, FORWARDING_EXTENSIONS, admit, denial, host_key_check, validate_open};
@@ -36,10 +42,53 @@ use portcullis_proto::recording::RecordingGrant;
 use portcullis_sshcert::parse_user_public_key;
 use ssh_key::Algorithm;
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
 use tracing::Instrument;
 
 /// The identity a session is decided for, and what vouches for it. Certificate- and
 /// ticket-opened sessions meet here, in [`Ca::admit_session`].
+/// Console tickets one user may ask for per minute (per replica): a person opens a few
+/// consoles a minute; a script spraying tickets is stopped.
+const TICKETS_PER_USER_PER_MINUTE: u32 = 20;
+
+/// The sessions service: bastion sessions (admission, leases, heartbeats, closes,
+/// kills), console tickets, the device views that lead to them, and the events bastions
+/// report. It asks the identity service about directory accounts, the recordings
+/// service for a recorded session's row, and the inventory services what a device is.
+pub struct Sessions {
+    core: Arc<Core>,
+    identity: Arc<IdentityService>,
+    recordings: Arc<Recordings>,
+    discovery: Arc<Discovery>,
+    proxmox: Arc<Proxmox>,
+    /// The longest a user certificate lives (the window of connection proofs kept).
+    max_cert_ttl: Duration,
+    /// Console tickets asked per user per minute.
+    ticket_requests: RateLimiter,
+}
+
+impl Sessions {
+    pub(in crate::service) fn new(
+        core: Arc<Core>,
+        identity: Arc<IdentityService>,
+        recordings: Arc<Recordings>,
+        discovery: Arc<Discovery>,
+        proxmox: Arc<Proxmox>,
+        max_cert_ttl: Duration,
+    ) -> Sessions {
+        Sessions {
+            core,
+            identity,
+            recordings,
+            discovery,
+            proxmox,
+            max_cert_ttl,
+            ticket_requests: RateLimiter::new(TICKETS_PER_USER_PER_MINUTE, 60),
+        }
+    }
+}
+
 struct Subject {
     username: String,
     groups: Vec<String>,
@@ -109,7 +158,7 @@ fn closed_event(lease: &LeaseRow, reason: CloseReason, from: u64, to: u64, durat
     }
 }
 
-impl Ca {
+impl Sessions {
     /// Counts a committed close in `/metrics`.
     fn count_close(&self, lease: &LeaseRow, reason: CloseReason, from_client: u64, to_client: u64) {
         let c = &self.core.counters;

@@ -18,7 +18,7 @@
 //! only on the node and login they asked for, and only while their connection lasts.
 
 use super::admission::denial;
-use super::{Ca, Denial};
+use super::{Denial, Sessions};
 use crate::store::CertRow;
 use portcullis_proto::bastion::{SessionOpenRequest, deny_reason as deny, terminated_user};
 use portcullis_sshcert::{certificate_digest, verify_connection_proof};
@@ -59,12 +59,11 @@ pub(super) fn check(req: &SessionOpenRequest, cert: &CertRow) -> Result<ProvenCo
     Ok(ProvenConnection(hex::encode(Sha256::digest(&session_id))))
 }
 
-impl Ca {
+impl Sessions {
     /// Forgets proofs older than the longest certificate (a replay of one is refused on
     /// its expired certificate alone).
-    pub(super) async fn purge_connection_proofs(&self) -> Result<(), crate::error::CaError> {
-        let cutoff =
-            self.core.now().saturating_sub(self.issuance.max_cert_ttl().as_secs()).saturating_sub(self.core.clock_skew);
+    pub(in crate::service) async fn purge_connection_proofs(&self) -> Result<(), crate::error::CaError> {
+        let cutoff = self.core.now().saturating_sub(self.max_cert_ttl.as_secs()).saturating_sub(self.core.clock_skew);
         let mut tx = self.core.store.begin().await?;
         crate::store::purge_connection_proofs(tx.conn(), cutoff).await?;
         tx.commit().await?;

@@ -3,11 +3,11 @@
 //! write free text into the trail: codes are checked, names validated, peer-typed text
 //! sanitized and truncated, the batch bounded.
 
-use super::Ca;
-use super::services::{ServiceCaller, valid_service_name};
-use super::sessions::valid_session_id;
+use super::Sessions;
+use super::valid_session_id;
 use crate::audit::{self, AuditEvent, sanitize};
 use crate::error::CaError;
+use crate::service::services::{ServiceCaller, valid_service_name};
 use crate::store::LeaseRow;
 use portcullis_proto::bastion::{BastionAuditEvent, BastionEventsRequest};
 use portcullis_proto::refusals::{MAX_KEYS, RefusalCount};
@@ -34,7 +34,7 @@ fn bad(what: &str) -> CaError {
     CaError::BadRequest(format!("invalid bastion event: {what}"))
 }
 
-impl Ca {
+impl Sessions {
     /// `POST /v1/bastion/events`: all records of a batch commit together, or none.
     pub async fn bastion_events(&self, bastion: &ServiceCaller, req: &BastionEventsRequest) -> Result<(), CaError> {
         if req.events.len() > MAX_EVENTS {
