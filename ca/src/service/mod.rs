@@ -1,6 +1,10 @@
-//! The CA as services: [`Core`] holds what they share (store, keys, policy, clock),
-//! [`IdentityService`] who callers are, and [`Ca`] composes them with the services not
-//! split out yet; every API handler is a thin call into one of their methods.
+//! The CA as services, each owning its state: [`Core`] holds what they share (store,
+//! clock, keys, policy), [`IdentityService`] says who callers are, [`Issuance`] and
+//! [`Revocation`] make and unmake certificates, [`Nodes`] enrolls and describes nodes,
+//! [`Sessions`] decides and tracks bastion sessions and console tickets, [`Discovery`]
+//! and [`Proxmox`] keep the inventory, [`Recordings`] the session recordings, and
+//! [`ServiceIdentities`] the bastions and agents. [`Ca`] composes them; every API
+//! handler is a thin call into one service's method.
 
 mod admin;
 mod auth;
@@ -118,9 +122,10 @@ impl CaConfig {
 }
 
 /// The CA: the services, composed. Each service keeps its own state and reaches the
-/// shared [`Core`] (store, clock, keys, policy) through its own handle; the API handlers
-/// call the service they need ([`Ca::identity`] for who a caller is, `Ca`'s own methods
-/// for issuance, sessions, enrollment and inventory, which are not split out yet).
+/// shared [`Core`] through its own handle, and the few other services it asks through
+/// theirs; the API handlers call the service they need through its accessor. `Ca`'s own
+/// methods are the administration over the core (users, CA keys, policy, audit; in
+/// `admin.rs`), the policy preview, `/metrics` and the housekeeping round.
 pub struct Ca {
     core: Arc<Core>,
     identity: Arc<IdentityService>,
