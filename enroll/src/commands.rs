@@ -250,11 +250,11 @@ fn activate(
     r.step("activate", format!("{}", root.drop_in().display()));
     failpoint::after("activate")?;
 
-    g.sshd.test()?;
+    let checked = txn.check(&g.sshd)?;
     r.step("sshd -t", "configuration valid");
     failpoint::after("test")?;
 
-    txn.reload(&g.sshd)?;
+    checked.reload(&g.sshd)?;
     r.reloads += 1;
     r.step("reload", "sshd reloaded (not restarted)");
     failpoint::after("reload")?;
@@ -376,9 +376,9 @@ pub async fn remove(g: &Global, r: &mut Report) -> Result<String> {
         }
         r.step("restore", "the drop-in is gone; the KRL and trust files stay until sshd has reloaded");
         failpoint::after("restore")?;
-        g.sshd.test()?;
+        let checked = txn.check(&g.sshd)?;
         txn::check_not_named(&g.sshd, &after)?;
-        txn.reload(&g.sshd)?;
+        checked.reload(&g.sshd)?;
         r.reloads += 1;
         r.step("reload", "sshd reloaded without the Portcullis configuration");
         failpoint::after("reload")?;

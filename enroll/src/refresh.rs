@@ -201,7 +201,7 @@ fn apply_sshd_change(g: &Global, state: &State, bundle: &CheckedBundle, change: 
         // As in enroll, nothing reaches the running daemon unchecked: `sshd -t` and
         // `sshd -T` read the files just written, so a failure here rolls back before
         // the reload.
-        g.sshd.test()?;
+        let checked = txn.check(&g.sshd)?;
         r.step("sshd -t", "configuration valid");
         failpoint::after("test")?;
         let cert_paths: Vec<PathBuf> = state
@@ -213,7 +213,7 @@ fn apply_sshd_change(g: &Global, state: &State, bundle: &CheckedBundle, change: 
         verify_effective(g, &cert_paths)?;
         r.step("verify", "sshd -T shows the CA, principals, KRL and host certificate settings");
         failpoint::after("verify")?;
-        txn.reload(&g.sshd)?;
+        checked.reload(&g.sshd)?;
         r.reloads += 1;
         r.step("reload", "sshd validated and reloaded (host certificate or drop-in changed)");
         failpoint::after("reload")?;

@@ -235,9 +235,18 @@ impl Txn {
         self.persist()
     }
 
+    /// `sshd -t` on the configuration as this transaction has written it. What it proves
+    /// is the only way to reload ([`Checked::reload`]), and it holds the transaction
+    /// until then, so nothing can be written between the check and the reload: the
+    /// running daemon never gets a configuration no `sshd -t` has read.
+    pub fn check(&mut self, sshd: &SshdCtl) -> Result<Checked<'_>> {
+        sshd.test()?;
+        Ok(Checked { txn: self })
+    }
+
     /// Reloads sshd, first recording that the daemon may load the changed configuration
     /// (so a crash during the reload still makes the rollback reload).
-    pub fn reload(&mut self, sshd: &SshdCtl) -> Result<()> {
+    fn reload(&mut self, sshd: &SshdCtl) -> Result<()> {
         self.journal.sshd_reloaded = true;
         self.persist()?;
         if let Err(e) = sshd.reload() {
@@ -275,6 +284,20 @@ impl Txn {
             Ok(()) => Ok(RolledBack { cause: cause.to_string() }),
             Err(e) => Err(Error::RollbackFailed { cause: cause.to_string(), rollback: with_journal_kept(e) }),
         }
+    }
+}
+
+/// Proof that `sshd -t` accepted what the transaction wrote, holding the transaction
+/// (see [`Txn::check`]).
+pub struct Checked<'t> {
+    txn: &'t mut Txn,
+}
+
+impl Checked<'_> {
+    /// Reloads sshd with the checked configuration; the transaction is writable again
+    /// afterwards.
+    pub fn reload(self, sshd: &SshdCtl) -> Result<()> {
+        self.txn.reload(sshd)
     }
 }
 
