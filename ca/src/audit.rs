@@ -19,7 +19,7 @@ pub enum AuditEvent {
         username: String,
         source: String,
         client_ip: String,
-        /// The API session opened (see `auth::session_ref`).
+        /// The API session opened (see `service::caller::session_ref`).
         user_session: String,
     },
     LoginFailed {

@@ -2,97 +2,16 @@
 //! bearer token is stored only as a SHA-256 hash.
 
 use super::IdentityService;
+use super::caller::{Caller, random_token, session_ref, token_hash};
+use super::directory::{self, Refusal, Standing};
 use crate::audit::{self, AuditEvent, sanitize};
 use crate::error::CaError;
 use crate::identity::{AuthFailure, Vouched};
 use crate::store::{self, AccountClaim, SessionRow};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use portcullis_policies::{Identity, Permission, USER_NAME_RULE, UserSource, parse_account, valid_user_name};
 use portcullis_proto::{LoginResponse, WhoAmI};
-use portcullis_sshcert::random_bytes;
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
-
-/// An authenticated API caller.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub identity: Identity,
-    pub expires_at: u64,
-    /// When the user proved who they are for this API session (step-up checks it).
-    pub authenticated_at: u64,
-    token_hash: String,
-    /// Set when the caller came with the session cookie (a browser): the token its
-    /// state-changing requests must carry.
-    csrf_token: Option<String>,
-}
-
-/// A name for an API session that audit records may carry (the seed's "user session
-/// ID"): derived from the token's hash, so it links a sign-in, its console tickets and
-/// their sessions, yet neither is nor leads back to anything that authenticates.
-pub(crate) fn session_ref(token_hash: &str) -> String {
-    let digest = Sha256::digest(format!("portcullis-session-ref\0{token_hash}"));
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-impl Caller {
-    /// This caller's API session, as audit records name it ([`session_ref`]).
-    pub(crate) fn session_ref(&self) -> String {
-        session_ref(&self.token_hash)
-    }
-
-    /// The CSRF token of a cookie-authenticated caller (for server-rendered pages).
-    pub fn csrf_token(&self) -> Option<&str> {
-        self.csrf_token.as_deref()
-    }
-
-    /// The hash of the caller's API session token (what the store keys sessions by).
-    pub(crate) fn token_hash(&self) -> &str {
-        &self.token_hash
-    }
-
-    pub(crate) fn with_csrf_token(mut self, token: String) -> Caller {
-        self.csrf_token = Some(token);
-        self
-    }
-}
-
-/// The CSRF token of a browser session: base64url(SHA-256("portcullis-csrf-v1\0" ||
-/// session token)). Derived rather than stored, so every replica computes the same one
-/// without a write; knowing it without the (HttpOnly) cookie is worth nothing, and it
-/// cannot be turned back into the session token.
-pub fn csrf_token_for(session_token: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(b"portcullis-csrf-v1\0");
-    h.update(session_token.as_bytes());
-    URL_SAFE_NO_PAD.encode(h.finalize())
-}
-
-/// Whether `presented` is the CSRF token of `session_token`, compared in constant time.
-pub fn csrf_token_matches(session_token: &str, presented: &str) -> bool {
-    let expected = csrf_token_for(session_token);
-    let (a, b) = (expected.as_bytes(), presented.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// 256 random bits, URL-safe, with a prefix that makes leaked tokens easy to grep for.
-pub(crate) fn random_token(prefix: &str) -> String {
-    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
-}
-
-pub(crate) fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// Why a directory account may no longer act (see [`IdentityService::recheck_directory`]).
-pub(crate) struct Refusal {
-    /// The audit reason code.
-    pub(crate) reason: &'static str,
-    /// What the denial says.
-    text: &'static str,
-    /// The directory could not be asked (503 rather than 401).
-    pub(crate) unavailable: bool,
-}
+use std::collections::{BTreeSet, HashMap};
 
 /// What a sign-in refused as "busy" is told to wait (the hashing queue's deadline).
 const BUSY_RETRY_AFTER: u64 = 3;
@@ -445,6 +364,36 @@ impl IdentityService {
         Ok(Some(refusal.text))
     }
 
+    /// The standing of each directory account in `accounts`, asking the directory about
+    /// those not asked within [`directory::RECHECK_SECS`]. An account the directory cannot be asked
+    /// about keeps its last answer (or has none): a directory outage stops new sessions,
+    /// it does not end live ones.
+    pub(super) async fn directory_standings(
+        &self,
+        accounts: &BTreeSet<&str>,
+    ) -> Result<HashMap<String, Standing>, CaError> {
+        let now = self.core.now();
+        for account in self.directory_answers.due(accounts, now) {
+            // `recheck_directory` keeps what it hears (see `DirectoryAnswers::remember`).
+            match tokio::time::timeout(directory::RECHECK_TIMEOUT, self.recheck_directory(account)).await {
+                Ok(Ok(Ok(_))) => {}
+                Ok(Ok(Err(refusal))) if !refusal.unavailable => {
+                    let event = AuditEvent::SessionRefused {
+                        username: account.to_owned(),
+                        source: "ldap".to_owned(),
+                        reason: refusal.reason,
+                    };
+                    self.core.audit_alone(event).await?;
+                }
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(Err(_))) | Err(_) => {
+                    tracing::warn!(%account, "the directory could not be asked about a live session; its last answer stands");
+                }
+            }
+        }
+        Ok(self.directory_answers.standings(accounts, now))
+    }
+
     pub async fn logout(&self, caller: &Caller) -> Result<(), CaError> {
         let now = self.core.now();
         let mut tx = self.core.store.begin().await?;
@@ -469,21 +418,5 @@ impl IdentityService {
             session_expires_at: caller.expires_at,
             authenticated_at: caller.authenticated_at,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csrf_tokens() {
-        let t = csrf_token_for("pcs_a");
-        assert_eq!(t.len(), 43);
-        assert_ne!(t, csrf_token_for("pcs_b"));
-        assert!(csrf_token_matches("pcs_a", &t));
-        assert!(!csrf_token_matches("pcs_b", &t));
-        assert!(!csrf_token_matches("pcs_a", ""));
-        assert!(!csrf_token_matches("pcs_a", &t[..42]));
     }
 }

@@ -104,7 +104,7 @@ impl Core {
     /// The policy's view of a node as this deployment reaches it: a record that names
     /// no agent is served by the default agent, when there is one.
     pub(super) fn device(&self, node: &NodeRecord) -> Device {
-        let mut device = super::device_of(node);
+        let mut device = super::device::device_of(node);
         if device.agent.is_none() {
             device.agent = self.default_agent.clone();
         }

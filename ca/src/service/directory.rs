@@ -1,13 +1,11 @@
-//! Live sessions of directory users. A certificate or a console ticket was issued on
+//! What directories last said about accounts with live sessions (the identity
+//! service keeps it; see `IdentityService::directory_standings`). Live sessions of
+//! directory users. A certificate or a console ticket was issued on
 //! the groups the directory listed then; heartbeats ask the directory again about each
 //! account with live sessions, at most once a minute, so a user locked, removed, told to
 //! change their password or taken out of a group in the directory loses the sessions it
 //! granted — not only the next one.
 
-use super::IdentityService;
-use crate::audit::AuditEvent;
-use crate::error::CaError;
-use crate::service::auth::Refusal;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -16,7 +14,7 @@ use std::time::Duration;
 pub(crate) const RECHECK_SECS: u64 = 60;
 /// One directory question may hold a heartbeat this long; a slower one is tried again
 /// at the next heartbeat.
-const RECHECK_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const RECHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Directory questions asked per heartbeat at most; the rest wait for the next one.
 const RECHECKS_PER_HEARTBEAT: usize = 16;
 
@@ -47,46 +45,32 @@ impl DirectoryAnswers {
         };
         self.lock().insert(account.to_owned(), (now, standing));
     }
-}
 
-impl IdentityService {
-    /// The standing of each directory account in `accounts`, asking the directory about
-    /// those not asked within [`RECHECK_SECS`]. An account the directory cannot be asked
-    /// about keeps its last answer (or has none): a directory outage stops new sessions,
-    /// it does not end live ones.
-    pub(super) async fn directory_standings(
-        &self,
-        accounts: &BTreeSet<&str>,
-    ) -> Result<HashMap<String, Standing>, CaError> {
-        let now = self.core.now();
-        let due: Vec<&str> = {
-            let answers = self.directory_answers.lock();
-            let stale = |a: &&str| answers.get(*a).is_none_or(|(at, _)| at.saturating_add(RECHECK_SECS) <= now);
-            accounts.iter().copied().filter(stale).take(RECHECKS_PER_HEARTBEAT).collect()
-        };
-        for account in due {
-            // `recheck_directory` keeps what it hears (see `DirectoryAnswers::remember`).
-            match tokio::time::timeout(RECHECK_TIMEOUT, self.recheck_directory(account)).await {
-                Ok(Ok(Ok(_))) => {}
-                Ok(Ok(Err(refusal))) if !refusal.unavailable => {
-                    let event = AuditEvent::SessionRefused {
-                        username: account.to_owned(),
-                        source: "ldap".to_owned(),
-                        reason: refusal.reason,
-                    };
-                    self.core.audit_alone(event).await?;
-                }
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(Err(_))) | Err(_) => {
-                    tracing::warn!(%account, "the directory could not be asked about a live session; its last answer stands");
-                }
-            }
-        }
-        let mut answers = self.directory_answers.lock();
-        // Accounts whose sessions ended are forgotten after a while.
+    /// Of `accounts`, those not asked about within [`RECHECK_SECS`], at most
+    /// [`RECHECKS_PER_HEARTBEAT`] of them.
+    pub(super) fn due<'a>(&self, accounts: &BTreeSet<&'a str>, now: u64) -> Vec<&'a str> {
+        let answers = self.lock();
+        let stale = |a: &&str| answers.get(*a).is_none_or(|(at, _)| at.saturating_add(RECHECK_SECS) <= now);
+        accounts.iter().copied().filter(stale).take(RECHECKS_PER_HEARTBEAT).collect()
+    }
+
+    /// The last answer about each of `accounts` that has one; answers about other
+    /// accounts (whose sessions ended) are forgotten after a while.
+    pub(super) fn standings(&self, accounts: &BTreeSet<&str>, now: u64) -> HashMap<String, Standing> {
+        let mut answers = self.lock();
         answers.retain(|account, (at, _)| {
             accounts.contains(account.as_str()) || at.saturating_add(10 * RECHECK_SECS) > now
         });
-        Ok(accounts.iter().filter_map(|a| answers.get(*a).map(|(_, s)| ((*a).to_owned(), s.clone()))).collect())
+        accounts.iter().filter_map(|a| answers.get(*a).map(|(_, s)| ((*a).to_owned(), s.clone()))).collect()
     }
+}
+
+/// Why a directory account may no longer act (see [`super::IdentityService::recheck_directory`]).
+pub(crate) struct Refusal {
+    /// The audit reason code.
+    pub(crate) reason: &'static str,
+    /// What the denial says.
+    pub(crate) text: &'static str,
+    /// The directory could not be asked (503 rather than 401).
+    pub(crate) unavailable: bool,
 }

@@ -1,7 +1,7 @@
 //! Node enrollment: one-time tokens, the trust bundle a node installs, and node-proof
 //! authenticated refresh and removal.
 
-use super::auth::{random_token, token_hash};
+use super::caller::{random_token, token_hash};
 use super::nodes::Nodes;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
@@ -272,7 +272,8 @@ impl Nodes {
         let restored = match &attempt.previous_json {
             None => {
                 store::delete_node(tx.conn(), &node.name).await?;
-                retire_node_certs(tx.conn(), &node.name, &format!("node:{}", node.name), now).await?;
+                super::revocation::retire_node_certs(tx.conn(), &node.name, &format!("node:{}", node.name), now)
+                    .await?;
                 false
             }
             Some(json) => {
@@ -446,7 +447,7 @@ impl Nodes {
         let now = self.core.now();
         let mut tx = self.core.store.begin().await?;
         store::delete_node(tx.conn(), &node.name).await?;
-        retire_node_certs(tx.conn(), &node.name, &format!("node:{}", node.name), now).await?;
+        super::revocation::retire_node_certs(tx.conn(), &node.name, &format!("node:{}", node.name), now).await?;
         audit::record(
             tx.conn(),
             now,
@@ -456,23 +457,6 @@ impl Nodes {
         tx.commit().await?;
         Ok(())
     }
-}
-
-/// Forgets a node's host certificates and revokes every certificate issued to the node
-/// (host and verification), inside the caller's transaction; returns how many.
-pub(super) async fn retire_node_certs(
-    conn: &mut sqlx::AnyConnection,
-    name: &str,
-    actor: &str,
-    now: u64,
-) -> Result<u64, CaError> {
-    store::delete_host_certs(conn, name).await?;
-    let owner = format!("node:{name}");
-    let n = store::revoke_certs(conn, &store::RevokeTarget::User(&owner), now).await?;
-    if n > 0 {
-        super::revocation::record_revocation(conn, now, actor, owner, n, false).await?;
-    }
-    Ok(n)
 }
 
 /// The one check behind every proof of possession (node refresh, deregistration and

@@ -85,7 +85,7 @@ impl IdentityService {
         if self.core.store.user_count().await? > 0 {
             return Ok(None);
         }
-        let password = super::auth::random_token("");
+        let password = super::caller::random_token("");
         let hash = {
             let pw = password.clone();
             tokio::task::spawn_blocking(move || hash_password(&pw))

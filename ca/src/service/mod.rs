@@ -8,7 +8,9 @@
 
 mod admin;
 mod auth;
+mod caller;
 mod core;
+mod device;
 mod directory;
 mod discovery;
 mod enroll;
@@ -28,14 +30,14 @@ mod sessions;
 mod writer;
 
 pub use admin::AuditFilter;
-pub use auth::{Caller, csrf_token_for, csrf_token_matches};
+pub use caller::{Caller, csrf_token_for, csrf_token_matches};
 pub use core::Core;
+pub use device::device_of;
 pub use discovery::{Discovery, DiscoverySettings, HardwareSummary};
 pub use identity::IdentityService;
 pub use issuance::Issuance;
 pub use nodes::{EnrollBinary, Nodes};
 pub use permits::{DiscoveryPermit, SessionPermit};
-pub use principals::device_of;
 pub use pve::{Proxmox, PveSettings};
 pub use recordings::Recordings;
 pub use revocation::Revocation;
@@ -44,7 +46,7 @@ pub use sessions::Sessions;
 
 /// 256 random bits as URL-safe text: generated passwords and passphrases.
 pub fn random_secret() -> String {
-    auth::random_token("")
+    caller::random_token("")
 }
 
 use self::core::CoreConfig;
@@ -170,7 +172,7 @@ impl Ca {
             )
             .await?,
         );
-        let identity = IdentityService::new(
+        let identity = Arc::new(IdentityService::new(
             Arc::clone(&core),
             IdentityConfig {
                 session_ttl: config.session_ttl,
@@ -179,10 +181,9 @@ impl Ca {
                 extra_sources: config.extra_sources,
                 oidc: config.oidc,
             },
-        )?;
+        )?);
         let revocation = Arc::new(Revocation::new(Arc::clone(&core)));
         let nodes = Nodes::new(Arc::clone(&core), Arc::clone(&revocation), config.tls_pin, config.enroll_binary);
-        let identity = Arc::new(identity);
         let recordings = Arc::new(Recordings::new(Arc::clone(&core), config.recording_retention));
         let discovery = Arc::new(Discovery::new(Arc::clone(&core), config.discovery));
         let proxmox = Arc::new(Proxmox::new(Arc::clone(&core), config.pve));

@@ -127,7 +127,7 @@ impl Nodes {
         store::upsert_node(tx.conn(), &node, now).await?;
         if update.host_keys.is_some() {
             // Certificates for the old keys must not outlive the re-key.
-            super::enroll::retire_node_certs(tx.conn(), &node.name, &actor, now).await?;
+            super::revocation::retire_node_certs(tx.conn(), &node.name, &actor, now).await?;
         }
         let event = AuditEvent::NodeUpdated { actor, name: node.name.clone(), fields };
         audit::record(tx.conn(), now, &event).await?;
@@ -144,7 +144,7 @@ impl Nodes {
         if !store::delete_node(tx.conn(), name).await? {
             return Err(CaError::NotFound("node"));
         }
-        let revoked = super::enroll::retire_node_certs(tx.conn(), name, &actor, now).await?;
+        let revoked = super::revocation::retire_node_certs(tx.conn(), name, &actor, now).await?;
         let event = AuditEvent::NodeRemoved { actor, name: name.to_owned(), host_certificates_revoked: revoked };
         audit::record(tx.conn(), now, &event).await?;
         tx.commit().await?;

@@ -4,7 +4,7 @@
 //! and the groups the IdP vouched for.
 
 use super::IdentityService;
-use super::auth::{random_token, token_hash};
+use super::caller::{random_token, token_hash};
 use crate::audit::{AuditEvent, sanitize};
 use crate::error::CaError;
 use crate::identity::Vouched;

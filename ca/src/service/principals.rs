@@ -1,9 +1,10 @@
 //! What a node lets in: the `AuthorizedPrincipalsFile` lines per login that the
-//! policy gives a node, and the policy's view of a node record ([`device_of`]).
+//! policy gives a node.
 
+use super::device::device_of;
 use super::nodes::Nodes;
 use crate::error::CaError;
-use portcullis_policies::{Device, Grant, proof};
+use portcullis_policies::{Grant, proof};
 use portcullis_proto::{NodePrincipals, NodeRecord, PrincipalLine};
 use std::collections::BTreeMap;
 
@@ -48,28 +49,6 @@ impl Nodes {
 /// The principals of each login's lines, without options.
 pub(crate) fn principals_only(lines: &BTreeMap<String, Vec<PrincipalLine>>) -> BTreeMap<String, Vec<String>> {
     lines.iter().map(|(login, l)| (login.clone(), l.iter().map(|l| l.principal.clone()).collect())).collect()
-}
-
-/// The partition of a node whose record names none.
-pub const DEFAULT_PARTITION: &str = "default";
-
-/// The policy engine's view of an inventory record.
-pub fn device_of(node: &NodeRecord) -> Device {
-    Device {
-        name: node.name.clone(),
-        addresses: node.addresses.clone(),
-        kind: node.kind.clone(),
-        vendor: node.vendor.clone(),
-        source: Some("portcullis".to_owned()),
-        agent: node.agent.clone(),
-        gateway: None,
-        // A node enrolled or added without a partition is in the `default` one, so a
-        // rule scoped to `partitions = ["default"]` (the shipped example) covers it.
-        partition: Some(node.partition.clone().unwrap_or_else(|| DEFAULT_PARTITION.to_owned())),
-        tags: node.tags.clone(),
-        metadata: node.metadata.clone(),
-        ssh_port: node.ssh_port,
-    }
 }
 
 #[cfg(test)]

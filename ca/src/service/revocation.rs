@@ -40,6 +40,23 @@ pub(super) async fn record_revocation(
     Ok(krl_version)
 }
 
+/// Forgets a node's host certificates and revokes every certificate issued to the node
+/// (host and verification), inside the caller's transaction; returns how many.
+pub(super) async fn retire_node_certs(
+    conn: &mut sqlx::AnyConnection,
+    name: &str,
+    actor: &str,
+    now: u64,
+) -> Result<u64, CaError> {
+    store::delete_host_certs(conn, name).await?;
+    let owner = format!("node:{name}");
+    let n = store::revoke_certs(conn, &store::RevokeTarget::User(&owner), now).await?;
+    if n > 0 {
+        record_revocation(conn, now, actor, owner, n, false).await?;
+    }
+    Ok(n)
+}
+
 /// A cached KRL is rebuilt at least this often, so expired entries drop out and the
 /// generation date stays fresh even without new revocations.
 const KRL_MAX_AGE: u64 = 300;

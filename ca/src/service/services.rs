@@ -2,7 +2,7 @@
 //! their kind, and get an API credential (`pcs_…`, stored hashed) and an internal
 //! certificate (signed by the `internal` CA key) for the key they generated.
 
-use super::auth::{random_token, token_hash};
+use super::caller::{random_token, token_hash};
 use super::core::Core;
 use super::pve::Proxmox;
 use crate::audit::{self, AuditEvent, SYSTEM_ACTOR, sanitize};

@@ -31,7 +31,7 @@ fn guest_device(g: &store::GuestRow) -> Option<Device> {
         vendor: Some("proxmox".to_owned()),
         source: Some("proxmox".to_owned()),
         agent: Some(g.agent.clone()),
-        partition: Some(crate::service::principals::DEFAULT_PARTITION.to_owned()),
+        partition: Some(crate::service::device::DEFAULT_PARTITION.to_owned()),
         tags: g.tags.iter().map(|t| (t.clone(), "true".to_owned())).collect(),
         metadata: metadata.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         ..Device::default()

@@ -17,7 +17,7 @@ use super::admission::{console_logins, console_roles, denial, valid_login, valid
 use super::{Evidence, OpenSpec, Subject};
 use crate::audit::{self, AuditEvent, sanitize};
 use crate::error::CaError;
-use crate::service::auth::{random_token, token_hash};
+use crate::service::caller::{random_token, token_hash};
 use crate::service::pve::Link;
 use crate::service::{Caller, ServiceCaller};
 use crate::store::{self, Redeemed, TicketRow, TicketState};
@@ -509,7 +509,7 @@ impl Sessions {
             evidence: Evidence::Ticket {
                 agent: ticket.agent,
                 rule: ticket.rule,
-                user_session: crate::service::auth::session_ref(&ticket.api_session_hash),
+                user_session: crate::service::caller::session_ref(&ticket.api_session_hash),
             },
         };
         let open = OpenSpec {
