@@ -111,6 +111,9 @@ cargo fmt --all --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "scripts/import_cycles.py (no module names a module that names it back)"
+./scripts/import_cycles.py
+
 # Integration tests run the real binaries; nextest does not build other packages' bins.
 step "cargo build --bins"
 cargo build --bins

@@ -12,3 +12,16 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaErr
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), CaError> {
     write_atomic(path, contents, 0o600)
 }
+
+/// Creates `dir` (and parents) mode 0700 when missing: data and state directories.
+pub fn create_private_dir(dir: &Path) -> Result<(), CaError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| CaError::Config(format!("cannot create {}: {e}", dir.display())))
+}

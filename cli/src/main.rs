@@ -7,6 +7,7 @@ mod args;
 mod login;
 mod pve;
 mod recordings;
+mod shared;
 mod sso;
 mod state;
 

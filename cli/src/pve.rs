@@ -1,9 +1,9 @@
 //! `admin secret …` and the Proxmox VE side of `admin inventory …`.
 
-use crate::admin::{ago, print_json, seg};
 use crate::api::Api;
 use crate::args::{SecretCommand, TlsArgs};
 use crate::login::read_password;
+use crate::shared::{ago, print_json, seg};
 use anyhow::{anyhow, bail};
 use portcullis_proto::WireSecret;
 use portcullis_proto::pve::*;
@@ -172,7 +172,7 @@ pub async fn preview(api: &Api, rule: Option<&str>, dir: Option<&std::path::Path
     let previews: Vec<RulePreview> = match (dir, rule) {
         (Some(dir), rule) => {
             let files =
-                crate::admin::policy_files(dir)?.into_iter().map(|(name, text)| PolicyFile { name, text }).collect();
+                crate::shared::policy_files(dir)?.into_iter().map(|(name, text)| PolicyFile { name, text }).collect();
             api.post("/v1/admin/rules/preview", &RulePreviewRequest { files, rule: rule.map(str::to_owned) }).await?
         }
         (None, Some(rule)) => api.get(&format!("/v1/admin/rules/{}/preview", seg(rule)?)).await?,

@@ -1,9 +1,9 @@
 //! `portcullis admin recordings`: list, play back and export session recordings (for
 //! holders of `recordings.read`; the CA audits every playback and export).
 
-use crate::admin::{ago, bytes, print_json};
 use crate::api::Api;
 use crate::args::RecordingsCommand;
+use crate::shared::{ago, bytes, print_json};
 use anyhow::{Context, bail};
 use portcullis_proto::recording::RecordingInfo;
 use std::io::Write;

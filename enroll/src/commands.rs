@@ -414,7 +414,7 @@ pub async fn remove(g: &Global, r: &mut Report) -> Result<String> {
         let _ = std::fs::remove_dir(d);
     }
     if state.created_discovery_user {
-        crate::discovery::delete_account(root);
+        crate::account::delete(root);
         r.step("discovery", "the discovery account enrollment created was deleted");
     }
     // An older leftover is superseded by this removal's own deregistration.

@@ -46,29 +46,6 @@ pub fn ensure_account(root: &Root, txn: &mut Txn) -> Result<bool> {
         return Ok(false);
     }
     txn.creating_account()?;
-    let run = |program: &str, args: &[&str]| -> Result<()> {
-        let out = Command::new(program)
-            .args(args)
-            .output()
-            .map_err(|e| Error::Failed(format!("cannot run {program}: {e}")))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(Error::Failed(format!("{program} failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
-        }
-    };
-    run(
-        "useradd",
-        &["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/bin/sh", DISCOVERY_LOGIN],
-    )?;
-    // A failure from here on is undone by the rollback (the journal says we created it).
-    run("usermod", &["-p", "*", DISCOVERY_LOGIN])?;
+    crate::account::create()?;
     Ok(true)
-}
-
-/// Deletes the account (only ever one this tool created; idempotent).
-pub fn delete_account(root: &Root) {
-    if root.is_system() {
-        let _ = Command::new("userdel").arg(DISCOVERY_LOGIN).output();
-    }
 }

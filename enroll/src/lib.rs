@@ -9,6 +9,7 @@
 //! them atomically under a journal ([`txn`]), proves a real login works before
 //! committing, and otherwise restores the original bytes.
 
+pub mod account;
 pub mod addresses;
 pub mod args;
 pub mod client;

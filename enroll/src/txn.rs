@@ -370,7 +370,7 @@ fn undo(root: &Root, journal: &Journal, sshd: &SshdCtl) -> Result<()> {
         failpoint::after("rollback-restore")?;
     }
     if journal.created_account {
-        crate::discovery::delete_account(root);
+        crate::account::delete(root);
     }
     fsx::remove_durable(&root.journal())?;
     for dir in journal.created_dirs.iter().rev() {

@@ -227,7 +227,7 @@ impl ServerConfig {
 
     /// Defaults for a one-command start: everything under `data_dir`, created when missing.
     pub fn all_in_one(data_dir: &Path, listen: &str, extra_names: Vec<String>) -> anyhow::Result<ServerConfig> {
-        create_private_dir(data_dir)?;
+        fsutil::create_private_dir(data_dir)?;
         let data_dir = data_dir.canonicalize()?;
         let passphrase_file = data_dir.join("ca-passphrase");
         if std::env::var_os(PASSPHRASE_ENV).is_none() && !passphrase_file.exists() {
@@ -393,19 +393,6 @@ fn read_passphrase(file: Option<&Path>) -> anyhow::Result<SecretString> {
         bail!("the CA passphrase must be at least 16 characters");
     }
     Ok(passphrase)
-}
-
-/// Creates `dir` (and parents) mode 0700 when missing.
-pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    Ok(())
 }
 
 fn portcullis_proto_token() -> String {

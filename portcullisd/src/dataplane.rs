@@ -35,7 +35,7 @@ pub struct Identity {
 
 /// Loads the identity key, generating it on first start.
 pub fn identity_key(state_dir: &Path) -> anyhow::Result<PrivateKey> {
-    crate::config::create_private_dir(state_dir)?;
+    portcullis_ca::fsutil::create_private_dir(state_dir)?;
     let path = state_dir.join("identity");
     if path.exists() {
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -212,7 +212,7 @@ pub async fn start_web(
         (Some(cert), Some(key)) => portcullis_ca::tls::operator_tls(cert, key)?,
         _ => {
             let dir = state_dir.join("web-tls");
-            crate::config::create_private_dir(&dir)?;
+            portcullis_ca::fsutil::create_private_dir(&dir)?;
             let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
             names.extend(args.web_tls_names.iter().cloned());
             portcullis_ca::tls::bootstrap_tls(&dir, &names)?

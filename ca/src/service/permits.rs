@@ -21,7 +21,7 @@ impl DiscoveryPermit {
 }
 
 /// Proof that a per-session certificate with exactly these contents may be signed. Only
-/// [`crate::Ca::open_bastion_session`] makes one, after the admission decision.
+/// [`super::Sessions::open_bastion_session`] makes one, after the admission decision.
 pub struct SessionPermit {
     pub(in crate::service) principal: String,
     pub(in crate::service) key_id: String,
