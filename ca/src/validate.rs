@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 
 /// Longest identifier taken from a path or a sign-in form.
 pub const MAX_IDENTIFIER: usize = 256;
-const MAX_ADDRESSES: usize = 32;
+pub const MAX_ADDRESSES: usize = 32;
 /// Host keys one node may pin.
 pub const MAX_HOST_KEYS: usize = 8;
 const MAX_TAGS: usize = 64;

@@ -515,7 +515,7 @@ fn spawn_reload_on_sighup(ca: Arc<Ca>, tls: tls::CertReloader) {
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match ca.reload_policy_on_signal().await {
+            match ca.admin().reload_policy_on_signal().await {
                 Ok(r) => {
                     tracing::info!(digest = %r.digest, changed = r.changed, "policy reloaded on SIGHUP")
                 }

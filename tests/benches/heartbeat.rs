@@ -105,7 +105,7 @@ async fn run(leases: usize, heartbeats: usize) {
     for i in 0..USERS {
         let user = format!("user{i:02}");
         let ip = format!("192.0.2.{}", i + 10);
-        ca.add_user(&users_grant, &user, &["ops".to_owned()], Some(&password)).await.unwrap();
+        ca.admin().add_user(&users_grant, &user, &["ops".to_owned()], Some(&password)).await.unwrap();
         let login = ca.identity().login_password(&user, None, &password, &ip).await.unwrap();
         let caller = ca.identity().caller(login.token.expose()).await.unwrap();
         let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..Default::default() };

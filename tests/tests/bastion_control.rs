@@ -135,7 +135,7 @@ async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
     let users = ca.core().authorize::<proof::UsersManage>(&caller).unwrap();
     let pw = SecretString::from(PASSWORD);
     for (user, group) in [("alice", "ops"), ("bob", "ops"), ("carol", "contractors")] {
-        ca.add_user(&users, user, &[group.to_owned()], Some(&pw)).await.unwrap();
+        ca.admin().add_user(&users, user, &[group.to_owned()], Some(&pw)).await.unwrap();
     }
     let nodes = ca.core().authorize::<proof::NodesManage>(&caller).unwrap();
     let host_key = public_line(&ed25519_key());
@@ -1285,7 +1285,7 @@ async fn the_cli_lists_and_kills_sessions_lists_agents_and_mints_service_tokens(
     let caller = fx.ca.identity().caller(&fx.admin).await.unwrap();
     let users = fx.ca.core().authorize::<proof::UsersManage>(&caller).unwrap();
     let groups = ["admins".to_owned(), "ops".to_owned()];
-    fx.ca.add_user(&users, "opsadmin", &groups, Some(&SecretString::from(PASSWORD))).await.unwrap();
+    fx.ca.admin().add_user(&users, "opsadmin", &groups, Some(&SecretString::from(PASSWORD))).await.unwrap();
     fx.ca.services().register_service(ServiceKind::Agent, "edge1", &public_line(&ed25519_key()), None).await.unwrap();
     let serial = user_cert(&fx.ca, "alice").await;
     let id = session_id();

@@ -110,7 +110,10 @@ async fn setup(url: &str, work: &Path) -> (Arc<Ca>, Caller, Caller) {
     let ca = ca_in_process(url, &policy_dir, ManualClock::new(now())).await.unwrap();
     let admin = ca.identity().caller(&first_admin(&ca, "admins", IP).await).await.unwrap();
     let users = ca.core().authorize::<proof::UsersManage>(&admin).unwrap();
-    ca.add_user(&users, "alice", &["devs".into()], Some(&SecretString::from(ALICE_PASSWORD.to_owned()))).await.unwrap();
+    ca.admin()
+        .add_user(&users, "alice", &["devs".into()], Some(&SecretString::from(ALICE_PASSWORD.to_owned())))
+        .await
+        .unwrap();
     let alice = login(&ca, "alice", ALICE_PASSWORD).await;
     (Arc::new(ca), admin, alice)
 }
@@ -193,7 +196,7 @@ async fn assert_acknowledged_means_committed(ca: &Ca, admin: &Caller, received: 
 
     let audit = ca.core().authorize::<proof::AuditRead>(admin).unwrap();
     for _ in 0..8 {
-        let check = ca.audit_verify(&audit).await.unwrap();
+        let check = ca.admin().audit_verify(&audit).await.unwrap();
         assert!(check.ok, "the audit chain verifies on every pooled connection: {check:?}");
     }
 

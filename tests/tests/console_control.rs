@@ -183,7 +183,7 @@ async fn fixture_on(db_url: Option<&str>, replicas: usize) -> Fx {
         [("alice", &["ops"][..]), ("bob", &["ops"][..]), ("carol", &["viewers"][..]), ("dave", &["ops", "interns"][..])]
     {
         let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
-        ca.add_user(&users, user, &groups, Some(&pw)).await.unwrap();
+        ca.admin().add_user(&users, user, &groups, Some(&pw)).await.unwrap();
     }
     let nodes = ca.core().authorize::<proof::NodesManage>(&caller).unwrap();
     for (name, env, agent, address) in [
@@ -470,7 +470,7 @@ async fn device_details_show_only_what_the_caller_may_see() {
     // holders, and everyone's sessions (bob's closed one with its reason and bytes).
     let admin = fx.ca.identity().caller(&fx.admin).await.unwrap();
     let users = fx.ca.core().authorize::<proof::UsersManage>(&admin).unwrap();
-    fx.ca.set_user_groups(&users, "bob", &["ops".to_owned(), "admins".to_owned()]).await.unwrap();
+    fx.ca.admin().set_user_groups(&users, "bob", &["ops".to_owned(), "admins".to_owned()]).await.unwrap();
     let (status, d) = details(bearer(&fx.ca, "bob").await, "pve01").await;
     assert_eq!(status, StatusCode::OK, "{d}");
     let d: DeviceDetails = serde_json::from_value(d).unwrap();
@@ -584,7 +584,7 @@ async fn a_step_up_console_rule_needs_a_recent_sign_in() {
     assert_ne!(stepped, POLICY);
     std::fs::write(fx.policy_dir.join("policy.toml"), stepped).unwrap();
     let admin = fx.ca.identity().caller(&fx.admin).await.unwrap();
-    fx.ca.reload_policy(&fx.ca.core().authorize::<proof::PolicyManage>(&admin).unwrap()).await.unwrap();
+    fx.ca.admin().reload_policy(&fx.ca.core().authorize::<proof::PolicyManage>(&admin).unwrap()).await.unwrap();
 
     let alice = bearer(&fx.ca, "alice").await;
     ticket(&fx, &alice, "pve01", "root").await;
@@ -741,11 +741,11 @@ async fn redemption_runs_admission_for_the_tickets_identity() {
     let bob = bearer(&fx.ca, "bob").await;
     let t = ticket(&fx, &bob, "pve01", "root").await;
     let users = fx.ca.core().authorize::<proof::UsersManage>(&admin).unwrap();
-    fx.ca.set_user_disabled(&users, "bob", true).await.unwrap();
+    fx.ca.admin().set_user_disabled(&users, "bob", true).await.unwrap();
     let certs = count(&fx.ca, "certificates").await;
     redeem_denied(&fx, &t, "credential_invalid").await;
     assert_eq!(count(&fx.ca, "certificates").await, certs);
-    fx.ca.set_user_disabled(&users, "bob", false).await.unwrap();
+    fx.ca.admin().set_user_disabled(&users, "bob", false).await.unwrap();
 
     // Signed out between ticket and redemption: refused.
     let signed_out = bearer(&fx.ca, "alice").await;
@@ -796,7 +796,7 @@ async fn the_ca_orders_a_close_at_the_absolute_deadline() {
     let policy = fx.ca.core().authorize::<proof::PolicyManage>(&admin).unwrap();
     let short = POLICY.replace(r#"absolute = "1h""#, r#"absolute = "20s""#);
     std::fs::write(fx.policy_dir.join("policy.toml"), short).unwrap();
-    fx.ca.reload_policy(&policy).await.unwrap();
+    fx.ca.admin().reload_policy(&policy).await.unwrap();
     let alice = bearer(&fx.ca, "alice").await;
     let id = session_id();
     let (status, v) = redeem(&fx, &ticket(&fx, &alice, "pve01", "root").await, &id).await;
@@ -826,7 +826,7 @@ async fn heartbeats_reevaluate(fx: &Fx) {
     // Disabling a user closes their console session (revoked); the other goes on.
     let admin = fx.ca.identity().caller(&fx.admin).await.unwrap();
     let users = fx.ca.core().authorize::<proof::UsersManage>(&admin).unwrap();
-    fx.ca.set_user_disabled(&users, "bob", true).await.unwrap();
+    fx.ca.admin().set_user_disabled(&users, "bob", true).await.unwrap();
     assert_eq!(heartbeat(fx, &[&a, &b]).await, vec![(b.clone(), CloseReason::Revoked)]);
 
     // The policy stops granting the console: policy_changed.
@@ -834,19 +834,19 @@ async fn heartbeats_reevaluate(fx: &Fx) {
     let narrowed =
         POLICY.replace(r#"permissions = ["certs.issue", "devices.console.open"]"#, r#"permissions = ["certs.issue"]"#);
     std::fs::write(fx.policy_dir.join("policy.toml"), narrowed).unwrap();
-    fx.ca.reload_policy(&policy).await.unwrap();
+    fx.ca.admin().reload_policy(&policy).await.unwrap();
     assert_eq!(heartbeat(fx, &[&a]).await, vec![(a.clone(), CloseReason::PolicyChanged)]);
     // Restored: the session may go on again (the decision is re-run, not latched).
     std::fs::write(fx.policy_dir.join("policy.toml"), POLICY).unwrap();
-    fx.ca.reload_policy(&policy).await.unwrap();
+    fx.ca.admin().reload_policy(&policy).await.unwrap();
     assert!(heartbeat(fx, &[&a]).await.is_empty());
 
     // Removing the user's group (RBAC revoked) closes the live console at the next
     // heartbeat, though the ticket recorded the old groups; giving it back lets it go on.
-    let groups = fx.ca.users(&users).await.unwrap().into_iter().find(|u| u.username == "alice").unwrap().groups;
-    fx.ca.set_user_groups(&users, "alice", &["bystanders".to_owned()]).await.unwrap();
+    let groups = fx.ca.admin().users(&users).await.unwrap().into_iter().find(|u| u.username == "alice").unwrap().groups;
+    fx.ca.admin().set_user_groups(&users, "alice", &["bystanders".to_owned()]).await.unwrap();
     assert_eq!(heartbeat(fx, &[&a]).await, vec![(a.clone(), CloseReason::PolicyChanged)]);
-    fx.ca.set_user_groups(&users, "alice", &groups).await.unwrap();
+    fx.ca.admin().set_user_groups(&users, "alice", &groups).await.unwrap();
     assert!(heartbeat(fx, &[&a]).await.is_empty());
     // Who changed the membership, and from what to what (the seed's PaperTrail).
     let changes: Vec<Value> =
@@ -877,7 +877,7 @@ async fn heartbeats_reevaluate(fx: &Fx) {
     // A refused reload is in the history too, with how many errors it had; the loaded
     // policy's digest does not move.
     std::fs::write(fx.policy_dir.join("policy.toml"), format!("{POLICY}\n[[role]]\nname = \"ops\"\n")).unwrap();
-    assert!(fx.ca.reload_policy(&policy).await.is_err());
+    assert!(fx.ca.admin().reload_policy(&policy).await.is_err());
     std::fs::write(fx.policy_dir.join("policy.toml"), POLICY).unwrap();
     let (_, v) = fx.api.get_json(Some(&fx.admin), "/v1/admin/policy/history").await;
     let history = v.as_array().unwrap();
@@ -1034,7 +1034,7 @@ async fn csrf_guards_cookie_sessions_and_not_bearer_ones() {
 async fn browser_login_admin(fx: &Fx) -> (String, String, String, Value) {
     let admin = fx.ca.identity().caller(&fx.admin).await.unwrap();
     let users = fx.ca.core().authorize::<proof::UsersManage>(&admin).unwrap();
-    fx.ca.set_user_password(&users, "admin", &SecretString::from(PASSWORD), false).await.unwrap();
+    fx.ca.admin().set_user_password(&users, "admin", &SecretString::from(PASSWORD), false).await.unwrap();
     browser_login(fx, "admin").await
 }
 

@@ -109,7 +109,7 @@ async fn fixture(postgres: bool) -> Fx {
     let caller = ca.identity().caller(&admin).await.unwrap();
     let users = ca.core().authorize::<proof::UsersManage>(&caller).unwrap();
     for (user, group) in [("alice", "ops"), ("audrey", "auditors")] {
-        ca.add_user(&users, user, &[group.to_owned()], Some(&SecretString::from(PASSWORD))).await.unwrap();
+        ca.admin().add_user(&users, user, &[group.to_owned()], Some(&SecretString::from(PASSWORD))).await.unwrap();
     }
     let nodes = ca.core().authorize::<proof::NodesManage>(&caller).unwrap();
     for name in ["pve01", "pve02", "pve03"] {

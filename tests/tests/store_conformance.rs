@@ -101,7 +101,8 @@ async fn write_krl(ca: &Ca, dir: &Path) -> PathBuf {
 }
 
 fn active_user_ca(ca: &Ca) -> String {
-    let active: Vec<_> = ca.ca_keys().into_iter().filter(|k| k.purpose == "user" && k.state == "active").collect();
+    let active: Vec<_> =
+        ca.admin().ca_keys().into_iter().filter(|k| k.purpose == "user" && k.state == "active").collect();
     assert_eq!(active.len(), 1, "exactly one active user CA key");
     active[0].fingerprint.clone()
 }
@@ -144,10 +145,10 @@ async fn run_conformance(url: &str, backend: Backend) {
     let revoke_grant = ca.core().authorize::<proof::CertsRevoke>(&admin).unwrap();
     let ca_grant = ca.core().authorize::<proof::CaManage>(&admin).unwrap();
     let audit_grant = ca.core().authorize::<proof::AuditRead>(&admin).unwrap();
-    ca.add_user(&users_grant, "alice", &["devs".into()], Some(&secret(ALICE_PASSWORD))).await.unwrap();
-    ca.add_user(&users_grant, "bob", &["devs".into()], Some(&secret(BOB_PASSWORD))).await.unwrap();
+    ca.admin().add_user(&users_grant, "alice", &["devs".into()], Some(&secret(ALICE_PASSWORD))).await.unwrap();
+    ca.admin().add_user(&users_grant, "bob", &["devs".into()], Some(&secret(BOB_PASSWORD))).await.unwrap();
     assert!(matches!(
-        ca.add_user(&users_grant, "alice", &[], Some(&secret(ALICE_PASSWORD))).await,
+        ca.admin().add_user(&users_grant, "alice", &[], Some(&secret(ALICE_PASSWORD))).await,
         Err(CaError::Conflict(_))
     ));
     assert!(matches!(
@@ -215,7 +216,7 @@ async fn run_conformance(url: &str, backend: Backend) {
     assert!(krl_revokes(&krl, &path_b));
     // A revoked key gets no new certificate: refused, audited, nothing stored.
     let key_refusals = || async {
-        let records = ca.audit_records(&audit_grant, 0, 1000).await.unwrap();
+        let records = ca.admin().audit_records(&audit_grant, 0, 1000).await.unwrap();
         records.iter().filter(|r| r.event == "cert_denied" && r.payload["reason"] == "key_revoked").count()
     };
     let refusals = key_refusals().await;
@@ -259,7 +260,7 @@ async fn run_conformance(url: &str, backend: Backend) {
     let bob_token =
         ca.identity().login_password("bob", None, &secret(BOB_PASSWORD), IP).await.unwrap().token.expose().to_owned();
     ca.identity().caller(&bob_token).await.expect("bob's session works");
-    ca.set_user_disabled(&users_grant, "bob", true).await.unwrap();
+    ca.admin().set_user_disabled(&users_grant, "bob", true).await.unwrap();
     assert!(
         matches!(ca.identity().caller(&bob_token).await, Err(CaError::Unauthenticated)),
         "a disabled user's session is refused"
@@ -269,11 +270,11 @@ async fn run_conformance(url: &str, backend: Backend) {
     assert!(krl_revokes(&krl, &path_bob), "disabling revokes live certificates");
     let _ = bob;
 
-    let verify = ca.audit_verify(&audit_grant).await.unwrap();
+    let verify = ca.admin().audit_verify(&audit_grant).await.unwrap();
     assert!(verify.ok, "untouched audit chain verifies: {verify:?}");
 
     // --- CA key rotation: pending → active → retired --------------------------------
-    let pending = ca.rotate_ca_key(&ca_grant, KeyPurpose::User).await.unwrap();
+    let pending = ca.admin().rotate_ca_key(&ca_grant, KeyPurpose::User).await.unwrap();
     assert_eq!(pending.state, "pending");
     let trusted = ca.core().trusted_keys(KeyPurpose::User);
     assert_eq!(trusted.lines().count(), 2, "pending key is published: {trusted}");
@@ -282,18 +283,21 @@ async fn run_conformance(url: &str, backend: Backend) {
     let (_, still_old) = issue(&ca, &alice, &ed25519_key()).await;
     assert_eq!(signer_of(&still_old), original_ca, "pending keys do not sign");
 
-    ca.activate_ca_key(&ca_grant, KeyPurpose::User).await.unwrap();
+    ca.admin().activate_ca_key(&ca_grant, KeyPurpose::User).await.unwrap();
     assert_eq!(active_user_ca(&ca), pending.fingerprint);
     let (_, new_cert) = issue(&ca, &alice, &ed25519_key()).await;
     assert_eq!(signer_of(&new_cert), pending.fingerprint, "the new key signs");
     let trusted = ca.core().trusted_keys(KeyPurpose::User);
     assert_eq!(trusted.lines().count(), 2, "old and new keys are trusted: {trusted}");
     assert!(trusted.contains(pending.public_key.trim()));
-    let old_public = ca.ca_keys().into_iter().find(|k| k.fingerprint == original_ca).unwrap();
+    let old_public = ca.admin().ca_keys().into_iter().find(|k| k.fingerprint == original_ca).unwrap();
     assert_eq!(old_public.state, "previous");
     assert!(trusted.contains(old_public.public_key.trim()));
-    assert!(ca.retire_ca_key(&ca_grant, &pending.fingerprint).await.is_err(), "the active key cannot be retired");
-    ca.retire_ca_key(&ca_grant, &original_ca).await.unwrap();
+    assert!(
+        ca.admin().retire_ca_key(&ca_grant, &pending.fingerprint).await.is_err(),
+        "the active key cannot be retired"
+    );
+    ca.admin().retire_ca_key(&ca_grant, &original_ca).await.unwrap();
     let trusted = ca.core().trusted_keys(KeyPurpose::User);
     assert_eq!(trusted.lines().count(), 1, "retired key is dropped: {trusted}");
     assert!(!trusted.contains(old_public.public_key.trim()));
@@ -306,10 +310,10 @@ async fn run_conformance(url: &str, backend: Backend) {
     let audit_grant = ca.core().authorize::<proof::AuditRead>(&admin).unwrap();
 
     // --- audit tampering -------------------------------------------------------------
-    let verify = ca.audit_verify(&audit_grant).await.unwrap();
+    let verify = ca.admin().audit_verify(&audit_grant).await.unwrap();
     assert!(verify.ok, "audit chain verifies after all of the above: {verify:?}");
     assert!(verify.records > 20, "the operations above were audited: {verify:?}");
-    let records = ca.audit_records(&audit_grant, 0, 1000).await.unwrap();
+    let records = ca.admin().audit_records(&audit_grant, 0, 1000).await.unwrap();
     let events: Vec<&str> = records.iter().map(|r| r.event.as_str()).collect();
     for expected in [
         "ca_key_generated",
@@ -340,21 +344,21 @@ async fn run_conformance(url: &str, backend: Backend) {
     let forged = original_payload.replacen('"', "\"forged\":1,\"", 1);
     assert_ne!(forged, original_payload);
     set_payload(&ca, middle, &forged).await;
-    let verify = ca.audit_verify(&audit_grant).await.unwrap();
+    let verify = ca.admin().audit_verify(&audit_grant).await.unwrap();
     assert!(!verify.ok);
     assert_eq!(verify.first_bad_seq, Some(middle), "edited row: {verify:?}");
     set_payload(&ca, middle, &original_payload).await;
-    assert!(ca.audit_verify(&audit_grant).await.unwrap().ok, "restored");
+    assert!(ca.admin().audit_verify(&audit_grant).await.unwrap().ok, "restored");
 
     let saved = take_row(&ca, middle).await;
-    let verify = ca.audit_verify(&audit_grant).await.unwrap();
+    let verify = ca.admin().audit_verify(&audit_grant).await.unwrap();
     assert!(!verify.ok);
     assert_eq!(verify.first_bad_seq, Some(middle), "deleted middle row: {verify:?}");
     put_row(&ca, &saved).await;
-    assert!(ca.audit_verify(&audit_grant).await.unwrap().ok, "restored");
+    assert!(ca.admin().audit_verify(&audit_grant).await.unwrap().ok, "restored");
 
     let _ = take_row(&ca, newest).await;
-    let verify = ca.audit_verify(&audit_grant).await.unwrap();
+    let verify = ca.admin().audit_verify(&audit_grant).await.unwrap();
     assert!(!verify.ok, "deleting the newest record is detected");
     assert_eq!(verify.first_bad_seq, Some(newest), "deleted newest row: {verify:?}");
 

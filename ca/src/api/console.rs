@@ -90,5 +90,5 @@ pub async fn open(State(ca): Ca_, BastionAuth(b): BastionAuth, Body(r): Body<Con
 #[utoipa::path(get, path = "/v1/admin/policy/history", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<PolicyChangeRecord>)))]
 pub async fn policy_history(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<PolicyChangeRecord>> {
     let grant = ca.core().authorize::<proof::PolicyRead>(&c)?;
-    Ok(Json(ca.policy_history(&grant).await?))
+    Ok(Json(ca.admin().policy_history(&grant).await?))
 }

@@ -125,7 +125,7 @@ pub async fn node_principals(State(ca): Ca_, Authed(c): Authed, Name(name): Name
 #[utoipa::path(get, path = "/v1/admin/users", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<UserInfo>)))]
 pub async fn list_users(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<UserInfo>> {
     let grant = ca.core().authorize::<proof::UsersManage>(&c)?;
-    Ok(Json(ca.users(&grant).await?))
+    Ok(Json(ca.admin().users(&grant).await?))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -142,26 +142,26 @@ pub struct AddUserBody {
 #[utoipa::path(post, path = "/v1/admin/users", tag = "admin", request_body = AddUserBody, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = UserInfo)))]
 pub async fn add_user(State(ca): Ca_, Authed(c): Authed, Body(b): Body<AddUserBody>) -> Res<UserInfo> {
     let grant = ca.core().authorize::<proof::UsersManage>(&c)?;
-    ca.add_user(&grant, &b.username, &b.groups, b.password.as_ref()).await?;
+    ca.admin().add_user(&grant, &b.username, &b.groups, b.password.as_ref()).await?;
     Ok(Json(UserInfo { username: b.username, groups: b.groups, disabled: false }))
 }
 
 #[utoipa::path(post, path = "/v1/admin/users/{name}/disable", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn disable_user(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
     let grant = ca.core().authorize::<proof::UsersManage>(&c)?;
-    ca.set_user_disabled(&grant, &name, true).await
+    ca.admin().set_user_disabled(&grant, &name, true).await
 }
 
 #[utoipa::path(post, path = "/v1/admin/users/{name}/release", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn release_account(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
     let grant = ca.core().authorize::<proof::UsersManage>(&c)?;
-    ca.release_account(&grant, &name).await
+    ca.admin().release_account(&grant, &name).await
 }
 
 #[utoipa::path(post, path = "/v1/admin/users/{name}/enable", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn enable_user(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Result<(), CaError> {
     let grant = ca.core().authorize::<proof::UsersManage>(&c)?;
-    ca.set_user_disabled(&grant, &name, false).await
+    ca.admin().set_user_disabled(&grant, &name, false).await
 }
 
 #[utoipa::path(put, path = "/v1/admin/users/{name}/groups", tag = "admin", params(("name" = String, Path)), request_body = SetGroupsRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
@@ -172,7 +172,7 @@ pub async fn set_groups(
     Body(b): Body<SetGroupsRequest>,
 ) -> Result<(), CaError> {
     let grant = ca.core().authorize::<proof::UsersManage>(&c)?;
-    ca.set_user_groups(&grant, &name, &b.groups).await
+    ca.admin().set_user_groups(&grant, &name, &b.groups).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -193,7 +193,7 @@ pub async fn set_password(
     Body(b): Body<PasswordBody>,
 ) -> Result<(), CaError> {
     let grant = ca.core().authorize::<proof::UsersManage>(&c)?;
-    ca.set_user_password(&grant, &name, &b.password, b.one_time).await
+    ca.admin().set_user_password(&grant, &name, &b.password, b.one_time).await
 }
 
 #[utoipa::path(post, path = "/v1/admin/revoke", tag = "admin", request_body = RevokeRequest, security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = RevokeResponse)))]
@@ -216,19 +216,19 @@ pub async fn list_certs(State(ca): Ca_, Authed(c): Authed, Query(q): Query<Certs
 #[utoipa::path(get, path = "/v1/admin/ca/keys", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<CaKeyInfo>)))]
 pub async fn list_ca_keys(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<CaKeyInfo>> {
     ca.core().authorize::<proof::CaManage>(&c)?;
-    Ok(Json(ca.ca_keys()))
+    Ok(Json(ca.admin().ca_keys()))
 }
 
 #[utoipa::path(post, path = "/v1/admin/ca/{purpose}/rotate", tag = "admin", params(("purpose" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = CaKeyInfo)))]
 pub async fn rotate_ca_key(State(ca): Ca_, Authed(c): Authed, Path(purpose): Path<String>) -> Res<CaKeyInfo> {
     let grant = ca.core().authorize::<proof::CaManage>(&c)?;
-    Ok(Json(ca.rotate_ca_key(&grant, purpose.parse()?).await?))
+    Ok(Json(ca.admin().rotate_ca_key(&grant, purpose.parse()?).await?))
 }
 
 #[utoipa::path(post, path = "/v1/admin/ca/{purpose}/activate", tag = "admin", params(("purpose" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn activate_ca_key(State(ca): Ca_, Authed(c): Authed, Path(purpose): Path<String>) -> Result<(), CaError> {
     let grant = ca.core().authorize::<proof::CaManage>(&c)?;
-    ca.activate_ca_key(&grant, purpose.parse()?).await
+    ca.admin().activate_ca_key(&grant, purpose.parse()?).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -240,7 +240,7 @@ pub struct RetireBody {
 #[utoipa::path(post, path = "/v1/admin/ca/retire", tag = "admin", request_body = RetireBody, security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "done")))]
 pub async fn retire_ca_key(State(ca): Ca_, Authed(c): Authed, Body(b): Body<RetireBody>) -> Result<(), CaError> {
     let grant = ca.core().authorize::<proof::CaManage>(&c)?;
-    ca.retire_ca_key(&grant, &b.fingerprint).await
+    ca.admin().retire_ca_key(&grant, &b.fingerprint).await
 }
 
 #[utoipa::path(get, path = "/v1/admin/nodes", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<NodeRecord>)))]
@@ -276,7 +276,7 @@ pub async fn remove_node(State(ca): Ca_, Authed(c): Authed, Name(name): Name) ->
 #[utoipa::path(post, path = "/v1/admin/policy/reload", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = PolicyReloadResponse)))]
 pub async fn reload_policy(State(ca): Ca_, Authed(c): Authed) -> Res<PolicyReloadResponse> {
     let grant = ca.core().authorize::<proof::PolicyManage>(&c)?;
-    Ok(Json(ca.reload_policy(&grant).await?))
+    Ok(Json(ca.admin().reload_policy(&grant).await?))
 }
 
 /// `GET /v1/admin/audit`: `after`/`limit` as before (oldest first); filters `event`,
@@ -321,11 +321,11 @@ pub async fn audit_records(State(ca): Ca_, Authed(c): Authed, Query(q): Query<Au
         until: q.until,
         limit: q.limit,
     };
-    Ok(Json(ca.audit_search(&grant, &filter).await?))
+    Ok(Json(ca.admin().audit_search(&grant, &filter).await?))
 }
 
 #[utoipa::path(get, path = "/v1/admin/audit/verify", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = AuditVerifyResponse)))]
 pub async fn audit_verify(State(ca): Ca_, Authed(c): Authed) -> Res<AuditVerifyResponse> {
     let grant = ca.core().authorize::<proof::AuditRead>(&c)?;
-    Ok(Json(ca.audit_verify(&grant).await?))
+    Ok(Json(ca.admin().audit_verify(&grant).await?))
 }

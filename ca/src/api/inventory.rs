@@ -114,14 +114,14 @@ pub async fn remove_secret(State(ca): Ca_, Authed(c): Authed, Name(name): Name) 
 #[utoipa::path(get, path = "/v1/admin/rules/{name}/preview", tag = "admin", params(("name" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<RulePreview>)))]
 pub async fn preview_rule(State(ca): Ca_, Authed(c): Authed, Name(name): Name) -> Res<Vec<RulePreview>> {
     let grant = ca.core().authorize::<proof::PolicyRead>(&c)?;
-    Ok(Json(ca.preview_rule(&grant, Some(&name)).await?))
+    Ok(Json(ca.admin().preview_rule(&grant, Some(&name)).await?))
 }
 
 /// The target preview of every loaded rule (`policy.manage` or `audit.read`).
 #[utoipa::path(get, path = "/v1/admin/rules/preview", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<RulePreview>)))]
 pub async fn preview_rules(State(ca): Ca_, Authed(c): Authed) -> Res<Vec<RulePreview>> {
     let grant = ca.core().authorize::<proof::PolicyRead>(&c)?;
-    Ok(Json(ca.preview_rule(&grant, None).await?))
+    Ok(Json(ca.admin().preview_rule(&grant, None).await?))
 }
 
 /// The target preview of a policy that is not loaded; nothing is saved.
@@ -132,5 +132,5 @@ pub async fn preview_policy(
     Body(r): Body<RulePreviewRequest>,
 ) -> Res<Vec<RulePreview>> {
     let grant = ca.core().authorize::<proof::PolicyRead>(&c)?;
-    Ok(Json(ca.preview_policy(&grant, &r).await?))
+    Ok(Json(ca.admin().preview_policy(&grant, &r).await?))
 }

@@ -1,7 +1,10 @@
-//! Administrative operations. Each takes the policy's `Grant` for its permission as
-//! proof that the caller was authorized; the grant's holder is the audited actor.
+//! The administration service: local users, CA keys, the policy and the audit trail.
+//! Each operation takes the policy's `Grant` for its permission as proof that the caller
+//! was authorized; the grant's holder is the audited actor. The target preview
+//! (`preview.rs`) is its too.
 
-use super::Ca;
+use super::core::Core;
+use super::pve::Proxmox;
 use crate::audit::{self, AuditEvent, GroupsChange};
 use crate::error::CaError;
 use crate::identity::hash_password;
@@ -12,6 +15,7 @@ use portcullis_policies::{Grant, USER_NAME_RULE, UserSource, parse_account, proo
 use portcullis_proto::console::{PolicyChangeRecord, PolicyFieldChange};
 use portcullis_proto::{AuditRecord, AuditVerifyResponse, CaKeyInfo, PolicyReloadResponse, UserInfo};
 use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
 
 /// Login names as OpenSSH and the policy accept them; anything else is refused up front.
 fn valid_name(name: &str) -> bool {
@@ -89,7 +93,30 @@ pub struct AuditFilter {
     pub limit: u32,
 }
 
-impl Ca {
+/// What the admin API shows of a CA key (never the encrypted private part).
+fn key_info(row: &store::CaKeyRow) -> portcullis_proto::CaKeyInfo {
+    portcullis_proto::CaKeyInfo {
+        purpose: row.purpose.clone(),
+        state: row.state.clone(),
+        algorithm: row.algorithm.clone(),
+        fingerprint: row.fingerprint.clone(),
+        public_key: row.public_key.clone(),
+        created_at: row.created_at,
+    }
+}
+
+/// The administration service. It owns no state of its own: it changes what the core
+/// and the store hold, and asks the Proxmox service for guests (for the preview).
+pub struct Admin {
+    pub(super) core: Arc<Core>,
+    pub(super) proxmox: Arc<Proxmox>,
+}
+
+impl Admin {
+    pub(super) fn new(core: Arc<Core>, proxmox: Arc<Proxmox>) -> Admin {
+        Admin { core, proxmox }
+    }
+
     pub async fn users(&self, _grant: &Grant<proof::UsersManage>) -> Result<Vec<UserInfo>, CaError> {
         Ok(self
             .core
@@ -251,7 +278,7 @@ impl Ca {
     }
 
     pub fn ca_keys(&self) -> Vec<CaKeyInfo> {
-        self.core.keyring().rows().iter().map(super::key_info).collect()
+        self.core.keyring().rows().iter().map(key_info).collect()
     }
 
     /// Step 1 of a rotation: a new key is generated and published (trusted) but does not
@@ -268,7 +295,7 @@ impl Ca {
         let row = keys::generate(purpose, self.core.key_algorithm, &self.core.passphrase, state::PENDING, now).await?;
         super::core::save_generated_key(&self.core.store, &row, grant.username(), now).await?;
         self.core.reload_keys().await?;
-        Ok(super::key_info(&row))
+        Ok(key_info(&row))
     }
 
     /// Step 2: the pending key signs from now on; the old active key stays trusted.

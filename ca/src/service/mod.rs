@@ -3,7 +3,8 @@
 //! [`Revocation`] make and unmake certificates, [`Nodes`] enrolls and describes nodes,
 //! [`Sessions`] decides and tracks bastion sessions and console tickets, [`Discovery`]
 //! and [`Proxmox`] keep the inventory, [`Recordings`] the session recordings, and
-//! [`ServiceIdentities`] the bastions and agents. [`Ca`] composes them; every API
+//! [`ServiceIdentities`] the bastions and agents, and [`Admin`] users, CA keys, the policy
+//! and the audit trail. [`Ca`] composes them; every API
 //! handler is a thin call into one service's method.
 
 mod admin;
@@ -29,7 +30,7 @@ mod services;
 mod sessions;
 mod writer;
 
-pub use admin::AuditFilter;
+pub use admin::{Admin, AuditFilter};
 pub use caller::{Caller, csrf_token_for, csrf_token_matches};
 pub use core::Core;
 pub use device::device_of;
@@ -54,7 +55,6 @@ use crate::clock::Clock;
 use crate::error::CaError;
 use crate::identity::IdentitySource;
 use crate::keys::KeyAlgorithm;
-use crate::store::CaKeyRow;
 use identity::IdentityConfig;
 use secrecy::SecretString;
 use std::path::PathBuf;
@@ -126,8 +126,7 @@ impl CaConfig {
 /// The CA: the services, composed. Each service keeps its own state and reaches the
 /// shared [`Core`] through its own handle, and the few other services it asks through
 /// theirs; the API handlers call the service they need through its accessor. `Ca`'s own
-/// methods are the administration over the core (users, CA keys, policy, audit; in
-/// `admin.rs`), the policy preview, `/metrics` and the housekeeping round.
+/// methods are `/metrics` and the housekeeping round, which span services.
 pub struct Ca {
     core: Arc<Core>,
     identity: Arc<IdentityService>,
@@ -139,18 +138,7 @@ pub struct Ca {
     recordings: Arc<Recordings>,
     discovery: Arc<Discovery>,
     proxmox: Arc<Proxmox>,
-}
-
-/// What the admin API shows of a CA key (never the encrypted private part).
-fn key_info(row: &CaKeyRow) -> portcullis_proto::CaKeyInfo {
-    portcullis_proto::CaKeyInfo {
-        purpose: row.purpose.clone(),
-        state: row.state.clone(),
-        algorithm: row.algorithm.clone(),
-        fingerprint: row.fingerprint.clone(),
-        public_key: row.public_key.clone(),
-        created_at: row.created_at,
-    }
+    admin: Admin,
 }
 
 impl Ca {
@@ -201,6 +189,7 @@ impl Ca {
             revocation,
             nodes,
             services: ServiceIdentities::new(Arc::clone(&core), Arc::clone(&proxmox)),
+            admin: Admin::new(Arc::clone(&core), Arc::clone(&proxmox)),
             sessions,
             recordings,
             discovery,
@@ -257,6 +246,12 @@ impl Ca {
     /// Session recordings: chunks from bastions, listing, playback, retention.
     pub fn recordings(&self) -> &Recordings {
         &self.recordings
+    }
+
+    /// Administration: local users, CA keys, the policy (reload, preview, history), the
+    /// audit trail.
+    pub fn admin(&self) -> &Admin {
+        &self.admin
     }
 
     /// The CA's own timer (every few seconds on each replica): reclaims the leases of

@@ -1,6 +1,6 @@
 //! The target preview: which devices a rule reaches, before a policy is loaded and after.
 
-use super::Ca;
+use super::admin::Admin;
 use crate::error::CaError;
 use portcullis_policies::{Device, Grant, Policy, PolicySource, Rule, proof};
 use portcullis_proto::preview::{RulePreview, RulePreviewRequest};
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 const MAX_FILES: usize = 256;
 const MAX_FILE_BYTES: usize = 1 << 20;
 
-impl Ca {
+impl Admin {
     /// `GET /v1/admin/rules/{name}/preview`: a rule of the loaded policy;
     /// `GET /v1/admin/rules/preview` (`name` absent): every loaded rule.
     pub async fn preview_rule(
