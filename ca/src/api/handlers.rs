@@ -1,4 +1,4 @@
-//! One function per route; each authenticates, authorizes, and calls one `Ca` method.
+//! One function per route; each authenticates, authorizes, and calls one method of one CA service.
 
 use super::extract::{Authed, Body, ClientIp};
 use super::extract::{Name, Path, Query};

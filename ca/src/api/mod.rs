@@ -1,5 +1,5 @@
 //! The HTTPS API: routing, request limits, and the mapping from [`CaError`] to what a
-//! client may see. Handlers live in `handlers` and are one call into [`Ca`] each.
+//! client may see. Handlers live in `handlers` and are one call into one service of [`Ca`] each.
 
 mod bastion;
 mod console;

@@ -1,7 +1,7 @@
 //! What every CA service shares, and nothing else: the store, the clock, the CA keys,
-//! the policy, the counters `/metrics` reports and the tally of unauthenticated
-//! refusals. The services ([`super::IdentityService`], [`super::Ca`]'s issuance,
-//! sessions, enrollment and inventory) each hold an `Arc<Core>` beside their own state.
+//! the policy, the counters `/metrics` reports, the tally of unauthenticated refusals and
+//! the default agent. Every service (see `service/mod.rs`) holds an `Arc<Core>` beside
+//! its own state.
 
 use super::metrics::Counters;
 use crate::audit::{self, AuditEvent, SYSTEM_ACTOR};
@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+/// The shared core of the CA's services.
 pub struct Core {
     pub(super) store: Store,
     clock: Arc<dyn Clock>,

@@ -2,8 +2,8 @@
 //! (local users first, then directories), OpenID Connect, the API sessions they open,
 //! the bearer tokens that name them, the first administrator's one-time password, and
 //! what directories last said about accounts with live sessions. Its methods live in
-//! `auth.rs` (passwords, sessions, directory rechecks), `oidc.rs` and `directory.rs`;
-//! its state is here and nowhere else.
+//! `auth.rs` (passwords, sessions, directory rechecks) and `oidc.rs`; its state is here,
+//! the directory answers' bookkeeping in `directory.rs`.
 
 use super::core::Core;
 use super::directory::DirectoryAnswers;
@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The identity service.
 pub struct IdentityService {
     pub(super) core: Arc<Core>,
     /// Asked in order at password login; the first that knows the user decides.

@@ -28,6 +28,9 @@ impl Issuance {
         Issuance { writer: IssuanceWriter::spawn(core.store.clone()), max_cert_ttl, core }
     }
 
+    /// `POST /v1/certs/user`: a certificate for the caller's key, as the policy allows
+    /// (roles, principals, lifetime within the cap), answered only once it is stored with
+    /// its `cert_issued` record; a refusal is audited as `cert_denied`.
     pub async fn issue(
         &self,
         caller: &Caller,

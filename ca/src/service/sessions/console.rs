@@ -10,7 +10,7 @@
 //! - Redemption consumes the ticket with one conditional `UPDATE` before anything else
 //!   happens: an unknown, expired or used ticket is refused before any credential is
 //!   resolved (no session certificate, no lease). Then the session is admitted exactly
-//!   like terminated mode, for the ticket's identity ([`Ca::admit_session`]).
+//!   like terminated mode, for the ticket's identity ([`Sessions::admit_session`]).
 
 use super::Sessions;
 use super::admission::{console_logins, console_roles, denial, valid_login, valid_session_id};

@@ -47,7 +47,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 /// The identity a session is decided for, and what vouches for it. Certificate- and
-/// ticket-opened sessions meet here, in [`Ca::admit_session`].
+/// ticket-opened sessions meet here, in [`Sessions::admit_session`].
 /// Console tickets one user may ask for per minute (per replica): a person opens a few
 /// consoles a minute; a script spraying tickets is stopped.
 const TICKETS_PER_USER_PER_MINUTE: u32 = 20;
