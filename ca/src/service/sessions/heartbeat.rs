@@ -3,7 +3,7 @@
 
 use super::Sessions;
 use super::admission::{Basis, admit, mode_from, valid_session_id};
-use super::closed_event;
+use super::close::closed_event;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::service::directory::Standing;
