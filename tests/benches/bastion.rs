@@ -35,9 +35,10 @@
 //! `PORTCULLIS_BENCH_SESSIONS` (idle sessions, default 1000; 0 skips the phase),
 //! `PORTCULLIS_BENCH_RECORDED_BYTES` (the recording phase's text transfers, default 64 MiB;
 //! 0 skips it: terminated mode with and without a recording rule, and their echo),
-//! `PORTCULLIS_BENCH_SCALE` (default 0: off; e.g. 10000 idle jump sessions to a TCP sink
-//! through one all-in-one, then churn; each session is two descriptors in portcullisd
-//! and two in the bench, so 10,000 needs a hard open-files limit above 20,000).
+//! `PORTCULLIS_BENCH_SCALE` (default 0: off; e.g. 10000 idle jump sessions through one
+//! all-in-one and one remote `portcullisd agent` to a TCP sink, then churn; each session
+//! is one descriptor in each of the four processes, so N needs an open-files limit a
+//! little above N).
 //!
 //! Every OpenSSH hop uses `aes128-gcm@openssh.com` (a `Ciphers` line in the generated
 //! ssh config); the connections russh makes inside `portcullisd` (terminated mode's
@@ -55,7 +56,7 @@
 use portcullis_tests::bastion_world::{World, add_node, loopback_ip};
 use portcullis_tests::ssh::{ed25519_key, path_str, ssh_keygen_ok, write_key_pair};
 use portcullis_tests::sshd::{NodeTrust, Sshd};
-use portcullis_tests::{bench_setting, procfs};
+use portcullis_tests::{bench_setting, procfs, services};
 use russh::client;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -116,13 +117,16 @@ impl Route {
 }
 
 fn main() -> ExitCode {
+    if let Ok(addr) = std::env::var(SINK_ENV) {
+        return run_sink(&addr);
+    }
     let bytes = bench_setting("PORTCULLIS_BENCH_BYTES", DEFAULT_BYTES).max(1);
     let setup_runs = bench_setting("PORTCULLIS_BENCH_SETUP_RUNS", DEFAULT_SETUP_RUNS).max(1);
     let sessions = bench_setting("PORTCULLIS_BENCH_SESSIONS", DEFAULT_SESSIONS);
     let scale = bench_setting("PORTCULLIS_BENCH_SCALE", 0usize);
     let recorded_bytes = bench_setting("PORTCULLIS_BENCH_RECORDED_BYTES", DEFAULT_RECORDED_BYTES);
-    if let Some(limit) = procfs::open_files_limit().filter(|&l| scale > 0 && (2 * scale + 1000) as u64 > l) {
-        // A jump session is two descriptors in portcullisd (front door, node) and two here.
+    if let Some(limit) = procfs::open_files_limit().filter(|&l| scale > 0 && (scale + 1000) as u64 > l) {
+        // A session is one descriptor in each process of the scale phase.
         println!("note: the open-files limit ({limit}) holds fewer than {scale} sessions; raise the hard limit");
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -1008,39 +1012,141 @@ fn row_fine(name: &str, t: f64, j: f64, b: f64, target: &str) {
 }
 
 // ---------------------------------------------------------------------------------------
-// 5. Scale: many idle jump sessions, and churn
+// 5. Scale: many idle jump sessions through a remote agent, and churn
 
-/// Jump-mode sessions held through one all-in-one, each a `direct-tcpip` channel to a
-/// TCP sink in this process (the node is not what is measured: an sshd per session
-/// would need 16 GiB for 10,000), then sessions opened and closed for a while.
+/// Set in the environment when this bench runs itself again as the scale phase's node:
+/// the address the sink listens on.
+const SINK_ENV: &str = "PORTCULLIS_BENCH_SINK";
+
+/// The scale phase's node: holds every TCP connection made to `addr`, says `listening`
+/// once bound, and ends when its standard input closes (the bench is done or died).
+fn run_sink(addr: &str) -> ExitCode {
+    let listener = match std::net::TcpListener::bind(addr) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("sink {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("listening");
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0)
+    });
+    let mut held = Vec::new();
+    for socket in listener.incoming() {
+        match socket {
+            Ok(socket) => held.push(socket),
+            Err(e) => {
+                eprintln!("sink accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// A child process killed and reaped when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// This bench run again as a TCP sink on `ip:22` ([`run_sink`]): a process of its own,
+/// so the sessions' node-side descriptors count against its own open-files limit.
+struct Sink {
+    process: Reaped,
+    /// Descriptors it held before the first session (standard streams, the listener).
+    base_fds: usize,
+}
+
+impl Sink {
+    fn start(ip: &str) -> Result<Sink, String> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().map_err(|e| format!("sink: {e}"))?;
+        let mut child = Command::new(exe)
+            .env(SINK_ENV, format!("{ip}:22"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("sink: {e}"))?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().ok_or("sink: no stdout")?;
+        let process = Reaped(child);
+        std::io::BufReader::new(stdout).read_line(&mut line).map_err(|e| format!("sink: {e}"))?;
+        if line.trim() != "listening" {
+            return Err(format!("sink did not start: {line:?}"));
+        }
+        let base_fds = procfs::open_fds(process.0.id());
+        Ok(Sink { process, base_fds })
+    }
+
+    fn holds(&self) -> usize {
+        procfs::open_fds(self.process.0.id()).saturating_sub(self.base_fds)
+    }
+}
+
+/// What the scale phase reads about one process.
+struct Usage {
+    rss_kib: u64,
+    cpu_seconds: f64,
+}
+
+impl Usage {
+    fn of(pid: u32) -> Usage {
+        Usage { rss_kib: procfs::rss_kib(pid), cpu_seconds: procfs::cpu_seconds(pid) }
+    }
+}
+
+/// Jump-mode sessions held through one all-in-one (CA and bastion) and one remote edge
+/// agent (`portcullisd agent`, its link to the bastion up throughout), each a
+/// `direct-tcpip` channel to a TCP sink (the node is not what is measured: an sshd per
+/// session would need 16 GiB for 10,000), then sessions opened and closed for a while.
+///
+/// Each of the four processes (this bench's clients, portcullisd, the agent, the sink)
+/// holds one descriptor per session, so a session count up to about the open-files
+/// limit fits; with the built-in agent, portcullisd would hold two per session.
 async fn scale_phase(n: usize) -> Result<(), String> {
     const CONCURRENCY: usize = 8;
     const CHURN_FOR: Duration = Duration::from_secs(20);
+    const AGENT: &str = "edge1";
     println!();
-    println!("== scale: {n} idle jump sessions to a TCP sink, opened {CONCURRENCY} at a time; then churn ==");
+    println!(
+        "== scale: {n} idle jump sessions through remote agent {AGENT} to a TCP sink, \
+         opened {CONCURRENCY} at a time; then churn =="
+    );
     let world = World::start(IDLE).await;
     let creds = load_credentials(&world.dir.path().join("id"));
-    let sink_ip = portcullis_tests::bastion_world::loopback_ip();
+    let rule = format!(
+        "[[rule]]\nname = \"via-{AGENT}\"\npurpose = \"ssh_login\"\ntargets = 'in:devices tags.env:prod'\n\
+         scope = {{ agents = [\"{AGENT}\"] }}\n"
+    );
+    let (status, body) = world.server.write_policy("edge.toml", &rule).await;
+    if !status.is_success() {
+        return Err(format!("policy: {body}"));
+    }
+    let state = world.dir.path().join(AGENT);
+    let token = services::service_token(&world.server, &world.admin, "agent").await;
+    let agent = Reaped(services::spawn_agent(&world.server.url, &world.server.pin, AGENT, &state, Some(&token), &[]));
+    services::wait_connected(&world.server, &world.admin, AGENT, &state.with_extension("log")).await;
+    let sink_ip = loopback_ip();
+    let sink = Sink::start(&sink_ip)?;
     let record = portcullis_proto::NodeRecord {
         name: "sink".into(),
         addresses: vec![sink_ip.clone()],
         tags: [("env".to_owned(), "prod".to_owned())].into(),
+        agent: Some(AGENT.into()),
         ..Default::default()
     };
     world.server.add_node(&world.admin, &record).await;
-    let sink = tokio::net::TcpListener::bind((sink_ip.as_str(), 22)).await.map_err(|e| format!("sink: {e}"))?;
-    let sunk = Arc::new(std::sync::Mutex::new(Vec::new()));
-    tokio::spawn({
-        let sunk = Arc::clone(&sunk);
-        async move {
-            while let Ok((socket, _)) = sink.accept().await {
-                sunk.lock().unwrap().push(socket);
-            }
-        }
-    });
     let pid = procfs::child_with_arg(&world.server.data_dir).ok_or("portcullisd not found in /proc")?;
+    let agent_pid = agent.0.id();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (rss_before, cpu_before) = (procfs::rss_kib(pid), procfs::cpu_seconds(pid));
+    let (server_before, agent_before) = (Usage::of(pid), Usage::of(agent_pid));
 
     let open = {
         let (front, creds, sink_ip) = (world.server.bastion, creds.clone(), sink_ip.clone());
@@ -1070,32 +1176,40 @@ async fn scale_phase(n: usize) -> Result<(), String> {
     }
     // Held a while: heartbeats for all of them every 500 ms is the steady cost.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let cpu_held0 = procfs::cpu_seconds(pid);
+    let (server_held0, agent_held0) = (Usage::of(pid), Usage::of(agent_pid));
     let hold = Duration::from_secs(20);
     tokio::time::sleep(hold).await;
-    let idle_cpu = (procfs::cpu_seconds(pid) - cpu_held0) / hold.as_secs_f64();
-    let rss_held = procfs::rss_kib(pid);
+    let (server_held, agent_held) = (Usage::of(pid), Usage::of(agent_pid));
     let (status, body) = world.server.get_json(Some(&world.admin), "/v1/admin/sessions").await;
     assert!(status.is_success(), "GET /v1/admin/sessions: {body}");
     let live = body.as_array().map_or(0, Vec::len);
     let (status, agents) = world.server.get_json(Some(&world.admin), "/v1/admin/agents").await;
-    let agent_up = status.is_success() && agents.to_string().contains("\"local\"");
+    let agent_up = status.is_success() && services::agent_connected(&agents, AGENT, None);
     let closed_early = world.server.audit_events("session_closed").await.len();
+    let link_drops = world.server.audit_events("agent_disconnected").await.len();
     println!(
         "opened {} of {n} in {:.0} s ({:.0}/s); live per the CA: {live}; closed while held: {closed_early}; \
-         built-in agent listed: {agent_up}; sink holds {}",
+         agent {AGENT} connected: {agent_up}, link drops: {link_drops}; sink holds {}",
         held.len(),
         open_time.as_secs_f64(),
         held.len() as f64 / open_time.as_secs_f64(),
-        sunk.lock().unwrap().len()
+        sink.holds()
     );
-    println!(
-        "portcullisd (CA + bastion + agent): RSS {rss_before} → {rss_held} KiB ({:.1} KiB/session), \
-         {:.0} % of a core while holding them (heartbeats), {:.1} s CPU to open them",
-        (rss_held as f64 - rss_before as f64) / live.max(1) as f64,
-        idle_cpu * 100.0,
-        cpu_held0 - cpu_before
-    );
+    for (name, pid, before, held0, held) in [
+        ("portcullisd (CA + bastion)", pid, &server_before, &server_held0, &server_held),
+        ("portcullisd agent", agent_pid, &agent_before, &agent_held0, &agent_held),
+    ] {
+        println!(
+            "{name}: RSS {} → {} KiB ({:.1} KiB/session), {} descriptors, {:.0} % of a core while holding them, \
+             {:.1} s CPU to open them",
+            before.rss_kib,
+            held.rss_kib,
+            (held.rss_kib as f64 - before.rss_kib as f64) / live.max(1) as f64,
+            procfs::open_fds(pid),
+            (held.cpu_seconds - held0.cpu_seconds) / hold.as_secs_f64() * 100.0,
+            held0.cpu_seconds - before.cpu_seconds
+        );
+    }
 
     // Churn beside the held sessions: open, close, repeat, for a while.
     let churn_start = Instant::now();
@@ -1123,11 +1237,15 @@ async fn scale_phase(n: usize) -> Result<(), String> {
     );
     drop(held);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    println!("portcullisd RSS 5 s after closing them all: {} KiB", procfs::rss_kib(pid));
-    if failures.is_empty() && live == n {
+    println!(
+        "RSS 5 s after closing them all: portcullisd {} KiB, agent {} KiB",
+        procfs::rss_kib(pid),
+        procfs::rss_kib(agent_pid)
+    );
+    if failures.is_empty() && live == n && agent_up {
         Ok(())
     } else {
-        Err(format!("{} sessions failed to open, {live} of {n} live", failures.len()))
+        Err(format!("{} sessions failed to open, {live} of {n} live, agent connected: {agent_up}", failures.len()))
     }
 }
 

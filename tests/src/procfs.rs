@@ -138,6 +138,11 @@ pub fn child_with_arg(arg: &Path) -> Option<u32> {
     })
 }
 
+/// How many file descriptors `pid` holds open (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
+}
+
 /// Soft limit on open files of the calling process (`Max open files` in `/proc/self/limits`).
 pub fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
