@@ -56,3 +56,19 @@ pub use server::{Bastion, BastionConfig};
 pub use sessions::{Limits, LiveSession};
 pub use startups::StartupLimits;
 pub use trust::{TrustConfig, TrustError, TrustSnapshot, TrustSource};
+
+/// The vendored russh keeps its queue messages small (`third_party/russh/PATCHES.md`):
+/// a Tokio queue allocates a block of 32 slots when it is created and each SSH
+/// connection creates four or five, so a message's size is paid about 150 times per
+/// connection, idle or not. Unpatched, a client `Msg` holds a certificate inline (552
+/// bytes: ~17 KiB per queue).
+#[cfg(test)]
+mod russh_queue_slots {
+    #[test]
+    fn russh_queue_messages_stay_small() {
+        let client = size_of::<russh::client::Msg>();
+        let server = size_of::<russh::server::Msg>();
+        assert!(client <= 96, "russh::client::Msg is {client} bytes");
+        assert!(server <= 96, "russh::server::Msg is {server} bytes");
+    }
+}
