@@ -1456,7 +1456,11 @@ impl Session {
                         } else {
                             self.common.received_data = true;
                             let kex_was_active = self.kex.active();
-                            reply(self, handler, kex_done_signal, &mut pkt).await?;
+                            // Portcullis patch: boxed, so its state (key exchange,
+                            // authentication, the handler's callbacks: most of this
+                            // future) is allocated while a packet is handled, not
+                            // for the connection's whole life.
+                            Box::pin(reply(self, handler, kex_done_signal, &mut pkt)).await?;
                             buffer.seqn = pkt.seqn; // TODO reply changes seqn internall, find cleaner way
 
                             if kex_was_active && !self.kex.active() {
