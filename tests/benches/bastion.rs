@@ -1046,20 +1046,11 @@ fn run_sink(addr: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// A child process killed and reaped when dropped.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// This bench run again as a TCP sink on `ip:22` ([`run_sink`]): a process of its own,
 /// so the sessions' node-side descriptors count against its own open-files limit.
 struct Sink {
-    process: Reaped,
+    _process: services::Process,
+    pid: u32,
     /// Descriptors it held before the first session (standard streams, the listener).
     base_fds: usize,
 }
@@ -1076,17 +1067,17 @@ impl Sink {
             .map_err(|e| format!("sink: {e}"))?;
         let mut line = String::new();
         let stdout = child.stdout.take().ok_or("sink: no stdout")?;
-        let process = Reaped(child);
+        let pid = child.id();
+        let process = services::Process::new(child);
         std::io::BufReader::new(stdout).read_line(&mut line).map_err(|e| format!("sink: {e}"))?;
         if line.trim() != "listening" {
             return Err(format!("sink did not start: {line:?}"));
         }
-        let base_fds = procfs::open_fds(process.0.id());
-        Ok(Sink { process, base_fds })
+        Ok(Sink { _process: process, pid, base_fds: procfs::open_fds(pid) })
     }
 
     fn holds(&self) -> usize {
-        procfs::open_fds(self.process.0.id()).saturating_sub(self.base_fds)
+        procfs::open_fds(self.pid).saturating_sub(self.base_fds)
     }
 }
 
@@ -1121,17 +1112,20 @@ async fn scale_phase(n: usize) -> Result<(), String> {
     );
     let world = World::start(IDLE).await;
     let creds = load_credentials(&world.dir.path().join("id"));
-    let rule = format!(
-        "[[rule]]\nname = \"via-{AGENT}\"\npurpose = \"ssh_login\"\ntargets = 'in:devices tags.env:prod'\n\
-         scope = {{ agents = [\"{AGENT}\"] }}\n"
-    );
-    let (status, body) = world.server.write_policy("edge.toml", &rule).await;
+    let (status, body) = world.server.write_policy("edge.toml", &services::agent_rule(AGENT)).await;
     if !status.is_success() {
         return Err(format!("policy: {body}"));
     }
     let state = world.dir.path().join(AGENT);
     let token = services::service_token(&world.server, &world.admin, "agent").await;
-    let agent = Reaped(services::spawn_agent(&world.server.url, &world.server.pin, AGENT, &state, Some(&token), &[]));
+    let agent = services::Process::new(services::spawn_agent(
+        &world.server.url,
+        &world.server.pin,
+        AGENT,
+        &state,
+        Some(&token),
+        &[],
+    ));
     services::wait_connected(&world.server, &world.admin, AGENT, &state.with_extension("log")).await;
     let sink_ip = loopback_ip();
     let sink = Sink::start(&sink_ip)?;
@@ -1144,7 +1138,7 @@ async fn scale_phase(n: usize) -> Result<(), String> {
     };
     world.server.add_node(&world.admin, &record).await;
     let pid = procfs::child_with_arg(&world.server.data_dir).ok_or("portcullisd not found in /proc")?;
-    let agent_pid = agent.0.id();
+    let agent_pid = agent.id().ok_or("the agent is not running")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (server_before, agent_before) = (Usage::of(pid), Usage::of(agent_pid));
 

@@ -16,6 +16,44 @@ pub async fn service_token(server: &Server, admin: &str, kind: &str) -> String {
     body["token"].as_str().unwrap().to_owned()
 }
 
+/// A policy rule: sessions through agent `name` are allowed on `env:prod` devices it
+/// serves.
+pub fn agent_rule(name: &str) -> String {
+    format!(
+        "[[rule]]\nname = \"via-{name}\"\npurpose = \"ssh_login\"\ntargets = 'in:devices tags.env:prod'\n\
+         scope = {{ agents = [\"{name}\"] }}\n"
+    )
+}
+
+/// A child process killed and reaped when dropped, however the test ends; `None` while
+/// it is down (killed and not started again yet).
+pub struct Process(pub Option<Child>);
+
+impl Process {
+    pub fn new(child: Child) -> Process {
+        Process(Some(child))
+    }
+
+    /// Its process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, then waits for it.
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
 /// `portcullisd agent`; its stdout goes to `<state>.out`, its log to `<state>.log`.
 pub fn spawn_agent(ca_url: &str, pin: &str, name: &str, state: &Path, token: Option<&str>, extra: &[String]) -> Child {
     spawn_agent_in(None, ca_url, pin, name, state, token, extra)

@@ -7,18 +7,10 @@
 
 use portcullis_tests::ServerOpts;
 use portcullis_tests::bastion_world::{World, add_node, loopback_ip, text, wait_output};
-use portcullis_tests::services::{service_token, spawn_agent, spawn_agent_in, wait_connected};
+use portcullis_tests::services::{agent_rule, service_token, spawn_agent, spawn_agent_in, wait_connected};
 use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
-
-/// Sessions through agent `name` are allowed on `env:prod` devices it serves.
-fn agent_rule(name: &str) -> String {
-    format!(
-        "[[rule]]\nname = \"via-{name}\"\npurpose = \"ssh_login\"\ntargets = 'in:devices tags.env:prod'\n\
-         scope = {{ agents = [\"{name}\"] }}\n"
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_agent_relays_and_its_loss_closes_its_sessions() {

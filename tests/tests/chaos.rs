@@ -18,7 +18,9 @@ use portcullis_tests::Postgres;
 use portcullis_tests::bastion_world::{loopback_ip, text, wait_output};
 use portcullis_tests::replica::CaReplica;
 use portcullis_tests::server::{client_with_pin, read_audit, write_file};
-use portcullis_tests::services::{agent_connected, free_loopback_addr, spawn_agent, spawn_bastion_at, wait_line};
+use portcullis_tests::services::{
+    Process, agent_connected, free_loopback_addr, spawn_agent, spawn_bastion_at, wait_line,
+};
 use portcullis_tests::ssh::{ed25519_key, public_line, write_key_pair};
 use portcullis_tests::sshd::{NodeTrust, Sshd};
 use reqwest::{Method, StatusCode};
@@ -59,24 +61,6 @@ targets = 'in:devices tags.env:prod'
 scope = {{ agents = ["edge1"] }}
 "#
     )
-}
-
-/// A child killed when the test ends, however it ends.
-struct Process(Option<Child>);
-
-impl Process {
-    fn kill_9(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill_9();
-    }
 }
 
 /// A TCP forwarder to a CA replica that can be cut like a network partition: while
