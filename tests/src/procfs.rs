@@ -180,3 +180,23 @@ pub fn established_to_port(pid: u32, port: u16) -> usize {
         })
         .count()
 }
+
+/// Connections waiting in the accept queue of the TCP listener on local port `port`
+/// (IPv4 and IPv6), as `ss -lnt` shows in `Recv-Q`; `0` when nothing listens there.
+pub fn accept_queue(port: u16) -> usize {
+    let port_hex = format!("{port:04X}");
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(format!("/proc/net/{table}")).ok())
+        .flat_map(|text| text.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter_map(|line| {
+            // For a listening socket (state 0A), `rx_queue` is the accept queue's length.
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f.get(1).and_then(|l| l.rsplit_once(':')).map(|(_, p)| p);
+            let queues = f.get(4).and_then(|q| q.split_once(':'));
+            (local_port == Some(port_hex.as_str()) && f.get(3) == Some(&"0A"))
+                .then(|| queues.and_then(|(_, rx)| usize::from_str_radix(rx, 16).ok()))
+                .flatten()
+        })
+        .sum()
+}

@@ -10,7 +10,7 @@ use portcullis_bastion::{
 };
 use portcullis_tests::Server;
 use portcullis_tests::bastion_world::{PASSWORD, World, text};
-use portcullis_tests::procfs::child_with_arg;
+use portcullis_tests::procfs::{accept_queue, child_with_arg, open_fds};
 use portcullis_tests::server::write_file;
 use portcullis_tests::ssh::{ed25519_key, public_line, write_key_pair};
 use secrecy::SecretString;
@@ -66,7 +66,7 @@ async fn listeners_keep_accepting_after_running_out_of_file_descriptors() {
 
     // Now a limit a little above what it has open, and more idle connections than fit
     // (but no more than a listen backlog of 128 holds, so every connect completes).
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let open = open_fds(pid);
     let limit = (open + 64).to_string();
     set_open_files_limits(pid, &limit, &limit);
     let mut idle = Vec::new();
@@ -84,7 +84,18 @@ async fn listeners_keep_accepting_after_running_out_of_file_descriptors() {
     assert!(w.server.log().contains("still listening"), "{}", w.server.log());
     drop(idle);
 
-    // Both listeners serve again once the flood is gone.
+    // Both listeners serve again once the flood is gone. Gone means accepted and closed
+    // on the server's side too: until then the flood's connections hold unauthenticated
+    // slots, and a listener past `StartupLimits::start` closes a new connection before
+    // the banner by design (like sshd's MaxStartups), which would make the first probe
+    // a coin toss. A listener that stopped accepting leaves its queue full: timeout.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ports = [w.server.bastion.port(), w.server.agent_listener.port()];
+    while open_fds(pid) > open + 8 || ports.iter().any(|&p| accept_queue(p) > 0) {
+        let queued: Vec<usize> = ports.iter().map(|&p| accept_queue(p)).collect();
+        assert!(Instant::now() < deadline, "the flood never drained: {} fds open, queued {queued:?}", open_fds(pid));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let agents = tokio::time::timeout(Duration::from_secs(30), banner(w.server.agent_listener)).await;
     assert_eq!(agents.expect("agent listener answers").as_str(), "SSH-2.0-Portcullis");
     let out = w.run("ssh", &["bastion", "echo still-serving"]);
