@@ -194,7 +194,8 @@ async fn relay(
 ) -> CloseReason {
     let live = &admitted.live;
     let closes_in = live.ends_in(&admitted.limits).map(|d| d.as_secs());
-    live.relay(admitted.limits, pump(live, closes_in, socket, onward, link, recorder)).await
+    let pump = std::pin::pin!(pump(live, closes_in, socket, onward, link, recorder));
+    live.relay(admitted.limits, pump).await
 }
 
 async fn pump(

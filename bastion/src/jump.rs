@@ -5,6 +5,7 @@
 //! limits.
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 
 use portcullis_proto::bastion::{CloseReason, SessionMode, SessionOpenRequest};
@@ -53,6 +54,16 @@ impl Farewell {
 
 /// Runs one jump-mode session to its end (spawned per channel).
 pub(crate) async fn run(shared: Arc<Shared>, req: JumpRequest, client: Channel<Msg>, reply: ChannelOpenHandle) {
+    // Boxed: what comes before the splice runs once, and inline its state would keep its
+    // room in the task for as long as the session lasts.
+    let Some(Reached { admitted, onward, link }) = Box::pin(open(&shared, &req, reply)).await else { return };
+    let reason = splice(&admitted, client, onward, link, &req.farewell).await;
+    shared.finish(admitted, reason).await;
+}
+
+/// Admission, then the channel to the node through its agent; the user's channel is
+/// accepted, or refused with the reason.
+async fn open(shared: &Shared, req: &JumpRequest, reply: ChannelOpenHandle) -> Option<Reached> {
     let request = SessionOpenRequest {
         session_id: new_session_id(),
         mode: SessionMode::Jump,
@@ -72,19 +83,18 @@ pub(crate) async fn run(shared: Arc<Shared>, req: JumpRequest, client: Channel<M
             reply
                 .reject(ChannelOpenFailure::Other { code: ADMINISTRATIVELY_PROHIBITED, reason: refusal.message })
                 .await;
-            return;
+            return None;
         }
     };
-    let Reached { admitted, onward, link } = match shared.reach(admitted, req.peer).await {
+    let reached = match shared.reach(admitted, req.peer).await {
         Ok(reached) => reached,
         Err(refusal) => {
             reply.reject(ChannelOpenFailure::Other { code: CONNECT_FAILED, reason: refusal.message }).await;
-            return;
+            return None;
         }
     };
     reply.accept().await;
-    let reason = splice(&admitted, client, onward, link, &req.farewell).await;
-    shared.finish(admitted, reason).await;
+    Some(reached)
 }
 
 /// Copies both ways until either end closes or a limit/close order ends the session.
@@ -98,47 +108,51 @@ async fn splice(
     let live = &admitted.live;
     let (mut from_client, to_client) = client.split();
     let (mut from_node, mut to_node) = node_halves(onward);
-    let upstream = async {
-        while let Some(msg) = from_client.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => {
-                    live.client_input(data.len());
-                    if to_node.data(data).await.is_err() {
-                        return CloseReason::AgentDisconnect;
+    // In a block of their own, so their state is gone after it (the goodbye reuses it).
+    let reason = {
+        let upstream = pin!(async {
+            while let Some(msg) = from_client.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => {
+                        live.client_input(data.len());
+                        if to_node.data(data).await.is_err() {
+                            return CloseReason::AgentDisconnect;
+                        }
                     }
+                    ChannelMsg::Eof => to_node.eof().await,
+                    ChannelMsg::Close => break,
+                    _ => {}
                 }
-                ChannelMsg::Eof => to_node.eof().await,
-                ChannelMsg::Close => break,
-                _ => {}
             }
-        }
-        CloseReason::ClientDisconnect
-    };
-    let downstream = async {
-        loop {
-            match from_node.next().await {
-                FromNode::Data(data) => {
-                    live.client_output(data.len());
-                    if to_client.data_bytes(data).await.is_err() {
-                        return CloseReason::ClientDisconnect;
+            CloseReason::ClientDisconnect
+        });
+        let downstream = pin!(async {
+            loop {
+                match from_node.next().await {
+                    FromNode::Data(data) => {
+                        live.client_output(data.len());
+                        if to_client.data_bytes(data).await.is_err() {
+                            return CloseReason::ClientDisconnect;
+                        }
                     }
+                    FromNode::Eof => {
+                        let _ = to_client.eof().await;
+                    }
+                    FromNode::Closed => return CloseReason::TargetDisconnect,
+                    // Gone without a close: did the agent leave?
+                    FromNode::Vanished => return crate::broker::vanished(link).await,
                 }
-                FromNode::Eof => {
-                    let _ = to_client.eof().await;
-                }
-                FromNode::Closed => return CloseReason::TargetDisconnect,
-                // Gone without a close: did the agent leave?
-                FromNode::Vanished => return crate::broker::vanished(link).await,
             }
-        }
+        });
+        // Pinned where built, borrowed by the pump: see `LiveSession::relay`.
+        let pump = pin!(async {
+            tokio::select! {
+                r = upstream => r,
+                r = downstream => r,
+            }
+        });
+        live.relay(admitted.limits, pump).await
     };
-    let pump = async {
-        tokio::select! {
-            r = upstream => r,
-            r = downstream => r,
-        }
-    };
-    let reason = live.relay(admitted.limits, pump).await;
     // End to end: nothing of ours inside the channel, only the closes — and the reason
     // on the outer connection when it is ours to give.
     within_close_grace(async {

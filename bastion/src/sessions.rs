@@ -9,6 +9,7 @@
 //! into the end of the session.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -165,7 +166,13 @@ impl LiveSession {
     /// opens, a browser socket with full buffers); the watchdog is polled regardless, so
     /// no peer can hold a session past a limit, a revocation or a kill. After it, the
     /// relay says goodbye through [`within_close_grace`].
-    pub async fn relay(&self, limits: Limits, pump: impl Future<Output = CloseReason>) -> CloseReason {
+    ///
+    /// The pump is borrowed, pinned where the caller built it, so its state is stored
+    /// once, in the caller's future: a future passed by value into an async fn is stored
+    /// twice in that fn's state (as the argument and as the `select!` operand), and so
+    /// is each future moved into an async block. For an idle session that doubling was
+    /// more than half of its task's memory.
+    pub async fn relay(&self, limits: Limits, pump: Pin<&mut impl Future<Output = CloseReason>>) -> CloseReason {
         tokio::select! {
             reason = self.watchdog(limits) => reason,
             reason = pump => reason,

@@ -11,6 +11,7 @@
 //! EOF, exit status and signal — and refuses agent and X11 forwarding.
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -57,9 +58,24 @@ pub(crate) async fn run(
     reply: ChannelOpenHandle,
     handle: russh::server::Handle,
 ) {
+    // Boxed: what comes before the relay runs once, and inline its state would keep its
+    // room in the task for as long as the session lasts.
+    let Some(onward) = Box::pin(open(&shared, &req, reply)).await else { return };
+    let recorder = Recorder::start(&shared.control, &onward.admitted.live, onward.admitted.grant.recording);
+    let reason = proxy(&onward.admitted, client, onward.channel, onward.link, &handle, recorder.as_ref()).await;
+    drop(onward.session);
+    if let Some(recorder) = recorder {
+        recorder.finish().await;
+    }
+    shared.finish(onward.admitted, reason).await;
+}
+
+/// Admission, then the onward login; the user's channel is accepted, or refused with
+/// the reason.
+async fn open(shared: &Shared, req: &TerminatedRequest, reply: ChannelOpenHandle) -> Option<Onward> {
     let Some((key, public_line)) = session_key() else {
         reply.reject(ChannelOpenFailure::ResourceShortage).await;
-        return;
+        return None;
     };
     let request = SessionOpenRequest {
         session_id: new_session_id(),
@@ -75,20 +91,21 @@ pub(crate) async fn run(
     };
     let admitted = match shared.admit(request).await {
         Ok(a) => a,
-        Err(refusal) => return refuse(reply, refusal).await,
+        Err(refusal) => {
+            refuse(reply, refusal).await;
+            return None;
+        }
     };
-    let onward = match log_in_onward(&shared, admitted, req.peer, key).await {
-        Ok(onward) => onward,
-        Err(refusal) => return refuse(reply, refusal).await,
-    };
-    reply.accept().await;
-    let recorder = Recorder::start(&shared.control, &onward.admitted.live, onward.admitted.grant.recording);
-    let reason = proxy(&onward.admitted, client, onward.channel, onward.link, &handle, recorder.as_ref()).await;
-    drop(onward.session);
-    if let Some(recorder) = recorder {
-        recorder.finish().await;
+    match log_in_onward(shared, admitted, req.peer, key).await {
+        Ok(onward) => {
+            reply.accept().await;
+            Some(onward)
+        }
+        Err(refusal) => {
+            refuse(reply, refusal).await;
+            None
+        }
     }
-    shared.finish(onward.admitted, reason).await;
 }
 
 /// An ephemeral Ed25519 key for one session, and its public line for the CA.
@@ -131,16 +148,21 @@ pub(crate) async fn log_in_onward(
         ..client::Config::default()
     });
     let timeout = Duration::from_millis(g.connect_timeout_ms.clamp(100, 60_000));
-    let connected = tokio::time::timeout(timeout, async {
-        let mut session = client::connect_stream(config, stream, checker).await?;
-        let login = g.login.clone().unwrap_or_default();
-        let auth = session.authenticate_openssh_cert(login, Arc::new(key), cert).await?;
-        if !auth.success() {
-            return Err(OnwardError::AuthFailed);
-        }
-        let channel = session.channel_open_session().await?;
-        Ok::<_, OnwardError>((session, channel))
-    })
+    // Boxed: the handshake's state is the largest a session ever needs, and only once;
+    // inline, each session's task would keep room for it as long as the session lasts.
+    let connected = tokio::time::timeout(
+        timeout,
+        Box::pin(async {
+            let mut session = client::connect_stream(config, stream, checker).await?;
+            let login = g.login.clone().unwrap_or_default();
+            let auth = session.authenticate_openssh_cert(login, Arc::new(key), cert).await?;
+            if !auth.success() {
+                return Err(OnwardError::AuthFailed);
+            }
+            let channel = session.channel_open_session().await?;
+            Ok::<_, OnwardError>((session, channel))
+        }),
+    )
     .await;
     let code = match connected {
         Ok(Ok((session, channel))) => return Ok(Onward { admitted, session, channel, link }),
@@ -213,132 +235,143 @@ async fn proxy(
     let expect_reply = || pending.fetch_add(1, Ordering::Relaxed);
     let take_reply = || pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
 
-    let upstream = async {
-        while let Some(msg) = from_client.wait().await {
-            let sent = match msg {
-                ChannelMsg::Data { data } => {
-                    live.client_input(data.len());
-                    if let Some(r) = recorder {
-                        r.input(&data).await;
+    // In a block of their own, so their state is gone after it (the goodbye reuses it).
+    let reason = {
+        let upstream = pin!(async {
+            while let Some(msg) = from_client.wait().await {
+                let sent = match msg {
+                    ChannelMsg::Data { data } => {
+                        live.client_input(data.len());
+                        if let Some(r) = recorder {
+                            r.input(&data).await;
+                        }
+                        to_node.data_bytes(data).await
                     }
-                    to_node.data_bytes(data).await
-                }
-                ChannelMsg::Eof => to_node.eof().await,
-                ChannelMsg::Close => break,
-                ChannelMsg::RequestPty {
-                    term, col_width, row_height, pix_width, pix_height, terminal_modes, ..
-                } => {
-                    live.touch();
-                    expect_reply();
-                    if let Some(r) = recorder {
-                        r.resize(col_width, row_height).await;
+                    ChannelMsg::Eof => to_node.eof().await,
+                    ChannelMsg::Close => break,
+                    ChannelMsg::RequestPty {
+                        term,
+                        col_width,
+                        row_height,
+                        pix_width,
+                        pix_height,
+                        terminal_modes,
+                        ..
+                    } => {
+                        live.touch();
+                        expect_reply();
+                        if let Some(r) = recorder {
+                            r.resize(col_width, row_height).await;
+                        }
+                        to_node
+                            .request_pty(true, &term, col_width, row_height, pix_width, pix_height, &terminal_modes)
+                            .await
                     }
-                    to_node
-                        .request_pty(true, &term, col_width, row_height, pix_width, pix_height, &terminal_modes)
-                        .await
-                }
-                ChannelMsg::RequestShell { .. } => {
-                    expect_reply();
-                    to_node.request_shell(true).await
-                }
-                ChannelMsg::Exec { command, .. } => {
-                    expect_reply();
-                    to_node.exec(true, command).await
-                }
-                ChannelMsg::RequestSubsystem { name, .. } => {
-                    expect_reply();
-                    to_node.request_subsystem(true, name).await
-                }
-                ChannelMsg::SetEnv { variable_name, variable_value, .. } => {
-                    if env_allowed(&variable_name) {
-                        to_node.set_env(false, variable_name, variable_value).await
-                    } else {
+                    ChannelMsg::RequestShell { .. } => {
+                        expect_reply();
+                        to_node.request_shell(true).await
+                    }
+                    ChannelMsg::Exec { command, .. } => {
+                        expect_reply();
+                        to_node.exec(true, command).await
+                    }
+                    ChannelMsg::RequestSubsystem { name, .. } => {
+                        expect_reply();
+                        to_node.request_subsystem(true, name).await
+                    }
+                    ChannelMsg::SetEnv { variable_name, variable_value, .. } => {
+                        if env_allowed(&variable_name) {
+                            to_node.set_env(false, variable_name, variable_value).await
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
+                        live.touch();
+                        if let Some(r) = recorder {
+                            r.resize(col_width, row_height).await;
+                        }
+                        to_node.window_change(col_width, row_height, pix_width, pix_height).await
+                    }
+                    ChannelMsg::Signal { signal } => {
+                        live.touch();
+                        to_node.signal(signal).await
+                    }
+                    ChannelMsg::RequestX11 { .. } => {
+                        // Refused (russh answers agent forwarding itself).
+                        let _ = handle.channel_failure(client_id).await;
                         Ok(())
                     }
+                    _ => Ok(()),
+                };
+                if sent.is_err() {
+                    return CloseReason::TargetDisconnect;
                 }
-                ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
-                    live.touch();
-                    if let Some(r) = recorder {
-                        r.resize(col_width, row_height).await;
-                    }
-                    to_node.window_change(col_width, row_height, pix_width, pix_height).await
-                }
-                ChannelMsg::Signal { signal } => {
-                    live.touch();
-                    to_node.signal(signal).await
-                }
-                ChannelMsg::RequestX11 { .. } => {
-                    // Refused (russh answers agent forwarding itself).
-                    let _ = handle.channel_failure(client_id).await;
-                    Ok(())
-                }
-                _ => Ok(()),
-            };
-            if sent.is_err() {
-                return CloseReason::TargetDisconnect;
             }
-        }
-        CloseReason::ClientDisconnect
-    };
-    let downstream = async {
-        // Whether the node said how the command ended: a close without it may be the
-        // agent's link going down under the channel, which the user is told about.
-        let mut ended = false;
-        while let Some(msg) = from_node.wait().await {
-            ended |= matches!(msg, ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. });
-            let sent = match msg {
-                ChannelMsg::Data { data } => {
-                    live.client_output(data.len());
-                    if let Some(r) = recorder {
-                        r.output(&data).await;
+            CloseReason::ClientDisconnect
+        });
+        let downstream = pin!(async {
+            // Whether the node said how the command ended: a close without it may be the
+            // agent's link going down under the channel, which the user is told about.
+            let mut ended = false;
+            while let Some(msg) = from_node.wait().await {
+                ended |= matches!(msg, ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. });
+                let sent = match msg {
+                    ChannelMsg::Data { data } => {
+                        live.client_output(data.len());
+                        if let Some(r) = recorder {
+                            r.output(&data).await;
+                        }
+                        to_client.data_bytes(data).await.map_err(drop)
                     }
-                    to_client.data_bytes(data).await.map_err(drop)
-                }
-                ChannelMsg::ExtendedData { data, ext } => {
-                    live.client_output(data.len());
-                    if let Some(r) = recorder {
-                        r.output(&data).await;
+                    ChannelMsg::ExtendedData { data, ext } => {
+                        live.client_output(data.len());
+                        if let Some(r) = recorder {
+                            r.output(&data).await;
+                        }
+                        to_client.extended_data_bytes(ext, data).await.map_err(drop)
                     }
-                    to_client.extended_data_bytes(ext, data).await.map_err(drop)
+                    ChannelMsg::Eof => to_client.eof().await.map_err(drop),
+                    ChannelMsg::ExitStatus { exit_status } => to_client.exit_status(exit_status).await.map_err(drop),
+                    ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag } => {
+                        handle.exit_signal_request(client_id, signal_name, core_dumped, error_message, lang_tag).await
+                    }
+                    ChannelMsg::Success if take_reply() => handle.channel_success(client_id).await,
+                    ChannelMsg::Failure if take_reply() => handle.channel_failure(client_id).await,
+                    ChannelMsg::Close if ended => return CloseReason::TargetDisconnect,
+                    ChannelMsg::Close => return crate::broker::vanished(link).await,
+                    _ => Ok(()),
+                };
+                if sent.is_err() {
+                    return CloseReason::ClientDisconnect;
                 }
-                ChannelMsg::Eof => to_client.eof().await.map_err(drop),
-                ChannelMsg::ExitStatus { exit_status } => to_client.exit_status(exit_status).await.map_err(drop),
-                ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag } => {
-                    handle.exit_signal_request(client_id, signal_name, core_dumped, error_message, lang_tag).await
-                }
-                ChannelMsg::Success if take_reply() => handle.channel_success(client_id).await,
-                ChannelMsg::Failure if take_reply() => handle.channel_failure(client_id).await,
-                ChannelMsg::Close if ended => return CloseReason::TargetDisconnect,
-                ChannelMsg::Close => return crate::broker::vanished(link).await,
-                _ => Ok(()),
-            };
-            if sent.is_err() {
-                return CloseReason::ClientDisconnect;
             }
-        }
-        // The onward connection vanished without a close: did the agent leave?
-        crate::broker::vanished(link).await
+            // The onward connection vanished without a close: did the agent leave?
+            crate::broker::vanished(link).await
+        });
+        // Shortly before an idle close, a line on the user's stderr says so (the line itself
+        // is no activity).
+        let warnings = pin!(async {
+            let mut warnings = live.idle_warnings();
+            while warnings.changed().await.is_ok() {
+                let Some(left) = *warnings.borrow_and_update() else { continue };
+                let line = format!("\r\nportcullis: no activity: this session closes in {left} s unless you type\r\n");
+                let write = to_client.extended_data_bytes(1, bytes::Bytes::from(line.into_bytes()));
+                within_close_grace(write).await;
+            }
+            std::future::pending::<CloseReason>().await
+        });
+        // Each part is pinned where it is built and the pump borrows them: see
+        // `LiveSession::relay` on why nothing is moved into another future.
+        let pump = pin!(async {
+            tokio::select! {
+                r = upstream => r,
+                r = downstream => r,
+                r = warnings => r,
+            }
+        });
+        live.relay(admitted.limits, pump).await
     };
-    // Shortly before an idle close, a line on the user's stderr says so (the line itself
-    // is no activity).
-    let warnings = async {
-        let mut warnings = live.idle_warnings();
-        while warnings.changed().await.is_ok() {
-            let Some(left) = *warnings.borrow_and_update() else { continue };
-            let line = format!("\r\nportcullis: no activity: this session closes in {left} s unless you type\r\n");
-            let write = to_client.extended_data_bytes(1, bytes::Bytes::from(line.into_bytes()));
-            within_close_grace(write).await;
-        }
-        std::future::pending::<CloseReason>().await
-    };
-    let pump = async {
-        tokio::select! {
-            r = upstream => r,
-            r = downstream => r,
-            r = warnings => r,
-        }
-    };
-    let reason = live.relay(admitted.limits, pump).await;
     within_close_grace(to_node.close()).await;
     // The reason line needs the client's window: a client that never grants any must not
     // keep the session (and its lease) alive after a close order, so the goodbye has a
