@@ -1262,7 +1262,9 @@ where
     );
     session.begin_rekey()?;
     let (kex_done_signal, kex_done_signal_rx) = oneshot::channel();
-    let join = russh_util::runtime::spawn(session.run(stream, handler, Some(kex_done_signal)));
+    // Portcullis patch: boxed, as in `server::run_stream` (`russh_util::runtime::spawn`
+    // would otherwise store the session's future twice in its task).
+    let join = russh_util::runtime::spawn(Box::pin(session.run(stream, handler, Some(kex_done_signal))));
 
     let agent_session_binding = match kex_done_signal_rx.await {
         Ok(binding) => binding,

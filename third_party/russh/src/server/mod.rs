@@ -1164,7 +1164,10 @@ where
 
     session.begin_rekey()?;
 
-    let join = russh_util::runtime::spawn(session.run(stream, handler));
+    // Portcullis patch: boxed. `russh_util::runtime::spawn` awaits the future inside an
+    // async block of its own, which stores it twice (as the block's capture and as the
+    // awaited value): the connection's task would hold two copies for its whole life.
+    let join = russh_util::runtime::spawn(Box::pin(session.run(stream, handler)));
 
     Ok(RunningSession { handle, join })
 }
