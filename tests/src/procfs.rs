@@ -166,17 +166,12 @@ pub fn established_to_port(pid: u32, port: u16) -> usize {
         })
         .unwrap_or_default();
     let port_hex = format!("{port:04X}");
-    ["tcp", "tcp6"]
+    tcp_sockets(&format!("/proc/{pid}/net"))
         .iter()
-        .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
-        .flat_map(|text| text.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
-        .filter(|line| {
-            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let remote_port = f.get(2).and_then(|r| r.rsplit_once(':')).map(|(_, p)| p);
-            remote_port == Some(port_hex.as_str())
-                && f.get(3) == Some(&"01")
-                && f.get(9).is_some_and(|inode| owned.contains(*inode))
+        .filter(|f| {
+            f.get(2).and_then(|a| port_of(a)) == Some(port_hex.as_str())
+                && f.get(3).map(String::as_str) == Some("01")
+                && f.get(9).is_some_and(|inode| owned.contains(inode))
         })
         .count()
 }
@@ -185,18 +180,29 @@ pub fn established_to_port(pid: u32, port: u16) -> usize {
 /// (IPv4 and IPv6), as `ss -lnt` shows in `Recv-Q`; `0` when nothing listens there.
 pub fn accept_queue(port: u16) -> usize {
     let port_hex = format!("{port:04X}");
+    tcp_sockets("/proc/net")
+        .iter()
+        .filter(|f| {
+            f.get(1).and_then(|a| port_of(a)) == Some(port_hex.as_str()) && f.get(3).map(String::as_str) == Some("0A")
+        })
+        // For a listening socket (state 0A), `rx_queue` is the accept queue's length.
+        .filter_map(|f| f.get(4)?.split_once(':').and_then(|(_, rx)| usize::from_str_radix(rx, 16).ok()))
+        .sum()
+}
+
+/// The sockets of the TCP tables (`tcp`, `tcp6`) in `net_dir`, each split into its fields:
+/// sl local_address rem_address st tx_queue:rx_queue tr:when retrnsmt uid timeout inode.
+fn tcp_sockets(net_dir: &str) -> Vec<Vec<String>> {
     ["tcp", "tcp6"]
         .iter()
-        .filter_map(|table| std::fs::read_to_string(format!("/proc/net/{table}")).ok())
-        .flat_map(|text| text.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
-        .filter_map(|line| {
-            // For a listening socket (state 0A), `rx_queue` is the accept queue's length.
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let local_port = f.get(1).and_then(|l| l.rsplit_once(':')).map(|(_, p)| p);
-            let queues = f.get(4).and_then(|q| q.split_once(':'));
-            (local_port == Some(port_hex.as_str()) && f.get(3) == Some(&"0A"))
-                .then(|| queues.and_then(|(_, rx)| usize::from_str_radix(rx, 16).ok()))
-                .flatten()
+        .filter_map(|table| std::fs::read_to_string(format!("{net_dir}/{table}")).ok())
+        .flat_map(|text| {
+            text.lines().skip(1).map(|l| l.split_whitespace().map(str::to_owned).collect()).collect::<Vec<_>>()
         })
-        .sum()
+        .collect()
+}
+
+/// The port of a `/proc/net/tcp` address (`HEXADDR:HEXPORT`), in hex.
+fn port_of(address: &str) -> Option<&str> {
+    address.rsplit_once(':').map(|(_, port)| port)
 }
