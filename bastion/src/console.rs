@@ -31,7 +31,7 @@ use crate::broker::{Admitted, new_session_id};
 use crate::recording::Recorder;
 use crate::sessions::{LiveSession, within_close_grace};
 use crate::shared::Shared;
-use crate::terminated::{log_in_onward, session_key};
+use crate::terminated::{Onward, log_in_onward, session_key};
 
 /// The path browsers connect to (the CA's ticket answer names it).
 pub const CONSOLE_WS_PATH: &str = "/console/ws";
@@ -145,30 +145,9 @@ async fn read_ticket(socket: &mut WebSocket) -> Option<String> {
 }
 
 async fn run(shared: Arc<Shared>, mut socket: WebSocket, peer: SocketAddr, browser_session: Option<String>) {
-    let Some(ticket) = read_ticket(&mut socket).await else {
-        // The seed's "missing credential": counted into the audit summary (an audit row
-        // per ticketless socket would let anyone grow the trail).
-        shared.events.count_refusal(peer.ip(), "ticket_missing");
-        return close_with(&mut socket, "ticket_missing", "no console ticket received").await;
-    };
-    let Some((key, public_line)) = session_key() else {
-        return close_with(&mut socket, "internal", "cannot start a session").await;
-    };
-    let request = ConsoleOpenRequest {
-        ticket: ticket.into(),
-        session_id: new_session_id(),
-        session_public_key: public_line,
-        client_ip: peer.ip().to_string(),
-        browser_session,
-    };
-    let admitted = match shared.admit_console(request).await {
-        Ok(a) => a,
-        Err(refusal) => return close_with(&mut socket, &refusal.code, &refusal.message).await,
-    };
-    let onward = match log_in_onward(&shared, admitted, peer, key).await {
-        Ok(onward) => onward,
-        Err(refusal) => return close_with(&mut socket, &refusal.code, &refusal.message).await,
-    };
+    // Boxed: what comes before the relay runs once, and inline its state would keep its
+    // room in the task for as long as the session lasts.
+    let Some(onward) = Box::pin(open(&shared, &mut socket, peer, browser_session)).await else { return };
     let recorder = Recorder::start(&shared.control, &onward.admitted.live, onward.admitted.grant.recording);
     let reason = relay(&onward.admitted, &mut socket, onward.channel, onward.link, recorder.as_ref()).await;
     drop(onward.session);
@@ -179,6 +158,43 @@ async fn run(shared: Arc<Shared>, mut socket: WebSocket, peer: SocketAddr, brows
     // a browser that stopped reading would hold this task (and the socket) forever.
     let goodbye = within_close_grace(close_with(&mut socket, reason.as_str(), reason.message()));
     let ((), _) = tokio::join!(shared.finish(onward.admitted, reason), goodbye);
+}
+
+/// The ticket, admission, then the onward login; a refusal is told to the browser and
+/// closes the socket.
+async fn open(
+    shared: &Shared,
+    socket: &mut WebSocket,
+    peer: SocketAddr,
+    browser_session: Option<String>,
+) -> Option<Onward> {
+    let Some(ticket) = read_ticket(socket).await else {
+        // The seed's "missing credential": counted into the audit summary (an audit row
+        // per ticketless socket would let anyone grow the trail).
+        shared.events.count_refusal(peer.ip(), "ticket_missing");
+        close_with(socket, "ticket_missing", "no console ticket received").await;
+        return None;
+    };
+    let Some((key, public_line)) = session_key() else {
+        close_with(socket, "internal", "cannot start a session").await;
+        return None;
+    };
+    let request = ConsoleOpenRequest {
+        ticket: ticket.into(),
+        session_id: new_session_id(),
+        session_public_key: public_line,
+        client_ip: peer.ip().to_string(),
+        browser_session,
+    };
+    let refused = match shared.admit_console(request).await {
+        Ok(admitted) => match log_in_onward(shared, admitted, peer, key).await {
+            Ok(onward) => return Some(onward),
+            Err(refusal) => refusal,
+        },
+        Err(refusal) => refusal,
+    };
+    close_with(socket, &refused.code, &refused.message).await;
+    None
 }
 
 /// The terminal: a pty the size the browser asks for (first resize, else 80×24), the
@@ -247,7 +263,8 @@ async fn pump(
                         r.input(&data).await;
                     }
                     if to_node.data_bytes(data).await.is_err() {
-                        return CloseReason::TargetDisconnect;
+                        // The onward connection is gone, with the agent's link or alone.
+                        return crate::broker::vanished(link.clone()).await;
                     }
                 }
                 Some(Ok(Message::Text(text))) => {

@@ -305,7 +305,8 @@ async fn proxy(
                     _ => Ok(()),
                 };
                 if sent.is_err() {
-                    return CloseReason::TargetDisconnect;
+                    // The onward connection is gone, with the agent's link or alone.
+                    return crate::broker::vanished(link.clone()).await;
                 }
             }
             CloseReason::ClientDisconnect
@@ -339,7 +340,7 @@ async fn proxy(
                     ChannelMsg::Success if take_reply() => handle.channel_success(client_id).await,
                     ChannelMsg::Failure if take_reply() => handle.channel_failure(client_id).await,
                     ChannelMsg::Close if ended => return CloseReason::TargetDisconnect,
-                    ChannelMsg::Close => return crate::broker::vanished(link).await,
+                    ChannelMsg::Close => return crate::broker::vanished(link.clone()).await,
                     _ => Ok(()),
                 };
                 if sent.is_err() {
@@ -347,7 +348,7 @@ async fn proxy(
                 }
             }
             // The onward connection vanished without a close: did the agent leave?
-            crate::broker::vanished(link).await
+            crate::broker::vanished(link.clone()).await
         });
         // Shortly before an idle close, a line on the user's stderr says so (the line itself
         // is no activity).
