@@ -4,7 +4,7 @@
 //! rule records it) as the `Bytes` it forwards anyway — a reference count, no copy —
 //! stamped with the time since the session started. A task of its own turns them into
 //! asciicast v2 event lines (UTF-8 decoded across chunk boundaries) and hands them to the
-//! CA in numbered chunks, about once a second or every 128 KiB, the last one marked. The
+//! CA in numbered chunks, about once a second or every 1 MiB, the last one marked. The
 //! relay never waits for the CA: it waits only when a full queue of events is not yet
 //! encoded.
 //!
@@ -30,7 +30,7 @@ pub(crate) const ANNOUNCEMENT: &str = "portcullis: this session is recorded";
 /// Events waiting to be encoded; the relay waits when the queue is full.
 const QUEUE: usize = 1024;
 /// A chunk goes to the CA at this much event text, or after [`FLUSH_EVERY`]. Each chunk
-/// is one transaction at the CA (a disk sync): larger chunks cost less per byte.
+/// is a request and a transaction at the CA: larger chunks cost less per byte.
 const FLUSH_BYTES: usize = 1024 * 1024;
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Terminal bytes per event at most, so one event's JSON stays small (escaping a control

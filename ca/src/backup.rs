@@ -1,7 +1,8 @@
 //! Backup and restore of the embedded SQLite database (`portcullisd backup` / `restore`).
 //!
-//! A backup is one SQLite file: every table, the audit chain, and the CA keys as the
-//! database holds them — encrypted with the CA passphrase, which is *not* in it (keep the
+//! A backup is one SQLite file: every table, the audit chain, recordings (the chunks the
+//! live database keeps in files beside it are put back into the copy's rows), and the
+//! CA keys as the database holds them — encrypted with the CA passphrase, which is *not* in it (keep the
 //! passphrase apart from the backups: together they are the CA). The copy is made with
 //! SQLite's `VACUUM INTO` while the CA runs (a consistent snapshot; writers wait only for
 //! the copy's read), then opened on its own and checked: migrations (so a backup from an
@@ -75,6 +76,19 @@ async fn check(path: &Path) -> Result<BackupReport, CaError> {
     Ok(report)
 }
 
+/// Puts the recording chunks the live database keeps in files into the rows of the copy
+/// at `out`, so the backup is one file. A chunk is in its file before its row is
+/// committed and leaves only after its recording's row is deleted, so every row of the
+/// copy finds its file — unless retention deleted the recording since the copy was made,
+/// and then the backup fails and can be taken again.
+async fn inline_chunk_files(out: &Path, files: std::sync::Arc<store::ChunkFiles>) -> Result<(), CaError> {
+    let copy = Store::open(&format!("sqlite://{}", out.display())).await?;
+    let inlined = copy.inline_chunk_files(files).await;
+    copy.close().await;
+    inlined?;
+    Ok(())
+}
+
 /// Writes a consistent copy of the live database at `database_url` to `out` (which must
 /// not exist), then checks the copy.
 pub async fn backup(database_url: &str, out: &Path) -> Result<BackupReport, CaError> {
@@ -86,12 +100,20 @@ pub async fn backup(database_url: &str, out: &Path) -> Result<BackupReport, CaEr
     let store = Store::open(database_url).await?;
     debug_assert_eq!(store.backend(), Backend::Sqlite);
     let copied = store.vacuum_into(target).await;
+    let chunk_files = store.chunk_files();
     store.close().await;
     copied?;
-    match check(out).await {
+    let checked = async {
+        if let Some(files) = chunk_files {
+            inline_chunk_files(out, files).await?;
+        }
+        check(out).await
+    };
+    match checked.await {
         Ok(report) => Ok(report),
         Err(e) => {
             let _ = std::fs::remove_file(out);
+            let _ = std::fs::remove_file(store::migration_lock_file(out));
             Err(e)
         }
     }

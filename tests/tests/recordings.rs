@@ -299,14 +299,38 @@ async fn kept_sealed_in_order(fx: Fx) {
     let truncated = audit(&fx.ca, "recording_truncated").await;
     assert_eq!(truncated.len(), 1, "{truncated:?}");
 
-    // Sealed at rest: the database holds no terminal text.
+    // Sealed at rest: neither the database nor the files beside it hold terminal text.
+    // PostgreSQL keeps a chunk's bytes in its row; a SQLite file keeps each chunk in a
+    // file of its own (written once, not to the WAL and again at the checkpoint).
     use sqlx::Row;
-    let rows = sqlx::query("SELECT sealed FROM recording_chunks").fetch_all(fx.ca.core().store().pool()).await.unwrap();
+    let store = fx.ca.core().store();
+    let rows = sqlx::query("SELECT sealed, in_file FROM recording_chunks").fetch_all(store.pool()).await.unwrap();
     assert_eq!(rows.len(), 2);
-    for row in rows {
-        let sealed: Vec<u8> = row.try_get("sealed").unwrap();
-        let readable = |word: &[u8]| sealed.windows(word.len()).any(|w| w == word);
-        assert!(sealed.first() == Some(&1) && !readable(b"secret") && !readable(b"exit"), "{sealed:?}");
+    let chunk_files = store.chunk_files();
+    for row in &rows {
+        let (sealed, in_file): (Vec<u8>, i64) = (row.try_get("sealed").unwrap(), row.try_get("in_file").unwrap());
+        assert_eq!((in_file == 1, sealed.is_empty()), (chunk_files.is_some(), chunk_files.is_some()));
+    }
+    let mut sealed = store.recording_chunks(&id).await.unwrap();
+    if let Some(files) = &chunk_files {
+        let mut on_disk = std::fs::read_dir(files.dir().join(&id)).unwrap().map(|e| e.unwrap()).collect::<Vec<_>>();
+        on_disk.sort_by_key(std::fs::DirEntry::file_name);
+        assert_eq!(on_disk.iter().map(|e| e.file_name().into_string().unwrap()).collect::<Vec<_>>(), ["0", "1"]);
+        use std::os::unix::fs::PermissionsExt;
+        for entry in &on_disk {
+            assert_eq!(entry.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert_eq!(std::fs::metadata(files.dir()).unwrap().permissions().mode() & 0o777, 0o700);
+        let read: Vec<_> = on_disk.iter().map(|e| std::fs::read(e.path()).unwrap()).collect();
+        assert_eq!(read, sealed.iter().map(|(_, bytes)| bytes.clone()).collect::<Vec<_>>());
+    }
+    assert_eq!(sealed.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [0, 1]);
+    for (_, bytes) in sealed.drain(..) {
+        let readable = |word: &[u8]| bytes.windows(word.len()).any(|w| w == word);
+        assert!(bytes.first() == Some(&1) && !readable(b"secret") && !readable(b"exit"), "{bytes:?}");
+    }
+    if chunk_files.is_some() {
+        backup_holds_the_recording(&fx, &id).await;
     }
 
     // Only holders of recordings.read list and play; an administrator without it does not.
@@ -374,7 +398,17 @@ async fn kept_sealed_in_order(fx: Fx) {
         chunk(&fx, &fx.b1, &never, json!({"seq": 0, "events": "[0.1, \"o\", \"late\"]\n", "bytes": 4})).await;
     assert_eq!(status, StatusCode::CONFLICT);
 
-    // Retention: a week later all are gone, and that is audited.
+    // Retention: a week later all are gone, and that is audited. Chunk files go with
+    // their rows, and so do any a crash left without a row; what is not a recording's
+    // directory is left alone.
+    let orphan = chunk_files.as_ref().map(|files| {
+        let (orphan, other) = (files.dir().join(session_id()), files.dir().join("not-a-recording"));
+        for dir in [&orphan, &other] {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("0"), b"sealed").unwrap();
+        }
+        (orphan, other)
+    });
     fx.clock.set(fx.ca.core().now() + RETENTION.as_secs() + 1);
     fx.ca.housekeeping().await.unwrap();
     let audrey = bearer(&fx.ca, "audrey").await;
@@ -385,6 +419,32 @@ async fn kept_sealed_in_order(fx: Fx) {
     assert!(rows.is_empty());
     let expired = audit(&fx.ca, "recordings_expired").await;
     assert_eq!(expired.last().unwrap()["count"], 3, "{expired:?}");
+    if let (Some(files), Some((orphan, other))) = (&chunk_files, orphan) {
+        assert!(!files.dir().join(&id).exists() && !files.dir().join(&keys).exists() && !orphan.exists());
+        assert!(other.join("0").exists());
+    }
+}
+
+/// `portcullisd backup` of a SQLite CA whose recordings are kept in files: the backup is
+/// one file that holds them (in its rows), and the restored CA plays them.
+async fn backup_holds_the_recording(fx: &Fx, id: &str) {
+    let out = fx._dir.path().join("backup.db");
+    let url = sqlite_url(fx._dir.path());
+    portcullis_ca::backup::backup(&url, &out).await.unwrap();
+    let restored_dir = fx._dir.path().join("restored");
+    std::fs::create_dir(&restored_dir).unwrap();
+    let restored_url = sqlite_url(&restored_dir);
+    portcullis_ca::backup::restore(&out, &restored_url).await.unwrap();
+    let config = CaConfig::new(restored_url, fx._dir.path().join("policy"), SecretString::from(TEST_PASSPHRASE));
+    let restored = Ca::open(config, Arc::new(fx.clock.clone())).await.unwrap();
+    let store = restored.core().store();
+    assert_eq!(store.recording_chunks(id).await.unwrap(), fx.ca.core().store().recording_chunks(id).await.unwrap());
+    assert!(!store.chunk_files().unwrap().dir().exists(), "the restored chunks are in their rows");
+    let audrey = restored.identity().caller(&bearer(&restored, "audrey").await).await.unwrap();
+    let read = restored.core().authorize::<proof::RecordingsRead>(&audrey).unwrap();
+    let (_, cast) = restored.recordings().cast(&read, id).await.unwrap();
+    assert!(cast.contains("secret-output$ ") && cast.contains("exit\\r\\n"), "{cast}");
+    restored.core().store().close().await;
 }
 
 /// A real `ssh` through the all-in-one under a rule that records input and closes at a

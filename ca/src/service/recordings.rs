@@ -199,6 +199,8 @@ impl Recordings {
         };
         let seal = self.seal(row).await?;
         let sealed = seal.seal(session_id, chunk.seq, &events)?;
+        drop(events);
+        let sealed = self.core.store.place_recording_chunk(session_id, chunk.seq, sealed).await?;
         let now = self.core.now();
         let append = ChunkAppend {
             session_id,
@@ -267,7 +269,8 @@ impl Recordings {
         Ok((info(row), cast))
     }
 
-    /// Deletes the recordings older than the retention period (the housekeeping timer).
+    /// Deletes the recordings older than the retention period (the housekeeping timer):
+    /// their rows, then their chunk files.
     pub(super) async fn expire(&self) -> Result<(), CaError> {
         let now = self.core.now();
         let retention = self.retention.as_secs();
@@ -278,6 +281,7 @@ impl Recordings {
             audit::record(tx.conn(), now, &event).await?;
         }
         tx.commit().await?;
+        self.core.store.remove_unlisted_chunk_files().await?;
         Ok(())
     }
 }

@@ -50,7 +50,8 @@ pub use leases::{
 };
 pub use oidc::{PendingLogin as PendingOidcLogin, PollTurn};
 pub use recordings::{
-    ChunkAppend, RecordingRow, append_recording_chunk, delete_recordings_before, end_recording, insert_recording,
+    ChunkAppend, ChunkBytes, ChunkFiles, RecordingRow, append_recording_chunk, delete_recordings_before, end_recording,
+    insert_recording,
 };
 pub use secrets::{SecretRow, delete_secret, insert_secret, rotate_secret};
 pub use services::{ServiceRow, record_bastion_heartbeat, touch_service, upsert_service};
@@ -91,6 +92,9 @@ pub enum StoreError {
     Corrupt(&'static str),
     #[error("cannot lock the database file for migrations: {0}")]
     MigrationLock(std::io::Error),
+    /// A recording chunk's file beside a SQLite database (see [`ChunkFiles`]).
+    #[error("recording chunk file {what}: {source}")]
+    ChunkFile { what: &'static str, source: std::io::Error },
 }
 
 /// Why the store cannot take a request right now, as opposed to a bug or a bad row.
@@ -106,7 +110,13 @@ impl StoreError {
     /// `Some` when the failure is the database's state (retrying later can succeed), not
     /// the request's or the code's.
     pub fn unavailable(&self) -> Option<Unavailable> {
-        let StoreError::Db(e) = self else { return None };
+        let e = match self {
+            StoreError::Db(e) => e,
+            StoreError::ChunkFile { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                return Some(Unavailable::DiskFull);
+            }
+            _ => return None,
+        };
         match e {
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
@@ -157,6 +167,8 @@ pub struct Store {
     backend: Backend,
     /// Present on SQLite only; see the module doc.
     write_lock: Option<Arc<Mutex<()>>>,
+    /// Present for a SQLite file: where recording chunks are kept (see [`ChunkFiles`]).
+    chunk_files: Option<Arc<ChunkFiles>>,
 }
 
 /// A write transaction. Dropping it without `commit` rolls back.
@@ -289,7 +301,12 @@ impl Store {
             };
             MIGRATOR.run(&pool).await?;
         }
-        Ok(Store { pool, backend, write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))) })
+        Ok(Store {
+            pool,
+            backend,
+            write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+            chunk_files: sqlite_file(&url).map(|database| Arc::new(ChunkFiles::beside(&database))),
+        })
     }
 
     pub fn backend(&self) -> Backend {

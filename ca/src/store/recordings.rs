@@ -1,8 +1,20 @@
 //! Session recordings: a row per recorded session (written in the transaction that
 //! admits it) and its sealed chunks. The CA seals and opens; the store only keeps bytes.
+//!
+//! Where the bytes go depends on the database. PostgreSQL (several replicas, no shared
+//! directory) keeps them in the chunk's row. A SQLite file keeps each chunk in a file of
+//! its own beside the database ([`ChunkFiles`]), the row marked `in_file`: SQLite writes
+//! a blob once to its write-ahead log and again at the checkpoint, through page-sized
+//! copies, and that was most of what a recorded bulk transfer cost the all-in-one. A
+//! backup puts the files' bytes back into the rows of its copy, so a backup stays one
+//! file ([`Store::inline_chunk_files`]).
 
-use super::{Result, Store, ts, ts_from};
+use super::{Result, Store, StoreError, ts, ts_from};
 use sqlx::{AnyConnection, Row};
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct RecordingRow {
@@ -80,11 +92,116 @@ pub async fn insert_recording(conn: &mut AnyConnection, row: &RecordingRow) -> R
     Ok(())
 }
 
+/// Recording chunks beside a SQLite database: `<database>.recordings/<session id>/<seq>`,
+/// directories `0700`, files `0600`, each file one sealed chunk exactly as the row would
+/// hold it. A chunk file is written before the row that names it is committed, and
+/// removed only after its recording's row is deleted, so a committed row always has its
+/// file; a file without a row (a crash between the two, a removal cut short) is removed
+/// by the next retention pass.
+#[derive(Debug)]
+pub struct ChunkFiles {
+    dir: PathBuf,
+}
+
+/// Session ids are 32 lowercase hex digits (checked by the CA before anything is
+/// stored); checked again here because they become directory names.
+fn session_dir_name(session_id: &str) -> std::io::Result<&str> {
+    let valid = session_id.len() == 32 && session_id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if valid { Ok(session_id) } else { Err(std::io::Error::other("not a session id")) }
+}
+
+fn file_error(what: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |source| StoreError::ChunkFile { what, source }
+}
+
+impl ChunkFiles {
+    /// The directory beside the SQLite file `database` (created on the first chunk).
+    pub fn beside(database: &Path) -> ChunkFiles {
+        let mut name = database.as_os_str().to_owned();
+        name.push(".recordings");
+        ChunkFiles { dir: name.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn session_dir(&self, session_id: &str) -> std::io::Result<PathBuf> {
+        Ok(self.dir.join(session_dir_name(session_id)?))
+    }
+
+    /// Writes one chunk: after a crash it is there whole or not at all (a temporary file
+    /// renamed into place; a retry replaces it with an equal one). Not synced to disk,
+    /// like the database's own commits (WAL with `synchronous=NORMAL`): it outlives the
+    /// process, not a power cut.
+    fn write(&self, session_id: &str, seq: u64, sealed: &[u8]) -> std::io::Result<()> {
+        let dir = self.session_dir(session_id)?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        let mut file = tempfile::NamedTempFile::new_in(&dir)?;
+        file.write_all(sealed)?;
+        file.persist(dir.join(seq.to_string())).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    fn read(&self, session_id: &str, seq: u64) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.session_dir(session_id)?.join(seq.to_string()))
+    }
+
+    /// Removes the chunk files of every recording not in `keep`, listing the directory
+    /// before `keep` is read (see [`Store::remove_unlisted_chunk_files`]).
+    fn remove_except(&self, listed: Vec<String>, keep: &std::collections::HashSet<String>) -> std::io::Result<u64> {
+        let mut removed = 0;
+        for name in listed.into_iter().filter(|name| !keep.contains(name)) {
+            match std::fs::remove_dir_all(self.session_dir(&name)?) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The recordings that have a directory (entries that are not session ids are left alone).
+    fn listed(&self) -> std::io::Result<Vec<String>> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            if let Ok(name) = entry?.file_name().into_string()
+                && session_dir_name(&name).is_ok()
+            {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| StoreError::Corrupt("recording file task"))?
+        .map_err(file_error(what))
+}
+
+/// Where a sealed chunk's bytes are kept: in its row, or in its file ([`ChunkFiles`]).
+pub enum ChunkBytes {
+    Row(Vec<u8>),
+    File,
+}
+
 /// One chunk as the bastion handed it over, sealed.
 pub struct ChunkAppend<'a> {
     pub session_id: &'a str,
     pub seq: u64,
-    pub sealed: &'a [u8],
+    pub sealed: &'a ChunkBytes,
     pub bytes: u64,
     pub size: Option<(u32, u32)>,
     pub truncated: bool,
@@ -95,13 +212,18 @@ pub struct ChunkAppend<'a> {
 /// Adds a chunk and its bytes to the recording; `false` when the chunk was stored before
 /// (a retry), which changes nothing.
 pub async fn append_recording_chunk(conn: &mut AnyConnection, chunk: &ChunkAppend<'_>) -> Result<bool> {
+    let (sealed, in_file) = match chunk.sealed {
+        ChunkBytes::Row(bytes) => (bytes.as_slice(), 0),
+        ChunkBytes::File => (&[][..], 1),
+    };
     let inserted = sqlx::query(
-        "INSERT INTO recording_chunks (session_id, seq, sealed) VALUES ($1, $2, $3) \
+        "INSERT INTO recording_chunks (session_id, seq, sealed, in_file) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (session_id, seq) DO NOTHING",
     )
     .bind(chunk.session_id)
     .bind(count(chunk.seq))
-    .bind(chunk.sealed)
+    .bind(sealed)
+    .bind(in_file)
     .execute(&mut *conn)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -137,7 +259,8 @@ pub async fn end_recording(conn: &mut AnyConnection, session_id: &str, now: u64)
     Ok(())
 }
 
-/// Deletes the recordings started before `cutoff` and their chunks; how many.
+/// Deletes the recordings started before `cutoff` and their chunks' rows; how many. Their
+/// chunk files go after the commit ([`Store::remove_unlisted_chunk_files`]).
 pub async fn delete_recordings_before(conn: &mut AnyConnection, cutoff: u64) -> Result<u64> {
     sqlx::query(
         "DELETE FROM recording_chunks WHERE session_id IN (SELECT session_id FROM recordings WHERE started_at < $1)",
@@ -177,12 +300,90 @@ impl Store {
         rows.iter().map(row_from).collect()
     }
 
-    /// A recording's sealed chunks, in order.
+    /// Keeps a sealed chunk's bytes where this database keeps them: written to its file
+    /// now (before the row naming it is committed), or handed back for the row.
+    pub async fn place_recording_chunk(&self, session_id: &str, seq: u64, sealed: Vec<u8>) -> Result<ChunkBytes> {
+        let Some(files) = self.chunk_files.clone() else { return Ok(ChunkBytes::Row(sealed)) };
+        let session_id = session_id.to_owned();
+        blocking("write", move || files.write(&session_id, seq, &sealed)).await?;
+        Ok(ChunkBytes::File)
+    }
+
+    /// A recording's sealed chunks, in order, from their rows or their files.
     pub async fn recording_chunks(&self, session_id: &str) -> Result<Vec<(u64, Vec<u8>)>> {
-        let rows = sqlx::query("SELECT seq, sealed FROM recording_chunks WHERE session_id = $1 ORDER BY seq")
+        let rows = sqlx::query("SELECT seq, sealed, in_file FROM recording_chunks WHERE session_id = $1 ORDER BY seq")
             .bind(session_id)
             .fetch_all(self.pool())
             .await?;
-        rows.iter().map(|r| Ok((ts_from(r.try_get("seq")?), r.try_get("sealed")?))).collect()
+        let mut chunks = Vec::with_capacity(rows.len());
+        let mut in_files = Vec::new();
+        for row in &rows {
+            let seq = ts_from(row.try_get("seq")?);
+            if row.try_get::<i64, _>("in_file")? != 0 {
+                in_files.push(chunks.len());
+            }
+            chunks.push((seq, row.try_get("sealed")?));
+        }
+        if in_files.is_empty() {
+            return Ok(chunks);
+        }
+        let files =
+            self.chunk_files.clone().ok_or(StoreError::Corrupt("a recording chunk in a file, without files"))?;
+        let session_id = session_id.to_owned();
+        blocking("read", move || {
+            for index in in_files {
+                if let Some((seq, bytes)) = chunks.get_mut(index) {
+                    *bytes = files.read(&session_id, *seq)?;
+                }
+            }
+            Ok(chunks)
+        })
+        .await
+    }
+
+    /// Removes the chunk files of recordings that have no row any more: those the
+    /// retention pass just deleted, and any a crash left behind. The directory is listed
+    /// before the rows are read, so a recording admitted meanwhile is never taken for
+    /// an orphan (its row exists before its first file). How many recordings' files went.
+    pub async fn remove_unlisted_chunk_files(&self) -> Result<u64> {
+        let Some(files) = self.chunk_files.clone() else { return Ok(0) };
+        let lister = Arc::clone(&files);
+        let listed = blocking("list", move || lister.listed()).await?;
+        if listed.is_empty() {
+            return Ok(0);
+        }
+        let rows = sqlx::query("SELECT session_id FROM recordings").fetch_all(self.pool()).await?;
+        let keep = rows.iter().map(|r| r.try_get("session_id")).collect::<Result<_, _>>()?;
+        blocking("remove", move || files.remove_except(listed, &keep)).await
+    }
+
+    /// Where this store keeps chunk files (a SQLite file's store), for a backup.
+    pub fn chunk_files(&self) -> Option<Arc<ChunkFiles>> {
+        self.chunk_files.clone()
+    }
+
+    /// In a backup's copy of the database: puts the bytes of every chunk kept in a file
+    /// (read from the live database's `files`) into its row, so the backup is one file
+    /// that holds every recording. How many chunks.
+    pub async fn inline_chunk_files(&self, files: Arc<ChunkFiles>) -> Result<u64> {
+        let rows = sqlx::query("SELECT session_id, seq FROM recording_chunks WHERE in_file = 1")
+            .fetch_all(self.pool())
+            .await?;
+        let mut inlined = 0;
+        for row in &rows {
+            let session_id: String = row.try_get("session_id")?;
+            let seq: i64 = row.try_get("seq")?;
+            let reader = Arc::clone(&files);
+            let id = session_id.clone();
+            let sealed = blocking("read", move || reader.read(&id, ts_from(seq))).await?;
+            sqlx::query("UPDATE recording_chunks SET sealed = $3, in_file = 0 WHERE session_id = $1 AND seq = $2")
+                .bind(&session_id)
+                .bind(seq)
+                .bind(sealed)
+                .execute(self.pool())
+                .await?;
+            inlined += 1;
+        }
+        Ok(inlined)
     }
 }
