@@ -182,26 +182,24 @@ fn push_event(out: &mut String, time: f64, code: &str, text: &str) {
     use std::fmt::Write;
     let _ = write!(out, "[{time:.6}, \"{code}\", \"");
     let mut plain = 0;
-    // Most terminal output needs no escaping: a block of 32 bytes is tested at once, with
-    // no early exit, which the compiler turns into a few vector compares; only a block
-    // that holds a byte to escape is walked byte by byte.
+    // Most terminal output needs no escaping, and the rest (line ends, colours) little: a
+    // block of 32 bytes is turned into a mask of the bytes to escape at once, with no
+    // early exit, which the compiler turns into a few vector compares; then only the set
+    // bits are visited, not every byte of the block.
     for (block_at, block) in text.as_bytes().chunks(ESCAPE_BLOCK).enumerate() {
-        if !block.iter().fold(false, |any, &b| any | needs_escape(b)) {
-            continue;
-        }
-        for (offset, &byte) in block.iter().enumerate() {
-            if !needs_escape(byte) {
-                continue;
-            }
+        let mut mask = block.iter().enumerate().fold(0u32, |mask, (i, &b)| mask | (u32::from(needs_escape(b)) << i));
+        while mask != 0 {
+            let offset = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
             let at = block_at * ESCAPE_BLOCK + offset;
             out.push_str(text.get(plain..at).unwrap_or_default());
-            match byte {
+            match block.get(offset).copied().unwrap_or_default() {
                 b'"' => out.push_str("\\\""),
                 b'\\' => out.push_str("\\\\"),
                 b'\n' => out.push_str("\\n"),
                 b'\r' => out.push_str("\\r"),
                 b'\t' => out.push_str("\\t"),
-                _ => {
+                byte => {
                     let _ = write!(out, "\\u{byte:04x}");
                 }
             }
@@ -212,7 +210,7 @@ fn push_event(out: &mut String, time: f64, code: &str, text: &str) {
     out.push_str("\"]\n");
 }
 
-/// Bytes tested at once by [`push_event`].
+/// Bytes tested at once by [`push_event`] (one bit each in a `u32` mask).
 const ESCAPE_BLOCK: usize = 32;
 
 /// A byte JSON needs escaped in a string (a quote, a backslash, a control character), and
@@ -383,5 +381,12 @@ mod tests {
         let mut lines = out.lines().map(|l| serde_json::from_str::<(f64, String, String)>(l).unwrap());
         assert_eq!(lines.next().unwrap(), (0.25, "i".to_owned(), text));
         assert_eq!(lines.next().unwrap(), (0.5, "r".to_owned(), "80x24".to_owned()));
+        // Terminal lines: an escape at every offset of a block, the last bit included.
+        for width in [30, 31, 32, 33, 63, 64] {
+            let text = format!("{}\r\n", "A".repeat(width)).repeat(5);
+            let mut out = String::new();
+            push_event(&mut out, 1.0, "o", &text);
+            assert_eq!(serde_json::from_str::<(f64, String, String)>(out.trim_end()).unwrap().2, text);
+        }
     }
 }
