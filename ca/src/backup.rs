@@ -85,8 +85,7 @@ async fn inline_chunk_files(out: &Path, files: std::sync::Arc<store::ChunkFiles>
     let copy = Store::open(&format!("sqlite://{}", out.display())).await?;
     let inlined = copy.inline_chunk_files(files).await;
     copy.close().await;
-    inlined?;
-    Ok(())
+    Ok(inlined?)
 }
 
 /// Writes a consistent copy of the live database at `database_url` to `out` (which must

@@ -110,10 +110,6 @@ fn session_dir_name(session_id: &str) -> std::io::Result<&str> {
     if valid { Ok(session_id) } else { Err(std::io::Error::other("not a session id")) }
 }
 
-fn file_error(what: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
-    move |source| StoreError::ChunkFile { what, source }
-}
-
 impl ChunkFiles {
     /// The directory beside the SQLite file `database` (created on the first chunk).
     pub fn beside(database: &Path) -> ChunkFiles {
@@ -149,16 +145,14 @@ impl ChunkFiles {
 
     /// Removes the chunk files of every recording not in `keep`, listing the directory
     /// before `keep` is read (see [`Store::remove_unlisted_chunk_files`]).
-    fn remove_except(&self, listed: Vec<String>, keep: &std::collections::HashSet<String>) -> std::io::Result<u64> {
-        let mut removed = 0;
+    fn remove_except(&self, listed: Vec<String>, keep: &std::collections::HashSet<String>) -> std::io::Result<()> {
         for name in listed.into_iter().filter(|name| !keep.contains(name)) {
             match std::fs::remove_dir_all(self.session_dir(&name)?) {
-                Ok(()) => removed += 1,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
             }
         }
-        Ok(removed)
+        Ok(())
     }
 
     /// The recordings that have a directory (entries that are not session ids are left alone).
@@ -188,7 +182,7 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|_| StoreError::Corrupt("recording file task"))?
-        .map_err(file_error(what))
+        .map_err(|source| StoreError::ChunkFile { what, source })
 }
 
 /// Where a sealed chunk's bytes are kept: in its row, or in its file ([`ChunkFiles`]).
@@ -344,13 +338,13 @@ impl Store {
     /// Removes the chunk files of recordings that have no row any more: those the
     /// retention pass just deleted, and any a crash left behind. The directory is listed
     /// before the rows are read, so a recording admitted meanwhile is never taken for
-    /// an orphan (its row exists before its first file). How many recordings' files went.
-    pub async fn remove_unlisted_chunk_files(&self) -> Result<u64> {
-        let Some(files) = self.chunk_files.clone() else { return Ok(0) };
+    /// an orphan (its row exists before its first file).
+    pub async fn remove_unlisted_chunk_files(&self) -> Result<()> {
+        let Some(files) = self.chunk_files.clone() else { return Ok(()) };
         let lister = Arc::clone(&files);
         let listed = blocking("list", move || lister.listed()).await?;
         if listed.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let rows = sqlx::query("SELECT session_id FROM recordings").fetch_all(self.pool()).await?;
         let keep = rows.iter().map(|r| r.try_get("session_id")).collect::<Result<_, _>>()?;
@@ -364,12 +358,11 @@ impl Store {
 
     /// In a backup's copy of the database: puts the bytes of every chunk kept in a file
     /// (read from the live database's `files`) into its row, so the backup is one file
-    /// that holds every recording. How many chunks.
-    pub async fn inline_chunk_files(&self, files: Arc<ChunkFiles>) -> Result<u64> {
+    /// that holds every recording.
+    pub async fn inline_chunk_files(&self, files: Arc<ChunkFiles>) -> Result<()> {
         let rows = sqlx::query("SELECT session_id, seq FROM recording_chunks WHERE in_file = 1")
             .fetch_all(self.pool())
             .await?;
-        let mut inlined = 0;
         for row in &rows {
             let session_id: String = row.try_get("session_id")?;
             let seq: i64 = row.try_get("seq")?;
@@ -382,8 +375,7 @@ impl Store {
                 .bind(sealed)
                 .execute(self.pool())
                 .await?;
-            inlined += 1;
         }
-        Ok(inlined)
+        Ok(())
     }
 }
