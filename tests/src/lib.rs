@@ -24,6 +24,7 @@ pub mod replica;
 pub mod server;
 pub mod services;
 pub mod slapd;
+pub mod small_disk;
 pub mod ssh;
 pub mod sshd;
 pub mod websocket;

@@ -13,14 +13,13 @@ use portcullis_ca::store::{Unavailable, serial_from_db};
 use portcullis_ca::{Ca, CaError, Caller, ManualClock};
 use portcullis_policies::proof;
 use portcullis_proto::{RevokeRequest, UserCertRequest};
+use portcullis_tests::small_disk::SmallDisk;
 use portcullis_tests::ssh::{ed25519_key, public_line, ssh_keygen};
 use portcullis_tests::{Postgres, ca_in_process, first_admin, sqlite_url};
 use secrecy::SecretString;
 use sqlx::Row;
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -53,54 +52,6 @@ const ISSUERS: usize = 16;
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// A tmpfs of a fixed size mounted on a temporary directory: a real file system that
-/// fills up (ENOSPC), unmounted on drop.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        let dir = tempfile::Builder::new().prefix("portcullis-small-disk-").tempdir().unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .expect("mount(8) runs");
-        assert!(
-            out.status.success(),
-            "mounting a tmpfs for the disk-full test failed (needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        SmallDisk { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Writes a filler file until the file system refuses (ENOSPC).
-    fn fill(&self) -> PathBuf {
-        let path = self.path().join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0u8; 4096];
-        loop {
-            if let Err(e) = f.write_all(&chunk) {
-                assert_eq!(e.raw_os_error(), Some(28), "filling stopped on ENOSPC, not on {e}");
-                break;
-            }
-        }
-        let _ = f.sync_all();
-        path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
-    }
 }
 
 async fn setup(url: &str, work: &Path) -> (Arc<Ca>, Caller, Caller) {

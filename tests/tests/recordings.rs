@@ -92,9 +92,14 @@ struct Fx {
 /// The CA on SQLite, or on a throwaway PostgreSQL server (sealed chunks are bytes, a
 /// column type the two spell differently).
 async fn fixture(postgres: bool) -> Fx {
+    fixture_with_sqlite_in(postgres, None).await
+}
+
+/// [`fixture`], its SQLite database (and the recordings beside it) in `sqlite_dir`.
+async fn fixture_with_sqlite_in(postgres: bool, sqlite_dir: Option<&std::path::Path>) -> Fx {
     let dir = tempfile::tempdir().unwrap();
     let pg = postgres.then(|| Postgres::start().expect("throwaway PostgreSQL server"));
-    let url = pg.as_ref().map_or_else(|| sqlite_url(dir.path()), Postgres::url);
+    let url = pg.as_ref().map_or_else(|| sqlite_url(sqlite_dir.unwrap_or(dir.path())), Postgres::url);
     let policy_dir = dir.path().join("policy");
     std::fs::create_dir(&policy_dir).unwrap();
     std::fs::write(policy_dir.join("policy.toml"), POLICY).unwrap();
@@ -445,6 +450,44 @@ async fn backup_holds_the_recording(fx: &Fx, id: &str) {
     let (_, cast) = restored.recordings().cast(&read, id).await.unwrap();
     assert!(cast.contains("secret-output$ ") && cast.contains("exit\\r\\n"), "{cast}");
     restored.core().store().close().await;
+}
+
+/// A chunk arriving when the disk is full (SQLite on a small tmpfs): refused with a 503
+/// that says so, and nothing half-written — no row, no partial or temporary file — so the
+/// bastion's retry of the same chunk is taken once space is back, and the recording plays
+/// whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_a_chunk_cleanly_and_its_retry_is_taken_once_space_is_back() {
+    let disk = portcullis_tests::small_disk::SmallDisk::mount("24m");
+    let fx = fixture_with_sqlite_in(false, Some(disk.path())).await;
+    let (id, _) = console_session(&fx, "pve01").await;
+    let first = json!({"seq": 0, "events": "[0.1, \"o\", \"before the disk filled\"]\n", "bytes": 22});
+    assert_eq!(chunk(&fx, &fx.b1, &id, first).await.0, StatusCode::NO_CONTENT);
+
+    let filler = disk.fill();
+    let text = "after ".repeat(10_000);
+    let second = json!({"seq": 1, "events": format!("[0.2, \"o\", \"{text}\"]\n"), "bytes": text.len(), "last": true});
+    let (status, refusal) = chunk(&fx, &fx.b1, &id, second.clone()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{refusal}");
+    assert_eq!(refusal["error"], "store_unavailable", "{refusal}");
+    assert!(refusal["message"].as_str().unwrap().contains("disk full"), "{refusal}");
+    let files = fx.ca.core().store().chunk_files().unwrap();
+    let on_disk = || -> Vec<String> {
+        let entries = std::fs::read_dir(files.dir().join(&id)).unwrap();
+        let mut names: Vec<String> = entries.map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(on_disk(), ["0"], "no partial or temporary file is left");
+    assert_eq!(fx.ca.core().store().recording_chunks(&id).await.unwrap().len(), 1, "no row without its file");
+
+    std::fs::remove_file(filler).unwrap();
+    assert_eq!(chunk(&fx, &fx.b1, &id, second).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(on_disk(), ["0", "1"]);
+    let audrey = bearer(&fx.ca, "audrey").await;
+    let (status, played, _) = cast(&fx, &audrey, &id).await;
+    assert_eq!(status, StatusCode::OK, "{played}");
+    assert!(played.contains("before the disk filled") && played.contains(&text), "the recording plays whole");
 }
 
 /// A real `ssh` through the all-in-one under a rule that records input and closes at a
