@@ -2,8 +2,8 @@
 //!
 //! A backup is one SQLite file: every table, the audit chain, recordings (the chunks the
 //! live database keeps in files beside it are put back into the copy's rows), and the
-//! CA keys as the database holds them — encrypted with the CA passphrase, which is *not* in it (keep the
-//! passphrase apart from the backups: together they are the CA). The copy is made with
+//! CA keys as the database holds them — encrypted with the CA passphrase, which is *not*
+//! in it (keep the passphrase apart from the backups: together they are the CA). The copy is made with
 //! SQLite's `VACUUM INTO` while the CA runs (a consistent snapshot; writers wait only for
 //! the copy's read), then opened on its own and checked: migrations (so a backup from an
 //! older release is upgraded on restore), the audit chain, the counts an operator checks.
