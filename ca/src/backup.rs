@@ -13,7 +13,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::CaError;
-use crate::store::{self, Backend, Store};
+use crate::store::{self, Backend, ChunkFiles, Store};
+use std::sync::Arc;
 
 /// What a backup or a restore holds, after checking it.
 #[derive(Debug, Clone)]
@@ -52,40 +53,40 @@ fn sqlite_path(database_url: &str) -> Result<PathBuf, CaError> {
 }
 
 /// Opens a database file on its own and checks it: migrations, the audit chain, counts.
-async fn check(path: &Path) -> Result<BackupReport, CaError> {
+/// For a backup, first puts the recording chunks the live database keeps in `chunk_files`
+/// into the copy's rows, so the backup is one file. The store is closed and its migration
+/// lock file (which belongs to this check, not to the file checked) removed either way.
+async fn check(path: &Path, chunk_files: Option<Arc<ChunkFiles>>) -> Result<BackupReport, CaError> {
     let store = Store::open(&format!("sqlite://{}", path.display())).await?;
+    let checked = inspect(&store, path, chunk_files).await;
+    store.close().await;
+    let _ = std::fs::remove_file(store::migration_lock_file(path));
+    checked
+}
+
+async fn inspect(store: &Store, path: &Path, chunk_files: Option<Arc<ChunkFiles>>) -> Result<BackupReport, CaError> {
+    // A chunk is in its file before its row is committed and leaves only after its
+    // recording's row is deleted, so every row of the copy finds its file — unless
+    // retention deleted the recording since the copy was made, and then the backup fails
+    // and can be taken again.
+    if let Some(files) = chunk_files {
+        store.inline_chunk_files(files).await?;
+    }
     let chain = store.verify_audit_chain().await?;
     if let Some(seq) = chain.first_bad_seq {
-        store.close().await;
         return Err(CaError::Config(format!(
             "{}: the audit chain breaks at record {seq} ({})",
             path.display(),
             chain.problem.unwrap_or_default()
         )));
     }
-    let report = BackupReport {
+    Ok(BackupReport {
         path: path.to_owned(),
         audit_records: chain.records,
         users: store.users().await?.len(),
         nodes: store.nodes().await?.len(),
         ca_keys: store.ca_keys().await?.len(),
-    };
-    store.close().await;
-    // The migration lock file beside it belongs to this check, not to the backup.
-    let _ = std::fs::remove_file(store::migration_lock_file(path));
-    Ok(report)
-}
-
-/// Puts the recording chunks the live database keeps in files into the rows of the copy
-/// at `out`, so the backup is one file. A chunk is in its file before its row is
-/// committed and leaves only after its recording's row is deleted, so every row of the
-/// copy finds its file — unless retention deleted the recording since the copy was made,
-/// and then the backup fails and can be taken again.
-async fn inline_chunk_files(out: &Path, files: std::sync::Arc<store::ChunkFiles>) -> Result<(), CaError> {
-    let copy = Store::open(&format!("sqlite://{}", out.display())).await?;
-    let inlined = copy.inline_chunk_files(files).await;
-    copy.close().await;
-    Ok(inlined?)
+    })
 }
 
 /// Writes a consistent copy of the live database at `database_url` to `out` (which must
@@ -102,17 +103,10 @@ pub async fn backup(database_url: &str, out: &Path) -> Result<BackupReport, CaEr
     let chunk_files = store.chunk_files();
     store.close().await;
     copied?;
-    let checked = async {
-        if let Some(files) = chunk_files {
-            inline_chunk_files(out, files).await?;
-        }
-        check(out).await
-    };
-    match checked.await {
+    match check(out, chunk_files).await {
         Ok(report) => Ok(report),
         Err(e) => {
             let _ = std::fs::remove_file(out);
-            let _ = std::fs::remove_file(store::migration_lock_file(out));
             Err(e)
         }
     }
@@ -134,7 +128,7 @@ pub async fn restore(from: &Path, database_url: &str) -> Result<BackupReport, Ca
     let staging = target.with_extension("db.restoring");
     std::fs::copy(from, &staging)
         .map_err(|e| CaError::Config(format!("cannot copy {} to {}: {e}", from.display(), staging.display())))?;
-    let report = match check(&staging).await {
+    let report = match check(&staging, None).await {
         Ok(report) => report,
         Err(e) => {
             let _ = std::fs::remove_file(&staging);

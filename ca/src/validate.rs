@@ -17,6 +17,12 @@ const MAX_TAGS: usize = 64;
 const MAX_TAG_KEY: usize = 63;
 const MAX_TEXT: usize = 255;
 
+/// A session id as bastions make them: 32 lowercase hex digits. It also names a
+/// recording's directory beside a SQLite database.
+pub fn valid_session_id(id: &str) -> bool {
+    id.len() == 32 && id.chars().all(|c| c.is_ascii_digit() || matches!(c, 'a'..='f'))
+}
+
 /// A peer-supplied identifier (a user name at sign-in, a name in a path): non-empty,
 /// at most [`MAX_IDENTIFIER`] bytes, no control characters (NUL among them, which
 /// PostgreSQL cannot store and C libraries cut strings at).

@@ -212,8 +212,13 @@ pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
 
 /// Beside a SQLite file: the lock its migrations take.
 pub fn migration_lock_file(database: &std::path::Path) -> std::path::PathBuf {
+    beside_database(database, ".migrate-lock")
+}
+
+/// A path named after the SQLite file `database`, with `suffix` added to its name.
+fn beside_database(database: &std::path::Path, suffix: &str) -> std::path::PathBuf {
     let mut name = database.as_os_str().to_owned();
-    name.push(".migrate-lock");
+    name.push(suffix);
     name.into()
 }
 

@@ -103,19 +103,20 @@ pub struct ChunkFiles {
     dir: PathBuf,
 }
 
-/// Session ids are 32 lowercase hex digits (checked by the CA before anything is
-/// stored); checked again here because they become directory names.
+/// Session ids are checked by the CA before anything is stored; checked again here
+/// because they become directory names.
 fn session_dir_name(session_id: &str) -> std::io::Result<&str> {
-    let valid = session_id.len() == 32 && session_id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if valid { Ok(session_id) } else { Err(std::io::Error::other("not a session id")) }
+    if crate::validate::valid_session_id(session_id) {
+        Ok(session_id)
+    } else {
+        Err(std::io::Error::other("not a session id"))
+    }
 }
 
 impl ChunkFiles {
     /// The directory beside the SQLite file `database` (created on the first chunk).
     pub fn beside(database: &Path) -> ChunkFiles {
-        let mut name = database.as_os_str().to_owned();
-        name.push(".recordings");
-        ChunkFiles { dir: name.into() }
+        ChunkFiles { dir: super::beside_database(database, ".recordings") }
     }
 
     pub fn dir(&self) -> &Path {

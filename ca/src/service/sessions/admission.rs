@@ -33,9 +33,7 @@ pub(super) struct Admission<'p> {
     pub(super) limits: SessionLimits,
 }
 
-pub fn valid_session_id(id: &str) -> bool {
-    id.len() == 32 && id.chars().all(|c| c.is_ascii_digit() || matches!(c, 'a'..='f'))
-}
+pub use crate::validate::valid_session_id;
 
 /// Login names as policies accept them.
 pub(super) fn valid_login(s: &str) -> bool {
