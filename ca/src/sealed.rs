@@ -7,12 +7,11 @@
 //! The sealed form is `v1.<salt>.<nonce>.<ciphertext>` (base64url); nothing else about
 //! the value is stored except a keyed fingerprint that identifies it without revealing it.
 
-use aes_gcm::aead::{Aead, AeadInOut, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use argon2::Argon2;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use portcullis_proto::recording::MAX_CHUNK_TEXT;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -28,12 +27,35 @@ const CHUNK_V1: u8 = 1;
 const CHUNK_SECRET_AT: usize = 1 + NONCE_LEN;
 const CHUNK_BODY_AT: usize = CHUNK_SECRET_AT + 4;
 
+/// AES-256-GCM (ring's, the implementation rustls and russh already use here: see
+/// ARCHITECTURE.md, "Dependencies"), with a 96-bit nonce and the 16-byte tag after the
+/// ciphertext.
+struct Aes256Gcm(LessSafeKey);
+
+impl Aes256Gcm {
+    fn new(key: &[u8; 32]) -> Result<Self, CaError> {
+        let key = UnboundKey::new(&AES_256_GCM, key).map_err(|_| CaError::Internal("AES-256-GCM key".into()))?;
+        Ok(Self(LessSafeKey::new(key)))
+    }
+
+    /// Encrypts `in_out` in place; the tag is returned (the caller puts it after).
+    fn seal(&self, nonce: [u8; NONCE_LEN], aad: &[u8], in_out: &mut [u8]) -> Result<[u8; TAG_LEN], ()> {
+        let tag = self.0.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), in_out);
+        tag.map_err(drop).and_then(|tag| <[u8; TAG_LEN]>::try_from(tag.as_ref()).map_err(drop))
+    }
+
+    /// Decrypts ciphertext-then-tag in place: the plaintext is the slice returned.
+    fn open<'a>(&self, nonce: [u8; NONCE_LEN], aad: &[u8], in_out: &'a mut [u8]) -> Result<&'a mut [u8], ()> {
+        self.0.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), in_out).map_err(drop)
+    }
+}
+
 fn cipher(passphrase: &SecretString, salt: &[u8]) -> Result<Aes256Gcm, CaError> {
     let mut key = Zeroizing::new([0u8; 32]);
     Argon2::default()
         .hash_password_into(passphrase.expose_secret().as_bytes(), salt, key.as_mut())
         .map_err(|_| CaError::Internal("secret key derivation".into()))?;
-    Aes256Gcm::new_from_slice(key.as_ref()).map_err(|_| CaError::Internal("secret key length".into()))
+    Aes256Gcm::new(&key)
 }
 
 fn aad(name: &str, kind: &str) -> Vec<u8> {
@@ -44,12 +66,13 @@ fn aad(name: &str, kind: &str) -> Vec<u8> {
 pub fn seal(passphrase: &SecretString, name: &str, kind: &str, value: &SecretString) -> Result<String, CaError> {
     let salt = portcullis_sshcert::random_bytes::<SALT_LEN>();
     let nonce = portcullis_sshcert::random_bytes::<NONCE_LEN>();
-    let aad = aad(name, kind);
-    let payload = Payload { msg: value.expose_secret().as_bytes(), aad: &aad };
-    let sealed = cipher(passphrase, &salt)?
-        .encrypt(&Nonce::from(nonce), payload)
+    // Zeroized if sealing fails with the plaintext still in it.
+    let mut sealed = Zeroizing::new(value.expose_secret().as_bytes().to_vec());
+    let tag = cipher(passphrase, &salt)?
+        .seal(nonce, &aad(name, kind), &mut sealed)
         .map_err(|_| CaError::Internal("secret encryption".into()))?;
-    Ok(format!("v1.{}.{}.{}", B64.encode(salt), B64.encode(nonce), B64.encode(sealed)))
+    sealed.extend_from_slice(&tag);
+    Ok(format!("v1.{}.{}.{}", B64.encode(salt), B64.encode(nonce), B64.encode(&*sealed)))
 }
 
 /// Decrypts a sealed value of the row `(name, kind)`. A wrong passphrase, a tampered
@@ -67,13 +90,9 @@ pub fn open(passphrase: &SecretString, name: &str, kind: &str, sealed: &str) -> 
         _ => return Err(refused()),
     };
     let nonce = <[u8; NONCE_LEN]>::try_from(nonce.as_slice()).map_err(|_| refused())?;
-    let aad = aad(name, kind);
-    let plain = Zeroizing::new(
-        cipher(passphrase, &salt)?
-            .decrypt(&Nonce::from(nonce), Payload { msg: &body, aad: &aad })
-            .map_err(|_| refused())?,
-    );
-    let text = std::str::from_utf8(&plain).map_err(|_| refused())?;
+    let mut body = Zeroizing::new(body);
+    let plain = cipher(passphrase, &salt)?.open(nonce, &aad(name, kind), &mut body).map_err(|_| refused())?;
+    let text = std::str::from_utf8(plain).map_err(|_| refused())?;
     Ok(SecretString::from(text.to_owned()))
 }
 
@@ -115,8 +134,7 @@ impl RecordingSeal {
         let mut info = format!("portcullis-recording-key-v1\0{session_id}").into_bytes();
         info.push(1);
         let key = Zeroizing::new(hmac_sha256(prk.as_ref(), &info)?);
-        let cipher = Aes256Gcm::new_from_slice(key.as_ref()).map_err(|_| CaError::Internal("recording key".into()))?;
-        Ok(RecordingSeal { cipher })
+        Ok(RecordingSeal { cipher: Aes256Gcm::new(&key)? })
     }
 
     fn aad(session_id: &str, seq: u64) -> Vec<u8> {
@@ -139,10 +157,8 @@ impl RecordingSeal {
         let compressed = lz4_flex::block::compress_into(plain, body).map_err(|_| failed())?;
         out.truncate(CHUNK_BODY_AT + compressed);
         let (_, secret) = out.split_at_mut(CHUNK_SECRET_AT);
-        let tag = (self.cipher)
-            .encrypt_inout_detached(&Nonce::from(nonce), &Self::aad(session_id, seq), secret.into())
-            .map_err(|_| failed())?;
-        out.extend_from_slice(tag.as_slice());
+        let tag = self.cipher.seal(nonce, &Self::aad(session_id, seq), secret).map_err(|_| failed())?;
+        out.extend_from_slice(&tag);
         Ok(out)
     }
 
@@ -150,22 +166,13 @@ impl RecordingSeal {
     pub fn open(&self, session_id: &str, seq: u64, sealed: &[u8]) -> Result<String, CaError> {
         let refused = || CaError::Config(format!("recording {session_id} does not decrypt with the CA passphrase"));
         let (version, rest) = sealed.split_at_checked(1).ok_or_else(refused)?;
-        let (nonce, rest) = rest.split_at_checked(NONCE_LEN).ok_or_else(refused)?;
-        let (secret, tag) = rest.split_at_checked(rest.len().saturating_sub(TAG_LEN)).ok_or_else(refused)?;
-        if version != [CHUNK_V1] || tag.len() != TAG_LEN {
+        let (nonce, secret_and_tag) = rest.split_at_checked(NONCE_LEN).ok_or_else(refused)?;
+        if version != [CHUNK_V1] || secret_and_tag.len() < TAG_LEN {
             return Err(refused());
         }
         let nonce = <[u8; NONCE_LEN]>::try_from(nonce).map_err(|_| refused())?;
-        let tag = <[u8; TAG_LEN]>::try_from(tag).map_err(|_| refused())?;
-        let mut secret = secret.to_vec();
-        (self.cipher)
-            .decrypt_inout_detached(
-                &Nonce::from(nonce),
-                &Self::aad(session_id, seq),
-                secret.as_mut_slice().into(),
-                &Tag::from(tag),
-            )
-            .map_err(|_| refused())?;
+        let mut buffer = secret_and_tag.to_vec();
+        let secret = self.cipher.open(nonce, &Self::aad(session_id, seq), &mut buffer).map_err(|_| refused())?;
         let (len, block) = secret.split_at_checked(4).ok_or_else(refused)?;
         let len = <[u8; 4]>::try_from(len).map_err(|_| refused())?;
         // Authenticated, so written by this CA; the bound keeps a bug from allocating much.
@@ -206,6 +213,32 @@ pub fn fingerprint(name: &str, value: &SecretString) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cipher_is_standard_aes_256_gcm() {
+        // Test case 16 of McGrew and Viega's GCM specification (AES-256, 96-bit nonce,
+        // associated data): values sealed before 2026-12, with the `aes-gcm` crate, open.
+        let key: [u8; 32] =
+            hex::decode("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308").unwrap().try_into().unwrap();
+        let nonce: [u8; NONCE_LEN] = hex::decode("cafebabefacedbaddecaf888").unwrap().try_into().unwrap();
+        let aad = hex::decode("feedfacedeadbeeffeedfacedeadbeefabaddad2").unwrap();
+        let plain = hex::decode(
+            "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39",
+        )
+        .unwrap();
+        let sealed = "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662";
+        let tag = "76fc6ece0f4e1768cddf8853bb2d551b";
+        let cipher = Aes256Gcm::new(&key).unwrap();
+        let mut buffer = plain.clone();
+        assert_eq!(hex::encode(cipher.seal(nonce, &aad, &mut buffer).unwrap()), tag);
+        assert_eq!(hex::encode(&buffer), sealed);
+        let mut buffer = hex::decode(format!("{sealed}{tag}")).unwrap();
+        assert_eq!(cipher.open(nonce, &aad, &mut buffer).unwrap(), plain.as_slice());
+        let mut tampered = hex::decode(format!("{sealed}{tag}")).unwrap();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(cipher.open(nonce, &aad, &mut tampered).is_err());
+        assert!(cipher.open(nonce, b"other", &mut hex::decode(format!("{sealed}{tag}")).unwrap()).is_err());
+    }
 
     fn pass(s: &str) -> SecretString {
         SecretString::from(s.to_owned())
