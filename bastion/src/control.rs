@@ -131,18 +131,34 @@ impl Attempt<ControlError> {
     }
 }
 
-/// A reqwest client that trusts exactly the CA key named by `pin`.
-pub(crate) fn pinned_http_client(pin: &str, timeout: Duration) -> Result<reqwest::Client, BastionError> {
-    let tls = portcullis_proto::pin::pinned_client_config(pin).ok_or(BastionError::BadPin)?;
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
+/// The base of every URL on the all-in-one's local socket (the host is not looked up).
+const LOCAL_SOCKET_BASE: &str = "http://portcullis-ca";
+
+/// The CA's replicas and a client for them: HTTPS that trusts exactly the CA key named
+/// by `pin` (and nothing but HTTPS), or — `socket` given, in the all-in-one — plain HTTP
+/// on the CA's own Unix socket, where `urls` and `pin` are not used.
+pub(crate) fn ca_client(
+    urls: &str,
+    pin: &str,
+    socket: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<(CaReplicas, reqwest::Client), BastionError> {
+    let builder = reqwest::Client::builder()
         .timeout(timeout)
         // A burst (a thousand sessions opening at once) may open many connections; only a
         // few stay for later calls.
         .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| BastionError::HttpClient(e.to_string()))
+        .redirect(reqwest::redirect::Policy::none());
+    let (bases, builder) = match socket {
+        Some(socket) => (LOCAL_SOCKET_BASE, builder.unix_socket(socket)),
+        None => {
+            let tls = portcullis_proto::pin::pinned_client_config(pin).ok_or(BastionError::BadPin)?;
+            // A credential is on every call: a `http://` URL must not carry it in clear.
+            (urls, builder.use_preconfigured_tls(tls).https_only(true))
+        }
+    };
+    let client = builder.build().map_err(|e| BastionError::HttpClient(e.to_string()))?;
+    Ok((CaReplicas::new(bases)?, client))
 }
 
 /// Why a call to the CA failed.
@@ -192,6 +208,8 @@ pub(crate) struct ForwardedAnswer {
 pub struct ControlConfig {
     pub ca_url: String,
     pub ca_pin: String,
+    /// The all-in-one's own CA socket: when set, calls go there (see [`ca_client`]).
+    pub ca_socket: Option<std::path::PathBuf>,
     pub api_token: SecretString,
     pub timeout: Duration,
 }
@@ -216,8 +234,8 @@ impl std::fmt::Debug for ControlPlane {
 
 impl ControlPlane {
     pub fn new(config: ControlConfig) -> Result<Self, BastionError> {
-        let client = pinned_http_client(&config.ca_pin, config.timeout)?;
-        Ok(Self { replicas: CaReplicas::new(&config.ca_url)?, token: config.api_token, client })
+        let (replicas, client) = ca_client(&config.ca_url, &config.ca_pin, config.ca_socket.as_deref(), config.timeout)?;
+        Ok(Self { replicas, token: config.api_token, client })
     }
 
     /// One-time enrollment of a bastion or agent with an enrollment token (`pce_…`):
@@ -231,6 +249,7 @@ impl ControlPlane {
         let once = ControlPlane::new(ControlConfig {
             ca_url: ca_url.to_owned(),
             ca_pin: ca_pin.to_owned(),
+            ca_socket: None,
             api_token: enroll_token.clone(),
             timeout: Duration::from_secs(30),
         })
@@ -463,6 +482,7 @@ pub(crate) fn unreachable(timeout: Duration) -> ControlPlane {
     ControlPlane::new(ControlConfig {
         ca_url: "https://127.0.0.1:1".into(),
         ca_pin: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into(),
+        ca_socket: None,
         api_token: SecretString::from("pcs_test"),
         timeout,
     })

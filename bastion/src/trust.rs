@@ -28,6 +28,8 @@ pub struct TrustConfig {
     pub ca_url: String,
     /// The CA's TLS public-key pin (`SHA256:…`); one per replica key, separated by commas.
     pub ca_pin: String,
+    /// The all-in-one's own CA socket: when set, requests go there, not to `ca_url`.
+    pub ca_socket: Option<std::path::PathBuf>,
     pub refresh_every: Duration,
     pub request_timeout: Duration,
     /// How old the last good copy may grow while the CA is unreachable.
@@ -39,6 +41,7 @@ impl TrustConfig {
         Self {
             ca_url: ca_url.into(),
             ca_pin: ca_pin.into(),
+            ca_socket: None,
             refresh_every: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             max_staleness: Duration::from_secs(3600),
@@ -90,8 +93,12 @@ impl std::fmt::Debug for TrustSource {
 
 impl TrustSource {
     pub fn new(config: TrustConfig, clock: Arc<dyn Clock>) -> Result<Self, BastionError> {
-        let client = crate::control::pinned_http_client(&config.ca_pin, config.request_timeout)?;
-        let replicas = CaReplicas::new(&config.ca_url)?;
+        let (replicas, client) = crate::control::ca_client(
+            &config.ca_url,
+            &config.ca_pin,
+            config.ca_socket.as_deref(),
+            config.request_timeout,
+        )?;
         Ok(Self { config, replicas, client, clock, current: RwLock::new(None) })
     }
 

@@ -20,11 +20,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where the CA is, pinned.
+/// Where the CA is, pinned; the all-in-one's own data plane also has its socket.
 #[derive(Debug, Clone)]
 pub struct CaEndpoint {
     pub url: String,
     pub pin: String,
+    pub socket: Option<std::path::PathBuf>,
 }
 
 /// The service's key and CA credential, from its state directory.
@@ -107,6 +108,7 @@ pub fn control_plane(ca: &CaEndpoint, token: &SecretString) -> anyhow::Result<Ar
     Ok(Arc::new(ControlPlane::new(ControlConfig {
         ca_url: ca.url.clone(),
         ca_pin: ca.pin.clone(),
+        ca_socket: ca.socket.clone(),
         api_token: SecretString::from(token.expose_secret().to_owned()),
         timeout: Duration::from_secs(10),
     })?))
@@ -145,7 +147,10 @@ pub async fn start_bastion(
     front_door: FrontDoorArgs,
 ) -> anyhow::Result<(std::net::SocketAddr, Arc<Bastion>)> {
     let clock: Arc<dyn portcullis_bastion::Clock> = Arc::new(SystemClock);
-    let trust = Arc::new(TrustSource::new(TrustConfig::new(&ca.url, &ca.pin), Arc::clone(&clock))?);
+    let trust = Arc::new(TrustSource::new(
+        TrustConfig { ca_socket: ca.socket.clone(), ..TrustConfig::new(&ca.url, &ca.pin) },
+        Arc::clone(&clock),
+    )?);
     if let Err(e) = trust.refresh().await {
         tracing::warn!(error = %e, "first trust refresh failed; refusing every login until it succeeds");
     }

@@ -210,7 +210,7 @@ struct ServiceArgs {
 
 impl ServiceArgs {
     fn endpoint(&self) -> dataplane::CaEndpoint {
-        dataplane::CaEndpoint { url: self.ca.clone(), pin: self.ca_fingerprint.clone() }
+        dataplane::CaEndpoint { url: self.ca.clone(), pin: self.ca_fingerprint.clone(), socket: None }
     }
 }
 
@@ -398,6 +398,14 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     }
     // On SIGTERM the bastion drains first, while the API still takes its sessions' closes.
     let draining: Arc<std::sync::OnceLock<Arc<portcullis_bastion::Bastion>>> = Arc::default();
+    // The all-in-one's own bastion and agent call the CA on a Unix socket.
+    let local_socket = match ssh_listen {
+        Some(_) => local_ca_socket(&data_dir).map(|(listener, path)| {
+            tokio::spawn(server::serve_local(listener, router.clone()));
+            path
+        }),
+        None => None,
+    };
     let api = tokio::spawn(server::serve(listener, tls.config, router, {
         let draining = Arc::clone(&draining);
         async move {
@@ -408,8 +416,11 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
         }
     }));
     if let Some(ssh_listen) = ssh_listen {
-        let endpoint =
-            dataplane::CaEndpoint { url: format!("https://127.0.0.1:{}", addr.port()), pin: tls.pin.clone() };
+        let endpoint = dataplane::CaEndpoint {
+            url: format!("https://127.0.0.1:{}", addr.port()),
+            pin: tls.pin.clone(),
+            socket: local_socket,
+        };
         let (ssh_addr, bastion) = start_local_data_plane(&ca, &data_dir, &endpoint, &ssh_listen, front_door).await?;
         console.attach(&bastion);
         let _ = draining.set(Arc::clone(&bastion));
@@ -428,6 +439,37 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
 
 /// Name of the all-in-one's own bastion and agent.
 const LOCAL: &str = "local";
+
+/// The Unix socket the all-in-one's own bastion and agent reach its CA on (plain HTTP,
+/// the same API and credentials: see ARCHITECTURE.md), in a directory of the data
+/// directory that only the CA's user may enter. `None` when it cannot be made (a path
+/// too long for a socket, something else in its place): they use loopback HTTPS then.
+fn local_ca_socket(data_dir: &std::path::Path) -> Option<(tokio::net::UnixListener, std::path::PathBuf)> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = data_dir.join("local");
+    let path = dir.join("ca.sock");
+    let made = (|| -> std::io::Result<tokio::net::UnixListener> {
+        portcullis_ca::fsutil::create_private_dir(&dir).map_err(std::io::Error::other)?;
+        // Whatever mode it had: the socket must be reachable by the CA's user alone.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        // A socket an earlier run left is replaced; anything else there is left alone.
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(&path)?,
+            Ok(_) => return Err(std::io::Error::other("not a socket")),
+            Err(_) => {}
+        }
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(listener)
+    })();
+    match made {
+        Ok(listener) => Some((listener, path)),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "no local CA socket: the data plane uses loopback HTTPS");
+            None
+        }
+    }
+}
 
 /// The all-in-one's bastion and agent, registered with the CA in-process (no token)
 /// and talking to it over its own HTTPS API like remote ones would.

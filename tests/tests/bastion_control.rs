@@ -1367,6 +1367,7 @@ async fn a_bastion_fails_over_between_ca_replicas_and_keeps_its_sessions() {
     let control = ControlPlane::new(ControlConfig {
         ca_url: format!("{dead},{},{}", r0.url, r1.url),
         ca_pin: format!("{},{}", r0.pin, r1.pin),
+        ca_socket: None,
         api_token: SecretString::from(fx.bastion.clone()),
         timeout: std::time::Duration::from_secs(5),
     })
@@ -1385,6 +1386,7 @@ async fn a_bastion_fails_over_between_ca_replicas_and_keeps_its_sessions() {
     let only_the_dead_one = ControlPlane::new(ControlConfig {
         ca_url: gone_url,
         ca_pin: gone_pin,
+        ca_socket: None,
         api_token: SecretString::from(fx.bastion.clone()),
         timeout: std::time::Duration::from_secs(5),
     })
