@@ -472,7 +472,8 @@ fn local_ca_socket(data_dir: &std::path::Path) -> Option<(tokio::net::UnixListen
 }
 
 /// The all-in-one's bastion and agent, registered with the CA in-process (no token)
-/// and talking to it over its own HTTPS API like remote ones would.
+/// and talking to it through its own API like remote ones would (on its local socket
+/// when there is one, else over loopback HTTPS).
 async fn start_local_data_plane(
     ca: &Ca,
     data_dir: &std::path::Path,
