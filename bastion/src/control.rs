@@ -234,7 +234,8 @@ impl std::fmt::Debug for ControlPlane {
 
 impl ControlPlane {
     pub fn new(config: ControlConfig) -> Result<Self, BastionError> {
-        let (replicas, client) = ca_client(&config.ca_url, &config.ca_pin, config.ca_socket.as_deref(), config.timeout)?;
+        let (replicas, client) =
+            ca_client(&config.ca_url, &config.ca_pin, config.ca_socket.as_deref(), config.timeout)?;
         Ok(Self { replicas, token: config.api_token, client })
     }
 

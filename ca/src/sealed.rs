@@ -218,8 +218,10 @@ mod tests {
     fn the_cipher_is_standard_aes_256_gcm() {
         // Test case 16 of McGrew and Viega's GCM specification (AES-256, 96-bit nonce,
         // associated data): values sealed before 2026-12, with the `aes-gcm` crate, open.
-        let key: [u8; 32] =
-            hex::decode("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308").unwrap().try_into().unwrap();
+        let key: [u8; 32] = hex::decode("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308")
+            .unwrap()
+            .try_into()
+            .unwrap();
         let nonce: [u8; NONCE_LEN] = hex::decode("cafebabefacedbaddecaf888").unwrap().try_into().unwrap();
         let aad = hex::decode("feedfacedeadbeeffeedfacedeadbeefabaddad2").unwrap();
         let plain = hex::decode(
