@@ -311,3 +311,72 @@ pub fn parse_bastion_arg(arg: &str) -> anyhow::Result<BastionEndpoint> {
     let host_key = PublicKey::from_openssh(text.trim()).context("the bastion host key does not parse")?;
     Ok(BastionEndpoint { address: address.to_owned(), host_key })
 }
+
+/// Name of the all-in-one's own bastion and agent.
+pub const LOCAL: &str = "local";
+
+/// The Unix socket the all-in-one's own bastion and agent reach its CA on (plain HTTP,
+/// the same API and credentials: see ARCHITECTURE.md), in a directory of the data
+/// directory that only the CA's user may enter. `None` when it cannot be made (a path
+/// too long for a socket, something else in its place): they use loopback HTTPS then.
+pub fn local_ca_socket(data_dir: &std::path::Path) -> Option<(tokio::net::UnixListener, std::path::PathBuf)> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = data_dir.join("local");
+    let path = dir.join("ca.sock");
+    let made = (|| -> std::io::Result<tokio::net::UnixListener> {
+        portcullis_ca::fsutil::create_private_dir(&dir).map_err(std::io::Error::other)?;
+        // Whatever mode it had: the socket must be reachable by the CA's user alone.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        // A socket an earlier run left is replaced; anything else there is left alone.
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(&path)?,
+            Ok(_) => return Err(std::io::Error::other("not a socket")),
+            Err(_) => {}
+        }
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(listener)
+    })();
+    match made {
+        Ok(listener) => Some((listener, path)),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "no local CA socket: the data plane uses loopback HTTPS");
+            None
+        }
+    }
+}
+
+/// The all-in-one's bastion and agent, registered with the CA in-process (no token)
+/// and talking to it through its own API like remote ones would (on its local socket
+/// when there is one, else over loopback HTTPS).
+pub async fn start_local_data_plane(
+    ca: &portcullis_ca::Ca,
+    data_dir: &std::path::Path,
+    endpoint: &CaEndpoint,
+    (ssh_listen, agent_listen): &(String, String),
+    front_door: FrontDoorArgs,
+) -> anyhow::Result<(std::net::SocketAddr, Arc<portcullis_bastion::Bastion>)> {
+    let agents = tokio::net::TcpListener::bind(agent_listen)
+        .await
+        .with_context(|| format!("cannot listen on {agent_listen}"))?;
+    let mut agent_addr = agents.local_addr()?;
+    println!("Edge agents connect to {agent_addr}");
+    // A listener on every address is listed in the bastion directory as loopback (no
+    // better address is known here; agents elsewhere are given `--bastion`).
+    if agent_addr.ip().is_unspecified() {
+        agent_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let bastion_key = identity_key(&data_dir.join("bastion"))?;
+    let registered = ca
+        .services()
+        .register_service(ServiceKind::Bastion, LOCAL, &public_line(&bastion_key)?, Some(&agent_addr.to_string()))
+        .await?;
+    let identity = Identity { key: bastion_key, api_token: SecretString::from(registered.api_token.expose()) };
+    let (ssh_addr, bastion) = start_bastion(endpoint, identity, ssh_listen, agents, front_door).await?;
+
+    let agent_key = identity_key(&data_dir.join("agent"))?;
+    let registered = ca.services().register_service(ServiceKind::Agent, LOCAL, &public_line(&agent_key)?, None).await?;
+    let identity = Identity { key: agent_key, api_token: SecretString::from(registered.api_token.expose()) };
+    start_in_process_agent(endpoint, LOCAL, identity, &bastion).await?;
+    Ok((ssh_addr, bastion))
+}

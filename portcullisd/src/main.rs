@@ -301,7 +301,7 @@ fn main() -> anyhow::Result<()> {
                     config.oidc = Some(config::read_oidc_file(&path)?);
                 }
                 // Devices enrolled without an agent are reached through the built-in one.
-                config.default_agent = Some(LOCAL.to_owned());
+                config.default_agent = Some(dataplane::LOCAL.to_owned());
                 config.ssh_listen = Some((ssh_listen, agent_listen));
                 config.refusal_summary_every = Some(front_door.refusal_summary_every);
                 config.front_door = front_door;
@@ -400,7 +400,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     let draining: Arc<std::sync::OnceLock<Arc<portcullis_bastion::Bastion>>> = Arc::default();
     // The all-in-one's own bastion and agent call the CA on a Unix socket.
     let local_socket = match ssh_listen {
-        Some(_) => local_ca_socket(&data_dir).map(|(listener, path)| {
+        Some(_) => dataplane::local_ca_socket(&data_dir).map(|(listener, path)| {
             tokio::spawn(server::serve_local(listener, router.clone()));
             path
         }),
@@ -421,7 +421,8 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
             pin: tls.pin.clone(),
             socket: local_socket,
         };
-        let (ssh_addr, bastion) = start_local_data_plane(&ca, &data_dir, &endpoint, &ssh_listen, front_door).await?;
+        let (ssh_addr, bastion) =
+            dataplane::start_local_data_plane(&ca, &data_dir, &endpoint, &ssh_listen, front_door).await?;
         console.attach(&bastion);
         let _ = draining.set(Arc::clone(&bastion));
         println!("Bastion listening on {ssh_addr}: ssh -p {} root%NODE@{}", ssh_addr.port(), ssh_addr.ip());
@@ -435,82 +436,6 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     let _ = api.await;
     ca.core().store().close().await;
     Ok(())
-}
-
-/// Name of the all-in-one's own bastion and agent.
-const LOCAL: &str = "local";
-
-/// The Unix socket the all-in-one's own bastion and agent reach its CA on (plain HTTP,
-/// the same API and credentials: see ARCHITECTURE.md), in a directory of the data
-/// directory that only the CA's user may enter. `None` when it cannot be made (a path
-/// too long for a socket, something else in its place): they use loopback HTTPS then.
-fn local_ca_socket(data_dir: &std::path::Path) -> Option<(tokio::net::UnixListener, std::path::PathBuf)> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    let dir = data_dir.join("local");
-    let path = dir.join("ca.sock");
-    let made = (|| -> std::io::Result<tokio::net::UnixListener> {
-        portcullis_ca::fsutil::create_private_dir(&dir).map_err(std::io::Error::other)?;
-        // Whatever mode it had: the socket must be reachable by the CA's user alone.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        // A socket an earlier run left is replaced; anything else there is left alone.
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(&path)?,
-            Ok(_) => return Err(std::io::Error::other("not a socket")),
-            Err(_) => {}
-        }
-        let listener = tokio::net::UnixListener::bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(listener)
-    })();
-    match made {
-        Ok(listener) => Some((listener, path)),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "no local CA socket: the data plane uses loopback HTTPS");
-            None
-        }
-    }
-}
-
-/// The all-in-one's bastion and agent, registered with the CA in-process (no token)
-/// and talking to it through its own API like remote ones would (on its local socket
-/// when there is one, else over loopback HTTPS).
-async fn start_local_data_plane(
-    ca: &Ca,
-    data_dir: &std::path::Path,
-    endpoint: &dataplane::CaEndpoint,
-    (ssh_listen, agent_listen): &(String, String),
-    front_door: dataplane::FrontDoorArgs,
-) -> anyhow::Result<(std::net::SocketAddr, Arc<portcullis_bastion::Bastion>)> {
-    let agents = tokio::net::TcpListener::bind(agent_listen)
-        .await
-        .with_context(|| format!("cannot listen on {agent_listen}"))?;
-    let mut agent_addr = agents.local_addr()?;
-    println!("Edge agents connect to {agent_addr}");
-    // A listener on every address is listed in the bastion directory as loopback (no
-    // better address is known here; agents elsewhere are given `--bastion`).
-    if agent_addr.ip().is_unspecified() {
-        agent_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let bastion_key = dataplane::identity_key(&data_dir.join("bastion"))?;
-    let registered = ca
-        .services()
-        .register_service(
-            ServiceKind::Bastion,
-            LOCAL,
-            &dataplane::public_line(&bastion_key)?,
-            Some(&agent_addr.to_string()),
-        )
-        .await?;
-    let identity =
-        dataplane::Identity { key: bastion_key, api_token: SecretString::from(registered.api_token.expose()) };
-    let (ssh_addr, bastion) = dataplane::start_bastion(endpoint, identity, ssh_listen, agents, front_door).await?;
-
-    let agent_key = dataplane::identity_key(&data_dir.join("agent"))?;
-    let registered =
-        ca.services().register_service(ServiceKind::Agent, LOCAL, &dataplane::public_line(&agent_key)?, None).await?;
-    let identity = dataplane::Identity { key: agent_key, api_token: SecretString::from(registered.api_token.expose()) };
-    dataplane::start_in_process_agent(endpoint, LOCAL, identity, &bastion).await?;
-    Ok((ssh_addr, bastion))
 }
 
 /// How long a stopping bastion waits for its sessions to close and reach the CA.
