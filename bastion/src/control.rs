@@ -508,6 +508,24 @@ mod tests {
         assert_eq!(other.deny_reason(), None);
     }
 
+    /// A CA URL that is not `https://` is never called: the credential would go in clear.
+    #[tokio::test]
+    async fn a_plain_http_ca_url_is_never_called() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let control = ControlPlane::new(ControlConfig {
+            ca_url: format!("http://{}", listener.local_addr().unwrap()),
+            ca_pin: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into(),
+            ca_socket: None,
+            api_token: SecretString::from("pcs_canary"),
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap();
+        let e = control.heartbeat(&HeartbeatRequest { sessions: Vec::new(), agents: Vec::new() }).await.unwrap_err();
+        assert!(matches!(e, ControlError::Unreachable { .. }), "{e}");
+        let connected = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+        assert!(connected.is_err(), "the bastion connected to a plain-HTTP CA URL");
+    }
+
     #[test]
     fn an_unreadable_answer_quotes_nothing_from_it() {
         let answer = br#"{"enabled": true, "next_claim_secs": "pve-token-canary-1234"}"#;
