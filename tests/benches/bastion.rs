@@ -16,7 +16,8 @@
 //!    connection setup included, with the server's CPU per GiB;
 //! 2. session setup: `ssh HOST true`, p50 and p99 wall time;
 //! 3. keystroke echo: `ssh -tt HOST 'stty raw -echo; cat'`, one byte at a time with
-//!    pauses between, p50 and p99 of the round trip in each of three rounds;
+//!    pauses between, p50 and p99 of the round trip in each of three rounds (the routes
+//!    take turns key by key, so they sample the same moments);
 //! 4. idle sessions: N sessions opened by an in-process russh client and left idle
 //!    (jump mode: an authenticated SSH connection to the node inside a `direct-tcpip`
 //!    channel; terminated mode: a session channel, so the onward login is done), the
@@ -569,52 +570,32 @@ const ECHO_ROUNDS: usize = 3;
 /// One interactive session per route and round: `ssh -tt HOST 'stty raw -echo; cat'`
 /// (a remote pty in raw mode, so each byte comes straight back), one byte at a time,
 /// timed from the write to ssh's stdin until the byte is read back from its stdout.
+/// The routes' sessions are open side by side and take turns key by key (the first
+/// route of each turn rotating), so every route samples the same moments of the
+/// machine: on two shared cores the baseline alone moves by a third between rounds
+/// run one route after another, which hid any difference between the routes.
 fn echo_phase(bench: &Bench, routes: &[Route]) -> Vec<EchoResult> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     println!();
     println!(
-        "== keystroke echo: ssh -tt HOST cat in a raw remote pty, {ECHO_KEYS} keys {} ms apart, {ECHO_ROUNDS} rounds ==",
+        "== keystroke echo: ssh -tt HOST cat in a raw remote pty, {ECHO_KEYS} keys per route {} ms apart, \
+         routes taking turns key by key, {ECHO_ROUNDS} rounds ==",
         ECHO_GAP.as_millis()
     );
     let mut results: Vec<EchoResult> = routes.iter().map(|&route| EchoResult { route, rounds: Vec::new() }).collect();
     for round in 1..=ECHO_ROUNDS {
-        for result in &mut results {
-            let mut child = Command::new("ssh")
-                .arg("-F")
-                .arg(&bench.config)
-                .args(["-tt", result.route.host(), "stty raw -echo; echo ready; exec cat"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut to = child.stdin.take().unwrap();
-            let mut from = child.stdout.take().unwrap();
-            // Until the remote side is in raw mode.
-            let mut seen = Vec::new();
-            let mut byte = [0u8; 1];
-            while !String::from_utf8_lossy(&seen).contains("ready") {
-                assert_eq!(from.read(&mut byte).unwrap(), 1, "{}: the session ended", result.route.label());
-                seen.push(byte[0]);
-            }
-            let mut samples = Vec::with_capacity(ECHO_KEYS);
-            for i in 0..ECHO_KEYS {
-                let key = b'a' + (i % 26) as u8;
+        let mut sessions: Vec<EchoSession> = routes.iter().map(|&route| EchoSession::open(bench, route)).collect();
+        let mut samples: Vec<Vec<Duration>> = routes.iter().map(|_| Vec::with_capacity(ECHO_KEYS)).collect();
+        for i in 0..ECHO_KEYS {
+            let key = b'a' + (i % 26) as u8;
+            for k in 0..sessions.len() {
+                let at = (i + k) % sessions.len();
                 std::thread::sleep(ECHO_GAP);
-                let t0 = Instant::now();
-                to.write_all(&[key]).unwrap();
-                to.flush().unwrap();
-                loop {
-                    assert_eq!(from.read(&mut byte).unwrap(), 1, "{}: the session ended", result.route.label());
-                    if byte[0] == key {
-                        break;
-                    }
-                }
-                samples.push(t0.elapsed());
+                samples[at].push(sessions[at].round_trip(key));
             }
-            drop(to);
-            let _ = child.kill();
-            let _ = child.wait();
+        }
+        for ((result, session), mut samples) in results.iter_mut().zip(sessions).zip(samples) {
+            drop(session);
             samples.sort_unstable();
             println!(
                 "round {round} {:<12} p50 {}  p99 {}  max {}",
@@ -625,8 +606,64 @@ fn echo_phase(bench: &Bench, routes: &[Route]) -> Vec<EchoResult> {
             );
             result.rounds.push(samples);
         }
+        let _ = std::io::stdout().flush();
     }
     results
+}
+
+/// A stock `ssh -tt` whose remote side echoes what it reads, in raw mode.
+struct EchoSession {
+    route: Route,
+    child: std::process::Child,
+    to: std::process::ChildStdin,
+    from: std::process::ChildStdout,
+}
+
+impl EchoSession {
+    fn open(bench: &Bench, route: Route) -> EchoSession {
+        let mut child = Command::new("ssh")
+            .arg("-F")
+            .arg(&bench.config)
+            .args(["-tt", route.host(), "stty raw -echo; echo ready; exec cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let to = child.stdin.take().unwrap();
+        let from = child.stdout.take().unwrap();
+        let mut session = EchoSession { route, child, to, from };
+        // Until the remote side is in raw mode.
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("ready") {
+            seen.push(session.read_byte());
+        }
+        session
+    }
+
+    fn read_byte(&mut self) -> u8 {
+        use std::io::Read;
+        let mut byte = [0u8; 1];
+        assert_eq!(self.from.read(&mut byte).unwrap(), 1, "{}: the session ended", self.route.label());
+        byte[0]
+    }
+
+    /// Writes `key` and waits until it comes back.
+    fn round_trip(&mut self, key: u8) -> Duration {
+        use std::io::Write;
+        let t0 = Instant::now();
+        self.to.write_all(&[key]).unwrap();
+        self.to.flush().unwrap();
+        while self.read_byte() != key {}
+        t0.elapsed()
+    }
+}
+
+impl Drop for EchoSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 // ---------------------------------------------------------------------------------------
