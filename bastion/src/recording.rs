@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use portcullis_proto::asciicast::push_event;
 use portcullis_proto::bastion::CloseReason;
 use portcullis_proto::recording::{RecordingChunkMeta, RecordingGrant, TerminalSize};
 use tokio::sync::mpsc;
@@ -176,74 +177,6 @@ fn complete_prefix(b: &[u8]) -> usize {
     len
 }
 
-/// Appends one asciicast v2 event line to `out`, escaping `text` as a JSON string in
-/// place (no intermediate copies: this runs for every byte a recorded session prints).
-fn push_event(out: &mut String, time: f64, code: &str, text: &str) {
-    use std::fmt::Write;
-    let _ = write!(out, "[{time:.6}, \"{code}\", \"");
-    let mut plain = 0;
-    // Most terminal output needs no escaping, and the rest (line ends, colours) little:
-    // eight bytes at a time become a mask of the bytes to escape (`escape_mask`, plain
-    // integer arithmetic), and only its set bits are visited, not every byte.
-    let bytes = text.as_bytes();
-    for (n, chunk) in bytes.chunks(8).enumerate() {
-        let at = n * 8;
-        // The last piece is padded with spaces, which need no escaping.
-        let word = <[u8; 8]>::try_from(chunk).unwrap_or_else(|_| {
-            let mut word = [b' '; 8];
-            word.iter_mut().zip(chunk).for_each(|(w, &b)| *w = b);
-            word
-        });
-        let mut mask = escape_mask(u64::from_le_bytes(word));
-        while mask != 0 {
-            let escaped = at + (mask.trailing_zeros() / 8) as usize;
-            mask &= mask - 1;
-            out.push_str(text.get(plain..escaped).unwrap_or_default());
-            match bytes.get(escaped).copied().unwrap_or_default() {
-                b'"' => out.push_str("\\\""),
-                b'\\' => out.push_str("\\\\"),
-                b'\n' => out.push_str("\\n"),
-                b'\r' => out.push_str("\\r"),
-                b'\t' => out.push_str("\\t"),
-                byte => {
-                    let _ = write!(out, "\\u{byte:04x}");
-                }
-            }
-            plain = escaped + 1;
-        }
-    }
-    out.push_str(text.get(plain..).unwrap_or_default());
-    out.push_str("\"]\n");
-}
-
-/// For eight bytes (little-endian), the top bit of each byte JSON needs escaped in a
-/// string (a control character, a quote, a backslash) or that is DEL, so that a
-/// recording's JSON holds no raw control byte. The compiler did not vectorise a
-/// byte-by-byte test (a `perf` profile showed it compare and branch per byte); this one
-/// works on the low seven bits of each byte, where the additions below cannot carry
-/// into the next byte, and leaves bytes with the top bit set (UTF-8 beyond ASCII) alone.
-fn escape_mask(word: u64) -> u64 {
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    const TOP: u64 = 0x8080_8080_8080_8080;
-    const fn each(byte: u8) -> u64 {
-        u64::from_ne_bytes([byte; 8])
-    }
-    let low = word & LOW7;
-    // Top bit set where the low bits are at least 0x20.
-    let printable = low + each(0x80 - 0x20);
-    // Top bit set where the low bits differ from `byte`: their XOR is then 1..=0x7f,
-    // which the addition takes to 0x80 or above; equal bytes stay at 0x7f.
-    let differs = |byte: u8| (low ^ each(byte)) + LOW7;
-    let escape = !printable | !differs(b'"') | !differs(b'\\') | !differs(0x7f);
-    escape & !word & TOP
-}
-
-/// Whether [`escape_mask`] flags `byte` (the reference its tests compare with).
-#[cfg(test)]
-fn needs_escape(byte: u8) -> bool {
-    byte < 0x20 || byte == b'"' || byte == b'\\' || byte == 0x7f
-}
-
 struct Uploader {
     control: Arc<ControlPlane>,
     live: Arc<LiveSession>,
@@ -390,46 +323,5 @@ mod tests {
         assert_eq!(Utf8Stream::default().decode(b"a\xffb"), "a\u{fffd}b");
         assert_eq!(complete_prefix(b"ab\xe2\x82"), 2);
         assert_eq!(complete_prefix(b"ab\xe2\x82\xac"), 5);
-    }
-
-    #[test]
-    fn the_escape_mask_flags_exactly_the_bytes_to_escape() {
-        // Every byte value in every position, beside neighbours that must not leak into
-        // it (a carry or borrow between bytes would).
-        for neighbour in [0x00u8, 0x1f, 0x20, b'"', 0x5b, b'\\', 0x7e, 0x7f, 0x80, 0xff] {
-            for byte in 0..=255u8 {
-                for position in 0..8 {
-                    let mut word = [neighbour; 8];
-                    word[position] = byte;
-                    let mask = escape_mask(u64::from_le_bytes(word));
-                    for (i, &b) in word.iter().enumerate() {
-                        assert_eq!(mask >> (i * 8 + 7) & 1 == 1, needs_escape(b), "{word:02x?} at {i}");
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn events_are_asciicast_lines() {
-        let mut out = String::new();
-        push_event(&mut out, 1.5, "o", "a\"\u{1b}[0m\n");
-        assert_eq!(out, "[1.500000, \"o\", \"a\\\"\\u001b[0m\\n\"]\n");
-        // Whatever the text, the line parses back to it (escapes in every position of a
-        // block, and runs longer than one).
-        let text: String = (0u8..=127).map(char::from).chain("é€😀\\".chars()).chain("x".repeat(70).chars()).collect();
-        let mut out = String::new();
-        push_event(&mut out, 0.25, "i", &text);
-        push_event(&mut out, 0.5, "r", "80x24");
-        let mut lines = out.lines().map(|l| serde_json::from_str::<(f64, String, String)>(l).unwrap());
-        assert_eq!(lines.next().unwrap(), (0.25, "i".to_owned(), text));
-        assert_eq!(lines.next().unwrap(), (0.5, "r".to_owned(), "80x24".to_owned()));
-        // Terminal lines: an escape at every offset of a word, the last one included.
-        for width in [30, 31, 32, 33, 63, 64] {
-            let text = format!("{}\r\n", "A".repeat(width)).repeat(5);
-            let mut out = String::new();
-            push_event(&mut out, 1.0, "o", &text);
-            assert_eq!(serde_json::from_str::<(f64, String, String)>(out.trim_end()).unwrap().2, text);
-        }
     }
 }

@@ -365,6 +365,7 @@ pub struct SessionInfo {
     pub bytes_to_client: u64,
 }
 
+pub mod asciicast;
 pub mod bastion;
 pub mod console;
 pub mod discovery;

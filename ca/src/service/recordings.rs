@@ -18,6 +18,7 @@ use crate::error::CaError;
 use crate::sealed::{RecordingMaster, RecordingSeal};
 use crate::store::{self, ChunkAppend, LeaseRow, RecordingRow};
 use portcullis_policies::{Grant, Recording, proof};
+use portcullis_proto::asciicast::check_events;
 use portcullis_proto::recording::{MAX_CHUNK_TEXT, RecordingChunkMeta, RecordingInfo};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,51 +50,6 @@ fn refused(reason: &'static str) -> (&'static str, CaError) {
         _ => CaError::BadRequest("malformed recording chunk".into()),
     };
     (reason, error)
-}
-
-/// Each line one asciicast v2 event `[seconds, "o"|"i"|"r", text]`; whether any is input.
-/// Output and input text is checked as a JSON string without being copied (this runs
-/// over every byte a recorded session prints).
-fn check_events(events: &str) -> Result<bool, ()> {
-    let mut input = false;
-    for line in events.lines() {
-        let (time, kind, _): (f64, &str, AString) = serde_json::from_str(line).map_err(drop)?;
-        if !time.is_finite() || time < 0.0 {
-            return Err(());
-        }
-        match kind {
-            "o" => {}
-            "i" => input = true,
-            "r" => {
-                let (_, _, size): (f64, &str, &str) = serde_json::from_str(line).map_err(drop)?;
-                let (cols, rows) = size.split_once('x').ok_or(())?;
-                if cols.parse::<u16>().is_err() || rows.parse::<u16>().is_err() {
-                    return Err(());
-                }
-            }
-            _ => return Err(()),
-        }
-    }
-    Ok(input)
-}
-
-/// A JSON string, checked and not kept.
-struct AString;
-
-impl<'de> serde::Deserialize<'de> for AString {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<AString, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = AString;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<AString, E> {
-                Ok(AString)
-            }
-        }
-        d.deserialize_str(Visitor)
-    }
 }
 
 fn info(row: RecordingRow) -> RecordingInfo {
@@ -177,10 +133,10 @@ impl Recordings {
             Some(row) if row.bytes.saturating_add(chunk.bytes) > row.max_bytes.saturating_add(LIMIT_SLACK) => {
                 Err(refused("over_limit"))
             }
-            Some(row) => match std::str::from_utf8(&events).map_err(drop).and_then(check_events) {
-                Err(()) => Err(refused("malformed")),
-                Ok(true) if !row.input_recorded => Err(refused("input_not_recorded")),
-                Ok(_) => Ok(row),
+            Some(row) => match std::str::from_utf8(&events).map(check_events) {
+                Err(_) | Ok(Err(_)) => Err(refused("malformed")),
+                Ok(Ok(true)) if !row.input_recorded => Err(refused("input_not_recorded")),
+                Ok(Ok(_)) => Ok(row),
             },
         };
         let row = match checked {
@@ -283,23 +239,5 @@ impl Recordings {
         tx.commit().await?;
         self.core.store.remove_unlisted_chunk_files().await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_events;
-
-    #[test]
-    fn events_are_asciicast_v2_lines() {
-        assert_eq!(check_events("[0.5,\"o\",\"hi\"]\n[1.0,\"r\",\"80x24\"]\n"), Ok(false));
-        assert_eq!(check_events("[0.5,\"i\",\"ls\\r\"]\n"), Ok(true));
-        assert_eq!(check_events("[0.5,\"o\",\"\\u001b[0m\\\"x\\\"\"]\n"), Ok(false), "escapes");
-        assert_eq!(check_events(""), Ok(false));
-        for bad in
-            ["[0.5,\"x\",\"hi\"]", "[-1,\"o\",\"hi\"]", "[0.5,\"o\"]", "{}", "[0.5,\"r\",\"wide\"]", "[0.5,\"o\",1]"]
-        {
-            assert_eq!(check_events(bad), Err(()), "{bad}");
-        }
     }
 }
