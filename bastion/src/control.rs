@@ -1,165 +1,27 @@
 //! The data plane's client of the CA: session decisions, heartbeats, audit events,
 //! service certificates (see `portcullis_proto::bastion` for the contract).
 //!
-//! Every call goes over TLS pinned to the CA's key and carries the service's `pcs_…`
-//! bearer credential, which lives only in this struct (never in a log line or an error:
-//! errors carry the path and the CA's sanitized message).
+//! Every call carries the service's `pcs_…` bearer credential, which lives only in this
+//! struct (never in a log line or an error: errors carry the path and the CA's sanitized
+//! message), over TLS pinned to the CA's key — or, in the all-in-one, to the CA's router
+//! in the same process (see [`crate::ca_client`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use portcullis_proto::ApiError;
 use portcullis_proto::bastion::*;
 use portcullis_proto::console::{FORWARDED_BY_HEADER, FORWARDED_FOR_HEADER, FORWARDED_HOST_HEADER};
 use portcullis_proto::recording::{RECORDING_EVENTS_MEDIA_TYPE, RecordingChunkMeta};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::ca_client::{CaClient, CaRequest, InProcessCa, NoAnswer};
 use crate::error::BastionError;
-
-/// Idle connections kept to each CA replica.
-const MAX_IDLE_CONNECTIONS: usize = 4;
 
 /// Largest JSON answer accepted from the CA.
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
-
-/// The CA replicas a service talks to: `https://ca1:8443,https://ca2:8443` (any may
-/// answer; they share one database). Calls go to the one that answered last; a replica
-/// that cannot be connected to, or answers 502/503/504, hands the call to the next at
-/// once — a request that never reached a CA is safe to repeat. A timeout (the request
-/// may have been served) is not repeated, but the next call starts at the next replica.
-pub(crate) struct CaReplicas {
-    bases: Vec<String>,
-    current: AtomicUsize,
-}
-
-impl CaReplicas {
-    /// Refuses an empty list.
-    pub(crate) fn new(urls: &str) -> Result<Self, BastionError> {
-        let bases: Vec<String> =
-            urls.split(',').map(|u| u.trim().trim_end_matches('/').to_owned()).filter(|u| !u.is_empty()).collect();
-        if bases.is_empty() {
-            return Err(BastionError::HttpClient("no CA URL given".into()));
-        }
-        Ok(Self { bases, current: AtomicUsize::new(0) })
-    }
-
-    /// Sends `request(base)` to the replicas in turn, starting with the one that answered
-    /// last (see the type's doc).
-    pub(crate) async fn call<T, E, F, Fut>(&self, request: F) -> Result<T, E>
-    where
-        F: Fn(String) -> Fut,
-        Fut: Future<Output = Result<T, Attempt<E>>>,
-    {
-        let n = self.bases.len();
-        let start = self.current.load(Ordering::Relaxed) % n;
-        let mut k = 0;
-        loop {
-            let i = (start + k) % n;
-            let base = self.bases.get(i).cloned().unwrap_or_default();
-            match request(base).await {
-                Ok(answer) => {
-                    self.current.store(i, Ordering::Relaxed);
-                    return Ok(answer);
-                }
-                Err(Attempt::TryNext(_)) if k + 1 < n => k += 1,
-                Err(Attempt::TryNext(e) | Attempt::Final(e)) => return Err(e),
-                Err(Attempt::FinalMoveOn(e)) => {
-                    self.current.store((i + 1) % n, Ordering::Relaxed);
-                    return Err(e);
-                }
-            }
-        }
-    }
-
-    pub(crate) fn describe(&self) -> String {
-        self.bases.join(",")
-    }
-}
-
-/// Reads a whole answer from the CA, `None` once it grows past `max` bytes (the
-/// control plane and the trust refresher bound what a CA — or an impostor with a
-/// stolen pin — can make them hold).
-pub(crate) async fn read_capped(resp: &mut reqwest::Response, max: usize) -> Result<Option<Vec<u8>>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await? {
-        if body.len() + chunk.len() > max {
-            return Ok(None);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Some(body))
-}
-
-/// How one attempt at one replica ended, when it did not succeed.
-pub(crate) enum Attempt<E> {
-    /// Never reached the CA (or the CA said it cannot serve): the next replica may.
-    TryNext(E),
-    /// The answer stands (a refusal, or a request that may have been served).
-    Final(E),
-    /// The answer stands, but later calls should start at the next replica (a timeout).
-    FinalMoveOn(E),
-}
-
-impl<E> Attempt<E> {
-    /// How a transport error counts: never connected → the next replica may serve it;
-    /// timed out → it may have been served; anything else → as it is.
-    pub(crate) fn kind_of(e: &reqwest::Error) -> fn(E) -> Self {
-        if e.is_connect() {
-            Attempt::TryNext
-        } else if e.is_timeout() {
-            Attempt::FinalMoveOn
-        } else {
-            Attempt::Final
-        }
-    }
-
-    /// Classifies an HTTP status that is not a success.
-    pub(crate) fn of_status(status: u16, error: E) -> Self {
-        if matches!(status, 502..=504) { Attempt::TryNext(error) } else { Attempt::Final(error) }
-    }
-}
-
-impl Attempt<ControlError> {
-    /// The transport error of a call to `path`, classified by [`Attempt::kind_of`].
-    pub(crate) fn unreachable(path: &'static str) -> impl Fn(reqwest::Error) -> Self + Copy {
-        move |e| {
-            let kind = Attempt::kind_of(&e);
-            kind(ControlError::Unreachable { path, detail: e.without_url().to_string() })
-        }
-    }
-}
-
-/// The base of every URL on the all-in-one's local socket (the host is not looked up).
-const LOCAL_SOCKET_BASE: &str = "http://portcullis-ca";
-
-/// The CA's replicas and a client for them: HTTPS that trusts exactly the CA key named
-/// by `pin` (and nothing but HTTPS), or — `socket` given, in the all-in-one — plain HTTP
-/// on the CA's own Unix socket, where `urls` and `pin` are not used.
-pub(crate) fn ca_client(
-    urls: &str,
-    pin: &str,
-    socket: Option<&std::path::Path>,
-    timeout: Duration,
-) -> Result<(CaReplicas, reqwest::Client), BastionError> {
-    let builder = reqwest::Client::builder()
-        .timeout(timeout)
-        // A burst (a thousand sessions opening at once) may open many connections; only a
-        // few stay for later calls.
-        .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
-        .redirect(reqwest::redirect::Policy::none());
-    let (bases, builder) = match socket {
-        Some(socket) => (LOCAL_SOCKET_BASE, builder.unix_socket(socket)),
-        None => {
-            let tls = portcullis_proto::pin::pinned_client_config(pin).ok_or(BastionError::BadPin)?;
-            // A credential is on every call: a `http://` URL must not carry it in clear.
-            (urls, builder.use_preconfigured_tls(tls).https_only(true))
-        }
-    };
-    let client = builder.build().map_err(|e| BastionError::HttpClient(e.to_string()))?;
-    Ok((CaReplicas::new(bases)?, client))
-}
 
 /// Why a call to the CA failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -208,8 +70,8 @@ pub(crate) struct ForwardedAnswer {
 pub struct ControlConfig {
     pub ca_url: String,
     pub ca_pin: String,
-    /// The all-in-one's own CA socket: when set, calls go there (see [`ca_client`]).
-    pub ca_socket: Option<std::path::PathBuf>,
+    /// The all-in-one's own CA: when set, calls go to it, not to `ca_url`.
+    pub in_process: Option<InProcessCa>,
     pub api_token: SecretString,
     pub timeout: Duration,
 }
@@ -221,22 +83,20 @@ impl std::fmt::Debug for ControlConfig {
 }
 
 pub struct ControlPlane {
-    replicas: CaReplicas,
+    ca: CaClient,
     token: SecretString,
-    client: reqwest::Client,
 }
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlPlane").field("ca_url", &self.replicas.describe()).finish_non_exhaustive()
+        f.debug_struct("ControlPlane").field("ca", &self.ca.describe()).finish_non_exhaustive()
     }
 }
 
 impl ControlPlane {
     pub fn new(config: ControlConfig) -> Result<Self, BastionError> {
-        let (replicas, client) =
-            ca_client(&config.ca_url, &config.ca_pin, config.ca_socket.as_deref(), config.timeout)?;
-        Ok(Self { replicas, token: config.api_token, client })
+        let ca = CaClient::new(&config.ca_url, &config.ca_pin, config.in_process.as_ref(), config.timeout)?;
+        Ok(Self { ca, token: config.api_token })
     }
 
     /// One-time enrollment of a bastion or agent with an enrollment token (`pce_…`):
@@ -250,7 +110,7 @@ impl ControlPlane {
         let once = ControlPlane::new(ControlConfig {
             ca_url: ca_url.to_owned(),
             ca_pin: ca_pin.to_owned(),
-            ca_socket: None,
+            in_process: None,
             api_token: enroll_token.clone(),
             timeout: Duration::from_secs(30),
         })
@@ -356,39 +216,35 @@ impl ControlPlane {
     /// the CA believe that address. The CA's answer comes back whatever its status.
     pub(crate) async fn forward(&self, request: &ForwardedRequest) -> Result<ForwardedAnswer, ControlError> {
         const PATH: &str = "(web front door)";
-        self.replicas
-            .call(|base| async move {
-                let unreachable = Attempt::unreachable(PATH);
-                let mut outgoing = self
-                    .client
-                    .request(request.method.clone(), format!("{base}{}", request.path_and_query))
-                    .headers(request.headers.clone())
-                    .header(FORWARDED_FOR_HEADER, request.client_ip.to_string())
-                    .header(FORWARDED_BY_HEADER, self.token.expose_secret());
-                if let Some(host) = &request.host {
-                    outgoing = outgoing.header(FORWARDED_HOST_HEADER, host);
-                }
-                let mut outgoing = outgoing.body(request.body.clone()).send().await.map_err(unreachable)?;
-                let status = outgoing.status();
-                let headers = outgoing.headers().clone();
-                let Some(body) = read_capped(&mut outgoing, MAX_ANSWER).await.map_err(unreachable)? else {
-                    return Err(Attempt::Final(ControlError::Unreachable {
-                        path: PATH,
-                        detail: "answer too large".into(),
-                    }));
-                };
-                if matches!(status.as_u16(), 502..=504) {
-                    let busy = ControlError::Refused {
-                        path: PATH,
-                        status: status.as_u16(),
-                        code: String::new(),
-                        message: String::new(),
-                    };
-                    return Err(Attempt::TryNext(busy));
-                }
-                Ok(ForwardedAnswer { status, headers, body })
-            })
-            .await
+        let mut headers = request.headers.clone();
+        let mut add = |name: &'static str, value: &str, secret: bool| -> Result<(), ControlError> {
+            let mut value = HeaderValue::from_str(value).map_err(|e| unencodable(PATH, e))?;
+            value.set_sensitive(secret);
+            headers.insert(HeaderName::from_static(name), value);
+            Ok(())
+        };
+        add(FORWARDED_FOR_HEADER, &request.client_ip.to_string(), false)?;
+        add(FORWARDED_BY_HEADER, self.token.expose_secret(), true)?;
+        if let Some(host) = &request.host {
+            add(FORWARDED_HOST_HEADER, host, false)?;
+        }
+        let outgoing = CaRequest {
+            method: request.method.clone(),
+            path_and_query: request.path_and_query.clone(),
+            headers,
+            body: request.body.clone(),
+        };
+        let answer = self.ca.call(&outgoing, MAX_ANSWER).await.map_err(|e| unanswered(PATH, e))?;
+        let status = answer.status;
+        if matches!(status.as_u16(), 502..=504) {
+            return Err(ControlError::Refused {
+                path: PATH,
+                status: status.as_u16(),
+                code: String::new(),
+                message: String::new(),
+            });
+        }
+        Ok(ForwardedAnswer { status, headers: answer.headers, body: answer.body })
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &'static str, body: &B) -> Result<T, ControlError> {
@@ -406,7 +262,7 @@ impl ControlPlane {
     }
 
     /// One call to `path` + `tail` (a name in the path, e.g. a session id, and a query;
-    /// errors name `path` only), to the replicas in turn (see [`CaReplicas`]).
+    /// errors name `path` only).
     async fn send(
         &self,
         path: &'static str,
@@ -414,42 +270,42 @@ impl ControlPlane {
         method: reqwest::Method,
         body: Option<RequestBody>,
     ) -> Result<Vec<u8>, ControlError> {
-        self.replicas
-            .call(|base| {
-                let mut request = self.client.request(method.clone(), format!("{base}{path}{tail}"));
-                if let Some(body) = &body {
-                    request = request.header(reqwest::header::CONTENT_TYPE, body.media_type).body(body.bytes.clone());
-                }
-                self.send_once(path, request)
-            })
-            .await
-    }
-
-    async fn send_once(
-        &self,
-        path: &'static str,
-        request: reqwest::RequestBuilder,
-    ) -> Result<Vec<u8>, Attempt<ControlError>> {
-        let unreachable = Attempt::unreachable(path);
-        let mut resp = request.bearer_auth(self.token.expose_secret()).send().await.map_err(unreachable)?;
-        let status = resp.status();
-        let Some(body) = read_capped(&mut resp, MAX_ANSWER).await.map_err(unreachable)? else {
-            return Err(Attempt::Final(ControlError::Unreachable { path, detail: "answer too large".into() }));
+        let mut headers = HeaderMap::new();
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", self.token.expose_secret()))
+            .map_err(|e| unencodable(path, e))?;
+        bearer.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        let body = match body {
+            Some(body) => {
+                headers.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static(body.media_type));
+                body.bytes
+            }
+            None => bytes::Bytes::new(),
         };
-        if status.is_success() {
-            return Ok(body);
+        let request = CaRequest { method, path_and_query: format!("{path}{tail}"), headers, body };
+        let answer = self.ca.call(&request, MAX_ANSWER).await.map_err(|e| unanswered(path, e))?;
+        if answer.status.is_success() {
+            return Ok(answer.body);
         }
-        let (code, message) = match serde_json::from_slice::<ApiError>(&body) {
+        let (code, message) = match serde_json::from_slice::<ApiError>(&answer.body) {
             Ok(e) => (e.error, e.message),
-            Err(_) => ("http_error".to_owned(), format!("HTTP {}", status.as_u16())),
+            Err(_) => ("http_error".to_owned(), format!("HTTP {}", answer.status.as_u16())),
         };
-        let error = ControlError::Refused { path, status: status.as_u16(), code, message };
-        Err(Attempt::of_status(status.as_u16(), error))
+        Err(ControlError::Refused { path, status: answer.status.as_u16(), code, message })
     }
 }
 
-/// A request's body, encoded once: each replica tried gets the same buffer (`Bytes`), not
-/// a copy of it (a recording chunk is a megabyte).
+/// A call to `path` that got no answer.
+fn unanswered(path: &'static str, e: NoAnswer) -> ControlError {
+    let detail = match e {
+        NoAnswer::Failed(detail) => detail,
+        NoAnswer::TooLarge => "answer too large".into(),
+    };
+    ControlError::Unreachable { path, detail }
+}
+
+/// A request's body, encoded once: each replica tried (or the in-process CA) gets the
+/// same buffer (`Bytes`), not a copy of it (a recording chunk is a megabyte).
 struct RequestBody {
     bytes: bytes::Bytes,
     media_type: &'static str,
@@ -483,7 +339,7 @@ pub(crate) fn unreachable(timeout: Duration) -> ControlPlane {
     ControlPlane::new(ControlConfig {
         ca_url: "https://127.0.0.1:1".into(),
         ca_pin: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into(),
-        ca_socket: None,
+        in_process: None,
         api_token: SecretString::from("pcs_test"),
         timeout,
     })
@@ -515,7 +371,7 @@ mod tests {
         let control = ControlPlane::new(ControlConfig {
             ca_url: format!("http://{}", listener.local_addr().unwrap()),
             ca_pin: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into(),
-            ca_socket: None,
+            in_process: None,
             api_token: SecretString::from("pcs_canary"),
             timeout: Duration::from_secs(5),
         })

@@ -18,6 +18,7 @@ mod agent_hub;
 mod agent_listener;
 mod algorithms;
 mod broker;
+mod ca_client;
 mod clock;
 mod closes;
 pub mod console;
@@ -46,6 +47,7 @@ pub mod web;
 
 pub use agent_hub::BrokerError;
 pub use algorithms::KexProfile;
+pub use ca_client::InProcessCa;
 pub use clock::{Clock, SystemClock};
 pub use control::{ControlConfig, ControlError, ControlPlane};
 pub use error::BastionError;

@@ -15,8 +15,8 @@ use portcullis_sshcert::Krl;
 use ssh_key::PublicKey;
 use ssh_key::public::KeyData;
 
+use crate::ca_client::{CaClient, CaRequest, InProcessCa, NoAnswer};
 use crate::clock::Clock;
-use crate::control::{Attempt, CaReplicas, read_capped};
 use crate::error::BastionError;
 
 /// Largest body accepted from either endpoint.
@@ -28,8 +28,8 @@ pub struct TrustConfig {
     pub ca_url: String,
     /// The CA's TLS public-key pin (`SHA256:…`); one per replica key, separated by commas.
     pub ca_pin: String,
-    /// The all-in-one's own CA socket: when set, requests go there, not to `ca_url`.
-    pub ca_socket: Option<std::path::PathBuf>,
+    /// The all-in-one's own CA: when set, requests go to it, not to `ca_url`.
+    pub in_process: Option<InProcessCa>,
     pub refresh_every: Duration,
     pub request_timeout: Duration,
     /// How old the last good copy may grow while the CA is unreachable.
@@ -41,7 +41,7 @@ impl TrustConfig {
         Self {
             ca_url: ca_url.into(),
             ca_pin: ca_pin.into(),
-            ca_socket: None,
+            in_process: None,
             refresh_every: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             max_staleness: Duration::from_secs(3600),
@@ -79,27 +79,21 @@ pub struct TrustSnapshot {
 
 pub struct TrustSource {
     config: TrustConfig,
-    replicas: CaReplicas,
-    client: reqwest::Client,
+    ca: CaClient,
     clock: Arc<dyn Clock>,
     current: RwLock<Option<Arc<TrustSnapshot>>>,
 }
 
 impl std::fmt::Debug for TrustSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrustSource").field("ca_url", &self.replicas.describe()).finish_non_exhaustive()
+        f.debug_struct("TrustSource").field("ca", &self.ca.describe()).finish_non_exhaustive()
     }
 }
 
 impl TrustSource {
     pub fn new(config: TrustConfig, clock: Arc<dyn Clock>) -> Result<Self, BastionError> {
-        let (replicas, client) = crate::control::ca_client(
-            &config.ca_url,
-            &config.ca_pin,
-            config.ca_socket.as_deref(),
-            config.request_timeout,
-        )?;
-        Ok(Self { config, replicas, client, clock, current: RwLock::new(None) })
+        let ca = CaClient::new(&config.ca_url, &config.ca_pin, config.in_process.as_ref(), config.request_timeout)?;
+        Ok(Self { config, ca, clock, current: RwLock::new(None) })
     }
 
     /// The current trust material, or `None` (refuse everything) when it was never
@@ -134,34 +128,31 @@ impl TrustSource {
             loop {
                 ticker.tick().await;
                 match this.refresh().await {
-                    Ok(()) => tracing::debug!(ca = %this.config.ca_url, "trust material refreshed"),
+                    Ok(()) => tracing::debug!(ca = %this.ca.describe(), "trust material refreshed"),
                     Err(e) => {
-                        tracing::warn!(ca = %this.config.ca_url, error = %e, "trust refresh failed; keeping the last good copy")
+                        tracing::warn!(ca = %this.ca.describe(), error = %e, "trust refresh failed; keeping the last good copy")
                     }
                 }
             }
         })
     }
 
-    /// One document, from the replicas in turn (see `CaReplicas`).
+    /// One document (from the replicas in turn, see [`CaClient::call`]).
     async fn get(&self, path: &'static str) -> Result<Vec<u8>, TrustError> {
-        self.replicas.call(|base| self.get_once(format!("{base}{path}"), path)).await
-    }
-
-    async fn get_once(&self, url: String, path: &'static str) -> Result<Vec<u8>, Attempt<TrustError>> {
-        let request_error = |e: reqwest::Error| {
-            let kind = Attempt::kind_of(&e);
-            kind(TrustError::Request { path, detail: e.to_string() })
+        let request = CaRequest {
+            method: reqwest::Method::GET,
+            path_and_query: path.to_owned(),
+            headers: reqwest::header::HeaderMap::new(),
+            body: bytes::Bytes::new(),
         };
-        let mut resp = self.client.get(url).send().await.map_err(request_error)?;
-        let status = resp.status().as_u16();
-        if !resp.status().is_success() {
-            return Err(Attempt::of_status(status, TrustError::Status { path, status }));
+        let answer = self.ca.call(&request, MAX_BODY).await.map_err(|e| match e {
+            NoAnswer::Failed(detail) => TrustError::Request { path, detail },
+            NoAnswer::TooLarge => TrustError::TooLarge { path },
+        })?;
+        if !answer.status.is_success() {
+            return Err(TrustError::Status { path, status: answer.status.as_u16() });
         }
-        read_capped(&mut resp, MAX_BODY)
-            .await
-            .map_err(request_error)?
-            .ok_or(Attempt::Final(TrustError::TooLarge { path }))
+        Ok(answer.body)
     }
 }
 

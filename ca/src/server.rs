@@ -1,4 +1,4 @@
-//! Serves the API over TLS until told to stop (and, in the all-in-one, on a local socket).
+//! Serves the API over TLS until told to stop.
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
@@ -45,25 +45,6 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Router, s
             };
             serve_connection(tls, peer, app).await;
         });
-    }
-}
-
-/// Serves the API in plain HTTP on a Unix socket, for the all-in-one's own bastion and
-/// agent (see ARCHITECTURE.md, "The all-in-one's data plane reaches its CA over a Unix
-/// socket"): the same router and the same credentials on every call, without TLS or
-/// loopback TCP. Its callers are seen as 127.0.0.1, which they were over loopback.
-pub async fn serve_local(listener: UnixListener, app: Router) {
-    let peer = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve_connection(stream, peer, app.clone()));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept on the local socket failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
     }
 }
 

@@ -9,7 +9,7 @@
 use anyhow::{Context, bail};
 use portcullis_bastion::edge::{self, AgentConfig, AllowList, BastionEndpoint};
 use portcullis_bastion::{
-    Bastion, BastionConfig, ControlConfig, ControlPlane, EventSink, SystemClock, TrustConfig, TrustSource,
+    Bastion, BastionConfig, ControlConfig, ControlPlane, EventSink, InProcessCa, SystemClock, TrustConfig, TrustSource,
 };
 use portcullis_ca::fsutil;
 use portcullis_proto::bastion::{ServiceEnrollRequest, ServiceKind, ServiceProof};
@@ -20,12 +20,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where the CA is, pinned; the all-in-one's own data plane also has its socket.
+/// Where the CA is, pinned; the all-in-one's own data plane calls it in process.
 #[derive(Debug, Clone)]
 pub struct CaEndpoint {
     pub url: String,
     pub pin: String,
-    pub socket: Option<std::path::PathBuf>,
+    pub in_process: Option<InProcessCa>,
 }
 
 /// The service's key and CA credential, from its state directory.
@@ -108,7 +108,7 @@ pub fn control_plane(ca: &CaEndpoint, token: &SecretString) -> anyhow::Result<Ar
     Ok(Arc::new(ControlPlane::new(ControlConfig {
         ca_url: ca.url.clone(),
         ca_pin: ca.pin.clone(),
-        ca_socket: ca.socket.clone(),
+        in_process: ca.in_process.clone(),
         api_token: SecretString::from(token.expose_secret().to_owned()),
         timeout: Duration::from_secs(10),
     })?))
@@ -148,7 +148,7 @@ pub async fn start_bastion(
 ) -> anyhow::Result<(std::net::SocketAddr, Arc<Bastion>)> {
     let clock: Arc<dyn portcullis_bastion::Clock> = Arc::new(SystemClock);
     let trust = Arc::new(TrustSource::new(
-        TrustConfig { ca_socket: ca.socket.clone(), ..TrustConfig::new(&ca.url, &ca.pin) },
+        TrustConfig { in_process: ca.in_process.clone(), ..TrustConfig::new(&ca.url, &ca.pin) },
         Arc::clone(&clock),
     )?);
     if let Err(e) = trust.refresh().await {
@@ -315,40 +315,9 @@ pub fn parse_bastion_arg(arg: &str) -> anyhow::Result<BastionEndpoint> {
 /// Name of the all-in-one's own bastion and agent.
 pub const LOCAL: &str = "local";
 
-/// The Unix socket the all-in-one's own bastion and agent reach its CA on (plain HTTP,
-/// the same API and credentials: see ARCHITECTURE.md), in a directory of the data
-/// directory that only the CA's user may enter. `None` when it cannot be made (a path
-/// too long for a socket, something else in its place): they use loopback HTTPS then.
-pub fn local_ca_socket(data_dir: &std::path::Path) -> Option<(tokio::net::UnixListener, std::path::PathBuf)> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    let dir = data_dir.join("local");
-    let path = dir.join("ca.sock");
-    let made = (|| -> std::io::Result<tokio::net::UnixListener> {
-        portcullis_ca::fsutil::create_private_dir(&dir).map_err(std::io::Error::other)?;
-        // Whatever mode it had: the socket must be reachable by the CA's user alone.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        // A socket an earlier run left is replaced; anything else there is left alone.
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(&path)?,
-            Ok(_) => return Err(std::io::Error::other("not a socket")),
-            Err(_) => {}
-        }
-        let listener = tokio::net::UnixListener::bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(listener)
-    })();
-    match made {
-        Ok(listener) => Some((listener, path)),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "no local CA socket: the data plane uses loopback HTTPS");
-            None
-        }
-    }
-}
-
 /// The all-in-one's bastion and agent, registered with the CA in-process (no token)
-/// and talking to it through its own API like remote ones would (on its local socket
-/// when there is one, else over loopback HTTPS).
+/// and calling it through its own API with their credentials like remote ones would —
+/// the router called in this process (`endpoint.in_process`).
 pub async fn start_local_data_plane(
     ca: &portcullis_ca::Ca,
     data_dir: &std::path::Path,

@@ -210,7 +210,7 @@ struct ServiceArgs {
 
 impl ServiceArgs {
     fn endpoint(&self) -> dataplane::CaEndpoint {
-        dataplane::CaEndpoint { url: self.ca.clone(), pin: self.ca_fingerprint.clone(), socket: None }
+        dataplane::CaEndpoint { url: self.ca.clone(), pin: self.ca_fingerprint.clone(), in_process: None }
     }
 }
 
@@ -398,14 +398,8 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     }
     // On SIGTERM the bastion drains first, while the API still takes its sessions' closes.
     let draining: Arc<std::sync::OnceLock<Arc<portcullis_bastion::Bastion>>> = Arc::default();
-    // The all-in-one's own bastion and agent call the CA on a Unix socket.
-    let local_socket = match ssh_listen {
-        Some(_) => dataplane::local_ca_socket(&data_dir).map(|(listener, path)| {
-            tokio::spawn(server::serve_local(listener, router.clone()));
-            path
-        }),
-        None => None,
-    };
+    // The all-in-one's own bastion and agent call this router in process.
+    let in_process = portcullis_bastion::InProcessCa::new(router.clone());
     let api = tokio::spawn(server::serve(listener, tls.config, router, {
         let draining = Arc::clone(&draining);
         async move {
@@ -419,7 +413,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
         let endpoint = dataplane::CaEndpoint {
             url: format!("https://127.0.0.1:{}", addr.port()),
             pin: tls.pin.clone(),
-            socket: local_socket,
+            in_process: Some(in_process),
         };
         let (ssh_addr, bastion) =
             dataplane::start_local_data_plane(&ca, &data_dir, &endpoint, &ssh_listen, front_door).await?;

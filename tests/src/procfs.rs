@@ -176,20 +176,6 @@ pub fn established_to_port(pid: u32, port: u16) -> usize {
         .count()
 }
 
-/// How many connections the Unix socket listening at `path` has accepted and still
-/// holds: in `/proc/net/unix` an accepted socket carries its listener's path, in state
-/// connected (`03`; the listener itself is `01`).
-pub fn accepted_on_unix_socket(path: &std::path::Path) -> usize {
-    let path = path.to_string_lossy();
-    std::fs::read_to_string("/proc/net/unix")
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .filter(|f| f.get(5) == Some(&"03") && f.get(7) == Some(&path.as_ref()))
-        .count()
-}
-
 /// Connections waiting in the accept queue of the TCP listener on local port `port`
 /// (IPv4 and IPv6), as `ss -lnt` shows in `Recv-Q`; `0` when nothing listens there.
 pub fn accept_queue(port: u16) -> usize {

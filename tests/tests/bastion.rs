@@ -110,7 +110,7 @@ async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
         ControlPlane::new(ControlConfig {
             ca_url: server.url.clone(),
             ca_pin: server.pin.clone(),
-            ca_socket: None,
+            in_process: None,
             api_token: SecretString::from("pcs_unused"),
             timeout: std::time::Duration::from_secs(5),
         })

@@ -1367,7 +1367,7 @@ async fn a_bastion_fails_over_between_ca_replicas_and_keeps_its_sessions() {
     let control = ControlPlane::new(ControlConfig {
         ca_url: format!("{dead},{},{}", r0.url, r1.url),
         ca_pin: format!("{},{}", r0.pin, r1.pin),
-        ca_socket: None,
+        in_process: None,
         api_token: SecretString::from(fx.bastion.clone()),
         timeout: std::time::Duration::from_secs(5),
     })
@@ -1386,7 +1386,7 @@ async fn a_bastion_fails_over_between_ca_replicas_and_keeps_its_sessions() {
     let only_the_dead_one = ControlPlane::new(ControlConfig {
         ca_url: gone_url,
         ca_pin: gone_pin,
-        ca_socket: None,
+        in_process: None,
         api_token: SecretString::from(fx.bastion.clone()),
         timeout: std::time::Duration::from_secs(5),
     })
@@ -1401,6 +1401,47 @@ async fn a_bastion_fails_over_between_ca_replicas_and_keeps_its_sessions() {
     let trust = TrustSource::new(TrustConfig::new(format!("{dead},{}", r1.url), r1.pin.clone()), Arc::new(SystemClock))
         .unwrap();
     trust.refresh().await.expect("trust material from the live replica");
+}
+
+/// The all-in-one's bastion, agent and trust refresher call its CA's router in process
+/// (no socket, no TLS): the same API, so a call with the bastion's credential is served,
+/// and one with a forged credential, or none, is refused as it would be on the port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_process_ca_asks_every_caller_for_its_credential() {
+    use portcullis_bastion::{ControlConfig, ControlError, ControlPlane, InProcessCa, SystemClock, TrustConfig};
+    let fx = fixture(None, 1).await;
+    let ca = InProcessCa::new(portcullis_ca::api::router(Arc::clone(&fx.ca)));
+    // Nothing listens on port 1: a call that left the process would fail.
+    let nowhere = "https://127.0.0.1:1";
+    let control = |token: &str| {
+        ControlPlane::new(ControlConfig {
+            ca_url: nowhere.into(),
+            ca_pin: fx.replicas[0].pin.clone(),
+            in_process: Some(ca.clone()),
+            api_token: SecretString::from(token.to_owned()),
+            timeout: std::time::Duration::from_secs(5),
+        })
+        .unwrap()
+    };
+    let request: SessionOpenRequest =
+        serde_json::from_value(terminated(&session_id(), &user_cert(&fx.ca, "alice").await, "pve01", "root")).unwrap();
+    let grant = control(&fx.bastion).open_session(&request).await.expect("served in process");
+    let live = LiveSession { session_id: grant.session_id.clone(), bytes_from_client: 1, bytes_to_client: 2 };
+    let beat = HeartbeatRequest { sessions: vec![live], agents: vec![] };
+    assert!(control(&fx.bastion).heartbeat(&beat).await.unwrap().close.is_empty());
+    assert_eq!(fx.ca.core().store().leases().await.unwrap().len(), 1);
+    let forged = "pcs_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    for token in [forged, ""] {
+        let e = control(token).heartbeat(&beat).await.unwrap_err();
+        assert!(matches!(e, ControlError::Refused { status: 401, .. }), "{token:?}: {e}");
+        assert!(!e.to_string().contains("AAAAAAAA"), "{e}");
+    }
+    let trust = portcullis_bastion::TrustSource::new(
+        TrustConfig { in_process: Some(ca.clone()), ..TrustConfig::new(nowhere, fx.replicas[0].pin.clone()) },
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    trust.refresh().await.expect("trust material in process");
 }
 
 /// The heartbeat rewrites leases 64 to a statement; a statement that rewrites fewer than

@@ -143,7 +143,7 @@ impl FrontDoor {
             ControlPlane::new(ControlConfig {
                 ca_url: server.url.clone(),
                 ca_pin: server.pin.clone(),
-                ca_socket: None,
+                in_process: None,
                 api_token: SecretString::from("pcs_unused"),
                 timeout: Duration::from_secs(5),
             })
