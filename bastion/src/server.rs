@@ -324,7 +324,10 @@ async fn run_connection<H: russh::server::Handler<Error = russh::Error> + Send +
         result = &mut session => return result.map_err(|e| session_error(e.to_string())),
         // Authenticated (or the handler is gone because the session ended): from here
         // on keepalives and the session watchdogs govern the connection.
-        _ = authed_rx => drop(unauthenticated),
+        _ = authed_rx => {
+            severer.logged_in();
+            drop(unauthenticated);
+        }
         () = tokio::time::sleep_until(deadline) => {
             timed_out();
             // Say why if the protocol state allows it, briefly; then cut the socket,
