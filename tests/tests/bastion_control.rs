@@ -1403,6 +1403,45 @@ async fn a_bastion_fails_over_between_ca_replicas_and_keeps_its_sessions() {
     trust.refresh().await.expect("trust material from the live replica");
 }
 
+/// A burst of calls through one bastion's client of a remote CA (a crowd of sessions
+/// closing at once) leaves a few connections open to the CA, not one per call: the
+/// client keeps at most four idle. (The all-in-one's crowd test used to count this on
+/// loopback; its data plane now calls the CA in process, so it is counted here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_calls_leaves_a_few_connections_to_the_ca() {
+    use portcullis_bastion::{ControlConfig, ControlPlane};
+    let fx = fixture(None, 1).await;
+    let ca = &fx.replicas[0];
+    let port: u16 = ca.url.rsplit_once(':').unwrap().1.parse().unwrap();
+    let control = Arc::new(
+        ControlPlane::new(ControlConfig {
+            ca_url: ca.url.clone(),
+            ca_pin: ca.pin.clone(),
+            in_process: None,
+            api_token: SecretString::from(fx.bastion.clone()),
+            timeout: std::time::Duration::from_secs(10),
+        })
+        .unwrap(),
+    );
+    let calls: Vec<_> = (0..32)
+        .map(|_| {
+            let control = Arc::clone(&control);
+            tokio::spawn(async move { control.heartbeat(&HeartbeatRequest { sessions: vec![], agents: vec![] }).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().expect("heartbeat");
+    }
+    let held = || portcullis_tests::procfs::established_to_port(std::process::id(), port);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while held() > 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let held = held();
+    // Not vacuous: the client keeps some for later calls.
+    assert!((1..=4).contains(&held), "{held} connections to the CA after 32 concurrent calls");
+}
+
 /// The all-in-one's bastion, agent and trust refresher call its CA's router in process
 /// (no socket, no TLS): the same API, so a call with the bastion's credential is served,
 /// and one with a forged credential, or none, is refused as it would be on the port.

@@ -400,10 +400,11 @@ async fn control_bytes_cross_the_bastion_untouched_in_both_modes() {
     }
 }
 
-/// A crowd leaving at once: the bastion reports the closes to the CA in a few calls over
-/// a few connections (it used to open one HTTPS connection per session and keep them all
-/// idle), each session audited with its real reason; and a crowd leaving just as the
-/// bastion stops loses no close (none recorded as lost or as an internal error).
+/// A crowd leaving at once: the all-in-one's bastion reports the closes to its CA in
+/// process (no loopback connection; a remote CA's client keeps a few connections, see
+/// `bastion_control::a_burst_of_calls_leaves_a_few_connections_to_the_ca`), each session
+/// audited with its real reason; and a crowd leaving just as the bastion stops loses no
+/// close (none recorded as lost or as an internal error).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowd_leaving_at_once_is_reported_in_batches_and_a_stop_loses_no_close() {
     const CROWD: usize = 16;
