@@ -11,7 +11,7 @@ use std::time::Duration;
 use portcullis_proto::ApiError;
 use portcullis_proto::bastion::*;
 use portcullis_proto::console::{FORWARDED_BY_HEADER, FORWARDED_FOR_HEADER, FORWARDED_HOST_HEADER};
-use portcullis_proto::recording::{RECORDING_EVENTS_MEDIA_TYPE, RecordingChunkMeta};
+use portcullis_proto::recording::{RECORDING_FRAMES_MEDIA_TYPE, RecordingChunkMeta};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -166,7 +166,7 @@ impl ControlPlane {
     ) -> Result<(), ControlError> {
         let path = "/v1/bastion/recordings/";
         let query = serde_urlencoded::to_string(chunk).map_err(|e| unencodable(path, e))?;
-        let body = RequestBody { bytes: events, media_type: RECORDING_EVENTS_MEDIA_TYPE };
+        let body = RequestBody { bytes: events, media_type: RECORDING_FRAMES_MEDIA_TYPE };
         self.send(path, &format!("{session_id}?{query}"), reqwest::Method::POST, Some(body)).await.map(drop)
     }
 

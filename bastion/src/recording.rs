@@ -2,24 +2,23 @@
 //!
 //! The relay hands the recorder each chunk of terminal output (and of input when the
 //! rule records it) as the `Bytes` it forwards anyway — a reference count, no copy —
-//! stamped with the time since the session started. A task of its own turns them into
-//! asciicast v2 event lines (UTF-8 decoded across chunk boundaries) and hands them to the
-//! CA in numbered chunks, about once a second or every 1 MiB, the last one marked. The
-//! relay never waits for the CA: it waits only when a full queue of events is not yet
-//! encoded.
+//! stamped with the time since the session started. A task of its own copies them into
+//! frames ([`portcullis_proto::frames`]: the bytes as they are, not yet text — the CA
+//! turns them into asciicast v2 when the recording is played) and hands them to the CA in
+//! numbered chunks, about once a second or every 1 MiB, the last one marked. The relay
+//! never waits for the CA: it waits only when a full queue of events is not yet copied.
 //!
 //! At the rule's size limit the recording stops (and says so in its last chunk); a rule
 //! with `record_over_limit = "close"` closes the session then, and also when the CA
 //! cannot take the recording.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use portcullis_proto::asciicast::push_event;
 use portcullis_proto::bastion::CloseReason;
+use portcullis_proto::frames::push_frame;
 use portcullis_proto::recording::{RecordingChunkMeta, RecordingGrant, TerminalSize};
 use tokio::sync::mpsc;
 
@@ -28,24 +27,22 @@ use crate::sessions::LiveSession;
 
 /// What a user is told when the session starts.
 pub(crate) const ANNOUNCEMENT: &str = "portcullis: this session is recorded";
-/// Events waiting to be encoded; the relay waits when the queue is full.
+/// Events waiting to be copied into frames; the relay waits when the queue is full.
 const QUEUE: usize = 1024;
-/// A chunk goes to the CA at this much event text, or after [`FLUSH_EVERY`]. Each chunk
-/// is a request and a transaction at the CA: larger chunks cost less per byte.
+/// A chunk goes to the CA at this many bytes of frames, or after [`FLUSH_EVERY`]. Each
+/// chunk is a request and a transaction at the CA: larger chunks cost less per byte.
 const FLUSH_BYTES: usize = 1024 * 1024;
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
-/// Terminal bytes per event at most, so one event's JSON stays small (escaping a control
-/// byte takes six).
-const MAX_EVENT_BYTES: usize = 16 * 1024;
 /// How long the end of a session waits for the last chunk to reach the CA.
 const FINISH_WAIT: Duration = Duration::from_secs(10);
 /// Tries per chunk while the CA cannot be reached (its replicas are tried each time).
 const ATTEMPTS: u32 = 4;
 
+/// Times are microseconds since the session started.
 enum Event {
-    Output(f64, Bytes),
-    Input(f64, Bytes),
-    Resize(f64, u32, u32),
+    Output(u64, Bytes),
+    Input(u64, Bytes),
+    Resize(u64, u32, u32),
     /// The limit was reached: nothing after this is recorded.
     Truncated,
 }
@@ -83,8 +80,8 @@ impl Recorder {
         })
     }
 
-    fn now(&self) -> f64 {
-        self.started.elapsed().as_secs_f64()
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
     /// Terminal output on its way to the user.
@@ -106,7 +103,7 @@ impl Recorder {
         }
     }
 
-    async fn record(&self, data: &Bytes, event: fn(f64, Bytes) -> Event) {
+    async fn record(&self, data: &Bytes, event: fn(u64, Bytes) -> Event) {
         if data.is_empty() || self.full.load(Ordering::Relaxed) {
             return;
         }
@@ -134,49 +131,6 @@ impl Recorder {
     }
 }
 
-/// Text for asciicast from a byte stream: a character split between two chunks is kept
-/// until its end arrives; invalid bytes become U+FFFD.
-#[derive(Default)]
-struct Utf8Stream {
-    pending: Vec<u8>,
-}
-
-impl Utf8Stream {
-    /// The text of `data` (after what was kept from before), borrowed when it is valid
-    /// and nothing was kept: the common case copies nothing.
-    fn decode<'a>(&mut self, data: &'a [u8]) -> Cow<'a, str> {
-        if self.pending.is_empty()
-            && let Some((whole, tail)) = data.split_at_checked(complete_prefix(data))
-            && let Ok(text) = std::str::from_utf8(whole)
-        {
-            self.pending.extend_from_slice(tail);
-            return Cow::Borrowed(text);
-        }
-        let mut bytes = std::mem::take(&mut self.pending);
-        bytes.extend_from_slice(data);
-        self.pending = bytes.split_off(complete_prefix(&bytes));
-        Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
-    }
-}
-
-/// The length of `b` without a trailing, unfinished UTF-8 sequence.
-fn complete_prefix(b: &[u8]) -> usize {
-    let len = b.len();
-    for back in 1..=len.min(4) {
-        let Some(&byte) = b.get(len - back) else { break };
-        if byte & 0xC0 != 0x80 {
-            let needs = match byte {
-                0xC0..=0xDF => 2,
-                0xE0..=0xEF => 3,
-                0xF0..=0xF7 => 4,
-                _ => 1,
-            };
-            return if needs > back { len - back } else { len };
-        }
-    }
-    len
-}
-
 struct Uploader {
     control: Arc<ControlPlane>,
     live: Arc<LiveSession>,
@@ -186,7 +140,7 @@ struct Uploader {
 /// The next chunk being filled.
 #[derive(Default)]
 struct Pending {
-    text: String,
+    frames: Vec<u8>,
     bytes: u64,
     size: Option<TerminalSize>,
     truncated: bool,
@@ -194,24 +148,18 @@ struct Pending {
 }
 
 impl Pending {
-    fn add(&mut self, time: f64, code: &str, stream: &mut Utf8Stream, data: &[u8]) {
+    fn add(&mut self, micros: u64, code: u8, data: &[u8]) {
         self.bytes += data.len() as u64;
-        for piece in data.chunks(MAX_EVENT_BYTES) {
-            let text = stream.decode(piece);
-            if !text.is_empty() {
-                push_event(&mut self.text, time, code, &text);
-            }
-        }
+        push_frame(&mut self.frames, micros, code, data);
     }
 
     fn is_empty(&self) -> bool {
-        self.text.is_empty() && self.size.is_none() && !self.truncated
+        self.frames.is_empty() && self.size.is_none() && !self.truncated
     }
 }
 
 impl Uploader {
     async fn run(self: Arc<Self>, mut queue: mpsc::Receiver<Event>) {
-        let (mut output, mut input) = (Utf8Stream::default(), Utf8Stream::default());
         let mut in_flight: Option<tokio::task::JoinHandle<bool>> = None;
         let mut pending = Pending::default();
         let mut seq = 0;
@@ -222,19 +170,19 @@ impl Uploader {
                 event = queue.recv() => match event {
                     Some(event) => {
                         match event {
-                            Event::Output(t, data) => pending.add(t, "o", &mut output, &data),
-                            Event::Input(t, data) => pending.add(t, "i", &mut input, &data),
+                            Event::Output(t, data) => pending.add(t, b'o', &data),
+                            Event::Input(t, data) => pending.add(t, b'i', &data),
                             Event::Resize(t, cols, rows) => {
                                 // The first size is the header's; later ones are events.
                                 if !pending.sized {
                                     pending.sized = true;
                                     pending.size = Some(TerminalSize { cols, rows });
                                 }
-                                push_event(&mut pending.text, t, "r", &format!("{cols}x{rows}"));
+                                push_frame(&mut pending.frames, t, b'r', format!("{cols}x{rows}").as_bytes());
                             }
                             Event::Truncated => pending.truncated = true,
                         }
-                        if pending.text.len() < FLUSH_BYTES {
+                        if pending.frames.len() < FLUSH_BYTES {
                             continue;
                         }
                         false
@@ -257,11 +205,12 @@ impl Uploader {
                 truncated: std::mem::take(&mut pending.truncated),
                 last,
             };
-            // The text becomes the request body as it is (no copy). The next chunk starts
-            // with room for a little more than this one held: a bulk transfer fills its megabyte
-            // without growing the buffer step by step, an idle session keeps little.
-            let next = String::with_capacity(pending.text.len() + pending.text.len() / 4);
-            let events = Bytes::from(std::mem::replace(&mut pending.text, next).into_bytes());
+            // The frames become the request body as they are (no copy). The next chunk
+            // starts with room for a little more than this one held: a bulk transfer fills
+            // its megabyte without growing the buffer step by step, an idle session keeps
+            // little.
+            let next = Vec::with_capacity(pending.frames.len() + pending.frames.len() / 4);
+            let events = Bytes::from(std::mem::replace(&mut pending.frames, next));
             // One chunk on its way while the next fills: the CA's write overlaps the
             // encoding, and chunks still arrive in order.
             if let Some(previous) = in_flight.take()
@@ -303,25 +252,5 @@ impl Uploader {
             self.live.order_close(CloseReason::RecordingFailed);
         }
         false
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn characters_split_between_chunks_are_kept_whole() {
-        let text = "é€😀";
-        let bytes = text.as_bytes();
-        let mut stream = Utf8Stream::default();
-        let mut out = String::new();
-        for b in bytes {
-            out.push_str(&stream.decode(std::slice::from_ref(b)));
-        }
-        assert_eq!(out, text);
-        assert_eq!(Utf8Stream::default().decode(b"a\xffb"), "a\u{fffd}b");
-        assert_eq!(complete_prefix(b"ab\xe2\x82"), 2);
-        assert_eq!(complete_prefix(b"ab\xe2\x82\xac"), 5);
     }
 }

@@ -23,7 +23,6 @@ const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 /// A sealed recording chunk: where the encrypted part starts (after the version and the
 /// nonce), and the compressed text within it (after its length).
-const CHUNK_V1: u8 = 1;
 const CHUNK_SECRET_AT: usize = 1 + NONCE_LEN;
 const CHUNK_BODY_AT: usize = CHUNK_SECRET_AT + 4;
 
@@ -102,10 +101,28 @@ pub fn open(passphrase: &SecretString, name: &str, kind: &str, sealed: &str) -> 
 /// each recording's key is HKDF-SHA256 of it with the recording's own random salt and its
 /// session id. Each chunk is AES-256-GCM with a random nonce and the session id and chunk
 /// number as associated data, so a chunk moved to another place in this or another
-/// recording does not open. Sealed form (bytes): version 1, the nonce, then encrypted:
-/// the chunk's length (u32, little-endian) and its LZ4 block; then the tag.
+/// recording does not open. Sealed form (bytes): the version ([`ChunkFormat`]), the
+/// nonce, then encrypted: the chunk's length (u32, little-endian) and its LZ4 block; then
+/// the tag. The version is in the associated data too, so a chunk does not open as the
+/// other format.
 pub struct RecordingSeal {
     cipher: Aes256Gcm,
+}
+
+/// What a recording chunk holds; its number is the sealed chunk's version byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkFormat {
+    /// asciicast v2 event lines, as bastions older than frames send them.
+    EventLines = 1,
+    /// Frames ([`portcullis_proto::frames`]).
+    Frames = 2,
+}
+
+/// An opened recording chunk.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OpenedChunk {
+    Lines(String),
+    Frames(Vec<u8>),
 }
 
 /// The master key recording keys are derived from.
@@ -137,19 +154,20 @@ impl RecordingSeal {
         Ok(RecordingSeal { cipher: Aes256Gcm::new(&key)? })
     }
 
-    fn aad(session_id: &str, seq: u64) -> Vec<u8> {
-        format!("portcullis-recording-v1\0{session_id}\0{seq}").into_bytes()
+    fn aad(format: ChunkFormat, session_id: &str, seq: u64) -> Vec<u8> {
+        let version = format as u8;
+        format!("portcullis-recording-v{version}\0{session_id}\0{seq}").into_bytes()
     }
 
     /// `plain` compressed (LZ4: terminal text shrinks a few times, and bytes that do not
     /// compress cost almost nothing to try) and encrypted in the same buffer.
-    pub fn seal(&self, session_id: &str, seq: u64, plain: &[u8]) -> Result<Vec<u8>, CaError> {
+    pub fn seal(&self, session_id: &str, seq: u64, format: ChunkFormat, plain: &[u8]) -> Result<Vec<u8>, CaError> {
         let failed = || CaError::Internal("recording encryption".into());
         let len = u32::try_from(plain.len()).map_err(|_| failed())?;
         let nonce = portcullis_sshcert::random_bytes::<NONCE_LEN>();
         let room = lz4_flex::block::get_maximum_output_size(plain.len());
         let mut out = Vec::with_capacity(CHUNK_BODY_AT + room + TAG_LEN);
-        out.push(CHUNK_V1);
+        out.push(format as u8);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&len.to_le_bytes());
         out.resize(CHUNK_BODY_AT + room, 0);
@@ -157,29 +175,38 @@ impl RecordingSeal {
         let compressed = lz4_flex::block::compress_into(plain, body).map_err(|_| failed())?;
         out.truncate(CHUNK_BODY_AT + compressed);
         let (_, secret) = out.split_at_mut(CHUNK_SECRET_AT);
-        let tag = self.cipher.seal(nonce, &Self::aad(session_id, seq), secret).map_err(|_| failed())?;
+        let tag = self.cipher.seal(nonce, &Self::aad(format, session_id, seq), secret).map_err(|_| failed())?;
         out.extend_from_slice(&tag);
         Ok(out)
     }
 
     /// A wrong passphrase, a tampered or moved chunk: one error, naming none of it.
-    pub fn open(&self, session_id: &str, seq: u64, sealed: &[u8]) -> Result<String, CaError> {
+    pub fn open(&self, session_id: &str, seq: u64, sealed: &[u8]) -> Result<OpenedChunk, CaError> {
         let refused = || CaError::Config(format!("recording {session_id} does not decrypt with the CA passphrase"));
         let (version, rest) = sealed.split_at_checked(1).ok_or_else(refused)?;
         let (nonce, secret_and_tag) = rest.split_at_checked(NONCE_LEN).ok_or_else(refused)?;
-        if version != [CHUNK_V1] || secret_and_tag.len() < TAG_LEN {
+        let format = match version {
+            [1] => ChunkFormat::EventLines,
+            [2] => ChunkFormat::Frames,
+            _ => return Err(refused()),
+        };
+        if secret_and_tag.len() < TAG_LEN {
             return Err(refused());
         }
         let nonce = <[u8; NONCE_LEN]>::try_from(nonce).map_err(|_| refused())?;
         let mut buffer = secret_and_tag.to_vec();
-        let secret = self.cipher.open(nonce, &Self::aad(session_id, seq), &mut buffer).map_err(|_| refused())?;
+        let secret =
+            self.cipher.open(nonce, &Self::aad(format, session_id, seq), &mut buffer).map_err(|_| refused())?;
         let (len, block) = secret.split_at_checked(4).ok_or_else(refused)?;
         let len = <[u8; 4]>::try_from(len).map_err(|_| refused())?;
         // Authenticated, so written by this CA; the bound keeps a bug from allocating much.
         let len = usize::try_from(u32::from_le_bytes(len)).ok().filter(|&n| n <= MAX_CHUNK_TEXT).ok_or_else(refused)?;
         let mut plain = vec![0; len];
         match lz4_flex::block::decompress_into(block, &mut plain) {
-            Ok(n) if n == len => String::from_utf8(plain).map_err(|_| refused()),
+            Ok(n) if n == len => match format {
+                ChunkFormat::EventLines => String::from_utf8(plain).map(OpenedChunk::Lines).map_err(|_| refused()),
+                ChunkFormat::Frames => Ok(OpenedChunk::Frames(plain)),
+            },
             _ => Err(refused()),
         }
     }
@@ -251,9 +278,9 @@ mod tests {
         let (deployment, salt) = (RecordingSeal::new_salt(), RecordingSeal::new_salt());
         let master = RecordingSeal::master(&pass("p1"), &deployment).unwrap();
         let seal = RecordingSeal::new(&master, &salt, "s1").unwrap();
-        let sealed = seal.seal("s1", 3, b"[0.5, \"o\", \"secret output\"]\n").unwrap();
+        let sealed = seal.seal("s1", 3, ChunkFormat::EventLines, b"[0.5, \"o\", \"secret output\"]\n").unwrap();
         assert!(!sealed.windows(6).any(|w| w == b"secret"));
-        assert_eq!(seal.open("s1", 3, &sealed).unwrap(), "[0.5, \"o\", \"secret output\"]\n");
+        assert_eq!(seal.open("s1", 3, &sealed).unwrap(), lines("[0.5, \"o\", \"secret output\"]\n"));
         assert!(seal.open("s1", 4, &sealed).is_err(), "moved within the recording");
         assert!(seal.open("s2", 3, &sealed).is_err(), "moved to another recording");
         // Another passphrase, deployment salt, recording salt or session: another key.
@@ -275,6 +302,19 @@ mod tests {
             assert!(seal.open("s1", 3, &sealed[..cut]).is_err(), "cut at {cut}");
         }
         assert!(RecordingSeal::master(&pass("p1"), "short").is_err());
+        // Its version byte says how to read it, and is bound to it: a chunk of lines
+        // relabelled as frames (or the reverse) does not open.
+        let frames = seal.seal("s1", 3, ChunkFormat::Frames, b"frames").unwrap();
+        for (chunk, other) in [(&sealed, 2), (&frames, 1)] {
+            let mut relabelled = chunk.clone();
+            relabelled[0] = other;
+            assert!(seal.open("s1", 3, &relabelled).is_err(), "relabelled as version {other}");
+        }
+        assert_eq!(seal.open("s1", 3, &frames).unwrap(), OpenedChunk::Frames(b"frames".to_vec()));
+    }
+
+    fn lines(text: &str) -> OpenedChunk {
+        OpenedChunk::Lines(text.to_owned())
     }
 
     #[test]
@@ -282,15 +322,15 @@ mod tests {
         let master = RecordingSeal::master(&pass("p1"), &RecordingSeal::new_salt()).unwrap();
         let seal = RecordingSeal::new(&master, &RecordingSeal::new_salt(), "s1").unwrap();
         let text = "[0.5, \"o\", \"drwxr-xr-x 2 root root 4096 Dec  4 10:06 /var/log\\r\\n\"]\n".repeat(2000);
-        let sealed = seal.seal("s1", 0, text.as_bytes()).unwrap();
+        let sealed = seal.seal("s1", 0, ChunkFormat::EventLines, text.as_bytes()).unwrap();
         assert!(sealed.len() * 5 < text.len(), "{} of {}", sealed.len(), text.len());
-        assert_eq!(seal.open("s1", 0, &sealed).unwrap(), text);
+        assert_eq!(seal.open("s1", 0, &sealed).unwrap(), lines(&text));
         // Bytes that do not compress cost a few bytes more, not a failure.
         let noise: String =
             (0..4096u32).map(|i| char::from(b'!' + (i.wrapping_mul(2_654_435_761) >> 27) as u8)).collect();
-        let sealed = seal.seal("s1", 1, noise.as_bytes()).unwrap();
-        assert_eq!(seal.open("s1", 1, &sealed).unwrap(), noise);
-        assert_eq!(seal.open("s1", 0, &seal.seal("s1", 0, b"").unwrap()).unwrap(), "");
+        let sealed = seal.seal("s1", 1, ChunkFormat::Frames, noise.as_bytes()).unwrap();
+        assert_eq!(seal.open("s1", 1, &sealed).unwrap(), OpenedChunk::Frames(noise.into_bytes()));
+        assert_eq!(seal.open("s1", 0, &seal.seal("s1", 0, ChunkFormat::EventLines, b"").unwrap()).unwrap(), lines(""));
     }
 
     #[test]

@@ -370,6 +370,7 @@ pub mod bastion;
 pub mod console;
 pub mod discovery;
 pub mod enroll;
+pub mod frames;
 pub mod metrics;
 pub mod oidc;
 pub mod pin;

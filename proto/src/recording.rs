@@ -1,10 +1,12 @@
 //! Session recording (opt-in per rule): what the CA tells the bastion to record, how the
 //! bastion hands the recording over, and what an auditor lists.
 //!
-//! A recording is asciicast v2 (<https://docs.asciinema.org/manual/asciicast/v2/>): the
-//! bastion sends event lines (`[seconds, "o", text]` for output, `"i"` for input when
-//! the rule records it, `"r"` for a resize to `"COLSxROWS"`) in numbered chunks; the CA
-//! seals each chunk at rest and writes the header itself when the recording is read.
+//! A recording is played and exported as asciicast v2
+//! (<https://docs.asciinema.org/manual/asciicast/v2/>): events `[seconds, "o", text]` for
+//! output, `"i"` for input when the rule records it, `"r"` for a resize to
+//! `"COLSxROWS"`. The bastion sends the terminal's bytes in numbered chunks of frames
+//! ([`crate::frames`]); the CA checks and seals each chunk at rest and writes the
+//! asciicast text, header first, when the recording is read.
 
 use serde::{Deserialize, Serialize};
 
@@ -26,19 +28,21 @@ pub struct RecordingGrant {
 }
 
 /// `POST /v1/bastion/recordings/{session_id}?seq=…&bytes=…` (bearer of the bastion
-/// holding the session): the next chunk of its recording. The body is the chunk's
-/// asciicast v2 event lines as they are (UTF-8, each line ending in a newline, media type
-/// [`RECORDING_EVENTS_MEDIA_TYPE`]); this says what they are. Chunks are numbered from 0;
-/// a chunk sent again (a retry) is accepted once.
+/// holding the session): the next chunk of its recording. The body is the chunk's frames
+/// as they are ([`RECORDING_FRAMES_MEDIA_TYPE`]; the CA also takes asciicast v2 event
+/// lines, [`RECORDING_EVENTS_MEDIA_TYPE`], from bastions older than frames); this says
+/// what they are. Chunks are numbered from 0; a chunk sent again (a retry) is accepted
+/// once.
 ///
-/// The events travel as the body, not inside JSON: they are JSON already, and quoting
-/// them again cost the bastion and the CA a pass over every recorded byte each.
+/// The events travel as the body, not inside JSON: quoting them again would cost the
+/// bastion and the CA a pass over every recorded byte each.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct RecordingChunkMeta {
     pub seq: u64,
-    /// Terminal bytes these events hold (what counts against `max_bytes`).
+    /// Terminal bytes these events hold (what counts against `max_bytes`; for frames the
+    /// CA checks it against the frames' own lengths).
     pub bytes: u64,
     /// The terminal's size when known (from the pty request), for the header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,7 +64,11 @@ impl RecordingChunkMeta {
     }
 }
 
-/// The media type of a [`RecordingChunkMeta`]'s body: asciicast v2 event lines, no header.
+/// The media type of a [`RecordingChunkMeta`]'s body: frames ([`crate::frames`]).
+pub const RECORDING_FRAMES_MEDIA_TYPE: &str = "application/vnd.portcullis.recording-frames";
+
+/// The media type of a [`RecordingChunkMeta`]'s body from a bastion older than frames:
+/// asciicast v2 event lines, no header.
 pub const RECORDING_EVENTS_MEDIA_TYPE: &str = "application/x-asciicast-events";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

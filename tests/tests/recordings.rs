@@ -13,7 +13,8 @@ use portcullis_policies::proof;
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::ServiceKind;
 use portcullis_proto::console::session_binding;
-use portcullis_proto::recording::RECORDING_EVENTS_MEDIA_TYPE;
+use portcullis_proto::frames::push_frame;
+use portcullis_proto::recording::{RECORDING_EVENTS_MEDIA_TYPE, RECORDING_FRAMES_MEDIA_TYPE};
 use portcullis_tests::ssh::{ed25519_key, public_line};
 use portcullis_tests::{Postgres, ServedCa, TEST_PASSPHRASE, first_admin, sqlite_url};
 use reqwest::StatusCode;
@@ -161,11 +162,28 @@ async fn console_session(fx: &Fx, device: &str) -> (String, Value) {
     (id, grant)
 }
 
-/// A chunk as a bastion sends it: `events` as the body, the other fields in the query.
+/// A chunk as a bastion sends it: `events` (written as event lines for the reader) as
+/// frames in the body, the other fields in the query.
 async fn chunk(fx: &Fx, bastion: &str, id: &str, mut fields: Value) -> (StatusCode, Value) {
+    let events = fields.as_object_mut().unwrap().remove("events").unwrap();
+    raw_chunk(fx, bastion, id, fields, RECORDING_FRAMES_MEDIA_TYPE, frames_of(events.as_str().unwrap())).await
+}
+
+/// A chunk as a bastion older than frames sends it: `events` as event lines.
+async fn lines_chunk(fx: &Fx, bastion: &str, id: &str, mut fields: Value) -> (StatusCode, Value) {
     let events = fields.as_object_mut().unwrap().remove("events").unwrap();
     let body = events.as_str().unwrap().as_bytes().to_vec();
     raw_chunk(fx, bastion, id, fields, RECORDING_EVENTS_MEDIA_TYPE, body).await
+}
+
+/// Event lines `[seconds, "code", "text"]` as frames.
+fn frames_of(lines: &str) -> Vec<u8> {
+    let mut frames = Vec::new();
+    for line in lines.lines() {
+        let (time, code, text): (f64, String, String) = serde_json::from_str(line).unwrap();
+        push_frame(&mut frames, (time * 1e6).round() as u64, code.as_bytes()[0], text.as_bytes());
+    }
+    frames
 }
 
 async fn raw_chunk(
@@ -266,6 +284,14 @@ async fn kept_sealed_in_order(fx: Fx) {
             StatusCode::BAD_REQUEST,
             "malformed",
         ),
+        // Frames carry their own lengths: fewer bytes declared than they hold (to stay
+        // under the limit) is malformed too.
+        (
+            &fx.b1,
+            json!({"seq": 1, "events": "[0.3, \"o\", \"more than declared\"]\n", "bytes": 4}),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
         (
             &fx.b1,
             json!({"seq": 1, "events": "[0.3, \"o\", \"x\"]\n", "bytes": 2 << 20}),
@@ -279,12 +305,18 @@ async fn kept_sealed_in_order(fx: Fx) {
         let last = audit(&fx.ca, "recording_refused").await.pop().unwrap();
         assert_eq!((last["reason"].as_str(), last["session_id"].as_str()), (Some(*reason), Some(id.as_str())));
     }
-    // Bytes that are not UTF-8 are malformed events too (audited); a body of another
-    // media type, or a query with a field nobody defined, is not a chunk at all.
-    let invalid = raw_chunk(&fx, &fx.b1, &id, json!({"seq": 1, "bytes": 1}), RECORDING_EVENTS_MEDIA_TYPE, vec![0xff]);
-    assert_eq!(invalid.await.0, StatusCode::BAD_REQUEST);
-    let last = audit(&fx.ca, "recording_refused").await.pop().unwrap();
-    assert_eq!(last["reason"], "malformed");
+    // Event lines that are not UTF-8, and frames cut short, are malformed too (audited);
+    // a body of another media type, or a query with a field nobody defined, is not a
+    // chunk at all.
+    let whole = frames_of("[0.3, \"o\", \"x\"]\n");
+    for (media_type, body) in
+        [(RECORDING_EVENTS_MEDIA_TYPE, vec![0xff]), (RECORDING_FRAMES_MEDIA_TYPE, whole[..whole.len() - 1].to_vec())]
+    {
+        let invalid = raw_chunk(&fx, &fx.b1, &id, json!({"seq": 1, "bytes": 1}), media_type, body);
+        assert_eq!(invalid.await.0, StatusCode::BAD_REQUEST, "{media_type}");
+        let last = audit(&fx.ca, "recording_refused").await.pop().unwrap();
+        assert_eq!(last["reason"], "malformed");
+    }
     let events = b"[0.3, \"o\", \"x\"]\n".to_vec();
     let refused_before = audit(&fx.ca, "recording_refused").await.len();
     for (query, media_type) in [
@@ -296,9 +328,10 @@ async fn kept_sealed_in_order(fx: Fx) {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query} {media_type}: {v}");
     }
     assert_eq!(audit(&fx.ca, "recording_refused").await.len(), refused_before);
+    // A bastion older than frames sends event lines; both play back as one recording.
     let last =
         json!({"seq": 1, "events": "[1.5, \"o\", \"exit\\r\\n\"]\n", "bytes": 6, "truncated": true, "last": true});
-    assert_eq!(chunk(&fx, &fx.b1, &id, last).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(lines_chunk(&fx, &fx.b1, &id, last).await.0, StatusCode::NO_CONTENT);
     let (status, _) = chunk(&fx, &fx.b1, &id, json!({"seq": 2, "events": "", "bytes": 0})).await;
     assert_eq!(status, StatusCode::CONFLICT, "nothing is added after the last chunk");
     let truncated = audit(&fx.ca, "recording_truncated").await;
@@ -330,9 +363,10 @@ async fn kept_sealed_in_order(fx: Fx) {
         assert_eq!(read, sealed.iter().map(|(_, bytes)| bytes.clone()).collect::<Vec<_>>());
     }
     assert_eq!(sealed.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [0, 1]);
-    for (_, bytes) in sealed.drain(..) {
+    // The version byte: frames, then event lines.
+    for ((_, bytes), version) in sealed.drain(..).zip([2, 1]) {
         let readable = |word: &[u8]| bytes.windows(word.len()).any(|w| w == word);
-        assert!(bytes.first() == Some(&1) && !readable(b"secret") && !readable(b"exit"), "{bytes:?}");
+        assert!(bytes.first() == Some(&version) && !readable(b"secret") && !readable(b"exit"), "{bytes:?}");
     }
     if chunk_files.is_some() {
         backup_holds_the_recording(&fx, &id).await;

@@ -3,6 +3,7 @@
 
 use super::extract::{Authed, BastionAuth, Name, Query, RawBody};
 use crate::error::CaError;
+use crate::sealed::ChunkFormat;
 use crate::service::Ca;
 use axum::Json;
 use axum::extract::State;
@@ -10,14 +11,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use portcullis_policies::proof;
 use portcullis_proto::recording::{
-    ASCIICAST_MEDIA_TYPE, RECORDING_EVENTS_MEDIA_TYPE, RecordingChunkMeta, RecordingInfo,
+    ASCIICAST_MEDIA_TYPE, RECORDING_EVENTS_MEDIA_TYPE, RECORDING_FRAMES_MEDIA_TYPE, RecordingChunkMeta, RecordingInfo,
 };
 use serde::Deserialize;
 use std::sync::Arc;
 
 type Ca_ = State<Arc<Ca>>;
 
-#[utoipa::path(post, path = "/v1/bastion/recordings/{id}", tag = "services", params(("id" = String, Path), RecordingChunkMeta), request_body(content = String, content_type = "application/x-asciicast-events", description = "asciicast v2 event lines"), security(("service" = [])), responses((status = 204, description = "stored")))]
+#[utoipa::path(post, path = "/v1/bastion/recordings/{id}", tag = "services", params(("id" = String, Path), RecordingChunkMeta), request_body(content = Vec<u8>, content_type = "application/vnd.portcullis.recording-frames", description = "frames (portcullis_proto::frames), or asciicast v2 event lines as application/x-asciicast-events"), security(("service" = [])), responses((status = 204, description = "stored")))]
 pub async fn append(
     State(ca): Ca_,
     BastionAuth(b): BastionAuth,
@@ -25,10 +26,16 @@ pub async fn append(
     Query(chunk): Query<RecordingChunkMeta>,
     body: RawBody,
 ) -> Result<StatusCode, CaError> {
-    if body.media_type.as_deref() != Some(RECORDING_EVENTS_MEDIA_TYPE) {
-        return Err(CaError::BadRequest(format!("expected Content-Type: {RECORDING_EVENTS_MEDIA_TYPE}")));
-    }
-    ca.recordings().append(&b, &id, chunk, body.bytes).await?;
+    let format = match body.media_type.as_deref() {
+        Some(RECORDING_FRAMES_MEDIA_TYPE) => ChunkFormat::Frames,
+        Some(RECORDING_EVENTS_MEDIA_TYPE) => ChunkFormat::EventLines,
+        _ => {
+            return Err(CaError::BadRequest(format!(
+                "expected Content-Type: {RECORDING_FRAMES_MEDIA_TYPE} (or {RECORDING_EVENTS_MEDIA_TYPE})"
+            )));
+        }
+    };
+    ca.recordings().append(&b, &id, chunk, format, body.bytes).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

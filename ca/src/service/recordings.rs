@@ -15,10 +15,11 @@ use super::core::Core;
 use super::services::ServiceCaller;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
-use crate::sealed::{RecordingMaster, RecordingSeal};
+use crate::sealed::{ChunkFormat, OpenedChunk, RecordingMaster, RecordingSeal};
 use crate::store::{self, ChunkAppend, LeaseRow, RecordingRow};
 use portcullis_policies::{Grant, Recording, proof};
-use portcullis_proto::asciicast::check_events;
+use portcullis_proto::asciicast::{MalformedEvents, check_events};
+use portcullis_proto::frames::{CastWriter, check_frames};
 use portcullis_proto::recording::{MAX_CHUNK_TEXT, RecordingChunkMeta, RecordingInfo};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +51,22 @@ fn refused(reason: &'static str) -> (&'static str, CaError) {
         _ => CaError::BadRequest("malformed recording chunk".into()),
     };
     (reason, error)
+}
+
+/// Checks a chunk's events and says whether any is input. Frames also carry their own
+/// length, so their terminal bytes must be what the bastion declares (what counts against
+/// the rule's limit); event lines are text, checked line by line.
+fn holds_input(format: ChunkFormat, events: &[u8], declared_bytes: u64) -> Result<bool, MalformedEvents> {
+    match format {
+        ChunkFormat::Frames => {
+            let summary = check_frames(events)?;
+            if summary.terminal_bytes != declared_bytes {
+                return Err(MalformedEvents);
+            }
+            Ok(summary.input)
+        }
+        ChunkFormat::EventLines => std::str::from_utf8(events).map_err(|_| MalformedEvents).and_then(check_events),
+    }
 }
 
 fn info(row: RecordingRow) -> RecordingInfo {
@@ -117,6 +134,7 @@ impl Recordings {
         bastion: &ServiceCaller,
         session_id: &str,
         chunk: RecordingChunkMeta,
+        format: ChunkFormat,
         events: Vec<u8>,
     ) -> Result<(), CaError> {
         if !super::sessions::valid_session_id(session_id) {
@@ -133,10 +151,10 @@ impl Recordings {
             Some(row) if row.bytes.saturating_add(chunk.bytes) > row.max_bytes.saturating_add(LIMIT_SLACK) => {
                 Err(refused("over_limit"))
             }
-            Some(row) => match std::str::from_utf8(&events).map(check_events) {
-                Err(_) | Ok(Err(_)) => Err(refused("malformed")),
-                Ok(Ok(true)) if !row.input_recorded => Err(refused("input_not_recorded")),
-                Ok(Ok(_)) => Ok(row),
+            Some(row) => match holds_input(format, &events, chunk.bytes) {
+                Err(MalformedEvents) => Err(refused("malformed")),
+                Ok(true) if !row.input_recorded => Err(refused("input_not_recorded")),
+                Ok(_) => Ok(row),
             },
         };
         let row = match checked {
@@ -154,7 +172,7 @@ impl Recordings {
             }
         };
         let seal = self.seal(row).await?;
-        let sealed = seal.seal(session_id, chunk.seq, &events)?;
+        let sealed = seal.seal(session_id, chunk.seq, format, &events)?;
         drop(events);
         let sealed = self.core.store.place_recording_chunk(session_id, chunk.seq, sealed).await?;
         let now = self.core.now();
@@ -210,8 +228,15 @@ impl Recordings {
             "version": 2, "width": cols, "height": rows, "timestamp": row.started_at, "title": title,
         });
         let mut cast = format!("{header}\n");
+        // One writer for the whole recording: a character split between chunks is whole.
+        let mut writer = CastWriter::default();
         for (seq, sealed) in self.core.store.recording_chunks(session_id).await? {
-            cast.push_str(&seal.open(session_id, seq, &sealed)?);
+            match seal.open(session_id, seq, &sealed)? {
+                OpenedChunk::Lines(lines) => cast.push_str(&lines),
+                OpenedChunk::Frames(frames) => writer.push_chunk(&mut cast, &frames).map_err(|MalformedEvents| {
+                    CaError::Internal(format!("recording {session_id}: a stored chunk does not hold frames"))
+                })?,
+            }
         }
         let event = AuditEvent::RecordingPlayed {
             actor: grant.username().to_owned(),
