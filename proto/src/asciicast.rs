@@ -1,7 +1,8 @@
 //! The event lines of an asciicast v2 recording (see [`crate::recording`]): written by the
-//! bastion ([`push_event`]) and checked by the CA ([`check_events`]) — one module, so the
-//! writer and the checker agree on the format. Both run over every byte a recorded
-//! session shows, so both look at eight bytes at a time ([`escape_mask`]).
+//! CA when a recording is played ([`push_event`], from frames: [`crate::frames`]) and
+//! checked by the CA when a bastion older than frames sends lines ([`check_events`]) — one
+//! module, so the writer and the checker agree on the format. Both look at eight bytes at
+//! a time ([`escape_mask`]): they ran over every recorded byte when bastions wrote lines.
 
 use std::fmt::Write;
 
