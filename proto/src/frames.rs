@@ -15,6 +15,10 @@ use std::borrow::Cow;
 /// Bytes before a frame's data.
 pub const FRAME_HEADER: usize = 8 + 1 + 4;
 
+/// Terminal bytes per written event at most, so one event line stays small for a player
+/// (escaping a control byte takes six); a longer frame becomes several events.
+const MAX_EVENT_BYTES: usize = 16 * 1024;
+
 /// Appends one frame to `out`.
 pub fn push_frame(out: &mut Vec<u8>, micros: u64, code: u8, data: &[u8]) {
     let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
@@ -121,9 +125,11 @@ impl CastWriter {
                     continue;
                 }
             };
-            let text = stream.decode(data);
-            if !text.is_empty() {
-                push_event(out, time, code, &text);
+            for piece in data.chunks(MAX_EVENT_BYTES) {
+                let text = stream.decode(piece);
+                if !text.is_empty() {
+                    push_event(out, time, code, &text);
+                }
             }
         }
         Ok(())
@@ -220,6 +226,22 @@ mod tests {
         );
         assert_eq!(cast, expected);
         assert_eq!(check_events(&cast), Ok(true));
+    }
+
+    #[test]
+    fn a_long_frame_is_written_as_several_events_and_loses_no_character() {
+        let text = "€".repeat(MAX_EVENT_BYTES); // three bytes each: pieces split characters
+        let mut frames = Vec::new();
+        push_frame(&mut frames, 1_000_000, b'o', text.as_bytes());
+        let mut cast = String::new();
+        CastWriter::default().push_chunk(&mut cast, &frames).unwrap();
+        let events: Vec<(f64, String, String)> = cast.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(events.len(), 3, "{} bytes in pieces of {MAX_EVENT_BYTES}", text.len());
+        // A piece may begin with the end of a character the one before it split.
+        assert!(
+            events.iter().all(|(time, code, piece)| *time == 1.0 && code == "o" && piece.len() < MAX_EVENT_BYTES + 4)
+        );
+        assert_eq!(events.into_iter().map(|(_, _, piece)| piece).collect::<String>(), text);
     }
 
     #[test]
