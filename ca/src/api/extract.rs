@@ -45,11 +45,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     }
 }
 
-/// A body that is not JSON (a recording's event lines) and its media type (lower case,
+/// A body that is not JSON (a recording's frames) and its media type (lower case,
 /// without parameters); the handler checks both.
 pub struct RawBody {
     pub media_type: Option<String>,
-    pub bytes: Vec<u8>,
+    pub bytes: axum::body::Bytes,
 }
 
 impl<S: Send + Sync> FromRequest<S> for RawBody {
@@ -68,7 +68,7 @@ fn media_type(req: &Request) -> Option<String> {
 }
 
 /// The body, within the route's limit ([`BodyLimit`]) and [`BODY_DEADLINE`].
-async fn read_body(req: Request) -> Result<Vec<u8>, CaError> {
+async fn read_body(req: Request) -> Result<axum::body::Bytes, CaError> {
     let limit = req.extensions().get::<BodyLimit>().map_or(super::MAX_BODY_BYTES, |l| l.0);
     tokio::time::timeout(BODY_DEADLINE, read_limited(req.into_body(), limit))
         .await
@@ -78,12 +78,13 @@ async fn read_body(req: Request) -> Result<Vec<u8>, CaError> {
 /// Reads at most `limit` bytes. Past the limit, the rest is read and dropped (up to
 /// [`DRAIN_MAX`]) before answering 413: a client that sends its whole body before
 /// reading gets the answer instead of a reset.
-async fn read_limited(mut body: axum::body::Body, limit: usize) -> Result<Vec<u8>, CaError> {
+async fn read_limited(mut body: axum::body::Body, limit: usize) -> Result<axum::body::Bytes, CaError> {
     use hyper::body::Body as _;
     // Kept as the pieces arrive, not sized from what the client announces: a client that
     // announces much and sends slowly holds no more memory than it sent. Joined once at
     // the end, so each byte is copied once (growing one buffer copied a megabyte
-    // recording chunk about twice).
+    // recording chunk about twice), and not at all when it came in one piece (the
+    // all-in-one's bastion calls its CA in process with the body as one buffer).
     let mut pieces: Vec<axum::body::Bytes> = Vec::new();
     let mut seen = 0usize;
     loop {
@@ -99,7 +100,11 @@ async fn read_limited(mut body: axum::body::Body, limit: usize) -> Result<Vec<u8
             pieces.push(data);
         }
     }
-    if seen > limit { Err(CaError::TooLarge) } else { Ok(pieces.concat()) }
+    match pieces.len() {
+        _ if seen > limit => Err(CaError::TooLarge),
+        1 => Ok(pieces.swap_remove(0)),
+        _ => Ok(pieces.concat().into()),
+    }
 }
 
 /// Path parameters; a malformed one is a JSON 400.

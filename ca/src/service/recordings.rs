@@ -135,7 +135,7 @@ impl Recordings {
         session_id: &str,
         chunk: RecordingChunkMeta,
         format: ChunkFormat,
-        events: Vec<u8>,
+        events: bytes::Bytes,
     ) -> Result<(), CaError> {
         if !super::sessions::valid_session_id(session_id) {
             return Err(CaError::BadRequest("malformed session id".into()));
