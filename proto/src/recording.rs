@@ -10,8 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Most bytes of event text in one chunk ([`RecordingChunkMeta`]; the bastion sends about
-/// 1 MiB).
+/// Most bytes of one chunk's body, frames or event lines ([`RecordingChunkMeta`]; the
+/// bastion sends about 1 MiB).
 pub const MAX_CHUNK_TEXT: usize = 2 * 1024 * 1024;
 
 /// In a [`crate::bastion::SessionGrant`]: this session is recorded.
