@@ -212,7 +212,7 @@ impl Uploader {
             let next = Vec::with_capacity(pending.frames.len() + pending.frames.len() / 4);
             let events = Bytes::from(std::mem::replace(&mut pending.frames, next));
             // One chunk on its way while the next fills: the CA's write overlaps the
-            // encoding, and chunks still arrive in order.
+            // copying into frames, and chunks still arrive in order.
             if let Some(previous) = in_flight.take()
                 && !previous.await.unwrap_or(false)
             {
