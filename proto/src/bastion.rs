@@ -347,7 +347,8 @@ pub mod deny_reason {
     pub const PORT_NOT_ALLOWED: &str = "port_not_allowed";
     /// The session certificate could not be produced.
     pub const CREDENTIAL_RESOLUTION_FAILED: &str = "credential_resolution_failed";
-    /// Terminated mode without the user's proof of connection (see [`super::ConnectionProof`]).
+    /// Terminated mode without the user's proof of connection (see [`super::ConnectionProof`]),
+    /// or a console session asked for with a certificate instead of a browser's ticket.
     pub const CONNECTION_PROOF_MISSING: &str = "connection_proof_missing";
     /// A proof that does not verify, or is not for this certificate, login and device.
     pub const CONNECTION_PROOF_INVALID: &str = "connection_proof_invalid";

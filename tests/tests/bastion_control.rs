@@ -621,13 +621,60 @@ async fn no_onward_certificate_without_a_live_proof(fx: &Fx) {
     let replay = terminated_with(&session_id(), &alice, "pve01", "root", Some(real.clone()));
     denied(fx.replicas.last().unwrap(), &b2, &replay, deny_reason::CONNECTION_PROOF_REPLAYED).await;
 
+    // A certificate row from before the CA kept digests is known by serial: the bastion
+    // certifies its own key under Carol's serial and signs the proof with it. Refused
+    // (the certified key is not hers).
+    let carol = user_cert(&fx.ca, "carol").await;
+    sqlx::query("UPDATE certificates SET cert_digest = NULL WHERE serial = $1")
+        .bind(portcullis_ca::store::serial_to_db(carol.serial.parse().unwrap()))
+        .execute(fx.ca.core().store().pool())
+        .await
+        .unwrap();
+    let own_ca = ed25519_key();
+    let now = fx.clock_now();
+    let mut b =
+        ssh_key::certificate::Builder::new([7u8; 32], own_key.public_key().key_data().clone(), now - 60, now + 3600)
+            .unwrap();
+    b.serial(carol.serial.parse().unwrap()).unwrap();
+    b.key_id("carol").unwrap();
+    b.cert_type(ssh_key::certificate::CertType::User).unwrap();
+    b.valid_principal("deploy%pve01").unwrap();
+    let own_cert = b.sign(&own_ca).unwrap();
+    let own_proof = portcullis_tests::ssh::connection_proof(&own_key, &own_cert, "deploy%pve01", &[8; 32]);
+    let digestless = Presented { digest: None, ..carol.clone() };
+    let own_open = terminated_with(&session_id(), &digestless, "pve01", "deploy", Some(own_proof));
+    denied(api, &fx.bastion, &own_open, deny_reason::CONNECTION_PROOF_INVALID).await;
+
+    // Later on her connection, another session: it ends when the first one must (an
+    // hour after her first open), not an hour from now — a connection's sessions do not
+    // pass her proof on from one to the next.
+    fx.clock.set(now + 1800);
+    let later =
+        granted(api, &fx.bastion, &terminated_with(&session_id(), &alice, "pve01", "root", Some(real.clone()))).await;
+    assert!((1799..=1800).contains(&later.absolute_timeout_secs), "{}", later.absolute_timeout_secs);
+    // An administrator ends her connection's sessions. A bastion that ignores the close
+    // orders and goes on listing them gets nothing more with her proof.
+    let hers: Vec<String> = fx.ca.core().store().leases().await.unwrap().into_iter().map(|l| l.session_id).collect();
+    for id in &hers {
+        let (status, v) = api.post_json(Some(&fx.admin), &format!("/v1/admin/sessions/{id}/kill"), &json!({})).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    }
+    let ids: Vec<&str> = hers.iter().map(String::as_str).collect();
+    assert_eq!(heartbeat(api, &fx.bastion, &ids, &[]).await.len(), hers.len(), "each is ordered closed");
+    denied(api, &fx.bastion, &replay, deny_reason::CONNECTION_PROOF_REPLAYED).await;
+
     // She leaves: once no session of that connection lives, her proof opens nothing.
-    for id in fx.ca.core().store().leases().await.unwrap().into_iter().map(|l| l.session_id) {
-        close(api, &fx.bastion, &id, "client_disconnect").await;
+    for id in &hers {
+        close(api, &fx.bastion, id, "client_disconnect").await;
     }
     denied(api, &fx.bastion, &replay, deny_reason::CONNECTION_PROOF_REPLAYED).await;
-    // A new connection of hers (a new session identifier) works as ever.
-    granted(api, &fx.bastion, &terminated(&session_id(), &alice, "pve01", "root")).await;
+    // A new connection of hers (a new session identifier) works as ever, and is worth
+    // nothing past its session's deadline, even if that session is never closed.
+    let next = alice.proof("pve01", "root");
+    granted(api, &fx.bastion, &terminated_with(&session_id(), &alice, "pve01", "root", next.clone())).await;
+    fx.clock.set(now + 1800 + 3601);
+    let stale = terminated_with(&session_id(), &alice, "pve01", "root", next);
+    denied(api, &fx.bastion, &stale, deny_reason::CONNECTION_PROOF_REPLAYED).await;
 
     // Every refusal is a `session_denied` naming its reason.
     let reasons: Vec<String> =
@@ -639,7 +686,7 @@ async fn no_onward_certificate_without_a_live_proof(fx: &Fx) {
             count(deny_reason::CONNECTION_PROOF_INVALID),
             count(deny_reason::CONNECTION_PROOF_REPLAYED)
         ),
-        (1, 5, 2),
+        (1, 6, 4),
         "{reasons:?}"
     );
     let denied_records = audit(&fx.ca, "session_denied").await;
@@ -788,6 +835,22 @@ impl Fx {
     }
 }
 
+/// A certificate whose validity has not begun (here: the CA's clock stepped back an hour
+/// after issuing it) opens nothing until it has; within the clock skew it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_not_valid_yet_opens_no_session() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let alice = user_cert(&fx.ca, "alice").await;
+    let issued_at = fx.clock_now();
+    fx.clock.set(issued_at - 3600);
+    let (status, v) = open(api, &fx.bastion, &terminated(&session_id(), &alice, "pve01", "root")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(v["message"], "credential_invalid: the certificate is not valid yet", "{v}");
+    fx.clock.set(issued_at - 30);
+    granted(api, &fx.bastion, &terminated(&session_id(), &alice, "pve01", "root")).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_denial_has_its_reason_and_its_control() {
     let fx = fixture(None, 1).await;
@@ -840,10 +903,11 @@ async fn each_denial_has_its_reason_and_its_control() {
     // Targeted by her role, but served by an agent outside every rule's scope.
     denied(api, &fx.bastion, &terminated(&session_id(), &alice, "lab09", "root"), deny_reason::RULE_MISMATCH).await;
     denied(api, &fx.bastion, &terminated(&session_id(), &alice, "nope", "root"), deny_reason::UNKNOWN_DEVICE).await;
-    // Console needs a console_access rule (there is none).
+    // A console opens with a browser's ticket, never with a certificate (see
+    // `console_control::a_bastion_cannot_open_a_console_with_a_certificate_it_has_seen`).
     let mut console = terminated(&session_id(), &alice, "pve01", "root");
     console["mode"] = json!("console");
-    denied(api, &fx.bastion, &console, deny_reason::RULE_MISMATCH).await;
+    denied(api, &fx.bastion, &console, deny_reason::CONNECTION_PROOF_MISSING).await;
     // Carol's contract role grants deploy only.
     let carol = user_cert(&fx.ca, "carol").await;
     denied(api, &fx.bastion, &terminated(&session_id(), &carol, "pve01", "root"), deny_reason::NOT_AUTHORIZED).await;
@@ -880,7 +944,7 @@ async fn each_denial_has_its_reason_and_its_control() {
             "not_authorized",
             "rule_mismatch",
             "unknown_device",
-            "rule_mismatch",
+            "connection_proof_missing",
             "not_authorized"
         ]
     );

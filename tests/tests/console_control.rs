@@ -12,9 +12,9 @@
 
 use portcullis_ca::{Ca, CaConfig, ManualClock};
 use portcullis_policies::proof;
-use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::*;
 use portcullis_proto::console::{CSRF_HEADER, ConsoleDevice, DeviceDetails, TICKET_TTL_SECS, session_binding};
+use portcullis_proto::{NodeRecord, UserCertRequest};
 use portcullis_tests::ssh::{ed25519_key, public_line};
 use portcullis_tests::{Postgres, ServedCa, TEST_PASSPHRASE, first_admin, sqlite_url};
 use reqwest::StatusCode;
@@ -935,6 +935,45 @@ async fn a_bastion_cannot_mint_a_console_ticket() {
     assert!(fx.ca.core().store().leases().await.unwrap().is_empty(), "no session was opened");
     let (status, v) = redeem(&fx, &real, &session_id()).await;
     assert_eq!(status, StatusCode::OK, "{v}");
+}
+
+/// A bastion taken over has seen users' certificates (they are not secrets). Alice's
+/// roles let her open consoles on pve01 as root, and a console session gets an onward
+/// certificate: asked for with her certificate instead of a ticket, on the route for
+/// SSH sessions, it must get none — else the bastion could mint root on every console
+/// she may open, whenever it likes. Refused, audited, nothing leased or signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bastion_cannot_open_a_console_with_a_certificate_it_has_seen() {
+    let fx = fixture().await;
+    let token = bearer(&fx.ca, "alice").await;
+    let caller = fx.ca.identity().caller(&token).await.unwrap();
+    let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..Default::default() };
+    let issued = fx.ca.issuance().issue(&caller, &request, IP).await.unwrap().certificate;
+    let cert = ssh_key::Certificate::from_openssh(issued.trim()).unwrap();
+    let digest = portcullis_sshcert::certificate_digest(&cert).unwrap();
+    let signed_before = count(&fx.ca, "certificates").await;
+    let body = json!({
+        "session_id": session_id(), "mode": "console", "cert_serial": cert.serial().to_string(),
+        "certificate_digest": digest, "login": "root", "device": "pve01", "client_ip": IP,
+        "session_public_key": public_line(&ed25519_key()),
+    });
+    let (status, v) = fx.api.post_json(Some(&fx.bastion), "/v1/bastion/sessions/open", &body).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    assert!(v["message"].as_str().unwrap().starts_with(deny_reason::CONNECTION_PROOF_MISSING), "{v}");
+    assert!(v.get("session_certificate").is_none(), "{v}");
+    assert!(fx.ca.core().store().leases().await.unwrap().is_empty(), "no session was opened");
+    assert_eq!(count(&fx.ca, "certificates").await, signed_before, "nothing was signed");
+    let denied = audit(&fx.ca, "session_denied").await;
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(
+        (denied[0]["reason"].as_str(), denied[0]["user"].as_str()),
+        (Some("connection_proof_missing"), Some("alice"))
+    );
+    // Her browser's ticket still opens the console.
+    let real = ticket(&fx, &token, "pve01", "root").await;
+    let (status, v) = redeem(&fx, &real, &session_id()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(v["session_certificate"].is_string(), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -354,8 +354,9 @@ pub async fn insert_lease(conn: &mut AnyConnection, l: &LeaseRow, connection: Op
 pub enum ProofUse {
     /// Its first use.
     Fresh,
-    /// Another session on the same connection, which still has a live one.
-    SameConnection,
+    /// Another session on the same connection, which still has a live one; the new
+    /// session ends no later than `until` (the earliest deadline of those still live).
+    SameConnection { until: u64 },
     /// Seen before, and not the same live connection: a replay.
     Replayed,
 }
@@ -388,19 +389,26 @@ pub async fn claim_connection_proof(
     if inserted.rows_affected() == 1 {
         return Ok(ProofUse::Fresh);
     }
-    let same = sqlx::query(
-        "SELECT 1 AS live FROM connection_proofs p WHERE p.session_hash = $1 AND p.bastion = $2 \
-         AND p.cert_serial = $3 AND p.device = $4 AND p.login = $5 \
-         AND EXISTS (SELECT 1 FROM session_leases l WHERE l.connection = p.session_hash)",
+    // A session that an administrator ended, or that is past its deadline, keeps no
+    // proof alive even while a bastion that ignores close orders still heartbeats it.
+    let until: Option<i64> = sqlx::query_scalar(
+        "SELECT MIN(l.absolute_deadline) FROM connection_proofs p \
+         JOIN session_leases l ON l.connection = p.session_hash \
+         WHERE p.session_hash = $1 AND p.bastion = $2 AND p.cert_serial = $3 AND p.device = $4 AND p.login = $5 \
+         AND l.kill_reason IS NULL AND l.absolute_deadline > $6",
     )
     .bind(session_hash)
     .bind(bastion)
     .bind(serial_to_db(cert_serial))
     .bind(device)
     .bind(login)
-    .fetch_optional(&mut *conn)
+    .bind(ts(now))
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(if same.is_some() { ProofUse::SameConnection } else { ProofUse::Replayed })
+    Ok(match until {
+        Some(until) => ProofUse::SameConnection { until: ts_from(until) },
+        None => ProofUse::Replayed,
+    })
 }
 
 /// Forgets proofs first used before `cutoff` (their certificates have expired, so a

@@ -195,7 +195,17 @@ impl Sessions {
                 Ok(proven) => Some(proven),
                 Err(d) => return Ok(Err(d)),
             },
-            SessionMode::Jump | SessionMode::Console => None,
+            SessionMode::Jump => None,
+            // A console's proof is the ticket the user's browser asked for, redeemed
+            // through `/v1/bastion/console/open`; here there is none, and a certificate a
+            // bastion has seen must not stand in for it (it would be an onward
+            // certificate for any console login the user's roles reach, on demand).
+            SessionMode::Console => {
+                return Ok(Err(denial(
+                    deny::CONNECTION_PROOF_MISSING,
+                    "a console session opens only with the ticket the user's browser asked for",
+                )));
+            }
         };
         let Some((node, target_host)) = self.resolve_device(&req.device, req.mode).await? else {
             return Ok(Err(denial(deny::UNKNOWN_DEVICE, "no such device")));
@@ -328,7 +338,7 @@ impl Sessions {
             Evidence::Certificate { serial, .. } => Some(*serial),
             Evidence::Ticket { .. } => None,
         };
-        let lease = LeaseRow {
+        let mut lease = LeaseRow {
             session_id: open.session_id.to_owned(),
             bastion: bastion.name.clone(),
             username: subject.username.clone(),
@@ -363,9 +373,18 @@ impl Sessions {
             let serial = cert_serial.unwrap_or(0);
             let used =
                 store::claim_connection_proof(tx.conn(), connection, &bastion.name, serial, &node.name, login, now);
-            if used.await? == store::ProofUse::Replayed {
-                drop(tx);
-                return Ok(Err(denial(deny::CONNECTION_PROOF_REPLAYED, "this proof of connection was used before")));
+            match used.await? {
+                store::ProofUse::Fresh => {}
+                store::ProofUse::SameConnection { until } => {
+                    lease.absolute_deadline = lease.absolute_deadline.min(until);
+                }
+                store::ProofUse::Replayed => {
+                    drop(tx);
+                    return Ok(Err(denial(
+                        deny::CONNECTION_PROOF_REPLAYED,
+                        "this proof of connection was used before",
+                    )));
+                }
             }
         }
         for (scope, cap, text) in &caps {
@@ -416,6 +435,7 @@ impl Sessions {
         self.core.counters.sessions_opened.inc(&[("mode", open.mode.as_str())]);
 
         let has = |ext: &str| role.extensions().contains(ext);
+        let absolute_secs = lease.absolute_deadline.saturating_sub(now);
         Ok(Ok(SessionGrant {
             session_id: lease.session_id,
             username: lease.username,
@@ -431,7 +451,7 @@ impl Sessions {
             connect_timeout_ms: u64::try_from(rule.timeout().as_millis()).unwrap_or(u64::MAX),
             idle_timeout_secs: limits.idle.as_secs(),
             idle_counts_output: rule.idle_counts() == IdleCounts::InputOrOutput,
-            absolute_timeout_secs: limits.absolute.as_secs(),
+            absolute_timeout_secs: absolute_secs,
             cert_valid_before: subject.valid_before,
             session_certificate: session_cert.map(|(_, text)| text),
             login: lease.login,
@@ -478,6 +498,9 @@ impl Sessions {
         }
         if cert.valid_before <= now {
             return invalid("the certificate has expired");
+        }
+        if cert.valid_after > now.saturating_add(self.core.clock_skew) {
+            return invalid("the certificate is not valid yet");
         }
         if self.core.store.user(&cert.username).await?.is_some_and(|u| u.disabled) {
             return invalid("the user is disabled");

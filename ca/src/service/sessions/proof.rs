@@ -11,17 +11,21 @@
 //!   (`connection_proof_invalid`): a proof for one node is no proof for another.
 //! - A proof serves its own connection only: recorded at first use, accepted again only
 //!   from the same bastion, certificate and target while a session it opened is still
-//!   live (`connection_proof_replayed`). The session identifier is a hash of the key
-//!   exchange, unique per connection, so an old proof is worth nothing.
+//!   live — not ended by an administrator, not past its absolute deadline — and a
+//!   session opened again on it ends no later than the earliest of those
+//!   (`connection_proof_replayed`): a connection's sessions cannot hand the proof on
+//!   from one to the next beyond the first one's lifetime. The session identifier is a
+//!   hash of the key exchange, unique per connection, so an old proof is worth nothing.
 //!
 //! So a bastion taken over can act only for users who connect while it is compromised,
-//! only on the node and login they asked for, and only while their connection lasts.
+//! only on the node and login they asked for, and only while their connection's first
+//! session may last.
 
 use super::admission::denial;
 use super::{Denial, Sessions};
 use crate::store::CertRow;
 use portcullis_proto::bastion::{SessionOpenRequest, deny_reason as deny, terminated_user};
-use portcullis_sshcert::{certificate_digest, verify_connection_proof};
+use portcullis_sshcert::{certificate_digest, fingerprint, verify_connection_proof};
 use sha2::{Digest, Sha256};
 
 /// A connection proven for this open: the hash of its session identifier (the CA never
@@ -48,7 +52,11 @@ pub(super) fn check(req: &SessionOpenRequest, cert: &CertRow) -> Result<ProvenCo
     if proven.user != asked {
         return invalid("the proof of connection is for another login or device");
     }
+    // The serial and the certified key, and the whole certificate where the CA kept its
+    // digest: a row from before digests were kept is not matched by serial alone (a
+    // bastion could certify its own key under a known serial and sign the proof itself).
     let same_certificate = proven.certificate.serial() == cert.serial
+        && fingerprint(proven.certificate.public_key()) == cert.key_fingerprint
         && cert
             .digest
             .as_deref()
