@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use portcullis_proto::bastion::CloseReason;
 use portcullis_proto::console::{self, ConsoleControl, ConsoleOpenRequest};
+use portcullis_proto::recording::MAX_TERMINAL_SIDE;
 use russh::{ChannelMsg, client};
 
 use crate::Bastion;
@@ -41,7 +42,6 @@ const TICKET_WAIT: Duration = Duration::from_secs(10);
 const MAX_TICKET_LEN: usize = 256;
 /// Largest frame accepted from a browser (pastes are split by xterm.js well below this).
 const MAX_FRAME: usize = 64 * 1024;
-const MAX_COLS_ROWS: u32 = 1000;
 /// Output coalesced into one frame at most.
 const MAX_OUT_FRAME: usize = 256 * 1024;
 
@@ -270,7 +270,7 @@ async fn pump(
                 Some(Ok(Message::Text(text))) => {
                     if let Ok(ConsoleControl::Resize { cols, rows }) = serde_json::from_str(&text) {
                         live.touch();
-                        let (cols, rows) = (cols.clamp(1, MAX_COLS_ROWS), rows.clamp(1, MAX_COLS_ROWS));
+                        let (cols, rows) = (cols.clamp(1, MAX_TERMINAL_SIDE), rows.clamp(1, MAX_TERMINAL_SIDE));
                         if let Some(r) = recorder {
                             r.resize(cols, rows).await;
                         }
@@ -322,7 +322,9 @@ async fn first_size(socket: &mut WebSocket) -> Option<(u32, u32)> {
     let frame = tokio::time::timeout(Duration::from_secs(2), socket.recv()).await.ok()??.ok()?;
     match frame {
         Message::Text(text) => match serde_json::from_str(&text).ok()? {
-            ConsoleControl::Resize { cols, rows } => Some((cols.clamp(1, MAX_COLS_ROWS), rows.clamp(1, MAX_COLS_ROWS))),
+            ConsoleControl::Resize { cols, rows } => {
+                Some((cols.clamp(1, MAX_TERMINAL_SIDE), rows.clamp(1, MAX_TERMINAL_SIDE)))
+            }
             _ => None,
         },
         _ => None,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use portcullis_proto::bastion::CloseReason;
 use portcullis_proto::frames::push_frame;
-use portcullis_proto::recording::{RecordingChunkMeta, RecordingGrant, TerminalSize};
+use portcullis_proto::recording::{MAX_TERMINAL_SIDE, RecordingChunkMeta, RecordingGrant, TerminalSize};
 use tokio::sync::mpsc;
 
 use crate::control::{ControlError, ControlPlane};
@@ -42,7 +42,8 @@ const ATTEMPTS: u32 = 4;
 enum Event {
     Output(u64, Bytes),
     Input(u64, Bytes),
-    Resize(u64, u32, u32),
+    /// `COLSxROWS`, each within 1..=[`MAX_TERMINAL_SIDE`].
+    Resize(u64, Bytes),
     /// The limit was reached: nothing after this is recorded.
     Truncated,
 }
@@ -50,9 +51,12 @@ enum Event {
 pub(crate) struct Recorder {
     started: Instant,
     grant: RecordingGrant,
-    /// Terminal bytes recorded so far.
+    /// What the frames hold so far (terminal bytes and sizes): what counts against the
+    /// rule's limit, as the CA counts it.
     recorded: AtomicU64,
     full: AtomicBool,
+    /// The last size recorded (`cols << 32 | rows`): the same size again is no event.
+    last_size: AtomicU64,
     events: mpsc::Sender<Event>,
     uploader: tokio::task::JoinHandle<()>,
     live: Arc<LiveSession>,
@@ -74,6 +78,7 @@ impl Recorder {
             grant,
             recorded: AtomicU64::new(0),
             full: AtomicBool::new(false),
+            last_size: AtomicU64::new(0),
             events,
             uploader: tokio::spawn(Arc::new(uploader).run(queue)),
             live: Arc::clone(live),
@@ -86,31 +91,42 @@ impl Recorder {
 
     /// Terminal output on its way to the user.
     pub(crate) async fn output(&self, data: &Bytes) {
-        self.record(data, Event::Output).await;
+        self.record(data, Event::Output, true).await;
     }
 
     /// The user's keystrokes, when the rule records input.
     pub(crate) async fn input(&self, data: &Bytes) {
         if self.grant.input {
-            self.record(data, Event::Input).await;
+            self.record(data, Event::Input, true).await;
         }
     }
 
     /// The terminal's size (a client without a terminal of its own says 0×0: not a size).
+    /// A client may claim any size: what is recorded is kept within what a player can
+    /// draw (and the CA accepts), and a size repeated is not recorded again — sizes count
+    /// against the limit like output, so a client sending them by the thousand fills the
+    /// recording, not the disk.
     pub(crate) async fn resize(&self, cols: u32, rows: u32) {
-        if cols > 0 && rows > 0 && !self.full.load(Ordering::Relaxed) {
-            let _ = self.events.send(Event::Resize(self.now(), cols, rows)).await;
+        if cols == 0 || rows == 0 {
+            return;
+        }
+        let (cols, rows) = (cols.min(MAX_TERMINAL_SIDE), rows.min(MAX_TERMINAL_SIDE));
+        let packed = u64::from(cols) << 32 | u64::from(rows);
+        if self.last_size.swap(packed, Ordering::Relaxed) != packed {
+            self.record(&Bytes::from(format!("{cols}x{rows}")), Event::Resize, false).await;
         }
     }
 
-    async fn record(&self, data: &Bytes, event: fn(u64, Bytes) -> Event) {
+    /// Records `data` as far as the limit allows: cut there when `divisible` (output and
+    /// input), else whole or not at all (a size).
+    async fn record(&self, data: &Bytes, event: fn(u64, Bytes) -> Event, divisible: bool) {
         if data.is_empty() || self.full.load(Ordering::Relaxed) {
             return;
         }
         let len = data.len() as u64;
         let before = self.recorded.fetch_add(len, Ordering::Relaxed);
         let room = self.grant.max_bytes.saturating_sub(before);
-        if room > 0 {
+        if room >= len || (room > 0 && divisible) {
             let kept = data.slice(..usize::try_from(room.min(len)).unwrap_or(data.len()));
             let _ = self.events.send(event(self.now(), kept)).await;
         }
@@ -129,6 +145,12 @@ impl Recorder {
             tracing::warn!(session = %self.live.id, "the recording's last chunk did not reach the CA in time");
         }
     }
+}
+
+/// The size a resize event's `COLSxROWS` (as [`Recorder::resize`] writes it) names.
+fn parse_size(text: &[u8]) -> Option<TerminalSize> {
+    let (cols, rows) = std::str::from_utf8(text).ok()?.split_once('x')?;
+    Some(TerminalSize { cols: cols.parse().ok()?, rows: rows.parse().ok()? })
 }
 
 struct Uploader {
@@ -172,13 +194,13 @@ impl Uploader {
                         match event {
                             Event::Output(t, data) => pending.add(t, b'o', &data),
                             Event::Input(t, data) => pending.add(t, b'i', &data),
-                            Event::Resize(t, cols, rows) => {
+                            Event::Resize(t, size) => {
                                 // The first size is the header's; later ones are events.
                                 if !pending.sized {
                                     pending.sized = true;
-                                    pending.size = Some(TerminalSize { cols, rows });
+                                    pending.size = parse_size(&size);
                                 }
-                                push_frame(&mut pending.frames, t, b'r', format!("{cols}x{rows}").as_bytes());
+                                pending.add(t, b'r', &size);
                             }
                             Event::Truncated => pending.truncated = true,
                         }

@@ -105,10 +105,11 @@ async fn play(cast: &str, speed: f64, idle_limit: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drops OSC, DCS, PM and APC strings (`ESC ]`, `ESC P`, `ESC ^`, `ESC _` up to BEL or
-/// `ESC \`) from recorded output: they set titles and the clipboard, or talk to the
-/// terminal, which a recording played back must not do to the auditor's terminal.
-/// Colors and cursor movement (CSI) pass. State carries across events.
+/// Drops OSC, DCS, PM and APC strings (`ESC ]`, `ESC P`, `ESC ^`, `ESC _`, or their
+/// one-character forms U+009D, U+0090, U+009E, U+009F, up to BEL, `ESC \` or U+009C) from
+/// recorded output: they set titles and the clipboard, or talk to the terminal, which a
+/// recording played back must not do to the auditor's terminal. Colors and cursor
+/// movement (CSI) pass. State carries across events.
 #[derive(Default)]
 struct ScreenOnly {
     in_string: bool,
@@ -121,7 +122,7 @@ impl ScreenOnly {
         for c in text.chars() {
             match (self.in_string, self.escape, c) {
                 (true, true, '\\') => (self.in_string, self.escape) = (false, false),
-                (true, _, '\u{7}') => (self.in_string, self.escape) = (false, false),
+                (true, _, '\u{7}' | '\u{9c}') => (self.in_string, self.escape) = (false, false),
                 (true, _, '\u{1b}') => self.escape = true,
                 (true, _, _) => self.escape = false,
                 (false, true, ']' | 'P' | '^' | '_') => (self.in_string, self.escape) = (true, false),
@@ -131,6 +132,7 @@ impl ScreenOnly {
                     self.escape = false;
                 }
                 (false, false, '\u{1b}') => self.escape = true,
+                (false, false, '\u{90}' | '\u{9d}' | '\u{9e}' | '\u{9f}') => self.in_string = true,
                 (false, false, c) => out.push(c),
             }
         }
@@ -150,5 +152,11 @@ mod tests {
         assert_eq!(f.pass("x\u{1b}]0;ti"), "x", "a title split between events");
         assert_eq!(f.pass("tle\u{1b}\\y"), "y");
         assert_eq!(f.pass("\u{1b}Pq#0\u{1b}\\z"), "z", "DCS");
+        // The same strings in their one-character (C1) forms.
+        assert_eq!(f.pass("a\u{9d}52;c;ZXZpbA==\u{7}b"), "ab", "clipboard write, C1 OSC");
+        assert_eq!(f.pass("c\u{9d}0;title\u{9c}d"), "cd", "ended by C1 ST");
+        for start in ['\u{90}', '\u{9e}', '\u{9f}'] {
+            assert_eq!(f.pass(&format!("e{start}payload\u{1b}\\f")), "ef", "{start:?}");
+        }
     }
 }

@@ -7,9 +7,12 @@
 //!
 //! A frame is: the time since the session began in microseconds (u64, little-endian), the
 //! event code (`o` output, `i` input, `r` resize), the data's length (u32, little-endian),
-//! then the data — terminal bytes for `o` and `i`, `COLSxROWS` for `r`.
+//! then the data — terminal bytes for `o` and `i`, `COLSxROWS` for `r`. Every frame holds
+//! data, and its data is what counts against the rule's limit, so stored frames are at
+//! most [`FRAME_HEADER`] + 1 times what they count.
 
 use crate::asciicast::{MalformedEvents, push_event};
+use crate::recording::MAX_TERMINAL_SIDE;
 use std::borrow::Cow;
 
 /// Bytes before a frame's data.
@@ -37,9 +40,9 @@ pub struct Frame<'a> {
     pub data: &'a [u8],
 }
 
-/// The frames of `chunk`, each checked: a known code, data within the chunk, a resize's
-/// data `COLSxROWS` (each at most 65535). The first bad frame ends the iteration with
-/// `Err`; the error names nothing.
+/// The frames of `chunk`, each checked: a known code, data within the chunk and not
+/// empty, a resize's data `COLSxROWS` (each 1 to [`MAX_TERMINAL_SIDE`]). The first bad
+/// frame ends the iteration with `Err`; the error names nothing.
 pub fn frames(chunk: &[u8]) -> impl Iterator<Item = Result<Frame<'_>, MalformedEvents>> {
     let mut rest = chunk;
     std::iter::from_fn(move || {
@@ -63,19 +66,20 @@ fn next_frame(chunk: &[u8]) -> Result<(Frame<'_>, &[u8]), MalformedEvents> {
     let len = u32::from_le_bytes(len.try_into().map_err(|_| MalformedEvents)?);
     let (data, rest) = rest.split_at_checked(len as usize).ok_or(MalformedEvents)?;
     let code = match code {
-        [c @ (b'o' | b'i')] => *c,
+        [c @ (b'o' | b'i')] if !data.is_empty() => *c,
         [b'r'] if is_size(data) => b'r',
         _ => return Err(MalformedEvents),
     };
     Ok((Frame { micros, code, data }, rest))
 }
 
-/// `COLSxROWS`, each a number up to 65535 without a sign.
+/// `COLSxROWS`, each a number from 1 to [`MAX_TERMINAL_SIDE`] without a sign.
 fn is_size(data: &[u8]) -> bool {
     let number = |s: &[u8]| {
         !s.is_empty()
             && s.iter().all(u8::is_ascii_digit)
-            && std::str::from_utf8(s).is_ok_and(|s| s.parse::<u16>().is_ok())
+            && std::str::from_utf8(s)
+                .is_ok_and(|s| s.parse::<u32>().is_ok_and(|n| (1..=MAX_TERMINAL_SIDE).contains(&n)))
     };
     let mut parts = data.splitn(2, |&b| b == b'x');
     matches!((parts.next(), parts.next()), (Some(cols), Some(rows)) if number(cols) && number(rows))
@@ -86,8 +90,8 @@ fn is_size(data: &[u8]) -> bool {
 pub struct FramesSummary {
     /// Any input frame (keystrokes).
     pub input: bool,
-    /// Terminal bytes: the data of output and input frames.
-    pub terminal_bytes: u64,
+    /// The frames' data (terminal bytes, and sizes): what counts against the limit.
+    pub bytes: u64,
 }
 
 /// Checks every frame of `chunk` ([`frames`]) and sums what the CA needs to know.
@@ -96,9 +100,7 @@ pub fn check_frames(chunk: &[u8]) -> Result<FramesSummary, MalformedEvents> {
     for frame in frames(chunk) {
         let frame = frame?;
         summary.input |= frame.code == b'i';
-        if frame.code != b'r' {
-            summary.terminal_bytes += frame.data.len() as u64;
-        }
+        summary.bytes += frame.data.len() as u64;
     }
     Ok(summary)
 }
@@ -211,8 +213,8 @@ mod tests {
         push_frame(&mut second, 2_250_000, b'i', b"ls\r");
         push_frame(&mut second, 3_000_000, b'o', b"\xff");
 
-        assert_eq!(check_frames(&first), Ok(FramesSummary { input: false, terminal_bytes: 4 }));
-        assert_eq!(check_frames(&second), Ok(FramesSummary { input: true, terminal_bytes: 12 }));
+        assert_eq!(check_frames(&first), Ok(FramesSummary { input: false, bytes: 9 }));
+        assert_eq!(check_frames(&second), Ok(FramesSummary { input: true, bytes: 12 }));
         let mut writer = CastWriter::default();
         let mut cast = String::new();
         writer.push_chunk(&mut cast, &first).unwrap();
@@ -261,11 +263,22 @@ mod tests {
         let mut unknown = good.clone();
         unknown[8] = b'x';
         assert_eq!(check_frames(&unknown), Err(MalformedEvents));
-        // A resize that is not COLSxROWS of 16-bit numbers.
-        for size in [&b"80x"[..], b"x24", b"80-24", b"+80x24", b"80x65536", b"80x24x1", b""] {
+        // Empty data: a frame that counts nothing takes room all the same.
+        for code in [b'o', b'i'] {
+            let mut empty = Vec::new();
+            push_frame(&mut empty, 0, code, b"");
+            assert_eq!(check_frames(&empty), Err(MalformedEvents), "{}", code as char);
+        }
+        // A resize that is not COLSxROWS within 1..=MAX_TERMINAL_SIDE.
+        for size in [&b"80x"[..], b"x24", b"80-24", b"+80x24", b"80x1001", b"70000x24", b"0x24", b"80x24x1", b""] {
             let mut resize = Vec::new();
             push_frame(&mut resize, 0, b'r', size);
             assert_eq!(check_frames(&resize), Err(MalformedEvents), "{size:?}");
+        }
+        for size in [&b"1x1"[..], b"1000x1000", b"80x24"] {
+            let mut resize = Vec::new();
+            push_frame(&mut resize, 0, b'r', size);
+            assert!(check_frames(&resize).is_ok(), "{size:?}");
         }
         // A good frame after a bad one does not make the chunk good.
         let mut both = unknown.clone();

@@ -21,7 +21,8 @@ pub const MAX_CHUNK_TEXT: usize = 2 * 1024 * 1024;
 pub struct RecordingGrant {
     /// Keystrokes too (they may hold passwords typed at prompts), not only output.
     pub input: bool,
-    /// The most terminal bytes (output plus recorded input) the recording keeps.
+    /// The most the recording keeps, counted as its frames' data: output, recorded input
+    /// and the sizes' text (see [`crate::frames`]).
     pub max_bytes: u64,
     /// At `max_bytes` the session is closed (`true`) or goes on unrecorded (`false`).
     pub close_at_limit: bool,
@@ -41,10 +42,12 @@ pub struct RecordingGrant {
 #[serde(deny_unknown_fields)]
 pub struct RecordingChunkMeta {
     pub seq: u64,
-    /// Terminal bytes these events hold (what counts against `max_bytes`; for frames the
-    /// CA checks it against the frames' own lengths).
+    /// What these frames hold — terminal bytes and the sizes' text — which counts against
+    /// `max_bytes`; the CA checks it against the frames' own lengths. (Event lines count
+    /// as their text, whatever this says.)
     pub bytes: u64,
-    /// The terminal's size when known (from the pty request), for the header.
+    /// The terminal's size when known (from the pty request), for the header: each side
+    /// within 1..=[`MAX_TERMINAL_SIDE`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cols: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,12 +74,24 @@ pub const RECORDING_FRAMES_MEDIA_TYPE: &str = "application/vnd.portcullis.record
 /// asciicast v2 event lines, no header.
 pub const RECORDING_EVENTS_MEDIA_TYPE: &str = "application/x-asciicast-events";
 
+/// A terminal's columns or rows at most, as a recording keeps them and as the console
+/// asks for them: a player draws every cell, so a size a client makes up must not become
+/// billions of cells on an auditor's screen.
+pub const MAX_TERMINAL_SIDE: u32 = 1000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TerminalSize {
     pub cols: u32,
     pub rows: u32,
+}
+
+impl TerminalSize {
+    /// Both sides within 1..=[`MAX_TERMINAL_SIDE`].
+    pub fn is_valid(&self) -> bool {
+        (1..=MAX_TERMINAL_SIDE).contains(&self.cols) && (1..=MAX_TERMINAL_SIDE).contains(&self.rows)
+    }
 }
 
 /// `GET /v1/admin/recordings` (`recordings.read`): one recording.

@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use portcullis_ca::{Ca, CaConfig, ManualClock};
+use portcullis_ca::{Ca, CaConfig, ManualClock, store};
 use portcullis_policies::proof;
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::ServiceKind;
@@ -252,13 +252,16 @@ async fn kept_sealed_in_order(fx: Fx) {
     assert!(opened.iter().any(|o| o["session_id"] == id.as_str() && o["recorded"] == true), "{opened:?}");
     assert!(opened.iter().any(|o| o["session_id"] == plain.as_str() && o.get("recorded").is_none()), "{opened:?}");
 
+    // What a chunk counts against the limit is what its frames hold: the size's text
+    // and the output.
     let first = json!({"seq": 0, "events": "[0.1, \"r\", \"100x30\"]\n[0.2, \"o\", \"secret-output$ \"]\n",
-        "bytes": 15, "cols": 100, "rows": 30});
+        "bytes": 21, "cols": 100, "rows": 30});
     assert_eq!(chunk(&fx, &fx.b1, &id, first.clone()).await.0, StatusCode::NO_CONTENT);
     // A retry of a stored chunk changes nothing.
     assert_eq!(chunk(&fx, &fx.b1, &id, first).await.0, StatusCode::NO_CONTENT);
     // From the attacker's side, each refused and audited: another bastion, a gap, input
     // the rule does not record, a malformed event, more than the limit.
+    let big = "x".repeat((1 << 20) + (64 << 10) + 1);
     let refusals = [
         (
             &fx.b2,
@@ -294,9 +297,32 @@ async fn kept_sealed_in_order(fx: Fx) {
         ),
         (
             &fx.b1,
-            json!({"seq": 1, "events": "[0.3, \"o\", \"x\"]\n", "bytes": 2 << 20}),
+            json!({"seq": 1, "events": format!("[0.3, \"o\", \"{big}\"]\n"), "bytes": big.len()}),
             StatusCode::PAYLOAD_TOO_LARGE,
             "over_limit",
+        ),
+        // Sizes count like output: a chunk of sizes alone that declares nothing, to fill
+        // the disk past the limit, does not hold what it declares.
+        (
+            &fx.b1,
+            json!({"seq": 1, "events": "[0.3, \"r\", \"80x24\"]\n[0.4, \"r\", \"81x24\"]\n", "bytes": 0}),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        // A frame that holds nothing (it would take room and count nothing).
+        (&fx.b1, json!({"seq": 1, "events": "[0.3, \"o\", \"\"]\n", "bytes": 0}), StatusCode::BAD_REQUEST, "malformed"),
+        // A size no player can draw, as an event or in the chunk's header.
+        (
+            &fx.b1,
+            json!({"seq": 1, "events": "[0.3, \"r\", \"70000x24\"]\n", "bytes": 8}),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            &fx.b1,
+            json!({"seq": 1, "events": "[0.3, \"o\", \"x\"]\n", "bytes": 1, "cols": 70000, "rows": 24}),
+            StatusCode::BAD_REQUEST,
+            "malformed",
         ),
     ];
     for (bastion, body, status, reason) in &refusals {
@@ -317,6 +343,19 @@ async fn kept_sealed_in_order(fx: Fx) {
         let last = audit(&fx.ca, "recording_refused").await.pop().unwrap();
         assert_eq!(last["reason"], "malformed");
     }
+    // Event lines from a bastion older than frames count as the text they are, whatever
+    // they declare (lines of sizes or escapes would otherwise be free); a chunk of them
+    // must end its last line (chunks are joined as they are at playback).
+    let lines_refusals = [
+        (json!({"seq": 1, "events": format!("[0.3, \"o\", \"{big}\"]\n"), "bytes": 0}), "over_limit"),
+        (json!({"seq": 1, "events": "[0.3, \"o\", \"x\"]", "bytes": 1}), "malformed"),
+    ];
+    for (body, reason) in lines_refusals {
+        let (status, v) = lines_chunk(&fx, &fx.b1, &id, body).await;
+        assert!(status.is_client_error(), "{reason}: {v}");
+        let last = audit(&fx.ca, "recording_refused").await.pop().unwrap();
+        assert_eq!(last["reason"], reason);
+    }
     let events = b"[0.3, \"o\", \"x\"]\n".to_vec();
     let refused_before = audit(&fx.ca, "recording_refused").await.len();
     for (query, media_type) in [
@@ -329,8 +368,8 @@ async fn kept_sealed_in_order(fx: Fx) {
     }
     assert_eq!(audit(&fx.ca, "recording_refused").await.len(), refused_before);
     // A bastion older than frames sends event lines; both play back as one recording.
-    let last =
-        json!({"seq": 1, "events": "[1.5, \"o\", \"exit\\r\\n\"]\n", "bytes": 6, "truncated": true, "last": true});
+    let last_line = "[1.5, \"o\", \"exit\\r\\n\"]\n";
+    let last = json!({"seq": 1, "events": last_line, "bytes": 6, "truncated": true, "last": true});
     assert_eq!(lines_chunk(&fx, &fx.b1, &id, last).await.0, StatusCode::NO_CONTENT);
     let (status, _) = chunk(&fx, &fx.b1, &id, json!({"seq": 2, "events": "", "bytes": 0})).await;
     assert_eq!(status, StatusCode::CONFLICT, "nothing is added after the last chunk");
@@ -388,7 +427,7 @@ async fn kept_sealed_in_order(fx: Fx) {
     );
     assert_eq!(
         (entry["bytes"].as_u64(), entry["truncated"].as_bool(), entry["mode"].as_str()),
-        (Some(21), Some(true), Some("console"))
+        (Some(21 + last_line.len() as u64), Some(true), Some("console"))
     );
     assert!(entry["ended_at"].as_u64().is_some(), "{entry}");
     let (_, by_user) = fx.api.get_json(Some(&audrey), "/v1/admin/recordings?user=bob").await;
@@ -436,6 +475,28 @@ async fn kept_sealed_in_order(fx: Fx) {
     let (status, _) =
         chunk(&fx, &fx.b1, &never, json!({"seq": 0, "events": "[0.1, \"o\", \"late\"]\n", "bytes": 4})).await;
     assert_eq!(status, StatusCode::CONFLICT);
+    // The append itself re-checks what the service read before it: a chunk that reaches
+    // the store after a close ended the recording (the two racing) is not taken.
+    let late = store::ChunkAppend {
+        session_id: &never,
+        seq: 0,
+        sealed: &store::ChunkBytes::Row(vec![1]),
+        bytes: 4,
+        limit: 1 << 30,
+        size: None,
+        truncated: false,
+        ended_at: None,
+    };
+    let mut tx = fx.ca.core().store().begin().await.unwrap();
+    let appended = store::append_recording_chunk(tx.conn(), &late).await.unwrap();
+    assert_eq!(appended, store::Appended::Refused("recording_ended"));
+    drop(tx);
+
+    // A session still live when the others expire: its recording started before the
+    // retention cutoff, but is kept while the session lives.
+    let (long, _) = console_session(&fx, "pve01").await;
+    let output = json!({"seq": 0, "events": "[0.1, \"o\", \"still here\"]\n", "bytes": 10});
+    assert_eq!(chunk(&fx, &fx.b1, &long, output).await.0, StatusCode::NO_CONTENT);
 
     // Retention: a week later all are gone, and that is audited. Chunk files go with
     // their rows, and so do any a crash left without a row; what is not a recording's
@@ -452,10 +513,12 @@ async fn kept_sealed_in_order(fx: Fx) {
     fx.ca.housekeeping().await.unwrap();
     let audrey = bearer(&fx.ca, "audrey").await;
     let (_, list) = fx.api.get_json(Some(&audrey), "/v1/admin/recordings").await;
-    assert_eq!(list, json!([]));
+    let kept: Vec<&str> = list.as_array().unwrap().iter().map(|r| r["session_id"].as_str().unwrap()).collect();
+    assert_eq!(kept, [long.as_str()]);
     assert_eq!(cast(&fx, &audrey, &id).await.0, StatusCode::NOT_FOUND);
-    let rows = sqlx::query("SELECT seq FROM recording_chunks").fetch_all(fx.ca.core().store().pool()).await.unwrap();
-    assert!(rows.is_empty());
+    let rows =
+        sqlx::query("SELECT session_id FROM recording_chunks").fetch_all(fx.ca.core().store().pool()).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.get::<String, _>("session_id")).collect::<Vec<_>>(), [long.as_str()]);
     let expired = audit(&fx.ca, "recordings_expired").await;
     assert_eq!(expired.last().unwrap()["count"], 3, "{expired:?}");
     if let (Some(files), Some((orphan, other))) = (&chunk_files, orphan) {
@@ -530,6 +593,79 @@ async fn a_full_disk_refuses_a_chunk_cleanly_and_its_retry_is_taken_once_space_i
         .map(|(_, _, text)| text)
         .collect();
     assert_eq!(shown, format!("before the disk filled{text}"), "the recording plays whole");
+}
+
+struct TrustAny;
+
+impl russh::client::Handler for TrustAny {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, _key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// A client may claim any terminal size (SSH carries 32-bit numbers; a real terminal's
+/// are 16-bit). Claiming one no player can draw — to make the CA refuse the recording
+/// (which then stops, under a `stop` rule) or to make playback draw billions of cells —
+/// leaves the session recorded, its sizes within what a player draws; the same size
+/// again is not recorded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_claiming_a_huge_terminal_is_still_recorded() {
+    use portcullis_tests::bastion_world::{World, policy};
+    use russh::ChannelMsg;
+    let w = World::start("15m").await;
+    let recorded = policy("15m").replace("allowed_ports = [22, 2200]\n", "allowed_ports = [22, 2200]\nrecord = true\n");
+    let auditor = "[[role]]\nname = \"auditor\"\npermissions = [\"recordings.read\"]\n\n\
+                   [[binding]]\nuser = \"admin\"\nroles = [\"auditor\"]\n";
+    for (file, text) in [("prod.toml", recorded.as_str()), ("auditor.toml", auditor)] {
+        let (status, body) = w.server.write_policy(file, text).await;
+        assert!(status.is_success(), "{file}: {body}");
+    }
+    // alice's own key and certificate, through russh (OpenSSH sends its terminal's size).
+    let key = ssh_key::PrivateKey::from_openssh(std::fs::read_to_string(w.dir.path().join("id")).unwrap()).unwrap();
+    let cert = std::fs::read_to_string(w.dir.path().join("id-cert.pub")).unwrap();
+    let cert = ssh_key::Certificate::from_openssh(cert.trim()).unwrap();
+    let config = Arc::new(russh::client::Config::default());
+    let mut conn = russh::client::connect(config, w.server.bastion, TrustAny).await.unwrap();
+    let auth = conn.authenticate_openssh_cert("root%pve01", Arc::new(key), cert).await.unwrap();
+    assert!(auth.success(), "alice logs in to root on pve01 through the bastion");
+    let mut channel = conn.channel_open_session().await.unwrap();
+    channel.request_pty(true, "xterm", 70_000, 24, 0, 0, &[]).await.unwrap();
+    channel.request_shell(true).await.unwrap();
+    for _ in 0..3 {
+        channel.window_change(4_000_000_000, 100, 0, 0).await.unwrap();
+    }
+    channel.data(&b"echo sized-$((6*7)); exit\n"[..]).await.unwrap();
+    let mut shown = Vec::new();
+    while let Some(msg) = channel.wait().await {
+        match msg {
+            ChannelMsg::Data { data } => shown.extend_from_slice(&data),
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    assert!(String::from_utf8_lossy(&shown).contains("sized-42"), "{}", String::from_utf8_lossy(&shown));
+
+    let id = loop {
+        let (status, list) = w.server.get_json(Some(&w.admin), "/v1/admin/recordings").await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        if let Some(r) = list.as_array().unwrap().iter().find(|r| r["ended_at"].is_u64()) {
+            break r["session_id"].as_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(w.server.audit_events("recording_refused").await.is_empty(), "every chunk was taken");
+    let (status, cast) = w.server.get_text(Some(&w.admin), &format!("/v1/admin/recordings/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{cast}");
+    let mut lines = cast.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!((header["width"].as_u64(), header["height"].as_u64()), (Some(1000), Some(24)), "{header}");
+    let events: Vec<(f64, String, String)> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    let sizes: Vec<&str> = events.iter().filter(|e| e.1 == "r").map(|e| e.2.as_str()).collect();
+    assert_eq!(sizes, ["1000x24", "1000x100"], "{cast}");
+    let output: String = events.iter().filter(|e| e.1 == "o").map(|e| e.2.as_str()).collect();
+    assert!(output.contains("sized-42"), "{cast}");
 }
 
 /// A real `ssh` through the all-in-one under a rule that records input and closes at a

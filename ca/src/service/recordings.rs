@@ -16,11 +16,11 @@ use super::services::ServiceCaller;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::sealed::{ChunkFormat, OpenedChunk, RecordingMaster, RecordingSeal};
-use crate::store::{self, ChunkAppend, LeaseRow, RecordingRow};
+use crate::store::{self, Appended, ChunkAppend, LeaseRow, RecordingRow};
 use portcullis_policies::{Grant, Recording, proof};
 use portcullis_proto::asciicast::{MalformedEvents, check_events};
 use portcullis_proto::frames::{CastWriter, check_frames};
-use portcullis_proto::recording::{MAX_CHUNK_TEXT, RecordingChunkMeta, RecordingInfo};
+use portcullis_proto::recording::{MAX_CHUNK_TEXT, MAX_TERMINAL_SIDE, RecordingChunkMeta, RecordingInfo};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Most recordings one listing returns.
 const LIST_LIMIT: u32 = 500;
 /// What a recording may exceed its limit by: the bastion stops at the limit, counting
-/// terminal bytes, so only the last event's tail can go over.
+/// what its frames hold, so only the last event's tail can go over.
 const LIMIT_SLACK: u64 = 64 * 1024;
 /// The recordings service. Its own state: the retention period and the master key
 /// (derived on first use, once per process).
@@ -53,19 +53,28 @@ fn refused(reason: &'static str) -> (&'static str, CaError) {
     (reason, error)
 }
 
-/// Checks a chunk's events and says whether any is input. Frames also carry their own
-/// length, so their terminal bytes must be what the bastion declares (what counts against
-/// the rule's limit); event lines are text, checked line by line.
-fn holds_input(format: ChunkFormat, events: &[u8], declared_bytes: u64) -> Result<bool, MalformedEvents> {
+/// A chunk's events, checked: whether any is input, and what the chunk counts against
+/// the rule's limit. Frames carry their own lengths, so what they hold (terminal bytes
+/// and sizes) must be what the bastion declares; event lines from bastions older than
+/// frames are checked line by line and count as the text they are, whatever the bastion
+/// declares (it cannot be checked: resize lines and escapes would otherwise be free).
+fn checked_events(format: ChunkFormat, events: &[u8], declared_bytes: u64) -> Result<(bool, u64), MalformedEvents> {
     match format {
         ChunkFormat::Frames => {
             let summary = check_frames(events)?;
-            if summary.terminal_bytes != declared_bytes {
+            if summary.bytes != declared_bytes {
                 return Err(MalformedEvents);
             }
-            Ok(summary.input)
+            Ok((summary.input, summary.bytes))
         }
-        ChunkFormat::EventLines => std::str::from_utf8(events).map_err(|_| MalformedEvents).and_then(check_events),
+        ChunkFormat::EventLines => {
+            // Chunks are joined as they are at playback: each must end its last line.
+            if !events.is_empty() && !events.ends_with(b"\n") {
+                return Err(MalformedEvents);
+            }
+            let input = std::str::from_utf8(events).map_err(|_| MalformedEvents).and_then(check_events)?;
+            Ok((input, events.len() as u64))
+        }
     }
 }
 
@@ -141,35 +150,25 @@ impl Recordings {
             return Err(CaError::BadRequest("malformed session id".into()));
         }
         let row = self.core.store.recording(session_id).await?;
+        let limit = |row: &RecordingRow| row.max_bytes.saturating_add(LIMIT_SLACK);
         let checked = match &row {
-            None => Err(refused("not_recorded")),
-            Some(row) if row.bastion != bastion.name => Err(refused("not_your_session")),
+            None => Err("not_recorded"),
+            Some(row) if row.bastion != bastion.name => Err("not_your_session"),
             Some(row) if chunk.seq < row.chunks => return Ok(()), // a retry of a stored chunk
-            Some(row) if row.ended_at.is_some() => Err(refused("recording_ended")),
-            Some(row) if chunk.seq > row.chunks => Err(refused("out_of_order")),
-            Some(_) if events.len() > MAX_CHUNK_TEXT => Err(refused("malformed")),
-            Some(row) if row.bytes.saturating_add(chunk.bytes) > row.max_bytes.saturating_add(LIMIT_SLACK) => {
-                Err(refused("over_limit"))
-            }
-            Some(row) => match holds_input(format, &events, chunk.bytes) {
-                Err(MalformedEvents) => Err(refused("malformed")),
-                Ok(true) if !row.input_recorded => Err(refused("input_not_recorded")),
-                Ok(_) => Ok(row),
+            Some(row) if row.ended_at.is_some() => Err("recording_ended"),
+            Some(row) if chunk.seq > row.chunks => Err("out_of_order"),
+            Some(_) if events.len() > MAX_CHUNK_TEXT => Err("malformed"),
+            Some(_) if chunk.size().is_some_and(|s| !s.is_valid()) => Err("malformed"),
+            Some(row) => match checked_events(format, &events, chunk.bytes) {
+                Err(MalformedEvents) => Err("malformed"),
+                Ok((true, _)) if !row.input_recorded => Err("input_not_recorded"),
+                Ok((_, counted)) if row.bytes.saturating_add(counted) > limit(row) => Err("over_limit"),
+                Ok((_, counted)) => Ok((row, counted)),
             },
         };
-        let row = match checked {
-            Ok(row) => row,
-            Err((reason, error)) => {
-                let event = AuditEvent::RecordingRefused {
-                    bastion: bastion.name.clone(),
-                    session_id: session_id.to_owned(),
-                    reason,
-                };
-                let mut tx = self.core.store.begin().await?;
-                audit::record(tx.conn(), self.core.now(), &event).await?;
-                tx.commit().await?;
-                return Err(error);
-            }
+        let (row, counted) = match checked {
+            Ok(checked) => checked,
+            Err(reason) => return Err(self.refuse(bastion, session_id, reason).await?),
         };
         let seal = self.seal(row).await?;
         let sealed = seal.seal(session_id, chunk.seq, format, &events)?;
@@ -180,24 +179,52 @@ impl Recordings {
             session_id,
             seq: chunk.seq,
             sealed: &sealed,
-            bytes: chunk.bytes,
+            bytes: counted,
+            limit: limit(row),
             size: chunk.size().map(|s| (s.cols, s.rows)),
             truncated: chunk.truncated,
             ended_at: chunk.last.then_some(now),
         };
+        // The checks above read the row outside this transaction: the append itself takes
+        // the chunk only if the recording is still where they found it (this chunk next,
+        // not ended, within the limit), so a close or another request in between wins.
         let mut tx = self.core.store.begin().await?;
-        let stored = store::append_recording_chunk(tx.conn(), &append).await?;
-        if stored && chunk.truncated && !row.truncated {
+        let reason = match store::append_recording_chunk(tx.conn(), &append).await? {
+            Appended::Stored => None,
+            Appended::Retry => return Ok(()),
+            Appended::Refused(reason) => Some(reason),
+        };
+        if let Some(reason) = reason {
+            drop(tx);
+            return Err(self.refuse(bastion, session_id, reason).await?);
+        }
+        if chunk.truncated && !row.truncated {
             let event = AuditEvent::RecordingTruncated {
                 session_id: session_id.to_owned(),
                 user: row.username.clone(),
                 device: row.device.clone(),
-                bytes: row.bytes.saturating_add(chunk.bytes),
+                bytes: row.bytes.saturating_add(counted),
             };
             audit::record(tx.conn(), now, &event).await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Audits a refused chunk and returns the error the bastion gets.
+    async fn refuse(
+        &self,
+        bastion: &ServiceCaller,
+        session_id: &str,
+        reason: &'static str,
+    ) -> Result<CaError, CaError> {
+        let (reason, error) = refused(reason);
+        let event =
+            AuditEvent::RecordingRefused { bastion: bastion.name.clone(), session_id: session_id.to_owned(), reason };
+        let mut tx = self.core.store.begin().await?;
+        audit::record(tx.conn(), self.core.now(), &event).await?;
+        tx.commit().await?;
+        Ok(error)
     }
 
     /// `GET /v1/admin/recordings`: newest first, optionally of one user or device.
@@ -219,7 +246,9 @@ impl Recordings {
     ) -> Result<(RecordingInfo, String), CaError> {
         let row = self.core.store.recording(session_id).await?.ok_or(CaError::NotFound("recording"))?;
         let seal = self.seal(&row).await?;
-        let (cols, rows) = row.size.unwrap_or((80, 24));
+        // Clamped as the bastion clamps: a row kept from before sizes were checked.
+        let side = |n: u32| n.clamp(1, MAX_TERMINAL_SIDE);
+        let (cols, rows) = row.size.map_or((80, 24), |(c, r)| (side(c), side(r)));
         let title = match &row.login {
             Some(login) => format!("{} as {login} on {}", row.username, row.device),
             None => format!("{} on {}", row.username, row.device),

@@ -197,39 +197,39 @@ pub struct ChunkAppend<'a> {
     pub session_id: &'a str,
     pub seq: u64,
     pub sealed: &'a ChunkBytes,
+    /// What the chunk counts against the recording's limit.
     pub bytes: u64,
+    /// The most the recording may count, this chunk included.
+    pub limit: u64,
     pub size: Option<(u32, u32)>,
     pub truncated: bool,
     /// `Some(now)` for the last chunk.
     pub ended_at: Option<u64>,
 }
 
-/// Adds a chunk and its bytes to the recording; `false` when the chunk was stored before
-/// (a retry), which changes nothing.
-pub async fn append_recording_chunk(conn: &mut AnyConnection, chunk: &ChunkAppend<'_>) -> Result<bool> {
-    let (sealed, in_file) = match chunk.sealed {
-        ChunkBytes::Row(bytes) => (bytes.as_slice(), 0),
-        ChunkBytes::File => (&[][..], 1),
-    };
-    let inserted = sqlx::query(
-        "INSERT INTO recording_chunks (session_id, seq, sealed, in_file) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (session_id, seq) DO NOTHING",
-    )
-    .bind(chunk.session_id)
-    .bind(count(chunk.seq))
-    .bind(sealed)
-    .bind(in_file)
-    .execute(&mut *conn)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        return Ok(false);
-    }
+/// What [`append_recording_chunk`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Stored,
+    /// The chunk was stored before (a retry): nothing changed.
+    Retry,
+    /// Not taken, with the refusal's reason: the recording ended, is over its limit,
+    /// stopped at its limit before, or expects another chunk.
+    Refused(&'static str),
+}
+
+/// Adds a chunk and its bytes to the recording if it is the next one, the recording has
+/// not ended (nor stopped at its limit) and stays within `limit`: one conditional update,
+/// so whatever changed the recording since the caller looked (a close, a concurrent
+/// request) is seen here.
+pub async fn append_recording_chunk(conn: &mut AnyConnection, chunk: &ChunkAppend<'_>) -> Result<Appended> {
     let (cols, rows) = chunk.size.map(|(c, r)| (i64::from(c), i64::from(r))).unzip();
-    sqlx::query(
+    let taken = sqlx::query(
         "UPDATE recordings SET bytes = bytes + $2, chunks = chunks + 1, \
          truncated = CASE WHEN $3 = 1 THEN 1 ELSE truncated END, \
          cols = COALESCE(cols, $4), rows = COALESCE(rows, $5), ended_at = COALESCE($6, ended_at) \
-         WHERE session_id = $1",
+         WHERE session_id = $1 AND chunks = $7 AND ended_at IS NULL AND bytes + $2 <= $8 \
+         AND (truncated = 0 OR $2 = 0)",
     )
     .bind(chunk.session_id)
     .bind(count(chunk.bytes))
@@ -237,9 +237,39 @@ pub async fn append_recording_chunk(conn: &mut AnyConnection, chunk: &ChunkAppen
     .bind(cols)
     .bind(rows)
     .bind(chunk.ended_at.map(ts))
+    .bind(count(chunk.seq))
+    .bind(count(chunk.limit))
     .execute(&mut *conn)
     .await?;
-    Ok(true)
+    if taken.rows_affected() == 0 {
+        let row = sqlx::query("SELECT chunks, ended_at FROM recordings WHERE session_id = $1")
+            .bind(chunk.session_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some(row) = row else { return Ok(Appended::Refused("not_recorded")) };
+        let chunks = ts_from(row.try_get("chunks")?);
+        return Ok(if chunks > chunk.seq {
+            Appended::Retry
+        } else if row.try_get::<Option<i64>, _>("ended_at")?.is_some() {
+            Appended::Refused("recording_ended")
+        } else if chunks < chunk.seq {
+            Appended::Refused("out_of_order")
+        } else {
+            Appended::Refused("over_limit")
+        });
+    }
+    let (sealed, in_file) = match chunk.sealed {
+        ChunkBytes::Row(bytes) => (bytes.as_slice(), 0),
+        ChunkBytes::File => (&[][..], 1),
+    };
+    sqlx::query("INSERT INTO recording_chunks (session_id, seq, sealed, in_file) VALUES ($1, $2, $3, $4)")
+        .bind(chunk.session_id)
+        .bind(count(chunk.seq))
+        .bind(sealed)
+        .bind(in_file)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Appended::Stored)
 }
 
 /// The session closed: its recording (if any) ends now unless its last chunk came
@@ -254,16 +284,27 @@ pub async fn end_recording(conn: &mut AnyConnection, session_id: &str, now: u64)
     Ok(())
 }
 
-/// Deletes the recordings started before `cutoff` and their chunks' rows; how many. Their
-/// chunk files go after the commit ([`Store::remove_unlisted_chunk_files`]).
+/// Which recordings retention deletes: those that ended before the cutoff — a session
+/// longer than the retention period keeps its recording while it lives — and any that
+/// never ended but started before it and whose session no lease holds any more.
+macro_rules! expired {
+    () => {
+        "ended_at < $1 OR (ended_at IS NULL AND started_at < $1 \
+         AND NOT EXISTS (SELECT 1 FROM session_leases l WHERE l.session_id = recordings.session_id))"
+    };
+}
+
+/// Deletes the recordings retention let go (see `expired!`) and their chunks' rows; how
+/// many. Their chunk files go after the commit ([`Store::remove_unlisted_chunk_files`]).
 pub async fn delete_recordings_before(conn: &mut AnyConnection, cutoff: u64) -> Result<u64> {
-    sqlx::query(
-        "DELETE FROM recording_chunks WHERE session_id IN (SELECT session_id FROM recordings WHERE started_at < $1)",
-    )
-    .bind(ts(cutoff))
-    .execute(&mut *conn)
-    .await?;
-    let done = sqlx::query("DELETE FROM recordings WHERE started_at < $1").bind(ts(cutoff)).execute(&mut *conn).await?;
+    let chunks = concat!(
+        "DELETE FROM recording_chunks WHERE session_id IN (SELECT session_id FROM recordings WHERE ",
+        expired!(),
+        ")"
+    );
+    sqlx::query(chunks).bind(ts(cutoff)).execute(&mut *conn).await?;
+    let done =
+        sqlx::query(concat!("DELETE FROM recordings WHERE ", expired!())).bind(ts(cutoff)).execute(&mut *conn).await?;
     Ok(done.rows_affected())
 }
 
