@@ -456,6 +456,17 @@ async fn kept_sealed_in_order(fx: Fx) {
     let all = serde_json::to_string(&portcullis_tests::audit_payloads(&fx.ca, "recording_played").await).unwrap();
     assert!(!all.contains("secret-output"));
 
+    // Played a chunk at a time (what playback holds is one chunk's text): the header,
+    // then one piece per chunk, which together are the file served above.
+    let auditor = fx.ca.identity().caller(&audrey).await.unwrap();
+    let read = fx.ca.core().authorize::<proof::RecordingsRead>(&auditor).unwrap();
+    let (_, mut playback) = fx.ca.recordings().cast(&read, &id).await.unwrap();
+    let mut pieces = Vec::new();
+    while let Some(piece) = playback.next().await.unwrap() {
+        pieces.push(piece);
+    }
+    assert_eq!((pieces.len(), pieces.concat()), (3, text.clone()));
+
     // A rule that records input takes keystrokes.
     let (keys, grant) = console_session(&fx, "pve02").await;
     assert_eq!(grant["recording"]["input"], true);
@@ -497,6 +508,12 @@ async fn kept_sealed_in_order(fx: Fx) {
     let (long, _) = console_session(&fx, "pve01").await;
     let output = json!({"seq": 0, "events": "[0.1, \"o\", \"still here\"]\n", "bytes": 10});
     assert_eq!(chunk(&fx, &fx.b1, &long, output).await.0, StatusCode::NO_CONTENT);
+
+    // A recording missing a chunk (a store changed behind the CA's back) is not played
+    // as if it were whole.
+    sqlx::query("DELETE FROM recording_chunks WHERE session_id = $1").bind(&keys).execute(store.pool()).await.unwrap();
+    let (status, body, _) = cast(&fx, &audrey, &keys).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
 
     // Retention: a week later all are gone, and that is audited. Chunk files go with
     // their rows, and so do any a crash left without a row; what is not a recording's
@@ -544,7 +561,8 @@ async fn backup_holds_the_recording(fx: &Fx, id: &str) {
     assert!(!store.chunk_files().unwrap().dir().exists(), "the restored chunks are in their rows");
     let audrey = restored.identity().caller(&bearer(&restored, "audrey").await).await.unwrap();
     let read = restored.core().authorize::<proof::RecordingsRead>(&audrey).unwrap();
-    let (_, cast) = restored.recordings().cast(&read, id).await.unwrap();
+    let (_, playback) = restored.recordings().cast(&read, id).await.unwrap();
+    let cast = playback.text().await.unwrap();
     assert!(cast.contains("secret-output$ ") && cast.contains("exit\\r\\n"), "{cast}");
     restored.core().store().close().await;
 }

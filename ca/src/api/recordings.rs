@@ -61,8 +61,13 @@ pub async fn list(
 #[utoipa::path(get, path = "/v1/admin/recordings/{id}", tag = "admin", params(("id" = String, Path)), security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "asciicast v2")))]
 pub async fn get(State(ca): Ca_, Authed(c): Authed, Name(id): Name) -> Result<Response, CaError> {
     let grant = ca.core().authorize::<proof::RecordingsRead>(&c)?;
-    let (info, cast) = ca.recordings().cast(&grant, &id).await?;
-    let mut response = cast.into_response();
+    let (info, playback) = ca.recordings().cast(&grant, &id).await?;
+    // Streamed a chunk at a time; an error midway ends the body early (the status has
+    // gone out), which a client sees as a cut download, not as a whole file.
+    let pieces = futures_util::stream::try_unfold(playback, |mut playback| async move {
+        Ok::<_, CaError>(playback.next().await?.map(|piece| (bytes::Bytes::from(piece), playback)))
+    });
+    let mut response = axum::body::Body::from_stream(pieces).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ASCIICAST_MEDIA_TYPE));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

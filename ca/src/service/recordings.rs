@@ -16,7 +16,7 @@ use super::services::ServiceCaller;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::sealed::{ChunkFormat, OpenedChunk, RecordingMaster, RecordingSeal};
-use crate::store::{self, Appended, ChunkAppend, LeaseRow, RecordingRow};
+use crate::store::{self, Appended, ChunkAppend, LeaseRow, RecordingRow, Store, StoredChunk};
 use portcullis_policies::{Grant, Recording, proof};
 use portcullis_proto::asciicast::{MalformedEvents, check_events};
 use portcullis_proto::frames::{CastWriter, check_frames};
@@ -75,6 +75,49 @@ fn checked_events(format: ChunkFormat, events: &[u8], declared_bytes: u64) -> Re
             let input = std::str::from_utf8(events).map_err(|_| MalformedEvents).and_then(check_events)?;
             Ok((input, events.len() as u64))
         }
+    }
+}
+
+/// A recording being played: its asciicast text a sealed chunk at a time, so what
+/// playback holds is one chunk's text (at most a few tens of MiB however the terminal
+/// bytes escape), not the recording's (up to a GiB of frames, many times that as text).
+pub struct Playback {
+    store: Store,
+    session_id: String,
+    seal: RecordingSeal,
+    header: Option<String>,
+    chunks: std::vec::IntoIter<StoredChunk>,
+    /// One writer for the whole recording: a character split between chunks is whole.
+    writer: CastWriter,
+}
+
+impl Playback {
+    /// The next piece of the file: the header, then each chunk's events; `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<String>, CaError> {
+        if let Some(header) = self.header.take() {
+            return Ok(Some(header));
+        }
+        let Some(chunk) = self.chunks.next() else { return Ok(None) };
+        let sealed = self.store.recording_chunk(&self.session_id, chunk).await?;
+        Ok(Some(match self.seal.open(&self.session_id, chunk.seq, &sealed)? {
+            OpenedChunk::Lines(lines) => lines,
+            OpenedChunk::Frames(frames) => {
+                let mut text = String::new();
+                self.writer.push_chunk(&mut text, &frames).map_err(|MalformedEvents| {
+                    CaError::Internal(format!("recording {}: a stored chunk does not hold frames", self.session_id))
+                })?;
+                text
+            }
+        }))
+    }
+
+    /// The whole file at once (small recordings, tests).
+    pub async fn text(mut self) -> Result<String, CaError> {
+        let mut all = String::new();
+        while let Some(piece) = self.next().await? {
+            all.push_str(&piece);
+        }
+        Ok(all)
     }
 }
 
@@ -237,15 +280,22 @@ impl Recordings {
         Ok(self.core.store.recordings(user, device, LIST_LIMIT).await?.into_iter().map(info).collect())
     }
 
-    /// `GET /v1/admin/recordings/{session_id}`: the whole recording as an asciicast v2
-    /// file (header, then every event), opened from its sealed chunks. Audited.
+    /// `GET /v1/admin/recordings/{session_id}`: the recording as an asciicast v2 file
+    /// (header, then every event), opened from its sealed chunks one at a time as the
+    /// [`Playback`] is read. Audited before the first byte.
     pub async fn cast(
         &self,
         grant: &Grant<proof::RecordingsRead>,
         session_id: &str,
-    ) -> Result<(RecordingInfo, String), CaError> {
+    ) -> Result<(RecordingInfo, Playback), CaError> {
         let row = self.core.store.recording(session_id).await?.ok_or(CaError::NotFound("recording"))?;
         let seal = self.seal(&row).await?;
+        // Every chunk the row counts, numbered from 0: a recording missing one (a store
+        // changed behind the CA's back) is not played as if it were whole.
+        let chunks = self.core.store.recording_chunk_index(session_id).await?;
+        if chunks.len() as u64 != row.chunks || chunks.iter().zip(0..).any(|(c, seq)| c.seq != seq) {
+            return Err(CaError::Internal(format!("recording {session_id}: chunks are missing from the store")));
+        }
         // Clamped as the bastion clamps: a row kept from before sizes were checked.
         let side = |n: u32| n.clamp(1, MAX_TERMINAL_SIDE);
         let (cols, rows) = row.size.map_or((80, 24), |(c, r)| (side(c), side(r)));
@@ -256,17 +306,6 @@ impl Recordings {
         let header = serde_json::json!({
             "version": 2, "width": cols, "height": rows, "timestamp": row.started_at, "title": title,
         });
-        let mut cast = format!("{header}\n");
-        // One writer for the whole recording: a character split between chunks is whole.
-        let mut writer = CastWriter::default();
-        for (seq, sealed) in self.core.store.recording_chunks(session_id).await? {
-            match seal.open(session_id, seq, &sealed)? {
-                OpenedChunk::Lines(lines) => cast.push_str(&lines),
-                OpenedChunk::Frames(frames) => writer.push_chunk(&mut cast, &frames).map_err(|MalformedEvents| {
-                    CaError::Internal(format!("recording {session_id}: a stored chunk does not hold frames"))
-                })?,
-            }
-        }
         let event = AuditEvent::RecordingPlayed {
             actor: grant.username().to_owned(),
             session_id: row.session_id.clone(),
@@ -276,7 +315,15 @@ impl Recordings {
         let mut tx = self.core.store.begin().await?;
         audit::record(tx.conn(), self.core.now(), &event).await?;
         tx.commit().await?;
-        Ok((info(row), cast))
+        let playback = Playback {
+            store: self.core.store.clone(),
+            session_id: row.session_id.clone(),
+            seal,
+            header: Some(format!("{header}\n")),
+            chunks: chunks.into_iter(),
+            writer: CastWriter::default(),
+        };
+        Ok((info(row), playback))
     }
 
     /// Deletes the recordings older than the retention period (the housekeeping timer):

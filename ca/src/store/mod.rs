@@ -50,8 +50,8 @@ pub use leases::{
 };
 pub use oidc::{PendingLogin as PendingOidcLogin, PollTurn};
 pub use recordings::{
-    Appended, ChunkAppend, ChunkBytes, ChunkFiles, RecordingRow, append_recording_chunk, delete_recordings_before,
-    end_recording, insert_recording,
+    Appended, ChunkAppend, ChunkBytes, ChunkFiles, RecordingRow, StoredChunk, append_recording_chunk,
+    delete_recordings_before, end_recording, insert_recording,
 };
 pub use secrets::{SecretRow, delete_secret, insert_secret, rotate_secret};
 pub use services::{ServiceRow, record_bastion_heartbeat, touch_service, upsert_service};

@@ -207,6 +207,13 @@ pub struct ChunkAppend<'a> {
     pub ended_at: Option<u64>,
 }
 
+/// Where one chunk of a recording is kept ([`Store::recording_chunk_index`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredChunk {
+    pub seq: u64,
+    pub in_file: bool,
+}
+
 /// What [`append_recording_chunk`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
@@ -345,36 +352,43 @@ impl Store {
         Ok(ChunkBytes::File)
     }
 
-    /// A recording's sealed chunks, in order, from their rows or their files.
-    pub async fn recording_chunks(&self, session_id: &str) -> Result<Vec<(u64, Vec<u8>)>> {
-        let rows = sqlx::query("SELECT seq, sealed, in_file FROM recording_chunks WHERE session_id = $1 ORDER BY seq")
+    /// A recording's chunks, in order: where each is kept, not its bytes.
+    pub async fn recording_chunk_index(&self, session_id: &str) -> Result<Vec<StoredChunk>> {
+        let rows = sqlx::query("SELECT seq, in_file FROM recording_chunks WHERE session_id = $1 ORDER BY seq")
             .bind(session_id)
             .fetch_all(self.pool())
             .await?;
-        let mut chunks = Vec::with_capacity(rows.len());
-        let mut in_files = Vec::new();
-        for row in &rows {
-            let seq = ts_from(row.try_get("seq")?);
-            if row.try_get::<i64, _>("in_file")? != 0 {
-                in_files.push(chunks.len());
-            }
-            chunks.push((seq, row.try_get("sealed")?));
-        }
-        if in_files.is_empty() {
-            return Ok(chunks);
+        rows.iter()
+            .map(|row| {
+                Ok(StoredChunk { seq: ts_from(row.try_get("seq")?), in_file: row.try_get::<i64, _>("in_file")? != 0 })
+            })
+            .collect()
+    }
+
+    /// One sealed chunk, from its row or its file.
+    pub async fn recording_chunk(&self, session_id: &str, chunk: StoredChunk) -> Result<Vec<u8>> {
+        if !chunk.in_file {
+            let row = sqlx::query("SELECT sealed FROM recording_chunks WHERE session_id = $1 AND seq = $2")
+                .bind(session_id)
+                .bind(count(chunk.seq))
+                .fetch_one(self.pool())
+                .await?;
+            return Ok(row.try_get("sealed")?);
         }
         let files =
             self.chunk_files.clone().ok_or(StoreError::Corrupt("a recording chunk in a file, without files"))?;
         let session_id = session_id.to_owned();
-        blocking("read", move || {
-            for index in in_files {
-                if let Some((seq, bytes)) = chunks.get_mut(index) {
-                    *bytes = files.read(&session_id, *seq)?;
-                }
-            }
-            Ok(chunks)
-        })
-        .await
+        blocking("read", move || files.read(&session_id, chunk.seq)).await
+    }
+
+    /// A recording's sealed chunks, in order (all at once: for small recordings and tests;
+    /// playback reads them one at a time).
+    pub async fn recording_chunks(&self, session_id: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut chunks = Vec::new();
+        for chunk in self.recording_chunk_index(session_id).await? {
+            chunks.push((chunk.seq, self.recording_chunk(session_id, chunk).await?));
+        }
+        Ok(chunks)
     }
 
     /// Removes the chunk files of recordings that have no row any more: those the
