@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const POLICY_BASE: &str = r#"
 [[role]]
@@ -694,6 +694,40 @@ async fn no_onward_certificate_without_a_live_proof(fx: &Fx) {
     // Nothing of a proof (identifier, request, signature) is in the audit trail.
     let trail = serde_json::to_string(&audit(&fx.ca, "session_opened").await).unwrap();
     assert!(!trail.contains(&real.signature) && !trail.contains(&real.session_id), "{trail}");
+}
+
+/// Proofs are forgotten once their certificates have expired, not once they are older
+/// than the longest certificate the CA issues now: a replica started with a shorter
+/// `max_cert_ttl` (an operator tightening it) still refuses the replay of a proof whose
+/// 8-hour certificate, issued before, works for hours yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shorter_certificate_lifetime_forgets_no_live_proof() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let alice = user_cert(&fx.ca, "alice").await;
+    let real = alice.proof("pve01", "root");
+    let first = session_id();
+    granted(api, &fx.bastion, &terminated_with(&first, &alice, "pve01", "root", real.clone())).await;
+    close(api, &fx.bastion, &first, "client_disconnect").await;
+    let replay = terminated_with(&session_id(), &alice, "pve01", "root", real);
+    denied(api, &fx.bastion, &replay, deny_reason::CONNECTION_PROOF_REPLAYED).await;
+
+    let mut config =
+        CaConfig::new(sqlite_url(fx._dir.path()), fx.policy_dir.clone(), SecretString::from(TEST_PASSPHRASE));
+    config.default_agent = Some("local".to_owned());
+    config.max_cert_ttl = Duration::from_secs(3600);
+    let tightened = Arc::new(Ca::open(config, Arc::new(fx.clock.clone())).await.unwrap());
+    let served = ServedCa::start(Arc::clone(&tightened)).await;
+    fx.clock.set(fx.clock_now() + 2 * 3600);
+    tightened.housekeeping().await.unwrap();
+    denied(&served, &fx.bastion, &replay, deny_reason::CONNECTION_PROOF_REPLAYED).await;
+    // Once the certificate has expired, its proof goes; a replay fails on the certificate.
+    fx.clock.set(fx.clock_now() + 7 * 3600);
+    tightened.housekeeping().await.unwrap();
+    use sqlx::Row;
+    let kept = sqlx::query("SELECT COUNT(*) AS n FROM connection_proofs").fetch_one(tightened.core().store().pool());
+    assert_eq!(kept.await.unwrap().get::<i64, _>("n"), 0);
+    denied(&served, &fx.bastion, &replay, deny_reason::CREDENTIAL_INVALID).await;
 }
 
 /// Step-up (issue 20): a rule with `fresh_auth_within` opens sessions only for a

@@ -181,7 +181,6 @@ impl Ca {
             Arc::clone(&recordings),
             Arc::clone(&discovery),
             Arc::clone(&proxmox),
-            config.max_cert_ttl,
         );
         Ok(Ca {
             identity,

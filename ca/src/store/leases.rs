@@ -411,13 +411,19 @@ pub async fn claim_connection_proof(
     })
 }
 
-/// Forgets proofs first used before `cutoff` (their certificates have expired, so a
-/// replay is refused on the certificate alone).
-pub async fn purge_connection_proofs(conn: &mut AnyConnection, cutoff: u64) -> Result<u64> {
-    let done = sqlx::query("DELETE FROM connection_proofs WHERE first_used_at < $1")
-        .bind(ts(cutoff))
-        .execute(&mut *conn)
-        .await?;
+/// Forgets the proofs whose certificates expired by `expired_by` (or are gone): a replay
+/// of one is refused on its certificate alone. Decided by each certificate's own expiry,
+/// not by how long certificates are issued for now — a setting shortened since would
+/// otherwise forget proofs whose certificates still work, and take a replay for a first
+/// use.
+pub async fn purge_connection_proofs(conn: &mut AnyConnection, expired_by: u64) -> Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM connection_proofs WHERE NOT EXISTS (SELECT 1 FROM certificates c \
+         WHERE c.serial = connection_proofs.cert_serial AND c.valid_before > $1)",
+    )
+    .bind(ts(expired_by))
+    .execute(&mut *conn)
+    .await?;
     Ok(done.rows_affected())
 }
 

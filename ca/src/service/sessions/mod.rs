@@ -44,7 +44,6 @@ use portcullis_sshcert::parse_user_public_key;
 use ssh_key::Algorithm;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 use tracing::Instrument;
 
 /// The identity a session is decided for, and what vouches for it. Certificate- and
@@ -63,8 +62,6 @@ pub struct Sessions {
     recordings: Arc<Recordings>,
     discovery: Arc<Discovery>,
     proxmox: Arc<Proxmox>,
-    /// The longest a user certificate lives (the window of connection proofs kept).
-    max_cert_ttl: Duration,
     /// Console tickets asked per user per minute.
     ticket_requests: RateLimiter,
 }
@@ -76,7 +73,6 @@ impl Sessions {
         recordings: Arc<Recordings>,
         discovery: Arc<Discovery>,
         proxmox: Arc<Proxmox>,
-        max_cert_ttl: Duration,
     ) -> Sessions {
         Sessions {
             core,
@@ -84,7 +80,6 @@ impl Sessions {
             recordings,
             discovery,
             proxmox,
-            max_cert_ttl,
             ticket_requests: RateLimiter::new(TICKETS_PER_USER_PER_MINUTE, 60),
         }
     }

@@ -68,10 +68,10 @@ pub(super) fn check(req: &SessionOpenRequest, cert: &CertRow) -> Result<ProvenCo
 }
 
 impl Sessions {
-    /// Forgets proofs older than the longest certificate (a replay of one is refused on
-    /// its expired certificate alone).
+    /// Forgets the proofs whose certificates have expired, even by the clock of a
+    /// replica running behind (a replay of one is refused on its certificate alone).
     pub(in crate::service) async fn purge_connection_proofs(&self) -> Result<(), crate::error::CaError> {
-        let cutoff = self.core.now().saturating_sub(self.max_cert_ttl.as_secs()).saturating_sub(self.core.clock_skew);
+        let cutoff = self.core.now().saturating_sub(self.core.clock_skew);
         let mut tx = self.core.store.begin().await?;
         crate::store::purge_connection_proofs(tx.conn(), cutoff).await?;
         tx.commit().await?;
