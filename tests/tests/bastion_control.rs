@@ -773,13 +773,26 @@ async fn a_step_up_rule_needs_a_recent_sign_in_not_just_a_new_certificate() {
     let reissued = issue(token).await;
     let (status, v) = open(api, &fx.bastion, &terminated(&session_id(), &reissued, "pve01", "root")).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
-    assert!(v["message"].as_str().unwrap().contains("portcullis login"), "the refusal says how to step up: {v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("portcullis login --fresh"),
+        "the refusal says how to step up: {v}"
+    );
     // Signing in again steps up.
     let again = user_cert(&fx.ca, "alice").await;
     granted(api, &fx.bastion, &terminated(&session_id(), &again, "pve01", "root")).await;
+    // A certificate row that does not say when its user signed in (written before step-up,
+    // or by a replica older than it) is never fresh — not as fresh as its issue time.
+    let unknown = user_cert(&fx.ca, "alice").await;
+    sqlx::query("UPDATE certificates SET authenticated_at = NULL WHERE serial = $1")
+        .bind(portcullis_ca::store::serial_to_db(unknown.serial.parse().unwrap()))
+        .execute(fx.ca.core().store().pool())
+        .await
+        .unwrap();
+    denied(api, &fx.bastion, &terminated(&session_id(), &unknown, "pve01", "root"), deny_reason::FRESH_AUTH_REQUIRED)
+        .await;
     let refused: Vec<Value> =
         audit(&fx.ca, "session_denied").await.into_iter().filter(|r| r["reason"] == "fresh_auth_required").collect();
-    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert_eq!(refused.len(), 4, "{refused:?}");
     assert!(refused.iter().all(|r| r["phase"] == "credential" && r["user"] == "alice"), "{refused:?}");
 }
 

@@ -594,10 +594,20 @@ async fn a_step_up_console_rule_needs_a_recent_sign_in() {
     assert!(message.contains("sign in again"), "{message}");
     // A new sign-in steps up.
     let again = bearer(&fx.ca, "alice").await;
-    ticket(&fx, &again, "pve01", "root").await;
+    let fresh = ticket(&fx, &again, "pve01", "root").await;
+    let (status, v) = redeem(&fx, &fresh, &session_id()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
     let granted: Vec<Value> = audit(&fx.ca, "console_ticket_granted").await;
     let ages: Vec<Option<u64>> = granted.iter().map(|r| r["auth_age_secs"].as_u64()).collect();
     assert_eq!(ages, vec![Some(0), Some(0)], "{granted:?}");
+    let opened = audit(&fx.ca, "session_opened").await;
+    assert_eq!(opened.last().unwrap()["auth_age_secs"], 0, "{opened:?}");
+    // A ticket asked for just inside the ten minutes and redeemed just after them: the
+    // redemption checks the sign-in's age again (a ticket lives a minute).
+    fx.clock.set(fx.ca.core().now() + 9 * 60 + 30);
+    let late = ticket(&fx, &again, "pve01", "root").await;
+    fx.clock.set(fx.ca.core().now() + 50);
+    redeem_denied(&fx, &late, "fresh_auth_required").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

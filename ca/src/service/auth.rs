@@ -177,8 +177,7 @@ impl IdentityService {
             source: identity.source,
             groups: identity.groups.into_iter().collect(),
             expires_at: now.saturating_add(self.session_ttl),
-            // Never later than now, whatever an IdP claims.
-            authenticated_at: authenticated_at.map_or(now, |t| t.min(now)),
+            authenticated_at: sign_in_time(authenticated_at, now, self.core.clock_skew),
         };
         let mut tx = self.core.store.begin().await?;
         if session.source != UserSource::Local.as_str() {
@@ -418,5 +417,32 @@ impl IdentityService {
             session_expires_at: caller.expires_at,
             authenticated_at: caller.authenticated_at,
         }
+    }
+}
+
+/// When a sign-in happened, for step-up rules: now for a password just checked (`None`);
+/// what an IdP says otherwise, never later than now — and a time further ahead than the
+/// clock skew allows is not believed at all (0, never fresh): a sign-in from the future
+/// would otherwise count as one made this instant.
+fn sign_in_time(claimed: Option<u64>, now: u64, skew: u64) -> u64 {
+    match claimed {
+        None => now,
+        Some(t) if t > now.saturating_add(skew) => 0,
+        Some(t) => t.min(now),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sign_in_time;
+
+    #[test]
+    fn a_sign_in_from_the_future_is_not_believed() {
+        let now = 1_800_000_000;
+        assert_eq!(sign_in_time(None, now, 60), now, "a password checked now");
+        assert_eq!(sign_in_time(Some(now - 300), now, 60), now - 300);
+        assert_eq!(sign_in_time(Some(now + 30), now, 60), now, "within the skew: now");
+        assert_eq!(sign_in_time(Some(now + 3600), now, 60), 0, "an hour ahead: never fresh");
+        assert_eq!(sign_in_time(Some(0), now, 60), 0, "no auth_time from the IdP");
     }
 }

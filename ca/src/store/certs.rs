@@ -24,14 +24,18 @@ pub struct CertRow {
     /// rows from before it was recorded).
     pub digest: Option<String>,
     /// A user certificate: when its user proved who they are for the API session it was
-    /// issued under (step-up checks it; `None`: `issued_at`).
+    /// issued under (step-up checks it; `None`: not known — a row from before step-up, or
+    /// written by a replica older than it).
     pub authenticated_at: Option<u64>,
 }
 
 impl CertRow {
-    /// When the user behind this certificate last proved who they are.
+    /// When the user behind this certificate last proved who they are; not known is
+    /// never (0): a step-up rule then asks for a new sign-in, rather than taking the
+    /// issue time — a certificate issued a minute ago from a week-old sign-in is not a
+    /// fresh one.
     pub fn authenticated_at(&self) -> u64 {
-        self.authenticated_at.unwrap_or(self.issued_at)
+        self.authenticated_at.unwrap_or(0)
     }
 }
 

@@ -20,7 +20,8 @@ pub struct SessionRow {
     pub source: String,
     pub groups: Vec<String>,
     pub expires_at: u64,
-    /// When the user proved who they are for this session (step-up checks it).
+    /// When the user proved who they are for this session (step-up checks it); 0 when
+    /// not known (a session from before step-up): never fresh.
     pub authenticated_at: u64,
 }
 
@@ -66,7 +67,7 @@ impl Store {
     pub async fn session(&self, token_hash: &str, now: u64) -> Result<Option<(SessionRow, Option<UserRow>)>> {
         let row = sqlx::query(
             "SELECT s.username AS username, s.source AS source, s.groups_json AS groups_json, \
-                    s.expires_at AS expires_at, COALESCE(s.authenticated_at, s.created_at) AS authenticated_at, \
+                    s.expires_at AS expires_at, COALESCE(s.authenticated_at, 0) AS authenticated_at, \
                     u.password_hash AS password_hash, \
                     u.groups_json AS user_groups, u.disabled AS disabled, u.username AS user_name, \
                     u.must_change_password AS must_change_password \

@@ -492,9 +492,9 @@ impl Sessions {
         if self.core.store.user(&ticket.username).await?.is_some_and(|u| u.disabled) {
             return Ok(Err(denial(deny::CREDENTIAL_INVALID, "the user is disabled")));
         }
-        if self.core.store.session(&ticket.api_session_hash, self.core.now()).await?.is_none() {
+        let Some((api_session, _)) = self.core.store.session(&ticket.api_session_hash, self.core.now()).await? else {
             return Ok(Err(denial(deny::CREDENTIAL_INVALID, "you have signed out")));
-        }
+        };
         if let Some(why) = self.identity.directory_account_refusal(&ticket.username).await? {
             return Ok(Err(denial(deny::CREDENTIAL_INVALID, why)));
         }
@@ -510,6 +510,7 @@ impl Sessions {
                 agent: ticket.agent,
                 rule: ticket.rule,
                 user_session: crate::service::caller::session_ref(&ticket.api_session_hash),
+                authenticated_at: api_session.authenticated_at,
             },
         };
         let open = OpenSpec {

@@ -97,9 +97,10 @@ enum Evidence {
     /// A user certificate this CA issued, with its principals and when its user last
     /// proved who they are (step-up rules ask how long ago).
     Certificate { serial: u64, principals: BTreeSet<String>, authenticated_at: u64 },
-    /// A redeemed console ticket, bound to the agent and rule it was issued under, and
-    /// the API session (as audit names it) that asked for it.
-    Ticket { agent: String, rule: String, user_session: String },
+    /// A redeemed console ticket, bound to the agent and rule it was issued under, the
+    /// API session (as audit names it) that asked for it, and when that session's user
+    /// proved who they are.
+    Ticket { agent: String, rule: String, user_session: String, authenticated_at: u64 },
 }
 
 impl Subject {
@@ -260,19 +261,17 @@ impl Sessions {
         {
             return Ok(Err(denial(deny::RULE_MISMATCH, "the console's route changed; open it again")));
         }
-        // Step-up: the rule asks for a sign-in at most this old (a ticket's was checked
-        // when it was issued, a minute ago at most).
-        let auth_age = match &subject.evidence {
-            Evidence::Certificate { authenticated_at, .. } => Some(now.saturating_sub(*authenticated_at)),
-            Evidence::Ticket { .. } => None,
-        };
-        let step_up = rule.fresh_auth_within().and(auth_age);
-        if let (Some(within), Some(age)) = (rule.fresh_auth_within(), auth_age)
-            && age > within.as_secs()
-        {
+        // Step-up: the rule asks for a sign-in at most this old — checked here for a
+        // ticket too, not only when it was asked for: it may be redeemed up to a minute
+        // later, under a policy reloaded since.
+        let (Evidence::Certificate { authenticated_at, .. } | Evidence::Ticket { authenticated_at, .. }) =
+            &subject.evidence;
+        let auth_age = now.saturating_sub(*authenticated_at);
+        let step_up = rule.fresh_auth_within().map(|_| auth_age);
+        if rule.fresh_auth_within().is_some_and(|within| auth_age > within.as_secs()) {
             return Ok(Err(denial(
                 deny::FRESH_AUTH_REQUIRED,
-                "this device asks for a recent sign-in: run `portcullis login` again (a new sign-in, not \
+                "this device asks for a recent sign-in: run `portcullis login --fresh` (a new sign-in, not \
                  only a new certificate) and connect again",
             )));
         }
