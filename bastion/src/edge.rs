@@ -390,6 +390,9 @@ async fn serve_once(state: &Arc<State>, bastion: &BastionEndpoint) -> Result<(),
         preferred: crate::algorithms::preferred_client(),
         keepalive_interval: Some(Duration::from_secs(3)),
         keepalive_max: 2,
+        // A bastion that takes nothing (a write waiting this long) is given up on, as
+        // one that stops answering keepalives is.
+        inactivity_timeout: Some(crate::server::AGENT_DEAD_PEER_AFTER),
         window_size: 8 * 1024 * 1024,
         channel_buffer_size: 256,
         nodelay: true,

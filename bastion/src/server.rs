@@ -50,7 +50,40 @@ pub struct BastionConfig {
     pub startups: StartupLimits,
     /// Key exchange offered on both listeners.
     pub kex_profile: KexProfile,
+    /// A user's connection whose client takes nothing sent to it for this long (its
+    /// socket full: a client that stopped reading, a suspended process) is dropped with
+    /// what was queued for it. Keepalives cannot tell: the connection's task is waiting
+    /// on the write, not reading them. Generous, as one write can hold a whole window
+    /// (a few MiB) for a client on a slow link.
+    pub dead_peer_after: Duration,
 }
+
+/// The users' listener's SSH settings (the agents' start from them).
+fn front_door_config(config: &BastionConfig) -> Config {
+    Config {
+        server_id: SshId::Standard(Cow::Borrowed("SSH-2.0-Portcullis")),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: config.auth_rejection_time,
+        // OpenSSH clients start with a "none" probe; answering it at once costs nothing.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![config.host_key.clone()],
+        max_auth_attempts: config.max_auth_attempts,
+        preferred: preferred(config.kex_profile),
+        // Session limits are the watchdog's job; this reaps peers that take nothing.
+        // (russh resets it whenever its loop goes round; it fires only when a write has
+        // waited this long, or nothing at all came or went.)
+        inactivity_timeout: Some(config.dead_peer_after),
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 3,
+        nodelay: true,
+        ..Config::default()
+    }
+}
+
+/// [`BastionConfig::dead_peer_after`] for agent links, at both ends: a link that takes
+/// nothing holds every session through it, and agents are machines on links of our
+/// choosing.
+pub(crate) const AGENT_DEAD_PEER_AFTER: Duration = Duration::from_secs(120);
 
 impl BastionConfig {
     pub fn new(host_key: PrivateKey) -> Self {
@@ -64,6 +97,7 @@ impl BastionConfig {
             heartbeat_every: Duration::from_millis(500),
             startups: StartupLimits::default(),
             kex_profile: KexProfile::Compatible,
+            dead_peer_after: Duration::from_secs(600),
         }
     }
 }
@@ -109,32 +143,17 @@ impl Bastion {
             Ok(limit) => tracing::debug!(?limit, "open files limit"),
             Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
         }
-        let base = || Config {
-            server_id: SshId::Standard(Cow::Borrowed("SSH-2.0-Portcullis")),
-            methods: MethodSet::from(&[MethodKind::PublicKey][..]),
-            auth_rejection_time: config.auth_rejection_time,
-            // OpenSSH clients start with a "none" probe; answering it at once costs nothing.
-            auth_rejection_time_initial: Some(Duration::ZERO),
-            keys: vec![config.host_key.clone()],
-            max_auth_attempts: config.max_auth_attempts,
-            preferred: preferred(config.kex_profile),
-            // Session limits are the watchdog's job; this only reaps dead TCP peers.
-            inactivity_timeout: None,
-            keepalive_interval: Some(Duration::from_secs(30)),
-            keepalive_max: 3,
-            nodelay: true,
-            ..Config::default()
-        };
+        let users = front_door_config(&config);
         // Agents: a dead agent must be noticed within seconds (its sessions are closed
         // with `agent_disconnect`), so keepalives are frequent. Larger windows and
         // packets: one agent connection carries many sessions' bulk data.
-        let users = base();
         let agents = Config {
             keepalive_interval: Some(Duration::from_secs(3)),
             keepalive_max: 2,
             window_size: 8 * 1024 * 1024,
             channel_buffer_size: 256,
-            ..base()
+            inactivity_timeout: Some(AGENT_DEAD_PEER_AFTER.min(config.dead_peer_after)),
+            ..front_door_config(&config)
         };
         let sessions = Arc::new(Registry::default());
         let hub = Arc::new(AgentHub::new(Arc::clone(&sessions), events.clone()));
@@ -346,4 +365,132 @@ async fn run_connection<H: russh::server::Handler<Error = russh::Error> + Send +
         }
     }
     session.await.map_err(|e| session_error(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
+    use russh::{Channel, keys::PrivateKeyWithHashAlg};
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicBool;
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio::net::TcpStream;
+
+    /// Accepts any key, then answers a session channel with output as fast as it goes.
+    struct Flood;
+
+    impl russh::server::Handler for Flood {
+        type Error = russh::Error;
+
+        async fn auth_publickey(
+            &mut self,
+            _: &str,
+            _: russh::server::VerifiedPublicKey<'_>,
+        ) -> Result<Auth, Self::Error> {
+            Ok(Auth::Accept)
+        }
+
+        async fn channel_open_session(
+            &mut self,
+            channel: Channel<Msg>,
+            reply: ChannelOpenHandle,
+            _: &mut Session,
+        ) -> Result<(), Self::Error> {
+            reply.accept().await;
+            tokio::spawn(async move {
+                let chunk = vec![b'x'; 32 * 1024];
+                while channel.data(&chunk[..]).await.is_ok() {}
+            });
+            Ok(())
+        }
+    }
+
+    /// A client's socket that stops being read once `paused` is set (a client that
+    /// stopped reading, or was suspended).
+    struct Pausable {
+        tcp: TcpStream,
+        paused: Arc<AtomicBool>,
+    }
+
+    impl AsyncRead for Pausable {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if self.paused.load(Ordering::Relaxed) {
+                return Poll::Pending;
+            }
+            Pin::new(&mut self.tcp).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Pausable {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.tcp).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.tcp).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.tcp).poll_shutdown(cx)
+        }
+    }
+
+    struct AnyHost;
+
+    impl russh::client::Handler for AnyHost {
+        type Error = russh::Error;
+
+        async fn check_server_key(&mut self, _: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+            Ok(true)
+        }
+    }
+
+    fn key() -> PrivateKey {
+        PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap()
+    }
+
+    /// A client that stops reading while output is on its way to it leaves the front
+    /// door's connection task waiting on a write, where keepalives are never looked at:
+    /// the connection (and what is queued for it) must still go, after
+    /// `dead_peer_after`. (Before, the front door set no such limit and held it for
+    /// good.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_stops_reading_loses_its_connection() {
+        let dead_peer_after = Duration::from_secs(2);
+        let config = BastionConfig { dead_peer_after, ..BastionConfig::new(key()) };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let session = russh::server::run_stream(Arc::new(front_door_config(&config)), tcp, Flood).await.unwrap();
+            let started = std::time::Instant::now();
+            let _ = session.await;
+            started.elapsed()
+        });
+
+        // A small receive buffer and a large window: the output backs up into the
+        // server's socket quickly, and the window never stops it first.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        let paused = Arc::new(AtomicBool::new(false));
+        let stream = Pausable { tcp: socket.connect(addr).await.unwrap(), paused: Arc::clone(&paused) };
+        let client = russh::client::Config { window_size: 64 * 1024 * 1024, ..Default::default() };
+        let mut conn = russh::client::connect_stream(Arc::new(client), stream, AnyHost).await.unwrap();
+        let auth = conn.authenticate_publickey("user", PrivateKeyWithHashAlg::new(Arc::new(key()), None)).await;
+        assert!(auth.unwrap().success());
+        let mut channel = conn.channel_open_session().await.unwrap();
+        assert!(matches!(channel.wait().await, Some(russh::ChannelMsg::Data { .. })), "the output flows");
+        paused.store(true, Ordering::Relaxed);
+
+        let held = tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("the connection of a client that stopped reading was held")
+            .unwrap();
+        assert!(held >= dead_peer_after, "dropped before the limit: {held:?}");
+        drop(conn);
+    }
 }

@@ -109,6 +109,9 @@ async fn open(shared: &Shared, req: &TerminatedRequest, reply: ChannelOpenHandle
 }
 
 /// An ephemeral Ed25519 key for one session, and its public line for the CA.
+/// How long the onward connection may take nothing (see `BastionConfig::dead_peer_after`).
+const ONWARD_DEAD_PEER_AFTER: Duration = Duration::from_secs(600);
+
 pub(crate) fn session_key() -> Option<(PrivateKey, String)> {
     let key = PrivateKey::random(&mut UnwrapErr(ssh_key::getrandom::SysRng), Algorithm::Ed25519).ok()?;
     let line = key.public_key().to_openssh().ok()?;
@@ -145,6 +148,12 @@ pub(crate) async fn log_in_onward(
     let config = Arc::new(client::Config {
         preferred: crate::algorithms::preferred_client(),
         nodelay: true,
+        // A node that stops answering, or stops taking what is sent to it, does not keep
+        // the onward connection's task (and the agent's channel or socket) for good:
+        // dropping the session does not end that task, these limits do.
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 3,
+        inactivity_timeout: Some(ONWARD_DEAD_PEER_AFTER),
         ..client::Config::default()
     });
     let timeout = Duration::from_millis(g.connect_timeout_ms.clamp(100, 60_000));
