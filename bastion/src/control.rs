@@ -138,15 +138,19 @@ impl ControlPlane {
     }
 
     /// Several closes in one call (at most [`MAX_CLOSES_PER_REQUEST`]). A CA that does
-    /// not know the batch route yet (404: a rolling upgrade) gets them one by one.
+    /// not know the batch route yet (404: a rolling upgrade) gets them one by one — all
+    /// of them, whatever happens to one; the first failure is the answer.
     pub async fn close_sessions(&self, closes: Vec<SessionCloseRequest>) -> Result<(), ControlError> {
         let batch = SessionClosesRequest { closes };
         match self.post_no_answer("/v1/bastion/sessions/closes", &batch).await {
             Err(ControlError::Refused { status: 404, .. }) => {
+                let mut first_failure = None;
                 for close in &batch.closes {
-                    self.close_session(close).await?;
+                    if let Err(e) = self.close_session(close).await {
+                        first_failure.get_or_insert(e);
+                    }
                 }
-                Ok(())
+                first_failure.map_or(Ok(()), Err)
             }
             done => done,
         }
