@@ -194,3 +194,86 @@ async fn a_node_only_the_agent_can_reach_through_a_network_namespace() {
     agent.wait().unwrap();
     drop(node);
 }
+
+/// One agent link carries every session through its agent. A user who sends a flood
+/// through it — jump mode to a port that streams without end (no SSH inside to hold it
+/// back) — and stops reading must not stop the others. Before, that session's full
+/// queue made the link's loop wait, and every session through the agent stood still, a
+/// new login through it too; now its window is not granted back until its reader takes
+/// what is held, so the agent stops sending for that session alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_stall_the_other_sessions_through_its_agent() {
+    use std::io::Read;
+    use tokio::io::AsyncWriteExt;
+    let w = World::start("15m").await;
+    let rule = format!("{}allowed_ports = [22, 2200]\n", agent_rule("edge1"));
+    let (status, body) = w.server.write_policy("edge.toml", &rule).await;
+    assert!(status.is_success(), "{body}");
+    let state = w.dir.path().join("edge1");
+    let log = state.with_extension("log");
+    let token = service_token(&w.server, &w.admin, "agent").await;
+    let mut agent = spawn_agent(&w.server.url, &w.server.pin, "edge1", &state, Some(&token), &[]);
+    wait_connected(&w.server, &w.admin, "edge1", &log).await;
+    let ip = loopback_ip();
+    let node = add_node(&w.server, &w.admin, "pve02", &ip, Some("edge1"), None).await;
+    w.add_host("pve02", "root%pve02");
+    w.add_jump_host("pve02-jump", &ip, 22);
+    // A target behind the same agent that streams to whoever connects, as fast as it
+    // can (what a node the user controls can do at its SSH port).
+    let flood_ip = loopback_ip();
+    let record = portcullis_proto::NodeRecord {
+        name: "flood01".into(),
+        addresses: vec![flood_ip.clone()],
+        tags: [("env".to_owned(), "prod".to_owned())].into(),
+        agent: Some("edge1".into()),
+        ssh_port: Some(2200),
+        ..Default::default()
+    };
+    w.server.add_node(&w.admin, &record).await;
+    let flood = tokio::net::TcpListener::bind((flood_ip.as_str(), 2200)).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = flood.accept().await {
+            tokio::spawn(async move {
+                let chunk = vec![b'x'; 16 * 1024];
+                while tcp.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    let out = w.run("ssh", &["pve02", "echo before"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "before", "{}", text(&out));
+
+    // The flood, read up to its first bytes and then never again.
+    let target = format!("{flood_ip}:2200");
+    let mut flooded = w.spawn_ssh(&["-W", &target, "jump"]);
+    let mut stdout = flooded.stdout.take().unwrap();
+    let mut first = [0u8; 1024];
+    if stdout.read_exact(&mut first).is_err() {
+        let mut err = String::new();
+        flooded.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        panic!("the flood did not start: {err}\n{}", w.server.log());
+    }
+    // Until the output backs up: what the CA hears the session sent stands still.
+    let (mut last, mut still) = (0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while still < 3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (_, live) = w.server.get_json(Some(&w.admin), "/v1/admin/sessions").await;
+        let sent = live.as_array().unwrap().iter().map(|s| s["bytes_to_client"].as_u64().unwrap()).max().unwrap_or(0);
+        still = if sent == last && sent > 0 { still + 1 } else { 0 };
+        last = sent;
+        assert!(std::time::Instant::now() < deadline, "the flood never backed up");
+    }
+    // Other sessions through the same agent, in both modes, log in and run.
+    for host in ["pve02", "pve02-jump"] {
+        let child = w.spawn_ssh(&[host, "echo still-flowing"]);
+        let (out, took) = wait_output(child, Duration::from_secs(30));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still-flowing", "{host}: {}", text(&out));
+        assert!(took < Duration::from_secs(15), "{host}: {took:?}");
+    }
+    flooded.kill().unwrap();
+    flooded.wait().unwrap();
+    drop(stdout);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    drop(node);
+}

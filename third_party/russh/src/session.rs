@@ -302,11 +302,15 @@ impl Encrypted {
         }
     }
 
+    /// Counts `received` bytes against the window the peer has for `channel`, and grants
+    /// it back up to `target` when it is below half of it — unless `grant` is false
+    /// (Portcullis patch 6: the data is held, not taken by the channel's reader yet).
     pub fn adjust_window_size(
         &mut self,
         channel: ChannelId,
-        data: &[u8],
+        received: usize,
         target: u32,
+        grant: bool,
     ) -> Result<bool, crate::Error> {
         if let Some(channel) = self.channels.get_mut(&channel) {
             trace!(
@@ -315,10 +319,10 @@ impl Encrypted {
             );
             // Ignore extra data.
             // https://tools.ietf.org/html/rfc4254#section-5.2
-            if data.len() as u32 <= channel.sender_window_size {
-                channel.sender_window_size -= data.len() as u32;
+            if received as u32 <= channel.sender_window_size {
+                channel.sender_window_size -= received as u32;
             }
-            if channel.sender_window_size < target / 2 {
+            if grant && channel.sender_window_size < target / 2 {
                 debug!(
                     "sender_window_size {:?}, target {:?}",
                     channel.sender_window_size, target

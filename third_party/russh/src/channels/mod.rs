@@ -15,6 +15,8 @@ pub use channel_ref::ChannelRef;
 mod channel_stream;
 pub use channel_stream::ChannelStream;
 
+pub(crate) mod held;
+
 #[derive(Debug)]
 #[non_exhaustive]
 /// Possible messages that [Channel::wait] can receive.

@@ -92,6 +92,8 @@ pub struct Session {
     receiver: Receiver<Msg>,
     sender: UnboundedSender<Reply>,
     channels: HashMap<ChannelId, ChannelRef>,
+    /// Portcullis patch 6: messages waiting for their channels' queues.
+    held: crate::channels::held::HeldMessages,
     target_window_size: u32,
     pending_reads: Vec<Vec<u8>>,
     pending_len: u32,
@@ -1297,6 +1299,33 @@ async fn start_reading<R: AsyncRead + Unpin>(
 }
 
 impl Session {
+    /// Portcullis patch 6: see `server::Session::deliver`.
+    pub(crate) fn deliver(&mut self, id: ChannelId, msg: ChannelMsg) -> Result<bool, crate::Error> {
+        use crate::channels::held::Delivery;
+        let Some(chan) = self.channels.get(&id) else { return Ok(true) };
+        match self.held.deliver(id, chan, msg) {
+            Delivery::Queued => Ok(true),
+            Delivery::Held if self.held.size(id) > 2 * self.target_window_size as usize + (1 << 20) => {
+                Err(crate::Error::Inconsistent)
+            }
+            Delivery::Held => Ok(false),
+        }
+    }
+
+    /// Portcullis patch 6: see `server::Session::drain_held`.
+    fn drain_held(&mut self) -> Result<(), crate::Error> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let target = self.common.config.window_size;
+        for id in self.held.drain() {
+            if let Some(enc) = self.common.encrypted.as_mut() {
+                enc.adjust_window_size(id, 0, target, true)?;
+            }
+        }
+        Ok(())
+    }
+
     fn maybe_decompress(&mut self, buffer: &SSHBuffer) -> Result<IncomingSshPacket, Error> {
         if let Some(ref mut enc) = self.common.encrypted {
             let mut decomp = Vec::new();
@@ -1336,6 +1365,7 @@ impl Session {
             inbound_channel_sender,
             inbound_channel_receiver,
             channels: HashMap::new(),
+            held: Default::default(),
             pending_reads: Vec::new(),
             pending_len: 0,
             open_global_requests: VecDeque::new(),
@@ -1433,6 +1463,12 @@ impl Session {
             // application output in its bounded receivers while a channel is
             // window-blocked.
             let can_receive_outbound = !self.kex.active() && !self.common.has_any_pending_data();
+            // Portcullis patch 6: held channel messages move on as their queues make
+            // room; while any are held, the loop looks again every few milliseconds.
+            self.drain_held()?;
+            let held_retry = (!self.held.is_empty()).then_some(crate::server::HELD_RETRY);
+            let held_timer = crate::future_or_pending(held_retry, tokio::time::sleep);
+            pin!(held_timer);
             let rekey_timer =
                 crate::future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
             pin!(rekey_timer);
@@ -1486,6 +1522,7 @@ impl Session {
                     // The flush after the select sees the elapsed limit.
                     debug!("rekey time limit reached");
                 }
+                () = &mut held_timer => {}
                 () = &mut keepalive_timer => {
                     keepalive_elapsed = true;
                     if let Some(ref mut enc) = self.common.encrypted
@@ -2178,6 +2215,7 @@ mod tests {
                     server_mac: mac::NONE,
                     session_id: CryptoVec::new(),
                     channels: HashMap::new(),
+            held: Default::default(),
                     last_channel_id: Wrapping(0),
                     write: Vec::new(),
                     write_cursor: 0,
@@ -2485,6 +2523,7 @@ mod tests {
                     server_mac: mac::NONE,
                     session_id: CryptoVec::new(),
                     channels: HashMap::new(),
+            held: Default::default(),
                     last_channel_id: Wrapping(0),
                     write: Vec::new(),
                     write_cursor: 0,

@@ -1150,6 +1150,7 @@ where
 
     let common = read_ssh_id(config, &mut stream).await?;
     let mut session = Session {
+        held: Default::default(),
         target_window_size: common.config.window_size,
         common,
         priority_receiver,

@@ -17,6 +17,9 @@ use crate::kex::{EXTENSION_SUPPORT_AS_CLIENT, KexCause, SessionKexState};
 use crate::{ChannelOpenFailure, map_err, msg};
 
 /// A connected server session. This type is unique to a client.
+/// Portcullis patch 6: how soon the loop looks again at messages held for full queues.
+pub(crate) const HELD_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
+
 #[derive(Debug)]
 pub struct Session {
     pub(crate) common: CommonSession<Arc<Config>>,
@@ -27,6 +30,8 @@ pub struct Session {
     pub(crate) pending_reads: Vec<Vec<u8>>,
     pub(crate) pending_len: u32,
     pub(crate) channels: HashMap<ChannelId, ChannelRef>,
+    /// Portcullis patch 6: messages waiting for their channels' queues.
+    pub(crate) held: crate::channels::held::HeldMessages,
     pub(crate) open_global_requests: VecDeque<GlobalRequestResponse>,
     pub(crate) kex: SessionKexState<ServerKex>,
 }
@@ -474,6 +479,37 @@ impl Handle {
 }
 
 impl Session {
+    /// Portcullis patch 6: hands `msg` to channel `id`'s reader without waiting (held
+    /// when its queue is full); `true` when it reached the queue. A peer that keeps
+    /// sending to a channel whose reader has not taken what is held — more than twice
+    /// the window it may use — ignores the window: the connection is ended.
+    pub(crate) fn deliver(&mut self, id: ChannelId, msg: ChannelMsg) -> Result<bool, Error> {
+        use crate::channels::held::Delivery;
+        let Some(chan) = self.channels.get(&id) else { return Ok(true) };
+        match self.held.deliver(id, chan, msg) {
+            Delivery::Queued => Ok(true),
+            Delivery::Held if self.held.size(id) > 2 * self.target_window_size as usize + (1 << 20) => {
+                Err(Error::Inconsistent)
+            }
+            Delivery::Held => Ok(false),
+        }
+    }
+
+    /// Portcullis patch 6: moves held messages into queues that have room, and grants
+    /// the window back for the data that went in.
+    pub(crate) fn drain_held(&mut self) -> Result<(), Error> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let target = self.target_window_size;
+        for id in self.held.drain() {
+            if let Some(enc) = self.common.encrypted.as_mut() {
+                enc.adjust_window_size(id, 0, target, true)?;
+            }
+        }
+        Ok(())
+    }
+
     fn maybe_decompress(&mut self, buffer: &SSHBuffer) -> Result<IncomingSshPacket, Error> {
         if let Some(ref mut enc) = self.common.encrypted {
             let mut decomp = Vec::new();
@@ -713,6 +749,13 @@ impl Session {
                 }
             }
 
+            // Portcullis patch 6: held channel messages move on as their queues make
+            // room; while any are held, the loop looks again every few milliseconds.
+            self.drain_held()?;
+            let held_retry = (!self.held.is_empty()).then_some(HELD_RETRY);
+            let held_timer = future_or_pending(held_retry, tokio::time::sleep);
+            pin!(held_timer);
+
             let rekey_timer = future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
             pin!(rekey_timer);
 
@@ -770,6 +813,7 @@ impl Session {
                     // The flush after the select sees the elapsed limit.
                     debug!("rekey time limit reached");
                 }
+                () = &mut held_timer => {}
                 () = &mut keepalive_timer => {
                     self.common.alive_timeouts = self.common.alive_timeouts.saturating_add(1);
                     if self.common.config.keepalive_max != 0 && self.common.alive_timeouts > self.common.config.keepalive_max {
@@ -1644,6 +1688,7 @@ mod tests {
                     server_mac: mac::NONE,
                     session_id: CryptoVec::new(),
                     channels: HashMap::new(),
+                    held: Default::default(),
                     last_channel_id: Wrapping(0),
                     write: Vec::new(),
                     write_cursor: 0,
@@ -1673,6 +1718,7 @@ mod tests {
             pending_reads: Vec::new(),
             pending_len: 0,
             channels: HashMap::new(),
+                    held: Default::default(),
             open_global_requests: VecDeque::new(),
             kex: SessionKexState::Idle,
         }

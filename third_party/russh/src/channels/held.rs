@@ -1,0 +1,148 @@
+//! Portcullis patch 6: a channel whose reader falls behind does not stop the connection.
+//!
+//! Upstream hands each incoming channel message to the channel's bounded queue with
+//! `send(..).await` inside the connection's loop, and grants the peer window back as soon
+//! as data arrives. One channel whose reader stops (a relay writing to a client that does
+//! not read) fills its queue, the `await` never returns, and every other channel of the
+//! connection stops with it — on a bastion's link to an edge agent, every session
+//! through that agent.
+//!
+//! Here a message that finds its channel's queue full (or anything already waiting for
+//! that channel) is held, in order, and the loop goes on. The window is granted back
+//! only for data that reached the queue, so a peer that honours the window stops sending
+//! on that channel once its window is used up, while the others flow. Held messages go
+//! into the queue as it makes room ([`HeldMessages::drain`], from the connection's loop),
+//! and their window is granted then.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc::error::TrySendError;
+
+use super::{ChannelMsg, ChannelRef};
+use crate::ChannelId;
+
+/// What a held message other than data counts for in [`HeldMessages::size`].
+const MESSAGE_COST: usize = 64;
+/// Data held for a channel is joined into pieces up to this size.
+const JOINED: usize = 256 * 1024;
+
+/// Messages waiting for their channels' queues, per connection.
+#[derive(Debug, Default)]
+pub(crate) struct HeldMessages {
+    channels: HashMap<ChannelId, Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    /// The channel's queue: kept here, so what is held still arrives after the
+    /// connection forgot the channel (its close is held behind its data).
+    queue: Sender<ChannelMsg>,
+    messages: VecDeque<ChannelMsg>,
+    /// Bytes of channel data held (their window not granted back yet).
+    data: usize,
+    /// What is held in all: data bytes, and [`MESSAGE_COST`] per other message.
+    size: usize,
+}
+
+/// Where [`HeldMessages::deliver`] put a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// In the channel's queue (or the reader is gone and it was dropped).
+    Queued,
+    /// Held until the queue has room.
+    Held,
+}
+
+fn data_len(msg: &ChannelMsg) -> Option<usize> {
+    match msg {
+        ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => Some(data.len()),
+        _ => None,
+    }
+}
+
+fn join(first: &Bytes, second: &Bytes) -> Bytes {
+    let mut joined = BytesMut::with_capacity(first.len() + second.len());
+    joined.extend_from_slice(first);
+    joined.extend_from_slice(second);
+    joined.freeze()
+}
+
+impl Held {
+    fn push(&mut self, msg: ChannelMsg) {
+        let len = data_len(&msg);
+        self.data += len.unwrap_or(0);
+        self.size += len.unwrap_or(MESSAGE_COST);
+        // A peer sending small packets to a channel that is not read must not cost a
+        // queue entry (and its overhead) per packet.
+        if let (Some(ChannelMsg::Data { data: last }), ChannelMsg::Data { data }) = (self.messages.back_mut(), &msg) {
+            if last.len() + data.len() <= JOINED {
+                *last = join(last, data);
+                return;
+            }
+        }
+        self.messages.push_back(msg);
+    }
+}
+
+impl HeldMessages {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
+    /// What is held for `id` (data bytes, and a fixed cost per other message).
+    pub(crate) fn size(&self, id: ChannelId) -> usize {
+        self.channels.get(&id).map_or(0, |h| h.size)
+    }
+
+    /// Hands `msg` to the channel's reader without waiting: into its queue when nothing is
+    /// held for it and there is room, else held behind what is.
+    pub(crate) fn deliver(&mut self, id: ChannelId, chan: &ChannelRef, msg: ChannelMsg) -> Delivery {
+        if let Some(held) = self.channels.get_mut(&id) {
+            held.push(msg);
+            return Delivery::Held;
+        }
+        match chan.try_send(msg) {
+            Ok(()) | Err(TrySendError::Closed(_)) => Delivery::Queued,
+            Err(TrySendError::Full(msg)) => {
+                let mut held = Held { queue: chan.sender.clone(), messages: VecDeque::new(), data: 0, size: 0 };
+                held.push(msg);
+                self.channels.insert(id, held);
+                Delivery::Held
+            }
+        }
+    }
+
+    /// Moves held messages into their queues as far as they have room, in order. Returns
+    /// the channels whose held data reached its queue (their window may be granted now).
+    /// Messages for a channel whose reader is gone are dropped.
+    pub(crate) fn drain(&mut self) -> Vec<ChannelId> {
+        let mut moved = Vec::new();
+        self.channels.retain(|id, held| {
+            let before = held.data;
+            while let Some(msg) = held.messages.pop_front() {
+                let len = data_len(&msg);
+                match held.queue.try_send(msg) {
+                    Ok(()) => {
+                        held.data -= len.unwrap_or(0);
+                        held.size -= len.unwrap_or(MESSAGE_COST);
+                    }
+                    Err(TrySendError::Full(msg)) => {
+                        held.messages.push_front(msg);
+                        break;
+                    }
+                    Err(TrySendError::Closed(_)) => {
+                        held.messages.clear();
+                        break;
+                    }
+                }
+            }
+            if held.data < before || held.messages.is_empty() {
+                moved.push(*id);
+            }
+            !held.messages.is_empty()
+        });
+        moved
+    }
+}
