@@ -116,7 +116,9 @@ async fn splice(
                     ChannelMsg::Data { data } => {
                         live.client_input(data.len());
                         if to_node.data(data).await.is_err() {
-                            return CloseReason::AgentDisconnect;
+                            // The node's side failed: the agent's link, or only the
+                            // target's connection (a reset), as terminated mode asks.
+                            return crate::broker::vanished(link.clone()).await;
                         }
                     }
                     ChannelMsg::Eof => to_node.eof().await,
@@ -140,7 +142,7 @@ async fn splice(
                     }
                     FromNode::Closed => return CloseReason::TargetDisconnect,
                     // Gone without a close: did the agent leave?
-                    FromNode::Vanished => return crate::broker::vanished(link).await,
+                    FromNode::Vanished => return crate::broker::vanished(link.clone()).await,
                 }
             }
         });
@@ -233,6 +235,10 @@ impl NodeReader {
                         *eof = true;
                         return FromNode::Eof;
                     }
+                    // A small read is copied out: a target that sends a byte at a time
+                    // to a client that does not read would otherwise keep a buffer of
+                    // `TCP_READ` per byte while they wait.
+                    Ok(n) if n < TCP_READ / 8 => return FromNode::Data(bytes::Bytes::copy_from_slice(&buf)),
                     Ok(_) => return FromNode::Data(buf.freeze()),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => return FromNode::Closed,

@@ -113,3 +113,15 @@ pub fn connection_proof(
     signature.encode(&mut sig).unwrap();
     portcullis_proto::bastion::ConnectionProof::new(session_id, &request, &sig)
 }
+
+/// A russh client handler that accepts any host key: for tests that talk to the
+/// bastion as a hand-made client (what stock `ssh` would not send).
+pub struct TrustAnyHost;
+
+impl russh::client::Handler for TrustAnyHost {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, _key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}

@@ -231,16 +231,6 @@ async fn a_client_that_stalls_after_its_banner_is_closed_at_the_login_grace_time
     assert_eq!((timeouts, accepted), (1, 1), "one timeout (the staller), one login");
 }
 
-struct TrustAny;
-
-impl russh::client::Handler for TrustAny {
-    type Error = russh::Error;
-
-    async fn check_server_key(&mut self, _key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jump_target_cannot_forge_log_lines() {
     let opts = portcullis_tests::ServerOpts { env: vec![("RUST_LOG".into(), "info".into())], ..Default::default() };
@@ -251,7 +241,7 @@ async fn a_jump_target_cannot_forge_log_lines() {
     let cert = std::fs::read_to_string(w.dir.path().join("id-cert.pub")).unwrap();
     let cert = ssh_key::Certificate::from_openssh(cert.trim()).unwrap();
     let config = Arc::new(russh::client::Config::default());
-    let mut conn = russh::client::connect(config, w.server.bastion, TrustAny).await.unwrap();
+    let mut conn = russh::client::connect(config, w.server.bastion, portcullis_tests::ssh::TrustAnyHost).await.unwrap();
     let auth = conn.authenticate_openssh_cert("alice", Arc::new(key), cert).await.unwrap();
     assert!(auth.success(), "alice authenticates for jump mode");
     let forged = "pve01\n2026-12-02T00:00:00.000000Z  INFO portcullis: forged \u{1b}[38;5;99mline";

@@ -613,16 +613,6 @@ async fn a_full_disk_refuses_a_chunk_cleanly_and_its_retry_is_taken_once_space_i
     assert_eq!(shown, format!("before the disk filled{text}"), "the recording plays whole");
 }
 
-struct TrustAny;
-
-impl russh::client::Handler for TrustAny {
-    type Error = russh::Error;
-
-    async fn check_server_key(&mut self, _key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
-
 /// A client may claim any terminal size (SSH carries 32-bit numbers; a real terminal's
 /// are 16-bit). Claiming one no player can draw — to make the CA refuse the recording
 /// (which then stops, under a `stop` rule) or to make playback draw billions of cells —
@@ -645,7 +635,7 @@ async fn a_client_claiming_a_huge_terminal_is_still_recorded() {
     let cert = std::fs::read_to_string(w.dir.path().join("id-cert.pub")).unwrap();
     let cert = ssh_key::Certificate::from_openssh(cert.trim()).unwrap();
     let config = Arc::new(russh::client::Config::default());
-    let mut conn = russh::client::connect(config, w.server.bastion, TrustAny).await.unwrap();
+    let mut conn = russh::client::connect(config, w.server.bastion, portcullis_tests::ssh::TrustAnyHost).await.unwrap();
     let auth = conn.authenticate_openssh_cert("root%pve01", Arc::new(key), cert).await.unwrap();
     assert!(auth.success(), "alice logs in to root on pve01 through the bastion");
     let mut channel = conn.channel_open_session().await.unwrap();

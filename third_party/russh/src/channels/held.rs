@@ -12,7 +12,7 @@
 //! only for data that reached the queue, so a peer that honours the window stops sending
 //! on that channel once its window is used up, while the others flow. Held messages go
 //! into the queue as it makes room ([`HeldMessages::drain`], from the connection's loop),
-//! and their window is granted then.
+//! and the window is granted back once nothing is held for the channel.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -40,8 +40,6 @@ struct Held {
     /// connection forgot the channel (its close is held behind its data).
     queue: Sender<ChannelMsg>,
     messages: VecDeque<ChannelMsg>,
-    /// Bytes of channel data held (their window not granted back yet).
-    data: usize,
     /// What is held in all: data bytes, and [`MESSAGE_COST`] per other message.
     size: usize,
 }
@@ -71,9 +69,7 @@ fn join(first: &Bytes, second: &Bytes) -> Bytes {
 
 impl Held {
     fn push(&mut self, msg: ChannelMsg) {
-        let len = data_len(&msg);
-        self.data += len.unwrap_or(0);
-        self.size += len.unwrap_or(MESSAGE_COST);
+        self.size += data_len(&msg).unwrap_or(MESSAGE_COST);
         // A peer sending small packets to a channel that is not read must not cost a
         // queue entry (and its overhead) per packet.
         if let (Some(ChannelMsg::Data { data: last }), ChannelMsg::Data { data }) = (self.messages.back_mut(), &msg) {
@@ -106,7 +102,7 @@ impl HeldMessages {
         match chan.try_send(msg) {
             Ok(()) | Err(TrySendError::Closed(_)) => Delivery::Queued,
             Err(TrySendError::Full(msg)) => {
-                let mut held = Held { queue: chan.sender.clone(), messages: VecDeque::new(), data: 0, size: 0 };
+                let mut held = Held { queue: chan.sender.clone(), messages: VecDeque::new(), size: 0 };
                 held.push(msg);
                 self.channels.insert(id, held);
                 Delivery::Held
@@ -115,19 +111,17 @@ impl HeldMessages {
     }
 
     /// Moves held messages into their queues as far as they have room, in order. Returns
-    /// the channels whose held data reached its queue (their window may be granted now).
-    /// Messages for a channel whose reader is gone are dropped.
+    /// the channels that have nothing held any more: their window may be granted back
+    /// now — not before, as a grant tops the window up to its full size and the peer
+    /// would fill it again while part of what it sent is still held. Messages for a
+    /// channel whose reader is gone are dropped.
     pub(crate) fn drain(&mut self) -> Vec<ChannelId> {
-        let mut moved = Vec::new();
+        let mut emptied = Vec::new();
         self.channels.retain(|id, held| {
-            let before = held.data;
             while let Some(msg) = held.messages.pop_front() {
                 let len = data_len(&msg);
                 match held.queue.try_send(msg) {
-                    Ok(()) => {
-                        held.data -= len.unwrap_or(0);
-                        held.size -= len.unwrap_or(MESSAGE_COST);
-                    }
+                    Ok(()) => held.size -= len.unwrap_or(MESSAGE_COST),
                     Err(TrySendError::Full(msg)) => {
                         held.messages.push_front(msg);
                         break;
@@ -138,11 +132,11 @@ impl HeldMessages {
                     }
                 }
             }
-            if held.data < before || held.messages.is_empty() {
-                moved.push(*id);
+            if held.messages.is_empty() {
+                emptied.push(*id);
             }
             !held.messages.is_empty()
         });
-        moved
+        emptied
     }
 }

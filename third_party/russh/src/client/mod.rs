@@ -1463,9 +1463,8 @@ impl Session {
             // application output in its bounded receivers while a channel is
             // window-blocked.
             let can_receive_outbound = !self.kex.active() && !self.common.has_any_pending_data();
-            // Portcullis patch 6: held channel messages move on as their queues make
-            // room; while any are held, the loop looks again every few milliseconds.
-            self.drain_held()?;
+            // Portcullis patch 6: while messages are held for full queues, the loop looks
+            // again every few milliseconds (they move on just before the flush below).
             let held_retry = (!self.held.is_empty()).then_some(crate::server::HELD_RETRY);
             let held_timer = crate::future_or_pending(held_retry, tokio::time::sleep);
             pin!(held_timer);
@@ -1586,6 +1585,9 @@ impl Session {
                 }
             };
 
+            // Portcullis patch 6: held messages move on, and the window they free is
+            // granted in this flush (a peer waiting for it would not wake the loop).
+            self.drain_held()?;
             self.flush()?;
             crate::flush_or_timeout(
                 &mut self.common.packet_writer,

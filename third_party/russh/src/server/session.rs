@@ -749,9 +749,8 @@ impl Session {
                 }
             }
 
-            // Portcullis patch 6: held channel messages move on as their queues make
-            // room; while any are held, the loop looks again every few milliseconds.
-            self.drain_held()?;
+            // Portcullis patch 6: while messages are held for full queues, the loop looks
+            // again every few milliseconds (they move on just before the flush below).
             let held_retry = (!self.held.is_empty()).then_some(HELD_RETRY);
             let held_timer = future_or_pending(held_retry, tokio::time::sleep);
             pin!(held_timer);
@@ -853,6 +852,10 @@ impl Session {
                     }
                 }
             }
+            // Portcullis patch 6: held messages move on as their queues made room, and
+            // the window they free is granted in this flush (a peer waiting for it sends
+            // nothing that would wake the loop otherwise).
+            self.drain_held()?;
             self.flush()?;
 
             crate::flush_or_timeout(
