@@ -384,6 +384,11 @@ async fn stay_connected(state: Arc<State>, bastion: BastionEndpoint) {
     }
 }
 
+/// `BastionConfig::dead_peer_after` for agent links, at both ends: a link that takes
+/// nothing holds every session through it, and agents are machines on links of our
+/// choosing.
+pub(crate) const AGENT_DEAD_PEER_AFTER: Duration = Duration::from_secs(120);
+
 async fn serve_once(state: &Arc<State>, bastion: &BastionEndpoint) -> Result<(), String> {
     let cert = state.certificate().ok_or("no certificate yet")?;
     let config = Arc::new(client::Config {
@@ -392,7 +397,7 @@ async fn serve_once(state: &Arc<State>, bastion: &BastionEndpoint) -> Result<(),
         keepalive_max: 2,
         // A bastion that takes nothing (a write waiting this long) is given up on, as
         // one that stops answering keepalives is.
-        inactivity_timeout: Some(crate::server::AGENT_DEAD_PEER_AFTER),
+        inactivity_timeout: Some(AGENT_DEAD_PEER_AFTER),
         window_size: 8 * 1024 * 1024,
         channel_buffer_size: 256,
         nodelay: true,

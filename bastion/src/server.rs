@@ -80,11 +80,6 @@ fn front_door_config(config: &BastionConfig) -> Config {
     }
 }
 
-/// [`BastionConfig::dead_peer_after`] for agent links, at both ends: a link that takes
-/// nothing holds every session through it, and agents are machines on links of our
-/// choosing.
-pub(crate) const AGENT_DEAD_PEER_AFTER: Duration = Duration::from_secs(120);
-
 impl BastionConfig {
     pub fn new(host_key: PrivateKey) -> Self {
         Self {
@@ -152,7 +147,7 @@ impl Bastion {
             keepalive_max: 2,
             window_size: 8 * 1024 * 1024,
             channel_buffer_size: 256,
-            inactivity_timeout: Some(AGENT_DEAD_PEER_AFTER.min(config.dead_peer_after)),
+            inactivity_timeout: Some(crate::edge::AGENT_DEAD_PEER_AFTER.min(config.dead_peer_after)),
             ..front_door_config(&config)
         };
         let sessions = Arc::new(Registry::default());

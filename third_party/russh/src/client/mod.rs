@@ -1464,9 +1464,8 @@ impl Session {
             // window-blocked.
             let can_receive_outbound = !self.kex.active() && !self.common.has_any_pending_data();
             // Portcullis patch 6: while messages are held for full queues, the loop looks
-            // again every few milliseconds (they move on just before the flush below).
-            let held_retry = (!self.held.is_empty()).then_some(crate::server::HELD_RETRY);
-            let held_timer = crate::future_or_pending(held_retry, tokio::time::sleep);
+            // again soon (they move on just before the flush below).
+            let held_timer = crate::future_or_pending(self.held.retry_after(), tokio::time::sleep);
             pin!(held_timer);
             let rekey_timer =
                 crate::future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);

@@ -17,9 +17,6 @@ use crate::kex::{EXTENSION_SUPPORT_AS_CLIENT, KexCause, SessionKexState};
 use crate::{ChannelOpenFailure, map_err, msg};
 
 /// A connected server session. This type is unique to a client.
-/// Portcullis patch 6: how soon the loop looks again at messages held for full queues.
-pub(crate) const HELD_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
-
 #[derive(Debug)]
 pub struct Session {
     pub(crate) common: CommonSession<Arc<Config>>,
@@ -750,9 +747,8 @@ impl Session {
             }
 
             // Portcullis patch 6: while messages are held for full queues, the loop looks
-            // again every few milliseconds (they move on just before the flush below).
-            let held_retry = (!self.held.is_empty()).then_some(HELD_RETRY);
-            let held_timer = future_or_pending(held_retry, tokio::time::sleep);
+            // again soon (they move on just before the flush below).
+            let held_timer = future_or_pending(self.held.retry_after(), tokio::time::sleep);
             pin!(held_timer);
 
             let rekey_timer = future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
