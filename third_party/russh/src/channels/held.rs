@@ -22,7 +22,8 @@ use tokio::sync::mpsc::Sender;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::{ChannelMsg, ChannelRef};
-use crate::ChannelId;
+use crate::session::Encrypted;
+use crate::{ChannelId, Error};
 
 /// What a held message other than data counts for in [`HeldMessages::size`].
 const MESSAGE_COST: usize = 64;
@@ -50,15 +51,6 @@ struct Held {
     messages: VecDeque<ChannelMsg>,
     /// What is held in all: data bytes, and [`MESSAGE_COST`] per other message.
     size: usize,
-}
-
-/// Where [`HeldMessages::deliver`] put a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Delivery {
-    /// In the channel's queue (or the reader is gone and it was dropped).
-    Queued,
-    /// Held until the queue has room.
-    Held,
 }
 
 fn data_len(msg: &ChannelMsg) -> Option<usize> {
@@ -100,27 +92,49 @@ impl HeldMessages {
         (!self.is_empty()).then_some(RETRY)
     }
 
-    /// What is held for `id` (data bytes, and a fixed cost per other message).
-    pub(crate) fn size(&self, id: ChannelId) -> usize {
-        self.channels.get(&id).map_or(0, |h| h.size)
+    /// Hands `msg` to the channel's reader without waiting: into its queue when nothing is
+    /// held for it and there is room (`true`; also when the reader is gone and it was
+    /// dropped), else held behind what is (`false`). A peer that keeps sending to a
+    /// channel whose reader has not taken what is held — more than twice the `window` it
+    /// may use, plus 1 MiB — ignores the window: an error, which ends the connection.
+    pub(crate) fn deliver(
+        &mut self,
+        id: ChannelId,
+        chan: &ChannelRef,
+        msg: ChannelMsg,
+        window: u32,
+    ) -> Result<bool, Error> {
+        let held = match self.channels.get_mut(&id) {
+            Some(held) => held,
+            None => match chan.try_send(msg) {
+                Ok(()) | Err(TrySendError::Closed(_)) => return Ok(true),
+                Err(TrySendError::Full(msg)) => {
+                    let held = Held { queue: chan.sender.clone(), messages: VecDeque::new(), size: 0 };
+                    self.channels.entry(id).or_insert(held).push(msg);
+                    return Ok(false);
+                }
+            },
+        };
+        held.push(msg);
+        if held.size > 2 * window as usize + (1 << 20) {
+            return Err(Error::Inconsistent);
+        }
+        Ok(false)
     }
 
-    /// Hands `msg` to the channel's reader without waiting: into its queue when nothing is
-    /// held for it and there is room, else held behind what is.
-    pub(crate) fn deliver(&mut self, id: ChannelId, chan: &ChannelRef, msg: ChannelMsg) -> Delivery {
-        if let Some(held) = self.channels.get_mut(&id) {
-            held.push(msg);
-            return Delivery::Held;
+    /// [`HeldMessages::drain`], then grants the window (up to `target`) back to each
+    /// channel that has nothing held any more.
+    pub(crate) fn drain_granting(&mut self, enc: Option<&mut Encrypted>, target: u32) -> Result<(), Error> {
+        if self.is_empty() {
+            return Ok(());
         }
-        match chan.try_send(msg) {
-            Ok(()) | Err(TrySendError::Closed(_)) => Delivery::Queued,
-            Err(TrySendError::Full(msg)) => {
-                let mut held = Held { queue: chan.sender.clone(), messages: VecDeque::new(), size: 0 };
-                held.push(msg);
-                self.channels.insert(id, held);
-                Delivery::Held
+        let emptied = self.drain();
+        if let Some(enc) = enc {
+            for id in emptied {
+                enc.adjust_window_size(id, 0, target, true)?;
             }
         }
+        Ok(())
     }
 
     /// Moves held messages into their queues as far as they have room, in order. Returns

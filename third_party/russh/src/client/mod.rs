@@ -1301,29 +1301,14 @@ async fn start_reading<R: AsyncRead + Unpin>(
 impl Session {
     /// Portcullis patch 6: see `server::Session::deliver`.
     pub(crate) fn deliver(&mut self, id: ChannelId, msg: ChannelMsg) -> Result<bool, crate::Error> {
-        use crate::channels::held::Delivery;
         let Some(chan) = self.channels.get(&id) else { return Ok(true) };
-        match self.held.deliver(id, chan, msg) {
-            Delivery::Queued => Ok(true),
-            Delivery::Held if self.held.size(id) > 2 * self.target_window_size as usize + (1 << 20) => {
-                Err(crate::Error::Inconsistent)
-            }
-            Delivery::Held => Ok(false),
-        }
+        self.held.deliver(id, chan, msg, self.target_window_size)
     }
 
-    /// Portcullis patch 6: see `server::Session::drain_held`.
+    /// Portcullis patch 6: see `server::Session::drain_held` (the client grants windows
+    /// up to its configured size, as its data path does).
     fn drain_held(&mut self) -> Result<(), crate::Error> {
-        if self.held.is_empty() {
-            return Ok(());
-        }
-        let target = self.common.config.window_size;
-        for id in self.held.drain() {
-            if let Some(enc) = self.common.encrypted.as_mut() {
-                enc.adjust_window_size(id, 0, target, true)?;
-            }
-        }
-        Ok(())
+        self.held.drain_granting(self.common.encrypted.as_mut(), self.common.config.window_size)
     }
 
     fn maybe_decompress(&mut self, buffer: &SSHBuffer) -> Result<IncomingSshPacket, Error> {
@@ -2216,7 +2201,6 @@ mod tests {
                     server_mac: mac::NONE,
                     session_id: CryptoVec::new(),
                     channels: HashMap::new(),
-            held: Default::default(),
                     last_channel_id: Wrapping(0),
                     write: Vec::new(),
                     write_cursor: 0,
@@ -2524,7 +2508,6 @@ mod tests {
                     server_mac: mac::NONE,
                     session_id: CryptoVec::new(),
                     channels: HashMap::new(),
-            held: Default::default(),
                     last_channel_id: Wrapping(0),
                     write: Vec::new(),
                     write_cursor: 0,

@@ -476,35 +476,17 @@ impl Handle {
 }
 
 impl Session {
-    /// Portcullis patch 6: hands `msg` to channel `id`'s reader without waiting (held
-    /// when its queue is full); `true` when it reached the queue. A peer that keeps
-    /// sending to a channel whose reader has not taken what is held — more than twice
-    /// the window it may use — ignores the window: the connection is ended.
+    /// Portcullis patch 6: hands `msg` to channel `id`'s reader without waiting; `true`
+    /// when it reached the queue (see `HeldMessages::deliver`).
     pub(crate) fn deliver(&mut self, id: ChannelId, msg: ChannelMsg) -> Result<bool, Error> {
-        use crate::channels::held::Delivery;
         let Some(chan) = self.channels.get(&id) else { return Ok(true) };
-        match self.held.deliver(id, chan, msg) {
-            Delivery::Queued => Ok(true),
-            Delivery::Held if self.held.size(id) > 2 * self.target_window_size as usize + (1 << 20) => {
-                Err(Error::Inconsistent)
-            }
-            Delivery::Held => Ok(false),
-        }
+        self.held.deliver(id, chan, msg, self.target_window_size)
     }
 
     /// Portcullis patch 6: moves held messages into queues that have room, and grants
-    /// the window back for the data that went in.
+    /// the window back to channels with nothing held any more.
     pub(crate) fn drain_held(&mut self) -> Result<(), Error> {
-        if self.held.is_empty() {
-            return Ok(());
-        }
-        let target = self.target_window_size;
-        for id in self.held.drain() {
-            if let Some(enc) = self.common.encrypted.as_mut() {
-                enc.adjust_window_size(id, 0, target, true)?;
-            }
-        }
-        Ok(())
+        self.held.drain_granting(self.common.encrypted.as_mut(), self.target_window_size)
     }
 
     fn maybe_decompress(&mut self, buffer: &SSHBuffer) -> Result<IncomingSshPacket, Error> {
@@ -1687,7 +1669,6 @@ mod tests {
                     server_mac: mac::NONE,
                     session_id: CryptoVec::new(),
                     channels: HashMap::new(),
-                    held: Default::default(),
                     last_channel_id: Wrapping(0),
                     write: Vec::new(),
                     write_cursor: 0,
@@ -1717,7 +1698,7 @@ mod tests {
             pending_reads: Vec::new(),
             pending_len: 0,
             channels: HashMap::new(),
-                    held: Default::default(),
+            held: Default::default(),
             open_global_requests: VecDeque::new(),
             kex: SessionKexState::Idle,
         }
