@@ -122,15 +122,7 @@ mod tests {
                 }
             }),
         );
-        let control = ControlPlane::new(crate::control::ControlConfig {
-            ca_url: "https://127.0.0.1:1".into(),
-            ca_pin: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into(),
-            in_process: Some(crate::ca_client::InProcessCa::new(router)),
-            api_token: secrecy::SecretString::from("pcs_test"),
-            timeout: Duration::from_secs(5),
-        })
-        .unwrap();
-        let closes = Closes::start(Arc::new(control));
+        let closes = Closes::start(Arc::new(crate::control::answered_by(router)));
         let request = |id: &str| SessionCloseRequest {
             session_id: id.into(),
             reason: CloseReason::ClientDisconnect,

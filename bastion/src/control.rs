@@ -339,11 +339,22 @@ fn read_answer<T: DeserializeOwned>(path: &'static str, bytes: &[u8]) -> Result<
 /// A control plane whose CA nobody answers for (port 1), for unit tests.
 #[cfg(test)]
 pub(crate) fn unreachable(timeout: Duration) -> ControlPlane {
+    test_control(None, timeout)
+}
+
+/// A control plane whose CA is `router`, called in process, for unit tests.
+#[cfg(test)]
+pub(crate) fn answered_by(router: axum::Router) -> ControlPlane {
+    test_control(Some(InProcessCa::new(router)), Duration::from_secs(5))
+}
+
+#[cfg(test)]
+fn test_control(in_process: Option<InProcessCa>, timeout: Duration) -> ControlPlane {
     #[allow(clippy::unwrap_used)]
     ControlPlane::new(ControlConfig {
         ca_url: "https://127.0.0.1:1".into(),
         ca_pin: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into(),
-        in_process: None,
+        in_process,
         api_token: SecretString::from("pcs_test"),
         timeout,
     })

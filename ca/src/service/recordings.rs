@@ -39,9 +39,9 @@ pub struct Recordings {
     master: tokio::sync::OnceCell<Arc<RecordingMaster>>,
 }
 
-/// Why a chunk was refused: the audited reason, and the error the bastion gets.
-fn refused(reason: &'static str) -> (&'static str, CaError) {
-    let error = match reason {
+/// The error a bastion gets for a chunk refused with the audited `reason`.
+fn refusal_error(reason: &'static str) -> CaError {
+    match reason {
         "not_recorded" => CaError::NotFound("recorded session"),
         "not_your_session" => CaError::Forbidden("this session is held by another bastion"),
         "over_limit" => CaError::TooLarge,
@@ -49,8 +49,7 @@ fn refused(reason: &'static str) -> (&'static str, CaError) {
         "out_of_order" => CaError::Conflict("recording chunks come in order, from 0".into()),
         "input_not_recorded" => CaError::BadRequest("this session's rule does not record input".into()),
         _ => CaError::BadRequest("malformed recording chunk".into()),
-    };
-    (reason, error)
+    }
 }
 
 /// A chunk's events, checked: whether any is input, and what the chunk counts against
@@ -232,14 +231,13 @@ impl Recordings {
         // the chunk only if the recording is still where they found it (this chunk next,
         // not ended, within the limit), so a close or another request in between wins.
         let mut tx = self.core.store.begin().await?;
-        let reason = match store::append_recording_chunk(tx.conn(), &append).await? {
-            Appended::Stored => None,
+        match store::append_recording_chunk(tx.conn(), &append).await? {
+            Appended::Stored => {}
             Appended::Retry => return Ok(()),
-            Appended::Refused(reason) => Some(reason),
-        };
-        if let Some(reason) = reason {
-            drop(tx);
-            return Err(self.refuse(bastion, session_id, reason).await?);
+            Appended::Refused(reason) => {
+                drop(tx);
+                return Err(self.refuse(bastion, session_id, reason).await?);
+            }
         }
         if chunk.truncated && !row.truncated {
             let event = AuditEvent::RecordingTruncated {
@@ -261,13 +259,12 @@ impl Recordings {
         session_id: &str,
         reason: &'static str,
     ) -> Result<CaError, CaError> {
-        let (reason, error) = refused(reason);
         let event =
             AuditEvent::RecordingRefused { bastion: bastion.name.clone(), session_id: session_id.to_owned(), reason };
         let mut tx = self.core.store.begin().await?;
         audit::record(tx.conn(), self.core.now(), &event).await?;
         tx.commit().await?;
-        Ok(error)
+        Ok(refusal_error(reason))
     }
 
     /// `GET /v1/admin/recordings`: newest first, optionally of one user or device.
