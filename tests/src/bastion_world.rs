@@ -206,6 +206,20 @@ impl World {
         }
     }
 
+    /// A hand-made SSH client (russh) logged in to the bastion as `user` with alice's own
+    /// key and certificate: for what stock `ssh` would not send.
+    pub async fn russh_login(&self, user: &str) -> russh::client::Handle<crate::ssh::TrustAnyHost> {
+        let key = std::fs::read_to_string(self.dir.path().join("id")).unwrap();
+        let key = ssh_key::PrivateKey::from_openssh(key).unwrap();
+        let cert = std::fs::read_to_string(self.dir.path().join("id-cert.pub")).unwrap();
+        let cert = ssh_key::Certificate::from_openssh(cert.trim()).unwrap();
+        let config = std::sync::Arc::new(russh::client::Config::default());
+        let mut conn = russh::client::connect(config, self.server.bastion, crate::ssh::TrustAnyHost).await.unwrap();
+        let auth = conn.authenticate_openssh_cert(user, std::sync::Arc::new(key), cert).await.unwrap();
+        assert!(auth.success(), "alice logs in as {user} through the bastion");
+        conn
+    }
+
     /// Runs `program -F config ARGS…` (ssh, scp, sftp) to completion.
     pub fn run(&self, program: &str, args: &[&str]) -> Output {
         std::process::Command::new(program).arg("-F").arg(&self.config).args(args).output().unwrap()

@@ -223,6 +223,12 @@ async fn user_cert(ca: &Ca, user: &str) -> Presented {
     Presented { holder: Some(Arc::new((key, cert))), ..Presented::of(&text) }
 }
 
+/// Runs `sql` with `cert`'s serial as `$1`: a row as an older CA or replica left it.
+async fn on_certificate_row(fx: &Fx, sql: &'static str, cert: &Presented) {
+    let serial = portcullis_ca::store::serial_to_db(cert.serial.parse().unwrap());
+    sqlx::query(sql).bind(serial).execute(fx.ca.core().store().pool()).await.unwrap();
+}
+
 /// A terminated-mode open, with a proof of a new connection when the user's key is at
 /// hand.
 fn terminated(id: &str, cert: &Presented, device: &str, login: &str) -> Value {
@@ -625,11 +631,7 @@ async fn no_onward_certificate_without_a_live_proof(fx: &Fx) {
     // certifies its own key under Carol's serial and signs the proof with it. Refused
     // (the certified key is not hers).
     let carol = user_cert(&fx.ca, "carol").await;
-    sqlx::query("UPDATE certificates SET cert_digest = NULL WHERE serial = $1")
-        .bind(portcullis_ca::store::serial_to_db(carol.serial.parse().unwrap()))
-        .execute(fx.ca.core().store().pool())
-        .await
-        .unwrap();
+    on_certificate_row(fx, "UPDATE certificates SET cert_digest = NULL WHERE serial = $1", &carol).await;
     let own_ca = ed25519_key();
     let now = fx.clock_now();
     let mut b =
@@ -783,11 +785,7 @@ async fn a_step_up_rule_needs_a_recent_sign_in_not_just_a_new_certificate() {
     // A certificate row that does not say when its user signed in (written before step-up,
     // or by a replica older than it) is never fresh — not as fresh as its issue time.
     let unknown = user_cert(&fx.ca, "alice").await;
-    sqlx::query("UPDATE certificates SET authenticated_at = NULL WHERE serial = $1")
-        .bind(portcullis_ca::store::serial_to_db(unknown.serial.parse().unwrap()))
-        .execute(fx.ca.core().store().pool())
-        .await
-        .unwrap();
+    on_certificate_row(&fx, "UPDATE certificates SET authenticated_at = NULL WHERE serial = $1", &unknown).await;
     denied(api, &fx.bastion, &terminated(&session_id(), &unknown, "pve01", "root"), deny_reason::FRESH_AUTH_REQUIRED)
         .await;
     let refused: Vec<Value> =

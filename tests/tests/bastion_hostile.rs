@@ -235,15 +235,8 @@ async fn a_client_that_stalls_after_its_banner_is_closed_at_the_login_grace_time
 async fn a_jump_target_cannot_forge_log_lines() {
     let opts = portcullis_tests::ServerOpts { env: vec![("RUST_LOG".into(), "info".into())], ..Default::default() };
     let w = World::start_with("15m", opts).await;
-    // alice's own key and certificate, through russh: OpenSSH's client would not send
-    // a newline in a `-W` host.
-    let key = ssh_key::PrivateKey::from_openssh(std::fs::read_to_string(w.dir.path().join("id")).unwrap()).unwrap();
-    let cert = std::fs::read_to_string(w.dir.path().join("id-cert.pub")).unwrap();
-    let cert = ssh_key::Certificate::from_openssh(cert.trim()).unwrap();
-    let config = Arc::new(russh::client::Config::default());
-    let mut conn = russh::client::connect(config, w.server.bastion, portcullis_tests::ssh::TrustAnyHost).await.unwrap();
-    let auth = conn.authenticate_openssh_cert("alice", Arc::new(key), cert).await.unwrap();
-    assert!(auth.success(), "alice authenticates for jump mode");
+    // Through russh: OpenSSH's client would not send a newline in a `-W` host.
+    let conn = w.russh_login("alice").await;
     let forged = "pve01\n2026-12-02T00:00:00.000000Z  INFO portcullis: forged \u{1b}[38;5;99mline";
     let opened = conn.channel_open_direct_tcpip(forged, 22, "127.0.0.1", 0).await;
     assert!(opened.is_err(), "a junk target is refused");

@@ -630,14 +630,8 @@ async fn a_client_claiming_a_huge_terminal_is_still_recorded() {
         let (status, body) = w.server.write_policy(file, text).await;
         assert!(status.is_success(), "{file}: {body}");
     }
-    // alice's own key and certificate, through russh (OpenSSH sends its terminal's size).
-    let key = ssh_key::PrivateKey::from_openssh(std::fs::read_to_string(w.dir.path().join("id")).unwrap()).unwrap();
-    let cert = std::fs::read_to_string(w.dir.path().join("id-cert.pub")).unwrap();
-    let cert = ssh_key::Certificate::from_openssh(cert.trim()).unwrap();
-    let config = Arc::new(russh::client::Config::default());
-    let mut conn = russh::client::connect(config, w.server.bastion, portcullis_tests::ssh::TrustAnyHost).await.unwrap();
-    let auth = conn.authenticate_openssh_cert("root%pve01", Arc::new(key), cert).await.unwrap();
-    assert!(auth.success(), "alice logs in to root on pve01 through the bastion");
+    // Through russh: OpenSSH sends its terminal's real size.
+    let conn = w.russh_login("root%pve01").await;
     let mut channel = conn.channel_open_session().await.unwrap();
     channel.request_pty(true, "xterm", 70_000, 24, 0, 0, &[]).await.unwrap();
     channel.request_shell(true).await.unwrap();
