@@ -12,7 +12,7 @@ use std::time::Duration;
 use portcullis_proto::bastion::BastionAuditEvent;
 use portcullis_proto::metrics::LabelledCounter;
 use portcullis_proto::refusals::{RefusalTally, Verdict};
-use portcullis_sshcert::Rejection;
+use portcullis_sshcert::{Rejection, Unconfirmed};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::clock::Clock;
@@ -26,6 +26,9 @@ const MAX_USER_CHARS: usize = 64;
 pub enum RefusalReason {
     /// The certificate failed one of the checks in `portcullis_sshcert::check`.
     Certificate(Rejection),
+    /// A security key signed without the touch or user verification the certificate
+    /// asks for.
+    Unconfirmed(Unconfirmed),
     /// A plain public key without a certificate.
     PlainPublicKey,
     /// Password or keyboard-interactive: never offered, refused if tried.
@@ -43,6 +46,7 @@ impl RefusalReason {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Certificate(r) => r.code(),
+            Self::Unconfirmed(u) => u.code(),
             Self::PlainPublicKey => "plain_public_key",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::TrustUnavailable => "trust_unavailable",

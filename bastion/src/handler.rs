@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use portcullis_sshcert::{CheckContext, certificate_digest, check_user_certificate};
+use portcullis_sshcert::{CheckContext, Rejection, certificate_digest, check_authenticator, check_user_certificate};
 use russh::server::{Auth, Handler, Msg, Session};
 use russh::{Channel, ChannelOpenFailure};
-use ssh_key::Certificate;
+use ssh_key::encoding::Decode;
+use ssh_key::{Certificate, Signature};
 use tokio::sync::oneshot;
 
 use crate::broker::Presented;
@@ -68,12 +69,14 @@ struct Accepted {
     /// need it for every onward certificate; jump mode never asks for one).
     proof: Option<Arc<ConnectionProof>>,
     /// The certificate forces a command or requires user verification (FIDO): options
-    /// only the node's own sshd can enforce, so it serves jump mode only.
+    /// the per-session certificate cannot carry to the node, so it serves jump mode
+    /// only (the CA's admission decides the same).
     node_enforced_options: bool,
 }
 
 /// Critical options the bastion cannot carry onto a per-session certificate.
-/// (`source-address` it checks itself, at authentication.)
+/// (`source-address` it checks itself at authentication, and `verify-required` too,
+/// with a security key's touch: [`check_authenticator`].)
 const NODE_ENFORCED_OPTIONS: [&str; 2] = ["force-command", "verify-required"];
 
 /// Shown when a certificate with such an option asks for a terminated-mode session.
@@ -97,7 +100,9 @@ impl Connection {
         Auth::reject()
     }
 
-    fn decide(&mut self, user: &str, certificate: &Certificate) -> Auth {
+    /// Whether `certificate`, whose key made `signature` over this connection (russh
+    /// verified it), lets `user` in.
+    fn decide(&mut self, user: &str, certificate: &Certificate, signature: &[u8]) -> Auth {
         let Some(requested) = RequestedLogin::parse(user) else {
             return self.refuse(user, RefusalReason::BadUserName);
         };
@@ -115,6 +120,15 @@ impl Connection {
         };
         match check_user_certificate(certificate, &ctx) {
             Ok(accepted) => {
+                // A security key's signature must also confirm what the certificate
+                // asks (a touch, user verification), as sshd requires: russh checks
+                // only that it verifies. (It decoded this signature: so does this.)
+                let Ok(signature) = Signature::decode(&mut &*signature) else {
+                    return self.refuse(user, RefusalReason::Certificate(Rejection::BadSignature));
+                };
+                if let Err(unconfirmed) = check_authenticator(certificate, &signature) {
+                    return self.refuse(user, RefusalReason::Unconfirmed(unconfirmed));
+                }
                 self.user = sanitize_user(user);
                 self.shared.events.record(BastionEvent::AuthAccepted {
                     peer: self.peer,
@@ -182,10 +196,6 @@ impl Handler for Connection {
         Ok(self.refuse(user, RefusalReason::PlainPublicKey))
     }
 
-    async fn auth_openssh_certificate(&mut self, user: &str, certificate: &Certificate) -> Result<Auth, Self::Error> {
-        Ok(self.decide(user, certificate))
-    }
-
     /// The decision, keeping the user's proof of this connection for the CA.
     async fn auth_openssh_certificate_with_proof(
         &mut self,
@@ -193,7 +203,7 @@ impl Handler for Connection {
         certificate: &Certificate,
         proof: russh::server::AuthProof<'_>,
     ) -> Result<Auth, Self::Error> {
-        let auth = self.decide(user, certificate);
+        let auth = self.decide(user, certificate, proof.signature);
         if let Some(accepted) = self.accepted.as_mut().filter(|a| a.requested.device().is_some()) {
             accepted.proof = Some(Arc::new(ConnectionProof::new(proof.session_id, proof.request, proof.signature)));
         }

@@ -17,8 +17,10 @@
 //!
 //! Each failure is a distinct [`Rejection`] with a stable [`Rejection::code`]
 //! for audit events. The caller must still enforce what the accepted
-//! certificate asks for: [`AcceptedCert::force_command`] and, for FIDO keys,
-//! [`AcceptedCert::verify_required`].
+//! certificate asks for: [`AcceptedCert::force_command`], and what the
+//! signature's security key confirmed
+//! ([`check_authenticator`](crate::authenticator::check_authenticator): a touch, and
+//! user verification under `verify-required`).
 
 use std::net::IpAddr;
 
@@ -144,8 +146,8 @@ impl AcceptedCert {
         self.force_command.as_deref()
     }
 
-    /// The CA asked for FIDO user verification on every signature; the caller
-    /// must check the flag when the certified key is a security key.
+    /// The CA asked for FIDO user verification on every signature
+    /// ([`check_authenticator`](crate::authenticator::check_authenticator) checks it).
     pub fn verify_required(&self) -> bool {
         self.verify_required
     }

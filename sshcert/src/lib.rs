@@ -12,11 +12,14 @@
 //!   ([`parse_certificate_strict`]: nothing may follow the signature).
 //! - [`check`]: everything a server must check on a user certificate beyond
 //!   its own signature ([`check_user_certificate`]), for the bastion.
+//! - [`authenticator`]: what a security key's signature must confirm (a touch, user
+//!   verification) under a certificate ([`check_authenticator`]).
 //!
 //! This crate must never panic on peer-supplied input, never echo a peer's key
 //! text (or its comment) into an error, and never touch files or the network:
 //! callers decide where keys come from and where a KRL is written.
 
+pub mod authenticator;
 pub mod blob;
 pub mod check;
 pub mod keys;
@@ -24,6 +27,7 @@ pub mod krl;
 pub mod krl_parse;
 pub mod proof;
 
+pub use authenticator::{Unconfirmed, check_authenticator, is_security_key};
 pub use blob::{BlobError, MAX_CERTIFICATE_BLOB, parse_certificate_strict};
 pub use check::{AcceptedCert, CheckContext, Rejection, check_user_certificate, cidr_contains, parse_cidr};
 pub use keys::{KeyError, MAX_PUBLIC_KEY_LEN, certificate_digest, fingerprint, parse_user_public_key, random_bytes};

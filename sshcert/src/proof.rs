@@ -12,9 +12,11 @@
 //! publickey request for `ssh-connection` that carries a signature; the key blob in it
 //! parses strictly as a certificate; the signature is by that certificate's key over
 //! `string(session_identifier) || request`, with an algorithm at least as strong as
-//! SHA-256 (no `ssh-rsa` SHA-1). What the certificate and user name must be is the
-//! caller's decision ([`ProvenRequest`]).
+//! SHA-256 (no `ssh-rsa` SHA-1); and a security key's signature confirms what the
+//! certificate asks ([`check_authenticator`]: a touch, user verification). What the
+//! certificate and user name must be is the caller's decision ([`ProvenRequest`]).
 
+use crate::authenticator::{Unconfirmed, check_authenticator};
 use crate::blob::parse_certificate_strict;
 use signature::Verifier;
 use ssh_key::encoding::{Decode, Encode, Reader};
@@ -50,6 +52,8 @@ pub enum ProofError {
     WeakAlgorithm,
     #[error("the connection proof's signature does not verify")]
     BadSignature,
+    #[error("the connection proof: {0}")]
+    Unconfirmed(Unconfirmed),
 }
 
 impl ProofError {
@@ -60,6 +64,7 @@ impl ProofError {
             ProofError::NotCertificateAuth => "proof_not_certificate_auth",
             ProofError::WeakAlgorithm => "proof_weak_algorithm",
             ProofError::BadSignature => "proof_bad_signature",
+            ProofError::Unconfirmed(unconfirmed) => unconfirmed.code(),
         }
     }
 }
@@ -98,6 +103,7 @@ pub fn verify_connection_proof(
     signed.extend_from_slice(request);
     let key = PublicKey::from(certificate.public_key().clone());
     Verifier::verify(&key, &signed, &sig).map_err(|_| ProofError::BadSignature)?;
+    check_authenticator(&certificate, &sig).map_err(ProofError::Unconfirmed)?;
     Ok(ProvenRequest { user, certificate })
 }
 
@@ -127,6 +133,7 @@ fn parse_request(request: &[u8]) -> Result<(String, String, Vec<u8>), ProofError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::authenticator::USER_PRESENCE;
     use ssh_key::rand_core::UnwrapErr;
     use ssh_key::{PrivateKey, certificate};
 
@@ -217,6 +224,34 @@ mod tests {
             verify_connection_proof(&session, &misnamed, &sign(&key, &session, &misnamed)).unwrap_err(),
             ProofError::NotCertificateAuth
         );
+    }
+
+    #[test]
+    fn a_security_keys_proof_must_show_the_touch_its_certificate_asks_for() {
+        use crate::authenticator::tests::{SecurityKey, certificate};
+        let sk = SecurityKey::new();
+        let cert = certificate(sk.public(), |_| {});
+        let req = request("root%pve01", "sk-ssh-ed25519-cert-v01@openssh.com", &cert);
+        let session = [7u8; 32];
+        let mut signed = Vec::new();
+        session.as_slice().encode(&mut signed).unwrap();
+        signed.extend_from_slice(&req);
+        let proof = |flags| {
+            let mut out = Vec::new();
+            sk.sign(&signed, flags).encode(&mut out).unwrap();
+            out
+        };
+        let touched = verify_connection_proof(&session, &req, &proof(USER_PRESENCE)).unwrap();
+        assert_eq!(touched.certificate.serial(), 7);
+        assert_eq!(
+            verify_connection_proof(&session, &req, &proof(0)).unwrap_err(),
+            ProofError::Unconfirmed(Unconfirmed::Presence)
+        );
+        // The flags are signed: setting them afterwards breaks the signature.
+        let mut forged = proof(0);
+        let at = forged.len() - 5;
+        forged[at] = USER_PRESENCE;
+        assert_eq!(verify_connection_proof(&session, &req, &forged).unwrap_err(), ProofError::BadSignature);
     }
 
     #[test]

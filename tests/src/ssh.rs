@@ -97,21 +97,89 @@ pub fn connection_proof(
     user: &str,
     session_id: &[u8],
 ) -> portcullis_proto::bastion::ConnectionProof {
+    connection_proof_signed(&|signed| signature::Signer::try_sign(key, signed).unwrap(), certificate, user, session_id)
+}
+
+/// [`connection_proof`] with the signature `sign` makes over the signed data (a
+/// security key's, say).
+pub fn connection_proof_signed(
+    sign: &dyn Fn(&[u8]) -> ssh_key::Signature,
+    certificate: &ssh_key::Certificate,
+    user: &str,
+    session_id: &[u8],
+) -> portcullis_proto::bastion::ConnectionProof {
     use ssh_key::encoding::Encode;
     let mut request = vec![50u8]; // SSH_MSG_USERAUTH_REQUEST
     for s in [user, "ssh-connection", "publickey"] {
         s.encode(&mut request).unwrap();
     }
     true.encode(&mut request).unwrap();
-    format!("{}-cert-v01@openssh.com", key.algorithm().as_str()).encode(&mut request).unwrap();
+    certificate.public_key().algorithm().to_certificate_type().encode(&mut request).unwrap();
     certificate.to_bytes().unwrap().encode(&mut request).unwrap();
     let mut signed = Vec::new();
     session_id.encode(&mut signed).unwrap();
     signed.extend_from_slice(&request);
-    let signature: ssh_key::Signature = signature::Signer::try_sign(key, &signed).unwrap();
     let mut sig = Vec::new();
-    signature.encode(&mut sig).unwrap();
+    sign(&signed).encode(&mut sig).unwrap();
     portcullis_proto::bastion::ConnectionProof::new(session_id, &request, &sig)
+}
+
+/// A software stand-in for a FIDO security key (`sk-ssh-ed25519@openssh.com`): an
+/// Ed25519 key signing what an authenticator signs, with the flags the test says it
+/// confirmed — a touch ([`Self::TOUCH`]), user verification ([`Self::VERIFIED`]) —
+/// which no real client can be made to leave out on demand. As a russh [`russh::Signer`]
+/// it logs in as `ssh` does with such a key.
+pub struct SoftSecurityKey {
+    key: PrivateKey,
+    pub flags: u8,
+}
+
+impl SoftSecurityKey {
+    pub const TOUCH: u8 = 0x01;
+    pub const VERIFIED: u8 = 0x04;
+    const APPLICATION: &'static str = "ssh:";
+
+    pub fn new(flags: u8) -> Self {
+        Self { key: ed25519_key(), flags }
+    }
+
+    /// The security key's public key, as `ssh-keygen -t ed25519-sk` would write it.
+    pub fn public_key(&self) -> ssh_key::PublicKey {
+        let point = *self.key.public_key().key_data().ed25519().unwrap();
+        ssh_key::public::KeyData::SkEd25519(ssh_key::public::SkEd25519::new(point, Self::APPLICATION)).into()
+    }
+
+    /// What the authenticator signs — `sha256(application) || flags || counter ||
+    /// sha256(message)` — signed, as an sk signature (the flags and counter after it).
+    pub fn sign(&self, message: &[u8]) -> ssh_key::Signature {
+        use sha2::Digest;
+        let counter = 1u32.to_be_bytes();
+        let mut signed = sha2::Sha256::digest(Self::APPLICATION).to_vec();
+        signed.push(self.flags);
+        signed.extend(counter);
+        signed.extend(sha2::Sha256::digest(message));
+        let inner: ssh_key::Signature = signature::Signer::try_sign(&self.key, &signed).unwrap();
+        let data = [inner.as_bytes(), &[self.flags], &counter].concat();
+        ssh_key::Signature::new(Algorithm::SkEd25519, data).unwrap()
+    }
+}
+
+impl russh::Signer for SoftSecurityKey {
+    type Error = russh::AgentAuthError;
+
+    /// As an agent answers: the data to sign with the signature blob appended.
+    async fn auth_sign(
+        &mut self,
+        _key: &russh::keys::agent::AgentIdentity,
+        _hash_alg: Option<ssh_key::HashAlg>,
+        mut to_sign: Vec<u8>,
+    ) -> Result<Vec<u8>, Self::Error> {
+        use ssh_key::encoding::Encode;
+        let mut blob = Vec::new();
+        self.sign(&to_sign).encode(&mut blob).unwrap();
+        blob.encode(&mut to_sign).unwrap();
+        Ok(to_sign)
+    }
 }
 
 /// A russh client handler that accepts any host key: for tests that talk to the

@@ -12,9 +12,9 @@ use portcullis_bastion::{
 };
 use portcullis_ca::{Clock, ManualClock};
 use portcullis_proto::{NodeRecord, UserCertRequest};
-use portcullis_sshcert::Rejection;
+use portcullis_sshcert::{Rejection, Unconfirmed};
 use portcullis_tests::server::write_file;
-use portcullis_tests::ssh::{ed25519_key, public_line, write_key_pair};
+use portcullis_tests::ssh::{SoftSecurityKey, TrustAnyHost, ed25519_key, public_line, write_key_pair};
 use portcullis_tests::{Server, same_ca};
 use secrecy::SecretString;
 use serde_json::json;
@@ -34,6 +34,19 @@ max_cert_ttl = "1h"
 [[binding]]
 group = "ops"
 roles = ["prod-root"]
+
+# User verification on every login: a security key's PIN.
+[[role]]
+name = "prod-fido"
+logins = ["root"]
+targets = 'in:devices tags.env:prod'
+permissions = ["certs.issue"]
+max_cert_ttl = "1h"
+critical_options = { verify-required = "" }
+
+[[binding]]
+group = "fido"
+roles = ["prod-fido"]
 "#;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -82,9 +95,9 @@ async fn ssh(
     Attempt { stderr: String::from_utf8_lossy(&out.stderr).into_owned(), events }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
-    let server = Server::start().await;
+/// A bastion trusting exactly what `server`'s CA publishes, with a node `pve-prod`
+/// (tag `env:prod`) and alice (group `ops`) on it: its port and its event stream.
+async fn front_door(server: &Server) -> (u16, broadcast::Receiver<BastionEvent>, Arc<TrustSource>) {
     let (status, body) = server.write_policy("team.toml", POLICY).await;
     assert!(status.is_success(), "policy: {body}");
     let admin = server.admin_token().await;
@@ -97,13 +110,12 @@ async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
     server.add_node(&admin, &node).await;
     server.add_user(&admin, "alice", &["ops"], PASSWORD).await;
 
-    // The bastion, trusting exactly what the CA publishes.
     let clock: Arc<dyn portcullis_bastion::Clock> = Arc::new(SystemClock);
     let trust = Arc::new(TrustSource::new(TrustConfig::new(&server.url, &server.pin), Arc::clone(&clock)).unwrap());
     assert!(trust.current().is_none());
     trust.refresh().await.unwrap();
     let events = EventSink::new();
-    let mut rx = events.subscribe();
+    let rx = events.subscribe();
     // Authentication never asks the CA, so a control plane with a dummy credential
     // suffices here (sessions are tested with real service identities elsewhere).
     let control = Arc::new(
@@ -121,6 +133,14 @@ async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { bastion.serve(listener).await });
+    (port, rx, trust)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
+    let server = Server::start().await;
+    let (port, mut rx, trust) = front_door(&server).await;
+    let admin = server.admin_token().await;
 
     let dir = tempfile::tempdir().unwrap();
     let key = ed25519_key();
@@ -242,14 +262,14 @@ async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
         "{:?}",
         a.events
     );
-    // verify-required (FIDO user verification), which only the node's sshd can check:
-    // the bastion authenticates the certificate but opens no terminated-mode session.
+    // verify-required (FIDO user verification) on a key that is not a security key's,
+    // which can never show it (sshd would ignore the option; the CA never issues this).
     let uv = craft("verify-required", &|b| {
         b.valid_principal(principal.clone()).unwrap();
         b.critical_option("verify-required", "").unwrap();
     });
     let a = ssh(port, "root%pve-prod", &key_path, Some(&uv), &mut rx).await;
-    assert!(a.accepted() && a.stderr.contains("use jump mode"), "{}: {:?}", a.stderr, a.events);
+    assert!(!a.accepted() && a.refused_for(&RefusalReason::Unconfirmed(Unconfirmed::Verification)), "{:?}", a.events);
     // A host certificate offered as a user certificate.
     let host = craft_typed("host", CertType::Host, &|b| {
         b.valid_principal(principal.clone()).unwrap();
@@ -265,4 +285,73 @@ async fn bastion_admits_only_valid_user_certificates_from_the_ca() {
     trust.refresh().await.unwrap();
     let a = ssh(port, "root", &key_path, Some(&good_cert), &mut rx).await;
     assert!(!a.accepted() && a.refused_for(&RefusalReason::Certificate(Rejection::Revoked)), "{:?}", a.events);
+}
+
+/// Logs in with a security key through russh (a client that can leave out the touch):
+/// whether the bastion let it in, and what it recorded.
+async fn login_with_security_key(
+    port: u16,
+    user: &str,
+    certificate: &str,
+    key: &mut SoftSecurityKey,
+    rx: &mut broadcast::Receiver<BastionEvent>,
+) -> Attempt {
+    let cert = ssh_key::Certificate::from_openssh(certificate.trim()).unwrap();
+    let config = Arc::new(russh::client::Config::default());
+    let mut conn = russh::client::connect(config, ("127.0.0.1", port), TrustAnyHost).await.unwrap();
+    let auth = conn.authenticate_certificate_with(user, cert, None, key).await.unwrap();
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    let attempt = Attempt { stderr: String::new(), events };
+    assert_eq!(auth.success(), attempt.accepted(), "{:?}", attempt.events);
+    attempt
+}
+
+/// A security key must confirm what the certificate asks, as sshd requires (russh only
+/// checks that the signature verifies): a touch, and under `verify-required` the
+/// user's PIN; and the CA certifies no other kind of key under `verify-required`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_security_key_must_confirm_what_its_certificate_asks() {
+    let server = Server::start().await;
+    let (port, mut rx, _trust) = front_door(&server).await;
+    let admin = server.admin_token().await;
+    server.add_user(&admin, "bob", &["fido"], PASSWORD).await;
+    let (touch, pin) = (SoftSecurityKey::TOUCH, SoftSecurityKey::VERIFIED);
+
+    // Alice's role asks for a touch only (no `no-touch-required`).
+    let alice = server.login("alice", PASSWORD).await;
+    let mut key = SoftSecurityKey::new(touch);
+    let (status, body) = server.issue_cert(&alice, &key.public_key().to_openssh().unwrap()).await;
+    assert!(status.is_success(), "a security key is certified: {body}");
+    let cert = body["certificate"].as_str().unwrap().to_owned();
+    let a = login_with_security_key(port, "root%pve-prod", &cert, &mut key, &mut rx).await;
+    assert!(a.accepted(), "touched: {:?}", a.events);
+    key.flags = 0;
+    let a = login_with_security_key(port, "root%pve-prod", &cert, &mut key, &mut rx).await;
+    assert!(a.refused_for(&RefusalReason::Unconfirmed(Unconfirmed::Presence)), "untouched: {:?}", a.events);
+
+    // Bob's role asks for user verification: not certified for a plain key at all…
+    let bob = server.login("bob", PASSWORD).await;
+    let (status, body) = server.issue_cert(&bob, &public_line(&ed25519_key())).await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("ed25519-sk -O verify-required"), "says how: {body}");
+    let denied = server.audit_events("cert_denied").await;
+    assert!(
+        denied
+            .iter()
+            .any(|d| d.payload["username"] == "bob" && d.payload["reason"] == "verify_required_needs_security_key"),
+        "{denied:?}"
+    );
+    // …and a security key's login must show the PIN as well as the touch.
+    let mut key = SoftSecurityKey::new(touch | pin);
+    let (status, body) = server.issue_cert(&bob, &key.public_key().to_openssh().unwrap()).await;
+    assert!(status.is_success(), "{body}");
+    let cert = body["certificate"].as_str().unwrap().to_owned();
+    let a = login_with_security_key(port, "root%pve-prod", &cert, &mut key, &mut rx).await;
+    assert!(a.accepted(), "touch and PIN: {:?}", a.events);
+    key.flags = touch;
+    let a = login_with_security_key(port, "root%pve-prod", &cert, &mut key, &mut rx).await;
+    assert!(a.refused_for(&RefusalReason::Unconfirmed(Unconfirmed::Verification)), "no PIN: {:?}", a.events);
 }

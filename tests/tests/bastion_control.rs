@@ -16,7 +16,7 @@ use portcullis_policies::principal::node_principal;
 use portcullis_policies::proof;
 use portcullis_proto::bastion::*;
 use portcullis_proto::{NodeRecord, UserCertRequest};
-use portcullis_tests::ssh::{ed25519_key, public_line, ssh_keygen_ok};
+use portcullis_tests::ssh::{SoftSecurityKey, connection_proof_signed, ed25519_key, public_line, ssh_keygen_ok};
 use portcullis_tests::{Postgres, ServedCa, TEST_PASSPHRASE, first_admin, sqlite_url};
 use reqwest::StatusCode;
 use secrecy::SecretString;
@@ -214,13 +214,18 @@ impl Presented {
 
 /// Logs `user` in and has a certificate issued for a fresh key.
 async fn user_cert(ca: &Ca, user: &str) -> Presented {
-    let login = ca.identity().login_password(user, None, &SecretString::from(PASSWORD), IP).await.unwrap();
-    let caller = ca.identity().caller(login.token.expose()).await.unwrap();
     let key = ed25519_key();
-    let request = UserCertRequest { public_key: public_line(&key), ..Default::default() };
-    let text = ca.issuance().issue(&caller, &request, IP).await.unwrap().certificate;
+    let text = issue_for(ca, user, &public_line(&key)).await;
     let cert = ssh_key::Certificate::from_openssh(text.trim()).unwrap();
     Presented { holder: Some(Arc::new((key, cert))), ..Presented::of(&text) }
+}
+
+/// Logs `user` in and has a certificate issued for `public_key` (an OpenSSH line).
+async fn issue_for(ca: &Ca, user: &str, public_key: &str) -> String {
+    let login = ca.identity().login_password(user, None, &SecretString::from(PASSWORD), IP).await.unwrap();
+    let caller = ca.identity().caller(login.token.expose()).await.unwrap();
+    let request = UserCertRequest { public_key: public_key.to_owned(), ..Default::default() };
+    ca.issuance().issue(&caller, &request, IP).await.unwrap().certificate
 }
 
 /// Runs `sql` with `cert`'s serial as `$1`: a row as an older CA or replica left it.
@@ -730,6 +735,34 @@ async fn a_shorter_certificate_lifetime_forgets_no_live_proof() {
     let kept = sqlx::query("SELECT COUNT(*) AS n FROM connection_proofs").fetch_one(tightened.core().store().pool());
     assert_eq!(kept.await.unwrap().get::<i64, _>("n"), 0);
     denied(&served, &fx.bastion, &replay, deny_reason::CREDENTIAL_INVALID).await;
+}
+
+/// A bastion taken over cannot pass on a signature the user's security key made without
+/// the touch her certificate asks for (a key made `-O no-touch-required` signing for
+/// malware on her machine, say): the CA checks the key's flags as the node's sshd
+/// would. The same key's touched proof opens the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_security_keys_proof_without_the_touch_its_certificate_asks_opens_nothing() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let mut key = SoftSecurityKey::new(0);
+    let text = issue_for(&fx.ca, "alice", &key.public_key().to_openssh().unwrap()).await;
+    let cert = ssh_key::Certificate::from_openssh(text.trim()).unwrap();
+    let alice = Presented::of(&text);
+    let open = |key: &SoftSecurityKey| {
+        let connection = portcullis_sshcert::random_bytes::<32>();
+        let proof = connection_proof_signed(&|signed| key.sign(signed), &cert, "root%pve01", &connection);
+        terminated_with(&session_id(), &alice, "pve01", "root", Some(proof))
+    };
+    denied(api, &fx.bastion, &open(&key), deny_reason::CONNECTION_PROOF_INVALID).await;
+    let denials = audit(&fx.ca, "session_denied").await;
+    assert!(
+        denials.iter().any(|r| r["reason"] == deny_reason::CONNECTION_PROOF_INVALID && r["user"] == "alice"),
+        "{denials:?}"
+    );
+    key.flags = SoftSecurityKey::TOUCH;
+    let grant = granted(api, &fx.bastion, &open(&key)).await;
+    assert!(grant.session_certificate.is_some());
 }
 
 /// Step-up (issue 20): a rule with `fresh_auth_within` opens sessions only for a

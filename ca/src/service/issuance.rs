@@ -11,7 +11,8 @@ use crate::keys::KeyPurpose;
 use crate::signer::{new_serial, sign_user_cert};
 use portcullis_policies::{CertRequest, Grant, proof};
 use portcullis_proto::{IssuedCert, UserCertRequest, UserCertResponse};
-use portcullis_sshcert::{fingerprint, parse_user_public_key};
+use portcullis_sshcert::authenticator::VERIFY_REQUIRED;
+use portcullis_sshcert::{fingerprint, is_security_key, parse_user_public_key};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +57,19 @@ impl Issuance {
                 return Err(CaError::Denied(deny));
             }
         };
+        // sshd ignores `verify-required` for a key that is not a security key, so the
+        // role's requirement would silently not hold (the bastion refuses such a
+        // certificate too).
+        if permit.critical_options().contains_key(VERIFY_REQUIRED) && !is_security_key(public_key.key_data()) {
+            let reason = "verify_required_needs_security_key";
+            self.audit_cert_denied(&who.username, reason, Some(&key_fingerprint), client_ip).await?;
+            return Err(CaError::BadRequest(
+                "a role you asked for requires user verification (verify-required), which only a security key can \
+                 give: use a key made with `ssh-keygen -t ed25519-sk -O verify-required`, or ask only for roles \
+                 that do not (`portcullis login --role`)"
+                    .into(),
+            ));
+        }
         let signer = self
             .core
             .keyring()

@@ -9,6 +9,11 @@
 //! - The proof verifies with the key of the very certificate the session is opened
 //!   with, and its request asked for exactly `LOGIN%DEVICE` of this open
 //!   (`connection_proof_invalid`): a proof for one node is no proof for another.
+//! - A security key's proof confirms what the certificate asks, as the node's sshd
+//!   would require of the user's own login (`connection_proof_invalid`): a touch unless
+//!   the certificate says `no-touch-required`, user verification under
+//!   `verify-required`. A bastion taken over cannot pass on a signature the key made
+//!   without them.
 //! - A proof serves its own connection only: recorded at first use, accepted again only
 //!   from the same bastion, certificate and target while a session it opened is still
 //!   live — not ended by an administrator, not past its absolute deadline — and a
@@ -25,7 +30,7 @@ use super::admission::denial;
 use super::{Denial, Sessions};
 use crate::store::CertRow;
 use portcullis_proto::bastion::{SessionOpenRequest, deny_reason as deny, terminated_user};
-use portcullis_sshcert::{certificate_digest, fingerprint, verify_connection_proof};
+use portcullis_sshcert::{ProofError, Unconfirmed, certificate_digest, fingerprint, verify_connection_proof};
 use sha2::{Digest, Sha256};
 
 /// A connection proven for this open: the hash of its session identifier (the CA never
@@ -43,6 +48,13 @@ pub(super) fn check(req: &SessionOpenRequest, cert: &CertRow) -> Result<ProvenCo
     };
     let proven = match verify_connection_proof(&session_id, &request, &signature) {
         Ok(p) => p,
+        Err(ProofError::Unconfirmed(unconfirmed)) => {
+            tracing::info!(reason = unconfirmed.code(), "connection proof refused");
+            return invalid(match unconfirmed {
+                Unconfirmed::Presence => "your security key signed without the touch your certificate requires",
+                Unconfirmed::Verification => "your certificate requires your security key's user verification (PIN)",
+            });
+        }
         Err(e) => {
             tracing::info!(reason = e.code(), "connection proof refused");
             return invalid("the proof of connection does not verify");
