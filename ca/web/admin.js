@@ -79,6 +79,7 @@ const portcullisAdmin = (() => {
         const notes = [];
         if (r.input_recorded) notes.push("keystrokes");
         if (r.truncated) notes.push("cut at the limit");
+        if (r.incomplete) notes.push("end missing");
         if (r.ended_at === undefined || r.ended_at === null) notes.push("live");
         const play = el("a", "Play", { href: `/ui/recording?session=${encodeURIComponent(r.session_id)}` });
         const download = el("a", "Download", { href: `/v1/admin/recordings/${encodeURIComponent(r.session_id)}`, download: "" });

@@ -36,6 +36,9 @@ pub async fn run(api: &Api, cmd: RecordingsCommand, json: bool) -> anyhow::Resul
                 if r.truncated {
                     notes.push("cut at the limit");
                 }
+                if r.incomplete {
+                    notes.push("end missing");
+                }
                 if r.ended_at.is_none() {
                     notes.push("live");
                 }

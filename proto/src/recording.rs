@@ -111,6 +111,10 @@ pub struct RecordingInfo {
     pub bytes: u64,
     pub input_recorded: bool,
     pub truncated: bool,
+    /// Its end never reached the CA (the bastion could not hand over its last chunk, or
+    /// went away): it ends with the last chunk that came, not with the session.
+    #[serde(default)]
+    pub incomplete: bool,
 }
 
 /// The media type of a recording as served (`GET /v1/admin/recordings/{session_id}`).

@@ -429,7 +429,7 @@ async fn kept_sealed_in_order(fx: Fx) {
         (entry["bytes"].as_u64(), entry["truncated"].as_bool(), entry["mode"].as_str()),
         (Some(21 + last_line.len() as u64), Some(true), Some("console"))
     );
-    assert!(entry["ended_at"].as_u64().is_some(), "{entry}");
+    assert!(entry["ended_at"].as_u64().is_some() && entry["incomplete"] == false, "{entry}");
     let (_, by_user) = fx.api.get_json(Some(&audrey), "/v1/admin/recordings?user=bob").await;
     assert_eq!(by_user, json!([]));
 
@@ -473,8 +473,9 @@ async fn kept_sealed_in_order(fx: Fx) {
     let typed = json!({"seq": 0, "events": "[0.3, \"i\", \"ls\\r\"]\n", "bytes": 3, "last": true});
     assert_eq!(chunk(&fx, &fx.b1, &keys, typed).await.0, StatusCode::NO_CONTENT);
 
-    // A session that closes without a last chunk (it never reached its node, say) ends
-    // its recording at the close; nothing is added after.
+    // A session that closes without a last chunk (it never reached its node, or its
+    // bastion could not hand the end over) ends its recording at the close, marked as
+    // missing its end; nothing is added after.
     let (never, _) = console_session(&fx, "pve01").await;
     let close = json!({"session_id": never, "reason": "target_unreachable", "bytes_from_client": 0,
         "bytes_to_client": 0, "duration_ms": 10});
@@ -482,7 +483,7 @@ async fn kept_sealed_in_order(fx: Fx) {
     assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
     let (_, list) = fx.api.get_json(Some(&audrey), "/v1/admin/recordings?device=pve01").await;
     let ended = list.as_array().unwrap().iter().find(|r| r["session_id"] == never.as_str()).unwrap();
-    assert!(ended["ended_at"].is_u64() && ended["bytes"] == 0, "{ended}");
+    assert!(ended["ended_at"].is_u64() && ended["bytes"] == 0 && ended["incomplete"] == true, "{ended}");
     let (status, _) =
         chunk(&fx, &fx.b1, &never, json!({"seq": 0, "events": "[0.1, \"o\", \"late\"]\n", "bytes": 4})).await;
     assert_eq!(status, StatusCode::CONFLICT);

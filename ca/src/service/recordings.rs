@@ -133,6 +133,7 @@ fn info(row: RecordingRow) -> RecordingInfo {
         bytes: row.bytes,
         input_recorded: row.input_recorded,
         truncated: row.truncated,
+        incomplete: row.incomplete,
     }
 }
 
@@ -160,6 +161,7 @@ impl Recordings {
             chunks: 0,
             truncated: false,
             size: None,
+            incomplete: false,
         }
     }
 

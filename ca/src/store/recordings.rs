@@ -36,10 +36,13 @@ pub struct RecordingRow {
     pub chunks: u64,
     pub truncated: bool,
     pub size: Option<(u32, u32)>,
+    /// Ended by its session's close, its last chunk never having come: its end is
+    /// missing.
+    pub incomplete: bool,
 }
 
 const COLUMNS: &str = "session_id, bastion, username, device, login, mode, rule, started_at, ended_at, salt, \
-                       input_recorded, max_bytes, bytes, chunks, truncated, cols, rows";
+                       input_recorded, max_bytes, bytes, chunks, truncated, cols, rows, incomplete";
 
 fn count(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -66,6 +69,7 @@ fn row_from(row: &sqlx::any::AnyRow) -> Result<RecordingRow> {
         chunks: ts_from(row.try_get("chunks")?),
         truncated: row.try_get::<i64, _>("truncated")? != 0,
         size: dim("cols")?.zip(dim("rows")?),
+        incomplete: row.try_get::<i64, _>("incomplete")? != 0,
     })
 }
 
@@ -281,9 +285,11 @@ pub async fn append_recording_chunk(conn: &mut AnyConnection, chunk: &ChunkAppen
 
 /// The session closed: its recording (if any) ends now unless its last chunk came
 /// already — a session that never reached its node, or whose bastion died, leaves a
-/// finished recording, not one that looks live forever. Chunks after this are refused.
+/// finished recording, not one that looks live forever — and is marked incomplete (the
+/// bastion sends the last chunk before the close, so it never came). Chunks after this
+/// are refused.
 pub async fn end_recording(conn: &mut AnyConnection, session_id: &str, now: u64) -> Result<()> {
-    sqlx::query("UPDATE recordings SET ended_at = $2 WHERE session_id = $1 AND ended_at IS NULL")
+    sqlx::query("UPDATE recordings SET ended_at = $2, incomplete = 1 WHERE session_id = $1 AND ended_at IS NULL")
         .bind(session_id)
         .bind(ts(now))
         .execute(&mut *conn)
