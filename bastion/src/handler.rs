@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use portcullis_sshcert::{CheckContext, Rejection, certificate_digest, check_authenticator, check_user_certificate};
+use portcullis_sshcert::{
+    CheckContext, Rejection, certificate_digest, check_authenticator, check_user_certificate, signature_fits_key,
+};
 use russh::server::{Auth, Handler, Msg, Session};
 use russh::{Channel, ChannelOpenFailure};
 use ssh_key::encoding::Decode;
@@ -123,7 +125,10 @@ impl Connection {
                 // A security key's signature must also confirm what the certificate
                 // asks (a touch, user verification), as sshd requires: russh checks
                 // only that it verifies. (It decoded this signature: so does this.)
-                let Ok(signature) = Signature::decode(&mut &*signature) else {
+                // A signature named for another key type than the certificate's (russh only
+                // ties the name to the request's) is refused, as sshd refuses it.
+                let signature = Signature::decode(&mut &*signature).ok();
+                let Some(signature) = signature.filter(|s| signature_fits_key(s, certificate.public_key())) else {
                     return self.refuse(user, RefusalReason::Certificate(Rejection::BadSignature));
                 };
                 if let Err(unconfirmed) = check_authenticator(certificate, &signature) {

@@ -433,6 +433,11 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// The session closed before it started: nothing ran, so nothing was recorded.
+    pub fn before_start(self) -> bool {
+        matches!(self, CloseReason::TargetUnreachable | CloseReason::HostKeyMismatch | CloseReason::OnwardLoginFailed)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::ClientDisconnect => "client_disconnect",

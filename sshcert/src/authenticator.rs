@@ -12,12 +12,17 @@
 //! Used by the bastion on every certificate login and by the CA on every connection
 //! proof, so a bastion that has been taken over cannot pass on a proof the user's
 //! security key made without the confirmation the certificate asks for.
+//!
+//! Whether there are flags to read is decided by the *certificate's* key, never by the
+//! algorithm name on the signature: that name is not signed, and the signature is
+//! verified by the key's type whatever it says (an sk signature relabelled `rsa-sha2-256`
+//! verifies all the same, and would otherwise read as a signature without flags).
 
 use ssh_key::public::KeyData;
-use ssh_key::{Algorithm, Certificate, Signature};
+use ssh_key::{Certificate, Signature};
 
 /// The extension with which a certificate lets a security key sign without a touch.
-const NO_TOUCH_REQUIRED: &str = "no-touch-required";
+pub const NO_TOUCH_REQUIRED: &str = "no-touch-required";
 /// The critical option that asks for user verification on every signature.
 pub const VERIFY_REQUIRED: &str = "verify-required";
 /// A security key's signature flags (FIDO `UP` and `UV`, as OpenSSH's `sk-api.h`).
@@ -53,22 +58,34 @@ pub fn is_security_key(key: &KeyData) -> bool {
     matches!(key, KeyData::SkEd25519(_) | KeyData::SkEcdsaSha2NistP256(_))
 }
 
+/// What the security key that made `signature` with `key` confirmed (its flags); `None`
+/// when `key` is not a security key's. A signature not of the key's own algorithm
+/// confirmed nothing (0). The flags are covered by the signature: ask only about a
+/// signature that verified.
+pub fn confirmed_flags(key: &KeyData, signature: &Signature) -> Option<u8> {
+    if !is_security_key(key) {
+        return None;
+    }
+    let data = signature.as_bytes();
+    // ssh-key decodes an sk signature only with its trailer.
+    let flags = data.len().checked_sub(SK_TRAILER).and_then(|at| data.get(at)).copied().unwrap_or(0);
+    Some(if signature.algorithm() == key.algorithm() { flags } else { 0 })
+}
+
+/// Whether a security key's `flags` (from [`confirmed_flags`]) show a touch.
+pub fn touched(flags: Option<u8>) -> bool {
+    flags.is_none_or(|f| f & USER_PRESENCE != 0)
+}
+
 /// Checks what `signature`'s security key confirmed against `cert` (see the module
 /// documentation). The flags are covered by the signature: call this only with a
 /// signature that verified over this connection.
 pub fn check_authenticator(cert: &Certificate, signature: &Signature) -> Result<(), Unconfirmed> {
     let verify_required = cert.critical_options().contains_key(VERIFY_REQUIRED);
-    let flags = match signature.algorithm() {
-        Algorithm::SkEd25519 | Algorithm::SkEcdsaSha2NistP256 => {
-            let data = signature.as_bytes();
-            // ssh-key decodes an sk signature only with its trailer; 0 (nothing
-            // confirmed) if one were ever built without it.
-            data.len().checked_sub(SK_TRAILER).and_then(|at| data.get(at)).copied().unwrap_or(0)
-        }
-        _ if verify_required => return Err(Unconfirmed::Verification),
-        _ => return Ok(()),
+    let Some(flags) = confirmed_flags(cert.public_key(), signature) else {
+        return if verify_required { Err(Unconfirmed::Verification) } else { Ok(()) };
     };
-    if flags & USER_PRESENCE == 0 && !cert.extensions().contains_key(NO_TOUCH_REQUIRED) {
+    if !touched(Some(flags)) && !cert.extensions().contains_key(NO_TOUCH_REQUIRED) {
         return Err(Unconfirmed::Presence);
     }
     if flags & USER_VERIFICATION == 0 && verify_required {
@@ -86,7 +103,7 @@ pub(crate) mod tests {
     use ssh_key::certificate::{Builder, CertType};
     use ssh_key::public::{KeyData, SkEd25519};
     use ssh_key::rand_core::UnwrapErr;
-    use ssh_key::{PrivateKey, getrandom::SysRng};
+    use ssh_key::{Algorithm, PrivateKey, getrandom::SysRng};
 
     /// A software stand-in for a security key: an Ed25519 key signing what a FIDO
     /// authenticator signs, with the flags the test chooses.
@@ -160,6 +177,13 @@ pub(crate) mod tests {
         for (cert, flags, expected) in cases {
             assert_eq!(check_authenticator(cert, &sk.sign(b"m", flags)), expected, "flags {flags:#04x}");
         }
+        // The signature's algorithm name is not signed: a touched-looking signature under
+        // another name confirms nothing (the key's type decides how it verifies).
+        let touched_sig = sk.sign(b"m", touch);
+        let relabelled =
+            Signature::new(Algorithm::Rsa { hash: Some(ssh_key::HashAlg::Sha256) }, touched_sig.as_bytes());
+        assert_eq!(check_authenticator(&plain, &relabelled.unwrap()), Err(Unconfirmed::Presence));
+        assert_eq!(check_authenticator(&untouched, &sk.sign(b"m", none)), Ok(()));
     }
 
     #[test]

@@ -33,4 +33,4 @@ pub use check::{AcceptedCert, CheckContext, Rejection, check_user_certificate, c
 pub use keys::{KeyError, MAX_PUBLIC_KEY_LEN, certificate_digest, fingerprint, parse_user_public_key, random_bytes};
 pub use krl::KrlBuilder;
 pub use krl_parse::{Krl, KrlError, MAX_KRL_LEN};
-pub use proof::{ProofError, ProvenRequest, verify_connection_proof};
+pub use proof::{ProofError, ProvenRequest, signature_fits_key, verify_connection_proof};

@@ -16,7 +16,7 @@
 //! certificate asks ([`check_authenticator`]: a touch, user verification). What the
 //! certificate and user name must be is the caller's decision ([`ProvenRequest`]).
 
-use crate::authenticator::{Unconfirmed, check_authenticator};
+use crate::authenticator::{Unconfirmed, check_authenticator, confirmed_flags, touched};
 use crate::blob::parse_certificate_strict;
 use signature::Verifier;
 use ssh_key::encoding::{Decode, Encode, Reader};
@@ -39,6 +39,10 @@ pub struct ProvenRequest {
     /// The SSH user name the client asked for (`root%pve01` in terminated mode).
     pub user: String,
     pub certificate: Certificate,
+    /// Whether the signature shows a touch (always, for a key that is not a security
+    /// key's). The certificate's `no-touch-required` may have let it in without one;
+    /// the role a session runs under decides again.
+    pub touched: bool,
 }
 
 /// Why a proof was refused.
@@ -92,10 +96,16 @@ pub fn verify_connection_proof(
     if sig.algorithm() == (Algorithm::Rsa { hash: None }) {
         return Err(ProofError::WeakAlgorithm);
     }
-    // The request names a certificate algorithm, and the signature is of that algorithm
-    // (RFC 4252 §7; `rsa-sha2-512-cert-v01@openssh.com` → `rsa-sha2-512`).
+    // The request names a certificate algorithm, the certificate's own (an RSA key with
+    // any of its hashes), and the signature is of that algorithm (RFC 4252 §7;
+    // `rsa-sha2-512-cert-v01@openssh.com` → `rsa-sha2-512`). Names are not signed, and
+    // the signature verifies by the key's type whatever it is called, so a name that is
+    // not the key's is refused, as sshd refuses a key type mismatch.
     let named = algorithm.strip_suffix("-cert-v01@openssh.com").ok_or(ProofError::NotCertificateAuth)?;
     if sig.algorithm().as_str().trim_end_matches("@openssh.com") != named {
+        return Err(ProofError::NotCertificateAuth);
+    }
+    if !signature_fits_key(&sig, certificate.public_key()) {
         return Err(ProofError::NotCertificateAuth);
     }
     let mut signed = Vec::with_capacity(4 + session_id.len() + request.len());
@@ -104,7 +114,19 @@ pub fn verify_connection_proof(
     let key = PublicKey::from(certificate.public_key().clone());
     Verifier::verify(&key, &signed, &sig).map_err(|_| ProofError::BadSignature)?;
     check_authenticator(&certificate, &sig).map_err(ProofError::Unconfirmed)?;
-    Ok(ProvenRequest { user, certificate })
+    let touched = touched(confirmed_flags(certificate.public_key(), &sig));
+    Ok(ProvenRequest { user, certificate, touched })
+}
+
+/// Whether `signature` is of `key`'s own algorithm (an RSA key's with any of its
+/// hashes). The name on a signature is not signed and ssh-key verifies by the key's type
+/// whatever the name says, so a caller that acts on the name — reads a security key's
+/// flags, say — must check this first; sshd refuses a mismatch outright.
+pub fn signature_fits_key(signature: &Signature, key: &ssh_key::public::KeyData) -> bool {
+    match (signature.algorithm(), key.algorithm()) {
+        (Algorithm::Rsa { .. }, Algorithm::Rsa { .. }) => true,
+        (signed, certified) => signed == certified,
+    }
 }
 
 /// `byte 50, string user, string "ssh-connection", string "publickey", TRUE,
@@ -242,7 +264,7 @@ mod tests {
             out
         };
         let touched = verify_connection_proof(&session, &req, &proof(USER_PRESENCE)).unwrap();
-        assert_eq!(touched.certificate.serial(), 7);
+        assert_eq!((touched.certificate.serial(), touched.touched), (7, true));
         assert_eq!(
             verify_connection_proof(&session, &req, &proof(0)).unwrap_err(),
             ProofError::Unconfirmed(Unconfirmed::Presence)
@@ -252,6 +274,23 @@ mod tests {
         let at = forged.len() - 5;
         forged[at] = USER_PRESENCE;
         assert_eq!(verify_connection_proof(&session, &req, &forged).unwrap_err(), ProofError::BadSignature);
+
+        // The untouched signature relabelled as RSA, and the request naming an RSA
+        // certificate around the security key's: names are not signed, the key's type
+        // decides how the signature verifies — so it would verify, and read as a
+        // signature without flags to check.
+        let relabelled_req = request("root%pve01", "rsa-sha2-256-cert-v01@openssh.com", &cert);
+        let mut signed = Vec::new();
+        session.as_slice().encode(&mut signed).unwrap();
+        signed.extend_from_slice(&relabelled_req);
+        let untouched = sk.sign(&signed, 0);
+        let rsa = Algorithm::Rsa { hash: Some(ssh_key::HashAlg::Sha256) };
+        let mut relabelled = Vec::new();
+        Signature::new(rsa, untouched.as_bytes()).unwrap().encode(&mut relabelled).unwrap();
+        assert_eq!(
+            verify_connection_proof(&session, &relabelled_req, &relabelled).unwrap_err(),
+            ProofError::NotCertificateAuth
+        );
     }
 
     #[test]

@@ -740,29 +740,48 @@ async fn a_shorter_certificate_lifetime_forgets_no_live_proof() {
 /// A bastion taken over cannot pass on a signature the user's security key made without
 /// the touch her certificate asks for (a key made `-O no-touch-required` signing for
 /// malware on her machine, say): the CA checks the key's flags as the node's sshd
-/// would. The same key's touched proof opens the session.
+/// would — including that a certificate carrying `no-touch-required` for one role (it
+/// carries every role's extensions) waives the touch only where that role admits the
+/// session, as the node's principals line does. Touched proofs are the positive control.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_security_keys_proof_without_the_touch_its_certificate_asks_opens_nothing() {
     let fx = fixture(None, 1).await;
     let api = fx.api();
+    // One key; `flags` are what its authenticator reports for a signature.
     let mut key = SoftSecurityKey::new(0);
-    let text = issue_for(&fx.ca, "alice", &key.public_key().to_openssh().unwrap()).await;
-    let cert = ssh_key::Certificate::from_openssh(text.trim()).unwrap();
-    let alice = Presented::of(&text);
-    let open = |key: &SoftSecurityKey| {
+    let (untouched, touched) = (0, SoftSecurityKey::TOUCH);
+    let public_key = key.public_key().to_openssh().unwrap();
+    let mut open = |flags: u8, cert_text: &str, device: &str| {
+        key.flags = flags;
+        let cert = ssh_key::Certificate::from_openssh(cert_text.trim()).unwrap();
         let connection = portcullis_sshcert::random_bytes::<32>();
-        let proof = connection_proof_signed(&|signed| key.sign(signed), &cert, "root%pve01", &connection);
-        terminated_with(&session_id(), &alice, "pve01", "root", Some(proof))
+        let user = terminated_user("root", device);
+        let proof = connection_proof_signed(&|signed| key.sign(signed), &cert, &user, &connection);
+        terminated_with(&session_id(), &Presented::of(cert_text), device, "root", Some(proof))
     };
-    denied(api, &fx.bastion, &open(&key), deny_reason::CONNECTION_PROOF_INVALID).await;
+    let text = issue_for(&fx.ca, "alice", &public_key).await;
+    denied(api, &fx.bastion, &open(untouched, &text, "pve01"), deny_reason::CONNECTION_PROOF_INVALID).await;
     let denials = audit(&fx.ca, "session_denied").await;
     assert!(
         denials.iter().any(|r| r["reason"] == deny_reason::CONNECTION_PROOF_INVALID && r["user"] == "alice"),
         "{denials:?}"
     );
-    key.flags = SoftSecurityKey::TOUCH;
-    let grant = granted(api, &fx.bastion, &open(&key)).await;
-    assert!(grant.session_certificate.is_some());
+    assert!(granted(api, &fx.bastion, &open(touched, &text, "pve01")).await.session_certificate.is_some());
+
+    // A role that waives the touch on the fleet: alice's new certificate carries
+    // `no-touch-required`, which holds on a fleet node (the role admitting her there,
+    // first by name, waives it) and not on pve01 (only `ops`, which does not).
+    let quiet = "[[role]]\nname = \"fleet-quiet\"\nlogins = [\"root\"]\ntargets = 'in:devices tags.fleet:yes'\n\
+                 permissions = [\"certs.issue\"]\nmax_cert_ttl = \"8h\"\nextensions = [\"no-touch-required\"]\n\
+                 [[binding]]\ngroup = \"ops\"\nroles = [\"fleet-quiet\"]\n";
+    std::fs::write(fx.policy_dir.join("policy.toml"), format!("{POLICY_BASE}{POLICY_CONTRACT}{quiet}")).unwrap();
+    let (status, v) = api.post_json(Some(&fx.admin), "/v1/admin/policy/reload", &json!({})).await;
+    assert!(status.is_success(), "{v}");
+    let text = issue_for(&fx.ca, "alice", &public_key).await;
+    assert!(inspect(&text).2.iter().any(|e| e == "no-touch-required"), "{:?}", inspect(&text));
+    granted(api, &fx.bastion, &open(untouched, &text, "fleet-00")).await;
+    denied(api, &fx.bastion, &open(untouched, &text, "pve01"), deny_reason::CONNECTION_PROOF_INVALID).await;
+    granted(api, &fx.bastion, &open(touched, &text, "pve01")).await;
 }
 
 /// Step-up (issue 20): a rule with `fresh_auth_within` opens sessions only for a

@@ -473,9 +473,10 @@ async fn kept_sealed_in_order(fx: Fx) {
     let typed = json!({"seq": 0, "events": "[0.3, \"i\", \"ls\\r\"]\n", "bytes": 3, "last": true});
     assert_eq!(chunk(&fx, &fx.b1, &keys, typed).await.0, StatusCode::NO_CONTENT);
 
-    // A session that closes without a last chunk (it never reached its node, or its
-    // bastion could not hand the end over) ends its recording at the close, marked as
-    // missing its end; nothing is added after.
+    // A session that closes without a last chunk ends its recording at the close;
+    // nothing is added after. One that never reached its node recorded nothing and
+    // misses nothing; one that ran (its bastion could not hand the end over) is marked
+    // as missing its end.
     let (never, _) = console_session(&fx, "pve01").await;
     let close = json!({"session_id": never, "reason": "target_unreachable", "bytes_from_client": 0,
         "bytes_to_client": 0, "duration_ms": 10});
@@ -483,7 +484,16 @@ async fn kept_sealed_in_order(fx: Fx) {
     assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
     let (_, list) = fx.api.get_json(Some(&audrey), "/v1/admin/recordings?device=pve01").await;
     let ended = list.as_array().unwrap().iter().find(|r| r["session_id"] == never.as_str()).unwrap();
-    assert!(ended["ended_at"].is_u64() && ended["bytes"] == 0 && ended["incomplete"] == true, "{ended}");
+    assert!(ended["ended_at"].is_u64() && ended["bytes"] == 0 && ended["incomplete"] == false, "{ended}");
+    let (cut, _) = console_session(&fx, "pve01").await;
+    let begun = json!({"seq": 0, "events": "[0.1, \"o\", \"begun\"]\n", "bytes": 5});
+    assert_eq!(chunk(&fx, &fx.b1, &cut, begun).await.0, StatusCode::NO_CONTENT);
+    let close = json!({"session_id": cut, "reason": "browser_disconnect", "bytes_from_client": 0,
+        "bytes_to_client": 5, "duration_ms": 10});
+    assert_eq!(fx.api.post_json(Some(&fx.b1), "/v1/bastion/sessions/close", &close).await.0, StatusCode::NO_CONTENT);
+    let (_, list) = fx.api.get_json(Some(&audrey), "/v1/admin/recordings?device=pve01").await;
+    let ended = list.as_array().unwrap().iter().find(|r| r["session_id"] == cut.as_str()).unwrap();
+    assert!(ended["ended_at"].is_u64() && ended["bytes"] == 5 && ended["incomplete"] == true, "{ended}");
     let (status, _) =
         chunk(&fx, &fx.b1, &never, json!({"seq": 0, "events": "[0.1, \"o\", \"late\"]\n", "bytes": 4})).await;
     assert_eq!(status, StatusCode::CONFLICT);
@@ -538,7 +548,7 @@ async fn kept_sealed_in_order(fx: Fx) {
         sqlx::query("SELECT session_id FROM recording_chunks").fetch_all(fx.ca.core().store().pool()).await.unwrap();
     assert_eq!(rows.iter().map(|r| r.get::<String, _>("session_id")).collect::<Vec<_>>(), [long.as_str()]);
     let expired = audit(&fx.ca, "recordings_expired").await;
-    assert_eq!(expired.last().unwrap()["count"], 3, "{expired:?}");
+    assert_eq!(expired.last().unwrap()["count"], 4, "{expired:?}");
     if let (Some(files), Some((orphan, other))) = (&chunk_files, orphan) {
         assert!(!files.dir().join(&id).exists() && !files.dir().join(&keys).exists() && !orphan.exists());
         assert!(other.join("0").exists());

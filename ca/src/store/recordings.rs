@@ -285,13 +285,14 @@ pub async fn append_recording_chunk(conn: &mut AnyConnection, chunk: &ChunkAppen
 
 /// The session closed: its recording (if any) ends now unless its last chunk came
 /// already — a session that never reached its node, or whose bastion died, leaves a
-/// finished recording, not one that looks live forever — and is marked incomplete (the
-/// bastion sends the last chunk before the close, so it never came). Chunks after this
-/// are refused.
-pub async fn end_recording(conn: &mut AnyConnection, session_id: &str, now: u64) -> Result<()> {
-    sqlx::query("UPDATE recordings SET ended_at = $2, incomplete = 1 WHERE session_id = $1 AND ended_at IS NULL")
+/// finished recording, not one that looks live forever — and, when `started` (the
+/// session ran), is marked incomplete: the bastion sends the last chunk before the
+/// close, so it never came. Chunks after this are refused.
+pub async fn end_recording(conn: &mut AnyConnection, session_id: &str, now: u64, started: bool) -> Result<()> {
+    sqlx::query("UPDATE recordings SET ended_at = $2, incomplete = $3 WHERE session_id = $1 AND ended_at IS NULL")
         .bind(session_id)
         .bind(ts(now))
+        .bind(i64::from(started))
         .execute(&mut *conn)
         .await?;
     Ok(())

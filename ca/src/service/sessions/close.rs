@@ -67,7 +67,7 @@ impl Sessions {
         let mut closed = Vec::with_capacity(closes.len());
         for req in closes {
             if let Some(lease) = store::close_lease(tx.conn(), &req.session_id, &bastion.name).await? {
-                store::end_recording(tx.conn(), &lease.session_id, now).await?;
+                store::end_recording(tx.conn(), &lease.session_id, now, !req.reason.before_start()).await?;
                 let (from, to) = (req.bytes_from_client, req.bytes_to_client);
                 let event = closed_event(&lease, req.reason, from, to, req.duration_ms, now);
                 audit::record(tx.conn(), now, &event).await?;

@@ -195,7 +195,7 @@ impl Sessions {
             let mut tx = self.core.store.begin().await?;
             let mut reclaimed = None;
             if let Some(lease) = store::sweep_lease(tx.conn(), &id, cutoff).await? {
-                store::end_recording(tx.conn(), &lease.session_id, now).await?;
+                store::end_recording(tx.conn(), &lease.session_id, now, true).await?;
                 let duration_ms = now.saturating_sub(lease.opened_at).saturating_mul(1000);
                 let event = closed_event(
                     &lease,

@@ -40,6 +40,7 @@ use portcullis_policies::{Identity, IdleCounts, OverLimit, node_principal, parse
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::{deny_reason as deny, *};
 use portcullis_proto::recording::RecordingGrant;
+use portcullis_sshcert::authenticator::NO_TOUCH_REQUIRED;
 use portcullis_sshcert::parse_user_public_key;
 use ssh_key::Algorithm;
 use std::collections::BTreeSet;
@@ -254,6 +255,15 @@ impl Sessions {
             Err(d) => return Ok(Err(d)),
         };
         let (role, rule, limits) = (admission.role, admission.rule, admission.limits);
+        // A security key that signed without a touch: waived by the certificate (it
+        // carries every role's extensions), but on this node only the role the session
+        // runs under may waive it — as the node's sshd reads its principals line.
+        if open.connection.as_ref().is_some_and(|c| !c.touched) && !role.extensions().contains(NO_TOUCH_REQUIRED) {
+            return Ok(Err(denial(
+                deny::CONNECTION_PROOF_INVALID,
+                "your security key signed without a touch, which your role on this device requires",
+            )));
+        }
         // A ticket is bound to the agent and rule it was issued under: if either moved
         // since, the user's choice was made on other terms.
         if let Evidence::Ticket { agent: bound_agent, rule: bound_rule, .. } = &subject.evidence
@@ -361,7 +371,7 @@ impl Sessions {
             (user_scope, limits.max_per_user, "you have too many sessions open"),
         ];
         let mut tx = self.core.store.begin().await?;
-        let connection = open.connection.as_ref().map(|c| c.0.as_str());
+        let connection = open.connection.as_ref().map(|c| c.hash.as_str());
         if let Some(connection) = connection {
             let login = open.login.unwrap_or_default();
             let serial = cert_serial.unwrap_or(0);

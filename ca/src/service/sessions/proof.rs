@@ -13,7 +13,9 @@
 //!   would require of the user's own login (`connection_proof_invalid`): a touch unless
 //!   the certificate says `no-touch-required`, user verification under
 //!   `verify-required`. A bastion taken over cannot pass on a signature the key made
-//!   without them.
+//!   without them. A certificate carries the extensions of all its roles, while a node's
+//!   sshd waives the touch only for a role that says so (its principals line): so an
+//!   untouched proof opens a session only under a role with `no-touch-required`.
 //! - A proof serves its own connection only: recorded at first use, accepted again only
 //!   from the same bastion, certificate and target while a session it opened is still
 //!   live — not ended by an administrator, not past its absolute deadline — and a
@@ -33,9 +35,14 @@ use portcullis_proto::bastion::{SessionOpenRequest, deny_reason as deny, termina
 use portcullis_sshcert::{ProofError, Unconfirmed, certificate_digest, fingerprint, verify_connection_proof};
 use sha2::{Digest, Sha256};
 
-/// A connection proven for this open: the hash of its session identifier (the CA never
-/// keeps the identifier itself).
-pub(super) struct ProvenConnection(pub String);
+/// A connection proven for this open.
+pub(super) struct ProvenConnection {
+    /// The hash of its session identifier (the CA never keeps the identifier itself).
+    pub hash: String,
+    /// Whether the user's security key showed a touch (always, for other keys): when it
+    /// did not, only a role with `no-touch-required` may admit the session.
+    pub touched: bool,
+}
 
 /// Checks the proof of a terminated-mode open against the certificate it is opened with.
 pub(super) fn check(req: &SessionOpenRequest, cert: &CertRow) -> Result<ProvenConnection, Denial> {
@@ -76,7 +83,7 @@ pub(super) fn check(req: &SessionOpenRequest, cert: &CertRow) -> Result<ProvenCo
     if !same_certificate {
         return invalid("the proof of connection is for another certificate");
     }
-    Ok(ProvenConnection(hex::encode(Sha256::digest(&session_id))))
+    Ok(ProvenConnection { hash: hex::encode(Sha256::digest(&session_id)), touched: proven.touched })
 }
 
 impl Sessions {
