@@ -94,6 +94,63 @@ async fn ssh_scp_and_sftp_through_the_bastion_in_both_modes() {
     drop(w.admin);
 }
 
+/// What a client sent before it left still reaches a node that reads slowly: the part
+/// waiting in the bastion behind a full channel queue (held, russh patch 6) is handed on
+/// after the client's connection is gone, in order, to the last byte. Before, a
+/// connection's held messages went with it (found in review): the tail of an upload
+/// was lost. The node here is a TCP listener with a small receive buffer that reads
+/// nothing until the client has left. The client sends until the bastion stops granting
+/// window — which it does only while it holds data for the channel — then leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_client_sent_before_leaving_still_reaches_a_slow_node() {
+    use tokio::io::AsyncReadExt;
+    const MOST: usize = 32 << 20;
+    const PIECE: usize = 32 * 1024;
+    let w = World::start("15m").await;
+    let (ip, port) = ("127.0.83.19", 2200);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind(format!("{ip}:{port}").parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let sink = portcullis_proto::NodeRecord {
+        name: "sink".into(),
+        addresses: vec![ip.into()],
+        tags: [("env".to_owned(), "prod".to_owned())].into(),
+        ssh_port: Some(port),
+        ..Default::default()
+    };
+    w.server.add_node(&w.admin, &sink).await;
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let _ = wait.await;
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).await.unwrap();
+        received
+    });
+
+    // Every byte says where it is, so what arrives can be checked as a prefix.
+    let data: Vec<u8> = (0..MOST).map(|i| (i % 251) as u8).collect();
+    let conn = w.russh_login("alice").await;
+    let channel = conn.channel_open_direct_tcpip("sink", u32::from(port), "127.0.0.1", 0).await.unwrap();
+    let mut sent = 0;
+    for piece in data.chunks(PIECE) {
+        match tokio::time::timeout(Duration::from_secs(2), channel.data(piece)).await {
+            Ok(done) => done.unwrap(),
+            Err(_) => break, // out of window: the bastion holds what it could not queue
+        }
+        sent += piece.len();
+    }
+    assert!(sent < MOST, "the window never ran out, so nothing was held: make MOST larger");
+    conn.disconnect(russh::Disconnect::ByApplication, "bye", "").await.unwrap();
+    drop((channel, conn));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    go.send(()).unwrap();
+    let received = tokio::time::timeout(Duration::from_secs(60), reader).await.unwrap().unwrap();
+    assert!(received.len() >= sent, "{} of the {sent} bytes sent reached the node", received.len());
+    assert!(received == data[..received.len()], "the bytes that arrived changed or came out of order");
+}
+
 /// Bulk data both ways arrives whole in both modes — with a relay slower than the node
 /// and the client (this debug build), so channel queues fill and their messages are held
 /// (russh patch 6). The first version of that patch granted the window back while part

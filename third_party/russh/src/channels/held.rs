@@ -17,7 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::sync::mpsc::Sender;
 use tokio::sync::mpsc::error::TrySendError;
 
@@ -25,10 +25,16 @@ use super::{ChannelMsg, ChannelRef};
 use crate::session::Encrypted;
 use crate::{ChannelId, Error};
 
-/// What a held message other than data counts for in [`HeldMessages::size`].
+/// What each held entry costs in [`Held::size`] on top of its data bytes (an entry is
+/// a message, or a piece of joined data; about what one takes in memory besides its
+/// data): so a peer cannot hold entries without bound by making them tiny (empty data is
+/// not held at all). Small enough that an honest peer whose window's worth of data comes
+/// in one-byte packets of alternating streams (stdout, stderr), which cannot be joined,
+/// stays within the bound (2 × 8 MiB + 1 MiB is ~270,000 such entries).
 const MESSAGE_COST: usize = 64;
-/// Data held for a channel is joined into pieces up to this size.
-const JOINED: usize = 256 * 1024;
+/// Data held for a channel is joined into pieces up to this size: a packet's most, so a
+/// full queue of pieces holds no more than a full queue of packets would.
+const JOINED: usize = 32 * 1024;
 /// How soon the connection's loop looks again while messages are held. A peer waiting
 /// for the window sends nothing that would wake the loop, so this paces a held channel's
 /// throughput: backing off while nothing moved (tried: 5 ms doubling to 160 ms) halved a
@@ -37,7 +43,8 @@ const JOINED: usize = 256 * 1024;
 /// queue's room instead, `Sender::reserve_owned`, would cost none: not built).
 const RETRY: Duration = Duration::from_millis(5);
 
-/// Messages waiting for their channels' queues, per connection.
+/// Messages waiting for their channels' queues, per connection. Dropped with its
+/// connection, it still hands what it holds to the readers (see its `Drop`).
 #[derive(Debug, Default)]
 pub(crate) struct HeldMessages {
     channels: HashMap<ChannelId, Held>,
@@ -49,36 +56,120 @@ struct Held {
     /// connection forgot the channel (its close is held behind its data).
     queue: Sender<ChannelMsg>,
     messages: VecDeque<ChannelMsg>,
-    /// What is held in all: data bytes, and [`MESSAGE_COST`] per other message.
+    /// Small data being joined, after `messages`: appended to in place (joining by
+    /// copying the piece so far would cost the square of its size).
+    joining: Option<(Option<u32>, BytesMut)>,
+    /// What is held in all: data bytes, and [`MESSAGE_COST`] per entry.
     size: usize,
 }
 
-fn data_len(msg: &ChannelMsg) -> Option<usize> {
-    match msg {
-        ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => Some(data.len()),
-        _ => None,
-    }
-}
-
-fn join(first: &Bytes, second: &Bytes) -> Bytes {
-    let mut joined = BytesMut::with_capacity(first.len() + second.len());
-    joined.extend_from_slice(first);
-    joined.extend_from_slice(second);
-    joined.freeze()
+fn cost(msg: &ChannelMsg) -> usize {
+    MESSAGE_COST
+        + match msg {
+            ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => data.len(),
+            _ => 0,
+        }
 }
 
 impl Held {
+    fn new(queue: Sender<ChannelMsg>) -> Held {
+        Held { queue, messages: VecDeque::new(), joining: None, size: 0 }
+    }
+
     fn push(&mut self, msg: ChannelMsg) {
-        self.size += data_len(&msg).unwrap_or(MESSAGE_COST);
-        // A peer sending small packets to a channel that is not read must not cost a
-        // queue entry (and its overhead) per packet.
-        if let (Some(ChannelMsg::Data { data: last }), ChannelMsg::Data { data }) = (self.messages.back_mut(), &msg) {
-            if last.len() + data.len() <= JOINED {
-                *last = join(last, data);
+        let (ext, data) = match &msg {
+            ChannelMsg::Data { data } => (None, data),
+            ChannelMsg::ExtendedData { data, ext } => (Some(*ext), data),
+            _ => {
+                self.end_joining();
+                self.size += cost(&msg);
+                self.messages.push_back(msg);
                 return;
             }
+        };
+        // Empty data is nothing to a reader: not held.
+        if data.is_empty() {
+            return;
         }
-        self.messages.push_back(msg);
+        // A peer sending small packets to a channel that is not read must not cost an
+        // entry (and its overhead) per packet.
+        if let Some((joining_ext, piece)) = &mut self.joining
+            && *joining_ext == ext
+            && piece.len() + data.len() <= JOINED
+        {
+            self.size += data.len();
+            piece.extend_from_slice(data);
+            return;
+        }
+        self.end_joining();
+        self.size += cost(&msg);
+        if data.len() >= JOINED / 2 {
+            self.messages.push_back(msg);
+        } else {
+            // Grown as data comes (amortized doubling): a piece costs memory in
+            // proportion to what it holds, which the bound counts.
+            self.joining = Some((ext, BytesMut::from(&data[..])));
+        }
+    }
+
+    /// The piece being joined becomes a message, after the others.
+    fn end_joining(&mut self) {
+        if let Some((ext, piece)) = self.joining.take() {
+            let data = piece.freeze();
+            self.messages.push_back(match ext {
+                None => ChannelMsg::Data { data },
+                Some(ext) => ChannelMsg::ExtendedData { data, ext },
+            });
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.joining.is_none()
+    }
+
+    /// Moves messages into the queue as far as it has room, in order (the piece being
+    /// joined last, once nothing is before it); drops them all once the reader is gone.
+    fn drain(&mut self) {
+        loop {
+            if self.messages.is_empty() {
+                self.end_joining();
+            }
+            let Some(msg) = self.messages.pop_front() else { return };
+            let msg_cost = cost(&msg);
+            match self.queue.try_send(msg) {
+                Ok(()) => self.size -= msg_cost,
+                Err(TrySendError::Full(msg)) => {
+                    self.messages.push_front(msg);
+                    return;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    self.messages.clear();
+                    self.joining = None;
+                    self.size = 0;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A connection that ends (its peer went away, or sent its last message and left) still
+/// delivers what it held: the readers get it, in order, as they make room — as they get
+/// what was already in their queues. The tasks end when a reader has taken everything or
+/// is gone, and hold no more than the connection held.
+impl Drop for HeldMessages {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        for (_, mut held) in self.channels.drain() {
+            held.end_joining();
+            runtime.spawn(async move {
+                for msg in held.messages {
+                    if held.queue.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
     }
 }
 
@@ -109,8 +200,7 @@ impl HeldMessages {
             None => match chan.try_send(msg) {
                 Ok(()) | Err(TrySendError::Closed(_)) => return Ok(true),
                 Err(TrySendError::Full(msg)) => {
-                    let held = Held { queue: chan.sender.clone(), messages: VecDeque::new(), size: 0 };
-                    self.channels.entry(id).or_insert(held).push(msg);
+                    self.channels.entry(id).or_insert_with(|| Held::new(chan.sender.clone())).push(msg);
                     return Ok(false);
                 }
             },
@@ -145,24 +235,11 @@ impl HeldMessages {
     pub(crate) fn drain(&mut self) -> Vec<ChannelId> {
         let mut emptied = Vec::new();
         self.channels.retain(|id, held| {
-            while let Some(msg) = held.messages.pop_front() {
-                let len = data_len(&msg);
-                match held.queue.try_send(msg) {
-                    Ok(()) => held.size -= len.unwrap_or(MESSAGE_COST),
-                    Err(TrySendError::Full(msg)) => {
-                        held.messages.push_front(msg);
-                        break;
-                    }
-                    Err(TrySendError::Closed(_)) => {
-                        held.messages.clear();
-                        break;
-                    }
-                }
-            }
-            if held.messages.is_empty() {
+            held.drain();
+            if held.is_empty() {
                 emptied.push(*id);
             }
-            !held.messages.is_empty()
+            !held.is_empty()
         });
         emptied
     }

@@ -1302,7 +1302,8 @@ impl Session {
     /// Portcullis patch 6: see `server::Session::deliver`.
     pub(crate) fn deliver(&mut self, id: ChannelId, msg: ChannelMsg) -> Result<bool, crate::Error> {
         let Some(chan) = self.channels.get(&id) else { return Ok(true) };
-        self.held.deliver(id, chan, msg, self.target_window_size)
+        // The window it grants (see `drain_held`).
+        self.held.deliver(id, chan, msg, self.common.config.window_size)
     }
 
     /// Portcullis patch 6: see `server::Session::drain_held` (the client grants windows
