@@ -77,6 +77,13 @@ pub struct LoginArgs {
     /// Use only these roles (repeatable); needed for forced-command roles.
     #[arg(long = "role")]
     pub roles: Vec<String>,
+    /// Certify a key of your own instead of the CLI's (`~/.ssh/portcullis/id_ed25519`):
+    /// a security key's, say (`ssh-keygen -t ed25519-sk`), which roles asking for a touch
+    /// or a PIN (`verify-required`) need. PATH is the private key file (a security key's
+    /// handle); its public half is read from PATH.pub and the certificate written to
+    /// PATH-cert.pub, where ssh finds it. The key itself is never read or changed.
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]

@@ -2,7 +2,7 @@
 
 use crate::api::{Api, Refused};
 use crate::args::{LoginArgs, SshConfigArgs};
-use crate::state::{Paths, Session, write_atomic};
+use crate::state::{OwnKey, Paths, Session, write_atomic};
 use anyhow::{Context, anyhow, bail};
 use portcullis_proto::oidc::AuthMethods;
 use portcullis_proto::pin::normalize_pin;
@@ -120,29 +120,53 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let api = api.with_token(session.token.expose());
 
     paths.ensure_dir()?;
-    let (key, created) = paths.load_or_create_key()?;
-    let public_key = key.public_key().to_openssh().map_err(|_| anyhow!("cannot encode the public key"))?;
+    // Whose key: one of the user's own (`--key`), or the CLI's (made on first use).
+    let own = args.key.as_deref().map(OwnKey::at);
+    let (public, key_file, cert_file, made) = match own {
+        Some(own) => (own.public_key()?, own.private, own.cert, None),
+        None => {
+            let (key, created) = paths.load_or_create_key()?;
+            (key.public_key().clone(), paths.key.clone(), paths.cert.clone(), Some(created))
+        }
+    };
+    let public_key = public.to_openssh().map_err(|_| anyhow!("cannot encode the public key"))?;
     let request =
         UserCertRequest { public_key, ttl_seconds, roles: (!args.roles.is_empty()).then(|| args.roles.clone()) };
     let cert: UserCertResponse = api.post("/v1/certs/user", &request).await?;
-    write_atomic(&paths.cert, format!("{}\n", cert.certificate).as_bytes(), 0o644)?;
+    write_atomic(&cert_file, format!("{}\n", cert.certificate).as_bytes(), 0o644)?;
     paths.save_session(&Session {
         ca_url: ca_url.clone(),
         ca_fingerprint: pin,
         username: session.username.clone(),
         token: Some(session.token.expose().to_owned()),
         expires_at: session.expires_at,
+        key: made.is_none().then(|| key_file.clone()),
     })?;
 
     let lifetime = cert.valid_before.saturating_sub(now());
     println!("Logged in to {ca_url} as {}.", session.username);
-    println!("{} key {}", if created { "Created" } else { "Reused" }, paths.key.display());
-    println!("Certificate {} (serial {}, key id {})", paths.cert.display(), cert.serial, cert.key_id);
+    let whose = match made {
+        Some(true) => "Created",
+        Some(false) => "Reused",
+        None => "Your",
+    };
+    println!("{whose} key {}", key_file.display());
+    println!("Certificate {} (serial {}, key id {})", cert_file.display(), cert.serial, cert.key_id);
     println!("  principals: {}", cert.principals.join(", "));
     println!("  valid until {} (for {})", when(cert.valid_before), span(lifetime));
+    if made.is_none() {
+        // The user's own key: their agent is theirs to manage.
+        println!(
+            "Use it with `ssh -i {}` (ssh finds the certificate beside the key) or load it with `ssh-add -t {} {}`.",
+            key_file.display(),
+            lifetime.max(1),
+            key_file.display()
+        );
+        return Ok(());
+    }
     // Earlier logins' certificates (revoked ones too) must not stay usable from the
     // agent: only the new one is loaded.
-    forget_in_agent(&paths, Some(key.public_key().key_data()));
+    forget_in_agent(&paths, Some(public.key_data()));
     match add_to_agent(&paths.key, lifetime) {
         AgentOutcome::Added => {
             println!("Added to ssh-agent for {} (it forgets the key when the certificate expires).", span(lifetime))
@@ -251,9 +275,10 @@ pub async fn status() -> anyhow::Result<()> {
     } else {
         println!("Session: {} (expired {}; run `portcullis login`)", session.username, when(session.expires_at));
     }
-    match std::fs::read_to_string(&paths.cert).ok().and_then(|c| Certificate::from_openssh(c.trim()).ok()) {
+    let cert_file = session.key.as_deref().map_or_else(|| paths.cert.clone(), |key| OwnKey::at(key).cert);
+    match std::fs::read_to_string(&cert_file).ok().and_then(|c| Certificate::from_openssh(c.trim()).ok()) {
         Some(cert) => {
-            println!("Certificate: {}", paths.cert.display());
+            println!("Certificate: {}", cert_file.display());
             println!("  key id: {}  serial: {}", cert.key_id(), cert.serial());
             println!("  principals: {}", cert.valid_principals().join(", "));
             let before = cert.valid_before();
@@ -270,12 +295,15 @@ pub async fn status() -> anyhow::Result<()> {
 
 /// Revokes the certificate this CLI installed (so a copy left elsewhere stops working
 /// once nodes fetch the KRL), ends the API session, takes every Portcullis identity out
-/// of ssh-agent and deletes the key pair and certificate. The CA's URL, pin and the user
-/// name stay for the next `login`.
+/// of ssh-agent and deletes the key pair and certificate — for a key of the user's own
+/// (`login --key`), its certificate only. The CA's URL, pin and the user name stay for
+/// the next `login`.
 pub async fn logout() -> anyhow::Result<()> {
     let paths = Paths::new()?;
     let ours = std::fs::read_to_string(&paths.public).ok().and_then(|l| ssh_key::PublicKey::from_openssh(&l).ok());
-    let installed = std::fs::read_to_string(&paths.cert).ok().and_then(|c| Certificate::from_openssh(c.trim()).ok());
+    let own = paths.load_session().and_then(|s| s.key).map(|key| OwnKey::at(&key));
+    let cert_file = own.as_ref().map_or(&paths.cert, |own| &own.cert);
+    let installed = std::fs::read_to_string(cert_file).ok().and_then(|c| Certificate::from_openssh(c.trim()).ok());
     if let Some(mut session) = paths.load_session()
         && let Some(token) = session.token.take()
     {
@@ -294,17 +322,24 @@ pub async fn logout() -> anyhow::Result<()> {
             eprintln!("warning: the CA did not confirm the logout ({e}); local credentials are removed anyway");
         }
         session.expires_at = 0;
+        session.key = None;
         paths.save_session(&session)?;
     }
     let forgotten = forget_in_agent(&paths, ours.as_ref().map(|k| k.key_data()));
     if forgotten > 0 {
         println!("Removed {forgotten} Portcullis key(s) and certificate(s) from ssh-agent.");
     }
-    let removed = paths.remove_credentials();
+    let mut removed = paths.remove_credentials();
+    if let Some(own) = &own
+        && std::fs::remove_file(&own.cert).is_ok()
+    {
+        println!("Removed {} (your key {} stays).", own.cert.display(), own.private.display());
+        removed.push(own.cert.clone());
+    }
     if removed.is_empty() {
         println!("Nothing to remove; not logged in.");
     } else {
-        println!("Logged out; removed {} file(s) from {}.", removed.len(), paths.dir.display());
+        println!("Logged out; removed {} file(s).", removed.len());
     }
     Ok(())
 }

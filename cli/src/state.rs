@@ -21,6 +21,40 @@ pub struct Session {
     pub token: Option<String>,
     #[serde(default)]
     pub expires_at: u64,
+    /// A key of the user's own that the last login certified (`login --key`), instead
+    /// of the CLI's: its certificate is beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+/// A key of the user's own (`login --key PATH`): PATH is the private key file (a
+/// security key's handle), PATH.pub its public half, PATH-cert.pub the certificate —
+/// the names ssh looks for. The CLI reads only the public half and writes only the
+/// certificate.
+pub struct OwnKey {
+    pub private: PathBuf,
+    pub public: PathBuf,
+    pub cert: PathBuf,
+}
+
+impl OwnKey {
+    /// The key at `path` (its private file, or its `.pub`).
+    pub fn at(path: &Path) -> OwnKey {
+        let private = path.to_str().and_then(|p| p.strip_suffix(".pub")).map_or_else(|| path.to_owned(), PathBuf::from);
+        let beside = |suffix: &str| {
+            let mut name = private.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        OwnKey { public: beside(".pub"), cert: beside("-cert.pub"), private }
+    }
+
+    pub fn public_key(&self) -> anyhow::Result<ssh_key::PublicKey> {
+        let line = std::fs::read_to_string(&self.public)
+            .with_context(|| format!("cannot read {} (the key's public half)", self.public.display()))?;
+        ssh_key::PublicKey::from_openssh(line.trim())
+            .map_err(|_| anyhow!("{} is not an OpenSSH public key", self.public.display()))
+    }
 }
 
 /// The comment on every key the CLI generates: how it recognizes its own identities in

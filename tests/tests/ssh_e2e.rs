@@ -217,6 +217,81 @@ async fn cli_certificate_logs_in_where_policy_allows_and_nowhere_else() {
     assert!(!alice_key.exists() && !alice_cert.exists());
 }
 
+/// A role that asks for a security key's PIN on every login.
+const PIN_POLICY: &str = r#"
+[[role]]
+name = "prod-pin"
+logins = ["root"]
+targets = 'in:devices tags.env:prod'
+permissions = ["certs.issue"]
+critical_options = { verify-required = "" }
+
+[[binding]]
+group = "fido"
+roles = ["prod-pin"]
+"#;
+
+/// `portcullis login --key` certifies a key of the user's own — as a security key's must
+/// be, for roles that ask for a PIN — writing only its certificate beside it: `ssh -i`
+/// uses it against a real sshd, `status` shows it, `logout` revokes and removes the
+/// certificate and leaves the key. A plain key under a PIN role is refused with how to
+/// make a security key; a security key's public half is certified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_certifies_a_key_of_the_users_own_and_logout_leaves_the_key() {
+    let (server, admin) = team_server().await;
+    let prod = node_sshd(&server, &admin, "pve-prod", None).await;
+    let home = tempfile::tempdir().unwrap();
+    let key = home.path().join("mine");
+    portcullis_tests::ssh::ssh_keygen_ok(&["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()]);
+    let public_before = std::fs::read(home.path().join("mine.pub")).unwrap();
+    let login = |user: &str, key: &Path| {
+        let args = ["login", "--ca", &server.url, "--ca-fingerprint", &server.pin, "--user", user, "--password-stdin"];
+        let key = key.to_str().unwrap();
+        portcullis(home.path(), &[&args[..], &["--key", key]].concat(), &format!("{PASSWORD}\n"))
+    };
+    let out = login("alice", &key);
+    assert!(out.status.success(), "{}", portcullis_tests::cli::text(&out));
+    let cert = home.path().join("mine-cert.pub");
+    assert!(prod.accepts("root", &key, &cert), "her own key's certificate on prod: {}", prod.log());
+    assert!(!home.path().join(".ssh/portcullis/id_ed25519").exists(), "the CLI made a key of its own");
+    let status = portcullis(home.path(), &["status"], "");
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("mine-cert.pub"),
+        "{}",
+        portcullis_tests::cli::text(&status)
+    );
+    let serial = listing_serial(&cert);
+    let out = portcullis(home.path(), &["logout"], "");
+    assert!(out.status.success(), "{}", portcullis_tests::cli::text(&out));
+    assert!(!cert.exists() && key.exists(), "logout removes the certificate, never her key");
+    assert_eq!(std::fs::read(home.path().join("mine.pub")).unwrap(), public_before);
+    let (_, certs) = server.get_json(Some(&admin), "/v1/admin/certs?user=alice").await;
+    let listed = certs.as_array().unwrap().iter().find(|c| c["serial"] == serial.as_str()).cloned();
+    assert!(listed.is_some_and(|c| c["revoked"] == true), "logout revokes it: {certs}");
+
+    // A role asking for a PIN: a plain key is refused, saying how to make a security
+    // key; a security key's public half (its handle stays on the user's machine) passes.
+    let (status, body) = server.write_policy("pin.toml", PIN_POLICY).await;
+    assert!(status.is_success(), "policy: {body}");
+    server.add_user(&admin, "carol", &["fido"], PASSWORD).await;
+    let out = login("carol", &key);
+    assert!(
+        !out.status.success() && portcullis_tests::cli::text(&out).contains("ed25519-sk"),
+        "{}",
+        portcullis_tests::cli::text(&out)
+    );
+    let sk = portcullis_tests::ssh::SoftSecurityKey::new(0);
+    std::fs::write(home.path().join("sk.pub"), format!("{}\n", sk.public_key().to_openssh().unwrap())).unwrap();
+    let out = login("carol", &home.path().join("sk"));
+    assert!(out.status.success(), "{}", portcullis_tests::cli::text(&out));
+    let listing = ssh_keygen_listing(&home.path().join("sk-cert.pub"));
+    assert!(listing.contains("verify-required") && listing.contains("sk-ssh-ed25519"), "{listing}");
+}
+
+fn ssh_keygen_listing(cert: &Path) -> String {
+    portcullis_tests::ssh::ssh_keygen_ok(&["-L", "-f", cert.to_str().unwrap()])
+}
+
 fn listing_serial(cert: &Path) -> String {
     let text = std::fs::read_to_string(cert).unwrap();
     ssh_key::Certificate::from_openssh(text.trim()).unwrap().serial().to_string()

@@ -65,8 +65,9 @@ impl Issuance {
             self.audit_cert_denied(&who.username, reason, Some(&key_fingerprint), client_ip).await?;
             return Err(CaError::BadRequest(
                 "a role you asked for requires user verification (verify-required), which only a security key can \
-                 give: use a key made with `ssh-keygen -t ed25519-sk -O verify-required`, or ask only for roles \
-                 that do not (`portcullis login --role`)"
+                 give: make one with `ssh-keygen -t ed25519-sk -O verify-required -f ~/.ssh/id_ed25519_sk` and \
+                 certify it with `portcullis login --key ~/.ssh/id_ed25519_sk`, or ask only for roles that do not \
+                 (`portcullis login --role`)"
                     .into(),
             ));
         }
