@@ -271,6 +271,13 @@ impl EventSink {
                     _ = tick.tick() => {
                         let due = refusals.lock().ok().and_then(|mut t| t.take_due(now_unix()));
                         let Some(s) = due else { continue };
+                        let counted = s.counts.iter().map(|c| c.counted).sum::<u64>() + s.overflow;
+                        tracing::warn!(
+                            target: "portcullis_bastion::event",
+                            counted,
+                            sources = s.counts.len(),
+                            "refusals counted without a line of their own in the last window (summarized to the CA)"
+                        );
                         batch.push(BastionAuditEvent::RefusalsSummarized {
                             window_start: s.window_start,
                             window_end: s.window_end,
@@ -311,8 +318,22 @@ impl EventSink {
     }
 
     pub fn record(&self, event: BastionEvent) {
+        let audit = event.audit();
+        // A refusal at the door gets its own audit record and log line only as the first
+        // of its source, reason and user in the window; the rest are counted (metrics,
+        // the window's summary) and logged at debug level, so a client that repeats a
+        // refused attempt floods neither. Channel refusals are counted by their caller.
+        let counted_only = match &audit {
+            Some(BastionAuditEvent::AuthRefused { user, reason, .. }) => {
+                event.peer().is_some_and(|peer| !self.first_of_window(peer, reason, user))
+            }
+            _ => false,
+        };
         // Every field is either ours or sanitized (user names) and none holds key material.
         match &event {
+            _ if counted_only || matches!(event, BastionEvent::ChannelRefused { .. }) => {
+                tracing::debug!(target: "portcullis_bastion::event", event = event.name(), detail = ?event)
+            }
             BastionEvent::AuthRefused { .. }
             | BastionEvent::AgentRefused { .. }
             | BastionEvent::BrokerFailed { .. } => {
@@ -320,12 +341,7 @@ impl EventSink {
             }
             _ => tracing::info!(target: "portcullis_bastion::event", event = event.name(), detail = ?event),
         }
-        let audit = event.audit().filter(|audit| match audit {
-            BastionAuditEvent::AuthRefused { user, reason, .. } => {
-                event.peer().is_none_or(|peer| self.first_of_window(peer, reason, user))
-            }
-            _ => true,
-        });
+        let audit = audit.filter(|_| !counted_only);
         if let (Some(forward), Some(audit)) = (&self.forward, audit)
             && let Err(mpsc::error::TrySendError::Full(_)) = forward.try_send(audit)
         {
@@ -339,6 +355,52 @@ impl EventSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `record` logs at info level and above, as text.
+    fn logged(record: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, record);
+        let written = lines.0.lock().map(|l| l.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&written).into_owned()
+    }
+
+    /// A client repeating a refused attempt gets one log line per window (and source,
+    /// reason and user), not one per attempt; channel refusals, counted for the CA's
+    /// summary, none.
+    #[test]
+    fn repeated_refusals_log_one_line_per_window() {
+        let sink = EventSink::new();
+        let peer = |last: u8| SocketAddr::from(([192, 0, 2, last], 40000));
+        let text = logged(|| {
+            for _ in 0..100 {
+                let reason = RefusalReason::PlainPublicKey;
+                sink.record(BastionEvent::AuthRefused { peer: peer(1), user: "mallory".into(), reason });
+                sink.record(BastionEvent::ChannelRefused { peer: peer(1), user: "mallory".into(), kind: "x11" });
+            }
+            let reason = RefusalReason::PlainPublicKey;
+            sink.record(BastionEvent::AuthRefused { peer: peer(2), user: "mallory".into(), reason });
+        });
+        assert_eq!(text.matches("bastion_auth_refused").count(), 2, "{text}");
+        assert_eq!(text.matches("bastion_channel_refused").count(), 0, "{text}");
+        assert_eq!(sink.refusal_counts().iter().map(|(_, n)| n).sum::<u64>(), 101, "every refusal is still counted");
+    }
 
     #[test]
     fn user_names_are_sanitized_and_truncated() {
