@@ -77,8 +77,9 @@ struct Accepted {
 }
 
 /// Critical options the bastion cannot carry onto a per-session certificate.
-/// (`source-address` it checks itself at authentication, and `verify-required` too,
-/// with a security key's touch: [`check_authenticator`].)
+/// (`source-address` it checks itself at authentication; `verify-required` it checks
+/// there too, with a security key's touch — [`check_authenticator`] — but the session
+/// certificate could not carry it on to the node.)
 const NODE_ENFORCED_OPTIONS: [&str; 2] = ["force-command", "verify-required"];
 
 /// Shown when a certificate with such an option asks for a terminated-mode session.
@@ -122,11 +123,10 @@ impl Connection {
         };
         match check_user_certificate(certificate, &ctx) {
             Ok(accepted) => {
-                // A security key's signature must also confirm what the certificate
-                // asks (a touch, user verification), as sshd requires: russh checks
-                // only that it verifies. (It decoded this signature: so does this.)
-                // A signature named for another key type than the certificate's (russh only
-                // ties the name to the request's) is refused, as sshd refuses it.
+                // As sshd: a signature named for another key type than the certificate's
+                // is refused (russh ties the name only to the request's), and a security
+                // key's must confirm what the certificate asks — a touch, user
+                // verification (russh checks only that it verifies; it decoded it too).
                 let signature = Signature::decode(&mut &*signature).ok();
                 let Some(signature) = signature.filter(|s| signature_fits_key(s, certificate.public_key())) else {
                     return self.refuse(user, RefusalReason::Certificate(Rejection::BadSignature));
