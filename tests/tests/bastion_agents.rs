@@ -55,9 +55,18 @@ async fn a_remote_agent_relays_and_its_loss_closes_its_sessions() {
     let out = w.run("ssh", &["pve02", "true"]);
     assert!(!out.status.success(), "no agent, no session: {}", text(&out));
 
-    // Restarted without a token (it is enrolled), it reconnects and serves again.
+    // Restarted without a token (it is enrolled), it reconnects and serves again. The
+    // CA's list of connected agents can still name the killed one for a heartbeat, so
+    // wait for the new link's own `agent_connected` (recorded once the bastion routes
+    // through it).
+    let links_before = w.server.audit_events("agent_connected").await.len();
     let mut agent = spawn_agent(&w.server.url, &w.server.pin, "edge1", &state, None, &[]);
     wait_connected(&w.server, &w.admin, "edge1", &log).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while w.server.audit_events("agent_connected").await.len() <= links_before {
+        assert!(std::time::Instant::now() < deadline, "the agent never reconnected: {}", agent_log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let out = w.run("ssh", &["pve02", "echo back"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "back", "{}", text(&out));
     for event in ["agent_connected", "agent_disconnected", "service_enrolled"] {
