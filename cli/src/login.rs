@@ -2,7 +2,7 @@
 
 use crate::api::{Api, Refused};
 use crate::args::{LoginArgs, SshConfigArgs};
-use crate::state::{OwnKey, Paths, Session, write_atomic};
+use crate::state::{KeyFiles, Paths, Session, write_atomic};
 use anyhow::{Context, anyhow, bail};
 use portcullis_proto::oidc::AuthMethods;
 use portcullis_proto::pin::normalize_pin;
@@ -121,7 +121,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
 
     paths.ensure_dir()?;
     // Whose key: one of the user's own (`--key`), or the CLI's (made on first use).
-    let own = args.key.as_deref().map(OwnKey::at);
+    let own = args.key.as_deref().map(KeyFiles::at);
     let (public, key_file, cert_file, made) = match own {
         Some(own) => (own.public_key()?, own.private, own.cert, None),
         None => {
@@ -275,7 +275,7 @@ pub async fn status() -> anyhow::Result<()> {
     } else {
         println!("Session: {} (expired {}; run `portcullis login`)", session.username, when(session.expires_at));
     }
-    let cert_file = session.key.as_deref().map_or_else(|| paths.cert.clone(), |key| OwnKey::at(key).cert);
+    let cert_file = session.key.as_deref().map_or_else(|| paths.cert.clone(), |key| KeyFiles::at(key).cert);
     match std::fs::read_to_string(&cert_file).ok().and_then(|c| Certificate::from_openssh(c.trim()).ok()) {
         Some(cert) => {
             println!("Certificate: {}", cert_file.display());
@@ -301,10 +301,11 @@ pub async fn status() -> anyhow::Result<()> {
 pub async fn logout() -> anyhow::Result<()> {
     let paths = Paths::new()?;
     let ours = std::fs::read_to_string(&paths.public).ok().and_then(|l| ssh_key::PublicKey::from_openssh(&l).ok());
-    let own = paths.load_session().and_then(|s| s.key).map(|key| OwnKey::at(&key));
+    let session = paths.load_session();
+    let own = session.as_ref().and_then(|s| s.key.as_deref()).map(KeyFiles::at);
     let cert_file = own.as_ref().map_or(&paths.cert, |own| &own.cert);
     let installed = std::fs::read_to_string(cert_file).ok().and_then(|c| Certificate::from_openssh(c.trim()).ok());
-    if let Some(mut session) = paths.load_session()
+    if let Some(mut session) = session
         && let Some(token) = session.token.take()
     {
         let api = Api::new(&session.ca_url, session.ca_fingerprint.as_deref())?.with_token(&token);

@@ -27,26 +27,26 @@ pub struct Session {
     pub key: Option<PathBuf>,
 }
 
-/// A key of the user's own (`login --key PATH`): PATH is the private key file (a
-/// security key's handle), PATH.pub its public half, PATH-cert.pub the certificate —
-/// the names ssh looks for. The CLI reads only the public half and writes only the
-/// certificate.
-pub struct OwnKey {
+/// A key's files as ssh names them: PATH the private key (a security key's handle),
+/// PATH.pub its public half, PATH-cert.pub its certificate. The CLI's own key is one;
+/// a key of the user's own (`login --key PATH`) is another, of which the CLI reads only
+/// the public half and writes only the certificate.
+pub struct KeyFiles {
     pub private: PathBuf,
     pub public: PathBuf,
     pub cert: PathBuf,
 }
 
-impl OwnKey {
+impl KeyFiles {
     /// The key at `path` (its private file, or its `.pub`).
-    pub fn at(path: &Path) -> OwnKey {
+    pub fn at(path: &Path) -> KeyFiles {
         let private = path.to_str().and_then(|p| p.strip_suffix(".pub")).map_or_else(|| path.to_owned(), PathBuf::from);
         let beside = |suffix: &str| {
             let mut name = private.as_os_str().to_owned();
             name.push(suffix);
             PathBuf::from(name)
         };
-        OwnKey { public: beside(".pub"), cert: beside("-cert.pub"), private }
+        KeyFiles { public: beside(".pub"), cert: beside("-cert.pub"), private }
     }
 
     pub fn public_key(&self) -> anyhow::Result<ssh_key::PublicKey> {
@@ -75,10 +75,11 @@ impl Paths {
     pub fn new() -> anyhow::Result<Paths> {
         let home = std::env::home_dir().ok_or_else(|| anyhow!("cannot find the home directory"))?;
         let dir = home.join(".ssh").join("portcullis");
+        let key = KeyFiles::at(&dir.join("id_ed25519"));
         Ok(Paths {
-            key: dir.join("id_ed25519"),
-            public: dir.join("id_ed25519.pub"),
-            cert: dir.join("id_ed25519-cert.pub"),
+            key: key.private,
+            public: key.public,
+            cert: key.cert,
             session: dir.join("session.json"),
             known_hosts: dir.join("known_hosts"),
             dir,

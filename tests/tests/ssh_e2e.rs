@@ -284,12 +284,9 @@ async fn login_certifies_a_key_of_the_users_own_and_logout_leaves_the_key() {
     std::fs::write(home.path().join("sk.pub"), format!("{}\n", sk.public_key().to_openssh().unwrap())).unwrap();
     let out = login("carol", &home.path().join("sk"));
     assert!(out.status.success(), "{}", portcullis_tests::cli::text(&out));
-    let listing = ssh_keygen_listing(&home.path().join("sk-cert.pub"));
+    let sk_cert = home.path().join("sk-cert.pub");
+    let listing = portcullis_tests::ssh::ssh_keygen_ok(&["-L", "-f", sk_cert.to_str().unwrap()]);
     assert!(listing.contains("verify-required") && listing.contains("sk-ssh-ed25519"), "{listing}");
-}
-
-fn ssh_keygen_listing(cert: &Path) -> String {
-    portcullis_tests::ssh::ssh_keygen_ok(&["-L", "-f", cert.to_str().unwrap()])
 }
 
 fn listing_serial(cert: &Path) -> String {
