@@ -70,21 +70,17 @@ struct Accepted {
     /// The user's signature over this connection (for terminated-mode requests, which
     /// need it for every onward certificate; jump mode never asks for one).
     proof: Option<Arc<ConnectionProof>>,
-    /// The certificate forces a command or requires user verification (FIDO): options
-    /// the per-session certificate cannot carry to the node, so it serves jump mode
-    /// only (the CA's admission decides the same).
-    node_enforced_options: bool,
+    /// The certificate forces a command: only the node can enforce that (the
+    /// per-session certificate cannot carry it), so it serves jump mode only (the CA's
+    /// admission decides the same).
+    forces_command: bool,
 }
 
-/// Critical options the bastion cannot carry onto a per-session certificate.
-/// (`source-address` it checks itself at authentication; `verify-required` it checks
-/// there too, with a security key's touch — [`check_authenticator`] — but the session
-/// certificate could not carry it on to the node.)
-const NODE_ENFORCED_OPTIONS: [&str; 2] = ["force-command", "verify-required"];
-
-/// Shown when a certificate with such an option asks for a terminated-mode session.
-const JUMP_ONLY: &str =
-    "this certificate forces a command or requires verification, which only the node enforces: use jump mode (ssh -J)";
+/// Shown when a certificate that forces a command asks for a terminated-mode session.
+/// (`source-address` the bastion checks itself at authentication, and `verify-required`
+/// too, with a security key's touch — [`check_authenticator`] — and the CA again on the
+/// connection's proof, at open and at every heartbeat: those serve terminated mode.)
+const JUMP_ONLY: &str = "this certificate forces a command, which only the node enforces: use jump mode (ssh -J)";
 
 impl Connection {
     pub(crate) fn new(peer: SocketAddr, shared: Arc<Shared>, authed: oneshot::Sender<()>) -> Self {
@@ -145,10 +141,9 @@ impl Connection {
                     matched_principal: accepted.matched_principal().to_owned(),
                     ca_fingerprint: accepted.ca_fingerprint().to_owned(),
                 });
-                let node_enforced_options =
-                    NODE_ENFORCED_OPTIONS.iter().any(|o| certificate.critical_options().contains_key(*o));
+                let forces_command = certificate.critical_options().contains_key("force-command");
                 let certificate = Presented { serial: accepted.serial(), digest: certificate_digest(certificate) };
-                self.accepted = Some(Accepted { requested, certificate, node_enforced_options, proof: None });
+                self.accepted = Some(Accepted { requested, certificate, forces_command, proof: None });
                 Auth::Accept
             }
             Err(rejection) => self.refuse(user, RefusalReason::Certificate(rejection)),
@@ -237,7 +232,7 @@ impl Handler for Connection {
             self.refuse_channel("session", reply, NEEDS_DEVICE).await;
             return Ok(());
         };
-        if accepted.node_enforced_options {
+        if accepted.forces_command {
             self.refuse_channel("session", reply, JUMP_ONLY).await;
             return Ok(());
         }

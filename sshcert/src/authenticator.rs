@@ -77,6 +77,33 @@ pub fn touched(flags: Option<u8>) -> bool {
     flags.is_none_or(|f| f & USER_PRESENCE != 0)
 }
 
+/// What a signature's key confirmed, for deciding again later what a role asks (the CA
+/// keeps it with each session a connection proof opened, and every heartbeat holds it
+/// against the role the session runs under). A key that is not a security key's counts
+/// as touched (sshd asks it for no touch) and never as verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmed {
+    pub touched: bool,
+    pub verified: bool,
+}
+
+impl Confirmed {
+    /// What `flags` (from [`confirmed_flags`]) confirm.
+    pub fn of(flags: Option<u8>) -> Self {
+        Self { touched: touched(flags), verified: flags.is_some_and(|f| f & USER_VERIFICATION != 0) }
+    }
+
+    /// As kept: the FIDO bits it stands for ([`USER_PRESENCE`], [`USER_VERIFICATION`]).
+    pub fn bits(self) -> u8 {
+        (if self.touched { USER_PRESENCE } else { 0 }) | (if self.verified { USER_VERIFICATION } else { 0 })
+    }
+
+    /// The inverse of [`Confirmed::bits`]; other bits are ignored.
+    pub fn from_bits(bits: u8) -> Self {
+        Self { touched: bits & USER_PRESENCE != 0, verified: bits & USER_VERIFICATION != 0 }
+    }
+}
+
 /// Checks what `signature`'s security key confirmed against `cert` (see the module
 /// documentation). The flags are covered by the signature: call this only with a
 /// signature that verified over this connection.
@@ -196,5 +223,18 @@ pub(crate) mod tests {
             b.critical_option(VERIFY_REQUIRED, "").unwrap();
         });
         assert_eq!(check_authenticator(&verified, &signature), Err(Unconfirmed::Verification));
+        assert_eq!(Confirmed::of(confirmed_flags(key.public_key().key_data(), &signature)).bits(), USER_PRESENCE);
+    }
+
+    /// What is kept of a signature's flags reads back as it was, and only the touch and
+    /// the verification count (a FIDO authenticator sets other bits too).
+    #[test]
+    fn confirmations_are_kept_as_the_fido_bits() {
+        for flags in 0..=u8::MAX {
+            let confirmed = Confirmed::of(Some(flags));
+            assert_eq!(confirmed, Confirmed::from_bits(confirmed.bits()));
+            assert_eq!(confirmed.bits(), flags & (USER_PRESENCE | USER_VERIFICATION));
+        }
+        assert_eq!(Confirmed::of(None), Confirmed { touched: true, verified: false });
     }
 }

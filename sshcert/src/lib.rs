@@ -27,7 +27,7 @@ pub mod krl;
 pub mod krl_parse;
 pub mod proof;
 
-pub use authenticator::{Unconfirmed, check_authenticator, is_security_key};
+pub use authenticator::{Confirmed, Unconfirmed, check_authenticator, is_security_key};
 pub use blob::{BlobError, MAX_CERTIFICATE_BLOB, parse_certificate_strict};
 pub use check::{AcceptedCert, CheckContext, Rejection, check_user_certificate, cidr_contains, parse_cidr};
 pub use keys::{KeyError, MAX_PUBLIC_KEY_LEN, certificate_digest, fingerprint, parse_user_public_key, random_bytes};

@@ -16,7 +16,7 @@
 //! certificate asks ([`check_authenticator`]: a touch, user verification). What the
 //! certificate and user name must be is the caller's decision ([`ProvenRequest`]).
 
-use crate::authenticator::{Unconfirmed, check_authenticator, confirmed_flags, touched};
+use crate::authenticator::{Confirmed, Unconfirmed, check_authenticator, confirmed_flags};
 use crate::blob::parse_certificate_strict;
 use signature::Verifier;
 use ssh_key::encoding::{Decode, Encode, Reader};
@@ -39,10 +39,10 @@ pub struct ProvenRequest {
     /// The SSH user name the client asked for (`root%pve01` in terminated mode).
     pub user: String,
     pub certificate: Certificate,
-    /// Whether the signature shows a touch (always, for a key that is not a security
-    /// key's). The certificate's `no-touch-required` may have let it in without one;
-    /// the role a session runs under decides again.
-    pub touched: bool,
+    /// What the signature's key confirmed (a touch, always, for a key that is not a
+    /// security key's). The certificate's `no-touch-required` may have let it in
+    /// without a touch; the role a session runs under decides again.
+    pub confirmed: Confirmed,
 }
 
 /// Why a proof was refused.
@@ -114,8 +114,8 @@ pub fn verify_connection_proof(
     let key = PublicKey::from(certificate.public_key().clone());
     Verifier::verify(&key, &signed, &sig).map_err(|_| ProofError::BadSignature)?;
     check_authenticator(&certificate, &sig).map_err(ProofError::Unconfirmed)?;
-    let touched = touched(confirmed_flags(certificate.public_key(), &sig));
-    Ok(ProvenRequest { user, certificate, touched })
+    let confirmed = Confirmed::of(confirmed_flags(certificate.public_key(), &sig));
+    Ok(ProvenRequest { user, certificate, confirmed })
 }
 
 /// Whether `signature` is of `key`'s own algorithm (an RSA key's with any of its
@@ -155,7 +155,7 @@ fn parse_request(request: &[u8]) -> Result<(String, String, Vec<u8>), ProofError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authenticator::USER_PRESENCE;
+    use crate::authenticator::{USER_PRESENCE, USER_VERIFICATION};
     use ssh_key::rand_core::UnwrapErr;
     use ssh_key::{PrivateKey, certificate};
 
@@ -264,7 +264,10 @@ mod tests {
             out
         };
         let touched = verify_connection_proof(&session, &req, &proof(USER_PRESENCE)).unwrap();
-        assert_eq!((touched.certificate.serial(), touched.touched), (7, true));
+        let unverified = Confirmed { touched: true, verified: false };
+        assert_eq!((touched.certificate.serial(), touched.confirmed), (7, unverified));
+        let verified = verify_connection_proof(&session, &req, &proof(USER_PRESENCE | USER_VERIFICATION)).unwrap();
+        assert_eq!(verified.confirmed, Confirmed { touched: true, verified: true });
         assert_eq!(
             verify_connection_proof(&session, &req, &proof(0)).unwrap_err(),
             ProofError::Unconfirmed(Unconfirmed::Presence)

@@ -784,6 +784,58 @@ async fn a_security_keys_proof_without_the_touch_its_certificate_asks_opens_noth
     granted(api, &fx.bastion, &open(touched, &text, "pve01")).await;
 }
 
+/// A role that asks for user verification (`verify-required`) in terminated mode: the
+/// onward certificate cannot carry it to the node, so the CA holds the user's proof of
+/// the connection against it — at open, and at every heartbeat against the confirmation
+/// kept with the lease. The role gains the option after alice's certificate was issued
+/// (so the certificate does not carry it and her proofs pass the certificate's own
+/// check): a proof without the PIN opens nothing and its session ends at the next
+/// heartbeat; a proof with it opens and lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_asks_for_a_pin_admits_only_verified_proofs_at_open_and_at_every_heartbeat() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let mut key = SoftSecurityKey::new(0);
+    let (touch, pin) = (SoftSecurityKey::TOUCH, SoftSecurityKey::VERIFIED);
+    let text = issue_for(&fx.ca, "alice", &key.public_key().to_openssh().unwrap()).await;
+    let mut open = |flags: u8, id: &str| {
+        key.flags = flags;
+        let cert = ssh_key::Certificate::from_openssh(text.trim()).unwrap();
+        let connection = portcullis_sshcert::random_bytes::<32>();
+        let proof =
+            connection_proof_signed(&|signed| key.sign(signed), &cert, &terminated_user("root", "pve01"), &connection);
+        terminated_with(id, &Presented::of(&text), "pve01", "root", Some(proof))
+    };
+    let (unverified, verified) = (session_id(), session_id());
+    granted(api, &fx.bastion, &open(touch, &unverified)).await;
+    granted(api, &fx.bastion, &open(touch | pin, &verified)).await;
+    assert!(heartbeat(api, &fx.bastion, &[&unverified, &verified], &[]).await.is_empty());
+
+    let pin_role = format!("{POLICY_BASE}{POLICY_CONTRACT}").replace(
+        "extensions = [\"permit-pty\", \"permit-port-forwarding\"]\n",
+        "extensions = [\"permit-pty\", \"permit-port-forwarding\"]\ncritical_options = { \"verify-required\" = \"\" }\n",
+    );
+    std::fs::write(fx.policy_dir.join("policy.toml"), pin_role).unwrap();
+    let (status, v) = api.post_json(Some(&fx.admin), "/v1/admin/policy/reload", &json!({})).await;
+    assert!(status.is_success(), "{v}");
+    assert_eq!(
+        heartbeat(api, &fx.bastion, &[&unverified, &verified], &[]).await,
+        [(unverified.clone(), CloseReason::PolicyChanged)],
+        "the session whose proof showed no PIN ends; the verified one lives on"
+    );
+    denied(api, &fx.bastion, &open(touch, &session_id()), deny_reason::CONNECTION_PROOF_INVALID).await;
+    let denials = audit(&fx.ca, "session_denied").await;
+    assert!(
+        denials.iter().any(|r| r["reason"] == deny_reason::CONNECTION_PROOF_INVALID && r["user"] == "alice"),
+        "{denials:?}"
+    );
+    granted(api, &fx.bastion, &open(touch | pin, &session_id())).await;
+    // A certificate issued now carries the option, for the node's sshd in jump mode.
+    let reissued = issue_for(&fx.ca, "alice", &key.public_key().to_openssh().unwrap()).await;
+    let reissued = ssh_key::Certificate::from_openssh(reissued.trim()).unwrap();
+    assert!(reissued.critical_options().contains_key("verify-required"), "{:?}", reissued.critical_options());
+}
+
 /// Step-up (issue 20): a rule with `fresh_auth_within` opens sessions only for a
 /// certificate whose user signed in at most that long ago — the sign-in, not the
 /// issuance: a new certificate from an old API session does not step up. In both modes;
@@ -1671,6 +1723,7 @@ async fn batched_lease_heartbeats_find_each_lost_lease(store: &portcullis_ca::st
         kill_reason: None,
         bytes_from_client: 0,
         bytes_to_client: 0,
+        confirmed: None,
     };
     let live: Vec<String> = (0..70).map(|_| session_id()).collect();
     let (elsewhere, never, stale) = (session_id(), session_id(), session_id());

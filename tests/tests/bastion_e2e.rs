@@ -531,3 +531,71 @@ async fn a_crowd_leaving_at_once_is_reported_in_batches_and_a_stop_loses_no_clos
     // The second crowd left as the stop began: either reason is the truth.
     assert!(second.iter().all(|c| c["reason"] == "client_disconnect" || c["reason"] == "shutdown"), "{second:?}");
 }
+
+/// What a command run through the bastion in terminated mode showed (stdout, stderr),
+/// logging in as `user` with a security key (`key`, signing with its `flags`) and its
+/// certificate; `None` when the bastion refused the login.
+async fn run_with_security_key(
+    w: &World,
+    user: &str,
+    certificate: &str,
+    key: &mut portcullis_tests::ssh::SoftSecurityKey,
+    command: &str,
+) -> Option<(String, String)> {
+    use russh::ChannelMsg;
+    let cert = ssh_key::Certificate::from_openssh(certificate.trim()).unwrap();
+    let config = std::sync::Arc::new(russh::client::Config::default());
+    let mut conn = russh::client::connect(config, w.server.bastion, portcullis_tests::ssh::TrustAnyHost).await.unwrap();
+    if !conn.authenticate_certificate_with(user, cert, None, key).await.unwrap().success() {
+        return None;
+    }
+    let mut channel = conn.channel_open_session().await.unwrap();
+    channel.exec(true, command).await.unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    while let Some(msg) = channel.wait().await {
+        match msg {
+            ChannelMsg::Data { data } => out.extend_from_slice(&data),
+            ChannelMsg::ExtendedData { data, .. } => err.extend_from_slice(&data),
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    Some((String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned()))
+}
+
+/// A role that asks for the security key's PIN (`verify-required`) gets terminated-mode
+/// sessions (until 2026-12-05 jump mode only, so under a recorded rule — which refuses
+/// jump mode — such a role could not connect at all): the onward certificate cannot
+/// carry the option to the node, so the bastion checks the PIN at login and the CA on
+/// the user's proof of the connection. A client signing as a security key runs a
+/// command on the real node's sshd with touch and PIN, under a recorded rule; without
+/// the PIN it gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_role_gets_terminated_sessions_against_a_verified_proof() {
+    use portcullis_tests::bastion_world::PASSWORD;
+    use portcullis_tests::ssh::SoftSecurityKey;
+    let w = World::start("15m").await;
+    let pin_and_recorded = policy("15m")
+        .replace(
+            "extensions = [\"permit-pty\"]\n",
+            "extensions = [\"permit-pty\"]\ncritical_options = { \"verify-required\" = \"\" }\n",
+        )
+        .replace("allowed_ports = [22, 2200]\n", "allowed_ports = [22, 2200]\nrecord = true\n");
+    let (status, body) = w.server.write_policy("prod.toml", &pin_and_recorded).await;
+    assert!(status.is_success(), "{body}");
+    let token = w.server.login("alice", PASSWORD).await;
+    let mut key = SoftSecurityKey::new(SoftSecurityKey::TOUCH | SoftSecurityKey::VERIFIED);
+    let (status, body) = w.server.issue_cert(&token, &key.public_key().to_openssh().unwrap()).await;
+    assert!(status.is_success(), "{body}");
+    let cert = body["certificate"].as_str().unwrap().to_owned();
+
+    let ran = run_with_security_key(&w, "root%pve01", &cert, &mut key, "echo verified-$((6*7))").await;
+    let (out, err) = ran.expect("touch and PIN: logged in");
+    assert!(out.contains("verified-42"), "stdout {out:?}, stderr {err:?}\n{}", w.server.log());
+    assert!(err.contains("this session is recorded"), "stderr {err:?}");
+    let opened = w.server.audit_events("session_opened").await;
+    assert!(opened.iter().any(|e| e.payload["mode"] == "terminated" && e.payload["recorded"] == true), "{opened:?}");
+
+    key.flags = SoftSecurityKey::TOUCH;
+    assert_eq!(run_with_security_key(&w, "root%pve01", &cert, &mut key, "true").await, None, "no PIN, no login");
+}

@@ -12,6 +12,7 @@ use super::{
     Result, Store, StoreError, parse_list, serial_from_db, serial_to_db, statement_chunks, ts, ts_from, values_list,
 };
 use portcullis_proto::NodeRecord;
+use portcullis_sshcert::Confirmed;
 use sqlx::{AnyConnection, Row};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +38,9 @@ pub struct LeaseRow {
     pub kill_reason: Option<String>,
     pub bytes_from_client: u64,
     pub bytes_to_client: u64,
+    /// What the user's key confirmed over the connection that opened the session
+    /// (terminated mode's proof; see migration 0021).
+    pub confirmed: Option<Confirmed>,
 }
 
 impl LeaseRow {
@@ -51,7 +55,7 @@ impl LeaseRow {
 macro_rules! lease_columns {
     () => {
         "session_id, bastion, username, device, agent, login, mode, port, rule, role, cert_serial, client_ip, \
-         opened_at, heartbeat_at, absolute_deadline, kill_reason, bytes_from_client, bytes_to_client"
+         opened_at, heartbeat_at, absolute_deadline, kill_reason, bytes_from_client, bytes_to_client, confirmed"
     };
 }
 
@@ -82,6 +86,7 @@ struct StoredLease {
     kill_reason: Option<String>,
     bytes_from_client: i64,
     bytes_to_client: i64,
+    confirmed: Option<i64>,
 }
 
 impl StoredLease {
@@ -105,6 +110,12 @@ impl StoredLease {
             kill_reason: self.kill_reason,
             bytes_from_client: ts_from(self.bytes_from_client),
             bytes_to_client: ts_from(self.bytes_to_client),
+            confirmed: match self.confirmed {
+                None => None,
+                Some(bits) => Some(Confirmed::from_bits(
+                    u8::try_from(bits).map_err(|_| StoreError::Corrupt("lease confirmation"))?,
+                )),
+            },
         })
     }
 }
@@ -129,6 +140,7 @@ fn lease_from(row: &sqlx::any::AnyRow) -> Result<LeaseRow> {
         kill_reason: row.try_get("kill_reason")?,
         bytes_from_client: row.try_get("bytes_from_client")?,
         bytes_to_client: row.try_get("bytes_to_client")?,
+        confirmed: row.try_get("confirmed")?,
     }
     .into_row()
 }
@@ -169,7 +181,7 @@ macro_rules! lease_checks_sql {
             "( \
                  l.session_id, l.bastion, l.username, l.device, l.agent, l.login, l.mode, l.port, l.rule, \
                  l.role, l.cert_serial, l.client_ip, l.opened_at, l.heartbeat_at, l.absolute_deadline, \
-                 l.kill_reason, l.bytes_from_client, l.bytes_to_client), \
+                 l.kill_reason, l.bytes_from_client, l.bytes_to_client, l.confirmed), \
                  c.serial, c.revoked_at, c.groups_json, c.principals_json, k.fingerprint, \
                  u.disabled, u.groups_json, t.groups_json, s.token_hash, s.revoked_at, s.expires_at)) \
                FROM session_leases l \
@@ -324,8 +336,8 @@ pub async fn insert_lease(conn: &mut AnyConnection, l: &LeaseRow, connection: Op
     let done = sqlx::query(
         "INSERT INTO session_leases (session_id, bastion, username, device, agent, login, mode, port, rule, role, \
          cert_serial, client_ip, opened_at, heartbeat_at, absolute_deadline, kill_reason, bytes_from_client, \
-         bytes_to_client, connection) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL, 0, 0, $16) \
+         bytes_to_client, connection, confirmed) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL, 0, 0, $16, $17) \
          ON CONFLICT (session_id) DO NOTHING",
     )
     .bind(&l.session_id)
@@ -344,6 +356,7 @@ pub async fn insert_lease(conn: &mut AnyConnection, l: &LeaseRow, connection: Op
     .bind(ts(l.heartbeat_at))
     .bind(ts(l.absolute_deadline))
     .bind(connection)
+    .bind(l.confirmed.map(|c| i64::from(c.bits())))
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected() == 1)

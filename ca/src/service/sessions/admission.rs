@@ -6,6 +6,8 @@ use portcullis_policies::{
     Device, HostKeyPolicy, Identity, Permission, Policy, Purpose, Role, Rule, SessionLimits, scoped_principal,
 };
 use portcullis_proto::bastion::{deny_reason as deny, *};
+use portcullis_sshcert::Confirmed;
+use portcullis_sshcert::authenticator::{NO_TOUCH_REQUIRED, VERIFY_REQUIRED};
 use std::collections::BTreeSet;
 
 /// Extensions a role may pass on to a per-session certificate (besides `permit-pty`).
@@ -25,7 +27,9 @@ pub(super) fn denial(reason: &'static str, text: &'static str) -> Denial {
 /// What the policy admits a session under.
 pub(super) struct Admission<'p> {
     /// The role the session runs under (its name on the lease, its forwarding
-    /// extensions on the session certificate): the first qualifying one by name.
+    /// extensions on the session certificate): the first qualifying one by name — in
+    /// terminated mode, the first whose touch and user verification the user's proof
+    /// shows (see [`unconfirmed`]).
     pub(super) role: &'p Role,
     pub(super) rule: &'p Rule,
     /// The strictest limits of *every* role that qualifies for this session, so adding
@@ -67,10 +71,14 @@ pub(super) fn mode_from(s: &str) -> Option<SessionMode> {
 }
 
 /// What vouches for the identity a session is decided for.
+#[derive(Clone, Copy)]
 pub(super) enum Basis<'a> {
     /// A user certificate: only roles that issue certificates and whose scoped principal
     /// for the login is on it count, so a session never exceeds the certificate.
-    Certificate(&'a BTreeSet<String>),
+    /// `confirmed` is what the user's key confirmed over the connection (terminated
+    /// mode's proof; `None` in jump mode, where the node's sshd asks for it itself, and
+    /// for a lease kept before it was recorded: taken as a plain key's).
+    Certificate { principals: &'a BTreeSet<String>, confirmed: Option<Confirmed> },
     /// A browser-console ticket: only roles holding `devices.console.open` count.
     Ticket,
 }
@@ -117,7 +125,7 @@ pub(super) fn admit<'p>(
         return Err(denial(deny::NOT_AUTHORIZED, "the browser console is not granted to you"));
     }
     let qualifying: Vec<&Role> = match basis {
-        Basis::Certificate(cert_principals) => {
+        Basis::Certificate { principals: cert_principals, .. } => {
             if denies.iter().any(|d| d.removes_permission(Permission::CertsIssue)) {
                 return Err(not_authorized());
             }
@@ -142,8 +150,9 @@ pub(super) fn admit<'p>(
                     // The per-session certificate carries no critical options, so a role
                     // that restricts its certificates (force-command, source-address) can
                     // only be used end to end, in jump mode, where the user's own
-                    // certificate carries them.
-                    (_, Some(login)) => r.critical_options().is_empty() && usable(r, login),
+                    // certificate carries them. `verify-required` the CA checks itself
+                    // (below), on the user's proof of this connection.
+                    (_, Some(login)) => enforced_here(r) && usable(r, login),
                     (_, None) => false,
                 })
                 .collect()
@@ -156,7 +165,17 @@ pub(super) fn admit<'p>(
             _ => Vec::new(),
         },
     };
-    let role = *qualifying.first().ok_or_else(not_authorized)?;
+    let first = *qualifying.first().ok_or_else(not_authorized)?;
+    let role = match (mode, basis) {
+        (SessionMode::Terminated, Basis::Certificate { confirmed, .. }) => {
+            let confirmed = confirmed.unwrap_or(Confirmed::of(None));
+            match qualifying.iter().find(|r| unconfirmed(r, confirmed).is_none()) {
+                Some(role) => *role,
+                None => return Err(unconfirmed(first, confirmed).unwrap_or_else(not_authorized)),
+            }
+        }
+        _ => first,
+    };
     let limits = SessionLimits::strictest(qualifying.iter().copied()).unwrap_or(*role.session());
     let rule = policy.match_rule(purpose_of(mode), device).map_err(|_| {
         denial(
@@ -169,6 +188,36 @@ pub(super) fn admit<'p>(
         return Err(denial(deny::PORT_NOT_ALLOWED, "this port is not allowed on this device"));
     }
     Ok(Admission { role, rule, limits })
+}
+
+/// Whether every critical option of `role` is one the CA can enforce for a terminated
+/// session without the node: only `verify-required` (see [`unconfirmed`]).
+fn enforced_here(role: &Role) -> bool {
+    role.critical_options().keys().all(|o| o == VERIFY_REQUIRED)
+}
+
+/// What `role` asks of the user's key that a terminated session's proof did not
+/// confirm. The onward certificate carries neither to the node, so the CA stands in for
+/// the node's sshd, which would read them from the role's principals line: a touch
+/// unless the role waives it (`no-touch-required`; a certificate carries every role's
+/// extensions, so the certificate's waiver is not the role's), user verification under
+/// `verify-required` (which a role may have gained since the certificate was issued).
+/// Held against the same proof at open and at every heartbeat.
+fn unconfirmed(role: &Role, confirmed: Confirmed) -> Option<Denial> {
+    if !confirmed.touched && !role.extensions().contains(NO_TOUCH_REQUIRED) {
+        return Some(denial(
+            deny::CONNECTION_PROOF_INVALID,
+            "your security key signed without a touch, which your role on this device requires",
+        ));
+    }
+    if !confirmed.verified && role.critical_options().contains_key(VERIFY_REQUIRED) {
+        return Some(denial(
+            deny::CONNECTION_PROOF_INVALID,
+            "your role on this device requires your security key's user verification (PIN): use a key made with \
+             `ssh-keygen -t ed25519-sk -O verify-required` and certified by `portcullis login --key`",
+        ));
+    }
+    None
 }
 
 pub(super) fn host_key_check(policy: HostKeyPolicy) -> HostKeyCheck {
@@ -264,9 +313,8 @@ mod tests {
         let device = device_of(&node);
         let principals: BTreeSet<String> =
             (0..roles.len()).map(|i| scoped_principal(&format!("r{i:02}"), "root")).collect();
-        admit(&policy, &who, Basis::Certificate(&principals), &device, SessionMode::Terminated, Some("root"), 22)
-            .ok()
-            .map(|a| a.limits)
+        let basis = Basis::Certificate { principals: &principals, confirmed: None };
+        admit(&policy, &who, basis, &device, SessionMode::Terminated, Some("root"), 22).ok().map(|a| a.limits)
     }
 
     #[test]
@@ -304,7 +352,8 @@ allowed_ports = [22, 8006]
         let node = NodeRecord { name: "pve01".into(), agent: Some("local".into()), ..NodeRecord::default() };
         let device = device_of(&node);
         let jump = |who: &Identity, principals: &BTreeSet<String>, port: u16| {
-            admit(&policy, who, Basis::Certificate(principals), &device, SessionMode::Jump, None, port).is_ok()
+            let basis = Basis::Certificate { principals, confirmed: None };
+            admit(&policy, who, basis, &device, SessionMode::Jump, None, port).is_ok()
         };
         let alice = Identity { username: "alice".into(), groups: ["ops".to_owned()].into(), source: "local".into() };
         let forced: BTreeSet<String> = [scoped_principal("discovery", "root")].into();

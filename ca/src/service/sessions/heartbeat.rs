@@ -156,7 +156,10 @@ impl Sessions {
         let who =
             Identity { username: lease.username.clone(), groups: groups.cloned().collect(), ..Default::default() };
         let principals: BTreeSet<String> = check.cert_principals.iter().cloned().collect();
-        let basis = if ticketed.is_some() { Basis::Ticket } else { Basis::Certificate(&principals) };
+        let basis = match ticketed {
+            Some(_) => Basis::Ticket,
+            None => Basis::Certificate { principals: &principals, confirmed: lease.confirmed },
+        };
         match admit(policy, &who, basis, device, mode, lease.login.as_deref(), lease.port) {
             Ok(_) => None,
             Err(_) => Some(CloseReason::PolicyChanged),

@@ -40,8 +40,7 @@ use portcullis_policies::{Identity, IdleCounts, OverLimit, node_principal, parse
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::{deny_reason as deny, *};
 use portcullis_proto::recording::RecordingGrant;
-use portcullis_sshcert::authenticator::NO_TOUCH_REQUIRED;
-use portcullis_sshcert::parse_user_public_key;
+use portcullis_sshcert::{Confirmed, parse_user_public_key};
 use ssh_key::Algorithm;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -113,9 +112,10 @@ impl Subject {
         }
     }
 
-    fn basis(&self) -> Basis<'_> {
+    /// `confirmed`: what the user's key confirmed over a terminated session's connection.
+    fn basis(&self, confirmed: Option<Confirmed>) -> Basis<'_> {
         match &self.evidence {
-            Evidence::Certificate { principals, .. } => Basis::Certificate(principals),
+            Evidence::Certificate { principals, .. } => Basis::Certificate { principals, confirmed },
             Evidence::Ticket { .. } => Basis::Ticket,
         }
     }
@@ -250,20 +250,12 @@ impl Sessions {
         };
         let who = subject.identity();
         let policy = self.core.policy();
-        let admission = match admit(&policy, &who, subject.basis(), &device, open.mode, open.login, port) {
+        let confirmed = open.connection.as_ref().map(|c| c.confirmed);
+        let admission = match admit(&policy, &who, subject.basis(confirmed), &device, open.mode, open.login, port) {
             Ok(a) => a,
             Err(d) => return Ok(Err(d)),
         };
         let (role, rule, limits) = (admission.role, admission.rule, admission.limits);
-        // A security key that signed without a touch: waived by the certificate (it
-        // carries every role's extensions), but on this node only the role the session
-        // runs under may waive it — as the node's sshd reads its principals line.
-        if open.connection.as_ref().is_some_and(|c| !c.touched) && !role.extensions().contains(NO_TOUCH_REQUIRED) {
-            return Ok(Err(denial(
-                deny::CONNECTION_PROOF_INVALID,
-                "your security key signed without a touch, which your role on this device requires",
-            )));
-        }
         // A ticket is bound to the agent and rule it was issued under: if either moved
         // since, the user's choice was made on other terms.
         if let Evidence::Ticket { agent: bound_agent, rule: bound_rule, .. } = &subject.evidence
@@ -363,6 +355,7 @@ impl Sessions {
             kill_reason: None,
             bytes_from_client: 0,
             bytes_to_client: 0,
+            confirmed,
         };
         let [agent_scope, device_scope, user_scope] = lease.scopes();
         let caps = [

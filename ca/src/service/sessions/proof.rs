@@ -15,7 +15,11 @@
 //!   `verify-required`. A bastion taken over cannot pass on a signature the key made
 //!   without them. A certificate carries the extensions of all its roles, while a node's
 //!   sshd waives the touch only for a role that says so (its principals line): so an
-//!   untouched proof opens a session only under a role with `no-touch-required`.
+//!   untouched proof opens a session only under a role with `no-touch-required`, and
+//!   an unverified one only under a role without `verify-required` (a role may have
+//!   gained it since the certificate was issued). What the proof confirmed is kept
+//!   with the lease and held against the role again at every heartbeat, so a role that
+//!   starts asking for a touch or a PIN ends the sessions whose proof showed none.
 //! - A proof serves its own connection only: recorded at first use, accepted again only
 //!   from the same bastion, certificate and target while a session it opened is still
 //!   live — not ended by an administrator, not past its absolute deadline — and a
@@ -32,16 +36,18 @@ use super::admission::denial;
 use super::{Denial, Sessions};
 use crate::store::CertRow;
 use portcullis_proto::bastion::{SessionOpenRequest, deny_reason as deny, terminated_user};
-use portcullis_sshcert::{ProofError, Unconfirmed, certificate_digest, fingerprint, verify_connection_proof};
+use portcullis_sshcert::{
+    Confirmed, ProofError, Unconfirmed, certificate_digest, fingerprint, verify_connection_proof,
+};
 use sha2::{Digest, Sha256};
 
 /// A connection proven for this open.
 pub(super) struct ProvenConnection {
     /// The hash of its session identifier (the CA never keeps the identifier itself).
     pub hash: String,
-    /// Whether the user's security key showed a touch (always, for other keys): when it
-    /// did not, only a role with `no-touch-required` may admit the session.
-    pub touched: bool,
+    /// What the user's key confirmed (a touch and user verification), held against what
+    /// the session's role asks at open and at every heartbeat (`admission::unconfirmed`).
+    pub confirmed: Confirmed,
 }
 
 /// Checks the proof of a terminated-mode open against the certificate it is opened with.
@@ -83,7 +89,7 @@ pub(super) fn check(req: &SessionOpenRequest, cert: &CertRow) -> Result<ProvenCo
     if !same_certificate {
         return invalid("the proof of connection is for another certificate");
     }
-    Ok(ProvenConnection { hash: hex::encode(Sha256::digest(&session_id)), touched: proven.touched })
+    Ok(ProvenConnection { hash: hex::encode(Sha256::digest(&session_id)), confirmed: proven.confirmed })
 }
 
 impl Sessions {
