@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use portcullis_proto::bastion::{CloseReason, SessionMode, SessionOpenRequest};
 use russh::server::{ChannelOpenHandle, Msg};
@@ -108,6 +109,11 @@ async fn splice(
     let live = &admitted.live;
     let (mut from_client, to_client) = client.split();
     let (mut from_node, mut to_node) = node_halves(onward);
+    // TCP's half-close holds both ways, as OpenSSH's jump `sshd` keeps it: one side's
+    // end of sending (its EOF, the node's FIN) is passed on and the other may go on
+    // sending; the session ends when both have finished, or either closes.
+    let finished = AtomicU8::new(0);
+    let both_finished = |side: u8| (finished.fetch_or(side, Ordering::AcqRel) | side) == (CLIENT_DONE | NODE_DONE);
     // In a block of their own, so their state is gone after it (the goodbye reuses it).
     let reason = {
         let upstream = pin!(async {
@@ -121,7 +127,12 @@ async fn splice(
                             return crate::broker::vanished(link.clone()).await;
                         }
                     }
-                    ChannelMsg::Eof => to_node.eof().await,
+                    ChannelMsg::Eof => {
+                        to_node.eof().await;
+                        if both_finished(CLIENT_DONE) {
+                            return CloseReason::TargetDisconnect;
+                        }
+                    }
                     ChannelMsg::Close => break,
                     _ => {}
                 }
@@ -139,6 +150,9 @@ async fn splice(
                     }
                     FromNode::Eof => {
                         let _ = to_client.eof().await;
+                        if both_finished(NODE_DONE) {
+                            return CloseReason::TargetDisconnect;
+                        }
                     }
                     FromNode::Closed => return CloseReason::TargetDisconnect,
                     // Gone without a close: did the agent leave?
@@ -170,6 +184,10 @@ async fn splice(
     reason
 }
 
+/// Sides of a jump session that have finished sending (see `splice`).
+const CLIENT_DONE: u8 = 1;
+const NODE_DONE: u8 = 2;
+
 /// What the node's side of a jump session delivers next.
 enum FromNode {
     Data(bytes::Bytes),
@@ -186,7 +204,8 @@ const TCP_READ: usize = 32 * 1024;
 
 enum NodeReader {
     Channel(ChannelReadHalf),
-    /// `eof` once the node's FIN was passed on: the next read reports the close.
+    /// `eof` once the node's FIN was passed on: nothing more comes (the session goes
+    /// on while the client sends).
     Tcp {
         read: OwnedReadHalf,
         eof: bool,
@@ -223,7 +242,7 @@ impl NodeReader {
                     None => return FromNode::Vanished,
                 }
             },
-            NodeReader::Tcp { eof: true, .. } => FromNode::Closed,
+            NodeReader::Tcp { eof: true, .. } => std::future::pending().await,
             NodeReader::Tcp { read, eof } => loop {
                 // The buffer exists only while bytes are ready: an idle session holds none.
                 if read.readable().await.is_err() {

@@ -599,3 +599,59 @@ async fn a_pin_role_gets_terminated_sessions_against_a_verified_proof() {
     key.flags = SoftSecurityKey::TOUCH;
     assert_eq!(run_with_security_key(&w, "root%pve01", &cert, &mut key, "true").await, None, "no PIN, no login");
 }
+
+/// Jump mode keeps TCP's half-close, as OpenSSH's jump `sshd` does: a service on an
+/// allowed port that sends its greeting and then shuts down its sending side still gets
+/// what the client sends after that, and the session ends once the client has finished
+/// too. (Through the built-in agent the node's FIN ended the session at once until
+/// 2026-12-05, dropping what the client still sent.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jump_mode_keeps_a_half_closed_connection_until_both_sides_finish() {
+    use russh::ChannelMsg;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = World::start("15m").await;
+    // A device of its own, whose own port (the one the agent allows) is the service's.
+    let (ip, port) = (loopback_ip(), 2200);
+    let listener = tokio::net::TcpListener::bind((ip.as_str(), port)).await.unwrap();
+    let service = portcullis_proto::NodeRecord {
+        name: "greeter".into(),
+        addresses: vec![ip],
+        tags: [("env".to_owned(), "prod".to_owned())].into(),
+        ssh_port: Some(port),
+        ..Default::default()
+    };
+    w.server.add_node(&w.admin, &service).await;
+    let service = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        stream.write_all(b"greeting\n").await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).await.unwrap();
+        received
+    });
+    let conn = w.russh_login("alice").await;
+    let mut channel = conn.channel_open_direct_tcpip("greeter", u32::from(port), "127.0.0.1", 0).await.unwrap();
+    let mut shown = Vec::new();
+    loop {
+        match channel.wait().await {
+            Some(ChannelMsg::Data { data }) => shown.extend_from_slice(&data),
+            Some(ChannelMsg::Eof) => break,
+            Some(ChannelMsg::Close) | None => panic!("closed after {shown:?}, before the service's EOF"),
+            Some(_) => {}
+        }
+    }
+    assert_eq!(shown, b"greeting\n");
+    channel.data(&b"sent after the service's FIN"[..]).await.unwrap();
+    channel.eof().await.unwrap();
+    let received = tokio::time::timeout(Duration::from_secs(10), service).await.unwrap().unwrap();
+    assert_eq!(received, b"sent after the service's FIN", "{}", w.server.log());
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match channel.wait().await {
+                Some(ChannelMsg::Close) | None => break,
+                Some(_) => {}
+            }
+        }
+    });
+    assert!(closed.await.is_ok(), "the session ends once both sides have finished");
+}
