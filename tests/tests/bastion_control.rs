@@ -789,12 +789,23 @@ async fn a_security_keys_proof_without_the_touch_its_certificate_asks_opens_noth
 /// the connection against it — at open, and at every heartbeat against the confirmation
 /// kept with the lease. The role gains the option after alice's certificate was issued
 /// (so the certificate does not carry it and her proofs pass the certificate's own
-/// check): a proof without the PIN opens nothing and its session ends at the next
-/// heartbeat; a proof with it opens and lives on.
+/// check): a proof without the PIN opens nothing under it and its session ends at the
+/// next heartbeat — also though another role of hers (`view`) would admit it: a live
+/// session stays on the role it opened under (found in review); a proof with the PIN
+/// opens and lives on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_that_asks_for_a_pin_admits_only_verified_proofs_at_open_and_at_every_heartbeat() {
     let fx = fixture(None, 1).await;
     let api = fx.api();
+    let view = "[[role]]\nname = \"view\"\nlogins = [\"root\"]\ntargets = 'in:devices name:pve01'\n\
+                permissions = [\"certs.issue\"]\nmax_cert_ttl = \"8h\"\n\
+                [[binding]]\ngroup = \"ops\"\nroles = [\"view\"]\n";
+    let reload = async |text: String| {
+        std::fs::write(fx.policy_dir.join("policy.toml"), text).unwrap();
+        let (status, v) = api.post_json(Some(&fx.admin), "/v1/admin/policy/reload", &json!({})).await;
+        assert!(status.is_success(), "{v}");
+    };
+    reload(format!("{POLICY_BASE}{POLICY_CONTRACT}{view}")).await;
     let mut key = SoftSecurityKey::new(0);
     let (touch, pin) = (SoftSecurityKey::TOUCH, SoftSecurityKey::VERIFIED);
     let text = issue_for(&fx.ca, "alice", &key.public_key().to_openssh().unwrap()).await;
@@ -807,29 +818,31 @@ async fn a_role_that_asks_for_a_pin_admits_only_verified_proofs_at_open_and_at_e
         terminated_with(id, &Presented::of(&text), "pve01", "root", Some(proof))
     };
     let (unverified, verified) = (session_id(), session_id());
-    granted(api, &fx.bastion, &open(touch, &unverified)).await;
+    assert_eq!(granted(api, &fx.bastion, &open(touch, &unverified)).await.role, "ops");
     granted(api, &fx.bastion, &open(touch | pin, &verified)).await;
     assert!(heartbeat(api, &fx.bastion, &[&unverified, &verified], &[]).await.is_empty());
 
-    let pin_role = format!("{POLICY_BASE}{POLICY_CONTRACT}").replace(
+    let pin_role = format!("{POLICY_BASE}{POLICY_CONTRACT}{view}").replace(
         "extensions = [\"permit-pty\", \"permit-port-forwarding\"]\n",
         "extensions = [\"permit-pty\", \"permit-port-forwarding\"]\ncritical_options = { \"verify-required\" = \"\" }\n",
     );
-    std::fs::write(fx.policy_dir.join("policy.toml"), pin_role).unwrap();
-    let (status, v) = api.post_json(Some(&fx.admin), "/v1/admin/policy/reload", &json!({})).await;
-    assert!(status.is_success(), "{v}");
+    reload(pin_role.clone()).await;
     assert_eq!(
         heartbeat(api, &fx.bastion, &[&unverified, &verified], &[]).await,
         [(unverified.clone(), CloseReason::PolicyChanged)],
         "the session whose proof showed no PIN ends; the verified one lives on"
     );
+    // A new session without the PIN runs under the role that does not ask for it; with
+    // only the PIN role, it is refused.
+    assert_eq!(granted(api, &fx.bastion, &open(touch, &session_id())).await.role, "view");
+    reload(pin_role.replace(view, "")).await;
     denied(api, &fx.bastion, &open(touch, &session_id()), deny_reason::CONNECTION_PROOF_INVALID).await;
     let denials = audit(&fx.ca, "session_denied").await;
     assert!(
         denials.iter().any(|r| r["reason"] == deny_reason::CONNECTION_PROOF_INVALID && r["user"] == "alice"),
         "{denials:?}"
     );
-    granted(api, &fx.bastion, &open(touch | pin, &session_id())).await;
+    assert_eq!(granted(api, &fx.bastion, &open(touch | pin, &session_id())).await.role, "ops");
     // A certificate issued now carries the option, for the node's sshd in jump mode.
     let reissued = issue_for(&fx.ca, "alice", &key.public_key().to_openssh().unwrap()).await;
     let reissued = ssh_key::Certificate::from_openssh(reissued.trim()).unwrap();

@@ -77,8 +77,10 @@ pub(super) enum Basis<'a> {
     /// for the login is on it count, so a session never exceeds the certificate.
     /// `confirmed` is what the user's key confirmed over the connection (terminated
     /// mode's proof; `None` in jump mode, where the node's sshd asks for it itself, and
-    /// for a lease kept before it was recorded: taken as a plain key's).
-    Certificate { principals: &'a BTreeSet<String>, confirmed: Option<Confirmed> },
+    /// for a lease kept before it was recorded: taken as a plain key's). `held`: the
+    /// role a live session runs under (at a heartbeat), which it keeps while it
+    /// qualifies.
+    Certificate { principals: &'a BTreeSet<String>, confirmed: Option<Confirmed>, held: Option<&'a str> },
     /// A browser-console ticket: only roles holding `devices.console.open` count.
     Ticket,
 }
@@ -151,8 +153,10 @@ pub(super) fn admit<'p>(
                     // that restricts its certificates (force-command, source-address) can
                     // only be used end to end, in jump mode, where the user's own
                     // certificate carries them. `verify-required` the CA checks itself
-                    // (below), on the user's proof of this connection.
-                    (_, Some(login)) => enforced_here(r) && usable(r, login),
+                    // (below), on the user's proof of this connection — which only a
+                    // terminated session has.
+                    (SessionMode::Terminated, Some(login)) => enforced_here(r) && usable(r, login),
+                    (_, Some(login)) => r.critical_options().is_empty() && usable(r, login),
                     (_, None) => false,
                 })
                 .collect()
@@ -167,11 +171,22 @@ pub(super) fn admit<'p>(
     };
     let first = *qualifying.first().ok_or_else(not_authorized)?;
     let role = match (mode, basis) {
-        (SessionMode::Terminated, Basis::Certificate { confirmed, .. }) => {
+        (SessionMode::Terminated, Basis::Certificate { confirmed, held, .. }) => {
             let confirmed = confirmed.unwrap_or(Confirmed::of(None));
-            match qualifying.iter().find(|r| unconfirmed(r, confirmed).is_none()) {
+            // A live session stays on the role it opened under (whose forwarding its
+            // onward certificate carries) while that role qualifies, so that role's asks
+            // must still be met: one that starts asking for a PIN ends the sessions
+            // whose proof showed none, whatever other role would have admitted them.
+            let choices: Vec<&Role> = match held.and_then(|h| qualifying.iter().find(|r| r.name() == h)) {
+                Some(held) => vec![*held],
+                None => qualifying.clone(),
+            };
+            match choices.iter().find(|r| unconfirmed(r, confirmed).is_none()) {
                 Some(role) => *role,
-                None => return Err(unconfirmed(first, confirmed).unwrap_or_else(not_authorized)),
+                None => {
+                    let asked = choices.first().and_then(|r| unconfirmed(r, confirmed));
+                    return Err(asked.unwrap_or_else(not_authorized));
+                }
             }
         }
         _ => first,
@@ -313,8 +328,54 @@ mod tests {
         let device = device_of(&node);
         let principals: BTreeSet<String> =
             (0..roles.len()).map(|i| scoped_principal(&format!("r{i:02}"), "root")).collect();
-        let basis = Basis::Certificate { principals: &principals, confirmed: None };
+        let basis = Basis::Certificate { principals: &principals, confirmed: None, held: None };
         admit(&policy, &who, basis, &device, SessionMode::Terminated, Some("root"), 22).ok().map(|a| a.limits)
+    }
+
+    /// `verify-required` is the CA's to check only on a terminated session's proof: a
+    /// console decided on a certificate (a lease from before consoles needed a ticket,
+    /// at its heartbeat) never counts such a role, and a terminated one counts it only
+    /// with the PIN shown.
+    #[test]
+    fn only_a_terminated_session_with_the_pin_runs_under_a_pin_role() {
+        let toml = r#"
+[[role]]
+name = "pin"
+logins = ["root"]
+targets = 'in:devices name:%'
+permissions = ["certs.issue", "devices.console.open"]
+critical_options = { "verify-required" = "" }
+
+[[binding]]
+group = "ops"
+roles = ["pin"]
+
+[[rule]]
+name = "ssh"
+purpose = "ssh_login"
+targets = 'in:devices name:%'
+scope = { agents = ["local"] }
+
+[[rule]]
+name = "console"
+purpose = "console_access"
+targets = 'in:devices name:%'
+scope = { agents = ["local"] }
+"#;
+        let policy = Policy::from_sources(&[PolicySource { name: "p.toml", text: toml }]).unwrap();
+        let node = NodeRecord { name: "pve01".into(), agent: Some("local".into()), ..NodeRecord::default() };
+        let device = device_of(&node);
+        let alice = Identity { username: "alice".into(), groups: ["ops".to_owned()].into(), source: "local".into() };
+        let principals: BTreeSet<String> = [scoped_principal("pin", "root")].into();
+        let decide = |mode, verified| {
+            let confirmed = Some(Confirmed { touched: true, verified });
+            let basis = Basis::Certificate { principals: &principals, confirmed, held: None };
+            admit(&policy, &alice, basis, &device, mode, Some("root"), 22).map(|a| a.role.name().to_owned())
+        };
+        assert_eq!(decide(SessionMode::Terminated, true).ok().as_deref(), Some("pin"));
+        let unverified = decide(SessionMode::Terminated, false).err().map(|d| d.reason);
+        assert_eq!(unverified, Some(deny::CONNECTION_PROOF_INVALID));
+        assert_eq!(decide(SessionMode::Console, true).err().map(|d| d.reason), Some(deny::NOT_AUTHORIZED));
     }
 
     #[test]
@@ -352,7 +413,7 @@ allowed_ports = [22, 8006]
         let node = NodeRecord { name: "pve01".into(), agent: Some("local".into()), ..NodeRecord::default() };
         let device = device_of(&node);
         let jump = |who: &Identity, principals: &BTreeSet<String>, port: u16| {
-            let basis = Basis::Certificate { principals, confirmed: None };
+            let basis = Basis::Certificate { principals, confirmed: None, held: None };
             admit(&policy, who, basis, &device, SessionMode::Jump, None, port).is_ok()
         };
         let alice = Identity { username: "alice".into(), groups: ["ops".to_owned()].into(), source: "local".into() };

@@ -158,7 +158,7 @@ impl Sessions {
         let principals: BTreeSet<String> = check.cert_principals.iter().cloned().collect();
         let basis = match ticketed {
             Some(_) => Basis::Ticket,
-            None => Basis::Certificate { principals: &principals, confirmed: lease.confirmed },
+            None => Basis::Certificate { principals: &principals, confirmed: lease.confirmed, held: Some(&lease.role) },
         };
         match admit(policy, &who, basis, device, mode, lease.login.as_deref(), lease.port) {
             Ok(_) => None,

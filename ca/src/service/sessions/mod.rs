@@ -115,7 +115,7 @@ impl Subject {
     /// `confirmed`: what the user's key confirmed over a terminated session's connection.
     fn basis(&self, confirmed: Option<Confirmed>) -> Basis<'_> {
         match &self.evidence {
-            Evidence::Certificate { principals, .. } => Basis::Certificate { principals, confirmed },
+            Evidence::Certificate { principals, .. } => Basis::Certificate { principals, confirmed, held: None },
             Evidence::Ticket { .. } => Basis::Ticket,
         }
     }
