@@ -1,6 +1,7 @@
 //! HTTPS client for the CA API: TLS pinned to the CA's public key when a fingerprint is
 //! known, otherwise verified against the system's trusted roots.
 
+use crate::shared::printable;
 use anyhow::{Context, anyhow, bail};
 use portcullis_proto::ApiError;
 use portcullis_proto::pin::pinned_client_config;
@@ -23,6 +24,28 @@ impl Refused {
     pub fn is(err: &anyhow::Error, code: &str) -> bool {
         err.downcast_ref::<Refused>().is_some_and(|r| r.code == code)
     }
+}
+
+/// The most of an answer the CLI reads (the largest are admin listings); a CA that
+/// sends more is refused rather than held in memory. Recordings stream on their own.
+const MAX_BODY: usize = 64 << 20;
+/// The most of a refusal's body read (it is a code and a sentence).
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// Reads `resp`'s body, refusing one longer than `limit`.
+async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> anyhow::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            bail!("the CA's answer is larger than {} MiB; refused", limit >> 20);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn json_of<R: DeserializeOwned>(resp: reqwest::Response) -> anyhow::Result<R> {
+    Ok(serde_json::from_slice(&read_bounded(resp, MAX_BODY).await?)?)
 }
 
 pub struct Api {
@@ -91,23 +114,26 @@ impl Api {
             return Ok(resp);
         }
         let status = resp.status();
-        match resp.json::<ApiError>().await {
-            Ok(err) => Err(Refused { code: err.error, message: err.message }.into()),
-            Err(_) => bail!("the CA answered {status}"),
+        let body = read_bounded(resp, MAX_ERROR_BODY).await;
+        match body.ok().and_then(|b| serde_json::from_slice::<ApiError>(&b).ok()) {
+            // Printed as the error: neither part may drive the user's terminal.
+            Some(err) => Err(Refused { code: printable(&err.error), message: printable(&err.message) }.into()),
+            None => bail!("the CA answered {status}"),
         }
     }
 
     pub async fn get<R: DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
-        Ok(self.send(self.request(reqwest::Method::GET, path)).await?.json().await?)
+        json_of(self.send(self.request(reqwest::Method::GET, path)).await?).await
     }
 
     /// For endpoints that answer with text (OpenSSH key lines).
     pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
-        Ok(self.send(self.request(reqwest::Method::GET, path)).await?.text().await?)
+        let body = read_bounded(self.send(self.request(reqwest::Method::GET, path)).await?, MAX_BODY).await?;
+        String::from_utf8(body).map_err(|_| anyhow!("the CA answered with text that is not UTF-8"))
     }
 
     pub async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<R> {
-        Ok(self.send(self.request(reqwest::Method::POST, path).json(body)).await?.json().await?)
+        json_of(self.send(self.request(reqwest::Method::POST, path).json(body)).await?).await
     }
 
     /// For endpoints that answer with an empty body.
@@ -117,7 +143,7 @@ impl Api {
     }
 
     pub async fn put<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<R> {
-        Ok(self.send(self.request(reqwest::Method::PUT, path).json(body)).await?.json().await?)
+        json_of(self.send(self.request(reqwest::Method::PUT, path).json(body)).await?).await
     }
 
     pub async fn put_unit<B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<()> {

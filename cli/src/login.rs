@@ -2,8 +2,10 @@
 
 use crate::api::{Api, Refused};
 use crate::args::{LoginArgs, SshConfigArgs};
+use crate::shared::printable;
 use crate::state::{KeyFiles, Paths, Session, write_atomic};
 use anyhow::{Context, anyhow, bail};
+use portcullis_policies::parse_account;
 use portcullis_proto::oidc::AuthMethods;
 use portcullis_proto::pin::normalize_pin;
 use portcullis_proto::{LoginResponse, RevokeOwnRequest, RevokeResponse, UserCertRequest, UserCertResponse};
@@ -60,15 +62,22 @@ fn read_new_password(username: &str, from_stdin: bool) -> anyhow::Result<SecretS
 pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let paths = Paths::new()?;
     let previous = paths.load_session();
+    // One spelling of the CA's address, so `https://ca:8443/` keeps the pin remembered
+    // for `https://ca:8443` (it was dropped, falling back to the system's roots).
     let ca_url = args
         .ca
         .clone()
         .or_else(|| previous.as_ref().map(|s| s.ca_url.clone()))
-        .ok_or_else(|| anyhow!("no CA known yet: pass --ca https://HOST:PORT"))?;
+        .ok_or_else(|| anyhow!("no CA known yet: pass --ca https://HOST:PORT"))?
+        .trim_end_matches('/')
+        .to_owned();
     let pin = match &args.ca_fingerprint {
         Some(fp) => Some(normalize_pin(fp).ok_or_else(|| anyhow!("--ca-fingerprint must look like SHA256:<base64>"))?),
         // A remembered pin only applies to the CA it was given for.
-        None => previous.as_ref().filter(|s| s.ca_url == ca_url).and_then(|s| s.ca_fingerprint.clone()),
+        None => previous
+            .as_ref()
+            .filter(|s| s.ca_url.trim_end_matches('/') == ca_url)
+            .and_then(|s| s.ca_fingerprint.clone()),
     };
     let ttl_seconds = args
         .ttl
@@ -117,6 +126,13 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
             }
         }
     };
+    // The name goes into files (`session.json`, the `User` line `ssh-config` prints for
+    // `~/.ssh/config`) and onto the terminal: only a name the CA itself could have made,
+    // so a CA that has been taken over cannot slip a `ProxyCommand` line into the user's
+    // ssh configuration.
+    if parse_account(&session.username).is_none() {
+        bail!("the CA named you {:?}, which is not a user name; nothing was saved", printable(&session.username));
+    }
     let api = api.with_token(session.token.expose());
 
     paths.ensure_dir()?;
@@ -132,8 +148,9 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let public_key = public.to_openssh().map_err(|_| anyhow!("cannot encode the public key"))?;
     let request =
         UserCertRequest { public_key, ttl_seconds, roles: (!args.roles.is_empty()).then(|| args.roles.clone()) };
-    let cert: UserCertResponse = api.post("/v1/certs/user", &request).await?;
-    write_atomic(&cert_file, format!("{}\n", cert.certificate).as_bytes(), 0o644)?;
+    let answer: UserCertResponse = api.post("/v1/certs/user", &request).await?;
+    let cert = issued_for(&answer.certificate, &public)?;
+    write_atomic(&cert_file, format!("{}\n", answer.certificate.trim()).as_bytes(), 0o644)?;
     paths.save_session(&Session {
         ca_url: ca_url.clone(),
         ca_fingerprint: pin,
@@ -143,7 +160,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         key: made.is_none().then(|| key_file.clone()),
     })?;
 
-    let lifetime = cert.valid_before.saturating_sub(now());
+    let lifetime = cert.valid_before().saturating_sub(now());
     println!("Logged in to {ca_url} as {}.", session.username);
     let whose = match made {
         Some(true) => "Created",
@@ -151,9 +168,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         None => "Your",
     };
     println!("{whose} key {}", key_file.display());
-    println!("Certificate {} (serial {}, key id {})", cert_file.display(), cert.serial, cert.key_id);
-    println!("  principals: {}", cert.principals.join(", "));
-    println!("  valid until {} (for {})", when(cert.valid_before), span(lifetime));
+    show_certificate(&cert_file, &cert);
     if made.is_none() {
         // The user's own key: their agent is theirs to manage.
         println!(
@@ -277,20 +292,35 @@ pub async fn status() -> anyhow::Result<()> {
     }
     let cert_file = session.key.as_deref().map_or_else(|| paths.cert.clone(), |key| KeyFiles::at(key).cert);
     match std::fs::read_to_string(&cert_file).ok().and_then(|c| Certificate::from_openssh(c.trim()).ok()) {
-        Some(cert) => {
-            println!("Certificate: {}", cert_file.display());
-            println!("  key id: {}  serial: {}", cert.key_id(), cert.serial());
-            println!("  principals: {}", cert.valid_principals().join(", "));
-            let before = cert.valid_before();
-            if before > t {
-                println!("  valid until {} ({} left)", when(before), span(before - t));
-            } else {
-                println!("  EXPIRED at {}; run `portcullis login`", when(before));
-            }
-        }
+        Some(cert) => show_certificate(&cert_file, &cert),
         None => println!("Certificate: none"),
     }
     Ok(())
+}
+
+/// The certificate the CA answered with, checked before anything is written: a user
+/// certificate for exactly the key that was sent. What is shown and how long ssh-agent
+/// keeps the key come from it, not from the answer's other fields.
+fn issued_for(text: &str, key: &ssh_key::PublicKey) -> anyhow::Result<Certificate> {
+    let cert = Certificate::from_openssh(text.trim()).map_err(|_| anyhow!("the CA answered with no certificate"))?;
+    if cert.cert_type() != ssh_key::certificate::CertType::User || cert.public_key() != key.key_data() {
+        bail!("the CA answered with a certificate for another key; nothing was written");
+    }
+    Ok(cert)
+}
+
+/// A certificate as `login` and `status` show it (its strings came from the CA).
+fn show_certificate(file: &std::path::Path, cert: &Certificate) {
+    let t = now();
+    println!("Certificate {}", file.display());
+    println!("  key id: {}  serial: {}", printable(cert.key_id()), cert.serial());
+    println!("  principals: {}", printable(&cert.valid_principals().join(", ")));
+    let before = cert.valid_before();
+    if before > t {
+        println!("  valid until {} ({} left)", when(before), span(before - t));
+    } else {
+        println!("  EXPIRED at {}; run `portcullis login`", when(before));
+    }
 }
 
 /// Revokes the certificate this CLI installed (so a copy left elsewhere stops working
@@ -347,7 +377,9 @@ pub async fn logout() -> anyhow::Result<()> {
 
 pub async fn ssh_config(args: SshConfigArgs) -> anyhow::Result<()> {
     let paths = Paths::new()?;
-    let session = paths.load_session();
+    // Checked again here: a session saved by an older CLI took the name as the CA sent it,
+    // and this text goes into `~/.ssh/config`, where a line break would start a directive.
+    let session = paths.load_session().filter(|s| parse_account(&s.username).is_some() && !has_control(&s.ca_url));
     let username = session.as_ref().map(|s| s.username.clone());
     let header =
         session.as_ref().map(|s| format!(": certificate from {} for {}", s.ca_url, s.username)).unwrap_or_default();
@@ -403,13 +435,21 @@ async fn write_known_hosts(
         for line in bastions.lines().filter(|l| !l.trim().is_empty()) {
             let key = ssh_key::PublicKey::from_openssh(line).context("the CA sent an unreadable bastion key")?;
             text.push_str(&format!("{pattern} {line}\n"));
-            shown.push(format!("{} {}", key.comment(), key.fingerprint(ssh_key::HashAlg::Sha256)));
+            shown.push(format!(
+                "{} {}",
+                printable(key.comment().as_str_lossy()),
+                key.fingerprint(ssh_key::HashAlg::Sha256)
+            ));
         }
     }
     paths.ensure_dir()?;
     write_atomic(&paths.known_hosts, text.as_bytes(), 0o644)?;
     shown.insert(0, format!("host keys the CA vouches for, in {}:", paths.known_hosts.display()));
     Ok(shown)
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
 }
 
 fn split_host_port(s: &str) -> Option<(&str, u16)> {

@@ -37,6 +37,14 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `s` as it may reach the user's terminal: a string the CA (or an identity provider
+/// through it) supplied, with every control character — C0, DEL, C1: line breaks, `ESC`
+/// and so the terminal's escape sequences (colours that hide text, OSC 8 links that
+/// show one address and open another, title and clipboard writes) — shown as `?`.
+pub(crate) fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -58,5 +66,17 @@ pub(crate) fn bytes(n: u64) -> String {
         1024..1_048_576 => format!("{}K", n / 1024),
         1_048_576..1_073_741_824 => format!("{}M", n / 1_048_576),
         _ => format!("{}G", n / 1_073_741_824),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn printable_keeps_text_and_neutralizes_every_control_character() {
+        assert_eq!(super::printable("alice@example.com: zoë ✓"), "alice@example.com: zoë ✓");
+        let hostile = "\u{1b}]8;;https://evil.example/\u{7}https://sso.example/\u{1b}]8;;\u{7}\r\nok\u{9b}31m\u{7f}";
+        let shown = super::printable(hostile);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(shown, "?]8;;https://evil.example/?https://sso.example/?]8;;???ok?31m?");
     }
 }

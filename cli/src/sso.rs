@@ -3,27 +3,36 @@
 //! code never reaches this machine.
 
 use crate::api::Api;
+use crate::shared::printable;
 use anyhow::bail;
 use indicatif::ProgressBar;
 use portcullis_proto::LoginResponse;
 use portcullis_proto::oidc::{DevicePoll, DevicePollRequest, DeviceStart, DeviceStartRequest};
 use std::time::{Duration, Instant};
 
+/// Bounds on what the CA (for the identity provider) may ask of the polling: numbers it
+/// sends are clamped, not trusted (an interval of `u64::MAX` overflowed, a huge
+/// `expires_in` panicked computing the deadline).
+const MAX_INTERVAL: u64 = 60;
+const MAX_WAIT: u64 = 3600;
+
 /// `fresh`: the identity provider must ask for the password again (a step-up).
 pub async fn device_login(api: &Api, fresh: bool) -> anyhow::Result<LoginResponse> {
     let start: DeviceStart = api.post("/v1/auth/oidc/device", &DeviceStartRequest { fresh }).await?;
-    println!("To sign in, open {} in a browser (on any device)", start.verification_uri);
-    println!("and enter the code: {}", start.user_code);
+    // What the identity provider says, through the CA: shown, never interpreted by the
+    // terminal (an OSC 8 link could show one address and open another).
+    println!("To sign in, open {} in a browser (on any device)", printable(&start.verification_uri));
+    println!("and enter the code: {}", printable(&start.user_code));
     if let Some(complete) = &start.verification_uri_complete {
-        println!("(or open {complete}, which has the code filled in)");
+        println!("(or open {}, which has the code filled in)", printable(complete));
     }
     // indicatif draws only on a terminal; headless, the messages above are all there is.
     let spinner = ProgressBar::new_spinner();
     spinner.set_message("waiting for you to sign in at the identity provider…");
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let mut interval = start.interval.max(1);
+    let mut interval = start.interval.clamp(1, MAX_INTERVAL);
     // The CA answers `expired_token` at the deadline; the margin covers a CA that cannot.
-    let give_up = Instant::now() + Duration::from_secs(start.expires_in.saturating_add(60));
+    let give_up = Instant::now() + Duration::from_secs(start.expires_in.min(MAX_WAIT).saturating_add(60));
     let request = DevicePollRequest { handle: start.handle };
     let outcome = loop {
         tokio::time::sleep(Duration::from_secs(interval)).await;
@@ -35,9 +44,9 @@ pub async fn device_login(api: &Api, fresh: bool) -> anyhow::Result<LoginRespons
             Err(e) => break Err(e),
         };
         match poll {
-            DevicePoll::Pending { interval: i } => interval = i.max(1),
+            DevicePoll::Pending { interval: i } => interval = i.clamp(1, MAX_INTERVAL),
             DevicePoll::SlowDown { interval: i } => {
-                interval = i.max(interval + 1);
+                interval = i.max(interval.saturating_add(1)).min(MAX_INTERVAL);
                 spinner.set_message(format!("waiting (the identity provider asked to poll every {interval} s)…"));
             }
             DevicePoll::AccessDenied => {

@@ -1,0 +1,203 @@
+//! The `portcullis` CLI against a CA that has been taken over (or answers wrongly): the
+//! user's machine must not become the attacker's. A small HTTPS server stands in for the
+//! CA (pinned, as a user would pin the real one) and answers the login with what an
+//! attacker would send; the real CLI binary runs against it with a throwaway `HOME`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use portcullis_tests::bin;
+use portcullis_tests::ssh::{ed25519_key, public_line};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the stand-in CA answers to `POST path` with `body`: status and JSON.
+type Answer = Arc<dyn Fn(&str, &Value) -> (u16, Value) + Send + Sync>;
+
+/// An HTTPS server on a loopback port answering each request with `answer`; returns its
+/// URL and the pin of its certificate.
+async fn hostile_ca(answer: Answer) -> (String, String) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let pin = portcullis_proto::pin::pin_of_certificate(cert.der()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(signing_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, answer) = (acceptor.clone(), Arc::clone(&answer));
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                // One request per connection, HTTP/1.1 with a Content-Length body.
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                let (head, body) = loop {
+                    let n = tls.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the client left mid-request");
+                    request.extend_from_slice(&buf[..n]);
+                    let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                    let head = String::from_utf8_lossy(&request[..end]).into_owned();
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                        })
+                        .map_or(0, |v| v.parse::<usize>().unwrap());
+                    if request.len() >= end + 4 + length {
+                        break (head, request[end + 4..end + 4 + length].to_vec());
+                    }
+                };
+                let path = head.split_whitespace().nth(1).unwrap_or_default().to_owned();
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let (status, reply) = answer(&path, &body);
+                let reply = reply.to_string();
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (url, pin)
+}
+
+/// `portcullis login` as alice against the stand-in CA, with `home` as `HOME`.
+fn login(home: &Path, url: &str, pin: &str) -> Output {
+    let mut child = Command::new(bin("portcullis"))
+        .args(["login", "--ca", url, "--ca-fingerprint", pin, "--user", "alice", "--password-stdin"])
+        .env("HOME", home)
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"a password\n").unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A certificate for `key_line` signed by a throwaway CA key, in `-cert.pub` form.
+fn certificate_for(key_line: &str) -> String {
+    let key = ssh_key::PublicKey::from_openssh(key_line).unwrap();
+    let ca = ed25519_key();
+    let mut builder = ssh_key::certificate::Builder::new_with_random_nonce(
+        &mut ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng),
+        key.key_data().clone(),
+        0,
+        u64::MAX - 1,
+    )
+    .unwrap();
+    builder.cert_type(ssh_key::certificate::CertType::User).unwrap();
+    builder.valid_principal("pn_ops_root").unwrap();
+    builder.key_id("user:alice").unwrap();
+    builder.sign(&ca).unwrap().to_openssh().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A user name with a line break would put a directive of the attacker's into the
+/// `~/.ssh/config` that `portcullis ssh-config` writes (`User alice` then
+/// `ProxyCommand …`, run by every later `ssh`): the login is refused and nothing is
+/// saved, and the refusal shows the name without its control characters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_name_that_would_inject_ssh_configuration_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let answer: Answer = Arc::new(|path, _| match path {
+        "/v1/auth/login" => (
+            200,
+            json!({"token": "t0ken", "username": "alice\n  ProxyCommand touch /tmp/pwned\u{1b}]0;x\u{7}", "expires_at": u64::MAX / 2}),
+        ),
+        _ => (404, json!({"error": "not_found", "message": "no"})),
+    });
+    let (url, pin) = hostile_ca(answer).await;
+    let out = login(home.path(), &url, &pin);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("which is not a user name; nothing was saved"), "{}", stderr(&out));
+    assert!(!stderr(&out).chars().any(|c| c.is_control() && c != '\n'), "{:?}", stderr(&out));
+    let dir = home.path().join(".ssh/portcullis");
+    assert!(!dir.join("session.json").exists(), "the session was saved");
+    assert!(!dir.join("id_ed25519-cert.pub").exists(), "a certificate was asked for and written");
+}
+
+/// A certificate for another key (or a host certificate) is not written where ssh would
+/// take it for the user's own: the login fails and leaves no certificate file. And the
+/// CA's refusal text reaches the terminal without its escape sequences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_another_key_is_not_written_and_refusals_are_shown_inert() {
+    let home = tempfile::tempdir().unwrap();
+    let answer: Answer = Arc::new(|path, _| match path {
+        "/v1/auth/login" => (200, json!({"token": "t0ken", "username": "alice", "expires_at": u64::MAX / 2})),
+        "/v1/certs/user" => {
+            let other = public_line(&ed25519_key());
+            (
+                200,
+                json!({"certificate": certificate_for(&other), "serial": "1", "key_id": "user:alice",
+                       "principals": ["pn_ops_root"], "valid_after": 0, "valid_before": u64::MAX - 1}),
+            )
+        }
+        _ => (404, json!({"error": "not_found", "message": "no"})),
+    });
+    let (url, pin) = hostile_ca(answer).await;
+    let out = login(home.path(), &url, &pin);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("a certificate for another key; nothing was written"), "{}", stderr(&out));
+    assert!(!home.path().join(".ssh/portcullis/id_ed25519-cert.pub").exists(), "the certificate was written");
+
+    let refusing: Answer = Arc::new(|_, _| {
+        (
+            403,
+            json!({"error": "denied\u{1b}[8m", "message": "open \u{1b}]8;;https://evil.example/\u{7}https://sso.example/\u{1b}]8;;\u{7}"}),
+        )
+    });
+    let (url, pin) = hostile_ca(refusing).await;
+    let out = login(home.path(), &url, &pin);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let shown = stderr(&out);
+    assert!(shown.contains("https://sso.example/") && !shown.contains('\u{1b}'), "{shown:?}");
+}
+
+/// Single sign-on: what the identity provider (through the CA) says to show — where to
+/// sign in, the code — reaches the terminal without escape sequences (an OSC 8 link
+/// could show the real address and open the attacker's), and numbers the CLI waits by
+/// are clamped (an `expires_in` near `u64::MAX` made it panic computing its deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_prompt_from_the_ca_is_shown_inert_and_its_numbers_are_clamped() {
+    let home = tempfile::tempdir().unwrap();
+    let answer: Answer = Arc::new(|path, _| match path {
+        "/v1/auth/oidc/device" => (
+            200,
+            json!({"handle": "h", "user_code": "WDJB\u{1b}[8m-MJHT",
+                   "verification_uri": "\u{1b}]8;;https://evil.example/\u{7}https://sso.example/device\u{1b}]8;;\u{7}",
+                   "interval": 1, "expires_in": u64::MAX}),
+        ),
+        "/v1/auth/oidc/device/poll" => (200, json!({"status": "access_denied"})),
+        _ => (404, json!({"error": "not_found", "message": "no"})),
+    });
+    let (url, pin) = hostile_ca(answer).await;
+    let out = Command::new(bin("portcullis"))
+        .args(["login", "--ca", &url, "--ca-fingerprint", &pin, "--oidc"])
+        .env("HOME", home.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(stderr(&out).contains("sign-in was refused at the identity provider"), "{}\n{shown}", stderr(&out));
+    assert!(shown.contains("https://sso.example/device") && shown.contains("-MJHT"), "{shown:?}");
+    assert!(!shown.contains('\u{1b}') && !shown.contains('\u{7}'), "{shown:?}");
+}
