@@ -3,7 +3,7 @@
 use crate::api::{Api, Refused};
 use crate::args::{LoginArgs, SshConfigArgs};
 use crate::shared::printable;
-use crate::state::{KeyFiles, Paths, Session, write_atomic};
+use crate::state::{Installed, KeyFiles, Paths, Session, read_certificate, write_atomic};
 use anyhow::{Context, anyhow, bail};
 use portcullis_policies::parse_account;
 use portcullis_proto::oidc::AuthMethods;
@@ -12,6 +12,7 @@ use portcullis_proto::{LoginResponse, RevokeOwnRequest, RevokeResponse, UserCert
 use secrecy::{ExposeSecret, SecretString};
 use ssh_key::Certificate;
 use std::io::BufRead;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -151,6 +152,13 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let answer: UserCertResponse = api.post("/v1/certs/user", &request).await?;
     let cert = issued_for(&answer.certificate, &public)?;
     write_atomic(&cert_file, format!("{}\n", answer.certificate.trim()).as_bytes(), 0o644)?;
+    // Certificates written for the user's own keys stay on the list until `logout`,
+    // whichever key later logins certify.
+    let mut installed = previous.as_ref().map(Session::installed).unwrap_or_default();
+    if made.is_none() {
+        installed.retain(|i| i.cert != cert_file);
+        installed.push(Installed { cert: cert_file.clone(), serial: cert.serial() });
+    }
     paths.save_session(&Session {
         ca_url: ca_url.clone(),
         ca_fingerprint: pin,
@@ -158,6 +166,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         token: Some(session.token.expose().to_owned()),
         expires_at: session.expires_at,
         key: made.is_none().then(|| key_file.clone()),
+        installed,
     })?;
 
     let lifetime = cert.valid_before().saturating_sub(now());
@@ -291,7 +300,7 @@ pub async fn status() -> anyhow::Result<()> {
         println!("Session: {} (expired {}; run `portcullis login`)", session.username, when(session.expires_at));
     }
     let cert_file = session.key.as_deref().map_or_else(|| paths.cert.clone(), |key| KeyFiles::at(key).cert);
-    match std::fs::read_to_string(&cert_file).ok().and_then(|c| Certificate::from_openssh(c.trim()).ok()) {
+    match read_certificate(&cert_file) {
         Some(cert) => show_certificate(&cert_file, &cert),
         None => println!("Certificate: none"),
     }
@@ -323,30 +332,42 @@ fn show_certificate(file: &std::path::Path, cert: &Certificate) {
     }
 }
 
-/// Revokes the certificate this CLI installed (so a copy left elsewhere stops working
-/// once nodes fetch the KRL), ends the API session, takes every Portcullis identity out
-/// of ssh-agent and deletes the key pair and certificate — for a key of the user's own
-/// (`login --key`), its certificate only. The CA's URL, pin and the user name stay for
-/// the next `login`.
+/// Revokes the certificates this CLI installed (so a copy left elsewhere stops working
+/// once nodes fetch the KRL) — its own key's, and every one a `login --key` wrote since
+/// the last logout —, ends the API session, takes every Portcullis identity out of
+/// ssh-agent and deletes the CLI's key pair and the certificates; a key of the user's own
+/// stays, and so does a certificate file that holds another certificate by now. The
+/// CA's URL, pin and the user name stay for the next `login`.
 pub async fn logout() -> anyhow::Result<()> {
     let paths = Paths::new()?;
     let ours = std::fs::read_to_string(&paths.public).ok().and_then(|l| ssh_key::PublicKey::from_openssh(&l).ok());
     let session = paths.load_session();
-    let own = session.as_ref().and_then(|s| s.key.as_deref()).map(KeyFiles::at);
-    let cert_file = own.as_ref().map_or(&paths.cert, |own| &own.cert);
-    let installed = std::fs::read_to_string(cert_file).ok().and_then(|c| Certificate::from_openssh(c.trim()).ok());
+    // What is there to revoke and remove: the CLI's own certificate, and those of the
+    // user's keys that still hold what the CLI wrote.
+    let mut certificates: Vec<(PathBuf, Certificate)> =
+        read_certificate(&paths.cert).map(|c| (paths.cert.clone(), c)).into_iter().collect();
+    for installed in session.as_ref().map(Session::installed).unwrap_or_default() {
+        match read_certificate(&installed.cert) {
+            Some(cert) if cert.serial() == installed.serial => certificates.push((installed.cert, cert)),
+            Some(_) => println!("Left {}: it holds another certificate by now.", installed.cert.display()),
+            None => {}
+        }
+    }
     if let Some(mut session) = session
         && let Some(token) = session.token.take()
     {
         let api = Api::new(&session.ca_url, session.ca_fingerprint.as_deref())?.with_token(&token);
-        if let Some(cert) = installed.as_ref().filter(|c| c.valid_before() > now()) {
+        for (_, cert) in certificates.iter().filter(|(_, c)| c.valid_before() > now()) {
             let request = RevokeOwnRequest { serial: cert.serial().to_string() };
             match api.post::<_, RevokeResponse>("/v1/certs/user/revoke", &request).await {
                 Ok(_) => println!(
                     "Revoked certificate serial {} (nodes refuse it once they fetch the revocation list).",
                     cert.serial()
                 ),
-                Err(e) => eprintln!("warning: the certificate could not be revoked ({e}); it expires on its own"),
+                Err(e) => eprintln!(
+                    "warning: certificate {} could not be revoked ({e}); it expires on its own",
+                    cert.serial()
+                ),
             }
         }
         if let Err(e) = api.post_unit("/v1/auth/logout", &serde_json::json!({})).await {
@@ -354,6 +375,7 @@ pub async fn logout() -> anyhow::Result<()> {
         }
         session.expires_at = 0;
         session.key = None;
+        session.installed.clear();
         paths.save_session(&session)?;
     }
     let forgotten = forget_in_agent(&paths, ours.as_ref().map(|k| k.key_data()));
@@ -361,11 +383,11 @@ pub async fn logout() -> anyhow::Result<()> {
         println!("Removed {forgotten} Portcullis key(s) and certificate(s) from ssh-agent.");
     }
     let mut removed = paths.remove_credentials();
-    if let Some(own) = &own
-        && std::fs::remove_file(&own.cert).is_ok()
-    {
-        println!("Removed {} (your key {} stays).", own.cert.display(), own.private.display());
-        removed.push(own.cert.clone());
+    for (file, _) in certificates.iter().filter(|(file, _)| *file != paths.cert) {
+        if std::fs::remove_file(file).is_ok() {
+            println!("Removed {} (your key stays).", file.display());
+            removed.push(file.clone());
+        }
     }
     if removed.is_empty() {
         println!("Nothing to remove; not logged in.");

@@ -25,6 +25,39 @@ pub struct Session {
     /// of the CLI's: its certificate is beside it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+    /// Every certificate a login wrote for a key of the user's own since the last
+    /// `logout`, with its serial: `logout` revokes and removes each — and only while the
+    /// file still holds that certificate (one put there since is not the CLI's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub installed: Vec<Installed>,
+}
+
+/// A certificate the CLI wrote beside a key of the user's own.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub cert: PathBuf,
+    pub serial: u64,
+}
+
+impl Session {
+    /// The certificates of the user's own keys that this CLI installed: the list, and
+    /// for a session saved before the list was kept, the last `--key` login's.
+    pub fn installed(&self) -> Vec<Installed> {
+        let mut all = self.installed.clone();
+        if let Some(key) = &self.key {
+            let cert = KeyFiles::at(key).cert;
+            let serial = read_certificate(&cert).map(|c| c.serial());
+            if let Some(serial) = serial.filter(|_| !all.iter().any(|i| i.cert == cert)) {
+                all.push(Installed { cert, serial });
+            }
+        }
+        all
+    }
+}
+
+/// The certificate in `path`, if it holds one.
+pub fn read_certificate(path: &Path) -> Option<ssh_key::Certificate> {
+    std::fs::read_to_string(path).ok().and_then(|c| ssh_key::Certificate::from_openssh(c.trim()).ok())
 }
 
 /// A key's files as ssh names them: PATH the private key (a security key's handle),
@@ -104,10 +137,24 @@ impl Paths {
     }
 
     /// The existing key pair, or a new Ed25519 one. The private key never leaves this machine.
+    /// A key file that is there but unusable (unreadable, not an OpenSSH key, under a
+    /// passphrase) is an error, never silently replaced: it may be a key the user made
+    /// or protected by hand.
     pub fn load_or_create_key(&self) -> anyhow::Result<(PrivateKey, bool)> {
-        let existing = std::fs::read_to_string(&self.key).ok().and_then(|t| PrivateKey::from_openssh(&t).ok());
-        if let Some(key) = existing.filter(|k| !k.is_encrypted()) {
-            return Ok((key, false));
+        match std::fs::read_to_string(&self.key) {
+            Ok(text) => {
+                let unusable = || {
+                    anyhow!(
+                        "{} is not a key the CLI can use (not an OpenSSH key, or under a passphrase): move it away \
+                         and log in again to make a new one",
+                        self.key.display()
+                    )
+                };
+                let key = PrivateKey::from_openssh(&text).map_err(|_| unusable())?;
+                return if key.is_encrypted() { Err(unusable()) } else { Ok((key, false)) };
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow!("cannot read {}: {e}", self.key.display())),
         }
         let mut key = PrivateKey::random(&mut UnwrapErr(SysRng), Algorithm::Ed25519)
             .map_err(|_| anyhow!("cannot generate a key"))?;
@@ -128,4 +175,39 @@ impl Paths {
 /// Key files and the saved session: see `portcullis_os::fs::write_atomic`.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
     Ok(portcullis_os::fs::write_atomic(path, contents, mode)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn paths_in(dir: &Path) -> Paths {
+        let key = KeyFiles::at(&dir.join("id_ed25519"));
+        Paths {
+            dir: dir.to_owned(),
+            key: key.private,
+            public: key.public,
+            cert: key.cert,
+            session: dir.join("session.json"),
+            known_hosts: dir.join("known_hosts"),
+        }
+    }
+
+    /// A key file the CLI cannot use is refused and left as it is, never replaced by a
+    /// new key (it may be one the user made or protected by hand); a missing one is made.
+    #[test]
+    fn an_unusable_key_file_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = paths_in(dir.path());
+        let (made, created) = paths.load_or_create_key().unwrap();
+        assert!(created);
+        let (again, created) = paths.load_or_create_key().unwrap();
+        assert!(!created && again.public_key() == made.public_key());
+
+        std::fs::write(&paths.key, b"not a key").unwrap();
+        let e = paths.load_or_create_key().unwrap_err();
+        assert!(e.to_string().contains("move it away"), "{e}");
+        assert_eq!(std::fs::read(&paths.key).unwrap(), b"not a key");
+    }
 }

@@ -265,9 +265,37 @@ async fn login_certifies_a_key_of_the_users_own_and_logout_leaves_the_key() {
     assert!(out.status.success(), "{}", portcullis_tests::cli::text(&out));
     assert!(!cert.exists() && key.exists(), "logout removes the certificate, never her key");
     assert_eq!(std::fs::read(home.path().join("mine.pub")).unwrap(), public_before);
-    let (_, certs) = server.get_json(Some(&admin), "/v1/admin/certs?user=alice").await;
-    let listed = certs.as_array().unwrap().iter().find(|c| c["serial"] == serial.as_str()).cloned();
-    assert!(listed.is_some_and(|c| c["revoked"] == true), "logout revokes it: {certs}");
+    let revoked = async |serial: &str| {
+        let (_, certs) = server.get_json(Some(&admin), "/v1/admin/certs?user=alice").await;
+        let listed = certs.as_array().unwrap().iter().find(|c| c["serial"] == serial).cloned();
+        listed.is_some_and(|c| c["revoked"] == true)
+    };
+    assert!(revoked(&serial).await, "logout revokes it");
+
+    // A later login with the CLI's own key does not make logout forget her key's
+    // certificate (it did: only the last login's was revoked and removed).
+    assert!(login("alice", &key).status.success());
+    let serial = listing_serial(&cert);
+    let args = ["login", "--ca", &server.url, "--ca-fingerprint", &server.pin, "--user", "alice", "--password-stdin"];
+    let out = portcullis(home.path(), &args, &format!("{PASSWORD}\n"));
+    assert!(out.status.success(), "{}", portcullis_tests::cli::text(&out));
+    let out = portcullis(home.path(), &["logout"], "");
+    assert!(out.status.success(), "{}", portcullis_tests::cli::text(&out));
+    assert!(!cert.exists() && key.exists(), "{}", portcullis_tests::cli::text(&out));
+    assert!(revoked(&serial).await, "logout revokes every certificate it installed");
+    // A certificate file that holds another certificate by now is not the CLI's to remove.
+    assert!(login("alice", &key).status.success());
+    let other = home.path().join("other");
+    portcullis_tests::ssh::ssh_keygen_ok(&["-q", "-t", "ed25519", "-N", "", "-f", other.to_str().unwrap()]);
+    assert!(login("alice", &other).status.success());
+    std::fs::copy(home.path().join("other-cert.pub"), &cert).unwrap();
+    let out = portcullis(home.path(), &["logout"], "");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("holds another certificate"),
+        "{}",
+        portcullis_tests::cli::text(&out)
+    );
+    assert!(cert.exists(), "a certificate the CLI did not write there was removed");
 
     // A role asking for a PIN: a plain key is refused, saying how to make a security
     // key; a security key's public half (its handle stays on the user's machine) passes.
