@@ -5,12 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use portcullis_tests::bin;
+use portcullis_tests::cli::portcullis;
 use portcullis_tests::ssh::{ed25519_key, public_line};
 use serde_json::{Value, json};
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -77,17 +76,8 @@ async fn hostile_ca(answer: Answer) -> (String, String) {
 
 /// `portcullis login` as alice against the stand-in CA, with `home` as `HOME`.
 fn login(home: &Path, url: &str, pin: &str) -> Output {
-    let mut child = Command::new(bin("portcullis"))
-        .args(["login", "--ca", url, "--ca-fingerprint", pin, "--user", "alice", "--password-stdin"])
-        .env("HOME", home)
-        .env_remove("SSH_AUTH_SOCK")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"a password\n").unwrap();
-    child.wait_with_output().unwrap()
+    let args = ["login", "--ca", url, "--ca-fingerprint", pin, "--user", "alice", "--password-stdin"];
+    portcullis(home, &args, "a password\n")
 }
 
 /// A certificate for `key_line` signed by a throwaway CA key, in `-cert.pub` form.
@@ -190,12 +180,7 @@ async fn a_sign_in_prompt_from_the_ca_is_shown_inert_and_its_numbers_are_clamped
         _ => (404, json!({"error": "not_found", "message": "no"})),
     });
     let (url, pin) = hostile_ca(answer).await;
-    let out = Command::new(bin("portcullis"))
-        .args(["login", "--ca", &url, "--ca-fingerprint", &pin, "--oidc"])
-        .env("HOME", home.path())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = portcullis(home.path(), &["login", "--ca", &url, "--ca-fingerprint", &pin, "--oidc"], "");
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(stderr(&out).contains("sign-in was refused at the identity provider"), "{}\n{shown}", stderr(&out));
     assert!(shown.contains("https://sso.example/device") && shown.contains("-MJHT"), "{shown:?}");
