@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const POLICY_BASE: &str = r#"
 [[role]]
 name = "admin"
-permissions = ["certs.revoke", "users.manage", "audit.read", "policy.manage", "nodes.manage", "sessions.kill"]
+permissions = ["certs.revoke", "users.manage", "audit.read", "policy.manage", "nodes.manage", "sessions.kill", "ca.manage"]
 
 [[role]]
 name = "ops"
@@ -567,6 +567,35 @@ async fn services_enroll_only_with_tokens_of_their_kind() {
         assert!(refused.iter().any(|r| r == reason), "{reason} not audited: {refused:?}");
     }
     assert_no_secrets(&fx.ca).await;
+
+    // A revoked service key is no caller at all (until 2026-12-05 only its certificate
+    // renewal was refused: a revoked bastion kept heartbeating, claiming Proxmox VE
+    // credentials and opening sessions).
+    let beat = json!({"sessions": [], "agents": ["edge1"]});
+    let (status, v) = api.post_json(Some(&fx.admin), "/v1/admin/revoke", &json!({"public_key": bastion_key})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, _) = api.post_json(Some(b2.api_token.expose()), "/v1/bastion/heartbeat", &beat).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a revoked bastion still heartbeats");
+    let (status, _) = api.post_json(Some(b2.api_token.expose()), "/v1/bastion/pve/claim", &json!({})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a revoked bastion still claims");
+    let (status, _) = api.get_json(Some(&agent), "/v1/services/agent/targets").await;
+    assert_eq!(status, StatusCode::OK, "another service is not affected");
+
+    // Enrolling a bastion or an agent takes `ca.manage` besides `nodes.manage`: it is
+    // handed the Proxmox VE tokens and discovery keys of its agents.
+    let enroller = "[[role]]\nname = \"enroller\"\npermissions = [\"nodes.manage\"]\n\
+                    [[binding]]\nuser = \"carol\"\nroles = [\"enroller\"]\n";
+    std::fs::write(fx.policy_dir.join("policy.toml"), format!("{POLICY_BASE}{POLICY_CONTRACT}{enroller}")).unwrap();
+    let (status, v) = api.post_json(Some(&fx.admin), "/v1/admin/policy/reload", &json!({})).await;
+    assert!(status.is_success(), "{v}");
+    let login = fx.ca.identity().login_password("carol", None, &SecretString::from(PASSWORD), IP).await.unwrap();
+    let carol = login.token.expose().to_owned();
+    for service in ["bastion", "agent"] {
+        let body = json!({"ttl_seconds": 600, "uses": 1, "service": service});
+        let (status, v) = api.post_json(Some(&carol), "/v1/admin/enroll-tokens", &body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{service}: {v}");
+    }
+    create_token(api, &carol, None, 1).await;
 }
 
 /// No API credential or enrollment token in any audit record.

@@ -42,7 +42,7 @@ async fn ca_and_grant(dir: &std::path::Path) -> (Ca, Grant<proof::NodesManage>) 
 
 async fn token(ca: &Ca, grant: &Grant<proof::NodesManage>, request: EnrollTokenRequest) -> String {
     ca.nodes()
-        .create_enroll_token(grant, &EnrollTokenRequest { ttl_seconds: 600, ..request })
+        .create_enroll_token(grant, None, &EnrollTokenRequest { ttl_seconds: 600, ..request })
         .await
         .unwrap()
         .token

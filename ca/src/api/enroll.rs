@@ -21,7 +21,9 @@ pub async fn create_token(
     Body(b): Body<EnrollTokenRequest>,
 ) -> Result<Json<EnrollTokenResponse>, CaError> {
     let grant = ca.core().authorize::<proof::NodesManage>(&c)?;
-    Ok(Json(ca.nodes().create_enroll_token(&grant, &b).await?))
+    // A bastion's or agent's token takes `ca.manage` as well (the service decides).
+    let infrastructure = ca.core().authorize::<proof::CaManage>(&c).ok();
+    Ok(Json(ca.nodes().create_enroll_token(&grant, infrastructure.as_ref(), &b).await?))
 }
 
 #[utoipa::path(get, path = "/v1/admin/enroll-tokens", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<EnrollTokenInfo>)))]

@@ -26,11 +26,19 @@ const HOST_CERT_RENEW_BEFORE: u64 = 7 * 24 * 3600;
 const ENROLL_ABORT_WINDOW: u64 = 30 * 60;
 
 impl Nodes {
+    /// A token for a bastion or agent (`request.service`) also needs `infrastructure`:
+    /// whoever can enroll one is handed what the CA gives such services — the Proxmox
+    /// VE API tokens and discovery keys for its agents — so `nodes.manage` alone must
+    /// not be enough (it would read every secret `secrets.manage` may only set).
     pub async fn create_enroll_token(
         &self,
         grant: &Grant<proof::NodesManage>,
+        infrastructure: Option<&Grant<proof::CaManage>>,
         request: &EnrollTokenRequest,
     ) -> Result<EnrollTokenResponse, CaError> {
+        if request.service.is_some() && infrastructure.is_none() {
+            return Err(CaError::Forbidden("enrolling a bastion or an agent needs the ca.manage permission"));
+        }
         if request.uses == 0 || request.uses > 10_000 {
             return Err(CaError::BadRequest("uses must be between 1 and 10000".into()));
         }

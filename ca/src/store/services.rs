@@ -47,11 +47,20 @@ impl Store {
         row.as_ref().map(service_from).transpose()
     }
 
+    /// The service whose API token hashes to `token_hash` — unless its key has been
+    /// revoked: a revoked bastion or agent is no caller at all (it kept calling, claiming
+    /// credentials and opening sessions, until 2026-12-05; only its certificate renewal
+    /// was refused).
     pub async fn service_by_token(&self, token_hash: &str) -> Result<Option<ServiceRow>> {
-        let row = sqlx::query(concat!("SELECT ", service_columns!(), " FROM services WHERE api_token_hash = $1"))
-            .bind(token_hash)
-            .fetch_optional(self.pool())
-            .await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            service_columns!(),
+            " FROM services WHERE api_token_hash = $1 \
+             AND NOT EXISTS (SELECT 1 FROM revoked_keys k WHERE k.fingerprint = services.key_fingerprint)"
+        ))
+        .bind(token_hash)
+        .fetch_optional(self.pool())
+        .await?;
         row.as_ref().map(service_from).transpose()
     }
 
