@@ -77,6 +77,11 @@ pub fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     missing.reverse();
     for d in &missing {
         std::fs::DirBuilder::new().mode(0o755).create(d).map_err(|e| Error::io("cannot create directory", d, e))?;
+        // Exactly 0755 whatever the umask: sshd reads the principals files as the user
+        // logging in, so a directory left 0700 (an operator's umask 077) would refuse
+        // every certificate login but root's — and verification logs in only as root.
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::io("cannot set the mode of directory", d, e))?;
         fsync_dir(parent_of(d)?)?;
     }
     Ok(missing)

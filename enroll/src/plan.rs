@@ -67,12 +67,27 @@ pub fn check_bundle(bundle: &NodeBundle, host_keys: usize) -> Result<CheckedBund
     // The whole KRL is parsed, not just its magic: while sshd's `RevokedKeys` names a
     // file it cannot load, it refuses every public key (`sshd -t` still passes), so a
     // truncated or corrupt body would lock out every key login on the node.
-    check_krl(&krl).map_err(|e| Error::Ca(format!("the CA sent a KRL that sshd could not load ({e}); refused")))?;
-    if bundle.trusted_user_ca_keys.lines().filter(|l| !l.trim().is_empty()).count() == 0 {
+    let revocations = portcullis_sshcert::Krl::parse(&krl)
+        .map_err(|e| Error::Ca(format!("the CA sent a KRL that sshd could not load ({e}); refused")))?;
+    let mut user_cas = Vec::new();
+    for key in bundle.trusted_user_ca_keys.lines().filter(|l| !l.trim().is_empty()) {
+        let key = ssh_key::PublicKey::from_openssh(key)
+            .map_err(|_| Error::Ca("a trusted user CA key does not parse".into()))?;
+        user_cas.push(key);
+    }
+    if user_cas.is_empty() {
         return Err(Error::Ca("the bundle has no trusted user CA key".into()));
     }
-    for key in bundle.trusted_user_ca_keys.lines().filter(|l| !l.trim().is_empty()) {
-        ssh_key::PublicKey::from_openssh(key).map_err(|_| Error::Ca("a trusted user CA key does not parse".into()))?;
+    // sshd refuses every certificate signed by a CA key the KRL revokes as a plain key:
+    // a KRL revoking every CA key the node trusts would end every certificate login on
+    // it (an administrator's slip, or a CA that has been taken over). Revoking one of
+    // several — the old key, during a rotation after a compromise — is what a KRL is for.
+    if user_cas.iter().all(|key| revocations.is_key_revoked(key.key_data())) {
+        return Err(Error::Ca(
+            "the CA sent a KRL that revokes every user CA key this node would trust, which would refuse every \
+             certificate login; refused (the installed files stay)"
+                .into(),
+        ));
     }
     let principals = principal_file_lines(bundle)?;
     if !bundle.host_certificates.is_empty() && bundle.host_certificates.len() != host_keys {
@@ -366,6 +381,39 @@ mod tests {
         assert!(check_krl(&good).is_ok());
         assert!(check_krl(&good[..good.len() - 1]).is_err(), "truncated body");
         assert!(check_krl(b"SSHKRL\n\0").is_err(), "magic only");
+    }
+
+    /// A KRL that revokes every user CA key the bundle trusts would end every
+    /// certificate login on the node: the bundle is refused. Revoking one of two (the
+    /// old key during a rotation) passes.
+    #[test]
+    fn a_krl_revoking_every_trusted_user_ca_key_is_refused() {
+        let key = || {
+            ssh_key::PrivateKey::random(
+                &mut ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng),
+                ssh_key::Algorithm::Ed25519,
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (old, new) = (key(), key());
+        let openssh = |k: &ssh_key::PrivateKey| k.public_key().to_openssh().unwrap_or_default();
+        let krl = |revoked: &[&ssh_key::PrivateKey]| {
+            let mut b = portcullis_sshcert::KrlBuilder::new(1, 1_700_000_000, "");
+            for k in revoked {
+                b.revoke_key_sha256(k.public_key().key_data());
+            }
+            STANDARD.encode(b.encode())
+        };
+        let bundle = |cas: &[&ssh_key::PrivateKey], revoked: &[&ssh_key::PrivateKey]| NodeBundle {
+            trusted_user_ca_keys: cas.iter().map(|k| openssh(k) + "\n").collect(),
+            krl_base64: krl(revoked),
+            ..bundle_with(vec![("root", vec![line(&[], "pn_n_root")])], vec![])
+        };
+        assert!(check_bundle(&bundle(&[&old], &[]), 0).is_ok());
+        let refused = check_bundle(&bundle(&[&old], &[&old]), 0).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains("revokes every user CA key"), "{refused}");
+        assert!(check_bundle(&bundle(&[&old, &new], &[&old, &new]), 0).is_err());
+        assert!(check_bundle(&bundle(&[&old, &new], &[&old]), 0).is_ok(), "revoking the old key in a rotation");
     }
 
     #[test]

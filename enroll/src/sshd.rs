@@ -85,15 +85,26 @@ pub fn preauth_sessions() -> BTreeSet<u32> {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
-        let Some(first) = args.first() else { continue };
-        let title = String::from_utf8_lossy(first);
-        let rexec = title.ends_with("sshd") && args.iter().any(|a| *a == b"-R");
-        let preauth = title.starts_with("sshd: ") && (title.ends_with("[accepted]") || title.ends_with("[net]"));
-        if rexec || preauth {
+        if before_authentication(&args) {
             out.insert(pid);
         }
     }
     out
+}
+
+/// Whether a process with these arguments is an sshd connection not yet authenticated:
+/// freshly re-executed (`-R`), or titled `[accepted]`/`[net]` — by `sshd` itself, and
+/// since OpenSSH 9.8 (Debian 13, PVE 9) by `sshd-session` and 10.0's `sshd-auth`, which
+/// run the connections instead.
+fn before_authentication(args: &[&[u8]]) -> bool {
+    const PROGRAMS: [&str; 3] = ["sshd", "sshd-session", "sshd-auth"];
+    let Some(first) = args.first() else { return false };
+    let title = String::from_utf8_lossy(first);
+    let rexec =
+        PROGRAMS.iter().any(|p| title.ends_with(&format!("/{p}")) || title == *p) && args.iter().any(|a| *a == b"-R");
+    let preauth = PROGRAMS.iter().any(|p| title.starts_with(&format!("{p}: ")))
+        && (title.ends_with("[accepted]") || title.ends_with("[net]"));
+    rexec || preauth
 }
 
 /// Waits (at most `max`) until none of `sessions` is still before authentication. Returns
@@ -166,4 +177,27 @@ pub fn verify_login(
         last = String::from_utf8_lossy(&out.stderr).trim().to_owned();
     }
     Err(Error::Failed(format!("the verification login as {login}@{address} port {port} failed: {last}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::before_authentication;
+
+    #[test]
+    fn connections_before_authentication_are_seen_in_every_openssh_layout() {
+        let waits = |args: &[&str]| before_authentication(&args.iter().map(|a| a.as_bytes()).collect::<Vec<_>>());
+        // OpenSSH up to 9.7: sshd re-executes itself per connection.
+        assert!(waits(&["/usr/sbin/sshd", "-D", "-R"]));
+        assert!(waits(&["sshd: root [net]"]));
+        assert!(waits(&["sshd: [accepted]"]));
+        // 9.8 and later: sshd-session (and 10.0's sshd-auth) run the connections.
+        assert!(waits(&["/usr/lib/openssh/sshd-session", "-R"]));
+        assert!(waits(&["sshd-session: root [net]"]));
+        assert!(waits(&["sshd-auth: [accepted]"]));
+        // Authenticated sessions and the listener are not waited for.
+        assert!(!waits(&["sshd: root@pts/0"]));
+        assert!(!waits(&["sshd-session: root [priv]"]));
+        assert!(!waits(&["sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups"]));
+        assert!(!waits(&[]));
+    }
 }

@@ -280,7 +280,7 @@ impl Txn {
     /// Restores every original; `cause` is what went wrong. Only a complete undo gives
     /// [`RolledBack`]; otherwise the error says what is left for the next run.
     pub fn rollback(self, sshd: &SshdCtl, cause: Error) -> std::result::Result<RolledBack, Error> {
-        match undo(&self.root, &self.journal, sshd) {
+        match undo(&self.root, &self.journal, sshd, false) {
             Ok(()) => Ok(RolledBack { cause: cause.to_string() }),
             Err(e) => Err(Error::RollbackFailed { cause: cause.to_string(), rollback: with_journal_kept(e) }),
         }
@@ -350,8 +350,13 @@ pub fn check_not_named(sshd: &SshdCtl, deleting: &[&Original]) -> Result<()> {
     Ok(())
 }
 
-fn undo(root: &Root, journal: &Journal, sshd: &SshdCtl) -> Result<()> {
-    if journal.sshd_touched && journal.sshd_reloaded {
+/// `interrupted`: the journal is an earlier run's. Then `sshd_reloaded` says only what
+/// that run did: since it stopped, sshd may have been restarted with the changed files
+/// (the machine rebooted, a package upgrade restarted it), so a touched configuration is
+/// undone with the reload, and the files it names are deleted only after it — deleting
+/// them without one left a running sshd naming a missing KRL, refusing every key.
+fn undo(root: &Root, journal: &Journal, sshd: &SshdCtl, interrupted: bool) -> Result<()> {
+    if journal.sshd_touched && (journal.sshd_reloaded || interrupted) {
         let (before, after) = split_for_undo(root, &journal.originals);
         restore_all(before.into_iter().rev())?;
         failpoint::after("rollback-restore")?;
@@ -386,7 +391,7 @@ pub fn recover(root: &Root, sshd: &SshdCtl) -> Result<bool> {
     let Some(bytes) = fsx::read_opt(&path)? else { return Ok(false) };
     let journal: Journal = serde_json::from_slice(&bytes)
         .map_err(|e| Error::Failed(format!("{} is unreadable ({e}); restore by hand", path.display())))?;
-    undo(root, &journal, sshd).map_err(|e| Error::RollbackFailed {
+    undo(root, &journal, sshd, true).map_err(|e| Error::RollbackFailed {
         cause: "an earlier run was interrupted".into(),
         rollback: with_journal_kept(e),
     })?;

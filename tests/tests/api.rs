@@ -379,6 +379,16 @@ async fn krl_endpoint_serves_a_krl_that_ssh_keygen_reads() {
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(listing.contains(serial), "serial {serial} not listed:\n{listing}");
     assert!(krl_revokes(&krl, &cert), "ssh-keygen -Q finds the revoked certificate");
+
+    // The key the CA signs user certificates with is not revoked while it signs: every
+    // node would refuse every certificate (and refuse such a KRL, so revocations would
+    // stop reaching them). The refusal says to rotate first.
+    let (status, keys) = server.get_text(None, "/v1/ca/user/keys").await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    let signing = keys.lines().find(|l| !l.trim().is_empty()).unwrap();
+    let (status, body) = server.post_json(Some(&admin), "/v1/admin/revoke", &json!({"public_key": signing})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("rotate it first"), "{body}");
 }
 
 const BROKEN_DEFAULT: &str = r#"# line 1

@@ -293,6 +293,34 @@ async fn killed_between_steps_never_locks_out_and_the_next_run_recovers() {
     assert!(node.ordinary_login_works());
 }
 
+/// Killed after the drop-in is written and checked but before the tool's own reload —
+/// and then sshd is restarted with the changed files anyway (the machine rebooted, a
+/// package upgrade restarted it): the next run must undo it with a reload before
+/// deleting the files the running sshd now names. (It deleted them without one, since
+/// the dead run had not reloaded, and the running sshd, naming a missing KRL, refused
+/// every key — the ordinary login too.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_an_interrupted_run_never_locks_out() {
+    let ca = FakeCa::start().await;
+    let node = Node::start(true);
+    let before = node.snapshot();
+    let mut cmd = enroll_cmd(&node, &ca, GOOD_TOKEN);
+    cmd.env("PORTCULLIS_ENROLL_FAILPOINT", "test");
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(99), "{}", String::from_utf8_lossy(&out.stderr));
+    // The restart: sshd loads the configuration the dead run left.
+    assert!(Command::new("sh").args(["-c", &node.reload_cmd()]).status().unwrap().success());
+    assert!(node.ordinary_login_works(), "fixture: the restarted sshd runs with the drop-in");
+    let (code, json, _) = run({
+        let mut c = node.enroll_cmd();
+        c.arg("remove");
+        c
+    });
+    assert_eq!(code, 0, "recovery: {json}");
+    assert!(node.ordinary_login_works(), "the original login after the recovery");
+    assert_untouched(&node, &before, "recovered after a kill and a restart");
+}
+
 /// The same flow against the real CA (`portcullisd all-in-one`): token from the admin
 /// API, `POST /v1/enroll` with the verification certificate, node-proof refresh and
 /// deregistration.
@@ -652,4 +680,25 @@ async fn enroll_with_discovery_installs_the_forced_command_and_sudoers_and_remov
     assert_eq!(code, 0, "{json}");
     assert!(!script.exists() && !sudoers.exists());
     assert_eq!(node.snapshot(), before, "remove restores the node byte for byte");
+}
+
+/// Run by an operator whose umask is 077, enrollment still leaves its directories 0755:
+/// sshd reads a login's principals file as that user, so a 0700 directory would refuse
+/// every certificate login but root's (and the verification logs in only as root). The
+/// files inside keep their own modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_umask_leaves_the_principals_readable_by_every_login() {
+    use std::os::unix::fs::PermissionsExt;
+    let ca = FakeCa::start().await;
+    let node = Node::start(false);
+    let inner = enroll_cmd(&node, &ca, GOOD_TOKEN);
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "umask 077; exec \"$@\"", "sh"]).arg(inner.get_program()).args(inner.get_args());
+    cmd.env_remove("PORTCULLIS_ENROLL_FAILPOINT").stdin(std::process::Stdio::null());
+    let (code, json, out) = run(cmd);
+    assert_eq!(code, 0, "enroll failed: {json}\n{}", String::from_utf8_lossy(&out.stderr));
+    let mode = |p: &str| std::fs::metadata(node.path(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("/etc/ssh/portcullis"), 0o755);
+    assert_eq!(mode("/etc/ssh/portcullis/principals"), 0o755);
+    assert_eq!(mode("/etc/ssh/portcullis/principals/root"), 0o644);
 }

@@ -88,6 +88,19 @@ impl Revocation {
             (None, Some(line), None) => {
                 let key = PublicKey::from_openssh(line.trim())
                     .map_err(|_| CaError::BadRequest("public_key is not an OpenSSH public key".into()))?;
+                // In the KRL, a CA key the CA still signs with would make every node refuse
+                // every certificate it issues — the nodes' enrollment tool refuses such a
+                // KRL, so revocations would stop reaching them. Rotate first.
+                let signing = self.core.keyring().rows().iter().any(|r| {
+                    r.state == crate::keys::state::ACTIVE
+                        && PublicKey::from_openssh(&r.public_key).is_ok_and(|k| k.key_data() == key.key_data())
+                });
+                if signing {
+                    return Err(CaError::BadRequest(
+                        "this is a key the CA signs with: rotate it first (admin ca-keys), then revoke the old one"
+                            .into(),
+                    ));
+                }
                 let fp = fingerprint(key.key_data());
                 let canonical = PublicKey::new(key.key_data().clone(), "")
                     .to_openssh()
