@@ -421,3 +421,43 @@ async fn the_verification_certificate_is_bound_to_the_nodes_own_addresses_and_it
     assert_eq!(cert.critical_options().get("force-command").map(String::as_str), Some("true"));
     assert_eq!(ca.core().store().node("pve01").await.unwrap().unwrap().ssh_port, Some(2222));
 }
+
+/// A node reports its own addresses, and users trust the host CA for every host: a node
+/// that reports another node's address (or names itself after one) must not get a host
+/// certificate for it. An address two nodes report is certified for neither; a name
+/// that is another node's address is refused, and the token's use given back.
+#[tokio::test]
+async fn a_node_is_not_certified_for_another_nodes_name_or_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, grant) = ca_and_grant(dir.path()).await;
+    let token = token(&ca, &grant, EnrollTokenRequest { uses: 5, ..Default::default() }).await;
+    let principals = |bundle: &portcullis_proto::enroll::NodeBundle| -> Vec<String> {
+        let cert = ssh_key::Certificate::from_openssh(bundle.host_certificates[0].trim()).unwrap();
+        cert.valid_principals().to_vec()
+    };
+    let with_addresses = |name: &str, key: &PrivateKey, addresses: &[&str]| {
+        let mut request = enroll_request(name, key);
+        request.facts.addresses = addresses.iter().map(|a| (*a).to_owned()).collect();
+        request
+    };
+    let prod_key = ed25519_key();
+    let prod = ca.nodes().enroll(&token, &with_addresses("pve-prod", &prod_key, &["10.0.0.5"]), "10.0.0.5").await;
+    assert_eq!(principals(&prod.unwrap().bundle), ["pve-prod", "10.0.0.5"]);
+
+    // A token holder's node claiming the prod node's name and address as its own.
+    let evil = ed25519_key();
+    let request = with_addresses("evil", &evil, &["10.0.0.5", "PVE-PROD", "10.9.9.9:22"]);
+    let evil_bundle = ca.nodes().enroll(&token, &request, "10.9.9.9").await.unwrap().bundle;
+    assert_eq!(principals(&evil_bundle), ["evil", "10.9.9.9:22"]);
+    // The shared address is not certified for the prod node either, from its next refresh.
+    let refreshed =
+        ca.nodes().node_refresh(&proof(&prod_key, "pve-prod", "refresh", "pve-prod", NOW), "10.0.0.5").await.unwrap();
+    assert_eq!(principals(&refreshed), ["pve-prod"]);
+
+    // A node named after another node's address is refused.
+    let before = uses_left(&ca, &grant).await;
+    let squat = ca.nodes().enroll(&token, &enroll_request("10.9.9.9", &ed25519_key()), "10.9.9.9").await;
+    assert!(matches!(squat, Err(CaError::Conflict(_))), "{squat:?}");
+    assert_eq!(uses_left(&ca, &grant).await, before, "the refused enrollment gives the use back");
+    assert_eq!(enroll_refusals(&ca).await.last().map(String::as_str), Some("name_taken"));
+}

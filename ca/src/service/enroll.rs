@@ -181,6 +181,15 @@ impl Nodes {
                     .into(),
             ));
         }
+        // A name that is another node's address would be certified as this node's
+        // (its name always is): refused, and the token's use rolled back.
+        let name = host_of(&facts.name);
+        let others = self.core.store.nodes().await?;
+        if others.iter().any(|n| n.name != facts.name && n.addresses.iter().any(|a| host_of(a) == name)) {
+            drop(tx);
+            self.audit_enroll_refused("name_taken", client_ip).await?;
+            return Err(CaError::Conflict("this name is an address of another enrolled node".into()));
+        }
         let previous_json = match &existing {
             Some(n) => Some(serde_json::to_string(n).map_err(|_| CaError::Internal("node record".into()))?),
             None => None,
@@ -338,15 +347,18 @@ impl Nodes {
     ) -> Result<(NodeBundle, Vec<String>), CaError> {
         let host_signer =
             self.core.keyring().signer(KeyPurpose::Host).ok_or_else(|| CaError::Internal("no host CA key".into()))?;
-        let mut principals: Vec<String> = vec![node.name.clone()];
-        principals.extend(node.addresses.iter().cloned());
+        let principals = self.host_principals(node).await?;
         let mut certificates = Vec::with_capacity(host_keys.len());
         let mut serials = Vec::new();
         for key in host_keys {
             let fp = fingerprint(key.key_data());
+            // Reused only while it names exactly what the node may be called now (an
+            // address another node took since is dropped at once, not at renewal).
             let current = self.core.store.host_cert(&node.name, &fp).await?.filter(|c| {
                 c.ca_fingerprint == host_signer.fingerprint
                     && c.valid_before > now.saturating_add(HOST_CERT_RENEW_BEFORE)
+                    && ssh_key::Certificate::from_openssh(c.certificate.trim())
+                        .is_ok_and(|cert| cert.valid_principals() == principals.as_slice())
             });
             if let Some(current) = current {
                 certificates.push(current.certificate);
@@ -386,6 +398,30 @@ impl Nodes {
             trusted_host_ca_keys: self.core.trusted_keys(KeyPurpose::Host),
         };
         Ok((bundle, serials))
+    }
+
+    /// The names `node`'s host certificates carry: its name, and each of its addresses
+    /// that no other node holds (as its name or one of its addresses). Users trust the
+    /// host CA for every host (`@cert-authority *`) and a node reports its own
+    /// addresses, so a certificate naming another node's address would let this node
+    /// pose as that one; an address several nodes report (a bridge's 172.17.0.1 on every
+    /// host) identifies none of them. (Until 2026-12-05 every reported address was
+    /// certified; found in review.)
+    async fn host_principals(&self, node: &NodeRecord) -> Result<Vec<String>, CaError> {
+        let others = self.core.store.nodes().await?;
+        let taken: std::collections::BTreeSet<String> = others
+            .iter()
+            .filter(|n| n.name != node.name)
+            .flat_map(|n| std::iter::once(&n.name).chain(&n.addresses))
+            .map(|a| host_of(a))
+            .collect();
+        let mut principals = vec![node.name.clone()];
+        for address in &node.addresses {
+            if !taken.contains(&host_of(address)) && !principals.contains(address) {
+                principals.push(address.clone());
+            }
+        }
+        Ok(principals)
     }
 
     /// Checks a node's proof of holding one of its registered host keys.
@@ -499,4 +535,18 @@ fn validate_facts(facts: &NodeFacts) -> Result<Vec<PublicKey>, CaError> {
         return Err(CaError::BadRequest(format!("send between 1 and {MAX_HOST_KEYS} host keys")));
     }
     crate::validate::host_keys(&facts.host_keys)
+}
+
+/// The host part of an address as a client would name it (`[::1]:22` → `::1`,
+/// `Host:2222` → `host`), for telling which nodes claim the same one.
+fn host_of(address: &str) -> String {
+    let a = address.trim();
+    let host = match a.strip_prefix('[').and_then(|r| r.split_once(']')) {
+        Some((inside, _)) => inside,
+        None => match a.split_once(':') {
+            Some((host, port)) if !port.contains(':') => host,
+            _ => a,
+        },
+    };
+    host.to_ascii_lowercase()
 }
