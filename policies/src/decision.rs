@@ -38,12 +38,23 @@ pub struct CertRequest {
 pub struct Grant<P: Proof> {
     username: String,
     permission: Permission,
+    /// Every permission the identity held when the grant was made: what it may hand on
+    /// (see [`Grant::holds_all`]).
+    held: BTreeSet<Permission>,
     proof: PhantomData<fn() -> P>,
 }
 
 impl<P: Proof> Grant<P> {
-    pub(crate) fn new(username: &str, permission: Permission) -> Grant<P> {
-        Grant { username: username.to_owned(), permission, proof: PhantomData }
+    pub(crate) fn new(username: &str, permission: Permission, held: BTreeSet<Permission>) -> Grant<P> {
+        Grant { username: username.to_owned(), permission, held, proof: PhantomData }
+    }
+    /// Whether the identity holds every administrative one of `permissions` too —
+    /// asked before it makes someone else hold them (a user manager giving groups or
+    /// resetting a password), so that managing users is never a way to more control of
+    /// Portcullis. Access to devices (`certs.issue`, `devices.console.open`) is what user
+    /// managers hand out, and is not asked about.
+    pub fn holds_all(&self, permissions: &BTreeSet<Permission>) -> bool {
+        permissions.iter().filter(|p| p.is_administrative()).all(|p| self.held.contains(p))
     }
     /// The identity the grant is for.
     pub fn username(&self) -> &str {

@@ -61,11 +61,16 @@ impl Policy {
 
     /// The proof that `who` holds what `P` names (any one of its permissions), or why not
     /// (for the first of them).
+    /// Every control-plane permission `who` holds, deny statements applied.
+    pub fn permissions_of(&self, who: &Identity) -> BTreeSet<Permission> {
+        Permission::ALL.iter().copied().filter(|p| self.holds(who, *p).is_ok()).collect()
+    }
+
     pub fn authorize<P: Proof>(&self, who: &Identity) -> Result<Grant<P>, Deny> {
         let mut first_refusal = None;
         for perm in P::ANY_OF {
             match self.holds(who, *perm) {
-                Ok(()) => return Ok(Grant::new(&who.username, *perm)),
+                Ok(()) => return Ok(Grant::new(&who.username, *perm, self.permissions_of(who))),
                 Err(deny) => {
                     first_refusal.get_or_insert(deny);
                 }

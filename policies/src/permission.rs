@@ -52,6 +52,12 @@ impl Permission {
         Permission::RecordingsRead,
     ];
 
+    /// Whether it controls Portcullis itself rather than reaching devices: all but
+    /// `certs.issue` and `devices.console.open`.
+    pub fn is_administrative(self) -> bool {
+        !matches!(self, Permission::CertsIssue | Permission::DevicesConsoleOpen)
+    }
+
     /// The string form used in policy files, audit events and APIs.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -338,6 +338,64 @@ async fn non_admins_get_403_on_admin_routes() {
     assert_eq!(status, StatusCode::OK, "the admin was not revoked or disabled");
 }
 
+/// Managing users is no way to more control of Portcullis: a help desk holding only
+/// `users.manage` can make users and give them access to devices, but not give anyone —
+/// itself included — an administrative permission it does not hold, nor reset the
+/// password of (or disable, or regroup) a user who holds one. Until 2026-12-05 it could
+/// add itself to the administrators' group (found in review).
+#[tokio::test]
+async fn a_user_manager_cannot_make_anyone_more_powerful_than_itself() {
+    let server = Server::start().await;
+    let admin = server.admin_token().await;
+    let helpdesk = "[[role]]\nname = \"helpdesk\"\npermissions = [\"users.manage\"]\n\n\
+                    [[role]]\nname = \"staff-ssh\"\nlogins = [\"deploy\"]\ntargets = 'in:devices tags.env:lab'\n\
+                    permissions = [\"certs.issue\"]\n\n\
+                    [[binding]]\ngroup = \"helpdesk\"\nroles = [\"helpdesk\"]\n\n\
+                    [[binding]]\ngroup = \"staff\"\nroles = [\"staff-ssh\"]\n";
+    let (status, body) = server.write_policy("helpdesk.toml", helpdesk).await;
+    assert!(status.is_success(), "{body}");
+    server.add_user(&admin, "helen", &["helpdesk"], ALICE_PASSWORD).await;
+    let helen = server.login("helen", ALICE_PASSWORD).await;
+
+    let refused = [
+        server
+            .post_json(
+                Some(&helen),
+                "/v1/admin/users",
+                &json!({"username": "mallory", "groups": ["portcullis-admins"]}),
+            )
+            .await,
+        server
+            .put_json(
+                Some(&helen),
+                "/v1/admin/users/helen/groups",
+                &json!({"groups": ["helpdesk", "portcullis-admins"]}),
+            )
+            .await,
+        server
+            .put_json(Some(&helen), "/v1/admin/users/admin/password", &json!({"password": "a new password for admin"}))
+            .await,
+        server.post_json(Some(&helen), "/v1/admin/users/admin/disable", &json!({})).await,
+        server.put_json(Some(&helen), "/v1/admin/users/admin/groups", &json!({"groups": []})).await,
+    ];
+    for (status, body) in &refused {
+        assert_api_error(*status, body, StatusCode::FORBIDDEN, "forbidden");
+    }
+    let (_, me) = server.get_json(Some(&helen), "/v1/auth/whoami").await;
+    assert_eq!(me["groups"], json!(["helpdesk"]));
+    let (status, _) = server.get_json(Some(&admin), "/v1/auth/whoami").await;
+    assert_eq!(status, StatusCode::OK, "the admin was not disabled");
+    server.login("admin", &server.admin_password().await).await;
+
+    // What a help desk is for: users with access to devices, and their passwords.
+    let (status, body) =
+        server.post_json(Some(&helen), "/v1/admin/users", &json!({"username": "sam", "groups": ["staff"]})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) =
+        server.put_json(Some(&helen), "/v1/admin/users/sam/password", &json!({"password": "sam's new password"})).await;
+    assert!(status.is_success(), "{body}");
+}
+
 #[tokio::test]
 async fn a_client_with_the_wrong_pin_refuses_to_connect() {
     let server = Server::start().await;

@@ -113,7 +113,15 @@ async fn fixture_with_sqlite_in(postgres: bool, sqlite_dir: Option<&std::path::P
     let api = ServedCa::start(Arc::clone(&ca)).await;
     let admin = first_admin(&ca, "admins", IP).await;
     let caller = ca.identity().caller(&admin).await.unwrap();
-    let users = ca.core().authorize::<proof::UsersManage>(&caller).unwrap();
+    // Making an auditor takes someone who may read recordings too (managing users is no
+    // way to more control), which the fixture's administrator may not: an identity of
+    // the test's own sets the users up.
+    let setup = portcullis_policies::Identity {
+        username: "fixture".into(),
+        groups: ["admins".to_owned(), "auditors".to_owned()].into(),
+        source: "local".into(),
+    };
+    let users = ca.core().policy().authorize::<proof::UsersManage>(&setup).unwrap();
     for (user, group) in [("alice", "ops"), ("audrey", "auditors")] {
         ca.admin().add_user(&users, user, &[group.to_owned()], Some(&SecretString::from(PASSWORD))).await.unwrap();
     }

@@ -11,7 +11,7 @@ use crate::identity::hash_password;
 use crate::keys::{self, KeyPurpose, state};
 use crate::policy_files::load_policy_dir;
 use crate::store::{self, NewPassword, Store};
-use portcullis_policies::{Grant, USER_NAME_RULE, UserSource, parse_account, proof, valid_user_name};
+use portcullis_policies::{Grant, Identity, USER_NAME_RULE, UserSource, parse_account, proof, valid_user_name};
 use portcullis_proto::console::{PolicyChangeRecord, PolicyFieldChange};
 use portcullis_proto::{AuditRecord, AuditVerifyResponse, CaKeyInfo, PolicyReloadResponse, UserInfo};
 use secrecy::{ExposeSecret, SecretString};
@@ -141,6 +141,7 @@ impl Admin {
         for g in groups {
             check_name("group", g)?;
         }
+        self.within_callers_permissions(grant, username, groups)?;
         let hash = match password {
             Some(pw) => Some(hash_new_password(pw).await?),
             None => None,
@@ -155,6 +156,35 @@ impl Admin {
         self.audit_user_groups(&mut tx, grant, username, "added", Some(added)).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Managing users is never a way to more control of Portcullis: the caller may give
+    /// `groups` to `username`, or act on that user at all, only if the user would hold
+    /// no administrative permission the caller does not (by the current policy, bindings
+    /// by group and by name; access to devices is what user managers hand out). Until 2026-12-05 a `users.manage` holder could add themselves to the
+    /// administrators' group, or reset an administrator's password (found in review).
+    fn within_callers_permissions(
+        &self,
+        grant: &Grant<proof::UsersManage>,
+        username: &str,
+        groups: &[String],
+    ) -> Result<(), CaError> {
+        let who = Identity {
+            username: username.to_owned(),
+            groups: groups.iter().cloned().collect(),
+            source: UserSource::Local.to_string(),
+        };
+        if grant.holds_all(&self.core.policy().permissions_of(&who)) {
+            Ok(())
+        } else {
+            Err(CaError::Forbidden("that user would hold permissions you do not hold; ask someone who holds them"))
+        }
+    }
+
+    /// [`Self::within_callers_permissions`] for a user as they are now.
+    async fn manageable(&self, grant: &Grant<proof::UsersManage>, username: &str) -> Result<(), CaError> {
+        let Some(user) = self.core.store.user(username).await? else { return Err(CaError::NotFound("user")) };
+        self.within_callers_permissions(grant, username, &user.groups)
     }
 
     async fn audit_user(
@@ -192,6 +222,7 @@ impl Admin {
         username: &str,
         disabled: bool,
     ) -> Result<(), CaError> {
+        self.manageable(grant, username).await?;
         let now = self.core.now();
         let mut tx = self.core.store.begin().await?;
         if !store::set_user_disabled(tx.conn(), username, disabled, now).await? {
@@ -239,6 +270,8 @@ impl Admin {
         for g in groups {
             check_name("group", g)?;
         }
+        self.manageable(grant, username).await?;
+        self.within_callers_permissions(grant, username, groups)?;
         let mut tx = self.core.store.begin().await?;
         let Some(old) = store::set_user_groups(tx.conn(), username, groups, self.core.now()).await? else {
             return Err(CaError::NotFound("user"));
@@ -258,6 +291,7 @@ impl Admin {
         password: &SecretString,
         one_time: bool,
     ) -> Result<(), CaError> {
+        self.manageable(grant, username).await?;
         let hash = hash_new_password(password).await?;
         let mut tx = self.core.store.begin().await?;
         if !store::set_user_password(tx.conn(), username, NewPassword { hash: &hash, one_time }, self.core.now())

@@ -2,5 +2,6 @@
 use portcullis_policies::{Grant, Permission, proof};
 
 fn main() {
-    let _grant: Grant<proof::CertsRevoke> = Grant::new("mallory", Permission::CertsRevoke);
+    let all = Permission::ALL.iter().copied().collect();
+    let _grant: Grant<proof::CertsRevoke> = Grant::new("mallory", Permission::CertsRevoke, all);
 }
