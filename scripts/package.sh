@@ -9,7 +9,8 @@
 # `portcullis-enroll` (the node tool and its refresh timer). Binaries are stripped. The
 # units use DynamicUser=, so no system account is created; the maintainer scripts only
 # tell systemd about the units — nothing is enabled or started until the operator has
-# configured it (`portcullisd check --config …`, then `systemctl enable --now …`).
+# configured it (`portcullisd check --config …`, then `systemctl enable --now …`); an
+# upgrade restarts the units that run, and stops none.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -45,18 +46,27 @@ EOF
 install_bin() { install -D -m 0755 "$bin_dir/$1" "$work/$2/usr/bin/$1"; strip "$work/$2/usr/bin/$1"; }
 install_file() { install -D -m "$1" "$2" "$work/$3"; }
 
-# Maintainer scripts: systemd learns about (and forgets) the units; nothing is started.
+# Maintainer scripts: systemd learns about (and forgets) the units; nothing is started
+# that was not running. Units are stopped only when the package goes away, not on an
+# upgrade: the enrollment tool's refresh timer, stopped by every upgrade and started by
+# nothing, left nodes without new revocations until their next reboot (found in
+# review). After an upgrade, units that run are restarted onto the new binary.
 maintainer_scripts() {
     local pkg=$1 units=$2
     cat > "$work/$pkg/DEBIAN/postinst" <<EOF
 #!/bin/sh
 set -e
-if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload || true
+    if [ "\$1" = configure ] && [ -n "\$2" ]; then
+        for unit in $units; do systemctl try-restart "\$unit" 2>/dev/null || true; done
+    fi
+fi
 EOF
     cat > "$work/$pkg/DEBIAN/prerm" <<EOF
 #!/bin/sh
 set -e
-if [ -d /run/systemd/system ]; then
+if [ -d /run/systemd/system ] && { [ "\$1" = remove ] || [ "\$1" = deconfigure ]; }; then
     for unit in $units; do systemctl stop "\$unit" 2>/dev/null || true; done
 fi
 EOF
