@@ -177,9 +177,13 @@ async fn run_conformance(url: &str, backend: Backend) {
     let (_, cert_bob) = issue(&ca, &bob, &ed25519_key()).await;
     assert!(!resp_a.principals.is_empty(), "a deployer cert has principals");
     assert_eq!(signer_of(&cert_a), original_ca);
-    let listed = ca.issuance().certificates(&revoke_grant, Some("alice")).await.unwrap();
+    let listed = ca.issuance().certificates(&revoke_grant, Some("alice"), None).await.unwrap();
     assert_eq!(listed.len(), 3, "the store lists alice's three certificates");
     assert!(listed.iter().all(|c| !c.revoked));
+    // Bounded, newest first: every issued certificate (a session's too) stays on record.
+    let newest = ca.issuance().certificates(&revoke_grant, Some("alice"), Some(2)).await.unwrap();
+    let serials = |l: &[portcullis_proto::IssuedCert]| l.iter().map(|c| c.serial.clone()).collect::<Vec<_>>();
+    assert_eq!(serials(&newest), serials(&listed[..2]));
 
     let files = tempfile::tempdir().unwrap();
     let path_a = write_cert(files.path(), "a-cert.pub", &cert_a);
@@ -220,12 +224,12 @@ async fn run_conformance(url: &str, backend: Backend) {
         records.iter().filter(|r| r.event == "cert_denied" && r.payload["reason"] == "key_revoked").count()
     };
     let refusals = key_refusals().await;
-    let stored = ca.core().store().certificates(None).await.unwrap().len();
+    let stored = ca.core().store().certificates(None, u32::MAX).await.unwrap().len();
     let again = UserCertRequest { public_key: public_line(&key_b), ..UserCertRequest::default() };
     let refused = ca.issuance().issue(&alice, &again, IP).await;
     assert!(matches!(&refused, Err(CaError::BadRequest(m)) if m.contains("revoked")), "{refused:?}");
     assert_eq!(
-        ca.core().store().certificates(None).await.unwrap().len(),
+        ca.core().store().certificates(None, u32::MAX).await.unwrap().len(),
         stored,
         "a certificate for a revoked key was stored"
     );
@@ -254,7 +258,7 @@ async fn run_conformance(url: &str, backend: Backend) {
         matches!(ca.identity().caller(&alice_token).await, Err(CaError::Unauthenticated)),
         "revoking a user ends their API sessions"
     );
-    assert!(ca.issuance().certificates(&revoke_grant, Some("alice")).await.unwrap().iter().all(|c| c.revoked));
+    assert!(ca.issuance().certificates(&revoke_grant, Some("alice"), None).await.unwrap().iter().all(|c| c.revoked));
 
     // --- disabling a user ends their sessions ---------------------------------------
     let bob_token =

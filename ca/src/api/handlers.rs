@@ -205,12 +205,14 @@ pub async fn revoke(State(ca): Ca_, Authed(c): Authed, Body(b): Body<RevokeReque
 #[derive(Deserialize)]
 pub struct CertsQuery {
     user: Option<String>,
+    /// The newest this many (default 500, at most 10,000).
+    limit: Option<u32>,
 }
 
 #[utoipa::path(get, path = "/v1/admin/certs", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<IssuedCert>)))]
 pub async fn list_certs(State(ca): Ca_, Authed(c): Authed, Query(q): Query<CertsQuery>) -> Res<Vec<IssuedCert>> {
     let grant = ca.core().authorize::<proof::CertsRevoke>(&c)?;
-    Ok(Json(ca.issuance().certificates(&grant, q.user.as_deref()).await?))
+    Ok(Json(ca.issuance().certificates(&grant, q.user.as_deref(), q.limit).await?))
 }
 
 #[utoipa::path(get, path = "/v1/admin/ca/keys", tag = "admin", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<CaKeyInfo>)))]

@@ -12,6 +12,10 @@ use crate::signer::{new_serial, sign_user_cert};
 use portcullis_policies::{CertRequest, Grant, proof};
 use portcullis_proto::{IssuedCert, UserCertRequest, UserCertResponse};
 use portcullis_sshcert::authenticator::VERIFY_REQUIRED;
+
+/// Certificates `GET /v1/admin/certs` lists unless asked for fewer or more, and at most.
+const DEFAULT_CERT_LIST: u32 = 500;
+const MAX_CERT_LIST: u32 = 10_000;
 use portcullis_sshcert::{fingerprint, is_security_key, parse_user_public_key};
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,11 +151,15 @@ impl Issuance {
         &self,
         _grant: &Grant<proof::CertsRevoke>,
         username: Option<&str>,
+        limit: Option<u32>,
     ) -> Result<Vec<IssuedCert>, CaError> {
+        // Every issued certificate stays on record (a session's too): the listing is
+        // bounded, newest first.
+        let limit = limit.unwrap_or(DEFAULT_CERT_LIST).clamp(1, MAX_CERT_LIST);
         Ok(self
             .core
             .store
-            .certificates(username)
+            .certificates(username, limit)
             .await?
             .into_iter()
             .map(|c| IssuedCert {

@@ -65,22 +65,30 @@ fn cert_from(row: &sqlx::any::AnyRow) -> Result<CertRow> {
 }
 
 impl Store {
-    pub async fn certificates(&self, username: Option<&str>) -> Result<Vec<CertRow>> {
+    /// The newest `limit` certificates (of `username`, if given), newest first.
+    pub async fn certificates(&self, username: Option<&str>, limit: u32) -> Result<Vec<CertRow>> {
+        let limit = i64::from(limit);
         let rows = match username {
             Some(u) => {
                 sqlx::query(concat!(
                     "SELECT ",
                     cert_columns!(),
-                    " FROM certificates WHERE username = $1 ORDER BY issued_at DESC, serial"
+                    " FROM certificates WHERE username = $1 ORDER BY issued_at DESC, serial LIMIT $2"
                 ))
                 .bind(u)
+                .bind(limit)
                 .fetch_all(self.pool())
                 .await?
             }
             None => {
-                sqlx::query(concat!("SELECT ", cert_columns!(), " FROM certificates ORDER BY issued_at DESC, serial"))
-                    .fetch_all(self.pool())
-                    .await?
+                sqlx::query(concat!(
+                    "SELECT ",
+                    cert_columns!(),
+                    " FROM certificates ORDER BY issued_at DESC, serial LIMIT $1"
+                ))
+                .bind(limit)
+                .fetch_all(self.pool())
+                .await?
             }
         };
         rows.iter().map(cert_from).collect()
