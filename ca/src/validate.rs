@@ -72,6 +72,19 @@ pub fn address(s: &str) -> bool {
     }
 }
 
+/// The host an [`address`] names, as a client would name it (`[::1]:22` → `::1`,
+/// `Host:2222` → `host`): for telling which nodes claim the same one.
+pub fn address_host(s: &str) -> String {
+    let s = s.trim();
+    if s.parse::<IpAddr>().is_ok() {
+        return s.to_ascii_lowercase();
+    }
+    if let Ok(socket) = s.parse::<SocketAddr>() {
+        return socket.ip().to_string();
+    }
+    s.rsplit_once(':').map_or(s, |(host, _)| host).to_ascii_lowercase()
+}
+
 /// A node's addresses: at most [`MAX_ADDRESSES`], each an [`address`].
 pub fn addresses(list: &[String]) -> Result<(), CaError> {
     if list.len() > MAX_ADDRESSES || !list.iter().all(|a| address(a)) {
@@ -172,6 +185,9 @@ mod tests {
         for good in ["10.0.0.5", "10.0.0.5:2222", "2001:db8::5", "[2001:db8::5]:22", "pve01", "pve01.example:22"] {
             assert!(address(good), "{good}");
         }
+        let hosts: Vec<String> =
+            ["10.0.0.5:2222", "2001:DB8::5", "[2001:db8::5]:22", "PVE01.example:22"].map(address_host).into();
+        assert_eq!(hosts, ["10.0.0.5", "2001:db8::5", "2001:db8::5", "pve01.example"]);
         for bad in [
             "127.0.0.1:22; rm -rf /",
             "",

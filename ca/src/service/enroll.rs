@@ -8,7 +8,7 @@ use crate::error::CaError;
 use crate::keys::KeyPurpose;
 use crate::signer::{HOST_CERT_TTL, sign_host_cert, sign_verification_cert};
 use crate::store::{self, EnrollTokenRow, HostCertRow};
-use crate::validate::MAX_HOST_KEYS;
+use crate::validate::{MAX_HOST_KEYS, address_host};
 use base64::Engine;
 use portcullis_policies::Grant;
 use portcullis_policies::proof;
@@ -183,9 +183,9 @@ impl Nodes {
         }
         // A name that is another node's address would be certified as this node's
         // (its name always is): refused, and the token's use rolled back.
-        let name = host_of(&facts.name);
-        let others = self.core.store.nodes().await?;
-        if others.iter().any(|n| n.name != facts.name && n.addresses.iter().any(|a| host_of(a) == name)) {
+        let name = address_host(&facts.name);
+        let nodes = self.core.store.nodes().await?;
+        if nodes.iter().any(|n| n.name != facts.name && n.addresses.iter().any(|a| address_host(a) == name)) {
             drop(tx);
             self.audit_enroll_refused("name_taken", client_ip).await?;
             return Err(CaError::Conflict("this name is an address of another enrolled node".into()));
@@ -219,7 +219,7 @@ impl Nodes {
             node.agent = grant.agent.clone();
         }
         let new = store::upsert_node(tx.conn(), &node, now).await?;
-        let (bundle, serials) = self.bundle(tx.conn(), &node, &host_keys, now).await?;
+        let (bundle, serials) = self.bundle(tx.conn(), &node, &nodes, &host_keys, now).await?;
 
         let signer =
             self.core.keyring().signer(KeyPurpose::User).ok_or_else(|| CaError::Internal("no user CA key".into()))?;
@@ -338,16 +338,18 @@ impl Nodes {
 
     /// The trust bundle for `node`; host certificates are reused while they have plenty
     /// of life left and their signer is still the active host CA key.
+    /// `nodes`: every registered node (read once by the caller), for [`host_principals`].
     async fn bundle(
         &self,
         conn: &mut sqlx::AnyConnection,
         node: &NodeRecord,
+        nodes: &[NodeRecord],
         host_keys: &[PublicKey],
         now: u64,
     ) -> Result<(NodeBundle, Vec<String>), CaError> {
         let host_signer =
             self.core.keyring().signer(KeyPurpose::Host).ok_or_else(|| CaError::Internal("no host CA key".into()))?;
-        let principals = self.host_principals(node).await?;
+        let principals = host_principals(node, nodes);
         let mut certificates = Vec::with_capacity(host_keys.len());
         let mut serials = Vec::new();
         for key in host_keys {
@@ -400,30 +402,6 @@ impl Nodes {
         Ok((bundle, serials))
     }
 
-    /// The names `node`'s host certificates carry: its name, and each of its addresses
-    /// that no other node holds (as its name or one of its addresses). Users trust the
-    /// host CA for every host (`@cert-authority *`) and a node reports its own
-    /// addresses, so a certificate naming another node's address would let this node
-    /// pose as that one; an address several nodes report (a bridge's 172.17.0.1 on every
-    /// host) identifies none of them. (Until 2026-12-05 every reported address was
-    /// certified; found in review.)
-    async fn host_principals(&self, node: &NodeRecord) -> Result<Vec<String>, CaError> {
-        let others = self.core.store.nodes().await?;
-        let taken: std::collections::BTreeSet<String> = others
-            .iter()
-            .filter(|n| n.name != node.name)
-            .flat_map(|n| std::iter::once(&n.name).chain(&n.addresses))
-            .map(|a| host_of(a))
-            .collect();
-        let mut principals = vec![node.name.clone()];
-        for address in &node.addresses {
-            if !taken.contains(&host_of(address)) && !principals.contains(address) {
-                principals.push(address.clone());
-            }
-        }
-        Ok(principals)
-    }
-
     /// Checks a node's proof of holding one of its registered host keys.
     async fn verify_node_proof(&self, proof: &NodeProof, action: &str, client_ip: &str) -> Result<NodeRecord, CaError> {
         let reason = match self.check_node_proof(proof, action).await? {
@@ -466,8 +444,9 @@ impl Nodes {
         let node = self.verify_node_proof(proof, "refresh", client_ip).await?;
         let host_keys: Vec<PublicKey> = node.host_keys.iter().filter_map(|k| PublicKey::from_openssh(k).ok()).collect();
         let now = self.core.now();
+        let nodes = self.core.store.nodes().await?;
         let mut tx = self.core.store.begin().await?;
-        let (bundle, serials) = self.bundle(tx.conn(), &node, &host_keys, now).await?;
+        let (bundle, serials) = self.bundle(tx.conn(), &node, &nodes, &host_keys, now).await?;
         if !serials.is_empty() {
             audit::record(
                 tx.conn(),
@@ -537,16 +516,25 @@ fn validate_facts(facts: &NodeFacts) -> Result<Vec<PublicKey>, CaError> {
     crate::validate::host_keys(&facts.host_keys)
 }
 
-/// The host part of an address as a client would name it (`[::1]:22` → `::1`,
-/// `Host:2222` → `host`), for telling which nodes claim the same one.
-fn host_of(address: &str) -> String {
-    let a = address.trim();
-    let host = match a.strip_prefix('[').and_then(|r| r.split_once(']')) {
-        Some((inside, _)) => inside,
-        None => match a.split_once(':') {
-            Some((host, port)) if !port.contains(':') => host,
-            _ => a,
-        },
-    };
-    host.to_ascii_lowercase()
+/// The names `node`'s host certificates carry: its name, and each of its addresses
+/// that no other node holds (as its name or one of its addresses). Users trust the
+/// host CA for every host (`@cert-authority *`) and a node reports its own
+/// addresses, so a certificate naming another node's address would let this node
+/// pose as that one; an address several nodes report (a bridge's 172.17.0.1 on every
+/// host) identifies none of them. (Until 2026-12-05 every reported address was
+/// certified; found in review.)
+fn host_principals(node: &NodeRecord, nodes: &[NodeRecord]) -> Vec<String> {
+    let taken: std::collections::BTreeSet<String> = nodes
+        .iter()
+        .filter(|n| n.name != node.name)
+        .flat_map(|n| std::iter::once(&n.name).chain(&n.addresses))
+        .map(|a| address_host(a))
+        .collect();
+    let mut principals = vec![node.name.clone()];
+    for address in &node.addresses {
+        if !taken.contains(&address_host(address)) && !principals.contains(address) {
+            principals.push(address.clone());
+        }
+    }
+    principals
 }
