@@ -11,67 +11,27 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// What the stand-in CA answers to `POST path` with `body`: status and JSON.
-type Answer = Arc<dyn Fn(&str, &Value) -> (u16, Value) + Send + Sync>;
+/// What the stand-in CA answers to a request for `path`: status and JSON.
+type Answer = Arc<dyn Fn(&str) -> (u16, Value) + Send + Sync>;
 
-/// An HTTPS server on a loopback port answering each request with `answer`; returns its
-/// URL and the pin of its certificate.
+/// The CA's own HTTPS server (`portcullis_ca::server::serve`, a bootstrap certificate)
+/// on a loopback port, answering every request with `answer`; returns its URL and pin.
 async fn hostile_ca(answer: Answer) -> (String, String) {
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let pin = portcullis_proto::pin::pin_of_certificate(cert.der()).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(signing_key.serialize_der()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let (acceptor, answer) = (acceptor.clone(), Arc::clone(&answer));
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                // One request per connection, HTTP/1.1 with a Content-Length body.
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                let (head, body) = loop {
-                    let n = tls.read(&mut buf).await.unwrap();
-                    assert!(n > 0, "the client left mid-request");
-                    request.extend_from_slice(&buf[..n]);
-                    let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-                    let head = String::from_utf8_lossy(&request[..end]).into_owned();
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
-                        })
-                        .map_or(0, |v| v.parse::<usize>().unwrap());
-                    if request.len() >= end + 4 + length {
-                        break (head, request[end + 4..end + 4 + length].to_vec());
-                    }
-                };
-                let path = head.split_whitespace().nth(1).unwrap_or_default().to_owned();
-                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let (status, reply) = answer(&path, &body);
-                let reply = reply.to_string();
-                let response = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-                     connection: close\r\n\r\n{reply}",
-                    reply.len()
-                );
-                let _ = tls.write_all(response.as_bytes()).await;
-                let _ = tls.shutdown().await;
-            });
-        }
+    let dir = tempfile::tempdir().unwrap();
+    let tls = portcullis_ca::tls::bootstrap_tls(dir.path(), &["127.0.0.1".to_owned()]).unwrap();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| async move {
+        let (status, reply) = answer(uri.path());
+        (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(reply))
     });
-    (url, pin)
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    // Never shut down: the server (and its certificate's directory) lives with the test.
+    tokio::spawn(portcullis_ca::server::serve(listener, tls.config, app, async move {
+        let _dir = dir;
+        std::future::pending::<()>().await;
+    }));
+    (url, tls.pin)
 }
 
 /// `portcullis login` as alice against the stand-in CA, with `home` as `HOME`.
@@ -108,7 +68,7 @@ fn stderr(out: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_name_that_would_inject_ssh_configuration_is_refused() {
     let home = tempfile::tempdir().unwrap();
-    let answer: Answer = Arc::new(|path, _| match path {
+    let answer: Answer = Arc::new(|path| match path {
         "/v1/auth/login" => (
             200,
             json!({"token": "t0ken", "username": "alice\n  ProxyCommand touch /tmp/pwned\u{1b}]0;x\u{7}", "expires_at": u64::MAX / 2}),
@@ -131,7 +91,7 @@ async fn a_user_name_that_would_inject_ssh_configuration_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_for_another_key_is_not_written_and_refusals_are_shown_inert() {
     let home = tempfile::tempdir().unwrap();
-    let answer: Answer = Arc::new(|path, _| match path {
+    let answer: Answer = Arc::new(|path| match path {
         "/v1/auth/login" => (200, json!({"token": "t0ken", "username": "alice", "expires_at": u64::MAX / 2})),
         "/v1/certs/user" => {
             let other = public_line(&ed25519_key());
@@ -149,7 +109,7 @@ async fn a_certificate_for_another_key_is_not_written_and_refusals_are_shown_ine
     assert!(stderr(&out).contains("a certificate for another key; nothing was written"), "{}", stderr(&out));
     assert!(!home.path().join(".ssh/portcullis/id_ed25519-cert.pub").exists(), "the certificate was written");
 
-    let refusing: Answer = Arc::new(|_, _| {
+    let refusing: Answer = Arc::new(|_| {
         (
             403,
             json!({"error": "denied\u{1b}[8m", "message": "open \u{1b}]8;;https://evil.example/\u{7}https://sso.example/\u{1b}]8;;\u{7}"}),
@@ -169,7 +129,7 @@ async fn a_certificate_for_another_key_is_not_written_and_refusals_are_shown_ine
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_in_prompt_from_the_ca_is_shown_inert_and_its_numbers_are_clamped() {
     let home = tempfile::tempdir().unwrap();
-    let answer: Answer = Arc::new(|path, _| match path {
+    let answer: Answer = Arc::new(|path| match path {
         "/v1/auth/oidc/device" => (
             200,
             json!({"handle": "h", "user_code": "WDJB\u{1b}[8m-MJHT",
