@@ -76,10 +76,18 @@ pub async fn run(cmd: AdminCommand, json: bool) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        AdminCommand::Certs { user } => {
-            let path = match user {
-                Some(u) => format!("/v1/admin/certs?user={}", seg(&u)?),
-                None => "/v1/admin/certs".to_owned(),
+        AdminCommand::Certs { user, limit } => {
+            let mut query = Vec::new();
+            if let Some(u) = user {
+                query.push(format!("user={}", seg(&u)?));
+            }
+            if let Some(limit) = limit {
+                query.push(format!("limit={limit}"));
+            }
+            let path = if query.is_empty() {
+                "/v1/admin/certs".to_owned()
+            } else {
+                format!("/v1/admin/certs?{}", query.join("&"))
             };
             print_json(&api.get::<Vec<IssuedCert>>(&path).await?)
         }

@@ -107,10 +107,13 @@ pub enum AdminCommand {
     User(UserCommand),
     /// Revoke certificates by serial, key, or user; the KRL is updated at once.
     Revoke(RevokeArgs),
-    /// Certificates issued (optionally for one user).
+    /// Certificates issued, newest first (optionally for one user).
     Certs {
         #[arg(long)]
         user: Option<String>,
+        /// How many of the newest to show (the CA's default is 500, its most 10,000).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: Option<u32>,
     },
     /// CA keys and their rotation.
     #[command(subcommand)]

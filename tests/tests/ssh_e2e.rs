@@ -200,6 +200,20 @@ async fn cli_certificate_logs_in_where_policy_allows_and_nowhere_else() {
     let serial = listing_serial(&alice_cert);
     let out = portcullis(admin_home.path(), &["admin", "revoke", "--serial", &serial], "");
     assert!(out.status.success(), "revoke: {}", String::from_utf8_lossy(&out.stderr));
+    // The listing names it revoked; `--limit` bounds it to the newest.
+    let certs = |args: &[&str]| {
+        let out = portcullis(admin_home.path(), &[&["admin", "certs"], args].concat(), "");
+        assert!(out.status.success(), "certs: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    };
+    let alices = certs(&["--user", "alice"]);
+    assert_eq!(alices.len(), 1, "{alices:?}");
+    assert_eq!((alices[0]["serial"].as_str(), alices[0]["revoked"].as_bool()), (Some(serial.as_str()), Some(true)));
+    let (all, newest) = (certs(&[]), certs(&["--limit", "2"]));
+    assert!(all.len() >= 3, "alice's, bob's and the admin's: {all:?}");
+    assert_eq!(newest, all[..2], "the newest two");
+    let out = portcullis(admin_home.path(), &["admin", "certs", "--limit", "0"], "");
+    assert!(!out.status.success(), "a limit of 0 is refused before asking the CA");
     let krl = server.get_bytes(None, "/v1/krl").await.1;
     let krl_path = alice_home.path().join("krl");
     std::fs::write(&krl_path, &krl).unwrap();
