@@ -5,7 +5,7 @@
 //! stamped with the time since the session started. A task of its own copies them into
 //! frames ([`portcullis_proto::frames`]: the bytes as they are, not yet text — the CA
 //! turns them into asciicast v2 when the recording is played) and hands them to the CA in
-//! numbered chunks, about once a second or every 1 MiB, the last one marked. The relay
+//! numbered chunks, about once a second or at nearly 2 MiB, the last one marked. The relay
 //! never waits for the CA: it waits only when a full queue of events is not yet copied.
 //!
 //! At the rule's size limit the recording stops (and says so in its last chunk); a rule
@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use portcullis_proto::bastion::CloseReason;
-use portcullis_proto::frames::push_frame;
-use portcullis_proto::recording::{MAX_TERMINAL_SIDE, RecordingChunkMeta, RecordingGrant, TerminalSize};
+use portcullis_proto::frames::{FRAME_HEADER, push_frame};
+use portcullis_proto::recording::{
+    MAX_CHUNK_TEXT, MAX_TERMINAL_SIDE, RecordingChunkMeta, RecordingGrant, TerminalSize,
+};
 use tokio::sync::mpsc;
 
 use crate::control::{ControlError, ControlPlane};
@@ -29,9 +31,13 @@ use crate::sessions::LiveSession;
 pub(crate) const ANNOUNCEMENT: &str = "portcullis: this session is recorded";
 /// Events waiting to be copied into frames; the relay waits when the queue is full.
 const QUEUE: usize = 1024;
-/// A chunk goes to the CA at this many bytes of frames, or after [`FLUSH_EVERY`]. Each
-/// chunk is a request and a transaction at the CA: larger chunks cost less per byte.
-const FLUSH_BYTES: usize = 1024 * 1024;
+/// Terminal bytes per frame at most: a larger piece of output is recorded as several
+/// frames (slices of the same buffer), so one more frame always fits in a chunk.
+const MAX_FRAME_DATA: usize = 64 * 1024;
+/// A chunk goes to the CA when its frames reach this, or after [`FLUSH_EVERY`]: as large
+/// as the CA takes with one more frame. Each chunk is a request, a file and a transaction
+/// at the CA, so larger chunks cost less per byte.
+const FLUSH_BYTES: usize = MAX_CHUNK_TEXT - (FRAME_HEADER + MAX_FRAME_DATA);
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How long the end of a session waits for the last chunk to reach the CA.
 const FINISH_WAIT: Duration = Duration::from_secs(10);
@@ -128,7 +134,10 @@ impl Recorder {
         let room = self.grant.max_bytes.saturating_sub(before);
         if room >= len || (room > 0 && divisible) {
             let kept = data.slice(..usize::try_from(room.min(len)).unwrap_or(data.len()));
-            let _ = self.events.send(event(self.now(), kept)).await;
+            let now = self.now();
+            for piece in pieces(&kept) {
+                let _ = self.events.send(event(now, piece)).await;
+            }
         }
         if before.saturating_add(len) > self.grant.max_bytes && !self.full.swap(true, Ordering::Relaxed) {
             let _ = self.events.send(Event::Truncated).await;
@@ -145,6 +154,11 @@ impl Recorder {
             tracing::warn!(session = %self.live.id, "the recording's last chunk did not reach the CA in time");
         }
     }
+}
+
+/// `data` in slices of at most [`MAX_FRAME_DATA`] bytes (no copy).
+fn pieces(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    (0..data.len()).step_by(MAX_FRAME_DATA).map(|at| data.slice(at..data.len().min(at + MAX_FRAME_DATA)))
 }
 
 /// The size a resize event's `COLSxROWS` (as [`Recorder::resize`] writes it) names.
@@ -274,5 +288,24 @@ impl Uploader {
             self.live.order_close(CloseReason::RecordingFailed);
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_with_one_more_frame_is_still_one_the_ca_takes() {
+        // The uploader sends once its frames reach FLUSH_BYTES, so a chunk is at most
+        // FLUSH_BYTES - 1 and one more frame.
+        let mut frames = vec![0; FLUSH_BYTES - 1];
+        let output = Bytes::from(vec![b'x'; 3 * MAX_FRAME_DATA + 5]);
+        let cut: Vec<Bytes> = pieces(&output).collect();
+        assert_eq!(cut.iter().map(Bytes::len).collect::<Vec<_>>(), [MAX_FRAME_DATA, MAX_FRAME_DATA, MAX_FRAME_DATA, 5]);
+        assert_eq!(cut.concat(), output);
+        push_frame(&mut frames, 1, b'o', &cut[0]);
+        assert!(frames.len() <= MAX_CHUNK_TEXT, "{} > {MAX_CHUNK_TEXT}", frames.len());
+        assert_eq!(pieces(&Bytes::new()).count(), 0);
     }
 }

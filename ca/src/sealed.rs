@@ -159,8 +159,10 @@ impl RecordingSeal {
         format!("portcullis-recording-v{version}\0{session_id}\0{seq}").into_bytes()
     }
 
-    /// `plain` compressed (LZ4: terminal text shrinks a few times, and bytes that do not
-    /// compress cost almost nothing to try) and encrypted in the same buffer.
+    /// `plain` compressed (LZ4: terminal text shrinks a few times) and encrypted in the
+    /// same buffer. A chunk whose start does not compress (random or already compressed
+    /// bytes, as a bulk copy sends) is stored as one LZ4 literal run: the same block format,
+    /// without searching a megabyte for matches that are not there.
     pub fn seal(&self, session_id: &str, seq: u64, format: ChunkFormat, plain: &[u8]) -> Result<Vec<u8>, CaError> {
         let failed = || CaError::Internal("recording encryption".into());
         let len = u32::try_from(plain.len()).map_err(|_| failed())?;
@@ -170,10 +172,14 @@ impl RecordingSeal {
         out.push(format as u8);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&len.to_le_bytes());
-        out.resize(CHUNK_BODY_AT + room, 0);
-        let (_, body) = out.split_at_mut(CHUNK_BODY_AT);
-        let compressed = lz4_flex::block::compress_into(plain, body).map_err(|_| failed())?;
-        out.truncate(CHUNK_BODY_AT + compressed);
+        if compresses(plain).map_err(|_| failed())? {
+            out.resize(CHUNK_BODY_AT + room, 0);
+            let (_, body) = out.split_at_mut(CHUNK_BODY_AT);
+            let compressed = lz4_flex::block::compress_into(plain, body).map_err(|_| failed())?;
+            out.truncate(CHUNK_BODY_AT + compressed);
+        } else {
+            push_literal_block(&mut out, plain);
+        }
         let (_, secret) = out.split_at_mut(CHUNK_SECRET_AT);
         let tag = self.cipher.seal(nonce, &Self::aad(format, session_id, seq), secret).map_err(|_| failed())?;
         out.extend_from_slice(&tag);
@@ -210,6 +216,38 @@ impl RecordingSeal {
             _ => Err(refused()),
         }
     }
+}
+
+/// How much of a chunk is tried before compressing all of it.
+const PROBE: usize = 64 * 1024;
+
+/// Whether compressing `plain` is worth it: its first [`PROBE`] bytes shrink by at least
+/// a sixteenth. A chunk no longer than the probe is simply compressed.
+fn compresses(plain: &[u8]) -> Result<bool, lz4_flex::block::CompressError> {
+    let probe = match plain.get(..PROBE) {
+        Some(probe) if plain.len() > PROBE => probe,
+        _ => return Ok(true),
+    };
+    let mut scratch = vec![0; lz4_flex::block::get_maximum_output_size(PROBE)];
+    let compressed = lz4_flex::block::compress_into(probe, &mut scratch)?;
+    Ok(compressed * 16 < PROBE * 15)
+}
+
+/// `literals` as an LZ4 block of one sequence without a match (the LZ4 block format: a
+/// token whose high nibble is the literal length, 15 meaning that bytes of 255 and a last
+/// byte below it add to the length; then the literals).
+fn push_literal_block(out: &mut Vec<u8>, literals: &[u8]) {
+    let len = literals.len();
+    out.reserve(1 + len / 255 + 1 + len);
+    if len < 15 {
+        out.push((len as u8) << 4);
+    } else {
+        out.push(0xF0);
+        let rest = len - 15;
+        out.resize(out.len() + rest / 255, 255);
+        out.push((rest % 255) as u8);
+    }
+    out.extend_from_slice(literals);
 }
 
 fn decode_salt(salt: &str) -> Result<Vec<u8>, CaError> {
@@ -331,6 +369,36 @@ mod tests {
         let sealed = seal.seal("s1", 1, ChunkFormat::Frames, noise.as_bytes()).unwrap();
         assert_eq!(seal.open("s1", 1, &sealed).unwrap(), OpenedChunk::Frames(noise.into_bytes()));
         assert_eq!(seal.open("s1", 0, &seal.seal("s1", 0, ChunkFormat::EventLines, b"").unwrap()).unwrap(), lines(""));
+    }
+
+    #[test]
+    fn bytes_that_do_not_compress_are_one_literal_run_that_lz4_reads() {
+        // Every length around the token's and the 255-byte steps' edges.
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let noise: Vec<u8> = (0..3 * PROBE)
+            .map(|_| {
+                // xorshift64: bytes with nothing for LZ4 to match.
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 56) as u8
+            })
+            .collect();
+        for len in (0..=600).chain([PROBE - 1, PROBE, PROBE + 1, noise.len()]) {
+            let mut block = Vec::new();
+            push_literal_block(&mut block, &noise[..len]);
+            assert_eq!(lz4_flex::block::decompress(&block, len).unwrap(), &noise[..len], "{len} bytes");
+        }
+        assert!(!compresses(&noise).unwrap(), "noise is stored as it is");
+        assert!(compresses(&noise[..PROBE]).unwrap(), "a chunk no longer than the probe is compressed");
+        let text = b"drwxr-xr-x 2 root root 4096 Dec  4 10:06 /var/log\r\n".repeat(3000);
+        assert!(compresses(&text).unwrap());
+        // Sealed, noise is its length and a little more, and opens as it was.
+        let master = RecordingSeal::master(&pass("p1"), &RecordingSeal::new_salt()).unwrap();
+        let seal = RecordingSeal::new(&master, &RecordingSeal::new_salt(), "s1").unwrap();
+        let sealed = seal.seal("s1", 0, ChunkFormat::Frames, &noise).unwrap();
+        assert!(sealed.len() < noise.len() + noise.len() / 200 + 64, "{} of {}", sealed.len(), noise.len());
+        assert_eq!(seal.open("s1", 0, &sealed).unwrap(), OpenedChunk::Frames(noise));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Most bytes of one chunk's body, frames or event lines ([`RecordingChunkMeta`]; the
-/// bastion sends about 1 MiB).
+/// bastion sends up to this less one frame).
 pub const MAX_CHUNK_TEXT: usize = 2 * 1024 * 1024;
 
 /// In a [`crate::bastion::SessionGrant`]: this session is recorded.
