@@ -8,7 +8,7 @@ use crate::addresses;
 use crate::client::Api;
 use crate::error::{Error, Result};
 use crate::lock;
-use crate::plan::{self, CheckedBundle, Desired};
+use crate::plan::{self, CheckedBundle, Desired, HostCerts};
 use crate::preflight::{self, Facts};
 use crate::proof::node_proof;
 pub use crate::refresh::refresh;
@@ -130,11 +130,17 @@ pub async fn enroll(g: &Global, a: EnrollArgs, r: &mut Report) -> Result<String>
     let resp = api.enroll(&a.token, &req).await?;
     r.step("register", format!("the CA registered node {}", resp.bundle.node));
     r.set("node", &resp.bundle.node);
-    let bundle = plan::check_bundle(&resp.bundle, facts.host_keys.len())?;
+    let bundle = plan::check_bundle(&resp.bundle)?;
+    let host_key_paths: Vec<PathBuf> = facts.host_keys.iter().map(|k| k.path.clone()).collect();
+    let host_certs = plan::pair_host_certificates(&g.root, &bundle, &host_key_paths);
+    // The CA certifies the keys just sent: anything else is a CA at fault.
+    if !bundle.host_certificates.is_empty() && (!host_certs.uncertified.is_empty() || host_certs.stray > 0) {
+        return Err(Error::Ca("the bundle's host certificates do not certify this node's host keys".into()));
+    }
 
     let mut txn = Txn::begin(&g.root)?;
     // An account created for discovery is in the journal: a rollback deletes it.
-    let activated = activate(g, &facts, &pin, &a.ca, &resp, &bundle, &key, a.discovery, &mut txn, r);
+    let activated = activate(g, &facts, &pin, &a.ca, &resp, (&bundle, &host_certs), &key, a.discovery, &mut txn, r);
     match activated {
         Ok(()) => {
             r.writes = txn.writes();
@@ -215,7 +221,7 @@ fn activate(
     pin: &str,
     ca: &str,
     resp: &EnrollResponse,
-    bundle: &CheckedBundle,
+    (bundle, host_certs): (&CheckedBundle, &HostCerts),
     key: &ssh_key::PrivateKey,
     discovery: bool,
     txn: &mut Txn,
@@ -225,14 +231,8 @@ fn activate(
     let now = now();
     let host_key_paths: Vec<PathBuf> = facts.host_keys.iter().map(|k| k.path.clone()).collect();
     let login = resp.verification_login.as_str();
-    let staged = plan::desired(
-        root,
-        bundle,
-        &host_key_paths,
-        Some((login, resp.verification_principal.as_str())),
-        now,
-        discovery,
-    )?;
+    let staged =
+        plan::desired(root, bundle, host_certs, Some((login, resp.verification_principal.as_str())), now, discovery)?;
     let (drop_in, files): (Vec<Desired>, Vec<Desired>) =
         plan::diff(root, staged, &[])?.writes.into_iter().partition(|d| d.path == root.drop_in());
 
@@ -259,9 +259,7 @@ fn activate(
     r.step("reload", "sshd reloaded (not restarted)");
     failpoint::after("reload")?;
 
-    let cert_paths: Vec<PathBuf> =
-        host_key_paths.iter().take(bundle.host_certificates.len()).map(|k| plan::host_cert_path(root, k)).collect();
-    verify_effective(g, &cert_paths)?;
+    verify_effective(g, &host_certs.paths())?;
     r.step("verify", "sshd -T shows the CA, principals, KRL and host certificate settings");
     let dir = tempfile::tempdir().map_err(|e| Error::Failed(format!("cannot create a temporary directory: {e}")))?;
     let (key_path, cert_path, known_hosts) = verification_files(dir.path(), facts, bundle, key, resp)?;
@@ -272,7 +270,7 @@ fn activate(
     // Unstage the verification principal; the final files are what the CA sent. A
     // principals file written only for the verification (policy grants that login
     // nothing here) goes again, so the next run finds nothing to change.
-    let final_files = plan::desired(root, bundle, &host_key_paths, None, now, discovery)?;
+    let final_files = plan::desired(root, bundle, host_certs, None, now, discovery)?;
     let written: Vec<PathBuf> = txn.journal().originals.iter().map(|o| o.path.clone()).collect();
     let unstage = plan::diff(root, final_files, &written)?;
     write_all(txn, root, &unstage.writes, r)?;

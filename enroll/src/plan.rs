@@ -19,8 +19,52 @@ pub struct CheckedBundle {
     /// The principals files' lines per login (`[options ]principal`), checked.
     pub principals: BTreeMap<String, Vec<String>>,
     pub krl: Vec<u8>,
-    pub host_certificates: Vec<String>,
+    pub host_certificates: Vec<HostCertificate>,
     pub trusted_host_ca_keys: String,
+}
+
+/// A host certificate from the bundle, with the key it certifies.
+#[derive(Debug, Clone)]
+pub struct HostCertificate {
+    text: String,
+    key: ssh_key::public::KeyData,
+}
+
+/// This node's host keys paired with the bundle's certificates by the key each one
+/// certifies — not by position: a certificate installed for another key is one sshd
+/// ignores, and clients that trust only the host CA then cannot verify the node.
+#[derive(Debug, Default)]
+pub struct HostCerts {
+    /// Each certified key: where its certificate goes, and the certificate.
+    pub certified: Vec<(PathBuf, String)>,
+    /// Keys the bundle does not certify (regenerated since the CA recorded them, or
+    /// unreadable): they get no `HostCertificate` line.
+    pub uncertified: Vec<PathBuf>,
+    /// Certificates for none of the keys.
+    pub stray: usize,
+}
+
+impl HostCerts {
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.certified.iter().map(|(path, _)| path.clone()).collect()
+    }
+}
+
+/// Pairs `host_keys` (private key paths, as sshd names them) with the certificates
+/// `bundle` holds for their public keys.
+pub fn pair_host_certificates(root: &Root, bundle: &CheckedBundle, host_keys: &[PathBuf]) -> HostCerts {
+    let mut pairs = HostCerts::default();
+    let mut unused: Vec<&HostCertificate> = bundle.host_certificates.iter().collect();
+    for key in host_keys {
+        let public = crate::preflight::host_public_key(key).ok();
+        let found = public.and_then(|public| unused.iter().position(|c| &c.key == public.key_data()));
+        match found.map(|i| unused.swap_remove(i)) {
+            Some(cert) => pairs.certified.push((host_cert_path(root, key), cert.text.clone())),
+            None => pairs.uncertified.push(key.clone()),
+        }
+    }
+    pairs.stray = unused.len();
+    pairs
 }
 
 fn safe_login(login: &str) -> bool {
@@ -62,7 +106,7 @@ fn principal_file_lines(bundle: &NodeBundle) -> Result<BTreeMap<String, Vec<Stri
     Ok(bundle.principals.clone())
 }
 
-pub fn check_bundle(bundle: &NodeBundle, host_keys: usize) -> Result<CheckedBundle> {
+pub fn check_bundle(bundle: &NodeBundle) -> Result<CheckedBundle> {
     let krl = STANDARD.decode(bundle.krl_base64.trim()).map_err(|_| Error::Ca("the KRL is not valid base64".into()))?;
     // The whole KRL is parsed, not just its magic: while sshd's `RevokedKeys` names a
     // file it cannot load, it refuses every public key (`sshd -t` still passes), so a
@@ -90,18 +134,20 @@ pub fn check_bundle(bundle: &NodeBundle, host_keys: usize) -> Result<CheckedBund
         ));
     }
     let principals = principal_file_lines(bundle)?;
-    if !bundle.host_certificates.is_empty() && bundle.host_certificates.len() != host_keys {
-        return Err(Error::Ca("the bundle's host certificates do not match the host keys".into()));
-    }
-    for cert in &bundle.host_certificates {
-        ssh_key::Certificate::from_openssh(cert.trim())
+    let mut host_certificates = Vec::new();
+    for text in &bundle.host_certificates {
+        let cert = ssh_key::Certificate::from_openssh(text.trim())
             .map_err(|_| Error::Ca("a host certificate does not parse".into()))?;
+        if cert.cert_type() != ssh_key::certificate::CertType::Host {
+            return Err(Error::Ca("a host certificate is not a host certificate".into()));
+        }
+        host_certificates.push(HostCertificate { text: text.trim().to_owned(), key: cert.public_key().clone() });
     }
     Ok(CheckedBundle {
         trusted_user_ca_keys: bundle.trusted_user_ca_keys.clone(),
         principals,
         krl,
-        host_certificates: bundle.host_certificates.clone(),
+        host_certificates,
         trusted_host_ca_keys: bundle.trusted_host_ca_keys.clone(),
     })
 }
@@ -228,7 +274,7 @@ pub fn discovery_files(root: &Root) -> Vec<Desired> {
 pub fn desired(
     root: &Root,
     bundle: &CheckedBundle,
-    host_keys: &[PathBuf],
+    host_certs: &HostCerts,
     extra_principal: Option<(&str, &str)>,
     now: u64,
     discovery: bool,
@@ -247,21 +293,17 @@ pub fn desired(
     for (login, list) in &principals {
         out.push(Desired { path: root.principals_dir().join(login), bytes: principals_text(list), mode: 0o644 });
     }
-    let mut cert_paths = Vec::new();
-    for (key, cert) in host_keys.iter().zip(&bundle.host_certificates) {
-        let path = host_cert_path(root, key);
-        let current = fsx::read_opt(&path)?;
-        let bytes = match current {
+    for (path, cert) in &host_certs.certified {
+        let bytes = match fsx::read_opt(path)? {
             Some(cur) if keep_host_cert(&cur, cert, now) => cur,
-            _ => format!("{}\n", cert.trim()).into_bytes(),
+            _ => format!("{cert}\n").into_bytes(),
         };
         out.push(Desired { path: path.clone(), bytes, mode: 0o644 });
-        cert_paths.push(path);
     }
     if discovery {
         out.extend(discovery_files(root));
     }
-    out.push(Desired { path: root.drop_in(), bytes: drop_in_text(root, &cert_paths), mode: 0o644 });
+    out.push(Desired { path: root.drop_in(), bytes: drop_in_text(root, &host_certs.paths()), mode: 0o644 });
     Ok(out)
 }
 
@@ -409,11 +451,77 @@ mod tests {
             krl_base64: krl(revoked),
             ..bundle_with(vec![("root", vec![line(&[], "pn_n_root")])], vec![])
         };
-        assert!(check_bundle(&bundle(&[&old], &[]), 0).is_ok());
-        let refused = check_bundle(&bundle(&[&old], &[&old]), 0).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(check_bundle(&bundle(&[&old], &[])).is_ok());
+        let refused = check_bundle(&bundle(&[&old], &[&old])).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(refused.contains("revokes every user CA key"), "{refused}");
-        assert!(check_bundle(&bundle(&[&old, &new], &[&old, &new]), 0).is_err());
-        assert!(check_bundle(&bundle(&[&old, &new], &[&old]), 0).is_ok(), "revoking the old key in a rotation");
+        assert!(check_bundle(&bundle(&[&old, &new], &[&old, &new])).is_err());
+        assert!(check_bundle(&bundle(&[&old, &new], &[&old])).is_ok(), "revoking the old key in a rotation");
+    }
+
+    #[test]
+    fn host_certificates_go_to_the_keys_they_certify_whatever_their_order() {
+        use ssh_key::certificate::{Builder, CertType};
+        let random = |algorithm| {
+            ssh_key::PrivateKey::random(&mut ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng), algorithm)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let ca = random(ssh_key::Algorithm::Ed25519);
+        let cert = |key: &ssh_key::PrivateKey, kind: CertType| {
+            let mut b = Builder::new([7; 32], key.public_key().key_data().clone(), 1, u64::MAX - 1).unwrap();
+            b.cert_type(kind).unwrap();
+            b.valid_principal("n").unwrap();
+            b.sign(&ca).unwrap().to_openssh().unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ed25519 = random(ssh_key::Algorithm::Ed25519);
+        let ecdsa = random(ssh_key::Algorithm::Ecdsa { curve: ssh_key::EcdsaCurve::NistP256 });
+        let regenerated = random(ssh_key::Algorithm::Ed25519);
+        let paths: Vec<PathBuf> = ["ssh_host_ed25519_key", "ssh_host_ecdsa_key"].map(|n| dir.path().join(n)).into();
+        for (path, key) in paths.iter().zip([&ed25519, &ecdsa]) {
+            std::fs::write(format!("{}.pub", path.display()), key.public_key().to_openssh().unwrap()).unwrap();
+        }
+        let root = Root::new("/r");
+        let checked = |certs: Vec<String>| {
+            check_bundle(&NodeBundle { host_certificates: certs, ..valid_bundle() }).unwrap_or_else(|e| panic!("{e}"))
+        };
+        // The CA's order is not the node's: each key still gets its own.
+        let bundle = checked(vec![cert(&ecdsa, CertType::Host), cert(&ed25519, CertType::Host)]);
+        let pairs = pair_host_certificates(&root, &bundle, &paths);
+        let expected: Vec<(PathBuf, String)> = vec![
+            (root.stage().join("ssh_host_ed25519_key-cert.pub"), cert_of(&bundle, 1)),
+            (root.stage().join("ssh_host_ecdsa_key-cert.pub"), cert_of(&bundle, 0)),
+        ];
+        assert_eq!((pairs.certified, pairs.uncertified.len(), pairs.stray), (expected, 0, 0));
+        // A key regenerated since the CA recorded it: no certificate for it, the other kept.
+        let bundle = checked(vec![cert(&regenerated, CertType::Host), cert(&ecdsa, CertType::Host)]);
+        let pairs = pair_host_certificates(&root, &bundle, &paths);
+        assert_eq!(pairs.paths(), [root.stage().join("ssh_host_ecdsa_key-cert.pub")]);
+        assert_eq!((pairs.uncertified, pairs.stray), (vec![paths[0].clone()], 1));
+        // An unreadable key is uncertified, not an error (a refresh still applies the KRL).
+        let pairs = pair_host_certificates(&root, &bundle, &[dir.path().join("gone")]);
+        assert_eq!((pairs.certified.len(), pairs.uncertified.len(), pairs.stray), (0, 1, 2));
+        // A user certificate is no host certificate.
+        let refused =
+            check_bundle(&NodeBundle { host_certificates: vec![cert(&ecdsa, CertType::User)], ..valid_bundle() });
+        assert!(refused.is_err());
+    }
+
+    fn cert_of(bundle: &CheckedBundle, i: usize) -> String {
+        bundle.host_certificates[i].text.clone()
+    }
+
+    /// A bundle `check_bundle` accepts: one user CA key, an empty KRL.
+    fn valid_bundle() -> NodeBundle {
+        let ca = ssh_key::PrivateKey::random(
+            &mut ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng),
+            ssh_key::Algorithm::Ed25519,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        NodeBundle {
+            trusted_user_ca_keys: ca.public_key().to_openssh().unwrap_or_default(),
+            krl_base64: STANDARD.encode(portcullis_sshcert::KrlBuilder::new(1, 1_700_000_000, "").encode()),
+            ..bundle_with(vec![("root", vec![line(&[], "pn_n_root")])], vec![])
+        }
     }
 
     #[test]

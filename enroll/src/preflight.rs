@@ -86,15 +86,20 @@ pub fn service_name(root: &Root) -> String {
 }
 
 fn public_line(private: &Path) -> Result<String> {
+    host_public_key(private)?.to_openssh().map_err(|e| Error::Failed(format!("{}: {e}", private.display())))
+}
+
+/// The public half of the host key at `private`: its `.pub` file, else the key itself.
+pub(crate) fn host_public_key(private: &Path) -> Result<ssh_key::PublicKey> {
     let pub_path = PathBuf::from(format!("{}.pub", private.display()));
     if let Ok(text) = std::fs::read_to_string(&pub_path)
         && let Ok(key) = ssh_key::PublicKey::from_openssh(text.trim())
     {
-        return key.to_openssh().map_err(|e| Error::Failed(format!("{}: {e}", pub_path.display())));
+        return Ok(key);
     }
     let key = ssh_key::PrivateKey::read_openssh_file(private)
         .map_err(|e| Error::Refused(format!("cannot read the host key {}: {e}", private.display())))?;
-    key.public_key().to_openssh().map_err(|e| Error::Failed(format!("{}: {e}", private.display())))
+    Ok(key.public_key().clone())
 }
 
 /// Runs every check; `Err(Refused)` means the node is left exactly as it was.

@@ -20,7 +20,7 @@
 use crate::client::Api;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::plan::{self, CheckedBundle, Plan};
+use crate::plan::{self, HostCerts, Plan};
 use crate::proof::node_proof;
 use crate::report::Report;
 use crate::root::Root;
@@ -50,7 +50,7 @@ pub(crate) async fn refresh_with(g: &Global, state: State, api: &Api, r: &mut Re
     let root = &g.root;
     let now = now();
     let proof = node_proof(&state.node, "refresh", &state.proof_key, now)?;
-    let bundle = match api.refresh(&proof).await.and_then(|b| plan::check_bundle(&b, state.host_keys.len())) {
+    let bundle = match api.refresh(&proof).await.and_then(|b| plan::check_bundle(&b)) {
         Ok(b) => b,
         Err(e) => {
             r.step("fetch", format!("{e}; the current files (and KRL) stay in place"));
@@ -61,7 +61,22 @@ pub(crate) async fn refresh_with(g: &Global, state: State, api: &Api, r: &mut Re
     r.set("node", &state.node);
     let managed: Vec<PathBuf> = state.originals.iter().map(|o| o.path.clone()).collect();
     // The KRL first: revocations take effect before anything else changes.
-    let mut desired = plan::desired(root, &bundle, &state.host_keys, None, now, state.discovery)?;
+    // A host key regenerated since enrollment is not the key the CA certifies: it goes
+    // uncertified (the revocations still apply) and the report says what to do.
+    let host_certs = plan::pair_host_certificates(root, &bundle, &state.host_keys);
+    if !bundle.host_certificates.is_empty() {
+        for key in &host_certs.uncertified {
+            r.step(
+                "host key",
+                format!(
+                    "{} is not the key the CA certified (regenerated?); it gets no host certificate until \
+                     `portcullis-enroll enroll` runs again with a new token",
+                    key.display()
+                ),
+            );
+        }
+    }
+    let mut desired = plan::desired(root, &bundle, &host_certs, None, now, state.discovery)?;
     desired.sort_by_key(|d| d.path != root.krl());
     let plan = plan::diff(root, desired, &managed)?;
     if plan.is_empty() {
@@ -97,7 +112,7 @@ pub(crate) async fn refresh_with(g: &Global, state: State, api: &Api, r: &mut Re
     if sshd_change.is_empty() {
         return Ok(format!("refreshed: {} change(s), no reload needed", described.len()));
     }
-    match apply_sshd_change(g, &state, &bundle, &sshd_change, r) {
+    match apply_sshd_change(g, &state, &host_certs, &sshd_change, r) {
         Ok(()) => {
             r.set(SSHD_KEY, "applied");
             Ok(format!("refreshed: {} change(s)", described.len()))
@@ -187,7 +202,7 @@ fn apply_trust(g: &Global, state: &State, trust: &Plan, r: &mut Report) -> Resul
 }
 
 /// Phase 2: the drop-in and host certificates, checked before the reload.
-fn apply_sshd_change(g: &Global, state: &State, bundle: &CheckedBundle, change: &Plan, r: &mut Report) -> Result<()> {
+fn apply_sshd_change(g: &Global, state: &State, host_certs: &HostCerts, change: &Plan, r: &mut Report) -> Result<()> {
     let root = &g.root;
     let mut new_state = state.clone();
     in_txn(g, r, |txn, r| {
@@ -204,13 +219,7 @@ fn apply_sshd_change(g: &Global, state: &State, bundle: &CheckedBundle, change: 
         let checked = txn.check(&g.sshd)?;
         r.step("sshd -t", "configuration valid");
         failpoint::after("test")?;
-        let cert_paths: Vec<PathBuf> = state
-            .host_keys
-            .iter()
-            .take(bundle.host_certificates.len())
-            .map(|k| plan::host_cert_path(root, k))
-            .collect();
-        verify_effective(g, &cert_paths)?;
+        verify_effective(g, &host_certs.paths())?;
         r.step("verify", "sshd -T shows the CA, principals, KRL and host certificate settings");
         failpoint::after("verify")?;
         checked.reload(&g.sshd)?;

@@ -702,3 +702,42 @@ async fn an_operators_umask_leaves_the_principals_readable_by_every_login() {
     assert_eq!(mode("/etc/ssh/portcullis/principals"), 0o755);
     assert_eq!(mode("/etc/ssh/portcullis/principals/root"), 0o644);
 }
+
+/// A host key regenerated after enrollment (an operator's `ssh-keygen -A`, a restored
+/// image) is not the key the CA certifies: the refresh leaves it without a certificate
+/// and says why, instead of installing the old key's certificate for it — and the new
+/// revocations still apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regenerated_host_key_gets_no_other_keys_certificate_and_revocations_still_apply() {
+    let ca = FakeCa::start().await;
+    let node = Node::start(true);
+    let (code, json, _) = enroll(&node, &ca);
+    assert_eq!(code, 0, "{json}");
+    let (key, cert, user_key) = user_with_cert(node.dir.path(), &ca, &["pc_admins_root"]);
+    assert!(node.cert_login_works("root", &key, &cert));
+    let ecdsa_cert = node.path("/etc/ssh/portcullis/ssh_host_ecdsa_key-cert.pub");
+    let ed25519_cert = node.path("/etc/ssh/portcullis/ssh_host_ed25519_key-cert.pub");
+    assert!(ecdsa_cert.exists() && ed25519_cert.exists());
+
+    let ecdsa = node.path("/etc/ssh/ssh_host_ecdsa_key");
+    std::fs::remove_file(&ecdsa).unwrap();
+    std::fs::remove_file(format!("{}.pub", ecdsa.display())).unwrap();
+    let made = Command::new("ssh-keygen").args(["-q", "-t", "ecdsa", "-N", "", "-C", "", "-f"]).arg(&ecdsa).status();
+    assert!(made.unwrap().success());
+    let mut krl = KrlBuilder::new(3, now(), "");
+    krl.revoke_key_sha256(user_key.public_key().key_data());
+    ca.state.lock().unwrap().krl = krl.encode();
+
+    let mut refresh = node.enroll_cmd();
+    refresh.arg("refresh");
+    let (code, json, _) = run(refresh);
+    assert_eq!(code, 0, "{json}");
+    let said = json["steps"].as_array().unwrap().iter().find(|s| s["step"] == "host key").map(|s| s["detail"].clone());
+    let said = said.unwrap_or_default().to_string();
+    assert!(said.contains("ssh_host_ecdsa_key") && said.contains("enroll"), "{json}");
+    assert!(!ecdsa_cert.exists(), "the old key's certificate is not kept for the new key");
+    let drop_in = std::fs::read_to_string(node.path("/etc/ssh/sshd_config.d/60-portcullis.conf")).unwrap();
+    assert!(!drop_in.contains("ecdsa") && drop_in.contains(&ed25519_cert.display().to_string()), "{drop_in}");
+    assert!(!node.cert_login_works("root", &key, &cert), "the revocation applies");
+    assert!(node.ordinary_login_works());
+}
