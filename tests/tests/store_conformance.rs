@@ -428,3 +428,58 @@ async fn put_row(ca: &Ca, row: &RawRow) {
         .await
         .unwrap();
 }
+
+/// Replicas on one PostgreSQL, a rotation made on one of them. Another replica's KRL
+/// carries the revocation of a certificate the new key signed (it used to leave out, without
+/// a word, serials of keys its own keyring did not hold); an activation retried on a
+/// replica that still saw the key pending changes nothing (it used to demote the active
+/// key and promote none, leaving no key to sign with); after their housekeeping the others
+/// sign with the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_follow_each_others_ca_key_rotation() {
+    let pg = Postgres::start().expect("throwaway PostgreSQL server");
+    let work = tempfile::tempdir().unwrap();
+    let policy_dir = work.path().join("policy");
+    std::fs::create_dir(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("policy.toml"), POLICY).unwrap();
+    let clock = ManualClock::new(now());
+    let url = pg.url();
+    let replica = || ca_in_process(&url, &policy_dir, clock.clone());
+    let a = replica().await.unwrap();
+    let one_time = a.identity().bootstrap_admin("admin", "admins").await.unwrap().unwrap();
+    a.identity().login_replacing_password("admin", None, &one_time, &secret("admin-choice"), IP).await.unwrap();
+    let admin = login(&a, "admin", "admin-choice").await;
+    let users_grant = a.core().authorize::<proof::UsersManage>(&admin).unwrap();
+    a.admin().add_user(&users_grant, "alice", &["devs".into()], Some(&secret(ALICE_PASSWORD))).await.unwrap();
+    let b = replica().await.unwrap();
+
+    let ca_grant = a.core().authorize::<proof::CaManage>(&admin).unwrap();
+    let pending = a.admin().rotate_ca_key(&ca_grant, KeyPurpose::User).await.unwrap();
+    let c = replica().await.unwrap(); // sees the new key pending
+    let stale_grant = c.core().authorize::<proof::CaManage>(&login(&c, "admin", "admin-choice").await).unwrap();
+    a.admin().activate_ca_key(&ca_grant, KeyPurpose::User).await.unwrap();
+    let alice = login(&a, "alice", ALICE_PASSWORD).await;
+    let (resp, cert) = issue(&a, &alice, &ed25519_key()).await;
+    assert_eq!(signer_of(&cert), pending.fingerprint);
+    let revoke_grant = a.core().authorize::<proof::CertsRevoke>(&admin).unwrap();
+    let serial = Some(resp.serial.clone());
+    a.revocation().revoke(&revoke_grant, &RevokeRequest { serial, ..RevokeRequest::default() }).await.unwrap();
+
+    // B has not heard of the new key: its KRL still names the revoked serial.
+    let files = tempfile::tempdir().unwrap();
+    let path = write_cert(files.path(), "cert", &cert);
+    assert!(krl_revokes(&write_krl(&b, files.path()).await, &path), "B's KRL leaves out a revocation");
+
+    // C still sees the key as pending: a retried activation there changes nothing.
+    let retried = c.admin().activate_ca_key(&stale_grant, KeyPurpose::User).await;
+    assert!(matches!(retried, Err(CaError::Conflict(_))), "{retried:?}");
+    for ca in [&b, &c] {
+        ca.housekeeping().await.unwrap();
+    }
+    for ca in [&a, &b, &c] {
+        assert_eq!(active_user_ca(ca), pending.fingerprint, "one active key, the new one");
+    }
+    let alice_on_b = login(&b, "alice", ALICE_PASSWORD).await;
+    let (_, from_b) = issue(&b, &alice_on_b, &ed25519_key()).await;
+    assert_eq!(signer_of(&from_b), pending.fingerprint, "B signs with the key A activated");
+}

@@ -348,7 +348,14 @@ impl Admin {
             .collect();
         let mut tx = self.core.store.begin().await?;
         store::move_ca_keys(tx.conn(), purpose.as_str(), state::ACTIVE, state::PREVIOUS).await?;
-        store::set_ca_key_state(tx.conn(), &new.fingerprint, state::PENDING, state::ACTIVE).await?;
+        // The keyring read above may be older than the database (a retry whose first try
+        // committed, another replica's change): unless the key is still pending, nothing
+        // changes — demoting the active key alone would leave none to sign with.
+        if !store::set_ca_key_state(tx.conn(), &new.fingerprint, state::PENDING, state::ACTIVE).await? {
+            drop(tx);
+            self.core.reload_keys().await?;
+            return Err(CaError::Conflict("the key is no longer pending (activated or retired meanwhile)".into()));
+        }
         audit::record(
             tx.conn(),
             self.core.now(),
@@ -372,7 +379,11 @@ impl Admin {
             return Err(CaError::Conflict(format!("a key in state {} cannot be retired", row.state)));
         }
         let mut tx = self.core.store.begin().await?;
-        store::set_ca_key_state(tx.conn(), fingerprint, &row.state, state::RETIRED).await?;
+        if !store::set_ca_key_state(tx.conn(), fingerprint, &row.state, state::RETIRED).await? {
+            drop(tx);
+            self.core.reload_keys().await?;
+            return Err(CaError::Conflict(format!("the key is no longer {} (changed meanwhile)", row.state)));
+        }
         audit::record(
             tx.conn(),
             self.core.now(),

@@ -146,6 +146,20 @@ impl Core {
         Ok(())
     }
 
+    /// Reloads the keyring when the database's CA keys are not the ones it holds: another
+    /// replica rotated, activated or retired one. Until then this replica would sign with
+    /// a key that is no longer active and publish a trusted set that is out of date.
+    pub(super) async fn follow_key_changes(&self) -> Result<(), CaError> {
+        let rows = self.store.ca_keys().await?;
+        let held = self.keyring();
+        let same = rows.len() == held.rows().len()
+            && rows.iter().zip(held.rows()).all(|(a, b)| a.fingerprint == b.fingerprint && a.state == b.state);
+        if !same {
+            self.reload_keys().await?;
+        }
+        Ok(())
+    }
+
     /// Public keys of `purpose` that verifiers must trust, one OpenSSH line each.
     pub fn trusted_keys(&self, purpose: KeyPurpose) -> String {
         let keyring = self.keyring();

@@ -256,9 +256,11 @@ impl Ca {
     /// The CA's own timer (every few seconds on each replica): reclaims the leases of
     /// bastions that went quiet even when no bastion heartbeats any more — the only
     /// bastion killed must not leave ghost sessions holding users' caps — writes a
-    /// finished window's refusal summary, forgets expired OIDC sign-ins in progress, and
-    /// deletes recordings past their retention.
+    /// finished window's refusal summary, forgets expired OIDC sign-ins in progress,
+    /// deletes recordings past their retention, and follows CA key changes made by other
+    /// replicas.
     pub async fn housekeeping(&self) -> Result<(), CaError> {
+        self.core.follow_key_changes().await?;
         self.core.flush_refusals().await?;
         self.core.store.purge_oidc_pending(self.core.now()).await?;
         self.sessions.purge_connection_proofs().await?;

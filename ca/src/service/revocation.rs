@@ -157,13 +157,15 @@ impl Revocation {
                 return Ok(Arc::clone(&c.bytes));
             }
         }
-        let keyring = self.core.keyring();
+        // The CA keys as the database has them, not this replica's keyring: a key another
+        // replica rotated in signs certificates this one may be asked to revoke, and a
+        // serial whose key is unknown would be left out of the KRL without a word.
+        let ca_keys = self.core.store.ca_keys().await?;
         // The generation date is when the revocation set last changed, so an unchanged set
         // encodes to the same bytes and nodes that refresh rewrite nothing.
         let mut krl = KrlBuilder::new(version, changed_at, "portcullis");
         for (serial, ca_fp) in self.core.store.revoked_unexpired(now).await? {
-            let ca_key = keyring
-                .rows()
+            let ca_key = ca_keys
                 .iter()
                 .find(|r| r.fingerprint == ca_fp)
                 .and_then(|r| PublicKey::from_openssh(&r.public_key).ok());
