@@ -173,3 +173,32 @@ async fn bindings_name_the_source_and_a_recreated_entry_is_another_subject() {
     let new_alice = token(sign_in(&server, json!({ "username": "alice", "password": "new-alice-password-2" })).await);
     assert_eq!(server.whoami(&new_alice).await.1["username"], "ldap:alice");
 }
+
+/// An entry renamed in the directory (same entry, new uid) moves to its new account name,
+/// and what it had under the old name ends then: otherwise the next entry given the old
+/// uid would claim the freed name, and the renamed person's old session and certificates
+/// would pass every check as that other person.
+#[tokio::test]
+async fn a_renamed_entry_leaves_nothing_behind_under_its_old_name() {
+    let slapd = directory();
+    let server = ca_with_ldap(&slapd).await;
+    let old_session = token(sign_in(&server, json!({ "username": "alice", "password": ALICE_PW })).await);
+    let (status, body) = server.issue_cert(&old_session, &public_line(&ed25519_key())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    slapd.ldapmodify(&format!("dn: {ALICE_DN}\nchangetype: modrdn\nnewrdn: uid=alice2\ndeleteoldrdn: 1\n"));
+    let renamed = token(sign_in(&server, json!({ "username": "alice2", "password": ALICE_PW })).await);
+    assert_eq!(server.whoami(&renamed).await.1["username"], "ldap:alice2");
+    let revoked = server.audit_events("revoked").await;
+    assert!(
+        revoked.iter().any(|r| r.payload["target"] == "user:ldap:alice" && r.payload["certificates"] == 1),
+        "the old name's certificate is revoked: {revoked:?}"
+    );
+
+    // Someone else is given the uid alice: the freed name is theirs, and the renamed
+    // person's old session is not.
+    slapd.ldapadd(&person(ALICE_DN, "alice", "another-alice-password-3"));
+    let other = token(sign_in(&server, json!({ "username": "alice", "password": "another-alice-password-3" })).await);
+    assert_eq!(server.whoami(&other).await.1["username"], "ldap:alice");
+    assert_eq!(server.whoami(&old_session).await.0, StatusCode::UNAUTHORIZED, "the old session ended");
+}

@@ -182,6 +182,19 @@ impl IdentityService {
         let mut tx = self.core.store.begin().await?;
         if session.source != UserSource::Local.as_str() {
             let claim = store::claim_account(tx.conn(), &session.username, &session.source, &subject, now).await?;
+            if let AccountClaim::Held { released } = &claim {
+                // Renamed at its source: the old name's sessions and certificates end
+                // with it, before another subject can be given that name.
+                for old in released {
+                    store::revoke_user_sessions(tx.conn(), old, now).await?;
+                    let n = store::revoke_certs(tx.conn(), &store::RevokeTarget::User(old), now).await?;
+                    if n > 0 {
+                        let target = format!("user:{}", crate::audit::sanitize(old));
+                        super::revocation::record_revocation(tx.conn(), now, &session.username, target, n, false)
+                            .await?;
+                    }
+                }
+            }
             if claim == AccountClaim::Taken {
                 drop(tx);
                 tracing::warn!(account = %session.username, "sign-in refused: the account name belongs to another subject");

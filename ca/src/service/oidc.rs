@@ -136,7 +136,10 @@ impl IdentityService {
         CaError::SignInFailed(match why {
             TokenInvalid::GroupsClaim => {
                 let claim = self.oidc.as_ref().map_or("groups", |o| o.groups_claim());
-                format!("the identity provider's `{claim}` claim is not a list of group names")
+                format!(
+                    "the identity provider's `{claim}` claim is not a list of group names (or names a source \
+                     to fetch them from, as for a user in too many groups)"
+                )
             }
             TokenInvalid::IssuedInFuture => {
                 "the identity provider's token is dated in the future (check its clock)".into()

@@ -246,10 +246,12 @@ async fn holder<'e>(executor: impl sqlx::Executor<'e, Database = sqlx::Any>, acc
 }
 
 /// What [`claim_account`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountClaim {
-    /// The account is (now) held by this subject.
-    Held,
+    /// The account is (now) held by this subject; `released` are the names it held
+    /// before (it was renamed at its source): what was issued under them must end, or
+    /// the next subject given such a name would inherit it.
+    Held { released: Vec<String> },
     /// Another subject holds the account name.
     Taken,
 }
@@ -272,15 +274,19 @@ pub async fn claim_account(
                 .bind(account)
                 .execute(&mut *conn)
                 .await?;
-            return Ok(AccountClaim::Held);
+            return Ok(AccountClaim::Held { released: Vec::new() });
         }
         None => {}
     }
-    sqlx::query("DELETE FROM accounts WHERE source = $1 AND subject = $2")
-        .bind(source)
-        .bind(subject)
-        .execute(&mut *conn)
-        .await?;
+    let released: Vec<String> =
+        sqlx::query("DELETE FROM accounts WHERE source = $1 AND subject = $2 RETURNING account")
+            .bind(source)
+            .bind(subject)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| row.try_get("account"))
+            .collect::<std::result::Result<_, _>>()?;
     let inserted = sqlx::query(
         "INSERT INTO accounts (account, source, subject, first_seen, last_seen) VALUES ($1, $2, $3, $4, $4) \
          ON CONFLICT (account) DO NOTHING",
@@ -292,7 +298,7 @@ pub async fn claim_account(
     .execute(&mut *conn)
     .await?;
     // Zero rows: another replica claimed the name for someone between the two statements.
-    Ok(if inserted.rows_affected() == 1 { AccountClaim::Held } else { AccountClaim::Taken })
+    Ok(if inserted.rows_affected() == 1 { AccountClaim::Held { released } } else { AccountClaim::Taken })
 }
 
 /// Frees an account name for the next subject that signs in with it.

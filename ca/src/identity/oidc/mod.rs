@@ -414,7 +414,14 @@ impl Oidc {
         let email = claims.get(&self.email_claim).and_then(|v| v.as_str()).map(crate::audit::sanitize);
         // Groups decide roles (and `deny`s): anything but a list of names is refused,
         // never coerced — a string, a number or an object may be an IdP misconfiguration
-        // that would otherwise drop a group silently.
+        // that would otherwise drop a group silently. A groups claim the IdP moved
+        // elsewhere (OIDC's distributed claims, `_claim_names`: how Entra ID answers for a
+        // user in more than 200 groups) is not in the token at all: refused, not read as
+        // "no groups", which would lift every group `deny`.
+        let moved = claims.get("_claim_names").and_then(|names| names.get(&self.groups_claim)).is_some();
+        if moved {
+            return Err(TokenInvalid::GroupsClaim);
+        }
         let groups = match claims.get(&self.groups_claim) {
             None | Some(serde_json::Value::Null) => Vec::new(),
             Some(serde_json::Value::Array(items)) if items.len() <= 1024 => items

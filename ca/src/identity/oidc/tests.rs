@@ -256,6 +256,12 @@ async fn unusable_claims_and_oversized_tokens_are_refused() {
     assert_eq!(f.verify_claims(&c).await.unwrap().groups, vec!["admins"]);
     c["groups"] = json!(null);
     assert_eq!(f.verify_claims(&c).await.unwrap().groups, Vec::<String>::new());
+    // Too many groups to list: the IdP names a source instead (Entra ID's overage).
+    c["_claim_names"] = json!({"groups": "src1"});
+    c["_claim_sources"] = json!({"src1": {"endpoint": "https://graph.example/v1.0/users/u1/getMemberObjects"}});
+    assert_eq!(f.verify_claims(&c).await.unwrap_err(), TokenInvalid::GroupsClaim, "groups elsewhere");
+    c["_claim_names"] = json!({"email": "src1"});
+    assert_eq!(f.verify_claims(&c).await.unwrap().groups, Vec::<String>::new(), "another claim elsewhere");
     let huge = "a".repeat(MAX_ID_TOKEN_BYTES + 1);
     assert_eq!(f.verify(&huge, None).await.unwrap_err(), TokenInvalid::Malformed);
     assert_eq!(f.verify("not.a.jwt", None).await.unwrap_err(), TokenInvalid::Malformed);
