@@ -11,7 +11,23 @@
 //! failures.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
+
+/// What attempts from `client_ip` are counted under: an IPv4 address as it is (and an
+/// IPv4-mapped IPv6 address as its IPv4 address), an IPv6 address by its /64 — one host
+/// is routinely given a whole /64, and counting per address would hand it 2^64 fresh
+/// budgets. Text that is not an address is its own key.
+pub fn source_key(client_ip: &str) -> String {
+    match client_ip.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
+        Ok(IpAddr::V6(v6)) => {
+            let prefix = u128::from(v6) & !(u128::from(u64::MAX));
+            format!("{}/64", Ipv6Addr::from(prefix))
+        }
+        Ok(v4) => v4.to_string(),
+        Err(_) => client_ip.to_owned(),
+    }
+}
 
 pub struct RateLimiter {
     window: u64,
@@ -130,6 +146,17 @@ impl LoginThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_64_and_ipv4_as_itself() {
+        assert_eq!(source_key("2001:db8:7:1::5"), "2001:db8:7:1::/64");
+        assert_eq!(source_key("2001:db8:7:1:ffff:1:2:3"), source_key("2001:db8:7:1::1"));
+        assert_ne!(source_key("2001:db8:7:1::1"), source_key("2001:db8:7:2::1"));
+        assert_eq!(source_key("::ffff:198.51.100.7"), "198.51.100.7");
+        assert_eq!(source_key("198.51.100.7"), "198.51.100.7");
+        assert_ne!(source_key("198.51.100.7"), source_key("198.51.100.8"));
+        assert_eq!(source_key("unknown"), "unknown");
+    }
 
     #[test]
     fn failures_from_other_addresses_never_block_a_clean_address() {

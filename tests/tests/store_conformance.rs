@@ -483,3 +483,39 @@ async fn replicas_follow_each_others_ca_key_rotation() {
     let (_, from_b) = issue(&b, &alice_on_b, &ed25519_key()).await;
     assert_eq!(signer_of(&from_b), pending.fingerprint, "B signs with the key A activated");
 }
+
+/// A password guesser with an IPv6 /64 — what one host is routinely given — gets the free
+/// tries and back-off of one address, not a fresh budget per address; another /64 and an
+/// IPv4 address are not held back by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_guesser_gets_one_budget_per_64_not_per_address() {
+    let work = tempfile::tempdir().unwrap();
+    let policy_dir = work.path().join("policy");
+    std::fs::create_dir(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("policy.toml"), POLICY).unwrap();
+    let ca = ca_in_process(&sqlite_url(work.path()), &policy_dir, ManualClock::new(now())).await.unwrap();
+    let one_time = ca.identity().bootstrap_admin("admin", "admins").await.unwrap().unwrap();
+    ca.identity().login_replacing_password("admin", None, &one_time, &secret("admin-choice"), IP).await.unwrap();
+    let users_grant = ca.core().authorize::<proof::UsersManage>(&login(&ca, "admin", "admin-choice").await).unwrap();
+    ca.admin().add_user(&users_grant, "alice", &["devs".into()], Some(&secret(ALICE_PASSWORD))).await.unwrap();
+
+    let guess = |ip: String| {
+        let ca = &ca;
+        async move { ca.identity().login_password("alice", None, &secret("a-guess-at-alices-password"), &ip).await }
+    };
+    // The free tries and the first back-off step, each from a new address of the /64.
+    for n in 1..=ca_free_failures() + 1 {
+        let answer = guess(format!("2001:db8:7:1::{n:x}")).await;
+        assert!(matches!(answer, Err(CaError::InvalidCredentials)), "try {n}: {answer:?}");
+    }
+    let answer = guess("2001:db8:7:1:abcd::1".into()).await;
+    assert!(matches!(answer, Err(CaError::RateLimited { .. })), "a new address of the same /64: {answer:?}");
+    for elsewhere in ["2001:db8:7:2::1", "198.51.100.20"] {
+        let answer = guess(elsewhere.into()).await;
+        assert!(matches!(answer, Err(CaError::InvalidCredentials)), "{elsewhere}: {answer:?}");
+    }
+}
+
+fn ca_free_failures() -> u32 {
+    portcullis_ca::ratelimit::FREE_FAILURES
+}

@@ -71,7 +71,9 @@ impl IdentityService {
     ) -> Result<LoginResponse, CaError> {
         crate::validate::identifier("user name", typed)?;
         let now = self.core.now();
-        let ip_key = format!("ip:{client_ip}");
+        // Attempts count per source (an IPv6 /64), audit records name the address.
+        let origin = crate::ratelimit::source_key(client_ip);
+        let ip_key = format!("ip:{origin}");
         let limited = self.ip_attempts.blocked(&ip_key, now);
         self.ip_attempts.hit(&ip_key, now);
         // A name outside the alphabet is refused like one with control characters: it
@@ -90,7 +92,7 @@ impl IdentityService {
         }
         // One back-off per name, whichever source it is asked of: `alice` and
         // `ldap:alice` are guesses at the same password when local has no alice.
-        let limited = limited.or_else(|| self.login_throttle.blocked(name, client_ip, now));
+        let limited = limited.or_else(|| self.login_throttle.blocked(name, &origin, now));
         if let Some(retry_after) = limited {
             self.audit_login_failure(typed, "any", client_ip, "rate_limited").await?;
             return Err(CaError::RateLimited { retry_after });
@@ -109,7 +111,7 @@ impl IdentityService {
                     AuthFailure::Unavailable | AuthFailure::MembershipIncomplete | AuthFailure::PasswordChangeRequired
                 );
                 if guess {
-                    self.login_throttle.failed(name, client_ip, now);
+                    self.login_throttle.failed(name, &origin, now);
                 }
                 self.audit_login_failure(typed, source.as_str(), client_ip, failure.code()).await?;
                 return Err(match failure {
@@ -131,7 +133,7 @@ impl IdentityService {
                 });
             }
         };
-        self.login_throttle.succeeded(name, client_ip);
+        self.login_throttle.succeeded(name, &origin);
         self.open_session(vouched, client_ip).await
     }
 

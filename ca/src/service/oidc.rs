@@ -95,7 +95,7 @@ impl IdentityService {
     /// Per-address rate limit shared with password logins.
     async fn oidc_rate_limit(&self, client_ip: &str) -> Result<(), CaError> {
         let now = self.core.now();
-        let ip_key = format!("ip:{client_ip}");
+        let ip_key = format!("ip:{}", crate::ratelimit::source_key(client_ip));
         let limited = self.ip_attempts.blocked(&ip_key, now);
         self.ip_attempts.hit(&ip_key, now);
         if let Some(retry_after) = limited {
