@@ -39,6 +39,8 @@ pub enum RefusalReason {
     BadUserName,
     /// The client did not authenticate within the time allowed.
     AuthTimeout,
+    /// The certificate's user already holds all the logged-in connections they may.
+    TooManyConnections,
 }
 
 impl RefusalReason {
@@ -52,6 +54,7 @@ impl RefusalReason {
             Self::TrustUnavailable => "trust_unavailable",
             Self::BadUserName => "bad_user_name",
             Self::AuthTimeout => "auth_timeout",
+            Self::TooManyConnections => "too_many_connections",
         }
     }
 }

@@ -61,6 +61,8 @@ pub(crate) struct Connection {
     accepted: Option<Accepted>,
     /// Channels of this connection whose session task still runs.
     channels: Arc<AtomicUsize>,
+    /// This connection's place among its user's logged-in connections.
+    login_slot: Option<crate::logged_in::LoginSlot>,
 }
 
 /// The login request and the certificate that proved it.
@@ -91,6 +93,7 @@ impl Connection {
             user: String::new(),
             accepted: None,
             channels: Arc::new(AtomicUsize::new(0)),
+            login_slot: None,
         }
     }
 
@@ -129,6 +132,12 @@ impl Connection {
                 };
                 if let Err(unconfirmed) = check_authenticator(certificate, &signature) {
                     return self.refuse(user, RefusalReason::Unconfirmed(unconfirmed));
+                }
+                if self.login_slot.is_none() {
+                    match self.shared.logged_in.take(accepted.key_id()) {
+                        Some(slot) => self.login_slot = Some(slot),
+                        None => return self.refuse(user, RefusalReason::TooManyConnections),
+                    }
                 }
                 self.user = sanitize_user(user);
                 self.shared.events.record(BastionEvent::AuthAccepted {

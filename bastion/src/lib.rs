@@ -32,6 +32,7 @@ mod handler;
 mod host_keys;
 mod jump;
 mod listen;
+mod logged_in;
 mod login;
 pub mod metrics;
 mod pve;

@@ -56,6 +56,9 @@ pub struct BastionConfig {
     /// on the write, not reading them. Generous, as one write can hold a whole window
     /// (a few MiB) for a client on a slow link.
     pub dead_peer_after: Duration,
+    /// Logged-in connections one user (the certificate's key id) may hold at once; past
+    /// it, a login is refused (`too_many_connections`).
+    pub max_connections_per_user: usize,
 }
 
 /// The users' listener's SSH settings (the agents' start from them).
@@ -93,6 +96,7 @@ impl BastionConfig {
             startups: StartupLimits::default(),
             kex_profile: KexProfile::Compatible,
             dead_peer_after: Duration::from_secs(600),
+            max_connections_per_user: crate::logged_in::DEFAULT_PER_USER,
         }
     }
 }
@@ -162,6 +166,7 @@ impl Bastion {
             agents: hub,
             sessions,
             close_on_cert_expiry: config.close_on_cert_expiry,
+            logged_in: crate::logged_in::LoggedIn::new(config.max_connections_per_user),
             counters: Default::default(),
         });
         Ok(Self {

@@ -22,5 +22,7 @@ pub(crate) struct Shared {
     pub agents: Arc<AgentHub>,
     pub sessions: Arc<Registry>,
     pub close_on_cert_expiry: bool,
+    /// Logged-in connections per user.
+    pub logged_in: Arc<crate::logged_in::LoggedIn>,
     pub counters: crate::metrics::SessionCounters,
 }

@@ -168,8 +168,17 @@ impl FrontDoor {
     /// A real `ssh` from `source` (a loopback address), as alice, without a device: it
     /// authenticates and then meets the "name the device" refusal.
     async fn ssh_from(&self, source: &str) -> std::process::Output {
-        tokio::process::Command::new("ssh")
-            .args(["-F", "/dev/null", "-p", &self.addr.port().to_string(), "-b", source])
+        self.ssh(source, &["root@127.0.0.1", "true"]).output().await.unwrap()
+    }
+
+    /// A real `ssh -N` as alice: it logs in, opens no channel and stays.
+    fn ssh_idle(&self) -> tokio::process::Child {
+        self.ssh("127.0.0.1", &["-N", "root@127.0.0.1"]).kill_on_drop(true).spawn().unwrap()
+    }
+
+    fn ssh(&self, source: &str, args: &[&str]) -> tokio::process::Command {
+        let mut ssh = tokio::process::Command::new("ssh");
+        ssh.args(["-F", "/dev/null", "-p", &self.addr.port().to_string(), "-b", source])
             .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"])
             .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
             .args(["-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20", "-o", "LogLevel=INFO"])
@@ -177,10 +186,21 @@ impl FrontDoor {
             .arg(&self.key)
             .arg("-o")
             .arg(format!("CertificateFile={}", self.cert.display()))
-            .args(["root@127.0.0.1", "true"])
-            .output()
-            .await
-            .unwrap()
+            .args(args);
+        ssh
+    }
+
+    /// The next event matching `wanted`, waiting up to 20 s.
+    async fn next_event(&mut self, wanted: impl Fn(&BastionEvent) -> bool) -> BastionEvent {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.events.recv()).await {
+                Ok(Ok(event)) if wanted(&event) => return event,
+                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                other => panic!("no such event: {other:?}"),
+            }
+        }
     }
 }
 
@@ -510,4 +530,36 @@ async fn a_terminated_session_whose_client_stops_reading_still_ends_on_a_kill() 
 async fn a_jump_session_whose_client_stops_reading_still_ends_on_a_kill() {
     let w = World::start("1h").await;
     a_client_that_stops_reading_cannot_keep_its_session(&w, "node").await;
+}
+
+/// Logged-in connections are capped per user: a certificate cannot hold the bastion's
+/// file descriptors with connections that opened nothing (`ssh -N`), past the startup
+/// limits, which end at login. A connection that ends gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_holds_a_bounded_number_of_logged_in_connections() {
+    let mut door = FrontDoor::start(|c| BastionConfig { max_connections_per_user: 2, ..c }).await;
+    let accepted = |e: &BastionEvent| matches!(e, BastionEvent::AuthAccepted { .. });
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(door.ssh_idle());
+        door.next_event(accepted).await;
+    }
+    let out = door.ssh_from("127.0.0.1").await;
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("name the device"), "a third login: {out:?}");
+    let refused = door
+        .next_event(|e| matches!(e, BastionEvent::AuthRefused { reason: RefusalReason::TooManyConnections, .. }))
+        .await;
+    assert!(matches!(refused, BastionEvent::AuthRefused { .. }));
+
+    // One leaves: its place is alice's again.
+    drop(idle.pop());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = door.ssh_from("127.0.0.1").await;
+        if String::from_utf8_lossy(&out.stderr).contains("name the device") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place never came back: {out:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
