@@ -37,6 +37,16 @@ fn user_with_cert(dir: &Path, ca: &FakeCa, principals: &[&str]) -> (PathBuf, Pat
     (key_path, cert_path, key)
 }
 
+/// A node enrolled with `ca`, and a user certificate whose root login works there.
+fn enrolled_with_a_login(ca: &FakeCa) -> (Node, PathBuf, PathBuf, PrivateKey) {
+    let node = Node::start(true);
+    let (code, json, _) = enroll(&node, ca);
+    assert_eq!(code, 0, "{json}");
+    let (key, cert, user_key) = user_with_cert(node.dir.path(), ca, &["pc_admins_root"]);
+    assert!(node.cert_login_works("root", &key, &cert));
+    (node, key, cert, user_key)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enroll_refresh_remove_on_a_pve_shaped_node() {
     let ca = FakeCa::start().await;
@@ -504,11 +514,7 @@ fn has_step(json: &Value, step: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_that_touches_sshd_is_validated_and_rolled_back() {
     let ca = FakeCa::start().await;
-    let node = Node::start(true);
-    let (code, json, _) = enroll(&node, &ca);
-    assert_eq!(code, 0, "{json}");
-    let (key, cert, user_key) = user_with_cert(node.dir.path(), &ca, &["pc_admins_root"]);
-    assert!(node.cert_login_works("root", &key, &cert));
+    let (node, key, cert, user_key) = enrolled_with_a_login(&ca);
 
     // Someone edited the drop-in, and a host certificate is close to expiry: the next
     // refresh rewrites both, which needs a reload.
@@ -710,11 +716,7 @@ async fn an_operators_umask_leaves_the_principals_readable_by_every_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_regenerated_host_key_gets_no_other_keys_certificate_and_revocations_still_apply() {
     let ca = FakeCa::start().await;
-    let node = Node::start(true);
-    let (code, json, _) = enroll(&node, &ca);
-    assert_eq!(code, 0, "{json}");
-    let (key, cert, user_key) = user_with_cert(node.dir.path(), &ca, &["pc_admins_root"]);
-    assert!(node.cert_login_works("root", &key, &cert));
+    let (node, key, cert, user_key) = enrolled_with_a_login(&ca);
     let ecdsa_cert = node.path("/etc/ssh/portcullis/ssh_host_ecdsa_key-cert.pub");
     let ed25519_cert = node.path("/etc/ssh/portcullis/ssh_host_ed25519_key-cert.pub");
     assert!(ecdsa_cert.exists() && ed25519_cert.exists());
