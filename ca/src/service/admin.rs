@@ -59,9 +59,11 @@ pub(super) async fn hash_new_password(password: &SecretString) -> Result<String,
 
 /// Ends everything an account holds (disabled, or its name released): its API sessions,
 /// and its live certificates, which go into the KRL.
-async fn end_sessions_and_certificates(
+/// Ends `account`'s API sessions and revokes its live certificates (audited as `actor`'s
+/// revocation): a user disabled, a name released or left behind by a rename.
+pub(super) async fn end_sessions_and_certificates(
     tx: &mut store::WriteTx<'_>,
-    grant: &Grant<proof::UsersManage>,
+    actor: &str,
     account: &str,
     now: u64,
 ) -> Result<(), CaError> {
@@ -69,7 +71,7 @@ async fn end_sessions_and_certificates(
     let n = store::revoke_certs(tx.conn(), &store::RevokeTarget::User(account), now).await?;
     if n > 0 {
         let target = format!("user:{}", crate::audit::sanitize(account));
-        super::revocation::record_revocation(tx.conn(), now, grant.username(), target, n, false).await?;
+        super::revocation::record_revocation(tx.conn(), now, actor, target, n, false).await?;
     }
     Ok(())
 }
@@ -229,7 +231,7 @@ impl Admin {
             return Err(CaError::NotFound("user"));
         }
         if disabled {
-            end_sessions_and_certificates(&mut tx, grant, username, now).await?;
+            end_sessions_and_certificates(&mut tx, grant.username(), username, now).await?;
         }
         self.audit_user(&mut tx, grant, username, if disabled { "disabled" } else { "enabled" }).await?;
         tx.commit().await?;
@@ -255,7 +257,7 @@ impl Admin {
         if !store::release_account(tx.conn(), account).await? {
             return Err(CaError::NotFound("account held for a subject"));
         }
-        end_sessions_and_certificates(&mut tx, grant, account, now).await?;
+        end_sessions_and_certificates(&mut tx, grant.username(), account, now).await?;
         self.audit_user(&mut tx, grant, account, "released").await?;
         tx.commit().await?;
         Ok(())

@@ -188,13 +188,7 @@ impl IdentityService {
                 // Renamed at its source: the old name's sessions and certificates end
                 // with it, before another subject can be given that name.
                 for old in released {
-                    store::revoke_user_sessions(tx.conn(), old, now).await?;
-                    let n = store::revoke_certs(tx.conn(), &store::RevokeTarget::User(old), now).await?;
-                    if n > 0 {
-                        let target = format!("user:{}", crate::audit::sanitize(old));
-                        super::revocation::record_revocation(tx.conn(), now, &session.username, target, n, false)
-                            .await?;
-                    }
+                    super::admin::end_sessions_and_certificates(&mut tx, &session.username, old, now).await?;
                 }
             }
             if claim == AccountClaim::Taken {
