@@ -181,9 +181,15 @@ impl BastionEvent {
     }
 }
 
-/// Keeps a peer-chosen string printable and short before it reaches a log or record.
+/// Keeps a peer-chosen string printable and short before it reaches a log or record:
+/// control characters become `?`, characters that only change how the text around them
+/// is shown (direction overrides, zero-width ones) are dropped.
 pub fn sanitize_user(user: &str) -> String {
-    user.chars().take(MAX_USER_CHARS).map(|c| if c.is_control() { '?' } else { c }).collect()
+    user.chars()
+        .filter(|&c| !portcullis_proto::is_invisible_format(c))
+        .take(MAX_USER_CHARS)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// Longest peer-supplied string written to a log line.
@@ -197,8 +203,7 @@ const MAX_LOGGED_CHARS: usize = 256;
 pub fn escape_for_log(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(MAX_LOGGED_CHARS));
     for c in text.chars().take(MAX_LOGGED_CHARS) {
-        let invisible = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-        if c.is_control() || c == '\\' || invisible {
+        if c.is_control() || c == '\\' || portcullis_proto::is_invisible_format(c) {
             out.extend(c.escape_debug());
         } else {
             out.push(c);
@@ -408,6 +413,7 @@ mod tests {
     #[test]
     fn user_names_are_sanitized_and_truncated() {
         assert_eq!(sanitize_user("root\n%x\u{1b}"), "root?%x?");
+        assert_eq!(sanitize_user("root\u{202e}%\u{2066}x\u{200d}"), "root%x", "nothing that repaints the name");
         assert_eq!(sanitize_user(&"a".repeat(500)).len(), MAX_USER_CHARS);
     }
 

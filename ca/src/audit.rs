@@ -644,7 +644,7 @@ pub async fn record_many(conn: &mut AnyConnection, events: &[(u64, &AuditEvent)]
 
 /// Peer-supplied text going into an audit record: printable, at most 64 characters.
 pub fn sanitize(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(64).collect()
+    s.chars().filter(|&c| !c.is_control() && !portcullis_proto::is_invisible_format(c)).take(64).collect()
 }
 
 #[cfg(test)]
@@ -654,6 +654,8 @@ mod tests {
     #[test]
     fn sanitize_strips_controls_and_truncates() {
         assert_eq!(sanitize("a\nb\u{1b}[31m"), "ab[31m");
+        // A name that would display as another: the override and zero-width space go.
+        assert_eq!(sanitize("admin\u{202e}nimda\u{200b}"), "adminnimda");
         assert_eq!(sanitize(&"x".repeat(500)).len(), 64);
     }
 

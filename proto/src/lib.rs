@@ -365,6 +365,14 @@ pub struct SessionInfo {
     pub bytes_to_client: u64,
 }
 
+/// Characters that change how text around them is shown without showing themselves:
+/// zero-width spaces and joiners, direction marks, embeddings, overrides and isolates. A
+/// peer-chosen name holding one can display as another name (`ali\u{202e}ecila`), in a log
+/// viewer, an audit listing or a terminal.
+pub fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
 pub mod asciicast;
 pub mod bastion;
 pub mod console;
