@@ -42,6 +42,7 @@ roles = ["deployer"]
 "#;
 
 const ALICE_PASSWORD: &str = "alice-password-0123456789";
+const ADMIN_PASSWORD: &str = "admin-password-0123456789";
 const BOB_PASSWORD: &str = "bob-password-0123456789";
 const IP: &str = "192.0.2.10";
 
@@ -111,11 +112,28 @@ fn signer_of(cert: &Certificate) -> String {
     fingerprint(cert.signature_key())
 }
 
+/// `POLICY` as the only file of a policy directory under `work`.
+fn policy_dir(work: &Path) -> PathBuf {
+    let dir = work.join("policy");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    dir
+}
+
+/// The first administrator (its one-time password replaced by `ADMIN_PASSWORD`) and
+/// alice (group devs) on a new CA; the administrator's caller.
+async fn admin_and_alice(ca: &Ca) -> Caller {
+    let one_time = ca.identity().bootstrap_admin("admin", "admins").await.unwrap().unwrap();
+    ca.identity().login_replacing_password("admin", None, &one_time, &secret(ADMIN_PASSWORD), IP).await.unwrap();
+    let admin = login(ca, "admin", ADMIN_PASSWORD).await;
+    let users_grant = ca.core().authorize::<proof::UsersManage>(&admin).unwrap();
+    ca.admin().add_user(&users_grant, "alice", &["devs".into()], Some(&secret(ALICE_PASSWORD))).await.unwrap();
+    admin
+}
+
 async fn run_conformance(url: &str, backend: Backend) {
     let work = tempfile::tempdir().unwrap();
-    let policy_dir = work.path().join("policy");
-    std::fs::create_dir(&policy_dir).unwrap();
-    std::fs::write(policy_dir.join("policy.toml"), POLICY).unwrap();
+    let policy_dir = policy_dir(work.path());
     let clock = ManualClock::new(now());
     let ca = ca_in_process(url, &policy_dir, clock.clone()).await.unwrap();
     assert_eq!(ca.core().store().backend(), backend, "the CA is not using {backend:?}");
@@ -439,24 +457,18 @@ async fn put_row(ca: &Ca, row: &RawRow) {
 async fn replicas_follow_each_others_ca_key_rotation() {
     let pg = Postgres::start().expect("throwaway PostgreSQL server");
     let work = tempfile::tempdir().unwrap();
-    let policy_dir = work.path().join("policy");
-    std::fs::create_dir(&policy_dir).unwrap();
-    std::fs::write(policy_dir.join("policy.toml"), POLICY).unwrap();
+    let policy_dir = policy_dir(work.path());
     let clock = ManualClock::new(now());
     let url = pg.url();
     let replica = || ca_in_process(&url, &policy_dir, clock.clone());
     let a = replica().await.unwrap();
-    let one_time = a.identity().bootstrap_admin("admin", "admins").await.unwrap().unwrap();
-    a.identity().login_replacing_password("admin", None, &one_time, &secret("admin-choice"), IP).await.unwrap();
-    let admin = login(&a, "admin", "admin-choice").await;
-    let users_grant = a.core().authorize::<proof::UsersManage>(&admin).unwrap();
-    a.admin().add_user(&users_grant, "alice", &["devs".into()], Some(&secret(ALICE_PASSWORD))).await.unwrap();
+    let admin = admin_and_alice(&a).await;
     let b = replica().await.unwrap();
 
     let ca_grant = a.core().authorize::<proof::CaManage>(&admin).unwrap();
     let pending = a.admin().rotate_ca_key(&ca_grant, KeyPurpose::User).await.unwrap();
     let c = replica().await.unwrap(); // sees the new key pending
-    let stale_grant = c.core().authorize::<proof::CaManage>(&login(&c, "admin", "admin-choice").await).unwrap();
+    let stale_grant = c.core().authorize::<proof::CaManage>(&login(&c, "admin", ADMIN_PASSWORD).await).unwrap();
     a.admin().activate_ca_key(&ca_grant, KeyPurpose::User).await.unwrap();
     let alice = login(&a, "alice", ALICE_PASSWORD).await;
     let (resp, cert) = issue(&a, &alice, &ed25519_key()).await;
@@ -490,21 +502,16 @@ async fn replicas_follow_each_others_ca_key_rotation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ipv6_guesser_gets_one_budget_per_64_not_per_address() {
     let work = tempfile::tempdir().unwrap();
-    let policy_dir = work.path().join("policy");
-    std::fs::create_dir(&policy_dir).unwrap();
-    std::fs::write(policy_dir.join("policy.toml"), POLICY).unwrap();
+    let policy_dir = policy_dir(work.path());
     let ca = ca_in_process(&sqlite_url(work.path()), &policy_dir, ManualClock::new(now())).await.unwrap();
-    let one_time = ca.identity().bootstrap_admin("admin", "admins").await.unwrap().unwrap();
-    ca.identity().login_replacing_password("admin", None, &one_time, &secret("admin-choice"), IP).await.unwrap();
-    let users_grant = ca.core().authorize::<proof::UsersManage>(&login(&ca, "admin", "admin-choice").await).unwrap();
-    ca.admin().add_user(&users_grant, "alice", &["devs".into()], Some(&secret(ALICE_PASSWORD))).await.unwrap();
+    admin_and_alice(&ca).await;
 
     let guess = |ip: String| {
         let ca = &ca;
         async move { ca.identity().login_password("alice", None, &secret("a-guess-at-alices-password"), &ip).await }
     };
     // The free tries and the first back-off step, each from a new address of the /64.
-    for n in 1..=ca_free_failures() + 1 {
+    for n in 1..=portcullis_ca::ratelimit::FREE_FAILURES + 1 {
         let answer = guess(format!("2001:db8:7:1::{n:x}")).await;
         assert!(matches!(answer, Err(CaError::InvalidCredentials)), "try {n}: {answer:?}");
     }
@@ -514,8 +521,4 @@ async fn an_ipv6_guesser_gets_one_budget_per_64_not_per_address() {
         let answer = guess(elsewhere.into()).await;
         assert!(matches!(answer, Err(CaError::InvalidCredentials)), "{elsewhere}: {answer:?}");
     }
-}
-
-fn ca_free_failures() -> u32 {
-    portcullis_ca::ratelimit::FREE_FAILURES
 }
