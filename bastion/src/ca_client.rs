@@ -21,6 +21,11 @@ use crate::error::BastionError;
 
 /// Idle connections kept to each CA replica.
 const MAX_IDLE_CONNECTIONS: usize = 4;
+/// Calls in flight at once (each over its own HTTP/1.1 connection): a burst — a thousand
+/// sessions closing together — queues here instead of opening a connection per call,
+/// which also keeps the service within the CA's per-source connection cap
+/// (`portcullis_ca::server::ConnectionLimits`, 256 by default).
+const MAX_CALLS_IN_FLIGHT: usize = 64;
 
 /// The CA replicas a service talks to: `https://ca1:8443,https://ca2:8443` (any may
 /// answer; they share one database). Calls go to the one that answered last; a replica
@@ -184,7 +189,7 @@ fn failed(e: reqwest::Error) -> Attempt<Unanswered> {
 pub(crate) struct CaClient(Route);
 
 enum Route {
-    Https { replicas: CaReplicas, client: reqwest::Client },
+    Https { replicas: CaReplicas, client: reqwest::Client, in_flight: tokio::sync::Semaphore, timeout: Duration },
     InProcess { ca: InProcessCa, timeout: Duration },
 }
 
@@ -212,7 +217,8 @@ impl CaClient {
             .https_only(true)
             .build()
             .map_err(|e| BastionError::HttpClient(e.to_string()))?;
-        Ok(CaClient(Route::Https { replicas: CaReplicas::new(urls)?, client }))
+        let in_flight = tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT);
+        Ok(CaClient(Route::Https { replicas: CaReplicas::new(urls)?, client, in_flight, timeout }))
     }
 
     /// The replicas' URLs, or that the CA is in process (for logs).
@@ -226,13 +232,19 @@ impl CaClient {
     /// Sends `request` and reads the answer, up to `max` bytes. With replicas, each in turn
     /// until one answers (see [`CaReplicas`]); a 502–504 from the last is its answer.
     pub(crate) async fn call(&self, request: &CaRequest, max: usize) -> Result<CaAnswer, NoAnswer> {
-        let (replicas, client) = match &self.0 {
+        let (replicas, client, _turn) = match &self.0 {
             Route::InProcess { ca, timeout } => {
                 return tokio::time::timeout(*timeout, ca.call(request, max))
                     .await
                     .unwrap_or_else(|_| Err(NoAnswer::Failed("the CA did not answer in time".into())));
             }
-            Route::Https { replicas, client } => (replicas, client),
+            Route::Https { replicas, client, in_flight, timeout } => {
+                // Waiting for a turn is bounded like the call itself.
+                let Ok(Ok(turn)) = tokio::time::timeout(*timeout, in_flight.acquire()).await else {
+                    return Err(NoAnswer::Failed("the CA did not answer in time".into()));
+                };
+                (replicas, client, turn)
+            }
         };
         let attempt = |base: String| async move {
             let sent = client

@@ -5,15 +5,23 @@
 //! CA keys as the database holds them — encrypted with the CA passphrase, which is *not*
 //! in it (keep the passphrase apart from the backups: together they are the CA). The copy is made with
 //! SQLite's `VACUUM INTO` while the CA runs (a consistent snapshot; writers wait only for
-//! the copy's read), then opened on its own and checked: migrations (so a backup from an
-//! older release is upgraded on restore), the audit chain, the counts an operator checks.
+//! the copy's read), then checked: the audit chain, the counts an operator checks.
+//!
+//! A backup changes nothing of the live database and keeps its schema: `portcullisd
+//! backup` is what an operator runs *before* an upgrade, often with the new release's
+//! binary already installed, while the old release still serves. Migrating the live
+//! database then would change it under the running CA (and leave a backup only the new
+//! release can restore). So the live database is opened read-only and as it is, the
+//! backup keeps the live schema, and the check runs on a scratch copy brought up to
+//! this release's schema (as a restore would). A database written by a newer release
+//! than this binary is refused: back it up with that release.
 //! PostgreSQL deployments use `pg_dump`/`pg_restore`; the same check runs on a restored
 //! database at the next start (`/readyz`, `portcullis admin audit verify`).
 
 use std::path::{Path, PathBuf};
 
 use crate::error::CaError;
-use crate::store::{self, Backend, ChunkFiles, Store};
+use crate::store::{self, Backend, ChunkFiles, SqliteMode, Store};
 use std::sync::Arc;
 
 /// What a backup or a restore holds, after checking it.
@@ -52,26 +60,50 @@ fn sqlite_path(database_url: &str) -> Result<PathBuf, CaError> {
         .ok_or_else(|| CaError::Config("an in-memory database has nothing to back up".into()))
 }
 
-/// Opens a database file on its own and checks it: migrations, the audit chain, counts.
-/// For a backup, first puts the recording chunks the live database keeps in `chunk_files`
-/// into the copy's rows, so the backup is one file. The store is closed and its migration
-/// lock file (which belongs to this check, not to the file checked) removed either way.
-async fn check(path: &Path, chunk_files: Option<Arc<ChunkFiles>>) -> Result<BackupReport, CaError> {
-    let store = Store::open(&format!("sqlite://{}", path.display())).await?;
-    let checked = inspect(&store, path, chunk_files).await;
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+/// Opens a database file on its own, migrated to this release's schema, and checks it:
+/// the audit chain, counts. The store is closed and its migration lock file (which
+/// belongs to this check, not to the file checked) removed either way.
+async fn check(path: &Path) -> Result<BackupReport, CaError> {
+    let store = Store::open(&sqlite_url(path)).await?;
+    let checked = inspect(&store, path).await;
     store.close().await;
     let _ = std::fs::remove_file(store::migration_lock_file(path));
     checked
 }
 
-async fn inspect(store: &Store, path: &Path, chunk_files: Option<Arc<ChunkFiles>>) -> Result<BackupReport, CaError> {
+/// Makes the fresh copy at `out` one file — the recording chunks the live database keeps
+/// in `chunk_files` put into its rows — without changing its schema, then checks it on a
+/// scratch copy.
+async fn complete_and_check(out: &Path, chunk_files: Option<Arc<ChunkFiles>>) -> Result<BackupReport, CaError> {
     // A chunk is in its file before its row is committed and leaves only after its
     // recording's row is deleted, so every row of the copy finds its file — unless
     // retention deleted the recording since the copy was made, and then the backup fails
     // and can be taken again.
     if let Some(files) = chunk_files {
-        store.inline_chunk_files(files).await?;
+        let copy = Store::open_as_is(&sqlite_url(out), SqliteMode::ReadWrite).await?;
+        let inlined = copy.inline_chunk_files(files).await;
+        copy.close().await;
+        inlined?;
     }
+    let mut scratch = out.as_os_str().to_owned();
+    scratch.push(".checking");
+    let scratch = PathBuf::from(scratch);
+    std::fs::copy(out, &scratch)
+        .map_err(|e| CaError::Config(format!("cannot copy {} to check it: {e}", out.display())))?;
+    let checked = check(&scratch).await;
+    for leftover in ["", "-wal", "-shm"] {
+        let mut path = scratch.as_os_str().to_owned();
+        path.push(leftover);
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(BackupReport { path: out.to_owned(), ..checked? })
+}
+
+async fn inspect(store: &Store, path: &Path) -> Result<BackupReport, CaError> {
     let chain = store.verify_audit_chain().await?;
     if let Some(seq) = chain.first_bad_seq {
         return Err(CaError::Config(format!(
@@ -92,18 +124,29 @@ async fn inspect(store: &Store, path: &Path, chunk_files: Option<Arc<ChunkFiles>
 /// Writes a consistent copy of the live database at `database_url` to `out` (which must
 /// not exist), then checks the copy.
 pub async fn backup(database_url: &str, out: &Path) -> Result<BackupReport, CaError> {
-    sqlite_path(database_url)?;
+    let live = sqlite_path(database_url)?;
+    if !live.exists() {
+        return Err(CaError::Config(format!("{} does not exist: nothing to back up", live.display())));
+    }
     if out.exists() {
         return Err(CaError::Config(format!("{} exists; a backup never overwrites", out.display())));
     }
     let target = out.to_str().ok_or_else(|| CaError::Config("the backup path is not UTF-8".into()))?;
-    let store = Store::open(database_url).await?;
+    let store = Store::open_as_is(database_url, SqliteMode::ReadOnly).await?;
     debug_assert_eq!(store.backend(), Backend::Sqlite);
-    let copied = store.vacuum_into(target).await;
+    let copied = match store.schema_version().await {
+        Ok(Some(version)) if version > Store::known_schema_version() => Err(CaError::Config(format!(
+            "{} was written by a newer portcullisd (schema {version}; this one knows up to {}): back it up with              the release that runs the CA",
+            live.display(),
+            Store::known_schema_version()
+        ))),
+        Ok(_) => store.vacuum_into(target).await.map_err(CaError::from),
+        Err(e) => Err(e.into()),
+    };
     let chunk_files = store.chunk_files();
     store.close().await;
     copied?;
-    match check(out, chunk_files).await {
+    match complete_and_check(out, chunk_files).await {
         Ok(report) => Ok(report),
         Err(e) => {
             let _ = std::fs::remove_file(out);
@@ -128,7 +171,7 @@ pub async fn restore(from: &Path, database_url: &str) -> Result<BackupReport, Ca
     let staging = target.with_extension("db.restoring");
     std::fs::copy(from, &staging)
         .map_err(|e| CaError::Config(format!("cannot copy {} to {}: {e}", from.display(), staging.display())))?;
-    let report = match check(&staging, None).await {
+    let report = match check(&staging).await {
         Ok(report) => report,
         Err(e) => {
             let _ = std::fs::remove_file(&staging);

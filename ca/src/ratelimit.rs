@@ -19,13 +19,20 @@ use std::sync::Mutex;
 /// is routinely given a whole /64, and counting per address would hand it 2^64 fresh
 /// budgets. Text that is not an address is its own key.
 pub fn source_key(client_ip: &str) -> String {
-    match client_ip.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
-        Ok(IpAddr::V6(v6)) => {
-            let prefix = u128::from(v6) & !(u128::from(u64::MAX));
-            format!("{}/64", Ipv6Addr::from(prefix))
-        }
-        Ok(v4) => v4.to_string(),
+    match client_ip.parse::<IpAddr>() {
+        Ok(ip) => match source_prefix(ip) {
+            IpAddr::V6(prefix) => format!("{prefix}/64"),
+            v4 => v4.to_string(),
+        },
         Err(_) => client_ip.to_owned(),
+    }
+}
+
+/// The address `ip` is counted under (see [`source_key`]): itself, or its IPv6 /64.
+pub fn source_prefix(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        v4 => v4,
     }
 }
 

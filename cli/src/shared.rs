@@ -40,9 +40,11 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 /// `s` as it may reach the user's terminal: a string the CA (or an identity provider
 /// through it) supplied, with every control character — C0, DEL, C1: line breaks, `ESC`
 /// and so the terminal's escape sequences (colours that hide text, OSC 8 links that
-/// show one address and open another, title and clipboard writes) — shown as `?`.
+/// show one address and open another, title and clipboard writes) — and every character
+/// that only changes how the text around it shows (direction overrides, zero-width: a
+/// name that displays as another) shown as `?`.
 pub(crate) fn printable(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    s.chars().map(|c| if c.is_control() || portcullis_proto::is_invisible_format(c) { '?' } else { c }).collect()
 }
 
 fn unix_now() -> u64 {
@@ -78,5 +80,7 @@ mod tests {
         let shown = super::printable(hostile);
         assert!(!shown.chars().any(char::is_control), "{shown:?}");
         assert_eq!(shown, "?]8;;https://evil.example/?https://sso.example/?]8;;???ok?31m?");
+        // Shown as "admin" followed by "txt.exe" reversed, and a zero-width joiner.
+        assert_eq!(super::printable("admin\u{202e}exe.txt\u{200d}"), "admin?exe.txt?");
     }
 }

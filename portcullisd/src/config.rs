@@ -67,6 +67,13 @@ pub struct ServerConfig {
     /// Keep it on loopback or a management network: it is not the public API port.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Connections the HTTPS listener keeps open from one source — an IPv4 address, an
+    /// IPv6 /64 — (default 256; 0: no per-source cap, for a CA behind a reverse proxy,
+    /// whose clients all share its address), and in all (default 8192).
+    #[serde(default)]
+    pub https_connections_per_source: Option<usize>,
+    #[serde(default)]
+    pub https_connections: Option<usize>,
     /// All-in-one only: run a bastion (and a local agent) with these SSH and agent listeners.
     #[serde(skip)]
     pub ssh_listen: Option<(String, String)>,
@@ -267,9 +274,24 @@ impl ServerConfig {
             pve: None,
             refusal_summary_every: None,
             metrics_listen: None,
+            https_connections_per_source: None,
+            https_connections: None,
             ssh_listen: None,
             front_door: Default::default(),
             data_dir,
+        })
+    }
+
+    /// What the HTTPS listener lets its clients hold open.
+    pub fn connection_limits(&self) -> anyhow::Result<portcullis_ca::server::ConnectionLimits> {
+        let defaults = portcullis_ca::server::ConnectionLimits::default();
+        let total = self.https_connections.unwrap_or(defaults.total);
+        if total == 0 {
+            bail!("https_connections must be at least 1");
+        }
+        Ok(portcullis_ca::server::ConnectionLimits {
+            per_source: self.https_connections_per_source.unwrap_or(defaults.per_source),
+            total,
         })
     }
 

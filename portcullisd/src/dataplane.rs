@@ -230,7 +230,8 @@ pub async fn start_web(
     console.attach(bastion);
     let router = portcullis_bastion::web::router(&console);
     // It stops with the process, after the bastion's drain.
-    tokio::spawn(portcullis_ca::server::serve(listener, tls.config, router, std::future::pending()));
+    let limits = portcullis_ca::server::ConnectionLimits::default();
+    tokio::spawn(portcullis_ca::server::serve(listener, tls.config, router, limits, std::future::pending()));
     // `systemctl reload` or a renewal on disk: the new certificate from the next handshake.
     crate::spawn_tls_watch(tls.reloader.clone());
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {

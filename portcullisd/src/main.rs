@@ -94,6 +94,13 @@ enum Command {
         /// `127.0.0.1:9464`); off by default, never on the public port.
         #[arg(long)]
         metrics_listen: Option<String>,
+        /// HTTPS connections kept open from one source (an IPv4 address, an IPv6 /64);
+        /// 0 lifts the cap, for a listener behind a reverse proxy.
+        #[arg(long, default_value_t = portcullis_ca::server::ConnectionLimits::default().per_source)]
+        https_connections_per_source: usize,
+        /// HTTPS connections kept open in all.
+        #[arg(long, default_value_t = portcullis_ca::server::ConnectionLimits::default().total)]
+        https_connections: usize,
         #[command(flatten)]
         front_door: dataplane::FrontDoorArgs,
     },
@@ -289,6 +296,8 @@ fn main() -> anyhow::Result<()> {
                 pve_fingerprint,
                 pve_fingerprint_port,
                 metrics_listen,
+                https_connections_per_source,
+                https_connections,
                 front_door,
             } => {
                 let mut config = ServerConfig::all_in_one(&data_dir, &listen, tls_names)?;
@@ -306,6 +315,8 @@ fn main() -> anyhow::Result<()> {
                 config.refusal_summary_every = Some(front_door.refusal_summary_every);
                 config.front_door = front_door;
                 config.metrics_listen = metrics_listen;
+                config.https_connections_per_source = Some(https_connections_per_source);
+                config.https_connections = Some(https_connections);
                 config.discovery = Some(config::DiscoveryToml {
                     enabled: discovery,
                     interval: Some(std::time::Duration::from_secs(discovery_interval.max(1))),
@@ -354,6 +365,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     let ssh_listen = config.ssh_listen.clone();
     let front_door = config.front_door;
     let metrics_listen = config.metrics_listen.clone();
+    let connection_limits = config.connection_limits()?;
     let enroll_binary = config.enroll_binary.clone().or_else(default_enroll_binary);
     let mut ca_config = config.into_ca_config()?;
     ca_config.tls_pin = tls.pin.clone();
@@ -400,7 +412,7 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     let draining: Arc<std::sync::OnceLock<Arc<portcullis_bastion::Bastion>>> = Arc::default();
     // The all-in-one's own bastion and agent call this router in process.
     let in_process = portcullis_bastion::InProcessCa::new(router.clone());
-    let api = tokio::spawn(server::serve(listener, tls.config, router, {
+    let api = tokio::spawn(server::serve(listener, tls.config, router, connection_limits, {
         let draining = Arc::clone(&draining);
         async move {
             let _ = wait_for_shutdown().await;

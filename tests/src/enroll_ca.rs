@@ -229,7 +229,7 @@ impl FakeCa {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(portcullis_ca::server::serve(listener, tls.config, app, async move {
+        tokio::spawn(portcullis_ca::server::serve(listener, tls.config, app, Default::default(), async move {
             let _ = rx.await;
         }));
         FakeCa { url, pin: tls.pin, state, _dir: dir, _shutdown: tx }

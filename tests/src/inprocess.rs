@@ -56,7 +56,7 @@ impl ServedCa {
         let url = format!("https://{}", listener.local_addr().unwrap());
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let app = portcullis_ca::api::router(Arc::clone(&ca));
-        tokio::spawn(portcullis_ca::server::serve(listener, tls.config, app, async move {
+        tokio::spawn(portcullis_ca::server::serve(listener, tls.config, app, Default::default(), async move {
             let _ = stop.await;
         }));
         ServedCa {

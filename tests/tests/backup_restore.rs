@@ -87,3 +87,84 @@ async fn a_backup_taken_online_restores_into_a_ca_that_still_trusts_its_certific
     validates_against(&restored, &cert, None)
         .expect("a certificate issued before the backup validates after the restore");
 }
+
+/// The newest migration a database at `url` has applied.
+async fn schema_version(url: &str) -> i64 {
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let version =
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success").fetch_one(&pool).await.unwrap();
+    pool.close().await;
+    version
+}
+
+/// `portcullisd backup` is what an operator runs before an upgrade, often with the new
+/// release's binary already installed while the old release still serves. It changes
+/// nothing of the live database: a database one migration behind this release stays
+/// there, and so does its backup (the release that wrote it can restore it), which this
+/// release restores, migrated. A database from a newer release is refused with nothing
+/// written, and a database that does not exist is not created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_leaves_the_live_database_and_its_schema_as_they_are() {
+    sqlx::any::install_default_drivers();
+    let work = tempfile::tempdir().unwrap();
+    // One release behind: every migration but the newest.
+    let older = work.path().join("older-migrations");
+    std::fs::create_dir(&older).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../ca/migrations"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let newest = files.pop().unwrap();
+    for file in &files {
+        std::fs::copy(file, older.join(file.file_name().unwrap())).unwrap();
+    }
+    let data = work.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let live = format!("sqlite://{}?mode=rwc", data.join("portcullis.db").display());
+    let pool = sqlx::AnyPool::connect(&live).await.unwrap();
+    sqlx::migrate::Migrator::new(older.as_path()).await.unwrap().run(&pool).await.unwrap();
+    pool.close().await;
+    let behind = schema_version(&live).await;
+    assert!(newest.file_name().unwrap().to_str().unwrap().starts_with(&format!("{:04}", behind + 1)), "{newest:?}");
+
+    let backup = work.path().join("backup.db");
+    let out = portcullisd(&["backup", "--data-dir", data.to_str().unwrap(), "--out", backup.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hash chain verified"), "{out:?}");
+    assert_eq!(schema_version(&live).await, behind, "the live database was migrated by a backup");
+    assert_eq!(schema_version(&format!("sqlite://{}", backup.display())).await, behind, "the backup's schema");
+    let leftovers: Vec<_> = std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!leftovers.iter().any(|n| n.to_string_lossy().contains("checking")), "{leftovers:?}");
+
+    let fresh = work.path().join("restored");
+    std::fs::create_dir(&fresh).unwrap();
+    let out = portcullisd(&["restore", "--data-dir", fresh.to_str().unwrap(), "--from", backup.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(schema_version(&format!("sqlite://{}", fresh.join("portcullis.db").display())).await, behind + 1);
+
+    // Written by a release newer than this one: refused, nothing written.
+    let pool = sqlx::AnyPool::connect(&live).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99999, 'from the future', TRUE, x'00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let refused = work.path().join("refused.db");
+    let out = portcullisd(&["backup", "--data-dir", data.to_str().unwrap(), "--out", refused.to_str().unwrap()]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("newer portcullisd"), "{out:?}");
+    assert!(!refused.exists());
+
+    // No database: nothing to back up, and none created.
+    let empty = work.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let nowhere = work.path().join("nowhere.db");
+    let out = portcullisd(&["backup", "--data-dir", empty.to_str().unwrap(), "--out", nowhere.to_str().unwrap()]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"), "{out:?}");
+    assert!(!empty.join("portcullis.db").exists() && !nowhere.exists());
+}

@@ -281,3 +281,61 @@ async fn hostile_node_records_are_refused_and_nothing_is_stored() {
     let (_, nodes) = server.get_json(Some(&admin), "/v1/admin/nodes").await;
     assert_eq!(nodes.as_array().unwrap().len(), 1);
 }
+
+/// A TLS connection from `from` to the server, handshake done, nothing sent; `Err` when
+/// the server closes it first.
+async fn silent_connection(
+    server: &Server,
+    from: IpAddr,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let to: std::net::SocketAddr = server.url.strip_prefix("https://").unwrap().parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(from, 0))?;
+    let tcp = socket.connect(to).await?;
+    let config = portcullis_proto::pin::pinned_client_config(&server.pin).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::from(to.ip());
+    connector.connect(name, tcp).await
+}
+
+/// Connections held open cannot take the CA's descriptors. Past the per-source cap a new
+/// connection from that address is closed before its TLS handshake (and the refusals
+/// logged), while another address is still served; a place comes back when a connection
+/// closes; and a connection that completes its handshake and then sends nothing (a
+/// slowloris) is closed by the server instead of being held for ever.
+#[tokio::test]
+async fn connections_held_open_take_only_their_sources_share() {
+    let server = Server::start_with(ServerOpts {
+        args: vec!["--https-connections-per-source".into(), "4".into()],
+        ..ServerOpts::default()
+    })
+    .await;
+    let hog = addr(2);
+    let mut held = Vec::new();
+    for n in 1..=4 {
+        held.push(silent_connection(&server, hog).await.unwrap_or_else(|e| panic!("connection {n}: {e}")));
+    }
+    assert!(silent_connection(&server, hog).await.is_err(), "a fifth connection from the same address");
+    let other = client_from(&server.pin, addr(3)).get(server.endpoint("/v1/ca/user/keys")).send().await.unwrap();
+    assert_eq!(other.status(), StatusCode::OK, "another address is served");
+    assert!(server.log().contains("HTTPS connections refused"), "the refusal is logged: {}", server.log());
+
+    drop(held.pop());
+    let given_back = async {
+        loop {
+            if let Ok(conn) = silent_connection(&server, hog).await {
+                return conn;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let conn = tokio::time::timeout(std::time::Duration::from_secs(10), given_back).await.expect("a place comes back");
+    held.push(conn);
+
+    // Nothing sent: the server waits for a request's head only so long.
+    let mut silent = held.swap_remove(0);
+    let mut byte = [0u8; 1];
+    let wait = portcullis_ca::server::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(15);
+    let read = tokio::time::timeout(wait, tokio::io::AsyncReadExt::read(&mut silent, &mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "a silent connection is closed by the server: {read:?}");
+}

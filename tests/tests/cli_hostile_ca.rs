@@ -27,7 +27,7 @@ async fn hostile_ca(answer: Answer) -> (String, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     // Never shut down: the server (and its certificate's directory) lives with the test.
-    tokio::spawn(portcullis_ca::server::serve(listener, tls.config, app, async move {
+    tokio::spawn(portcullis_ca::server::serve(listener, tls.config, app, Default::default(), async move {
         let _dir = dir;
         std::future::pending::<()>().await;
     }));

@@ -67,6 +67,8 @@ pub(super) async fn end_sessions_and_certificates(
     account: &str,
     now: u64,
 ) -> Result<(), CaError> {
+    // Sessions first: a certificate being issued in one of them is then either refused
+    // or already stored when the certificates are revoked (see `store::live_sessions_among`).
     store::revoke_user_sessions(tx.conn(), account, now).await?;
     let n = store::revoke_certs(tx.conn(), &store::RevokeTarget::User(account), now).await?;
     if n > 0 {

@@ -4,7 +4,7 @@
 
 use super::Caller;
 use super::core::Core;
-use super::writer::{IssuanceWriter, Stored};
+use super::writer::{IssuanceWriter, Requester, Stored};
 use crate::audit::AuditEvent;
 use crate::error::CaError;
 use crate::keys::KeyPurpose;
@@ -104,15 +104,15 @@ impl Issuance {
             ca_fingerprint: signer.fingerprint.clone(),
             client_ip: client_ip.to_owned(),
         };
-        // The writer checks the key against the revoked keys inside the storing transaction.
-        let refused = AuditEvent::CertDenied {
-            username: who.username.clone(),
-            reason: "key_revoked",
-            key_fingerprint: Some(key_fingerprint),
-            client_ip: client_ip.to_owned(),
-        };
-        if self.writer.write(row, event, refused).await? == Stored::KeyRevoked {
-            return Err(CaError::BadRequest("this public key has been revoked; generate a new key".into()));
+        // The writer checks, inside the storing transaction, that the session is still
+        // live and the key not revoked: either may have changed since the checks above.
+        let requester = Requester { session: caller.token_hash().to_owned(), client_ip: client_ip.to_owned() };
+        match self.writer.write(row, event, requester).await? {
+            Stored::Issued => {}
+            Stored::SessionEnded => return Err(CaError::Unauthenticated),
+            Stored::KeyRevoked => {
+                return Err(CaError::BadRequest("this public key has been revoked; generate a new key".into()));
+            }
         }
         self.core.counters.certificates_issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.core.counters.issuance.observe(started.elapsed());

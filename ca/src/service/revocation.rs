@@ -110,8 +110,9 @@ impl Revocation {
                 (format!("key:{fp}"), n, new)
             }
             (None, None, Some(username)) => {
-                let n = store::revoke_certs(tx.conn(), &RevokeTarget::User(username), now).await?;
+                // Sessions first: see `store::live_sessions_among`.
                 store::revoke_user_sessions(tx.conn(), username, now).await?;
+                let n = store::revoke_certs(tx.conn(), &RevokeTarget::User(username), now).await?;
                 (format!("user:{}", audit::sanitize(username)), n, false)
             }
             _ => {

@@ -7,9 +7,15 @@
 //! turns ~6 database round trips per certificate into ~2, and on SQLite removes the
 //! hand-off of the write lock between requests. Alone, a request is written at once.
 //!
-//! The revoked-key check happens here too, in the batch's transaction (one statement for
-//! the batch instead of one read per request): a job whose key is revoked gets no row,
-//! its `refused` audit record instead, and [`Stored::KeyRevoked`].
+//! Two checks happen here too, in the batch's transaction (one statement each for the
+//! batch instead of reads per request): the API session the certificate was asked in
+//! must not have been revoked since the request was authenticated (an administrator
+//! disabling the user, a password reset, a rename at the source: each revokes the
+//! account's sessions and then its certificates, and a certificate stored after that
+//! would outlive the revocation), and the key must not be revoked. A job failing either
+//! gets no row, a `cert_denied` record instead, and [`Stored::SessionEnded`] or
+//! [`Stored::KeyRevoked`]. See [`store::live_sessions_among`] for why the order holds on
+//! PostgreSQL too.
 //!
 //! A batch whose transaction fails — at any statement or at COMMIT — answers every
 //! caller in it with an error and no certificate (a 503 when the database is full or
@@ -28,8 +34,10 @@ const QUEUE: usize = 1024;
 struct Job {
     row: CertRow,
     event: AuditEvent,
-    /// Recorded instead of `event` when the key turns out to be revoked.
-    refused: AuditEvent,
+    /// The hash of the API session the certificate was asked in.
+    session: String,
+    /// For the `cert_denied` record of a refusal.
+    client_ip: String,
     /// `Err(Some(_))`: the database's state; `Err(None)`: anything else.
     done: oneshot::Sender<Result<Stored, Option<Unavailable>>>,
 }
@@ -39,8 +47,28 @@ struct Job {
 pub(super) enum Stored {
     /// Stored with its audit record: it may be handed out.
     Issued,
+    /// The API session it was asked in was revoked meanwhile: nothing stored, the
+    /// refusal audited.
+    SessionEnded,
     /// Its key is revoked: nothing stored, the refusal audited.
     KeyRevoked,
+}
+
+impl Stored {
+    fn refusal(self) -> Option<&'static str> {
+        match self {
+            Stored::Issued => None,
+            Stored::SessionEnded => Some("session_ended"),
+            Stored::KeyRevoked => Some("key_revoked"),
+        }
+    }
+}
+
+/// What the issuer hands the writer besides the certificate and its record.
+pub(super) struct Requester {
+    /// The hash of the caller's API session token.
+    pub session: String,
+    pub client_ip: String,
 }
 
 #[derive(Clone)]
@@ -55,12 +83,14 @@ impl IssuanceWriter {
         IssuanceWriter { tx }
     }
 
-    /// Stores one issued certificate with its audit record, unless its key is revoked
-    /// (then `refused` is recorded instead); returns after the commit.
-    pub async fn write(&self, row: CertRow, event: AuditEvent, refused: AuditEvent) -> Result<Stored, CaError> {
+    /// Stores one issued certificate with its audit record, unless the requester's
+    /// session has ended or the key is revoked (then a `cert_denied` record is stored
+    /// instead); returns after the commit.
+    pub async fn write(&self, row: CertRow, event: AuditEvent, requester: Requester) -> Result<Stored, CaError> {
         let (done, wait) = oneshot::channel();
         let gone = || CaError::Internal("issuance writer stopped".into());
-        self.tx.send(Job { row, event, refused, done }).await.map_err(|_| gone())?;
+        let Requester { session, client_ip } = requester;
+        self.tx.send(Job { row, event, session, client_ip, done }).await.map_err(|_| gone())?;
         wait.await.map_err(|_| gone())?.map_err(|failure| match failure {
             Some(why) => CaError::StoreUnavailable(why),
             None => CaError::Internal("storing the issued certificate failed".into()),
@@ -90,19 +120,41 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Job>) {
 
 async fn write_batch(store: &Store, jobs: &[Job]) -> Result<Vec<Stored>, store::StoreError> {
     let mut tx = store.begin().await?;
+    let sessions: Vec<&str> = jobs.iter().map(|j| j.session.as_str()).collect();
+    let live = store::live_sessions_among(&mut tx, &sessions).await?;
     let fingerprints: Vec<&str> = jobs.iter().map(|j| j.row.key_fingerprint.as_str()).collect();
     let revoked = store::revoked_among(tx.conn(), &fingerprints).await?;
     let outcomes: Vec<Stored> = jobs
         .iter()
-        .map(|j| if revoked.contains(&j.row.key_fingerprint) { Stored::KeyRevoked } else { Stored::Issued })
+        .map(|j| {
+            if !live.contains(&j.session) {
+                Stored::SessionEnded
+            } else if revoked.contains(&j.row.key_fingerprint) {
+                Stored::KeyRevoked
+            } else {
+                Stored::Issued
+            }
+        })
         .collect();
     let rows: Vec<&CertRow> =
         jobs.iter().zip(&outcomes).filter(|(_, o)| **o == Stored::Issued).map(|(j, _)| &j.row).collect();
     store::insert_certs(tx.conn(), &rows).await?;
-    let events: Vec<(u64, &AuditEvent)> = jobs
+    let refusals: Vec<Option<AuditEvent>> = jobs
         .iter()
         .zip(&outcomes)
-        .map(|(j, o)| (j.row.issued_at, if *o == Stored::Issued { &j.event } else { &j.refused }))
+        .map(|(j, o)| {
+            o.refusal().map(|reason| AuditEvent::CertDenied {
+                username: j.row.username.clone(),
+                reason,
+                key_fingerprint: Some(j.row.key_fingerprint.clone()),
+                client_ip: j.client_ip.clone(),
+            })
+        })
+        .collect();
+    let events: Vec<(u64, &AuditEvent)> = jobs
+        .iter()
+        .zip(&refusals)
+        .map(|(j, refused)| (j.row.issued_at, refused.as_ref().unwrap_or(&j.event)))
         .collect();
     audit::record_many(tx.conn(), &events).await?;
     tx.commit().await?;

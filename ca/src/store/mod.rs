@@ -69,8 +69,8 @@ pub use certs::{bump_krl_version, insert_cert, insert_certs, insert_revoked_key,
 pub use keys::{insert_ca_key, move_ca_keys, set_ca_key_state};
 pub use misc::{insert_node, save_policy_state, touch_node, upsert_node};
 pub use users::{
-    insert_session, insert_user, replace_own_password, revoke_session, revoke_user_sessions, set_user_disabled,
-    set_user_groups, set_user_password,
+    insert_session, insert_user, live_sessions_among, replace_own_password, revoke_session, revoke_user_sessions,
+    set_user_disabled, set_user_groups, set_user_password,
 };
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -135,7 +135,16 @@ impl StoreError {
                     },
                     Backend::Postgres => match code.as_ref() {
                         "53100" => Some(Unavailable::DiskFull),
-                        c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") => {
+                        // Connection, resources, operator intervention; a lock not had
+                        // in time, a transaction ended for sitting idle (see
+                        // `POSTGRES_DEFAULTS`), a deadlock or serialization failure.
+                        c if c.starts_with("08")
+                            || c.starts_with("53")
+                            || c.starts_with("57P")
+                            || c.starts_with("40")
+                            || c == "55P03"
+                            || c == "25P03" =>
+                        {
                             Some(Unavailable::Database)
                         }
                         _ => None,
@@ -144,6 +153,23 @@ impl StoreError {
             }
             _ => None,
         }
+    }
+}
+
+/// PostgreSQL: how long a statement waits for a lock, and how long a session may stay
+/// idle inside a transaction. A replica that stops in the middle of a write (paused,
+/// partitioned: the server notices a vanished client only when TCP keepalive gives up,
+/// hours by default) holds the audit chain's head, and without these every other
+/// replica's writes wait behind it that long; with them they fail fast (503, try again)
+/// and the server ends the stalled transaction within a minute.
+const POSTGRES_DEFAULTS: &str = "options[lock_timeout]=10s&options[idle_in_transaction_session_timeout]=60s";
+
+/// `url` with [`POSTGRES_DEFAULTS`] put first: PostgreSQL applies startup settings in
+/// order, so the URL's own (`options[lock_timeout]=2s`) still win.
+fn with_postgres_defaults(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, query)) => format!("{base}?{POSTGRES_DEFAULTS}&{query}"),
+        None => format!("{url}?{POSTGRES_DEFAULTS}"),
     }
 }
 
@@ -174,6 +200,7 @@ pub struct Store {
 /// A write transaction. Dropping it without `commit` rolls back.
 pub struct WriteTx<'a> {
     tx: Transaction<'static, sqlx::Any>,
+    backend: Backend,
     _guard: Option<MutexGuard<'a, ()>>,
 }
 
@@ -193,6 +220,10 @@ impl ReadTx {
 impl WriteTx<'_> {
     pub fn conn(&mut self) -> &mut AnyConnection {
         &mut self.tx
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     pub async fn commit(self) -> Result<()> {
@@ -237,9 +268,46 @@ async fn sqlite_migration_lock(url: &str) -> Result<Option<std::fs::File>> {
     Ok(Some(locked.map_err(StoreError::MigrationLock)?))
 }
 
+/// How a SQLite file is opened (sqlite's `mode=`), unless the URL says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqliteMode {
+    /// Created when missing (a CA's own database).
+    Create,
+    /// Must exist; written to.
+    ReadWrite,
+    /// Must exist; never written to.
+    ReadOnly,
+}
+
 impl Store {
     /// Connects, creating the SQLite file when missing, and applies migrations.
     pub async fn open(url: &str) -> Result<Store> {
+        let store = Store::connect(url, SqliteMode::Create).await?;
+        store.migrate(url).await?;
+        Ok(store)
+    }
+
+    /// Connects to a database as it is: nothing created, no migration applied — for
+    /// copying a database (`portcullisd backup`) without changing it under the CA that
+    /// runs on it, whatever release that is.
+    pub async fn open_as_is(url: &str, mode: SqliteMode) -> Result<Store> {
+        Store::connect(url, mode).await
+    }
+
+    /// The newest migration applied to this database (`None`: none yet).
+    pub async fn schema_version(&self) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT MAX(version) AS version FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(sqlx::Row::try_get(&row, "version")?)
+    }
+
+    /// The newest migration this release knows.
+    pub fn known_schema_version() -> i64 {
+        MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+    }
+
+    async fn connect(url: &str, mode: SqliteMode) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -251,9 +319,15 @@ impl Store {
         let url = match backend {
             Backend::Sqlite if !url.contains("mode=") => {
                 let sep = if url.contains('?') { '&' } else { '?' };
-                format!("{url}{sep}mode=rwc")
+                let mode = match mode {
+                    SqliteMode::Create => "rwc",
+                    SqliteMode::ReadWrite => "rw",
+                    SqliteMode::ReadOnly => "ro",
+                };
+                format!("{url}{sep}mode={mode}")
             }
-            _ => url.to_owned(),
+            Backend::Postgres => with_postgres_defaults(url),
+            Backend::Sqlite => url.to_owned(),
         };
         let options = AnyConnectOptions::from_str(&url)?;
         let pool = AnyPoolOptions::new()
@@ -283,7 +357,10 @@ impl Store {
             })
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
-                    if backend == Backend::Sqlite {
+                    if backend == Backend::Sqlite && mode == SqliteMode::ReadOnly {
+                        // A file only read (copied) stays in its journal mode.
+                        conn.execute("PRAGMA busy_timeout=10000;").await?;
+                    } else if backend == Backend::Sqlite {
                         // WAL: readers never block the writer; NORMAL sync is durable
                         // across application crashes and is SQLite's advice for WAL.
                         conn.execute(
@@ -297,21 +374,33 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        {
-            // sqlx's migrator locks PostgreSQL (an advisory lock) but not SQLite: two
-            // processes opening one new file would both run migration 1.
-            let _exclusive = match backend {
-                Backend::Sqlite => sqlite_migration_lock(&url).await?,
-                Backend::Postgres => None,
-            };
-            MIGRATOR.run(&pool).await?;
-        }
         Ok(Store {
             pool,
             backend,
             write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
             chunk_files: sqlite_file(&url).map(|database| Arc::new(ChunkFiles::beside(&database))),
         })
+    }
+
+    async fn migrate(&self, url: &str) -> Result<()> {
+        match self.backend {
+            Backend::Sqlite => {
+                // sqlx's migrator locks PostgreSQL (an advisory lock) but not SQLite: two
+                // processes opening one new file would both run migration 1.
+                let _exclusive = sqlite_migration_lock(url).await?;
+                MIGRATOR.run(&self.pool).await?;
+            }
+            Backend::Postgres => {
+                // Waiting for another replica's migrations (the advisory lock) may take
+                // longer than any request should wait for a lock: a connection of its
+                // own without the limit, closed afterwards.
+                let mut conn = self.pool.acquire().await?.detach();
+                sqlx::query("SET lock_timeout = 0").execute(&mut conn).await?;
+                MIGRATOR.run(&mut conn).await?;
+                conn.close().await?;
+            }
+        }
+        Ok(())
     }
 
     pub fn backend(&self) -> Backend {
@@ -328,7 +417,7 @@ impl Store {
             None => None,
         };
         let tx = self.pool.begin().await?;
-        Ok(WriteTx { tx, _guard: guard })
+        Ok(WriteTx { tx, backend: self.backend, _guard: guard })
     }
 
     /// A snapshot for multi-query reads. SQLite (WAL): a deferred transaction reads one

@@ -423,6 +423,16 @@ impl Store {
     /// (read from the live database's `files`) into its row, so the backup is one file
     /// that holds every recording.
     pub async fn inline_chunk_files(&self, files: Arc<ChunkFiles>) -> Result<()> {
+        // A database from before chunk files (a backup keeps its schema) has none.
+        let has_files =
+            sqlx::query("SELECT COUNT(*) AS n FROM pragma_table_info('recording_chunks') WHERE name = 'in_file'")
+                .fetch_one(self.pool())
+                .await?
+                .try_get::<i64, _>("n")?
+                > 0;
+        if !has_files {
+            return Ok(());
+        }
         let rows = sqlx::query("SELECT session_id, seq FROM recording_chunks WHERE in_file = 1")
             .fetch_all(self.pool())
             .await?;

@@ -229,6 +229,36 @@ pub async fn revoke_session(conn: &mut AnyConnection, token_hash: &str, now: u64
     Ok(done.rows_affected() == 1)
 }
 
+/// Which of the API sessions named by `token_hashes` are not revoked, seen inside a write
+/// transaction, so that what the transaction stores for them (an issued certificate) and
+/// their revocation are ordered. SQLite: write transactions run one at a time. PostgreSQL
+/// (READ COMMITTED): `FOR SHARE` locks each live session's row until commit, so a
+/// revocation either committed first (its row is re-read, revoked, and left out) or waits
+/// for this commit, and then its certificate revocation — a later statement, so a later
+/// snapshot — sees what this transaction stored.
+pub async fn live_sessions_among(
+    tx: &mut super::WriteTx<'_>,
+    token_hashes: &[&str],
+) -> Result<std::collections::HashSet<String>> {
+    let lock = match tx.backend() {
+        super::Backend::Sqlite => "",
+        super::Backend::Postgres => " FOR SHARE",
+    };
+    let mut live = std::collections::HashSet::new();
+    for (start, len) in super::statement_chunks(token_hashes.len()) {
+        let list = super::in_list_statement("SELECT token_hash FROM sessions WHERE token_hash IN", len);
+        let statement = sqlx::AssertSqlSafe(format!("{} AND revoked_at IS NULL{lock}", list.0));
+        let mut query = sqlx::query(statement);
+        for hash in token_hashes.iter().skip(start).take(len) {
+            query = query.bind(*hash);
+        }
+        for row in query.fetch_all(tx.conn()).await? {
+            live.insert(row.try_get("token_hash")?);
+        }
+    }
+    Ok(live)
+}
+
 pub async fn revoke_user_sessions(conn: &mut AnyConnection, username: &str, now: u64) -> Result<u64> {
     let done = sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE username = $2 AND revoked_at IS NULL")
         .bind(ts(now))
