@@ -18,7 +18,9 @@ pub struct Identity {
     pub username: String,
     /// Groups from the directory; `group = …` bindings and deny statements match them.
     pub groups: BTreeSet<String>,
-    /// Where the identity came from ("local", "ldap", "oidc"); carried for audit only.
+    /// Where the identity came from ("local", "ldap", "oidc"); carried for audit only (a
+    /// group named with its source, `ldap:admins`, is matched against the source the
+    /// account name carries).
     pub source: String,
 }
 

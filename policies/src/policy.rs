@@ -36,6 +36,17 @@ impl Policy {
         &self.bindings
     }
 
+    /// Group names the bindings and deny statements use without a source (`admins`, not
+    /// `ldap:admins`): each matches a group of that name from every source.
+    pub fn groups_from_any_source(&self) -> BTreeSet<&str> {
+        let bound = self.bindings.keys().filter_map(|s| match s {
+            Subject::Group(g) => Some(g.as_str()),
+            Subject::User(_) => None,
+        });
+        let denied = self.denies.values().flat_map(|d| d.groups.iter().map(String::as_str));
+        bound.chain(denied).filter(|g| crate::engine::group_source(g).is_none()).collect()
+    }
+
     /// Deny statements by name order.
     pub fn denies(&self) -> impl Iterator<Item = &DenyStatement> {
         self.denies.values()

@@ -220,3 +220,58 @@ fn empty_principals_are_impossible() {
         }
     }
 }
+
+/// A group named with its source (`ldap:admins`) is that source's group only: an identity
+/// provider's or a local user's group of the same name grants nothing through it, and a
+/// deny naming one source's group leaves the others' alone. A bare name matches a group
+/// of that name from every source, and the policy says which names those are.
+#[test]
+fn a_group_named_with_its_source_is_that_sources_group_only() {
+    let pol = policy(
+        r#"
+[[role]]
+name = "admin"
+permissions = ["audit.read", "sessions.kill"]
+
+[[role]]
+name = "reader"
+permissions = ["audit.read"]
+
+[[binding]]
+group = "ldap:admins"
+roles = ["admin"]
+
+[[binding]]
+group = "staff"
+roles = ["reader"]
+
+[[deny]]
+name = "no-kill-for-idp-contractors"
+groups = ["oidc:contractors"]
+permissions = ["sessions.kill"]
+
+[[deny]]
+name = "no-kill-for-interns"
+groups = ["interns"]
+permissions = ["sessions.kill"]
+"#,
+    );
+    let with = |user: &str, groups: &[&str]| who(user, groups);
+    let roles = |i: &Identity| pol.roles_of(i).iter().map(|r| r.name().to_string()).collect::<Vec<_>>();
+    assert_eq!(roles(&with("ldap:alice", &["admins"])), ["admin"]);
+    for elsewhere in ["oidc:mallory", "mallory"] {
+        assert!(roles(&with(elsewhere, &["admins"])).is_empty(), "{elsewhere}'s admins is not LDAP's");
+    }
+    // Not an account name: no source, so no qualified group.
+    assert!(roles(&with("ldap:", &["admins"])).is_empty());
+    for anywhere in ["ldap:bob", "oidc:bob", "bob"] {
+        assert_eq!(roles(&with(anywhere, &["staff"])), ["reader"], "{anywhere}");
+    }
+    let kill = |user: &str, groups: &[&str]| pol.holds(&with(user, groups), Permission::SessionsKill);
+    assert!(kill("ldap:alice", &["admins", "contractors"]).is_ok(), "LDAP's contractors is not the IdP's");
+    assert_eq!(
+        reason(kill("ldap:alice", &["admins", "interns"])),
+        DenyReason::DeniedByStatement("no-kill-for-interns".into())
+    );
+    assert_eq!(pol.groups_from_any_source().into_iter().collect::<Vec<_>>(), ["interns", "staff"]);
+}

@@ -321,10 +321,27 @@ impl ServerConfig {
         };
         let database = self.database_url.clone().unwrap_or_else(|| "SQLite in data_dir".to_owned());
         let database = database.split('@').next_back().unwrap_or_default().to_owned();
+        // With more than local users, a group name without a source is every source's
+        // group of that name: worth saying, since one source's `admins` need not be
+        // another's.
+        let mut sources = vec!["local users"];
+        sources.extend(self.ldap.is_some().then_some("LDAP"));
+        sources.extend(self.oidc.is_some().then_some("OIDC"));
+        let any_source = policy.groups_from_any_source();
+        let groups_note = if sources.len() > 1 && !any_source.is_empty() {
+            format!(
+                "\nNote: the policy names groups without a source ({}); each matches a group of that name from {} \
+                 alike. Name the source where one is meant (`ldap:admins`, `oidc:admins`, `local:admins`).",
+                any_source.into_iter().collect::<Vec<_>>().join(", "),
+                sources.join(", ")
+            )
+        } else {
+            String::new()
+        };
         self.into_ca_config_with(SecretString::from(String::new()))?;
         Ok(format!(
             "Configuration OK. Policy: {} role(s), {} rule(s), {} binding(s). TLS: {tls}. Database: {database}. \
-             CA passphrase: {passphrase}.",
+             CA passphrase: {passphrase}.{groups_note}",
             policy.roles().count(),
             policy.rules().count(),
             policy.bindings().len()

@@ -117,6 +117,29 @@ fn configuration_and_policy_checks_run_offline_and_name_the_line() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("Policy OK: 1 file(s), 5 role(s)"), "{out:?}");
     assert!(!data.exists(), "a check creates nothing");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("without a source"), "local users only: {out:?}");
+
+    // With a directory too, group names that match every source's group are pointed out.
+    let ca_pem = portcullis_ca::tls::bootstrap_tls(dir.path(), &["ldap.example.com".to_owned()]).unwrap();
+    drop(ca_pem);
+    std::fs::write(dir.path().join("ldap-password"), "secret\n").unwrap();
+    let with_ldap = format!(
+        "{}\n[ldap]\nurl = \"ldaps://ldap.example.com\"\nca_file = \"{}\"\nbind_dn = \"cn=portcullis,dc=example,dc=com\"\n\
+         bind_password_file = \"{}\"\nuser_base = \"ou=people,dc=example,dc=com\"\n",
+        std::fs::read_to_string(&config).unwrap(),
+        dir.path().join("bootstrap-cert.pem").display(),
+        dir.path().join("ldap-password").display()
+    );
+    let ldap_config = dir.path().join("with-ldap.toml");
+    std::fs::write(&ldap_config, with_ldap).unwrap();
+    let out = run("portcullisd", &["check".as_ref(), "--config".as_ref(), ldap_config.as_os_str()]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("names groups without a source (auditors, contractors, portcullis-admins, pve-admins)")
+            && said.contains("local users, LDAP alike"),
+        "{said}"
+    );
 
     std::fs::write(policy.join("zz-broken.toml"), "[[role]]\nname = \"typo\"\nlogin = [\"root\"]\n").unwrap();
     for out in [check(), policy_check()] {
