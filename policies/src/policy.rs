@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{DenyStatement, Role, Rule, Subject};
+use crate::permission::Permission;
 
 /// A validated, immutable policy. Only [`Policy::from_sources`] and [`Policy::empty`]
 /// create one (`from_sources` is the loader's, in `load`), so holding a `Policy` means every item passed validation.
@@ -45,6 +46,18 @@ impl Policy {
         });
         let denied = self.denies.values().flat_map(|d| d.groups.iter().map(String::as_str));
         bound.chain(denied).filter(|g| crate::engine::group_source(g).is_none()).collect()
+    }
+
+    /// Roles with a target query that also grant administrative permissions, with those
+    /// permissions: the query limits where the role's certificates and consoles reach,
+    /// not what its administrative permissions cover (they hold for every device).
+    pub fn targeted_roles_with_administrative_permissions(&self) -> Vec<(&str, Vec<Permission>)> {
+        self.roles
+            .values()
+            .filter(|r| r.targets().is_some())
+            .map(|r| (r.name(), r.permissions().iter().copied().filter(|p| p.is_administrative()).collect::<Vec<_>>()))
+            .filter(|(_, admin)| !admin.is_empty())
+            .collect()
     }
 
     /// Deny statements by name order.

@@ -338,10 +338,27 @@ impl ServerConfig {
         } else {
             String::new()
         };
+        let scoped: Vec<String> = policy
+            .targeted_roles_with_administrative_permissions()
+            .into_iter()
+            .map(|(role, permissions)| {
+                let permissions: Vec<&str> = permissions.iter().map(|p| p.as_str()).collect();
+                format!("{role} ({})", permissions.join(", "))
+            })
+            .collect();
+        let targets_note = if scoped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "\nNote: a role's targets limit where its certificates and consoles reach, not its administrative \
+                 permissions, which hold for every device: {}.",
+                scoped.join("; ")
+            )
+        };
         self.into_ca_config_with(SecretString::from(String::new()))?;
         Ok(format!(
             "Configuration OK. Policy: {} role(s), {} rule(s), {} binding(s). TLS: {tls}. Database: {database}. \
-             CA passphrase: {passphrase}.{groups_note}",
+             CA passphrase: {passphrase}.{groups_note}{targets_note}",
             policy.roles().count(),
             policy.rules().count(),
             policy.bindings().len()

@@ -113,11 +113,18 @@ fn configuration_and_policy_checks_run_offline_and_name_the_line() {
     let out = check();
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("Configuration OK. Policy: 5 role(s)"), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("without a source"), "local users only: {out:?}");
+    // The example's prod administrators may kill any session, not only prod's: said.
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(
+            "not its administrative permissions, which hold for every device: pve-prod-admin (sessions.kill)."
+        ),
+        "{out:?}"
+    );
     let out = policy_check();
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("Policy OK: 1 file(s), 5 role(s)"), "{out:?}");
     assert!(!data.exists(), "a check creates nothing");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("without a source"), "local users only: {out:?}");
 
     // With a directory too, group names that match every source's group are pointed out.
     let ca_pem = portcullis_ca::tls::bootstrap_tls(dir.path(), &["ldap.example.com".to_owned()]).unwrap();
