@@ -67,6 +67,11 @@ pub fn account_name(source: UserSource, name: &str) -> String {
     }
 }
 
+/// The source a policy's group name is qualified with (`ldap:admins` → `ldap`), if any.
+pub(crate) fn group_source(named: &str) -> Option<UserSource> {
+    named.split_once(':').and_then(|(source, _)| UserSource::parse(source))
+}
+
 /// Splits an account name into its source and name; `None` when it is not one.
 pub fn parse_account(account: &str) -> Option<(UserSource, &str)> {
     let (source, name) = match account.split_once(':') {

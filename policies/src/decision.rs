@@ -8,6 +8,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use crate::account::{group_source, parse_account};
 use crate::permission::Permission;
 use crate::proof::Proof;
 
@@ -22,6 +23,24 @@ pub struct Identity {
     /// group named with its source, `ldap:admins`, is matched against the source the
     /// account name carries).
     pub source: String,
+}
+
+impl Identity {
+    /// Whether this identity is in the group a policy names. Group names come from several
+    /// sources (local users, the directory, the identity provider), and one source's
+    /// `admins` need not be another's: `ldap:admins` (a source's name first) is LDAP's group
+    /// only, while a bare `admins` is a group of that name from any source. The source is
+    /// the one the account name carries (`ldap:alice`; bare for local users), which every
+    /// identity has, however it was put together.
+    pub(crate) fn in_group(&self, named: &str) -> bool {
+        match named.split_once(':') {
+            Some((source, group)) if group_source(named).is_some() => {
+                parse_account(&self.username).is_some_and(|(from, _)| from.as_str() == source)
+                    && self.groups.contains(group)
+            }
+            _ => self.groups.contains(named),
+        }
+    }
 }
 
 /// What a user asks for when requesting a certificate.

@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::account::{UserSource, parse_account};
 use crate::decision::{CertPermit, CertRequest, Deny, DenyReason, Grant, Identity, PermitParts};
 use crate::device::Device;
 use crate::model::{DenyStatement, Provider, Purpose, Role, Rule, Subject};
@@ -23,32 +22,12 @@ use crate::proof::Proof;
 fn subject_matches(s: &Subject, who: &Identity) -> bool {
     match s {
         Subject::User(u) => *u == who.username,
-        Subject::Group(g) => in_group(g, who),
+        Subject::Group(g) => who.in_group(g),
     }
 }
 
 fn deny_applies(d: &DenyStatement, who: &Identity) -> bool {
-    d.users.contains(&who.username) || d.groups.iter().any(|g| in_group(g, who))
-}
-
-/// Whether `who` is in the group a policy names. Group names come from several sources
-/// (local users, the directory, the identity provider), and one source's `admins` need
-/// not be another's: `ldap:admins` (a source's name first) is LDAP's group only, while a
-/// bare `admins` is a group of that name from any source. The source is the one the
-/// account name carries (`ldap:alice`; bare for local users), which every identity has,
-/// however it was put together.
-pub(crate) fn in_group(named: &str, who: &Identity) -> bool {
-    match named.split_once(':') {
-        Some((source, group)) if UserSource::parse(source).is_some() => {
-            parse_account(&who.username).is_some_and(|(from, _)| from.as_str() == source) && who.groups.contains(group)
-        }
-        _ => who.groups.contains(named),
-    }
-}
-
-/// The source a policy's group name is qualified with (`ldap:admins` → `ldap`), if any.
-pub(crate) fn group_source(named: &str) -> Option<UserSource> {
-    named.split_once(':').and_then(|(source, _)| UserSource::parse(source))
+    d.users.contains(&who.username) || d.groups.iter().any(|g| who.in_group(g))
 }
 
 impl Policy {
