@@ -231,27 +231,34 @@ async fn repeated_login_failures_from_one_address_back_off() {
         assert!(failures <= 10, "ten failures from one address and no back-off");
     }
     assert!(failures >= 5, "backed off after only {failures} failures");
-    for attempt in [WRONG_PASSWORD, ALICE_PASSWORD] {
-        let resp = server
-            .request(
-                reqwest::Method::POST,
-                None,
-                "/v1/auth/login",
-                Some(&json!({"username": "alice", "password": attempt})),
-            )
-            .await;
+    let to = &server;
+    let attempt = move |password: &'static str| {
+        let body = json!({"username": "alice", "password": password});
+        async move { to.request(reqwest::Method::POST, None, "/v1/auth/login", Some(&body)).await }
+    };
+    // Grow the back-off to a few seconds — each failure once it has run out doubles it —
+    // so that the right password below arrives well within it even on a loaded machine.
+    let mut retry_after = 0;
+    for _ in 0..20 {
+        let resp = attempt(WRONG_PASSWORD).await;
         if resp.status() == StatusCode::UNAUTHORIZED {
-            // The back-off (1-2 s at this point) ran out on a slow machine: one more
-            // failure doubles it.
-            continue;
+            continue; // the back-off had run out: this failure doubled it
         }
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
-        let retry_after: u64 =
+        retry_after =
             resp.headers().get(RETRY_AFTER).expect("429 carries Retry-After").to_str().unwrap().parse().unwrap();
         assert!((1..=900).contains(&retry_after), "Retry-After: {retry_after}");
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"], "rate_limited");
+        if retry_after >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(retry_after)).await;
     }
+    assert!(retry_after >= 4, "the back-off never grew");
+    // Backed off, even the right password is not tried.
+    let resp = attempt(ALICE_PASSWORD).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "the right password during the back-off");
     // The back-off is per user and address: the administrator still logs in from here.
     server.login("admin", &server.admin_password().await).await;
     let failed = server.audit_events("login_failed").await;
