@@ -9,8 +9,10 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::account::{group_source, parse_account};
+use crate::device::Device;
 use crate::permission::Permission;
 use crate::proof::Proof;
+use crate::srql::TargetQuery;
 
 /// Who is asking, as established by authentication.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -62,12 +64,37 @@ pub struct Grant<P: Proof> {
     /// Every permission the identity held when the grant was made: what it may hand on
     /// (see [`Grant::holds_all`]).
     held: BTreeSet<Permission>,
+    /// Where `permission` holds: see [`Grant::covers`].
+    reach: Reach,
     proof: PhantomData<fn() -> P>,
 }
 
+/// The devices a grant's permission holds for: everywhere when a role without targets
+/// grants it, else the devices some granting role's targets match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reach {
+    Everywhere,
+    Only(Vec<TargetQuery>),
+}
+
 impl<P: Proof> Grant<P> {
-    pub(crate) fn new(username: &str, permission: Permission, held: BTreeSet<Permission>) -> Grant<P> {
-        Grant { username: username.to_owned(), permission, held, proof: PhantomData }
+    pub(crate) fn new(username: &str, permission: Permission, held: BTreeSet<Permission>, reach: Reach) -> Grant<P> {
+        Grant { username: username.to_owned(), permission, held, reach, proof: PhantomData }
+    }
+    /// Whether the permission holds for `device`. A role's `targets` scope what it grants
+    /// on devices — a "prod administrator" may kill prod's sessions and read prod's
+    /// recordings, not the lab's — while a role without targets grants it everywhere.
+    /// Operations on one device's things ask this; see the permissions' documentation
+    /// for which do.
+    pub fn covers(&self, device: &Device) -> bool {
+        match &self.reach {
+            Reach::Everywhere => true,
+            Reach::Only(queries) => queries.iter().any(|q| q.matches(device)),
+        }
+    }
+    /// Whether the permission holds for every device (a listing need not be filtered).
+    pub fn covers_everything(&self) -> bool {
+        self.reach == Reach::Everywhere
     }
     /// Whether the identity holds every administrative one of `permissions` too —
     /// asked before it makes someone else hold them (a user manager giving groups or

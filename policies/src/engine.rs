@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::decision::{CertPermit, CertRequest, Deny, DenyReason, Grant, Identity, PermitParts};
+use crate::decision::{CertPermit, CertRequest, Deny, DenyReason, Grant, Identity, PermitParts, Reach};
 use crate::device::Device;
 use crate::model::{DenyStatement, Provider, Purpose, Role, Rule, Subject};
 use crate::permission::Permission;
@@ -66,11 +66,26 @@ impl Policy {
         Permission::ALL.iter().copied().filter(|p| self.holds(who, *p).is_ok()).collect()
     }
 
+    /// Where `perm`, which `who` holds, holds: everywhere if a role without targets grants
+    /// it, else where one of the granting roles' targets match.
+    fn reach(&self, who: &Identity, perm: Permission) -> Reach {
+        let mut queries = Vec::new();
+        for role in self.roles_of(who).into_iter().filter(|r| r.has_permission(perm)) {
+            match role.targets() {
+                None => return Reach::Everywhere,
+                Some(q) => queries.push(q.clone()),
+            }
+        }
+        Reach::Only(queries)
+    }
+
     pub fn authorize<P: Proof>(&self, who: &Identity) -> Result<Grant<P>, Deny> {
         let mut first_refusal = None;
         for perm in P::ANY_OF {
             match self.holds(who, *perm) {
-                Ok(()) => return Ok(Grant::new(&who.username, *perm, self.permissions_of(who))),
+                Ok(()) => {
+                    return Ok(Grant::new(&who.username, *perm, self.permissions_of(who), self.reach(who, *perm)));
+                }
                 Err(deny) => {
                     first_refusal.get_or_insert(deny);
                 }

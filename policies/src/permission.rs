@@ -18,7 +18,8 @@ pub enum Permission {
     CertsRevoke,
     /// Open a browser console on a device.
     DevicesConsoleOpen,
-    /// Terminate other users' sessions.
+    /// Terminate other users' sessions (on the devices the role's targets match, when it
+    /// has targets).
     SessionsKill,
     /// Manage local users.
     UsersManage,
@@ -32,7 +33,8 @@ pub enum Permission {
     NodesManage,
     /// Store, rotate and remove API secrets (e.g. Proxmox VE tokens); never read them.
     SecretsManage,
-    /// List, play back and export session recordings (every playback is audited).
+    /// List, play back and export session recordings (every playback is audited); of the
+    /// devices the role's targets match, when it has targets.
     RecordingsRead,
 }
 
@@ -56,6 +58,19 @@ impl Permission {
     /// `certs.issue` and `devices.console.open`.
     pub fn is_administrative(self) -> bool {
         !matches!(self, Permission::CertsIssue | Permission::DevicesConsoleOpen)
+    }
+
+    /// Whether a role's `targets` limit it to the devices they match (certificates and
+    /// consoles reach only there; sessions killed and recordings read only there). The
+    /// others hold everywhere, whatever the role's targets.
+    pub fn scoped_by_targets(self) -> bool {
+        matches!(
+            self,
+            Permission::CertsIssue
+                | Permission::DevicesConsoleOpen
+                | Permission::SessionsKill
+                | Permission::RecordingsRead
+        )
     }
 
     /// The string form used in policy files, audit events and APIs.

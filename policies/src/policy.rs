@@ -48,15 +48,15 @@ impl Policy {
         bound.chain(denied).filter(|g| crate::account::group_source(g).is_none()).collect()
     }
 
-    /// Roles with a target query that also grant administrative permissions, with those
-    /// permissions: the query limits where the role's certificates and consoles reach,
-    /// not what its administrative permissions cover (they hold for every device).
-    pub fn targeted_roles_with_administrative_permissions(&self) -> Vec<(&str, Vec<Permission>)> {
+    /// Roles with a target query that also grant permissions the query does not limit
+    /// ([`Permission::scoped_by_targets`]), with those permissions: they hold for every
+    /// device, which a role's author may not expect.
+    pub fn targeted_roles_with_unscoped_permissions(&self) -> Vec<(&str, Vec<Permission>)> {
         self.roles
             .values()
             .filter(|r| r.targets().is_some())
-            .map(|r| (r.name(), r.permissions().iter().copied().filter(|p| p.is_administrative()).collect::<Vec<_>>()))
-            .filter(|(_, admin)| !admin.is_empty())
+            .map(|r| (r.name(), r.permissions().iter().copied().filter(|p| !p.scoped_by_targets()).collect::<Vec<_>>()))
+            .filter(|(_, unscoped)| !unscoped.is_empty())
             .collect()
     }
 

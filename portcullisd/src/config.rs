@@ -339,7 +339,7 @@ impl ServerConfig {
             String::new()
         };
         let scoped: Vec<String> = policy
-            .targeted_roles_with_administrative_permissions()
+            .targeted_roles_with_unscoped_permissions()
             .into_iter()
             .map(|(role, permissions)| {
                 let permissions: Vec<&str> = permissions.iter().map(|p| p.as_str()).collect();
@@ -350,8 +350,8 @@ impl ServerConfig {
             String::new()
         } else {
             format!(
-                "\nNote: a role's targets limit where its certificates and consoles reach, not its administrative \
-                 permissions, which hold for every device: {}.",
+                "\nNote: a role's targets limit its certificates, consoles, session kills and recordings to the \
+                 devices they match; these permissions of targeted roles hold for every device: {}.",
                 scoped.join("; ")
             )
         };

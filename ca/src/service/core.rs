@@ -112,6 +112,20 @@ impl Core {
         device
     }
 
+    /// Whether `grant`'s permission holds for the device called `name` (see
+    /// `Grant::covers`); a device no longer enrolled is covered only by a grant that
+    /// holds everywhere.
+    pub(super) async fn covers<P: portcullis_policies::proof::Proof>(
+        &self,
+        grant: &portcullis_policies::Grant<P>,
+        name: &str,
+    ) -> Result<bool, CaError> {
+        if grant.covers_everything() {
+            return Ok(true);
+        }
+        Ok(self.store.node(name).await?.is_some_and(|node| grant.covers(&self.device(&node))))
+    }
+
     /// `/readyz`: whether this replica can serve — the database answers within 2 s and
     /// every purpose has an active CA key. Each check by name, with `ok` or why not.
     pub async fn readiness(&self) -> (bool, Vec<(&'static str, String)>) {

@@ -269,14 +269,31 @@ impl Recordings {
         Ok(refusal_error(reason))
     }
 
-    /// `GET /v1/admin/recordings`: newest first, optionally of one user or device.
+    /// `GET /v1/admin/recordings`: newest first, optionally of one user or device; of
+    /// the devices the grant covers (a role's targets scope its `recordings.read`).
     pub async fn list(
         &self,
-        _grant: &Grant<proof::RecordingsRead>,
+        grant: &Grant<proof::RecordingsRead>,
         user: Option<&str>,
         device: Option<&str>,
     ) -> Result<Vec<RecordingInfo>, CaError> {
-        Ok(self.core.store.recordings(user, device, LIST_LIMIT).await?.into_iter().map(info).collect())
+        let rows = self.core.store.recordings(user, device, LIST_LIMIT).await?;
+        let mut shown = Vec::with_capacity(rows.len());
+        let mut covered: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        for row in rows {
+            let covers = match covered.get(&row.device) {
+                Some(known) => *known,
+                None => {
+                    let known = self.core.covers(grant, &row.device).await?;
+                    covered.insert(row.device.clone(), known);
+                    known
+                }
+            };
+            if covers {
+                shown.push(info(row));
+            }
+        }
+        Ok(shown)
     }
 
     /// `GET /v1/admin/recordings/{session_id}`: the recording as an asciicast v2 file
@@ -287,7 +304,13 @@ impl Recordings {
         grant: &Grant<proof::RecordingsRead>,
         session_id: &str,
     ) -> Result<(RecordingInfo, Playback), CaError> {
-        let row = self.core.store.recording(session_id).await?.ok_or(CaError::NotFound("recording"))?;
+        let not_found = || CaError::NotFound("recording");
+        let row = self.core.store.recording(session_id).await?.ok_or_else(not_found)?;
+        // Another device's recording, for a role whose targets do not match it, is not
+        // found alike.
+        if !self.core.covers(grant, &row.device).await? {
+            return Err(not_found());
+        }
         let seal = self.seal(&row).await?;
         // Every chunk the row counts, numbered from 0: a recording missing one (a store
         // changed behind the CA's back) is not played as if it were whole.

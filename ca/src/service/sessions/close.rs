@@ -95,6 +95,11 @@ impl Sessions {
         let lease = store::set_kill_reason(tx.conn(), session_id, CloseReason::AdminTerminated.as_str())
             .await?
             .ok_or(CaError::NotFound("live session"))?;
+        // A role's targets scope its `sessions.kill`: another device's session is "not
+        // found" alike (dropping the transaction takes the kill order back).
+        if !self.core.covers(grant, &lease.device).await? {
+            return Err(CaError::NotFound("live session"));
+        }
         audit::record(
             tx.conn(),
             now,
