@@ -136,7 +136,8 @@ pub async fn backup(database_url: &str, out: &Path) -> Result<BackupReport, CaEr
     debug_assert_eq!(store.backend(), Backend::Sqlite);
     let copied = match store.schema_version().await {
         Ok(Some(version)) if version > Store::known_schema_version() => Err(CaError::Config(format!(
-            "{} was written by a newer portcullisd (schema {version}; this one knows up to {}): back it up with              the release that runs the CA",
+            "{} was written by a newer portcullisd (schema {version}; this one knows up to {}): back it up with \
+             the release that runs the CA",
             live.display(),
             Store::known_schema_version()
         ))),

@@ -121,13 +121,13 @@ fn policy_dir(work: &Path) -> PathBuf {
 }
 
 /// The first administrator (its one-time password replaced by `ADMIN_PASSWORD`) and
-/// alice (group devs) on a new CA; the administrator's caller.
-async fn admin_and_alice(ca: &Ca) -> Caller {
+/// alice (in `group`) on a new CA; the administrator's caller.
+async fn admin_and_alice(ca: &Ca, group: &str) -> Caller {
     let one_time = ca.identity().bootstrap_admin("admin", "admins").await.unwrap().unwrap();
     ca.identity().login_replacing_password("admin", None, &one_time, &secret(ADMIN_PASSWORD), IP).await.unwrap();
     let admin = login(ca, "admin", ADMIN_PASSWORD).await;
     let users_grant = ca.core().authorize::<proof::UsersManage>(&admin).unwrap();
-    ca.admin().add_user(&users_grant, "alice", &["devs".into()], Some(&secret(ALICE_PASSWORD))).await.unwrap();
+    ca.admin().add_user(&users_grant, "alice", &[group.into()], Some(&secret(ALICE_PASSWORD))).await.unwrap();
     admin
 }
 
@@ -462,7 +462,7 @@ async fn replicas_follow_each_others_ca_key_rotation() {
     let url = pg.url();
     let replica = || ca_in_process(&url, &policy_dir, clock.clone());
     let a = replica().await.unwrap();
-    let admin = admin_and_alice(&a).await;
+    let admin = admin_and_alice(&a, "devs").await;
     let b = replica().await.unwrap();
 
     let ca_grant = a.core().authorize::<proof::CaManage>(&admin).unwrap();
@@ -504,7 +504,7 @@ async fn an_ipv6_guesser_gets_one_budget_per_64_not_per_address() {
     let work = tempfile::tempdir().unwrap();
     let policy_dir = policy_dir(work.path());
     let ca = ca_in_process(&sqlite_url(work.path()), &policy_dir, ManualClock::new(now())).await.unwrap();
-    admin_and_alice(&ca).await;
+    admin_and_alice(&ca, "devs").await;
 
     let guess = |ip: String| {
         let ca = &ca;
@@ -589,7 +589,7 @@ async fn postgres_no_certificate_outlives_the_session_it_was_asked_in() {
 /// Runs the stale-request case on a new CA at `url`; returns the CA, alice disabled.
 async fn no_certificate_outlives_the_session_it_was_asked_in(url: &str, work: &Path) -> Ca {
     let ca = ca_in_process(url, &policy_dir(work), ManualClock::new(now())).await.unwrap();
-    let admin = admin_and_alice(&ca).await;
+    let admin = admin_and_alice(&ca, "devs").await;
     let alice = login(&ca, "alice", ALICE_PASSWORD).await; // authenticated, then…
     let users = ca.core().authorize::<proof::UsersManage>(&admin).unwrap();
     ca.admin().set_user_disabled(&users, "alice", true).await.unwrap();
@@ -632,7 +632,7 @@ async fn a_replica_stalled_in_a_write_holds_up_the_others_only_briefly() {
     let a = ca_in_process(&url, &policy_dir, clock.clone()).await.unwrap();
     assert_eq!(pg_setting(&a, "lock_timeout").await, "10s");
     assert_eq!(pg_setting(&a, "idle_in_transaction_session_timeout").await, "1min");
-    admin_and_alice(&a).await;
+    admin_and_alice(&a, "devs").await;
     let quick = format!("{url}?options[lock_timeout]=1s&options[idle_in_transaction_session_timeout]=3s");
     let b = ca_in_process(&quick, &policy_dir, clock.clone()).await.unwrap();
     assert_eq!(pg_setting(&b, "lock_timeout").await, "1s");
@@ -688,11 +688,7 @@ roles = ["prod-operator"]
     std::fs::write(policy.join("policy.toml"), SCOPED).unwrap();
     let clock = ManualClock::new(now());
     let ca = ca_in_process(&sqlite_url(work.path()), &policy, clock).await.unwrap();
-    let one_time = ca.identity().bootstrap_admin("admin", "admins").await.unwrap().unwrap();
-    ca.identity().login_replacing_password("admin", None, &one_time, &secret(ADMIN_PASSWORD), IP).await.unwrap();
-    let admin = login(&ca, "admin", ADMIN_PASSWORD).await;
-    let users = ca.core().authorize::<proof::UsersManage>(&admin).unwrap();
-    ca.admin().add_user(&users, "alice", &["ops".into()], Some(&secret(ALICE_PASSWORD))).await.unwrap();
+    let admin = admin_and_alice(&ca, "ops").await;
     let alice = login(&ca, "alice", ALICE_PASSWORD).await;
 
     let nodes = ca.core().authorize::<proof::NodesManage>(&admin).unwrap();
