@@ -73,16 +73,40 @@ const PWD_RESET: &str = "pwdReset";
 const USER_ACCOUNT_CONTROL: &str = "userAccountControl";
 const PWD_LAST_SET: &str = "pwdLastSet";
 const UAC_ACCOUNTDISABLE: u64 = 0x2;
+/// Active Directory: the flags it computes (constructed, so asked for by name) — locked
+/// out now (0x10; `lockoutTime` alone stays set after the lockout ran out) and password
+/// expired (0x800000) — and when the account expires.
+const UAC_COMPUTED: &str = "msDS-User-Account-Control-Computed";
+const UAC_LOCKOUT: u64 = 0x10;
+const UAC_PASSWORD_EXPIRED: u64 = 0x80_0000;
+const ACCOUNT_EXPIRES: &str = "accountExpires";
 
-fn account_state(entry: &SearchEntry) -> AccountState {
+/// `accountExpires`: 100-nanosecond intervals since 1601-01-01 UTC; 0 and the largest
+/// value mean never. `None`: never; `Some(unix seconds)` otherwise, `Some(0)` for a value
+/// that does not read (it fails closed).
+fn account_expiry(value: &str) -> Option<u64> {
+    const NEVER: u64 = i64::MAX as u64;
+    const SECONDS_1601_TO_1970: u64 = 11_644_473_600;
+    match value.trim().parse::<u64>() {
+        Ok(0 | NEVER) => None,
+        Ok(ticks) => Some((ticks / 10_000_000).saturating_sub(SECONDS_1601_TO_1970)),
+        Err(_) => Some(0),
+    }
+}
+
+fn account_state(entry: &SearchEntry, now: u64) -> AccountState {
+    let flags = |name| attrs(entry, name).map(|v| v.trim().parse::<u64>().ok());
+    // Unreadable flags fail closed.
     let locked = attrs(entry, PWD_ACCOUNT_LOCKED_TIME).next().is_some()
-        || attrs(entry, USER_ACCOUNT_CONTROL)
-            .any(|v| v.trim().parse::<u64>().map_or(true, |flags| flags & UAC_ACCOUNTDISABLE != 0));
+        || flags(USER_ACCOUNT_CONTROL).any(|f| f.is_none_or(|f| f & UAC_ACCOUNTDISABLE != 0))
+        || flags(UAC_COMPUTED).any(|f| f.is_none_or(|f| f & UAC_LOCKOUT != 0))
+        || attrs(entry, ACCOUNT_EXPIRES).filter_map(account_expiry).any(|expiry| expiry <= now);
     if locked {
         return AccountState::Locked;
     }
     let must_change = attrs(entry, PWD_RESET).any(|v| v.trim().eq_ignore_ascii_case("TRUE"))
-        || attrs(entry, PWD_LAST_SET).any(|v| v.trim() == "0");
+        || attrs(entry, PWD_LAST_SET).any(|v| v.trim() == "0")
+        || flags(UAC_COMPUTED).any(|f| f.is_some_and(|f| f & UAC_PASSWORD_EXPIRED != 0));
     if must_change { AccountState::MustChangePassword } else { AccountState::Usable }
 }
 
@@ -165,6 +189,8 @@ impl LdapSource {
             PWD_RESET,
             USER_ACCOUNT_CONTROL,
             PWD_LAST_SET,
+            UAC_COMPUTED,
+            ACCOUNT_EXPIRES,
             ENTRY_UUID,
             OBJECT_GUID,
         ];
@@ -185,7 +211,8 @@ impl LdapSource {
         if entry.dn.is_empty() || !attrs(&entry, &self.config.username_attribute).any(|v| v == username) {
             return Ok(None);
         }
-        let state = account_state(&entry);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let state = account_state(&entry, now);
         let disabled = state == AccountState::Locked
             || match &self.config.disabled_filter {
                 None => false,
@@ -309,6 +336,7 @@ mod tests {
     #[test]
     fn account_state_reads_ppolicy_and_active_directory() {
         use AccountState::*;
+        let account_state = |e: &SearchEntry| account_state(e, 1_800_000_000);
         assert_eq!(account_state(&entry(&[("uid", "a")])), Usable);
         assert_eq!(account_state(&entry(&[("pwdAccountLockedTime", "000001010000Z")])), Locked);
         assert_eq!(account_state(&entry(&[("pwdreset", "TRUE")])), MustChangePassword);
@@ -320,6 +348,20 @@ mod tests {
         assert_eq!(account_state(&entry(&[("userAccountControl", "garbage")])), Locked, "unreadable flags fail closed");
         // Locked wins over must-change: the password is never tried.
         assert_eq!(account_state(&entry(&[("userAccountControl", "514"), ("pwdLastSet", "0")])), Locked);
+        // What AD computes: locked out now, password expired.
+        assert_eq!(account_state(&entry(&[("msDS-User-Account-Control-Computed", "0")])), Usable);
+        assert_eq!(account_state(&entry(&[("msDS-User-Account-Control-Computed", "16")])), Locked);
+        assert_eq!(account_state(&entry(&[("msDS-User-Account-Control-Computed", "8388608")])), MustChangePassword);
+        assert_eq!(account_state(&entry(&[("msDS-User-Account-Control-Computed", "x")])), Locked);
+        // accountExpires: 1_800_000_000 is 2027-01-15; ticks of 100 ns since 1601.
+        let ticks = |unix: u64| ((unix + 11_644_473_600) * 10_000_000).to_string();
+        for never in ["0", "9223372036854775807"] {
+            assert_eq!(account_state(&entry(&[("accountExpires", never)])), Usable, "{never}");
+        }
+        assert_eq!(account_state(&entry(&[("accountExpires", &ticks(1_800_000_001))])), Usable);
+        assert_eq!(account_state(&entry(&[("accountExpires", &ticks(1_800_000_000))])), Locked, "expired now");
+        assert_eq!(account_state(&entry(&[("accountExpires", &ticks(1_700_000_000))])), Locked);
+        assert_eq!(account_state(&entry(&[("accountExpires", "soon")])), Locked, "unreadable fails closed");
     }
 
     #[test]
