@@ -183,16 +183,23 @@ async fn refusals_are_audited_and_locked_or_empty_never_bind() {
 
     let (status, body) = server.try_login("alice", "not-alices-password").await;
     assert_refused(status, &body);
+    // No such user: a bind all the same (as an entry that names nobody), so the refusal
+    // takes as long as a wrong password's and tells no one which names exist.
+    let nobody_bind = format!("BIND dn=\"cn=portcullis-no-such-entry,ou=people,{SUFFIX}\"");
+    let mark = slapd.log_mark();
     let (status, body) = server.try_login("nobody", "whatever-password").await;
     assert_refused(status, &body);
+    assert!(slapd.log_since(mark).contains(&nobody_bind), "{}", slapd.log_since(mark));
 
-    // Locked: the right password, refused before any bind as carol.
+    // Locked: the right password, refused before any bind as carol (the same stand-in
+    // bind instead).
     let mark = slapd.log_mark();
     let (status, body) = server.try_login("carol", CAROL_PW).await;
     assert_refused(status, &body);
     let log = slapd.log_since(mark);
     assert!(log.contains("SRCH"), "carol was looked up: {log}");
     assert!(!log.contains(&format!("BIND dn=\"{CAROL_DN}\"")), "a locked account was bound: {log}");
+    assert!(log.contains(&nobody_bind), "{log}");
 
     // Empty password: refused before the directory hears of it (an empty simple bind is
     // an anonymous bind that "succeeds").

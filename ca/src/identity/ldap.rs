@@ -80,6 +80,8 @@ const UAC_COMPUTED: &str = "msDS-User-Account-Control-Computed";
 const UAC_LOCKOUT: u64 = 0x10;
 const UAC_PASSWORD_EXPIRED: u64 = 0x80_0000;
 const ACCOUNT_EXPIRES: &str = "accountExpires";
+/// The entry no refusal's bind finds (see `LdapSource::bind_as_nobody`).
+const NOBODY_RDN: &str = "portcullis-no-such-entry";
 
 /// `accountExpires`: 100-nanosecond intervals since 1601-01-01 UTC; 0 and the largest
 /// value mean never. `None`: never; `Some(unix seconds)` otherwise, `Some(0)` for a value
@@ -234,6 +236,15 @@ impl LdapSource {
         Ok(Some((user, disabled)))
     }
 
+    /// A refusal that needs no bind (no such user, a locked one) still makes one, as a DN
+    /// that names nobody, so it takes as long as a wrong password: the time a refusal
+    /// takes must not tell which names the directory holds. The answer is not read; the
+    /// password goes only where a real user's would.
+    async fn bind_as_nobody(&self, password: &SecretString) {
+        let nobody = format!("cn={NOBODY_RDN},{}", self.config.user_base);
+        let _ = self.pool.user_bind(&nobody, password).await;
+    }
+
     async fn identity(&self, user: UserEntry) -> Result<Vouched, AuthFailure> {
         if user.member_of_partial {
             let e = DirError::Incomplete("the user's memberOf came as a range of its values".to_owned());
@@ -273,8 +284,12 @@ impl IdentitySource for LdapSource {
             if password.expose_secret().is_empty() {
                 return Err(AuthFailure::EmptyPassword);
             }
-            let (user, disabled) = self.find_user(username).await?.ok_or(AuthFailure::UnknownUser)?;
+            let Some((user, disabled)) = self.find_user(username).await? else {
+                self.bind_as_nobody(password).await;
+                return Err(AuthFailure::UnknownUser);
+            };
             if disabled {
+                self.bind_as_nobody(password).await;
                 return Err(AuthFailure::Disabled);
             }
             match self.pool.user_bind(&user.dn, password).await {
