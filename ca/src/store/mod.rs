@@ -416,7 +416,14 @@ impl Store {
             Some(lock) => Some(lock.lock().await),
             None => None,
         };
-        let tx = self.pool.begin().await?;
+        // SQLite: IMMEDIATE takes the write lock at BEGIN. A deferred transaction that
+        // reads first and writes later fails at once (SQLITE_BUSY_SNAPSHOT, no busy wait)
+        // when another connection wrote in between — a statement outside `begin` (an
+        // OIDC sign-in's pending row, a recording chunk) or another process on the file.
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
         Ok(WriteTx { tx, backend: self.backend, _guard: guard })
     }
 
