@@ -117,12 +117,34 @@ impl Node {
         node
     }
 
+    /// Waits until sshd accepts connections, and has come back from every SIGHUP its log
+    /// shows (a reload re-executes it: its old listener still accepts for a moment, and
+    /// a login that reaches it is dropped).
     fn wait_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect((self.ip.as_str(), self.port)).is_err() {
-            assert!(Instant::now() < deadline, "sshd is not listening; log:\n{}", self.log());
+        loop {
+            let log = self.log();
+            let restarted = log.matches("Server listening on").count() > log.matches("Received SIGHUP").count();
+            if restarted && TcpStream::connect((self.ip.as_str(), self.port)).is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "sshd is not listening; log:\n{log}");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Reloads sshd as `reload_cmd` does (the machine's own restart, in a test) and waits
+    /// until it listens again with the files as they are now.
+    pub fn reload_and_wait(&self) {
+        let listened = || self.log().matches("Server listening on").count();
+        let before = listened();
+        assert!(Command::new("sh").args(["-c", &self.reload_cmd()]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while listened() <= before {
+            assert!(Instant::now() < deadline, "sshd did not come back from its reload; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_listening();
     }
 
     pub fn path(&self, logical: &str) -> PathBuf {

@@ -319,7 +319,7 @@ async fn a_restart_after_an_interrupted_run_never_locks_out() {
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(99), "{}", String::from_utf8_lossy(&out.stderr));
     // The restart: sshd loads the configuration the dead run left.
-    assert!(Command::new("sh").args(["-c", &node.reload_cmd()]).status().unwrap().success());
+    node.reload_and_wait();
     assert!(node.ordinary_login_works(), "fixture: the restarted sshd runs with the drop-in");
     let (code, json, _) = run({
         let mut c = node.enroll_cmd();
