@@ -67,9 +67,11 @@ pub fn account_name(source: UserSource, name: &str) -> String {
     }
 }
 
-/// The source a policy's group name is qualified with (`ldap:admins` → `ldap`), if any.
-pub(crate) fn group_source(named: &str) -> Option<UserSource> {
-    named.split_once(':').and_then(|(source, _)| UserSource::parse(source))
+/// A policy's group name split into the source it is qualified with and the group
+/// (`ldap:admins` → `(Ldap, "admins")`); `None` for a bare name.
+pub(crate) fn qualified_group(named: &str) -> Option<(UserSource, &str)> {
+    let (source, group) = named.split_once(':')?;
+    Some((UserSource::parse(source)?, group))
 }
 
 /// Splits an account name into its source and name; `None` when it is not one.

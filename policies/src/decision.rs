@@ -8,7 +8,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::account::{group_source, parse_account};
+use crate::account::{parse_account, qualified_group};
 use crate::device::Device;
 use crate::permission::Permission;
 use crate::proof::Proof;
@@ -35,12 +35,11 @@ impl Identity {
     /// the one the account name carries (`ldap:alice`; bare for local users), which every
     /// identity has, however it was put together.
     pub(crate) fn in_group(&self, named: &str) -> bool {
-        match named.split_once(':') {
-            Some((source, group)) if group_source(named).is_some() => {
-                parse_account(&self.username).is_some_and(|(from, _)| from.as_str() == source)
-                    && self.groups.contains(group)
+        match qualified_group(named) {
+            Some((source, group)) => {
+                parse_account(&self.username).is_some_and(|(from, _)| from == source) && self.groups.contains(group)
             }
-            _ => self.groups.contains(named),
+            None => self.groups.contains(named),
         }
     }
 }

@@ -45,7 +45,7 @@ impl Policy {
             Subject::User(_) => None,
         });
         let denied = self.denies.values().flat_map(|d| d.groups.iter().map(String::as_str));
-        bound.chain(denied).filter(|g| crate::account::group_source(g).is_none()).collect()
+        bound.chain(denied).filter(|g| crate::account::qualified_group(g).is_none()).collect()
     }
 
     /// Roles with a target query that also grant permissions the query does not limit

@@ -1,8 +1,8 @@
 //! Issued certificates, revoked keys and the KRL version counter.
 
 use super::{
-    Result, Store, in_list_statement, json_list, parse_list, serial_from_db, serial_to_db, statement_chunks, ts,
-    ts_from, values_statement,
+    Result, Store, found_among, json_list, parse_list, serial_from_db, serial_to_db, statement_chunks, ts, ts_from,
+    values_statement,
 };
 use sqlx::{AnyConnection, Row};
 
@@ -175,18 +175,8 @@ pub async fn revoked_among(
     conn: &mut AnyConnection,
     fingerprints: &[&str],
 ) -> Result<std::collections::HashSet<String>> {
-    let mut revoked = std::collections::HashSet::new();
-    for (start, len) in statement_chunks(fingerprints.len()) {
-        let statement = in_list_statement("SELECT fingerprint FROM revoked_keys WHERE fingerprint IN", len);
-        let mut query = sqlx::query(statement);
-        for fingerprint in fingerprints.iter().skip(start).take(len) {
-            query = query.bind(*fingerprint);
-        }
-        for row in query.fetch_all(&mut *conn).await? {
-            revoked.insert(row.try_get("fingerprint")?);
-        }
-    }
-    Ok(revoked)
+    found_among(conn, "SELECT fingerprint FROM revoked_keys WHERE fingerprint IN", "", "fingerprint", fingerprints)
+        .await
 }
 
 /// What a revocation selects. Already-expired certificates need no KRL entry.

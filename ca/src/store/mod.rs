@@ -484,9 +484,29 @@ pub(crate) fn values_list(columns: usize, rows: usize) -> String {
     format!("VALUES {}", tuples.join(", "))
 }
 
-/// `HEAD ($1, …, $n)`, for `IN` lists (same safety argument as [`values_statement`]).
-pub(crate) fn in_list_statement(head: &'static str, n: usize) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(format!("{head} ({})", placeholders(0, n)))
+/// Which of `values` the query `SELECT column FROM … WHERE column IN (values) tail` finds,
+/// one statement per chunk of [`statement_chunks`]. `select` is the text up to `IN` and
+/// `tail` what follows the list; both are fixed text (same safety argument as
+/// [`values_statement`]), and `column` is the selected column.
+pub(crate) async fn found_among(
+    conn: &mut AnyConnection,
+    select: &'static str,
+    tail: &'static str,
+    column: &'static str,
+    values: &[&str],
+) -> Result<std::collections::HashSet<String>> {
+    let mut found = std::collections::HashSet::new();
+    for (start, len) in statement_chunks(values.len()) {
+        let statement = sqlx::AssertSqlSafe(format!("{select} ({}){tail}", placeholders(0, len)));
+        let mut query = sqlx::query(statement);
+        for value in values.iter().skip(start).take(len) {
+            query = query.bind(*value);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            found.insert(sqlx::Row::try_get(&row, column)?);
+        }
+    }
+    Ok(found)
 }
 
 /// `$first+1, …, $first+n`.

@@ -240,23 +240,12 @@ pub async fn live_sessions_among(
     tx: &mut super::WriteTx<'_>,
     token_hashes: &[&str],
 ) -> Result<std::collections::HashSet<String>> {
-    let lock = match tx.backend() {
-        super::Backend::Sqlite => "",
-        super::Backend::Postgres => " FOR SHARE",
+    let tail = match tx.backend() {
+        super::Backend::Sqlite => " AND revoked_at IS NULL",
+        super::Backend::Postgres => " AND revoked_at IS NULL FOR SHARE",
     };
-    let mut live = std::collections::HashSet::new();
-    for (start, len) in super::statement_chunks(token_hashes.len()) {
-        let list = super::in_list_statement("SELECT token_hash FROM sessions WHERE token_hash IN", len);
-        let statement = sqlx::AssertSqlSafe(format!("{} AND revoked_at IS NULL{lock}", list.0));
-        let mut query = sqlx::query(statement);
-        for hash in token_hashes.iter().skip(start).take(len) {
-            query = query.bind(*hash);
-        }
-        for row in query.fetch_all(tx.conn()).await? {
-            live.insert(row.try_get("token_hash")?);
-        }
-    }
-    Ok(live)
+    let select = "SELECT token_hash FROM sessions WHERE token_hash IN";
+    super::found_among(tx.conn(), select, tail, "token_hash", token_hashes).await
 }
 
 pub async fn revoke_user_sessions(conn: &mut AnyConnection, username: &str, now: u64) -> Result<u64> {
