@@ -9,7 +9,7 @@ use crate::audit::{AuditEvent, sanitize};
 use crate::error::CaError;
 use crate::identity::Vouched;
 use crate::identity::oidc::{Oidc, OidcIdentity, RedirectMissing, TokenError, TokenInvalid};
-use crate::store::PollTurn;
+use crate::store::{self, PollTurn};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use openidconnect::{Nonce, PkceCodeChallenge, PkceCodeVerifier};
@@ -31,8 +31,14 @@ const LOGIN_TTL: u64 = 600;
 const SOURCE: &str = UserSource::Oidc.as_str();
 /// The device flow's default poll interval (RFC 8628 §3.2).
 const DEFAULT_INTERVAL: u64 = 5;
-/// At most this many sign-ins in progress (both flows together, all replicas).
-const MAX_PENDING: i64 = 10_000;
+/// How many sign-ins may be in progress (both flows together, all replicas): a source's
+/// share — an office behind one NAT address starts a few dozen in ten minutes, the rate
+/// limit allows 300 — and the table's, which a flood from fewer sources than it has rows
+/// cannot fill against others (see [`store::PendingCaps`]).
+const PENDING_CAPS: store::PendingCaps = store::PendingCaps { per_source: 64, total: 10_000 };
+/// What a source at its share of sign-ins in progress is told to wait: a sign-in it
+/// abandoned is forgotten within `LOGIN_TTL`, most sooner.
+const PENDING_RETRY_AFTER: u64 = 60;
 /// Longest `pcd_…` handle accepted: the random part and the IdP's device code.
 pub const MAX_DEVICE_HANDLE: usize = 4096;
 
@@ -103,6 +109,21 @@ impl IdentityService {
             return Err(CaError::RateLimited { retry_after });
         }
         Ok(())
+    }
+
+    /// Stores a sign-in in progress; a refusal is audited.
+    async fn admit_pending(&self, pending: &store::NewPending<'_>, client_ip: &str, now: u64) -> Result<(), CaError> {
+        match self.core.store.insert_oidc_pending(pending, now, PENDING_CAPS).await? {
+            store::PendingAdmission::Stored => Ok(()),
+            store::PendingAdmission::SourceFull => {
+                self.audit_oidc_failure("-", client_ip, "too_many_pending").await?;
+                Err(CaError::RateLimited { retry_after: PENDING_RETRY_AFTER })
+            }
+            store::PendingAdmission::Full => {
+                self.audit_oidc_failure("-", client_ip, "pending_full").await?;
+                Err(CaError::Unavailable)
+            }
+        }
     }
 
     async fn audit_oidc_failure(&self, username: &str, client_ip: &str, reason: &'static str) -> Result<(), CaError> {
@@ -187,10 +208,14 @@ impl IdentityService {
         let expires_in = auth.expires_in.clamp(1, 3600);
         let handle = device_handle(&auth.device_code);
         let key = token_hash(&handle);
-        let stored = self.core.store.insert_oidc_pending(&key, Some(interval), "", now + expires_in, now, MAX_PENDING);
-        if !stored.await? {
-            return Err(CaError::Unavailable);
-        }
+        let pending = store::NewPending {
+            key_hash: &key,
+            device_interval: Some(interval),
+            binding_hash: "",
+            source: &crate::ratelimit::source_key(client_ip),
+            expires_at: now + expires_in,
+        };
+        self.admit_pending(&pending, client_ip, now).await?;
         Ok(DeviceStart {
             handle: handle.into(),
             verification_uri: auth.verification_uri,
@@ -299,10 +324,14 @@ impl IdentityService {
             url.query_pairs_mut().append_pair("prompt", "login");
         }
         let (key, binding_hash) = (token_hash(&state), token_hash(&binding));
-        let stored = self.core.store.insert_oidc_pending(&key, None, &binding_hash, now + LOGIN_TTL, now, MAX_PENDING);
-        if !stored.await? {
-            return Err(CaError::Unavailable);
-        }
+        let pending = store::NewPending {
+            key_hash: &key,
+            device_interval: None,
+            binding_hash: &binding_hash,
+            source: &crate::ratelimit::source_key(client_ip),
+            expires_at: now + LOGIN_TTL,
+        };
+        self.admit_pending(&pending, client_ip, now).await?;
         Ok(BrowserLogin { redirect_to: url.to_string(), binding })
     }
 

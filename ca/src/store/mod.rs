@@ -48,7 +48,7 @@ pub use leases::{
     Beat, LeaseCheck, LeaseRow, ProofUse, claim_connection_proof, close_lease, heartbeat_leases, insert_lease,
     purge_connection_proofs, release_slot, set_kill_reason, sweep_lease, take_slot,
 };
-pub use oidc::{PendingLogin as PendingOidcLogin, PollTurn};
+pub use oidc::{NewPending, PendingAdmission, PendingCaps, PendingLogin as PendingOidcLogin, PollTurn};
 pub use recordings::{
     Appended, ChunkAppend, ChunkBytes, ChunkFiles, RecordingRow, StoredChunk, append_recording_chunk,
     delete_recordings_before, end_recording, insert_recording,

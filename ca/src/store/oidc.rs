@@ -9,6 +9,37 @@ use sqlx::Row;
 const LOGIN: &str = "login";
 const DEVICE: &str = "device";
 
+/// A sign-in being started.
+#[derive(Debug, Clone)]
+pub struct NewPending<'a> {
+    /// SHA-256 of the client's handle (`state`, or the device flow's `pcd_…` handle).
+    pub key_hash: &'a str,
+    /// The device flow's poll interval; `None` for a browser sign-in.
+    pub device_interval: Option<u64>,
+    /// SHA-256 of the browser's binding cookie (empty for the device flow).
+    pub binding_hash: &'a str,
+    /// Where it was started from ([`crate::ratelimit::source_key`]).
+    pub source: &'a str,
+    pub expires_at: u64,
+}
+
+/// How many sign-ins may be in progress: from one source, and in all (every replica).
+#[derive(Debug, Clone, Copy)]
+pub struct PendingCaps {
+    pub per_source: i64,
+    pub total: i64,
+}
+
+/// What [`Store::insert_oidc_pending`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingAdmission {
+    Stored,
+    /// The source holds its share already.
+    SourceFull,
+    /// The table is full and no source holds more than the asking one would.
+    Full,
+}
+
 /// A browser sign-in, as taken out at its callback.
 #[derive(Debug, Clone)]
 pub struct PendingLogin {
@@ -31,38 +62,70 @@ pub enum PollTurn {
 }
 
 impl Store {
-    /// Records a sign-in in progress unless `max` are live already: `false` when full,
-    /// so a flood of started sign-ins is bounded (expired ones do not count; the
-    /// housekeeping timer deletes them).
+    /// Records a sign-in in progress, within `caps`. A source at its share is refused.
+    /// A full table makes room by forgetting the oldest sign-in of the source holding the
+    /// most, as long as that source holds more than the asking one would: a flood from a
+    /// few sources displaces only its own sign-ins, and filling the table against
+    /// everyone takes as many sources as the table has rows. Expired sign-ins do not
+    /// count (the housekeeping timer deletes them). On PostgreSQL two replicas admitting
+    /// at the same instant may each see room for one, so the caps are soft by a row or
+    /// two.
     pub async fn insert_oidc_pending(
         &self,
-        key_hash: &str,
-        device_interval: Option<u64>,
-        binding_hash: &str,
-        expires_at: u64,
+        pending: &NewPending<'_>,
         now: u64,
-        max: i64,
-    ) -> Result<bool> {
-        let live: i64 = sqlx::query("SELECT COUNT(*) AS n FROM oidc_pending WHERE expires_at > $1")
+        caps: PendingCaps,
+    ) -> Result<PendingAdmission> {
+        let mut tx = self.begin().await?;
+        let own: i64 = sqlx::query("SELECT COUNT(*) AS n FROM oidc_pending WHERE expires_at > $1 AND source = $2")
             .bind(ts(now))
-            .fetch_one(self.pool())
+            .bind(pending.source)
+            .fetch_one(tx.conn())
             .await?
             .try_get("n")?;
-        if live >= max {
-            return Ok(false);
+        if own >= caps.per_source {
+            return Ok(PendingAdmission::SourceFull);
+        }
+        let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM oidc_pending WHERE expires_at > $1")
+            .bind(ts(now))
+            .fetch_one(tx.conn())
+            .await?
+            .try_get("n")?;
+        if total >= caps.total {
+            let heaviest = sqlx::query(
+                "SELECT source, COUNT(*) AS n FROM oidc_pending WHERE expires_at > $1 \
+                 GROUP BY source ORDER BY n DESC, source LIMIT 1",
+            )
+            .bind(ts(now))
+            .fetch_optional(tx.conn())
+            .await?;
+            let Some(heaviest) = heaviest else { return Ok(PendingAdmission::Full) };
+            if heaviest.try_get::<i64, _>("n")? <= own + 1 {
+                return Ok(PendingAdmission::Full);
+            }
+            sqlx::query(
+                "DELETE FROM oidc_pending WHERE key_hash = (SELECT key_hash FROM oidc_pending \
+                 WHERE source = $1 AND expires_at > $2 ORDER BY expires_at, key_hash LIMIT 1)",
+            )
+            .bind(heaviest.try_get::<String, _>("source")?)
+            .bind(ts(now))
+            .execute(tx.conn())
+            .await?;
         }
         sqlx::query(
-            "INSERT INTO oidc_pending (key_hash, kind, binding_hash, poll_interval, last_poll, expires_at) \
-             VALUES ($1, $2, $3, $4, NULL, $5)",
+            "INSERT INTO oidc_pending (key_hash, kind, binding_hash, poll_interval, last_poll, expires_at, source) \
+             VALUES ($1, $2, $3, $4, NULL, $5, $6)",
         )
-        .bind(key_hash)
-        .bind(if device_interval.is_some() { DEVICE } else { LOGIN })
-        .bind(binding_hash)
-        .bind(ts(device_interval.unwrap_or(0)))
-        .bind(ts(expires_at))
-        .execute(self.pool())
+        .bind(pending.key_hash)
+        .bind(if pending.device_interval.is_some() { DEVICE } else { LOGIN })
+        .bind(pending.binding_hash)
+        .bind(ts(pending.device_interval.unwrap_or(0)))
+        .bind(ts(pending.expires_at))
+        .bind(pending.source)
+        .execute(tx.conn())
         .await?;
-        Ok(true)
+        tx.commit().await?;
+        Ok(PendingAdmission::Stored)
     }
 
     /// Takes a browser sign-in out (one `DELETE … RETURNING`: a `state` works once, on
