@@ -95,6 +95,15 @@ impl<P: Proof> Grant<P> {
     pub fn covers_everything(&self) -> bool {
         self.reach == Reach::Everywhere
     }
+    /// The queries of the devices the permission holds for; `None` when it holds for
+    /// every device. For what is kept to be checked later, against a device that does
+    /// not exist yet (a node an enrollment token will enroll).
+    pub fn targets(&self) -> Option<&[TargetQuery]> {
+        match &self.reach {
+            Reach::Everywhere => None,
+            Reach::Only(queries) => Some(queries),
+        }
+    }
     /// Whether the identity holds every administrative one of `permissions` too —
     /// asked before it makes someone else hold them (a user manager giving groups or
     /// resetting a password), so that managing users is never a way to more control of

@@ -29,7 +29,8 @@ pub enum Permission {
     AuditRead,
     /// Change the policy.
     PolicyManage,
-    /// Enroll and retire nodes.
+    /// Enroll, change and retire nodes (those the role's targets match, when it has
+    /// targets).
     NodesManage,
     /// Store, rotate and remove API secrets (e.g. Proxmox VE tokens); never read them.
     SecretsManage,
@@ -61,8 +62,8 @@ impl Permission {
     }
 
     /// Whether a role's `targets` limit it to the devices they match (certificates and
-    /// consoles reach only there; sessions killed and recordings read only there). The
-    /// others hold everywhere, whatever the role's targets.
+    /// consoles reach only there; sessions killed, recordings read and nodes managed
+    /// only there). The others hold everywhere, whatever the role's targets.
     pub fn scoped_by_targets(self) -> bool {
         matches!(
             self,
@@ -70,6 +71,7 @@ impl Permission {
                 | Permission::DevicesConsoleOpen
                 | Permission::SessionsKill
                 | Permission::RecordingsRead
+                | Permission::NodesManage
         )
     }
 

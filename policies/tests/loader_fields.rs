@@ -81,6 +81,14 @@ fn critical_options() {
 fn role_shape() {
     one_error("[[role]]\nname = 'r'\nlogins = ['root']\n", 2, 8, "no `targets`");
     one_error("[[role]]\nname = 'r'\ntargets = 'in:devices name:a'\n", 3, 11, "no effect");
+    let issuing_without_logins = "[[role]]\nname = 'r'\ntargets = 'in:devices name:a'\npermissions = ['certs.issue']\n";
+    one_error(issuing_without_logins, 3, 11, "no effect");
+    // Targets scope the administrative permissions they name, logins or not.
+    for scoped in ["nodes.manage", "sessions.kill", "recordings.read"] {
+        let role = format!("[[role]]\nname = 'r'\ntargets = 'in:devices name:a'\npermissions = ['{scoped}']\n");
+        let loaded = load(&[("a.toml", role.as_str())]);
+        assert!(loaded.is_ok(), "{scoped}: {loaded:?}");
+    }
     one_error("[[role]]\nname = 'r'\nlogins = ['Root']\ntargets = 'in:devices name:a'\n", 3, 11, "invalid login");
     one_error("[[role]]\nname = 'a role'\n", 2, 8, "invalid role name");
 }

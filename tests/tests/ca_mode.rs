@@ -133,7 +133,7 @@ fn configuration_and_policy_checks_run_offline_and_name_the_line() {
     );
     // A targeted role with a permission its targets do not limit is pointed out too.
     let lab_operator = "[[role]]\nname = \"lab-operator\"\nlogins = [\"ops\"]\ntargets = 'in:devices tags.cluster:lab'\n\
-                        permissions = [\"nodes.manage\", \"sessions.kill\"]\n";
+                        permissions = [\"nodes.manage\", \"sessions.kill\", \"audit.read\"]\n";
     std::fs::write(policy.join("lab.toml"), lab_operator).unwrap();
     let ldap_config = dir.path().join("with-ldap.toml");
     std::fs::write(&ldap_config, with_ldap).unwrap();
@@ -146,7 +146,7 @@ fn configuration_and_policy_checks_run_offline_and_name_the_line() {
         "{said}"
     );
     assert!(
-        said.contains("these permissions of targeted roles hold for every device: lab-operator (nodes.manage)."),
+        said.contains("these permissions of targeted roles hold for every device: lab-operator (audit.read)."),
         "{said}"
     );
 

@@ -18,6 +18,14 @@ use portcullis_proto::enroll::*;
 use portcullis_sshcert::{fingerprint, parse_user_public_key, random_bytes};
 use ssh_key::{PublicKey, SshSig};
 
+/// Whether a token with `reach` (see [`EnrollTokenRow::reach`]) may enroll `device`. A
+/// stored query that no longer parses matches nothing: refused, not widened.
+fn token_reaches(reach: Option<&[String]>, device: &portcullis_policies::Device) -> bool {
+    reach.is_none_or(|queries| {
+        queries.iter().any(|q| portcullis_policies::TargetQuery::parse(q).is_ok_and(|q| q.matches(device)))
+    })
+}
+
 /// A proof of possession (node or service) older or newer than this is refused.
 const PROOF_WINDOW: u64 = 300;
 /// A host certificate with less life than this left is renewed at the next refresh.
@@ -56,6 +64,25 @@ impl Nodes {
         if let Some(node) = &request.node {
             crate::validate::node_name(node)?;
         }
+        // A token keeps its creator's reach; the node it enrolls is checked against it
+        // then (see `enroll`). A token bound to a name is checked now too, against the
+        // node as it would be enrolled, so a refusal comes while the creator is asking.
+        let reach = grant.targets().map(|queries| queries.iter().map(ToString::to_string).collect());
+        if let (Some(name), false) = (&request.node, grant.covers_everything()) {
+            let node = match self.core.store.node(name).await? {
+                Some(existing) => existing,
+                None => NodeRecord {
+                    name: name.clone(),
+                    tags: request.tags.clone(),
+                    partition: request.partition.clone(),
+                    agent: request.agent.clone(),
+                    ..NodeRecord::default()
+                },
+            };
+            if !grant.covers(&self.core.device(&node)) {
+                return Err(CaError::Forbidden(super::nodes::OUTSIDE_REACH));
+            }
+        }
         let now = self.core.now();
         let token = random_token("pce_");
         let row = EnrollTokenRow {
@@ -68,6 +95,7 @@ impl Nodes {
             agent: request.agent.clone(),
             service_kind: request.service.map(|k| k.as_str().to_owned()),
             node: request.node.clone(),
+            reach: if request.service.is_some() { None } else { reach },
         };
         let mut tx = self.core.store.begin().await?;
         store::insert_enroll_token(tx.conn(), &token_hash(&token), &row, now).await?;
@@ -89,11 +117,21 @@ impl Nodes {
         Ok(EnrollTokenResponse { token: token.into(), id: row.id, expires_at: row.expires_at, uses: row.uses_left })
     }
 
-    pub async fn enroll_tokens(&self, _grant: &Grant<proof::NodesManage>) -> Result<Vec<EnrollTokenInfo>, CaError> {
+    /// The tokens `grant` may see and revoke: all of them when it holds everywhere, else
+    /// those that enroll only where it manages nodes (each of the token's queries is one
+    /// of the grant's), so one lab administrator sees another's, not the prod team's.
+    async fn visible_tokens(&self, grant: &Grant<proof::NodesManage>) -> Result<Vec<EnrollTokenRow>, CaError> {
+        let mut tokens = self.core.store.enroll_tokens().await?;
+        if let Some(targets) = grant.targets() {
+            let own: Vec<String> = targets.iter().map(ToString::to_string).collect();
+            tokens.retain(|t| t.reach.as_ref().is_some_and(|reach| reach.iter().all(|q| own.contains(q))));
+        }
+        Ok(tokens)
+    }
+
+    pub async fn enroll_tokens(&self, grant: &Grant<proof::NodesManage>) -> Result<Vec<EnrollTokenInfo>, CaError> {
         Ok(self
-            .core
-            .store
-            .enroll_tokens()
+            .visible_tokens(grant)
             .await?
             .into_iter()
             .map(|t| EnrollTokenInfo {
@@ -116,6 +154,9 @@ impl Nodes {
 
     /// Ends a token before its time: it admits no further enrollment.
     pub async fn revoke_enroll_token(&self, grant: &Grant<proof::NodesManage>, id: &str) -> Result<(), CaError> {
+        if !grant.covers_everything() && !self.visible_tokens(grant).await?.iter().any(|t| t.id == id) {
+            return Err(CaError::NotFound("enrollment token"));
+        }
         let now = self.core.now();
         let mut tx = self.core.store.begin().await?;
         if !store::revoke_enroll_token(tx.conn(), id).await? {
@@ -217,6 +258,15 @@ impl Nodes {
         }
         if node.agent.is_none() {
             node.agent = grant.agent.clone();
+        }
+        // A token made by an administrator of some nodes only enrolls one of those, as
+        // the node will be (the name and addresses it reports, the tags it keeps).
+        if !token_reaches(grant.reach.as_deref(), &self.core.device(&node)) {
+            drop(tx);
+            self.audit_enroll_refused("outside_token_reach", client_ip).await?;
+            return Err(CaError::Forbidden(
+                "this token enrolls only nodes its creator manages; this node would be outside them",
+            ));
         }
         let new = store::upsert_node(tx.conn(), &node, now).await?;
         let (bundle, serials) = self.bundle(tx.conn(), &node, &nodes, &host_keys, now).await?;

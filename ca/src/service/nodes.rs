@@ -61,10 +61,26 @@ impl Nodes {
         Ok(binary)
     }
 
+    /// The node called `name`, if `grant` manages it. A role's targets scope
+    /// `nodes.manage` like the device permissions: a node outside them is "not found",
+    /// as an unknown one is, so a lab administrator can neither change, retire nor learn
+    /// of a prod node — and cannot re-tag one into the lab roles' reach.
+    pub(super) async fn managed_node(
+        &self,
+        grant: &Grant<proof::NodesManage>,
+        name: &str,
+    ) -> Result<NodeRecord, CaError> {
+        let node = self.core.store.node(name).await?;
+        node.filter(|node| grant.covers(&self.core.device(node))).ok_or(CaError::NotFound("node"))
+    }
+
     /// Registers a new node; an existing name is refused (use [`Nodes::update_node`]).
     pub async fn add_node(&self, grant: &Grant<proof::NodesManage>, node: &NodeRecord) -> Result<(), CaError> {
         crate::validate::node_record(node)?;
         crate::validate::host_keys(&node.host_keys)?;
+        if !grant.covers(&self.core.device(node)) {
+            return Err(CaError::Forbidden(OUTSIDE_REACH));
+        }
         let now = self.core.now();
         let mut tx = self.core.store.begin().await?;
         if !store::insert_node(tx.conn(), node, now).await? {
@@ -90,7 +106,7 @@ impl Nodes {
         name: &str,
         update: &NodeUpdate,
     ) -> Result<NodeRecord, CaError> {
-        let mut node = self.core.store.node(name).await?.ok_or(CaError::NotFound("node"))?;
+        let mut node = self.managed_node(grant, name).await?;
         let mut fields = Vec::new();
         if let Some(addresses) = &update.addresses {
             node.addresses = addresses.clone();
@@ -121,6 +137,9 @@ impl Nodes {
             fields.push("ssh_port");
         }
         crate::validate::node_record(&node)?;
+        if !grant.covers(&self.core.device(&node)) {
+            return Err(CaError::Forbidden(OUTSIDE_REACH));
+        }
         let now = self.core.now();
         let actor = grant.username().to_owned();
         let mut tx = self.core.store.begin().await?;
@@ -138,6 +157,9 @@ impl Nodes {
     /// Removes a node: its record (and with it the principals the CA lists for it, its
     /// pinned keys and inventory entry) and its host certificates, revoked.
     pub async fn remove_node(&self, grant: &Grant<proof::NodesManage>, name: &str) -> Result<(), CaError> {
+        if !grant.covers_everything() {
+            self.managed_node(grant, name).await?;
+        }
         let now = self.core.now();
         let actor = grant.username().to_owned();
         let mut tx = self.core.store.begin().await?;
@@ -151,7 +173,13 @@ impl Nodes {
         Ok(())
     }
 
-    pub async fn list(&self, _grant: &Grant<proof::NodesManage>) -> Result<Vec<NodeRecord>, CaError> {
-        Ok(self.core.store.nodes().await?)
+    pub async fn list(&self, grant: &Grant<proof::NodesManage>) -> Result<Vec<NodeRecord>, CaError> {
+        let mut nodes = self.core.store.nodes().await?;
+        nodes.retain(|node| grant.covers(&self.core.device(node)));
+        Ok(nodes)
     }
 }
+
+/// Why a targeted role may not add a node, or change one so: it would leave the role's reach.
+pub(super) const OUTSIDE_REACH: &str = "the node would be outside the devices your roles manage (their targets); an administrator whose role has \
+     no targets can do it";

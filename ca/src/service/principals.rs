@@ -12,10 +12,10 @@ impl Nodes {
     /// What a node's `AuthorizedPrincipalsFile` for each login must list.
     pub async fn node_principals(
         &self,
-        _grant: &Grant<proof::NodesManage>,
+        grant: &Grant<proof::NodesManage>,
         name: &str,
     ) -> Result<NodePrincipals, CaError> {
-        let node = self.core.store.node(name).await?.ok_or(CaError::NotFound("node"))?;
+        let node = self.managed_node(grant, name).await?;
         let lines = self.principal_lines_of(&node);
         Ok(NodePrincipals { principals: principals_only(&lines), lines, node: node.name })
     }

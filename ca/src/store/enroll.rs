@@ -17,6 +17,9 @@ pub struct EnrollTokenRow {
     pub service_kind: Option<String>,
     /// The one node name this token may enroll, when bound.
     pub node: Option<String>,
+    /// The target queries a node it enrolls must match one of (its creator's reach);
+    /// `None`: any node.
+    pub reach: Option<Vec<String>>,
 }
 
 fn token_from(row: &sqlx::any::AnyRow) -> Result<EnrollTokenRow> {
@@ -31,13 +34,17 @@ fn token_from(row: &sqlx::any::AnyRow) -> Result<EnrollTokenRow> {
         agent: row.try_get("agent")?,
         service_kind: row.try_get("service_kind")?,
         node: row.try_get("node")?,
+        reach: match row.try_get::<Option<String>, _>("reach_json")? {
+            Some(json) => Some(serde_json::from_str(&json).map_err(|_| StoreError::Corrupt("token reach"))?),
+            None => None,
+        },
     })
 }
 
 impl Store {
     pub async fn enroll_tokens(&self) -> Result<Vec<EnrollTokenRow>> {
         let rows = sqlx::query(
-            "SELECT id, created_by, expires_at, uses_left, tags_json, partition, agent, service_kind, node FROM enroll_tokens \
+            "SELECT id, created_by, expires_at, uses_left, tags_json, partition, agent, service_kind, node, reach_json FROM enroll_tokens \
              ORDER BY created_at, id",
         )
         .fetch_all(self.pool())
@@ -53,9 +60,13 @@ pub async fn insert_enroll_token(
     now: u64,
 ) -> Result<()> {
     let tags = serde_json::to_string(&row.tags).map_err(|_| StoreError::Corrupt("token tags"))?;
+    let reach = match &row.reach {
+        Some(queries) => Some(serde_json::to_string(queries).map_err(|_| StoreError::Corrupt("token reach"))?),
+        None => None,
+    };
     sqlx::query(
         "INSERT INTO enroll_tokens (id, token_hash, created_by, created_at, expires_at, uses_left, tags_json, \
-         partition, agent, service_kind, node) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         partition, agent, service_kind, node, reach_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(&row.id)
     .bind(token_hash)
@@ -68,6 +79,7 @@ pub async fn insert_enroll_token(
     .bind(&row.agent)
     .bind(&row.service_kind)
     .bind(&row.node)
+    .bind(reach)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -85,7 +97,7 @@ pub async fn consume_enroll_token(
         "UPDATE enroll_tokens SET uses_left = uses_left - 1 \
          WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2 AND service_kind IS NULL \
          AND (node IS NULL OR node = $3) \
-         RETURNING id, created_by, expires_at, uses_left, tags_json, partition, agent, service_kind, node",
+         RETURNING id, created_by, expires_at, uses_left, tags_json, partition, agent, service_kind, node, reach_json",
     )
     .bind(token_hash)
     .bind(ts(now))
@@ -106,7 +118,7 @@ pub async fn consume_service_token(
     let row = sqlx::query(
         "UPDATE enroll_tokens SET uses_left = uses_left - 1 \
          WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2 AND service_kind = $3 \
-         RETURNING id, created_by, expires_at, uses_left, tags_json, partition, agent, service_kind, node",
+         RETURNING id, created_by, expires_at, uses_left, tags_json, partition, agent, service_kind, node, reach_json",
     )
     .bind(token_hash)
     .bind(ts(now))

@@ -28,18 +28,6 @@ pub(super) fn role(f: &File<'_>, errs: &mut Errors, raw: RawRole) -> Option<Role
         errs.at(f, l.span().start, format!("invalid login {:?} (expected ^[a-z_][a-z0-9_.-]{{0,31}}$)", l.get_ref()));
     }
     let logins: BTreeSet<String> = raw.logins.iter().map(|l| l.get_ref().clone()).collect();
-    let targets = match (&raw.targets, logins.is_empty()) {
-        (Some(t), false) => targets(f, errs, t),
-        (None, false) => {
-            errs.at(f, raw.name.span().start, format!("role `{name}` has logins but no `targets`"));
-            None
-        }
-        (Some(t), true) => {
-            errs.at(f, t.span().start, "`targets` has no effect on a role without `logins`");
-            None
-        }
-        (None, true) => None,
-    };
     let mut permissions = BTreeSet::new();
     for p in &raw.permissions {
         match p.get_ref().parse::<Permission>() {
@@ -49,6 +37,28 @@ pub(super) fn role(f: &File<'_>, errs: &mut Errors, raw: RawRole) -> Option<Role
             Err(e) => errs.at(f, p.span().start, e.to_string()),
         }
     }
+    // Targets decide where certificates and consoles reach (with logins) and where
+    // the administrative permissions they scope hold (`sessions.kill`,
+    // `recordings.read`, `nodes.manage`), so a role without logins may have them for those.
+    let scopes_something = permissions.iter().any(|p: &Permission| p.scoped_by_targets() && p.is_administrative());
+    let targets = match (&raw.targets, logins.is_empty()) {
+        (Some(t), false) => targets(f, errs, t),
+        (None, false) => {
+            errs.at(f, raw.name.span().start, format!("role `{name}` has logins but no `targets`"));
+            None
+        }
+        (Some(t), true) if scopes_something => targets(f, errs, t),
+        (Some(t), true) => {
+            errs.at(
+                f,
+                t.span().start,
+                "`targets` has no effect on a role without `logins` or a permission they scope \
+                 (sessions.kill, recordings.read, nodes.manage)",
+            );
+            None
+        }
+        (None, true) => None,
+    };
     let mut max_cert_ttl = DEFAULT_TTL;
     if let Some(s) = &raw.max_cert_ttl
         && let Some(d) = duration(f, errs, s, "max_cert_ttl")

@@ -1,0 +1,144 @@
+//! A role's targets scope `nodes.manage`, from a lab administrator's side: with a role
+//! whose targets are the lab, every way to reach a prod node — seeing it, changing it,
+//! re-tagging it into the lab roles' reach, retiring it, reading its principals, adding
+//! one, enrolling one with a token, seeing or ending the prod team's tokens — is refused,
+//! while the same operations on lab nodes work, and an administrator whose role has no
+//! targets keeps every node.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use portcullis_ca::{Ca, CaError, Caller, ManualClock};
+use portcullis_policies::{Grant, proof};
+use portcullis_proto::enroll::{EnrollRequest, EnrollTokenRequest, NodeFacts};
+use portcullis_proto::{NodeRecord, NodeUpdate};
+use portcullis_tests::ssh::{ed25519_key, public_line};
+use portcullis_tests::{ca_in_process, first_admin, sqlite_url};
+use secrecy::SecretString;
+use std::collections::BTreeMap;
+
+const NOW: u64 = 1_800_000_000;
+const POLICY: &str = r#"
+[[role]]
+name = "admin"
+permissions = ["users.manage", "nodes.manage"]
+
+[[role]]
+name = "lab-admin"
+targets = 'in:devices tags.env:lab'
+permissions = ["nodes.manage"]
+
+[[binding]]
+group = "portcullis-admins"
+roles = ["admin"]
+
+[[binding]]
+group = "lab-admins"
+roles = ["lab-admin"]
+"#;
+const CAROL_PASSWORD: &str = "carol-password-0123456789";
+
+fn env(value: &str) -> BTreeMap<String, String> {
+    [("env".to_owned(), value.to_owned())].into()
+}
+
+fn node(name: &str, environment: &str) -> NodeRecord {
+    NodeRecord {
+        name: name.into(),
+        addresses: vec![format!("{name}.example.com")],
+        tags: env(environment),
+        ..NodeRecord::default()
+    }
+}
+
+async fn grant_of(ca: &Ca, caller: &Caller) -> Grant<proof::NodesManage> {
+    ca.core().authorize::<proof::NodesManage>(caller).unwrap()
+}
+
+/// The administrator's and the lab administrator's `nodes.manage` grants.
+async fn admins(ca: &Ca) -> (Grant<proof::NodesManage>, Grant<proof::NodesManage>) {
+    let admin = ca.identity().caller(&first_admin(ca, "portcullis-admins", "127.0.0.1").await).await.unwrap();
+    let users = ca.core().authorize::<proof::UsersManage>(&admin).unwrap();
+    let password = SecretString::from(CAROL_PASSWORD);
+    ca.admin().add_user(&users, "carol", &["lab-admins".into()], Some(&password)).await.unwrap();
+    let carol = ca.identity().login_password("carol", None, &password, "127.0.0.1").await.unwrap();
+    let carol = ca.identity().caller(carol.token.expose()).await.unwrap();
+    (grant_of(ca, &admin).await, grant_of(ca, &carol).await)
+}
+
+async fn token(ca: &Ca, grant: &Grant<proof::NodesManage>, request: EnrollTokenRequest) -> Result<String, CaError> {
+    let request = EnrollTokenRequest { ttl_seconds: 600, uses: 1, ..request };
+    Ok(ca.nodes().create_enroll_token(grant, None, &request).await?.token.expose().to_owned())
+}
+
+async fn enroll(ca: &Ca, token: &str, name: &str) -> Result<(), CaError> {
+    let request = EnrollRequest {
+        facts: NodeFacts { name: name.into(), host_keys: vec![public_line(&ed25519_key())], ..Default::default() },
+        verification_public_key: public_line(&ed25519_key()),
+        proof: None,
+    };
+    ca.nodes().enroll(token, &request, "127.0.0.1").await.map(|_| ())
+}
+
+async fn names(ca: &Ca, grant: &Grant<proof::NodesManage>) -> Vec<String> {
+    ca.nodes().list(grant).await.unwrap().into_iter().map(|n| n.name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lab_administrator_manages_lab_nodes_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy");
+    std::fs::create_dir(&policy).unwrap();
+    std::fs::write(policy.join("policy.toml"), POLICY).unwrap();
+    let ca = ca_in_process(&sqlite_url(dir.path()), &policy, ManualClock::new(NOW)).await.unwrap();
+    let (admin, lab) = admins(&ca).await;
+    let nodes = ca.nodes();
+    nodes.add_node(&admin, &node("prod1", "prod")).await.unwrap();
+    nodes.add_node(&admin, &node("lab1", "lab")).await.unwrap();
+    let prod_token = token(&ca, &admin, EnrollTokenRequest::default()).await.unwrap();
+
+    // Seeing: the prod node is not there for the lab administrator.
+    assert_eq!(names(&ca, &lab).await, ["lab1"]);
+    assert!(matches!(nodes.node_principals(&lab, "prod1").await, Err(CaError::NotFound(_))));
+
+    // Changing: a prod node cannot be touched, nor re-tagged into the lab's reach, and a
+    // lab node cannot be moved out of it (into another role's).
+    let retag = |to: &str| NodeUpdate { set_tags: env(to), ..NodeUpdate::default() };
+    assert!(matches!(nodes.update_node(&lab, "prod1", &retag("lab")).await, Err(CaError::NotFound(_))));
+    assert!(matches!(nodes.update_node(&lab, "lab1", &retag("prod")).await, Err(CaError::Forbidden(_))));
+    let owner = NodeUpdate { set_tags: [("owner".to_owned(), "carol".to_owned())].into(), ..NodeUpdate::default() };
+    nodes.update_node(&lab, "lab1", &owner).await.unwrap();
+
+    // Retiring and adding.
+    assert!(matches!(nodes.remove_node(&lab, "prod1").await, Err(CaError::NotFound(_))));
+    assert!(matches!(nodes.add_node(&lab, &node("prod2", "prod")).await, Err(CaError::Forbidden(_))));
+    nodes.add_node(&lab, &node("lab2", "lab")).await.unwrap();
+    nodes.remove_node(&lab, "lab2").await.unwrap();
+
+    // Enrolling: a token bound to the prod node is refused at once; an unbound one
+    // enrolls only a node in the lab — a node it would enroll elsewhere is refused, and
+    // the token's use is given back.
+    let bound = EnrollTokenRequest { node: Some("prod1".into()), tags: env("lab"), ..EnrollTokenRequest::default() };
+    assert!(matches!(token(&ca, &lab, bound).await, Err(CaError::Forbidden(_))));
+    let prod_tagged = token(&ca, &lab, EnrollTokenRequest { tags: env("prod"), ..EnrollTokenRequest::default() });
+    let prod_tagged = prod_tagged.await.unwrap();
+    assert!(matches!(enroll(&ca, &prod_tagged, "prod9").await, Err(CaError::Forbidden(_))));
+    let refusals = portcullis_tests::audit_payloads(&ca, "enroll_refused").await;
+    assert_eq!(refusals.last().unwrap()["reason"], "outside_token_reach");
+    let lab_token = token(&ca, &lab, EnrollTokenRequest { tags: env("lab"), ..EnrollTokenRequest::default() });
+    enroll(&ca, &lab_token.await.unwrap(), "lab9").await.unwrap();
+
+    // The prod team's token: neither listed for the lab administrator nor ended by it.
+    let listed = nodes.enroll_tokens(&lab).await.unwrap();
+    assert_eq!(listed.len(), 2, "the lab administrator's own two tokens: {listed:?}");
+    assert!(listed.iter().any(|t| t.tags == env("prod") && t.uses_left == 1), "the refused use was given back");
+    let all = nodes.enroll_tokens(&admin).await.unwrap();
+    let prod_id = all.iter().find(|t| t.created_by == "admin").unwrap().id.clone();
+    assert!(matches!(nodes.revoke_enroll_token(&lab, &prod_id).await, Err(CaError::NotFound(_))));
+    enroll(&ca, &prod_token, "prod3").await.unwrap();
+
+    // The administrator keeps every node, as before.
+    assert_eq!(names(&ca, &admin).await, ["lab1", "lab9", "prod1", "prod3"]);
+    nodes.update_node(&admin, "prod1", &retag("staging")).await.unwrap();
+    nodes.remove_node(&admin, "prod1").await.unwrap();
+    assert_eq!(names(&ca, &lab).await, ["lab1", "lab9"]);
+}
