@@ -75,6 +75,9 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
+            // Shutdown first: once it is asked for, a connection waiting to be accepted
+            // is refused, not served (a random pick served one now and then).
+            biased;
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
