@@ -5,9 +5,7 @@
 //! Payload fields are the record's schema. They never hold a secret: no password,
 //! token, private key or cookie has a field here to be put in.
 
-use crate::store::{self, StoreError};
 use serde::Serialize;
-use sqlx::AnyConnection;
 
 /// Who did something: a user, or the server itself (start-up, timers).
 pub const SYSTEM_ACTOR: &str = "system";
@@ -513,74 +511,6 @@ pub enum AuditEvent {
     },
 }
 
-impl AuditEvent {
-    /// The stable event name stored in its own column (and in the JSON's `event` field).
-    pub fn name(&self) -> &'static str {
-        match self {
-            AuditEvent::LoginSucceeded { .. } => "login_succeeded",
-            AuditEvent::LoginFailed { .. } => "login_failed",
-            AuditEvent::Logout { .. } => "logout",
-            AuditEvent::SessionRefused { .. } => "session_refused",
-            AuditEvent::CertIssued { .. } => "cert_issued",
-            AuditEvent::CertDenied { .. } => "cert_denied",
-            AuditEvent::Revoked { .. } => "revoked",
-            AuditEvent::CaKeyGenerated { .. } => "ca_key_generated",
-            AuditEvent::CaKeyRotated { .. } => "ca_key_rotated",
-            AuditEvent::CaKeyRetired { .. } => "ca_key_retired",
-            AuditEvent::PolicyLoaded { .. } => "policy_loaded",
-            AuditEvent::PolicyChanged { .. } => "policy_changed",
-            AuditEvent::PolicyRejected { .. } => "policy_rejected",
-            AuditEvent::UserChanged { .. } => "user_changed",
-            AuditEvent::NodeRegistered { .. } => "node_registered",
-            AuditEvent::EnrollTokenCreated { .. } => "enroll_token_created",
-            AuditEvent::EnrollTokenRevoked { .. } => "enroll_token_revoked",
-            AuditEvent::NodeEnrollAborted { .. } => "node_enroll_aborted",
-            AuditEvent::NodeUpdated { .. } => "node_updated",
-            AuditEvent::NodeRemoved { .. } => "node_removed",
-            AuditEvent::NodeEnrolled { .. } => "node_enrolled",
-            AuditEvent::EnrollRefused { .. } => "enroll_refused",
-            AuditEvent::NodeRefreshed { .. } => "node_refreshed",
-            AuditEvent::NodeDeregistered { .. } => "node_deregistered",
-            AuditEvent::NodeProofRefused { .. } => "node_proof_refused",
-            AuditEvent::ServiceEnrolled { .. } => "service_enrolled",
-            AuditEvent::ServiceEnrollRefused { .. } => "service_enroll_refused",
-            AuditEvent::ServiceCertIssued { .. } => "service_cert_issued",
-            AuditEvent::SessionOpened { .. } => "session_opened",
-            AuditEvent::SessionDenied { .. } => "session_denied",
-            AuditEvent::SessionClosed { .. } => "session_closed",
-            AuditEvent::SessionKillRequested { .. } => "session_kill_requested",
-            AuditEvent::RecordingPlayed { .. } => "recording_played",
-            AuditEvent::RecordingTruncated { .. } => "recording_truncated",
-            AuditEvent::RecordingRefused { .. } => "recording_refused",
-            AuditEvent::RecordingsExpired { .. } => "recordings_expired",
-            AuditEvent::BastionAuthRefused { .. } => "bastion_auth_refused",
-            AuditEvent::BrokerConnected { .. } => "broker_connected",
-            AuditEvent::BrokerFailed { .. } => "broker_failed",
-            AuditEvent::AgentConnected { .. } => "agent_connected",
-            AuditEvent::AgentDisconnected { .. } => "agent_disconnected",
-            AuditEvent::ConsoleTicketRequested { .. } => "console_ticket_requested",
-            AuditEvent::ConsoleTicketGranted { .. } => "console_ticket_granted",
-            AuditEvent::ConsoleTicketDenied { .. } => "console_ticket_denied",
-            AuditEvent::ConsoleTicketExpired { .. } => "console_ticket_expired",
-            AuditEvent::ConsoleTicketLapsed { .. } => "console_ticket_lapsed",
-            AuditEvent::ConsoleTicketReused { .. } => "console_ticket_reused",
-            AuditEvent::ConsoleTicketWrongSession { .. } => "console_ticket_wrong_session",
-            AuditEvent::RefusalsSummarized { .. } => "refusals_summarized",
-            AuditEvent::DiscoveryStarted { .. } => "discovery_started",
-            AuditEvent::DiscoveryFailed { .. } => "discovery_failed",
-            AuditEvent::InventoryDrift { .. } => "inventory_drift",
-            AuditEvent::SecretAdded { .. } => "secret_added",
-            AuditEvent::SecretRotated { .. } => "secret_rotated",
-            AuditEvent::SecretRemoved { .. } => "secret_removed",
-            AuditEvent::PveCollectionStarted { .. } => "pve_collection_started",
-            AuditEvent::PveCollectionFailed { .. } => "pve_collection_failed",
-            AuditEvent::PveInventoryDrift { .. } => "pve_inventory_drift",
-            AuditEvent::PveCollectionWarnings { .. } => "pve_collection_warnings",
-            AuditEvent::PveCandidateMarked { .. } => "pve_candidate_marked",
-        }
-    }
-}
-
 /// A user's groups before and after a change.
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupsChange {
@@ -613,57 +543,7 @@ pub fn failure_phase(reason: &str) -> &'static str {
     }
 }
 
-/// The one way an audit event is written.
-pub async fn record(conn: &mut AnyConnection, at: u64, event: &AuditEvent) -> Result<u64, StoreError> {
-    let payload = serde_json::to_string(event).map_err(|_| StoreError::Corrupt("audit event"))?;
-    let started = std::time::Instant::now();
-    let seq = store::append_audit(conn, at, event.name(), &payload).await;
-    WRITES.observe(started.elapsed());
-    seq
-}
+mod name;
+mod write;
 
-/// How long appending to the chain takes (its head's row is the one every writer
-/// waits for), for `/metrics`; one per process, like the chain it measures.
-pub static WRITES: std::sync::LazyLock<portcullis_proto::metrics::Histogram> =
-    std::sync::LazyLock::new(portcullis_proto::metrics::Histogram::default);
-
-/// Writes several events in order, in one move of the chain's head (the issuance
-/// writer's batches).
-pub async fn record_many(conn: &mut AnyConnection, events: &[(u64, &AuditEvent)]) -> Result<u64, StoreError> {
-    let payloads = events
-        .iter()
-        .map(|(at, e)| serde_json::to_string(e).map(|p| (*at, e.name(), p)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| StoreError::Corrupt("audit event"))?;
-    let records: Vec<(u64, &str, &str)> = payloads.iter().map(|(at, name, p)| (*at, *name, p.as_str())).collect();
-    let started = std::time::Instant::now();
-    let seq = store::append_audit_many(conn, &records).await;
-    WRITES.observe(started.elapsed());
-    seq
-}
-
-/// Peer-supplied text going into an audit record: printable, at most 64 characters.
-pub fn sanitize(s: &str) -> String {
-    s.chars().filter(|&c| !c.is_control() && !portcullis_proto::is_invisible_format(c)).take(64).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sanitize_strips_controls_and_truncates() {
-        assert_eq!(sanitize("a\nb\u{1b}[31m"), "ab[31m");
-        // A name that would display as another: the override and zero-width space go.
-        assert_eq!(sanitize("admin\u{202e}nimda\u{200b}"), "adminnimda");
-        assert_eq!(sanitize(&"x".repeat(500)).len(), 64);
-    }
-
-    #[test]
-    fn event_name_matches_serde_tag() {
-        let e = AuditEvent::Logout { username: "a".into() };
-        let v: serde_json::Value =
-            serde_json::from_str(&serde_json::to_string(&e).unwrap_or_default()).unwrap_or_default();
-        assert_eq!(v["event"], e.name());
-    }
-}
+pub use write::{WRITES, record, record_many, sanitize};
