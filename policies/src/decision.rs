@@ -60,9 +60,9 @@ pub struct CertRequest {
 pub struct Grant<P: Proof> {
     username: String,
     permission: Permission,
-    /// Every permission the identity held when the grant was made: what it may hand on
-    /// (see [`Grant::holds_all`]).
-    held: BTreeSet<Permission>,
+    /// Every permission the identity held when the grant was made, with where: what it
+    /// may hand on (see [`Grant::holds_all`]).
+    held: Held,
     /// Where `permission` holds: see [`Grant::covers`].
     reach: Reach,
     proof: PhantomData<fn() -> P>,
@@ -76,8 +76,35 @@ pub(crate) enum Reach {
     Only(Vec<TargetQuery>),
 }
 
+impl Reach {
+    /// Whether every device `other` reaches is one this reaches, judged by the queries
+    /// themselves (a query this one lacks may match devices it does not).
+    fn includes(&self, other: &Reach) -> bool {
+        match (self, other) {
+            (Reach::Everywhere, _) => true,
+            (Reach::Only(_), Reach::Everywhere) => false,
+            (Reach::Only(mine), Reach::Only(theirs)) => theirs.iter().all(|q| mine.contains(q)),
+        }
+    }
+}
+
+/// The control-plane permissions an identity holds, each with where it holds
+/// ([`crate::Policy::held_by`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Held(BTreeMap<Permission, Reach>);
+
+impl Held {
+    pub(crate) fn new(held: BTreeMap<Permission, Reach>) -> Held {
+        Held(held)
+    }
+    /// The permissions, without where.
+    pub fn permissions(&self) -> BTreeSet<Permission> {
+        self.0.keys().copied().collect()
+    }
+}
+
 impl<P: Proof> Grant<P> {
-    pub(crate) fn new(username: &str, permission: Permission, held: BTreeSet<Permission>, reach: Reach) -> Grant<P> {
+    pub(crate) fn new(username: &str, permission: Permission, held: Held, reach: Reach) -> Grant<P> {
         Grant { username: username.to_owned(), permission, held, reach, proof: PhantomData }
     }
     /// Whether the permission holds for `device`. A role's `targets` scope what it grants
@@ -104,13 +131,19 @@ impl<P: Proof> Grant<P> {
             Reach::Only(queries) => Some(queries),
         }
     }
-    /// Whether the identity holds every administrative one of `permissions` too —
-    /// asked before it makes someone else hold them (a user manager giving groups or
-    /// resetting a password), so that managing users is never a way to more control of
-    /// Portcullis. Access to devices (`certs.issue`, `devices.console.open`) is what user
-    /// managers hand out, and is not asked about.
-    pub fn holds_all(&self, permissions: &BTreeSet<Permission>) -> bool {
-        permissions.iter().filter(|p| p.is_administrative()).all(|p| self.held.contains(p))
+    /// Whether the identity holds every administrative permission of `other` too, and
+    /// those a role's targets scope at least where `other` holds them — asked before it
+    /// makes someone else hold them (a user manager giving groups or resetting a
+    /// password), so that managing users is never a way to more control of Portcullis: a
+    /// lab administrator who may manage users cannot make anyone (itself included) an
+    /// administrator of prod's nodes. Access to devices (`certs.issue`,
+    /// `devices.console.open`) is what user managers hand out, and is not asked about.
+    pub fn holds_all(&self, other: &Held) -> bool {
+        other
+            .0
+            .iter()
+            .filter(|(p, _)| p.is_administrative())
+            .all(|(p, where_)| self.held.0.get(p).is_some_and(|mine| !p.scoped_by_targets() || mine.includes(where_)))
     }
     /// The identity the grant is for.
     pub fn username(&self) -> &str {

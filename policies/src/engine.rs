@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::decision::{CertPermit, CertRequest, Deny, DenyReason, Grant, Identity, PermitParts, Reach};
+use crate::decision::{CertPermit, CertRequest, Deny, DenyReason, Grant, Held, Identity, PermitParts, Reach};
 use crate::device::Device;
 use crate::model::{DenyStatement, Provider, Purpose, Role, Rule, Subject};
 use crate::permission::Permission;
@@ -66,6 +66,11 @@ impl Policy {
         Permission::ALL.iter().copied().filter(|p| self.holds(who, *p).is_ok()).collect()
     }
 
+    /// Every control-plane permission `who` holds, with where it holds.
+    pub fn held_by(&self, who: &Identity) -> Held {
+        Held::new(self.permissions_of(who).into_iter().map(|p| (p, self.reach(who, p))).collect())
+    }
+
     /// Where `perm`, which `who` holds, holds: everywhere if a role without targets grants
     /// it, else where one of the granting roles' targets match.
     fn reach(&self, who: &Identity, perm: Permission) -> Reach {
@@ -84,7 +89,7 @@ impl Policy {
         for perm in P::ANY_OF {
             match self.holds(who, *perm) {
                 Ok(()) => {
-                    return Ok(Grant::new(&who.username, *perm, self.permissions_of(who), self.reach(who, *perm)));
+                    return Ok(Grant::new(&who.username, *perm, self.held_by(who), self.reach(who, *perm)));
                 }
                 Err(deny) => {
                     first_refusal.get_or_insert(deny);

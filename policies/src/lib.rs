@@ -25,7 +25,7 @@ pub mod srql;
 mod summary;
 
 pub use account::{USER_NAME_RULE, UserSource, account_name, parse_account, valid_user_name};
-pub use decision::{CertPermit, CertRequest, Deny, DenyReason, Grant, Identity};
+pub use decision::{CertPermit, CertRequest, Deny, DenyReason, Grant, Held, Identity};
 pub use device::{DEFAULT_SSH_PORT, Device};
 pub use load::{LoadError, LoadErrors, PolicySource};
 pub use model::{

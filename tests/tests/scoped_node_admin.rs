@@ -34,6 +34,18 @@ roles = ["admin"]
 [[binding]]
 group = "lab-admins"
 roles = ["lab-admin"]
+
+[[role]]
+name = "user-admin"
+permissions = ["users.manage"]
+
+[[binding]]
+group = "user-admins"
+roles = ["user-admin"]
+
+[[binding]]
+user = "ldap:boss"
+roles = ["admin"]
 "#;
 const CAROL_PASSWORD: &str = "carol-password-0123456789";
 
@@ -54,15 +66,28 @@ async fn grant_of(ca: &Ca, caller: &Caller) -> Grant<proof::NodesManage> {
     ca.core().authorize::<proof::NodesManage>(caller).unwrap()
 }
 
-/// The administrator's and the lab administrator's `nodes.manage` grants.
-async fn admins(ca: &Ca) -> (Grant<proof::NodesManage>, Grant<proof::NodesManage>) {
+/// The administrator and carol, a user in `groups`.
+async fn admin_and_carol(ca: &Ca, groups: &[&str]) -> (Caller, Caller) {
     let admin = ca.identity().caller(&first_admin(ca, "portcullis-admins", "127.0.0.1").await).await.unwrap();
     let users = ca.core().authorize::<proof::UsersManage>(&admin).unwrap();
     let password = SecretString::from(CAROL_PASSWORD);
-    ca.admin().add_user(&users, "carol", &["lab-admins".into()], Some(&password)).await.unwrap();
+    let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+    ca.admin().add_user(&users, "carol", &groups, Some(&password)).await.unwrap();
     let carol = ca.identity().login_password("carol", None, &password, "127.0.0.1").await.unwrap();
-    let carol = ca.identity().caller(carol.token.expose()).await.unwrap();
+    (admin, ca.identity().caller(carol.token.expose()).await.unwrap())
+}
+
+/// The administrator's and the lab administrator's `nodes.manage` grants.
+async fn admins(ca: &Ca) -> (Grant<proof::NodesManage>, Grant<proof::NodesManage>) {
+    let (admin, carol) = admin_and_carol(ca, &["lab-admins"]).await;
     (grant_of(ca, &admin).await, grant_of(ca, &carol).await)
+}
+
+async fn ca_with_policy(dir: &std::path::Path) -> Ca {
+    let policy = dir.join("policy");
+    std::fs::create_dir(&policy).unwrap();
+    std::fs::write(policy.join("policy.toml"), POLICY).unwrap();
+    ca_in_process(&sqlite_url(dir), &policy, ManualClock::new(NOW)).await.unwrap()
 }
 
 async fn token(ca: &Ca, grant: &Grant<proof::NodesManage>, request: EnrollTokenRequest) -> Result<String, CaError> {
@@ -86,10 +111,7 @@ async fn names(ca: &Ca, grant: &Grant<proof::NodesManage>) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lab_administrator_manages_lab_nodes_only() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy");
-    std::fs::create_dir(&policy).unwrap();
-    std::fs::write(policy.join("policy.toml"), POLICY).unwrap();
-    let ca = ca_in_process(&sqlite_url(dir.path()), &policy, ManualClock::new(NOW)).await.unwrap();
+    let ca = ca_with_policy(dir.path()).await;
     let (admin, lab) = admins(&ca).await;
     let nodes = ca.nodes();
     nodes.add_node(&admin, &node("prod1", "prod")).await.unwrap();
@@ -141,4 +163,44 @@ async fn a_lab_administrator_manages_lab_nodes_only() {
     nodes.update_node(&admin, "prod1", &retag("staging")).await.unwrap();
     nodes.remove_node(&admin, "prod1").await.unwrap();
     assert_eq!(names(&ca, &lab).await, ["lab1", "lab9"]);
+}
+
+/// Managing users is no way to more reach: a user manager who administers the lab's
+/// nodes cannot put anyone — itself included — in a group that administers every node,
+/// and cannot release an account that does (ending its holder's sessions and handing its
+/// name, with the bindings by name, to whoever signs in with it next).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lab_user_manager_gives_no_one_more_than_the_lab() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_with_policy(dir.path()).await;
+    let (root, carol) = admin_and_carol(&ca, &["lab-admins", "user-admins"]).await;
+    let users = ca.core().authorize::<proof::UsersManage>(&carol).unwrap();
+    let admin = ca.admin();
+
+    let everywhere = ["lab-admins".to_owned(), "portcullis-admins".to_owned()];
+    let refused = admin.set_user_groups(&users, "carol", &everywhere).await;
+    assert!(matches!(refused, Err(CaError::Forbidden(_))), "{refused:?}");
+    let refused = admin.add_user(&users, "dave", &["portcullis-admins".to_owned()], None).await;
+    assert!(matches!(refused, Err(CaError::Forbidden(_))), "{refused:?}");
+    // Within the lab, as before.
+    admin.add_user(&users, "erin", &["lab-admins".to_owned()], None).await.unwrap();
+
+    // A directory administrator, known by name and signed in once.
+    let store = ca.core().store();
+    let mut tx = store.begin().await.unwrap();
+    portcullis_ca::store::claim_account(tx.conn(), "ldap:boss", "ldap", "uid=boss,ou=people", NOW).await.unwrap();
+    let session = portcullis_ca::store::SessionRow {
+        username: "ldap:boss".into(),
+        source: "ldap".into(),
+        groups: vec!["staff".into()],
+        expires_at: NOW + 3600,
+        authenticated_at: NOW,
+    };
+    portcullis_ca::store::insert_session(tx.conn(), "boss-session", &session, NOW).await.unwrap();
+    tx.commit().await.unwrap();
+    let refused = admin.release_account(&users, "ldap:boss").await;
+    assert!(matches!(refused, Err(CaError::Forbidden(_))), "{refused:?}");
+    // The control: an administrator of everything may.
+    let everything = ca.core().authorize::<proof::UsersManage>(&root).unwrap();
+    admin.release_account(&everything, "ldap:boss").await.unwrap();
 }

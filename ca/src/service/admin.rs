@@ -178,7 +178,7 @@ impl Admin {
             groups: groups.iter().cloned().collect(),
             source: UserSource::Local.to_string(),
         };
-        if grant.holds_all(&self.core.policy().permissions_of(&who)) {
+        if grant.holds_all(&self.core.policy().held_by(&who)) {
             Ok(())
         } else {
             Err(CaError::Forbidden("that user would hold permissions you do not hold; ask someone who holds them"))
@@ -254,6 +254,11 @@ impl Admin {
                 ));
             }
         }
+        // Releasing ends the holder's sessions and certificates, and hands the name (and
+        // every binding by name) to the next subject that signs in with it: only for an
+        // account that holds nothing the caller does not, like any other change to a user.
+        let groups = self.core.store.session_groups(account).await?;
+        self.within_callers_permissions(grant, account, &groups)?;
         let now = self.core.now();
         let mut tx = self.core.store.begin().await?;
         if !store::release_account(tx.conn(), account).await? {

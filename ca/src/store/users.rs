@@ -36,6 +36,20 @@ fn user_from(row: &sqlx::any::AnyRow) -> Result<UserRow> {
 }
 
 impl Store {
+    /// Every group `username` has had an API session with (the broadest it has been
+    /// seen with): what a directory or IdP account is judged by when no session is live.
+    pub async fn session_groups(&self, username: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT groups_json FROM sessions WHERE username = $1")
+            .bind(username)
+            .fetch_all(self.pool())
+            .await?;
+        let mut groups = std::collections::BTreeSet::new();
+        for row in rows {
+            groups.extend(super::parse_list(&row.try_get::<String, _>("groups_json")?)?);
+        }
+        Ok(groups.into_iter().collect())
+    }
+
     /// The subject holding an account name, if any (see [`claim_account`]).
     pub async fn account_subject(&self, account: &str) -> Result<Option<String>> {
         holder(self.pool(), account).await

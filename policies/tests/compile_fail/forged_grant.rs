@@ -3,8 +3,8 @@
 use portcullis_policies::{Grant, Permission, proof};
 
 fn main() {
-    let all = Permission::ALL.iter().copied().collect();
-    // Whatever it would say about where the grant holds.
+    // Whatever it would say about what the identity holds and where the grant holds.
+    let all = unimplemented!();
     let everywhere = unimplemented!();
     let _grant: Grant<proof::CertsRevoke> = Grant::new("mallory", Permission::CertsRevoke, all, everywhere);
 }
