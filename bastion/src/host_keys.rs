@@ -68,6 +68,92 @@ impl<E: From<russh::Error> + Send + std::fmt::Debug> client::Handler for HostKey
         };
         if self.keys.accepts(data) { Ok(true) } else { Err(E::from(russh::Error::UnknownKey)) }
     }
+
+    // A node never opens a channel to the bastion: the bastion asks for no forwarding,
+    // no agent and no X11 on its logins. russh's client accepts every kind by default,
+    // and an accepted channel is kept (a queue and its state) until closed, so a hostile
+    // node could open them until the bastion ran out of memory. Each is refused; a
+    // refusal keeps nothing.
+
+    async fn server_channel_open_session(
+        &mut self,
+        _: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        refuse(reply).await
+    }
+
+    async fn server_channel_open_x11(
+        &mut self,
+        _: russh::Channel<client::Msg>,
+        _: &str,
+        _: u32,
+        reply: client::ChannelOpenHandle,
+        _: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        refuse(reply).await
+    }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        _: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        refuse(reply).await
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        _: russh::Channel<client::Msg>,
+        _: &str,
+        _: u32,
+        _: &str,
+        _: u32,
+        reply: client::ChannelOpenHandle,
+        _: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        refuse(reply).await
+    }
+
+    async fn server_channel_open_direct_tcpip(
+        &mut self,
+        _: russh::Channel<client::Msg>,
+        _: &str,
+        _: u32,
+        _: &str,
+        _: u32,
+        reply: client::ChannelOpenHandle,
+        _: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        refuse(reply).await
+    }
+
+    async fn server_channel_open_forwarded_streamlocal(
+        &mut self,
+        _: russh::Channel<client::Msg>,
+        _: &str,
+        reply: client::ChannelOpenHandle,
+        _: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        refuse(reply).await
+    }
+
+    async fn server_channel_open_direct_streamlocal(
+        &mut self,
+        _: russh::Channel<client::Msg>,
+        _: &str,
+        reply: client::ChannelOpenHandle,
+        _: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        refuse(reply).await
+    }
+}
+
+async fn refuse<E>(reply: client::ChannelOpenHandle) -> Result<(), E> {
+    reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -95,5 +181,60 @@ mod tests {
         assert!(HostKeys::new(HostKeyCheck::TrustOnFirstUse, &[]).accepts(&b));
         assert!(!HostKeys::new(HostKeyCheck::TrustOnFirstUse, &[A.to_owned()]).accepts(&b));
         assert!(HostKeys::new(HostKeyCheck::DangerSkipVerify, &[A.to_owned()]).accepts(&b));
+    }
+
+    /// A node that opens channels back to the bastion after its login, of every kind.
+    struct OpensChannelsBack {
+        answers: tokio::sync::mpsc::UnboundedSender<(&'static str, bool)>,
+    }
+
+    impl russh::server::Handler for OpensChannelsBack {
+        type Error = russh::Error;
+
+        async fn auth_none(&mut self, _: &str) -> Result<russh::server::Auth, Self::Error> {
+            Ok(russh::server::Auth::Accept)
+        }
+
+        async fn auth_succeeded(&mut self, session: &mut russh::server::Session) -> Result<(), Self::Error> {
+            let (handle, answers) = (session.handle(), self.answers.clone());
+            tokio::spawn(async move {
+                for kind in ["session", "x11", "agent", "forwarded-tcpip", "direct-tcpip"] {
+                    let opened = match kind {
+                        "session" => handle.channel_open_session().await,
+                        "x11" => handle.channel_open_x11("127.0.0.1", 6010).await,
+                        "agent" => handle.channel_open_agent().await,
+                        "forwarded-tcpip" => handle.channel_open_forwarded_tcpip("127.0.0.1", 22, "127.0.0.1", 5).await,
+                        _ => handle.channel_open_direct_tcpip("127.0.0.1", 22, "127.0.0.1", 5).await,
+                    };
+                    let _ = answers.send((kind, opened.is_ok()));
+                }
+            });
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_can_open_no_channel_back_to_the_bastion() {
+        let rng = &mut ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng);
+        let host_key = ssh_key::PrivateKey::random(rng, ssh_key::Algorithm::Ed25519).unwrap();
+        let pinned = HostKeys::pinned(&[host_key.public_key().to_openssh().unwrap()]);
+        let config = std::sync::Arc::new(russh::server::Config { keys: vec![host_key], ..Default::default() });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let session = russh::server::run_stream(config, tcp, OpensChannelsBack { answers }).await.unwrap();
+            let _ = session.await;
+        });
+
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let client = std::sync::Arc::new(client::Config::default());
+        let mut login = client::connect_stream(client, tcp, pinned.checker::<russh::Error>()).await.unwrap();
+        assert!(login.authenticate_none("root").await.unwrap().success());
+        for _ in 0..5 {
+            let (kind, opened) = answered.recv().await.unwrap();
+            assert!(!opened, "the bastion accepted a {kind} channel from the node");
+        }
     }
 }

@@ -69,8 +69,11 @@ impl Startups {
         self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A slot for a new connection from `ip`, or `None`: close it now.
+    /// A slot for a new connection from `ip`, or `None`: close it now. An IPv6 peer is
+    /// counted by its /64 ([`portcullis_proto::source_prefix`]), or one host could
+    /// take every slot.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr, listener: &str) -> Option<Slot> {
+        let ip = portcullis_proto::source_prefix(ip);
         let roll = u32::from(portcullis_sshcert::random_bytes::<1>()[0]) * 100 / 256;
         let mut c = self.lock();
         let from_source = c.by_source.get(&ip).copied().unwrap_or(0);
@@ -150,6 +153,15 @@ mod tests {
         assert!(s.admit(ip(1), "t").is_some(), "a released slot is free again");
         assert_eq!(s.refused(), 2);
         assert!(s.lock().by_source.len() <= 2);
+    }
+
+    #[test]
+    fn an_ipv6_host_gets_one_share_per_64() {
+        let s = Startups::new(StartupLimits { per_source: 2, start: 100, rate_percent: 100, full: 100 });
+        let addr = |last: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]);
+        let _held: Vec<Slot> = (1..=2).map(|n| s.admit(addr(n), "t").unwrap()).collect();
+        assert!(s.admit(addr(3), "t").is_none(), "a third address of the same /64");
+        assert!(s.admit(IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]), "t").is_some(), "another /64");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! failures.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 /// What attempts from `client_ip` are counted under: an IPv4 address as it is (and an
@@ -28,13 +28,7 @@ pub fn source_key(client_ip: &str) -> String {
     }
 }
 
-/// The address `ip` is counted under (see [`source_key`]): itself, or its IPv6 /64.
-pub fn source_prefix(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
-        v4 => v4,
-    }
-}
+pub use portcullis_proto::source_prefix;
 
 pub struct RateLimiter {
     window: u64,

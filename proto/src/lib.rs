@@ -365,6 +365,18 @@ pub struct SessionInfo {
     pub bytes_to_client: u64,
 }
 
+/// The address a peer at `ip` is counted under by rate limits and connection caps: an
+/// IPv4 address as it is (an IPv4-mapped IPv6 address as its IPv4 address), an IPv6
+/// address by its /64 — one host is routinely given a whole /64, and counting per
+/// address would hand it 2^64 fresh budgets.
+pub fn source_prefix(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
+
 /// Characters that change how text around them is shown without showing themselves:
 /// zero-width spaces and joiners, direction marks, embeddings, overrides and isolates. A
 /// peer-chosen name holding one can display as another name (`ali\u{202e}ecila`), in a log
