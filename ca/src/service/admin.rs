@@ -365,6 +365,17 @@ impl Admin {
             self.core.reload_keys().await?;
             return Err(CaError::Conflict("the key is no longer pending (activated or retired meanwhile)".into()));
         }
+        // A revoked key never signs: every node's KRL names it, so sshd would refuse
+        // every certificate it signed. (The row is locked now, so a revocation on another
+        // replica either committed already and is seen here, or waits and then finds the
+        // key active and refuses.)
+        if !store::revoked_among(tx.conn(), &[new.fingerprint.as_str()]).await?.is_empty() {
+            drop(tx);
+            return Err(CaError::Conflict(
+                "the pending key is revoked and will never sign: retire it (admin ca-keys retire) and rotate again"
+                    .into(),
+            ));
+        }
         audit::record(
             tx.conn(),
             self.core.now(),

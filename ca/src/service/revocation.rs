@@ -60,6 +60,10 @@ pub(super) async fn retire_node_certs(
 /// A cached KRL is rebuilt at least this often, so expired entries drop out and the
 /// generation date stays fresh even without new revocations.
 const KRL_MAX_AGE: u64 = 300;
+/// How long a revoked certificate stays in the KRL after it expired by the CA's clock:
+/// sshd judges expiry by the node's clock, and a node whose clock lags would otherwise
+/// accept a certificate the moment it left the KRL, until its own clock caught up.
+const KRL_AFTER_EXPIRY: u64 = 3600;
 
 impl Revocation {
     pub(super) fn new(core: Arc<Core>) -> Revocation {
@@ -90,18 +94,16 @@ impl Revocation {
                     .map_err(|_| CaError::BadRequest("public_key is not an OpenSSH public key".into()))?;
                 // In the KRL, a CA key the CA still signs with would make every node refuse
                 // every certificate it issues — the nodes' enrollment tool refuses such a
-                // KRL, so revocations would stop reaching them. Rotate first.
-                let signing = self.core.keyring().rows().iter().any(|r| {
-                    r.state == crate::keys::state::ACTIVE
-                        && PublicKey::from_openssh(&r.public_key).is_ok_and(|k| k.key_data() == key.key_data())
-                });
-                if signing {
+                // KRL, so revocations would stop reaching them. Rotate first. Asked of the
+                // database in this transaction (the row locked), not of this replica's
+                // keyring, which may not have seen another replica's activation yet.
+                let fp = fingerprint(key.key_data());
+                if store::ca_key_state(&mut tx, &fp).await?.as_deref() == Some(crate::keys::state::ACTIVE) {
                     return Err(CaError::BadRequest(
                         "this is a key the CA signs with: rotate it first (admin ca-keys), then revoke the old one"
                             .into(),
                     ));
                 }
-                let fp = fingerprint(key.key_data());
                 let canonical = PublicKey::new(key.key_data().clone(), "")
                     .to_openssh()
                     .map_err(|_| CaError::BadRequest("public_key cannot be encoded".into()))?;
@@ -165,7 +167,7 @@ impl Revocation {
         // The generation date is when the revocation set last changed, so an unchanged set
         // encodes to the same bytes and nodes that refresh rewrite nothing.
         let mut krl = KrlBuilder::new(version, changed_at, "portcullis");
-        for (serial, ca_fp) in self.core.store.revoked_unexpired(now).await? {
+        for (serial, ca_fp) in self.core.store.revoked_unexpired(now.saturating_sub(KRL_AFTER_EXPIRY)).await? {
             let ca_key = ca_keys
                 .iter()
                 .find(|r| r.fingerprint == ca_fp)

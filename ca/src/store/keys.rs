@@ -75,3 +75,16 @@ pub async fn set_ca_key_state(conn: &mut AnyConnection, fingerprint: &str, from:
         .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// The state of the CA key with `fingerprint` (`None`: not a CA key), its row locked
+/// until the transaction ends on PostgreSQL: a revocation of the key and its activation
+/// on another replica are then ordered, so neither acts on a state the other is
+/// changing (SQLite's write transactions run one at a time).
+pub async fn ca_key_state(tx: &mut super::WriteTx<'_>, fingerprint: &str) -> Result<Option<String>> {
+    let statement = match tx.backend() {
+        super::Backend::Sqlite => "SELECT state FROM ca_keys WHERE fingerprint = $1",
+        super::Backend::Postgres => "SELECT state FROM ca_keys WHERE fingerprint = $1 FOR UPDATE",
+    };
+    let row = sqlx::query(statement).bind(fingerprint).fetch_optional(tx.conn()).await?;
+    Ok(row.map(|r| r.try_get("state")).transpose()?)
+}
