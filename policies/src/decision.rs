@@ -114,19 +114,23 @@ impl<P: Proof> Grant<P> {
     /// for which do.
     pub fn covers(&self, device: &Device) -> bool {
         match &self.reach {
+            _ if !self.permission.scoped_by_targets() => true,
             Reach::Everywhere => true,
             Reach::Only(queries) => queries.iter().any(|q| q.matches(device)),
         }
     }
-    /// Whether the permission holds for every device (a listing need not be filtered).
+    /// Whether the permission holds for every device (a listing need not be filtered):
+    /// one that targets do not scope always does (e.g. `audit.read`, which also proves
+    /// `SessionsRead`).
     pub fn covers_everything(&self) -> bool {
-        self.reach == Reach::Everywhere
+        !self.permission.scoped_by_targets() || self.reach == Reach::Everywhere
     }
     /// The queries of the devices the permission holds for; `None` when it holds for
     /// every device. For what is kept to be checked later, against a device that does
     /// not exist yet (a node an enrollment token will enroll).
     pub fn targets(&self) -> Option<&[TargetQuery]> {
         match &self.reach {
+            _ if self.covers_everything() => None,
             Reach::Everywhere => None,
             Reach::Only(queries) => Some(queries),
         }

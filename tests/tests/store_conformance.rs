@@ -687,7 +687,7 @@ roles = ["prod-operator"]
     std::fs::create_dir(&policy).unwrap();
     std::fs::write(policy.join("policy.toml"), SCOPED).unwrap();
     let clock = ManualClock::new(now());
-    let ca = ca_in_process(&sqlite_url(work.path()), &policy, clock).await.unwrap();
+    let ca = ca_in_process(&sqlite_url(work.path()), &policy, clock.clone()).await.unwrap();
     let admin = admin_and_alice(&ca, "ops").await;
     let alice = login(&ca, "alice", ALICE_PASSWORD).await;
 
@@ -767,6 +767,10 @@ roles = ["prod-operator"]
     assert_eq!(kill_reason(LAB).await, None, "the lab session was left alone");
     ca.sessions().kill_session(&kill, PROD).await.unwrap();
     assert!(kill_reason(PROD).await.is_some());
+    // The live sessions a targeted `sessions.kill` sees are the ones it may kill.
+    let watch = ca.core().authorize::<proof::SessionsRead>(&alice).unwrap();
+    let live: Vec<String> = ca.sessions().live_sessions(&watch).await.unwrap().into_iter().map(|s| s.device).collect();
+    assert_eq!(live, ["prod1"], "the lab's session, its user and address, are not shown");
 
     let read = ca.core().authorize::<proof::RecordingsRead>(&alice).unwrap();
     let listed: Vec<String> =
@@ -774,6 +778,15 @@ roles = ["prod-operator"]
     assert_eq!(listed, ["prod1"]);
     assert!(matches!(ca.recordings().cast(&read, LAB).await, Err(CaError::NotFound(_))));
     ca.recordings().cast(&read, PROD).await.unwrap();
+
+    // The lab's machine is retired and another registered under its name, in prod: what
+    // happened on the old one stays out of the prod role's reach.
+    clock.set(at + 600);
+    replace_node(&ca, &nodes, "lab1", "prod").await;
+    assert!(matches!(ca.recordings().cast(&read, LAB).await, Err(CaError::NotFound(_))));
+    let listed: Vec<String> =
+        ca.recordings().list(&read, None, None).await.unwrap().into_iter().map(|r| r.device).collect();
+    assert_eq!(listed, ["prod1"], "the old lab1's recording is not listed under the new one");
 
     let everywhere = ca.core().authorize::<proof::RecordingsRead>(&admin).unwrap();
     let mut listed: Vec<String> =
@@ -783,4 +796,16 @@ roles = ["prod-operator"]
     let admin_kill = ca.core().authorize::<proof::SessionsKill>(&admin).unwrap();
     ca.sessions().kill_session(&admin_kill, LAB).await.unwrap();
     assert!(kill_reason(LAB).await.is_some());
+}
+
+/// Retires the node `name` and registers another machine under the name, in `env`.
+async fn replace_node(ca: &Ca, nodes: &portcullis_policies::Grant<proof::NodesManage>, name: &str, env: &str) {
+    ca.nodes().remove_node(nodes, name).await.unwrap();
+    let node = portcullis_proto::NodeRecord {
+        name: name.into(),
+        addresses: vec![format!("{name}.example.com")],
+        tags: [("env".to_owned(), env.to_owned())].into(),
+        ..Default::default()
+    };
+    ca.nodes().add_node(nodes, &node).await.unwrap();
 }

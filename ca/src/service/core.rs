@@ -112,18 +112,33 @@ impl Core {
         device
     }
 
-    /// Whether `grant`'s permission holds for the device called `name` (see
-    /// `Grant::covers`); a device no longer enrolled is covered only by a grant that
-    /// holds everywhere.
+    /// Whether `grant`'s permission holds for what happened on the device called `name`
+    /// from `since` on (a session opened, a recording started then); see
+    /// `Grant::covers`. A device no longer enrolled, or whose name was registered again
+    /// after `since` — another machine under the old name — is covered only by a grant
+    /// that holds everywhere: the lab's new `db1` does not open prod's old `db1`.
     pub(super) async fn covers<P: portcullis_policies::proof::Proof>(
         &self,
         grant: &portcullis_policies::Grant<P>,
         name: &str,
+        since: u64,
     ) -> Result<bool, CaError> {
+        Ok(self.covered_from(grant, name).await?.is_some_and(|from| from <= since))
+    }
+
+    /// From when `grant`'s permission holds on the device called `name`: the time its
+    /// current record was registered, if the grant covers it (0 for a grant that holds
+    /// everywhere); `None` when it does not.
+    pub(super) async fn covered_from<P: portcullis_policies::proof::Proof>(
+        &self,
+        grant: &portcullis_policies::Grant<P>,
+        name: &str,
+    ) -> Result<Option<u64>, CaError> {
         if grant.covers_everything() {
-            return Ok(true);
+            return Ok(Some(0));
         }
-        Ok(self.store.node(name).await?.is_some_and(|node| grant.covers(&self.device(&node))))
+        let node = self.store.node_registered(name).await?;
+        Ok(node.filter(|(node, _)| grant.covers(&self.device(node))).map(|(_, registered_at)| registered_at))
     }
 
     /// `/readyz`: whether this replica can serve — the database answers within 2 s and

@@ -279,17 +279,17 @@ impl Recordings {
     ) -> Result<Vec<RecordingInfo>, CaError> {
         let rows = self.core.store.recordings(user, device, LIST_LIMIT).await?;
         let mut shown = Vec::with_capacity(rows.len());
-        let mut covered: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        let mut covered: std::collections::HashMap<String, Option<u64>> = std::collections::HashMap::new();
         for row in rows {
-            let covers = match covered.get(&row.device) {
+            let from = match covered.get(&row.device) {
                 Some(known) => *known,
                 None => {
-                    let known = self.core.covers(grant, &row.device).await?;
+                    let known = self.core.covered_from(grant, &row.device).await?;
                     covered.insert(row.device.clone(), known);
                     known
                 }
             };
-            if covers {
+            if from.is_some_and(|from| from <= row.started_at) {
                 shown.push(info(row));
             }
         }
@@ -308,7 +308,7 @@ impl Recordings {
         let row = self.core.store.recording(session_id).await?.ok_or_else(not_found)?;
         // Another device's recording, for a role whose targets do not match it, is not
         // found alike.
-        if !self.core.covers(grant, &row.device).await? {
+        if !self.core.covers(grant, &row.device, row.started_at).await? {
             return Err(not_found());
         }
         let seal = self.seal(&row).await?;

@@ -15,6 +15,21 @@ impl Store {
         .transpose()
     }
 
+    /// The node called `name` with when it was registered (an enrollment or a change
+    /// keeps that time; a node removed and registered again under the name has a new one).
+    pub async fn node_registered(&self, name: &str) -> Result<Option<(NodeRecord, u64)>> {
+        let row = sqlx::query("SELECT record_json, registered_at FROM nodes WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(|r| {
+            let node = serde_json::from_str(&r.try_get::<String, _>("record_json")?)
+                .map_err(|_| StoreError::Corrupt("node record"))?;
+            Ok((node, ts_from(r.try_get("registered_at")?)))
+        })
+        .transpose()
+    }
+
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
         let rows = sqlx::query("SELECT record_json FROM nodes ORDER BY name").fetch_all(self.pool()).await?;
         rows.iter()

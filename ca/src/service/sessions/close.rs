@@ -97,7 +97,7 @@ impl Sessions {
             .ok_or(CaError::NotFound("live session"))?;
         // A role's targets scope its `sessions.kill`: another device's session is "not
         // found" alike (dropping the transaction takes the kill order back).
-        if !self.core.covers(grant, &lease.device).await? {
+        if !self.core.covers(grant, &lease.device, lease.opened_at).await? {
             return Err(CaError::NotFound("live session"));
         }
         audit::record(

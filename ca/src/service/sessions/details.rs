@@ -52,7 +52,10 @@ impl Sessions {
             None => None,
         };
         let access_complete = policy.authorize::<proof::PolicyRead>(who).is_ok();
-        let sessions_of_everyone = policy.authorize::<proof::SessionsRead>(who).is_ok();
+        // A `sessions.kill` whose role has targets sees everyone's sessions only on the
+        // devices those match (`audit.read` sees them everywhere).
+        let sessions_of_everyone =
+            policy.authorize::<proof::SessionsRead>(who).is_ok_and(|g| g.covers(&as_policy_sees_it));
         let sessions = self.device_sessions(&device, who, sessions_of_everyone).await?;
         Ok(DeviceDetails {
             node: node.map(node_summary),

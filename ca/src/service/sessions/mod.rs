@@ -527,16 +527,24 @@ impl Sessions {
         }
     }
 
-    /// `GET /v1/admin/sessions`.
+    /// `GET /v1/admin/sessions`: every live session for `audit.read`; for a
+    /// `sessions.kill` whose role has targets, those on the devices they match (the
+    /// sessions it may kill), not prod's users, logins and addresses to the lab's.
     pub async fn live_sessions(
         &self,
-        _grant: &portcullis_policies::Grant<portcullis_policies::proof::SessionsRead>,
+        grant: &portcullis_policies::Grant<portcullis_policies::proof::SessionsRead>,
     ) -> Result<Vec<portcullis_proto::SessionInfo>, CaError> {
-        Ok(self
-            .core
-            .store
-            .leases()
-            .await?
+        let mut leases = self.core.store.leases().await?;
+        if !grant.covers_everything() {
+            let mut covered = Vec::with_capacity(leases.len());
+            for lease in leases {
+                if self.core.covers(grant, &lease.device, lease.opened_at).await? {
+                    covered.push(lease);
+                }
+            }
+            leases = covered;
+        }
+        Ok(leases
             .into_iter()
             .map(|l| portcullis_proto::SessionInfo {
                 session_id: l.session_id,
