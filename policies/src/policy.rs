@@ -60,6 +60,16 @@ impl Policy {
             .collect()
     }
 
+    /// Whether a deny statement names a group that an identity from `source` could be
+    /// in (a bare name, or one qualified with that source): an identity whose groups
+    /// are unknown cannot be judged against it.
+    pub fn denies_groups_of(&self, source: crate::UserSource) -> bool {
+        self.denies
+            .values()
+            .flat_map(|d| d.groups.iter())
+            .any(|group| crate::account::qualified_group(group).is_none_or(|(from, _)| from == source))
+    }
+
     /// Deny statements by name order.
     pub fn denies(&self) -> impl Iterator<Item = &DenyStatement> {
         self.denies.values()

@@ -23,6 +23,8 @@ const USERS = {
   alice: { password: 'alice-password', groups: ['developers'], email: 'alice@example.test' },
   bob: { password: 'bob-password', groups: ['ops', 'developers'], email: 'bob@example.test' },
   carol: { password: 'carol-password', groups: [], email: 'carol@example.test' },
+  // No groups claim at all (an IdP not asked for them): unknown, not "none".
+  dana: { password: 'dana-password', email: 'dana@example.test' },
   // Named like a local user of the CA: must never become that user.
   'ops-lead': { password: 'ops-lead-password', groups: [], email: 'lead@example.test' },
   // An IdP account that calls itself alice (a user-editable claim at many IdPs) but is

@@ -41,6 +41,16 @@ permissions = ["certs.revoke", "users.manage", "ca.manage", "audit.read", "polic
 [[binding]]
 group = "portcullis-admins"
 roles = ["portcullis-admin"]
+
+[[binding]]
+user = "oidc:dana"
+roles = ["dev-shell"]
+
+[[deny]]
+name = "suspended"
+groups = ["oidc:suspended"]
+permissions = ["*"]
+logins = ["*"]
 "#;
 
 struct Setup {
@@ -338,6 +348,37 @@ async fn device_flow_gives_a_session_and_a_certificate_from_idp_groups() {
 
     let ok = s.server.audit_events("login_succeeded").await;
     assert!(ok.iter().any(|r| r.payload["username"] == "oidc:alice" && r.payload["source"] == "oidc"), "{ok:?}");
+}
+
+/// A token without the groups claim says nothing about the user's groups. Read as "no
+/// groups" it would lift the deny on `oidc:suspended` for anyone the IdP was not asked
+/// about: refused, audited, and explained; a user whose token lists no groups (an empty
+/// list) signs in as before.
+#[tokio::test]
+async fn a_token_without_the_groups_claim_is_not_read_as_no_groups() {
+    let s = setup(None).await;
+    let start = device_start(&s.server).await;
+    approve_device(&s.idp, &start, "dana", "dana-password", false).await;
+    let refused = loop {
+        let (status, body) = device_poll(&s.server, start.handle.expose()).await;
+        if status != StatusCode::OK {
+            break (status, body);
+        }
+        let poll: DevicePoll = serde_json::from_value(body).unwrap();
+        assert!(matches!(poll, DevicePoll::Pending { .. } | DevicePoll::SlowDown { .. }), "signed in: {poll:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(refused.0.is_client_error(), "{refused:?}");
+    assert!(refused.1.to_string().contains("no `groups` claim"), "{refused:?}");
+    let failed = s.server.audit_events("login_failed").await;
+    assert!(
+        failed.iter().any(|r| r.payload["reason"] == "groups_claim_missing" && r.payload["username"] == "oidc:dana"),
+        "{failed:?}"
+    );
+    // Stated, even empty, is known: carol signs in.
+    let start = device_start(&s.server).await;
+    approve_device(&s.idp, &start, "carol", "carol-password", false).await;
+    assert!(matches!(poll_until_done(&s.server, start.handle.expose()).await, DevicePoll::Success(_)));
 }
 
 #[tokio::test]

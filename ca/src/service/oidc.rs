@@ -171,6 +171,18 @@ impl IdentityService {
 
     /// The same session row and audit record as a password login.
     async fn open_oidc_session(&self, who: OidcIdentity, client_ip: &str) -> Result<LoginResponse, CaError> {
+        // Groups the token did not state are unknown, not none: read as none, they would
+        // lift every deny statement on a group. Refused when one could apply, like a
+        // directory's incomplete group list; otherwise unknown groups can only take
+        // access away (no group binding matches), and the sign-in goes ahead.
+        if !who.groups_stated && self.core.policy().denies_groups_of(UserSource::Oidc) {
+            self.audit_oidc_failure(&who.username, client_ip, "groups_claim_missing").await?;
+            let claim = self.oidc.as_ref().map_or("groups", |o| o.groups_claim());
+            return Err(CaError::SignInFailed(format!(
+                "the identity provider's token has no `{claim}` claim, and the policy denies by group, so access \
+                 cannot be decided; ask an administrator to have the identity provider send it"
+            )));
+        }
         tracing::info!(username = %who.username, email = who.email.as_deref().unwrap_or("-"), "OIDC sign-in");
         let identity =
             Identity { username: who.username, groups: who.groups.into_iter().collect(), source: SOURCE.to_owned() };

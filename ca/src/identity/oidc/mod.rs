@@ -122,6 +122,10 @@ pub struct OidcIdentity {
     pub subject: String,
     pub email: Option<String>,
     pub groups: Vec<String>,
+    /// Whether the token stated the groups (an empty list states "none"); an absent or
+    /// null claim states nothing — the IdP may not have been asked for them (a scope not
+    /// granted, a mapper missing).
+    pub groups_stated: bool,
     /// The IdP's `auth_time`: when the user last signed in there (step-up checks it).
     pub auth_time: Option<u64>,
 }
@@ -422,6 +426,7 @@ impl Oidc {
         if moved {
             return Err(TokenInvalid::GroupsClaim);
         }
+        let groups_stated = !matches!(claims.get(&self.groups_claim), None | Some(serde_json::Value::Null));
         let groups = match claims.get(&self.groups_claim) {
             None | Some(serde_json::Value::Null) => Vec::new(),
             Some(serde_json::Value::Array(items)) if items.len() <= 1024 => items
@@ -434,7 +439,7 @@ impl Oidc {
             return Err(TokenInvalid::GroupsClaim);
         }
         let auth_time = claims.get("auth_time").and_then(serde_json::Value::as_u64);
-        Ok(OidcIdentity { username, subject, email, groups, auth_time })
+        Ok(OidcIdentity { username, subject, email, groups, groups_stated, auth_time })
     }
 }
 
