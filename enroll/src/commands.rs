@@ -16,7 +16,7 @@ use crate::refresh::refresh_with;
 use crate::report::Report;
 use crate::root::Root;
 pub use crate::run::Global;
-use crate::run::{CHECK_PENDING, lock, now, recover, verify_effective, without_own_files, write_all};
+use crate::run::{CHECK_PENDING, lock, now, open_stage_dirs, recover, verify_effective, without_own_files, write_all};
 use crate::secret::{ExposeSecret, Token};
 use crate::sshd;
 use crate::state::{PendingDeregistration, State};
@@ -57,6 +57,7 @@ pub async fn enroll(g: &Global, a: EnrollArgs, r: &mut Report) -> Result<String>
     if !recover(g, r)? {
         return Ok(CHECK_PENDING.into());
     }
+    open_stage_dirs(g, r)?;
     let pin = pin_of(&a.ca_fingerprint)?;
     let api = Api::new(&a.ca, &pin)?;
     let facts = preflight::run(&g.root, &g.sshd, a.sshd_port)?;

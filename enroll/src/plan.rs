@@ -106,22 +106,15 @@ fn principal_file_lines(bundle: &NodeBundle) -> Result<BTreeMap<String, Vec<Stri
     Ok(bundle.principals.clone())
 }
 
-pub fn check_bundle(bundle: &NodeBundle) -> Result<CheckedBundle> {
+/// The bundle's KRL, if sshd can load it and it leaves at least one of `user_cas` (the
+/// user CA keys the node will trust) unrevoked.
+fn checked_krl(bundle: &NodeBundle, user_cas: &[ssh_key::PublicKey]) -> Result<Vec<u8>> {
     let krl = STANDARD.decode(bundle.krl_base64.trim()).map_err(|_| Error::Ca("the KRL is not valid base64".into()))?;
     // The whole KRL is parsed, not just its magic: while sshd's `RevokedKeys` names a
     // file it cannot load, it refuses every public key (`sshd -t` still passes), so a
     // truncated or corrupt body would lock out every key login on the node.
     let revocations = portcullis_sshcert::Krl::parse(&krl)
         .map_err(|e| Error::Ca(format!("the CA sent a KRL that sshd could not load ({e}); refused")))?;
-    let mut user_cas = Vec::new();
-    for key in bundle.trusted_user_ca_keys.lines().filter(|l| !l.trim().is_empty()) {
-        let key = ssh_key::PublicKey::from_openssh(key)
-            .map_err(|_| Error::Ca("a trusted user CA key does not parse".into()))?;
-        user_cas.push(key);
-    }
-    if user_cas.is_empty() {
-        return Err(Error::Ca("the bundle has no trusted user CA key".into()));
-    }
     // sshd refuses every certificate signed by a CA key the KRL revokes as a plain key:
     // a KRL revoking every CA key the node trusts would end every certificate login on
     // it (an administrator's slip, or a CA that has been taken over). Revoking one of
@@ -133,6 +126,36 @@ pub fn check_bundle(bundle: &NodeBundle) -> Result<CheckedBundle> {
                 .into(),
         ));
     }
+    Ok(krl)
+}
+
+/// The user CA keys in `text` (an `authorized_keys`-style list).
+fn user_ca_keys(text: &str) -> Result<Vec<ssh_key::PublicKey>> {
+    let mut user_cas = Vec::new();
+    for key in text.lines().filter(|l| !l.trim().is_empty()) {
+        let key = ssh_key::PublicKey::from_openssh(key)
+            .map_err(|_| Error::Ca("a trusted user CA key does not parse".into()))?;
+        user_cas.push(key);
+    }
+    if user_cas.is_empty() {
+        return Err(Error::Ca("the bundle has no trusted user CA key".into()));
+    }
+    Ok(user_cas)
+}
+
+/// The bundle's KRL on its own, for a refresh whose bundle was refused for something
+/// else (a principals line or a host certificate this tool cannot use): revocations must
+/// not wait on those. Checked like in [`check_bundle`], against the user CA keys the
+/// node trusts now, which it keeps.
+pub fn krl_alone(root: &Root, bundle: &NodeBundle) -> Result<Desired> {
+    let installed = fsx::read_opt(&root.user_ca())?.unwrap_or_default();
+    let user_cas = user_ca_keys(&String::from_utf8_lossy(&installed))?;
+    Ok(Desired { path: root.krl(), bytes: checked_krl(bundle, &user_cas)?, mode: 0o644 })
+}
+
+pub fn check_bundle(bundle: &NodeBundle) -> Result<CheckedBundle> {
+    let user_cas = user_ca_keys(&bundle.trusted_user_ca_keys)?;
+    let krl = checked_krl(bundle, &user_cas)?;
     let principals = principal_file_lines(bundle)?;
     let mut host_certificates = Vec::new();
     for text in &bundle.host_certificates {

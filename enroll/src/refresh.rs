@@ -24,7 +24,9 @@ use crate::plan::{self, HostCerts, Plan};
 use crate::proof::node_proof;
 use crate::report::Report;
 use crate::root::Root;
-use crate::run::{CHECK_PENDING, Global, lock, now, recover, verify_effective, without_own_files, write_all};
+use crate::run::{
+    CHECK_PENDING, Global, lock, now, open_stage_dirs, recover, verify_effective, without_own_files, write_all,
+};
 use crate::state::State;
 use crate::txn::{RolledBack, Txn};
 use std::path::PathBuf;
@@ -40,6 +42,7 @@ pub async fn refresh(g: &Global, r: &mut Report) -> Result<String> {
         return Ok(CHECK_PENDING.into());
     }
     let state = State::load(&g.root)?.ok_or_else(|| Error::Failed("this node is not enrolled".into()))?;
+    open_stage_dirs(g, r)?;
     let api = Api::new(&state.ca_url, &state.ca_fingerprint)?;
     refresh_with(g, state, &api, r).await
 }
@@ -50,10 +53,20 @@ pub(crate) async fn refresh_with(g: &Global, state: State, api: &Api, r: &mut Re
     let root = &g.root;
     let now = now();
     let proof = node_proof(&state.node, "refresh", &state.proof_key, now)?;
-    let bundle = match api.refresh(&proof).await.and_then(|b| plan::check_bundle(&b)) {
+    let fetched = match api.refresh(&proof).await {
         Ok(b) => b,
         Err(e) => {
             r.step("fetch", format!("{e}; the current files (and KRL) stay in place"));
+            return Err(e);
+        }
+    };
+    let bundle = match plan::check_bundle(&fetched) {
+        Ok(b) => b,
+        Err(e) => {
+            r.step("fetch", format!("{e}; the other files stay in place"));
+            if !g.check {
+                krl_despite_the_rest(g, &state, &fetched, r);
+            }
             return Err(e);
         }
     };
@@ -181,6 +194,22 @@ fn write_and_remove(txn: &mut Txn, root: &Root, part: &Plan, r: &mut Report) -> 
         r.changes.push(format!("remove {}", p.display()));
     }
     Ok(())
+}
+
+/// A bundle refused for something other than its KRL still brings its revocations: the
+/// KRL alone, checked against the user CA keys the node keeps, as phase 1. (A CA that
+/// added a principals option this tool does not know would otherwise stop every
+/// revocation reaching its nodes.) The refresh still fails, with the reason.
+fn krl_despite_the_rest(g: &Global, state: &State, fetched: &portcullis_proto::enroll::NodeBundle, r: &mut Report) {
+    let plan = plan::krl_alone(&g.root, fetched).and_then(|krl| plan::diff(&g.root, vec![krl], &[]));
+    match plan {
+        Ok(plan) if plan.is_empty() => r.step("krl", "the KRL is current; the rest of the bundle was refused"),
+        Ok(plan) => match apply_trust(g, state, &plan, r) {
+            Ok(_) => r.step("krl", "the KRL was installed on its own; the rest of the bundle was refused"),
+            Err(e) => r.step("krl", format!("the KRL could not be installed on its own either: {e}")),
+        },
+        Err(e) => r.step("krl", format!("the KRL is refused too: {e}")),
+    }
 }
 
 /// Phase 1: KRL, trusted CA keys, principals. Returns the state as committed.

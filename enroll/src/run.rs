@@ -28,6 +28,30 @@ pub(crate) fn lock(g: &Global) -> Result<RunLock> {
     lock::hold(&g.root, mode, g.lock_wait)
 }
 
+/// sshd reads the principals files as the user logging in, so the stage directory and
+/// the principals directory must be searchable by everyone. One this tool did not create
+/// — an image, configuration management, a run of an older version under umask 077 — may
+/// not be: every certificate login but root's would be refused, and the verification
+/// login (root) would not notice. Such a directory is set to 0755 (both are this tool's
+/// own; nothing else lives there). Nothing changes under `--check`.
+pub(crate) fn open_stage_dirs(g: &Global, r: &mut Report) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [g.root.stage(), g.root.principals_dir()] {
+        let Some(mode) = fsx::mode_of(&dir).filter(|_| dir.is_dir()) else { continue };
+        if mode == 0o755 {
+            continue;
+        }
+        if g.check {
+            r.step("check", format!("would set {} to mode 0755 (it is {mode:04o})", dir.display()));
+            continue;
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::io("cannot set the mode of directory", &dir, e))?;
+        r.step("directory", format!("{} was mode {mode:04o}, unreadable to other logins: now 0755", dir.display()));
+    }
+    Ok(())
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn now() -> u64 {
     portcullis_os::clock::SystemClock.now_unix()

@@ -743,3 +743,54 @@ async fn a_regenerated_host_key_gets_no_other_keys_certificate_and_revocations_s
     assert!(!node.cert_login_works("root", &key, &cert), "the revocation applies");
     assert!(node.ordinary_login_works());
 }
+
+/// A bundle the tool refuses for something other than its KRL — here a principal it
+/// cannot write (a CA newer than the node could send one) — still brings its
+/// revocations: the KRL goes in on its own, the other files stay as they were, and the
+/// refresh reports the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_bundle_still_brings_its_revocations() {
+    let ca = FakeCa::start().await;
+    let (node, key, cert, user_key) = enrolled_with_a_login(&ca);
+    let principals = node.path("/etc/ssh/portcullis/principals/root");
+    let before = std::fs::read_to_string(&principals).unwrap();
+    {
+        let mut state = ca.state.lock().unwrap();
+        state.principals.insert("root".into(), vec!["pc_admins_root".into(), "not one word".into()]);
+        let mut krl = KrlBuilder::new(7, now(), "");
+        krl.revoke_key_sha256(user_key.public_key().key_data());
+        state.krl = krl.encode();
+    }
+    let mut refresh = node.enroll_cmd();
+    refresh.arg("refresh");
+    let (code, json, _) = run(refresh);
+    assert_ne!(code, 0, "the bundle was refused: {json}");
+    assert!(json.to_string().contains("installed on its own"), "{json}");
+    assert!(!node.cert_login_works("root", &key, &cert), "the revocation applies");
+    assert_eq!(std::fs::read_to_string(&principals).unwrap(), before, "the principals stay as they were");
+    assert!(node.ordinary_login_works());
+}
+
+/// A stage or principals directory that exists already with a closed mode (made by an
+/// image, configuration management or an older run under umask 077) is opened to 0755
+/// by the next enroll or refresh: sshd reads the principals as the user logging in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_directories_from_before_are_opened_for_every_login() {
+    use std::os::unix::fs::PermissionsExt;
+    let ca = FakeCa::start().await;
+    let node = Node::start(false);
+    let mode = |p: &str| std::fs::metadata(node.path(p)).unwrap().permissions().mode() & 0o777;
+    let close = |p: &str| std::fs::set_permissions(node.path(p), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::create_dir_all(node.path("/etc/ssh/portcullis")).unwrap();
+    close("/etc/ssh/portcullis");
+    let (code, json, _) = enroll(&node, &ca);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(mode("/etc/ssh/portcullis"), 0o755, "{json}");
+
+    close("/etc/ssh/portcullis/principals");
+    let mut refresh = node.enroll_cmd();
+    refresh.arg("refresh");
+    let (code, json, _) = run(refresh);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(mode("/etc/ssh/portcullis/principals"), 0o755, "{json}");
+}
