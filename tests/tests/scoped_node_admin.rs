@@ -1,9 +1,10 @@
 //! A role's targets scope `nodes.manage`, from a lab administrator's side: with a role
 //! whose targets are the lab, every way to reach a prod node — seeing it, changing it,
-//! re-tagging it into the lab roles' reach, retiring it, reading its principals, adding
-//! one, enrolling one with a token, seeing or ending the prod team's tokens — is refused,
-//! while the same operations on lab nodes work, and an administrator whose role has no
-//! targets keeps every node.
+//! re-tagging it into the lab roles' reach, retiring it, reading its principals, enrolling
+//! one with a token, seeing or ending the prod team's tokens — is refused, and so is
+//! setting where any node is reached (adding one, changing an address or port, enrolling
+//! one that reports another address); tags, retirement and re-enrollment of lab nodes
+//! work, and an administrator whose role has no targets keeps every node.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -95,12 +96,14 @@ async fn token(ca: &Ca, grant: &Grant<proof::NodesManage>, request: EnrollTokenR
     Ok(ca.nodes().create_enroll_token(grant, None, &request).await?.token.expose().to_owned())
 }
 
-async fn enroll(ca: &Ca, token: &str, name: &str) -> Result<(), CaError> {
-    let request = EnrollRequest {
-        facts: NodeFacts { name: name.into(), host_keys: vec![public_line(&ed25519_key())], ..Default::default() },
-        verification_public_key: public_line(&ed25519_key()),
-        proof: None,
+async fn enroll(ca: &Ca, token: &str, name: &str, addresses: &[&str]) -> Result<(), CaError> {
+    let facts = NodeFacts {
+        name: name.into(),
+        addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+        host_keys: vec![public_line(&ed25519_key())],
+        ..Default::default()
     };
+    let request = EnrollRequest { facts, verification_public_key: public_line(&ed25519_key()), proof: None };
     ca.nodes().enroll(token, &request, "127.0.0.1").await.map(|_| ())
 }
 
@@ -130,39 +133,50 @@ async fn a_lab_administrator_manages_lab_nodes_only() {
     let owner = NodeUpdate { set_tags: [("owner".to_owned(), "carol".to_owned())].into(), ..NodeUpdate::default() };
     nodes.update_node(&lab, "lab1", &owner).await.unwrap();
 
-    // Retiring and adding.
+    // Where a node is reached is not the lab administrator's to set: not through a new
+    // node, nor by changing a lab node's address (the agents' allow-lists are made of
+    // them: pointing lab1 at a prod database would hand the lab's users a way there).
+    assert!(matches!(nodes.add_node(&lab, &node("lab2", "lab")).await, Err(CaError::Forbidden(_))));
+    let elsewhere = NodeUpdate { addresses: Some(vec!["10.9.9.9".into()]), ..NodeUpdate::default() };
+    assert!(matches!(nodes.update_node(&lab, "lab1", &elsewhere).await, Err(CaError::Forbidden(_))));
+    let port = NodeUpdate { ssh_port: Some(5432), ..NodeUpdate::default() };
+    assert!(matches!(nodes.update_node(&lab, "lab1", &port).await, Err(CaError::Forbidden(_))));
+    // Retiring.
     assert!(matches!(nodes.remove_node(&lab, "prod1").await, Err(CaError::NotFound(_))));
-    assert!(matches!(nodes.add_node(&lab, &node("prod2", "prod")).await, Err(CaError::Forbidden(_))));
-    nodes.add_node(&lab, &node("lab2", "lab")).await.unwrap();
+    nodes.add_node(&admin, &node("lab2", "lab")).await.unwrap();
     nodes.remove_node(&lab, "lab2").await.unwrap();
 
-    // Enrolling: a token bound to the prod node is refused at once; an unbound one
-    // enrolls only a node in the lab — a node it would enroll elsewhere is refused, and
-    // the token's use is given back.
-    let bound = EnrollTokenRequest { node: Some("prod1".into()), tags: env("lab"), ..EnrollTokenRequest::default() };
-    assert!(matches!(token(&ca, &lab, bound).await, Err(CaError::Forbidden(_))));
-    let prod_tagged = token(&ca, &lab, EnrollTokenRequest { tags: env("prod"), ..EnrollTokenRequest::default() });
-    let prod_tagged = prod_tagged.await.unwrap();
-    assert!(matches!(enroll(&ca, &prod_tagged, "prod9").await, Err(CaError::Forbidden(_))));
+    // Enrolling: only a registered lab node, with a token bound to its name, and only
+    // where it was registered — a node reporting another address is refused (audited,
+    // the token's use given back).
+    let unbound = token(&ca, &lab, EnrollTokenRequest { tags: env("lab"), ..EnrollTokenRequest::default() });
+    assert!(matches!(unbound.await, Err(CaError::Forbidden(_))));
+    let bound = |name: &str| EnrollTokenRequest { node: Some(name.into()), ..EnrollTokenRequest::default() };
+    assert!(matches!(token(&ca, &lab, bound("prod1")).await, Err(CaError::NotFound(_))));
+    let routed = EnrollTokenRequest { agent: Some("edge9".into()), ..bound("lab1") };
+    assert!(matches!(token(&ca, &lab, routed).await, Err(CaError::Forbidden(_))));
+    let lab_token = token(&ca, &lab, bound("lab1")).await.unwrap();
+    let moved = enroll(&ca, &lab_token, "lab1", &["10.9.9.9"]).await;
+    assert!(matches!(moved, Err(CaError::Forbidden(_))), "{moved:?}");
     let refusals = portcullis_tests::audit_payloads(&ca, "enroll_refused").await;
     assert_eq!(refusals.last().unwrap()["reason"], "outside_token_reach");
-    let lab_token = token(&ca, &lab, EnrollTokenRequest { tags: env("lab"), ..EnrollTokenRequest::default() });
-    enroll(&ca, &lab_token.await.unwrap(), "lab9").await.unwrap();
+    enroll(&ca, &lab_token, "lab1", &["lab1.example.com"]).await.unwrap();
 
     // The prod team's token: neither listed for the lab administrator nor ended by it.
     let listed = nodes.enroll_tokens(&lab).await.unwrap();
-    assert_eq!(listed.len(), 2, "the lab administrator's own two tokens: {listed:?}");
-    assert!(listed.iter().any(|t| t.tags == env("prod") && t.uses_left == 1), "the refused use was given back");
+    assert_eq!(listed.len(), 1, "the lab administrator's own token: {listed:?}");
+    assert_eq!(listed[0].uses_left, 0, "its refused use was given back, then used");
     let all = nodes.enroll_tokens(&admin).await.unwrap();
     let prod_id = all.iter().find(|t| t.created_by == "admin").unwrap().id.clone();
     assert!(matches!(nodes.revoke_enroll_token(&lab, &prod_id).await, Err(CaError::NotFound(_))));
-    enroll(&ca, &prod_token, "prod3").await.unwrap();
+    enroll(&ca, &prod_token, "prod3", &[]).await.unwrap();
 
     // The administrator keeps every node, as before.
-    assert_eq!(names(&ca, &admin).await, ["lab1", "lab9", "prod1", "prod3"]);
+    assert_eq!(names(&ca, &admin).await, ["lab1", "prod1", "prod3"]);
     nodes.update_node(&admin, "prod1", &retag("staging")).await.unwrap();
+    nodes.update_node(&admin, "lab1", &port).await.unwrap();
     nodes.remove_node(&admin, "prod1").await.unwrap();
-    assert_eq!(names(&ca, &lab).await, ["lab1", "lab9"]);
+    assert_eq!(names(&ca, &lab).await, ["lab1"]);
 }
 
 /// Managing users is no way to more reach: a user manager who administers the lab's

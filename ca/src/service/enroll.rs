@@ -10,8 +10,8 @@ use crate::signer::{HOST_CERT_TTL, sign_host_cert, sign_verification_cert};
 use crate::store::{self, EnrollTokenRow, HostCertRow};
 use crate::validate::{MAX_HOST_KEYS, address_host};
 use base64::Engine;
-use portcullis_policies::Grant;
 use portcullis_policies::proof;
+use portcullis_policies::{DEFAULT_SSH_PORT, Grant};
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::ServiceKind;
 use portcullis_proto::enroll::*;
@@ -67,20 +67,24 @@ impl Nodes {
         // A token keeps its creator's reach; the node it enrolls is checked against it
         // then (see `enroll`). A token bound to a name is checked now too, against the
         // node as it would be enrolled, so a refusal comes while the creator is asking.
+        // A role with targets enrolls only nodes registered already, each with a token
+        // bound to its name: where a node is reached is set by an administrator of every
+        // node (see `nodes::ROUTE_NEEDS_EVERY_NODE`), and enrolling keeps it (`enroll`).
         let reach = grant.targets().map(|queries| queries.iter().map(ToString::to_string).collect());
-        if let (Some(name), false) = (&request.node, grant.covers_everything()) {
-            let node = match self.core.store.node(name).await? {
-                Some(existing) => existing,
-                None => NodeRecord {
-                    name: name.clone(),
-                    tags: request.tags.clone(),
-                    partition: request.partition.clone(),
-                    agent: request.agent.clone(),
-                    ..NodeRecord::default()
-                },
+        if request.service.is_none() && !grant.covers_everything() {
+            let Some(name) = &request.node else {
+                return Err(CaError::Forbidden(
+                    "with a role that has targets, a token enrolls one registered node: name it (--node NAME)",
+                ));
             };
-            if !grant.covers(&self.core.device(&node)) {
-                return Err(CaError::Forbidden(super::nodes::OUTSIDE_REACH));
+            if request.agent.is_some() || request.partition.is_some() {
+                return Err(CaError::Forbidden(super::nodes::ROUTE_NEEDS_EVERY_NODE));
+            }
+            let node = self.managed_node(grant, name).await?;
+            if node.addresses.is_empty() {
+                return Err(CaError::Forbidden(
+                    "the node has no registered addresses; an administrator of every node sets them first",
+                ));
             }
         }
         let now = self.core.now();
@@ -235,6 +239,7 @@ impl Nodes {
             Some(n) => Some(serde_json::to_string(n).map_err(|_| CaError::Internal("node record".into()))?),
             None => None,
         };
+        let previous_route = existing.as_ref().map(|n| (n.addresses.clone(), n.ssh_port.unwrap_or(DEFAULT_SSH_PORT)));
         let mut node = existing.unwrap_or_default();
         node.name = facts.name.clone();
         node.addresses = facts.addresses.clone();
@@ -260,7 +265,23 @@ impl Nodes {
             node.agent = grant.agent.clone();
         }
         // A token made by an administrator of some nodes only enrolls one of those, as
-        // the node will be (the name and addresses it reports, the tags it keeps).
+        // the node will be (the name and addresses it reports, the tags it keeps), and
+        // reached where it was registered: the addresses and port the node reports must
+        // be ones an administrator of every node gave it (they make the agents'
+        // allow-lists).
+        let registered_route = previous_route.as_ref().is_some_and(|(addresses, port)| {
+            !addresses.is_empty()
+                && node.addresses.iter().all(|a| addresses.contains(a))
+                && node.ssh_port.unwrap_or(DEFAULT_SSH_PORT) == *port
+        });
+        if grant.reach.is_some() && !registered_route {
+            drop(tx);
+            self.audit_enroll_refused("outside_token_reach", client_ip).await?;
+            return Err(CaError::Forbidden(
+                "this token enrolls the registered node only where it was registered; the node reports other \
+                 addresses or another port (an administrator of every node changes them)",
+            ));
+        }
         if !token_reaches(grant.reach.as_deref(), &self.core.device(&node)) {
             drop(tx);
             self.audit_enroll_refused("outside_token_reach", client_ip).await?;

@@ -78,8 +78,8 @@ impl Nodes {
     pub async fn add_node(&self, grant: &Grant<proof::NodesManage>, node: &NodeRecord) -> Result<(), CaError> {
         crate::validate::node_record(node)?;
         crate::validate::host_keys(&node.host_keys)?;
-        if !grant.covers(&self.core.device(node)) {
-            return Err(CaError::Forbidden(OUTSIDE_REACH));
+        if !grant.covers_everything() {
+            return Err(CaError::Forbidden(ROUTE_NEEDS_EVERY_NODE));
         }
         let now = self.core.now();
         let mut tx = self.core.store.begin().await?;
@@ -107,6 +107,14 @@ impl Nodes {
         update: &NodeUpdate,
     ) -> Result<NodeRecord, CaError> {
         let mut node = self.managed_node(grant, name).await?;
+        let routes = update.addresses.is_some()
+            || update.agent.is_some()
+            || update.partition.is_some()
+            || update.host_keys.is_some()
+            || update.ssh_port.is_some();
+        if routes && !grant.covers_everything() {
+            return Err(CaError::Forbidden(ROUTE_NEEDS_EVERY_NODE));
+        }
         let mut fields = Vec::new();
         if let Some(addresses) = &update.addresses {
             node.addresses = addresses.clone();
@@ -180,6 +188,14 @@ impl Nodes {
     }
 }
 
-/// Why a targeted role may not add a node, or change one so: it would leave the role's reach.
+/// Why a role with targets may not add a node or change where one is reached: a node's
+/// addresses, port, agent and partition are where sessions through the agents connect
+/// (the agents' allow-lists are made of them), and its host keys what they trust there.
+/// Managing the lab's nodes must not be a way to point the lab's users, through the lab's
+/// agent, at any address it can reach.
+pub(super) const ROUTE_NEEDS_EVERY_NODE: &str = "adding a node, or changing its addresses, port, agent, partition or \
+     host keys, sets where sessions connect: it needs nodes.manage from a role without targets";
+
+/// Why a targeted role may not change a node so: it would leave the role's reach.
 pub(super) const OUTSIDE_REACH: &str = "the node would be outside the devices your roles manage (their targets); an administrator whose role has \
      no targets can do it";
