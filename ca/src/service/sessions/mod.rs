@@ -64,7 +64,17 @@ pub struct Sessions {
     proxmox: Arc<Proxmox>,
     /// Console tickets asked per user per minute.
     ticket_requests: RateLimiter,
+    /// Session opens refused per user (or per client address, before a user is known)
+    /// per minute, past which refusals are summarized rather than recorded one by one.
+    denials: RateLimiter,
 }
+
+/// Refused session opens per user per minute recorded one by one. A person is refused a
+/// few times; a client that loops opens to an unknown host (cheap for it: one channel
+/// open each) would otherwise write an audit record per try. Past this the refusals of
+/// the window are recorded once per reason and address, then counted into the
+/// `refusals_summarized` record; every one is still answered and counted in metrics.
+const DENIALS_RECORDED_PER_MINUTE: u32 = 30;
 
 impl Sessions {
     pub(in crate::service) fn new(
@@ -81,6 +91,7 @@ impl Sessions {
             discovery,
             proxmox,
             ticket_requests: RateLimiter::new(TICKETS_PER_USER_PER_MINUTE, 60),
+            denials: RateLimiter::new(DENIALS_RECORDED_PER_MINUTE, 60),
         }
     }
 }
@@ -152,19 +163,31 @@ impl Sessions {
             }
             Err(d) => {
                 span.in_scope(|| tracing::info!(reason = d.reason, "session denied"));
-                self.core
-                    .audit_alone(AuditEvent::SessionDenied {
-                        session_id: req.session_id.clone(),
-                        bastion: bastion.name.clone(),
-                        user,
-                        device: sanitize(&req.device),
-                        mode: req.mode.as_str(),
-                        login: req.login.clone(),
-                        reason: d.reason,
-                        phase: audit::failure_phase(d.reason),
-                        client_ip: req.client_ip.clone(),
-                    })
-                    .await?;
+                let who = user.clone();
+                let event = AuditEvent::SessionDenied {
+                    session_id: req.session_id.clone(),
+                    bastion: bastion.name.clone(),
+                    user,
+                    device: sanitize(&req.device),
+                    mode: req.mode.as_str(),
+                    login: req.login.clone(),
+                    reason: d.reason,
+                    phase: audit::failure_phase(d.reason),
+                    client_ip: req.client_ip.clone(),
+                };
+                let now = self.core.now();
+                let key = match &who {
+                    Some(user) => format!("user:{user}"),
+                    None => format!("ip:{}", crate::ratelimit::source_key(&req.client_ip)),
+                };
+                let flooding = self.denials.blocked(&key, now).is_some();
+                self.denials.hit(&key, now);
+                if flooding {
+                    let who = who.as_deref().unwrap_or("-");
+                    self.core.audit_refusal(&req.client_ip, d.reason, who, event).await?;
+                } else {
+                    self.core.audit_alone(event).await?;
+                }
                 self.core.counters.sessions_denied.inc(&[("mode", req.mode.as_str()), ("reason", d.reason)]);
                 Err(CaError::SessionDenied { reason: d.reason, message: d.text.to_owned() })
             }
