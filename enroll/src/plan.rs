@@ -259,9 +259,11 @@ pub fn drop_in_text(root: &Root, host_certs: &[PathBuf]) -> Vec<u8> {
     s.into_bytes()
 }
 
-/// Keeps the current host certificate while it is for the same key and has more than
-/// half of the new one's lifetime left: the CA signs a fresh one on every request, and
-/// replacing it each time would reload sshd on every refresh.
+/// Keeps the current host certificate while it is for the same key, names the same
+/// principals (the CA re-signs when the node's addresses change, and clients reaching it
+/// at a new address need the new one) and has more than half of the new one's lifetime
+/// left: the CA signs a fresh one on every request, and replacing it each time would
+/// reload sshd on every refresh.
 fn keep_host_cert(current: &[u8], new: &str, now: u64) -> bool {
     let (Ok(cur_text), Ok(new_cert)) = (std::str::from_utf8(current), ssh_key::Certificate::from_openssh(new.trim()))
     else {
@@ -271,6 +273,7 @@ fn keep_host_cert(current: &[u8], new: &str, now: u64) -> bool {
     let lifetime = new_cert.valid_before().saturating_sub(new_cert.valid_after());
     cur.public_key() == new_cert.public_key()
         && cur.signature_key() == new_cert.signature_key()
+        && cur.valid_principals() == new_cert.valid_principals()
         && cur.valid_after() <= now
         && cur.valid_before() > now.saturating_add(lifetime / 2)
 }
@@ -479,6 +482,32 @@ mod tests {
         assert!(refused.contains("revokes every user CA key"), "{refused}");
         assert!(check_bundle(&bundle(&[&old, &new], &[&old, &new])).is_err());
         assert!(check_bundle(&bundle(&[&old, &new], &[&old])).is_ok(), "revoking the old key in a rotation");
+    }
+
+    #[test]
+    fn a_host_certificate_is_kept_only_while_it_says_the_same() {
+        use ssh_key::certificate::{Builder, CertType};
+        let random = || {
+            ssh_key::PrivateKey::random(
+                &mut ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng),
+                ssh_key::Algorithm::Ed25519,
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (ca, key) = (random(), random());
+        let now = 1_800_000_000;
+        let cert = |principals: &[&str]| {
+            let mut b =
+                Builder::new([7; 32], key.public_key().key_data().clone(), now - 60, now + 30 * 86_400).unwrap();
+            b.cert_type(CertType::Host).unwrap();
+            for p in principals {
+                b.valid_principal(*p).unwrap();
+            }
+            b.sign(&ca).unwrap().to_openssh().unwrap()
+        };
+        let current = cert(&["pve01", "10.0.0.5"]);
+        assert!(keep_host_cert(current.as_bytes(), &cert(&["pve01", "10.0.0.5"]), now), "the same: kept");
+        assert!(!keep_host_cert(current.as_bytes(), &cert(&["pve01", "10.0.0.5", "10.0.1.5"]), now), "a new address");
     }
 
     #[test]
