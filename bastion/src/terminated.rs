@@ -282,6 +282,13 @@ async fn proxy(
                     }
                     ChannelMsg::Exec { command, .. } => {
                         expect_reply();
+                        // The command is what the user typed (on the ssh command line):
+                        // input, recorded when the rule records input.
+                        if let Some(r) = recorder {
+                            let mut typed = command.clone();
+                            typed.push(b'\n');
+                            r.input(&bytes::Bytes::from(typed)).await;
+                        }
                         to_node.exec(true, command).await
                     }
                     ChannelMsg::RequestSubsystem { name, .. } => {

@@ -794,6 +794,20 @@ async fn a_real_ssh_session_is_recorded_through_the_bastion_and_jump_mode_is_ref
     let stopped: Vec<_> = list.iter().filter(|r| r["device"] == "pve02").collect();
     let big = stopped.iter().find(|r| r["truncated"] == true).expect("the long one is cut");
     assert!(big["bytes"].as_u64().unwrap() <= 1 << 20, "{big}");
+
+    // A command given on the ssh command line is input too: recorded under a rule that
+    // records input (`ssh host 'cmd; history -c'` must not leave only its output).
+    let before: Vec<String> = list.iter().map(|r| r["session_id"].as_str().unwrap().to_owned()).collect();
+    let out = w.run("ssh", &["bastion", "echo exec-$((2*21))"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("exec-42"), "{}", text(&out));
+    let list = recordings().await;
+    let exec = list.iter().find(|r| !before.contains(&r["session_id"].as_str().unwrap().to_owned())).unwrap();
+    let path = format!("/v1/admin/recordings/{}", exec["session_id"].as_str().unwrap());
+    let (status, cast) = w.server.get_text(Some(&w.admin), &path).await;
+    assert_eq!(status, StatusCode::OK, "{cast}");
+    let events: Vec<(f64, String, String)> = cast.lines().skip(1).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let typed: String = events.iter().filter(|e| e.1 == "i").map(|e| e.2.as_str()).collect();
+    assert!(typed.contains("echo exec-$((2*21))"), "{cast}");
 }
 
 /// In Chromium: a console under a recorded rule says so in its status line; the
