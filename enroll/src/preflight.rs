@@ -2,6 +2,7 @@
 //! safely. Everything here only reads.
 
 use crate::error::{Error, Result};
+use crate::fsx;
 use crate::root::Root;
 use crate::sshd::{SshdCtl, openssh_version};
 use crate::sshd_config::{self, OUR_KEYWORDS};
@@ -140,6 +141,18 @@ pub fn run(root: &Root, sshd: &SshdCtl, port_override: Option<u16>) -> Result<Fa
             list.join("; ")
         )));
     }
+    let default_file = root.path("/etc/default/ssh");
+    if let Some(text) = fsx::read_opt(&default_file)? {
+        let overrides = command_line_overrides(&String::from_utf8_lossy(&text));
+        if !overrides.is_empty() {
+            return Err(Error::Refused(format!(
+                "{} starts sshd with {} on its command line, which wins over every configuration file (and \
+                 `sshd -T` does not show it); remove it from SSHD_OPTS first",
+                default_file.display(),
+                overrides.join(", ")
+            )));
+        }
+    }
     sshd.test().map_err(|e| Error::Refused(format!("the current configuration is already invalid: {e}")))?;
     let effective = sshd.effective().map_err(|e| Error::Refused(e.to_string()))?;
     for kw in OUR_KEYWORDS.iter().filter(|k| **k != "hostcertificate") {
@@ -182,6 +195,43 @@ pub fn run(root: &Root, sshd: &SshdCtl, port_override: Option<u16>) -> Result<Fa
     })
 }
 
+/// What Debian's `/etc/default/ssh` puts on sshd's command line (`SSHD_OPTS`, which the
+/// service passes to `sshd -D`) that would decide what the drop-in sets: `-o` with one of
+/// our keywords, or `-f` (another configuration file altogether). Command-line options
+/// win over every file and `sshd -T -f sshd_config` does not see them, so the drop-in
+/// would be silently overridden — Portcullis's revocations not enforced while every
+/// check passed.
+fn command_line_overrides(default_file: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in default_file.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
+        let Some(value) = line.strip_prefix("SSHD_OPTS=").or_else(|| line.strip_prefix("export SSHD_OPTS=")) else {
+            continue;
+        };
+        let words: Vec<&str> = value.trim_matches(|c| c == '"' || c == '\'').split_whitespace().collect();
+        let mut words = words.into_iter();
+        while let Some(word) = words.next() {
+            let option = match word {
+                "-o" => words.next().unwrap_or_default(),
+                "-f" => {
+                    found.push("-f (another configuration file)".to_owned());
+                    continue;
+                }
+                w if w.starts_with("-o") => &w[2..],
+                w if w.starts_with("-f") => {
+                    found.push("-f (another configuration file)".to_owned());
+                    continue;
+                }
+                _ => continue,
+            };
+            let keyword = option.split(['=', ' ']).next().unwrap_or_default().to_ascii_lowercase();
+            if OUR_KEYWORDS.contains(&keyword.as_str()) || keyword == "authorizedprincipalscommand" {
+                found.push(format!("-o {option}"));
+            }
+        }
+    }
+    found
+}
+
 /// The key that signs node proofs: Ed25519 when there is one.
 pub fn proof_key(keys: &[HostKey]) -> Option<PathBuf> {
     keys.iter().find(|k| k.public.starts_with("ssh-ed25519 ")).or_else(|| keys.first()).map(|k| k.path.clone())
@@ -189,7 +239,23 @@ pub fn proof_key(keys: &[HostKey]) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::verify_address;
+    use super::{command_line_overrides, verify_address};
+
+    #[test]
+    fn command_line_options_that_would_override_the_drop_in_are_found() {
+        let debian = "# Default settings for openssh-server.\n# SSHD_OPTS=\"-o RevokedKeys=/x\"\nSSHD_OPTS=\n";
+        assert!(command_line_overrides(debian).is_empty(), "the shipped file, commented example and all");
+        assert!(command_line_overrides("SSHD_OPTS=\"-o LogLevel=VERBOSE -4\"").is_empty(), "unrelated options");
+        assert_eq!(command_line_overrides("SSHD_OPTS=\"-o RevokedKeys=/other.krl\""), ["-o RevokedKeys=/other.krl"]);
+        assert_eq!(
+            command_line_overrides("SSHD_OPTS='-oTrustedUserCAKeys=/ca.pub -f /etc/ssh/other'"),
+            ["-o TrustedUserCAKeys=/ca.pub", "-f (another configuration file)"]
+        );
+        assert_eq!(
+            command_line_overrides("export SSHD_OPTS=\"-o authorizedprincipalsfile=none\""),
+            ["-o authorizedprincipalsfile=none"]
+        );
+    }
     use std::net::IpAddr;
 
     fn at(listen: &[&str], port: u16) -> IpAddr {

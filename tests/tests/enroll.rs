@@ -190,6 +190,18 @@ async fn refused_before_any_change() {
     assert_untouched(&node, &before, "conflicting earlier drop-in");
     assert_eq!(ca.state.lock().unwrap().uses_left, 100, "preflight refuses before the token is used");
 
+    // Debian's /etc/default/ssh puts RevokedKeys on sshd's command line: it would win
+    // over the drop-in and `sshd -T -f` would not show it.
+    let node = Node::start_with(false, |root| {
+        std::fs::create_dir_all(root.join("etc/default")).unwrap();
+        std::fs::write(root.join("etc/default/ssh"), "SSHD_OPTS=\"-o RevokedKeys=/etc/ssh/other.krl\"\n").unwrap();
+    });
+    let before = node.snapshot();
+    let (code, json, _) = enroll(&node, &ca);
+    assert_eq!(code, 3, "{json}");
+    assert!(json["error"]["message"].as_str().unwrap().contains("SSHD_OPTS"), "{json}");
+    assert_untouched(&node, &before, "a command-line override");
+
     // The main config does not include sshd_config.d.
     let node = Node::start_with(false, |root| {
         let p = root.join("etc/ssh/sshd_config");
