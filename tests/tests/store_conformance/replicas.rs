@@ -1,0 +1,89 @@
+//! Two replicas on one PostgreSQL: CA key rotation followed, and a replica stalled inside a write holds up the others only briefly.
+
+use super::*;
+
+/// Replicas on one PostgreSQL, a rotation made on one of them. Another replica's KRL
+/// carries the revocation of a certificate the new key signed (it used to leave out, without
+/// a word, serials of keys its own keyring did not hold); an activation retried on a
+/// replica that still saw the key pending changes nothing (it used to demote the active
+/// key and promote none, leaving no key to sign with); after their housekeeping the others
+/// sign with the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_follow_each_others_ca_key_rotation() {
+    let pg = Postgres::start().expect("throwaway PostgreSQL server");
+    let work = tempfile::tempdir().unwrap();
+    let policy_dir = policy_dir(work.path());
+    let clock = ManualClock::new(now());
+    let url = pg.url();
+    let replica = || ca_in_process(&url, &policy_dir, clock.clone());
+    let a = replica().await.unwrap();
+    let admin = admin_and_alice(&a, "devs").await;
+    let b = replica().await.unwrap();
+
+    let ca_grant = a.core().authorize::<proof::CaManage>(&admin).unwrap();
+    let pending = a.admin().rotate_ca_key(&ca_grant, KeyPurpose::User).await.unwrap();
+    let c = replica().await.unwrap(); // sees the new key pending
+    let stale_grant = c.core().authorize::<proof::CaManage>(&login(&c, "admin", ADMIN_PASSWORD).await).unwrap();
+    a.admin().activate_ca_key(&ca_grant, KeyPurpose::User).await.unwrap();
+    let alice = login(&a, "alice", ALICE_PASSWORD).await;
+    let (resp, cert) = issue(&a, &alice, &ed25519_key()).await;
+    assert_eq!(signer_of(&cert), pending.fingerprint);
+    let revoke_grant = a.core().authorize::<proof::CertsRevoke>(&admin).unwrap();
+    let serial = Some(resp.serial.clone());
+    a.revocation().revoke(&revoke_grant, &RevokeRequest { serial, ..RevokeRequest::default() }).await.unwrap();
+
+    // B has not heard of the new key: its KRL still names the revoked serial.
+    let files = tempfile::tempdir().unwrap();
+    let path = write_cert(files.path(), "cert", &cert);
+    assert!(krl_revokes(&write_krl(&b, files.path()).await, &path), "B's KRL leaves out a revocation");
+
+    // C still sees the key as pending: a retried activation there changes nothing.
+    let retried = c.admin().activate_ca_key(&stale_grant, KeyPurpose::User).await;
+    assert!(matches!(retried, Err(CaError::Conflict(_))), "{retried:?}");
+    for ca in [&b, &c] {
+        ca.housekeeping().await.unwrap();
+    }
+    for ca in [&a, &b, &c] {
+        assert_eq!(active_user_ca(ca), pending.fingerprint, "one active key, the new one");
+    }
+    let alice_on_b = login(&b, "alice", ALICE_PASSWORD).await;
+    let (_, from_b) = issue(&b, &alice_on_b, &ed25519_key()).await;
+    assert_eq!(signer_of(&from_b), pending.fingerprint, "B signs with the key A activated");
+}
+
+/// A replica that stops in the middle of a write (paused, partitioned) holds the audit
+/// chain's head. Other writers fail fast (503, try again) instead of queueing behind it
+/// until TCP keepalive notices — hours — and the server ends the stalled transaction,
+/// after which writes go through again. The limits have defaults, and a URL's own win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stalled_in_a_write_holds_up_the_others_only_briefly() {
+    let pg = Postgres::start().expect("throwaway PostgreSQL server");
+    let work = tempfile::tempdir().unwrap();
+    let policy_dir = policy_dir(work.path());
+    let clock = ManualClock::new(now());
+    let url = pg.url();
+    let a = ca_in_process(&url, &policy_dir, clock.clone()).await.unwrap();
+    assert_eq!(pg_setting(&a, "lock_timeout").await, "10s");
+    assert_eq!(pg_setting(&a, "idle_in_transaction_session_timeout").await, "1min");
+    admin_and_alice(&a, "devs").await;
+    let quick = format!("{url}?options[lock_timeout]=1s&options[idle_in_transaction_session_timeout]=3s");
+    let b = ca_in_process(&quick, &policy_dir, clock.clone()).await.unwrap();
+    assert_eq!(pg_setting(&b, "lock_timeout").await, "1s");
+
+    let mut stalled = b.core().store().begin().await.unwrap();
+    store::append_audit(stalled.conn(), now(), "stalled", "{}").await.unwrap(); // holds the head
+    let started = std::time::Instant::now();
+    let answer = b.identity().login_password("alice", None, &secret(ALICE_PASSWORD), IP).await;
+    assert!(matches!(answer, Err(CaError::StoreUnavailable(_))), "{answer:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(8), "waited {:?}", started.elapsed());
+
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    login(&b, "alice", ALICE_PASSWORD).await;
+    assert!(stalled.commit().await.is_err(), "the server ended the stalled transaction");
+}
+
+async fn pg_setting(ca: &Ca, name: &str) -> String {
+    let show = format!("SHOW {name}");
+    let row = sqlx::query(sqlx::AssertSqlSafe(show)).fetch_one(ca.core().store().pool()).await.unwrap();
+    row.try_get(0).unwrap()
+}
