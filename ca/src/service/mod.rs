@@ -28,6 +28,7 @@ mod recordings;
 mod revocation;
 mod services;
 mod sessions;
+mod tokens;
 mod writer;
 
 pub use admin::{Admin, AuditFilter};

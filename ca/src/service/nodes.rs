@@ -1,5 +1,6 @@
-//! The nodes service: the inventory of nodes and how they join it — enrollment tokens,
-//! enrollment and its abort, a node's refresh and deregistration (all in `enroll.rs`),
+//! The nodes service: the inventory of nodes and how they join it — enrollment tokens
+//! (`tokens.rs`), enrollment and its abort, a node's refresh and deregistration
+//! (`enroll.rs`),
 //! what each node's principals files list (`principals.rs`), and the records an
 //! administrator adds, changes or removes by hand (here).
 
