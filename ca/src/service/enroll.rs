@@ -1,5 +1,5 @@
-//! Node enrollment: one-time tokens, the trust bundle a node installs, and node-proof
-//! authenticated refresh and removal.
+//! Node enrollment with a one-time token (made in `tokens.rs`), the trust bundle a node
+//! installs, and node-proof authenticated refresh and removal.
 
 use super::caller::token_hash;
 use super::nodes::Nodes;
@@ -16,7 +16,7 @@ use portcullis_proto::enroll::*;
 use portcullis_sshcert::{fingerprint, parse_user_public_key, random_bytes};
 use ssh_key::{PublicKey, SshSig};
 
-/// Whether a token with `reach` (see [`EnrollTokenRow::reach`]) may enroll `device`. A
+/// Whether a token with `reach` (see [`store::EnrollTokenRow::reach`]) may enroll `device`. A
 /// stored query that no longer parses matches nothing: refused, not widened.
 fn token_reaches(reach: Option<&[String]>, device: &portcullis_policies::Device) -> bool {
     reach.is_none_or(|queries| {
