@@ -151,4 +151,12 @@ async fn device_details_show_only_what_the_caller_may_see() {
         assert!(d.device.console_unavailable.as_deref().unwrap_or("").contains(why), "{name}: {d:?}");
     }
     assert_eq!(details(fx.admin.clone(), "no-such-node").await.0, StatusCode::NOT_FOUND);
+
+    // A `sessions.kill` whose role targets prod does not show her everyone's sessions on
+    // a lab device she opens consoles on: still only her own.
+    fx.ca.admin().set_user_groups(&users, "alice", &["ops".to_owned(), "prod-killers".to_owned()]).await.unwrap();
+    let (status, d) = details(bearer(&fx.ca, "alice").await, "pve01").await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    let d: DeviceDetails = serde_json::from_value(d).unwrap();
+    assert!(!d.sessions_of_everyone && d.sessions.iter().all(|s| s.user == "alice"), "{:?}", d.sessions);
 }

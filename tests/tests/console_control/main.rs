@@ -80,6 +80,16 @@ roles = ["ops", "prod-console"]
 [[binding]]
 group = "viewers"
 roles = ["viewer"]
+
+# May end prod's sessions only: sees everyone's sessions there, not in the lab.
+[[role]]
+name = "prod-killer"
+targets = 'in:devices tags.env:prod'
+permissions = ["sessions.kill"]
+
+[[binding]]
+group = "prod-killers"
+roles = ["prod-killer"]
 "#;
 
 const PASSWORD: &str = "correct-horse-battery-staple";
