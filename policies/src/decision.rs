@@ -113,26 +113,21 @@ impl<P: Proof> Grant<P> {
     /// Operations on one device's things ask this; see the permissions' documentation
     /// for which do.
     pub fn covers(&self, device: &Device) -> bool {
-        match &self.reach {
-            _ if !self.permission.scoped_by_targets() => true,
-            Reach::Everywhere => true,
-            Reach::Only(queries) => queries.iter().any(|q| q.matches(device)),
-        }
+        self.targets().is_none_or(|queries| queries.iter().any(|q| q.matches(device)))
     }
     /// Whether the permission holds for every device (a listing need not be filtered):
     /// one that targets do not scope always does (e.g. `audit.read`, which also proves
     /// `SessionsRead`).
     pub fn covers_everything(&self) -> bool {
-        !self.permission.scoped_by_targets() || self.reach == Reach::Everywhere
+        self.targets().is_none()
     }
     /// The queries of the devices the permission holds for; `None` when it holds for
     /// every device. For what is kept to be checked later, against a device that does
     /// not exist yet (a node an enrollment token will enroll).
     pub fn targets(&self) -> Option<&[TargetQuery]> {
         match &self.reach {
-            _ if self.covers_everything() => None,
-            Reach::Everywhere => None,
-            Reach::Only(queries) => Some(queries),
+            Reach::Only(queries) if self.permission.scoped_by_targets() => Some(queries),
+            _ => None,
         }
     }
     /// Whether the identity holds every administrative permission of `other` too, and

@@ -126,10 +126,30 @@ impl Core {
         Ok(self.covered_from(grant, name).await?.is_some_and(|from| from <= since))
     }
 
+    /// [`Core::covers`] for many things at once (a listing): each device's record is
+    /// read once, its answer kept in `seen`.
+    pub(super) async fn covers_each<P: portcullis_policies::proof::Proof>(
+        &self,
+        grant: &portcullis_policies::Grant<P>,
+        seen: &mut std::collections::HashMap<String, Option<u64>>,
+        name: &str,
+        since: u64,
+    ) -> Result<bool, CaError> {
+        let from = match seen.get(name) {
+            Some(known) => *known,
+            None => {
+                let known = self.covered_from(grant, name).await?;
+                seen.insert(name.to_owned(), known);
+                known
+            }
+        };
+        Ok(from.is_some_and(|from| from <= since))
+    }
+
     /// From when `grant`'s permission holds on the device called `name`: the time its
     /// current record was registered, if the grant covers it (0 for a grant that holds
     /// everywhere); `None` when it does not.
-    pub(super) async fn covered_from<P: portcullis_policies::proof::Proof>(
+    async fn covered_from<P: portcullis_policies::proof::Proof>(
         &self,
         grant: &portcullis_policies::Grant<P>,
         name: &str,

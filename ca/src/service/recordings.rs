@@ -279,17 +279,9 @@ impl Recordings {
     ) -> Result<Vec<RecordingInfo>, CaError> {
         let rows = self.core.store.recordings(user, device, LIST_LIMIT).await?;
         let mut shown = Vec::with_capacity(rows.len());
-        let mut covered: std::collections::HashMap<String, Option<u64>> = std::collections::HashMap::new();
+        let mut seen = std::collections::HashMap::new();
         for row in rows {
-            let from = match covered.get(&row.device) {
-                Some(known) => *known,
-                None => {
-                    let known = self.core.covered_from(grant, &row.device).await?;
-                    covered.insert(row.device.clone(), known);
-                    known
-                }
-            };
-            if from.is_some_and(|from| from <= row.started_at) {
+            if self.core.covers_each(grant, &mut seen, &row.device, row.started_at).await? {
                 shown.push(info(row));
             }
         }

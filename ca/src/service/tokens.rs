@@ -44,11 +44,10 @@ impl Nodes {
             crate::validate::node_name(node)?;
         }
         // A token keeps its creator's reach; the node it enrolls is checked against it
-        // then (see `enroll`). A token bound to a name is checked now too, against the
-        // node as it would be enrolled, so a refusal comes while the creator is asking.
-        // A role with targets enrolls only nodes registered already, each with a token
-        // bound to its name: where a node is reached is set by an administrator of every
-        // node (see `nodes::ROUTE_NEEDS_EVERY_NODE`), and enrolling keeps it (`enroll`).
+        // then (see `enroll`). A role with targets enrolls only nodes registered already,
+        // each with a token bound to its name: where a node is reached is set by an
+        // administrator of every node (see `nodes::ROUTE_NEEDS_EVERY_NODE`), and
+        // enrolling keeps it.
         let reach = grant.targets().map(|queries| queries.iter().map(ToString::to_string).collect());
         if request.service.is_none() && !grant.covers_everything() {
             let Some(name) = &request.node else {

@@ -559,9 +559,9 @@ impl Sessions {
     ) -> Result<Vec<portcullis_proto::SessionInfo>, CaError> {
         let mut leases = self.core.store.leases().await?;
         if !grant.covers_everything() {
-            let mut covered = Vec::with_capacity(leases.len());
+            let (mut covered, mut seen) = (Vec::with_capacity(leases.len()), std::collections::HashMap::new());
             for lease in leases {
-                if self.core.covers(grant, &lease.device, lease.opened_at).await? {
+                if self.core.covers_each(grant, &mut seen, &lease.device, lease.opened_at).await? {
                     covered.push(lease);
                 }
             }
