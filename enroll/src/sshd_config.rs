@@ -3,7 +3,7 @@
 //! value wins — so any earlier setting would silently override ours.
 
 use crate::error::{Error, Result};
-use crate::root::{DROP_IN_NAME, Root};
+use crate::root::Root;
 use std::path::{Path, PathBuf};
 
 /// The keywords the drop-in sets, lowercase as `sshd -T` prints them.
@@ -45,52 +45,109 @@ fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))
 }
 
-/// What the main config and the drop-ins say, split by whether they come before ours.
+/// What sshd reads, with every `Include` followed, split by whether it comes before ours.
 #[derive(Debug)]
 pub struct Scan {
-    /// True when the main config includes `<root>/etc/ssh/sshd_config.d/*.conf`.
+    /// True when the main config includes `<root>/etc/ssh/sshd_config.d/*.conf` outside
+    /// any `Match` block.
     pub includes_drop_ins: bool,
-    /// Main file and drop-ins lexically before ours (sshd reads them before ours).
+    /// Everything sshd reads before our drop-in (first value wins, so these beat ours).
     pub earlier: Vec<Directive>,
-    /// Drop-ins after ours.
+    /// Everything it reads after ours.
     pub later: Vec<Directive>,
 }
 
+/// sshd refuses a configuration nested deeper than this (`SERVCONF_MAX_DEPTH`).
+const MAX_INCLUDE_DEPTH: usize = 16;
+
+/// Where sshd resolves a relative `Include` (its compiled-in `SSHDIR`).
+const SSHDIR: &str = "/etc/ssh";
+
 pub fn scan(root: &Root) -> Result<Scan> {
-    let main_path = root.sshd_config();
-    let main = parse(&read(&main_path)?, &main_path);
-    let wanted = root.drop_in_dir().join("*.conf");
-    let includes_drop_ins = main.iter().any(|d| {
-        d.keyword == "include"
-            && !d.in_match
-            && d.value.split_whitespace().any(|v| {
-                let p = if v.starts_with('/') { PathBuf::from(v) } else { Path::new("/etc/ssh").join(v) };
-                p == wanted
-            })
-    });
-    let mut earlier = main;
-    let mut later = Vec::new();
-    let dir = root.drop_in_dir();
-    let mut names: Vec<String> = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".conf"))
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(Error::io("cannot list", dir, e)),
+    let mut walk = Walk {
+        drop_ins: root.drop_in_dir().join("*.conf"),
+        ours: root.drop_in(),
+        includes_drop_ins: false,
+        passed_ours: false,
+        earlier: Vec::new(),
+        later: Vec::new(),
     };
-    // glob(3) sorts with strcmp in the C locale: byte order.
-    names.sort();
-    for name in names {
-        if name == DROP_IN_NAME {
-            continue;
+    walk.file(&root.sshd_config(), false, 0)?;
+    Ok(Scan { includes_drop_ins: walk.includes_drop_ins, earlier: walk.earlier, later: walk.later })
+}
+
+/// Reads files in sshd's order: an `Include` is expanded where it stands, its glob
+/// sorted in byte order (glob(3) in the C locale), and everything an `Include` inside a
+/// `Match` block brings in is conditional too. Our drop-in takes its place in the
+/// drop-in glob whether or not it exists yet.
+struct Walk {
+    drop_ins: PathBuf,
+    ours: PathBuf,
+    includes_drop_ins: bool,
+    passed_ours: bool,
+    earlier: Vec<Directive>,
+    later: Vec<Directive>,
+}
+
+impl Walk {
+    fn file(&mut self, path: &Path, in_match: bool, depth: usize) -> Result<()> {
+        for mut d in parse(&read(path)?, path) {
+            d.in_match |= in_match;
+            if d.keyword == "include" {
+                for pattern in d.value.split_whitespace() {
+                    self.include(pattern, &d, depth)?;
+                }
+            }
+            if self.passed_ours { self.later.push(d) } else { self.earlier.push(d) }
         }
-        let path = dir.join(&name);
-        let directives = parse(&read(&path)?, &path);
-        if name.as_str() < DROP_IN_NAME { earlier.extend(directives) } else { later.extend(directives) }
+        Ok(())
     }
-    Ok(Scan { includes_drop_ins, earlier, later })
+
+    fn include(&mut self, pattern: &str, at: &Directive, depth: usize) -> Result<()> {
+        if depth + 1 > MAX_INCLUDE_DEPTH {
+            return Err(Error::Refused(format!(
+                "{}:{}: Include nested deeper than sshd allows ({MAX_INCLUDE_DEPTH})",
+                at.file.display(),
+                at.line
+            )));
+        }
+        let pattern = if pattern.starts_with('/') { PathBuf::from(pattern) } else { Path::new(SSHDIR).join(pattern) };
+        let is_drop_ins = pattern == self.drop_ins && !at.in_match;
+        let unreadable = |e: &dyn std::fmt::Display| {
+            Error::Refused(format!(
+                "{}:{}: cannot follow Include {}: {e}",
+                at.file.display(),
+                at.line,
+                pattern.display()
+            ))
+        };
+        // glob(3) as sshd calls it: `*` matches neither `/` nor a leading dot.
+        let options = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: true,
+        };
+        let matches = glob::glob_with(&pattern.to_string_lossy(), options).map_err(|e| unreadable(&e))?;
+        let mut files = matches.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| unreadable(&e))?;
+        files.sort_by(|a, b| a.as_os_str().as_encoded_bytes().cmp(b.as_os_str().as_encoded_bytes()));
+        for file in files {
+            if is_drop_ins
+                && !self.passed_ours
+                && file.as_os_str().as_encoded_bytes() > self.ours.as_os_str().as_encoded_bytes()
+            {
+                self.passed_ours = true;
+            }
+            if file == self.ours {
+                continue;
+            }
+            self.file(&file, at.in_match, depth + 1)?;
+        }
+        if is_drop_ins {
+            self.includes_drop_ins = true;
+            self.passed_ours = true;
+        }
+        Ok(())
+    }
 }
 
 /// Every earlier setting of one of our keywords, and any setting inside a `Match` block
@@ -118,5 +175,17 @@ mod tests {
         assert_eq!(d.len(), 4);
         assert_eq!(d.get(1).map(|d| (d.keyword.as_str(), d.value.as_str())), Some(("trustedusercakeys", "/x")));
         assert_eq!(d.get(3).map(|d| (d.in_match, d.line)), Some((true, 5)));
+    }
+
+    #[test]
+    fn an_include_loop_is_refused_not_followed_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        std::fs::create_dir_all(root.drop_in_dir()).unwrap();
+        let main = root.sshd_config();
+        std::fs::write(&main, format!("Include {}\nInclude {}/*.conf\n", main.display(), root.drop_in_dir().display()))
+            .unwrap();
+        let err = scan(&root).unwrap_err().to_string();
+        assert!(err.contains("nested deeper than sshd allows"), "{err}");
     }
 }

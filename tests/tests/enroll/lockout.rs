@@ -18,6 +18,34 @@ async fn refused_before_any_change() {
     assert_untouched(&node, &before, "conflicting earlier drop-in");
     assert_eq!(ca.state.lock().unwrap().uses_left, 100, "preflight refuses before the token is used");
 
+    // A Match block reached through nested Includes: the main config includes a site
+    // directory first, and a late drop-in includes one more file. For the users they
+    // match, sshd would read another principals file or CA (and `sshd -T` shows neither).
+    let node = Node::start_with(false, |root| {
+        let p = root.join("etc/ssh/sshd_config");
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, format!("Include {}/etc/ssh/site/*.conf\n{text}", root.display())).unwrap();
+        std::fs::create_dir_all(root.join("etc/ssh/site")).unwrap();
+        std::fs::write(root.join("etc/ssh/site/10-ops.conf"), "Match User alice\n  AuthorizedPrincipalsFile none\n")
+            .unwrap();
+        std::fs::write(root.join("etc/ssh/site/.10-hidden.conf"), "TrustedUserCAKeys /not/read/by/sshd\n").unwrap();
+        std::fs::write(
+            root.join("etc/ssh/sshd_config.d/90-late.conf"),
+            format!("Include {}/etc/ssh/late.conf\n", root.display()),
+        )
+        .unwrap();
+        std::fs::write(root.join("etc/ssh/late.conf"), "Match Group ops\n  TrustedUserCAKeys /etc/ssh/ops_ca.pub\n")
+            .unwrap();
+    });
+    let before = node.snapshot();
+    let (code, json, _) = enroll(&node, &ca);
+    assert_eq!(code, 3, "{json}");
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("site/10-ops.conf:2"), "{json}");
+    assert!(message.contains("late.conf:2: trustedusercakeys /etc/ssh/ops_ca.pub inside a Match block"), "{json}");
+    assert!(!message.contains("hidden"), "sshd's glob skips dot files: {json}");
+    assert_untouched(&node, &before, "a Match block behind nested Includes");
+
     // Debian's /etc/default/ssh puts RevokedKeys on sshd's command line: it would win
     // over the drop-in and `sshd -T -f` would not show it.
     let node = Node::start_with(false, |root| {
