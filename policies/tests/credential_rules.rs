@@ -86,6 +86,13 @@ fn a_credential_rule_is_complete_or_refused() {
     assert_eq!(policy(&longest).rule("pve-inventory").and_then(|r| r.credential()).map(|c| c.secret().len()), Some(64));
     let ports = PVE_RULE.replace("secret = \"pve-site-a\"", "secret = \"pve-site-a\"\nallowed_ports = [22]");
     assert!(errors(&ports).iter().any(|e| e.contains("`allowed_ports` is for SSH rules")));
+    let trials = PVE_RULE.replace("secret = \"pve-site-a\"", "secret = \"pve-site-a\"\nauto_discovery_trials = true");
+    assert!(errors(&trials).iter().any(|e| e.contains("needs `strict_permissions = true`")), "{trials}");
+    let checked =
+        trials.replace("auto_discovery_trials = true", "auto_discovery_trials = true\nstrict_permissions = true");
+    let checked = policy(&checked);
+    let k = checked.rule("pve-inventory").and_then(|r| r.credential()).unwrap();
+    assert!(k.auto_discovery_trials() && k.strict_permissions());
     let unknown = PVE_RULE.replace("provider = \"proxmox\"", "provider = \"vmware\"");
     assert!(!errors(&unknown).is_empty());
 }

@@ -205,8 +205,12 @@ pub enum PveFailure {
     AuthFailed,
     /// The server did not answer like a PVE API.
     NotProxmox,
-    /// The token holds write privileges and the rule is `strict_permissions`.
+    /// The token holds a privilege beyond read-only audit and the rule is
+    /// `strict_permissions`.
     WritePrivileges,
+    /// The rule is `strict_permissions` and the token's privileges could not be read
+    /// (`/access/permissions` failed or answered something else).
+    PrivilegesUnknown,
     /// The grant expired before the run started.
     GrantExpired,
 }
@@ -221,6 +225,7 @@ impl PveFailure {
             PveFailure::AuthFailed => "auth_failed",
             PveFailure::NotProxmox => "not_proxmox",
             PveFailure::WritePrivileges => "write_privileges",
+            PveFailure::PrivilegesUnknown => "privileges_unknown",
             PveFailure::GrantExpired => "grant_expired",
         }
     }

@@ -328,6 +328,43 @@ async fn partial_answers_are_reported_per_endpoint_and_the_rest_is_stored() {
     assert!(warned.payload["endpoint_failures"].to_string().contains("disks/list"), "{warned:?}");
 }
 
+/// `strict_permissions`: a token holding anything beyond audit — here `Sys.Console`, a
+/// root shell through termproxy, which is none of the seed's five examples — is refused
+/// before any inventory request, and so is one whose privileges cannot be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_rule_reads_nothing_with_a_token_that_can_do_more_than_read_or_hides_what_it_can() {
+    let mut acl = auditor(IDENTITY);
+    acl.as_array_mut().unwrap().push(json!([IDENTITY, "/nodes/pve1", ["Sys.Console"]]));
+    let mut site = Site::start(json!({
+        "cluster_name": "sigma",
+        "tokens": { IDENTITY: TOKEN_A },
+        "acl": acl,
+        "nodes": ["pve1"],
+        "guests": [{ "vmid": 500, "name": "vm", "node": "pve1" }]
+    }));
+    let (server, admin) = start().await;
+    add_secret(&server, &admin, "site-s", TOKEN_A, json!({ "mode": "pinned_sha256", "sha256": site.cert_sha256 }))
+        .await;
+    let strict = rule("site-s", "s", "local", site.port, "strict_permissions = true");
+    let (status, body) = server.write_policy("pve.toml", &strict).await;
+    assert!(status.is_success(), "{body}");
+    server.add_node(&admin, &pve_node("pve-s", &site.host, "s", None)).await;
+    let failed = |reason: &'static str| {
+        move |r: &portcullis_proto::AuditRecord| r.payload["device"] == "pve-s" && r.payload["reason"] == reason
+    };
+    server.await_audit_within(Duration::from_secs(30), "pve_collection_failed", failed("write_privileges")).await;
+
+    site.command(json!({ "op": "fail", "method": "GET", "suffix": "/access/permissions", "status": 403,
+                         "message": "Permission check failed (/access, Sys.Audit)" }));
+    server.await_audit_within(Duration::from_secs(30), "pve_collection_failed", failed("privileges_unknown")).await;
+    let read: Vec<String> = site.requests().into_iter().map(|(_, path)| path).collect();
+    assert!(
+        read.iter().all(|p| p == "/api2/json/version" || p == "/api2/json/access/permissions"),
+        "a strict run read inventory with a token it could not vouch for: {read:?}"
+    );
+    assert!(cluster(&server, &admin, "local/sigma").await.is_none(), "nothing was stored");
+}
+
 /// The TLS pin is checked before anything is sent; a wrong or revoked token fails as
 /// such; an answer past the cap is refused, not stored; a hanging API times out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,7 +523,9 @@ async fn the_target_preview_shows_what_a_rule_reaches_before_and_after_loading()
 /// rule tries the candidate, and says so in the audit trail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trials_off_sends_no_credential_to_a_candidate_and_trials_on_are_audited_as_such() {
-    let site = Site::start(json!({ "cluster_name": "known", "tokens": { IDENTITY: TOKEN_A }, "nodes": ["pve1"] }));
+    let site = Site::start(
+        json!({ "cluster_name": "known", "tokens": { IDENTITY: TOKEN_A }, "acl": auditor(IDENTITY), "nodes": ["pve1"] }),
+    );
     let (server, admin) = start().await;
     add_secret(&server, &admin, "site-t", TOKEN_A, json!({ "mode": "pinned_sha256", "sha256": site.cert_sha256 }))
         .await;
@@ -507,7 +546,7 @@ async fn trials_off_sends_no_credential_to_a_candidate_and_trials_on_are_audited
 
     // With trials on, the token is tried on the candidate too — each attempt a grant
     // audited as a trial — and the candidate is collected.
-    let trials = rule("site-t", "t", "local", site.port, "auto_discovery_trials = true");
+    let trials = rule("site-t", "t", "local", site.port, "auto_discovery_trials = true\nstrict_permissions = true");
     let (status, body) = server.write_policy("pve.toml", &trials).await;
     assert!(status.is_success(), "{body}");
     let tried = server

@@ -122,13 +122,24 @@ async fn collect(shared: &Shared, job: &PveJob) -> PveOutcome {
         Fetch::Failed(_) => return failed(PveFailure::NotProxmox),
     };
     let mut failures = Vec::new();
-    let write_privileges = match api.get(PERMISSIONS).await.ok(&mut failures) {
-        Some(v) => parse::write_privileges(&v),
+    // Strict means "only a token known to be read-only": one whose privileges cannot be
+    // read is refused too, not trusted.
+    let write_privileges = api.get(PERMISSIONS).await.ok(&mut failures).map(|v| parse::write_privileges(&v));
+    let write_privileges = match write_privileges {
+        Some(Some(held)) if job.strict_permissions && !held.is_empty() => return failed(PveFailure::WritePrivileges),
+        Some(Some(held)) => held,
+        _ if job.strict_permissions => return failed(PveFailure::PrivilegesUnknown),
+        Some(None) => {
+            failures.push(EndpointFailure {
+                path: PERMISSIONS.into(),
+                code: "invalid".into(),
+                status: None,
+                hint: None,
+            });
+            Vec::new()
+        }
         None => Vec::new(),
     };
-    if job.strict_permissions && !write_privileges.is_empty() {
-        return failed(PveFailure::WritePrivileges);
-    }
     let status = api.get(CLUSTER_STATUS).await.ok(&mut failures);
     let nodes = api.get(NODES).await.ok(&mut failures);
     let resources = api.get(RESOURCES).await.ok(&mut failures);

@@ -6,9 +6,15 @@ use portcullis_proto::pve::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// Privileges that let a token change something; inventory needs none of them.
-const WRITE_PRIVILEGES: [&str; 4] = ["VM.Allocate", "Sys.Modify", "Datastore.Allocate", "Permissions.Modify"];
-const WRITE_PREFIXES: [&str; 1] = ["VM.Config."];
+/// Inventory needs only PVE's audit privileges (the `PVEAuditor` role: `Sys.Audit`,
+/// `VM.Audit`, `Datastore.Audit`, …). Every other one lets the token change, open or run
+/// something — the seed's examples (`VM.Allocate`, `VM.Config.*`, `Sys.Modify`,
+/// `Datastore.Allocate`, `Permissions.Modify`) but also `Sys.Console` (a root shell
+/// through termproxy), `VM.Monitor`, `VM.PowerMgmt`, `User.Modify` — so what is allowed is
+/// listed, not what is not: PVE adds privileges with new releases.
+fn read_only(privilege: &str) -> bool {
+    privilege.ends_with(".Audit")
+}
 
 fn text(v: &Value, key: &str) -> Option<String> {
     match v.get(key)? {
@@ -55,21 +61,20 @@ pub(super) fn message(v: &Value) -> Option<String> {
     Some(clean(m.trim()).chars().take(200).collect())
 }
 
-/// `/access/permissions` → the write privileges held, as `PATH:PRIVILEGE`.
-pub(super) fn write_privileges(v: &Value) -> Vec<String> {
-    let Some(paths) = v.as_object() else { return Vec::new() };
+/// `/access/permissions` → every privilege held beyond read-only audit, as
+/// `PATH:PRIVILEGE`; `None` when the answer is not a map of paths to privileges. A
+/// privilege listed is held whatever its value: PVE answers `privilege → propagate`, so a
+/// `0` is a privilege granted without propagation, not one withheld.
+pub(super) fn write_privileges(v: &Value) -> Option<Vec<String>> {
+    let paths = v.as_object()?;
     let mut held = Vec::new();
     for (path, privs) in paths {
-        let Some(privs) = privs.as_object() else { continue };
-        for (p, on) in privs {
-            let write = WRITE_PRIVILEGES.contains(&p.as_str()) || WRITE_PREFIXES.iter().any(|x| p.starts_with(x));
-            if write && on.as_u64().is_some_and(|n| n != 0) {
-                held.push(format!("{}:{}", clean(path), clean(p)));
-            }
+        for p in privs.as_object()?.keys().filter(|p| !read_only(p)) {
+            held.push(format!("{}:{}", clean(path), clean(p)));
         }
     }
     held.sort();
-    held
+    Some(held)
 }
 
 /// What to grant when a path answered 403: PVE names the path and privilege it checked
@@ -278,10 +283,27 @@ mod tests {
     }
 
     #[test]
-    fn write_privileges_are_named_and_audit_ones_are_not() {
-        let v = json!({"/": {"Sys.Audit": 1, "VM.Audit": 1, "VM.Config.CPU": 1, "Sys.Modify": 0}, "/vms/100": {"VM.Allocate": 1}});
-        assert_eq!(write_privileges(&v), ["/:VM.Config.CPU", "/vms/100:VM.Allocate"]);
-        assert!(write_privileges(&json!({"/": {"Sys.Audit": 1}})).is_empty());
+    fn every_privilege_beyond_audit_is_named_propagated_or_not() {
+        let v = json!({
+            "/": {"Sys.Audit": 1, "VM.Audit": 1, "VM.Config.CPU": 1, "Permissions.Modify": 0},
+            "/nodes/pve1": {"Sys.Console": 0},
+            "/vms/100": {"VM.Allocate": 1, "VM.Monitor": 1}
+        });
+        assert_eq!(
+            write_privileges(&v).unwrap(),
+            [
+                "/:Permissions.Modify",
+                "/:VM.Config.CPU",
+                "/nodes/pve1:Sys.Console",
+                "/vms/100:VM.Allocate",
+                "/vms/100:VM.Monitor"
+            ]
+        );
+        let auditor =
+            json!({"/": {"Sys.Audit": 1, "VM.Audit": 1, "Datastore.Audit": 1, "Pool.Audit": 1, "SDN.Audit": 0}});
+        assert_eq!(write_privileges(&auditor).unwrap(), Vec::<String>::new());
+        assert_eq!(write_privileges(&json!("garbage")), None);
+        assert_eq!(write_privileges(&json!({"/": ["Sys.Modify"]})), None);
     }
 
     #[test]

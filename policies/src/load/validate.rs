@@ -249,6 +249,20 @@ fn credential(f: &File<'_>, errs: &mut Errors, raw: &RawRule) -> Option<Credenti
     if !valid_secret_name(&secret_name) {
         errs.at(f, secret.span().start, format!("invalid secret name {secret_name:?} (allowed: {SECRET_NAME_RULE})"));
     }
+    let trials = raw.auto_discovery_trials.as_ref().filter(|b| *b.get_ref());
+    let strict = raw.strict_permissions.as_ref().is_some_and(|b| *b.get_ref());
+    if let Some(trials) = trials
+        && !strict
+    {
+        // The seed's condition for trials: the token is read-only. Strict is how a run
+        // checks that, so a token tried on unknown devices is one every run has checked.
+        errs.at(
+            f,
+            trials.span().start,
+            "`auto_discovery_trials = true` needs `strict_permissions = true`: a token tried on candidate \
+             devices must be one refused whenever it can do more than read",
+        );
+    }
     let api_port = raw.api_port.as_ref().map_or(DEFAULT_PROXMOX_API_PORT, |p| *p.get_ref());
     if api_port == 0 {
         errs.at(f, raw.api_port.as_ref().map_or(first, |p| p.span().start), "port 0 is not a valid port");
@@ -258,7 +272,7 @@ fn credential(f: &File<'_>, errs: &mut Errors, raw: &RawRule) -> Option<Credenti
         auth_method: *auth_method.get_ref(),
         secret: secret_name,
         api_port,
-        auto_discovery_trials: raw.auto_discovery_trials.as_ref().is_some_and(|b| *b.get_ref()),
-        strict_permissions: raw.strict_permissions.as_ref().is_some_and(|b| *b.get_ref()),
+        auto_discovery_trials: trials.is_some(),
+        strict_permissions: strict,
     })
 }
