@@ -210,6 +210,23 @@ impl Slapd {
         }
     }
 
+    /// Stops the server without closing anything (SIGSTOP): the kernel still accepts TCP
+    /// connections for it and every question hangs — a directory that never answers.
+    /// [`Slapd::thaw`] lets it go on.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("slapd is running").id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Starts the killed server again on the same port with the same data.
     pub fn restart(&mut self) {
         self.kill();

@@ -315,7 +315,7 @@ impl IdentityService {
     /// an older "no".
     pub(crate) async fn recheck_directory(&self, account: &str) -> Result<Result<Vec<String>, Refusal>, CaError> {
         let answer = self.ask_directory(account).await?;
-        self.directory_answers.remember(account, self.core.now(), &answer);
+        self.directory_answers.remember(account, self.core.now(), Some(&answer));
         Ok(answer)
     }
 
@@ -381,9 +381,17 @@ impl IdentityService {
         accounts: &BTreeSet<&str>,
     ) -> Result<HashMap<String, Standing>, CaError> {
         let now = self.core.now();
-        for account in self.directory_answers.due(accounts, now) {
+        let due = self.directory_answers.due(accounts, now);
+        // Side by side under one deadline (see `directory::RECHECK_TIMEOUT`); an account
+        // whose question is cut off counts as asked, so a hung directory is not asked
+        // about it again at every heartbeat.
+        let deadline = tokio::time::Instant::now() + directory::RECHECK_TIMEOUT;
+        let asks = due.iter().map(|account| async move {
+            (*account, tokio::time::timeout_at(deadline, self.recheck_directory(account)).await)
+        });
+        for (account, answer) in futures_util::future::join_all(asks).await {
             // `recheck_directory` keeps what it hears (see `DirectoryAnswers::remember`).
-            match tokio::time::timeout(directory::RECHECK_TIMEOUT, self.recheck_directory(account)).await {
+            match answer {
                 Ok(Ok(Ok(_))) => {}
                 Ok(Ok(Err(refusal))) if !refusal.unavailable => {
                     let event = AuditEvent::SessionRefused {
@@ -395,6 +403,7 @@ impl IdentityService {
                 }
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(Err(_))) | Err(_) => {
+                    self.directory_answers.remember(account, now, None);
                     tracing::warn!(%account, "the directory could not be asked about a live session; its last answer stands");
                 }
             }

@@ -10,10 +10,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// How old a directory answer about a live session's account may get.
+/// How old a directory answer about a live session's account may get; also how long an
+/// account the directory could not be asked about waits before it is asked again.
 pub(crate) const RECHECK_SECS: u64 = 60;
-/// One directory question may hold a heartbeat this long; a slower one is tried again
-/// at the next heartbeat.
+/// How long one heartbeat waits for the directory, for all its questions together
+/// (they are asked side by side): a directory that hangs costs a heartbeat this once,
+/// well inside the bastion's 10 s call timeout, never this per account.
 pub(super) const RECHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Directory questions asked per heartbeat at most; the rest wait for the next one.
 const RECHECKS_PER_HEARTBEAT: usize = 16;
@@ -27,30 +29,42 @@ pub(super) enum Standing {
     Refused,
 }
 
-/// The last answer per account, with when it was given.
+/// When an account was last asked about, and the last definite answer.
+struct Asked {
+    at: u64,
+    standing: Option<Standing>,
+}
+
+/// Per account with live sessions: when it was last asked about, and the last answer.
 #[derive(Default)]
-pub(crate) struct DirectoryAnswers(Mutex<HashMap<String, (u64, Standing)>>);
+pub(crate) struct DirectoryAnswers(Mutex<HashMap<String, Asked>>);
 
 impl DirectoryAnswers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Standing)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Asked>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps a definite answer (not "the directory could not be asked") about `account`.
-    pub(crate) fn remember(&self, account: &str, now: u64, answer: &Result<Vec<String>, Refusal>) {
+    /// `account` was asked about at `now`; a definite answer (not "the directory could
+    /// not be asked") replaces the last one, any other keeps it.
+    pub(crate) fn remember(&self, account: &str, now: u64, answer: Option<&Result<Vec<String>, Refusal>>) {
         let standing = match answer {
-            Ok(groups) => Standing::Groups(groups.clone()),
-            Err(refusal) if !refusal.unavailable => Standing::Refused,
-            Err(_) => return,
+            Some(Ok(groups)) => Some(Standing::Groups(groups.clone())),
+            Some(Err(refusal)) if !refusal.unavailable => Some(Standing::Refused),
+            _ => None,
         };
-        self.lock().insert(account.to_owned(), (now, standing));
+        let mut answers = self.lock();
+        let asked = answers.entry(account.to_owned()).or_insert(Asked { at: now, standing: None });
+        asked.at = now;
+        if standing.is_some() {
+            asked.standing = standing;
+        }
     }
 
     /// Of `accounts`, those not asked about within [`RECHECK_SECS`], at most
     /// [`RECHECKS_PER_HEARTBEAT`] of them.
     pub(super) fn due<'a>(&self, accounts: &BTreeSet<&'a str>, now: u64) -> Vec<&'a str> {
         let answers = self.lock();
-        let stale = |a: &&str| answers.get(*a).is_none_or(|(at, _)| at.saturating_add(RECHECK_SECS) <= now);
+        let stale = |a: &&str| answers.get(*a).is_none_or(|asked| asked.at.saturating_add(RECHECK_SECS) <= now);
         accounts.iter().copied().filter(stale).take(RECHECKS_PER_HEARTBEAT).collect()
     }
 
@@ -58,10 +72,13 @@ impl DirectoryAnswers {
     /// accounts (whose sessions ended) are forgotten after a while.
     pub(super) fn standings(&self, accounts: &BTreeSet<&str>, now: u64) -> HashMap<String, Standing> {
         let mut answers = self.lock();
-        answers.retain(|account, (at, _)| {
-            accounts.contains(account.as_str()) || at.saturating_add(10 * RECHECK_SECS) > now
+        answers.retain(|account, asked| {
+            accounts.contains(account.as_str()) || asked.at.saturating_add(10 * RECHECK_SECS) > now
         });
-        accounts.iter().filter_map(|a| answers.get(*a).map(|(_, s)| ((*a).to_owned(), s.clone()))).collect()
+        accounts
+            .iter()
+            .filter_map(|a| answers.get(*a).and_then(|asked| asked.standing.clone()).map(|s| ((*a).to_owned(), s)))
+            .collect()
     }
 }
 

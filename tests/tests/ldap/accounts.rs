@@ -244,7 +244,7 @@ async fn locked_accounts_are_refused_without_a_disabled_filter() {
 
 /// bob's `staff` group may open the lab node's console and an SSH session to it as
 /// `staff`; the local `admins` may manage nodes.
-const SESSION_POLICY: &str = r#"
+pub(super) const SESSION_POLICY: &str = r#"
 [[role]]
 name = "admin"
 permissions = ["nodes.manage"]

@@ -152,3 +152,4 @@ fn assert_refused(status: StatusCode, body: &Value) {
 
 mod accounts;
 mod groups;
+mod outage;

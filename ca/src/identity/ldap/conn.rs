@@ -125,9 +125,20 @@ impl Pool {
         }
     }
 
+    /// A turn at the directory. Waiting for one is bounded too: when the directory hangs,
+    /// every connection is held by a question that will time out, and a caller queued
+    /// behind them would otherwise wait for all of them in turn.
+    async fn permit(&self) -> Result<SemaphorePermit<'_>, DirError> {
+        match tokio::time::timeout(self.operation_timeout, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(DirError::Timeout(Duration::ZERO)),
+            Err(_) => Err(DirError::Timeout(self.operation_timeout)),
+        }
+    }
+
     /// A connection bound as the service account: reused when one is idle.
     pub(super) async fn service(&self) -> Result<ServiceConn<'_>, DirError> {
-        let permit = self.permits.acquire().await.map_err(|_| DirError::Timeout(Duration::ZERO))?;
+        let permit = self.permit().await?;
         let reused = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             let mut found = None;
@@ -156,7 +167,7 @@ impl Pool {
     /// Checks a password with a simple bind on a connection of its own, closed afterwards.
     /// The caller has refused empty passwords already (an empty one is an anonymous bind).
     pub(super) async fn user_bind(&self, dn: &str, password: &SecretString) -> Result<BindOutcome, DirError> {
-        let _permit = self.permits.acquire().await.map_err(|_| DirError::Timeout(Duration::ZERO))?;
+        let _permit = self.permit().await?;
         let mut ldap = self.connect().await?;
         let result = self.timed(ldap.simple_bind(dn, password.expose_secret())).await;
         // Best effort: the socket closes when `ldap` is dropped anyway.
