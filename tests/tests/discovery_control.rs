@@ -99,7 +99,6 @@ async fn fixture(db_url: Option<&str>, enabled: bool) -> Fx {
     let admin = first_admin(&ca, "admins", "192.0.2.7").await;
     let caller = ca.identity().caller(&admin).await.unwrap();
     let nodes = ca.core().authorize::<proof::NodesManage>(&caller).unwrap();
-    let pinned = public_line(&ed25519_key());
     for (name, env, agent, keys) in [
         ("pve01", "lab", None, true),          // default agent `local`
         ("pve02", "lab", Some("edge1"), true), // only b2 holds edge1
@@ -111,7 +110,7 @@ async fn fixture(db_url: Option<&str>, enabled: bool) -> Fx {
             addresses: vec![format!("10.0.0.{}", name.len())],
             agent: agent.map(str::to_owned),
             tags: [("env".to_owned(), env.to_owned())].into(),
-            host_keys: if keys { vec![pinned.clone()] } else { Vec::new() },
+            host_keys: if keys { vec![public_line(&ed25519_key())] } else { Vec::new() },
             ..Default::default()
         };
         ca.nodes().add_node(&nodes, &node).await.unwrap();

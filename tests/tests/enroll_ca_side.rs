@@ -16,6 +16,9 @@ use portcullis_tests::{ca_in_process, first_admin, sqlite_url};
 use ssh_key::{HashAlg, PrivateKey};
 
 const NOW: u64 = 1_800_000_000;
+/// Two node names whose session principals share their 48 bits (`pn_571581ea481a_…`),
+/// found by a birthday search over 2^25 names in a minute of Python.
+const COLLIDING_NAMES: (&str, &str) = ("n15e510", "nc6a027");
 
 fn proof(key: &PrivateKey, node: &str, action: &str, signed_node: &str, timestamp: u64) -> NodeProof {
     let message = NodeProof::message(signed_node, action, timestamp);
@@ -30,10 +33,14 @@ fn proof(key: &PrivateKey, node: &str, action: &str, signed_node: &str, timestam
 
 /// A CA with the default policy and the administrator's node-management grant.
 async fn ca_and_grant(dir: &std::path::Path) -> (Ca, Grant<proof::NodesManage>) {
+    ca_and_grant_on(&sqlite_url(dir), dir).await
+}
+
+async fn ca_and_grant_on(db_url: &str, dir: &std::path::Path) -> (Ca, Grant<proof::NodesManage>) {
     let policy = dir.join("policy");
     std::fs::create_dir_all(&policy).unwrap();
     std::fs::write(policy.join("default.toml"), portcullis_ca::policy_files::DEFAULT_POLICY).unwrap();
-    let ca = ca_in_process(&sqlite_url(dir), &policy, ManualClock::new(NOW)).await.unwrap();
+    let ca = ca_in_process(db_url, &policy, ManualClock::new(NOW)).await.unwrap();
     let token = first_admin(&ca, "portcullis-admins", "127.0.0.1").await;
     let admin = ca.identity().caller(&token).await.unwrap();
     let grant = ca.core().authorize::<proof::NodesManage>(&admin).unwrap();
@@ -460,4 +467,107 @@ async fn a_node_is_not_certified_for_another_nodes_name_or_address() {
     assert!(matches!(squat, Err(CaError::Conflict(_))), "{squat:?}");
     assert_eq!(uses_left(&ca, &grant).await, before, "the refused enrollment gives the use back");
     assert_eq!(enroll_refusals(&ca).await.last().map(String::as_str), Some("name_taken"));
+}
+
+/// A machine is one node: its public host keys (anyone's for the asking with
+/// `ssh-keyscan`) under a second name would have that name's sessions accepted by the
+/// machine, and a name whose session principal is another node's would be let in where
+/// that node's session certificates are. Both refused — to a token holder, audited, the
+/// use given back — and to an administrator adding or re-keying a node.
+#[tokio::test]
+async fn a_machine_is_registered_under_one_name_and_a_principal_under_one_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, grant) = ca_and_grant(dir.path()).await;
+    let token = token(&ca, &grant, EnrollTokenRequest { uses: 4, ..Default::default() }).await;
+    let prod = ed25519_key();
+    ca.nodes().enroll(&token, &enroll_request("db-prod-1", &prod), "127.0.0.1").await.unwrap();
+
+    let squat = ca.nodes().enroll(&token, &enroll_request("lab-7", &prod), "198.51.100.9").await;
+    assert!(matches!(&squat, Err(CaError::Conflict(m)) if m.contains("host key")), "{squat:?}");
+    assert_eq!(enroll_refusals(&ca).await, ["host_key_taken"]);
+    assert_eq!(uses_left(&ca, &grant).await, [3], "the refused enrollment gave its use back");
+    let copy = NodeRecord { name: "db-copy".into(), host_keys: vec![public_line(&prod)], ..Default::default() };
+    assert!(matches!(ca.nodes().add_node(&grant, &copy).await, Err(CaError::Conflict(_))));
+    ca.nodes().add_node(&grant, &NodeRecord { name: "spare".into(), ..Default::default() }).await.unwrap();
+    let rekey = NodeUpdate { host_keys: Some(vec![public_line(&prod)]), ..Default::default() };
+    assert!(matches!(ca.nodes().update_node(&grant, "spare", &rekey).await, Err(CaError::Conflict(_))));
+
+    // Two names found by a birthday search to share the 48-bit digest in `pn_…`.
+    let (first, second) = COLLIDING_NAMES;
+    let digest = |name: &str| portcullis_policies::node_principal(name, "root");
+    assert_eq!(digest(first), digest(second), "the fixture collides");
+    ca.nodes().enroll(&token, &enroll_request(first, &ed25519_key()), "127.0.0.1").await.unwrap();
+    let taken = ca.nodes().enroll(&token, &enroll_request(second, &ed25519_key()), "198.51.100.9").await;
+    assert!(matches!(&taken, Err(CaError::Conflict(m)) if m.contains("session principal")), "{taken:?}");
+    assert_eq!(enroll_refusals(&ca).await, ["host_key_taken", "name_taken"]);
+    let twin = NodeRecord { name: second.into(), ..Default::default() };
+    assert!(matches!(ca.nodes().add_node(&grant, &twin).await, Err(CaError::Conflict(_))));
+    assert_eq!(uses_left(&ca, &grant).await, [2]);
+}
+
+/// A change to a node computed from a read made before another change committed would
+/// put the older record back: here an administrator re-tags a node while its
+/// re-enrollment (held open by the test) writes new host keys — the node would then fail
+/// every refresh with its own keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_change_never_undoes_one_committed_while_it_waited() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, grant) = ca_and_grant(dir.path()).await;
+    let old = ed25519_key();
+    ca.nodes()
+        .add_node(
+            &grant,
+            &NodeRecord { name: "pve01".into(), host_keys: vec![public_line(&old)], ..Default::default() },
+        )
+        .await
+        .unwrap();
+    let new = ed25519_key();
+    let mut rekeyed = ca.core().store().node("pve01").await.unwrap().unwrap();
+    rekeyed.host_keys = vec![public_line(&new)];
+    let mut tx = ca.core().store().begin().await.unwrap();
+    portcullis_ca::store::upsert_node(tx.conn(), &rekeyed, NOW).await.unwrap();
+    let retag = NodeUpdate { set_tags: [("env".to_owned(), "lab".to_owned())].into(), ..Default::default() };
+    let commit = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        tx.commit().await.unwrap();
+    };
+    let (updated, ()) = tokio::join!(ca.nodes().update_node(&grant, "pve01", &retag), commit);
+    updated.unwrap();
+    let node = ca.core().store().node("pve01").await.unwrap().unwrap();
+    assert_eq!(node.host_keys, [public_line(&new)], "the re-tag put the old host keys back");
+    assert_eq!(node.tags.get("env").map(String::as_str), Some("lab"));
+}
+
+/// Forty nodes refreshing at once on PostgreSQL (16 connections): a refresh used to hold
+/// its transaction's connection while reading its host certificates and the KRL on the
+/// pool, so sixteen of them could each hold one and wait for a second until the pool
+/// gave up (10 s, then 503 for every one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_refreshes_and_enrollments_on_postgres_never_starves_the_pool() {
+    // No skip when PostgreSQL is missing: see `Postgres::start`.
+    let pg = portcullis_tests::Postgres::start().expect("throwaway PostgreSQL server");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, grant) = ca_and_grant_on(&pg.url(), dir.path()).await;
+    let ca = std::sync::Arc::new(ca);
+    let token = token(&ca, &grant, EnrollTokenRequest { uses: 80, ..Default::default() }).await;
+    let mut keys = Vec::new();
+    for i in 0..40 {
+        let key = ed25519_key();
+        ca.nodes().enroll(&token, &enroll_request(&format!("pve{i:02}"), &key), "127.0.0.1").await.unwrap();
+        keys.push(key);
+    }
+    let mut burst = tokio::task::JoinSet::new();
+    for (i, key) in keys.iter().enumerate() {
+        let name = format!("pve{i:02}");
+        let refresh = proof(key, &name, "refresh", &name, NOW);
+        let refreshing = std::sync::Arc::clone(&ca);
+        burst.spawn(async move { refreshing.nodes().node_refresh(&refresh, "127.0.0.1").await.map(|_| ()) });
+        let (enrolling, token) = (std::sync::Arc::clone(&ca), token.clone());
+        let request = enroll_request(&format!("new{i:02}"), &ed25519_key());
+        burst.spawn(async move { enrolling.nodes().enroll(&token, &request, "127.0.0.1").await.map(|_| ()) });
+    }
+    let started = std::time::Instant::now();
+    let results = burst.join_all().await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{} of 80 failed after {:?}: {:?}", failed.len(), started.elapsed(), failed.first());
 }

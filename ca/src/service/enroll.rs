@@ -49,7 +49,8 @@ impl Nodes {
         };
         let verification_key = parse_user_public_key(&request.verification_public_key)
             .map_err(|e| CaError::BadRequest(format!("verification key: {e}")))?;
-        let existing = self.core.store.node(&facts.name).await?;
+        // Read on the pool before the transaction: see `store::node_for_update`.
+        let krl = self.revocation.krl().await?;
         let now = self.core.now();
         let mut tx = self.core.store.begin().await?;
         let Some(grant) = store::consume_enroll_token(tx.conn(), &token_hash(token), &facts.name, now).await? else {
@@ -57,6 +58,7 @@ impl Nodes {
             self.audit_enroll_refused("token_invalid", client_ip).await?;
             return Err(CaError::Unauthenticated);
         };
+        let existing = store::node_for_update(&mut tx, &facts.name).await?;
         // A name that is enrolled (has pinned host keys) is re-enrolled only by a holder
         // of one of those private keys: public host keys are public (`ssh-keyscan`).
         // Checked after the token (only a token holder learns that a name exists);
@@ -64,7 +66,7 @@ impl Nodes {
         if let Some(node) = existing.as_ref().filter(|n| !n.host_keys.is_empty()) {
             let action = NodeProof::enroll_action(facts, token);
             let proven = match &request.proof {
-                Some(proof) if proof.node == node.name => self.check_node_proof(proof, &action).await?.is_ok(),
+                Some(proof) if proof.node == node.name => proof_by(node, proof, &action, now).is_ok(),
                 _ => false,
             };
             if !proven {
@@ -86,14 +88,11 @@ impl Nodes {
                     .into(),
             ));
         }
-        // A name that is another node's address would be certified as this node's
-        // (its name always is): refused, and the token's use rolled back.
-        let name = address_host(&facts.name);
-        let nodes = self.core.store.nodes().await?;
-        if nodes.iter().any(|n| n.name != facts.name && n.addresses.iter().any(|a| address_host(a) == name)) {
+        let nodes = store::nodes_on(tx.conn()).await?;
+        if let Some((reason, message)) = super::nodes::identity_clash(&facts.name, &host_keys, &nodes) {
             drop(tx);
-            self.audit_enroll_refused("name_taken", client_ip).await?;
-            return Err(CaError::Conflict("this name is an address of another enrolled node".into()));
+            self.audit_enroll_refused(reason, client_ip).await?;
+            return Err(CaError::Conflict(message.into()));
         }
         let previous_json = match &existing {
             Some(n) => Some(serde_json::to_string(n).map_err(|_| CaError::Internal("node record".into()))?),
@@ -150,7 +149,7 @@ impl Nodes {
             ));
         }
         let new = store::upsert_node(tx.conn(), &node, now).await?;
-        let (bundle, serials) = self.bundle(tx.conn(), &node, &nodes, &host_keys, now).await?;
+        let (bundle, serials) = self.bundle(tx.conn(), &node, &nodes, &host_keys, &krl, now).await?;
 
         let signer =
             self.core.keyring().signer(KeyPurpose::User).ok_or_else(|| CaError::Internal("no user CA key".into()))?;
@@ -276,6 +275,7 @@ impl Nodes {
         node: &NodeRecord,
         nodes: &[NodeRecord],
         host_keys: &[PublicKey],
+        krl: &[u8],
         now: u64,
     ) -> Result<(NodeBundle, Vec<String>), CaError> {
         let host_signer =
@@ -287,7 +287,7 @@ impl Nodes {
             let fp = fingerprint(key.key_data());
             // Reused only while it names exactly what the node may be called now (an
             // address another node took since is dropped at once, not at renewal).
-            let current = self.core.store.host_cert(&node.name, &fp).await?.filter(|c| {
+            let current = store::host_cert(conn, &node.name, &fp).await?.filter(|c| {
                 c.ca_fingerprint == host_signer.fingerprint
                     && c.valid_before > now.saturating_add(HOST_CERT_RENEW_BEFORE)
                     && ssh_key::Certificate::from_openssh(c.certificate.trim())
@@ -319,14 +319,13 @@ impl Nodes {
             serials.push(signed.serial.to_string());
             certificates.push(text);
         }
-        let krl = self.revocation.krl().await?;
         let lines = self.principal_lines_of(node);
         let bundle = NodeBundle {
             node: node.name.clone(),
             trusted_user_ca_keys: self.core.trusted_keys(KeyPurpose::User),
             principals: super::principals::principals_only(&lines),
             principal_lines: lines,
-            krl_base64: base64::engine::general_purpose::STANDARD.encode(krl.as_slice()),
+            krl_base64: base64::engine::general_purpose::STANDARD.encode(krl),
             host_certificates: certificates,
             trusted_host_ca_keys: self.core.trusted_keys(KeyPurpose::Host),
         };
@@ -355,19 +354,7 @@ impl Nodes {
         action: &str,
     ) -> Result<Result<NodeRecord, &'static str>, CaError> {
         let Some(node) = self.core.store.node(&proof.node).await? else { return Ok(Err("unknown_node")) };
-        let Ok(key) = PublicKey::from_openssh(proof.host_public_key.trim()) else { return Ok(Err("bad_key")) };
-        let fp = fingerprint(key.key_data());
-        let registered = node
-            .host_keys
-            .iter()
-            .filter_map(|k| PublicKey::from_openssh(k).ok())
-            .any(|k| fingerprint(k.key_data()) == fp);
-        if !registered {
-            return Ok(Err("unregistered_host_key"));
-        }
-        let message = NodeProof::message(&proof.node, action, proof.timestamp);
-        Ok(check_signed_proof(&key, NodeProof::NAMESPACE, &message, proof.timestamp, &proof.signature, self.core.now())
-            .map(|()| node))
+        Ok(proof_by(&node, proof, action, self.core.now()).map(|()| node))
     }
 
     /// What an enrolled node fetches on its refresh timer.
@@ -376,8 +363,9 @@ impl Nodes {
         let host_keys: Vec<PublicKey> = node.host_keys.iter().filter_map(|k| PublicKey::from_openssh(k).ok()).collect();
         let now = self.core.now();
         let nodes = self.core.store.nodes().await?;
+        let krl = self.revocation.krl().await?;
         let mut tx = self.core.store.begin().await?;
-        let (bundle, serials) = self.bundle(tx.conn(), &node, &nodes, &host_keys, now).await?;
+        let (bundle, serials) = self.bundle(tx.conn(), &node, &nodes, &host_keys, &krl, now).await?;
         if !serials.is_empty() {
             audit::record(
                 tx.conn(),
@@ -411,6 +399,19 @@ impl Nodes {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Whether `proof` is by one of `node`'s registered host keys, over `action`.
+fn proof_by(node: &NodeRecord, proof: &NodeProof, action: &str, now: u64) -> Result<(), &'static str> {
+    let key = PublicKey::from_openssh(proof.host_public_key.trim()).map_err(|_| "bad_key")?;
+    let fp = fingerprint(key.key_data());
+    let registered =
+        node.host_keys.iter().filter_map(|k| PublicKey::from_openssh(k).ok()).any(|k| fingerprint(k.key_data()) == fp);
+    if !registered {
+        return Err("unregistered_host_key");
+    }
+    let message = NodeProof::message(&proof.node, action, proof.timestamp);
+    check_signed_proof(&key, NodeProof::NAMESPACE, &message, proof.timestamp, &proof.signature, now)
 }
 
 /// The one check behind every proof of possession (node refresh, deregistration and

@@ -9,8 +9,12 @@ use super::revocation::Revocation;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::store;
+use crate::validate::address_host;
 use portcullis_policies::{Grant, proof};
 use portcullis_proto::{NodeRecord, NodeUpdate};
+use portcullis_sshcert::fingerprint;
+use ssh_key::PublicKey;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -72,7 +76,22 @@ impl Nodes {
         name: &str,
     ) -> Result<NodeRecord, CaError> {
         let node = self.core.store.node(name).await?;
+        self.managed(grant, node)
+    }
+
+    fn managed(&self, grant: &Grant<proof::NodesManage>, node: Option<NodeRecord>) -> Result<NodeRecord, CaError> {
         node.filter(|node| grant.covers(&self.core.device(node))).ok_or(CaError::NotFound("node"))
+    }
+
+    /// Refuses a record whose name or host keys clash with another node's
+    /// (see [`identity_clash`]).
+    async fn check_identity(tx: &mut store::WriteTx<'_>, node: &NodeRecord) -> Result<(), CaError> {
+        let keys = crate::validate::host_keys(&node.host_keys)?;
+        let nodes = store::nodes_on(tx.conn()).await?;
+        match identity_clash(&node.name, &keys, &nodes) {
+            Some((_, message)) => Err(CaError::Conflict(message.into())),
+            None => Ok(()),
+        }
     }
 
     /// Registers a new node; an existing name is refused (use [`Nodes::update_node`]).
@@ -84,6 +103,7 @@ impl Nodes {
         }
         let now = self.core.now();
         let mut tx = self.core.store.begin().await?;
+        Self::check_identity(&mut tx, node).await?;
         if !store::insert_node(tx.conn(), node, now).await? {
             return Err(CaError::Conflict(format!(
                 "node {} exists; change it with `node update` or remove it first",
@@ -107,7 +127,6 @@ impl Nodes {
         name: &str,
         update: &NodeUpdate,
     ) -> Result<NodeRecord, CaError> {
-        let mut node = self.managed_node(grant, name).await?;
         let routes = update.addresses.is_some()
             || update.agent.is_some()
             || update.partition.is_some()
@@ -116,6 +135,10 @@ impl Nodes {
         if routes && !grant.covers_everything() {
             return Err(CaError::Forbidden(ROUTE_NEEDS_EVERY_NODE));
         }
+        // Read and written in one transaction: a change computed from an earlier read
+        // would put back what a re-enrollment committed in between (its new host keys).
+        let mut tx = self.core.store.begin().await?;
+        let mut node = self.managed(grant, store::node_for_update(&mut tx, name).await?)?;
         let mut fields = Vec::new();
         if let Some(addresses) = &update.addresses {
             node.addresses = addresses.clone();
@@ -137,8 +160,8 @@ impl Nodes {
             fields.push("partition");
         }
         if let Some(keys) = &update.host_keys {
-            crate::validate::host_keys(keys)?;
             node.host_keys = keys.clone();
+            Self::check_identity(&mut tx, &node).await?;
             fields.push("host_keys");
         }
         if let Some(port) = update.ssh_port {
@@ -151,7 +174,6 @@ impl Nodes {
         }
         let now = self.core.now();
         let actor = grant.username().to_owned();
-        let mut tx = self.core.store.begin().await?;
         store::upsert_node(tx.conn(), &node, now).await?;
         if update.host_keys.is_some() {
             // Certificates for the old keys must not outlive the re-key.
@@ -200,3 +222,40 @@ pub(super) const ROUTE_NEEDS_EVERY_NODE: &str = "adding a node, or changing its 
 /// Why a targeted role may not change a node so: it would leave the role's reach.
 pub(super) const OUTSIDE_REACH: &str = "the node would be outside the devices your roles manage (their targets); an administrator whose role has \
      no targets can do it";
+
+/// Why a node called `name` with `host_keys` cannot be registered beside `nodes` (its
+/// own earlier record, if any, is skipped): the audited reason and what to tell the
+/// caller.
+/// - Its name is another node's address: it would be certified as this node's (its
+///   name always is).
+/// - Its session principal is another node's: session certificates name a node by a
+///   48-bit digest of its name (`node_principal`), and a name is the enroller's choice,
+///   so one searched to share another node's digest would be let in wherever that
+///   node's session certificates are.
+/// - One of its host keys is pinned to another node: a host key is what the bastion
+///   knows a node by, so this record's sessions could be taken by that machine (public
+///   host keys are public: `ssh-keyscan`), or by either of two clones of one image.
+pub(super) fn identity_clash(
+    name: &str,
+    host_keys: &[PublicKey],
+    nodes: &[NodeRecord],
+) -> Option<(&'static str, &'static str)> {
+    let others = || nodes.iter().filter(|n| n.name != name);
+    let host = address_host(name);
+    if others().any(|n| n.addresses.iter().any(|a| address_host(a) == host)) {
+        return Some(("name_taken", "this name is an address of another enrolled node"));
+    }
+    let digest = |name: &str| portcullis_policies::node_principal(name, "");
+    if others().any(|n| digest(&n.name) == digest(name)) {
+        return Some(("name_taken", "this name's session principal is another node's; choose another name"));
+    }
+    let reported: BTreeSet<String> = host_keys.iter().map(|k| fingerprint(k.key_data())).collect();
+    let pinned_elsewhere = others()
+        .flat_map(|n| &n.host_keys)
+        .filter_map(|k| PublicKey::from_openssh(k).ok())
+        .any(|k| reported.contains(&fingerprint(k.key_data())));
+    pinned_elsewhere.then_some((
+        "host_key_taken",
+        "a host key of this machine is another registered node's (a cloned image? generate new host keys)",
+    ))
+}

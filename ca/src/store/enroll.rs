@@ -146,24 +146,23 @@ pub struct HostCertRow {
     pub valid_before: u64,
 }
 
-impl Store {
-    pub async fn host_cert(&self, node: &str, key_fingerprint: &str) -> Result<Option<HostCertRow>> {
-        let row = sqlx::query(
-            "SELECT ca_fingerprint, certificate, valid_before FROM host_certs WHERE node = $1 AND key_fingerprint = $2",
-        )
-        .bind(node)
-        .bind(key_fingerprint)
-        .fetch_optional(self.pool())
-        .await?;
-        row.map(|r| {
-            Ok(HostCertRow {
-                ca_fingerprint: r.try_get("ca_fingerprint")?,
-                certificate: r.try_get("certificate")?,
-                valid_before: ts_from(r.try_get("valid_before")?),
-            })
+/// The host certificate kept for `node`'s key, read on the caller's transaction.
+pub async fn host_cert(conn: &mut AnyConnection, node: &str, key_fingerprint: &str) -> Result<Option<HostCertRow>> {
+    let row = sqlx::query(
+        "SELECT ca_fingerprint, certificate, valid_before FROM host_certs WHERE node = $1 AND key_fingerprint = $2",
+    )
+    .bind(node)
+    .bind(key_fingerprint)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| {
+        Ok(HostCertRow {
+            ca_fingerprint: r.try_get("ca_fingerprint")?,
+            certificate: r.try_get("certificate")?,
+            valid_before: ts_from(r.try_get("valid_before")?),
         })
-        .transpose()
-    }
+    })
+    .transpose()
 }
 
 pub async fn save_host_cert(

@@ -4,15 +4,15 @@ use super::{Result, Store, StoreError, ts, ts_from};
 use portcullis_proto::NodeRecord;
 use sqlx::{AnyConnection, Row};
 
+fn node_of(row: &sqlx::any::AnyRow) -> Result<NodeRecord> {
+    serde_json::from_str(&row.try_get::<String, _>("record_json")?).map_err(|_| StoreError::Corrupt("node record"))
+}
+
 impl Store {
     pub async fn node(&self, name: &str) -> Result<Option<NodeRecord>> {
         let row =
             sqlx::query("SELECT record_json FROM nodes WHERE name = $1").bind(name).fetch_optional(self.pool()).await?;
-        row.map(|r| {
-            serde_json::from_str(&r.try_get::<String, _>("record_json")?)
-                .map_err(|_| StoreError::Corrupt("node record"))
-        })
-        .transpose()
+        row.as_ref().map(node_of).transpose()
     }
 
     /// The node called `name` with when it was registered (an enrollment or a change
@@ -32,12 +32,7 @@ impl Store {
 
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
         let rows = sqlx::query("SELECT record_json FROM nodes ORDER BY name").fetch_all(self.pool()).await?;
-        rows.iter()
-            .map(|r| {
-                serde_json::from_str(&r.try_get::<String, _>("record_json")?)
-                    .map_err(|_| StoreError::Corrupt("node record"))
-            })
-            .collect()
+        rows.iter().map(node_of).collect()
     }
 
     /// When each node was last seen alive (nodes never seen are missing).
@@ -57,6 +52,26 @@ impl Store {
 }
 
 /// Inserts or replaces a node; returns true when it was new.
+/// The node called `name`, read inside a write transaction and, on PostgreSQL, locked
+/// until it ends, so a change made from it cannot undo one committed in between (SQLite's
+/// write transactions run one at a time). Reading it on the transaction's own connection
+/// also keeps a transaction from waiting on the pool for a second one: enough of them at
+/// once would each hold a connection and wait for another.
+pub async fn node_for_update(tx: &mut super::WriteTx<'_>, name: &str) -> Result<Option<NodeRecord>> {
+    let statement = match tx.backend() {
+        super::Backend::Sqlite => "SELECT record_json FROM nodes WHERE name = $1",
+        super::Backend::Postgres => "SELECT record_json FROM nodes WHERE name = $1 FOR UPDATE",
+    };
+    let row = sqlx::query(statement).bind(name).fetch_optional(tx.conn()).await?;
+    row.as_ref().map(node_of).transpose()
+}
+
+/// Every node, read on `conn` (inside a transaction: see [`node_for_update`]).
+pub async fn nodes_on(conn: &mut AnyConnection) -> Result<Vec<NodeRecord>> {
+    let rows = sqlx::query("SELECT record_json FROM nodes ORDER BY name").fetch_all(&mut *conn).await?;
+    rows.iter().map(node_of).collect()
+}
+
 /// Registers a new node; `false` (and nothing written) when the name exists.
 pub async fn insert_node(conn: &mut AnyConnection, node: &NodeRecord, now: u64) -> Result<bool> {
     let json = serde_json::to_string(node).map_err(|_| StoreError::Corrupt("node record"))?;

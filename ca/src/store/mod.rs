@@ -36,8 +36,8 @@ pub use certs::CertRow;
 pub use certs::RevokeTarget;
 pub use enroll::{
     EnrollAttemptRow, EnrollTokenRow, HostCertRow, consume_enroll_token, consume_service_token, delete_host_certs,
-    delete_node, insert_enroll_attempt, insert_enroll_token, return_token_use, revoke_enroll_token, save_host_cert,
-    take_enroll_attempt,
+    delete_node, host_cert, insert_enroll_attempt, insert_enroll_token, return_token_use, revoke_enroll_token,
+    save_host_cert, take_enroll_attempt,
 };
 pub use inventory::{
     DiscoveryRunRow, InventoryHistoryRow, claim_discovery_run, discovery_run, finish_discovery_run, inventory,
@@ -67,7 +67,7 @@ pub use virt::{
 pub use audit::{append as append_audit, append_many as append_audit_many};
 pub use certs::{bump_krl_version, insert_cert, insert_certs, insert_revoked_key, revoke_certs, revoked_among};
 pub use keys::{ca_key_state, insert_ca_key, move_ca_keys, set_ca_key_state};
-pub use misc::{insert_node, save_policy_state, touch_node, upsert_node};
+pub use misc::{insert_node, node_for_update, nodes_on, save_policy_state, touch_node, upsert_node};
 pub use users::{
     insert_session, insert_user, live_sessions_among, replace_own_password, revoke_session, revoke_user_sessions,
     set_user_disabled, set_user_groups, set_user_password,

@@ -138,7 +138,7 @@ async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
         ca.admin().add_user(&users, user, &[group.to_owned()], Some(&pw)).await.unwrap();
     }
     let nodes = ca.core().authorize::<proof::NodesManage>(&caller).unwrap();
-    let host_key = public_line(&ed25519_key());
+    // Each node its own host key: a key pinned to one node registers no other.
     for (name, env, agent, address) in [
         ("pve01", "lab", None, "10.0.0.5"),
         ("pve02", "lab", Some("edge1"), "10.1.0.5"),
@@ -150,7 +150,7 @@ async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
             addresses: vec![address.into()],
             agent: agent.map(str::to_owned),
             tags: [("env".to_owned(), env.to_owned())].into(),
-            host_keys: vec![host_key.clone()],
+            host_keys: vec![public_line(&ed25519_key())],
             ..Default::default()
         };
         ca.nodes().add_node(&nodes, &node).await.unwrap();
@@ -162,7 +162,7 @@ async fn fixture(db_url: Option<&str>, replicas: usize) -> Fx {
             agent: Some(format!("edge-{i:02}")),
             partition: Some("fleet".to_owned()),
             tags: [("env".to_owned(), "lab".to_owned()), ("fleet".to_owned(), "yes".to_owned())].into(),
-            host_keys: vec![host_key.clone()],
+            host_keys: vec![public_line(&ed25519_key())],
             ..Default::default()
         };
         ca.nodes().add_node(&nodes, &node).await.unwrap();

@@ -336,7 +336,7 @@ impl Proxmox {
         if !store::finish_pve_run(tx.conn(), &req.device, &req.run_id, &bastion.name, now, result, None, None).await? {
             return Err(CaError::NotFound("open collection run"));
         }
-        let mut node = self.core.store.node(&req.device).await?.ok_or(CaError::NotFound("node"))?;
+        let mut node = store::node_for_update(&mut tx, &req.device).await?.ok_or(CaError::NotFound("node"))?;
         let value = candidate.to_string();
         if node.metadata.get(CANDIDATE_KEY) != Some(&value) {
             node.metadata.insert(CANDIDATE_KEY.to_owned(), value);
