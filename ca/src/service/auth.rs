@@ -348,6 +348,11 @@ impl IdentityService {
         }
     }
 
+    /// The groups the directory last listed for `account` (a directory account).
+    pub(crate) fn directory_groups(&self, account: &str) -> Option<Vec<String>> {
+        self.directory_answers.groups(account)
+    }
+
     /// Whether a directory account may still open a bastion session or redeem a console
     /// ticket: the source is asked again (as [`IdentityService::caller`] does for API requests), so a
     /// user locked, removed or told to change their password in the directory since the

@@ -68,6 +68,14 @@ impl DirectoryAnswers {
         accounts.iter().copied().filter(stale).take(RECHECKS_PER_HEARTBEAT).collect()
     }
 
+    /// The groups the directory last listed for `account`, if that was its answer.
+    pub(super) fn groups(&self, account: &str) -> Option<Vec<String>> {
+        match self.lock().get(account).and_then(|asked| asked.standing.clone()) {
+            Some(Standing::Groups(groups)) => Some(groups),
+            _ => None,
+        }
+    }
+
     /// The last answer about each of `accounts` that has one; answers about other
     /// accounts (whose sessions ended) are forgotten after a while.
     pub(super) fn standings(&self, accounts: &BTreeSet<&str>, now: u64) -> HashMap<String, Standing> {

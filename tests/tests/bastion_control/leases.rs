@@ -331,3 +331,39 @@ async fn batched_lease_heartbeats_find_each_lost_lease_on_postgres() {
     let store = portcullis_ca::store::Store::open(&pg.url()).await.unwrap();
     batched_lease_heartbeats_find_each_lost_lease(&store).await;
 }
+
+/// A deny statement on a group the user joins after their certificate was issued: groups
+/// only ever shrink what a certificate grants, but a deny applies for a group recorded
+/// *or* joined since. Added to `frozen`, alice loses her live sessions at the next
+/// heartbeat and opens no new one with the certificate she holds; taken out again, it
+/// works again (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_a_group_a_deny_names_ends_live_sessions_and_opens_no_new_one() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let frozen = "[[deny]]\nname = \"frozen\"\ngroups = [\"frozen\"]\nlogins = [\"*\"]\n";
+    std::fs::write(fx.policy_dir.join("policy.toml"), format!("{POLICY_BASE}{POLICY_CONTRACT}{frozen}")).unwrap();
+    let (status, v) = api.post_json(Some(&fx.admin), "/v1/admin/policy/reload", &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let alice = user_cert(&fx.ca, "alice").await;
+    let ids = [session_id(), session_id()];
+    granted(api, &fx.bastion, &terminated(&ids[0], &alice, "pve01", "root")).await;
+    granted(api, &fx.bastion, &jump(&ids[1], &alice, "pve02", None)).await;
+    let live = [ids[0].as_str(), ids[1].as_str()];
+    assert!(heartbeat(api, &fx.bastion, &live, &[]).await.is_empty(), "alice is in no denied group yet");
+
+    let caller = fx.ca.identity().caller(&fx.admin).await.unwrap();
+    let users = fx.ca.core().authorize::<proof::UsersManage>(&caller).unwrap();
+    let groups = |names: &[&str]| names.iter().map(|g| (*g).to_owned()).collect::<Vec<_>>();
+    fx.ca.admin().set_user_groups(&users, "alice", &groups(&["ops", "frozen"])).await.unwrap();
+    let mut closed = heartbeat(api, &fx.bastion, &live, &[]).await;
+    closed.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut want: Vec<(String, CloseReason)> = ids.iter().map(|id| (id.clone(), CloseReason::PolicyChanged)).collect();
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(closed, want, "joining a denied group left live sessions open");
+    denied(api, &fx.bastion, &terminated(&session_id(), &alice, "pve01", "root"), deny_reason::NOT_AUTHORIZED).await;
+    denied(api, &fx.bastion, &jump(&session_id(), &alice, "pve02", None), deny_reason::NOT_AUTHORIZED).await;
+
+    fx.ca.admin().set_user_groups(&users, "alice", &groups(&["ops"])).await.unwrap();
+    granted(api, &fx.bastion, &terminated(&session_id(), &alice, "pve01", "root")).await;
+}

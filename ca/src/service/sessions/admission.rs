@@ -85,6 +85,37 @@ pub(super) enum Basis<'a> {
     Ticket,
 }
 
+/// Who a session is decided for. A group grants only while the credential recorded it
+/// and the user still has it (`granting`: a session never gains access it was not opened
+/// with, and loses what a removed group gave); a deny statement applies for a group
+/// recorded *or* joined since (`denied`): adding someone to a group a deny names (an
+/// off-boarding `frozen`) must end what their certificate or ticket allowed, at once,
+/// not when it expires. Until 2026-12-06 denies saw only the shrunken list (found in
+/// review).
+pub(super) struct Asker {
+    pub(super) granting: Identity,
+    pub(super) denied: Identity,
+}
+
+impl Asker {
+    /// `recorded`: the groups at issuance or ticket time; `current`: the groups the user
+    /// has now, where the CA knows them (a local user's row, the directory's last
+    /// answer; an identity provider cannot be asked again).
+    pub(super) fn new(username: &str, recorded: &[String], current: Option<&[String]>) -> Asker {
+        let person = |groups| Identity { username: username.to_owned(), groups, ..Default::default() };
+        let granting = recorded.iter().filter(|g| current.is_none_or(|now| now.contains(g))).cloned().collect();
+        let denied = recorded.iter().chain(current.unwrap_or_default()).cloned().collect();
+        Asker { granting: person(granting), denied: person(denied) }
+    }
+}
+
+impl From<Identity> for Asker {
+    /// Groups known once, as they are now.
+    fn from(who: Identity) -> Asker {
+        Asker { denied: who.clone(), granting: who }
+    }
+}
+
 /// Roles through which `who` may open a browser console on `device`: they hold
 /// `devices.console.open`, target the device, and set no critical options (the
 /// per-session certificate could not carry them, see [`admit`]).
@@ -114,16 +145,19 @@ pub(super) fn console_logins(policy: &Policy, who: &Identity, device: &Device) -
 /// and in memory.
 pub(super) fn admit<'p>(
     policy: &'p Policy,
-    who: &Identity,
+    who: &Asker,
     basis: Basis<'_>,
     device: &Device,
     mode: SessionMode,
     login: Option<&str>,
     port: u16,
 ) -> Result<Admission<'p>, Denial> {
-    let denies = policy.denies_of(who);
+    let denies = policy.denies_of(&who.denied);
     let not_authorized = || denial(deny::NOT_AUTHORIZED, "no role grants this login on this device");
-    if mode == SessionMode::Console && policy.holds(who, Permission::DevicesConsoleOpen).is_err() {
+    if mode == SessionMode::Console
+        && (policy.holds(&who.granting, Permission::DevicesConsoleOpen).is_err()
+            || denies.iter().any(|d| d.removes_permission(Permission::DevicesConsoleOpen)))
+    {
         return Err(denial(deny::NOT_AUTHORIZED, "the browser console is not granted to you"));
     }
     let qualifying: Vec<&Role> = match basis {
@@ -137,7 +171,7 @@ pub(super) fn admit<'p>(
                     && !denies.iter().any(|d| d.removes_login(login))
             };
             policy
-                .roles_of(who)
+                .roles_of(&who.granting)
                 .into_iter()
                 .filter(|r| r.has_permission(Permission::CertsIssue))
                 .filter(|r| r.targets().is_some_and(|q| q.matches(device)))
@@ -164,7 +198,10 @@ pub(super) fn admit<'p>(
         // A ticket opens a console only, for the login it names.
         Basis::Ticket => match (mode, login) {
             (SessionMode::Console, Some(login)) if !denies.iter().any(|d| d.removes_login(login)) => {
-                console_roles(policy, who, device).into_iter().filter(|r| r.logins().contains(login)).collect()
+                console_roles(policy, &who.granting, device)
+                    .into_iter()
+                    .filter(|r| r.logins().contains(login))
+                    .collect()
             }
             _ => Vec::new(),
         },
@@ -329,7 +366,7 @@ mod tests {
         let principals: BTreeSet<String> =
             (0..roles.len()).map(|i| scoped_principal(&format!("r{i:02}"), "root")).collect();
         let basis = Basis::Certificate { principals: &principals, confirmed: None, held: None };
-        admit(&policy, &who, basis, &device, SessionMode::Terminated, Some("root"), 22).ok().map(|a| a.limits)
+        admit(&policy, &who.into(), basis, &device, SessionMode::Terminated, Some("root"), 22).ok().map(|a| a.limits)
     }
 
     /// `verify-required` is the CA's to check only on a terminated session's proof: a
@@ -370,7 +407,8 @@ scope = { agents = ["local"] }
         let decide = |mode, verified| {
             let confirmed = Some(Confirmed { touched: true, verified });
             let basis = Basis::Certificate { principals: &principals, confirmed, held: None };
-            admit(&policy, &alice, basis, &device, mode, Some("root"), 22).map(|a| a.role.name().to_owned())
+            admit(&policy, &alice.clone().into(), basis, &device, mode, Some("root"), 22)
+                .map(|a| a.role.name().to_owned())
         };
         assert_eq!(decide(SessionMode::Terminated, true).ok().as_deref(), Some("pin"));
         let unverified = decide(SessionMode::Terminated, false).err().map(|d| d.reason);
@@ -414,7 +452,7 @@ allowed_ports = [22, 8006]
         let device = device_of(&node);
         let jump = |who: &Identity, principals: &BTreeSet<String>, port: u16| {
             let basis = Basis::Certificate { principals, confirmed: None, held: None };
-            admit(&policy, who, basis, &device, SessionMode::Jump, None, port).is_ok()
+            admit(&policy, &who.clone().into(), basis, &device, SessionMode::Jump, None, port).is_ok()
         };
         let alice = Identity { username: "alice".into(), groups: ["ops".to_owned()].into(), source: "local".into() };
         let forced: BTreeSet<String> = [scoped_principal("discovery", "root")].into();

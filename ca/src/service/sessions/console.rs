@@ -503,6 +503,7 @@ impl Sessions {
         };
         let target_host = node.addresses.first().cloned().unwrap_or_else(|| node.name.clone());
         let subject = Subject {
+            groups_now: self.groups_now(&ticket.username).await?,
             username: ticket.username,
             groups: ticket.groups,
             valid_before: ticket.credential_expires_at,

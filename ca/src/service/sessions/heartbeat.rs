@@ -2,14 +2,14 @@
 //! the close orders for sessions that may not go on.
 
 use super::Sessions;
-use super::admission::{Basis, admit, mode_from, valid_session_id};
+use super::admission::{Asker, Basis, admit, mode_from, valid_session_id};
 use super::close::closed_event;
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::service::directory::Standing;
 use crate::service::services::{ServiceCaller, valid_service_name};
 use crate::store::{self, LeaseCheck};
-use portcullis_policies::{Device, Identity, Policy, UserSource, parse_account};
+use portcullis_policies::{Device, Policy, UserSource, parse_account};
 use portcullis_proto::bastion::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -144,17 +144,15 @@ impl Sessions {
             return Some(CloseReason::PolicyChanged);
         };
         let recorded = ticketed.unwrap_or(&check.cert_groups);
-        // Groups as of sign-in or issuance, minus any the user has lost since (a local
-        // user's row, or the directory's last answer): removing a group ends the
-        // sessions it granted (the seed: close when RBAC is revoked). Only ever removes
-        // groups, so a session never gains access it was not opened with.
+        // Groups as of sign-in or issuance, against the user's now (a local user's row,
+        // or the directory's last answer): removing a group ends the sessions it granted
+        // (the seed: close when RBAC is revoked), joining one a deny names ends them too,
+        // and a session never gains access it was not opened with (see `Asker`).
         let current = match directory {
             Some(Standing::Groups(groups)) => Some(groups),
             _ => check.user_groups.as_ref(),
         };
-        let groups = recorded.iter().filter(|g| current.is_none_or(|now| now.contains(g)));
-        let who =
-            Identity { username: lease.username.clone(), groups: groups.cloned().collect(), ..Default::default() };
+        let who = Asker::new(&lease.username, recorded, current.map(Vec::as_slice));
         let principals: BTreeSet<String> = check.cert_principals.iter().cloned().collect();
         let basis = match ticketed {
             Some(_) => Basis::Ticket,

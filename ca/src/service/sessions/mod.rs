@@ -35,8 +35,8 @@ use crate::keys::KeyPurpose;
 use crate::ratelimit::RateLimiter;
 use crate::signer::sign_session_cert;
 use crate::store::{self, CertRow, LeaseRow};
-use admission::{Basis, Denial, FORWARDING_EXTENSIONS, admit, denial, host_key_check, validate_open};
-use portcullis_policies::{Identity, IdleCounts, OverLimit, node_principal, parse_account};
+use admission::{Asker, Basis, Denial, FORWARDING_EXTENSIONS, admit, denial, host_key_check, validate_open};
+use portcullis_policies::{IdleCounts, OverLimit, UserSource, node_principal, parse_account};
 use portcullis_proto::NodeRecord;
 use portcullis_proto::bastion::{deny_reason as deny, *};
 use portcullis_proto::recording::RecordingGrant;
@@ -98,7 +98,10 @@ impl Sessions {
 
 struct Subject {
     username: String,
+    /// The groups the credential recorded.
     groups: Vec<String>,
+    /// The user's groups now, where the CA knows them (see [`Sessions::groups_now`]).
+    groups_now: Option<Vec<String>>,
     /// When the credential behind the identity expires (the bastion may close then).
     valid_before: u64,
     evidence: Evidence,
@@ -115,12 +118,8 @@ enum Evidence {
 }
 
 impl Subject {
-    fn identity(&self) -> Identity {
-        Identity {
-            username: self.username.clone(),
-            groups: self.groups.iter().cloned().collect(),
-            ..Default::default()
-        }
+    fn asker(&self) -> Asker {
+        Asker::new(&self.username, &self.groups, self.groups_now.as_deref())
     }
 
     /// `confirmed`: what the user's key confirmed over a terminated session's connection.
@@ -232,6 +231,7 @@ impl Sessions {
         };
         let authenticated_at = cert.authenticated_at();
         let subject = Subject {
+            groups_now: self.groups_now(&cert.username).await?,
             username: cert.username,
             groups: cert.groups,
             valid_before: cert.valid_before,
@@ -271,7 +271,7 @@ impl Sessions {
         let Some(agent) = device.agent.clone() else {
             return Ok(Err(denial(deny::NO_AGENT, "no edge agent serves this device")));
         };
-        let who = subject.identity();
+        let who = subject.asker();
         let policy = self.core.policy();
         let confirmed = open.connection.as_ref().map(|c| c.confirmed);
         let admission = match admit(&policy, &who, subject.basis(confirmed), &device, open.mode, open.login, port) {
@@ -530,6 +530,18 @@ impl Sessions {
             return invalid(why);
         }
         Ok(Ok(cert))
+    }
+
+    /// The groups `username` has now, where the CA knows them: the directory's answer
+    /// for a directory account (asked again just before, by the credential's check), a
+    /// local user's row; `None` for an identity provider's user, who cannot be asked.
+    async fn groups_now(&self, username: &str) -> Result<Option<Vec<String>>, CaError> {
+        if matches!(parse_account(username), Some((UserSource::Ldap, _)))
+            && let Some(groups) = self.identity.directory_groups(username)
+        {
+            return Ok(Some(groups));
+        }
+        Ok(self.core.store.user(username).await?.map(|u| u.groups))
     }
 
     /// The node a session is for, and the address the agent connects to. Jump mode may
