@@ -29,8 +29,9 @@ pub use decision::{CertPermit, CertRequest, Deny, DenyReason, Grant, Held, Ident
 pub use device::{DEFAULT_SSH_PORT, Device};
 pub use load::{LoadError, LoadErrors, PolicySource};
 pub use model::{
-    AuthMethod, Credential, DEFAULT_PROXMOX_API_PORT, DenyStatement, HostKeyPolicy, IdleCounts, OverLimit, Provider,
-    Purpose, Recording, Role, Rule, SECRET_NAME_RULE, Scope, SessionLimits, Subject, valid_secret_name,
+    AuthMethod, Credential, DEFAULT_MAX_PER_AGENT, DEFAULT_MAX_PER_DEVICE, DEFAULT_MAX_PER_USER,
+    DEFAULT_PROXMOX_API_PORT, DenyStatement, HostKeyPolicy, IdleCounts, OverLimit, Provider, Purpose, Recording, Role,
+    Rule, SECRET_NAME_RULE, Scope, SessionLimits, Subject, valid_secret_name,
 };
 pub use permission::{Permission, UnknownPermission};
 pub use policy::Policy;

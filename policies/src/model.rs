@@ -67,7 +67,17 @@ impl Role {
     }
 }
 
-/// Session controls; caps of `None` mean unlimited.
+/// Concurrent sessions a role allows when its `session` table names no cap: the seed asks
+/// for bounded defaults ("cap concurrent sessions per user, per device, and per edge
+/// agent"), so a role written without a cap cannot let one user — or one stolen browser
+/// session — open shells without end on one host or through one agent. Generous enough
+/// for a person's day (a dozen terminals), a busy host, a site.
+pub const DEFAULT_MAX_PER_USER: u32 = 16;
+pub const DEFAULT_MAX_PER_DEVICE: u32 = 64;
+pub const DEFAULT_MAX_PER_AGENT: u32 = 1024;
+
+/// Session controls. A cap of `None` is no cap; the policy loader never leaves one
+/// unset (a role naming none gets the `DEFAULT_MAX_PER_*` caps).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionLimits {
     /// Close a session after this much inactivity.
@@ -115,9 +125,9 @@ impl Default for SessionLimits {
         SessionLimits {
             idle: Duration::from_secs(900),
             absolute: Duration::from_secs(3600),
-            max_per_user: None,
-            max_per_device: None,
-            max_per_agent: None,
+            max_per_user: Some(DEFAULT_MAX_PER_USER),
+            max_per_device: Some(DEFAULT_MAX_PER_DEVICE),
+            max_per_agent: Some(DEFAULT_MAX_PER_AGENT),
         }
     }
 }

@@ -68,7 +68,13 @@ fn full_example_loads_with_values_and_defaults() {
     let a = p.role("auditor").unwrap();
     assert!(a.logins().is_empty() && a.targets().is_none());
     assert_eq!(a.max_cert_ttl(), Duration::from_secs(8 * 3600));
-    assert_eq!(a.session().max_per_user, None);
+    let caps = (a.session().max_per_user, a.session().max_per_device, a.session().max_per_agent);
+    let defaults = (
+        portcullis_policies::DEFAULT_MAX_PER_USER,
+        portcullis_policies::DEFAULT_MAX_PER_DEVICE,
+        portcullis_policies::DEFAULT_MAX_PER_AGENT,
+    );
+    assert_eq!(caps, (Some(defaults.0), Some(defaults.1), Some(defaults.2)), "a role naming no cap gets the defaults");
 
     assert_eq!(p.bindings().len(), 2);
     assert!(p.bindings().contains_key(&Subject::User("alice".into())));

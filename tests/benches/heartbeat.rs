@@ -51,6 +51,7 @@ targets = 'in:devices tags.env:lab'
 permissions = ["certs.issue"]
 max_cert_ttl = "8h"
 extensions = ["permit-pty", "permit-port-forwarding"]
+session = { max_per_user = 100000, max_per_device = 100000, max_per_agent = 100000 }
 
 [[rule]]
 name = "lab-ssh"

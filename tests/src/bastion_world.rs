@@ -18,8 +18,12 @@ pub const PASSWORD: &str = "correct horse battery staple";
 /// alice (group ops) may log in as root on `env:prod` devices through agent `local`;
 /// sessions go idle after `idle`.
 pub fn policy(idle: &str) -> String {
-    policy_with(&format!("idle = \"{idle}\", absolute = \"1h\""), "env:prod")
+    // Caps far above the defaults: the benches hold thousands of sessions as alice.
+    policy_with(&format!("idle = \"{idle}\", absolute = \"1h\", {BENCH_CAPS}"), "env:prod")
 }
+
+/// Session caps for a run that holds thousands of sessions of one user.
+pub const BENCH_CAPS: &str = "max_per_user = 100000, max_per_device = 100000, max_per_agent = 100000";
 
 /// The same with the role's `session` table contents and target tag given.
 pub fn policy_with(session: &str, target_tag: &str) -> String {

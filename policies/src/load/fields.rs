@@ -206,16 +206,17 @@ pub(super) fn session(f: &File<'_>, errs: &mut Errors, raw: RawSession) -> Sessi
     if let Some(d) = limit(&raw.absolute, "absolute") {
         out.absolute = d;
     }
-    let mut cap = |v: Option<Spanned<u32>>, field: &str| {
-        let v = v?;
+    // An omitted cap keeps its bounded default (`SessionLimits::default`).
+    let mut cap = |v: Option<Spanned<u32>>, field: &str, default: &mut Option<u32>| {
+        let Some(v) = v else { return };
         if *v.get_ref() == 0 {
-            errs.at(f, v.span().start, format!("`{field}` must be at least 1 (omit it for no limit)"));
+            errs.at(f, v.span().start, format!("`{field}` must be at least 1 (omit it for the default)"));
         }
-        Some(v.into_inner())
+        *default = Some(v.into_inner());
     };
-    out.max_per_user = cap(raw.max_per_user, "max_per_user");
-    out.max_per_device = cap(raw.max_per_device, "max_per_device");
-    out.max_per_agent = cap(raw.max_per_agent, "max_per_agent");
+    cap(raw.max_per_user, "max_per_user", &mut out.max_per_user);
+    cap(raw.max_per_device, "max_per_device", &mut out.max_per_device);
+    cap(raw.max_per_agent, "max_per_agent", &mut out.max_per_agent);
     out
 }
 

@@ -293,6 +293,27 @@ async fn caps_are_exact_under_200_parallel_opens_on_postgres_with_two_replicas()
     caps_are_exact(&fx).await;
 }
 
+/// A role whose `session` table names no cap (carol's `contract` role has none at all)
+/// still has bounded ones — the seed's "cap concurrent sessions per user, per device,
+/// and per edge agent": the seventeenth concurrent session of one user is refused, and
+/// closing one lets the next in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_caps_gets_bounded_defaults() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let carol = user_cert(&fx.ca, "carol").await;
+    let per_user = usize::try_from(portcullis_policies::DEFAULT_MAX_PER_USER).unwrap();
+    let mut open_ids = Vec::new();
+    for _ in 0..per_user {
+        let id = session_id();
+        granted(api, &fx.bastion, &terminated(&id, &carol, "pve01", "deploy")).await;
+        open_ids.push(id);
+    }
+    denied(api, &fx.bastion, &terminated(&session_id(), &carol, "pve01", "deploy"), deny_reason::CAP_REACHED).await;
+    close(api, &fx.bastion, &open_ids[0], "client_disconnect").await;
+    granted(api, &fx.bastion, &terminated(&session_id(), &carol, "pve01", "deploy")).await;
+}
+
 /// A client that loops refused opens (one channel open each, to a device that does not
 /// exist) writes one audit record per refusal only up to a per-user budget; past it the
 /// refusals are recorded once and counted into the window's summary — each still

@@ -481,7 +481,8 @@ allowed_ports = [22, 8006]
                 let granting = roles.iter().filter(|r| r.grants_pve01);
                 assert_eq!(limits.idle, Duration::from_secs(granting.clone().map(|r| r.idle).min().unwrap()));
                 assert_eq!(limits.absolute, Duration::from_secs(granting.clone().map(|r| r.absolute).min().unwrap()));
-                assert_eq!(limits.max_per_user, granting.filter_map(|r| r.per_user).min());
+                let cap = |r: &GenRole| r.per_user.unwrap_or(portcullis_policies::DEFAULT_MAX_PER_USER);
+                assert_eq!(limits.max_per_user, granting.map(cap).min());
             } else {
                 assert!(roles.iter().all(|r| !r.grants_pve01));
             }
