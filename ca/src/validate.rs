@@ -34,18 +34,29 @@ pub fn identifier<'a>(what: &str, s: &'a str) -> Result<&'a str, CaError> {
 }
 
 /// Node names: what enrollment accepts (letters, digits, '-', '.', '_'; at most 253),
-/// starting with a letter or digit, so `..` or `.hidden` never become a name.
+/// starting with a letter or digit, so `..` or `.hidden` never become a name — and not
+/// only digits and dots. A node's host certificate always names the node, and users
+/// trust the host CA for every host: a node an enroller named `10.20.0.5` would be
+/// certified as that address (which another machine, enrolled later, has), and would
+/// win a jump to `10.20.0.5`, which looks names up before addresses. (`ssh` also reads
+/// `10.20.5` and `169090565` as IPv4 addresses.)
 pub fn node_name(name: &str) -> Result<(), CaError> {
     let ok = name.len() <= 253
         && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(CaError::BadRequest(
+    if !ok {
+        return Err(CaError::BadRequest(
             "node name: letters, digits, '-', '.', '_', starting with a letter or digit (at most 253)".into(),
-        ))
+        ));
     }
+    if name.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(CaError::BadRequest(
+            "node name: an address is not a name (it would be certified as that address); name the node and give \
+             the address as one of its addresses"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 fn host_name(s: &str) -> bool {

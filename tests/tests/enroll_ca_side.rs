@@ -453,17 +453,18 @@ async fn a_node_is_not_certified_for_another_nodes_name_or_address() {
 
     // A token holder's node claiming the prod node's name and address as its own.
     let evil = ed25519_key();
-    let request = with_addresses("evil", &evil, &["10.0.0.5", "PVE-PROD", "10.9.9.9:22"]);
+    let request = with_addresses("evil", &evil, &["10.0.0.5", "PVE-PROD", "10.9.9.9:22", "evil.example"]);
     let evil_bundle = ca.nodes().enroll(&token, &request, "10.9.9.9").await.unwrap().bundle;
-    assert_eq!(principals(&evil_bundle), ["evil", "10.9.9.9:22"]);
+    assert_eq!(principals(&evil_bundle), ["evil", "10.9.9.9:22", "evil.example"]);
     // The shared address is not certified for the prod node either, from its next refresh.
     let refreshed =
         ca.nodes().node_refresh(&proof(&prod_key, "pve-prod", "refresh", "pve-prod", NOW), "10.0.0.5").await.unwrap();
     assert_eq!(principals(&refreshed), ["pve-prod"]);
 
-    // A node named after another node's address is refused.
+    // A node named after another node's address is refused (an IP address is no name at
+    // all: `an_address_is_not_a_node_name`).
     let before = uses_left(&ca, &grant).await;
-    let squat = ca.nodes().enroll(&token, &enroll_request("10.9.9.9", &ed25519_key()), "10.9.9.9").await;
+    let squat = ca.nodes().enroll(&token, &enroll_request("evil.example", &ed25519_key()), "10.9.9.9").await;
     assert!(matches!(squat, Err(CaError::Conflict(_))), "{squat:?}");
     assert_eq!(uses_left(&ca, &grant).await, before, "the refused enrollment gives the use back");
     assert_eq!(enroll_refusals(&ca).await.last().map(String::as_str), Some("name_taken"));
@@ -503,6 +504,24 @@ async fn a_machine_is_registered_under_one_name_and_a_principal_under_one_node()
     let twin = NodeRecord { name: second.into(), ..Default::default() };
     assert!(matches!(ca.nodes().add_node(&grant, &twin).await, Err(CaError::Conflict(_))));
     assert_eq!(uses_left(&ca, &grant).await, [2]);
+}
+
+/// A name that is an address would be certified as that address, which another
+/// machine has: refused to a token holder and to an administrator alike, in every form
+/// `ssh` reads as an IPv4 address; a name with a letter is a name (the control).
+#[tokio::test]
+async fn an_address_is_not_a_node_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, grant) = ca_and_grant(dir.path()).await;
+    let token = token(&ca, &grant, EnrollTokenRequest { uses: 5, ..Default::default() }).await;
+    for name in ["10.20.0.5", "10.20.5", "169090565"] {
+        let squat = ca.nodes().enroll(&token, &enroll_request(name, &ed25519_key()), "198.51.100.9").await;
+        assert!(matches!(&squat, Err(CaError::BadRequest(m)) if m.contains("an address is not a name")), "{squat:?}");
+        let by_hand = NodeRecord { name: name.into(), ..Default::default() };
+        assert!(matches!(ca.nodes().add_node(&grant, &by_hand).await, Err(CaError::BadRequest(_))), "{name}");
+    }
+    assert_eq!(uses_left(&ca, &grant).await, [5]);
+    ca.nodes().enroll(&token, &enroll_request("10-20-0-5.lab", &ed25519_key()), "127.0.0.1").await.unwrap();
 }
 
 /// A change to a node computed from a read made before another change committed would
