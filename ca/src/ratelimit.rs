@@ -33,21 +33,50 @@ pub use portcullis_proto::source_prefix;
 pub struct RateLimiter {
     window: u64,
     max: u32,
-    buckets: Mutex<HashMap<String, (u64, u32)>>,
+    buckets: Mutex<Swept<String, (u64, u32)>>,
 }
 
-/// Entries kept before expired windows are swept, bounding memory under a spray.
+/// Entries kept before expired ones are first swept out, bounding memory under a spray.
 const SWEEP_AT: usize = 10_000;
+
+/// A map of at least [`SWEEP_AT`] entries whose expired ones are swept out once it has
+/// doubled since the last sweep or a window has passed since it. A sweep is a full scan,
+/// so it must not run on every insert while the map is full of live entries — 65,536
+/// IPv6 /64s of one /48 each trying once a minute kept it over the old fixed threshold,
+/// and every sign-in then scanned them all under the lock. This way sweeping costs O(1)
+/// per insert, and what is kept is at most about twice a window's entries.
+struct Swept<K, V> {
+    map: HashMap<K, V>,
+    sweep_at: usize,
+    swept: u64,
+}
+
+impl<K: std::hash::Hash + Eq, V> Swept<K, V> {
+    fn new() -> Self {
+        Swept { map: HashMap::new(), sweep_at: SWEEP_AT, swept: 0 }
+    }
+
+    /// Sweeps with `live` if the map is due (see the type's doc); `window`: how long an
+    /// entry can stay live.
+    fn maybe_sweep(&mut self, now: u64, window: u64, live: impl FnMut(&K, &mut V) -> bool) {
+        let len = self.map.len();
+        if len >= self.sweep_at || (len >= SWEEP_AT && now >= self.swept.saturating_add(window)) {
+            self.map.retain(live);
+            self.sweep_at = (self.map.len() * 2).max(SWEEP_AT);
+            self.swept = now;
+        }
+    }
+}
 
 impl RateLimiter {
     pub fn new(max: u32, window_secs: u64) -> Self {
-        RateLimiter { window: window_secs.max(1), max, buckets: Mutex::new(HashMap::new()) }
+        RateLimiter { window: window_secs.max(1), max, buckets: Mutex::new(Swept::new()) }
     }
 
     /// Seconds to wait if `key` is over its limit now.
     pub fn blocked(&self, key: &str, now: u64) -> Option<u64> {
         let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        match buckets.get(key) {
+        match buckets.map.get(key) {
             Some(&(start, count)) if now < start + self.window && count >= self.max => Some(start + self.window - now),
             _ => None,
         }
@@ -56,11 +85,9 @@ impl RateLimiter {
     /// Counts one attempt against `key`.
     pub fn hit(&self, key: &str, now: u64) {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= SWEEP_AT {
-            let window = self.window;
-            buckets.retain(|_, (start, _)| now < *start + window);
-        }
-        let entry = buckets.entry(key.to_owned()).or_insert((now, 0));
+        let window = self.window;
+        buckets.maybe_sweep(now, window, |_, (start, _)| now < *start + window);
+        let entry = buckets.map.entry(key.to_owned()).or_insert((now, 0));
         if now >= entry.0 + self.window {
             *entry = (now, 0);
         }
@@ -91,7 +118,7 @@ impl PairState {
 
 /// Password guessing control for one replica; see the module doc.
 pub struct LoginThrottle {
-    pairs: Mutex<HashMap<(String, String), PairState>>,
+    pairs: Mutex<Swept<(String, String), PairState>>,
     /// Failures per user over all addresses, in windows of `ceiling_window` seconds.
     per_user: RateLimiter,
     ceiling_window: u64,
@@ -102,7 +129,7 @@ impl LoginThrottle {
     /// addresses that failed for that user are held off for the rest of the window.
     pub fn new(ceiling: u32, window: u64) -> Self {
         LoginThrottle {
-            pairs: Mutex::new(HashMap::new()),
+            pairs: Mutex::new(Swept::new()),
             per_user: RateLimiter::new(ceiling, window),
             ceiling_window: window,
         }
@@ -111,7 +138,7 @@ impl LoginThrottle {
     /// Seconds `address` must wait before trying `user` again, if any.
     pub fn blocked(&self, user: &str, address: &str, now: u64) -> Option<u64> {
         let pairs = self.pairs.lock().unwrap_or_else(|e| e.into_inner());
-        let pair = pairs.get(&(user.to_owned(), address.to_owned())).copied()?;
+        let pair = pairs.map.get(&(user.to_owned(), address.to_owned())).copied()?;
         if let Some(until) = pair.blocked_until()
             && now < until
         {
@@ -127,12 +154,12 @@ impl LoginThrottle {
     pub fn failed(&self, user: &str, address: &str, now: u64) {
         self.per_user.hit(user, now);
         let mut pairs = self.pairs.lock().unwrap_or_else(|e| e.into_inner());
-        if pairs.len() >= SWEEP_AT {
-            let keep = MAX_BACKOFF_SECS.max(self.ceiling_window);
-            pairs.retain(|_, p| now < p.last_failure.saturating_add(keep));
-        }
-        let pair =
-            pairs.entry((user.to_owned(), address.to_owned())).or_insert(PairState { failures: 0, last_failure: now });
+        let keep = MAX_BACKOFF_SECS.max(self.ceiling_window);
+        pairs.maybe_sweep(now, keep, |_, p| now < p.last_failure.saturating_add(keep));
+        let pair = pairs
+            .map
+            .entry((user.to_owned(), address.to_owned()))
+            .or_insert(PairState { failures: 0, last_failure: now });
         pair.failures = pair.failures.saturating_add(1);
         pair.last_failure = now;
     }
@@ -140,7 +167,7 @@ impl LoginThrottle {
     /// A correct password from `address` clears that pair's failures (not other
     /// addresses', and not the user's ceiling: an attacker's address stays slowed).
     pub fn succeeded(&self, user: &str, address: &str) {
-        self.pairs.lock().unwrap_or_else(|e| e.into_inner()).remove(&(user.to_owned(), address.to_owned()));
+        self.pairs.lock().unwrap_or_else(|e| e.into_inner()).map.remove(&(user.to_owned(), address.to_owned()));
     }
 }
 
@@ -239,6 +266,24 @@ mod tests {
             rl.hit(&format!("k{i}"), 0);
         }
         rl.hit("late", 100);
-        assert!(rl.buckets.lock().map(|b| b.len()).unwrap_or(0) < SWEEP_AT);
+        assert!(rl.buckets.lock().map(|b| b.map.len()).unwrap_or(0) < SWEEP_AT);
+    }
+
+    /// A spray of live keys (every /64 of a /48 trying within one window) costs each
+    /// attempt O(1), not a scan of every key: 200,000 distinct keys in one window took
+    /// minutes when every insert past 10,000 swept the whole map, and take well under a
+    /// second now. Expired keys still go at the next sweep.
+    #[test]
+    fn a_spray_of_live_keys_costs_each_attempt_no_full_scan() {
+        let limiter = RateLimiter::new(30, 60);
+        let started = std::time::Instant::now();
+        for i in 0..200_000u32 {
+            limiter.hit(&format!("2001:db8:{:x}:{:x}::/64", i >> 16, i & 0xffff), 1000);
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+        assert!(limiter.blocked("2001:db8:0:7::/64", 1000).is_none());
+        // A window later, the next attempt sweeps the spray out.
+        limiter.hit("later", 1060);
+        assert_eq!(limiter.buckets.lock().unwrap().map.len(), 1);
     }
 }
