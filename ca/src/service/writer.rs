@@ -22,13 +22,25 @@
 //! unreachable): a COMMIT whose outcome is unknown (PostgreSQL connection lost during
 //! COMMIT) is not acknowledged either. Such a certificate may be in the store without
 //! ever reaching its owner, which is harmless; the opposite is what this prevents.
+//!
+//! So is a batch that has not committed within [`BATCH_DEADLINE`]: its transaction is
+//! dropped (which closes the connection) and the writer goes on with the next one. A
+//! database can stall in a way none of its own timeouts ends — a PostgreSQL connection
+//! a failover left half-open, a server process that stopped answering (sqlx sets no
+//! socket timeout; `lock_timeout` and `idle_in_transaction_session_timeout` act on the
+//! server) — and without the deadline every later issuance would queue behind that one
+//! batch for good (found in review, 2026-12-06).
 
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
 use crate::store::{self, CertRow, Store, Unavailable};
+use futures_util::future::BoxFuture;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 const MAX_BATCH: usize = 64;
+/// How long a batch may take, from `BEGIN` to `COMMIT`; a healthy one takes milliseconds.
+const BATCH_DEADLINE: Duration = Duration::from_secs(10);
 const QUEUE: usize = 1024;
 
 struct Job {
@@ -98,18 +110,41 @@ impl IssuanceWriter {
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Job>) {
+type Written<'a> = BoxFuture<'a, Result<Vec<Stored>, store::StoreError>>;
+
+async fn run(store: Store, rx: mpsc::Receiver<Job>) {
+    serve(rx, move |jobs| {
+        let store = store.clone();
+        Box::pin(async move { write_batch(&store, jobs).await })
+    })
+    .await;
+}
+
+/// The writer's loop, with the batch's writing given (the store's, or a test's).
+async fn serve(mut rx: mpsc::Receiver<Job>, mut write: impl for<'a> FnMut(&'a [Job]) -> Written<'a>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        match write_batch(&store, &jobs).await {
+        let written = match tokio::time::timeout(BATCH_DEADLINE, write(&jobs)).await {
+            Ok(Ok(outcomes)) => Ok(outcomes),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, batch = jobs.len(), "storing issued certificates failed; none acknowledged");
+                Err(e.unavailable())
+            }
+            Err(_) => {
+                tracing::error!(
+                    batch = jobs.len(),
+                    "storing issued certificates did not finish in time; none acknowledged"
+                );
+                Err(Some(Unavailable::Database))
+            }
+        };
+        match written {
             Ok(outcomes) => {
                 for (job, outcome) in jobs.drain(..).zip(outcomes) {
                     let _ = job.done.send(Ok(outcome));
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, batch = jobs.len(), "storing issued certificates failed; none acknowledged");
-                let why = e.unavailable();
+            Err(why) => {
                 for job in jobs.drain(..) {
                     let _ = job.done.send(Err(why));
                 }
@@ -159,4 +194,56 @@ async fn write_batch(store: &Store, jobs: &[Job]) -> Result<Vec<Stored>, store::
     audit::record_many(tx.conn(), &events).await?;
     tx.commit().await?;
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(serial: u64) -> (Job, oneshot::Receiver<Result<Stored, Option<Unavailable>>>) {
+        let row = CertRow {
+            serial,
+            ca_fingerprint: String::new(),
+            key_fingerprint: String::new(),
+            username: "alice".into(),
+            key_id: String::new(),
+            principals: Vec::new(),
+            valid_after: 0,
+            valid_before: 0,
+            issued_at: 0,
+            revoked_at: None,
+            groups: Vec::new(),
+            digest: None,
+            authenticated_at: None,
+        };
+        let (done, answer) = oneshot::channel();
+        let event = AuditEvent::Logout { username: "alice".into() };
+        (Job { row, event, session: String::new(), client_ip: String::new(), done }, answer)
+    }
+
+    /// A batch whose database never answers (here: a write that never finishes) is
+    /// answered "unavailable" once the deadline passes — never acknowledged — and the
+    /// writer then stores the next batch: one stalled connection does not stop issuance.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_that_never_commits_is_refused_and_the_next_one_is_written() {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let mut calls = 0;
+        tokio::spawn(serve(rx, move |jobs| {
+            calls += 1;
+            let stall = calls == 1;
+            Box::pin(async move {
+                if stall {
+                    std::future::pending::<()>().await;
+                }
+                Ok(jobs.iter().map(|_| Stored::Issued).collect())
+            })
+        }));
+        let (stalled, stalled_answer) = job(1);
+        tx.send(stalled).await.unwrap();
+        let answer = tokio::time::timeout(BATCH_DEADLINE * 3, stalled_answer).await;
+        assert_eq!(answer.expect("the stalled batch was never answered").unwrap(), Err(Some(Unavailable::Database)));
+        let (next, next_answer) = job(2);
+        tx.send(next).await.unwrap();
+        assert_eq!(next_answer.await.unwrap(), Ok(Stored::Issued));
+    }
 }
