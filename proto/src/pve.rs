@@ -18,6 +18,12 @@ pub const MAX_SECRET_BYTES: usize = 512;
 pub const MAX_CA_BUNDLE_BYTES: usize = 64 * 1024;
 /// Largest answer the collector reads from one API endpoint; more is `too_large`.
 pub const MAX_ENDPOINT_BYTES: usize = 8 << 20;
+/// What one collection run may read from the PVE API in all. Each answer is capped,
+/// but a run asks per node and per guest, as many as the server lists: without a total,
+/// a hostile or compromised server (or a fake one that a trial reached) listing 100,000
+/// guests could make the bastion — which carries every user's session too — hold
+/// gigabytes. Twice the CA's report limit: answers carry more than the report keeps.
+pub const MAX_RUN_BYTES: usize = 2 * MAX_PVE_REPORT_BODY;
 /// Body limit of the report endpoint (a cluster with thousands of guests and their configs).
 pub const MAX_PVE_REPORT_BODY: usize = 32 << 20;
 /// Connect (agent channel + TCP + TLS) and per-request timeouts of a collection run.
@@ -213,6 +219,8 @@ pub enum PveFailure {
     PrivilegesUnknown,
     /// The grant expired before the run started.
     GrantExpired,
+    /// The answers came to more than [`MAX_RUN_BYTES`]: nothing is reported as collected.
+    TooLarge,
 }
 
 impl PveFailure {
@@ -227,6 +235,7 @@ impl PveFailure {
             PveFailure::WritePrivileges => "write_privileges",
             PveFailure::PrivilegesUnknown => "privileges_unknown",
             PveFailure::GrantExpired => "grant_expired",
+            PveFailure::TooLarge => "too_large",
         }
     }
 }

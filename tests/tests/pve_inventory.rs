@@ -365,6 +365,40 @@ async fn a_strict_rule_reads_nothing_with_a_token_that_can_do_more_than_read_or_
     assert!(cluster(&server, &admin, "local/sigma").await.is_none(), "nothing was stored");
 }
 
+/// Each answer is capped, but a run asks per node and per guest: past
+/// `MAX_RUN_BYTES` in all (here nine answers just under the per-answer cap) the run
+/// stops and reports `too_large` — never a partial inventory as if it were complete,
+/// which would record the guests it did not reach as gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_answers_add_up_past_its_budget_stops_and_stores_nothing() {
+    let guests: Vec<Value> =
+        (0..8).map(|i| json!({ "vmid": 600 + i, "name": format!("vm{i}"), "node": "pve1" })).collect();
+    let mut site = Site::start(json!({
+        "cluster_name": "omega", "tokens": { IDENTITY: TOKEN_A }, "acl": auditor(IDENTITY), "nodes": ["pve1"],
+        "guests": guests
+    }));
+    let per_answer = portcullis_proto::pve::MAX_ENDPOINT_BYTES - (512 << 10);
+    let bulk = "x".repeat(per_answer);
+    let mut stuffed = vec!["/cluster/status".to_owned()];
+    stuffed.extend((0..8).map(|i| format!("/qemu/{}/config", 600 + i)));
+    assert!(stuffed.len() * per_answer > portcullis_proto::pve::MAX_RUN_BYTES, "the fixture passes the budget");
+    for suffix in &stuffed {
+        site.command(json!({ "op": "fail", "method": "GET", "suffix": suffix, "status": 200, "message": bulk }));
+    }
+    let (server, admin) = start().await;
+    add_secret(&server, &admin, "site-o", TOKEN_A, json!({ "mode": "pinned_sha256", "sha256": site.cert_sha256 }))
+        .await;
+    let (status, body) = server.write_policy("pve.toml", &rule("site-o", "o", "local", site.port, "")).await;
+    assert!(status.is_success(), "{body}");
+    server.add_node(&admin, &pve_node("pve-o", &site.host, "o", None)).await;
+    server
+        .await_audit_within(Duration::from_secs(60), "pve_collection_failed", |r| {
+            r.payload["device"] == "pve-o" && r.payload["reason"] == "too_large"
+        })
+        .await;
+    assert!(cluster(&server, &admin, "local/omega").await.is_none(), "a run past its budget stored an inventory");
+}
+
 /// The TLS pin is checked before anything is sent; a wrong or revoked token fails as
 /// such; an answer past the cap is refused, not stored; a hanging API times out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

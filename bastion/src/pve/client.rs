@@ -56,6 +56,9 @@ pub(super) struct Api<'a> {
     authorization: HeaderValue,
     sender: Option<SendRequest<Empty<Bytes>>>,
     reconnects: u32,
+    /// What is left of the run's [`MAX_RUN_BYTES`].
+    budget: usize,
+    over_budget: bool,
 }
 
 impl<'a> Api<'a> {
@@ -74,6 +77,8 @@ impl<'a> Api<'a> {
             authorization,
             sender: None,
             reconnects: 0,
+            budget: MAX_RUN_BYTES,
+            over_budget: false,
         };
         api.sender = Some(api.open().await?);
         Ok(api)
@@ -86,11 +91,21 @@ impl<'a> Api<'a> {
         Ok(sender)
     }
 
+    /// Whether the run's answers came to more than [`MAX_RUN_BYTES`] (then every
+    /// request after the one that passed it fails without being sent).
+    pub(super) fn over_budget(&self) -> bool {
+        self.over_budget
+    }
+
     /// `GET /api2/json{path}`.
     pub(super) async fn get(&mut self, path: &str) -> Fetch {
         let failed = |code: &str, status: Option<u16>, hint: Option<String>| {
             Fetch::Failed(EndpointFailure { path: path.to_owned(), code: code.to_owned(), status, hint })
         };
+        if self.over_budget {
+            return failed("too_large", None, None);
+        }
+        let limit = MAX_ENDPOINT_BYTES.min(self.budget);
         let sender = match self.sender.take() {
             Some(s) if !s.is_closed() => s,
             _ => {
@@ -116,7 +131,7 @@ impl<'a> Api<'a> {
         let exchange = async {
             let response = sender.send_request(request).await.map_err(|_| "unavailable")?;
             let status = response.status().as_u16();
-            let body = Limited::new(response.into_body(), MAX_ENDPOINT_BYTES).collect().await;
+            let body = Limited::new(response.into_body(), limit).collect().await;
             match body {
                 Ok(body) => Ok((status, body.to_bytes())),
                 Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err("too_large"),
@@ -127,9 +142,13 @@ impl<'a> Api<'a> {
             // The connection is dropped with the exchange: a late answer cannot be read
             // as the next request's.
             Err(_) => return failed("timeout", None, None),
-            Ok(Err(code)) => return failed(code, None, None),
+            Ok(Err(code)) => {
+                self.over_budget |= code == "too_large" && limit < MAX_ENDPOINT_BYTES;
+                return failed(code, None, None);
+            }
             Ok(Ok(answer)) => answer,
         };
+        self.budget = self.budget.saturating_sub(body.len());
         self.sender = Some(sender);
         let message =
             || serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| super::parse::message(&v));

@@ -160,6 +160,11 @@ async fn collect(shared: &Shared, job: &PveJob) -> PveOutcome {
         }
     }
     inv.ceph = ceph(&mut api, online.first(), &mut failures).await;
+    // A run cut short by its budget is not a smaller inventory: reported as collected,
+    // it would record every guest it did not reach as gone.
+    if api.over_budget() {
+        return failed(PveFailure::TooLarge);
+    }
     PveOutcome::Collected { inventory: Box::new(inv), endpoint_failures: failures, write_privileges }
 }
 
