@@ -242,83 +242,15 @@ async fn locked_accounts_are_refused_without_a_disabled_filter() {
     assert!(ldap.refresh("carol").await.unwrap().is_some());
 }
 
-/// bob's `staff` group may open the lab node's console and an SSH session to it as
-/// `staff`; the local `admins` may manage nodes.
-pub(super) const SESSION_POLICY: &str = r#"
-[[role]]
-name = "admin"
-permissions = ["nodes.manage"]
-
-[[role]]
-name = "staff-shell"
-logins = ["staff"]
-targets = 'in:devices tags.env:lab'
-permissions = ["certs.issue", "devices.console.open"]
-max_cert_ttl = "8h"
-
-[[rule]]
-name = "lab-ssh"
-purpose = "ssh_login"
-targets = 'in:devices tags.env:lab'
-scope = { agents = ["local"] }
-
-[[rule]]
-name = "lab-console"
-purpose = "console_access"
-targets = 'in:devices tags.env:lab'
-scope = { agents = ["local"] }
-
-[[binding]]
-group = "admins"
-roles = ["admin"]
-
-[[binding]]
-group = "staff"
-roles = ["staff-shell"]
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_account_is_rechecked_at_session_open_and_console_ticket_redemption() {
-    use portcullis_ca::{Ca, CaConfig, Clock, ManualClock};
-    use portcullis_policies::proof;
-    use portcullis_proto::bastion::ServiceKind;
-    use portcullis_proto::{NodeRecord, UserCertRequest};
-    use portcullis_tests::{ServedCa, TEST_PASSPHRASE, first_admin, sqlite_url};
+    use portcullis_ca::Clock;
+    use portcullis_proto::UserCertRequest;
     use serde_json::json;
-    use std::sync::Arc;
-    const IP: &str = "192.0.2.9";
+    const IP: &str = SESSION_IP;
 
     let slapd = directory();
-    let dir = tempfile::tempdir().unwrap();
-    let policy_dir = dir.path().join("policy");
-    std::fs::create_dir(&policy_dir).unwrap();
-    std::fs::write(policy_dir.join("policy.toml"), SESSION_POLICY).unwrap();
-    let mut config = CaConfig::new(sqlite_url(dir.path()), policy_dir, SecretString::from(TEST_PASSPHRASE));
-    config.default_agent = Some("local".to_owned());
-    config.extra_sources = vec![Arc::new(source(&slapd, ""))];
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let clock = ManualClock::new(now);
-    let ca = Arc::new(Ca::open(config, Arc::new(clock.clone())).await.unwrap());
-    let api = ServedCa::start(Arc::clone(&ca)).await;
-
-    let admin = first_admin(&ca, "admins", IP).await;
-    let nodes = ca.core().authorize::<proof::NodesManage>(&ca.identity().caller(&admin).await.unwrap()).unwrap();
-    let node = NodeRecord {
-        name: "pve01".into(),
-        addresses: vec!["10.0.0.5".into()],
-        tags: [("env".to_owned(), "lab".to_owned())].into(),
-        host_keys: vec![public_line(&ed25519_key())],
-        ..Default::default()
-    };
-    ca.nodes().add_node(&nodes, &node).await.unwrap();
-    let bastion = ca
-        .services()
-        .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), Some("127.0.0.1:2223"))
-        .await
-        .unwrap()
-        .api_token
-        .expose()
-        .to_owned();
+    let SessionWorld { ca, api, clock, bastion, _dir } = session_world(source(&slapd, "")).await;
 
     // bob signs in from the directory, gets a certificate and two console tickets.
     let bob = ca

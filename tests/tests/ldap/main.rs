@@ -73,6 +73,95 @@ fn source(slapd: &Slapd, extra: &str) -> LdapSource {
     LdapSource::new(table.validate().unwrap())
 }
 
+/// bob's `staff` group may open the lab node's console and an SSH session to it as
+/// `staff`; the local `admins` may manage nodes.
+const SESSION_POLICY: &str = r#"
+[[role]]
+name = "admin"
+permissions = ["nodes.manage"]
+
+[[role]]
+name = "staff-shell"
+logins = ["staff"]
+targets = 'in:devices tags.env:lab'
+permissions = ["certs.issue", "devices.console.open"]
+max_cert_ttl = "8h"
+
+[[rule]]
+name = "lab-ssh"
+purpose = "ssh_login"
+targets = 'in:devices tags.env:lab'
+scope = { agents = ["local"] }
+
+[[rule]]
+name = "lab-console"
+purpose = "console_access"
+targets = 'in:devices tags.env:lab'
+scope = { agents = ["local"] }
+
+[[binding]]
+group = "admins"
+roles = ["admin"]
+
+[[binding]]
+group = "staff"
+roles = ["staff-shell"]
+"#;
+
+/// An in-process CA on a manual clock, with `directory` as its LDAP source and
+/// [`SESSION_POLICY`], node `pve01` (lab) and bastion `b1` registered: for tests that
+/// open sessions as the bastion and heartbeat them.
+struct SessionWorld {
+    ca: std::sync::Arc<portcullis_ca::Ca>,
+    api: portcullis_tests::ServedCa,
+    clock: portcullis_ca::ManualClock,
+    /// Bastion `b1`'s API token.
+    bastion: String,
+    _dir: tempfile::TempDir,
+}
+
+const SESSION_IP: &str = "192.0.2.9";
+
+async fn session_world(directory: LdapSource) -> SessionWorld {
+    use portcullis_ca::{Ca, CaConfig, ManualClock};
+    use portcullis_policies::proof;
+    use portcullis_proto::NodeRecord;
+    use portcullis_proto::bastion::ServiceKind;
+    use portcullis_tests::{ServedCa, TEST_PASSPHRASE, first_admin, sqlite_url};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy_dir = dir.path().join("policy");
+    std::fs::create_dir(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("policy.toml"), SESSION_POLICY).unwrap();
+    let mut config = CaConfig::new(sqlite_url(dir.path()), policy_dir, SecretString::from(TEST_PASSPHRASE));
+    config.default_agent = Some("local".to_owned());
+    config.extra_sources = vec![Arc::new(directory)];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let clock = ManualClock::new(now);
+    let ca = Arc::new(Ca::open(config, Arc::new(clock.clone())).await.unwrap());
+    let api = ServedCa::start(Arc::clone(&ca)).await;
+    let admin = first_admin(&ca, "admins", SESSION_IP).await;
+    let nodes = ca.core().authorize::<proof::NodesManage>(&ca.identity().caller(&admin).await.unwrap()).unwrap();
+    let node = NodeRecord {
+        name: "pve01".into(),
+        addresses: vec!["10.0.0.5".into()],
+        tags: [("env".to_owned(), "lab".to_owned())].into(),
+        host_keys: vec![public_line(&ed25519_key())],
+        ..Default::default()
+    };
+    ca.nodes().add_node(&nodes, &node).await.unwrap();
+    let bastion = ca
+        .services()
+        .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), Some("127.0.0.1:2223"))
+        .await
+        .unwrap()
+        .api_token
+        .expose()
+        .to_owned();
+    SessionWorld { ca, api, clock, bastion, _dir: dir }
+}
+
 /// `admins` (reached only through the nested `ops`) may be root, `staff` may be `staff`.
 const POLICY: &str = r#"
 [[role]]

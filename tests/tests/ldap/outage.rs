@@ -1,15 +1,11 @@
 //! A directory that hangs while its users have live sessions: heartbeats stay quick and nothing closes.
 
 use super::*;
-use portcullis_ca::{Ca, CaConfig, Clock, ManualClock};
-use portcullis_policies::proof;
-use portcullis_proto::bastion::ServiceKind;
-use portcullis_proto::{NodeRecord, UserCertRequest};
-use portcullis_tests::{ServedCa, TEST_PASSPHRASE, first_admin, sqlite_url};
+use portcullis_ca::Clock;
+use portcullis_proto::UserCertRequest;
 use serde_json::json;
-use std::sync::Arc;
 
-const IP: &str = "192.0.2.9";
+const IP: &str = SESSION_IP;
 const USERS: [&str; 5] = ["dave", "erin", "frank", "gina", "hugo"];
 
 /// Five directory users in `staff`, each with a live terminated session through one
@@ -34,39 +30,12 @@ async fn a_hung_directory_neither_stalls_heartbeats_nor_ends_live_sessions() {
     let members: String = USERS.iter().map(|u| format!("member: uid={u},ou=people,{SUFFIX}\n")).collect();
     slapd.ldapmodify(&format!("dn: cn=staff,ou=groups,{SUFFIX}\nchangetype: modify\nadd: member\n{members}"));
 
-    let dir = tempfile::tempdir().unwrap();
-    let policy_dir = dir.path().join("policy");
-    std::fs::create_dir(&policy_dir).unwrap();
-    std::fs::write(policy_dir.join("policy.toml"), super::accounts::SESSION_POLICY).unwrap();
-    let mut config = CaConfig::new(sqlite_url(dir.path()), policy_dir, SecretString::from(TEST_PASSPHRASE));
-    config.default_agent = Some("local".to_owned());
     // A patient directory configuration: its own timeout would not end a question for
     // 20 s, so only the heartbeat's deadline does.
     let table = ldap_table(&slapd, "").replace("operation_timeout = \"3s\"", "operation_timeout = \"20s\"");
     let table: LdapToml = toml::from_str(&table).unwrap();
-    config.extra_sources = vec![Arc::new(LdapSource::new(table.validate().unwrap()))];
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let clock = ManualClock::new(now);
-    let ca = Arc::new(Ca::open(config, Arc::new(clock.clone())).await.unwrap());
-    let api = ServedCa::start(Arc::clone(&ca)).await;
-    let admin = first_admin(&ca, "admins", IP).await;
-    let nodes = ca.core().authorize::<proof::NodesManage>(&ca.identity().caller(&admin).await.unwrap()).unwrap();
-    let node = NodeRecord {
-        name: "pve01".into(),
-        addresses: vec!["10.0.0.5".into()],
-        tags: [("env".to_owned(), "lab".to_owned())].into(),
-        host_keys: vec![public_line(&ed25519_key())],
-        ..Default::default()
-    };
-    ca.nodes().add_node(&nodes, &node).await.unwrap();
-    let bastion = ca
-        .services()
-        .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), Some("127.0.0.1:2223"))
-        .await
-        .unwrap()
-        .api_token
-        .expose()
-        .to_owned();
+    let SessionWorld { ca, api, clock, bastion, _dir } =
+        session_world(LdapSource::new(table.validate().unwrap())).await;
 
     let mut sessions = Vec::new();
     for user in USERS {
