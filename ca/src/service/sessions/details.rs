@@ -10,7 +10,7 @@
 //!   sees their own roles; `policy.manage`/`audit.read` see every role targeting the
 //!   device and who holds it.
 //! - Sessions are the caller's own unless they may list everyone's
-//!   (`audit.read`/`sessions.kill`, as `GET /v1/admin/sessions`).
+//!   (`audit.read`/`sessions.kill`, as `GET /v1/admin/sessions`, which is here too).
 
 use super::Sessions;
 use crate::error::CaError;
@@ -184,4 +184,46 @@ fn closed_session(p: &serde_json::Value) -> Option<DeviceSession> {
         bytes_from_client: number("bytes_from_client").unwrap_or(0),
         bytes_to_client: number("bytes_to_client").unwrap_or(0),
     })
+}
+
+impl Sessions {
+    /// `GET /v1/admin/sessions`: every live session for `audit.read`; for a
+    /// `sessions.kill` whose role has targets, those on the devices they match (the
+    /// sessions it may kill), not prod's users, logins and addresses to the lab's.
+    pub async fn live_sessions(
+        &self,
+        grant: &portcullis_policies::Grant<portcullis_policies::proof::SessionsRead>,
+    ) -> Result<Vec<portcullis_proto::SessionInfo>, CaError> {
+        let mut leases = self.core.store.leases().await?;
+        if !grant.covers_everything() {
+            let (mut covered, mut seen) = (Vec::with_capacity(leases.len()), std::collections::HashMap::new());
+            for lease in leases {
+                if self.core.covers_each(grant, &mut seen, &lease.device, lease.opened_at).await? {
+                    covered.push(lease);
+                }
+            }
+            leases = covered;
+        }
+        Ok(leases
+            .into_iter()
+            .map(|l| portcullis_proto::SessionInfo {
+                session_id: l.session_id,
+                bastion: l.bastion,
+                user: l.username,
+                device: l.device,
+                agent: l.agent,
+                login: l.login,
+                mode: l.mode,
+                rule: l.rule,
+                role: l.role,
+                client_ip: l.client_ip,
+                opened_at: l.opened_at,
+                heartbeat_at: l.heartbeat_at,
+                absolute_deadline: l.absolute_deadline,
+                kill_requested: l.kill_reason.is_some(),
+                bytes_from_client: l.bytes_from_client,
+                bytes_to_client: l.bytes_to_client,
+            })
+            .collect())
+    }
 }

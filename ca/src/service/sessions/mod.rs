@@ -561,44 +561,4 @@ impl Sessions {
             _ => Ok(None),
         }
     }
-
-    /// `GET /v1/admin/sessions`: every live session for `audit.read`; for a
-    /// `sessions.kill` whose role has targets, those on the devices they match (the
-    /// sessions it may kill), not prod's users, logins and addresses to the lab's.
-    pub async fn live_sessions(
-        &self,
-        grant: &portcullis_policies::Grant<portcullis_policies::proof::SessionsRead>,
-    ) -> Result<Vec<portcullis_proto::SessionInfo>, CaError> {
-        let mut leases = self.core.store.leases().await?;
-        if !grant.covers_everything() {
-            let (mut covered, mut seen) = (Vec::with_capacity(leases.len()), std::collections::HashMap::new());
-            for lease in leases {
-                if self.core.covers_each(grant, &mut seen, &lease.device, lease.opened_at).await? {
-                    covered.push(lease);
-                }
-            }
-            leases = covered;
-        }
-        Ok(leases
-            .into_iter()
-            .map(|l| portcullis_proto::SessionInfo {
-                session_id: l.session_id,
-                bastion: l.bastion,
-                user: l.username,
-                device: l.device,
-                agent: l.agent,
-                login: l.login,
-                mode: l.mode,
-                rule: l.rule,
-                role: l.role,
-                client_ip: l.client_ip,
-                opened_at: l.opened_at,
-                heartbeat_at: l.heartbeat_at,
-                absolute_deadline: l.absolute_deadline,
-                kill_requested: l.kill_reason.is_some(),
-                bytes_from_client: l.bytes_from_client,
-                bytes_to_client: l.bytes_to_client,
-            })
-            .collect())
-    }
 }
