@@ -35,11 +35,14 @@ impl HostKeys {
     fn accepts(&self, key: &KeyData) -> bool {
         match self.policy {
             HostKeyCheck::DangerSkipVerify => true,
-            // Trust on first use: with nothing pinned yet the first key is accepted (the
-            // CA pins host keys at enrollment, so this only happens for devices added
-            // by hand); afterwards exactly like known_hosts.
-            HostKeyCheck::TrustOnFirstUse => self.known.is_empty() || self.known.contains(key),
-            HostKeyCheck::KnownHosts => self.known.contains(key),
+            // Trust on first use would pin the first key it sees; nothing records it at
+            // the CA yet, so accepting "whatever comes while nothing is pinned" accepted
+            // any key at every connection, for as long as the node stayed unpinned —
+            // skip-verify under a safer name (found in review, 2026-12-06). Until the
+            // first key is recorded, it is known_hosts: a node with no pinned key is
+            // refused, with the reason, and pinned by enrolling it or `node update
+            // --host-key`.
+            HostKeyCheck::TrustOnFirstUse | HostKeyCheck::KnownHosts => self.known.contains(key),
         }
     }
 
@@ -178,8 +181,9 @@ mod tests {
         assert!(!pinned.accepts(&b), "another key");
         assert!(!HostKeys::pinned(&[]).accepts(&b), "nothing pinned: refuse");
         assert!(!HostKeys::pinned(&["garbage".to_owned()]).accepts(&b), "an unparsable pin pins nothing");
-        assert!(HostKeys::new(HostKeyCheck::TrustOnFirstUse, &[]).accepts(&b));
+        assert!(!HostKeys::new(HostKeyCheck::TrustOnFirstUse, &[]).accepts(&b), "nothing pinned: refuse, not any key");
         assert!(!HostKeys::new(HostKeyCheck::TrustOnFirstUse, &[A.to_owned()]).accepts(&b));
+        assert!(HostKeys::new(HostKeyCheck::TrustOnFirstUse, &[A.to_owned()]).accepts(&a));
         assert!(HostKeys::new(HostKeyCheck::DangerSkipVerify, &[A.to_owned()]).accepts(&b));
     }
 
