@@ -113,6 +113,12 @@ pub enum BastionEvent {
         agent: String,
         reason: String,
     },
+    /// A session's onward login accepted a node's first host key (trust on first use);
+    /// `host_key` is its OpenSSH public key line, for the CA to pin.
+    HostKeyFirstUsed {
+        session_id: String,
+        host_key: String,
+    },
 }
 
 impl BastionEvent {
@@ -128,6 +134,7 @@ impl BastionEvent {
             Self::AgentDisconnected { .. } => "agent_disconnected",
             Self::BrokerConnected { .. } => "broker_connected",
             Self::BrokerFailed { .. } => "broker_failed",
+            Self::HostKeyFirstUsed { .. } => "host_key_first_used",
         }
     }
 
@@ -176,6 +183,9 @@ impl BastionEvent {
                 agent: agent.clone(),
                 reason: reason.clone(),
             },
+            Self::HostKeyFirstUsed { session_id, host_key } => {
+                BastionAuditEvent::HostKeyFirstUsed { session_id: session_id.clone(), host_key: host_key.clone() }
+            }
             Self::AuthAccepted { .. } | Self::ChannelRefused { .. } => return None,
         })
     }

@@ -2,6 +2,7 @@
 //! (terminated mode's onward login, the browser console, hardware discovery).
 
 use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock};
 
 use portcullis_proto::bastion::HostKeyCheck;
 use russh::client;
@@ -14,6 +15,8 @@ use ssh_key::public::KeyData;
 pub(crate) struct HostKeys {
     policy: HostKeyCheck,
     known: Vec<KeyData>,
+    /// Trust on first use with nothing pinned: the key accepted, for the CA to pin.
+    first_used: Arc<OnceLock<KeyData>>,
 }
 
 impl HostKeys {
@@ -24,7 +27,13 @@ impl HostKeys {
             .filter_map(|l| PublicKey::from_openssh(l.trim()).ok())
             .map(|k| k.key_data().clone())
             .collect();
-        Self { policy, known }
+        Self { policy, known, first_used: Arc::default() }
+    }
+
+    /// Where the key accepted on first use will be (see [`HostKeyCheck::TrustOnFirstUse`]),
+    /// to read after the login.
+    pub(crate) fn first_used(&self) -> Arc<OnceLock<KeyData>> {
+        Arc::clone(&self.first_used)
     }
 
     /// Exactly the pinned keys: nothing pinned means nothing is accepted.
@@ -35,13 +44,13 @@ impl HostKeys {
     fn accepts(&self, key: &KeyData) -> bool {
         match self.policy {
             HostKeyCheck::DangerSkipVerify => true,
-            // Trust on first use would pin the first key it sees; nothing records it at
-            // the CA yet, so accepting "whatever comes while nothing is pinned" accepted
-            // any key at every connection, for as long as the node stayed unpinned —
-            // skip-verify under a safer name (found in review, 2026-12-06). Until the
-            // first key is recorded, it is known_hosts: a node with no pinned key is
-            // refused, with the reason, and pinned by enrolling it or `node update
-            // --host-key`.
+            // Trust on first use: with nothing pinned, the key is accepted and kept for
+            // the caller to report, and the CA pins it (enrolled nodes have their keys
+            // pinned already; this is for devices added by hand). From then on the
+            // grant carries the pin and this is known_hosts.
+            HostKeyCheck::TrustOnFirstUse if self.known.is_empty() => {
+                self.first_used.get_or_init(|| key.clone()) == key
+            }
             HostKeyCheck::TrustOnFirstUse | HostKeyCheck::KnownHosts => self.known.contains(key),
         }
     }
@@ -181,7 +190,10 @@ mod tests {
         assert!(!pinned.accepts(&b), "another key");
         assert!(!HostKeys::pinned(&[]).accepts(&b), "nothing pinned: refuse");
         assert!(!HostKeys::pinned(&["garbage".to_owned()]).accepts(&b), "an unparsable pin pins nothing");
-        assert!(!HostKeys::new(HostKeyCheck::TrustOnFirstUse, &[]).accepts(&b), "nothing pinned: refuse, not any key");
+        let first_use = HostKeys::new(HostKeyCheck::TrustOnFirstUse, &[]);
+        assert!(first_use.accepts(&b), "nothing pinned: the first key is taken");
+        assert_eq!(first_use.first_used().get(), Some(&b), "and kept for the CA to pin");
+        assert!(!first_use.accepts(&a), "a second key in the same check is not");
         assert!(!HostKeys::new(HostKeyCheck::TrustOnFirstUse, &[A.to_owned()]).accepts(&b));
         assert!(HostKeys::new(HostKeyCheck::TrustOnFirstUse, &[A.to_owned()]).accepts(&a));
         assert!(HostKeys::new(HostKeyCheck::DangerSkipVerify, &[A.to_owned()]).accepts(&b));

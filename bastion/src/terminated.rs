@@ -27,7 +27,7 @@ use ssh_key::{Algorithm, Certificate};
 use crate::agent_hub::LinkWatch;
 use crate::broker::Presented;
 use crate::broker::{Admitted, Reached, Refusal, new_session_id};
-use crate::events::escape_for_log;
+use crate::events::{BastionEvent, escape_for_log};
 use crate::host_keys::{HostKeyChecker, HostKeys};
 use crate::jump::ADMINISTRATIVELY_PROHIBITED;
 use crate::recording::{ANNOUNCEMENT, Recorder};
@@ -144,7 +144,9 @@ pub(crate) async fn log_in_onward(
     let Reached { admitted, onward: channel, link } = shared.reach(admitted, peer).await?;
     let g = &admitted.grant;
     let stream = channel.into_stream();
-    let checker = HostKeys::new(g.host_key_check, &g.known_host_keys).checker();
+    let host_keys = HostKeys::new(g.host_key_check, &g.known_host_keys);
+    let first_used = host_keys.first_used();
+    let checker = host_keys.checker();
     let config = Arc::new(client::Config {
         preferred: crate::algorithms::preferred_client(),
         nodelay: true,
@@ -174,7 +176,13 @@ pub(crate) async fn log_in_onward(
     )
     .await;
     let code = match connected {
-        Ok(Ok((session, channel))) => return Ok(Onward { admitted, session, channel, link }),
+        Ok(Ok((session, channel))) => {
+            if let Some(key) = first_used.get() {
+                let host_key = ssh_key::PublicKey::new(key.clone(), "").to_openssh().unwrap_or_default();
+                shared.events.record(BastionEvent::HostKeyFirstUsed { session_id: g.session_id.clone(), host_key });
+            }
+            return Ok(Onward { admitted, session, channel, link });
+        }
         // An agent that vanished mid-handshake looks like any failure from here.
         _ if link.clone().went_down(Duration::from_millis(200)).await => "agent_unavailable",
         Ok(Err(e)) => {

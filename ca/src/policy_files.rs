@@ -30,19 +30,11 @@ pub fn load_policy_dir(dir: &Path) -> Result<Policy, CaError> {
     let sources: Vec<PolicySource<'_>> = texts.iter().map(|(name, text)| PolicySource { name, text }).collect();
     let policy =
         Policy::from_sources(&sources).map_err(|errors| CaError::Config(format!("invalid policy:\n{errors}")))?;
-    for rule in policy.rules() {
-        match rule.host_key_policy() {
-            portcullis_policies::HostKeyPolicy::DangerSkipVerify => tracing::warn!(
-                rule = rule.name(),
-                "policy rule skips host key verification (danger_skip_verify / skip_verify)"
-            ),
-            portcullis_policies::HostKeyPolicy::TrustOnFirstUse => tracing::warn!(
-                rule = rule.name(),
-                "trust_on_first_use records no first key yet: it checks like known_hosts, so a node with no \
-                 pinned host key is refused (enroll it, or `portcullis admin node update NODE --host-key FILE`)"
-            ),
-            portcullis_policies::HostKeyPolicy::KnownHosts => {}
-        }
+    for rule in policy.rules().filter(|r| r.host_key_policy() == portcullis_policies::HostKeyPolicy::DangerSkipVerify) {
+        tracing::warn!(
+            rule = rule.name(),
+            "policy rule skips host key verification (danger_skip_verify / skip_verify)"
+        );
     }
     Ok(policy)
 }

@@ -543,6 +543,13 @@ pub enum BastionAuditEvent {
         agent: String,
         reason: String,
     },
+    /// A session's onward login accepted this host key (an OpenSSH public key line) from
+    /// a node with none pinned, under a `trust_on_first_use` rule: the CA pins it if the
+    /// node still has none.
+    HostKeyFirstUsed {
+        session_id: String,
+        host_key: String,
+    },
     /// An agent connected to or left this bastion.
     AgentConnected {
         agent: String,

@@ -321,6 +321,14 @@ pub enum AuditEvent {
         client_ip: Option<String>,
         setup_ms: u64,
     },
+    /// A node's first host key, pinned under a `trust_on_first_use` rule.
+    HostKeyPinned {
+        bastion: String,
+        session_id: String,
+        device: String,
+        rule: String,
+        fingerprint: String,
+    },
     BrokerFailed {
         bastion: String,
         session_id: String,

@@ -45,6 +45,7 @@ impl AuditEvent {
             AuditEvent::BastionAuthRefused { .. } => "bastion_auth_refused",
             AuditEvent::BrokerConnected { .. } => "broker_connected",
             AuditEvent::BrokerFailed { .. } => "broker_failed",
+            AuditEvent::HostKeyPinned { .. } => "host_key_pinned",
             AuditEvent::AgentConnected { .. } => "agent_connected",
             AuditEvent::AgentDisconnected { .. } => "agent_disconnected",
             AuditEvent::ConsoleTicketRequested { .. } => "console_ticket_requested",

@@ -272,3 +272,66 @@ async fn the_in_process_ca_asks_every_caller_for_its_credential() {
     .unwrap();
     trust.refresh().await.expect("trust material in process");
 }
+
+/// Trust on first use, from the CA's side: a bastion's report of a node's first host key
+/// pins it only for a session of that bastion's own, on a node with no key pinned, under
+/// a rule that trusts on first use. Another bastion naming the session, a node pinned
+/// already, a rule that checks known_hosts: nothing pinned. A key that does not parse is
+/// refused outright.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_key_report_pins_only_what_trust_on_first_use_covers() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let caller = fx.ca.identity().caller(&fx.admin).await.unwrap();
+    let nodes = fx.ca.core().authorize::<proof::NodesManage>(&caller).unwrap();
+    let bare = NodeRecord {
+        name: "bare01".into(),
+        addresses: vec!["10.0.0.9".into()],
+        tags: [("env".to_owned(), "lab".to_owned())].into(),
+        ..Default::default()
+    };
+    fx.ca.nodes().add_node(&nodes, &bare).await.unwrap();
+    let alice = user_cert(&fx.ca, "alice").await;
+    let (on_bare, on_pinned) = (session_id(), session_id());
+    granted(api, &fx.bastion, &terminated(&on_bare, &alice, "bare01", "root")).await;
+    granted(api, &fx.bastion, &terminated(&on_pinned, &alice, "pve01", "root")).await;
+    let report = |bastion: String, id: String, key: String| async move {
+        let events = json!({"events": [{"event": "host_key_first_used", "session_id": id, "host_key": key}]});
+        api.post_json(Some(&bastion), "/v1/bastion/events", &events).await
+    };
+    let pins = || async { fx.ca.core().store().node("bare01").await.unwrap().unwrap().host_keys };
+    let key = public_line(&ed25519_key());
+
+    // The rule checks known_hosts: nothing pinned.
+    let (status, v) = report(fx.bastion.clone(), on_bare.clone(), key.clone()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    assert!(pins().await.is_empty(), "a known_hosts rule pinned a reported key");
+
+    let tofu = POLICY_BASE
+        .replace("allowed_ports = [22, 2222]", "allowed_ports = [22, 2222]\nhost_key_policy = \"trust_on_first_use\"");
+    std::fs::write(fx.policy_dir.join("policy.toml"), format!("{tofu}{POLICY_CONTRACT}")).unwrap();
+    let (status, v) = api.post_json(Some(&fx.admin), "/v1/admin/policy/reload", &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    // Another bastion cannot name this bastion's session; a pinned node keeps its keys.
+    let other = second_bastion(&fx).await;
+    let (status, _) = report(other, on_bare.clone(), key.clone()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(pins().await.is_empty(), "another bastion's report pinned a key");
+    let before = fx.ca.core().store().node("pve01").await.unwrap().unwrap().host_keys;
+    report(fx.bastion.clone(), on_pinned.clone(), key.clone()).await;
+    assert_eq!(fx.ca.core().store().node("pve01").await.unwrap().unwrap().host_keys, before);
+    let (status, _) = report(fx.bastion.clone(), on_bare.clone(), "ssh-ed25519 garbage".into()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(audit(&fx.ca, "host_key_pinned").await.is_empty());
+
+    // The bastion's own session on the unpinned node, under a first-use rule: pinned once.
+    report(fx.bastion.clone(), on_bare.clone(), key.clone()).await;
+    assert_eq!(pins().await, std::slice::from_ref(&key));
+    report(fx.bastion.clone(), on_bare.clone(), public_line(&ed25519_key())).await;
+    assert_eq!(pins().await, [key], "a later report replaced the pin");
+    let pinned = audit(&fx.ca, "host_key_pinned").await;
+    assert_eq!(
+        (pinned.len(), pinned[0]["device"].as_str(), pinned[0]["session_id"].as_str()),
+        (1, Some("bare01"), Some(on_bare.as_str()))
+    );
+}

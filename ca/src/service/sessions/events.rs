@@ -40,10 +40,14 @@ impl Sessions {
         if req.events.len() > MAX_EVENTS {
             return Err(bad("too many events in one batch"));
         }
-        let needs_leases = req
-            .events
-            .iter()
-            .any(|e| matches!(e, BastionAuditEvent::BrokerConnected { .. } | BastionAuditEvent::BrokerFailed { .. }));
+        let needs_leases = req.events.iter().any(|e| {
+            matches!(
+                e,
+                BastionAuditEvent::BrokerConnected { .. }
+                    | BastionAuditEvent::BrokerFailed { .. }
+                    | BastionAuditEvent::HostKeyFirstUsed { .. }
+            )
+        });
         let leases: BTreeMap<String, LeaseRow> = if needs_leases {
             self.core
                 .store
@@ -57,8 +61,20 @@ impl Sessions {
         };
         let name = || bastion.name.clone();
         let mut events = Vec::with_capacity(req.events.len());
+        let mut first_keys = Vec::new();
         for event in &req.events {
             events.push(match event {
+                BastionAuditEvent::HostKeyFirstUsed { session_id, host_key } => {
+                    if !valid_session_id(session_id) {
+                        return Err(bad("session_id"));
+                    }
+                    let key = ssh_key::PublicKey::from_openssh(host_key.trim()).map_err(|_| bad("host_key"))?;
+                    // Only for a session of this bastion's: it cannot name another node.
+                    if let Some(lease) = leases.get(session_id) {
+                        first_keys.push((lease, key));
+                    }
+                    continue;
+                }
                 BastionAuditEvent::AuthRefused { client_ip, user, reason } => {
                     if client_ip.parse::<std::net::IpAddr>().is_err() {
                         return Err(bad("client_ip"));
@@ -146,12 +162,17 @@ impl Sessions {
                 }
             });
         }
-        if events.is_empty() {
+        if events.is_empty() && first_keys.is_empty() {
             return Ok(());
         }
         let now = self.core.now();
-        let records: Vec<(u64, &AuditEvent)> = events.iter().map(|e| (now, e)).collect();
         let mut tx = self.core.store.begin().await?;
+        for (lease, key) in first_keys {
+            if let Some(pinned) = self.pin_first_key(&mut tx, bastion, lease, &key, now).await? {
+                events.push(pinned);
+            }
+        }
+        let records: Vec<(u64, &AuditEvent)> = events.iter().map(|e| (now, e)).collect();
         audit::record_many(tx.conn(), &records).await?;
         // A session reached its node: the node is alive.
         for event in &events {
@@ -161,5 +182,41 @@ impl Sessions {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Trust on first use: pins `key` as the host key of `lease`'s node when the node
+    /// still has none and the rule the session was admitted under (as the policy says
+    /// now) trusts on first use. Read and written on the batch's transaction, so two
+    /// first uses at once pin one key, and an administrator's or an enrollment's pin is
+    /// never replaced.
+    async fn pin_first_key(
+        &self,
+        tx: &mut crate::store::WriteTx<'_>,
+        bastion: &ServiceCaller,
+        lease: &LeaseRow,
+        key: &ssh_key::PublicKey,
+        now: u64,
+    ) -> Result<Option<AuditEvent>, CaError> {
+        let trusts_first_use = self
+            .core
+            .policy()
+            .rule(&lease.rule)
+            .is_some_and(|r| r.host_key_policy() == portcullis_policies::HostKeyPolicy::TrustOnFirstUse);
+        let Some(mut node) = crate::store::node_for_update(tx, &lease.device).await? else { return Ok(None) };
+        if !trusts_first_use || !node.host_keys.is_empty() {
+            return Ok(None);
+        }
+        let line = ssh_key::PublicKey::new(key.key_data().clone(), "")
+            .to_openssh()
+            .map_err(|_| CaError::Internal("key encoding".into()))?;
+        node.host_keys = vec![line];
+        crate::store::upsert_node(tx.conn(), &node, now).await?;
+        Ok(Some(AuditEvent::HostKeyPinned {
+            bastion: bastion.name.clone(),
+            session_id: lease.session_id.clone(),
+            device: node.name,
+            rule: lease.rule.clone(),
+            fingerprint: portcullis_sshcert::fingerprint(key.key_data()),
+        }))
     }
 }
