@@ -202,8 +202,11 @@ impl Sessions {
             .policy()
             .rule(&lease.rule)
             .is_some_and(|r| r.host_key_policy() == portcullis_policies::HostKeyPolicy::TrustOnFirstUse);
+        if !trusts_first_use {
+            return Ok(None);
+        }
         let Some(mut node) = crate::store::node_for_update(tx, &lease.device).await? else { return Ok(None) };
-        if !trusts_first_use || !node.host_keys.is_empty() {
+        if !node.host_keys.is_empty() {
             return Ok(None);
         }
         let line = ssh_key::PublicKey::new(key.key_data().clone(), "")
