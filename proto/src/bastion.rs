@@ -430,6 +430,18 @@ pub enum CloseReason {
     RecordingLimit,
     /// The recording could not be handed to the CA, and the rule closes sessions then.
     RecordingFailed,
+    /// The device answered with a host key pinned to another device (trust on first use
+    /// refused to pin it).
+    HostKeyTaken,
+}
+
+impl std::str::FromStr for CloseReason {
+    type Err = serde_json::Error;
+
+    /// The inverse of [`CloseReason::as_str`].
+    fn from_str(code: &str) -> Result<Self, Self::Err> {
+        serde_json::from_value(serde_json::Value::String(code.to_owned()))
+    }
 }
 
 impl CloseReason {
@@ -458,6 +470,7 @@ impl CloseReason {
             CloseReason::OnwardLoginFailed => "onward_login_failed",
             CloseReason::RecordingLimit => "recording_limit",
             CloseReason::RecordingFailed => "recording_failed",
+            CloseReason::HostKeyTaken => "host_key_taken",
         }
     }
 
@@ -481,6 +494,7 @@ impl CloseReason {
             CloseReason::OnwardLoginFailed => "cannot open the session: the device refused the login",
             CloseReason::RecordingLimit => "session closed: the session recording reached its size limit",
             CloseReason::RecordingFailed => "session closed: the session recording could not be stored",
+            CloseReason::HostKeyTaken => "session closed: the device answered with another device's host key",
         }
     }
 }

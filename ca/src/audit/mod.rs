@@ -329,6 +329,14 @@ pub enum AuditEvent {
         rule: String,
         fingerprint: String,
     },
+    /// A first key not pinned: it is another node's (`owner`); the session is ended.
+    HostKeyPinRefused {
+        bastion: String,
+        session_id: String,
+        device: String,
+        fingerprint: String,
+        owner: String,
+    },
     BrokerFailed {
         bastion: String,
         session_id: String,

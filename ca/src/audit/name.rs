@@ -46,6 +46,7 @@ impl AuditEvent {
             AuditEvent::BrokerConnected { .. } => "broker_connected",
             AuditEvent::BrokerFailed { .. } => "broker_failed",
             AuditEvent::HostKeyPinned { .. } => "host_key_pinned",
+            AuditEvent::HostKeyPinRefused { .. } => "host_key_pin_refused",
             AuditEvent::AgentConnected { .. } => "agent_connected",
             AuditEvent::AgentDisconnected { .. } => "agent_disconnected",
             AuditEvent::ConsoleTicketRequested { .. } => "console_ticket_requested",

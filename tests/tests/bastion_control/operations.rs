@@ -324,6 +324,19 @@ async fn a_first_key_report_pins_only_what_trust_on_first_use_covers() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(audit(&fx.ca, "host_key_pinned").await.is_empty());
 
+    // What answered at bare01's address holds pve01's key: that machine is pve01 (or a
+    // clone), so bare01 is not bound to it, and the session it carries is ended.
+    let on_clone = session_id();
+    granted(api, &fx.bastion, &terminated(&on_clone, &alice, "bare01", "root")).await;
+    report(fx.bastion.clone(), on_clone.clone(), before[0].clone()).await;
+    assert!(pins().await.is_empty(), "another node's host key was pinned");
+    assert_eq!(heartbeat(api, &fx.bastion, &[&on_clone], &[]).await, [(on_clone.clone(), CloseReason::HostKeyTaken)]);
+    let refused = audit(&fx.ca, "host_key_pin_refused").await;
+    assert_eq!(
+        (refused.len(), refused[0]["device"].as_str(), refused[0]["owner"].as_str()),
+        (1, Some("bare01"), Some("pve01"))
+    );
+
     // The bastion's own session on the unpinned node, under a first-use rule: pinned once.
     report(fx.bastion.clone(), on_bare.clone(), key.clone()).await;
     assert_eq!(pins().await, std::slice::from_ref(&key));

@@ -9,7 +9,7 @@ use crate::audit::{self, AuditEvent, sanitize};
 use crate::error::CaError;
 use crate::service::services::{ServiceCaller, valid_service_name};
 use crate::store::LeaseRow;
-use portcullis_proto::bastion::{BastionAuditEvent, BastionEventsRequest};
+use portcullis_proto::bastion::{BastionAuditEvent, BastionEventsRequest, CloseReason};
 use portcullis_proto::refusals::{MAX_KEYS, RefusalCount};
 use std::collections::BTreeMap;
 
@@ -209,6 +209,28 @@ impl Sessions {
         if !node.host_keys.is_empty() {
             return Ok(None);
         }
+        let fingerprint = portcullis_sshcert::fingerprint(key.key_data());
+        // A key pinned to another node means the machine that answered at this node's
+        // address is that node (or a clone of it): pinning it would bind this name to
+        // that machine for good, the way `identity_clash` refuses at enrollment. The
+        // session already reached it, so it is ended at the bastion's next heartbeat.
+        let others = crate::store::nodes_on(tx.conn()).await?;
+        let owner = others.iter().filter(|n| n.name != node.name).find(|n| {
+            n.host_keys
+                .iter()
+                .filter_map(|k| ssh_key::PublicKey::from_openssh(k).ok())
+                .any(|k| k.key_data() == key.key_data())
+        });
+        if let Some(owner) = owner {
+            crate::store::set_kill_reason(tx.conn(), &lease.session_id, CloseReason::HostKeyTaken.as_str()).await?;
+            return Ok(Some(AuditEvent::HostKeyPinRefused {
+                bastion: bastion.name.clone(),
+                session_id: lease.session_id.clone(),
+                device: node.name,
+                fingerprint,
+                owner: owner.name.clone(),
+            }));
+        }
         let line = ssh_key::PublicKey::new(key.key_data().clone(), "")
             .to_openssh()
             .map_err(|_| CaError::Internal("key encoding".into()))?;
@@ -219,7 +241,7 @@ impl Sessions {
             session_id: lease.session_id.clone(),
             device: node.name,
             rule: lease.rule.clone(),
-            fingerprint: portcullis_sshcert::fingerprint(key.key_data()),
+            fingerprint,
         }))
     }
 }

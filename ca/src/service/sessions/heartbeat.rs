@@ -121,8 +121,10 @@ impl Sessions {
         directory: Option<&Standing>,
     ) -> Option<CloseReason> {
         let lease = &check.lease;
-        if lease.kill_reason.is_some() {
-            return Some(CloseReason::AdminTerminated);
+        if let Some(reason) = &lease.kill_reason {
+            // An administrator's kill, or the CA's own (a first host key that is
+            // another node's).
+            return Some(reason.parse().unwrap_or(CloseReason::AdminTerminated));
         }
         // The bastion enforces the absolute limit itself; this is the backstop that holds
         // even if it does not (a bug, a clock jump on its side).
