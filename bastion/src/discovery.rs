@@ -92,9 +92,13 @@ async fn run_job(shared: &Shared, key: Arc<PrivateKey>, job: &DiscoveryJob) -> D
         return failed(DiscoveryFailure::AuthFailed);
     };
     let originator = SocketAddr::from(([127, 0, 0, 1], 0));
-    let connect = Duration::from_secs(DISCOVERY_CONNECT_TIMEOUT_SECS);
-    let opened =
-        tokio::time::timeout(connect, shared.agents.open(&job.agent, &job.target_host, job.target_port, originator));
+    // One deadline for reaching the node and logging in: the seed's connect timeout
+    // bounds the whole connection, not each of its two steps.
+    let connected_by = tokio::time::Instant::now() + Duration::from_secs(DISCOVERY_CONNECT_TIMEOUT_SECS);
+    let opened = tokio::time::timeout_at(
+        connected_by,
+        shared.agents.open(&job.agent, &job.target_host, job.target_port, originator),
+    );
     let channel = match opened.await {
         Err(_) => return failed(DiscoveryFailure::Timeout),
         Ok(Err(BrokerError::AgentUnavailable)) => return failed(DiscoveryFailure::AgentUnavailable),
@@ -102,8 +106,16 @@ async fn run_job(shared: &Shared, key: Arc<PrivateKey>, job: &DiscoveryJob) -> D
         Ok(Ok((channel, _link))) => channel,
     };
     let checker = HostKeys::pinned(&job.known_host_keys).checker::<DiscoveryError>();
-    let config =
-        Arc::new(client::Config { preferred: crate::algorithms::preferred_client(), ..client::Config::default() });
+    // Dropping the session does not end the client's task: a node that stops reading
+    // (and floods keepalives whose answers then cannot be written) would keep it, and
+    // the agent channel under it, for good. These limits end it.
+    let config = Arc::new(client::Config {
+        preferred: crate::algorithms::preferred_client(),
+        keepalive_interval: Some(Duration::from_secs(10)),
+        keepalive_max: 3,
+        inactivity_timeout: Some(Duration::from_secs(DISCOVERY_CONNECT_TIMEOUT_SECS + DISCOVERY_EXEC_TIMEOUT_SECS)),
+        ..client::Config::default()
+    });
     let login = async {
         let mut session = client::connect_stream(config, channel.into_stream(), checker).await?;
         let auth = session.authenticate_openssh_cert(job.login.clone(), key, cert).await?;
@@ -112,7 +124,7 @@ async fn run_job(shared: &Shared, key: Arc<PrivateKey>, job: &DiscoveryJob) -> D
         }
         Ok::<_, DiscoveryError>(session)
     };
-    let session = match tokio::time::timeout(connect, login).await {
+    let session = match tokio::time::timeout_at(connected_by, login).await {
         Err(_) => return failed(DiscoveryFailure::Timeout),
         Ok(Err(e)) => return failed(e.failure()),
         Ok(Ok(session)) => session,
