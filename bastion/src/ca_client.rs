@@ -25,7 +25,7 @@ const MAX_IDLE_CONNECTIONS: usize = 4;
 /// sessions closing together — queues here instead of opening a connection per call,
 /// which also keeps the service within the CA's per-source connection cap
 /// (`portcullis_ca::server::ConnectionLimits`, 256 by default).
-const MAX_CALLS_IN_FLIGHT: usize = 64;
+pub(crate) const MAX_CALLS_IN_FLIGHT: usize = 64;
 
 /// The CA replicas a service talks to: `https://ca1:8443,https://ca2:8443` (any may
 /// answer; they share one database). Calls go to the one that answered last; a replica

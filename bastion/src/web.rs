@@ -16,8 +16,15 @@
 //! Request headers are passed on from an allow-list too, so a browser cannot send the
 //! CA the forwarding headers that name a client address.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use axum::Router;
 use axum::body::Body;
@@ -55,9 +62,54 @@ static ANSWER_HEADERS: [HeaderName; 11] = [
     header::X_FRAME_OPTIONS,
 ];
 
+/// Browser requests passed on at once: from the first byte of the request body to the
+/// last byte of the answer, so what the front door holds for browsers is bounded
+/// (each at most [`MAX_REQUEST_BODY`] plus the answer) whatever they send or fail to read.
+const MAX_FORWARDS_HELD: usize = 128;
+/// Of those, how many may be waiting for the CA at once. The CA client has 64 turns for
+/// all of this bastion's calls (`ca_client`); browsers — anyone, before signing in —
+/// may take at most this many, so heartbeats, session opens and closes always find one
+/// (a flood of browser requests kept every turn busy, heartbeats failed, and the
+/// bastion closed every session for a lost lease).
+const MAX_FORWARDS_CALLING: usize = 16;
+/// A browser's request body arrives within this, or the request is refused.
+const BODY_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a request waits for one of the [`MAX_FORWARDS_CALLING`] turns.
+const TURN_WAIT: Duration = Duration::from_secs(5);
+/// The answer is handed to the connection this much at a time, so an answer a browser
+/// does not read stays here, counted by its turn, not in the connection's buffers.
+const ANSWER_FRAME: usize = 16 * 1024;
+
+/// The front door's share of the bastion: see [`MAX_FORWARDS_HELD`] and
+/// [`MAX_FORWARDS_CALLING`]. Past either, a browser gets 503 and may try again.
+struct Turns {
+    held: Arc<Semaphore>,
+    calling: Semaphore,
+}
+
+impl Turns {
+    fn new(held: usize, calling: usize) -> Self {
+        Self { held: Arc::new(Semaphore::new(held)), calling: Semaphore::new(calling) }
+    }
+
+    /// A turn to hold a request and its answer, or `None` at once.
+    fn to_hold(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.held).try_acquire_owned().ok()
+    }
+
+    /// A turn to wait for the CA, or `None` after [`TURN_WAIT`].
+    async fn to_call(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        tokio::time::timeout(TURN_WAIT, self.calling.acquire()).await.ok()?.ok()
+    }
+}
+
+// Browsers never take more than a quarter of the CA client's turns.
+const _: () = assert!(MAX_FORWARDS_CALLING * 4 <= crate::ca_client::MAX_CALLS_IN_FLIGHT);
+
 /// The console's WebSocket, and everything else a browser needs passed on to the CA.
 pub fn router(console: &Arc<ConsoleEndpoint>) -> Router {
-    console.router().merge(Router::new().fallback(pass_on).with_state(Arc::clone(console)))
+    let turns = Arc::new(Turns::new(MAX_FORWARDS_HELD, MAX_FORWARDS_CALLING));
+    console.router().merge(Router::new().fallback(pass_on).with_state((Arc::clone(console), turns)))
 }
 
 /// Whether `path` is one the front door passes on: under the allow-list, with no dot
@@ -73,7 +125,7 @@ fn passed_on(path: &str) -> bool {
 }
 
 async fn pass_on(
-    State(console): State<Arc<ConsoleEndpoint>>,
+    State((console, turns)): State<(Arc<ConsoleEndpoint>, Arc<Turns>)>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
@@ -84,8 +136,13 @@ async fn pass_on(
     if !passed_on(parts.uri.path()) {
         return api_error(StatusCode::NOT_FOUND, "not_found", "no such route");
     }
-    let Ok(body) = axum::body::to_bytes(body, MAX_REQUEST_BODY).await else {
-        return api_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request body too large");
+    let Some(held) = turns.to_hold() else {
+        return busy();
+    };
+    let body = match tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, MAX_REQUEST_BODY)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => return api_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request body too large"),
+        Err(_) => return api_error(StatusCode::REQUEST_TIMEOUT, "timeout", "the request body did not arrive in time"),
     };
     let host = browser_host(&parts);
     let request = ForwardedRequest {
@@ -99,9 +156,14 @@ async fn pass_on(
         client_ip: peer.ip(),
         host,
     };
-    match control.forward(&request).await {
+    let Some(calling) = turns.to_call().await else {
+        return busy();
+    };
+    let forwarded = control.forward(&request).await;
+    drop(calling);
+    match forwarded {
         Ok(answer) => {
-            let mut response = Response::new(Body::from(answer.body));
+            let mut response = Response::new(Body::new(Answer { rest: answer.body.into(), _held: held }));
             *response.status_mut() = answer.status;
             *response.headers_mut() = kept(&answer.headers, &ANSWER_HEADERS);
             response
@@ -110,6 +172,43 @@ async fn pass_on(
             tracing::warn!(error = %e, "the CA did not answer a browser's request");
             api_error(StatusCode::BAD_GATEWAY, "ca_unreachable", "the CA cannot be reached; try again shortly")
         }
+    }
+}
+
+fn busy() -> Response {
+    let mut response = api_error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the bastion is busy; try again shortly");
+    response.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+    response
+}
+
+/// The CA's answer on its way to a browser, with the turn it holds until the last of it
+/// is taken (see [`ANSWER_FRAME`]).
+struct Answer {
+    rest: Bytes,
+    _held: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Answer {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if self.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let n = self.rest.len().min(ANSWER_FRAME);
+        Poll::Ready(Some(Ok(http_body::Frame::data(self.rest.split_to(n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.rest.len() as u64)
     }
 }
 
@@ -141,7 +240,47 @@ fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::passed_on;
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A flood of browser requests waiting on the CA takes its share of turns and no more:
+    /// the next waits [`TURN_WAIT`] and is refused, and a turn comes back when a call ends.
+    #[tokio::test(start_paused = true)]
+    async fn browsers_take_at_most_their_share_of_the_ca_clients_turns() {
+        let turns = Turns::new(MAX_FORWARDS_HELD, MAX_FORWARDS_CALLING);
+        let calls: Vec<_> = take_calls(&turns, MAX_FORWARDS_CALLING).await;
+        assert_eq!(calls.len(), MAX_FORWARDS_CALLING);
+        let started = tokio::time::Instant::now();
+        assert!(turns.to_call().await.is_none(), "a browser took more than its share");
+        assert_eq!(started.elapsed(), TURN_WAIT);
+        drop(calls);
+        assert!(turns.to_call().await.is_some());
+    }
+
+    async fn take_calls(turns: &Turns, n: usize) -> Vec<tokio::sync::SemaphorePermit<'_>> {
+        let mut taken = Vec::new();
+        for _ in 0..n {
+            taken.push(turns.to_call().await.expect("a free turn"));
+        }
+        taken
+    }
+
+    /// An answer a browser does not read keeps its turn, so unread answers cannot pile up
+    /// past [`MAX_FORWARDS_HELD`]; it is handed out a frame at a time, and the turn comes
+    /// back once the answer is dropped.
+    #[tokio::test]
+    async fn an_unread_answer_holds_its_turn_until_it_is_gone() {
+        let turns = Turns::new(2, 1);
+        let mut answer = Answer { rest: Bytes::from(vec![7u8; 3 * ANSWER_FRAME + 1]), _held: turns.to_hold().unwrap() };
+        let _other = turns.to_hold().unwrap();
+        assert!(turns.to_hold().is_none(), "more answers held than turns");
+        let first = answer.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), ANSWER_FRAME);
+        assert!(turns.to_hold().is_none(), "a half-sent answer gave its turn back");
+        let rest = answer.collect().await.unwrap().to_bytes();
+        assert_eq!(rest.len(), 2 * ANSWER_FRAME + 1);
+        assert!(turns.to_hold().is_some(), "the turn did not come back");
+    }
 
     #[test]
     fn only_the_browsers_routes_are_passed_on() {
