@@ -224,6 +224,39 @@ impl World {
         conn
     }
 
+    /// A node `name` (`env:prod`) that is a TCP listener on `ip:port` with a small receive
+    /// buffer: it accepts one connection and reads nothing until `go` is sent, then reads
+    /// to the end and returns what came — so what is sent to it piles up in the bastion.
+    pub async fn add_slow_reader(
+        &self,
+        name: &str,
+        ip: &str,
+        port: u16,
+    ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Vec<u8>>) {
+        use tokio::io::AsyncReadExt;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind(format!("{ip}:{port}").parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let node = NodeRecord {
+            name: name.into(),
+            addresses: vec![ip.into()],
+            tags: [("env".to_owned(), "prod".to_owned())].into(),
+            ssh_port: Some(port),
+            ..Default::default()
+        };
+        self.server.add_node(&self.admin, &node).await;
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let reader = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let _ = wait.await;
+            let mut received = Vec::new();
+            let _ = stream.read_to_end(&mut received).await;
+            received
+        });
+        (go, reader)
+    }
+
     /// Runs `program -F config ARGS…` (ssh, scp, sftp) to completion.
     pub fn run(&self, program: &str, args: &[&str]) -> Output {
         std::process::Command::new(program).arg("-F").arg(&self.config).args(args).output().unwrap()

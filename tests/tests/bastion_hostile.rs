@@ -279,6 +279,45 @@ async fn a_jump_target_cannot_forge_log_lines() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "jumped", "{}", text(&out));
 }
 
+/// Requests count what they carry: on a channel whose node reads nothing (so the
+/// bastion holds what arrives for it, russh patch 6), a client sending `env` requests of
+/// 32 KiB each is cut off within the bound a data sender gets (about twice the channel's
+/// window). Each request used to count 64 bytes, as no window limits requests: 4,000 of
+/// them (128 MiB) were all held, and nothing bounded how many more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_piled_on_a_stalled_channel_end_the_connection() {
+    let w = World::start("15m").await;
+    let port = 2200;
+    let (_go, _reader) = w.add_slow_reader("sink", "127.0.83.20", port).await;
+    let conn = w.russh_login("alice").await;
+    let channel = conn.channel_open_direct_tcpip("sink", u32::from(port), "127.0.0.1", 0).await.unwrap();
+    let piece = vec![0u8; 32 * 1024];
+    let mut out_of_window = false;
+    for _ in 0..4096 {
+        if tokio::time::timeout(Duration::from_secs(2), channel.data(&piece[..])).await.is_err() {
+            out_of_window = true;
+            break;
+        }
+    }
+    assert!(out_of_window, "the window never ran out, so nothing was held");
+    let value = "x".repeat(32 * 1024);
+    let mut sent = 0usize;
+    while sent < 128 << 20 && !conn.is_closed() {
+        if tokio::time::timeout(Duration::from_secs(2), channel.set_env(false, "LC_PAD", value.clone())).await.is_err()
+        {
+            break;
+        }
+        sent += value.len();
+        tokio::task::yield_now().await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !conn.is_closed() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(conn.is_closed(), "the bastion held {sent} bytes of requests and kept the connection");
+    assert!(sent < 64 << 20, "cut off only after {sent} bytes of requests");
+}
+
 /// Reads the server's identification line, or `None` if it closes first.
 async fn banner_on(tcp: &mut TcpStream) -> Option<String> {
     let mut line = Vec::new();

@@ -84,31 +84,11 @@ async fn ssh_scp_and_sftp_through_the_bastion_in_both_modes() {
 /// window — which it does only while it holds data for the channel — then leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_client_sent_before_leaving_still_reaches_a_slow_node() {
-    use tokio::io::AsyncReadExt;
     const MOST: usize = 32 << 20;
     const PIECE: usize = 32 * 1024;
     let w = World::start("15m").await;
-    let (ip, port) = ("127.0.83.19", 2200);
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.bind(format!("{ip}:{port}").parse().unwrap()).unwrap();
-    let listener = socket.listen(1).unwrap();
-    let sink = portcullis_proto::NodeRecord {
-        name: "sink".into(),
-        addresses: vec![ip.into()],
-        tags: [("env".to_owned(), "prod".to_owned())].into(),
-        ssh_port: Some(port),
-        ..Default::default()
-    };
-    w.server.add_node(&w.admin, &sink).await;
-    let (go, wait) = tokio::sync::oneshot::channel::<()>();
-    let reader = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let _ = wait.await;
-        let mut received = Vec::new();
-        stream.read_to_end(&mut received).await.unwrap();
-        received
-    });
+    let port = 2200;
+    let (go, reader) = w.add_slow_reader("sink", "127.0.83.19", port).await;
 
     // Every byte says where it is, so what arrives can be checked as a prefix.
     let data: Vec<u8> = (0..MOST).map(|i| (i % 251) as u8).collect();

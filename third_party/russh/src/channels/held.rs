@@ -63,10 +63,31 @@ struct Held {
     size: usize,
 }
 
+/// What `msg` counts towards [`Held::size`]: [`MESSAGE_COST`] and every byte it carries.
+/// Requests carry strings too, up to a packet each (an `env` value, an `exec` command):
+/// counted at a flat cost, a peer could hold gigabytes of them on a channel whose
+/// reader has stopped, as no window limits requests.
 fn cost(msg: &ChannelMsg) -> usize {
+    let sig = |s: &crate::Sig| match s {
+        crate::Sig::Custom(name) => name.len(),
+        _ => 0,
+    };
     MESSAGE_COST
         + match msg {
             ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => data.len(),
+            ChannelMsg::RequestPty { term, terminal_modes, .. } => {
+                term.len() + terminal_modes.len() * std::mem::size_of::<(crate::Pty, u32)>()
+            }
+            ChannelMsg::Exec { command, .. } => command.len(),
+            ChannelMsg::Signal { signal } => sig(signal),
+            ChannelMsg::RequestSubsystem { name, .. } => name.len(),
+            ChannelMsg::RequestX11 { x11_authentication_protocol, x11_authentication_cookie, .. } => {
+                x11_authentication_protocol.len() + x11_authentication_cookie.len()
+            }
+            ChannelMsg::SetEnv { variable_name, variable_value, .. } => variable_name.len() + variable_value.len(),
+            ChannelMsg::ExitSignal { signal_name, error_message, lang_tag, .. } => {
+                sig(signal_name) + error_message.len() + lang_tag.len()
+            }
             _ => 0,
         }
 }
