@@ -334,20 +334,30 @@ fn restore_all<'a>(originals: impl Iterator<Item = &'a Original>) -> Result<()> 
     first_err.map_or(Ok(()), Err)
 }
 
-/// Fails when the configuration on disk still names a file about to be deleted.
-pub fn check_not_named(sshd: &SshdCtl, deleting: &[&Original]) -> Result<()> {
+/// Which of the files about to be deleted the configuration on disk still names, with
+/// the keyword naming each.
+fn still_named<'a>(sshd: &SshdCtl, deleting: &[&'a Original]) -> Result<Vec<(&'static str, &'a Original)>> {
     let eff = sshd.effective()?;
+    let mut named = Vec::new();
     for key in ["revokedkeys", "trustedusercakeys", "hostcertificate"] {
         for value in eff.get(key).into_iter().flatten() {
             if let Some(o) = deleting.iter().find(|o| o.path == Path::new(value)) {
-                return Err(Error::Failed(format!(
-                    "sshd -T still shows {key} {}, which is about to be deleted; it is kept",
-                    o.path.display()
-                )));
+                named.push((key, *o));
             }
         }
     }
-    Ok(())
+    Ok(named)
+}
+
+/// Fails when the configuration on disk still names a file about to be deleted.
+pub fn check_not_named(sshd: &SshdCtl, deleting: &[&Original]) -> Result<()> {
+    match still_named(sshd, deleting)?.first() {
+        Some((key, o)) => Err(Error::Failed(format!(
+            "sshd -T still shows {key} {}, which is about to be deleted; it is kept",
+            o.path.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// `interrupted`: the journal is an earlier run's. Then `sshd_reloaded` says only what
@@ -361,7 +371,19 @@ fn undo(root: &Root, journal: &Journal, sshd: &SshdCtl, interrupted: bool) -> Re
         restore_all(before.into_iter().rev())?;
         failpoint::after("rollback-restore")?;
         sshd.test()?;
-        check_not_named(sshd, &after)?;
+        // A file the restored configuration names again (the run re-created one that was
+        // missing while the configuration named it: a host certificate deleted by hand)
+        // is kept: deleting it could refuse logins, and failing here would stop every
+        // later run at this rollback for good.
+        let named = still_named(sshd, &after)?;
+        for (key, o) in &named {
+            eprintln!(
+                "portcullis-enroll: the restored configuration names {} ({key}), which this run created: it is kept",
+                o.path.display()
+            );
+        }
+        let after: Vec<&Original> =
+            after.into_iter().filter(|o| !named.iter().any(|(_, kept)| kept.path == o.path)).collect();
         sshd.reload()?;
         failpoint::after("rollback-reload")?;
         if !after.is_empty() {

@@ -133,6 +133,51 @@ async fn refresh_that_touches_sshd_is_validated_and_rolled_back() {
     assert!(node.ordinary_login_works());
 }
 
+/// A host certificate deleted by hand is certified again by the next refresh; a refresh
+/// killed after its reload is rolled back by the next run, and the restored drop-in names
+/// that certificate again. The rollback keeps the file rather than failing: before, it
+/// refused to delete a file the configuration names, every later run (`refresh`,
+/// `remove`, `enroll`) stopped at that rollback, and revocations froze until someone
+/// deleted the journal by hand (found in review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_keeps_a_file_the_restored_configuration_names() {
+    let ca = FakeCa::start().await;
+    let (node, key, cert, user_key) = enrolled_with_a_login(&ca);
+    let host_cert = node.path("/etc/ssh/portcullis/ssh_host_ed25519_key-cert.pub");
+    std::fs::remove_file(&host_cert).unwrap();
+    let refresh = || {
+        let mut c = node.enroll_cmd();
+        c.arg("refresh");
+        c
+    };
+    let out = refresh().env("PORTCULLIS_ENROLL_FAILPOINT", "reload").output().unwrap();
+    assert_eq!(out.status.code(), Some(99), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(node.path("/etc/ssh/portcullis/journal.json").exists());
+
+    // The next run finishes the rollback and goes on: a new revocation reaches the node.
+    let mut krl = KrlBuilder::new(5, now(), "");
+    krl.revoke_key_sha256(user_key.public_key().key_data());
+    ca.state.lock().unwrap().krl = krl.encode();
+    let (code, json, _) = run(refresh());
+    assert_eq!(code, 0, "{json}");
+    assert!(has_step(&json, "recover"), "{json}");
+    assert!(!node.path("/etc/ssh/portcullis/journal.json").exists());
+    assert!(host_cert.exists(), "the host certificate is certified again");
+    assert!(!node.cert_login_works("root", &key, &cert), "the new revocation is in force");
+    assert!(node.ordinary_login_works());
+
+    // The same interruption, then `remove`: it finishes the rollback and removes.
+    std::fs::remove_file(&host_cert).unwrap();
+    let out = refresh().env("PORTCULLIS_ENROLL_FAILPOINT", "reload").output().unwrap();
+    assert_eq!(out.status.code(), Some(99), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut remove = node.enroll_cmd();
+    remove.arg("remove");
+    let (code, json, _) = run(remove);
+    assert_eq!(code, 0, "{json}");
+    assert!(!node.path("/etc/ssh/sshd_config.d/60-portcullis.conf").exists(), "{json}");
+    assert!(node.ordinary_login_works());
+}
+
 /// A host key regenerated after enrollment (an operator's `ssh-keygen -A`, a restored
 /// image) is not the key the CA certifies: the refresh leaves it without a certificate
 /// and says why, instead of installing the old key's certificate for it — and the new
