@@ -340,6 +340,9 @@ pub fn diff(root: &Root, desired: Vec<Desired>, managed: &[PathBuf]) -> Result<P
     let sshd_file = |p: &Path| is_sshd_file(root, p);
     for d in &desired {
         if fsx::read_opt(&d.path)?.as_deref() != Some(d.bytes.as_slice()) || fsx::mode_of(&d.path) != Some(d.mode) {
+            if d.path == root.krl() {
+                crate::sshd::node_loads_krl(&d.bytes)?;
+            }
             plan.touches_sshd |= sshd_file(&d.path);
             plan.writes.push(d.clone());
         }

@@ -120,6 +120,33 @@ pub fn wait_authenticated(sessions: &BTreeSet<u32>, max: Duration) -> usize {
     }
 }
 
+/// Whether this node's own OpenSSH loads `krl`. `ssh-keygen -Q` reads a KRL with the code
+/// sshd's `RevokedKeys` uses; our parser follows the newest OpenSSH, and an older one
+/// refuses a section it predates (revocation by SHA-256 hash needs 7.9) — while sshd
+/// names a KRL it cannot load, it refuses every public key, `authorized_keys` included,
+/// and `sshd -t` never loads it. Exit 0 (the probe key is not revoked) or 1 (it is) both
+/// mean the KRL loaded.
+pub fn node_loads_krl(krl: &[u8]) -> Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| Error::Failed(format!("cannot create a temporary directory: {e}")))?;
+    let (krl_path, probe_path) = (dir.path().join("revoked.krl"), dir.path().join("probe.pub"));
+    // Any well-formed key will do: only whether the KRL loads matters.
+    let probe = ssh_key::PublicKey::from(ssh_key::public::Ed25519PublicKey([7; 32]));
+    let probe = probe.to_openssh().map_err(|e| Error::Failed(format!("cannot encode the probe key: {e}")))?;
+    for (path, bytes) in [(&krl_path, krl), (&probe_path, probe.as_bytes())] {
+        std::fs::write(path, bytes).map_err(|e| Error::Failed(format!("cannot write {}: {e}", path.display())))?;
+    }
+    let out = run(Command::new("ssh-keygen").arg("-Q").arg("-f").arg(&krl_path).arg(&probe_path), "ssh-keygen -Q")?;
+    if matches!(out.status.code(), Some(0 | 1)) {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stderr).replace(&*krl_path.to_string_lossy(), "the KRL");
+    let said: String = said.lines().next().unwrap_or("").chars().filter(|c| !c.is_control()).take(200).collect();
+    Err(Error::Ca(format!(
+        "this node's OpenSSH cannot load the CA's KRL ({}); refused, the installed KRL stays",
+        if said.is_empty() { format!("ssh-keygen -Q exited {}", out.status) } else { said }
+    )))
+}
+
 /// `OpenSSH_9.2p1 Debian-2+deb12u3, …` → `OpenSSH_9.2p1 Debian-2+deb12u3`.
 pub fn openssh_version() -> Option<String> {
     let out = Command::new("ssh").arg("-V").stdin(Stdio::null()).output().ok()?;

@@ -5,7 +5,10 @@
 //! were added in, so a KRL can be compared and cached by hash), every list is
 //! sorted and free of duplicates, and an empty builder still produces a valid KRL
 //! that revokes nothing. Only sections OpenSSH's parser accepts are emitted:
-//! certificate serial lists and key IDs per CA, and SHA-256 hashes of plain keys.
+//! certificate serial lists and key IDs per CA, plain keys, and SHA-256 hashes of plain
+//! keys. [`KrlBuilder::revoke_key`] (whole keys) is what every OpenSSH with KRLs (6.2 on)
+//! loads; revocation by SHA-256 hash needs 7.9, and an older sshd that meets a section it
+//! does not know refuses the whole KRL — and with it every public key.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,6 +20,7 @@ const KRL_MAGIC: &[u8; 8] = b"SSHKRL\n\0";
 const KRL_FORMAT_VERSION: u32 = 1;
 
 const KRL_SECTION_CERTIFICATES: u8 = 1;
+const KRL_SECTION_EXPLICIT_KEY: u8 = 2;
 const KRL_SECTION_FINGERPRINT_SHA256: u8 = 5;
 const KRL_SECTION_CERT_SERIAL_LIST: u8 = 0x20;
 const KRL_SECTION_CERT_KEY_ID: u8 = 0x23;
@@ -32,6 +36,8 @@ pub struct KrlBuilder {
     /// Raw SHA-256 digests of plain public key blobs. `Vec<u8>` ordering is
     /// byte-wise, i.e. the big-endian numeric order `PROTOCOL.krl` requires.
     key_sha256: BTreeSet<Vec<u8>>,
+    /// Plain public key blobs, in byte order (a prefix first), as OpenSSH writes them.
+    keys: BTreeSet<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,8 +79,18 @@ impl KrlBuilder {
         self.ca_entry(ca).key_ids.insert(key_id.to_owned());
     }
 
+    /// Revoke a plain public key (and so every certificate for it, from any CA) by
+    /// listing it whole, which every OpenSSH that reads KRLs understands. Passing a
+    /// certificate revokes the key it certifies, which is also what OpenSSH compares.
+    pub fn revoke_key(&mut self, key: &KeyData) {
+        let plain = key.certificate().map_or(key, |cert| cert.public_key());
+        // Only a key past 4 GiB fails to encode: the empty blob then matches nothing,
+        // which cannot happen for a key that was parsed.
+        self.keys.insert(plain.encode_vec().unwrap_or_default());
+    }
+
     /// Revoke a plain public key (and so every certificate for it, from any CA)
-    /// by the SHA-256 hash of its blob. Passing a certificate revokes the key
+    /// by the SHA-256 hash of its blob (OpenSSH 7.9 on: see the module's doc). Passing a certificate revokes the key
     /// it certifies, which is also what OpenSSH compares.
     pub fn revoke_key_sha256(&mut self, key: &KeyData) {
         let plain = key.certificate().map_or(key, |cert| cert.public_key());
@@ -94,7 +110,7 @@ impl KrlBuilder {
 
     /// True when nothing has been revoked (the KRL would still be valid).
     pub fn is_empty(&self) -> bool {
-        self.certs.is_empty() && self.key_sha256.is_empty()
+        self.certs.is_empty() && self.key_sha256.is_empty() && self.keys.is_empty()
     }
 
     /// The KRL file contents.
@@ -111,6 +127,13 @@ impl KrlBuilder {
         for (ca_blob, revoked) in &self.certs {
             let section = encode_certificates_section(ca_blob, revoked);
             put_section(&mut out, KRL_SECTION_CERTIFICATES, &section);
+        }
+        if !self.keys.is_empty() {
+            let mut section = Vec::new();
+            for blob in &self.keys {
+                put_string(&mut section, blob);
+            }
+            put_section(&mut out, KRL_SECTION_EXPLICIT_KEY, &section);
         }
         if !self.key_sha256.is_empty() {
             let mut section = Vec::new();

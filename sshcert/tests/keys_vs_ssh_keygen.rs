@@ -26,9 +26,7 @@ fn unsupported(name: &str) -> KeyError {
 
 #[test]
 fn accepts_allowed_ssh_keygen_keys_and_matches_their_fingerprints() {
-    if ssh_keygen().is_none() {
-        return;
-    }
+    ssh_keygen();
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         ("ed25519", "ed25519", None),
@@ -50,9 +48,7 @@ fn accepts_allowed_ssh_keygen_keys_and_matches_their_fingerprints() {
 
 #[test]
 fn fingerprints_of_keys_generated_in_code_match_ssh_keygen() {
-    if ssh_keygen().is_none() {
-        return;
-    }
+    ssh_keygen();
     let dir = tempfile::tempdir().unwrap();
     for (i, key) in [ed25519_key(), p256_key()].iter().enumerate() {
         let file = write(dir.path(), &format!("k{i}.pub"), key.public_key().to_openssh().unwrap());
@@ -84,18 +80,14 @@ fn accepts_security_keys_and_matches_their_fingerprints() {
         let key = parse_user_public_key(&line).unwrap();
         assert_eq!(key.key_data(), sk.key_data());
         assert!(key.comment().is_empty());
-        if ssh_keygen().is_some() {
-            let file = write(dir.path(), &format!("sk{i}.pub"), &line);
-            assert_eq!(fingerprint(key.key_data()), keygen_fingerprint(&file));
-        }
+        let file = write(dir.path(), &format!("sk{i}.pub"), &line);
+        assert_eq!(fingerprint(key.key_data()), keygen_fingerprint(&file));
     }
 }
 
 #[test]
 fn certificate_fingerprint_is_that_of_the_certified_key() {
-    if ssh_keygen().is_none() {
-        return;
-    }
+    ssh_keygen();
     let dir = tempfile::tempdir().unwrap();
     let (ca, user) = (ed25519_key(), p256_key());
     let cert = user_cert(&ca, &user, 3, "alice");
@@ -124,9 +116,7 @@ fn tolerates_whitespace_and_tabs_like_openssh() {
 
 #[test]
 fn rejects_weak_and_unlisted_algorithms_from_ssh_keygen() {
-    if ssh_keygen().is_none() {
-        return;
-    }
+    ssh_keygen();
     let dir = tempfile::tempdir().unwrap();
     let rsa2048 = read_pub(&keygen_file(dir.path(), "rsa2048", "rsa", Some(2048)));
     assert_eq!(parse_user_public_key(&rsa2048), Err(KeyError::RsaTooSmall { bits: 2048 }));

@@ -109,9 +109,7 @@ fn section_types(krl: &[u8]) -> Vec<u8> {
 
 #[test]
 fn ssh_keygen_krl_matches_ssh_keygen_verdicts() {
-    if ssh_keygen().is_none() {
-        return;
-    }
+    ssh_keygen();
     let mut cases = Cases::new();
     let d = cases.dir.path().to_owned();
     let (ca, ca2, other_ca) = (ed25519_key(), p256_key(), ed25519_key());
@@ -210,9 +208,7 @@ fn ssh_keygen_krl_matches_ssh_keygen_verdicts() {
 /// A CA whose own key is revoked as a plain key takes its certificates with it.
 #[test]
 fn revoked_ca_key_revokes_its_certificates_as_in_ssh_keygen() {
-    if ssh_keygen().is_none() {
-        return;
-    }
+    ssh_keygen();
     let mut cases = Cases::new();
     let d = cases.dir.path().to_owned();
     let (ca, other_ca, user) = (p256_key(), ed25519_key(), ed25519_key());
@@ -229,9 +225,7 @@ fn revoked_ca_key_revokes_its_certificates_as_in_ssh_keygen() {
 /// loads it; build one by hand and compare verdicts.
 #[test]
 fn wildcard_ca_key_ids_and_serials_match_ssh_keygen() {
-    if ssh_keygen().is_none() {
-        return;
-    }
+    ssh_keygen();
     fn string(out: &mut Vec<u8>, s: &[u8]) {
         out.extend_from_slice(&u32::try_from(s.len()).unwrap().to_be_bytes());
         out.extend_from_slice(s);
@@ -271,9 +265,7 @@ fn wildcard_ca_key_ids_and_serials_match_ssh_keygen() {
 /// Our encoder's output, read back by our decoder, agrees with ssh-keygen.
 #[test]
 fn our_encoder_round_trips_through_both_parsers() {
-    if ssh_keygen().is_none() {
-        return;
-    }
+    ssh_keygen();
     let mut cases = Cases::new();
     let (ca, ca2, user, revoked_key) = (ed25519_key(), p256_key(), ed25519_key(), p256_key());
     let mut builder = KrlBuilder::new(3, 1_700_000_000, "ours");

@@ -90,3 +90,32 @@ async fn a_revoked_certificate_stays_in_the_krl_past_its_expiry_for_lagging_cloc
     clock.set(NOW + 60 + 2 * 3600);
     assert!(!listed().await, "long expired: dropped, the KRL does not grow for ever");
 }
+
+/// A revoked plain key is listed whole, the section every OpenSSH that reads KRLs
+/// understands: revocation by SHA-256 hash needs OpenSSH 7.9, and an older sshd (Debian
+/// 9, CentOS 7) that meets it refuses the whole KRL — and then every public key on the
+/// node, `authorized_keys` included. `ssh-keygen -Q -l` lists a whole key as
+/// `hash: SHA256:<base64> # <type>`, a SHA-256 entry in hex without the type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_listed_whole_so_older_openssh_loads_the_krl() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy");
+    std::fs::create_dir(&policy).unwrap();
+    std::fs::write(policy.join("policy.toml"), POLICY).unwrap();
+    let ca = ca_in_process(&sqlite_url(dir.path()), &policy, ManualClock::new(NOW)).await.unwrap();
+    let admin = ca.identity().caller(&first_admin(&ca, "portcullis-admins", "127.0.0.1").await).await.unwrap();
+    let revoke = ca.core().authorize::<proof::CertsRevoke>(&admin).unwrap();
+    let key = ed25519_key();
+    let by_key = RevokeRequest { public_key: Some(public_line(&key)), ..RevokeRequest::default() };
+    ca.revocation().revoke(&revoke, &by_key).await.unwrap();
+
+    let krl = dir.path().join("krl");
+    std::fs::write(&krl, ca.revocation().krl().await.unwrap().as_slice()).unwrap();
+    let plain = dir.path().join("key.pub");
+    std::fs::write(&plain, public_line(&key) + "\n").unwrap();
+    assert!(krl_revokes(&krl, &plain));
+    let out = std::process::Command::new("ssh-keygen").args(["-Q", "-l", "-f"]).arg(&krl).output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let fingerprint = portcullis_sshcert::fingerprint(key.public_key().key_data());
+    assert!(listing.contains(&format!("hash: {fingerprint} # ssh-ed25519")), "not listed whole:\n{listing}");
+}

@@ -178,7 +178,9 @@ impl Revocation {
         }
         for line in self.core.store.revoked_keys().await? {
             if let Ok(key) = PublicKey::from_openssh(&line) {
-                krl.revoke_key_sha256(key.key_data());
+                // Whole keys, not their SHA-256: OpenSSH before 7.9 cannot load a KRL
+                // that revokes by hash, and then refuses every public key.
+                krl.revoke_key(key.key_data());
             }
         }
         let bytes = Arc::new(krl.encode());

@@ -178,6 +178,60 @@ async fn a_rollback_keeps_a_file_the_restored_configuration_names() {
     assert!(node.ordinary_login_works());
 }
 
+/// A KRL this node's own OpenSSH cannot load is never installed, whatever our parser
+/// says: an older sshd (before 7.9, revocation by SHA-256 hash) refuses a section it
+/// predates, and while `RevokedKeys` names a KRL it cannot load it refuses every public
+/// key — `authorized_keys` included — with `sshd -t` passing. Here `ssh-keygen` on the
+/// node's PATH plays that older OpenSSH; `status` reports the installed KRL the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_krl_the_nodes_openssh_cannot_load_is_refused_and_the_installed_one_stays() {
+    let ca = FakeCa::start().await;
+    let (node, key, cert, user_key) = enrolled_with_a_login(&ca);
+    let krl_path = node.path("/etc/ssh/portcullis/revoked.krl");
+    let installed = std::fs::read(&krl_path).unwrap();
+    let older = node.dir.path().join("older-openssh");
+    std::fs::create_dir(&older).unwrap();
+    let stub = older.join("ssh-keygen");
+    std::fs::write(
+        &stub,
+        "#!/bin/sh
+echo \"Invalid KRL file $3: unsupported section\" >&2
+exit 255
+",
+    )
+    .unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", older.display(), std::env::var("PATH").unwrap());
+    let with_older = |command: &str| {
+        let mut c = node.enroll_cmd();
+        c.env("PATH", &path).arg(command);
+        c
+    };
+    let mut krl = KrlBuilder::new(7, now(), "");
+    krl.revoke_key_sha256(user_key.public_key().key_data());
+    ca.state.lock().unwrap().krl = krl.encode();
+
+    let (code, json, _) = run(with_older("refresh"));
+    assert_ne!(code, 0, "{json}");
+    let message = json["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("cannot load the CA's KRL") && message.contains("unsupported section"), "{json}");
+    assert_eq!(std::fs::read(&krl_path).unwrap(), installed, "the installed KRL stays");
+    assert!(node.ordinary_login_works());
+    assert!(node.cert_login_works("root", &key, &cert));
+
+    // `status` asks the node's OpenSSH about the installed KRL too.
+    let (code, json, _) = run(with_older("status"));
+    assert_eq!(code, 8, "{json}");
+
+    // With the node's real OpenSSH the same KRL loads and is installed.
+    let mut refresh = node.enroll_cmd();
+    refresh.arg("refresh");
+    let (code, json, _) = run(refresh);
+    assert_eq!(code, 0, "{json}");
+    assert!(!node.cert_login_works("root", &key, &cert), "the revocation applies");
+    assert!(node.ordinary_login_works());
+}
+
 /// A host key regenerated after enrollment (an operator's `ssh-keygen -A`, a restored
 /// image) is not the key the CA certifies: the refresh leaves it without a certificate
 /// and says why, instead of installing the old key's certificate for it — and the new
