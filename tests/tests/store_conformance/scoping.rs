@@ -16,7 +16,7 @@ permissions = ["users.manage", "nodes.manage", "sessions.kill", "recordings.read
 name = "prod-operator"
 logins = ["root"]
 targets = 'in:devices tags.env:prod'
-permissions = ["certs.issue", "sessions.kill", "recordings.read"]
+permissions = ["certs.issue", "sessions.kill", "recordings.read", "nodes.manage"]
 
 [[binding]]
 group = "admins"
@@ -134,6 +134,11 @@ roles = ["prod-operator"]
     let listed: Vec<String> =
         ca.recordings().list(&read, None, None).await.unwrap().into_iter().map(|r| r.device).collect();
     assert_eq!(listed, ["prod1"], "the old lab1's recording is not listed under the new one");
+    // Nor does the new lab1's page show the old one's sessions (who, from where).
+    let page = ca.sessions().device_details(&alice, "lab1").await.unwrap();
+    assert!(page.sessions_of_everyone, "the new lab1 is prod's: its sessions are the operator's to see");
+    let shown: Vec<&str> = page.sessions.iter().map(|s| s.session_id.as_str()).collect();
+    assert!(!shown.contains(&LAB), "the old lab1's session is shown on the new one's page: {shown:?}");
 
     let everywhere = ca.core().authorize::<proof::RecordingsRead>(&admin).unwrap();
     let mut listed: Vec<String> =

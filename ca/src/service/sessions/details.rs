@@ -54,9 +54,23 @@ impl Sessions {
         let access_complete = policy.authorize::<proof::PolicyRead>(who).is_ok();
         // A `sessions.kill` whose role has targets sees everyone's sessions only on the
         // devices those match (`audit.read` sees them everywhere).
-        let sessions_of_everyone =
-            policy.authorize::<proof::SessionsRead>(who).is_ok_and(|g| g.covers(&as_policy_sees_it));
-        let sessions = self.device_sessions(&device, who, sessions_of_everyone).await?;
+        let everyone = policy.authorize::<proof::SessionsRead>(who).ok().filter(|g| g.covers(&as_policy_sees_it));
+        let sessions_of_everyone = everyone.is_some();
+        let mut sessions = self.device_sessions(&device, who, sessions_of_everyone).await?;
+        // Another machine that held this name before does not show here: others' sessions
+        // count from when the node was registered under it, unless the grant holds
+        // everywhere (`Core::covers`, as the live-session list and kill decide).
+        if let (Some(grant), Some(_)) = (&everyone, &node) {
+            let mut seen = std::collections::HashMap::new();
+            let mut kept = Vec::with_capacity(sessions.len());
+            for s in sessions {
+                if s.user == who.username || self.core.covers_each(grant, &mut seen, &device.name, s.started_at).await?
+                {
+                    kept.push(s);
+                }
+            }
+            sessions = kept;
+        }
         Ok(DeviceDetails {
             node: node.map(node_summary),
             inventory,
