@@ -106,6 +106,10 @@ fn principal_file_lines(bundle: &NodeBundle) -> Result<BTreeMap<String, Vec<Stri
     Ok(bundle.principals.clone())
 }
 
+/// More certificate serials revoked for one CA key than any CA revokes one by one (a
+/// KRL file is at most a few MiB, so only ranges reach it).
+const MAX_REVOKED_SERIALS: u128 = 1 << 32;
+
 /// The bundle's KRL, if sshd can load it and it leaves at least one of `user_cas` (the
 /// user CA keys the node will trust) unrevoked.
 fn checked_krl(bundle: &NodeBundle, user_cas: &[ssh_key::PublicKey]) -> Result<Vec<u8>> {
@@ -125,6 +129,16 @@ fn checked_krl(bundle: &NodeBundle, user_cas: &[ssh_key::PublicKey]) -> Result<V
              certificate login; refused (the installed files stay)"
                 .into(),
         ));
+    }
+    // The same end by another road: serial ranges that cover (nearly) every serial a
+    // trusted CA key could sign. Ours revokes what it issued, serial by serial.
+    if let Some(key) = user_cas.iter().find(|key| revocations.serials_revoked_for(key.key_data()) > MAX_REVOKED_SERIALS)
+    {
+        return Err(Error::Ca(format!(
+            "the CA sent a KRL that revokes more than {MAX_REVOKED_SERIALS} certificate serials of the user CA key \
+             {}, which would refuse its certificate logins wholesale; refused (the installed files stay)",
+            portcullis_sshcert::fingerprint(key.key_data())
+        )));
     }
     Ok(krl)
 }
@@ -485,6 +499,51 @@ mod tests {
         assert!(refused.contains("revokes every user CA key"), "{refused}");
         assert!(check_bundle(&bundle(&[&old, &new], &[&old, &new])).is_err());
         assert!(check_bundle(&bundle(&[&old, &new], &[&old])).is_ok(), "revoking the old key in a rotation");
+    }
+
+    /// A KRL that revokes (nearly) every serial a trusted CA key could sign ends its
+    /// certificate logins as surely as revoking the key: refused, for the key's own
+    /// section and for the wildcard ("any CA") alike; a CA's usual serial list passes.
+    #[test]
+    fn a_krl_revoking_every_serial_is_refused() {
+        let ca = ssh_key::PrivateKey::random(
+            &mut ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng),
+            ssh_key::Algorithm::Ed25519,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let ca_blob = ssh_key::encoding::Encode::encode_vec(ca.public_key().key_data()).unwrap_or_default();
+        let string = |out: &mut Vec<u8>, bytes: &[u8]| {
+            out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or_default().to_be_bytes());
+            out.extend_from_slice(bytes);
+        };
+        // PROTOCOL.krl: a certificates section (1) for `ca_blob` with one serial range (0x21).
+        let ranged = |ca_blob: &[u8], lo: u64, hi: u64| {
+            let mut range = lo.to_be_bytes().to_vec();
+            range.extend_from_slice(&hi.to_be_bytes());
+            let mut section = Vec::new();
+            string(&mut section, ca_blob);
+            string(&mut section, b"");
+            section.push(0x21);
+            string(&mut section, &range);
+            let mut krl = b"SSHKRL\n\0".to_vec();
+            krl.extend_from_slice(&1u32.to_be_bytes());
+            krl.extend_from_slice(&[0; 24]);
+            string(&mut krl, b"");
+            string(&mut krl, b"");
+            krl.push(1);
+            string(&mut krl, &section);
+            STANDARD.encode(krl)
+        };
+        let bundle = |krl_base64: String| NodeBundle { krl_base64, ..valid_bundle() };
+        let with_ca =
+            |b: NodeBundle| NodeBundle { trusted_user_ca_keys: ca.public_key().to_openssh().unwrap_or_default(), ..b };
+        for (what, krl) in
+            [("its own section", ranged(&ca_blob, 1, u64::MAX)), ("the wildcard", ranged(&[], 1, u64::MAX))]
+        {
+            let refused = check_bundle(&with_ca(bundle(krl))).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(refused.contains("certificate serials"), "{what}: {refused}");
+        }
+        assert!(check_bundle(&with_ca(bundle(ranged(&ca_blob, 100, 100_000)))).is_ok(), "a usual range");
     }
 
     #[test]

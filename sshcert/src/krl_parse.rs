@@ -303,6 +303,24 @@ impl Krl {
         key.fingerprint(HashAlg::Sha256).sha256().is_some_and(|digest| self.sha256.contains(&digest))
     }
 
+    /// At most how many certificate serials this KRL revokes for certificates signed by
+    /// `ca`: its own section's and the wildcard's ranges and bitmap bits, counted
+    /// apart (overlaps count twice). A CA revokes what it issued one serial at a time;
+    /// billions at once revoke every certificate it signs without naming it.
+    pub fn serials_revoked_for(&self, ca: &KeyData) -> u128 {
+        let own = plain(ca).encode_vec().ok();
+        [own.and_then(|blob| self.certs.get(&blob)), self.certs.get(&Vec::new())]
+            .into_iter()
+            .flatten()
+            .map(|entry| {
+                let ranges: u128 = entry.ranges.iter().map(|&(lo, hi)| u128::from(hi.saturating_sub(lo)) + 1).sum();
+                let bits: u128 =
+                    entry.bitmaps.iter().flat_map(|b| &b.bits).map(|byte| u128::from(byte.count_ones())).sum();
+                ranges + bits
+            })
+            .sum()
+    }
+
     fn listed_certificate(&self, cert: &Certificate) -> bool {
         let Ok(ca_blob) = cert.signature_key().encode_vec() else {
             return true;
