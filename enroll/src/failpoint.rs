@@ -12,6 +12,8 @@
 //! `rollback-delete`.
 //! `PORTCULLIS_ENROLL_FAILPOINT=write:<file name>` — writing that file fails with an
 //! I/O error (a full disk or read-only target).
+//! `PORTCULLIS_ENROLL_FAILPOINT=written:<file name>` — the process exits with code 99
+//! right after that file is in place: a crash between two files of one step.
 
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -49,4 +51,13 @@ pub fn write_hook(path: &Path) -> Result<()> {
         return Err(Error::io("cannot write", path, std::io::Error::other("injected write failure (fail point)")));
     }
     Ok(())
+}
+
+/// Called after a file is in place (see `written:` in the module's doc).
+pub fn written_hook(path: &Path) {
+    let Some(fp) = configured() else { return };
+    if fp.strip_prefix("written:").is_some_and(|name| path.file_name().is_some_and(|n| n == name)) {
+        eprintln!("portcullis-enroll: fail point written:{}: exiting without cleanup", path.display());
+        std::process::exit(99);
+    }
 }

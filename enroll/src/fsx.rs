@@ -33,7 +33,9 @@ fn io_error(e: portcullis_os::fs::WriteError) -> Error {
 /// Temp file in the same directory, write, fsync, rename over `path`, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     crate::failpoint::write_hook(path)?;
-    portcullis_os::fs::write_atomic(path, bytes, mode).map_err(io_error)
+    portcullis_os::fs::write_atomic(path, bytes, mode).map_err(io_error)?;
+    crate::failpoint::written_hook(path);
+    Ok(())
 }
 
 /// Makes `path` a symlink to `target`, replacing whatever is there in one rename.

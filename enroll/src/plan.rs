@@ -157,6 +157,14 @@ fn user_ca_keys(text: &str) -> Result<Vec<ssh_key::PublicKey>> {
     Ok(user_cas)
 }
 
+/// Whether `krl` revokes every user CA key the node trusts now (none installed: no).
+pub fn revokes_every_installed_user_ca(root: &Root, krl: &[u8]) -> Result<bool> {
+    let Some(installed) = fsx::read_opt(&root.user_ca())? else { return Ok(false) };
+    let Ok(revocations) = portcullis_sshcert::Krl::parse(krl) else { return Ok(false) };
+    let installed = user_ca_keys(&String::from_utf8_lossy(&installed)).unwrap_or_default();
+    Ok(!installed.is_empty() && installed.iter().all(|key| revocations.is_key_revoked(key.key_data())))
+}
+
 /// The bundle's KRL on its own, for a refresh whose bundle was refused for something
 /// else (a principals line or a host certificate this tool cannot use): revocations must
 /// not wait on those. Checked like in [`check_bundle`], against the user CA keys the

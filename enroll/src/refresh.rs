@@ -90,7 +90,13 @@ pub(crate) async fn refresh_with(g: &Global, state: State, api: &Api, r: &mut Re
         }
     }
     let mut desired = plan::desired(root, &bundle, &host_certs, None, now, state.discovery)?;
-    desired.sort_by_key(|d| d.path != root.krl());
+    // The KRL first, so revocations take effect before anything else changes — unless it
+    // revokes every user CA key the node trusts now (a rotation after a compromise
+    // reaching a node that missed it): then the new trusted keys go first, as between
+    // the two writes the node would trust only revoked keys and refuse every
+    // certificate login (for good, should the run stop there).
+    let krl_first = !plan::revokes_every_installed_user_ca(root, &bundle.krl)?;
+    desired.sort_by_key(|d| (d.path != root.krl()) == krl_first);
     let plan = plan::diff(root, desired, &managed)?;
     if plan.is_empty() {
         r.step("compare", "no changes");
@@ -218,7 +224,7 @@ fn apply_trust(g: &Global, state: &State, trust: &Plan, r: &mut Report) -> Resul
     let mut new_state = state.clone();
     in_txn(g, r, |txn, r| {
         write_and_remove(txn, root, trust, r)?;
-        r.step("stage", format!("{} trust file change(s) written atomically, the KRL first", trust.describe().len()));
+        r.step("stage", format!("{} trust file change(s) written atomically", trust.describe().len()));
         failpoint::after("stage")?;
         update_state(txn, root, &mut new_state)
     })?;

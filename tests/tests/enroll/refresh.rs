@@ -232,6 +232,45 @@ exit 255
     assert!(node.ordinary_login_works());
 }
 
+/// A node that missed a CA key rotation after a compromise gets a bundle that trusts
+/// only the new key and revokes the old one. Written KRL first, as usual, it would trust
+/// only a revoked key between the two writes — and refuse every certificate login until
+/// the next run, should the run stop there. Such a KRL goes after the new trusted keys:
+/// killed right after it is written, the node already takes the new key's certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_krl_revoking_the_installed_ca_key_follows_the_new_trusted_keys() {
+    let ca = FakeCa::start().await;
+    let (node, key, cert, _) = enrolled_with_a_login(&ca);
+    let old = ca.user_ca();
+    let new =
+        PrivateKey::random(&mut ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng), Algorithm::Ed25519).unwrap();
+    let mut krl = KrlBuilder::new(9, now(), "");
+    krl.revoke_key(old.public_key().key_data());
+    {
+        let mut state = ca.state.lock().unwrap();
+        state.user_ca = new;
+        state.krl = krl.encode();
+    }
+    let rotated = node.dir.path().join("rotated");
+    std::fs::create_dir(&rotated).unwrap();
+    let (new_key, new_cert, _) = user_with_cert(&rotated, &ca, &["pc_admins_root"]);
+
+    let mut killed = node.enroll_cmd();
+    killed.env("PORTCULLIS_ENROLL_FAILPOINT", "written:revoked.krl").arg("refresh");
+    let out = killed.output().unwrap();
+    assert_eq!(out.status.code(), Some(99), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(node.cert_login_works("root", &new_key, &new_cert), "the new key's certificates log in after the crash");
+    assert!(node.ordinary_login_works());
+
+    // The next run finishes the rollback and applies the bundle whole.
+    let mut refresh = node.enroll_cmd();
+    refresh.arg("refresh");
+    let (code, json, _) = run(refresh);
+    assert_eq!(code, 0, "{json}");
+    assert!(node.cert_login_works("root", &new_key, &new_cert));
+    assert!(!node.cert_login_works("root", &key, &cert), "the old key is revoked");
+}
+
 /// A host key regenerated after enrollment (an operator's `ssh-keygen -A`, a restored
 /// image) is not the key the CA certifies: the refresh leaves it without a certificate
 /// and says why, instead of installing the old key's certificate for it — and the new
