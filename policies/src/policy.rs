@@ -37,6 +37,13 @@ impl Policy {
         &self.bindings
     }
 
+    /// Whether a binding or a deny statement names the user `account` itself (not a
+    /// group of theirs).
+    pub fn names_user(&self, account: &str) -> bool {
+        self.bindings.contains_key(&Subject::User(account.to_owned()))
+            || self.denies.values().any(|d| d.users.contains(account))
+    }
+
     /// Group names the bindings and deny statements use without a source (`admins`, not
     /// `ldap:admins`): each matches a group of that name from every source.
     pub fn groups_from_any_source(&self) -> BTreeSet<&str> {

@@ -129,6 +129,9 @@ users = ["eve"]
 logins = ["*"]
 "#;
     let pol = policy(&format!("{BASE}{extra}"));
+    // What a sign-in under a new name must not shed (the CA refuses such a rename).
+    assert!(pol.names_user("mallory") && pol.names_user("olga"), "named by a deny");
+    assert!(!pol.names_user("carl") && !pol.names_user("contractors"), "a group is not a user");
     let c = who("carl", &["admins", "contractors"]);
     let permit = pol.issue_user_cert(&c, &CertRequest::default()).unwrap();
     assert_eq!(permit.principals(), &set(&[p("admin", "admin")]));

@@ -183,6 +183,23 @@ impl IdentityService {
         };
         let mut tx = self.core.store.begin().await?;
         if session.source != UserSource::Local.as_str() {
+            // A rename at the source moves the subject to its new name and frees the old
+            // one (below). A name the policy itself names — a deny, a user binding — is
+            // not shed that way: renaming oneself at the IdP (a user-editable claim at
+            // many) would lift a deny on the old name. An administrator releases it,
+            // having moved the policy to the new name.
+            let policy = self.core.policy();
+            let held = store::accounts_of(tx.conn(), &session.source, &subject).await?;
+            if let Some(old) = held.iter().find(|old| **old != session.username && policy.names_user(old)) {
+                drop(tx);
+                tracing::warn!(account = %session.username, "sign-in refused: renamed from an account the policy names");
+                self.audit_login_failure(&session.username, &session.source, client_ip, "account_renamed").await?;
+                return Err(CaError::SignInFailed(format!(
+                    "this account was known as {old}, which the access policy names; an administrator can move the \
+                     policy to {} and release the old name with `portcullis admin user release {old}`",
+                    session.username
+                )));
+            }
             let claim = store::claim_account(tx.conn(), &session.username, &session.source, &subject, now).await?;
             if let AccountClaim::Held { released } = &claim {
                 // Renamed at its source: the old name's sessions and certificates end

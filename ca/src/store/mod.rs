@@ -58,7 +58,7 @@ pub use services::{ServiceRow, record_bastion_heartbeat, touch_service, upsert_s
 pub use tickets::{
     LapsedTicket, Redeemed, TicketRow, TicketState, claim_lapsed_ticket, consume_ticket, insert_ticket, purge_tickets,
 };
-pub use users::{AccountClaim, NewPassword, SessionRow, UserRow, claim_account, release_account};
+pub use users::{AccountClaim, NewPassword, SessionRow, UserRow, accounts_of, claim_account, release_account};
 pub use virt::{
     ClusterRow, GuestRow, PveNodeRow, PveRunRow, claim_pve_run, finish_pve_run, load_cluster, pve_run_warnings,
     replace_cluster,

@@ -278,6 +278,16 @@ async fn holder<'e>(executor: impl sqlx::Executor<'e, Database = sqlx::Any>, acc
     Ok(row.map(|r| r.try_get("subject")).transpose()?)
 }
 
+/// The account names `subject` (of `source`) holds.
+pub async fn accounts_of(conn: &mut AnyConnection, source: &str, subject: &str) -> Result<Vec<String>> {
+    let rows = sqlx::query("SELECT account FROM accounts WHERE source = $1 AND subject = $2 ORDER BY account")
+        .bind(source)
+        .bind(subject)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.iter().map(|row| row.try_get("account")).collect::<std::result::Result<_, _>>()?)
+}
+
 /// What [`claim_account`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountClaim {
