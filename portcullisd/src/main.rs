@@ -245,6 +245,7 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("cannot listen on {agent_listen}"))?;
                 let (addr, bastion) =
                     dataplane::start_bastion(&service.endpoint(), identity, &listen, agents, front_door).await?;
+                keep_running_on_sighup("bastion");
                 dataplane::start_web(&web, &service.state_dir, &bastion).await?;
                 if let Some(addr) = metrics_listen {
                     dataplane::start_metrics(&addr, Arc::clone(&bastion)).await?;
@@ -273,6 +274,7 @@ fn main() -> anyhow::Result<()> {
                     Some(portcullis_bastion::edge::AllowList::parse(&allow).map_err(anyhow::Error::msg)?)
                 };
                 let status = dataplane::start_agent(&service.endpoint(), &service.name, identity, bastions, allow)?;
+                keep_running_on_sighup("agent");
                 if let Some(addr) = metrics_listen {
                     dataplane::start_metrics(&addr, status).await?;
                 }
@@ -478,6 +480,22 @@ fn spawn_housekeeping(ca: Arc<Ca>) {
             if let Err(e) = ca.housekeeping().await {
                 tracing::warn!(error = %e, "housekeeping failed; retrying in 5 s");
             }
+        }
+    });
+}
+
+/// A SIGHUP (`systemctl reload`) must never end a data-plane role: with no handler, the
+/// signal's default action ends the process, which systemd takes as a clean exit and does
+/// not restart. What a role reloads on it (the web front door's certificate) has its own
+/// handler; this one only says so.
+fn keep_running_on_sighup(role: &'static str) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(role, "SIGHUP: TLS certificates are re-read where there are any; nothing else to reload");
         }
     });
 }

@@ -192,3 +192,37 @@ async fn a_standalone_bastion_serves_ssh_and_the_browser_console_on_its_own_orig
     let _ = bastion.wait();
     let _ = agent.wait();
 }
+
+/// `systemctl reload` sends SIGHUP. A standalone bastion without a web front door had
+/// no handler for it, so the signal's default action ended the process — which systemd
+/// takes as a clean exit and does not restart (`Restart=on-failure`): every session
+/// dropped, the bastion gone until someone noticed (found in review, 2026-12-06). An
+/// agent alike. Both now stay up and keep their link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_signal_leaves_a_bastion_and_an_agent_running() {
+    let w = World::start("15m").await;
+    let (url, pin) = (&w.server.url, &w.server.pin);
+    let b1 = w.dir.path().join("b1");
+    let token = service_token(&w.server, &w.admin, "bastion").await;
+    let mut bastion = spawn_bastion(url, pin, "b1", &b1, Some(&token), &[]);
+    wait_line(&b1, "Portcullis bastion b1 listening on ");
+    let edge1 = w.dir.path().join("edge1");
+    let token = service_token(&w.server, &w.admin, "agent").await;
+    let mut agent = spawn_agent(url, pin, "edge1", &edge1, Some(&token), &[]);
+    wait_connected_to(&w.server, &w.admin, "edge1", Some("b1"), &edge1.with_extension("log")).await;
+
+    for child in [&bastion, &agent] {
+        let sent = std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    for (what, child, state) in [("bastion", &mut bastion, &b1), ("agent", &mut agent, &edge1)] {
+        let log = std::fs::read_to_string(state.with_extension("log")).unwrap_or_default();
+        assert!(child.try_wait().unwrap().is_none(), "the {what} ended on SIGHUP:\n{log}");
+    }
+    wait_connected_to(&w.server, &w.admin, "edge1", Some("b1"), &edge1.with_extension("log")).await;
+    for child in [&mut bastion, &mut agent] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
