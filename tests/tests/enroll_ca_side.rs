@@ -557,6 +557,46 @@ async fn a_node_change_never_undoes_one_committed_while_it_waited() {
     assert_eq!(node.tags.get("env").map(String::as_str), Some("lab"));
 }
 
+/// A refresh checked against the node record before a re-key committed (the proof's
+/// key was current then) must not certify the old key afterwards: re-keying is the
+/// answer to a stolen host key, and the thief could otherwise refresh into the window
+/// and get a fresh 30-day certificate for it. The refresh decides on the record it
+/// reads inside its own transaction (found in review, 2026-12-06).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_waited_for_a_rekey_does_not_certify_the_old_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, grant) = ca_and_grant(dir.path()).await;
+    let old = ed25519_key();
+    ca.nodes()
+        .add_node(
+            &grant,
+            &NodeRecord { name: "pve01".into(), host_keys: vec![public_line(&old)], ..Default::default() },
+        )
+        .await
+        .unwrap();
+    let new = ed25519_key();
+    let mut rekeyed = ca.core().store().node("pve01").await.unwrap().unwrap();
+    rekeyed.host_keys = vec![public_line(&new)];
+    // The re-key holds the write lock while the stolen key's refresh arrives.
+    let mut tx = ca.core().store().begin().await.unwrap();
+    portcullis_ca::store::upsert_node(tx.conn(), &rekeyed, NOW).await.unwrap();
+    let commit = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        tx.commit().await.unwrap();
+    };
+    let stolen = proof(&old, "pve01", "refresh", "pve01", NOW);
+    let (refreshed, ()) = tokio::join!(ca.nodes().node_refresh(&stolen, "127.0.0.1"), commit);
+    assert!(matches!(refreshed, Err(CaError::Unauthenticated)), "{refreshed:?}");
+    let issued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM certificates WHERE username = 'node:pve01'")
+        .fetch_one(ca.core().store().pool())
+        .await
+        .unwrap();
+    assert_eq!(issued, 0, "a host certificate was issued for the old key after the re-key");
+    // The node's new key refreshes.
+    let current = proof(&new, "pve01", "refresh", "pve01", NOW);
+    ca.nodes().node_refresh(&current, "127.0.0.1").await.unwrap();
+}
+
 /// Forty nodes refreshing at once on PostgreSQL (16 connections): a refresh used to hold
 /// its transaction's connection while reading its host certificates and the KRL on the
 /// pool, so sixteen of them could each hold one and wait for a second until the pool

@@ -334,18 +334,23 @@ impl Nodes {
 
     /// Checks a node's proof of holding one of its registered host keys.
     async fn verify_node_proof(&self, proof: &NodeProof, action: &str, client_ip: &str) -> Result<NodeRecord, CaError> {
-        let reason = match self.check_node_proof(proof, action).await? {
-            Ok(node) => return Ok(node),
-            Err(reason) => reason,
-        };
-        self.core
+        match self.check_node_proof(proof, action).await? {
+            Ok(node) => Ok(node),
+            Err(reason) => Err(self.refuse_node_proof(proof, reason, client_ip).await),
+        }
+    }
+
+    /// Audits a refused node proof; the error to answer with.
+    async fn refuse_node_proof(&self, proof: &NodeProof, reason: &'static str, client_ip: &str) -> CaError {
+        let audited = self
+            .core
             .audit_alone(AuditEvent::NodeProofRefused {
                 node: audit::sanitize(&proof.node),
                 reason,
                 client_ip: client_ip.to_owned(),
             })
-            .await?;
-        Err(CaError::Unauthenticated)
+            .await;
+        audited.err().unwrap_or(CaError::Unauthenticated)
     }
 
     async fn check_node_proof(
@@ -359,12 +364,23 @@ impl Nodes {
 
     /// What an enrolled node fetches on its refresh timer.
     pub async fn node_refresh(&self, proof: &NodeProof, client_ip: &str) -> Result<NodeBundle, CaError> {
-        let node = self.verify_node_proof(proof, "refresh", client_ip).await?;
-        let host_keys: Vec<PublicKey> = node.host_keys.iter().filter_map(|k| PublicKey::from_openssh(k).ok()).collect();
+        // Checked first without a transaction, so a stream of bad proofs costs no write
+        // lock; then again on the record read inside the transaction, which is what the
+        // certificates are signed for: a re-key or a removal that committed while this
+        // refresh waited (the answer to a stolen host key) is not undone by it.
+        self.verify_node_proof(proof, "refresh", client_ip).await?;
         let now = self.core.now();
-        let nodes = self.core.store.nodes().await?;
         let krl = self.revocation.krl().await?;
         let mut tx = self.core.store.begin().await?;
+        let node = match store::node_for_update(&mut tx, &proof.node).await? {
+            Some(node) if proof_by(&node, proof, "refresh", now).is_ok() => node,
+            _ => {
+                drop(tx);
+                return Err(self.refuse_node_proof(proof, "changed_meanwhile", client_ip).await);
+            }
+        };
+        let host_keys: Vec<PublicKey> = node.host_keys.iter().filter_map(|k| PublicKey::from_openssh(k).ok()).collect();
+        let nodes = store::nodes_on(tx.conn()).await?;
         let (bundle, serials) = self.bundle(tx.conn(), &node, &nodes, &host_keys, &krl, now).await?;
         if !serials.is_empty() {
             audit::record(
