@@ -37,14 +37,20 @@ async fn ca_and_grant(dir: &std::path::Path) -> (Ca, Grant<proof::NodesManage>) 
 }
 
 async fn ca_and_grant_on(db_url: &str, dir: &std::path::Path) -> (Ca, Grant<proof::NodesManage>) {
+    let (ca, admin) = ca_and_admin_on(db_url, dir).await;
+    let grant = ca.core().authorize::<proof::NodesManage>(&admin).unwrap();
+    (ca, grant)
+}
+
+/// A CA with the default policy and its first administrator.
+async fn ca_and_admin_on(db_url: &str, dir: &std::path::Path) -> (Ca, portcullis_ca::service::Caller) {
     let policy = dir.join("policy");
     std::fs::create_dir_all(&policy).unwrap();
     std::fs::write(policy.join("default.toml"), portcullis_ca::policy_files::DEFAULT_POLICY).unwrap();
     let ca = ca_in_process(db_url, &policy, ManualClock::new(NOW)).await.unwrap();
     let token = first_admin(&ca, "portcullis-admins", "127.0.0.1").await;
     let admin = ca.identity().caller(&token).await.unwrap();
-    let grant = ca.core().authorize::<proof::NodesManage>(&admin).unwrap();
-    (ca, grant)
+    (ca, admin)
 }
 
 async fn token(ca: &Ca, grant: &Grant<proof::NodesManage>, request: EnrollTokenRequest) -> String {
@@ -595,6 +601,36 @@ async fn a_refresh_that_waited_for_a_rekey_does_not_certify_the_old_key() {
     // The node's new key refreshes.
     let current = proof(&new, "pve01", "refresh", "pve01", NOW);
     ca.nodes().node_refresh(&current, "127.0.0.1").await.unwrap();
+}
+
+/// A revoked host certificate is not handed out again: the next refresh signs a new
+/// one. The reuse check looked only at the certificate's age and names, so a revoked
+/// one went on being served until its renewal, three weeks on (found in review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_host_certificate_is_replaced_at_the_next_refresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, admin) = ca_and_admin_on(&sqlite_url(dir.path()), dir.path()).await;
+    let grant = ca.core().authorize::<proof::NodesManage>(&admin).unwrap();
+    let key = ed25519_key();
+    ca.nodes()
+        .add_node(
+            &grant,
+            &NodeRecord { name: "pve01".into(), host_keys: vec![public_line(&key)], ..Default::default() },
+        )
+        .await
+        .unwrap();
+    let signed = proof(&key, "pve01", "refresh", "pve01", NOW);
+    let refresh = || ca.nodes().node_refresh(&signed, "127.0.0.1");
+    let serial_of = |bundle: &portcullis_proto::enroll::NodeBundle| {
+        ssh_key::Certificate::from_openssh(bundle.host_certificates[0].trim()).unwrap().serial()
+    };
+    let first = serial_of(&refresh().await.unwrap());
+    assert_eq!(serial_of(&refresh().await.unwrap()), first, "a current certificate is reused");
+
+    let revoke = ca.core().authorize::<proof::CertsRevoke>(&admin).unwrap();
+    let by_serial = portcullis_proto::RevokeRequest { serial: Some(first.to_string()), ..Default::default() };
+    ca.revocation().revoke(&revoke, &by_serial).await.unwrap();
+    assert_ne!(serial_of(&refresh().await.unwrap()), first, "the revoked certificate was handed out again");
 }
 
 /// Forty nodes refreshing at once on PostgreSQL (16 connections): a refresh used to hold

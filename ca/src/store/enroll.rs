@@ -149,7 +149,11 @@ pub struct HostCertRow {
 /// The host certificate kept for `node`'s key, read on the caller's transaction.
 pub async fn host_cert(conn: &mut AnyConnection, node: &str, key_fingerprint: &str) -> Result<Option<HostCertRow>> {
     let row = sqlx::query(
-        "SELECT ca_fingerprint, certificate, valid_before FROM host_certs WHERE node = $1 AND key_fingerprint = $2",
+        // A revoked certificate is never handed out again (the KRL lists it, but only
+        // clients that check host-certificate revocation would notice).
+        "SELECT h.ca_fingerprint, h.certificate, h.valid_before FROM host_certs h \
+         WHERE h.node = $1 AND h.key_fingerprint = $2 AND NOT EXISTS \
+         (SELECT 1 FROM certificates c WHERE c.serial = h.serial AND c.revoked_at IS NOT NULL)",
     )
     .bind(node)
     .bind(key_fingerprint)
