@@ -128,10 +128,16 @@ pub async fn backup(database_url: &str, out: &Path) -> Result<BackupReport, CaEr
     if !live.exists() {
         return Err(CaError::Config(format!("{} does not exist: nothing to back up", live.display())));
     }
-    if out.exists() {
-        return Err(CaError::Config(format!("{} exists; a backup never overwrites", out.display())));
-    }
     let target = out.to_str().ok_or_else(|| CaError::Config("the backup path is not UTF-8".into()))?;
+    // Created empty here, owner-only, so the copy (password hashes, sealed CA keys, the
+    // audit trail) is never readable by others, whatever the umask; `VACUUM INTO` fills
+    // an empty file. `create_new`: a backup never overwrites.
+    private_file(out).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            CaError::Config(format!("{} exists; a backup never overwrites", out.display()))
+        }
+        _ => CaError::Config(format!("cannot create {}: {e}", out.display())),
+    })?;
     let store = Store::open_as_is(database_url, SqliteMode::ReadOnly).await?;
     debug_assert_eq!(store.backend(), Backend::Sqlite);
     let copied = match store.schema_version().await {
@@ -146,14 +152,32 @@ pub async fn backup(database_url: &str, out: &Path) -> Result<BackupReport, CaEr
     };
     let chunk_files = store.chunk_files();
     store.close().await;
-    copied?;
-    match complete_and_check(out, chunk_files).await {
+    let done = match copied {
+        Ok(()) => complete_and_check(out, chunk_files).await,
+        Err(e) => Err(e),
+    };
+    // On disk before it is reported taken: `VACUUM INTO` does not sync what it writes.
+    match done.and_then(|report| durable(out).map(|()| report)) {
         Ok(report) => Ok(report),
         Err(e) => {
             let _ = std::fs::remove_file(out);
             Err(e)
         }
     }
+}
+
+/// Creates `path`, empty and readable by its owner only; fails if it exists.
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+}
+
+/// Syncs `path`'s contents and the directory entry naming it.
+fn durable(path: &Path) -> Result<(), CaError> {
+    let failed = |e: String| CaError::Config(format!("cannot sync {}: {e}", path.display()));
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| failed(e.to_string()))?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    portcullis_os::fs::fsync_dir(dir).map_err(|e| failed(e.source.to_string()))
 }
 
 /// Checks the backup at `from`, then puts it in place as the database at `database_url`,
@@ -169,10 +193,20 @@ pub async fn restore(from: &Path, database_url: &str) -> Result<BackupReport, Ca
     }
     // Checked on a scratch copy, so a backup that fails the check leaves nothing behind
     // and the backup file itself is never written to (migrations would upgrade it).
+    // Owner-only whatever the backup file's own mode, and on disk before it is put in
+    // place: a power cut after "restored" must not leave an empty database, which the
+    // next start would take for a new CA.
     let staging = target.with_extension("db.restoring");
-    std::fs::copy(from, &staging)
-        .map_err(|e| CaError::Config(format!("cannot copy {} to {}: {e}", from.display(), staging.display())))?;
-    let report = match check(&staging).await {
+    let _ = std::fs::remove_file(&staging);
+    let copied = private_file(&staging).and_then(|mut to| {
+        std::io::copy(&mut std::fs::File::open(from)?, &mut to)?;
+        to.sync_all()
+    });
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&staging);
+        return Err(CaError::Config(format!("cannot copy {} to {}: {e}", from.display(), staging.display())));
+    }
+    let report = match check(&staging).await.and_then(|report| durable(&staging).map(|()| report)) {
         Ok(report) => report,
         Err(e) => {
             let _ = std::fs::remove_file(&staging);
@@ -181,5 +215,6 @@ pub async fn restore(from: &Path, database_url: &str) -> Result<BackupReport, Ca
     };
     std::fs::rename(&staging, &target)
         .map_err(|e| CaError::Config(format!("cannot put {} in place: {e}", target.display())))?;
+    durable(&target)?;
     Ok(BackupReport { path: target, ..report })
 }

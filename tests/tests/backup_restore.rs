@@ -15,8 +15,23 @@ use portcullis_tests::ssh::{ed25519_key, public_line};
 use portcullis_tests::{Server, ServerOpts};
 use secrecy::SecretString;
 
+/// Runs `portcullisd ARGS…` under the usual umask 022: what it writes for its owner only
+/// must not rely on a stricter one.
 fn portcullisd(args: &[&str]) -> std::process::Output {
-    Command::new(bin("portcullisd")).args(args).env_remove("RUST_BACKTRACE").output().unwrap()
+    Command::new("sh")
+        .arg("-c")
+        .arg("umask 022; exec \"$0\" \"$@\"")
+        .arg(bin("portcullisd"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
+/// The permission bits of `path`.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,6 +54,8 @@ async fn a_backup_taken_online_restores_into_a_ca_that_still_trusts_its_certific
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("hash chain verified") && said.contains("CA key(s)"), "{said}");
     assert!(said.contains("passphrase is not in the backup"), "{said}");
+    // Password hashes, sealed CA keys and the audit trail: the owner's only (it was 0644).
+    assert_eq!(mode(&backup), 0o600, "the backup is readable by others");
     let again = portcullisd(&["backup", "--data-dir", &data, "--out", backup.to_str().unwrap()]);
     assert!(!again.status.success(), "a backup never overwrites");
 
@@ -46,8 +63,10 @@ async fn a_backup_taken_online_restores_into_a_ca_that_still_trusts_its_certific
     let fresh = work.path().join("restored");
     std::fs::create_dir(&fresh).unwrap();
     let fresh_s = fresh.display().to_string();
+    std::fs::set_permissions(&backup, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let out = portcullisd(&["restore", "--data-dir", &fresh_s, "--from", backup.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
+    assert_eq!(mode(&fresh.join("portcullis.db")), 0o600, "the restored database took the backup file's mode");
     let out = portcullisd(&["restore", "--data-dir", &data, "--from", backup.to_str().unwrap()]);
     assert!(!out.status.success(), "restoring over the live database must be refused: {out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("never overwrites"), "{out:?}");
