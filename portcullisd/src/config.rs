@@ -187,8 +187,7 @@ struct OidcFile {
 
 pub fn read_oidc_file(path: &Path) -> anyhow::Result<OidcToml> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file: OidcFile =
-        toml::from_str(&text).with_context(|| format!("invalid OIDC configuration in {}", path.display()))?;
+    let file: OidcFile = parse_toml(&text, "OIDC configuration", path)?;
     Ok(file.oidc)
 }
 
@@ -202,9 +201,29 @@ struct LdapFile {
 /// Reads the `[ldap]` table of `path`.
 pub fn read_ldap_file(path: &Path) -> anyhow::Result<portcullis_ca::identity::LdapToml> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file: LdapFile =
-        toml::from_str(&text).with_context(|| format!("invalid LDAP configuration in {}", path.display()))?;
+    let file: LdapFile = parse_toml(&text, "LDAP configuration", path)?;
     Ok(file.ldap)
+}
+
+/// Parses a configuration file, naming the line and column of a mistake but never
+/// quoting it: toml's own message shows the offending line, which may hold a secret (a
+/// password in a database URL, a client secret) that would then reach the journal.
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, what: &str, path: &Path) -> anyhow::Result<T> {
+    toml::from_str(text).map_err(|e| {
+        let at = e.span().map(|span| {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(" at line {line}, column {column}")
+        });
+        anyhow::anyhow!("invalid {what} in {}{}: {}", path.display(), at.unwrap_or_default(), unquoted(e.message()))
+    })
+}
+
+/// `message` with every double-quoted value left out (serde quotes the value it could
+/// not take, `invalid type: string "…"`; names are in backquotes and stay).
+fn unquoted(message: &str) -> String {
+    message.split('"').enumerate().map(|(i, part)| if i % 2 == 1 { "\"…\"" } else { part }).collect()
 }
 
 fn default_listen() -> String {
@@ -229,7 +248,7 @@ mod humantime_serde_opt {
 impl ServerConfig {
     pub fn from_file(path: &Path) -> anyhow::Result<ServerConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))
+        parse_toml(&text, "configuration", path)
     }
 
     /// Defaults for a one-command start: everything under `data_dir`, created when missing.

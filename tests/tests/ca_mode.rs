@@ -150,6 +150,29 @@ fn configuration_and_policy_checks_run_offline_and_name_the_line() {
         "{said}"
     );
 
+    // A mistake in the configuration is named by line and column, never quoted: toml's
+    // own message printed the whole line, here a database password, to the journal.
+    let typo = dir.path().join("typo.toml");
+    let secret = "pg-password-not-for-logs";
+    std::fs::write(
+        &typo,
+        format!(
+            "{}databse_url = \"postgres://portcullis:{secret}@db/portcullis\"\n",
+            std::fs::read_to_string(&config).unwrap()
+        ),
+    )
+    .unwrap();
+    let wrong_type = dir.path().join("wrong-type.toml");
+    // serde quotes a value it cannot take: `invalid type: string "…", expected usize`.
+    std::fs::write(&wrong_type, format!("https_connections = \"{secret}\"\n")).unwrap();
+    for file in [&typo, &wrong_type] {
+        let out = run("portcullisd", &["check".as_ref(), "--config".as_ref(), file.as_os_str()]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(said.contains("at line"), "{said}");
+        assert!(!said.contains(secret), "the secret reached the error: {said}");
+    }
+
     std::fs::write(policy.join("zz-broken.toml"), "[[role]]\nname = \"typo\"\nlogin = [\"root\"]\n").unwrap();
     for out in [check(), policy_check()] {
         assert_eq!(out.status.code(), Some(1), "{out:?}");
