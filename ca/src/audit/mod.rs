@@ -394,6 +394,15 @@ pub enum AuditEvent {
         client_ip: String,
         user_session: String,
     },
+    /// A bastion redeemed a ticket (recorded with the redemption itself, so a ticket is
+    /// never used up without a trace, whatever happens to the session's open after it).
+    ConsoleTicketRedeemed {
+        session_id: String,
+        bastion: String,
+        user: String,
+        device: String,
+        client_ip: String,
+    },
     /// A bastion tried to redeem an expired ticket.
     ConsoleTicketExpired {
         session_id: String,

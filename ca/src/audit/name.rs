@@ -52,6 +52,7 @@ impl AuditEvent {
             AuditEvent::ConsoleTicketRequested { .. } => "console_ticket_requested",
             AuditEvent::ConsoleTicketGranted { .. } => "console_ticket_granted",
             AuditEvent::ConsoleTicketDenied { .. } => "console_ticket_denied",
+            AuditEvent::ConsoleTicketRedeemed { .. } => "console_ticket_redeemed",
             AuditEvent::ConsoleTicketExpired { .. } => "console_ticket_expired",
             AuditEvent::ConsoleTicketLapsed { .. } => "console_ticket_lapsed",
             AuditEvent::ConsoleTicketReused { .. } => "console_ticket_reused",

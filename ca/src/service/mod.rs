@@ -257,7 +257,8 @@ impl Ca {
     /// The CA's own timer (every few seconds on each replica): reclaims the leases of
     /// bastions that went quiet even when no bastion heartbeats any more — the only
     /// bastion killed must not leave ghost sessions holding users' caps — writes a
-    /// finished window's refusal summary, forgets expired OIDC sign-ins in progress,
+    /// finished window's refusal summary, records console tickets that lapsed unused, forgets
+    /// expired OIDC sign-ins in progress,
     /// deletes recordings past their retention, and follows CA key changes made by other
     /// replicas.
     pub async fn housekeeping(&self) -> Result<(), CaError> {
@@ -265,6 +266,7 @@ impl Ca {
         self.core.flush_refusals().await?;
         self.core.store.purge_oidc_pending(self.core.now()).await?;
         self.sessions.purge_connection_proofs().await?;
+        self.sessions.audit_lapsed_tickets(self.core.now()).await?;
         self.recordings.expire().await?;
         self.sessions.sweep_leases(self.core.now().saturating_sub(portcullis_proto::bastion::LEASE_TTL_SECS)).await
     }

@@ -150,8 +150,11 @@ pub async fn claim_lapsed_ticket(conn: &mut AnyConnection, ticket_hash: &str) ->
 /// Forgets tickets expired before `before` whose session (if any) is over.
 pub async fn purge_tickets(conn: &mut AnyConnection, before: u64) -> Result<u64> {
     let done = sqlx::query(
-        "DELETE FROM console_tickets WHERE expires_at < $1 AND (session_id IS NULL OR session_id NOT IN \
-         (SELECT session_id FROM session_leases))",
+        // A ticket that lapsed unused goes only once its lapse is on record (that is
+        // audited by heartbeats and housekeeping; with every bastion down for longer
+        // than the retention, it was deleted unrecorded).
+        "DELETE FROM console_tickets WHERE expires_at < $1 AND (used_at IS NOT NULL OR lapse_audited = 1) \
+         AND (session_id IS NULL OR session_id NOT IN (SELECT session_id FROM session_leases))",
     )
     .bind(ts(before))
     .execute(&mut *conn)

@@ -126,6 +126,23 @@ async fn ticket_requests_are_rate_limited_per_user() {
     ticket(&fx, &alice, "pve01", "root").await;
 }
 
+/// A ticket that lapsed unused is on record even when no bastion heartbeat came while
+/// it was kept: tickets are deleted ten minutes after their expiry, and one that lapsed
+/// while every bastion was down went without its `console_ticket_lapsed` (found in
+/// review, 2026-12-06). Housekeeping records lapses too, and only recorded ones go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_that_lapsed_while_no_bastion_beat_is_still_recorded() {
+    let fx = fixture().await;
+    let alice = bearer(&fx.ca, "alice").await;
+    ticket(&fx, &alice, "pve01", "root").await;
+    fx.clock.set(fx.ca.core().now() + TICKET_TTL_SECS + 700);
+    // Asking for a ticket deletes the old ones.
+    ticket(&fx, &alice, "pve01", "root").await;
+    fx.ca.housekeeping().await.unwrap();
+    let lapsed = audit(&fx.ca, "console_ticket_lapsed").await;
+    assert_eq!(lapsed.len(), 1, "{lapsed:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tickets_redeem_once_within_their_minute() {
     tickets_redeem_once(&fixture().await).await;
@@ -239,6 +256,21 @@ async fn tickets_redeem_once(fx: &Fx) {
     // …and the ticket is still good for the bastion afterwards.
     let (status, v) = redeem(fx, &t, &session_id()).await;
     assert_eq!(status, StatusCode::OK, "{v}");
+
+    // A ticket is never used up without a trace: this one is redeemed, then its session
+    // cannot open (the bastion named a session id that is taken). The redemption is on
+    // record with the redemption itself; before, nothing said the ticket was gone, and
+    // its retry read as a replay.
+    let live = session_id();
+    let (status, v) = redeem(fx, &ticket(fx, &alice, "pve01", "root").await, &live).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let before = audit(&fx.ca, "console_ticket_redeemed").await;
+    assert!(before.iter().any(|r| r["session_id"] == live.as_str()), "the redemption: {before:?}");
+    let taken = ticket(fx, &alice, "pve01", "root").await;
+    let (status, v) = redeem(fx, &taken, &live).await;
+    assert!(!status.is_success(), "{v}");
+    let after = audit(&fx.ca, "console_ticket_redeemed").await;
+    assert_eq!(after.len(), before.len() + 1, "{after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

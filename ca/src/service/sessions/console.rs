@@ -362,6 +362,19 @@ impl Sessions {
             let binding = req.browser_session.as_deref().unwrap_or("");
             let row = store::consume_ticket(tx.conn(), &token_hash(req.ticket.expose()), &req.session_id, binding, now)
                 .await?;
+            // In the same transaction: the open may still fail (the database, the
+            // directory, the bastion giving up), and a ticket must not be used up
+            // without a trace — its retry would read as a replay.
+            if let Some(ticket) = &row {
+                let redeemed = AuditEvent::ConsoleTicketRedeemed {
+                    session_id: req.session_id.clone(),
+                    bastion: bastion.name.clone(),
+                    user: ticket.username.clone(),
+                    device: ticket.device.clone(),
+                    client_ip: req.client_ip.clone(),
+                };
+                audit::record(tx.conn(), now, &redeemed).await?;
+            }
             tx.commit().await?;
             row
         } else {

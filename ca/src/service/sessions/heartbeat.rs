@@ -166,8 +166,9 @@ impl Sessions {
         }
     }
 
-    /// Audits console tickets that expired unused (a few per heartbeat, each once).
-    async fn audit_lapsed_tickets(&self, now: u64) -> Result<(), CaError> {
+    /// Audits console tickets that expired unused (a few per heartbeat and per
+    /// housekeeping round, each once).
+    pub(in crate::service) async fn audit_lapsed_tickets(&self, now: u64) -> Result<(), CaError> {
         let lapsed = self.core.store.lapsed_tickets(now, 100).await?;
         if lapsed.is_empty() {
             return Ok(());
