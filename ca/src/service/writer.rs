@@ -30,6 +30,13 @@
 //! socket timeout; `lock_timeout` and `idle_in_transaction_session_timeout` act on the
 //! server) — and without the deadline every later issuance would queue behind that one
 //! batch for good (found in review, 2026-12-06).
+//!
+//! A job whose caller has gone (its client hung up, or gave up and will ask again) is
+//! dropped before its batch begins: its certificate was never handed out, so nothing
+//! needs storing, and a queue of abandoned jobs behind a slow database would otherwise
+//! take every batch while the retries wait. Waiting for a place in the queue is bounded
+//! like a batch: past [`BATCH_DEADLINE`], the caller gets "unavailable" (503) rather
+//! than a wait without end.
 
 use crate::audit::{self, AuditEvent};
 use crate::error::CaError;
@@ -102,7 +109,10 @@ impl IssuanceWriter {
         let (done, wait) = oneshot::channel();
         let gone = || CaError::Internal("issuance writer stopped".into());
         let Requester { session, client_ip } = requester;
-        self.tx.send(Job { row, event, session, client_ip, done }).await.map_err(|_| gone())?;
+        match tokio::time::timeout(BATCH_DEADLINE, self.tx.send(Job { row, event, session, client_ip, done })).await {
+            Ok(sent) => sent.map_err(|_| gone())?,
+            Err(_) => return Err(CaError::StoreUnavailable(Unavailable::Database)),
+        }
         wait.await.map_err(|_| gone())?.map_err(|failure| match failure {
             Some(why) => CaError::StoreUnavailable(why),
             None => CaError::Internal("storing the issued certificate failed".into()),
@@ -124,6 +134,10 @@ async fn run(store: Store, rx: mpsc::Receiver<Job>) {
 async fn serve(mut rx: mpsc::Receiver<Job>, mut write: impl for<'a> FnMut(&'a [Job]) -> Written<'a>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        jobs.retain(|job| !job.done.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
         let written = match tokio::time::timeout(BATCH_DEADLINE, write(&jobs)).await {
             Ok(Ok(outcomes)) => Ok(outcomes),
             Ok(Err(e)) => {
@@ -245,5 +259,43 @@ mod tests {
         let (next, next_answer) = job(2);
         tx.send(next).await.unwrap();
         assert_eq!(next_answer.await.unwrap(), Ok(Stored::Issued));
+    }
+
+    /// Jobs whose callers have gone are not written: behind a stalled batch, a queue of
+    /// them (clients that gave up) would otherwise take the next batches, and a caller
+    /// still waiting would wait for all of them.
+    #[tokio::test(start_paused = true)]
+    async fn jobs_whose_callers_left_are_not_written() {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&written);
+        tokio::spawn(serve(rx, move |jobs| {
+            seen.lock().unwrap().extend(jobs.iter().map(|j| j.row.serial));
+            Box::pin(async move { Ok(jobs.iter().map(|_| Stored::Issued).collect()) })
+        }));
+        for serial in 1..=100 {
+            let (left, answer) = job(serial);
+            drop(answer);
+            tx.send(left).await.unwrap();
+        }
+        let (waiting, answer) = job(101);
+        tx.send(waiting).await.unwrap();
+        assert_eq!(answer.await.unwrap(), Ok(Stored::Issued));
+        assert_eq!(*written.lock().unwrap(), [101], "jobs nobody waits for were written");
+    }
+
+    /// A full queue is waited for no longer than a batch: the caller gets "unavailable".
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_answers_unavailable_in_time() {
+        let (tx, _rx) = mpsc::channel(1);
+        let writer = IssuanceWriter { tx };
+        let (first, _answer) = job(1);
+        writer.tx.send(first).await.unwrap();
+        let requester = || Requester { session: String::new(), client_ip: String::new() };
+        let (second, _) = job(2);
+        let started = tokio::time::Instant::now();
+        let answer = writer.write(second.row, second.event, requester()).await;
+        assert!(matches!(answer, Err(CaError::StoreUnavailable(Unavailable::Database))), "{answer:?}");
+        assert_eq!(started.elapsed(), BATCH_DEADLINE);
     }
 }
