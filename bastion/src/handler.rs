@@ -63,6 +63,10 @@ pub(crate) struct Connection {
     channels: Arc<AtomicUsize>,
     /// This connection's place among its user's logged-in connections.
     login_slot: Option<crate::logged_in::LoginSlot>,
+    /// Junk jump targets refused on this connection: the first is logged at info, the
+    /// rest at debug — they cost the client one packet each and no CA call, so logging
+    /// every one would let a logged-in client flood the journal.
+    junk_targets: u64,
 }
 
 /// The login request and the certificate that proved it.
@@ -94,6 +98,7 @@ impl Connection {
             accepted: None,
             channels: Arc::new(AtomicUsize::new(0)),
             login_slot: None,
+            junk_targets: 0,
         }
     }
 
@@ -283,7 +288,14 @@ impl Handler for Connection {
         };
         // Junk is refused here, without asking the CA (and logged escaped).
         if !plausible_host(host_to_connect) {
-            tracing::info!(target_host = %escape_for_log(host_to_connect), "jump target is not a host name or address");
+            self.junk_targets += 1;
+            let target_host = escape_for_log(host_to_connect);
+            let refused = self.junk_targets;
+            if refused == 1 {
+                tracing::info!(%target_host, "jump target is not a host name or address");
+            } else {
+                tracing::debug!(%target_host, refused, "jump target is not a host name or address");
+            }
             self.refuse_channel("direct-tcpip", reply, ACCESS_DENIED).await;
             return Ok(());
         }

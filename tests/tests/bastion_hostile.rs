@@ -272,6 +272,15 @@ async fn a_jump_target_cannot_forge_log_lines() {
     assert!(!log.contains("\u{1b}[38;5;99m"), "the peer's escape sequence reached the log raw");
     assert!(log.contains(r"forged \u{1b}[38;5;99mline"), "{mentions:?}");
 
+    // A flood of junk targets on one connection (a packet each, no CA call) logs the
+    // first only: every one logged at info would let a logged-in client flood the journal.
+    for i in 0..200 {
+        let junk = format!("junk {i}");
+        assert!(conn.channel_open_direct_tcpip(junk.as_str(), 22, "127.0.0.1", 0).await.is_err());
+    }
+    let junk_lines = w.server.log().lines().filter(|l| l.contains("junk ")).count();
+    assert!(junk_lines <= 1, "{junk_lines} junk targets were logged");
+
     // Jump mode itself still works, on the same connection and with real ssh.
     let channel = conn.channel_open_direct_tcpip(&w.node.ip, 22, "127.0.0.1", 0).await;
     assert!(channel.is_ok(), "a real target opens");
