@@ -112,10 +112,29 @@ impl TrustSource {
         let user_ca_keys = parse_keys(&String::from_utf8_lossy(&user_keys))?;
         let internal_ca_keys = parse_keys(&String::from_utf8_lossy(&internal_keys))?;
         let krl = Krl::parse(&krl_bytes).map_err(|e| TrustError::BadKrl(e.to_string()))?;
+        let krl = self.newer_krl(krl);
         let snapshot =
             Arc::new(TrustSnapshot { user_ca_keys, internal_ca_keys, krl, fetched_at: self.clock.now_unix() });
         *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(snapshot);
         Ok(())
+    }
+
+    /// `fetched`, unless the KRL held now has a higher version: a CA restored from an
+    /// older backup serves a KRL without the revocations made since, and the bastion
+    /// keeps the newer one (the CA's next revocation publishes a version above it).
+    fn newer_krl(&self, fetched: Krl) -> Krl {
+        let held = self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        match held {
+            Some(held) if held.krl.krl_version() > fetched.krl_version() => {
+                tracing::warn!(
+                    held = held.krl.krl_version(),
+                    sent = fetched.krl_version(),
+                    "the CA sent an older KRL than the one in force (restored from a backup?): keeping ours"
+                );
+                held.krl.clone()
+            }
+            _ => fetched,
+        }
     }
 
     /// Refreshes every `refresh_every` until the returned task is aborted; failures are
@@ -221,5 +240,28 @@ mod tests {
         });
         *source.current.write().unwrap() = Some(stale);
         assert!(source.current().is_none(), "older than max_staleness: fail closed");
+    }
+
+    /// A CA restored from an older backup sends a KRL of a lower version, without the
+    /// revocations made since: the bastion keeps the one in force; a higher version (the
+    /// restored CA's next revocation) replaces it.
+    #[test]
+    fn an_older_krl_does_not_replace_the_one_in_force() {
+        let source = TrustSource::new(
+            TrustConfig::new("https://127.0.0.1:1", "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"),
+            Arc::new(Fixed(10_000)),
+        )
+        .unwrap();
+        let krl = |version| Krl::parse(&portcullis_sshcert::KrlBuilder::new(version, 1, "").encode()).unwrap();
+        assert_eq!(source.newer_krl(krl(3)).krl_version(), 3, "nothing held yet");
+        *source.current.write().unwrap() = Some(Arc::new(TrustSnapshot {
+            user_ca_keys: parse_keys(KEY).unwrap(),
+            internal_ca_keys: Vec::new(),
+            krl: krl(9),
+            fetched_at: 10_000,
+        }));
+        assert_eq!(source.newer_krl(krl(3)).krl_version(), 9, "an older KRL replaced the one in force");
+        assert_eq!(source.newer_krl(krl(9)).krl_version(), 9);
+        assert_eq!(source.newer_krl(krl(12)).krl_version(), 12);
     }
 }

@@ -157,6 +157,18 @@ fn user_ca_keys(text: &str) -> Result<Vec<ssh_key::PublicKey>> {
     Ok(user_cas)
 }
 
+/// The installed KRL, when it has a higher version than `krl`: a CA restored from an
+/// older backup sends a KRL without the revocations made since, and the node keeps the
+/// newer one (the CA's next revocation publishes a version above it). `None`: install
+/// `krl` (also when nothing readable is installed).
+pub fn newer_installed_krl(root: &Root, krl: &[u8]) -> Result<Option<(Vec<u8>, u64, u64)>> {
+    let Some(installed) = fsx::read_opt(&root.krl())? else { return Ok(None) };
+    let (Ok(held), Ok(sent)) = (portcullis_sshcert::Krl::parse(&installed), portcullis_sshcert::Krl::parse(krl)) else {
+        return Ok(None);
+    };
+    Ok((held.krl_version() > sent.krl_version()).then(|| (installed, held.krl_version(), sent.krl_version())))
+}
+
 /// Whether `krl` revokes every user CA key the node trusts now (none installed: no).
 pub fn revokes_every_installed_user_ca(root: &Root, krl: &[u8]) -> Result<bool> {
     let Some(installed) = fsx::read_opt(&root.user_ca())? else { return Ok(false) };
@@ -172,7 +184,9 @@ pub fn revokes_every_installed_user_ca(root: &Root, krl: &[u8]) -> Result<bool> 
 pub fn krl_alone(root: &Root, bundle: &NodeBundle) -> Result<Desired> {
     let installed = fsx::read_opt(&root.user_ca())?.unwrap_or_default();
     let user_cas = user_ca_keys(&String::from_utf8_lossy(&installed))?;
-    Ok(Desired { path: root.krl(), bytes: checked_krl(bundle, &user_cas)?, mode: 0o644 })
+    let krl = checked_krl(bundle, &user_cas)?;
+    let bytes = newer_installed_krl(root, &krl)?.map_or(krl, |(kept, _, _)| kept);
+    Ok(Desired { path: root.krl(), bytes, mode: 0o644 })
 }
 
 pub fn check_bundle(bundle: &NodeBundle) -> Result<CheckedBundle> {

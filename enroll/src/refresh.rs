@@ -60,7 +60,7 @@ pub(crate) async fn refresh_with(g: &Global, state: State, api: &Api, r: &mut Re
             return Err(e);
         }
     };
-    let bundle = match plan::check_bundle(&fetched) {
+    let mut bundle = match plan::check_bundle(&fetched) {
         Ok(b) => b,
         Err(e) => {
             r.step("fetch", format!("{e}; the other files stay in place"));
@@ -71,6 +71,16 @@ pub(crate) async fn refresh_with(g: &Global, state: State, api: &Api, r: &mut Re
         }
     };
     r.step("fetch", format!("bundle for {} fetched with the node's proof", state.node));
+    if let Some((kept, held, sent)) = plan::newer_installed_krl(root, &bundle.krl)? {
+        r.step(
+            "krl",
+            format!(
+                "the CA sent an older KRL (version {sent}) than the one installed ({held}): was the CA restored from \
+                 a backup? the installed one stays until the CA publishes a newer one"
+            ),
+        );
+        bundle.krl = kept;
+    }
     r.set("node", &state.node);
     let managed: Vec<PathBuf> = state.originals.iter().map(|o| o.path.clone()).collect();
     // The KRL first: revocations take effect before anything else changes.

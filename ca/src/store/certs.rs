@@ -227,10 +227,17 @@ pub async fn insert_revoked_key(
     Ok(done.rows_affected() == 1)
 }
 
+/// The KRL's next version: one more, and at least the time now. So a CA restored from an
+/// older backup publishes, at its first revocation, a version above every one it had
+/// published before — nodes and bastions keep a KRL whose version is higher than the
+/// one they are sent (it has revocations the restored CA lost).
 pub async fn bump_krl_version(conn: &mut AnyConnection, now: u64) -> Result<u64> {
-    let row = sqlx::query("UPDATE krl_state SET version = version + 1, updated_at = $1 WHERE id = 1 RETURNING version")
-        .bind(ts(now))
-        .fetch_one(&mut *conn)
-        .await?;
+    let row = sqlx::query(
+        "UPDATE krl_state SET version = CASE WHEN version + 1 > $1 THEN version + 1 ELSE $1 END, updated_at = $1 \
+         WHERE id = 1 RETURNING version",
+    )
+    .bind(ts(now))
+    .fetch_one(&mut *conn)
+    .await?;
     Ok(ts_from(row.try_get("version")?))
 }

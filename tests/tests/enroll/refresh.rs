@@ -271,6 +271,42 @@ async fn a_krl_revoking_the_installed_ca_key_follows_the_new_trusted_keys() {
     assert!(!node.cert_login_works("root", &key, &cert), "the old key is revoked");
 }
 
+/// A CA restored from an older backup sends a KRL of a lower version, without the
+/// revocations made since: installing it would let revoked certificates in again. The
+/// node keeps the installed one and says why; the CA's next KRL (a version at least the
+/// time of its change) is installed as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_krl_from_a_restored_ca_does_not_undo_revocations() {
+    let ca = FakeCa::start().await;
+    let (node, key, cert, user_key) = enrolled_with_a_login(&ca);
+    let krl_path = node.path("/etc/ssh/portcullis/revoked.krl");
+    let refresh = || {
+        let mut c = node.enroll_cmd();
+        c.arg("refresh");
+        run(c)
+    };
+    let mut revoking = KrlBuilder::new(now(), now(), "");
+    revoking.revoke_key(user_key.public_key().key_data());
+    ca.state.lock().unwrap().krl = revoking.encode();
+    let (code, json, _) = refresh();
+    assert_eq!(code, 0, "{json}");
+    assert!(!node.cert_login_works("root", &key, &cert), "revoked");
+    let installed = std::fs::read(&krl_path).unwrap();
+
+    ca.state.lock().unwrap().krl = KrlBuilder::new(7, now(), "").encode();
+    let (code, json, _) = refresh();
+    assert_eq!(code, 0, "{json}");
+    assert!(json["steps"].to_string().contains("older KRL"), "{json}");
+    assert_eq!(std::fs::read(&krl_path).unwrap(), installed, "the older KRL was installed");
+    assert!(!node.cert_login_works("root", &key, &cert), "a restored CA's KRL let a revoked certificate in");
+
+    ca.state.lock().unwrap().krl = KrlBuilder::new(now() + 1, now(), "").encode();
+    let (code, json, _) = refresh();
+    assert_eq!(code, 0, "{json}");
+    assert_ne!(std::fs::read(&krl_path).unwrap(), installed, "a newer KRL is installed");
+    assert!(node.ordinary_login_works());
+}
+
 /// A host key regenerated after enrollment (an operator's `ssh-keygen -A`, a restored
 /// image) is not the key the CA certifies: the refresh leaves it without a certificate
 /// and says why, instead of installing the old key's certificate for it — and the new
