@@ -22,8 +22,10 @@ use crate::bastion::SessionMode;
 /// A ticket is valid this long after it was issued.
 pub const TICKET_TTL_SECS: u64 = 60;
 /// The browser session's cookie, set by the CA at sign-in (`HttpOnly`, `Secure`,
-/// `SameSite=Strict`). The console's WebSocket upgrade carries it.
-pub const SESSION_COOKIE: &str = "portcullis_session";
+/// `SameSite=Strict`). The console's WebSocket upgrade carries it. `__Host-`: a browser
+/// takes it only from this origin itself (HTTPS, `Path=/`, no `Domain`), so a sibling
+/// subdomain cannot plant one — signing a victim in as the attacker.
+pub const SESSION_COOKIE: &str = "__Host-portcullis_session";
 /// The header carrying the CSRF token on state-changing cookie-authenticated requests.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// A bastion's web front door passes browsers' API calls on to the CA: this header names
@@ -338,7 +340,7 @@ pub enum ConsoleControl {
 }
 
 /// `POST /v1/auth/browser-login` (JSON `{username, password}`, like `/v1/auth/login`):
-/// the session comes as the `portcullis_session` cookie, never in the body.
+/// the session comes as the `__Host-portcullis_session` cookie, never in the body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BrowserLoginResponse {

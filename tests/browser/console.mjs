@@ -45,9 +45,9 @@ try {
   step("signed_in");
   result.devices = await page.$$eval("button[data-device]", (bs) => bs.map((b) => b.dataset.device));
   result.admin_link_visible = await page.isVisible("#admin-link");
-  const cookie = (await context.cookies()).find((c) => c.name === "portcullis_session");
+  const cookie = (await context.cookies()).find((c) => c.name === "__Host-portcullis_session");
   result.cookie = cookie ? { httpOnly: cookie.httpOnly, secure: cookie.secure, sameSite: cookie.sameSite } : null;
-  result.cookie_visible_to_script = await page.evaluate(() => document.cookie.includes("portcullis_session"));
+  result.cookie_visible_to_script = await page.evaluate(() => document.cookie.includes("__Host-portcullis_session"));
 
   // Open the console from the device list.
   await page.click(`button[data-device="${cfg.device}"]`);

@@ -44,7 +44,7 @@ try {
   await Promise.all([page.waitForNavigation({ timeout: 15000 }), page.click("#sso a")]);
   result.first_logins = await throughIdp();
   result.first = await signedIn();
-  const cookie = (await context.cookies()).find((c) => c.name === "portcullis_session");
+  const cookie = (await context.cookies()).find((c) => c.name === "__Host-portcullis_session");
   result.cookie = cookie ? { httpOnly: cookie.httpOnly, secure: cookie.secure, sameSite: cookie.sameSite } : null;
   result.steps.push("signed_in");
 

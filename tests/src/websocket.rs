@@ -32,7 +32,7 @@ impl Socket {
         let mut tls = connector.connect(name, tcp).await.unwrap();
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: https://{host}\r\nUpgrade: websocket\r\n\
-             Cookie: portcullis_session={session}\r\nConnection: Upgrade\r\nSec-WebSocket-Key: cG9ydGN1bGxpcy10ZXN0IQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Cookie: __Host-portcullis_session={session}\r\nConnection: Upgrade\r\nSec-WebSocket-Key: cG9ydGN1bGxpcy10ZXN0IQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
         tls.write_all(request.as_bytes()).await.unwrap();
         // The answer's head, byte by byte so no frame is read with it.

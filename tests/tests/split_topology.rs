@@ -77,7 +77,7 @@ async fn a_standalone_bastion_serves_ssh_and_the_browser_console_on_its_own_orig
         .headers()
         .get_all("set-cookie")
         .iter()
-        .find_map(|v| v.to_str().unwrap().strip_prefix("portcullis_session="))
+        .find_map(|v| v.to_str().unwrap().strip_prefix("__Host-portcullis_session="))
         .map(|v| v.split(';').next().unwrap().to_owned())
         .expect("the sign-in sets the session cookie on the bastion's origin");
     let (status, body) = status_and_json(signed_in).await;
@@ -91,7 +91,7 @@ async fn a_standalone_bastion_serves_ssh_and_the_browser_console_on_its_own_orig
 
     let ticket = browser
         .post(format!("{web_url}/v1/console/tickets"))
-        .header("cookie", format!("portcullis_session={cookie}"))
+        .header("cookie", format!("__Host-portcullis_session={cookie}"))
         .header("x-csrf-token", &csrf)
         .json(&json!({ "device": "pve02", "login": "root" }))
         .send()

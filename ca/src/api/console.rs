@@ -20,7 +20,7 @@ type Ca_ = State<Arc<Ca>>;
 type Res<T> = Result<Json<T>, CaError>;
 
 /// `POST /v1/auth/browser-login`: the same checks, rate limits and audit as
-/// `/v1/auth/login`, but the session is set as the `portcullis_session` cookie and the
+/// `/v1/auth/login`, but the session is set as the `__Host-portcullis_session` cookie and the
 /// body carries only the CSRF token. Cross-site forms cannot post here (the body must be
 /// `application/json`, which a cross-site request can only send after a CORS preflight
 /// we never answer), so this is no login-CSRF vector either.

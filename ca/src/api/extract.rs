@@ -150,7 +150,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
 }
 
 /// The caller named by `Authorization: Bearer <token>`, or else by the
-/// `portcullis_session` cookie of a browser sign-in (the same server-side session).
+/// `__Host-portcullis_session` cookie of a browser sign-in (the same server-side session).
 ///
 /// A cookie is sent by the browser whoever made the page, so a state-changing request
 /// (anything but GET, HEAD, OPTIONS) authenticated by the cookie must also carry the

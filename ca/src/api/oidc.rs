@@ -15,8 +15,11 @@ use std::sync::Arc;
 /// The API session cookie: the same server-side session as a bearer token.
 /// Binds a browser sign-in to the browser that started it (login CSRF defence).
 /// SameSite=Lax, not Strict: it must come along on the IdP's cross-site redirect back.
-const BINDING_COOKIE: &str = "portcullis_oidc_binding";
-const CALLBACK_PATH: &str = "/v1/auth/oidc/callback";
+/// `__Host-`: a browser takes this cookie only from this very origin, over HTTPS, for
+/// path `/` — never from a sibling subdomain (a compromised `*.example.com` host),
+/// which could otherwise plant its own binding and sign the victim in as the attacker
+/// (login CSRF). The session cookie is named the same way (`SESSION_COOKIE`).
+const BINDING_COOKIE: &str = "__Host-portcullis_oidc_binding";
 const MAX_QUERY_BYTES: usize = 8 * 1024;
 const MAX_PARAM_BYTES: usize = 4 * 1024;
 
@@ -76,7 +79,7 @@ pub async fn browser_login(
     response.headers_mut().insert(
         header::SET_COOKIE,
         header_value(format!(
-            "{BINDING_COOKIE}={}; Path={CALLBACK_PATH}; Max-Age=600; Secure; HttpOnly; SameSite=Lax",
+            "{BINDING_COOKIE}={}; Path=/; Max-Age=600; Secure; HttpOnly; SameSite=Lax",
             login.binding
         ))?,
     );
@@ -149,7 +152,7 @@ pub async fn browser_callback(
     headers.append(header::SET_COOKIE, session_cookie(session.token.expose(), max_age)?);
     headers.append(
         header::SET_COOKIE,
-        header_value(format!("{BINDING_COOKIE}=; Path={CALLBACK_PATH}; Max-Age=0; Secure; HttpOnly; SameSite=Lax"))?,
+        header_value(format!("{BINDING_COOKIE}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Lax"))?,
     );
     Ok(response)
 }
@@ -171,7 +174,7 @@ fn see_other(location: &str) -> Result<Response, CaError> {
 pub fn clear_session_cookie() -> (header::HeaderName, HeaderValue) {
     (
         header::SET_COOKIE,
-        HeaderValue::from_static("portcullis_session=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict"),
+        HeaderValue::from_static("__Host-portcullis_session=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict"),
     )
 }
 

@@ -100,6 +100,18 @@ async fn csrf_guards_cookie_sessions_and_not_bearer_ones() {
         assert!(set_cookie.split("; ").any(|a| a == flag), "{flag} missing: {set_cookie}");
     }
     assert!(alice.starts_with("pcs_"));
+    // A cookie a sibling subdomain can set (`Domain=example.com`, no `__Host-` prefix) is
+    // not read: planted, it signed a victim in as the attacker (login CSRF). Only the
+    // `__Host-` name — which browsers take from this origin alone — is.
+    assert!(set_cookie.starts_with("__Host-") && !set_cookie.contains("Domain="), "{set_cookie}");
+    let planted = fx
+        .http
+        .get(format!("{}/v1/auth/whoami", fx.api.url))
+        .header("cookie", format!("portcullis_session={alice}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(planted.status(), StatusCode::UNAUTHORIZED, "a cookie without the __Host- prefix was read");
     assert_eq!(body["username"], "alice");
     assert!(body.get("token").is_none() && !body.to_string().contains(&alice), "{body}");
     assert_eq!(alice_csrf, portcullis_ca::csrf_token_for(&alice));
@@ -170,7 +182,7 @@ async fn csrf_guards_cookie_sessions_and_not_bearer_ones() {
     let (status, v, headers) = with_cookie(&fx, post.clone(), "/v1/auth/logout", &alice, Some(&alice_csrf), None).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let cleared = headers.get("set-cookie").unwrap().to_str().unwrap();
-    assert!(cleared.starts_with("portcullis_session=;") && cleared.contains("Max-Age=0"), "{cleared}");
+    assert!(cleared.starts_with("__Host-portcullis_session=;") && cleared.contains("Max-Age=0"), "{cleared}");
     let (status, _, _) = with_cookie(&fx, reqwest::Method::GET, "/v1/auth/whoami", &alice, None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _, _) = with_cookie(&fx, post, tickets, &alice, Some(&alice_csrf), Some(&req)).await;

@@ -244,8 +244,11 @@ async fn browser_login(fx: &Fx, user: &str) -> (String, String, String, Value) {
     let set_cookie = resp.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
     assert_eq!(resp.headers().get("cache-control").unwrap(), "no-store");
     let body: Value = resp.json().await.unwrap();
-    let token =
-        set_cookie.strip_prefix("portcullis_session=").and_then(|rest| rest.split(';').next()).unwrap().to_owned();
+    let token = set_cookie
+        .strip_prefix("__Host-portcullis_session=")
+        .and_then(|rest| rest.split(';').next())
+        .unwrap()
+        .to_owned();
     let csrf = body["csrf_token"].as_str().unwrap().to_owned();
     (token, csrf, set_cookie, body)
 }
@@ -262,7 +265,7 @@ async fn with_cookie(
     let mut req = fx
         .http
         .request(method, format!("{}{path}", fx.api.url))
-        .header("cookie", format!("portcullis_session={session}"));
+        .header("cookie", format!("__Host-portcullis_session={session}"));
     if let Some(csrf) = csrf {
         req = req.header(CSRF_HEADER, csrf);
     }

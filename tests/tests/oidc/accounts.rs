@@ -59,7 +59,9 @@ roles = ["auditor"]
     let refused = code_flow_sign_in(&s, "mallory", "mallory-password").await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
     assert!(refused.body.contains("admin user release oidc:alice"), "{}", refused.body);
-    assert!(!refused.set_cookies.iter().any(|c| c.starts_with("portcullis_session=") && !c.contains("Max-Age=0")));
+    assert!(
+        !refused.set_cookies.iter().any(|c| c.starts_with("__Host-portcullis_session=") && !c.contains("Max-Age=0"))
+    );
     let failed = s.server.audit_events("login_failed").await;
     assert!(
         failed.iter().any(|r| r.payload["username"] == "oidc:alice" && r.payload["reason"] == "account_taken"),
@@ -115,7 +117,7 @@ async fn sign_ins_in_progress_are_shared_by_replicas_on_postgres() {
     on_b.cookies = on_a.cookies.clone();
     let done = on_b.get(&back.replace(&callback_base, &b.url)).await;
     assert_signed_in_to_the_ui(&done);
-    assert!(done.set_cookies.iter().any(|c| c.starts_with("portcullis_session=")), "{:?}", done.set_cookies);
+    assert!(done.set_cookies.iter().any(|c| c.starts_with("__Host-portcullis_session=")), "{:?}", done.set_cookies);
     let replay = on_a.get(&back.replace(&callback_base, &a.url)).await;
     assert_eq!(replay.status, StatusCode::UNAUTHORIZED, "{}", replay.body);
     assert!(replay.body.contains("already used"), "{}", replay.body);

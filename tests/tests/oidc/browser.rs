@@ -22,11 +22,11 @@ async fn code_flow_sets_a_strict_cookie_that_authenticates_and_state_cannot_be_r
 
     let done = ca.get(&callback).await;
     assert_signed_in_to_the_ui(&done);
-    let cookie = done.set_cookies.iter().find(|c| c.starts_with("portcullis_session=")).expect("session cookie");
+    let cookie = done.set_cookies.iter().find(|c| c.starts_with("__Host-portcullis_session=")).expect("session cookie");
     for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(cookie.split("; ").any(|a| a == attr), "{attr} missing: {cookie}");
     }
-    let token = cookie.split(';').next().unwrap().trim_start_matches("portcullis_session=").to_owned();
+    let token = cookie.split(';').next().unwrap().trim_start_matches("__Host-portcullis_session=").to_owned();
 
     // The cookie alone authenticates.
     let http = client_with_pin(&s.server.pin);
@@ -35,7 +35,7 @@ async fn code_flow_sets_a_strict_cookie_that_authenticates_and_state_cannot_be_r
         let url = s.server.endpoint("/v1/auth/whoami");
         async move { http.get(url).header("cookie", cookie).send().await.unwrap() }
     };
-    let resp = whoami(format!("portcullis_session={token}")).await;
+    let resp = whoami(format!("__Host-portcullis_session={token}")).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let who: WhoAmI = resp.json().await.unwrap();
     assert_eq!((who.username.as_str(), who.source.as_str()), ("oidc:bob", "oidc"));
@@ -54,7 +54,7 @@ async fn code_flow_sets_a_strict_cookie_that_authenticates_and_state_cannot_be_r
     let logout = |csrf: Option<String>| {
         let mut req = http
             .post(s.server.endpoint("/v1/auth/logout"))
-            .header("cookie", format!("portcullis_session={token}"))
+            .header("cookie", format!("__Host-portcullis_session={token}"))
             .json(&json!({}));
         if let Some(csrf) = csrf {
             req = req.header(portcullis_proto::console::CSRF_HEADER, csrf);
@@ -62,12 +62,12 @@ async fn code_flow_sets_a_strict_cookie_that_authenticates_and_state_cannot_be_r
         req.send()
     };
     assert_eq!(logout(None).await.unwrap().status(), StatusCode::FORBIDDEN);
-    assert_eq!(whoami(format!("portcullis_session={token}")).await.status(), StatusCode::OK);
+    assert_eq!(whoami(format!("__Host-portcullis_session={token}")).await.status(), StatusCode::OK);
     let resp = logout(Some(portcullis_ca::csrf_token_for(&token))).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let cleared = resp.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
-    assert!(cleared.starts_with("portcullis_session=;") && cleared.contains("Max-Age=0"), "{cleared}");
-    assert_eq!(whoami(format!("portcullis_session={token}")).await.status(), StatusCode::UNAUTHORIZED);
+    assert!(cleared.starts_with("__Host-portcullis_session=;") && cleared.contains("Max-Age=0"), "{cleared}");
+    assert_eq!(whoami(format!("__Host-portcullis_session={token}")).await.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -230,7 +230,7 @@ async fn single_sign_on_returns_each_browser_to_the_bastion_it_started_at() {
     let (mut first, callback) = pending.remove(0);
     let done = first.get(&callback).await;
     assert_signed_in_to_the_ui(&done);
-    assert!(done.set_cookies.iter().any(|c| c.starts_with("portcullis_session=")), "{:?}", done.set_cookies);
+    assert!(done.set_cookies.iter().any(|c| c.starts_with("__Host-portcullis_session=")), "{:?}", done.set_cookies);
     // Door 2's callback taken to door 1 (even with door 2's binding cookie) signs nobody
     // in: the code was issued for door 2's callback.
     let (second, callback) = pending.remove(0);
@@ -238,7 +238,7 @@ async fn single_sign_on_returns_each_browser_to_the_bastion_it_started_at() {
     elsewhere.cookies = second.cookies.clone();
     let moved = elsewhere.get(&callback.replace(&doors[1], &doors[0])).await;
     assert_ne!(moved.status, StatusCode::OK, "{}", moved.body);
-    assert!(moved.set_cookies.iter().all(|c| !c.starts_with("portcullis_session=")), "{:?}", moved.set_cookies);
+    assert!(moved.set_cookies.iter().all(|c| !c.starts_with("__Host-portcullis_session=")), "{:?}", moved.set_cookies);
 
     // A host nobody registered: told what to add, nothing sent to the IdP.
     let http = client_with_pin(&server.pin);

@@ -243,8 +243,8 @@ async fn code_flow_sign_in(s: &Setup, user: &str, password: &str) -> portcullis_
 
 /// The API session token a successful sign-in set as the cookie.
 fn session_of(page: &portcullis_tests::idp::Page) -> String {
-    let cookie = page.set_cookies.iter().find(|c| c.starts_with("portcullis_session=")).expect("session cookie");
-    cookie.split(';').next().unwrap().trim_start_matches("portcullis_session=").to_owned()
+    let cookie = page.set_cookies.iter().find(|c| c.starts_with("__Host-portcullis_session=")).expect("session cookie");
+    cookie.split(';').next().unwrap().trim_start_matches("__Host-portcullis_session=").to_owned()
 }
 
 mod accounts;
