@@ -10,6 +10,15 @@ use std::collections::BTreeMap;
 const MAX_FILES: usize = 256;
 const MAX_FILE_BYTES: usize = 1 << 20;
 
+/// Previews computed at once, per replica. A preview matches every rule against every
+/// device of the inventory (nodes and Proxmox guests), with the caller's own target
+/// queries for a policy that is not loaded: CPU work that grows with what the caller
+/// sends. It runs on a blocking thread, so sign-ins, issuance and heartbeats keep the
+/// runtime's workers, and one at a time, so previews take at most one core; another
+/// meanwhile is told to try again (a read-only `audit.read` holder stalled the CA with
+/// a few large ones, found in review, 2026-12-06).
+static PREVIEWS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 impl Admin {
     /// `GET /v1/admin/rules/{name}/preview`: a rule of the loaded policy;
     /// `GET /v1/admin/rules/preview` (`name` absent): every loaded rule.
@@ -20,7 +29,11 @@ impl Admin {
     ) -> Result<Vec<RulePreview>, CaError> {
         let policy = self.core.policy();
         let devices = self.devices().await?;
-        Ok(rules_named(&policy, name)?.into_iter().map(|r| preview(&policy, r, &devices)).collect())
+        let name = name.map(str::to_owned);
+        off_the_runtime(move || {
+            Ok(rules_named(&policy, name.as_deref())?.into_iter().map(|r| preview(&policy, r, &devices)).collect())
+        })
+        .await
     }
 
     /// `POST /v1/admin/rules/preview`: rules of a policy that is not loaded.
@@ -32,12 +45,16 @@ impl Admin {
         if req.files.len() > MAX_FILES || req.files.iter().any(|f| f.text.len() > MAX_FILE_BYTES) {
             return Err(CaError::BadRequest("too many or too large policy files".into()));
         }
-        let sources: Vec<PolicySource<'_>> =
-            req.files.iter().map(|f| PolicySource { name: &f.name, text: &f.text }).collect();
-        // Load errors name file, line and column of the caller's own text.
-        let policy = Policy::from_sources(&sources).map_err(|e| CaError::BadRequest(e.to_string()))?;
         let devices = self.devices().await?;
-        Ok(rules_named(&policy, req.rule.as_deref())?.into_iter().map(|r| preview(&policy, r, &devices)).collect())
+        let req = req.clone();
+        off_the_runtime(move || {
+            let sources: Vec<PolicySource<'_>> =
+                req.files.iter().map(|f| PolicySource { name: &f.name, text: &f.text }).collect();
+            // Load errors name file, line and column of the caller's own text.
+            let policy = Policy::from_sources(&sources).map_err(|e| CaError::BadRequest(e.to_string()))?;
+            Ok(rules_named(&policy, req.rule.as_deref())?.into_iter().map(|r| preview(&policy, r, &devices)).collect())
+        })
+        .await
     }
 
     /// Every device of the inventory as the policy sees it: nodes, then Proxmox VE guests.
@@ -47,6 +64,22 @@ impl Admin {
         devices.extend(self.proxmox.guest_devices().await?.into_iter().map(|(_, d)| d));
         Ok(devices)
     }
+}
+
+/// Runs `work` on a blocking thread, one preview at a time (see [`PREVIEWS`]).
+async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, CaError> + Send + 'static,
+) -> Result<T, CaError> {
+    let Ok(turn) = PREVIEWS.try_acquire() else {
+        return Err(CaError::Busy { retry_after: 1 });
+    };
+    // The turn goes with the work: a caller that hangs up does not free it early.
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        work()
+    })
+    .await
+    .map_err(|_| CaError::Internal("the preview failed".into()))?
 }
 
 /// The named rule, or every rule.
@@ -86,4 +119,39 @@ fn preview(policy: &Policy, rule: &Rule, devices: &[Device]) -> RulePreview {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A preview's work does not hold the runtime (here a single thread, which a ticker
+    /// shares), and a second one meanwhile is told to try again.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_preview_runs_off_the_runtime_one_at_a_time() {
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let ticking = Arc::clone(&ticks);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticking.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let slow = off_the_runtime(|| {
+            std::thread::sleep(Duration::from_millis(400));
+            Ok(())
+        });
+        let meanwhile = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            off_the_runtime(|| Ok(())).await
+        };
+        let (first, second) = tokio::join!(slow, meanwhile);
+        assert!(first.is_ok());
+        assert!(matches!(second, Err(CaError::Busy { .. })), "{second:?}");
+        assert!(ticks.load(Ordering::Relaxed) >= 10, "the runtime stood still while the preview ran");
+        assert!(off_the_runtime(|| Ok(())).await.is_ok(), "the turn came back");
+    }
 }
