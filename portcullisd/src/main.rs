@@ -442,6 +442,10 @@ async fn run(config: ServerConfig, all_in_one: bool) -> anyhow::Result<()> {
     }
     sdnotify::ready(&format!("serving on {url}"));
     let _ = api.await;
+    // The refusal window still open would go with the process.
+    if let Err(e) = ca.core().flush_refusals_now().await {
+        tracing::warn!(error = %e, "could not record the last refusal window");
+    }
     ca.core().store().close().await;
     Ok(())
 }

@@ -74,6 +74,19 @@ async fn a_password_guesser_costs_one_record_per_reason_and_one_summary_per_wind
     clock.set(1_800_000_000 + 200);
     ca.core().flush_refusals().await.unwrap();
     assert_eq!(records("refusals_summarized").await.len(), 1);
+
+    // At shutdown the window still open is written too (it went with the process).
+    clock.set(1_800_000_000 + 400);
+    for _ in 0..3 {
+        let body = json!({"username": "mallory", "password": "guess-guess-guess"});
+        api.post_json(None, "/v1/auth/login", &body).await;
+    }
+    ca.core().flush_refusals().await.unwrap();
+    assert_eq!(records("refusals_summarized").await.len(), 1, "the window is still open");
+    ca.core().flush_refusals_now().await.unwrap();
+    let summaries = records("refusals_summarized").await;
+    assert_eq!(summaries.len(), 2, "{summaries:?}");
+    assert!(counted(&summaries[1..], "127.0.0.1", "login_failed:rate_limited") >= 1, "{summaries:?}");
 }
 
 /// Runs a stock `ssh` with a plain key (no certificate) at the bastion: refused.

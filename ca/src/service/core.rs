@@ -301,7 +301,18 @@ impl Core {
     /// every bastion heartbeat and by the server's timer, so a quiet CA reports too.
     pub async fn flush_refusals(&self) -> Result<(), CaError> {
         let due = self.refusals.lock().map_err(|_| CaError::Internal("refusal tally".into()))?.take_due(self.now());
-        let Some(s) = due else { return Ok(()) };
+        self.write_refusals(due).await
+    }
+
+    /// Writes what the open refusal window counted so far, ended or not: at shutdown,
+    /// where it would otherwise be lost with the process.
+    pub async fn flush_refusals_now(&self) -> Result<(), CaError> {
+        let so_far = self.refusals.lock().map_err(|_| CaError::Internal("refusal tally".into()))?.take(self.now());
+        self.write_refusals(so_far).await
+    }
+
+    async fn write_refusals(&self, summary: Option<portcullis_proto::refusals::RefusalSummary>) -> Result<(), CaError> {
+        let Some(s) = summary else { return Ok(()) };
         self.audit_alone(AuditEvent::RefusalsSummarized {
             origin: "ca".to_owned(),
             window_start: s.window_start,
