@@ -125,3 +125,40 @@ async fn a_revoked_key_is_listed_whole_so_older_openssh_loads_the_krl() {
     let fingerprint = portcullis_sshcert::fingerprint(key.public_key().key_data());
     assert!(listing.contains(&format!("hash: {fingerprint} # ssh-ed25519")), "not listed whole:\n{listing}");
 }
+
+/// Each replica signs with the keyring it last read (every few seconds): here replica B
+/// signs with the user CA key that replica A has since replaced and revoked. The
+/// certificate is not stored or handed out — every node refuses it — but refused (503,
+/// `cert_denied`/`ca_key_withdrawn`), and asked again B signs with the key in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_never_hands_out_a_certificate_signed_by_a_key_another_replica_withdrew() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy");
+    std::fs::create_dir(&policy).unwrap();
+    std::fs::write(policy.join("policy.toml"), POLICY).unwrap();
+    let url = sqlite_url(dir.path());
+    let a = ca_in_process(&url, &policy, ManualClock::new(NOW)).await.unwrap();
+    let token = first_admin(&a, "portcullis-admins", "127.0.0.1").await;
+    let b = ca_in_process(&url, &policy, ManualClock::new(NOW)).await.unwrap();
+    let (admin_a, admin_b) = (a.identity().caller(&token).await.unwrap(), b.identity().caller(&token).await.unwrap());
+    let active = |ca: &portcullis_ca::Ca| {
+        ca.admin().ca_keys().into_iter().find(|k| k.purpose == "user" && k.state == "active").unwrap().fingerprint
+    };
+    let old = active(&a);
+    let keys = a.core().authorize::<proof::CaManage>(&admin_a).unwrap();
+    a.admin().rotate_ca_key(&keys, KeyPurpose::User).await.unwrap();
+    a.admin().activate_ca_key(&keys, KeyPurpose::User).await.unwrap();
+    let revoke = a.core().authorize::<proof::CertsRevoke>(&admin_a).unwrap();
+    let old_key = a.admin().ca_keys().into_iter().find(|k| k.fingerprint == old).unwrap().public_key;
+    a.revocation().revoke(&revoke, &RevokeRequest { public_key: Some(old_key), ..Default::default() }).await.unwrap();
+    assert_eq!(active(&b), old, "replica B has not read the keyring since");
+
+    let request = UserCertRequest { public_key: public_line(&ed25519_key()), ttl_seconds: Some(60), roles: None };
+    let refused = b.issuance().issue(&admin_b, &request, "127.0.0.1").await;
+    assert!(matches!(refused, Err(CaError::Busy { .. })), "{refused:?}");
+    let denied = portcullis_tests::audit_payloads(&b, "cert_denied").await;
+    assert_eq!(denied.last().unwrap()["reason"], "ca_key_withdrawn", "{denied:?}");
+    let issued = b.issuance().issue(&admin_b, &request, "127.0.0.1").await.unwrap();
+    let cert = ssh_key::Certificate::from_openssh(&issued.certificate).unwrap();
+    assert_ne!(portcullis_sshcert::fingerprint(cert.signature_key()), old, "signed again by the withdrawn key");
+}

@@ -113,6 +113,11 @@ impl Issuance {
             Stored::KeyRevoked => {
                 return Err(CaError::BadRequest("this public key has been revoked; generate a new key".into()));
             }
+            Stored::SignerWithdrawn => {
+                // Read the keyring now, so the client's retry is signed with the key in force.
+                self.core.follow_key_changes().await?;
+                return Err(CaError::Busy { retry_after: 1 });
+            }
         }
         self.core.counters.certificates_issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.core.counters.issuance.observe(started.elapsed());

@@ -71,6 +71,10 @@ pub(super) enum Stored {
     SessionEnded,
     /// Its key is revoked: nothing stored, the refusal audited.
     KeyRevoked,
+    /// The CA key that signed it was retired or revoked (on another replica) since this
+    /// replica last read its keyring: nothing stored, the refusal audited; asked again,
+    /// it is signed with the key in force.
+    SignerWithdrawn,
 }
 
 impl Stored {
@@ -79,6 +83,7 @@ impl Stored {
             Stored::Issued => None,
             Stored::SessionEnded => Some("session_ended"),
             Stored::KeyRevoked => Some("key_revoked"),
+            Stored::SignerWithdrawn => Some("ca_key_withdrawn"),
         }
     }
 }
@@ -173,6 +178,10 @@ async fn write_batch(store: &Store, jobs: &[Job]) -> Result<Vec<Stored>, store::
     let live = store::live_sessions_among(&mut tx, &sessions).await?;
     let fingerprints: Vec<&str> = jobs.iter().map(|j| j.row.key_fingerprint.as_str()).collect();
     let revoked = store::revoked_among(tx.conn(), &fingerprints).await?;
+    let mut signers: Vec<&str> = jobs.iter().map(|j| j.row.ca_fingerprint.as_str()).collect();
+    signers.sort_unstable();
+    signers.dedup();
+    let in_force = store::signers_in_force(tx.conn(), &signers).await?;
     let outcomes: Vec<Stored> = jobs
         .iter()
         .map(|j| {
@@ -180,6 +189,8 @@ async fn write_batch(store: &Store, jobs: &[Job]) -> Result<Vec<Stored>, store::
                 Stored::SessionEnded
             } else if revoked.contains(&j.row.key_fingerprint) {
                 Stored::KeyRevoked
+            } else if !in_force.contains(&j.row.ca_fingerprint) {
+                Stored::SignerWithdrawn
             } else {
                 Stored::Issued
             }

@@ -179,6 +179,24 @@ pub async fn revoked_among(
         .await
 }
 
+/// Which of the CA keys `fingerprints` nodes still trust: active or previous, and not
+/// revoked. Each replica signs with the keyring it last read (every few seconds), so
+/// another replica may have retired or revoked a key since.
+pub async fn signers_in_force(
+    conn: &mut AnyConnection,
+    fingerprints: &[&str],
+) -> Result<std::collections::HashSet<String>> {
+    found_among(
+        conn,
+        "SELECT fingerprint FROM ca_keys WHERE state IN ('active', 'previous') AND NOT EXISTS \
+         (SELECT 1 FROM revoked_keys r WHERE r.fingerprint = ca_keys.fingerprint) AND fingerprint IN",
+        "",
+        "fingerprint",
+        fingerprints,
+    )
+    .await
+}
+
 /// What a revocation selects. Already-expired certificates need no KRL entry.
 pub enum RevokeTarget<'a> {
     Serial(u64),

@@ -65,7 +65,9 @@ pub use virt::{
 };
 
 pub use audit::{append as append_audit, append_many as append_audit_many};
-pub use certs::{bump_krl_version, insert_cert, insert_certs, insert_revoked_key, revoke_certs, revoked_among};
+pub use certs::{
+    bump_krl_version, insert_cert, insert_certs, insert_revoked_key, revoke_certs, revoked_among, signers_in_force,
+};
 pub use keys::{ca_key_state, insert_ca_key, move_ca_keys, set_ca_key_state};
 pub use misc::{insert_node, node_for_update, nodes_on, save_policy_state, touch_node, upsert_node};
 pub use users::{
