@@ -138,7 +138,14 @@ pub async fn backup(database_url: &str, out: &Path) -> Result<BackupReport, CaEr
         }
         _ => CaError::Config(format!("cannot create {}: {e}", out.display())),
     })?;
-    let store = Store::open_as_is(database_url, SqliteMode::ReadOnly).await?;
+    let store = match Store::open_as_is(database_url, SqliteMode::ReadOnly).await {
+        Ok(store) => store,
+        Err(e) => {
+            // Nothing was taken: the empty file would refuse every retry ("exists").
+            let _ = std::fs::remove_file(out);
+            return Err(e.into());
+        }
+    };
     debug_assert_eq!(store.backend(), Backend::Sqlite);
     let copied = match store.schema_version().await {
         Ok(Some(version)) if version > Store::known_schema_version() => Err(CaError::Config(format!(

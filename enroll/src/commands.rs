@@ -511,9 +511,9 @@ pub fn status(g: &Global, r: &mut Report) -> Result<String> {
                 root.krl().display()
             )),
             Some(bytes) => {
-                let invalid = plan::check_krl(&bytes).map_err(|e| e.to_string()).and_then(|()| {
-                    crate::sshd::node_loads_krl(&bytes).map_err(|_| "this node's OpenSSH cannot load it".to_owned())
-                });
+                let invalid = plan::check_krl(&bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| crate::sshd::node_loads_krl(&bytes).map_err(|e| e.to_string()));
                 if let Err(e) = invalid {
                     problems.push(format!(
                         "the KRL {} is invalid ({e}): sshd refuses every public-key login while RevokedKeys \

@@ -83,7 +83,6 @@ pub(crate) async fn refresh_with(g: &Global, state: State, api: &Api, r: &mut Re
     }
     r.set("node", &state.node);
     let managed: Vec<PathBuf> = state.originals.iter().map(|o| o.path.clone()).collect();
-    // The KRL first: revocations take effect before anything else changes.
     // A host key regenerated since enrollment is not the key the CA certifies: it goes
     // uncertified (the revocations still apply) and the report says what to do.
     let host_certs = plan::pair_host_certificates(root, &bundle, &state.host_keys);

@@ -125,26 +125,49 @@ pub fn wait_authenticated(sessions: &BTreeSet<u32>, max: Duration) -> usize {
 /// refuses a section it predates (revocation by SHA-256 hash needs 7.9) — while sshd
 /// names a KRL it cannot load, it refuses every public key, `authorized_keys` included,
 /// and `sshd -t` never loads it. Exit 0 (the probe key is not revoked) or 1 (it is) both
-/// mean the KRL loaded.
+/// mean the KRL loaded. Refused only when `ssh-keygen` ran and could not load it: a
+/// check that cannot run (no `ssh-keygen`, no temporary directory) says so on stderr and
+/// leaves the decision to our parser, so it never stops revocations reaching the node.
 pub fn node_loads_krl(krl: &[u8]) -> Result<()> {
-    let dir = tempfile::tempdir().map_err(|e| Error::Failed(format!("cannot create a temporary directory: {e}")))?;
+    match ask_ssh_keygen(krl) {
+        Ok(None) => Ok(()),
+        Ok(Some(said)) => Err(Error::Ca(format!(
+            "this node's OpenSSH cannot load the CA's KRL ({said}); refused, the installed KRL stays"
+        ))),
+        Err(why) => {
+            eprintln!(
+                "portcullis-enroll: cannot check the KRL with this node's ssh-keygen ({why}); trusting our parser"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `Ok(None)`: `ssh-keygen -Q` loaded `krl`; `Ok(Some(what it said))`: it ran and
+/// refused it; `Err`: it could not be asked.
+fn ask_ssh_keygen(krl: &[u8]) -> std::result::Result<Option<String>, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?;
     let (krl_path, probe_path) = (dir.path().join("revoked.krl"), dir.path().join("probe.pub"));
     // Any well-formed key will do: only whether the KRL loads matters.
     let probe = ssh_key::PublicKey::from(ssh_key::public::Ed25519PublicKey([7; 32]));
-    let probe = probe.to_openssh().map_err(|e| Error::Failed(format!("cannot encode the probe key: {e}")))?;
+    let probe = probe.to_openssh().map_err(|e| format!("cannot encode the probe key: {e}"))?;
     for (path, bytes) in [(&krl_path, krl), (&probe_path, probe.as_bytes())] {
-        std::fs::write(path, bytes).map_err(|e| Error::Failed(format!("cannot write {}: {e}", path.display())))?;
+        std::fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    let out = run(Command::new("ssh-keygen").arg("-Q").arg("-f").arg(&krl_path).arg(&probe_path), "ssh-keygen -Q")?;
+    let out = Command::new("ssh-keygen")
+        .arg("-Q")
+        .arg("-f")
+        .arg(&krl_path)
+        .arg(&probe_path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run ssh-keygen: {e}"))?;
     if matches!(out.status.code(), Some(0 | 1)) {
-        return Ok(());
+        return Ok(None);
     }
     let said = String::from_utf8_lossy(&out.stderr).replace(&*krl_path.to_string_lossy(), "the KRL");
     let said: String = said.lines().next().unwrap_or("").chars().filter(|c| !c.is_control()).take(200).collect();
-    Err(Error::Ca(format!(
-        "this node's OpenSSH cannot load the CA's KRL ({}); refused, the installed KRL stays",
-        if said.is_empty() { format!("ssh-keygen -Q exited {}", out.status) } else { said }
-    )))
+    Ok(Some(if said.is_empty() { format!("ssh-keygen -Q exited {}", out.status) } else { said }))
 }
 
 /// `OpenSSH_9.2p1 Debian-2+deb12u3, …` → `OpenSSH_9.2p1 Debian-2+deb12u3`.

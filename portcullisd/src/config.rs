@@ -220,10 +220,15 @@ fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, what: &str, path: &Pat
     })
 }
 
-/// `message` with every double-quoted value left out (serde quotes the value it could
-/// not take, `invalid type: string "…"`; names are in backquotes and stay).
+/// `message` with everything from its first double quote to its last left out: serde
+/// quotes the value it could not take (`invalid type: string "…"`, escaping quotes
+/// inside it, so pairing quotes up would misread one); names are in backquotes and stay.
 fn unquoted(message: &str) -> String {
-    message.split('"').enumerate().map(|(i, part)| if i % 2 == 1 { "\"…\"" } else { part }).collect()
+    match (message.find('"'), message.rfind('"')) {
+        (Some(first), Some(last)) if first < last => format!("{}\"…\"{}", &message[..first], &message[last + 1..]),
+        (Some(first), _) => format!("{}…", &message[..first]),
+        _ => message.to_owned(),
+    }
 }
 
 fn default_listen() -> String {

@@ -231,6 +231,8 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         let (config, all_in_one) = match cli.command {
             Command::Bastion { service, listen, agent_listen, agent_endpoint, front_door, web, metrics_listen } => {
+                // First: enrolling may wait long on an unreachable CA.
+                keep_running_on_sighup("bastion");
                 let identity = dataplane::enrolled_identity(
                     &service.endpoint(),
                     &service.state_dir,
@@ -245,7 +247,6 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("cannot listen on {agent_listen}"))?;
                 let (addr, bastion) =
                     dataplane::start_bastion(&service.endpoint(), identity, &listen, agents, front_door).await?;
-                keep_running_on_sighup("bastion");
                 dataplane::start_web(&web, &service.state_dir, &bastion).await?;
                 if let Some(addr) = metrics_listen {
                     dataplane::start_metrics(&addr, Arc::clone(&bastion)).await?;
@@ -257,6 +258,7 @@ fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             Command::Agent { service, bastions, allow, metrics_listen } => {
+                keep_running_on_sighup("agent");
                 let identity = dataplane::enrolled_identity(
                     &service.endpoint(),
                     &service.state_dir,
@@ -274,7 +276,6 @@ fn main() -> anyhow::Result<()> {
                     Some(portcullis_bastion::edge::AllowList::parse(&allow).map_err(anyhow::Error::msg)?)
                 };
                 let status = dataplane::start_agent(&service.endpoint(), &service.name, identity, bastions, allow)?;
-                keep_running_on_sighup("agent");
                 if let Some(addr) = metrics_listen {
                     dataplane::start_metrics(&addr, status).await?;
                 }
@@ -343,6 +344,11 @@ fn main() -> anyhow::Result<()> {
                 let report = portcullis_ca::backup::restore(&from, &database.url()?).await?;
                 println!("Restored {report}.");
                 println!("Put the CA passphrase in place (ca-passphrase or the credential), then start the CA.");
+                println!(
+                    "What the CA recorded after this backup is not in it: revoke again every key, certificate and \
+                     user revoked since. Nodes and bastions keep their newer KRL only until this CA publishes its \
+                     next one."
+                );
                 return Ok(());
             }
             Command::Check { config } => {

@@ -27,10 +27,11 @@ impl Admin {
         _grant: &Grant<proof::PolicyRead>,
         name: Option<&str>,
     ) -> Result<Vec<RulePreview>, CaError> {
+        let turn = preview_turn()?;
         let policy = self.core.policy();
         let devices = self.devices().await?;
         let name = name.map(str::to_owned);
-        off_the_runtime(move || {
+        off_the_runtime(turn, move || {
             Ok(rules_named(&policy, name.as_deref())?.into_iter().map(|r| preview(&policy, r, &devices)).collect())
         })
         .await
@@ -45,9 +46,10 @@ impl Admin {
         if req.files.len() > MAX_FILES || req.files.iter().any(|f| f.text.len() > MAX_FILE_BYTES) {
             return Err(CaError::BadRequest("too many or too large policy files".into()));
         }
+        let turn = preview_turn()?;
         let devices = self.devices().await?;
         let req = req.clone();
-        off_the_runtime(move || {
+        off_the_runtime(turn, move || {
             let sources: Vec<PolicySource<'_>> =
                 req.files.iter().map(|f| PolicySource { name: &f.name, text: &f.text }).collect();
             // Load errors name file, line and column of the caller's own text.
@@ -66,13 +68,16 @@ impl Admin {
     }
 }
 
-/// Runs `work` on a blocking thread, one preview at a time (see [`PREVIEWS`]).
+/// The one preview turn (see [`PREVIEWS`]), taken before anything is read.
+fn preview_turn() -> Result<tokio::sync::SemaphorePermit<'static>, CaError> {
+    PREVIEWS.try_acquire().map_err(|_| CaError::Busy { retry_after: 1 })
+}
+
+/// Runs `work` on a blocking thread, holding `turn` until it is done.
 async fn off_the_runtime<T: Send + 'static>(
+    turn: tokio::sync::SemaphorePermit<'static>,
     work: impl FnOnce() -> Result<T, CaError> + Send + 'static,
 ) -> Result<T, CaError> {
-    let Ok(turn) = PREVIEWS.try_acquire() else {
-        return Err(CaError::Busy { retry_after: 1 });
-    };
     // The turn goes with the work: a caller that hangs up does not free it early.
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
@@ -140,18 +145,18 @@ mod tests {
                 ticking.fetch_add(1, Ordering::Relaxed);
             }
         });
-        let slow = off_the_runtime(|| {
+        let slow = off_the_runtime(preview_turn().unwrap(), || {
             std::thread::sleep(Duration::from_millis(400));
             Ok(())
         });
         let meanwhile = async {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            off_the_runtime(|| Ok(())).await
+            off_the_runtime(preview_turn()?, || Ok(())).await
         };
         let (first, second) = tokio::join!(slow, meanwhile);
         assert!(first.is_ok());
         assert!(matches!(second, Err(CaError::Busy { .. })), "{second:?}");
         assert!(ticks.load(Ordering::Relaxed) >= 10, "the runtime stood still while the preview ran");
-        assert!(off_the_runtime(|| Ok(())).await.is_ok(), "the turn came back");
+        assert!(off_the_runtime(preview_turn().unwrap(), || Ok(())).await.is_ok(), "the turn came back");
     }
 }
