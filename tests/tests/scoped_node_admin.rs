@@ -209,6 +209,7 @@ async fn a_lab_user_manager_gives_no_one_more_than_the_lab() {
         groups: vec!["staff".into()],
         expires_at: NOW + 3600,
         authenticated_at: NOW,
+        groups_unknown: false,
     };
     portcullis_ca::store::insert_session(tx.conn(), "boss-session", &session, NOW).await.unwrap();
     tx.commit().await.unwrap();

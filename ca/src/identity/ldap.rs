@@ -266,7 +266,7 @@ impl LdapSource {
             groups,
             source: UserSource::Ldap.as_str().to_owned(),
         };
-        Ok(Vouched { identity, subject: user.subject, authenticated_at: None })
+        Ok(Vouched { identity, subject: user.subject, authenticated_at: None, groups_unknown: false })
     }
 }
 

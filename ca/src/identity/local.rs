@@ -76,7 +76,7 @@ pub(crate) fn vouched(user: UserRow) -> Vouched {
         groups: user.groups.into_iter().collect(),
         source: UserSource::Local.as_str().to_owned(),
     };
-    Vouched { identity, subject: user.username, authenticated_at: None }
+    Vouched { identity, subject: user.username, authenticated_at: None, groups_unknown: false }
 }
 
 impl IdentitySource for LocalUsers {

@@ -70,6 +70,8 @@ pub struct Vouched {
     /// When the user proved who they are, if earlier than now: an identity provider's
     /// `auth_time` (its own sign-in may predate ours). `None`: now (a password typed).
     pub authenticated_at: Option<u64>,
+    /// The identity provider stated no groups (see `SessionRow::groups_unknown`).
+    pub groups_unknown: bool,
 }
 
 pub trait IdentitySource: Send + Sync {

@@ -171,7 +171,7 @@ impl IdentityService {
     /// directory or IdP account name is held for the subject that signed in with it
     /// first; another subject is refused (see [`store::claim_account`]).
     pub(super) async fn open_session(&self, vouched: Vouched, client_ip: &str) -> Result<LoginResponse, CaError> {
-        let Vouched { identity, subject, authenticated_at } = vouched;
+        let Vouched { identity, subject, authenticated_at, groups_unknown } = vouched;
         let now = self.core.now();
         let token = random_token("pcs_");
         let session = SessionRow {
@@ -180,6 +180,7 @@ impl IdentityService {
             groups: identity.groups.into_iter().collect(),
             expires_at: now.saturating_add(self.session_ttl),
             authenticated_at: sign_in_time(authenticated_at, now, self.core.clock_skew),
+            groups_unknown,
         };
         let mut tx = self.core.store.begin().await?;
         if session.source != UserSource::Local.as_str() {
@@ -294,7 +295,20 @@ impl IdentityService {
                 _ => return Err(CaError::Unauthenticated),
             },
             // OIDC is not a directory we can ask again: the groups the IdP vouched for at
-            // sign-in hold for the session's lifetime (bounded by the session TTL).
+            // sign-in hold for the session's lifetime (bounded by the session TTL). Groups
+            // it did not state are unknown: once a deny names a group they could hold — a
+            // deny added after the sign-in too — the session cannot be judged, and ends.
+            Some(UserSource::Oidc)
+                if session.groups_unknown && self.core.policy().denies_groups_of(UserSource::Oidc) =>
+            {
+                let event = AuditEvent::SessionRefused {
+                    username: session.username.clone(),
+                    source: session.source.clone(),
+                    reason: "groups_unknown",
+                };
+                self.core.audit_alone(event).await?;
+                return Err(CaError::Unauthenticated);
+            }
             Some(UserSource::Oidc) => session.groups,
             Some(UserSource::Ldap) | None => match self.recheck_directory(&session.username).await? {
                 Ok(groups) => groups,

@@ -188,7 +188,12 @@ impl IdentityService {
             Identity { username: who.username, groups: who.groups.into_iter().collect(), source: SOURCE.to_owned() };
         // Without the IdP's `auth_time` nobody knows how old its sign-in is: never fresh
         // enough for a step-up rule (0), and no other decision asks.
-        let vouched = Vouched { identity, subject: who.subject, authenticated_at: Some(who.auth_time.unwrap_or(0)) };
+        let vouched = Vouched {
+            identity,
+            subject: who.subject,
+            authenticated_at: Some(who.auth_time.unwrap_or(0)),
+            groups_unknown: !who.groups_stated,
+        };
         self.open_session(vouched, client_ip).await
     }
 

@@ -23,6 +23,8 @@ pub struct SessionRow {
     /// When the user proved who they are for this session (step-up checks it); 0 when
     /// not known (a session from before step-up): never fresh.
     pub authenticated_at: u64,
+    /// The identity provider stated no groups: `groups` is empty for not knowing.
+    pub groups_unknown: bool,
 }
 
 fn user_from(row: &sqlx::any::AnyRow) -> Result<UserRow> {
@@ -82,6 +84,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT s.username AS username, s.source AS source, s.groups_json AS groups_json, \
                     s.expires_at AS expires_at, COALESCE(s.authenticated_at, 0) AS authenticated_at, \
+                    s.groups_unknown AS groups_unknown, \
                     u.password_hash AS password_hash, \
                     u.groups_json AS user_groups, u.disabled AS disabled, u.username AS user_name, \
                     u.must_change_password AS must_change_password \
@@ -99,6 +102,7 @@ impl Store {
             groups: parse_list(&row.try_get::<String, _>("groups_json")?)?,
             expires_at: ts_from(row.try_get("expires_at")?),
             authenticated_at: ts_from(row.try_get("authenticated_at")?),
+            groups_unknown: row.try_get::<i64, _>("groups_unknown")? != 0,
         };
         let user = match row.try_get::<Option<String>, _>("user_name")? {
             Some(username) => Some(UserRow {
@@ -219,8 +223,8 @@ pub async fn replace_own_password(
 
 pub async fn insert_session(conn: &mut AnyConnection, token_hash: &str, session: &SessionRow, now: u64) -> Result<()> {
     sqlx::query(
-        "INSERT INTO sessions (token_hash, username, source, groups_json, created_at, expires_at, authenticated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO sessions (token_hash, username, source, groups_json, created_at, expires_at, authenticated_at, \
+         groups_unknown) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(token_hash)
     .bind(&session.username)
@@ -229,6 +233,7 @@ pub async fn insert_session(conn: &mut AnyConnection, token_hash: &str, session:
     .bind(ts(now))
     .bind(ts(session.expires_at))
     .bind(ts(session.authenticated_at))
+    .bind(i64::from(session.groups_unknown))
     .execute(&mut *conn)
     .await?;
     Ok(())

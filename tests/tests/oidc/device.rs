@@ -153,6 +153,37 @@ async fn a_token_without_the_groups_claim_is_not_read_as_no_groups() {
     assert!(matches!(poll_until_done(&s.server, start.handle.expose()).await, DevicePoll::Success(_)));
 }
 
+/// A session whose token stated no groups was let in while no deny named a group; once
+/// one does — a deny added after the sign-in, an off-boarding `frozen` — its unknown
+/// groups cannot be judged, and it is refused at its next request. Before, it went on
+/// for the session's lifetime (12 h by default) with "no groups", past the new deny
+/// (found in review, 2026-12-06).
+#[tokio::test]
+async fn a_session_without_stated_groups_ends_when_a_group_deny_appears() {
+    let s = setup(None).await;
+    let without_deny = &POLICY[..POLICY.find("[[deny]]").unwrap()];
+    let (status, body) = s.server.write_policy("policy.toml", without_deny).await;
+    assert!(status.is_success(), "{body}");
+    let start = device_start(&s.server).await;
+    approve_device(&s.idp, &start, "dana", "dana-password", false).await;
+    let login: LoginResponse = match poll_until_done(&s.server, start.handle.expose()).await {
+        DevicePoll::Success(login) => login,
+        other => panic!("no group deny, so dana signs in: {other:?}"),
+    };
+    let (status, body) = s.server.get_json(Some(login.token.expose()), "/v1/auth/whoami").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let (status, body) = s.server.write_policy("policy.toml", POLICY).await;
+    assert!(status.is_success(), "{body}");
+    let (status, body) = s.server.get_json(Some(login.token.expose()), "/v1/auth/whoami").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a session of unknown groups outlived a group deny: {body}");
+    let refused = s.server.audit_events("session_refused").await;
+    assert!(
+        refused.iter().any(|r| r.payload["username"] == "oidc:dana" && r.payload["reason"] == "groups_unknown"),
+        "{refused:?}"
+    );
+}
+
 #[tokio::test]
 async fn device_flow_denied_and_expired_are_answered_clearly() {
     let s = setup(Some(3)).await;
