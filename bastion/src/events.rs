@@ -248,6 +248,8 @@ pub struct EventSink {
     refusals: Arc<Mutex<RefusalTally>>,
     /// Every refusal by reason, recorded or only counted (for `/metrics`).
     refused: Arc<LabelledCounter>,
+    /// Audit events queued for the CA and not yet sent (see [`EventSink::flush`]).
+    unsent: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Default for EventSink {
@@ -264,6 +266,37 @@ impl EventSink {
             forward: None,
             refusals: Arc::new(Mutex::new(RefusalTally::new(DEFAULT_SUMMARY_EVERY.as_secs()))),
             refused: Arc::default(),
+            unsent: Arc::default(),
+        }
+    }
+
+    /// At shutdown: queues what the open refusal window counted so far, and waits up to
+    /// `within` for every queued event to reach the CA — the forwarding task would
+    /// otherwise go with the process, and with it the refusals of the drain.
+    pub async fn flush(&self, within: Duration) {
+        let Some(forward) = &self.forward else { return };
+        let so_far = self.refusals.lock().ok().and_then(|mut t| t.take(now_unix()));
+        if let Some(s) = so_far {
+            let summary = BastionAuditEvent::RefusalsSummarized {
+                window_start: s.window_start,
+                window_end: s.window_end,
+                counts: s.counts,
+                overflow: s.overflow,
+            };
+            self.queue(forward, summary);
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        while self.unsent.load(std::sync::atomic::Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Queues `event` for the CA without waiting (a full queue keeps it in the log only).
+    fn queue(&self, forward: &mpsc::Sender<BastionAuditEvent>, event: BastionAuditEvent) {
+        self.unsent.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if forward.try_send(event).is_err() {
+            self.unsent.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            tracing::warn!("bastion audit queue full; event kept only in this log");
         }
     }
 
@@ -279,13 +312,16 @@ impl EventSink {
         self.forward = Some(tx);
         self.refusals = Arc::new(Mutex::new(RefusalTally::new(summary_every.as_secs())));
         let refusals = Arc::clone(&self.refusals);
+        let unsent = Arc::clone(&self.unsent);
         tokio::spawn(async move {
             let mut batch = Vec::new();
+            // Events of `batch` that came through the queue (counted in `unsent`).
+            let mut from_queue = 0;
             let mut tick = tokio::time::interval(summary_every.clamp(Duration::from_secs(1), Duration::from_secs(10)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    n = rx.recv_many(&mut batch, 500) => if n == 0 { break },
+                    n = rx.recv_many(&mut batch, 500) => if n == 0 { break } else { from_queue += n },
                     _ = tick.tick() => {
                         let due = refusals.lock().ok().and_then(|mut t| t.take_due(now_unix()));
                         let Some(s) = due else { continue };
@@ -307,6 +343,7 @@ impl EventSink {
                 if let Err(e) = control.events(std::mem::take(&mut batch)).await {
                     tracing::warn!(error = %e, "could not send bastion events to the CA audit trail");
                 }
+                unsent.fetch_sub(std::mem::take(&mut from_queue), std::sync::atomic::Ordering::AcqRel);
             }
         })
     }
@@ -360,10 +397,8 @@ impl EventSink {
             _ => tracing::info!(target: "portcullis_bastion::event", event = event.name(), detail = ?event),
         }
         let audit = audit.filter(|_| !counted_only);
-        if let (Some(forward), Some(audit)) = (&self.forward, audit)
-            && let Err(mpsc::error::TrySendError::Full(_)) = forward.try_send(audit)
-        {
-            tracing::warn!("bastion audit queue full; event kept only in this log");
+        if let (Some(forward), Some(audit)) = (&self.forward, audit) {
+            self.queue(forward, audit);
         }
         // No subscriber is normal: the log line above is the record.
         let _ = self.tx.send(event);

@@ -101,6 +101,9 @@ impl BastionConfig {
     }
 }
 
+/// How long a stopping bastion waits for its audit events to reach the CA.
+const EVENTS_FLUSH_WITHIN: Duration = Duration::from_secs(3);
+
 pub struct Bastion {
     users: Arc<Config>,
     agents: Arc<Config>,
@@ -123,7 +126,11 @@ impl Bastion {
         while sessions.len() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        sessions.len()
+        let left = sessions.len();
+        // Then what the front door refused meanwhile (and counted in its open window)
+        // reaches the CA before the process goes.
+        self.shared.events.flush(EVENTS_FLUSH_WITHIN).await;
+        left
     }
 
     pub fn new(

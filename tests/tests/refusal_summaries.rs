@@ -156,6 +156,24 @@ async fn the_bastion_front_door_records_the_first_refusal_and_summarizes_the_res
     drop(idle);
 }
 
+/// A stopping bastion hands the CA what its open window counted: the forwarding task
+/// went with the process, and with it every refusal counted since the last summary
+/// (a minute's worth by default; found in review, 2026-12-06).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_bastion_reports_the_refusals_it_counted() {
+    let mut server = Server::start_with(ServerOpts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = write_key_pair(dir.path(), "plain", &ed25519_key());
+    for _ in 0..3 {
+        assert!(!ssh_with_plain_key(server.bastion, &key).status.success(), "a plain key got in");
+    }
+    let status = server.terminate(Duration::from_secs(30));
+    assert!(status.success(), "portcullisd exited with {status}");
+    let ca = portcullis_tests::same_ca(&server, Arc::new(portcullis_ca::SystemClock)).await;
+    let summaries = audit_payloads(&ca, "refusals_summarized").await;
+    assert_eq!(counted(&summaries, "127.0.0.1", "plain_public_key"), 2, "{summaries:#?}");
+}
+
 /// Refusals reach the operator log too, one line each (for fail2ban or a SIEM), never
 /// with the typed name; with `--log-format json` each line is one JSON object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
