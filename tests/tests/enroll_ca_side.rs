@@ -530,6 +530,25 @@ async fn an_address_is_not_a_node_name() {
     ca.nodes().enroll(&token, &enroll_request("10-20-0-5.lab", &ed25519_key()), "127.0.0.1").await.unwrap();
 }
 
+/// `pve01`, registered with a fresh host key (returned).
+async fn pve01_with_a_key(ca: &Ca, grant: &Grant<proof::NodesManage>) -> PrivateKey {
+    let key = ed25519_key();
+    let node = NodeRecord { name: "pve01".into(), host_keys: vec![public_line(&key)], ..Default::default() };
+    ca.nodes().add_node(grant, &node).await.unwrap();
+    key
+}
+
+/// `pve01` re-keyed in a write transaction the caller holds open (and commits): the new
+/// key, and the transaction.
+async fn rekey_held_open(ca: &Ca) -> (PrivateKey, portcullis_ca::store::WriteTx<'_>) {
+    let new = ed25519_key();
+    let mut rekeyed = ca.core().store().node("pve01").await.unwrap().unwrap();
+    rekeyed.host_keys = vec![public_line(&new)];
+    let mut tx = ca.core().store().begin().await.unwrap();
+    portcullis_ca::store::upsert_node(tx.conn(), &rekeyed, NOW).await.unwrap();
+    (new, tx)
+}
+
 /// A change to a node computed from a read made before another change committed would
 /// put the older record back: here an administrator re-tags a node while its
 /// re-enrollment (held open by the test) writes new host keys — the node would then fail
@@ -538,19 +557,8 @@ async fn an_address_is_not_a_node_name() {
 async fn a_node_change_never_undoes_one_committed_while_it_waited() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, grant) = ca_and_grant(dir.path()).await;
-    let old = ed25519_key();
-    ca.nodes()
-        .add_node(
-            &grant,
-            &NodeRecord { name: "pve01".into(), host_keys: vec![public_line(&old)], ..Default::default() },
-        )
-        .await
-        .unwrap();
-    let new = ed25519_key();
-    let mut rekeyed = ca.core().store().node("pve01").await.unwrap().unwrap();
-    rekeyed.host_keys = vec![public_line(&new)];
-    let mut tx = ca.core().store().begin().await.unwrap();
-    portcullis_ca::store::upsert_node(tx.conn(), &rekeyed, NOW).await.unwrap();
+    pve01_with_a_key(&ca, &grant).await;
+    let (new, tx) = rekey_held_open(&ca).await;
     let retag = NodeUpdate { set_tags: [("env".to_owned(), "lab".to_owned())].into(), ..Default::default() };
     let commit = async {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -572,20 +580,9 @@ async fn a_node_change_never_undoes_one_committed_while_it_waited() {
 async fn a_refresh_that_waited_for_a_rekey_does_not_certify_the_old_key() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, grant) = ca_and_grant(dir.path()).await;
-    let old = ed25519_key();
-    ca.nodes()
-        .add_node(
-            &grant,
-            &NodeRecord { name: "pve01".into(), host_keys: vec![public_line(&old)], ..Default::default() },
-        )
-        .await
-        .unwrap();
-    let new = ed25519_key();
-    let mut rekeyed = ca.core().store().node("pve01").await.unwrap().unwrap();
-    rekeyed.host_keys = vec![public_line(&new)];
+    let old = pve01_with_a_key(&ca, &grant).await;
     // The re-key holds the write lock while the stolen key's refresh arrives.
-    let mut tx = ca.core().store().begin().await.unwrap();
-    portcullis_ca::store::upsert_node(tx.conn(), &rekeyed, NOW).await.unwrap();
+    let (new, tx) = rekey_held_open(&ca).await;
     let commit = async {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         tx.commit().await.unwrap();
@@ -611,14 +608,7 @@ async fn a_revoked_host_certificate_is_replaced_at_the_next_refresh() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, admin) = ca_and_admin_on(&sqlite_url(dir.path()), dir.path()).await;
     let grant = ca.core().authorize::<proof::NodesManage>(&admin).unwrap();
-    let key = ed25519_key();
-    ca.nodes()
-        .add_node(
-            &grant,
-            &NodeRecord { name: "pve01".into(), host_keys: vec![public_line(&key)], ..Default::default() },
-        )
-        .await
-        .unwrap();
+    let key = pve01_with_a_key(&ca, &grant).await;
     let signed = proof(&key, "pve01", "refresh", "pve01", NOW);
     let refresh = || ca.nodes().node_refresh(&signed, "127.0.0.1");
     let serial_of = |bundle: &portcullis_proto::enroll::NodeBundle| {

@@ -30,6 +30,15 @@ group = "portcullis-admins"
 roles = ["admin", "ops"]
 "#;
 
+/// A scratch directory with `POLICY` in its `policy/`.
+fn work_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy");
+    std::fs::create_dir(&policy).unwrap();
+    std::fs::write(policy.join("policy.toml"), POLICY).unwrap();
+    (dir, policy)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_pending_key_never_signs_and_the_signing_key_cannot_be_revoked() {
     let dir = tempfile::tempdir().unwrap();
@@ -64,10 +73,7 @@ async fn a_revoked_pending_key_never_signs_and_the_signing_key_cannot_be_revoked
 /// after the CA does: a revoked one must still be in the KRL then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_certificate_stays_in_the_krl_past_its_expiry_for_lagging_clocks() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy");
-    std::fs::create_dir(&policy).unwrap();
-    std::fs::write(policy.join("policy.toml"), POLICY).unwrap();
+    let (dir, policy) = work_dir();
     let clock = ManualClock::new(NOW);
     let ca = ca_in_process(&sqlite_url(dir.path()), &policy, clock.clone()).await.unwrap();
     let admin = ca.identity().caller(&first_admin(&ca, "portcullis-admins", "127.0.0.1").await).await.unwrap();
@@ -98,10 +104,7 @@ async fn a_revoked_certificate_stays_in_the_krl_past_its_expiry_for_lagging_cloc
 /// `hash: SHA256:<base64> # <type>`, a SHA-256 entry in hex without the type.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_key_is_listed_whole_so_older_openssh_loads_the_krl() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy");
-    std::fs::create_dir(&policy).unwrap();
-    std::fs::write(policy.join("policy.toml"), POLICY).unwrap();
+    let (dir, policy) = work_dir();
     let ca = ca_in_process(&sqlite_url(dir.path()), &policy, ManualClock::new(NOW)).await.unwrap();
     let admin = ca.identity().caller(&first_admin(&ca, "portcullis-admins", "127.0.0.1").await).await.unwrap();
     let revoke = ca.core().authorize::<proof::CertsRevoke>(&admin).unwrap();
@@ -132,10 +135,7 @@ async fn a_revoked_key_is_listed_whole_so_older_openssh_loads_the_krl() {
 /// `cert_denied`/`ca_key_withdrawn`), and asked again B signs with the key in force.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_never_hands_out_a_certificate_signed_by_a_key_another_replica_withdrew() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy");
-    std::fs::create_dir(&policy).unwrap();
-    std::fs::write(policy.join("policy.toml"), POLICY).unwrap();
+    let (dir, policy) = work_dir();
     let url = sqlite_url(dir.path());
     let a = ca_in_process(&url, &policy, ManualClock::new(NOW)).await.unwrap();
     let token = first_admin(&a, "portcullis-admins", "127.0.0.1").await;
