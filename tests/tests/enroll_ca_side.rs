@@ -623,6 +623,30 @@ async fn a_revoked_host_certificate_is_replaced_at_the_next_refresh() {
     assert_ne!(serial_of(&refresh().await.unwrap()), first, "the revoked certificate was handed out again");
 }
 
+/// Clones of one image enrolling at the same moment (cloud-init on a batch of VMs) carry
+/// the same host key: one is registered, the others refused (`host_key_taken`). On
+/// PostgreSQL each enrollment read the other nodes before any had committed, and all of
+/// them passed the check (found in review, 2026-12-06): decisions on node identities now
+/// take turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_enrolling_at_once_on_postgres_register_one_machine() {
+    let pg = portcullis_tests::Postgres::start().expect("throwaway PostgreSQL server");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, grant) = ca_and_grant_on(&pg.url(), dir.path()).await;
+    let ca = std::sync::Arc::new(ca);
+    let image = ed25519_key();
+    let mut clones = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        // A token each: one token's uses are counted on its row, which would serialize them.
+        let token = token(&ca, &grant, EnrollTokenRequest { uses: 1, ..Default::default() }).await;
+        let enrolling = std::sync::Arc::clone(&ca);
+        let request = enroll_request(&format!("clone{i}"), &image);
+        clones.spawn(async move { enrolling.nodes().enroll(&token, &request, "127.0.0.1").await.is_ok() });
+    }
+    let registered = clones.join_all().await.into_iter().filter(|ok| *ok).count();
+    assert_eq!(registered, 1, "clones of one image were registered as {registered} machines");
+}
+
 /// Forty nodes refreshing at once on PostgreSQL (16 connections): a refresh used to hold
 /// its transaction's connection while reading its host certificates and the KRL on the
 /// pool, so sixteen of them could each hold one and wait for a second until the pool

@@ -88,7 +88,7 @@ impl Nodes {
                     .into(),
             ));
         }
-        let nodes = store::nodes_on(tx.conn()).await?;
+        let nodes = store::nodes_for_identity(&mut tx).await?;
         if let Some((reason, message)) = super::nodes::identity_clash(&facts.name, &host_keys, &nodes) {
             drop(tx);
             self.audit_enroll_refused(reason, client_ip).await?;

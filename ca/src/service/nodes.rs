@@ -87,7 +87,7 @@ impl Nodes {
     /// (see [`identity_clash`]).
     async fn check_identity(tx: &mut store::WriteTx<'_>, node: &NodeRecord) -> Result<(), CaError> {
         let keys = crate::validate::host_keys(&node.host_keys)?;
-        let nodes = store::nodes_on(tx.conn()).await?;
+        let nodes = store::nodes_for_identity(tx).await?;
         match identity_clash(&node.name, &keys, &nodes) {
             Some((_, message)) => Err(CaError::Conflict(message.into())),
             None => Ok(()),

@@ -67,6 +67,21 @@ pub async fn node_for_update(tx: &mut super::WriteTx<'_>, name: &str) -> Result<
 }
 
 /// Every node, read on `conn` (inside a transaction: see [`node_for_update`]).
+/// Every node, read for a decision on node identities (a name, its addresses, its host
+/// keys against every other node's): on PostgreSQL under a transaction-scoped advisory
+/// lock, so two such decisions at once — two clones of one image enrolling together —
+/// take turns and the second sees the first's node. (Under READ COMMITTED each read the
+/// other nodes before either committed, and both passed.) SQLite's writers take turns
+/// already.
+pub async fn nodes_for_identity(tx: &mut super::WriteTx<'_>) -> Result<Vec<NodeRecord>> {
+    /// The lock's key: any number no other advisory lock of ours uses.
+    const NODE_IDENTITIES: i64 = 0x706f_7274_6e6f_6465;
+    if tx.backend() == super::Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(NODE_IDENTITIES).execute(tx.conn()).await?;
+    }
+    nodes_on(tx.conn()).await
+}
+
 pub async fn nodes_on(conn: &mut AnyConnection) -> Result<Vec<NodeRecord>> {
     let rows = sqlx::query("SELECT record_json FROM nodes ORDER BY name").fetch_all(&mut *conn).await?;
     rows.iter().map(node_of).collect()

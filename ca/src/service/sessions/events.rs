@@ -214,7 +214,7 @@ impl Sessions {
         // address is that node (or a clone of it): pinning it would bind this name to
         // that machine for good, the way `identity_clash` refuses at enrollment. The
         // session already reached it, so it is ended at the bastion's next heartbeat.
-        let others = crate::store::nodes_on(tx.conn()).await?;
+        let others = crate::store::nodes_for_identity(tx).await?;
         let owner = others.iter().filter(|n| n.name != node.name).find(|n| {
             n.host_keys
                 .iter()
