@@ -154,14 +154,8 @@ fn ask_ssh_keygen(krl: &[u8]) -> std::result::Result<Option<String>, String> {
     for (path, bytes) in [(&krl_path, krl), (&probe_path, probe.as_bytes())] {
         std::fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    let out = Command::new("ssh-keygen")
-        .arg("-Q")
-        .arg("-f")
-        .arg(&krl_path)
-        .arg(&probe_path)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run ssh-keygen: {e}"))?;
+    let out = run(Command::new("ssh-keygen").arg("-Q").arg("-f").arg(&krl_path).arg(&probe_path), "ssh-keygen -Q")
+        .map_err(|e| e.to_string())?;
     if matches!(out.status.code(), Some(0 | 1)) {
         return Ok(None);
     }

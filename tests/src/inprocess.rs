@@ -114,6 +114,15 @@ pub const FIRST_ADMIN_PASSWORD: &str = "first-admin-own-password";
 /// Creates the first administrator (`admin` in `group`) and signs in as an operator
 /// does the first time: with the one-time password, choosing [`FIRST_ADMIN_PASSWORD`].
 /// The API token.
+/// Registers bastion `b1` (a fresh key, agents told to dial `127.0.0.1:2223`) with an
+/// in-process CA: its API token.
+pub async fn bastion_b1(ca: &Ca) -> String {
+    let key = crate::ssh::public_line(&crate::ssh::ed25519_key());
+    let kind = portcullis_proto::bastion::ServiceKind::Bastion;
+    let registered = ca.services().register_service(kind, "b1", &key, Some("127.0.0.1:2223")).await.unwrap();
+    registered.api_token.expose().to_owned()
+}
+
 pub async fn first_admin(ca: &Ca, group: &str, client_ip: &str) -> String {
     let one_time =
         ca.identity().bootstrap_admin("admin", group).await.unwrap().expect("a first start creates the admin");

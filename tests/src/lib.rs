@@ -31,7 +31,8 @@ pub mod websocket;
 
 pub use bins::bin;
 pub use inprocess::{
-    FIRST_ADMIN_PASSWORD, ServedCa, TEST_PASSPHRASE, audit_payloads, ca_in_process, first_admin, same_ca, sqlite_url,
+    FIRST_ADMIN_PASSWORD, ServedCa, TEST_PASSPHRASE, audit_payloads, bastion_b1, ca_in_process, first_admin, same_ca,
+    sqlite_url,
 };
 pub use postgres::Postgres;
 pub use server::{Server, ServerOpts};

@@ -126,8 +126,30 @@ impl Core {
         Ok(self.covered_from(grant, name).await?.is_some_and(|from| from <= since))
     }
 
-    /// [`Core::covers`] for many things at once (a listing): each device's record is
-    /// read once, its answer kept in `seen`.
+    /// [`Core::covers`] for a listing: the `items` whose device and start (`place`) the
+    /// grant covers, in order. Each device's record is read once.
+    pub(super) async fn covered<P: portcullis_policies::proof::Proof, T>(
+        &self,
+        grant: &portcullis_policies::Grant<P>,
+        items: Vec<T>,
+        place: impl Fn(&T) -> (&str, u64),
+    ) -> Result<Vec<T>, CaError> {
+        if grant.covers_everything() {
+            return Ok(items);
+        }
+        let mut seen = std::collections::HashMap::new();
+        let mut kept = Vec::with_capacity(items.len());
+        for item in items {
+            let (name, since) = place(&item);
+            if self.covers_each(grant, &mut seen, name, since).await? {
+                kept.push(item);
+            }
+        }
+        Ok(kept)
+    }
+
+    /// [`Core::covers`] for many things at once: each device's record is read once, its
+    /// answer kept in `seen`.
     pub(super) async fn covers_each<P: portcullis_policies::proof::Proof>(
         &self,
         grant: &portcullis_policies::Grant<P>,

@@ -249,13 +249,25 @@ pub(super) fn identity_clash(
     if others().any(|n| digest(&n.name) == digest(name)) {
         return Some(("name_taken", "this name's session principal is another node's; choose another name"));
     }
+    host_key_owner(name, host_keys, nodes).map(|_| {
+        (
+            "host_key_taken",
+            "a host key of this machine is another registered node's (a cloned image? generate new host keys)",
+        )
+    })
+}
+
+/// The node other than `name` that has one of `host_keys` pinned, if any.
+pub(super) fn host_key_owner<'n>(
+    name: &str,
+    host_keys: &[PublicKey],
+    nodes: &'n [NodeRecord],
+) -> Option<&'n NodeRecord> {
     let reported: BTreeSet<String> = host_keys.iter().map(|k| fingerprint(k.key_data())).collect();
-    let pinned_elsewhere = others()
-        .flat_map(|n| &n.host_keys)
-        .filter_map(|k| PublicKey::from_openssh(k).ok())
-        .any(|k| reported.contains(&fingerprint(k.key_data())));
-    pinned_elsewhere.then_some((
-        "host_key_taken",
-        "a host key of this machine is another registered node's (a cloned image? generate new host keys)",
-    ))
+    nodes.iter().filter(|n| n.name != name).find(|n| {
+        n.host_keys
+            .iter()
+            .filter_map(|k| PublicKey::from_openssh(k).ok())
+            .any(|k| reported.contains(&fingerprint(k.key_data())))
+    })
 }

@@ -278,14 +278,8 @@ impl Recordings {
         device: Option<&str>,
     ) -> Result<Vec<RecordingInfo>, CaError> {
         let rows = self.core.store.recordings(user, device, LIST_LIMIT).await?;
-        let mut shown = Vec::with_capacity(rows.len());
-        let mut seen = std::collections::HashMap::new();
-        for row in rows {
-            if self.core.covers_each(grant, &mut seen, &row.device, row.started_at).await? {
-                shown.push(info(row));
-            }
-        }
-        Ok(shown)
+        let shown = self.core.covered(grant, rows, |row| (row.device.as_str(), row.started_at)).await?;
+        Ok(shown.into_iter().map(info).collect())
     }
 
     /// `GET /v1/admin/recordings/{session_id}`: the recording as an asciicast v2 file

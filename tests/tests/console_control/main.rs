@@ -213,14 +213,7 @@ async fn fixture_on(db_url: Option<&str>, replicas: usize) -> Fx {
         };
         ca.nodes().add_node(&nodes, &node).await.unwrap();
     }
-    let bastion = ca
-        .services()
-        .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), Some("127.0.0.1:2223"))
-        .await
-        .unwrap()
-        .api_token
-        .expose()
-        .to_owned();
+    let bastion = portcullis_tests::bastion_b1(&ca).await;
     let http = portcullis_tests::server::client_with_pin(&api.pin);
     Fx { api, replicas: others, ca, clock, admin, bastion, policy_dir, http, askers: Default::default(), _dir: dir }
 }

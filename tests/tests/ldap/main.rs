@@ -126,7 +126,6 @@ async fn session_world(directory: LdapSource) -> SessionWorld {
     use portcullis_ca::{Ca, CaConfig, ManualClock};
     use portcullis_policies::proof;
     use portcullis_proto::NodeRecord;
-    use portcullis_proto::bastion::ServiceKind;
     use portcullis_tests::{ServedCa, TEST_PASSPHRASE, first_admin, sqlite_url};
     use std::sync::Arc;
 
@@ -151,14 +150,7 @@ async fn session_world(directory: LdapSource) -> SessionWorld {
         ..Default::default()
     };
     ca.nodes().add_node(&nodes, &node).await.unwrap();
-    let bastion = ca
-        .services()
-        .register_service(ServiceKind::Bastion, "b1", &public_line(&ed25519_key()), Some("127.0.0.1:2223"))
-        .await
-        .unwrap()
-        .api_token
-        .expose()
-        .to_owned();
+    let bastion = portcullis_tests::bastion_b1(&ca).await;
     SessionWorld { ca, api, clock, bastion, _dir: dir }
 }
 

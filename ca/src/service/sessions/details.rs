@@ -208,16 +208,8 @@ impl Sessions {
         &self,
         grant: &portcullis_policies::Grant<portcullis_policies::proof::SessionsRead>,
     ) -> Result<Vec<portcullis_proto::SessionInfo>, CaError> {
-        let mut leases = self.core.store.leases().await?;
-        if !grant.covers_everything() {
-            let (mut covered, mut seen) = (Vec::with_capacity(leases.len()), std::collections::HashMap::new());
-            for lease in leases {
-                if self.core.covers_each(grant, &mut seen, &lease.device, lease.opened_at).await? {
-                    covered.push(lease);
-                }
-            }
-            leases = covered;
-        }
+        let leases = self.core.store.leases().await?;
+        let leases = self.core.covered(grant, leases, |l| (l.device.as_str(), l.opened_at)).await?;
         Ok(leases
             .into_iter()
             .map(|l| portcullis_proto::SessionInfo {

@@ -214,14 +214,8 @@ impl Sessions {
         // address is that node (or a clone of it): pinning it would bind this name to
         // that machine for good, the way `identity_clash` refuses at enrollment. The
         // session already reached it, so it is ended at the bastion's next heartbeat.
-        let others = crate::store::nodes_for_identity(tx).await?;
-        let owner = others.iter().filter(|n| n.name != node.name).find(|n| {
-            n.host_keys
-                .iter()
-                .filter_map(|k| ssh_key::PublicKey::from_openssh(k).ok())
-                .any(|k| k.key_data() == key.key_data())
-        });
-        if let Some(owner) = owner {
+        let nodes = crate::store::nodes_for_identity(tx).await?;
+        if let Some(owner) = crate::service::nodes::host_key_owner(&node.name, std::slice::from_ref(key), &nodes) {
             crate::store::set_kill_reason(tx.conn(), &lease.session_id, CloseReason::HostKeyTaken.as_str()).await?;
             return Ok(Some(AuditEvent::HostKeyPinRefused {
                 bastion: bastion.name.clone(),
