@@ -89,6 +89,12 @@ impl From<StoreError> for CaError {
     /// A failure of the database's state becomes a 503 the client may retry; the detail
     /// goes to the operator log only.
     fn from(e: StoreError) -> CaError {
+        if matches!(e, StoreError::SignerWithdrawn) {
+            // The next housekeeping tick (5 s) reads the keyring; the retry is signed
+            // with the key in force.
+            tracing::warn!("a certificate signed with a CA key withdrawn meanwhile was not handed out");
+            return CaError::Busy { retry_after: 5 };
+        }
         match e.unavailable() {
             Some(why) => {
                 tracing::error!(error = %e, "database unavailable");

@@ -140,18 +140,8 @@ async fn a_replica_never_hands_out_a_certificate_signed_by_a_key_another_replica
     let a = ca_in_process(&url, &policy, ManualClock::new(NOW)).await.unwrap();
     let token = first_admin(&a, "portcullis-admins", "127.0.0.1").await;
     let b = ca_in_process(&url, &policy, ManualClock::new(NOW)).await.unwrap();
-    let (admin_a, admin_b) = (a.identity().caller(&token).await.unwrap(), b.identity().caller(&token).await.unwrap());
-    let active = |ca: &portcullis_ca::Ca| {
-        ca.admin().ca_keys().into_iter().find(|k| k.purpose == "user" && k.state == "active").unwrap().fingerprint
-    };
-    let old = active(&a);
-    let keys = a.core().authorize::<proof::CaManage>(&admin_a).unwrap();
-    a.admin().rotate_ca_key(&keys, KeyPurpose::User).await.unwrap();
-    a.admin().activate_ca_key(&keys, KeyPurpose::User).await.unwrap();
-    let revoke = a.core().authorize::<proof::CertsRevoke>(&admin_a).unwrap();
-    let old_key = a.admin().ca_keys().into_iter().find(|k| k.fingerprint == old).unwrap().public_key;
-    a.revocation().revoke(&revoke, &RevokeRequest { public_key: Some(old_key), ..Default::default() }).await.unwrap();
-    assert_eq!(active(&b), old, "replica B has not read the keyring since");
+    let admin_b = b.identity().caller(&token).await.unwrap();
+    let old = withdraw_active_key(&a, &b, &token, KeyPurpose::User).await;
 
     let request = UserCertRequest { public_key: public_line(&ed25519_key()), ttl_seconds: Some(60), roles: None };
     let refused = b.issuance().issue(&admin_b, &request, "127.0.0.1").await;
@@ -161,4 +151,46 @@ async fn a_replica_never_hands_out_a_certificate_signed_by_a_key_another_replica
     let issued = b.issuance().issue(&admin_b, &request, "127.0.0.1").await.unwrap();
     let cert = ssh_key::Certificate::from_openssh(&issued.certificate).unwrap();
     assert_ne!(portcullis_sshcert::fingerprint(cert.signature_key()), old, "signed again by the withdrawn key");
+}
+
+/// The same for a certificate signed outside the issuance writer (here a bastion's
+/// internal certificate; onward session, host and discovery certificates are stored
+/// the same way): replica B refuses to store it, and signs with the key in force once
+/// its housekeeping has read the keyring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_never_hands_out_a_service_certificate_signed_by_a_withdrawn_key() {
+    let (dir, policy) = work_dir();
+    let url = sqlite_url(dir.path());
+    let a = ca_in_process(&url, &policy, ManualClock::new(NOW)).await.unwrap();
+    let token = first_admin(&a, "portcullis-admins", "127.0.0.1").await;
+    let b = ca_in_process(&url, &policy, ManualClock::new(NOW)).await.unwrap();
+    let bastion = portcullis_tests::bastion_b1(&a).await;
+    let old = withdraw_active_key(&a, &b, &token, KeyPurpose::Internal).await;
+
+    let caller = b.services().service_caller(&bastion).await.unwrap();
+    let refused = b.services().renew_service_certificate(&caller).await;
+    assert!(matches!(refused, Err(CaError::Busy { .. })), "{refused:?}");
+    b.housekeeping().await.unwrap();
+    let renewed = b.services().renew_service_certificate(&caller).await.unwrap();
+    let cert = ssh_key::Certificate::from_openssh(&renewed.certificate).unwrap();
+    assert_ne!(portcullis_sshcert::fingerprint(cert.signature_key()), old, "signed again by the withdrawn key");
+}
+
+/// Replica `a` replaces its active `purpose` key and revokes the old one, which replica
+/// `b` still signs with (it has not read the keyring since): the old key's fingerprint.
+async fn withdraw_active_key(a: &portcullis_ca::Ca, b: &portcullis_ca::Ca, token: &str, purpose: KeyPurpose) -> String {
+    let active = |ca: &portcullis_ca::Ca| {
+        let keys = ca.admin().ca_keys().into_iter();
+        keys.filter(|k| k.purpose == purpose.as_str() && k.state == "active").map(|k| k.fingerprint).next().unwrap()
+    };
+    let old = active(a);
+    let admin = a.identity().caller(token).await.unwrap();
+    let keys = a.core().authorize::<proof::CaManage>(&admin).unwrap();
+    a.admin().rotate_ca_key(&keys, purpose).await.unwrap();
+    a.admin().activate_ca_key(&keys, purpose).await.unwrap();
+    let revoke = a.core().authorize::<proof::CertsRevoke>(&admin).unwrap();
+    let old_key = a.admin().ca_keys().into_iter().find(|k| k.fingerprint == old).unwrap().public_key;
+    a.revocation().revoke(&revoke, &RevokeRequest { public_key: Some(old_key), ..Default::default() }).await.unwrap();
+    assert_eq!(active(b), old, "replica B has not read the keyring since");
+    old
 }

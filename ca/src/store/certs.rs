@@ -1,8 +1,8 @@
 //! Issued certificates, revoked keys and the KRL version counter.
 
 use super::{
-    Result, Store, found_among, json_list, parse_list, serial_from_db, serial_to_db, statement_chunks, ts, ts_from,
-    values_statement,
+    Result, Store, StoreError, found_among, json_list, parse_list, serial_from_db, serial_to_db, statement_chunks, ts,
+    ts_from, values_statement,
 };
 use sqlx::{AnyConnection, Row};
 
@@ -136,7 +136,16 @@ impl Store {
     }
 }
 
+/// Stores one certificate signed outside the issuance writer (onward session, host,
+/// discovery, service and enrollment-check certificates), refusing it when its signing
+/// key is no longer in force: this replica signed with a keyring up to a housekeeping
+/// tick old, and another replica may have retired or revoked that key since. Nodes
+/// would refuse such a certificate; handing it out would also leave a certificate the
+/// KRL never names.
 pub async fn insert_cert(conn: &mut AnyConnection, c: &CertRow) -> Result<()> {
+    if signers_in_force(conn, &[c.ca_fingerprint.as_str()]).await?.is_empty() {
+        return Err(StoreError::SignerWithdrawn);
+    }
     insert_certs(conn, &[c]).await
 }
 

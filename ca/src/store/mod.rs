@@ -94,6 +94,10 @@ pub enum StoreError {
     UnsupportedUrl,
     #[error("corrupt row: {0}")]
     Corrupt(&'static str),
+    /// A certificate's signing CA key was retired or revoked (by another replica) after
+    /// this replica last read the keyring; see [`insert_cert`].
+    #[error("the signing CA key was withdrawn meanwhile")]
+    SignerWithdrawn,
     #[error("cannot lock the database file for migrations: {0}")]
     MigrationLock(std::io::Error),
     /// A recording chunk's file beside a SQLite database (see [`ChunkFiles`]).
