@@ -50,6 +50,7 @@ impl SignedCert {
             groups,
             digest: portcullis_sshcert::certificate_digest(&self.certificate),
             authenticated_at: None,
+            groups_unknown: false,
         }
     }
 }

@@ -333,6 +333,7 @@ impl IdentityService {
             },
             expires_at: session.expires_at,
             authenticated_at: session.authenticated_at,
+            groups_unknown: session.groups_unknown,
             token_hash: hash,
             csrf_token: None,
         })

@@ -15,6 +15,9 @@ pub struct Caller {
     pub expires_at: u64,
     /// When the user proved who they are for this API session (step-up checks it).
     pub authenticated_at: u64,
+    /// The identity provider stated no groups for this session (see
+    /// `SessionRow::groups_unknown`); certificates issued under it carry that on.
+    pub groups_unknown: bool,
     pub(super) token_hash: String,
     /// Set when the caller came with the session cookie (a browser): the token its
     /// state-changing requests must carry.

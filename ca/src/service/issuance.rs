@@ -92,6 +92,9 @@ impl Issuance {
         );
         // What a step-up rule asks of a session opened with it (see `sessions::admission`).
         row.authenticated_at = Some(caller.authenticated_at);
+        // Sessions opened with it are judged as its API session is (see
+        // `Sessions::usable_certificate`).
+        row.groups_unknown = caller.groups_unknown;
         let event = AuditEvent::CertIssued {
             username: who.username.clone(),
             serial: signed.serial.to_string(),

@@ -240,6 +240,7 @@ mod tests {
             groups: Vec::new(),
             digest: None,
             authenticated_at: None,
+            groups_unknown: false,
         };
         let (done, answer) = oneshot::channel();
         let event = AuditEvent::Logout { username: "alice".into() };

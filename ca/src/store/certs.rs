@@ -27,6 +27,9 @@ pub struct CertRow {
     /// issued under (step-up checks it; `None`: not known — a row from before step-up, or
     /// written by a replica older than it).
     pub authenticated_at: Option<u64>,
+    /// A user certificate issued under an identity provider's sign-in that stated no
+    /// groups: `groups` is empty for not knowing (see `SessionRow::groups_unknown`).
+    pub groups_unknown: bool,
 }
 
 impl CertRow {
@@ -42,7 +45,8 @@ impl CertRow {
 macro_rules! cert_columns {
     () => {
         "serial, ca_fingerprint, key_fingerprint, username, key_id, principals_json, \
-         valid_after, valid_before, issued_at, revoked_at, groups_json, cert_digest, authenticated_at"
+         valid_after, valid_before, issued_at, revoked_at, groups_json, cert_digest, authenticated_at, \
+         groups_unknown"
     };
 }
 
@@ -61,6 +65,7 @@ fn cert_from(row: &sqlx::any::AnyRow) -> Result<CertRow> {
         groups: parse_list(&row.try_get::<String, _>("groups_json")?)?,
         digest: row.try_get("cert_digest")?,
         authenticated_at: row.try_get::<Option<i64>, _>("authenticated_at")?.map(ts_from),
+        groups_unknown: row.try_get::<i64, _>("groups_unknown")? != 0,
     })
 }
 
@@ -154,9 +159,9 @@ pub async fn insert_cert(conn: &mut AnyConnection, c: &CertRow) -> Result<()> {
 pub async fn insert_certs(conn: &mut AnyConnection, rows: &[&CertRow]) -> Result<()> {
     const HEAD: &str = "INSERT INTO certificates (serial, ca_fingerprint, key_fingerprint, username, key_id, \
                         principals_json, valid_after, valid_before, issued_at, groups_json, cert_digest, \
-                        authenticated_at)";
+                        authenticated_at, groups_unknown)";
     for (start, len) in statement_chunks(rows.len()) {
-        let statement = values_statement(HEAD, 12, len);
+        let statement = values_statement(HEAD, 13, len);
         let mut query = sqlx::query(statement);
         for c in rows.iter().skip(start).take(len) {
             query = query
@@ -171,7 +176,8 @@ pub async fn insert_certs(conn: &mut AnyConnection, rows: &[&CertRow]) -> Result
                 .bind(ts(c.issued_at))
                 .bind(json_list(&c.groups))
                 .bind(c.digest.clone())
-                .bind(c.authenticated_at.map(ts));
+                .bind(c.authenticated_at.map(ts))
+                .bind(i64::from(c.groups_unknown));
         }
         query.execute(&mut *conn).await?;
     }

@@ -165,6 +165,9 @@ pub struct LeaseCheck {
     pub ticket_groups: Option<Vec<String>>,
     /// That ticket's API session is revoked, expired or gone.
     pub api_session_ended: bool,
+    /// The identity provider stated no groups for the credential's sign-in: the
+    /// certificate's, or for a ticketed console the ticket's API session's.
+    pub groups_unknown: bool,
 }
 
 /// [`Store::lease_checks`]' statement, with the backend's JSON aggregate and array
@@ -182,8 +185,9 @@ macro_rules! lease_checks_sql {
                  l.session_id, l.bastion, l.username, l.device, l.agent, l.login, l.mode, l.port, l.rule, \
                  l.role, l.cert_serial, l.client_ip, l.opened_at, l.heartbeat_at, l.absolute_deadline, \
                  l.kill_reason, l.bytes_from_client, l.bytes_to_client, l.confirmed), \
-                 c.serial, c.revoked_at, c.groups_json, c.principals_json, k.fingerprint, \
-                 u.disabled, u.groups_json, t.groups_json, s.token_hash, s.revoked_at, s.expires_at)) \
+                 c.serial, c.revoked_at, c.groups_json, c.principals_json, c.groups_unknown, k.fingerprint, \
+                 u.disabled, u.groups_json, t.groups_json, s.token_hash, s.revoked_at, s.expires_at, \
+                 s.groups_unknown)) \
                FROM session_leases l \
                LEFT JOIN certificates c ON c.serial = l.cert_serial \
                LEFT JOIN revoked_keys k ON k.fingerprint = c.key_fingerprint \
@@ -267,6 +271,7 @@ struct CheckedLease {
     c_revoked_at: Option<i64>,
     c_groups: Option<String>,
     c_principals: Option<String>,
+    c_groups_unknown: Option<i64>,
     k_fingerprint: Option<String>,
     u_disabled: Option<i64>,
     u_groups: Option<String>,
@@ -274,11 +279,15 @@ struct CheckedLease {
     s_hash: Option<String>,
     s_revoked_at: Option<i64>,
     s_expires_at: Option<i64>,
+    s_groups_unknown: Option<i64>,
 }
 
 impl CheckedLease {
     fn check(self, nodes: &HashMap<String, Arc<NodeRecord>>, now: u64) -> Result<LeaseCheck> {
         let list = |json: Option<String>| json.as_deref().map(parse_list).transpose();
+        let ticketed = self.t_groups.is_some() && self.lease.mode == "console";
+        let groups_unknown =
+            if ticketed { self.s_groups_unknown } else { self.c_groups_unknown }.is_some_and(|u| u != 0);
         Ok(LeaseCheck {
             cert_revoked: self.c_serial.is_none() || self.c_revoked_at.is_some(),
             cert_groups: list(self.c_groups)?.unwrap_or_default(),
@@ -291,6 +300,7 @@ impl CheckedLease {
                 || self.s_revoked_at.is_some()
                 || self.s_expires_at.is_none_or(|e| e <= ts(now)),
             ticket_groups: list(self.t_groups)?,
+            groups_unknown,
             lease: self.lease.into_row()?,
         })
     }

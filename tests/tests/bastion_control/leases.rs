@@ -367,3 +367,56 @@ async fn joining_a_group_a_deny_names_ends_live_sessions_and_opens_no_new_one() 
     fx.ca.admin().set_user_groups(&users, "alice", &groups(&["ops"])).await.unwrap();
     granted(api, &fx.bastion, &terminated(&session_id(), &alice, "pve01", "root")).await;
 }
+
+/// A certificate issued under an identity provider's sign-in that stated no groups (the
+/// API session is planted as `identity::oidc` writes it; `oidc::device` covers that
+/// part): while no deny names a group it opens sessions; once one does, its unknown
+/// groups cannot be judged — its live sessions end at the next heartbeat and it opens no
+/// new one, as its API session is refused. Before, the certificate went on with "no
+/// groups" until it expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_a_sign_in_of_unknown_groups_stops_when_a_group_deny_appears() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let dana = "[[binding]]\nuser = \"oidc:dana\"\nroles = [\"ops\"]\n";
+    let reload = async |extra: &str| {
+        std::fs::write(fx.policy_dir.join("policy.toml"), format!("{POLICY_BASE}{POLICY_CONTRACT}{dana}{extra}"))
+            .unwrap();
+        let (status, v) = api.post_json(Some(&fx.admin), "/v1/admin/policy/reload", &json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+    };
+    reload("").await;
+    let token = "pcs_dana-session-of-unknown-groups";
+    let session = portcullis_ca::store::SessionRow {
+        username: "oidc:dana".into(),
+        source: "oidc".into(),
+        groups: Vec::new(),
+        expires_at: now() + 3600,
+        authenticated_at: now(),
+        groups_unknown: true,
+    };
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token));
+    let mut tx = fx.ca.core().store().begin().await.unwrap();
+    portcullis_ca::store::insert_session(tx.conn(), &hash, &session, now()).await.unwrap();
+    tx.commit().await.unwrap();
+    let caller = fx.ca.identity().caller(token).await.unwrap();
+    let key = ed25519_key();
+    let request = UserCertRequest { public_key: public_line(&key), ..Default::default() };
+    let text = fx.ca.issuance().issue(&caller, &request, IP).await.unwrap().certificate;
+    let cert = ssh_key::Certificate::from_openssh(text.trim()).unwrap();
+    let dana_cert = Presented { holder: Some(Arc::new((key, cert))), ..Presented::of(&text) };
+    let ids = [session_id(), session_id()];
+    granted(api, &fx.bastion, &terminated(&ids[0], &dana_cert, "pve01", "root")).await;
+    granted(api, &fx.bastion, &jump(&ids[1], &dana_cert, "pve02", None)).await;
+    let live = [ids[0].as_str(), ids[1].as_str()];
+    assert!(heartbeat(api, &fx.bastion, &live, &[]).await.is_empty(), "no deny names a group yet");
+
+    reload("[[deny]]\nname = \"frozen\"\ngroups = [\"frozen\"]\nlogins = [\"*\"]\n").await;
+    let closed = heartbeat(api, &fx.bastion, &live, &[]).await;
+    let mut want: Vec<(String, CloseReason)> = ids.iter().map(|id| (id.clone(), CloseReason::PolicyChanged)).collect();
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(closed, want, "sessions of unknown groups outlived a group deny");
+    let refused = terminated(&session_id(), &dana_cert, "pve01", "root");
+    denied(api, &fx.bastion, &refused, deny_reason::CREDENTIAL_INVALID).await;
+    denied(api, &fx.bastion, &jump(&session_id(), &dana_cert, "pve02", None), deny_reason::CREDENTIAL_INVALID).await;
+}

@@ -145,6 +145,12 @@ impl Sessions {
         let (Some(device), Some(mode)) = (device, mode_from(&lease.mode)) else {
             return Some(CloseReason::PolicyChanged);
         };
+        // Opened on an identity provider's word that stated no groups: once a deny names
+        // a group the user could be in, the session cannot be judged (as its API
+        // session cannot, see `IdentityService::caller`).
+        if check.groups_unknown && policy.denies_groups_of(UserSource::Oidc) {
+            return Some(CloseReason::PolicyChanged);
+        }
         let recorded = ticketed.unwrap_or(&check.cert_groups);
         // Groups as of sign-in or issuance, against the user's now (a local user's row,
         // or the directory's last answer): removing a group ends the sessions it granted

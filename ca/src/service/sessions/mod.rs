@@ -529,6 +529,14 @@ impl Sessions {
         if let Some(why) = self.identity.directory_account_refusal(&cert.username).await? {
             return invalid(why);
         }
+        // Issued under an identity provider's sign-in that stated no groups: once a deny
+        // names a group it could be in, it cannot be judged, like that API session.
+        if cert.groups_unknown && self.core.policy().denies_groups_of(UserSource::Oidc) {
+            return invalid(
+                "the identity provider stated no groups for the sign-in this certificate was issued under, and a \
+                 deny now names groups: it cannot be judged",
+            );
+        }
         Ok(Ok(cert))
     }
 
