@@ -420,3 +420,36 @@ async fn a_certificate_from_a_sign_in_of_unknown_groups_stops_when_a_group_deny_
     denied(api, &fx.bastion, &refused, deny_reason::CREDENTIAL_INVALID).await;
     denied(api, &fx.bastion, &jump(&session_id(), &dana_cert, "pve02", None), deny_reason::CREDENTIAL_INVALID).await;
 }
+
+/// Jump mode is end to end: the node's sshd takes any principal the certificate carries
+/// that its principals file lists, whatever login the user then asks for. A deny on one
+/// of the certificate's logins (here `root`, for a group alice joins after issuance)
+/// therefore ends her live jump session and refuses new ones with that certificate,
+/// though `deploy` is still hers; a terminated session, whose onward certificate carries
+/// only the login admitted, still opens as `deploy`. Before, jump went on through
+/// `deploy`'s grant and `ssh -J … root@pve02` logged in as root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jump_session_ends_when_any_login_its_certificate_carries_is_denied() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let frozen = "[[deny]]\nname = \"no-root\"\ngroups = [\"frozen\"]\nlogins = [\"root\"]\n";
+    std::fs::write(fx.policy_dir.join("policy.toml"), format!("{POLICY_BASE}{POLICY_CONTRACT}{frozen}")).unwrap();
+    let (status, v) = api.post_json(Some(&fx.admin), "/v1/admin/policy/reload", &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let alice = user_cert(&fx.ca, "alice").await;
+    let id = session_id();
+    granted(api, &fx.bastion, &jump(&id, &alice, "pve02", None)).await;
+    assert!(heartbeat(api, &fx.bastion, &[&id], &[]).await.is_empty(), "alice is in no denied group yet");
+
+    let caller = fx.ca.identity().caller(&fx.admin).await.unwrap();
+    let users = fx.ca.core().authorize::<proof::UsersManage>(&caller).unwrap();
+    let groups = |names: &[&str]| names.iter().map(|g| (*g).to_owned()).collect::<Vec<_>>();
+    fx.ca.admin().set_user_groups(&users, "alice", &groups(&["ops", "frozen"])).await.unwrap();
+    assert_eq!(heartbeat(api, &fx.bastion, &[&id], &[]).await, vec![(id.clone(), CloseReason::PolicyChanged)]);
+    denied(api, &fx.bastion, &jump(&session_id(), &alice, "pve02", None), deny_reason::NOT_AUTHORIZED).await;
+    denied(api, &fx.bastion, &terminated(&session_id(), &alice, "pve01", "root"), deny_reason::NOT_AUTHORIZED).await;
+    granted(api, &fx.bastion, &terminated(&session_id(), &alice, "pve01", "deploy")).await;
+    // A fresh certificate leaves out the denied login, and jumps again.
+    let fresh = user_cert(&fx.ca, "alice").await;
+    granted(api, &fx.bastion, &jump(&session_id(), &fresh, "pve02", None)).await;
+}

@@ -170,6 +170,13 @@ pub(super) fn admit<'p>(
                     && cert_principals.contains(&scoped_principal(role.name(), login))
                     && !denies.iter().any(|d| d.removes_login(login))
             };
+            if mode == SessionMode::Jump && outlives_policy(policy, &who.granting, cert_principals, device, &usable) {
+                return Err(denial(
+                    deny::NOT_AUTHORIZED,
+                    "your certificate carries a login on this device you may no longer use; get a new one \
+                     (`portcullis login`)",
+                ));
+            }
             policy
                 .roles_of(&who.granting)
                 .into_iter()
@@ -240,6 +247,32 @@ pub(super) fn admit<'p>(
         return Err(denial(deny::PORT_NOT_ALLOWED, "this port is not allowed on this device"));
     }
     Ok(Admission { role, rule, limits })
+}
+
+/// Whether `principals` (a user certificate's) hold one the node's principals files list
+/// for `device` — a role that covers it — but that `who` may no longer use there
+/// (`usable`): a deny on its login, or a role lost, since the certificate was issued.
+///
+/// Jump mode is end to end: the node's sshd takes any listed principal the certificate
+/// carries, whatever login the user asks for, and the files name every role's principals
+/// whatever the denies say (those are per identity, enforced at issuance). So a jump
+/// session is admitted, and stays, only while the certificate opens nothing the policy
+/// no longer grants; terminated mode needs no such check, its onward certificate
+/// carries the one login admitted.
+fn outlives_policy(
+    policy: &Policy,
+    who: &Identity,
+    principals: &BTreeSet<String>,
+    device: &Device,
+    usable: &dyn Fn(&Role, &str) -> bool,
+) -> bool {
+    let held = policy.roles_of(who);
+    policy
+        .roles()
+        .filter(|r| r.has_permission(Permission::CertsIssue) && r.targets().is_some_and(|q| q.matches(device)))
+        .flat_map(|r| r.logins().iter().map(move |l| (r, l)))
+        .filter(|(r, l)| principals.contains(&scoped_principal(r.name(), l)))
+        .any(|(r, l)| !held.iter().any(|h| h.name() == r.name()) || !usable(r, l))
 }
 
 /// Whether every critical option of `role` is one the CA can enforce for a terminated
