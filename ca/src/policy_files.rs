@@ -7,6 +7,17 @@ use std::path::Path;
 
 /// Loads and validates; on failure the message lists every error as `file:line:col: …`.
 pub fn load_policy_dir(dir: &Path) -> Result<Policy, CaError> {
+    parse_policy(&read_policy_dir(dir)?.sources)
+}
+
+/// A policy directory as read: its `*.toml` files in name order, `(name, text)`, and
+/// when the newest of them was last changed (Unix seconds).
+pub struct PolicyFiles {
+    pub sources: Vec<(String, String)>,
+    pub modified: u64,
+}
+
+pub fn read_policy_dir(dir: &Path) -> Result<PolicyFiles, CaError> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| CaError::Config(format!("cannot read policy directory {}: {e}", dir.display())))?;
     let mut files = Vec::new();
@@ -20,13 +31,22 @@ pub fn load_policy_dir(dir: &Path) -> Result<Policy, CaError> {
     if files.is_empty() {
         return Err(CaError::Config(format!("no *.toml policy files in {}", dir.display())));
     }
-    let mut texts = Vec::with_capacity(files.len());
+    let mut sources = Vec::with_capacity(files.len());
+    let mut modified = 0;
     for path in &files {
         let text = std::fs::read_to_string(path)
             .map_err(|e| CaError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let changed = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let since_epoch = changed.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        modified = modified.max(since_epoch.map_or(0, |d| d.as_secs()));
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        texts.push((name, text));
+        sources.push((name, text));
     }
+    Ok(PolicyFiles { sources, modified })
+}
+
+/// Validates a policy from its files' `(name, text)`; see [`load_policy_dir`].
+pub fn parse_policy(texts: &[(String, String)]) -> Result<Policy, CaError> {
     let sources: Vec<PolicySource<'_>> = texts.iter().map(|(name, text)| PolicySource { name, text }).collect();
     let policy =
         Policy::from_sources(&sources).map_err(|errors| CaError::Config(format!("invalid policy:\n{errors}")))?;

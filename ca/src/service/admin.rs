@@ -9,7 +9,7 @@ use crate::audit::{self, AuditEvent, GroupsChange};
 use crate::error::CaError;
 use crate::identity::hash_password;
 use crate::keys::{self, KeyPurpose, state};
-use crate::policy_files::load_policy_dir;
+use crate::policy_files::{parse_policy, read_policy_dir};
 use crate::store::{self, NewPassword, Store};
 use portcullis_policies::{Grant, Identity, USER_NAME_RULE, UserSource, parse_account, proof, valid_user_name};
 use portcullis_proto::console::{PolicyChangeRecord, PolicyFieldChange};
@@ -430,8 +430,9 @@ impl Admin {
     }
 
     async fn reload_policy_as(&self, actor: &str) -> Result<PolicyReloadResponse, CaError> {
-        let policy = match load_policy_dir(&self.core.policy_dir) {
-            Ok(policy) => policy,
+        let read = read_policy_dir(&self.core.policy_dir);
+        let (policy, sources) = match read.and_then(|files| Ok((parse_policy(&files.sources)?, files.sources))) {
+            Ok(loaded) => loaded,
             Err(e) => {
                 let errors = e.to_string().lines().count().saturating_sub(1).max(1);
                 self.core.audit_alone(AuditEvent::PolicyRejected { actor: actor.to_owned(), errors }).await?;
@@ -443,7 +444,7 @@ impl Admin {
         };
         let before = self.core.policy().digest();
         let digest = policy.digest();
-        let changes = self.core.install_policy(policy, actor).await?;
+        let changes = self.core.install_policy(policy, &sources, actor).await?;
         Ok(PolicyReloadResponse {
             changed: before != digest,
             digest,

@@ -55,8 +55,30 @@ impl Core {
     /// Opens the database, creates any missing CA key, loads the policy, and records
     /// what it did in the audit log.
     pub(super) async fn open(config: CoreConfig, clock: Arc<dyn Clock>) -> Result<Core, CaError> {
-        let policy = crate::policy_files::load_policy_dir(&config.policy_dir)?;
+        let files = crate::policy_files::read_policy_dir(&config.policy_dir)?;
+        let local = crate::policy_files::parse_policy(&files.sources)?;
         let store = Store::open(&config.database_url).await?;
+        // The policy in force is the one last loaded by any replica. This replica's files
+        // replace it only when changed since it came into force (an edit, then a
+        // restart); older ones (a replica restarted with files from before another's
+        // reload) would silently undo that reload, so the replica follows it instead.
+        let (policy, sources) = match store.published_policy().await? {
+            Some(published) if published.digest != local.digest() && files.modified < published.loaded_at => {
+                match published_policy(&published) {
+                    Some(policy) => {
+                        tracing::warn!(
+                            dir = %config.policy_dir.display(),
+                            in_force = %published.digest,
+                            "the policy files differ from the policy in force, which is newer; following it (reload \
+                             this replica to publish its files instead)"
+                        );
+                        (policy, published.sources.unwrap_or_default())
+                    }
+                    None => (local, files.sources),
+                }
+            }
+            _ => (local, files.sources),
+        };
         let now = clock.now_unix();
         let mut keyring = Keyring::load(&store, &config.passphrase).await?;
         for purpose in KeyPurpose::ALL {
@@ -94,7 +116,7 @@ impl Core {
             refusals: Mutex::new(RefusalTally::new(config.refusal_summary_every.as_secs())),
             default_agent: config.default_agent,
         };
-        core.install_policy(policy, SYSTEM_ACTOR).await?;
+        core.install_policy(policy, &sources, SYSTEM_ACTOR).await?;
         Ok(core)
     }
 
@@ -241,6 +263,7 @@ impl Core {
     pub(super) async fn install_policy(
         &self,
         policy: Policy,
+        sources: &[(String, String)],
         actor: &str,
     ) -> Result<portcullis_policies::PolicyDiff, CaError> {
         let now = self.now();
@@ -275,11 +298,27 @@ impl Core {
             )
             .await?;
         }
-        store::save_policy_state(tx.conn(), &digest, &summary_json, now).await?;
+        store::save_policy_state(tx.conn(), &digest, &summary_json, sources, now).await?;
         tx.commit().await?;
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
         tracing::info!(%digest, "policy loaded");
         Ok(changes)
+    }
+
+    /// Follows a policy another replica loaded (housekeeping, every few seconds): each
+    /// replica reads its own policy directory, and a reload publishes what it read to
+    /// all through the database, which the reloading replica audited.
+    pub(super) async fn follow_policy_changes(&self) -> Result<(), CaError> {
+        let Some(digest) = self.store.policy_digest().await? else { return Ok(()) };
+        if digest == self.policy().digest() {
+            return Ok(());
+        }
+        let Some(published) = self.store.published_policy().await? else { return Ok(()) };
+        if let Some(policy) = published_policy(&published) {
+            tracing::info!(digest = %published.digest, "following the policy another replica loaded");
+            *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        }
+        Ok(())
     }
 
     /// Records an event that stands alone (a refusal, a failure): nothing else changes
@@ -381,4 +420,22 @@ pub(super) async fn save_generated_key(store: &Store, row: &CaKeyRow, actor: &st
     audit::record(tx.conn(), now, &event).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// The policy another replica published, as this replica reads it; `None` (and a
+/// warning) when it cannot be followed: published by a CA older than this one (no files),
+/// or files this version reads otherwise (refused, or another digest: a newer CA's
+/// policy during an upgrade). The replica then keeps its own.
+fn published_policy(published: &store::PublishedPolicy) -> Option<Policy> {
+    let Some(sources) = &published.sources else {
+        tracing::warn!(in_force = %published.digest, "the policy in force was published without its files; keeping this replica's");
+        return None;
+    };
+    match crate::policy_files::parse_policy(sources) {
+        Ok(policy) if policy.digest() == published.digest => Some(policy),
+        _ => {
+            tracing::warn!(in_force = %published.digest, "this replica reads the policy in force otherwise; keeping its own");
+            None
+        }
+    }
 }

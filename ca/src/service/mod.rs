@@ -259,10 +259,11 @@ impl Ca {
     /// bastion killed must not leave ghost sessions holding users' caps — writes a
     /// finished window's refusal summary, records console tickets that lapsed unused, forgets
     /// expired OIDC sign-ins in progress,
-    /// deletes recordings past their retention, and follows CA key changes made by other
-    /// replicas.
+    /// deletes recordings past their retention, and follows CA key and policy changes
+    /// made by other replicas.
     pub async fn housekeeping(&self) -> Result<(), CaError> {
         self.core.follow_key_changes().await?;
+        self.core.follow_policy_changes().await?;
         self.core.flush_refusals().await?;
         self.core.store.purge_oidc_pending(self.core.now()).await?;
         self.sessions.purge_connection_proofs().await?;

@@ -49,6 +49,40 @@ impl Store {
             .await?;
         row.map(|r| Ok((r.try_get("digest")?, r.try_get("summary_json")?))).transpose()
     }
+
+    /// The policy in force as the replica that loaded it last published it; see
+    /// [`save_policy_state`].
+    pub async fn published_policy(&self) -> Result<Option<PublishedPolicy>> {
+        let row = sqlx::query("SELECT digest, sources_json, loaded_at FROM policy_state WHERE id = 1")
+            .fetch_optional(self.pool())
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let sources = match row.try_get::<Option<String>, _>("sources_json")? {
+            Some(json) => Some(serde_json::from_str(&json).map_err(|_| StoreError::Corrupt("policy sources"))?),
+            None => None,
+        };
+        Ok(Some(PublishedPolicy {
+            digest: row.try_get("digest")?,
+            sources,
+            loaded_at: ts_from(row.try_get("loaded_at")?),
+        }))
+    }
+
+    /// The digest of the policy in force (what each replica's housekeeping compares).
+    pub async fn policy_digest(&self) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT digest FROM policy_state WHERE id = 1").fetch_optional(self.pool()).await?;
+        row.map(|r| Ok(r.try_get("digest")?)).transpose()
+    }
+}
+
+/// The policy in force, shared by the replicas through the database.
+#[derive(Debug, Clone)]
+pub struct PublishedPolicy {
+    pub digest: String,
+    /// Its files, `(name, text)`; `None` when published by a CA older than this.
+    pub sources: Option<Vec<(String, String)>>,
+    /// When this digest came into force.
+    pub loaded_at: u64,
 }
 
 /// Inserts or replaces a node; returns true when it was new.
@@ -122,14 +156,25 @@ pub async fn upsert_node(conn: &mut AnyConnection, node: &NodeRecord, now: u64) 
     Ok(true)
 }
 
-pub async fn save_policy_state(conn: &mut AnyConnection, digest: &str, summary_json: &str, now: u64) -> Result<()> {
+/// Publishes the policy a replica loaded: its digest, summary and files. `loaded_at`
+/// moves only when the digest does (it is when this policy came into force).
+pub async fn save_policy_state(
+    conn: &mut AnyConnection,
+    digest: &str,
+    summary_json: &str,
+    sources: &[(String, String)],
+    now: u64,
+) -> Result<()> {
+    let sources = serde_json::to_string(sources).map_err(|_| StoreError::Corrupt("policy sources"))?;
     sqlx::query(
-        "INSERT INTO policy_state (id, digest, summary_json, loaded_at) VALUES (1, $1, $2, $3) \
+        "INSERT INTO policy_state (id, digest, summary_json, sources_json, loaded_at) VALUES (1, $1, $2, $3, $4) \
          ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, summary_json = excluded.summary_json, \
-         loaded_at = excluded.loaded_at",
+         sources_json = excluded.sources_json, loaded_at = CASE WHEN policy_state.digest = excluded.digest \
+         THEN policy_state.loaded_at ELSE excluded.loaded_at END",
     )
     .bind(digest)
     .bind(summary_json)
+    .bind(sources)
     .bind(ts(now))
     .execute(&mut *conn)
     .await?;

@@ -70,7 +70,8 @@ pub use certs::{
 };
 pub use keys::{ca_key_state, insert_ca_key, move_ca_keys, set_ca_key_state};
 pub use misc::{
-    insert_node, node_for_update, nodes_for_identity, nodes_on, save_policy_state, touch_node, upsert_node,
+    PublishedPolicy, insert_node, node_for_update, nodes_for_identity, nodes_on, save_policy_state, touch_node,
+    upsert_node,
 };
 pub use users::{
     insert_session, insert_user, live_sessions_among, replace_own_password, revoke_session, revoke_user_sessions,

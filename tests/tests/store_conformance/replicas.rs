@@ -87,3 +87,51 @@ async fn pg_setting(ca: &Ca, name: &str) -> String {
     let row = sqlx::query(sqlx::AssertSqlSafe(show)).fetch_one(ca.core().store().pool()).await.unwrap();
     row.try_get(0).unwrap()
 }
+
+/// Each replica reads its own policy directory. A deny reloaded on replica A holds on
+/// replica B after B's housekeeping (before, B went on issuing under the old policy
+/// until it restarted, though the audit log named the new one in force). B restarted
+/// with its older files follows the policy in force instead of undoing it; files edited
+/// on B since it came into force are published by B's restart, and A follows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_follow_a_policy_reloaded_on_one_of_them() {
+    let work = tempfile::tempdir().unwrap();
+    let url = sqlite_url(work.path());
+    let (dir_a, dir_b) = (work.path().join("a"), work.path().join("b"));
+    for dir in [&dir_a, &dir_b] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    }
+    let clock = ManualClock::new(now());
+    let a = ca_in_process(&url, &dir_a, clock.clone()).await.unwrap();
+    let admin = admin_and_alice(&a, "devs").await;
+    let b = ca_in_process(&url, &dir_b, clock.clone()).await.unwrap();
+    let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..UserCertRequest::default() };
+    let issued_on = async |ca: &Ca| {
+        let alice = login(ca, "alice", ALICE_PASSWORD).await;
+        ca.issuance().issue(&alice, &request, IP).await
+    };
+    issued_on(&b).await.expect("no deny yet");
+
+    let deny = "[[deny]]\nname = \"frozen\"\ngroups = [\"devs\"]\npermissions = [\"certs.issue\"]\n";
+    std::fs::write(dir_a.join("policy.toml"), format!("{POLICY}{deny}")).unwrap();
+    let grant = a.core().authorize::<proof::PolicyManage>(&admin).unwrap();
+    a.admin().reload_policy(&grant).await.unwrap();
+    b.housekeeping().await.unwrap();
+    let refused = issued_on(&b).await;
+    assert!(matches!(refused, Err(CaError::Denied(_))), "B issued under the policy A replaced: {refused:?}");
+
+    drop(b);
+    let b = ca_in_process(&url, &dir_b, clock.clone()).await.unwrap();
+    let refused = issued_on(&b).await;
+    assert!(matches!(refused, Err(CaError::Denied(_))), "B's restart undid A's reload: {refused:?}");
+
+    // An edit on B after the deny came into force: B's restart publishes it.
+    drop(b);
+    let edited = std::fs::File::options().write(true).open(dir_b.join("policy.toml")).unwrap();
+    edited.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(60)).unwrap();
+    let b = ca_in_process(&url, &dir_b, clock.clone()).await.unwrap();
+    issued_on(&b).await.expect("B's edited files are the policy in force");
+    a.housekeeping().await.unwrap();
+    issued_on(&a).await.expect("A follows B's edit");
+}
