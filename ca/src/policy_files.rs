@@ -105,7 +105,7 @@ mod tests {
     fn shipped_policies_load() {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/policy");
         let policy = load_policy_dir(&example).unwrap();
-        assert!(policy.role("hw-discovery").is_some());
+        assert_eq!(policy.rule("hardware").unwrap().purpose(), portcullis_policies::Purpose::InventoryEnrichment);
         // As shipped, the example's console rule covers a prod node enrolled the default
         // way (no partition) behind its agent; not one behind another agent.
         let mut node = portcullis_proto::NodeRecord {
@@ -122,6 +122,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("default.toml"), DEFAULT_POLICY).unwrap();
         assert!(load_policy_dir(dir.path()).unwrap().role("node-admin").is_some());
+    }
+
+    /// The discovery account runs its one command under its own certificates; no role
+    /// may grant its login (before, a role could, and the node listed that role's line
+    /// with a pty for an account with a shell).
+    #[test]
+    fn a_role_granting_the_discovery_login_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let role = "[[role]]\nname = \"x\"\nlogins = [\"portcullis-discovery\"]\ntargets = 'in:devices name:%'\n\
+                    permissions = [\"certs.issue\"]\n";
+        std::fs::write(dir.path().join("a.toml"), role).unwrap();
+        let err = load_policy_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("reserved for hardware discovery"), "{err}");
+        std::fs::write(dir.path().join("a.toml"), role.replace("portcullis-discovery", "deploy")).unwrap();
+        load_policy_dir(dir.path()).unwrap();
+        // The policy engine's name for the login is the one nodes and bastions use.
+        assert_eq!(portcullis_policies::DISCOVERY_LOGIN, portcullis_proto::discovery::DISCOVERY_LOGIN);
     }
 
     #[test]

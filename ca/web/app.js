@@ -67,6 +67,7 @@ function nodeRow(d) {
   const open = el("button", "Open console", { type: "button", "data-device": d.name });
   open.addEventListener("click", () => {
     const q = new URLSearchParams({ device: d.name, login: select.value });
+    portcullis.intend(`console?${q}`);
     location.assign(`/ui/console?${q}`);
   });
   const tdOpen = el("td");
@@ -235,7 +236,10 @@ async function showSignin() {
 async function start() {
   // `?fresh=1` (from a console a step-up rule refused): end this session and sign in
   // again — with single sign-on, the identity provider asks for the password again.
-  if (new URLSearchParams(location.search).get("fresh") === "1") {
+  // Only when the console's own link led here: a link from elsewhere signs no one out.
+  const fresh = new URLSearchParams(location.search).get("fresh") === "1";
+  if (fresh && !portcullis.intended("fresh")) history.replaceState(null, "", "/ui/");
+  else if (fresh) {
     try { await api("/v1/auth/logout", { method: "POST", body: {} }); } catch (_) { /* not signed in */ }
     document.getElementById("sso").querySelector("a").href = "/v1/auth/oidc/login?fresh=1";
     document.getElementById("login-error").textContent =

@@ -69,5 +69,20 @@ const portcullis = (() => {
   }
   // A time cell: relative, with the absolute time as its title.
   function timeCell(unix) { return el("td", ago(unix), { title: when(unix) }); }
-  return { api, setCsrf, el, when, ago, duration, words, bytes, timeCell };
+  // A navigation a page of ours asked for (opening a console, signing in again), told
+  // apart from a link from anywhere else (a chat, another site): a one-shot mark in this
+  // tab's sessionStorage, set just before the navigation and taken by the page it leads
+  // to within seconds. A page reached without it acts only on the user's click: a link
+  // must not open a console on a device of its choosing, nor sign the user out.
+  const INTENT = "portcullis-intent";
+  function intend(what) { sessionStorage.setItem(INTENT, JSON.stringify({ what, at: Date.now() })); }
+  function intended(what) {
+    const raw = sessionStorage.getItem(INTENT);
+    sessionStorage.removeItem(INTENT);
+    try {
+      const mark = JSON.parse(raw);
+      return !!mark && mark.what === what && Math.abs(Date.now() - mark.at) < 30000;
+    } catch (_) { return false; }
+  }
+  return { api, setCsrf, el, when, ago, duration, words, bytes, timeCell, intend, intended };
 })();

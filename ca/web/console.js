@@ -29,7 +29,7 @@ function countdown(element, seconds, text) {
 function start() {
   const params = new URLSearchParams(location.search);
   const device = params.get("device") || "";
-  const login = params.get("login") || "root";
+  const login = params.get("login") || "";
   document.getElementById("title").textContent = `${login}@${device}`;
 
   const term = new Terminal({ cursorBlink: true, convertEol: false, scrollback: 5000, fontSize: 14 });
@@ -59,6 +59,7 @@ function start() {
   };
 
   async function connect() {
+    reconnect.textContent = "Reconnect";
     reconnect.disabled = true;
     state.state = "connecting";
     state.closed = null;
@@ -77,6 +78,7 @@ function start() {
         const again = document.createElement("a");
         again.href = "/ui/?fresh=1";
         again.textContent = "Sign in again";
+        again.addEventListener("click", () => portcullis.intend("fresh"));
         document.getElementById("status").append(" ", again);
       }
       ended();
@@ -147,7 +149,19 @@ function start() {
   window.addEventListener("resize", () => fit.fit());
 
   // Copy: the selection to the clipboard. Paste: the clipboard into the terminal as one
-  // bracketed paste (the shell does not run a pasted line before Enter).
+  // bracketed paste (the shell does not run a pasted line before Enter). xterm.js 5.5
+  // wraps the text as it is, so an `ESC [201~` inside it would end the bracket early and
+  // what follows would run as typed — a "command" copied from a hostile page. No escape
+  // of a pasted text reaches the terminal: ESC and CSI show as ␛.
+  const pasteText = (text) => { if (text) term.paste(text.replace(/[\x1b\x9b]/g, "\u241b")); };
+  // The browser's own paste (Ctrl+Shift+V, the context menu) too, caught on its way
+  // down to xterm.js's textarea.
+  document.getElementById("terminal").addEventListener("paste", (ev) => {
+    ev.preventDefault();
+    ev.stopPropagation();
+    pasteText(ev.clipboardData ? ev.clipboardData.getData("text/plain") : "");
+    term.focus();
+  }, true);
   const copyButton = document.getElementById("copy");
   term.onSelectionChange(() => { copyButton.disabled = !term.hasSelection(); });
   const copy = () => {
@@ -155,7 +169,7 @@ function start() {
     term.focus();
   };
   const paste = () => {
-    navigator.clipboard.readText().then((text) => { if (text) term.paste(text); })
+    navigator.clipboard.readText().then(pasteText)
       .catch(() => status("cannot paste: the browser refused the clipboard (use the browser's own paste)"));
     term.focus();
   };
@@ -189,7 +203,15 @@ function start() {
     (document.fullscreenElement ? document.exitFullscreen() : page.requestFullscreen()).catch(() => {});
     term.focus();
   });
-  connect();
+  // Opened from our device list: connect. From a link anywhere else: only on a click,
+  // so a link cannot open a session as the user on a device of its choosing.
+  if (portcullis.intended(`console?${new URLSearchParams({ device, login })}`)) connect();
+  else {
+    state.state = "waiting";
+    status(`Connect to open a console as ${login || "(no login)"} on ${device || "(no device)"}.`);
+    reconnect.textContent = "Connect";
+    reconnect.disabled = false;
+  }
 }
 
 start();

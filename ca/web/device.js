@@ -28,7 +28,9 @@ function showOpen(d) {
     form.hidden = false;
     form.addEventListener("submit", (ev) => {
       ev.preventDefault();
-      location.assign(`/ui/console?${new URLSearchParams({ device: d.name, login: select.value })}`);
+      const q = new URLSearchParams({ device: d.name, login: select.value });
+      portcullis.intend(`console?${q}`);
+      location.assign(`/ui/console?${q}`);
     });
   } else {
     why.textContent = d.console_unavailable || "No console login is granted to you here.";

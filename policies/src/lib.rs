@@ -35,6 +35,6 @@ pub use model::{
 };
 pub use permission::{Permission, UnknownPermission};
 pub use policy::Policy;
-pub use principal::{LINE_OPTIONS, PrincipalLine, node_principal, scoped_principal};
+pub use principal::{DISCOVERY_LOGIN, LINE_OPTIONS, PrincipalLine, node_principal, scoped_principal};
 pub use srql::{QueryError, TargetQuery};
 pub use summary::{FieldChange, ItemSummary, PolicyDiff, PolicySummary, diff};

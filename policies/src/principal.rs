@@ -91,6 +91,10 @@ pub const LINE_OPTIONS: &[&str] = &[
     "verify-required",
 ];
 
+/// The login hardware discovery logs in as (`portcullis_proto::discovery`): reserved, no
+/// role may grant it.
+pub const DISCOVERY_LOGIN: &str = "portcullis-discovery";
+
 /// The principal that lets holders of `role` log in as `login` on nodes the role targets.
 pub fn scoped_principal(role: &str, login: &str) -> String {
     let mut h = Sha256::new();

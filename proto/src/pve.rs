@@ -221,6 +221,10 @@ pub enum PveFailure {
     GrantExpired,
     /// The answers came to more than [`MAX_RUN_BYTES`]: nothing is reported as collected.
     TooLarge,
+    /// An endpoint the inventory is built from (cluster status, nodes, resources) did
+    /// not answer: what it would have listed is not known to be gone, so nothing is
+    /// reported as collected.
+    Incomplete,
 }
 
 impl PveFailure {
@@ -236,6 +240,7 @@ impl PveFailure {
             PveFailure::PrivilegesUnknown => "privileges_unknown",
             PveFailure::GrantExpired => "grant_expired",
             PveFailure::TooLarge => "too_large",
+            PveFailure::Incomplete => "incomplete",
         }
     }
 }

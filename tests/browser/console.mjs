@@ -105,6 +105,15 @@ try {
   await page.keyboard.press("Enter");
   await waitFor("clip-5");
   step("copied_and_pasted");
+  // A paste that closes the bracketed paste itself (`ESC [201~`), as a page's hostile
+  // "copy this command" would: what follows must not run as typed.
+  await page.evaluate(() => navigator.clipboard.writeText("echo ok\x1b[201~echo pwned-$((6*7))\r"));
+  await page.click("#terminal");
+  await page.keyboard.press("Control+Shift+KeyV");
+  await page.waitForTimeout(1500);
+  result.paste_escape_ran = (await screen()).includes("pwned-42");
+  await page.keyboard.press("Control+C");
+  step("paste_escape");
 
   await page.screenshot({ path: cfg.screenshot });
   // Resize the window: the pty follows.
@@ -217,12 +226,26 @@ try {
   await thief.close();
   step("stolen_ticket");
 
-  // Closing the tab closes the session.
+  // A link from elsewhere to a console opens nothing by itself (the ticket would be
+  // asked for as the signed-in user, on the link's device): it waits for a click.
   const tab = await context.newPage();
+  let tickets = 0;
+  tab.on("request", (r) => { if (r.url().endsWith("/v1/console/tickets")) tickets += 1; });
   await tab.goto(`${cfg.url}/ui/console?device=${encodeURIComponent(cfg.device)}&login=${encodeURIComponent(cfg.login)}`);
+  await until(tab, () => window.portcullisConsole?.state === "waiting", null, 20000);
+  await tab.waitForTimeout(500);
+  result.linked_console = { state: await tab.evaluate(() => window.portcullisConsole.state), tickets };
+  // Closing the tab closes the session.
+  await tab.click("#reconnect");
   await until(tab, () => window.portcullisConsole?.state === "connected", null, 20000);
+  result.linked_console.tickets_after_click = tickets;
   await tab.close();
   step("tab_closed");
+  // A link to the step-up page from anywhere else signs no one out.
+  await page.goto(`${cfg.url}/ui/?fresh=1`);
+  await page.waitForSelector(`button[data-device="${cfg.device}"]`, { timeout: 15000 });
+  result.fresh_link_whoami = await page.evaluate(async () => (await fetch("/v1/auth/whoami")).status);
+  step("fresh_link");
 } catch (e) {
   result.error = String(e && e.stack ? e.stack : e);
 } finally {

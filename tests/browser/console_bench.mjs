@@ -21,6 +21,9 @@ try {
       await new Promise((r) => setTimeout(r, 20));
     }
   };
+  // Reached by URL, not from the device list: the page waits for a click.
+  await until(() => window.portcullisConsole?.state === "waiting");
+  await page.click("#reconnect");
   await until(() => window.portcullisConsole?.state === "connected");
   await page.waitForTimeout(500);
 

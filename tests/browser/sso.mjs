@@ -51,6 +51,8 @@ try {
   // Step-up: the page signs this session out and sends the button with `fresh=1`; the
   // provider's own session still holds, yet it asks for the password again.
   await new Promise((r) => setTimeout(r, 1100));
+  // (As the console's "Sign in again" link does: a link from elsewhere signs no one out.)
+  await page.evaluate(() => portcullis.intend("fresh"));
   await page.goto(`${cfg.url}/ui/?fresh=1`);
   await page.waitForSelector("#sso:not([hidden]) a", { timeout: 15000 });
   result.fresh_notice = await page.textContent("#login-error");

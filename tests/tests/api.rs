@@ -284,6 +284,9 @@ async fn requests_need_a_valid_bearer_token() {
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path} with Basic");
         let (status, body) = server.get_json(Some(&admin), path).await;
         assert_eq!(status, StatusCode::OK, "{path} with the real token: {body}");
+        // No browser or proxy keeps an answer that names users or audit records.
+        let resp = server.client().get(server.endpoint(path)).bearer_auth(&admin).send().await.unwrap();
+        assert_eq!(resp.headers()[reqwest::header::CACHE_CONTROL], "no-store", "{path}");
     }
     let (status, body) = server.issue_cert("garbage", &public_line(&ed25519_key())).await;
     assert_api_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");

@@ -71,7 +71,9 @@ async fn a_browser_opens_a_console_through_the_bastion() {
         "reconnected",
         "replayed",
         "stolen_ticket",
+        "paste_escape",
         "tab_closed",
+        "fresh_link",
     ] {
         assert!(report["steps"].as_array().unwrap().iter().any(|s| s == step), "{step}: {report:#}");
     }
@@ -118,6 +120,12 @@ async fn a_browser_opens_a_console_through_the_bastion() {
     assert_eq!(stolen["thief"]["type"], "closed", "{stolen:#}");
     assert_eq!(stolen["thief"]["reason"], "ticket_invalid", "{stolen:#}");
     assert_eq!(stolen["owner"]["type"], "connected", "{stolen:#}");
+    // Links from elsewhere: a console link waits for a click (no ticket asked for before
+    // it), and the step-up page's link signs no one out. A paste that ends its own
+    // bracketed paste (`ESC [201~`) runs nothing.
+    assert_eq!(r("linked_console"), json!({"state": "waiting", "tickets": 0, "tickets_after_click": 1}), "{report:#}");
+    assert_eq!(r("fresh_link_whoami"), json!(200), "{report:#}");
+    assert_eq!(r("paste_escape_ran"), json!(false), "{report:#}");
 
     // Audit: the ticket's life, the sessions with mode console, the closes with reasons.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -290,4 +290,26 @@ async fn contract(fx: &Fx) {
     assert_eq!(by_name("pve01")["hardware"]["system.serial"], "S999999X9", "{devices}");
     assert_eq!(by_name("pve01")["hardware"]["nic.eno1.driver"], "igb", "{devices}");
     assert!(by_name("pve02").get("hardware").is_none(), "{devices}");
+
+    // Removed, and another machine registered under the name: it starts with none of the
+    // old machine's facts or history (before, its details page showed them, and its
+    // first discovery read as a change to them).
+    let caller = fx.ca.identity().caller(&fx.admin).await.unwrap();
+    let nodes = fx.ca.core().authorize::<proof::NodesManage>(&caller).unwrap();
+    fx.ca.nodes().remove_node(&nodes, "pve01").await.unwrap();
+    let node = NodeRecord {
+        name: "pve01".into(),
+        addresses: vec!["10.0.0.77".into()],
+        tags: [("env".to_owned(), "lab".to_owned())].into(),
+        host_keys: vec![public_line(&ed25519_key())],
+        ..Default::default()
+    };
+    fx.ca.nodes().add_node(&nodes, &node).await.unwrap();
+    let fresh = inventory(fx, "pve01").await;
+    assert_eq!((fresh["facts"].clone(), fresh["history"].clone()), (json!({}), json!([])), "{fresh}");
+    assert_eq!(fresh["last_result"], Value::Null, "{fresh}");
+    let claimed = claim(fx, &fx.b1, &["local"]).await;
+    assert_eq!(claimed.jobs.len(), 1, "the new machine is due at once");
+    let (_, v) = report(fx, &fx.b1, &claimed.jobs[0].run_id, "pve01", output).await;
+    assert_eq!(v["result"], "first", "{v}");
 }

@@ -25,8 +25,8 @@ const MAX_RECONNECTS: u32 = 3;
 pub(super) enum Fetch {
     /// `data` of a 200 answer.
     Ok(serde_json::Value),
-    /// 401: the token is not (or no longer) valid.
-    Unauthorized,
+    /// 401: the token is not (or no longer) valid (`unauthorized`, as a failure).
+    Unauthorized(EndpointFailure),
     Failed(EndpointFailure),
 }
 
@@ -35,8 +35,9 @@ impl Fetch {
     pub(super) fn ok(self, failures: &mut Vec<EndpointFailure>) -> Option<serde_json::Value> {
         match self {
             Fetch::Ok(v) => Some(v),
-            Fetch::Unauthorized => None,
-            Fetch::Failed(f) => {
+            // Unauthorized: the token lost its validity mid-run; recorded like any
+            // endpoint that did not answer, never taken for an empty answer.
+            Fetch::Unauthorized(f) | Fetch::Failed(f) => {
                 failures.push(f);
                 None
             }
@@ -157,7 +158,12 @@ impl<'a> Api<'a> {
                 Ok(mut v) => Fetch::Ok(v.get_mut("data").map(serde_json::Value::take).unwrap_or_default()),
                 Err(_) => failed("invalid", Some(status), None),
             },
-            401 => Fetch::Unauthorized,
+            401 => Fetch::Unauthorized(EndpointFailure {
+                path: path.to_owned(),
+                code: "unauthorized".into(),
+                status: Some(401),
+                hint: None,
+            }),
             403 => failed("forbidden", Some(status), Some(super::parse::privilege_hint(path, message().as_deref()))),
             501 => failed("not_installed", Some(status), None),
             _ => {

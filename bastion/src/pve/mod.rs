@@ -117,7 +117,7 @@ async fn collect(shared: &Shared, job: &PveJob) -> PveOutcome {
             Some(v) => v,
             None => return failed(PveFailure::NotProxmox),
         },
-        Fetch::Unauthorized => return failed(PveFailure::AuthFailed),
+        Fetch::Unauthorized(_) => return failed(PveFailure::AuthFailed),
         Fetch::Failed(f) if f.code == "timeout" => return failed(PveFailure::Timeout),
         Fetch::Failed(_) => return failed(PveFailure::NotProxmox),
     };
@@ -140,10 +140,21 @@ async fn collect(shared: &Shared, job: &PveJob) -> PveOutcome {
         }
         None => Vec::new(),
     };
-    let status = api.get(CLUSTER_STATUS).await.ok(&mut failures);
-    let nodes = api.get(NODES).await.ok(&mut failures);
-    let resources = api.get(RESOURCES).await.ok(&mut failures);
-    let mut inv = parse::inventory(version, status.as_ref(), nodes.as_ref(), resources.as_ref(), &job.device);
+    // The inventory is what these three list: one that did not answer is not an empty
+    // cluster. Reported as collected, its guests and nodes would be recorded as gone
+    // (and a cluster without its status named after its first node, as a new one).
+    let mut core = async |path| match api.get(path).await {
+        Fetch::Ok(v) => Ok(v),
+        Fetch::Unauthorized(_) => Err(PveFailure::AuthFailed),
+        Fetch::Failed(f) if f.code == "timeout" => Err(PveFailure::Timeout),
+        Fetch::Failed(f) if f.code == "too_large" => Err(PveFailure::TooLarge),
+        Fetch::Failed(_) => Err(PveFailure::Incomplete),
+    };
+    let (status, nodes, resources) = match (core(CLUSTER_STATUS).await, core(NODES).await, core(RESOURCES).await) {
+        (Ok(status), Ok(nodes), Ok(resources)) => (status, nodes, resources),
+        (Err(reason), _, _) | (_, Err(reason), _) | (_, _, Err(reason)) => return failed(reason),
+    };
+    let mut inv = parse::inventory(version, Some(&status), Some(&nodes), Some(&resources), &job.device);
     let online: Vec<String> = inv.nodes.iter().filter(|n| n.status == "online").map(|n| n.name.clone()).collect();
     for node in &online {
         if let Some(v) = api.get(&format!("/nodes/{node}/network")).await.ok(&mut failures) {

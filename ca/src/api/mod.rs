@@ -49,7 +49,17 @@ pub fn router(ca: Arc<Ca>) -> Router {
         // Bodies are read by `extract::Body`, which applies `MAX_BODY_BYTES` or the
         // route's `BodyLimit`; axum's own limit stays as a backstop for other extractors.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(no_store_by_default))
         .with_state(ca)
+}
+
+/// Answers name users, audit records, inventory and tokens: no browser or proxy keeps
+/// them (a shared machine's disk cache outlives the sign-out). A route whose answer may
+/// be kept says so itself (the UI's static assets).
+async fn no_store_by_default(mut response: axum::response::Response) -> axum::response::Response {
+    let no_store = axum::http::HeaderValue::from_static("no-store");
+    response.headers_mut().entry(axum::http::header::CACHE_CONTROL).or_insert(no_store);
+    response
 }
 
 /// The API's description (OpenAPI 3.1), as `/v1/openapi.json` serves it.

@@ -36,9 +36,12 @@ impl Nodes {
             .collect();
         // The discovery account accepts only its own node principal, and only while an
         // `inventory_enrichment` rule covers the node; its certificates allow no pty and
-        // no forwarding, and neither does its line.
+        // no forwarding, and neither does its line. No role's line, ever: the policy
+        // loader refuses a role granting that login, and a policy from before that
+        // refusal must not make it a shell either.
+        let login = portcullis_proto::discovery::DISCOVERY_LOGIN;
+        lines.remove(login);
         if self.core.discovery_allowed(node).is_some() {
-            let login = portcullis_proto::discovery::DISCOVERY_LOGIN;
             let principal = portcullis_policies::node_principal(&node.name, login);
             lines.insert(login.to_owned(), vec![PrincipalLine { options: vec!["restrict".to_owned()], principal }]);
         }

@@ -134,8 +134,20 @@ pub async fn revoke_enroll_token(conn: &mut AnyConnection, id: &str) -> Result<b
     Ok(done.rows_affected() == 1)
 }
 
+/// Removes a node with what was collected about it (hardware facts and their history,
+/// its discovery and Proxmox VE runs): another machine registered under the name later
+/// starts with none of it — its details page would show the old machine's hardware,
+/// and its first discovery would read as a change to it.
 pub async fn delete_node(conn: &mut AnyConnection, name: &str) -> Result<bool> {
     let done = sqlx::query("DELETE FROM nodes WHERE name = $1").bind(name).execute(&mut *conn).await?;
+    for statement in [
+        "DELETE FROM inventory WHERE device = $1",
+        "DELETE FROM inventory_history WHERE device = $1",
+        "DELETE FROM discovery_runs WHERE device = $1",
+        "DELETE FROM pve_runs WHERE device = $1",
+    ] {
+        sqlx::query(statement).bind(name).execute(&mut *conn).await?;
+    }
     Ok(done.rows_affected() == 1)
 }
 

@@ -74,6 +74,34 @@ pub(super) fn invalid_account(name: &str) -> String {
     )
 }
 
+/// A group name as bindings and deny statements give it: a subject with no space at
+/// either end, and when it reads as source-qualified (`ldap:admins`), a source spelled
+/// as the policy spells it and a group after it. `LDAP:admins` or `ldap: admins` would
+/// load as a bare group no directory reports — a deny that denies nobody.
+pub(super) fn is_group(s: &str) -> bool {
+    let trimmed = |s: &str| !s.is_empty() && s.trim() == s;
+    let known =
+        |prefix: &str| crate::UserSource::ALL.iter().any(|source| source.as_str().eq_ignore_ascii_case(prefix.trim()));
+    is_subject(s)
+        && trimmed(s)
+        && match s.split_once(':') {
+            Some((prefix, group)) if known(prefix) => crate::UserSource::parse(prefix).is_some() && trimmed(group),
+            _ => true,
+        }
+}
+
+/// [`subjects`] for group names ([`is_group`]).
+pub(super) fn groups(f: &File<'_>, errs: &mut Errors, list: &[S]) -> BTreeSet<String> {
+    for s in list.iter().filter(|s| !is_group(s.get_ref())) {
+        errs.at(f, s.span().start, invalid_group(s.get_ref()));
+    }
+    list.iter().map(|s| s.get_ref().clone()).collect()
+}
+
+pub(super) fn invalid_group(s: &str) -> String {
+    format!("invalid group name {s:?} (no space at either end; a source is written `ldap:`, `oidc:` or `local:`)")
+}
+
 pub(super) fn subjects(f: &File<'_>, errs: &mut Errors, list: &[S], what: &str) -> BTreeSet<String> {
     for s in list.iter().filter(|s| !is_subject(s.get_ref())) {
         errs.at(f, s.span().start, format!("invalid {what} name {:?}", s.get_ref()));

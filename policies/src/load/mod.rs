@@ -169,10 +169,10 @@ impl Loader {
             return;
         };
         let subject = match (raw.group, raw.user) {
-            (Some(g), None) if fields::is_subject(g.get_ref()) => Subject::Group(g.into_inner()),
+            (Some(g), None) if fields::is_group(g.get_ref()) => Subject::Group(g.into_inner()),
             (None, Some(u)) if fields::is_account(u.get_ref()) => Subject::User(u.into_inner()),
             (Some(bad), None) => {
-                self.errs.at(f, bad.span().start, format!("invalid group name {:?}", bad.get_ref()));
+                self.errs.at(f, bad.span().start, fields::invalid_group(bad.get_ref()));
                 return;
             }
             (None, Some(bad)) => {

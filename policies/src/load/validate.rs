@@ -7,7 +7,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::fields::{
-    EXTENSIONS, accounts, critical_options, duration, is_login, item_name, session, subjects, targets,
+    EXTENSIONS, accounts, critical_options, duration, groups, is_login, item_name, session, subjects, targets,
 };
 use super::raw::{RawDeny, RawRole, RawRule};
 use super::{Errors, File};
@@ -26,6 +26,11 @@ pub(super) fn role(f: &File<'_>, errs: &mut Errors, raw: RawRole) -> Option<Role
     let name = item_name(f, errs, &raw.name, "role");
     for l in raw.logins.iter().filter(|l| !is_login(l.get_ref())) {
         errs.at(f, l.span().start, format!("invalid login {:?} (expected ^[a-z_][a-z0-9_.-]{{0,31}}$)", l.get_ref()));
+    }
+    // The discovery account runs one fixed command under its own certificates (the
+    // seed: no shell, no pty); a role granting its login would make it one to log in to.
+    for l in raw.logins.iter().filter(|l| l.get_ref() == crate::DISCOVERY_LOGIN) {
+        errs.at(f, l.span().start, format!("the login {:?} is reserved for hardware discovery", l.get_ref()));
     }
     let logins: BTreeSet<String> = raw.logins.iter().map(|l| l.get_ref().clone()).collect();
     let mut permissions = BTreeSet::new();
@@ -90,7 +95,7 @@ pub(super) fn deny(f: &File<'_>, errs: &mut Errors, raw: RawDeny) -> Option<Deny
     let before = errs.count();
     let name = item_name(f, errs, &raw.name, "deny");
     let users = accounts(f, errs, &raw.users);
-    let groups = subjects(f, errs, &raw.groups, "group");
+    let groups = groups(f, errs, &raw.groups);
     if users.is_empty() && groups.is_empty() {
         errs.at(f, raw.name.span().start, format!("deny `{name}` names no users or groups"));
     }

@@ -227,3 +227,69 @@ async fn services_enroll_only_with_tokens_of_their_kind() {
     }
     create_token(api, &carol, None, 1).await;
 }
+
+/// Proxmox VE claims over a large estate: a claim hands out at most 64 runs, the ones
+/// waiting longest first (before, in name order: an interval later the same first 64
+/// were due again and the rest never ran), and a full answer asks the bastion back
+/// soon. A secret that cannot be opened holds back only its own devices (before, the
+/// whole claim failed, and with it every device's collection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pve_claims_reach_every_device_of_a_large_estate() {
+    let fx = fixture(None, 1).await;
+    let api = fx.api();
+    let rule = |name: &str| {
+        format!(
+            "[[rule]]\nname = \"{name}\"\npurpose = \"inventory_enrichment\"\nprovider = \"proxmox\"\n\
+             auth_method = \"proxmox_api_token\"\nsecret = \"{name}\"\ntargets = 'in:devices tags.site:{name}'\n\
+             scope = {{ agents = [\"edge-big\"] }}\n"
+        )
+    };
+    let secrets = "[[role]]\nname = \"secrets\"\npermissions = [\"secrets.manage\"]\n\
+                   [[binding]]\ngroup = \"admins\"\nroles = [\"secrets\"]\n";
+    let policy = format!("{POLICY_BASE}{POLICY_CONTRACT}{secrets}{}{}", rule("big"), rule("broken"));
+    std::fs::write(fx.policy_dir.join("policy.toml"), policy).unwrap();
+    let (status, v) = api.post_json(Some(&fx.admin), "/v1/admin/policy/reload", &json!({})).await;
+    assert!(status.is_success(), "{v}");
+    for name in ["big", "broken"] {
+        let body = json!({ "name": name, "kind": "proxmox_api_token", "identity": "inv@pve!portcullis",
+                           "secret": format!("{name}-token-value"), "tls": { "mode": "pinned_sha256", "sha256": "ab".repeat(32) } });
+        let (status, v) = api.post_json(Some(&fx.admin), "/v1/admin/secrets", &body).await;
+        assert!(status.is_success(), "{v}");
+    }
+    // Sealed under another passphrase, say, or damaged: it cannot be opened.
+    sqlx::query("UPDATE secrets SET sealed = 'not-a-sealed-value' WHERE name = 'broken'")
+        .execute(fx.ca.core().store().pool())
+        .await
+        .unwrap();
+    let caller = fx.ca.identity().caller(&fx.admin).await.unwrap();
+    let nodes = fx.ca.core().authorize::<proof::NodesManage>(&caller).unwrap();
+    let mut estate = vec![("a-broken".to_owned(), "broken")];
+    estate.extend((0..70).map(|i| (format!("big-{i:02}"), "big")));
+    for (name, site) in &estate {
+        let node = NodeRecord {
+            name: name.clone(),
+            addresses: vec!["10.7.0.1".into()],
+            agent: Some("edge-big".into()),
+            tags: [("site".to_owned(), (*site).to_owned())].into(),
+            ..Default::default()
+        };
+        fx.ca.nodes().add_node(&nodes, &node).await.unwrap();
+    }
+    let claim = async || {
+        let body = json!({ "agents": ["edge-big"], "max_jobs": 64 });
+        let (status, v) = api.post_json(Some(&fx.bastion), "/v1/bastion/pve/claim", &body).await;
+        assert_eq!(status, StatusCode::OK, "a secret that cannot be opened failed the claim: {v}");
+        let devices: Vec<String> =
+            v["jobs"].as_array().unwrap().iter().map(|j| j["device"].as_str().unwrap().to_owned()).collect();
+        (devices, v["next_claim_secs"].as_u64().unwrap())
+    };
+    let (first, again) = claim().await;
+    assert_eq!(first.len(), 64);
+    assert!(!first.contains(&"a-broken".to_owned()), "{first:?}");
+    assert!(again <= 5, "a full answer asks the bastion back soon: {again}");
+    // An interval (and a run's timeout) later, none reported: the six never run come first.
+    fx.clock.set(now() + 3 * 3600);
+    let (second, _) = claim().await;
+    let never_run: Vec<String> = (64..70).map(|i| format!("big-{i:02}")).collect();
+    assert!(never_run.iter().all(|d| second.contains(d)), "devices past the first 64 never ran: {second:?}");
+}

@@ -119,18 +119,24 @@ async fn a_pin_mismatch_sends_nothing_and_bad_tokens_huge_and_hanging_answers_fa
     assert_ne!(rotated[0].payload["fingerprint"], rotated[1].payload["fingerprint"]);
     eventually(Duration::from_secs(30), "cluster delta", || cluster(&server, &admin, "local/delta")).await;
 
-    // An answer past the cap (9 MiB): that endpoint is refused, the rest is stored.
+    // An endpoint the inventory is built from fails — an answer past the cap (9 MiB),
+    // then a 500 — and the run with it: the inventory stored before stays, guest and
+    // all. Before, the run was stored without the resources' guests, as if all were gone.
+    let guests = async || {
+        let view = cluster(&server, &admin, "local/delta").await.unwrap();
+        view["inventory"]["guests"].as_array().unwrap().iter().map(|g| g["vmid"].clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(guests().await, [json!(400)]);
     let huge = "x".repeat(9 << 20);
     site.command(
         json!({ "op": "fail", "method": "GET", "suffix": "/cluster/resources", "status": 200, "message": huge }),
     );
-    let summary = eventually(Duration::from_secs(60), "a too_large failure", || async {
-        let view = cluster(&server, &admin, "local/delta").await?;
-        let failures = view["summary"]["last_endpoint_failures"].to_string();
-        failures.contains("/cluster/resources: too_large").then_some(view)
-    })
-    .await;
-    assert_eq!(summary["inventory"]["nodes"][0]["name"], "pve1");
+    server.await_audit_within(Duration::from_secs(60), "pve_collection_failed", failed("too_large")).await;
+    assert_eq!(guests().await, [json!(400)], "a run without the cluster's resources dropped its guests");
+    site.command(json!({ "op": "fail", "method": "GET", "suffix": "/cluster/resources", "status": 500,
+                         "message": "cluster filesystem not ready" }));
+    server.await_audit_within(Duration::from_secs(60), "pve_collection_failed", failed("incomplete")).await;
+    assert_eq!(guests().await, [json!(400)], "a run without the cluster's resources dropped its guests");
 
     // Every request hangs: the run ends with `timeout` (20 s per request), no hang.
     site.command(json!({ "op": "hang", "secs": 600 }));

@@ -73,6 +73,9 @@ pub const CANDIDATE_KEY: &str = "proxmox_candidate";
 /// Changed fields named in one drift record.
 const MAX_FIELDS_AUDITED: usize = 200;
 
+/// When a claim's answer was full: ask again this soon (the bastion waits for free slots).
+const FULL_CLAIM_AGAIN_SECS: u64 = 5;
+
 impl Proxmox {
     pub(in crate::service) fn new(core: Arc<Core>, settings: PveSettings) -> Proxmox {
         Proxmox { core, settings, skips: SkipLog::default() }
@@ -108,9 +111,18 @@ impl Proxmox {
         let now = self.core.now();
         let (due_before, abandoned_before) = self.run_window(now);
         // One decryption per secret per claim.
-        let mut unsealed: HashMap<String, Option<(SecretRow, SecretString, TlsPolicy)>> = HashMap::new();
-        for node in self.core.store.nodes().await? {
+        let mut unsealed: HashMap<String, Result<(SecretRow, SecretString, TlsPolicy), &'static str>> = HashMap::new();
+        // Longest waiting first (never run before all): a claim takes at most `max_jobs`,
+        // and in name order the same first ones were due again at every claim while the
+        // rest of a large estate waited forever.
+        let claimed: HashMap<String, u64> =
+            self.core.store.pve_runs().await?.into_iter().map(|r| (r.device, r.claimed_at)).collect();
+        let mut nodes = self.core.store.nodes().await?;
+        nodes.sort_by_cached_key(|n| (claimed.get(&n.name).copied().unwrap_or(0), n.name.clone()));
+        for node in nodes {
             if answer.jobs.len() + answer.probes.len() >= max_jobs {
+                // More may be due: ask again as soon as slots are free, not an interval on.
+                answer.next_claim_secs = answer.next_claim_secs.min(FULL_CLAIM_AGAIN_SECS);
                 break;
             }
             let device = self.core.device(&node);
@@ -141,12 +153,26 @@ impl Proxmox {
             };
             let Some(credential) = rule.credential() else { continue };
             if !unsealed.contains_key(credential.secret()) {
-                let loaded = self.unseal(credential.secret()).await?;
+                let loaded = match self.unseal(credential.secret()).await {
+                    Ok(Some(loaded)) => Ok(loaded),
+                    Ok(None) => Err("the credential rule's secret is not stored"),
+                    Err(e @ CaError::StoreUnavailable(_)) => return Err(e),
+                    // Sealed under another passphrase, or a damaged row: the devices under
+                    // this secret wait; every other device is still collected.
+                    Err(e) => {
+                        tracing::error!(secret = credential.secret(), error = %e, "a stored secret cannot be opened");
+                        Err("the credential rule's secret cannot be opened")
+                    }
+                };
                 unsealed.insert(credential.secret().to_owned(), loaded);
             }
-            let Some(Some((secret, value, tls))) = unsealed.get(credential.secret()) else {
-                self.skips.once(&node.name, "the credential rule's secret is not stored");
-                continue;
+            let (secret, value, tls) = match unsealed.get(credential.secret()) {
+                Some(Ok(loaded)) => loaded,
+                Some(Err(why)) => {
+                    self.skips.once(&node.name, why);
+                    continue;
+                }
+                None => continue,
             };
             let run_id = hex::encode(portcullis_sshcert::random_bytes::<16>());
             let mut tx = self.core.store.begin().await?;

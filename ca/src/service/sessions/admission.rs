@@ -221,8 +221,11 @@ pub(super) fn admit<'p>(
             // onward certificate carries) while that role qualifies, so that role's asks
             // must still be met: one that starts asking for a PIN ends the sessions
             // whose proof showed none, whatever other role would have admitted them.
-            let choices: Vec<&Role> = match held.and_then(|h| qualifying.iter().find(|r| r.name() == h)) {
-                Some(held) => vec![*held],
+            // A held role that no longer qualifies ends the session, even when another
+            // role would admit it: the onward certificate and the bastion's forwarding
+            // flags are that role's, and another's would not grant them.
+            let choices: Vec<&Role> = match held {
+                Some(h) => vec![*qualifying.iter().find(|r| r.name() == h).ok_or_else(not_authorized)?],
                 None => qualifying.clone(),
             };
             match choices.iter().find(|r| unconfirmed(r, confirmed).is_none()) {
@@ -243,7 +246,10 @@ pub(super) fn admit<'p>(
                  agent, gateway or partition in its scope",
         )
     })?;
-    if mode == SessionMode::Jump && !rule.permits_port(device, port) {
+    // Jump mode names its port; the other modes dial the node's SSH port, which the
+    // rule's `allowed_ports` must hold too (the seed's console rule lists port 22: a
+    // node moved to another port is not reached under it).
+    if !rule.permits_port(device, port) {
         return Err(denial(deny::PORT_NOT_ALLOWED, "this port is not allowed on this device"));
     }
     Ok(Admission { role, rule, limits })
@@ -447,6 +453,114 @@ scope = { agents = ["local"] }
         let unverified = decide(SessionMode::Terminated, false).err().map(|d| d.reason);
         assert_eq!(unverified, Some(deny::CONNECTION_PROOF_INVALID));
         assert_eq!(decide(SessionMode::Console, true).err().map(|d| d.reason), Some(deny::NOT_AUTHORIZED));
+    }
+
+    /// A live terminated session runs under the role it opened with: its onward
+    /// certificate carries that role's forwarding, and so do the bastion's flags. When
+    /// that role stops qualifying (a group lost) the session ends, though another role
+    /// still grants the login — before, it went on with forwarding no role grants now.
+    #[test]
+    fn a_session_ends_when_its_own_role_no_longer_qualifies() {
+        let toml = r#"
+[[role]]
+name = "a-fw"
+logins = ["deploy"]
+targets = 'in:devices name:%'
+permissions = ["certs.issue"]
+extensions = ["permit-pty", "permit-port-forwarding"]
+
+[[role]]
+name = "basic"
+logins = ["deploy"]
+targets = 'in:devices name:%'
+permissions = ["certs.issue"]
+
+[[binding]]
+group = "fw"
+roles = ["a-fw"]
+
+[[binding]]
+group = "ops"
+roles = ["basic"]
+
+[[rule]]
+name = "ssh"
+purpose = "ssh_login"
+targets = 'in:devices name:%'
+scope = { agents = ["local"] }
+"#;
+        let policy = Policy::from_sources(&[PolicySource { name: "p.toml", text: toml }]).unwrap();
+        let node = NodeRecord { name: "pve01".into(), agent: Some("local".into()), ..NodeRecord::default() };
+        let device = device_of(&node);
+        let principals: BTreeSet<String> =
+            [scoped_principal("a-fw", "deploy"), scoped_principal("basic", "deploy")].into();
+        let decide = |groups: &[&str], held| {
+            let who = Identity {
+                username: "alice".into(),
+                groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+                source: "local".into(),
+            };
+            let confirmed = Some(Confirmed { touched: true, verified: false });
+            let basis = Basis::Certificate { principals: &principals, confirmed, held };
+            admit(&policy, &who.into(), basis, &device, SessionMode::Terminated, Some("deploy"), 22)
+                .map(|a| a.role.name().to_owned())
+                .map_err(|d| d.reason)
+        };
+        assert_eq!(decide(&["fw", "ops"], None), Ok("a-fw".to_owned()), "opened under a-fw");
+        assert_eq!(decide(&["fw", "ops"], Some("a-fw")), Ok("a-fw".to_owned()));
+        assert_eq!(decide(&["ops"], Some("a-fw")), Err(deny::NOT_AUTHORIZED), "went on under basic");
+        assert_eq!(decide(&["ops"], None), Ok("basic".to_owned()), "a new session opens under basic");
+    }
+
+    /// `allowed_ports` holds in every mode: a console or terminated session dials the
+    /// node's SSH port, and a rule listing other ports does not reach it (before, only
+    /// jump mode asked, and the seed's "Allowed ports: 22" was inert on a console rule).
+    #[test]
+    fn allowed_ports_hold_for_consoles_and_terminated_sessions_too() {
+        let toml = r#"
+[[role]]
+name = "ops"
+logins = ["root"]
+targets = 'in:devices name:%'
+permissions = ["certs.issue", "devices.console.open"]
+
+[[binding]]
+group = "ops"
+roles = ["ops"]
+
+[[rule]]
+name = "ssh"
+purpose = "ssh_login"
+targets = 'in:devices name:%'
+scope = { agents = ["local"] }
+allowed_ports = [22]
+
+[[rule]]
+name = "console"
+purpose = "console_access"
+targets = 'in:devices name:%'
+scope = { agents = ["local"] }
+allowed_ports = [22]
+"#;
+        let policy = Policy::from_sources(&[PolicySource { name: "p.toml", text: toml }]).unwrap();
+        let alice = Identity { username: "alice".into(), groups: ["ops".to_owned()].into(), source: "local".into() };
+        let principals: BTreeSet<String> = [scoped_principal("ops", "root")].into();
+        let decide = |ssh_port: Option<u16>, mode| {
+            let node =
+                NodeRecord { name: "pve01".into(), agent: Some("local".into()), ssh_port, ..NodeRecord::default() };
+            let device = device_of(&node);
+            let confirmed = Some(Confirmed { touched: true, verified: false });
+            let basis = match mode {
+                SessionMode::Console => Basis::Ticket,
+                _ => Basis::Certificate { principals: &principals, confirmed, held: None },
+            };
+            let port = node.ssh_port_or_default();
+            admit(&policy, &alice.clone().into(), basis, &device, mode, Some("root"), port).err().map(|d| d.reason)
+        };
+        for mode in [SessionMode::Console, SessionMode::Terminated] {
+            assert_eq!(decide(None, mode), None, "{mode:?} on port 22");
+            assert_eq!(decide(Some(2222), mode), Some(deny::PORT_NOT_ALLOWED), "{mode:?} on port 2222");
+        }
     }
 
     #[test]
