@@ -279,17 +279,28 @@ async fn pve_claims_reach_every_device_of_a_large_estate() {
         let body = json!({ "agents": ["edge-big"], "max_jobs": 64 });
         let (status, v) = api.post_json(Some(&fx.bastion), "/v1/bastion/pve/claim", &body).await;
         assert_eq!(status, StatusCode::OK, "a secret that cannot be opened failed the claim: {v}");
-        let devices: Vec<String> =
-            v["jobs"].as_array().unwrap().iter().map(|j| j["device"].as_str().unwrap().to_owned()).collect();
-        (devices, v["next_claim_secs"].as_u64().unwrap())
+        let jobs = v["jobs"].as_array().unwrap().clone();
+        let devices: Vec<String> = jobs.iter().map(|j| j["device"].as_str().unwrap().to_owned()).collect();
+        (devices, v["next_claim_secs"].as_u64().unwrap(), jobs)
     };
-    let (first, again) = claim().await;
+    let (first, again, jobs) = claim().await;
     assert_eq!(first.len(), 64);
     assert!(!first.contains(&"a-broken".to_owned()), "{first:?}");
     assert!(again <= 5, "a full answer asks the bastion back soon: {again}");
+
+    // A report the CA refuses (here a cluster without a name) ends its run on record,
+    // instead of leaving it "running" with no trace.
+    let junk = portcullis_proto::pve::PveInventory { version: "8.2.4".into(), ..Default::default() };
+    let body = json!({ "run_id": jobs[0]["run_id"], "device": jobs[0]["device"],
+                       "outcome": { "status": "collected", "inventory": junk } });
+    let (status, v) = api.post_json(Some(&fx.bastion), "/v1/bastion/pve/report", &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let failed = audit(&fx.ca, "pve_collection_failed").await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!((&failed[0]["device"], &failed[0]["reason"]), (&jobs[0]["device"], &json!("report_rejected")));
     // An interval (and a run's timeout) later, none reported: the six never run come first.
     fx.clock.set(now() + 3 * 3600);
-    let (second, _) = claim().await;
+    let (second, _, _) = claim().await;
     let never_run: Vec<String> = (64..70).map(|i| format!("big-{i:02}")).collect();
     assert!(never_run.iter().all(|d| second.contains(d)), "devices past the first 64 never ran: {second:?}");
 }

@@ -141,6 +141,17 @@ async fn a_ticket_that_lapsed_while_no_bastion_beat_is_still_recorded() {
     fx.ca.housekeeping().await.unwrap();
     let lapsed = audit(&fx.ca, "console_ticket_lapsed").await;
     assert_eq!(lapsed.len(), 1, "{lapsed:?}");
+
+    // One presented after its minute has its `console_ticket_expired` record, and no
+    // second one for its lapse.
+    let late = ticket(&fx, &alice, "pve01", "root").await;
+    fx.clock.set(fx.ca.core().now() + TICKET_TTL_SECS + 1);
+    let (status, v) = redeem(&fx, &late, &session_id()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    fx.ca.housekeeping().await.unwrap();
+    assert_eq!(audit(&fx.ca, "console_ticket_expired").await.len(), 1);
+    let lapsed = audit(&fx.ca, "console_ticket_lapsed").await;
+    assert_eq!(lapsed.len(), 2, "the first two lapsed; the presented one has its record already: {lapsed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,6 +220,7 @@ async fn tickets_redeem_once(fx: &Fx) {
     // Expiry in manual time: valid at 59 s, expired at 60 s and 61 s.
     let t59 = ticket(fx, &alice, "pve01", "root").await;
     let t61 = ticket(fx, &alice, "pve01", "root").await;
+    let _never_presented = ticket(fx, &alice, "pve01", "root").await;
     let issued = fx.ca.core().now();
     fx.clock.set(issued + TICKET_TTL_SECS - 1);
     let (status, v) = redeem(fx, &t59, &session_id()).await;
@@ -222,7 +234,7 @@ async fn tickets_redeem_once(fx: &Fx) {
     // An expired ticket stays expired (it was never consumed).
     redeem_denied(fx, &t61, "ticket_expired").await;
     // Heartbeats audit a ticket that lapsed unused, once (the seed's "ticket expired");
-    // the redeemed ones never lapse.
+    // the redeemed ones never lapse, and the expired one presented has its record.
     assert!(audit(&fx.ca, "console_ticket_lapsed").await.is_empty());
     heartbeat(fx, &[]).await;
     heartbeat(fx, &[]).await;

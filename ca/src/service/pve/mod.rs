@@ -210,6 +210,30 @@ impl Proxmox {
         Ok(answer)
     }
 
+    /// Finishes `req`'s run as failed for `reason`, on record (`pve_collection_failed`).
+    async fn run_failed(
+        &self,
+        bastion: &ServiceCaller,
+        req: &PveReportRequest,
+        reason: &'static str,
+        now: u64,
+    ) -> Result<(), CaError> {
+        let mut tx = self.core.store.begin().await?;
+        if !store::finish_pve_run(tx.conn(), &req.device, &req.run_id, &bastion.name, now, reason, None, None).await? {
+            return Err(CaError::NotFound("open collection run"));
+        }
+        let event = AuditEvent::PveCollectionFailed {
+            run_id: req.run_id.clone(),
+            device: req.device.clone(),
+            bastion: bastion.name.clone(),
+            reason,
+        };
+        audit::record(tx.conn(), now, &event).await?;
+        tx.commit().await?;
+        tracing::info!(device = %req.device, reason, "Proxmox VE collection failed");
+        Ok(())
+    }
+
     /// A device is due when its last claim is at or before the first time, and not still
     /// running unless it was claimed at or before the second (its run outlived any timeout).
     fn run_window(&self, now: u64) -> (u64, u64) {
@@ -236,21 +260,7 @@ impl Proxmox {
         let (mut inventory, failures, write_privileges) = match &req.outcome {
             PveOutcome::Failed { reason } => {
                 let reason = reason.as_str();
-                let mut tx = self.core.store.begin().await?;
-                if !store::finish_pve_run(tx.conn(), &req.device, &req.run_id, &bastion.name, now, reason, None, None)
-                    .await?
-                {
-                    return Err(CaError::NotFound("open collection run"));
-                }
-                let event = AuditEvent::PveCollectionFailed {
-                    run_id: req.run_id.clone(),
-                    device: req.device.clone(),
-                    bastion: bastion.name.clone(),
-                    reason,
-                };
-                audit::record(tx.conn(), now, &event).await?;
-                tx.commit().await?;
-                tracing::info!(device = %req.device, reason, "Proxmox VE collection failed");
+                self.run_failed(bastion, req, reason, now).await?;
                 return Ok(PveReportResponse { result: reason.to_owned(), changed_fields: Vec::new() });
             }
             PveOutcome::Probed { candidate, cert_sha256 } => {
@@ -260,7 +270,12 @@ impl Proxmox {
                 ((**inventory).clone(), endpoint_failures.clone(), write_privileges.clone())
             }
         };
-        check(&inventory, &failures, &write_privileges).map_err(|e| CaError::BadRequest(format!("report: {e}")))?;
+        if let Err(e) = check(&inventory, &failures, &write_privileges) {
+            // Refused, and on record: left open, the run read "running" until its
+            // timeout, and a server that answers junk kept the old inventory unseen.
+            self.run_failed(bastion, req, "report_rejected", now).await?;
+            return Err(CaError::BadRequest(format!("report: {e}")));
+        }
         normalize(&mut inventory);
         let node = self.core.store.node(&req.device).await?.ok_or(CaError::NotFound("node"))?;
         let agent = self.core.device(&node).agent.unwrap_or_default();

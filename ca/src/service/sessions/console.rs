@@ -429,6 +429,7 @@ impl Sessions {
         let (session_id, bastion_name, client_ip) =
             (req.session_id.clone(), bastion.name.clone(), req.client_ip.clone());
         let junk = matches!(state, TicketState::Unknown);
+        let expired = matches!(state, TicketState::Expired(_));
         let (reason, text, event) = match state {
             TicketState::Unknown => (
                 ticket_deny::TICKET_INVALID,
@@ -487,7 +488,14 @@ impl Sessions {
         if junk {
             self.core.audit_refusal(&req.client_ip, reason, "", event).await?;
         } else {
-            self.core.audit_alone(event).await?;
+            let mut tx = self.core.store.begin().await?;
+            // An expired ticket presented has its record here: housekeeping's record of
+            // its lapse would be a second one for the same ticket.
+            if expired {
+                store::claim_lapsed_ticket(tx.conn(), &token_hash(req.ticket.expose())).await?;
+            }
+            audit::record(tx.conn(), now, &event).await?;
+            tx.commit().await?;
         }
         self.core.counters.sessions_denied.inc(&[("mode", SessionMode::Console.as_str()), ("reason", reason)]);
         Ok(CaError::SessionDenied { reason, message: text.to_owned() })
