@@ -11,7 +11,8 @@ pub fn load_policy_dir(dir: &Path) -> Result<Policy, CaError> {
 }
 
 /// A policy directory as read: its `*.toml` files in name order, `(name, text)`, and
-/// when the newest of them was last changed (Unix seconds).
+/// when it last changed (Unix seconds): the newest file, or the directory itself (a file
+/// added, removed or renamed).
 pub struct PolicyFiles {
     pub sources: Vec<(String, String)>,
     pub modified: u64,
@@ -31,14 +32,18 @@ pub fn read_policy_dir(dir: &Path) -> Result<PolicyFiles, CaError> {
     if files.is_empty() {
         return Err(CaError::Config(format!("no *.toml policy files in {}", dir.display())));
     }
+    let modified_at = |path: &Path| {
+        let changed = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        changed.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs())
+    };
+    // The directory's own time moves when a file is added, removed or renamed: deleting
+    // `contractors.toml` is an edit too.
+    let mut modified = modified_at(dir);
     let mut sources = Vec::with_capacity(files.len());
-    let mut modified = 0;
     for path in &files {
         let text = std::fs::read_to_string(path)
             .map_err(|e| CaError::Config(format!("cannot read {}: {e}", path.display())))?;
-        let changed = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        let since_epoch = changed.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-        modified = modified.max(since_epoch.map_or(0, |d| d.as_secs()));
+        modified = modified.max(modified_at(path));
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         sources.push((name, text));
     }
@@ -122,6 +127,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("default.toml"), DEFAULT_POLICY).unwrap();
         assert!(load_policy_dir(dir.path()).unwrap().role("node-admin").is_some());
+    }
+
+    /// A file removed is a change of the directory as much as a file edited: a replica
+    /// restarted after it must publish its files, not follow the policy in force.
+    #[test]
+    fn removing_a_file_moves_the_directory_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let long_ago = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        for name in ["a.toml", "b.toml"] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+            std::fs::File::open(dir.path().join(name)).unwrap().set_modified(long_ago).unwrap();
+        }
+        std::fs::File::open(dir.path()).unwrap().set_modified(long_ago).unwrap();
+        assert_eq!(read_policy_dir(dir.path()).unwrap().modified, 1_000_000_000);
+        std::fs::remove_file(dir.path().join("b.toml")).unwrap();
+        assert!(read_policy_dir(dir.path()).unwrap().modified > 1_000_000_000);
     }
 
     /// The discovery account runs its one command under its own certificates; no role

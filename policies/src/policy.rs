@@ -1,6 +1,6 @@
 //! The validated policy: the union of all policy sources.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::model::{DenyStatement, Role, Rule, Subject};
 use crate::permission::Permission;
@@ -14,6 +14,9 @@ pub struct Policy {
     pub(crate) bindings: BTreeMap<Subject, BTreeSet<String>>,
     pub(crate) denies: BTreeMap<String, DenyStatement>,
     pub(crate) rules: BTreeMap<String, Rule>,
+    /// Each role's scoped principal per login → (role, login), for
+    /// [`Policy::principal_owner`] (built once at load, asked per session heartbeat).
+    pub(crate) scoped: HashMap<String, (String, String)>,
 }
 
 impl Policy {
@@ -30,6 +33,13 @@ impl Policy {
     /// The role called `name`.
     pub fn role(&self, name: &str) -> Option<&Role> {
         self.roles.get(name)
+    }
+
+    /// The role and login a scoped principal stands for ([`crate::scoped_principal`]);
+    /// `None` for one no role of this policy makes.
+    pub fn principal_owner(&self, principal: &str) -> Option<(&Role, &str)> {
+        let (role, login) = self.scoped.get(principal)?;
+        Some((self.roles.get(role)?, login.as_str()))
     }
 
     /// Bindings, merged per subject.
@@ -75,6 +85,13 @@ impl Policy {
             .values()
             .flat_map(|d| d.groups.iter())
             .any(|group| crate::account::qualified_group(group).is_none_or(|(from, _)| from == source))
+    }
+
+    /// Whether an identity provider's sign-in that stated no groups (`groups_unknown`)
+    /// can be judged under this policy: not once a deny names a group it could be in.
+    /// Such a sign-in, its certificates, tickets and sessions are refused then.
+    pub fn cannot_judge(&self, groups_unknown: bool) -> bool {
+        groups_unknown && self.denies_groups_of(crate::UserSource::Oidc)
     }
 
     /// Deny statements by name order.

@@ -225,6 +225,9 @@ pub enum PveFailure {
     /// not answer: what it would have listed is not known to be gone, so nothing is
     /// reported as collected.
     Incomplete,
+    /// One of those refused the token (403): it lacks the audit privileges (the
+    /// bastion's log names the path and the privilege).
+    Forbidden,
 }
 
 impl PveFailure {
@@ -241,6 +244,7 @@ impl PveFailure {
             PveFailure::GrantExpired => "grant_expired",
             PveFailure::TooLarge => "too_large",
             PveFailure::Incomplete => "incomplete",
+            PveFailure::Forbidden => "forbidden",
         }
     }
 }

@@ -148,7 +148,11 @@ async fn collect(shared: &Shared, job: &PveJob) -> PveOutcome {
         Fetch::Unauthorized(_) => Err(PveFailure::AuthFailed),
         Fetch::Failed(f) if f.code == "timeout" => Err(PveFailure::Timeout),
         Fetch::Failed(f) if f.code == "too_large" => Err(PveFailure::TooLarge),
-        Fetch::Failed(_) => Err(PveFailure::Incomplete),
+        Fetch::Failed(f) => {
+            // The run's outcome names no endpoint: the operator's guidance goes here.
+            tracing::warn!(path = %f.path, code = %f.code, hint = ?f.hint, "Proxmox VE: an endpoint the inventory needs did not answer");
+            Err(if f.status == Some(403) { PveFailure::Forbidden } else { PveFailure::Incomplete })
+        }
     };
     let (status, nodes, resources) = match (core(CLUSTER_STATUS).await, core(NODES).await, core(RESOURCES).await) {
         (Ok(status), Ok(nodes), Ok(resources)) => (status, nodes, resources),

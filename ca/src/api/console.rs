@@ -8,7 +8,7 @@ use crate::error::CaError;
 use crate::service::{Ca, csrf_token_for};
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use portcullis_policies::proof;
 use portcullis_proto::bastion::SessionGrant;
@@ -40,21 +40,18 @@ pub async fn browser_login(
     };
     let mut response = Json(answer).into_response();
     response.headers_mut().insert(header::SET_COOKIE, cookie);
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 
 /// `GET /v1/auth/csrf`: the cookie session's CSRF token (bearer callers need none).
 #[utoipa::path(get, path = "/v1/auth/csrf", tag = "auth", security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "see the description")))]
-pub async fn csrf(Authed(caller): Authed, headers: axum::http::HeaderMap) -> Result<Response, CaError> {
+pub async fn csrf(Authed(caller): Authed, headers: axum::http::HeaderMap) -> Res<CsrfToken> {
     let token = match caller.csrf_token() {
         Some(t) => t.to_owned(),
         // Authenticated by a bearer token while also sending a cookie: derive from the cookie.
         None => cookie(&headers, SESSION_COOKIE).map(|t| csrf_token_for(&t)).ok_or(CaError::Unauthenticated)?,
     };
-    let mut response = Json(CsrfToken { csrf_token: token.into() }).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(Json(CsrfToken { csrf_token: token.into() }))
 }
 
 #[utoipa::path(get, path = "/v1/console/devices", tag = "console", security(("bearer" = []), ("cookie" = [])), responses((status = 200, body = Vec<ConsoleDevice>)))]
@@ -74,11 +71,8 @@ pub async fn ticket(
     Authed(c): Authed,
     ClientIp(ip): ClientIp,
     Body(r): Body<TicketRequest>,
-) -> Result<Response, CaError> {
-    let answer = ca.sessions().console_ticket(&c, &r, &ip).await?;
-    let mut response = Json(answer).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+) -> Res<TicketResponse> {
+    Ok(Json(ca.sessions().console_ticket(&c, &r, &ip).await?))
 }
 
 #[utoipa::path(post, path = "/v1/bastion/console/open", operation_id = "bastion_console_open", tag = "services", request_body = ConsoleOpenRequest, security(("service" = [])), responses((status = 200, body = SessionGrant)))]

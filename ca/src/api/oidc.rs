@@ -162,11 +162,10 @@ fn navigating(headers: &HeaderMap) -> bool {
     headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/html"))
 }
 
-/// `303 See Other` to `location`, never cached.
+/// `303 See Other` to `location` (never cached, as every API answer: `no_store_by_default`).
 fn see_other(location: &str) -> Result<Response, CaError> {
     let mut response = StatusCode::SEE_OTHER.into_response();
     response.headers_mut().insert(header::LOCATION, header_value(location.to_owned())?);
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 

@@ -70,7 +70,6 @@ pub async fn get(State(ca): Ca_, Authed(c): Authed, Name(id): Name) -> Result<Re
     let mut response = axum::body::Body::from_stream(pieces).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ASCIICAST_MEDIA_TYPE));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // The session id is 32 hex digits (checked by the store lookup above).
     let disposition = format!("attachment; filename=\"{}.cast\"", info.session_id);
     headers.insert(

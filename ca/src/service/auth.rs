@@ -298,9 +298,7 @@ impl IdentityService {
             // sign-in hold for the session's lifetime (bounded by the session TTL). Groups
             // it did not state are unknown: once a deny names a group they could hold — a
             // deny added after the sign-in too — the session cannot be judged, and ends.
-            Some(UserSource::Oidc)
-                if session.groups_unknown && self.core.policy().denies_groups_of(UserSource::Oidc) =>
-            {
+            Some(UserSource::Oidc) if self.core.policy().cannot_judge(session.groups_unknown) => {
                 let event = AuditEvent::SessionRefused {
                     username: session.username.clone(),
                     source: session.source.clone(),

@@ -38,6 +38,9 @@ pub struct Core {
     /// The edge agent that serves devices whose record names none (the all-in-one's
     /// built-in agent); see [`Core::device`].
     pub(super) default_agent: Option<String>,
+    /// The digest of a published policy this replica could not follow (see
+    /// [`Core::follow_policy_changes`]).
+    policy_declined: Mutex<Option<String>>,
 }
 
 /// What [`Core::open`] needs, already validated.
@@ -115,6 +118,7 @@ impl Core {
             counters: Counters::default(),
             refusals: Mutex::new(RefusalTally::new(config.refusal_summary_every.as_secs())),
             default_agent: config.default_agent,
+            policy_declined: Mutex::new(None),
         };
         core.install_policy(policy, &sources, SYSTEM_ACTOR).await?;
         Ok(core)
@@ -310,13 +314,19 @@ impl Core {
     /// all through the database, which the reloading replica audited.
     pub(super) async fn follow_policy_changes(&self) -> Result<(), CaError> {
         let Some(digest) = self.store.policy_digest().await? else { return Ok(()) };
-        if digest == self.policy().digest() {
+        let declined = |d: &str| self.policy_declined.lock().unwrap_or_else(|e| e.into_inner()).as_deref() == Some(d);
+        if digest == self.policy().digest() || declined(&digest) {
             return Ok(());
         }
         let Some(published) = self.store.published_policy().await? else { return Ok(()) };
-        if let Some(policy) = published_policy(&published) {
-            tracing::info!(digest = %published.digest, "following the policy another replica loaded");
-            *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        match published_policy(&published) {
+            Some(policy) => {
+                tracing::info!(digest = %published.digest, "following the policy another replica loaded");
+                *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+            }
+            // Asked again only once another policy is published (warned once, not at
+            // every tick).
+            None => *self.policy_declined.lock().unwrap_or_else(|e| e.into_inner()) = Some(published.digest),
         }
         Ok(())
     }
@@ -423,12 +433,13 @@ pub(super) async fn save_generated_key(store: &Store, row: &CaKeyRow, actor: &st
 }
 
 /// The policy another replica published, as this replica reads it; `None` (and a
-/// warning) when it cannot be followed: published by a CA older than this one (no files),
-/// or files this version reads otherwise (refused, or another digest: a newer CA's
-/// policy during an upgrade). The replica then keeps its own.
+/// warning) when it cannot be followed, during an upgrade: published by a CA older than
+/// this one (no files; or the files of an earlier reload, left under the new digest,
+/// since an older CA writes no files), or files this version reads otherwise (a newer
+/// CA's policy). The replica then keeps its own.
 fn published_policy(published: &store::PublishedPolicy) -> Option<Policy> {
     let Some(sources) = &published.sources else {
-        tracing::warn!(in_force = %published.digest, "the policy in force was published without its files; keeping this replica's");
+        tracing::warn!(in_force = %published.digest, "the policy in force was published without its files (an older CA); keeping this replica's");
         return None;
     };
     match crate::policy_files::parse_policy(sources) {

@@ -285,7 +285,8 @@ struct CheckedLease {
 impl CheckedLease {
     fn check(self, nodes: &HashMap<String, Arc<NodeRecord>>, now: u64) -> Result<LeaseCheck> {
         let list = |json: Option<String>| json.as_deref().map(parse_list).transpose();
-        let ticketed = self.t_groups.is_some() && self.lease.mode == "console";
+        // (The statement joins a ticket to console leases only.)
+        let ticketed = self.t_groups.is_some();
         let groups_unknown =
             if ticketed { self.s_groups_unknown } else { self.c_groups_unknown }.is_some_and(|u| u != 0);
         Ok(LeaseCheck {

@@ -511,6 +511,12 @@ impl Store {
             .collect()
     }
 
+    /// When each device's run was last claimed (what a claim orders devices by).
+    pub async fn pve_claim_times(&self) -> Result<std::collections::HashMap<String, u64>> {
+        let rows = sqlx::query("SELECT device, claimed_at FROM pve_runs").fetch_all(self.pool()).await?;
+        rows.iter().map(|r| Ok((r.try_get("device")?, ts_from(r.try_get("claimed_at")?)))).collect()
+    }
+
     pub async fn pve_runs(&self) -> Result<Vec<PveRunRow>> {
         let rows = sqlx::query(
             "SELECT device, run_id, bastion, claimed_at, finished_at, result, cluster, failures_json \

@@ -169,10 +169,10 @@ impl Loader {
             return;
         };
         let subject = match (raw.group, raw.user) {
-            (Some(g), None) if fields::is_group(g.get_ref()) => Subject::Group(g.into_inner()),
+            (Some(g), None) if fields::is_subject(g.get_ref()) => Subject::Group(g.into_inner()),
             (None, Some(u)) if fields::is_account(u.get_ref()) => Subject::User(u.into_inner()),
             (Some(bad), None) => {
-                self.errs.at(f, bad.span().start, fields::invalid_group(bad.get_ref()));
+                self.errs.at(f, bad.span().start, format!("invalid group name {:?}", bad.get_ref()));
                 return;
             }
             (None, Some(bad)) => {
@@ -234,7 +234,13 @@ pub(crate) fn load(sources: &[PolicySource<'_>]) -> Result<Policy, LoadErrors> {
     }
     loader.resolve_bindings(&files);
     if loader.errs.0.is_empty() {
-        return Ok(loader.policy);
+        let mut policy = loader.policy;
+        policy.scoped = policy
+            .roles
+            .values()
+            .flat_map(|r| r.logins.iter().map(|l| (crate::scoped_principal(&r.name, l), (r.name.clone(), l.clone()))))
+            .collect();
+        return Ok(policy);
     }
     let mut errs = loader.errs.0;
     errs.sort_by_key(|(file, offset, _)| (*file, *offset));

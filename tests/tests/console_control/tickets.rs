@@ -424,3 +424,45 @@ where
     .await;
     done.into_iter().map(Option::unwrap).collect()
 }
+
+/// A console asked for under an identity provider's sign-in that stated no groups: once
+/// a deny names groups, a ticket asked for before is refused at redemption and a live
+/// console of that sign-in ends at the next heartbeat (the API session itself is refused
+/// at its next request, `oidc::device`). The API session is planted as `identity::oidc`
+/// writes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_of_a_sign_in_of_unknown_groups_stops_when_a_group_deny_appears() {
+    let fx = fixture().await;
+    let deny_start = POLICY.find("[[deny]]").unwrap();
+    let deny_end = deny_start + POLICY[deny_start..].find("[[rule]]").unwrap();
+    let without_deny = format!("{}{}", &POLICY[..deny_start], &POLICY[deny_end..]);
+    let dana = "\n[[binding]]\nuser = \"oidc:dana\"\nroles = [\"ops\"]\n";
+    let reload = async |text: String| {
+        std::fs::write(fx.policy_dir.join("policy.toml"), text).unwrap();
+        let (status, v) = fx.api.post_json(Some(&fx.admin), "/v1/admin/policy/reload", &json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+    };
+    reload(format!("{without_deny}{dana}")).await;
+    let token = "pcs_dana-console-session-of-unknown-groups";
+    let session = portcullis_ca::store::SessionRow {
+        username: "oidc:dana".into(),
+        source: "oidc".into(),
+        groups: Vec::new(),
+        expires_at: fx.ca.core().now() + 3600,
+        authenticated_at: fx.ca.core().now(),
+        groups_unknown: true,
+    };
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token));
+    let mut tx = fx.ca.core().store().begin().await.unwrap();
+    portcullis_ca::store::insert_session(tx.conn(), &hash, &session, fx.ca.core().now()).await.unwrap();
+    tx.commit().await.unwrap();
+    let live = session_id();
+    let (status, v) = redeem(&fx, &ticket(&fx, token, "pve01", "root").await, &live).await;
+    assert_eq!(status, StatusCode::OK, "no deny names a group yet: {v}");
+    let waiting = ticket(&fx, token, "pve01", "root").await;
+    assert!(heartbeat(&fx, &[&live]).await.is_empty());
+
+    reload(format!("{POLICY}{dana}")).await;
+    assert_eq!(heartbeat(&fx, &[&live]).await, vec![(live.clone(), CloseReason::PolicyChanged)]);
+    redeem_denied(&fx, &waiting, "credential_invalid").await;
+}

@@ -99,14 +99,16 @@ async fn replicas_follow_a_policy_reloaded_on_one_of_them() {
     let url = sqlite_url(work.path());
     let (dir_a, dir_b) = (work.path().join("a"), work.path().join("b"));
     // Files as configuration management left them, a while before anything here.
-    let set_modified = |path: std::path::PathBuf, at: std::time::SystemTime| {
-        std::fs::File::options().write(true).open(path).unwrap().set_modified(at).unwrap();
+    // (The directory too: a file added, removed or renamed is a change of it.)
+    let set_modified = |path: &std::path::Path, at: std::time::SystemTime| {
+        std::fs::File::open(path).unwrap().set_modified(at).unwrap();
     };
     let minute = std::time::Duration::from_secs(60);
     for dir in [&dir_a, &dir_b] {
         std::fs::create_dir(dir).unwrap();
         std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
-        set_modified(dir.join("policy.toml"), std::time::SystemTime::now() - minute);
+        set_modified(&dir.join("policy.toml"), std::time::SystemTime::now() - minute);
+        set_modified(dir, std::time::SystemTime::now() - minute);
     }
     let clock = ManualClock::new(now());
     let a = ca_in_process(&url, &dir_a, clock.clone()).await.unwrap();
@@ -134,7 +136,7 @@ async fn replicas_follow_a_policy_reloaded_on_one_of_them() {
 
     // An edit on B after the deny came into force: B's restart publishes it.
     drop(b);
-    set_modified(dir_b.join("policy.toml"), std::time::SystemTime::now() + minute);
+    set_modified(&dir_b.join("policy.toml"), std::time::SystemTime::now() + minute);
     let b = ca_in_process(&url, &dir_b, clock.clone()).await.unwrap();
     issued_on(&b).await.expect("B's edited files are the policy in force");
     a.housekeeping().await.unwrap();

@@ -115,8 +115,7 @@ impl Proxmox {
         // Longest waiting first (never run before all): a claim takes at most `max_jobs`,
         // and in name order the same first ones were due again at every claim while the
         // rest of a large estate waited forever.
-        let claimed: HashMap<String, u64> =
-            self.core.store.pve_runs().await?.into_iter().map(|r| (r.device, r.claimed_at)).collect();
+        let claimed = self.core.store.pve_claim_times().await?;
         let mut nodes = self.core.store.nodes().await?;
         nodes.sort_by_cached_key(|n| (claimed.get(&n.name).copied().unwrap_or(0), n.name.clone()));
         for node in nodes {

@@ -272,13 +272,18 @@ fn outlives_policy(
     device: &Device,
     usable: &dyn Fn(&Role, &str) -> bool,
 ) -> bool {
+    // The certificate's few principals, not every role's: this runs per jump session at
+    // every heartbeat.
+    let listed: Vec<(&Role, &str)> = principals
+        .iter()
+        .filter_map(|p| policy.principal_owner(p))
+        .filter(|(r, _)| r.has_permission(Permission::CertsIssue) && r.targets().is_some_and(|q| q.matches(device)))
+        .collect();
+    if listed.is_empty() {
+        return false;
+    }
     let held = policy.roles_of(who);
-    policy
-        .roles()
-        .filter(|r| r.has_permission(Permission::CertsIssue) && r.targets().is_some_and(|q| q.matches(device)))
-        .flat_map(|r| r.logins().iter().map(move |l| (r, l)))
-        .filter(|(r, l)| principals.contains(&scoped_principal(r.name(), l)))
-        .any(|(r, l)| !held.iter().any(|h| h.name() == r.name()) || !usable(r, l))
+    listed.into_iter().any(|(r, l)| !held.iter().any(|h| h.name() == r.name()) || !usable(r, l))
 }
 
 /// Whether every critical option of `role` is one the CA can enforce for a terminated

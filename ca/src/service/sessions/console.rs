@@ -516,6 +516,13 @@ impl Sessions {
         let Some((api_session, _)) = self.core.store.session(&ticket.api_session_hash, self.core.now()).await? else {
             return Ok(Err(denial(deny::CREDENTIAL_INVALID, "you have signed out")));
         };
+        if self.core.policy().cannot_judge(api_session.groups_unknown) {
+            return Ok(Err(denial(
+                deny::CREDENTIAL_INVALID,
+                "the identity provider stated no groups for your sign-in, and a deny now names groups: it cannot be \
+                 judged",
+            )));
+        }
         if let Some(why) = self.identity.directory_account_refusal(&ticket.username).await? {
             return Ok(Err(denial(deny::CREDENTIAL_INVALID, why)));
         }

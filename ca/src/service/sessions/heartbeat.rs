@@ -148,7 +148,7 @@ impl Sessions {
         // Opened on an identity provider's word that stated no groups: once a deny names
         // a group the user could be in, the session cannot be judged (as its API
         // session cannot, see `IdentityService::caller`).
-        if check.groups_unknown && policy.denies_groups_of(UserSource::Oidc) {
+        if policy.cannot_judge(check.groups_unknown) {
             return Some(CloseReason::PolicyChanged);
         }
         let recorded = ticketed.unwrap_or(&check.cert_groups);

@@ -531,7 +531,7 @@ impl Sessions {
         }
         // Issued under an identity provider's sign-in that stated no groups: once a deny
         // names a group it could be in, it cannot be judged, like that API session.
-        if cert.groups_unknown && self.core.policy().denies_groups_of(UserSource::Oidc) {
+        if self.core.policy().cannot_judge(cert.groups_unknown) {
             return invalid(
                 "the identity provider stated no groups for the sign-in this certificate was issued under, and a \
                  deny now names groups: it cannot be judged",
