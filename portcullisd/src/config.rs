@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 /// The passphrase that encrypts CA keys at rest can come from this variable instead of a file.
 pub const PASSPHRASE_ENV: &str = "PORTCULLIS_CA_PASSPHRASE";
 
+/// In `data_dir`: the CA keys this CA signs with, by fingerprint; a start on a database
+/// without keys refuses while it names some (see `portcullis_ca` `Core::open`).
+pub const CA_KEY_RECORD: &str = "ca-keys";
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
@@ -398,6 +402,7 @@ impl ServerConfig {
         let database_url = self.database_url();
         let mut config = CaConfig::new(database_url, self.policy_dir, passphrase);
         config.default_agent = self.default_agent;
+        config.key_record = Some(self.data_dir.join(CA_KEY_RECORD));
         if let Some(every) = self.refusal_summary_every {
             config.refusal_summary_every = every;
         }

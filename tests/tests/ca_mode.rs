@@ -276,3 +276,60 @@ async fn an_operators_certificate_is_served_and_renewed_on_sighup_or_on_disk() {
     issue("portcullis-watched");
     eventually("portcullis-watched");
 }
+
+/// A `ca` pointed at an empty database after it has run — a mistyped `database_url`,
+/// another PostgreSQL database, a SQLite path not there yet — refuses, saying what to
+/// check, instead of starting a new CA with keys no node trusts and a new first
+/// administrator. Its own database still starts; deleting the record named in the
+/// message starts a new CA on purpose.
+#[test]
+fn a_ca_pointed_at_an_empty_database_after_it_ran_does_not_become_a_new_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, policy) = (dir.path().join("data"), dir.path().join("policy"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&policy).unwrap();
+    std::fs::write(policy.join("default.toml"), portcullis_ca::policy_files::DEFAULT_POLICY).unwrap();
+    let config = dir.path().join("portcullisd.toml");
+    let configure = |database: &str| {
+        let url = format!("sqlite://{}", dir.path().join(database).display());
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\ndatabase_url = \"{url}\"\n",
+            data.display(),
+            policy.display()
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    // Runs `portcullisd ca` until it listens (then stops it: `Ok`) or exits (`Err(stderr)`).
+    let run = || {
+        let mut child = Command::new(bin("portcullisd"))
+            .args(["ca", "--config"])
+            .arg(&config)
+            .env("PORTCULLIS_CA_PASSPHRASE", "a passphrase from the environment")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let listening = stdout.lines().map_while(Result::ok).any(|l| l.starts_with("Portcullis CA listening on "));
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        if listening { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+    };
+    configure("first.db");
+    run().expect("a first start makes the CA");
+    let record = std::fs::read_to_string(data.join("ca-keys")).unwrap();
+    assert!(record.lines().any(|l| l.starts_with("user SHA256:")), "{record}");
+
+    configure("typo.db");
+    let refused = run().expect_err("an empty database made a new CA");
+    assert!(refused.contains("the database holds no CA keys"), "{refused}");
+    assert!(refused.contains(&data.join("ca-keys").display().to_string()), "{refused}");
+    configure("first.db");
+    run().expect("its own database still starts");
+
+    configure("typo.db");
+    std::fs::remove_file(data.join("ca-keys")).unwrap();
+    run().expect("a new CA on purpose");
+    assert_ne!(std::fs::read_to_string(data.join("ca-keys")).unwrap(), record, "the new CA's keys are recorded");
+}

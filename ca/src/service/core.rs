@@ -14,7 +14,7 @@ use portcullis_policies::{Device, Grant, Policy, PolicySummary, Purpose, diff};
 use portcullis_proto::NodeRecord;
 use portcullis_proto::refusals::{RefusalTally, Verdict};
 use secrecy::SecretString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -52,6 +52,7 @@ pub(super) struct CoreConfig {
     pub clock_skew: Duration,
     pub refusal_summary_every: Duration,
     pub default_agent: Option<String>,
+    pub key_record: Option<PathBuf>,
 }
 
 impl Core {
@@ -84,6 +85,9 @@ impl Core {
         };
         let now = clock.now_unix();
         let mut keyring = Keyring::load(&store, &config.passphrase).await?;
+        if let Some(record) = &config.key_record {
+            refuse_a_new_ca_in_place_of_a_known_one(record, &keyring)?;
+        }
         for purpose in KeyPurpose::ALL {
             if keyring.has_active(purpose) {
                 continue;
@@ -105,6 +109,9 @@ impl Core {
                 }
             }
             keyring = Keyring::load(&store, &config.passphrase).await?;
+        }
+        if let Some(record) = &config.key_record {
+            record_keys(record, &keyring);
         }
         let core = Core {
             store,
@@ -448,5 +455,42 @@ fn published_policy(published: &store::PublishedPolicy) -> Option<Policy> {
             tracing::warn!(in_force = %published.digest, "this replica reads the policy in force otherwise; keeping its own");
             None
         }
+    }
+}
+
+/// A database without any CA key next to a record of keys this CA signed with is not a
+/// first start: a mistyped or emptied `database_url` (another PostgreSQL database, a
+/// SQLite path that does not exist yet) would start a new CA — new keys no node
+/// trusts, an empty audit log, a new first administrator — without a word.
+fn refuse_a_new_ca_in_place_of_a_known_one(record: &Path, keyring: &Keyring) -> Result<(), CaError> {
+    if keyring.rows().iter().any(|k| k.state == keys::state::ACTIVE) {
+        return Ok(());
+    }
+    let known = match std::fs::read_to_string(record) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(CaError::Config(format!("cannot read {}: {e}", record.display()))),
+    };
+    let user_key = known.lines().find_map(|l| l.strip_prefix("user ")).unwrap_or("(unknown)");
+    Err(CaError::Config(format!(
+        "the database holds no CA keys, but this CA has signed with user CA key {user_key} (recorded in {}): is \
+         database_url the right database? Starting here would make a new CA that no node trusts. To start a new CA \
+         on purpose, delete that file",
+        record.display()
+    )))
+}
+
+/// Writes which keys are active now (`PURPOSE FINGERPRINT` lines), for
+/// [`refuse_a_new_ca_in_place_of_a_known_one`] at the next start. Public fingerprints
+/// only; a failure to write is logged, not fatal.
+fn record_keys(record: &Path, keyring: &Keyring) {
+    let lines: String = keyring
+        .rows()
+        .iter()
+        .filter(|k| k.state == keys::state::ACTIVE)
+        .map(|k| format!("{} {}\n", k.purpose, k.fingerprint))
+        .collect();
+    if let Err(e) = crate::fsutil::write_atomic(record, lines.as_bytes(), 0o644) {
+        tracing::warn!(path = %record.display(), error = %e, "cannot record the CA keys in use");
     }
 }

@@ -175,6 +175,7 @@ mod tests {
             clock_skew: Duration::from_secs(60),
             refusal_summary_every: Duration::from_secs(60),
             default_agent: None,
+            key_record: None,
         };
         let core = Arc::new(Core::open(config, Arc::new(ManualClock::new(1_800_000_000))).await.unwrap());
         let identity = IdentityService::new(

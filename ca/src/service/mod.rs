@@ -97,6 +97,9 @@ pub struct CaConfig {
     pub refusal_summary_every: Duration,
     /// How long session recordings are kept.
     pub recording_retention: Duration,
+    /// A file beside this CA's other state naming the CA keys it signs with (see
+    /// `Core::open`); `None`: not kept (tests, in-process CAs).
+    pub key_record: Option<PathBuf>,
 }
 
 impl CaConfig {
@@ -120,6 +123,7 @@ impl CaConfig {
             pve: PveSettings::default(),
             refusal_summary_every: Duration::from_secs(60),
             recording_retention: recordings::DEFAULT_RETENTION,
+            key_record: None,
         }
     }
 }
@@ -156,6 +160,7 @@ impl Ca {
                     clock_skew: config.clock_skew,
                     refusal_summary_every: config.refusal_summary_every,
                     default_agent: config.default_agent,
+                    key_record: config.key_record,
                 },
                 clock,
             )

@@ -9,6 +9,9 @@ const MAX_NODES: usize = 1_000;
 const MAX_GUESTS: usize = 100_000;
 const MAX_ROWS: usize = 100_000;
 const MAX_CONFIG_KEYS: usize = 512;
+/// Configuration entries over all guests: 512 keys per guest alone would let a 32 MiB
+/// report carry millions, each held several times over while drift is worked out.
+const MAX_CONFIG_ENTRIES: usize = 200_000;
 const MAX_TEXT: usize = 4_096;
 /// Bounds and names of a reported inventory.
 pub(super) fn check(
@@ -23,6 +26,9 @@ pub(super) fn check(
     }
     if inv.nodes.len() > MAX_NODES || inv.guests.len() > MAX_GUESTS {
         return Err("too many nodes or guests");
+    }
+    if inv.guests.iter().map(|g| g.config.len()).sum::<usize>() > MAX_CONFIG_ENTRIES {
+        return Err("too many guest configuration entries");
     }
     let rows = inv.storage.len() + inv.interfaces.len() + inv.disks.len();
     let ceph = inv.ceph.as_ref().map_or(0, |c| c.osds.len() + c.pools.len() + c.filesystems.len());
@@ -227,5 +233,22 @@ mod tests {
         kind.guests[0].kind = "docker".into();
         assert!(check(&kind, &[], &[]).is_err());
         assert_eq!(check(&inv(), &[], &[]), Ok(()));
+        // Within every per-guest bound, but millions of entries in all: refused (before,
+        // each was held several times over while the drift was worked out).
+        let mut heavy = inv();
+        let config: BTreeMap<String, String> = (0..MAX_CONFIG_KEYS).map(|k| (format!("k{k}"), "v".into())).collect();
+        heavy.guests = (0..=MAX_CONFIG_ENTRIES / MAX_CONFIG_KEYS)
+            .map(|i| PveGuest {
+                vmid: 1000 + u32::try_from(i).unwrap(),
+                kind: "qemu".into(),
+                name: "vm".into(),
+                node: "pve1".into(),
+                config: config.clone(),
+                ..PveGuest::default()
+            })
+            .collect();
+        assert_eq!(check(&heavy, &[], &[]), Err("too many guest configuration entries"));
+        heavy.guests.truncate(MAX_CONFIG_ENTRIES / MAX_CONFIG_KEYS);
+        assert_eq!(check(&heavy, &[], &[]), Ok(()));
     }
 }
