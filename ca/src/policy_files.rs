@@ -10,12 +10,13 @@ pub fn load_policy_dir(dir: &Path) -> Result<Policy, CaError> {
     parse_policy(&read_policy_dir(dir)?.sources)
 }
 
-/// A policy directory as read: its `*.toml` files in name order, `(name, text)`, and
-/// when it last changed (Unix seconds): the newest file, or the directory itself (a file
-/// added, removed or renamed).
+/// A policy directory as read: its `*.toml` files in name order, `(name, text)`, when
+/// the newest of them last changed, and when the directory's listing did (a file added,
+/// removed or renamed — of any name: an editor's swap file too). Unix seconds.
 pub struct PolicyFiles {
     pub sources: Vec<(String, String)>,
     pub modified: u64,
+    pub listing_modified: u64,
 }
 
 pub fn read_policy_dir(dir: &Path) -> Result<PolicyFiles, CaError> {
@@ -36,9 +37,8 @@ pub fn read_policy_dir(dir: &Path) -> Result<PolicyFiles, CaError> {
         let changed = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         changed.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs())
     };
-    // The directory's own time moves when a file is added, removed or renamed: deleting
-    // `contractors.toml` is an edit too.
-    let mut modified = modified_at(dir);
+    let listing_modified = modified_at(dir);
+    let mut modified = 0;
     let mut sources = Vec::with_capacity(files.len());
     for path in &files {
         let text = std::fs::read_to_string(path)
@@ -47,7 +47,7 @@ pub fn read_policy_dir(dir: &Path) -> Result<PolicyFiles, CaError> {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         sources.push((name, text));
     }
-    Ok(PolicyFiles { sources, modified })
+    Ok(PolicyFiles { sources, modified, listing_modified })
 }
 
 /// Validates a policy from its files' `(name, text)`; see [`load_policy_dir`].
@@ -129,10 +129,9 @@ mod tests {
         assert!(load_policy_dir(dir.path()).unwrap().role("node-admin").is_some());
     }
 
-    /// A file removed is a change of the directory as much as a file edited: a replica
-    /// restarted after it must publish its files, not follow the policy in force.
+    /// A file removed shows in the listing's time, which a file edited does not move.
     #[test]
-    fn removing_a_file_moves_the_directory_time() {
+    fn removing_a_file_moves_the_listing_time() {
         let dir = tempfile::tempdir().unwrap();
         let long_ago = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
         for name in ["a.toml", "b.toml"] {
@@ -140,9 +139,12 @@ mod tests {
             std::fs::File::open(dir.path().join(name)).unwrap().set_modified(long_ago).unwrap();
         }
         std::fs::File::open(dir.path()).unwrap().set_modified(long_ago).unwrap();
-        assert_eq!(read_policy_dir(dir.path()).unwrap().modified, 1_000_000_000);
+        let before = read_policy_dir(dir.path()).unwrap();
+        assert_eq!((before.modified, before.listing_modified), (1_000_000_000, 1_000_000_000));
         std::fs::remove_file(dir.path().join("b.toml")).unwrap();
-        assert!(read_policy_dir(dir.path()).unwrap().modified > 1_000_000_000);
+        let after = read_policy_dir(dir.path()).unwrap();
+        assert_eq!(after.modified, 1_000_000_000);
+        assert!(after.listing_modified > 1_000_000_000);
     }
 
     /// The discovery account runs its one command under its own certificates; no role

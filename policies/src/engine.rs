@@ -8,6 +8,7 @@
 //! - Roles that set `force-command` are used only when explicitly requested, so a normal
 //!   shell certificate never inherits a discovery command.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -255,19 +256,33 @@ impl Policy {
     /// The first SSH rule (by name) for `purpose` whose targets match the device and whose
     /// scope includes its partition, agent and gateway. Credential rules are never
     /// returned: an API token opens no console and no login.
-    pub fn match_rule(&self, purpose: Purpose, device: &Device) -> Result<&Rule, Deny> {
-        self.first_match(device, |r| r.purpose == purpose && r.credential.is_none())
+    ///
+    /// Every such rule counts: a rule that sorts first must not strip a stricter one's
+    /// protections (adding a broad `all-ssh` would otherwise end recording, step-up and
+    /// pinned host keys on the devices a `prod-recorded` rule covers). One rule is
+    /// returned as it is; several as one, the first by name tightened by the others
+    /// ([`Rule::tightened`], named `a+b`).
+    pub fn match_rule(&self, purpose: Purpose, device: &Device) -> Result<Cow<'_, Rule>, Deny> {
+        let matched = self.matching(device, |r| r.purpose == purpose && r.credential.is_none())?;
+        Ok(match matched.as_slice() {
+            [only] => Cow::Borrowed(*only),
+            [first, rest @ ..] => Cow::Owned(rest.iter().fold((*first).clone(), |rule, r| rule.tightened(r, device))),
+            [] => return Err(DenyReason::NoMatchingRule.into()),
+        })
     }
 
     /// The first credential rule (by name) for `provider` that matches the device and
     /// whose scope includes it.
     pub fn match_credential_rule(&self, provider: Provider, device: &Device) -> Result<&Rule, Deny> {
-        self.first_match(device, |r| r.credential.as_ref().is_some_and(|k| k.provider == provider))
+        let matched = self.matching(device, |r| r.credential.as_ref().is_some_and(|k| k.provider == provider))?;
+        matched.first().copied().ok_or_else(|| DenyReason::NoMatchingRule.into())
     }
 
-    fn first_match(&self, device: &Device, eligible: impl Fn(&Rule) -> bool) -> Result<&Rule, Deny> {
+    /// The `eligible` rules whose targets and scope hold `device`, by name; never empty.
+    fn matching(&self, device: &Device, eligible: impl Fn(&Rule) -> bool) -> Result<Vec<&Rule>, Deny> {
         let mut purpose_seen = false;
         let mut target_seen = false;
+        let mut matched = Vec::new();
         for r in self.rules.values().filter(|r| eligible(r)) {
             purpose_seen = true;
             if !r.targets.matches(device) {
@@ -275,8 +290,11 @@ impl Policy {
             }
             target_seen = true;
             if r.scope.includes_device(device) {
-                return Ok(r);
+                matched.push(r);
             }
+        }
+        if !matched.is_empty() {
+            return Ok(matched);
         }
         Err(match (purpose_seen, target_seen) {
             (_, true) => DenyReason::OutOfScope,

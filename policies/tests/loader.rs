@@ -184,6 +184,8 @@ fn deny_groups_a_directory_could_never_report_are_refused() {
         let deny = format!("[[deny]]\nname = 'd'\ngroups = [{bad:?}]\nlogins = ['root']\n");
         one_error(&deny, 3, 11, "invalid group name");
     }
+    let binding = "[[role]]\nname = 'r'\n\n[[binding]]\ngroup = 'LDAP:x'\nroles = ['r']\n";
+    load(&[("b.toml", binding)]).expect("a binding so named grants nothing, and loads");
     for good in ["ldap:contractors", "contractors", "team:ops", "local:ops"] {
         let deny = format!("[[deny]]\nname = 'd'\ngroups = [{good:?}]\nlogins = ['root']\n");
         load(&[("a.toml", deny.as_str())]).unwrap();

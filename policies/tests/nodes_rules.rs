@@ -69,7 +69,8 @@ scope = { partitions = ["default"] }
         tags: [("env".to_string(), "prod".to_string())].into(),
         ..Device::default()
     };
-    assert_eq!(pol.match_rule(Purpose::ConsoleAccess, &d).unwrap().name(), "a-consoles");
+    // Both hold the device: both count (see the next test).
+    assert_eq!(pol.match_rule(Purpose::ConsoleAccess, &d).unwrap().name(), "a-consoles+b-consoles");
     d.gateway = None;
     assert_eq!(pol.match_rule(Purpose::ConsoleAccess, &d).unwrap().name(), "b-consoles");
     d.agent = Some("agent-2".into());
@@ -145,4 +146,51 @@ fn summary_digest_and_diff() {
     assert_eq!(serde_json::from_str::<portcullis_policies::PolicySummary>(&stored).unwrap(), a.summary());
     assert_ne!(Policy::empty().digest(), a.digest());
     assert_eq!(Policy::empty().digest(), Policy::empty().digest());
+}
+
+/// Several rules holding one device all count: a broad rule that sorts first by name
+/// must not strip a stricter one's protections. Before, adding `all-ssh` ended the
+/// recording, the step-up and the pinned host keys `prod-recorded` asked for, and opened
+/// its extra port on prod.
+#[test]
+fn overlapping_rules_add_up_to_the_strictest() {
+    let text = r#"
+[[rule]]
+name = "all-ssh"
+purpose = "ssh_login"
+targets = 'in:devices name:%'
+scope = { agents = ["a1"] }
+allowed_ports = [22, 3306]
+host_key_policy = "trust_on_first_use"
+
+[[rule]]
+name = "prod-recorded"
+purpose = "ssh_login"
+targets = 'in:devices tags.env:prod'
+scope = { agents = ["a1"] }
+record = true
+fresh_auth_within = "10m"
+idle_counts = "input"
+timeout_ms = 3000
+"#;
+    let pol = policy(text);
+    let device = |env: &str| Device {
+        name: "db1".into(),
+        agent: Some("a1".into()),
+        tags: [("env".to_string(), env.to_string())].into(),
+        ..Device::default()
+    };
+    let lab = pol.match_rule(Purpose::SshLogin, &device("lab")).unwrap();
+    assert_eq!((lab.name(), lab.recording().is_some()), ("all-ssh", false), "one rule is taken as it is");
+    assert!(lab.permits_port(&device("lab"), 3306));
+
+    let prod = device("prod");
+    let rule = pol.match_rule(Purpose::SshLogin, &prod).unwrap();
+    assert_eq!(rule.name(), "all-ssh+prod-recorded");
+    assert!(rule.recording().is_some(), "recording stripped");
+    assert_eq!(rule.fresh_auth_within(), Some(std::time::Duration::from_secs(600)), "step-up stripped");
+    assert_eq!(rule.host_key_policy(), portcullis_policies::HostKeyPolicy::KnownHosts, "pinned keys loosened");
+    assert!(rule.permits_port(&prod, 22) && !rule.permits_port(&prod, 3306), "a port the stricter rule does not open");
+    assert_eq!(rule.idle_counts(), portcullis_policies::IdleCounts::Input);
+    assert_eq!(rule.timeout(), std::time::Duration::from_millis(3000));
 }

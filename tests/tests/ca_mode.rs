@@ -280,8 +280,8 @@ async fn an_operators_certificate_is_served_and_renewed_on_sighup_or_on_disk() {
 /// A `ca` pointed at an empty database after it has run — a mistyped `database_url`,
 /// another PostgreSQL database, a SQLite path not there yet — refuses, saying what to
 /// check, instead of starting a new CA with keys no node trusts and a new first
-/// administrator. Its own database still starts; deleting the record named in the
-/// message starts a new CA on purpose.
+/// administrator; so does one pointed at another CA's database. Its own database still
+/// starts; deleting the record named in the message starts a new CA on purpose.
 #[test]
 fn a_ca_pointed_at_an_empty_database_after_it_ran_does_not_become_a_new_ca() {
     let dir = tempfile::tempdir().unwrap();
@@ -290,7 +290,8 @@ fn a_ca_pointed_at_an_empty_database_after_it_ran_does_not_become_a_new_ca() {
     std::fs::create_dir_all(&policy).unwrap();
     std::fs::write(policy.join("default.toml"), portcullis_ca::policy_files::DEFAULT_POLICY).unwrap();
     let config = dir.path().join("portcullisd.toml");
-    let configure = |database: &str| {
+    let configure_in = |data: &std::path::Path, database: &str| {
+        std::fs::create_dir_all(data).unwrap();
         let url = format!("sqlite://{}", dir.path().join(database).display());
         let text = format!(
             "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\ndatabase_url = \"{url}\"\n",
@@ -299,6 +300,7 @@ fn a_ca_pointed_at_an_empty_database_after_it_ran_does_not_become_a_new_ca() {
         );
         std::fs::write(&config, text).unwrap();
     };
+    let configure = |database: &str| configure_in(&data, database);
     // Runs `portcullisd ca` until it listens (then stops it: `Ok`) or exits (`Err(stderr)`).
     let run = || {
         let mut child = Command::new(bin("portcullisd"))
@@ -327,6 +329,12 @@ fn a_ca_pointed_at_an_empty_database_after_it_ran_does_not_become_a_new_ca() {
     assert!(refused.contains(&data.join("ca-keys").display().to_string()), "{refused}");
     configure("first.db");
     run().expect("its own database still starts");
+    // Another CA's database (that CA's own start made it).
+    configure_in(&dir.path().join("other-data"), "other.db");
+    run().expect("another CA");
+    configure("other.db");
+    let refused = run().expect_err("another CA's database took this one's place");
+    assert!(refused.contains("the database holds another CA's keys"), "{refused}");
 
     configure("typo.db");
     std::fs::remove_file(data.join("ca-keys")).unwrap();

@@ -40,7 +40,7 @@ pub struct Core {
     pub(super) default_agent: Option<String>,
     /// The digest of a published policy this replica could not follow (see
     /// [`Core::follow_policy_changes`]).
-    policy_declined: Mutex<Option<String>>,
+    policy_declined: Mutex<Option<(String, u64)>>,
 }
 
 /// What [`Core::open`] needs, already validated.
@@ -66,8 +66,15 @@ impl Core {
         // replace it only when changed since it came into force (an edit, then a
         // restart); older ones (a replica restarted with files from before another's
         // reload) would silently undo that reload, so the replica follows it instead.
+        let edited_since = |published: &store::PublishedPolicy| {
+            // A listing change counts only when it changed which files there are (not an
+            // editor's swap file beside them).
+            let names = |sources: &[(String, String)]| sources.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+            let renamed = published.sources.as_deref().is_none_or(|s| names(s) != names(&files.sources));
+            files.modified >= published.loaded_at || (renamed && files.listing_modified >= published.loaded_at)
+        };
         let (policy, sources) = match store.published_policy().await? {
-            Some(published) if published.digest != local.digest() && files.modified < published.loaded_at => {
+            Some(published) if published.digest != local.digest() && !edited_since(&published) => {
                 match published_policy(&published) {
                     Some(policy) => {
                         tracing::warn!(
@@ -321,19 +328,30 @@ impl Core {
     /// all through the database, which the reloading replica audited.
     pub(super) async fn follow_policy_changes(&self) -> Result<(), CaError> {
         let Some(digest) = self.store.policy_digest().await? else { return Ok(()) };
-        let declined = |d: &str| self.policy_declined.lock().unwrap_or_else(|e| e.into_inner()).as_deref() == Some(d);
-        if digest == self.policy().digest() || declined(&digest) {
+        if digest == self.policy().digest() {
             return Ok(());
         }
         let Some(published) = self.store.published_policy().await? else { return Ok(()) };
+        // What was published: the digest and the files (an upgraded replica republishes
+        // a digest an older one left without its files).
+        let seen = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            published.sources.hash(&mut h);
+            (published.digest.clone(), h.finish())
+        };
+        let mut declined = self.policy_declined.lock().unwrap_or_else(|e| e.into_inner());
+        if declined.as_ref() == Some(&seen) {
+            return Ok(());
+        }
         match published_policy(&published) {
             Some(policy) => {
                 tracing::info!(digest = %published.digest, "following the policy another replica loaded");
                 *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
             }
-            // Asked again only once another policy is published (warned once, not at
+            // Tried again only once something else is published (warned once, not at
             // every tick).
-            None => *self.policy_declined.lock().unwrap_or_else(|e| e.into_inner()) = Some(published.digest),
+            None => *declined = Some(seen),
         }
         Ok(())
     }
@@ -458,24 +476,28 @@ fn published_policy(published: &store::PublishedPolicy) -> Option<Policy> {
     }
 }
 
-/// A database without any CA key next to a record of keys this CA signed with is not a
-/// first start: a mistyped or emptied `database_url` (another PostgreSQL database, a
-/// SQLite path that does not exist yet) would start a new CA — new keys no node
-/// trusts, an empty audit log, a new first administrator — without a word.
+/// A database that holds none of the CA keys this CA has signed with (recorded at each
+/// start) is not this CA's: a mistyped or emptied `database_url` (another PostgreSQL
+/// database, a SQLite path not there yet) would start a new CA — new keys no node
+/// trusts, an empty audit log, a new first administrator — and another CA's database
+/// would take this one's place, without a word. Keys in any state count (a rotation
+/// keeps the old ones as previous or retired rows).
 fn refuse_a_new_ca_in_place_of_a_known_one(record: &Path, keyring: &Keyring) -> Result<(), CaError> {
-    if keyring.rows().iter().any(|k| k.state == keys::state::ACTIVE) {
-        return Ok(());
-    }
     let known = match std::fs::read_to_string(record) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(CaError::Config(format!("cannot read {}: {e}", record.display()))),
     };
-    let user_key = known.lines().find_map(|l| l.strip_prefix("user ")).unwrap_or("(unknown)");
+    let recorded: Vec<(&str, &str)> = known.lines().filter_map(|l| l.split_once(' ')).collect();
+    if recorded.is_empty() || recorded.iter().any(|(_, f)| keyring.rows().iter().any(|k| k.fingerprint == *f)) {
+        return Ok(());
+    }
+    let user_key = recorded.iter().find(|(p, _)| *p == "user").map_or("(unknown)", |(_, f)| *f);
+    let holds = if keyring.rows().is_empty() { "no CA keys" } else { "another CA's keys" };
     Err(CaError::Config(format!(
-        "the database holds no CA keys, but this CA has signed with user CA key {user_key} (recorded in {}): is \
-         database_url the right database? Starting here would make a new CA that no node trusts. To start a new CA \
-         on purpose, delete that file",
+        "the database holds {holds}, but this CA has signed with user CA key {user_key} (recorded in {}): is \
+         database_url the right database? Starting here would make or take another CA, which no node trusts as \
+         this one. To start a new CA on purpose, delete that file",
         record.display()
     )))
 }

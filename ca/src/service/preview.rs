@@ -112,9 +112,10 @@ fn preview(policy: &Policy, rule: &Rule, devices: &[Device]) -> RulePreview {
         }
         out.in_scope.push(d.name.clone());
         *out.by_agent.entry(d.agent.clone().unwrap_or_else(|| "-".into())).or_default() += 1;
-        // The engine takes the first matching rule by name: say when that is another one.
+        // Say when the engine decides with another rule: the first credential rule by
+        // name, or this one tightened by others holding the device too (`a+b`).
         let chosen = match rule.credential() {
-            Some(k) => policy.match_credential_rule(k.provider(), d),
+            Some(k) => policy.match_credential_rule(k.provider(), d).map(std::borrow::Cow::Borrowed),
             None => policy.match_rule(rule.purpose(), d),
         };
         if let Ok(other) = chosen

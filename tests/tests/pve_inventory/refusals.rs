@@ -137,6 +137,10 @@ async fn a_pin_mismatch_sends_nothing_and_bad_tokens_huge_and_hanging_answers_fa
                          "message": "cluster filesystem not ready" }));
     server.await_audit_within(Duration::from_secs(60), "pve_collection_failed", failed("incomplete")).await;
     assert_eq!(guests().await, [json!(400)], "a run without the cluster's resources dropped its guests");
+    site.command(json!({ "op": "fail", "method": "GET", "suffix": "/cluster/resources", "status": 403,
+                         "message": "Permission check failed (/, VM.Audit)" }));
+    server.await_audit_within(Duration::from_secs(60), "pve_collection_failed", failed("forbidden")).await;
+    assert_eq!(guests().await, [json!(400)], "a run the token may not read the resources of dropped its guests");
 
     // Every request hangs: the run ends with `timeout` (20 s per request), no hang.
     site.command(json!({ "op": "hang", "secs": 600 }));

@@ -142,3 +142,42 @@ async fn replicas_follow_a_policy_reloaded_on_one_of_them() {
     a.housekeeping().await.unwrap();
     issued_on(&a).await.expect("A follows B's edit");
 }
+
+/// Mid-upgrade, an older replica publishes a policy's digest without its files: a
+/// replica cannot follow that, keeps its own policy and says so once. When the files
+/// for that digest arrive (the older replica upgraded and published again), it follows
+/// them at its next housekeeping — not only at its next restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_follows_a_policy_once_its_files_are_published() {
+    let work = tempfile::tempdir().unwrap();
+    let url = sqlite_url(work.path());
+    let (dir_a, dir_b) = (work.path().join("a"), work.path().join("b"));
+    for dir in [&dir_a, &dir_b] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    }
+    let clock = ManualClock::new(now());
+    let a = ca_in_process(&url, &dir_a, clock.clone()).await.unwrap();
+    let admin = admin_and_alice(&a, "devs").await;
+    let b = ca_in_process(&url, &dir_b, clock.clone()).await.unwrap();
+    let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..UserCertRequest::default() };
+    let issued_on = async |ca: &Ca| {
+        let alice = login(ca, "alice", ALICE_PASSWORD).await;
+        ca.issuance().issue(&alice, &request, IP).await
+    };
+
+    let deny = "[[deny]]\nname = \"frozen\"\ngroups = [\"devs\"]\npermissions = [\"certs.issue\"]\n";
+    std::fs::write(dir_a.join("policy.toml"), format!("{POLICY}{deny}")).unwrap();
+    let grant = a.core().authorize::<proof::PolicyManage>(&admin).unwrap();
+    a.admin().reload_policy(&grant).await.unwrap();
+    // As an older CA leaves it: the digest, no files.
+    sqlx::query("UPDATE policy_state SET sources_json = NULL").execute(a.core().store().pool()).await.unwrap();
+    b.housekeeping().await.unwrap();
+    b.housekeeping().await.unwrap();
+    issued_on(&b).await.expect("B keeps its own policy while it cannot read the one in force");
+
+    a.admin().reload_policy(&grant).await.unwrap();
+    b.housekeeping().await.unwrap();
+    let refused = issued_on(&b).await;
+    assert!(matches!(refused, Err(CaError::Denied(_))), "B stuck on its old policy: {refused:?}");
+}

@@ -10,8 +10,9 @@ const MAX_GUESTS: usize = 100_000;
 const MAX_ROWS: usize = 100_000;
 const MAX_CONFIG_KEYS: usize = 512;
 /// Configuration entries over all guests: 512 keys per guest alone would let a 32 MiB
-/// report carry millions, each held several times over while drift is worked out.
-const MAX_CONFIG_ENTRIES: usize = 200_000;
+/// report carry millions, each held several times over while drift is worked out. A
+/// guest has some 20; this leaves room for the largest estate `MAX_GUESTS` allows.
+const MAX_CONFIG_ENTRIES: usize = 20 * MAX_GUESTS;
 const MAX_TEXT: usize = 4_096;
 /// Bounds and names of a reported inventory.
 pub(super) fn check(

@@ -31,7 +31,8 @@ pub(super) struct Admission<'p> {
     /// terminated mode, the first whose touch and user verification the user's proof
     /// shows (see [`unconfirmed`]).
     pub(super) role: &'p Role,
-    pub(super) rule: &'p Rule,
+    /// Every rule holding the device for this purpose, as one (`Policy::match_rule`).
+    pub(super) rule: std::borrow::Cow<'p, Rule>,
     /// The strictest limits of *every* role that qualifies for this session, so adding
     /// a role (or a binding) can never loosen a session's idle, absolute or cap limits.
     pub(super) limits: SessionLimits,

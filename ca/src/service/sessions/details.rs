@@ -143,8 +143,8 @@ fn node_summary(node: NodeRecord) -> DeviceNode {
     }
 }
 
-/// The rule deciding each purpose on the device (the first by name whose targets and
-/// scope hold it, as every decision picks it).
+/// The rule deciding each purpose on the device (every one whose targets and scope hold
+/// it, as one: `a+b`, as every decision takes it).
 fn deciding_rules(policy: &Policy, device: &Device) -> Vec<DeviceRule> {
     [Purpose::SshLogin, Purpose::ConsoleAccess, Purpose::InventoryEnrichment]
         .into_iter()
@@ -152,7 +152,7 @@ fn deciding_rules(policy: &Policy, device: &Device) -> Vec<DeviceRule> {
             let rule = policy.match_rule(purpose, device).ok();
             DeviceRule {
                 purpose: purpose.as_str().to_owned(),
-                rule: rule.map(|r| r.name().to_owned()),
+                rule: rule.as_ref().map(|r| r.name().to_owned()),
                 recorded: rule.is_some_and(|r| r.recording().is_some()),
             }
         })
