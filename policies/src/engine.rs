@@ -257,17 +257,16 @@ impl Policy {
     /// scope includes its partition, agent and gateway. Credential rules are never
     /// returned: an API token opens no console and no login.
     ///
-    /// Every such rule counts: a rule that sorts first must not strip a stricter one's
-    /// protections (adding a broad `all-ssh` would otherwise end recording, step-up and
-    /// pinned host keys on the devices a `prod-recorded` rule covers). One rule is
-    /// returned as it is; several as one, the first by name tightened by the others
-    /// ([`Rule::tightened`], named `a+b`).
+    /// The first by name decides, with the protections every other rule holding the
+    /// device adds ([`Rule::with_protections_of`]): a broad rule that sorts first must
+    /// not strip the recording or the step-up a `prod-recorded` rule asks for.
     pub fn match_rule(&self, purpose: Purpose, device: &Device) -> Result<Cow<'_, Rule>, Deny> {
         let matched = self.matching(device, |r| r.purpose == purpose && r.credential.is_none())?;
-        Ok(match matched.as_slice() {
-            [only] => Cow::Borrowed(*only),
-            [first, rest @ ..] => Cow::Owned(rest.iter().fold((*first).clone(), |rule, r| rule.tightened(r, device))),
-            [] => return Err(DenyReason::NoMatchingRule.into()),
+        let [first, rest @ ..] = matched.as_slice() else { return Err(DenyReason::NoMatchingRule.into()) };
+        let adds = |r: &&Rule| r.recording.is_some() || r.fresh_auth_within.is_some();
+        Ok(match rest.iter().any(adds) {
+            false => Cow::Borrowed(*first),
+            true => Cow::Owned(rest.iter().fold((*first).clone(), |rule, r| rule.with_protections_of(r))),
         })
     }
 

@@ -223,8 +223,7 @@ impl fmt::Display for Purpose {
     }
 }
 
-/// How the control plane checks a device's host key (declared strictest first: the
-/// smaller of two is the stricter, see `Rule::tightened`).
+/// How the control plane checks a device's host key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HostKeyPolicy {
@@ -517,29 +516,20 @@ impl Rule {
         }
     }
 
-    /// This rule as strict as `other` too, for a device both hold (see
-    /// `Policy::match_rule`): named `self+other`, the stricter host-key policy, the
-    /// shorter connect timeout and step-up window, only the ports both permit, idle
-    /// counted on input alone if either says so, and recorded if either records (input
-    /// if either records it, the smaller cap, closed over it if either says so).
-    pub(crate) fn tightened(mut self, other: &Rule, device: &Device) -> Rule {
-        let ports = |r: &Rule| r.allowed_ports.clone().unwrap_or_else(|| [device.ssh_port_or_default()].into());
-        let shorter = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+    /// This rule with the protections `other` adds (see `Policy::match_rule`): recorded
+    /// if either records (input if either records it, the larger cap, closed over it if
+    /// either says so), and the shorter step-up window. Its name, ports, host-key policy,
+    /// timeout and idle counting stay its own: a narrower rule may loosen those on
+    /// purpose (trust on first use, another port) under a broad default rule.
+    pub(crate) fn with_protections_of(mut self, other: &Rule) -> Rule {
+        self.fresh_auth_within = match (self.fresh_auth_within, other.fresh_auth_within) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        self.name = format!("{}+{}", self.name, other.name);
-        self.host_key_policy = self.host_key_policy.min(other.host_key_policy);
-        self.timeout = self.timeout.min(other.timeout);
-        self.allowed_ports = Some(ports(&self).intersection(&ports(other)).copied().collect());
-        if other.idle_counts == IdleCounts::Input {
-            self.idle_counts = IdleCounts::Input;
-        }
-        self.fresh_auth_within = shorter(self.fresh_auth_within, other.fresh_auth_within);
         self.recording = match (self.recording, other.recording) {
             (Some(a), Some(b)) => Some(Recording {
                 input: a.input || b.input,
-                max_bytes: a.max_bytes.min(b.max_bytes),
+                max_bytes: a.max_bytes.max(b.max_bytes),
                 over_limit: if b.over_limit == OverLimit::Close { OverLimit::Close } else { a.over_limit },
             }),
             (a, b) => a.or(b),

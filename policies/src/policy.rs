@@ -35,12 +35,6 @@ impl Policy {
         self.roles.get(name)
     }
 
-    /// The rules a decision's rule name stands for: one name, or several joined by `+`
-    /// (`Policy::match_rule`); `None` when one of them is no longer in this policy.
-    pub fn rules_named(&self, name: &str) -> Option<Vec<&Rule>> {
-        name.split('+').map(|part| self.rules.get(part)).collect()
-    }
-
     /// The role and login a scoped principal stands for ([`crate::scoped_principal`]);
     /// `None` for one no role of this policy makes.
     pub fn principal_owner(&self, principal: &str) -> Option<(&Role, &str)> {

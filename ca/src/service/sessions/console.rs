@@ -244,8 +244,8 @@ impl Sessions {
                 auth_age_secs: self
                     .core
                     .policy()
-                    .rules_named(&row.rule)
-                    .filter(|rules| rules.iter().any(|r| r.fresh_auth_within().is_some()))
+                    .rule(&row.rule)
+                    .and_then(|r| r.fresh_auth_within())
                     .map(|_| now.saturating_sub(caller.authenticated_at)),
             },
         )

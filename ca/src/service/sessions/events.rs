@@ -197,10 +197,11 @@ impl Sessions {
         key: &ssh_key::PublicKey,
         now: u64,
     ) -> Result<Option<AuditEvent>, CaError> {
-        // The lease's rule as its open took it (several joined: the strictest policy).
-        let trusts_first_use = self.core.policy().rules_named(&lease.rule).is_some_and(|rules| {
-            rules.iter().map(|r| r.host_key_policy()).min() == Some(portcullis_policies::HostKeyPolicy::TrustOnFirstUse)
-        });
+        let trusts_first_use = self
+            .core
+            .policy()
+            .rule(&lease.rule)
+            .is_some_and(|r| r.host_key_policy() == portcullis_policies::HostKeyPolicy::TrustOnFirstUse);
         if !trusts_first_use {
             return Ok(None);
         }
