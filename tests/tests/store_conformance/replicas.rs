@@ -95,52 +95,32 @@ async fn pg_setting(ca: &Ca, name: &str) -> String {
 /// on B since it came into force are published by B's restart, and A follows them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_follow_a_policy_reloaded_on_one_of_them() {
-    let work = tempfile::tempdir().unwrap();
+    let (work, dir_a, dir_b) = policy_dirs_of_two_replicas();
     let url = sqlite_url(work.path());
-    let (dir_a, dir_b) = (work.path().join("a"), work.path().join("b"));
-    // Files as configuration management left them, a while before anything here.
-    // (The directory too: a file added, removed or renamed is a change of it.)
-    let set_modified = |path: &std::path::Path, at: std::time::SystemTime| {
-        std::fs::File::open(path).unwrap().set_modified(at).unwrap();
-    };
-    let minute = std::time::Duration::from_secs(60);
-    for dir in [&dir_a, &dir_b] {
-        std::fs::create_dir(dir).unwrap();
-        std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
-        set_modified(&dir.join("policy.toml"), std::time::SystemTime::now() - minute);
-        set_modified(dir, std::time::SystemTime::now() - minute);
-    }
     let clock = ManualClock::new(now());
     let a = ca_in_process(&url, &dir_a, clock.clone()).await.unwrap();
     let admin = admin_and_alice(&a, "devs").await;
     let b = ca_in_process(&url, &dir_b, clock.clone()).await.unwrap();
-    let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..UserCertRequest::default() };
-    let issued_on = async |ca: &Ca| {
-        let alice = login(ca, "alice", ALICE_PASSWORD).await;
-        ca.issuance().issue(&alice, &request, IP).await
-    };
-    issued_on(&b).await.expect("no deny yet");
+    issue_for_alice(&b).await.expect("no deny yet");
 
-    let deny = "[[deny]]\nname = \"frozen\"\ngroups = [\"devs\"]\npermissions = [\"certs.issue\"]\n";
-    std::fs::write(dir_a.join("policy.toml"), format!("{POLICY}{deny}")).unwrap();
-    let grant = a.core().authorize::<proof::PolicyManage>(&admin).unwrap();
-    a.admin().reload_policy(&grant).await.unwrap();
+    reload_with_a_deny(&a, &admin, &dir_a).await;
     b.housekeeping().await.unwrap();
-    let refused = issued_on(&b).await;
+    let refused = issue_for_alice(&b).await;
     assert!(matches!(refused, Err(CaError::Denied(_))), "B issued under the policy A replaced: {refused:?}");
 
     drop(b);
     let b = ca_in_process(&url, &dir_b, clock.clone()).await.unwrap();
-    let refused = issued_on(&b).await;
+    let refused = issue_for_alice(&b).await;
     assert!(matches!(refused, Err(CaError::Denied(_))), "B's restart undid A's reload: {refused:?}");
 
     // An edit on B after the deny came into force: B's restart publishes it.
     drop(b);
-    set_modified(&dir_b.join("policy.toml"), std::time::SystemTime::now() + minute);
+    let in_a_minute = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    std::fs::File::open(dir_b.join("policy.toml")).unwrap().set_modified(in_a_minute).unwrap();
     let b = ca_in_process(&url, &dir_b, clock.clone()).await.unwrap();
-    issued_on(&b).await.expect("B's edited files are the policy in force");
+    issue_for_alice(&b).await.expect("B's edited files are the policy in force");
     a.housekeeping().await.unwrap();
-    issued_on(&a).await.expect("A follows B's edit");
+    issue_for_alice(&a).await.expect("A follows B's edit");
 }
 
 /// Mid-upgrade, an older replica publishes a policy's digest without its files: a
@@ -149,35 +129,54 @@ async fn replicas_follow_a_policy_reloaded_on_one_of_them() {
 /// them at its next housekeeping — not only at its next restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_follows_a_policy_once_its_files_are_published() {
-    let work = tempfile::tempdir().unwrap();
+    let (work, dir_a, dir_b) = policy_dirs_of_two_replicas();
     let url = sqlite_url(work.path());
-    let (dir_a, dir_b) = (work.path().join("a"), work.path().join("b"));
-    for dir in [&dir_a, &dir_b] {
-        std::fs::create_dir(dir).unwrap();
-        std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
-    }
     let clock = ManualClock::new(now());
     let a = ca_in_process(&url, &dir_a, clock.clone()).await.unwrap();
     let admin = admin_and_alice(&a, "devs").await;
     let b = ca_in_process(&url, &dir_b, clock.clone()).await.unwrap();
-    let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..UserCertRequest::default() };
-    let issued_on = async |ca: &Ca| {
-        let alice = login(ca, "alice", ALICE_PASSWORD).await;
-        ca.issuance().issue(&alice, &request, IP).await
-    };
-
-    let deny = "[[deny]]\nname = \"frozen\"\ngroups = [\"devs\"]\npermissions = [\"certs.issue\"]\n";
-    std::fs::write(dir_a.join("policy.toml"), format!("{POLICY}{deny}")).unwrap();
-    let grant = a.core().authorize::<proof::PolicyManage>(&admin).unwrap();
-    a.admin().reload_policy(&grant).await.unwrap();
+    let grant = reload_with_a_deny(&a, &admin, &dir_a).await;
     // As an older CA leaves it: the digest, no files.
     sqlx::query("UPDATE policy_state SET sources_json = NULL").execute(a.core().store().pool()).await.unwrap();
     b.housekeeping().await.unwrap();
     b.housekeeping().await.unwrap();
-    issued_on(&b).await.expect("B keeps its own policy while it cannot read the one in force");
+    issue_for_alice(&b).await.expect("B keeps its own policy while it cannot read the one in force");
 
     a.admin().reload_policy(&grant).await.unwrap();
     b.housekeeping().await.unwrap();
-    let refused = issued_on(&b).await;
+    let refused = issue_for_alice(&b).await;
     assert!(matches!(refused, Err(CaError::Denied(_))), "B stuck on its old policy: {refused:?}");
+}
+
+/// Each replica's own policy directory with `POLICY`, as configuration management left
+/// it a minute ago (files and listing).
+fn policy_dirs_of_two_replicas() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (work.path().join("a"), work.path().join("b"));
+    let a_minute_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for dir in [&dir_a, &dir_b] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+        for path in [dir.join("policy.toml"), dir.clone()] {
+            std::fs::File::open(path).unwrap().set_modified(a_minute_ago).unwrap();
+        }
+    }
+    (work, dir_a, dir_b)
+}
+
+/// A certificate for alice (group `devs`) from `ca`, or why not.
+async fn issue_for_alice(ca: &Ca) -> Result<UserCertResponse, CaError> {
+    let alice = login(ca, "alice", ALICE_PASSWORD).await;
+    let request = UserCertRequest { public_key: public_line(&ed25519_key()), ..UserCertRequest::default() };
+    ca.issuance().issue(&alice, &request, IP).await
+}
+
+/// Writes a deny on `devs` into replica `a`'s directory (`dir`) and reloads `a`; the
+/// grant, for reloading again.
+async fn reload_with_a_deny(a: &Ca, admin: &Caller, dir: &Path) -> portcullis_policies::Grant<proof::PolicyManage> {
+    let deny = "[[deny]]\nname = \"frozen\"\ngroups = [\"devs\"]\npermissions = [\"certs.issue\"]\n";
+    std::fs::write(dir.join("policy.toml"), format!("{POLICY}{deny}")).unwrap();
+    let grant = a.core().authorize::<proof::PolicyManage>(admin).unwrap();
+    a.admin().reload_policy(&grant).await.unwrap();
+    grant
 }
