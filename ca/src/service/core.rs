@@ -38,8 +38,8 @@ pub struct Core {
     /// The edge agent that serves devices whose record names none (the all-in-one's
     /// built-in agent); see [`Core::device`].
     pub(super) default_agent: Option<String>,
-    /// The digest of a published policy this replica could not follow (see
-    /// [`Core::follow_policy_changes`]).
+    /// A published policy this replica could not follow, by digest and a hash of its
+    /// files (see [`Core::follow_policy_changes`]).
     policy_declined: Mutex<Option<(String, u64)>>,
 }
 
