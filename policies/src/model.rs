@@ -516,24 +516,15 @@ impl Rule {
         }
     }
 
-    /// This rule with the protections `other` adds (see `Policy::match_rule`): recorded
-    /// if either records (input if either records it, the larger cap, closed over it if
-    /// either says so), and the shorter step-up window. Its name, ports, host-key policy,
-    /// timeout and idle counting stay its own: a narrower rule may loosen those on
-    /// purpose (trust on first use, another port) under a broad default rule.
+    /// This rule with the protections it lacks and `other` has (see
+    /// `Policy::match_rule`): `other`'s recording when this one records nothing, its
+    /// step-up when this one asks none. What this rule sets itself stays as it is —
+    /// its recording's cap and input, its ports, host-key policy, timeout and idle
+    /// counting: a narrower rule sets those on purpose (stop at the cap, trust on first
+    /// use, another port) under a broad default rule.
     pub(crate) fn with_protections_of(mut self, other: &Rule) -> Rule {
-        self.fresh_auth_within = match (self.fresh_auth_within, other.fresh_auth_within) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        self.recording = match (self.recording, other.recording) {
-            (Some(a), Some(b)) => Some(Recording {
-                input: a.input || b.input,
-                max_bytes: a.max_bytes.max(b.max_bytes),
-                over_limit: if b.over_limit == OverLimit::Close { OverLimit::Close } else { a.over_limit },
-            }),
-            (a, b) => a.or(b),
-        };
+        self.recording = self.recording.or(other.recording);
+        self.fresh_auth_within = self.fresh_auth_within.or(other.fresh_auth_within);
         self
     }
 }

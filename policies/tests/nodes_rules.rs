@@ -150,9 +150,10 @@ fn summary_digest_and_diff() {
 }
 
 /// Several rules holding one device: the first by name decides, with the protections
-/// the others add. Before, adding a broad `all-ssh` that sorts first ended the recording
-/// and the step-up `prod-recorded` asked for on prod. Its ports and host-key policy stay
-/// the first rule's: a narrower rule may loosen those on purpose under a broad default.
+/// it lacks and the others have. Before, adding a broad `all-ssh` that sorts first ended
+/// the recording and the step-up `prod-recorded` asked for on prod. What the first rule
+/// sets itself (its ports, its own recording's cap) stays: a narrower rule sets those
+/// on purpose under a broad default.
 #[test]
 fn a_rule_sorting_first_keeps_the_recording_and_step_up_others_ask_for() {
     let text = r#"
@@ -162,8 +163,6 @@ purpose = "ssh_login"
 targets = 'in:devices name:%'
 scope = { agents = ["a1"] }
 allowed_ports = [22, 3306]
-record = true
-record_max_mib = 1
 
 [[rule]]
 name = "prod-recorded"
@@ -175,23 +174,30 @@ record_input = true
 record_max_mib = 64
 fresh_auth_within = "10m"
 "#;
-    let pol = policy(text);
     let device = |env: &str| Device {
         name: "db1".into(),
         agent: Some("a1".into()),
         tags: [("env".to_string(), env.to_string())].into(),
         ..Device::default()
     };
+    let pol = policy(text);
     let lab = pol.match_rule(Purpose::SshLogin, &device("lab")).unwrap();
-    assert_eq!((lab.name(), lab.fresh_auth_within()), ("all-ssh", None), "one rule is taken as it is");
-    assert!(!lab.recording().unwrap().input());
+    assert_eq!((lab.name(), lab.fresh_auth_within(), lab.recording()), ("all-ssh", None, None));
 
     let prod = device("prod");
     let rule = pol.match_rule(Purpose::SshLogin, &prod).unwrap();
     assert_eq!(rule.name(), "all-ssh");
     assert_eq!(rule.fresh_auth_within(), Some(std::time::Duration::from_secs(600)), "step-up stripped");
-    let recording = rule.recording().unwrap();
-    assert!(recording.input(), "input recording stripped");
-    assert_eq!(recording.max_bytes(), 64 << 20, "the recording cut short at the broad rule's cap");
+    let recording = rule.recording().expect("recording stripped");
+    assert!(recording.input() && recording.max_bytes() == 64 << 20);
     assert!(rule.permits_port(&prod, 3306), "the first rule's ports");
+
+    // A first rule that records keeps its own recording's settings (a 1 MiB cap here).
+    let own = policy(&text.replacen(
+        "allowed_ports = [22, 3306]\n",
+        "allowed_ports = [22, 3306]\nrecord = true\nrecord_max_mib = 1\n",
+        1,
+    ));
+    let recording = own.match_rule(Purpose::SshLogin, &prod).unwrap().recording().unwrap();
+    assert!(!recording.input() && recording.max_bytes() == 1 << 20);
 }
