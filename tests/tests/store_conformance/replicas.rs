@@ -95,12 +95,7 @@ async fn pg_setting(ca: &Ca, name: &str) -> String {
 /// on B since it came into force are published by B's restart, and A follows them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_follow_a_policy_reloaded_on_one_of_them() {
-    let (work, dir_a, dir_b) = policy_dirs_of_two_replicas();
-    let url = sqlite_url(work.path());
-    let clock = ManualClock::new(now());
-    let a = ca_in_process(&url, &dir_a, clock.clone()).await.unwrap();
-    let admin = admin_and_alice(&a, "devs").await;
-    let b = ca_in_process(&url, &dir_b, clock.clone()).await.unwrap();
+    let TwoReplicas { work: _work, url, clock, dir_a, dir_b, a, admin, b } = two_replicas().await;
     issue_for_alice(&b).await.expect("no deny yet");
 
     reload_with_a_deny(&a, &admin, &dir_a).await;
@@ -129,12 +124,7 @@ async fn replicas_follow_a_policy_reloaded_on_one_of_them() {
 /// them at its next housekeeping — not only at its next restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_follows_a_policy_once_its_files_are_published() {
-    let (work, dir_a, dir_b) = policy_dirs_of_two_replicas();
-    let url = sqlite_url(work.path());
-    let clock = ManualClock::new(now());
-    let a = ca_in_process(&url, &dir_a, clock.clone()).await.unwrap();
-    let admin = admin_and_alice(&a, "devs").await;
-    let b = ca_in_process(&url, &dir_b, clock.clone()).await.unwrap();
+    let TwoReplicas { work: _work, dir_a, a, admin, b, .. } = two_replicas().await;
     let grant = reload_with_a_deny(&a, &admin, &dir_a).await;
     // As an older CA leaves it: the digest, no files.
     sqlx::query("UPDATE policy_state SET sources_json = NULL").execute(a.core().store().pool()).await.unwrap();
@@ -148,9 +138,21 @@ async fn a_replica_follows_a_policy_once_its_files_are_published() {
     assert!(matches!(refused, Err(CaError::Denied(_))), "B stuck on its old policy: {refused:?}");
 }
 
-/// Each replica's own policy directory with `POLICY`, as configuration management left
-/// it a minute ago (files and listing).
-fn policy_dirs_of_two_replicas() -> (tempfile::TempDir, PathBuf, PathBuf) {
+/// Replicas `a` (with alice in `devs`, and `admin`) and `b` of one SQLite database, each
+/// with its own policy directory holding `POLICY` as configuration management left it a
+/// minute ago (files and listing).
+struct TwoReplicas {
+    work: tempfile::TempDir,
+    url: String,
+    clock: ManualClock,
+    dir_a: PathBuf,
+    dir_b: PathBuf,
+    a: Ca,
+    admin: Caller,
+    b: Ca,
+}
+
+async fn two_replicas() -> TwoReplicas {
     let work = tempfile::tempdir().unwrap();
     let (dir_a, dir_b) = (work.path().join("a"), work.path().join("b"));
     let a_minute_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
@@ -161,7 +163,12 @@ fn policy_dirs_of_two_replicas() -> (tempfile::TempDir, PathBuf, PathBuf) {
             std::fs::File::open(path).unwrap().set_modified(a_minute_ago).unwrap();
         }
     }
-    (work, dir_a, dir_b)
+    let url = sqlite_url(work.path());
+    let clock = ManualClock::new(now());
+    let a = ca_in_process(&url, &dir_a, clock.clone()).await.unwrap();
+    let admin = admin_and_alice(&a, "devs").await;
+    let b = ca_in_process(&url, &dir_b, clock.clone()).await.unwrap();
+    TwoReplicas { work, url, clock, dir_a, dir_b, a, admin, b }
 }
 
 /// A certificate for alice (group `devs`) from `ca`, or why not.
